@@ -1,0 +1,21 @@
+/* util: clocks and small string helpers shared by every module.
+ * Owns nothing; pure functions. */
+#ifndef CHATD_UTIL_H
+#define CHATD_UTIL_H
+#include <stddef.h>
+#include <stdint.h>
+
+uint64_t now_ms(void);        /* wall clock, ms since the epoch (for ts, exp) */
+uint64_t mono_ns(void);       /* monotonic clock, ns (for lag and durations) */
+static inline uint64_t mono_ms(void) { return mono_ns() / 1000000ull; }
+
+/* Room names: 1-64 chars of [A-Za-z0-9_.-]. Returns 1 when valid. */
+int room_name_valid(const char *s, size_t len);
+
+/* Appends s as a JSON string (with quotes) to dst; returns bytes written or
+ * -1 when cap is too small. */
+long json_escape(char *dst, size_t cap, const char *s, size_t len);
+
+#define CHAT_ROOM_MAX 64
+
+#endif
