@@ -1,0 +1,37 @@
+/* frame: parsing of client -> server JSON frames (jansson) with the
+ * contract's validation; one parse per received frame.
+ * Owns: the parse tree of one frame until frame_free(). Field pointers in
+ * client_frame point into it. */
+#ifndef CHATD_FRAME_H
+#define CHATD_FRAME_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    FT_MESSAGE = 1, FT_TYPING, FT_HEARTBEAT, FT_JOIN, FT_LEAVE, FT_REFRESH
+} frame_type;
+
+#define FRAME_ID_MAX 64
+
+typedef struct client_frame {
+    frame_type type;
+    const char *room;  size_t room_len;   /* NULL when absent */
+    const char *body;  size_t body_len;   /* message: required string (may be "") */
+    const char *id;    size_t id_len;     /* message: optional, 1..64 chars */
+    const char *token; size_t token_len;  /* refresh: required */
+    int has_since;     uint64_t since;    /* join: optional integer >= 0 */
+    void *root_;                          /* private: jansson root */
+} client_frame;
+
+/* 0 on success. -1 on error: code gets "bad_request" (invalid JSON, not an
+ * object, missing/invalid "type", missing or wrongly typed field, invalid room
+ * name, id too long, since not a non-negative integer) and msg a short
+ * human-readable reason, e.g. "invalid JSON", "unknown type 'foo'",
+ * "message needs a string body", "invalid room name". When the frame had a
+ * string "id", *id_out (if not NULL) gets a malloc'd copy so the error can
+ * echo it (caller frees). Unknown fields are ignored. */
+int frame_parse(const char *data, size_t len, client_frame *out,
+                char code[32], char *msg, size_t msglen, char **id_out);
+void frame_free(client_frame *f);
+
+#endif

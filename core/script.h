@@ -1,0 +1,75 @@
+/* script: the LuaJIT host for operator policy in CHAT_SCRIPTS.
+ * Owns: the live lua_State (and, during reload, the candidate one), the
+ * sandbox, the per-call budgets (time deadline + memory cap), the chat.* host
+ * API and its per-key token buckets (kept in C so they survive reloads).
+ * Exactly one C function calls into Lua (script_call in script.c); every hook
+ * below goes through it, so a script error can never crash the core.
+ *
+ * Return conventions seen from C (Lua side documented in docs/scripting.md):
+ *   SCRIPT_ACCEPT  - go ahead (hook absent, returned nil/true)
+ *   SCRIPT_REPLACE - go ahead with res->body instead (on_message only)
+ *   SCRIPT_REJECT  - refuse: res->code (e.g. "rejected", "rate_limited",
+ *                    "forbidden") and res->reason (one line)
+ * A validation hook (connect, join, message, typing, history, presence) that
+ * errors or blows its budget -> SCRIPT_REJECT with code "script_error".
+ * A notification hook (leave, disconnect) that errors is logged and counted. */
+#ifndef CHATD_SCRIPT_H
+#define CHATD_SCRIPT_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct script_host script_host;
+
+typedef struct script_ctx {
+    const char *user;         /* sub */
+    const char *name;         /* display name */
+    const char *claims_json;  /* whole JWT claims object (JSON) or NULL */
+    const char *room;         /* room the action is about, or NULL */
+    const char *node;         /* node id */
+    uint64_t now_ms;          /* wall clock ms */
+} script_ctx;
+
+typedef enum { SCRIPT_ACCEPT = 0, SCRIPT_REPLACE = 1, SCRIPT_REJECT = 2 } script_verdict;
+
+typedef struct script_result {
+    script_verdict verdict;
+    char code[32];
+    char reason[256];
+    char *body;        /* malloc'd replacement body for SCRIPT_REPLACE */
+    size_t body_len;
+} script_result;
+
+/* Loads dir/*.lua (main entry: dir/policy.lua, which may require sibling
+ * modules through the sandboxed loader). NULL + err ("file:line: msg") when
+ * the folder does not load. */
+script_host *script_new(const char *dir, const char *node_id, char *err, size_t errlen);
+void script_free(script_host *h);
+
+/* Build a new state from the folder, run its self-checks, swap it in. On any
+ * failure keep the old one, fill err, return -1. Counted in
+ * chat_script_reloads_total{result="ok"|"error"}. Call between events only. */
+int script_reload(script_host *h, char *err, size_t errlen);
+uint64_t script_version(const script_host *h);   /* increments on each swap */
+
+/* Policy settings: the script's config table (e.g. config.max_body = 4000)
+ * overridden by env CHAT_<UPPER_KEY> when set. Known keys used by the core:
+ * heartbeat_ms, presence_ttl_ms, typing_ttl_ms, max_rooms_per_conn. */
+int64_t script_setting(const script_host *h, const char *key, int64_t dflt);
+
+/* Hooks. Each fills *res (call script_result_clear after) and returns the
+ * verdict. msg hooks get the body and the client id (may be NULL). */
+script_verdict script_on_connect(script_host *h, const script_ctx *c, script_result *res);
+script_verdict script_on_join(script_host *h, const script_ctx *c, script_result *res);
+void           script_on_leave(script_host *h, const script_ctx *c);
+script_verdict script_on_message(script_host *h, const script_ctx *c, const char *body,
+                                 size_t body_len, const char *id, script_result *res);
+script_verdict script_on_typing(script_host *h, const script_ctx *c, script_result *res);
+/* event: "join" or "leave" about (user,name); REJECT = suppress the event */
+script_verdict script_on_presence(script_host *h, const script_ctx *c, const char *event,
+                                  const char *user, const char *name, script_result *res);
+script_verdict script_on_history(script_host *h, const script_ctx *c, script_result *res);
+void           script_on_disconnect(script_host *h, const script_ctx *c);
+
+void script_result_clear(script_result *res);
+
+#endif

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Local Redis and Postgres for chatd, in a data folder, as plain background
+# processes (no pg_ctl daemon): source this file, then
+#   services_start_redis DIR PORT      -> pid in DIR/redis.pid
+#   services_start_postgres DIR PORT   -> pid in DIR/postgres.pid, db "chatd"
+#   services_stop DIR                  -> stops what the two above started
+# Postgres runs as the postgres user when we are root (initdb refuses root).
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+
+services_start_redis() {
+    local dir=$1 port=$2
+    mkdir -p "$dir/redis"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/redis" --save '' \
+        --appendonly no --daemonize no --loglevel warning \
+        >"$dir/redis/redis.log" 2>&1 &
+    echo $! >"$dir/redis.pid"
+    for _ in $(seq 1 100); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "redis did not start on port $port (see $dir/redis/redis.log)" >&2
+    return 1
+}
+
+_pg_as() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+services_start_postgres() {
+    local dir=$1 port=$2 pgdir="$1/pg"
+    mkdir -p "$pgdir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$pgdir" && chmod 700 "$pgdir"
+    if [ ! -f "$pgdir/PG_VERSION" ]; then
+        _pg_as "$PGBIN/initdb" -D "$pgdir" -U postgres -A trust -E UTF8 >"$dir/initdb.log" 2>&1 ||
+            { echo "initdb failed (see $dir/initdb.log)" >&2; return 1; }
+    fi
+    _pg_as "$PGBIN/postgres" -D "$pgdir" -p "$port" -k "$pgdir" -c listen_addresses=127.0.0.1 \
+        -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+        -c max_connections=200 >"$dir/postgres.log" 2>&1 &
+    echo $! >"$dir/postgres.pid"
+    for _ in $(seq 1 200); do
+        if "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+            psql -h 127.0.0.1 -p "$port" -U postgres -tAc \
+                "SELECT 1 FROM pg_database WHERE datname='chatd'" | grep -q 1 ||
+                psql -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE chatd" >/dev/null
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "postgres did not start on port $port (see $dir/postgres.log)" >&2
+    return 1
+}
+
+services_stop() {
+    local dir=$1 f pid
+    for f in "$dir/redis.pid" "$dir/postgres.pid"; do
+        [ -f "$f" ] || continue
+        pid=$(cat "$f")
+        kill "$pid" 2>/dev/null
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+        rm -f "$f"
+    done
+}
