@@ -1,0 +1,183 @@
+/* frame: see frame.h. One client frame: JSON text -> validated client_frame.
+ * Owns: the jansson tree of the frame (root_) until frame_free(). Strings are
+ * measured with json_string_length, so embedded NULs (allowed in a body)
+ * never shorten a field; NULs in type, room, id or token are refused. */
+#define _GNU_SOURCE
+#include "frame.h"
+#include "util.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char code[32], char *msg, size_t msglen, const char *f, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(char code[32], char *msg, size_t msglen, const char *f, ...)
+{
+    if (code) snprintf(code, 32, "%s", "bad_request");
+    if (msg && msglen) {
+        va_list ap;
+        va_start(ap, f);
+        vsnprintf(msg, msglen, f, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* Field lookup results. */
+enum { F_ABSENT = 0, F_OK = 1, F_BAD = -1 };
+
+/* A string field; NUL-free unless allow_nul. */
+static int get_str(json_t *o, const char *key, int allow_nul, const char **s, size_t *len)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v) return F_ABSENT;
+    if (!json_is_string(v)) return F_BAD;
+    *s = json_string_value(v);
+    *len = json_string_length(v);
+    if (!allow_nul && memchr(*s, 0, *len)) return F_BAD;
+    return F_OK;
+}
+
+/* "room": absent, or a valid room name. required makes absence an error. */
+static int get_room(json_t *o, client_frame *f, int required, const char *tname,
+                    char code[32], char *msg, size_t msglen)
+{
+    int r = get_str(o, "room", 0, &f->room, &f->room_len);
+    if (r == F_ABSENT) {
+        f->room = NULL;
+        f->room_len = 0;
+        if (required) return fail(code, msg, msglen, "%s needs a room", tname);
+        return 0;
+    }
+    if (r == F_BAD) {
+        f->room = NULL;
+        f->room_len = 0;
+        return fail(code, msg, msglen, "room must be a string");
+    }
+    if (!room_name_valid(f->room, f->room_len)) {
+        f->room = NULL;
+        f->room_len = 0;
+        return fail(code, msg, msglen, "invalid room name");
+    }
+    return 0;
+}
+
+static const struct { const char *name; frame_type t; } TYPES[] = {
+    {"message", FT_MESSAGE}, {"typing", FT_TYPING}, {"heartbeat", FT_HEARTBEAT},
+    {"join", FT_JOIN},       {"leave", FT_LEAVE},   {"refresh", FT_REFRESH},
+};
+
+/* Copies at most 32 bytes of an unknown type name, printable ASCII only,
+ * so the error message stays short and safe to show. */
+static void printable(char *dst, size_t n, const char *s, size_t len)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len && o + 1 < n && i < 32; i++) {
+        unsigned char c = (unsigned char)s[i];
+        dst[o++] = (c >= 0x20 && c < 0x7f && c != '\'') ? (char)c : '?';
+    }
+    if (n) dst[o] = 0;
+}
+
+static int parse_fields(json_t *root, client_frame *out, char code[32], char *msg, size_t msglen)
+{
+    const char *ts = NULL;
+    size_t tlen = 0;
+    int r = get_str(root, "type", 1, &ts, &tlen);
+    if (r == F_ABSENT) return fail(code, msg, msglen, "missing type");
+    if (r == F_BAD) return fail(code, msg, msglen, "type must be a string");
+    out->type = 0;
+    for (size_t i = 0; i < sizeof TYPES / sizeof TYPES[0]; i++)
+        if (strlen(TYPES[i].name) == tlen && memcmp(TYPES[i].name, ts, tlen) == 0)
+            out->type = TYPES[i].t;
+    if (!out->type) {
+        char shown[40];
+        printable(shown, sizeof shown, ts, tlen);
+        return fail(code, msg, msglen, "unknown type '%s'", shown);
+    }
+
+    switch (out->type) {
+    case FT_MESSAGE:
+        if (get_str(root, "body", 1, &out->body, &out->body_len) != F_OK)
+            return fail(code, msg, msglen, "message needs a string body");
+        r = get_str(root, "id", 0, &out->id, &out->id_len);
+        if (r == F_BAD || (r == F_OK && (out->id_len < 1 || out->id_len > FRAME_ID_MAX))) {
+            out->id = NULL;
+            out->id_len = 0;
+            return fail(code, msg, msglen, "id must be a string of 1-%d bytes", FRAME_ID_MAX);
+        }
+        return get_room(root, out, 0, "message", code, msg, msglen);
+    case FT_TYPING:
+        return get_room(root, out, 0, "typing", code, msg, msglen);
+    case FT_HEARTBEAT:
+        return 0;
+    case FT_JOIN: {
+        if (get_room(root, out, 1, "join", code, msg, msglen) != 0) return -1;
+        json_t *since = json_object_get(root, "since");
+        if (since) {
+            if (!json_is_integer(since) || json_integer_value(since) < 0)
+                return fail(code, msg, msglen, "since must be a non-negative integer");
+            out->has_since = 1;
+            out->since = (uint64_t)json_integer_value(since);
+        }
+        return 0;
+    }
+    case FT_LEAVE:
+        return get_room(root, out, 1, "leave", code, msg, msglen);
+    case FT_REFRESH:
+        if (get_str(root, "token", 0, &out->token, &out->token_len) != F_OK || out->token_len == 0)
+            return fail(code, msg, msglen, "refresh needs a string token");
+        return 0;
+    }
+    return fail(code, msg, msglen, "unknown type");
+}
+
+int frame_parse(const char *data, size_t len, client_frame *out,
+                char code[32], char *msg, size_t msglen, char **id_out)
+{
+    if (id_out) *id_out = NULL;
+    if (code) code[0] = 0;
+    if (msg && msglen) msg[0] = 0;
+    if (!out) return fail(code, msg, msglen, "internal error");
+    memset(out, 0, sizeof *out);
+    if (!data) return fail(code, msg, msglen, "invalid JSON");
+
+    /* JSON_ALLOW_NUL: "\u0000" is legal JSON; lengths come from the tree.
+     * Duplicate keys are accepted (the last one wins). JSON_DECODE_ANY lets
+     * a bare scalar parse, so it gets the clearer "must be an object". */
+    json_t *root = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, NULL);
+    if (!root) return fail(code, msg, msglen, "invalid JSON");
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return fail(code, msg, msglen, "frame must be a JSON object");
+    }
+    if (parse_fields(root, out, code, msg, msglen) != 0) {
+        if (id_out) {
+            json_t *id = json_object_get(root, "id");
+            if (json_is_string(id)) {
+                size_t n = json_string_length(id);
+                char *c = malloc(n + 1);
+                if (c) {
+                    memcpy(c, json_string_value(id), n);
+                    c[n] = 0;
+                }
+                *id_out = c;
+            }
+        }
+        json_decref(root);
+        memset(out, 0, sizeof *out);
+        return -1;
+    }
+    out->root_ = root;
+    return 0;
+}
+
+void frame_free(client_frame *f)
+{
+    if (!f) return;
+    if (f->root_) json_decref((json_t *)f->root_);
+    memset(f, 0, sizeof *f);
+}

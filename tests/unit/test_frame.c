@@ -1,0 +1,236 @@
+/* test_frame: client frame parsing (frame.h): every type, every error path,
+ * unknown fields, id echo, embedded NULs. */
+#define _GNU_SOURCE
+#include "frame.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int g_pass, g_fail;
+#define CHECK(cond, ...) do { \
+    if (cond) g_pass++; \
+    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
+           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
+
+static int parse_n(const char *js, size_t n, client_frame *f, char *code, char *msg, char **id)
+{
+    return frame_parse(js, n, f, code, msg, 128, id);
+}
+static int parse(const char *js, client_frame *f, char *code, char *msg, char **id)
+{
+    return parse_n(js, strlen(js), f, code, msg, id);
+}
+
+static int eq(const char *p, size_t n, const char *want)
+{
+    return p && n == strlen(want) && memcmp(p, want, n) == 0;
+}
+
+/* Expects failure with bad_request and a message containing want. */
+static void bad(const char *js, const char *want)
+{
+    client_frame f;
+    char code[32] = "x", msg[128] = "";
+    char *id = (char *)1;
+    int rc = parse(js, &f, code, msg, &id);
+    CHECK(rc == -1 && strcmp(code, "bad_request") == 0 && strstr(msg, want),
+          "%s -> rc=%d code=%s msg='%s' (want '%s')", js, rc, code, msg, want);
+    CHECK(f.root_ == NULL, "no tree kept on error for %s", js);
+    frame_free(&f); /* safe after an error */
+    free(id == (char *)1 ? NULL : id);
+}
+
+static void test_valid(void)
+{
+    client_frame f;
+    char code[32], msg[128], *id = NULL;
+
+    CHECK(parse("{\"type\":\"message\",\"body\":\"hi\",\"id\":\"c1\",\"room\":\"lobby\"}", &f, code, msg, &id) == 0, "%s", msg);
+    CHECK(f.type == FT_MESSAGE && eq(f.body, f.body_len, "hi") && eq(f.id, f.id_len, "c1") &&
+          eq(f.room, f.room_len, "lobby") && f.token == NULL, "message fields");
+    CHECK(id == NULL, "id_out untouched on success");
+    frame_free(&f);
+    CHECK(f.root_ == NULL && f.body == NULL, "frame_free clears");
+    frame_free(&f); /* twice is harmless */
+
+    CHECK(parse("{\"type\":\"message\",\"body\":\"\"}", &f, code, msg, &id) == 0, "empty body allowed: %s", msg);
+    CHECK(f.body && f.body_len == 0 && f.room == NULL && f.id == NULL, "empty body, no room, no id");
+    frame_free(&f);
+
+    /* unknown fields ignored, unicode body, whitespace */
+    CHECK(parse(" {\"foo\":[1,{\"x\":null}],\"type\":\"message\",\"body\":\"\\u00e9\\ud83d\\ude00\",\"extra\":true} \n",
+                &f, code, msg, NULL) == 0, "%s", msg);
+    CHECK(eq(f.body, f.body_len, "\xc3\xa9\xf0\x9f\x98\x80"), "utf-8 body");
+    frame_free(&f);
+
+    /* embedded NUL in body: length comes from the tree */
+    CHECK(parse("{\"type\":\"message\",\"body\":\"a\\u0000b\"}", &f, code, msg, NULL) == 0, "%s", msg);
+    CHECK(f.body_len == 3 && memcmp(f.body, "a\0b", 3) == 0, "NUL kept in body (len %zu)", f.body_len);
+    frame_free(&f);
+
+    /* id boundaries */
+    char buf[512], id64[65];
+    memset(id64, 'i', 64); id64[64] = 0;
+    snprintf(buf, sizeof buf, "{\"type\":\"message\",\"body\":\"x\",\"id\":\"%s\"}", id64);
+    CHECK(parse(buf, &f, code, msg, NULL) == 0 && f.id_len == 64, "64-byte id: %s", msg);
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"message\",\"body\":\"x\",\"id\":\"a\"}", &f, code, msg, NULL) == 0 && f.id_len == 1, "1-byte id");
+    frame_free(&f);
+
+    CHECK(parse("{\"type\":\"typing\"}", &f, code, msg, NULL) == 0 && f.type == FT_TYPING && f.room == NULL, "typing");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"typing\",\"room\":\"a.b-c_D9\"}", &f, code, msg, NULL) == 0 &&
+          eq(f.room, f.room_len, "a.b-c_D9"), "typing with room");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"heartbeat\"}", &f, code, msg, NULL) == 0 && f.type == FT_HEARTBEAT, "heartbeat");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"heartbeat\",\"room\":42}", &f, code, msg, NULL) == 0, "heartbeat ignores fields");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r2\"}", &f, code, msg, NULL) == 0 && f.type == FT_JOIN &&
+          eq(f.room, f.room_len, "r2") && !f.has_since, "join");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r2\",\"since\":0}", &f, code, msg, NULL) == 0 &&
+          f.has_since && f.since == 0, "join since 0");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r2\",\"since\":9007199254740993}", &f, code, msg, NULL) == 0 &&
+          f.has_since && f.since == 9007199254740993ull, "join large since (exact)");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"leave\",\"room\":\"r2\"}", &f, code, msg, NULL) == 0 && f.type == FT_LEAVE &&
+          eq(f.room, f.room_len, "r2"), "leave");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"refresh\",\"token\":\"a.b.c\"}", &f, code, msg, NULL) == 0 && f.type == FT_REFRESH &&
+          eq(f.token, f.token_len, "a.b.c"), "refresh");
+    frame_free(&f);
+
+    /* duplicate keys: accepted, the last one wins */
+    CHECK(parse("{\"type\":\"message\",\"body\":\"one\",\"body\":\"two\"}", &f, code, msg, NULL) == 0 &&
+          eq(f.body, f.body_len, "two"), "duplicate key: %s", msg);
+    frame_free(&f);
+
+    /* length is honoured: the buffer need not be NUL-terminated */
+    const char *two = "{\"type\":\"heartbeat\"}{\"type\":\"x\"}";
+    CHECK(parse_n(two, 20, &f, code, msg, NULL) == 0 && f.type == FT_HEARTBEAT, "explicit length: %s", msg);
+    frame_free(&f);
+}
+
+static void test_errors(void)
+{
+    bad("", "invalid JSON");
+    bad("{", "invalid JSON");
+    bad("{\"type\":\"heartbeat\"} x", "invalid JSON");
+    bad("{\"type\":\"heartbeat\"}{\"type\":\"heartbeat\"}", "invalid JSON");
+    bad("{'type':'heartbeat'}", "invalid JSON");
+    bad("{\"type\":\"message\",\"body\":\"\xff\xfe\"}", "invalid JSON"); /* invalid UTF-8 */
+    bad("[]", "JSON object");
+    bad("\"message\"", "JSON object");
+    bad("42", "JSON object");
+    bad("null", "JSON object");
+    bad("{}", "missing type");
+    bad("{\"body\":\"x\"}", "missing type");
+    bad("{\"type\":7}", "type must be a string");
+    bad("{\"type\":null}", "type must be a string");
+    bad("{\"type\":[\"message\"]}", "type must be a string");
+    bad("{\"type\":\"foo\"}", "unknown type 'foo'");
+    bad("{\"type\":\"Message\"}", "unknown type 'Message'");
+    bad("{\"type\":\"\"}", "unknown type ''");
+    bad("{\"type\":\"message\\u0000\",\"body\":\"x\"}", "unknown type");
+    bad("{\"type\":\"message \",\"body\":\"x\"}", "unknown type");
+    /* message */
+    bad("{\"type\":\"message\"}", "message needs a string body");
+    bad("{\"type\":\"message\",\"body\":5}", "message needs a string body");
+    bad("{\"type\":\"message\",\"body\":null}", "message needs a string body");
+    bad("{\"type\":\"message\",\"body\":{\"t\":\"x\"}}", "message needs a string body");
+    bad("{\"type\":\"message\",\"body\":\"x\",\"id\":\"\"}", "id must be");
+    bad("{\"type\":\"message\",\"body\":\"x\",\"id\":17}", "id must be");
+    bad("{\"type\":\"message\",\"body\":\"x\",\"id\":\"a\\u0000b\"}", "id must be");
+    char buf[512], id65[66];
+    memset(id65, 'i', 65); id65[65] = 0;
+    snprintf(buf, sizeof buf, "{\"type\":\"message\",\"body\":\"x\",\"id\":\"%s\"}", id65);
+    bad(buf, "id must be");
+    bad("{\"type\":\"message\",\"body\":\"x\",\"room\":\"bad room\"}", "invalid room name");
+    bad("{\"type\":\"message\",\"body\":\"x\",\"room\":\"\"}", "invalid room name");
+    bad("{\"type\":\"message\",\"body\":\"x\",\"room\":5}", "room must be a string");
+    bad("{\"type\":\"message\",\"body\":\"x\",\"room\":\"ok\\u0000\"}", "room must be a string");
+    /* typing */
+    bad("{\"type\":\"typing\",\"room\":\"a/b\"}", "invalid room name");
+    bad("{\"type\":\"typing\",\"room\":null}", "room must be a string");
+    /* join */
+    bad("{\"type\":\"join\"}", "join needs a room");
+    bad("{\"type\":\"join\",\"room\":\"\"}", "invalid room name");
+    char r65[66];
+    memset(r65, 'r', 65); r65[65] = 0;
+    snprintf(buf, sizeof buf, "{\"type\":\"join\",\"room\":\"%s\"}", r65);
+    bad(buf, "invalid room name");
+    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":-1}", "since must be a non-negative integer");
+    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":1.5}", "since must be a non-negative integer");
+    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":1.0}", "since must be a non-negative integer");
+    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":\"3\"}", "since must be a non-negative integer");
+    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":null}", "since must be a non-negative integer");
+    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":99999999999999999999999}", "invalid JSON");
+    /* leave */
+    bad("{\"type\":\"leave\"}", "leave needs a room");
+    bad("{\"type\":\"leave\",\"room\":[\"r\"]}", "room must be a string");
+    bad("{\"type\":\"leave\",\"room\":\"r r\"}", "invalid room name");
+    /* refresh */
+    bad("{\"type\":\"refresh\"}", "refresh needs a string token");
+    bad("{\"type\":\"refresh\",\"token\":\"\"}", "refresh needs a string token");
+    bad("{\"type\":\"refresh\",\"token\":42}", "refresh needs a string token");
+    bad("{\"type\":\"refresh\",\"token\":\"a.b.c\\u0000x\"}", "refresh needs a string token");
+
+    /* NULL data */
+    client_frame f;
+    char code[32], msg[128];
+    CHECK(frame_parse(NULL, 0, &f, code, msg, sizeof msg, NULL) == -1 && strcmp(code, "bad_request") == 0, "NULL data");
+    /* tiny msg buffer truncates safely */
+    char small[8];
+    CHECK(frame_parse("{\"type\":\"nope-nope-nope\"}", 24, &f, code, small, sizeof small, NULL) == -1 &&
+          strlen(small) == 7, "msg truncated to buffer");
+    /* long / odd unknown type is shown short and printable */
+    char longtype[300] = "{\"type\":\"";
+    memset(longtype + 9, 'z', 200);
+    strcpy(longtype + 209, "\\n\"}");
+    CHECK(parse(longtype, &f, code, msg, NULL) == -1 && strlen(msg) < 60 && !strchr(msg, '\n'),
+          "unknown type message bounded: '%s'", msg);
+}
+
+static void test_id_echo(void)
+{
+    client_frame f;
+    char code[32], msg[128], *id = NULL;
+    /* error in a frame with a string id: id echoed */
+    CHECK(parse("{\"type\":\"message\",\"id\":\"m-7\"}", &f, code, msg, &id) == -1, "no body");
+    CHECK(id && strcmp(id, "m-7") == 0, "id echoed: %s", id ? id : "(null)");
+    free(id); id = NULL;
+    CHECK(parse("{\"type\":\"bogus\",\"id\":\"b1\"}", &f, code, msg, &id) == -1 && id && strcmp(id, "b1") == 0,
+          "id echoed for unknown type");
+    free(id); id = NULL;
+    CHECK(parse("{\"type\":\"message\",\"body\":\"x\",\"id\":\"r1\",\"room\":\"bad!\"}", &f, code, msg, &id) == -1 &&
+          id && strcmp(id, "r1") == 0, "id echoed for bad room");
+    free(id); id = NULL;
+    /* an over-long id is still echoed (it was a string) */
+    char buf[256], id65[66];
+    memset(id65, 'q', 65); id65[65] = 0;
+    snprintf(buf, sizeof buf, "{\"type\":\"message\",\"body\":\"x\",\"id\":\"%s\"}", id65);
+    CHECK(parse(buf, &f, code, msg, &id) == -1 && id && strlen(id) == 65, "long id echoed");
+    free(id); id = NULL;
+    /* non-string id: nothing to echo */
+    CHECK(parse("{\"type\":\"message\",\"id\":5}", &f, code, msg, &id) == -1 && id == NULL, "numeric id not echoed");
+    /* invalid JSON: nothing to echo */
+    id = (char *)1;
+    CHECK(parse("{\"id\":\"x\"", &f, code, msg, &id) == -1 && id == NULL, "id_out reset on invalid JSON");
+    /* success: id_out stays NULL, id is in the frame */
+    id = (char *)1;
+    CHECK(parse("{\"type\":\"message\",\"body\":\"\",\"id\":\"ok\"}", &f, code, msg, &id) == 0 && id == NULL &&
+          eq(f.id, f.id_len, "ok"), "success leaves id_out NULL");
+    frame_free(&f);
+}
+
+int main(void)
+{
+    test_valid();
+    test_errors();
+    test_id_echo();
+    printf("test_frame: %d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}

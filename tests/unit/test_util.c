@@ -1,0 +1,89 @@
+/* test_util: room_name_valid boundaries and json_escape (util.h). */
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int g_pass, g_fail;
+#define CHECK(cond, ...) do { \
+    if (cond) g_pass++; \
+    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
+           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
+
+static void test_rooms(void)
+{
+    char r[70];
+    memset(r, 'a', sizeof r);
+    CHECK(!room_name_valid(r, 0), "0 chars");
+    CHECK(!room_name_valid(NULL, 0) && !room_name_valid(NULL, 5), "NULL");
+    CHECK(room_name_valid(r, 1), "1 char");
+    CHECK(room_name_valid(r, 64), "64 chars");
+    CHECK(!room_name_valid(r, 65), "65 chars");
+    CHECK(CHAT_ROOM_MAX == 64, "CHAT_ROOM_MAX");
+    const char *ok = "ABCxyz019_.-";
+    CHECK(room_name_valid(ok, strlen(ok)), "every allowed class");
+    const char *badc = " /\\:?#&%+@!\"'{}[]~*,;=<>|$`";
+    for (const char *p = badc; *p; p++) {
+        char s[4] = {'a', *p, 'b', 0};
+        CHECK(!room_name_valid(s, 3), "'%c' refused", *p);
+    }
+    CHECK(!room_name_valid("a\0b", 3), "embedded NUL");
+    CHECK(!room_name_valid("caf\xc3\xa9", 5), "non-ASCII");
+    CHECK(!room_name_valid("a\nb", 3) && !room_name_valid("a\x7f", 2), "control chars");
+    CHECK(room_name_valid("lobby!", 5), "length is honoured (prefix valid)");
+}
+
+/* Escapes s and compares with want (including the quotes). */
+static void esc(const char *s, size_t n, const char *want)
+{
+    char out[256];
+    memset(out, '#', sizeof out);
+    long w = json_escape(out, sizeof out, s, n);
+    CHECK(w == (long)strlen(want) && memcmp(out, want, (size_t)w) == 0,
+          "escape -> %ld '%.*s' want '%s'", w, w > 0 ? (int)w : 0, out, want);
+}
+
+static void test_escape(void)
+{
+    esc("", 0, "\"\"");
+    esc("plain", 5, "\"plain\"");
+    esc("a\"b", 3, "\"a\\\"b\"");
+    esc("back\\slash", 10, "\"back\\\\slash\"");
+    esc("\n\r\t", 3, "\"\\n\\r\\t\"");
+    esc("\x01\x1f", 2, "\"\\u0001\\u001f\"");
+    esc("a\0b", 3, "\"a\\u0000b\"");
+    esc("\x7f", 1, "\"\x7f\"");
+    esc("/", 1, "\"/\"");
+    esc("J\xc3\xbcrgen \xf0\x9f\x98\x80", 12, "\"J\xc3\xbcrgen \xf0\x9f\x98\x80\"");
+    /* cap: exact fit, one short, tiny */
+    char out[16];
+    CHECK(json_escape(out, 4, "ab", 2) == 4 && memcmp(out, "\"ab\"", 4) == 0, "exact fit");
+    CHECK(json_escape(out, 3, "ab", 2) == -1, "one byte short");
+    CHECK(json_escape(out, 0, "", 0) == -1, "cap 0");
+    CHECK(json_escape(out, 1, "", 0) == -1, "cap 1");
+    CHECK(json_escape(out, 2, "", 0) == 2, "cap 2 empty string");
+    CHECK(json_escape(out, 5, "\x01", 1) == -1, "escape sequence does not fit");
+    CHECK(json_escape(out, 8, "\x01", 1) == 8, "escape sequence exact fit");
+    /* never writes past cap */
+    char guard[8];
+    memset(guard, 'G', sizeof guard);
+    CHECK(json_escape(guard, 4, "abcdef", 6) == -1 && guard[4] == 'G', "no write past cap");
+}
+
+static void test_clocks(void)
+{
+    uint64_t a = mono_ns(), b = mono_ns();
+    CHECK(b >= a, "monotonic");
+    CHECK(now_ms() > 1600000000000ull, "wall clock in ms");
+    CHECK(mono_ms() >= a / 1000000ull && mono_ms() <= mono_ns() / 1000000ull, "mono_ms");
+}
+
+int main(void)
+{
+    test_rooms();
+    test_escape();
+    test_clocks();
+    printf("test_util: %d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
