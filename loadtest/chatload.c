@@ -585,7 +585,8 @@ static const char *conn_room(uint32_t room, char *out, size_t n)
     return out;
 }
 
-static struct sockaddr_in SRV;
+static struct sockaddr_in SRV[8];
+static int N_SRV = 1;
 
 static int conn_socket(struct conn *c, uint32_t idx)
 {
@@ -608,7 +609,9 @@ static int conn_socket(struct conn *c, uint32_t idx)
             return -1;
         }
     }
-    if (connect(fd, (struct sockaddr *)&SRV, sizeof SRV) < 0 && errno != EINPROGRESS) {
+    /* members of one room are spread over the nodes: node = (idx / rooms) % nodes */
+    const struct sockaddr_in *srv = &SRV[(idx / (uint32_t)O.rooms) % (uint32_t)N_SRV];
+    if (connect(fd, (const struct sockaddr *)srv, sizeof *srv) < 0 && errno != EINPROGRESS) {
         close(fd);
         S.failed_connect++;
         return -1;
@@ -1192,7 +1195,8 @@ static double ms(uint64_t ns) { return (double)ns / 1e6; }
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: chatload --url HOST:PORT --secret S [options]\n"
+            "usage: chatload --url HOST:PORT[,HOST:PORT...] --secret S [options]\n"
+            "  (several urls: the members of each room are spread over the nodes)\n"
             "  --conns N          connections (default 100)\n"
             "  --rooms R          rooms; connection i joins room i %% R (default 1)\n"
             "  --rate M           messages/s in total (default 10)\n"
@@ -1250,14 +1254,28 @@ static void parse_opts(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
         case 'u': {
-            const char *u = optarg;
-            if (strncmp(u, "ws://", 5) == 0)
-                u += 5;
-            const char *colon = strrchr(u, ':');
-            if (!colon)
-                usage();
-            snprintf(O.host, sizeof O.host, "%.*s", (int)(colon - u), u);
-            O.port = atoi(colon + 1);
+            char *list = optarg, *u;
+            N_SRV = 0;
+            while ((u = strsep(&list, ",")) && N_SRV < 8) {
+                if (strncmp(u, "ws://", 5) == 0)
+                    u += 5;
+                char *colon = strrchr(u, ':');
+                if (!colon)
+                    usage();
+                *colon = 0;
+                if (N_SRV == 0) {
+                    snprintf(O.host, sizeof O.host, "%s", u);
+                    O.port = atoi(colon + 1);
+                }
+                memset(&SRV[N_SRV], 0, sizeof SRV[N_SRV]);
+                SRV[N_SRV].sin_family = AF_INET;
+                SRV[N_SRV].sin_port = htons((uint16_t)atoi(colon + 1));
+                if (inet_pton(AF_INET, u, &SRV[N_SRV].sin_addr) != 1) {
+                    fprintf(stderr, "chatload: --url host must be a numeric IPv4 address\n");
+                    exit(2);
+                }
+                N_SRV++;
+            }
             break;
         }
         case 's': snprintf(O.secret, sizeof O.secret, "%s", optarg); break;
@@ -1306,12 +1324,11 @@ static void parse_opts(int argc, char **argv)
         O.procs = (O.conns + 18999) / 19000;
     if (O.body_bytes > 900)
         O.body_bytes = 900;
-    if (inet_pton(AF_INET, O.host, &SRV.sin_addr) != 1) {
-        fprintf(stderr, "chatload: --url host must be a numeric IPv4 address\n");
-        exit(2);
+    if (N_SRV == 1 && SRV[0].sin_family == 0) {
+        SRV[0].sin_family = AF_INET;
+        SRV[0].sin_port = htons((uint16_t)O.port);
+        inet_pton(AF_INET, O.host, &SRV[0].sin_addr);
     }
-    SRV.sin_family = AF_INET;
-    SRV.sin_port = htons((uint16_t)O.port);
 }
 
 struct secagg {

@@ -24,6 +24,8 @@ async def process_request(path, headers):
     u = urlsplit(path)
     q = parse_qs(u.query)
     tok = q.get("token", [None])[0]
+    if u.path == "/healthz":
+        return http.HTTPStatus.OK, [("Content-Length", "3")], b"ok\n"
     if u.path.startswith("/rooms/"):
         h = headers.get("Authorization", "")
         tok = h[7:] if h.startswith("Bearer ") else tok

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Shared plumbing of the load scenarios (source it): build the tools, start
+# Redis/Postgres (tools/services.sh) and chatd pinned to core 0, run chatload
+# pinned to core 1, plot the timeline to SVG, and stop everything this script
+# started (by PID) on exit.
+set -euo pipefail
+LT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO=$(cd "$LT_DIR/.." && pwd)
+RESULTS=${RESULTS:-$LT_DIR/results}
+CHATD=${CHATD:-$REPO/build/chatd}
+SECRET=${SECRET:-s3cret}
+CHATD_CPU=${CHATD_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+PORT_A=${PORT_A:-17601}
+PORT_B=${PORT_B:-17602}
+REDIS_PORT=${REDIS_PORT:-17610}
+PG_PORT=${PG_PORT:-17611}
+LT_DATA=${LT_DATA:-/tmp/chatd-loadtest-$$}
+LOAD=$LT_DIR/bin/chatload
+LT_PIDS=()
+LT_SERVICES=0
+mkdir -p "$RESULTS"
+
+# shellcheck source=/dev/null
+source "$REPO/tools/services.sh"
+
+lt_cleanup() {
+    local p
+    for p in "${LT_PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${LT_PIDS[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+        kill -9 "$p" 2>/dev/null || true
+    done
+    if [ "$LT_SERVICES" = 1 ]; then
+        # services.sh records the runuser wrapper's pid; stop the postmaster itself
+        # (fast shutdown) so that no Postgres outlives its deleted data folder
+        if [ -f "$LT_DATA/pg/postmaster.pid" ]; then
+            p=$(head -1 "$LT_DATA/pg/postmaster.pid")
+            kill -INT "$p" 2>/dev/null || true
+            for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+        fi
+        services_stop "$LT_DATA"
+    fi
+    rm -rf "$LT_DATA"
+}
+trap lt_cleanup EXIT
+
+lt_build() {
+    "$LT_DIR/build.sh"
+    [ -x "$CHATD" ] || { echo "no chatd binary at $CHATD (cmake --build $REPO/build)" >&2; exit 2; }
+    ulimit -n "$(ulimit -Hn)"
+}
+
+# lt_services [redis] [pg]: start the ones named, pinned next to the generator
+lt_services() {
+    mkdir -p "$LT_DATA"
+    LT_SERVICES=1
+    local s
+    for s in "$@"; do
+        case $s in
+        redis)
+            services_start_redis "$LT_DATA" "$REDIS_PORT"
+            taskset -a -p -c "$LOAD_CPU" "$(cat "$LT_DATA/redis.pid")" >/dev/null
+            export CHAT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT ;;
+        pg)
+            services_start_postgres "$LT_DATA" "$PG_PORT"
+            taskset -a -p -c "$LOAD_CPU" "$(cat "$LT_DATA/postgres.pid")" >/dev/null
+            export CHAT_DATABASE_URL="host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd" ;;
+        esac
+    done
+}
+
+# lt_chatd NAME PORT: start chatd pinned to CHATD_CPU, wait for /healthz; pid in LT_CHATD_PID
+lt_chatd() {
+    local name=$1 port=$2
+    if [[ $CHATD == *.py ]]; then   # the mock server, to test the scenarios themselves
+        taskset -c "$CHATD_CPU" /usr/bin/python3 "$CHATD" "$port" "$SECRET" >"$RESULTS/$name.chatd.log" 2>&1 &
+    else
+        CHAT_LISTEN=127.0.0.1:$port CHAT_JWT_SECRET=$SECRET CHAT_NODE_ID=$name \
+            taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
+    fi
+    LT_CHATD_PID=$!
+    LT_PIDS+=("$LT_CHATD_PID")
+    for _ in $(seq 1 100); do
+        if curl -fs -o /dev/null "http://127.0.0.1:$port/healthz"; then return 0; fi
+        kill -0 "$LT_CHATD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "chatd $name did not become healthy on port $port; log:" >&2
+    tail -20 "$RESULTS/$name.chatd.log" >&2
+    exit 1
+}
+
+# lt_load NAME chatload-args...: run the generator pinned to LOAD_CPU
+lt_load() {
+    local name=$1
+    shift
+    taskset -c "$LOAD_CPU" "$LOAD" --secret "$SECRET" --json "$RESULTS/$name.json" \
+        --timeline "$RESULTS/$name.timeline" "$@" | tee "$RESULTS/$name.txt"
+}
+
+# lt_plot NAME TITLE: SVG of connections, deliveries/s and lag p50/p99 over time
+lt_plot() {
+    local name=$1 title=$2 tl="$RESULTS/$1.timeline"
+    gnuplot <<GP
+set terminal svg size 960,640 dynamic font "sans,11" background rgb "white"
+set output "$RESULTS/$name.svg"
+set multiplot layout 2,1 title "$title"
+set grid
+set key top left
+set xlabel "time (s)"
+set ylabel "connections"
+set y2label "deliveries/s"
+set ytics nomirror
+set y2tics
+set yrange [0:*]
+set y2range [0:*]
+plot "$tl" using 1:2 with lines lw 2 title "connections", \
+     "$tl" using 1:3 axes x1y2 with lines lw 2 title "deliveries/s"
+unset y2label
+unset y2tics
+set ylabel "broadcast lag (ms)"
+set logscale y
+set yrange [*:*]
+plot "$tl" using 1:(\$4>0?\$4:1/0) with lines lw 2 title "lag p50", \
+     "$tl" using 1:(\$5>0?\$5:1/0) with lines lw 2 title "lag p99"
+unset multiplot
+GP
+    echo "wrote $RESULTS/$name.json and $RESULTS/$name.svg"
+}
