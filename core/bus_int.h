@@ -1,0 +1,192 @@
+/* bus_int: what the bus files share with each other (never included outside
+ * core/bus*.c and the bus unit tests).
+ * Owns nothing itself; declares
+ *  - bus_map: a string-keyed hash map (rooms, in-process stores, client ids),
+ *  - bus_room: one subscribed room (refcount, backend subscription state and
+ *    the ordered-delivery state: last delivered seq, held messages, fill),
+ *  - bus_req: one pending publish/replay with its user callback,
+ *  - bus_backend: the operations each mode (Redis, in-process) provides,
+ *  - the ordered-delivery entry points backends call (bus_order.c),
+ *  - the Redis URL parser (bus_url.c) and the publish script (bus_script.c). */
+#ifndef CHATD_BUS_INT_H
+#define CHATD_BUS_INT_H
+#include "bus.h"
+#include "metrics.h"
+#include "util.h"
+#include <stdint.h>
+#include <stddef.h>
+
+/* ---- bus_map.c ---- */
+typedef struct bus_map_node {
+    char *key;
+    void *val;
+    struct bus_map_node *next;
+} bus_map_node;
+
+typedef struct bus_map {
+    bus_map_node **slots;
+    size_t nslots, count;
+} bus_map;
+
+void bus_map_init(bus_map *m);
+void *bus_map_get(const bus_map *m, const char *key);
+/* Inserts or replaces; returns 0, -1 on allocation failure. */
+int bus_map_put(bus_map *m, const char *key, void *val);
+/* Removes key; returns its value or NULL. */
+void *bus_map_del(bus_map *m, const char *key);
+/* Calls fn for every value; fn must not modify the map. */
+void bus_map_each(const bus_map *m, void (*fn)(void *val, void *arg), void *arg);
+/* Collects up to cap values into out; returns how many. */
+size_t bus_map_values(const bus_map *m, void **out, size_t cap);
+void bus_map_clear(bus_map *m);
+
+/* ---- rooms and the ordered delivery (bus.c, bus_order.c) ---- */
+typedef struct bus_held {
+    uint64_t seq;
+    size_t len;
+    struct bus_held *next;
+    char tail[];
+} bus_held;
+
+enum { BUS_SUB_NONE = 0, BUS_SUB_SUBSCRIBING, BUS_SUB_SUBSCRIBED, BUS_SUB_UNSUBSCRIBING };
+
+typedef struct bus_req bus_req;
+
+typedef struct bus_room {
+    char name[CHAT_ROOM_MAX + 1];
+    int refs;                /* local subscribers */
+    /* backend subscription state (Redis: channel confirmations pending) */
+    int sub_state, sub_pending;
+    /* identifies the current subscription; async answers carrying another
+     * id are stale (the room was unsubscribed or Redis reconnected) */
+    uint64_t sub_id;
+    /* ordered delivery */
+    int synced;              /* head known for the current subscription */
+    int have_last;           /* last is meaningful (kept across reconnects) */
+    uint64_t last;           /* last seq delivered to on_message */
+    uint64_t target;         /* head seen at the last sync */
+    bus_held *held;          /* received early, ascending, unique, > last */
+    size_t nheld;
+    int fetching;            /* a range fetch is in flight */
+    int busy;                /* inside a delivery loop: do not free */
+    bus_req *waiting;        /* replays waiting for the sync */
+} bus_room;
+
+/* ---- pending requests (bus.c) ---- */
+enum { BUS_REQ_PUBLISH = 1, BUS_REQ_REPLAY };
+
+struct bus_req {
+    int kind;
+    bus *b;
+    bus_publish_cb pcb;
+    bus_replay_cb rcb;
+    void *ud;
+    int called;              /* user callback already invoked */
+    int hold;                /* backend callbacks still referencing this */
+    bus_req *prev, *next;    /* pending list of the bus */
+    bus_req *wnext;          /* room waiting list */
+    uint64_t t0;             /* mono_ns at submission */
+    char room[CHAT_ROOM_MAX + 1];
+    char *id;                /* client id or NULL */
+    char *tail;
+    size_t tail_len;
+    uint64_t since;
+    size_t max;
+    int retried;             /* NOSCRIPT retry done */
+    int have_head;
+    uint64_t head;
+};
+
+/* Calls the user callback once (later calls are ignored). */
+void bus_req_publish_done(bus_req *r, int status, uint64_t seq, int dup);
+void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, uint64_t head);
+/* Drops one backend reference; at zero the request is freed (its callback
+ * is called with status -1 first if nobody answered it). */
+void bus_req_unhold(bus_req *r);
+
+/* ---- backends ---- */
+typedef struct bus_backend {
+    int (*init)(bus *b, const bus_opts *o, char *err, size_t errlen);
+    /* Start the op; the backend holds r (r->hold) until it answers. 0 or -1
+     * (not started: the caller frees r without calling back). */
+    int (*publish)(bus *b, bus_req *r);
+    int (*replay)(bus *b, bus_req *r);
+    int (*emit)(bus *b, const char *room, const char *kind, const char *data, size_t len);
+    /* The room's refs changed: subscribe/unsubscribe as needed. */
+    void (*reconcile)(bus *b, bus_room *room);
+    /* Fetch [from, to] of room from the recent buffer for the subscription
+     * sub_id; answer with bus_order_fetched(). -1 when it cannot start. */
+    int (*fetch)(bus *b, bus_room *room, uint64_t from, uint64_t to);
+    /* A room synced or a fill finished (Redis: readiness after recovery). */
+    void (*progress)(bus *b);
+    /* Cancel everything, close every handle (bus_handle_closed per handle). */
+    void (*free)(bus *b);
+} bus_backend;
+
+extern const bus_backend bus_redis_backend;
+extern const bus_backend bus_local_backend;
+
+struct bus {
+    uv_loop_t *loop;
+    bus_handlers h;
+    void *ud;
+    size_t recent_max;
+    uint32_t id_ttl_s;
+    const bus_backend *be;
+    void *impl;              /* backend state */
+    int ready;
+    int freeing;
+    int handles;             /* uv handles of the bus still open */
+    bus_map rooms;           /* name -> bus_room */
+    uint64_t sub_counter;
+    bus_req *pending;        /* every request not yet freed */
+    struct {
+        metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
+        metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
+    } m;
+};
+
+/* bus.c */
+bus_room *bus_room_get(bus *b, const char *name);
+/* Frees the room when nobody needs it any more. */
+void bus_room_maybe_free(bus *b, bus_room *room);
+/* A uv handle of the bus was closed (from its close callback). */
+void bus_handle_closed(bus *b);
+/* Readiness changed: calls on_ready unless freeing. */
+void bus_set_ready(bus *b, int ready);
+/* Runs replays that waited for the room's sync, or fails them (-1). */
+void bus_room_run_waiting(bus *b, bus_room *room, int fail);
+
+/* bus_order.c: the one ordered-delivery path of both modes. */
+/* A message arrived on the room's subscription. */
+void bus_order_incoming(bus *b, const char *room, uint64_t seq, const char *tail, size_t len);
+/* The subscription of room (sub_id) is confirmed and head is the room's
+ * last assigned seq, read after the confirmation. */
+void bus_order_synced(bus *b, const char *room, uint64_t sub_id, uint64_t head);
+/* Result of a fetch: ok=0 when Redis failed (nothing changes, the reconnect
+ * resynchronises). entries ascending, within [from, to]. */
+void bus_order_fetched(bus *b, const char *room, uint64_t sub_id, int ok, uint64_t from,
+                       uint64_t to, const bus_entry *e, size_t n);
+/* Resets the delivery state for a new subscription (keep_last: Redis
+ * reconnect, recover from the last delivered seq). */
+void bus_order_reset(bus *b, bus_room *room, int keep_last);
+/* 1 when every subscribed room is synced and caught up. */
+int bus_order_all_caught_up(bus *b);
+
+/* bus_url.c */
+typedef struct bus_url {
+    char host[256];
+    int port;
+    int db;
+    char user[128];
+    char pass[256];
+} bus_url;
+int bus_url_parse(const char *url, bus_url *out, char *err, size_t errlen);
+
+/* bus_script.c */
+extern const char BUS_PUBLISH_LUA[];
+
+/* helpers shared by backends */
+int bus_parse_entry(const char *s, size_t len, bus_entry *e); /* "<seq>\n<tail>" */
+
+#endif
