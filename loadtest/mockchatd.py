@@ -10,6 +10,17 @@ PORT, SECRET = int(sys.argv[1]), sys.argv[2]
 rooms = {}    # room -> set of websockets
 seqs = {}     # room -> last seq
 history = {}  # room -> list of messages
+counts = {"accepted": 0, "refused_auth": 0}
+
+
+def metrics_text():
+    open_ = sum(len(v) for v in rooms.values())
+    lines = ["# HELP chat_connections_open Open WebSocket connections.",
+             "# TYPE chat_connections_open gauge", f"chat_connections_open {open_}",
+             "# HELP chat_connections_total Upgrade attempts by result.",
+             "# TYPE chat_connections_total counter"]
+    lines += [f'chat_connections_total{{result="{k}"}} {v}' for k, v in counts.items()]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def auth(token):
@@ -24,6 +35,9 @@ async def process_request(path, headers):
     u = urlsplit(path)
     q = parse_qs(u.query)
     tok = q.get("token", [None])[0]
+    if u.path == "/metrics":
+        body = metrics_text()
+        return http.HTTPStatus.OK, [("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body)))], body
     if u.path == "/healthz":
         return http.HTTPStatus.OK, [("Content-Length", "3")], b"ok\n"
     if u.path.startswith("/rooms/"):
@@ -37,7 +51,9 @@ async def process_request(path, headers):
     if not u.path.startswith("/ws/"):
         return http.HTTPStatus.NOT_FOUND, [], b"not found\n"
     if not tok or not auth(tok):
+        counts["refused_auth"] += 1
         return http.HTTPStatus.UNAUTHORIZED, [], b"bad token\n"
+    counts["accepted"] += 1
     return None
 
 
