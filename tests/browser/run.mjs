@@ -1,0 +1,569 @@
+#!/usr/bin/env node
+// run.mjs: end-to-end tests of the chatd browser client (web/) in real Chromium.
+// Owns: the processes of one run (redis-server, Postgres, two chatd nodes with --dev-tokens),
+// all started on ports 17500-17599 and killed by PID at the end; one headless Chromium
+// (/usr/bin/chromium, fresh user-data-dir) with one browser context per user; screenshots in
+// tests/artifacts/browser/. Prints one line per test and ends with "N passed, N failed";
+// exit status 1 when any test failed.
+//
+// Environment: CHATD_BIN (default <repo>/build/chatd), WEB_TEST_NO_PG=1 (no Postgres),
+// WEB_TEST_ONLY=substring (run matching tests), WEB_TEST_EXTERNAL=http://h:p[,http://h:p]
+// (use running servers with dev tokens instead of starting any; the failover test is skipped).
+
+import { chromium } from 'playwright-core';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const CHATD = process.env.CHATD_BIN || path.join(ROOT, 'build', 'chatd');
+const ART = path.join(ROOT, 'tests', 'artifacts', 'browser');
+const PGBIN = process.env.PGBIN || '/usr/lib/postgresql/15/bin';
+const PORT = { redis: 17501, pg: 17502, nodeA: 17510, nodeB: 17511 };
+const SECRET = 'browser-test-secret-5f0c2a9e';
+const TIMING = { heartbeat: 1000, presenceTtl: 3000, typingTtl: 2000 };
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1',
+];
+const EXTERNAL = (process.env.WEB_TEST_EXTERNAL || '').split(',').map((s) => s.trim()).filter(Boolean);
+
+fs.mkdirSync(ART, { recursive: true });
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'chatd-web-test-'));
+fs.chmodSync(tmp, 0o755);
+const children = []; // {name, proc}
+
+function log(...a) {
+  console.log(...a);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---- processes -------------------------------------------------------------------------------
+function startProc(name, cmd, args, opts = {}) {
+  const out = fs.openSync(path.join(ART, `${name}.log`), 'w');
+  const proc = spawn(cmd, args, { stdio: ['ignore', out, out], ...opts });
+  fs.closeSync(out);
+  const entry = { name, proc, exited: false };
+  proc.on('exit', () => { entry.exited = true; });
+  children.push(entry);
+  return entry;
+}
+
+async function stopProc(entry, signal = 'SIGTERM') {
+  if (!entry || entry.exited) return;
+  try { process.kill(entry.proc.pid, signal); } catch { return; }
+  for (let i = 0; i < 100 && !entry.exited; i++) await sleep(50);
+  if (!entry.exited) { try { process.kill(entry.proc.pid, 'SIGKILL'); } catch { /* gone */ } }
+}
+
+function killAllSync() {
+  for (const c of children.slice().reverse()) {
+    if (!c.exited) { try { process.kill(c.proc.pid, 'SIGKILL'); } catch { /* gone */ } }
+  }
+}
+
+async function waitFor(what, fn, timeoutMs = 15000, everyMs = 100) {
+  const t0 = Date.now();
+  let last;
+  while (Date.now() - t0 < timeoutMs) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) { last = e; }
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out waiting for ${what}${last ? ` (${last.message})` : ''}`);
+}
+
+async function startRedis() {
+  const r = startProc('redis', 'redis-server', ['--port', String(PORT.redis), '--bind', '127.0.0.1',
+    '--save', '', '--appendonly', 'no', '--dir', tmp, '--loglevel', 'warning']);
+  await waitFor('redis', () => spawnSync('redis-cli', ['-p', String(PORT.redis), 'ping']).stdout.toString().includes('PONG'));
+  return r;
+}
+
+function asPostgres(cmd, args) {
+  return process.getuid() === 0 ? ['runuser', ['-u', 'postgres', '--', cmd, ...args]] : [cmd, args];
+}
+
+async function startPostgres() {
+  const dir = path.join(tmp, 'pg');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  if (process.getuid() === 0) spawnSync('chown', ['postgres:', dir]);
+  const [c1, a1] = asPostgres(path.join(PGBIN, 'initdb'), ['-D', dir, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8']);
+  const init = spawnSync(c1, a1, { encoding: 'utf8' });
+  if (init.status !== 0) throw new Error(`initdb failed: ${init.stderr || init.stdout}`);
+  const [c2, a2] = asPostgres(path.join(PGBIN, 'postgres'), ['-D', dir, '-p', String(PORT.pg), '-k', dir,
+    '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']);
+  const p = startProc('postgres', c2, a2);
+  await waitFor('postgres', () => spawnSync(path.join(PGBIN, 'pg_isready'), ['-q', '-h', '127.0.0.1', '-p', String(PORT.pg)]).status === 0, 30000);
+  const mk = spawnSync('psql', ['-h', '127.0.0.1', '-p', String(PORT.pg), '-U', 'postgres', '-qc', 'CREATE DATABASE chatd'], { encoding: 'utf8' });
+  if (mk.status !== 0) throw new Error(`create database: ${mk.stderr}`);
+  return p;
+}
+
+const nodes = {}; // id -> {entry, port, http, ws}
+
+async function startNode(id, port, dbUrl) {
+  const env = {
+    ...process.env,
+    CHAT_JWT_SECRET: SECRET,
+    CHAT_REDIS_URL: `redis://127.0.0.1:${PORT.redis}`,
+    CHAT_LISTEN: `127.0.0.1:${port}`,
+    CHAT_NODE_ID: id,
+    CHAT_DEV_TOKENS: '1',
+    CHAT_WEB_DIR: path.join(ROOT, 'web'),
+    CHAT_SCRIPTS: path.join(ROOT, 'scripts'),
+    CHAT_HEARTBEAT_MS: String(TIMING.heartbeat),
+    CHAT_PRESENCE_TTL_MS: String(TIMING.presenceTtl),
+    CHAT_TYPING_TTL_MS: String(TIMING.typingTtl),
+    CHAT_MESSAGE_RATE: '200',
+    CHAT_MESSAGE_BURST: '400',
+  };
+  if (dbUrl) env.CHAT_DATABASE_URL = dbUrl;
+  else delete env.CHAT_DATABASE_URL;
+  const entry = startProc(`chatd-${id}`, CHATD, ['--dev-tokens'], { env, cwd: ROOT });
+  const http = `http://127.0.0.1:${port}`;
+  await waitFor(`chatd ${id} /readyz`, async () => {
+    if (entry.exited) throw new Error(`chatd ${id} exited (see ${ART}/chatd-${id}.log)`);
+    const r = await fetch(`${http}/readyz`);
+    return r.ok;
+  }, 20000, 150);
+  nodes[id] = { entry, port, http, ws: `ws://127.0.0.1:${port}` };
+  return nodes[id];
+}
+
+// ---- browser helpers ---------------------------------------------------------------------------
+let browser;
+
+async function launchBrowser() {
+  const userDataDir = fs.mkdtempSync(path.join(tmp, 'chromium-'));
+  // ignoreDefaultArgs: Chromium gets exactly our switches plus what Playwright needs to talk
+  // to it (the DevTools pipe) and to start without a window.
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    ignoreDefaultArgs: true,
+    args: [...CHROMIUM_ARGS, `--user-data-dir=${userDataDir}`, '--remote-debugging-pipe', '--no-startup-window'],
+  });
+}
+
+const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true };
+const DESKTOP = { viewport: { width: 1280, height: 800 } };
+
+// Opens the client as a new user (one browser context each) and signs in through the name
+// dialog. Returns {ctx, page, name, errors}.
+async function openUser(name, { origin, nodeUrls, rooms, ttl, device = DESKTOP, viaDialog = true } = {}) {
+  const ctx = await browser.newContext(device);
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
+  await page.addInitScript(() => {
+    // record every status change for assertions
+    window.__statuses = [];
+    const t = setInterval(() => {
+      if (window.chatd && window.chatd.client) {
+        clearInterval(t);
+        window.chatd.client.on('status', (s) => window.__statuses.push({ state: s.state, node: s.node || null, t: Date.now() }));
+        window.__statuses.push({ state: window.chatd.client.state, node: null, t: Date.now() });
+      }
+    }, 5);
+  });
+  const q = new URLSearchParams();
+  if (nodeUrls) q.set('nodes', nodeUrls.join(','));
+  if (rooms) q.set('rooms', rooms.join(','));
+  if (ttl) q.set('ttl', String(ttl));
+  if (!viaDialog) q.set('name', name);
+  await page.goto(`${origin}/?${q}`);
+  if (viaDialog) {
+    const input = page.getByRole('textbox', { name: 'Display name' });
+    await input.waitFor({ state: 'visible', timeout: 10000 });
+    await input.fill(name);
+    await input.press('Enter');
+  }
+  await page.locator('#status[data-state="open"]').waitFor({ timeout: 15000 });
+  return { ctx, page, name, errors };
+}
+
+async function shot(page, file) {
+  await page.screenshot({ path: path.join(ART, file) });
+}
+
+// data-seq of every message of a room's log, in DOM order
+async function seqs(page, room) {
+  return page.evaluate((r) => {
+    const v = window.chatd.rooms.get(r);
+    return v ? [...v.ol.querySelectorAll('li[data-seq]')].map((li) => Number(li.dataset.seq)) : null;
+  }, room);
+}
+
+async function bodies(page, room) {
+  return page.evaluate((r) => {
+    const v = window.chatd.rooms.get(r);
+    return v ? [...v.log.querySelectorAll('li.msg .body')].map((b) => b.textContent) : null;
+  }, room);
+}
+
+function assert(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+function countOf(arr, x) {
+  return arr.filter((v) => v === x).length;
+}
+
+function assertAscendingUnique(list, what) {
+  for (let i = 1; i < list.length; i++) {
+    assert(list[i] > list[i - 1], `${what}: seq ${list[i]} after ${list[i - 1]} (duplicate or out of order): ${list.join(',')}`);
+  }
+}
+
+async function sendViaUi(page, text) {
+  const box = page.getByRole('textbox', { name: 'Message' });
+  await box.fill(text);
+  await box.press('Enter');
+}
+
+// Sends n messages through the page's own ChatdClient, up to 10 in flight, each until its ack
+// (the same id again after rate_limited): used to seed history quickly. Seq order = index order
+// is not needed by the callers, only that every message is stored once.
+async function seedMessages(page, room, n, prefix) {
+  return page.evaluate(async ({ room, n, prefix }) => {
+    const c = window.chatd.client;
+    const waitAck = (id) => new Promise((resolve, reject) => {
+      const offA = c.on('ack', (a) => { if (a.id === id) { offA(); offE(); clearTimeout(t); resolve('ack'); } });
+      const offE = c.on('error', (e) => { if (e.id === id) { offA(); offE(); clearTimeout(t); resolve(e.code); } });
+      const t = setTimeout(() => { offA(); offE(); reject(new Error(`no ack for ${id}`)); }, 10000);
+    });
+    const one = async (i) => {
+      const id = `${prefix}-${i}`;
+      for (let attempt = 0; ; attempt++) {
+        const p = waitAck(id);
+        c.send(room, `${prefix} ${i}`, { id });
+        const r = await p;
+        if (r === 'ack') return;
+        if (r !== 'rate_limited' || attempt > 50) throw new Error(`seed ${id}: ${r}`);
+        await new Promise((res) => setTimeout(res, 200));
+      }
+    };
+    let next = 1;
+    const worker = async () => { while (next <= n) await one(next++); };
+    await Promise.all(Array.from({ length: 10 }, worker));
+    return n;
+  }, { room, n, prefix });
+}
+
+// ---- the tests ------------------------------------------------------------------------------------
+const tests = [];
+const test = (name, fn, opts = {}) => tests.push({ name, fn, ...opts });
+let A; let B; // origins / ws URLs of the two nodes
+const users = {};
+
+test('three users: a message round-trip with pending -> acked', async () => {
+  users.alice = await openUser('Alice', { origin: A.http, nodeUrls: [A.ws, B.ws] });
+  users.bob = await openUser('Bob', { origin: A.http, nodeUrls: [A.ws, B.ws] });
+  users.carol = await openUser('Carol', { origin: B.http, nodeUrls: [B.ws, A.ws], device: PHONE });
+  const { page } = users.alice;
+  // watch the state attribute of Alice's own message from the moment it appears
+  await page.evaluate(() => {
+    window.__ownStates = [];
+    new MutationObserver((muts) => {
+      for (const m of muts) {
+        const nodesToCheck = m.type === 'attributes' ? [m.target] : [...m.addedNodes];
+        for (const n of nodesToCheck) {
+          if (n.nodeType === 1 && n.matches('li.msg.own')) window.__ownStates.push(n.dataset.state);
+        }
+      }
+    }).observe(document.getElementById('logs'), { subtree: true, childList: true, attributes: true, attributeFilter: ['data-state'] });
+  });
+  const text = `hello from Alice ${Date.now()}`;
+  await sendViaUi(page, text);
+  const own = page.locator('li.msg.own', { hasText: text });
+  await own.waitFor({ timeout: 5000 });
+  await page.locator('li.msg.own[data-state="acked"]', { hasText: text }).waitFor({ timeout: 10000 });
+  const states = await page.evaluate(() => window.__ownStates);
+  assert(states[0] === 'pending', `own message must first show as pending, states seen: ${states.join(' -> ')}`);
+  assert(states.at(-1) === 'acked', `own message must end acked, states seen: ${states.join(' -> ')}`);
+  for (const u of [users.bob, users.carol]) {
+    await u.page.locator('li.msg', { hasText: text }).waitFor({ timeout: 10000 });
+    const b = await bodies(u.page, 'general');
+    assert(countOf(b, text) === 1, `${u.name} shows the message ${countOf(b, text)} times`);
+  }
+  const mine = await bodies(page, 'general');
+  assert(countOf(mine, text) === 1, `Alice shows her message ${countOf(mine, text)} times`);
+  // a reply from the phone user, sent with the Send button
+  const reply = `hi Alice, Carol here ${Date.now()}`;
+  await users.carol.page.getByRole('textbox', { name: 'Message' }).fill(reply);
+  await users.carol.page.getByRole('button', { name: 'Send' }).click();
+  await page.locator('li.msg', { hasText: reply }).waitFor({ timeout: 10000 });
+  await users.carol.page.locator('li.msg.own[data-state="acked"]', { hasText: reply }).waitFor({ timeout: 10000 });
+  await shot(page, '01-desktop-roundtrip.png');
+  fs.copyFileSync(path.join(ART, '01-desktop-roundtrip.png'), path.join(ROOT, 'docs', 'screenshot.png'));
+  await shot(users.carol.page, '02-phone.png');
+});
+
+test('typing is shown to the others and cleared after ttl_ms', async () => {
+  const { alice, bob, carol } = users;
+  await bob.page.getByRole('textbox', { name: 'Message' }).pressSequentially('I am typ', { delay: 20 });
+  const t0 = Date.now();
+  for (const u of [alice, carol]) {
+    await u.page.locator('#typing', { hasText: 'Bob is typing' }).waitFor({ timeout: 5000 });
+  }
+  await shot(alice.page, '03-typing.png');
+  const selfText = await bob.page.locator('#typing').textContent();
+  assert(!selfText.includes('Bob'), `Bob must not see himself typing: "${selfText}"`);
+  // nobody types any more: gone after ttl_ms (plus slack), and not long before it
+  await alice.page.waitForFunction(() => document.getElementById('typing').textContent === '', null, { timeout: TIMING.typingTtl + 4000 });
+  const gone = Date.now() - t0;
+  assert(gone >= TIMING.typingTtl - 600, `typing cleared after ${gone} ms, before the ttl of ${TIMING.typingTtl} ms`);
+  await carol.page.waitForFunction(() => document.getElementById('typing').textContent === '', null, { timeout: 4000 });
+  await bob.page.getByRole('textbox', { name: 'Message' }).fill('');
+});
+
+test('presence list updates when a user opens and closes the page', async () => {
+  const { alice } = users;
+  const ids = await Promise.all(['alice', 'bob', 'carol'].map((k) => users[k].page.evaluate(() => window.chatd.me.user)));
+  for (const id of ids) {
+    await alice.page.locator(`#presence-list li[data-user="${id}"]`).waitFor({ timeout: 8000 });
+  }
+  const dave = await openUser('Dave', { origin: B.http, nodeUrls: [B.ws, A.ws] });
+  const daveId = await dave.page.evaluate(() => window.chatd.me.user);
+  await alice.page.locator(`#presence-list li[data-user="${daveId}"]`).waitFor({ timeout: 8000 });
+  await dave.page.locator(`#presence-list li[data-user="${ids[0]}"]`).waitFor({ timeout: 8000 });
+  await shot(alice.page, '04-presence.png');
+  await dave.ctx.close();
+  const t0 = Date.now();
+  await alice.page.locator(`#presence-list li[data-user="${daveId}"]`).waitFor({ state: 'detached', timeout: TIMING.presenceTtl + 8000 });
+  log(`    (Dave's presence leave reached Alice after ${Date.now() - t0} ms)`);
+  const still = await alice.page.locator('#presence-list li').count();
+  assert(still === 3, `after Dave left, Alice lists ${still} users, want 3`);
+});
+
+test('scroll-back loads older pages through the history API without duplicates', async () => {
+  const { alice, bob } = users;
+  const room = `history-${Date.now().toString(36)}`;
+  const N = 130;
+  // Bob joins the room through the join form and fills it
+  await bob.page.getByRole('textbox', { name: 'Join a room' }).fill(room);
+  await bob.page.getByRole('textbox', { name: 'Join a room' }).press('Enter');
+  await bob.page.waitForFunction((r) => window.chatd.client.lastSeq(r) !== null, room, { timeout: 8000 });
+  await seedMessages(bob.page, room, N, 'old');
+  // Alice joins afterwards: sees the newest page, then scrolls up to the beginning
+  await alice.page.getByRole('textbox', { name: 'Join a room' }).fill(room);
+  await alice.page.getByRole('button', { name: 'Join', exact: true }).click();
+  await alice.page.locator(`#room-list button[aria-current="page"][data-room="${room}"]`).waitFor();
+  await alice.page.waitForFunction((r) => window.chatd.rooms.get(r).initialLoaded, room, { timeout: 8000 });
+  const first = await seqs(alice.page, room);
+  assert(first.length >= 50 && first.length < N, `first view holds ${first.length} messages, want the newest page only`);
+  assert(first.at(-1) === N, `newest shown is ${first.at(-1)}, want ${N}`);
+  const log = alice.page.locator(`.log[aria-label="Messages in #${room}"]`);
+  // a live message while scrolled back must not disturb paging
+  await sendViaUi(bob.page, 'live during scroll-back');
+  for (let i = 0; i < 20; i++) {
+    const done = await alice.page.locator(`.log[aria-label="Messages in #${room}"] .log-start`).isVisible();
+    if (done) break;
+    await log.evaluate((e) => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); });
+    await sleep(250);
+  }
+  await alice.page.locator(`.log[aria-label="Messages in #${room}"] .log-start`).waitFor({ timeout: 10000 });
+  await alice.page.waitForFunction(({ r, n }) => window.chatd.rooms.get(r).bySeq.has(1) && window.chatd.rooms.get(r).bySeq.has(n),
+    { r: room, n: N + 1 }, { timeout: 5000 });
+  const all = await seqs(alice.page, room);
+  assertAscendingUnique(all, 'scroll-back');
+  const want = Array.from({ length: N + 1 }, (_, i) => i + 1);
+  assert(JSON.stringify(all) === JSON.stringify(want), `scroll-back shows seqs ${all.join(',')}, want 1..${N + 1}`);
+  const b = await bodies(alice.page, room);
+  for (let i = 1; i <= N; i++) assert(countOf(b, `old ${i}`) === 1, `"old ${i}" shown ${countOf(b, `old ${i}`)} times`);
+  await shot(alice.page, '05-scrollback.png');
+  // back to general for the next tests
+  await alice.page.locator('#room-list button[data-room="general"]').click();
+  await bob.page.locator('#room-list button[data-room="general"]').click();
+});
+
+test('keyboard: labelled controls, Enter sends, Tab reaches the composer', async () => {
+  const { bob } = users;
+  const p = bob.page;
+  for (const [role, name] of [['textbox', 'Message'], ['button', 'Send'], ['textbox', 'Join a room'], ['navigation', 'Rooms']]) {
+    assert(await p.getByRole(role, { name }).count() === 1, `no ${role} named "${name}"`);
+  }
+  assert(await p.getByRole('log').count() >= 1, 'no log region for messages');
+  assert(await p.getByRole('status').count() >= 1, 'no status region');
+  // from the room buttons, Tab eventually reaches the message box
+  await p.locator('#room-list button[data-room="general"]').focus();
+  let reached = false;
+  for (let i = 0; i < 20 && !reached; i++) {
+    await p.keyboard.press('Tab');
+    reached = await p.evaluate(() => document.activeElement && document.activeElement.id === 'composer-input');
+  }
+  assert(reached, 'Tab from the room list never reached the message box');
+  const text = `typed with the keyboard ${Date.now()}`;
+  await p.keyboard.type(text);
+  await p.keyboard.press('Shift+Enter');
+  await p.keyboard.type('second line');
+  await p.keyboard.press('Enter');
+  await p.locator('li.msg.own[data-state="acked"]', { hasText: 'second line' }).waitFor({ timeout: 10000 });
+  const body = await p.locator('li.msg.own', { hasText: 'second line' }).locator('.body').textContent();
+  assert(body === `${text}\nsecond line`, `Shift+Enter must add a line, got ${JSON.stringify(body)}`);
+  // room switching with the keyboard, and the unread badge
+  await p.locator('#room-list button[data-room="random"]').focus();
+  await p.keyboard.press('Enter');
+  await p.locator('#room-list button[data-room="random"][aria-current="page"]').waitFor();
+  await sendViaUi(users.alice.page, 'unread check');
+  await p.locator('#room-list button[data-room="general"] .badge', { hasText: '1' }).waitFor({ timeout: 8000 });
+  await p.locator('#room-list button[data-room="general"]').click();
+  // phone: the rooms panel opens from the top bar
+  const c = users.carol.page;
+  await c.getByRole('button', { name: 'Rooms' }).click();
+  await c.locator('#rooms.open').waitFor();
+  await sleep(300);
+  await shot(c, '06-phone-rooms.png');
+  await c.keyboard.press('Escape');
+});
+
+test('an expiring token is refreshed without the user noticing', async () => {
+  const ttl = 5;
+  const eve = await openUser('Eve', { origin: A.http, nodeUrls: [A.ws, B.ws], ttl });
+  const exp0 = await eve.page.evaluate(() => window.chatd.client._tokenExp);
+  // stay well past two token lifetimes
+  await sleep(ttl * 2000 + 3000);
+  const st = await eve.page.evaluate(() => ({
+    statuses: window.__statuses, stats: window.chatd.client.stats, exp: window.chatd.client._tokenExp, state: window.chatd.client.state,
+  }));
+  const notOpen = st.statuses.filter((s) => s.state !== 'open' && s.state !== 'connecting' && s.state !== 'idle');
+  assert(st.state === 'open', `client state is ${st.state}`);
+  assert(st.stats.refreshes >= 2, `expected >= 2 refreshes in ${ttl * 2 + 3} s, got ${st.stats.refreshes}`);
+  assert(st.exp > exp0, 'the token was never replaced');
+  assert(st.stats.connects === 1 && notOpen.length === 0,
+    `the connection dropped (connects=${st.stats.connects}, statuses=${JSON.stringify(st.statuses.map((s) => s.state))}): refresh not accepted?`);
+  const text = `Eve after ${ttl * 2 + 3} s`;
+  await sendViaUi(eve.page, text);
+  await eve.page.locator('li.msg.own[data-state="acked"]', { hasText: text }).waitFor({ timeout: 8000 });
+  await users.alice.page.locator('li.msg', { hasText: text }).waitFor({ timeout: 8000 });
+  await shot(eve.page, '07-token-refreshed.png');
+  const errs = eve.errors.filter((e) => !/rate_limited/.test(e));
+  assert(errs.length === 0, `page errors: ${errs.join(' | ')}`);
+  await eve.ctx.close();
+});
+
+test('kill -9 of a node: its tab reconnects to the other node and shows every message once', async () => {
+  const room = `failover-${Date.now().toString(36)}`;
+  const xa = await openUser('Xavier', { origin: A.http, nodeUrls: [A.ws, B.ws], rooms: [room] });
+  const yb = await openUser('Yasmin', { origin: B.http, nodeUrls: [B.ws, A.ws], rooms: [room] });
+  assert(await xa.page.evaluate(() => window.chatd.client.node) === 'web-a', 'Xavier should start on node web-a');
+  assert(await yb.page.evaluate(() => window.chatd.client.node) === 'web-b', 'Yasmin should start on node web-b');
+  await sendViaUi(yb.page, 'before the crash');
+  await xa.page.locator('li.msg', { hasText: 'before the crash' }).waitFor({ timeout: 8000 });
+  const before = (await seqs(xa.page, room)).at(-1);
+
+  process.kill(A.entry.proc.pid, 'SIGKILL');
+  // Yasmin keeps talking while Xavier is away; Xavier writes too (queued, resent on reconnect)
+  const sent = [];
+  const xText = 'Xavier wrote this while offline';
+  const sendingX = (async () => {
+    await xa.page.locator('#status:not([data-state="open"])').waitFor({ timeout: 10000 });
+    await shot(xa.page, '08-failover-reconnecting.png');
+    await sendViaUi(xa.page, xText);
+  })();
+  for (let i = 1; i <= 10; i++) {
+    const t = `during outage ${i}`;
+    sent.push(t);
+    await sendViaUi(yb.page, t);
+    await sleep(60);
+  }
+  await sendingX;
+  await xa.page.locator('#status[data-state="open"]').waitFor({ timeout: 15000 });
+  const node = await xa.page.evaluate(() => window.chatd.client.node);
+  assert(node === 'web-b', `Xavier reconnected to ${node}, want web-b`);
+  for (const t of sent) await xa.page.locator('li.msg', { hasText: t }).first().waitFor({ timeout: 10000 });
+  await xa.page.locator('li.msg.own[data-state="acked"]', { hasText: xText }).waitFor({ timeout: 10000 });
+  await yb.page.locator('li.msg', { hasText: xText }).waitFor({ timeout: 10000 });
+  await sendViaUi(yb.page, 'after recovery');
+  await xa.page.locator('li.msg', { hasText: 'after recovery' }).waitFor({ timeout: 10000 });
+  await sleep(500);
+  for (const [u, who] of [[xa, 'Xavier'], [yb, 'Yasmin']]) {
+    const s = await seqs(u.page, room);
+    assertAscendingUnique(s, who);
+    const after = s.filter((v) => v >= before);
+    for (let i = 1; i < after.length; i++) assert(after[i] === after[i - 1] + 1, `${who}: hole between seq ${after[i - 1]} and ${after[i]}`);
+    const b = await bodies(u.page, room);
+    for (const t of [...sent, xText, 'after recovery']) assert(countOf(b, t) === 1, `${who} shows "${t}" ${countOf(b, t)} times`);
+  }
+  const stats = await xa.page.evaluate(() => window.chatd.client.stats);
+  log(`    (Xavier's client: ${JSON.stringify(stats)})`);
+  await shot(xa.page, '09-failover-recovered.png');
+}, { needsOwnNodes: true });
+
+// ---- runner ----------------------------------------------------------------------------------------
+async function main() {
+  let passed = 0;
+  let failed = 0;
+  let setupError = null;
+  try {
+    if (EXTERNAL.length) {
+      const [a, b] = [EXTERNAL[0], EXTERNAL[1] || EXTERNAL[0]];
+      A = { http: a, ws: a.replace(/^http/, 'ws') };
+      B = { http: b, ws: b.replace(/^http/, 'ws') };
+    } else {
+      if (!fs.existsSync(CHATD)) throw new Error(`no chatd binary at ${CHATD} (build it, or set CHATD_BIN)`);
+      await startRedis();
+      let db = null;
+      if (!process.env.WEB_TEST_NO_PG) {
+        await startPostgres();
+        db = `postgresql://postgres@127.0.0.1:${PORT.pg}/chatd`;
+      }
+      A = await startNode('web-a', PORT.nodeA, db);
+      B = await startNode('web-b', PORT.nodeB, db);
+    }
+    await launchBrowser();
+  } catch (e) {
+    setupError = e;
+  }
+  const only = process.env.WEB_TEST_ONLY;
+  for (const t of tests) {
+    if (only && !t.name.includes(only) && !t.name.startsWith('three users')) continue;
+    if (setupError) {
+      log(`FAIL - ${t.name}: setup failed: ${setupError.message}`);
+      failed++;
+      continue;
+    }
+    if (t.needsOwnNodes && EXTERNAL.length) {
+      log(`skip - ${t.name} (WEB_TEST_EXTERNAL)`);
+      continue;
+    }
+    const t0 = Date.now();
+    try {
+      await Promise.race([t.fn(), sleep(90000).then(() => { throw new Error('test timed out after 90 s'); })]);
+      log(`ok   - ${t.name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+      passed++;
+    } catch (e) {
+      log(`FAIL - ${t.name}: ${e.message.split('\n')[0]}`);
+      for (const u of Object.values(users)) {
+        if (u.errors.length) log(`    ${u.name} page errors: ${u.errors.slice(-5).join(' | ')}`);
+      }
+      failed++;
+      try {
+        for (const [k, u] of Object.entries(users)) await shot(u.page, `fail-${tests.indexOf(t)}-${k}.png`);
+      } catch { /* page gone */ }
+    }
+  }
+  if (browser) await browser.close().catch(() => {});
+  for (const c of children.slice().reverse()) await stopProc(c);
+  fs.rmSync(tmp, { recursive: true, force: true });
+  log(`${passed} passed, ${failed} failed`);
+  process.exit(failed ? 1 : 0);
+}
+
+process.on('exit', killAllSync);
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killAllSync(); process.exit(130); });
+main().catch((e) => {
+  console.error(e);
+  killAllSync();
+  log('0 passed, 1 failed');
+  process.exit(1);
+});

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the browser tests (run.mjs) in real Chromium: installs playwright-core from the lock
+# file first when node_modules is missing. Extra environment: see the header of run.mjs.
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -d node_modules/playwright-core ]; then
+    npm ci --no-audit --no-fund >/dev/null 2>&1 || npm install --no-audit --no-fund
+fi
+exec node run.mjs "$@"

@@ -1,0 +1,545 @@
+// app.js: the chatd browser UI. Owns the DOM of index.html: sign-in (dev token or ?token=),
+// the room list (all rooms multiplexed on one socket by ChatdClient), one scrollable log per
+// room with scroll-back through the history API (keyed by seq, so never a duplicate), own
+// messages' pending -> sent -> acked state, the presence list, the typing line and the
+// connection status. Page parameters: ?nodes=ws://a,ws://b  ?rooms=a,b  ?token=JWT
+// ?name=Display+Name (skips the prompt)  ?ttl=seconds (dev token lifetime).
+
+import { ChatdClient, httpBaseFromWs } from './chatd-client.js';
+
+const params = new URLSearchParams(location.search);
+const list = (v) => (v || '').split(',').map((s) => s.trim()).filter(Boolean);
+const defaultNode = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`;
+const NODES = list(params.get('nodes')).length ? list(params.get('nodes')) : [defaultNode];
+const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const INITIAL_ROOMS = (list(params.get('rooms')).length ? list(params.get('rooms')) : ['general', 'random'])
+  .filter((r) => ROOM_RE.test(r));
+const PAGE = 50;
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, props = {}, ...children) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else if (k.startsWith('data-') || k.startsWith('aria-') || k === 'role' || k === 'datetime') e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) if (c) e.append(c);
+  return e;
+};
+
+const ui = {
+  status: $('status'), me: $('me'), roomList: $('room-list'), logs: $('logs'), title: $('room-title'),
+  typing: $('typing'), composer: $('composer'), input: $('composer-input'), send: $('send'),
+  presence: $('presence-list'), peopleCount: $('people-count'), joinForm: $('join-form'),
+  joinInput: $('join-input'), login: $('login'), loginForm: $('login-form'), loginName: $('login-name'),
+  loginError: $('login-error'), roomsToggle: $('rooms-toggle'), peopleToggle: $('people-toggle'),
+  roomsPanel: $('rooms'), peoplePanel: $('people'),
+};
+
+let client = null;
+let me = { user: null, name: '' };
+let active = null;
+const rooms = new Map(); // name -> room view state
+
+// ---- sign-in -------------------------------------------------------------------------------
+async function devToken(name) {
+  const q = new URLSearchParams({ name });
+  if (params.get('ttl')) q.set('ttl', params.get('ttl'));
+  if (me.user) q.set('user', me.user);
+  // the serving node first, then the others (a killed node must not stop a refresh)
+  const bases = [location.origin, ...NODES.map(httpBaseFromWs)].filter((b, i, a) => a.indexOf(b) === i);
+  let lastErr = null;
+  for (const base of bases) {
+    try {
+      const res = await fetch(`${base}/dev/token?${q}`, { cache: 'no-store' });
+      if (res.status === 404) throw Object.assign(new Error('dev tokens are off on this server; open the page with ?token=<JWT>'), { fatal: true });
+      if (!res.ok) throw new Error(`dev token: HTTP ${res.status}`);
+      const j = await res.json();
+      if (j.user) me.user = j.user;
+      return j.token;
+    } catch (e) {
+      lastErr = e;
+      if (e.fatal) break;
+    }
+  }
+  throw lastErr;
+}
+
+function askName() {
+  return new Promise((resolve) => {
+    ui.loginName.value = localStorage.getItem('chatd.name') || '';
+    ui.login.showModal();
+    ui.loginName.focus();
+    ui.loginForm.addEventListener('submit', async function onSubmit(ev) {
+      ev.preventDefault();
+      const name = ui.loginName.value.trim();
+      if (!name) return;
+      ui.loginError.textContent = '';
+      try {
+        const token = await devToken(name);
+        localStorage.setItem('chatd.name', name);
+        ui.loginForm.removeEventListener('submit', onSubmit);
+        ui.login.close();
+        resolve({ name, token });
+      } catch (e) {
+        ui.loginError.textContent = e.message || String(e);
+      }
+    });
+    ui.login.addEventListener('cancel', (ev) => ev.preventDefault()); // a name is required
+  });
+}
+
+// ---- room view state -----------------------------------------------------------------------
+function roomView(name) {
+  let r = rooms.get(name);
+  if (r) return r;
+  const log = el('div', { class: 'log', role: 'log', 'aria-label': `Messages in #${name}`, tabIndex: 0, hidden: true });
+  const older = el('button', { class: 'load-older', type: 'button', text: 'Load older messages' });
+  const start = el('p', { class: 'log-start', text: `This is the beginning of #${name}.`, hidden: true });
+  const ol = el('ol', { class: 'messages' });
+  const pendingOl = el('ol', { class: 'messages pending' });
+  log.append(older, start, ol, pendingOl);
+  ui.logs.append(log);
+  const btn = el('button', { class: 'room', type: 'button', 'data-room': name },
+    el('span', { class: 'room-name', text: `#${name}` }), el('span', { class: 'badge', hidden: true }));
+  const leave = el('button', { class: 'leave', type: 'button', 'aria-label': `Leave #${name}`, title: 'Leave', text: '×' });
+  const li = el('li', { 'data-room': name }, btn, leave);
+  ui.roomList.append(li);
+  r = {
+    name, log, older, start, ol, pendingOl, li, btn,
+    bySeq: new Map(),          // seq -> li
+    byId: new Map(),           // own client id -> li (pending or not)
+    acked: new Map(),          // id -> seq, acks that came before the message
+    cursor: undefined,         // next_cursor of the oldest page loaded (null: no more)
+    initialLoaded: false, loading: null, unread: 0,
+    presence: new Map(),       // user -> name
+    typing: new Map(),         // user -> {name, timer}
+  };
+  rooms.set(name, r);
+  btn.addEventListener('click', () => switchRoom(name, { focus: true }));
+  leave.addEventListener('click', () => leaveRoom(name));
+  older.addEventListener('click', () => loadOlder(r));
+  log.addEventListener('scroll', () => {
+    if (log.scrollTop < 120 && r.initialLoaded) loadOlder(r);
+  }, { passive: true });
+  return r;
+}
+
+function atBottom(log) {
+  return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+}
+
+function scrollToBottom(log) {
+  log.scrollTop = log.scrollHeight;
+}
+
+function fmtTime(ts) {
+  const d = new Date(Number(ts) || Date.now());
+  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+const STATE_TEXT = { pending: 'sending…', sent: 'sent', acked: 'delivered', failed: 'not sent' };
+
+function setMsgState(li, state, detail) {
+  li.dataset.state = state;
+  const s = li.querySelector('.state');
+  if (!s) return;
+  s.textContent = state === 'acked' ? '✓' : state === 'failed' ? '!' : state === 'sent' ? '·' : '…';
+  s.setAttribute('aria-label', detail ? `${STATE_TEXT[state]}: ${detail}` : STATE_TEXT[state]);
+  s.title = s.getAttribute('aria-label');
+}
+
+function messageEl(m, own) {
+  const li = el('li', { class: own ? 'msg own' : 'msg', 'data-user': m.user || '' });
+  if (m.seq !== undefined && m.seq !== null) li.dataset.seq = String(m.seq);
+  if (m.id) li.dataset.id = m.id;
+  const meta = el('div', { class: 'meta' },
+    el('span', { class: 'author', text: m.name || m.user || '?' }),
+    el('time', { datetime: new Date(Number(m.ts) || Date.now()).toISOString(), text: fmtTime(m.ts) }));
+  if (own) meta.append(el('span', { class: 'state', role: 'img' }));
+  li.append(meta, el('div', { class: 'body', text: m.body }));
+  return li;
+}
+
+// Inserts a stored message (with seq) at its place; returns false when it is already shown.
+function insertMessage(r, m) {
+  const seq = Number(m.seq);
+  if (r.bySeq.has(seq)) return false;
+  const own = !!(me.user && m.user === me.user);
+  let li = m.id ? r.byId.get(m.id) : null;
+  if (li && li.dataset.seq) li = null; // the id is already placed at another seq (never expected)
+  if (li) {
+    li.remove(); // the pending copy becomes the stored one
+    li.dataset.seq = String(seq);
+    const t = li.querySelector('time');
+    if (t && m.ts) { t.dateTime = new Date(Number(m.ts)).toISOString(); t.textContent = fmtTime(m.ts); }
+    setMsgState(li, li.dataset.state === 'acked' || r.acked.has(m.id) ? 'acked' : 'sent');
+  } else {
+    li = messageEl(m, own);
+    if (own) setMsgState(li, m.fromHistory || r.acked.has(m.id) ? 'acked' : 'sent');
+    if (m.id) r.byId.set(m.id, li);
+  }
+  r.bySeq.set(seq, li);
+  // usually the newest: walk back from the end to find the place
+  let after = r.ol.lastElementChild;
+  while (after && Number(after.dataset.seq) > seq) after = after.previousElementSibling;
+  if (after) after.after(li);
+  else r.ol.prepend(li);
+  return true;
+}
+
+// ---- history ------------------------------------------------------------------------------
+async function loadInitial(r) {
+  if (r.initialLoaded || r.loading) return r.loading;
+  r.loading = (async () => {
+    try {
+      const res = await client.history(r.name, { limit: PAGE });
+      const stick = atBottom(r.log) || r.bySeq.size === 0;
+      for (const m of res.messages || []) insertMessage(r, { ...m, fromHistory: true });
+      r.cursor = res.next_cursor ?? null;
+      r.initialLoaded = true;
+      if (stick) scrollToBottom(r.log);
+    } catch (e) {
+      r.older.textContent = `Could not load history (${e.message}). Retry`;
+      r.loading = null;
+      return;
+    }
+    r.loading = null;
+    updateOlder(r);
+    fillViewport(r);
+  })();
+  return r.loading;
+}
+
+async function loadOlder(r) {
+  if (!r.initialLoaded) return loadInitial(r);
+  if (r.loading || r.cursor === null) return r.loading;
+  r.loading = (async () => {
+    r.older.textContent = 'Loading…';
+    r.log.setAttribute('aria-busy', 'true');
+    try {
+      const res = await client.history(r.name, { before: r.cursor, limit: PAGE });
+      const oldHeight = r.log.scrollHeight;
+      const oldTop = r.log.scrollTop;
+      for (const m of res.messages || []) insertMessage(r, { ...m, fromHistory: true });
+      r.cursor = res.next_cursor ?? null;
+      // keep what the reader was looking at in place
+      r.log.scrollTop = oldTop + (r.log.scrollHeight - oldHeight);
+    } catch (e) {
+      r.older.textContent = `Could not load older messages (${e.message}). Retry`;
+      r.loading = null;
+      r.log.removeAttribute('aria-busy');
+      return;
+    }
+    r.loading = null;
+    r.log.removeAttribute('aria-busy');
+    updateOlder(r);
+    fillViewport(r);
+  })();
+  return r.loading;
+}
+
+function updateOlder(r) {
+  const done = r.cursor === null;
+  r.older.hidden = done;
+  r.older.textContent = 'Load older messages';
+  r.start.hidden = !done;
+}
+
+// infinite scroll: while the log does not overflow, there is nothing to scroll: load more
+function fillViewport(r) {
+  if (r.name !== active || r.cursor === null || r.log.hidden) return;
+  if (r.log.scrollHeight <= r.log.clientHeight + 120) setTimeout(() => loadOlder(r), 0);
+}
+
+// ---- rooms ----------------------------------------------------------------------------------
+function switchRoom(name, { focus = false } = {}) {
+  const r = roomView(name);
+  for (const x of rooms.values()) {
+    x.log.hidden = x !== r;
+    if (x === r) x.btn.setAttribute('aria-current', 'page');
+    else x.btn.removeAttribute('aria-current');
+  }
+  active = name;
+  r.unread = 0;
+  renderBadge(r);
+  ui.title.textContent = `#${name}`;
+  ui.input.placeholder = `Message #${name}`;
+  renderPresence();
+  renderTyping();
+  const url = new URL(location.href);
+  url.hash = name;
+  history.replaceState(null, '', url);
+  closePanels();
+  if (!r.initialLoaded) loadInitial(r).then(() => scrollToBottom(r.log));
+  else fillViewport(r);
+  if (focus) ui.input.focus();
+}
+
+function joinRoom(name, { activate = true } = {}) {
+  if (!ROOM_RE.test(name)) return false;
+  roomView(name);
+  client.join(name);
+  if (activate) switchRoom(name, { focus: true });
+  return true;
+}
+
+function leaveRoom(name) {
+  const r = rooms.get(name);
+  if (!r || rooms.size <= 1) return; // keep at least one room
+  client.leave(name);
+  for (const t of r.typing.values()) clearTimeout(t.timer);
+  r.log.remove();
+  r.li.remove();
+  rooms.delete(name);
+  if (active === name) switchRoom(rooms.keys().next().value, { focus: true });
+}
+
+function renderBadge(r) {
+  const b = r.btn.querySelector('.badge');
+  b.hidden = r.unread === 0;
+  b.textContent = r.unread > 99 ? '99+' : String(r.unread);
+  r.btn.setAttribute('aria-label', r.unread ? `#${r.name}, ${r.unread} unread` : `#${r.name}`);
+}
+
+// ---- presence and typing --------------------------------------------------------------------
+function renderPresence() {
+  const r = rooms.get(active);
+  ui.presence.replaceChildren();
+  if (!r) return;
+  const users = [...r.presence.entries()].sort((a, b) => a[1].localeCompare(b[1]));
+  for (const [user, name] of users) {
+    const li = el('li', { 'data-user': user, class: user === me.user ? 'self' : '' },
+      el('span', { class: 'dot', 'aria-hidden': 'true' }), el('span', { text: name || user }));
+    if (user === me.user) li.append(el('span', { class: 'you', text: ' (you)' }));
+    ui.presence.append(li);
+  }
+  ui.peopleCount.textContent = String(users.length);
+  ui.peoplePanel.setAttribute('aria-label', `${users.length} online in #${r.name}`);
+}
+
+function renderTyping() {
+  const r = rooms.get(active);
+  const names = r ? [...r.typing.values()].map((t) => t.name) : [];
+  let text = '';
+  if (names.length === 1) text = `${names[0]} is typing…`;
+  else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+  else if (names.length > 2) text = `${names.length} people are typing…`;
+  ui.typing.textContent = text;
+  ui.typing.dataset.users = names.length ? String(names.length) : '';
+}
+
+function clearTyping(r, user) {
+  const t = r.typing.get(user);
+  if (!t) return;
+  clearTimeout(t.timer);
+  r.typing.delete(user);
+  if (r.name === active) renderTyping();
+}
+
+// ---- connection status -----------------------------------------------------------------------
+function setStatus(s) {
+  ui.status.dataset.state = s.state;
+  let text = 'Offline';
+  if (s.state === 'connecting') text = 'Connecting…';
+  else if (s.state === 'open') text = 'Online';
+  else if (s.state === 'reconnecting') text = s.delayMs > 1000 ? `Reconnecting in ${Math.ceil(s.delayMs / 1000)} s…` : 'Reconnecting…';
+  const node = s.state === 'open' ? (s.node || client.node || '') : '';
+  ui.status.replaceChildren(el('span', { text }), node ? el('span', { class: 'node', text: ` · ${node}` }) : '');
+  ui.status.title = node ? `connected to node ${node}` : text;
+  const online = s.state === 'open';
+  document.body.classList.toggle('offline', !online);
+}
+
+// ---- composer ---------------------------------------------------------------------------------
+function sendCurrent() {
+  const body = ui.input.value.trim();
+  if (!body || !active) return;
+  const r = rooms.get(active);
+  const id = client.send(active, body);
+  const li = messageEl({ id, user: me.user, name: me.name, body, ts: Date.now() }, true);
+  setMsgState(li, 'pending');
+  r.byId.set(id, li);
+  r.pendingOl.append(li);
+  ui.input.value = '';
+  autosize();
+  scrollToBottom(r.log);
+}
+
+function autosize() {
+  ui.input.style.height = 'auto';
+  const h = ui.input.scrollHeight + 2; // + borders
+  ui.input.style.height = `${Math.min(h, 160)}px`;
+  ui.input.style.overflowY = h > 160 ? 'auto' : 'hidden';
+}
+
+// ---- panels (narrow screens) --------------------------------------------------------------------
+function togglePanel(btn, panel) {
+  const open = btn.getAttribute('aria-expanded') !== 'true';
+  closePanels();
+  btn.setAttribute('aria-expanded', String(open));
+  panel.classList.toggle('open', open);
+  if (open) (panel.querySelector('button, input') || panel).focus();
+}
+
+function closePanels() {
+  for (const [b, p] of [[ui.roomsToggle, ui.roomsPanel], [ui.peopleToggle, ui.peoplePanel]]) {
+    b.setAttribute('aria-expanded', 'false');
+    p.classList.remove('open');
+  }
+}
+
+// ---- wiring -------------------------------------------------------------------------------------
+function wireClient() {
+  client.on('status', setStatus);
+  client.on('welcome', (w) => {
+    me.user = w.user;
+    ui.me.textContent = me.name || w.user;
+    ui.me.title = `user id ${w.user}`;
+    ui.input.disabled = false;
+    ui.send.disabled = false;
+    for (const r of rooms.values()) {
+      // own messages already shown by other means get their "own" look
+      for (const li of r.ol.children) li.classList.toggle('own', li.dataset.user === me.user);
+    }
+  });
+  client.on('message', (m) => {
+    const r = rooms.get(m.room);
+    if (!r) return;
+    const stick = atBottom(r.log);
+    if (!insertMessage(r, m)) return;
+    if (m.user) clearTyping(r, m.user);
+    if (r.name !== active && m.user !== me.user) {
+      r.unread++;
+      renderBadge(r);
+    }
+    if (stick || m.user === me.user) scrollToBottom(r.log);
+  });
+  client.on('ack', (a) => {
+    const r = rooms.get(a.room);
+    if (!r) return;
+    r.acked.set(a.id, a.seq);
+    const li = r.byId.get(a.id);
+    if (li) setMsgState(li, 'acked');
+  });
+  client.on('error', (e) => {
+    if (e.id) {
+      for (const r of rooms.values()) {
+        const li = r.byId.get(e.id);
+        if (li && e.failed && li.dataset.state !== 'acked') {
+          setMsgState(li, 'failed', e.message || e.code);
+        }
+      }
+    }
+    if (e.code && e.code !== 'unavailable') console.warn('chatd:', e.code, e.message || '');
+  });
+  client.on('reset', ({ room }) => {
+    // the client skipped a range it could not recover: reload this room's view from history
+    const r = rooms.get(room);
+    if (!r) return;
+    r.ol.replaceChildren();
+    r.bySeq.clear();
+    r.initialLoaded = false;
+    r.cursor = undefined;
+    loadInitial(r);
+  });
+  client.on('presence_state', (p) => {
+    const r = rooms.get(p.room);
+    if (!r) return;
+    r.presence = new Map((p.users || []).map((u) => [u.user, u.name]));
+    if (r.name === active) renderPresence();
+  });
+  client.on('presence', (p) => {
+    const r = rooms.get(p.room);
+    if (!r) return;
+    if (p.event === 'join') r.presence.set(p.user, p.name);
+    else if (p.event === 'leave') { r.presence.delete(p.user); clearTyping(r, p.user); }
+    if (r.name === active) renderPresence();
+  });
+  client.on('typing', (t) => {
+    const r = rooms.get(t.room);
+    if (!r || t.user === me.user) return;
+    const prev = r.typing.get(t.user);
+    if (prev) clearTimeout(prev.timer);
+    const ttl = Number(t.ttl_ms) > 0 ? Number(t.ttl_ms) : 5000;
+    r.typing.set(t.user, { name: t.name || t.user, timer: setTimeout(() => clearTyping(r, t.user), ttl) });
+    if (r.name === active) renderTyping();
+  });
+}
+
+function wireUi() {
+  ui.composer.addEventListener('submit', (ev) => { ev.preventDefault(); sendCurrent(); });
+  ui.input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      sendCurrent();
+    }
+  });
+  ui.input.addEventListener('input', () => {
+    autosize();
+    if (active && ui.input.value.trim()) client.typing(active);
+  });
+  ui.joinForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const name = ui.joinInput.value.trim().replace(/^#/, '');
+    if (rooms.has(name)) { switchRoom(name, { focus: true }); ui.joinInput.value = ''; return; }
+    if (joinRoom(name)) ui.joinInput.value = '';
+    else ui.joinInput.setCustomValidity('1-64 letters, digits, _ . -');
+    ui.joinInput.reportValidity();
+  });
+  ui.joinInput.addEventListener('input', () => ui.joinInput.setCustomValidity(''));
+  ui.roomsToggle.addEventListener('click', () => togglePanel(ui.roomsToggle, ui.roomsPanel));
+  ui.peopleToggle.addEventListener('click', () => togglePanel(ui.peopleToggle, ui.peoplePanel));
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape' && (ui.roomsPanel.classList.contains('open') || ui.peoplePanel.classList.contains('open'))) {
+      closePanels();
+      ui.input.focus();
+    }
+  });
+  window.addEventListener('online', () => client && client.reconnectNow());
+}
+
+async function main() {
+  wireUi();
+  let tokenProvider;
+  const fixed = params.get('token');
+  if (fixed) {
+    tokenProvider = async () => fixed;
+    me.name = params.get('name') || '';
+  } else {
+    let first;
+    const preset = (params.get('name') || '').trim();
+    if (preset) {
+      try {
+        first = { name: preset, token: await devToken(preset) };
+      } catch (e) {
+        ui.status.textContent = e.message;
+        return;
+      }
+    } else {
+      first = await askName();
+    }
+    me.name = first.name;
+    let pending = first.token;
+    tokenProvider = async () => {
+      if (pending) { const t = pending; pending = null; return t; }
+      return devToken(me.name);
+    };
+  }
+  ui.me.textContent = me.name;
+  autosize();
+  const hashRoom = decodeURIComponent(location.hash.slice(1));
+  const initial = [...INITIAL_ROOMS];
+  if (ROOM_RE.test(hashRoom) && !initial.includes(hashRoom)) initial.push(hashRoom);
+  if (initial.length === 0) initial.push('general');
+  client = new ChatdClient({ urls: NODES, tokenProvider, rooms: initial });
+  window.chatd = { client, rooms, me }; // for debugging and the browser tests
+  wireClient();
+  for (const name of initial) roomView(name);
+  switchRoom(ROOM_RE.test(hashRoom) ? hashRoom : initial[0]);
+  client.connect();
+}
+
+main();
