@@ -1,0 +1,126 @@
+/* config: see config.h. One table lists every setting once: flag, env,
+ * type, default, help. */
+#define _GNU_SOURCE
+#include "config.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum ktype { K_STR, K_INT, K_BOOL };
+
+typedef struct opt {
+    const char *flag, *env;
+    enum ktype type;
+    size_t off;
+    const char *dflt;
+    const char *help;
+} opt;
+
+#define O(f) offsetof(config, f)
+static const opt OPTS[] = {
+    {"--listen", "CHAT_LISTEN", K_STR, O(listen), "127.0.0.1:8080", "address:port for HTTP and WebSocket"},
+    {"--redis", "CHAT_REDIS_URL", K_STR, O(redis_url), NULL, "redis://host:port (unset: single-node mode)"},
+    {"--database", "CHAT_DATABASE_URL", K_STR, O(database_url), NULL, "libpq conninfo or postgresql:// URL (unset: no durable history)"},
+    {"--jwt-secret", "CHAT_JWT_SECRET", K_STR, O(jwt_secret), NULL, "HS256 secret"},
+    {"--jwt-public-key", "CHAT_JWT_PUBLIC_KEY", K_STR, O(jwt_public_key), NULL, "PEM public key file (RS256/ES256)"},
+    {"--scripts", "CHAT_SCRIPTS", K_STR, O(scripts_dir), "scripts/", "folder of the Lua room policy (re-read on SIGHUP)"},
+    {"--node-id", "CHAT_NODE_ID", K_STR, O(node_id), NULL, "node id (default hostname-pid)"},
+    {"--web", "CHAT_WEB_DIR", K_STR, O(web_dir), "web/", "folder served at /"},
+    {"--log-level", "CHAT_LOG_LEVEL", K_STR, O(log_level), "info", "debug|info|warn|error"},
+    {"--max-queue", "CHAT_MAX_QUEUE", K_INT, O(max_queue), "1024", "outbound queue bound per connection (frames)"},
+    {"--max-queue-bytes", "CHAT_MAX_QUEUE_BYTES", K_INT, O(max_queue_bytes), "1048576", "outbound queue bound per connection (bytes)"},
+    {"--max-frame", "CHAT_MAX_FRAME", K_INT, O(max_frame), "65536", "largest client frame (bytes); larger closes with 1009"},
+    {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery"},
+    {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large"},
+    {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch"},
+    {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "2", "Postgres batch wait (ms)"},
+    {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound"},
+    {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
+    {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)"},
+};
+#define NOPTS (sizeof OPTS / sizeof OPTS[0])
+
+static int set(config *c, const opt *o, const char *v, char *err, size_t errlen)
+{
+    char *base = (char *)c + o->off;
+    if (o->type == K_STR) {
+        *(const char **)base = (v && *v) ? v : NULL;
+        return 0;
+    }
+    if (o->type == K_BOOL) {
+        *(int *)base = v && (strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "yes") == 0);
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long long n = strtoll(v ? v : "", &end, 10);
+    if (errno || !v || !*v || *end || n < 0) {
+        snprintf(err, errlen, "%s: expected a non-negative integer, got '%s'", o->env, v ? v : "");
+        return -1;
+    }
+    *(int64_t *)base = n;
+    return 0;
+}
+
+void config_usage(void)
+{
+    printf("usage: chatd [flags]\nEvery flag has an environment variable; the flag wins.\n\n");
+    for (size_t i = 0; i < NOPTS; i++)
+        printf("  %-18s %-22s %s%s%s%s\n", OPTS[i].flag, OPTS[i].env, OPTS[i].help,
+               OPTS[i].dflt ? " (default " : "", OPTS[i].dflt ? OPTS[i].dflt : "",
+               OPTS[i].dflt ? ")" : "");
+}
+
+int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < NOPTS; i++)
+        if (OPTS[i].dflt && set(c, &OPTS[i], OPTS[i].dflt, err, errlen) < 0) return -1;
+    for (size_t i = 0; i < NOPTS; i++) {
+        const char *v = getenv(OPTS[i].env);
+        if (v && set(c, &OPTS[i], v, err, errlen) < 0) return -1;
+    }
+    for (int a = 1; a < argc; a++) {
+        if (strcmp(argv[a], "--help") == 0 || strcmp(argv[a], "-h") == 0) { config_usage(); return 1; }
+        const opt *o = NULL;
+        const char *val = NULL;
+        for (size_t i = 0; i < NOPTS; i++) {
+            size_t fl = strlen(OPTS[i].flag);
+            if (strncmp(argv[a], OPTS[i].flag, fl) == 0 && (argv[a][fl] == 0 || argv[a][fl] == '=')) {
+                o = &OPTS[i];
+                if (argv[a][fl] == '=') val = argv[a] + fl + 1;
+                break;
+            }
+        }
+        if (!o) { snprintf(err, errlen, "unknown flag '%s' (see --help)", argv[a]); return -1; }
+        if (!val) {
+            if (o->type == K_BOOL) val = "1";
+            else if (a + 1 < argc) val = argv[++a];
+            else { snprintf(err, errlen, "%s needs a value", o->flag); return -1; }
+        }
+        if (set(c, o, val, err, errlen) < 0) return -1;
+    }
+    const char *colon = c->listen ? strrchr(c->listen, ':') : NULL;
+    long port = colon ? strtol(colon + 1, NULL, 10) : -1;
+    if (!colon || port <= 0 || port > 65535 || (size_t)(colon - c->listen) >= sizeof c->listen_host) {
+        snprintf(err, errlen, "CHAT_LISTEN: expected address:port, got '%s'", c->listen ? c->listen : "");
+        return -1;
+    }
+    memcpy(c->listen_host, c->listen, (size_t)(colon - c->listen));
+    c->listen_host[colon - c->listen] = 0;
+    c->listen_port = (int)port;
+    if (!c->node_id) {
+        char host[64] = "chatd";
+        gethostname(host, sizeof host - 1);
+        snprintf(c->node_id_buf, sizeof c->node_id_buf, "%s-%d", host, (int)getpid());
+        c->node_id = c->node_id_buf;
+    }
+    if (c->max_queue < 1 || c->max_queue_bytes < 1024 || c->max_frame < 128) {
+        snprintf(err, errlen, "queue/frame limits too small (CHAT_MAX_QUEUE>=1, CHAT_MAX_QUEUE_BYTES>=1024, CHAT_MAX_FRAME>=128)");
+        return -1;
+    }
+    if (c->replay_max < 1) c->replay_max = 1;
+    return 0;
+}

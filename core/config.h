@@ -1,0 +1,37 @@
+/* config: every operator setting, from defaults, CHAT_* environment
+ * variables and --flags (the flag wins), per protocol.md "Running".
+ * Owns: the config struct (strings point into argv/environ or static). */
+#ifndef CHATD_CONFIG_H
+#define CHATD_CONFIG_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct config {
+    const char *listen;        /* host:port */
+    char listen_host[64];
+    int listen_port;
+    const char *redis_url;     /* NULL: single-node mode */
+    const char *database_url;  /* NULL: no durable history */
+    const char *jwt_secret;
+    const char *jwt_public_key;
+    const char *scripts_dir;
+    const char *node_id;
+    char node_id_buf[128];
+    const char *web_dir;
+    const char *log_level;
+    int64_t max_queue;         /* frames */
+    int64_t max_queue_bytes;
+    int64_t max_frame;
+    int64_t recent_max;        /* recent buffer per room */
+    int64_t replay_max;        /* most messages replayed for since= */
+    int64_t batch_max, batch_ms, pending_max;  /* Postgres group commit */
+    int64_t drain_ms;          /* SIGTERM: longest wait for queues to flush */
+    int dev_tokens;
+} config;
+
+/* 0 ok; -1 with err (unknown flag, bad number, bad listen address). A
+ * --help prints usage to stdout and returns 1. */
+int config_load(config *c, int argc, char **argv, char *err, size_t errlen);
+void config_usage(void);
+
+#endif

@@ -1,0 +1,86 @@
+/* conn: one authenticated WebSocket connection.
+ * Owns: its identity, its memberships (conn_room) and their pending join
+ * work, its bounded outbound queue, its partial inbound frame, and the list
+ * of its pending publishes (which it cancels when it goes away).
+ * Output: frames are queued (conn_send) and written by the loop's flush
+ * step (conn_flush_all, before the loop sleeps) with one writev() per
+ * connection for everything queued, straight from the shared frames. Only a
+ * partly written frame is handed to lws (its remainder), after which output
+ * resumes in the WRITEABLE callback. Closing never frees on the caller's
+ * stack: conn_close marks the connection and asks lws for a WRITEABLE
+ * callback, in which the close happens (lws frees it in CLOSED). */
+#ifndef CHATD_CONN_H
+#define CHATD_CONN_H
+#include <stddef.h>
+#include <stdint.h>
+#include <libwebsockets.h>
+#include "auth.h"
+#include "msg.h"
+#include "outq.h"
+#include "room.h"
+
+struct join_op;
+struct pub_op;
+
+typedef struct conn_room {
+    struct conn *c;
+    room *r;
+    uint32_t midx;          /* index in r->members */
+    int live;               /* 0 while the join/replay is in progress */
+    uint64_t last_seq;      /* last seq delivered to this connection */
+    msg **held;             /* live frames that arrived while joining */
+    uint32_t nheld, capheld;
+    struct join_op *op;     /* pending join work, cancelled on leave */
+} conn_room;
+
+typedef struct conn {
+    uint64_t id;
+    struct lws *wsi;
+    int fd;
+    identity ident;
+    char url_room[CHAT_ROOM_MAX + 1];
+    int has_since;
+    uint64_t since;
+    conn_room **rooms;
+    uint32_t nrooms, caprooms;
+    outq q;
+    unsigned char *rx;      /* partial inbound message */
+    size_t rx_len, rx_cap;
+    int welcomed;
+    int closing;            /* 1: close requested */
+    int close_after_flush;  /* close once the queue is empty (drain) */
+    uint16_t close_code;
+    char close_reason[64];
+    int in_flush_list;
+    int lws_has_tail;       /* lws holds the rest of a partly written frame */
+    int closed;             /* CLOSED seen: wsi gone */
+    struct conn *flush_next;
+    struct pub_op *pubs;    /* pending publishes (cancelled on close) */
+    struct conn *all_prev, *all_next;
+    uint64_t opened_ms;
+} conn;
+
+conn *conn_new(struct lws *wsi, identity *ident /* moved */, const char *room);
+/* Called from lws CLOSED: leaves every room, cancels pending work, frees. */
+void conn_destroy(conn *c);
+
+/* Queues a frame; on a full queue closes the connection with 1008 (slow
+ * consumer). Returns 0 queued, -1 dropped. */
+int conn_send(conn *c, msg *m);
+int conn_send_text(conn *c, const char *s, size_t len);
+/* Error frame {"type":"error","code":...,"message":...,"id"?} */
+void conn_send_error(conn *c, const char *code, const char *message, const char *id);
+
+void conn_close(conn *c, uint16_t code, const char *reason);
+/* Called from WRITEABLE: writes what it can, performs a requested close.
+ * Returns -1 when lws should close the connection now. */
+int conn_on_writeable(conn *c);
+/* Flush every connection with queued output (before the loop sleeps). */
+void conn_flush_all(void);
+
+conn_room *conn_find_room(conn *c, const char *room);
+/* Iteration over all live connections (drain, expiry). */
+conn *conn_first(void);
+size_t conn_count(void);
+
+#endif

@@ -1,0 +1,97 @@
+#define _GNU_SOURCE
+/* hmap: see hmap.h. Deleted slots become tombstones (key == TOMB) and are
+ * dropped on the next resize. */
+#include "hmap.h"
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char tomb_key;
+#define TOMB (&tomb_key)
+
+static uint64_t fnv(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    while (*s) { h ^= (unsigned char)*s++; h *= 1099511628211ull; }
+    return h;
+}
+
+void hmap_init(hmap *m) { memset(m, 0, sizeof *m); }
+
+int hmap_live(const hmap *m, size_t i) { return m->slots[i].key && m->slots[i].key != TOMB; }
+
+static hmap_slot *find(const hmap *m, const char *key)
+{
+    if (!m->cap) return NULL;
+    size_t i = fnv(key) & (m->cap - 1);
+    for (;;) {
+        hmap_slot *s = &m->slots[i];
+        if (!s->key) return NULL;
+        if (s->key != TOMB && strcmp(s->key, key) == 0) return s;
+        i = (i + 1) & (m->cap - 1);
+    }
+}
+
+void *hmap_get(const hmap *m, const char *key)
+{
+    hmap_slot *s = find(m, key);
+    return s ? s->val : NULL;
+}
+
+static int resize(hmap *m, size_t ncap)
+{
+    hmap_slot *ns = calloc(ncap, sizeof *ns);
+    if (!ns) return -1;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (!hmap_live(m, i)) continue;
+        size_t j = fnv(m->slots[i].key) & (ncap - 1);
+        while (ns[j].key) j = (j + 1) & (ncap - 1);
+        ns[j] = m->slots[i];
+    }
+    free(m->slots);
+    m->slots = ns;
+    m->cap = ncap;
+    m->tombs = 0;
+    return 0;
+}
+
+int hmap_put(hmap *m, const char *key, void *val)
+{
+    hmap_slot *s = find(m, key);
+    if (s) { s->val = val; return 0; }
+    if ((m->count + m->tombs + 1) * 4 >= m->cap * 3) {
+        size_t ncap = m->cap ? m->cap : 16;
+        while ((m->count + 1) * 2 >= ncap) ncap *= 2;
+        if (resize(m, ncap) < 0) return -1;
+    }
+    char *k = strdup(key);
+    if (!k) return -1;
+    size_t i = fnv(key) & (m->cap - 1);
+    while (m->slots[i].key && m->slots[i].key != TOMB) i = (i + 1) & (m->cap - 1);
+    if (m->slots[i].key == TOMB) m->tombs--;
+    m->slots[i].key = k;
+    m->slots[i].val = val;
+    m->count++;
+    return 0;
+}
+
+void *hmap_del(hmap *m, const char *key)
+{
+    hmap_slot *s = find(m, key);
+    if (!s) return NULL;
+    void *v = s->val;
+    free(s->key);
+    s->key = TOMB;
+    s->val = NULL;
+    m->count--;
+    m->tombs++;
+    return v;
+}
+
+void hmap_free(hmap *m)
+{
+    for (size_t i = 0; i < m->cap; i++)
+        if (hmap_live(m, i)) free(m->slots[i].key);
+    free(m->slots);
+    memset(m, 0, sizeof *m);
+}

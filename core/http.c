@@ -1,0 +1,383 @@
+/* http: see http.h. */
+#define _GNU_SOURCE
+#include "http.h"
+#include "chat.h"
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+#include "util.h"
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct http_req {
+    struct lws *wsi;        /* NULL once the connection went away */
+    int done;
+    unsigned status;
+    char *body;
+    size_t len;
+    char room[CHAT_ROOM_MAX + 1];
+    int limit;
+} http_req;
+
+static metric_counter *m_http[6];
+
+static void metrics_once(void)
+{
+    if (m_http[0]) return;
+    static const char *codes[] = {"2xx", "3xx", "4xx", "5xx", "other", "other"};
+    for (int i = 0; i < 5; i++) {
+        char l[32];
+        snprintf(l, sizeof l, "code=\"%s\"", codes[i]);
+        m_http[i] = metrics_counter("chat_http_requests_total", "HTTP responses, by status class", l);
+    }
+}
+
+int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len)
+{
+    metrics_once();
+    metric_inc(m_http[status >= 200 && status < 600 ? status / 100 - 2 : 4]);
+    unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
+    if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)len, &p, end))
+        return -1;
+    if (lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end))
+        return -1;
+    if (lws_finalize_write_http_header(wsi, start, &p, end)) return -1;
+    unsigned char *b = malloc(LWS_PRE + len + 1);
+    if (!b) return -1;
+    memcpy(b + LWS_PRE, body, len);
+    int w = lws_write(wsi, b + LWS_PRE, len, LWS_WRITE_HTTP_FINAL);
+    free(b);
+    if (w < 0) return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int reply_text(struct lws *wsi, unsigned status, const char *text)
+{
+    char b[512];
+    int n = snprintf(b, sizeof b, "%s\n", text);
+    return http_reply(wsi, status, "text/plain; charset=utf-8", b, (size_t)n);
+}
+
+static int reply_json_error(struct lws *wsi, unsigned status, const char *text)
+{
+    char b[512];
+    int n = snprintf(b, sizeof b, "{\"error\":");
+    n += (int)json_escape(b + n, sizeof b - (size_t)n - 2, text, strlen(text));
+    b[n++] = '}';
+    return http_reply(wsi, status, "application/json", b, (size_t)n);
+}
+
+int http_arg(struct lws *wsi, const char *name, char *out, size_t outlen)
+{
+    char frag[8192];
+    size_t nl = strlen(name);
+    for (int i = 0; i < 32; i++) {
+        int n = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0) break;
+        if ((size_t)n > nl && strncmp(frag, name, nl) == 0 && frag[nl] == '=') {
+            snprintf(out, outlen, "%s", frag + nl + 1);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int http_token(struct lws *wsi, char *out, size_t outlen)
+{
+    char h[8192];
+    int n = lws_hdr_copy(wsi, h, sizeof h, WSI_TOKEN_HTTP_AUTHORIZATION);
+    if (n > 7 && strncasecmp(h, "Bearer ", 7) == 0) {
+        snprintf(out, outlen, "%s", h + 7);
+        return 1;
+    }
+    return http_arg(wsi, "token", out, outlen);
+}
+
+/* Authenticates the request; on failure answers 401 and returns -1 with
+ * *ret set to the callback's return value. */
+static int require_auth(struct lws *wsi, identity *id, int *ret)
+{
+    char tok[8192], reason[160];
+    if (!http_token(wsi, tok, sizeof tok)) {
+        *ret = reply_text(wsi, 401, "missing token");
+        return -1;
+    }
+    if (auth_verify(g_srv.auth, tok, (int64_t)(now_ms() / 1000), id, reason, sizeof reason) < 0) {
+        *ret = reply_text(wsi, 401, reason);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- async answers --------------------------------------------------- */
+
+static void req_finish(http_req *r, unsigned status, char *body, size_t len)
+{
+    if (!r->wsi) { free(body); free(r); return; }
+    r->status = status;
+    r->body = body;
+    r->len = len;
+    r->done = 1;
+    lws_callback_on_writable(r->wsi);
+}
+
+static void on_history_rows(void *ud, int status, const store_row *rows, size_t n)
+{
+    http_req *r = ud;
+    if (status < 0) {
+        const char *e = "{\"error\":\"history store unavailable\"}";
+        req_finish(r, 503, strdup(e), strlen(e));
+        return;
+    }
+    /* we asked for limit+1 newest rows: one more than the page means older
+     * messages exist, and the page starts after the extra one */
+    size_t first = n > (size_t)r->limit ? n - (size_t)r->limit : 0;
+    size_t cap = 64;
+    for (size_t i = first; i < n; i++)
+        cap += 6 * (rows[i].body_len + strlen(rows[i].user) + strlen(rows[i].name) +
+                    (rows[i].client_id ? strlen(rows[i].client_id) : 0)) + 200;
+    char *b = malloc(cap);
+    if (!b) { req_finish(r, 503, NULL, 0); return; }
+    size_t o = (size_t)snprintf(b, cap, "{\"messages\":[");
+    for (size_t i = first; i < n; i++) {
+        size_t tl;
+        char *t = chat_build_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,
+                                  rows[i].body_len, rows[i].ts, &tl);
+        if (!t) continue;
+        o += (size_t)snprintf(b + o, cap - o, "%s{\"type\":\"message\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
+                              i > first ? "," : "", r->room, rows[i].seq);
+        memcpy(b + o, t, tl);
+        o += tl;
+        free(t);
+    }
+    if (first > 0 && n > first)
+        o += (size_t)snprintf(b + o, cap - o, "],\"next_cursor\":\"c%" PRIx64 "\"}", rows[first].seq);
+    else
+        o += (size_t)snprintf(b + o, cap - o, "],\"next_cursor\":null}");
+    req_finish(r, 200, b, o);
+}
+
+static void on_presence_users(void *ud, int status, const presence_user *u, size_t n)
+{
+    http_req *r = ud;
+    if (status < 0) {
+        const char *e = "{\"error\":\"presence unavailable\"}";
+        req_finish(r, 503, strdup(e), strlen(e));
+        return;
+    }
+    size_t cap = 64 + n * 600;
+    char *b = malloc(cap);
+    if (!b) { req_finish(r, 503, NULL, 0); return; }
+    size_t o = (size_t)snprintf(b, cap, "{\"room\":\"%s\",\"users\":[", r->room);
+    for (size_t i = 0; i < n; i++) {
+        o += (size_t)snprintf(b + o, cap - o, "%s{\"user\":", i ? "," : "");
+        o += (size_t)json_escape(b + o, cap - o, u[i].user, strnlen(u[i].user, 127));
+        memcpy(b + o, ",\"name\":", 8); o += 8;
+        o += (size_t)json_escape(b + o, cap - o, u[i].name, strnlen(u[i].name, 127));
+        b[o++] = '}';
+    }
+    memcpy(b + o, "]}", 2);
+    o += 2;
+    req_finish(r, 200, b, o);
+}
+
+int http_writeable(struct lws *wsi, http_req **slot)
+{
+    http_req *r = *slot;
+    if (!r || !r->done) return 0;
+    *slot = NULL;
+    int ret = r->body ? http_reply(wsi, r->status, "application/json", r->body, r->len)
+                      : reply_text(wsi, 503, "out of memory");
+    free(r->body);
+    free(r);
+    return ret;
+}
+
+void http_cancel(http_req **slot)
+{
+    http_req *r = *slot;
+    if (!r) return;
+    *slot = NULL;
+    if (r->done) { free(r->body); free(r); return; }
+    r->wsi = NULL;     /* the pending callback frees it */
+}
+
+/* ---- routes ---------------------------------------------------------- */
+
+static int parse_cursor(const char *s, uint64_t *out)
+{
+    if (s[0] != 'c' || !s[1] || strlen(s) > 17) return -1;
+    uint64_t v = 0;
+    for (const char *p = s + 1; *p; p++) {
+        int d;
+        if (*p >= '0' && *p <= '9') d = *p - '0';
+        else if (*p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
+        else return -1;
+        v = v * 16 + (uint64_t)d;
+    }
+    if (v < 1) return -1;
+    *out = v;
+    return 0;
+}
+
+static int route_room(struct lws *wsi, const char *rest, http_req **slot)
+{
+    /* rest = "{room}/messages" or "{room}/presence" */
+    const char *slash = strchr(rest, '/');
+    if (!slash) return reply_text(wsi, 404, "not found");
+    size_t rl = (size_t)(slash - rest);
+    const char *what = slash + 1;
+    int is_hist = strcmp(what, "messages") == 0, is_pres = strcmp(what, "presence") == 0;
+    if (!is_hist && !is_pres) return reply_text(wsi, 404, "not found");
+    if (!room_name_valid(rest, rl)) return reply_json_error(wsi, 400, "invalid room name");
+    identity id;
+    int ret;
+    if (require_auth(wsi, &id, &ret) < 0) return ret;
+    http_req *r = calloc(1, sizeof *r);
+    if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
+    memcpy(r->room, rest, rl);
+    r->room[rl] = 0;
+    r->wsi = wsi;
+    script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms()};
+    script_result res;
+    memset(&res, 0, sizeof res);
+    script_verdict v = script_on_history(g_srv.script, &x, &res);
+    identity_clear(&id);
+    if (v == SCRIPT_REJECT) {
+        free(r);
+        ret = reply_json_error(wsi, 403, res.reason[0] ? res.reason : "refused by policy");
+        script_result_clear(&res);
+        return ret;
+    }
+    script_result_clear(&res);
+    if (is_pres) {
+        *slot = r;
+        if (presence_list(g_srv.presence, r->room, on_presence_users, r) < 0) {
+            *slot = NULL;
+            free(r);
+            return reply_json_error(wsi, 503, "presence unavailable");
+        }
+        return 0;
+    }
+    char a[64];
+    uint64_t before = UINT64_MAX;
+    r->limit = 50;
+    if (http_arg(wsi, "before", a, sizeof a) && a[0] && parse_cursor(a, &before) < 0) {
+        free(r);
+        return reply_json_error(wsi, 400, "invalid cursor");
+    }
+    if (http_arg(wsi, "limit", a, sizeof a)) {
+        char *end;
+        long l = strtol(a, &end, 10);
+        if (!a[0] || *end || l < 1 || l > 200) {
+            free(r);
+            return reply_json_error(wsi, 400, "limit must be an integer from 1 to 200");
+        }
+        r->limit = (int)l;
+    }
+    if (!g_srv.store) {
+        free(r);
+        return reply_json_error(wsi, 503, "history is disabled: chatd runs without CHAT_DATABASE_URL");
+    }
+    *slot = r;
+    if (store_range(g_srv.store, r->room, 0, before, r->limit + 1, 1, on_history_rows, r) < 0) {
+        *slot = NULL;
+        free(r);
+        return reply_json_error(wsi, 503, "history store unavailable");
+    }
+    return 0;
+}
+
+static int route_dev_token(struct lws *wsi)
+{
+    if (!g_srv.cfg.dev_tokens) return reply_text(wsi, 404, "not found");
+    char name[128] = "", ttl[32] = "";
+    http_arg(wsi, "name", name, sizeof name);
+    size_t nl = strlen(name);
+    if (nl < 1 || nl > 32) return reply_json_error(wsi, 400, "name must be 1-32 characters");
+    char sub[40];
+    size_t k = 0;
+    for (size_t i = 0; i < nl && k < sizeof sub - 1; i++) {
+        char ch = name[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-')
+            sub[k++] = ch;
+        else if (ch >= 'A' && ch <= 'Z') sub[k++] = (char)(ch - 'A' + 'a');
+        else sub[k++] = '_';
+    }
+    sub[k] = 0;
+    long t = 3600;
+    if (http_arg(wsi, "ttl", ttl, sizeof ttl)) {
+        t = strtol(ttl, NULL, 10);
+        if (t < 1 || t > 86400) return reply_json_error(wsi, 400, "ttl must be 1-86400 seconds");
+    }
+    int64_t exp = (int64_t)(now_ms() / 1000) + t;
+    char *tok = auth_mint(g_srv.auth, sub, name, exp, NULL);
+    if (!tok) return reply_json_error(wsi, 500, "cannot mint tokens (HS256 secret needed)");
+    char b[4096];
+    int n = snprintf(b, sizeof b, "{\"token\":\"%s\",\"user\":\"%s\",\"name\":", tok, sub);
+    n += (int)json_escape(b + n, sizeof b - (size_t)n - 64, name, nl);
+    n += snprintf(b + n, sizeof b - (size_t)n, ",\"exp\":%lld}", (long long)exp);
+    free(tok);
+    return http_reply(wsi, 200, "application/json", b, (size_t)n);
+}
+
+static const char *mime_of(const char *path)
+{
+    const char *dot = strrchr(path, '.');
+    if (!dot) return "application/octet-stream";
+    if (!strcmp(dot, ".html")) return "text/html; charset=utf-8";
+    if (!strcmp(dot, ".js") || !strcmp(dot, ".mjs")) return "text/javascript; charset=utf-8";
+    if (!strcmp(dot, ".css")) return "text/css; charset=utf-8";
+    if (!strcmp(dot, ".svg")) return "image/svg+xml";
+    if (!strcmp(dot, ".png")) return "image/png";
+    if (!strcmp(dot, ".json")) return "application/json";
+    if (!strcmp(dot, ".ico")) return "image/x-icon";
+    return "application/octet-stream";
+}
+
+static int route_static(struct lws *wsi, const char *uri)
+{
+    if (strstr(uri, "..") || strchr(uri, '\\')) return reply_text(wsi, 400, "bad path");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", g_srv.cfg.web_dir, strcmp(uri, "/") == 0 ? "index.html" : uri + 1);
+    FILE *f = fopen(path, "rb");
+    if (!f) return reply_text(wsi, 404, "not found");
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (sz < 0 || sz > 8 * 1024 * 1024) { fclose(f); return reply_text(wsi, 404, "not found"); }
+    char *b = malloc((size_t)sz + 1);
+    size_t got = b ? fread(b, 1, (size_t)sz, f) : 0;
+    fclose(f);
+    if (!b) return reply_text(wsi, 503, "out of memory");
+    int ret = http_reply(wsi, 200, mime_of(path), b, got);
+    free(b);
+    return ret;
+}
+
+int http_handle(struct lws *wsi, const char *uri, http_req **slot)
+{
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
+        return reply_text(wsi, 405, "method not allowed");
+    if (!strcmp(uri, "/healthz")) return reply_text(wsi, 200, "ok");
+    if (!strcmp(uri, "/readyz")) {
+        if (g_srv.draining) return reply_text(wsi, 503, "draining");
+        if (!bus_ready(g_srv.bus)) return reply_text(wsi, 503, "redis unreachable");
+        if (g_srv.store && !store_ready(g_srv.store)) return reply_text(wsi, 503, "postgres unreachable");
+        return reply_text(wsi, 200, "ready");
+    }
+    if (!strcmp(uri, "/metrics")) {
+        size_t len;
+        char *m = metrics_render(&len);
+        int ret = http_reply(wsi, 200, "text/plain; version=0.0.4; charset=utf-8", m, len);
+        free(m);
+        return ret;
+    }
+    if (!strncmp(uri, "/rooms/", 7)) return route_room(wsi, uri + 7, slot);
+    if (!strcmp(uri, "/dev/token")) return route_dev_token(wsi);
+    if (!strncmp(uri, "/ws/", 4)) return reply_text(wsi, 400, "WebSocket upgrade required");
+    return route_static(wsi, uri);
+}

@@ -1,0 +1,87 @@
+/* outq: see outq.h. The ring grows by doubling up to max_frames, so an idle
+ * connection costs one small allocation. */
+#include "outq.h"
+#include <stdlib.h>
+#include <string.h>
+
+void outq_init(outq *q, uint32_t max_frames, size_t max_bytes)
+{
+    memset(q, 0, sizeof *q);
+    q->max_frames = max_frames ? max_frames : 1;
+    q->max_bytes = max_bytes;
+}
+
+static int grow(outq *q)
+{
+    uint32_t ncap = q->cap ? q->cap * 2 : 4;
+    if (ncap > q->max_frames) ncap = q->max_frames;
+    if (ncap <= q->cap) return -1;
+    msg **nr = malloc(sizeof(msg *) * ncap);
+    if (!nr) return -1;
+    for (uint32_t i = 0; i < q->count; i++) nr[i] = q->ring[(q->head + i) % q->cap];
+    free(q->ring);
+    q->ring = nr;
+    q->cap = ncap;
+    q->head = 0;
+    return 0;
+}
+
+int outq_push(outq *q, msg *m)
+{
+    size_t w = msg_wire_len(m);
+    if (q->count >= q->max_frames || q->bytes + w > q->max_bytes) return -1;
+    if (q->count == q->cap && grow(q) < 0) return -1;
+    q->ring[(q->head + q->count) % q->cap] = msg_ref(m);
+    q->count++;
+    q->bytes += w;
+    return 0;
+}
+
+int outq_iov(const outq *q, struct iovec *iov, int max, size_t *total)
+{
+    int n = 0;
+    size_t t = 0;
+    for (uint32_t i = 0; i < q->count && n < max; i++) {
+        msg *m = q->ring[(q->head + i) % q->cap];
+        size_t off = i == 0 ? q->head_off : 0;
+        iov[n].iov_base = (void *)(msg_wire(m) + off);
+        iov[n].iov_len = msg_wire_len(m) - off;
+        t += iov[n].iov_len;
+        n++;
+    }
+    *total = t;
+    return n;
+}
+
+void outq_consume(outq *q, size_t n, void (*done)(msg *m, void *ud), void *ud)
+{
+    while (n && q->count) {
+        msg *m = q->ring[q->head];
+        size_t left = msg_wire_len(m) - q->head_off;
+        if (n < left) {
+            q->head_off += n;
+            q->bytes -= n;
+            return;
+        }
+        n -= left;
+        q->bytes -= left;
+        q->head_off = 0;
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+        if (done) done(m, ud);
+        msg_unref(m);
+    }
+}
+
+void outq_clear(outq *q)
+{
+    while (q->count) {
+        msg_unref(q->ring[q->head]);
+        q->head = (q->head + 1) % q->cap;
+        q->count--;
+    }
+    free(q->ring);
+    q->ring = NULL;
+    q->cap = q->head = 0;
+    q->bytes = q->head_off = 0;
+}

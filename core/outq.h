@@ -1,0 +1,36 @@
+/* outq: a connection's bounded outbound queue of shared frames.
+ * A ring of msg references bounded by frame count and by bytes; the head
+ * frame may be partly written (head_off bytes of its wire form are out).
+ * Owns: one reference to every queued msg. */
+#ifndef CHATD_OUTQ_H
+#define CHATD_OUTQ_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include "msg.h"
+
+typedef struct outq {
+    msg **ring;
+    uint32_t cap, head, count;
+    size_t bytes;          /* wire bytes queued, minus head_off */
+    size_t head_off;       /* bytes of the head frame already written */
+    uint32_t max_frames;
+    size_t max_bytes;
+    uint64_t enq_ns_head;  /* not used by outq itself; see conn */
+} outq;
+
+void outq_init(outq *q, uint32_t max_frames, size_t max_bytes);
+/* Takes a new reference on m. Returns -1 (nothing taken) when the frame
+ * would exceed either bound. */
+int outq_push(outq *q, msg *m);
+static inline int outq_empty(const outq *q) { return q->count == 0; }
+static inline msg *outq_peek(const outq *q) { return q->count ? q->ring[q->head] : NULL; }
+/* Fills up to max iovecs from the head (first one offset by head_off);
+ * returns how many; *total gets their byte sum. */
+int outq_iov(const outq *q, struct iovec *iov, int max, size_t *total);
+/* Marks n wire bytes as written: drops the fully written frames (calling
+ * done(m, ud) for each before unref) and advances head_off. */
+void outq_consume(outq *q, size_t n, void (*done)(msg *m, void *ud), void *ud);
+void outq_clear(outq *q);
+
+#endif

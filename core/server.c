@@ -1,0 +1,249 @@
+/* server: see server.h. Start-up order: config -> auth (refuse to start
+ * without a key) -> scripts -> bus -> store -> presence -> lws on the libuv
+ * loop. The loop is libuv (epoll): lws runs on it as a foreign loop, hiredis
+ * through its libuv adapter, libpq through uv_poll on its socket; timers are
+ * uv timers. Signals only set flags (uv_signal callbacks), the 100 ms tick
+ * acts on them. Output is flushed in a uv_prepare handle, i.e. once per loop
+ * iteration right before the loop sleeps (Redis' beforeSleep habit). */
+#define _GNU_SOURCE
+#include "server.h"
+#include "chat.h"
+#include "conn.h"
+#include "log.h"
+#include "metrics.h"
+#include "room.h"
+#include "util.h"
+#include "ws.h"
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+server g_srv;
+
+static uv_prepare_t g_flush;
+static uv_timer_t g_tick;
+static uv_signal_t g_sighup, g_sigterm, g_sigint;
+static uint64_t g_drain_started;
+static int g_store_drained, g_stopping;
+
+void server_refresh_settings(void)
+{
+    g_srv.heartbeat_ms = script_setting(g_srv.script, "heartbeat_ms", 10000);
+    g_srv.presence_ttl_ms = script_setting(g_srv.script, "presence_ttl_ms", 30000);
+    g_srv.typing_ttl_ms = script_setting(g_srv.script, "typing_ttl_ms", 5000);
+    g_srv.max_rooms = script_setting(g_srv.script, "max_rooms_per_conn", 32);
+    if (g_srv.max_rooms < 1) g_srv.max_rooms = 1;
+}
+
+static double g_rss(void *ud)
+{
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) { if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0; fclose(f); }
+    return (double)rss * (double)sysconf(_SC_PAGESIZE);
+}
+
+static double g_cpu(void *ud)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+static double g_fds(void *ud)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return 0;
+    int n = 0;
+    while (readdir(d)) n++;
+    closedir(d);
+    return n > 2 ? n - 3 : 0;   /* ., .. and the dir's own fd */
+}
+
+static double g_rooms(void *ud) { return (double)room_count(); }
+
+static void on_flush(uv_prepare_t *h) { conn_flush_all(); }
+
+static void lws_emit(int level, const char *line)
+{
+    size_t n = strlen(line);
+    char b[1024];
+    snprintf(b, sizeof b, "%.*s", (int)(n && line[n - 1] == '\n' ? n - 1 : n), line);
+    log_msg(level == LLL_ERR ? LOG_ERROR : LOG_WARN, "lws", "%s", b);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    if (signum == SIGHUP) g_srv.sig_hup = 1;
+    else g_srv.sig_term = 1;
+}
+
+static void on_store_drained(void *ud) { g_store_drained = 1; }
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+static void stop_everything(void)
+{
+    if (g_stopping) return;
+    g_stopping = 1;
+    LOGI("server", "drained; stopping");
+    uv_timer_stop(&g_tick);
+    uv_close((uv_handle_t *)&g_tick, close_cb);
+    uv_prepare_stop(&g_flush);
+    uv_close((uv_handle_t *)&g_flush, close_cb);
+    uv_close((uv_handle_t *)&g_sighup, close_cb);
+    uv_close((uv_handle_t *)&g_sigterm, close_cb);
+    uv_close((uv_handle_t *)&g_sigint, close_cb);
+    lws_context_destroy(g_srv.lws);
+    g_srv.lws = NULL;
+    presence_free(g_srv.presence);
+    g_srv.presence = NULL;
+    if (g_srv.store) { store_free(g_srv.store); g_srv.store = NULL; }
+    bus_free(g_srv.bus);
+    g_srv.bus = NULL;
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    static uint64_t last_expiry;
+    if (g_srv.sig_hup) {
+        g_srv.sig_hup = 0;
+        char err[512];
+        uint64_t t0 = mono_ns();
+        if (script_reload(g_srv.script, err, sizeof err) == 0) {
+            server_refresh_settings();
+            LOGI("server", "SIGHUP: scripts reloaded (version %llu) in %.2f ms",
+                 (unsigned long long)script_version(g_srv.script), (double)(mono_ns() - t0) / 1e6);
+        } else {
+            LOGE("server", "SIGHUP: reload failed, keeping the running policy: %s", err);
+        }
+    }
+    if (g_srv.sig_term && !g_srv.draining) {
+        g_srv.draining = 1;
+        g_drain_started = mono_ms();
+        LOGI("server", "SIGTERM: draining %zu connections", conn_count());
+        chat_drain_all();
+        if (g_srv.store) store_drain(g_srv.store, on_store_drained, NULL);
+        else g_store_drained = 1;
+    }
+    if (g_srv.draining) {
+        int timed_out = mono_ms() - g_drain_started > (uint64_t)g_srv.cfg.drain_ms;
+        if ((conn_count() == 0 && g_store_drained) || timed_out) {
+            if (timed_out) LOGW("server", "drain timed out with %zu connections left", conn_count());
+            stop_everything();
+            return;
+        }
+    }
+    uint64_t now = mono_ms();
+    if (now - last_expiry >= 500) {
+        last_expiry = now;
+        chat_expire_tokens((int64_t)(now_ms() / 1000));
+    }
+}
+
+int server_run(int argc, char **argv)
+{
+    char err[512];
+    int r = config_load(&g_srv.cfg, argc, argv, err, sizeof err);
+    if (r == 1) return 0;
+    if (r < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
+    int lvl = log_level_parse(g_srv.cfg.log_level);
+    if (lvl < 0) { fprintf(stderr, "chatd: CHAT_LOG_LEVEL: unknown level '%s'\n", g_srv.cfg.log_level); return 2; }
+    log_set_level((log_level_t)lvl);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (!g_srv.cfg.jwt_secret && !g_srv.cfg.jwt_public_key) {
+        fprintf(stderr, "chatd: refusing to start without CHAT_JWT_SECRET or CHAT_JWT_PUBLIC_KEY\n");
+        return 2;
+    }
+    g_srv.auth = auth_new(g_srv.cfg.jwt_secret, g_srv.cfg.jwt_public_key, err, sizeof err);
+    if (!g_srv.auth) { fprintf(stderr, "chatd: %s\n", err); return 2; }
+    if (g_srv.cfg.dev_tokens) {
+        if (!g_srv.cfg.jwt_secret) { fprintf(stderr, "chatd: --dev-tokens needs CHAT_JWT_SECRET\n"); return 2; }
+        LOGW("server", "!!! DEV TOKENS ENABLED: anyone can mint a token at /dev/token. Never in production. !!!");
+    }
+
+    g_srv.script = script_new(g_srv.cfg.scripts_dir, g_srv.cfg.node_id, err, sizeof err);
+    if (!g_srv.script) { fprintf(stderr, "chatd: scripts: %s\n", err); return 2; }
+    server_refresh_settings();
+
+    g_srv.loop = uv_default_loop();
+    chat_init();
+    room_registry_init();
+    metrics_gauge_fn("process_resident_memory_bytes", "Resident memory size in bytes", NULL, g_rss, NULL);
+    metrics_gauge_fn("process_cpu_seconds_total", "User and system CPU time in seconds", NULL, g_cpu, NULL);
+    metrics_gauge_fn("process_open_fds", "Open file descriptors", NULL, g_fds, NULL);
+    metrics_gauge_fn("chat_rooms_local", "Rooms with members on this node", NULL, g_rooms, NULL);
+    metrics_counter("chat_drops_total", NULL, "reason=\"slow_consumer\"");
+
+    bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400};
+    bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready};
+    g_srv.bus = bus_new(g_srv.loop, &bo, &bh, NULL, err, sizeof err);
+    if (!g_srv.bus) { fprintf(stderr, "chatd: bus: %s\n", err); return 2; }
+    if (!g_srv.cfg.redis_url) LOGI("server", "single-node mode (no CHAT_REDIS_URL): in-process fan-out");
+
+    if (g_srv.cfg.database_url) {
+        store_opts so = {g_srv.cfg.database_url, (int)g_srv.cfg.batch_max, (int)g_srv.cfg.batch_ms,
+                         (int)g_srv.cfg.pending_max};
+        g_srv.store = store_new(g_srv.loop, &so, err, sizeof err);
+        if (!g_srv.store) { fprintf(stderr, "chatd: store: %s\n", err); return 2; }
+    } else {
+        LOGW("server", "!!! NO CHAT_DATABASE_URL: messages are NOT stored; acks are not durable and history is off !!!");
+    }
+
+    presence_opts po = {g_srv.cfg.redis_url, g_srv.cfg.node_id, (uint32_t)g_srv.presence_ttl_ms, 0};
+    presence_handlers ph = {chat_presence_transition};
+    g_srv.presence = presence_new(g_srv.loop, &po, &ph, NULL, err, sizeof err);
+    if (!g_srv.presence) { fprintf(stderr, "chatd: presence: %s\n", err); return 2; }
+
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    void *loops[1] = {g_srv.loop};
+    info.port = g_srv.cfg.listen_port;
+    info.iface = g_srv.cfg.listen_host;
+    info.protocols = ws_protocols;
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
+                   LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.foreign_loops = loops;
+    info.max_http_header_data = 16384;
+    info.timeout_secs = 10;
+    info.pt_serv_buf_size = 32768;
+    info.vhost_name = "chatd";
+    g_srv.lws = lws_create_context(&info);
+    if (!g_srv.lws) {
+        fprintf(stderr, "chatd: cannot listen on %s\n", g_srv.cfg.listen);
+        return 2;
+    }
+
+    uv_prepare_init(g_srv.loop, &g_flush);
+    uv_prepare_start(&g_flush, on_flush);
+    uv_timer_init(g_srv.loop, &g_tick);
+    uv_timer_start(&g_tick, on_tick, 100, 100);
+    uv_signal_init(g_srv.loop, &g_sighup);
+    uv_signal_start(&g_sighup, on_signal, SIGHUP);
+    uv_signal_init(g_srv.loop, &g_sigterm);
+    uv_signal_start(&g_sigterm, on_signal, SIGTERM);
+    uv_signal_init(g_srv.loop, &g_sigint);
+    uv_signal_start(&g_sigint, on_signal, SIGINT);
+
+    LOGI("server", "chatd node %s listening on http://%s (scripts %s, redis %s, postgres %s)",
+         g_srv.cfg.node_id, g_srv.cfg.listen, g_srv.cfg.scripts_dir,
+         g_srv.cfg.redis_url ? "on" : "off", g_srv.cfg.database_url ? "on" : "off");
+
+    uv_run(g_srv.loop, UV_RUN_DEFAULT);
+
+    /* everything is closed; release what remains */
+    script_free(g_srv.script);
+    auth_free(g_srv.auth);
+    room_registry_free();
+    uv_loop_close(g_srv.loop);
+    metrics_free_all();
+    LOGI("server", "bye");
+    return g_srv.exit_code;
+}

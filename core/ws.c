@@ -1,0 +1,259 @@
+/* ws: see ws.h. */
+#define _GNU_SOURCE
+#include "ws.h"
+#include "chat.h"
+#include "conn.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+#include "util.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { OPQ_TICKET = 1, OPQ_CONN = 2 };
+
+typedef struct ticket {
+    int kind;               /* OPQ_TICKET */
+    identity ident;
+    char room[CHAT_ROOM_MAX + 1];
+    int has_since;
+    uint64_t since;
+} ticket;
+
+/* conn embeds no kind tag; we keep a tiny wrapper */
+typedef struct conn_ref { int kind; conn *c; } conn_ref;
+
+typedef struct pss { struct http_req *req; } pss;
+
+static metric_counter *m_acc[6];
+static metric_counter *m_too_big;
+
+static void metrics_once(void)
+{
+    if (m_acc[0]) return;
+    static const char *r[] = {"accepted", "refused_auth", "refused_policy", "bad_request", "draining"};
+    for (int i = 0; i < 5; i++) {
+        char l[48];
+        snprintf(l, sizeof l, "result=\"%s\"", r[i]);
+        m_acc[i] = metrics_counter("chat_connections_total", "WebSocket upgrade attempts, by outcome", l);
+    }
+    m_too_big = metrics_counter("chat_drops_total", NULL, "reason=\"frame_too_large\"");
+}
+
+/* Refuses an upgrade with a plain HTTP/1.1 answer (lws would answer an
+ * upgrade request with HTTP/1.0, which strict WebSocket clients refuse).
+ * Returns 1: "we answered" for LWS_CALLBACK_HTTP_CONFIRM_UPGRADE. */
+static int refuse(struct lws *wsi, unsigned status, const char *text)
+{
+    static const struct { unsigned code; const char *phrase; } P[] = {
+        {400, "Bad Request"}, {401, "Unauthorized"}, {403, "Forbidden"},
+        {404, "Not Found"}, {503, "Service Unavailable"}};
+    const char *phrase = "Error";
+    for (size_t i = 0; i < sizeof P / sizeof P[0]; i++)
+        if (P[i].code == status) phrase = P[i].phrase;
+    unsigned char buf[LWS_PRE + 1024];
+    char *p = (char *)buf + LWS_PRE;
+    size_t tl = strlen(text);
+    int n = snprintf(p, 1024, "HTTP/1.1 %u %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                     "content-length: %zu\r\nconnection: close\r\ncache-control: no-store\r\n\r\n%s\n",
+                     status, phrase, tl + 1, text);
+    if (n < 0 || n >= 1024) return -1;
+    if (lws_write(wsi, (unsigned char *)p, (size_t)n, LWS_WRITE_HTTP_FINAL) < 0) return -1;
+    return 1;
+}
+
+static int upgrade_gate(struct lws *wsi)
+{
+    char uri[1024];
+    metrics_once();
+    if (g_srv.draining) {
+        metric_inc(m_acc[4]);
+        return refuse(wsi, 503, "draining");
+    }
+    int n = lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+    if (n <= 4 || strncmp(uri, "/ws/", 4) != 0) {
+        metric_inc(m_acc[3]);
+        return refuse(wsi, 404, "not found");
+    }
+    const char *room = uri + 4;
+    if (!room_name_valid(room, strlen(room))) {
+        metric_inc(m_acc[3]);
+        return refuse(wsi, 400, "invalid room name");
+    }
+    char tok[8192], reason[192], since[32];
+    if (!http_arg(wsi, "token", tok, sizeof tok) || !tok[0]) {
+        metric_inc(m_acc[1]);
+        return refuse(wsi, 401, "missing token");
+    }
+    ticket *t = calloc(1, sizeof *t);
+    if (!t) return -1;
+    t->kind = OPQ_TICKET;
+    snprintf(t->room, sizeof t->room, "%s", room);
+    if (auth_verify(g_srv.auth, tok, (int64_t)(now_ms() / 1000), &t->ident, reason, sizeof reason) < 0) {
+        free(t);
+        metric_inc(m_acc[1]);
+        return refuse(wsi, 401, reason);
+    }
+    if (http_arg(wsi, "since", since, sizeof since)) {
+        char *end;
+        unsigned long long v = strtoull(since, &end, 10);
+        if (!since[0] || *end || since[0] == '-') {
+            identity_clear(&t->ident);
+            free(t);
+            metric_inc(m_acc[3]);
+            return refuse(wsi, 400, "since must be a non-negative integer");
+        }
+        t->has_since = 1;
+        t->since = v;
+    }
+    script_ctx x = {t->ident.user, t->ident.name, t->ident.claims_json, t->room, g_srv.cfg.node_id, now_ms()};
+    script_result res;
+    memset(&res, 0, sizeof res);
+    script_verdict v = script_on_connect(g_srv.script, &x, &res);
+    if (v != SCRIPT_REJECT) {
+        script_result_clear(&res);
+        v = script_on_join(g_srv.script, &x, &res);
+    }
+    if (v == SCRIPT_REJECT) {
+        char b[300];
+        snprintf(b, sizeof b, "%s", res.reason[0] ? res.reason : "refused by policy");
+        script_result_clear(&res);
+        identity_clear(&t->ident);
+        free(t);
+        metric_inc(m_acc[2]);
+        return refuse(wsi, 403, b);
+    }
+    script_result_clear(&res);
+    lws_set_opaque_user_data(wsi, t);
+    return 0;
+}
+
+static void opaque_free(struct lws *wsi)
+{
+    int *kind = lws_get_opaque_user_data(wsi);
+    if (!kind) return;
+    if (*kind == OPQ_TICKET) {
+        ticket *t = (ticket *)kind;
+        identity_clear(&t->ident);
+        free(t);
+    } else if (*kind == OPQ_CONN) {
+        conn_ref *r = (conn_ref *)kind;
+        if (r->c) chat_conn_closed(r->c);
+        free(r);
+    }
+    lws_set_opaque_user_data(wsi, NULL);
+}
+
+static conn *conn_of(struct lws *wsi)
+{
+    int *kind = lws_get_opaque_user_data(wsi);
+    return kind && *kind == OPQ_CONN ? ((conn_ref *)kind)->c : NULL;
+}
+
+static int on_receive(struct lws *wsi, conn *c, const void *in, size_t len)
+{
+    size_t remaining = lws_remaining_packet_payload(wsi);
+    if (c->rx_len + len + remaining > (size_t)g_srv.cfg.max_frame) {
+        metric_inc(m_too_big);
+        LOGI("ws", "conn %llu user %s: frame over %lld bytes, closing 1009",
+             (unsigned long long)c->id, c->ident.user, (long long)g_srv.cfg.max_frame);
+        c->closing = 1;
+        outq_clear(&c->q);
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"frame too large", 15);
+        return -1;
+    }
+    int final = lws_is_final_fragment(wsi) && remaining == 0;
+    if (final && c->rx_len == 0) {
+        if (lws_frame_is_binary(wsi)) conn_send_error(c, "bad_request", "binary frames are not supported", NULL);
+        else chat_conn_frame(c, in, len);
+        return 0;
+    }
+    if (c->rx_len + len > c->rx_cap) {
+        size_t nc = c->rx_cap ? c->rx_cap : 1024;
+        while (nc < c->rx_len + len) nc *= 2;
+        unsigned char *nb = realloc(c->rx, nc);
+        if (!nb) return -1;
+        c->rx = nb;
+        c->rx_cap = nc;
+    }
+    memcpy(c->rx + c->rx_len, in, len);
+    c->rx_len += len;
+    if (final) {
+        chat_conn_frame(c, (const char *)c->rx, c->rx_len);
+        c->rx_len = 0;
+        if (c->rx_cap > 16384) { free(c->rx); c->rx = NULL; c->rx_cap = 0; }
+    }
+    return 0;
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    pss *ps = user;
+    switch (reason) {
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return upgrade_gate(wsi);
+
+    case LWS_CALLBACK_ESTABLISHED: {
+        int *kind = lws_get_opaque_user_data(wsi);
+        if (!kind || *kind != OPQ_TICKET) return -1;
+        ticket *t = (ticket *)kind;
+        conn_ref *ref = calloc(1, sizeof *ref);
+        conn *c = ref ? conn_new(wsi, &t->ident, t->room) : NULL;
+        if (!c) { free(ref); return -1; }
+        c->has_since = t->has_since;
+        c->since = t->since;
+        outq_init(&c->q, (uint32_t)g_srv.cfg.max_queue, (size_t)g_srv.cfg.max_queue_bytes);
+        free(t);
+        ref->kind = OPQ_CONN;
+        ref->c = c;
+        lws_set_opaque_user_data(wsi, ref);
+        metric_inc(m_acc[0]);
+        LOGD("ws", "conn %llu user %s joined %s", (unsigned long long)c->id, c->ident.user, c->url_room);
+        chat_conn_open(c);
+        return 0;
+    }
+
+    case LWS_CALLBACK_RECEIVE: {
+        conn *c = conn_of(wsi);
+        if (!c) return -1;
+        if (c->closing && !c->close_after_flush) return 0;
+        return on_receive(wsi, c, in, len);
+    }
+
+    case LWS_CALLBACK_SERVER_WRITEABLE: {
+        conn *c = conn_of(wsi);
+        if (!c) return -1;
+        return conn_on_writeable(c);
+    }
+
+    case LWS_CALLBACK_CLOSED:
+        opaque_free(wsi);
+        return 0;
+
+    case LWS_CALLBACK_HTTP:
+        return http_handle(wsi, (const char *)in, ps ? &ps->req : NULL);
+
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return ps ? http_writeable(wsi, &ps->req) : 0;
+
+    case LWS_CALLBACK_CLOSED_HTTP:
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        if (ps) http_cancel(&ps->req);
+        return 0;
+
+    case LWS_CALLBACK_WSI_DESTROY:
+        if (ps) http_cancel(&ps->req);
+        opaque_free(wsi);
+        return 0;
+
+    default:
+        return 0;
+    }
+}
+
+const struct lws_protocols ws_protocols[] = {
+    {"chat", callback, sizeof(pss), 4096, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
