@@ -1,0 +1,474 @@
+/* presence: see presence.h. The part above the store, shared by Redis and
+ * memory mode: the table of this node's live connection entries, the
+ * per-tick batch (adds/touches coalesced per entry, removes queued; sent
+ * from a 0-ms timer, grouped per room, upserts before removes), the sweep
+ * timer, list requests, metrics, and the resync after the store comes back
+ * (every live local entry is re-added). Transitions are decided by the store
+ * (presence_redis.c / presence_mem.c) and reported back through the sink.
+ * Metrics: chat_presence_users = (room, user) pairs with at least one live
+ * connection entry on this node; chat_presence_events_total{event} =
+ * transitions this node announced; chat_presence_sweeps_total = sweeps
+ * run; chat_presence_heartbeat_writes_total = entry upserts (adds and
+ * touches) written to the store. */
+#define _GNU_SOURCE
+#include "presence.h"
+#include "presence_map.h"
+#include "presence_store.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "presence"
+#define MAX_PENDING_REMOVES 100000
+
+typedef struct lentry {
+    char *room, *user, *name, *member;
+    uint64_t conn;
+    int sent;                       /* an upsert went to the store */
+    int dirty;                      /* in the dirty list */
+    struct lentry *dprev, *dnext;
+} lentry;
+
+typedef struct premove { char *room, *member, *user, *name; } premove;
+
+typedef struct preq {
+    presence *p;
+    char room[CHAT_ROOM_MAX + 1];
+    presence_list_cb cb;
+    void *ud;
+    struct preq *next;
+} preq;
+
+struct presence {
+    uv_loop_t *loop;
+    char *node;
+    uint32_t ttl_ms, sweep_ms;
+    presence_handlers h;
+    void *ud;
+    pstore *store;
+    pmap entries;                   /* "room|conn_id" -> lentry */
+    pmap local_users;               /* "room|user" -> count (as pointer) */
+    lentry *dirty;                  /* entries to upsert this tick */
+    premove *rm;                    /* removes to send */
+    size_t nrm, caprm;
+    preq *lq_head, *lq_tail;        /* lists waiting for the flush */
+    uv_timer_t flush_t, sweep_t;
+    int flush_armed;
+    int busy;                       /* inside a store call from our timers */
+    int freeing, torn;
+    int nclosing;
+};
+
+static struct {
+    int init;
+    metric_gauge *users;
+    metric_counter *join, *leave, *sweeps, *writes;
+} M;
+
+static void metrics_init(void)
+{
+    if (M.init) return;
+    M.init = 1;
+    M.users = metrics_gauge("chat_presence_users",
+                            "(room, user) pairs with a live connection on this node", "");
+    M.join = metrics_counter("chat_presence_events_total",
+                             "presence transitions announced by this node", "event=\"join\"");
+    M.leave = metrics_counter("chat_presence_events_total", NULL, "event=\"leave\"");
+    M.sweeps = metrics_counter("chat_presence_sweeps_total", "presence expiry sweeps run", "");
+    M.writes = metrics_counter("chat_presence_heartbeat_writes_total",
+                               "presence entry upserts written to the store", "");
+}
+
+static void schedule_flush(presence *p);
+
+/* ---- sink: results from the store ---- */
+
+static void sink_transition(void *ud, const char *room, const char *event,
+                            const char *user, const char *name)
+{
+    presence *p = ud;
+    if (p->freeing) return;
+    metric_inc(event[0] == 'j' ? M.join : M.leave);
+    LOGD(MOD, "%s %s %s", event, room, user);
+    if (p->h.on_transition) p->h.on_transition(p->ud, room, event, user, name ? name : user);
+}
+
+static int push_remove(presence *p, char *room, char *member, char *user, char *name, int force)
+{
+    if (p->nrm >= MAX_PENDING_REMOVES && !force) {
+        LOGW(MOD, "too many pending removes; %s expires by ttl instead", member);
+        return -1;
+    }
+    if (p->nrm == p->caprm) {
+        size_t cap = p->caprm ? p->caprm * 2 : 64;
+        premove *nr = realloc(p->rm, cap * sizeof *nr);
+        if (!nr) return -1;
+        p->rm = nr;
+        p->caprm = cap;
+    }
+    p->rm[p->nrm++] = (premove){ room, member, user, name };
+    return 0;
+}
+
+static void sink_retry_remove(void *ud, const char *room, const char *member, const char *user)
+{
+    presence *p = ud;
+    if (p->freeing) return;
+    char *r = strdup(room), *m = strdup(member), *u = strdup(user);
+    if (!r || !m || !u || push_remove(p, r, m, u, NULL, 0) < 0) {
+        free(r); free(m); free(u);
+        return;
+    }
+    schedule_flush(p);
+}
+
+static void dirty_add(presence *p, lentry *e)
+{
+    if (e->dirty) return;
+    e->dirty = 1;
+    e->dprev = NULL;
+    e->dnext = p->dirty;
+    if (p->dirty) p->dirty->dprev = e;
+    p->dirty = e;
+}
+
+static void dirty_del(presence *p, lentry *e)
+{
+    if (!e->dirty) return;
+    if (e->dprev) e->dprev->dnext = e->dnext; else p->dirty = e->dnext;
+    if (e->dnext) e->dnext->dprev = e->dprev;
+    e->dirty = 0;
+    e->dprev = e->dnext = NULL;
+}
+
+static int mark_dirty_fn(void *ud, const char *k, void *v)
+{
+    dirty_add(ud, v);
+    return 0;
+}
+
+static void sink_ready(void *ud, int ready)
+{
+    presence *p = ud;
+    if (p->freeing) return;
+    if (!ready) return;
+    /* The store may have lost our entries (restart): re-add all of them. */
+    pmap_each(&p->entries, mark_dirty_fn, p);
+    schedule_flush(p);
+}
+
+static void sink_list_done(void *ud, void *req, int status, const presence_user *u, size_t n)
+{
+    preq *q = req;
+    q->cb(q->ud, status, u, n);
+    free(q);
+}
+
+static const pstore_sink SINK = { sink_transition, sink_retry_remove, sink_ready, sink_list_done };
+
+/* ---- teardown ---- */
+
+static void on_closed(uv_handle_t *h)
+{
+    presence *p = h->data;
+    if (--p->nclosing == 0) free(p);
+}
+
+static int free_entry_fn(void *ud, const char *k, void *v)
+{
+    lentry *e = v;
+    free(e->room); free(e->user); free(e->name); free(e->member);
+    free(e);
+    return 1;
+}
+
+static void free_removes(premove *rm, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rm[i].room); free(rm[i].member); free(rm[i].user); free(rm[i].name);
+    }
+}
+
+static void teardown(presence *p)
+{
+    if (p->torn) return;
+    p->torn = 1;
+    while (p->lq_head) {
+        preq *q = p->lq_head;
+        p->lq_head = q->next;
+        q->cb(q->ud, -1, NULL, 0);
+        free(q);
+    }
+    p->lq_tail = NULL;
+    if (p->store) p->store->vt->free(p->store);   /* in-flight lists get -1 */
+    p->store = NULL;
+    metric_gadd(M.users, -(double)p->local_users.n);
+    pmap_each(&p->entries, free_entry_fn, NULL);
+    pmap_clear(&p->entries);
+    pmap_clear(&p->local_users);
+    free_removes(p->rm, p->nrm);
+    free(p->rm);
+    p->rm = NULL;
+    p->nrm = 0;
+    free(p->node);
+    p->nclosing = 2;
+    uv_close((uv_handle_t *)&p->flush_t, on_closed);
+    uv_close((uv_handle_t *)&p->sweep_t, on_closed);
+}
+
+void presence_free(presence *p)
+{
+    if (!p || p->freeing) return;
+    p->freeing = 1;
+    uv_timer_stop(&p->flush_t);
+    uv_timer_stop(&p->sweep_t);
+    if (!p->busy) teardown(p);   /* else the running timer callback does it */
+}
+
+static void leave_busy(presence *p)
+{
+    if (--p->busy == 0 && p->freeing) teardown(p);
+}
+
+/* ---- the per-tick flush ---- */
+
+typedef struct fop { const char *room; pstore_op op; } fop;
+
+static int fop_cmp(const void *a, const void *b)
+{
+    const fop *x = a, *y = b;
+    int c = strcmp(x->room, y->room);
+    if (c) return c;
+    return (x->op.op == 'r') - (y->op.op == 'r');   /* upserts first */
+}
+
+static void flush_lists(presence *p)
+{
+    preq *q = p->lq_head;
+    p->lq_head = p->lq_tail = NULL;
+    while (q) {
+        preq *next = q->next;
+        q->next = NULL;
+        if (p->freeing || !p->store || p->store->vt->list(p->store, q->room, q) < 0) {
+            q->cb(q->ud, -1, NULL, 0);
+            free(q);
+        }
+        q = next;
+    }
+}
+
+static void flush_cb(uv_timer_t *t)
+{
+    presence *p = t->data;
+    p->flush_armed = 0;
+    p->busy++;
+    if (!p->store->vt->ready(p->store)) {
+        /* Upserts are redone by the resync when the store is back; removes
+         * stay queued. */
+        while (p->dirty) dirty_del(p, p->dirty);
+        flush_lists(p);
+        leave_busy(p);
+        return;
+    }
+    size_t n = 0;
+    for (lentry *e = p->dirty; e; e = e->dnext) n++;
+    premove *rm = p->rm;
+    size_t nrm = p->nrm;
+    p->rm = NULL;
+    p->nrm = p->caprm = 0;
+    fop *ops = malloc((n + nrm + 1) * sizeof *ops);
+    if (!ops) {
+        LOGE(MOD, "out of memory in flush");
+        free_removes(rm, nrm);
+        free(rm);
+        leave_busy(p);
+        return;
+    }
+    size_t k = 0;
+    while (p->dirty) {
+        lentry *e = p->dirty;
+        dirty_del(p, e);
+        e->sent = 1;
+        ops[k++] = (fop){ e->room, { 'u', e->member, e->user, e->name } };
+    }
+    for (size_t i = 0; i < nrm; i++)
+        ops[k++] = (fop){ rm[i].room, { 'r', rm[i].member, rm[i].user, rm[i].name } };
+    qsort(ops, k, sizeof *ops, fop_cmp);
+    metric_add(M.writes, n);
+    pstore_op *run = malloc((k + 1) * sizeof *run);
+    for (size_t i = 0; run && i < k && !p->freeing;) {
+        size_t j = i, m = 0;
+        while (j < k && strcmp(ops[j].room, ops[i].room) == 0) run[m++] = ops[j++].op;
+        if (p->store->vt->apply(p->store, ops[i].room, run, m) < 0)
+            LOGW(MOD, "presence batch for %s not sent", ops[i].room);
+        i = j;
+    }
+    free(run);
+    free(ops);
+    /* Remove strings were referenced by ops; entries removed during the
+     * transition callbacks moved theirs into p->rm (kept). */
+    free_removes(rm, nrm);
+    free(rm);
+    flush_lists(p);
+    leave_busy(p);
+}
+
+static void schedule_flush(presence *p)
+{
+    if (p->flush_armed || p->freeing) return;
+    p->flush_armed = 1;
+    uv_timer_start(&p->flush_t, flush_cb, 0, 0);
+}
+
+static void sweep_cb(uv_timer_t *t)
+{
+    presence *p = t->data;
+    if (!p->store->vt->ready(p->store)) return;
+    p->busy++;
+    metric_inc(M.sweeps);
+    p->store->vt->sweep(p->store);
+    leave_busy(p);
+}
+
+/* ---- public API ---- */
+
+presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_handlers *h,
+                       void *ud, char *err, size_t errlen)
+{
+    if (!loop || !o || !o->node_id || !o->node_id[0] || strchr(o->node_id, '|')) {
+        snprintf(err, errlen, "presence: node_id required (no '|')");
+        return NULL;
+    }
+    metrics_init();
+    presence *p = calloc(1, sizeof *p);
+    if (!p || !(p->node = strdup(o->node_id))) {
+        free(p);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->loop = loop;
+    p->ttl_ms = o->ttl_ms ? o->ttl_ms : 30000;
+    p->sweep_ms = o->sweep_ms ? o->sweep_ms : p->ttl_ms / 6;
+    if (p->sweep_ms < 100) p->sweep_ms = 100;
+    if (h) p->h = *h;
+    p->ud = ud;
+    pmap_init(&p->entries);
+    pmap_init(&p->local_users);
+    p->store = o->redis_url
+        ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, &SINK, p, err, errlen)
+        : pstore_mem_new(p->ttl_ms, &SINK, p, err, errlen);
+    if (!p->store) {
+        free(p->node);
+        free(p);
+        return NULL;
+    }
+    uv_timer_init(loop, &p->flush_t);
+    uv_timer_init(loop, &p->sweep_t);
+    p->flush_t.data = p->sweep_t.data = p;
+    /* First sweep at a random point of the interval so nodes spread out. */
+    uint64_t first = p->sweep_ms / 2 + (uint64_t)(rand() % (int)(p->sweep_ms / 2 + 1));
+    uv_timer_start(&p->sweep_t, sweep_cb, first, p->sweep_ms);
+    return p;
+}
+
+static void entry_key(char *out, size_t n, const char *room, uint64_t conn)
+{
+    snprintf(out, n, "%s|%" PRIu64, room, conn);
+}
+
+static void local_user_adj(presence *p, const char *room, const char *user, int d)
+{
+    size_t n = strlen(room) + strlen(user) + 2;
+    char *k = malloc(n);
+    if (!k) return;
+    snprintf(k, n, "%s|%s", room, user);
+    intptr_t c = (intptr_t)pmap_get(&p->local_users, k) + d;
+    if (c <= 0) {
+        if (pmap_del(&p->local_users, k)) metric_gadd(M.users, -1);
+    } else if (pmap_put(&p->local_users, k, (void *)c) == 0 && c == 1 && d > 0) {
+        metric_gadd(M.users, 1);
+    }
+    free(k);
+}
+
+void presence_remove(presence *p, const char *room, uint64_t conn_id)
+{
+    if (!p || p->freeing || !room) return;
+    char key[CHAT_ROOM_MAX + 32];
+    entry_key(key, sizeof key, room, conn_id);
+    lentry *e = pmap_del(&p->entries, key);
+    if (!e) return;
+    dirty_del(p, e);
+    local_user_adj(p, e->room, e->user, -1);
+    if (e->sent) {
+        /* force: a flush in progress may still reference these strings */
+        if (push_remove(p, e->room, e->member, e->user, e->name, p->busy) == 0) {
+            free(e);
+            schedule_flush(p);
+            return;
+        }
+    }
+    free_entry_fn(NULL, NULL, e);
+}
+
+void presence_add(presence *p, const char *room, uint64_t conn_id, const char *user,
+                  const char *name)
+{
+    if (!p || p->freeing || !room || !user || !user[0]) return;
+    if (!room_name_valid(room, strlen(room))) {
+        LOGW(MOD, "presence_add: invalid room name");
+        return;
+    }
+    char key[CHAT_ROOM_MAX + 32];
+    entry_key(key, sizeof key, room, conn_id);
+    lentry *old = pmap_get(&p->entries, key);
+    if (old) {
+        if (strcmp(old->user, user) == 0) { presence_touch(p, room, conn_id); return; }
+        presence_remove(p, room, conn_id);
+    }
+    lentry *e = calloc(1, sizeof *e);
+    if (!e) return;
+    e->conn = conn_id;
+    e->room = strdup(room);
+    e->user = strdup(user);
+    e->name = strdup(name ? name : user);
+    if (e->user && asprintf(&e->member, "%s|%" PRIu64 "|%s", p->node, conn_id, user) < 0)
+        e->member = NULL;
+    if (!e->room || !e->user || !e->name || !e->member || pmap_put(&p->entries, key, e) < 0) {
+        free_entry_fn(NULL, NULL, e);
+        return;
+    }
+    local_user_adj(p, room, user, 1);
+    dirty_add(p, e);
+    schedule_flush(p);
+}
+
+void presence_touch(presence *p, const char *room, uint64_t conn_id)
+{
+    if (!p || p->freeing || !room) return;
+    char key[CHAT_ROOM_MAX + 32];
+    entry_key(key, sizeof key, room, conn_id);
+    lentry *e = pmap_get(&p->entries, key);
+    if (!e) return;
+    dirty_add(p, e);
+    schedule_flush(p);
+}
+
+int presence_list(presence *p, const char *room, presence_list_cb cb, void *ud)
+{
+    if (!p || p->freeing || !room || !cb || !room_name_valid(room, strlen(room))) return -1;
+    preq *q = calloc(1, sizeof *q);
+    if (!q) return -1;
+    q->p = p;
+    snprintf(q->room, sizeof q->room, "%s", room);
+    q->cb = cb;
+    q->ud = ud;
+    if (p->lq_tail) p->lq_tail->next = q; else p->lq_head = q;
+    p->lq_tail = q;
+    schedule_flush(p);
+    return 0;
+}

@@ -1,0 +1,199 @@
+/* presence_mem: the in-process presence store (presence_opts.redis_url NULL).
+ * Same data model and transition rules as the Redis scripts: per room a map
+ * member -> (expiry, user) and a map user -> (live entry count, name). The
+ * table is process-wide and shared by every memory instance (so several
+ * "nodes" in one process see one truth, like nodes sharing one Redis); it is
+ * freed with the last instance. Expiry uses the monotonic clock.
+ * Owns: the shared table (refcounted). */
+#define _GNU_SOURCE
+#include "presence_store.h"
+#include "presence_map.h"
+#include "util.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct mconn { uint64_t exp; char *user; } mconn;
+typedef struct muser { long count; char *name; } muser;
+typedef struct mroom { pmap conns, users; } mroom;
+
+static struct { pmap rooms; int refs; } g_mem;
+
+static void mroom_free_all(mroom *r);
+
+static int conn_free_fn(void *ud, const char *k, void *v)
+{
+    mconn *c = v;
+    free(c->user);
+    free(c);
+    return 1;
+}
+
+static int user_free_fn(void *ud, const char *k, void *v)
+{
+    muser *u = v;
+    free(u->name);
+    free(u);
+    return 1;
+}
+
+static void mroom_free_all(mroom *r)
+{
+    pmap_each(&r->conns, conn_free_fn, NULL);
+    pmap_each(&r->users, user_free_fn, NULL);
+    pmap_clear(&r->conns);
+    pmap_clear(&r->users);
+    free(r);
+}
+
+static int room_free_fn(void *ud, const char *k, void *v)
+{
+    mroom_free_all(v);
+    return 1;
+}
+
+static int mem_ready(pstore *s) { return 1; }
+
+/* The user lost one entry: report leave when it was the last. */
+static void user_dec(pstore *s, mroom *r, const char *room, const char *user)
+{
+    muser *u = pmap_get(&r->users, user);
+    if (!u) return;
+    if (--u->count > 0) return;
+    pmap_del(&r->users, user);
+    s->sink->transition(s->ud, room, "leave", user, u->name);
+    free(u->name);
+    free(u);
+}
+
+static void room_drop_if_empty(const char *room, mroom *r)
+{
+    if (r->conns.n == 0 && r->users.n == 0) {
+        pmap_del(&g_mem.rooms, room);
+        mroom_free_all(r);
+    }
+}
+
+static int mem_apply(pstore *s, const char *room, const pstore_op *ops, size_t n)
+{
+    mroom *r = pmap_get(&g_mem.rooms, room);
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r || pmap_put(&g_mem.rooms, room, r) < 0) { free(r); return -1; }
+    }
+    uint64_t exp = mono_ms() + s->ttl_ms;
+    for (size_t i = 0; i < n; i++) {
+        const pstore_op *o = &ops[i];
+        mconn *c = pmap_get(&r->conns, o->member);
+        if (o->op == 'u') {
+            if (c) { c->exp = exp; continue; }
+            c = calloc(1, sizeof *c);
+            if (!c) continue;
+            c->exp = exp;
+            c->user = strdup(o->user);
+            if (!c->user || pmap_put(&r->conns, o->member, c) < 0) {
+                free(c->user); free(c); continue;
+            }
+            muser *u = pmap_get(&r->users, o->user);
+            if (u) { u->count++; continue; }
+            u = calloc(1, sizeof *u);
+            if (!u) continue;
+            u->count = 1;
+            u->name = strdup(o->name ? o->name : o->user);
+            if (!u->name || pmap_put(&r->users, o->user, u) < 0) {
+                free(u->name); free(u); continue;
+            }
+            s->sink->transition(s->ud, room, "join", o->user, u->name);
+        } else if (c) {
+            pmap_del(&r->conns, o->member);
+            user_dec(s, r, room, c->user);
+            free(c->user);
+            free(c);
+        }
+    }
+    room_drop_if_empty(room, r);
+    return 0;
+}
+
+typedef struct sweep_ctx { pstore *s; mroom *r; const char *room; uint64_t now; } sweep_ctx;
+
+static int sweep_conn_fn(void *ud, const char *k, void *v)
+{
+    sweep_ctx *x = ud;
+    mconn *c = v;
+    if (c->exp >= x->now) return 0;
+    user_dec(x->s, x->r, x->room, c->user);
+    free(c->user);
+    free(c);
+    return 1;
+}
+
+static int sweep_room_fn(void *ud, const char *room, void *v)
+{
+    sweep_ctx *x = ud;
+    mroom *r = v;
+    x->r = r;
+    x->room = room;
+    pmap_each(&r->conns, sweep_conn_fn, x);
+    if (r->conns.n == 0 && r->users.n == 0) { mroom_free_all(r); return 1; }
+    return 0;
+}
+
+static void mem_sweep(pstore *s)
+{
+    sweep_ctx x = { s, NULL, NULL, mono_ms() };
+    pmap_each(&g_mem.rooms, sweep_room_fn, &x);
+}
+
+typedef struct list_ctx { presence_user *u; size_t n, cap; } list_ctx;
+
+static int list_fn(void *ud, const char *user, void *v)
+{
+    list_ctx *l = ud;
+    muser *u = v;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        presence_user *nu = realloc(l->u, cap * sizeof *nu);
+        if (!nu) return 0;
+        l->u = nu;
+        l->cap = cap;
+    }
+    l->u[l->n].user = user;
+    l->u[l->n].name = u->name;
+    l->n++;
+    return 0;
+}
+
+static int mem_list(pstore *s, const char *room, void *req)
+{
+    list_ctx l = { NULL, 0, 0 };
+    mroom *r = pmap_get(&g_mem.rooms, room);
+    if (r) pmap_each(&r->users, list_fn, &l);
+    s->sink->list_done(s->ud, req, 0, l.u, l.n);
+    free(l.u);
+    return 0;
+}
+
+static void mem_free(pstore *s)
+{
+    free(s);
+    if (--g_mem.refs == 0) {
+        pmap_each(&g_mem.rooms, room_free_fn, NULL);
+        pmap_clear(&g_mem.rooms);
+    }
+}
+
+static const pstore_vt mem_vt = { mem_ready, mem_apply, mem_sweep, mem_list, mem_free };
+
+pstore *pstore_mem_new(uint32_t ttl_ms, const pstore_sink *sink, void *ud,
+                       char *err, size_t errlen)
+{
+    pstore *s = calloc(1, sizeof *s);
+    if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
+    s->vt = &mem_vt;
+    s->sink = sink;
+    s->ud = ud;
+    s->ttl_ms = ttl_ms;
+    if (g_mem.refs++ == 0) pmap_init(&g_mem.rooms);
+    return s;
+}

@@ -1,0 +1,64 @@
+/* presence_store: the storage backend under presence.c (internal).
+ * A store decides transitions atomically: for each upsert that creates a
+ * user's first entry in a room it reports "join", for each remove or expiry
+ * that drops the last one it reports "leave", always to the instance whose
+ * call made the change. Two stores exist with the same semantics:
+ * presence_redis.c (Lua scripts on Redis, shared by every node) and
+ * presence_mem.c (one table per process, shared by every memory instance).
+ * Owns: its connection/state; never calls back from inside apply/list for
+ * Redis, and synchronously for memory (presence.c only calls the store from
+ * its own timers, so user callbacks are never reentrant). */
+#ifndef CHATD_PRESENCE_STORE_H
+#define CHATD_PRESENCE_STORE_H
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "presence.h"
+
+/* An operation on one entry: 'u' upsert (add or refresh, expiry = now+ttl),
+ * 'r' remove. member is "<node>|<conn_id>|<user>". */
+typedef struct pstore_op {
+    char op;
+    const char *member;
+    const char *user;
+    const char *name;
+} pstore_op;
+
+typedef struct pstore_sink {
+    void (*transition)(void *ud, const char *room, const char *event,
+                       const char *user, const char *name);
+    /* A remove could not be applied (connection lost): retry it later. */
+    void (*retry_remove)(void *ud, const char *room, const char *member, const char *user);
+    /* 1: the store is (again) usable and may have lost entries: re-add every
+     * live local entry. 0: it went away. */
+    void (*ready)(void *ud, int ready);
+    /* Answer to pstore list (exactly once per request). */
+    void (*list_done)(void *ud, void *req, int status, const presence_user *u, size_t n);
+} pstore_sink;
+
+typedef struct pstore pstore;
+typedef struct pstore_vt {
+    int (*ready)(pstore *s);
+    /* Ops of one room, upserts first. 0 sent, -1 not ready (nothing done). */
+    int (*apply)(pstore *s, const char *room, const pstore_op *ops, size_t n);
+    /* Expire entries of every room (all nodes' entries). */
+    void (*sweep)(pstore *s);
+    /* 0 queued (list_done later), -1 not ready (list_done not called). */
+    int (*list)(pstore *s, const char *room, void *req);
+    /* Pending lists get list_done(-1); handles close asynchronously. */
+    void (*free)(pstore *s);
+} pstore_vt;
+
+struct pstore {
+    const pstore_vt *vt;
+    const pstore_sink *sink;
+    void *ud;
+    uint32_t ttl_ms;
+};
+
+pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,
+                         const pstore_sink *sink, void *ud, char *err, size_t errlen);
+pstore *pstore_mem_new(uint32_t ttl_ms, const pstore_sink *sink, void *ud,
+                       char *err, size_t errlen);
+
+#endif

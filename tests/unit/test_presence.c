@@ -1,0 +1,658 @@
+/* test_presence: presence.h against a real redis-server (started here on
+ * port 17701, or CHATD_TEST_REDIS_URL) and in memory mode. Several presence
+ * instances ("nodes") share one loop and one store; a heartbeat timer
+ * touches every live connection like the core does on heartbeat frames.
+ * Covers: one join/one leave for a user on two nodes, node crash expiry,
+ * heartbeat expiry and self-heal, list after churn, a seeded random churn
+ * over 3 nodes checked step by step against the true timeline, Redis
+ * connection kill and Redis restart, list callbacks on free. */
+#define _GNU_SOURCE
+#include "presence.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+#include <hiredis/hiredis.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TTL 300
+#define SWEEP 50
+#define SLACK 250
+#define REDIS_PORT 17701
+
+static uv_loop_t *L;
+static const char *g_url;       /* NULL: memory mode */
+static char g_url_buf[128];
+static pid_t g_redis_pid;
+static int g_fail;
+static char g_pfx[32];          /* room prefix, unique per run */
+
+#define CHECK(c, ...) do { if (!(c)) { \
+    fprintf(stderr, "FAIL %s:%d [%s] ", __FILE__, __LINE__, g_url ? "redis" : "mem"); \
+    fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); g_fail++; } } while (0)
+
+/* ---- recorded transitions ---- */
+typedef struct ev { int node; char room[72]; char event[8]; char user[32]; char name[32]; } ev;
+static ev *EV;
+static int nev, capev;
+
+#define MAXNODES 8
+typedef struct node { presence *p; int idx; char id[32]; } node;
+static node N[MAXNODES];
+
+static void on_tr(void *ud, const char *room, const char *event, const char *user,
+                  const char *name)
+{
+    node *n = ud;
+    if (nev == capev) {
+        capev = capev ? capev * 2 : 1024;
+        EV = realloc(EV, (size_t)capev * sizeof *EV);
+    }
+    ev *e = &EV[nev++];
+    e->node = n->idx;
+    snprintf(e->room, sizeof e->room, "%s", room);
+    snprintf(e->event, sizeof e->event, "%s", event);
+    snprintf(e->user, sizeof e->user, "%s", user);
+    snprintf(e->name, sizeof e->name, "%s", name);
+}
+
+static int count_ev(int from, const char *room, const char *user, const char *event)
+{
+    int c = 0;
+    for (int i = from; i < nev; i++)
+        if (!strcmp(EV[i].room, room) && !strcmp(EV[i].user, user) &&
+            (!event || !strcmp(EV[i].event, event)))
+            c++;
+    return c;
+}
+
+/* ---- connections the harness heartbeats ---- */
+typedef struct conn { int node; char room[72]; uint64_t id; char user[32]; int live, beat; } conn;
+#define MAXCONNS 8192
+static conn C[MAXCONNS];
+static int nc;
+static uint64_t g_conn_id = 1;
+
+static void room_name(char *out, size_t n, const char *r) { snprintf(out, n, "%s%s", g_pfx, r); }
+
+static conn *cadd(int node, const char *room, const char *user)
+{
+    conn *c = &C[nc++];
+    c->node = node;
+    room_name(c->room, sizeof c->room, room);
+    c->id = g_conn_id++;
+    snprintf(c->user, sizeof c->user, "%s", user);
+    c->live = c->beat = 1;
+    char name[40];
+    snprintf(name, sizeof name, "N-%s", user);
+    presence_add(N[node].p, c->room, c->id, user, name);
+    return c;
+}
+
+static void cremove(conn *c)
+{
+    if (c->live && N[c->node].p) presence_remove(N[c->node].p, c->room, c->id);
+    c->live = c->beat = 0;
+}
+
+static uv_timer_t hb_timer;
+static void hb_cb(uv_timer_t *t)
+{
+    for (int i = 0; i < nc; i++)
+        if (C[i].live && C[i].beat && N[C[i].node].p)
+            presence_touch(N[C[i].node].p, C[i].room, C[i].id);
+}
+
+/* ---- running the loop ---- */
+static void stop_cb(uv_timer_t *t) { uv_stop(t->loop); }
+
+static void wait_ms(uint64_t ms)
+{
+    uv_timer_t t;
+    uv_timer_init(L, &t);
+    uv_timer_start(&t, stop_cb, ms, 0);
+    uv_run(L, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(L, UV_RUN_NOWAIT);
+}
+
+/* Runs the loop until cond() or timeout; returns 1 when cond held. */
+static int wait_until(int (*cond)(void *), void *ud, uint64_t timeout_ms)
+{
+    uint64_t end = mono_ms() + timeout_ms;
+    while (!cond(ud)) {
+        if (mono_ms() > end) return 0;
+        wait_ms(2);
+    }
+    return 1;
+}
+
+/* list results */
+typedef struct lres { int done, status, sync; char users[64][32]; char names[64][32]; int n; } lres;
+static void list_cb(void *ud, int status, const presence_user *u, size_t n)
+{
+    lres *r = ud;
+    r->done++;
+    r->status = status;
+    r->n = 0;
+    for (size_t i = 0; i < n && i < 64; i++) {
+        snprintf(r->users[i], 32, "%s", u[i].user);
+        snprintf(r->names[i], 32, "%s", u[i].name);
+        r->n++;
+    }
+}
+static int lres_done(void *ud) { return ((lres *)ud)->done > 0; }
+
+static int do_list(int node, const char *room_full, lres *r)
+{
+    memset(r, 0, sizeof *r);
+    if (presence_list(N[node].p, room_full, list_cb, r) < 0) return -1;
+    if (r->done) r->sync = 1;   /* must never be synchronous */
+    if (!wait_until(lres_done, r, 3000)) return -1;
+    return r->status;
+}
+
+/* Barrier: every op issued on the node before it has been applied (the list
+ * runs in the same flush after the batch, on the same pipeline). */
+static void sync_node(int i)
+{
+    lres r;
+    if (!N[i].p) return;
+    char room[72];
+    room_name(room, sizeof room, "sync");
+    CHECK(do_list(i, room, &r) == 0, "sync list on node %d failed", i);
+    CHECK(!r.sync, "list callback ran synchronously");
+}
+static void sync_all(void) { for (int i = 0; i < MAXNODES; i++) sync_node(i); }
+
+static int has_user(const lres *r, const char *u)
+{
+    int c = 0;
+    for (int i = 0; i < r->n; i++) c += !strcmp(r->users[i], u);
+    return c;
+}
+
+static void node_new(int i, const char *id)
+{
+    char err[256] = "";
+    presence_opts o = { g_url, id, TTL, SWEEP };
+    presence_handlers h = { on_tr };
+    N[i].idx = i;
+    snprintf(N[i].id, sizeof N[i].id, "%s", id);
+    N[i].p = presence_new(L, &o, &h, &N[i], err, sizeof err);
+    if (!N[i].p) { fprintf(stderr, "presence_new: %s\n", err); exit(1); }
+}
+
+static int node_ready_cond(void *ud)
+{
+    /* ready when a list succeeds */
+    lres r;
+    int i = *(int *)ud;
+    char room[72];
+    room_name(room, sizeof room, "sync");
+    return do_list(i, room, &r) == 0;
+}
+
+/* Free a node; its conns disappear without removes (a crash). */
+static void node_crash(int i)
+{
+    for (int k = 0; k < nc; k++) if (C[k].node == i) C[k].live = C[k].beat = 0;
+    presence_free(N[i].p);
+    N[i].p = NULL;
+}
+
+static void node_free_graceful(int i)
+{
+    for (int k = 0; k < nc; k++) if (C[k].node == i && C[k].live) cremove(&C[k]);
+    sync_node(i);
+    presence_free(N[i].p);
+    N[i].p = NULL;
+}
+
+static void setup_nodes(int n)
+{
+    for (int i = 0; i < n; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "n%d-%d", i, (int)(g_conn_id % 100000));
+        node_new(i, id);
+    }
+    for (int i = 0; i < n; i++) {
+        int ok = wait_until(node_ready_cond, &i, 5000);
+        CHECK(ok, "node %d not ready", i);
+    }
+}
+
+static void teardown_nodes(void)
+{
+    for (int i = 0; i < MAXNODES; i++) if (N[i].p) node_free_graceful(i);
+    wait_ms(20);
+    nc = 0;
+}
+
+/* ---- tests ---- */
+
+static void test_two_nodes_one_user(void)
+{
+    setup_nodes(2);
+    int e0 = nev;
+    conn *a = cadd(0, "r1", "u1");
+    sync_node(0);
+    conn *b = cadd(1, "r1", "u1");
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u1", "join") == 1, "joins %d", count_ev(e0, a->room, "u1", "join"));
+    CHECK(count_ev(e0, a->room, "u1", "leave") == 0, "early leave");
+    CHECK(EV[e0].node == 0 && !strcmp(EV[e0].name, "N-u1"), "join by node 0 with name");
+    lres r;
+    CHECK(do_list(1, a->room, &r) == 0 && r.n == 1 && has_user(&r, "u1") == 1 &&
+          !strcmp(r.names[0], "N-u1"), "list one user");
+    cremove(a);
+    sync_all();
+    wait_ms(TTL / 2);
+    CHECK(count_ev(e0, a->room, "u1", "leave") == 0, "leave while other conn lives");
+    cremove(b);
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u1", "leave") == 1, "leave after last removed");
+    CHECK(EV[nev - 1].node == 1, "leave by node 1");
+    CHECK(do_list(0, a->room, &r) == 0 && r.n == 0, "list empty, got %d", r.n);
+    wait_ms(TTL + 2 * SWEEP);
+    CHECK(count_ev(e0, a->room, "u1", NULL) == 2, "nothing more");
+    teardown_nodes();
+}
+
+static void test_crash(void)
+{
+    setup_nodes(2);
+    int e0 = nev;
+    conn *a = cadd(0, "r2", "u2");
+    conn *b = cadd(0, "r2", "u2b");
+    conn *c = cadd(1, "r2", "u2b");
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u2", "join") == 1, "join u2");
+    wait_ms(100);   /* let a heartbeat or two pass */
+    node_crash(0);
+    uint64_t t0 = mono_ms();
+    int e1 = nev;
+    while (count_ev(e1, a->room, "u2", "leave") == 0 && mono_ms() - t0 < TTL + SWEEP + 2000)
+        wait_ms(5);
+    uint64_t dt = mono_ms() - t0;
+    CHECK(count_ev(e1, a->room, "u2", "leave") == 1, "leave after crash");
+    CHECK(dt <= TTL + SWEEP + SLACK, "crash leave took %llu ms", (unsigned long long)dt);
+    CHECK(nev > e1 && EV[nev - 1].node == 1, "announced by the surviving node");
+    fprintf(stderr, "  [%s] crash -> leave in %llu ms (ttl %d + sweep %d)\n",
+            g_url ? "redis" : "mem", (unsigned long long)dt, TTL, SWEEP);
+    wait_ms(TTL);
+    CHECK(count_ev(e1, a->room, "u2", NULL) == 1, "exactly one leave");
+    CHECK(count_ev(e1, a->room, "u2b", NULL) == 0, "u2b still present via node 1");
+    lres r;
+    CHECK(do_list(1, a->room, &r) == 0 && r.n == 1 && has_user(&r, "u2b"), "list after crash");
+    (void)b;
+    cremove(c);
+    sync_all();
+    CHECK(count_ev(e1, a->room, "u2b", "leave") == 1, "u2b leave");
+    teardown_nodes();
+}
+
+static void test_expire_and_heal(void)
+{
+    setup_nodes(2);
+    int e0 = nev;
+    conn *a = cadd(0, "r3", "u3");
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u3", "join") == 1, "join");
+    a->beat = 0;   /* the client stops heartbeating */
+    uint64_t t0 = mono_ms();
+    while (count_ev(e0, a->room, "u3", "leave") == 0 && mono_ms() - t0 < TTL + 2000) wait_ms(5);
+    uint64_t dt = mono_ms() - t0;
+    CHECK(count_ev(e0, a->room, "u3", "leave") == 1, "expired");
+    CHECK(dt <= TTL + SWEEP + SLACK, "expiry took %llu ms", (unsigned long long)dt);
+    lres r;
+    CHECK(do_list(1, a->room, &r) == 0 && r.n == 0, "list empty after expiry");
+    /* a late heartbeat of the still-open connection re-adds it */
+    presence_touch(N[0].p, a->room, a->id);
+    a->beat = 1;
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u3", "join") == 2, "rejoin after heal");
+    cremove(a);
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u3", "leave") == 2, "leave after heal");
+    /* removing an already-expired entry announces nothing more */
+    conn *b = cadd(1, "r3", "u3");
+    sync_all();
+    b->beat = 0;
+    wait_ms(TTL + SWEEP + SLACK);
+    int before = count_ev(e0, a->room, "u3", NULL);
+    cremove(b);
+    sync_all();
+    wait_ms(50);
+    CHECK(count_ev(e0, a->room, "u3", NULL) == before, "remove after expiry is silent");
+    CHECK(before == 6, "join/leave x3, got %d", before);
+    teardown_nodes();
+}
+
+static void test_list_churn(void)
+{
+    setup_nodes(2);
+    conn *cs[10];
+    for (int i = 0; i < 10; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "v%d", i % 5);
+        cs[i] = cadd(i % 2, "r4", u);
+    }
+    sync_all();
+    lres r;
+    CHECK(do_list(0, cs[0]->room, &r) == 0 && r.n == 5, "5 users, got %d", r.n);
+    /* remove every conn of v0, v1 and one of v2 */
+    cremove(cs[0]); cremove(cs[5]); cremove(cs[1]); cremove(cs[6]); cremove(cs[2]);
+    cs[0] = cadd(1, "r4", "v9");
+    sync_all();
+    CHECK(do_list(1, cs[1]->room, &r) == 0 && r.n == 4, "4 users, got %d", r.n);
+    CHECK(!has_user(&r, "v0") && !has_user(&r, "v1") && has_user(&r, "v2") == 1 &&
+          has_user(&r, "v3") == 1 && has_user(&r, "v4") == 1 && has_user(&r, "v9") == 1,
+          "list contents");
+    char other[72];
+    room_name(other, sizeof other, "r4-other");
+    CHECK(do_list(0, other, &r) == 0 && r.n == 0, "other room empty");
+    CHECK(presence_list(N[0].p, "bad room!", list_cb, &r) == -1, "invalid room rejected");
+    teardown_nodes();
+}
+
+/* Seeded churn over 3 nodes; each step's announced transitions are checked
+ * against the truth (live connections per (room, user)). */
+static int live_count(const char *room, const char *user)
+{
+    int c = 0;
+    for (int i = 0; i < nc; i++)
+        if (C[i].live && C[i].beat && !strcmp(C[i].room, room) && !strcmp(C[i].user, user)) c++;
+    return c;
+}
+
+static void test_churn(unsigned seed, int steps)
+{
+    fprintf(stderr, "  [%s] churn seed %u, %d steps\n", g_url ? "redis" : "mem", seed, steps);
+    srand(seed);
+    setup_nodes(3);
+    const char *rooms[] = { "c1", "c2" };
+    const char *users[] = { "a", "b", "c", "d", "e" };
+    int e0 = nev, nodes_made = 3;
+    for (int s = 0; s < steps && !g_fail; s++) {
+        int roll = rand() % 100, e1 = nev;
+        char exp_room[72] = "", exp_user[32] = "";
+        int before = 0, after = 0;
+        if (roll < 48) {                                     /* add */
+            int nd = rand() % 3;
+            char room[72];
+            room_name(room, sizeof room, rooms[rand() % 2]);
+            const char *u = users[rand() % 5];
+            before = live_count(room, u);
+            conn *c = cadd(nd, room + strlen(g_pfx), u);
+            after = before + 1;
+            snprintf(exp_room, sizeof exp_room, "%s", c->room);
+            snprintf(exp_user, sizeof exp_user, "%s", u);
+            sync_node(nd);
+        } else if (roll < 94 || roll >= 98) {                /* remove or expire */
+            int live[MAXCONNS], nl = 0;
+            for (int i = 0; i < nc; i++) if (C[i].live && C[i].beat) live[nl++] = i;
+            if (!nl) continue;
+            conn *c = &C[live[rand() % nl]];
+            snprintf(exp_room, sizeof exp_room, "%s", c->room);
+            snprintf(exp_user, sizeof exp_user, "%s", c->user);
+            before = live_count(c->room, c->user);
+            after = before - 1;
+            if (roll < 94) {
+                cremove(c);
+                sync_node(c->node);
+            } else {
+                c->beat = 0;                                 /* stops heartbeating */
+                wait_ms(TTL + SWEEP + SLACK);
+                sync_all();
+                cremove(c);                                  /* late close: silent */
+                sync_node(c->node);
+            }
+        } else {                                             /* crash a node */
+            int nd = rand() % 3;
+            int affected = 0;
+            for (int i = 0; i < nc; i++) affected += C[i].live && C[i].node == nd;
+            /* truth before/after per (room,user) */
+            int bef[2][5], aft[2][5];
+            for (int r = 0; r < 2; r++) for (int u = 0; u < 5; u++) {
+                char room[72];
+                room_name(room, sizeof room, rooms[r]);
+                bef[r][u] = live_count(room, users[u]);
+            }
+            node_crash(nd);
+            wait_ms(TTL + SWEEP + SLACK);
+            char id[32];
+            snprintf(id, sizeof id, "n%d-gen%d", nd, nodes_made++);
+            node_new(nd, id);
+            int ndv = nd;
+            CHECK(wait_until(node_ready_cond, &ndv, 5000), "replacement node ready");
+            sync_all();
+            for (int r = 0; r < 2; r++) for (int u = 0; u < 5; u++) {
+                char room[72];
+                room_name(room, sizeof room, rooms[r]);
+                aft[r][u] = live_count(room, users[u]);
+                int want = (bef[r][u] > 0 && aft[r][u] == 0);
+                CHECK(count_ev(e1, room, users[u], "leave") == want &&
+                      count_ev(e1, room, users[u], "join") == 0,
+                      "step %d crash node %d: %s/%s leaves %d want %d", s, nd, rooms[r], users[u],
+                      count_ev(e1, room, users[u], "leave"), want);
+            }
+            (void)affected;
+            continue;
+        }
+        /* exactly the expected transition for this (room, user), nothing else */
+        int want_join = before == 0 && after == 1, want_leave = before == 1 && after == 0;
+        CHECK(count_ev(e1, exp_room, exp_user, "join") == want_join &&
+              count_ev(e1, exp_room, exp_user, "leave") == want_leave &&
+              nev - e1 == want_join + want_leave,
+              "step %d (roll %d) %s/%s before %d after %d: got %d events", s, roll,
+              exp_room, exp_user, before, after, nev - e1);
+    }
+    /* everyone leaves */
+    for (int i = 0; i < nc; i++) if (C[i].live) cremove(&C[i]);
+    sync_all();
+    wait_ms(TTL + SWEEP + SLACK);
+    /* alternation per (room, user) over the whole run, ending absent */
+    for (int r = 0; r < 2; r++) for (int u = 0; u < 5; u++) {
+        char room[72];
+        room_name(room, sizeof room, rooms[r]);
+        int present = 0, ok = 1, joins = 0;
+        for (int i = e0; i < nev; i++) {
+            if (strcmp(EV[i].room, room) || strcmp(EV[i].user, users[u])) continue;
+            int j = EV[i].event[0] == 'j';
+            if (j == present) ok = 0;
+            present = j;
+            joins += j;
+        }
+        CHECK(ok && !present, "alternation %s/%s (joins %d)", rooms[r], users[u], joins);
+        lres lr;
+        CHECK(do_list(0, room, &lr) == 0 && lr.n == 0, "list empty at end");
+    }
+    teardown_nodes();
+}
+
+static void test_list_on_free(void)
+{
+    setup_nodes(1);
+    lres r;
+    memset(&r, 0, sizeof r);
+    char room[72];
+    room_name(room, sizeof room, "r5");
+    CHECK(presence_list(N[0].p, room, list_cb, &r) == 0, "list queued");
+    CHECK(r.done == 0, "not synchronous");
+    presence_free(N[0].p);
+    N[0].p = NULL;
+    CHECK(r.done == 1 && r.status == -1, "freed -> -1 once (done %d)", r.done);
+    wait_ms(20);
+    CHECK(r.done == 1, "exactly once");
+    teardown_nodes();
+}
+
+/* ---- Redis-only: connection kill and server restart ---- */
+static redisContext *redis_sync(void)
+{
+    const char *u = g_url + (strncmp(g_url, "redis://", 8) ? 0 : 8);
+    char host[64] = "127.0.0.1";
+    int port = 6379;
+    sscanf(u, "%63[^:/]:%d", host, &port);
+    redisContext *c = redisConnect(host, port);
+    if (c && c->err) { redisFree(c); return NULL; }
+    return c;
+}
+
+static pid_t start_redis(void)
+{
+    redisContext *busy = redis_sync();
+    if (busy) {   /* never talk to a server we did not start */
+        redisFree(busy);
+        fprintf(stderr, "port %d already in use\n", REDIS_PORT);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        char port[16];
+        snprintf(port, sizeof port, "%d", REDIS_PORT);
+        int fd = open("/dev/null", 1);
+        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); }
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) return -1;
+        redisContext *c = redis_sync();
+        if (c) {
+            redisReply *r = redisCommand(c, "PING");
+            int ok = r && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+            redisFree(c);
+            if (ok) return pid;
+        }
+        usleep(25000);
+    }
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+static void stop_redis(void)
+{
+    if (g_redis_pid > 0) {
+        kill(g_redis_pid, SIGTERM);
+        waitpid(g_redis_pid, NULL, 0);
+        g_redis_pid = 0;
+    }
+}
+
+typedef struct lw { int node; const char *room; int want; } lw;
+static int list_has_n(void *ud)
+{
+    lw *w = ud;
+    lres r;
+    return do_list(w->node, w->room, &r) == 0 && r.n == w->want;
+}
+
+static void test_redis_reconnect(void)
+{
+    setup_nodes(2);
+    int e0 = nev;
+    conn *a = cadd(0, "r6", "w1");
+    conn *b = cadd(1, "r6", "w2");
+    sync_all();
+    CHECK(count_ev(e0, a->room, "w1", "join") == 1 && count_ev(e0, a->room, "w2", "join") == 1,
+          "joins");
+    redisContext *rc = redis_sync();
+    CHECK(rc != NULL, "sync redis");
+    if (!rc) { teardown_nodes(); return; }
+    redisReply *r = redisCommand(rc, "CLIENT KILL TYPE normal SKIPME yes");
+    CHECK(r && r->type == REDIS_REPLY_INTEGER && r->integer >= 2, "killed clients");
+    freeReplyObject(r);
+    redisFree(rc);
+    lw w = { 0, a->room, 2 };
+    wait_ms(100);
+    CHECK(wait_until(list_has_n, &w, 5000), "list after reconnect");
+    CHECK(nev == e0 + 2, "no transitions from a reconnect (got %d)", nev - e0);
+    /* removal while connected again works */
+    cremove(b);
+    sync_all();
+    CHECK(count_ev(e0, a->room, "w2", "leave") == 1, "leave after reconnect");
+    if (g_redis_pid > 0) {
+        /* restart: Redis loses everything, the node re-adds its live entry */
+        stop_redis();
+        wait_ms(300);
+        lres lr;
+        int st = do_list(0, a->room, &lr);
+        CHECK(st == -1, "list unavailable while down (status %d, n %d)", st, lr.n);
+        g_redis_pid = start_redis();
+        CHECK(g_redis_pid > 0, "redis restarted");
+        w.want = 1;
+        CHECK(wait_until(list_has_n, &w, 8000), "entry restored after restart");
+        int one = 1;
+        CHECK(wait_until(node_ready_cond, &one, 8000), "node 1 back");
+        cremove(a);
+        sync_all();
+        CHECK(count_ev(e0, a->room, "w1", "leave") == 1, "leave after restart");
+        CHECK(wait_until(list_has_n, &(lw){ 1, a->room, 0 }, 3000), "empty at end");
+    }
+    teardown_nodes();
+}
+
+static void run_all(void)
+{
+    fprintf(stderr, "mode %s\n", g_url ? g_url : "memory");
+    unsigned seed = getenv("PRESENCE_SEED") ? (unsigned)atoi(getenv("PRESENCE_SEED"))
+                                            : (unsigned)(now_ms() % 1000000);
+    test_two_nodes_one_user();
+    test_crash();
+    test_expire_and_heal();
+    test_list_churn();
+    test_list_on_free();
+    test_churn(seed, getenv("PRESENCE_STEPS") ? atoi(getenv("PRESENCE_STEPS")) : 200);
+    if (g_url) test_redis_reconnect();
+}
+
+int main(void)
+{
+    log_set_level(getenv("PRESENCE_LOG") ? LOG_DEBUG : LOG_ERROR);
+    signal(SIGPIPE, SIG_IGN);
+    L = uv_default_loop();
+    snprintf(g_pfx, sizeof g_pfx, "t%d-", (int)getpid());
+    uv_timer_init(L, &hb_timer);
+    uv_timer_start(&hb_timer, hb_cb, TTL / 5, TTL / 5);
+
+    g_url = NULL;
+    run_all();
+
+    const char *env = getenv("CHATD_TEST_REDIS_URL");
+    int redis_ran = 0;
+    if (env && *env) {
+        g_url = env;
+        run_all();
+        redis_ran = 1;
+    } else {
+        snprintf(g_url_buf, sizeof g_url_buf, "redis://127.0.0.1:%d", REDIS_PORT);
+        g_url = g_url_buf;
+        g_redis_pid = start_redis();
+        if (g_redis_pid > 0) {
+            run_all();
+            redis_ran = 1;
+            stop_redis();
+        } else {
+            fprintf(stderr, "redis-server unavailable: Redis tests skipped\n");
+        }
+    }
+    uv_close((uv_handle_t *)&hb_timer, NULL);
+    uv_run(L, UV_RUN_DEFAULT);
+    uv_loop_close(L);
+    free(EV);
+    metrics_free_all();
+    if (g_fail) { fprintf(stderr, "%d failure(s)\n", g_fail); return 1; }
+    fprintf(stderr, "ok%s\n", redis_ran ? "" : " (memory only)");
+    return 0;
+}
