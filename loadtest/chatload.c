@@ -1155,6 +1155,23 @@ static struct srv_sample server_sample(void)
     return s;
 }
 
+/* machine-wide busy CPU seconds (all cores) from /proc/stat */
+static double machine_busy(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    unsigned long long v[10] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                   &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9]);
+    fclose(f);
+    if (n < 8)
+        return -1;
+    /* user nice system [idle iowait] irq softirq steal */
+    unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    return (double)busy / (double)sysconf(_SC_CLK_TCK);
+}
+
 static void merge_stats(struct stats *d, const struct stats *s)
 {
     const uint64_t *a = (const uint64_t *)s;
@@ -1391,6 +1408,7 @@ int main(int argc, char **argv)
     size_t nsec = 0, capsec = 64;
     struct secagg *secs = calloc(capsec, sizeof *secs);
     int ready = 0, finals = 0, go_sent = 0, end_sampled = 0;
+    double busy_go = -1, busy_end = -1;
     uint32_t open_ready = 0;
     uint64_t t_go = 0;
     struct pollfd *pf = calloc((size_t)P, sizeof *pf);
@@ -1401,6 +1419,7 @@ int main(int argc, char **argv)
         uint64_t now = mono_ns();
         if (go_sent && !end_sampled && now - t_go >= (uint64_t)(O.duration * 1e9)) {
             s_end = server_sample();
+            busy_end = machine_busy();
             end_sampled = 1;
         }
         if (n <= 0)
@@ -1421,6 +1440,7 @@ int main(int argc, char **argv)
                 open_ready += open;
                 if (++ready == P) {
                     s_go = server_sample();
+                    busy_go = machine_busy();
                     if (!O.quiet)
                         fprintf(stderr, "chatload: ramp done, %u connections open after %.1fs; steady phase %.0fs\n",
                                 open_ready, (double)(now - T_begin) / 1e9, O.duration);
@@ -1459,8 +1479,11 @@ int main(int argc, char **argv)
     }
     for (int w = 0; w < P; w++)
         waitpid(pids[w], NULL, 0);
-    if (!end_sampled)
+    if (!end_sampled) {
         s_end = server_sample();
+        busy_end = machine_busy();
+    }
+    long ncores = sysconf(_SC_NPROCESSORS_ONLN);
 
     /* ---- summary */
     struct stats *t = tot;
@@ -1471,6 +1494,11 @@ int main(int argc, char **argv)
     double rss_per_conn = s_go.ok && t->open_at_go ? (double)(s_go.rss_kib - s_begin.rss_kib) / (double)t->open_at_go : -1;
     double gen_util = t->cpu_steady / dur;
     int gen_limited = gen_util > 0.85 * ncpu || gen_util > 0.85 * P;
+    /* CPU used by every other process on the machine during the steady phase */
+    double other = busy_go >= 0 && busy_end >= 0
+                       ? (busy_end - busy_go) - (srv_cpu > 0 ? srv_cpu : 0) - t->cpu_steady
+                       : -1;
+    double other_util = other >= 0 ? other / dur : -1;
     uint64_t failed = t->failed_connect + t->failed_timeout + t->failed_handshake + t->failed_http + t->failed_local;
     printf("chatload: %d conns, %d rooms, %d publishers, %.0f msg/s, %.0fs steady, %d worker(s)\n",
            O.conns, O.rooms, O.publishers, O.rate, dur, P);
@@ -1521,6 +1549,11 @@ int main(int argc, char **argv)
                rss_per_conn);
     printf("generator: CPU %.2f s in steady (%.0f%% of one core, %d cpu(s) allowed)%s\n", t->cpu_steady,
            100 * gen_util, ncpu, gen_limited ? "  ** GENERATOR-LIMITED: figures are a floor **" : "");
+
+    if (other_util >= 0)
+        printf("machine: other processes used %.0f%% of one core on average during steady (%ld cores)%s\n",
+               100 * other_util, ncores,
+               other_util > 0.25 ? "  ** NOISY MACHINE: other load competes with chatd/generator **" : "");
 
     if (O.timeline[0]) {
         FILE *f = fopen(O.timeline, "w");
@@ -1593,6 +1626,8 @@ int main(int argc, char **argv)
                        "\"rss_begin_kib\": %ld, \"rss_go_kib\": %ld, \"rss_end_kib\": %ld, \"rss_per_conn_kib\": %.2f},\n",
                     s_go.ok ? "true" : "false", srv_cpu, srv_cpu / dur, cpu_per_del_us, s_begin.rss_kib,
                     s_go.rss_kib, s_end.rss_kib, rss_per_conn);
+            fprintf(f, "  \"machine\": {\"cores\": %ld, \"other_cpu_util\": %.3f, \"noisy\": %s},\n", ncores,
+                    other_util, other_util > 0.25 ? "true" : "false");
             fprintf(f, "  \"generator\": {\"cpu_steady_s\": %.3f, \"cpu_util\": %.3f, \"cpus_allowed\": %d, \"limited\": %s}\n}\n",
                     t->cpu_steady, gen_util, ncpu, gen_limited ? "true" : "false");
             fclose(f);

@@ -8,9 +8,10 @@ LT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO=$(cd "$LT_DIR/.." && pwd)
 RESULTS=${RESULTS:-$LT_DIR/results}
 CHATD=${CHATD:-$REPO/build/chatd}
-SECRET=${SECRET:-s3cret}
+SECRET=${SECRET:-loadtest-secret-0123456789abcdef0123456789}
 CHATD_CPU=${CHATD_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+LT_NICE=${LT_NICE:-0}   # e.g. -10 to shield the measurement from other load (root only)
 PORT_A=${PORT_A:-17601}
 PORT_B=${PORT_B:-17602}
 REDIS_PORT=${REDIS_PORT:-17610}
@@ -79,7 +80,8 @@ lt_chatd() {
         taskset -c "$CHATD_CPU" /usr/bin/python3 "$CHATD" "$port" "$SECRET" >"$RESULTS/$name.chatd.log" 2>&1 &
     else
         CHAT_LISTEN=127.0.0.1:$port CHAT_JWT_SECRET=$SECRET CHAT_NODE_ID=$name \
-            taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
+            CHAT_SCRIPTS=${CHAT_SCRIPTS:-$REPO/scripts} \
+            nice -n "$LT_NICE" taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
     fi
     LT_CHATD_PID=$!
     LT_PIDS+=("$LT_CHATD_PID")
@@ -97,7 +99,7 @@ lt_chatd() {
 lt_load() {
     local name=$1
     shift
-    taskset -c "$LOAD_CPU" "$LOAD" --secret "$SECRET" --json "$RESULTS/$name.json" \
+    nice -n "$LT_NICE" taskset -c "$LOAD_CPU" "$LOAD" --secret "$SECRET" --json "$RESULTS/$name.json" \
         --timeline "$RESULTS/$name.timeline" "$@" | tee "$RESULTS/$name.txt"
 }
 

@@ -1,0 +1,107 @@
+/* bench_script: cost of the policy host. Prints the median and p99 of one
+ * on_message call with the default policy (scripts/), the reload time of
+ * that folder, and on_message calls/s with the default policy versus a
+ * policy without hooks and one with an empty on_message.
+ * Run from the repo root: build/bench_script [iterations] */
+#define _GNU_SOURCE
+#include "log.h"
+#include "metrics.h"
+#include "script.h"
+#include "util.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void write_policy(const char *dir, const char *text)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s/policy.lua", dir);
+    FILE *f = fopen(p, "w");
+    if (!f) { perror(p); exit(1); }
+    fputs(text, f);
+    fclose(f);
+}
+
+/* n calls, each from one of 10000 users (so the rate limit does not
+ * refuse), the now clock moving 1 ms per call; returns calls/s */
+static double run(script_host *h, int n, uint64_t *lat, int *rejected)
+{
+    char user[32];
+    script_ctx c = {.user = user, .name = "Bench User",
+                    .claims_json = "{\"sub\":\"u\",\"name\":\"Bench User\",\"exp\":9999999999}",
+                    .room = "lobby", .node = "bench", .now_ms = now_ms()};
+    static const char body[] = "  hello, this is a typical chat message of moderate length  ";
+    *rejected = 0;
+    uint64_t t0 = mono_ns();
+    for (int i = 0; i < n; i++) {
+        snprintf(user, sizeof user, "user%d", i % 10000);
+        c.now_ms++;
+        script_result r;
+        uint64_t a = lat ? mono_ns() : 0;
+        if (script_on_message(h, &c, body, sizeof body - 1, "cid", &r) == SCRIPT_REJECT) (*rejected)++;
+        if (lat) lat[i] = mono_ns() - a;
+        script_result_clear(&r);
+    }
+    return n / ((double)(mono_ns() - t0) / 1e9);
+}
+
+int main(int argc, char **argv)
+{
+    int n = argc > 1 ? atoi(argv[1]) : 200000;
+    if (n < 100) n = 100;
+    log_set_level(LOG_WARN);
+    char err[512];
+    script_host *def = script_new("scripts", "bench", err, sizeof err);
+    if (!def) { fprintf(stderr, "default policy: %s\n", err); return 1; }
+
+    uint64_t *lat = malloc(sizeof *lat * (size_t)n);
+    int rej;
+    run(def, n / 10, NULL, &rej);                      /* warm up */
+    double def_rate = run(def, n, lat, &rej);
+    qsort(lat, (size_t)n, sizeof *lat, cmp_u64);
+    printf("on_message (default policy): median %.2f us, p99 %.2f us, max %.1f us, %d rejected of %d\n",
+           lat[n / 2] / 1e3, lat[(size_t)(n * 0.99)] / 1e3, lat[n - 1] / 1e3, rej, n);
+
+    int reloads = 50;
+    uint64_t rl[50];
+    for (int i = 0; i < reloads; i++) {
+        uint64_t a = mono_ns();
+        if (script_reload(def, err, sizeof err) != 0) { fprintf(stderr, "reload: %s\n", err); return 1; }
+        rl[i] = mono_ns() - a;
+    }
+    qsort(rl, (size_t)reloads, sizeof rl[0], cmp_u64);
+    printf("reload of scripts/ (new state, load, selftest, swap): median %.2f ms, max %.2f ms\n",
+           rl[reloads / 2] / 1e6, rl[reloads - 1] / 1e6);
+
+    char dir[] = "/tmp/bench_script_XXXXXX";
+    if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+    write_policy(dir, "return {}\n");
+    script_host *none = script_new(dir, "bench", err, sizeof err);
+    write_policy(dir, "return { on_message = function(ctx, msg) end }\n");
+    script_host *empty = script_new(dir, "bench", err, sizeof err);
+    if (!none || !empty) { fprintf(stderr, "empty policy: %s\n", err); return 1; }
+    run(empty, n / 10, NULL, &rej);
+    double none_rate = run(none, n, NULL, &rej);
+    double empty_rate = run(empty, n, NULL, &rej);
+    def_rate = run(def, n, NULL, &rej);
+    printf("on_message calls/s: default policy %.0f, empty on_message %.0f, no hooks %.0f\n",
+           def_rate, empty_rate, none_rate);
+
+    char p[300];
+    snprintf(p, sizeof p, "%s/policy.lua", dir);
+    unlink(p);
+    rmdir(dir);
+    free(lat);
+    script_free(def);
+    script_free(none);
+    script_free(empty);
+    metrics_free_all();
+    return 0;
+}
