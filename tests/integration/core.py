@@ -1,0 +1,756 @@
+"""core: one chatd node in single-node mode (no Redis, no Postgres).
+HTTP before the upgrade (400/401/403), welcome, fan-out and order,
+multiplexing, every error code a client can provoke, limits (queue, frame,
+rooms), token expiry and refresh, Lua policy hooks and SIGHUP reload, log
+redaction, SIGTERM drain, health/readiness/metrics."""
+import asyncio
+import json
+import signal
+import time
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
+
+from harness import (RUN, Client, RawWS, TestFailure, aupgrade_status, ahttp, check, eq,
+                     start_node, token, token_claims, raw_jwt, claims, uniq, ws_path,
+                     policy_dir, write_policy, metric_value, describe_seq_problem, test,
+                     SECRET)
+import harness
+
+
+def is_msg(room=None):
+    return lambda f: f["type"] == "message" and (room is None or f.get("room") == room)
+
+
+def one_line_reason(body, what):
+    text = body.decode("utf-8", "replace").strip()
+    check(text != "", f"{what}: empty 401 body (want a one-line reason)")
+    check("\n" not in text, f"{what}: reason body is not one line: {text!r}")
+
+
+# ------------------------------------------------------------ HTTP before upgrade
+@test()
+async def upgrade_bad_room_is_400():
+    n = start_node()
+    tok = token("alice")
+    for room in ["bad!room", "a" * 65, "sp ace", "semi;colon", "caf\u00e9", "x+y", "a%b"]:
+        st, _ = await aupgrade_status(n.port, ws_path(room, tok))
+        eq(st, 400, f"upgrade status for room {room!r}")
+    st, _ = await aupgrade_status(n.port, "/ws/?token=" + tok)
+    eq(st, 400, "upgrade status for empty room name")
+    # the edges of the allowed alphabet and length are accepted
+    for room in ["a" * 64, "Az09_.-x", "1"]:
+        c = await Client.connect(n, room, tok)
+        eq(c.welcome().get("room"), room, "welcome.room")
+        await c.close()
+
+
+@test()
+async def upgrade_bad_tokens_are_401():
+    n = start_node()
+    room = uniq()
+    now = int(time.time())
+    good = claims("alice", "Alice")
+    good_tok = token_claims(good)
+    h, p, s = good_tok.split(".")
+    other = jwt.encode(good, "some-other-secret", algorithm="HS256")
+    p2 = harness.b64u(json.dumps(claims("mallory")).encode())
+    nosub = dict(good)
+    del nosub["sub"]
+    noexp = dict(good)
+    del noexp["exp"]
+    cases = {
+        "missing token": ws_path(room),
+        "empty token": f"/ws/{room}?token=",
+        "malformed (not a jwt)": ws_path(room, "not-a-jwt"),
+        "malformed (3 junk parts)": ws_path(room, "a.b.c"),
+        "malformed (bad json)": ws_path(room, harness.b64u(b"{x") + "." + p + "." + s),
+        "bad signature (other secret)": ws_path(room, other),
+        "tampered payload": ws_path(room, f"{h}.{p2}.{s}"),
+        "signature stripped": ws_path(room, f"{h}.{p}."),
+        "expired": ws_path(room, token("alice", exp_in=-5)),
+        "nbf in the future": ws_path(room, token("alice", nbf=now + 120)),
+        "alg none": ws_path(room, raw_jwt({"alg": "none", "typ": "JWT"}, good)),
+        "alg None": ws_path(room, raw_jwt({"alg": "None", "typ": "JWT"}, good)),
+        "missing sub": ws_path(room, token_claims(nosub)),
+        "missing exp": ws_path(room, token_claims(noexp)),
+    }
+    for what, path in cases.items():
+        st, body = await aupgrade_status(n.port, path)
+        eq(st, 401, f"upgrade status for {what}")
+        one_line_reason(body, what)
+    # control: the good token upgrades
+    c = await Client.connect(n, room, good_tok)
+    await c.close()
+
+
+def _rs256(keys, c):
+    return jwt.encode(c, keys.read(keys.rsa_priv), algorithm="RS256")
+
+
+def _es256(keys, c):
+    return jwt.encode(c, keys.read(keys.ec_priv), algorithm="ES256")
+
+
+@test(timeout=60)
+async def asymmetric_keys_and_algorithm_confusion():
+    keys = RUN.key_files()
+    room = uniq()
+    c = claims("alice", "Alice")
+    other_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    hs_hdr = {"alg": "HS256", "typ": "JWT"}
+    # RSA public key only
+    n = start_node(secret=None, pubkey=keys.rsa_pub)
+    cl = await Client.connect(n, room, _rs256(keys, c))
+    eq(cl.welcome().get("user"), "alice", "welcome.user with RS256 token")
+    await cl.close()
+    bad = {
+        "HS256 signed with the RSA public key (confusion)":
+            raw_jwt(hs_hdr, c, keys.read(keys.rsa_pub)),
+        "HS256 signed with the test secret (no secret configured)": token_claims(c),
+        "ES256 on an RSA node": _es256(keys, c),
+        "RS256 by another RSA key": jwt.encode(c, other_rsa, algorithm="RS256"),
+        "alg none": raw_jwt({"alg": "none"}, c),
+        "RS256 expired": _rs256(keys, claims("alice", exp_in=-5)),
+    }
+    for what, tok in bad.items():
+        st, body = await aupgrade_status(n.port, ws_path(room, tok))
+        eq(st, 401, f"RSA node, {what}")
+        one_line_reason(body, what)
+    # EC P-256 public key only
+    n2 = start_node(secret=None, pubkey=keys.ec_pub)
+    cl = await Client.connect(n2, room, _es256(keys, c))
+    await cl.close()
+    for what, tok in {"HS256 signed with the EC public key (confusion)":
+                      raw_jwt(hs_hdr, c, keys.read(keys.ec_pub)),
+                      "RS256 on an EC node": _rs256(keys, c)}.items():
+        st, body = await aupgrade_status(n2.port, ws_path(room, tok))
+        eq(st, 401, f"EC node, {what}")
+    # both a secret and an RSA key: each algorithm with its own key only
+    n3 = start_node(pubkey=keys.rsa_pub)
+    for tok in (token_claims(c), _rs256(keys, c)):
+        cl = await Client.connect(n3, room, tok)
+        await cl.close()
+    st, _ = await aupgrade_status(n3.port, ws_path(room, raw_jwt(hs_hdr, c,
+                                                                   keys.read(keys.rsa_pub))))
+    eq(st, 401, "secret+RSA node, HS256 signed with the RSA public key")
+
+
+CONNECT_POLICY = """
+local M = {}
+function M.on_connect(ctx)
+  if ctx.user == "banned" then return false, "forbidden", "banned user" end
+  if ctx.claims and ctx.claims.role == "blocked" then return false, "forbidden", "blocked" end
+  if ctx.room == "closed-room" then return false, "forbidden", "room closed" end
+  return true
+end
+return M
+"""
+
+
+@test()
+async def policy_on_connect_refusal_is_403():
+    n = start_node(scripts=policy_dir(CONNECT_POLICY))
+    room = uniq()
+    for what, path in {
+        "banned user": ws_path(room, token("banned")),
+        "claims.role blocked": ws_path(room, token("bob", role="blocked")),
+        "closed room": ws_path("closed-room", token("alice")),
+    }.items():
+        st, _ = await aupgrade_status(n.port, path)
+        eq(st, 403, f"upgrade status for {what}")
+    # a refused token is still a 401 first
+    st, _ = await aupgrade_status(n.port, ws_path(room, token("banned", exp_in=-5)))
+    eq(st, 401, "expired token of a banned user")
+    c = await Client.connect(n, room, token("alice", role="member"))
+    await c.close()
+
+
+# ------------------------------------------------------------ welcome, fan-out
+@test()
+async def welcome_then_presence_state_and_seq():
+    n = start_node(env={"CHAT_HEARTBEAT_MS": 4000, "CHAT_PRESENCE_TTL_MS": 12000})
+    room = uniq()
+    a = await Client.connect(n, room, token("alice", "Alice A"))
+    await a.wait_for(lambda f: f["type"] == "presence_state", 5, what="presence_state")
+    eq(a.frames[0]["type"], "welcome", "first frame type")
+    w = a.frames[0]
+    eq(w.get("user"), "alice", "welcome.user")
+    eq(w.get("node"), n.name, "welcome.node (CHAT_NODE_ID)")
+    eq(w.get("room"), room, "welcome.room")
+    eq(w.get("heartbeat_ms"), 4000, "welcome.heartbeat_ms")
+    eq(w.get("presence_ttl_ms"), 12000, "welcome.presence_ttl_ms")
+    eq(w.get("seq"), 0, "welcome.seq of a fresh room")
+    eq(a.frames[1]["type"], "presence_state", "second frame type")
+    eq(a.frames[1].get("room"), room, "presence_state.room")
+    check(isinstance(a.frames[1].get("users"), list), "presence_state.users is a list")
+    a.start_heartbeat(1000)
+    for i in range(3):
+        await a.send_msg(f"m{i}", id=f"w{i}")
+    await a.wait_count(lambda f: f["type"] == "ack", 3, what="acks")
+    b = await Client.connect(n, room, token("bob"))
+    ps = await b.wait_for(lambda f: f["type"] == "presence_state", 5, what="presence_state")
+    eq(b.frames[0]["type"], "welcome", "first frame type (second client)")
+    eq(b.frames[0].get("seq"), 3, "welcome.seq after 3 messages")
+    users = {(u.get("user"), u.get("name")) for u in ps.get("users", [])}
+    check(("alice", "Alice A") in users, f"presence_state lists alice: {ps}")
+    # name defaults to sub
+    await b.send_msg("hi", id="b1")
+    m = await a.wait_for(lambda f: f["type"] == "message" and f.get("id") == "b1", 5)
+    eq(m.get("name"), "bob", "message.name without a name claim")
+    eq(m.get("user"), "bob", "message.user")
+
+
+@test(timeout=60)
+async def fanout_200_messages_identical_order_to_3_clients():
+    n = start_node()
+    room = uniq()
+    cs = [await Client.connect(n, room, token(f"u{i}", f"User {i}")) for i in range(3)]
+    t_start = time.time()
+    per = [67, 67, 66]
+
+    async def pub(i):
+        for k in range(per[i]):
+            await cs[i].send_msg(f"{i}:{k}", id=f"c{i}-{k}")
+    await asyncio.gather(*(pub(i) for i in range(3)))
+    for c in cs:
+        await c.wait_count(is_msg(room), 200, timeout=20, what="messages")
+    ref = None
+    for c in cs:
+        ms = c.messages(room)
+        seqs = [m["seq"] for m in ms]
+        check(seqs == list(range(1, 201)), f"{c.label}: seqs not 1..200: "
+              f"{describe_seq_problem(seqs)} (first {seqs[:5]})")
+        view = [(m["seq"], m.get("id"), m.get("user"), m.get("name"), m.get("body"), m.get("ts"))
+                for m in ms]
+        if ref is None:
+            ref = view
+        check(view == ref, f"{c.label} saw different message contents than {cs[0].label}")
+    for m in cs[0].messages(room):
+        for k in ("room", "seq", "id", "user", "name", "body", "ts"):
+            check(k in m, f"message frame lacks {k}: {m}")
+        check(isinstance(m["ts"], int) and abs(m["ts"] / 1000 - t_start) < 60,
+              f"message.ts not ms since epoch: {m['ts']}")
+        i = int(m["id"][1])
+        eq(m["user"], f"u{i}", "message.user")
+        eq(m["name"], f"User {i}", "message.name")
+        eq(m["body"].split(":")[0], str(i), "body of id")
+    # each sender's messages keep their send order, each gets one ack per message
+    by_id = {m["id"]: m["seq"] for m in cs[0].messages(room)}
+    for i, c in enumerate(cs):
+        order = [by_id[f"c{i}-{k}"] for k in range(per[i])]
+        check(order == sorted(order), f"sender u{i}: own messages reordered")
+        acks = await c.wait_count(lambda f: f["type"] == "ack", per[i], 10, "acks")
+        eq(len(acks), per[i], f"acks of u{i}")
+        for a in acks:
+            eq(a.get("room"), room, "ack.room")
+            check(a.get("id") in by_id, f"ack for unknown id {a}")
+            eq(a.get("seq"), by_id[a["id"]], f"ack.seq of {a['id']}")
+            check(a["id"].startswith(f"c{i}-"), f"u{i} got another sender's ack {a}")
+
+
+@test()
+async def no_cross_room_leak():
+    n = start_node()
+    ra, rb = uniq("a"), uniq("b")
+    a = await Client.connect(n, ra, token("a"))
+    b = await Client.connect(n, rb, token("b"))
+    c = await Client.connect(n, ra, token("c"))
+    js = await c.join(rb)
+    eq(js["type"], "presence_state", "join reply")
+    for k in range(20):
+        await a.send_msg(f"A{k}")
+        await b.send_msg(f"B{k}")
+    await c.wait_count(is_msg(), 40, 10, "messages in both rooms")
+    await a.wait_count(is_msg(ra), 20, 10)
+    await b.wait_count(is_msg(rb), 20, 10)
+    await a.send({"type": "typing"})
+    await asyncio.sleep(0.3)
+    await a.roundtrip()
+    await b.roundtrip()
+    check(all(m["room"] == ra for m in a.messages()), "room A client got a room B message")
+    check(all(m["room"] == rb for m in b.messages()), "room B client got a room A message")
+    check(not any(f["type"] == "typing" for f in b.frames), "typing of room A leaked to room B")
+    eq(c.seqs(ra), list(range(1, 21)), "room A seqs on the multiplexed client")
+    eq(c.seqs(rb), list(range(1, 21)), "room B seqs on the multiplexed client")
+    check(all(m["body"].startswith("A") for m in c.messages(ra)), "room A bodies")
+    check(all(m["body"].startswith("B") for m in c.messages(rb)), "room B bodies")
+
+
+@test()
+async def multiplexed_join_leave_and_join_since():
+    n = start_node()
+    ra, rb = uniq("a"), uniq("b")
+    c = await Client.connect(n, ra, token("carol"))
+    d = await Client.connect(n, rb, token("dave"))
+    js = await c.join(rb)
+    eq(js.get("type"), "presence_state", f"join reply {js}")
+    eq(js.get("room"), rb, "presence_state.room for the joined room")
+    check("dave" in [u.get("user") for u in js.get("users", [])],
+          f"presence_state of joined room lists dave: {js}")
+    await d.send_msg("from d", id="d1")
+    m = await c.wait_for(lambda f: f["type"] == "message" and f.get("id") == "d1", 5)
+    eq(m["room"], rb, "message.room")
+    await c.send_msg("to b", id="c1", room=rb)
+    m = await d.wait_for(lambda f: f["type"] == "message" and f.get("id") == "c1", 5)
+    eq((m["room"], m["user"]), (rb, "carol"), "message sent with explicit room")
+    await c.send_msg("to a", id="c2")
+    a = await c.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "c2", 5)
+    eq(a["room"], ra, "a message without room goes to the URL room")
+    check(not any(f.get("id") == "c2" for f in d.messages()), "room A message reached room B")
+    mk = c.mark()
+    await c.send({"type": "leave", "room": rb})
+    await c.roundtrip()
+    await d.send_msg("after leave", id="d2")
+    await d.wait_for(lambda f: f.get("id") == "d2" and f["type"] == "ack", 5)
+    await asyncio.sleep(0.3)
+    check(not any(f.get("id") == "d2" for f in c.frames[mk:]),
+          "message of a left room still delivered")
+    e = await c.error_for({"type": "message", "room": rb, "body": "x", "id": "c3"})
+    eq((e.get("code"), e.get("id")), ("not_member", "c3"), "message to a left room")
+    # join with since: replay of seq > since then live
+    mk = c.mark()
+    js = await c.join(rb, since=1)
+    eq(js.get("type"), "presence_state", f"join with since reply {js}")
+    await c.wait_count(lambda f: f["type"] == "message" and f.get("room") == rb, 2, 5,
+                       "replayed messages", start=mk)
+    await d.send_msg("live", id="d3")
+    await c.wait_for(lambda f: f.get("id") == "d3" and f["type"] == "message", 5, start=mk)
+    await asyncio.sleep(0.2)
+    got = [f["seq"] for f in c.frames[mk:] if f["type"] == "message" and f.get("room") == rb]
+    eq(got, [2, 3, 4], "seqs after join since=1 (replay 2,3 then live 4)")
+    ps_idx = next(i for i, f in enumerate(c.frames[mk:]) if f["type"] == "presence_state")
+    first_msg = next(i for i, f in enumerate(c.frames[mk:]) if f["type"] == "message")
+    check(ps_idx < first_msg, "presence_state must come before the replay on join")
+
+
+@test()
+async def bad_request_variants_keep_connection_open():
+    n = start_node()
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+    w = await Client.connect(n, room, token("watcher"))
+    cases = [
+        "not json", "{", "[1,2]", "42", '"str"', "null", "{}", '{"type":5}', '{"type":null}',
+        '{"type":"nope"}', '{"type":"MESSAGE","body":"x"}', '{"type":"message"}',
+        '{"type":"message","body":5}', '{"type":"message","body":null}',
+        '{"type":"message","body":"x","id":"' + "a" * 65 + '"}',
+        '{"type":"message","body":"x","room":"bad room!"}',
+        '{"type":"message","body":"x","room":5}',
+        '{"type":"join"}', '{"type":"join","room":"bad room!"}',
+        '{"type":"join","room":"' + "r" * 65 + '"}',
+        '{"type":"join","room":"okroom","since":-1}', '{"type":"join","room":"okroom","since":"x"}',
+        '{"type":"join","room":"okroom","since":1.5}',
+        '{"type":"leave"}', '{"type":"refresh"}', '{"type":"refresh","token":5}',
+        '{"type":"typing","room":"bad room!"}',
+    ]
+    for raw in cases:
+        e = await c.reply(raw, lambda f: f["type"] in ("error", "presence_state", "message",
+                                                       "ack", "heartbeat_ack"),
+                          5, what=f"error for {raw[:60]}")
+        eq(e.get("type"), "error", f"reply type for {raw[:60]}")
+        eq(e.get("code"), "bad_request", f"error.code for {raw[:60]}")
+        check(isinstance(e.get("message"), str) and e["message"],
+              f"error.message for {raw[:60]}: {e}")
+        await c.roundtrip()
+    e = await c.error_for({"type": "message", "id": "m-1"})
+    eq((e.get("code"), e.get("id")), ("bad_request", "m-1"), "error echoes the client id")
+    # unknown fields are ignored
+    await c.reply('{"type":"heartbeat","extra":{"a":[1]}}',
+                  lambda f: f["type"] == "heartbeat_ack", 5, "ack of heartbeat with extras")
+    await c.send('{"type":"message","body":"ok","id":"ok1","whatever":true}')
+    a = await c.wait_for(lambda f: f["type"] == "ack", 5, what="ack with extra fields")
+    eq(a.get("seq"), 1, "first stored seq after bad requests (nothing else stored)")
+    await w.wait_for(is_msg(room), 5)
+    await asyncio.sleep(0.2)
+    eq(len(w.messages()), 1, "messages broadcast after bad requests")
+    check(not c.closed, "connection closed by bad requests")
+
+
+@test()
+async def not_member_errors():
+    n = start_node()
+    room, other = uniq(), uniq("o")
+    c = await Client.connect(n, room, token("alice"))
+    e = await c.error_for({"type": "message", "room": other, "body": "x", "id": "nm1"})
+    eq((e.get("code"), e.get("id")), ("not_member", "nm1"), "message to a room not joined")
+    e = await c.error_for({"type": "typing", "room": other})
+    eq(e.get("code"), "not_member", "typing in a room not joined")
+    e = await c.error_for({"type": "leave", "room": other})
+    eq(e.get("code"), "not_member", "leave of a room not joined")
+    await c.roundtrip()
+
+
+@test()
+async def too_many_rooms_default_32_and_policy_config():
+    n = start_node()
+    c = await Client.connect(n, uniq("base"), token("alice"))
+    rooms = [uniq(f"j{i}") for i in range(32)]
+    for i in range(31):
+        r = await c.join(rooms[i])
+        eq(r.get("type"), "presence_state", f"join #{i+1} (room {i+2} of the connection)")
+    r = await c.join(rooms[31])
+    eq((r.get("type"), r.get("code")), ("error", "too_many_rooms"),
+       "join of a 33rd room (default max_rooms_per_conn 32)")
+    await c.send({"type": "leave", "room": rooms[0]})
+    await c.roundtrip()
+    r = await c.join(rooms[31])
+    eq(r.get("type"), "presence_state", "join after leaving one")
+    pol = "local M = {}\nM.config = { max_rooms_per_conn = 3 }\nreturn M\n"
+    n2 = start_node(scripts=policy_dir(pol))
+    c2 = await Client.connect(n2, uniq("base"), token("alice"))
+    for i in range(2):
+        r = await c2.join(uniq(f"k{i}"))
+        eq(r.get("type"), "presence_state", f"join #{i+1} with max_rooms_per_conn=3")
+    r = await c2.join(uniq("k3"))
+    eq((r.get("type"), r.get("code")), ("error", "too_many_rooms"), "4th room with max 3")
+
+
+@test()
+async def heartbeat_gets_heartbeat_ack():
+    n = start_node()
+    c = await Client.connect(n, uniq(), token("alice"))
+    mk = c.mark()
+    for _ in range(5):
+        await c.send({"type": "heartbeat"})
+    await c.wait_count(lambda f: f["type"] == "heartbeat_ack", 5, 5, start=mk)
+    await asyncio.sleep(0.3)
+    eq(sum(1 for f in c.frames[mk:] if f["type"] == "heartbeat_ack"), 5, "heartbeat_acks")
+
+
+def _kernel_send_buffer_max():
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 << 20
+
+
+@test(timeout=90)
+async def slow_consumer_closed_1008_others_unaffected():
+    n = start_node(env={"CHAT_MAX_QUEUE": 16, "CHAT_MAX_QUEUE_BYTES": 65536,
+                        "CHAT_MAX_FRAME": 1 << 20})
+    room = uniq()
+    f1 = await Client.connect(n, room, token("fast1"))
+    f2 = await Client.connect(n, room, token("fast2"))
+    slow = await asyncio.to_thread(RawWS, n.port, ws_path(room, token("slow")), 4096)
+    await asyncio.sleep(0.3)
+    # more than the kernel can absorb for the non-reading socket (the server
+    # side send buffer may autotune up to tcp_wmem max), so the queue must fill
+    body = "x" * 40000
+    total = (_kernel_send_buffer_max() * 3 // 2 + (1 << 20)) // len(body) + 1
+    t0 = time.monotonic()
+    for k in range(total):
+        await f1.send_msg(f"{k}:{body}", id=f"s{k}")
+    for c in (f1, f2):
+        await c.wait_count(is_msg(room), total, 30, "messages (fast reader)")
+        seqs = c.seqs(room)
+        check(seqs == list(range(1, total + 1)), f"{c.label}: {describe_seq_problem(seqs)}")
+    elapsed = time.monotonic() - t0
+    frames, code, eof = await asyncio.to_thread(slow.drain, 10)
+    slow.close()
+    texts = [json.loads(p) for op, p in frames if op == 1]
+    got = [t["seq"] for t in texts if t.get("type") == "message"]
+    check(len(got) < total, f"slow reader received all {total} messages "
+          f"({total * len(body) >> 20} MiB): not closed")
+    eq(code, 1008, f"close code of the slow reader (eof={eof}, {len(got)} messages)")
+    check(got == list(range(1, len(got) + 1)), "slow reader's messages before close contiguous")
+    check(elapsed < 20, f"fast readers took {elapsed:.1f}s: slowed by the slow one")
+    await f1.roundtrip()
+    await f2.roundtrip()
+    st, _, text = await ahttp(n.port, "/metrics")
+    v = metric_value(text.decode(), "chat_slow_consumer_closes_total")
+    check(v == 1, f"chat_slow_consumer_closes_total = {v}")
+
+
+@test()
+async def oversize_frame_closes_1009():
+    n = start_node(env={"CHAT_MAX_FRAME": 4096})
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+    o = await Client.connect(n, room, token("other"))
+    await c.send_msg("y" * 3000, id="fits")
+    await c.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "fits", 5)
+    await c.send(json.dumps({"type": "message", "body": "z" * 5000}))
+    eq(await c.wait_closed(5), 1009, "close code for a 5000-byte frame over CHAT_MAX_FRAME=4096")
+    await o.roundtrip()
+    await asyncio.sleep(0.2)
+    check(not any(len(m.get("body", "")) == 5000 for m in o.messages()),
+          "the oversize message was broadcast")
+    # default limit 64 KiB
+    n2 = start_node()
+    c = await Client.connect(n2, room, token("alice"))
+    await c.send_msg("y" * 60000, id="big-ok")
+    await c.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "big-ok", 5)
+    await c.send_msg("y" * 70000, id="too-big")
+    eq(await c.wait_closed(5), 1009, "close code for a 70000-byte frame (default 64 KiB)")
+
+
+# ------------------------------------------------------------ token lifetime
+@test()
+async def token_expiry_closes_4001():
+    n = start_node()
+    exp = int(time.time()) + 2
+    c = await Client.connect(n, uniq(), token_claims({"sub": "alice", "exp": exp}))
+    code = await c.wait_closed(6)
+    closed_at = time.time()
+    eq(code, 4001, "close code at token exp")
+    check(closed_at >= exp - 0.2, f"closed {exp - closed_at:.2f}s before exp")
+    check(closed_at <= exp + 2.5, f"closed {closed_at - exp:.2f}s after exp")
+
+
+@test()
+async def refresh_extends_the_connection():
+    n = start_node()
+    exp1 = int(time.time()) + 2
+    c = await Client.connect(n, uniq(), token_claims({"sub": "alice", "exp": exp1}))
+    exp2 = exp1 + 3
+    await c.send({"type": "refresh", "token": token_claims({"sub": "alice", "exp": exp2})})
+    await c.roundtrip()
+    check(not c.errors(), f"refresh answered with an error: {c.errors()}")
+    await asyncio.sleep(max(0, exp1 + 1.0 - time.time()))
+    await c.roundtrip()
+    check(not c.closed, "closed at the old exp despite a refresh")
+    code = await c.wait_closed(exp2 + 3 - time.time())
+    eq(code, 4001, "close code at the refreshed exp")
+    check(time.time() >= exp2 - 0.2, "closed before the refreshed exp")
+
+
+@test()
+async def bad_refresh_is_unauthorized_and_keeps_old_exp():
+    n = start_node()
+    exp = int(time.time()) + 4
+    c = await Client.connect(n, uniq(), token_claims({"sub": "alice", "exp": exp}))
+    bad = {
+        "bad signature": jwt.encode({"sub": "alice", "exp": exp + 60}, "nope", algorithm="HS256"),
+        "other sub": token_claims({"sub": "mallory", "exp": exp + 60}),
+        "earlier exp": token_claims({"sub": "alice", "exp": exp - 1}),
+        "expired": token_claims({"sub": "alice", "exp": int(time.time()) - 5}),
+        "garbage": "garbage",
+        "alg none": raw_jwt({"alg": "none"}, {"sub": "alice", "exp": exp + 60}),
+    }
+    for what, tok in bad.items():
+        e = await c.error_for({"type": "refresh", "token": tok})
+        eq(e.get("code"), "unauthorized", f"refresh with {what}")
+        await c.roundtrip()
+    code = await c.wait_closed(exp + 3 - time.time())
+    eq(code, 4001, "close code at the original exp after refused refreshes")
+
+
+# ------------------------------------------------------------ policy
+POLICY = """
+local M = {}
+function M.on_message(ctx, msg)
+  if msg.body:find("forbidden", 1, true) then return false, "rejected", "forbidden word" end
+  if msg.body == "slowdown" then return false, "rate_limited", "too fast" end
+  if msg.body == "shout" then return string.upper(msg.body) end
+  if msg.body == "whoami" then
+    return table.concat({ctx.user, ctx.name, ctx.room, ctx.node,
+      tostring(ctx.claims and ctx.claims.role), type(ctx.now), tostring(msg.id)}, "|")
+  end
+  if msg.body == "boom" then error("policy exploded") end
+  return true
+end
+function M.on_join(ctx)
+  if ctx.room:sub(1, 6) == "secret" then return false, "forbidden", "no entry" end
+end
+return M
+"""
+
+
+@test()
+async def policy_reject_replace_and_ctx():
+    n = start_node(scripts=policy_dir(POLICY))
+    room = uniq()
+    a = await Client.connect(n, room, token("alice", "Alice", role="admin"))
+    b = await Client.connect(n, room, token("bob"))
+    e = await a.error_for({"type": "message", "body": "a forbidden thing", "id": "p1"})
+    eq((e.get("code"), e.get("id")), ("rejected", "p1"), "policy rejection")
+    e = await a.error_for({"type": "message", "body": "slowdown", "id": "p2"})
+    eq((e.get("code"), e.get("id")), ("rate_limited", "p2"), "policy rate_limited")
+    e = await a.error_for({"type": "message", "body": "boom", "id": "p3"})
+    check(e.get("code") in ("script_error", "rejected"), f"erroring policy hook: {e}")
+    eq(e.get("id"), "p3", "error.id for an erroring hook")
+    await a.send_msg("shout", id="p4")
+    await a.send_msg("whoami", id="p5")
+    await a.send_msg("plain", id="p6")
+    await b.wait_count(is_msg(room), 3, 5)
+    await asyncio.sleep(0.2)
+    ms = b.messages(room)
+    eq([m["seq"] for m in ms], [1, 2, 3], "seqs (rejected messages take no seq)")
+    eq(ms[0]["body"], "SHOUT", "replaced body")
+    eq(ms[1]["body"], f"alice|Alice|{room}|{n.name}|admin|number|p5", "ctx seen by the policy")
+    eq(ms[2]["body"], "plain", "accepted body")
+    r = await a.join("secret-" + uniq())
+    eq((r.get("type"), r.get("code")), ("error", "forbidden"), "on_join refusal")
+    r = await a.join("public-" + uniq())
+    eq(r.get("type"), "presence_state", "on_join accepted")
+
+
+def _prefix_policy(tag):
+    return ("local M = {}\nfunction M.on_message(ctx, msg) return '%s:' .. msg.body end\n"
+            "return M\n" % tag)
+
+
+async def _body_for(c, other, text, mid):
+    await c.send_msg(text, id=mid)
+    m = await other.wait_for(lambda f: f["type"] == "message" and f.get("id") == mid, 5)
+    return m["body"]
+
+
+@test()
+async def sighup_reload_switches_policy_without_dropping():
+    d = policy_dir(_prefix_policy("v1"))
+    n = start_node(scripts=d)
+    room = uniq()
+    a = await Client.connect(n, room, token("alice"))
+    b = await Client.connect(n, room, token("bob"))
+    eq(await _body_for(a, b, "x", "h0"), "v1:x", "body under policy v1")
+    write_policy(d, _prefix_policy("v2"))
+    n.signal(signal.SIGHUP)
+    end = time.time() + 5
+    k = 1
+    body = None
+    while time.time() < end:
+        body = await _body_for(a, b, "x", f"h{k}")
+        k += 1
+        if body == "v2:x":
+            break
+        await asyncio.sleep(0.1)
+    eq(body, "v2:x", "body after SIGHUP with policy v2")
+    check(not a.closed and not b.closed, "connections dropped by the reload")
+    eq(sum(1 for f in a.frames if f["type"] == "welcome"), 1, "welcome frames after reload")
+    st, _, text = await ahttp(n.port, "/metrics")
+    v = metric_value(text.decode(), "chat_script_reloads_total", 'result="ok"')
+    check(v is not None and v >= 1, f"chat_script_reloads_total{{result=\"ok\"}} = {v}")
+
+
+@test()
+async def broken_policy_on_sighup_keeps_the_old_one():
+    d = policy_dir(_prefix_policy("v1"))
+    n = start_node(scripts=d)
+    room = uniq()
+    a = await Client.connect(n, room, token("alice"))
+    b = await Client.connect(n, room, token("bob"))
+    eq(await _body_for(a, b, "x", "k0"), "v1:x", "body under policy v1")
+    k = 1
+    for broken in ("local M = {\nreturn M(((\n", "return 42\n",
+                   "error('refuse to load')\n"):
+        write_policy(d, broken)
+        n.signal(signal.SIGHUP)
+        await asyncio.sleep(0.8)
+        eq(await _body_for(a, b, "x", f"k{k}"), "v1:x", f"body after a broken reload {broken!r}")
+        k += 1
+        check(n.alive(), "chatd died on a broken policy")
+    check(not a.closed and not b.closed, "connections dropped by a broken reload")
+    c = await Client.connect(n, room, token("carol"))
+    eq(await _body_for(c, b, "y", "k-new"), "v1:y", "new connection after a broken reload")
+    st, _, text = await ahttp(n.port, "/metrics")
+    v = metric_value(text.decode(), "chat_script_reloads_total", 'result="error"')
+    check(v is not None and v >= 3, f"chat_script_reloads_total{{result=\"error\"}} = {v}")
+    write_policy(d, _prefix_policy("v3"))
+    n.signal(signal.SIGHUP)
+    await asyncio.sleep(0.8)
+    eq(await _body_for(a, b, "x", "k-fixed"), "v3:x", "a good reload after broken ones")
+
+
+# ------------------------------------------------------------ logs, signals, health
+@test()
+async def tokens_never_in_logs():
+    n = start_node(env={"CHAT_LOG_LEVEL": "debug"})
+    room = uniq()
+    toks = {
+        "ws": token("alice", "Alice"),
+        "ws_since": token("bob"),
+        "bad_sig": jwt.encode(claims("eve"), "wrong-secret", algorithm="HS256"),
+        "expired": token("old", exp_in=-30),
+        "hist_query": token("carol"),
+        "hist_bearer": token("dan"),
+        "refresh": token("alice", exp_in=900),
+        "bad_refresh": jwt.encode(claims("alice", exp_in=999), "zzz", algorithm="HS256"),
+    }
+    a = await Client.connect(n, room, toks["ws"])
+    b = await Client.connect(n, room, toks["ws_since"], since=0)
+    await aupgrade_status(n.port, ws_path(room, toks["bad_sig"]))
+    await aupgrade_status(n.port, ws_path(room, toks["expired"]))
+    await ahttp(n.port, f"/rooms/{room}/messages?token={toks['hist_query']}")
+    await ahttp(n.port, f"/rooms/{room}/presence?token={toks['hist_query']}")
+    await ahttp(n.port, f"/rooms/{room}/messages",
+                {"Authorization": "Bearer " + toks["hist_bearer"]})
+    await a.send({"type": "refresh", "token": toks["refresh"]})
+    await a.send({"type": "refresh", "token": toks["bad_refresh"]})
+    await a.roundtrip()
+    await b.close()
+    await a.close()
+    n.signal(signal.SIGTERM)
+    n.wait_exit(10)
+    log = n.log_text()
+    check(len(log) > 0, "chatd wrote no log at debug level")
+    for what, t in toks.items():
+        sig = t.split(".")[2]
+        check(t not in log, f"{what} token appears in the log")
+        check(len(sig) < 16 or sig not in log, f"{what} token signature appears in the log")
+        check(t.split(".")[1] not in log, f"{what} token payload appears in the log")
+
+
+@test()
+async def sigterm_drains_with_server_restart_and_1001():
+    n = start_node()
+    room = uniq()
+    cs = [await Client.connect(n, room, token(f"u{i}")) for i in range(3)]
+    await cs[0].join(uniq("x"))
+    await cs[1].send_msg("before", id="t1")
+    await cs[1].wait_for(lambda f: f["type"] == "ack", 5)
+    n.signal(signal.SIGTERM)
+    for c in cs:
+        code = await c.wait_closed(10)
+        e = [f for f in c.frames if f["type"] == "error"]
+        check(any(f.get("code") == "server_restart" for f in e),
+              f"{c.label}: no server_restart error before close: {c.brief(-3)}")
+        last = [f for f in c.frames if not f["type"].startswith("_")][-1]
+        eq((last.get("type"), last.get("code")), ("error", "server_restart"),
+           f"{c.label}: last frame before close")
+        eq(code, 1001, f"{c.label}: close code on SIGTERM")
+    rc = await asyncio.to_thread(n.wait_exit, 10)
+    eq(rc, 0, "chatd exit status after SIGTERM")
+
+
+@test()
+async def health_ready_and_metrics():
+    n = start_node()
+    st, _, _ = await ahttp(n.port, "/healthz")
+    eq(st, 200, "/healthz")
+    st, _, _ = await ahttp(n.port, "/readyz")
+    eq(st, 200, "/readyz in single-node mode")
+    room = uniq()
+    cs = [await Client.connect(n, room, token(f"u{i}")) for i in range(3)]
+    await cs[0].send_msg("m")
+    await cs[0].wait_for(lambda f: f["type"] == "ack", 5)
+
+    async def conns():
+        st, hd, body = await ahttp(n.port, "/metrics")
+        eq(st, 200, "/metrics status")
+        check(hd.get("content-type", "").startswith("text/plain"),
+              f"/metrics content-type {hd.get('content-type')}")
+        text = body.decode()
+        check("# TYPE chat_connections_open" in text, "no TYPE line for chat_connections_open")
+        return metric_value(text, "chat_connections_open")
+    v = await conns()
+    eq(v, 3.0, "chat_connections_open with 3 clients")
+    await cs[2].close()
+    end = time.time() + 3
+    while time.time() < end and v != 2.0:
+        await asyncio.sleep(0.1)
+        v = await conns()
+    eq(v, 2.0, "chat_connections_open after one client left")
+
+
+@test()
+async def root_serves_browser_client():
+    n = start_node()
+    st, hd, body = await ahttp(n.port, "/")
+    eq(st, 200, "GET /")
+    check("html" in hd.get("content-type", ""), f"GET / content-type {hd.get('content-type')}")

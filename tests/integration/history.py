@@ -1,0 +1,303 @@
+"""history: chatd with Redis and Postgres. Durable ack (also across kill -9),
+cursor paging stable under inserts, idempotent resend, replay from Postgres
+when `since` is older than the Redis buffer, HTTP validation (401/400/403),
+and a Postgres restart mid-stream."""
+import asyncio
+import time
+import urllib.parse
+
+from harness import (Client, TestFailure, ahttp, ahttp_json, check, eq, start_node, token,
+                     uniq, policy_dir, describe_seq_problem, test)
+import harness
+
+NEEDS = ("redis", "pg")
+
+
+def is_msg(room=None):
+    return lambda f: f["type"] == "message" and (room is None or f.get("room") == room)
+
+
+def hnode(**kw):
+    return start_node(redis=True, db=True, **kw)
+
+
+async def history(n, room, tok=None, before=None, limit=None, expect=200):
+    q = {}
+    if before is not None:
+        q["before"] = before
+    if limit is not None:
+        q["limit"] = str(limit)
+    path = f"/rooms/{room}/messages" + ("?" + urllib.parse.urlencode(q) if q else "")
+    st, js, body = await ahttp_json(n.port, path, tok or token("reader"))
+    eq(st, expect, f"GET {path} status (body {body[:200]!r})")
+    if expect == 200:
+        check(isinstance(js, dict) and isinstance(js.get("messages"), list)
+              and "next_cursor" in js, f"GET {path}: bad body {body[:200]!r}")
+    return js
+
+
+async def send_acked(c, body, mid, room=None, timeout=10):
+    mk = c.mark()
+    await c.send_msg(body, id=mid, room=room)
+    f = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == mid,
+                         timeout, start=mk, what=f"ack of {mid}")
+    eq(f["type"], "ack", f"answer to {mid}: {f}")
+    return f["seq"]
+
+
+@test(timeout=60, needs=NEEDS)
+async def ack_implies_in_history_even_after_kill9():
+    n = hnode()
+    room = uniq()
+    c = await Client.connect(n, room, token("alice", "Alice"))
+    for i in range(15):
+        seq = await send_acked(c, f"h{i}", f"h{i}")
+        js = await history(n, room, limit=200)
+        got = {m.get("id"): m for m in js["messages"]}
+        check(f"h{i}" in got, f"acked h{i} (seq {seq}) not in history right after the ack")
+        m = got[f"h{i}"]
+        live = [f for f in c.messages(room) if f.get("id") == f"h{i}"]
+        live = live[0] if live else None
+        eq(m.get("seq"), seq, "history seq")
+        for k in ("user", "name", "body"):
+            eq(m.get(k), {"user": "alice", "name": "Alice", "body": f"h{i}"}[k], f"history {k}")
+        if live is not None:
+            eq(m.get("ts"), live.get("ts"), "history ts equals the live frame's ts")
+    # kill -9 the node the instant the ack arrives, then read from another node
+    reader = hnode()
+    for i in range(4):
+        k = hnode()
+        ck = await Client.connect(k, room, token("bob"))
+        await ck.send_msg(f"k{i}", id=f"kill{i}")
+        f = await ck.wait_for(lambda f: f["type"] in ("ack", "error"), 10, what="ack")
+        k.kill9()
+        eq(f["type"], "ack", f"answer before kill: {f}")
+        js = await history(reader, room, limit=200)
+        ids = [m.get("id") for m in js["messages"]]
+        check(f"kill{i}" in ids, f"acked kill{i} lost after kill -9 of its node")
+
+
+@test(timeout=60, needs=NEEDS)
+async def paging_stable_under_concurrent_inserts():
+    n = hnode()
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+    for i in range(120):
+        await c.send_msg(f"p{i}", id=f"p{i}")
+    await c.wait_count(lambda f: f["type"] == "ack", 120, 20, "acks")
+    js = await history(n, room, limit=25)
+    seqs = [m["seq"] for m in js["messages"]]
+    eq(seqs, list(range(96, 121)), "first page (limit 25), oldest first")
+    check(js["next_cursor"], "next_cursor of a full first page")
+    ins = await Client.connect(n, room, token("ins"))
+
+    async def insert():
+        for i in range(60):
+            await ins.send_msg(f"q{i}", id=f"q{i}")
+            await asyncio.sleep(0.01)
+    task = asyncio.create_task(insert())
+    pages = [seqs]
+    cursor = js["next_cursor"]
+    while cursor:
+        js = await history(n, room, before=cursor, limit=25)
+        pages.append([m["seq"] for m in js["messages"]])
+        if len(pages) > 10:
+            raise TestFailure("paging did not end after 10 pages")
+        if len(js["messages"]) < 25:
+            check(js["next_cursor"] is None, f"next_cursor {js['next_cursor']!r} on a short page")
+        cursor = js["next_cursor"]
+        await asyncio.sleep(0.05)
+    await task
+    flat = []
+    for p in reversed(pages):
+        check(p == sorted(p), f"page not oldest first: {p[:5]}...")
+        flat += p
+    check(flat == list(range(1, 121)), f"pages joined are not 1..120: {describe_seq_problem(flat)}")
+    await ins.wait_count(lambda f: f["type"] == "ack", 60, 20, "acks of inserter")
+    js = await history(n, room)
+    eq([m["seq"] for m in js["messages"]], list(range(131, 181)),
+       "default page = newest 50, oldest first")
+    js = await history(n, room, limit=200)
+    eq([m["seq"] for m in js["messages"]], list(range(1, 181)), "limit=200 page")
+    eq(js["next_cursor"], None, "next_cursor when everything fit")
+
+
+@test(timeout=60, needs=NEEDS)
+async def resend_same_id_one_row_one_broadcast():
+    a = hnode()
+    b = hnode()
+    room = uniq()
+    s = await Client.connect(a, room, token("alice"))
+    w = await Client.connect(b, room, token("watch"))
+    seq = await send_acked(s, "once", "dup-1")
+    seq2 = await send_acked(s, "once", "dup-1")
+    eq(seq2, seq, "ack seq of a resend")
+    s2 = await Client.connect(b, room, token("alice"))
+    seq3 = await send_acked(s2, "once", "dup-1")
+    eq(seq3, seq, "ack seq of a resend through another node")
+    # back-to-back resend before any ack
+    await s.send_msg("twice", id="dup-2")
+    await s.send_msg("twice", id="dup-2")
+    acks = await s.wait_count(lambda f: f["type"] == "ack" and f.get("id") == "dup-2", 2, 10,
+                              "acks of dup-2")
+    eq(acks[0]["seq"], acks[1]["seq"], "seqs of two acks of dup-2")
+    await send_acked(s, "after", "after-1")
+    await w.wait_for(lambda f: f["type"] == "message" and f.get("id") == "after-1", 5)
+    await asyncio.sleep(0.3)
+    ids = [m.get("id") for m in w.messages(room)]
+    eq(ids, ["dup-1", "dup-2", "after-1"], "broadcast ids seen by the watcher")
+    eq(w.seqs(room), [1, 2, 3], "seqs seen by the watcher")
+    js = await history(a, room, limit=200)
+    eq([m.get("id") for m in js["messages"]], ["dup-1", "dup-2", "after-1"], "history ids")
+    pg = harness.RUN.pg
+    if not getattr(pg, "external", True):
+        rows = pg.psql("chatd", f"SELECT client_id, count(*) FROM messages WHERE room='{room}' "
+                       "GROUP BY client_id ORDER BY client_id")
+        eq(rows.split(), ["after-1|1", "dup-1|1", "dup-2|1"], "rows per client id in Postgres")
+
+
+@test(timeout=60, needs=NEEDS)
+async def since_older_than_redis_buffer_replays_from_postgres():
+    n = hnode(env={"CHAT_RECENT_MAX": 10})
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+    for i in range(60):
+        await c.send_msg(f"s{i}", id=f"s{i}")
+    await c.wait_count(lambda f: f["type"] == "ack", 60, 20, "acks")
+    n2 = hnode(env={"CHAT_RECENT_MAX": 10})
+    for node, since in ((n, 5), (n2, 0), (n2, 49)):
+        r = await Client.connect(node, room, token("bob"), since=since)
+        await r.wait_count(is_msg(room), 60 - since, 10, f"replay since={since}")
+        await c.send_msg("live", id=f"live-{since}")
+        await r.wait_for(lambda f: f.get("id") == f"live-{since}" and f["type"] == "message", 5)
+        await asyncio.sleep(0.3)
+        seqs = r.seqs(room)
+        head = c.seqs(room)[-1]
+        check(seqs == list(range(since + 1, head + 1)),
+              f"since={since} on {node.name}: {describe_seq_problem(seqs)} "
+              f"(first {seqs[:3]}, last {seqs[-3:]}, head {head})")
+        bodies = [m["body"] for m in r.messages(room)][:60 - since]
+        eq(bodies, [f"s{i}" for i in range(since, 60)], f"replayed bodies since={since}")
+        await r.close()
+    # join with since on an open connection, also older than the buffer
+    j = await Client.connect(n2, uniq("other"), token("carol"))
+    mk = j.mark()
+    await j.join(room, since=3)
+    await j.wait_count(is_msg(room), 60 - 3, 10, "replay on join since=3", start=mk)
+    await asyncio.sleep(0.3)
+    seqs = j.seqs(room)
+    check(seqs[:57] == list(range(4, 61)), f"join since=3: {describe_seq_problem(seqs)}")
+    eq(len(seqs), len(set(seqs)), "duplicates in join replay")
+
+
+HISTORY_POLICY = """
+local M = {}
+function M.on_history(ctx)
+  if not (ctx.claims and ctx.claims.role == "member") then
+    return false, "forbidden", "members only"
+  end
+  if ctx.room == "vault" then return false, "forbidden", "vault" end
+end
+return M
+"""
+
+
+@test(timeout=45, needs=NEEDS)
+async def history_http_auth_and_validation():
+    n = hnode()
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+    await send_acked(c, "x", "x1")
+    base = f"/rooms/{room}/messages"
+    st, _, _ = await ahttp(n.port, base)
+    eq(st, 401, "history without a token")
+    st, _, _ = await ahttp(n.port, base, {"Authorization": "Bearer garbage"})
+    eq(st, 401, "history with a malformed token")
+    st, _, _ = await ahttp(n.port, base, {"Authorization": "Bearer " + token("a", exp_in=-5)})
+    eq(st, 401, "history with an expired token")
+    st, _, body = await ahttp(n.port, base + "?token=" + token("alice"))
+    eq(st, 200, "history with ?token=")
+    for q in ("before=garbage!", "before=-1", "limit=0", "limit=201", "limit=-1",
+              "limit=abc", "limit=1.5", "before=%00%ff"):
+        st, _, body = await ahttp(n.port, f"{base}?{q}", {"Authorization": "Bearer " +
+                                                          token("alice")})
+        eq(st, 400, f"history ?{q} (body {body[:100]!r})")
+    for lim in (1, 200):
+        js = await history(n, room, limit=lim)
+        eq(len(js["messages"]), 1, f"limit={lim}")
+    st, _, _ = await ahttp(n.port, "/rooms/bad!room/messages",
+                           {"Authorization": "Bearer " + token("alice")})
+    eq(st, 400, "history of an invalid room name")
+    p = hnode(scripts=policy_dir(HISTORY_POLICY))
+    await history(p, room, tok=token("alice"), expect=403)
+    js = await history(p, room, tok=token("alice", role="member"))
+    eq(len(js["messages"]), 1, "history allowed by policy")
+    await history(p, "vault", tok=token("alice", role="member"), expect=403)
+
+
+@test(timeout=120, needs=NEEDS)
+async def postgres_restart_mid_stream():
+    pg = harness.RUN.pg
+    if getattr(pg, "external", False):
+        raise harness.TestSkip("external Postgres cannot be restarted")
+    n = hnode()
+    room = uniq()
+    p = await Client.connect(n, room, token("pub"))
+    w = await Client.connect(n, room, token("watch"))
+    sent = []
+    stop = asyncio.Event()
+
+    async def publish():
+        i = 0
+        while not stop.is_set():
+            sent.append(f"g{i}")
+            await p.send_msg(f"g{i}", id=f"g{i}")
+            i += 1
+            await asyncio.sleep(0.02)
+    task = asyncio.create_task(publish())
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(pg.crash)
+    t_down = time.time()
+    st = None
+    while time.time() < t_down + 6:
+        st, _, _ = await ahttp(n.port, "/readyz")
+        if st == 503:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(max(0, t_down + 2.5 - time.time()))
+    await asyncio.to_thread(pg.restart)
+    await asyncio.sleep(1.5)
+    stop.set()
+    await task
+    eq(st, 503, "/readyz while Postgres is down")
+    answered = lambda f: f["type"] in ("ack", "error") and f.get("id")
+    await p.wait_count(answered, len(sent), 30, "answers (ack or error) after the restart")
+    codes = {f.get("code") for f in p.errors()}
+    check(codes <= {"unavailable"}, f"unexpected error codes {codes}")
+    acked = {f["id"]: f["seq"] for f in p.acks()}
+    check(len(acked) > len(sent) // 2, f"only {len(acked)} of {len(sent)} acked")
+    rows = pg.psql("chatd", f"SELECT seq, client_id FROM messages WHERE room='{room}' "
+                   "ORDER BY seq").split()
+    pairs = [r.split("|") for r in rows]
+    ids = [cid for _, cid in pairs]
+    eq(len(ids), len(set(ids)), "duplicate rows for one client id")
+    db = {cid: int(s) for s, cid in pairs}
+    lost = [i for i in acked if i not in db]
+    check(not lost, f"{len(lost)} acked messages missing from Postgres, e.g. {lost[:5]}")
+    wrong = [(i, acked[i], db[i]) for i in acked if db[i] != acked[i]]
+    check(not wrong, f"stored seq differs from acked seq: {wrong[:3]}")
+    order = [int(cid[1:]) for _, cid in pairs]
+    check(order == sorted(order), "stored rows out of send order")
+    js = await history(n, room, limit=200)
+    hseq = [m["seq"] for m in js["messages"]]
+    check(hseq == sorted(set(hseq)), f"history page has repeats: {describe_seq_problem(hseq)}")
+    wseqs = w.seqs(room)
+    check(len(wseqs) == len(set(wseqs)) and wseqs == sorted(wseqs),
+          f"watcher: {describe_seq_problem(wseqs)}")
+    end = time.time() + 10
+    while time.time() < end:
+        st, _, _ = await ahttp(n.port, "/readyz")
+        if st == 200:
+            break
+        await asyncio.sleep(0.2)
+    eq(st, 200, "/readyz after Postgres came back")

@@ -1,0 +1,405 @@
+"""multinode: several chatd nodes on one Redis (no Postgres). Identical seq
+order on every node, concurrent publishers, kill -9 of a node with resume by
+`since`, a Redis restart mid-stream, and a seeded property test "no message
+lost under fan-out" (rerun a failure with --seed N)."""
+import asyncio
+import os
+import random
+import time
+
+from harness import (Client, Redis, TestFailure, ahttp, check, eq, start_node, token, uniq,
+                     describe_seq_problem, contiguous, test)
+import harness
+
+
+def is_msg(room=None):
+    return lambda f: f["type"] == "message" and (room is None or f.get("room") == room)
+
+
+def view(c, room):
+    return [(m["seq"], m.get("id"), m.get("user"), m.get("body"), m.get("ts"))
+            for m in c.messages(room)]
+
+
+async def fanout_check(nnodes, subs_per_node, per_pub):
+    nodes = [start_node(redis=True, name=f"n{i}-{uniq('')}") for i in range(nnodes)]
+    room = uniq()
+    clients = []
+    for i, n in enumerate(nodes):
+        for j in range(subs_per_node):
+            clients.append(await Client.connect(n, room, token(f"u{i}-{j}")))
+    pubs = [c for c in clients if c.label.split("-")[1].startswith("0")]
+    total = per_pub * len(pubs)
+
+    async def pub(k, c):
+        for i in range(per_pub):
+            await c.send_msg(f"{k}:{i}", id=f"p{k}-{i}")
+            if i % 10 == 0:
+                await asyncio.sleep(0.005)
+    await asyncio.gather(*(pub(k, c) for k, c in enumerate(pubs)))
+    for c in clients:
+        await c.wait_count(is_msg(room), total, 30, "messages")
+    await asyncio.sleep(0.3)
+    ref = view(clients[0], room)
+    for c in clients:
+        seqs = c.seqs(room)
+        check(seqs == list(range(1, total + 1)),
+              f"{c.label}: seqs not 1..{total}: {describe_seq_problem(seqs)}")
+        check(view(c, room) == ref, f"{c.label} saw other contents than {clients[0].label}")
+    by_id = {m["id"]: m["seq"] for m in clients[0].messages(room)}
+    for k, c in enumerate(pubs):
+        acks = await c.wait_count(lambda f: f["type"] == "ack", per_pub, 10, "acks")
+        for a in acks:
+            eq(a.get("seq"), by_id.get(a.get("id")), f"ack seq of {a.get('id')}")
+        order = [by_id[f"p{k}-{i}"] for i in range(per_pub)]
+        check(order == sorted(order), f"{c.label}: own messages reordered across nodes")
+    for n in nodes:
+        late = await Client.connect(n, room, token("late"))
+        eq(late.welcome().get("seq"), total, f"welcome.seq on {n.name}")
+        await late.close()
+
+
+@test(timeout=60, needs=("redis",))
+async def two_nodes_identical_seq_order():
+    await fanout_check(2, 2, 100)
+
+
+@test(timeout=60, needs=("redis",))
+async def three_nodes_concurrent_publishers():
+    await fanout_check(3, 2, 80)
+
+
+@test(timeout=60, needs=("redis",))
+async def kill9_node_clients_resume_with_since_exactly_once():
+    a = start_node(redis=True, name="A-" + uniq(""))
+    b = start_node(redis=True, name="B-" + uniq(""))
+    r1, r2 = uniq("k1"), uniq("k2")
+    c = await Client.connect(a, r1, token("carol"))
+    js = await c.join(r2)
+    eq(js.get("type"), "presence_state", "join r2")
+    w = await Client.connect(b, r1, token("watch"))
+    await w.join(r2)
+    p = await Client.connect(b, r1, token("pub"))
+    await p.join(r2)
+    total = 200
+    killed = asyncio.Event()
+
+    async def publish():
+        for i in range(total):
+            await p.send_msg(f"m{i}", id=f"k{i}", room=(r1 if i % 2 == 0 else r2))
+            await asyncio.sleep(0.01)
+
+    async def killer():
+        await c.wait_count(is_msg(), 50, 10, "messages before the kill")
+        a.kill9()
+        killed.set()
+    await asyncio.gather(publish(), killer())
+    code = await c.wait_closed(5)
+    check(code != 1000, f"close code after kill -9 of the node: {code}")
+    last = {r: (c.seqs(r)[-1] if c.seqs(r) else 0) for r in (r1, r2)}
+    c2 = await Client.connect(b, r1, token("carol"), since=last[r1])
+    js = await c2.join(r2, since=last[r2])
+    eq(js.get("type"), "presence_state", "rejoin r2 with since")
+    await w.wait_count(is_msg(), total, 20, "watcher messages")
+    for r in (r1, r2):
+        await c2.wait_count(is_msg(r), total // 2 - last[r], 15, f"resumed messages of {r}")
+    await asyncio.sleep(0.5)
+    for r in (r1, r2):
+        seqs = c.seqs(r) + c2.seqs(r)
+        check(seqs == list(range(1, total // 2 + 1)),
+              f"room {r}: before kill {len(c.seqs(r))}, after resume {len(c2.seqs(r))}: "
+              f"{describe_seq_problem(seqs)}")
+        eq(view(c, r) + view(c2, r), view(w, r), f"contents of {r} vs the watcher")
+
+
+@test(timeout=90, needs=("redis",))
+async def redis_restart_mid_stream():
+    rd = Redis(harness.RUN.tmpdir("redis-restart"))
+    rd.start()
+    try:
+        await _redis_restart(rd)
+    finally:
+        rd.stop()
+        harness.release_port(rd.port)
+
+
+async def _redis_restart(rd):
+    a = start_node(redis=rd.url, name="A-" + uniq(""))
+    b = start_node(redis=rd.url, name="B-" + uniq(""))
+    room = uniq()
+    pa = await Client.connect(a, room, token("pa"))
+    pb = await Client.connect(b, room, token("pb"))
+    wa = await Client.connect(a, room, token("wa"))
+    wb = await Client.connect(b, room, token("wb"))
+    everyone = [pa, pb, wa, wb]
+    sent = {pa: [], pb: []}
+    stop = asyncio.Event()
+
+    async def publish(c, tag):
+        i = 0
+        while not stop.is_set():
+            mid = f"{tag}{i}"
+            sent[c].append(mid)
+            await c.send_msg(f"{tag}:{i}", id=mid)
+            i += 1
+            await asyncio.sleep(0.02)
+    tasks = [asyncio.create_task(publish(pa, "a")), asyncio.create_task(publish(pb, "b"))]
+    await asyncio.sleep(1.0)
+    rd.kill9()
+    t_down = time.time()
+    ready = {}
+    for n in (a, b):
+        st = None
+        while time.time() < t_down + 5:
+            st, _, _ = await ahttp(n.port, "/readyz")
+            if st == 503:
+                break
+            await asyncio.sleep(0.1)
+        ready[n.name] = st
+    await asyncio.sleep(max(0, t_down + 2.5 - time.time()))
+    rd.start()
+    t_up = time.time()
+    # publishing works again: a message sent after the restart gets acked
+    mk = pa.mark()
+    ok = False
+    while time.time() < t_up + 20:
+        if any(f["type"] == "ack" for f in pa.frames[mk:]):
+            ok = True
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*tasks)
+    for n in (a, b):
+        eq(ready[n.name], 503, f"/readyz on {n.name} while Redis is down")
+    check(ok, "no ack within 20s after Redis came back")
+    # every message is answered by exactly one ack or error
+    for c in (pa, pb):
+        answered = lambda f: f["type"] in ("ack", "error") and f.get("id")
+        await c.wait_count(answered, len(sent[c]), 15, "answers (ack or error)")
+        ids = [f["id"] for f in c.frames if answered(f)]
+        eq(sorted(ids), sorted(sent[c]), f"{c.label}: answered ids")
+        codes = {f.get("code") for f in c.errors()}
+        check(codes <= {"unavailable"}, f"{c.label}: unexpected error codes {codes}")
+    check(pa.errors("unavailable") or pb.errors("unavailable"),
+          "no `unavailable` error while Redis was down")
+    for n in (a, b):
+        end = time.time() + 10
+        st = None
+        while time.time() < end:
+            st, _, _ = await ahttp(n.port, "/readyz")
+            if st == 200:
+                break
+            await asyncio.sleep(0.2)
+        eq(st, 200, f"/readyz on {n.name} after Redis came back")
+    acked = {}
+    for c in (pa, pb):
+        for f in c.acks():
+            acked[f["id"]] = f["seq"]
+    # the last acked message reaches everyone; then check each client's stream
+    last_seq = max(acked.values())
+    for c in everyone:
+        await c.wait_for(lambda f: f["type"] == "message" and f["seq"] >= last_seq, 10,
+                         what=f"seq {last_seq}")
+    await asyncio.sleep(0.5)
+    for c in everyone:
+        seqs = c.seqs(room)
+        check(all(y > x for x, y in zip(seqs, seqs[1:])),
+              f"{c.label}: seqs not strictly increasing: {describe_seq_problem(seqs)}")
+        got = {m.get("id"): m["seq"] for m in c.messages(room)}
+        ids = [m.get("id") for m in c.messages(room)]
+        eq(len(ids), len(set(ids)), f"{c.label}: a client id delivered twice")
+        missing = [i for i in acked if i not in got]
+        check(not missing, f"{c.label}: {len(missing)} acked messages never delivered, "
+              f"e.g. {missing[:5]}")
+        wrong = [(i, acked[i], got[i]) for i in acked if got[i] != acked[i]]
+        check(not wrong, f"{c.label}: ack seq differs from delivered seq: {wrong[:3]}")
+        for tag in ("a", "b"):
+            order = [int(m["id"][1:]) for m in c.messages(room) if m["id"].startswith(tag)]
+            check(order == sorted(order), f"{c.label}: messages of {tag} out of send order")
+
+
+# ------------------------------------------------------------ property test
+class Sim:
+    def __init__(self, k, url_room):
+        self.k = k
+        self.user = f"s{k}"
+        self.url_room = url_room
+        self.rooms = {url_room}        # rooms the sim is a member of
+        self.ever = {url_room}         # rooms it was ever a member of
+        self.conns = []                 # Client objects, in order (never overlapping)
+        self.node = None
+        self.sent = []                  # (conn, id)
+
+    @property
+    def conn(self):
+        return self.conns[-1] if self.conns else None
+
+    def seqs(self, room):
+        out = []
+        for c in self.conns:
+            out += c.seqs(room)
+        return out
+
+    def last(self, room):
+        s = self.seqs(room)
+        return s[-1] if s else None
+
+    def since(self, room):
+        """Resume point: last seen, 0 when a member before but saw nothing,
+        None for a first membership."""
+        last = self.last(room)
+        if last is not None:
+            return last
+        if room == self.url_room:
+            return 0 if self.conns else None
+        return 0 if room in self.ever else None
+
+
+@test(timeout=180, needs=("redis",))
+async def property_no_message_lost_under_fanout():
+    seed = int(os.environ.get("CHATD_TEST_SEED", "1"))
+    try:
+        await _property(seed)
+    except TestFailure as e:
+        raise TestFailure(f"[seed={seed}] {e}")
+
+
+async def _property(seed):
+    rng = random.Random(seed)
+    nn = rng.choice([2, 3])
+    nodes = [start_node(redis=True, name=f"P{i}-{uniq('')}") for i in range(nn)]
+    rooms = [uniq(f"pr{i}") for i in range(rng.choice([2, 3]))]
+    # every room is the URL room of at least one sim, whose stream of that
+    # room must then be complete (1..marker)
+    sims = [Sim(k, rooms[k] if k < len(rooms) else rng.choice(rooms))
+            for k in range(rng.randint(4, 6))]
+    msgno = [0]
+    trace = []
+
+    def alive_nodes():
+        return [n for n in nodes if n.alive()]
+
+    async def connect(s):
+        n = rng.choice(alive_nodes())
+        since = s.since(s.url_room)
+        c = await Client.connect(n, s.url_room, token(s.user), since=since,
+                                 label=f"{s.user}#{len(s.conns)}@{n.name}")
+        s.conns.append(c)
+        s.node = n
+        for r in sorted(s.rooms - {s.url_room}):
+            js = await c.join(r, since=s.since(r))
+            if js.get("type") != "presence_state":
+                raise TestFailure(f"{c.label}: rejoin {r} answered {js}")
+        trace.append(f"connect {s.user}->{n.name} since={since}")
+
+    for s in sims:
+        await connect(s)
+    steps = rng.randint(35, 50)
+    kills = 0
+    for step in range(steps):
+        op = rng.choices(["pub", "join", "leave", "reconnect", "kill", "restart", "sleep"],
+                         [5, 2, 1.5, 1.5, 0.6 if kills < 2 else 0, 0.8, 1])[0]
+        s = rng.choice(sims)
+        if op == "pub":
+            r = rng.choice(sorted(s.rooms))
+            for _ in range(rng.randint(1, 8)):
+                msgno[0] += 1
+                mid = f"x{msgno[0]}"
+                s.sent.append((s.conn, mid))
+                try:
+                    await s.conn.send_msg(f"{s.user}:{msgno[0]}", id=mid, room=r)
+                except Exception:
+                    break
+            trace.append(f"pub {s.user} {r}")
+        elif op == "join":
+            free = sorted(set(rooms) - s.rooms)
+            if free and not s.conn.closed:
+                r = rng.choice(free)
+                since = s.since(r)
+                js = await s.conn.join(r, since=since)
+                eq(js.get("type"), "presence_state", f"{s.conn.label}: join {r}")
+                s.rooms.add(r)
+                s.ever.add(r)
+                trace.append(f"join {s.user} {r} since={since}")
+        elif op == "leave":
+            extra = sorted(s.rooms - {s.url_room})
+            if extra and not s.conn.closed:
+                r = rng.choice(extra)
+                await s.conn.send({"type": "leave", "room": r})
+                await s.conn.roundtrip()
+                s.rooms.discard(r)
+                trace.append(f"leave {s.user} {r}")
+        elif op == "reconnect":
+            await s.conn.close()
+            await connect(s)
+        elif op == "kill" and len(alive_nodes()) > 1:
+            victim = rng.choice(alive_nodes())
+            victim.kill9()
+            kills += 1
+            trace.append(f"kill {victim.name}")
+            for t in sims:
+                if t.node is victim:
+                    await t.conn.wait_closed(5)
+                    await connect(t)
+        elif op == "restart":
+            dead = [n for n in nodes if not n.alive()]
+            if dead:
+                harness.wait_port_closed(dead[0].port)
+                dead[0].start()
+                trace.append(f"restart {dead[0].name}")
+        await asyncio.sleep(rng.uniform(0, 0.15) if op != "sleep" else rng.uniform(0.05, 0.3))
+
+    # quiesce: every message sent on a still-open connection is answered
+    for s in sims:
+        c = s.conn
+        mine = [mid for (cc, mid) in s.sent if cc is c]
+        await c.wait_count(lambda f: f["type"] in ("ack", "error") and f.get("id") in mine,
+                           len(mine), 15, "answers")
+    # a marker per room from a fresh client; every member must reach it
+    marker = {}
+    for r in rooms:
+        fin = await Client.connect(rng.choice(alive_nodes()), r, token("fin"))
+        await fin.send_msg("marker", id=f"marker-{r}")
+        a = await fin.wait_for(lambda f: f["type"] == "ack", 10, what="marker ack")
+        marker[r] = a["seq"]
+        await fin.close()
+    for s in sims:
+        for r in s.rooms:
+            await s.conn.wait_for(lambda f: f["type"] == "message" and f.get("room") == r
+                                  and f["seq"] >= marker[r], 10, what=f"marker of {r}")
+    await asyncio.sleep(0.3)
+
+    content = {}
+    for s in sims:
+        for c in s.conns:
+            errs = c.errors()
+            check(not errs, f"{c.label}: error frames {errs[:3]}")
+            for m in c.messages():
+                key = (m["room"], m["seq"])
+                v = (m.get("id"), m.get("user"), m.get("body"))
+                if key in content and content[key] != v:
+                    raise TestFailure(f"{key} differs between clients: {content[key]} vs {v}")
+                content[key] = v
+        for r in rooms:
+            seqs = s.seqs(r)
+            check(len(seqs) == len(set(seqs)) and contiguous(seqs),
+                  f"{s.user} room {r}: {describe_seq_problem(seqs)}; "
+                  f"trace tail: {trace[-12:]}")
+            if r in s.rooms:
+                check(seqs and seqs[-1] == marker[r], f"{s.user} room {r} ends at "
+                      f"{seqs[-1] if seqs else None}, marker {marker[r]}")
+            if r == s.url_room:
+                check(seqs and seqs[0] == 1, f"{s.user}: URL room {r} stream starts at "
+                      f"{seqs[0] if seqs else None}, not 1; trace tail: {trace[-12:]}")
+    for s in sims:
+        for c in s.conns:
+            for a in c.acks():
+                v = content.get((a["room"], a["seq"]))
+                if v is not None:
+                    eq(v[0], a["id"], f"content at acked seq {a['room']}/{a['seq']}")
+    for r in rooms:
+        seen = sorted(q for (rr, q) in content if rr == r)
+        check(seen == list(range(1, marker[r] + 1)),
+              f"room {r}: seqs seen by some client are not 1..{marker[r]}: "
+              f"{describe_seq_problem(seen)}")

@@ -1,0 +1,209 @@
+"""presence: join/leave exactly once across connections and nodes, leave on
+node death and on missing heartbeats (short TTL: heartbeat 500 ms, TTL
+1500 ms), presence_state after churn, GET /rooms/{r}/presence, and typing
+(reaches the others only, never stored, rate-limited by the default policy)."""
+import asyncio
+import os
+import time
+
+from harness import (Client, TestSkip, ahttp, ahttp_json, check, eq, start_node, token, uniq,
+                     test, PROJECT_SCRIPTS)
+
+HB_MS, TTL_MS, TYPING_MS = 500, 1500, 3000
+ENV = {"CHAT_HEARTBEAT_MS": HB_MS, "CHAT_PRESENCE_TTL_MS": TTL_MS,
+       "CHAT_TYPING_TTL_MS": TYPING_MS}
+# a leave must be announced within TTL + sweep (TTL/6) + this slack
+LEAVE_SLACK = 1.5
+
+
+def pnode(**kw):
+    env = dict(ENV)
+    env.update(kw.pop("env", {}))
+    return start_node(redis=kw.pop("redis", True), env=env, **kw)
+
+
+def pres(room, event, user):
+    return lambda f: (f["type"] == "presence" and f.get("room") == room
+                      and f.get("event") == event and f.get("user") == user)
+
+
+def count(c, pred, start=0):
+    return sum(1 for f in c.frames[start:] if pred(f))
+
+
+async def connect(n, room, user, name=None, **kw):
+    return await Client.connect(n, room, token(user, name), heartbeat=True, user=user, **kw)
+
+
+@test(timeout=45)
+async def join_leave_events_single_node_memory_mode():
+    n = pnode(redis=False)
+    room = uniq()
+    o = await connect(n, room, "obs")
+    u = await connect(n, room, "u1", "User One")
+    f = await o.wait_for(pres(room, "join", "u1"), 3, what="presence join")
+    eq(f.get("name"), "User One", "presence.name")
+    await u.close()
+    await o.wait_for(pres(room, "leave", "u1"), 3, what="presence leave after close")
+    await asyncio.sleep(0.5)
+    eq((count(o, pres(room, "join", "u1")), count(o, pres(room, "leave", "u1"))), (1, 1),
+       "join/leave events")
+
+
+@test(timeout=45, needs=("redis",))
+async def two_connections_of_one_user_on_two_nodes_join_leave_once():
+    a, b = pnode(name="A-" + uniq("")), pnode(name="B-" + uniq(""))
+    room = uniq()
+    oa = await connect(a, room, "obsA")
+    ob = await connect(b, room, "obsB")
+    c1 = await connect(a, room, "u", "You")
+    for o in (oa, ob):
+        f = await o.wait_for(pres(room, "join", "u"), 3, what=f"join of u at {o.label}")
+        eq((f.get("name"), f.get("room")), ("You", room), "presence join fields")
+    c2 = await connect(b, room, "u", "You")
+    await asyncio.sleep(1.5)
+    await c1.close()
+    await asyncio.sleep(TTL_MS / 1000 + 1.0)
+    for o in (oa, ob):
+        eq(count(o, pres(room, "join", "u")), 1, f"joins of u at {o.label} (second connection)")
+        eq(count(o, pres(room, "leave", "u")), 0,
+           f"leaves of u at {o.label} while another connection is live")
+    await c2.close()
+    for o in (oa, ob):
+        await o.wait_for(pres(room, "leave", "u"), TTL_MS / 1000 + LEAVE_SLACK,
+                         what=f"leave of u at {o.label}")
+    await asyncio.sleep(1.5)
+    for o in (oa, ob):
+        eq((count(o, pres(room, "join", "u")), count(o, pres(room, "leave", "u"))), (1, 1),
+           f"join/leave of u at {o.label}")
+
+
+@test(timeout=45, needs=("redis",))
+async def kill9_node_leave_within_ttl():
+    a, b = pnode(name="A-" + uniq("")), pnode(name="B-" + uniq(""))
+    room = uniq()
+    o = await connect(a, room, "obs")
+    u = await connect(b, room, "victim")
+    await o.wait_for(pres(room, "join", "victim"), 3, what="join of victim")
+    b.kill9()
+    t0 = time.monotonic()
+    await o.wait_for(pres(room, "leave", "victim"), TTL_MS / 1000 + LEAVE_SLACK + 0.5,
+                     what="leave of a user whose node was killed")
+    dt = time.monotonic() - t0
+    await asyncio.sleep(1.5)
+    eq(count(o, pres(room, "leave", "victim")), 1, f"leaves of victim (after {dt:.2f}s)")
+    st, js, _ = await ahttp_json(a.port, f"/rooms/{room}/presence", token("obs"))
+    eq(st, 200, "GET presence")
+    users = sorted(x.get("user") for x in js.get("users", []))
+    check("victim" not in users, f"victim still listed after the leave: {users}")
+    del u
+
+
+@test(timeout=45, needs=("redis",))
+async def missing_heartbeats_cause_leave():
+    a, b = pnode(name="A-" + uniq("")), pnode(name="B-" + uniq(""))
+    room = uniq()
+    o = await connect(a, room, "obs")
+    u = await connect(b, room, "quiet")
+    await o.wait_for(pres(room, "join", "quiet"), 3, what="join of quiet")
+    await asyncio.sleep(1.0)
+    eq(count(o, pres(room, "leave", "quiet")), 0, "leave while heartbeating")
+    u.stop_heartbeat()
+    t0 = time.monotonic()
+    await o.wait_for(pres(room, "leave", "quiet"), TTL_MS / 1000 + LEAVE_SLACK,
+                     what="leave after heartbeats stopped")
+    dt = time.monotonic() - t0
+    check(dt >= TTL_MS / 1000 - HB_MS / 1000 - 0.3,
+          f"leave {dt:.2f}s after the last heartbeat, before the TTL ({TTL_MS} ms)")
+    await asyncio.sleep(1.0)
+    eq(count(o, pres(room, "leave", "quiet")), 1, "leaves of quiet")
+
+
+@test(timeout=60, needs=("redis",))
+async def presence_state_and_http_after_churn():
+    a, b = pnode(name="A-" + uniq("")), pnode(name="B-" + uniq(""))
+    nodes = [a, b]
+    room = uniq()
+    live = {}
+    for i in range(6):
+        live[f"u{i}"] = await connect(nodes[i % 2], room, f"u{i}", f"N{i}")
+    await live.pop("u1").close()
+    await live.pop("u2").close()
+    live.pop("u3").abort()                  # TCP drop, no close handshake
+    live["u1"] = await connect(b, room, "u1", "N1")     # back, on the other node
+    extra = await connect(a, room, "u4", "N4")          # second conn of a present user
+    await live.pop("u5").close()
+    await asyncio.sleep(TTL_MS / 1000 + LEAVE_SLACK)
+    want = {("u0", "N0"), ("u1", "N1"), ("u4", "N4")}
+    for n in nodes:
+        z = await connect(n, room, f"z-{n.name}")
+        ps = await z.wait_for(lambda f: f["type"] == "presence_state", 3, what="presence_state")
+        got = {(x.get("user"), x.get("name")) for x in ps.get("users", [])}
+        got.discard((f"z-{n.name}", f"z-{n.name}"))
+        eq(sorted(got), sorted(want), f"presence_state on {n.name} after churn")
+        users = [x.get("user") for x in ps.get("users", [])]
+        eq(len(users), len(set(users)), "presence_state lists a user twice")
+        await z.close()
+    await asyncio.sleep(0.3)
+    for n in nodes:
+        st, js, body = await ahttp_json(n.port, f"/rooms/{room}/presence", token("reader"))
+        eq(st, 200, f"GET /rooms/{room}/presence on {n.name}")
+        eq(js.get("room"), room, "presence.room")
+        got = {(x.get("user"), x.get("name")) for x in js.get("users", [])}
+        got = {g for g in got if not g[0].startswith("z-")}
+        eq(sorted(got), sorted(want), f"GET presence on {n.name}")
+    del extra
+
+
+@test(timeout=30, needs=("redis",))
+async def presence_http_auth():
+    n = pnode()
+    room = uniq()
+    st, _, _ = await ahttp(n.port, f"/rooms/{room}/presence")
+    eq(st, 401, "presence without a token")
+    st, _, _ = await ahttp(n.port, f"/rooms/{room}/presence",
+                           {"Authorization": "Bearer " + token("x", exp_in=-5)})
+    eq(st, 401, "presence with an expired token")
+    st, _, body = await ahttp(n.port, f"/rooms/{room}/presence?token=" + token("x"))
+    eq(st, 200, "presence with ?token=")
+    st, _, _ = await ahttp(n.port, "/rooms/bad!room/presence",
+                           {"Authorization": "Bearer " + token("x")})
+    eq(st, 400, "presence of an invalid room name")
+
+
+@test(timeout=45, needs=("redis", "pg"))
+async def typing_reaches_others_not_stored_rate_limited():
+    if not os.path.exists(os.path.join(PROJECT_SCRIPTS, "policy.lua")):
+        raise AssertionError(f"default policy {PROJECT_SCRIPTS}/policy.lua missing")
+    a = pnode(name="A-" + uniq(""), db=True, scripts=PROJECT_SCRIPTS)
+    b = pnode(name="B-" + uniq(""), db=True, scripts=PROJECT_SCRIPTS)
+    room = uniq()
+    ta = await connect(a, room, "typer", "Typer")
+    ra = await connect(a, room, "ra")
+    rb = await connect(b, room, "rb")
+    is_typing = lambda f: f["type"] == "typing" and f.get("room") == room
+    t0 = time.monotonic()
+    await ta.send({"type": "typing"})
+    for r in (ra, rb):
+        f = await r.wait_for(is_typing, 3, what=f"typing at {r.label}")
+        eq((f.get("user"), f.get("name"), f.get("ttl_ms")), ("typer", "Typer", TYPING_MS),
+           "typing frame fields")
+    e = await ta.error_for({"type": "typing"})
+    eq(e.get("code"), "rate_limited", "second typing within 2 s (default policy)")
+    await asyncio.sleep(0.8)
+    for r in (ra, rb):
+        eq(count(r, is_typing), 1, f"typings at {r.label} after a rate-limited one")
+    eq(count(ta, is_typing), 0, "the sender got its own typing")
+    await asyncio.sleep(max(0, t0 + 2.2 - time.monotonic()))
+    mk = ta.mark()
+    await ta.send({"type": "typing"})
+    await rb.wait_count(is_typing, 2, 3, "second typing after 2 s")
+    await ta.roundtrip()
+    check(not [f for f in ta.frames[mk:] if f["type"] == "error"],
+          f"typing after 2 s refused: {ta.brief(-3)}")
+    await ta.send_msg("real", id="real-1")
+    await ta.wait_for(lambda f: f["type"] == "ack", 10, what="ack")
+    st, js, body = await ahttp_json(a.port, f"/rooms/{room}/messages", token("ra"))
+    eq(st, 200, "history status")
+    eq([(m.get("id"), m.get("body")) for m in js.get("messages", [])], [("real-1", "real")],
+       "history holds the message only (no typing)")
