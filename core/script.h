@@ -39,7 +39,7 @@ typedef struct script_result {
     size_t body_len;
 } script_result;
 
-/* Loads dir/*.lua (main entry: dir/policy.lua, which may require sibling
+/* Loads the .lua files of dir (main entry: dir/policy.lua, which may require sibling
  * modules through the sandboxed loader). NULL + err ("file:line: msg") when
  * the folder does not load. */
 script_host *script_new(const char *dir, const char *node_id, char *err, size_t errlen);

@@ -1,0 +1,129 @@
+/* ratelimit: see ratelimit.h. Chained hash table (FNV-1a) plus an LRU list
+ * (head = most recently used). No allocation on the hot path once a key
+ * exists; one malloc per new key. */
+#include "ratelimit.h"
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct bucket {
+    struct bucket *hnext;        /* hash chain */
+    struct bucket *prev, *next;  /* LRU list */
+    uint32_t hash;
+    double tokens, rate, burst;
+    uint64_t last_ms;
+    size_t klen;
+    char key[];
+} bucket;
+
+struct ratelimit {
+    bucket **tab;
+    size_t nslots;               /* power of two */
+    size_t count, max;
+    bucket *head, *tail;
+    uint64_t evictions;
+};
+
+static uint32_t fnv1a(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 16777619u; }
+    return h;
+}
+
+ratelimit *rl_new(size_t max_keys)
+{
+    if (max_keys < 16) max_keys = 16;
+    ratelimit *rl = calloc(1, sizeof *rl);
+    if (!rl) return NULL;
+    size_t n = 16;
+    while (n < max_keys) n <<= 1;
+    rl->tab = calloc(n, sizeof *rl->tab);
+    if (!rl->tab) { free(rl); return NULL; }
+    rl->nslots = n;
+    rl->max = max_keys;
+    return rl;
+}
+
+void rl_free(ratelimit *rl)
+{
+    if (!rl) return;
+    bucket *b = rl->head;
+    while (b) { bucket *n = b->next; free(b); b = n; }
+    free(rl->tab);
+    free(rl);
+}
+
+size_t rl_count(const ratelimit *rl) { return rl->count; }
+uint64_t rl_evictions(const ratelimit *rl) { return rl->evictions; }
+
+static void lru_unlink(ratelimit *rl, bucket *b)
+{
+    if (b->prev) b->prev->next = b->next; else rl->head = b->next;
+    if (b->next) b->next->prev = b->prev; else rl->tail = b->prev;
+    b->prev = b->next = NULL;
+}
+
+static void lru_push_front(ratelimit *rl, bucket *b)
+{
+    b->prev = NULL;
+    b->next = rl->head;
+    if (rl->head) rl->head->prev = b; else rl->tail = b;
+    rl->head = b;
+}
+
+static void drop(ratelimit *rl, bucket *b)
+{
+    bucket **pp = &rl->tab[b->hash & (rl->nslots - 1)];
+    while (*pp != b) pp = &(*pp)->hnext;
+    *pp = b->hnext;
+    lru_unlink(rl, b);
+    rl->count--;
+    free(b);
+}
+
+static double refilled(const bucket *b, uint64_t now_ms)
+{
+    double t = b->tokens;
+    if (now_ms > b->last_ms) t += (double)(now_ms - b->last_ms) * b->rate / 1000.0;
+    return t > b->burst ? b->burst : t;
+}
+
+int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double burst,
+            uint64_t now_ms)
+{
+    if (!rl || !key || klen == 0 || klen > RL_KEY_MAX || !(rate > 0) || !(burst >= 1))
+        return -1;
+    uint32_t h = fnv1a(key, klen);
+    bucket *b = rl->tab[h & (rl->nslots - 1)];
+    while (b && !(b->hash == h && b->klen == klen && memcmp(b->key, key, klen) == 0))
+        b = b->hnext;
+    if (b) {
+        b->tokens = refilled(b, now_ms);
+        if (now_ms > b->last_ms) b->last_ms = now_ms; /* a clock step back refills nothing */
+        b->rate = rate;
+        if (burst < b->burst && b->tokens > burst) b->tokens = burst;
+        b->burst = burst;
+        if (rl->head != b) { lru_unlink(rl, b); lru_push_front(rl, b); }
+    } else {
+        /* drop up to two idle buckets from the cold end, then make room */
+        for (int i = 0; i < 2 && rl->tail && refilled(rl->tail, now_ms) >= rl->tail->burst; i++)
+            drop(rl, rl->tail);
+        if (rl->count >= rl->max) { drop(rl, rl->tail); rl->evictions++; }
+        b = malloc(sizeof *b + klen);
+        if (!b) return -1;
+        memcpy(b->key, key, klen);
+        b->klen = klen;
+        b->hash = h;
+        b->tokens = burst;
+        b->rate = rate;
+        b->burst = burst;
+        b->last_ms = now_ms;
+        size_t slot = h & (rl->nslots - 1);
+        b->hnext = rl->tab[slot];
+        rl->tab[slot] = b;
+        lru_push_front(rl, b);
+        rl->count++;
+    }
+    if (b->tokens >= 1.0) { b->tokens -= 1.0; return 1; }
+    return 0;
+}

@@ -1,0 +1,24 @@
+/* ratelimit: per-key token buckets for the policy host (chat.ratelimit).
+ * Owns: the bucket table. Buckets live in C, not in a lua_State, so they
+ * survive script reloads. The table is bounded: when full, the least
+ * recently used bucket is evicted, and buckets that have refilled completely
+ * (idle: indistinguishable from a fresh one) are dropped on the way. */
+#ifndef CHATD_RATELIMIT_H
+#define CHATD_RATELIMIT_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ratelimit ratelimit;
+
+#define RL_KEY_MAX 256
+
+ratelimit *rl_new(size_t max_keys);
+void rl_free(ratelimit *rl);
+/* Take one token from bucket `key` (refilled at rate tokens/s up to burst).
+ * Returns 1 allowed, 0 limited, -1 on a bad argument or out of memory. */
+int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double burst,
+            uint64_t now_ms);
+size_t rl_count(const ratelimit *rl);
+uint64_t rl_evictions(const ratelimit *rl);
+
+#endif

@@ -1,0 +1,100 @@
+-- Default room policy of chatd (see docs/scripting.md).
+-- The host calls the on_* hooks below; each returns nil/true to accept,
+-- false, code, reason to refuse, and on_message may return a new body.
+-- Every number in M.config can be overridden with env CHAT_<KEY>.
+local text = require "text"
+local access = require "access"
+
+local M = {}
+
+M.config = {
+  -- timings the core reads (ms)
+  heartbeat_ms = 10000,
+  presence_ttl_ms = 30000,
+  typing_ttl_ms = 5000,
+  max_rooms_per_conn = 32,
+  -- message rules
+  max_body = 4000,          -- characters (UTF-8 code points) after trimming
+  message_rate = 20,        -- messages per second per user ...
+  message_burst = 40,       -- ... with bursts up to this many
+  typing_interval_ms = 2000, -- at most one typing event per user and room per interval
+  -- room access
+  private_prefix = "private-",
+  admin_role = "admin",
+  -- host budgets
+  hook_budget_ms = 50,
+  memory_limit_mb = 64,
+}
+
+local function cfg() return chat.config end
+
+-- Rule: room access by JWT claims (allow-list `rooms`, private-* rooms).
+local function check_room(ctx)
+  local ok, why = access.room_allowed(ctx.claims, ctx.room, cfg())
+  if not ok then return false, "forbidden", why end
+  return true
+end
+
+-- Connect: the URL's room is checked like a join.
+function M.on_connect(ctx)
+  return check_room(ctx)
+end
+
+function M.on_join(ctx)
+  return check_room(ctx)
+end
+
+-- History over HTTP: same access rule as joining the room.
+function M.on_history(ctx)
+  return check_room(ctx)
+end
+
+function M.on_message(ctx, msg)
+  local c = cfg()
+  local body = msg.body
+  -- Rule: no empty or whitespace-only messages.
+  local i, j = text.bounds(body)
+  if not i then return false, "rejected", "empty message" end
+  -- Rule: trim surrounding whitespace (replaces the body when it changes).
+  if i > 1 or j < #body then body = body:sub(i, j) end
+  -- Rule: body length limit, in characters.
+  if not text.within(body, c.max_body) then
+    return false, "rejected", "message too long (max " .. c.max_body .. " characters)"
+  end
+  -- Rule: per-user message rate (token bucket kept by the host).
+  if not chat.ratelimit("msg:" .. ctx.user, c.message_rate, c.message_burst) then
+    return false, "rate_limited", "too many messages, slow down"
+  end
+  if body ~= msg.body then return body end
+end
+
+-- Rule: one typing event per user and room per typing_interval_ms; the core
+-- drops the frame silently when this refuses.
+function M.on_typing(ctx)
+  local c = cfg()
+  local key = "typing:" .. ctx.user .. ":" .. (ctx.room or "")
+  if not chat.ratelimit(key, 1000 / c.typing_interval_ms, 1) then
+    return false, "rate_limited", "typing too often"
+  end
+end
+
+-- Checked by the host before a reload is swapped in.
+function M.selftest()
+  if text.trim("  hi \n") ~= "hi" then return false, "trim" end
+  if text.bounds(" \t\n ") ~= nil then return false, "bounds" end
+  if text.ulen("h\195\169llo") ~= 5 then return false, "ulen" end
+  local c = { private_prefix = "private-", admin_role = "admin" }
+  if not access.room_allowed({}, "lobby", c) then return false, "public room" end
+  if access.room_allowed({}, "private-x", c) then return false, "private room" end
+  if not access.room_allowed({ role = "admin" }, "private-x", c) then return false, "admin" end
+  if access.room_allowed({ rooms = { "a" } }, "b", c) then return false, "allow-list" end
+  if not access.room_allowed({ rooms = { "team-*" } }, "team-1", c) then return false, "wildcard" end
+  for _, k in ipairs({ "max_body", "message_rate", "message_burst", "typing_interval_ms" }) do
+    if type(chat.config[k]) ~= "number" or chat.config[k] <= 0 then
+      return false, "config." .. k .. " must be a positive number"
+    end
+  end
+  return true
+end
+
+return M

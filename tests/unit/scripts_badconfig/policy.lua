@@ -1,0 +1,2 @@
+-- fixture: config of the wrong type
+return { config = { heartbeat_ms = "soon" } }

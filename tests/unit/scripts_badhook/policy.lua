@@ -1,0 +1,2 @@
+-- fixture: a hook that is not a function
+return { on_message = "yes" }

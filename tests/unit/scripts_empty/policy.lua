@@ -1,0 +1,2 @@
+-- fixture: no hooks at all
+return {}

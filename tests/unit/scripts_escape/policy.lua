@@ -1,0 +1,3 @@
+-- fixture: require outside the folder
+local m = require "../scripts_hooks/policy"
+return m

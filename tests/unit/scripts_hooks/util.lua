@@ -1,0 +1,4 @@
+-- sibling module, loaded through the sandboxed require
+local U = {}
+function U.shout(s) return s:upper() .. "!" end
+return U

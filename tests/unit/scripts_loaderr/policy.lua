@@ -1,0 +1,3 @@
+-- fixture: runtime error at load
+error("bad at load")
+return {}

@@ -1,0 +1,3 @@
+-- fixture: chat.ratelimit is not allowed at load time
+chat.ratelimit("x", 1, 1)
+return {}

@@ -1,0 +1,2 @@
+-- fixture: does not return a table
+return 42

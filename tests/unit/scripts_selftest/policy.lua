@@ -1,0 +1,2 @@
+-- fixture: failing selftest
+return { selftest = function() return false, "nope" end }

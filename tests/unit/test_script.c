@@ -1,0 +1,472 @@
+/* test_script: the LuaJIT policy host against real LuaJIT and the fixture
+ * folders tests/unit/scripts_* (run from the repo root): hook verdicts,
+ * config and env overrides, reload (ok and every failure kind), budgets
+ * (runaway loops, memory bombs) and sandbox escapes; then the default
+ * policy in scripts/. */
+#define _GNU_SOURCE
+#include "log.h"
+#include "metrics.h"
+#include "script.h"
+#include "util.h"
+#include <dirent.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int fails, checks;
+#define CHECK(c) do { checks++; if (!(c)) { fails++; \
+    fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #c); } } while (0)
+#define CHECKS(a, b) do { const char *a_ = (a), *b_ = (b); checks++; \
+    if (!a_ || !b_ || strcmp(a_, b_) != 0) { fails++; \
+    fprintf(stderr, "FAIL %s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__, a_ ? a_ : "(null)", b_); } } while (0)
+#define CHECKP(a, pre) do { const char *a_ = (a); checks++; \
+    if (!a_ || strncmp(a_, pre, strlen(pre)) != 0) { fails++; \
+    fprintf(stderr, "FAIL %s:%d: \"%s\" does not start with \"%s\"\n", __FILE__, __LINE__, a_ ? a_ : "(null)", pre); } } while (0)
+#define CHECKC(a, sub) do { const char *a_ = (a); checks++; \
+    if (!a_ || !strstr(a_, sub)) { fails++; \
+    fprintf(stderr, "FAIL %s:%d: \"%s\" does not contain \"%s\"\n", __FILE__, __LINE__, a_ ? a_ : "(null)", sub); } } while (0)
+
+static script_ctx ctx_for(const char *room)
+{
+    script_ctx c = {.user = "u1", .name = "User One",
+                    .claims_json = "{\"sub\":\"u1\",\"role\":\"admin\",\"rooms\":[\"a\",\"b\"]}",
+                    .room = room, .node = "node-a", .now_ms = 1700000000000ull};
+    return c;
+}
+
+/* on_message with body; returns a static copy of the outcome as text:
+ * "accept", "replace:<body>" or "reject:<code>:<reason>" */
+static const char *msg(script_host *h, const char *body)
+{
+    static char out[600];
+    script_ctx c = ctx_for("lobby");
+    script_result r;
+    script_verdict v = script_on_message(h, &c, body, strlen(body), "id1", &r);
+    if (v == SCRIPT_ACCEPT) snprintf(out, sizeof out, "accept");
+    else if (v == SCRIPT_REPLACE) snprintf(out, sizeof out, "replace:%.*s", (int)r.body_len, r.body);
+    else snprintf(out, sizeof out, "reject:%s:%s", r.code, r.reason);
+    script_result_clear(&r);
+    return out;
+}
+
+static const char *room_verdict(script_host *h,
+                                script_verdict (*fn)(script_host *, const script_ctx *, script_result *),
+                                const char *room)
+{
+    static char out[400];
+    script_ctx c = ctx_for(room);
+    script_result r;
+    script_verdict v = fn(h, &c, &r);
+    if (v == SCRIPT_ACCEPT) snprintf(out, sizeof out, "accept");
+    else if (v == SCRIPT_REPLACE) snprintf(out, sizeof out, "replace");
+    else snprintf(out, sizeof out, "reject:%s:%s", r.code, r.reason);
+    script_result_clear(&r);
+    return out;
+}
+
+static uint64_t counter(const char *name, const char *labels)
+{
+    return metrics_counter(name, NULL, labels)->v;
+}
+
+/* copy every file of fixture folder `from` into `to` (emptied first) */
+static void load_fixture(const char *to, const char *from)
+{
+    DIR *d = opendir(to);
+    struct dirent *e;
+    char p[512], q[512];
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", to, e->d_name);
+        unlink(p);
+    }
+    if (d) closedir(d);
+    d = opendir(from);
+    if (!d) { fprintf(stderr, "no fixture %s\n", from); exit(1); }
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", from, e->d_name);
+        snprintf(q, sizeof q, "%s/%s", to, e->d_name);
+        FILE *in = fopen(p, "rb"), *out = fopen(q, "wb");
+        if (!in || !out) { fprintf(stderr, "copy %s failed\n", p); exit(1); }
+        char buf[8192];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, out);
+        fclose(in);
+        fclose(out);
+    }
+    closedir(d);
+}
+
+static void test_hooks(void)
+{
+    char err[512] = "";
+    script_host *h = script_new("tests/unit/scripts_hooks", "node-a", err, sizeof err);
+    CHECK(h != NULL);
+    if (!h) { fprintf(stderr, "load: %s\n", err); return; }
+    CHECK(script_version(h) == 1);
+
+    /* every validation hook: accept / reject with code+reason / default code */
+    script_verdict (*fns[])(script_host *, const script_ctx *, script_result *) = {
+        script_on_connect, script_on_join, script_on_typing, script_on_history};
+    for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+        CHECKS(room_verdict(h, fns[i], "lobby"), "accept");
+        CHECKS(room_verdict(h, fns[i], "deny"), "reject:forbidden:no entry");
+        CHECKS(room_verdict(h, fns[i], "deny-default"), "reject:rejected:refused by policy");
+        CHECKS(room_verdict(h, fns[i], "boom"), "reject:script_error:policy script failed");
+        CHECKS(room_verdict(h, fns[i], "bad-return"), "reject:script_error:policy script failed");
+        CHECKS(room_verdict(h, fns[i], "string-return"), "reject:script_error:policy script failed");
+    }
+    /* presence: event/user/name passed; REJECT suppresses */
+    script_ctx c = ctx_for("lobby");
+    script_result r;
+    CHECK(script_on_presence(h, &c, "join", "u2", "Name of u2", &r) == SCRIPT_ACCEPT);
+    script_result_clear(&r);
+    CHECK(script_on_presence(h, &c, "leave", "ghost", "Name of ghost", &r) == SCRIPT_REJECT);
+    CHECKS(r.code, "suppressed");
+    script_result_clear(&r);
+    CHECK(script_on_presence(h, &c, "join", "u2", "wrong", &r) == SCRIPT_REJECT);
+    CHECKS(r.code, "bad_name");
+    script_result_clear(&r);
+    /* a NULL result pointer is allowed */
+    CHECK(script_on_join(h, &c, NULL) == SCRIPT_ACCEPT);
+
+    /* on_message: replace, reject, accept, same body -> accept */
+    CHECKS(msg(h, "replace"), "replace:replaced:id1");
+    CHECKS(msg(h, "reject"), "reject:rejected:nope");
+    CHECKS(msg(h, "reject-weird"), "reject:ratelimited:line1");
+    CHECKS(msg(h, "same"), "accept");
+    CHECKS(msg(h, "true"), "accept");
+    CHECKS(msg(h, "anything"), "accept");
+    CHECKS(msg(h, "util"), "replace:X!");
+    CHECKS(msg(h, "json"), "replace:{\"a\":3}");
+    CHECKS(msg(h, "claims"),
+           "replace:role=admin n=2 node=node-a now=1700000000000 name=User One room=lobby chatnow=1700000000000");
+    /* message id may be NULL */
+    script_verdict v = script_on_message(h, &c, "replace", 7, NULL, &r);
+    CHECK(v == SCRIPT_REPLACE && r.body && strcmp(r.body, "replaced:noid") == 0);
+    script_result_clear(&r);
+
+    /* errors are counted per hook */
+    uint64_t e0 = counter("chat_script_errors_total", "hook=\"on_message\"");
+    CHECKS(msg(h, "error"), "reject:script_error:policy script failed");
+    CHECK(counter("chat_script_errors_total", "hook=\"on_message\"") == e0 + 1);
+    CHECKS(msg(h, "config-write"), "reject:script_error:policy script failed");
+
+    /* notification hooks: errors logged + counted, never a verdict */
+    uint64_t l0 = counter("chat_script_errors_total", "hook=\"on_leave\"");
+    script_ctx cb = ctx_for("boom"), cl = ctx_for("lobby"), crl = ctx_for("rl");
+    script_on_leave(h, &cl);
+    script_on_leave(h, &cb);
+    script_on_leave(h, &crl);   /* chat.ratelimit is not allowed in on_leave */
+    CHECK(counter("chat_script_errors_total", "hook=\"on_leave\"") == l0 + 2);
+    script_ctx cloop = ctx_for("loop");
+    script_on_disconnect(h, &cl);
+    uint64_t t0 = mono_ns();
+    script_on_disconnect(h, &cloop);
+    CHECK(mono_ns() - t0 < 500000000ull);
+    CHECKS(msg(h, "counts"), "replace:leaves=3 disconnects=2");
+
+    /* chat.ratelimit: 2 burst at 1/s with a frozen clock */
+    CHECKS(msg(h, "rl"), "replace:true");
+    CHECKS(msg(h, "rl"), "replace:true");
+    CHECKS(msg(h, "rl"), "replace:false");
+    /* buckets survive a reload of the same folder */
+    CHECK(script_reload(h, err, sizeof err) == 0);
+    CHECK(script_version(h) == 2);
+    CHECKS(msg(h, "rl"), "replace:false");
+    c.now_ms += 1000;           /* one token back after 1 s */
+    v = script_on_message(h, &c, "rl", 2, NULL, &r);
+    CHECK(v == SCRIPT_REPLACE && r.body && strcmp(r.body, "true") == 0);
+    script_result_clear(&r);
+
+    /* histogram observed per hook */
+    metric_hist *hm = metrics_histogram("chat_script_hook_duration_seconds", NULL,
+                                        "hook=\"on_message\"", NULL, 0);
+    CHECK(metric_hist_count(hm) > 10);
+    script_free(h);
+}
+
+static void test_config_env(void)
+{
+    char err[512] = "";
+    setenv("CHAT_MAX_BODY", "7", 1);
+    setenv("CHAT_GREETING", "yo", 1);
+    setenv("CHAT_FLAG", "true", 1);
+    setenv("CHAT_TYPING_TTL_MS", "1234", 1);
+    script_host *h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    CHECK(h != NULL);
+    if (h) {
+        CHECK(script_setting(h, "max_body", 1) == 7);
+        CHECK(script_setting(h, "heartbeat_ms", 1) == 10000);
+        CHECK(script_setting(h, "typing_ttl_ms", 5000) == 1234);   /* env only */
+        CHECK(script_setting(h, "presence_ttl_ms", 30000) == 30000); /* default */
+        CHECKS(msg(h, "config"), "replace:greeting=yo max_body=7 flag=true");
+        script_free(h);
+    }
+    unsetenv("CHAT_GREETING");
+    unsetenv("CHAT_FLAG");
+    unsetenv("CHAT_TYPING_TTL_MS");
+    setenv("CHAT_MAX_BODY", "lots", 1);
+    h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    CHECK(h == NULL);
+    CHECKC(err, "CHAT_MAX_BODY=\"lots\": not a number");
+    script_free(h);
+    setenv("CHAT_MAX_BODY", "-3", 1);
+    h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    CHECK(h == NULL);
+    CHECKC(err, "config.max_body must be a positive integer");
+    script_free(h);
+    unsetenv("CHAT_MAX_BODY");
+}
+
+static void test_reload(void)
+{
+    char dir[] = "/tmp/test_script_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    load_fixture(dir, "tests/unit/scripts_hooks");
+    char err[512] = "";
+    script_host *h = script_new(dir, "n", err, sizeof err);
+    CHECK(h != NULL);
+    if (!h) return;
+    uint64_t ok0 = counter("chat_script_reloads_total", "result=\"ok\"");
+    uint64_t er0 = counter("chat_script_reloads_total", "result=\"error\"");
+    static const struct { const char *fixture, *err; } bad[] = {
+        {"tests/unit/scripts_syntax", "policy.lua:3:"},
+        {"tests/unit/scripts_loaderr", "policy.lua:2: bad at load"},
+        {"tests/unit/scripts_badhook", "policy.lua: M.on_message must be a function (got string)"},
+        {"tests/unit/scripts_selftest", "policy.lua: selftest failed: nope"},
+        {"tests/unit/scripts_notable", "policy.lua: must return a table (got number)"},
+        {"tests/unit/scripts_badconfig", "policy.lua: config.heartbeat_ms must be a positive integer"},
+        {"tests/unit/scripts_loadrl", "policy.lua:2: chat.ratelimit is not allowed at load time"},
+        {"tests/unit/scripts_escape", "policy.lua:2: require \"../scripts_hooks/policy\": only modules"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        load_fixture(dir, bad[i].fixture);
+        err[0] = 0;
+        CHECK(script_reload(h, err, sizeof err) == -1);
+        CHECKP(err, bad[i].err);
+        CHECK(script_version(h) == 1);
+        CHECKS(msg(h, "replace"), "replace:replaced:id1");   /* old policy still live */
+        CHECK(counter("chat_script_reloads_total", "result=\"error\"") == er0 + i + 1);
+    }
+    CHECK(counter("chat_script_reloads_total", "result=\"ok\"") == ok0);
+    load_fixture(dir, "tests/unit/scripts_v2");
+    CHECK(script_reload(h, err, sizeof err) == 0);
+    CHECK(script_version(h) == 2);
+    CHECKS(msg(h, "replace"), "replace:v2:replace");
+    CHECK(script_setting(h, "heartbeat_ms", 1) == 2000);
+    CHECK(counter("chat_script_reloads_total", "result=\"ok\"") == ok0 + 1);
+    /* a policy without hooks accepts everything */
+    load_fixture(dir, "tests/unit/scripts_empty");
+    CHECK(script_reload(h, err, sizeof err) == 0);
+    CHECK(script_version(h) == 3);
+    CHECKS(msg(h, "reject"), "accept");
+    CHECKS(room_verdict(h, script_on_join, "deny"), "accept");
+    script_free(h);
+    /* script_new on a broken folder fails with the message */
+    h = script_new("tests/unit/scripts_syntax", "n", err, sizeof err);
+    CHECK(h == NULL);
+    CHECKP(err, "policy.lua:3:");
+    h = script_new("/nonexistent/folder", "n", err, sizeof err);
+    CHECK(h == NULL);
+    CHECKC(err, "no policy.lua in the scripts folder");
+    load_fixture(dir, "tests/unit/scripts_empty");   /* leaves one file */
+    char p[600];
+    snprintf(p, sizeof p, "%s/policy.lua", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
+static void test_budgets(void)
+{
+    char err[512] = "";
+    script_host *h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    CHECK(h != NULL);
+    if (!h) return;
+    static const char *const runaway[] = {"loop", "pcall-loop", "xpcall-loop"};
+    for (size_t i = 0; i < 3; i++) {
+        uint64_t t0 = mono_ns();
+        CHECKS(msg(h, runaway[i]), "reject:script_error:policy script too slow");
+        double ms = (double)(mono_ns() - t0) / 1e6;
+        fprintf(stderr, "  %s stopped after %.1f ms (budget 50 ms)\n", runaway[i], ms);
+        CHECK(ms >= 49 && ms < 150);
+        CHECKS(msg(h, "replace"), "replace:replaced:id1");     /* same state still works */
+    }
+    uint64_t t0 = mono_ns();
+    CHECKS(room_verdict(h, script_on_join, "loop"), "reject:script_error:policy script too slow");
+    CHECK(mono_ns() - t0 < 150000000ull);
+    static const char *const bombs[] = {"bomb", "pcall-bomb"};
+    for (size_t i = 0; i < 2; i++) {
+        uint64_t v0 = script_version(h);
+        t0 = mono_ns();
+        CHECKS(msg(h, bombs[i]), "reject:script_error:policy script failed");
+        fprintf(stderr, "  %s stopped after %.1f ms (limit 32 MiB), version %llu -> %llu\n", bombs[i],
+                (double)(mono_ns() - t0) / 1e6, (unsigned long long)v0,
+                (unsigned long long)script_version(h));
+        CHECKS(msg(h, "replace"), "replace:replaced:id1");
+        CHECKS(msg(h, "util"), "replace:X!");
+    }
+    CHECK(metrics_gauge("chat_script_memory_bytes", NULL, NULL)->v < 16.0 * 1048576);
+    script_free(h);
+}
+
+/* bytecode of "return 1" made by a separate, unsandboxed state */
+static char *bytecode(size_t *len)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    if (luaL_dostring(L, "return string.dump(function() return os.getenv('HOME') end)") != 0) {
+        lua_close(L);
+        return NULL;
+    }
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    char *out = malloc(n + 5);
+    memcpy(out, "eval:", 5);
+    memcpy(out + 5, s, n);
+    *len = n + 5;
+    lua_close(L);
+    return out;
+}
+
+static void test_sandbox(void)
+{
+    char err[512] = "";
+    script_host *h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    CHECK(h != NULL);
+    if (!h) return;
+    static const struct { const char *code, *want; } t[] = {
+        {"eval:return os.execute", "replace:ok:nil"},
+        {"eval:return os.execute('touch /tmp/pwned')", "replace:err:"},
+        {"eval:return io", "replace:ok:nil"},
+        {"eval:return io.open('/etc/passwd')", "replace:err:"},
+        {"eval:return require('os')", "replace:err:"},
+        {"eval:return require('io')", "replace:err:"},
+        {"eval:return require('ffi')", "replace:err:"},
+        {"eval:return require('jit')", "replace:err:"},
+        {"eval:return require('../scripts_v2/policy')", "replace:err:"},
+        {"eval:return require('/etc/passwd')", "replace:err:"},
+        {"eval:return debug", "replace:ok:nil"},
+        {"eval:return debug.getinfo(1)", "replace:err:"},
+        {"eval:return ffi", "replace:ok:nil"},
+        {"eval:return jit", "replace:ok:nil"},
+        {"eval:return package", "replace:ok:nil"},
+        {"eval:return package.loadlib('libc.so.6', 'system')", "replace:err:"},
+        {"eval:return loadfile", "replace:ok:nil"},
+        {"eval:return dofile", "replace:ok:nil"},
+        {"eval:return getfenv", "replace:ok:nil"},
+        {"eval:return setfenv", "replace:ok:nil"},
+        {"eval:return collectgarbage", "replace:ok:nil"},
+        {"eval:return newproxy", "replace:ok:nil"},
+        {"eval:return module", "replace:ok:nil"},
+        {"eval:return string.dump", "replace:ok:nil"},
+        {"eval:return ('').dump", "replace:ok:nil"},
+        {"eval:return getmetatable('')", "replace:ok:false"},
+        {"eval:return getmetatable('').__index", "replace:err:"},
+        {"eval:return os.getenv", "replace:ok:nil"},
+        {"eval:return os.exit", "replace:ok:nil"},
+        {"eval:return os.remove", "replace:ok:nil"},
+        {"eval:return rawget(_G, 'io')", "replace:ok:nil"},
+        {"eval:return _G == _G._G", "replace:ok:true"},
+        {"eval:return load('\\27LJ\\2 x')", "replace:ok:nil"},
+        {"eval:return type(os.time())", "replace:ok:number"},
+        {"eval:return string.format('%d', math.floor(2.5))", "replace:ok:2"},
+        {"eval:return chat.config.max_body", "replace:ok:100"},
+        {"eval:return chat.json.decode('{\"a\":5}').a", "replace:ok:5"},
+        {"eval:return require('cjson').encode({1})", "replace:ok:[1]"},
+        {"eval:return select('#', pcall(error))", "replace:ok:2"},
+        {"eval:chat.log('info', 'hello from the sandbox') return 1", "replace:ok:1"},
+        {"eval:chat.log('loud', 'x')", "replace:err:"},
+        {"eval:return chat.ratelimit('', 1, 1)", "replace:err:"},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        const char *got = msg(h, t[i].code);
+        checks++;
+        if (strncmp(got, t[i].want, strlen(t[i].want)) != 0) {
+            fails++;
+            fprintf(stderr, "FAIL sandbox %s -> %s (want %s...)\n", t[i].code, got, t[i].want);
+        }
+    }
+    CHECK(access("/tmp/pwned", F_OK) != 0);
+    size_t n;
+    char *bc = bytecode(&n);
+    CHECK(bc != NULL);
+    if (bc) {
+        script_ctx c = ctx_for("lobby");
+        script_result r;
+        CHECK(script_on_message(h, &c, bc, n, NULL, &r) == SCRIPT_REPLACE);
+        CHECKP(r.body, "load-error:");
+        CHECKC(r.body, "binary chunk");
+        script_result_clear(&r);
+        free(bc);
+    }
+    script_free(h);
+}
+
+static void test_default_policy(void)
+{
+    char err[512] = "";
+    script_host *h = script_new("scripts", "n", err, sizeof err);
+    CHECK(h != NULL);
+    if (!h) { fprintf(stderr, "default policy: %s\n", err); return; }
+    CHECK(script_setting(h, "heartbeat_ms", 0) == 10000);
+    CHECK(script_setting(h, "presence_ttl_ms", 0) == 30000);
+    CHECK(script_setting(h, "typing_ttl_ms", 0) == 5000);
+    CHECK(script_setting(h, "max_rooms_per_conn", 0) == 32);
+    CHECK(script_setting(h, "max_body", 0) == 4000);
+    CHECKS(msg(h, "  hello  "), "replace:hello");
+    CHECKS(msg(h, "hello"), "accept");
+    CHECKS(msg(h, " \t\n "), "reject:rejected:empty message");
+    CHECKS(msg(h, ""), "reject:rejected:empty message");
+    char big[4002];
+    memset(big, 'x', 4001);
+    big[4001] = 0;
+    CHECKP(msg(h, big), "reject:rejected:message too long");
+    big[4000] = 0;
+    CHECKS(msg(h, big), "accept");
+    /* burst 40 at a frozen clock: 3 messages took a token above */
+    int accepted = 0;
+    for (int i = 0; i < 37; i++)
+        if (strcmp(msg(h, "x"), "accept") == 0) accepted++;
+    CHECK(accepted == 37);
+    CHECKS(msg(h, "x"), "reject:rate_limited:too many messages, slow down");
+    /* typing: once per 2 s per user+room */
+    script_ctx c = ctx_for("lobby");
+    script_result r;
+    CHECK(script_on_typing(h, &c, &r) == SCRIPT_ACCEPT);
+    CHECK(script_on_typing(h, &c, &r) == SCRIPT_REJECT);
+    script_result_clear(&r);
+    c.now_ms += 2000;
+    CHECK(script_on_typing(h, &c, &r) == SCRIPT_ACCEPT);
+    /* rooms claim allow-list / private rooms */
+    CHECKS(room_verdict(h, script_on_join, "a"), "accept");
+    CHECKP(room_verdict(h, script_on_join, "c"), "reject:forbidden:");
+    c = ctx_for("private-x");
+    c.claims_json = "{\"sub\":\"u1\"}";
+    CHECK(script_on_join(h, &c, &r) == SCRIPT_REJECT);
+    CHECKS(r.code, "forbidden");
+    script_result_clear(&r);
+    c.claims_json = "{\"sub\":\"u1\",\"role\":\"admin\"}";
+    CHECK(script_on_connect(h, &c, &r) == SCRIPT_ACCEPT);
+    CHECK(script_on_history(h, &c, &r) == SCRIPT_ACCEPT);
+    script_free(h);
+}
+
+int main(void)
+{
+    log_set_level(LOG_WARN);
+    test_hooks();
+    test_config_env();
+    test_reload();
+    test_budgets();
+    test_sandbox();
+    test_default_policy();
+    metrics_free_all();
+    fprintf(stderr, "test_script: %d checks, %d failures\n", checks, fails);
+    return fails ? 1 : 0;
+}
