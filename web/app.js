@@ -47,7 +47,6 @@ const rooms = new Map(); // name -> room view state
 async function devToken(name) {
   const q = new URLSearchParams({ name });
   if (params.get('ttl')) q.set('ttl', params.get('ttl'));
-  if (me.user) q.set('user', me.user);
   // the serving node first, then the others (a killed node must not stop a refresh)
   const bases = [location.origin, ...NODES.map(httpBaseFromWs)].filter((b, i, a) => a.indexOf(b) === i);
   let lastErr = null;

@@ -7,7 +7,7 @@
 // API and event list: docs/client.md.
 
 const DEFAULTS = {
-  backoffMinMs: 250,        // first retry delay cap (full jitter: a random delay in [0, cap])
+  backoffMinMs: 250,        // first retry delay cap; retry n waits in [cap/2, cap], cap = min * 2^n
   backoffMaxMs: 10000,      // the cap never grows past this
   refreshMarginMs: 30000,   // refresh this long before exp (at most 25 % of the lifetime)
   welcomeTimeoutMs: 10000,  // socket open but no welcome: drop it and retry
@@ -81,7 +81,6 @@ export class ChatdClient {
     this._state = 'idle';
     this._closedByUser = false;
     this._welcome = null;
-    this._sinceFifo = [];     // rooms whose since-recovery may still answer gap_too_large
     this._typingSent = new Map();
     this._timers = { reconnect: null, refresh: null, heartbeat: null, watchdog: null, welcome: null };
     this._lastRx = 0;
@@ -361,7 +360,6 @@ export class ChatdClient {
     this._ws = ws;
     this._welcome = null;
     for (const s of this._rooms.values()) { s.joined = false; s.recovering = null; }
-    this._sinceFifo = st.seq !== null ? [room] : [];
     ws.onopen = () => {
       if (this._ws !== ws) return;
       this._lastRx = Date.now();
@@ -421,8 +419,10 @@ export class ChatdClient {
     clearTimeout(this._timers.reconnect);
     const n = this._attempt++;
     const cap = Math.min(this.opts.backoffMaxMs, this.opts.backoffMinMs * 2 ** n);
-    // full jitter; the first retry after a working connection broke is kept short
-    const delay = Math.round(Math.random() * (fast && n === 0 ? this.opts.backoffMinMs : cap));
+    // "equal jitter": between half the cap and the cap, so that the clients of a crashed node
+    // spread out; the first retry after a working connection broke uses the smallest cap
+    const c = fast && n === 0 ? this.opts.backoffMinMs : cap;
+    const delay = Math.round(c / 2 + Math.random() * (c / 2));
     this._setState('reconnecting', { delayMs: delay });
     this._timers.reconnect = setTimeout(() => {
       this._timers.reconnect = null;
@@ -455,10 +455,7 @@ export class ChatdClient {
   _sendJoin(room) {
     const st = this._roomState(room);
     const f = { type: 'join', room };
-    if (st.seq !== null) {
-      f.since = st.seq;
-      this._sinceFifo.push(room);
-    }
+    if (st.seq !== null) f.since = st.seq;
     this._sendFrame(f);
     st.joined = true; // optimistic: frames for it are accepted from now on
   }
@@ -533,7 +530,6 @@ export class ChatdClient {
     const seq = Number(f.seq);
     if (!Number.isFinite(seq)) return;
     if (f.id && this._outbox.has(f.id)) this._outbox.get(f.id).seq = seq;
-    if (this._sinceFifo.length) this._sinceFifo = this._sinceFifo.filter((r) => r !== f.room);
     if (st.recovering) {
       st.recovering.buffer.push(f);
       return;
@@ -559,7 +555,13 @@ export class ChatdClient {
 
   _onError(f) {
     if (f.code === 'gap_too_large') {
-      const rooms = f.room ? [f.room] : this._sinceFifo.splice(0);
+      // Without a room field the error may concern any joined room (a since= recovery, or
+      // messages a node lost): checking a room that has no gap costs one history request.
+      let rooms = f.room ? [f.room] : [];
+      if (!f.room) {
+        for (const [r, s] of this._rooms) if (s.wanted && s.joined && s.seq !== null) rooms.push(r);
+      }
+      this._emit('error', { ...f, handled: true });
       for (const r of rooms) this._fillGap(r, []);
       return;
     }

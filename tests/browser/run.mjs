@@ -7,7 +7,7 @@
 // exit status 1 when any test failed.
 //
 // Environment: CHATD_BIN (default <repo>/build/chatd), WEB_TEST_NO_PG=1 (no Postgres),
-// WEB_TEST_ONLY=substring (run matching tests), WEB_TEST_EXTERNAL=http://h:p[,http://h:p]
+// WEB_TEST_ONLY=substring (run matching tests), WEB_TEST_WEB_DIR (serve another copy of web/), WEB_TEST_EXTERNAL=http://h:p[,http://h:p]
 // (use running servers with dev tokens instead of starting any; the failover test is skipped).
 
 import { chromium } from 'playwright-core';
@@ -117,7 +117,7 @@ async function startNode(id, port, dbUrl) {
     CHAT_LISTEN: `127.0.0.1:${port}`,
     CHAT_NODE_ID: id,
     CHAT_DEV_TOKENS: '1',
-    CHAT_WEB_DIR: path.join(ROOT, 'web'),
+    CHAT_WEB_DIR: process.env.WEB_TEST_WEB_DIR || path.join(ROOT, 'web'),
     CHAT_SCRIPTS: path.join(ROOT, 'scripts'),
     CHAT_HEARTBEAT_MS: String(TIMING.heartbeat),
     CHAT_PRESENCE_TTL_MS: String(TIMING.presenceTtl),
@@ -461,6 +461,12 @@ test('kill -9 of a node: its tab reconnects to the other node and shows every me
   await xa.page.locator('li.msg', { hasText: 'before the crash' }).waitFor({ timeout: 8000 });
   const before = (await seqs(xa.page, room)).at(-1);
 
+  // a message in flight at the crash: stored or not, the resend with the same id must
+  // make it appear exactly once
+  const lastWords = 'Xavier: last words before the crash';
+  // Xavier's first retry waits 1.5-3 s, so that messages are surely stored while he is away
+  await xa.page.evaluate(() => { window.chatd.client.opts.backoffMinMs = 3000; });
+  await sendViaUi(xa.page, lastWords);
   process.kill(A.entry.proc.pid, 'SIGKILL');
   // Yasmin keeps talking while Xavier is away; Xavier writes too (queued, resent on reconnect)
   const sent = [];
@@ -478,6 +484,7 @@ test('kill -9 of a node: its tab reconnects to the other node and shows every me
   }
   await sendingX;
   await xa.page.locator('#status[data-state="open"]').waitFor({ timeout: 15000 });
+  const reopenedAt = await xa.page.evaluate(() => window.__statuses.filter((s) => s.state === 'open').at(-1).t);
   const node = await xa.page.evaluate(() => window.chatd.client.node);
   assert(node === 'web-b', `Xavier reconnected to ${node}, want web-b`);
   for (const t of sent) await xa.page.locator('li.msg', { hasText: t }).first().waitFor({ timeout: 10000 });
@@ -492,8 +499,14 @@ test('kill -9 of a node: its tab reconnects to the other node and shows every me
     const after = s.filter((v) => v >= before);
     for (let i = 1; i < after.length; i++) assert(after[i] === after[i - 1] + 1, `${who}: hole between seq ${after[i - 1]} and ${after[i]}`);
     const b = await bodies(u.page, room);
-    for (const t of [...sent, xText, 'after recovery']) assert(countOf(b, t) === 1, `${who} shows "${t}" ${countOf(b, t)} times`);
+    for (const t of [...sent, xText, lastWords, 'after recovery']) assert(countOf(b, t) === 1, `${who} shows "${t}" ${countOf(b, t)} times`);
   }
+  await xa.page.locator('li.msg.own[data-state="acked"]', { hasText: lastWords }).waitFor({ timeout: 10000 });
+  // the recovery path really ran: some of Yasmin's messages were stored while Xavier was away
+  const during = await xa.page.evaluate(({ r, at }) => [...window.chatd.rooms.get(r).ol.querySelectorAll('li.msg')]
+    .filter((li) => /during outage/.test(li.textContent) && Date.parse(li.querySelector('time').dateTime) < at).length, { r: room, at: reopenedAt });
+  log(`    (${during} of Yasmin's messages were stored before Xavier was back; they came by since= replay)`);
+  assert(during >= 1, 'no message was sent while Xavier was disconnected: the test did not exercise recovery');
   const stats = await xa.page.evaluate(() => window.chatd.client.stats);
   log(`    (Xavier's client: ${JSON.stringify(stats)})`);
   await shot(xa.page, '09-failover-recovered.png');
