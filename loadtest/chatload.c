@@ -932,7 +932,8 @@ static void check_timeouts(uint64_t now)
     uint64_t lim = (uint64_t)O.handshake_timeout_ms * 1000000ull;
     for (int i = 0; i < W_n; i++) {
         struct conn *c = &W_c[i];
-        if ((c->state == C_CONNECTING || c->state == C_HANDSHAKE) && now - c->t_start > lim)
+        if ((c->state == C_CONNECTING || c->state == C_HANDSHAKE) && now > c->t_start &&
+            now - c->t_start > lim)
             conn_fail(c, &S.failed_timeout);
     }
 }
@@ -1044,6 +1045,13 @@ static void worker_run(void)
                 conn_start(&W_c[started++]);
             if (!ready_sent && ((started == W_n && W_inflight == 0) || now > ramp_deadline)) {
                 uint32_t open = (uint32_t)W_open_now;
+                if (!O.quiet) {
+                    int st[5] = {0};
+                    for (int i = 0; i < W_n; i++)
+                        st[W_c[i].state]++;
+                    fprintf(stderr, "chatload: worker %d ramp: idle %d connecting %d handshake %d open %d done %d (inflight %d)\n",
+                            W_id, st[C_IDLE], st[C_CONNECTING], st[C_HANDSHAKE], st[C_OPEN], st[C_DONE], W_inflight);
+                }
                 send_rec(REC_READY, 0, &open, sizeof open);
                 ready_sent = 1;
                 W_phase = P_WAIT;

@@ -26,6 +26,7 @@ mkdir -p "$RESULTS"
 source "$REPO/tools/services.sh"
 
 lt_cleanup() {
+    set +e
     local p
     for p in "${LT_PIDS[@]}"; do
         kill "$p" 2>/dev/null || true
