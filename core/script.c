@@ -191,7 +191,12 @@ static const char *phase_name(const script_host *h)
     switch (h->op) {
     case OP_LOAD: return "at load time";
     case OP_SELFTEST: return "in selftest";
-    case OP_HOOK: return h->hook >= 0 ? HOOK_NAMES[h->hook] : "here";
+    case OP_HOOK: {
+        static const char *const in_hook[H_N] = {
+            "in on_connect", "in on_join", "in on_leave", "in on_message",
+            "in on_typing", "in on_presence", "in on_history", "in on_disconnect"};
+        return h->hook >= 0 ? in_hook[h->hook] : "here";
+    }
     default: return "here";
     }
 }

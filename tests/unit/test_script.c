@@ -300,14 +300,22 @@ static void test_budgets(void)
     uint64_t t0 = mono_ns();
     CHECKS(room_verdict(h, script_on_join, "loop"), "reject:script_error:policy script too slow");
     CHECK(mono_ns() - t0 < 150000000ull);
+    script_free(h);
+    /* memory bombs, with a 5 s time budget so only the memory cap can stop them */
+    setenv("CHAT_HOOK_BUDGET_MS", "5000", 1);
+    h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    unsetenv("CHAT_HOOK_BUDGET_MS");
+    CHECK(h != NULL);
+    if (!h) return;
     static const char *const bombs[] = {"bomb", "pcall-bomb"};
     for (size_t i = 0; i < 2; i++) {
         uint64_t v0 = script_version(h);
         t0 = mono_ns();
         CHECKS(msg(h, bombs[i]), "reject:script_error:policy script failed");
+        double ms = (double)(mono_ns() - t0) / 1e6;
         fprintf(stderr, "  %s stopped after %.1f ms (limit 32 MiB), version %llu -> %llu\n", bombs[i],
-                (double)(mono_ns() - t0) / 1e6, (unsigned long long)v0,
-                (unsigned long long)script_version(h));
+                ms, (unsigned long long)v0, (unsigned long long)script_version(h));
+        CHECK(ms < 2000);
         CHECKS(msg(h, "replace"), "replace:replaced:id1");
         CHECKS(msg(h, "util"), "replace:X!");
     }
@@ -383,6 +391,10 @@ static void test_sandbox(void)
         {"eval:chat.log('info', 'hello from the sandbox') return 1", "replace:ok:1"},
         {"eval:chat.log('loud', 'x')", "replace:err:"},
         {"eval:return chat.ratelimit('', 1, 1)", "replace:err:"},
+        /* memory trips cannot be caught by the script's pcall */
+        {"eval:return #string.rep('x', 2^30)", "reject:script_error:policy script failed"},
+        {"eval:return #table.concat({string.rep('x', 2^24), string.rep('y', 2^24)})",
+         "reject:script_error:policy script failed"},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         const char *got = msg(h, t[i].code);
