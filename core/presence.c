@@ -236,14 +236,12 @@ static void leave_busy(presence *p)
 
 /* ---- the per-tick flush ---- */
 
-typedef struct fop { const char *room; pstore_op op; } fop;
-
-static int fop_cmp(const void *a, const void *b)
+static int op_cmp(const void *a, const void *b)
 {
-    const fop *x = a, *y = b;
+    const pstore_op *x = a, *y = b;
     int c = strcmp(x->room, y->room);
     if (c) return c;
-    return (x->op.op == 'r') - (y->op.op == 'r');   /* upserts first */
+    return (x->op == 'r') - (y->op == 'r');   /* upserts first */
 }
 
 static void flush_lists(presence *p)
@@ -280,7 +278,7 @@ static void flush_cb(uv_timer_t *t)
     size_t nrm = p->nrm;
     p->rm = NULL;
     p->nrm = p->caprm = 0;
-    fop *ops = malloc((n + nrm + 1) * sizeof *ops);
+    pstore_op *ops = malloc((n + nrm + 1) * sizeof *ops);
     if (!ops) {
         LOGE(MOD, "out of memory in flush");
         free_removes(rm, nrm);
@@ -293,21 +291,14 @@ static void flush_cb(uv_timer_t *t)
         lentry *e = p->dirty;
         dirty_del(p, e);
         e->sent = 1;
-        ops[k++] = (fop){ e->room, { 'u', e->member, e->user, e->name } };
+        ops[k++] = (pstore_op){ e->room, 'u', e->member, e->user, e->name };
     }
     for (size_t i = 0; i < nrm; i++)
-        ops[k++] = (fop){ rm[i].room, { 'r', rm[i].member, rm[i].user, rm[i].name } };
-    qsort(ops, k, sizeof *ops, fop_cmp);
+        ops[k++] = (pstore_op){ rm[i].room, 'r', rm[i].member, rm[i].user, rm[i].name };
+    qsort(ops, k, sizeof *ops, op_cmp);
     metric_add(M.writes, n);
-    pstore_op *run = malloc((k + 1) * sizeof *run);
-    for (size_t i = 0; run && i < k && !p->freeing;) {
-        size_t j = i, m = 0;
-        while (j < k && strcmp(ops[j].room, ops[i].room) == 0) run[m++] = ops[j++].op;
-        if (p->store->vt->apply(p->store, ops[i].room, run, m) < 0)
-            LOGW(MOD, "presence batch for %s not sent", ops[i].room);
-        i = j;
-    }
-    free(run);
+    if (k && p->store->vt->apply(p->store, ops, k) < 0)
+        LOGW(MOD, "presence batch of %zu ops not sent", k);
     free(ops);
     /* Remove strings were referenced by ops; entries removed during the
      * transition callbacks moved theirs into p->rm (kept). */

@@ -74,7 +74,7 @@ static void room_drop_if_empty(const char *room, mroom *r)
     }
 }
 
-static int mem_apply(pstore *s, const char *room, const pstore_op *ops, size_t n)
+static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, size_t n)
 {
     mroom *r = pmap_get(&g_mem.rooms, room);
     if (!r) {
@@ -112,6 +112,17 @@ static int mem_apply(pstore *s, const char *room, const pstore_op *ops, size_t n
         }
     }
     room_drop_if_empty(room, r);
+    return 0;
+}
+
+static int mem_apply(pstore *s, const pstore_op *ops, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && strcmp(ops[j].room, ops[i].room) == 0) j++;
+        mem_apply_room(s, ops[i].room, ops + i, j - i);
+        i = j;
+    }
     return 0;
 }
 

@@ -3,8 +3,10 @@
  * Keys per room (hash tag = room): chat:{room}:presence:conns (zset member
  * "<node>|<conn_id>|<user>" -> expiry ms), chat:{room}:presence:users (hash
  * user -> live entry count), chat:{room}:presence:names (hash user -> name);
- * plus one global index chat:presence:rooms (zset room -> earliest expiry of
- * its entries) so every node's sweeper finds rooms of dead nodes. Every
+ * plus one global index chat:presence:rooms (zset room -> a time no later
+ * than the earliest expiry of its entries: new entries lower it, refreshes
+ * and removes leave it, the sweep resets it exactly) so every node's sweeper
+ * finds rooms of dead nodes and a heartbeat costs one ZADD. Every
  * change is one of two Lua scripts, so the count and the transition it
  * implies are decided atomically in Redis; expiry uses Redis TIME (no node
  * clock skew). Scripts are loaded on every connect and called by SHA; a
@@ -28,39 +30,48 @@
 #define MOD "presence"
 #define INDEX_KEY "chat:presence:rooms"
 #define SWEEP_MAX_ROOMS "256"
+#define APPLY_CHUNK 512
 #define CONNECT_TIMEOUT_MS 2000
 #define REPLY_TIMEOUT_MS 5000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
-/* KEYS: conns, users, names, index. ARGV: ttl_ms, room, then groups of
- * op ('u'|'r'), member, user, name. Returns flat {event, user, name, ...}. */
+/* KEYS: index. ARGV: ttl_ms, then groups of room, op ('u'|'r'), member,
+ * user, name (grouped by room, upserts first). Returns flat
+ * {room, event, user, name, ...}. One call carries the ops of many rooms, so
+ * room keys are built here (standalone Redis / one shard, see docs). */
 static const char APPLY_LUA[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local exp = now + tonumber(ARGV[1])\n"
     "local out = {}\n"
-    "for i = 3, #ARGV, 4 do\n"
-    "  local m, u, n = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]\n"
-    "  if ARGV[i] == 'u' then\n"
-    "    if redis.call('ZADD', KEYS[1], exp, m) == 1 then\n"
-    "      if redis.call('HINCRBY', KEYS[2], u, 1) == 1 then\n"
-    "        redis.call('HSET', KEYS[3], u, n)\n"
-    "        out[#out + 1] = 'join'; out[#out + 1] = u; out[#out + 1] = n\n"
+    "local room, ck, uk, nk\n"
+    "for i = 2, #ARGV, 5 do\n"
+    "  if ARGV[i] ~= room then\n"
+    "    room = ARGV[i]\n"
+    "    local p = 'chat:{' .. room .. '}:presence:'\n"
+    "    ck, uk, nk = p .. 'conns', p .. 'users', p .. 'names'\n"
+    "  end\n"
+    "  local m, u, n = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]\n"
+    "  if ARGV[i + 1] == 'u' then\n"
+    "    if redis.call('ZADD', ck, exp, m) == 1 then\n"
+    "      redis.call('ZADD', KEYS[1], 'LT', exp, room)\n"
+    "      if redis.call('HINCRBY', uk, u, 1) == 1 then\n"
+    "        redis.call('HSET', nk, u, n)\n"
+    "        out[#out + 1] = room; out[#out + 1] = 'join'\n"
+    "        out[#out + 1] = u; out[#out + 1] = n\n"
     "      end\n"
     "    end\n"
-    "  elseif redis.call('ZREM', KEYS[1], m) == 1 then\n"
-    "    if redis.call('HINCRBY', KEYS[2], u, -1) <= 0 then\n"
-    "      n = redis.call('HGET', KEYS[3], u) or n\n"
-    "      redis.call('HDEL', KEYS[2], u)\n"
-    "      redis.call('HDEL', KEYS[3], u)\n"
-    "      out[#out + 1] = 'leave'; out[#out + 1] = u; out[#out + 1] = n\n"
+    "  elseif redis.call('ZREM', ck, m) == 1 then\n"
+    "    if redis.call('HINCRBY', uk, u, -1) <= 0 then\n"
+    "      n = redis.call('HGET', nk, u) or n\n"
+    "      redis.call('HDEL', uk, u)\n"
+    "      redis.call('HDEL', nk, u)\n"
+    "      out[#out + 1] = room; out[#out + 1] = 'leave'\n"
+    "      out[#out + 1] = u; out[#out + 1] = n\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "local f = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
-    "if #f == 0 then redis.call('ZREM', KEYS[4], ARGV[2])\n"
-    "else redis.call('ZADD', KEYS[4], f[2], ARGV[2]) end\n"
     "return out\n";
 
 /* KEYS: index. ARGV: max rooms. Expires entries of the rooms whose earliest
@@ -114,9 +125,8 @@ typedef struct rstore {
 /* privdata of an apply call: enough to retry its removes. */
 typedef struct apply_req {
     rstore *s;
-    char room[CHAT_ROOM_MAX + 1];
     size_t nrem;
-    char **rem;   /* member, user pairs */
+    char **rem;   /* room, member, user triples */
 } apply_req;
 
 static void rs_connect(rstore *s);
@@ -315,9 +325,17 @@ static void rs_noscript(rstore *s)
 
 static void apply_req_free(apply_req *q)
 {
-    for (size_t i = 0; i < 2 * q->nrem; i++) free(q->rem[i]);
+    for (size_t i = 0; i < 3 * q->nrem; i++) free(q->rem[i]);
     free(q->rem);
     free(q);
+}
+
+static void apply_retry(apply_req *q)
+{
+    rstore *s = q->s;
+    for (size_t i = 0; i < q->nrem; i++)
+        s->base.sink->retry_remove(s->base.ud, q->rem[3 * i], q->rem[3 * i + 1],
+                                   q->rem[3 * i + 2]);
 }
 
 static void rs_apply_cb(redisAsyncContext *ac, void *r, void *priv)
@@ -327,67 +345,78 @@ static void rs_apply_cb(redisAsyncContext *ac, void *r, void *priv)
     redisReply *rep = r;
     if (!rep) {
         /* connection lost or store freed: the removes may not have run. */
-        if (!s->freeing)
-            for (size_t i = 0; i < q->nrem; i++)
-                s->base.sink->retry_remove(s->base.ud, q->room, q->rem[2 * i], q->rem[2 * i + 1]);
+        if (!s->freeing) apply_retry(q);
         apply_req_free(q);
         return;
     }
     rs_note_reply(s);
     if (reply_is_noscript(rep)) {
-        for (size_t i = 0; i < q->nrem; i++)
-            s->base.sink->retry_remove(s->base.ud, q->room, q->rem[2 * i], q->rem[2 * i + 1]);
+        apply_retry(q);
         rs_noscript(s);
     } else if (rep->type == REDIS_REPLY_ERROR) {
-        LOGE(MOD, "presence apply %s: %s", q->room, rep->str);
+        LOGE(MOD, "presence apply: %s", rep->str);
     } else if (rep->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 2 < rep->elements; i += 3)
-            s->base.sink->transition(s->base.ud, q->room, rep->element[i]->str,
-                                     rep->element[i + 1]->str, rep->element[i + 2]->str);
+        for (size_t i = 0; i + 3 < rep->elements; i += 4)
+            s->base.sink->transition(s->base.ud, rep->element[i]->str, rep->element[i + 1]->str,
+                                     rep->element[i + 2]->str, rep->element[i + 3]->str);
     }
     apply_req_free(q);
 }
 
-static int rs_apply(pstore *b, const char *room, const pstore_op *ops, size_t n)
+/* One EVALSHA for ops[0..n). */
+static int rs_apply_chunk(rstore *s, const pstore_op *ops, size_t n)
 {
-    rstore *s = (rstore *)b;
-    if (!s->connected) return -1;
-    size_t argc = 9 + 4 * n;
+    size_t argc = 5 + 5 * n;
     const char **argv = malloc(argc * sizeof *argv);
-    char keys[3][CHAT_ROOM_MAX + 40];
-    char ttl[16];
     apply_req *q = calloc(1, sizeof *q);
+    char ttl[16];
     if (!argv || !q) { free(argv); free(q); return -1; }
     q->s = s;
-    snprintf(q->room, sizeof q->room, "%s", room);
-    snprintf(keys[0], sizeof keys[0], "chat:{%s}:presence:conns", room);
-    snprintf(keys[1], sizeof keys[1], "chat:{%s}:presence:users", room);
-    snprintf(keys[2], sizeof keys[2], "chat:{%s}:presence:names", room);
-    snprintf(ttl, sizeof ttl, "%u", (unsigned)b->ttl_ms);
-    argv[0] = "EVALSHA"; argv[1] = s->sha_apply; argv[2] = "4";
-    argv[3] = keys[0]; argv[4] = keys[1]; argv[5] = keys[2]; argv[6] = INDEX_KEY;
-    argv[7] = ttl; argv[8] = room;
+    snprintf(ttl, sizeof ttl, "%u", (unsigned)s->base.ttl_ms);
+    argv[0] = "EVALSHA"; argv[1] = s->sha_apply; argv[2] = "1"; argv[3] = INDEX_KEY;
+    argv[4] = ttl;
     size_t nrem = 0;
     for (size_t i = 0; i < n; i++) {
-        argv[9 + 4 * i] = ops[i].op == 'u' ? "u" : "r";
-        argv[10 + 4 * i] = ops[i].member;
-        argv[11 + 4 * i] = ops[i].user;
-        argv[12 + 4 * i] = ops[i].name ? ops[i].name : ops[i].user;
+        const char **a = argv + 5 + 5 * i;
+        a[0] = ops[i].room;
+        a[1] = ops[i].op == 'u' ? "u" : "r";
+        a[2] = ops[i].member;
+        a[3] = ops[i].user;
+        a[4] = ops[i].name ? ops[i].name : ops[i].user;
         if (ops[i].op == 'r') nrem++;
     }
-    if (nrem) {
-        q->rem = calloc(2 * nrem, sizeof *q->rem);
-        if (!q->rem) { free(argv); free(q); return -1; }
-        for (size_t i = 0; i < n; i++) {
-            if (ops[i].op != 'r') continue;
-            q->rem[2 * q->nrem] = strdup(ops[i].member);
-            q->rem[2 * q->nrem + 1] = strdup(ops[i].user);
-            q->nrem++;
-        }
+    if (nrem && !(q->rem = calloc(3 * nrem, sizeof *q->rem))) { free(argv); free(q); return -1; }
+    for (size_t i = 0; nrem && i < n; i++) {
+        if (ops[i].op != 'r') continue;
+        q->rem[3 * q->nrem] = strdup(ops[i].room);
+        q->rem[3 * q->nrem + 1] = strdup(ops[i].member);
+        q->rem[3 * q->nrem + 2] = strdup(ops[i].user);
+        q->nrem++;
     }
     int rc = rs_cmd(s, rs_apply_cb, q, (int)argc, argv, NULL);
     free(argv);
     if (rc < 0) { apply_req_free(q); return -1; }
+    return 0;
+}
+
+/* Chunks keep each script short (Redis runs one script at a time); a chunk
+ * ends at a room boundary when possible so a room's upserts stay before its
+ * removes. */
+static int rs_apply(pstore *b, const pstore_op *ops, size_t n)
+{
+    rstore *s = (rstore *)b;
+    if (!s->connected) return -1;
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i + APPLY_CHUNK < n ? i + APPLY_CHUNK : n;
+        if (j < n) {
+            size_t k = j;
+            while (k > i && strcmp(ops[k].room, ops[k - 1].room) == 0) k--;
+            if (k > i) j = k;
+        }
+        if (rs_apply_chunk(s, ops + i, j - i) < 0) return -1;
+        i = j;
+    }
     return 0;
 }
 

@@ -15,9 +15,10 @@
 #include <uv.h>
 #include "presence.h"
 
-/* An operation on one entry: 'u' upsert (add or refresh, expiry = now+ttl),
- * 'r' remove. member is "<node>|<conn_id>|<user>". */
+/* An operation on one entry of room: 'u' upsert (add or refresh, expiry =
+ * now+ttl), 'r' remove. member is "<node>|<conn_id>|<user>". */
 typedef struct pstore_op {
+    const char *room;
     char op;
     const char *member;
     const char *user;
@@ -39,8 +40,9 @@ typedef struct pstore_sink {
 typedef struct pstore pstore;
 typedef struct pstore_vt {
     int (*ready)(pstore *s);
-    /* Ops of one room, upserts first. 0 sent, -1 not ready (nothing done). */
-    int (*apply)(pstore *s, const char *room, const pstore_op *ops, size_t n);
+    /* Ops grouped by room, upserts before removes within a room (so a user
+     * moving between connections never flickers). 0 sent, -1 not ready. */
+    int (*apply)(pstore *s, const pstore_op *ops, size_t n);
     /* Expire entries of every room (all nodes' entries). */
     void (*sweep)(pstore *s);
     /* 0 queued (list_done later), -1 not ready (list_done not called). */
