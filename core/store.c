@@ -1,0 +1,799 @@
+/* store: see store.h. One libpq connection per store, driven without blocking
+ * from the caller's libuv loop: a uv_poll on PQsocket (re-created when libpq
+ * switches sockets while connecting), one statement in flight at a time.
+ *
+ * Connection life: IDLE (retry timer armed) -> CONNECTING (PQconnectPoll) ->
+ * SETUP (migrations under an advisory lock, then PREPARE of the paging
+ * statements) -> READY. Any error resets to IDLE: the in-flight batch goes
+ * back to the head of the write queue (retried after reconnect, idempotent
+ * thanks to ON CONFLICT DO NOTHING), range queries fail with -1.
+ *
+ * Timers: `wake` flushes batches (batch_ms after the first queued row, or at
+ * once when batch_max rows are queued / when draining) and runs deferred work;
+ * `guard` is the reconnect backoff while IDLE, the connect timeout while
+ * CONNECTING/SETUP and the statement watchdog while READY.
+ *
+ * Re-entrancy: user callbacks may call any store function, store_free too.
+ * Every entry from libuv bumps `depth`; store_free with depth > 0 tears
+ * everything down but leaves the struct to the outermost entry to free. */
+#define _GNU_SOURCE
+#include "store.h"
+#include "store_schema.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "store"
+#define BACKOFF_MIN_MS 100u
+#define BACKOFF_MAX_MS 5000u
+#define CONNECT_TIMEOUT_MS 10000u
+#define STATEMENT_TIMEOUT_MS 30000u
+#define RANGE_QUEUE_MAX 10000u
+#define OID_TEXT 25
+#define OID_INT8 20
+
+enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
+enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_BATCH, OP_RANGE };
+
+/* One queued row; strings live in data[] after the struct. */
+typedef struct wnode {
+    struct wnode *next;
+    store_write_cb cb;
+    void *ud;
+    uint64_t t_enq;             /* mono_ns when queued */
+    const char *val[STORE_INSERT_NCOLS];
+    char seq_txt[24], ts_txt[24];
+    char data[];
+} wnode;
+
+typedef struct rnode {
+    struct rnode *next;
+    store_rows_cb cb;
+    void *ud;
+    int newest;
+    char after[24], before[24], limit[16];
+    char room[];
+} rnode;
+
+typedef struct dnode {
+    struct dnode *next;
+    void (*cb)(void *ud);
+    void *ud;
+} dnode;
+
+struct store {
+    uv_loop_t *loop;
+    char *conninfo;
+    int batch_max, batch_ms;
+    size_t pending_max;
+
+    PGconn *pg;
+    uv_poll_t *poll;
+    int poll_fd, poll_events;
+    uv_timer_t *wake, *guard;
+    uint64_t wake_due;          /* mono ms the wake timer fires at */
+    int wake_armed;
+
+    int state, op;
+    uint64_t op_t0;
+    PGresult *op_res;           /* last tuples result of the current op */
+    int op_failed;
+    long op_rows;               /* rows affected (batch) */
+    char op_err[256];
+    int schema_from;
+
+    wnode *q_head, *q_tail;     /* queued writes, oldest first */
+    size_t q_len;
+    wnode *fl_head, *fl_tail;   /* the in-flight batch */
+    size_t fl_len;
+    rnode *r_head, *r_tail, *r_cur;
+    size_t r_len;
+    dnode *drains;
+    int draining, last_was_batch;
+
+    unsigned backoff_ms;
+    unsigned long connects;
+    uint64_t rng;
+    int dead, depth;
+
+    metric_hist *m_batch_dur, *m_range_dur, *m_batch_rows;
+    metric_gauge *m_pending;
+    metric_counter *m_reconnects, *m_rows_written;
+};
+
+static const double BATCH_ROW_BUCKETS[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000};
+
+static void on_io(uv_poll_t *h, int status, int events);
+static void on_wake(uv_timer_t *t);
+static void on_guard(uv_timer_t *t);
+static void dispatch(store *s);
+
+/* ---------- small helpers ---------- */
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static void close_handle(void *h)
+{
+    if (h && !uv_is_closing((uv_handle_t *)h)) uv_close((uv_handle_t *)h, free_handle);
+}
+
+static int utf8_valid(const char *p, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t k;
+        uint32_t cp;
+        if (c == 0) return 0;
+        if (c < 0x80) { i++; continue; }
+        if ((c & 0xE0) == 0xC0) { k = 1; cp = c & 0x1F; }
+        else if ((c & 0xF0) == 0xE0) { k = 2; cp = c & 0x0F; }
+        else if ((c & 0xF8) == 0xF0) { k = 3; cp = c & 0x07; }
+        else return 0;
+        if (i + k >= n) return 0; /* truncated sequence */
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + j] & 0x3F);
+        }
+        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+static unsigned jitter(store *s, unsigned ms)
+{
+    s->rng ^= s->rng << 13;
+    s->rng ^= s->rng >> 7;
+    s->rng ^= s->rng << 17;
+    return ms / 2 + (unsigned)(s->rng % (ms / 2 + 1));
+}
+
+static void guard_start(store *s, uint64_t ms)
+{
+    uv_timer_start(s->guard, on_guard, ms, 0);
+}
+
+/* Fire the wake timer in `ms` unless it already fires sooner. */
+static void wake_in(store *s, uint64_t ms)
+{
+    uint64_t due = mono_ms() + ms;
+    if (s->wake_armed && s->wake_due <= due) return;
+    s->wake_due = due;
+    s->wake_armed = 1;
+    uv_timer_start(s->wake, on_wake, ms, 0);
+}
+
+static void pending_add(store *s, double d) { metric_gadd(s->m_pending, d); }
+
+/* Entry/exit of every libuv callback; returns 1 when the store is gone. */
+static void enter(store *s) { s->depth++; }
+static int leave(store *s)
+{
+    if (--s->depth == 0 && s->dead) {
+        free(s);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---------- connection ---------- */
+
+static void teardown(store *s)
+{
+    if (s->poll) {
+        close_handle(s->poll); /* stops watching the fd before libpq closes it */
+        s->poll = NULL;
+    }
+    s->poll_fd = -1;
+    s->poll_events = 0;
+    if (s->op_res) { PQclear(s->op_res); s->op_res = NULL; }
+    if (s->pg) { PQfinish(s->pg); s->pg = NULL; }
+    s->op = OP_NONE;
+}
+
+static void fail_ranges(store *s)
+{
+    rnode *list = s->r_head;
+    if (s->r_cur) { s->r_cur->next = list; list = s->r_cur; }
+    s->r_cur = NULL;
+    s->r_head = s->r_tail = NULL;
+    s->r_len = 0;
+    while (list) {
+        rnode *r = list;
+        list = r->next;
+        r->cb(r->ud, -1, NULL, 0);
+        free(r);
+    }
+}
+
+/* Drop the connection, put the in-flight batch back, retry with backoff. */
+static void reset_conn(store *s, const char *why)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s", why ? why : "unknown error");
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '\t' || *p == '\r') *p = ' ';
+    size_t l = strlen(msg);
+    while (l && (msg[l - 1] == '\n' || msg[l - 1] == ' ')) msg[--l] = 0;
+    LOGW(MOD, "postgres connection reset: %s (retry in <= %u ms, %zu rows pending)",
+         msg, s->backoff_ms, s->q_len + s->fl_len);
+    if (s->fl_head) {
+        s->fl_tail->next = s->q_head;
+        s->q_head = s->fl_head;
+        if (!s->q_tail) s->q_tail = s->fl_tail;
+        s->q_len += s->fl_len;
+        s->fl_head = s->fl_tail = NULL;
+        s->fl_len = 0;
+    }
+    teardown(s);
+    s->state = ST_IDLE;
+    guard_start(s, jitter(s, s->backoff_ms));
+    s->backoff_ms = s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
+    fail_ranges(s);
+}
+
+static void notice_cb(void *arg, const char *message)
+{
+    (void)arg;
+    LOGD(MOD, "postgres notice: %s", message);
+}
+
+/* Watch PQsocket for `events` (re-created if libpq changed sockets). */
+static int poll_set(store *s, int events)
+{
+    int fd = PQsocket(s->pg);
+    if (fd < 0) return -1;
+    if (s->poll && s->poll_fd != fd) {
+        close_handle(s->poll);
+        s->poll = NULL;
+    }
+    if (!s->poll) {
+        s->poll = malloc(sizeof *s->poll);
+        if (!s->poll) return -1;
+        if (uv_poll_init(s->loop, s->poll, fd) != 0) {
+            free(s->poll);
+            s->poll = NULL;
+            return -1;
+        }
+        s->poll->data = s;
+        s->poll_fd = fd;
+        s->poll_events = 0;
+    }
+    if (events != s->poll_events) {
+        if (uv_poll_start(s->poll, events, on_io) != 0) return -1;
+        s->poll_events = events;
+    }
+    return 0;
+}
+
+static void start_connect(store *s)
+{
+    if (s->connects++ > 0) metric_inc(s->m_reconnects);
+    s->pg = PQconnectStart(s->conninfo);
+    if (!s->pg) { reset_conn(s, "out of memory"); return; }
+    if (PQstatus(s->pg) == CONNECTION_BAD) { reset_conn(s, PQerrorMessage(s->pg)); return; }
+    PQsetNoticeProcessor(s->pg, notice_cb, s);
+    s->state = ST_CONNECTING;
+    guard_start(s, CONNECT_TIMEOUT_MS);
+    if (poll_set(s, UV_WRITABLE) != 0) reset_conn(s, "cannot poll the postgres socket");
+}
+
+/* After queueing a statement: flush what we can, watch for the rest. */
+static void sent(store *s, int op, int ok)
+{
+    if (!ok) { reset_conn(s, PQerrorMessage(s->pg)); return; }
+    s->op = op;
+    s->op_t0 = mono_ns();
+    s->op_failed = 0;
+    s->op_rows = 0;
+    s->op_err[0] = 0;
+    guard_start(s, s->state == ST_READY ? STATEMENT_TIMEOUT_MS : CONNECT_TIMEOUT_MS);
+    int r = PQflush(s->pg);
+    if (r < 0) { reset_conn(s, PQerrorMessage(s->pg)); return; }
+    if (poll_set(s, r == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE) != 0)
+        reset_conn(s, "cannot poll the postgres socket");
+}
+
+static void on_connected(store *s)
+{
+    if (PQsetnonblocking(s->pg, 1) != 0) { reset_conn(s, PQerrorMessage(s->pg)); return; }
+    s->state = ST_SETUP;
+    sent(s, OP_LOCK, PQsendQuery(s->pg, store_schema_lock_sql()));
+}
+
+static void connect_poll(store *s)
+{
+    switch (PQconnectPoll(s->pg)) {
+    case PGRES_POLLING_READING:
+        if (poll_set(s, UV_READABLE) != 0) reset_conn(s, "cannot poll the postgres socket");
+        break;
+    case PGRES_POLLING_WRITING:
+        if (poll_set(s, UV_WRITABLE) != 0) reset_conn(s, "cannot poll the postgres socket");
+        break;
+    case PGRES_POLLING_OK:
+        on_connected(s);
+        break;
+    default:
+        reset_conn(s, PQerrorMessage(s->pg));
+        break;
+    }
+}
+
+/* ---------- statements ---------- */
+
+static void send_batch(store *s)
+{
+    size_t n = s->q_len < (size_t)s->batch_max ? s->q_len : (size_t)s->batch_max;
+    size_t np = n * STORE_INSERT_NCOLS;
+    const char **vals = malloc(np * sizeof *vals);
+    Oid *types = malloc(np * sizeof *types);
+    size_t cap = sizeof STORE_INSERT_HEAD + sizeof STORE_INSERT_TAIL + n * 64;
+    char *sql = malloc(cap);
+    if (!vals || !types || !sql) {
+        free(vals); free(types); free(sql);
+        wake_in(s, 1); /* try again shortly */
+        return;
+    }
+    size_t len = (size_t)snprintf(sql, cap, "%s", STORE_INSERT_HEAD);
+    /* move the first n rows to the in-flight list */
+    s->fl_head = s->q_head;
+    wnode *w = s->q_head, *last = NULL;
+    for (size_t i = 0; i < n; i++, last = w, w = w->next) {
+        size_t b = i * STORE_INSERT_NCOLS;
+        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)",
+                                i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
+        for (int c = 0; c < STORE_INSERT_NCOLS; c++) {
+            vals[b + (size_t)c] = w->val[c];
+            types[b + (size_t)c] = (c == 1 || c == 6) ? OID_INT8 : OID_TEXT;
+        }
+    }
+    snprintf(sql + len, cap - len, "%s", STORE_INSERT_TAIL);
+    s->fl_tail = last;
+    s->q_head = w;
+    last->next = NULL;
+    if (!s->q_head) s->q_tail = NULL;
+    s->fl_len = n;
+    s->q_len -= n;
+    s->last_was_batch = 1;
+    /* autocommit: the single statement is its own transaction */
+    int ok = PQsendQueryParams(s->pg, sql, (int)np, types, vals, NULL, NULL, 0);
+    free(vals); free(types); free(sql); /* libpq copied them into its buffer */
+    sent(s, OP_BATCH, ok);
+}
+
+static void send_range(store *s)
+{
+    rnode *r = s->r_head;
+    s->r_head = r->next;
+    if (!s->r_head) s->r_tail = NULL;
+    s->r_len--;
+    r->next = NULL;
+    s->r_cur = r;
+    s->last_was_batch = 0;
+    const char *vals[4] = {r->room, r->after, r->before, r->limit};
+    sent(s, OP_RANGE, PQsendQueryPrepared(s->pg, r->newest ? STORE_STMT_RANGE_DESC : STORE_STMT_RANGE_ASC,
+                                          4, vals, NULL, NULL, 0));
+}
+
+static void dispatch(store *s)
+{
+    if (s->dead || s->state != ST_READY || s->op != OP_NONE) return;
+    int due = 0;
+    uint64_t wait_ms = 0;
+    if (s->q_len) {
+        uint64_t age_ms = (mono_ns() - s->q_head->t_enq) / 1000000u;
+        due = s->q_len >= (size_t)s->batch_max || s->draining || age_ms >= (uint64_t)s->batch_ms;
+        if (!due) wait_ms = (uint64_t)s->batch_ms - age_ms;
+    }
+    if (due && (!s->r_head || !s->last_was_batch)) send_batch(s);
+    else if (s->r_head) send_range(s);
+    else if (s->q_len) wake_in(s, wait_ms);
+}
+
+static void check_drain(store *s)
+{
+    if (!s->drains || s->q_len || s->fl_len) return;
+    dnode *list = s->drains;
+    s->drains = NULL;
+    s->draining = 0;
+    while (list) {
+        dnode *d = list;
+        list = d->next;
+        d->cb(d->ud);
+        free(d);
+        if (s->dead) { /* store_free ran inside the callback: finish the list */
+            while (list) { d = list; list = d->next; d->cb(d->ud); free(d); }
+            return;
+        }
+    }
+}
+
+static void batch_done(store *s)
+{
+    double dt = (double)(mono_ns() - s->op_t0) / 1e9;
+    metric_observe(s->m_batch_dur, dt);
+    metric_observe(s->m_batch_rows, (double)s->fl_len);
+    metric_add(s->m_rows_written, (uint64_t)(s->op_rows > 0 ? s->op_rows : 0));
+    pending_add(s, -(double)s->fl_len);
+    wnode *list = s->fl_head;
+    s->fl_head = s->fl_tail = NULL;
+    s->fl_len = 0;
+    while (list) { /* committed: status 0 even if a callback frees the store */
+        wnode *w = list;
+        list = w->next;
+        if (w->cb) w->cb(w->ud, 0);
+        free(w);
+    }
+    if (s->dead) return;
+    check_drain(s);
+    if (s->dead) return;
+    dispatch(s);
+}
+
+static void range_done(store *s)
+{
+    rnode *r = s->r_cur;
+    s->r_cur = NULL;
+    metric_observe(s->m_range_dur, (double)(mono_ns() - s->op_t0) / 1e9);
+    PGresult *res = s->op_res;
+    s->op_res = NULL;
+    if (s->op_failed || !res) {
+        LOGW(MOD, "history query failed: %s", s->op_err);
+        if (res) PQclear(res);
+        r->cb(r->ud, -1, NULL, 0);
+        free(r);
+        if (!s->dead) dispatch(s);
+        return;
+    }
+    int n = PQntuples(res);
+    store_row *rows = n ? calloc((size_t)n, sizeof *rows) : NULL;
+    if (n && !rows) {
+        PQclear(res);
+        r->cb(r->ud, -1, NULL, 0);
+        free(r);
+        if (!s->dead) dispatch(s);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        int t = r->newest ? n - 1 - i : i; /* deliver oldest first */
+        store_row *o = &rows[i];
+        o->room = r->room;
+        o->seq = strtoull(PQgetvalue(res, t, 0), NULL, 10);
+        o->client_id = PQgetisnull(res, t, 1) ? NULL : PQgetvalue(res, t, 1);
+        o->user = PQgetvalue(res, t, 2);
+        o->name = PQgetvalue(res, t, 3);
+        o->body = PQgetvalue(res, t, 4);
+        o->body_len = (size_t)PQgetlength(res, t, 4);
+        o->ts = strtoull(PQgetvalue(res, t, 5), NULL, 10);
+    }
+    r->cb(r->ud, 0, rows, (size_t)n);
+    free(rows);
+    PQclear(res);
+    free(r);
+    if (!s->dead) dispatch(s);
+}
+
+static void setup_done(store *s, int op)
+{
+    if (s->op_failed) {
+        char why[320];
+        snprintf(why, sizeof why, "schema setup: %s", s->op_err);
+        reset_conn(s, why);
+        return;
+    }
+    switch (op) {
+    case OP_LOCK: {
+        int from = 0, to = 0;
+        if (s->op_res && PQntuples(s->op_res) == 1) from = atoi(PQgetvalue(s->op_res, 0, 0));
+        if (from > store_schema_version())
+            LOGW(MOD, "schema version %d is newer than this build's %d", from, store_schema_version());
+        char *sql = store_schema_upgrade_sql(from, &to);
+        if (!sql) { reset_conn(s, "out of memory"); return; }
+        if (to != from) LOGI(MOD, "migrating schema from version %d to %d", from, to);
+        s->schema_from = from;
+        sent(s, OP_UPGRADE, PQsendQuery(s->pg, sql));
+        free(sql);
+        break;
+    }
+    case OP_UPGRADE:
+        sent(s, OP_PREP_DESC, PQsendPrepare(s->pg, STORE_STMT_RANGE_DESC, STORE_SQL_RANGE_DESC, 0, NULL));
+        break;
+    case OP_PREP_DESC:
+        sent(s, OP_PREP_ASC, PQsendPrepare(s->pg, STORE_STMT_RANGE_ASC, STORE_SQL_RANGE_ASC, 0, NULL));
+        break;
+    case OP_PREP_ASC:
+        s->state = ST_READY;
+        s->backoff_ms = BACKOFF_MIN_MS;
+        uv_timer_stop(s->guard);
+        LOGI(MOD, "postgres ready (schema version %d, %zu rows pending)",
+             store_schema_version() > s->schema_from ? store_schema_version() : s->schema_from,
+             s->q_len);
+        dispatch(s);
+        break;
+    }
+}
+
+static void op_done(store *s)
+{
+    int op = s->op;
+    s->op = OP_NONE;
+    if (s->state == ST_READY) uv_timer_stop(s->guard);
+    if (op == OP_BATCH) {
+        if (s->op_failed) {
+            char why[320];
+            snprintf(why, sizeof why, "batch insert: %s", s->op_err);
+            reset_conn(s, why); /* the batch is retried after reconnect */
+            return;
+        }
+        batch_done(s);
+    } else if (op == OP_RANGE) {
+        if (s->op_failed && PQstatus(s->pg) == CONNECTION_BAD) {
+            reset_conn(s, s->op_err); /* fails r_cur too */
+            return;
+        }
+        range_done(s);
+    } else {
+        setup_done(s, op);
+    }
+}
+
+static void collect(store *s, PGresult *res)
+{
+    switch (PQresultStatus(res)) {
+    case PGRES_TUPLES_OK:
+        if (s->op_res) PQclear(s->op_res);
+        s->op_res = res;
+        return;
+    case PGRES_COMMAND_OK:
+        if (s->op == OP_BATCH) s->op_rows += atol(PQcmdTuples(res));
+        break;
+    default:
+        if (!s->op_failed) {
+            s->op_failed = 1;
+            snprintf(s->op_err, sizeof s->op_err, "%s", PQresultErrorMessage(res));
+        }
+        break;
+    }
+    PQclear(res);
+}
+
+/* Read every complete result; an op ends at the NULL result. */
+static void read_results(store *s)
+{
+    while (!s->dead && s->pg && s->op != OP_NONE && !PQisBusy(s->pg)) {
+        PGresult *res = PQgetResult(s->pg);
+        if (res) collect(s, res);
+        else op_done(s);
+    }
+    if (!s->dead && s->pg && PQstatus(s->pg) == CONNECTION_BAD)
+        reset_conn(s, PQerrorMessage(s->pg));
+}
+
+/* ---------- libuv callbacks ---------- */
+
+static void on_io(uv_poll_t *h, int status, int events)
+{
+    store *s = h->data;
+    enter(s);
+    if (s->state == ST_CONNECTING) {
+        connect_poll(s);
+    } else if (status < 0) {
+        reset_conn(s, uv_strerror(status));
+    } else {
+        if (events & UV_WRITABLE) {
+            int r = PQflush(s->pg);
+            if (r < 0) reset_conn(s, PQerrorMessage(s->pg));
+            else if (r == 0 && poll_set(s, UV_READABLE) != 0) reset_conn(s, "cannot poll");
+        }
+        if (s->pg && (events & UV_READABLE)) {
+            if (!PQconsumeInput(s->pg)) reset_conn(s, PQerrorMessage(s->pg));
+            else read_results(s);
+        }
+    }
+    leave(s);
+}
+
+static void on_wake(uv_timer_t *t)
+{
+    store *s = t->data;
+    enter(s);
+    s->wake_armed = 0;
+    check_drain(s);
+    if (!s->dead) dispatch(s);
+    leave(s);
+}
+
+static void on_guard(uv_timer_t *t)
+{
+    store *s = t->data;
+    enter(s);
+    if (s->state == ST_IDLE) start_connect(s);
+    else if (s->state == ST_READY) reset_conn(s, "statement timed out");
+    else reset_conn(s, "connect or schema setup timed out");
+    leave(s);
+}
+
+/* ---------- public API ---------- */
+
+store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen)
+{
+    if (!o || !o->conninfo) {
+        snprintf(err, errlen, "store: no conninfo");
+        return NULL;
+    }
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(o->conninfo, &perr);
+    if (!opts) {
+        snprintf(err, errlen, "store: bad conninfo: %s", perr ? perr : "out of memory");
+        if (perr) PQfreemem(perr);
+        return NULL;
+    }
+    PQconninfoFree(opts);
+    store *s = calloc(1, sizeof *s);
+    if (!s || !(s->conninfo = strdup(o->conninfo)) ||
+        !(s->wake = malloc(sizeof *s->wake)) || !(s->guard = malloc(sizeof *s->guard))) {
+        if (s) { free(s->conninfo); free(s->wake); free(s->guard); }
+        free(s);
+        snprintf(err, errlen, "store: out of memory");
+        return NULL;
+    }
+    s->loop = loop;
+    s->batch_max = o->batch_max > 0 ? o->batch_max : 500;
+    if (s->batch_max > STORE_BATCH_HARD_MAX) s->batch_max = STORE_BATCH_HARD_MAX;
+    s->batch_ms = o->batch_ms > 0 ? o->batch_ms : 2;
+    s->pending_max = o->pending_max > 0 ? (size_t)o->pending_max : 100000;
+    s->poll_fd = -1;
+    s->backoff_ms = BACKOFF_MIN_MS;
+    s->rng = mono_ns() ^ (uint64_t)(uintptr_t)s ^ 0x9E3779B97F4A7C15ull;
+    uv_timer_init(loop, s->wake);
+    uv_timer_init(loop, s->guard);
+    s->wake->data = s->guard->data = s;
+
+    s->m_batch_dur = metrics_histogram("chat_pg_op_duration_seconds",
+                                       "Duration of Postgres operations", "op=\"batch\"",
+                                       METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
+    s->m_range_dur = metrics_histogram("chat_pg_op_duration_seconds", NULL, "op=\"range\"",
+                                       METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
+    s->m_batch_rows = metrics_histogram("chat_pg_batch_rows", "Rows per committed insert batch",
+                                        NULL, BATCH_ROW_BUCKETS,
+                                        (int)(sizeof BATCH_ROW_BUCKETS / sizeof BATCH_ROW_BUCKETS[0]));
+    s->m_pending = metrics_gauge("chat_pg_pending_writes",
+                                 "History rows queued or in flight, not yet committed", NULL);
+    s->m_reconnects = metrics_counter("chat_pg_reconnects_total",
+                                      "Postgres reconnect attempts after a lost or failed connection", NULL);
+    s->m_rows_written = metrics_counter("chat_pg_rows_written_total",
+                                        "History rows inserted (duplicates not counted)", NULL);
+    start_connect(s);
+    return s;
+}
+
+void store_free(store *s)
+{
+    if (!s || s->dead) return;
+    s->dead = 1;
+    s->depth++; /* callbacks below may call back into the store */
+    teardown(s);
+    close_handle(s->wake);
+    close_handle(s->guard);
+    pending_add(s, -(double)(s->q_len + s->fl_len));
+    wnode *wl[2] = {s->fl_head, s->q_head};
+    s->fl_head = s->fl_tail = s->q_head = s->q_tail = NULL;
+    s->fl_len = s->q_len = 0;
+    for (int i = 0; i < 2; i++)
+        while (wl[i]) {
+            wnode *w = wl[i];
+            wl[i] = w->next;
+            if (w->cb) w->cb(w->ud, -1);
+            free(w);
+        }
+    fail_ranges(s);
+    dnode *dl = s->drains;
+    s->drains = NULL;
+    while (dl) {
+        dnode *d = dl;
+        dl = d->next;
+        d->cb(d->ud);
+        free(d);
+    }
+    free(s->conninfo);
+    s->conninfo = NULL;
+    leave(s);
+}
+
+int store_ready(const store *s)
+{
+    return s && !s->dead && s->state == ST_READY;
+}
+
+size_t store_pending(const store *s)
+{
+    return s ? s->q_len + s->fl_len : 0;
+}
+
+int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
+{
+    if (!s || s->dead || !row || !row->room || !row->user || !row->name || !row->body) return -1;
+    if (s->q_len + s->fl_len >= s->pending_max) return -1;
+    if (row->seq > INT64_MAX || row->ts > INT64_MAX) return -1;
+    size_t lr = strlen(row->room), lc = row->client_id ? strlen(row->client_id) : 0;
+    size_t lu = strlen(row->user), ln = strlen(row->name), lb = row->body_len;
+    if (!utf8_valid(row->room, lr) || !utf8_valid(row->user, lu) || !utf8_valid(row->name, ln) ||
+        (row->client_id && !utf8_valid(row->client_id, lc)) || !utf8_valid(row->body, lb))
+        return -1; /* Postgres text refuses NUL bytes and invalid UTF-8 */
+    wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + 5);
+    if (!w) return -1;
+    w->next = NULL;
+    w->cb = cb;
+    w->ud = ud;
+    w->t_enq = mono_ns();
+    char *p = w->data;
+#define PUT(i, src, n) do { w->val[i] = p; memcpy(p, src, n); p[n] = 0; p += (n) + 1; } while (0)
+    PUT(0, row->room, lr);
+    if (row->client_id) PUT(2, row->client_id, lc); else w->val[2] = NULL;
+    PUT(3, row->user, lu);
+    PUT(4, row->name, ln);
+    PUT(5, row->body, lb);
+#undef PUT
+    snprintf(w->seq_txt, sizeof w->seq_txt, "%" PRIu64, row->seq);
+    snprintf(w->ts_txt, sizeof w->ts_txt, "%" PRIu64, row->ts);
+    w->val[1] = w->seq_txt;
+    w->val[6] = w->ts_txt;
+    if (s->q_tail) s->q_tail->next = w; else s->q_head = w;
+    s->q_tail = w;
+    s->q_len++;
+    pending_add(s, 1);
+    if (s->state == ST_READY && s->op == OP_NONE) {
+        if (s->q_len >= (size_t)s->batch_max) wake_in(s, 0);
+        else if (s->q_len == 1) wake_in(s, (uint64_t)s->batch_ms);
+    }
+    return 0;
+}
+
+int store_range(store *s, const char *room, uint64_t after, uint64_t before,
+                int limit, int newest, store_rows_cb cb, void *ud)
+{
+    if (!s || s->dead || !room || !cb || s->state != ST_READY) return -1;
+    if (s->r_len >= RANGE_QUEUE_MAX) return -1;
+    size_t lr = strlen(room);
+    if (!utf8_valid(room, lr)) return -1;
+    rnode *r = malloc(sizeof *r + lr + 1);
+    if (!r) return -1;
+    r->next = NULL;
+    r->cb = cb;
+    r->ud = ud;
+    r->newest = newest != 0;
+    memcpy(r->room, room, lr + 1);
+    if (before > INT64_MAX) before = INT64_MAX;
+    if (after > INT64_MAX) after = INT64_MAX;
+    if (limit < 0) limit = 0;
+    snprintf(r->after, sizeof r->after, "%" PRIu64, after);
+    snprintf(r->before, sizeof r->before, "%" PRIu64, before);
+    snprintf(r->limit, sizeof r->limit, "%d", limit);
+    if (s->r_tail) s->r_tail->next = r; else s->r_head = r;
+    s->r_tail = r;
+    s->r_len++;
+    if (s->op == OP_NONE) wake_in(s, 0);
+    return 0;
+}
+
+void store_drain(store *s, void (*cb)(void *ud), void *ud)
+{
+    if (!s || s->dead || !cb) return;
+    dnode *d = malloc(sizeof *d);
+    if (!d) { cb(ud); return; }
+    d->cb = cb;
+    d->ud = ud;
+    d->next = s->drains;
+    s->drains = d;
+    s->draining = 1;
+    wake_in(s, 0);
+}

@@ -1,0 +1,40 @@
+/* store_schema: the Postgres schema of chatd and its versioned migrations,
+ * plus the SQL text of the store's statements (shared with tests/benchmarks).
+ * Owns: the migration list and the advisory lock key that serialises them.
+ * Internal to the store module (core/store.c); not a public interface. */
+#ifndef CHATD_STORE_SCHEMA_H
+#define CHATD_STORE_SCHEMA_H
+
+/* Simple-query text, run first on every new connection: session settings,
+ * BEGIN, the advisory transaction lock, schema_migrations, and as its last
+ * result the current schema version (one row, one column). */
+const char *store_schema_lock_sql(void);
+
+/* malloc'd simple-query text applying every migration newer than `from`
+ * (each recorded in schema_migrations) and ending with COMMIT. *to is set to
+ * the resulting version. NULL on allocation failure. */
+char *store_schema_upgrade_sql(int from, int *to);
+
+/* Latest schema version this build knows. */
+int store_schema_version(void);
+
+/* Paging statements, parameters: $1 room, $2 after (exclusive), $3 before
+ * (exclusive), $4 limit. Columns: seq, client_id, user_id, name, body, ts. */
+#define STORE_SQL_RANGE_DESC \
+    "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
+    "WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq DESC LIMIT $4"
+#define STORE_SQL_RANGE_ASC \
+    "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
+    "WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq ASC LIMIT $4"
+#define STORE_STMT_RANGE_DESC "chatd_range_desc"
+#define STORE_STMT_RANGE_ASC "chatd_range_asc"
+
+/* Columns of one batched row, in parameter order. */
+#define STORE_INSERT_HEAD \
+    "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) VALUES "
+#define STORE_INSERT_TAIL " ON CONFLICT (room, seq) DO NOTHING"
+#define STORE_INSERT_NCOLS 7
+/* Postgres' bind message carries at most 65535 parameters. */
+#define STORE_BATCH_HARD_MAX (65535 / STORE_INSERT_NCOLS)
+
+#endif

@@ -1,0 +1,678 @@
+/* test_store: the store module against a real Postgres 15.
+ * Uses CHATD_TEST_DATABASE_URL when set, else starts a throwaway Postgres
+ * with tools/services.sh on a port of 17100-17119 (and then also kills and
+ * restarts it mid-stream). Every run works in its own schema (PGOPTIONS
+ * search_path) so it never touches other data. Exit 0 pass, 1 fail, 77 skip. */
+#define _GNU_SOURCE
+#include "store.h"
+#include "store_schema.h"
+#include "metrics.h"
+#include "util.h"
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int g_failed;
+#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); g_failed = 1; return; } } while (0)
+
+static uv_loop_t *L;
+static uv_timer_t tick;
+static char g_url[256], g_dir[128], g_schema[64], g_datadir[256];
+static int g_own_pg, g_port;
+static PGconn *bc; /* blocking connection for checks */
+
+static void on_tick(uv_timer_t *t) { (void)t; }
+static void quiet_notice(void *arg, const char *msg) { (void)arg; (void)msg; }
+#define WAIT(cond, ms) do { uint64_t end_ = mono_ms() + (ms); \
+    while (!(cond) && mono_ms() < end_) uv_run(L, UV_RUN_ONCE); } while (0)
+
+static void run_for(int ms) { uint64_t end = mono_ms() + (uint64_t)ms; while (mono_ms() < end) uv_run(L, UV_RUN_ONCE); }
+
+static long qint(const char *sql)
+{
+    PGresult *r = PQexec(bc, sql);
+    long v = -1;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0) v = atol(PQgetvalue(r, 0, 0));
+    else fprintf(stderr, "query failed: %s: %s\n", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    return v;
+}
+
+static int qexec(const char *sql)
+{
+    PGresult *r = PQexec(bc, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+    if (!ok) fprintf(stderr, "exec failed: %s: %s\n", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+static long row_count(const char *room, long seq)
+{
+    char sql[256];
+    if (seq >= 0) snprintf(sql, sizeof sql, "SELECT count(*) FROM messages WHERE room='%s' AND seq=%ld", room, seq);
+    else snprintf(sql, sizeof sql, "SELECT count(*) FROM messages WHERE room='%s'", room);
+    return qint(sql);
+}
+
+static store *open_store(int batch_max, int batch_ms, int pending_max)
+{
+    char err[256] = "";
+    store_opts o = {g_url, batch_max, batch_ms, pending_max};
+    store *s = store_new(L, &o, err, sizeof err);
+    if (!s) fprintf(stderr, "store_new: %s\n", err);
+    return s;
+}
+
+static int sh(const char *cmd)
+{
+    int rc = system(cmd);
+    return rc == 0 ? 0 : -1;
+}
+
+static int pg_start(void)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "bash -c '. tools/services.sh && services_start_postgres %s %d'", g_dir, g_port);
+    return sh(cmd);
+}
+
+static long postmaster_pid(void)
+{
+    char p[300], line[64] = "";
+    snprintf(p, sizeof p, "%s/postmaster.pid", g_datadir);
+    FILE *f = fopen(p, "r");
+    if (!f) return -1;
+    if (!fgets(line, sizeof line, f)) line[0] = 0;
+    fclose(f);
+    return atol(line);
+}
+
+/* kill -9 the postmaster we started and its children, wait until gone */
+static int pg_kill9(void)
+{
+    long pm = postmaster_pid();
+    if (pm <= 0) return -1;
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "kids=$(pgrep -P %ld); kill -9 %ld $kids; "
+             "for i in $(seq 1 100); do kill -0 %ld $kids 2>/dev/null || exit 0; sleep 0.05; done; exit 1",
+             pm, pm, pm);
+    return sh(cmd);
+}
+
+static void pg_stop(void)
+{
+    long pm = postmaster_pid();
+    if (pm > 0) kill((pid_t)pm, SIGINT); /* fast shutdown of the postmaster we started */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "bash -c 'for i in $(seq 1 100); do kill -0 %ld 2>/dev/null || break; sleep 0.05; done;"
+             " . tools/services.sh && services_stop %s' ; rm -rf %s %s", pm, g_dir, g_dir,
+             strncmp(g_datadir, "/tmp/chatd-", 11) == 0 ? g_datadir : "");
+    if (sh(cmd) != 0) fprintf(stderr, "pg_stop: cleanup failed\n");
+}
+
+/* ---------- callbacks ---------- */
+
+typedef struct wctx {
+    int calls, status, committed_at_cb;
+    const char *room;
+    long seq;
+    uint64_t t_cb;
+} wctx;
+
+static void wcb(void *ud, int status)
+{
+    wctx *c = ud;
+    c->calls++;
+    c->status = status;
+    c->t_cb = mono_ns();
+    if (status == 0 && c->room) c->committed_at_cb = row_count(c->room, c->seq) == 1;
+}
+
+static int sum_calls(const wctx *w, int n)
+{
+    int t = 0;
+    for (int i = 0; i < n; i++) t += w[i].calls;
+    return t;
+}
+
+static int g_cnt_ok, g_cnt_fail, g_cnt_calls;
+static void count_cb(void *ud, int status)
+{
+    (void)ud;
+    g_cnt_calls++;
+    if (status == 0) g_cnt_ok++; else g_cnt_fail++;
+}
+static void reset_counts(void) { g_cnt_ok = g_cnt_fail = g_cnt_calls = 0; }
+
+static store_row mkrow(const char *room, uint64_t seq, const char *body)
+{
+    store_row r = {room, seq, NULL, "u1", "User One", body, strlen(body), 1700000000000ull + seq};
+    return r;
+}
+
+typedef struct rctx {
+    int calls, status;
+    size_t n;
+    uint64_t seqs[256];
+    char body0[64], client0[64], user0[32], name0[32];
+    int client0_null;
+    uint64_t ts0;
+} rctx;
+
+static void rcb(void *ud, int status, const store_row *rows, size_t n)
+{
+    rctx *c = ud;
+    c->calls++;
+    c->status = status;
+    c->n = n;
+    for (size_t i = 0; i < n && i < 256; i++) c->seqs[i] = rows[i].seq;
+    if (n) {
+        snprintf(c->body0, sizeof c->body0, "%.*s", (int)rows[0].body_len, rows[0].body);
+        c->client0_null = rows[0].client_id == NULL;
+        snprintf(c->client0, sizeof c->client0, "%s", rows[0].client_id ? rows[0].client_id : "");
+        snprintf(c->user0, sizeof c->user0, "%s", rows[0].user);
+        snprintf(c->name0, sizeof c->name0, "%s", rows[0].name);
+        c->ts0 = rows[0].ts;
+    }
+}
+
+static int range_sync(store *s, const char *room, uint64_t after, uint64_t before, int limit,
+                      int newest, rctx *c)
+{
+    memset(c, 0, sizeof *c);
+    if (store_range(s, room, after, before, limit, newest, rcb, c) != 0) return -1;
+    WAIT(c->calls, 5000);
+    return c->calls == 1 && c->status == 0 ? 0 : -1;
+}
+
+/* consecutive ascending check */
+static int seqs_are(const rctx *c, uint64_t from, uint64_t to)
+{
+    if (to < from) return c->n == 0;
+    if (c->n != to - from + 1) return 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->seqs[i] != from + i) return 0;
+    return 1;
+}
+
+/* ---------- tests ---------- */
+
+static void test_bad_and_unreachable(void)
+{
+    char err[256] = "";
+    store_opts bad = {"postgresql://[::1", 0, 0, 0};
+    CHECK(store_new(L, &bad, err, sizeof err) == NULL);
+    CHECK(err[0] != 0);
+    store_opts o = {"host=127.0.0.1 port=17199 dbname=chatd user=postgres", 10, 1, 100};
+    store *s = store_new(L, &o, err, sizeof err);
+    CHECK(s);
+    run_for(300);
+    CHECK(!store_ready(s));
+    rctx rc;
+    CHECK(store_range(s, "r", 0, UINT64_MAX, 10, 1, rcb, &rc) == -1);
+    reset_counts();
+    for (int i = 1; i <= 5; i++) {
+        store_row r = mkrow("unreach", (uint64_t)i, "x");
+        CHECK(store_write(s, &r, count_cb, NULL) == 0);
+    }
+    run_for(200);
+    CHECK(g_cnt_calls == 0);
+    CHECK(store_pending(s) == 5);
+    store_free(s);
+    CHECK(g_cnt_calls == 5 && g_cnt_fail == 5);
+    run_for(20);
+    CHECK(g_cnt_calls == 5);
+}
+
+static void test_migrations(void)
+{
+    long before = qint("SELECT count(*) FROM pg_tables WHERE tablename='messages' AND schemaname=current_schema()");
+    CHECK(before == 0);
+    store *a = open_store(0, 0, 0), *b = open_store(0, 0, 0);
+    CHECK(a && b);
+    WAIT(store_ready(a) && store_ready(b), 10000);
+    CHECK(store_ready(a) && store_ready(b));
+    CHECK(qint("SELECT count(*) FROM schema_migrations") == store_schema_version());
+    CHECK(qint("SELECT max(version) FROM schema_migrations") == store_schema_version());
+    CHECK(qint("SELECT count(*) FROM pg_tables WHERE tablename='messages' AND schemaname=current_schema()") == 1);
+    store_free(a);
+    store_free(b);
+    store *c = open_store(0, 0, 0);
+    WAIT(store_ready(c), 10000);
+    CHECK(store_ready(c));
+    CHECK(qint("SELECT count(*) FROM schema_migrations") == store_schema_version());
+    store_free(c);
+}
+
+static void test_batches(void)
+{
+    store *s = open_store(100, 20, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    metric_hist *rows_h = metrics_histogram("chat_pg_batch_rows", NULL, NULL, NULL, 0);
+    metric_counter *written = metrics_counter("chat_pg_rows_written_total", NULL, NULL);
+    uint64_t batches0 = metric_hist_count(rows_h), written0 = written->v;
+
+    /* one row waits about batch_ms, then commits before its callback */
+    wctx one = {.room = "batch1", .seq = 1};
+    store_row r1 = mkrow("batch1", 1, "hello");
+    uint64_t t0 = mono_ns();
+    CHECK(store_write(s, &r1, wcb, &one) == 0);
+    WAIT(one.calls, 5000);
+    CHECK(one.calls == 1 && one.status == 0 && one.committed_at_cb);
+    CHECK(one.t_cb - t0 >= 18ull * 1000000ull);
+
+    /* 250 rows: batches of at most 100, each callback after its commit */
+    static wctx w[250];
+    for (int i = 0; i < 250; i++) {
+        w[i] = (wctx){.room = "batch2", .seq = i + 1};
+        store_row r = mkrow("batch2", (uint64_t)i + 1, "body");
+        CHECK(store_write(s, &r, wcb, &w[i]) == 0);
+    }
+    CHECK(store_pending(s) == 250);
+    WAIT(sum_calls(w, 250) == 250, 10000);
+    for (int i = 0; i < 250; i++) CHECK(w[i].calls == 1 && w[i].status == 0 && w[i].committed_at_cb);
+    CHECK(store_pending(s) == 0);
+    CHECK(row_count("batch2", -1) == 250);
+    CHECK(metric_hist_count(rows_h) - batches0 >= 4 && metric_hist_count(rows_h) - batches0 <= 6);
+    CHECK(written->v - written0 == 251);
+    size_t len;
+    char *txt = metrics_render(&len);
+    CHECK(strstr(txt, "chat_pg_op_duration_seconds_bucket{op=\"batch\"") &&
+          strstr(txt, "chat_pg_pending_writes") && strstr(txt, "chat_pg_reconnects_total"));
+    free(txt);
+    store_free(s);
+}
+
+static void test_idempotent(void)
+{
+    store *s = open_store(100, 5, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    reset_counts();
+    store_row a = mkrow("idem", 1, "first"), b = mkrow("idem", 1, "second");
+    CHECK(store_write(s, &a, count_cb, NULL) == 0);
+    CHECK(store_write(s, &b, count_cb, NULL) == 0); /* same batch */
+    WAIT(g_cnt_calls == 2, 5000);
+    CHECK(store_write(s, &b, count_cb, NULL) == 0); /* a later batch */
+    WAIT(g_cnt_calls == 3, 5000);
+    CHECK(g_cnt_ok == 3);
+    CHECK(row_count("idem", 1) == 1);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='idem' AND body='first'") == 1);
+    /* rows Postgres could not store are refused up front */
+    store_row bad = mkrow("idem", 2, "x");
+    bad.body = "a\0b";
+    bad.body_len = 3;
+    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    bad.body = "\xff\xfe";
+    bad.body_len = 2;
+    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    store_free(s);
+}
+
+static int g_drained;
+static void drain_cb(void *ud) { (void)ud; g_drained++; }
+
+static void test_pending_max_and_drain(void)
+{
+    store *s = open_store(1000, 100000, 10);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    reset_counts();
+    for (int i = 1; i <= 10; i++) {
+        store_row r = mkrow("pmax", (uint64_t)i, "b");
+        CHECK(store_write(s, &r, count_cb, NULL) == 0);
+    }
+    store_row r11 = mkrow("pmax", 11, "b");
+    CHECK(store_write(s, &r11, count_cb, NULL) == -1);
+    CHECK(store_pending(s) == 10);
+    run_for(100);
+    CHECK(g_cnt_calls == 0); /* batch_ms is far away */
+    g_drained = 0;
+    store_drain(s, drain_cb, NULL);
+    WAIT(g_drained, 5000);
+    CHECK(g_drained == 1 && g_cnt_ok == 10);
+    CHECK(row_count("pmax", -1) == 10);
+    CHECK(store_write(s, &r11, count_cb, NULL) == 0);
+    /* drain with nothing pending still calls back (asynchronously) */
+    store_drain(s, drain_cb, NULL);
+    WAIT(g_drained == 2, 5000);
+    CHECK(g_drained == 2);
+    CHECK(g_cnt_ok == 11);
+    /* free with queued rows: each callback once, status -1 */
+    store_row r12 = mkrow("pmax", 12, "b");
+    CHECK(store_write(s, &r12, count_cb, NULL) == 0);
+    store_free(s);
+    CHECK(g_cnt_calls == 12 && g_cnt_fail == 1);
+}
+
+static store *g_free_me;
+static int g_freecb_calls;
+static void free_in_cb(void *ud, int status)
+{
+    (void)ud;
+    g_freecb_calls++;
+    if (status == 0) g_cnt_ok++;
+    if (g_free_me) { store *s = g_free_me; g_free_me = NULL; store_free(s); }
+}
+
+static void test_free_from_callback(void)
+{
+    store *s = open_store(100, 1, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    reset_counts();
+    g_freecb_calls = 0;
+    for (int i = 1; i <= 3; i++) {
+        store_row r = mkrow("freecb", (uint64_t)i, "b");
+        CHECK(store_write(s, &r, free_in_cb, NULL) == 0);
+    }
+    g_free_me = s;
+    WAIT(g_freecb_calls == 3, 5000);
+    CHECK(g_freecb_calls == 3 && g_cnt_ok == 3); /* all three committed in one batch */
+    run_for(20);
+    CHECK(g_freecb_calls == 3);
+}
+
+static void test_range(void)
+{
+    store *s = open_store(500, 2, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    reset_counts();
+    for (int i = 1; i <= 120; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "msg %d \xc3\xa9\xe2\x82\xac", i);
+        store_row r = mkrow("rng", (uint64_t)i, body);
+        if (i % 2) r.client_id = "cid";
+        CHECK(store_write(s, &r, count_cb, NULL) == 0);
+    }
+    WAIT(g_cnt_calls == 120, 5000);
+    CHECK(g_cnt_ok == 120);
+    rctx c;
+    CHECK(range_sync(s, "rng", 0, UINT64_MAX, 50, 1, &c) == 0);
+    CHECK(seqs_are(&c, 71, 120));
+    CHECK(strcmp(c.body0, "msg 71 \xc3\xa9\xe2\x82\xac") == 0);
+    CHECK(!c.client0_null && strcmp(c.client0, "cid") == 0);
+    CHECK(strcmp(c.user0, "u1") == 0 && strcmp(c.name0, "User One") == 0);
+    CHECK(c.ts0 == 1700000000000ull + 71);
+    CHECK(range_sync(s, "rng", 0, 71, 50, 1, &c) == 0);
+    CHECK(seqs_are(&c, 21, 70));
+    CHECK(c.client0_null == 0);
+    CHECK(range_sync(s, "rng", 0, 21, 50, 1, &c) == 0);
+    CHECK(seqs_are(&c, 1, 20));
+    CHECK(range_sync(s, "rng", 0, 1, 50, 1, &c) == 0);
+    CHECK(c.n == 0);
+    CHECK(range_sync(s, "rng", 100, UINT64_MAX, 10, 0, &c) == 0);
+    CHECK(seqs_are(&c, 101, 110));
+    CHECK(range_sync(s, "rng", 115, UINT64_MAX, 50, 0, &c) == 0);
+    CHECK(seqs_are(&c, 116, 120));
+    CHECK(range_sync(s, "rng", 10, 15, 50, 1, &c) == 0);
+    CHECK(seqs_are(&c, 11, 14));
+    CHECK(range_sync(s, "rng", 10, 15, 2, 1, &c) == 0);
+    CHECK(seqs_are(&c, 13, 14));
+    CHECK(range_sync(s, "rng", 10, 15, 2, 0, &c) == 0);
+    CHECK(seqs_are(&c, 11, 12));
+    CHECK(c.client0_null == 0);
+    CHECK(range_sync(s, "rng", 11, 15, 1, 0, &c) == 0);
+    CHECK(seqs_are(&c, 12, 12));
+    CHECK(c.client0_null == 1);
+    CHECK(range_sync(s, "rng", 0, UINT64_MAX, 0, 1, &c) == 0);
+    CHECK(c.n == 0);
+    CHECK(range_sync(s, "nosuchroom", 0, UINT64_MAX, 50, 1, &c) == 0);
+    CHECK(c.n == 0);
+    /* several queued at once are answered FIFO, interleaved with a batch */
+    rctx q[3];
+    memset(q, 0, sizeof q);
+    store_row r = mkrow("rng", 121, "late");
+    CHECK(store_write(s, &r, count_cb, NULL) == 0);
+    CHECK(store_range(s, "rng", 0, UINT64_MAX, 5, 1, rcb, &q[0]) == 0);
+    CHECK(store_range(s, "rng", 0, 3, 5, 1, rcb, &q[1]) == 0);
+    CHECK(store_range(s, "rng", 200, UINT64_MAX, 5, 1, rcb, &q[2]) == 0);
+    WAIT(q[0].calls && q[1].calls && q[2].calls && g_cnt_calls == 121, 5000);
+    CHECK(q[0].status == 0 && q[0].n == 5 && q[1].n == 2 && q[2].n == 0 && g_cnt_ok == 121);
+    store_free(s);
+}
+
+static void test_paging_under_inserts(void)
+{
+    store *s = open_store(500, 2, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    reset_counts();
+    const int N = 500;
+    for (int i = 1; i <= N; i++) {
+        store_row r = mkrow("page", (uint64_t)i, "p");
+        CHECK(store_write(s, &r, count_cb, NULL) == 0);
+    }
+    WAIT(g_cnt_calls == N, 5000);
+    CHECK(g_cnt_ok == N);
+    static int seen[1000];
+    memset(seen, 0, sizeof seen);
+    uint64_t cursor = UINT64_MAX, next_seq = (uint64_t)N + 1, last = UINT64_MAX;
+    int pages = 0, total = 0, expect_calls = N;
+    rctx c;
+    for (;;) {
+        /* newer rows keep arriving between (and during) page fetches */
+        for (int k = 0; k < 20; k++) {
+            store_row r = mkrow("page", next_seq++, "new");
+            CHECK(store_write(s, &r, count_cb, NULL) == 0);
+            expect_calls++;
+        }
+        memset(&c, 0, sizeof c);
+        CHECK(store_range(s, "page", 0, cursor, 37, 1, rcb, &c) == 0);
+        WAIT(c.calls, 5000);
+        CHECK(c.calls == 1 && c.status == 0);
+        if (c.n == 0) break;
+        for (size_t i = 0; i < c.n; i++) {
+            if (i) CHECK(c.seqs[i] == c.seqs[i - 1] + 1);
+            CHECK(c.seqs[i] < 1000);
+            seen[c.seqs[i]]++;
+        }
+        if (pages == 0) last = c.seqs[c.n - 1];
+        else CHECK(c.seqs[c.n - 1] + 1 == cursor); /* no skip at the boundary */
+        cursor = c.seqs[0];
+        total += (int)c.n;
+        pages++;
+    }
+    CHECK(last >= (uint64_t)N);
+    CHECK(total == (int)last);
+    for (uint64_t i = 1; i <= last; i++) CHECK(seen[i] == 1);
+    WAIT(g_cnt_calls == expect_calls, 5000);
+    CHECK(g_cnt_ok == expect_calls);
+    store_free(s);
+}
+
+static int plan_uses_pkey(const char *sql)
+{
+    PGresult *r = PQexec(bc, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "explain failed: %s\n", PQresultErrorMessage(r));
+        PQclear(r);
+        return 0;
+    }
+    char plan[4096] = "";
+    size_t len = 0;
+    for (int i = 0; i < PQntuples(r); i++)
+        len += (size_t)snprintf(plan + len, len < sizeof plan ? sizeof plan - len : 0, "%s\n", PQgetvalue(r, i, 0));
+    PQclear(r);
+    int ok = (strstr(plan, "Index Scan") || strstr(plan, "Index Only Scan")) &&
+             strstr(plan, "messages_pkey") && !strstr(plan, "Seq Scan") && !strstr(plan, "Sort");
+    if (!ok) fprintf(stderr, "unexpected plan:\n%s", plan);
+    return ok;
+}
+
+static void test_explain(void)
+{
+    CHECK(qexec("INSERT INTO messages (room, seq, user_id, name, body, ts) "
+                "SELECT 'ex' || (g % 100), g / 100 + 1, 'u', 'n', 'body ' || g, g "
+                "FROM generate_series(0, 199999) g") == 0);
+    CHECK(qexec("ANALYZE messages") == 0);
+    CHECK(qexec("PREPARE pdesc(text, bigint, bigint, bigint) AS " STORE_SQL_RANGE_DESC) == 0);
+    CHECK(qexec("PREPARE pasc(text, bigint, bigint, bigint) AS " STORE_SQL_RANGE_ASC) == 0);
+    CHECK(qexec("SET plan_cache_mode = force_generic_plan") == 0);
+    CHECK(plan_uses_pkey("EXPLAIN EXECUTE pdesc('ex42', 0, 1500, 50)"));
+    CHECK(plan_uses_pkey("EXPLAIN EXECUTE pasc('ex42', 700, 9223372036854775807, 50)"));
+    CHECK(qexec("SET plan_cache_mode = force_custom_plan") == 0);
+    CHECK(plan_uses_pkey("EXPLAIN EXECUTE pdesc('ex42', 0, 9223372036854775807, 50)"));
+    CHECK(plan_uses_pkey("EXPLAIN EXECUTE pdesc('ex42', 0, 1500, 50)"));
+    CHECK(qexec("RESET plan_cache_mode") == 0);
+    CHECK(qexec("DEALLOCATE pdesc") == 0 && qexec("DEALLOCATE pasc") == 0);
+}
+
+/* ---------- Postgres killed and restarted mid-stream ---------- */
+
+#define RS_TOTAL 6000
+static store *g_rs;
+static int g_rs_next = 1, g_rs_status[RS_TOTAL + 1], g_rs_calls;
+static void rs_cb(void *ud, int status)
+{
+    int i = (int)(intptr_t)ud;
+    g_rs_status[i] = status == 0 ? 1 : -1;
+    g_rs_calls++;
+}
+static void rs_writer(uv_timer_t *t)
+{
+    for (int k = 0; k < 20 && g_rs_next <= RS_TOTAL; k++, g_rs_next++) {
+        store_row r = mkrow("restart", (uint64_t)g_rs_next, "survive");
+        if (store_write(g_rs, &r, rs_cb, (void *)(intptr_t)g_rs_next) != 0) {
+            fprintf(stderr, "store_write refused row %d\n", g_rs_next);
+            g_failed = 1;
+        }
+    }
+    if (g_rs_next > RS_TOTAL) uv_timer_stop(t);
+}
+
+static uv_timer_t g_rs_writer; /* closed by test_pg_restart whatever happens */
+
+static void pg_restart_body(void)
+{
+    metric_counter *reconn = metrics_counter("chat_pg_reconnects_total", NULL, NULL);
+    uint64_t reconn0 = reconn->v;
+    g_rs = open_store(200, 2, 0);
+    CHECK(g_rs);
+    WAIT(store_ready(g_rs), 10000);
+    CHECK(store_ready(g_rs));
+    uv_timer_start(&g_rs_writer, rs_writer, 2, 2);
+    WAIT(g_rs_calls >= 1500, 20000);
+    CHECK(g_rs_calls >= 1500);
+    int acked_before = g_rs_calls;
+    CHECK(pg_kill9() == 0);
+    run_for(700); /* writes keep queueing while Postgres is down */
+    CHECK(!store_ready(g_rs));
+    CHECK(g_rs_calls <= acked_before + 200); /* at most the batch that was in flight */
+    CHECK(pg_start() == 0);
+    WAIT(g_rs_calls == RS_TOTAL, 60000);
+    CHECK(g_rs_calls == RS_TOTAL);
+    for (int i = 1; i <= RS_TOTAL; i++) CHECK(g_rs_status[i] == 1);
+    CHECK(reconn->v > reconn0);
+    PQreset(bc);
+    CHECK(PQstatus(bc) == CONNECTION_OK);
+    CHECK(row_count("restart", -1) == RS_TOTAL);
+    CHECK(qint("SELECT count(DISTINCT seq) FROM messages WHERE room='restart'") == RS_TOTAL);
+    CHECK(qint("SELECT min(seq) FROM messages WHERE room='restart'") == 1);
+    CHECK(qint("SELECT max(seq) FROM messages WHERE room='restart'") == RS_TOTAL);
+}
+
+static void test_pg_restart(void)
+{
+    uv_timer_init(L, &g_rs_writer);
+    pg_restart_body();
+    uv_close((uv_handle_t *)&g_rs_writer, NULL);
+    store_free(g_rs);
+    g_rs = NULL;
+    if (postmaster_pid() > 0 && kill((pid_t)postmaster_pid(), 0) != 0) pg_start(); /* for cleanup */
+}
+
+int main(void)
+{
+    const char *env = getenv("CHATD_TEST_DATABASE_URL");
+    g_port = 17100 + (int)(getpid() % 20);
+    if (env && *env) {
+        snprintf(g_url, sizeof g_url, "%s", env);
+    } else {
+        if (access("/usr/lib/postgresql/15/bin/postgres", X_OK) != 0) {
+            fprintf(stderr, "skip: no Postgres 15 and no CHATD_TEST_DATABASE_URL\n");
+            return 77;
+        }
+        snprintf(g_dir, sizeof g_dir, "/tmp/chatd-store-test-%d", (int)getpid());
+        mkdir(g_dir, 0755); /* reachable by the postgres user */
+        if (pg_start() != 0) {
+            fprintf(stderr, "cannot start postgres in %s\n", g_dir);
+            return 1;
+        }
+        g_own_pg = 1;
+        snprintf(g_url, sizeof g_url, "postgresql://postgres@127.0.0.1:%d/chatd", g_port);
+    }
+    snprintf(g_schema, sizeof g_schema, "store_test_%d", (int)getpid());
+    char opt[128];
+    snprintf(opt, sizeof opt, "-c search_path=%s", g_schema);
+    setenv("PGOPTIONS", opt, 1);
+    bc = PQconnectdb(g_url);
+    if (PQstatus(bc) != CONNECTION_OK) {
+        fprintf(stderr, "blocking connection failed: %s\n", PQerrorMessage(bc));
+        PQfinish(bc);
+        if (g_own_pg) pg_stop();
+        return 1;
+    }
+    PQsetNoticeProcessor(bc, quiet_notice, NULL);
+    if (g_own_pg) {
+        PGresult *r = PQexec(bc, "SHOW data_directory");
+        if (PQresultStatus(r) == PGRES_TUPLES_OK)
+            snprintf(g_datadir, sizeof g_datadir, "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    char sql[160];
+    snprintf(sql, sizeof sql, "CREATE SCHEMA %s", g_schema);
+    if (qexec(sql) != 0) { PQfinish(bc); if (g_own_pg) pg_stop(); return 1; }
+
+    L = uv_default_loop();
+    uv_timer_init(L, &tick);
+    uv_timer_start(&tick, on_tick, 5, 5);
+
+    struct { const char *name; void (*fn)(void); } tests[] = {
+        {"bad_and_unreachable", test_bad_and_unreachable},
+        {"migrations", test_migrations},
+        {"batches", test_batches},
+        {"idempotent", test_idempotent},
+        {"pending_max_and_drain", test_pending_max_and_drain},
+        {"free_from_callback", test_free_from_callback},
+        {"range", test_range},
+        {"paging_under_inserts", test_paging_under_inserts},
+        {"explain", test_explain},
+        {"pg_restart", test_pg_restart},
+    };
+    int nfail = 0;
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        if (strcmp(tests[i].name, "pg_restart") == 0 && !g_own_pg) {
+            fprintf(stderr, "SKIP %s (needs our own Postgres)\n", tests[i].name);
+            continue;
+        }
+        g_failed = 0;
+        uint64_t t0 = mono_ms();
+        tests[i].fn();
+        run_for(10); /* let closed handles finish */
+        fprintf(stderr, "%s %s (%llu ms)\n", g_failed ? "FAIL" : "ok  ", tests[i].name,
+                (unsigned long long)(mono_ms() - t0));
+        nfail += g_failed;
+    }
+
+    snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", g_schema);
+    qexec(sql);
+    PQfinish(bc);
+    uv_close((uv_handle_t *)&tick, NULL);
+    run_for(50); /* bounded: a store leaked by a failed check must not hang us */
+    if (uv_loop_close(L) != 0 && !nfail) {
+        fprintf(stderr, "handles left open on the loop\n");
+        nfail++;
+    }
+    metrics_free_all();
+    if (g_own_pg) pg_stop();
+    fprintf(stderr, nfail ? "test_store: %d FAILED\n" : "test_store: all passed\n", nfail);
+    return nfail ? 1 : 0;
+}
