@@ -23,6 +23,9 @@
 #define MOD "bus"
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
+#define CONNECT_TIMEOUT_MS 3000  /* connect + handshake */
+#define PING_EVERY_MS 1000       /* health check of the command connection */
+#define PING_TIMEOUT_MS 5000
 
 enum { ST_WAIT = 0, ST_CONNECTING, ST_UP };
 
@@ -36,7 +39,10 @@ typedef struct busr {
     int recovering;          /* up, waiting for rooms to catch up */
     int logged_down;
     char sha[41];
-    uv_timer_t retry;
+    uv_timer_t retry;        /* reconnect backoff, then connect deadline */
+    uv_timer_t ping;         /* health check while up */
+    uint64_t ping_sent;      /* mono ms of the outstanding PING, 0: none */
+    int open_handles;
     unsigned attempt;
     uint64_t rng;
 } busr;
@@ -133,7 +139,30 @@ static void retry_cb(uv_timer_t *t)
 {
     busr *R = t->data;
     if (R->b->freeing) return;
-    session_start(R);
+    if (R->state == ST_CONNECTING) session_fail(R, NULL, "connect/handshake timeout");
+    else if (R->state == ST_WAIT) session_start(R);
+}
+
+static void ping_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    busr *R = R_of(ac);
+    (void)priv;
+    if (!reply) { on_dead_reply(R, ac); return; }
+    if (ac == R->cmd) R->ping_sent = 0;
+}
+
+/* A Redis that stops answering without closing (stopped, partitioned)
+ * would leave publishes pending forever: drop the session instead. */
+static void ping_cb(uv_timer_t *t)
+{
+    busr *R = t->data;
+    if (R->b->freeing || R->state != ST_UP || !R->cmd) return;
+    uint64_t now = mono_ms();
+    if (R->ping_sent) {
+        if (now - R->ping_sent > PING_TIMEOUT_MS) session_fail(R, NULL, "no reply to PING");
+        return;
+    }
+    if (redisAsyncCommand(R->cmd, ping_reply_cb, NULL, "PING") == REDIS_OK) R->ping_sent = now;
 }
 
 static void schedule_retry(busr *R)
@@ -154,6 +183,9 @@ static void session_up(busr *R)
     if (R->state != ST_CONNECTING || !R->cmd_ok || !R->sub_ok) return;
     R->state = ST_UP;
     R->attempt = 0;
+    R->ping_sent = 0;
+    uv_timer_stop(&R->retry);
+    uv_timer_start(&R->ping, ping_cb, PING_EVERY_MS, PING_EVERY_MS);
     R->recovering = 1;
     if (R->ever_up) metric_inc(b->m.reconnects);
     LOGI(MOD, "redis %s:%d %s", R->url.host, R->url.port,
@@ -219,6 +251,31 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
     session_fail(R, ac, ac->errstr[0] ? ac->errstr : "disconnected");
 }
 
+/* The 0.14.1 libuv adapter drops poll errors (status < 0: a refused
+ * connect, a reset socket), and libuv stops the poll on them, so hiredis
+ * would never learn that the connection failed. We keep the adapter's
+ * attach and cleanup (its handle, its close) and route its events through
+ * this callback, which hands errors to hiredis as read/write readiness:
+ * hiredis then sees the socket error and fails the context properly. */
+static void poll_cb(uv_poll_t *h, int status, int events)
+{
+    redisLibuvEvents *p = h->data;
+    if (status < 0) events = p->events ? p->events : UV_READABLE;
+    if (p->context && (events & UV_READABLE)) redisAsyncHandleRead(p->context);
+    if (p->context && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
+}
+
+static void ev_update(redisLibuvEvents *p)
+{
+    if (p->events) uv_poll_start(&p->handle, p->events, poll_cb);
+    else uv_poll_stop(&p->handle);
+}
+
+static void ev_add_read(void *d) { redisLibuvEvents *p = d; p->events |= UV_READABLE; ev_update(p); }
+static void ev_del_read(void *d) { redisLibuvEvents *p = d; p->events &= ~UV_READABLE; ev_update(p); }
+static void ev_add_write(void *d) { redisLibuvEvents *p = d; p->events |= UV_WRITABLE; ev_update(p); }
+static void ev_del_write(void *d) { redisLibuvEvents *p = d; p->events &= ~UV_WRITABLE; ev_update(p); }
+
 static redisAsyncContext *connect_one(busr *R, const char **why)
 {
     redisAsyncContext *ac = redisAsyncConnect(R->url.host, R->url.port);
@@ -236,6 +293,10 @@ static redisAsyncContext *connect_one(busr *R, const char **why)
         redisAsyncFree(ac);
         return NULL;
     }
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
     redisAsyncSetConnectCallback(ac, connect_cb);
     redisAsyncSetDisconnectCallback(ac, disconnect_cb);
     return ac;
@@ -272,7 +333,13 @@ static void session_start(busr *R)
     if (!rc) rc = send_auth(R, R->sub);
     if (!rc)
         rc = redisAsyncCommand(R->sub, handshake_cb, (void *)"PING", "PING") == REDIS_OK ? 0 : -1;
-    if (rc) session_fail(R, NULL, "cannot queue the handshake");
+    if (rc) {
+        session_fail(R, NULL, "cannot queue the handshake");
+        return;
+    }
+    redisEnableKeepAlive(&R->cmd->c);
+    redisEnableKeepAlive(&R->sub->c);
+    if (R->state == ST_CONNECTING) uv_timer_start(&R->retry, retry_cb, CONNECT_TIMEOUT_MS, 0);
 }
 
 static void reset_room_cb(void *val, void *arg)
@@ -298,6 +365,9 @@ static void session_fail(busr *R, const redisAsyncContext *dying, const char *wh
     R->state = ST_WAIT;
     R->cmd_ok = R->sub_ok = 0;
     R->recovering = 0;
+    R->ping_sent = 0;
+    uv_timer_stop(&R->ping);
+    uv_timer_stop(&R->retry);
     if (!R->logged_down || was_ready) {
         LOGW(MOD, "redis %s:%d: %s", R->url.host, R->url.port, why);
         R->logged_down = 1;
@@ -339,7 +409,8 @@ static void session_fail(busr *R, const redisAsyncContext *dying, const char *wh
     }
     /* 4. tell, then retry */
     if (was_ready && !b->freeing && b->h.on_ready) b->h.on_ready(b->ud, 0);
-    if (!b->freeing && R->state == ST_WAIT && !R->cmd && !R->sub && !uv_is_active((uv_handle_t *)&R->retry))
+    if (!b->freeing && R->state == ST_WAIT && !R->cmd && !R->sub &&
+        !uv_is_active((uv_handle_t *)&R->retry))
         schedule_retry(R);
 }
 
@@ -693,11 +764,11 @@ static int be_emit(bus *b, const char *room, const char *kind, const char *data,
 
 static void be_progress(bus *b) { check_ready(b); }
 
-static void retry_closed(uv_handle_t *h)
+static void timer_closed(uv_handle_t *h)
 {
     busr *R = h->data;
     bus *b = R->b;
-    free(R);
+    if (--R->open_handles == 0) free(R);
     bus_handle_closed(b);
 }
 
@@ -716,8 +787,11 @@ static int be_init(bus *b, const bus_opts *o, char *err, size_t errlen)
     R->rng = mono_ns() ^ (uint64_t)(uintptr_t)R ^ 0x9e3779b97f4a7c15ull;
     if (!R->rng) R->rng = 1;
     uv_timer_init(b->loop, &R->retry);
+    uv_timer_init(b->loop, &R->ping);
     R->retry.data = R;
-    b->handles++;
+    R->ping.data = R;
+    R->open_handles = 2;
+    b->handles += 2;
     b->impl = R;
     session_start(R);
     return 0;
@@ -726,8 +800,8 @@ static int be_init(bus *b, const bus_opts *o, char *err, size_t errlen)
 static void be_free(bus *b)
 {
     busr *R = b->impl;
-    uv_timer_stop(&R->retry);
-    uv_close((uv_handle_t *)&R->retry, retry_closed);
+    uv_close((uv_handle_t *)&R->retry, timer_closed);
+    uv_close((uv_handle_t *)&R->ping, timer_closed);
     redisAsyncContext *c = R->cmd;
     R->cmd = NULL;
     if (c) redisAsyncFree(c);

@@ -2,3 +2,4 @@
 target_sources(chatcore PRIVATE
   core/bus.c core/bus_order.c core/bus_map.c core/bus_url.c
   core/bus_script.c core/bus_redis.c core/bus_local.c)
+chatd_unit_test(test_bus)

@@ -1,0 +1,985 @@
+/* test_bus: the bus against a real redis-server (started here on a free
+ * port of 17000-17099, or CHATD_TEST_REDIS_URL) and in in-process mode.
+ * Proves: order across nodes, idempotent resend, recent buffer trim, replay,
+ * gap fill and gap loss, recovery after lost subscriptions and after a
+ * Redis restart, refcounted subscriptions (PUBSUB CHANNELS), NOSCRIPT
+ * recovery, emit, cancellation on bus_free, and that no callback runs inside
+ * a bus_* call. Randomised parts print their seed (CHATD_TEST_SEED reuses
+ * one). Exit 0 pass, 1 fail, 77 skip (no redis-server: in-process only). */
+#define _GNU_SOURCE
+#include "bus.h"
+#include "bus_int.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static uv_loop_t *loop;
+static uv_timer_t ticker;
+static int failures;
+static int in_call; /* set around bus_* calls: callbacks must not see it */
+static unsigned seed;
+static char nonce[16];
+
+#define CHECK(c, ...)                                                          \
+    do {                                                                       \
+        if (!(c)) {                                                            \
+            failures++;                                                        \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #c);       \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fprintf(stderr, "\n");                                             \
+        }                                                                      \
+    } while (0)
+
+static void tick(uv_timer_t *t) { (void)t; }
+
+#define WAIT(cond, ms)                                                         \
+    do {                                                                       \
+        uint64_t until_ = mono_ms() + (ms);                                    \
+        uv_timer_start(&ticker, tick, 1, 1);                                   \
+        while (!(cond) && mono_ms() < until_) uv_run(loop, UV_RUN_ONCE);       \
+        uv_timer_stop(&ticker);                                                \
+    } while (0)
+
+/* run the loop for ms milliseconds */
+static void spin(int ms) { WAIT(0, ms); }
+
+/* ---------------- redis-server management ---------------- */
+
+static pid_t redis_pid = -1;
+static int redis_port;
+static char redis_dir[64];
+static char redis_url[128];
+static int own_redis;
+static redisContext *sc; /* synchronous client for assertions */
+static bus_url surl;
+
+static int port_free(int p)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+static void sc_close(void)
+{
+    if (sc) redisFree(sc);
+    sc = NULL;
+}
+
+static int sc_connect(int timeout_ms)
+{
+    uint64_t until = mono_ms() + (uint64_t)timeout_ms;
+    while (mono_ms() < until) {
+        sc_close();
+        sc = redisConnect(surl.host, surl.port);
+        if (sc && !sc->err) {
+            redisReply *r;
+            if (surl.pass[0]) {
+                r = surl.user[0] ? redisCommand(sc, "AUTH %s %s", surl.user, surl.pass)
+                                 : redisCommand(sc, "AUTH %s", surl.pass);
+                if (r) freeReplyObject(r);
+            }
+            if (surl.db) {
+                r = redisCommand(sc, "SELECT %d", surl.db);
+                if (r) freeReplyObject(r);
+            }
+            r = redisCommand(sc, "PING");
+            int ok = r && r->type == REDIS_REPLY_STATUS;
+            if (r) freeReplyObject(r);
+            if (ok) return 0;
+        }
+        usleep(20000);
+    }
+    sc_close();
+    return -1;
+}
+
+static int redis_start(void)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", redis_port);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); }
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
+               "--dir", redis_dir, "--save", "", "--appendonly", "yes", "--appendfsync",
+               "always", "--daemonize", "no", "--loglevel", "warning", (char *)NULL);
+        _exit(127);
+    }
+    redis_pid = pid;
+    if (sc_connect(5000) != 0) {
+        fprintf(stderr, "redis-server did not start on port %d\n", redis_port);
+        return -1;
+    }
+    return 0;
+}
+
+static void redis_kill(int sig)
+{
+    if (redis_pid <= 0) return;
+    kill(redis_pid, sig);
+    waitpid(redis_pid, NULL, 0);
+    redis_pid = -1;
+}
+
+static void redis_cleanup(void)
+{
+    sc_close();
+    if (own_redis) {
+        redis_kill(SIGTERM);
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", redis_dir);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", redis_dir);
+    }
+}
+
+static int redis_setup(void)
+{
+    const char *env = getenv("CHATD_TEST_REDIS_URL");
+    char err[128];
+    if (env && *env) {
+        snprintf(redis_url, sizeof redis_url, "%s", env);
+        if (bus_url_parse(redis_url, &surl, err, sizeof err) != 0) {
+            fprintf(stderr, "%s\n", err);
+            return -1;
+        }
+        own_redis = 0;
+        return sc_connect(2000);
+    }
+    if (system("command -v redis-server >/dev/null 2>&1") != 0) return -1;
+    snprintf(redis_dir, sizeof redis_dir, "/tmp/chatd-test-bus-XXXXXX");
+    if (!mkdtemp(redis_dir)) return -1;
+    own_redis = 1;
+    for (int i = 0; i < 100; i++) {
+        int p = 17000 + (int)((seed + (unsigned)i * 7) % 100);
+        if (!port_free(p)) continue;
+        redis_port = p;
+        snprintf(redis_url, sizeof redis_url, "redis://127.0.0.1:%d", p);
+        bus_url_parse(redis_url, &surl, err, sizeof err);
+        if (redis_start() == 0) return 0;
+        redis_kill(SIGKILL);
+    }
+    return -1;
+}
+
+static redisReply *rc(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = sc ? redisvCommand(sc, fmt, ap) : NULL;
+    va_end(ap);
+    return r;
+}
+
+static long long rc_int(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = sc ? redisvCommand(sc, fmt, ap) : NULL;
+    va_end(ap);
+    long long v = -1;
+    if (r && r->type == REDIS_REPLY_INTEGER) v = r->integer;
+    else if (r && r->type == REDIS_REPLY_STRING) v = strtoll(r->str, NULL, 10);
+    else if (r && r->type == REDIS_REPLY_ARRAY) v = (long long)r->elements;
+    else if (r && r->type == REDIS_REPLY_NIL) v = 0;
+    if (r) freeReplyObject(r);
+    return v;
+}
+
+/* ---------------- a test node ---------------- */
+
+#define MAXMSG 8192
+
+typedef struct node {
+    const char *name;
+    bus *b;
+    char room[80];           /* messages of other rooms are counted apart */
+    uint64_t seqs[MAXMSG];
+    char tails[MAXMSG][48];
+    size_t n, other;
+    int dup_or_disorder;
+    uint64_t gap_from[64], gap_to[64];
+    int ngaps;
+    int emits;
+    char emit_kind[16], emit_data[64];
+    int ready_log[64];
+    int nready;
+} node;
+
+static void on_message(void *ud, const char *room, uint64_t seq, const char *tail, size_t len)
+{
+    node *nd = ud;
+    CHECK(!in_call, "%s: on_message inside a bus_* call", nd->name);
+    if (strcmp(room, nd->room) != 0) { nd->other++; return; }
+    if (nd->n && seq != nd->seqs[nd->n - 1] + 1) {
+        /* allowed only right after a reported gap */
+        if (!(nd->ngaps && nd->gap_to[nd->ngaps - 1] + 1 == seq)) nd->dup_or_disorder++;
+    }
+    if (nd->n < MAXMSG) {
+        nd->seqs[nd->n] = seq;
+        snprintf(nd->tails[nd->n], sizeof nd->tails[0], "%.*s", (int)(len < 47 ? len : 47), tail);
+        nd->n++;
+    }
+}
+
+static void on_gap(void *ud, const char *room, uint64_t from, uint64_t to)
+{
+    node *nd = ud;
+    CHECK(!in_call, "%s: on_gap inside a bus_* call", nd->name);
+    if (nd->ngaps < 64) {
+        nd->gap_from[nd->ngaps] = from;
+        nd->gap_to[nd->ngaps] = to;
+        nd->ngaps++;
+    }
+    (void)room;
+}
+
+static void on_emit(void *ud, const char *room, const char *kind, const char *data, size_t len)
+{
+    node *nd = ud;
+    CHECK(!in_call, "%s: on_emit inside a bus_* call", nd->name);
+    if (strcmp(room, nd->room) != 0) return;
+    nd->emits++;
+    snprintf(nd->emit_kind, sizeof nd->emit_kind, "%s", kind);
+    snprintf(nd->emit_data, sizeof nd->emit_data, "%.*s", (int)len, data);
+}
+
+static void on_ready(void *ud, int ready)
+{
+    node *nd = ud;
+    CHECK(!in_call, "%s: on_ready inside a bus_* call", nd->name);
+    if (nd->nready < 64) nd->ready_log[nd->nready++] = ready;
+}
+
+static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready};
+
+static node *node_new(const char *name, const char *url, size_t recent_max, uint32_t ttl)
+{
+    node *nd = calloc(1, sizeof *nd);
+    nd->name = name;
+    bus_opts o = {url, recent_max, ttl};
+    char err[128] = "";
+    in_call = 1;
+    nd->b = bus_new(loop, &o, &handlers, nd, err, sizeof err);
+    in_call = 0;
+    CHECK(nd->b, "bus_new: %s", err);
+    return nd;
+}
+
+static void node_free(node *nd)
+{
+    if (!nd) return;
+    bus_free(nd->b); /* cancels: callbacks with -1 run inside, by contract */
+    free(nd);
+}
+
+static void settle(void)
+{
+    /* every bus handle closed: nothing else is active on the loop */
+    uv_timer_stop(&ticker);
+    uv_run(loop, UV_RUN_DEFAULT);
+}
+
+static void sub(node *nd, const char *room)
+{
+    in_call = 1;
+    bus_subscribe(nd->b, room);
+    in_call = 0;
+}
+
+static void unsub(node *nd, const char *room)
+{
+    in_call = 1;
+    bus_unsubscribe(nd->b, room);
+    in_call = 0;
+}
+
+typedef struct pubres { int done, status, dup; uint64_t seq; } pubres;
+
+static void pub_cb(void *ud, int status, uint64_t seq, int dup)
+{
+    pubres *p = ud;
+    CHECK(!in_call, "publish cb inside a bus_* call");
+    CHECK(!p->done, "publish cb called twice");
+    p->done++;
+    p->status = status;
+    p->seq = seq;
+    p->dup = dup;
+}
+
+static int pub(node *nd, const char *room, const char *id, const char *body, pubres *p)
+{
+    char tail[128];
+    int n = snprintf(tail, sizeof tail, "\"id\":\"%s\",\"body\":\"%s\"}", id ? id : "", body);
+    memset(p, 0, sizeof *p);
+    in_call = 1;
+    int r = bus_publish(nd->b, room, id, tail, (size_t)n, pub_cb, p);
+    in_call = 0;
+    return r;
+}
+
+typedef struct repres {
+    int done, status;
+    size_t n;
+    uint64_t head, first, last;
+    int contiguous;
+} repres;
+
+static void rep_cb(void *ud, int status, const bus_entry *e, size_t n, uint64_t head)
+{
+    repres *r = ud;
+    CHECK(!in_call, "replay cb inside a bus_* call");
+    CHECK(!r->done, "replay cb called twice");
+    r->done++;
+    r->status = status;
+    r->n = n;
+    r->head = head;
+    r->contiguous = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (i && e[i].seq != e[i - 1].seq + 1) r->contiguous = 0;
+        CHECK(e[i].len > 0 && e[i].tail[0] == '"', "replay entry tail");
+    }
+    r->first = n ? e[0].seq : 0;
+    r->last = n ? e[n - 1].seq : 0;
+}
+
+static int replay(node *nd, const char *room, uint64_t since, size_t max, repres *r)
+{
+    memset(r, 0, sizeof *r);
+    in_call = 1;
+    int rc_ = bus_replay(nd->b, room, since, max, rep_cb, r);
+    in_call = 0;
+    return rc_;
+}
+
+/* waits until room is subscribed and synced on nd (replay answers then) */
+static void synced(node *nd, const char *room)
+{
+    repres r;
+    if (replay(nd, room, UINT64_MAX, 0, &r) != 0) { CHECK(0, "replay barrier refused"); return; }
+    WAIT(r.done, 5000);
+    CHECK(r.done && r.status == 0, "replay barrier status %d", r.status);
+}
+
+static void mkroom(char *out, size_t n, const char *what)
+{
+    snprintf(out, n, "%s-%s", what, nonce);
+}
+
+static int contiguous(const node *nd, uint64_t from, uint64_t to)
+{
+    if (nd->n != to - from + 1) return 0;
+    for (size_t i = 0; i < nd->n; i++)
+        if (nd->seqs[i] != from + i) return 0;
+    return 1;
+}
+
+static uint64_t counter(const char *name)
+{
+    return metrics_counter(name, NULL, NULL)->v;
+}
+
+/* ---------------- tests: helpers ---------------- */
+
+static void test_url(void)
+{
+    bus_url u;
+    char err[128];
+    CHECK(bus_url_parse("redis://127.0.0.1:6380/2", &u, err, sizeof err) == 0, "%s", err);
+    CHECK(strcmp(u.host, "127.0.0.1") == 0 && u.port == 6380 && u.db == 2, "parsed");
+    CHECK(bus_url_parse("redis://:s%40cret@h:7000", &u, err, sizeof err) == 0, "%s", err);
+    CHECK(strcmp(u.pass, "s@cret") == 0 && !u.user[0] && strcmp(u.host, "h") == 0 && u.port == 7000,
+          "password form");
+    CHECK(bus_url_parse("redis://bob:pw@localhost", &u, err, sizeof err) == 0 &&
+              strcmp(u.user, "bob") == 0 && u.port == 6379 && u.db == 0, "user form");
+    CHECK(bus_url_parse("redis://[::1]:6390/", &u, err, sizeof err) == 0 &&
+              strcmp(u.host, "::1") == 0 && u.port == 6390, "ipv6");
+    CHECK(bus_url_parse("http://x", &u, err, sizeof err) != 0, "scheme");
+    CHECK(bus_url_parse("redis://h:0", &u, err, sizeof err) != 0, "port 0");
+    CHECK(bus_url_parse("redis://h:99999", &u, err, sizeof err) != 0, "port range");
+    CHECK(bus_url_parse("redis://h/x", &u, err, sizeof err) != 0, "db");
+    CHECK(bus_url_parse("redis://", &u, err, sizeof err) != 0, "host");
+    bus_opts o = {"nope://", 0, 0};
+    CHECK(bus_new(loop, &o, &handlers, NULL, err, sizeof err) == NULL, "bad url refused");
+}
+
+/* ---------------- tests: in-process mode ---------------- */
+
+static void test_local_basic(void)
+{
+    node *a = node_new("local", NULL, 5, 0);
+    char room[80];
+    mkroom(room, sizeof room, "lb");
+    snprintf(a->room, sizeof a->room, "%s", room);
+    CHECK(bus_ready(a->b) == 1 && bus_is_redis(a->b) == 0, "local ready");
+    sub(a, room);
+    pubres p[12];
+    for (int i = 0; i < 12; i++) CHECK(pub(a, room, NULL, "x", &p[i]) == 0, "publish %d", i);
+    CHECK(!p[0].done && a->n == 0, "nothing delivered inside bus_publish");
+    WAIT(p[11].done && a->n == 12, 2000);
+    for (int i = 0; i < 12; i++)
+        CHECK(p[i].done && p[i].status == 0 && p[i].seq == (uint64_t)i + 1, "seq %d", i);
+    CHECK(contiguous(a, 1, 12), "delivered 1..12 (n=%zu)", a->n);
+    /* idempotency */
+    pubres d1, d2;
+    pub(a, room, "cid-1", "once", &d1);
+    pub(a, room, "cid-1", "once", &d2);
+    WAIT(d1.done && d2.done, 2000);
+    CHECK(d1.status == 0 && !d1.dup && d1.seq == 13, "first id publish");
+    CHECK(d2.status == 0 && d2.dup && d2.seq == 13, "resend gives the same seq");
+    spin(20);
+    CHECK(a->n == 13, "one delivery for the id (n=%zu)", a->n);
+    /* replay with recent_max 5: buffer holds 9..13 */
+    repres r;
+    replay(a, room, 8, 100, &r);
+    CHECK(!r.done, "replay deferred");
+    WAIT(r.done, 2000);
+    CHECK(r.status == 0 && r.n == 5 && r.first == 9 && r.last == 13 && r.contiguous && r.head == 13,
+          "replay complete st=%d n=%zu", r.status, r.n);
+    replay(a, room, 2, 100, &r);
+    WAIT(r.done, 2000);
+    CHECK(r.status == 1 && r.n == 0 && r.head == 13, "replay beyond the buffer -> 1");
+    replay(a, room, 10, 2, &r);
+    WAIT(r.done, 2000);
+    CHECK(r.status == 1, "replay over max -> 1");
+    replay(a, room, UINT64_MAX, 0, &r);
+    WAIT(r.done, 2000);
+    CHECK(r.status == 0 && r.n == 0 && r.head == 13, "head only");
+    replay(a, room, 13, 10, &r);
+    WAIT(r.done, 2000);
+    CHECK(r.status == 0 && r.n == 0 && r.head == 13, "nothing new");
+    /* emit */
+    in_call = 1;
+    CHECK(bus_emit(a->b, room, "typing", "{\"t\":1}", 7) == 0, "emit");
+    CHECK(bus_emit(a->b, room, "bogus", "x", 1) != 0, "emit kind checked");
+    in_call = 0;
+    WAIT(a->emits == 1, 2000);
+    CHECK(a->emits == 1 && strcmp(a->emit_kind, "typing") == 0 &&
+              strcmp(a->emit_data, "{\"t\":1}") == 0, "emit delivered");
+    /* refcount */
+    sub(a, room);
+    unsub(a, room);
+    pub(a, room, NULL, "still", &p[0]);
+    WAIT(p[0].done && a->n == 14, 2000);
+    CHECK(a->n == 14, "still subscribed after one unsubscribe");
+    unsub(a, room);
+    pub(a, room, NULL, "gone", &p[0]);
+    WAIT(p[0].done, 2000);
+    spin(10);
+    CHECK(a->n == 14 && p[0].seq == 15, "no delivery after the last unsubscribe");
+    CHECK(a->dup_or_disorder == 0 && a->ngaps == 0, "no disorder");
+    /* resubscribe: continues from the head */
+    sub(a, room);
+    pub(a, room, NULL, "back", &p[0]);
+    WAIT(a->n == 15, 2000);
+    CHECK(a->n == 15 && a->seqs[14] == 16, "delivery after resubscribe");
+    node_free(a);
+    settle();
+}
+
+static void test_local_free_and_ttl(void)
+{
+    node *a = node_new("local2", NULL, 100, 1);
+    char room[80];
+    mkroom(room, sizeof room, "lf");
+    pubres p1, p2, p3;
+    pub(a, room, "id-x", "a", &p1);
+    WAIT(p1.done, 2000);
+    pub(a, room, "id-x", "a", &p2);
+    WAIT(p2.done, 2000);
+    CHECK(p2.dup && p2.seq == p1.seq, "dup within ttl");
+    spin(1100);
+    pub(a, room, "id-x", "a", &p3);
+    WAIT(p3.done, 2000);
+    CHECK(p3.status == 0 && !p3.dup && p3.seq == p1.seq + 1, "id expired after ttl");
+    /* pending callbacks get -1 on bus_free */
+    pubres q[3];
+    repres r;
+    for (int i = 0; i < 3; i++) pub(a, room, NULL, "q", &q[i]);
+    replay(a, room, 0, 10, &r);
+    node_free(a);
+    for (int i = 0; i < 3; i++) CHECK(q[i].done == 1 && q[i].status == -1, "cancelled publish");
+    CHECK(r.done == 1 && r.status == -1, "cancelled replay");
+    settle();
+}
+
+/* ---------------- tests: Redis mode ---------------- */
+
+static void wait_ready(node *nd)
+{
+    WAIT(bus_ready(nd->b), 5000);
+    CHECK(bus_ready(nd->b), "%s ready", nd->name);
+}
+
+static void test_two_nodes(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "two");
+    node *a = node_new("A", redis_url, 1000, 60), *b = node_new("B", redis_url, 1000, 60);
+    CHECK(bus_is_redis(a->b) && !bus_ready(a->b), "redis mode, not ready before connect");
+    snprintf(a->room, sizeof a->room, "%s", room);
+    snprintf(b->room, sizeof b->room, "%s", room);
+    wait_ready(a);
+    wait_ready(b);
+    CHECK(a->nready == 1 && a->ready_log[0] == 1, "on_ready(1) once");
+    sub(a, room);
+    sub(b, room);
+    synced(a, room);
+    synced(b, room);
+    pubres p[100];
+    for (int i = 0; i < 100; i++) CHECK(pub(i % 2 ? a : b, room, NULL, "m", &p[i]) == 0, "pub");
+    WAIT(a->n == 100 && b->n == 100, 5000);
+    CHECK(contiguous(a, 1, 100) && contiguous(b, 1, 100), "A n=%zu B n=%zu", a->n, b->n);
+    int seen[101] = {0};
+    for (int i = 0; i < 100; i++) {
+        CHECK(p[i].done && p[i].status == 0 && p[i].seq >= 1 && p[i].seq <= 100, "pub %d", i);
+        if (p[i].seq <= 100) seen[p[i].seq]++;
+    }
+    for (int i = 1; i <= 100; i++) CHECK(seen[i] == 1, "seq %d assigned once", i);
+    for (size_t i = 0; i < 100; i++)
+        CHECK(strcmp(a->tails[i], b->tails[i]) == 0, "same tail for seq %zu", i + 1);
+    /* emit reaches both nodes */
+    in_call = 1;
+    CHECK(bus_emit(a->b, room, "presence", "{\"p\":1}", 7) == 0, "emit");
+    in_call = 0;
+    WAIT(a->emits == 1 && b->emits == 1, 3000);
+    CHECK(a->emits == 1 && b->emits == 1 && strcmp(b->emit_kind, "presence") == 0 &&
+              strcmp(b->emit_data, "{\"p\":1}") == 0, "emit on both nodes");
+    /* idempotent resend: same id -> same seq, one delivery */
+    pubres d1, d2, d3;
+    pub(a, room, "c-77", "hello", &d1);
+    pub(b, room, "c-77", "hello", &d2);
+    WAIT(d1.done && d2.done, 3000);
+    CHECK(d1.status == 0 && d2.status == 0 && d1.seq == d2.seq && d1.dup + d2.dup == 1,
+          "concurrent resend: seq %" PRIu64 "/%" PRIu64 " dup %d/%d", d1.seq, d2.seq, d1.dup, d2.dup);
+    pub(a, room, "c-77", "hello", &d3);
+    WAIT(d3.done, 3000);
+    CHECK(d3.status == 0 && d3.dup == 1 && d3.seq == d1.seq, "later resend");
+    CHECK(rc_int("TTL chat:{%s}:id:c-77", room) > 0, "id key has a ttl");
+    spin(50);
+    CHECK(a->n == 101 && b->n == 101, "one delivery of the id (A %zu B %zu)", a->n, b->n);
+    CHECK(counter("chat_messages_published_total") >= 101, "published metric");
+    CHECK(a->dup_or_disorder == 0 && b->dup_or_disorder == 0, "no disorder");
+    node_free(a);
+    node_free(b);
+    settle();
+}
+
+static void test_trim_replay(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "trim");
+    node *a = node_new("T", redis_url, 5, 60);
+    wait_ready(a);
+    pubres p[12];
+    for (int i = 0; i < 12; i++) pub(a, room, NULL, "t", &p[i]);
+    WAIT(p[11].done, 3000);
+    CHECK(rc_int("ZCARD chat:{%s}:recent", room) == 5, "recent trimmed to 5");
+    CHECK(rc_int("GET chat:{%s}:seq", room) == 12, "seq 12");
+    repres r;
+    CHECK(replay(a, room, 7, 100, &r) == 0, "replay queued");
+    WAIT(r.done, 3000);
+    CHECK(r.status == 0 && r.n == 5 && r.first == 8 && r.last == 12 && r.contiguous && r.head == 12,
+          "complete replay st=%d n=%zu first=%" PRIu64, r.status, r.n, r.first);
+    replay(a, room, 3, 100, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 1 && r.n == 0 && r.head == 12, "beyond the buffer -> 1");
+    replay(a, room, 8, 3, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 1 && r.head == 12, "more than max -> 1");
+    replay(a, room, 9, 3, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 0 && r.n == 3 && r.first == 10, "exactly max");
+    replay(a, room, UINT64_MAX, 0, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 0 && r.n == 0 && r.head == 12, "head only");
+    replay(a, room, 12, 10, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 0 && r.n == 0 && r.head == 12, "up to date");
+    char empty[80];
+    mkroom(empty, sizeof empty, "never");
+    replay(a, empty, 0, 10, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 0 && r.n == 0 && r.head == 0, "unknown room");
+    node_free(a);
+    settle();
+}
+
+static void test_gap_fill(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "gap");
+    node *a = node_new("G", redis_url, 1000, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    pubres p;
+    pub(a, room, NULL, "1", &p);
+    WAIT(a->n == 1, 3000);
+    uint64_t filled0 = counter("chat_bus_gaps_filled_total");
+    uint64_t lost0 = counter("chat_bus_gaps_lost_total");
+    /* seq 2 and 3 stored but never published (the node missed them) */
+    for (int s = 2; s <= 3; s++) {
+        CHECK(rc_int("INCR chat:{%s}:seq", room) == s, "incr");
+        rc_int("ZADD chat:{%s}:recent %d %d\n\"id\":\"\",\"body\":\"missed\"}", room, s, s);
+    }
+    pub(a, room, NULL, "4", &p);
+    WAIT(a->n == 4, 3000);
+    CHECK(contiguous(a, 1, 4), "gap filled in order (n=%zu)", a->n);
+    CHECK(a->n >= 2 && strstr(a->tails[1], "missed"), "filled from the buffer");
+    CHECK(counter("chat_bus_gaps_filled_total") == filled0 + 1, "gaps filled metric");
+    /* seq 5 never stored: lost, reported, delivery continues */
+    CHECK(rc_int("INCR chat:{%s}:seq", room) == 5, "incr");
+    pub(a, room, NULL, "6", &p);
+    WAIT(a->n == 5, 3000);
+    CHECK(a->ngaps == 1 && a->gap_from[0] == 5 && a->gap_to[0] == 5, "on_gap(5,5) (%d)", a->ngaps);
+    CHECK(a->n == 5 && a->seqs[4] == 6, "continues after the gap");
+    CHECK(counter("chat_bus_gaps_lost_total") == lost0 + 1, "gaps lost metric");
+    /* a duplicate publish on the channel is dropped */
+    rc_int("PUBLISH chat:{%s}:msg %s", room, "6\n\"dup\"}");
+    pub(a, room, NULL, "7", &p);
+    WAIT(a->n == 6, 3000);
+    CHECK(a->n == 6 && a->seqs[5] == 7 && a->dup_or_disorder == 0, "duplicate dropped");
+    node_free(a);
+    settle();
+}
+
+static int channels(const char *room)
+{
+    return (int)rc_int("PUBSUB CHANNELS chat:{%s}:*", room);
+}
+
+static void test_refcount(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "ref");
+    node *a = node_new("R", redis_url, 1000, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    sub(a, room);
+    synced(a, room);
+    CHECK(channels(room) == 3, "3 channels (%d)", channels(room));
+    unsub(a, room);
+    spin(50);
+    CHECK(channels(room) == 3, "still 3 after one unsubscribe");
+    unsub(a, room);
+    WAIT(channels(room) == 0, 2000);
+    CHECK(channels(room) == 0, "none after the last (%d)", channels(room));
+    /* flapping: the end state wins and delivery works */
+    for (int i = 0; i < 5; i++) { sub(a, room); unsub(a, room); }
+    sub(a, room);
+    synced(a, room);
+    CHECK(channels(room) == 3, "3 after flapping (%d)", channels(room));
+    size_t n0 = a->n;
+    pubres p;
+    pub(a, room, NULL, "after", &p);
+    WAIT(a->n == n0 + 1, 3000);
+    CHECK(a->n == n0 + 1, "delivery after flapping");
+    unsub(a, room);
+    WAIT(channels(room) == 0, 2000);
+    CHECK(channels(room) == 0, "none at the end");
+    node_free(a);
+    settle();
+}
+
+static void test_noscript(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "nos");
+    node *a = node_new("N", redis_url, 1000, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    redisReply *r = rc("SCRIPT FLUSH");
+    CHECK(r && r->type == REDIS_REPLY_STATUS, "script flush");
+    if (r) freeReplyObject(r);
+    pubres p[3];
+    for (int i = 0; i < 3; i++) pub(a, room, NULL, "n", &p[i]);
+    WAIT(p[0].done && p[1].done && p[2].done, 3000);
+    for (int i = 0; i < 3; i++) CHECK(p[i].status == 0, "publish after SCRIPT FLUSH %d", i);
+    WAIT(a->n == 3, 3000);
+    CHECK(contiguous(a, 1, 3), "delivered after reload");
+    node_free(a);
+    settle();
+}
+
+static void test_three_nodes(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "three");
+    node *n[3];
+    const char *names[3] = {"N1", "N2", "N3"};
+    for (int i = 0; i < 3; i++) {
+        n[i] = node_new(names[i], redis_url, 2000, 60);
+        snprintf(n[i]->room, sizeof n[i]->room, "%s", room);
+    }
+    for (int i = 0; i < 3; i++) wait_ready(n[i]);
+    for (int i = 0; i < 3; i++) { sub(n[i], room); synced(n[i], room); }
+    unsigned s = seed;
+    fprintf(stderr, "three nodes: seed %u\n", seed);
+    static pubres p[600];
+    int total = 600;
+    for (int i = 0; i < total; i++) {
+        s = s * 1103515245u + 12345u;
+        pub(n[(s >> 16) % 3], room, NULL, "c", &p[i]);
+        if ((s >> 8) % 7 == 0) uv_run(loop, UV_RUN_NOWAIT);
+    }
+    WAIT(n[0]->n == (size_t)total && n[1]->n == (size_t)total && n[2]->n == (size_t)total, 10000);
+    for (int i = 0; i < 3; i++)
+        CHECK(contiguous(n[i], 1, (uint64_t)total), "%s sees 1..%d (n=%zu)", names[i], total, n[i]->n);
+    for (int i = 0; i < total; i++) CHECK(p[i].status == 0, "publish %d", i);
+    for (int i = 0; i < 3; i++) node_free(n[i]);
+    settle();
+}
+
+/* the node misses publishes while its subscription is down: they are
+ * recovered from the buffer after the reconnect (or reported lost) */
+static void test_missed_while_down(size_t recent_max, int npub)
+{
+    char room[80];
+    mkroom(room, sizeof room, recent_max < 10 ? "lostdown" : "missdown");
+    node *a = node_new("M", redis_url, recent_max, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    pubres p;
+    pub(a, room, NULL, "first", &p);
+    WAIT(a->n == 1, 3000);
+    uint64_t rec0 = counter("chat_redis_reconnects_total");
+    CHECK(rc_int("CLIENT KILL TYPE pubsub") >= 1, "killed the subscription connection");
+    WAIT(!bus_ready(a->b), 2000);
+    CHECK(!bus_ready(a->b) && a->nready && a->ready_log[a->nready - 1] == 0, "on_ready(0)");
+    in_call = 1;
+    CHECK(bus_publish(a->b, room, NULL, "\"x\"}", 4, pub_cb, &p) == -1, "publish refused while down");
+    CHECK(bus_emit(a->b, room, "typing", "x", 1) == -1, "emit dropped while down");
+    in_call = 0;
+    char tail[64];
+    for (int i = 0; i < npub; i++) {
+        /* use the bus script with recent_max of the node */
+        char kseq[128], krec[128], ch[128];
+        snprintf(kseq, sizeof kseq, "chat:{%s}:seq", room);
+        snprintf(krec, sizeof krec, "chat:{%s}:recent", room);
+        snprintf(ch, sizeof ch, "chat:{%s}:msg", room);
+        snprintf(tail, sizeof tail, "\"id\":\"\",\"body\":\"oob%d\"}", i);
+        char keep[24];
+        snprintf(keep, sizeof keep, "%zu", recent_max);
+        redisReply *r = rc("EVAL %s 2 %s %s %s %s 60 %s", BUS_PUBLISH_LUA, kseq, krec, tail,
+                           keep, ch);
+        CHECK(r && r->type == REDIS_REPLY_ARRAY, "oob publish: %s / %s", r && r->str ? r->str : "?", sc ? sc->errstr : "no sc");
+        if (r) freeReplyObject(r);
+    }
+    WAIT(bus_ready(a->b), 5000);
+    CHECK(bus_ready(a->b) && a->nready && a->ready_log[a->nready - 1] == 1, "on_ready(1) again");
+    CHECK(counter("chat_redis_reconnects_total") == rec0 + 1, "reconnect counted");
+    uint64_t head = (uint64_t)npub + 1;
+    if ((size_t)npub <= recent_max) {
+        /* ready means recovered: everything is there already */
+        CHECK(contiguous(a, 1, head), "recovered 1..%" PRIu64 " (n=%zu)", head, a->n);
+        CHECK(a->ngaps == 0, "no gap");
+    } else {
+        uint64_t lost_to = head - recent_max;
+        CHECK(a->ngaps == 1 && a->gap_from[0] == 2 && a->gap_to[0] == lost_to,
+              "gap 2..%" PRIu64 " reported (%d gaps, %" PRIu64 "..%" PRIu64 ")", lost_to, a->ngaps,
+              a->ngaps ? a->gap_from[0] : 0, a->ngaps ? a->gap_to[0] : 0);
+        CHECK(a->n == 1 + recent_max && a->seqs[a->n - 1] == head, "the buffer's part delivered");
+    }
+    pub(a, room, NULL, "after", &p);
+    WAIT(a->n && a->seqs[a->n - 1] == head + 1, 3000);
+    CHECK(p.status == 0 && a->seqs[a->n - 1] == head + 1, "live again");
+    CHECK(a->dup_or_disorder == 0, "no disorder");
+    node_free(a);
+    settle();
+}
+
+/* publishing from a timer while the redis-server is killed and restarted */
+typedef struct streamer {
+    node *nd;
+    const char *room;
+    uv_timer_t t;
+    int sent, refused, failed, ok, stop;
+    pubres res[4000];
+} streamer;
+
+static void stream_tick(uv_timer_t *t)
+{
+    streamer *s = t->data;
+    if (s->stop || s->sent >= 4000) return;
+    pubres *p = &s->res[s->sent];
+    if (pub(s->nd, s->room, NULL, "s", p) == 0) s->sent++;
+    else s->refused++;
+}
+
+static int all_answered(streamer **ss, int n)
+{
+    for (int k = 0; k < n; k++)
+        for (int j = 0; j < ss[k]->sent; j++)
+            if (!ss[k]->res[j].done) return 0;
+    return 1;
+}
+
+static void test_restart(void)
+{
+    if (!own_redis) {
+        fprintf(stderr, "skip restart test: CHATD_TEST_REDIS_URL is not ours to kill\n");
+        return;
+    }
+    char room[80];
+    mkroom(room, sizeof room, "restart");
+    node *a = node_new("RA", redis_url, 1000, 60), *b = node_new("RB", redis_url, 1000, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    snprintf(b->room, sizeof b->room, "%s", room);
+    wait_ready(a);
+    wait_ready(b);
+    sub(a, room);
+    sub(b, room);
+    synced(a, room);
+    synced(b, room);
+    static streamer sa, sb;
+    memset(&sa, 0, sizeof sa);
+    memset(&sb, 0, sizeof sb);
+    streamer *ss[2] = {&sa, &sb};
+    node *nn[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        ss[i]->nd = nn[i];
+        ss[i]->room = room;
+        uv_timer_init(loop, &ss[i]->t);
+        ss[i]->t.data = ss[i];
+        uv_timer_start(&ss[i]->t, stream_tick, 2, 2);
+    }
+    spin(150);
+    sc_close();
+    redis_kill(SIGKILL);
+    WAIT(!bus_ready(a->b) && !bus_ready(b->b), 3000);
+    CHECK(!bus_ready(a->b) && !bus_ready(b->b), "both nodes down");
+    spin(300);
+    CHECK(redis_start() == 0, "redis restarted");
+    WAIT(bus_ready(a->b) && bus_ready(b->b), 8000);
+    CHECK(bus_ready(a->b) && bus_ready(b->b), "both nodes ready again");
+    spin(150);
+    sa.stop = sb.stop = 1;
+    for (int i = 0; i < 2; i++) uv_timer_stop(&ss[i]->t);
+    /* wait for every publish to be answered */
+    WAIT(all_answered(ss, 2), 5000);
+    uint64_t head = (uint64_t)rc_int("GET chat:{%s}:seq", room);
+    WAIT(a->n && b->n && a->seqs[a->n - 1] == head && b->seqs[b->n - 1] == head, 5000);
+    int ok = 0, failed = 0;
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < ss[k]->sent; j++) {
+            CHECK(ss[k]->res[j].done == 1, "answered");
+            if (ss[k]->res[j].status == 0) ok++; else failed++;
+        }
+    fprintf(stderr, "restart: %d ok, %d status -1, %d refused (-1), head %" PRIu64 ", A %zu B %zu\n",
+            ok, failed, sa.refused + sb.refused, head, a->n, b->n);
+    CHECK(sa.refused + sb.refused + failed > 0, "some publishes failed while down");
+    CHECK(contiguous(a, 1, head) && contiguous(b, 1, head), "A and B see 1..%" PRIu64, head);
+    CHECK(a->ngaps == 0 && b->ngaps == 0 && a->dup_or_disorder == 0 && b->dup_or_disorder == 0,
+          "no gap, no duplicate, no disorder");
+    CHECK((uint64_t)ok <= head, "every ok publish has its own seq");
+    int seenready0 = 0;
+    for (int i = 0; i < a->nready; i++) if (a->ready_log[i] == 0) seenready0 = 1;
+    CHECK(seenready0 && a->nready && a->ready_log[a->nready - 1] == 1, "ready went 0 then 1");
+    for (int i = 0; i < 2; i++) uv_close((uv_handle_t *)&ss[i]->t, NULL);
+    node_free(a);
+    node_free(b);
+    settle();
+}
+
+static void test_free_pending(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "free");
+    node *a = node_new("F", redis_url, 1000, 60);
+    wait_ready(a);
+    sub(a, room);
+    pubres p[5];
+    repres r, w;
+    for (int i = 0; i < 5; i++) pub(a, room, NULL, "f", &p[i]);
+    replay(a, room, 0, 10, &w); /* waits for the room's sync */
+    replay(a, "other", 0, 10, &r);
+    node_free(a);
+    for (int i = 0; i < 5; i++) CHECK(p[i].done == 1 && p[i].status == -1, "publish %d cancelled", i);
+    CHECK(r.done == 1 && r.status == -1 && w.done == 1 && w.status == -1, "replays cancelled");
+    settle();
+    /* a bus that never reached Redis frees cleanly too */
+    char url[64];
+    int dead = 17000 + (int)((seed + 50) % 100);
+    while (!port_free(dead) || dead == redis_port) dead = 17000 + (dead - 17000 + 1) % 100;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", dead);
+    node *d = node_new("D", url, 0, 0);
+    spin(200);
+    CHECK(!bus_ready(d->b) && d->nready == 0, "never ready");
+    in_call = 1;
+    CHECK(bus_publish(d->b, room, NULL, "x", 1, pub_cb, &p[0]) == -1, "refused");
+    in_call = 0;
+    node_free(d);
+    settle();
+}
+
+int main(void)
+{
+    const char *s = getenv("CHATD_TEST_SEED");
+    seed = s ? (unsigned)strtoul(s, NULL, 10) : (unsigned)(mono_ns() ^ (uint64_t)getpid());
+    fprintf(stderr, "test_bus seed %u (CHATD_TEST_SEED=%u to repeat)\n", seed, seed);
+    snprintf(nonce, sizeof nonce, "%08x", seed * 2654435761u);
+    log_set_level(getenv("CHATD_TEST_DEBUG") ? LOG_DEBUG : LOG_ERROR);
+    signal(SIGPIPE, SIG_IGN);
+    loop = uv_default_loop();
+    uv_timer_init(loop, &ticker);
+    uv_unref((uv_handle_t *)&ticker);
+
+    test_url();
+    test_local_basic();
+    test_local_free_and_ttl();
+    int have_redis = redis_setup() == 0;
+    if (have_redis) {
+        fprintf(stderr, "redis at %s\n", redis_url);
+        test_two_nodes();
+        test_trim_replay();
+        test_gap_fill();
+        test_refcount();
+        test_noscript();
+        test_three_nodes();
+        test_missed_while_down(1000, 5);
+        test_missed_while_down(3, 10);
+        test_free_pending();
+        test_restart();
+    } else {
+        fprintf(stderr, "no redis-server: Redis tests skipped\n");
+    }
+    redis_cleanup();
+    uv_close((uv_handle_t *)&ticker, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    int rc_ = uv_loop_close(loop);
+    CHECK(rc_ == 0, "loop closed: every handle of the bus was closed (%s)", uv_err_name(rc_));
+    metrics_free_all();
+    if (failures) {
+        fprintf(stderr, "test_bus: %d failure(s) (seed %u)\n", failures, seed);
+        return 1;
+    }
+    fprintf(stderr, "test_bus: ok\n");
+    return have_redis ? 0 : 77;
+}
