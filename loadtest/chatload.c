@@ -84,7 +84,7 @@ struct stats {
     uint64_t churn_closes, slow_backlog_frames, slow_closed;
     uint64_t http_sent, http_done, http_fail, http_status[600];
     uint64_t open_at_go, open_at_end;
-    double cpu_steady, cpu_total;
+    double cpu_steady, cpu_total, runq_wait_steady;
     struct lt_hist lag, connect, http;
 };
 
@@ -949,6 +949,18 @@ static void emit_secs(uint64_t now, uint32_t *cur_sec)
     }
 }
 
+/* seconds a task spent runnable but not running (2nd field of schedstat) */
+static double runq_wait_of(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    unsigned long long run = 0, wait = 0;
+    int n = fscanf(f, "%llu %llu", &run, &wait);
+    fclose(f);
+    return n == 2 ? (double)wait / 1e9 : 0;
+}
+
 static void worker_run(void)
 {
     W_rng ^= (uint64_t)(W_id + 1) * 0x9E3779B97F4A7C15ull ^ mono_ns();
@@ -989,7 +1001,7 @@ static void worker_run(void)
     double hb_due = 0, pub_due = 0, churn_due = 0, http_due = 0;
     int started = 0, hb_pos = 0, ready_sent = 0;
     uint32_t cur_sec = 0;
-    double cpu_go = 0;
+    double cpu_go = 0, rq_go = 0;
     struct epoll_event evs[512];
 
     while (W_phase != P_END) {
@@ -1008,6 +1020,7 @@ static void worker_run(void)
                     W_phase = P_STEADY;
                     t_go = now;
                     cpu_go = cpu_self();
+                    rq_go = runq_wait_of("/proc/self/schedstat");
                     S.open_at_go = (uint64_t)W_open_now;
                 }
                 continue;
@@ -1086,6 +1099,7 @@ static void worker_run(void)
             }
             if (now - t_go >= (uint64_t)(O.duration * 1e9)) {
                 S.cpu_steady = cpu_self() - cpu_go;
+                S.runq_wait_steady = runq_wait_of("/proc/self/schedstat") - rq_go;
                 S.open_at_end = (uint64_t)W_open_now;
                 W_phase = P_DRAIN;
                 t_drain = now;
@@ -1125,14 +1139,15 @@ static void worker_run(void)
 /* ------------------------------------------------------------ parent */
 
 struct srv_sample {
-    double cpu;
+    double cpu, runq_wait;      /* CPU seconds; seconds runnable but waiting for a CPU */
     long rss_kib;
     int ok;
 };
 
+
 static struct srv_sample server_sample(void)
 {
-    struct srv_sample s = {0, 0, 0};
+    struct srv_sample s = {0, 0, 0, 0};
     long tck = sysconf(_SC_CLK_TCK);
     for (int i = 0; i < O.n_server_pids; i++) {
         char path[64], b[4096];
@@ -1148,6 +1163,8 @@ static struct srv_sample server_sample(void)
         if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
             return s;
         s.cpu += (double)(ut + st) / (double)tck;
+        snprintf(path, sizeof path, "/proc/%d/schedstat", O.server_pids[i]);
+        s.runq_wait += runq_wait_of(path);
         snprintf(path, sizeof path, "/proc/%d/status", O.server_pids[i]);
         f = fopen(path, "r");
         if (!f)
@@ -1195,7 +1212,7 @@ static void merge_stats(struct stats *d, const struct stats *s)
     ADD(acks); ADD(errors); ADD(other_frames); ADD(pings); ADD(hb_sent); ADD(hb_acks);
     ADD(msgs_sent); ADD(msgs_skipped); ADD(bytes_in); ADD(bytes_out); ADD(churn_closes);
     ADD(slow_backlog_frames); ADD(slow_closed); ADD(http_sent); ADD(http_done); ADD(http_fail);
-    ADD(open_at_go); ADD(open_at_end); ADD(cpu_steady); ADD(cpu_total);
+    ADD(open_at_go); ADD(open_at_end); ADD(cpu_steady); ADD(cpu_total); ADD(runq_wait_steady);
 #undef ADD
     for (int i = 0; i < 600; i++)
         d->http_status[i] += s->http_status[i];
@@ -1558,9 +1575,11 @@ int main(int argc, char **argv)
     printf("generator: CPU %.2f s in steady (%.0f%% of one core, %d cpu(s) allowed)%s\n", t->cpu_steady,
            100 * gen_util, ncpu, gen_limited ? "  ** GENERATOR-LIMITED: figures are a floor **" : "");
 
+    double srv_rq = s_go.ok && s_end.ok ? s_end.runq_wait - s_go.runq_wait : -1;
     if (other_util >= 0)
-        printf("machine: other processes used %.0f%% of one core on average during steady (%ld cores)%s\n",
-               100 * other_util, ncores,
+        printf("machine: other processes used %.0f%% of one core on average during steady (%ld cores); "
+               "runnable-but-waiting for a CPU: server %.0f ms, generator %.0f ms%s\n",
+               100 * other_util, ncores, srv_rq * 1e3, t->runq_wait_steady * 1e3,
                other_util > 0.25 ? "  ** NOISY MACHINE: other load competes with chatd/generator **" : "");
 
     if (O.timeline[0]) {
@@ -1634,8 +1653,9 @@ int main(int argc, char **argv)
                        "\"rss_begin_kib\": %ld, \"rss_go_kib\": %ld, \"rss_end_kib\": %ld, \"rss_per_conn_kib\": %.2f},\n",
                     s_go.ok ? "true" : "false", srv_cpu, srv_cpu / dur, cpu_per_del_us, s_begin.rss_kib,
                     s_go.rss_kib, s_end.rss_kib, rss_per_conn);
-            fprintf(f, "  \"machine\": {\"cores\": %ld, \"other_cpu_util\": %.3f, \"noisy\": %s},\n", ncores,
-                    other_util, other_util > 0.25 ? "true" : "false");
+            fprintf(f, "  \"machine\": {\"cores\": %ld, \"other_cpu_util\": %.3f, \"server_runq_wait_ms\": %.1f, "
+                       "\"generator_runq_wait_ms\": %.1f, \"noisy\": %s},\n", ncores, other_util, srv_rq * 1e3,
+                    t->runq_wait_steady * 1e3, other_util > 0.25 ? "true" : "false");
             fprintf(f, "  \"generator\": {\"cpu_steady_s\": %.3f, \"cpu_util\": %.3f, \"cpus_allowed\": %d, \"limited\": %s}\n}\n",
                     t->cpu_steady, gen_util, ncpu, gen_limited ? "true" : "false");
             fclose(f);

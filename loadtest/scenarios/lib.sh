@@ -12,6 +12,9 @@ SECRET=${SECRET:-loadtest-secret-0123456789abcdef0123456789}
 CHATD_CPU=${CHATD_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 LT_NICE=${LT_NICE:-0}   # e.g. -10 to shield the measurement from other load (root only)
+LT_RT=${LT_RT:-0}       # 1: run chatd and the generator SCHED_FIFO (chrt -f 1); starves other work on those cores
+LT_PRIO=(nice -n "$LT_NICE")
+[ "$LT_RT" = 1 ] && LT_PRIO=(chrt -f 1)
 PORT_A=${PORT_A:-17601}
 PORT_B=${PORT_B:-17602}
 REDIS_PORT=${REDIS_PORT:-17610}
@@ -82,7 +85,7 @@ lt_chatd() {
     else
         CHAT_LISTEN=127.0.0.1:$port CHAT_JWT_SECRET=$SECRET CHAT_NODE_ID=$name \
             CHAT_SCRIPTS=${CHAT_SCRIPTS:-$REPO/scripts} \
-            nice -n "$LT_NICE" taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
+            "${LT_PRIO[@]}" taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
     fi
     LT_CHATD_PID=$!
     LT_PIDS+=("$LT_CHATD_PID")
@@ -100,7 +103,7 @@ lt_chatd() {
 lt_load() {
     local name=$1
     shift
-    nice -n "$LT_NICE" taskset -c "$LOAD_CPU" "$LOAD" --secret "$SECRET" --json "$RESULTS/$name.json" \
+    "${LT_PRIO[@]}" taskset -c "$LOAD_CPU" "$LOAD" --secret "$SECRET" --json "$RESULTS/$name.json" \
         --timeline "$RESULTS/$name.timeline" "$@" | tee "$RESULTS/$name.txt"
 }
 
