@@ -847,7 +847,8 @@ static int script_call(script_host *h, lstate *s, const call_spec *cs, script_re
     lua_pushcfunction(L, msgh);
     lua_pushcfunction(L, trampoline);
     lua_pushlightuserdata(L, (void *)cs);
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    /* without our allocator, memory is only seen in the hook: look more often */
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, s->gccount_mode ? HOOK_COUNT / 10 : HOOK_COUNT);
     int st = lua_pcall(L, 1, cs->op == OP_HOOK ? 3 : 0, 1);
     lua_sethook(L, NULL, 0, 0);
     s->enforce = 0;
@@ -966,7 +967,8 @@ static lstate *lstate_build(script_host *h, char *err, size_t errlen)
     if (parse_num(getenv("CHAT_MEMORY_LIMIT_MB"), &v) == 0 && v > 0) mb = v;
     s->limit = (size_t)(mb * 1048576.0);
     s->budget_ns = (uint64_t)DEFAULT_BUDGET_MS * 1000000u;
-    s->L = lua_newstate(l_alloc, s);
+    /* CHATD_TEST_GCCOUNT forces the fallback path (for tests) */
+    s->L = getenv("CHATD_TEST_GCCOUNT") ? NULL : lua_newstate(l_alloc, s);
     if (!s->L) {                          /* non-GC64 x86_64: no custom allocator */
         s->gccount_mode = 1;
         s->L = luaL_newstate();

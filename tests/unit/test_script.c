@@ -319,6 +319,24 @@ static void test_budgets(void)
         CHECKS(msg(h, "replace"), "replace:replaced:id1");
         CHECKS(msg(h, "util"), "replace:X!");
     }
+    script_free(h);
+    /* the same with the fallback for non-GC64 builds (no custom allocator:
+     * LUA_GCCOUNT checked in the count hook and after the call) */
+    setenv("CHAT_HOOK_BUDGET_MS", "5000", 1);
+    setenv("CHATD_TEST_GCCOUNT", "1", 1);
+    h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    unsetenv("CHAT_HOOK_BUDGET_MS");
+    unsetenv("CHATD_TEST_GCCOUNT");
+    CHECK(h != NULL);
+    if (!h) return;
+    for (size_t i = 0; i < 2; i++) {
+        t0 = mono_ns();
+        CHECKS(msg(h, bombs[i]), "reject:script_error:policy script failed");
+        double ms = (double)(mono_ns() - t0) / 1e6;
+        fprintf(stderr, "  %s (GCCOUNT fallback) stopped after %.1f ms\n", bombs[i], ms);
+        CHECK(ms < 2000);
+        CHECKS(msg(h, "replace"), "replace:replaced:id1");
+    }
     CHECK(metrics_gauge("chat_script_memory_bytes", NULL, NULL)->v < 16.0 * 1048576);
     script_free(h);
 }
