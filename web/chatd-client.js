@@ -154,6 +154,7 @@ export class ChatdClient {
     if (!st) return;
     st.wanted = false;
     st.recovering = null;
+    st.seq = null; // a later join starts from the room's head, not with a replay of the absence
     if (this._isOpen() && st.joined) this._sendFrame({ type: 'leave', room });
     st.joined = false;
   }
@@ -286,12 +287,14 @@ export class ChatdClient {
     this._timers.refresh = null;
     if (!this._isOpen()) return;
     const ws = this._ws;
+    const oldExp = this._tokenExp;
     let token;
     try {
       token = await this._fetchToken();
+      if (oldExp && this._tokenExp <= oldExp) throw new Error('tokenProvider returned a token that does not expire later');
     } catch (e) {
       this._emit('error', { type: 'error', code: 'token_provider', message: String(e && e.message || e) });
-      if (retry < 5 && this._ws === ws) {
+      if (retry < 5 && this._ws === ws && Date.now() < oldExp) {
         this._timers.refresh = setTimeout(() => this._refresh(retry + 1), 1000 * (retry + 1));
       }
       return;

@@ -30,6 +30,7 @@ const CHROMIUM_ARGS = [
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
   '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1',
 ];
+const RUN = Date.now().toString(36).slice(-4); // tags texts, unique per run
 const EXTERNAL = (process.env.WEB_TEST_EXTERNAL || '').split(',').map((s) => s.trim()).filter(Boolean);
 
 fs.mkdirSync(ART, { recursive: true });
@@ -282,7 +283,7 @@ test('three users: a message round-trip with pending -> acked', async () => {
       }
     }).observe(document.getElementById('logs'), { subtree: true, childList: true, attributes: true, attributeFilter: ['data-state'] });
   });
-  const text = `hello from Alice ${Date.now()}`;
+  const text = `Hello everyone! Lunch at noon? (run ${RUN})`;
   await sendViaUi(page, text);
   const own = page.locator('li.msg.own', { hasText: text });
   await own.waitFor({ timeout: 5000 });
@@ -298,13 +299,12 @@ test('three users: a message round-trip with pending -> acked', async () => {
   const mine = await bodies(page, 'general');
   assert(countOf(mine, text) === 1, `Alice shows her message ${countOf(mine, text)} times`);
   // a reply from the phone user, sent with the Send button
-  const reply = `hi Alice, Carol here ${Date.now()}`;
+  const reply = `Count me in, Alice (run ${RUN})`;
   await users.carol.page.getByRole('textbox', { name: 'Message' }).fill(reply);
   await users.carol.page.getByRole('button', { name: 'Send' }).click();
   await page.locator('li.msg', { hasText: reply }).waitFor({ timeout: 10000 });
   await users.carol.page.locator('li.msg.own[data-state="acked"]', { hasText: reply }).waitFor({ timeout: 10000 });
   await shot(page, '01-desktop-roundtrip.png');
-  fs.copyFileSync(path.join(ART, '01-desktop-roundtrip.png'), path.join(ROOT, 'docs', 'screenshot.png'));
   await shot(users.carol.page, '02-phone.png');
 });
 
@@ -316,6 +316,7 @@ test('typing is shown to the others and cleared after ttl_ms', async () => {
     await u.page.locator('#typing', { hasText: 'Bob is typing' }).waitFor({ timeout: 5000 });
   }
   await shot(alice.page, '03-typing.png');
+  fs.copyFileSync(path.join(ART, '03-typing.png'), path.join(ROOT, 'docs', 'screenshot.png'));
   const selfText = await bob.page.locator('#typing').textContent();
   assert(!selfText.includes('Bob'), `Bob must not see himself typing: "${selfText}"`);
   // nobody types any more: gone after ttl_ms (plus slack), and not long before it
@@ -424,6 +425,41 @@ test('keyboard: labelled controls, Enter sends, Tab reaches the composer', async
   await sleep(300);
   await shot(c, '06-phone-rooms.png');
   await c.keyboard.press('Escape');
+});
+
+test('a message whose ack was lost is resent with the same id and shown once', async () => {
+  const { alice, bob } = users;
+  const p = alice.page;
+  // the next ack Alice's client receives is "lost": the connection drops right then
+  await p.evaluate(() => {
+    const c = window.chatd.client;
+    const orig = c._onFrame;
+    window.__lostAck = null;
+    c._onFrame = function (f) {
+      if (f.type === 'ack' && !window.__lostAck) {
+        window.__lostAck = f;
+        c._onFrame = orig;
+        c._ws.close(4000, 'test: connection lost before the ack');
+        return undefined;
+      }
+      return orig.call(this, f);
+    };
+  });
+  const before = await p.evaluate(() => ({ ...window.chatd.client.stats }));
+  const text = `ack lost on the way ${Date.now()}`;
+  await sendViaUi(p, text);
+  await p.waitForFunction(() => window.__lostAck !== null, null, { timeout: 8000 });
+  await p.locator('li.msg.own[data-state="acked"]', { hasText: text }).waitFor({ timeout: 15000 });
+  const after = await p.evaluate(() => ({ ...window.chatd.client.stats }));
+  assert(after.connects === before.connects + 1, `expected one reconnect, connects ${before.connects} -> ${after.connects}`);
+  assert(after.resent >= before.resent + 1, `the un-acked message was not resent (resent ${before.resent} -> ${after.resent})`);
+  await sleep(500);
+  for (const u of [alice, bob]) {
+    const b = await bodies(u.page, 'general');
+    assert(countOf(b, text) === 1, `${u.name} shows the resent message ${countOf(b, text)} times`);
+  }
+  const sq = await seqs(p, 'general');
+  assertAscendingUnique(sq, 'Alice after the resend');
 });
 
 test('an expiring token is refreshed without the user noticing', async () => {
