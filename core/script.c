@@ -244,6 +244,12 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     luaL_error(L, "memory limit exceeded (%d MiB)", (int)(h->in->limit >> 20));
 }
 
+static void arm_hook(lstate *s)
+{
+    /* without our allocator, memory is only seen in the hook: look more often */
+    lua_sethook(s->L, count_hook, LUA_MASKCOUNT, s->gccount_mode ? HOOK_COUNT / 10 : HOOK_COUNT);
+}
+
 static int at_panic(lua_State *L)
 {
     const char *m = lua_tostring(L, -1);
@@ -847,10 +853,11 @@ static int script_call(script_host *h, lstate *s, const call_spec *cs, script_re
     lua_pushcfunction(L, msgh);
     lua_pushcfunction(L, trampoline);
     lua_pushlightuserdata(L, (void *)cs);
-    /* without our allocator, memory is only seen in the hook: look more often */
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, s->gccount_mode ? HOOK_COUNT / 10 : HOOK_COUNT);
+    /* the count hook stays installed between calls (lua_sethook rewrites
+     * LuaJIT's dispatch table: too slow to do twice per call); it is reset
+     * only after a trip switched it to every instruction */
     int st = lua_pcall(L, 1, cs->op == OP_HOOK ? 3 : 0, 1);
-    lua_sethook(L, NULL, 0, 0);
+    if (h->tripped) arm_hook(s);
     s->enforce = 0;
     int tripped = h->tripped;
     uint64_t dt = mono_ns() - t0;
@@ -976,6 +983,7 @@ static lstate *lstate_build(script_host *h, char *err, size_t errlen)
     if (!s->L) { free(s); snprintf(err, errlen, "cannot create a Lua state"); return NULL; }
     lua_atpanic(s->L, at_panic);
     luaJIT_setmode(s->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+    arm_hook(s);
     call_spec cs = {.op = OP_INIT, .hook = -1};
     char e[512];
     if (script_call(h, s, &cs, NULL, e, sizeof e) != 0) {
