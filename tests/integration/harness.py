@@ -496,22 +496,26 @@ class Node:
         log.close()
         if wait:
             self.wait_healthy()
+            # like a load balancer: send traffic only once /readyz says so
+            # (Redis / Postgres connected)
+            self.wait_healthy(path="/readyz")
         return self
 
-    def wait_healthy(self, timeout=15):
+    def wait_healthy(self, timeout=15, path="/healthz"):
         end = time.time() + timeout
         while time.time() < end:
             if self.proc.poll() is not None:
                 raise TestFailure(f"chatd {self.name} exited with {self.proc.returncode} at "
                                   f"start; log tail: {self.log_tail(8)}")
             try:
-                st, _, _ = http_get(self.port, "/healthz", timeout=0.5)
+                st, _, _ = http_get(self.port, path, timeout=0.5)
                 if st == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.05)
-        raise TestFailure(f"chatd {self.name} not healthy in {timeout}s; log: {self.log_tail(8)}")
+        raise TestFailure(f"chatd {self.name}: {path} not 200 within {timeout}s; "
+                          f"log: {self.log_tail(8)}")
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

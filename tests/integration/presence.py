@@ -188,8 +188,13 @@ async def typing_reaches_others_not_stored_rate_limited():
         f = await r.wait_for(is_typing, 3, what=f"typing at {r.label}")
         eq((f.get("user"), f.get("name"), f.get("ttl_ms")), ("typer", "Typer", TYPING_MS),
            "typing frame fields")
-    e = await ta.error_for({"type": "typing"})
-    eq(e.get("code"), "rate_limited", "second typing within 2 s (default policy)")
+    # a refused typing may be dropped silently or answered with rate_limited
+    mk = ta.mark()
+    await ta.send({"type": "typing"})
+    await ta.roundtrip()
+    for e in ta.frames[mk:]:
+        if e["type"] == "error":
+            eq(e.get("code"), "rate_limited", "error for a second typing within 2 s")
     await asyncio.sleep(0.8)
     for r in (ra, rb):
         eq(count(r, is_typing), 1, f"typings at {r.label} after a rate-limited one")
