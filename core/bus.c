@@ -141,6 +141,22 @@ static void room_free_cb(void *val, void *arg)
     room_free(val);
 }
 
+static void room_forget_waiting(void *val, void *arg)
+{
+    (void)arg;
+    ((bus_room *)val)->waiting = NULL; /* answered and freed below */
+}
+
+/* Everything of the bus stays allocated until its last handle is closed:
+ * bus_free may run inside a callback whose caller still walks a room. */
+static void final_free(bus *b)
+{
+    while (b->pending) req_free(b->pending);
+    bus_map_each(&b->rooms, room_free_cb, NULL);
+    bus_map_clear(&b->rooms);
+    free(b);
+}
+
 void bus_free(bus *b)
 {
     if (!b || b->freeing) return;
@@ -149,14 +165,13 @@ void bus_free(bus *b)
     /* the backend answers what it holds (-1) and closes its handles */
     b->be->free(b);
     /* replays waiting for a sync are held by nobody but their room */
-    bus_map_each(&b->rooms, room_free_cb, NULL);
-    bus_map_clear(&b->rooms);
+    bus_map_each(&b->rooms, room_forget_waiting, NULL);
     for (bus_req *r = b->pending, *n; r; r = n) {
         n = r->next;
         req_fail(r);
         if (r->hold <= 0) req_free(r);
     }
-    if (b->handles == 0) free(b);
+    if (b->handles == 0) final_free(b);
 }
 
 void bus_handle_closed(bus *b)
@@ -164,8 +179,7 @@ void bus_handle_closed(bus *b)
     if (--b->handles > 0 || !b->freeing) return;
     /* requests still held by a backend are gone by now (hiredis answers
      * every pending callback while freeing its context) */
-    while (b->pending) req_free(b->pending);
-    free(b);
+    final_free(b);
 }
 
 int bus_ready(const bus *b) { return b && !b->freeing && b->ready; }

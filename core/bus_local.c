@@ -317,6 +317,8 @@ static void idle_closed(uv_handle_t *h)
 {
     busl *L = h->data;
     bus *b = L->b;
+    bus_map_each(&L->rooms, lroom_free, L);
+    bus_map_clear(&L->rooms);
     free(L);
     bus_handle_closed(b);
 }
@@ -350,8 +352,8 @@ static void be_free(bus *b)
     }
     L->tail = NULL;
     L->nops = 0;
-    bus_map_each(&L->rooms, lroom_free, L);
-    bus_map_clear(&L->rooms);
+    /* room stores are freed with the handle: a caller up the stack may
+     * still point into a ring */
     uv_idle_stop(&L->idle);
     uv_close((uv_handle_t *)&L->idle, idle_closed);
 }

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -119,6 +120,7 @@ static int redis_start(void)
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
         int fd = open("/dev/null", O_WRONLY);
         if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); }
         execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
@@ -224,6 +226,7 @@ typedef struct node {
     char emit_kind[16], emit_data[64];
     int ready_log[64];
     int nready;
+    int free_on_message;     /* bus_free from inside on_message */
 } node;
 
 static void on_message(void *ud, const char *room, uint64_t seq, const char *tail, size_t len)
@@ -231,6 +234,13 @@ static void on_message(void *ud, const char *room, uint64_t seq, const char *tai
     node *nd = ud;
     CHECK(!in_call, "%s: on_message inside a bus_* call", nd->name);
     if (strcmp(room, nd->room) != 0) { nd->other++; return; }
+    if (nd->free_on_message) {
+        nd->free_on_message = 0;
+        nd->n++;
+        bus_free(nd->b);
+        nd->b = NULL;
+        return;
+    }
     if (nd->n && seq != nd->seqs[nd->n - 1] + 1) {
         /* allowed only right after a reported gap */
         if (!(nd->ngaps && nd->gap_to[nd->ngaps - 1] + 1 == seq)) nd->dup_or_disorder++;
@@ -289,7 +299,7 @@ static node *node_new(const char *name, const char *url, size_t recent_max, uint
 static void node_free(node *nd)
 {
     if (!nd) return;
-    bus_free(nd->b); /* cancels: callbacks with -1 run inside, by contract */
+    if (nd->b) bus_free(nd->b); /* cancels: callbacks with -1 run inside, by contract */
     free(nd);
 }
 
@@ -704,6 +714,51 @@ static void test_refcount(void)
     settle();
 }
 
+/* random subscribe/unsubscribe over several rooms: Redis ends with exactly
+ * the channels of the rooms that still have subscribers */
+static void test_sub_churn(void)
+{
+    node *a = node_new("C", redis_url, 1000, 60);
+    wait_ready(a);
+    char rooms[8][80];
+    int refs[8] = {0};
+    for (int i = 0; i < 8; i++) {
+        char w[16];
+        snprintf(w, sizeof w, "churn%d", i);
+        mkroom(rooms[i], sizeof rooms[i], w);
+    }
+    unsigned s = seed ^ 0x5bd1e995u;
+    fprintf(stderr, "sub churn: seed %u\n", seed);
+    for (int k = 0; k < 400; k++) {
+        s = s * 1103515245u + 12345u;
+        int i = (int)((s >> 16) % 8);
+        if (((s >> 8) & 1) && refs[i] < 3) { sub(a, rooms[i]); refs[i]++; }
+        else if (refs[i] > 0) { unsub(a, rooms[i]); refs[i]--; }
+        if ((s >> 4) % 5 == 0) uv_run(loop, UV_RUN_NOWAIT);
+        if ((s >> 4) % 37 == 0) spin(2);
+    }
+    for (int i = 0; i < 8; i++)
+        if (refs[i]) synced(a, rooms[i]);
+    int want = 0;
+    for (int i = 0; i < 8; i++) want += refs[i] ? 3 : 0;
+    char pat[64];
+    snprintf(pat, sizeof pat, "chat:{churn*-%s}:*", nonce);
+    WAIT(rc_int("PUBSUB CHANNELS %s", pat) == want, 3000);
+    CHECK(rc_int("PUBSUB CHANNELS %s", pat) == want, "channels %lld want %d",
+          rc_int("PUBSUB CHANNELS %s", pat), want);
+    for (int i = 0; i < 8; i++) {
+        if (!refs[i]) continue;
+        snprintf(a->room, sizeof a->room, "%.70s", rooms[i]);
+        size_t n0 = a->n;
+        pubres p;
+        pub(a, rooms[i], NULL, "c", &p);
+        WAIT(a->n == n0 + 1, 3000);
+        CHECK(a->n == n0 + 1, "delivery in %s", rooms[i]);
+    }
+    node_free(a);
+    settle();
+}
+
 static void test_noscript(void)
 {
     char room[80];
@@ -939,6 +994,60 @@ static void test_free_pending(void)
     settle();
 }
 
+/* bus_free called from inside on_message, with publishes pending */
+static void test_free_in_callback(const char *url)
+{
+    char room[80];
+    mkroom(room, sizeof room, url ? "fcb" : "lfcb");
+    node *a = node_new("FC", url, 100, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    if (url) wait_ready(a);
+    sub(a, room);
+    if (url) synced(a, room);
+    a->free_on_message = 1;
+    pubres p[4];
+    for (int i = 0; i < 4; i++) pub(a, room, NULL, "x", &p[i]);
+    WAIT(a->b == NULL, 3000);
+    CHECK(a->b == NULL && a->n == 1, "freed from on_message");
+    settle();
+    for (int i = 0; i < 4; i++) CHECK(p[i].done == 1, "publish %d answered once", i);
+    node_free(a);
+}
+
+/* a Redis that stops answering (SIGSTOP) is detected by the health PING:
+ * pending publishes answer -1, ready goes 0, and 1 again after SIGCONT */
+static void test_stalled(void)
+{
+    if (!own_redis) return;
+    char room[80];
+    mkroom(room, sizeof room, "stall");
+    node *a = node_new("S", redis_url, 1000, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    kill(redis_pid, SIGSTOP);
+    pubres p[3];
+    for (int i = 0; i < 3; i++) CHECK(pub(a, room, NULL, "st", &p[i]) == 0, "queued");
+    WAIT(!bus_ready(a->b) && p[0].done && p[1].done && p[2].done, 12000);
+    CHECK(!bus_ready(a->b), "stall detected");
+    for (int i = 0; i < 3; i++) CHECK(p[i].done == 1 && p[i].status == -1, "pending publish -1");
+    kill(redis_pid, SIGCONT);
+    WAIT(bus_ready(a->b), 8000);
+    CHECK(bus_ready(a->b), "ready after SIGCONT");
+    pubres q;
+    pub(a, room, NULL, "after", &q);
+    WAIT(q.done, 3000);
+    WAIT(a->n && a->seqs[a->n - 1] == q.seq, 3000);
+    /* the stalled publishes may have run once Redis woke up: delivered once */
+    CHECK(q.status == 0 && a->n == q.seq && contiguous(a, 1, q.seq), "in order, n=%zu seq=%" PRIu64,
+          a->n, q.seq);
+    sc_close();
+    CHECK(sc_connect(3000) == 0, "sync client back");
+    node_free(a);
+    settle();
+}
+
 int main(void)
 {
     const char *s = getenv("CHATD_TEST_SEED");
@@ -954,6 +1063,7 @@ int main(void)
     test_url();
     test_local_basic();
     test_local_free_and_ttl();
+    test_free_in_callback(NULL);
     int have_redis = redis_setup() == 0;
     if (have_redis) {
         fprintf(stderr, "redis at %s\n", redis_url);
@@ -962,10 +1072,13 @@ int main(void)
         test_gap_fill();
         test_refcount();
         test_noscript();
+        test_sub_churn();
         test_three_nodes();
         test_missed_while_down(1000, 5);
         test_missed_while_down(3, 10);
         test_free_pending();
+        test_free_in_callback(redis_url);
+        test_stalled();
         test_restart();
     } else {
         fprintf(stderr, "no redis-server: Redis tests skipped\n");
