@@ -43,7 +43,7 @@ struct opts {
     char host[64];
     int port;
     int conns, rooms, publishers;
-    double rate, duration, ramp, churn, http_rate, drain;
+    double rate, duration, ramp, churn, http_rate, drain, ramp_timeout;
     int heartbeat_ms, src_addrs, procs, slow, body_bytes, max_inflight, slow_rcvbuf;
     int handshake_timeout_ms;
     char secret[256], room_prefix[64], http_path[256];
@@ -997,7 +997,8 @@ static void worker_run(void)
     double churn_local = O.churn / O.procs, http_local = O.http_rate / O.procs;
 
     uint64_t now = mono_ns(), t_ramp = now, t_go = 0, t_drain = 0, last = now;
-    uint64_t last_timeout_scan = now, ramp_deadline = now + (uint64_t)((W_n / (ramp_local > 0 ? ramp_local : 1e9)) * 1e9) + 30000000000ull;
+    uint64_t last_timeout_scan = now, ramp_deadline =
+        now + (uint64_t)((W_n / (ramp_local > 0 ? ramp_local : 1e9)) * 1e9) + (uint64_t)(O.ramp_timeout * 1e9);
     double hb_due = 0, pub_due = 0, churn_due = 0, http_due = 0;
     int started = 0, hb_pos = 0, ready_sent = 0;
     uint32_t cur_sec = 0;
@@ -1246,6 +1247,7 @@ static void usage(void)
             "  --duration S       steady phase seconds (default 10)\n"
             "  --ramp C           new connections/s (0 = as fast as allowed; default 2000)\n"
             "  --max-inflight N   handshakes in flight per worker (default 256)\n"
+            "  --ramp-timeout S   extra seconds the ramp may take before the steady phase starts anyway (default 60)\n"
             "  --heartbeat-ms MS  heartbeat period per connection (0 = none; default 10000)\n"
             "  --src-addrs K      bind to 127.0.0.2..127.0.0.(K+1) (default 0 = kernel's choice)\n"
             "  --procs P          worker processes (default ceil(conns/19000))\n"
@@ -1280,6 +1282,7 @@ static void parse_opts(int argc, char **argv)
     O.max_inflight = 256;
     O.slow_rcvbuf = 4096;
     O.drain = 2;
+    O.ramp_timeout = 60;
     O.handshake_timeout_ms = 10000;
     snprintf(O.room_prefix, sizeof O.room_prefix, "lt");
     snprintf(O.http_path, sizeof O.http_path, "/rooms/{room}/messages?limit=50");
@@ -1291,7 +1294,7 @@ static void parse_opts(int argc, char **argv)
         {"timeline", 1, 0, 't'}, {"slow", 1, 0, 'w'}, {"churn", 1, 0, 'C'},
         {"http-rate", 1, 0, 'H'}, {"http-path", 1, 0, 'T'}, {"body-bytes", 1, 0, 'b'},
         {"room-prefix", 1, 0, 'x'}, {"drain", 1, 0, 'D'}, {"max-inflight", 1, 0, 'i'},
-        {"slow-rcvbuf", 1, 0, 'B'}, {"quiet", 0, 0, 'q'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
+        {"slow-rcvbuf", 1, 0, 'B'}, {"ramp-timeout", 1, 0, 'M'}, {"quiet", 0, 0, 'q'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -1348,6 +1351,7 @@ static void parse_opts(int argc, char **argv)
         case 'D': O.drain = atof(optarg); break;
         case 'i': O.max_inflight = atoi(optarg); break;
         case 'B': O.slow_rcvbuf = atoi(optarg); break;
+        case 'M': O.ramp_timeout = atof(optarg); break;
         case 'q': O.quiet = 1; break;
         default: usage();
         }
