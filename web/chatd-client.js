@@ -557,7 +557,8 @@ export class ChatdClient {
   }
 
   _onError(f) {
-    if (f.code === 'gap_too_large') {
+    if (f.code === 'gap_too_large' || (f.code === 'unavailable' && !f.id)) {
+      // unavailable without an id: a (re)join could not recover; treated like a gap
       // Without a room field the error may concern any joined room (a since= recovery, or
       // messages a node lost): checking a room that has no gap costs one history request.
       let rooms = f.room ? [f.room] : [];

@@ -24,6 +24,7 @@ const ART = path.join(ROOT, 'tests', 'artifacts', 'browser');
 const PGBIN = process.env.PGBIN || '/usr/lib/postgresql/15/bin';
 const PORT = { redis: 17501, pg: 17502, nodeA: 17510, nodeB: 17511 };
 const SECRET = 'browser-test-secret-5f0c2a9e';
+const REPLAY_MAX = 20; // small, so that a test can exceed it: gap_too_large
 const TIMING = { heartbeat: 1000, presenceTtl: 3000, typingTtl: 2000 };
 const CHROMIUM_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -123,6 +124,7 @@ async function startNode(id, port, dbUrl) {
     CHAT_HEARTBEAT_MS: String(TIMING.heartbeat),
     CHAT_PRESENCE_TTL_MS: String(TIMING.presenceTtl),
     CHAT_TYPING_TTL_MS: String(TIMING.typingTtl),
+    CHAT_REPLAY_MAX: String(REPLAY_MAX),
     CHAT_MESSAGE_RATE: '200',
     CHAT_MESSAGE_BURST: '400',
   };
@@ -188,7 +190,7 @@ async function openUser(name, { origin, nodeUrls, rooms, ttl, device = DESKTOP, 
     await input.fill(name);
     await input.press('Enter');
   }
-  await page.locator('#status[data-state="open"]').waitFor({ timeout: 15000 });
+  await page.locator('#status[data-state="open"]').waitFor({ timeout: 20000 });
   return { ctx, page, name, errors };
 }
 
@@ -320,7 +322,7 @@ test('typing is shown to the others and cleared after ttl_ms', async () => {
   const selfText = await bob.page.locator('#typing').textContent();
   assert(!selfText.includes('Bob'), `Bob must not see himself typing: "${selfText}"`);
   // nobody types any more: gone after ttl_ms (plus slack), and not long before it
-  await alice.page.waitForFunction(() => document.getElementById('typing').textContent === '', null, { timeout: TIMING.typingTtl + 4000 });
+  await alice.page.waitForFunction(() => document.getElementById('typing').textContent === '', null, { timeout: TIMING.typingTtl + 6000 });
   const gone = Date.now() - t0;
   assert(gone >= TIMING.typingTtl - 600, `typing cleared after ${gone} ms, before the ttl of ${TIMING.typingTtl} ms`);
   await carol.page.waitForFunction(() => document.getElementById('typing').textContent === '', null, { timeout: 4000 });
@@ -460,6 +462,38 @@ test('a message whose ack was lost is resent with the same id and shown once', a
   }
   const sq = await seqs(p, 'general');
   assertAscendingUnique(sq, 'Alice after the resend');
+});
+
+test('a gap larger than the replay limit is filled from the history API', async () => {
+  const { alice, bob } = users;
+  const room = 'random';
+  const p = alice.page;
+  const before = await p.evaluate((r) => window.chatd.client.lastSeq(r), room);
+  assert(before !== null, 'Alice has no seq baseline for #random');
+  // Alice goes away (a dropped connection whose retry waits minutes)...
+  await p.evaluate(() => {
+    const c = window.chatd.client;
+    c.opts.backoffMinMs = 600000;
+    c._ws.close(4000, 'test: away');
+  });
+  await p.locator('#status[data-state="reconnecting"]').waitFor({ timeout: 5000 });
+  // ...while more than the replay limit is said in #random
+  const N = REPLAY_MAX + 15;
+  await bob.page.locator('#room-list button[data-room="random"]').click();
+  await seedMessages(bob.page, room, N, `gap${RUN}`);
+  const statsBefore = await p.evaluate(() => ({ ...window.chatd.client.stats }));
+  await p.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 250; c.reconnectNow(); });
+  await p.locator('#status[data-state="open"]').waitFor({ timeout: 10000 });
+  await p.waitForFunction(({ r, want }) => window.chatd.client.lastSeq(r) >= want, { r: room, want: before + N }, { timeout: 10000 });
+  await sleep(300);
+  const stats = await p.evaluate(() => ({ ...window.chatd.client.stats }));
+  assert(stats.gapFills > statsBefore.gapFills, `no gap fill ran (stats ${JSON.stringify(stats)}): did chatd send gap_too_large for since=${before}?`);
+  const s = (await seqs(p, room)).filter((v) => v > before);
+  assertAscendingUnique(s, 'after the gap');
+  assert(s.length === N && s[0] === before + 1 && s.at(-1) === before + N, `Alice shows seqs ${s.join(',')} after ${before}, want ${before + 1}..${before + N}`);
+  const b = await bodies(p, room);
+  for (let i = 1; i <= N; i++) assert(countOf(b, `gap${RUN} ${i}`) === 1, `"gap${RUN} ${i}" shown ${countOf(b, `gap${RUN} ${i}`)} times`);
+  await bob.page.locator('#room-list button[data-room="general"]').click();
 });
 
 test('an expiring token is refreshed without the user noticing', async () => {
