@@ -190,8 +190,11 @@ function insertMessage(r, m) {
 }
 
 // ---- history ------------------------------------------------------------------------------
-async function loadInitial(r) {
+// The first page is fetched once the client knows where the live stream starts for the room
+// (welcome / presence_state), so that history + live leave no hole between them.
+async function loadInitial(r, { force = false } = {}) {
   if (r.initialLoaded || r.loading) return r.loading;
+  if (!force && client.lastSeq(r.name) === null) return undefined; // presence_state will call again
   r.loading = (async () => {
     try {
       const res = await client.history(r.name, { limit: PAGE });
@@ -208,8 +211,25 @@ async function loadInitial(r) {
     r.loading = null;
     updateOlder(r);
     fillViewport(r);
+    fillHoles(r);
   })();
   return r.loading;
+}
+
+// Postgres may lag a moment behind the live stream: a seq missing between the newest history
+// page and the first live message is fetched again shortly after.
+async function fillHoles(r) {
+  for (let t = 0; t < 5; t++) {
+    const s = [...r.bySeq.keys()].sort((a, b) => a - b);
+    let hole = false;
+    for (let i = 1; i < s.length && !hole; i++) hole = s[i] - s[i - 1] > 1;
+    if (!hole || !rooms.has(r.name)) return;
+    await new Promise((res) => setTimeout(res, 300 * (t + 1)));
+    try {
+      const res = await client.history(r.name, { limit: 200 });
+      for (const m of res.messages || []) insertMessage(r, { ...m, fromHistory: true });
+    } catch { /* try again */ }
+  }
 }
 
 async function loadOlder(r) {
@@ -272,7 +292,7 @@ function switchRoom(name, { focus = false } = {}) {
   url.hash = name;
   history.replaceState(null, '', url);
   closePanels();
-  if (!r.initialLoaded) loadInitial(r).then(() => scrollToBottom(r.log));
+  if (!r.initialLoaded) Promise.resolve(loadInitial(r)).then(() => { if (r.initialLoaded) scrollToBottom(r.log); });
   else fillViewport(r);
   if (focus) ui.input.focus();
 }
@@ -448,7 +468,10 @@ function wireClient() {
     const r = rooms.get(p.room);
     if (!r) return;
     r.presence = new Map((p.users || []).map((u) => [u.user, u.name]));
-    if (r.name === active) renderPresence();
+    if (r.name === active) {
+      renderPresence();
+      if (!r.initialLoaded) loadInitial(r, { force: true }).then(() => scrollToBottom(r.log));
+    }
   });
   client.on('presence', (p) => {
     const r = rooms.get(p.room);
