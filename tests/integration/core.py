@@ -358,6 +358,8 @@ async def bad_request_variants_keep_connection_open():
         await c.roundtrip()
     e = await c.error_for({"type": "message", "id": "m-1"})
     eq((e.get("code"), e.get("id")), ("bad_request", "m-1"), "error echoes the client id")
+    e = await c.error_for({"type": "message", "body": "x", "id": "i" * 65})
+    eq(e.get("code"), "bad_request", "65-char id")
     # unknown fields are ignored
     await c.reply('{"type":"heartbeat","extra":{"a":[1]}}',
                   lambda f: f["type"] == "heartbeat_ack", 5, "ack of heartbeat with extras")
@@ -365,8 +367,12 @@ async def bad_request_variants_keep_connection_open():
     a = await c.wait_for(lambda f: f["type"] == "ack", 5, what="ack with extra fields")
     eq(a.get("seq"), 1, "first stored seq after bad requests (nothing else stored)")
     await w.wait_for(is_msg(room), 5)
+    await c.send_msg("ok", id="i" * 64)
+    a = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == "i" * 64, 5,
+                         what="answer to a 64-char id")
+    eq(a["type"], "ack", "a 64-char id is accepted")
     await asyncio.sleep(0.2)
-    eq(len(w.messages()), 1, "messages broadcast after bad requests")
+    eq(len(w.messages()), 2, "messages broadcast after bad requests")
     check(not c.closed, "connection closed by bad requests")
 
 
@@ -431,8 +437,19 @@ def _kernel_send_buffer_max():
 
 @test(timeout=90)
 async def slow_consumer_closed_1008_others_unaffected():
-    n = start_node(env={"CHAT_MAX_QUEUE": 16, "CHAT_MAX_QUEUE_BYTES": 65536,
-                        "CHAT_MAX_FRAME": 1 << 20})
+    """Queue bytes limit reached first (2 frames of 40 kB > 64 KiB)."""
+    await _slow_consumer({"CHAT_MAX_QUEUE": 16, "CHAT_MAX_QUEUE_BYTES": 65536})
+
+
+@test(timeout=90)
+async def slow_consumer_frame_limit_closed_1008():
+    """Queue frames limit reached first (16 x 40 kB < 1 MiB default bytes)."""
+    await _slow_consumer({"CHAT_MAX_QUEUE": 16})
+
+
+async def _slow_consumer(env):
+    env = dict(env, CHAT_MAX_FRAME=1 << 20)
+    n = start_node(env=env)
     room = uniq()
     f1 = await Client.connect(n, room, token("fast1"))
     f2 = await Client.connect(n, room, token("fast2"))
@@ -754,3 +771,66 @@ async def root_serves_browser_client():
     st, hd, body = await ahttp(n.port, "/")
     eq(st, 200, "GET /")
     check("html" in hd.get("content-type", ""), f"GET / content-type {hd.get('content-type')}")
+
+
+@test(timeout=45)
+async def connect_since_replays_before_live_without_gap_or_dup():
+    n = start_node()
+    room = uniq()
+    p = await Client.connect(n, room, token("pub"))
+    for i in range(10):
+        await p.send_msg(f"m{i}", id=f"m{i}")
+    await p.wait_count(lambda f: f["type"] == "ack", 10, 5)
+    c = await Client.connect(n, room, token("late"), since=4)
+    await c.wait_count(is_msg(room), 6, 5, "replay")
+    types = [f["type"] for f in c.frames[:8]]
+    eq(types, ["welcome", "presence_state"] + ["message"] * 6,
+       "frame order on connect with since")
+    eq(c.welcome().get("seq"), 10, "welcome.seq")
+    eq(c.seqs(room), list(range(5, 11)), "replayed seqs")
+    await p.send_msg("live", id="live")
+    await c.wait_for(lambda f: f["type"] == "message" and f.get("id") == "live", 5)
+    eq(c.seqs(room), list(range(5, 12)), "replay then live")
+    # since at the head: nothing replayed, live continues
+    d = await Client.connect(n, room, token("late2"), since=11)
+    await p.send_msg("live2", id="live2")
+    await d.wait_for(lambda f: f["type"] == "message" and f.get("id") == "live2", 5)
+    eq(d.seqs(room), [12], "since = head")
+
+
+@test(timeout=60)
+async def since_while_publishing_no_gap_no_dup():
+    n = start_node()
+    await harness.since_race(n, [n])
+
+
+@test()
+async def flags_win_over_env():
+    port = harness.free_port()
+    n = harness.Node(env={"CHAT_NODE_ID": "from-env"},
+                     args=["--node-id", "from-flag", "--listen", f"127.0.0.1:{port}"])
+    env_port, n.port = n.port, port      # CHAT_LISTEN names env_port: the flag must win
+    n.start()
+    harness.release_port(env_port)
+    c = await Client.connect(n, uniq(), token("alice"))
+    eq(c.welcome().get("node"), "from-flag", "welcome.node with --node-id over CHAT_NODE_ID")
+
+
+@test()
+async def refuses_to_start_without_secret_or_key():
+    n = harness.Node(secret=None)
+    n.start(wait=False)
+    rc = await asyncio.to_thread(n.wait_exit, 5)
+    check(rc is not None, "chatd without CHAT_JWT_SECRET/CHAT_JWT_PUBLIC_KEY is still running")
+    check(rc != 0, "chatd without a secret exited 0")
+
+
+@test()
+async def sigint_drains_like_sigterm():
+    n = start_node()
+    c = await Client.connect(n, uniq(), token("alice"))
+    n.signal(signal.SIGINT)
+    code = await c.wait_closed(10)
+    check(c.errors("server_restart"), f"no server_restart before close: {c.brief(-3)}")
+    eq(code, 1001, "close code on SIGINT")
+    eq(await asyncio.to_thread(n.wait_exit, 10), 0, "exit status after SIGINT")

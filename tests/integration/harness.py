@@ -451,7 +451,7 @@ def write_policy(d, source):
 # ---------------------------------------------------------------- chatd nodes
 class Node:
     def __init__(self, name=None, redis=False, db=False, scripts=None, env=None, port=None,
-                 secret=SECRET, pubkey=None):
+                 secret=SECRET, pubkey=None, args=()):
         self.name = name or uniq("node")
         self.port = port or free_port()
         self.log_path = os.path.join(RUN.workdir, f"{RUN.test_name}-{self.name}.log")
@@ -476,6 +476,7 @@ class Node:
             else:
                 e[k] = str(v)
         self.env = e
+        self.args = list(args)
         self.proc = None
         self.starts = 0
         RUN.nodes.append(self)
@@ -491,7 +492,7 @@ class Node:
         log = open(self.log_path, "ab")
         log.write(f"==== start #{self.starts} {time.strftime('%H:%M:%S')}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen([RUN.chatd], env=self.env, stdout=log,
+        self.proc = subprocess.Popen([RUN.chatd] + self.args, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         if wait:
@@ -1016,6 +1017,46 @@ def metric_value(text, name, labels=None):
 
 async def gather_all(*aws):
     return await asyncio.gather(*aws)
+
+
+# ---------------------------------------------------------------- shared scenarios
+def _is_msg(room):
+    return lambda f: f["type"] == "message" and f.get("room") == room
+
+
+async def since_race(pub_node, sub_nodes, n_clients=20, total=400):
+    """A publisher streams while clients connect with since values behind
+    the head: each must see since+1 .. end exactly once, in order."""
+    room = uniq()
+    p = await Client.connect(pub_node, room, token("pub"))
+    w = await Client.connect(pub_node, room, token("watch"))
+    done = asyncio.Event()
+
+    async def publish():
+        for i in range(total):
+            await p.send_msg(f"r{i}", id=f"r{i}")
+            if i % 5 == 0:
+                await asyncio.sleep(0.005)
+        done.set()
+    task = asyncio.create_task(publish())
+    subs = []
+    await w.wait_count(_is_msg(room), 20, 10)
+    for k in range(n_clients):
+        head = w.seqs(room)[-1]
+        since = max(0, head - (k * 7) % 40)
+        node = sub_nodes[k % len(sub_nodes)]
+        subs.append((since, await Client.connect(node, room, token(f"s{k}"), since=since)))
+        await asyncio.sleep(0.02)
+    await task
+    await w.wait_count(_is_msg(room), total, 20, "watcher messages")
+    for since, c in subs:
+        await c.wait_count(_is_msg(room), total - since, 15, f"messages since {since}")
+    await asyncio.sleep(0.3)
+    for since, c in subs:
+        seqs = c.seqs(room)
+        check(seqs == list(range(since + 1, total + 1)),
+              f"{c.label} since={since}: {describe_seq_problem(seqs)} "
+              f"(first {seqs[:3]}, len {len(seqs)})")
 
 
 # ---------------------------------------------------------------- registry

@@ -308,3 +308,83 @@ async def postgres_restart_mid_stream():
             break
         await asyncio.sleep(0.2)
     eq(st, 200, "/readyz after Postgres came back")
+
+
+@test(timeout=60, needs=NEEDS)
+async def sigterm_flushes_pending_history_writes():
+    import signal
+    n = hnode()
+    reader = hnode()
+    room = uniq()
+    p = await Client.connect(n, room, token("pub"))
+    w = await Client.connect(n, room, token("watch"))
+    for i in range(300):
+        await p.send_msg(f"t{i}", id=f"t{i}")
+        if i == 150:
+            await p.wait_count(lambda f: f["type"] == "ack", 20, 5, "first acks")
+            n.signal(signal.SIGTERM)
+    await p.wait_closed(15)
+    rc = await asyncio.to_thread(n.wait_exit, 15)
+    eq(rc, 0, "exit status after SIGTERM with pending writes")
+    acked = {f["id"]: f["seq"] for f in p.acks()}
+    seen = {m["id"]: m["seq"] for m in w.messages(room)}
+    js = await history(reader, room, limit=200)
+    stored = {m.get("id"): m["seq"] for m in js["messages"]}
+    while js["next_cursor"]:
+        js = await history(reader, room, before=js["next_cursor"], limit=200)
+        stored.update({m.get("id"): m["seq"] for m in js["messages"]})
+    lost = [i for i in acked if stored.get(i) != acked[i]]
+    check(not lost, f"{len(lost)} acked messages not in history after SIGTERM: {lost[:5]}")
+    unflushed = [i for i in seen if i not in stored]
+    check(not unflushed, f"{len(unflushed)} of {len(seen)} broadcast messages not flushed "
+          f"to history by the drain: {unflushed[:5]}")
+
+
+@test(timeout=60, needs=NEEDS)
+async def redis_restart_empty_keeps_seq_and_history():
+    """Redis restarts without its data (no persistence): seqs must keep
+    increasing (not restart at 1) and every acked message stays in history."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-h"))
+    rd.start()
+    try:
+        n = start_node(redis=rd.url, db=True)
+        room = uniq()
+        c = await Client.connect(n, room, token("alice"))
+        w = await Client.connect(n, room, token("watch"))
+        first = [await send_acked(c, f"a{i}", f"a{i}") for i in range(20)]
+        rd.kill9()
+        await asyncio.sleep(1.0)
+        rd.start()
+        end = time.time() + 20
+        while time.time() < end:
+            st, _, _ = await ahttp(n.port, "/readyz")
+            if st == 200:
+                break
+            await asyncio.sleep(0.2)
+        eq(st, 200, "/readyz after Redis came back")
+        second = []
+        for i in range(20):
+            mk = c.mark()
+            await c.send_msg(f"b{i}", id=f"b{i}")
+            f = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == f"b{i}",
+                                 10, start=mk, what=f"answer to b{i}")
+            if f["type"] == "error":
+                eq(f.get("code"), "unavailable", "error after the Redis restart")
+                await asyncio.sleep(0.3)
+                continue
+            second.append(f["seq"])
+        check(len(second) >= 10, f"only {len(second)} of 20 acked after the Redis restart")
+        seqs = first + second
+        check(all(y > x for x, y in zip(seqs, seqs[1:])),
+              f"acked seqs not increasing across the Redis restart: {first[-3:]} then "
+              f"{second[:3]}")
+        js = await history(n, room, limit=200)
+        got = {m.get("id"): (m["seq"], m.get("body")) for m in js["messages"]}
+        acked = {f["id"]: f["seq"] for f in c.acks()}
+        bad = [(i, s, got.get(i)) for i, s in acked.items() if got.get(i) != (s, i)]
+        check(not bad, f"{len(bad)} acked messages missing/wrong in history, e.g. {bad[:3]}")
+        wseqs = w.seqs(room)
+        check(len(wseqs) == len(set(wseqs)), f"watcher: {describe_seq_problem(wseqs)}")
+    finally:
+        rd.stop()
+        harness.release_port(rd.port)

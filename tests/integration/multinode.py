@@ -413,3 +413,49 @@ async def _property(seed):
         check(seen == list(range(1, marker[r] + 1)),
               f"room {r}: seqs seen by some client are not 1..{marker[r]}: "
               f"{describe_seq_problem(seen)}")
+
+
+@test(timeout=60, needs=("redis",))
+async def since_while_publishing_across_nodes_no_gap_no_dup():
+    a = start_node(redis=True, name="A-" + uniq(""))
+    b = start_node(redis=True, name="B-" + uniq(""))
+    c = start_node(redis=True, name="C-" + uniq(""))
+    await harness.since_race(a, [b, c])
+
+
+@test(timeout=60, needs=("redis",))
+async def resend_unacked_after_node_kill_is_idempotent():
+    a = start_node(redis=True, name="A-" + uniq(""))
+    b = start_node(redis=True, name="B-" + uniq(""))
+    room = uniq()
+    w = await Client.connect(b, room, token("watch"))
+    p = await Client.connect(a, room, token("pub"))
+    total = 150
+    for i in range(total):
+        await p.send_msg(f"q{i}", id=f"q{i}")
+        if i == 60:
+            await p.wait_count(lambda f: f["type"] == "ack", 20, 5, "first acks")
+            a.kill9()
+            break
+    await p.wait_closed(5)
+    acked = {f["id"]: f["seq"] for f in p.acks()}
+    p2 = await Client.connect(b, room, token("pub"))
+    for i in range(total):
+        if f"q{i}" not in acked:
+            await p2.send_msg(f"q{i}", id=f"q{i}")
+    need = total - len(acked)
+    await p2.wait_count(lambda f: f["type"] == "ack", need, 15, "acks after resend")
+    for f in p2.acks():
+        acked[f["id"]] = f["seq"]
+    eq(len(acked), total, "acked ids")
+    await w.wait_count(is_msg(room), total, 10, "watcher messages")
+    await asyncio.sleep(0.5)
+    ids = [m["id"] for m in w.messages(room)]
+    eq(len(ids), len(set(ids)), "an id broadcast twice after resend")
+    seqs = w.seqs(room)
+    check(seqs == list(range(1, total + 1)), f"watcher: {describe_seq_problem(seqs)}")
+    bymsg = {m["id"]: m["seq"] for m in w.messages(room)}
+    wrong = [(i, acked[i], bymsg.get(i)) for i in acked if acked[i] != bymsg.get(i)]
+    check(not wrong, f"ack seq differs from broadcast seq: {wrong[:3]}")
+    order = [bymsg[f"q{i}"] for i in range(total)]
+    check(order == sorted(order), "messages stored out of send order")
