@@ -1080,6 +1080,8 @@ int main(void)
         test_free_in_callback(redis_url);
         test_stalled();
         test_restart();
+    } else if (getenv("CHATD_TEST_REDIS_URL")) {
+        CHECK(0, "CHATD_TEST_REDIS_URL is set but not reachable");
     } else {
         fprintf(stderr, "no redis-server: Redis tests skipped\n");
     }
