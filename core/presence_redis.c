@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define MOD "presence"
 #define INDEX_KEY "chat:presence:rooms"
@@ -301,7 +302,13 @@ static void rs_watchdog(uv_timer_t *t)
     rstore *s = t->data;
     if (!s->ac) return;
     uint64_t now = mono_ms();
-    if (!s->connected && now - s->connect_started_ms > CONNECT_TIMEOUT_MS)
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (s->ac->c.fd >= 0 &&
+        getsockopt(s->ac->c.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr) {
+        /* e.g. connection refused: the adapter swallows the poll error */
+        rs_force_reconnect(s, strerror(soerr));
+    } else if (!s->connected && now - s->connect_started_ms > CONNECT_TIMEOUT_MS)
         rs_force_reconnect(s, "connect timed out");
     else if (s->connected && s->inflight && now - s->busy_since_ms > REPLY_TIMEOUT_MS)
         rs_force_reconnect(s, "reply timed out");
