@@ -156,6 +156,7 @@ static int W_npubs;
 static struct stats S;
 static struct secrow R;
 static uint64_t T_begin;
+static unsigned long RUN_ID;    /* makes client message ids unique across runs (idempotent publish) */
 static uint32_t W_pub_counter;
 static unsigned char W_scratch[65536];
 static uint64_t W_rng = 88172645463325252ull;
@@ -905,8 +906,8 @@ static void publish_one(uint64_t now)
     while (bl < O.body_bytes && bl < (int)sizeof body - 1)
         body[bl++] = 'x';
     body[bl] = 0;
-    int n = snprintf(frame, sizeof frame, "{\"type\":\"message\",\"body\":\"%s\",\"id\":\"%u-%llu\"}",
-                     body, c->idx, (unsigned long long)k);
+    int n = snprintf(frame, sizeof frame, "{\"type\":\"message\",\"body\":\"%s\",\"id\":\"%lx-%u-%llu\"}",
+                     body, RUN_ID, c->idx, (unsigned long long)k);
     (void)now;
     ws_send(c, 0x1, frame, (size_t)n);
     S.msgs_sent++;
@@ -1403,6 +1404,7 @@ int main(int argc, char **argv)
 
     struct srv_sample s_begin = server_sample(), s_go = {0}, s_end = {0};
     T_begin = mono_ns();
+    RUN_ID = (unsigned long)(time(NULL) ^ ((uint64_t)getpid() << 20) ^ (T_begin & 0xfffff));
     int P = O.procs;
     int *up = calloc((size_t)P, sizeof *up), *down = calloc((size_t)P, sizeof *down);
     pid_t *pids = calloc((size_t)P, sizeof *pids);

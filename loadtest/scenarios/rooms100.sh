@@ -5,15 +5,18 @@
 # Writes results/rooms100.{json,svg,timeline} for the fixed-rate run and
 # results/rooms100_search.json (one row per probed rate + the answer).
 # env: DURATION (default 60), RATE (default 500), SEARCH=0 to skip the search,
-#      SEARCH_DURATION (default 15), P99_MS (default 10), WITH_PG=0 to skip Postgres
+#      SEARCH_DURATION (default 15), P99_MS (default 10), WITH_PG=0 to skip Postgres,
+#      MAIN=0 to run only the search
 source "$(dirname "$0")/lib.sh"
 lt_build
 [ "${WITH_PG:-1}" = 1 ] && lt_services pg
 lt_chatd rooms100 "$PORT_A"
 COMMON=(--url "127.0.0.1:$PORT_A" --conns 5000 --rooms 50 --publishers 500 --ramp 2000
         --heartbeat-ms 10000 --src-addrs 2 --server-pid "$LT_CHATD_PID")
-lt_load rooms100 "${COMMON[@]}" --rate "${RATE:-500}" --duration "${DURATION:-60}"
-lt_plot rooms100 "rooms100: 50 rooms x 100 conns, ${RATE:-500} msgs/s in"
+if [ "${MAIN:-1}" = 1 ]; then
+    lt_load rooms100 "${COMMON[@]}" --rate "${RATE:-500}" --duration "${DURATION:-60}"
+    lt_plot rooms100 "rooms100: 50 rooms x 100 conns, ${RATE:-500} msgs/s in"
+fi
 
 [ "${SEARCH:-1}" = 1 ] || exit 0
 P99_MS=${P99_MS:-10}
@@ -23,10 +26,17 @@ probe() {   # probe RATE -> prints "p99_ms deliveries_per_s generator_limited"
     jq -r '"\(.lag_ms.p99) \(.deliveries.per_s) \(.generator.limited) \(.deliveries.losses)"' \
         "$RESULTS/rooms100_probe.json"
 }
+check_probe() {   # a probe that delivered nothing is a broken run, not a slow server
+    if [ "${dps%.*}" = 0 ]; then
+        echo "search: probe at rate $1 delivered nothing; see $RESULTS/rooms100_probe.txt" >&2
+        exit 1
+    fi
+}
 rows=()
 good=0 bad=0 rate=250 limited=false
 while :; do   # double until the SLO breaks (or the generator saturates)
     read -r p99 dps lim loss < <(probe "$rate")
+    check_probe "$rate"
     echo "search: rate $rate -> p99 ${p99} ms, ${dps} deliveries/s, losses $loss, generator-limited $lim"
     rows+=("{\"rate\": $rate, \"p99_ms\": $p99, \"deliveries_per_s\": $dps, \"losses\": $loss, \"generator_limited\": $lim}")
     if awk -v a="$p99" -v b="$P99_MS" 'BEGIN{exit !(a <= b && a > 0)}'; then good=$rate; else bad=$rate; break; fi
@@ -39,6 +49,7 @@ if [ "$bad" -gt 0 ]; then   # bisect between the last good and the first bad rat
         mid=$(((good + bad) / 2))
         [ $((bad - good)) -le 25 ] && break
         read -r p99 dps lim loss < <(probe "$mid")
+        check_probe "$mid"
         echo "search: rate $mid -> p99 ${p99} ms, ${dps} deliveries/s, losses $loss, generator-limited $lim"
         rows+=("{\"rate\": $mid, \"p99_ms\": $p99, \"deliveries_per_s\": $dps, \"losses\": $loss, \"generator_limited\": $lim}")
         if awk -v a="$p99" -v b="$P99_MS" 'BEGIN{exit !(a <= b && a > 0)}'; then good=$mid; else bad=$mid; fi
