@@ -247,7 +247,7 @@ static void notice_cb(void *arg, const char *message)
     LOGD(MOD, "postgres notice: %s", message);
 }
 
-/* Watch PQsocket for `events` (re-created if libpq changed sockets). */
+/* Watch PQsocket for `events` (a new handle if the socket changed). */
 static int poll_set(store *s, int events)
 {
     int fd = PQsocket(s->pg);
@@ -312,6 +312,12 @@ static void on_connected(store *s)
 
 static void connect_poll(store *s)
 {
+    /* libpq may close its socket and open another (next address or host),
+     * possibly with the same fd number: watch afresh after every step */
+    if (s->poll) {
+        close_handle(s->poll);
+        s->poll = NULL;
+    }
     switch (PQconnectPoll(s->pg)) {
     case PGRES_POLLING_READING:
         if (poll_set(s, UV_READABLE) != 0) reset_conn(s, "cannot poll the postgres socket");
