@@ -10,7 +10,8 @@ const DEFAULTS = {
   backoffMinMs: 250,        // first retry delay cap; retry n waits in [cap/2, cap], cap = min * 2^n
   backoffMaxMs: 10000,      // the cap never grows past this
   refreshMarginMs: 30000,   // refresh this long before exp (at most 25 % of the lifetime)
-  welcomeTimeoutMs: 10000,  // socket open but no welcome: drop it and retry
+  welcomeTimeoutMs: 10000,  // no welcome this long after the connect began: drop it and retry
+  stableAfterMs: 5000,      // a connection that lived this long resets the backoff
   typingThrottleMs: 2500,   // at most one typing frame per room per this interval
   maxFrameBytes: 65536,     // refuse locally what the server would close 1009 for
   historyPageLimit: 200,    // page size used when filling a gap over HTTP
@@ -84,6 +85,7 @@ export class ChatdClient {
     this._typingSent = new Map();
     this._timers = { reconnect: null, refresh: null, heartbeat: null, watchdog: null, welcome: null };
     this._lastRx = 0;
+    this._openedAt = 0;
     this._restartHint = false;
     this._failuresBeforeWelcome = 0;
     this._lastRefreshRetry = 0;
@@ -363,13 +365,13 @@ export class ChatdClient {
     this._ws = ws;
     this._welcome = null;
     for (const s of this._rooms.values()) { s.joined = false; s.recovering = null; }
+    // covers a TCP connect that hangs as well as an upgrade without welcome
+    clearTimeout(this._timers.welcome);
+    this._timers.welcome = setTimeout(() => {
+      if (this._ws === ws && !this._welcome) this._lost(ws, 'no welcome');
+    }, this.opts.welcomeTimeoutMs);
     ws.onopen = () => {
-      if (this._ws !== ws) return;
-      this._lastRx = Date.now();
-      clearTimeout(this._timers.welcome);
-      this._timers.welcome = setTimeout(() => {
-        if (this._ws === ws && !this._welcome) this._lost(ws, 'no welcome');
-      }, this.opts.welcomeTimeoutMs);
+      if (this._ws === ws) this._lastRx = Date.now();
     };
     ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
@@ -393,11 +395,14 @@ export class ChatdClient {
     if (this._closedByUser) return;
     if (!hadWelcome) this._failuresBeforeWelcome++;
     if (code === CLOSE_TOKEN_EXPIRED) this._token = null; // never reuse an expired token
-    const fast = hadWelcome || this._restartHint; // a working connection just broke: retry soon
+    // a connection that worked for a while (or a announced restart) resets the backoff and
+    // retries soon; one that keeps dropping right after welcome backs off like a failure
+    const stable = hadWelcome && Date.now() - this._openedAt >= this.opts.stableAfterMs;
+    if (stable || this._restartHint) this._attempt = 0;
     this._restartHint = false;
     this._urlIndex = (this._urlIndex + 1) % this.urls.length;
     this._emit('disconnect', { code: code || null, reason });
-    this._scheduleReconnect(fast);
+    this._scheduleReconnect();
   }
 
   _dropSocket(code, reason) {
@@ -417,15 +422,14 @@ export class ChatdClient {
     } catch { /* already closing */ }
   }
 
-  _scheduleReconnect(fast = false) {
+  _scheduleReconnect() {
     if (this._closedByUser) return;
     clearTimeout(this._timers.reconnect);
     const n = this._attempt++;
     const cap = Math.min(this.opts.backoffMaxMs, this.opts.backoffMinMs * 2 ** n);
     // "equal jitter": between half the cap and the cap, so that the clients of a crashed node
-    // spread out; the first retry after a working connection broke uses the smallest cap
-    const c = fast && n === 0 ? this.opts.backoffMinMs : cap;
-    const delay = Math.round(c / 2 + Math.random() * (c / 2));
+    // spread out
+    const delay = Math.round(cap / 2 + Math.random() * (cap / 2));
     this._setState('reconnecting', { delayMs: delay });
     this._timers.reconnect = setTimeout(() => {
       this._timers.reconnect = null;
@@ -495,7 +499,7 @@ export class ChatdClient {
   _onWelcome(f) {
     this._welcome = f;
     clearTimeout(this._timers.welcome);
-    this._attempt = 0;
+    this._openedAt = Date.now();
     this._failuresBeforeWelcome = 0;
     this.stats.connects++;
     const room = f.room || this._urlRoomName;

@@ -538,6 +538,7 @@ test('kill -9 of a node: its tab reconnects to the other node and shows every me
   await xa.page.evaluate(() => { window.chatd.client.opts.backoffMinMs = 3000; });
   await sendViaUi(xa.page, lastWords);
   process.kill(A.entry.proc.pid, 'SIGKILL');
+  const killedAt = Date.now();
   // Yasmin keeps talking while Xavier is away; Xavier writes too (queued, resent on reconnect)
   const sent = [];
   const xText = 'Xavier wrote this while offline';
@@ -578,7 +579,9 @@ test('kill -9 of a node: its tab reconnects to the other node and shows every me
   log(`    (${during} of Yasmin's messages were stored before Xavier was back; they came by since= replay)`);
   assert(during >= 1, 'no message was sent while Xavier was disconnected: the test did not exercise recovery');
   const stats = await xa.page.evaluate(() => window.chatd.client.stats);
-  log(`    (Xavier's client: ${JSON.stringify(stats)})`);
+  const trail = await xa.page.evaluate((t0) => window.__statuses.filter((s) => s.t >= t0)
+    .map((s) => `${s.state}${s.node ? `@${s.node}` : ''}+${s.t - t0}ms`).join(' '), killedAt);
+  log(`    (Xavier's client: ${JSON.stringify(stats)}; after the kill: ${trail})`);
   await shot(xa.page, '09-failover-recovered.png');
 }, { needsOwnNodes: true });
 
