@@ -38,7 +38,7 @@
 #define OID_INT8 20
 
 enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
-enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_BATCH, OP_RANGE };
+enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_INSERT, OP_BATCH, OP_RANGE };
 
 /* One queued row; strings live in data[] after the struct. */
 typedef struct wnode {
@@ -80,6 +80,7 @@ struct store {
     int wake_armed;
 
     int state, op;
+    int ins_prepared;           /* STORE_STMT_INSERT_FULL exists on this connection */
     uint64_t op_t0;
     PGresult *op_res;           /* last tuples result of the current op */
     int op_failed;
@@ -198,6 +199,7 @@ static void teardown(store *s)
     if (s->op_res) { PQclear(s->op_res); s->op_res = NULL; }
     if (s->pg) { PQfinish(s->pg); s->pg = NULL; }
     s->op = OP_NONE;
+    s->ins_prepared = 0;
 }
 
 static void fail_ranges(store *s)
@@ -336,33 +338,53 @@ static void connect_poll(store *s)
 
 /* ---------- statements ---------- */
 
+/* "INSERT ... VALUES ($1..$7),...(..$7n) ON CONFLICT ..." and its types. */
+static char *insert_sql(size_t n, Oid *types)
+{
+    size_t cap = sizeof STORE_INSERT_HEAD + sizeof STORE_INSERT_TAIL + n * 64;
+    char *sql = malloc(cap);
+    if (!sql) return NULL;
+    size_t len = (size_t)snprintf(sql, cap, "%s", STORE_INSERT_HEAD);
+    for (size_t i = 0; i < n; i++) {
+        size_t b = i * STORE_INSERT_NCOLS;
+        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)",
+                                i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
+        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++)
+            types[b + c] = (c == 1 || c == 6) ? OID_INT8 : OID_TEXT;
+    }
+    snprintf(sql + len, cap - len, "%s", STORE_INSERT_TAIL);
+    return sql;
+}
+
+/* Full batches (batch_max rows) use a statement prepared once per connection
+ * (saves parsing thousands of parameters each time); partial ones are sent
+ * unnamed. Both are a single autocommit statement: its own transaction. */
 static void send_batch(store *s)
 {
     size_t n = s->q_len < (size_t)s->batch_max ? s->q_len : (size_t)s->batch_max;
     size_t np = n * STORE_INSERT_NCOLS;
-    const char **vals = malloc(np * sizeof *vals);
-    Oid *types = malloc(np * sizeof *types);
-    size_t cap = sizeof STORE_INSERT_HEAD + sizeof STORE_INSERT_TAIL + n * 64;
-    char *sql = malloc(cap);
-    if (!vals || !types || !sql) {
-        free(vals); free(types); free(sql);
-        wake_in(s, 1); /* try again shortly */
+    int full = n == (size_t)s->batch_max;
+    Oid *types = NULL;
+    char *sql = NULL;
+    if (!full || !s->ins_prepared) {
+        types = malloc(np * sizeof *types);
+        sql = types ? insert_sql(n, types) : NULL;
+        if (!sql) goto oom;
+    }
+    if (full && !s->ins_prepared) { /* rows stay queued until it is prepared */
+        int ok = PQsendPrepare(s->pg, STORE_STMT_INSERT_FULL, sql, (int)np, types);
+        free(types); free(sql);
+        sent(s, OP_PREP_INSERT, ok);
         return;
     }
-    size_t len = (size_t)snprintf(sql, cap, "%s", STORE_INSERT_HEAD);
+    const char **vals = malloc(np * sizeof *vals);
+    if (!vals) goto oom;
     /* move the first n rows to the in-flight list */
     s->fl_head = s->q_head;
     wnode *w = s->q_head, *last = NULL;
-    for (size_t i = 0; i < n; i++, last = w, w = w->next) {
-        size_t b = i * STORE_INSERT_NCOLS;
-        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)",
-                                i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
-        for (int c = 0; c < STORE_INSERT_NCOLS; c++) {
-            vals[b + (size_t)c] = w->val[c];
-            types[b + (size_t)c] = (c == 1 || c == 6) ? OID_INT8 : OID_TEXT;
-        }
-    }
-    snprintf(sql + len, cap - len, "%s", STORE_INSERT_TAIL);
+    for (size_t i = 0; i < n; i++, last = w, w = w->next)
+        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++)
+            vals[i * STORE_INSERT_NCOLS + c] = w->val[c];
     s->fl_tail = last;
     s->q_head = w;
     last->next = NULL;
@@ -370,10 +392,14 @@ static void send_batch(store *s)
     s->fl_len = n;
     s->q_len -= n;
     s->last_was_batch = 1;
-    /* autocommit: the single statement is its own transaction */
-    int ok = PQsendQueryParams(s->pg, sql, (int)np, types, vals, NULL, NULL, 0);
+    int ok = full ? PQsendQueryPrepared(s->pg, STORE_STMT_INSERT_FULL, (int)np, vals, NULL, NULL, 0)
+                  : PQsendQueryParams(s->pg, sql, (int)np, types, vals, NULL, NULL, 0);
     free(vals); free(types); free(sql); /* libpq copied them into its buffer */
     sent(s, OP_BATCH, ok);
+    return;
+oom:
+    free(types); free(sql);
+    wake_in(s, 1); /* try again shortly */
 }
 
 static void send_range(store *s)
@@ -541,6 +567,15 @@ static void op_done(store *s)
             return;
         }
         batch_done(s);
+    } else if (op == OP_PREP_INSERT) {
+        if (s->op_failed) {
+            char why[320];
+            snprintf(why, sizeof why, "prepare insert: %s", s->op_err);
+            reset_conn(s, why);
+            return;
+        }
+        s->ins_prepared = 1;
+        dispatch(s);
     } else if (op == OP_RANGE) {
         if (s->op_failed && PQstatus(s->pg) == CONNECTION_BAD) {
             reset_conn(s, s->op_err); /* fails r_cur too */

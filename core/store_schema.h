@@ -34,6 +34,7 @@ int store_schema_version(void);
     "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) VALUES "
 #define STORE_INSERT_TAIL " ON CONFLICT (room, seq) DO NOTHING"
 #define STORE_INSERT_NCOLS 7
+#define STORE_STMT_INSERT_FULL "chatd_insert_full"
 /* Postgres' bind message carries at most 65535 parameters. */
 #define STORE_BATCH_HARD_MAX (65535 / STORE_INSERT_NCOLS)
 
