@@ -203,6 +203,7 @@ async def _redis_restart(rd):
                          what=f"seq {last_seq}")
     await asyncio.sleep(0.5)
     for c in everyone:
+        check(not c.closed, f"{c.label}: connection closed (code {c.close_code}) by the outage")
         seqs = c.seqs(room)
         check(all(y > x for x, y in zip(seqs, seqs[1:])),
               f"{c.label}: seqs not strictly increasing: {describe_seq_problem(seqs)}")
