@@ -289,7 +289,7 @@ static void conn_flush(struct conn *c)
 /* masked client frame */
 static void ws_send(struct conn *c, int op, const char *p, size_t n)
 {
-    unsigned char f[16 + 512];
+    unsigned char f[16 + 2048];
     unsigned char *h = f, *dyn = NULL;
     size_t hl;
     if (n + 14 > sizeof f) {
@@ -898,15 +898,23 @@ static void publish_one(uint64_t now)
         S.msgs_skipped++;
         return;
     }
-    char body[1024], frame[1200];
+    static char *body, *frame;
+    static size_t cap;
+    if (!body) {
+        cap = (size_t)O.body_bytes + 256;
+        body = malloc(cap);
+        frame = malloc(cap + 256);
+        if (!body || !frame)
+            die("malloc");
+    }
     static uint64_t k;
     k++;
-    int bl = snprintf(body, sizeof body, "lt1 %u %llu %llu ", c->idx, (unsigned long long)k,
+    int bl = snprintf(body, cap, "lt1 %u %llu %llu ", c->idx, (unsigned long long)k,
                       (unsigned long long)mono_ns());
-    while (bl < O.body_bytes && bl < (int)sizeof body - 1)
+    while (bl < O.body_bytes && bl < (int)cap - 1)
         body[bl++] = 'x';
     body[bl] = 0;
-    int n = snprintf(frame, sizeof frame, "{\"type\":\"message\",\"body\":\"%s\",\"id\":\"%lx-%u-%llu\"}",
+    int n = snprintf(frame, cap + 256, "{\"type\":\"message\",\"body\":\"%s\",\"id\":\"%lx-%u-%llu\"}",
                      body, RUN_ID, c->idx, (unsigned long long)k);
     (void)now;
     ws_send(c, 0x1, frame, (size_t)n);
@@ -1369,8 +1377,8 @@ static void parse_opts(int argc, char **argv)
         O.slow = O.conns - O.publishers;
     if (O.procs <= 0)
         O.procs = (O.conns + 18999) / 19000;
-    if (O.body_bytes > 900)
-        O.body_bytes = 900;
+    if (O.body_bytes > 1 << 20)
+        O.body_bytes = 1 << 20;
     if (N_SRV == 1 && SRV[0].sin_family == 0) {
         SRV[0].sin_family = AF_INET;
         SRV[0].sin_port = htons((uint16_t)O.port);
@@ -1554,8 +1562,12 @@ int main(int argc, char **argv)
     printf("sent %llu messages (%.1f/s), skipped %llu; acks %llu; errors %llu\n",
            (unsigned long long)t->msgs_sent, (double)t->msgs_sent / dur,
            (unsigned long long)t->msgs_skipped, (unsigned long long)t->acks, (unsigned long long)t->errors);
-    for (int i = 0; i < N_ERRS && t->errs[i].n; i++)
+    for (int i = 0; i < N_ERRS && t->errs[i].n; i++) {
         printf("  error %s: %llu\n", t->errs[i].code, (unsigned long long)t->errs[i].n);
+        if (strcmp(t->errs[i].code, "rate_limited") == 0)
+            printf("  (each publisher sends %.1f msgs/s: raise --publishers if the policy limits users)\n",
+                   O.rate / (O.publishers ? O.publishers : 1));
+    }
     printf("deliveries: %llu total, %.0f/s in steady; heartbeats %llu sent / %llu acked\n",
            (unsigned long long)t->deliveries, dps, (unsigned long long)t->hb_sent,
            (unsigned long long)t->hb_acks);
