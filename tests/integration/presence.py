@@ -31,6 +31,12 @@ def count(c, pred, start=0):
     return sum(1 for f in c.frames[start:] if pred(f))
 
 
+def pres_log(c, user, t0):
+    """The presence events about user seen by c, with times since t0."""
+    return [f"{f['event']}@{f['_t'] - t0:.2f}s" for f in c.frames
+            if f["type"] == "presence" and f.get("user") == user]
+
+
 async def connect(n, room, user, name=None, **kw):
     return await Client.connect(n, room, token(user, name), heartbeat=True, user=user, **kw)
 
@@ -56,18 +62,24 @@ async def two_connections_of_one_user_on_two_nodes_join_leave_once():
     room = uniq()
     oa = await connect(a, room, "obsA")
     ob = await connect(b, room, "obsB")
+    t0 = time.monotonic()
     c1 = await connect(a, room, "u", "You")
     for o in (oa, ob):
         f = await o.wait_for(pres(room, "join", "u"), 3, what=f"join of u at {o.label}")
         eq((f.get("name"), f.get("room")), ("You", room), "presence join fields")
+    t2 = time.monotonic() - t0
     c2 = await connect(b, room, "u", "You")
     await asyncio.sleep(1.5)
+    t3 = time.monotonic() - t0
     await c1.close()
     await asyncio.sleep(TTL_MS / 1000 + 1.0)
+    when = f"(conn2 opened at {t2:.2f}s, conn1 closed at {t3:.2f}s; events {{}})"
     for o in (oa, ob):
-        eq(count(o, pres(room, "join", "u")), 1, f"joins of u at {o.label} (second connection)")
+        ev = pres_log(o, "u", t0)
+        eq(count(o, pres(room, "join", "u")), 1,
+           f"joins of u at {o.label} with a second connection " + when.format(ev))
         eq(count(o, pres(room, "leave", "u")), 0,
-           f"leaves of u at {o.label} while another connection is live")
+           f"leaves of u at {o.label} while another connection is live " + when.format(ev))
     await c2.close()
     for o in (oa, ob):
         await o.wait_for(pres(room, "leave", "u"), TTL_MS / 1000 + LEAVE_SLACK,
