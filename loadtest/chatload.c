@@ -43,7 +43,7 @@ struct opts {
     char host[64];
     int port;
     int conns, rooms, publishers;
-    double rate, duration, ramp, churn, http_rate, drain, ramp_timeout;
+    double rate, duration, ramp, churn, http_rate, drain, ramp_timeout, settle;
     int heartbeat_ms, src_addrs, procs, slow, body_bytes, max_inflight, slow_rcvbuf;
     int handshake_timeout_ms;
     char secret[256], room_prefix[64], http_path[256];
@@ -1256,6 +1256,7 @@ static void usage(void)
             "  --duration S       steady phase seconds (default 10)\n"
             "  --ramp C           new connections/s (0 = as fast as allowed; default 2000)\n"
             "  --max-inflight N   handshakes in flight per worker (default 256)\n"
+            "  --settle S         idle seconds between the ramp and the steady phase (default 2)\n"
             "  --ramp-timeout S   extra seconds the ramp may take before the steady phase starts anyway (default 60)\n"
             "  --heartbeat-ms MS  heartbeat period per connection (0 = none; default 10000)\n"
             "  --src-addrs K      bind to 127.0.0.2..127.0.0.(K+1) (default 0 = kernel's choice)\n"
@@ -1292,6 +1293,7 @@ static void parse_opts(int argc, char **argv)
     O.slow_rcvbuf = 4096;
     O.drain = 2;
     O.ramp_timeout = 60;
+    O.settle = 2;
     O.handshake_timeout_ms = 10000;
     snprintf(O.room_prefix, sizeof O.room_prefix, "lt");
     snprintf(O.http_path, sizeof O.http_path, "/rooms/{room}/messages?limit=50");
@@ -1303,7 +1305,8 @@ static void parse_opts(int argc, char **argv)
         {"timeline", 1, 0, 't'}, {"slow", 1, 0, 'w'}, {"churn", 1, 0, 'C'},
         {"http-rate", 1, 0, 'H'}, {"http-path", 1, 0, 'T'}, {"body-bytes", 1, 0, 'b'},
         {"room-prefix", 1, 0, 'x'}, {"drain", 1, 0, 'D'}, {"max-inflight", 1, 0, 'i'},
-        {"slow-rcvbuf", 1, 0, 'B'}, {"ramp-timeout", 1, 0, 'M'}, {"quiet", 0, 0, 'q'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
+        {"slow-rcvbuf", 1, 0, 'B'}, {"ramp-timeout", 1, 0, 'M'},
+        {"settle", 1, 0, 'L'}, {"quiet", 0, 0, 'q'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -1361,6 +1364,7 @@ static void parse_opts(int argc, char **argv)
         case 'i': O.max_inflight = atoi(optarg); break;
         case 'B': O.slow_rcvbuf = atoi(optarg); break;
         case 'M': O.ramp_timeout = atof(optarg); break;
+        case 'L': O.settle = atof(optarg); break;
         case 'q': O.quiet = 1; break;
         default: usage();
         }
@@ -1449,14 +1453,22 @@ int main(int argc, char **argv)
     int ready = 0, finals = 0, go_sent = 0, end_sampled = 0;
     double busy_go = -1, busy_end = -1;
     uint32_t open_ready = 0;
-    uint64_t t_go = 0;
+    uint64_t t_go = 0, t_ready = 0;
     struct pollfd *pf = calloc((size_t)P, sizeof *pf);
     for (int w = 0; w < P; w++)
         pf[w] = (struct pollfd){.fd = up[w], .events = POLLIN};
     while (finals < P) {
-        int n = poll(pf, (nfds_t)P, 200);
+        int n = poll(pf, (nfds_t)P, 50);
         uint64_t now = mono_ns();
-        if (go_sent && !end_sampled && now - t_go >= (uint64_t)(O.duration * 1e9)) {
+        if (ready == P && !go_sent && now - t_ready >= (uint64_t)(O.settle * 1e9)) {
+            s_go = server_sample();
+            busy_go = machine_busy();
+            t_go = now;
+            for (int j = 0; j < P; j++)
+                write_all(down[j], "g", 1);
+            go_sent = 1;
+        }
+        if (go_sent && !end_sampled && now > t_go && now - t_go >= (uint64_t)(O.duration * 1e9)) {
             s_end = server_sample();
             busy_end = machine_busy();
             end_sampled = 1;
@@ -1478,15 +1490,10 @@ int main(int argc, char **argv)
                 read_all(up[w], &open, sizeof open);
                 open_ready += open;
                 if (++ready == P) {
-                    s_go = server_sample();
-                    busy_go = machine_busy();
+                    t_ready = now;
                     if (!O.quiet)
-                        fprintf(stderr, "chatload: ramp done, %u connections open after %.1fs; steady phase %.0fs\n",
-                                open_ready, (double)(now - T_begin) / 1e9, O.duration);
-                    t_go = mono_ns();
-                    for (int j = 0; j < P; j++)
-                        write_all(down[j], "g", 1);
-                    go_sent = 1;
+                        fprintf(stderr, "chatload: ramp done, %u connections open after %.1fs; settle %.1fs, then steady phase %.0fs\n",
+                                open_ready, (double)(now - T_begin) / 1e9, O.settle, O.duration);
                 }
             } else if (h.kind == REC_SEC) {
                 read_all(up[w], row, sizeof *row);
@@ -1616,9 +1623,9 @@ int main(int argc, char **argv)
         if (f) {
             fprintf(f, "{\n  \"config\": {\"url\": \"%s:%d\", \"conns\": %d, \"rooms\": %d, \"publishers\": %d, "
                        "\"rate\": %.1f, \"duration_s\": %.1f, \"ramp\": %.0f, \"heartbeat_ms\": %d, "
-                       "\"procs\": %d, \"slow\": %d, \"churn\": %.1f, \"http_rate\": %.1f, \"body_bytes\": %d},\n",
+                       "\"settle_s\": %.1f, \"procs\": %d, \"slow\": %d, \"churn\": %.1f, \"http_rate\": %.1f, \"body_bytes\": %d},\n",
                     O.host, O.port, O.conns, O.rooms, O.publishers, O.rate, O.duration, O.ramp,
-                    O.heartbeat_ms, P, O.slow, O.churn, O.http_rate, O.body_bytes);
+                    O.heartbeat_ms, O.settle, P, O.slow, O.churn, O.http_rate, O.body_bytes);
             fprintf(f, "  \"connections\": {\"held_at_start\": %llu, \"held_at_end\": %llu, \"attempted\": %llu, "
                        "\"failed\": %llu, \"failed_connect\": %llu, \"failed_timeout\": %llu, "
                        "\"failed_handshake\": %llu, \"failed_http\": %llu, \"closed_by_server\": %llu, "

@@ -12,9 +12,11 @@ SECRET=${SECRET:-loadtest-secret-0123456789abcdef0123456789}
 CHATD_CPU=${CHATD_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 LT_NICE=${LT_NICE:-0}   # e.g. -10 to shield the measurement from other load (root only)
-LT_RT=${LT_RT:-0}       # 1: run chatd and the generator SCHED_FIFO (chrt -f 1); starves other work on those cores
+LT_RT=${LT_RT:-0}       # 1: chatd (and Redis) SCHED_RR, the generator SCHED_FIFO: shields the
+                        # measurement from other load on a shared machine, starves that load
 LT_PRIO=(nice -n "$LT_NICE")
-[ "$LT_RT" = 1 ] && LT_PRIO=(chrt -f 1)
+LT_SRV_PRIO=(nice -n "$LT_NICE")
+if [ "$LT_RT" = 1 ]; then LT_PRIO=(chrt -f 1); LT_SRV_PRIO=(chrt -r 1); fi
 PORT_A=${PORT_A:-17601}
 PORT_B=${PORT_B:-17602}
 REDIS_PORT=${REDIS_PORT:-17610}
@@ -68,6 +70,7 @@ lt_services() {
         redis)
             services_start_redis "$LT_DATA" "$REDIS_PORT"
             taskset -a -p -c "$LOAD_CPU" "$(cat "$LT_DATA/redis.pid")" >/dev/null
+            if [ "$LT_RT" = 1 ]; then chrt -a -r -p 1 "$(cat "$LT_DATA/redis.pid")" >/dev/null; fi
             export CHAT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT ;;
         pg)
             services_start_postgres "$LT_DATA" "$PG_PORT"
@@ -85,7 +88,7 @@ lt_chatd() {
     else
         CHAT_LISTEN=127.0.0.1:$port CHAT_JWT_SECRET=$SECRET CHAT_NODE_ID=$name \
             CHAT_SCRIPTS=${CHAT_SCRIPTS:-$REPO/scripts} \
-            "${LT_PRIO[@]}" taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
+            "${LT_SRV_PRIO[@]}" taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
     fi
     LT_CHATD_PID=$!
     LT_PIDS+=("$LT_CHATD_PID")
