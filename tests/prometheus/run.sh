@@ -62,7 +62,7 @@ if curl -fs "http://127.0.0.1:$CHATD_PORT/metrics" >"$TMP/metrics.txt" &&
     grep -q '^chat_connections_open' "$TMP/metrics.txt"; then
     ok "/metrics exposes chat_connections_open"
 else
-    bad "/metrics has no chat_connections_open sample"
+    bad "/metrics has no chat_connections_open sample before the first connection (register series at startup)"
 fi
 if promtool check metrics <"$TMP/metrics.txt" >"$TMP/promtool.txt" 2>&1; then
     ok "promtool check metrics accepts /metrics"
