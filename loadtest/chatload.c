@@ -1594,7 +1594,9 @@ int main(int argc, char **argv)
                (unsigned long long)t->http_fail, ms(lt_hist_quantile(&t->http, .5)),
                ms(lt_hist_quantile(&t->http, .99)), ms(t->http.max));
     if (s_go.ok)
-        printf("server: CPU %.2f s in steady (%.0f%% of a core), %.2f us per delivery; RSS %ld KiB -> %ld KiB -> %ld KiB, %.1f KiB per connection\n",
+        printf("server: CPU %.2f s during the ramp (%.2f ms per connection), %.2f s in steady (%.0f%% of a core), %.2f us per delivery; "
+               "RSS %ld KiB -> %ld KiB -> %ld KiB, %.1f KiB per connection\n",
+               s_go.cpu - s_begin.cpu, t->open_at_go ? (s_go.cpu - s_begin.cpu) * 1e3 / (double)t->open_at_go : 0.0,
                srv_cpu, 100 * srv_cpu / dur, cpu_per_del_us, s_begin.rss_kib, s_go.rss_kib, s_end.rss_kib,
                rss_per_conn);
     printf("generator: CPU %.2f s in steady (%.0f%% of one core, %d cpu(s) allowed)%s\n", t->cpu_steady,
@@ -1674,9 +1676,9 @@ int main(int argc, char **argv)
                     (unsigned long long)t->http_sent, (unsigned long long)t->http_done,
                     (unsigned long long)t->http_fail, ms(lt_hist_quantile(&t->http, .5)),
                     ms(lt_hist_quantile(&t->http, .99)), ms(t->http.max));
-            fprintf(f, "  \"server\": {\"sampled\": %s, \"cpu_steady_s\": %.3f, \"cpu_util\": %.3f, \"cpu_per_delivery_us\": %.3f, "
+            fprintf(f, "  \"server\": {\"sampled\": %s, \"cpu_ramp_s\": %.3f, \"cpu_steady_s\": %.3f, \"cpu_util\": %.3f, \"cpu_per_delivery_us\": %.3f, "
                        "\"rss_begin_kib\": %ld, \"rss_go_kib\": %ld, \"rss_end_kib\": %ld, \"rss_per_conn_kib\": %.2f},\n",
-                    s_go.ok ? "true" : "false", srv_cpu, srv_cpu / dur, cpu_per_del_us, s_begin.rss_kib,
+                    s_go.ok ? "true" : "false", s_go.cpu - s_begin.cpu, srv_cpu, srv_cpu / dur, cpu_per_del_us, s_begin.rss_kib,
                     s_go.rss_kib, s_end.rss_kib, rss_per_conn);
             fprintf(f, "  \"machine\": {\"cores\": %ld, \"other_cpu_util\": %.3f, \"server_runq_wait_ms\": %.1f, "
                        "\"generator_runq_wait_ms\": %.1f, \"noisy\": %s},\n", ncores, other_util, srv_rq * 1e3,
