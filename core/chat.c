@@ -141,6 +141,16 @@ static void deliver(conn_room *cr, msg *m)
     conn_send(cr->c, m);
 }
 
+/* An error about one room (gap_too_large): carries "room" so a client with
+ * several rooms knows which one to page. */
+static void send_room_error(conn *c, const char *room, const char *code, const char *text)
+{
+    char b[512];
+    int n = snprintf(b, sizeof b, "{\"type\":\"error\",\"code\":\"%s\",\"room\":\"%s\",\"message\":\"%s\"}",
+                     code, room, text);
+    conn_send_text(c, b, (size_t)n);
+}
+
 static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head)
 {
     size_t cap = 128 + n * 600;
@@ -164,7 +174,7 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
 {
     conn_room *cr = op->cr;
     send_presence_state(cr, u, n, op->head);
-    if (op->gap) conn_send_error(cr->c, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP", NULL);
+    if (op->gap) send_room_error(cr->c, cr->r->name, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP");
     if (op->unavailable) conn_send_error(cr->c, "unavailable", "recovery is unavailable right now", NULL);
     for (uint32_t i = 0; i < op->n; i++) deliver(cr, op->msgs[i]);
     for (uint32_t i = 0; i < cr->nheld; i++) {
@@ -609,7 +619,7 @@ void chat_bus_gap(void *ud, const char *rname, uint64_t from, uint64_t to)
     room *r = room_find(rname);
     if (!r) return;
     for (uint32_t i = 0; i < r->nmembers; i++)
-        conn_send_error(r->members[i]->c, "gap_too_large", "messages were missed; page history over HTTP", NULL);
+        send_room_error(r->members[i]->c, rname, "gap_too_large", "messages were missed; page history over HTTP");
 }
 
 void chat_bus_emit(void *ud, const char *rname, const char *kind, const char *data, size_t len)

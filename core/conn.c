@@ -145,7 +145,43 @@ void conn_close(conn *c, uint16_t code, const char *reason)
     snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
     if (code != 1001) outq_clear(&c->q);   /* nothing more for this client */
     flush_list_remove(c);
+    /* a peer that never reads cannot hold the connection open for long */
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
     lws_callback_on_writable(c->wsi);
+}
+
+/* Writes our close frame (code + reason) straight to the socket: we are at
+ * a frame boundary (lws flushed anything it held before WRITEABLE). Then the
+ * peer answers with its close frame, which lws handles, or the timeout
+ * ends it. Returns 0 sent, 1 socket full (WRITEABLE requested), -1 error. */
+static int send_close_frame(conn *c)
+{
+    if (!c->close_len) {
+        size_t rl = strlen(c->close_reason);
+        if (rl > 123) rl = 123;
+        c->close_frame[0] = 0x88;
+        c->close_frame[1] = (unsigned char)(2 + rl);
+        c->close_frame[2] = (unsigned char)(c->close_code >> 8);
+        c->close_frame[3] = (unsigned char)(c->close_code & 0xff);
+        memcpy(c->close_frame + 4, c->close_reason, rl);
+        c->close_len = 4 + rl;
+        c->close_off = 0;
+    }
+    while (c->close_off < c->close_len) {
+        ssize_t w = send(c->fd, c->close_frame + c->close_off, c->close_len - c->close_off, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                lws_callback_on_writable(c->wsi);
+                return 1;
+            }
+            return -1;
+        }
+        c->close_off += (size_t)w;
+    }
+    c->close_sent = 1;
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 3);
+    return 0;
 }
 
 typedef struct { uint64_t now; uint64_t n; } done_ctx;
@@ -208,18 +244,11 @@ static int write_some(conn *c)
 int conn_on_writeable(conn *c)
 {
     c->lws_has_tail = 0;
-    if (c->closing && !c->close_after_flush) {
-        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
-                         (unsigned char *)c->close_reason, strlen(c->close_reason));
-        return -1;
-    }
+    if (c->close_sent) return 0;
+    if (c->closing && !c->close_after_flush) return send_close_frame(c) < 0 ? -1 : 0;
     int r = write_some(c);
     if (r < 0) return -1;
-    if (r == 0 && c->close_after_flush) {
-        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
-                         (unsigned char *)c->close_reason, strlen(c->close_reason));
-        return -1;
-    }
+    if (r == 0 && c->close_after_flush) return send_close_frame(c) < 0 ? -1 : 0;
     return 0;
 }
 

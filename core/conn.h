@@ -54,6 +54,9 @@ typedef struct conn {
     int in_flush_list;
     int lws_has_tail;       /* lws holds the rest of a partly written frame */
     int closed;             /* CLOSED seen: wsi gone */
+    int close_sent;         /* our close frame is out; waiting for the peer */
+    unsigned char close_frame[128];
+    size_t close_len, close_off;
     struct conn *flush_next;
     struct pub_op *pubs;    /* pending publishes (cancelled on close) */
     struct conn *all_prev, *all_next;

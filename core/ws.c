@@ -73,7 +73,7 @@ static int upgrade_gate(struct lws *wsi)
         return refuse(wsi, 503, "draining");
     }
     int n = lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
-    if (n <= 4 || strncmp(uri, "/ws/", 4) != 0) {
+    if (n < 4 || strncmp(uri, "/ws/", 4) != 0) {
         metric_inc(m_acc[3]);
         return refuse(wsi, 404, "not found");
     }
@@ -218,7 +218,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_RECEIVE: {
         conn *c = conn_of(wsi);
         if (!c) return -1;
-        if (c->closing && !c->close_after_flush) return 0;
+        if (c->closing) return 0;      /* closing: the peer's frames are moot */
         return on_receive(wsi, c, in, len);
     }
 

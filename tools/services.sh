@@ -28,6 +28,12 @@ _pg_as() {
 
 services_start_postgres() {
     local dir=$1 port=$2 pgdir="$1/pg"
+    # As root, Postgres runs as "postgres", which must be able to reach the
+    # folder; a checkout under /root is not reachable, so use /tmp then.
+    if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$dir" 2>/dev/null; then
+        pgdir="/tmp/chatd-pg-$(printf '%s' "$dir" | md5sum | cut -c1-12)"
+        echo "services: $dir is not reachable by the postgres user; Postgres data in $pgdir" >&2
+    fi
     mkdir -p "$pgdir"
     [ "$(id -u)" = 0 ] && chown postgres: "$pgdir" && chmod 700 "$pgdir"
     if [ ! -f "$pgdir/PG_VERSION" ]; then
