@@ -20,7 +20,7 @@ static metric_counter *m_deliveries, *m_slow, *m_writev;
 static metric_hist *m_lag;
 static metric_gauge *m_open;
 
-static void metrics_once(void)
+void conn_metrics_init(void)
 {
     if (m_deliveries) return;
     m_deliveries = metrics_counter("chat_deliveries_total", "Message frames written to client sockets", NULL);
@@ -38,7 +38,7 @@ size_t conn_count(void) { return g_count; }
 
 conn *conn_new(struct lws *wsi, identity *ident, const char *room)
 {
-    metrics_once();
+    conn_metrics_init();
     conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->id = g_next_id++;

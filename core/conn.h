@@ -63,6 +63,8 @@ typedef struct conn {
     uint64_t opened_ms;
 } conn;
 
+/* Registers the connection metrics (so they exist before the first one). */
+void conn_metrics_init(void);
 conn *conn_new(struct lws *wsi, identity *ident /* moved */, const char *room);
 /* Called from lws CLOSED: leaves every room, cancels pending work, frees. */
 void conn_destroy(conn *c);

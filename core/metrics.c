@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum mtype { M_COUNTER, M_GAUGE, M_HIST, M_GAUGE_FN };
+enum mtype { M_COUNTER, M_GAUGE, M_HIST, M_GAUGE_FN, M_COUNTER_FN };
 
 struct metric_hist {
     double *bounds;
@@ -85,6 +85,15 @@ void metrics_gauge_fn(const char *name, const char *help, const char *labels,
 {
     int c;
     series *s = series_get(fam_get(name, help, M_GAUGE_FN), labels, &c);
+    s->fn = fn;
+    s->ud = ud;
+}
+
+void metrics_counter_fn(const char *name, const char *help, const char *labels,
+                        double (*fn)(void *), void *ud)
+{
+    int c;
+    series *s = series_get(fam_get(name, help, M_COUNTER_FN), labels, &c);
     s->fn = fn;
     s->ud = ud;
 }
@@ -170,7 +179,7 @@ char *metrics_render(size_t *len)
     sbuf b = {malloc(8192), 0, 8192};
     if (!b.p) abort();
     b.p[0] = 0;
-    static const char *tn[] = {"counter", "gauge", "histogram", "gauge"};
+    static const char *tn[] = {"counter", "gauge", "histogram", "gauge", "counter"};
     for (family *f = g_first; f; f = f->next) {
         sb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, tn[f->type]);
         for (series *s = f->first; s; s = s->next) {
@@ -184,6 +193,7 @@ char *metrics_render(size_t *len)
                 break;
             case M_GAUGE:
             case M_GAUGE_FN:
+            case M_COUNTER_FN:
                 fmt_num(num, sizeof num, f->type == M_GAUGE ? s->u.g.v : s->fn(s->ud));
                 sb_printf(&b, "%s%s%s%s %s\n", f->name, hl ? "{" : "", l, hl ? "}" : "", num);
                 break;

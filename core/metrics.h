@@ -21,9 +21,11 @@ metric_gauge *metrics_gauge(const char *name, const char *help, const char *labe
 /* bounds: ascending upper bounds (seconds for durations); copied. */
 metric_hist *metrics_histogram(const char *name, const char *help, const char *labels,
                                const double *bounds, int nbounds);
-/* A gauge whose value is computed at scrape time. */
+/* A gauge (or a counter) whose value is computed at scrape time. */
 void metrics_gauge_fn(const char *name, const char *help, const char *labels,
                       double (*fn)(void *), void *ud);
+void metrics_counter_fn(const char *name, const char *help, const char *labels,
+                        double (*fn)(void *), void *ud);
 
 static inline void metric_inc(metric_counter *c) { c->v++; }
 static inline void metric_add(metric_counter *c, uint64_t n) { c->v += n; }

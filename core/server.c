@@ -176,10 +176,11 @@ int server_run(int argc, char **argv)
     chat_init();
     room_registry_init();
     metrics_gauge_fn("process_resident_memory_bytes", "Resident memory size in bytes", NULL, g_rss, NULL);
-    metrics_gauge_fn("process_cpu_seconds_total", "User and system CPU time in seconds", NULL, g_cpu, NULL);
+    metrics_counter_fn("process_cpu_seconds_total", "User and system CPU time in seconds", NULL, g_cpu, NULL);
     metrics_gauge_fn("process_open_fds", "Open file descriptors", NULL, g_fds, NULL);
     metrics_gauge_fn("chat_rooms_local", "Rooms with members on this node", NULL, g_rooms, NULL);
     metrics_counter("chat_drops_total", NULL, "reason=\"slow_consumer\"");
+    conn_metrics_init();
 
     bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400};
     bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready};

@@ -44,6 +44,7 @@ services_start_postgres() {
         -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
         -c max_connections=200 >"$dir/postgres.log" 2>&1 &
     echo $! >"$dir/postgres.pid"
+    echo "$pgdir" >"$dir/postgres.datadir"
     for _ in $(seq 1 200); do
         if "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port"; then
             psql -h 127.0.0.1 -p "$port" -U postgres -tAc \
@@ -59,6 +60,13 @@ services_start_postgres() {
 
 services_stop() {
     local dir=$1 f pid
+    # runuser's pid is recorded; stop the postmaster itself too
+    if [ -f "$dir/postgres.datadir" ] && [ -f "$(cat "$dir/postgres.datadir")/postmaster.pid" ]; then
+        pid=$(head -1 "$(cat "$dir/postgres.datadir")/postmaster.pid")
+        kill "$pid" 2>/dev/null
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+        rm -f "$dir/postgres.datadir"
+    fi
     for f in "$dir/redis.pid" "$dir/postgres.pid"; do
         [ -f "$f" ] || continue
         pid=$(cat "$f")
