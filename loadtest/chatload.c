@@ -50,6 +50,8 @@ struct opts {
     char json[512], timeline[512];
     int server_pids[8], n_server_pids;
     int quiet;
+    char tags[4][32];           /* --tag-count: body prefixes to count */
+    int ntags;
 };
 static struct opts O;
 
@@ -76,6 +78,7 @@ struct stats {
         failed_http, failed_local;
     uint64_t upgrade_status[600];
     uint64_t closed_by_server, eof_no_close, resets;
+    uint64_t tag_counts[4], tag_none, tag_multi; /* summed with the prefix above */
     uint32_t close_codes[5000];
     uint64_t deliveries, deliveries_steady, foreign, losses, dups, reorders;
     uint64_t acks, errors, other_frames, pings;
@@ -426,6 +429,30 @@ static void seq_check(struct conn *c, int64_t seq)
     }
 }
 
+/* --tag-count: which prefix the body carries (none / exactly one / a tag
+ * again further on); returns the body after the prefix */
+static const char *count_tags(const char *bv, const char *be)
+{
+    int hit = -1;
+    for (int i = 0; i < O.ntags && hit < 0; i++) {
+        size_t l = strlen(O.tags[i]);
+        if ((size_t)(be - bv) >= l && memcmp(bv, O.tags[i], l) == 0)
+            hit = i;
+    }
+    if (hit < 0) {
+        S.tag_none++;
+        return bv;
+    }
+    bv += strlen(O.tags[hit]);
+    for (int i = 0; i < O.ntags; i++)
+        if (memmem(bv, (size_t)(be - bv), O.tags[i], strlen(O.tags[i]))) {
+            S.tag_multi++;
+            return bv;
+        }
+    S.tag_counts[hit]++;
+    return bv;
+}
+
 static void on_text(struct conn *c, const char *p, size_t n, uint64_t now)
 {
     const char *e, *t = jfind(p, n, "type", &e);
@@ -446,6 +473,8 @@ static void on_text(struct conn *c, const char *p, size_t n, uint64_t now)
         if (sv)
             seq_check(c, jnum(sv, se));
         const char *be, *bv = jfind(p, n, "body", &be);
+        if (bv && O.ntags)
+            bv = count_tags(bv, be);
         unsigned pub;
         unsigned long long k, ts;
         if (bv && be - bv > 4 && memcmp(bv, "lt1 ", 4) == 0) {
@@ -1272,6 +1301,7 @@ static void usage(void)
             "  --body-bytes B     message body size (default 80)\n"
             "  --room-prefix P    room name prefix (default lt)\n"
             "  --drain S          seconds to wait for in-flight deliveries (default 2)\n"
+            "  --tag-count T,T..  count delivered bodies by prefix (up to 4; exactly one expected)\n"
             "  --quiet            no progress lines\n");
     exit(2);
 }
@@ -1306,7 +1336,7 @@ static void parse_opts(int argc, char **argv)
         {"http-rate", 1, 0, 'H'}, {"http-path", 1, 0, 'T'}, {"body-bytes", 1, 0, 'b'},
         {"room-prefix", 1, 0, 'x'}, {"drain", 1, 0, 'D'}, {"max-inflight", 1, 0, 'i'},
         {"slow-rcvbuf", 1, 0, 'B'}, {"ramp-timeout", 1, 0, 'M'},
-        {"settle", 1, 0, 'L'}, {"quiet", 0, 0, 'q'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
+        {"settle", 1, 0, 'L'}, {"quiet", 0, 0, 'q'}, {"tag-count", 1, 0, 'G'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -1366,6 +1396,17 @@ static void parse_opts(int argc, char **argv)
         case 'M': O.ramp_timeout = atof(optarg); break;
         case 'L': O.settle = atof(optarg); break;
         case 'q': O.quiet = 1; break;
+        case 'G': {
+            char *list = optarg, *tok;
+            while ((tok = strsep(&list, ",")) && O.ntags < 4) {
+                if (!*tok || strlen(tok) >= sizeof O.tags[0] || strpbrk(tok, "\"\\")) {
+                    fprintf(stderr, "chatload: --tag-count: tags are 1..31 bytes without quotes or backslashes\n");
+                    exit(2);
+                }
+                snprintf(O.tags[O.ntags++], sizeof O.tags[0], "%s", tok);
+            }
+            break;
+        }
         default: usage();
         }
     }
@@ -1588,6 +1629,13 @@ int main(int argc, char **argv)
                (unsigned long long)t->slow_closed, (unsigned long long)t->slow_backlog_frames);
     if (O.churn > 0)
         printf("churn: %llu close+reconnect cycles\n", (unsigned long long)t->churn_closes);
+    if (O.ntags) {
+        printf("tags:");
+        for (int i = 0; i < O.ntags; i++)
+            printf(" \"%s\" %llu,", O.tags[i], (unsigned long long)t->tag_counts[i]);
+        printf(" none %llu, more than one %llu\n", (unsigned long long)t->tag_none,
+               (unsigned long long)t->tag_multi);
+    }
     if (O.http_rate > 0)
         printf("history GETs: %llu sent, %llu ok, %llu failed; latency p50 %.2f ms p99 %.2f ms max %.2f ms\n",
                (unsigned long long)t->http_sent, (unsigned long long)t->http_done,
@@ -1672,6 +1720,11 @@ int main(int argc, char **argv)
             fprintf(f, "  \"slow\": {\"count\": %d, \"closed_by_server\": %llu, \"backlog_frames\": %llu},\n", O.slow,
                     (unsigned long long)t->slow_closed, (unsigned long long)t->slow_backlog_frames);
             fprintf(f, "  \"churn\": {\"cycles\": %llu},\n", (unsigned long long)t->churn_closes);
+            fprintf(f, "  \"tags\": {\"counts\": {");
+            for (int i = 0; i < O.ntags; i++)
+                fprintf(f, "%s\"%s\": %llu", i ? ", " : "", O.tags[i], (unsigned long long)t->tag_counts[i]);
+            fprintf(f, "}, \"none\": %llu, \"multiple\": %llu},\n", (unsigned long long)t->tag_none,
+                    (unsigned long long)t->tag_multi);
             fprintf(f, "  \"history\": {\"sent\": %llu, \"ok\": %llu, \"failed\": %llu, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f},\n",
                     (unsigned long long)t->http_sent, (unsigned long long)t->http_done,
                     (unsigned long long)t->http_fail, ms(lt_hist_quantile(&t->http, .5)),
