@@ -68,6 +68,9 @@ bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void 
         free(b);
         return NULL;
     }
+    uv_timer_init(loop, &b->defer);
+    b->defer.data = b;
+    b->handles++;
     return b;
 }
 
@@ -157,11 +160,15 @@ static void final_free(bus *b)
     free(b);
 }
 
+static void defer_closed(uv_handle_t *h) { bus_handle_closed(h->data); }
+
 void bus_free(bus *b)
 {
     if (!b || b->freeing) return;
     b->freeing = 1;
     b->ready = 0;
+    b->deferred = NULL; /* still in the pending list: answered below */
+    uv_close((uv_handle_t *)&b->defer, defer_closed);
     /* the backend answers what it holds (-1) and closes its handles */
     b->be->free(b);
     /* replays waiting for a sync are held by nobody but their room */
@@ -206,6 +213,28 @@ void bus_room_maybe_free(bus *b, bus_room *room)
     room_free(room);
 }
 
+static void defer_cb(uv_timer_t *t)
+{
+    bus *b = t->data;
+    bus_req *d = b->deferred;
+    b->deferred = NULL;
+    while (d && !b->freeing) {
+        bus_req *r = d;
+        d = d->wnext;
+        r->wnext = NULL;
+        req_fail(r);
+        req_free(r);
+    }
+}
+
+/* r (held by nobody) is answered -1 from the loop, not from this call */
+static void req_fail_later(bus *b, bus_req *r)
+{
+    r->wnext = b->deferred;
+    b->deferred = r;
+    if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
+}
+
 void bus_room_run_waiting(bus *b, bus_room *room, int fail)
 {
     bus_req *w = room->waiting;
@@ -214,10 +243,8 @@ void bus_room_run_waiting(bus *b, bus_room *room, int fail)
         bus_req *r = w;
         w = w->wnext;
         r->wnext = NULL;
-        if (fail || b->freeing || b->be->replay(b, r) != 0) {
-            bus_req_replay_done(r, -1, NULL, 0, 0);
-            req_free(r);
-        }
+        if (b->freeing) continue; /* bus_free answers every pending request */
+        if (fail || b->be->replay(b, r) != 0) req_fail_later(b, r);
     }
 }
 

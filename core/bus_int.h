@@ -65,6 +65,8 @@ typedef struct bus_room {
     int have_last;           /* last is meaningful (kept across reconnects) */
     uint64_t last;           /* last seq delivered to on_message */
     uint64_t target;         /* head seen at the last sync */
+    uint64_t floor;          /* highest seq acked to a publish of this node
+                              * (Redis: the publish script's floor) */
     bus_held *held;          /* received early, ascending, unique, > last */
     size_t nheld;
     int fetching;            /* a range fetch is in flight */
@@ -140,6 +142,10 @@ struct bus {
     bus_map rooms;           /* name -> bus_room */
     uint64_t sub_counter;
     bus_req *pending;        /* every request not yet freed */
+    /* requests that failed inside a bus_* call: answered (-1) from this
+     * timer, since no callback may run inside a bus_* call */
+    uv_timer_t defer;
+    bus_req *deferred;       /* linked through wnext */
     struct {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
@@ -185,6 +191,7 @@ int bus_url_parse(const char *url, bus_url *out, char *err, size_t errlen);
 
 /* bus_script.c */
 extern const char BUS_PUBLISH_LUA[];
+extern const char BUS_HEAD_LUA[];
 
 /* helpers shared by backends */
 int bus_parse_entry(const char *s, size_t len, bus_entry *e); /* "<seq>\n<tail>" */

@@ -150,9 +150,13 @@ void bus_order_synced(bus *b, const char *name, uint64_t sub_id, uint64_t head)
         room->have_last = 1;
         room->last = head;
     } else if (head < room->last) {
-        LOGE(MOD, "room %s: seq went back from %llu to %llu (Redis lost data); following it",
-             room->name, (unsigned long long)room->last, (unsigned long long)head);
-        room->last = head;
+        /* Redis lost data and the head could not be raised (the backend
+         * raises it to last at the resync): never go back, seqs <= last
+         * were delivered already; later ones are delivered as usual */
+        LOGE(MOD, "room %s: seq went back from %llu to %llu (Redis lost data); keeping %llu",
+             room->name, (unsigned long long)room->last, (unsigned long long)head,
+             (unsigned long long)room->last);
+        head = room->last;
     }
     room->target = head;
     room->synced = 1;

@@ -430,10 +430,17 @@ static void head_cb(redisAsyncContext *ac, void *reply, void *priv)
     if (!R->b->freeing && is_current(R, ac)) {
         metric_observe(R->b->m.op_head, since_s(op->t0));
         if (reply_u64(rp, &head) != 0) {
-            LOGE(MOD, "GET chat:{%s}:seq: %s", op->room,
+            LOGE(MOD, "head of chat:{%s}:seq: %s", op->room,
                  rp->type == REDIS_REPLY_ERROR ? rp->str : "unexpected reply");
             session_fail(R, NULL, "bad seq reply");
         } else {
+            if (head < op->from) {
+                /* the script raised the key to our floor (op->from) */
+                LOGE(MOD, "room %s: Redis seq was %" PRIu64 ", below the %" PRIu64
+                     " this node delivered (Redis lost data): raised to %" PRIu64,
+                     op->room, head, op->from, op->from);
+                head = op->from;
+            }
             bus_order_synced(R->b, op->room, op->sub_id, head);
         }
     }
@@ -449,7 +456,24 @@ static void send_head(busr *R, bus_room *room)
     op->sub_id = room->sub_id;
     op->t0 = mono_ns();
     key(k, sizeof k, room->name, "seq");
-    if (!R->cmd || redisAsyncCommand(R->cmd, head_cb, op, "GET %s", k) != REDIS_OK) free(op);
+    int rc;
+    if (room->have_last && room->last > 0) {
+        /* resubscription after a reconnect: read the head and raise it to
+         * what this node already delivered, so a Redis that restarted
+         * empty never assigns those seqs again */
+        char fl[24];
+        op->from = room->last;
+        snprintf(fl, sizeof fl, "%" PRIu64, room->last);
+        rc = R->cmd ? redisAsyncCommand(R->cmd, head_cb, op, "EVAL %s 1 %s %s", BUS_HEAD_LUA, k,
+                                        fl) : REDIS_ERR;
+    } else {
+        rc = R->cmd ? redisAsyncCommand(R->cmd, head_cb, op, "GET %s", k) : REDIS_ERR;
+    }
+    if (rc != REDIS_OK) {
+        free(op);
+        /* the room would never sync (and the bus never become ready) */
+        session_fail(R, NULL, "cannot queue the head read");
+    }
 }
 
 static void sub_message(busr *R, redisReply *rp)
@@ -526,14 +550,19 @@ static void pub_cb(redisAsyncContext *ac, void *reply, void *priv);
 static int send_publish(busr *R, bus_req *r)
 {
     char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[CHAT_ROOM_MAX + 32];
-    char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16];
+    char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24];
     key(kseq, sizeof kseq, r->room, "seq");
     key(krec, sizeof krec, r->room, "recent");
     key(ch, sizeof ch, r->room, "msg");
     snprintf(nmax, sizeof nmax, "%zu", R->b->recent_max);
     snprintf(nttl, sizeof nttl, "%u", (unsigned)R->b->id_ttl_s);
-    const char *argv[10];
-    size_t lens[10];
+    /* floor: never below a seq this node delivered or was acked in the room */
+    bus_room *room = bus_room_get(R->b, r->room);
+    uint64_t floor = room && room->have_last ? room->last : 0;
+    if (room && room->floor > floor) floor = room->floor;
+    snprintf(nfloor, sizeof nfloor, "%" PRIu64, floor);
+    const char *argv[12];
+    size_t lens[12];
     int argc = 0;
 #define ARG(s, l) (argv[argc] = (s), lens[argc] = (l), argc++)
     ARG("EVALSHA", 7);
@@ -549,6 +578,7 @@ static int send_publish(busr *R, bus_req *r)
     ARG(nmax, strlen(nmax));
     ARG(nttl, strlen(nttl));
     ARG(ch, strlen(ch));
+    ARG(nfloor, strlen(nfloor));
 #undef ARG
     if (!R->cmd || redisAsyncCommandArgv(R->cmd, pub_cb, r, argc, argv, lens) != REDIS_OK)
         return -1;
@@ -597,6 +627,8 @@ static void pub_cb(redisAsyncContext *ac, void *reply, void *priv)
     }
     metric_observe(b->m.op_publish, since_s(r->t0));
     if (!dup) metric_inc(b->m.published);
+    bus_room *room = bus_room_get(b, r->room);
+    if (room && seq > room->floor) room->floor = seq;
     bus_req_publish_done(r, 0, seq, dup ? 1 : 0);
     bus_req_unhold(r);
 }
