@@ -80,14 +80,16 @@ if want busted; then
     echo "== busted specs (scripts/)"
     out="$WORK/busted.out"
     busted -o TAP >"$out" 2>&1
-    sed 's/^/  /' "$out" | grep -vE "^  ok " | head -60
+    sed "s/^/  /" "$out" | grep -vE "^  (ok |# )" | head -60
     p=$(grep -cE "^ok " "$out"); f=$(grep -cE "^not ok " "$out")
     [ "$p" -eq 0 ] && [ "$f" -eq 0 ] && f=1
     record busted "$p" "$f"
 fi
 if want itest; then
     echo "== integration tests (real chatd, Redis, Postgres, WebSocket clients)"
-    run_counted itest /usr/bin/python3 tests/integration/run.py --chatd "$ROOT/build/chatd"
+    # the suite starts its own Redis and Postgres so it can also kill and restart them
+    run_counted itest env -u CHATD_TEST_REDIS_URL -u CHATD_TEST_DATABASE_URL \
+        /usr/bin/python3 tests/integration/run.py --chatd "$ROOT/build/chatd"
     if want asan && [ -x build-asan/chatd ]; then
         echo "== integration core group against the ASan+UBSan chatd"
         ASAN_OPTIONS=detect_leaks=1 run_counted itest-asan /usr/bin/python3 tests/integration/run.py \

@@ -254,6 +254,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 }
 
 const struct lws_protocols ws_protocols[] = {
-    {"chat", callback, sizeof(pss), 4096, 0, NULL, 0},
+    /* rx_buffer_size: lws allocates it per connection; bigger frames come in
+     * pieces and are assembled in on_receive (keeps RSS per connection low) */
+    {"chat", callback, sizeof(pss), 1024, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
