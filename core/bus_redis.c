@@ -263,6 +263,15 @@ static void poll_cb(uv_poll_t *h, int status, int events)
     if (status < 0) events = p->events ? p->events : UV_READABLE;
     if (p->context && (events & UV_READABLE)) redisAsyncHandleRead(p->context);
     if (p->context && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
+    if (status < 0 && p->context) {
+        /* libuv stopped this poll for good; if hiredis did not see the
+         * error (the read would block), the connection would hang silently
+         * (the subscription connection has no health check): drop the
+         * session instead */
+        redisAsyncContext *ac = p->context;
+        busr *R = R_of(ac);
+        if (!R->b->freeing && is_current(R, ac)) session_fail(R, NULL, uv_strerror(status));
+    }
 }
 
 static void ev_update(redisLibuvEvents *p)
