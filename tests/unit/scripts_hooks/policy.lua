@@ -65,6 +65,28 @@ function M.on_message(ctx, msg)
   if b == "xpcall-loop" then
     while true do xpcall(function() while true do end end, function() while true do end end) end
   end
+  if b == "handler-loop" then    -- a plain error, then a handler that never returns
+    xpcall(function() error("x") end, function() while true do end end)
+  end
+  if b == "handler-xpcall-loop" then   -- handlers that nest xpcall and swallow everything
+    local function h() return select(2, xpcall(function() error("y") end, h)) end
+    while true do xpcall(function() error("x") end, h) end
+  end
+  if b == "nested-pcall-loop" then     -- deep pcall nesting, each level loops after a catch
+    local function f(n) if n > 0 then pcall(f, n - 1) end while true do end end
+    f(150)
+  end
+  if b == "sort-loop" then             -- Lua called back from C
+    local t = {} for i = 1, 50 do t[i] = 51 - i end
+    while true do pcall(table.sort, t, function(x, y) while true do end end) end
+  end
+  if b == "gsub-loop" then
+    while true do pcall(string.gsub, "aaaa", "a", function() while true do end end) end
+  end
+  if b == "tostring-loop" then
+    local o = setmetatable({}, { __tostring = function() while true do end end })
+    while true do pcall(error, o) pcall(tostring, o) end
+  end
   if b == "bomb" then
     local t = {} while true do t[#t + 1] = string.rep('x', 1e6) .. #t end
   end
