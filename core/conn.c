@@ -17,7 +17,7 @@ static conn *g_flush_head;
 static uint64_t g_next_id = 1;
 
 static metric_counter *m_deliveries, *m_slow, *m_writev;
-static metric_hist *m_lag;
+static metric_hist *m_lag, *m_qwait;
 static metric_gauge *m_open;
 
 void conn_metrics_init(void)
@@ -30,6 +30,9 @@ void conn_metrics_init(void)
     m_lag = metrics_histogram("chat_broadcast_lag_seconds",
                               "Message entered this node's delivery path -> written to the recipient socket",
                               NULL, METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
+    m_qwait = metrics_histogram("chat_queue_wait_seconds",
+                                "Any frame: queued for a connection -> written to its socket",
+                                NULL, METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
     m_open = metrics_gauge("chat_connections_open", "Open WebSocket connections", NULL);
 }
 
@@ -189,9 +192,11 @@ typedef struct { uint64_t now; uint64_t n; } done_ctx;
 static void on_done(msg *m, void *ud)
 {
     done_ctx *d = ud;
+    double wait = (double)(d->now - m->born_ns) / 1e9;
+    metric_observe(m_qwait, wait);
     if (m->kind == MSG_MESSAGE) {
         d->n++;
-        metric_observe(m_lag, (double)(d->now - m->born_ns) / 1e9);
+        metric_observe(m_lag, wait);
     }
 }
 

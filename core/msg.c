@@ -1,5 +1,6 @@
 /* msg: see msg.h. */
 #include "msg.h"
+#include "util.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,7 +13,7 @@ msg *msg_alloc(size_t cap)
     m->kind = MSG_OTHER;
     m->len = 0;
     m->seq = 0;
-    m->born_ns = 0;
+    m->born_ns = mono_ns();
     return m;
 }
 
