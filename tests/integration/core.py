@@ -834,3 +834,36 @@ async def sigint_drains_like_sigterm():
     check(c.errors("server_restart"), f"no server_restart before close: {c.brief(-3)}")
     eq(code, 1001, "close code on SIGINT")
     eq(await asyncio.to_thread(n.wait_exit, 10), 0, "exit status after SIGINT")
+
+
+RUNAWAY_POLICY = """
+local M = {config = {hook_budget_ms = 50, memory_limit_mb = 32}}
+function M.on_message(ctx, msg)
+  if msg.body == "spin" then while true do end end
+  if msg.body == "bomb" then
+    local t = {}
+    while true do t[#t + 1] = string.rep("x", 1e6) .. #t end
+  end
+  if msg.body == "escape" then return os.execute("touch /tmp/chatd-escaped") and "escaped" or "no" end
+  return nil
+end
+return M
+"""
+
+
+@test(timeout=60)
+async def runaway_hook_and_memory_bomb_are_stopped_and_server_keeps_serving():
+    n = start_node(scripts=policy_dir(RUNAWAY_POLICY))
+    room = uniq()
+    a = await Client.connect(n, room, token("alice"))
+    b = await Client.connect(n, room, token("bob"))
+    for body, mid in (("spin", "r1"), ("bomb", "r2"), ("escape", "r3")):
+        e = await a.error_for({"type": "message", "body": body, "id": mid}, timeout=10)
+        check(e.get("code") in ("script_error", "rejected"), f"{body}: refused, got {e}")
+        eq(e.get("id"), mid, f"{body}: error answers the message")
+    # the node, the policy and both connections keep working
+    await a.send_msg("still here", id="r4")
+    m = await b.wait_for(lambda f: f["type"] == "message" and f.get("id") == "r4", 5)
+    eq(m["body"], "still here", "message after the runaway hooks")
+    eq(m["seq"], 1, "refused messages took no seq")
+    check(n.alive(), "chatd still running")
