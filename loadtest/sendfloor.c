@@ -7,7 +7,9 @@
  *    (--sockets, default 100 and 1000), each drained by its own reader process
  *    that sleeps in epoll_wait on the other core, in bursts of --burst sends
  *    (one room's fan-out) paced to --rate sends/s, so every send wakes a
- *    different sleeping reader (checked: reader wakeups per send).
+ *    different sleeping reader (checked: reader wakeups per send); and the
+ *    same N sockets read by ONE process asleep in epoll (chatload's shape:
+ *    the first send of a burst wakes it, the others find it awake).
  * A server can not deliver a frame for less than these; compare chatload's
  * "server CPU per delivery" with the sleeping-reader figure.
  *
@@ -162,41 +164,55 @@ static long children_nvcsw(void)
     return ru.ru_nvcsw;
 }
 
-static void reader_loop(int fd, int cpu)
+/* one reader process: sleeps in epoll_wait over its sockets, drains the
+ * ready ones, exits when all of them reached EOF */
+static void reader_loop(const int *fds, int nfds, int cpu)
 {
     pin(cpu);
     int ep = epoll_create1(0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
-    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+    if (ep < 0)
         _exit(1);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    for (int i = 0; i < nfds; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev) < 0)
+            _exit(1);
+    }
     static char b[1 << 16];
-    for (;;) {
-        struct epoll_event got;
-        int n = epoll_wait(ep, &got, 1, -1);
+    struct epoll_event got[64];
+    int open = nfds;
+    while (open > 0) {
+        int n = epoll_wait(ep, got, 64, -1);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
             _exit(1);
-        for (;;) {
-            ssize_t r = read(fd, b, sizeof b);
-            if (r > 0)
-                continue;
-            if (r < 0 && errno == EAGAIN)
+        for (int i = 0; i < n; i++) {
+            int fd = got[i].data.fd;
+            for (;;) {
+                ssize_t r = read(fd, b, sizeof b);
+                if (r > 0)
+                    continue;
+                if (r < 0 && errno == EAGAIN)
+                    break;
+                close(fd); /* EOF or error */
+                open--;
                 break;
-            _exit(0); /* EOF or error */
+            }
         }
     }
+    _exit(0);
 }
 
 struct eresult {
-    int sockets, burst;
+    int sockets, readers, burst;
     double rate, cpu_us_per_send, wakeups_per_send;
 };
 
-/* n sockets; count sends round-robin in bursts of `burst`, paced to `rate`
- * sends/s; CPU measured around the bursts only (the pacing sleep excluded) */
-static int run_sleepers(int n, long count, int burst, double rate, int reader_cpu, struct eresult *r)
+/* n sockets read by nr reader processes (socket i by reader i % nr); count
+ * sends round-robin in bursts of `burst`, paced to `rate` sends/s; CPU
+ * measured around the bursts only (the pacing sleep excluded) */
+static int run_sleepers(int n, int nr, long count, int burst, double rate, int reader_cpu, struct eresult *r)
 {
     int ls = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -205,7 +221,7 @@ static int run_sleepers(int n, long count, int burst, double rate, int reader_cp
         getsockname(ls, (struct sockaddr *)&a, &al) < 0)
         return -1;
     int *cli = calloc((size_t)n, sizeof *cli), *srv = calloc((size_t)n, sizeof *srv);
-    pid_t *rd = calloc((size_t)n, sizeof *rd);
+    pid_t *rd = calloc((size_t)nr, sizeof *rd);
     if (!cli || !srv || !rd)
         return -1;
     for (int i = 0; i < n; i++) { /* sender = accepted side, like chatd */
@@ -220,17 +236,20 @@ static int run_sleepers(int n, long count, int burst, double rate, int reader_cp
         fcntl(srv[i], F_SETFL, fcntl(srv[i], F_GETFL) | O_NONBLOCK);
     }
     close(ls);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < nr; i++) {
         rd[i] = fork();
         if (rd[i] < 0)
             return -1;
         if (rd[i] == 0) {
+            int m = 0;
             for (int j = 0; j < n; j++) {
                 close(srv[j]);
-                if (j != i)
+                if (j % nr != i)
                     close(cli[j]);
+                else
+                    cli[m++] = cli[j];
             }
-            reader_loop(cli[i], reader_cpu);
+            reader_loop(cli, m, reader_cpu);
         }
     }
     for (int i = 0; i < n; i++)
@@ -267,18 +286,19 @@ static int run_sleepers(int n, long count, int burst, double rate, int reader_cp
     usleep(100000);
     for (int i = 0; i < n; i++)
         close(srv[i]);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < nr; i++)
         waitpid(rd[i], NULL, 0);
     long cs1 = children_nvcsw();
     free(cli);
     free(srv);
     free(rd);
     r->sockets = n;
+    r->readers = nr;
     r->burst = burst;
     r->rate = rate;
     r->cpu_us_per_send = cpu * 1e6 / (double)count;
     /* minus one final switch per reader (its exit path) */
-    r->wakeups_per_send = (double)(cs1 - cs0 - n) / (double)count;
+    r->wakeups_per_send = (double)(cs1 - cs0 - nr) / (double)count;
     return 0;
 }
 
@@ -337,11 +357,15 @@ int main(int argc, char **argv)
                     (unsigned long)rl.rlim_cur);
             return 1;
         }
-        if (run_sleepers(n, count, burst, rate, rcpu, &e[ne]) < 0) {
-            perror("sleeping readers");
-            return 1;
+        /* one reader per socket (every send wakes a process), then one reader
+         * process for all of them (chatload's shape: one wake per burst) */
+        for (int one = 0; one < 2 && ne < 8; one++) {
+            if (run_sleepers(n, one ? 1 : n, count, burst, rate, rcpu, &e[ne]) < 0) {
+                perror("sleeping readers");
+                return 1;
+            }
+            ne++;
         }
-        ne++;
     }
     printf("sendfloor: %d-byte frames on loopback TCP, writer cpu %d, reader cpu %d, %ld frames\n",
            FRAME_LEN, wcpu, rcpu, count);
@@ -350,10 +374,10 @@ int main(int argc, char **argv)
     printf("writev(x%d):    %.3f us CPU per call, %.3f us per frame  => floor %.0f frames/s per core\n", BATCH,
            v.cpu_us_per_call, v.cpu_us_per_frame, 1e6 / v.cpu_us_per_frame);
     for (int i = 0; i < ne; i++)
-        printf("send() to %d sockets, readers asleep in epoll: %.3f us CPU per call  => floor %.0f frames/s "
-               "per core  (bursts of %d at %.0f sends/s; %.2f reader wakeups per send)\n",
-               e[i].sockets, e[i].cpu_us_per_send, 1e6 / e[i].cpu_us_per_send, e[i].burst, e[i].rate,
-               e[i].wakeups_per_send);
+        printf("send() to %4d sockets, %4d reader(s) asleep in epoll: %.3f us CPU per call  => %.0f frames/s "
+               "per core  (bursts of %d at %.0f sends/s; %.3f reader wakeups per send)\n",
+               e[i].sockets, e[i].readers, e[i].cpu_us_per_send, 1e6 / e[i].cpu_us_per_send, e[i].burst,
+               e[i].rate, e[i].wakeups_per_send);
     if (json) {
         FILE *f = fopen(json, "w");
         if (!f) {
@@ -366,9 +390,9 @@ int main(int argc, char **argv)
                 FRAME_LEN, count, s.cpu_us_per_call, s.wall_us_per_call, BATCH, v.cpu_us_per_call,
                 v.cpu_us_per_frame);
         for (int i = 0; i < ne; i++)
-            fprintf(f, "%s{\"sockets\": %d, \"burst\": %d, \"rate\": %.0f, \"send_cpu_us\": %.4f, "
+            fprintf(f, "%s{\"sockets\": %d, \"readers\": %d, \"burst\": %d, \"rate\": %.0f, \"send_cpu_us\": %.4f, "
                        "\"reader_wakeups_per_send\": %.3f}",
-                    i ? ", " : "", e[i].sockets, e[i].burst, e[i].rate, e[i].cpu_us_per_send,
+                    i ? ", " : "", e[i].sockets, e[i].readers, e[i].burst, e[i].rate, e[i].cpu_us_per_send,
                     e[i].wakeups_per_send);
         fprintf(f, "]}\n");
         fclose(f);

@@ -12,6 +12,7 @@ SECRET=${SECRET:-loadtest-secret-0123456789abcdef0123456789}
 CHATD_CPU=${CHATD_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 LT_NICE=${LT_NICE:-0}   # e.g. -10 to shield the measurement from other load (root only)
+# PERF_DELAY=S [PERF_SECS=10]: `perf record -g` each chatd S seconds after its start -> results/NAME.perf.data
 LT_RT=${LT_RT:-0}       # 1: chatd (and Redis) SCHED_RR, the generator SCHED_FIFO: shields the
                         # measurement from other load on a shared machine, starves that load
 LT_PRIO=(nice -n "$LT_NICE")
@@ -92,6 +93,11 @@ lt_chatd() {
     fi
     LT_CHATD_PID=$!
     LT_PIDS+=("$LT_CHATD_PID")
+    if [ -n "${PERF_DELAY:-}" ]; then   # profile this node: perf record -g after PERF_DELAY s
+        (sleep "$PERF_DELAY"; perf record -q -g -o "$RESULTS/$name.perf.data" -p "$LT_CHATD_PID" \
+            -- sleep "${PERF_SECS:-10}" >/dev/null 2>&1) &
+        LT_PIDS+=("$!")
+    fi
     for _ in $(seq 1 100); do
         if curl -fs -o /dev/null "http://127.0.0.1:$port/healthz"; then return 0; fi
         kill -0 "$LT_CHATD_PID" 2>/dev/null || break

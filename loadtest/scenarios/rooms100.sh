@@ -6,7 +6,8 @@
 # results/rooms100_search.json (one row per probed rate + the answer).
 # env: DURATION (default 60), RATE (default 500), SEARCH=0 to skip the search,
 #      SEARCH_DURATION (default 15), P99_MS (default 10), WITH_PG=0 to skip Postgres,
-#      MAIN=0 to run only the search
+#      MAIN=0 to run only the search, FLOOR=0 to skip loadtest/bin/sendfloor after the fixed-rate
+#      run (-> results/sendfloor.{json,txt}, rooms100_floor.json: CPU per delivery / each floor)
 source "$(dirname "$0")/lib.sh"
 lt_build
 [ "${WITH_PG:-1}" = 1 ] && lt_services pg
@@ -16,6 +17,16 @@ COMMON=(--url "127.0.0.1:$PORT_A" --conns 5000 --rooms 50 --publishers 500 --ram
 if [ "${MAIN:-1}" = 1 ]; then
     lt_load rooms100 "${COMMON[@]}" --rate "${RATE:-500}" --duration "${DURATION:-60}"
     lt_plot rooms100 "rooms100: 50 rooms x 100 conns, ${RATE:-500} msgs/s in"
+    if [ "${FLOOR:-1}" = 1 ]; then   # the floors, same cores and priority, right after the run
+        "${LT_SRV_PRIO[@]}" "$LT_DIR/bin/sendfloor" --writer-cpu "$CHATD_CPU" --reader-cpu "$LOAD_CPU" \
+            --json "$RESULTS/sendfloor.json" | tee "$RESULTS/sendfloor.txt"
+        jq -n --slurpfile r "$RESULTS/rooms100.json" --slurpfile f "$RESULTS/sendfloor.json" '
+          $r[0].server.cpu_per_delivery_us as $d | {cpu_per_delivery_us: $d,
+            busy_reader_send_us: $f[0].send_cpu_us, x_busy_reader: ($d / $f[0].send_cpu_us),
+            sleeping_readers: [$f[0].sleeping_readers[] | {sockets, readers, send_cpu_us, x: ($d / .send_cpu_us),
+                                                         reader_wakeups_per_send}]}' |
+            tee "$RESULTS/rooms100_floor.json"
+    fi
 fi
 
 [ "${SEARCH:-1}" = 1 ] || exit 0
