@@ -112,6 +112,32 @@ static const char *reject_code(const script_result *res)
     return res->code;
 }
 
+char *chat_users_json(const char *prefix, const presence_user *u, size_t n, size_t *len)
+{
+    size_t cap = strlen(prefix) + 32 + n * 800;
+    char *b = malloc(cap);
+    if (!b) return NULL;
+    size_t o = (size_t)snprintf(b, cap, "%s\"users\":[", prefix);
+    for (size_t i = 0; i < n; i++) {
+        o += (size_t)snprintf(b + o, cap - o, "%s{\"user\":", i ? "," : "");
+        o += (size_t)json_escape(b + o, cap - o, u[i].user, strnlen(u[i].user, 127));
+        memcpy(b + o, ",\"name\":", 8);
+        o += 8;
+        o += (size_t)json_escape(b + o, cap - o, u[i].name, strnlen(u[i].name, 127));
+        b[o++] = '}';
+    }
+    memcpy(b + o, "]}", 2);
+    *len = o + 2;
+    return b;
+}
+
+/* The room a frame is about: its "room" field, else the URL's room. */
+static void frame_room(const conn *c, const client_frame *f, char room[CHAT_ROOM_MAX + 1])
+{
+    if (f->room) { memcpy(room, f->room, f->room_len); room[f->room_len] = 0; }
+    else snprintf(room, CHAT_ROOM_MAX + 1, "%s", c->url_room);
+}
+
 /* ---- membership -------------------------------------------------------- */
 
 static void join_op_free(join_op *op)
@@ -153,20 +179,13 @@ static void send_room_error(conn *c, const char *room, const char *code, const c
 
 static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head)
 {
-    size_t cap = 128 + n * 600;
-    char *b = malloc(cap);
+    char head_json[160];
+    snprintf(head_json, sizeof head_json, "{\"type\":\"presence_state\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
+             cr->r->name, head);
+    size_t len;
+    char *b = chat_users_json(head_json, u, n, &len);
     if (!b) return;
-    size_t o = (size_t)snprintf(b, cap, "{\"type\":\"presence_state\",\"room\":\"%s\",\"seq\":%" PRIu64 ",\"users\":[",
-                                cr->r->name, head);
-    for (size_t i = 0; i < n; i++) {
-        o += (size_t)snprintf(b + o, cap - o, "%s{\"user\":", i ? "," : "");
-        o += (size_t)json_escape(b + o, cap - o, u[i].user, strnlen(u[i].user, 127));
-        memcpy(b + o, ",\"name\":", 8); o += 8;
-        o += (size_t)json_escape(b + o, cap - o, u[i].name, strnlen(u[i].name, 127));
-        b[o++] = '}';
-    }
-    memcpy(b + o, "]}", 2); o += 2;
-    conn_send_text(cr->c, b, o);
+    conn_send_text(cr->c, b, len);
     free(b);
 }
 
@@ -430,8 +449,7 @@ static void handle_message(conn *c, client_frame *f)
         id = idbuf;
     }
     char room[CHAT_ROOM_MAX + 1];
-    if (f->room) { memcpy(room, f->room, f->room_len); room[f->room_len] = 0; }
-    else snprintf(room, sizeof room, "%s", c->url_room);
+    frame_room(c, f, room);
     if (!conn_find_room(c, room)) {
         metric_inc(m_rejected);
         conn_send_error(c, "not_member", "join the room first", id);
@@ -489,8 +507,7 @@ static void handle_message(conn *c, client_frame *f)
 static void handle_typing(conn *c, client_frame *f)
 {
     char room[CHAT_ROOM_MAX + 1];
-    if (f->room) { memcpy(room, f->room, f->room_len); room[f->room_len] = 0; }
-    else snprintf(room, sizeof room, "%s", c->url_room);
+    frame_room(c, f, room);
     if (!conn_find_room(c, room)) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
     script_ctx x;
     script_ctx_of(c, room, &x);

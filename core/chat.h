@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "conn.h"
+#include "presence.h"
 
 void chat_init(void);
 /* A connection finished its upgrade: join its URL room (welcome first). */
@@ -35,6 +36,10 @@ char *chat_build_tail(const char *id, const char *user, const char *name,
                       const char *body, size_t body_len, uint64_t ts, size_t *len);
 /* '{"type":"message","room":R,"seq":N,' + tail into a new frame */
 msg *chat_message_frame(const char *room, uint64_t seq, const char *tail, size_t len);
+
+/* prefix + '"users":[{"user":..,"name":..},...]}' (prefix opens the object and
+ * ends with a comma, e.g. '{"room":"r",'). malloc'd; *len set. */
+char *chat_users_json(const char *prefix, const presence_user *u, size_t n, size_t *len);
 
 /* SIGTERM: tell every client server_restart and close with 1001 after its
  * queue drained. */

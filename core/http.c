@@ -174,20 +174,12 @@ static void on_presence_users(void *ud, int status, const presence_user *u, size
         req_finish(r, 503, strdup(e), strlen(e));
         return;
     }
-    size_t cap = 64 + n * 600;
-    char *b = malloc(cap);
+    char prefix[128];
+    snprintf(prefix, sizeof prefix, "{\"room\":\"%s\",", r->room);
+    size_t len;
+    char *b = chat_users_json(prefix, u, n, &len);
     if (!b) { req_finish(r, 503, NULL, 0); return; }
-    size_t o = (size_t)snprintf(b, cap, "{\"room\":\"%s\",\"users\":[", r->room);
-    for (size_t i = 0; i < n; i++) {
-        o += (size_t)snprintf(b + o, cap - o, "%s{\"user\":", i ? "," : "");
-        o += (size_t)json_escape(b + o, cap - o, u[i].user, strnlen(u[i].user, 127));
-        memcpy(b + o, ",\"name\":", 8); o += 8;
-        o += (size_t)json_escape(b + o, cap - o, u[i].name, strnlen(u[i].name, 127));
-        b[o++] = '}';
-    }
-    memcpy(b + o, "]}", 2);
-    o += 2;
-    req_finish(r, 200, b, o);
+    req_finish(r, 200, b, len);
 }
 
 int http_writeable(struct lws *wsi, http_req **slot)
