@@ -181,6 +181,12 @@ int server_run(int argc, char **argv)
     metrics_gauge_fn("chat_rooms_local", "Rooms with members on this node", NULL, g_rooms, NULL);
     metrics_counter("chat_drops_total", NULL, "reason=\"slow_consumer\"");
     conn_metrics_init();
+    {
+        char l[256];
+        snprintf(l, sizeof l, "node=\"%.100s\",redis=\"%s\",postgres=\"%s\"", g_srv.cfg.node_id,
+                 g_srv.cfg.redis_url ? "on" : "off", g_srv.cfg.database_url ? "on" : "off");
+        metric_set(metrics_gauge("chat_node_info", "This node's id and modes (value 1)", l), 1);
+    }
 
     bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400};
     bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready};
