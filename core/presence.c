@@ -114,10 +114,16 @@ static int push_remove(presence *p, char *room, char *member, char *user, char *
     return 0;
 }
 
+static lentry *live_entry_of_member(presence *p, const char *room, const char *member);
+
 static void sink_retry_remove(void *ud, const char *room, const char *member, const char *user)
 {
     presence *p = ud;
     if (p->freeing) return;
+    /* The same connection re-joined the room meanwhile: its entry is live
+     * again (the resync upserts it), so removing it now would announce a
+     * false leave and, on the next heartbeat, a second join. */
+    if (live_entry_of_member(p, room, member)) return;
     char *r = strdup(room), *m = strdup(member), *u = strdup(user);
     if (!r || !m || !u || push_remove(p, r, m, u, NULL, 0) < 0) {
         free(r); free(m); free(u);
@@ -371,6 +377,38 @@ static void entry_key(char *out, size_t n, const char *room, uint64_t conn)
     snprintf(out, n, "%s|%" PRIu64, room, conn);
 }
 
+/* The live local entry whose member string is member, if any. */
+static lentry *live_entry_of_member(presence *p, const char *room, const char *member)
+{
+    const char *bar = strchr(member, '|');
+    if (!bar || strncmp(member, p->node, (size_t)(bar - member)) != 0 ||
+        p->node[bar - member] != 0)
+        return NULL;
+    char *end;
+    uint64_t conn = strtoull(bar + 1, &end, 10);
+    if (*end != '|') return NULL;
+    char key[CHAT_ROOM_MAX + 32];
+    entry_key(key, sizeof key, room, conn);
+    lentry *e = pmap_get(&p->entries, key);
+    return e && strcmp(e->member, member) == 0 ? e : NULL;
+}
+
+/* A remove of (room, member) queued and not yet sent: take it back (the
+ * entry is being re-added, so the store's copy stays and the upsert only
+ * refreshes it). Returns the taken strings in *out (they may still be
+ * referenced by a batch being applied, so the caller keeps them alive). */
+static int take_pending_remove(presence *p, const char *room, const char *member, premove *out)
+{
+    for (size_t i = p->nrm; i-- > 0;) {
+        if (strcmp(p->rm[i].member, member) != 0 || strcmp(p->rm[i].room, room) != 0) continue;
+        *out = p->rm[i];
+        memmove(&p->rm[i], &p->rm[i + 1], (p->nrm - i - 1) * sizeof *p->rm);
+        p->nrm--;
+        return 1;
+    }
+    return 0;
+}
+
 static void local_user_adj(presence *p, const char *room, const char *user, int d)
 {
     size_t n = strlen(room) + strlen(user) + 2;
@@ -424,12 +462,36 @@ void presence_add(presence *p, const char *room, uint64_t conn_id, const char *u
     lentry *e = calloc(1, sizeof *e);
     if (!e) return;
     e->conn = conn_id;
-    e->room = strdup(room);
-    e->user = strdup(user);
-    e->name = strdup(name ? name : user);
-    if (e->user && asprintf(&e->member, "%s|%" PRIu64 "|%s", p->node, conn_id, user) < 0)
-        e->member = NULL;
+    if (asprintf(&e->member, "%s|%" PRIu64 "|%s", p->node, conn_id, user) < 0) e->member = NULL;
+    premove pr;
+    int taken = 0;
+    if (e->member && take_pending_remove(p, room, e->member, &pr)) {
+        taken = 1;
+        /* Left and re-joined within one batch: cancel the remove instead of
+         * sending "upsert, remove" (upserts go first in a batch), which
+         * would announce a leave while the connection is in the room, then
+         * a second join at its next heartbeat. The strings of the taken
+         * remove may be referenced by a batch being applied: reuse them. */
+        free(e->member);
+        e->member = pr.member;
+        e->room = pr.room;
+        e->user = pr.user;
+        e->name = pr.name ? pr.name : strdup(name ? name : user);
+        e->sent = 1;
+    } else {
+        e->room = strdup(room);
+        e->user = strdup(user);
+        e->name = strdup(name ? name : user);
+    }
     if (!e->room || !e->user || !e->name || !e->member || pmap_put(&p->entries, key, e) < 0) {
+        if (taken) {   /* out of memory: put the remove back as it was */
+            if (e->name != pr.name) free(e->name);
+            if (push_remove(p, pr.room, pr.member, pr.user, pr.name, 1) == 0) {
+                free(e);
+                return;
+            }
+            e->name = pr.name;
+        }
         free_entry_fn(NULL, NULL, e);
         return;
     }

@@ -31,30 +31,56 @@
 #define MOD "presence"
 #define INDEX_KEY "chat:presence:rooms"
 #define SWEEP_MAX_ROOMS "256"
+#define SWEEP_MAX_ENTRIES "4096"
 #define APPLY_CHUNK 512
 #define CONNECT_TIMEOUT_MS 2000
 #define REPLY_TIMEOUT_MS 5000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
+/* Both scripts refuse foreign data before writing anything to it: Redis
+ * does not roll back a script that fails half way, and a half-applied batch
+ * would change counts without anyone announcing the transitions (a later
+ * second join). A room whose keys have another type (not ours) is skipped
+ * and reported as {room, "bad"}; an index of another type fails the call. */
+#define LUA_PRELUDE \
+    "local it = redis.call('TYPE', KEYS[1])['ok']\n" \
+    "if it ~= 'zset' and it ~= 'none' then\n" \
+    "  return redis.error_reply('presence index ' .. KEYS[1] .. ' is a ' .. it)\n" \
+    "end\n" \
+    "local function ours(p)\n" \
+    "  local a = redis.call('TYPE', p .. 'conns')['ok']\n" \
+    "  local b = redis.call('TYPE', p .. 'users')['ok']\n" \
+    "  local c = redis.call('TYPE', p .. 'names')['ok']\n" \
+    "  return (a == 'zset' or a == 'none') and (b == 'hash' or b == 'none')\n" \
+    "     and (c == 'hash' or c == 'none')\n" \
+    "end\n" \
+    "local t = redis.call('TIME')\n" \
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
 /* KEYS: index. ARGV: ttl_ms, then groups of room, op ('u'|'r'), member,
  * user, name (grouped by room, upserts first). Returns flat
- * {room, event, user, name, ...}. One call carries the ops of many rooms, so
- * room keys are built here (standalone Redis / one shard, see docs). */
+ * {room, event, user, name, ...}, event "join", "leave" or "bad". One call
+ * carries the ops of many rooms, so room keys are built here (standalone
+ * Redis / one shard, see docs). */
 static const char APPLY_LUA[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    LUA_PRELUDE
     "local exp = now + tonumber(ARGV[1])\n"
     "local out = {}\n"
-    "local room, ck, uk, nk\n"
+    "local room, ck, uk, nk, ok\n"
     "for i = 2, #ARGV, 5 do\n"
     "  if ARGV[i] ~= room then\n"
     "    room = ARGV[i]\n"
     "    local p = 'chat:{' .. room .. '}:presence:'\n"
     "    ck, uk, nk = p .. 'conns', p .. 'users', p .. 'names'\n"
+    "    ok = ours(p)\n"
+    "    if not ok then\n"
+    "      out[#out + 1] = room; out[#out + 1] = 'bad'; out[#out + 1] = ''; out[#out + 1] = ''\n"
+    "    end\n"
     "  end\n"
     "  local m, u, n = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]\n"
-    "  if ARGV[i + 1] == 'u' then\n"
+    "  if not ok then\n"
+    "  elseif ARGV[i + 1] == 'u' then\n"
     "    if redis.call('ZADD', ck, exp, m) == 1 then\n"
     "      redis.call('ZADD', KEYS[1], 'LT', exp, room)\n"
     "      if redis.call('HINCRBY', uk, u, 1) == 1 then\n"
@@ -75,32 +101,44 @@ static const char APPLY_LUA[] =
     "end\n"
     "return out\n";
 
-/* KEYS: index. ARGV: max rooms. Expires entries of the rooms whose earliest
- * expiry has passed. Returns {more (0|1), room, user, name, ...} for every
- * user whose last entry expired. */
+/* KEYS: index. ARGV: max rooms, max entries. Expires entries of the rooms
+ * whose earliest expiry has passed (at most max entries per call; a room
+ * cut short stays due). Rooms whose keys are not ours leave the index (they
+ * would fail every sweep). Returns {more (0|1), room, user, name, ...} for
+ * every user whose last entry expired. */
 static const char SWEEP_LUA[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    LUA_PRELUDE
     "local lim = tonumber(ARGV[1])\n"
+    "local budget = tonumber(ARGV[2])\n"
     "local before = string.format('(%d', now)\n"
     "local rooms = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'LIMIT', 0, lim)\n"
     "local out = {#rooms >= lim and 1 or 0}\n"
     "for _, room in ipairs(rooms) do\n"
     "  local p = 'chat:{' .. room .. '}:presence:'\n"
     "  local ck, uk, nk = p .. 'conns', p .. 'users', p .. 'names'\n"
-    "  for _, m in ipairs(redis.call('ZRANGEBYSCORE', ck, '-inf', before)) do\n"
-    "    redis.call('ZREM', ck, m)\n"
-    "    local u = string.match(m, '^[^|]*|[^|]*|(.*)$')\n"
-    "    if u and redis.call('HINCRBY', uk, u, -1) <= 0 then\n"
-    "      local n = redis.call('HGET', nk, u) or u\n"
-    "      redis.call('HDEL', uk, u)\n"
-    "      redis.call('HDEL', nk, u)\n"
-    "      out[#out + 1] = room; out[#out + 1] = u; out[#out + 1] = n\n"
+    "  if budget <= 0 then out[1] = 1; break end\n"
+    "  if not ours(p) then\n"
+    "    redis.call('ZREM', KEYS[1], room)\n"
+    "  else\n"
+    "    local ms = redis.call('ZRANGEBYSCORE', ck, '-inf', before, 'LIMIT', 0, budget)\n"
+    "    budget = budget - #ms\n"
+    "    for _, m in ipairs(ms) do\n"
+    "      redis.call('ZREM', ck, m)\n"
+    "      local u = string.match(m, '^[^|]*|[^|]*|(.*)$')\n"
+    "      if u and redis.call('HINCRBY', uk, u, -1) <= 0 then\n"
+    "        local n = redis.call('HGET', nk, u) or u\n"
+    "        redis.call('HDEL', uk, u)\n"
+    "        redis.call('HDEL', nk, u)\n"
+    "        out[#out + 1] = room; out[#out + 1] = u; out[#out + 1] = n\n"
+    "      end\n"
+    "    end\n"
+    "    local f = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')\n"
+    "    if #f == 0 then redis.call('ZREM', KEYS[1], room)\n"
+    "    else\n"
+    "      redis.call('ZADD', KEYS[1], f[2], room)\n"
+    "      if tonumber(f[2]) < now then out[1] = 1 end\n"
     "    end\n"
     "  end\n"
-    "  local f = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')\n"
-    "  if #f == 0 then redis.call('ZREM', KEYS[1], room)\n"
-    "  else redis.call('ZADD', KEYS[1], f[2], room) end\n"
     "end\n"
     "return out\n";
 
@@ -120,6 +158,7 @@ typedef struct rstore {
     uint64_t connect_started_ms;
     uint64_t busy_since_ms;  /* last progress while replies are outstanding */
     unsigned inflight;
+    uint64_t bad_logged_ms;  /* last "foreign data" log line */
     char sha_apply[41], sha_sweep[41];
 } rstore;
 
@@ -363,9 +402,21 @@ static void rs_apply_cb(redisAsyncContext *ac, void *r, void *priv)
     } else if (rep->type == REDIS_REPLY_ERROR) {
         LOGE(MOD, "presence apply: %s", rep->str);
     } else if (rep->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 3 < rep->elements; i += 4)
-            s->base.sink->transition(s->base.ud, rep->element[i]->str, rep->element[i + 1]->str,
-                                     rep->element[i + 2]->str, rep->element[i + 3]->str);
+        for (size_t i = 0; i + 3 < rep->elements; i += 4) {
+            const char *room = rep->element[i]->str, *ev = rep->element[i + 1]->str;
+            if (!room || !ev) continue;
+            if (strcmp(ev, "bad") == 0) {   /* at most one log line per 10 s */
+                uint64_t now = mono_ms();
+                if (!s->bad_logged_ms || now - s->bad_logged_ms >= 10000) {
+                    s->bad_logged_ms = now;
+                    LOGE(MOD, "room %s: presence keys hold foreign data (wrong type); "
+                         "its presence is skipped", room);
+                }
+                continue;
+            }
+            s->base.sink->transition(s->base.ud, room, ev, rep->element[i + 2]->str,
+                                     rep->element[i + 3]->str);
+        }
     }
     apply_req_free(q);
 }
@@ -448,8 +499,9 @@ static void rs_sweep(pstore *b)
 {
     rstore *s = (rstore *)b;
     if (!s->connected || s->sweeping) return;
-    const char *argv[] = { "EVALSHA", s->sha_sweep, "1", INDEX_KEY, SWEEP_MAX_ROOMS };
-    if (rs_cmd(s, rs_sweep_cb, s, 5, argv, NULL) == 0) s->sweeping = 1;
+    const char *argv[] = { "EVALSHA", s->sha_sweep, "1", INDEX_KEY, SWEEP_MAX_ROOMS,
+                           SWEEP_MAX_ENTRIES };
+    if (rs_cmd(s, rs_sweep_cb, s, 6, argv, NULL) == 0) s->sweeping = 1;
 }
 
 typedef struct list_req { rstore *s; void *req; } list_req;

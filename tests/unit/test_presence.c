@@ -1,11 +1,17 @@
-/* test_presence: presence.h against a real redis-server (started here on
- * port 17701, or CHATD_TEST_REDIS_URL) and in memory mode. Several presence
+/* test_presence: presence.h against a real redis-server (always started
+ * here, on the first free port of 17701-17720; CHATD_TEST_REDIS_URL is
+ * ignored: this test kills clients and restarts its server, which must
+ * never hit a Redis shared with other tests) and in memory mode. Several presence
  * instances ("nodes") share one loop and one store; a heartbeat timer
  * touches every live connection like the core does on heartbeat frames.
  * Covers: one join/one leave for a user on two nodes, node crash expiry,
  * heartbeat expiry and self-heal, list after churn, a seeded random churn
  * over 3 nodes checked step by step against the true timeline, Redis
- * connection kill and Redis restart, list callbacks on free. */
+ * connection kill and Redis restart, list callbacks on free, a connection
+ * leaving and re-joining a room within one batch or while its remove is in
+ * flight (no false leave, no second join), foreign data in Redis (stale
+ * rooms of other runs in the index, keys of another type). Room names and
+ * node ids carry a random per-run prefix. */
 #define _GNU_SOURCE
 #include "presence.h"
 #include "log.h"
@@ -13,6 +19,7 @@
 #include "util.h"
 #include <hiredis/hiredis.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +31,8 @@
 #define TTL 300
 #define SWEEP 50
 #define SLACK 250
-#define REDIS_PORT 17701
+#define REDIS_PORT_FIRST 17701
+#define REDIS_PORT_LAST 17720
 
 static uv_loop_t *L;
 static const char *g_url;       /* NULL: memory mode */
@@ -33,6 +41,7 @@ static pid_t g_redis_pid;
 static int g_fail;
 static uint32_t g_ttl = TTL;    /* ttl of new nodes */
 static char g_pfx[32];          /* room prefix, unique per run */
+static int g_redis_port;
 
 #define CHECK(c, ...) do { if (!(c)) { \
     fprintf(stderr, "FAIL %s:%d [%s] ", __FILE__, __LINE__, g_url ? "redis" : "mem"); \
@@ -44,7 +53,7 @@ static ev *EV;
 static int nev, capev;
 
 #define MAXNODES 8
-typedef struct node { presence *p; int idx; char id[32]; } node;
+typedef struct node { presence *p; int idx; char id[64]; } node;
 static node N[MAXNODES];
 
 static void on_tr(void *ud, const char *room, const char *event, const char *user,
@@ -223,8 +232,8 @@ static void node_free_graceful(int i)
 static void setup_nodes(int n)
 {
     for (int i = 0; i < n; i++) {
-        char id[32];
-        snprintf(id, sizeof id, "n%d-%d", i, (int)(g_conn_id % 100000));
+        char id[64];
+        snprintf(id, sizeof id, "%sn%d-%d", g_pfx, i, (int)(g_conn_id % 100000));
         node_new(i, id);
     }
     for (int i = 0; i < n; i++) {
@@ -437,8 +446,8 @@ static void test_churn(unsigned seed, int steps)
             }
             node_crash(nd);
             wait_ms(g_ttl + SWEEP + SLACK);
-            char id[32];
-            snprintf(id, sizeof id, "n%d-gen%d", nd, nodes_made++);
+            char id[64];
+            snprintf(id, sizeof id, "%sn%d-gen%d", g_pfx, nd, nodes_made++);
             node_new(nd, id);
             int ndv = nd;
             CHECK(wait_until(node_ready_cond, &ndv, 5000), "replacement node ready");
@@ -518,38 +527,52 @@ static redisContext *redis_sync(void)
     return c;
 }
 
-static pid_t start_redis(void)
+/* Starts redis-server on port (never talks to a server it did not start):
+ * its pid, -1 when the port is taken or the server did not come up. */
+static pid_t start_redis_on(int port)
 {
-    redisContext *busy = redis_sync();
-    if (busy) {   /* never talk to a server we did not start */
-        redisFree(busy);
-        fprintf(stderr, "port %d already in use\n", REDIS_PORT);
-        return -1;
-    }
+    redisContext *busy = redisConnect("127.0.0.1", port);
+    int taken = busy && !busy->err;
+    if (busy) redisFree(busy);
+    if (taken) return -1;
     pid_t pid = fork();
     if (pid == 0) {
-        char port[16];
-        snprintf(port, sizeof port, "%d", REDIS_PORT);
+        char ps[16];
+        snprintf(ps, sizeof ps, "%d", port);
         int fd = open("/dev/null", 1);
         if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); }
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
+        execlp("redis-server", "redis-server", "--port", ps, "--bind", "127.0.0.1",
                "--save", "", "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 200; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid) return -1;
-        redisContext *c = redis_sync();
-        if (c) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) return -1;   /* e.g. lost a bind race */
+        redisContext *c = redisConnect("127.0.0.1", port);
+        if (c && !c->err) {
             redisReply *r = redisCommand(c, "PING");
             int ok = r && r->type == REDIS_REPLY_STATUS;
             freeReplyObject(r);
             redisFree(c);
             if (ok) return pid;
+        } else if (c) {
+            redisFree(c);
         }
         usleep(25000);
     }
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
+    return -1;
+}
+
+/* (Re)start our server: on g_redis_port when set, else the first free port. */
+static pid_t start_redis(void)
+{
+    if (g_redis_port) return start_redis_on(g_redis_port);
+    for (int port = REDIS_PORT_FIRST; port <= REDIS_PORT_LAST; port++) {
+        pid_t pid = start_redis_on(port);
+        if (pid > 0) { g_redis_port = port; return pid; }
+        fprintf(stderr, "port %d busy, trying the next\n", port);
+    }
     return -1;
 }
 
@@ -626,6 +649,142 @@ static void test_redis_reconnect(void)
     g_ttl = TTL;
 }
 
+/* A connection leaves a room and re-joins it (same conn id, so the same
+ * store entry) within one batch, several times: nothing to announce. A
+ * batch sends upserts before removes, so a queued remove must be taken back
+ * by the re-add, else the store drops the entry (false leave) and the next
+ * heartbeat re-adds it (second join). */
+static void test_rejoin_same_tick(void)
+{
+    setup_nodes(2);
+    int e0 = nev;
+    conn *a = cadd(0, "r7", "v1");
+    conn *b = cadd(1, "r7", "v2");
+    sync_all();
+    CHECK(count_ev(e0, a->room, "v1", "join") == 1, "join v1");
+    for (int round = 0; round < 3; round++) {
+        presence_remove(N[0].p, a->room, a->id);
+        presence_add(N[0].p, a->room, a->id, "v1", "N-v1");
+        presence_remove(N[1].p, b->room, b->id);
+        presence_remove(N[1].p, b->room, b->id);   /* twice: harmless */
+        presence_add(N[1].p, b->room, b->id, "v2", "N-v2");
+        sync_all();
+        wait_ms(60);   /* a heartbeat or so */
+    }
+    /* remove, add, remove in one tick: a real leave */
+    presence_remove(N[1].p, b->room, b->id);
+    presence_add(N[1].p, b->room, b->id, "v2", "N-v2");
+    cremove(b);
+    sync_all();
+    wait_ms(TTL + 2 * SWEEP);
+    CHECK(count_ev(e0, a->room, "v1", NULL) == 1, "v1: only the first join (got %d events)",
+          count_ev(e0, a->room, "v1", NULL));
+    CHECK(count_ev(e0, a->room, "v2", "join") == 1 && count_ev(e0, a->room, "v2", "leave") == 1,
+          "v2: one join, one leave (got %d, %d)", count_ev(e0, a->room, "v2", "join"),
+          count_ev(e0, a->room, "v2", "leave"));
+    lres r;
+    CHECK(do_list(1, a->room, &r) == 0 && r.n == 1 && has_user(&r, "v1"), "list v1 only");
+    teardown_nodes();
+}
+
+static redisContext *redis_sync(void);
+
+static long long rcmd_int(redisContext *rc, const char *what, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    long long v = -1;
+    CHECK(r && r->type != REDIS_REPLY_ERROR, "%s: %s", what, r && r->str ? r->str : "no reply");
+    if (r && r->type == REDIS_REPLY_INTEGER) v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+/* Redis only: the connection leaves and re-joins while its remove is in
+ * flight, then the Redis connection drops (the remove never ran, so it is
+ * retried): the retry must not remove the re-added entry. Writes are paused
+ * in Redis so the remove is surely in flight when the connection is killed. */
+static void test_rejoin_remove_in_flight(void)
+{
+    g_ttl = 3000;
+    setup_nodes(1);
+    int e0 = nev;
+    conn *a = cadd(0, "r9", "x1");
+    sync_all();
+    CHECK(count_ev(e0, a->room, "x1", "join") == 1, "join x1");
+    redisContext *rc = redis_sync();
+    CHECK(rc != NULL, "sync redis");
+    if (!rc) { teardown_nodes(); g_ttl = TTL; return; }
+    rcmd_int(rc, "pause", "CLIENT PAUSE 3000 WRITE");
+    presence_remove(N[0].p, a->room, a->id);
+    wait_ms(30);                                   /* the remove is sent, held by the pause */
+    presence_add(N[0].p, a->room, a->id, "x1", "N-x1");
+    wait_ms(30);                                   /* the re-add's upsert is held too */
+    CHECK(rcmd_int(rc, "kill", "CLIENT KILL TYPE normal SKIPME yes") >= 1, "killed the node");
+    rcmd_int(rc, "unpause", "CLIENT UNPAUSE");
+    redisFree(rc);
+    int zero = 0;
+    CHECK(wait_until(node_ready_cond, &zero, 8000), "node back");
+    sync_all();
+    wait_ms(300);
+    sync_all();
+    CHECK(count_ev(e0, a->room, "x1", NULL) == 1, "x1: one join and nothing else (got %d)",
+          count_ev(e0, a->room, "x1", NULL));
+    lres r;
+    CHECK(do_list(0, a->room, &r) == 0 && r.n == 1 && has_user(&r, "x1"), "x1 still listed");
+    teardown_nodes();
+    g_ttl = TTL;
+}
+
+/* Redis only: the shared index lists rooms of other runs (stale entries of a
+ * dead node) and a room whose keys are not ours (another type). Sweeps must
+ * keep working (the foreign room leaves the index), the stale user's leave
+ * is announced once, and ops on the foreign room are skipped without
+ * touching the rest of the batch. */
+static void test_foreign_data(void)
+{
+    redisContext *rc = redis_sync();
+    CHECK(rc != NULL, "sync redis");
+    if (!rc) return;
+    char bad[72], stale[72];
+    room_name(bad, sizeof bad, "foreign");
+    room_name(stale, sizeof stale, "otherrun");
+    long long past = (long long)now_ms() - 60000;
+    rcmd_int(rc, "set bad", "SET chat:{%s}:presence:conns not-a-zset", bad);
+    rcmd_int(rc, "index bad", "ZADD chat:presence:rooms %lld %s", past - 10, bad);
+    rcmd_int(rc, "stale entry", "ZADD chat:{%s}:presence:conns %lld deadnode|7|ghost", stale, past);
+    rcmd_int(rc, "stale count", "HSET chat:{%s}:presence:users ghost 1", stale);
+    rcmd_int(rc, "stale name", "HSET chat:{%s}:presence:names ghost Ghost", stale);
+    rcmd_int(rc, "index stale", "ZADD chat:presence:rooms %lld %s", past, stale);
+    setup_nodes(2);
+    int e0 = nev;
+    conn *a = cadd(0, "r10", "y1");
+    cadd(1, "r10", "y2");
+    conn *f = cadd(1, "foreign", "y3");   /* same batch as y2's add */
+    sync_all();
+    CHECK(count_ev(e0, a->room, "y2", "join") == 1, "y2 joined despite a foreign room in its batch");
+    CHECK(count_ev(e0, f->room, "y3", NULL) == 0, "nothing announced for the foreign room");
+    node_crash(0);
+    uint64_t t0 = mono_ms();
+    while (count_ev(e0, a->room, "y1", "leave") == 0 && mono_ms() - t0 < TTL + SWEEP + 3000)
+        wait_ms(5);
+    CHECK(count_ev(e0, a->room, "y1", "leave") == 1, "crash leave with foreign data in the index");
+    CHECK(count_ev(0, stale, "ghost", "leave") == 1, "stale user of another run left once (%d)",
+          count_ev(0, stale, "ghost", "leave"));
+    redisReply *r = redisCommand(rc, "ZSCORE chat:presence:rooms %s", bad);
+    CHECK(r && r->type == REDIS_REPLY_NIL, "foreign room dropped from the index");
+    freeReplyObject(r);
+    r = redisCommand(rc, "GET chat:{%s}:presence:conns", bad);
+    CHECK(r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "not-a-zset"),
+          "foreign key left alone");
+    freeReplyObject(r);
+    rcmd_int(rc, "cleanup", "DEL chat:{%s}:presence:conns", bad);
+    redisFree(rc);
+    teardown_nodes();
+}
+
 static void run_all(void)
 {
     fprintf(stderr, "mode %s\n", g_url ? g_url : "memory");
@@ -636,8 +795,13 @@ static void run_all(void)
     test_expire_and_heal();
     test_list_churn();
     test_list_on_free();
+    test_rejoin_same_tick();
     test_churn(seed, getenv("PRESENCE_STEPS") ? atoi(getenv("PRESENCE_STEPS")) : 200);
-    if (g_url) test_redis_reconnect();
+    if (g_url) {
+        test_rejoin_remove_in_flight();
+        test_foreign_data();
+        test_redis_reconnect();
+    }
 }
 
 int main(void)
@@ -645,30 +809,31 @@ int main(void)
     log_set_level(getenv("PRESENCE_LOG") ? LOG_DEBUG : LOG_ERROR);
     signal(SIGPIPE, SIG_IGN);
     L = uv_default_loop();
-    snprintf(g_pfx, sizeof g_pfx, "t%d-", (int)getpid());
+    unsigned rnd = (unsigned)now_ms() ^ ((unsigned)getpid() << 16);
+    int ufd = open("/dev/urandom", O_RDONLY);
+    if (ufd >= 0) {
+        if (read(ufd, &rnd, sizeof rnd) != (ssize_t)sizeof rnd) rnd ^= (unsigned)mono_ms();
+        close(ufd);
+    }
+    snprintf(g_pfx, sizeof g_pfx, "t%d-%08x-", (int)getpid(), rnd);
     uv_timer_init(L, &hb_timer);
     uv_timer_start(&hb_timer, hb_cb, 40, 40);
 
     g_url = NULL;
     run_all();
 
-    const char *env = getenv("CHATD_TEST_REDIS_URL");
     int redis_ran = 0;
-    if (env && *env) {
-        g_url = env;
+    if (getenv("CHATD_TEST_REDIS_URL"))
+        fprintf(stderr, "CHATD_TEST_REDIS_URL ignored: this test starts its own redis-server\n");
+    g_redis_pid = start_redis();
+    if (g_redis_pid > 0) {
+        snprintf(g_url_buf, sizeof g_url_buf, "redis://127.0.0.1:%d", g_redis_port);
+        g_url = g_url_buf;
         run_all();
         redis_ran = 1;
+        stop_redis();
     } else {
-        snprintf(g_url_buf, sizeof g_url_buf, "redis://127.0.0.1:%d", REDIS_PORT);
-        g_url = g_url_buf;
-        g_redis_pid = start_redis();
-        if (g_redis_pid > 0) {
-            run_all();
-            redis_ran = 1;
-            stop_redis();
-        } else {
-            fprintf(stderr, "redis-server unavailable: Redis tests skipped\n");
-        }
+        fprintf(stderr, "redis-server unavailable: Redis tests skipped\n");
     }
     uv_close((uv_handle_t *)&hb_timer, NULL);
     uv_run(L, UV_RUN_DEFAULT);
