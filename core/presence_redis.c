@@ -48,12 +48,12 @@
     "if it ~= 'zset' and it ~= 'none' then\n" \
     "  return redis.error_reply('presence index ' .. KEYS[1] .. ' is a ' .. it)\n" \
     "end\n" \
+    "local function is(k, want)\n" \
+    "  local ty = redis.call('TYPE', k)['ok']\n" \
+    "  return ty == want or ty == 'none'\n" \
+    "end\n" \
     "local function ours(p)\n" \
-    "  local a = redis.call('TYPE', p .. 'conns')['ok']\n" \
-    "  local b = redis.call('TYPE', p .. 'users')['ok']\n" \
-    "  local c = redis.call('TYPE', p .. 'names')['ok']\n" \
-    "  return (a == 'zset' or a == 'none') and (b == 'hash' or b == 'none')\n" \
-    "     and (c == 'hash' or c == 'none')\n" \
+    "  return is(p .. 'conns', 'zset') and is(p .. 'users', 'hash') and is(p .. 'names', 'hash')\n" \
     "end\n" \
     "local t = redis.call('TIME')\n" \
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -62,33 +62,49 @@
  * user, name (grouped by room, upserts first). Returns flat
  * {room, event, user, name, ...}, event "join", "leave" or "bad". One call
  * carries the ops of many rooms, so room keys are built here (standalone
- * Redis / one shard, see docs). */
+ * Redis / one shard, see docs). A heartbeat batch is mostly refreshes, which
+ * only touch the conns zset: its type is checked once per room and call,
+ * the two hashes only before a count changes (a new entry is taken back if
+ * they turn out foreign). */
 static const char APPLY_LUA[] =
     LUA_PRELUDE
     "local exp = now + tonumber(ARGV[1])\n"
     "local out = {}\n"
-    "local room, ck, uk, nk, ok\n"
+    "local room, ck, uk, nk, ok, hok\n"
+    "local function bad()\n"
+    "  ok = false\n"
+    "  out[#out + 1] = room; out[#out + 1] = 'bad'; out[#out + 1] = ''; out[#out + 1] = ''\n"
+    "end\n"
+    "local function hashes_ok()\n"
+    "  if hok == nil then hok = is(uk, 'hash') and is(nk, 'hash') end\n"
+    "  return hok\n"
+    "end\n"
     "for i = 2, #ARGV, 5 do\n"
     "  if ARGV[i] ~= room then\n"
     "    room = ARGV[i]\n"
     "    local p = 'chat:{' .. room .. '}:presence:'\n"
     "    ck, uk, nk = p .. 'conns', p .. 'users', p .. 'names'\n"
-    "    ok = ours(p)\n"
-    "    if not ok then\n"
-    "      out[#out + 1] = room; out[#out + 1] = 'bad'; out[#out + 1] = ''; out[#out + 1] = ''\n"
-    "    end\n"
+    "    ok, hok = true, nil\n"
+    "    if not is(ck, 'zset') then bad() end\n"
     "  end\n"
     "  local m, u, n = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]\n"
     "  if not ok then\n"
     "  elseif ARGV[i + 1] == 'u' then\n"
     "    if redis.call('ZADD', ck, exp, m) == 1 then\n"
-    "      redis.call('ZADD', KEYS[1], 'LT', exp, room)\n"
-    "      if redis.call('HINCRBY', uk, u, 1) == 1 then\n"
-    "        redis.call('HSET', nk, u, n)\n"
-    "        out[#out + 1] = room; out[#out + 1] = 'join'\n"
-    "        out[#out + 1] = u; out[#out + 1] = n\n"
+    "      if not hashes_ok() then\n"
+    "        redis.call('ZREM', ck, m)\n"
+    "        bad()\n"
+    "      else\n"
+    "        redis.call('ZADD', KEYS[1], 'LT', exp, room)\n"
+    "        if redis.call('HINCRBY', uk, u, 1) == 1 then\n"
+    "          redis.call('HSET', nk, u, n)\n"
+    "          out[#out + 1] = room; out[#out + 1] = 'join'\n"
+    "          out[#out + 1] = u; out[#out + 1] = n\n"
+    "        end\n"
     "      end\n"
     "    end\n"
+    "  elseif not hashes_ok() then\n"
+    "    bad()\n"
     "  elseif redis.call('ZREM', ck, m) == 1 then\n"
     "    if redis.call('HINCRBY', uk, u, -1) <= 0 then\n"
     "      n = redis.call('HGET', nk, u) or n\n"

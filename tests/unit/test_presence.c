@@ -748,12 +748,14 @@ static void test_foreign_data(void)
     redisContext *rc = redis_sync();
     CHECK(rc != NULL, "sync redis");
     if (!rc) return;
-    char bad[72], stale[72];
+    char bad[72], bad2[72], stale[72];
     room_name(bad, sizeof bad, "foreign");
+    room_name(bad2, sizeof bad2, "foreign2");
     room_name(stale, sizeof stale, "otherrun");
     long long past = (long long)now_ms() - 60000;
     rcmd_int(rc, "set bad", "SET chat:{%s}:presence:conns not-a-zset", bad);
     rcmd_int(rc, "index bad", "ZADD chat:presence:rooms %lld %s", past - 10, bad);
+    rcmd_int(rc, "set bad2", "SET chat:{%s}:presence:users not-a-hash", bad2);
     rcmd_int(rc, "stale entry", "ZADD chat:{%s}:presence:conns %lld deadnode|7|ghost", stale, past);
     rcmd_int(rc, "stale count", "HSET chat:{%s}:presence:users ghost 1", stale);
     rcmd_int(rc, "stale name", "HSET chat:{%s}:presence:names ghost Ghost", stale);
@@ -763,7 +765,11 @@ static void test_foreign_data(void)
     conn *a = cadd(0, "r10", "y1");
     cadd(1, "r10", "y2");
     conn *f = cadd(1, "foreign", "y3");   /* same batch as y2's add */
+    conn *f2 = cadd(1, "foreign2", "y4");
     sync_all();
+    CHECK(count_ev(e0, f2->room, "y4", NULL) == 0, "nothing announced for foreign2");
+    CHECK(rcmd_int(rc, "zcard", "ZCARD chat:{%s}:presence:conns", bad2) == 0,
+          "entry of a room with a foreign users key taken back");
     CHECK(count_ev(e0, a->room, "y2", "join") == 1, "y2 joined despite a foreign room in its batch");
     CHECK(count_ev(e0, f->room, "y3", NULL) == 0, "nothing announced for the foreign room");
     node_crash(0);
@@ -781,6 +787,7 @@ static void test_foreign_data(void)
           "foreign key left alone");
     freeReplyObject(r);
     rcmd_int(rc, "cleanup", "DEL chat:{%s}:presence:conns", bad);
+    rcmd_int(rc, "cleanup", "DEL chat:{%s}:presence:users", bad2);
     redisFree(rc);
     teardown_nodes();
 }
