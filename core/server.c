@@ -181,6 +181,7 @@ int server_run(int argc, char **argv)
     metrics_gauge_fn("chat_rooms_local", "Rooms with members on this node", NULL, g_rooms, NULL);
     metrics_counter("chat_drops_total", NULL, "reason=\"slow_consumer\"");
     conn_metrics_init();
+    ws_metrics_init();
     {
         char l[256];
         snprintf(l, sizeof l, "node=\"%.100s\",redis=\"%s\",postgres=\"%s\"", g_srv.cfg.node_id,

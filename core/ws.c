@@ -30,7 +30,7 @@ typedef struct pss { struct http_req *req; } pss;
 static metric_counter *m_acc[6];
 static metric_counter *m_too_big;
 
-static void metrics_once(void)
+void ws_metrics_init(void)
 {
     if (m_acc[0]) return;
     static const char *r[] = {"accepted", "refused_auth", "refused_policy", "bad_request", "draining"};
@@ -67,7 +67,7 @@ static int refuse(struct lws *wsi, unsigned status, const char *text)
 static int upgrade_gate(struct lws *wsi)
 {
     char uri[1024];
-    metrics_once();
+    ws_metrics_init();
     if (g_srv.draining) {
         metric_inc(m_acc[4]);
         return refuse(wsi, 503, "draining");

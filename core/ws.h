@@ -9,5 +9,7 @@
 #include <libwebsockets.h>
 
 extern const struct lws_protocols ws_protocols[];
+/* Registers the upgrade metrics (so they exist before the first upgrade). */
+void ws_metrics_init(void);
 
 #endif
