@@ -893,6 +893,11 @@ static void stream_tick(uv_timer_t *t)
     else s->refused++;
 }
 
+static void stream_burst(uv_timer_t *t)
+{
+    for (int i = 0; i < 8; i++) stream_tick(t);
+}
+
 static int all_answered(streamer **ss, int n)
 {
     for (int k = 0; k < n; k++)
@@ -1012,6 +1017,60 @@ static void test_restart_empty(void)
     WAIT(r1.done && a->n == 7 && b->n == 1, 3000);
     CHECK(r1.seq == 7 && a->n == 7 && b->n == 1 && b->seqs[0] == 7, "B publishes 7, both see it");
     node_free(a);
+    node_free(b);
+    settle();
+}
+
+/* The core's recovery contract: a replay on a room this node subscribed
+ * answers only once the subscription is confirmed and its head read, so
+ * every seq after the replay's head reaches on_message (no hole between
+ * replay and live), while another node keeps publishing. */
+static void test_replay_then_live(void)
+{
+    node *b = node_new("LB", redis_url, 1000, 60);
+    wait_ready(b);
+    srand(seed);
+    for (int round = 0; round < 6; round++) {
+        char room[80], what[16];
+        snprintf(what, sizeof what, "rtl%d", round);
+        mkroom(room, sizeof room, what);
+        static streamer st;
+        memset(&st, 0, sizeof st);
+        st.nd = b;
+        st.room = room;
+        uv_timer_init(loop, &st.t);
+        st.t.data = &st;
+        uv_timer_start(&st.t, stream_burst, 1, 1);
+        spin(20 + rand() % 80);
+        node *a = node_new("LA", redis_url, 1000, 60);
+        snprintf(a->room, sizeof a->room, "%s", room);
+        wait_ready(a);
+        spin(rand() % 30);
+        sub(a, room);
+        repres r;
+        CHECK(replay(a, room, 0, 100000, &r) == 0, "replay queued");
+        WAIT(r.done, 5000);
+        spin(30 + rand() % 50);
+        st.stop = 1;
+        uv_timer_stop(&st.t);
+        streamer *ss[1] = {&st};
+        WAIT(all_answered(ss, 1), 5000);
+        uint64_t head = (uint64_t)rc_int("GET chat:{%s}:seq", room);
+        WAIT(a->n && a->seqs[a->n - 1] == head, 3000);
+        CHECK(r.done == 1 && r.status == 0 && r.contiguous && r.head >= 1 &&
+                  (r.n == 0 || (r.first == 1 && r.last == r.head)),
+              "replay 1..head (status %d n %zu first %" PRIu64 " last %" PRIu64 " head %" PRIu64
+              ")", r.status, r.n, r.first, r.last, r.head);
+        CHECK(head > r.head, "publishing went on after the replay (%" PRIu64 " > %" PRIu64 ")",
+              head, r.head);
+        CHECK(a->n && a->seqs[0] <= r.head + 1 && contiguous(a, a->seqs[0], head) &&
+                  a->ngaps == 0,
+              "round %d: live %" PRIu64 "..%" PRIu64 " covers %" PRIu64 "..%" PRIu64 " (n=%zu)",
+              round, a->n ? a->seqs[0] : 0, a->n ? a->seqs[a->n - 1] : 0, r.head + 1, head, a->n);
+        uv_close((uv_handle_t *)&st.t, NULL);
+        node_free(a);
+        spin(30); /* b stays up: settle() would wait for it */
+    }
     node_free(b);
     settle();
 }
@@ -1153,6 +1212,7 @@ int main(void)
         test_stalled();
         test_restart();
         test_restart_empty();
+        test_replay_then_live();
         test_unsub_waiting_replay();
     } else if (getenv("CHATD_TEST_REDIS_URL") &&
                system("command -v redis-server >/dev/null 2>&1") != 0) {
