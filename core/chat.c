@@ -7,6 +7,7 @@
 #include "server.h"
 #include "util.h"
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -410,6 +411,7 @@ static void send_ack(pub_op *p)
 static void on_stored(void *ud, int status)
 {
     pub_op *p = ud;
+    if (status == 0) bus_mark_stored(g_srv.bus, p->room, p->seq); /* durable: not a hole */
     if (status == 0) send_ack(p);
     else if (p->c) conn_send_error(p->c, "unavailable", "history store unavailable; resend with the same id", p->id);
     pub_free(p);
@@ -658,11 +660,70 @@ void chat_bus_emit(void *ud, const char *rname, const char *kind, const char *da
     if (!m) return;
     for (uint32_t i = 0; i < r->nmembers; i++) {
         conn_room *cr = r->members[i];
-        if (!cr->live) continue;
+        /* typing goes to joining members too (they may see it before their
+         * presence_state); presence events wait for presence_state */
+        if (!cr->live && !skip_user[0]) continue;
         if (skip_user[0] && strcmp(cr->c->ident.user, skip_user) == 0) continue;
         conn_send(cr->c, m);
     }
     msg_unref(m);
+}
+
+/* ---- backfill: a message another node published and never stored ---------- */
+
+typedef struct backfill_op {
+    uint64_t seq;
+    char room[CHAT_ROOM_MAX + 1];
+} backfill_op;
+
+static void on_backfill_stored(void *ud, int status)
+{
+    backfill_op *op = ud;
+    if (status == 0 && g_srv.bus) bus_mark_stored(g_srv.bus, op->room, op->seq);
+    free(op);
+}
+
+static const char *obj_str(json_t *o, const char *k, size_t *len)
+{
+    json_t *v = json_object_get(o, k);
+    if (!json_is_string(v)) { if (len) *len = 0; return NULL; }
+    if (len) *len = json_string_length(v);
+    return json_string_value(v);
+}
+
+void chat_bus_unstored(void *ud, const char *rname, uint64_t seq, const char *tail, size_t len)
+{
+    (void)ud;
+    if (!g_srv.store || !len) return;
+    char *buf = malloc(len + 1);
+    if (!buf) return;
+    buf[0] = '{';
+    memcpy(buf + 1, tail, len);
+    json_error_t je;
+    json_t *o = json_loadb(buf, len + 1, JSON_ALLOW_NUL, &je);
+    free(buf);
+    size_t body_len = 0;
+    const char *user = o ? obj_str(o, "user", NULL) : NULL;
+    const char *body = o ? obj_str(o, "body", &body_len) : NULL;
+    json_t *ts = o ? json_object_get(o, "ts") : NULL;
+    if (!user || !body || !json_is_integer(ts) || json_integer_value(ts) < 0) {
+        LOGE("chat", "room %s seq %" PRIu64 ": unstored message has a malformed tail: not stored",
+             rname, seq);
+        bus_mark_stored(g_srv.bus, rname, seq); /* never offer it again */
+        json_decref(o);
+        return;
+    }
+    const char *name = obj_str(o, "name", NULL);
+    store_row row = {rname, seq, obj_str(o, "id", NULL), user, name ? name : user, body, body_len,
+                     (uint64_t)json_integer_value(ts)};
+    backfill_op *op = calloc(1, sizeof *op);
+    if (op) {
+        op->seq = seq;
+        snprintf(op->room, sizeof op->room, "%s", rname);
+        /* backlog full: left unstored, the next sweep offers it again */
+        if (store_write(g_srv.store, &row, on_backfill_stored, op) < 0) free(op);
+    }
+    json_decref(o);
 }
 
 void chat_bus_ready(void *ud, int ready)
