@@ -2,7 +2,7 @@
  * Owns: the bus object and its lifetime (freed after its last uv handle is
  * closed), the room registry (refcounted subscriptions), the pending request
  * list (every publish/replay callback called exactly once) and the metrics
- * series. Mode-specific work is delegated to a backend (bus_redis.c,
+ * series. The backfill of unstored messages is bus_backfill.c. Mode-specific work is delegated to a backend (bus_redis.c,
  * bus_local.c); ordered delivery lives in bus_order.c. */
 #define _GNU_SOURCE
 #include "bus_int.h"
@@ -41,6 +41,11 @@ static void register_metrics(bus *b)
                                      "Gaps the recent buffer no longer covered (on_gap)", NULL);
     b->m.published = metrics_counter("chat_messages_published_total",
                                      "Messages given a seq and published on the bus", NULL);
+    b->m.backfilled = metrics_counter("chat_bus_backfill_total",
+                                      "Unstored messages of another node handed to the core to store",
+                                      NULL);
+    b->m.backfill_lost = metrics_counter("chat_bus_backfill_lost_total",
+                                         "Unstored messages the recent buffer no longer had", NULL);
 }
 
 bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void *ud,
@@ -71,6 +76,13 @@ bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void 
     uv_timer_init(loop, &b->defer);
     b->defer.data = b;
     b->handles++;
+    if (bus_is_redis(b) && opts->track_unstored) {
+        b->track_unstored = 1;
+        if (bus_backfill_init(b, opts->backfill_grace_ms, err, errlen) != 0) {
+            bus_free(b); /* freed once its handles are closed */
+            return NULL;
+        }
+    }
     return b;
 }
 
@@ -169,6 +181,7 @@ void bus_free(bus *b)
     b->ready = 0;
     b->deferred = NULL; /* still in the pending list: answered below */
     uv_close((uv_handle_t *)&b->defer, defer_closed);
+    bus_backfill_free(b);
     /* the backend answers what it holds (-1) and closes its handles */
     b->be->free(b);
     /* replays waiting for a sync are held by nobody but their room */
@@ -331,6 +344,12 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_
         return -1;
     }
     return 0;
+}
+
+void bus_mark_stored(bus *b, const char *room, uint64_t seq)
+{
+    if (!b || b->freeing || !b->bf) return;
+    bus_backfill_mark(b, room, seq);
 }
 
 int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_t len)

@@ -14,6 +14,12 @@
  *   chat:{room}:msg     channel published "<seq>\n<tail>"
  *   chat:{room}:typing  channel ephemeral frames
  *   chat:{room}:presence channel ephemeral frames
+ *   chat:{room}:unstored zset    seqs published but not yet committed to
+ *                                Postgres (track_unstored), score = publish
+ *                                time (Redis TIME, ms)
+ *   chat:unstored        zset    rooms with unstored seqs (the one key that
+ *                                is not per room), score = oldest time
+ *   chat:backfill:lock   string  one sweeper per round (SET NX PX)
  *
  * "tail" is the part of a server message frame after its seq, i.e. the
  * message frame is '{"type":"message","room":"<room>","seq":<seq>,' + tail,
@@ -46,12 +52,21 @@ typedef struct bus_handlers {
     void (*on_emit)(void *ud, const char *room, const char *kind, const char *data, size_t len);
     /* Readiness changed: 1 = Redis reachable and subscriptions restored. */
     void (*on_ready)(void *ud, int ready);
+    /* (may be NULL; Redis mode with track_unstored only) A message that was
+     * published more than backfill_grace_ms ago and is still not marked
+     * stored (its node died between publish and commit): store it, then
+     * bus_mark_stored. Called again after another grace if not marked. */
+    void (*on_unstored)(void *ud, const char *room, uint64_t seq, const char *tail, size_t len);
 } bus_handlers;
 
 typedef struct bus_opts {
     const char *redis_url;     /* NULL: in-process mode */
     size_t recent_max;         /* recent buffer length per room (default 1000) */
     uint32_t id_ttl_s;         /* idempotency window for client ids (default 86400) */
+    int track_unstored;        /* Redis mode: record publishes until bus_mark_stored
+                                * and sweep old ones to on_unstored (set when a
+                                * database stores history) */
+    uint32_t backfill_grace_ms; /* age before a publish counts as abandoned (default 3000) */
 } bus_opts;
 
 bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void *ud,
@@ -92,5 +107,11 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max,
 /* Ephemeral broadcast to every node's subscribers of room (never stored,
  * never seq'd). Dropped silently while Redis is down. */
 int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_t len);
+
+/* The message (room, seq) is committed to durable history: forget it as
+ * unstored (batched per loop tick). No-op in in-process mode or without
+ * track_unstored; dropped silently while Redis is down (the sweeper then has
+ * it stored again: harmless, storing is idempotent on (room, seq)). */
+void bus_mark_stored(bus *b, const char *room, uint64_t seq);
 
 #endif

@@ -7,7 +7,8 @@
  *  - bus_req: one pending publish/replay with its user callback,
  *  - bus_backend: the operations each mode (Redis, in-process) provides,
  *  - the ordered-delivery entry points backends call (bus_order.c),
- *  - the Redis URL parser (bus_url.c) and the publish script (bus_script.c). */
+ *  - the Redis URL parser (bus_url.c) and the publish script (bus_script.c),
+ *  - the backfill of unstored messages (bus_backfill.c). */
 #ifndef CHATD_BUS_INT_H
 #define CHATD_BUS_INT_H
 #include "bus.h"
@@ -146,9 +147,12 @@ struct bus {
      * timer, since no callback may run inside a bus_* call */
     uv_timer_t defer;
     bus_req *deferred;       /* linked through wnext */
+    int track_unstored;      /* Redis mode: the publish script records unstored seqs */
+    struct bus_bf *bf;       /* backfill state (bus_backfill.c), NULL when off */
     struct {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
+        metric_counter *backfilled, *backfill_lost;
     } m;
 };
 
@@ -192,6 +196,20 @@ int bus_url_parse(const char *url, bus_url *out, char *err, size_t errlen);
 /* bus_script.c */
 extern const char BUS_PUBLISH_LUA[];
 extern const char BUS_HEAD_LUA[];
+extern const char BUS_MARK_LUA[];
+extern const char BUS_SWEEP_LUA[];
+
+/* bus_redis.c: the command connection of the session, NULL unless it is up */
+struct redisAsyncContext;
+struct redisAsyncContext *bus_redis_cmd(bus *b);
+
+/* bus_backfill.c (Redis mode with track_unstored): the mark batch and the
+ * sweeper. init: 0 or -1; free: closes its timers (bus_handle_closed each). */
+int bus_backfill_init(bus *b, uint32_t grace_ms, char *err, size_t errlen);
+void bus_backfill_free(bus *b);
+void bus_backfill_mark(bus *b, const char *room, uint64_t seq);
+/* sweeps that took the lock (tests) */
+uint64_t bus_backfill_rounds(const bus *b);
 
 /* helpers shared by backends */
 int bus_parse_entry(const char *s, size_t len, bus_entry *e); /* "<seq>\n<tail>" */

@@ -6,7 +6,8 @@
  * subscriptions (SUBSCRIBE/UNSUBSCRIBE, one transition in flight per room),
  * the publish script calls (EVALSHA, SCRIPT LOAD + retry on NOSCRIPT),
  * replay, range fetches for gap fills, and readiness (ready only once the
- * session is up, every room resubscribed and caught up).
+ * session is up, every room resubscribed and caught up). The backfill
+ * (bus_backfill.c) borrows the command connection (bus_redis_cmd).
  * When either connection is lost the whole session is dropped (both
  * connections freed, every pending command answered with -1) and rebuilt. */
 #define _GNU_SOURCE
@@ -560,7 +561,10 @@ static int send_publish(busr *R, bus_req *r)
 {
     char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[CHAT_ROOM_MAX + 32];
     char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24];
+    char kuns[CHAT_ROOM_MAX + 32];
+    int track = R->b->track_unstored;
     key(kseq, sizeof kseq, r->room, "seq");
+    key(kuns, sizeof kuns, r->room, "unstored");
     key(krec, sizeof krec, r->room, "recent");
     key(ch, sizeof ch, r->room, "msg");
     snprintf(nmax, sizeof nmax, "%zu", R->b->recent_max);
@@ -570,15 +574,21 @@ static int send_publish(busr *R, bus_req *r)
     uint64_t floor = room && room->have_last ? room->last : 0;
     if (room && room->floor > floor) floor = room->floor;
     snprintf(nfloor, sizeof nfloor, "%" PRIu64, floor);
-    const char *argv[12];
-    size_t lens[12];
+    const char *argv[16];
+    size_t lens[16];
     int argc = 0;
 #define ARG(s, l) (argv[argc] = (s), lens[argc] = (l), argc++)
     ARG("EVALSHA", 7);
     ARG(R->sha, 40);
-    ARG(r->id ? "3" : "2", 1);
+    if (track) ARG(r->id ? "5" : "4", 1);
+    else ARG(r->id ? "3" : "2", 1);
     ARG(kseq, strlen(kseq));
     ARG(krec, strlen(krec));
+    if (track) {
+        /* see bus_script.c: the unstored set and the room index */
+        ARG(kuns, strlen(kuns));
+        ARG("chat:unstored", 13);
+    }
     if (r->id) {
         snprintf(kid, sizeof kid, "chat:{%s}:id:%s", r->room, r->id);
         ARG(kid, strlen(kid));
@@ -588,6 +598,10 @@ static int send_publish(busr *R, bus_req *r)
     ARG(nttl, strlen(nttl));
     ARG(ch, strlen(ch));
     ARG(nfloor, strlen(nfloor));
+    if (track) {
+        ARG("1", 1);
+        ARG(r->room, strlen(r->room));
+    }
 #undef ARG
     if (!R->cmd || redisAsyncCommandArgv(R->cmd, pub_cb, r, argc, argv, lens) != REDIS_OK)
         return -1;
@@ -804,6 +818,13 @@ static int be_emit(bus *b, const char *room, const char *kind, const char *data,
 }
 
 static void be_progress(bus *b) { check_ready(b); }
+
+redisAsyncContext *bus_redis_cmd(bus *b)
+{
+    if (!b || b->freeing || b->be != &bus_redis_backend) return NULL;
+    busr *R = b->impl;
+    return R->state == ST_UP ? R->cmd : NULL;
+}
 
 static void timer_closed(uv_handle_t *h)
 {

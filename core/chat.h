@@ -26,6 +26,8 @@ void chat_bus_message(void *ud, const char *room, uint64_t seq, const char *tail
 void chat_bus_gap(void *ud, const char *room, uint64_t from, uint64_t to);
 void chat_bus_emit(void *ud, const char *room, const char *kind, const char *data, size_t len);
 void chat_bus_ready(void *ud, int ready);
+/* A message another node published but never stored: store it (backfill). */
+void chat_bus_unstored(void *ud, const char *room, uint64_t seq, const char *tail, size_t len);
 /* presence handler */
 void chat_presence_transition(void *ud, const char *room, const char *event,
                               const char *user, const char *name);

@@ -38,6 +38,7 @@ static const opt OPTS[] = {
     {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "2", "Postgres batch wait (ms)"},
     {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound"},
     {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
+    {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node"},
     {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
@@ -122,5 +123,7 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
         return -1;
     }
     if (c->replay_max < 1) c->replay_max = 1;
+    if (c->backfill_grace_ms < 100) c->backfill_grace_ms = 100;
+    if (c->backfill_grace_ms > 3600000) c->backfill_grace_ms = 3600000;
     return 0;
 }

@@ -26,6 +26,7 @@ typedef struct config {
     int64_t replay_max;        /* most messages replayed for since= */
     int64_t batch_max, batch_ms, pending_max;  /* Postgres group commit */
     int64_t drain_ms;          /* SIGTERM: longest wait for queues to flush */
+    int64_t backfill_grace_ms; /* age before another node stores an unstored message */
     int dev_tokens;
 } config;
 

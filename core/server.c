@@ -189,8 +189,12 @@ int server_run(int argc, char **argv)
         metric_set(metrics_gauge("chat_node_info", "This node's id and modes (value 1)", l), 1);
     }
 
-    bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400};
-    bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready};
+    /* with a database, publishes stay "unstored" in Redis until committed,
+     * so a surviving node stores those of a node that died in between */
+    bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400,
+                   g_srv.cfg.database_url != NULL, (uint32_t)g_srv.cfg.backfill_grace_ms};
+    bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready,
+                       chat_bus_unstored};
     g_srv.bus = bus_new(g_srv.loop, &bo, &bh, NULL, err, sizeof err);
     if (!g_srv.bus) { fprintf(stderr, "chatd: bus: %s\n", err); return 2; }
     if (!g_srv.cfg.redis_url) LOGI("server", "single-node mode (no CHAT_REDIS_URL): in-process fan-out");

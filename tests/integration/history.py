@@ -402,3 +402,45 @@ async def redis_restart_empty_keeps_seq_and_history():
     finally:
         rd.stop()
         harness.release_port(rd.port)
+
+
+@test(timeout=60, needs=NEEDS)
+async def hole_of_a_dead_node_is_backfilled():
+    """A node dies (kill -9) after its messages were broadcast but before its
+    batch committed them: a surviving node stores them from the Redis recent
+    buffer (the unstored set, CHAT_BACKFILL_GRACE_MS), each exactly once."""
+    a = hnode(env={"CHAT_BATCH_MS": 10000, "CHAT_BACKFILL_GRACE_MS": 60000})
+    b = hnode(env={"CHAT_BACKFILL_GRACE_MS": 1000})
+    room = uniq()
+    ca = await Client.connect(a, room, token("alice", "Alice"))
+    cb = await Client.connect(b, room, token("watch"))
+    bodies = [f"hole {i} \u00e9\u2603 \"q\"" for i in range(5)]
+    for i, body in enumerate(bodies):
+        await ca.send_msg(body, id=f"hole{i}")
+    live = await cb.wait_count(is_msg(room), 5, 10, "the 5 broadcasts on B")
+    await asyncio.sleep(0.2)
+    check(not ca.acks(), f"acks came although A's batch waits 10 s: {ca.acks()}")
+    a.kill9()
+    t_kill = time.monotonic()
+    want = {f["id"]: f for f in live}
+    eq(sorted(want), [f"hole{i}" for i in range(5)], "ids broadcast on B")
+    rows = []
+    while time.monotonic() - t_kill < 8:
+        rows = (await history(b, room, limit=200))["messages"]
+        if len(rows) >= 5:
+            break
+        await asyncio.sleep(0.2)
+    took = time.monotonic() - t_kill
+    check(len(rows) == 5, f"{len(rows)} of 5 broadcast messages in history {took:.1f} s after "
+          f"their node died: {[m.get('id') for m in rows]}")
+    check(took < 6.5, f"backfill took {took:.1f} s (grace 1 s)")
+    for m in rows:
+        f = want.get(m.get("id"))
+        check(f is not None, f"unexpected history row {m}")
+        for k in ("seq", "user", "name", "body", "ts"):
+            eq(m.get(k), f.get(k), f"history {k} of {m.get('id')}")
+    eq(sorted(m["seq"] for m in rows), sorted(f["seq"] for f in live), "seqs, no duplicates")
+    # a later sweep must not store anything again (the hole is closed)
+    await asyncio.sleep(2.5)
+    again = (await history(b, room, limit=200))["messages"]
+    eq(len(again), 5, "rows after further sweeps")

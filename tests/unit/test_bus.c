@@ -3,7 +3,9 @@
  * Proves: order across nodes, idempotent resend, recent buffer trim, replay,
  * gap fill and gap loss, recovery after lost subscriptions and after a
  * Redis restart, refcounted subscriptions (PUBSUB CHANNELS), NOSCRIPT
- * recovery, emit, cancellation on bus_free, and that no callback runs inside
+ * recovery, emit, cancellation on bus_free, the backfill of unstored
+ * messages (tracking, marks, grace, lease, lost entries, the sweep lock),
+ * and that no callback runs inside
  * a bus_* call. Randomised parts print their seed (CHATD_TEST_SEED reuses
  * one). Exit 0 pass, 1 fail, 77 skip (no redis-server: in-process only). */
 #define _GNU_SOURCE
@@ -232,6 +234,11 @@ typedef struct node {
     int ready_log[64];
     int nready;
     int free_on_message;     /* bus_free from inside on_message */
+    /* on_unstored calls: room, seq, tail */
+    char uns_room[256][80];
+    uint64_t uns_seq[256];
+    char uns_tail[256][48];
+    int nuns;
 } node;
 
 static void on_message(void *ud, const char *room, uint64_t seq, const char *tail, size_t len)
@@ -286,13 +293,39 @@ static void on_ready(void *ud, int ready)
     if (nd->nready < 64) nd->ready_log[nd->nready++] = ready;
 }
 
-static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready};
+static void on_unstored(void *ud, const char *room, uint64_t seq, const char *tail, size_t len)
+{
+    node *nd = ud;
+    CHECK(!in_call, "%s: on_unstored inside a bus_* call", nd->name);
+    if (nd->nuns >= 256) return;
+    snprintf(nd->uns_room[nd->nuns], sizeof nd->uns_room[0], "%s", room);
+    nd->uns_seq[nd->nuns] = seq;
+    snprintf(nd->uns_tail[nd->nuns], sizeof nd->uns_tail[0], "%.*s", (int)(len < 47 ? len : 47), tail);
+    nd->nuns++;
+}
+
+static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready, on_unstored};
+
+/* a node that records its publishes as unstored (grace_ms: its sweeper) */
+static node *node_new_track(const char *name, const char *url, size_t recent_max,
+                            uint32_t grace_ms)
+{
+    node *nd = calloc(1, sizeof *nd);
+    nd->name = name;
+    bus_opts o = {url, recent_max, 60, 1, grace_ms};
+    char err[128] = "";
+    in_call = 1;
+    nd->b = bus_new(loop, &o, &handlers, nd, err, sizeof err);
+    in_call = 0;
+    CHECK(nd->b, "bus_new: %s", err);
+    return nd;
+}
 
 static node *node_new(const char *name, const char *url, size_t recent_max, uint32_t ttl)
 {
     node *nd = calloc(1, sizeof *nd);
     nd->name = name;
-    bus_opts o = {url, recent_max, ttl};
+    bus_opts o = {url, recent_max, ttl, 0, 0};
     char err[128] = "";
     in_call = 1;
     nd->b = bus_new(loop, &o, &handlers, nd, err, sizeof err);
@@ -434,7 +467,7 @@ static void test_url(void)
     CHECK(bus_url_parse("redis://h:99999", &u, err, sizeof err) != 0, "port range");
     CHECK(bus_url_parse("redis://h/x", &u, err, sizeof err) != 0, "db");
     CHECK(bus_url_parse("redis://", &u, err, sizeof err) != 0, "host");
-    bus_opts o = {"nope://", 0, 0};
+    bus_opts o = {"nope://", 0, 0, 0, 0};
     CHECK(bus_new(loop, &o, &handlers, NULL, err, sizeof err) == NULL, "bad url refused");
 }
 
@@ -906,6 +939,158 @@ static int all_answered(streamer **ss, int n)
     return 1;
 }
 
+/* ---------------- backfill of unstored messages ---------------- */
+
+/* how many times nd got (room, seq) through on_unstored */
+static int uns_count(const node *nd, const char *room, uint64_t seq)
+{
+    int c = 0;
+    for (int i = 0; i < nd->nuns; i++)
+        if (nd->uns_seq[i] == seq && strcmp(nd->uns_room[i], room) == 0) c++;
+    return c;
+}
+
+static void mark(node *nd, const char *room, uint64_t seq)
+{
+    in_call = 1;
+    bus_mark_stored(nd->b, room, seq);
+    in_call = 0;
+}
+
+static void test_backfill(void)
+{
+    char room[80], lost[80], locked[80];
+    mkroom(room, sizeof room, "bf");
+    mkroom(lost, sizeof lost, "bflost");
+    mkroom(locked, sizeof locked, "bflock");
+    /* A publishes (its own sweeper would only run after 30 s), B sweeps
+     * with a 600 ms grace; C keeps a recent buffer of 2 */
+    node *a = node_new_track("A", redis_url, 1000, 60000);
+    node *b = node_new_track("B", redis_url, 1000, 600);
+    node *c = node_new_track("C", redis_url, 2, 60000);
+    node *plain = node_new("P", redis_url, 1000, 60);
+    wait_ready(a);
+    wait_ready(b);
+    wait_ready(c);
+    wait_ready(plain);
+    pubres p1, p2, p3, pd, pp;
+    uint64_t t0 = mono_ms();
+    pub(a, room, "bf-1", "one", &p1);
+    pub(a, room, NULL, "two", &p2);
+    pub(plain, room, NULL, "untracked", &pp);
+    WAIT(p1.done && p2.done && pp.done, 3000);
+    CHECK(p1.status == 0 && p1.seq == 1 && p2.seq == 2 && pp.seq == 3, "seqs %" PRIu64 " %" PRIu64,
+          p1.seq, p2.seq);
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", room) == 2, "two unstored entries (not the untracked one)");
+    CHECK(rc_int("ZSCORE chat:{%s}:unstored 1", room) > 1000000000000LL &&
+              rc_int("ZSCORE chat:{%s}:unstored 2", room) > 1000000000000LL &&
+              rc_int("ZSCORE chat:{%s}:unstored 3", room) == 0, "members 1, 2 scored by time");
+    CHECK(rc_int("ZSCORE chat:unstored %s", room) > 1000000000000LL, "room indexed with a ms time");
+    /* a duplicate is not recorded again */
+    pub(a, room, "bf-1", "one", &pd);
+    WAIT(pd.done, 3000);
+    CHECK(pd.dup == 1 && rc_int("ZCARD chat:{%s}:unstored", room) == 2, "duplicate not recorded");
+    /* marking seq 2 clears it, the room stays indexed (seq 1 is left) */
+    mark(a, room, 2);
+    WAIT(rc_int("ZCARD chat:{%s}:unstored", room) == 1, 2000);
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", room) == 1 && rc_int("EXISTS chat:unstored") == 1,
+          "mark cleared seq 2 only");
+    /* seq 1 is now older than B's grace; seq 4 is new */
+    while (mono_ms() - t0 < 700) spin(10);
+    pub(a, room, NULL, "four", &p3);
+    WAIT(p3.done, 3000);
+    CHECK(p3.seq == 4, "seq 4");
+    WAIT(uns_count(b, room, 1) >= 1, 3000);
+    CHECK(uns_count(b, room, 1) == 1, "B backfills seq 1 (got %d)", uns_count(b, room, 1));
+    CHECK(uns_count(b, room, 4) == 0, "seq 4 is younger than the grace: not offered yet");
+    CHECK(uns_count(a, room, 1) == 0, "A's sweeper did not run");
+    int k = 0;
+    for (; k < b->nuns; k++) if (b->uns_seq[k] == 1 && strcmp(b->uns_room[k], room) == 0) break;
+    CHECK(k < b->nuns && strstr(b->uns_tail[k], "\"body\":\"one\"") &&
+              strstr(b->uns_tail[k], "\"id\":\"bf-1\""), "tail of seq 1: %s",
+          k < b->nuns ? b->uns_tail[k] : "");
+    /* the lease: not offered again within the grace */
+    spin(350);
+    CHECK(uns_count(b, room, 1) == 1, "seq 1 leased (offered %d times)", uns_count(b, room, 1));
+    mark(b, room, 1); /* B stored it */
+    WAIT(uns_count(b, room, 4) >= 1, 3000);
+    CHECK(uns_count(b, room, 4) == 1 && uns_count(b, room, 1) == 1, "seq 4 offered once, 1 not again");
+    mark(b, room, 4);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", room) == 0 &&
+             rc_int("ZSCORE chat:unstored %s", room) == 0, 2000);
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", room) == 0, "set empty");
+    CHECK(rc_int("ZSCORE chat:unstored %s", room) == 0, "room left the index");
+    CHECK(counter("chat_bus_backfill_total") >= 2, "backfill metric");
+
+    /* entries the recent buffer lost: removed and counted, the rest offered */
+    uint64_t lost0 = counter("chat_bus_backfill_lost_total");
+    pubres q[4];
+    for (int i = 0; i < 4; i++) pub(c, lost, NULL, "x", &q[i]);
+    WAIT(q[0].done && q[1].done && q[2].done && q[3].done, 3000);
+    WAIT(uns_count(b, lost, 3) && uns_count(b, lost, 4), 3000);
+    CHECK(uns_count(b, lost, 3) == 1 && uns_count(b, lost, 4) == 1 && uns_count(b, lost, 1) == 0 &&
+              uns_count(b, lost, 2) == 0, "only 3 and 4 offered");
+    CHECK(counter("chat_bus_backfill_lost_total") == lost0 + 2, "2 lost (%" PRIu64 ")",
+          counter("chat_bus_backfill_lost_total") - lost0);
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", lost) == 2, "lost ones removed");
+    mark(c, lost, 3);
+    mark(c, lost, 4);
+
+    /* the lock: while another node holds the round, B does not sweep */
+    node *d = node_new_track("D", redis_url, 1000, 600);
+    wait_ready(d);
+    redisReply *r = rc("SET chat:backfill:lock other PX 1800");
+    if (r) freeReplyObject(r);
+    uint64_t r0 = bus_backfill_rounds(b->b) + bus_backfill_rounds(d->b), t1 = mono_ms();
+    pubres pl;
+    pub(a, locked, NULL, "l", &pl);
+    WAIT(pl.done, 3000);
+    spin(1200);
+    CHECK(uns_count(b, locked, 1) + uns_count(d, locked, 1) == 0 &&
+              bus_backfill_rounds(b->b) + bus_backfill_rounds(d->b) == r0,
+          "no sweep while another node holds the lock");
+    WAIT(uns_count(b, locked, 1) + uns_count(d, locked, 1) >= 1, 3000);
+    CHECK(mono_ms() - t1 >= 1700, "swept only after the lock expired");
+    /* B and D tick every 300 ms; the lock lets one of them sweep a round */
+    uint64_t r1 = bus_backfill_rounds(b->b) + bus_backfill_rounds(d->b), t2 = mono_ms();
+    int o1 = uns_count(b, locked, 1) + uns_count(d, locked, 1);
+    spin(1500);
+    int offers = uns_count(b, locked, 1) + uns_count(d, locked, 1) - o1;
+    uint64_t rounds = bus_backfill_rounds(b->b) + bus_backfill_rounds(d->b) - r1;
+    uint64_t el = mono_ms() - t2;
+    CHECK(rounds >= 2 && rounds <= el / 300 + 1, "%" PRIu64 " rounds in %" PRIu64 " ms", rounds, el);
+    /* the lease: an offered seq waits another grace, whichever node sweeps */
+    CHECK(offers >= 1 && (uint64_t)offers <= el / 600 + 1, "offered %d times in %" PRIu64 " ms",
+          offers, el);
+    mark(d, locked, 1);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", locked) == 0, 2000);
+    CHECK(rc_int("ZSCORE chat:unstored %s", locked) == 0, "locked room cleared");
+    CHECK(a->dup_or_disorder == 0, "no disorder");
+    node_free(a);
+    node_free(b);
+    node_free(c);
+    node_free(d);
+    node_free(plain);
+    settle();
+}
+
+/* in-process mode: no backfill (marks are no-ops, on_unstored never fires) */
+static void test_local_backfill_off(void)
+{
+    node *l = node_new_track("L", NULL, 10, 200);
+    snprintf(l->room, sizeof l->room, "lb");
+    sub(l, "lb");
+    pubres p;
+    pub(l, "lb", NULL, "x", &p);
+    WAIT(p.done, 1000);
+    mark(l, "lb", p.seq);
+    mark(l, "lb", 99);
+    spin(300);
+    CHECK(p.status == 0 && l->nuns == 0 && bus_backfill_rounds(l->b) == 0, "no backfill in-process");
+    node_free(l);
+    settle();
+}
+
 static void test_restart(void)
 {
     if (!own_redis) {
@@ -1195,6 +1380,7 @@ int main(void)
     test_local_basic();
     test_local_free_and_ttl();
     test_free_in_callback(NULL);
+    test_local_backfill_off();
     int have_redis = redis_setup() == 0;
     if (have_redis) {
         fprintf(stderr, "redis at %s\n", redis_url);
@@ -1214,6 +1400,7 @@ int main(void)
         test_restart_empty();
         test_replay_then_live();
         test_unsub_waiting_replay();
+        test_backfill();
     } else if (getenv("CHATD_TEST_REDIS_URL") &&
                system("command -v redis-server >/dev/null 2>&1") != 0) {
         CHECK(0, "CHATD_TEST_REDIS_URL is set but not reachable");

@@ -1,0 +1,256 @@
+/* bus_backfill: nothing broadcast stays missing from history (Redis mode
+ * with track_unstored).
+ * The publish script records every new seq in chat:{room}:unstored (score:
+ * Redis time) and the room in chat:unstored. This file owns:
+ *  - the mark batch: bus_mark_stored calls of one loop tick, grouped per
+ *    room and sent as one BUS_MARK_LUA per room (pipelined) from a 0 ms
+ *    timer; dropped while Redis is down;
+ *  - the sweeper: a timer every grace/2 that runs BUS_SWEEP_LUA (lock,
+ *    then every seq older than the grace, leased for another grace) and
+ *    hands each entry to on_unstored; entries the recent buffer no longer
+ *    has are lost (logged once per room and round, counted).
+ * Both timers are closed by bus_backfill_free; the state is freed when the
+ * last one is closed. */
+#define _GNU_SOURCE
+#include "bus_int.h"
+#include "log.h"
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MOD "bus"
+#define SWEEP_ROOMS 50
+#define SWEEP_PER_ROOM 200
+
+typedef struct bf_marks {
+    char room[CHAT_ROOM_MAX + 1];
+    uint64_t *seqs;
+    size_t n, cap;
+} bf_marks;
+
+struct bus_bf {
+    bus *b;
+    uint32_t grace_ms;
+    uv_timer_t sweep, flush;
+    int open;                /* timers not yet closed */
+    bus_map marks;           /* room -> bf_marks, sent at the next tick */
+    char token[96];          /* this node's lock value */
+    int sweeping;            /* a sweep is in flight */
+    uint64_t rounds;
+};
+
+static void marks_free_cb(void *val, void *arg)
+{
+    (void)arg;
+    bf_marks *m = val;
+    free(m->seqs);
+    free(m);
+}
+
+static void marks_clear(struct bus_bf *f)
+{
+    bus_map_each(&f->marks, marks_free_cb, NULL);
+    bus_map_clear(&f->marks);
+    bus_map_init(&f->marks);
+}
+
+/* EVAL BUS_MARK_LUA 2 chat:{room}:unstored chat:unstored room seq... */
+static void send_marks(void *val, void *arg)
+{
+    bf_marks *m = val;
+    redisAsyncContext *ac = arg;
+    size_t argc = 6 + m->n;
+    const char **v = malloc(argc * sizeof *v);
+    size_t *vl = malloc(argc * sizeof *vl);
+    char (*nums)[24] = malloc(m->n * sizeof *nums);
+    char kuns[CHAT_ROOM_MAX + 32];
+    if (v && vl && nums) {
+        snprintf(kuns, sizeof kuns, "chat:{%s}:unstored", m->room);
+        v[0] = "EVAL";
+        v[1] = BUS_MARK_LUA;
+        v[2] = "2";
+        v[3] = kuns;
+        v[4] = "chat:unstored";
+        v[5] = m->room;
+        for (size_t i = 0; i < m->n; i++) {
+            snprintf(nums[i], sizeof nums[i], "%" PRIu64, m->seqs[i]);
+            v[6 + i] = nums[i];
+        }
+        for (size_t i = 0; i < argc; i++) vl[i] = strlen(v[i]);
+        redisAsyncCommandArgv(ac, NULL, NULL, (int)argc, v, vl);
+    }
+    free(v);
+    free(vl);
+    free(nums);
+}
+
+static void flush_cb(uv_timer_t *t)
+{
+    struct bus_bf *f = t->data;
+    redisAsyncContext *ac = bus_redis_cmd(f->b);
+    if (ac) bus_map_each(&f->marks, send_marks, ac);
+    marks_clear(f);
+}
+
+void bus_backfill_mark(bus *b, const char *room, uint64_t seq)
+{
+    struct bus_bf *f = b->bf;
+    if (!f || !room || !room_name_valid(room, strlen(room)) || !bus_redis_cmd(b)) return;
+    bf_marks *m = bus_map_get(&f->marks, room);
+    if (!m) {
+        m = calloc(1, sizeof *m);
+        if (!m) return;
+        snprintf(m->room, sizeof m->room, "%s", room);
+        if (bus_map_put(&f->marks, m->room, m) != 0) { free(m); return; }
+    }
+    if (m->n == m->cap) {
+        size_t nc = m->cap ? m->cap * 2 : 16;
+        uint64_t *ns = realloc(m->seqs, nc * sizeof *ns);
+        if (!ns) return;
+        m->seqs = ns;
+        m->cap = nc;
+    }
+    m->seqs[m->n++] = seq;
+    if (!uv_is_active((uv_handle_t *)&f->flush)) uv_timer_start(&f->flush, flush_cb, 0, 0);
+}
+
+/* ---- sweeper ---- */
+
+static void sweep_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct bus_bf *f = priv;
+    bus *b = f->b;
+    redisReply *rp = reply;
+    (void)ac;
+    f->sweeping = 0;
+    if (!rp || b->freeing) return; /* connection gone: the next round retries */
+    if (rp->type == REDIS_REPLY_ERROR) {
+        LOGW(MOD, "backfill sweep: %s", rp->str);
+        return;
+    }
+    if (rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 ||
+        rp->element[0]->type != REDIS_REPLY_INTEGER || rp->element[0]->integer != 1)
+        return; /* another node holds this round */
+    f->rounds++;
+    char lost_room[CHAT_ROOM_MAX + 1] = "";
+    uint64_t lost_n = 0, lost_lo = 0, lost_hi = 0;
+    size_t offered = 0;
+    for (size_t i = 1; i + 2 < rp->elements; i += 3) {
+        redisReply *rr = rp->element[i], *sr = rp->element[i + 1], *er = rp->element[i + 2];
+        if (rr->type != REDIS_REPLY_STRING || sr->type != REDIS_REPLY_STRING ||
+            er->type != REDIS_REPLY_STRING || rr->len < 1 || rr->len > CHAT_ROOM_MAX)
+            continue;
+        char room[CHAT_ROOM_MAX + 1];
+        memcpy(room, rr->str, rr->len);
+        room[rr->len] = 0;
+        uint64_t seq = strtoull(sr->str, NULL, 10);
+        if (er->len == 0) {
+            metric_inc(b->m.backfill_lost);
+            if (lost_n && strcmp(lost_room, room) != 0) {
+                LOGW(MOD, "room %s: %" PRIu64 " unstored message(s) (seq %" PRIu64 "..%" PRIu64
+                     ") left the recent buffer before a node stored them: lost from history",
+                     lost_room, lost_n, lost_lo, lost_hi);
+                lost_n = 0;
+            }
+            if (!lost_n) { snprintf(lost_room, sizeof lost_room, "%s", room); lost_lo = seq; }
+            lost_n++;
+            lost_hi = seq;
+            continue;
+        }
+        bus_entry e;
+        if (bus_parse_entry(er->str, er->len, &e) != 0 || e.seq != seq) continue;
+        metric_inc(b->m.backfilled);
+        LOGD(MOD, "room %s: seq %" PRIu64 " published %u+ ms ago is not stored: backfilling",
+             room, seq, (unsigned)f->grace_ms);
+        offered++;
+        if (b->h.on_unstored) b->h.on_unstored(b->ud, room, seq, e.tail, e.len);
+        if (b->freeing) break;
+    }
+    if (offered)
+        LOGI(MOD, "backfill: %zu message(s) published %u+ ms ago and not stored (their node "
+             "died?) handed over for storage", offered, (unsigned)f->grace_ms);
+    if (lost_n)
+        LOGW(MOD, "room %s: %" PRIu64 " unstored message(s) (seq %" PRIu64 "..%" PRIu64
+             ") left the recent buffer before a node stored them: lost from history",
+             lost_room, lost_n, lost_lo, lost_hi);
+}
+
+static void sweep_cb(uv_timer_t *t)
+{
+    struct bus_bf *f = t->data;
+    redisAsyncContext *ac = bus_redis_cmd(f->b);
+    if (!ac || f->sweeping) return;
+    char grace[16], lock[16], nrooms[16], nper[16];
+    /* a round is one tick (grace/2); the lock ends a little before this
+     * node's next tick, so some node sweeps every round and only one */
+    uint32_t lock_ms = f->grace_ms / 2 - f->grace_ms / 20;
+    if (!lock_ms) lock_ms = 1;
+    snprintf(grace, sizeof grace, "%u", (unsigned)f->grace_ms);
+    snprintf(lock, sizeof lock, "%u", (unsigned)lock_ms);
+    snprintf(nrooms, sizeof nrooms, "%d", SWEEP_ROOMS);
+    snprintf(nper, sizeof nper, "%d", SWEEP_PER_ROOM);
+    const char *argv[] = {"EVAL", BUS_SWEEP_LUA, "2", "chat:backfill:lock", "chat:unstored",
+                          f->token, grace, lock, nrooms, nper};
+    size_t lens[10];
+    for (int i = 0; i < 10; i++) lens[i] = strlen(argv[i]);
+    if (redisAsyncCommandArgv(ac, sweep_reply, f, 10, argv, lens) == REDIS_OK) f->sweeping = 1;
+}
+
+/* ---- lifetime ---- */
+
+static void timer_closed(uv_handle_t *h)
+{
+    struct bus_bf *f = h->data;
+    bus *b = f->b;
+    if (--f->open == 0) {
+        marks_clear(f);
+        bus_map_clear(&f->marks);
+        free(f);
+    }
+    bus_handle_closed(b);
+}
+
+int bus_backfill_init(bus *b, uint32_t grace_ms, char *err, size_t errlen)
+{
+    struct bus_bf *f = calloc(1, sizeof *f);
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    f->b = b;
+    f->grace_ms = grace_ms ? grace_ms : 3000;
+    bus_map_init(&f->marks);
+    char host[64] = "node";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = 0;
+    snprintf(f->token, sizeof f->token, "%s-%d-%" PRIx64, host, (int)getpid(),
+             mono_ns() ^ (uint64_t)(uintptr_t)f);
+    uv_timer_init(b->loop, &f->sweep);
+    uv_timer_init(b->loop, &f->flush);
+    f->sweep.data = f;
+    f->flush.data = f;
+    f->open = 2;
+    b->handles += 2;
+    uint64_t every = f->grace_ms / 2 ? f->grace_ms / 2 : 1;
+    uv_timer_start(&f->sweep, sweep_cb, every, every);
+    b->bf = f;
+    return 0;
+}
+
+void bus_backfill_free(bus *b)
+{
+    struct bus_bf *f = b->bf;
+    if (!f) return;
+    b->bf = NULL;
+    uv_close((uv_handle_t *)&f->sweep, timer_closed);
+    uv_close((uv_handle_t *)&f->flush, timer_closed);
+}
+
+uint64_t bus_backfill_rounds(const bus *b)
+{
+    return b && b->bf ? b->bf->rounds : 0;
+}
