@@ -133,7 +133,11 @@ static void on_tick(uv_timer_t *h)
     }
     if (g_srv.draining) {
         int timed_out = mono_ms() - g_drain_started > (uint64_t)g_srv.cfg.drain_ms;
-        if ((conn_count() == 0 && g_store_drained) || timed_out) {
+        static uint64_t idle_since;
+        /* once the last connection is gone, give presence a few ticks to
+         * send its batched removes (graceful close = immediate leave) */
+        if (conn_count() == 0 && g_store_drained && !idle_since) idle_since = mono_ms();
+        if ((idle_since && mono_ms() - idle_since >= 300) || timed_out) {
             if (timed_out) LOGW("server", "drain timed out with %zu connections left", conn_count());
             stop_everything();
             return;
