@@ -4,6 +4,7 @@ node death and on missing heartbeats (short TTL: heartbeat 500 ms, TTL
 (reaches the others only, never stored, rate-limited by the default policy)."""
 import asyncio
 import os
+import signal
 import time
 
 from harness import (Client, TestSkip, ahttp, ahttp_json, check, eq, start_node, token, uniq,
@@ -224,3 +225,23 @@ async def typing_reaches_others_not_stored_rate_limited():
     eq(st, 200, "history status")
     eq([(m.get("id"), m.get("body")) for m in js.get("messages", [])], [("real-1", "real")],
        "history holds the message only (no typing)")
+
+
+@test(timeout=45, needs=("redis",))
+async def sigterm_of_a_node_announces_leave_at_once():
+    # a long TTL: a leave within 2 s can only come from the graceful path
+    slow_ttl = {"CHAT_PRESENCE_TTL_MS": "20000", "CHAT_HEARTBEAT_MS": "5000"}
+    a = pnode(name="A-" + uniq(""), env=slow_ttl)
+    b = pnode(name="B-" + uniq(""), env=slow_ttl)
+    room = uniq()
+    o = await connect(a, room, "obs")
+    u = await connect(b, room, "leaver")
+    await o.wait_for(pres(room, "join", "leaver"), 3, what="join of leaver")
+    b.signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    await o.wait_for(pres(room, "leave", "leaver"), 2.0,
+                     what="leave of a user whose node drained (SIGTERM)")
+    dt = time.monotonic() - t0
+    await asyncio.sleep(0.5)
+    eq(count(o, pres(room, "leave", "leaver")), 1, f"leaves of leaver (after {dt:.2f}s)")
+    del u
