@@ -8,7 +8,7 @@ import urllib.parse
 
 import websockets
 
-from harness import (Client, TestFailure, ahttp, ahttp_json, check, eq, start_node, token,
+from harness import (Client, Node, TestFailure, ahttp, ahttp_json, check, eq, start_node, token,
                      uniq, policy_dir, describe_seq_problem, test)
 import harness
 
@@ -444,3 +444,26 @@ async def hole_of_a_dead_node_is_backfilled():
     await asyncio.sleep(2.5)
     again = (await history(b, room, limit=200))["messages"]
     eq(len(again), 5, "rows after further sweeps")
+
+
+@test(timeout=60)
+async def pending_writes_bound_answers_unavailable_never_an_ack():
+    # Postgres unreachable: writes queue up to CHAT_PENDING_MAX, then new
+    # messages get error "unavailable"; nothing unstored is ever acked.
+    n = Node(name="nodb-" + uniq(""), db="postgresql://postgres@127.0.0.1:1/chatd",
+             env={"CHAT_PENDING_MAX": "3"})
+    n.start(wait=False)
+    n.wait_healthy()
+    st, _, _ = await ahttp(n.port, "/readyz", {})
+    eq(st, 503, "/readyz while Postgres is unreachable")
+    room = uniq()
+    a = await Client.connect(n, room, token("alice"))
+    for i in range(3):
+        await a.send_msg(f"m{i}", id=f"q{i}")
+    await a.wait_count(lambda f: f["type"] == "message" and f.get("room") == room, 3, 5)
+    e = await a.error_for({"type": "message", "body": "one too many", "id": "q3"})
+    eq((e.get("code"), e.get("id")), ("unavailable", "q3"), "over the pending bound")
+    await asyncio.sleep(0.5)
+    check(not [f for f in a.frames if f["type"] == "ack"], "no ack without a commit")
+    eq([f["seq"] for f in a.frames if f["type"] == "message"], [1, 2, 3],
+       "live fan-out continued for the messages within the bound")
