@@ -867,3 +867,26 @@ async def runaway_hook_and_memory_bomb_are_stopped_and_server_keeps_serving():
     eq(m["body"], "still here", "message after the runaway hooks")
     eq(m["seq"], 1, "refused messages took no seq")
     check(n.alive(), "chatd still running")
+
+
+@test(timeout=60)
+async def since_beyond_the_replay_limit_is_gap_too_large():
+    n = start_node(env={"CHAT_REPLAY_MAX": "5"})
+    room = uniq()
+    p = await Client.connect(n, room, token("pub"))
+    for i in range(10):
+        await p.send_msg(f"m{i}", id=f"g{i}")
+    await p.wait_count(lambda f: f["type"] == "ack", 10, 5)
+    # 10 messages missed, the limit is 5: gap_too_large for that room, then live
+    c = await Client.connect(n, room, token("late"), since=0)
+    e = await c.wait_for(lambda f: f["type"] == "error", 5, what="gap_too_large")
+    eq((e.get("code"), e.get("room")), ("gap_too_large", room), "gap_too_large names the room")
+    eq(c.seqs(room), [], "nothing replayed past the limit")
+    await p.send_msg("live", id="glive")
+    await c.wait_for(lambda f: f["type"] == "message" and f.get("id") == "glive", 5)
+    eq(c.seqs(room), [11], "live continues after gap_too_large")
+    # 5 missed (exactly the limit): replayed
+    d = await Client.connect(n, room, token("late2"), since=6)
+    await d.wait_count(is_msg(room), 5, 5, "replay at the limit")
+    eq(d.seqs(room), [7, 8, 9, 10, 11], "replay of exactly CHAT_REPLAY_MAX messages")
+    check(not [f for f in d.frames if f["type"] == "error"], "no error at the limit")
