@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "chat.h"
 #include "frame.h"
+#include "hmap.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
@@ -374,6 +375,71 @@ void chat_conn_closed(conn *c)
     conn_destroy(c);
 }
 
+/* ---- receipt times ------------------------------------------------------
+ * Broadcast lag is measured from the moment this node received a message
+ * from its client. The message comes back from the bus (its own one path)
+ * as the same tail bytes, so the receipt time is kept under a hash of the
+ * room and tail until the delivery arrives (or the publish fails). Messages
+ * published on another node are timed from their delivery on this node. */
+
+typedef struct receipt { uint64_t t0; } receipt;
+static hmap g_receipts;
+
+static void receipt_key(const char *room, const char *tail, size_t len, char key[24])
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = room; *p; p++) { h ^= (unsigned char)*p; h *= 1099511628211ull; }
+    h ^= '|';
+    h *= 1099511628211ull;
+    for (size_t i = 0; i < len; i++) { h ^= (unsigned char)tail[i]; h *= 1099511628211ull; }
+    snprintf(key, 24, "%016" PRIx64, h);
+}
+
+static void receipt_put(const char *room, const char *tail, size_t len, uint64_t t0)
+{
+    char key[24];
+    receipt_key(room, tail, len, key);
+    receipt *r = malloc(sizeof *r);
+    if (!r) return;
+    r->t0 = t0;
+    free(hmap_get(&g_receipts, key));
+    if (hmap_put(&g_receipts, key, r) < 0) free(r);
+}
+
+/* Returns the receipt time (0 when unknown) and forgets it. */
+static uint64_t receipt_take(const char *room, const char *tail, size_t len)
+{
+    if (!g_receipts.count) return 0;
+    char key[24];
+    receipt_key(room, tail, len, key);
+    receipt *r = hmap_del(&g_receipts, key);
+    uint64_t t0 = r ? r->t0 : 0;
+    free(r);
+    return t0;
+}
+
+void chat_shutdown(void)
+{
+    for (size_t i = 0; i < g_receipts.cap; i++)
+        if (hmap_live(&g_receipts, i)) free(g_receipts.slots[i].val);
+    hmap_free(&g_receipts);
+}
+
+/* Forgets receipts older than max_age_ns (deliveries that never came:
+ * publish failed, room unsubscribed meanwhile). Called from the tick. */
+static void receipts_expire(uint64_t now, uint64_t max_age_ns)
+{
+    for (size_t i = 0; i < g_receipts.cap; i++) {
+        if (!hmap_live(&g_receipts, i)) continue;
+        receipt *r = g_receipts.slots[i].val;
+        if (now - r->t0 > max_age_ns) {
+            char key[24];
+            snprintf(key, sizeof key, "%s", g_receipts.slots[i].key);
+            free(hmap_del(&g_receipts, key));
+        }
+    }
+}
+
 /* ---- publish ------------------------------------------------------------ */
 
 static void pub_unlink(pub_op *p)
@@ -420,6 +486,7 @@ static void on_stored(void *ud, int status)
 static void on_published(void *ud, int status, uint64_t seq, int duplicate)
 {
     pub_op *p = ud;
+    if (status < 0 || duplicate) receipt_take(p->room, p->tail, p->tail_len);  /* no delivery comes */
     if (status < 0) {
         metric_inc(m_rejected);
         if (p->c) conn_send_error(p->c, "unavailable", "message bus unavailable; resend with the same id", p->id);
@@ -428,7 +495,6 @@ static void on_published(void *ud, int status, uint64_t seq, int duplicate)
     }
     metric_observe(m_publish, (double)(mono_ns() - p->t0) / 1e9);
     p->seq = seq;
-    (void)duplicate;
     if (g_srv.store) {
         store_row row = {p->room, seq, p->id, p->user, p->name, p->body, p->body_len, p->ts};
         if (store_write(g_srv.store, &row, on_stored, p) < 0) {
@@ -495,7 +561,9 @@ static void handle_message(conn *c, client_frame *f)
     p->next = c->pubs;
     if (c->pubs) c->pubs->prev = p;
     c->pubs = p;
+    receipt_put(room, p->tail, p->tail_len, p->t0);
     if (bus_publish(g_srv.bus, room, id, p->tail, p->tail_len, on_published, p) < 0) {
+        receipt_take(room, p->tail, p->tail_len);
         metric_inc(m_rejected);
         conn_send_error(c, "unavailable", "message bus unavailable; resend with the same id", id);
         pub_free(p);
@@ -623,6 +691,8 @@ void chat_bus_message(void *ud, const char *rname, uint64_t seq, const char *tai
     if (!r) return;
     msg *m = chat_message_frame(rname, seq, tail, len);
     if (!m) return;
+    uint64_t t0 = receipt_take(rname, tail, len);
+    if (t0) m->born_ns = t0;       /* received by this node: lag from receipt */
     for (uint32_t i = 0; i < r->nmembers; i++) {
         conn_room *cr = r->members[i];
         if (cr->live) deliver(cr, m);
@@ -774,6 +844,7 @@ void chat_drain_all(void)
 
 void chat_expire_tokens(int64_t now_s)
 {
+    receipts_expire(mono_ns(), 10ull * 1000000000ull);
     for (conn *c = conn_first(); c; c = c->all_next)
         if (!c->closing && !c->closed && c->ident.exp <= now_s)
             conn_close(c, 4001, "token expired");

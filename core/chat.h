@@ -14,6 +14,8 @@
 #include "presence.h"
 
 void chat_init(void);
+/* Frees what chat keeps node-wide (at exit). */
+void chat_shutdown(void);
 /* A connection finished its upgrade: join its URL room (welcome first). */
 void chat_conn_open(conn *c);
 /* A complete client text frame. */

@@ -258,6 +258,7 @@ int server_run(int argc, char **argv)
     script_free(g_srv.script);
     auth_free(g_srv.auth);
     room_registry_free();
+    chat_shutdown();
     uv_loop_close(g_srv.loop);
     metrics_free_all();
     LOGI("server", "bye");
