@@ -256,6 +256,11 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
         return;
     }
     const char *room = op->cr->r->name;
+    /* only a contiguous run counts: a hole in history (a row not stored yet)
+     * must come from the recent buffer or be reported, never skipped */
+    size_t run = 1;
+    while (run < n && rows[run].seq == rows[run - 1].seq + 1) run++;
+    n = run;
     for (size_t i = 0; i < n; i++) {
         size_t tl;
         char *t = chat_build_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,

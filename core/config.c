@@ -118,6 +118,18 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
         snprintf(c->node_id_buf, sizeof c->node_id_buf, "%s-%d", host, (int)getpid());
         c->node_id = c->node_id_buf;
     }
+    /* the node id goes into JSON frames and metric labels unescaped */
+    size_t nl = strlen(c->node_id);
+    int bad_id = nl < 1 || nl > 64;
+    for (size_t i = 0; i < nl && !bad_id; i++) {
+        char ch = c->node_id[i];
+        bad_id = !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                   ch == '-' || ch == '_' || ch == '.' || ch == ':');
+    }
+    if (bad_id) {
+        snprintf(err, errlen, "CHAT_NODE_ID: 1-64 characters of [A-Za-z0-9_.:-], got '%s'", c->node_id);
+        return -1;
+    }
     if (c->max_queue < 1 || c->max_queue_bytes < 1024 || c->max_frame < 128) {
         snprintf(err, errlen, "queue/frame limits too small (CHAT_MAX_QUEUE>=1, CHAT_MAX_QUEUE_BYTES>=1024, CHAT_MAX_FRAME>=128)");
         return -1;

@@ -890,3 +890,17 @@ async def since_beyond_the_replay_limit_is_gap_too_large():
     await d.wait_count(is_msg(room), 5, 5, "replay at the limit")
     eq(d.seqs(room), [7, 8, 9, 10, 11], "replay of exactly CHAT_REPLAY_MAX messages")
     check(not [f for f in d.frames if f["type"] == "error"], "no error at the limit")
+
+
+@test()
+async def refuses_to_start_with_bad_settings():
+    # each bad setting: chatd exits non-zero at once, naming the setting
+    for env, word in (({"CHAT_NODE_ID": 'bad"id'}, "CHAT_NODE_ID"),
+                      ({"CHAT_MAX_QUEUE": "lots"}, "CHAT_MAX_QUEUE"),
+                      ({"CHAT_LISTEN": "nowhere"}, "CHAT_LISTEN"),
+                      ({"CHAT_JWT_PUBLIC_KEY": "/nonexistent.pem"}, "nonexistent")):
+        n = harness.Node(env=env)
+        n.start(wait=False)
+        rc = await asyncio.to_thread(n.wait_exit, 5)
+        check(rc is not None and rc != 0, f"chatd with {env} exited with {rc}")
+        check(word in n.log_tail(5), f"{env}: the error names {word}: {n.log_tail(3)}")
