@@ -1616,9 +1616,9 @@ int main(int argc, char **argv)
             printf("  (each publisher sends %.1f msgs/s: raise --publishers if the policy limits users)\n",
                    O.rate / (O.publishers ? O.publishers : 1));
     }
-    printf("deliveries: %llu total, %.0f/s in steady; heartbeats %llu sent / %llu acked\n",
+    printf("deliveries: %llu total, %.0f/s in steady; heartbeats %llu sent / %llu acked; server pings %llu\n",
            (unsigned long long)t->deliveries, dps, (unsigned long long)t->hb_sent,
-           (unsigned long long)t->hb_acks);
+           (unsigned long long)t->hb_acks, (unsigned long long)t->pings);
     printf("lag: p50 %.3f ms  p99 %.3f ms  p999 %.3f ms  max %.3f ms  (%llu samples)\n",
            ms(lt_hist_quantile(&t->lag, .5)), ms(lt_hist_quantile(&t->lag, .99)),
            ms(lt_hist_quantile(&t->lag, .999)), ms(t->lag.max), (unsigned long long)t->lag.n);
@@ -1715,8 +1715,8 @@ int main(int argc, char **argv)
                     (unsigned long long)t->lag.n, ms(lt_hist_quantile(&t->lag, .5)),
                     ms(lt_hist_quantile(&t->lag, .99)), ms(lt_hist_quantile(&t->lag, .999)), ms(t->lag.max),
                     t->lag.n ? ms(t->lag.sum / t->lag.n) : 0.0);
-            fprintf(f, "  \"heartbeats\": {\"sent\": %llu, \"acked\": %llu},\n", (unsigned long long)t->hb_sent,
-                    (unsigned long long)t->hb_acks);
+            fprintf(f, "  \"heartbeats\": {\"sent\": %llu, \"acked\": %llu, \"server_pings\": %llu},\n",
+                    (unsigned long long)t->hb_sent, (unsigned long long)t->hb_acks, (unsigned long long)t->pings);
             fprintf(f, "  \"slow\": {\"count\": %d, \"closed_by_server\": %llu, \"backlog_frames\": %llu},\n", O.slow,
                     (unsigned long long)t->slow_closed, (unsigned long long)t->slow_backlog_frames);
             fprintf(f, "  \"churn\": {\"cycles\": %llu},\n", (unsigned long long)t->churn_closes);
