@@ -227,6 +227,15 @@ int server_run(int argc, char **argv)
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
                    LWS_SERVER_OPTION_DISABLE_IPV6;
     info.foreign_loops = loops;
+    /* No lws "validity" pings: lws keeps one sorted timer list for them and
+     * inserts linearly (O(connections) per connect and per ping/pong; at 15k
+     * connections the 300 s ping storm took 66% of a core). Liveness is the
+     * protocol's heartbeat (presence) plus TCP keepalive for dead peers. */
+    static const lws_retry_bo_t no_validity = {.secs_since_valid_ping = 0, .secs_since_valid_hangup = 0};
+    info.retry_and_idle_policy = &no_validity;
+    info.ka_time = 60;
+    info.ka_probes = 3;
+    info.ka_interval = 10;
     info.max_http_header_data = 16384;
     info.timeout_secs = 10;
     info.pt_serv_buf_size = 32768;
