@@ -345,7 +345,7 @@ static int join_room(conn *c, const char *name, int has_since, uint64_t since, i
     return 0;
 }
 
-static void leave_room(conn *c, uint32_t idx, int graceful)
+static void leave_room(conn *c, uint32_t idx)
 {
     conn_room *cr = c->rooms[idx];
     char name[CHAT_ROOM_MAX + 1];
@@ -359,7 +359,6 @@ static void leave_room(conn *c, uint32_t idx, int graceful)
     free(cr);
     script_ctx x;
     script_ctx_of(c, name, &x);
-    (void)graceful;
     script_on_leave(g_srv.script, &x);
 }
 
@@ -371,7 +370,7 @@ void chat_conn_open(conn *c)
 void chat_conn_closed(conn *c)
 {
     c->closed = 1;
-    while (c->nrooms) leave_room(c, c->nrooms - 1, 1);
+    while (c->nrooms) leave_room(c, c->nrooms - 1);
     for (pub_op *p = c->pubs; p; p = p->next) p->c = NULL;
     c->pubs = NULL;
     script_ctx x;
@@ -667,7 +666,7 @@ void chat_conn_frame(conn *c, const char *data, size_t len)
         for (i = 0; i < c->nrooms; i++)
             if (strcmp(c->rooms[i]->r->name, room) == 0) break;
         if (i == c->nrooms) conn_send_error(c, "not_member", "not a member of that room", NULL);
-        else leave_room(c, i, 1);
+        else leave_room(c, i);
         break;
     }
     case FT_REFRESH: handle_refresh(c, &f); break;

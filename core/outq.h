@@ -16,7 +16,6 @@ typedef struct outq {
     size_t head_off;       /* bytes of the head frame already written */
     uint32_t max_frames;
     size_t max_bytes;
-    uint64_t enq_ns_head;  /* not used by outq itself; see conn */
 } outq;
 
 void outq_init(outq *q, uint32_t max_frames, size_t max_bytes);
