@@ -65,11 +65,11 @@ bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void 
     b->ud = ud;
     b->recent_max = opts && opts->recent_max ? opts->recent_max : 1000;
     b->id_ttl_s = opts && opts->id_ttl_s ? opts->id_ttl_s : 86400;
-    bus_map_init(&b->rooms);
+    hmap_init(&b->rooms);
     register_metrics(b);
     b->be = opts && opts->redis_url ? &bus_redis_backend : &bus_local_backend;
     if (b->be->init(b, opts, err, errlen) != 0) {
-        bus_map_clear(&b->rooms);
+        hmap_free(&b->rooms);
         free(b);
         return NULL;
     }
@@ -150,16 +150,18 @@ static void room_free(bus_room *room)
     free(room);
 }
 
-static void room_free_cb(void *val, void *arg)
+static int room_free_cb(void *arg, const char *key, void *val)
 {
     (void)arg;
     room_free(val);
+    return 0;
 }
 
-static void room_forget_waiting(void *val, void *arg)
+static int room_forget_waiting(void *arg, const char *key, void *val)
 {
     (void)arg;
     ((bus_room *)val)->waiting = NULL; /* answered and freed below */
+    return 0;
 }
 
 /* Everything of the bus stays allocated until its last handle is closed:
@@ -167,8 +169,8 @@ static void room_forget_waiting(void *val, void *arg)
 static void final_free(bus *b)
 {
     while (b->pending) req_free(b->pending);
-    bus_map_each(&b->rooms, room_free_cb, NULL);
-    bus_map_clear(&b->rooms);
+    hmap_each(&b->rooms, room_free_cb, NULL);
+    hmap_free(&b->rooms);
     free(b);
 }
 
@@ -185,7 +187,7 @@ void bus_free(bus *b)
     /* the backend answers what it holds (-1) and closes its handles */
     b->be->free(b);
     /* replays waiting for a sync are held by nobody but their room */
-    bus_map_each(&b->rooms, room_forget_waiting, NULL);
+    hmap_each(&b->rooms, room_forget_waiting, NULL);
     for (bus_req *r = b->pending, *n; r; r = n) {
         n = r->next;
         req_fail(r);
@@ -215,14 +217,14 @@ void bus_set_ready(bus *b, int ready)
 
 bus_room *bus_room_get(bus *b, const char *name)
 {
-    return bus_map_get(&b->rooms, name);
+    return hmap_get(&b->rooms, name);
 }
 
 void bus_room_maybe_free(bus *b, bus_room *room)
 {
     if (room->refs > 0 || room->sub_state != BUS_SUB_NONE || room->busy > 0 || room->waiting)
         return;
-    bus_map_del(&b->rooms, room->name);
+    hmap_del(&b->rooms, room->name);
     room_free(room);
 }
 
@@ -270,7 +272,7 @@ void bus_subscribe(bus *b, const char *room)
         if (!r) { LOGE(MOD, "out of memory subscribing %s", room); return; }
         snprintf(r->name, sizeof r->name, "%s", room);
         r->sub_id = ++b->sub_counter;
-        if (bus_map_put(&b->rooms, r->name, r) != 0) {
+        if (hmap_put(&b->rooms, r->name, r) != 0) {
             free(r);
             LOGE(MOD, "out of memory subscribing %s", room);
             return;

@@ -37,29 +37,30 @@ struct bus_bf {
     uint32_t grace_ms;
     uv_timer_t sweep, flush;
     int open;                /* timers not yet closed */
-    bus_map marks;           /* room -> bf_marks, sent at the next tick */
+    hmap marks;           /* room -> bf_marks, sent at the next tick */
     char token[96];          /* this node's lock value */
     int sweeping;            /* a sweep is in flight */
     uint64_t rounds;
 };
 
-static void marks_free_cb(void *val, void *arg)
+static int marks_free_cb(void *arg, const char *key, void *val)
 {
     (void)arg;
     bf_marks *m = val;
     free(m->seqs);
     free(m);
+    return 0;
 }
 
 static void marks_clear(struct bus_bf *f)
 {
-    bus_map_each(&f->marks, marks_free_cb, NULL);
-    bus_map_clear(&f->marks);
-    bus_map_init(&f->marks);
+    hmap_each(&f->marks, marks_free_cb, NULL);
+    hmap_free(&f->marks);
+    hmap_init(&f->marks);
 }
 
 /* EVAL BUS_MARK_LUA 2 chat:{room}:unstored chat:unstored room seq... */
-static void send_marks(void *val, void *arg)
+static int send_marks(void *arg, const char *key, void *val)
 {
     bf_marks *m = val;
     redisAsyncContext *ac = arg;
@@ -86,13 +87,14 @@ static void send_marks(void *val, void *arg)
     free(v);
     free(vl);
     free(nums);
+    return 0;
 }
 
 static void flush_cb(uv_timer_t *t)
 {
     struct bus_bf *f = t->data;
     redisAsyncContext *ac = bus_redis_cmd(f->b);
-    if (ac) bus_map_each(&f->marks, send_marks, ac);
+    if (ac) hmap_each(&f->marks, send_marks, ac);
     marks_clear(f);
 }
 
@@ -100,12 +102,12 @@ void bus_backfill_mark(bus *b, const char *room, uint64_t seq)
 {
     struct bus_bf *f = b->bf;
     if (!f || !room || !room_name_valid(room, strlen(room)) || !bus_redis_cmd(b)) return;
-    bf_marks *m = bus_map_get(&f->marks, room);
+    bf_marks *m = hmap_get(&f->marks, room);
     if (!m) {
         m = calloc(1, sizeof *m);
         if (!m) return;
         snprintf(m->room, sizeof m->room, "%s", room);
-        if (bus_map_put(&f->marks, m->room, m) != 0) { free(m); return; }
+        if (hmap_put(&f->marks, m->room, m) != 0) { free(m); return; }
     }
     if (m->n == m->cap) {
         size_t nc = m->cap ? m->cap * 2 : 16;
@@ -208,7 +210,7 @@ static void timer_closed(uv_handle_t *h)
     bus *b = f->b;
     if (--f->open == 0) {
         marks_clear(f);
-        bus_map_clear(&f->marks);
+        hmap_free(&f->marks);
         free(f);
     }
     bus_handle_closed(b);
@@ -223,7 +225,7 @@ int bus_backfill_init(bus *b, uint32_t grace_ms, char *err, size_t errlen)
     }
     f->b = b;
     f->grace_ms = grace_ms ? grace_ms : 3000;
-    bus_map_init(&f->marks);
+    hmap_init(&f->marks);
     char host[64] = "node";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = 0;

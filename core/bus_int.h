@@ -1,7 +1,6 @@
 /* bus_int: what the bus files share with each other (never included outside
  * core/bus*.c and the bus unit tests).
  * Owns nothing itself; declares
- *  - bus_map: a string-keyed hash map (rooms, in-process stores, client ids),
  *  - bus_room: one subscribed room (refcount, backend subscription state and
  *    the ordered-delivery state: last delivered seq, held messages, fill),
  *  - bus_req: one pending publish/replay with its user callback,
@@ -12,34 +11,11 @@
 #ifndef CHATD_BUS_INT_H
 #define CHATD_BUS_INT_H
 #include "bus.h"
+#include "hmap.h"
 #include "metrics.h"
 #include "util.h"
 #include <stdint.h>
 #include <stddef.h>
-
-/* ---- bus_map.c ---- */
-typedef struct bus_map_node {
-    char *key;
-    void *val;
-    struct bus_map_node *next;
-} bus_map_node;
-
-typedef struct bus_map {
-    bus_map_node **slots;
-    size_t nslots, count;
-} bus_map;
-
-void bus_map_init(bus_map *m);
-void *bus_map_get(const bus_map *m, const char *key);
-/* Inserts or replaces; returns 0, -1 on allocation failure. */
-int bus_map_put(bus_map *m, const char *key, void *val);
-/* Removes key; returns its value or NULL. */
-void *bus_map_del(bus_map *m, const char *key);
-/* Calls fn for every value; fn must not modify the map. */
-void bus_map_each(const bus_map *m, void (*fn)(void *val, void *arg), void *arg);
-/* Collects up to cap values into out; returns how many. */
-size_t bus_map_values(const bus_map *m, void **out, size_t cap);
-void bus_map_clear(bus_map *m);
 
 /* ---- rooms and the ordered delivery (bus.c, bus_order.c) ---- */
 typedef struct bus_held {
@@ -140,7 +116,7 @@ struct bus {
     int ready;
     int freeing;
     int handles;             /* uv handles of the bus still open */
-    bus_map rooms;           /* name -> bus_room */
+    hmap rooms;              /* name -> bus_room */
     uint64_t sub_counter;
     bus_req *pending;        /* every request not yet freed */
     /* requests that failed inside a bus_* call: answered (-1) from this

@@ -26,7 +26,7 @@ typedef struct lid {
 typedef struct lroom {
     uint64_t seq;
     lentry *ring;            /* recent_max slots, seq % recent_max */
-    bus_map ids;             /* id -> lid */
+    hmap ids;             /* id -> lid */
     lid *ids_head, *ids_tail;/* insertion (= expiry) order */
     size_t nids;
 } lroom;
@@ -46,7 +46,7 @@ typedef struct lop {
 
 typedef struct busl {
     bus *b;
-    bus_map rooms;           /* name -> lroom */
+    hmap rooms;           /* name -> lroom */
     lop *head, *tail;
     size_t nops;
     uv_idle_t idle;
@@ -54,13 +54,13 @@ typedef struct busl {
 
 static lroom *lroom_get(busl *L, const char *name, int create)
 {
-    lroom *lr = bus_map_get(&L->rooms, name);
+    lroom *lr = hmap_get(&L->rooms, name);
     if (lr || !create) return lr;
     lr = calloc(1, sizeof *lr);
     if (!lr) return NULL;
     lr->ring = calloc(L->b->recent_max, sizeof *lr->ring);
-    bus_map_init(&lr->ids);
-    if (!lr->ring || bus_map_put(&L->rooms, name, lr) != 0) {
+    hmap_init(&lr->ids);
+    if (!lr->ring || hmap_put(&L->rooms, name, lr) != 0) {
         free(lr->ring);
         free(lr);
         return NULL;
@@ -73,7 +73,7 @@ static void ids_drop_head(lroom *lr)
     lid *d = lr->ids_head;
     lr->ids_head = d->next;
     if (!lr->ids_head) lr->ids_tail = NULL;
-    if (bus_map_get(&lr->ids, d->id) == d) bus_map_del(&lr->ids, d->id);
+    if (hmap_get(&lr->ids, d->id) == d) hmap_del(&lr->ids, d->id);
     free(d);
     lr->nids--;
 }
@@ -85,15 +85,16 @@ static void ids_expire(lroom *lr)
         ids_drop_head(lr);
 }
 
-static void lroom_free(void *val, void *arg)
+static int lroom_free(void *arg, const char *key, void *val)
 {
     lroom *lr = val;
     busl *L = arg;
     for (size_t i = 0; i < L->b->recent_max; i++) free(lr->ring[i].tail);
     free(lr->ring);
     while (lr->ids_head) ids_drop_head(lr);
-    bus_map_clear(&lr->ids);
+    hmap_free(&lr->ids);
     free(lr);
+    return 0;
 }
 
 /* ---- the deferred queue ---- */
@@ -130,7 +131,7 @@ static void do_publish(busl *L, bus_req *r)
     }
     ids_expire(lr);
     if (r->id) {
-        lid *d = bus_map_get(&lr->ids, r->id);
+        lid *d = hmap_get(&lr->ids, r->id);
         if (d) {
             bus_req_publish_done(r, 0, d->seq, 1);
             return;
@@ -147,7 +148,7 @@ static void do_publish(busl *L, bus_req *r)
     if (r->id) {
         size_t il = strlen(r->id);
         lid *d = malloc(sizeof *d + il + 1);
-        if (!d || bus_map_put(&lr->ids, r->id, NULL) != 0) {
+        if (!d || hmap_put(&lr->ids, r->id, NULL) != 0) {
             free(d);
             free(copy);
             LOGE(MOD, "out of memory publishing to %s", r->room);
@@ -157,7 +158,7 @@ static void do_publish(busl *L, bus_req *r)
         d->seq = seq;
         d->exp_ms = mono_ms() + (uint64_t)b->id_ttl_s * 1000u;
         d->next = NULL;
-        bus_map_put(&lr->ids, r->id, d); /* replaces the NULL placed above */
+        hmap_put(&lr->ids, r->id, d); /* replaces the NULL placed above */
         if (lr->ids_tail) lr->ids_tail->next = d; else lr->ids_head = d;
         lr->ids_tail = d;
         lr->nids++;
@@ -317,8 +318,8 @@ static void idle_closed(uv_handle_t *h)
 {
     busl *L = h->data;
     bus *b = L->b;
-    bus_map_each(&L->rooms, lroom_free, L);
-    bus_map_clear(&L->rooms);
+    hmap_each(&L->rooms, lroom_free, L);
+    hmap_free(&L->rooms);
     free(L);
     bus_handle_closed(b);
 }
@@ -332,7 +333,7 @@ static int be_init(bus *b, const bus_opts *o, char *err, size_t errlen)
         return -1;
     }
     L->b = b;
-    bus_map_init(&L->rooms);
+    hmap_init(&L->rooms);
     uv_idle_init(b->loop, &L->idle);
     L->idle.data = L;
     b->handles++;

@@ -193,17 +193,18 @@ void bus_order_fetched(bus *b, const char *name, uint64_t sub_id, int ok, uint64
     if (b->be->progress && !b->freeing) b->be->progress(b);
 }
 
-static void caught_up_cb(void *val, void *arg)
+static int caught_up_cb(void *arg, const char *key, void *val)
 {
     bus_room *room = val;
     int *ok = arg;
     if (room->refs > 0 && (!room->synced || room->fetching || room->last < room->target))
         *ok = 0;
+    return 0;
 }
 
 int bus_order_all_caught_up(bus *b)
 {
     int ok = 1;
-    bus_map_each(&b->rooms, caught_up_cb, &ok);
+    hmap_each(&b->rooms, caught_up_cb, &ok);
     return ok;
 }

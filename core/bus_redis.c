@@ -12,6 +12,7 @@
  * connections freed, every pending command answered with -1) and rebuilt. */
 #define _GNU_SOURCE
 #include "bus_int.h"
+#include "backoff.h"
 #include "log.h"
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
@@ -44,8 +45,7 @@ typedef struct busr {
     uv_timer_t ping;         /* health check while up */
     uint64_t ping_sent;      /* mono ms of the outstanding PING, 0: none */
     int open_handles;
-    unsigned attempt;
-    uint64_t rng;
+    backoff bo;
 } busr;
 
 /* internal (non-user) requests */
@@ -128,14 +128,6 @@ static void check_ready(bus *b)
 
 /* ---- session: connect, handshake, fail, backoff ---- */
 
-static uint64_t rnd(busr *R)
-{
-    R->rng ^= R->rng << 13;
-    R->rng ^= R->rng >> 7;
-    R->rng ^= R->rng << 17;
-    return R->rng;
-}
-
 static void retry_cb(uv_timer_t *t)
 {
     busr *R = t->data;
@@ -168,13 +160,9 @@ static void ping_cb(uv_timer_t *t)
 
 static void schedule_retry(busr *R)
 {
-    unsigned sh = R->attempt < 6 ? R->attempt : 6;
-    uint64_t d = (uint64_t)BACKOFF_MIN_MS << sh;
-    if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
-    d = d / 2 + rnd(R) % (d / 2 + 1); /* jitter: [d/2, d] */
-    R->attempt++;
+    uint64_t d = backoff_next(&R->bo);
     R->state = ST_WAIT;
-    LOGD(MOD, "redis reconnect in %" PRIu64 " ms (attempt %u)", d, R->attempt);
+    LOGD(MOD, "redis reconnect in %" PRIu64 " ms (attempt %u)", d, R->bo.attempts);
     uv_timer_start(&R->retry, retry_cb, d, 0);
 }
 
@@ -183,7 +171,7 @@ static void session_up(busr *R)
     bus *b = R->b;
     if (R->state != ST_CONNECTING || !R->cmd_ok || !R->sub_ok) return;
     R->state = ST_UP;
-    R->attempt = 0;
+    backoff_reset(&R->bo);
     R->ping_sent = 0;
     uv_timer_stop(&R->retry);
     uv_timer_start(&R->ping, ping_cb, PING_EVERY_MS, PING_EVERY_MS);
@@ -199,7 +187,7 @@ static void session_up(busr *R)
         session_fail(R, NULL, "out of memory");
         return;
     }
-    n = bus_map_values(&b->rooms, (void **)rooms, n);
+    n = hmap_values(&b->rooms, (void **)rooms, n);
     for (size_t i = 0; i < n; i++) reconcile(b, rooms[i]);
     free(rooms);
     check_ready(b);
@@ -352,13 +340,14 @@ static void session_start(busr *R)
     if (R->state == ST_CONNECTING) uv_timer_start(&R->retry, retry_cb, CONNECT_TIMEOUT_MS, 0);
 }
 
-static void reset_room_cb(void *val, void *arg)
+static int reset_room_cb(void *arg, const char *key, void *val)
 {
     bus_room *room = val;
     bus *b = arg;
     room->sub_state = BUS_SUB_NONE;
     room->sub_pending = 0;
     bus_order_reset(b, room, 1);
+    return 0;
 }
 
 /* Drops the session: every room back to unsubscribed (keeping its last
@@ -385,11 +374,11 @@ static void session_fail(busr *R, const redisAsyncContext *dying, const char *wh
         LOGD(MOD, "redis %s:%d: %s", R->url.host, R->url.port, why);
     }
     /* 1. state only, no user callback */
-    bus_map_each(&b->rooms, reset_room_cb, b);
+    hmap_each(&b->rooms, reset_room_cb, b);
     bus_req *waiting = NULL;
     size_t n = b->rooms.count;
     bus_room **rooms = n ? malloc(n * sizeof *rooms) : NULL;
-    n = rooms ? bus_map_values(&b->rooms, (void **)rooms, n) : 0;
+    n = rooms ? hmap_values(&b->rooms, (void **)rooms, n) : 0;
     for (size_t i = 0; i < n; i++) {
         bus_req *w = rooms[i]->waiting;
         rooms[i]->waiting = NULL;
@@ -846,8 +835,7 @@ static int be_init(bus *b, const bus_opts *o, char *err, size_t errlen)
         return -1;
     }
     R->b = b;
-    R->rng = mono_ns() ^ (uint64_t)(uintptr_t)R ^ 0x9e3779b97f4a7c15ull;
-    if (!R->rng) R->rng = 1;
+    backoff_init(&R->bo, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     uv_timer_init(b->loop, &R->retry);
     uv_timer_init(b->loop, &R->ping);
     R->retry.data = R;

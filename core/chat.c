@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "chat.h"
 #include "frame.h"
+#include "hash.h"
 #include "hmap.h"
 #include "log.h"
 #include "metrics.h"
@@ -391,11 +392,7 @@ static hmap g_receipts;
 
 static void receipt_key(const char *room, const char *tail, size_t len, char key[24])
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = room; *p; p++) { h ^= (unsigned char)*p; h *= 1099511628211ull; }
-    h ^= '|';
-    h *= 1099511628211ull;
-    for (size_t i = 0; i < len; i++) { h ^= (unsigned char)tail[i]; h *= 1099511628211ull; }
+    uint64_t h = hash_bytes_more(hash_bytes_more(hash_str(room), "|", 1), tail, len);
     snprintf(key, 24, "%016" PRIx64, h);
 }
 

@@ -2,19 +2,13 @@
 /* hmap: see hmap.h. Deleted slots become tombstones (key == TOMB) and are
  * dropped on the next resize. */
 #include "hmap.h"
+#include "hash.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 static char tomb_key;
 #define TOMB (&tomb_key)
-
-static uint64_t fnv(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    while (*s) { h ^= (unsigned char)*s++; h *= 1099511628211ull; }
-    return h;
-}
 
 void hmap_init(hmap *m) { memset(m, 0, sizeof *m); }
 
@@ -23,7 +17,7 @@ int hmap_live(const hmap *m, size_t i) { return m->slots[i].key && m->slots[i].k
 static hmap_slot *find(const hmap *m, const char *key)
 {
     if (!m->cap) return NULL;
-    size_t i = fnv(key) & (m->cap - 1);
+    size_t i = hash_str(key) & (m->cap - 1);
     for (;;) {
         hmap_slot *s = &m->slots[i];
         if (!s->key) return NULL;
@@ -44,7 +38,7 @@ static int resize(hmap *m, size_t ncap)
     if (!ns) return -1;
     for (size_t i = 0; i < m->cap; i++) {
         if (!hmap_live(m, i)) continue;
-        size_t j = fnv(m->slots[i].key) & (ncap - 1);
+        size_t j = hash_str(m->slots[i].key) & (ncap - 1);
         while (ns[j].key) j = (j + 1) & (ncap - 1);
         ns[j] = m->slots[i];
     }
@@ -66,7 +60,7 @@ int hmap_put(hmap *m, const char *key, void *val)
     }
     char *k = strdup(key);
     if (!k) return -1;
-    size_t i = fnv(key) & (m->cap - 1);
+    size_t i = hash_str(key) & (m->cap - 1);
     while (m->slots[i].key && m->slots[i].key != TOMB) i = (i + 1) & (m->cap - 1);
     if (m->slots[i].key == TOMB) m->tombs--;
     m->slots[i].key = k;
@@ -94,4 +88,27 @@ void hmap_free(hmap *m)
         if (hmap_live(m, i)) free(m->slots[i].key);
     free(m->slots);
     memset(m, 0, sizeof *m);
+}
+
+void hmap_each(hmap *m, int (*fn)(void *ud, const char *key, void *val), void *ud)
+{
+    for (size_t i = 0; i < m->cap; i++) {
+        hmap_slot *s = &m->slots[i];
+        if (!hmap_live(m, i)) continue;
+        if (fn(ud, s->key, s->val) == 1) {
+            free(s->key);
+            s->key = TOMB;
+            s->val = NULL;
+            m->count--;
+            m->tombs++;
+        }
+    }
+}
+
+size_t hmap_values(const hmap *m, void **out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->cap && n < cap; i++)
+        if (hmap_live(m, i)) out[n++] = m->slots[i].val;
+    return n;
 }

@@ -12,7 +12,7 @@
  * touches) written to the store. */
 #define _GNU_SOURCE
 #include "presence.h"
-#include "presence_map.h"
+#include "hmap.h"
 #include "presence_store.h"
 #include "log.h"
 #include "metrics.h"
@@ -50,8 +50,8 @@ struct presence {
     presence_handlers h;
     void *ud;
     pstore *store;
-    pmap entries;                   /* "room|conn_id" -> lentry */
-    pmap local_users;               /* "room|user" -> count (as pointer) */
+    hmap entries;                   /* "room|conn_id" -> lentry */
+    hmap local_users;               /* "room|user" -> count (as pointer) */
     lentry *dirty;                  /* entries to upsert this tick */
     premove *rm;                    /* removes to send */
     size_t nrm, caprm;
@@ -163,7 +163,7 @@ static void sink_ready(void *ud, int ready)
     if (p->freeing) return;
     if (!ready) return;
     /* The store may have lost our entries (restart): re-add all of them. */
-    pmap_each(&p->entries, mark_dirty_fn, p);
+    hmap_each(&p->entries, mark_dirty_fn, p);
     schedule_flush(p);
 }
 
@@ -212,10 +212,10 @@ static void teardown(presence *p)
     p->lq_tail = NULL;
     if (p->store) p->store->vt->free(p->store);   /* in-flight lists get -1 */
     p->store = NULL;
-    metric_gadd(M.users, -(double)p->local_users.n);
-    pmap_each(&p->entries, free_entry_fn, NULL);
-    pmap_clear(&p->entries);
-    pmap_clear(&p->local_users);
+    metric_gadd(M.users, -(double)p->local_users.count);
+    hmap_each(&p->entries, free_entry_fn, NULL);
+    hmap_free(&p->entries);
+    hmap_free(&p->local_users);
     free_removes(p->rm, p->nrm);
     free(p->rm);
     p->rm = NULL;
@@ -353,8 +353,8 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     if (p->sweep_ms < 100) p->sweep_ms = 100;
     if (h) p->h = *h;
     p->ud = ud;
-    pmap_init(&p->entries);
-    pmap_init(&p->local_users);
+    hmap_init(&p->entries);
+    hmap_init(&p->local_users);
     p->store = o->redis_url
         ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, &SINK, p, err, errlen)
         : pstore_mem_new(p->ttl_ms, &SINK, p, err, errlen);
@@ -389,7 +389,7 @@ static lentry *live_entry_of_member(presence *p, const char *room, const char *m
     if (*end != '|') return NULL;
     char key[CHAT_ROOM_MAX + 32];
     entry_key(key, sizeof key, room, conn);
-    lentry *e = pmap_get(&p->entries, key);
+    lentry *e = hmap_get(&p->entries, key);
     return e && strcmp(e->member, member) == 0 ? e : NULL;
 }
 
@@ -415,10 +415,10 @@ static void local_user_adj(presence *p, const char *room, const char *user, int 
     char *k = malloc(n);
     if (!k) return;
     snprintf(k, n, "%s|%s", room, user);
-    intptr_t c = (intptr_t)pmap_get(&p->local_users, k) + d;
+    intptr_t c = (intptr_t)hmap_get(&p->local_users, k) + d;
     if (c <= 0) {
-        if (pmap_del(&p->local_users, k)) metric_gadd(M.users, -1);
-    } else if (pmap_put(&p->local_users, k, (void *)c) == 0 && c == 1 && d > 0) {
+        if (hmap_del(&p->local_users, k)) metric_gadd(M.users, -1);
+    } else if (hmap_put(&p->local_users, k, (void *)c) == 0 && c == 1 && d > 0) {
         metric_gadd(M.users, 1);
     }
     free(k);
@@ -429,7 +429,7 @@ void presence_remove(presence *p, const char *room, uint64_t conn_id)
     if (!p || p->freeing || !room) return;
     char key[CHAT_ROOM_MAX + 32];
     entry_key(key, sizeof key, room, conn_id);
-    lentry *e = pmap_del(&p->entries, key);
+    lentry *e = hmap_del(&p->entries, key);
     if (!e) return;
     dirty_del(p, e);
     local_user_adj(p, e->room, e->user, -1);
@@ -454,7 +454,7 @@ void presence_add(presence *p, const char *room, uint64_t conn_id, const char *u
     }
     char key[CHAT_ROOM_MAX + 32];
     entry_key(key, sizeof key, room, conn_id);
-    lentry *old = pmap_get(&p->entries, key);
+    lentry *old = hmap_get(&p->entries, key);
     if (old) {
         if (strcmp(old->user, user) == 0) { presence_touch(p, room, conn_id); return; }
         presence_remove(p, room, conn_id);
@@ -483,7 +483,7 @@ void presence_add(presence *p, const char *room, uint64_t conn_id, const char *u
         e->user = strdup(user);
         e->name = strdup(name ? name : user);
     }
-    if (!e->room || !e->user || !e->name || !e->member || pmap_put(&p->entries, key, e) < 0) {
+    if (!e->room || !e->user || !e->name || !e->member || hmap_put(&p->entries, key, e) < 0) {
         if (taken) {   /* out of memory: put the remove back as it was */
             if (e->name != pr.name) free(e->name);
             if (push_remove(p, pr.room, pr.member, pr.user, pr.name, 1) == 0) {
@@ -505,7 +505,7 @@ void presence_touch(presence *p, const char *room, uint64_t conn_id)
     if (!p || p->freeing || !room) return;
     char key[CHAT_ROOM_MAX + 32];
     entry_key(key, sizeof key, room, conn_id);
-    lentry *e = pmap_get(&p->entries, key);
+    lentry *e = hmap_get(&p->entries, key);
     if (!e) return;
     dirty_add(p, e);
     schedule_flush(p);

@@ -7,7 +7,7 @@
  * Owns: the shared table (refcounted). */
 #define _GNU_SOURCE
 #include "presence_store.h"
-#include "presence_map.h"
+#include "hmap.h"
 #include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +15,9 @@
 
 typedef struct mconn { uint64_t exp; char *user; } mconn;
 typedef struct muser { long count; char *name; } muser;
-typedef struct mroom { pmap conns, users; } mroom;
+typedef struct mroom { hmap conns, users; } mroom;
 
-static struct { pmap rooms; int refs; } g_mem;
+static struct { hmap rooms; int refs; } g_mem;
 
 static void mroom_free_all(mroom *r);
 
@@ -39,10 +39,10 @@ static int user_free_fn(void *ud, const char *k, void *v)
 
 static void mroom_free_all(mroom *r)
 {
-    pmap_each(&r->conns, conn_free_fn, NULL);
-    pmap_each(&r->users, user_free_fn, NULL);
-    pmap_clear(&r->conns);
-    pmap_clear(&r->users);
+    hmap_each(&r->conns, conn_free_fn, NULL);
+    hmap_each(&r->users, user_free_fn, NULL);
+    hmap_free(&r->conns);
+    hmap_free(&r->users);
     free(r);
 }
 
@@ -57,10 +57,10 @@ static int mem_ready(pstore *s) { return 1; }
 /* The user lost one entry: report leave when it was the last. */
 static void user_dec(pstore *s, mroom *r, const char *room, const char *user)
 {
-    muser *u = pmap_get(&r->users, user);
+    muser *u = hmap_get(&r->users, user);
     if (!u) return;
     if (--u->count > 0) return;
-    pmap_del(&r->users, user);
+    hmap_del(&r->users, user);
     s->sink->transition(s->ud, room, "leave", user, u->name);
     free(u->name);
     free(u);
@@ -68,44 +68,44 @@ static void user_dec(pstore *s, mroom *r, const char *room, const char *user)
 
 static void room_drop_if_empty(const char *room, mroom *r)
 {
-    if (r->conns.n == 0 && r->users.n == 0) {
-        pmap_del(&g_mem.rooms, room);
+    if (r->conns.count == 0 && r->users.count == 0) {
+        hmap_del(&g_mem.rooms, room);
         mroom_free_all(r);
     }
 }
 
 static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, size_t n)
 {
-    mroom *r = pmap_get(&g_mem.rooms, room);
+    mroom *r = hmap_get(&g_mem.rooms, room);
     if (!r) {
         r = calloc(1, sizeof *r);
-        if (!r || pmap_put(&g_mem.rooms, room, r) < 0) { free(r); return -1; }
+        if (!r || hmap_put(&g_mem.rooms, room, r) < 0) { free(r); return -1; }
     }
     uint64_t exp = mono_ms() + s->ttl_ms;
     for (size_t i = 0; i < n; i++) {
         const pstore_op *o = &ops[i];
-        mconn *c = pmap_get(&r->conns, o->member);
+        mconn *c = hmap_get(&r->conns, o->member);
         if (o->op == 'u') {
             if (c) { c->exp = exp; continue; }
             c = calloc(1, sizeof *c);
             if (!c) continue;
             c->exp = exp;
             c->user = strdup(o->user);
-            if (!c->user || pmap_put(&r->conns, o->member, c) < 0) {
+            if (!c->user || hmap_put(&r->conns, o->member, c) < 0) {
                 free(c->user); free(c); continue;
             }
-            muser *u = pmap_get(&r->users, o->user);
+            muser *u = hmap_get(&r->users, o->user);
             if (u) { u->count++; continue; }
             u = calloc(1, sizeof *u);
             if (!u) continue;
             u->count = 1;
             u->name = strdup(o->name ? o->name : o->user);
-            if (!u->name || pmap_put(&r->users, o->user, u) < 0) {
+            if (!u->name || hmap_put(&r->users, o->user, u) < 0) {
                 free(u->name); free(u); continue;
             }
             s->sink->transition(s->ud, room, "join", o->user, u->name);
         } else if (c) {
-            pmap_del(&r->conns, o->member);
+            hmap_del(&r->conns, o->member);
             user_dec(s, r, room, c->user);
             free(c->user);
             free(c);
@@ -145,15 +145,15 @@ static int sweep_room_fn(void *ud, const char *room, void *v)
     mroom *r = v;
     x->r = r;
     x->room = room;
-    pmap_each(&r->conns, sweep_conn_fn, x);
-    if (r->conns.n == 0 && r->users.n == 0) { mroom_free_all(r); return 1; }
+    hmap_each(&r->conns, sweep_conn_fn, x);
+    if (r->conns.count == 0 && r->users.count == 0) { mroom_free_all(r); return 1; }
     return 0;
 }
 
 static void mem_sweep(pstore *s)
 {
     sweep_ctx x = { s, NULL, NULL, mono_ms() };
-    pmap_each(&g_mem.rooms, sweep_room_fn, &x);
+    hmap_each(&g_mem.rooms, sweep_room_fn, &x);
 }
 
 typedef struct list_ctx { presence_user *u; size_t n, cap; } list_ctx;
@@ -178,8 +178,8 @@ static int list_fn(void *ud, const char *user, void *v)
 static int mem_list(pstore *s, const char *room, void *req)
 {
     list_ctx l = { NULL, 0, 0 };
-    mroom *r = pmap_get(&g_mem.rooms, room);
-    if (r) pmap_each(&r->users, list_fn, &l);
+    mroom *r = hmap_get(&g_mem.rooms, room);
+    if (r) hmap_each(&r->users, list_fn, &l);
     s->sink->list_done(s->ud, req, 0, l.u, l.n);
     free(l.u);
     return 0;
@@ -189,8 +189,8 @@ static void mem_free(pstore *s)
 {
     free(s);
     if (--g_mem.refs == 0) {
-        pmap_each(&g_mem.rooms, room_free_fn, NULL);
-        pmap_clear(&g_mem.rooms);
+        hmap_each(&g_mem.rooms, room_free_fn, NULL);
+        hmap_free(&g_mem.rooms);
     }
 }
 
@@ -205,6 +205,6 @@ pstore *pstore_mem_new(uint32_t ttl_ms, const pstore_sink *sink, void *ud,
     s->sink = sink;
     s->ud = ud;
     s->ttl_ms = ttl_ms;
-    if (g_mem.refs++ == 0) pmap_init(&g_mem.rooms);
+    if (g_mem.refs++ == 0) hmap_init(&g_mem.rooms);
     return s;
 }

@@ -17,6 +17,7 @@
  * exactly once: hiredis calls pending ones with NULL on free/disconnect). */
 #define _GNU_SOURCE
 #include "presence_store.h"
+#include "backoff.h"
 #include "log.h"
 #include "util.h"
 #include <hiredis/hiredis.h>
@@ -170,7 +171,7 @@ typedef struct rstore {
     int sweeping;            /* a sweep is in flight */
     uv_timer_t retry, watchdog;
     int nclosing;
-    uint32_t backoff_ms;
+    backoff bo;
     uint64_t connect_started_ms;
     uint64_t busy_since_ms;  /* last progress while replies are outstanding */
     unsigned inflight;
@@ -240,9 +241,7 @@ static void rs_note_reply(rstore *s)
 static void rs_schedule_retry(rstore *s)
 {
     if (s->freeing) return;
-    uint32_t b = s->backoff_ms;
-    uint32_t delay = b / 2 + (uint32_t)(rand() % (int)(b / 2 + 1));
-    s->backoff_ms = b * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : b * 2;
+    uint32_t delay = backoff_next(&s->bo);
     uv_timer_start(&s->retry, rs_retry_cb, delay, 0);
 }
 
@@ -295,7 +294,7 @@ static void rs_on_connect(const redisAsyncContext *ac, int status)
         rs_lost(s, ac->errstr[0] ? ac->errstr : "connect failed");
         return;
     }
-    s->backoff_ms = BACKOFF_MIN_MS;
+    backoff_reset(&s->bo);
     if (s->password) {
         const char *a[] = { "AUTH", s->password };
         rs_cmd(s, rs_generic_cb, "AUTH", 2, a, NULL);
@@ -600,7 +599,7 @@ pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,
     s->base.ud = ud;
     s->base.ttl_ms = ttl_ms;
     s->loop = loop;
-    s->backoff_ms = BACKOFF_MIN_MS;
+    backoff_init(&s->bo, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     sha1_hex(APPLY_LUA, s->sha_apply);
     sha1_hex(SWEEP_LUA, s->sha_sweep);
     uv_timer_init(loop, &s->retry);

@@ -1,7 +1,8 @@
-/* ratelimit: see ratelimit.h. Chained hash table (FNV-1a) plus an LRU list
+/* ratelimit: see ratelimit.h. Chained hash table (FNV-1a from hash.h) plus an LRU list
  * (head = most recently used). No allocation on the hot path once a key
  * exists; one malloc per new key. */
 #include "ratelimit.h"
+#include "hash.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,13 +23,6 @@ struct ratelimit {
     bucket *head, *tail;
     uint64_t evictions;
 };
-
-static uint32_t fnv1a(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 16777619u; }
-    return h;
-}
 
 ratelimit *rl_new(size_t max_keys)
 {
@@ -93,7 +87,7 @@ int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double bur
 {
     if (!rl || !key || klen == 0 || klen > RL_KEY_MAX || !(rate > 0) || !(burst >= 1))
         return -1;
-    uint32_t h = fnv1a(key, klen);
+    uint32_t h = (uint32_t)hash_bytes(key, klen);
     bucket *b = rl->tab[h & (rl->nslots - 1)];
     while (b && !(b->hash == h && b->klen == klen && memcmp(b->key, key, klen) == 0))
         b = b->hnext;

@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include "store.h"
 #include "store_schema.h"
+#include "backoff.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -97,9 +98,8 @@ struct store {
     dnode *drains;
     int draining, last_was_batch;
 
-    unsigned backoff_ms;
+    backoff bo;
     unsigned long connects;
-    uint64_t rng;
     int dead, depth;
 
     metric_hist *m_batch_dur, *m_range_dur, *m_batch_rows;
@@ -148,14 +148,6 @@ static int utf8_valid(const char *p, size_t n)
         i += k + 1;
     }
     return 1;
-}
-
-static unsigned jitter(store *s, unsigned ms)
-{
-    s->rng ^= s->rng << 13;
-    s->rng ^= s->rng >> 7;
-    s->rng ^= s->rng << 17;
-    return ms / 2 + (unsigned)(s->rng % (ms / 2 + 1));
 }
 
 static void guard_start(store *s, uint64_t ms)
@@ -226,8 +218,9 @@ static void reset_conn(store *s, const char *why)
         if (*p == '\n' || *p == '\t' || *p == '\r') *p = ' ';
     size_t l = strlen(msg);
     while (l && (msg[l - 1] == '\n' || msg[l - 1] == ' ')) msg[--l] = 0;
-    LOGW(MOD, "postgres connection reset: %s (retry in <= %u ms, %zu rows pending)",
-         msg, s->backoff_ms, s->q_len + s->fl_len);
+    uint32_t delay = backoff_next(&s->bo);
+    LOGW(MOD, "postgres connection reset: %s (retry in %u ms, %zu rows pending)",
+         msg, (unsigned)delay, s->q_len + s->fl_len);
     if (s->fl_head) {
         s->fl_tail->next = s->q_head;
         s->q_head = s->fl_head;
@@ -238,8 +231,7 @@ static void reset_conn(store *s, const char *why)
     }
     teardown(s);
     s->state = ST_IDLE;
-    guard_start(s, jitter(s, s->backoff_ms));
-    s->backoff_ms = s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
+    guard_start(s, delay);
     fail_ranges(s);
 }
 
@@ -544,7 +536,7 @@ static void setup_done(store *s, int op)
         break;
     case OP_PREP_ASC:
         s->state = ST_READY;
-        s->backoff_ms = BACKOFF_MIN_MS;
+        backoff_reset(&s->bo);
         uv_timer_stop(s->guard);
         LOGI(MOD, "postgres ready (schema version %d, %zu rows pending)",
              store_schema_version() > s->schema_from ? store_schema_version() : s->schema_from,
@@ -693,8 +685,7 @@ store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen)
     s->batch_ms = o->batch_ms > 0 ? o->batch_ms : 2;
     s->pending_max = o->pending_max > 0 ? (size_t)o->pending_max : 100000;
     s->poll_fd = -1;
-    s->backoff_ms = BACKOFF_MIN_MS;
-    s->rng = mono_ns() ^ (uint64_t)(uintptr_t)s ^ 0x9E3779B97F4A7C15ull;
+    backoff_init(&s->bo, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     uv_timer_init(loop, s->wake);
     uv_timer_init(loop, s->guard);
     s->wake->data = s->guard->data = s;

@@ -1,8 +1,9 @@
 /* Unit tests of the outbound path's building blocks: msg (refcounted
  * frames with the WebSocket header pre-written in the headroom), outq (the
  * bounded per-connection queue: bounds by frames and bytes, iovecs, partial
- * writes) and hmap (the room registry's map). */
+ * writes), hmap (the core's one map) and backoff. */
 #include "hmap.h"
+#include "backoff.h"
 #include "msg.h"
 #include "outq.h"
 #include <stdio.h>
@@ -129,6 +130,65 @@ static void test_hmap(void)
     hmap_free(&m);
 }
 
+static int drop_even(void *ud, const char *key, void *val)
+{
+    int *seen = ud;
+    (*seen)++;
+    return ((long)val % 2) == 0; /* 1: remove */
+}
+
+static void test_hmap_each(void)
+{
+    hmap m;
+    char k[32];
+    hmap_init(&m);
+    for (int i = 1; i <= 100; i++) { snprintf(k, sizeof k, "k%d", i); hmap_put(&m, k, (void *)(long)i); }
+    int seen = 0;
+    hmap_each(&m, drop_even, &seen);
+    CHECK(seen == 100, "hmap_each visits every entry once");
+    CHECK(m.count == 50 && !hmap_get(&m, "k2") && hmap_get(&m, "k3") == (void *)3L,
+          "entries whose callback returned 1 are removed, the rest stay");
+    void *vals[64];
+    size_t n = hmap_values(&m, vals, 64);
+    long sum = 0;
+    for (size_t i = 0; i < n; i++) sum += (long)vals[i];
+    CHECK(n == 50 && sum == 2500, "hmap_values collects every remaining value");
+    CHECK(hmap_values(&m, vals, 10) == 10, "hmap_values stops at cap");
+    hmap_put(&m, "k2", (void *)2L);
+    CHECK(hmap_get(&m, "k2") == (void *)2L && m.count == 51, "a removed key can be put again");
+    hmap_free(&m);
+    CHECK(m.count == 0 && !hmap_get(&m, "k3"), "free leaves an empty usable map");
+    hmap_put(&m, "again", (void *)1L);
+    CHECK(hmap_get(&m, "again") == (void *)1L, "reusable after free");
+    hmap_free(&m);
+}
+
+static void test_backoff(void)
+{
+    backoff b;
+    backoff_init(&b, 100, 2000);
+    uint32_t prev_base = 0;
+    int in_range = 1, capped = 1;
+    for (int i = 0; i < 12; i++) {
+        uint32_t base = b.base_ms;
+        uint32_t d = backoff_next(&b);
+        in_range &= d >= base / 2 && d <= base;
+        capped &= b.base_ms <= 2000;
+        prev_base = base;
+    }
+    CHECK(in_range, "every delay is in [base/2, base] (jitter)");
+    CHECK(capped && prev_base == 2000, "the base doubles up to max and stays there");
+    CHECK(b.attempts == 12, "failures counted");
+    backoff_up(&b, 1000);
+    CHECK(!backoff_stable(&b, 1500, 1000) && b.attempts == 12, "not reset before the session is stable");
+    CHECK(backoff_stable(&b, 2000, 1000) && b.attempts == 0 && b.base_ms == 100,
+          "reset once the session stayed up for stable_ms");
+    backoff_next(&b);
+    CHECK(!backoff_stable(&b, 99999, 1000), "a failure after coming up cancels the stable clock");
+    backoff_reset(&b);
+    CHECK(backoff_next(&b) <= 100, "reset returns to the minimum");
+}
+
 int main(void)
 {
     test_msg_header();
@@ -136,6 +196,8 @@ int main(void)
     test_bounds();
     test_iov_and_partial();
     test_hmap();
+    test_hmap_each();
+    test_backoff();
     printf("test_queue: %d checks, %d failures\n", checks, fails);
     return fails ? 1 : 0;
 }
