@@ -4,6 +4,7 @@
  * interoperability. Keys live in tests/unit/fixtures/ (see README there). */
 #define _GNU_SOURCE
 #include "auth.h"
+#include "check.h"
 #include "log.h"
 
 #include <jansson.h>
@@ -19,12 +20,6 @@
 #ifndef CHATD_FIXTURES
 #define CHATD_FIXTURES "tests/unit/fixtures"
 #endif
-
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 #define NOW ((int64_t)1800000000)
 static const char *SECRET = "unit-test-secret-0123456789abcdef";
@@ -153,7 +148,7 @@ static int ver(const auth_ctx *a, const char *tok, int64_t now, identity *id, ch
     identity *out = id ? id : &tmp;
     int rc = auth_verify(a, tok, now, out, r, 128);
     if (rc != 0) {
-        if (out->claims_json) { fprintf(stderr, "claims_json set on failure\n"); g_fail++; }
+        if (out->claims_json) check_fail("claims_json set on failure");
     }
     if (!id) identity_clear(&tmp);
     return rc;
@@ -585,6 +580,5 @@ int main(void)
     test_pyjwt(s, rsa, ec);
     auth_free(s); auth_free(rsa); auth_free(ec); auth_free(both);
     free(rp); free(ep);
-    printf("test_auth: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary("test_auth");
 }

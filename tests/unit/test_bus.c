@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include "bus.h"
 #include "bus_int.h"
+#include "check.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -31,20 +32,9 @@
 
 static uv_loop_t *loop;
 static uv_timer_t ticker;
-static int failures;
 static int in_call; /* set around bus_* calls: callbacks must not see it */
 static unsigned seed;
 static char nonce[16];
-
-#define CHECK(c, ...)                                                          \
-    do {                                                                       \
-        if (!(c)) {                                                            \
-            failures++;                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #c);       \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fprintf(stderr, "\n");                                             \
-        }                                                                      \
-    } while (0)
 
 static void tick(uv_timer_t *t) { (void)t; }
 
@@ -1413,10 +1403,7 @@ int main(void)
     int rc_ = uv_loop_close(loop);
     CHECK(rc_ == 0, "loop closed: every handle of the bus was closed (%s)", uv_err_name(rc_));
     metrics_free_all();
-    if (failures) {
-        fprintf(stderr, "test_bus: %d failure(s) (seed %u)\n", failures, seed);
-        return 1;
-    }
-    fprintf(stderr, "test_bus: ok\n");
+    if (check_failures()) fprintf(stderr, "test_bus: seed %u\n", seed);
+    if (check_summary("test_bus")) return 1;
     return have_redis ? 0 : 77;
 }

@@ -1,17 +1,12 @@
 /* test_frame: client frame parsing (frame.h): every type, every error path,
  * unknown fields, id echo, embedded NULs. */
 #define _GNU_SOURCE
+#include "check.h"
 #include "frame.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 static int parse_n(const char *js, size_t n, client_frame *f, char *code, char *msg, char **id)
 {
@@ -231,6 +226,5 @@ int main(void)
     test_valid();
     test_errors();
     test_id_echo();
-    printf("test_frame: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary("test_frame");
 }

@@ -1,17 +1,12 @@
 /* test_metrics: registry identity, Prometheus text rendering, histogram
  * buckets and quantile estimates (metrics.h). */
 #define _GNU_SOURCE
+#include "check.h"
 #include "metrics.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 static int count_of(const char *hay, const char *needle)
 {
@@ -160,6 +155,5 @@ int main(void)
     metric_counter *c = metrics_counter("chat_t_again_total", "Again.", NULL);
     CHECK(c && c->v == 0, "register after free_all");
     metrics_free_all();
-    printf("test_metrics: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary("test_metrics");
 }

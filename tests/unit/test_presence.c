@@ -14,6 +14,7 @@
  * node ids carry a random per-run prefix. */
 #define _GNU_SOURCE
 #include "presence.h"
+#include "check.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -38,14 +39,9 @@ static uv_loop_t *L;
 static const char *g_url;       /* NULL: memory mode */
 static char g_url_buf[128];
 static pid_t g_redis_pid;
-static int g_fail;
 static uint32_t g_ttl = TTL;    /* ttl of new nodes */
 static char g_pfx[32];          /* room prefix, unique per run */
 static int g_redis_port;
-
-#define CHECK(c, ...) do { if (!(c)) { \
-    fprintf(stderr, "FAIL %s:%d [%s] ", __FILE__, __LINE__, g_url ? "redis" : "mem"); \
-    fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); g_fail++; } } while (0)
 
 /* ---- recorded transitions ---- */
 typedef struct ev { int node; char room[72]; char event[8]; char user[32]; char name[32]; } ev;
@@ -398,7 +394,7 @@ static void test_churn(unsigned seed, int steps)
     const char *rooms[] = { "c1", "c2" };
     const char *users[] = { "a", "b", "c", "d", "e" };
     int e0 = nev, nodes_made = 3;
-    for (int s = 0; s < steps && !g_fail; s++) {
+    for (int s = 0; s < steps && !check_failures(); s++) {
         int roll = rand() % 100, e1 = nev;
         hb_max_gap = 0;
         char exp_room[72] = "", exp_user[32] = "";
@@ -795,6 +791,7 @@ static void test_foreign_data(void)
 static void run_all(void)
 {
     fprintf(stderr, "mode %s\n", g_url ? g_url : "memory");
+    check_context = g_url ? "redis" : "mem";   /* printed with every failure */
     unsigned seed = getenv("PRESENCE_SEED") ? (unsigned)atoi(getenv("PRESENCE_SEED"))
                                             : (unsigned)(now_ms() % 1000000);
     test_two_nodes_one_user();
@@ -847,7 +844,7 @@ int main(void)
     uv_loop_close(L);
     free(EV);
     metrics_free_all();
-    if (g_fail) { fprintf(stderr, "%d failure(s)\n", g_fail); return 1; }
-    fprintf(stderr, "ok%s\n", redis_ran ? "" : " (memory only)");
-    return 0;
+    check_context = NULL;
+    if (!redis_ran) fprintf(stderr, "memory backend only\n");
+    return check_summary("test_presence");
 }

@@ -2,6 +2,7 @@
  * frames with the WebSocket header pre-written in the headroom), outq (the
  * bounded per-connection queue: bounds by frames and bytes, iovecs, partial
  * writes), hmap (the core's one map) and backoff. */
+#include "check.h"
 #include "hmap.h"
 #include "backoff.h"
 #include "msg.h"
@@ -9,9 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int fails, checks;
-#define CHECK(c, what) do { checks++; if (!(c)) { fails++; printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what); } } while (0)
 
 static void test_msg_header(void)
 {
@@ -198,6 +196,5 @@ int main(void)
     test_hmap();
     test_hmap_each();
     test_backoff();
-    printf("test_queue: %d checks, %d failures\n", checks, fails);
-    return fails ? 1 : 0;
+    return check_summary("test_queue");
 }

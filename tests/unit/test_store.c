@@ -4,6 +4,9 @@
  * restarts it mid-stream). Every run works in its own schema (PGOPTIONS
  * search_path) so it never touches other data. Exit 0 pass, 1 fail, 77 skip. */
 #define _GNU_SOURCE
+/* each test stops at its first failed check: later steps build on earlier ones */
+#define CHECK_STOPS_TEST
+#include "check.h"
 #include "store.h"
 #include "store_schema.h"
 #include "metrics.h"
@@ -16,8 +19,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int g_failed;
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); g_failed = 1; return; } } while (0)
 
 static uv_loop_t *L;
 static uv_timer_t tick;
@@ -562,8 +563,7 @@ static void rs_writer(uv_timer_t *t)
     for (int k = 0; k < 20 && g_rs_next <= RS_TOTAL; k++, g_rs_next++) {
         store_row r = mkrow("restart", (uint64_t)g_rs_next, "survive");
         if (store_write(g_rs, &r, rs_cb, (void *)(intptr_t)g_rs_next) != 0) {
-            fprintf(stderr, "store_write refused row %d\n", g_rs_next);
-            g_failed = 1;
+            check_fail("store_write refused row %d", g_rs_next);
         }
     }
     if (g_rs_next > RS_TOTAL) uv_timer_stop(t);
@@ -683,13 +683,14 @@ int main(void)
             fprintf(stderr, "SKIP %s (needs our own Postgres)\n", tests[i].name);
             continue;
         }
-        g_failed = 0;
+        int f0 = check_failures();
         uint64_t t0 = mono_ms();
         tests[i].fn();
         run_for(10); /* let closed handles finish */
-        fprintf(stderr, "%s %s (%llu ms)\n", g_failed ? "FAIL" : "ok  ", tests[i].name,
+        int failed = check_failures() > f0;
+        fprintf(stderr, "%s %s (%llu ms)\n", failed ? "FAIL" : "ok  ", tests[i].name,
                 (unsigned long long)(mono_ms() - t0));
-        nfail += g_failed;
+        nfail += failed;
     }
 
     snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", g_schema);
@@ -697,12 +698,9 @@ int main(void)
     PQfinish(bc);
     uv_close((uv_handle_t *)&tick, NULL);
     run_for(50); /* bounded: a store leaked by a failed check must not hang us */
-    if (uv_loop_close(L) != 0 && !nfail) {
-        fprintf(stderr, "handles left open on the loop\n");
-        nfail++;
-    }
+    if (uv_loop_close(L) != 0 && !nfail) check_fail("handles left open on the loop");
     metrics_free_all();
     if (g_own_pg) pg_stop();
-    fprintf(stderr, nfail ? "test_store: %d FAILED\n" : "test_store: all passed\n", nfail);
-    return nfail ? 1 : 0;
+    if (nfail) fprintf(stderr, "test_store: %d test(s) FAILED\n", nfail);
+    return check_summary("test_store");
 }

@@ -1,15 +1,10 @@
 /* test_util: room_name_valid boundaries and json_escape (util.h). */
 #define _GNU_SOURCE
+#include "check.h"
 #include "util.h"
 
 #include <stdio.h>
 #include <string.h>
-
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 static void test_rooms(void)
 {
@@ -84,6 +79,5 @@ int main(void)
     test_rooms();
     test_escape();
     test_clocks();
-    printf("test_util: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary("test_util");
 }
