@@ -2,8 +2,6 @@
 # (core/frame.c), plus unit tests for auth, frame, util and metrics.
 target_sources(chatcore PRIVATE core/auth.c core/frame.c)
 chatd_unit_test(test_auth)
-target_compile_definitions(test_auth PRIVATE
-  CHATD_FIXTURES="${CMAKE_SOURCE_DIR}/tests/unit/fixtures")
 chatd_unit_test(test_frame)
 chatd_unit_test(test_util)
 chatd_unit_test(test_metrics)

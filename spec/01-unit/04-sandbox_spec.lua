@@ -4,7 +4,7 @@ local helpers = require "spec.helpers"
 describe("policy sandbox (helpers)", function()
   local P, E
   before_each(function()
-    P = assert(helpers.load({ dir = "tests/unit/scripts_hooks" }))
+    P = assert(helpers.load({ dir = "tests/fixtures/policies/hooks" }))
     E = P.env
   end)
 
@@ -25,14 +25,14 @@ describe("policy sandbox (helpers)", function()
     assert.is_nil(E.os.getenv)
     assert.is_nil(E.string.dump)
     assert.has_error(function() E.require("os") end)
-    assert.has_error(function() E.require("../scripts_v2/policy") end)
+    assert.has_error(function() E.require("../v2/policy") end)
     local f, err = E.load(string.dump(function() end))
     assert.is_nil(f)
     assert.matches("binary chunk", err)
   end)
 
   it("refuses chat.ratelimit and chat.config at load time", function()
-    local Q, err = helpers.load({ dir = "tests/unit/scripts_loadrl" })
+    local Q, err = helpers.load({ dir = "tests/fixtures/policies/loadrl" })
     assert.is_nil(Q)
     assert.matches("chat.ratelimit is not allowed at load time", err)
   end)
@@ -45,16 +45,16 @@ describe("policy sandbox (helpers)", function()
 
   it("reports load failures like the host", function()
     local cases = {
-      { "scripts_syntax", "^policy.lua:3:" },
-      { "scripts_loaderr", "^policy.lua:2: bad at load" },
-      { "scripts_badhook", "M.on_message must be a function %(got string%)" },
-      { "scripts_selftest", "selftest failed: nope" },
-      { "scripts_notable", "must return a table" },
-      { "scripts_badconfig", "config.heartbeat_ms must be a positive integer" },
-      { "scripts_escape", "only modules of the scripts folder" },
+      { "syntax", "^policy.lua:3:" },
+      { "loaderr", "^policy.lua:2: bad at load" },
+      { "badhook", "M.on_message must be a function %(got string%)" },
+      { "selftest", "selftest failed: nope" },
+      { "notable", "must return a table" },
+      { "badconfig", "config.heartbeat_ms must be a positive integer" },
+      { "escape", "only modules of the scripts folder" },
     }
     for _, c in ipairs(cases) do
-      local Q, err = helpers.load({ dir = "tests/unit/" .. c[1] })
+      local Q, err = helpers.load({ dir = "tests/fixtures/policies/" .. c[1] })
       assert.is_nil(Q, c[1])
       assert.matches(c[2], err)
     end

@@ -1,7 +1,7 @@
 /* test_auth: JWT verification (auth.h). Tokens are built here with OpenSSL
  * directly (HMAC, RSA PKCS#1 v1.5, ECDSA P-256 in JOSE r||s form), so the
  * signing side does not depend on libjwt; fixture tokens minted by PyJWT check
- * interoperability. Keys live in tests/unit/fixtures/ (see README there). */
+ * interoperability. Keys live in tests/fixtures/jwt/ (see README there). */
 #define _GNU_SOURCE
 #include "auth.h"
 #include "check.h"
@@ -16,10 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifndef CHATD_FIXTURES
-#define CHATD_FIXTURES "tests/unit/fixtures"
-#endif
 
 #define NOW ((int64_t)1800000000)
 static const char *SECRET = "unit-test-secret-0123456789abcdef";
@@ -51,7 +47,7 @@ static char *b64s(const char *s) { return b64url((const unsigned char *)s, strle
 static EVP_PKEY *load_priv(const char *file)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", CHATD_FIXTURES, file);
+    snprintf(path, sizeof path, "%s/jwt/%s", CHATD_FIXTURES, file);
     FILE *fp = fopen(path, "r");
     if (!fp) { perror(path); exit(1); }
     EVP_PKEY *k = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
@@ -63,7 +59,7 @@ static EVP_PKEY *load_priv(const char *file)
 static char *slurp(const char *file, size_t *len)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", CHATD_FIXTURES, file);
+    snprintf(path, sizeof path, "%s/jwt/%s", CHATD_FIXTURES, file);
     FILE *fp = fopen(path, "rb");
     if (!fp) { perror(path); exit(1); }
     char *b = calloc(1, 65536);
@@ -78,7 +74,7 @@ static char *fixture(const char *file) { return slurp(file, NULL); }
 static char *path_of(const char *file)
 {
     char *p = malloc(512);
-    snprintf(p, 512, "%s/%s", CHATD_FIXTURES, file);
+    snprintf(p, 512, "%s/jwt/%s", CHATD_FIXTURES, file);
     return p;
 }
 

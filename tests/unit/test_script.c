@@ -1,5 +1,5 @@
 /* test_script: the LuaJIT policy host against real LuaJIT and the fixture
- * folders tests/unit/scripts_* (run from the repo root): hook verdicts,
+ * folders in tests/fixtures/policies/ (run from the repo root): hook verdicts,
  * config and env overrides, reload (ok and every failure kind), budgets
  * (runaway loops, memory bombs) and sandbox escapes; then the default
  * policy in scripts/. Runaways are timed in thread CPU time and guarded by
@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#define FIXTURE(name) CHATD_FIXTURES "/policies/" name
 
 /* Load tolerance. The hook budget is wall-clock, so on a busy machine a
  * normal call can be descheduled past its 50 ms and be refused as "too
@@ -153,7 +155,7 @@ static void load_fixture(const char *to, const char *from)
 static void test_hooks(void)
 {
     char err[512] = "";
-    script_host *h = script_new("tests/unit/scripts_hooks", "node-a", err, sizeof err);
+    script_host *h = script_new(FIXTURE("hooks"), "node-a", err, sizeof err);
     CHECK(h != NULL);
     if (!h) { fprintf(stderr, "load: %s\n", err); return; }
     CHECK(script_version(h) == 1);
@@ -262,7 +264,7 @@ static void test_config_env(void)
     setenv("CHAT_GREETING", "yo", 1);
     setenv("CHAT_FLAG", "true", 1);
     setenv("CHAT_TYPING_TTL_MS", "1234", 1);
-    script_host *h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    script_host *h = script_new(FIXTURE("hooks"), "n", err, sizeof err);
     CHECK(h != NULL);
     if (h) {
         CHECK(script_setting(h, "max_body", 1) == 7);
@@ -276,12 +278,12 @@ static void test_config_env(void)
     unsetenv("CHAT_FLAG");
     unsetenv("CHAT_TYPING_TTL_MS");
     setenv("CHAT_MAX_BODY", "lots", 1);
-    h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    h = script_new(FIXTURE("hooks"), "n", err, sizeof err);
     CHECK(h == NULL);
     CHECK_CONTAINS(err, "CHAT_MAX_BODY=\"lots\": not a number");
     script_free(h);
     setenv("CHAT_MAX_BODY", "-3", 1);
-    h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    h = script_new(FIXTURE("hooks"), "n", err, sizeof err);
     CHECK(h == NULL);
     CHECK_CONTAINS(err, "config.max_body must be a positive integer");
     script_free(h);
@@ -292,7 +294,7 @@ static void test_reload(void)
 {
     char dir[] = "/tmp/test_script_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    load_fixture(dir, "tests/unit/scripts_hooks");
+    load_fixture(dir, FIXTURE("hooks"));
     char err[512] = "";
     script_host *h = script_new(dir, "n", err, sizeof err);
     CHECK(h != NULL);
@@ -300,14 +302,14 @@ static void test_reload(void)
     uint64_t ok0 = counter("chat_script_reloads_total", "result=\"ok\"");
     uint64_t er0 = counter("chat_script_reloads_total", "result=\"error\"");
     static const struct { const char *fixture, *err; } bad[] = {
-        {"tests/unit/scripts_syntax", "policy.lua:3:"},
-        {"tests/unit/scripts_loaderr", "policy.lua:2: bad at load"},
-        {"tests/unit/scripts_badhook", "policy.lua: M.on_message must be a function (got string)"},
-        {"tests/unit/scripts_selftest", "policy.lua: selftest failed: nope"},
-        {"tests/unit/scripts_notable", "policy.lua: must return a table (got number)"},
-        {"tests/unit/scripts_badconfig", "policy.lua: config.heartbeat_ms must be a positive integer"},
-        {"tests/unit/scripts_loadrl", "policy.lua:2: chat.ratelimit is not allowed at load time"},
-        {"tests/unit/scripts_escape", "policy.lua:2: require \"../scripts_hooks/policy\": only modules"},
+        {FIXTURE("syntax"), "policy.lua:3:"},
+        {FIXTURE("loaderr"), "policy.lua:2: bad at load"},
+        {FIXTURE("badhook"), "policy.lua: M.on_message must be a function (got string)"},
+        {FIXTURE("selftest"), "policy.lua: selftest failed: nope"},
+        {FIXTURE("notable"), "policy.lua: must return a table (got number)"},
+        {FIXTURE("badconfig"), "policy.lua: config.heartbeat_ms must be a positive integer"},
+        {FIXTURE("loadrl"), "policy.lua:2: chat.ratelimit is not allowed at load time"},
+        {FIXTURE("escape"), "policy.lua:2: require \"../hooks/policy\": only modules"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         load_fixture(dir, bad[i].fixture);
@@ -319,27 +321,27 @@ static void test_reload(void)
         CHECK(counter("chat_script_reloads_total", "result=\"error\"") == er0 + i + 1);
     }
     CHECK(counter("chat_script_reloads_total", "result=\"ok\"") == ok0);
-    load_fixture(dir, "tests/unit/scripts_v2");
+    load_fixture(dir, FIXTURE("v2"));
     CHECK(script_reload(h, err, sizeof err) == 0);
     CHECK(script_version(h) == 2);
     CHECK_STR(msg(h, "replace"), "replace:v2:replace");
     CHECK(script_setting(h, "heartbeat_ms", 1) == 2000);
     CHECK(counter("chat_script_reloads_total", "result=\"ok\"") == ok0 + 1);
     /* a policy without hooks accepts everything */
-    load_fixture(dir, "tests/unit/scripts_empty");
+    load_fixture(dir, FIXTURE("empty"));
     CHECK(script_reload(h, err, sizeof err) == 0);
     CHECK(script_version(h) == 3);
     CHECK_STR(msg(h, "reject"), "accept");
     CHECK_STR(room_verdict(h, script_on_join, "deny"), "accept");
     script_free(h);
     /* script_new on a broken folder fails with the message */
-    h = script_new("tests/unit/scripts_syntax", "n", err, sizeof err);
+    h = script_new(FIXTURE("syntax"), "n", err, sizeof err);
     CHECK(h == NULL);
     CHECK_PREFIX(err, "policy.lua:3:");
     h = script_new("/nonexistent/folder", "n", err, sizeof err);
     CHECK(h == NULL);
     CHECK_CONTAINS(err, "no policy.lua in the scripts folder");
-    load_fixture(dir, "tests/unit/scripts_empty");   /* leaves one file */
+    load_fixture(dir, FIXTURE("empty"));   /* leaves one file */
     char p[600];
     snprintf(p, sizeof p, "%s/policy.lua", dir);
     unlink(p);
@@ -349,7 +351,7 @@ static void test_reload(void)
 static void test_budgets(void)
 {
     char err[512] = "";
-    script_host *h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    script_host *h = script_new(FIXTURE("hooks"), "n", err, sizeof err);
     CHECK(h != NULL);
     if (!h) return;
     /* Runaways: each must be refused as too slow, never before the 50 ms
@@ -384,7 +386,7 @@ static void test_budgets(void)
     script_free(h);
     /* memory bombs, with a 5 s time budget so only the memory cap can stop them */
     setenv("CHAT_HOOK_BUDGET_MS", "5000", 1);
-    h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    h = script_new(FIXTURE("hooks"), "n", err, sizeof err);
     unsetenv("CHAT_HOOK_BUDGET_MS");
     CHECK(h != NULL);
     if (!h) return;
@@ -407,7 +409,7 @@ static void test_budgets(void)
      * LUA_GCCOUNT checked in the count hook and after the call) */
     setenv("CHAT_HOOK_BUDGET_MS", "5000", 1);
     setenv("CHATD_TEST_GCCOUNT", "1", 1);
-    h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    h = script_new(FIXTURE("hooks"), "n", err, sizeof err);
     unsetenv("CHAT_HOOK_BUDGET_MS");
     unsetenv("CHATD_TEST_GCCOUNT");
     CHECK(h != NULL);
@@ -448,7 +450,7 @@ static char *bytecode(size_t *len)
 static void test_sandbox(void)
 {
     char err[512] = "";
-    script_host *h = script_new("tests/unit/scripts_hooks", "n", err, sizeof err);
+    script_host *h = script_new(FIXTURE("hooks"), "n", err, sizeof err);
     CHECK(h != NULL);
     if (!h) return;
     static const struct { const char *code, *want; } t[] = {
@@ -460,7 +462,7 @@ static void test_sandbox(void)
         {"eval:return require('io')", "replace:err:"},
         {"eval:return require('ffi')", "replace:err:"},
         {"eval:return require('jit')", "replace:err:"},
-        {"eval:return require('../scripts_v2/policy')", "replace:err:"},
+        {"eval:return require('../v2/policy')", "replace:err:"},
         {"eval:return require('/etc/passwd')", "replace:err:"},
         {"eval:return debug", "replace:ok:nil"},
         {"eval:return debug.getinfo(1)", "replace:err:"},
