@@ -16,6 +16,9 @@ if(NOT CHATD_SANITIZE)
     core/script.c core/ratelimit.c core/log.c core/metrics.c core/util.c)
   target_include_directories(chathost PRIVATE core ${LUAJIT_INCLUDE_DIRS})
   target_link_libraries(chathost PRIVATE m)
+  # never unloaded: at lua_close the interpreter may dlclose the module
+  # before the __gc of the last host (which runs script_free) has run
+  target_link_options(chathost PRIVATE -Wl,-z,nodelete)
   set_target_properties(chathost PROPERTIES PREFIX "" C_VISIBILITY_PRESET hidden
     LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
 endif()
