@@ -1050,6 +1050,7 @@ script_host *script_new(const char *dir, const char *node_id, char *err, size_t 
         return NULL;
     }
     h->version = 1;
+    metric_set(h->m_mem, (double)mem_used(h->cur));
     log_msg(LOG_INFO, "script", "policy loaded from %s (version 1)", h->dir);
     return h;
 }
@@ -1079,6 +1080,7 @@ int script_reload(script_host *h, char *err, size_t errlen)
     h->cur = n;
     h->version++;
     lstate_free(old);
+    metric_set(h->m_mem, (double)mem_used(n));
     metric_inc(h->m_reload_ok);
     log_msg(LOG_INFO, "script", "policy reloaded from %s (version %llu)", h->dir,
             (unsigned long long)h->version);
@@ -1119,6 +1121,7 @@ static void rebuild_if_broken(script_host *h)
     lstate_free(h->cur);
     h->cur = n;
     h->version++;
+    metric_set(h->m_mem, (double)mem_used(n));
     log_msg(LOG_WARN, "script", "policy state rebuilt after a memory trip (version %llu)",
             (unsigned long long)h->version);
 }
