@@ -1,12 +1,12 @@
--- scripts/access.lua: room access from JWT claims.
+-- scripts/access.lua: room access from JWT claims, called inside the real
+-- host through the probe policy (helpers.modules).
 local helpers = require "spec.helpers"
 
 describe("access module", function()
   local access
   local cfg = { private_prefix = "private-", admin_role = "admin" }
   setup(function()
-    local P = assert(helpers.load())
-    access = P.env.require("access")
+    access = helpers.modules().require("access")
   end)
 
   it("lets anyone into public rooms without a rooms claim", function()
@@ -15,12 +15,12 @@ describe("access module", function()
   end)
 
   it("uses the rooms claim as an allow-list when present", function()
-    local c = helpers.claims({ rooms = { "a", "b" } })
+    local c = { rooms = { "a", "b" } }
     assert.is_true(access.room_allowed(c, "a", cfg))
     local ok, why = access.room_allowed(c, "lobby", cfg)
     assert.is_false(ok)
     assert.matches("not in your rooms claim", why)
-    assert.is_false(access.room_allowed(helpers.claims({ rooms = {} }), "a", cfg))
+    assert.is_false(access.room_allowed({ rooms = {} }, "a", cfg))
   end)
 
   it("accepts a single string and prefix wildcards in rooms", function()

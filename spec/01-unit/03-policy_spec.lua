@@ -1,11 +1,14 @@
 -- scripts/policy.lua: every rule of the default policy, through its hooks,
--- loaded like the host loads it (spec/helpers.lua).
+-- run by the real host (spec/helpers.lua loads build/chathost.so).
 local helpers = require "spec.helpers"
 
 describe("default policy", function()
   local P
   before_each(function()
     P = assert(helpers.load())
+  end)
+  after_each(function()
+    P:close()
   end)
 
   describe("config", function()
@@ -17,6 +20,7 @@ describe("default policy", function()
       assert.equal(4000, P.config.max_body)
       assert.equal(20, P.config.message_rate)
       assert.equal(40, P.config.message_burst)
+      assert.equal(2000, P.config.typing_interval_ms)
       assert.equal(50, P.config.hook_budget_ms)
       assert.equal(64, P.config.memory_limit_mb)
     end)
@@ -30,6 +34,7 @@ describe("default policy", function()
       assert.equal("accept", Q:message(string.rep("x", 10)).verdict)
       assert.equal("forbidden", Q:call("on_join", { room = "secret-1" }).code)
       assert.equal("accept", Q:call("on_join", { room = "private-1" }).verdict)
+      Q:close()
     end)
 
     it("refuses overrides of the wrong type", function()
@@ -41,11 +46,16 @@ describe("default policy", function()
       assert.matches("heartbeat_ms must be a positive integer", err)
     end)
 
-    it("passes its selftest and defines only function hooks", function()
-      assert.is_true(P:selftest())
-      for _, h in ipairs(helpers.hooks) do
-        assert.is_true(P.M[h] == nil or type(P.M[h]) == "function")
-      end
+    it("passes its selftest, which catches a broken module", function()
+      -- the host runs M.selftest before every swap: a reload succeeds ...
+      assert.equal(2, P:reload())
+      -- ... and a copy of the folder with a broken text.trim does not load
+      local dir = helpers.copy_dir(helpers.root .. "/scripts")
+      helpers.write(dir .. "/text.lua", (helpers.read(dir .. "/text.lua"):gsub(
+        "return s:sub%(i, j%)", "return s")))
+      local Q, err = helpers.load({ dir = dir })
+      assert.is_nil(Q)
+      assert.equal("policy.lua: selftest failed: trim", err)
     end)
   end)
 
@@ -84,25 +94,34 @@ describe("default policy", function()
       local r = P:message("one too many")
       assert.equal("reject", r.verdict)
       assert.equal("rate_limited", r.code)
+      assert.equal("too many messages, slow down", r.reason)
       -- another user has their own bucket
       assert.equal("accept", P:message("hi", { user = "u2" }).verdict)
       -- 50 ms later one token is back (20/s)
       P.clock:advance(50)
       assert.equal("accept", P:message("again").verdict)
       assert.equal("rate_limited", P:message("again").code)
-      local call = P.rl.calls[#P.rl.calls]
-      assert.same({ key = "msg:u1", rate = 20, burst = 40 }, call)
+      -- one second refills 20, not more
+      P.clock:advance(1000)
+      for i = 1, 20 do assert.equal("accept", P:message("m" .. i).verdict) end
+      assert.equal("rate_limited", P:message("again").code)
     end)
 
     it("does not spend a token on messages rejected for content", function()
-      P:message("")
-      P:message(string.rep("x", 5000))
-      assert.equal(0, #P.rl.calls)
+      for _ = 1, 10 do
+        assert.equal("empty message", P:message("").reason)
+        assert.matches("too long", P:message(string.rep("x", 5000)).reason)
+      end
+      for i = 1, 40 do assert.equal("accept", P:message("m" .. i).verdict) end
+      assert.equal("rate_limited", P:message("x").code)
     end)
 
-    it("answers rate_limited whenever the limiter says no", function()
-      P.rl.force = false
-      assert.equal("rate_limited", P:message("x").code)
+    it("answers rate_limited (not a replacement) once the bucket is empty", function()
+      local Q = assert(helpers.load({ env = { CHAT_MESSAGE_BURST = "1" } }))
+      assert.same({ verdict = "replace", body = "x" }, Q:message(" x "))
+      assert.same({ verdict = "reject", code = "rate_limited", reason = "too many messages, slow down" },
+                  Q:message(" x "))
+      Q:close()
     end)
   end)
 
@@ -129,12 +148,13 @@ describe("default policy", function()
         end)
 
         it("enforces the rooms claim allow-list", function()
-          local claims = helpers.claims({ sub = "u1", rooms = { "a", "team-*" } })
+          local claims = { sub = "u1", rooms = { "a", "team-*" } }
           assert.equal("accept", P:call(hook, { room = "a", claims = claims }).verdict)
           assert.equal("accept", P:call(hook, { room = "team-9", claims = claims }).verdict)
           local r = P:call(hook, { room = "b", claims = claims })
           assert.equal("reject", r.verdict)
           assert.equal("forbidden", r.code)
+          assert.equal("room b is not in your rooms claim", r.reason)
         end)
 
         it("needs role admin or a grant for private-* rooms", function()
@@ -150,13 +170,24 @@ describe("default policy", function()
     end
 
     it("accepts a connect without a room", function()
-      assert.equal("accept", P:call("on_connect", { room = nil }).verdict)
+      -- room = false: ctx.room is NULL in C, nil in Lua
+      assert.same({ verdict = "accept" }, P:call("on_connect", { room = false,
+                                                                 claims = { rooms = { "a" } } }))
     end)
   end)
 
   it("accepts every presence event and ignores leave/disconnect", function()
-    assert.equal("accept", P:call("on_presence", {}, { event = "join", user = "u2", name = "U2" }).verdict)
-    assert.equal("accept", P:call("on_leave").verdict)
-    assert.equal("accept", P:call("on_disconnect").verdict)
+    helpers.clear_logs()
+    local e_leave = helpers.metric("chat_script_errors_total", 'hook="on_leave"')
+    local e_disc = helpers.metric("chat_script_errors_total", 'hook="on_disconnect"')
+    assert.same({ verdict = "accept" },
+                P:call("on_presence", {}, { event = "join", user = "u2", name = "U2" }))
+    assert.same({ verdict = "accept" },
+                P:call("on_presence", {}, { event = "leave", user = "u2", name = "U2" }))
+    assert.is_nil(P:call("on_leave"))         -- void in C
+    assert.is_nil(P:call("on_disconnect"))
+    assert.equal(e_leave, helpers.metric("chat_script_errors_total", 'hook="on_leave"'))
+    assert.equal(e_disc, helpers.metric("chat_script_errors_total", 'hook="on_disconnect"'))
+    assert.same({}, helpers.logged("."))
   end)
 end)

@@ -309,6 +309,8 @@ static void test_reload(void)
         {FIXTURE("notable"), "policy.lua: must return a table (got number)"},
         {FIXTURE("badconfig"), "policy.lua: config.heartbeat_ms must be a positive integer"},
         {FIXTURE("loadrl"), "policy.lua:2: chat.ratelimit is not allowed at load time"},
+        {FIXTURE("loadconfig"), "policy.lua:2: chat.config is not allowed at load time"},
+        {FIXTURE("selftestrl"), "policy.lua:3: chat.ratelimit is not allowed in selftest"},
         {FIXTURE("escape"), "policy.lua:2: require \"../hooks/policy\": only modules"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
