@@ -55,8 +55,8 @@ static const int HOOK_NOTIFY[H_N] = {0, 0, 1, 0, 0, 0, 0, 1};
 #define P_HOOKS    (P_VALIDATE | P_NOTIFY)
 #define P_ANY      (P_LOAD | P_SELFTEST | P_HOOKS)
 
-/* Sandbox allow-list. spec/helpers.lua parses these arrays (one quoted name
- * per entry, "NULL" last) to build the same environment: keep the format. */
+/* Sandbox allow-list (docs/scripting.md lists it; spec/01-unit/05-sandbox_spec.lua
+ * checks the sandbox's globals against that list through the real host). */
 static const char *const SB_BASE[] = {
     "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawset",
     "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type", "unpack",
