@@ -47,6 +47,7 @@ struct presence {
     uv_loop_t *loop;
     char *node;
     uint32_t ttl_ms, sweep_ms;
+    int sweep_from_ttl;             /* sweep_ms = ttl_ms / 6 (not given) */
     presence_handlers h;
     void *ud;
     pstore *store;
@@ -349,6 +350,7 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     }
     p->loop = loop;
     p->ttl_ms = o->ttl_ms ? o->ttl_ms : 30000;
+    p->sweep_from_ttl = !o->sweep_ms;
     p->sweep_ms = o->sweep_ms ? o->sweep_ms : p->ttl_ms / 6;
     if (p->sweep_ms < 100) p->sweep_ms = 100;
     if (h) p->h = *h;
@@ -370,6 +372,16 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     uint64_t first = p->sweep_ms / 2 + (uint64_t)(rand() % (int)(p->sweep_ms / 2 + 1));
     uv_timer_start(&p->sweep_t, sweep_cb, first, p->sweep_ms);
     return p;
+}
+
+void presence_set_ttl(presence *p, uint32_t ttl_ms)
+{
+    if (!p || p->freeing || !ttl_ms || ttl_ms == p->ttl_ms) return;
+    p->ttl_ms = ttl_ms;
+    p->store->ttl_ms = ttl_ms;      /* both stores read it at every upsert */
+    if (!p->sweep_from_ttl) return;
+    p->sweep_ms = ttl_ms / 6 < 100 ? 100 : ttl_ms / 6;
+    uv_timer_start(&p->sweep_t, sweep_cb, p->sweep_ms, p->sweep_ms);
 }
 
 static void entry_key(char *out, size_t n, const char *room, uint64_t conn)

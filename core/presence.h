@@ -48,6 +48,12 @@ void presence_remove(presence *p, const char *room, uint64_t conn_id);
 /* The connection heartbeated: refresh its entry in room. */
 void presence_touch(presence *p, const char *room, uint64_t conn_id);
 
+/* A new TTL (policy reload): every later upsert of this node (add,
+ * heartbeat) expires ttl_ms after it; entries already written keep their
+ * expiry until their next heartbeat. The sweep interval follows when it was
+ * derived from the TTL (sweep_ms 0 at presence_new). */
+void presence_set_ttl(presence *p, uint32_t ttl_ms);
+
 /* Present users of room (each once). cb may run later; never synchronously
  * from inside the call. status -1 when unavailable. */
 typedef void (*presence_list_cb)(void *ud, int status, const presence_user *users, size_t n);
