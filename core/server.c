@@ -30,13 +30,42 @@ static uv_signal_t g_sighup, g_sigterm, g_sigint;
 static uint64_t g_drain_started;
 static int g_store_drained, g_stopping;
 
+/* The policy settings the core reads (script_setting: M.config, else env
+ * CHAT_<KEY>, else the default here). Every one of them applies on reload
+ * (SIGHUP); `applies` says from when. None is start-only, so what `welcome`
+ * announces is what the node does. The settings of config.c (flags and env:
+ * listen, Redis, Postgres, queues, store batching...) are read once at
+ * start. docs/scripting.md has the same table. */
+static const struct policy_setting {
+    const char *key;
+    int64_t dflt;
+    int64_t *value;
+    const char *applies;
+} POLICY_SETTINGS[] = {
+    {"heartbeat_ms", 10000, &g_srv.heartbeat_ms, "in the welcome of later connections"},
+    {"presence_ttl_ms", 30000, &g_srv.presence_ttl_ms,
+     "in later welcomes and to every later presence upsert (join, heartbeat) of this node"},
+    {"typing_ttl_ms", 5000, &g_srv.typing_ttl_ms, "to the next typing frame"},
+    {"max_rooms_per_conn", 32, &g_srv.max_rooms,
+     "to the next join (memberships over a lowered limit are kept)"},
+};
+
 void server_refresh_settings(void)
 {
-    g_srv.heartbeat_ms = script_setting(g_srv.script, "heartbeat_ms", 10000);
-    g_srv.presence_ttl_ms = script_setting(g_srv.script, "presence_ttl_ms", 30000);
-    g_srv.typing_ttl_ms = script_setting(g_srv.script, "typing_ttl_ms", 5000);
-    g_srv.max_rooms = script_setting(g_srv.script, "max_rooms_per_conn", 32);
-    if (g_srv.max_rooms < 1) g_srv.max_rooms = 1;
+    for (size_t i = 0; i < sizeof POLICY_SETTINGS / sizeof POLICY_SETTINGS[0]; i++) {
+        const struct policy_setting *s = &POLICY_SETTINGS[i];
+        int64_t v = script_setting(g_srv.script, s->key, s->dflt);
+        if (v < 1) v = 1;   /* the host refuses non-positive values in M.config; env-only ones too */
+        if (*s->value && v != *s->value)
+            LOGI("server", "policy setting %s: %lld -> %lld, applies %s", s->key,
+                 (long long)*s->value, (long long)v, s->applies);
+        *s->value = v;
+    }
+    if (g_srv.presence) presence_set_ttl(g_srv.presence, (uint32_t)g_srv.presence_ttl_ms);
+    if (g_srv.presence_ttl_ms <= g_srv.heartbeat_ms)
+        LOGW("server", "presence_ttl_ms (%lld) <= heartbeat_ms (%lld): users will flicker out of "
+             "presence between heartbeats", (long long)g_srv.presence_ttl_ms,
+             (long long)g_srv.heartbeat_ms);
 }
 
 static double g_rss(void *ud)

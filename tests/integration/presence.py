@@ -1,14 +1,15 @@
 """presence: join/leave exactly once across connections and nodes, leave on
 node death and on missing heartbeats (short TTL: heartbeat 500 ms, TTL
 1500 ms), presence_state after churn, GET /rooms/{r}/presence, and typing
-(reaches the others only, never stored, rate-limited by the default policy)."""
+(reaches the others only, never stored, rate-limited by the default policy), and a
+presence_ttl_ms changed by SIGHUP: announced in welcome and applied by presence alike."""
 import asyncio
 import os
 import signal
 import time
 
 from harness import (Client, TestSkip, ahttp, ahttp_json, check, eq, start_node, token, uniq,
-                     test, PROJECT_SCRIPTS)
+                     test, PROJECT_SCRIPTS, policy_dir, write_policy)
 
 HB_MS, TTL_MS, TYPING_MS = 500, 1500, 3000
 ENV = {"CHAT_HEARTBEAT_MS": HB_MS, "CHAT_PRESENCE_TTL_MS": TTL_MS,
@@ -245,3 +246,52 @@ async def sigterm_of_a_node_announces_leave_at_once():
     await asyncio.sleep(0.5)
     eq(count(o, pres(room, "leave", "leaver")), 1, f"leaves of leaver (after {dt:.2f}s)")
     del u
+
+
+def _ttl_policy(ttl_ms):
+    return ("local M = {}\nM.config = { heartbeat_ms = %d, presence_ttl_ms = %d }\nreturn M\n"
+            % (HB_MS, ttl_ms))
+
+
+async def _reloaded_ttl_is_announced_and_applied(redis):
+    """presence_ttl_ms changed by SIGHUP: the next welcome announces it AND
+    presence expires a silent user after it (not after the start value)."""
+    d = policy_dir(_ttl_policy(30000))
+    # no CHAT_*_MS env: the policy file is the only source of the timings
+    n = start_node(scripts=d, redis=redis)
+    room = uniq()
+    o = await connect(n, room, "obs")
+    q = await connect(n, room, "quiet")
+    eq(q.welcome().get("presence_ttl_ms"), 30000, "presence_ttl_ms in welcome before the reload")
+    await o.wait_for(pres(room, "join", "quiet"), 3, what="join of quiet")
+    write_policy(d, _ttl_policy(TTL_MS))
+    n.signal(signal.SIGHUP)
+    announced, end = None, time.monotonic() + 5
+    while time.monotonic() < end:
+        p = await Client.connect(n, room, token("probe"), user="probe")
+        announced = p.welcome().get("presence_ttl_ms")
+        await p.close()
+        if announced == TTL_MS:
+            break
+        await asyncio.sleep(0.2)
+    eq(announced, TTL_MS, "presence_ttl_ms in welcome after the reload")
+    await asyncio.sleep(HB_MS / 1000 * 2)     # quiet heartbeats under the new TTL
+    q.stop_heartbeat()
+    t0 = time.monotonic()
+    # the start value (30 s) would keep quiet present far beyond this
+    await o.wait_for(pres(room, "leave", "quiet"), TTL_MS / 1000 + LEAVE_SLACK,
+                     what=f"leave within the reloaded TTL ({TTL_MS} ms) of the last heartbeat")
+    dt = time.monotonic() - t0
+    check(dt >= TTL_MS / 1000 - HB_MS / 1000 - 0.3,
+          f"leave {dt:.2f}s after the last heartbeat, before the TTL ({TTL_MS} ms)")
+    check(not q.closed, "the quiet connection stays open (presence only)")
+
+
+@test(timeout=45)
+async def sighup_presence_ttl_announced_and_applied_memory_mode():
+    await _reloaded_ttl_is_announced_and_applied(redis=False)
+
+
+@test(timeout=45, needs=("redis",))
+async def sighup_presence_ttl_announced_and_applied_redis():
+    await _reloaded_ttl_is_announced_and_applied(redis=True)
