@@ -60,13 +60,16 @@ static inline int check_at(int ok, const char *file, int line, const char *expr,
 }
 
 /* The message, when given, is a string literal: " " __VA_ARGS__ pastes it
- * behind a space, so CHECK(c) and CHECK(c, "fmt", ...) are both well formed. */
-#define REQUIRE(c, ...) do { \
-    if (!check_at(!!(c), __FILE__, __LINE__, #c, " " __VA_ARGS__)) return; } while (0)
+ * behind a space, so CHECK(c) and CHECK(c, "fmt", ...) are both well formed.
+ * Its arguments are evaluated only when the check fails (some allocate,
+ * e.g. uv_err_name of an unknown code). */
+#define CHECK_AT_(c, ...) \
+    ((c) ? (check_count++, 1) : check_at(0, __FILE__, __LINE__, #c, " " __VA_ARGS__))
+#define REQUIRE(c, ...) do { if (!CHECK_AT_(c, __VA_ARGS__)) return; } while (0)
 #ifdef CHECK_STOPS_TEST
 #define CHECK(c, ...) REQUIRE(c, __VA_ARGS__)
 #else
-#define CHECK(c, ...) ((void)check_at(!!(c), __FILE__, __LINE__, #c, " " __VA_ARGS__))
+#define CHECK(c, ...) ((void)CHECK_AT_(c, __VA_ARGS__))
 #endif
 #define check_fail(...) ((void)check_at(0, __FILE__, __LINE__, NULL, " " __VA_ARGS__))
 
