@@ -43,6 +43,18 @@ async def connect(n, room, user, name=None, **kw):
     return await Client.connect(n, room, token(user, name), heartbeat=True, user=user, **kw)
 
 
+async def leave_after_silence(o, u, room, user, ttl_ms):
+    """u stops heartbeating: o must see user's leave after the TTL, not
+    before, and within TTL + sweep + slack."""
+    u.stop_heartbeat()
+    t0 = time.monotonic()
+    await o.wait_for(pres(room, "leave", user), ttl_ms / 1000 + LEAVE_SLACK,
+                     what=f"leave within the TTL ({ttl_ms} ms) of the last heartbeat")
+    dt = time.monotonic() - t0
+    check(dt >= ttl_ms / 1000 - HB_MS / 1000 - 0.3,
+          f"leave {dt:.2f}s after the last heartbeat, before the TTL ({ttl_ms} ms)")
+
+
 @test(timeout=45)
 async def join_leave_events_single_node_memory_mode():
     n = pnode(redis=False)
@@ -122,13 +134,7 @@ async def missing_heartbeats_cause_leave():
     await o.wait_for(pres(room, "join", "quiet"), 3, what="join of quiet")
     await asyncio.sleep(1.0)
     eq(count(o, pres(room, "leave", "quiet")), 0, "leave while heartbeating")
-    u.stop_heartbeat()
-    t0 = time.monotonic()
-    await o.wait_for(pres(room, "leave", "quiet"), TTL_MS / 1000 + LEAVE_SLACK,
-                     what="leave after heartbeats stopped")
-    dt = time.monotonic() - t0
-    check(dt >= TTL_MS / 1000 - HB_MS / 1000 - 0.3,
-          f"leave {dt:.2f}s after the last heartbeat, before the TTL ({TTL_MS} ms)")
+    await leave_after_silence(o, u, room, "quiet", TTL_MS)
     await asyncio.sleep(1.0)
     eq(count(o, pres(room, "leave", "quiet")), 1, "leaves of quiet")
 
@@ -276,14 +282,8 @@ async def _reloaded_ttl_is_announced_and_applied(redis):
         await asyncio.sleep(0.2)
     eq(announced, TTL_MS, "presence_ttl_ms in welcome after the reload")
     await asyncio.sleep(HB_MS / 1000 * 2)     # quiet heartbeats under the new TTL
-    q.stop_heartbeat()
-    t0 = time.monotonic()
     # the start value (30 s) would keep quiet present far beyond this
-    await o.wait_for(pres(room, "leave", "quiet"), TTL_MS / 1000 + LEAVE_SLACK,
-                     what=f"leave within the reloaded TTL ({TTL_MS} ms) of the last heartbeat")
-    dt = time.monotonic() - t0
-    check(dt >= TTL_MS / 1000 - HB_MS / 1000 - 0.3,
-          f"leave {dt:.2f}s after the last heartbeat, before the TTL ({TTL_MS} ms)")
+    await leave_after_silence(o, q, room, "quiet", TTL_MS)
     check(not q.closed, "the quiet connection stays open (presence only)")
 
 
