@@ -33,8 +33,10 @@ PORT_LO = int(os.environ.get("CHATD_TEST_PORT_LO", "17200"))
 PORT_HI = int(os.environ.get("CHATD_TEST_PORT_HI", "17499"))
 PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
 SECRET = "itest-secret-0123456789abcdef"
-DEFAULT_CHATD = "/work/main/build/chatd"
-PROJECT_SCRIPTS = "/work/main/scripts"
+# the checkout this file belongs to (a fresh clone, a worktree, CI)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CHATD = os.path.join(REPO, "build", "chatd")
+PROJECT_SCRIPTS = os.path.join(REPO, "scripts")
 
 
 class TestFailure(AssertionError):
