@@ -28,6 +28,8 @@ typedef struct config {
     int64_t drain_ms;          /* SIGTERM: longest wait for queues to flush */
     int64_t backfill_grace_ms; /* age before another node stores an unstored message */
     int dev_tokens;
+    int64_t workers;           /* --workers: 1 = this process is the node (core/workers.h) */
+    int64_t worker_port;       /* a worker's own port (the supervisor: the first one; 0 = listen port + 1) */
 } config;
 
 /* 0 ok; -1 with err (unknown flag, bad number, bad listen address). A

@@ -9,6 +9,7 @@
 #include "server.h"
 #include "chat.h"
 #include "conn.h"
+#include "listen_shared.h"
 #include "log.h"
 #include "metrics.h"
 #include "room.h"
@@ -128,6 +129,7 @@ static void stop_everything(void)
     uv_close((uv_handle_t *)&g_sighup, close_cb);
     uv_close((uv_handle_t *)&g_sigterm, close_cb);
     uv_close((uv_handle_t *)&g_sigint, close_cb);
+    listen_shared_close();
     lws_context_destroy(g_srv.lws);
     g_srv.lws = NULL;
     presence_free(g_srv.presence);
@@ -156,6 +158,7 @@ static void on_tick(uv_timer_t *h)
         g_srv.draining = 1;
         g_drain_started = mono_ms();
         LOGI("server", "SIGTERM: draining %zu connections", conn_count());
+        listen_shared_close();
         chat_drain_all();
         if (g_srv.store) store_drain(g_srv.store, on_store_drained, NULL);
         else g_store_drained = 1;
@@ -251,6 +254,16 @@ int server_run(int argc, char **argv)
     memset(&info, 0, sizeof info);
     void *loops[1] = {g_srv.loop};
     info.port = g_srv.cfg.listen_port;
+    /* a worker of chatd --workers (core/workers.h): lws listens on its own
+     * port, the shared port is listen_shared's SO_REUSEPORT socket */
+    int worker = g_srv.cfg.workers > 1 && g_srv.cfg.worker_port;
+    if (worker) {
+        if (listen_shared_open(g_srv.cfg.listen_host, g_srv.cfg.listen_port, err, sizeof err) < 0) {
+            fprintf(stderr, "chatd: %s\n", err);
+            return 2;
+        }
+        info.port = (int)g_srv.cfg.worker_port;
+    }
     info.iface = g_srv.cfg.listen_host;
     info.protocols = ws_protocols;
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
@@ -270,9 +283,16 @@ int server_run(int argc, char **argv)
     info.pt_serv_buf_size = 32768;
     info.vhost_name = "chatd";
     g_srv.lws = lws_create_context(&info);
-    if (!g_srv.lws) {
-        fprintf(stderr, "chatd: cannot listen on %s\n", g_srv.cfg.listen);
+    /* lws 4.1 on a foreign loop returns a context even when the default
+     * vhost could not bind its port: check the vhost */
+    struct lws_vhost *vh = g_srv.lws ? lws_get_vhost_by_name(g_srv.lws, info.vhost_name) : NULL;
+    if (!vh || lws_get_vhost_listen_port(vh) != info.port) {
+        fprintf(stderr, "chatd: cannot listen on %s:%d\n", g_srv.cfg.listen_host, info.port);
         return 2;
+    }
+    if (worker) {
+        listen_shared_opts lo = {info.ka_time, info.ka_interval, info.ka_probes};
+        listen_shared_start(g_srv.loop, vh, &lo);
     }
 
     uv_prepare_init(g_srv.loop, &g_flush);
