@@ -184,9 +184,11 @@ static void reap(sup *s)
             }
             continue;
         }
-        if (s->starting && !w->up) {
+        /* a start-up error (settings, scripts, port) exits with a status;
+         * a signal (a crash, a kill) is handled as a crash below */
+        if (s->starting && !w->up && WIFEXITED(st)) {
             LOGE(MOD, "worker w%d (pid %d) could not start: %s; stopping the others", w->idx, (int)p, how);
-            begin_stop(s, "start failed", WIFEXITED(st) && WEXITSTATUS(st) ? WEXITSTATUS(st) : 1);
+            begin_stop(s, "start failed", WEXITSTATUS(st) ? WEXITSTATUS(st) : 1);
             continue;
         }
         int report;
