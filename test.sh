@@ -4,13 +4,14 @@
 # Redis and Postgres, then runs the C unit tests (both builds, ctest), the
 # busted specs of the Lua policy, the integration suite (real chatd nodes,
 # Redis, Postgres and an independent WebSocket client), the Prometheus scrape
-# test and the real-Chromium browser tests. Ends with "N passed, N failed".
+# test, the real-Chromium browser tests and the deploy checks (files, installed
+# tree, .deb, demo). Ends with "N passed, N failed".
 #   ./test.sh                     everything
-#   CHATD_TEST_ONLY="unit itest" ./test.sh    some suites (unit asan busted itest prom browser)
+#   CHATD_TEST_ONLY="unit itest" ./test.sh    some suites (unit asan busted itest prom browser deploy)
 set -uo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
-ONLY=${CHATD_TEST_ONLY:-"unit asan busted itest prom browser"}
+ONLY=${CHATD_TEST_ONLY:-"unit asan busted itest prom browser deploy"}
 PASSED=0
 FAILED=0
 SUMMARY=()
@@ -103,6 +104,10 @@ fi
 if want browser; then
     echo "== browser tests (Debian chromium + playwright-core)"
     run_counted browser bash tests/browser/run.sh
+fi
+if want deploy; then
+    echo "== deploy: files, systemd, nginx, installed tree, .deb, demo (offline)"
+    run_counted deploy bash tests/deploy/run.sh
 fi
 
 echo
