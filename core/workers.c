@@ -45,16 +45,21 @@ static struct in_addr g_probe_addr;
 static sigset_t g_waitset, g_oldmask;
 static pid_t g_self;
 
+void workers_restarts_init(worker_restarts *r)
+{
+    backoff_init(&r->delay, WORKERS_RESTART_MIN_MS, WORKERS_RESTART_MAX_MS);
+    r->streak = 0;
+    r->total = 0;
+}
+
 uint32_t workers_next_restart(worker_restarts *r, uint64_t ran_ms, int *report)
 {
     *report = 0;
     if (ran_ms >= WORKERS_STABLE_MS) {   /* it ran fine for a while: a fresh start */
-        r->delay_ms = 0;
+        backoff_reset(&r->delay);
         r->streak = 0;
     }
-    if (r->delay_ms < WORKERS_RESTART_MIN_MS) r->delay_ms = WORKERS_RESTART_MIN_MS;
-    uint32_t d = r->delay_ms;
-    r->delay_ms = d > WORKERS_RESTART_MAX_MS / 2 ? WORKERS_RESTART_MAX_MS : d * 2;
+    uint32_t d = backoff_next(&r->delay);
     r->streak++;
     r->total++;
     if (r->streak >= WORKERS_CRASH_LOOP && (r->streak - WORKERS_CRASH_LOOP) % WORKERS_CRASH_LOOP == 0)
@@ -197,7 +202,7 @@ static void reap(sup *s)
              (double)ran / 1000.0, d);
         if (report)
             LOGE(MOD, "worker w%d is crash-looping: %u crashes in a row, the last one %s after %.1f s; "
-                 "restarts go on every %u ms at most (see the log above for its errors)",
+                 "restarts go on with a backoff of up to %u ms (see the log above for its errors)",
                  w->idx, w->rs.streak, how, (double)ran / 1000.0, WORKERS_RESTART_MAX_MS);
         w->restart_at_ms = now + d;
     }
@@ -242,6 +247,7 @@ static int setup(void)
         inet_pton(AF_INET, "127.0.0.1", &g_probe_addr);
     for (int i = 0; i < g_n; i++) {
         memset(&g_w[i], 0, sizeof g_w[i]);
+        workers_restarts_init(&g_w[i].rs);
         g_w[i].idx = i;
         g_w[i].port = (int)base + i;
     }

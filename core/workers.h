@@ -14,6 +14,7 @@
 #ifndef CHATD_WORKERS_H
 #define CHATD_WORKERS_H
 #include <stdint.h>
+#include "backoff.h"
 
 #define WORKERS_MAX 64
 
@@ -23,7 +24,7 @@ int workers_main(int argc, char **argv);
 
 /* Restart policy of one worker slot (pure, for tests). */
 typedef struct worker_restarts {
-    uint32_t delay_ms;      /* next restart delay (doubles, capped) */
+    backoff delay;          /* the core's backoff: doubling, jittered, capped */
     uint32_t streak;        /* crashes without a stable run in between */
     uint64_t total;         /* restarts of this slot since the supervisor started */
 } worker_restarts;
@@ -33,7 +34,10 @@ typedef struct worker_restarts {
 #define WORKERS_STABLE_MS 30000     /* a run this long resets the backoff */
 #define WORKERS_CRASH_LOOP 5        /* this many crashes in a row: reported */
 
-/* A worker exited after running for ran_ms: the delay before its restart.
+void workers_restarts_init(worker_restarts *r);
+/* A worker exited after running for ran_ms: the delay before its restart
+ * (the k-th crash of a streak waits in [MIN * 2^(k-1) / 2, MIN * 2^(k-1)],
+ * capped at MAX; a run of WORKERS_STABLE_MS starts a new streak).
  * Sets *report when this crash makes the slot a crash loop (once per streak,
  * then every WORKERS_CRASH_LOOP more crashes). */
 uint32_t workers_next_restart(worker_restarts *r, uint64_t ran_ms, int *report);

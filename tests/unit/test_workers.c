@@ -20,14 +20,14 @@ static int g_pass, g_fail;
 static void test_backoff(void)
 {
     worker_restarts r;
-    memset(&r, 0, sizeof r);
+    workers_restarts_init(&r);
     int report;
-    uint32_t want = WORKERS_RESTART_MIN_MS;
+    uint32_t base = WORKERS_RESTART_MIN_MS;
     int reports = 0;
     for (int i = 1; i <= 12; i++) {
         uint32_t d = workers_next_restart(&r, 50, &report);
-        CHECK(d == want, "crash %d: delay %u, want %u", i, d, want);
-        want = want * 2 > WORKERS_RESTART_MAX_MS ? WORKERS_RESTART_MAX_MS : want * 2;
+        CHECK(d >= base / 2 && d <= base, "crash %d: delay %u, want [%u, %u]", i, d, base / 2, base);
+        base = base * 2 > WORKERS_RESTART_MAX_MS ? WORKERS_RESTART_MAX_MS : base * 2;
         reports += report;
         if (i == WORKERS_CRASH_LOOP) CHECK(report, "crash %d of a streak is reported", i);
         else if (i == 2 * WORKERS_CRASH_LOOP) CHECK(report, "reported again after %d more", WORKERS_CRASH_LOOP);
@@ -35,14 +35,14 @@ static void test_backoff(void)
     }
     CHECK(reports == 2, "two reports in 12 crashes, got %d", reports);
     CHECK(r.total == 12 && r.streak == 12, "total %llu streak %u", (unsigned long long)r.total, r.streak);
-    /* capped */
-    CHECK(workers_next_restart(&r, 10, &report) == WORKERS_RESTART_MAX_MS, "cap");
+    uint32_t d = workers_next_restart(&r, 10, &report);
+    CHECK(d >= WORKERS_RESTART_MAX_MS / 2 && d <= WORKERS_RESTART_MAX_MS, "capped: %u", d);
     /* a run longer than WORKERS_STABLE_MS starts over */
-    uint32_t d = workers_next_restart(&r, WORKERS_STABLE_MS, &report);
-    CHECK(d == WORKERS_RESTART_MIN_MS && r.streak == 1 && !report, "reset after a stable run: %u %u", d, r.streak);
+    d = workers_next_restart(&r, WORKERS_STABLE_MS, &report);
+    CHECK(d <= WORKERS_RESTART_MIN_MS && r.streak == 1 && !report, "reset after a stable run: %u %u", d, r.streak);
     CHECK(r.total == 14, "total keeps counting: %llu", (unsigned long long)r.total);
     d = workers_next_restart(&r, WORKERS_STABLE_MS - 1, &report);
-    CHECK(d == 2 * WORKERS_RESTART_MIN_MS, "just under stable: no reset (%u)", d);
+    CHECK(d >= WORKERS_RESTART_MIN_MS && d <= 2 * WORKERS_RESTART_MIN_MS, "just under stable: no reset (%u)", d);
 }
 
 /* Runs workers_main in a child with these args (and a clean CHAT_*
