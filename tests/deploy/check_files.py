@@ -344,6 +344,10 @@ def check_nginx():
         err("location /ws/: X-Forwarded-For must be the client's address")
     if "$request " in text or "$request_uri" in re.sub(r"return 301[^;]*;", "", text):
         err("the access log must not log the query string (it carries the JWT)")
+    for m in re.finditer(r"error_log\s+\S+\s*(\w*);", text):
+        if m.group(1) not in ("crit", "alert", "emerg"):
+            err(f"error_log level '{m.group(1) or 'error'}': nginx logs the request line with the "
+                f"token at error/warn level; use crit")
     print(f"nginx: locations {sorted(locs)}")
 
 
