@@ -116,6 +116,7 @@ class Run:
         self.keys = None
         self.test_name = "?"
         self.counter = 0
+        self.extra_services = []   # objects with stop(), stopped at the end of the run
 
     def tmpdir(self, prefix):
         self.counter += 1
@@ -146,8 +147,14 @@ class Run:
                 self.pg.start()
         return self.pg
 
+    def add_service(self, svc):
+        """A service a group started itself (e.g. the Redis Cluster rig):
+        stopped with the others at the end of the run."""
+        self.extra_services.append(svc)
+        return svc
+
     def stop_services(self):
-        for s in (self.redis, self.pg):
+        for s in list(reversed(self.extra_services)) + [self.redis, self.pg]:
             if s is not None:
                 try:
                     s.stop()
