@@ -9,7 +9,7 @@ PKGS=(build-essential cmake pkg-config libwebsockets-dev libuv1-dev libluajit-5.
       redis-server postgresql)
 if [ "${1:-}" = "--test" ]; then
     PKGS+=(lua-busted python3-websockets python3-jwt chromium nodejs npm gnuplot-nox
-           prometheus procps curl
+           prometheus procps curl redis-tools   # redis-tools: redis-cli --cluster (cluster tests)
            nginx openssl dpkg-dev python3-yaml systemd jq)   # deploy suite, tools/demo.sh
 fi
 missing=()

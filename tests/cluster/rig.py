@@ -200,6 +200,7 @@ def _cmdline(pid):
 
 def _port_free(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as redis-server binds
     try:
         s.bind((HOST, port))
         return True
