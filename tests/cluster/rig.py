@@ -18,6 +18,7 @@ Importable (`from rig import Cluster`) and a command line:
 
     /usr/bin/python3 tests/cluster/rig.py start --dir /tmp/rc [--port-lo 24300 --port-hi 24999]
     /usr/bin/python3 tests/cluster/rig.py status --dir /tmp/rc
+    /usr/bin/python3 tests/cluster/rig.py nodes --dir /tmp/rc     # "PORT ROLE PID" lines
     /usr/bin/python3 tests/cluster/rig.py keyslot ROOM --dir /tmp/rc
     /usr/bin/python3 tests/cluster/rig.py rooms --dir /tmp/rc [--per-shard 2]
     /usr/bin/python3 tests/cluster/rig.py kill-master PORT --dir /tmp/rc
@@ -782,8 +783,9 @@ class Cluster:
 # ---------------------------------------------------------------- CLI
 def _cli():
     ap = argparse.ArgumentParser(description="local Redis Cluster 7 rig")
-    ap.add_argument("cmd", choices=["start", "stop", "status", "keyslot", "rooms", "kill-master",
-                                    "restart", "migrate-room", "reshard", "down", "up", "heal"])
+    ap.add_argument("cmd", choices=["start", "stop", "status", "nodes", "keyslot", "rooms",
+                                    "kill-master", "restart", "migrate-room", "reshard", "down",
+                                    "up", "heal"])
     ap.add_argument("args", nargs="*")
     ap.add_argument("--dir", required=True)
     ap.add_argument("--port-lo", type=int, default=None)
@@ -814,6 +816,15 @@ def _cli():
         return 1 if left else 0
     if a.cmd == "status":
         _status(c)
+    elif a.cmd == "nodes":
+        for n in c.nodes:
+            role = "down"
+            if n.alive():
+                try:
+                    role = info_map(n.call("INFO", "replication")).get("role", "?")
+                except (OSError, ConnectionError, RedisReplyError):
+                    role = "?"
+            print(f"{n.port} {'replica' if role == 'slave' else role} {n.pid}")
     elif a.cmd == "keyslot":
         room = a.args[0]
         print(f"room {room}: key {room_key(room)} slot {c.room_slot(room)} "
