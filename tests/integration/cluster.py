@@ -382,6 +382,29 @@ def check_outage_answers(answers, ids, sent_at, t_back, what):
           f"none of the {len(ids)} messages sent {what} was answered `unavailable`")
 
 
+async def check_replay(nodes, rooms, depth=25):
+    """A new client per room resumes with since=head-depth (on node k % n):
+    it gets exactly since+1..head, as stored in Postgres, whether the replay
+    comes from the room's shard or from Postgres."""
+    rows = pg_rows(rooms)
+    for k, room in enumerate(rooms):
+        got = rows[room]
+        check(got, f"room {room}: no row in Postgres")
+        head = got[-1][0]
+        since = max(0, head - depth)
+        n = nodes[k % len(nodes)]
+        c = await Client.connect(n, room, token("late"), since=since)
+        eq(c.welcome().get("seq"), head, f"welcome.seq of {room} on {n.name}")
+        await c.wait_count(is_msg(room), head - since, 10, f"replayed messages since {since}")
+        await asyncio.sleep(0.2)
+        view = [(m["seq"], m.get("id") or "") for m in c.messages(room)]
+        want = [x for x in got if x[0] > since]
+        check(view == want, f"room {room}: replay since={since} on {n.name} gave "
+              f"{describe_seq_problem([v[0] for v in view])}, {len(view)} messages; differs from "
+              f"Postgres at {next((i for i, (a, b) in enumerate(zip(view, want)) if a != b), '-')}")
+        await c.close()
+
+
 async def readyz(node):
     try:
         st, _, body = await ahttp(node.port, "/readyz", timeout=2)
@@ -406,13 +429,26 @@ def shard_desc(r, master):
 
 class ReadyWatch:
     """Polls /readyz of some nodes every 100 ms in the background, keeping
-    (time, status, body) per node."""
+    (time, status, body) per node; the first answer of each node (taken
+    while healthy) is its baseline."""
 
     def __init__(self, nodes):
         self.nodes = nodes
         self.log = {n.name: [] for n in nodes}
         self._stop = False
         self.task = asyncio.create_task(self._run())
+
+    async def started(self):
+        while any(not v for v in self.log.values()):
+            await asyncio.sleep(0.02)
+        return self
+
+    def reported(self, node, shard, after):
+        """First answer after `after` that differs from the healthy baseline
+        and names the shard (the status is the node's choice)."""
+        st0, body0 = self.log[node.name][0][1:]
+        return self.first(node, lambda st, b: st is not None and (st, b) != (st0, body0)
+                          and names_shard(b, shard), after)
 
     async def _run(self):
         while not self._stop:
@@ -508,9 +544,10 @@ async def rooms_spread_over_every_shard():
                     other = [c for c in shard_channels(m) if room in c]
                     check(not other, f"room {room} (on {owner}) has shard channels on {m}: "
                           f"{other}")
-                classic = rigmod.call(m, "PUBSUB", "CHANNELS", f"*{room}*")
+            for nd in r.live():
+                classic = rigmod.call(nd.port, "PUBSUB", "CHANNELS", f"*{room}*")
                 check(not classic, f"room {room}: classic (broadcast) pub/sub channels on "
-                      f"{m}: {classic} (sharded pub/sub expected)")
+                      f"{nd.port}: {classic} (sharded pub/sub expected)")
 
 
 @test(timeout=90, needs=NEEDS)
@@ -597,8 +634,25 @@ async def presence_and_typing_across_nodes():
         for o in obs:
             eq(sum(1 for f in o.frames if is_typing(room, f"u{k}")(f)), 1,
                f"typings of u{k} at {o.label}")
-    # leave: exactly one leave per user at every observer
+    # a second connection of each user, on the next node: no second join;
+    # closing the first: no leave while the second heartbeats
+    seconds = []
+    for k, room in enumerate(rooms):
+        seconds.append(await Client.connect(nodes[(k + 1) % 3], room,
+                                            token(f"u{k}", f"User {k}"), heartbeat=True,
+                                            user=f"u{k}"))
+    await asyncio.sleep(0.5)
     for u in users:
+        await u.close()
+    await asyncio.sleep(TTL_MS / 1000 + 1.0)
+    for k, room in enumerate(rooms):
+        for o in obs:
+            n_join = sum(1 for f in o.frames if pres(room, "join", f"u{k}")(f))
+            n_leave = sum(1 for f in o.frames if pres(room, "leave", f"u{k}")(f))
+            eq((n_join, n_leave), (1, 0), f"join/leave events of u{k} in {room} at {o.label} "
+               f"while its second connection (on {nodes[(k + 1) % 3].name}) is live")
+    # leave: exactly one leave per user at every observer
+    for u in seconds:
         await u.close()
     for k, room in enumerate(rooms):
         for o in obs:
@@ -728,6 +782,7 @@ async def slot_migrated_under_load():
     for c in watchers + pubs:
         check(not c.closed, f"{c.label} closed (code {c.close_code}) by a slot migration")
     check_streams(watchers + pubs, rooms, acked)
+    await check_replay(nodes, rooms)
     for room, slot, dst, src in ((moved1, slot1, dst1, src1), (moved2, low, dst2, src2)):
         eq(r.room_owner(room), dst, f"owner of {room}'s slot {slot} after the migration")
         keys = rigmod.call(dst, "CLUSTER", "GETKEYSINSLOT", slot, 100)
@@ -758,7 +813,7 @@ async def one_shard_down_others_keep_working():
     load = Load(pubs, rooms, rate=20, tag="d").start()
     await asyncio.sleep(1.0)
     acked_before = acked_of(load.answers())
-    rw = ReadyWatch(nodes)
+    rw = await ReadyWatch(nodes).started()
     for p in sh["ports"]:
         if p != victim:
             await asyncio.to_thread(r.kill9, p)      # the replica first: no failover
@@ -795,9 +850,10 @@ async def one_shard_down_others_keep_working():
     # choice: 503, or 200 so that a load balancer keeps the rooms of the
     # healthy shards reachable), and is 200 once it is back (wait_ready above)
     for n in nodes:
-        hit = rw.first(n, lambda st, b: st is not None and names_shard(b, sh), after=t_down)
-        check(hit and hit[0] < t_up, f"/readyz of {n.name} never named the down shard "
-              f"(nodes {sh['ports']}, slots {sh['slots']}) while it was down; "
+        hit = rw.reported(n, sh, after=t_down)
+        check(hit and hit[0] < t_up, f"/readyz of {n.name} never reported the down shard "
+              f"(an answer other than the healthy one, naming one of the nodes {sh['ports']} "
+              f"or slot ranges {sh['slots']}) while it was down; "
               f"answers: {rw.summary(n)}")
     acked = acked_of(answers)
     acked.update(await final_round(pubs, rooms))
@@ -815,6 +871,7 @@ async def one_shard_down_others_keep_working():
     for c in watchers + pubs:
         check(not c.closed, f"{c.label} closed (code {c.close_code}) by the shard outage")
     check_streams(watchers + pubs, rooms, acked)
+    await check_replay(nodes, rooms)
 
 
 @test(timeout=120, needs=NEEDS)
@@ -830,7 +887,7 @@ async def master_killed_under_load_replica_promoted():
     pubs = [await member(n, rooms, f"p{i}") for i, n in enumerate(nodes)]
     load = Load(pubs, rooms, rate=25, tag="f").start()
     await asyncio.sleep(1.5)
-    rw = ReadyWatch(nodes)
+    rw = await ReadyWatch(nodes).started()
     t_kill = time.monotonic()
     new_master, took = await asyncio.to_thread(r.kill_master, victim)
     t_promoted = time.monotonic()
@@ -854,11 +911,13 @@ async def master_killed_under_load_replica_promoted():
     for c in watchers + pubs:
         check(not c.closed, f"{c.label} closed (code {c.close_code}) by the failover")
     check_streams(watchers + pubs, rooms, acked)
+    await check_replay(nodes, rooms)
     for n in nodes:
-        hit = rw.first(n, lambda st, b: st is not None and names_shard(b, sh), after=t_kill)
+        hit = rw.reported(n, sh, after=t_kill)
         check(hit and hit[0] <= t_promoted + 1.0,
-              f"/readyz of {n.name} never named the failed shard (nodes "
-              f"{sh['ports']}, slots {sh['slots']}) between the kill and the promotion "
+              f"/readyz of {n.name} never reported the failed shard (an answer other than the "
+              f"healthy one, naming one of the nodes {sh['ports']} or slot ranges "
+              f"{sh['slots']}) between the kill and the promotion "
               f"({took:.1f}s); answers: {rw.summary(n)}")
     print(f"#   failover: master {victim} killed, replica {new_master} promoted after "
           f"{took:.1f}s, all nodes ready {t_ready - t_kill:.1f}s after the kill; "
@@ -877,7 +936,7 @@ async def cluster_down_and_back():
     pids = [n.proc.pid for n in nodes]
     load = Load(pubs, rooms, rate=15, tag="z").start()
     await asyncio.sleep(1.0)
-    rw = ReadyWatch(nodes)
+    rw = await ReadyWatch(nodes).started()
     await asyncio.to_thread(r.down)
     t_down = time.monotonic()
     phase("cluster down")
@@ -924,5 +983,6 @@ async def cluster_down_and_back():
     for c in watchers + pubs:
         check(not c.closed, f"{c.label} closed (code {c.close_code}) by the cluster outage")
     check_streams(watchers + pubs, rooms, acked)
+    await check_replay(nodes, rooms)
     print(f"#   cluster down {t_up0 - t_down:.1f}s; chatd ready {t_ready - t_up0:.1f}s after "
           f"the restart; {len(during)} messages answered unavailable meanwhile", flush=True)
