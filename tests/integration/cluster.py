@@ -745,6 +745,63 @@ async def seeds_a_replica_and_a_dead_first_seed():
     check_streams([w, p], rooms, acked)
 
 
+@test(timeout=90, needs=NEEDS)
+async def killed_node_swept_and_backfilled_on_every_shard():
+    """The per-slot indexes: a chatd node dies (kill -9) with members in rooms
+    of every shard and messages broadcast but not yet committed (its batch
+    waits 10 s): the survivors announce its users' leaves (presence sweep)
+    and store its messages from the unstored index (backfill), in every
+    shard, each message exactly once."""
+    r = setup()
+    short = {"CHAT_HEARTBEAT_MS": HB_MS, "CHAT_PRESENCE_TTL_MS": TTL_MS}
+    masters = r.masters()
+    a = start_nodes([[masters[0]]], env=dict(short, CHAT_BATCH_MS=10000,
+                                             CHAT_BACKFILL_GRACE_MS=60000), names="A")[0]
+    b, c = start_nodes([[masters[1]], [masters[2]]], env=dict(short, CHAT_BACKFILL_GRACE_MS=1000),
+                       names="BC")
+    rooms = flat(r.rooms_on_every_shard(uniq("hole"), per_shard=1))
+    obs = [await member(n, rooms, f"obs{i}", heartbeat=True) for i, n in enumerate((b, c))]
+    u = await member(a, rooms, "victim", heartbeat=True, name="Victim")
+    for o in obs:
+        for room in rooms:
+            await o.wait_for(lambda f: f["type"] == "presence" and f.get("event") == "join"
+                             and f.get("user") == "victim" and f.get("room") == room, 5,
+                             what=f"join of victim in {room}")
+    for room in rooms:
+        for j in range(3):
+            await u.send_msg(f"hole {j}", id=f"h{j}-{room}", room=room)
+    for o in obs:
+        await o.wait_count(lambda f: f["type"] == "message" and f.get("user") == "victim",
+                           3 * len(rooms), 10, "broadcasts of the victim's messages")
+    check(not u.acks(), f"acks although A's batch waits 10 s: {u.acks()[:2]}")
+    a.kill9()
+    t_kill = time.monotonic()
+    for o in obs:
+        for room in rooms:
+            await o.wait_for(lambda f: f["type"] == "presence" and f.get("event") == "leave"
+                             and f.get("user") == "victim" and f.get("room") == room,
+                             TTL_MS / 1000 + 3, what=f"leave of victim in {room} after kill -9")
+    rows = {}
+    while time.monotonic() - t_kill < 10:
+        rows = pg_rows(rooms)
+        if all(len(rows[room]) >= 3 for room in rooms):
+            break
+        await asyncio.sleep(0.3)
+    took = time.monotonic() - t_kill
+    for room in rooms:
+        seen = [(m["seq"], m.get("id")) for m in obs[0].messages(room)]
+        eq(rows[room], seen, f"room {room}: Postgres rows {took:.1f}s after the node died "
+           f"(backfill from the unstored index of the room's slot) vs the broadcasts")
+    await asyncio.sleep(2.0)
+    again = pg_rows(rooms)
+    eq(again, rows, "rows after further sweeps (stored once)")
+    for o in obs:
+        for room in rooms:
+            n = sum(1 for f in o.frames if f["type"] == "presence" and f.get("user") == "victim"
+                    and f.get("room") == room and f.get("event") == "leave")
+            eq(n, 1, f"leaves of victim in {room} at {o.label}")
+
+
 @test(timeout=120, needs=NEEDS)
 async def slot_migrated_under_load():
     r = setup()
