@@ -818,14 +818,18 @@ async def slot_migrated_under_load():
     watchers = [await member(n, rooms, f"w{i}") for i, n in enumerate(nodes)]
     pubs = [await member(n, rooms, f"p{i}") for i, n in enumerate(nodes)]
     load = Load(pubs, rooms, rate=30, tag="g").start()
+    phase("load started")
     await asyncio.sleep(1.5)
     slot1, src1, dst1, keys1 = await asyncio.to_thread(r.migrate_room, moved1, masters[2],
                                                        hold_s=1.0, batch=2)
+    phase(f"slot {slot1} migrated {src1} -> {dst1} ({keys1} keys)")
     await asyncio.sleep(1.0)
     got = await asyncio.to_thread(r.reshard, src2, dst2, 1)
+    phase(f"slot {low} resharded {src2} -> {dst2}")
     eq(got, [low], f"slots moved by redis-cli --cluster reshard {src2} -> {dst2}")
     await asyncio.sleep(2.0)
     answers = await load.stop()
+    phase("load answered")
     errs = error_codes(answers)
     check(not errs, f"error answers during slot migrations (a migration is routine: "
           f"MOVED/ASK/TRYAGAIN are followed): {errs}; e.g. "
@@ -876,6 +880,7 @@ async def one_shard_down_others_keep_working():
             await asyncio.to_thread(r.kill9, p)      # the replica first: no failover
     await asyncio.to_thread(r.kill9, victim)
     t_down = time.monotonic()
+    phase(f"shard of {victim} down")
     await asyncio.sleep(5.0)
     t_back = time.monotonic()
     await asyncio.to_thread(r.restart_node, victim, False)
@@ -884,7 +889,9 @@ async def one_shard_down_others_keep_working():
             await asyncio.to_thread(r.restart_node, p, False)
     await asyncio.to_thread(r.wait_ok, 40)
     t_up = time.monotonic()
+    phase("shard back")
     await wait_ready(nodes, 20, "after the shard came back")
+    phase("chatd ready")
     await asyncio.sleep(1.0)
     await rw.stop()
     answers = await load.stop()
@@ -948,7 +955,9 @@ async def master_killed_under_load_replica_promoted():
     t_kill = time.monotonic()
     new_master, took = await asyncio.to_thread(r.kill_master, victim)
     t_promoted = time.monotonic()
+    phase(f"master {victim} killed, {new_master} promoted")
     await wait_ready(nodes, 15, f"after replica {new_master} took over")
+    phase("chatd ready")
     t_ready = time.monotonic()
     await asyncio.sleep(2.0)
     await rw.stop()
