@@ -468,10 +468,15 @@ class ReadyWatch:
                 return t, st, body
         return None
 
+    def show(self):
+        if os.environ.get("CHATD_TEST_VERBOSE"):
+            for n in self.nodes:
+                print(f"#   /readyz of {n.name}: {self.summary(n)}", flush=True)
+
     def summary(self, node):
         out = []
         for t, st, body in self.log[node.name]:
-            e = f"{st} {body.strip()[:80]}"
+            e = f"{st} {body.strip()[:300]}"
             if not out or out[-1][1] != e:
                 out.append((t, e))
         return [e for _, e in out][:8]
@@ -894,6 +899,7 @@ async def one_shard_down_others_keep_working():
     phase("chatd ready")
     await asyncio.sleep(1.0)
     await rw.stop()
+    rw.show()
     answers = await load.stop()
     sent_at = load.sent_at()
     room_of = load.room_of()
@@ -961,6 +967,7 @@ async def master_killed_under_load_replica_promoted():
     t_ready = time.monotonic()
     await asyncio.sleep(2.0)
     await rw.stop()
+    rw.show()
     answers = await load.stop()
     room_of = load.room_of()
     errs = [(i, strip(f)) for i, f in answers.items() if f["type"] == "error"]
@@ -1015,6 +1022,7 @@ async def cluster_down_and_back():
     phase("chatd ready")
     await asyncio.sleep(1.0)
     await rw.stop()
+    rw.show()
     answers = await load.stop()
     phase("load answered")
     sent_at = load.sent_at()
