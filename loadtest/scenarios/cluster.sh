@@ -13,7 +13,8 @@
 # steady phase (the seconds in which chatload sent messages: no connection
 # ramp, no close; heartbeats of the held connections included, CONNS/10 per
 # second), minus its idle rate, divided by the acked messages, is printed per
-# Redis (masters = shards, and replicas) in µs per published message ->
+# Redis (masters = shards, and replicas) in µs per published message, and
+# for a master also per message of its own rooms (us_per_own_msg) ->
 # results/cluster_single.*, results/cluster_cluster.*, cluster_redis_cpu.json.
 # Redis (and the cluster) run pinned next to the generator (LOAD_CPU), chatd
 # on CHATD_CPU, as the other scenarios.
@@ -114,7 +115,8 @@ measure() {
     wait "$sampler" 2>/dev/null || true
     # shellcheck disable=SC2086
     /usr/bin/python3 "$HERE/redis_cpu.py" report "$samples" "$RESULTS/$name.timeline" \
-        "$RESULTS/$name.json" "$t0" "$t_i0" "$t_i1" $redis >"$RESULTS/$name.redis.json" \
+        "$RESULTS/$name.json" "$t0" "$t_i0" "$t_i1" "$name:$ROOMS:$PUBLISHERS" $redis \
+        >"$RESULTS/$name.redis.json" \
         2>"$LT_DATA/$name.report" || { cat "$LT_DATA/$name.report" >&2; exit 1; }
     sed "s/^/$name: /" "$LT_DATA/$name.report" | tee "$RESULTS/$name.redis.txt"
     local errs
@@ -170,10 +172,11 @@ if [ -f "$RESULTS/cluster_single.redis.json" ] && [ -f "$RESULTS/cluster_cluster
       ($c[0] | map(select(.role == "replica"))) as $r |
       {load: {rate: $rate, conns: $conns, rooms: $rooms, chatd_nodes: $nodes},
        single_us_per_msg: $s[0][0].us_per_msg,
-       cluster_masters: ($m | map({port, us_per_msg, load_cpu_s})),
+       cluster_masters: ($m | map({port, us_per_msg, share, us_per_own_msg, load_cpu_s})),
        cluster_replicas: ($r | map({port, us_per_msg, load_cpu_s})),
        cluster_master_sum_us_per_msg: ($m | map(.us_per_msg) | add),
        cluster_all_sum_us_per_msg: ($c[0] | map(.us_per_msg) | add),
-       per_shard_vs_single: (($m | map(.us_per_msg) | add) / ($m | length) / $s[0][0].us_per_msg)}' |
+       per_shard_vs_single: (($m | map(.us_per_msg) | add) / ($m | length) / $s[0][0].us_per_msg),
+       own_msg_vs_single: (($m | map(.us_per_own_msg) | add) / ($m | length) / $s[0][0].us_per_msg)}' |
         tee "$RESULTS/cluster_redis_cpu.json"
 fi
