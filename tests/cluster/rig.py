@@ -22,6 +22,7 @@ Importable (`from rig import Cluster`) and a command line:
     /usr/bin/python3 tests/cluster/rig.py keyslot ROOM --dir /tmp/rc
     /usr/bin/python3 tests/cluster/rig.py rooms --dir /tmp/rc [--per-shard 2]
     /usr/bin/python3 tests/cluster/rig.py kill-master PORT --dir /tmp/rc
+    /usr/bin/python3 tests/cluster/rig.py freeze|thaw PORT --dir /tmp/rc   # SIGSTOP / SIGCONT
     /usr/bin/python3 tests/cluster/rig.py restart PORT --dir /tmp/rc
     /usr/bin/python3 tests/cluster/rig.py migrate-room ROOM [--to PORT] --dir /tmp/rc
     /usr/bin/python3 tests/cluster/rig.py reshard FROM_PORT TO_PORT N --dir /tmp/rc
@@ -285,6 +286,16 @@ class Node:
         cl = _cmdline(pid)
         return "redis-server" in cl and f":{self.port}" in cl
 
+    def send_signal(self, sig):
+        """Sends sig to our process (by PID) if it is still ours."""
+        if not self.pid or (self.proc is None and not self._is_ours(self.pid)):
+            return False
+        try:
+            os.kill(self.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
     def kill(self, sig=signal.SIGKILL, timeout=10.0):
         """Signals our process (by PID) and waits until it is gone."""
         if not self.pid:
@@ -294,6 +305,8 @@ class Node:
             return
         try:
             os.kill(self.pid, sig)
+            if sig != signal.SIGKILL:
+                os.kill(self.pid, signal.SIGCONT)   # a frozen node handles it too
         except ProcessLookupError:
             pass
         end = time.time() + timeout
@@ -339,6 +352,7 @@ class Cluster:
         self.appendonly = appendonly
         self.nodes = []
         self.created = False
+        self.frozen = set()   # ports of SIGSTOPped nodes
 
     # -- state file (for the command line) ------------------------------
     def state_path(self):
@@ -348,6 +362,7 @@ class Cluster:
         st = {"port_lo": self.port_lo, "port_hi": self.port_hi, "masters": self.nmasters,
               "replicas": self.nreplicas, "node_timeout_ms": self.node_timeout_ms,
               "appendonly": self.appendonly, "created": self.created,
+              "frozen": sorted(self.frozen),
               "nodes": [{"idx": n.idx, "port": n.port, "bus_port": n.bus_port, "dir": n.dir,
                          "pid": n.pid} for n in self.nodes]}
         tmp = self.state_path() + ".tmp"
@@ -362,6 +377,7 @@ class Cluster:
         c = cls(dir_, st["port_lo"], st["port_hi"], st["masters"], st["replicas"],
                 st["node_timeout_ms"], st["appendonly"])
         c.created = st["created"]
+        c.frozen = set(st.get("frozen", []))
         for d in st["nodes"]:
             n = Node(d["idx"], d["port"], d["bus_port"], d["dir"])
             n.pid = d["pid"]
@@ -423,6 +439,7 @@ class Cluster:
 
     def stop(self):
         """Stops every process of the rig (SIGTERM, then SIGKILL), by PID."""
+        self.frozen.clear()
         errs = []
         for n in self.nodes:
             try:
@@ -462,7 +479,7 @@ class Cluster:
         """CLUSTER SHARDS as [{'slots': [(lo, hi)], 'master': port or None,
         'nodes': [{'port', 'id', 'role', 'health'}]}], read from `via` (a
         port) or the first live node that answers."""
-        ports = [via] if via else [n.port for n in self.live()]
+        ports = [via] if via else [n.port for n in self.live() if n.port not in self.frozen]
         last = None
         for p in ports:
             try:
@@ -641,19 +658,51 @@ class Cluster:
             return None, 0.0
         if not reps:
             raise RigError(f"master {port} has no replica to promote")
+        new = self.wait_promoted(port, slots, reps, timeout)
+        return new, time.time() - t0
+
+    def freeze(self, port):
+        """SIGSTOP: the node hangs with its connections open (no RST), like
+        a partitioned or stalled server."""
+        if not self.node(port).send_signal(signal.SIGSTOP):
+            raise RigError(f"cannot freeze {port}")
+        self.frozen.add(int(port))
+        self.save_state()
+
+    def thaw(self, port):
+        self.node(port).send_signal(signal.SIGCONT)
+        self.frozen.discard(int(port))
+        self.save_state()
+
+    def wait_promoted(self, old_master, slots, reps, timeout=20.0):
+        """Waits until every live, unfrozen node sees one of reps serving
+        slots[0]. Returns the new master's port."""
         new = [None]
 
         def promoted():
             owners = set()
             for n in self.live():
-                o = self.slot_owner(slots[0][0], via=n.port)
-                owners.add(o)
+                if n.port in self.frozen:
+                    continue
+                owners.add(self.slot_owner(slots[0][0], via=n.port))
             if len(owners) == 1 and next(iter(owners)) in reps:
                 new[0] = next(iter(owners))
                 return True
             return False
-        self.wait_state(promoted, timeout, f"promotion of a replica of {port}")
-        return new[0], time.time() - t0
+        self.wait_state(promoted, timeout, f"promotion of a replica of {old_master}")
+        return new[0]
+
+    def freeze_master(self, port, timeout=20.0):
+        """SIGSTOP a master and wait until a replica serves its slots.
+        Returns (new master port, seconds until every node saw it)."""
+        s = self.shard_of_port(port)
+        if s["master"] != int(port):
+            raise RigError(f"{port} is not the online master of its shard")
+        reps = [n["port"] for n in s["nodes"] if n["port"] != int(port)]
+        t0 = time.time()
+        self.freeze(port)
+        new = self.wait_promoted(port, s["slots"], reps, timeout)
+        return new, time.time() - t0
 
     def restart_node(self, port, wait=True, timeout=30.0):
         """Starts a stopped node again with its config and nodes.conf (its
@@ -700,6 +749,8 @@ class Cluster:
         """Back to a healthy cluster after a test: dead nodes started, slots
         left open by a cut-short migration fixed (`redis-cli --cluster fix`),
         ok everywhere, every shard with its replicas."""
+        for p in list(self.frozen):
+            self.thaw(p)
         if any(not n.alive() for n in self.nodes):
             self.up(timeout)
         if self.open_slots():
@@ -803,8 +854,8 @@ class Cluster:
 def _cli():
     ap = argparse.ArgumentParser(description="local Redis Cluster 7 rig")
     ap.add_argument("cmd", choices=["start", "stop", "status", "nodes", "keyslot", "rooms",
-                                    "kill-master", "restart", "migrate-room", "reshard", "down",
-                                    "up", "heal"])
+                                    "kill-master", "freeze", "thaw", "restart", "migrate-room",
+                                    "reshard", "down", "up", "heal"])
     ap.add_argument("args", nargs="*")
     ap.add_argument("--dir", required=True)
     ap.add_argument("--port-lo", type=int, default=None)
@@ -855,6 +906,12 @@ def _cli():
     elif a.cmd == "kill-master":
         new, dt = c.kill_master(int(a.args[0]))
         print(f"killed {a.args[0]}; replica {new} promoted after {dt:.1f}s")
+    elif a.cmd == "freeze":
+        c.freeze(int(a.args[0]))
+        print(f"froze {a.args[0]} (SIGSTOP); `thaw` to continue it")
+    elif a.cmd == "thaw":
+        c.thaw(int(a.args[0]))
+        print(f"thawed {a.args[0]}")
     elif a.cmd == "restart":
         c.restart_node(int(a.args[0]))
         print(f"restarted {a.args[0]}")

@@ -997,6 +997,79 @@ async def master_killed_under_load_replica_promoted():
           f"{len(load.sent)} messages, {len(errs)} answered unavailable", flush=True)
 
 
+@test(timeout=120, needs=NEEDS)
+async def master_frozen_under_load_failover():
+    """SIGSTOP of a master under load (a stall: its connections stay open,
+    nothing answers, no RST): chatd does not hang on it; rooms of the other
+    shards keep acking promptly; the frozen shard's messages are answered
+    within bounded time; once the replica is promoted chatd follows it
+    without waiting for the old master; after SIGCONT the old master (with
+    the commands queued in its sockets) rejoins as a replica and nothing it
+    answered late corrupts a room: no acked message lost, no seq reused."""
+    r = setup()
+    nodes = three_nodes(r)
+    by_shard = r.rooms_on_every_shard(uniq("fz"), per_shard=1)
+    rooms = flat(by_shard)
+    victim = r.masters()[1]
+    hit_rooms = by_shard[victim]
+    up_rooms = [x for x in rooms if x not in hit_rooms]
+    watchers = [await member(n, rooms, f"w{i}") for i, n in enumerate(nodes)]
+    pubs = [await member(n, rooms, f"p{i}") for i, n in enumerate(nodes)]
+    load = Load(pubs, rooms, rate=20, tag="s").start()
+    await asyncio.sleep(1.5)
+    t_freeze = time.monotonic()
+    new_master, took = await asyncio.to_thread(r.freeze_master, victim)
+    t_promoted = time.monotonic()
+    phase(f"master {victim} frozen, {new_master} promoted after {took:.1f}s")
+    await asyncio.sleep(6.0)
+    t_thaw = time.monotonic()
+    await asyncio.to_thread(r.thaw, victim)
+    await asyncio.to_thread(r.wait_ok, 30)
+    phase(f"{victim} thawed, cluster ok")
+    await wait_ready(nodes, 15, "after the frozen master was replaced and thawed")
+    await asyncio.sleep(1.0)
+    answers = await load.stop()
+    sent_at = load.sent_at()
+    room_of = load.room_of()
+    bad = [(i, strip(f)) for i, f in answers.items() if room_of[i] in up_rooms
+           and f["type"] != "ack"]
+    check(not bad, f"{len(bad)} messages to rooms of healthy shards not acked while "
+          f"{victim} was frozen: {bad[:3]}")
+    slow = sorted(((round(answers[i]["_t"] - sent_at[i], 2), i) for i in answers
+                   if room_of[i] in up_rooms), reverse=True)
+    check(not slow or slow[0][0] < 3.0, f"acks in healthy rooms delayed by the frozen master "
+          f"(s, id): {slow[:3]}")
+    hit = [i for i in answers if room_of[i] in hit_rooms]
+    wrong = [(i, strip(answers[i])) for i in hit if answers[i]["type"] == "error"
+             and answers[i].get("code") != "unavailable"]
+    check(not wrong, f"messages to the frozen shard answered {wrong[:3]}")
+    late = sorted(((round(answers[i]["_t"] - sent_at[i], 2), i) for i in hit
+                   if sent_at[i] < t_thaw and answers[i]["_t"] - sent_at[i] > 8.0), reverse=True)
+    check(not late, f"messages to the frozen shard answered more than 8 s after the send "
+          f"(chatd waited on the stalled master; s, id): {late[:3]}")
+    after = [i for i in hit if t_promoted + 4.0 < sent_at[i] < t_thaw]
+    check(after, "no message sent to the frozen shard's room after the promotion")
+    stuck = [(i, strip(answers[i])) for i in after if answers[i]["type"] != "ack"
+             or answers[i]["_t"] > t_thaw]
+    check(not stuck, f"{len(stuck)}/{len(after)} messages sent to the failed-over shard 4 s or "
+          f"more after replica {new_master} took over were not acked before the old master "
+          f"was thawed: {stuck[:3]}")
+    acked = acked_of(answers)
+    acked.update(await final_round(pubs, rooms))
+    heads = {}
+    for i, (room, seq) in acked.items():
+        heads[room] = max(heads.get(room, 0), seq)
+    await wait_delivered(watchers + pubs, heads)
+    for c in watchers + pubs:
+        check(not c.closed, f"{c.label} closed (code {c.close_code}) by the stalled master")
+    check_streams(watchers + pubs, rooms, acked)
+    await check_replay(nodes, rooms)
+    print(f"#   freeze: master {victim} stopped, replica {new_master} promoted after "
+          f"{took:.1f}s; {len(load.sent)} messages, "
+          f"{sum(1 for i in hit if answers[i]['type'] == 'error')} answered unavailable",
+          flush=True)
+
+
 @test(timeout=150, needs=NEEDS)
 async def cluster_down_and_back():
     r = setup()
