@@ -824,6 +824,23 @@ async def slot_migrated_under_load():
     pubs = [await member(n, rooms, f"p{i}") for i, n in enumerate(nodes)]
     load = Load(pubs, rooms, rate=30, tag="g").start()
     phase("load started")
+    # while the slots move, new clients resume the moved rooms with since=
+    # (replay from the recent buffer of a slot in migration: ASK/TRYAGAIN)
+    resumed = []
+    stop_resume = asyncio.Event()
+
+    async def resumers():
+        k = 0
+        while not stop_resume.is_set():
+            room = (moved1, moved2)[k % 2]
+            head = max([m["seq"] for m in watchers[0].messages(room)] or [0])
+            since = max(0, head - 10)
+            c = await Client.connect(nodes[k % 3], room, token(f"r{k}"), since=since,
+                                     label=f"resume{k}@{nodes[k % 3].name}")
+            resumed.append((room, since, c))
+            k += 1
+            await asyncio.sleep(0.25)
+    resume_task = asyncio.create_task(resumers())
     await asyncio.sleep(1.5)
     slot1, src1, dst1, keys1 = await asyncio.to_thread(r.migrate_room, moved1, masters[2],
                                                        hold_s=1.0, batch=2)
@@ -833,6 +850,8 @@ async def slot_migrated_under_load():
     phase(f"slot {low} resharded {src2} -> {dst2}")
     eq(got, [low], f"slots moved by redis-cli --cluster reshard {src2} -> {dst2}")
     await asyncio.sleep(2.0)
+    stop_resume.set()
+    await resume_task
     answers = await load.stop()
     phase("load answered")
     errs = error_codes(answers)
@@ -848,6 +867,19 @@ async def slot_migrated_under_load():
     for c in watchers + pubs:
         check(not c.closed, f"{c.label} closed (code {c.close_code}) by a slot migration")
     check_streams(watchers + pubs, rooms, acked)
+    check(len(resumed) >= 10, f"only {len(resumed)} clients resumed during the migrations")
+    for room, since, c in resumed:
+        await c.wait_for(lambda f: f["type"] == "message" and f.get("room") == room
+                         and f["seq"] >= heads[room], 10, what=f"seq {heads[room]} of {room}")
+    await asyncio.sleep(0.2)
+    ref = {room: [(m["seq"], m.get("id")) for m in watchers[0].messages(room)]
+           for room in (moved1, moved2)}
+    for room, since, c in resumed:
+        got = [(m["seq"], m.get("id")) for m in c.messages(room)]
+        want = [x for x in ref[room] if x[0] > since]
+        check(got == want, f"{c.label} resumed {room} with since={since} during a migration: "
+              f"{describe_seq_problem([g[0] for g in got])}, first {got[:2]}, "
+              f"{len(got)} messages, want {len(want)}")
     await check_replay(nodes, rooms)
     for room, slot, dst, src in ((moved1, slot1, dst1, src1), (moved2, low, dst2, src2)):
         eq(r.room_owner(room), dst, f"owner of {room}'s slot {slot} after the migration")
