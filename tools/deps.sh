@@ -1,30 +1,134 @@
 #!/usr/bin/env bash
-# Installs the Debian packages chatd needs to build, run and test, when
-# missing. Safe to run again: it does nothing when everything is there.
-#   tools/deps.sh          runtime + build packages
-#   tools/deps.sh --test   plus what the test suite needs (busted, chromium, ...)
+# Installs the Debian packages chatd needs, then CHECKS that every command the
+# scripts call exists (a package can be "installed" while the binary a script
+# calls is not there, e.g. busted without the luajit interpreter `.busted`
+# names). Safe to run again: it installs nothing when everything is there.
+#   tools/deps.sh          what ./run.sh needs: build + run (Redis, Postgres)
+#   tools/deps.sh --test   plus what ./test.sh and its suites call
+# Fails (exit 1) with a line naming each missing command and its package.
+#
+# To add a dependency: put the package in the array of its purpose and, when a
+# script calls a program of it, a "command:package" pair in the CMDS array of
+# the same purpose (a path for programs outside PATH, "py:module" for a
+# module of /usr/bin/python3, "lua:module" for a module LuaJIT must load).
 set -euo pipefail
-PKGS=(build-essential cmake pkg-config libwebsockets-dev libuv1-dev libluajit-5.1-dev
-      lua-cjson libhiredis-dev libpq-dev libjwt-dev libjansson-dev libssl-dev
-      redis-server postgresql)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+
+# ---- ./run.sh: build and run
+BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libuv1-dev libluajit-5.1-dev
+            libhiredis-dev libpq-dev libjwt-dev libjansson-dev libssl-dev)
+RUN_PKGS=(redis-server redis-tools postgresql postgresql-client util-linux coreutils curl)
+BUILD_CMDS=(cc:build-essential make:build-essential cmake:cmake pkg-config:pkg-config
+            pc:libwebsockets pc:libuv pc:hiredis pc:libpq pc:luajit pc:libjwt pc:jansson
+            pc:openssl)
+RUN_CMDS=(redis-server:redis-server redis-cli:redis-tools
+          "$PGBIN/initdb:postgresql" "$PGBIN/postgres:postgresql" "$PGBIN/pg_isready:postgresql"
+          psql:postgresql-client runuser:util-linux md5sum:coreutils base64:coreutils
+          curl:curl)
+
+# ---- ./test.sh and its suites (tests/, spec/, loadtest/ as the tests use it)
+TEST_UNIT_PKGS=()                      # ctest comes with cmake
+TEST_UNIT_CMDS=(ctest:cmake)
+TEST_LUA_PKGS=(luajit lua-busted lua-cjson)
+TEST_LUA_CMDS=(luajit:luajit busted:lua-busted lua:busted.runner:lua-busted lua:cjson:lua-cjson)
+TEST_PY_PKGS=(python3 python3-websockets python3-jwt openssl)
+TEST_PY_CMDS=(/usr/bin/python3:python3 py:websockets:python3-websockets py:jwt:python3-jwt
+              openssl:openssl)
+TEST_BROWSER_PKGS=(chromium nodejs npm)
+TEST_BROWSER_CMDS=(chromium:chromium /usr/bin/chromium:chromium node:nodejs npm:npm)
+TEST_PROM_PKGS=(prometheus jq)
+TEST_PROM_CMDS=(prometheus:prometheus promtool:prometheus jq:jq)
+TEST_LOAD_PKGS=(gnuplot-nox procps util-linux)
+TEST_LOAD_CMDS=(gnuplot:gnuplot-nox taskset:util-linux chrt:util-linux ps:procps)
+TEST_FAULT_PKGS=(procps)
+TEST_FAULT_CMDS=(ps:procps kill:procps)
+TEST_CLUSTER_PKGS=(redis-tools)       # redis-cli --cluster (Redis Cluster tests)
+TEST_CLUSTER_CMDS=(redis-cli:redis-tools)
+TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq)   # tests/deploy/, tools/demo.sh
+TEST_DEPLOY_CMDS=(nginx:nginx openssl:openssl dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev cpack:cmake
+                  systemd-analyze:systemd py:yaml:python3-yaml jq:jq)
+
+PKGS=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
+CMDS=("${BUILD_CMDS[@]}" "${RUN_CMDS[@]}")
 if [ "${1:-}" = "--test" ]; then
-    PKGS+=(lua-busted python3-websockets python3-jwt chromium nodejs npm gnuplot-nox
-           prometheus procps curl redis-tools   # redis-tools: redis-cli --cluster (cluster tests)
-           nginx openssl dpkg-dev python3-yaml systemd jq)   # deploy suite, tools/demo.sh
+    PKGS+=("${TEST_UNIT_PKGS[@]}" "${TEST_LUA_PKGS[@]}" "${TEST_PY_PKGS[@]}" "${TEST_BROWSER_PKGS[@]}"
+           "${TEST_PROM_PKGS[@]}" "${TEST_LOAD_PKGS[@]}" "${TEST_FAULT_PKGS[@]}"
+           "${TEST_DEPLOY_PKGS[@]}" "${TEST_CLUSTER_PKGS[@]}")
+    CMDS+=("${TEST_UNIT_CMDS[@]}" "${TEST_LUA_CMDS[@]}" "${TEST_PY_CMDS[@]}" "${TEST_BROWSER_CMDS[@]}"
+           "${TEST_PROM_CMDS[@]}" "${TEST_LOAD_CMDS[@]}" "${TEST_FAULT_CMDS[@]}"
+           "${TEST_DEPLOY_CMDS[@]}" "${TEST_CLUSTER_CMDS[@]}")
 fi
-missing=()
+
+dedup() { printf '%s\n' "$@" | awk 'NF && !seen[$0]++' | tr '\n' ' '; }
+read -r -a PKGS <<<"$(dedup "${PKGS[@]}")"
+read -r -a CMDS <<<"$(dedup "${CMDS[@]}")"
+
+# have ENTRY -> 0 when the command/module of a "what:package" entry is there
+have() {
+    local what=${1%:*}
+    case $what in
+    pc:*)  pkg-config --exists "${what#pc:}" 2>/dev/null ;;
+    py:*)  /usr/bin/python3 -c "import ${what#py:}" >/dev/null 2>&1 ;;
+    lua:*) command -v luajit >/dev/null && luajit -e "require '${what#lua:}'" >/dev/null 2>&1 ;;
+    /*)    [ -x "$what" ] ;;
+    *)     command -v "$what" >/dev/null 2>&1 ;;
+    esac
+}
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+missing=() reinstall=()
 for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    pkg_installed "$p" || missing+=("$p")
 done
-# node/npm may come from elsewhere (e.g. nodesource); do not fight it
-if [ ${#missing[@]} -gt 0 ] && command -v node >/dev/null && command -v npm >/dev/null; then
-    keep=(); for p in "${missing[@]}"; do [ "$p" = nodejs ] || [ "$p" = npm ] || keep+=("$p"); done
+# a command missing although its package is installed: install that package again
+for c in "${CMDS[@]}"; do
+    have "$c" && continue
+    p=${c##*:}
+    # a module check cannot pass before its interpreter is there: decide after installing
+    case $c in lua:*) command -v luajit >/dev/null || continue ;; esac
+    if pkg_installed "$p"; then reinstall+=("$p"); else missing+=("$p"); fi
+done
+# node/npm may come from elsewhere (e.g. nodesource, whose nodejs carries npm): do not fight it
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    keep=()
+    for p in "${missing[@]+"${missing[@]}"}"; do [ "$p" = nodejs ] || [ "$p" = npm ] || keep+=("$p"); done
     missing=("${keep[@]+"${keep[@]}"}")
 fi
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "deps: installing ${missing[*]}"
+read -r -a missing <<<"$(dedup "${missing[@]+"${missing[@]}"}")"
+read -r -a reinstall <<<"$(dedup "${reinstall[@]+"${reinstall[@]}"}")"
+
+if [ ${#missing[@]} -gt 0 ] || [ ${#reinstall[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    APT=($SUDO env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=600)
+    # a fresh machine has no package lists: always update before installing
+    echo "deps: apt-get update"
+    "${APT[@]}" update >/dev/null
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "deps: installing ${missing[*]}"
+        "${APT[@]}" install "${missing[@]}" >/dev/null
+    fi
+    if [ ${#reinstall[@]} -gt 0 ]; then
+        echo "deps: reinstalling ${reinstall[*]} (installed, but a command of it is missing)"
+        "${APT[@]}" install --reinstall "${reinstall[@]}" >/dev/null
+    fi
 fi
-echo "deps: all present"
+
+# the check that counts: every command the scripts call, after installing
+absent=()
+for c in "${CMDS[@]}"; do
+    have "$c" || absent+=("$c")
+done
+if [ ${#absent[@]} -gt 0 ]; then
+    for c in "${absent[@]}"; do
+        what=${c%:*}
+        case $what in
+        pc:*)  echo "deps: MISSING pkg-config module ${what#pc:} (package ${c##*:})" >&2 ;;
+        py:*)  echo "deps: MISSING python module ${what#py:} for /usr/bin/python3 (package ${c##*:})" >&2 ;;
+        lua:*) echo "deps: MISSING lua module ${what#lua:} for luajit (package ${c##*:}$(command -v luajit >/dev/null || echo '; luajit itself is missing'))" >&2 ;;
+        *)     echo "deps: MISSING command $what (package ${c##*:})" >&2 ;;
+        esac
+    done
+    echo "deps: ${#absent[@]} missing after installing; see the lines above" >&2
+    exit 1
+fi
+echo "deps: all present (${#CMDS[@]} commands checked)"
