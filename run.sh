@@ -12,6 +12,8 @@ LISTEN=${CHAT_LISTEN:-127.0.0.1:8080}
 REDIS_PORT=${CHATD_REDIS_PORT:-6390}
 PG_PORT=${CHATD_PG_PORT:-5440}
 
+# durable services: an ack means stored (SERVICES_FAST is for the test suite only)
+unset SERVICES_FAST
 tools/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target chatd >/dev/null

@@ -36,6 +36,8 @@ if want asan; then
     fi
 fi
 
+# the suite's own Redis/Postgres skip fsync (speed); ./run.sh never does
+export SERVICES_FAST=1
 WORK=$(mktemp -d /tmp/chatd-test-XXXXXX)
 chmod 755 "$WORK"
 # shellcheck source=tools/services.sh

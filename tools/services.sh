@@ -5,13 +5,22 @@
 #   services_start_postgres DIR PORT   -> pid in DIR/postgres.pid, db "chatd"
 #   services_stop DIR                  -> stops what the two above started
 # Postgres runs as the postgres user when we are root (initdb refuses root).
+#
+# Durable by default (./run.sh): Postgres with fsync and synchronous_commit on,
+# Redis with an append-only file fsynced before each reply (appendfsync always;
+# README "Durability" says why). SERVICES_FAST=1 -- set by ./test.sh only --
+# turns durability off for speed: never use it where an ack must mean stored.
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+
+_services_fast() { [ "${SERVICES_FAST:-0}" = 1 ]; }
 
 services_start_redis() {
     local dir=$1 port=$2
     mkdir -p "$dir/redis"
+    local persist=(--appendonly yes --appendfsync always)
+    _services_fast && persist=(--appendonly no)
     redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/redis" --save '' \
-        --appendonly no --daemonize no --loglevel warning \
+        "${persist[@]}" --daemonize no --loglevel warning \
         >"$dir/redis/redis.log" 2>&1 &
     echo $! >"$dir/redis.pid"
     for _ in $(seq 1 100); do
@@ -40,9 +49,10 @@ services_start_postgres() {
         _pg_as "$PGBIN/initdb" -D "$pgdir" -U postgres -A trust -E UTF8 >"$dir/initdb.log" 2>&1 ||
             { echo "initdb failed (see $dir/initdb.log)" >&2; return 1; }
     fi
+    local durability=(-c fsync=on -c synchronous_commit=on -c full_page_writes=on)
+    _services_fast && durability=(-c fsync=off -c synchronous_commit=off -c full_page_writes=off)
     _pg_as "$PGBIN/postgres" -D "$pgdir" -p "$port" -k "$pgdir" -c listen_addresses=127.0.0.1 \
-        -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-        -c max_connections=200 >"$dir/postgres.log" 2>&1 &
+        "${durability[@]}" -c max_connections=200 >"$dir/postgres.log" 2>&1 &
     echo $! >"$dir/postgres.pid"
     echo "$pgdir" >"$dir/postgres.datadir"
     for _ in $(seq 1 200); do
