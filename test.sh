@@ -4,22 +4,27 @@
 # Redis and Postgres, then runs the C unit tests (both builds, ctest), the
 # busted specs of the Lua policy, the integration suite (real chatd nodes,
 # Redis, Postgres and an independent WebSocket client), the Prometheus scrape
-# test, the real-Chromium browser tests and the deploy checks (files, installed
-# tree, .deb, demo). Ends with "N passed, N failed".
+# test, the real-Chromium browser tests, the deploy checks (files, installed
+# tree, .deb, demo) and the fault harness (short form: two nodes, Redis and
+# Postgres killed, stopped, flushed and degraded under load, checked for lost
+# acked messages, reused seqs, duplicates and order). Ends with
+# "N passed, N failed".
 #   ./test.sh                     everything
-#   CHATD_TEST_ONLY="unit itest" ./test.sh    some suites (unit asan busted itest prom browser deploy)
+#   CHATD_TEST_ONLY="unit itest" ./test.sh    some suites (unit asan busted itest prom browser deploy faults)
 set -uo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
-ONLY=${CHATD_TEST_ONLY:-"unit asan busted itest prom browser deploy"}
+ONLY=${CHATD_TEST_ONLY:-"unit asan busted itest prom browser deploy faults"}
 PASSED=0
 FAILED=0
+XFAILED=0
 SUMMARY=()
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
-record() {   # suite passed failed
-    PASSED=$((PASSED + $2)); FAILED=$((FAILED + $3))
-    SUMMARY+=("$(printf '%-10s %4d passed, %d failed' "$1" "$2" "$3")")
+record() {   # suite passed failed [xfail]
+    local x=${4:-0}
+    PASSED=$((PASSED + $2)); FAILED=$((FAILED + $3)); XFAILED=$((XFAILED + x))
+    SUMMARY+=("$(printf '%-10s %4d passed, %d failed' "$1" "$2" "$3")$([ "$x" -gt 0 ] && echo ", $x xfail (known defects, not passed)")")
 }
 free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
@@ -62,15 +67,16 @@ run_ctest() {   # name builddir
     record "$1" $((total - failed)) "$failed"
 }
 
-# a runner whose last line is "N passed, N failed"
+# a runner whose last line is "N passed, N failed" (and maybe a line "N xfail ...")
 run_counted() {  # name cmd...
     local name=$1; shift
     local out="$WORK/$name.out"
     "$@" 2>&1 | tee "$out" | sed 's/^/  /'
-    local line
+    local line xf
     line=$(grep -E "^[0-9]+ passed, [0-9]+ failed" "$out" | tail -1)
     if [ -z "$line" ]; then record "$name" 0 1; return; fi
-    record "$name" "$(cut -d' ' -f1 <<<"$line")" "$(sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/' <<<"$line")"
+    xf=$(grep -E "^[0-9]+ xfail" "$out" | tail -1 | cut -d' ' -f1)
+    record "$name" "$(cut -d' ' -f1 <<<"$line")" "$(sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/' <<<"$line")" "${xf:-0}"
 }
 
 if want unit; then echo "== C unit tests"; run_ctest unit build; fi
@@ -99,6 +105,11 @@ if want itest; then
             --chatd "$ROOT/build-asan/chatd" --only core
     fi
 fi
+if want faults; then
+    echo "== fault harness, short form (2 nodes, own Redis/Postgres, faults under load)"
+    run_counted faults env -u CHATD_TEST_REDIS_URL -u CHATD_TEST_DATABASE_URL \
+        /usr/bin/python3 tests/faults/run.py --chatd "$ROOT/build/chatd"
+fi
 if want prom; then
     echo "== Prometheus scrape test"
     run_counted prometheus bash tests/prometheus/run.sh
@@ -115,5 +126,6 @@ fi
 echo
 echo "== summary"
 printf '  %s\n' "${SUMMARY[@]}"
+[ "$XFAILED" -gt 0 ] && echo "  ($XFAILED expected failures of known defects: see the xfail lines above; not counted as passed)"
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -1,0 +1,154 @@
+"""The checker of the fault harness: after a phase (fault, recovery, resend of
+what was unacked, clients caught up), compares what the clients were acked
+and received with what Postgres holds.
+
+Owns the verdict of a phase. Every figure it reports:
+  acked    distinct client ids acked
+  lost     acked ids not in history exactly once with their acked seq
+  reused   a (room, seq) seen with two different messages (acks, deliveries,
+           history), or one id acked with two seqs
+  dup      a client received a seq twice, an id was delivered under two seqs,
+           or an id is stored twice
+  order    a client received a seq below one it had (reorder) or skipped a seq
+           (gap), or at the end lacks a seq that history or another client has
+  holes    seqs below the room's head missing from history (delivered or
+           handed out but never stored)
+  unacked  messages still unacked after the drain (the system did not recover)
+  back     clients online and caught up at the end / all clients
+  reconnect  longest time from a client's disconnect to its next welcome
+  ack_max  longest time from a message's first send to its ack
+  rss      highest VmRSS of a node during the phase (MiB)
+"""
+import asyncio
+
+
+async def history_rows(pg, rooms):
+    """{room: {seq: client_id}} and the ids stored more than once."""
+    names = ",".join("'" + r.replace("'", "''") + "'" for r in rooms)
+    out = await asyncio.to_thread(
+        pg.psql, "chatd",
+        f"SELECT room, seq, coalesce(client_id, '') FROM messages WHERE room IN ({names})")
+    rows = {r: {} for r in rooms}
+    by_id = {}
+    for ln in out.splitlines():
+        if not ln.strip():
+            continue
+        room, seq, cid = ln.split("|", 2)
+        rows[room][int(seq)] = cid or None
+        if cid:
+            by_id.setdefault((room, cid), []).append(int(seq))
+    return rows, by_id
+
+
+async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wait=6.0):
+    res = {"problems": []}           # (kind, text); kind: lost, reused, dup, order, ...
+    P = res["problems"]
+    # history: retry a little for holes, the backfill sweeper may still be storing
+    for _ in range(int(hole_wait / 0.5) + 1):
+        try:
+            rows, by_id = await history_rows(cluster.pg, load.rooms)
+        except RuntimeError as e:
+            rows, by_id = None, None
+            err = str(e)
+            await asyncio.sleep(0.5)
+            continue
+        heads = load.heads()
+        holes = {r: [s for s in range(1, max(heads[r], max(rows[r], default=0)) + 1)
+                     if s not in rows[r]] for r in load.rooms}
+        if not any(holes.values()):
+            break
+        await asyncio.sleep(0.5)
+    if rows is None:
+        P.append(("history", f"history unreadable: {err}"))
+        rows, by_id, holes = {r: {} for r in load.rooms}, {}, {r: [] for r in load.rooms}
+    senders = load.senders()
+    acked = lost = 0
+    lost_ex = []
+    for c in senders:
+        for mid, s in c.acked.items():
+            acked += 1
+            stored = by_id.get((c.room, mid), [])
+            if stored != [s]:
+                lost += 1
+                if len(lost_ex) < 3:
+                    lost_ex.append(f"{c.room} id {mid} acked seq {s}, history has "
+                                   f"{stored or 'nothing'} (seq {s} holds "
+                                   f"{rows[c.room].get(s, 'nothing')!r})")
+    res["acked"] = acked
+    res["lost"] = lost
+    if lost:
+        P.append(("lost", f"{lost} acked messages lost, e.g. " + "; ".join(lost_ex)))
+    # reused: conflicting observations, and history against observations
+    reused = list(load.reused)
+    for (room, s), mid in load.seen.items():
+        have = rows[room].get(s, "\0none")
+        if have != "\0none" and have != mid:
+            reused.append((room, s, mid, have, "history"))
+    reused_n = len(reused) + sum(c.ack_conflict for c in senders)
+    res["reused"] = reused_n
+    if reused_n:
+        P.append(("reused", f"{reused_n} seqs reused, e.g. " + "; ".join(
+            f"{r} seq {s}: {a!r} vs {b!r} ({w})" for r, s, a, b, w in reused[:3])))
+    # dup
+    dup_deliv = sum(c.dup for c in load.clients)
+    stored_twice = sum(1 for v in by_id.values() if len(v) > 1)
+    id_seqs = {}
+    for (room, s), mid in load.seen.items():
+        if mid is not None:
+            id_seqs.setdefault((room, mid), set()).add(s)
+    id_twice = sum(1 for v in id_seqs.values() if len(v) > 1)
+    res["dup"] = dup_deliv + stored_twice + id_twice
+    if res["dup"]:
+        ex = [f"{k[1]} under seqs {sorted(v)}" for k, v in id_seqs.items() if len(v) > 1][:2]
+        P.append(("dup", f"duplicates: {dup_deliv} deliveries of a seq twice, {stored_twice} ids "
+                 f"stored twice, {id_twice} ids under two seqs {'; '.join(ex)}"))
+    # order and gaps per client
+    reorder = sum(c.reorder for c in load.clients)
+    skipped = sum(c.skipped for c in load.clients)
+    missing = 0
+    miss_ex = []
+    for c in load.clients:
+        want = set(rows[c.room]) | {s for (r, s) in load.seen if r == c.room}
+        m = sorted(want - set(c.got))
+        if m:
+            missing += len(m)
+            if len(miss_ex) < 3:
+                miss_ex.append(f"{c.name} lacks {m[:5]}{'...' if len(m) > 5 else ''}")
+    res["order"] = reorder + skipped + missing
+    if res["order"]:
+        P.append(("order", f"order: {reorder} out of order, {skipped} skipped live, {missing} "
+                 f"never received; " + "; ".join(miss_ex)))
+    gtl = sum(c.gap_too_large for c in load.clients)
+    if gtl:
+        P.append(("order", f"{gtl} gap_too_large answers"))
+        res["order"] += gtl
+    res["holes"] = sum(len(v) for v in holes.values())
+    if res["holes"]:
+        ex = [f"{r}: {v[:5]}" for r, v in holes.items() if v][:3]
+        P.append(("holes", f"{res['holes']} holes in history: " + "; ".join(ex)))
+    res["unacked"] = load.unacked()
+    if res["unacked"] or not drained:
+        ex = [f"{c.name}: {list(c.unacked)[:2]} errors {c.errors}" for c in senders if c.unacked][:2]
+        P.append(("unacked", f"{res['unacked']} messages never acked after the drain: "
+                  + "; ".join(ex)))
+    heads = load.heads()
+    back = sum(1 for c in load.clients if c.online and c.last >= heads[c.room])
+    res["back"] = f"{back}/{len(load.clients)}"
+    if back != len(load.clients) or not converged:
+        ex = [f"{c.name} online={c.online} last={c.last} head={heads[c.room]} "
+              f"errors={c.errors}" for c in load.clients
+              if not (c.online and c.last >= heads[c.room])][:3]
+        P.append(("back", f"clients not back: {len(load.clients) - back}: " + "; ".join(ex)))
+    rt = [t for c in load.clients for t in c.reconnect_times]
+    res["reconnects"] = len(rt)
+    res["reconnect_max"] = max(rt) if rt else None
+    res["ack_max"] = max((c.ack_latency_max for c in senders), default=0.0)
+    slow = max(senders, key=lambda c: c.ack_latency_max, default=None)
+    res["slowest"] = slow.slowest if slow else None
+    res["rss_mib"] = max(cluster.rss_max.values(), default=0) / 1024
+    if res["rss_mib"] > rss_limit_mib:
+        P.append(("rss", f"node RSS {res['rss_mib']:.0f} MiB over the bound {rss_limit_mib} MiB"))
+    if dead:
+        P.append(("crash", "node crashed: " + ", ".join(f"{n} (exit {rc})" for n, rc in dead)))
+    res["ok"] = not P
+    return res

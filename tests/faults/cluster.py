@@ -1,0 +1,348 @@
+"""The system under fault: 2+ chatd nodes, one Redis and one Postgres of the
+harness's own (so it can kill, stop and restart them), and a fault proxy
+(proxy.py) on each node's link to Redis and to Postgres.
+
+Owns: those processes (started and killed by PID only), RSS sampling of the
+nodes, and the faults themselves (FAULTS: name -> (what it does, apply
+coroutine)). Redis, Postgres and Node come from the integration harness
+(tests/integration/harness.py): one of each.
+"""
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import harness
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Proxy:
+    """A running proxy.py between chatd and one service."""
+
+    def __init__(self, name, target_port, workdir):
+        self.name = name
+        self.port = harness.free_port()
+        self.log = open(os.path.join(workdir, f"proxy-{name}.log"), "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "proxy.py"), str(self.port), str(target_port)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        line = self.proc.stdout.readline().decode().strip()
+        if line != "ready":
+            raise RuntimeError(f"proxy {name} did not start: {line!r}")
+
+    def cmd_sync(self, line):
+        self.proc.stdin.write((line + "\n").encode())
+        self.proc.stdin.flush()
+        out = self.proc.stdout.readline().decode().strip()
+        if not out.startswith("ok"):
+            raise RuntimeError(f"proxy {self.name}: {line}: {out}")
+        return out
+
+    async def cmd(self, line):
+        return await asyncio.to_thread(self.cmd_sync, line)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+def children_of(pid):
+    """PIDs whose parent is pid (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+            ppid = int(st[st.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append(int(d))
+    return out
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for ln in f:
+                if ln.startswith("VmRSS:"):
+                    return int(ln.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Cluster:
+    def __init__(self, workdir, n_nodes=2):
+        self.workdir = workdir
+        self.redis = harness.Redis(harness.RUN.tmpdir("redis"))
+        self.pg = harness.Postgres(harness.RUN.tmpdir("pg"))
+        self.n_nodes = n_nodes
+        self.nodes = []
+        self.proxies = {}
+        self.rss_max = {}          # node name -> max VmRSS (KiB) since the last reset
+        self.sampler = None
+        self.crashes = []          # (node, exit code) of nodes found dead unexpectedly
+
+    def start(self):
+        self.redis.start()
+        self.pg.start()
+        self.proxies["redis"] = Proxy("redis", self.redis.port, self.workdir)
+        self.proxies["pg"] = Proxy("pg", self.pg.port, self.workdir)
+        policy = harness.policy_dir(harness.OPEN_POLICY)
+        for i in range(self.n_nodes):
+            n = harness.Node(
+                name=f"n{i}", redis=f"redis://127.0.0.1:{self.proxies['redis'].port}",
+                db=f"postgresql://postgres@127.0.0.1:{self.proxies['pg'].port}/chatd",
+                scripts=policy, env={"CHAT_LOG_LEVEL": "info"})
+            self.nodes.append(n)
+        for n in self.nodes:
+            n.start()
+
+    def stop(self):
+        if self.sampler:
+            self.sampler.cancel()
+        for n in self.nodes:
+            n.kill9()
+        for p in self.proxies.values():
+            p.stop()
+        self.redis.stop()
+        self.pg.stop()
+
+    # -- health between phases ------------------------------------------------
+    async def heal(self):
+        """Everything back to normal before the next phase: links clean,
+        services running and not stopped, every node up and ready."""
+        for p in self.proxies.values():
+            await p.cmd("clear")
+        for pid in self.pg_pids() + ([self.redis.proc.pid] if self.redis.proc else []):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            await asyncio.to_thread(self.redis.start)
+        if self.pg.postmaster_pid() is None or not _alive(self.pg.postmaster_pid()):
+            await asyncio.to_thread(self.pg.restart)
+        for n in self.nodes:
+            if not n.alive():
+                await asyncio.to_thread(self._restart_node, n)
+
+    def check_nodes(self):
+        """Nodes that died without being killed by a fault (a crash)."""
+        dead = []
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is not None and not getattr(n, "killed", False):
+                dead.append((n.name, n.proc.returncode))
+        return dead
+
+    def _restart_node(self, n):
+        harness.wait_port_closed(n.port)
+        n.killed = False
+        n.start()
+
+    async def ready(self, timeout=30):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            ok = True
+            for n in self.nodes:
+                try:
+                    st, _, _ = await harness.ahttp(n.port, "/readyz", timeout=1)
+                except OSError:
+                    st = 0
+                ok = ok and st == 200
+            if ok:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    # -- RSS ------------------------------------------------------------------
+    def start_sampler(self):
+        async def sample():
+            while True:
+                for n in self.nodes:
+                    if n.alive():
+                        k = rss_kib(n.proc.pid)
+                        if k > self.rss_max.get(n.name, 0):
+                            self.rss_max[n.name] = k
+                await asyncio.sleep(0.25)
+        self.sampler = asyncio.ensure_future(sample())
+
+    def rss_reset(self):
+        self.rss_max = {}
+        for n in self.nodes:
+            if n.alive():
+                self.rss_max[n.name] = rss_kib(n.proc.pid)
+
+    # -- processes ------------------------------------------------------------
+    def pg_pids(self):
+        pm = self.pg.postmaster_pid()
+        if pm is None or not _alive(pm):
+            return []
+        return [pm] + children_of(pm)
+
+    def stop_pg(self, sig):
+        for pid in self.pg_pids():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- the faults
+# Each fault: async fn(cluster, load, dur) that applies the fault for about
+# `dur` seconds and undoes it (the phase then lets the system recover).
+
+async def f_none(c, load, dur):
+    await asyncio.sleep(dur)
+
+
+async def f_node_kill9(c, load, dur):
+    n = c.nodes[0]
+    n.killed = True
+    n.kill9()
+    await asyncio.sleep(dur)
+    await asyncio.to_thread(c._restart_node, n)
+
+
+async def f_redis_restart_empty(c, load, dur):
+    c.redis.kill9()
+    await asyncio.sleep(min(dur, 1.0))
+    await asyncio.to_thread(c.redis.start)      # no persistence: it comes back empty
+    await asyncio.sleep(max(0, dur - 1.0))
+
+
+async def f_redis_flushall(c, load, dur):
+    await asyncio.to_thread(c.redis.command, "FLUSHALL")
+    await asyncio.sleep(dur)
+
+
+async def f_redis_sigstop(c, load, dur):
+    os.kill(c.redis.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(dur)
+    finally:
+        os.kill(c.redis.proc.pid, signal.SIGCONT)
+
+
+async def f_pg_restart(c, load, dur):
+    await asyncio.to_thread(c.pg.crash)         # immediate shutdown: like a crash
+    await asyncio.sleep(min(dur, 1.0))
+    await asyncio.to_thread(c.pg.restart)
+    await asyncio.sleep(max(0, dur - 1.0))
+
+
+async def f_pg_sigstop(c, load, dur):
+    c.stop_pg(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(dur)
+    finally:
+        c.stop_pg(signal.SIGCONT)
+
+
+def link(service, on, off="clear"):
+    async def f(c, load, dur):
+        p = c.proxies[service]
+        for cmd in on:
+            await p.cmd(cmd)
+        try:
+            await asyncio.sleep(dur)
+        finally:
+            await p.cmd(off)
+    return f
+
+
+def link_reset(service):
+    async def f(c, load, dur):
+        p = c.proxies[service]
+        await p.cmd("reset")
+        await asyncio.sleep(dur / 2)
+        await p.cmd("reset")
+        await asyncio.sleep(dur / 2)
+    return f
+
+
+async def f_connect_storm(c, load, dur):
+    """Many short-lived connections to the load's rooms and new ones on
+    every node (connect, welcome, drop), plus a disconnect storm: half of the
+    load's clients lose their TCP connection at once and come back with
+    since=."""
+    import websockets
+    end = time.monotonic() + dur
+    made = [0]
+
+    async def one(i):
+        node = c.nodes[i % len(c.nodes)]
+        room = load.rooms[i % len(load.rooms)] if i % 2 else f"{load.rooms[0]}-storm{i % 50}"
+        url = (f"ws://127.0.0.1:{node.port}/ws/{room}?token=" + harness.token(f"storm{i}"))
+        try:
+            ws = await asyncio.wait_for(websockets.connect(
+                url, ping_interval=None, close_timeout=0.5, open_timeout=3), 4)
+            await asyncio.wait_for(ws.recv(), 3)
+            made[0] += 1
+            if i % 3:
+                ws.transport.abort()
+            else:
+                await ws.close()
+        except Exception:
+            pass
+
+    for k, cl in enumerate(load.clients):
+        if k % 2:
+            cl.drop()
+    i = 0
+    while time.monotonic() < end:
+        await asyncio.gather(*(one(i + j) for j in range(40)))
+        i += 40
+        await asyncio.sleep(0.05)
+    for k, cl in enumerate(load.clients):
+        if k % 2 == 0:
+            cl.drop()
+    load.storm_connections = made[0]
+
+
+FAULTS = [
+    # name, what it does, fn, duration (short, long) in s
+    ("none", "no fault (control)", f_none, (2, 5)),
+    ("node-kill9", "kill -9 of node n0, restarted after the pause; its clients move to n1",
+     f_node_kill9, (2, 5)),
+    ("redis-restart-empty", "Redis killed (-9) and restarted empty (no persistence)",
+     f_redis_restart_empty, (2, 5)),
+    ("redis-flushall", "Redis FLUSHALL under load", f_redis_flushall, (2, 5)),
+    ("redis-sigstop", "Redis SIGSTOP, SIGCONT after the pause", f_redis_sigstop, (10, 10)),
+    ("pg-restart", "Postgres immediate shutdown (SIGQUIT: a crash) and restart",
+     f_pg_restart, (2, 5)),
+    ("pg-sigstop", "every Postgres process SIGSTOPped, SIGCONT after the pause",
+     f_pg_sigstop, (5, 10)),
+    ("redis-delay", "Redis link: 200 ms added to every chunk both ways",
+     link("redis", ["delay 200"]), (3, 10)),
+    ("redis-stall", "Redis link: nothing forwarded (connections stay open) for 6 s",
+     link("redis", ["stall"]), (6, 6)),
+    ("redis-reset", "Redis link: every connection reset (RST), twice", link_reset("redis"),
+     (2, 4)),
+    ("redis-loss", "Redis link: 10% of chunks held 300 ms (retransmit-like), the rest queue behind",
+     link("redis", ["loss 10 300"]), (3, 10)),
+    ("pg-delay", "Postgres link: 200 ms added to every chunk both ways",
+     link("pg", ["delay 200"]), (3, 10)),
+    ("pg-stall", "Postgres link: nothing forwarded for 6 s", link("pg", ["stall"]), (6, 6)),
+    ("pg-reset", "Postgres link: every connection reset (RST), twice", link_reset("pg"), (2, 4)),
+    ("pg-loss", "Postgres link: 10% of chunks held 300 ms, the rest queue behind",
+     link("pg", ["loss 10 300"]), (3, 10)),
+    ("conn-storm", "connect/disconnect storm: 40 connections at a time open and drop, "
+     "every client's TCP dropped once (they resume with since=)", f_connect_storm, (3, 8)),
+]

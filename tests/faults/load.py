@@ -1,0 +1,357 @@
+"""Load of the fault harness: reconnecting WebSocket clients and senders.
+
+Owns: every client connection of a phase (one room per connection), the
+pacing of new messages (client ids), the resend of unacked messages with the
+same id (as protocol.md allows), and what each client observed: the seqs and
+ids it received in order, duplicates, out-of-order and skipped seqs, acks,
+errors, disconnects and reconnect times. The checker (check.py) judges it.
+
+A client always connects with `since=<last seq it saw>` (0 at first: rooms are
+new), so after any disconnect it must get exactly the rest of the room, with
+no gap and no duplicate, whichever node it lands on.
+"""
+import asyncio
+import json
+import random
+import time
+import urllib.parse
+
+import websockets
+
+import harness
+
+
+class FaultClient:
+    def __init__(self, load, name, room, user, home, sender):
+        self.load = load
+        self.name = name
+        self.room = room
+        self.user = user
+        self.home = home            # index of the node tried first
+        self.sender = sender
+        self.token = harness.token(user, exp_in=4 * 3600)
+        self.last = 0               # last seq received in order
+        self.got = {}               # seq -> id received
+        self.dup = 0                # a seq received again
+        self.reorder = 0            # a seq below the last one, never received before
+        self.skipped = 0            # seqs jumped over (last+1 .. s-1 missing)
+        self.errors = {}            # error code -> count
+        self.gap_too_large = 0
+        self.connects = 0
+        self.down_since = None      # monotonic time the connection was lost
+        self.reconnect_times = []   # seconds from loss to the next welcome
+        self.ws = None
+        self.online = False         # welcome received on the current connection
+        self.paused = False         # offline on purpose (cold room)
+        self.quiet = False          # sends no new message (about to go offline)
+        self.stop = False
+        self.wake = asyncio.Event()
+        self.node_name = None
+        # sender state
+        self.n = 0
+        self.unacked = {}           # id -> [body, time of first send, time of last send]
+        self.acked = {}             # id -> seq
+        self.ack_conflict = 0       # same id acked with two seqs
+        self.ack_latency_max = 0.0  # first send -> ack, resends included
+        self.slowest = None         # (id, latency, sends, node, sent at, errors) of that ack
+        self.task = None
+
+    # -- connection loop ----------------------------------------------------
+    async def run(self):
+        backoff = 0.05
+        attempt = 0
+        while not self.stop:
+            if self.paused:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            nodes = self.load.cluster.nodes
+            node = nodes[(self.home + attempt) % len(nodes)]
+            attempt += 1
+            url = (f"ws://127.0.0.1:{node.port}/ws/{urllib.parse.quote(self.room)}?"
+                   + urllib.parse.urlencode({"token": self.token, "since": str(self.last)}))
+            try:
+                ws = await asyncio.wait_for(
+                    websockets.connect(url, max_size=None, ping_interval=None, close_timeout=1,
+                                       open_timeout=3, max_queue=None), 4)
+            except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
+                    websockets.ConnectionClosed):
+                await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+                backoff = min(backoff * 2, 1.0)
+                continue
+            self.ws = ws
+            self.connects += 1
+            self.node_name = node.name
+            try:
+                async for raw in ws:
+                    self.on_frame(json.loads(raw))
+            except (websockets.ConnectionClosed, OSError):
+                pass
+            except asyncio.CancelledError:
+                ws.transport.abort()
+                raise
+            self.ws = None
+            self.online = False
+            if not self.stop and not self.paused and self.down_since is None:
+                self.down_since = time.monotonic()
+            if not self.paused and not self.stop:
+                await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+                backoff = min(backoff * 2, 1.0)
+        self.online = False
+
+    def on_frame(self, f):
+        t = f.get("type")
+        if t == "message":
+            self.on_message(f)
+        elif t == "ack":
+            self.on_ack(f)
+        elif t == "welcome":
+            self.online = True
+            if self.down_since is not None and not self.paused:
+                self.reconnect_times.append(time.monotonic() - self.down_since)
+            self.down_since = None
+            if self.sender:
+                self.resend_all()
+        elif t == "error":
+            code = f.get("code", "?")
+            self.errors[code] = self.errors.get(code, 0) + 1
+            if code == "gap_too_large":
+                self.gap_too_large += 1
+            elif code == "unavailable" and f.get("id") in self.unacked:
+                # retry soon with the same id; spread so a recovering node is not hammered
+                self.unacked[f["id"]][2] = time.monotonic() - self.load.resend_after + \
+                    0.2 + random.random() * 0.3
+
+    def on_message(self, f):
+        if f.get("room") != self.room:
+            return
+        s = f.get("seq")
+        mid = f.get("id")
+        self.load.observe(self.room, s, mid, f"delivery to {self.name}")
+        if s in self.got:
+            self.dup += 1
+            return
+        self.got[s] = mid
+        if s == self.last + 1:
+            self.last = s
+        elif s > self.last + 1:
+            self.skipped += s - self.last - 1
+            self.last = s
+        else:
+            self.reorder += 1
+
+    def on_ack(self, f):
+        mid = f.get("id")
+        s = f.get("seq")
+        if f.get("room") != self.room or mid is None:
+            return
+        self.load.observe(self.room, s, mid, f"ack to {self.name}")
+        if mid in self.acked:
+            if self.acked[mid] != s:
+                self.ack_conflict += 1
+            return
+        self.acked[mid] = s
+        self.load.acks += 1
+        u = self.unacked.pop(mid, None)
+        if u is not None:
+            lat = time.monotonic() - u[1]
+            if lat > self.ack_latency_max:
+                self.ack_latency_max = lat
+                self.slowest = (mid, round(lat, 2), u[3], self.node_name,
+                                round(u[1] - self.load.t0, 2), dict(self.errors))
+
+    # -- sending --------------------------------------------------------------
+    def send_new(self):
+        if not (self.online and self.ws) or self.quiet:
+            return False
+        self.n += 1
+        mid = f"{self.name}.{self.n}"
+        body = f"{mid} {self.load.pad}"
+        now = time.monotonic()
+        self.unacked[mid] = [body, now, now, 1]
+        self._send(mid, body)
+        return True
+
+    def _send(self, mid, body):
+        ws = self.ws
+        if ws is None:
+            return
+        data = json.dumps({"type": "message", "id": mid, "body": body})
+        asyncio.ensure_future(self._send_quiet(ws, data))
+
+    @staticmethod
+    async def _send_quiet(ws, data):
+        try:
+            await ws.send(data)
+        except (websockets.ConnectionClosed, OSError):
+            pass
+
+    def resend_all(self):
+        now = time.monotonic()
+        for mid, u in self.unacked.items():
+            u[2] = now
+            u[3] += 1
+            self._send(mid, u[0])
+
+    def resend_due(self):
+        if not (self.online and self.ws):
+            return
+        now = time.monotonic()
+        for mid, u in self.unacked.items():
+            if now - u[2] >= self.load.resend_after:
+                u[2] = now
+                u[3] += 1
+                self._send(mid, u[0])
+
+    # -- control ----------------------------------------------------------------
+    def start(self):
+        self.task = asyncio.ensure_future(self.run())
+
+    def pause(self):
+        """Go offline on purpose (a cold room: no node holds it)."""
+        self.paused = True
+        if self.ws is not None:
+            asyncio.ensure_future(self.ws.close())
+
+    def resume(self):
+        self.paused = False
+        self.quiet = False
+        self.wake.set()
+
+    def drop(self):
+        """Abrupt TCP drop (no close handshake): a disconnect storm."""
+        if self.ws is not None:
+            self.ws.transport.abort()
+
+    async def close(self):
+        self.stop = True
+        self.wake.set()
+        if self.ws is not None:
+            self.ws.transport.abort()
+        if self.task:
+            try:
+                await asyncio.wait_for(self.task, 3)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                self.task.cancel()
+
+
+class Load:
+    """The clients of one phase: `rooms` new rooms, each with `senders`
+    sending clients and `listeners` receive-only clients, spread over the
+    nodes; a pacer sends `rate` new messages per second in total."""
+
+    def __init__(self, cluster, tag, rooms, senders, listeners, rate, cold_rooms=0,
+                 resend_after=2.0, body_bytes=64):
+        self.cluster = cluster
+        self.rate = rate
+        self.resend_after = resend_after
+        self.pad = "x" * max(0, body_bytes - 20)
+        self.clients = []
+        self.t0 = time.monotonic()
+        self.rooms = [f"f-{tag}-{i}" for i in range(rooms)]
+        self.cold = set(self.rooms[:cold_rooms])
+        self.acks = 0
+        self.sent = 0
+        self.seen = {}               # (room, seq) -> id of every observation
+        self.reused = []             # (room, seq, id1, id2, where)
+        self.sending = False
+        self.pacer = None
+        k = 0
+        for r in self.rooms:
+            for j in range(senders + listeners):
+                c = FaultClient(self, f"{r}.c{j}", r, f"u{j}", k % len(cluster.nodes),
+                                j < senders)
+                self.clients.append(c)
+                k += 1
+
+    def observe(self, room, seq, mid, where):
+        key = (room, seq)
+        have = self.seen.get(key, "\0none")
+        if have == "\0none":
+            self.seen[key] = mid
+        elif have != mid:
+            self.reused.append((room, seq, have, mid, where))
+
+    def senders(self):
+        return [c for c in self.clients if c.sender]
+
+    async def start(self, timeout=30):
+        for c in self.clients:
+            c.start()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if all(c.online for c in self.clients):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    def start_sending(self):
+        self.sending = True
+        self.pacer = asyncio.ensure_future(self._pace())
+
+    async def _pace(self):
+        senders = self.senders()
+        tick = 0.01
+        owed = 0.0
+        i = 0
+        last_resend = time.monotonic()
+        t = time.monotonic()
+        while self.sending:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            owed += (now - t) * self.rate
+            t = now
+            tries = 0
+            while owed >= 1 and tries < len(senders):
+                c = senders[i % len(senders)]
+                i += 1
+                tries += 1
+                if c.send_new():
+                    self.sent += 1
+                    owed -= 1
+                    tries = 0
+            owed = min(owed, self.rate)      # do not bank an outage's worth of sends
+            if now - last_resend >= 0.25:
+                last_resend = now
+                for c in senders:
+                    c.resend_due()
+
+    async def stop_sending(self):
+        self.sending = False
+        if self.pacer:
+            await self.pacer
+
+    def unacked(self):
+        return sum(len(c.unacked) for c in self.senders())
+
+    async def drain(self, timeout):
+        """Resend what is unacked (same ids) until everything is acked."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.unacked() == 0:
+                return True
+            for c in self.senders():
+                c.resend_due()
+            await asyncio.sleep(0.2)
+        return self.unacked() == 0
+
+    def heads(self):
+        """Highest seq anyone observed, per room."""
+        h = {r: 0 for r in self.rooms}
+        for (r, s) in self.seen:
+            if s > h[r]:
+                h[r] = s
+        return h
+
+    async def converge(self, timeout):
+        """Every client back online and caught up to its room's head."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            h = self.heads()
+            if all(c.online and c.last >= h[c.room] for c in self.clients):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def close(self):
+        await asyncio.gather(*(c.close() for c in self.clients))
