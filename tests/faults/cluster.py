@@ -9,6 +9,7 @@ coroutine)). Redis, Postgres and Node come from the integration harness
 """
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,7 +314,7 @@ async def f_connect_storm(c, load, dur):
     for k, cl in enumerate(load.clients):
         if k % 2 == 0:
             cl.drop()
-    load.storm_connections = made[0]
+    load.note = f"storm connections that got a welcome: {made[0]}"
 
 
 FAULTS = [
@@ -345,4 +346,48 @@ FAULTS = [
      link("pg", ["loss 10 300"]), (3, 10)),
     ("conn-storm", "connect/disconnect storm: 40 connections at a time open and drop, "
      "every client's TCP dropped once (they resume with since=)", f_connect_storm, (3, 8)),
+]
+
+
+# ---------------------------------------------------------------- true packet loss
+# Only inside the network namespace that run.py --netns made for this run
+# (FAULTS_NETNS): nftables drops a share of the packets of one link, and TCP
+# retransmits for real. Never touches the ruleset of any other namespace.
+NFT_TABLE = "chatdfaults"
+
+
+def netns_available():
+    return bool(os.environ.get("FAULTS_NETNS")) and shutil.which("nft") is not None
+
+
+def netloss(service, pct):
+    async def f(c, load, dur):
+        if not os.environ.get("FAULTS_NETNS"):
+            raise RuntimeError("netloss faults run only inside run.py --netns")
+        port = c.proxies[service].port     # the chatd <-> proxy hop: chatd's own sockets
+        rules = (f"table inet {NFT_TABLE} {{\n chain out {{\n"
+                 f"  type filter hook output priority 0; policy accept;\n"
+                 f"  tcp dport {port} numgen random mod 100 < {pct} counter drop\n"
+                 f"  tcp sport {port} numgen random mod 100 < {pct} counter drop\n }}\n}}\n")
+        r = await asyncio.to_thread(subprocess.run, ["nft", "-f", "-"], input=rules.encode(),
+                                    capture_output=True)
+        if r.returncode != 0:
+            raise RuntimeError("nft: " + r.stderr.decode().strip())
+        try:
+            await asyncio.sleep(dur)
+        finally:
+            r = await asyncio.to_thread(subprocess.run, ["nft", "list", "table", "inet", NFT_TABLE],
+                                        capture_output=True, text=True)
+            load.note = "packets dropped: " + str(sum(
+                int(w.split()[1]) for w in r.stdout.split("counter")[1:]))
+            await asyncio.to_thread(subprocess.run, ["nft", "delete", "table", "inet", NFT_TABLE],
+                                    capture_output=True)
+    return f
+
+
+NETNS_FAULTS = [
+    ("redis-netloss", "Redis link: nftables drops 10% of packets both ways (real TCP "
+     "retransmits; only with --netns)", netloss("redis", 10), (4, 10)),
+    ("pg-netloss", "Postgres link: nftables drops 10% of packets both ways (only with --netns)",
+     netloss("pg", 10), (4, 10)),
 ]

@@ -252,6 +252,7 @@ class Load:
         self.cold = set(self.rooms[:cold_rooms])
         self.acks = 0
         self.sent = 0
+        self.note = ""               # what the fault reports of itself (e.g. packets dropped)
         self.seen = {}               # (room, seq) -> id of every observation
         self.reused = []             # (room, seq, id1, id2, where)
         self.sending = False

@@ -8,6 +8,8 @@ the checker (check.py) proves or refutes the guarantees of protocol.md.
   /usr/bin/python3 tests/faults/run.py --long                    long form, writes the
                                                                  table into docs/reliability.md
   options: --only f1,f2  --rate N  --rooms N  --keep  --no-docs  --list
+           --netns: run in a new network namespace (root, `ip netns`, nftables) and
+                    add the faults that drop packets for real with nftables
 
 One line per check (PASS/FAIL/XFAIL/XPASS), the fault x load x result table,
 then `N passed, N failed` (and `N xfail` on its own line). XFAIL: a fault
@@ -32,7 +34,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 
 import harness  # noqa: E402
 import check as checker  # noqa: E402
-from cluster import Cluster, FAULTS  # noqa: E402
+from cluster import Cluster, FAULTS, NETNS_FAULTS, netns_available  # noqa: E402
 from load import Load  # noqa: E402
 
 # Faults that fail on main because of a known defect being fixed elsewhere.
@@ -65,12 +67,21 @@ class Profile:
 
 async def phase(cluster, prof, name, fn, dur, idx):
     """One fault under load; returns the checker's result."""
+    steps = []
+    mark = [time.monotonic()]
+
+    def step(what):
+        now = time.monotonic()
+        steps.append(f"{what} {now - mark[0]:.1f}")
+        mark[0] = now
     await cluster.heal()
     await cluster.ready(30)
+    step("heal")
     load = Load(cluster, f"{idx}{name.replace('-', '')}-{os.getpid() % 10000}", prof.rooms,
                 prof.senders, prof.listeners, prof.rate, cold_rooms=prof.cold)
     t0 = time.monotonic()
     started = await load.start(30)
+    step("connect")
     cluster.rss_reset()
     load.start_sending()
     await asyncio.sleep(prof.warm)
@@ -84,18 +95,25 @@ async def phase(cluster, prof, name, fn, dur, idx):
         c.pause()
     await asyncio.sleep(0.5)
     tf = time.monotonic()
+    step("warm")
     await fn(cluster, load, dur)
     healed = time.monotonic()
+    step("fault")
     await asyncio.sleep(0.5)
     for c in cold:
         c.resume()
     await asyncio.sleep(prof.after)
     await load.stop_sending()
+    step("after")
     t_load = time.monotonic() - t0
     drained = await load.drain(prof.drain)
+    step("drain")
     converged = await load.converge(prof.converge)
+    step("converge")
     dead = cluster.check_nodes()
     res = await checker.check(cluster, load, drained, converged, dead, prof.rss_limit_mib)
+    step("check")
+    res["steps"] = " ".join(steps)
     if not started:
         res["problems"].insert(0, ("back", "not every client connected before the load"))
         res["ok"] = False
@@ -103,6 +121,7 @@ async def phase(cluster, prof, name, fn, dur, idx):
     res["sent"] = load.sent
     res["fault_s"] = healed - tf
     res["clients"] = len(load.clients)
+    res["note"] = load.note
     await load.close()
     for n, _ in dead:                   # a crashed node is restarted for the next phase
         for node in cluster.nodes:
@@ -258,10 +277,31 @@ def report(name, res, dur):
     print(line, flush=True)
     if os.environ.get("FAULTS_VERBOSE"):
         print(f"    slowest ack (id, s, sends, node, sent at, errors): {res.get('slowest')}")
+        print(f"    steps (s): {res.get('steps')}")
+    if res.get("note"):
+        print(f"    {name}: {res['note']}")
     for kind, p in res["problems"]:
         print(f"    {kind}: {p}"[:700], flush=True)
     if v == "XPASS":
         print(f"    passes now: remove its XFAIL entry in tests/faults/run.py", flush=True)
+
+
+def in_netns():
+    """Runs this same command inside a new network namespace of its own
+    (loopback only), then deletes the namespace."""
+    ns = f"chatd-faults-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"FAIL faults.netns: ip netns add: {r.stderr.strip()}\n0 passed, 1 failed",
+              flush=True)
+        return 1
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        return subprocess.call(["ip", "netns", "exec", ns, sys.executable,
+                                os.path.abspath(__file__)] + sys.argv[1:],
+                               env=dict(os.environ, FAULTS_NETNS=ns))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def main():
@@ -275,11 +315,15 @@ def main():
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-docs", action="store_true", help="with --long: do not write the docs")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--netns", action="store_true",
+                    help="run inside a new network namespace; adds the nftables loss faults")
     args = ap.parse_args()
+    if args.netns and not os.environ.get("FAULTS_NETNS"):
+        return in_netns()
     if args.list:
         print("run-sh-durable  ./run.sh starts Redis (appendonly, fsync always) and Postgres "
               "(fsync, synchronous_commit) durable")
-        for name, what, _, d in FAULTS:
+        for name, what, _, d in FAULTS + NETNS_FAULTS:
             print(f"{name:20} {what} ({d[0]} s short, {d[1]} s long)")
         return 0
     prof = Profile(args.long)
@@ -288,7 +332,11 @@ def main():
     if args.rooms:
         prof.rooms = args.rooms
     only = [x for x in args.only.split(",") if x]
-    faults = [f for f in FAULTS if not only or f[0] in only]
+    all_faults = FAULTS + (NETNS_FAULTS if netns_available() else [])
+    if args.netns and not netns_available():
+        print("FAIL faults.netns: nft is not installed (apt-get install nftables)", flush=True)
+        COUNTS["FAIL"] += 1
+    faults = [f for f in all_faults if not only or f[0] in only]
     workdir = tempfile.mkdtemp(prefix="chatd-faults-")
     os.chmod(workdir, 0o755)
     harness.RUN = harness.Run(os.path.abspath(args.chatd), workdir, args.keep)
