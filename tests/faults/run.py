@@ -375,6 +375,11 @@ def main():
         print("\n" + tab + "\n", flush=True)
         if args.long and not args.no_docs:
             stamp = time.strftime("%Y-%m-%d")
+            rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip() or "?"
+            stamp += f", chatd of commit {rev}"
+            if os.environ.get("FAULTS_NETNS"):
+                stamp += ", --netns"
             write_docs(f"Long form, {stamp} (`tests/faults/run.py --long`, written by the "
                        f"harness; 2 nodes, {prof.senders} senders + {prof.listeners} listeners "
                        f"per room, {prof.cold} cold rooms):\n\n" + tab)
