@@ -110,6 +110,9 @@ class Cluster:
     def stop(self):
         if self.sampler:
             self.sampler.cancel()
+        self.stop_pg(signal.SIGCONT)     # nothing left stopped, whatever was interrupted
+        if self.redis.proc is not None and self.redis.proc.poll() is None:
+            os.kill(self.redis.proc.pid, signal.SIGCONT)
         for n in self.nodes:
             n.kill9()
         for p in self.proxies.values():
@@ -123,11 +126,9 @@ class Cluster:
         services running and not stopped, every node up and ready."""
         for p in self.proxies.values():
             await p.cmd("clear")
-        for pid in self.pg_pids() + ([self.redis.proc.pid] if self.redis.proc else []):
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except OSError:
-                pass
+        self.stop_pg(signal.SIGCONT)
+        if self.redis.proc is not None and self.redis.proc.poll() is None:
+            os.kill(self.redis.proc.pid, signal.SIGCONT)
         if self.redis.proc is None or self.redis.proc.poll() is not None:
             await asyncio.to_thread(self.redis.start)
         if self.pg.postmaster_pid() is None or not _alive(self.pg.postmaster_pid()):
@@ -190,7 +191,13 @@ class Cluster:
         return [pm] + children_of(pm)
 
     def stop_pg(self, sig):
-        for pid in self.pg_pids():
+        pids = self.pg_pids()
+        # As root the postmaster runs under `runuser`, which stops itself when
+        # its child stops (job control) and must be continued too, or it
+        # never reaps the postmaster later.
+        if sig == signal.SIGCONT and self.pg.proc is not None and self.pg.proc.poll() is None:
+            pids.append(self.pg.proc.pid)
+        for pid in pids:
             try:
                 os.kill(pid, sig)
             except OSError:
