@@ -40,8 +40,9 @@ TEST_PROM_PKGS=(prometheus jq)
 TEST_PROM_CMDS=(prometheus:prometheus promtool:prometheus jq:jq)
 TEST_LOAD_PKGS=(gnuplot-nox procps util-linux)
 TEST_LOAD_CMDS=(gnuplot:gnuplot-nox taskset:util-linux chrt:util-linux ps:procps)
-TEST_FAULT_PKGS=(procps)
-TEST_FAULT_CMDS=(ps:procps kill:procps)
+TEST_FAULT_PKGS=(redis-tools postgresql-client)   # tests/faults/ (its --netns also needs nftables)
+TEST_FAULT_CMDS=(redis-cli:redis-tools psql:postgresql-client /usr/bin/python3:python3
+                 py:websockets:python3-websockets py:jwt:python3-jwt)
 TEST_CLUSTER_PKGS=(redis-tools)       # redis-cli --cluster (Redis Cluster tests)
 TEST_CLUSTER_CMDS=(redis-cli:redis-tools)
 TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq)   # tests/deploy/, tools/demo.sh

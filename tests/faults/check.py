@@ -13,6 +13,7 @@ Owns the verdict of a phase. Every figure it reports:
            (gap), or at the end lacks a seq that history or another client has
   holes    seqs below the room's head missing from history (delivered or
            handed out but never stored)
+  (errors) any error frame other than `unavailable` fails the fault too
   unacked  messages still unacked after the drain (the system did not recover)
   back     clients online and caught up at the end / all clients
   reconnect  longest time from a client's disconnect to its next welcome
@@ -107,8 +108,11 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
     skipped = sum(c.skipped for c in load.clients)
     missing = 0
     miss_ex = []
+    seen_by_room = {r: set(rows[r]) for r in load.rooms}
+    for (r, s) in load.seen:
+        seen_by_room[r].add(s)
     for c in load.clients:
-        want = set(rows[c.room]) | {s for (r, s) in load.seen if r == c.room}
+        want = seen_by_room[c.room]
         m = sorted(want - set(c.got))
         if m:
             missing += len(m)
@@ -122,6 +126,13 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
     if gtl:
         P.append(("order", f"{gtl} gap_too_large answers"))
         res["order"] += gtl
+    odd = {}
+    for c in load.clients:
+        for code, n in c.errors.items():
+            if code not in ("unavailable", "gap_too_large"):   # unavailable: resend, expected
+                odd[code] = odd.get(code, 0) + n
+    if odd:
+        P.append(("errors", f"unexpected error frames: {odd}"))
     res["holes"] = sum(len(v) for v in holes.values())
     if res["holes"]:
         ex = [f"{r}: {v[:5]}" for r, v in holes.items() if v][:3]

@@ -84,7 +84,12 @@ class FaultClient:
             self.node_name = node.name
             try:
                 async for raw in ws:
-                    self.on_frame(json.loads(raw))
+                    try:
+                        f = json.loads(raw)
+                    except (ValueError, TypeError):
+                        f = {"type": "error", "code": "_unparsable_frame"}
+                    if isinstance(f, dict):
+                        self.on_frame(f)
             except (websockets.ConnectionClosed, OSError):
                 pass
             except asyncio.CancelledError:
