@@ -71,7 +71,7 @@ run_ctest() {   # name builddir
 run_counted() {  # name cmd...
     local name=$1; shift
     local out="$WORK/$name.out"
-    "$@" 2>&1 | tee "$out" | sed 's/^/  /'
+    "$@" 2>&1 | tee "$out" | sed -u 's/^/  /'
     local line xf
     line=$(grep -E "^[0-9]+ passed, [0-9]+ failed" "$out" | tail -1)
     if [ -z "$line" ]; then record "$name" 0 1; return; fi
