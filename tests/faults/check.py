@@ -15,7 +15,8 @@ Owns the verdict of a phase. Every figure it reports:
            handed out but never stored)
   (errors) any error frame other than `unavailable` fails the fault too
   unacked  messages still unacked after the drain (the system did not recover)
-  back     clients online and caught up at the end / all clients
+  back     clients online and caught up at the end / all clients (but those
+           that vanished on purpose: their acked messages are still checked)
   reconnect  longest time from a client's disconnect to its next welcome
   ack_max  longest time from a message's first send to its ack
   rss      highest VmRSS of a node during the phase (MiB)
@@ -41,7 +42,7 @@ async def history_rows(pg, rooms):
     return rows, by_id
 
 
-async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wait=6.0):
+async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wait=10.0):
     res = {"problems": []}           # (kind, text); kind: lost, reused, dup, order, ...
     P = res["problems"]
     # history: retry a little for holes, the backfill sweeper may still be storing
@@ -112,6 +113,8 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
     for (r, s) in load.seen:
         seen_by_room[r].add(s)
     for c in load.clients:
+        if c.vanished:
+            continue
         want = seen_by_room[c.room]
         m = sorted(want - set(c.got))
         if m:
@@ -143,13 +146,14 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
         P.append(("unacked", f"{res['unacked']} messages never acked after the drain: "
                   + "; ".join(ex)))
     heads = load.heads()
-    back = sum(1 for c in load.clients if c.online and c.last >= heads[c.room])
-    res["back"] = f"{back}/{len(load.clients)}"
-    if back != len(load.clients) or not converged:
+    live = [c for c in load.clients if not c.vanished]
+    back = sum(1 for c in live if c.online and c.last >= heads[c.room])
+    res["back"] = f"{back}/{len(live)}"
+    if back != len(live) or not converged:
         ex = [f"{c.name} online={c.online} last={c.last} head={heads[c.room]} "
-              f"errors={c.errors}" for c in load.clients
+              f"errors={c.errors}" for c in live
               if not (c.online and c.last >= heads[c.room])][:3]
-        P.append(("back", f"clients not back: {len(load.clients) - back}: " + "; ".join(ex)))
+        P.append(("back", f"clients not back: {len(live) - back}: " + "; ".join(ex)))
     rt = [t for c in load.clients for t in c.reconnect_times]
     res["reconnects"] = len(rt)
     res["reconnect_max"] = max(rt) if rt else None

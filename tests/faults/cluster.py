@@ -98,11 +98,16 @@ class Cluster:
         self.proxies["redis"] = Proxy("redis", self.redis.port, self.workdir)
         self.proxies["pg"] = Proxy("pg", self.pg.port, self.workdir)
         policy = harness.policy_dir(harness.OPEN_POLICY)
+        env = {"CHAT_LOG_LEVEL": "info"}
+        # FAULTS_CHAT_ENV="CHAT_X=1 CHAT_Y=2": extra node settings (experiments)
+        for kv in os.environ.get("FAULTS_CHAT_ENV", "").split():
+            k, _, v = kv.partition("=")
+            env[k] = v
         for i in range(self.n_nodes):
             n = harness.Node(
                 name=f"n{i}", redis=f"redis://127.0.0.1:{self.proxies['redis'].port}",
                 db=f"postgresql://postgres@127.0.0.1:{self.proxies['pg'].port}/chatd",
-                scripts=policy, env={"CHAT_LOG_LEVEL": "info"})
+                scripts=policy, env=env)
             self.nodes.append(n)
         for n in self.nodes:
             n.start()
@@ -324,11 +329,37 @@ async def f_connect_storm(c, load, dur):
     load.note = f"storm connections that got a welcome: {made[0]}"
 
 
+async def f_node_kill9_pg_stopped(c, load, dur):
+    """Postgres stopped, so messages are published and broadcast but not
+    stored; then the node that published them is killed and their senders
+    vanish (no resend): only the surviving node's backfill can store them."""
+    c.stop_pg(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.5)
+        gone = [cl for cl in load.senders() if cl.node_name == c.nodes[0].name and cl.unacked
+                and cl.room not in load.cold]
+        for cl in gone[: max(1, len(gone) // 2)]:
+            cl.vanish()
+        n = c.nodes[0]
+        n.killed = True
+        n.kill9()
+        await asyncio.sleep(0.5)
+    finally:
+        c.stop_pg(signal.SIGCONT)
+    load.note = (f"senders vanished with unacked messages: {sum(1 for x in load.clients if x.vanished)}"
+                 f" ({sum(len(x.unacked) for x in load.clients if x.vanished)} messages)")
+    await asyncio.sleep(dur)
+    await asyncio.to_thread(c._restart_node, n)
+
+
 FAULTS = [
     # name, what it does, fn, duration (short, long) in s
     ("none", "no fault (control)", f_none, (2, 5)),
     ("node-kill9", "kill -9 of node n0, restarted after the pause; its clients move to n1",
      f_node_kill9, (2, 5)),
+    ("node-kill9-pg-stopped", "Postgres stopped 2 s; meanwhile node n0 is killed (-9) and half "
+     "of its senders with unacked messages vanish for good: what they had broadcast must reach "
+     "history through the other node's backfill", f_node_kill9_pg_stopped, (3, 5)),
     ("redis-restart-empty", "Redis killed (-9) and restarted empty (no persistence)",
      f_redis_restart_empty, (2, 5)),
     ("redis-flushall", "Redis FLUSHALL under load", f_redis_flushall, (2, 5)),

@@ -44,6 +44,7 @@ class FaultClient:
         self.online = False         # welcome received on the current connection
         self.paused = False         # offline on purpose (cold room)
         self.quiet = False          # sends no new message (about to go offline)
+        self.vanished = False       # gone for good (checked only for what it was acked)
         self.stop = False
         self.wake = asyncio.Event()
         self.node_name = None
@@ -199,7 +200,7 @@ class FaultClient:
             self._send(mid, u[0])
 
     def resend_due(self):
-        if not (self.online and self.ws):
+        if not (self.online and self.ws) or self.vanished:
             return
         now = time.monotonic()
         for mid, u in self.unacked.items():
@@ -222,6 +223,15 @@ class FaultClient:
         self.paused = False
         self.quiet = False
         self.wake.set()
+
+    def vanish(self):
+        """The client crashes for good: TCP dropped, never back, never resends.
+        What it sent and was broadcast must still reach history (backfill)."""
+        self.vanished = True
+        self.stop = True
+        self.wake.set()
+        if self.ws is not None:
+            self.ws.transport.abort()
 
     def drop(self):
         """Abrupt TCP drop (no close handshake): a disconnect storm."""
@@ -328,7 +338,7 @@ class Load:
             await self.pacer
 
     def unacked(self):
-        return sum(len(c.unacked) for c in self.senders())
+        return sum(len(c.unacked) for c in self.senders() if not c.vanished)
 
     async def drain(self, timeout):
         """Resend what is unacked (same ids) until everything is acked."""
@@ -354,7 +364,7 @@ class Load:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             h = self.heads()
-            if all(c.online and c.last >= h[c.room] for c in self.clients):
+            if all(c.online and c.last >= h[c.room] for c in self.clients if not c.vanished):
                 return True
             await asyncio.sleep(0.1)
         return False
