@@ -47,6 +47,7 @@ XFAIL = {
 }
 
 DOCS = os.path.join(REPO, "docs", "reliability.md")
+LOAD0 = 0.0       # load average when the run started (the machine is shared)
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
 
 
@@ -283,7 +284,7 @@ def report(name, res, dur):
     for kind, p in res["problems"]:
         print(f"    {kind}: {p}"[:700], flush=True)
     if v == "XPASS":
-        print(f"    passes now: remove its XFAIL entry in tests/faults/run.py", flush=True)
+        print("    passes now: remove its XFAIL entry in tests/faults/run.py", flush=True)
 
 
 def in_netns():
@@ -344,6 +345,8 @@ def main():
     print(f"# chatd={args.chatd} workdir={workdir} form={'long' if args.long else 'short'} "
           f"rate={prof.rate:.0f}/s rooms={prof.rooms}", flush=True)
     t0 = time.time()
+    global LOAD0
+    LOAD0 = os.getloadavg()[0]
 
     if not only or "run-sh-durable" in only:
         t = time.time()
@@ -380,6 +383,8 @@ def main():
             stamp += f", chatd of commit {rev}"
             if os.environ.get("FAULTS_NETNS"):
                 stamp += ", --netns"
+            stamp += (f", machine load average {LOAD0:.1f} at the start and "
+                      f"{os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores")
             write_docs(f"Long form, {stamp} (`tests/faults/run.py --long`, written by the "
                        f"harness; 2 nodes, {prof.senders} senders + {prof.listeners} listeners "
                        f"per room, {prof.cold} cold rooms):\n\n" + tab)
