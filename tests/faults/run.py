@@ -2,7 +2,7 @@
 """chatd fault harness: 2 chatd nodes, a real Redis and Postgres (its own),
 a fault proxy on each node's Redis and Postgres link, reconnecting clients
 with client message ids and since=, and one fault at a time. After each fault
-the checker (check.py) proves or refutes the guarantees of protocol.md.
+the checker (fault_check.py) proves or refutes the guarantees of protocol.md.
 
   /usr/bin/python3 tests/faults/run.py [--chatd build/chatd]     short form (./test.sh)
   /usr/bin/python3 tests/faults/run.py --long                    long form, writes the
@@ -29,13 +29,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+# ours first: tests/integration has modules of its own (e.g. cluster.py)
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+sys.path.insert(0, HERE)
 
 import harness  # noqa: E402
-import check as checker  # noqa: E402
-from cluster import Cluster, FAULTS, NETNS_FAULTS, netns_available  # noqa: E402
-from load import Load  # noqa: E402
+import fault_check as checker  # noqa: E402
+from fault_rig import Cluster, FAULTS, NETNS_FAULTS, netns_available  # noqa: E402
+from fault_load import Load  # noqa: E402
 
 # Faults that fail on main because of a known defect being fixed elsewhere.
 # Remove the entry when the fix merges (an XPASS line says when).

@@ -4,7 +4,7 @@ Owns: every client connection of a phase (one room per connection), the
 pacing of new messages (client ids), the resend of unacked messages with the
 same id (as protocol.md allows), and what each client observed: the seqs and
 ids it received in order, duplicates, out-of-order and skipped seqs, acks,
-errors, disconnects and reconnect times. The checker (check.py) judges it.
+errors, disconnects and reconnect times. The checker (fault_check.py) judges it.
 
 A client always connects with `since=<last seq it saw>` (0 at first: rooms are
 new), so after any disconnect it must get exactly the rest of the room, with
