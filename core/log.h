@@ -1,6 +1,8 @@
 /* log: leveled, single-line log records on stderr.
- * Owns: the log level and the redaction of secrets (tokens in query strings,
- * Authorization headers) before anything reaches the log. Every module logs
+ * Owns: the log level, the redaction of secrets (tokens in query strings,
+ * Authorization headers) and the escaping of control characters before
+ * anything reaches the log: one record is always exactly one line, whatever
+ * a logged value (a JWT claim, a room, a reason) contains. Every module logs
  * through log_msg(); nothing else writes to stderr. */
 #ifndef CHATD_LOG_H
 #define CHATD_LOG_H
@@ -19,6 +21,13 @@ void log_msg(log_level_t lvl, const char *module, const char *fmt, ...)
 /* Copy s into out (size n) with every token=... value in a query string and
  * every "Bearer xxx" replaced by "[redacted]". Always NUL-terminates. */
 void log_redact(const char *s, char *out, size_t n);
+
+/* Copy s into out (size n) with every control character escaped: \n \r \t
+ * as two characters, other C0 bytes and DEL as \xNN, the C1 controls
+ * (U+0080..U+009F) and U+2028/U+2029 as \uNNNN. Everything else (UTF-8
+ * text, backslashes, quotes) is copied as is. Truncates at an escape
+ * boundary; always NUL-terminates. log_msg applies it to every record. */
+void log_escape(const char *s, char *out, size_t n);
 
 #define LOGD(mod, ...) do { if (log_get_level() <= LOG_DEBUG) log_msg(LOG_DEBUG, mod, __VA_ARGS__); } while (0)
 #define LOGI(mod, ...) log_msg(LOG_INFO, mod, __VA_ARGS__)

@@ -714,6 +714,32 @@ async def tokens_never_in_logs():
 
 
 @test()
+async def control_characters_in_claims_cannot_forge_log_records():
+    # a sub or name with a newline must not start a record of its own: every
+    # logged value is escaped (core/log.c), one record stays one line
+    n = start_node(env={"CHAT_LOG_LEVEL": "debug"})
+    room = uniq()
+    forged = "2030-01-01T00:00:00.000Z error server: FORGED"
+    sub = "mallory\n" + forged
+    name = "M\r\n" + forged + "\x1b[2J\u2028" + forged
+    c = await Client.connect(n, room, token(sub, name))
+    eq(c.welcome().get("user"), sub, "welcome.user keeps the sub as given")
+    await c.send_msg("hi", id="a\nb")
+    await c.wait_for(lambda f: f["type"] == "message", 5, what="own message")
+    # a refused token whose claims carry the same payload
+    await aupgrade_status(n.port, ws_path(room, token(sub, exp_in=-30)))
+    await c.close()
+    n.signal(signal.SIGTERM)
+    await asyncio.to_thread(n.wait_exit, 10)
+    log = n.log_text()
+    check("mallory\\n2030-01-01" in log, "the sub is in the debug log, escaped: "
+          f"{[ln for ln in log.splitlines() if 'mallory' in ln][:3]}")
+    # splitlines() also breaks on \r, \x1c-\x1e, \x85, \u2028 and \u2029
+    lines = log.splitlines()
+    bad = [ln for ln in lines if ln.startswith("2030-01-01") or
+           ("FORGED" in ln and not ln.startswith("20") )]
+    check(not bad, f"forged log records: {bad[:3]}")
+    check("\x1b" not in log, "a raw escape character reached the log")
 async def sigterm_drains_with_server_restart_and_1001():
     n = start_node()
     room = uniq()
