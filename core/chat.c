@@ -544,6 +544,16 @@ static void handle_message(conn *c, client_frame *f)
         return;
     }
     if (v == SCRIPT_REPLACE && res.body) { body = res.body; body_len = res.body_len; }
+    if (memchr(body, 0, body_len)) {
+        /* only a policy can get here (frame_parse refuses a NUL body): it
+         * could not be stored, so it gets no seq */
+        LOGW("chat", "room %s: the policy's on_message returned a body containing U+0000: refused",
+             room);
+        metric_inc(m_rejected);
+        conn_send_error(c, "rejected", "the policy produced a body that cannot be stored", id);
+        script_result_clear(&res);
+        return;
+    }
     pub_op *p = calloc(1, sizeof *p);
     if (!p) { script_result_clear(&res); return; }
     p->t0 = mono_ns();

@@ -1,7 +1,9 @@
 /* frame: see frame.h. One client frame: JSON text -> validated client_frame.
  * Owns: the jansson tree of the frame (root_) until frame_free(). Strings are
- * measured with json_string_length, so embedded NULs (allowed in a body)
- * never shorten a field; NULs in type, room, id or token are refused. */
+ * measured with json_string_length, so an embedded NUL never shortens a
+ * field silently; a NUL (U+0000, "\u0000" in the JSON) in a body, room, id
+ * or token is refused with bad_request: a body must be storable in a
+ * Postgres text column, and it is refused here, before any seq exists. */
 #define _GNU_SOURCE
 #include "frame.h"
 #include "util.h"
@@ -103,6 +105,8 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
     case FT_MESSAGE:
         if (get_str(root, "body", 1, &out->body, &out->body_len) != F_OK)
             return fail(code, msg, msglen, "message needs a string body");
+        if (memchr(out->body, 0, out->body_len))
+            return fail(code, msg, msglen, "body must not contain U+0000");
         r = get_str(root, "id", 0, &out->id, &out->id_len);
         if (r == F_BAD || (r == F_OK && (out->id_len < 1 || out->id_len > FRAME_ID_MAX))) {
             out->id = NULL;

@@ -16,7 +16,7 @@ typedef enum {
 typedef struct client_frame {
     frame_type type;
     const char *room;  size_t room_len;   /* NULL when absent */
-    const char *body;  size_t body_len;   /* message: required string (may be "") */
+    const char *body;  size_t body_len;   /* message: required string (may be "", no NUL) */
     const char *id;    size_t id_len;     /* message: optional, 1..64 chars */
     const char *token; size_t token_len;  /* refresh: required */
     int has_since;     uint64_t since;    /* join: optional integer >= 0 */
@@ -25,7 +25,8 @@ typedef struct client_frame {
 
 /* 0 on success. -1 on error: code gets "bad_request" (invalid JSON, not an
  * object, missing/invalid "type", missing or wrongly typed field, invalid room
- * name, id too long, since not a non-negative integer) and msg a short
+ * name, id too long, since not a non-negative integer, a body containing
+ * U+0000) and msg a short
  * human-readable reason, e.g. "invalid JSON", "unknown type 'foo'",
  * "message needs a string body", "invalid room name". When the frame had a
  * string "id", *id_out (if not NULL) gets a malloc'd copy so the error can

@@ -930,3 +930,28 @@ async def refuses_to_start_with_bad_settings():
         rc = await asyncio.to_thread(n.wait_exit, 5)
         check(rc is not None and rc != 0, f"chatd with {env} exited with {rc}")
         check(word in n.log_tail(5), f"{env}: the error names {word}: {n.log_tail(3)}")
+
+
+NUL_POLICY = """
+local M = {}
+function M.on_message(ctx, msg)
+  if msg.body == "make-nul" then return "a\\0b" end
+  return nil
+end
+return M
+"""
+
+
+@test()
+async def nul_body_refused_before_a_seq_also_when_a_policy_makes_one():
+    n = start_node(scripts=policy_dir(NUL_POLICY))
+    room = uniq()
+    a = await Client.connect(n, room, token("alice"))
+    b = await Client.connect(n, room, token("bob"))
+    e = await a.error_for({"type": "message", "body": "x\u0000y", "id": "z1"})
+    eq((e.get("code"), e.get("id")), ("bad_request", "z1"), "NUL in the client's body")
+    e = await a.error_for({"type": "message", "body": "make-nul", "id": "z2"})
+    eq((e.get("code"), e.get("id")), ("rejected", "z2"), "NUL in the policy's body")
+    await a.send_msg("fine", id="z3")
+    m = await b.wait_for(lambda f: f["type"] == "message", 5, what="the next message")
+    eq((m.get("id"), m["seq"]), ("z3", 1), "refused messages took no seq")

@@ -467,3 +467,34 @@ async def pending_writes_bound_answers_unavailable_never_an_ack():
     check(not [f for f in a.frames if f["type"] == "ack"], "no ack without a commit")
     eq([f["seq"] for f in a.frames if f["type"] == "message"], [1, 2, 3],
        "live fan-out continued for the messages within the bound")
+
+
+@test(timeout=45, needs=NEEDS)
+async def nul_in_body_is_bad_request_before_any_seq():
+    # U+0000 cannot be stored in a Postgres text column: the message is
+    # refused (bad_request) before a seq is assigned, so nothing is broadcast
+    # and history keeps no hole (team decision, issue 11 defect 2)
+    a = hnode()
+    b = hnode()
+    room = uniq()
+    s = await Client.connect(a, room, token("alice"))
+    w = await Client.connect(b, room, token("watch"))
+    eq(await send_acked(s, "before", "n1"), 1, "seq before")
+    for body, mid in (("a\u0000b", "n2"), ("\u0000", "n3"), ("x" * 100 + "\u0000", "n4")):
+        e = await s.error_for({"type": "message", "body": body, "id": mid})
+        eq((e.get("code"), e.get("id")), ("bad_request", mid), f"answer to a NUL body ({mid})")
+    # raw JSON text with the escape, as a browser's JSON.stringify sends it
+    e = await s.error_for('{"type":"message","body":"nul \\u0000 here","id":"n5"}')
+    eq((e.get("code"), e.get("id")), ("bad_request", "n5"), "raw \\u0000 escape")
+    eq(await send_acked(s, "after", "n6"), 2, "the next message gets the next seq")
+    await w.wait_for(lambda f: f["type"] == "message" and f.get("id") == "n6", 5)
+    await asyncio.sleep(0.3)
+    eq([(m["seq"], m.get("id")) for m in w.messages(room)], [(1, "n1"), (2, "n6")],
+       "broadcast seen on the other node")
+    eq([(m["seq"], m.get("id")) for m in s.messages(room)], [(1, "n1"), (2, "n6")],
+       "broadcast seen by the sender")
+    js = await history(b, room, limit=200)
+    eq([(m["seq"], m.get("id")) for m in js["messages"]], [(1, "n1"), (2, "n6")],
+       "history: no hole")
+    check(not s.acks() or all(f.get("id") in ("n1", "n6") for f in s.acks()),
+          f"acks for refused messages: {s.acks()}")
