@@ -3,6 +3,7 @@ order on every node, concurrent publishers, kill -9 of a node with resume by
 `since`, a Redis restart mid-stream, and a seeded property test "no message
 lost under fan-out" (rerun a failure with --seed N)."""
 import asyncio
+import json
 import os
 import random
 import time
@@ -460,3 +461,83 @@ async def resend_unacked_after_node_kill_is_idempotent():
     check(not wrong, f"ack seq differs from broadcast seq: {wrong[:3]}")
     order = [bymsg[f"q{i}"] for i in range(total)]
     check(order == sorted(order), "messages stored out of send order")
+
+
+@test(timeout=90, needs=("redis",))
+async def sender_gets_its_own_message_sent_right_after_connecting():
+    # A room no node holds yet: the node subscribes, reads the head, answers
+    # welcome. A message sent at once after the upgrade (before welcome)
+    # must still reach its sender, and every other member, exactly once
+    # (issue 11 defect 5: it was folded into the welcome seq).
+    a = start_node(redis=True, name="A-" + uniq(""))
+    b = start_node(redis=True, name="B-" + uniq(""))
+    problems = []
+
+    async def one(k):
+        room = uniq(f"fresh{k}")
+        c = await Client.connect(a if k % 2 else b, room, token(f"s{k}"), wait_welcome=False)
+        await c.send_msg(f"first {k}", id=f"f{k}")
+        ack = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == f"f{k}",
+                               10, what="ack")
+        if ack["type"] != "ack":
+            problems.append(f"{room}: {ack}")
+            return
+        try:
+            m = await c.wait_for(lambda f: f["type"] == "message" and f.get("id") == f"f{k}",
+                                 3, what="own message")
+        except TestFailure:
+            w = c.welcome() or {}
+            problems.append(f"{room}: ack seq {ack['seq']} but no message (welcome seq "
+                            f"{w.get('seq')}, frames {c.brief(-4)})")
+            return
+        if m["seq"] != ack["seq"]:
+            problems.append(f"{room}: message seq {m['seq']} != ack seq {ack['seq']}")
+        w = c.welcome()
+        if w is None or w.get("seq") != 0:
+            problems.append(f"{room}: welcome {w} (want seq 0: the room was empty)")
+        first = [f["type"] for f in c.frames if f["type"] in ("welcome", "message")]
+        if first[:1] != ["welcome"]:
+            problems.append(f"{room}: a message came before welcome: {first}")
+        await c.close()
+
+    async def joined(k):
+        # the same through join on an open connection: join, then at once a
+        # message to the joined room
+        home = uniq(f"home{k}")
+        room = uniq(f"joined{k}")
+        c = await Client.connect(b if k % 2 else a, home, token(f"j{k}"))
+        # one write: lws reads several frames at once while the join is in
+        # progress (the ones after the first held one wait in lws' buffer)
+        frames = [{"type": "join", "room": room}]
+        frames += [{"type": "message", "body": f"joined {k}.{i}", "id": f"j{k}.{i}", "room": room}
+                   for i in range(3)]
+        frames.append({"type": "heartbeat"})
+        for f in frames:
+            await c.ws.send(json.dumps(f))
+        try:
+            await c.wait_for(lambda f: f["type"] == "heartbeat_ack", 10, what="heartbeat_ack")
+            acks = await c.wait_count(lambda f: f["type"] in ("ack", "error") and
+                                      str(f.get("id", "")).startswith(f"j{k}."), 3, 10, "acks")
+        except TestFailure as e:
+            problems.append(f"join {room}: {e}")
+            return
+        if any(a["type"] != "ack" for a in acks):
+            problems.append(f"join {room}: {acks}")
+            return
+        try:
+            await c.wait_count(lambda f: f["type"] == "message" and f.get("room") == room, 3, 3,
+                               "own messages")
+        except TestFailure:
+            problems.append(f"join {room}: acks {[a['seq'] for a in acks]} but messages "
+                            f"{c.seqs(room)} ({c.brief(-4)})")
+        order = [f["type"] for f in c.frames if f.get("room") == room or
+                 f["type"] == "heartbeat_ack"]
+        if order[:1] != ["presence_state"]:
+            problems.append(f"join {room}: frames out of order: {order}")
+        await c.close()
+
+    for rnd in range(4):
+        await asyncio.gather(*(one(rnd * 10 + k) for k in range(10)))
+        await asyncio.gather(*(joined(rnd * 10 + k) for k in range(10)))
+    check(not problems, f"{len(problems)} problems in 80 connections (a sender missed its own "
+          f"message), e.g. {problems[:3]}")
