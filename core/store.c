@@ -39,7 +39,9 @@
 #define OID_INT8 20
 
 enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
-enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_INSERT, OP_BATCH, OP_RANGE };
+enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP_PREP_INSERT,
+       OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD };
+enum { Q_RANGE = 0, Q_HEAD };
 
 /* One queued row; strings live in data[] after the struct. */
 typedef struct wnode {
@@ -47,14 +49,18 @@ typedef struct wnode {
     store_write_cb cb;
     void *ud;
     uint64_t t_enq;             /* mono_ns when queued */
+    int status;                 /* for the callback: 0, or -2 (conflict) */
     const char *val[STORE_INSERT_NCOLS];
     char seq_txt[24], ts_txt[24];
     char data[];
 } wnode;
 
+/* One queued read: a history range (Q_RANGE) or a room head (Q_HEAD). */
 typedef struct rnode {
     struct rnode *next;
+    int kind;
     store_rows_cb cb;
+    store_head_cb hcb;
     void *ud;
     int newest;
     char after[24], before[24], limit[16];
@@ -86,6 +92,7 @@ struct store {
     PGresult *op_res;           /* last tuples result of the current op */
     int op_failed;
     long op_rows;               /* rows affected (batch) */
+    long batch_inserted;        /* rows the in-flight batch inserted */
     char op_err[256];
     int schema_from;
 
@@ -104,7 +111,7 @@ struct store {
 
     metric_hist *m_batch_dur, *m_range_dur, *m_batch_rows;
     metric_gauge *m_pending;
-    metric_counter *m_reconnects, *m_rows_written;
+    metric_counter *m_reconnects, *m_rows_written, *m_conflicts;
 };
 
 static const double BATCH_ROW_BUCKETS[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000};
@@ -204,7 +211,8 @@ static void fail_ranges(store *s)
     while (list) {
         rnode *r = list;
         list = r->next;
-        r->cb(r->ud, -1, NULL, 0);
+        if (r->kind == Q_HEAD) r->hcb(r->ud, -1, 0, NULL);
+        else r->cb(r->ud, -1, NULL, 0);
         free(r);
     }
 }
@@ -403,6 +411,11 @@ static void send_range(store *s)
     r->next = NULL;
     s->r_cur = r;
     s->last_was_batch = 0;
+    if (r->kind == Q_HEAD) {
+        const char *hv[1] = {r->room};
+        sent(s, OP_HEAD, PQsendQueryPrepared(s->pg, STORE_STMT_HEAD, 1, hv, NULL, NULL, 0));
+        return;
+    }
     const char *vals[4] = {r->room, r->after, r->before, r->limit};
     sent(s, OP_RANGE, PQsendQueryPrepared(s->pg, r->newest ? STORE_STMT_RANGE_DESC : STORE_STMT_RANGE_ASC,
                                           4, vals, NULL, NULL, 0));
@@ -446,21 +459,111 @@ static void batch_done(store *s)
     double dt = (double)(mono_ns() - s->op_t0) / 1e9;
     metric_observe(s->m_batch_dur, dt);
     metric_observe(s->m_batch_rows, (double)s->fl_len);
-    metric_add(s->m_rows_written, (uint64_t)(s->op_rows > 0 ? s->op_rows : 0));
+    metric_add(s->m_rows_written, (uint64_t)(s->batch_inserted > 0 ? s->batch_inserted : 0));
     pending_add(s, -(double)s->fl_len);
     wnode *list = s->fl_head;
     s->fl_head = s->fl_tail = NULL;
     s->fl_len = 0;
-    while (list) { /* committed: status 0 even if a callback frees the store */
+    while (list) { /* committed (or a conflict, -2) even if a callback frees the store */
         wnode *w = list;
         list = w->next;
-        if (w->cb) w->cb(w->ud, 0);
+        if (w->cb) w->cb(w->ud, w->status);
         free(w);
     }
     if (s->dead) return;
     check_drain(s);
     if (s->dead) return;
     dispatch(s);
+}
+
+/* The batch inserted fewer rows than it had: read the stored rows of its
+ * keys and compare. An identical row (a retried batch that had committed,
+ * a backfill of a row its node stored after all) is fine: status 0. A
+ * different row, or none, under the same (room, seq) is a conflict: the new
+ * row was NOT stored; its callback gets -2, never a silent success. */
+static void send_verify(store *s)
+{
+    size_t n = s->fl_len, np = n * 2;
+    size_t cap = sizeof STORE_VERIFY_HEAD + sizeof STORE_VERIFY_TAIL + n * 40;
+    char *sql = malloc(cap);
+    const char **vals = malloc(np * sizeof *vals);
+    Oid *types = malloc(np * sizeof *types);
+    if (!sql || !vals || !types) {
+        free(sql); free(vals); free(types);
+        reset_conn(s, "out of memory verifying a batch"); /* the batch is sent again */
+        return;
+    }
+    size_t len = (size_t)snprintf(sql, cap, "%s", STORE_VERIFY_HEAD);
+    size_t i = 0;
+    for (wnode *w = s->fl_head; w; w = w->next, i++) {
+        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu::text,$%zu::bigint)", i ? "," : "",
+                                2 * i + 1, 2 * i + 2);
+        vals[2 * i] = w->val[0];
+        vals[2 * i + 1] = w->val[1];
+        types[2 * i] = OID_TEXT;
+        types[2 * i + 1] = OID_INT8;
+    }
+    snprintf(sql + len, cap - len, "%s", STORE_VERIFY_TAIL);
+    int ok = PQsendQueryParams(s->pg, sql, (int)np, types, vals, NULL, NULL, 0);
+    free(sql); free(vals); free(types);
+    sent(s, OP_VERIFY, ok);
+}
+
+static int same_text(const PGresult *res, int row, int col, const char *v)
+{
+    if (PQgetisnull(res, row, col)) return v == NULL;
+    return v && strcmp(PQgetvalue(res, row, col), v) == 0;
+}
+
+static void verify_done(store *s)
+{
+    PGresult *res = s->op_res;
+    s->op_res = NULL;
+    if (s->op_failed || !res) {
+        char why[320];
+        snprintf(why, sizeof why, "verify batch: %s", s->op_err);
+        if (res) PQclear(res);
+        reset_conn(s, why); /* the batch goes again: idempotent */
+        return;
+    }
+    int nt = PQntuples(res);
+    for (wnode *w = s->fl_head; w; w = w->next) {
+        int found = -1;
+        for (int t = 0; t < nt && found < 0; t++)
+            if (same_text(res, t, 0, w->val[0]) && same_text(res, t, 1, w->val[1])) found = t;
+        int same = found >= 0;
+        for (int c = 2; same && c < STORE_INSERT_NCOLS; c++)
+            same = same_text(res, found, c, w->val[c]);
+        if (same) continue;
+        w->status = -2;
+        metric_inc(s->m_conflicts);
+        LOGE(MOD, "CONFLICT: room %s seq %s is already stored with another message (stored id %s "
+             "user %s, new id %s user %s): the new one is NOT stored and not acked",
+             w->val[0], w->val[1],
+             found < 0 ? "(gone)" : PQgetisnull(res, found, 2) ? "-" : PQgetvalue(res, found, 2),
+             found < 0 ? "-" : PQgetvalue(res, found, 3), w->val[2] ? w->val[2] : "-", w->val[3]);
+    }
+    PQclear(res);
+    batch_done(s);
+}
+
+static void head_done(store *s)
+{
+    rnode *r = s->r_cur;
+    s->r_cur = NULL;
+    PGresult *res = s->op_res;
+    s->op_res = NULL;
+    if (s->op_failed || !res || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        LOGW(MOD, "room head query failed: %s", s->op_failed ? s->op_err : "unexpected result");
+        if (res) PQclear(res);
+        r->hcb(r->ud, -1, 0, NULL);
+    } else {
+        uint64_t max = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+        r->hcb(r->ud, 0, max, PQgetvalue(res, 0, 0));
+        PQclear(res);
+    }
+    free(r);
+    if (!s->dead) dispatch(s);
 }
 
 static void range_done(store *s)
@@ -535,6 +638,9 @@ static void setup_done(store *s, int op)
         sent(s, OP_PREP_ASC, PQsendPrepare(s->pg, STORE_STMT_RANGE_ASC, STORE_SQL_RANGE_ASC, 0, NULL));
         break;
     case OP_PREP_ASC:
+        sent(s, OP_PREP_HEAD, PQsendPrepare(s->pg, STORE_STMT_HEAD, STORE_SQL_HEAD, 0, NULL));
+        break;
+    case OP_PREP_HEAD:
         s->state = ST_READY;
         backoff_reset(&s->bo);
         uv_timer_stop(s->guard);
@@ -558,7 +664,11 @@ static void op_done(store *s)
             reset_conn(s, why); /* the batch is retried after reconnect */
             return;
         }
-        batch_done(s);
+        s->batch_inserted = s->op_rows;
+        if (s->op_rows < (long)s->fl_len) send_verify(s);
+        else batch_done(s);
+    } else if (op == OP_VERIFY) {
+        verify_done(s);
     } else if (op == OP_PREP_INSERT) {
         if (s->op_failed) {
             char why[320];
@@ -568,12 +678,13 @@ static void op_done(store *s)
         }
         s->ins_prepared = 1;
         dispatch(s);
-    } else if (op == OP_RANGE) {
+    } else if (op == OP_RANGE || op == OP_HEAD) {
         if (s->op_failed && PQstatus(s->pg) == CONNECTION_BAD) {
             reset_conn(s, s->op_err); /* fails r_cur too */
             return;
         }
-        range_done(s);
+        if (op == OP_HEAD) head_done(s);
+        else range_done(s);
     } else {
         setup_done(s, op);
     }
@@ -704,6 +815,9 @@ store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen)
                                       "Postgres reconnect attempts after a lost or failed connection", NULL);
     s->m_rows_written = metrics_counter("chat_pg_rows_written_total",
                                         "History rows inserted (duplicates not counted)", NULL);
+    s->m_conflicts = metrics_counter("chat_store_conflicts_total",
+                                     "History rows refused because another row holds their (room, seq)",
+                                     NULL);
     start_connect(s);
     return s;
 }
@@ -766,6 +880,7 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
     w->next = NULL;
     w->cb = cb;
     w->ud = ud;
+    w->status = 0;
     w->t_enq = mono_ns();
     char *p = w->data;
 #define PUT(i, src, n) do { w->val[i] = p; memcpy(p, src, n); p[n] = 0; p += (n) + 1; } while (0)
@@ -800,7 +915,9 @@ int store_range(store *s, const char *room, uint64_t after, uint64_t before,
     rnode *r = malloc(sizeof *r + lr + 1);
     if (!r) return -1;
     r->next = NULL;
+    r->kind = Q_RANGE;
     r->cb = cb;
+    r->hcb = NULL;
     r->ud = ud;
     r->newest = newest != 0;
     memcpy(r->room, room, lr + 1);
@@ -828,4 +945,23 @@ void store_drain(store *s, void (*cb)(void *ud), void *ud)
     s->drains = d;
     s->draining = 1;
     wake_in(s, 0);
+}
+
+int store_head(store *s, const char *room, store_head_cb cb, void *ud)
+{
+    if (!s || s->dead || !room || !cb || s->state != ST_READY) return -1;
+    if (s->r_len >= RANGE_QUEUE_MAX) return -1;
+    size_t lr = strlen(room);
+    if (!lr || !utf8_valid(room, lr)) return -1;
+    rnode *r = calloc(1, sizeof *r + lr + 1);
+    if (!r) return -1;
+    r->kind = Q_HEAD;
+    r->hcb = cb;
+    r->ud = ud;
+    memcpy(r->room, room, lr + 1);
+    if (s->r_tail) s->r_tail->next = r; else s->r_head = r;
+    s->r_tail = r;
+    s->r_len++;
+    if (s->op == OP_NONE) wake_in(s, 0);
+    return 0;
 }

@@ -10,7 +10,10 @@
  * once, with status -1 when the store is freed before it could complete.
  *
  * Table messages(room text, seq bigint, client_id text, user_id text,
- * name text, body text, ts bigint /+ ms +/, PRIMARY KEY (room, seq)). */
+ * name text, body text, ts bigint /+ ms +/, PRIMARY KEY (room, seq)),
+ * table rooms(room text PRIMARY KEY, epoch text, created_at) (the durable
+ * head of a room: store_head). A row whose (room, seq) already holds
+ * another row is never silently dropped: its callback gets -2 (conflict). */
 #ifndef CHATD_STORE_H
 #define CHATD_STORE_H
 #include <stddef.h>
@@ -41,8 +44,12 @@ store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen)
 void store_free(store *s);
 int store_ready(const store *s);   /* connected and migrated */
 
-/* Queues a row (copied). cb(ud, status): 0 committed, -1 failed for good
- * (store freed). Returns -1 without calling cb when pending_max is reached. */
+/* Queues a row (copied). cb(ud, status): 0 committed (or an identical row
+ * was already stored: a retried batch, a backfill), -2 conflict: another row
+ * already holds (room, seq), this one was NOT stored (logged as an error,
+ * counted in chat_store_conflicts_total), -1 failed for good (store freed).
+ * Returns -1 without calling cb when pending_max is reached or the row
+ * cannot be stored (NUL byte, invalid UTF-8, seq/ts over 2^63-1). */
 typedef void (*store_write_cb)(void *ud, int status);
 int store_write(store *s, const store_row *row, store_write_cb cb, void *ud);
 size_t store_pending(const store *s);
@@ -55,6 +62,13 @@ size_t store_pending(const store *s);
 typedef void (*store_rows_cb)(void *ud, int status, const store_row *rows, size_t n);
 int store_range(store *s, const char *room, uint64_t after, uint64_t before,
                 int limit, int newest, store_rows_cb cb, void *ud);
+
+/* The durable head of room: cb(ud, 0, max_seq, epoch) with the highest
+ * stored seq (0 when none) and the room's epoch (created, random, the first
+ * time; the same afterwards), or cb(ud, -1, 0, NULL). Queued with the range
+ * reads; returns -1 without calling cb when the store is not ready. */
+typedef void (*store_head_cb)(void *ud, int status, uint64_t max_seq, const char *epoch);
+int store_head(store *s, const char *room, store_head_cb cb, void *ud);
 
 /* Calls cb(ud) once every queued and in-flight write has committed or failed
  * for good (SIGTERM drain). */

@@ -26,6 +26,15 @@ static const migration MIGRATIONS[] = {
      " body text NOT NULL,"
      " ts bigint NOT NULL,"
      " PRIMARY KEY (room, seq));"},
+    /* one row per room: its epoch (a random id that identifies the room's
+     * seq numbering; stable while Postgres keeps the room's history, also
+     * across a Redis that lost its data). A later version adds per-room
+     * settings here (retention, read state). Existing messages are kept. */
+    {2, "rooms",
+     "CREATE TABLE IF NOT EXISTS rooms ("
+     " room text PRIMARY KEY,"
+     " epoch text NOT NULL,"
+     " created_at timestamptz NOT NULL DEFAULT now());"},
 };
 static const int NMIGRATIONS = sizeof MIGRATIONS / sizeof MIGRATIONS[0];
 

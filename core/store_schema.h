@@ -29,6 +29,27 @@ int store_schema_version(void);
 #define STORE_STMT_RANGE_DESC "chatd_range_desc"
 #define STORE_STMT_RANGE_ASC "chatd_range_asc"
 
+/* The durable head of a room, for seeding the bus (docs/storage.md):
+ * $1 room. Creates the room's row with a fresh random epoch the first time
+ * (ON CONFLICT ... DO UPDATE so that a concurrent creator's row is returned,
+ * never NULL). Columns: epoch, max stored seq (0 when none). */
+#define STORE_SQL_HEAD \
+    "WITH r AS (INSERT INTO rooms (room, epoch) " \
+    "VALUES ($1, substr(md5(gen_random_uuid()::text), 1, 16)) " \
+    "ON CONFLICT (room) DO UPDATE SET epoch = rooms.epoch RETURNING epoch) " \
+    "SELECT (SELECT epoch FROM r), " \
+    "coalesce((SELECT max(seq) FROM messages WHERE room = $1), 0)"
+#define STORE_STMT_HEAD "chatd_head"
+
+/* After a batch that inserted fewer rows than it had (some (room, seq)
+ * already stored): the stored rows of the batch's keys, to tell a retry or
+ * backfill (identical row: fine) from a conflict (another row: not stored).
+ * Built per batch: "... JOIN (VALUES ($1::text,$2::bigint),...) k ...". */
+#define STORE_VERIFY_HEAD \
+    "SELECT m.room, m.seq, m.client_id, m.user_id, m.name, m.body, m.ts FROM messages m " \
+    "JOIN (VALUES "
+#define STORE_VERIFY_TAIL ") AS k(room, seq) ON m.room = k.room AND m.seq = k.seq"
+
 /* Columns of one batched row, in parameter order. */
 #define STORE_INSERT_HEAD \
     "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) VALUES "

@@ -317,11 +317,11 @@ static void test_idempotent(void)
     WAIT(store_ready(s), 10000);
     CHECK(store_ready(s));
     reset_counts();
-    store_row a = mkrow("idem", 1, "first"), b = mkrow("idem", 1, "second");
+    store_row a = mkrow("idem", 1, "first");
     CHECK(store_write(s, &a, count_cb, NULL) == 0);
-    CHECK(store_write(s, &b, count_cb, NULL) == 0); /* same batch */
+    CHECK(store_write(s, &a, count_cb, NULL) == 0); /* same batch, identical */
     WAIT(g_cnt_calls == 2, 5000);
-    CHECK(store_write(s, &b, count_cb, NULL) == 0); /* a later batch */
+    CHECK(store_write(s, &a, count_cb, NULL) == 0); /* a later batch: a retry, a backfill */
     WAIT(g_cnt_calls == 3, 5000);
     CHECK(g_cnt_ok == 3);
     CHECK(row_count("idem", 1) == 1);
@@ -335,6 +335,142 @@ static void test_idempotent(void)
     bad.body_len = 2;
     CHECK(store_write(s, &bad, count_cb, NULL) == -1);
     store_free(s);
+}
+
+/* A different row under a stored (room, seq) is a conflict: never reported
+ * as stored (status -2), counted, and the stored row stays; identical rows
+ * in the same batch stay fine. */
+static void test_conflict(void)
+{
+    store *s = open_store(100, 5, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    metric_counter *conflicts = metrics_counter("chat_store_conflicts_total", NULL, NULL);
+    metric_counter *written = metrics_counter("chat_pg_rows_written_total", NULL, NULL);
+    uint64_t c0 = conflicts->v, w0 = written->v;
+    wctx w[8];
+    memset(w, 0, sizeof w);
+    store_row first = mkrow("confl", 1, "first"), other = mkrow("confl", 1, "other");
+    store_row two = mkrow("confl", 2, "two");
+    store_row idc = mkrow("confl", 3, "with id"), idd = mkrow("confl", 3, "with id");
+    idc.client_id = "c1";
+    idd.client_id = "c2";                                     /* differs only by id */
+    CHECK(store_write(s, &first, wcb, &w[0]) == 0);
+    CHECK(store_write(s, &other, wcb, &w[1]) == 0);           /* same batch, different */
+    CHECK(store_write(s, &two, wcb, &w[2]) == 0);
+    CHECK(store_write(s, &idc, wcb, &w[3]) == 0);
+    CHECK(store_write(s, &idd, wcb, &w[4]) == 0);
+    WAIT(sum_calls(w, 5) == 5, 5000);
+    CHECK(w[0].calls == 1 && w[0].status == 0);
+    CHECK(w[1].calls == 1 && w[1].status == -2);
+    CHECK(w[2].calls == 1 && w[2].status == 0);
+    CHECK(w[3].calls == 1 && w[3].status == 0);
+    CHECK(w[4].calls == 1 && w[4].status == -2);
+    /* a later batch: the conflicting one again, the stored one again, a
+     * row that differs only in ts, and a new row next to them */
+    store_row ts = mkrow("confl", 2, "two");
+    ts.ts += 1;
+    store_row four = mkrow("confl", 4, "four");
+    CHECK(store_write(s, &other, wcb, &w[5]) == 0);
+    CHECK(store_write(s, &first, wcb, &w[6]) == 0);
+    CHECK(store_write(s, &ts, wcb, &w[7]) == 0);
+    wctx w4 = {0};
+    CHECK(store_write(s, &four, wcb, &w4) == 0);
+    WAIT(sum_calls(w + 5, 3) == 3 && w4.calls, 5000);
+    CHECK(w[5].status == -2 && w[6].status == 0 && w[7].status == -2 && w4.status == 0);
+    CHECK(conflicts->v - c0 == 4);
+    CHECK(written->v - w0 == 4); /* seqs 1, 2, 3, 4 */
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='confl'") == 4);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='confl' AND seq=1 AND body='first'") == 1);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='confl' AND seq=3 AND client_id='c1'") == 1);
+    store_free(s);
+}
+
+typedef struct hctx { int calls, status; uint64_t max; char epoch[64]; } hctx;
+
+static void hcb(void *ud, int status, uint64_t max, const char *epoch)
+{
+    hctx *h = ud;
+    h->calls++;
+    h->status = status;
+    h->max = max;
+    snprintf(h->epoch, sizeof h->epoch, "%s", epoch ? epoch : "");
+}
+
+static int head_sync(store *s, const char *room, hctx *h)
+{
+    memset(h, 0, sizeof *h);
+    if (store_head(s, room, hcb, h) != 0) return -1;
+    WAIT(h->calls, 5000);
+    return h->calls == 1 && h->status == 0 ? 0 : -1;
+}
+
+/* The durable head: max stored seq and a stable per-room epoch. */
+static void test_head(void)
+{
+    store *s = open_store(100, 5, 0);
+    hctx h, h2, h3;
+    CHECK(store_head(s, "headroom", hcb, &h) == -1); /* not ready yet */
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    CHECK(head_sync(s, "headroom", &h) == 0);
+    CHECK(h.max == 0 && strlen(h.epoch) == 16);
+    CHECK(head_sync(s, "headroom", &h2) == 0);
+    CHECK(h2.max == 0 && strcmp(h.epoch, h2.epoch) == 0);
+    reset_counts();
+    for (uint64_t i = 1; i <= 7; i++) {
+        store_row r = mkrow("headroom", i * 10, "x");
+        CHECK(store_write(s, &r, count_cb, NULL) == 0);
+    }
+    WAIT(g_cnt_calls == 7, 5000);
+    CHECK(head_sync(s, "headroom", &h2) == 0);
+    CHECK(h2.max == 70 && strcmp(h.epoch, h2.epoch) == 0);
+    CHECK(head_sync(s, "otherroom", &h3) == 0);
+    CHECK(h3.max == 0 && strlen(h3.epoch) == 16 && strcmp(h3.epoch, h.epoch) != 0);
+    /* many at once, queued with the writes: all answered, one epoch */
+    static hctx many[50];
+    memset(many, 0, sizeof many);
+    for (int i = 0; i < 50; i++) CHECK(store_head(s, "burst", hcb, &many[i]) == 0);
+    WAIT(many[49].calls, 5000);
+    for (int i = 0; i < 50; i++)
+        CHECK(many[i].calls == 1 && many[i].status == 0 && strcmp(many[i].epoch, many[0].epoch) == 0);
+    CHECK(qint("SELECT count(*) FROM rooms WHERE room IN ('headroom','otherroom','burst')") == 3);
+    /* store_free answers a queued head with -1 */
+    hctx gone = {0};
+    CHECK(store_head(s, "gone", hcb, &gone) == 0);
+    store_free(s);
+    CHECK(gone.calls == 1 && gone.status == -1);
+}
+
+/* A schema of version 1 (messages only) with data migrates to the current
+ * one keeping its rows. */
+static void test_migrate_from_v1(void)
+{
+    CHECK(qexec("CREATE SCHEMA mig_v1") == 0);
+    CHECK(qexec("CREATE TABLE mig_v1.schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now());"
+                "INSERT INTO mig_v1.schema_migrations (version, name) VALUES (1, 'messages');"
+                "CREATE TABLE mig_v1.messages (room text NOT NULL, seq bigint NOT NULL, client_id text,"
+                " user_id text NOT NULL, name text NOT NULL, body text NOT NULL, ts bigint NOT NULL,"
+                " PRIMARY KEY (room, seq));"
+                "INSERT INTO mig_v1.messages VALUES ('old', 1, NULL, 'u', 'U', 'kept', 1),"
+                " ('old', 2, 'c', 'u', 'U', 'kept too', 2);") == 0);
+    char url[400];
+    snprintf(url, sizeof url, "%s%coptions=-csearch_path%%3Dmig_v1", g_url, strchr(g_url, '?') ? '&' : '?');
+    char err[256] = "";
+    store_opts o = {url, 10, 5, 0};
+    store *s = store_new(L, &o, err, sizeof err);
+    CHECK(s);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    CHECK(qint("SELECT max(version) FROM mig_v1.schema_migrations") == store_schema_version());
+    CHECK(qint("SELECT count(*) FROM mig_v1.messages WHERE body LIKE 'kept%'") == 2);
+    hctx h;
+    CHECK(head_sync(s, "old", &h) == 0);
+    CHECK(h.max == 2 && strlen(h.epoch) == 16);
+    CHECK(qint("SELECT count(*) FROM mig_v1.rooms WHERE room='old'") == 1);
+    store_free(s);
+    qexec("DROP SCHEMA mig_v1 CASCADE");
 }
 
 static int g_drained;
@@ -670,6 +806,9 @@ int main(void)
         {"batches", test_batches},
         {"param_limit", test_param_limit},
         {"idempotent", test_idempotent},
+        {"conflict", test_conflict},
+        {"head", test_head},
+        {"migrate_from_v1", test_migrate_from_v1},
         {"pending_max_and_drain", test_pending_max_and_drain},
         {"free_from_callback", test_free_from_callback},
         {"range", test_range},
