@@ -2,14 +2,18 @@
  * Owns: the bus object and its lifetime (freed after its last uv handle is
  * closed), the room registry (refcounted subscriptions), the pending request
  * list (every publish/replay callback called exactly once) and the metrics
- * series. The backfill of unstored messages is bus_backfill.c. Mode-specific work is delegated to a backend (bus_redis.c,
- * bus_local.c); ordered delivery lives in bus_order.c. */
+ * series, the seed requests to the upper layer (one per room in flight,
+ * answered waiters run from the defer timer) and epoch generation.
+ * The backfill of unstored messages is bus_backfill.c. Mode-specific work
+ * is delegated to a backend (bus_redis.c, bus_local.c); ordered delivery
+ * lives in bus_order.c. */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #define MOD "bus"
 #define BUS_ID_MAX 128
@@ -65,11 +69,17 @@ bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void 
     b->ud = ud;
     b->recent_max = opts && opts->recent_max ? opts->recent_max : 1000;
     b->id_ttl_s = opts && opts->id_ttl_s ? opts->id_ttl_s : 86400;
+    if (getrandom(&b->rng, sizeof b->rng, 0) != (ssize_t)sizeof b->rng)
+        b->rng = mono_ns() ^ (uint64_t)(uintptr_t)b;
+    b->rng |= 1;
+    bus_epoch_new(b, b->epoch);
+    hmap_init(&b->seeds);
     hmap_init(&b->rooms);
     register_metrics(b);
     b->be = opts && opts->redis_url ? &bus_redis_backend : &bus_local_backend;
     if (b->be->init(b, opts, err, errlen) != 0) {
         hmap_free(&b->rooms);
+        hmap_free(&b->seeds);
         free(b);
         return NULL;
     }
@@ -123,17 +133,18 @@ void bus_req_publish_done(bus_req *r, int status, uint64_t seq, int dup)
     if (r->pcb) r->pcb(r->ud, status, seq, dup);
 }
 
-void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, uint64_t head)
+void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, uint64_t head,
+                         const char *epoch)
 {
     if (r->called) return;
     r->called = 1;
-    if (r->rcb) r->rcb(r->ud, status, e, n, head);
+    if (r->rcb) r->rcb(r->ud, status, e, n, head, status < 0 ? NULL : epoch ? epoch : "");
 }
 
 static void req_fail(bus_req *r)
 {
     if (r->kind == BUS_REQ_PUBLISH) bus_req_publish_done(r, -1, 0, 0);
-    else bus_req_replay_done(r, -1, NULL, 0, 0);
+    else bus_req_replay_done(r, -1, NULL, 0, 0, NULL);
 }
 
 void bus_req_unhold(bus_req *r)
@@ -164,6 +175,116 @@ static int room_forget_waiting(void *arg, const char *key, void *val)
     return 0;
 }
 
+/* ---- seeds: the durable head of a room, from the upper layer ---- */
+
+typedef struct seed_wait {
+    bus_seed_fn fn;
+    void *arg;
+    struct seed_wait *next;
+} seed_wait;
+
+struct bus_seed {
+    bus *b;                  /* NULL once the bus is freed: done only frees */
+    seed_wait *waiters;      /* in arrival order */
+    struct bus_seed *dnext;  /* answered list */
+    int status;
+    uint64_t max_seq;
+    char epoch[BUS_EPOCH_MAX + 1];
+    char room[CHAT_ROOM_MAX + 1];
+};
+
+static void defer_cb(uv_timer_t *t);
+
+void bus_epoch_new(bus *b, char out[BUS_EPOCH_MAX + 1])
+{
+    b->rng ^= b->rng << 13;
+    b->rng ^= b->rng >> 7;
+    b->rng ^= b->rng << 17;
+    snprintf(out, BUS_EPOCH_MAX + 1, "%016llx", (unsigned long long)(b->rng * 0x2545F4914F6CDD1Dull));
+}
+
+int bus_has_seed(const bus *b) { return b && b->h.on_seed != NULL; }
+
+int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg)
+{
+    if (!b || b->freeing || !b->h.on_seed) return -1;
+    seed_wait *w = calloc(1, sizeof *w);
+    if (!w) return -1;
+    w->fn = fn;
+    w->arg = arg;
+    bus_seed *sd = hmap_get(&b->seeds, room);
+    if (sd) {
+        seed_wait **pp = &sd->waiters;
+        while (*pp) pp = &(*pp)->next;
+        *pp = w;
+        return 0;
+    }
+    sd = calloc(1, sizeof *sd);
+    if (!sd || hmap_put(&b->seeds, room, sd) != 0) {
+        free(sd);
+        free(w);
+        return -1;
+    }
+    sd->b = b;
+    sd->waiters = w;
+    snprintf(sd->room, sizeof sd->room, "%s", room);
+    LOGD(MOD, "room %s: no head in the bus, asking for the durable one", room);
+    b->h.on_seed(b->ud, sd->room, sd); /* may answer at once: deferred below */
+    return 0;
+}
+
+static void seed_run_waiters(bus_seed *sd, int status)
+{
+    seed_wait *w = sd->waiters;
+    sd->waiters = NULL;
+    while (w) {
+        seed_wait *n = w->next;
+        w->fn(w->arg, status, sd->max_seq, sd->epoch);
+        free(w);
+        w = n;
+    }
+}
+
+void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch)
+{
+    if (!sd) return;
+    bus *b = sd->b;
+    if (!b) { free(sd); return; } /* the bus is gone: its waiters were answered */
+    if (status == 0 && (!epoch || !*epoch || strlen(epoch) > BUS_EPOCH_MAX)) {
+        LOGE(MOD, "room %s: the durable head came without a valid epoch", sd->room);
+        status = -1;
+    }
+    sd->status = status;
+    sd->max_seq = status == 0 ? max_seq : 0;
+    snprintf(sd->epoch, sizeof sd->epoch, "%s", status == 0 ? epoch : "");
+    /* stays in the map until its waiters run: who asks meanwhile shares it */
+    if (status != 0) LOGW(MOD, "room %s: durable head unavailable", sd->room);
+    sd->dnext = b->seeds_done;
+    b->seeds_done = sd;
+    if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
+}
+
+/* bus_free: every waiter gets -1 now (b->freeing is set); requests still
+ * with the provider are left to it (bus_seed_done then frees them). */
+static void seeds_cancel(bus *b)
+{
+    /* answered ones first: they are in the map too, and freed here */
+    while (b->seeds_done) {
+        bus_seed *sd = b->seeds_done;
+        b->seeds_done = sd->dnext;
+        if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
+        seed_run_waiters(sd, -1);
+        free(sd);
+    }
+    for (size_t i = 0; i < b->seeds.cap; i++) {
+        if (!hmap_live(&b->seeds, i)) continue;
+        bus_seed *sd = b->seeds.slots[i].val;
+        sd->b = NULL; /* the provider still has it: bus_seed_done frees it */
+        seed_run_waiters(sd, -1);
+    }
+    hmap_free(&b->seeds);
+}
+
 /* Everything of the bus stays allocated until its last handle is closed:
  * bus_free may run inside a callback whose caller still walks a room. */
 static void final_free(bus *b)
@@ -182,6 +303,7 @@ void bus_free(bus *b)
     b->freeing = 1;
     b->ready = 0;
     b->deferred = NULL; /* still in the pending list: answered below */
+    seeds_cancel(b);
     uv_close((uv_handle_t *)&b->defer, defer_closed);
     bus_backfill_free(b);
     /* the backend answers what it holds (-1) and closes its handles */
@@ -231,6 +353,18 @@ void bus_room_maybe_free(bus *b, bus_room *room)
 static void defer_cb(uv_timer_t *t)
 {
     bus *b = t->data;
+    /* answered seeds: oldest first */
+    bus_seed *sl = b->seeds_done, *rev = NULL;
+    b->seeds_done = NULL;
+    while (sl) { bus_seed *n = sl->dnext; sl->dnext = rev; rev = sl; sl = n; }
+    while (rev) {
+        bus_seed *sd = rev;
+        rev = sd->dnext;
+        if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
+        if (!b->freeing) seed_run_waiters(sd, sd->status);
+        else seed_run_waiters(sd, -1);
+        free(sd);
+    }
     bus_req *d = b->deferred;
     b->deferred = NULL;
     while (d && !b->freeing) {
@@ -346,6 +480,14 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_
         return -1;
     }
     return 0;
+}
+
+void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq)
+{
+    if (!b || b->freeing || !room || !client_id || !*client_id || strlen(client_id) > BUS_ID_MAX ||
+        !room_name_valid(room, strlen(room)))
+        return;
+    b->be->forget_id(b, room, client_id, seq);
 }
 
 void bus_mark_stored(bus *b, const char *room, uint64_t seq)

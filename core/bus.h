@@ -7,8 +7,16 @@
  * Owns: subscriptions (refcounted per room), the per-room "last delivered seq"
  * of this node and gap filling, pending publish/replay requests (each
  * callback is called exactly once, with status -1 when the bus is freed).
+ * Heads and epochs: a room's head (last assigned seq) never goes back, also
+ * when Redis loses its data. With a seed provider (on_seed: Postgres holds
+ * history) a missing seq key is first seeded from the durable head, inside
+ * the same script that hands out the next seq (or reads the head); without
+ * one, the room's epoch (a random id created together with the seq key)
+ * changes, so a client can tell that seqs may repeat. docs/redis.md "Heads,
+ * seeds and epochs".
  * Key convention (Redis Cluster hash tag = room):
  *   chat:{room}:seq     string  last assigned seq
+ *   chat:{room}:epoch   string  the room's epoch (created with the seq key)
  *   chat:{room}:recent  zset/list bounded recent buffer of "<seq>\n<tail>"
  *   chat:{room}:id:<id> string  seq of a client id (idempotency, with TTL)
  *   chat:{room}:msg     channel published "<seq>\n<tail>"
@@ -38,6 +46,10 @@ typedef struct bus bus;
 
 typedef struct bus_entry { uint64_t seq; const char *tail; size_t len; } bus_entry;
 
+/* One pending on_seed request (owned by the bus; see bus_seed_done). */
+typedef struct bus_seed bus_seed;
+#define BUS_EPOCH_MAX 64
+
 typedef struct bus_handlers {
     /* Every message of every subscribed room, per room in strictly
      * increasing contiguous seq order, each seq once per node (a gap is
@@ -57,6 +69,15 @@ typedef struct bus_handlers {
      * stored (its node died between publish and commit): store it, then
      * bus_mark_stored. Called again after another grace if not marked. */
     void (*on_unstored)(void *ud, const char *room, uint64_t seq, const char *tail, size_t len);
+    /* (may be NULL) The durable head of room, asked when the bus has none:
+     * Redis has no seq key for the room (first use, restarted empty,
+     * flushed), or in-process mode meets the room for the first time since
+     * the start. Answer exactly once, now or later, with bus_seed_done().
+     * Set it when a database stores history: no seq is then handed out, and
+     * no head reported, before the seq key is at least the highest stored
+     * seq. NULL: Redis (or the process) is the only source of heads, and a
+     * head that was lost shows as a new epoch. */
+    void (*on_seed)(void *ud, const char *room, bus_seed *req);
 } bus_handlers;
 
 typedef struct bus_opts {
@@ -75,6 +96,13 @@ bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void 
  * Handles are closed asynchronously: run the loop until it has no more
  * handles of the bus (uv_run(loop, UV_RUN_DEFAULT) after stopping others). */
 void bus_free(bus *b);
+
+/* Answers on_seed: status 0 with the highest seq durably stored in the
+ * room (0 when none) and its epoch (1..BUS_EPOCH_MAX bytes, stable while
+ * the durable history lasts); status -1 when it cannot be known now (the
+ * operations that wait for it fail: publish and replay answer -1). Never
+ * calls back from inside; safe after bus_free (then it only frees req). */
+void bus_seed_done(bus_seed *req, int status, uint64_t max_seq, const char *epoch);
 
 int bus_ready(const bus *b);            /* 1 when publishes can succeed */
 int bus_is_redis(const bus *b);
@@ -95,14 +123,22 @@ int bus_publish(bus *b, const char *room, const char *client_id,
 
 /* Replay for client recovery: entries with seq > since, in order, ending at
  * the room's head (last assigned seq), at most max entries.
- * cb(ud, status, entries, n, head): status 0 = complete (n may be 0),
- * 1 = the buffer does not reach since+1 or head-since > max (n = 0; the
- * caller falls back to history), -1 = unavailable. Use since = UINT64_MAX to
- * ask only for the head. The entries are valid during the callback only. */
+ * cb(ud, status, entries, n, head, epoch): status 0 = complete (n may be 0;
+ * also when since >= head), 1 = the buffer does not reach since+1 or
+ * head-since > max (n = 0; the caller falls back to history), -1 =
+ * unavailable (epoch NULL). epoch is the room's current epoch. Use since =
+ * UINT64_MAX to ask only for the head. The head is seeded first when the
+ * bus has none (see on_seed). Entries and epoch are valid during the
+ * callback only. */
 typedef void (*bus_replay_cb)(void *ud, int status, const bus_entry *entries, size_t n,
-                              uint64_t head);
+                              uint64_t head, const char *epoch);
 int bus_replay(bus *b, const char *room, uint64_t since, size_t max,
                bus_replay_cb cb, void *ud);
+
+/* Forgets the client id of a publish whose seq could not be stored (a
+ * history conflict), if the id still maps to seq, so that a resend with
+ * the same id gets a new seq. Fire and forget; no-op while Redis is down. */
+void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq);
 
 /* Ephemeral broadcast to every node's subscribers of room (never stored,
  * never seq'd). Dropped silently while Redis is down. */

@@ -7,7 +7,8 @@
  *  - bus_backend: the operations each mode (Redis, in-process) provides,
  *  - the ordered-delivery entry points backends call (bus_order.c),
  *  - the Redis URL parser (bus_url.c) and the publish script (bus_script.c),
- *  - the backfill of unstored messages (bus_backfill.c). */
+ *  - the backfill of unstored messages (bus_backfill.c),
+ *  - seeding a room's head from the upper layer (bus.c: bus_seed_get). */
 #ifndef CHATD_BUS_INT_H
 #define CHATD_BUS_INT_H
 #include "bus.h"
@@ -46,6 +47,10 @@ typedef struct bus_room {
                               * (Redis: the publish script's floor) */
     bus_held *held;          /* received early, ascending, unique, > last */
     size_t nheld;
+    int adopt;               /* synced with the head unknown (no seq key and
+                              * a seed provider: nothing was published
+                              * since the subscription): the first message
+                              * that arrives sets last */
     int fetching;            /* a range fetch is in flight */
     int busy;                /* inside a delivery loop: do not free */
     bus_req *waiting;        /* replays waiting for the sync */
@@ -74,11 +79,27 @@ struct bus_req {
     int retried;             /* NOSCRIPT retry done */
     int have_head;
     uint64_t head;
+    /* seeding (Redis mode): BUS_SEED_* of the next script call, the seed
+     * (max stored seq, raised to the node's floor) and its epoch (or a
+     * fresh candidate epoch without a provider) */
+    int seed_mode;
+    uint64_t seed;
+    char epoch[BUS_EPOCH_MAX + 1];
+    int skip_ranges;         /* replay: range replies of a round that needed a seed */
+};
+
+enum {
+    BUS_SEED_NONE = 'N',     /* no provider: the script creates a missing key (0, new epoch) */
+    BUS_SEED_ASK = 'S',      /* provider: a missing key answers "needs seed" */
+    BUS_SEED_GIVEN = 'Y',    /* provider answered: seed the key if still missing */
+    BUS_SEED_PEEK = 'P',     /* subscription sync with a provider: report a
+                              * missing key, create nothing */
 };
 
 /* Calls the user callback once (later calls are ignored). */
 void bus_req_publish_done(bus_req *r, int status, uint64_t seq, int dup);
-void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, uint64_t head);
+void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, uint64_t head,
+                         const char *epoch);
 /* Drops one backend reference; at zero the request is freed (its callback
  * is called with status -1 first if nobody answered it). */
 void bus_req_unhold(bus_req *r);
@@ -96,6 +117,8 @@ typedef struct bus_backend {
     /* Fetch [from, to] of room from the recent buffer for the subscription
      * sub_id; answer with bus_order_fetched(). -1 when it cannot start. */
     int (*fetch)(bus *b, bus_room *room, uint64_t from, uint64_t to);
+    /* bus_forget_id (may be a no-op when down) */
+    void (*forget_id)(bus *b, const char *room, const char *id, uint64_t seq);
     /* A room synced or a fill finished (Redis: readiness after recovery). */
     void (*progress)(bus *b);
     /* Cancel everything, close every handle (bus_handle_closed per handle). */
@@ -125,6 +148,11 @@ struct bus {
     bus_req *deferred;       /* linked through wnext */
     int track_unstored;      /* Redis mode: the publish script records unstored seqs */
     struct bus_bf *bf;       /* backfill state (bus_backfill.c), NULL when off */
+    hmap seeds;              /* room -> bus_seed in flight (one per room) */
+    struct bus_seed *seeds_done; /* answered, waiters run from the defer timer */
+    uint64_t rng;            /* epochs */
+    char epoch[BUS_EPOCH_MAX + 1]; /* in-process mode without a provider:
+                              * one epoch per process start */
     struct {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
@@ -143,12 +171,26 @@ void bus_set_ready(bus *b, int ready);
 /* Runs replays that waited for the room's sync, or fails them (-1). */
 void bus_room_run_waiting(bus *b, bus_room *room, int fail);
 
+/* Seeding. fn(arg, status, max_seq, epoch) is called exactly once, never
+ * inside bus_seed_get: 0 with the provider's answer, -1 when it failed or
+ * the bus is being freed (b->freeing set: only release arg). Waiters of one
+ * room share one on_seed request. Returns -1 (fn not called) without a
+ * provider or memory. */
+typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char *epoch);
+int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg);
+int bus_has_seed(const bus *b);
+/* A fresh random epoch: 16 lowercase hex digits. */
+void bus_epoch_new(bus *b, char out[BUS_EPOCH_MAX + 1]);
+
 /* bus_order.c: the one ordered-delivery path of both modes. */
 /* A message arrived on the room's subscription. */
 void bus_order_incoming(bus *b, const char *room, uint64_t seq, const char *tail, size_t len);
 /* The subscription of room (sub_id) is confirmed and head is the room's
- * last assigned seq, read after the confirmation. */
-void bus_order_synced(bus *b, const char *room, uint64_t sub_id, uint64_t head);
+ * last assigned seq, read after the confirmation. known = 0: the room has
+ * no head yet (no seq key, a seed provider): nothing was published since
+ * the subscription, so delivery starts at the first message that arrives
+ * (or, after a reconnect, continues after the last delivered seq). */
+void bus_order_synced(bus *b, const char *room, uint64_t sub_id, uint64_t head, int known);
 /* Result of a fetch: ok=0 when Redis failed (nothing changes, the reconnect
  * resynchronises). entries ascending, within [from, to]. */
 void bus_order_fetched(bus *b, const char *room, uint64_t sub_id, int ok, uint64_t from,

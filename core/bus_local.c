@@ -4,7 +4,12 @@
  * room, oldest dropped first); the queue of deferred operations and the uv
  * idle handle that runs it, so no callback ever runs inside a bus_* call.
  * Messages reach subscribers through the same ordered-delivery path as in
- * Redis mode (bus_order_incoming). Room stores live as long as the bus. */
+ * Redis mode (bus_order_incoming). Room stores live as long as the bus.
+ * Heads: with a seed provider (a database) a room's counter starts at the
+ * durable head, asked the first time the room is used; its publishes and
+ * replays wait (parked on the room, in order) until the answer. Without
+ * one every room starts at 0 and carries the bus's epoch, one per process
+ * start: a restart shows as a new epoch. */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
@@ -23,8 +28,14 @@ typedef struct lid {
     char id[];
 } lid;
 
+struct lop;
+
 typedef struct lroom {
     uint64_t seq;
+    int seeded;              /* seq is the room's head (see the header) */
+    int seeding;             /* asked the provider */
+    struct lop *parked, *parked_tail; /* publishes/replays waiting for the seed */
+    char epoch[BUS_EPOCH_MAX + 1];
     lentry *ring;            /* recent_max slots, seq % recent_max */
     hmap ids;             /* id -> lid */
     lid *ids_head, *ids_tail;/* insertion (= expiry) order */
@@ -60,6 +71,10 @@ static lroom *lroom_get(busl *L, const char *name, int create)
     if (!lr) return NULL;
     lr->ring = calloc(L->b->recent_max, sizeof *lr->ring);
     hmap_init(&lr->ids);
+    if (!bus_has_seed(L->b)) {
+        lr->seeded = 1;
+        snprintf(lr->epoch, sizeof lr->epoch, "%s", L->b->epoch);
+    }
     if (!lr->ring || hmap_put(&L->rooms, name, lr) != 0) {
         free(lr->ring);
         free(lr);
@@ -196,21 +211,82 @@ static void do_replay(busl *L, bus_req *r)
 {
     lroom *lr = lroom_get(L, r->room, 0);
     uint64_t head = lr ? lr->seq : 0;
+    const char *epoch = lr ? lr->epoch : L->b->epoch;
     if (r->since == UINT64_MAX || r->since >= head) {
-        bus_req_replay_done(r, 0, NULL, 0, head);
+        bus_req_replay_done(r, 0, NULL, 0, head, epoch);
         return;
     }
     uint64_t want = head - r->since;
     if (want > r->max || want > L->b->recent_max) {
-        bus_req_replay_done(r, 1, NULL, 0, head);
+        bus_req_replay_done(r, 1, NULL, 0, head, epoch);
         return;
     }
     bus_entry *e = malloc((size_t)want * sizeof *e);
     if (!e) return; /* -1 */
     size_t n = ring_range(L, lr, r->since + 1, head, e);
-    if (n == want) bus_req_replay_done(r, 0, e, n, head);
-    else bus_req_replay_done(r, 1, NULL, 0, head);
+    if (n == want) bus_req_replay_done(r, 0, e, n, head, epoch);
+    else bus_req_replay_done(r, 1, NULL, 0, head, epoch);
     free(e);
+}
+
+/* ---- seeding (with a provider) ---- */
+
+typedef struct lseed {
+    busl *L;
+    char room[CHAT_ROOM_MAX + 1];
+} lseed;
+
+static void run_op(busl *L, lop *op);
+
+static void seeded_cb(void *arg, int status, uint64_t max_seq, const char *epoch)
+{
+    lseed *a = arg;
+    busl *L = a->L;
+    bus *b = L->b;
+    lroom *lr = lroom_get(L, a->room, 0);
+    free(a);
+    if (!lr) return;
+    lr->seeding = 0;
+    lop *p = lr->parked;
+    lr->parked = lr->parked_tail = NULL;
+    if (status == 0 && !b->freeing) {
+        if (max_seq > lr->seq) lr->seq = max_seq;
+        snprintf(lr->epoch, sizeof lr->epoch, "%s", epoch);
+        lr->seeded = 1;
+    }
+    while (p) { /* in arrival order; failed (-1) when there is no head */
+        lop *op = p;
+        p = p->next;
+        op->next = NULL;
+        if (lr->seeded && !b->freeing) run_op(L, op);
+        else { bus_req_unhold(op->r); free(op); }
+    }
+}
+
+/* 1 when op waits for the room's seed (parked; asked if needed). */
+static int park(busl *L, lop *op)
+{
+    lroom *lr = lroom_get(L, op->room, bus_has_seed(L->b));
+    if (!lr || lr->seeded) return 0;
+    op->next = NULL;
+    if (lr->parked_tail) lr->parked_tail->next = op; else lr->parked = op;
+    lr->parked_tail = op;
+    if (lr->seeding) return 1;
+    lseed *a = calloc(1, sizeof *a);
+    if (a) {
+        a->L = L;
+        snprintf(a->room, sizeof a->room, "%s", op->room);
+    }
+    if (a && bus_seed_get(L->b, op->room, seeded_cb, a) == 0) {
+        lr->seeding = 1;
+        return 1;
+    }
+    free(a);
+    /* cannot ask: everything parked fails now */
+    lop *p = lr->parked;
+    lr->parked = lr->parked_tail = NULL;
+    while (p) { lop *n = p->next; bus_req_unhold(p->r); free(p); p = n; }
+    return 1;
 }
 
 static void do_fetch(busl *L, lop *op)
@@ -238,20 +314,28 @@ static void run_queue(uv_idle_t *h)
         L->head = op->next;
         if (!L->head) L->tail = NULL;
         L->nops--;
-        switch (op->kind) {
-        case OP_PUBLISH: do_publish(L, op->r); bus_req_unhold(op->r); break;
-        case OP_REPLAY: do_replay(L, op->r); bus_req_unhold(op->r); break;
-        case OP_FETCH: do_fetch(L, op); break;
-        case OP_EMIT: {
-            bus_room *room = bus_room_get(b, op->room);
-            if (room && room->refs > 0 && b->h.on_emit)
-                b->h.on_emit(b->ud, op->room, op->kind_s, op->data, op->len);
-            break;
-        }
-        }
-        free(op);
+        if ((op->kind == OP_PUBLISH || op->kind == OP_REPLAY) && park(L, op)) continue;
+        run_op(L, op);
     }
     if (!L->head && !b->freeing) uv_idle_stop(&L->idle);
+}
+
+/* Runs and frees one op. */
+static void run_op(busl *L, lop *op)
+{
+    bus *b = L->b;
+    switch (op->kind) {
+    case OP_PUBLISH: do_publish(L, op->r); bus_req_unhold(op->r); break;
+    case OP_REPLAY: do_replay(L, op->r); bus_req_unhold(op->r); break;
+    case OP_FETCH: do_fetch(L, op); break;
+    case OP_EMIT: {
+        bus_room *room = bus_room_get(b, op->room);
+        if (room && room->refs > 0 && b->h.on_emit)
+            b->h.on_emit(b->ud, op->room, op->kind_s, op->data, op->len);
+        break;
+    }
+    }
+    free(op);
 }
 
 /* ---- backend operations ---- */
@@ -300,6 +384,15 @@ static int be_fetch(bus *b, bus_room *room, uint64_t from, uint64_t to)
     return 0;
 }
 
+static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
+{
+    busl *L = b->impl;
+    lroom *lr = lroom_get(L, room, 0);
+    lid *d = lr ? hmap_get(&lr->ids, id) : NULL;
+    /* the entry stays in the expiry list, which checks the map first */
+    if (d && d->seq == seq) hmap_del(&lr->ids, id);
+}
+
 /* Subscribing is immediate here: the head is read now, so everything
  * published after this call reaches the room. No user callback runs. */
 static void be_reconcile(bus *b, bus_room *room)
@@ -308,7 +401,10 @@ static void be_reconcile(bus *b, bus_room *room)
     if (room->refs > 0 && room->sub_state == BUS_SUB_NONE) {
         room->sub_state = BUS_SUB_SUBSCRIBED;
         lroom *lr = lroom_get(L, room->name, 0);
-        bus_order_synced(b, room->name, room->sub_id, lr ? lr->seq : 0);
+        /* a room not seeded yet has handed out no seq: its first message
+         * starts the delivery (known = 0) */
+        int known = lr ? lr->seeded : !bus_has_seed(b);
+        bus_order_synced(b, room->name, room->sub_id, lr ? lr->seq : 0, known);
     } else if (room->refs == 0) {
         room->sub_state = BUS_SUB_NONE;
     }
@@ -366,6 +462,7 @@ const bus_backend bus_local_backend = {
     .emit = be_emit,
     .reconcile = be_reconcile,
     .fetch = be_fetch,
+    .forget_id = be_forget_id,
     .progress = NULL,
     .free = be_free,
 };

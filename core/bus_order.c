@@ -59,6 +59,7 @@ void bus_order_reset(bus *b, bus_room *room, int keep_last)
 {
     held_clear(room);
     room->synced = 0;
+    room->adopt = 0;
     room->fetching = 0;
     room->sub_id = ++b->sub_counter;
     if (!keep_last) {
@@ -91,9 +92,18 @@ static void gap(bus *b, bus_room *room, uint64_t from, uint64_t to)
 
 /* Delivers held messages that are next in line, then starts a fill when
  * something between last and the next known seq is missing. */
+/* Synced with no head (see bus_order_synced): the first message decides. */
+static void adopt(bus_room *room, uint64_t seq)
+{
+    room->adopt = 0;
+    room->have_last = 1;
+    room->last = room->target = seq - 1;
+}
+
 static void advance(bus *b, bus_room *room)
 {
     uint64_t sub = room->sub_id;
+    if (room->adopt && room->held) adopt(room, room->held->seq);
     room->busy++;
     while (live(b, room, sub) && !room->fetching) {
         bus_held *h = room->held;
@@ -127,6 +137,7 @@ void bus_order_incoming(bus *b, const char *name, uint64_t seq, const char *tail
     if (b->freeing) return;
     bus_room *room = bus_room_get(b, name);
     if (!room || room->refs == 0) return;
+    if (room->synced && room->adopt) adopt(room, seq);
     if (room->synced && seq <= room->last) return; /* already delivered */
     if (room->synced && !room->fetching && !room->held && seq == room->last + 1) {
         uint64_t sub = room->sub_id;
@@ -141,12 +152,18 @@ void bus_order_incoming(bus *b, const char *name, uint64_t seq, const char *tail
     if (room->synced) advance(b, room);
 }
 
-void bus_order_synced(bus *b, const char *name, uint64_t sub_id, uint64_t head)
+void bus_order_synced(bus *b, const char *name, uint64_t sub_id, uint64_t head, int known)
 {
     if (b->freeing) return;
     bus_room *room = bus_room_get(b, name);
     if (!room || room->sub_id != sub_id || room->refs == 0) return;
-    if (!room->have_last) {
+    if (!known) {
+        /* no seq key: nothing was published since the subscription was
+         * confirmed (a publish creates the key before it PUBLISHes), so
+         * every later message arrives on it; the first one sets last */
+        if (!room->have_last) room->adopt = 1;
+        head = room->last;
+    } else if (!room->have_last) {
         room->have_last = 1;
         room->last = head;
     } else if (head < room->last) {

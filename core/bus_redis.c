@@ -413,6 +413,54 @@ static void session_fail(busr *R, const redisAsyncContext *dying, const char *wh
         schedule_retry(R);
 }
 
+/* ---- head script (sync, replay) ---- */
+
+typedef struct head_res {
+    int status;              /* 0 ok, 2 needs a seed, 3 no head (peek) */
+    uint64_t head, before;
+    char epoch[BUS_EPOCH_MAX + 1];
+} head_res;
+
+static int parse_head(const redisReply *rp, head_res *h)
+{
+    memset(h, 0, sizeof *h);
+    if (rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 ||
+        rp->element[0]->type != REDIS_REPLY_INTEGER)
+        return -1;
+    h->status = (int)rp->element[0]->integer;
+    if (h->status == 2 || h->status == 3) return 0;
+    if (h->status != 0 || rp->elements != 4 || reply_u64(rp->element[1], &h->head) != 0 ||
+        reply_u64(rp->element[3], &h->before) != 0 || rp->element[2]->type != REDIS_REPLY_STRING ||
+        rp->element[2]->len < 1 || rp->element[2]->len > BUS_EPOCH_MAX)
+        return -1;
+    memcpy(h->epoch, rp->element[2]->str, rp->element[2]->len);
+    h->epoch[rp->element[2]->len] = 0;
+    return 0;
+}
+
+static int send_head_script(busr *R, redisCallbackFn *cb, void *priv, const char *room,
+                            uint64_t floor, int mode, uint64_t seed, const char *epoch)
+{
+    char kseq[CHAT_ROOM_MAX + 32], kep[CHAT_ROOM_MAX + 32], fl[24], sd[24], md[2] = {(char)mode, 0};
+    key(kseq, sizeof kseq, room, "seq");
+    key(kep, sizeof kep, room, "epoch");
+    snprintf(fl, sizeof fl, "%" PRIu64, floor);
+    snprintf(sd, sizeof sd, "%" PRIu64, seed);
+    if (!R->cmd) return REDIS_ERR;
+    return redisAsyncCommand(R->cmd, cb, priv, "EVAL %s 2 %s %s %s %s %s %s", BUS_HEAD_LUA, kseq,
+                             kep, fl, md, sd, epoch);
+}
+
+/* The floor of a node in a room: never below a seq this node delivered or
+ * was acked (0 when it does not hold the room). */
+static uint64_t room_floor(bus *b, const char *name)
+{
+    bus_room *room = bus_room_get(b, name);
+    uint64_t floor = room && room->have_last ? room->last : 0;
+    if (room && room->floor > floor) floor = room->floor;
+    return floor;
+}
+
 /* ---- subscriptions ---- */
 
 static void head_cb(redisAsyncContext *ac, void *reply, void *priv)
@@ -425,22 +473,25 @@ static void head_cb(redisAsyncContext *ac, void *reply, void *priv)
         free(op);
         return;
     }
-    uint64_t head = 0;
     if (!R->b->freeing && is_current(R, ac)) {
         metric_observe(R->b->m.op_head, since_s(op->t0));
-        if (reply_u64(rp, &head) != 0) {
+        head_res h;
+        if (parse_head(rp, &h) != 0 || h.status == 2) {
             LOGE(MOD, "head of chat:{%s}:seq: %s", op->room,
                  rp->type == REDIS_REPLY_ERROR ? rp->str : "unexpected reply");
             session_fail(R, NULL, "bad seq reply");
+        } else if (h.status == 3) {
+            /* no head (and a seed provider): nothing published since the
+             * subscription; the first message starts the delivery */
+            bus_order_synced(R->b, op->room, op->sub_id, 0, 0);
         } else {
-            if (head < op->from) {
+            if (h.before < op->from) {
                 /* the script raised the key to our floor (op->from) */
                 LOGE(MOD, "room %s: Redis seq was %" PRIu64 ", below the %" PRIu64
                      " this node delivered (Redis lost data): raised to %" PRIu64,
-                     op->room, head, op->from, op->from);
-                head = op->from;
+                     op->room, h.before, op->from, op->from);
             }
-            bus_order_synced(R->b, op->room, op->sub_id, head);
+            bus_order_synced(R->b, op->room, op->sub_id, h.head, 1);
         }
     }
     free(op);
@@ -449,25 +500,19 @@ static void head_cb(redisAsyncContext *ac, void *reply, void *priv)
 static void send_head(busr *R, bus_room *room)
 {
     room_op *op = calloc(1, sizeof *op);
-    char k[CHAT_ROOM_MAX + 32];
     if (!op) { session_fail(R, NULL, "out of memory"); return; }
     snprintf(op->room, sizeof op->room, "%s", room->name);
     op->sub_id = room->sub_id;
     op->t0 = mono_ns();
-    key(k, sizeof k, room->name, "seq");
-    int rc;
-    if (room->have_last && room->last > 0) {
-        /* resubscription after a reconnect: read the head and raise it to
-         * what this node already delivered, so a Redis that restarted
-         * empty never assigns those seqs again */
-        char fl[24];
-        op->from = room->last;
-        snprintf(fl, sizeof fl, "%" PRIu64, room->last);
-        rc = R->cmd ? redisAsyncCommand(R->cmd, head_cb, op, "EVAL %s 1 %s %s", BUS_HEAD_LUA, k,
-                                        fl) : REDIS_ERR;
-    } else {
-        rc = R->cmd ? redisAsyncCommand(R->cmd, head_cb, op, "GET %s", k) : REDIS_ERR;
-    }
+    /* a resubscription after a reconnect raises the head to what this node
+     * already delivered, so a Redis that restarted empty never assigns
+     * those seqs again; with a seed provider a missing key is only
+     * reported (the next publish or replay seeds it) */
+    op->from = room->have_last ? room->last : 0;
+    char ep[BUS_EPOCH_MAX + 1];
+    bus_epoch_new(R->b, ep);
+    int rc = send_head_script(R, head_cb, op, room->name, op->from,
+                              bus_has_seed(R->b) ? BUS_SEED_PEEK : BUS_SEED_NONE, 0, ep);
     if (rc != REDIS_OK) {
         free(op);
         /* the room would never sync (and the bus never become ready) */
@@ -545,34 +590,39 @@ static void reconcile(bus *b, bus_room *room)
 /* ---- publish ---- */
 
 static void pub_cb(redisAsyncContext *ac, void *reply, void *priv);
+static void pub_seeded(void *arg, int status, uint64_t max_seq, const char *epoch);
 
 static int send_publish(busr *R, bus_req *r)
 {
     char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[CHAT_ROOM_MAX + 32];
-    char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24];
-    char kuns[CHAT_ROOM_MAX + 32];
+    char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24], nseed[24], nkeys[4];
+    char kuns[CHAT_ROOM_MAX + 32], kep[CHAT_ROOM_MAX + 32], mode[2];
     int track = R->b->track_unstored;
     key(kseq, sizeof kseq, r->room, "seq");
+    key(kep, sizeof kep, r->room, "epoch");
     key(kuns, sizeof kuns, r->room, "unstored");
     key(krec, sizeof krec, r->room, "recent");
     key(ch, sizeof ch, r->room, "msg");
     snprintf(nmax, sizeof nmax, "%zu", R->b->recent_max);
     snprintf(nttl, sizeof nttl, "%u", (unsigned)R->b->id_ttl_s);
-    /* floor: never below a seq this node delivered or was acked in the room */
-    bus_room *room = bus_room_get(R->b, r->room);
-    uint64_t floor = room && room->have_last ? room->last : 0;
-    if (room && room->floor > floor) floor = room->floor;
-    snprintf(nfloor, sizeof nfloor, "%" PRIu64, floor);
-    const char *argv[16];
-    size_t lens[16];
+    snprintf(nfloor, sizeof nfloor, "%" PRIu64, room_floor(R->b, r->room));
+    /* seeding (see bus_script.c): ask first, then the provider's answer */
+    if (!r->seed_mode) r->seed_mode = bus_has_seed(R->b) ? BUS_SEED_ASK : BUS_SEED_NONE;
+    if (r->seed_mode == BUS_SEED_NONE) bus_epoch_new(R->b, r->epoch);
+    mode[0] = (char)r->seed_mode;
+    mode[1] = 0;
+    snprintf(nseed, sizeof nseed, "%" PRIu64, r->seed);
+    snprintf(nkeys, sizeof nkeys, "%d", 3 + (track ? 2 : 0) + (r->id ? 1 : 0));
+    const char *argv[24];
+    size_t lens[24];
     int argc = 0;
 #define ARG(s, l) (argv[argc] = (s), lens[argc] = (l), argc++)
     ARG("EVALSHA", 7);
     ARG(R->sha, 40);
-    if (track) ARG(r->id ? "5" : "4", 1);
-    else ARG(r->id ? "3" : "2", 1);
+    ARG(nkeys, strlen(nkeys));
     ARG(kseq, strlen(kseq));
     ARG(krec, strlen(krec));
+    ARG(kep, strlen(kep));
     if (track) {
         /* see bus_script.c: the unstored set and the room index */
         ARG(kuns, strlen(kuns));
@@ -587,10 +637,12 @@ static int send_publish(busr *R, bus_req *r)
     ARG(nttl, strlen(nttl));
     ARG(ch, strlen(ch));
     ARG(nfloor, strlen(nfloor));
-    if (track) {
-        ARG("1", 1);
-        ARG(r->room, strlen(r->room));
-    }
+    ARG(track ? "1" : "0", 1);
+    ARG(r->room, strlen(r->room));
+    ARG(r->id ? "1" : "0", 1);
+    ARG(mode, 1);
+    ARG(nseed, strlen(nseed));
+    ARG(r->epoch, strlen(r->epoch));
 #undef ARG
     if (!R->cmd || redisAsyncCommandArgv(R->cmd, pub_cb, r, argc, argv, lens) != REDIS_OK)
         return -1;
@@ -632,9 +684,16 @@ static void pub_cb(redisAsyncContext *ac, void *reply, void *priv)
     }
     uint64_t seq = 0, dup = 0;
     if (rp->type != REDIS_REPLY_ARRAY || rp->elements != 2 ||
-        reply_u64(rp->element[0], &seq) != 0 || reply_u64(rp->element[1], &dup) != 0) {
+        reply_u64(rp->element[0], &seq) != 0 || reply_u64(rp->element[1], &dup) != 0 ||
+        dup > 2 || (dup == 2 && r->seed_mode != BUS_SEED_ASK)) {
         LOGW(MOD, "publish to %s: unexpected reply", r->room);
         bus_req_unhold(r);
+        return;
+    }
+    if (dup == 2) {
+        /* no head in Redis: ask for the durable one, then publish again
+         * (the hold moves to the seed request) */
+        if (b->freeing || bus_seed_get(b, r->room, pub_seeded, r) != 0) bus_req_unhold(r);
         return;
     }
     metric_observe(b->m.op_publish, since_s(r->t0));
@@ -645,6 +704,22 @@ static void pub_cb(redisAsyncContext *ac, void *reply, void *priv)
     bus_req_unhold(r);
 }
 
+static void pub_seeded(void *arg, int status, uint64_t max_seq, const char *epoch)
+{
+    bus_req *r = arg;
+    bus *b = r->b;
+    busr *R = b->impl;
+    if (status != 0 || b->freeing || R->state != ST_UP) {
+        bus_req_unhold(r); /* -1: unavailable */
+        return;
+    }
+    uint64_t floor = room_floor(b, r->room);
+    r->seed_mode = BUS_SEED_GIVEN;
+    r->seed = max_seq > floor ? max_seq : floor;
+    snprintf(r->epoch, sizeof r->epoch, "%s", epoch);
+    if (send_publish(R, r) != 0) bus_req_unhold(r);
+}
+
 static int be_publish(bus *b, bus_req *r)
 {
     busr *R = b->impl;
@@ -653,23 +728,52 @@ static int be_publish(bus *b, bus_req *r)
     return 0;
 }
 
-/* ---- replay ---- */
+/* ---- replay ----
+ * The head script and the range read are pipelined; when the head needs a
+ * seed, the range reply of that round is skipped and both are sent again
+ * with the provider's answer. */
+
+static int send_replay(busr *R, bus_req *r);
+
+static void replay_seeded(void *arg, int status, uint64_t max_seq, const char *epoch)
+{
+    bus_req *r = arg;
+    bus *b = r->b;
+    busr *R = b->impl;
+    if (status != 0 || b->freeing || R->state != ST_UP) {
+        bus_req_unhold(r);
+        return;
+    }
+    uint64_t floor = room_floor(b, r->room);
+    r->seed_mode = BUS_SEED_GIVEN;
+    r->seed = max_seq > floor ? max_seq : floor;
+    snprintf(r->epoch, sizeof r->epoch, "%s", epoch);
+    send_replay(R, r);  /* holds r once per queued command */
+    bus_req_unhold(r);  /* the seed's hold: at zero (nothing queued) r answers -1 */
+}
 
 static void replay_head_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
     busr *R = R_of(ac);
     bus_req *r = priv;
     redisReply *rp = reply;
+    head_res h;
     if (!rp) {
         on_dead_reply(R, ac);
-    } else if (reply_u64(rp, &r->head) == 0) {
+    } else if (parse_head(rp, &h) == 0 && h.status == 2 && r->seed_mode == BUS_SEED_ASK) {
+        if (r->since != UINT64_MAX) r->skip_ranges++;
+        r->hold++; /* the seed's */
+        if (r->b->freeing || bus_seed_get(r->b, r->room, replay_seeded, r) != 0) r->hold--;
+    } else if (parse_head(rp, &h) == 0 && h.status == 0) {
         r->have_head = 1;
+        r->head = h.head;
+        snprintf(r->epoch, sizeof r->epoch, "%s", h.epoch);
         if (r->since == UINT64_MAX) {
             metric_observe(r->b->m.op_replay, since_s(r->t0));
-            bus_req_replay_done(r, 0, NULL, 0, r->head);
+            bus_req_replay_done(r, 0, NULL, 0, r->head, r->epoch);
         }
     } else {
-        LOGW(MOD, "replay %s: bad seq reply", r->room);
+        LOGW(MOD, "replay %s: bad head reply", r->room);
     }
     bus_req_unhold(r);
 }
@@ -684,6 +788,11 @@ static void replay_range_cb(redisAsyncContext *ac, void *reply, void *priv)
         bus_req_unhold(r);
         return;
     }
+    if (r->skip_ranges) { /* its head needed a seed: a later round answers */
+        r->skip_ranges--;
+        bus_req_unhold(r);
+        return;
+    }
     if (!r->have_head || rp->type != REDIS_REPLY_ARRAY) {
         bus_req_unhold(r);
         return;
@@ -691,9 +800,9 @@ static void replay_range_cb(redisAsyncContext *ac, void *reply, void *priv)
     uint64_t head = r->head, since = r->since;
     metric_observe(r->b->m.op_replay, since_s(r->t0));
     if (since >= head) {
-        bus_req_replay_done(r, 0, NULL, 0, head);
+        bus_req_replay_done(r, 0, NULL, 0, head, r->epoch);
     } else if (head - since > r->max) {
-        bus_req_replay_done(r, 1, NULL, 0, head);
+        bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
     } else {
         size_t want = (size_t)(head - since), n = 0;
         bus_entry *e = malloc(want * sizeof *e);
@@ -705,21 +814,25 @@ static void replay_range_cb(redisAsyncContext *ac, void *reply, void *priv)
             if (x.seq != since + 1 + n) break;
             e[n++] = x;
         }
-        if (e && n == want) bus_req_replay_done(r, 0, e, n, head);
-        else if (e) bus_req_replay_done(r, 1, NULL, 0, head);
+        if (e && n == want) bus_req_replay_done(r, 0, e, n, head, r->epoch);
+        else if (e) bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
         free(e);
     }
     bus_req_unhold(r);
 }
 
-static int be_replay(bus *b, bus_req *r)
+/* Queues the head script and (unless only the head is asked) the range;
+ * r->hold counts each. 0, or -1 when nothing could be queued. */
+static int send_replay(busr *R, bus_req *r)
 {
-    busr *R = b->impl;
-    char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], min[24], lim[24];
+    char krec[CHAT_ROOM_MAX + 32], min[24], lim[24];
     if (R->state != ST_UP || !R->cmd) return -1;
-    key(kseq, sizeof kseq, r->room, "seq");
-    if (redisAsyncCommand(R->cmd, replay_head_cb, r, "GET %s", kseq) != REDIS_OK) return -1;
-    r->hold = 1;
+    if (!r->seed_mode) r->seed_mode = bus_has_seed(R->b) ? BUS_SEED_ASK : BUS_SEED_NONE;
+    if (r->seed_mode == BUS_SEED_NONE) bus_epoch_new(R->b, r->epoch);
+    if (send_head_script(R, replay_head_cb, r, r->room, room_floor(R->b, r->room), r->seed_mode,
+                         r->seed, r->epoch) != REDIS_OK)
+        return -1;
+    r->hold++;
     if (r->since == UINT64_MAX) return 0;
     key(krec, sizeof krec, r->room, "recent");
     snprintf(min, sizeof min, "(%" PRIu64, r->since);
@@ -728,6 +841,11 @@ static int be_replay(bus *b, bus_req *r)
                           krec, min, lim) == REDIS_OK)
         r->hold++;
     return 0;
+}
+
+static int be_replay(bus *b, bus_req *r)
+{
+    return send_replay(b->impl, r);
 }
 
 /* ---- gap fill ---- */
@@ -792,6 +910,22 @@ static int be_fetch(bus *b, bus_room *room, uint64_t from, uint64_t to)
         return -1;
     }
     return 0;
+}
+
+/* ---- forget an id (store conflict) ---- */
+
+static const char FORGET_LUA[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
+
+static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
+{
+    busr *R = b->impl;
+    char kid[CHAT_ROOM_MAX + 200], sq[24];
+    if (R->state != ST_UP || !R->cmd) return;
+    snprintf(kid, sizeof kid, "chat:{%s}:id:%s", room, id);
+    snprintf(sq, sizeof sq, "%" PRIu64, seq);
+    redisAsyncCommand(R->cmd, NULL, NULL, "EVAL %s 1 %s %s", FORGET_LUA, kid, sq);
 }
 
 /* ---- emit, progress, lifetime ---- */
@@ -867,6 +1001,7 @@ const bus_backend bus_redis_backend = {
     .emit = be_emit,
     .reconcile = reconcile,
     .fetch = be_fetch,
+    .forget_id = be_forget_id,
     .progress = be_progress,
     .free = be_free,
 };

@@ -1,20 +1,37 @@
 /* bus_script: the server-side Lua scripts of the bus (Redis mode).
- * BUS_PUBLISH_LUA makes a publish atomic: idempotency check, seq (never
- * below the caller's floor), recent buffer, id key and PUBLISH in one step.
- * Loaded with SCRIPT LOAD, called with EVALSHA.
- *   KEYS[1] chat:{room}:seq      KEYS[2] chat:{room}:recent (zset by seq)
- *   KEYS[3] chat:{room}:id:<id>  (absent when the publish has no client id)
+ * BUS_PUBLISH_LUA makes a publish atomic: idempotency check, seeding of a
+ * missing head, seq (never below the caller's floor), recent buffer, id key
+ * and PUBLISH in one step. Loaded with SCRIPT LOAD, called with EVALSHA.
+ *   KEYS[1] chat:{room}:seq   KEYS[2] chat:{room}:recent (zset by seq)
+ *   KEYS[3] chat:{room}:epoch
+ *   with ARGV[6] == "1" (track unstored) also KEYS[4] chat:{room}:unstored
+ *   and KEYS[5] chat:unstored; with ARGV[8] == "1" the last key is
+ *   chat:{room}:id:<id>.
  *   ARGV[1] tail  ARGV[2] recent_max  ARGV[3] id ttl (s)  ARGV[4] channel
- *   ARGV[5] floor (optional, default 0): the highest seq the calling node
- *           knows was assigned in the room; the seq key is raised to it
- *           before INCR, so a Redis that lost its data (restarted empty)
- *           never hands out a seq again.
- * Returns {seq, 0} when published, {seq_of_first, 1} for a duplicate id.
- *   With ARGV[6] == "1" (track unstored) the keys are instead
- *   KEYS[3] chat:{room}:unstored  KEYS[4] chat:unstored  KEYS[5] id key,
- *   ARGV[7] the room, and a new message is also recorded as unstored:
- *   ZADD chat:{room}:unstored <now ms> <seq>, ZADD chat:unstored NX <now> room
- *   (now from Redis TIME: one clock for every node).
+ *   ARGV[5] floor: the highest seq the calling node knows was assigned in
+ *           the room; the seq key is raised to it before INCR
+ *   ARGV[6] track  ARGV[7] room  ARGV[8] has id
+ *   ARGV[9] seed mode (BUS_SEED_*): 'N' no provider: a missing seq key is
+ *           created at 0 (then floor) with the epoch ARGV[11] (a fresh
+ *           random one); 'S' a provider exists: a missing seq or epoch key
+ *           answers {0, 2} ("needs seed": nothing was changed); 'Y' the
+ *           provider's answer: seq key := ARGV[10] if still missing, epoch
+ *           key := ARGV[11] if still missing (SET NX semantics: a node that
+ *           seeded meanwhile wins, the key never goes back).
+ *   ARGV[10] seed (mode 'Y')  ARGV[11] epoch
+ * Returns {seq, 0} when published, {seq_of_first, 1} for a duplicate id,
+ *   {0, 2} when a seed is needed. A new message is also recorded as
+ *   unstored when tracking: ZADD chat:{room}:unstored <now ms> <seq>, ZADD
+ *   chat:unstored NX <now> room (now from Redis TIME: one clock for every
+ *   node).
+ * BUS_HEAD_LUA reads a room's head and epoch (welcome, replay, subscription
+ * sync), seeding or creating them like the publish script, and raises the
+ * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key; ARGV[1]
+ * floor, ARGV[2] seed mode ('N', 'S', 'Y' as above, or 'P': report a
+ * missing key, create nothing), ARGV[3] seed, ARGV[4] epoch. Returns
+ * {0, head, epoch, before} (before: the value found, before the floor
+ * raised it), {2} when a seed is needed ('S'), {3} when the key is missing
+ * ('P').
  * BUS_MARK_LUA forgets stored seqs: KEYS[1] chat:{room}:unstored,
  *   KEYS[2] chat:unstored, ARGV[1] room, ARGV[2..] seqs; drops the room from
  *   the index when its set is empty.
@@ -27,23 +44,30 @@
  *   grace), or "" when the buffer no longer has it (removed: lost). The
  *   room's index score becomes its oldest remaining seq's time. It reads
  *   keys of several rooms: fine on one Redis, not on a Cluster (see
- *   docs/redis.md).
- * BUS_HEAD_LUA reads the head at a (re)subscription and raises it to the
- * node's last delivered seq: KEYS[1] seq key, ARGV[1] floor; returns the
- * value found before raising (the caller compares it with its floor). */
+ *   docs/redis.md). */
 #define _GNU_SOURCE
 #include "bus_int.h"
 
 const char BUS_PUBLISH_LUA[] =
     "local track = ARGV[6] == '1'\n"
-    "local idk = KEYS[3]\n"
-    "if track then idk = KEYS[5] end\n"
+    "local idk = nil\n"
+    "if ARGV[8] == '1' then idk = KEYS[#KEYS] end\n"
     "if idk then\n"
     "  local old = redis.call('GET', idk)\n"
     "  if old then return {tonumber(old), 1} end\n"
     "end\n"
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if (not cur) or redis.call('EXISTS', KEYS[3]) == 0 then\n"
+    "  if ARGV[9] == 'S' then return {0, 2} end\n"
+    "  if not cur then\n"
+    "    cur = '0'\n"
+    "    if ARGV[9] == 'Y' then cur = ARGV[10] end\n"
+    "    redis.call('SET', KEYS[1], cur)\n"
+    "  end\n"
+    "  redis.call('SET', KEYS[3], ARGV[11], 'NX')\n"
+    "end\n"
     "local floor = tonumber(ARGV[5] or '0') or 0\n"
-    "if floor > 0 and (tonumber(redis.call('GET', KEYS[1]) or '0') or 0) < floor then\n"
+    "if floor > 0 and (tonumber(cur) or 0) < floor then\n"
     "  redis.call('SET', KEYS[1], ARGV[5])\n"
     "end\n"
     "local seq = redis.call('INCR', KEYS[1])\n"
@@ -57,17 +81,36 @@ const char BUS_PUBLISH_LUA[] =
     "if track then\n"
     "  local t = redis.call('TIME')\n"
     "  local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
-    "  redis.call('ZADD', KEYS[3], now, string.format('%d', seq))\n"
-    "  redis.call('ZADD', KEYS[4], 'NX', now, ARGV[7])\n"
+    "  redis.call('ZADD', KEYS[4], now, string.format('%d', seq))\n"
+    "  redis.call('ZADD', KEYS[5], 'NX', now, ARGV[7])\n"
     "end\n"
     "redis.call('PUBLISH', ARGV[4], m)\n"
     "return {seq, 0}\n";
 
 const char BUS_HEAD_LUA[] =
-    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n"
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "local ep = redis.call('GET', KEYS[2])\n"
+    "if (not cur) or (not ep) then\n"
+    "  if ARGV[2] == 'S' then return {2} end\n"
+    "  if ARGV[2] == 'P' then return {3} end\n"
+    "  if not cur then\n"
+    "    cur = '0'\n"
+    "    if ARGV[2] == 'Y' then cur = ARGV[3] end\n"
+    "    redis.call('SET', KEYS[1], cur)\n"
+    "  end\n"
+    "  if not ep then\n"
+    "    ep = ARGV[4]\n"
+    "    redis.call('SET', KEYS[2], ep)\n"
+    "  end\n"
+    "end\n"
+    "local before = tonumber(cur) or 0\n"
+    "local head = before\n"
     "local floor = tonumber(ARGV[1]) or 0\n"
-    "if cur < floor then redis.call('SET', KEYS[1], ARGV[1]) end\n"
-    "return cur\n";
+    "if head < floor then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"
+    "  head = floor\n"
+    "end\n"
+    "return {0, head, ep, before}\n";
 
 const char BUS_MARK_LUA[] =
     "for i = 2, #ARGV, 500 do\n"

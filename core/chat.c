@@ -25,6 +25,9 @@ typedef struct join_op {
     uint32_t n, cap;
     int gap;                /* tell the client gap_too_large */
     int unavailable;
+    int checked;            /* since/epoch compared with the room's head */
+    char epoch[BUS_EPOCH_MAX + 1];        /* the room's, "" when unknown */
+    char want_epoch[BUS_EPOCH_MAX + 1];   /* the client's (with since), "" when none */
 } join_op;
 
 typedef struct pub_op {
@@ -188,11 +191,25 @@ static void send_room_error(conn *c, const char *room, const char *code, const c
     conn_send_text(c, b, (size_t)n);
 }
 
-static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head)
+/* ',"epoch":"<epoch>"' into b (empty when unknown); returns its length. */
+static size_t epoch_json(char *b, size_t cap, const char *epoch)
 {
-    char head_json[160];
-    snprintf(head_json, sizeof head_json, "{\"type\":\"presence_state\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
-             cr->r->name, head);
+    if (!epoch || !*epoch || cap < 16) { if (cap) b[0] = 0; return 0; }
+    size_t o = (size_t)snprintf(b, cap, ",\"epoch\":");
+    long w = json_escape(b + o, cap - o, epoch, strlen(epoch));
+    if (w < 0) { b[0] = 0; return 0; }
+    o += (size_t)w;
+    b[o] = 0;
+    return o;
+}
+
+static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head,
+                                const char *epoch)
+{
+    char head_json[768], ep[BUS_EPOCH_MAX * 6 + 16];
+    epoch_json(ep, sizeof ep, epoch);
+    snprintf(head_json, sizeof head_json, "{\"type\":\"presence_state\",\"room\":\"%s\",\"seq\":%" PRIu64 "%s,",
+             cr->r->name, head, ep);
     size_t len;
     char *b = chat_users_json(head_json, u, n, &len);
     if (!b) return;
@@ -203,8 +220,12 @@ static void send_presence_state(conn_room *cr, const presence_user *u, size_t n,
 static void join_finish(join_op *op, const presence_user *u, size_t n)
 {
     conn_room *cr = op->cr;
-    send_presence_state(cr, u, n, op->head);
-    if (op->gap) send_room_error(cr->c, cr->r->name, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP");
+    send_presence_state(cr, u, n, op->head, op->epoch);
+    if (op->gap == 2)
+        send_room_error(cr->c, cr->r->name, "gap_too_large",
+                        "since is not a seq of this room's current epoch; page history over HTTP");
+    else if (op->gap)
+        send_room_error(cr->c, cr->r->name, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP");
     if (op->unavailable) conn_send_error(cr->c, "unavailable", "recovery is unavailable right now", NULL);
     for (uint32_t i = 0; i < op->n; i++) deliver(cr, op->msgs[i]);
     for (uint32_t i = 0; i < cr->nheld; i++) {
@@ -227,17 +248,18 @@ static void on_presence_list(void *ud, int status, const presence_user *u, size_
     join_finish(op, status == 0 ? u : NULL, status == 0 ? n : 0);
 }
 
-static void send_welcome(conn *c, uint64_t head)
+static void send_welcome(conn *c, uint64_t head, const char *epoch)
 {
-    char b[1024];
+    char b[1536], ep[BUS_EPOCH_MAX * 6 + 16];
+    epoch_json(ep, sizeof ep, epoch);
     size_t o = (size_t)snprintf(b, sizeof b, "{\"type\":\"welcome\",\"user\":");
     o += (size_t)json_escape(b + o, sizeof b - o, c->ident.user, strlen(c->ident.user));
     memcpy(b + o, ",\"name\":", 8); o += 8;
     o += (size_t)json_escape(b + o, sizeof b - o, c->ident.name, strlen(c->ident.name));
     o += (size_t)snprintf(b + o, sizeof b - o,
-                          ",\"node\":\"%s\",\"room\":\"%s\",\"heartbeat_ms\":%lld,\"presence_ttl_ms\":%lld,\"seq\":%" PRIu64 "}",
+                          ",\"node\":\"%s\",\"room\":\"%s\",\"heartbeat_ms\":%lld,\"presence_ttl_ms\":%lld,\"seq\":%" PRIu64 "%s}",
                           g_srv.cfg.node_id, c->url_room, (long long)g_srv.heartbeat_ms,
-                          (long long)g_srv.presence_ttl_ms, head);
+                          (long long)g_srv.presence_ttl_ms, head, ep);
     conn_send_text(c, b, o);
 }
 
@@ -245,15 +267,18 @@ static void join_stage2(join_op *op)
 {
     conn_room *cr = op->cr;
     if (!cr->c->welcomed && op->first) {
-        send_welcome(cr->c, op->head);
+        send_welcome(cr->c, op->head, op->epoch);
         cr->c->welcomed = 1;
     }
-    if (!op->has_since) cr->last_seq = op->head;
+    /* live delivery starts after the head unless since was honoured (a
+     * refused since is not a seq of this room's numbering) */
+    if (!op->has_since || op->gap) cr->last_seq = op->head;
     if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
         join_finish(op, NULL, 0);
 }
 
-static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head);
+static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                      const char *epoch);
 
 static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
 {
@@ -287,11 +312,24 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
     }
 }
 
-static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head)
+static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                      const char *epoch)
 {
     join_op *op = ud;
     if (!op->cr) { join_op_free(op); return; }
     if (head > op->head) op->head = head;
+    if (status >= 0 && epoch && *epoch) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
+    if (status >= 0 && !op->checked && op->has_since) {
+        /* a since of another epoch (the room's seqs restarted: Redis lost
+         * its data without a database) or beyond the head cannot be
+         * honoured: the client pages history instead (gap_too_large) */
+        op->checked = 1;
+        if ((op->want_epoch[0] && strcmp(op->want_epoch, op->epoch) != 0) || op->since > head) {
+            op->gap = 2;
+            join_stage2(op);
+            return;
+        }
+    }
     if (status == 0) {
         for (size_t i = 0; i < n; i++)
             op_push(op, chat_message_frame(op->cr->r->name, e[i].seq, e[i].tail, e[i].len));
@@ -310,7 +348,8 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
     join_stage2(op);
 }
 
-static int join_room(conn *c, const char *name, int has_since, uint64_t since, int first)
+static int join_room(conn *c, const char *name, int has_since, uint64_t since, const char *epoch,
+                     int first)
 {
     conn_room *cr = conn_find_room(c, name);
     if (cr) return 0;    /* already a member: nothing to do */
@@ -347,6 +386,7 @@ static int join_room(conn *c, const char *name, int has_since, uint64_t since, i
     op->first = first;
     op->has_since = has_since;
     op->since = since;
+    if (has_since && epoch) snprintf(op->want_epoch, sizeof op->want_epoch, "%s", epoch);
     if (bus_replay(g_srv.bus, r->name, has_since ? since : UINT64_MAX, (size_t)g_srv.cfg.replay_max,
                    on_replay, op) < 0) {
         op->unavailable = has_since;
@@ -372,9 +412,30 @@ static void leave_room(conn *c, uint32_t idx)
     script_on_leave(g_srv.script, &x);
 }
 
+/* The value of a query argument of the upgrade request ("" when absent
+ * or longer than n - 1). */
+static void url_arg(struct lws *wsi, const char *name, char *out, size_t n)
+{
+    char frag[256];
+    size_t nl = strlen(name);
+    out[0] = 0;
+    for (int i = 0; i < 32; i++) {
+        int len = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (len < 0) break;
+        if ((size_t)len > nl && strncmp(frag, name, nl) == 0 && frag[nl] == '=') {
+            if (strlen(frag + nl + 1) < n) snprintf(out, n, "%s", frag + nl + 1);
+            return;
+        }
+    }
+}
+
 void chat_conn_open(conn *c)
 {
-    join_room(c, c->url_room, c->has_since, c->since, 1);
+    /* epoch= of the URL (with since=): read here, while lws still has the
+     * request's headers (the ESTABLISHED callback) */
+    char epoch[BUS_EPOCH_MAX + 1] = "";
+    if (c->has_since) url_arg(c->wsi, "epoch", epoch, sizeof epoch);
+    join_room(c, c->url_room, c->has_since, c->since, epoch[0] ? epoch : NULL, 1);
 }
 
 void chat_conn_closed(conn *c)
@@ -494,9 +555,15 @@ static void send_ack(pub_op *p)
 static void on_stored(void *ud, int status)
 {
     pub_op *p = ud;
-    if (status == 0) bus_mark_stored(g_srv.bus, p->room, p->seq); /* durable: not a hole */
+    /* 0: durable, not a hole; -2: another message holds the seq in history
+     * (the store logged and counted it): never acked, and the seq is not
+     * offered to the backfill again (it has a row) */
+    if (status == 0 || status == -2) bus_mark_stored(g_srv.bus, p->room, p->seq);
     if (status == 0) send_ack(p);
-    else if (p->c) conn_send_error(p->c, "unavailable", "history store unavailable; resend with the same id", p->id);
+    else if (status == -2) {
+        if (p->id) bus_forget_id(g_srv.bus, p->room, p->id, p->seq); /* a resend gets a new seq */
+        if (p->c) conn_send_error(p->c, "unavailable", "seq conflict in history; resend with the same id", p->id);
+    } else if (p->c) conn_send_error(p->c, "unavailable", "history store unavailable; resend with the same id", p->id);
     pub_free(p);
 }
 
@@ -680,7 +747,11 @@ static void process_frame(conn *c, const char *data, size_t len)
         if (v == SCRIPT_REJECT)
             conn_send_error(c, reject_code(&res), res.reason[0] ? res.reason : "join refused by policy", NULL);
         else
-            join_room(c, room, f.has_since, f.since, 0);
+        {
+            char ep[FRAME_EPOCH_MAX + 1] = "";
+            if (f.epoch) { memcpy(ep, f.epoch, f.epoch_len); ep[f.epoch_len] = 0; }
+            join_room(c, room, f.has_since, f.since, ep[0] ? ep : NULL, 0);
+        }
         script_result_clear(&res);
         break;
     }
@@ -944,7 +1015,8 @@ typedef struct backfill_op {
 static void on_backfill_stored(void *ud, int status)
 {
     backfill_op *op = ud;
-    if (status == 0 && g_srv.bus) bus_mark_stored(g_srv.bus, op->room, op->seq);
+    /* -2: another row holds the seq (logged by the store): nothing to redo */
+    if ((status == 0 || status == -2) && g_srv.bus) bus_mark_stored(g_srv.bus, op->room, op->seq);
     free(op);
 }
 
@@ -989,6 +1061,20 @@ void chat_bus_unstored(void *ud, const char *rname, uint64_t seq, const char *ta
         if (store_write(g_srv.store, &row, on_backfill_stored, op) < 0) free(op);
     }
     json_decref(o);
+}
+
+/* ---- seed: the durable head of a room, for the bus ------------------------ */
+
+static void on_store_head(void *ud, int status, uint64_t max_seq, const char *epoch)
+{
+    bus_seed_done(ud, status, max_seq, epoch);
+}
+
+void chat_bus_seed(void *ud, const char *rname, bus_seed *req)
+{
+    (void)ud;
+    if (!g_srv.store || store_head(g_srv.store, rname, on_store_head, req) < 0)
+        bus_seed_done(req, -1, 0, NULL);
 }
 
 void chat_bus_ready(void *ud, int ready)

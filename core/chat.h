@@ -10,6 +10,7 @@
 #define CHATD_CHAT_H
 #include <stddef.h>
 #include <stdint.h>
+#include "bus.h"
 #include "conn.h"
 #include "presence.h"
 
@@ -30,6 +31,9 @@ void chat_bus_emit(void *ud, const char *room, const char *kind, const char *dat
 void chat_bus_ready(void *ud, int ready);
 /* A message another node published but never stored: store it (backfill). */
 void chat_bus_unstored(void *ud, const char *room, uint64_t seq, const char *tail, size_t len);
+/* The durable head of a room (Postgres: max stored seq and the room's
+ * epoch), asked by the bus when Redis has none. Set only with a database. */
+void chat_bus_seed(void *ud, const char *room, bus_seed *req);
 /* presence handler */
 void chat_presence_transition(void *ud, const char *room, const char *event,
                               const char *user, const char *name);

@@ -127,6 +127,12 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
             out->has_since = 1;
             out->since = (uint64_t)json_integer_value(since);
         }
+        r = get_str(root, "epoch", 0, &out->epoch, &out->epoch_len);
+        if (r == F_BAD || (r == F_OK && (out->epoch_len < 1 || out->epoch_len > FRAME_EPOCH_MAX))) {
+            out->epoch = NULL;
+            out->epoch_len = 0;
+            return fail(code, msg, msglen, "epoch must be a string of 1-%d bytes", FRAME_EPOCH_MAX);
+        }
         return 0;
     }
     case FT_LEAVE:

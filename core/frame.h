@@ -12,6 +12,7 @@ typedef enum {
 } frame_type;
 
 #define FRAME_ID_MAX 64
+#define FRAME_EPOCH_MAX 64
 
 typedef struct client_frame {
     frame_type type;
@@ -20,13 +21,14 @@ typedef struct client_frame {
     const char *id;    size_t id_len;     /* message: optional, 1..64 chars */
     const char *token; size_t token_len;  /* refresh: required */
     int has_since;     uint64_t since;    /* join: optional integer >= 0 */
+    const char *epoch; size_t epoch_len;  /* join: optional, 1..64 bytes (with since) */
     void *root_;                          /* private: jansson root */
 } client_frame;
 
 /* 0 on success. -1 on error: code gets "bad_request" (invalid JSON, not an
  * object, missing/invalid "type", missing or wrongly typed field, invalid room
- * name, id too long, since not a non-negative integer, a body containing
- * U+0000) and msg a short
+ * name, id too long, since not a non-negative integer, epoch not a string
+ * of 1-64 bytes, a body containing U+0000) and msg a short
  * human-readable reason, e.g. "invalid JSON", "unknown type 'foo'",
  * "message needs a string body", "invalid room name". When the frame had a
  * string "id", *id_out (if not NULL) gets a malloc'd copy so the error can

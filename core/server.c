@@ -230,7 +230,7 @@ int server_run(int argc, char **argv)
     bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400,
                    g_srv.cfg.database_url != NULL, (uint32_t)g_srv.cfg.backfill_grace_ms};
     bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready,
-                       chat_bus_unstored};
+                       chat_bus_unstored, g_srv.cfg.database_url ? chat_bus_seed : NULL};
     g_srv.bus = bus_new(g_srv.loop, &bo, &bh, NULL, err, sizeof err);
     if (!g_srv.bus) { fprintf(stderr, "chatd: bus: %s\n", err); return 2; }
     if (!g_srv.cfg.redis_url) LOGI("server", "single-node mode (no CHAT_REDIS_URL): in-process fan-out");

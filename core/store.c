@@ -477,10 +477,11 @@ static void batch_done(store *s)
 }
 
 /* The batch inserted fewer rows than it had: read the stored rows of its
- * keys and compare. An identical row (a retried batch that had committed,
- * a backfill of a row its node stored after all) is fine: status 0. A
- * different row, or none, under the same (room, seq) is a conflict: the new
- * row was NOT stored; its callback gets -2, never a silent success. */
+ * keys and compare. The same message (a retried batch that had committed,
+ * a backfill of a row its node stored after all, a resend with the same
+ * client id: see same_message) is fine: status 0. Another message, or
+ * none, under the same (room, seq) is a conflict: the new row was NOT
+ * stored; its callback gets -2, never a silent success. */
 static void send_verify(store *s)
 {
     size_t n = s->fl_len, np = n * 2;
@@ -515,6 +516,19 @@ static int same_text(const PGresult *res, int row, int col, const char *v)
     return v && strcmp(PQgetvalue(res, row, col), v) == 0;
 }
 
+/* Is the stored row (res, t) the same message as w? With a client id on
+ * both: the same id from the same user (a resend with the same id is the
+ * same message, whatever its new ts). Otherwise every column must match
+ * (a retried batch, a backfill from the Redis copy). */
+static int same_message(const PGresult *res, int t, const wnode *w)
+{
+    if (!PQgetisnull(res, t, 2) && w->val[2])
+        return same_text(res, t, 2, w->val[2]) && same_text(res, t, 3, w->val[3]);
+    for (int c = 2; c < STORE_INSERT_NCOLS; c++)
+        if (!same_text(res, t, c, w->val[c])) return 0;
+    return 1;
+}
+
 static void verify_done(store *s)
 {
     PGresult *res = s->op_res;
@@ -531,10 +545,7 @@ static void verify_done(store *s)
         int found = -1;
         for (int t = 0; t < nt && found < 0; t++)
             if (same_text(res, t, 0, w->val[0]) && same_text(res, t, 1, w->val[1])) found = t;
-        int same = found >= 0;
-        for (int c = 2; same && c < STORE_INSERT_NCOLS; c++)
-            same = same_text(res, found, c, w->val[c]);
-        if (same) continue;
+        if (found >= 0 && same_message(res, found, w)) continue;
         w->status = -2;
         metric_inc(s->m_conflicts);
         LOGE(MOD, "CONFLICT: room %s seq %s is already stored with another message (stored id %s "

@@ -229,6 +229,14 @@ typedef struct node {
     uint64_t uns_seq[256];
     char uns_tail[256][48];
     int nuns;
+    /* the seed provider (nodes made with node_new_seeded) */
+    uint64_t seed_max;       /* the "stored" head it answers */
+    char seed_epoch[32];
+    int seed_fail;           /* answer -1 */
+    int seed_hold;           /* keep requests, answered by seed_answer() */
+    int nseeds;              /* on_seed calls */
+    bus_seed *held_seeds[64];
+    int nheld;
 } node;
 
 static void on_message(void *ud, const char *room, uint64_t seq, const char *tail, size_t len)
@@ -294,7 +302,29 @@ static void on_unstored(void *ud, const char *room, uint64_t seq, const char *ta
     nd->nuns++;
 }
 
-static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready, on_unstored};
+static void on_seed(void *ud, const char *room, bus_seed *req)
+{
+    node *nd = ud;
+    (void)room;
+    nd->nseeds++;
+    if (nd->seed_hold && nd->nheld < 64) { nd->held_seeds[nd->nheld++] = req; return; }
+    /* answered at once, inside on_seed: the bus must not call back from here */
+    in_call = 1;
+    bus_seed_done(req, nd->seed_fail ? -1 : 0, nd->seed_max, nd->seed_epoch);
+    in_call = 0;
+}
+
+/* answers every held seed request (bus may already be freed) */
+static void seed_answer(node *nd)
+{
+    for (int i = 0; i < nd->nheld; i++)
+        bus_seed_done(nd->held_seeds[i], nd->seed_fail ? -1 : 0, nd->seed_max, nd->seed_epoch);
+    nd->nheld = 0;
+}
+
+static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready, on_unstored, NULL};
+static const bus_handlers handlers_seeded = {on_message, on_gap, on_emit, on_ready, on_unstored,
+                                             on_seed};
 
 /* a node that records its publishes as unstored (grace_ms: its sweeper) */
 static node *node_new_track(const char *name, const char *url, size_t recent_max,
@@ -306,6 +336,23 @@ static node *node_new_track(const char *name, const char *url, size_t recent_max
     char err[128] = "";
     in_call = 1;
     nd->b = bus_new(loop, &o, &handlers, nd, err, sizeof err);
+    in_call = 0;
+    CHECK(nd->b, "bus_new: %s", err);
+    return nd;
+}
+
+/* a node with a seed provider (as with a database), tracking unstored */
+static node *node_new_seeded(const char *name, const char *url, uint64_t seed_max,
+                             const char *epoch)
+{
+    node *nd = calloc(1, sizeof *nd);
+    nd->name = name;
+    nd->seed_max = seed_max;
+    snprintf(nd->seed_epoch, sizeof nd->seed_epoch, "%s", epoch);
+    bus_opts o = {url, 1000, 60, url != NULL, 60000};
+    char err[128] = "";
+    in_call = 1;
+    nd->b = bus_new(loop, &o, &handlers_seeded, nd, err, sizeof err);
     in_call = 0;
     CHECK(nd->b, "bus_new: %s", err);
     return nd;
@@ -381,9 +428,11 @@ typedef struct repres {
     size_t n;
     uint64_t head, first, last;
     int contiguous;
+    char epoch[80];
 } repres;
 
-static void rep_cb(void *ud, int status, const bus_entry *e, size_t n, uint64_t head)
+static void rep_cb(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                   const char *epoch)
 {
     repres *r = ud;
     CHECK(!in_call, "replay cb inside a bus_* call");
@@ -392,6 +441,8 @@ static void rep_cb(void *ud, int status, const bus_entry *e, size_t n, uint64_t 
     r->status = status;
     r->n = n;
     r->head = head;
+    CHECK(status < 0 ? epoch == NULL : epoch != NULL, "epoch given with status %d", status);
+    snprintf(r->epoch, sizeof r->epoch, "%s", epoch ? epoch : "");
     r->contiguous = 1;
     for (size_t i = 0; i < n; i++) {
         if (i && e[i].seq != e[i - 1].seq + 1) r->contiguous = 0;
@@ -863,15 +914,18 @@ static void test_missed_while_down(size_t recent_max, int npub)
     char tail[64];
     for (int i = 0; i < npub; i++) {
         /* use the bus script with recent_max of the node */
-        char kseq[128], krec[128], ch[128];
+        char kseq[128], krec[128], kep[128], ch[128];
         snprintf(kseq, sizeof kseq, "chat:{%s}:seq", room);
         snprintf(krec, sizeof krec, "chat:{%s}:recent", room);
+        snprintf(kep, sizeof kep, "chat:{%s}:epoch", room);
         snprintf(ch, sizeof ch, "chat:{%s}:msg", room);
         snprintf(tail, sizeof tail, "\"id\":\"\",\"body\":\"oob%d\"}", i);
         char keep[24];
         snprintf(keep, sizeof keep, "%zu", recent_max);
-        redisReply *r = rc("EVAL %s 2 %s %s %s %s 60 %s", BUS_PUBLISH_LUA, kseq, krec, tail,
-                           keep, ch);
+        /* ARGV: tail, recent_max, ttl, channel, floor, track, room, has id,
+         * seed mode, seed, epoch (bus_script.c) */
+        redisReply *r = rc("EVAL %s 3 %s %s %s %s %s 60 %s 0 0 %s 0 N 0 oobepoch", BUS_PUBLISH_LUA,
+                           kseq, krec, kep, tail, keep, ch, room);
         CHECK(r && r->type == REDIS_REPLY_ARRAY, "oob publish: %s / %s", r && r->str ? r->str : "?", sc ? sc->errstr : "no sc");
         if (r) freeReplyObject(r);
     }
@@ -1196,6 +1250,218 @@ static void test_restart_empty(void)
     settle();
 }
 
+static int is_hex16(const char *s)
+{
+    if (strlen(s) != 16) return 0;
+    for (; *s; s++)
+        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f'))) return 0;
+    return 1;
+}
+
+/* replay of the head only, synchronously */
+static void head_of(node *nd, const char *room, repres *r)
+{
+    if (replay(nd, room, UINT64_MAX, 0, r) != 0) { CHECK(0, "head replay refused"); return; }
+    WAIT(r->done, 5000);
+}
+
+/* With a seed provider (Postgres holds history): a room without a seq key
+ * (first use, Redis lost its data) is seeded from the durable head before
+ * any seq is handed out or any head reported, atomically; concurrent
+ * publishes share one seed request; a failing provider makes publishes
+ * answer -1 and creates nothing; a node subscribed to a room with no head
+ * takes the first message as its start (no gap reported). */
+static void test_seed_redis(void)
+{
+    char room[80], room2[80], room3[80];
+    mkroom(room, sizeof room, "seed");
+    mkroom(room2, sizeof room2, "seedsub");
+    mkroom(room3, sizeof room3, "seedfail");
+    node *a = node_new_seeded("SA", redis_url, 41, "epoch-pg-1");
+    snprintf(a->room, sizeof a->room, "%s", room2);
+    wait_ready(a);
+    sub(a, room); /* a publishing node holds the room (its floor counts) */
+    /* 20 concurrent publishes to a room Redis knows nothing about */
+    pubres p[20];
+    for (int i = 0; i < 20; i++) CHECK(pub(a, room, NULL, "s", &p[i]) == 0, "publish queued");
+    int done = 0;
+    for (int k = 0; k < 300 && done < 20; k++) {
+        spin(10);
+        done = 0;
+        for (int i = 0; i < 20; i++) done += p[i].done;
+    }
+    uint64_t seen = 0;
+    for (int i = 0; i < 20; i++) {
+        CHECK(p[i].done && p[i].status == 0 && p[i].seq >= 42 && p[i].seq <= 61,
+              "publish %d after the seed: status %d seq %" PRIu64, i, p[i].status, p[i].seq);
+        if (p[i].seq >= 42 && p[i].seq <= 61) seen |= 1ull << (p[i].seq - 42);
+    }
+    CHECK(seen == (1ull << 20) - 1, "seqs 42..61 once each");
+    CHECK(a->nseeds == 1, "one seed request for 20 publishes (%d)", a->nseeds);
+    char *ep = NULL;
+    redisReply *rr = rc("GET chat:{%s}:epoch", room);
+    if (rr && rr->type == REDIS_REPLY_STRING) ep = strdup(rr->str);
+    freeReplyObject(rr);
+    CHECK(ep && strcmp(ep, "epoch-pg-1") == 0, "epoch key from the provider (%s)", ep ? ep : "-");
+    free(ep);
+    repres r;
+    head_of(a, room, &r);
+    CHECK(r.status == 0 && r.head == 61 && strcmp(r.epoch, "epoch-pg-1") == 0,
+          "head 61, provider epoch (%d %" PRIu64 " %s)", r.status, r.head, r.epoch);
+    CHECK(a->nseeds == 1, "a head read with keys present asks nothing");
+    /* Redis loses the room's keys: the next publish is seeded again, from
+     * what is "stored" now (61), never reusing a seq */
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch", room, room);
+    a->seed_max = 61;
+    pubres q;
+    pub(a, room, "id-x", "again", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq == 62 && !q.dup, "62 after the loss (%d %" PRIu64 ")", q.status, q.seq);
+    CHECK(a->nseeds == 2, "seeded again");
+    /* the provider's head is below the node's floor (this node was acked 62):
+     * the floor wins */
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch", room, room);
+    a->seed_max = 10;
+    head_of(a, room, &r);
+    CHECK(r.status == 0 && r.head >= 10, "head after a stale seed (%" PRIu64 ")", r.head);
+    pub(a, room, NULL, "floor", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq > 62, "never below the node's acked 62 (%" PRIu64 ")", q.seq);
+    /* a replay with since on a room without keys: seeded first, then the
+     * range (empty buffer: status 1, the caller pages history) */
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:recent", room, room, room);
+    a->seed_max = 100;
+    if (replay(a, room, 90, 50, &r) == 0) WAIT(r.done, 5000);
+    CHECK(r.done && r.status == 1 && r.head == 100 && strcmp(r.epoch, "epoch-pg-1") == 0,
+          "replay since 90 after the loss: status %d head %" PRIu64, r.status, r.head);
+    /* subscribe a room with no head: adopted at the first message */
+    a->seed_max = 500;
+    sub(a, room2);
+    spin(300);
+    CHECK(rc_int("EXISTS chat:{%s}:seq", room2) == 0, "the subscription created no key");
+    synced(a, room2); /* a head read: seeds (500) */
+    node *b = node_new_seeded("SB", redis_url, 500, "epoch-pg-2");
+    wait_ready(b);
+    pub(b, room2, NULL, "first", &q);
+    WAIT(q.done && a->n == 1, 5000);
+    CHECK(q.status == 0 && q.seq == 501, "first seq of a seeded room (%" PRIu64 ")", q.seq);
+    CHECK(a->n == 1 && a->seqs[0] == 501 && a->ngaps == 0,
+          "subscriber got 501 with no gap (n=%zu gaps=%d)", a->n, a->ngaps);
+    pub(b, room2, NULL, "second", &q);
+    WAIT(a->n == 2, 3000);
+    CHECK(contiguous(a, 501, 502), "then 502");
+    /* a failing provider: -1, nothing created; later it works */
+    b->seed_fail = 1;
+    pub(b, room3, NULL, "x", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == -1, "publish without a head answers -1 (%d)", q.status);
+    head_of(b, room3, &r);
+    CHECK(r.status == -1, "head read without a head answers -1 (%d)", r.status);
+    CHECK(rc_int("EXISTS chat:{%s}:seq", room3) == 0, "nothing created");
+    b->seed_fail = 0;
+    b->seed_max = 7;
+    pub(b, room3, NULL, "x", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq == 8, "then 8 (%d %" PRIu64 ")", q.status, q.seq);
+    node_free(a);
+    node_free(b);
+    settle();
+}
+
+/* bus_free while a seed request is with the provider: the waiting publish
+ * and replay answer -1 once; answering afterwards only frees the request. */
+static void test_seed_free_pending(const char *url)
+{
+    char room[80];
+    mkroom(room, sizeof room, url ? "seedfree" : "seedfreel");
+    node *a = node_new_seeded("SF", url, 5, "ep");
+    if (url) wait_ready(a);
+    a->seed_hold = 1;
+    pubres p;
+    repres r;
+    pub(a, room, NULL, "x", &p);
+    replay(a, room, 2, 10, &r);
+    WAIT(a->nheld >= 1, 3000);
+    CHECK(a->nheld == 1 && !p.done && !r.done, "both wait for one seed (%d)", a->nheld);
+    bus_free(a->b); /* answers inside, by contract */
+    a->b = NULL;
+    CHECK(p.done == 1 && p.status == -1 && r.done == 1 && r.status == -1, "answered -1");
+    seed_answer(a); /* after the bus is gone */
+    settle();
+    CHECK(p.done == 1 && r.done == 1, "once");
+    free(a);
+}
+
+/* Without a provider: a room's epoch is created with its seq key, stays,
+ * and changes when Redis loses the keys (the head restarts). */
+static void test_epoch_redis(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "epoch");
+    node *a = node_new("EP", redis_url, 1000, 60);
+    wait_ready(a);
+    repres r, r2;
+    head_of(a, room, &r);
+    CHECK(r.status == 0 && r.head == 0 && is_hex16(r.epoch), "fresh room: head 0, epoch %s", r.epoch);
+    pubres p;
+    pub(a, room, NULL, "x", &p);
+    WAIT(p.done, 3000);
+    CHECK(p.seq == 1, "seq 1");
+    head_of(a, room, &r2);
+    CHECK(r2.head == 1 && strcmp(r.epoch, r2.epoch) == 0, "same epoch after a publish");
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch", room, room);
+    head_of(a, room, &r2);
+    CHECK(r2.status == 0 && is_hex16(r2.epoch) && strcmp(r.epoch, r2.epoch) != 0,
+          "a lost head shows as a new epoch (%s -> %s)", r.epoch, r2.epoch);
+    /* a publish on a room with no keys creates both */
+    char room2[80];
+    mkroom(room2, sizeof room2, "epoch2");
+    pub(a, room2, NULL, "x", &p);
+    WAIT(p.done, 3000);
+    CHECK(p.seq == 1 && rc_int("EXISTS chat:{%s}:epoch", room2) == 1, "publish creates the epoch");
+    node_free(a);
+    settle();
+}
+
+/* In-process mode: with a provider a room starts at the durable head (its
+ * publishes and replays wait for it, in order), a subscriber adopts the
+ * first message; without one, every room has the process's epoch. */
+static void test_local_seed(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "lseed");
+    node *a = node_new_seeded("LS", NULL, 30, "pg-epoch");
+    snprintf(a->room, sizeof a->room, "%s", room);
+    sub(a, room);
+    repres r0;
+    replay(a, room, 30, 10, &r0);
+    pubres p[5];
+    for (int i = 0; i < 5; i++) pub(a, room, NULL, "l", &p[i]);
+    WAIT(p[4].done && a->n == 5, 3000);
+    for (int i = 0; i < 5; i++)
+        CHECK(p[i].status == 0 && p[i].seq == 31 + (uint64_t)i, "local seq %" PRIu64, p[i].seq);
+    CHECK(contiguous(a, 31, 35) && a->ngaps == 0, "subscriber sees 31..35, no gap (n=%zu)", a->n);
+    CHECK(a->nseeds == 1, "one seed (%d)", a->nseeds);
+    CHECK(r0.done && r0.status == 0 && r0.head == 30 && r0.n == 0 &&
+          strcmp(r0.epoch, "pg-epoch") == 0, "replay queued before the publishes: head 30 (%" PRIu64 ")",
+          r0.head);
+    repres r;
+    head_of(a, room, &r);
+    CHECK(r.head == 35 && strcmp(r.epoch, "pg-epoch") == 0, "head 35");
+    node_free(a);
+    node *b = node_new("LN", NULL, 100, 60);
+    repres e1, e2;
+    head_of(b, "any-room-1", &e1);
+    head_of(b, "any-room-2", &e2);
+    CHECK(is_hex16(e1.epoch) && strcmp(e1.epoch, e2.epoch) == 0, "one epoch per process start");
+    node_free(b);
+    node *c = node_new("LN2", NULL, 100, 60);
+    head_of(c, "any-room-1", &e2);
+    CHECK(strcmp(e1.epoch, e2.epoch) != 0, "a new bus (process) has a new epoch");
+    node_free(c);
+    settle();
+}
+
 /* The core's recovery contract: a replay on a room this node subscribed
  * answers only once the subscription is confirmed and its head read, so
  * every seq after the replay's head reaches on_message (no hole between
@@ -1371,6 +1637,8 @@ int main(void)
     test_local_free_and_ttl();
     test_free_in_callback(NULL);
     test_local_backfill_off();
+    test_local_seed();
+    test_seed_free_pending(NULL);
     int have_redis = redis_setup() == 0;
     if (have_redis) {
         fprintf(stderr, "redis at %s\n", redis_url);
@@ -1391,6 +1659,9 @@ int main(void)
         test_replay_then_live();
         test_unsub_waiting_replay();
         test_backfill();
+        test_seed_redis();
+        test_seed_free_pending(redis_url);
+        test_epoch_redis();
     } else if (getenv("CHATD_TEST_REDIS_URL") &&
                system("command -v redis-server >/dev/null 2>&1") != 0) {
         CHECK(0, "CHATD_TEST_REDIS_URL is set but not reachable");

@@ -355,6 +355,12 @@ static void test_conflict(void)
     store_row idc = mkrow("confl", 3, "with id"), idd = mkrow("confl", 3, "with id");
     idc.client_id = "c1";
     idd.client_id = "c2";                                     /* differs only by id */
+    store_row ide = mkrow("confl", 3, "resent");              /* same id and user: */
+    ide.client_id = "c1";                                     /* the same message */
+    ide.ts += 5;
+    store_row idf = mkrow("confl", 3, "with id");             /* same id, another user */
+    idf.client_id = "c1";
+    idf.user = "u2";
     CHECK(store_write(s, &first, wcb, &w[0]) == 0);
     CHECK(store_write(s, &other, wcb, &w[1]) == 0);           /* same batch, different */
     CHECK(store_write(s, &two, wcb, &w[2]) == 0);
@@ -374,11 +380,14 @@ static void test_conflict(void)
     CHECK(store_write(s, &other, wcb, &w[5]) == 0);
     CHECK(store_write(s, &first, wcb, &w[6]) == 0);
     CHECK(store_write(s, &ts, wcb, &w[7]) == 0);
-    wctx w4 = {0};
+    wctx w4 = {0}, we = {0}, wf = {0};
     CHECK(store_write(s, &four, wcb, &w4) == 0);
-    WAIT(sum_calls(w + 5, 3) == 3 && w4.calls, 5000);
+    CHECK(store_write(s, &ide, wcb, &we) == 0);
+    CHECK(store_write(s, &idf, wcb, &wf) == 0);
+    WAIT(sum_calls(w + 5, 3) == 3 && w4.calls && we.calls && wf.calls, 5000);
     CHECK(w[5].status == -2 && w[6].status == 0 && w[7].status == -2 && w4.status == 0);
-    CHECK(conflicts->v - c0 == 4);
+    CHECK(we.status == 0 && wf.status == -2);
+    CHECK(conflicts->v - c0 == 5);
     CHECK(written->v - w0 == 4); /* seqs 1, 2, 3, 4 */
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl'") == 4);
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl' AND seq=1 AND body='first'") == 1);
