@@ -955,3 +955,46 @@ async def nul_body_refused_before_a_seq_also_when_a_policy_makes_one():
     await a.send_msg("fine", id="z3")
     m = await b.wait_for(lambda f: f["type"] == "message", 5, what="the next message")
     eq((m.get("id"), m["seq"]), ("z3", 1), "refused messages took no seq")
+
+
+@test()
+async def epoch_in_welcome_and_join_and_since_checks():
+    # single-node mode: one epoch per process start; a since of another
+    # epoch, or beyond the room's head, answers gap_too_large for that room
+    n = start_node()
+    room, other = uniq(), uniq("o")
+    c = await Client.connect(n, room, token("alice"))
+    e = c.welcome().get("epoch")
+    check(isinstance(e, str) and len(e) == 16, f"welcome.epoch {c.welcome()}")
+    ps = await c.wait_for(lambda f: f["type"] == "presence_state", 5)
+    eq(ps.get("epoch"), e, "presence_state.epoch of the URL room")
+    js = await c.join(other)
+    eq((js["type"], js.get("epoch")), ("presence_state", e), "join answer carries the epoch")
+    for i in range(3):
+        await c.send_msg(f"m{i}", id=f"m{i}")
+    await c.wait_count(lambda f: f["type"] == "ack", 3, 5)
+
+    def gap(f):
+        return f["type"] == "error" and f.get("code") == "gap_too_large" and f.get("room") == room
+    r = await Client.connect(n, room, token("r"), since=1, epoch=e)
+    await r.wait_count(is_msg(room), 2, 5, "replay with the right epoch")
+    eq(r.seqs(room), [2, 3], "replayed")
+    bad = await Client.connect(n, room, token("bad"), since=1, epoch="0123456789abcdef")
+    await bad.wait_for(gap, 5, what="gap_too_large for another epoch")
+    far = await Client.connect(n, room, token("far"), since=9)
+    await far.wait_for(gap, 5, what="gap_too_large for since beyond the head")
+    j = await Client.connect(n, other, token("j"))
+    mk = j.mark()
+    await j.send({"type": "join", "room": room, "since": 1, "epoch": "other"})
+    await j.wait_for(gap, 5, start=mk, what="gap_too_large on join")
+    await c.send_msg("live", id="live")
+    for x in (bad, far, j):
+        m = await x.wait_for(lambda f: f["type"] == "message" and f.get("room") == room, 5)
+        eq(m["seq"], 4, f"{x.label}: live after gap_too_large")
+        eq(x.seqs(room), [4], f"{x.label}: nothing replayed")
+    e400 = await c.error_for({"type": "join", "room": uniq("z"), "since": 0, "epoch": ""})
+    eq(e400.get("code"), "bad_request", "empty epoch in join")
+    n.restart()
+    c2 = await Client.connect(n, room, token("again"), since=3, epoch=e)
+    check(c2.welcome().get("epoch") not in (None, e), "a new process, a new epoch")
+    await c2.wait_for(gap, 5, what="gap_too_large after a restart")

@@ -648,12 +648,14 @@ async def aupgrade_status(port, path):
     return await asyncio.to_thread(upgrade_status, port, path)
 
 
-def ws_path(room, tok=None, since=None, quote_room=True):
+def ws_path(room, tok=None, since=None, quote_room=True, epoch=None):
     q = {}
     if tok is not None:
         q["token"] = tok
     if since is not None:
         q["since"] = str(since)
+    if epoch is not None:
+        q["epoch"] = epoch
     r = urllib.parse.quote(room, safe="") if quote_room else room
     return f"/ws/{r}" + (("?" + urllib.parse.urlencode(q)) if q else "")
 
@@ -679,10 +681,10 @@ class Client:
 
     @classmethod
     async def connect(cls, node, room, tok=None, since=None, heartbeat=False, user="alice",
-                      label=None, timeout=5.0, wait_welcome=True):
+                      label=None, timeout=5.0, wait_welcome=True, epoch=None):
         if tok is None:
             tok = token(user)
-        url = f"ws://127.0.0.1:{node.port}" + ws_path(room, tok, since)
+        url = f"ws://127.0.0.1:{node.port}" + ws_path(room, tok, since, epoch=epoch)
         ws = await asyncio.wait_for(
             websockets.connect(url, max_size=None, ping_interval=None, close_timeout=2,
                                open_timeout=timeout, max_queue=None), timeout + 1)
@@ -824,10 +826,12 @@ class Client:
         return await self.reply({"type": "heartbeat"}, lambda f: f["type"] == "heartbeat_ack",
                                 timeout, what="heartbeat_ack")
 
-    async def join(self, room, since=None, timeout=5.0):
+    async def join(self, room, since=None, timeout=5.0, epoch=None):
         req = {"type": "join", "room": room}
         if since is not None:
             req["since"] = since
+        if epoch is not None:
+            req["epoch"] = epoch
         return await self.reply(
             req, lambda f: (f["type"] == "presence_state" and f.get("room") == room)
             or f["type"] == "error", timeout, what=f"join {room}")

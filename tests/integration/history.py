@@ -446,18 +446,26 @@ async def hole_of_a_dead_node_is_backfilled():
     eq(len(again), 5, "rows after further sweeps")
 
 
-@test(timeout=60)
+@test(timeout=60, needs=NEEDS)
 async def pending_writes_bound_answers_unavailable_never_an_ack():
     # Postgres unreachable: writes queue up to CHAT_PENDING_MAX, then new
-    # messages get error "unavailable"; nothing unstored is ever acked.
-    n = Node(name="nodb-" + uniq(""), db="postgresql://postgres@127.0.0.1:1/chatd",
+    # messages get error "unavailable"; nothing unstored is ever acked. The
+    # room's head is already in Redis (a healthy node used the room): a room
+    # with no head at all cannot get seqs while the database is unreachable
+    # (it is the source of truth for heads), see
+    # no_head_and_no_database_answers_unavailable below.
+    room = uniq()
+    good = hnode()
+    g = await Client.connect(good, room, token("seeder"))
+    eq(await send_acked(g, "seed", "seed"), 1, "first message through a healthy node")
+    n = Node(name="nodb-" + uniq(""), redis=True, db="postgresql://postgres@127.0.0.1:1/chatd",
              env={"CHAT_PENDING_MAX": "3"})
     n.start(wait=False)
     n.wait_healthy()
     st, _, _ = await ahttp(n.port, "/readyz", {})
     eq(st, 503, "/readyz while Postgres is unreachable")
-    room = uniq()
     a = await Client.connect(n, room, token("alice"))
+    eq(a.welcome().get("seq"), 1, "welcome.seq from Redis")
     for i in range(3):
         await a.send_msg(f"m{i}", id=f"q{i}")
     await a.wait_count(lambda f: f["type"] == "message" and f.get("room") == room, 3, 5)
@@ -465,8 +473,25 @@ async def pending_writes_bound_answers_unavailable_never_an_ack():
     eq((e.get("code"), e.get("id")), ("unavailable", "q3"), "over the pending bound")
     await asyncio.sleep(0.5)
     check(not [f for f in a.frames if f["type"] == "ack"], "no ack without a commit")
-    eq([f["seq"] for f in a.frames if f["type"] == "message"], [1, 2, 3],
+    eq([f["seq"] for f in a.frames if f["type"] == "message"], [2, 3, 4],
        "live fan-out continued for the messages within the bound")
+
+
+@test(timeout=60)
+async def no_head_and_no_database_answers_unavailable():
+    # single node, Postgres configured but unreachable since the start: a
+    # room's head cannot be known, so no seq is handed out (unavailable, no
+    # broadcast) rather than numbering from 1 again over stored history
+    n = Node(name="nodb-" + uniq(""), db="postgresql://postgres@127.0.0.1:1/chatd")
+    n.start(wait=False)
+    n.wait_healthy()
+    room = uniq()
+    a = await Client.connect(n, room, token("alice"), wait_welcome=False)
+    await a.wait_for(lambda f: f["type"] in ("welcome", "presence_state"), 5, what="join")
+    e = await a.error_for({"type": "message", "body": "x", "id": "u1"})
+    eq((e.get("code"), e.get("id")), ("unavailable", "u1"), "no head, no seq")
+    await asyncio.sleep(0.3)
+    eq(a.messages(room), [], "nothing broadcast")
 
 
 @test(timeout=45, needs=NEEDS)
@@ -498,3 +523,109 @@ async def nul_in_body_is_bad_request_before_any_seq():
        "history: no hole")
     check(not s.acks() or all(f.get("id") in ("n1", "n6") for f in s.acks()),
           f"acks for refused messages: {s.acks()}")
+
+
+async def wait_no_subscriber(rd, room, timeout=5.0):
+    """Until no node subscribes the room's channel (nobody holds it)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        r = await asyncio.to_thread(rd.command, "PUBSUB", "NUMSUB", f"chat:{{{room}}}:msg")
+        if r.endswith(b":0\r\n"):
+            return
+        await asyncio.sleep(0.05)
+    raise TestFailure(f"room {room} still subscribed after {timeout}s")
+
+
+async def wait_ready(n, timeout=20.0):
+    end = time.time() + timeout
+    st = None
+    while time.time() < end:
+        st, _, _ = await ahttp(n.port, "/readyz")
+        if st == 200:
+            return
+        await asyncio.sleep(0.1)
+    eq(st, 200, f"/readyz of {n.name}")
+
+
+def conflicts(text):
+    return harness.metric_value(text, "chat_store_conflicts_total") or 0
+
+
+@test(timeout=120, needs=NEEDS)
+async def redis_loss_while_no_node_holds_the_room_seeds_from_postgres():
+    """Redis restarted empty, or FLUSHALL, while no node holds the room:
+    Postgres is the source of truth for the head (seeded before any seq is
+    handed out), so seqs continue after the stored max, nothing acked is
+    lost, since=N gets everything and the epoch stays (issue 11 defect 1)."""
+    for how in ("restart", "flushall"):
+        rd = harness.Redis(harness.RUN.tmpdir("redis-seed"))
+        rd.start()
+        try:
+            n = start_node(redis=rd.url, db=True)
+            n2 = start_node(redis=rd.url, db=True)
+            room = uniq(how)
+            c = await Client.connect(n, room, token("alice"))
+            e1 = c.welcome().get("epoch")
+            first = [await send_acked(c, f"a{i}", f"{how}-a{i}") for i in range(10)]
+            eq(first, list(range(1, 11)), "seqs before the loss")
+            await c.close()
+            await wait_no_subscriber(rd, room)
+            if how == "restart":
+                rd.kill9()
+                await asyncio.sleep(0.5)
+                rd.start()
+                await wait_ready(n)
+                await wait_ready(n2)
+            else:
+                eq(await asyncio.to_thread(rd.command, "FLUSHALL"), b"+OK\r\n", "FLUSHALL")
+            # the first publish after the loss, through the other node, before
+            # any head read there
+            c2 = await Client.connect(n2, room, token("bob"), wait_welcome=False)
+            await c2.send_msg("b0", id=f"{how}-b0")
+            f = await c2.wait_for(lambda f: f["type"] in ("ack", "error") and
+                                  f.get("id") == f"{how}-b0", 10, what="ack of b0")
+            eq((f["type"], f.get("seq")), ("ack", 11), f"{how}: first publish after the loss")
+            check(isinstance(e1, str) and e1, f"welcome has an epoch: {c.welcome()}")
+            w = c2.welcome()
+            eq((w.get("seq"), w.get("epoch")), (10, e1),
+               f"{how}: welcome after the loss (the stored head, the same epoch)")
+            more = [await send_acked(c2, f"b{i}", f"{how}-b{i}") for i in range(1, 5)]
+            eq(more, [12, 13, 14, 15], f"{how}: seqs after the loss")
+            # a client that saw seq 3 before the loss gets everything after it
+            r = await Client.connect(n, room, token("carol"), since=3, epoch=e1)
+            await r.wait_count(is_msg(room), 12, 10, f"{how}: replay since=3")
+            await asyncio.sleep(0.2)
+            eq(r.seqs(room), list(range(4, 16)), f"{how}: seqs replayed since=3")
+            eq(r.errors(), [], f"{how}: errors on the since=3 connection")
+            eq([m.get("id") for m in r.messages(room)],
+               [f"{how}-a{i}" for i in range(3, 10)] + [f"{how}-b{i}" for i in range(5)],
+               f"{how}: ids replayed")
+            js = await history(n, room, limit=200)
+            eq([(m["seq"], m.get("id")) for m in js["messages"]],
+               [(i + 1, f"{how}-a{i}") for i in range(10)] +
+               [(11 + i, f"{how}-b{i}") for i in range(5)], f"{how}: history")
+            for node in (n, n2):
+                _, _, text = await ahttp(node.port, "/metrics")
+                eq(conflicts(text.decode()), 0, f"{how}: store conflicts on {node.name}")
+            n.kill9()
+            n2.kill9()
+        finally:
+            rd.stop()
+            harness.release_port(rd.port)
+
+
+@test(timeout=60, needs=NEEDS)
+async def since_beyond_the_head_is_gap_too_large_with_postgres():
+    n = hnode()
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+    for i in range(3):
+        await send_acked(c, f"x{i}", f"x{i}")
+    e = c.welcome().get("epoch")
+    r = await Client.connect(n, room, token("bob"), since=50, epoch=e)
+    f = await r.wait_for(lambda f: f["type"] == "error", 5, what="gap_too_large")
+    eq((f.get("code"), f.get("room")), ("gap_too_large", room), "since beyond the head")
+    await send_acked(c, "live", "live")
+    m = await r.wait_for(lambda f: f["type"] == "message", 5, what="live message")
+    eq(m["seq"], 4, "live continues after the head")
+    eq(r.seqs(room), [4], "nothing else delivered")

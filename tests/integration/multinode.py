@@ -541,3 +541,88 @@ async def sender_gets_its_own_message_sent_right_after_connecting():
         await asyncio.gather(*(joined(rnd * 10 + k) for k in range(10)))
     check(not problems, f"{len(problems)} problems in 80 connections (a sender missed its own "
           f"message), e.g. {problems[:3]}")
+
+
+async def _no_subscriber(rd, room, timeout=5.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        r = await asyncio.to_thread(rd.command, "PUBSUB", "NUMSUB", f"chat:{{{room}}}:msg")
+        if r.endswith(b":0\r\n"):
+            return
+        await asyncio.sleep(0.05)
+    raise TestFailure(f"room {room} still subscribed after {timeout}s")
+
+
+def _gap(f, room):
+    return f["type"] == "error" and f.get("code") == "gap_too_large" and f.get("room") == room
+
+
+@test(timeout=90, needs=("redis",))
+async def redis_loss_without_postgres_changes_the_epoch():
+    """Without Postgres, Redis is the only record of a room's seqs: when it
+    loses them (restart empty, FLUSHALL) the room gets a new epoch, and a
+    client resuming with the old epoch (or a since beyond the head) gets
+    gap_too_large instead of silently missing or reusing seqs."""
+    for how in ("restart", "flushall"):
+        rd = Redis(harness.RUN.tmpdir("redis-epoch"))
+        rd.start()
+        try:
+            n = start_node(redis=rd.url)
+            room = uniq(how)
+            c = await Client.connect(n, room, token("alice"))
+            e1 = c.welcome().get("epoch")
+            check(isinstance(e1, str) and len(e1) == 16, f"welcome.epoch: {c.welcome()}")
+            for i in range(5):
+                await c.send_msg(f"a{i}", id=f"a{i}")
+            await c.wait_count(lambda f: f["type"] == "ack", 5, 5, "acks")
+            # the same epoch: recovery as usual, the join answer has it too
+            r = await Client.connect(n, room, token("r"), since=2, epoch=e1)
+            await r.wait_count(is_msg(room), 3, 5, "replay since=2")
+            ps = await r.wait_for(lambda f: f["type"] == "presence_state", 5)
+            eq(ps.get("epoch"), e1, "presence_state.epoch")
+            other = uniq("home")
+            j = await Client.connect(n, other, token("j"))
+            js = await j.join(room, since=4, epoch=e1)
+            eq((js["type"], js.get("epoch")), ("presence_state", e1), "join answer with epoch")
+            await j.wait_for(lambda f: f["type"] == "message" and f.get("seq") == 5, 5)
+            eq(r.errors() + j.errors(), [], "no error with the current epoch")
+            for x in (c, r, j):
+                await x.close()
+            await _no_subscriber(rd, room)
+            if how == "restart":
+                rd.kill9()
+                await asyncio.sleep(0.5)
+                rd.start()
+                end = time.time() + 20
+                while time.time() < end:
+                    st, _, _ = await ahttp(n.port, "/readyz")
+                    if st == 200:
+                        break
+                    await asyncio.sleep(0.1)
+            else:
+                await asyncio.to_thread(rd.command, "FLUSHALL")
+            c2 = await Client.connect(n, room, token("bob"))
+            e2 = c2.welcome().get("epoch")
+            check(isinstance(e2, str) and len(e2) == 16 and e2 != e1,
+                  f"{how}: the epoch changed after the loss ({e1} -> {e2})")
+            eq(c2.welcome().get("seq"), 0, f"{how}: the head restarted")
+            old = await Client.connect(n, room, token("old"), since=5, epoch=e1)
+            await old.wait_for(lambda f: _gap(f, room), 5, what="gap_too_large (old epoch)")
+            await c2.send_msg("new", id="n1")
+            m = await old.wait_for(lambda f: f["type"] == "message", 5, what="live message")
+            eq((m.get("id"), m["seq"]), ("n1", 1), f"{how}: live continues after gap_too_large")
+            j2 = await Client.connect(n, uniq("home"), token("j2"))
+            mk = j2.mark()
+            await j2.send({"type": "join", "room": room, "since": 5, "epoch": e1})
+            await j2.wait_for(lambda f: _gap(f, room), 5, start=mk, what="gap_too_large (join)")
+            # a since beyond the head, no epoch given
+            k = await Client.connect(n, room, token("k"), since=40)
+            await k.wait_for(lambda f: _gap(f, room), 5, what="gap_too_large (since > head)")
+            # the new epoch works
+            ok = await Client.connect(n, room, token("ok"), since=0, epoch=e2)
+            await ok.wait_for(lambda f: f["type"] == "message" and f.get("id") == "n1", 5)
+            eq(ok.errors(), [], "no error with the new epoch")
+            n.kill9()
+        finally:
+            rd.stop()
+            harness.release_port(rd.port)
