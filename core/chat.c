@@ -846,10 +846,13 @@ static void resume_soon(void)
 static void resume_cb(uv_timer_t *t)
 {
     (void)t;
-    size_t n = 0, cap = g_holds.count;
-    conn **cs = cap ? malloc(cap * sizeof *cs) : NULL;
-    for (size_t i = 0; cs && i < g_holds.cap; i++)
-        if (hmap_live(&g_holds, i) && n < cap) cs[n++] = ((conn_hold *)g_holds.slots[i].val)->c;
+    size_t n = g_holds.count;
+    conn_hold **hs = n ? malloc(n * sizeof *hs) : NULL;
+    n = hs ? hmap_values(&g_holds, (void **)hs, n) : 0;
+    conn **cs = n ? malloc(n * sizeof *cs) : NULL;
+    for (size_t i = 0; cs && i < n; i++) cs[i] = hs[i]->c;
+    free(hs);
+    if (!cs && n) { resume_soon(); return; } /* out of memory: try again */
     for (size_t i = 0; i < n; i++) {
         conn *c = cs[i];
         conn_hold *h = hold_of(c);
