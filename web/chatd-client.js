@@ -89,7 +89,7 @@ export class ChatdClient {
     this._restartHint = false;
     this._failuresBeforeWelcome = 0;
     this._lastRefreshRetry = 0;
-    this.stats = { connects: 0, duplicatesDropped: 0, gapFills: 0, resent: 0, refreshes: 0 };
+    this.stats = { connects: 0, duplicatesDropped: 0, gapFills: 0, resent: 0, refreshes: 0, epochResets: 0 };
   }
 
   // ---- events ---------------------------------------------------------------------------
@@ -125,6 +125,8 @@ export class ChatdClient {
   get rooms() { return [...this._rooms.keys()].filter((r) => this._rooms.get(r).wanted); }
   get token() { return this._token; }
   lastSeq(room) { const st = this._rooms.get(room); return st ? st.seq : null; }
+  // The epoch of the room's seq numbering the server last stated (welcome / join answer).
+  epoch(room) { const st = this._rooms.get(room); return st ? st.epoch : null; }
   pending() { return [...this._outbox.values()].map((m) => ({ ...m })); }
 
   // ---- lifecycle ------------------------------------------------------------------------
@@ -144,10 +146,11 @@ export class ChatdClient {
   }
 
   // ---- rooms ----------------------------------------------------------------------------
-  join(room, { since } = {}) {
+  join(room, { since, epoch } = {}) {
     const st = this._roomState(room);
     st.wanted = true;
     if (since !== undefined && since !== null) st.seq = since;
+    if (epoch) st.epoch = String(epoch);
     if (this._isOpen() && !st.joined) this._sendJoin(room);
   }
 
@@ -157,6 +160,7 @@ export class ChatdClient {
     st.wanted = false;
     st.recovering = null;
     st.seq = null; // a later join starts from the room's head, not with a replay of the absence
+    st.epoch = null;
     if (this._isOpen() && st.joined) this._sendFrame({ type: 'leave', room });
     st.joined = false;
   }
@@ -321,7 +325,7 @@ export class ChatdClient {
   _roomState(room) {
     let st = this._rooms.get(room);
     if (!st) {
-      st = { seq: null, joined: false, wanted: true, recovering: null };
+      st = { seq: null, epoch: null, joined: false, wanted: true, recovering: null, epochReset: false };
       this._rooms.set(room, st);
     }
     return st;
@@ -351,6 +355,7 @@ export class ChatdClient {
     const st = this._roomState(room);
     const q = new URLSearchParams({ token });
     if (st.seq !== null) q.set('since', String(st.seq));
+    if (st.seq !== null && st.epoch) q.set('epoch', st.epoch);
     const url = `${base}/ws/${encodeURIComponent(room)}?${q}`;
     this._currentUrl = base;
     this._urlRoomName = room;
@@ -463,6 +468,7 @@ export class ChatdClient {
     const st = this._roomState(room);
     const f = { type: 'join', room };
     if (st.seq !== null) f.since = st.seq;
+    if (st.seq !== null && st.epoch) f.epoch = st.epoch;
     this._sendFrame(f);
     st.joined = true; // optimistic: frames for it are accepted from now on
   }
@@ -505,7 +511,7 @@ export class ChatdClient {
     const room = f.room || this._urlRoomName;
     const st = this._roomState(room);
     st.joined = true;
-    if (st.seq === null && typeof f.seq === 'number') st.seq = f.seq;
+    this._onHead(room, f);
     const hb = Number(f.heartbeat_ms) > 0 ? Number(f.heartbeat_ms) : 10000;
     this._timers.heartbeat = setInterval(() => this._sendFrame({ type: 'heartbeat' }), hb);
     // nothing at all from the server for this long (heartbeat_acks included): declare it dead
@@ -526,9 +532,31 @@ export class ChatdClient {
   }
 
   _onPresenceState(f) {
-    const st = this._rooms.get(f.room);
-    if (st && st.seq === null && typeof f.seq === 'number') st.seq = f.seq;
+    this._onHead(f.room, f);
     this._emit('presence_state', f);
+  }
+
+  // The room's head and epoch as the server states them (welcome, join answer). Another epoch
+  // than ours means the room's seqs started again (a server without durable history lost
+  // them): the seqs we hold belong to the old numbering, so we start over from the head,
+  // tell the app ('reset'), and ignore the gap_too_large that the server sends for our old
+  // since (there is nothing to page: the old messages are gone).
+  _onHead(room, f) {
+    const st = this._rooms.get(room);
+    if (!st) return;
+    const head = typeof f.seq === 'number' ? f.seq : null;
+    const epoch = typeof f.epoch === 'string' && f.epoch ? f.epoch : null;
+    if (epoch && st.epoch && epoch !== st.epoch) {
+      st.epochReset = st.seq !== null; // we sent since + epoch: gap_too_large follows
+      st.epoch = epoch;
+      st.seq = head;
+      st.recovering = null;
+      this.stats.epochResets++;
+      this._emit('reset', { room, seq: head, epoch, reason: 'epoch' });
+      return;
+    }
+    if (epoch) st.epoch = epoch;
+    if (st.seq === null && head !== null) st.seq = head;
   }
 
   _onMessage(f) {
@@ -561,6 +589,13 @@ export class ChatdClient {
   }
 
   _onError(f) {
+    const est = f.code === 'gap_too_large' && f.room ? this._rooms.get(f.room) : null;
+    if (est && est.epochReset) {
+      // the answer to our since of the old epoch: already reset in _onHead
+      est.epochReset = false;
+      this._emit('error', { ...f, handled: true });
+      return;
+    }
     if (f.code === 'gap_too_large' || (f.code === 'unavailable' && !f.id)) {
       // unavailable without an id: a (re)join could not recover; treated like a gap
       // Without a room field the error may concern any joined room (a since= recovery, or
