@@ -933,7 +933,9 @@ class RawWS:
             raise TestFailure(f"raw ws: handshake failed: {status!r}")
         self.buf = b""
 
-    def send_text(self, text):
+    @staticmethod
+    def text_frame(text):
+        """One masked client text frame (bytes)."""
         payload = text.encode()
         mask = os.urandom(4)
         n = len(payload)
@@ -944,7 +946,14 @@ class RawWS:
         else:
             hdr = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(hdr + mask + masked)
+        return hdr + mask + masked
+
+    def send_text(self, text):
+        self.sock.sendall(self.text_frame(text))
+
+    def send_texts(self, texts):
+        """Several frames in one write (the server reads them at once)."""
+        self.sock.sendall(b"".join(self.text_frame(t) for t in texts))
 
     def drain(self, timeout=10.0):
         """Read until EOF or timeout; returns (frames, close_code or None,
