@@ -52,6 +52,8 @@ typedef struct busr {
 typedef struct room_op {
     char room[CHAT_ROOM_MAX + 1];
     uint64_t sub_id, from, to, t0;
+    bus *b;
+    int seeded;              /* head read with a seed (resync) */
 } room_op;
 
 static void session_start(busr *R);
@@ -463,6 +465,8 @@ static uint64_t room_floor(bus *b, const char *name)
 
 /* ---- subscriptions ---- */
 
+static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epoch);
+
 static void head_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
     busr *R = R_of(ac);
@@ -476,10 +480,18 @@ static void head_cb(redisAsyncContext *ac, void *reply, void *priv)
     if (!R->b->freeing && is_current(R, ac)) {
         metric_observe(R->b->m.op_head, since_s(op->t0));
         head_res h;
-        if (parse_head(rp, &h) != 0 || h.status == 2) {
+        if (parse_head(rp, &h) != 0 || (h.status == 2 && op->seeded)) {
             LOGE(MOD, "head of chat:{%s}:seq: %s", op->room,
                  rp->type == REDIS_REPLY_ERROR ? rp->str : "unexpected reply");
             session_fail(R, NULL, "bad seq reply");
+        } else if (h.status == 2) {
+            /* a resync whose key is gone (Redis lost data): raise it to
+             * max(durable head, what this node delivered), never to the
+             * floor alone (other nodes may have stored more) */
+            LOGW(MOD, "room %s: Redis has no head at the resync (it lost data): seeding it from the "
+                 "durable head and this node's %" PRIu64, op->room, op->from);
+            if (bus_seed_get(R->b, op->room, sync_seeded, op) == 0) return; /* op moves */
+            bus_order_synced(R->b, op->room, op->sub_id, 0, 0);
         } else if (h.status == 3) {
             /* no head (and a seed provider): nothing published since the
              * subscription; the first message starts the delivery */
@@ -497,11 +509,34 @@ static void head_cb(redisAsyncContext *ac, void *reply, void *priv)
     free(op);
 }
 
+/* The durable head for a resync (see head_cb): send the head script again
+ * with the seed; without one, keep the last delivered seq (known = 0). */
+static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epoch)
+{
+    room_op *op = arg;
+    bus *b = op->b;
+    busr *R = b->impl;
+    bus_room *room = b->freeing ? NULL : bus_room_get(b, op->room);
+    if (!room || room->sub_id != op->sub_id || R->state != ST_UP) { free(op); return; }
+    if (status != 0) {
+        free(op);
+        bus_order_synced(b, room->name, room->sub_id, 0, 0);
+        return;
+    }
+    op->seeded = 1;
+    if (send_head_script(R, head_cb, op, op->room, op->from, BUS_SEED_GIVEN,
+                         max_seq > op->from ? max_seq : op->from, epoch) != REDIS_OK) {
+        free(op);
+        session_fail(R, NULL, "cannot queue the head read");
+    }
+}
+
 static void send_head(busr *R, bus_room *room)
 {
     room_op *op = calloc(1, sizeof *op);
     if (!op) { session_fail(R, NULL, "out of memory"); return; }
     snprintf(op->room, sizeof op->room, "%s", room->name);
+    op->b = R->b;
     op->sub_id = room->sub_id;
     op->t0 = mono_ns();
     /* a resubscription after a reconnect raises the head to what this node

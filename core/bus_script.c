@@ -27,11 +27,12 @@
  * BUS_HEAD_LUA reads a room's head and epoch (welcome, replay, subscription
  * sync), seeding or creating them like the publish script, and raises the
  * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key; ARGV[1]
- * floor, ARGV[2] seed mode ('N', 'S', 'Y' as above, or 'P': report a
- * missing key, create nothing), ARGV[3] seed, ARGV[4] epoch. Returns
- * {0, head, epoch, before} (before: the value found, before the floor
- * raised it), {2} when a seed is needed ('S'), {3} when the key is missing
- * ('P').
+ * floor, ARGV[2] seed mode ('N', 'S', 'Y' as above, or 'P': the
+ * subscription sync with a provider: a missing key answers {3} and creates
+ * nothing, or {2} when the node has a floor to raise it to), ARGV[3] seed,
+ * ARGV[4] epoch. Returns {0, head, epoch, before} (before: the value found,
+ * before the floor raised it), {2} when a seed is needed ('S', or 'P' with
+ * a floor), {3} when the key is missing ('P' without a floor).
  * BUS_MARK_LUA forgets stored seqs: KEYS[1] chat:{room}:unstored,
  *   KEYS[2] chat:unstored, ARGV[1] room, ARGV[2..] seqs; drops the room from
  *   the index when its set is empty.
@@ -92,7 +93,10 @@ const char BUS_HEAD_LUA[] =
     "local ep = redis.call('GET', KEYS[2])\n"
     "if (not cur) or (not ep) then\n"
     "  if ARGV[2] == 'S' then return {2} end\n"
-    "  if ARGV[2] == 'P' then return {3} end\n"
+    "  if ARGV[2] == 'P' then\n"
+    "    if (tonumber(ARGV[1]) or 0) > 0 then return {2} end\n"
+    "    return {3}\n"
+    "  end\n"
     "  if not cur then\n"
     "    cur = '0'\n"
     "    if ARGV[2] == 'Y' then cur = ARGV[3] end\n"

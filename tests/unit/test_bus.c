@@ -1368,6 +1368,48 @@ static void test_seed_redis(void)
     settle();
 }
 
+/* Redis restarts empty under a subscribed node that has a seed provider:
+ * the resync seeds the head from max(durable head, what the node delivered),
+ * never from the node's floor alone (other nodes may have stored more), and
+ * reports what the node missed as a gap. */
+static void test_seed_resync(void)
+{
+    if (!own_redis) return;
+    char room[80];
+    mkroom(room, sizeof room, "seedresync");
+    node *a = node_new_seeded("SR", redis_url, 0, "ep-r");
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    pubres p[3];
+    for (int i = 0; i < 3; i++) pub(a, room, NULL, "x", &p[i]);
+    WAIT(a->n == 3, 3000);
+    CHECK(contiguous(a, 1, 3), "1..3 before");
+    sc_close();
+    redis_kill(SIGKILL);
+    WAIT(!bus_ready(a->b), 3000);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'/* 2>/dev/null", redis_dir);
+    CHECK(system(cmd) == 0, "redis data removed");
+    a->seed_max = 8; /* another node stored 4..8 before the loss */
+    int seeds0 = a->nseeds;
+    CHECK(redis_start() == 0, "redis restarted empty");
+    WAIT(bus_ready(a->b), 8000);
+    CHECK(bus_ready(a->b), "ready again");
+    CHECK(a->nseeds == seeds0 + 1, "the resync asked for the durable head (%d)", a->nseeds - seeds0);
+    CHECK(rc_int("GET chat:{%s}:seq", room) == 8, "head seeded to 8 (%lld)",
+          rc_int("GET chat:{%s}:seq", room));
+    pubres q;
+    pub(a, room, NULL, "after", &q);
+    WAIT(q.done && a->n == 4, 3000);
+    CHECK(q.status == 0 && q.seq == 9, "next seq 9 (%" PRIu64 ")", q.seq);
+    CHECK(a->n == 4 && a->seqs[3] == 9 && a->ngaps == 1 && a->gap_from[0] == 4 && a->gap_to[0] == 8,
+          "delivered 9, gap 4..8 reported (n=%zu gaps=%d)", a->n, a->ngaps);
+    node_free(a);
+    settle();
+}
+
 /* bus_free while a seed request is with the provider: the waiting publish
  * and replay answer -1 once; answering afterwards only frees the request. */
 static void test_seed_free_pending(const char *url)
@@ -1660,6 +1702,7 @@ int main(void)
         test_unsub_waiting_replay();
         test_backfill();
         test_seed_redis();
+        test_seed_resync();
         test_seed_free_pending(redis_url);
         test_epoch_redis();
     } else if (getenv("CHATD_TEST_REDIS_URL") &&
