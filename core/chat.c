@@ -1,6 +1,7 @@
 /* chat: see chat.h. */
 #define _GNU_SOURCE
 #include "chat.h"
+#include "chat_hold.h"
 #include "frame.h"
 #include "hash.h"
 #include "hmap.h"
@@ -42,12 +43,7 @@ typedef struct pub_op {
 } pub_op;
 
 static metric_counter *m_frames[8], *m_msgs_in, *m_rejected, *m_typing_dropped;
-static metric_counter *m_held;
-static hmap g_holds;        /* conn id (hex) -> conn_hold (frames that wait for a join) */
-static uv_timer_t g_resume; /* resumes held frames from the loop */
-static int g_resume_init;
-static void holds_join_done(conn *c);
-static void holds_conn_closed(conn *c);
+static void process_frame(conn *c, const char *data, size_t len);
 static metric_hist *m_publish, *m_ack;
 
 void chat_init(void)
@@ -61,8 +57,7 @@ void chat_init(void)
     m_msgs_in = metrics_counter("chat_messages_in_total", "Client message frames accepted for publish", NULL);
     m_rejected = metrics_counter("chat_messages_rejected_total", "Client messages refused (policy, limits, unavailable)", NULL);
     m_typing_dropped = metrics_counter("chat_typing_dropped_total", "Typing frames dropped by policy", NULL);
-    m_held = metrics_counter("chat_frames_held_total",
-                             "Client frames held until a join of their connection finished", NULL);
+    chat_hold_init(process_frame);
     m_publish = metrics_histogram("chat_publish_duration_seconds", "Client frame received -> seq assigned",
                                   NULL, METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
     m_ack = metrics_histogram("chat_ack_duration_seconds", "Client frame received -> ack sent (durable)",
@@ -238,7 +233,7 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     cr->live = 1;
     cr->op = NULL;
     join_op_free(op);
-    holds_join_done(cr->c);
+    chat_hold_join_done(cr->c);
 }
 
 static void on_presence_list(void *ud, int status, const presence_user *u, size_t n)
@@ -441,7 +436,7 @@ void chat_conn_open(conn *c)
 void chat_conn_closed(conn *c)
 {
     c->closed = 1;
-    holds_conn_closed(c);
+    chat_hold_conn_closed(c);
     while (c->nrooms) leave_room(c, c->nrooms - 1);
     for (pub_op *p = c->pubs; p; p = p->next) p->c = NULL;
     c->pubs = NULL;
@@ -492,12 +487,7 @@ static uint64_t receipt_take(const char *room, const char *tail, size_t len)
 
 void chat_shutdown(void)
 {
-    if (g_resume_init) {
-        uv_close((uv_handle_t *)&g_resume, NULL);
-        uv_run(g_srv.loop, UV_RUN_NOWAIT);
-        g_resume_init = 0;
-    }
-    hmap_free(&g_holds);
+    chat_hold_shutdown();
     for (size_t i = 0; i < g_receipts.cap; i++)
         if (hmap_live(&g_receipts, i)) free(g_receipts.slots[i].val);
     hmap_free(&g_receipts);
@@ -768,174 +758,11 @@ static void process_frame(conn *c, const char *data, size_t len)
     frame_free(&f);
 }
 
-/* ---- frames that wait for a join -------------------------------------------
- * A frame that arrives while one of its connection's joins is in progress
- * (the URL room's at connect, or a `join` frame) is held and processed, in
- * order, once no join of the connection is in progress. Until a join has
- * finished, the room's bus subscription may not be live yet, and a message
- * published in that window would be folded into the welcome/presence_state
- * seq and never reach its own sender (issue 11 defect 5). While frames are
- * held the connection's socket is not read (lws rx flow control, our own
- * reason bit), so a client cannot pile them up; if it still does (frames
- * lws had already read), over max_queue frames or max_queue_bytes bytes the
- * connection is closed with 1008. Held frames are resumed from a zero
- * timer, never inside the bus/presence callback that finished the join. */
-
-#define RXFLOW_JOIN (1 << 1)
-
-typedef struct held_frame {
-    struct held_frame *next;
-    size_t len;
-    char data[];
-} held_frame;
-
-typedef struct conn_hold {
-    conn *c;
-    held_frame *head, *tail;
-    size_t n, bytes;
-    int paused;             /* rx flow control applied */
-} conn_hold;
-
-
-static void hold_key(const conn *c, char key[24])
-{
-    snprintf(key, 24, "%" PRIx64, c->id);
-}
-
-static conn_hold *hold_of(const conn *c)
-{
-    if (!g_holds.count) return NULL;
-    char key[24];
-    hold_key(c, key);
-    return hmap_get(&g_holds, key);
-}
-
-static int joining(const conn *c)
-{
-    for (uint32_t i = 0; i < c->nrooms; i++)
-        if (!c->rooms[i]->live) return 1;
-    return 0;
-}
-
-static void hold_free(conn *c, conn_hold *h)
-{
-    char key[24];
-    hold_key(c, key);
-    hmap_del(&g_holds, key);
-    while (h->head) {
-        held_frame *f = h->head;
-        h->head = f->next;
-        free(f);
-    }
-    if (h->paused && !c->closed)
-        lws_rx_flow_control(c->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE |
-                                        LWS_RXFLOW_REASON_FLAG_PROCESS_NOW | RXFLOW_JOIN);
-    free(h);
-}
-
-static void resume_cb(uv_timer_t *t);
-
-static void resume_soon(void)
-{
-    if (!g_resume_init) return;
-    if (!uv_is_active((uv_handle_t *)&g_resume)) uv_timer_start(&g_resume, resume_cb, 0, 0);
-}
-
-/* Held frames of connections whose joins are done, in order; a frame that
- * starts another join stops its connection's run until that one is done. */
-static void resume_cb(uv_timer_t *t)
-{
-    (void)t;
-    size_t n = g_holds.count;
-    conn_hold **hs = n ? malloc(n * sizeof *hs) : NULL;
-    n = hs ? hmap_values(&g_holds, (void **)hs, n) : 0;
-    conn **cs = n ? malloc(n * sizeof *cs) : NULL;
-    for (size_t i = 0; cs && i < n; i++) cs[i] = hs[i]->c;
-    free(hs);
-    if (!cs && n) { resume_soon(); return; } /* out of memory: try again */
-    for (size_t i = 0; i < n; i++) {
-        conn *c = cs[i];
-        conn_hold *h = hold_of(c);
-        while (h && h->head && !joining(c) && !c->closing) {
-            held_frame *f = h->head;
-            h->head = f->next;
-            if (!h->head) h->tail = NULL;
-            h->n--;
-            h->bytes -= f->len;
-            process_frame(c, f->data, f->len);
-            free(f);
-            h = hold_of(c); /* the frame may have closed the connection */
-        }
-        if (h && (!h->head || c->closing)) hold_free(c, h);
-    }
-    free(cs);
-}
-
-static void holds_conn_closed(conn *c)
-{
-    conn_hold *h = hold_of(c);
-    if (h) hold_free(c, h);
-}
-
-/* A join of c finished: its held frames may go on. */
-static void holds_join_done(conn *c)
-{
-    conn_hold *h = hold_of(c);
-    if (h && !joining(c)) resume_soon();
-}
-
-/* 1 when the frame was held (or the connection closed for holding too
- * much); 0 when it is to be processed now. */
-static int hold_frame(conn *c, const char *data, size_t len)
-{
-    conn_hold *h = hold_of(c);
-    if (!h && !joining(c)) return 0;
-    if (!g_resume_init) {
-        uv_timer_init(g_srv.loop, &g_resume);
-        g_resume_init = 1;
-    }
-    if (!h) {
-        char key[24];
-        hold_key(c, key);
-        h = calloc(1, sizeof *h);
-        if (!h || hmap_put(&g_holds, key, h) < 0) {
-            free(h);
-            conn_close(c, 1011, "out of memory");
-            return 1;
-        }
-        h->c = c;
-    }
-    if (h->n + 1 > (size_t)g_srv.cfg.max_queue || h->bytes + len > (size_t)g_srv.cfg.max_queue_bytes) {
-        LOGI("chat", "conn %" PRIu64 " user %s: too many frames while joining, closing 1008", c->id,
-             c->ident.user);
-        hold_free(c, h);
-        conn_close(c, 1008, "too many frames while joining");
-        return 1;
-    }
-    held_frame *f = malloc(sizeof *f + len);
-    if (!f) {
-        conn_close(c, 1011, "out of memory");
-        return 1;
-    }
-    f->next = NULL;
-    f->len = len;
-    memcpy(f->data, data, len);
-    if (h->tail) h->tail->next = f; else h->head = f;
-    h->tail = f;
-    h->n++;
-    h->bytes += len;
-    metric_inc(m_held);
-    if (!h->paused) {
-        h->paused = 1;
-        lws_rx_flow_control(c->wsi, LWS_RXFLOW_REASON_APPLIES_DISABLE | RXFLOW_JOIN);
-    }
-    if (!joining(c)) resume_soon();
-    return 1;
-}
-
+/* A frame that arrives while a join of c is in progress waits for it
+ * (chat_hold.c; docs/architecture.md "Choices"). */
 void chat_conn_frame(conn *c, const char *data, size_t len)
 {
-    if (hold_frame(c, data, len)) return;
+    if (chat_hold_frame(c, data, len)) return;
     process_frame(c, data, len);
 }
 
