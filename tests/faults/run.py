@@ -43,8 +43,6 @@ from fault_load import Load  # noqa: E402
 # name -> (the defect, the only kinds of problem it explains): any other
 # problem in that fault is a FAIL.
 XFAIL = {
-    "redis-restart-empty": ("issue 11 defect 1", {"lost", "reused"}),
-    "redis-flushall": ("issue 11 defect 1", {"lost", "reused"}),
 }
 
 DOCS = os.path.join(REPO, "docs", "reliability.md")
