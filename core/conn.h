@@ -17,10 +17,10 @@
 #include "auth.h"
 #include "msg.h"
 #include "outq.h"
+#include "publish.h"
 #include "room.h"
 
 struct join_op;
-struct pub_op;
 
 typedef struct conn_room {
     struct conn *c;
@@ -58,7 +58,7 @@ typedef struct conn {
     unsigned char close_frame[128];
     size_t close_len, close_off;
     struct conn *flush_next;
-    struct pub_op *pubs;    /* pending publishes (cancelled on close) */
+    publish_owner pubs;     /* pending publishes (detached on close) */
     struct conn *all_prev, *all_next;
     uint64_t opened_ms;
 } conn;

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "http.h"
 #include "chat.h"
+#include "wire.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
@@ -150,7 +151,7 @@ static void on_history_rows(void *ud, int status, const store_row *rows, size_t 
     size_t o = (size_t)snprintf(b, cap, "{\"messages\":[");
     for (size_t i = first; i < n; i++) {
         size_t tl;
-        char *t = chat_build_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,
+        char *t = wire_message_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,
                                   rows[i].body_len, rows[i].ts, &tl);
         if (!t) continue;
         o += (size_t)snprintf(b + o, cap - o, "%s{\"type\":\"message\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
@@ -177,7 +178,7 @@ static void on_presence_users(void *ud, int status, const presence_user *u, size
     char prefix[128];
     snprintf(prefix, sizeof prefix, "{\"room\":\"%s\",", r->room);
     size_t len;
-    char *b = chat_users_json(prefix, u, n, &len);
+    char *b = wire_users_json(prefix, u, n, &len);
     if (!b) { req_finish(r, 503, NULL, 0); return; }
     req_finish(r, 200, b, len);
 }

@@ -8,6 +8,9 @@
 #define _GNU_SOURCE
 #include "server.h"
 #include "chat.h"
+#include "chat_fanout.h"
+#include "lag.h"
+#include "publish.h"
 #include "conn.h"
 #include "listen_shared.h"
 #include "log.h"
@@ -179,6 +182,7 @@ static void on_tick(uv_timer_t *h)
     if (now - last_expiry >= 500) {
         last_expiry = now;
         chat_expire_tokens((int64_t)(now_ms() / 1000));
+        lag_expire(mono_ns(), 10ull * 1000000000ull); /* deliveries that never came */
     }
 }
 
@@ -230,7 +234,7 @@ int server_run(int argc, char **argv)
     bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400,
                    g_srv.cfg.database_url != NULL, (uint32_t)g_srv.cfg.backfill_grace_ms};
     bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready,
-                       chat_bus_unstored, g_srv.cfg.database_url ? chat_bus_seed : NULL};
+                       publish_bus_unstored, g_srv.cfg.database_url ? publish_bus_seed : NULL};
     g_srv.bus = bus_new(g_srv.loop, &bo, &bh, NULL, err, sizeof err);
     if (!g_srv.bus) { fprintf(stderr, "chatd: bus: %s\n", err); return 2; }
     if (!g_srv.cfg.redis_url) LOGI("server", "single-node mode (no CHAT_REDIS_URL): in-process fan-out");
@@ -243,6 +247,7 @@ int server_run(int argc, char **argv)
     } else {
         LOGW("server", "!!! NO CHAT_DATABASE_URL: messages are NOT stored; acks are not durable and history is off !!!");
     }
+    publish_attach(g_srv.bus, g_srv.store, (size_t)g_srv.cfg.pending_max);
 
     presence_opts po = {g_srv.cfg.redis_url, g_srv.cfg.node_id, (uint32_t)g_srv.presence_ttl_ms, 0};
     presence_handlers ph = {chat_presence_transition};

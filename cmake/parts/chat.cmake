@@ -1,3 +1,7 @@
-# chat: the frames of a connection that wait for its joins (core/chat_hold.c,
-# next to core/chat.c, which is in CHATD_MODULES).
-target_sources(chatcore PRIVATE core/chat_hold.c)
+# chat: the protocol's client side next to core/chat.c (in CHATD_MODULES):
+# frames held during joins, joins/recovery, fan-out to local members; below
+# them the publish path (message -> seq -> durable row -> ack), the outbound
+# JSON builders and the lag receipts.
+target_sources(chatcore PRIVATE
+  core/chat_hold.c core/chat_join.c core/chat_fanout.c
+  core/publish.c core/wire.c core/lag.c)

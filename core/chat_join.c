@@ -1,0 +1,307 @@
+/* chat_join: a connection's memberships — join (subscribe the room on the
+ * bus, add presence, replay seq > since from the recent buffer or Postgres,
+ * welcome for the URL room, presence_state, then live), leave, and delivery
+ * to one membership in seq order (replay/live overlap never duplicates; a
+ * live frame that arrives while joining waits on the membership).
+ * Owns: the join operations in flight (join_op), one per joining
+ * membership; leave or close cancels it (its callback then only frees it).
+ * Layer: with chat (uses conn, room, bus, store, presence, script). */
+#define _GNU_SOURCE
+#include "chat_join.h"
+#include "chat_hold.h"
+#include "log.h"
+#include "server.h"
+#include "util.h"
+#include "wire.h"
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct join_op {
+    conn_room *cr;          /* NULL once cancelled */
+    int first;              /* the URL room at connect: send welcome */
+    int has_since;
+    uint64_t since;
+    int tried_store;
+    uint64_t head;
+    msg **msgs;             /* replayed frames, in seq order */
+    uint32_t n, cap;
+    int gap;                /* tell the client gap_too_large */
+    int unavailable;
+    int checked;            /* since/epoch compared with the room's head */
+    char epoch[BUS_EPOCH_MAX + 1];        /* the room's, "" when unknown */
+    char want_epoch[BUS_EPOCH_MAX + 1];   /* the client's (with since), "" when none */
+} join_op;
+
+void chat_script_ctx(conn *c, const char *room, script_ctx *x)
+{
+    x->user = c->ident.user;
+    x->name = c->ident.name;
+    x->claims_json = c->ident.claims_json;
+    x->room = room;
+    x->node = g_srv.cfg.node_id;
+    x->now_ms = now_ms();
+}
+
+/* ---- membership -------------------------------------------------------- */
+
+static void join_op_free(join_op *op)
+{
+    for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
+    free(op->msgs);
+    free(op);
+}
+
+static void op_push(join_op *op, msg *m)
+{
+    if (!m) return;
+    if (op->n == op->cap) {
+        uint32_t nc = op->cap ? op->cap * 2 : 16;
+        msg **nm = realloc(op->msgs, sizeof *nm * nc);
+        if (!nm) { msg_unref(m); return; }
+        op->msgs = nm;
+        op->cap = nc;
+    }
+    op->msgs[op->n++] = m;
+}
+
+void chat_deliver(conn_room *cr, msg *m)
+{
+    if (m->seq && m->seq <= cr->last_seq) return;   /* replayed already */
+    if (m->seq) cr->last_seq = m->seq;
+    conn_send(cr->c, m);
+}
+
+/* An error about one room (gap_too_large): carries "room" so a client with
+ * several rooms knows which one to page. */
+void chat_send_room_error(conn *c, const char *room, const char *code, const char *text)
+{
+    char b[512];
+    int n = snprintf(b, sizeof b, "{\"type\":\"error\",\"code\":\"%s\",\"room\":\"%s\",\"message\":\"%s\"}",
+                     code, room, text);
+    conn_send_text(c, b, (size_t)n);
+}
+
+static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head,
+                                const char *epoch)
+{
+    char head_json[768], ep[BUS_EPOCH_MAX * 6 + 16];
+    wire_epoch_field(ep, sizeof ep, epoch);
+    snprintf(head_json, sizeof head_json, "{\"type\":\"presence_state\",\"room\":\"%s\",\"seq\":%" PRIu64 "%s,",
+             cr->r->name, head, ep);
+    size_t len;
+    char *b = wire_users_json(head_json, u, n, &len);
+    if (!b) return;
+    conn_send_text(cr->c, b, len);
+    free(b);
+}
+
+static void join_finish(join_op *op, const presence_user *u, size_t n)
+{
+    conn_room *cr = op->cr;
+    send_presence_state(cr, u, n, op->head, op->epoch);
+    if (op->gap == 2)
+        chat_send_room_error(cr->c, cr->r->name, "gap_too_large",
+                        "since is not a seq of this room's current epoch; page history over HTTP");
+    else if (op->gap)
+        chat_send_room_error(cr->c, cr->r->name, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP");
+    if (op->unavailable) conn_send_error(cr->c, "unavailable", "recovery is unavailable right now", NULL);
+    for (uint32_t i = 0; i < op->n; i++) chat_deliver(cr, op->msgs[i]);
+    for (uint32_t i = 0; i < cr->nheld; i++) {
+        chat_deliver(cr, cr->held[i]);
+        msg_unref(cr->held[i]);
+    }
+    free(cr->held);
+    cr->held = NULL;
+    cr->nheld = cr->capheld = 0;
+    cr->live = 1;
+    cr->op = NULL;
+    join_op_free(op);
+    chat_hold_join_done(cr->c);
+}
+
+static void on_presence_list(void *ud, int status, const presence_user *u, size_t n)
+{
+    join_op *op = ud;
+    if (!op->cr) { join_op_free(op); return; }
+    join_finish(op, status == 0 ? u : NULL, status == 0 ? n : 0);
+}
+
+static void send_welcome(conn *c, uint64_t head, const char *epoch)
+{
+    char b[1536], ep[BUS_EPOCH_MAX * 6 + 16];
+    wire_epoch_field(ep, sizeof ep, epoch);
+    size_t o = (size_t)snprintf(b, sizeof b, "{\"type\":\"welcome\",\"user\":");
+    o += (size_t)json_escape(b + o, sizeof b - o, c->ident.user, strlen(c->ident.user));
+    memcpy(b + o, ",\"name\":", 8); o += 8;
+    o += (size_t)json_escape(b + o, sizeof b - o, c->ident.name, strlen(c->ident.name));
+    o += (size_t)snprintf(b + o, sizeof b - o,
+                          ",\"node\":\"%s\",\"room\":\"%s\",\"heartbeat_ms\":%lld,\"presence_ttl_ms\":%lld,\"seq\":%" PRIu64 "%s}",
+                          g_srv.cfg.node_id, c->url_room, (long long)g_srv.heartbeat_ms,
+                          (long long)g_srv.presence_ttl_ms, head, ep);
+    conn_send_text(c, b, o);
+}
+
+static void join_stage2(join_op *op)
+{
+    conn_room *cr = op->cr;
+    if (!cr->c->welcomed && op->first) {
+        send_welcome(cr->c, op->head, op->epoch);
+        cr->c->welcomed = 1;
+    }
+    /* live delivery starts after the head unless since was honoured (a
+     * refused since is not a seq of this room's numbering) */
+    if (!op->has_since || op->gap) cr->last_seq = op->head;
+    if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
+        join_finish(op, NULL, 0);
+}
+
+static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                      const char *epoch);
+
+static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
+{
+    join_op *op = ud;
+    if (!op->cr) { join_op_free(op); return; }
+    if (status < 0 || n == 0 || rows[0].seq != op->since + 1) {
+        op->gap = status >= 0;
+        op->unavailable = status < 0;
+        join_stage2(op);
+        return;
+    }
+    const char *room = op->cr->r->name;
+    /* only a contiguous run counts: a hole in history (a row not stored yet)
+     * must come from the recent buffer or be reported, never skipped */
+    size_t run = 1;
+    while (run < n && rows[run].seq == rows[run - 1].seq + 1) run++;
+    n = run;
+    for (size_t i = 0; i < n; i++) {
+        size_t tl;
+        char *t = wire_message_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,
+                                  rows[i].body_len, rows[i].ts, &tl);
+        if (!t) continue;
+        op_push(op, wire_message_frame(room, rows[i].seq, t, tl));
+        free(t);
+    }
+    op->since = rows[n - 1].seq;
+    /* the rest (newer than what Postgres had) from the recent buffer */
+    if (bus_replay(g_srv.bus, room, op->since, (size_t)g_srv.cfg.replay_max, on_replay, op) < 0) {
+        op->unavailable = 1;
+        join_stage2(op);
+    }
+}
+
+static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                      const char *epoch)
+{
+    join_op *op = ud;
+    if (!op->cr) { join_op_free(op); return; }
+    if (head > op->head) op->head = head;
+    if (status >= 0 && epoch && *epoch) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
+    if (status >= 0 && !op->checked && op->has_since) {
+        /* a since of another epoch (the room's seqs restarted: Redis lost
+         * its data without a database) or beyond the head cannot be
+         * honoured: the client pages history instead (gap_too_large) */
+        op->checked = 1;
+        if ((op->want_epoch[0] && strcmp(op->want_epoch, op->epoch) != 0) || op->since > head) {
+            op->gap = 2;
+            join_stage2(op);
+            return;
+        }
+    }
+    if (status == 0) {
+        for (size_t i = 0; i < n; i++)
+            op_push(op, wire_message_frame(op->cr->r->name, e[i].seq, e[i].tail, e[i].len));
+    } else if (status == 1) {
+        uint64_t need = head > op->since ? head - op->since : 0;
+        if (g_srv.store && !op->tried_store && need <= (uint64_t)g_srv.cfg.replay_max) {
+            op->tried_store = 1;
+            if (store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
+                            (int)g_srv.cfg.replay_max, 0, on_store_rows, op) == 0)
+                return;
+        }
+        op->gap = 1;
+    } else {
+        op->unavailable = op->has_since;
+    }
+    join_stage2(op);
+}
+
+int chat_join(conn *c, const char *name, int has_since, uint64_t since, const char *epoch,
+                     int first)
+{
+    conn_room *cr = conn_find_room(c, name);
+    if (cr) return 0;    /* already a member: nothing to do */
+    if (c->nrooms >= (uint32_t)g_srv.max_rooms) {
+        conn_send_error(c, "too_many_rooms", "joined rooms limit reached", NULL);
+        return -1;
+    }
+    if (c->nrooms == c->caprooms) {
+        uint32_t nc = c->caprooms ? c->caprooms * 2 : 2;
+        conn_room **nr = realloc(c->rooms, sizeof *nr * nc);
+        if (!nr) return -1;
+        c->rooms = nr;
+        c->caprooms = nc;
+    }
+    cr = calloc(1, sizeof *cr);
+    join_op *op = calloc(1, sizeof *op);
+    int created;
+    room *r = cr && op ? room_get(name, &created) : NULL;
+    if (!r || room_add_member(r, cr) < 0) {
+        if (r && !r->nmembers) room_remove_member(r, cr);
+        free(cr);
+        free(op);
+        conn_send_error(c, "unavailable", "out of memory", NULL);
+        return -1;
+    }
+    if (created) bus_subscribe(g_srv.bus, r->name);
+    cr->c = c;
+    cr->r = r;
+    cr->op = op;
+    cr->last_seq = has_since ? since : 0;
+    c->rooms[c->nrooms++] = cr;
+    presence_add(g_srv.presence, r->name, c->id, c->ident.user, c->ident.name);
+    op->cr = cr;
+    op->first = first;
+    op->has_since = has_since;
+    op->since = since;
+    if (has_since && epoch) snprintf(op->want_epoch, sizeof op->want_epoch, "%s", epoch);
+    if (bus_replay(g_srv.bus, r->name, has_since ? since : UINT64_MAX, (size_t)g_srv.cfg.replay_max,
+                   on_replay, op) < 0) {
+        op->unavailable = has_since;
+        join_stage2(op);
+    }
+    return 0;
+}
+
+void chat_leave(conn *c, uint32_t idx)
+{
+    conn_room *cr = c->rooms[idx];
+    char name[CHAT_ROOM_MAX + 1];
+    snprintf(name, sizeof name, "%s", cr->r->name);
+    if (cr->op) cr->op->cr = NULL;     /* the pending callback frees it */
+    for (uint32_t i = 0; i < cr->nheld; i++) msg_unref(cr->held[i]);
+    free(cr->held);
+    if (room_remove_member(cr->r, cr)) bus_unsubscribe(g_srv.bus, name);
+    presence_remove(g_srv.presence, name, c->id);
+    c->rooms[idx] = c->rooms[--c->nrooms];
+    free(cr);
+    script_ctx x;
+    chat_script_ctx(c, name, &x);
+    script_on_leave(g_srv.script, &x);
+}
+
+void chat_join_buffer(conn_room *cr, msg *m)
+{
+    if (cr->nheld >= (uint32_t)g_srv.cfg.max_queue) { conn_close(cr->c, 1008, "slow consumer"); return; }
+    if (cr->nheld == cr->capheld) {
+        uint32_t nc = cr->capheld ? cr->capheld * 2 : 8;
+        msg **nh = realloc(cr->held, sizeof *nh * nc);
+        if (!nh) return;
+        cr->held = nh;
+        cr->capheld = nc;
+    }
+    cr->held[cr->nheld++] = msg_ref(m);
+}
+

@@ -1,0 +1,77 @@
+/* wire: see wire.h. */
+#define _GNU_SOURCE
+#include "wire.h"
+#include "util.h"
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+char *wire_message_tail(const char *id, const char *user, const char *name,
+                        const char *body, size_t body_len, uint64_t ts, size_t *len)
+{
+    size_t cap = 6 * (body_len + strlen(user) + strlen(name) + (id ? strlen(id) : 0)) + 128;
+    char *t = malloc(cap);
+    if (!t) return NULL;
+    size_t o = 0;
+    if (id) {
+        memcpy(t, "\"id\":", 5); o = 5;
+        o += (size_t)json_escape(t + o, cap - o, id, strlen(id));
+        t[o++] = ',';
+    }
+    memcpy(t + o, "\"user\":", 7); o += 7;
+    o += (size_t)json_escape(t + o, cap - o, user, strlen(user));
+    memcpy(t + o, ",\"name\":", 8); o += 8;
+    o += (size_t)json_escape(t + o, cap - o, name, strlen(name));
+    memcpy(t + o, ",\"body\":", 8); o += 8;
+    o += (size_t)json_escape(t + o, cap - o, body, body_len);
+    o += (size_t)snprintf(t + o, cap - o, ",\"ts\":%" PRIu64 "}", ts);
+    *len = o;
+    return t;
+}
+
+msg *wire_message_frame(const char *room, uint64_t seq, const char *tail, size_t len)
+{
+    char head[160];
+    int hl = snprintf(head, sizeof head, "{\"type\":\"message\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
+                      room, seq);
+    msg *m = msg_alloc((size_t)hl + len);
+    if (!m) return NULL;
+    memcpy(msg_payload(m), head, (size_t)hl);
+    memcpy(msg_payload(m) + hl, tail, len);
+    msg_seal(m, (size_t)hl + len);
+    m->kind = MSG_MESSAGE;
+    m->seq = seq;
+    m->born_ns = mono_ns();
+    return m;
+}
+
+char *wire_users_json(const char *prefix, const presence_user *u, size_t n, size_t *len)
+{
+    size_t cap = strlen(prefix) + 32 + n * 800;
+    char *b = malloc(cap);
+    if (!b) return NULL;
+    size_t o = (size_t)snprintf(b, cap, "%s\"users\":[", prefix);
+    for (size_t i = 0; i < n; i++) {
+        o += (size_t)snprintf(b + o, cap - o, "%s{\"user\":", i ? "," : "");
+        o += (size_t)json_escape(b + o, cap - o, u[i].user, strnlen(u[i].user, 127));
+        memcpy(b + o, ",\"name\":", 8);
+        o += 8;
+        o += (size_t)json_escape(b + o, cap - o, u[i].name, strnlen(u[i].name, 127));
+        b[o++] = '}';
+    }
+    memcpy(b + o, "]}", 2);
+    *len = o + 2;
+    return b;
+}
+
+size_t wire_epoch_field(char *b, size_t cap, const char *epoch)
+{
+    if (!epoch || !*epoch || cap < 16) { if (cap) b[0] = 0; return 0; }
+    size_t o = (size_t)snprintf(b, cap, ",\"epoch\":");
+    long w = json_escape(b + o, cap - o, epoch, strlen(epoch));
+    if (w < 0) { b[0] = 0; return 0; }
+    o += (size_t)w;
+    b[o] = 0;
+    return o;
+}

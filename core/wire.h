@@ -1,0 +1,29 @@
+/* wire: the server's outbound JSON, built by hand (jansson parses what
+ * comes in; what goes out is formatted once, in the shapes of protocol.md).
+ * A message frame is '{"type":"message","room":R,"seq":N,' + tail, where
+ * the tail ('"id":..,"user":..,"name":..,"body":..,"ts":..}') is also what
+ * the bus carries after the seq, so a frame is built without re-parsing.
+ * Owns nothing; every builder returns memory the caller frees (or a msg
+ * the caller unrefs). No state, no I/O. Layer: above msg and presence
+ * (whose users it formats), below chat and http. */
+#ifndef CHATD_WIRE_H
+#define CHATD_WIRE_H
+#include <stddef.h>
+#include <stdint.h>
+#include "msg.h"
+#include "presence.h"
+
+/* The tail of a message frame. malloc'd, *len set; NULL when out of memory. */
+char *wire_message_tail(const char *id, const char *user, const char *name,
+                        const char *body, size_t body_len, uint64_t ts, size_t *len);
+/* '{"type":"message","room":R,"seq":N,' + tail, as a frame (kind
+ * MSG_MESSAGE, seq set, born now). */
+msg *wire_message_frame(const char *room, uint64_t seq, const char *tail, size_t len);
+/* prefix + '"users":[{"user":..,"name":..},...]}' (prefix opens the object
+ * and ends with a comma, e.g. '{"room":"r",'). malloc'd; *len set. */
+char *wire_users_json(const char *prefix, const presence_user *u, size_t n, size_t *len);
+/* ',"epoch":"<epoch>"' into b (empty when epoch is NULL or ""); returns
+ * its length (0 when it does not fit). */
+size_t wire_epoch_field(char *b, size_t cap, const char *epoch);
+
+#endif
