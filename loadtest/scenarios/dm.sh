@@ -105,7 +105,8 @@ if [ "\$1" = go ] && [ "${PROFILE:-0}" = 1 ]; then
         pids=\$pids,$REDIS_PID,\$(pgrep -d, -P $PG_PID),$PG_PID
         (timeout 2 redis-cli -p $REDIS_PORT monitor >"$RESULTS/${NAME}.redis_monitor.txt" || true) &
     fi
-    perf record -q -g -F 999 -o "$RESULTS/${NAME}.perf.data" -p "\$pids" -- sleep ${PERF_SECS:-10} >/dev/null 2>&1 &
+    # perf starts once MONITOR is over (MONITOR costs Redis CPU)
+    (sleep 2.5; perf record -q -g -F 999 -o "$RESULTS/${NAME}.perf.data" -p "\$pids" -- sleep ${PERF_SECS:-10} >/dev/null 2>&1) &
 fi
 EOF
 chmod +x "$HOOK"
@@ -120,6 +121,7 @@ if [ "$IDLE" = 1 ]; then   # the same connections, no messages: the cost of hold
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
     wait_perf=0
+    sleep 3
     while pgrep -f "perf record -q -g -F 999 -o $RESULTS/${NAME}.perf.data" >/dev/null && [ $wait_perf -lt 100 ]; do
         sleep 0.2; wait_perf=$((wait_perf + 1))
     done
