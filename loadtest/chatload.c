@@ -13,6 +13,7 @@
 #include "lt_token.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -52,6 +53,11 @@ struct opts {
     int quiet;
     char tags[4][32];           /* --tag-count: body prefixes to count */
     int ntags;
+    int nchan;                  /* --proto nchan: Nchan pub/sub WebSocket (no welcome/seq/ack) */
+    char ws_path[256];          /* --ws-path: upgrade path template, {room} {token} */
+    char hook[512];             /* --hook CMD: run "CMD go" / "CMD end" around the steady phase */
+    struct { char name[24]; int pid; } pgrp[8]; /* --proc NAME=PID: CPU/RSS of PID + descendants */
+    int n_pgrp;
 };
 static struct opts O;
 
@@ -135,15 +141,23 @@ static void buf_free(struct buf *b)
 
 /* ------------------------------------------------------------ connections */
 
+/* contiguity of one sequence: highest seen, and which of the 64 below it came */
+struct seqwin {
+    int64_t last;
+    uint64_t bits;              /* bit k: last-1-k was received */
+    uint8_t have;
+};
+
 enum cstate { C_IDLE, C_CONNECTING, C_HANDSHAKE, C_OPEN, C_DONE };
 enum ckind { K_WS, K_HTTP };
 
 struct conn {
     int fd;
-    uint8_t state, kind, slow, publisher, welcomed, have_seq, muted, in_frag;
+    uint8_t state, kind, slow, publisher, welcomed, muted, in_frag;
     uint32_t idx, room;
-    int64_t last_seq;
-    uint64_t seen_bits;         /* bit k: last_seq-1-k was received */
+    struct seqwin sw;           /* the room's seq (chatd) */
+    struct seqwin *pw;          /* --proto nchan: one window per publisher of the room */
+    uint32_t pub_n;             /* messages this connection published (the body's counter) */
     uint64_t t_start;
     uint32_t frag_op;
     char key[32];
@@ -392,34 +406,34 @@ static int jis(const char *s, const char *e, const char *lit)
     return (size_t)(e - s) == l && memcmp(s, lit, l) == 0;
 }
 
-static void seq_check(struct conn *c, int64_t seq)
+static void seq_check(struct seqwin *w, int64_t seq)
 {
-    if (!c->have_seq) {
-        c->have_seq = 1;
-        c->last_seq = seq;
-        c->seen_bits = ~0ull;
+    if (!w->have) {
+        w->have = 1;
+        w->last = seq;
+        w->bits = ~0ull;
         return;
     }
-    if (seq > c->last_seq) {
-        uint64_t shift = (uint64_t)(seq - c->last_seq);
+    if (seq > w->last) {
+        uint64_t shift = (uint64_t)(seq - w->last);
         S.losses += shift - 1;
         if (shift > 64)
-            c->seen_bits = 0;
+            w->bits = 0;
         else
-            c->seen_bits = (shift == 64 ? 0 : c->seen_bits << shift) | 1ull << (shift - 1);
-        c->last_seq = seq;
+            w->bits = (shift == 64 ? 0 : w->bits << shift) | 1ull << (shift - 1);
+        w->last = seq;
         return;
     }
-    if (seq == c->last_seq) {
+    if (seq == w->last) {
         S.dups++;
         return;
     }
-    int64_t k = c->last_seq - 1 - seq;
+    int64_t k = w->last - 1 - seq;
     if (k < 64) {
-        if (c->seen_bits & (1ull << k)) {
+        if (w->bits & (1ull << k)) {
             S.dups++;
         } else {
-            c->seen_bits |= 1ull << k;
+            w->bits |= 1ull << k;
             S.reorders++;
             if (S.losses)
                 S.losses--; /* the gap it left was filled late */
@@ -427,6 +441,26 @@ static void seq_check(struct conn *c, int64_t seq)
     } else {
         S.reorders++;
     }
+}
+
+/* --proto nchan has no seq: every publisher numbers its own messages 1, 2, ...
+ * (the body's counter), and each receiver checks each publisher of its room.
+ * Publisher p is connection p < publishers in room p % rooms, window p / rooms. */
+static void pub_seq_check(struct conn *c, unsigned pub, int64_t n)
+{
+    uint32_t per_room = (uint32_t)((O.publishers + O.rooms - 1) / O.rooms);
+    if ((int)pub >= O.publishers || pub % (uint32_t)O.rooms != c->room) {
+        S.foreign++;
+        return;
+    }
+    if (!c->pw) {
+        c->pw = calloc(per_room, sizeof *c->pw);
+        if (!c->pw)
+            return;
+        for (uint32_t i = 0; i < per_room; i++) /* nothing published before: 1 comes first */
+            c->pw[i] = (struct seqwin){.last = 0, .bits = ~0ull, .have = 1};
+    }
+    seq_check(&c->pw[pub / (uint32_t)O.rooms], n);
 }
 
 /* --tag-count: which prefix the body carries (none / exactly one / a tag
@@ -469,9 +503,11 @@ static void on_text(struct conn *c, const char *p, size_t n, uint64_t now)
         R.deliveries++;
         if (W_phase == P_STEADY)
             S.deliveries_steady++;
-        const char *se, *sv = jfind(p, n, "seq", &se);
-        if (sv)
-            seq_check(c, jnum(sv, se));
+        if (!O.nchan) {
+            const char *se, *sv = jfind(p, n, "seq", &se);
+            if (sv)
+                seq_check(&c->sw, jnum(sv, se));
+        }
         const char *be, *bv = jfind(p, n, "body", &be);
         if (bv && O.ntags)
             bv = count_tags(bv, be);
@@ -483,6 +519,8 @@ static void on_text(struct conn *c, const char *p, size_t n, uint64_t now)
             memcpy(tmp, bv, l);
             tmp[l] = 0;
             if (sscanf(tmp, "lt1 %u %llu %llu", &pub, &k, &ts) == 3 && ts <= now) {
+                if (O.nchan)
+                    pub_seq_check(c, pub, (int64_t)k);
                 lt_hist_add(&S.lag, now - ts);
                 lt_hist_add(&R.lag, now - ts);
                 return;
@@ -492,9 +530,9 @@ static void on_text(struct conn *c, const char *p, size_t n, uint64_t now)
     } else if (jis(t, e, "welcome")) {
         const char *se, *sv = jfind(p, n, "seq", &se);
         if (sv) {
-            c->have_seq = 1;
-            c->last_seq = jnum(sv, se);
-            c->seen_bits = ~0ull;
+            c->sw.have = 1;
+            c->sw.last = jnum(sv, se);
+            c->sw.bits = ~0ull;
         }
         if (!c->welcomed) {
             c->welcomed = 1;
@@ -559,6 +597,9 @@ static int on_frame(struct conn *c, int fin, int op, char *p, size_t n, uint64_t
     case 0x9:
         S.pings++;
         ws_send(c, 0xA, p, n);
+        return 0;
+    case 0xA: /* --proto nchan: the answer to our heartbeat ping */
+        S.hb_acks++;
         return 0;
     default:
         return 0;
@@ -653,7 +694,9 @@ static void conn_start(struct conn *c)
 {
     S.attempted++;
     c->t_start = mono_ns();
-    c->welcomed = c->have_seq = c->muted = c->in_frag = 0;
+    c->welcomed = c->sw.have = c->muted = c->in_frag = 0;
+    free(c->pw);
+    c->pw = NULL;
     c->fd = conn_socket(c, c->idx);
     if (c->fd < 0) {
         c->state = C_DONE;
@@ -672,19 +715,41 @@ static void conn_send_upgrade(struct conn *c)
         memcpy(kb + i, &r, 8);
     }
     lt_b64(kb, 16, c->key, 0);
-    char sub[32], name[48], tok[512], room[96], req[1024];
-    snprintf(sub, sizeof sub, "lt%u", c->idx);
-    snprintf(name, sizeof name, "load %u", c->idx);
-    const char *err;
-    if (lt_jwt_mint(O.secret, sub, name, (long)time(NULL) + 86400, tok, sizeof tok, &err) < 0) {
-        fprintf(stderr, "chatload: %s\n", err);
-        exit(2);
+    char sub[32], name[48], tok[512] = "", room[96], path[768], req[1024];
+    if (strstr(O.ws_path, "{token}")) {
+        snprintf(sub, sizeof sub, "lt%u", c->idx);
+        snprintf(name, sizeof name, "load %u", c->idx);
+        const char *err;
+        if (lt_jwt_mint(O.secret, sub, name, (long)time(NULL) + 86400, tok, sizeof tok, &err) < 0) {
+            fprintf(stderr, "chatload: %s\n", err);
+            exit(2);
+        }
     }
+    conn_room(c->room, room, sizeof room);
+    /* --ws-path: substitute {room} and {token} */
+    size_t o = 0;
+    for (const char *t = O.ws_path; *t && o < sizeof path - 1;) {
+        const char *v = NULL;
+        if (strncmp(t, "{room}", 6) == 0) {
+            v = room;
+            t += 6;
+        } else if (strncmp(t, "{token}", 7) == 0) {
+            v = tok;
+            t += 7;
+        }
+        if (v)
+            o += (size_t)snprintf(path + o, sizeof path - o, "%s", v);
+        else
+            path[o++] = *t++;
+        if (o >= sizeof path)
+            o = sizeof path - 1;
+    }
+    path[o] = 0;
     int n = snprintf(req, sizeof req,
-                     "GET /ws/%s?token=%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     conn_room(c->room, room, sizeof room), tok, O.host, O.port, c->key);
+                     path, O.host, O.port, c->key);
     c->state = C_HANDSHAKE;
     conn_write(c, req, (size_t)n);
     conn_events(c);
@@ -736,6 +801,11 @@ static long on_handshake(struct conn *c, const char *p, size_t n)
     W_inflight--;
     W_open_now++;
     S.opened++;
+    if (O.nchan) { /* no welcome frame: the upgrade is the subscription */
+        c->welcomed = 1;
+        S.welcomed++;
+        lt_hist_add(&S.connect, mono_ns() - c->t_start);
+    }
     return (long)(e + 4 - p);
 }
 
@@ -936,8 +1006,7 @@ static void publish_one(uint64_t now)
         if (!body || !frame)
             die("malloc");
     }
-    static uint64_t k;
-    k++;
+    uint64_t k = ++c->pub_n; /* per publisher: --proto nchan checks it as a seq */
     int bl = snprintf(body, cap, "lt1 %u %llu %llu ", c->idx, (unsigned long long)k,
                       (unsigned long long)mono_ns());
     while (bl < O.body_bytes && bl < (int)cap - 1)
@@ -1115,7 +1184,10 @@ static void worker_run(void)
                 hb_due -= 1;
                 struct conn *c = &W_c[hb_pos++ % W_n];
                 if (c->state == C_OPEN && c->welcomed) {
-                    ws_send(c, 0x1, "{\"type\":\"heartbeat\"}", 20);
+                    if (O.nchan) /* a text frame would be published: keepalive is a ping */
+                        ws_send(c, 0x9, "", 0);
+                    else
+                        ws_send(c, 0x1, "{\"type\":\"heartbeat\"}", 20);
                     S.hb_sent++;
                 }
             }
@@ -1219,6 +1291,96 @@ static struct srv_sample server_sample(void)
     return s;
 }
 
+/* --proc NAME=PID: CPU seconds (user + system, threads included, plus the
+ * children already reaped: cutime + cstime) and RSS of PID and all its
+ * descendants now, e.g. the postmaster and every backend, or nginx's master
+ * and workers. One pass over /proc. */
+struct tree_sample {
+    double cpu;
+    long rss_kib;
+    int nproc;
+};
+
+static void tree_sample(struct tree_sample *out, int n)
+{
+    enum { MAXP = 32768 };
+    static int pid[MAXP], ppid[MAXP];
+    static double cpu[MAXP];
+    static long rss[MAXP];
+    static char in[MAXP];
+    int np = 0;
+    long tck = sysconf(_SC_CLK_TCK), pg_kib = sysconf(_SC_PAGESIZE) / 1024;
+    memset(out, 0, sizeof *out * (size_t)n);
+    DIR *d = opendir("/proc");
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) && np < MAXP) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9')
+            continue;
+        char path[300], b[1024];
+        snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t r = read(fd, b, sizeof b - 1);
+        close(fd);
+        if (r <= 0)
+            continue;
+        b[r] = 0;
+        char *q = strrchr(b, ')');
+        int pp;
+        unsigned long ut, st;
+        long cut, cst, rs;
+        if (!q || sscanf(q + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld %*d %*d %*d %*d %*u %*u %ld",
+                         &pp, &ut, &st, &cut, &cst, &rs) != 6)
+            continue;
+        pid[np] = atoi(de->d_name);
+        ppid[np] = pp;
+        cpu[np] = (double)(ut + st + (unsigned long)cut + (unsigned long)cst) / (double)tck;
+        rss[np] = rs * pg_kib;
+        np++;
+    }
+    closedir(d);
+    for (int g = 0; g < n; g++) {
+        memset(in, 0, (size_t)np);
+        int grew = 1;
+        for (int i = 0; i < np; i++)
+            if (pid[i] == O.pgrp[g].pid)
+                in[i] = 1;
+        while (grew) { /* descendants: a few passes, the trees are shallow */
+            grew = 0;
+            for (int i = 0; i < np; i++) {
+                if (in[i])
+                    continue;
+                for (int j = 0; j < np; j++)
+                    if (in[j] && pid[j] == ppid[i]) {
+                        in[i] = 1;
+                        grew = 1;
+                        break;
+                    }
+            }
+        }
+        for (int i = 0; i < np; i++)
+            if (in[i]) {
+                out[g].cpu += cpu[i];
+                out[g].rss_kib += rss[i];
+                out[g].nproc++;
+            }
+    }
+}
+
+static void run_hook(const char *phase)
+{
+    if (!O.hook[0])
+        return;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "%s %s", O.hook, phase);
+    int rc = system(cmd);
+    if (rc != 0)
+        fprintf(stderr, "chatload: hook \"%s\" exited with %d\n", cmd, rc);
+}
+
 /* machine-wide busy CPU seconds (all cores) from /proc/stat */
 static double machine_busy(void)
 {
@@ -1302,6 +1464,15 @@ static void usage(void)
             "  --room-prefix P    room name prefix (default lt)\n"
             "  --drain S          seconds to wait for in-flight deliveries (default 2)\n"
             "  --tag-count T,T..  count delivered bodies by prefix (up to 4; exactly one expected)\n"
+            "  --proto P          chatd (default) or nchan: Nchan pub/sub WebSocket (the upgrade subscribes,\n"
+            "                     a text frame publishes verbatim, no welcome/seq/ack; heartbeats are pings;\n"
+            "                     order is checked per publisher from the body's counter; no --churn/--slow)\n"
+            "  --ws-path T        upgrade path, {room} and {token} substituted\n"
+            "                     (default /ws/{room}?token={token}; nchan: /ps/{room})\n"
+            "  --proc NAME=PID    CPU and RSS of PID and its descendants in the steady phase, per message\n"
+            "                     and per delivery (repeatable, up to 8; list the server too: the\n"
+            "                     machine line then counts every group as measured, not as other load)\n"
+            "  --hook CMD         runs \"CMD go\" before the steady phase and \"CMD end\" after it\n"
             "  --quiet            no progress lines\n");
     exit(2);
 }
@@ -1336,7 +1507,9 @@ static void parse_opts(int argc, char **argv)
         {"http-rate", 1, 0, 'H'}, {"http-path", 1, 0, 'T'}, {"body-bytes", 1, 0, 'b'},
         {"room-prefix", 1, 0, 'x'}, {"drain", 1, 0, 'D'}, {"max-inflight", 1, 0, 'i'},
         {"slow-rcvbuf", 1, 0, 'B'}, {"ramp-timeout", 1, 0, 'M'},
-        {"settle", 1, 0, 'L'}, {"quiet", 0, 0, 'q'}, {"tag-count", 1, 0, 'G'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
+        {"settle", 1, 0, 'L'}, {"quiet", 0, 0, 'q'}, {"tag-count", 1, 0, 'G'},
+        {"proto", 1, 0, 'o'}, {"ws-path", 1, 0, 'W'}, {"proc", 1, 0, 'g'}, {"hook", 1, 0, 'k'},
+        {"help", 0, 0, '?'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
@@ -1396,6 +1569,25 @@ static void parse_opts(int argc, char **argv)
         case 'M': O.ramp_timeout = atof(optarg); break;
         case 'L': O.settle = atof(optarg); break;
         case 'q': O.quiet = 1; break;
+        case 'o':
+            if (strcmp(optarg, "nchan") == 0)
+                O.nchan = 1;
+            else if (strcmp(optarg, "chatd") != 0)
+                usage();
+            break;
+        case 'W': snprintf(O.ws_path, sizeof O.ws_path, "%s", optarg); break;
+        case 'k': snprintf(O.hook, sizeof O.hook, "%s", optarg); break;
+        case 'g': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg || (size_t)(eq - optarg) >= sizeof O.pgrp[0].name || atoi(eq + 1) <= 0 ||
+                O.n_pgrp == 8) {
+                fprintf(stderr, "chatload: --proc NAME=PID (name up to 23 bytes, up to 8 groups)\n");
+                exit(2);
+            }
+            snprintf(O.pgrp[O.n_pgrp].name, sizeof O.pgrp[0].name, "%.*s", (int)(eq - optarg), optarg);
+            O.pgrp[O.n_pgrp++].pid = atoi(eq + 1);
+            break;
+        }
         case 'G': {
             char *list = optarg, *tok;
             while ((tok = strsep(&list, ",")) && O.ntags < 4) {
@@ -1424,6 +1616,12 @@ static void parse_opts(int argc, char **argv)
         O.procs = (O.conns + 18999) / 19000;
     if (O.body_bytes > 1 << 20)
         O.body_bytes = 1 << 20;
+    if (!O.ws_path[0])
+        snprintf(O.ws_path, sizeof O.ws_path, "%s", O.nchan ? "/ps/{room}" : "/ws/{room}?token={token}");
+    if (O.nchan && (O.churn > 0 || O.slow > 0)) {
+        fprintf(stderr, "chatload: --proto nchan supports neither --churn nor --slow\n");
+        exit(2);
+    }
     if (N_SRV == 1 && SRV[0].sin_family == 0) {
         SRV[0].sin_family = AF_INET;
         SRV[0].sin_port = htons((uint16_t)O.port);
@@ -1456,6 +1654,10 @@ int main(int argc, char **argv)
         ncpu = CPU_COUNT(&cs);
 
     struct srv_sample s_begin = server_sample(), s_go = {0}, s_end = {0};
+    struct tree_sample g_begin[8], g_go[8], g_end[8];
+    tree_sample(g_begin, O.n_pgrp);
+    memset(g_go, 0, sizeof g_go);
+    memset(g_end, 0, sizeof g_end);
     T_begin = mono_ns();
     RUN_ID = (unsigned long)(time(NULL) ^ ((uint64_t)getpid() << 20) ^ (T_begin & 0xfffff));
     int P = O.procs;
@@ -1502,6 +1704,8 @@ int main(int argc, char **argv)
         int n = poll(pf, (nfds_t)P, 50);
         uint64_t now = mono_ns();
         if (ready == P && !go_sent && now - t_ready >= (uint64_t)(O.settle * 1e9)) {
+            run_hook("go");
+            tree_sample(g_go, O.n_pgrp);
             s_go = server_sample();
             busy_go = machine_busy();
             t_go = now;
@@ -1511,8 +1715,10 @@ int main(int argc, char **argv)
         }
         if (go_sent && !end_sampled && now > t_go && now - t_go >= (uint64_t)(O.duration * 1e9)) {
             s_end = server_sample();
+            tree_sample(g_end, O.n_pgrp);
             busy_end = machine_busy();
             end_sampled = 1;
+            run_hook("end");
         }
         if (n <= 0)
             continue;
@@ -1568,7 +1774,9 @@ int main(int argc, char **argv)
         waitpid(pids[w], NULL, 0);
     if (!end_sampled) {
         s_end = server_sample();
+        tree_sample(g_end, O.n_pgrp);
         busy_end = machine_busy();
+        run_hook("end");
     }
     long ncores = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -1582,9 +1790,13 @@ int main(int argc, char **argv)
     double gen_util = t->cpu_steady / dur;
     int gen_limited = gen_util > 0.85 * ncpu || gen_util > 0.85 * P;
     /* CPU used by every other process on the machine during the steady phase */
-    double other = busy_go >= 0 && busy_end >= 0
-                       ? (busy_end - busy_go) - (srv_cpu > 0 ? srv_cpu : 0) - t->cpu_steady
-                       : -1;
+    double grp_cpu[8], grp_sum = 0;
+    for (int g = 0; g < O.n_pgrp; g++) {
+        grp_cpu[g] = g_end[g].cpu - g_go[g].cpu;
+        grp_sum += grp_cpu[g];
+    }
+    double measured = O.n_pgrp ? grp_sum : (srv_cpu > 0 ? srv_cpu : 0);
+    double other = busy_go >= 0 && busy_end >= 0 ? (busy_end - busy_go) - measured - t->cpu_steady : -1;
     double other_util = other >= 0 ? other / dur : -1;
     uint64_t failed = t->failed_connect + t->failed_timeout + t->failed_handshake + t->failed_http + t->failed_local;
     printf("chatload: %d conns, %d rooms, %d publishers, %.0f msg/s, %.0fs steady, %d worker(s)\n",
@@ -1647,6 +1859,17 @@ int main(int argc, char **argv)
                s_go.cpu - s_begin.cpu, t->open_at_go ? (s_go.cpu - s_begin.cpu) * 1e3 / (double)t->open_at_go : 0.0,
                srv_cpu, 100 * srv_cpu / dur, cpu_per_del_us, s_begin.rss_kib, s_go.rss_kib, s_end.rss_kib,
                rss_per_conn);
+    double msgs = (double)t->msgs_sent, dels = (double)t->deliveries_steady;
+    for (int g = 0; g < O.n_pgrp; g++)
+        printf("process %s (pid %d, %d procs): CPU %.2f s in steady (%.1f%% of a core), %.1f us per message, "
+               "%.2f us per delivery; RSS %ld -> %ld KiB (%.2f KiB per connection)\n",
+               O.pgrp[g].name, O.pgrp[g].pid, g_end[g].nproc, grp_cpu[g], 100 * grp_cpu[g] / dur,
+               msgs > 0 ? grp_cpu[g] * 1e6 / msgs : -1.0, dels > 0 ? grp_cpu[g] * 1e6 / dels : -1.0,
+               g_begin[g].rss_kib, g_go[g].rss_kib,
+               t->open_at_go ? (double)(g_go[g].rss_kib - g_begin[g].rss_kib) / (double)t->open_at_go : -1.0);
+    if (O.n_pgrp)
+        printf("system (every --proc): CPU %.2f s in steady, %.1f us per message, %.2f us per delivery\n", grp_sum,
+               msgs > 0 ? grp_sum * 1e6 / msgs : -1.0, dels > 0 ? grp_sum * 1e6 / dels : -1.0);
     printf("generator: CPU %.2f s in steady (%.0f%% of one core, %d cpu(s) allowed)%s\n", t->cpu_steady,
            100 * gen_util, ncpu, gen_limited ? "  ** GENERATOR-LIMITED: figures are a floor **" : "");
 
@@ -1673,9 +1896,11 @@ int main(int argc, char **argv)
         if (f) {
             fprintf(f, "{\n  \"config\": {\"url\": \"%s:%d\", \"conns\": %d, \"rooms\": %d, \"publishers\": %d, "
                        "\"rate\": %.1f, \"duration_s\": %.1f, \"ramp\": %.0f, \"heartbeat_ms\": %d, "
-                       "\"settle_s\": %.1f, \"procs\": %d, \"slow\": %d, \"churn\": %.1f, \"http_rate\": %.1f, \"body_bytes\": %d},\n",
+                       "\"settle_s\": %.1f, \"procs\": %d, \"slow\": %d, \"churn\": %.1f, \"http_rate\": %.1f, \"body_bytes\": %d, "
+                       "\"proto\": \"%s\", \"ws_path\": \"%s\"},\n",
                     O.host, O.port, O.conns, O.rooms, O.publishers, O.rate, O.duration, O.ramp,
-                    O.heartbeat_ms, O.settle, P, O.slow, O.churn, O.http_rate, O.body_bytes);
+                    O.heartbeat_ms, O.settle, P, O.slow, O.churn, O.http_rate, O.body_bytes,
+                    O.nchan ? "nchan" : "chatd", O.ws_path);
             fprintf(f, "  \"connections\": {\"held_at_start\": %llu, \"held_at_end\": %llu, \"attempted\": %llu, "
                        "\"failed\": %llu, \"failed_connect\": %llu, \"failed_timeout\": %llu, "
                        "\"failed_handshake\": %llu, \"failed_http\": %llu, \"closed_by_server\": %llu, "
@@ -1733,6 +1958,17 @@ int main(int argc, char **argv)
                        "\"rss_begin_kib\": %ld, \"rss_go_kib\": %ld, \"rss_end_kib\": %ld, \"rss_per_conn_kib\": %.2f},\n",
                     s_go.ok ? "true" : "false", s_go.cpu - s_begin.cpu, srv_cpu, srv_cpu / dur, cpu_per_del_us, s_begin.rss_kib,
                     s_go.rss_kib, s_end.rss_kib, rss_per_conn);
+            fprintf(f, "  \"processes\": [");
+            for (int g = 0; g < O.n_pgrp; g++)
+                fprintf(f, "%s\n    {\"name\": \"%s\", \"pid\": %d, \"nproc\": %d, \"cpu_steady_s\": %.3f, "
+                           "\"cpu_util\": %.4f, \"us_per_message\": %.2f, \"us_per_delivery\": %.3f, "
+                           "\"rss_begin_kib\": %ld, \"rss_go_kib\": %ld, \"rss_end_kib\": %ld, \"rss_per_conn_kib\": %.3f}",
+                        g ? "," : "", O.pgrp[g].name, O.pgrp[g].pid, g_end[g].nproc, grp_cpu[g], grp_cpu[g] / dur,
+                        msgs > 0 ? grp_cpu[g] * 1e6 / msgs : -1.0, dels > 0 ? grp_cpu[g] * 1e6 / dels : -1.0,
+                        g_begin[g].rss_kib, g_go[g].rss_kib, g_end[g].rss_kib,
+                        t->open_at_go ? (double)(g_go[g].rss_kib - g_begin[g].rss_kib) / (double)t->open_at_go : -1.0);
+            fprintf(f, "],\n  \"system\": {\"cpu_steady_s\": %.3f, \"us_per_message\": %.2f, \"us_per_delivery\": %.3f},\n",
+                    grp_sum, msgs > 0 ? grp_sum * 1e6 / msgs : -1.0, dels > 0 ? grp_sum * 1e6 / dels : -1.0);
             fprintf(f, "  \"machine\": {\"cores\": %ld, \"other_cpu_util\": %.3f, \"server_runq_wait_ms\": %.1f, "
                        "\"generator_runq_wait_ms\": %.1f, \"noisy\": %s},\n", ncores, other_util, srv_rq * 1e3,
                     t->runq_wait_steady * 1e3, other_util > 0.25 ? "true" : "false");

@@ -5,6 +5,8 @@
 # names). Safe to run again: it installs nothing when everything is there.
 #   tools/deps.sh          what ./run.sh needs: build + run (Redis, Postgres)
 #   tools/deps.sh --test   plus what ./test.sh and its suites call
+#   tools/deps.sh --bench  plus the benchmarks of loadtest/ that ./test.sh does not run
+#                          (vs_nchan.sh's peer: nginx + Nchan; gnuplot, jq)
 # Fails (exit 1) with a line naming each missing command and its package.
 #
 # To add a dependency: put the package in the array of its purpose and, when a
@@ -49,6 +51,10 @@ TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq)   # tests/depl
 TEST_DEPLOY_CMDS=(nginx:nginx openssl:openssl dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev cpack:cmake
                   systemd-analyze:systemd py:yaml:python3-yaml jq:jq)
 
+# ---- loadtest/ benchmarks that ./test.sh does not run (tools/deps.sh --bench)
+BENCH_PKGS=(nginx libnginx-mod-nchan gnuplot-nox jq procps util-linux curl)
+BENCH_CMDS=(nginx:nginx gnuplot:gnuplot-nox jq:jq taskset:util-linux chrt:util-linux curl:curl)
+
 PKGS=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 CMDS=("${BUILD_CMDS[@]}" "${RUN_CMDS[@]}")
 if [ "${1:-}" = "--test" ]; then
@@ -58,6 +64,10 @@ if [ "${1:-}" = "--test" ]; then
     CMDS+=("${TEST_UNIT_CMDS[@]}" "${TEST_LUA_CMDS[@]}" "${TEST_PY_CMDS[@]}" "${TEST_BROWSER_CMDS[@]}"
            "${TEST_PROM_CMDS[@]}" "${TEST_LOAD_CMDS[@]}" "${TEST_FAULT_CMDS[@]}"
            "${TEST_DEPLOY_CMDS[@]}" "${TEST_CLUSTER_CMDS[@]}")
+fi
+if [ "${1:-}" = "--bench" ]; then
+    PKGS+=("${BENCH_PKGS[@]}")
+    CMDS+=("${BENCH_CMDS[@]}")
 fi
 
 dedup() { printf '%s\n' "$@" | awk 'NF && !seen[$0]++' | tr '\n' ' '; }

@@ -61,6 +61,15 @@ lt_build() {
     ulimit -n "$(ulimit -Hn)"
 }
 
+# lt_pin_postgres DIR: the postmaster of DIR (services.sh) and its children on
+# LOAD_CPU (postgres.pid is runuser's wrapper: pinning it does not pin Postgres);
+# later backends inherit the postmaster's affinity
+lt_pin_postgres() {
+    local pm p
+    pm=$(head -1 "$(cat "$1/postgres.datadir")/postmaster.pid")
+    for p in "$pm" $(pgrep -P "$pm"); do taskset -a -p -c "$LOAD_CPU" "$p" >/dev/null; done
+}
+
 # lt_services [redis] [pg]: start the ones named, pinned next to the generator
 lt_services() {
     mkdir -p "$LT_DATA"
@@ -75,10 +84,24 @@ lt_services() {
             export CHAT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT ;;
         pg)
             services_start_postgres "$LT_DATA" "$PG_PORT"
-            taskset -a -p -c "$LOAD_CPU" "$(cat "$LT_DATA/postgres.pid")" >/dev/null
+            lt_pin_postgres "$LT_DATA"
             export CHAT_DATABASE_URL="host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd" ;;
         esac
     done
+}
+
+# lt_pg_preinit DIR LIB...: initdb DIR/pg (where services_start_postgres looks)
+# with the given shared_preload_libraries (e.g. pg_stat_statements); call it
+# before lt_services pg, which then skips its own initdb
+lt_pg_preinit() {
+    local dir=$1 pgdir=$1/pg libs
+    shift
+    libs=$(IFS=,; echo "$*")
+    mkdir -p "$pgdir"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$pgdir"; chmod 700 "$pgdir"; fi
+    _pg_as "$PGBIN/initdb" -D "$pgdir" -U postgres -A trust -E UTF8 >"$dir/initdb.log" 2>&1 ||
+        { echo "initdb failed (see $dir/initdb.log)" >&2; return 1; }
+    echo "shared_preload_libraries = '$libs'" >>"$pgdir/postgresql.conf"
 }
 
 # lt_chatd NAME PORT: start chatd pinned to CHATD_CPU, wait for /healthz; pid in LT_CHATD_PID
