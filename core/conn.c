@@ -139,9 +139,8 @@ void conn_send_error(conn *c, const char *code, const char *message, const char 
     conn_send_text(c, buf, o);
 }
 
-void conn_close(conn *c, uint16_t code, const char *reason)
+static void close_start(conn *c, uint16_t code, const char *reason)
 {
-    if (c->closed || (c->closing && !c->close_after_flush)) return;
     c->closing = 1;
     c->close_after_flush = 0;
     c->close_code = code;
@@ -151,6 +150,29 @@ void conn_close(conn *c, uint16_t code, const char *reason)
     /* a peer that never reads cannot hold the connection open for long */
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
     lws_callback_on_writable(c->wsi);
+}
+
+void conn_close(conn *c, uint16_t code, const char *reason)
+{
+    if (c->closed || (c->closing && !c->close_after_flush)) return;
+    close_start(c, code, reason);
+}
+
+void conn_close_now(conn *c, uint16_t code, const char *reason)
+{
+    if (c->closed || c->close_sent || c->close_len) return;   /* ours is (partly) out */
+    if (c->closing && !c->close_after_flush && c->close_code == code) return;
+    close_start(c, code, reason);
+}
+
+void conn_kill(conn *c)
+{
+    if (c->closed) return;
+    c->closing = 1;
+    c->close_after_flush = 0;
+    outq_clear(&c->q);
+    flush_list_remove(c);
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, LWS_TO_KILL_ASYNC);
 }
 
 /* Writes our close frame (code + reason) straight to the socket: we are at
@@ -183,6 +205,10 @@ static int send_close_frame(conn *c)
         c->close_off += (size_t)w;
     }
     c->close_sent = 1;
+    /* FIN after the close frame: the peer reads it and EOF, and may still
+     * send its own close, which wsread reads (then lws drops the socket) */
+    shutdown(c->fd, SHUT_WR);
+    if (c->peer_closed) return -1;
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 3);
     return 0;
 }
@@ -249,7 +275,7 @@ static int write_some(conn *c)
 int conn_on_writeable(conn *c)
 {
     c->lws_has_tail = 0;
-    if (c->close_sent) return 0;
+    if (c->close_sent) return c->peer_closed ? -1 : 0;
     if (c->closing && !c->close_after_flush) return send_close_frame(c) < 0 ? -1 : 0;
     int r = write_some(c);
     if (r < 0) return -1;

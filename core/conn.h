@@ -8,7 +8,13 @@
  * partly written frame is handed to lws (its remainder), after which output
  * resumes in the WRITEABLE callback. Closing never frees on the caller's
  * stack: conn_close marks the connection and asks lws for a WRITEABLE
- * callback, in which the close happens (lws frees it in CLOSED). */
+ * callback, in which the close happens (lws frees it in CLOSED).
+ * Close path (RFC 6455 7.1): exactly one close frame, written by us at a
+ * frame boundary; nothing is queued or written after it (conn_send refuses,
+ * the queue is cleared); then our side is shut (FIN) and we wait for the
+ * peer's close frame or EOF (or a timeout) before lws drops the socket. A
+ * close the peer started is answered with its code and dropped at once.
+ * Input after the upgrade is read by wsread.c, never by lws. */
 #ifndef CHATD_CONN_H
 #define CHATD_CONN_H
 #include <stddef.h>
@@ -19,6 +25,7 @@
 #include "outq.h"
 #include "publish.h"
 #include "room.h"
+#include "wsframe.h"
 
 struct join_op;
 
@@ -55,6 +62,9 @@ typedef struct conn {
     int lws_has_tail;       /* lws holds the rest of a partly written frame */
     int closed;             /* CLOSED seen: wsi gone */
     int close_sent;         /* our close frame is out; waiting for the peer */
+    int peer_closed;        /* the peer's close frame arrived: drop once ours is out */
+    int reading;            /* registered with wsread (its epoll set) */
+    wsf_parser rxp;         /* client frame parser (wsread.c) */
     unsigned char close_frame[128];
     size_t close_len, close_off;
     struct conn *flush_next;
@@ -77,6 +87,12 @@ int conn_send_text(conn *c, const char *s, size_t len);
 void conn_send_error(conn *c, const char *code, const char *message, const char *id);
 
 void conn_close(conn *c, uint16_t code, const char *reason);
+/* Closes with this code even while a drain (1001 after the queue) is
+ * pending: protocol errors and the answer to the peer's close. */
+void conn_close_now(conn *c, uint16_t code, const char *reason);
+/* Drops the TCP connection without a close frame (EOF, socket error, the
+ * peer's answer to our close): lws closes it at its next timeout check. */
+void conn_kill(conn *c);
 /* Called from WRITEABLE: writes what it can, performs a requested close.
  * Returns -1 when lws should close the connection now. */
 int conn_on_writeable(conn *c);

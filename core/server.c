@@ -18,6 +18,7 @@
 #include "room.h"
 #include "util.h"
 #include "ws.h"
+#include "wsread.h"
 #include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
@@ -135,6 +136,7 @@ static void stop_everything(void)
     listen_shared_close();
     lws_context_destroy(g_srv.lws);
     g_srv.lws = NULL;
+    wsread_shutdown();
     presence_free(g_srv.presence);
     g_srv.presence = NULL;
     if (g_srv.store) { store_free(g_srv.store); g_srv.store = NULL; }
@@ -254,6 +256,7 @@ int server_run(int argc, char **argv)
     g_srv.presence = presence_new(g_srv.loop, &po, &ph, NULL, err, sizeof err);
     if (!g_srv.presence) { fprintf(stderr, "chatd: presence: %s\n", err); return 2; }
 
+    if (wsread_init(g_srv.loop, err, sizeof err) < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);

@@ -8,6 +8,7 @@
 #include "metrics.h"
 #include "server.h"
 #include "util.h"
+#include "wsread.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +141,7 @@ static void opaque_free(struct lws *wsi)
         free(t);
     } else if (*kind == OPQ_CONN) {
         conn_ref *r = (conn_ref *)kind;
+        if (r->c) wsread_detach(r->c);
         if (r->c) chat_conn_closed(r->c);
         free(r);
     }
@@ -152,6 +154,9 @@ static conn *conn_of(struct lws *wsi)
     return kind && *kind == OPQ_CONN ? ((conn_ref *)kind)->c : NULL;
 }
 
+/* Frames lws parsed itself: only those a client sent before it read our
+ * 101 (RFC 6455 4.1 says it must wait), already in lws' buffer when the
+ * connection was attached to wsread. Same assembly and limit. */
 static int on_receive(struct lws *wsi, conn *c, const void *in, size_t len)
 {
     size_t remaining = lws_remaining_packet_payload(wsi);
@@ -159,33 +164,12 @@ static int on_receive(struct lws *wsi, conn *c, const void *in, size_t len)
         metric_inc(m_too_big);
         LOGI("ws", "conn %llu user %s: frame over %lld bytes, closing 1009",
              (unsigned long long)c->id, c->ident.user, (long long)g_srv.cfg.max_frame);
-        c->closing = 1;
-        outq_clear(&c->q);
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)"frame too large", 15);
-        return -1;
-    }
-    int final = lws_is_final_fragment(wsi) && remaining == 0;
-    if (final && c->rx_len == 0) {
-        if (lws_frame_is_binary(wsi)) conn_send_error(c, "bad_request", "binary frames are not supported", NULL);
-        else chat_conn_frame(c, in, len);
+        c->peer_closed = 1;
+        conn_close_now(c, 1009, "message too big");
         return 0;
     }
-    if (c->rx_len + len > c->rx_cap) {
-        size_t nc = c->rx_cap ? c->rx_cap : 1024;
-        while (nc < c->rx_len + len) nc *= 2;
-        unsigned char *nb = realloc(c->rx, nc);
-        if (!nb) return -1;
-        c->rx = nb;
-        c->rx_cap = nc;
-    }
-    memcpy(c->rx + c->rx_len, in, len);
-    c->rx_len += len;
-    if (final) {
-        chat_conn_frame(c, (const char *)c->rx, c->rx_len);
-        c->rx_len = 0;
-        if (c->rx_cap > 16384) { free(c->rx); c->rx = NULL; c->rx_cap = 0; }
-    }
-    return 0;
+    int final = lws_is_final_fragment(wsi) && remaining == 0;
+    return wsread_data(c, in, len, final, lws_frame_is_binary(wsi));
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
@@ -209,6 +193,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         ref->kind = OPQ_CONN;
         ref->c = c;
         lws_set_opaque_user_data(wsi, ref);
+        if (wsread_attach(c) < 0) return -1;    /* CLOSED frees it */
         metric_inc(m_acc[0]);
         LOGD("ws", "conn %llu user %s joined %s", (unsigned long long)c->id, c->ident.user, c->url_room);
         chat_conn_open(c);

@@ -1,0 +1,194 @@
+/* wsread: see wsread.h. */
+#define _GNU_SOURCE
+#include "wsread.h"
+#include "chat.h"
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int g_ep = -1;
+static uv_poll_t g_poll;
+static int g_poll_on;
+static unsigned char g_buf[65536];
+
+static metric_counter *m_err[3];   /* 1002, 1007, 1009 */
+static metric_counter *m_too_big;
+
+void wsread_metrics_init(void)
+{
+    if (m_err[0]) return;
+    static const char *codes[] = {"1002", "1007", "1009"};
+    for (int i = 0; i < 3; i++) {
+        char l[32];
+        snprintf(l, sizeof l, "code=\"%s\"", codes[i]);
+        m_err[i] = metrics_counter("chat_ws_protocol_errors_total",
+                                   "Connections failed for a client framing error, by close code", l);
+    }
+    m_too_big = metrics_counter("chat_drops_total", NULL, "reason=\"frame_too_large\"");
+}
+
+static void send_pong(conn *c, const unsigned char *p, size_t n)
+{
+    msg *m = msg_alloc(n);
+    if (!m) return;
+    memcpy(msg_payload(m), p, n);
+    msg_seal(m, n);
+    m->buf[LWS_PRE - m->hdr] = 0x8A;     /* FIN | pong */
+    conn_send(c, m);
+    msg_unref(m);
+}
+
+int wsread_data(void *ud, const unsigned char *p, size_t n, int final, int binary)
+{
+    conn *c = ud;
+    if (c->closing) return 0;       /* closing: the peer's messages are moot */
+    if (final && c->rx_len == 0) {
+        if (binary) conn_send_error(c, "bad_request", "binary frames are not supported", NULL);
+        else chat_conn_frame(c, (const char *)p, n);
+        return 0;
+    }
+    if (c->rx_len + n > c->rx_cap) {
+        size_t nc = c->rx_cap ? c->rx_cap : 1024;
+        while (nc < c->rx_len + n) nc *= 2;
+        unsigned char *nb = realloc(c->rx, nc);
+        if (!nb) return -1;
+        c->rx = nb;
+        c->rx_cap = nc;
+    }
+    memcpy(c->rx + c->rx_len, p, n);
+    c->rx_len += n;
+    if (final) {
+        if (binary) conn_send_error(c, "bad_request", "binary frames are not supported", NULL);
+        else chat_conn_frame(c, (const char *)c->rx, c->rx_len);
+        c->rx_len = 0;
+        if (c->rx_cap > 16384) { free(c->rx); c->rx = NULL; c->rx_cap = 0; }
+    }
+    return 0;
+}
+
+static int on_control(void *ud, int op, const unsigned char *p, size_t n)
+{
+    conn *c = ud;
+    if (op == WSF_PING) {
+        if (!c->closing) send_pong(c, p, n);
+        return 0;
+    }
+    if (op != WSF_CLOSE) return 0;
+    c->peer_closed = 1;
+    if (c->close_sent) {            /* the answer to ours: done */
+        conn_kill(c);
+        return -1;
+    }
+    if (c->closing && !c->close_after_flush) {
+        lws_callback_on_writable(c->wsi);   /* ours goes out, then we drop */
+        return 0;
+    }
+    /* answer with the peer's code (1000 when it gave none), then drop */
+    uint16_t code = n >= 2 ? (uint16_t)(p[0] << 8 | p[1]) : 1000;
+    conn_close_now(c, code, "");
+    return 0;
+}
+
+static const wsf_handlers H = {wsread_data, on_control};
+
+static void fail(conn *c, int code)
+{
+    const char *why = c->rxp.reason ? c->rxp.reason : "protocol error";
+    metric_inc(m_err[code == 1007 ? 1 : code == 1009 ? 2 : 0]);
+    if (code == 1009) metric_inc(m_too_big);
+    LOGI("ws", "conn %llu user %s: %s, closing %d", (unsigned long long)c->id, c->ident.user, why, code);
+    c->peer_closed = 1;             /* failed: drop once the close frame is out */
+    if (c->close_sent) conn_kill(c);
+    else conn_close_now(c, (uint16_t)code, why);
+}
+
+static void on_readable(conn *c)
+{
+    for (int round = 0; round < 4; round++) {
+        ssize_t n = recv(c->fd, g_buf, sizeof g_buf, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            wsread_detach(c);
+            conn_kill(c);
+            return;
+        }
+        if (n == 0) {               /* EOF: the peer is gone (or answered our FIN) */
+            wsread_detach(c);
+            conn_kill(c);
+            return;
+        }
+        if (c->rxp.done) continue;  /* after a close or a failure: discard */
+        int r = wsf_feed(&c->rxp, g_buf, (size_t)n, &H, c);
+        if (r >= 1000) fail(c, r);
+        else if (r < 0 && !c->peer_closed) conn_close_now(c, 1011, "internal error");
+        if (c->closed) return;
+    }
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    struct epoll_event ev[128];
+    int n = epoll_wait(g_ep, ev, 128, 0);
+    for (int i = 0; i < n; i++) {
+        conn *c = ev[i].data.ptr;
+        if (!c->reading) continue;  /* detached by an earlier event of this batch */
+        on_readable(c);
+    }
+}
+
+int wsread_init(uv_loop_t *loop, char *err, size_t errlen)
+{
+    wsread_metrics_init();
+    g_ep = epoll_create1(EPOLL_CLOEXEC);
+    if (g_ep < 0) { snprintf(err, errlen, "epoll_create1: %s", strerror(errno)); return -1; }
+    if (uv_poll_init(loop, &g_poll, g_ep) < 0 || uv_poll_start(&g_poll, UV_READABLE, on_poll) < 0) {
+        snprintf(err, errlen, "uv_poll on the WebSocket epoll set failed");
+        close(g_ep);
+        g_ep = -1;
+        return -1;
+    }
+    g_poll_on = 1;
+    return 0;
+}
+
+static void closed_cb(uv_handle_t *h) { (void)h; }
+
+void wsread_shutdown(void)
+{
+    if (g_poll_on) {
+        uv_poll_stop(&g_poll);
+        uv_close((uv_handle_t *)&g_poll, closed_cb);
+        g_poll_on = 0;
+    }
+    if (g_ep >= 0) { close(g_ep); g_ep = -1; }
+}
+
+int wsread_attach(conn *c)
+{
+    wsf_init(&c->rxp, (uint64_t)g_srv.cfg.max_frame);
+    if (g_ep < 0) return -1;
+    /* lws stops reading this socket; its writes and timeouts go on */
+    lws_rx_flow_control(c->wsi, 0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+    if (epoll_ctl(g_ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+        LOGW("ws", "conn %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(errno));
+        return -1;
+    }
+    c->reading = 1;
+    return 0;
+}
+
+void wsread_detach(conn *c)
+{
+    if (!c->reading) return;
+    c->reading = 0;
+    if (g_ep >= 0) epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
+}

@@ -1,0 +1,27 @@
+/* wsread: input of WebSocket connections after the upgrade. lws does the
+ * HTTP upgrade; then the connection's reads are ours (lws rx flow control
+ * off), so every RFC 6455 rule is enforced by wsframe.c with the right close
+ * code whatever lws would do. One epoll set holds every connection's socket
+ * and one uv_poll watches that set (one extra fd for the process; libuv
+ * allows one watcher per fd and lws already holds the socket's).
+ * Owns: the epoll set and its uv_poll handle; a connection's membership in
+ * it (attach at ESTABLISHED, detach when it closes). */
+#ifndef CHATD_WSREAD_H
+#define CHATD_WSREAD_H
+#include <uv.h>
+#include "conn.h"
+
+int wsread_init(uv_loop_t *loop, char *err, size_t errlen);
+/* Stops watching and closes the epoll set (at shutdown). */
+void wsread_shutdown(void);
+/* Takes over the connection's input. Returns -1 (close it) on failure. */
+int wsread_attach(conn *c);
+/* Idempotent; called before the socket goes away. */
+void wsread_detach(conn *c);
+/* A chunk of a data message (the frame parser's callback; also used for
+ * frames lws parsed before the connection was attached). 0 ok, -1 error. */
+int wsread_data(void *c, const unsigned char *p, size_t n, int final, int binary);
+/* Registers the protocol error metrics. */
+void wsread_metrics_init(void);
+
+#endif
