@@ -16,7 +16,10 @@
 static int g_ep = -1;
 static uv_poll_t g_poll;
 static int g_poll_on;
-static unsigned char g_buf[65536];
+/* one read per connection per loop iteration, as lws did (its service
+ * buffer): output is flushed once per iteration, and the queue bounds are
+ * sized for what one iteration can add */
+static unsigned char g_buf[32768];
 
 static metric_counter *m_err[3];   /* 1002, 1007, 1009 */
 static metric_counter *m_too_big;
@@ -111,7 +114,7 @@ static void fail(conn *c, int code)
 
 static void on_readable(conn *c)
 {
-    for (int round = 0; round < 4; round++) {
+    for (;;) {
         ssize_t n = recv(c->fd, g_buf, sizeof g_buf, 0);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -125,11 +128,11 @@ static void on_readable(conn *c)
             conn_kill(c);
             return;
         }
-        if (c->rxp.done) continue;  /* after a close or a failure: discard */
+        if (c->rxp.done) return;    /* after a close or a failure: discard */
         int r = wsf_feed(&c->rxp, g_buf, (size_t)n, &H, c);
         if (r >= 1000) fail(c, r);
         else if (r < 0 && !c->peer_closed) conn_close_now(c, 1011, "internal error");
-        if (c->closed) return;
+        return;
     }
 }
 

@@ -1016,6 +1016,118 @@ class RawWS:
             pass
 
 
+class FrameWS:
+    """A WebSocket client that writes any frame, well-formed or not (RFC 6455
+    edge cases: unmasked, RSV bits, reserved opcodes, bad lengths, fragments)
+    and reads back every frame the server sends, with FIN/RSV bits, until the
+    server closes the TCP connection. Blocking; sockets time out."""
+
+    def __init__(self, port, path, headers=None, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
+             "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
+        h.update(headers or {})
+        req = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()
+                                                   if v is not None) + "\r\n"
+        self.sock.sendall(req.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise TestFailure(f"frame ws: closed during handshake after {data!r}")
+            data += chunk
+        head, _, self.buf = data.partition(b"\r\n\r\n")
+        self.status_line = head.split(b"\r\n")[0].decode("latin-1")
+        if " 101 " not in self.status_line + " ":
+            raise TestFailure(f"frame ws: handshake failed: {self.status_line!r}")
+        self.eof = False
+
+    @staticmethod
+    def frame(opcode, payload=b"", fin=True, rsv=0, mask=True, length=None):
+        """One frame's bytes; `length` overrides the declared payload length."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        n = len(payload) if length is None else length
+        b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0x0F)
+        mbit = 0x80 if mask else 0
+        if n < 126:
+            hdr = struct.pack("!BB", b0, mbit | n)
+        elif n < 65536:
+            hdr = struct.pack("!BBH", b0, mbit | 126, n)
+        else:
+            hdr = struct.pack("!BBQ", b0, mbit | 127, n)
+        if not mask:
+            return hdr + payload
+        key = os.urandom(4)
+        return hdr + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.eof = True
+
+    def send_frame(self, opcode, payload=b"", **kw):
+        self.send(self.frame(opcode, payload, **kw))
+
+    def read(self, timeout=5.0, until_close=True):
+        """Reads until the server closes the TCP connection (or, with
+        until_close=False, until `timeout` passes). Returns the frames so far
+        as (fin, rsv, opcode, payload)."""
+        end = time.time() + timeout
+        while not self.eof and time.time() < end:
+            self.sock.settimeout(max(0.05, min(0.5, end - time.time())))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                self.eof = True
+                break
+            if not chunk:
+                self.eof = True
+                break
+            self.buf += chunk
+        return self.frames()
+
+    def frames(self):
+        out, b, i = [], self.buf, 0
+        while i + 2 <= len(b):
+            fin, rsv, op = b[i] >> 7, (b[i] >> 4) & 7, b[i] & 0x0F
+            n, j = b[i + 1] & 0x7F, i + 2
+            if n == 126:
+                if j + 2 > len(b):
+                    break
+                n, j = struct.unpack("!H", b[j:j + 2])[0], j + 2
+            elif n == 127:
+                if j + 8 > len(b):
+                    break
+                n, j = struct.unpack("!Q", b[j:j + 8])[0], j + 8
+            if j + n > len(b):
+                break
+            out.append((fin, rsv, op, b[j:j + n]))
+            i = j + n
+        return out
+
+    def closes(self):
+        """Close frames received, as (code or None, reason bytes)."""
+        out = []
+        for _, _, op, p in self.frames():
+            if op == 8:
+                out.append((struct.unpack("!H", p[:2])[0] if len(p) >= 2 else None, p[2:]))
+        return out
+
+    def texts(self):
+        return [p for _, _, op, p in self.frames() if op == 1]
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
 # ---------------------------------------------------------------- misc
 def metric_value(text, name, labels=None):
     """Sum of the samples of a metric (optionally those whose label string
