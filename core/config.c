@@ -42,6 +42,12 @@ static const opt OPTS[] = {
     {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL"},
     {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1"},
     {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)"},
+    {"--max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", K_INT, O(max_conns_per_ip), "1000", "WebSocket connections per client IP on this node; more get HTTP 429 (0: unlimited)"},
+    {"--max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", K_INT, O(max_conns_per_user), "32", "WebSocket connections per user (JWT sub) on this node; more get HTTP 429 (0: unlimited)"},
+    {"--trusted-proxies", "CHAT_TRUSTED_PROXIES", K_STR, O(trusted_proxies), NULL, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed"},
+    {"--allowed-origins", "CHAT_ALLOWED_ORIGINS", K_STR, O(allowed_origins), NULL, "comma-separated Origins allowed to upgrade (exact, or https://*.example.com); unset: any"},
+    {"--handshake-timeout-ms", "CHAT_HANDSHAKE_TIMEOUT_MS", K_INT, O(handshake_timeout_ms), "10000", "a connection must finish its HTTP request / upgrade within this time"},
+    {"--accept-pause-ms", "CHAT_ACCEPT_PAUSE_MS", K_INT, O(accept_pause_ms), "250", "pause of accept() after running out of file descriptors"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 
@@ -134,6 +140,14 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     }
     if (c->max_queue < 1 || c->max_queue_bytes < 1024 || c->max_frame < 128) {
         snprintf(err, errlen, "queue/frame limits too small (CHAT_MAX_QUEUE>=1, CHAT_MAX_QUEUE_BYTES>=1024, CHAT_MAX_FRAME>=128)");
+        return -1;
+    }
+    if (c->handshake_timeout_ms < 100 || c->handshake_timeout_ms > 600000) {
+        snprintf(err, errlen, "CHAT_HANDSHAKE_TIMEOUT_MS: 100 to 600000, got %lld", (long long)c->handshake_timeout_ms);
+        return -1;
+    }
+    if (c->accept_pause_ms < 10 || c->accept_pause_ms > 60000) {
+        snprintf(err, errlen, "CHAT_ACCEPT_PAUSE_MS: 10 to 60000, got %lld", (long long)c->accept_pause_ms);
         return -1;
     }
     if (c->replay_max < 1) c->replay_max = 1;

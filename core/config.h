@@ -30,6 +30,13 @@ typedef struct config {
     int dev_tokens;
     int64_t workers;           /* --workers: 1 = this process is the node (core/workers.h) */
     int64_t worker_port;       /* a worker's own port (the supervisor: the first one; 0 = listen port + 1) */
+    /* the network edge (listener.c, limits.c, client_ip.c, ws.c) */
+    int64_t accept_pause_ms;   /* pause after running out of fds */
+    int64_t max_conns_per_ip;  /* 0: unlimited */
+    int64_t max_conns_per_user;/* per node; 0: unlimited */
+    int64_t handshake_timeout_ms;
+    const char *trusted_proxies;  /* IPs/CIDRs whose X-Forwarded-For is believed */
+    const char *allowed_origins;  /* NULL: any Origin */
 } config;
 
 /* 0 ok; -1 with err (unknown flag, bad number, bad listen address). A

@@ -13,6 +13,7 @@
 #include "publish.h"
 #include "conn.h"
 #include "listen_shared.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "room.h"
@@ -134,6 +135,7 @@ static void stop_everything(void)
     uv_close((uv_handle_t *)&g_sigterm, close_cb);
     uv_close((uv_handle_t *)&g_sigint, close_cb);
     listen_shared_close();
+    listener_close();
     lws_context_destroy(g_srv.lws);
     g_srv.lws = NULL;
     wsread_shutdown();
@@ -257,22 +259,23 @@ int server_run(int argc, char **argv)
     if (!g_srv.presence) { fprintf(stderr, "chatd: presence: %s\n", err); return 2; }
 
     if (wsread_init(g_srv.loop, err, sizeof err) < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
+    /* a worker of chatd --workers: its own port here, the shared one below */
+    int worker = g_srv.cfg.workers > 1 && g_srv.cfg.worker_port;
+    if (worker && listen_shared_open(g_srv.cfg.listen_host, g_srv.cfg.listen_port, err, sizeof err) < 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    listener_opts lo = {g_srv.cfg.listen_host, worker ? (int)g_srv.cfg.worker_port : g_srv.cfg.listen_port,
+                        4096, (uint32_t)g_srv.cfg.accept_pause_ms, 0};
+    if (listener_open(g_srv.loop, &lo, err, sizeof err) < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     void *loops[1] = {g_srv.loop};
-    info.port = g_srv.cfg.listen_port;
-    /* a worker of chatd --workers (core/workers.h): lws listens on its own
-     * port, the shared port is listen_shared's SO_REUSEPORT socket */
-    int worker = g_srv.cfg.workers > 1 && g_srv.cfg.worker_port;
-    if (worker) {
-        if (listen_shared_open(g_srv.cfg.listen_host, g_srv.cfg.listen_port, err, sizeof err) < 0) {
-            fprintf(stderr, "chatd: %s\n", err);
-            return 2;
-        }
-        info.port = (int)g_srv.cfg.worker_port;
-    }
-    info.iface = g_srv.cfg.listen_host;
+    /* chatd accepts (listener.c) and hands sockets to lws; a worker of
+     * chatd --workers (core/workers.h) also accepts on the shared port
+     * (listen_shared's SO_REUSEPORT socket) */
+    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
     info.protocols = ws_protocols;
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
                    LWS_SERVER_OPTION_DISABLE_IPV6;
@@ -291,16 +294,15 @@ int server_run(int argc, char **argv)
     info.pt_serv_buf_size = 32768;
     info.vhost_name = "chatd";
     g_srv.lws = lws_create_context(&info);
-    /* lws 4.1 on a foreign loop returns a context even when the default
-     * vhost could not bind its port: check the vhost */
     struct lws_vhost *vh = g_srv.lws ? lws_get_vhost_by_name(g_srv.lws, info.vhost_name) : NULL;
-    if (!vh || lws_get_vhost_listen_port(vh) != info.port) {
-        fprintf(stderr, "chatd: cannot listen on %s:%d\n", g_srv.cfg.listen_host, info.port);
+    if (!vh) {
+        fprintf(stderr, "chatd: cannot start the HTTP/WebSocket server\n");
         return 2;
     }
+    listener_start(vh);
     if (worker) {
-        listen_shared_opts lo = {info.ka_time, info.ka_interval, info.ka_probes};
-        listen_shared_start(g_srv.loop, vh, &lo);
+        listen_shared_opts so = {info.ka_time, info.ka_interval, info.ka_probes};
+        listen_shared_start(g_srv.loop, vh, &so);
     }
 
     uv_prepare_init(g_srv.loop, &g_flush);

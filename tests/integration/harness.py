@@ -460,7 +460,7 @@ def write_policy(d, source):
 # ---------------------------------------------------------------- chatd nodes
 class Node:
     def __init__(self, name=None, redis=False, db=False, scripts=None, env=None, port=None,
-                 secret=SECRET, pubkey=None, args=()):
+                 secret=SECRET, pubkey=None, args=(), wrap=()):
         self.name = name or uniq("node")
         self.port = port or free_port()
         self.log_path = os.path.join(RUN.workdir, f"{RUN.test_name}-{self.name}.log")
@@ -486,6 +486,7 @@ class Node:
                 e[k] = str(v)
         self.env = e
         self.args = list(args)
+        self.wrap = list(wrap)     # command prefix that execs chatd (e.g. prlimit)
         self.proc = None
         self.starts = 0
         RUN.nodes.append(self)
@@ -501,7 +502,7 @@ class Node:
         log = open(self.log_path, "ab")
         log.write(f"==== start #{self.starts} {time.strftime('%H:%M:%S')}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen([RUN.chatd] + self.args, env=self.env, stdout=log,
+        self.proc = subprocess.Popen(self.wrap + [RUN.chatd] + self.args, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         if wait:

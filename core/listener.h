@@ -1,0 +1,34 @@
+/* listener: the listening socket, accepted by chatd and handed to lws
+ * (lws_adopt_socket_vhost) instead of lws' own listener, which on EMFILE
+ * logs and returns with the socket still readable: a busy loop at 100% CPU
+ * writing ~700k log lines/s. Here, when descriptors run out, a reserve
+ * descriptor is released to accept the pending connection and close it at
+ * once (the client gets a prompt close, not a hang), accepting pauses for
+ * a while (CHAT_ACCEPT_PAUSE_MS), the event is counted
+ * (chat_accept_errors_total) and logged at most once per second.
+ * Owns: the listening socket, its uv_poll, the pause timer, the reserve fd. */
+#ifndef CHATD_LISTENER_H
+#define CHATD_LISTENER_H
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <libwebsockets.h>
+
+typedef struct listener_opts {
+    const char *host;       /* "127.0.0.1", "0.0.0.0", "::", "[::1]", "" = any */
+    int port;
+    int backlog;
+    uint32_t pause_ms;      /* accept pause after running out of fds */
+    int reuseport;          /* SO_REUSEPORT (several processes on one port) */
+} listener_opts;
+
+/* Binds and listens (errors in err). Connections go to vh once started. */
+int listener_open(uv_loop_t *loop, const listener_opts *o, char *err, size_t errlen);
+/* Starts accepting into vh. */
+void listener_start(struct lws_vhost *vh);
+/* Stops accepting and closes everything it owns. */
+void listener_close(void);
+/* Registers the metrics. */
+void listener_metrics_init(void);
+
+#endif
