@@ -47,6 +47,7 @@ static const opt OPTS[] = {
     {"--trusted-proxies", "CHAT_TRUSTED_PROXIES", K_STR, O(trusted_proxies), NULL, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed"},
     {"--allowed-origins", "CHAT_ALLOWED_ORIGINS", K_STR, O(allowed_origins), NULL, "comma-separated Origins allowed to upgrade (exact, or https://*.example.com); unset: any"},
     {"--handshake-timeout-ms", "CHAT_HANDSHAKE_TIMEOUT_MS", K_INT, O(handshake_timeout_ms), "10000", "a connection must finish its HTTP request / upgrade within this time"},
+    {"--max-header-bytes", "CHAT_MAX_HEADER_BYTES", K_INT, O(max_header_bytes), "16384", "largest HTTP request head (request line + headers) of a new connection; larger: HTTP 431"},
     {"--accept-pause-ms", "CHAT_ACCEPT_PAUSE_MS", K_INT, O(accept_pause_ms), "250", "pause of accept() after running out of file descriptors"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
@@ -144,6 +145,10 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     }
     if (c->handshake_timeout_ms < 100 || c->handshake_timeout_ms > 600000) {
         snprintf(err, errlen, "CHAT_HANDSHAKE_TIMEOUT_MS: 100 to 600000, got %lld", (long long)c->handshake_timeout_ms);
+        return -1;
+    }
+    if (c->max_header_bytes < 1024 || c->max_header_bytes > 60000) {
+        snprintf(err, errlen, "CHAT_MAX_HEADER_BYTES: 1024 to 60000, got %lld", (long long)c->max_header_bytes);
         return -1;
     }
     if (c->accept_pause_ms < 10 || c->accept_pause_ms > 60000) {

@@ -35,6 +35,7 @@ typedef struct config {
     int64_t max_conns_per_ip;  /* 0: unlimited */
     int64_t max_conns_per_user;/* per node; 0: unlimited */
     int64_t handshake_timeout_ms;
+    int64_t max_header_bytes;  /* first request head; larger: 431 */
     const char *trusted_proxies;  /* IPs/CIDRs whose X-Forwarded-For is believed */
     const char *allowed_origins;  /* NULL: any Origin */
 } config;

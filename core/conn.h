@@ -46,6 +46,7 @@ typedef struct conn {
     int fd;
     identity ident;
     char url_room[CHAT_ROOM_MAX + 1];
+    char ip[46];            /* client address (client_ip.h), for limits and logs */
     int has_since;
     uint64_t since;
     conn_room **rooms;

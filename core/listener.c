@@ -10,9 +10,26 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+/* A connection whose first request head has not fully arrived yet. */
+typedef struct pending {
+    int fd;
+    uint64_t deadline_ms;
+    struct pending *prev, *next;
+} pending;
+
+static pending *g_pending;
+static size_t g_npending;
+static int g_hs_ep = -1;
+static uv_poll_t g_hs_poll;
+static uv_timer_t g_hs_timer;
+static uint32_t g_head_timeout_ms, g_head_max;
+static char *g_peek;
 
 static int g_fd = -1, g_reserve = -1;
 static uv_poll_t g_poll;
@@ -22,7 +39,7 @@ static struct lws_vhost *g_vh;
 static uint32_t g_pause_ms;
 static uint64_t g_last_log_ms, g_unlogged;
 
-static metric_counter *m_emfile, *m_other, *m_shed;
+static metric_counter *m_emfile, *m_other, *m_shed, *m_timeout, *m_big;
 static metric_gauge *m_paused;
 
 void listener_metrics_init(void)
@@ -34,6 +51,9 @@ void listener_metrics_init(void)
     m_shed = metrics_counter("chat_accept_shed_total",
                              "Connections accepted and closed at once because file descriptors ran out", NULL);
     m_paused = metrics_gauge("chat_accept_paused", "1 while accepting is paused (out of file descriptors)", NULL);
+    const char *r = "Connections refused at the edge before the upgrade, by reason";
+    m_timeout = metrics_counter("chat_refused_total", r, "reason=\"handshake_timeout\"");
+    m_big = metrics_counter("chat_refused_total", r, "reason=\"header_too_large\"");
 }
 
 static void reserve_open(void)
@@ -92,6 +112,103 @@ static void tune(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
 }
 
+/* ---- pending request heads ------------------------------------------- */
+
+static void pending_drop(pending *p, int close_fd)
+{
+    if (p->prev) p->prev->next = p->next; else g_pending = p->next;
+    if (p->next) p->next->prev = p->prev;
+    g_npending--;
+    epoll_ctl(g_hs_ep, EPOLL_CTL_DEL, p->fd, NULL);
+    if (close_fd) close(p->fd);
+    free(p);
+    if (!g_npending) uv_timer_stop(&g_hs_timer);
+}
+
+/* Answers a refused head and closes: what the client sent is read and
+ * dropped first, so the close is a FIN after the answer, not a reset. */
+static void answer_and_close(pending *p, const char *status)
+{
+    for (int i = 0; i < 16; i++)
+        if (recv(p->fd, g_peek, (size_t)g_head_max + 1, MSG_DONTWAIT) <= 0) break;
+    char b[256];
+    int n = snprintf(b, sizeof b, "HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                     "content-length: %zu\r\nconnection: close\r\n\r\n%s\n",
+                     status, strlen(status) + 1, status);
+    if (send(p->fd, b, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* gone: nothing to tell */ }
+    shutdown(p->fd, SHUT_WR);
+    pending_drop(p, 1);
+}
+
+static int head_complete(const char *b, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (b[i] != '\n') continue;
+        if (b[i + 1] == '\n') return 1;
+        if (i + 2 < n && b[i + 1] == '\r' && b[i + 2] == '\n') return 1;
+    }
+    return 0;
+}
+
+static void pending_check(pending *p)
+{
+    ssize_t n = recv(p->fd, g_peek, (size_t)g_head_max + 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) { pending_drop(p, 1); return; }          /* EOF or reset before a request */
+    if (head_complete(g_peek, (size_t)n)) {
+        int fd = p->fd;
+        pending_drop(p, 0);
+        /* lws reads the head itself; on failure it closes the socket */
+        if (!lws_adopt_socket_vhost(g_vh, fd))
+            LOGW("listener", "lws did not adopt a new connection (fd %d)", fd);
+        return;
+    }
+    if ((size_t)n > g_head_max) {
+        metric_inc(m_big);
+        answer_and_close(p, "431 Request Header Fields Too Large");
+    }
+}
+
+static void on_hs_events(uv_poll_t *h, int status, int events)
+{
+    struct epoll_event ev[64];
+    int n = epoll_wait(g_hs_ep, ev, 64, 0);
+    for (int i = 0; i < n; i++) pending_check(ev[i].data.ptr);
+}
+
+static void on_hs_timer(uv_timer_t *t)
+{
+    uint64_t now = mono_ms();
+    for (pending *p = g_pending, *next; p; p = next) {
+        next = p->next;
+        if (now >= p->deadline_ms) {
+            metric_inc(m_timeout);
+            answer_and_close(p, "408 Request Timeout");
+        }
+    }
+}
+
+static void pending_add(int fd)
+{
+    pending *p = calloc(1, sizeof *p);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = p;
+    if (!p || epoll_ctl(g_hs_ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        free(p);
+        close(fd);
+        return;
+    }
+    p->fd = fd;
+    p->deadline_ms = mono_ms() + g_head_timeout_ms;
+    p->next = g_pending;
+    if (g_pending) g_pending->prev = p;
+    g_pending = p;
+    if (!g_npending++) uv_timer_start(&g_hs_timer, on_hs_timer, 100, 100);
+    /* the edge for data already there is reported on ADD; on_hs_events runs it */
+}
+
+/* ---- accept ------------------------------------------------------------ */
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     /* a bounded batch per wake-up keeps the loop fair to live connections */
@@ -107,9 +224,7 @@ static void on_readable(uv_poll_t *h, int status, int events)
             return;
         }
         tune(fd);
-        /* on failure lws closes the socket itself */
-        if (!lws_adopt_socket_vhost(g_vh, fd))
-            LOGW("listener", "lws did not adopt a new connection (fd %d)", fd);
+        pending_add(fd);
     }
 }
 
@@ -151,6 +266,16 @@ int listener_open(uv_loop_t *loop, const listener_opts *o, char *err, size_t err
         return -1;
     }
     uv_timer_init(loop, &g_pause);
+    g_head_timeout_ms = o->head_timeout_ms ? o->head_timeout_ms : 10000;
+    g_head_max = o->head_max ? o->head_max : 16384;
+    g_peek = malloc((size_t)g_head_max + 1);
+    g_hs_ep = epoll_create1(EPOLL_CLOEXEC);
+    if (!g_peek || g_hs_ep < 0 || uv_poll_init(loop, &g_hs_poll, g_hs_ep) < 0 ||
+        uv_poll_start(&g_hs_poll, UV_READABLE, on_hs_events) < 0) {
+        snprintf(err, errlen, "cannot set up the handshake watcher: %s", strerror(errno));
+        return -1;
+    }
+    uv_timer_init(loop, &g_hs_timer);
     g_fd = fd;
     g_open = 1;
     g_pause_ms = o->pause_ms ? o->pause_ms : 250;
@@ -177,4 +302,12 @@ void listener_close(void)
     close(g_fd);
     g_fd = -1;
     if (g_reserve >= 0) { close(g_reserve); g_reserve = -1; }
+    while (g_pending) pending_drop(g_pending, 1);
+    uv_timer_stop(&g_hs_timer);
+    uv_close((uv_handle_t *)&g_hs_timer, closed_cb);
+    uv_close((uv_handle_t *)&g_hs_poll, closed_cb);
+    close(g_hs_ep);
+    g_hs_ep = -1;
+    free(g_peek);
+    g_peek = NULL;
 }

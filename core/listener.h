@@ -6,7 +6,14 @@
  * once (the client gets a prompt close, not a hang), accepting pauses for
  * a while (CHAT_ACCEPT_PAUSE_MS), the event is counted
  * (chat_accept_errors_total) and logged at most once per second.
- * Owns: the listening socket, its uv_poll, the pause timer, the reserve fd. */
+ * Before lws sees a connection, its first request head must arrive whole
+ * (peeked, not consumed: lws reads it) within CHAT_HANDSHAKE_TIMEOUT_MS
+ * (else 408, slowloris) and within CHAT_MAX_HEADER_BYTES (else 431); lws
+ * would otherwise drop both silently. Pending heads are watched in an
+ * edge-triggered epoll set (one uv_poll), so a partial head does not spin.
+ * Owns: the listening socket, its uv_poll, the pause timer, the reserve fd,
+ * the pending connections (their fds until handed to lws), their epoll set
+ * and deadline timer. */
 #ifndef CHATD_LISTENER_H
 #define CHATD_LISTENER_H
 #include <stddef.h>
@@ -20,6 +27,8 @@ typedef struct listener_opts {
     int backlog;
     uint32_t pause_ms;      /* accept pause after running out of fds */
     int reuseport;          /* SO_REUSEPORT (several processes on one port) */
+    uint32_t head_timeout_ms;  /* the first request head must arrive within this */
+    uint32_t head_max;      /* bytes; a larger head is answered 431 */
 } listener_opts;
 
 /* Binds and listens (errors in err). Connections go to vh once started. */

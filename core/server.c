@@ -11,7 +11,9 @@
 #include "chat_fanout.h"
 #include "lag.h"
 #include "publish.h"
+#include "client_ip.h"
 #include "conn.h"
+#include "connlimit.h"
 #include "listen_shared.h"
 #include "listener.h"
 #include "log.h"
@@ -258,6 +260,11 @@ int server_run(int argc, char **argv)
     g_srv.presence = presence_new(g_srv.loop, &po, &ph, NULL, err, sizeof err);
     if (!g_srv.presence) { fprintf(stderr, "chatd: presence: %s\n", err); return 2; }
 
+    if (client_ip_set_trusted(g_srv.cfg.trusted_proxies, err, sizeof err) < 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    connlimit_init(g_srv.cfg.max_conns_per_ip, g_srv.cfg.max_conns_per_user);
     if (wsread_init(g_srv.loop, err, sizeof err) < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
     /* a worker of chatd --workers: its own port here, the shared one below */
     int worker = g_srv.cfg.workers > 1 && g_srv.cfg.worker_port;
@@ -266,7 +273,8 @@ int server_run(int argc, char **argv)
         return 2;
     }
     listener_opts lo = {g_srv.cfg.listen_host, worker ? (int)g_srv.cfg.worker_port : g_srv.cfg.listen_port,
-                        4096, (uint32_t)g_srv.cfg.accept_pause_ms, 0};
+                        4096, (uint32_t)g_srv.cfg.accept_pause_ms, 0,
+                        (uint32_t)g_srv.cfg.handshake_timeout_ms, (uint32_t)g_srv.cfg.max_header_bytes};
     if (listener_open(g_srv.loop, &lo, err, sizeof err) < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
     struct lws_context_creation_info info;
@@ -289,7 +297,10 @@ int server_run(int argc, char **argv)
     info.ka_time = 60;
     info.ka_probes = 3;
     info.ka_interval = 10;
-    info.max_http_header_data = 16384;
+    /* above CHAT_MAX_HEADER_BYTES: the listener answers 431 before lws,
+     * which would drop an overflowing head silently */
+    info.max_http_header_data = (unsigned short)(g_srv.cfg.max_header_bytes + 4096 > 65535
+                                                 ? 65535 : g_srv.cfg.max_header_bytes + 4096);
     info.timeout_secs = 10;
     info.pt_serv_buf_size = 32768;
     info.vhost_name = "chatd";
@@ -327,6 +338,8 @@ int server_run(int argc, char **argv)
     auth_free(g_srv.auth);
     room_registry_free();
     chat_shutdown();
+    connlimit_free();
+    client_ip_free();
     uv_loop_close(g_srv.loop);
     metrics_free_all();
     LOGI("server", "bye");

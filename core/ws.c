@@ -2,16 +2,22 @@
 #define _GNU_SOURCE
 #include "ws.h"
 #include "chat.h"
+#include "client_ip.h"
 #include "conn.h"
+#include "connlimit.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
 #include "util.h"
 #include "wsread.h"
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 
 enum { OPQ_TICKET = 1, OPQ_CONN = 2 };
 
@@ -21,6 +27,8 @@ typedef struct ticket {
     char room[CHAT_ROOM_MAX + 1];
     int has_since;
     uint64_t since;
+    char ip[CLIENT_IP_MAX];
+    int slot;               /* holds a connlimit slot (ip, user) */
 } ticket;
 
 /* conn embeds no kind tag; we keep a tiny wrapper */
@@ -30,6 +38,8 @@ typedef struct pss { struct http_req *req; } pss;
 
 static metric_counter *m_acc[6];
 static metric_counter *m_too_big;
+enum { RF_PER_IP, RF_PER_USER, RF_ORIGIN, RF_VERSION, RF_KEY, RF_N };
+static metric_counter *m_refused[RF_N];
 
 void ws_metrics_init(void)
 {
@@ -41,16 +51,24 @@ void ws_metrics_init(void)
         m_acc[i] = metrics_counter("chat_connections_total", "WebSocket upgrade attempts, by outcome", l);
     }
     m_too_big = metrics_counter("chat_drops_total", NULL, "reason=\"frame_too_large\"");
+    static const char *rf[RF_N] = {"per_ip", "per_user", "origin", "bad_version", "no_key"};
+    for (int i = 0; i < RF_N; i++) {
+        char l[48];
+        snprintf(l, sizeof l, "reason=\"%s\"", rf[i]);
+        m_refused[i] = metrics_counter("chat_refused_total",
+                                       "Connections refused at the edge before the upgrade, by reason", l);
+    }
 }
 
 /* Refuses an upgrade with a plain HTTP/1.1 answer (lws would answer an
  * upgrade request with HTTP/1.0, which strict WebSocket clients refuse).
  * Returns 1: "we answered" for LWS_CALLBACK_HTTP_CONFIRM_UPGRADE. */
-static int refuse(struct lws *wsi, unsigned status, const char *text)
+static int refuse_h(struct lws *wsi, unsigned status, const char *text, const char *extra)
 {
     static const struct { unsigned code; const char *phrase; } P[] = {
         {400, "Bad Request"}, {401, "Unauthorized"}, {403, "Forbidden"},
-        {404, "Not Found"}, {503, "Service Unavailable"}};
+        {404, "Not Found"}, {426, "Upgrade Required"}, {429, "Too Many Requests"},
+        {503, "Service Unavailable"}};
     const char *phrase = "Error";
     for (size_t i = 0; i < sizeof P / sizeof P[0]; i++)
         if (P[i].code == status) phrase = P[i].phrase;
@@ -58,11 +76,65 @@ static int refuse(struct lws *wsi, unsigned status, const char *text)
     char *p = (char *)buf + LWS_PRE;
     size_t tl = strlen(text);
     int n = snprintf(p, 1024, "HTTP/1.1 %u %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                     "content-length: %zu\r\nconnection: close\r\ncache-control: no-store\r\n\r\n%s\n",
-                     status, phrase, tl + 1, text);
+                     "content-length: %zu\r\nconnection: close\r\ncache-control: no-store\r\n%s\r\n%s\n",
+                     status, phrase, tl + 1, extra ? extra : "", text);
     if (n < 0 || n >= 1024) return -1;
     if (lws_write(wsi, (unsigned char *)p, (size_t)n, LWS_WRITE_HTTP_FINAL) < 0) return -1;
     return 1;
+}
+
+static int refuse(struct lws *wsi, unsigned status, const char *text)
+{
+    return refuse_h(wsi, status, text, NULL);
+}
+
+/* The client's address (client_ip.h): peer, or X-Forwarded-For from a
+ * trusted proxy. */
+static void client_ip_of(struct lws *wsi, char out[CLIENT_IP_MAX])
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    ip_net peer;
+    memset(&peer, 0, sizeof peer);
+    if (getpeername(lws_get_socket_fd(wsi), (struct sockaddr *)&ss, &sl) == 0) {
+        char t[CLIENT_IP_MAX];
+        const void *a = ss.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                                                 : (const void *)&((struct sockaddr_in *)&ss)->sin_addr;
+        if (inet_ntop(ss.ss_family, a, t, sizeof t)) ip_parse(t, strlen(t), &peer);
+    }
+    if (!peer.family) { snprintf(out, CLIENT_IP_MAX, "unknown"); return; }
+    char xff[2048];
+    int n = lws_hdr_copy(wsi, xff, sizeof xff, WSI_TOKEN_X_FORWARDED_FOR);
+    client_ip_resolve(&peer, n > 0 ? xff : NULL, out);
+}
+
+/* CHAT_ALLOWED_ORIGINS: comma-separated exact origins ("https://a.b",
+ * compared case-insensitively), a pattern "https://" "*" ".example.com"
+ * (any subdomain of example.com, not example.com itself) or "*". */
+static int origin_allowed(const char *list, const char *origin)
+{
+    size_t ol = strlen(origin);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *e = p;
+        while (*e && *e != ',') e++;
+        size_t l = (size_t)(e - p);
+        while (l && p[l - 1] == ' ') l--;
+        const char *star = memchr(p, '*', l);
+        if (l == 1 && *p == '*') return 1;
+        if (!star) {
+            if (l == ol && strncasecmp(p, origin, l) == 0) return 1;
+        } else {
+            /* scheme + star + .suffix: origin = scheme, label(s), .suffix */
+            size_t pre = (size_t)(star - p), suf = l - pre - 1;
+            if (suf >= 2 && star[1] == '.' && ol > pre + suf && strncasecmp(p, origin, pre) == 0 &&
+                strncasecmp(star + 1, origin + ol - suf, suf) == 0 &&
+                !memchr(origin + pre, '/', ol - suf - pre))
+                return 1;
+        }
+        p = e;
+    }
+    return 0;
 }
 
 static int upgrade_gate(struct lws *wsi)
@@ -72,6 +144,28 @@ static int upgrade_gate(struct lws *wsi)
     if (g_srv.draining) {
         metric_inc(m_acc[4]);
         return refuse(wsi, 503, "draining");
+    }
+    /* RFC 6455 4.2.1/4.4: version 13 only (426 names it), a key is required */
+    char ver[16];
+    if (lws_hdr_copy(wsi, ver, sizeof ver, WSI_TOKEN_VERSION) <= 0 || strcmp(ver, "13") != 0) {
+        metric_inc(m_refused[RF_VERSION]);
+        return refuse_h(wsi, 426, "unsupported Sec-WebSocket-Version (13 only)", "sec-websocket-version: 13\r\n");
+    }
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_KEY) <= 0) {
+        metric_inc(m_refused[RF_KEY]);
+        return refuse(wsi, 400, "missing Sec-WebSocket-Key");
+    }
+    char ip[CLIENT_IP_MAX];
+    client_ip_of(wsi, ip);
+    if (g_srv.cfg.allowed_origins) {
+        char origin[512];
+        int ol = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+        /* no Origin: not a browser (tokens, not cookies, authenticate) */
+        if (ol > 0 && !origin_allowed(g_srv.cfg.allowed_origins, origin)) {
+            metric_inc(m_refused[RF_ORIGIN]);
+            LOGD("ws", "upgrade from %s refused: origin not allowed", ip);
+            return refuse(wsi, 403, "origin not allowed");
+        }
     }
     int n = lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
     if (n < 4 || strncmp(uri, "/ws/", 4) != 0) {
@@ -127,6 +221,18 @@ static int upgrade_gate(struct lws *wsi)
         return refuse(wsi, 403, b);
     }
     script_result_clear(&res);
+    limit_result lr = connlimit_acquire(ip, t->ident.user);
+    if (lr != LIMIT_OK) {
+        const char *why = lr == LIMIT_IP ? "too many connections from this address"
+                        : lr == LIMIT_USER ? "too many connections for this user" : "out of memory";
+        if (lr != LIMIT_OOM) metric_inc(m_refused[lr == LIMIT_IP ? RF_PER_IP : RF_PER_USER]);
+        LOGD("ws", "upgrade from %s user %s refused: %s", ip, t->ident.user, why);
+        identity_clear(&t->ident);
+        free(t);
+        return refuse(wsi, lr == LIMIT_OOM ? 503 : 429, why);
+    }
+    snprintf(t->ip, sizeof t->ip, "%s", ip);
+    t->slot = 1;
     lws_set_opaque_user_data(wsi, t);
     return 0;
 }
@@ -137,12 +243,16 @@ static void opaque_free(struct lws *wsi)
     if (!kind) return;
     if (*kind == OPQ_TICKET) {
         ticket *t = (ticket *)kind;
+        if (t->slot) connlimit_release(t->ip, t->ident.user);
         identity_clear(&t->ident);
         free(t);
     } else if (*kind == OPQ_CONN) {
         conn_ref *r = (conn_ref *)kind;
-        if (r->c) wsread_detach(r->c);
-        if (r->c) chat_conn_closed(r->c);
+        if (r->c) {
+            wsread_detach(r->c);
+            connlimit_release(r->c->ip, r->c->ident.user);
+            chat_conn_closed(r->c);
+        }
         free(r);
     }
     lws_set_opaque_user_data(wsi, NULL);
@@ -188,6 +298,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!c) { free(ref); return -1; }
         c->has_since = t->has_since;
         c->since = t->since;
+        snprintf(c->ip, sizeof c->ip, "%s", t->ip);   /* the slot moves to the conn */
         outq_init(&c->q, (uint32_t)g_srv.cfg.max_queue, (size_t)g_srv.cfg.max_queue_bytes);
         free(t);
         ref->kind = OPQ_CONN;
@@ -195,7 +306,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         lws_set_opaque_user_data(wsi, ref);
         if (wsread_attach(c) < 0) return -1;    /* CLOSED frees it */
         metric_inc(m_acc[0]);
-        LOGD("ws", "conn %llu user %s joined %s", (unsigned long long)c->id, c->ident.user, c->url_room);
+        /* the handshake deadline is over: an open WebSocket has no timeout */
+        lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
+        LOGD("ws", "conn %llu user %s from %s joined %s", (unsigned long long)c->id, c->ident.user, c->ip,
+             c->url_room);
         chat_conn_open(c);
         return 0;
     }

@@ -1,0 +1,23 @@
+/* connlimit: connection limits per client IP and per user on this node
+ * (CHAT_MAX_CONNS_PER_IP, CHAT_MAX_CONNS_PER_USER). A slot is taken at the
+ * upgrade gate (refused: HTTP 429 before the upgrade) and given back when
+ * the connection, or the upgrade that never completed, goes away.
+ * The counting is behind this small interface so that the per-user count
+ * can become cluster-wide (Redis) without touching its callers.
+ * Owns: the counts (hmap: key -> count). */
+#ifndef CHATD_CONNLIMIT_H
+#define CHATD_CONNLIMIT_H
+#include <stdint.h>
+
+typedef enum { LIMIT_OK = 0, LIMIT_IP = 1, LIMIT_USER = 2, LIMIT_OOM = 3 } limit_result;
+
+void connlimit_init(int64_t max_per_ip, int64_t max_per_user);
+void connlimit_free(void);
+/* Takes one slot for ip and one for user (both, or neither). */
+limit_result connlimit_acquire(const char *ip, const char *user);
+void connlimit_release(const char *ip, const char *user);
+/* Current counts (tests, metrics). */
+int64_t connlimit_count_ip(const char *ip);
+int64_t connlimit_count_user(const char *user);
+
+#endif
