@@ -289,3 +289,224 @@ async def out_of_file_descriptors_pauses_accepting():
     eq(metric_value(m, "chat_accept_paused"), 0, "chat_accept_paused after recovery")
     c = FrameWS(n.port, ws_path(uniq(), token("alice")))
     c.close()
+
+
+# ------------------------------------------------------------ hostile clients, limits
+def raw_request(port, path, headers=None, drop=(), timeout=5.0, send=None):
+    """Sends a request head (default: a valid upgrade) and returns
+    (status, headers, body, seconds) of the answer; status 101 returns at
+    once. drop: header names to leave out."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
+             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+        h.update(headers or {})
+        for d in drop:
+            h.pop(d, None)
+        head = (f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+                + "\r\n").encode()
+        t0 = time.time()
+        if send:
+            send(s, head)
+        else:
+            s.sendall(head)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        dt = time.time() - t0
+        check(data, f"no HTTP answer (silent close) for {path[:40]}")
+        top, _, body = data.partition(b"\r\n\r\n")
+        lines = top.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        if status != 101:
+            n = int(hdrs.get("content-length", "0"))
+            while len(body) < n:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+        return status, hdrs, body, dt
+    finally:
+        s.close()
+
+
+async def upgrade(node, user="alice", headers=None, **kw):
+    return await asyncio.to_thread(raw_request, node.port, ws_path(uniq(), token(user)), headers,
+                                   **kw)
+
+
+async def refused(node, reason):
+    return metric_value(await metrics(node), "chat_refused_total", f'reason="{reason}"')
+
+
+@test()
+async def bad_handshakes_get_http_answers():
+    n = start_node(env={"CHAT_MAX_HEADER_BYTES": 4096})
+    st, h, body, _ = await upgrade(n, drop=("Sec-WebSocket-Key",))
+    eq(st, 400, "missing Sec-WebSocket-Key")
+    check(b"Sec-WebSocket-Key" in body, f"400 body {body!r}")
+    for ver in ("8", "14", None):
+        st, h, _, _ = await upgrade(n, headers={"Sec-WebSocket-Version": ver} if ver else None,
+                                    drop=() if ver else ("Sec-WebSocket-Version",))
+        eq(st, 426, f"Sec-WebSocket-Version {ver}")
+        eq(h.get("sec-websocket-version"), "13", "426 names the supported version")
+    st, _, _, _ = await upgrade(n, headers={"X-Pad": "p" * 3000})
+    eq(st, 101, "a 3 KB head under CHAT_MAX_HEADER_BYTES=4096")
+    st, _, body, _ = await upgrade(n, headers={"X-Pad": "p" * 5000})
+    eq(st, 431, "a 5 KB head over CHAT_MAX_HEADER_BYTES=4096")
+    st, _, _, _ = await asyncio.to_thread(raw_request, n.port, "/healthz",
+                                          {"Upgrade": None, "X-Pad": "p" * 30000})
+    eq(st, 431, "a 30 KB plain HTTP head")
+    eq(await refused(n, "no_key"), 1, "refused no_key")
+    eq(await refused(n, "bad_version"), 3, "refused bad_version")
+    eq(await refused(n, "header_too_large"), 2, "refused header_too_large")
+    # default limit 16 KiB: a 20 KB head (lws alone dropped it silently)
+    n2 = start_node()
+    st, _, _, _ = await upgrade(n2, headers={"X-Pad": "p" * 20000})
+    eq(st, 431, "a 20 KB head with the default limit")
+
+
+@test(timeout=60)
+async def slow_handshakes_time_out():
+    """Slowloris: a client that sends its upgrade a byte at a time, or
+    nothing, is answered 408 and closed after CHAT_HANDSHAKE_TIMEOUT_MS,
+    whatever lws' own timers do; normal clients are served meanwhile and an
+    open WebSocket has no such deadline."""
+    n = start_node(env={"CHAT_HANDSHAKE_TIMEOUT_MS": 1500})
+    ws = open_ws(n)
+
+    def dribble(s, head):
+        for b in head:
+            try:
+                s.send(bytes([b]))
+            except OSError:        # the server answered and closed
+                return
+            time.sleep(0.2)        # 5 bytes a second: 1.5 s is ~8 bytes
+
+    t = asyncio.create_task(asyncio.to_thread(
+        raw_request, n.port, ws_path(uniq(), token("slow")), None, send=dribble, timeout=10))
+
+    def silent():
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+        t0 = time.time()
+        data = s.recv(4096)
+        while True:
+            more = s.recv(4096)
+            if not more:
+                break
+            data += more
+        s.close()
+        return data, time.time() - t0
+    t2 = asyncio.create_task(asyncio.to_thread(silent))
+    await asyncio.sleep(0.5)
+    st, _, _, _ = await upgrade(n, user="normal")
+    eq(st, 101, "a normal client during the slow ones")
+    try:
+        st, _, _, dt = await t
+    except OSError as e:      # the dribbler may still be writing when we close
+        raise AssertionError(f"slow client got no answer: {e}")
+    eq(st, 408, "byte-by-byte upgrade")
+    check(1.3 <= dt <= 3.0, f"byte-by-byte client closed after {dt:.2f}s (deadline 1.5s)")
+    data, dt = await t2
+    check(data.startswith(b"HTTP/1.1 408"), f"silent client got {data[:40]!r}")
+    check(1.3 <= dt <= 3.0, f"silent client closed after {dt:.2f}s (deadline 1.5s)")
+    eq(await refused(n, "handshake_timeout"), 2, "refused handshake_timeout")
+    ws.send(F(1, HB))
+    ws.read(0.5, until_close=False)
+    check(not ws.eof and sum(b"heartbeat_ack" in x for x in ws.texts()) == 1,
+          "an open WebSocket was closed by the handshake deadline")
+    ws.close()
+
+
+@test()
+async def per_ip_connection_limit():
+    n = start_node(env={"CHAT_MAX_CONNS_PER_IP": 3})
+    ws = [open_ws(n, user=f"u{i}") for i in range(3)]
+    st, _, body, _ = await upgrade(n, user="u4")
+    eq(st, 429, "4th connection from one address")
+    check(b"address" in body, f"429 body {body!r}")
+    ws[0].send(F(8, struct.pack("!H", 1000)))
+    ws[0].read(2)
+    check(await wait_open_conns(n, 2, 3), "closed connection still counted")
+    st, _, _, _ = await upgrade(n, user="u4")
+    eq(st, 101, "a slot freed by a close is reused")
+    eq(await refused(n, "per_ip"), 1, "refused per_ip")
+    # refused upgrades (401) take no slot
+    for _ in range(5):
+        st, _, _, _ = await asyncio.to_thread(raw_request, n.port, ws_path(uniq(), "bad.token.x"))
+        eq(st, 401, "bad token")
+    for w in ws:
+        w.close()
+
+
+@test()
+async def per_user_connection_limit():
+    n = start_node(env={"CHAT_MAX_CONNS_PER_USER": 2})
+    a = [open_ws(n, user="alice") for _ in range(2)]
+    st, _, body, _ = await upgrade(n, user="alice")
+    eq(st, 429, "3rd connection of alice")
+    check(b"user" in body, f"429 body {body!r}")
+    st, _, _, _ = await upgrade(n, user="bob")
+    eq(st, 101, "another user is not limited by alice")
+    a[0].close()               # TCP drop without a close frame also frees the slot
+    check(await wait_open_conns(n, 1, 3), "dropped connection still counted")
+    b = open_ws(n, user="alice")
+    eq(await refused(n, "per_user"), 1, "refused per_user")
+    b.close()
+    a[1].close()
+
+
+@test()
+async def client_ip_from_trusted_proxy():
+    """X-Forwarded-For is believed only from CHAT_TRUSTED_PROXIES, and then
+    its right-most untrusted entry is the client (left entries are the
+    client's own words)."""
+    n = start_node(env={"CHAT_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1, ::1",
+                        "CHAT_MAX_CONNS_PER_IP": 1})
+    xff = {"X-Forwarded-For": "203.0.113.7"}
+    c1 = await asyncio.to_thread(FrameWS, n.port, ws_path(uniq(), token("a")), xff)
+    c2 = await asyncio.to_thread(FrameWS, n.port, ws_path(uniq(), token("b")),
+                                 {"X-Forwarded-For": "203.0.113.8, 10.1.2.3"})
+    st, _, _, _ = await upgrade(n, user="c", headers={"X-Forwarded-For": "198.51.100.9, 203.0.113.7"})
+    eq(st, 429, "forged left entry: still 203.0.113.7")
+    st, _, _, _ = await upgrade(n, user="d", headers={"X-Forwarded-For": "203.0.113.7, 10.9.9.9"})
+    eq(st, 429, "203.0.113.7 behind a second trusted proxy")
+    log = n.log_text()
+    check("from 203.0.113.7 joined" in log and "from 203.0.113.8 joined" in log,
+          "client addresses not in the log")
+    # without trusted proxies the header is ignored: every client is 127.0.0.1
+    n2 = start_node(env={"CHAT_MAX_CONNS_PER_IP": 1})
+    c3 = await asyncio.to_thread(FrameWS, n2.port, ws_path(uniq(), token("a")), xff)
+    st, _, _, _ = await upgrade(n2, user="b", headers={"X-Forwarded-For": "203.0.113.99"})
+    eq(st, 429, "untrusted peer: X-Forwarded-For ignored")
+    check("from 127.0.0.1 joined" in n2.log_text(), "peer address not logged")
+    for c in (c1, c2, c3):
+        c.close()
+    # a bad list refuses to start
+    bad = Node(env={"CHAT_TRUSTED_PROXIES": "10.0.0.0/8,not-an-ip"})
+    bad.start(wait=False)
+    check(bad.wait_exit(10) == 2, "CHAT_TRUSTED_PROXIES with a bad entry did not refuse to start")
+    check("not-an-ip" in bad.log_text(), "start error does not name the bad entry")
+
+
+@test()
+async def origin_allow_list():
+    n = start_node(env={"CHAT_ALLOWED_ORIGINS": "https://chat.example.com, https://*.example.org"})
+    cases = [("https://chat.example.com", 101), ("HTTPS://CHAT.EXAMPLE.COM", 101),
+             ("https://a.example.org", 101), ("https://a.b.example.org", 101),
+             ("https://evil.com", 403), ("https://example.org", 403),
+             ("https://a.example.org.evil.com", 403), ("http://chat.example.com", 403),
+             ("https://chat.example.com:8443", 403), ("https://x/.example.org", 403), (None, 101)]
+    for origin, want in cases:
+        st, _, body, _ = await upgrade(n, headers={"Origin": origin} if origin else None)
+        eq(st, want, f"Origin {origin}")
+        if want == 403:
+            check(b"origin" in body, f"403 body {body!r}")
+    eq(await refused(n, "origin"), 6, "refused origin")
+    n2 = start_node()
+    st, _, _, _ = await upgrade(n2, headers={"Origin": "https://anything.invalid"})
+    eq(st, 101, "unset CHAT_ALLOWED_ORIGINS allows any origin")
