@@ -170,9 +170,15 @@ void conn_kill(conn *c)
     if (c->closed) return;
     c->closing = 1;
     c->close_after_flush = 0;
+    c->killed = 1;
     outq_clear(&c->q);
     flush_list_remove(c);
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, LWS_TO_KILL_ASYNC);
+    /* WRITEABLE returns -1 and lws closes the socket (without a frame: we
+     * never give lws a close reason). A timeout of 0 (LWS_TO_KILL_ASYNC)
+     * does not re-arm lws' timer on the foreign loop: it would wait for
+     * whatever timeout was pending. The 1 s one is a backstop. */
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 1);
+    lws_callback_on_writable(c->wsi);
 }
 
 /* Writes our close frame (code + reason) straight to the socket: we are at
@@ -275,6 +281,7 @@ static int write_some(conn *c)
 int conn_on_writeable(conn *c)
 {
     c->lws_has_tail = 0;
+    if (c->killed) return -1;
     if (c->close_sent) return c->peer_closed ? -1 : 0;
     if (c->closing && !c->close_after_flush) return send_close_frame(c) < 0 ? -1 : 0;
     int r = write_some(c);

@@ -64,6 +64,7 @@ typedef struct conn {
     int closed;             /* CLOSED seen: wsi gone */
     int close_sent;         /* our close frame is out; waiting for the peer */
     int peer_closed;        /* the peer's close frame arrived: drop once ours is out */
+    int killed;             /* drop without a frame at the next WRITEABLE */
     int reading;            /* registered with wsread (its epoll set) */
     wsf_parser rxp;         /* client frame parser (wsread.c) */
     unsigned char close_frame[128];
