@@ -70,13 +70,15 @@ static void resume(uv_timer_t *t)
     if (g_open && !g_polling && uv_poll_start(&g_poll, UV_READABLE, on_readable) == 0) g_polling = 1;
 }
 
-/* Out of descriptors: shed the connection at the head of the queue with the
- * reserve fd, stop accepting for a while, count it, log at most once a
- * second (with how many were not logged). */
+/* accept() failed for a reason that would repeat at once. Out of
+ * descriptors: shed the connection at the head of the queue with the
+ * reserve fd. Either way: stop accepting for a while, count it, log at most
+ * once a second (with how many were not logged). */
 static void exhausted(int err)
 {
-    metric_inc(m_emfile);
-    if (g_reserve >= 0) {
+    int fds = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+    metric_inc(fds ? m_emfile : m_other);
+    if (fds && g_reserve >= 0) {
         close(g_reserve);
         g_reserve = -1;
         int fd = accept4(g_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -218,9 +220,8 @@ static void on_readable(uv_poll_t *h, int status, int events)
             int e = errno;
             if (e == EAGAIN || e == EWOULDBLOCK) return;
             if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
-            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) { exhausted(e); return; }
-            metric_inc(m_other);
-            LOGW("listener", "accept: %s", strerror(e));
+            /* out of fds, or anything else that would repeat: never spin */
+            exhausted(e);
             return;
         }
         tune(fd);
