@@ -110,8 +110,10 @@ lt_chatd() {
     if [[ $CHATD == *.py ]]; then   # the mock server, to test the scenarios themselves
         taskset -c "$CHATD_CPU" /usr/bin/python3 "$CHATD" "$port" "$SECRET" >"$RESULTS/$name.chatd.log" 2>&1 &
     else
+        # thousands of load connections come from a few loopback addresses:
+        # no per-IP limit (CHAT_MAX_CONNS_PER_IP, default 1000) unless asked
         CHAT_LISTEN=127.0.0.1:$port CHAT_JWT_SECRET=$SECRET CHAT_NODE_ID=$name \
-            CHAT_SCRIPTS=${CHAT_SCRIPTS:-$REPO/scripts} \
+            CHAT_SCRIPTS=${CHAT_SCRIPTS:-$REPO/scripts} CHAT_MAX_CONNS_PER_IP=${CHAT_MAX_CONNS_PER_IP:-0} \
             "${LT_SRV_PRIO[@]}" taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
     fi
     LT_CHATD_PID=$!
