@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -39,7 +40,7 @@ static struct lws_vhost *g_vh;
 static uint32_t g_pause_ms;
 static uint64_t g_last_log_ms, g_unlogged;
 
-static metric_counter *m_emfile, *m_other, *m_shed, *m_timeout, *m_big;
+static metric_counter *m_emfile, *m_other, *m_shed, *m_timeout, *m_big, *m_early;
 static metric_gauge *m_paused;
 
 void listener_metrics_init(void)
@@ -54,6 +55,7 @@ void listener_metrics_init(void)
     const char *r = "Connections refused at the edge before the upgrade, by reason";
     m_timeout = metrics_counter("chat_refused_total", r, "reason=\"handshake_timeout\"");
     m_big = metrics_counter("chat_refused_total", r, "reason=\"header_too_large\"");
+    m_early = metrics_counter("chat_refused_total", r, "reason=\"early_data\"");
 }
 
 static void reserve_open(void)
@@ -129,25 +131,39 @@ static void pending_drop(pending *p, int close_fd)
 
 /* Answers a refused head and closes: what the client sent is read and
  * dropped first, so the close is a FIN after the answer, not a reset. */
-static void answer_and_close(pending *p, const char *status)
+static void answer_and_close(pending *p, const char *status, const char *text)
 {
     for (int i = 0; i < 16; i++)
         if (recv(p->fd, g_peek, (size_t)g_head_max + 1, MSG_DONTWAIT) <= 0) break;
-    char b[256];
+    char b[384];
     int n = snprintf(b, sizeof b, "HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                      "content-length: %zu\r\nconnection: close\r\n\r\n%s\n",
-                     status, strlen(status) + 1, status);
+                     status, strlen(text) + 1, text);
     if (send(p->fd, b, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* gone: nothing to tell */ }
     shutdown(p->fd, SHUT_WR);
     pending_drop(p, 1);
 }
 
-static int head_complete(const char *b, size_t n)
+/* Length of the request head (through its empty line), 0 while incomplete. */
+static size_t head_len(const char *b, size_t n)
 {
     for (size_t i = 0; i + 1 < n; i++) {
         if (b[i] != '\n') continue;
-        if (b[i + 1] == '\n') return 1;
-        if (i + 2 < n && b[i + 1] == '\r' && b[i + 2] == '\n') return 1;
+        if (b[i + 1] == '\n') return i + 2;
+        if (i + 2 < n && b[i + 1] == '\r' && b[i + 2] == '\n') return i + 3;
+    }
+    return 0;
+}
+
+/* A WebSocket upgrade request (an "Upgrade: websocket" header line). */
+static int is_upgrade(const char *b, size_t n)
+{
+    for (size_t i = 0; i + 9 < n; i++) {
+        if ((i == 0 || b[i - 1] == '\n') && strncasecmp(b + i, "upgrade:", 8) == 0) {
+            size_t j = i + 8;
+            while (j < n && (b[j] == ' ' || b[j] == '\t')) j++;
+            if (n - j >= 9 && strncasecmp(b + j, "websocket", 9) == 0) return 1;
+        }
     }
     return 0;
 }
@@ -157,7 +173,16 @@ static void pending_check(pending *p)
     ssize_t n = recv(p->fd, g_peek, (size_t)g_head_max + 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
     if (n <= 0) { pending_drop(p, 1); return; }          /* EOF or reset before a request */
-    if (head_complete(g_peek, (size_t)n)) {
+    size_t hl = head_len(g_peek, (size_t)n);
+    if (hl && hl < (size_t)n && is_upgrade(g_peek, hl)) {
+        /* frames before our 101: RFC 6455 4.1 says the client must wait.
+         * lws would read them with the head and keep them where chatd's
+         * frame reader never sees them: refuse instead of losing them */
+        metric_inc(m_early);
+        answer_and_close(p, "400 Bad Request", "data sent before the handshake completed");
+        return;
+    }
+    if (hl) {
         int fd = p->fd;
         pending_drop(p, 0);
         /* lws reads the head itself; on failure it closes the socket */
@@ -167,7 +192,7 @@ static void pending_check(pending *p)
     }
     if ((size_t)n > g_head_max) {
         metric_inc(m_big);
-        answer_and_close(p, "431 Request Header Fields Too Large");
+        answer_and_close(p, "431 Request Header Fields Too Large", "request header fields too large");
     }
 }
 
@@ -185,7 +210,7 @@ static void on_hs_timer(uv_timer_t *t)
         next = p->next;
         if (now >= p->deadline_ms) {
             metric_inc(m_timeout);
-            answer_and_close(p, "408 Request Timeout");
+            answer_and_close(p, "408 Request Timeout", "request head not complete in time");
         }
     }
 }

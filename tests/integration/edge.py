@@ -303,8 +303,8 @@ def raw_request(port, path, headers=None, drop=(), timeout=5.0, send=None):
         h.update(headers or {})
         for d in drop:
             h.pop(d, None)
-        head = (f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
-                + "\r\n").encode()
+        head = (f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()
+                                                     if v is not None) + "\r\n").encode()
         t0 = time.time()
         if send:
             send(s, head)
@@ -510,3 +510,38 @@ async def origin_allow_list():
     n2 = start_node()
     st, _, _, _ = await upgrade(n2, headers={"Origin": "https://anything.invalid"})
     eq(st, 101, "unset CHAT_ALLOWED_ORIGINS allows any origin")
+
+
+@test()
+async def frames_before_the_101_are_refused_not_lost():
+    """RFC 6455 4.1: a client waits for the 101 before sending frames. Frames
+    sent with the upgrade request would be read by lws with the head and
+    never reach chatd's frame reader (a message silently lost): 400."""
+    n = start_node()
+
+    def early(s, head):
+        s.sendall(head + F(1, b'{"type":"message","body":"too early","id":"e1"}'))
+    st, _, body, _ = await asyncio.to_thread(raw_request, n.port, ws_path(uniq(), token("a")),
+                                             None, send=early)
+    eq(st, 400, "frame sent with the upgrade request")
+    check(b"before the handshake" in body, f"400 body {body!r}")
+    eq(await refused(n, "early_data"), 1, "refused early_data")
+    # a plain HTTP request may carry a body / be followed by another: not refused
+    st, _, _, _ = await asyncio.to_thread(
+        raw_request, n.port, "/healthz", {"Upgrade": None, "Connection": None,
+                                          "Sec-WebSocket-Key": None, "Sec-WebSocket-Version": None},
+        send=lambda s, h: s.sendall(h + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+    eq(st, 200, "pipelined plain HTTP requests")
+
+
+@test()
+async def bad_edge_settings_refuse_to_start():
+    for env, what in (({"CHAT_HANDSHAKE_TIMEOUT_MS": "50"}, "CHAT_HANDSHAKE_TIMEOUT_MS"),
+                      ({"CHAT_MAX_HEADER_BYTES": "100"}, "CHAT_MAX_HEADER_BYTES"),
+                      ({"CHAT_ACCEPT_PAUSE_MS": "0"}, "CHAT_ACCEPT_PAUSE_MS"),
+                      ({"CHAT_MAX_CONNS_PER_IP": "-1"}, "CHAT_MAX_CONNS_PER_IP"),
+                      ({"CHAT_TRUSTED_PROXIES": "10.0.0.0/99"}, "CHAT_TRUSTED_PROXIES")):
+        node = Node(env=env)
+        node.start(wait=False)
+        eq(node.wait_exit(10), 2, f"exit status with {env}")
+        check(what in node.log_text(), f"the error does not name {what}: {node.log_tail(2)}")
