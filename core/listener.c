@@ -32,15 +32,29 @@ static uv_timer_t g_hs_timer;
 static uint32_t g_head_timeout_ms, g_head_max;
 static char *g_peek;
 
-static int g_fd = -1, g_reserve = -1;
-static uv_poll_t g_poll;
+/* A listening socket: the node's port, or with chatd --workers the port
+ * shared by the workers (SO_REUSEPORT; closed first at a drain so new
+ * connections go to the other workers) plus the worker's own port. */
+typedef struct lsock {
+    int fd;
+    int shared;
+    int polling;
+    uv_poll_t poll;
+} lsock;
+
+#define MAX_LSOCKS 2
+static lsock g_ls[MAX_LSOCKS];
+static int g_nls;
+static uv_loop_t *g_loop;
+static int g_reserve = -1;
 static uv_timer_t g_pause;
-static int g_open, g_polling;
+static int g_open, g_started, g_paused;
+static uint32_t g_backlog;
 static struct lws_vhost *g_vh;
 static uint32_t g_pause_ms;
 static uint64_t g_last_log_ms, g_unlogged;
 
-static metric_counter *m_emfile, *m_other, *m_shed, *m_timeout, *m_big, *m_early;
+static metric_counter *m_emfile, *m_other, *m_shed, *m_timeout, *m_big, *m_early, *m_shared;
 static metric_gauge *m_paused;
 
 void listener_metrics_init(void)
@@ -65,25 +79,37 @@ static void reserve_open(void)
 
 static void on_readable(uv_poll_t *h, int status, int events);
 
+static void poll_all(int on)
+{
+    for (int i = 0; i < g_nls; i++) {
+        lsock *l = &g_ls[i];
+        if (l->fd < 0 || l->polling == on) continue;
+        if (on && uv_poll_start(&l->poll, UV_READABLE, on_readable) < 0) continue;
+        if (!on) uv_poll_stop(&l->poll);
+        l->polling = on;
+    }
+}
+
 static void resume(uv_timer_t *t)
 {
     reserve_open();
     metric_set(m_paused, 0);
-    if (g_open && !g_polling && uv_poll_start(&g_poll, UV_READABLE, on_readable) == 0) g_polling = 1;
+    g_paused = 0;
+    if (g_open && g_started) poll_all(1);
 }
 
 /* accept() failed for a reason that would repeat at once. Out of
  * descriptors: shed the connection at the head of the queue with the
  * reserve fd. Either way: stop accepting for a while, count it, log at most
  * once a second (with how many were not logged). */
-static void exhausted(int err)
+static void exhausted(lsock *l, int err)
 {
     int fds = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
     metric_inc(fds ? m_emfile : m_other);
     if (fds && g_reserve >= 0) {
         close(g_reserve);
         g_reserve = -1;
-        int fd = accept4(g_fd, NULL, NULL, SOCK_CLOEXEC);
+        int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0) {
             close(fd);
             metric_inc(m_shed);
@@ -98,10 +124,8 @@ static void exhausted(int err)
         g_last_log_ms = now;
         g_unlogged = 0;
     }
-    if (g_polling) {
-        uv_poll_stop(&g_poll);
-        g_polling = 0;
-    }
+    poll_all(0);
+    g_paused = 1;
     metric_set(m_paused, 1);
     uv_timer_start(&g_pause, resume, g_pause_ms, 0);
 }
@@ -238,60 +262,30 @@ static void pending_add(int fd)
 
 static void on_readable(uv_poll_t *h, int status, int events)
 {
+    lsock *l = h->data;
     /* a bounded batch per wake-up keeps the loop fair to live connections */
-    for (int i = 0; i < 64 && g_polling; i++) {
-        int fd = accept4(g_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    for (int i = 0; i < 64 && l->polling; i++) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int e = errno;
             if (e == EAGAIN || e == EWOULDBLOCK) return;
             if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
             /* out of fds, or anything else that would repeat: never spin */
-            exhausted(e);
+            exhausted(l, e);
             return;
         }
+        if (l->shared) metric_inc(m_shared);
         tune(fd);
         pending_add(fd);
     }
 }
 
-int listener_open(uv_loop_t *loop, const listener_opts *o, char *err, size_t errlen)
+int listener_init(uv_loop_t *loop, const listener_opts *o, char *err, size_t errlen)
 {
     listener_metrics_init();
-    char host[128];
-    snprintf(host, sizeof host, "%s", o->host ? o->host : "");
-    size_t hl = strlen(host);
-    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
-        memmove(host, host + 1, hl - 2);
-        host[hl - 2] = 0;
-    }
-    char port[16];
-    snprintf(port, sizeof port, "%d", o->port);
-    struct addrinfo hints, *ai = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    int gr = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
-    if (gr) {
-        snprintf(err, errlen, "listen address %s: %s", o->host, gai_strerror(gr));
-        return -1;
-    }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        (o->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, o->backlog > 0 ? o->backlog : 511) < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", o->host, o->port, strerror(errno));
-        if (fd >= 0) close(fd);
-        freeaddrinfo(ai);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    if (uv_poll_init(loop, &g_poll, fd) < 0) {
-        snprintf(err, errlen, "uv_poll_init on the listening socket failed");
-        close(fd);
-        return -1;
-    }
-    uv_timer_init(loop, &g_pause);
+    g_loop = loop;
+    g_backlog = o->backlog ? o->backlog : 511;
+    g_pause_ms = o->pause_ms ? o->pause_ms : 250;
     g_head_timeout_ms = o->head_timeout_ms ? o->head_timeout_ms : 10000;
     g_head_max = o->head_max ? o->head_max : 16384;
     g_peek = malloc((size_t)g_head_max + 1);
@@ -302,31 +296,99 @@ int listener_open(uv_loop_t *loop, const listener_opts *o, char *err, size_t err
         return -1;
     }
     uv_timer_init(loop, &g_hs_timer);
-    g_fd = fd;
+    uv_timer_init(loop, &g_pause);
     g_open = 1;
-    g_pause_ms = o->pause_ms ? o->pause_ms : 250;
     reserve_open();
+    return 0;
+}
+
+int listener_add(const char *host_in, int port_n, int shared, char *err, size_t errlen)
+{
+    if (!g_open || g_nls >= MAX_LSOCKS) {
+        snprintf(err, errlen, "listener: no room for another listening socket");
+        return -1;
+    }
+    char host[128];
+    snprintf(host, sizeof host, "%s", host_in ? host_in : "");
+    size_t hl = strlen(host);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = 0;
+    }
+    char port[16];
+    snprintf(port, sizeof port, "%d", port_n);
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    int gr = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
+    if (gr) {
+        snprintf(err, errlen, "listen address %s: %s", host_in ? host_in : "", gai_strerror(gr));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        (shared && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, (int)g_backlog) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d%s: %s", host_in ? host_in : "", port_n,
+                 shared ? " shared with the other workers" : "", strerror(errno));
+        if (fd >= 0) close(fd);
+        freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    lsock *l = &g_ls[g_nls];
+    memset(l, 0, sizeof *l);
+    if (uv_poll_init(g_loop, &l->poll, fd) < 0) {
+        snprintf(err, errlen, "uv_poll_init on the listening socket failed");
+        close(fd);
+        return -1;
+    }
+    l->poll.data = l;
+    l->fd = fd;
+    l->shared = shared;
+    if (shared && !m_shared)
+        m_shared = metrics_counter("chat_shared_listener_accepts_total",
+                                   "Connections accepted on the port shared by the workers (chatd --workers)", NULL);
+    g_nls++;
     return 0;
 }
 
 void listener_start(struct lws_vhost *vh)
 {
     g_vh = vh;
-    if (g_open && !g_polling && uv_poll_start(&g_poll, UV_READABLE, on_readable) == 0) g_polling = 1;
+    g_started = 1;
+    if (g_open && !g_paused) poll_all(1);
 }
 
 static void closed_cb(uv_handle_t *h) { (void)h; }
+
+static void lsock_close(lsock *l)
+{
+    if (l->fd < 0) return;
+    uv_close((uv_handle_t *)&l->poll, closed_cb);
+    close(l->fd);
+    l->fd = -1;
+    l->polling = 0;
+}
+
+void listener_close_shared(void)
+{
+    for (int i = 0; i < g_nls; i++)
+        if (g_ls[i].shared && g_ls[i].fd >= 0) {
+            lsock_close(&g_ls[i]);
+            LOGI("listener", "shared port closed: new connections go to the other workers");
+        }
+}
 
 void listener_close(void)
 {
     if (!g_open) return;
     g_open = 0;
-    g_polling = 0;
+    for (int i = 0; i < g_nls; i++) lsock_close(&g_ls[i]);
     uv_timer_stop(&g_pause);
     uv_close((uv_handle_t *)&g_pause, closed_cb);
-    uv_close((uv_handle_t *)&g_poll, closed_cb);
-    close(g_fd);
-    g_fd = -1;
     if (g_reserve >= 0) { close(g_reserve); g_reserve = -1; }
     while (g_pending) pending_drop(g_pending, 1);
     uv_timer_stop(&g_hs_timer);

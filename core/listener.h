@@ -11,7 +11,8 @@
  * (else 408, slowloris) and within CHAT_MAX_HEADER_BYTES (else 431); lws
  * would otherwise drop both silently. Pending heads are watched in an
  * edge-triggered epoll set (one uv_poll), so a partial head does not spin.
- * Owns: the listening socket, its uv_poll, the pause timer, the reserve fd,
+ * With chatd --workers it also owns the port the workers share (SO_REUSEPORT).
+ * Owns: the listening sockets, their uv_polls, the pause timer, the reserve fd,
  * the pending connections (their fds until handed to lws), their epoll set
  * and deadline timer. */
 #ifndef CHATD_LISTENER_H
@@ -22,19 +23,23 @@
 #include <libwebsockets.h>
 
 typedef struct listener_opts {
-    const char *host;       /* "127.0.0.1", "0.0.0.0", "::", "[::1]", "" = any */
-    int port;
-    int backlog;
+    uint32_t backlog;
     uint32_t pause_ms;      /* accept pause after running out of fds */
-    int reuseport;          /* SO_REUSEPORT (several processes on one port) */
     uint32_t head_timeout_ms;  /* the first request head must arrive within this */
     uint32_t head_max;      /* bytes; a larger head is answered 431 */
 } listener_opts;
 
-/* Binds and listens (errors in err). Connections go to vh once started. */
-int listener_open(uv_loop_t *loop, const listener_opts *o, char *err, size_t errlen);
+/* Sets up the request-head watcher and the pause timer. */
+int listener_init(uv_loop_t *loop, const listener_opts *o, char *err, size_t errlen);
+/* Binds and listens on host:port ("127.0.0.1", "0.0.0.0", "::", "[::1]",
+ * "" = any). shared: SO_REUSEPORT, the port every worker of chatd
+ * --workers accepts on (chat_shared_listener_accepts_total counts it); at
+ * most 2 sockets. -1 with err (a taken port fails the start). */
+int listener_add(const char *host, int port, int shared, char *err, size_t errlen);
 /* Starts accepting into vh. */
 void listener_start(struct lws_vhost *vh);
+/* Drain of a worker: closes the shared port (the worker's own stays). */
+void listener_close_shared(void);
 /* Stops accepting and closes everything it owns. */
 void listener_close(void);
 /* Registers the metrics. */

@@ -14,7 +14,6 @@
 #include "client_ip.h"
 #include "conn.h"
 #include "connlimit.h"
-#include "listen_shared.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -136,7 +135,6 @@ static void stop_everything(void)
     uv_close((uv_handle_t *)&g_sighup, close_cb);
     uv_close((uv_handle_t *)&g_sigterm, close_cb);
     uv_close((uv_handle_t *)&g_sigint, close_cb);
-    listen_shared_close();
     listener_close();
     lws_context_destroy(g_srv.lws);
     g_srv.lws = NULL;
@@ -167,7 +165,7 @@ static void on_tick(uv_timer_t *h)
         g_srv.draining = 1;
         g_drain_started = mono_ms();
         LOGI("server", "SIGTERM: draining %zu connections", conn_count());
-        listen_shared_close();
+        listener_close_shared();
         chat_drain_all();
         if (g_srv.store) store_drain(g_srv.store, on_store_drained, NULL);
         else g_store_drained = 1;
@@ -266,23 +264,23 @@ int server_run(int argc, char **argv)
     }
     connlimit_init(g_srv.cfg.max_conns_per_ip, g_srv.cfg.max_conns_per_user);
     if (wsread_init(g_srv.loop, err, sizeof err) < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
-    /* a worker of chatd --workers: its own port here, the shared one below */
+    /* a worker of chatd --workers (core/workers.h) accepts on the shared
+     * port and alone on its own port (its /metrics, /readyz) */
     int worker = g_srv.cfg.workers > 1 && g_srv.cfg.worker_port;
-    if (worker && listen_shared_open(g_srv.cfg.listen_host, g_srv.cfg.listen_port, err, sizeof err) < 0) {
+    listener_opts lo = {4096, (uint32_t)g_srv.cfg.accept_pause_ms,
+                        (uint32_t)g_srv.cfg.handshake_timeout_ms, (uint32_t)g_srv.cfg.max_header_bytes};
+    if (listener_init(g_srv.loop, &lo, err, sizeof err) < 0 ||
+        (worker && listener_add(g_srv.cfg.listen_host, g_srv.cfg.listen_port, 1, err, sizeof err) < 0) ||
+        listener_add(g_srv.cfg.listen_host, worker ? (int)g_srv.cfg.worker_port : g_srv.cfg.listen_port, 0,
+                     err, sizeof err) < 0) {
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
     }
-    listener_opts lo = {g_srv.cfg.listen_host, worker ? (int)g_srv.cfg.worker_port : g_srv.cfg.listen_port,
-                        4096, (uint32_t)g_srv.cfg.accept_pause_ms, 0,
-                        (uint32_t)g_srv.cfg.handshake_timeout_ms, (uint32_t)g_srv.cfg.max_header_bytes};
-    if (listener_open(g_srv.loop, &lo, err, sizeof err) < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     void *loops[1] = {g_srv.loop};
-    /* chatd accepts (listener.c) and hands sockets to lws; a worker of
-     * chatd --workers (core/workers.h) also accepts on the shared port
-     * (listen_shared's SO_REUSEPORT socket) */
+    /* chatd accepts (listener.c) and hands sockets to lws */
     info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
     info.protocols = ws_protocols;
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
@@ -311,10 +309,6 @@ int server_run(int argc, char **argv)
         return 2;
     }
     listener_start(vh);
-    if (worker) {
-        listen_shared_opts so = {info.ka_time, info.ka_interval, info.ka_probes};
-        listen_shared_start(g_srv.loop, vh, &so);
-    }
 
     uv_prepare_init(g_srv.loop, &g_flush);
     uv_prepare_start(&g_flush, on_flush);
