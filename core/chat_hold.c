@@ -3,8 +3,8 @@
  * would be folded into the welcome/presence_state seq and never reach its
  * own sender. Frames are kept per connection in arrival order, under the
  * connection id in one hmap (only connections that hold frames are in it);
- * rx is paused with a reason bit of our own so it does not mix with other
- * flow-control users. */
+ * input is paused (conn_rx_pause, a reason bit of its own) so the kernel
+ * buffers the rest. */
 #define _GNU_SOURCE
 #include "chat_hold.h"
 #include "hmap.h"
@@ -15,8 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define RXFLOW_JOIN (1 << 1)
 
 typedef struct held_frame {
     struct held_frame *next;
@@ -34,7 +32,7 @@ typedef struct conn_hold {
     conn *c;
     held_frame *head, *tail;
     size_t n, bytes;
-    int paused;             /* rx flow control applied */
+    int paused;             /* input paused (conn_rx_pause) */
 } conn_hold;
 
 
@@ -68,9 +66,7 @@ static void hold_free(conn *c, conn_hold *h)
         h->head = f->next;
         free(f);
     }
-    if (h->paused && !c->closed)
-        lws_rx_flow_control(c->wsi, LWS_RXFLOW_REASON_APPLIES_ENABLE |
-                                        LWS_RXFLOW_REASON_FLAG_PROCESS_NOW | RXFLOW_JOIN);
+    if (h->paused && !c->closed) conn_rx_pause(c, CONN_RX_JOIN, 0);
     free(h);
 }
 
@@ -182,7 +178,7 @@ int chat_hold_frame(conn *c, const char *data, size_t len)
     metric_inc(m_held);
     if (!h->paused) {
         h->paused = 1;
-        lws_rx_flow_control(c->wsi, LWS_RXFLOW_REASON_APPLIES_DISABLE | RXFLOW_JOIN);
+        conn_rx_pause(c, CONN_RX_JOIN, 1);
     }
     if (!joining(c)) resume_soon();
     return 1;

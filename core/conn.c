@@ -165,6 +165,16 @@ void conn_close_now(conn *c, uint16_t code, const char *reason)
     close_start(c, code, reason);
 }
 
+void (*conn_rx_changed)(conn *c);
+
+void conn_rx_pause(conn *c, unsigned reason, int paused)
+{
+    unsigned was = c->rx_paused;
+    if (paused) c->rx_paused |= reason;
+    else c->rx_paused &= ~reason;
+    if ((!was) != (!c->rx_paused) && conn_rx_changed && !c->closed) conn_rx_changed(c);
+}
+
 void conn_kill(conn *c)
 {
     if (c->closed) return;

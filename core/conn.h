@@ -66,6 +66,7 @@ typedef struct conn {
     int peer_closed;        /* the peer's close frame arrived: drop once ours is out */
     int killed;             /* drop without a frame at the next WRITEABLE */
     int reading;            /* registered with wsread (its epoll set) */
+    unsigned rx_paused;     /* reasons (bits) not to read input now */
     wsf_parser rxp;         /* client frame parser (wsread.c) */
     unsigned char close_frame[128];
     size_t close_len, close_off;
@@ -92,6 +93,12 @@ void conn_close(conn *c, uint16_t code, const char *reason);
 /* Closes with this code even while a drain (1001 after the queue) is
  * pending: protocol errors and the answer to the peer's close. */
 void conn_close_now(conn *c, uint16_t code, const char *reason);
+/* Input pause (a join in progress...): while any reason bit is set the
+ * socket is not read (the kernel buffers, TCP slows the peer). */
+enum { CONN_RX_JOIN = 1 };
+void conn_rx_pause(conn *c, unsigned reason, int paused);
+/* Set by the input reader (wsread): called when rx_paused changes. */
+extern void (*conn_rx_changed)(conn *c);
 /* Drops the TCP connection without a close frame (EOF, socket error, the
  * peer's answer to our close): lws closes it at its next timeout check. */
 void conn_kill(conn *c);

@@ -136,6 +136,8 @@ static void on_readable(conn *c)
     }
 }
 
+static void rx_changed(conn *c);
+
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct epoll_event ev[128];
@@ -152,6 +154,7 @@ int wsread_init(uv_loop_t *loop, char *err, size_t errlen)
     wsread_metrics_init();
     g_ep = epoll_create1(EPOLL_CLOEXEC);
     if (g_ep < 0) { snprintf(err, errlen, "epoll_create1: %s", strerror(errno)); return -1; }
+    conn_rx_changed = rx_changed;
     if (uv_poll_init(loop, &g_poll, g_ep) < 0 || uv_poll_start(&g_poll, UV_READABLE, on_poll) < 0) {
         snprintf(err, errlen, "uv_poll on the WebSocket epoll set failed");
         close(g_ep);
@@ -174,6 +177,24 @@ void wsread_shutdown(void)
     if (g_ep >= 0) { close(g_ep); g_ep = -1; }
 }
 
+/* conn_rx_pause: out of the epoll set while paused (no event at all, so
+ * nothing spins on unread input), back in when resumed; level-triggered, so
+ * what arrived meanwhile is read at once. */
+static void rx_changed(conn *c)
+{
+    if (!c->reading || g_ep < 0) return;
+    if (c->rx_paused) {
+        epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
+        return;
+    }
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+    if (epoll_ctl(g_ep, EPOLL_CTL_ADD, c->fd, &ev) < 0 && errno != EEXIST) {
+        LOGW("ws", "conn %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(errno));
+        c->reading = 0;
+        conn_kill(c);
+    }
+}
+
 int wsread_attach(conn *c)
 {
     wsf_init(&c->rxp, (uint64_t)g_srv.cfg.max_frame);
@@ -193,5 +214,5 @@ void wsread_detach(conn *c)
 {
     if (!c->reading) return;
     c->reading = 0;
-    if (g_ep >= 0) epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
+    if (g_ep >= 0 && !c->rx_paused) epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
 }
