@@ -23,6 +23,10 @@ PORT_B=${PORT_B:-17602}
 REDIS_PORT=${REDIS_PORT:-17610}
 PG_PORT=${PG_PORT:-17611}
 LT_DATA=${LT_DATA:-/tmp/chatd-loadtest-$$}
+# thousands of load connections come from a few loopback addresses: no
+# per-IP limit (CHAT_MAX_CONNS_PER_IP, default 1000) for any chatd a
+# scenario starts, unless asked
+export CHAT_MAX_CONNS_PER_IP=${CHAT_MAX_CONNS_PER_IP:-0}
 LOAD=$LT_DIR/bin/chatload
 LT_PIDS=()
 LT_SERVICES=0
@@ -110,10 +114,8 @@ lt_chatd() {
     if [[ $CHATD == *.py ]]; then   # the mock server, to test the scenarios themselves
         taskset -c "$CHATD_CPU" /usr/bin/python3 "$CHATD" "$port" "$SECRET" >"$RESULTS/$name.chatd.log" 2>&1 &
     else
-        # thousands of load connections come from a few loopback addresses:
-        # no per-IP limit (CHAT_MAX_CONNS_PER_IP, default 1000) unless asked
         CHAT_LISTEN=127.0.0.1:$port CHAT_JWT_SECRET=$SECRET CHAT_NODE_ID=$name \
-            CHAT_SCRIPTS=${CHAT_SCRIPTS:-$REPO/scripts} CHAT_MAX_CONNS_PER_IP=${CHAT_MAX_CONNS_PER_IP:-0} \
+            CHAT_SCRIPTS=${CHAT_SCRIPTS:-$REPO/scripts} \
             "${LT_SRV_PRIO[@]}" taskset -c "$CHATD_CPU" "$CHATD" >"$RESULTS/$name.chatd.log" 2>&1 &
     fi
     LT_CHATD_PID=$!
