@@ -1,0 +1,954 @@
+/* test_redis: the Redis connection layer (core/redis_*.c).
+ * Pure parts: the URL parser (every form, percent-decoding, IPv6, TLS
+ * options, errors), CRC16 and key slots, slot tags, the reply interpreters
+ * (errors and redirects, pushes, integers, CLUSTER SHARDS).
+ * Against real redis-servers started here (ports 23000-23999): commands,
+ * pipelining, large values, scripts and NOSCRIPT, SUBSCRIBE and SSUBSCRIBE
+ * pushes (hiredis' async layer aborts on the latter), AUTH with a user,
+ * SELECT, a server killed and restarted (readiness sentence, backoff without
+ * a tight loop), a stalled server (reply deadline), a standalone URL
+ * pointed at a cluster node (MOVED: no reconnect loop, readiness says why),
+ * TLS (rediss:// with a CA, with verification off, a wrong CA, a client
+ * certificate), and a 3-master cluster: slots against CLUSTER KEYSLOT,
+ * routing to every shard, ASK during a slot migration, MOVED after it,
+ * SSUBSCRIBE moved by the server (sunsubscribe) and resubscribed at the new
+ * owner, one master killed (the others keep serving; readiness names the
+ * shard) and back.
+ * Exit 0 pass, 1 fail, 77 skip (no redis-server: pure parts only ran). */
+#define _GNU_SOURCE
+#include "redis_client.h"
+#include "redis_conn.h"
+#include "redis_reply.h"
+#include "redis_slot.h"
+#include "redis_url.h"
+#include "log.h"
+#include "util.h"
+#include "redis_procs.h"
+#include <inttypes.h>
+
+static uv_loop_t *loop;
+static uv_timer_t ticker;
+static int failures;
+
+#define CHECK(c, ...)                                                          \
+    do {                                                                       \
+        if (!(c)) {                                                            \
+            failures++;                                                        \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #c);       \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fprintf(stderr, "\n");                                             \
+        }                                                                      \
+    } while (0)
+
+static void tick(uv_timer_t *t) { (void)t; }
+
+#define WAIT(cond, ms)                                                         \
+    do {                                                                       \
+        uint64_t until_ = mono_ms() + (ms);                                    \
+        uv_timer_start(&ticker, tick, 1, 1);                                   \
+        while (!(cond) && mono_ms() < until_) uv_run(loop, UV_RUN_ONCE);       \
+        uv_timer_stop(&ticker);                                                \
+    } while (0)
+
+static void spin(int ms) { WAIT(0, ms); }
+
+/* ---------------- pure: URL ---------------- */
+
+static void test_url(void)
+{
+    redis_url u;
+    char err[200];
+    CHECK(redis_url_parse("redis://127.0.0.1:6380/2", &u, err, sizeof err) == 0, "%s", err);
+    CHECK(!u.tls && !u.cluster && u.nseeds == 1 && !strcmp(u.seeds[0].host, "127.0.0.1") &&
+          u.seeds[0].port == 6380 && u.db == 2, "plain");
+    /* defect 10: one parser, percent-decoding of both parts */
+    CHECK(redis_url_parse("redis://alice:s3cr%40t@host", &u, err, sizeof err) == 0, "%s", err);
+    CHECK(!strcmp(u.user, "alice") && !strcmp(u.pass, "s3cr@t") && !strcmp(u.seeds[0].host, "host") &&
+          u.seeds[0].port == 6379, "user/pass decoded: '%s' '%s'", u.user, u.pass);
+    CHECK(redis_url_parse("redis://:s%40cret%3a%2F@h:7000", &u, err, sizeof err) == 0, "%s", err);
+    CHECK(!u.user[0] && !strcmp(u.pass, "s@cret:/"), "password only: '%s'", u.pass);
+    CHECK(redis_url_parse("redis://[::1]:6390/", &u, err, sizeof err) == 0 &&
+          !strcmp(u.seeds[0].host, "::1") && u.seeds[0].port == 6390 && u.db == 0, "ipv6");
+    CHECK(redis_url_parse("redis://[::1]", &u, err, sizeof err) == 0 && u.seeds[0].port == 6379,
+          "ipv6 default port");
+    CHECK(redis_url_parse("redis://u:p@[fe80::1:2]:1/9", &u, err, sizeof err) == 0 &&
+          !strcmp(u.seeds[0].host, "fe80::1:2") && u.db == 9, "ipv6 + creds + db");
+    CHECK(redis_url_parse("rediss://h.example:6380?ssl_ca_certs=/tmp/ca%20x.pem&ssl_cert_reqs=none",
+                          &u, err, sizeof err) == 0, "%s", err);
+    CHECK(u.tls && !u.cluster && !strcmp(u.ca_file, "/tmp/ca x.pem") && u.verify == 0, "tls opts");
+    CHECK(redis_url_parse("rediss://h?ssl_certfile=c.pem&ssl_keyfile=k.pem&ssl_cert_reqs=required",
+                          &u, err, sizeof err) == 0 && u.verify == 1 &&
+          !strcmp(u.cert_file, "c.pem") && !strcmp(u.key_file, "k.pem"), "client cert opts");
+    CHECK(redis_url_parse("redis+cluster://a:7000,b.example:7001,[::1]:7002", &u, err,
+                          sizeof err) == 0, "%s", err);
+    CHECK(u.cluster && !u.tls && u.nseeds == 3 && !strcmp(u.seeds[1].host, "b.example") &&
+          u.seeds[1].port == 7001 && !strcmp(u.seeds[2].host, "::1"), "cluster seeds");
+    CHECK(redis_url_parse("rediss+cluster://u:p%25@a:7000/", &u, err, sizeof err) == 0 &&
+          u.cluster && u.tls && !strcmp(u.pass, "p%"), "tls cluster");
+    CHECK(redis_url_parse("redis+cluster://a:7000/0", &u, err, sizeof err) == 0, "db 0 in cluster");
+    static const char *bad[] = {
+        "http://x", "redis:/x", "redis://", "redis://h:0", "redis://h:99999", "redis://h:12a",
+        "redis://h:", "redis://h/x", "redis://h/1x", "redis://h:1,h2:2", "redis+cluster://h/1",
+        "redis://u@h", "redis://u:@h", "redis://h?ssl_ca_certs=x", "rediss://h?foo=1",
+        "rediss://h?ssl_cert_reqs=maybe", "rediss://h?ssl_ca_certs", "redis://:p%4@h",
+        "redis://:p%zz@h", "redis://:p%00@h", "redis://[::1", "redis://[]:1", "redis://[::g]",
+        "redis+cluster://a,", "redis+cluster://a:1,,b:2", "redis://h#frag", "redis://ho st",
+        "redis://h\n", NULL};
+    for (int i = 0; bad[i]; i++) {
+        err[0] = 0;
+        CHECK(redis_url_parse(bad[i], &u, err, sizeof err) != 0, "accepted %s", bad[i]);
+        CHECK(!strncmp(err, "redis url: ", 11), "message for %s: '%s'", bad[i], err);
+    }
+    char many[400] = "redis+cluster://";
+    for (int i = 0; i < 17; i++) strcat(many, i ? ",h:1" : "h:1");
+    CHECK(redis_url_parse(many, &u, err, sizeof err) != 0 && strstr(err, "too many"), "17 seeds");
+    CHECK(redis_url_parse(NULL, &u, err, sizeof err) != 0, "NULL");
+    redis_addr a = {"::1", 7000};
+    char out[64];
+    redis_addr_format(&a, out, sizeof out);
+    CHECK(!strcmp(out, "[::1]:7000"), "%s", out);
+}
+
+/* ---------------- pure: CRC16, slots, tags ---------------- */
+
+static void test_slots_pure(void)
+{
+    CHECK(redis_crc16("123456789", 9) == 0x31C3, "crc16 check value %04x",
+          redis_crc16("123456789", 9));
+    CHECK(redis_key_slot("{user1000}.following", 20) == redis_key_slot("{user1000}.followers", 20),
+          "same tag, same slot");
+    CHECK(redis_key_slot("foo{}{bar}", 10) == (redis_crc16("foo{}{bar}", 10) & 16383),
+          "empty tag: whole key");
+    CHECK(redis_key_slot("foo{{bar}}zap", 13) == (redis_crc16("{bar", 4) & 16383), "{{bar}}");
+    CHECK(redis_key_slot("foo{bar}{zap}", 13) == (redis_crc16("bar", 3) & 16383), "first tag");
+    CHECK(redis_room_slot("lobby") == redis_key_slot("chat:{lobby}:seq", 16), "room slot");
+    int ok = 1, maxlen = 0;
+    for (int s = 0; s < REDIS_SLOTS; s++) {
+        const char *t = redis_slot_tag(s);
+        if (!t || t[0] != '~' || redis_key_slot(t, strlen(t)) != s) { ok = 0; break; }
+        if ((int)strlen(t) > maxlen) maxlen = (int)strlen(t);
+        char k[32];
+        int n = snprintf(k, sizeof k, "chat:{%s}:unstored", t);
+        if (redis_key_slot(k, (size_t)n) != s) { ok = 0; break; }
+    }
+    CHECK(ok, "every slot has a tag that hashes to it");
+    CHECK(maxlen <= REDIS_SLOT_TAG_MAX - 1, "tag length %d", maxlen);
+    CHECK(redis_slot_tag(-1) == NULL && redis_slot_tag(16384) == NULL, "range");
+}
+
+/* ---------------- pure: replies ---------------- */
+
+static redisReply *parse(const char *resp)
+{
+    redisReader *rd = redisReaderCreate();
+    void *r = NULL;
+    redisReaderFeed(rd, resp, strlen(resp));
+    if (redisReaderGetReply(rd, &r) != REDIS_OK) r = NULL;
+    redisReaderFree(rd);
+    return r;
+}
+
+static void test_replies(void)
+{
+    redis_redirect rd;
+    redisReply *r = parse("-MOVED 3999 127.0.0.1:6381\r\n");
+    CHECK(redis_reply_error(r, &rd) == REDIS_E_MOVED && rd.slot == 3999 &&
+          !strcmp(rd.addr.host, "127.0.0.1") && rd.addr.port == 6381, "moved");
+    freeReplyObject(r);
+    r = parse("-ASK 1 ::1:7000\r\n");
+    CHECK(redis_reply_error(r, &rd) == REDIS_E_ASK && rd.slot == 1 && !strcmp(rd.addr.host, "::1") &&
+          rd.addr.port == 7000, "ask ipv6");
+    freeReplyObject(r);
+    r = parse("-MOVED 16383 ?:6381\r\n");
+    CHECK(redis_reply_error(r, &rd) == REDIS_E_MOVED && !strcmp(rd.addr.host, "?"), "unknown endpoint");
+    freeReplyObject(r);
+    static const struct { const char *resp; redis_err_kind k; } cases[] = {
+        {"-MOVED 16384 h:1\r\n", REDIS_E_OTHER}, {"-MOVED x h:1\r\n", REDIS_E_OTHER},
+        {"-MOVED 1 h\r\n", REDIS_E_OTHER}, {"-MOVED 1 h:0\r\n", REDIS_E_OTHER},
+        {"-MOVED 1 :1\r\n", REDIS_E_OTHER}, {"-MOVEDX 1 h:1\r\n", REDIS_E_OTHER},
+        {"-MOVED\r\n", REDIS_E_OTHER},
+        {"-TRYAGAIN Multiple keys request during rehashing of slot\r\n", REDIS_E_TRYAGAIN},
+        {"-CLUSTERDOWN The cluster is down\r\n", REDIS_E_CLUSTERDOWN},
+        {"-NOSCRIPT No matching script.\r\n", REDIS_E_NOSCRIPT},
+        {"-LOADING Redis is loading the dataset in memory\r\n", REDIS_E_LOADING},
+        {"-MASTERDOWN Link with MASTER is down\r\n", REDIS_E_MASTERDOWN},
+        {"-READONLY You can't write against a read only replica.\r\n", REDIS_E_READONLY},
+        {"-ERR wrong\r\n", REDIS_E_OTHER}, {"+OK\r\n", REDIS_E_NONE}, {":1\r\n", REDIS_E_NONE},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        r = parse(cases[i].resp);
+        CHECK(r && redis_reply_error(r, &rd) == cases[i].k, "%s -> %s", cases[i].resp,
+              r ? redis_err_name(redis_reply_error(r, &rd)) : "unparsed");
+        if (r) freeReplyObject(r);
+    }
+    CHECK(redis_reply_error(NULL, NULL) == REDIS_E_NONE, "NULL");
+
+    redis_push p;
+    r = parse("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\nda\nt\r\n");
+    CHECK(redis_reply_push(r, &p) == REDIS_PUSH_MESSAGE && p.channel_len == 2 &&
+          !memcmp(p.channel, "ch", 2) && p.data_len == 4 && !memcmp(p.data, "da\nt", 4), "message");
+    freeReplyObject(r);
+    r = parse("*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$0\r\n\r\n");
+    CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SMESSAGE && p.data_len == 0, "smessage");
+    freeReplyObject(r);
+    r = parse("*3\r\n$10\r\nssubscribe\r\n$2\r\nch\r\n:3\r\n");
+    CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SSUBSCRIBE && p.count == 3, "ssubscribe");
+    freeReplyObject(r);
+    r = parse("*3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n");
+    CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SUNSUBSCRIBE, "sunsubscribe");
+    freeReplyObject(r);
+    r = parse("*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    CHECK(redis_reply_push(r, &p) == REDIS_PUSH_PONG, "pong");
+    freeReplyObject(r);
+    static const char *notpush[] = {
+        "*3\r\n$7\r\nmessage\r\n:1\r\n$1\r\nx\r\n", "*4\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n",
+        "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n$1\r\nb\r\n", "*3\r\n$4\r\nnope\r\n$1\r\na\r\n$1\r\nb\r\n",
+        "*1\r\n$7\r\nmessage\r\n", "*3\r\n:1\r\n$1\r\na\r\n$1\r\nb\r\n", "$7\r\nmessage\r\n",
+        "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n*0\r\n", "*0\r\n", NULL};
+    for (int i = 0; notpush[i]; i++) {
+        r = parse(notpush[i]);
+        CHECK(r && redis_reply_push(r, &p) == REDIS_PUSH_NONE, "not a push: %d", i);
+        if (r) freeReplyObject(r);
+    }
+    uint64_t v;
+    static const struct { const char *resp; int ok; uint64_t v; } ints[] = {
+        {":5\r\n", 0, 5}, {"$2\r\n42\r\n", 0, 42}, {"$-1\r\n", 0, 0}, {":-1\r\n", -1, 0},
+        {"$3\r\n4x2\r\n", -1, 0}, {"$0\r\n\r\n", -1, 0}, {"$20\r\n18446744073709551615\r\n", 0, UINT64_MAX},
+        {"$20\r\n18446744073709551616\r\n", -1, 0}, {"*0\r\n", -1, 0}, {"-ERR\r\n", -1, 0}};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) {
+        r = parse(ints[i].resp);
+        v = 0;
+        CHECK(r && redis_reply_u64(r, &v) == ints[i].ok && (ints[i].ok || v == ints[i].v), "u64 %zu", i);
+        if (r) freeReplyObject(r);
+    }
+
+    /* CLUSTER SHARDS: two shards (given out of order), tls-port, a replica */
+    redis_shards sh;
+    char err[200];
+    r = parse("*2\r\n"
+              "*4\r\n$5\r\nslots\r\n*4\r\n:100\r\n:200\r\n:0\r\n:10\r\n$5\r\nnodes\r\n*2\r\n"
+              "*10\r\n$2\r\nid\r\n$1\r\na\r\n$4\r\nport\r\n:7001\r\n$8\r\ntls-port\r\n:8001\r\n"
+              "$2\r\nip\r\n$8\r\n10.0.0.1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n"
+              "*14\r\n$2\r\nid\r\n$1\r\nb\r\n$4\r\nport\r\n:7000\r\n$8\r\ntls-port\r\n:8000\r\n"
+              "$2\r\nip\r\n$8\r\n10.0.0.2\r\n$8\r\nendpoint\r\n$6\r\nhost-b\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+              "$6\r\nhealth\r\n$6\r\nonline\r\n"
+              "*4\r\n$5\r\nslots\r\n*2\r\n:11\r\n:99\r\n$5\r\nnodes\r\n*1\r\n"
+              "*8\r\n$4\r\nport\r\n:7005\r\n$2\r\nip\r\n$8\r\n10.0.0.5\r\n$8\r\nendpoint\r\n$1\r\n?\r\n"
+              "$4\r\nrole\r\n$6\r\nmaster\r\n");
+    CHECK(redis_reply_shards(r, 0, &sh, err, sizeof err) == 0, "%s", err);
+    CHECK(sh.n == 2 && sh.s[0].nranges == 2 && sh.s[0].ranges[0][0] == 0 &&
+          sh.s[0].ranges[0][1] == 10 && !strcmp(sh.s[0].master.host, "host-b") &&
+          sh.s[0].master.port == 7000 && sh.s[0].master_online, "shard 1");
+    CHECK(sh.n == 2 && !strcmp(sh.s[1].master.host, "10.0.0.5") && sh.s[1].master.port == 7005 &&
+          !sh.s[1].master_online, "shard 2 (endpoint ? -> ip)");
+    redis_shards_free(&sh);
+    CHECK(redis_reply_shards(r, 1, &sh, err, sizeof err) == 0 && sh.s[0].master.port == 8000 &&
+          sh.s[1].master.port == 7005, "tls-port when tls");
+    redis_shards_free(&sh);
+    freeReplyObject(r);
+    static const char *badmaps[] = {
+        "*0\r\n", "-ERR This instance has cluster support disabled\r\n", ":1\r\n",
+        "*1\r\n*4\r\n$5\r\nslots\r\n*1\r\n:1\r\n$5\r\nnodes\r\n*0\r\n",
+        "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:5\r\n:1\r\n$5\r\nnodes\r\n*1\r\n*4\r\n$4\r\nport\r\n:1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n",
+        "*2\r\n*4\r\n$5\r\nslots\r\n*2\r\n:1\r\n:5\r\n$5\r\nnodes\r\n*1\r\n*6\r\n$4\r\nport\r\n:1\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+        "*4\r\n$5\r\nslots\r\n*2\r\n:5\r\n:9\r\n$5\r\nnodes\r\n*1\r\n*6\r\n$4\r\nport\r\n:2\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n",
+        "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:1\r\n:20000\r\n$5\r\nnodes\r\n*1\r\n*6\r\n$4\r\nport\r\n:1\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n",
+        NULL};
+    for (int i = 0; badmaps[i]; i++) {
+        r = parse(badmaps[i]);
+        err[0] = 0;
+        CHECK(r && redis_reply_shards(r, 0, &sh, err, sizeof err) != 0 && err[0], "bad map %d", i);
+        if (r) freeReplyObject(r);
+    }
+}
+
+/* ---------------- a recording client ---------------- */
+
+typedef struct rec {
+    redis_client *c;
+    int nodes_up, nodes_down, maps;
+    int pushes, messages, sunsubs;
+    char last_ch[128], last_data[256];
+    uint64_t last_push_node;
+} rec;
+
+static void on_node(void *ud, uint64_t node, int up)
+{
+    rec *r = ud;
+    if (up) r->nodes_up++; else r->nodes_down++;
+}
+
+static void on_map(void *ud) { ((rec *)ud)->maps++; }
+
+static void on_push(void *ud, uint64_t node, const redis_push *p)
+{
+    rec *r = ud;
+    r->pushes++;
+    r->last_push_node = node;
+    snprintf(r->last_ch, sizeof r->last_ch, "%.*s", (int)p->channel_len, p->channel);
+    if (p->kind == REDIS_PUSH_MESSAGE || p->kind == REDIS_PUSH_SMESSAGE) {
+        r->messages++;
+        snprintf(r->last_data, sizeof r->last_data, "%.*s", (int)p->data_len, p->data);
+    }
+    if (p->kind == REDIS_PUSH_SUNSUBSCRIBE || p->kind == REDIS_PUSH_UNSUBSCRIBE) r->sunsubs++;
+}
+
+static const redis_client_handlers RH = {on_node, on_map, on_push};
+static const char *SCRIPTS[] = {"return ARGV[1]", "return redis.call('GET', KEYS[1])"};
+
+static redis_client *client(rec *r, const char *url, int want_sub)
+{
+    char err[256];
+    memset(r, 0, sizeof *r);
+    redis_client_opts o = {url, "test", SCRIPTS, 2, want_sub};
+    r->c = redis_client_new(loop, &o, &RH, r, err, sizeof err);
+    CHECK(r->c, "client %s: %s", url, err);
+    return r->c;
+}
+
+/* one reply, copied */
+typedef struct ans {
+    int done, type, null;
+    long long integer;
+    char str[256];
+    size_t len;
+    uint64_t node;
+} ans;
+
+static void ans_cb(void *ud, const redisReply *r)
+{
+    ans *a = ud;
+    a->done++;
+    if (!r) { a->null = 1; return; }
+    a->type = r->type;
+    a->integer = r->integer;
+    a->len = r->len;
+    if (r->str) snprintf(a->str, sizeof a->str, "%.*s", (int)r->len, r->str);
+}
+
+static void sub_cb(void *ud, uint64_t node, const redisReply *r)
+{
+    ans *a = ud;
+    a->node = node;
+    ans_cb(ud, r);
+}
+
+static int call(redis_client *c, int slot, int script, ans *a, int argc, ...)
+{
+    const char *argv[16];
+    va_list ap;
+    va_start(ap, argc);
+    for (int i = 0; i < argc; i++) argv[i] = va_arg(ap, const char *);
+    va_end(ap);
+    memset(a, 0, sizeof *a);
+    redis_call how = {slot, 0, script};
+    return redis_client_call(c, &how, argc, argv, NULL, ans_cb, a);
+}
+
+/* synchronous call: waits for the answer */
+static ans sync_call(redis_client *c, int slot, int script, int argc, ...)
+{
+    const char *argv[16];
+    ans a;
+    memset(&a, 0, sizeof a);
+    va_list ap;
+    va_start(ap, argc);
+    for (int i = 0; i < argc; i++) argv[i] = va_arg(ap, const char *);
+    va_end(ap);
+    redis_call how = {slot, 0, script};
+    if (redis_client_call(c, &how, argc, argv, NULL, ans_cb, &a) != 0) {
+        a.done = -1;
+        return a;
+    }
+    WAIT(a.done, 8000);
+    return a;
+}
+
+static int key_slot(const char *k) { return redis_key_slot(k, strlen(k)); }
+
+/* ---------------- standalone ---------------- */
+
+typedef struct seqcheck { int n, bad; } seqcheck;
+static void incr_cb(void *ud, const redisReply *r)
+{
+    seqcheck *s = ud;
+    s->n++;
+    if (!r || r->type != REDIS_REPLY_INTEGER || r->integer != s->n) s->bad++;
+}
+
+static void test_standalone(void)
+{
+    int srv = rp_start(NULL);
+    CHECK(srv >= 0, "redis-server");
+    if (srv < 0) return;
+    char url[128];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", rp_all[srv].port);
+    rec R;
+    redis_client *c = client(&R, url, 1);
+    if (!c) return;
+    CHECK(!redis_client_is_cluster(c), "standalone");
+    WAIT(redis_client_ready(c), 3000);
+    CHECK(redis_client_ready(c) && R.nodes_up == 1, "ready");
+    char why[300];
+    CHECK(redis_client_health(c, why, sizeof why) == 1, "health: %s", why);
+
+    ans a = sync_call(c, key_slot("k1"), -1, 3, "SET", "k1", "v1");
+    CHECK(a.done == 1 && a.type == REDIS_REPLY_STATUS, "SET");
+    a = sync_call(c, -1, -1, 2, "GET", "k1");
+    CHECK(a.done == 1 && !strcmp(a.str, "v1"), "GET: %s", a.str);
+    a = sync_call(c, 0, 0, 2, "0", "echoed");
+    CHECK(a.done == 1 && !strcmp(a.str, "echoed"), "script 0: %s", a.str);
+    a = sync_call(c, key_slot("k1"), 1, 2, "1", "k1");
+    CHECK(a.done == 1 && !strcmp(a.str, "v1"), "script 1: %s", a.str);
+
+    /* pipelining: replies in order, one callback each */
+    seqcheck sq = {0, 0};
+    redis_call any = {-1, 0, -1};
+    const char *incr[] = {"INCR", "ctr"};
+    int queued = 0;
+    for (int i = 0; i < 5000; i++)
+        queued += redis_client_call(c, &any, 2, incr, NULL, incr_cb, &sq) == 0;
+    WAIT(sq.n == queued, 10000);
+    CHECK(queued == 5000 && sq.n == 5000 && sq.bad == 0, "pipeline %d/%d bad %d", sq.n, queued, sq.bad);
+
+    /* large values cross many reads and writes */
+    size_t big = 3u << 20;
+    char *v = malloc(big + 1);
+    for (size_t i = 0; i < big; i++) v[i] = (char)('a' + i % 26);
+    v[big] = 0;
+    a = sync_call(c, -1, -1, 3, "SET", "big", v);
+    CHECK(a.type == REDIS_REPLY_STATUS, "SET big");
+    a = sync_call(c, -1, -1, 2, "STRLEN", "big");
+    CHECK(a.integer == (long long)big, "STRLEN %lld", a.integer);
+    free(v);
+
+    /* NOSCRIPT after a flush: loaded again and resent */
+    redisReply *fr = rp_cmd(srv, "SCRIPT FLUSH");
+    if (fr) freeReplyObject(fr);
+    a = sync_call(c, 0, 0, 2, "0", "again");
+    CHECK(a.done == 1 && !strcmp(a.str, "again"), "after SCRIPT FLUSH: %s (%d)", a.str, a.type);
+
+    /* subscriptions */
+    ans s;
+    memset(&s, 0, sizeof s);
+    const char *chs[] = {"chan:a", "chan:b", "chan:c"};
+    CHECK(redis_client_subscribe(c, 7, 3, chs, NULL, sub_cb, &s) == 0, "subscribe");
+    WAIT(s.done, 3000);
+    CHECK(s.done == 1 && !s.null && s.node == redis_client_slot_node(c, 7), "subscribed");
+    fr = rp_cmd(srv, "PUBLISH chan:b %s", "hello\nworld");
+    if (fr) freeReplyObject(fr);
+    WAIT(R.messages == 1, 3000);
+    CHECK(R.messages == 1 && !strcmp(R.last_ch, "chan:b") && !strcmp(R.last_data, "hello\nworld"),
+          "message: %s %s", R.last_ch, R.last_data);
+    /* commands still work on the command connection meanwhile */
+    a = sync_call(c, -1, -1, 2, "GET", "k1");
+    CHECK(!strcmp(a.str, "v1"), "GET while subscribed");
+    memset(&s, 0, sizeof s);
+    CHECK(redis_client_unsubscribe(c, redis_client_slot_node(c, 7), 3, chs, NULL, sub_cb, &s) == 0,
+          "unsubscribe");
+    WAIT(s.done, 3000);
+    CHECK(s.done == 1 && !s.null, "unsubscribed");
+    fr = rp_cmd(srv, "PUBLISH chan:b x");
+    CHECK(fr && fr->integer == 0, "no subscriber left");
+    if (fr) freeReplyObject(fr);
+
+    /* the server dies: pending commands answer NULL, readiness says why,
+     * the node retries with a growing delay (no tight loop) */
+    int down0 = R.nodes_down;
+    CHECK(call(c, -1, -1, &a, 3, "BLPOP", "nothing", "0") == 0, "blpop");
+    spin(50);
+    rp_signal(srv, SIGKILL);
+    WAIT(R.nodes_down > down0 && a.done, 3000);
+    CHECK(a.done == 1 && a.null, "pending command answered NULL");
+    CHECK(!redis_client_ready(c) && !redis_client_slot_ready(c, 0), "not ready");
+    ans b;
+    CHECK(call(c, -1, -1, &b, 1, "PING") == -1, "call while down refused");
+    spin(2500);
+    CHECK(redis_client_health(c, why, sizeof why) == 0 && strstr(why, "unreachable") &&
+          strstr(why, url + 8) && strstr(why, "refused"), "health: %s", why);
+    int attempts_logged = R.nodes_down;
+    CHECK(attempts_logged == down0 + 1, "on_node(down) once: %d", attempts_logged - down0);
+    CHECK(rp_restart(srv) == 0, "restart");
+    WAIT(redis_client_ready(c), 5000);
+    CHECK(redis_client_ready(c) && R.nodes_up == 2, "back (%d)", R.nodes_up);
+    a = sync_call(c, -1, -1, 1, "PING");
+    CHECK(!strcmp(a.str, "PONG"), "PING after restart");
+
+    /* a stalled server: the reply deadline fails the node */
+    down0 = R.nodes_down;
+    call(c, -1, -1, &a, 1, "PING");
+    rp_signal(srv, SIGSTOP);
+    WAIT(R.nodes_down > down0, 8000);
+    CHECK(R.nodes_down > down0 && a.null, "stall detected");
+    CHECK(redis_client_health(c, why, sizeof why) == 0 && strstr(why, "no reply"), "health: %s", why);
+    rp_signal(srv, SIGCONT);
+    WAIT(redis_client_ready(c), 6000);
+    CHECK(redis_client_ready(c), "back after the stall");
+
+    /* freed with a command pending: NULL inside free */
+    call(c, -1, -1, &a, 3, "BLPOP", "nothing", "0");
+    spin(20);
+    redis_client_free(c);
+    CHECK(a.done == 1 && a.null, "NULL on free");
+    spin(50);
+
+    /* AUTH with a user, SELECT */
+    fr = rp_cmd(srv, "ACL SETUSER alice on >s3cr@t ~* &* +@all");
+    CHECK(fr && fr->type == REDIS_REPLY_STATUS, "ACL");
+    if (fr) freeReplyObject(fr);
+    snprintf(url, sizeof url, "redis://alice:s3cr%%40t@127.0.0.1:%d/3", rp_all[srv].port);
+    c = client(&R, url, 1);
+    WAIT(redis_client_ready(c), 3000);
+    CHECK(redis_client_ready(c), "ready with user + db");
+    a = sync_call(c, -1, -1, 3, "SET", "indb3", "yes");
+    fr = rp_cmd(srv, "GET indb3");
+    CHECK(fr && fr->type == REDIS_REPLY_NIL, "not in db 0");
+    if (fr) freeReplyObject(fr);
+    a = sync_call(c, -1, -1, 2, "GET", "indb3");
+    CHECK(!strcmp(a.str, "yes"), "in db 3");
+    redis_client_free(c);
+    snprintf(url, sizeof url, "redis://alice:wrong@127.0.0.1:%d", rp_all[srv].port);
+    c = client(&R, url, 0);
+    spin(600);
+    CHECK(!redis_client_ready(c) && redis_client_health(c, why, sizeof why) == 0 &&
+          strstr(why, "AUTH") && strstr(why, "WRONGPASS"), "wrong password: %s", why);
+    redis_client_free(c);
+
+    rp_signal(srv, SIGKILL);
+}
+
+/* redis_conn directly: SSUBSCRIBE and smessage pushes on a standalone 7.x */
+typedef struct cstate { int up, down, pushes; char why[200]; char data[64]; } cstate;
+static void c_up(redis_conn *c, void *ud) { ((cstate *)ud)->up++; }
+static void c_down(redis_conn *c, void *ud, const char *why)
+{
+    cstate *s = ud;
+    s->down++;
+    snprintf(s->why, sizeof s->why, "%s", why);
+}
+static void c_push(redis_conn *c, void *ud, const redis_push *p)
+{
+    cstate *s = ud;
+    s->pushes++;
+    snprintf(s->data, sizeof s->data, "%.*s", (int)p->data_len, p->data);
+}
+static void conn_cb(redis_conn *c, const redisReply *r, void *ud) { ans_cb(ud, r); }
+
+static void test_conn_ssubscribe(void)
+{
+    int srv = rp_start(NULL);
+    if (srv < 0) { CHECK(0, "server"); return; }
+    redis_conn_opts o = {.addr = {"127.0.0.1", rp_all[srv].port}};
+    cstate st = {0};
+    redis_conn_handlers h = {c_up, c_down, c_push};
+    redis_conn *c = redis_conn_new(loop, &o, &h, &st);
+    WAIT(st.up, 3000);
+    CHECK(st.up == 1 && redis_conn_up(c), "conn up");
+    ans a;
+    memset(&a, 0, sizeof a);
+    const char *ch[] = {"{r}msg", "{r}typing"};
+    CHECK(redis_conn_subscribe(c, REDIS_PUSH_SSUBSCRIBE, 2, ch, NULL, conn_cb, &a) == 0, "ssub");
+    WAIT(a.done, 3000);
+    CHECK(a.done == 1 && a.type == REDIS_REPLY_ARRAY, "ssubscribe confirmed");
+    redisReply *r = rp_cmd(srv, "SPUBLISH {r}typing hi");
+    CHECK(r && r->integer == 1, "spublish reached 1");
+    if (r) freeReplyObject(r);
+    WAIT(st.pushes == 1, 3000);
+    CHECK(st.pushes == 1 && !strcmp(st.data, "hi"), "smessage pushed: %s", st.data);
+    /* PING on a subscribed connection answers ["pong", ""]: a reply */
+    memset(&a, 0, sizeof a);
+    const char *ping[] = {"PING"};
+    CHECK(redis_conn_command(c, 1, ping, NULL, conn_cb, &a) == 0, "ping");
+    WAIT(a.done, 3000);
+    CHECK(a.done == 1 && a.type == REDIS_REPLY_ARRAY, "pong while subscribed");
+    /* a command refused in subscribed mode is an error reply, not a desync */
+    memset(&a, 0, sizeof a);
+    const char *get[] = {"GET", "x"};
+    redis_conn_command(c, 2, get, NULL, conn_cb, &a);
+    WAIT(a.done, 3000);
+    CHECK(a.done == 1 && a.type == REDIS_REPLY_ERROR && redis_conn_up(c), "error: %s", a.str);
+    /* CROSSSLOT: channels of two slots in one SSUBSCRIBE, in cluster mode
+     * only; standalone accepts it. The server closing the connection: */
+    r = rp_cmd(srv, "CLIENT KILL TYPE pubsub");
+    if (r) freeReplyObject(r);
+    WAIT(st.down, 3000);
+    CHECK(st.down == 1 && strstr(st.why, "closed"), "down: %s", st.why);
+    spin(20);
+    /* refused connect, reported by the poll error path */
+    rp_signal(srv, SIGKILL);
+    cstate st2 = {0};
+    c = redis_conn_new(loop, &o, &h, &st2);
+    WAIT(st2.down, 3000);
+    CHECK(st2.down == 1 && strstr(st2.why, "refused"), "refused: %s", st2.why);
+    /* a name that does not resolve (resolved off the loop) */
+    cstate st3 = {0};
+    redis_conn_opts o3 = {.addr = {"no-such-host.invalid", 6379}};
+    c = redis_conn_new(loop, &o3, &h, &st3);
+    WAIT(st3.down, 6000);
+    CHECK(st3.down == 1 && strstr(st3.why, "resolve"), "resolve: %s", st3.why);
+    spin(20);
+}
+
+/* standalone URL at a cluster node: MOVED is an answer, not a reason to
+ * reconnect (defect 9); readiness says what is wrong */
+static void test_standalone_at_cluster(int first)
+{
+    char url[128];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", rp_all[first].port);
+    rec R;
+    redis_client *c = client(&R, url, 1);
+    WAIT(redis_client_ready(c), 3000);
+    int moved = 0, ok = 0;
+    for (int i = 0; i < 20; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "k%d", i);
+        ans a = sync_call(c, key_slot(k), -1, 2, "GET", k);
+        if (a.type == REDIS_REPLY_ERROR && !strncmp(a.str, "MOVED", 5)) moved++;
+        else if (a.done == 1) ok++;
+    }
+    CHECK(moved > 0 && moved + ok == 20, "MOVED answers delivered: %d", moved);
+    spin(1000);
+    char why[400];
+    CHECK(R.nodes_down == 0 && R.nodes_up == 1, "no reconnect (%d downs)", R.nodes_down);
+    CHECK(redis_client_health(c, why, sizeof why) == 0 && strstr(why, "redis+cluster://"),
+          "health: %s", why);
+    redis_client_free(c);
+    spin(20);
+}
+
+/* ---------------- TLS ---------------- */
+
+static void test_tls(void)
+{
+    char dir[96];
+    snprintf(dir, sizeof dir, "/tmp/chatd-test-tls-XXXXXX");
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "(cd %s && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=testca "
+             "-keyout ca.key -out ca.pem && "
+             "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout srv.key -out srv.csr && "
+             "printf 'subjectAltName=IP:127.0.0.1' > ext && "
+             "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+             "-extfile ext -out srv.pem && "
+             "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout cli.key -out cli.csr && "
+             "openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out cli.pem && "
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other -keyout o.key -out other.pem"
+             ") >/dev/null 2>&1",
+             dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "SKIP tls: openssl could not make certificates\n");
+        return;
+    }
+    char cert[160], key[160], ca[160];
+    snprintf(cert, sizeof cert, "%s/srv.pem", dir);
+    snprintf(key, sizeof key, "%s/srv.key", dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    int srv = rp_start_nowait("--port", "0", "--tls-port", "%P", "--tls-cert-file", cert,
+                              "--tls-key-file", key, "--tls-ca-cert-file", ca,
+                              "--tls-auth-clients", "optional", NULL);
+    if (srv < 0) { CHECK(0, "tls server"); return; }
+    char url[512];
+    snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ssl_ca_certs=%s", rp_all[srv].port, ca);
+    rec R;
+    redis_client *c = client(&R, url, 1);
+    WAIT(redis_client_ready(c), 5000);
+    if (!redis_client_ready(c)) {
+        char why[300];
+        redis_client_health(c, why, sizeof why);
+        fprintf(stderr, "SKIP tls: redis-server with --tls-port did not come up (%s)\n", why);
+        redis_client_free(c);
+        return;
+    }
+    ans a = sync_call(c, -1, -1, 3, "SET", "tk", "over tls");
+    a = sync_call(c, -1, -1, 2, "GET", "tk");
+    CHECK(!strcmp(a.str, "over tls"), "GET over TLS: %s", a.str);
+    size_t big = 1u << 20;
+    char *v = malloc(big + 1);
+    memset(v, 'x', big);
+    v[big] = 0;
+    a = sync_call(c, -1, -1, 3, "SET", "tbig", v);
+    a = sync_call(c, -1, -1, 2, "STRLEN", "tbig");
+    CHECK(a.integer == (long long)big, "1 MB over TLS: %lld", a.integer);
+    free(v);
+    ans s;
+    memset(&s, 0, sizeof s);
+    const char *chs[] = {"tchan"};
+    redis_client_subscribe(c, 0, 1, chs, NULL, sub_cb, &s);
+    WAIT(s.done, 3000);
+    a = sync_call(c, -1, -1, 3, "PUBLISH", "tchan", "pushed over tls");
+    WAIT(R.messages == 1, 3000);
+    CHECK(R.messages == 1 && !strcmp(R.last_data, "pushed over tls"), "message over TLS");
+    redis_client_free(c);
+
+    char why[400];
+    /* wrong CA: verification fails, readiness says so */
+    snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ssl_ca_certs=%s/other.pem", rp_all[srv].port, dir);
+    c = client(&R, url, 0);
+    spin(800);
+    CHECK(!redis_client_ready(c) && redis_client_health(c, why, sizeof why) == 0 &&
+          strstr(why, "certificate"), "wrong CA: %s", why);
+    redis_client_free(c);
+    /* verification off */
+    snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ssl_cert_reqs=none", rp_all[srv].port);
+    c = client(&R, url, 0);
+    WAIT(redis_client_ready(c), 3000);
+    CHECK(redis_client_ready(c), "ssl_cert_reqs=none");
+    redis_client_free(c);
+    /* plain TCP to a TLS port: the handshake never completes */
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", rp_all[srv].port);
+    c = client(&R, url, 0);
+    spin(300);
+    CHECK(!redis_client_ready(c), "plain to TLS port not ready");
+    redis_client_free(c);
+    /* a client certificate */
+    snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ssl_ca_certs=%s&ssl_certfile=%s/cli.pem&"
+             "ssl_keyfile=%s/cli.key", rp_all[srv].port, ca, dir, dir);
+    c = client(&R, url, 0);
+    WAIT(redis_client_ready(c), 3000);
+    CHECK(redis_client_ready(c), "client certificate");
+    redis_client_free(c);
+    char err[200];
+    redis_client_opts o = {"rediss://h?ssl_certfile=/nonexistent.pem&ssl_keyfile=/x", "t", NULL, 0, 0};
+    CHECK(redis_client_new(loop, &o, &RH, &R, err, sizeof err) == NULL && strstr(err, "certificate"),
+          "bad cert file: %s", err);
+    spin(20);
+    rp_signal(srv, SIGKILL);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+/* ---------------- cluster ---------------- */
+
+static char node_id_of(int i, char *out, size_t n)
+{
+    redisReply *r = rp_cmd(i, "CLUSTER MYID");
+    out[0] = 0;
+    if (r && r->type == REDIS_REPLY_STRING) snprintf(out, n, "%s", r->str);
+    if (r) freeReplyObject(r);
+    return out[0];
+}
+
+/* index (first..first+2) of the master that serves slot */
+static int owner_of(int first, int slot)
+{
+    for (int i = first; i < first + 3; i++) {
+        redisReply *r = rp_cmd(i, "CLUSTER COUNTKEYSINSLOT %d", slot);
+        redisReply *s = rp_cmd(i, "CLUSTER SLOTS");
+        int own = 0;
+        for (size_t k = 0; s && s->type == REDIS_REPLY_ARRAY && k < s->elements; k++) {
+            redisReply *e = s->element[k];
+            if (e->element[0]->integer <= slot && slot <= e->element[1]->integer &&
+                e->element[2]->element[1]->integer == rp_all[i].port)
+                own = 1;
+        }
+        if (r) freeReplyObject(r);
+        if (s) freeReplyObject(s);
+        if (own) return i;
+    }
+    return -1;
+}
+
+static void setslot_all(int first, int slot, const char *id)
+{
+    for (int i = first; i < first + 3; i++) {
+        redisReply *r = rp_cmd(i, "CLUSTER SETSLOT %d NODE %s", slot, id);
+        if (r) freeReplyObject(r);
+    }
+}
+
+static void test_cluster(void)
+{
+    int first = rp_cluster(0, 2000);
+    CHECK(first >= 0, "3-master cluster");
+    if (first < 0) return;
+
+    /* CRC16 slots against the server's CLUSTER KEYSLOT */
+    int bad = 0;
+    unsigned rs = 12345;
+    for (int i = 0; i < 2000; i++) {
+        char k[40];
+        int n = 1 + (int)((rs = rs * 1103515245 + 12345) >> 16) % 30;
+        for (int j = 0; j < n; j++) {
+            static const char al[] = "ab{}c:de~-_.9XYZ";
+            k[j] = al[(rs = rs * 1103515245 + 12345) >> 16 & 15];
+        }
+        k[n] = 0;
+        redisReply *r = rp_cmd(first, "CLUSTER KEYSLOT %s", k);
+        if (!r || r->integer != key_slot(k)) bad++;
+        if (r) freeReplyObject(r);
+    }
+    CHECK(bad == 0, "%d keys differ from CLUSTER KEYSLOT", bad);
+    int badtag = 0;
+    for (int s = 0; s < REDIS_SLOTS; s += 97) {
+        redisReply *r = rp_cmd(first, "CLUSTER KEYSLOT chat:{%s}:unstored", redis_slot_tag(s));
+        if (!r || r->integer != s) badtag++;
+        if (r) freeReplyObject(r);
+    }
+    CHECK(badtag == 0, "slot tags against CLUSTER KEYSLOT: %d wrong", badtag);
+
+    test_standalone_at_cluster(first);
+
+    char url[128];
+    snprintf(url, sizeof url, "redis+cluster://127.0.0.1:%d,127.0.0.1:1", rp_all[first + 1].port);
+    rec R;
+    redis_client *c = client(&R, url, 1);
+    CHECK(redis_client_is_cluster(c), "cluster mode");
+    WAIT(redis_client_ready(c) && R.nodes_up == 3, 5000);
+    char why[400];
+    CHECK(redis_client_ready(c) && R.nodes_up == 3 && R.maps >= 1, "ready, 3 nodes up (%d)", R.nodes_up);
+    CHECK(redis_client_health(c, why, sizeof why) == 1, "health: %s", why);
+
+    /* routing: keys of every shard, scripts on every node */
+    int okset = 0, okget = 0, okscript = 0;
+    uint64_t seen[3] = {0};
+    int nseen = 0;
+    for (int i = 0; i < 300; i++) {
+        char k[16], v[16];
+        snprintf(k, sizeof k, "key%d", i);
+        snprintf(v, sizeof v, "val%d", i);
+        int slot = key_slot(k);
+        uint64_t n = redis_client_slot_node(c, slot);
+        int known = 0;
+        for (int j = 0; j < nseen; j++) known |= seen[j] == n;
+        if (!known && nseen < 3) seen[nseen++] = n;
+        ans a = sync_call(c, slot, -1, 3, "SET", k, v);
+        okset += a.type == REDIS_REPLY_STATUS;
+        a = sync_call(c, slot, -1, 2, "GET", k);
+        okget += !strcmp(a.str, v);
+        a = sync_call(c, slot, 1, 2, "1", k);
+        okscript += !strcmp(a.str, v);
+    }
+    CHECK(okset == 300 && okget == 300 && okscript == 300 && nseen == 3,
+          "routed %d/%d/%d over %d nodes", okset, okget, okscript, nseen);
+
+    /* a slot migration: ASK while it migrates, MOVED after */
+    const char *K = "key7";
+    int slot = key_slot(K);
+    int src = owner_of(first, slot);
+    int dst = src == first ? first + 1 : first;
+    int third = 3 * first + 3 - src - dst;
+    char sid[64], did[64];
+    node_id_of(src, sid, sizeof sid);
+    node_id_of(dst, did, sizeof did);
+    /* a subscription on the slot, at its owner */
+    ans s;
+    memset(&s, 0, sizeof s);
+    const char *chs[] = {"chat:{key7}:msg"};
+    CHECK(redis_client_subscribe(c, slot, 1, chs, NULL, sub_cb, &s) == 0, "ssubscribe");
+    WAIT(s.done, 3000);
+    CHECK(s.done == 1 && !s.null && s.type == REDIS_REPLY_ARRAY &&
+          s.node == redis_client_slot_node(c, slot), "ssubscribed at the owner");
+    uint64_t old_node = s.node;
+    redisReply *r = rp_cmd(dst, "CLUSTER SETSLOT %d IMPORTING %s", slot, sid);
+    if (r) freeReplyObject(r);
+    r = rp_cmd(src, "CLUSTER SETSLOT %d MIGRATING %s", slot, did);
+    if (r) freeReplyObject(r);
+    /* a key that is not on the source: ASK -> ASKING + SET on the target */
+    char newk[32];
+    snprintf(newk, sizeof newk, "{key7}new");
+    ans a = sync_call(c, slot, -1, 3, "SET", newk, "asked");
+    CHECK(a.type == REDIS_REPLY_STATUS, "SET during migration: %s", a.str);
+    r = rp_cmd(dst, "CLUSTER COUNTKEYSINSLOT %d", slot);
+    CHECK(r && r->integer == 1, "new key created on the target (ASK followed)");
+    if (r) freeReplyObject(r);
+    a = sync_call(c, slot, -1, 2, "GET", K);
+    CHECK(!strcmp(a.str, "val7"), "existing key still served by the source");
+    r = rp_cmd(src, "MIGRATE 127.0.0.1 %d %s 0 5000", rp_all[dst].port, K);
+    CHECK(r && r->type == REDIS_REPLY_STATUS, "MIGRATE: %s", r && r->str ? r->str : "?");
+    if (r) freeReplyObject(r);
+    setslot_all(first, slot, did);
+    /* the server drops the subscription of the moved slot */
+    WAIT(R.sunsubs >= 1, 3000);
+    CHECK(R.sunsubs >= 1 && !strcmp(R.last_ch, chs[0]) && R.last_push_node == old_node,
+          "sunsubscribe pushed by the old owner (%d)", R.sunsubs);
+    /* the client still maps the slot to the source: MOVED, followed */
+    a = sync_call(c, slot, -1, 2, "GET", K);
+    CHECK(!strcmp(a.str, "val7"), "GET after the move: %s", a.str);
+    a = sync_call(c, slot, -1, 2, "GET", newk);
+    CHECK(!strcmp(a.str, "asked"), "GET new key after the move: %s", a.str);
+    CHECK(redis_client_slot_node(c, slot) != old_node, "owner updated");
+    /* resubscribe: lands on the new owner */
+    memset(&s, 0, sizeof s);
+    CHECK(redis_client_subscribe(c, slot, 1, chs, NULL, sub_cb, &s) == 0, "resubscribe");
+    WAIT(s.done, 3000);
+    CHECK(s.done == 1 && !s.null && s.node != old_node && s.node == redis_client_slot_node(c, slot),
+          "resubscribed at the new owner");
+    int m0 = R.messages;
+    r = rp_cmd(dst, "SPUBLISH %s after-move", chs[0]);
+    CHECK(r && r->integer == 1, "one shard subscriber");
+    if (r) freeReplyObject(r);
+    WAIT(R.messages > m0, 3000);
+    CHECK(R.messages == m0 + 1 && !strcmp(R.last_data, "after-move"), "smessage after the move");
+    /* a stale subscribe (map not yet refreshed) follows MOVED too */
+    r = rp_cmd(src, "CLUSTER SETSLOT %d IMPORTING %s", slot, did);
+    if (r) freeReplyObject(r);
+    r = rp_cmd(dst, "CLUSTER SETSLOT %d MIGRATING %s", slot, sid);
+    if (r) freeReplyObject(r);
+    r = rp_cmd(dst, "MIGRATE 127.0.0.1 %d %s 0 5000 KEYS %s %s", rp_all[src].port, "", K, newk);
+    CHECK(r && r->type == REDIS_REPLY_STATUS, "MIGRATE back: %s", r && r->str ? r->str : "?");
+    if (r) freeReplyObject(r);
+    setslot_all(first, slot, sid);
+    memset(&s, 0, sizeof s);
+    const char *chs2[] = {"chat:{key7}:typing"};
+    CHECK(redis_client_subscribe(c, slot, 1, chs2, NULL, sub_cb, &s) == 0, "stale subscribe");
+    WAIT(s.done, 3000);
+    CHECK(s.done == 1 && s.type == REDIS_REPLY_ARRAY && s.node == old_node,
+          "SSUBSCRIBE followed MOVED back to the source: done %d null %d type %d %s node %" PRIu64
+          " old %" PRIu64, s.done, s.null, s.type, s.str, s.node, old_node);
+
+    /* one master dies: the other shards keep serving, readiness names it */
+    int third_slot = -1;
+    for (int i = 0; i < 1000 && third_slot < 0; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "key%d", i);
+        if (owner_of(first, key_slot(k)) == third) third_slot = key_slot(k);
+    }
+    rp_signal(third, SIGKILL);
+    WAIT(!redis_client_slot_ready(c, third_slot), 3000);
+    CHECK(!redis_client_slot_ready(c, third_slot) && redis_client_ready(c), "one shard down");
+    CHECK(redis_client_health(c, why, sizeof why) == 0 && strstr(why, "unreachable") &&
+          strstr(why, "shard") && strstr(why, "slots"), "health: %s", why);
+    int served = 0, refused = 0;
+    for (int i = 0; i < 60; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "key%d", i);
+        int sl = key_slot(k);
+        ans x;
+        if (call(c, sl, -1, &x, 2, "GET", k) != 0) { refused++; continue; }
+        WAIT(x.done, 6000);
+        served += x.done == 1 && !x.null && x.type == REDIS_REPLY_STRING;
+    }
+    CHECK(served > 0 && refused > 0 && served + refused == 60, "served %d refused %d", served, refused);
+    CHECK(rp_restart(third) == 0, "master back");
+    WAIT(redis_client_health(c, why, sizeof why), 15000);
+    CHECK(redis_client_health(c, why, sizeof why) == 1, "healthy again: %s", why);
+    a = sync_call(c, third_slot, -1, 1, "PING");
+    redis_client_free(c);
+    spin(50);
+    for (int i = first; i < first + 3; i++) rp_signal(i, SIGKILL);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    log_set_level(getenv("CHATD_TEST_VERBOSE") ? LOG_DEBUG : LOG_ERROR);
+    loop = uv_default_loop();
+    uv_timer_init(loop, &ticker);
+    test_url();
+    test_slots_pure();
+    test_replies();
+    if (!rp_have_server()) {
+        fprintf(stderr, "SKIP: no redis-server/redis-cli (pure tests: %d failures)\n", failures);
+        return failures ? 1 : 77;
+    }
+    atexit(rp_cleanup);
+    test_conn_ssubscribe();
+    test_standalone();
+    test_tls();
+    test_cluster();
+    uv_close((uv_handle_t *)&ticker, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    fprintf(stderr, "%s (%d failures)\n", failures ? "FAIL" : "PASS", failures);
+    return failures ? 1 : 0;
+}
