@@ -1,8 +1,10 @@
 /* bus: the source of seq order and the fan-out between nodes.
- * Redis mode (url set): hiredis async on the libuv loop, one connection for
- * commands and one for subscriptions, reconnect with capped jittered backoff,
- * one server-side Lua publish script (seq + recent buffer + idempotency +
- * PUBLISH in one step, called by SHA, reloaded on NOSCRIPT).
+ * Redis mode (url set, any form of redis_url.h): the Redis connection layer
+ * (redis_client.h: per node a command and a subscription connection,
+ * reconnect with backoff; on a Cluster the slot map, redirects, and one
+ * shard's failure failing only its rooms), one server-side Lua publish
+ * script (seq + recent buffer + idempotency + PUBLISH, or SPUBLISH on a
+ * Cluster, in one step, called by SHA, reloaded on NOSCRIPT).
  * In-process mode (url NULL): the same API and guarantees inside the process.
  * Owns: subscriptions (refcounted per room), the per-room "last delivered seq"
  * of this node and gap filling, pending publish/replay requests (each
@@ -25,9 +27,12 @@
  *   chat:{room}:unstored zset    seqs published but not yet committed to
  *                                Postgres (track_unstored), score = publish
  *                                time (Redis TIME, ms)
- *   chat:unstored        zset    rooms with unstored seqs (the one key that
- *                                is not per room), score = oldest time
- *   chat:backfill:lock   string  one sweeper per round (SET NX PX)
+ *   chat:unstored        zset    rooms with unstored seqs, score = oldest
+ *                                time; on a Cluster one per slot:
+ *                                chat:{<slot tag>}:unstored (redis_slot.h)
+ *   chat:backfill:lock   string  one sweeper per round (SET NX PX); on a
+ *                                Cluster one per master and round:
+ *                                chat:{<tag of its first slot>}:backfill:lock
  *
  * "tail" is the part of a server message frame after its seq, i.e. the
  * message frame is '{"type":"message","room":"<room>","seq":<seq>,' + tail,
@@ -104,7 +109,14 @@ void bus_free(bus *b);
  * calls back from inside; safe after bus_free (then it only frees req). */
 void bus_seed_done(bus_seed *req, int status, uint64_t max_seq, const char *epoch);
 
-int bus_ready(const bus *b);            /* 1 when publishes can succeed */
+/* 1 when publishes can succeed (one Redis: connected and every room caught
+ * up after a reconnect; Cluster: the slot map is known and a shard is up:
+ * a room whose shard is down answers -1 to bus_publish/bus_replay). */
+int bus_ready(const bus *b);
+/* 1 when everything works; else 0 and a sentence for /readyz that says what
+ * does not ("redis 127.0.0.1:7001 (shard 2 of 3, slots 10923-16383)
+ * unreachable: Connection refused"). */
+int bus_health(const bus *b, char *why, size_t n);
 int bus_is_redis(const bus *b);
 
 /* Refcounted: the first subscribe of a room subscribes its channels, the

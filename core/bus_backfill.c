@@ -1,21 +1,24 @@
 /* bus_backfill: nothing broadcast stays missing from history (Redis mode
- * with track_unstored).
+ * with track_unstored; part of the Redis backend, which starts and frees it).
  * The publish script records every new seq in chat:{room}:unstored (score:
- * Redis time) and the room in chat:unstored. This file owns:
+ * Redis time) and the room in its unstored index (bus_unstored_index: one
+ * per Redis, one per slot on a Cluster). This file owns:
  *  - the mark batch: bus_mark_stored calls of one loop tick, grouped per
- *    room and sent as one BUS_MARK_LUA per room (pipelined) from a 0 ms
- *    timer; dropped while Redis is down;
- *  - the sweeper: a timer every grace/2 that runs BUS_SWEEP_LUA (lock,
- *    then every seq older than the grace, leased for another grace) and
- *    hands each entry to on_unstored; entries the recent buffer no longer
- *    has are lost (logged once per room and round, counted).
+ *    room and sent as one BUS_MARK_LUA per room (pipelined, routed to the
+ *    room's shard) from a 0 ms timer; dropped while that shard is down;
+ *  - the sweeper: a timer every grace/2 that runs BUS_SWEEP_LUA on every
+ *    node that is up (one Redis: its index; a Cluster: each master with the
+ *    indexes of every slot it owns, under a per-master round lock) and hands
+ *    each entry older than the grace to on_unstored; entries the recent
+ *    buffer no longer has are lost (logged once per room and round,
+ *    counted).
  * Both timers are closed by bus_backfill_free; the state is freed when the
  * last one is closed. */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
-#include <hiredis/hiredis.h>
-#include <hiredis/async.h>
+#include "redis_client.h"
+#include "redis_slot.h"
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,12 +37,14 @@ typedef struct bf_marks {
 
 struct bus_bf {
     bus *b;
+    redis_client *rc;
+    int cluster;
     uint32_t grace_ms;
     uv_timer_t sweep, flush;
     int open;                /* timers not yet closed */
-    hmap marks;           /* room -> bf_marks, sent at the next tick */
+    hmap marks;              /* room -> bf_marks, sent at the next tick */
     char token[96];          /* this node's lock value */
-    int sweeping;            /* a sweep is in flight */
+    int sweeping;            /* sweeps in flight (one per node) */
     uint64_t rounds;
 };
 
@@ -59,33 +64,32 @@ static void marks_clear(struct bus_bf *f)
     hmap_init(&f->marks);
 }
 
-/* EVAL BUS_MARK_LUA 2 chat:{room}:unstored chat:unstored room seq... */
+/* EVALSHA BUS_MARK_LUA 2 chat:{room}:unstored <index> room seq... */
 static int send_marks(void *arg, const char *key, void *val)
 {
+    struct bus_bf *f = arg;
     bf_marks *m = val;
-    redisAsyncContext *ac = arg;
-    size_t argc = 6 + m->n;
+    (void)key;
+    size_t argc = 4 + m->n;
     const char **v = malloc(argc * sizeof *v);
-    size_t *vl = malloc(argc * sizeof *vl);
     char (*nums)[24] = malloc(m->n * sizeof *nums);
-    char kuns[CHAT_ROOM_MAX + 32];
-    if (v && vl && nums) {
+    char kuns[CHAT_ROOM_MAX + 32], kidx[48];
+    if (v && nums) {
         snprintf(kuns, sizeof kuns, "chat:{%s}:unstored", m->room);
-        v[0] = "EVAL";
-        v[1] = BUS_MARK_LUA;
-        v[2] = "2";
-        v[3] = kuns;
-        v[4] = "chat:unstored";
-        v[5] = m->room;
+        bus_unstored_index(kidx, sizeof kidx, f->cluster, m->room);
+        v[0] = "2";
+        v[1] = kuns;
+        v[2] = kidx;
+        v[3] = m->room;
         for (size_t i = 0; i < m->n; i++) {
             snprintf(nums[i], sizeof nums[i], "%" PRIu64, m->seqs[i]);
-            v[6 + i] = nums[i];
+            v[4 + i] = nums[i];
         }
-        for (size_t i = 0; i < argc; i++) vl[i] = strlen(v[i]);
-        redisAsyncCommandArgv(ac, NULL, NULL, (int)argc, v, vl);
+        redis_call how = {redis_room_slot(m->room), 0, BUS_S_MARK};
+        /* not sent (shard down): the sweeper offers those rows again */
+        redis_client_call(f->rc, &how, (int)argc, v, NULL, NULL, NULL);
     }
     free(v);
-    free(vl);
     free(nums);
     return 0;
 }
@@ -93,15 +97,16 @@ static int send_marks(void *arg, const char *key, void *val)
 static void flush_cb(uv_timer_t *t)
 {
     struct bus_bf *f = t->data;
-    redisAsyncContext *ac = bus_redis_cmd(f->b);
-    if (ac) hmap_each(&f->marks, send_marks, ac);
+    if (!f->b->freeing) hmap_each(&f->marks, send_marks, f);
     marks_clear(f);
 }
 
 void bus_backfill_mark(bus *b, const char *room, uint64_t seq)
 {
     struct bus_bf *f = b->bf;
-    if (!f || !room || !room_name_valid(room, strlen(room)) || !bus_redis_cmd(b)) return;
+    if (!f || !room || !room_name_valid(room, strlen(room)) ||
+        !redis_client_slot_ready(f->rc, redis_room_slot(room)))
+        return;
     bf_marks *m = hmap_get(&f->marks, room);
     if (!m) {
         m = calloc(1, sizeof *m);
@@ -122,16 +127,14 @@ void bus_backfill_mark(bus *b, const char *room, uint64_t seq)
 
 /* ---- sweeper ---- */
 
-static void sweep_reply(redisAsyncContext *ac, void *reply, void *priv)
+static void sweep_reply(void *ud, const redisReply *rp)
 {
-    struct bus_bf *f = priv;
+    struct bus_bf *f = ud;
     bus *b = f->b;
-    redisReply *rp = reply;
-    (void)ac;
-    f->sweeping = 0;
+    if (f->sweeping > 0) f->sweeping--;
     if (!rp || b->freeing) return; /* connection gone: the next round retries */
     if (rp->type == REDIS_REPLY_ERROR) {
-        LOGW(MOD, "backfill sweep: %s", rp->str);
+        LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
         return;
     }
     if (rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 ||
@@ -181,12 +184,11 @@ static void sweep_reply(redisAsyncContext *ac, void *reply, void *priv)
              lost_room, lost_n, lost_lo, lost_hi);
 }
 
-static void sweep_cb(uv_timer_t *t)
+/* one sweep call on one node: the lock, then its indexes */
+static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int nranges)
 {
-    struct bus_bf *f = t->data;
-    redisAsyncContext *ac = bus_redis_cmd(f->b);
-    if (!ac || f->sweeping) return;
-    char grace[16], lock[16], nrooms[16], nper[16];
+    struct bus_bf *f = ud;
+    char grace[16], lock[16], nrooms[16], nper[16], klock[48];
     /* a round is one tick (grace/2); the lock ends a little before this
      * node's next tick, so some node sweeps every round and only one */
     uint32_t lock_ms = f->grace_ms / 2 - f->grace_ms / 20;
@@ -195,11 +197,45 @@ static void sweep_cb(uv_timer_t *t)
     snprintf(lock, sizeof lock, "%u", (unsigned)lock_ms);
     snprintf(nrooms, sizeof nrooms, "%d", SWEEP_ROOMS);
     snprintf(nper, sizeof nper, "%d", SWEEP_PER_ROOM);
-    const char *argv[] = {"EVAL", BUS_SWEEP_LUA, "2", "chat:backfill:lock", "chat:unstored",
-                          f->token, grace, lock, nrooms, nper};
-    size_t lens[10];
-    for (int i = 0; i < 10; i++) lens[i] = strlen(argv[i]);
-    if (redisAsyncCommandArgv(ac, sweep_reply, f, 10, argv, lens) == REDIS_OK) f->sweeping = 1;
+    size_t nidx = 0;
+    for (int i = 0; i < nranges; i++) nidx += (size_t)(ranges[i][1] - ranges[i][0] + 1);
+    if (!f->cluster || !nranges) nidx = 1;
+    const char **v = malloc((7 + nidx) * sizeof *v);
+    char (*idx)[40] = f->cluster ? malloc(nidx * sizeof *idx) : NULL;
+    if (!v || (f->cluster && !idx)) {
+        free(v);
+        free(idx);
+        return;
+    }
+    if (f->cluster) {
+        snprintf(klock, sizeof klock, "chat:{%s}:backfill:lock", redis_slot_tag(ranges[0][0]));
+        size_t k = 0;
+        for (int i = 0; i < nranges; i++)
+            for (int s = ranges[i][0]; s <= ranges[i][1]; s++)
+                snprintf(idx[k++], sizeof idx[0], "chat:{%s}:unstored", redis_slot_tag(s));
+    } else {
+        snprintf(klock, sizeof klock, "chat:backfill:lock");
+    }
+    v[0] = "1";
+    v[1] = klock;
+    v[2] = f->token;
+    v[3] = grace;
+    v[4] = lock;
+    v[5] = nrooms;
+    v[6] = nper;
+    for (size_t i = 0; i < nidx; i++) v[7 + i] = f->cluster ? idx[i] : "chat:unstored";
+    redis_call how = {-1, node, BUS_S_SWEEP};
+    if (redis_client_call(f->rc, &how, (int)(7 + nidx), v, NULL, sweep_reply, f) == 0)
+        f->sweeping++;
+    free(v);
+    free(idx);
+}
+
+static void sweep_cb(uv_timer_t *t)
+{
+    struct bus_bf *f = t->data;
+    if (f->sweeping || f->b->freeing) return;
+    redis_client_masters(f->rc, sweep_node, f);
 }
 
 /* ---- lifetime ---- */
@@ -216,7 +252,7 @@ static void timer_closed(uv_handle_t *h)
     bus_handle_closed(b);
 }
 
-int bus_backfill_init(bus *b, uint32_t grace_ms, char *err, size_t errlen)
+int bus_backfill_init(bus *b, redis_client *rc, uint32_t grace_ms, char *err, size_t errlen)
 {
     struct bus_bf *f = calloc(1, sizeof *f);
     if (!f) {
@@ -224,6 +260,8 @@ int bus_backfill_init(bus *b, uint32_t grace_ms, char *err, size_t errlen)
         return -1;
     }
     f->b = b;
+    f->rc = rc;
+    f->cluster = redis_client_is_cluster(rc);
     f->grace_ms = grace_ms ? grace_ms : 3000;
     hmap_init(&f->marks);
     char host[64] = "node";

@@ -5,10 +5,15 @@
  *    the ordered-delivery state: last delivered seq, held messages, fill),
  *  - bus_req: one pending publish/replay with its user callback,
  *  - bus_backend: the operations each mode (Redis, in-process) provides,
+ *  - the shared internals of the bus object (bus_core.c),
  *  - the ordered-delivery entry points backends call (bus_order.c),
- *  - the Redis URL parser (bus_url.c) and the publish script (bus_script.c),
- *  - the backfill of unstored messages (bus_backfill.c),
- *  - seeding a room's head from the upper layer (bus.c: bus_seed_get). */
+ *  - the Redis scripts (bus_script.c) and the backfill of unstored messages
+ *    (bus_backfill.c), both used by the Redis backend only,
+ *  - seeding a room's head from the upper layer (bus_core.c: bus_seed_get).
+ * The files stand in layers, each calling only the ones below it:
+ *   bus.c (public API) -> bus_redis.c, bus_local.c (backends)
+ *     -> bus_backfill.c -> bus_order.c -> bus_core.c
+ * (bus_core.c reaches the backend only through the bus_backend table). */
 #ifndef CHATD_BUS_INT_H
 #define CHATD_BUS_INT_H
 #include "bus.h"
@@ -33,8 +38,13 @@ typedef struct bus_req bus_req;
 typedef struct bus_room {
     char name[CHAT_ROOM_MAX + 1];
     int refs;                /* local subscribers */
-    /* backend subscription state (Redis: channel confirmations pending) */
-    int sub_state, sub_pending;
+    /* backend subscription state; Redis: the node (redis_client) that holds
+     * the room's channels while SUBSCRIBED, and a retry (head read or
+     * subscribe that failed with an error) due at retry_at (mono ms) */
+    int sub_state;
+    uint64_t sub_node;
+    uint64_t retry_at;
+    uint32_t retry_ms;
     /* identifies the current subscription; async answers carrying another
      * id are stale (the room was unsubscribed or Redis reconnected) */
     uint64_t sub_id;
@@ -121,6 +131,10 @@ typedef struct bus_backend {
     void (*forget_id)(bus *b, const char *room, const char *id, uint64_t seq);
     /* A room synced or a fill finished (Redis: readiness after recovery). */
     void (*progress)(bus *b);
+    /* (may be NULL) bus_mark_stored */
+    void (*mark)(bus *b, const char *room, uint64_t seq);
+    /* 1 when fully healthy, else 0 and a sentence (bus_health) */
+    int (*health)(const bus *b, char *why, size_t n);
     /* Cancel everything, close every handle (bus_handle_closed per handle). */
     void (*free)(bus *b);
 } bus_backend;
@@ -147,7 +161,8 @@ struct bus {
     uv_timer_t defer;
     bus_req *deferred;       /* linked through wnext */
     int track_unstored;      /* Redis mode: the publish script records unstored seqs */
-    struct bus_bf *bf;       /* backfill state (bus_backfill.c), NULL when off */
+    struct bus_bf *bf;       /* backfill state (bus_backfill.c, set up by the
+                              * Redis backend), NULL when off */
     hmap seeds;              /* room -> bus_seed in flight (one per room) */
     struct bus_seed *seeds_done; /* answered, waiters run from the defer timer */
     uint64_t rng;            /* epochs */
@@ -160,7 +175,18 @@ struct bus {
     } m;
 };
 
-/* bus.c */
+/* bus_core.c */
+/* Sets up the shared internals (the deferral timer); 0 or -1. */
+int bus_core_init(bus *b);
+/* bus_free's first part: seed waiters answered -1 (before the backend). */
+void bus_core_cancel(bus *b);
+/* bus_free's part: the deferral timer closed, pending requests answered. */
+void bus_core_close(bus *b);
+/* Frees the bus when its last handle is closed (or now when none is open). */
+void bus_core_release(bus *b);
+bus_req *bus_req_new(bus *b, int kind, const char *room);
+/* Unlinks and frees r (no callback). */
+void bus_req_free(bus_req *r);
 bus_room *bus_room_get(bus *b, const char *name);
 /* Frees the room when nobody needs it any more. */
 void bus_room_maybe_free(bus *b, bus_room *room);
@@ -201,33 +227,35 @@ void bus_order_reset(bus *b, bus_room *room, int keep_last);
 /* 1 when every subscribed room is synced and caught up. */
 int bus_order_all_caught_up(bus *b);
 
-/* bus_url.c */
-typedef struct bus_url {
-    char host[256];
-    int port;
-    int db;
-    char user[128];
-    char pass[256];
-} bus_url;
-int bus_url_parse(const char *url, bus_url *out, char *err, size_t errlen);
-
-/* bus_script.c */
+/* bus_script.c: the scripts, loaded on every Redis node (index = the
+ * script's number in the redis_client) */
+enum { BUS_S_PUBLISH = 0, BUS_S_HEAD, BUS_S_MARK, BUS_S_SWEEP, BUS_S_FORGET, BUS_S_COUNT };
+extern const char *const BUS_SCRIPTS[BUS_S_COUNT];
 extern const char BUS_PUBLISH_LUA[];
 extern const char BUS_HEAD_LUA[];
 extern const char BUS_MARK_LUA[];
 extern const char BUS_SWEEP_LUA[];
-
-/* bus_redis.c: the command connection of the session, NULL unless it is up */
-struct redisAsyncContext;
-struct redisAsyncContext *bus_redis_cmd(bus *b);
+extern const char BUS_FORGET_LUA[];
+/* The key of the unstored index of room: "chat:unstored" on one Redis,
+ * "chat:{<tag of the room's slot>}:unstored" on a Cluster (same slot as
+ * the room's keys). */
+void bus_unstored_index(char *out, size_t n, int cluster, const char *room);
 
 /* bus_backfill.c (Redis mode with track_unstored): the mark batch and the
- * sweeper. init: 0 or -1; free: closes its timers (bus_handle_closed each). */
-int bus_backfill_init(bus *b, uint32_t grace_ms, char *err, size_t errlen);
+ * sweeper, on the Redis backend's client. init: 0 or -1; free: closes its
+ * timers (bus_handle_closed each). */
+struct redis_client;
+int bus_backfill_init(bus *b, struct redis_client *rc, uint32_t grace_ms, char *err,
+                      size_t errlen);
 void bus_backfill_free(bus *b);
 void bus_backfill_mark(bus *b, const char *room, uint64_t seq);
-/* sweeps that took the lock (tests) */
+/* sweeps that took the lock (tests; per node of the cluster) */
 uint64_t bus_backfill_rounds(const bus *b);
+
+/* bus_redis.c: the publish script's answer {seq, duplicate} (0 or -1;
+ * exposed for the fuzz targets) */
+struct redisReply;
+int bus_redis_publish_reply(const struct redisReply *rp, uint64_t *seq, uint64_t *dup);
 
 /* helpers shared by backends */
 int bus_parse_entry(const char *s, size_t len, bus_entry *e); /* "<seq>\n<tail>" */

@@ -5,7 +5,7 @@
  *   KEYS[1] chat:{room}:seq   KEYS[2] chat:{room}:recent (zset by seq)
  *   KEYS[3] chat:{room}:epoch
  *   with ARGV[6] == "1" (track unstored) also KEYS[4] chat:{room}:unstored
- *   and KEYS[5] chat:unstored; with ARGV[8] == "1" the last key is
+ *   and KEYS[5] the room's unstored index; with ARGV[8] == "1" the last key is
  *   chat:{room}:id:<id>.
  *   ARGV[1] tail  ARGV[2] recent_max  ARGV[3] id ttl (s)  ARGV[4] channel
  *   ARGV[5] floor: the highest seq the calling node knows was assigned in
@@ -19,11 +19,15 @@
  *           key := ARGV[11] if still missing (SET NX semantics: a node that
  *           seeded meanwhile wins, the key never goes back).
  *   ARGV[10] seed (mode 'Y')  ARGV[11] epoch
+ *   ARGV[12] (default "publish") the command that broadcasts: "spublish" on
+ *           a Cluster (the channel chat:{room}:msg hashes to the script's
+ *           slot, so the sharded message leaves from the room's shard).
  * Returns {seq, 0} when published, {seq_of_first, 1} for a duplicate id,
  *   {0, 2} when a seed is needed. A new message is also recorded as
  *   unstored when tracking: ZADD chat:{room}:unstored <now ms> <seq>, ZADD
- *   chat:unstored NX <now> room (now from Redis TIME: one clock for every
- *   node).
+ *   <index> NX <now> room, the index being the room's unstored index
+ *   (bus_unstored_index: one per Redis, one per slot on a Cluster, on the
+ *   room's slot); now from Redis TIME: one clock for every node.
  * BUS_HEAD_LUA reads a room's head and epoch (welcome, replay, subscription
  * sync), seeding or creating them like the publish script, and raises the
  * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key; ARGV[1]
@@ -34,20 +38,29 @@
  * before the floor raised it), {2} when a seed is needed ('S', or 'P' with
  * a floor), {3} when the key is missing ('P' without a floor).
  * BUS_MARK_LUA forgets stored seqs: KEYS[1] chat:{room}:unstored,
- *   KEYS[2] chat:unstored, ARGV[1] room, ARGV[2..] seqs; drops the room from
- *   the index when its set is empty.
- * BUS_SWEEP_LUA is one sweeper round: KEYS[1] chat:backfill:lock, KEYS[2]
- *   chat:unstored; ARGV[1] node token, ARGV[2] grace ms, ARGV[3] lock ms,
- *   ARGV[4] max rooms, ARGV[5] max seqs per room. Returns {0} when another
- *   node holds the lock, else {1, room, seq, entry, ...} for every seq
- *   older than the grace: entry is "<seq>\n<tail>" from the recent buffer
- *   (its score is set to now: a lease, the next try comes after another
- *   grace), or "" when the buffer no longer has it (removed: lost). The
- *   room's index score becomes its oldest remaining seq's time. It reads
- *   keys of several rooms: fine on one Redis, not on a Cluster (see
- *   docs/redis.md). */
+ *   KEYS[2] the room's unstored index, ARGV[1] room, ARGV[2..] seqs; drops
+ *   the room from the index when its set is empty.
+ * BUS_SWEEP_LUA is one sweeper round on one server: KEYS[1] the lock
+ *   (chat:backfill:lock, or on a Cluster the master's per-round lock);
+ *   ARGV[1] node token, ARGV[2] grace ms, ARGV[3] lock ms, ARGV[4] max
+ *   rooms, ARGV[5] max seqs per room, ARGV[6..] the unstored indexes to
+ *   sweep (one on one Redis; on a Cluster the per-slot indexes of every slot
+ *   the master owns: keys the script does not declare, which Redis allows a
+ *   script without flags when they are local; an index that is not, because
+ *   its slot just moved, is skipped through redis.pcall). Returns {0} when
+ *   another node holds the lock, else {1, room, seq, entry, ...} for every
+ *   seq older than the grace: entry is "<seq>\n<tail>" from the recent
+ *   buffer (its score is set to now: a lease, the next try comes after
+ *   another grace), or "" when the buffer no longer has it (removed: lost).
+ *   The room's index score becomes its oldest remaining seq's time. A room's
+ *   keys share its index's slot, so they are local too.
+ * BUS_FORGET_LUA forgets a client id whose seq could not be stored:
+ *   KEYS[1] chat:{room}:id:<id>, ARGV[1] seq; deletes it if it still maps
+ *   to that seq. */
 #define _GNU_SOURCE
 #include "bus_int.h"
+#include "redis_slot.h"
+#include <stdio.h>
 
 const char BUS_PUBLISH_LUA[] =
     "local track = ARGV[6] == '1'\n"
@@ -85,7 +98,7 @@ const char BUS_PUBLISH_LUA[] =
     "  redis.call('ZADD', KEYS[4], now, string.format('%d', seq))\n"
     "  redis.call('ZADD', KEYS[5], 'NX', now, ARGV[7])\n"
     "end\n"
-    "redis.call('PUBLISH', ARGV[4], m)\n"
+    "redis.call(ARGV[12] or 'publish', ARGV[4], m)\n"
     "return {seq, 0}\n";
 
 const char BUS_HEAD_LUA[] =
@@ -124,31 +137,55 @@ const char BUS_MARK_LUA[] =
     "return 0\n";
 
 const char BUS_SWEEP_LUA[] =
-    "if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then return {0} end\n"
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur and cur ~= ARGV[1] then return {0} end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])\n"
     "local t = redis.call('TIME')\n"
     "local nowv = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local now = string.format('%d', nowv)\n"
     "local cut = '(' .. string.format('%d', nowv - tonumber(ARGV[2]))\n"
     "local out = {1}\n"
-    "local rooms = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cut, 'LIMIT', 0, tonumber(ARGV[4]))\n"
-    "for _, room in ipairs(rooms) do\n"
-    "  local uk = 'chat:{' .. room .. '}:unstored'\n"
-    "  local rk = 'chat:{' .. room .. '}:recent'\n"
-    "  local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, tonumber(ARGV[5]))\n"
-    "  for _, s in ipairs(seqs) do\n"
-    "    local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n"
-    "    out[#out + 1] = room\n"
-    "    out[#out + 1] = s\n"
-    "    if #e > 0 then\n"
-    "      redis.call('ZADD', uk, 'XX', now, s)\n"
-    "      out[#out + 1] = e[1]\n"
-    "    else\n"
-    "      redis.call('ZREM', uk, s)\n"
-    "      out[#out + 1] = ''\n"
+    "local budget = tonumber(ARGV[4])\n"
+    "for i = 6, #ARGV do\n"
+    "  if budget <= 0 then break end\n"
+    "  local idx = ARGV[i]\n"
+    "  local ex = redis.pcall('EXISTS', idx)\n"
+    "  if ex == 1 then\n"
+    "    local rooms = redis.call('ZRANGEBYSCORE', idx, '-inf', cut, 'LIMIT', 0, budget)\n"
+    "    budget = budget - #rooms\n"
+    "    for _, room in ipairs(rooms) do\n"
+    "      local uk = 'chat:{' .. room .. '}:unstored'\n"
+    "      local rk = 'chat:{' .. room .. '}:recent'\n"
+    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, tonumber(ARGV[5]))\n"
+    "      for _, s in ipairs(seqs) do\n"
+    "        local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n"
+    "        out[#out + 1] = room\n"
+    "        out[#out + 1] = s\n"
+    "        if #e > 0 then\n"
+    "          redis.call('ZADD', uk, 'XX', now, s)\n"
+    "          out[#out + 1] = e[1]\n"
+    "        else\n"
+    "          redis.call('ZREM', uk, s)\n"
+    "          out[#out + 1] = ''\n"
+    "        end\n"
+    "      end\n"
+    "      local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n"
+    "      if #first == 0 then redis.call('ZREM', idx, room)\n"
+    "      else redis.call('ZADD', idx, 'XX', first[2], room) end\n"
     "    end\n"
     "  end\n"
-    "  local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n"
-    "  if #first == 0 then redis.call('ZREM', KEYS[2], room)\n"
-    "  else redis.call('ZADD', KEYS[2], 'XX', first[2], room) end\n"
     "end\n"
     "return out\n";
+
+const char BUS_FORGET_LUA[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
+
+const char *const BUS_SCRIPTS[BUS_S_COUNT] = {BUS_PUBLISH_LUA, BUS_HEAD_LUA, BUS_MARK_LUA,
+                                              BUS_SWEEP_LUA, BUS_FORGET_LUA};
+
+void bus_unstored_index(char *out, size_t n, int cluster, const char *room)
+{
+    if (cluster) snprintf(out, n, "chat:{%s}:unstored", redis_slot_tag(redis_room_slot(room)));
+    else snprintf(out, n, "chat:unstored");
+}

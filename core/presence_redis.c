@@ -1,54 +1,48 @@
-/* presence_redis: the Redis presence store (hiredis async on the caller's
- * libuv loop, its own command connection).
+/* presence_redis: the Redis presence store, on the one Redis connection
+ * layer (redis_client.h: one Redis or a Redis Cluster alike).
  * Keys per room (hash tag = room): chat:{room}:presence:conns (zset member
  * "<node>|<conn_id>|<user>" -> expiry ms), chat:{room}:presence:users (hash
  * user -> live entry count), chat:{room}:presence:names (hash user -> name);
- * plus one global index chat:presence:rooms (zset room -> a time no later
- * than the earliest expiry of its entries: new entries lower it, refreshes
- * and removes leave it, the sweep resets it exactly) so every node's sweeper
- * finds rooms of dead nodes and a heartbeat costs one ZADD. Every
- * change is one of two Lua scripts, so the count and the transition it
- * implies are decided atomically in Redis; expiry uses Redis TIME (no node
- * clock skew). Scripts are loaded on every connect and called by SHA; a
- * NOSCRIPT answer reloads them and triggers a resync.
- * Owns: the connection, reconnect backoff timer, watchdog timer (hiredis'
- * libuv adapter never reports a poll error, so a stuck connect or a silent
- * socket is detected by time), in-flight requests (each reply callback runs
- * exactly once: hiredis calls pending ones with NULL on free/disconnect). */
+ * plus an index of rooms (zset room -> a time no later than the earliest
+ * expiry of its entries: new entries lower it, refreshes and removes leave
+ * it, the sweep resets it exactly): chat:presence:rooms on one Redis, and on
+ * a Cluster one per slot, chat:{<slot tag>}:presence:rooms (redis_slot.h),
+ * on the same slot as the rooms it lists. A heartbeat costs one ZADD.
+ * Every change is a Lua script, so the count and the transition it implies
+ * are decided atomically in Redis; expiry uses Redis TIME (no node clock
+ * skew). APPLY runs per room (its keys and its index: one slot), pipelined
+ * (one call per room and flush); SWEEP runs per node that is up, over the
+ * indexes of every slot it owns, under a per-node round lock so that one
+ * chatd node sweeps each round. Scripts are loaded on every node and called
+ * by SHA (the layer reloads them on NOSCRIPT).
+ * Owns: the client, the removes of rooms whose shard is down (replayed when
+ * a node comes up), the sweep state. Each reply callback runs exactly once
+ * (the layer answers pending ones with NULL on failure or free). */
 #define _GNU_SOURCE
 #include "presence_store.h"
-#include "backoff.h"
 #include "log.h"
+#include "redis_client.h"
+#include "redis_slot.h"
 #include "util.h"
-#include <hiredis/hiredis.h>
-#include <hiredis/async.h>
-#include <hiredis/adapters/libuv.h>
-#include <openssl/evp.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <unistd.h>
 
 #define MOD "presence"
-#define INDEX_KEY "chat:presence:rooms"
 #define SWEEP_MAX_ROOMS "256"
 #define SWEEP_MAX_ENTRIES "4096"
 #define APPLY_CHUNK 512
-#define CONNECT_TIMEOUT_MS 2000
-#define REPLY_TIMEOUT_MS 5000
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
+#define MAX_DEFERRED 100000
 
 /* Both scripts refuse foreign data before writing anything to it: Redis
  * does not roll back a script that fails half way, and a half-applied batch
  * would change counts without anyone announcing the transitions (a later
  * second join). A room whose keys have another type (not ours) is skipped
- * and reported as {room, "bad"}; an index of another type fails the call. */
-#define LUA_PRELUDE \
-    "local it = redis.call('TYPE', KEYS[1])['ok']\n" \
-    "if it ~= 'zset' and it ~= 'none' then\n" \
-    "  return redis.error_reply('presence index ' .. KEYS[1] .. ' is a ' .. it)\n" \
-    "end\n" \
+ * and reported as {room, "bad"}; an index of another type fails an apply
+ * and is skipped by a sweep. */
+#define LUA_COMMON \
     "local function is(k, want)\n" \
     "  local ty = redis.call('TYPE', k)['ok']\n" \
     "  return ty == want or ty == 'none'\n" \
@@ -59,19 +53,23 @@
     "local t = redis.call('TIME')\n" \
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
-/* KEYS: index. ARGV: ttl_ms, then groups of room, op ('u'|'r'), member,
- * user, name (grouped by room, upserts first). Returns flat
- * {room, event, user, name, ...}, event "join", "leave" or "bad". One call
- * carries the ops of many rooms, so room keys are built here (standalone
- * Redis / one shard, see docs). A heartbeat batch is mostly refreshes, which
- * only touch the conns zset: its type is checked once per room and call,
- * the two hashes only before a count changes (a new entry is taken back if
- * they turn out foreign). */
+/* KEYS: index, conns, users, names of one room. ARGV: ttl_ms, room, then
+ * groups of op ('u'|'r'), member, user, name (upserts first). Returns flat
+ * {room, event, user, name, ...}, event "join", "leave" or "bad". A
+ * heartbeat batch is mostly refreshes, which only touch the conns zset: the
+ * two hashes are checked only before a count changes (a new entry is taken
+ * back if they turn out foreign). */
 static const char APPLY_LUA[] =
-    LUA_PRELUDE
+    "local it = redis.call('TYPE', KEYS[1])['ok']\n"
+    "if it ~= 'zset' and it ~= 'none' then\n"
+    "  return redis.error_reply('presence index ' .. KEYS[1] .. ' is a ' .. it)\n"
+    "end\n"
+    LUA_COMMON
     "local exp = now + tonumber(ARGV[1])\n"
+    "local room = ARGV[2]\n"
+    "local ck, uk, nk = KEYS[2], KEYS[3], KEYS[4]\n"
     "local out = {}\n"
-    "local room, ck, uk, nk, ok, hok\n"
+    "local ok, hok = true, nil\n"
     "local function bad()\n"
     "  ok = false\n"
     "  out[#out + 1] = room; out[#out + 1] = 'bad'; out[#out + 1] = ''; out[#out + 1] = ''\n"
@@ -80,17 +78,11 @@ static const char APPLY_LUA[] =
     "  if hok == nil then hok = is(uk, 'hash') and is(nk, 'hash') end\n"
     "  return hok\n"
     "end\n"
-    "for i = 2, #ARGV, 5 do\n"
-    "  if ARGV[i] ~= room then\n"
-    "    room = ARGV[i]\n"
-    "    local p = 'chat:{' .. room .. '}:presence:'\n"
-    "    ck, uk, nk = p .. 'conns', p .. 'users', p .. 'names'\n"
-    "    ok, hok = true, nil\n"
-    "    if not is(ck, 'zset') then bad() end\n"
-    "  end\n"
-    "  local m, u, n = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]\n"
+    "if not is(ck, 'zset') then bad() end\n"
+    "for i = 3, #ARGV, 4 do\n"
+    "  local m, u, n = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]\n"
     "  if not ok then\n"
-    "  elseif ARGV[i + 1] == 'u' then\n"
+    "  elseif ARGV[i] == 'u' then\n"
     "    if redis.call('ZADD', ck, exp, m) == 1 then\n"
     "      if not hashes_ok() then\n"
     "        redis.call('ZREM', ck, m)\n"
@@ -118,65 +110,80 @@ static const char APPLY_LUA[] =
     "end\n"
     "return out\n";
 
-/* KEYS: index. ARGV: max rooms, max entries. Expires entries of the rooms
- * whose earliest expiry has passed (at most max entries per call; a room
- * cut short stays due). Rooms whose keys are not ours leave the index (they
- * would fail every sweep). Returns {more (0|1), room, user, name, ...} for
- * every user whose last entry expired. */
+/* KEYS: the node's round lock. ARGV: token, lock ms, max rooms, max
+ * entries, then the indexes to sweep (one on one Redis; every slot's on a
+ * Cluster: keys not declared, allowed to a script without flags while they
+ * are local; an index whose slot just moved is skipped through pcall).
+ * Expires entries of the rooms whose earliest expiry has passed (at most
+ * max entries per call; a room cut short stays due). Rooms whose keys are
+ * not ours leave their index (they would fail every sweep). Returns {0}
+ * when another node holds the round, else {more (0|1) + 2, room, user,
+ * name, ...} for every user whose last entry expired (more: call again). */
 static const char SWEEP_LUA[] =
-    LUA_PRELUDE
-    "local lim = tonumber(ARGV[1])\n"
-    "local budget = tonumber(ARGV[2])\n"
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur and cur ~= ARGV[1] then return {0} end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    LUA_COMMON
+    "local lim = tonumber(ARGV[3])\n"
+    "local budget = tonumber(ARGV[4])\n"
     "local before = string.format('(%d', now)\n"
-    "local rooms = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'LIMIT', 0, lim)\n"
-    "local out = {#rooms >= lim and 1 or 0}\n"
-    "for _, room in ipairs(rooms) do\n"
-    "  local p = 'chat:{' .. room .. '}:presence:'\n"
-    "  local ck, uk, nk = p .. 'conns', p .. 'users', p .. 'names'\n"
-    "  if budget <= 0 then out[1] = 1; break end\n"
-    "  if not ours(p) then\n"
-    "    redis.call('ZREM', KEYS[1], room)\n"
-    "  else\n"
-    "    local ms = redis.call('ZRANGEBYSCORE', ck, '-inf', before, 'LIMIT', 0, budget)\n"
-    "    budget = budget - #ms\n"
-    "    for _, m in ipairs(ms) do\n"
-    "      redis.call('ZREM', ck, m)\n"
-    "      local u = string.match(m, '^[^|]*|[^|]*|(.*)$')\n"
-    "      if u and redis.call('HINCRBY', uk, u, -1) <= 0 then\n"
-    "        local n = redis.call('HGET', nk, u) or u\n"
-    "        redis.call('HDEL', uk, u)\n"
-    "        redis.call('HDEL', nk, u)\n"
-    "        out[#out + 1] = room; out[#out + 1] = u; out[#out + 1] = n\n"
+    "local out = {2}\n"
+    "for i = 5, #ARGV do\n"
+    "  if lim <= 0 or budget <= 0 then out[1] = 3; break end\n"
+    "  local idx = ARGV[i]\n"
+    "  local ty = redis.pcall('TYPE', idx)\n"
+    "  if type(ty) == 'table' and ty['ok'] == 'zset' then\n"
+    "    local rooms = redis.call('ZRANGEBYSCORE', idx, '-inf', before, 'LIMIT', 0, lim)\n"
+    "    if #rooms >= lim then out[1] = 3 end\n"
+    "    lim = lim - #rooms\n"
+    "    for _, room in ipairs(rooms) do\n"
+    "      local p = 'chat:{' .. room .. '}:presence:'\n"
+    "      local ck, uk, nk = p .. 'conns', p .. 'users', p .. 'names'\n"
+    "      if budget <= 0 then out[1] = 3; break end\n"
+    "      if not ours(p) then\n"
+    "        redis.call('ZREM', idx, room)\n"
+    "      else\n"
+    "        local ms = redis.call('ZRANGEBYSCORE', ck, '-inf', before, 'LIMIT', 0, budget)\n"
+    "        budget = budget - #ms\n"
+    "        for _, m in ipairs(ms) do\n"
+    "          redis.call('ZREM', ck, m)\n"
+    "          local u = string.match(m, '^[^|]*|[^|]*|(.*)$')\n"
+    "          if u and redis.call('HINCRBY', uk, u, -1) <= 0 then\n"
+    "            local n = redis.call('HGET', nk, u) or u\n"
+    "            redis.call('HDEL', uk, u)\n"
+    "            redis.call('HDEL', nk, u)\n"
+    "            out[#out + 1] = room; out[#out + 1] = u; out[#out + 1] = n\n"
+    "          end\n"
+    "        end\n"
+    "        local f = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')\n"
+    "        if #f == 0 then redis.call('ZREM', idx, room)\n"
+    "        else\n"
+    "          redis.call('ZADD', idx, f[2], room)\n"
+    "          if tonumber(f[2]) < now then out[1] = 3 end\n"
+    "        end\n"
     "      end\n"
-    "    end\n"
-    "    local f = redis.call('ZRANGE', ck, 0, 0, 'WITHSCORES')\n"
-    "    if #f == 0 then redis.call('ZREM', KEYS[1], room)\n"
-    "    else\n"
-    "      redis.call('ZADD', KEYS[1], f[2], room)\n"
-    "      if tonumber(f[2]) < now then out[1] = 1 end\n"
     "    end\n"
     "  end\n"
     "end\n"
     "return out\n";
 
+enum { S_APPLY = 0, S_SWEEP, S_COUNT };
+static const char *const SCRIPTS[S_COUNT] = {APPLY_LUA, SWEEP_LUA};
+
+typedef struct drem { char *room, *member, *user; } drem;
+
 typedef struct rstore {
     pstore base;
     uv_loop_t *loop;
-    char host[256];
-    int port, db;
-    char *password;
-    redisAsyncContext *ac;
-    int connected;           /* connect callback succeeded, scripts queued */
+    redis_client *rc;
+    int cluster;
     int freeing;
-    int sweeping;            /* a sweep is in flight */
-    uv_timer_t retry, watchdog;
-    int nclosing;
-    backoff bo;
-    uint64_t connect_started_ms;
-    uint64_t busy_since_ms;  /* last progress while replies are outstanding */
-    unsigned inflight;
+    int sweeping;            /* sweep calls in flight */
+    int more;                /* a sweep said: call again */
     uint64_t bad_logged_ms;  /* last "foreign data" log line */
-    char sha_apply[41], sha_sweep[41];
+    char token[96];          /* this node's sweep lock value */
+    drem *deferred;          /* removes of rooms whose shard was down */
+    size_t ndef, capdef;
 } rstore;
 
 /* privdata of an apply call: enough to retry its removes. */
@@ -186,203 +193,91 @@ typedef struct apply_req {
     char **rem;   /* room, member, user triples */
 } apply_req;
 
-static void rs_connect(rstore *s);
-static void rs_retry_cb(uv_timer_t *t) { rs_connect(t->data); }
-
-static void sha1_hex(const char *src, char out[41])
+static void index_key(const rstore *s, const char *room, char *out, size_t n)
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_Digest(src, strlen(src), md, &len, EVP_sha1(), NULL);
-    for (unsigned i = 0; i < len && i < 20; i++) sprintf(out + 2 * i, "%02x", md[i]);
-    out[40] = 0;
+    if (s->cluster)
+        snprintf(out, n, "chat:{%s}:presence:rooms", redis_slot_tag(redis_room_slot(room)));
+    else
+        snprintf(out, n, "chat:presence:rooms");
 }
 
-static int parse_url(rstore *s, const char *url, char *err, size_t errlen)
+/* ---- removes of rooms whose shard is down ---- */
+
+static void defer_remove(rstore *s, const char *room, const char *member, const char *user)
 {
-    const char *p = url;
-    s->port = 6379;
-    s->db = 0;
-    if (strncmp(p, "redis://", 8) == 0) p += 8;
-    const char *at = strchr(p, '@');
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        const char *pw = colon ? colon + 1 : p;
-        s->password = strndup(pw, (size_t)(at - pw));
-        p = at + 1;
+    if (s->ndef >= MAX_DEFERRED) return; /* expires by ttl instead */
+    if (s->ndef == s->capdef) {
+        size_t cap = s->capdef ? s->capdef * 2 : 64;
+        drem *n = realloc(s->deferred, cap * sizeof *n);
+        if (!n) return;
+        s->deferred = n;
+        s->capdef = cap;
     }
-    size_t hl = strcspn(p, ":/");
-    if (hl == 0 || hl >= sizeof s->host) { snprintf(err, errlen, "bad redis url host"); return -1; }
-    memcpy(s->host, p, hl);
-    s->host[hl] = 0;
-    p += hl;
-    if (*p == ':') {
-        char *end;
-        long port = strtol(p + 1, &end, 10);
-        if (port <= 0 || port > 65535) { snprintf(err, errlen, "bad redis url port"); return -1; }
-        s->port = (int)port;
-        p = end;
+    drem d = {strdup(room), strdup(member), strdup(user)};
+    if (!d.room || !d.member || !d.user) {
+        free(d.room); free(d.member); free(d.user);
+        return;
     }
-    if (*p == '/' && p[1]) s->db = atoi(p + 1);
-    return 0;
+    s->deferred[s->ndef++] = d;
 }
 
-static void rs_note_sent(rstore *s)
+static void deferred_free(rstore *s)
 {
-    if (s->inflight++ == 0) s->busy_since_ms = mono_ms();
+    for (size_t i = 0; i < s->ndef; i++) {
+        free(s->deferred[i].room);
+        free(s->deferred[i].member);
+        free(s->deferred[i].user);
+    }
+    free(s->deferred);
+    s->deferred = NULL;
+    s->ndef = s->capdef = 0;
 }
 
-static void rs_note_reply(rstore *s)
+/* hands the deferred removes back to presence.c (queued for its next flush) */
+static void deferred_replay(rstore *s)
 {
-    if (s->inflight) s->inflight--;
-    s->busy_since_ms = mono_ms();
+    drem *d = s->deferred;
+    size_t n = s->ndef;
+    s->deferred = NULL;
+    s->ndef = s->capdef = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!s->freeing) s->base.sink->retry_remove(s->base.ud, d[i].room, d[i].member, d[i].user);
+        free(d[i].room);
+        free(d[i].member);
+        free(d[i].user);
+    }
+    free(d);
 }
 
-static void rs_schedule_retry(rstore *s)
+/* ---- node events ---- */
+
+static void on_node(void *ud, uint64_t node, int up)
 {
+    rstore *s = ud;
+    (void)node;
     if (s->freeing) return;
-    uint32_t delay = backoff_next(&s->bo);
-    uv_timer_start(&s->retry, rs_retry_cb, delay, 0);
+    if (up) {
+        /* the node may have lost our entries (restart, failover): re-add */
+        s->base.sink->ready(s->base.ud, 1);
+        deferred_replay(s);
+    } else if (!redis_client_ready(s->rc)) {
+        s->sweeping = 0;
+        s->base.sink->ready(s->base.ud, 0);
+    }
 }
 
-/* The connection is gone (already freed by hiredis or by us). */
-static void rs_lost(rstore *s, const char *why)
+static void on_map(void *ud)
 {
-    int was = s->connected;
-    s->ac = NULL;
-    s->connected = 0;
-    s->sweeping = 0;
-    s->inflight = 0;
+    rstore *s = ud;
     if (s->freeing) return;
-    LOGW(MOD, "redis %s:%d %s; reconnecting", s->host, s->port, why);
-    if (was) s->base.sink->ready(s->base.ud, 0);
-    rs_schedule_retry(s);
-}
-
-static void rs_generic_cb(redisAsyncContext *ac, void *r, void *priv)
-{
-    rstore *s = ac->data;
-    redisReply *rep = r;
-    if (!s) return;
-    if (rep) rs_note_reply(s);
-    if (rep && rep->type == REDIS_REPLY_ERROR)
-        LOGE(MOD, "redis %s: %s", (const char *)priv, rep->str);
-}
-
-static int rs_cmd(rstore *s, redisCallbackFn *cb, void *priv, int argc, const char **argv,
-                  const size_t *lens)
-{
-    if (!s->ac || redisAsyncCommandArgv(s->ac, cb, priv, argc, argv, lens) != REDIS_OK)
-        return -1;
-    rs_note_sent(s);
-    return 0;
-}
-
-static void rs_load_scripts(rstore *s)
-{
-    const char *a1[] = { "SCRIPT", "LOAD", APPLY_LUA };
-    const char *a2[] = { "SCRIPT", "LOAD", SWEEP_LUA };
-    rs_cmd(s, rs_generic_cb, "SCRIPT LOAD", 3, a1, NULL);
-    rs_cmd(s, rs_generic_cb, "SCRIPT LOAD", 3, a2, NULL);
-}
-
-static void rs_on_connect(const redisAsyncContext *ac, int status)
-{
-    rstore *s = ac->data;
-    if (!s || ac != s->ac) return;
-    if (status != REDIS_OK) {
-        rs_lost(s, ac->errstr[0] ? ac->errstr : "connect failed");
-        return;
-    }
-    backoff_reset(&s->bo);
-    if (s->password) {
-        const char *a[] = { "AUTH", s->password };
-        rs_cmd(s, rs_generic_cb, "AUTH", 2, a, NULL);
-    }
-    if (s->db) {
-        char db[16];
-        snprintf(db, sizeof db, "%d", s->db);
-        const char *a[] = { "SELECT", db };
-        rs_cmd(s, rs_generic_cb, "SELECT", 2, a, NULL);
-    }
-    rs_load_scripts(s);
-    s->connected = 1;
-    LOGI(MOD, "redis %s:%d connected", s->host, s->port);
+    /* slots moved (migration, failover): re-add, and replay removes */
     s->base.sink->ready(s->base.ud, 1);
+    deferred_replay(s);
 }
 
-static void rs_on_disconnect(const redisAsyncContext *ac, int status)
-{
-    rstore *s = ac->data;
-    if (!s || ac != s->ac) return;
-    rs_lost(s, status == REDIS_OK ? "disconnected" : (ac->errstr[0] ? ac->errstr : "error"));
-}
+static int rs_ready(pstore *b) { return redis_client_ready(((rstore *)b)->rc); }
 
-static void rs_connect(rstore *s)
-{
-    if (s->freeing || s->ac) return;
-    redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
-    if (!ac) { rs_lost(s, "out of memory"); return; }
-    if (ac->err) {
-        char e[128];
-        snprintf(e, sizeof e, "%s", ac->errstr);
-        redisAsyncFree(ac);
-        rs_lost(s, e);
-        return;
-    }
-    if (redisLibuvAttach(ac, s->loop) != REDIS_OK) {
-        redisAsyncFree(ac);
-        rs_lost(s, "libuv attach failed");
-        return;
-    }
-    ac->data = s;
-    s->ac = ac;
-    s->connect_started_ms = mono_ms();
-    redisAsyncSetConnectCallback(ac, rs_on_connect);
-    redisAsyncSetDisconnectCallback(ac, rs_on_disconnect);
-}
-
-/* Drop the current connection (stuck) and reconnect. */
-static void rs_force_reconnect(rstore *s, const char *why)
-{
-    redisAsyncContext *ac = s->ac;
-    s->ac = NULL;            /* callbacks of ac now see a foreign context */
-    if (ac) redisAsyncFree(ac);
-    rs_lost(s, why);
-}
-
-static void rs_watchdog(uv_timer_t *t)
-{
-    rstore *s = t->data;
-    if (!s->ac) return;
-    uint64_t now = mono_ms();
-    int soerr = 0;
-    socklen_t sl = sizeof soerr;
-    if (s->ac->c.fd >= 0 &&
-        getsockopt(s->ac->c.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr) {
-        /* e.g. connection refused: the adapter swallows the poll error */
-        rs_force_reconnect(s, strerror(soerr));
-    } else if (!s->connected && now - s->connect_started_ms > CONNECT_TIMEOUT_MS)
-        rs_force_reconnect(s, "connect timed out");
-    else if (s->connected && s->inflight && now - s->busy_since_ms > REPLY_TIMEOUT_MS)
-        rs_force_reconnect(s, "reply timed out");
-}
-
-static int rs_ready(pstore *b) { return ((rstore *)b)->connected; }
-
-static int reply_is_noscript(const redisReply *r)
-{
-    return r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
-}
-
-/* Scripts vanished (SCRIPT FLUSH or a restart behind a proxy): load them
- * again and have the core re-add everything. */
-static void rs_noscript(rstore *s)
-{
-    LOGW(MOD, "redis lost the presence scripts; reloading");
-    rs_load_scripts(s);
-    s->base.sink->ready(s->base.ud, 1);
-}
+/* ---- apply ---- */
 
 static void apply_req_free(apply_req *q)
 {
@@ -399,23 +294,19 @@ static void apply_retry(apply_req *q)
                                    q->rem[3 * i + 2]);
 }
 
-static void rs_apply_cb(redisAsyncContext *ac, void *r, void *priv)
+static void rs_apply_cb(void *ud, const redisReply *rep)
 {
-    apply_req *q = priv;
+    apply_req *q = ud;
     rstore *s = q->s;
-    redisReply *rep = r;
     if (!rep) {
-        /* connection lost or store freed: the removes may not have run. */
+        /* connection lost, store freed, or the retry window ran out: the
+         * removes may not have run */
         if (!s->freeing) apply_retry(q);
         apply_req_free(q);
         return;
     }
-    rs_note_reply(s);
-    if (reply_is_noscript(rep)) {
-        apply_retry(q);
-        rs_noscript(s);
-    } else if (rep->type == REDIS_REPLY_ERROR) {
-        LOGE(MOD, "presence apply: %s", rep->str);
+    if (rep->type == REDIS_REPLY_ERROR) {
+        LOGE(MOD, "presence apply: %.*s", (int)rep->len, rep->str ? rep->str : "");
     } else if (rep->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 3 < rep->elements; i += 4) {
             const char *room = rep->element[i]->str, *ev = rep->element[i + 1]->str;
@@ -429,6 +320,7 @@ static void rs_apply_cb(redisAsyncContext *ac, void *r, void *priv)
                 }
                 continue;
             }
+            if (!rep->element[i + 2]->str || !rep->element[i + 3]->str) continue;
             s->base.sink->transition(s->base.ud, room, ev, rep->element[i + 2]->str,
                                      rep->element[i + 3]->str);
         }
@@ -436,99 +328,159 @@ static void rs_apply_cb(redisAsyncContext *ac, void *r, void *priv)
     apply_req_free(q);
 }
 
-/* One EVALSHA for ops[0..n). */
-static int rs_apply_chunk(rstore *s, const pstore_op *ops, size_t n)
+/* One EVALSHA for ops[0..n), all of one room. */
+static void rs_apply_room(rstore *s, const pstore_op *ops, size_t n)
 {
-    size_t argc = 5 + 5 * n;
+    const char *room = ops[0].room;
+    size_t argc = 7 + 4 * n;
     const char **argv = malloc(argc * sizeof *argv);
     apply_req *q = calloc(1, sizeof *q);
-    char ttl[16];
-    if (!argv || !q) { free(argv); free(q); return -1; }
-    q->s = s;
-    snprintf(ttl, sizeof ttl, "%u", (unsigned)s->base.ttl_ms);
-    argv[0] = "EVALSHA"; argv[1] = s->sha_apply; argv[2] = "1"; argv[3] = INDEX_KEY;
-    argv[4] = ttl;
+    char ttl[16], kidx[64], ck[CHAT_ROOM_MAX + 40], uk[CHAT_ROOM_MAX + 40], nk[CHAT_ROOM_MAX + 40];
     size_t nrem = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char **a = argv + 5 + 5 * i;
-        a[0] = ops[i].room;
-        a[1] = ops[i].op == 'u' ? "u" : "r";
-        a[2] = ops[i].member;
-        a[3] = ops[i].user;
-        a[4] = ops[i].name ? ops[i].name : ops[i].user;
-        if (ops[i].op == 'r') nrem++;
+    for (size_t i = 0; i < n; i++) nrem += ops[i].op == 'r';
+    if (!argv || !q || (nrem && !(q->rem = calloc(3 * nrem, sizeof *q->rem)))) {
+        free(argv);
+        free(q);
+        LOGE(MOD, "out of memory applying presence of %s", room);
+        return;
     }
-    if (nrem && !(q->rem = calloc(3 * nrem, sizeof *q->rem))) { free(argv); free(q); return -1; }
-    for (size_t i = 0; nrem && i < n; i++) {
+    q->s = s;
+    for (size_t i = 0; i < n; i++) {
         if (ops[i].op != 'r') continue;
         q->rem[3 * q->nrem] = strdup(ops[i].room);
         q->rem[3 * q->nrem + 1] = strdup(ops[i].member);
         q->rem[3 * q->nrem + 2] = strdup(ops[i].user);
         q->nrem++;
     }
-    int rc = rs_cmd(s, rs_apply_cb, q, (int)argc, argv, NULL);
+    snprintf(ttl, sizeof ttl, "%u", (unsigned)s->base.ttl_ms);
+    index_key(s, room, kidx, sizeof kidx);
+    snprintf(ck, sizeof ck, "chat:{%s}:presence:conns", room);
+    snprintf(uk, sizeof uk, "chat:{%s}:presence:users", room);
+    snprintf(nk, sizeof nk, "chat:{%s}:presence:names", room);
+    argv[0] = "4"; argv[1] = kidx; argv[2] = ck; argv[3] = uk; argv[4] = nk;
+    argv[5] = ttl; argv[6] = room;
+    for (size_t i = 0; i < n; i++) {
+        const char **a = argv + 7 + 4 * i;
+        a[0] = ops[i].op == 'u' ? "u" : "r";
+        a[1] = ops[i].member;
+        a[2] = ops[i].user;
+        a[3] = ops[i].name ? ops[i].name : ops[i].user;
+    }
+    redis_call how = {redis_room_slot(room), 0, S_APPLY};
+    if (redis_client_call(s->rc, &how, (int)argc, argv, NULL, rs_apply_cb, q) != 0) {
+        /* the room's shard is down: its upserts come back with the resync
+         * when a node is up again, its removes are kept until then */
+        for (size_t i = 0; i < q->nrem; i++)
+            defer_remove(s, q->rem[3 * i], q->rem[3 * i + 1], q->rem[3 * i + 2]);
+        apply_req_free(q);
+    }
     free(argv);
-    if (rc < 0) { apply_req_free(q); return -1; }
-    return 0;
 }
 
-/* Chunks keep each script short (Redis runs one script at a time); a chunk
- * ends at a room boundary when possible so a room's upserts stay before its
- * removes. */
+/* ops arrive grouped by room, upserts before removes within a room: one
+ * call per room (or per APPLY_CHUNK ops of a big room), pipelined. */
 static int rs_apply(pstore *b, const pstore_op *ops, size_t n)
 {
     rstore *s = (rstore *)b;
-    if (!s->connected) return -1;
+    if (!redis_client_ready(s->rc)) return -1;
     size_t i = 0;
     while (i < n) {
-        size_t j = i + APPLY_CHUNK < n ? i + APPLY_CHUNK : n;
-        if (j < n) {
-            size_t k = j;
-            while (k > i && strcmp(ops[k].room, ops[k - 1].room) == 0) k--;
-            if (k > i) j = k;
-        }
-        if (rs_apply_chunk(s, ops + i, j - i) < 0) return -1;
+        size_t j = i + 1;
+        while (j < n && j - i < APPLY_CHUNK && strcmp(ops[j].room, ops[i].room) == 0) j++;
+        rs_apply_room(s, ops + i, j - i);
         i = j;
     }
     return 0;
 }
 
-static void rs_sweep_cb(redisAsyncContext *ac, void *r, void *priv)
+/* ---- sweep ---- */
+
+static void rs_sweep(pstore *b);
+
+static void rs_sweep_cb(void *ud, const redisReply *rep)
 {
-    rstore *s = priv;
-    redisReply *rep = r;
-    if (!rep) return;
-    rs_note_reply(s);
-    s->sweeping = 0;
-    if (reply_is_noscript(rep)) { rs_noscript(s); return; }
-    if (rep->type == REDIS_REPLY_ERROR) { LOGE(MOD, "presence sweep: %s", rep->str); return; }
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1) return;
-    int more = rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer;
-    for (size_t i = 1; i + 2 < rep->elements; i += 3)
-        s->base.sink->transition(s->base.ud, rep->element[i]->str, "leave",
-                                 rep->element[i + 1]->str, rep->element[i + 2]->str);
-    if (more && !s->freeing) s->base.vt->sweep(&s->base);
+    rstore *s = ud;
+    if (s->sweeping > 0) s->sweeping--;
+    if (!rep || s->freeing) return;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        LOGE(MOD, "presence sweep: %.*s", (int)rep->len, rep->str ? rep->str : "");
+        return;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < 2)
+        return; /* another node sweeps this round */
+    if (rep->element[0]->integer == 3) s->more = 1;
+    for (size_t i = 1; i + 2 < rep->elements; i += 3) {
+        const char *room = rep->element[i]->str, *u = rep->element[i + 1]->str,
+                   *n = rep->element[i + 2]->str;
+        if (room && u && n) s->base.sink->transition(s->base.ud, room, "leave", u, n);
+        if (s->freeing) return;
+    }
+    if (s->sweeping == 0 && s->more) {
+        s->more = 0;
+        rs_sweep(&s->base);
+    }
+}
+
+static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int nranges)
+{
+    rstore *s = ud;
+    char lockms[16], klock[64];
+    size_t nidx = 1;
+    if (s->cluster) {
+        nidx = 0;
+        for (int i = 0; i < nranges; i++) nidx += (size_t)(ranges[i][1] - ranges[i][0] + 1);
+        if (!nidx) return;
+    }
+    const char **v = malloc((6 + nidx) * sizeof *v);
+    char (*idx)[48] = s->cluster ? malloc(nidx * sizeof *idx) : NULL;
+    if (!v || (s->cluster && !idx)) {
+        free(v);
+        free(idx);
+        return;
+    }
+    if (s->cluster) {
+        snprintf(klock, sizeof klock, "chat:{%s}:presence:sweeplock", redis_slot_tag(ranges[0][0]));
+        size_t k = 0;
+        for (int i = 0; i < nranges; i++)
+            for (int sl = ranges[i][0]; sl <= ranges[i][1]; sl++)
+                snprintf(idx[k++], sizeof idx[0], "chat:{%s}:presence:rooms", redis_slot_tag(sl));
+    } else {
+        snprintf(klock, sizeof klock, "chat:presence:sweeplock");
+    }
+    /* a round: an eighth of the ttl (the core sweeps every ttl/6 by default) */
+    snprintf(lockms, sizeof lockms, "%u", (unsigned)(s->base.ttl_ms / 8 ? s->base.ttl_ms / 8 : 1));
+    v[0] = "1";
+    v[1] = klock;
+    v[2] = s->token;
+    v[3] = lockms;
+    v[4] = SWEEP_MAX_ROOMS;
+    v[5] = SWEEP_MAX_ENTRIES;
+    for (size_t i = 0; i < nidx; i++) v[6 + i] = s->cluster ? idx[i] : "chat:presence:rooms";
+    redis_call how = {-1, node, S_SWEEP};
+    if (redis_client_call(s->rc, &how, (int)(6 + nidx), v, NULL, rs_sweep_cb, s) == 0) s->sweeping++;
+    free(v);
+    free(idx);
 }
 
 static void rs_sweep(pstore *b)
 {
     rstore *s = (rstore *)b;
-    if (!s->connected || s->sweeping) return;
-    const char *argv[] = { "EVALSHA", s->sha_sweep, "1", INDEX_KEY, SWEEP_MAX_ROOMS,
-                           SWEEP_MAX_ENTRIES };
-    if (rs_cmd(s, rs_sweep_cb, s, 6, argv, NULL) == 0) s->sweeping = 1;
+    if (s->freeing || s->sweeping) return;
+    redis_client_masters(s->rc, sweep_node, s);
 }
+
+/* ---- list ---- */
 
 typedef struct list_req { rstore *s; void *req; } list_req;
 
-static void rs_list_cb(redisAsyncContext *ac, void *r, void *priv)
+static void rs_list_cb(void *ud, const redisReply *rep)
 {
-    list_req *l = priv;
+    list_req *l = ud;
     rstore *s = l->s;
-    redisReply *rep = r;
-    if (rep) rs_note_reply(s);
     if (!rep || rep->type != REDIS_REPLY_ARRAY) {
-        if (rep && rep->type == REDIS_REPLY_ERROR) LOGE(MOD, "presence list: %s", rep->str);
+        if (rep && rep->type == REDIS_REPLY_ERROR)
+            LOGE(MOD, "presence list: %.*s", (int)rep->len, rep->str ? rep->str : "");
         s->base.sink->list_done(s->base.ud, l->req, -1, NULL, 0);
         free(l);
         return;
@@ -540,11 +492,14 @@ static void rs_list_cb(redisAsyncContext *ac, void *r, void *priv)
         free(l);
         return;
     }
+    size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        u[i].user = rep->element[2 * i]->str;
-        u[i].name = rep->element[2 * i + 1]->str;
+        if (!rep->element[2 * i]->str || !rep->element[2 * i + 1]->str) continue;
+        u[k].user = rep->element[2 * i]->str;
+        u[k].name = rep->element[2 * i + 1]->str;
+        k++;
     }
-    s->base.sink->list_done(s->base.ud, l->req, 0, u, n);
+    s->base.sink->list_done(s->base.ud, l->req, 0, u, k);
     free(u);
     free(l);
 }
@@ -552,61 +507,57 @@ static void rs_list_cb(redisAsyncContext *ac, void *r, void *priv)
 static int rs_list(pstore *b, const char *room, void *req)
 {
     rstore *s = (rstore *)b;
-    if (!s->connected) return -1;
     list_req *l = malloc(sizeof *l);
     if (!l) return -1;
     l->s = s;
     l->req = req;
     char key[CHAT_ROOM_MAX + 40];
     snprintf(key, sizeof key, "chat:{%s}:presence:names", room);
-    const char *argv[] = { "HGETALL", key };
-    if (rs_cmd(s, rs_list_cb, l, 2, argv, NULL) < 0) { free(l); return -1; }
+    const char *argv[] = {"HGETALL", key};
+    redis_call how = {redis_room_slot(room), 0, -1};
+    if (redis_client_call(s->rc, &how, 2, argv, NULL, rs_list_cb, l) != 0) {
+        free(l);
+        return -1;
+    }
     return 0;
 }
 
-static void rs_closed(uv_handle_t *h)
-{
-    rstore *s = h->data;
-    if (--s->nclosing == 0) {
-        free(s->password);
-        free(s);
-    }
-}
+/* ---- lifetime ---- */
 
 static void rs_free(pstore *b)
 {
     rstore *s = (rstore *)b;
     s->freeing = 1;
-    s->connected = 0;
-    redisAsyncContext *ac = s->ac;
-    s->ac = NULL;
-    if (ac) redisAsyncFree(ac);   /* pending callbacks run now, reply NULL */
-    s->nclosing = 2;
-    uv_close((uv_handle_t *)&s->retry, rs_closed);
-    uv_close((uv_handle_t *)&s->watchdog, rs_closed);
+    /* pending callbacks run now with NULL; list_done(-1) for lists */
+    redis_client_free(s->rc);
+    deferred_free(s);
+    free(s);
 }
 
 static const pstore_vt redis_vt = { rs_ready, rs_apply, rs_sweep, rs_list, rs_free };
+static const redis_client_handlers CLIENT_H = {on_node, on_map, NULL};
 
 pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,
                          const pstore_sink *sink, void *ud, char *err, size_t errlen)
 {
     rstore *s = calloc(1, sizeof *s);
     if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
-    if (parse_url(s, url, err, errlen) < 0) { free(s->password); free(s); return NULL; }
     s->base.vt = &redis_vt;
     s->base.sink = sink;
     s->base.ud = ud;
     s->base.ttl_ms = ttl_ms;
     s->loop = loop;
-    backoff_init(&s->bo, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-    sha1_hex(APPLY_LUA, s->sha_apply);
-    sha1_hex(SWEEP_LUA, s->sha_sweep);
-    uv_timer_init(loop, &s->retry);
-    uv_timer_init(loop, &s->watchdog);
-    s->retry.data = s;
-    s->watchdog.data = s;
-    uv_timer_start(&s->watchdog, rs_watchdog, 250, 250);
-    rs_connect(s);
+    char host[64] = "node";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = 0;
+    snprintf(s->token, sizeof s->token, "%s-%d-%" PRIx64, host, (int)getpid(),
+             mono_ns() ^ (uint64_t)(uintptr_t)s);
+    redis_client_opts o = {url, MOD, SCRIPTS, S_COUNT, 0};
+    s->rc = redis_client_new(loop, &o, &CLIENT_H, s, err, errlen);
+    if (!s->rc) {
+        free(s);
+        return NULL;
+    }
+    s->cluster = redis_client_is_cluster(s->rc);
     return &s->base;
 }

@@ -1,5 +1,6 @@
-# bus: Redis pub/sub + publish script, in-process variant (issue 3).
+# bus: Redis pub/sub + publish script, in-process variant (issue 3), on the
+# Redis connection layer (cmake/parts/redis.cmake).
 target_sources(chatcore PRIVATE
-  core/bus.c core/bus_order.c core/bus_url.c
+  core/bus.c core/bus_core.c core/bus_order.c
   core/bus_script.c core/bus_redis.c core/bus_local.c core/bus_backfill.c)
 chatd_unit_test(test_bus)

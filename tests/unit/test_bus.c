@@ -12,6 +12,7 @@
 #include "bus.h"
 #include "bus_int.h"
 #include "check.h"
+#include "redis_url.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -54,10 +55,10 @@ static void spin(int ms) { WAIT(0, ms); }
 static pid_t redis_pid = -1;
 static int redis_port;
 static char redis_dir[64];
-static char redis_url[128];
+static char rurl[128];
 static int own_redis;
 static redisContext *sc; /* synchronous client for assertions */
-static bus_url surl;
+static redis_url surl;
 
 static int port_free(int p)
 {
@@ -82,7 +83,7 @@ static int sc_connect(int timeout_ms)
     uint64_t until = mono_ms() + (uint64_t)timeout_ms;
     while (mono_ms() < until) {
         sc_close();
-        sc = redisConnect(surl.host, surl.port);
+        sc = redisConnect(surl.seeds[0].host, surl.seeds[0].port);
         if (sc && !sc->err) {
             redisReply *r;
             if (surl.pass[0]) {
@@ -157,8 +158,8 @@ static int redis_setup(void)
     char err[128];
     int have_server = system("command -v redis-server >/dev/null 2>&1") == 0;
     if (env && *env && !have_server) {
-        snprintf(redis_url, sizeof redis_url, "%s", env);
-        if (bus_url_parse(redis_url, &surl, err, sizeof err) != 0) {
+        snprintf(rurl, sizeof rurl, "%s", env);
+        if (redis_url_parse(rurl, &surl, err, sizeof err) != 0) {
             fprintf(stderr, "%s\n", err);
             return -1;
         }
@@ -173,8 +174,8 @@ static int redis_setup(void)
         int p = 17000 + (int)((seed + (unsigned)i * 7) % 100);
         if (!port_free(p)) continue;
         redis_port = p;
-        snprintf(redis_url, sizeof redis_url, "redis://127.0.0.1:%d", p);
-        bus_url_parse(redis_url, &surl, err, sizeof err);
+        snprintf(rurl, sizeof rurl, "redis://127.0.0.1:%d", p);
+        redis_url_parse(rurl, &surl, err, sizeof err);
         if (redis_start() == 0) return 0;
         redis_kill(SIGKILL);
     }
@@ -490,26 +491,13 @@ static uint64_t counter(const char *name)
 
 /* ---------------- tests: helpers ---------------- */
 
+/* the URL parser itself is tested in test_redis.c; the bus refuses a bad one */
 static void test_url(void)
 {
-    bus_url u;
     char err[128];
-    CHECK(bus_url_parse("redis://127.0.0.1:6380/2", &u, err, sizeof err) == 0, "%s", err);
-    CHECK(strcmp(u.host, "127.0.0.1") == 0 && u.port == 6380 && u.db == 2, "parsed");
-    CHECK(bus_url_parse("redis://:s%40cret@h:7000", &u, err, sizeof err) == 0, "%s", err);
-    CHECK(strcmp(u.pass, "s@cret") == 0 && !u.user[0] && strcmp(u.host, "h") == 0 && u.port == 7000,
-          "password form");
-    CHECK(bus_url_parse("redis://bob:pw@localhost", &u, err, sizeof err) == 0 &&
-              strcmp(u.user, "bob") == 0 && u.port == 6379 && u.db == 0, "user form");
-    CHECK(bus_url_parse("redis://[::1]:6390/", &u, err, sizeof err) == 0 &&
-              strcmp(u.host, "::1") == 0 && u.port == 6390, "ipv6");
-    CHECK(bus_url_parse("http://x", &u, err, sizeof err) != 0, "scheme");
-    CHECK(bus_url_parse("redis://h:0", &u, err, sizeof err) != 0, "port 0");
-    CHECK(bus_url_parse("redis://h:99999", &u, err, sizeof err) != 0, "port range");
-    CHECK(bus_url_parse("redis://h/x", &u, err, sizeof err) != 0, "db");
-    CHECK(bus_url_parse("redis://", &u, err, sizeof err) != 0, "host");
     bus_opts o = {"nope://", 0, 0, 0, 0};
-    CHECK(bus_new(loop, &o, &handlers, NULL, err, sizeof err) == NULL, "bad url refused");
+    CHECK(bus_new(loop, &o, &handlers, NULL, err, sizeof err) == NULL && strstr(err, "redis url"),
+          "bad url refused: %s", err);
 }
 
 /* ---------------- tests: in-process mode ---------------- */
@@ -624,7 +612,7 @@ static void test_two_nodes(void)
 {
     char room[80];
     mkroom(room, sizeof room, "two");
-    node *a = node_new("A", redis_url, 1000, 60), *b = node_new("B", redis_url, 1000, 60);
+    node *a = node_new("A", rurl, 1000, 60), *b = node_new("B", rurl, 1000, 60);
     CHECK(bus_is_redis(a->b) && !bus_ready(a->b), "redis mode, not ready before connect");
     snprintf(a->room, sizeof a->room, "%s", room);
     snprintf(b->room, sizeof b->room, "%s", room);
@@ -678,7 +666,7 @@ static void test_trim_replay(void)
 {
     char room[80];
     mkroom(room, sizeof room, "trim");
-    node *a = node_new("T", redis_url, 5, 60);
+    node *a = node_new("T", rurl, 5, 60);
     wait_ready(a);
     pubres p[12];
     for (int i = 0; i < 12; i++) pub(a, room, NULL, "t", &p[i]);
@@ -718,7 +706,7 @@ static void test_gap_fill(void)
 {
     char room[80];
     mkroom(room, sizeof room, "gap");
-    node *a = node_new("G", redis_url, 1000, 60);
+    node *a = node_new("G", rurl, 1000, 60);
     snprintf(a->room, sizeof a->room, "%s", room);
     wait_ready(a);
     sub(a, room);
@@ -763,7 +751,7 @@ static void test_refcount(void)
 {
     char room[80];
     mkroom(room, sizeof room, "ref");
-    node *a = node_new("R", redis_url, 1000, 60);
+    node *a = node_new("R", rurl, 1000, 60);
     snprintf(a->room, sizeof a->room, "%s", room);
     wait_ready(a);
     sub(a, room);
@@ -797,7 +785,7 @@ static void test_refcount(void)
  * the channels of the rooms that still have subscribers */
 static void test_sub_churn(void)
 {
-    node *a = node_new("C", redis_url, 1000, 60);
+    node *a = node_new("C", rurl, 1000, 60);
     wait_ready(a);
     char rooms[8][80];
     int refs[8] = {0};
@@ -842,7 +830,7 @@ static void test_noscript(void)
 {
     char room[80];
     mkroom(room, sizeof room, "nos");
-    node *a = node_new("N", redis_url, 1000, 60);
+    node *a = node_new("N", rurl, 1000, 60);
     snprintf(a->room, sizeof a->room, "%s", room);
     wait_ready(a);
     sub(a, room);
@@ -867,7 +855,7 @@ static void test_three_nodes(void)
     node *n[3];
     const char *names[3] = {"N1", "N2", "N3"};
     for (int i = 0; i < 3; i++) {
-        n[i] = node_new(names[i], redis_url, 2000, 60);
+        n[i] = node_new(names[i], rurl, 2000, 60);
         snprintf(n[i]->room, sizeof n[i]->room, "%s", room);
     }
     for (int i = 0; i < 3; i++) wait_ready(n[i]);
@@ -895,7 +883,7 @@ static void test_missed_while_down(size_t recent_max, int npub)
 {
     char room[80];
     mkroom(room, sizeof room, recent_max < 10 ? "lostdown" : "missdown");
-    node *a = node_new("M", redis_url, recent_max, 60);
+    node *a = node_new("M", rurl, recent_max, 60);
     snprintf(a->room, sizeof a->room, "%s", room);
     wait_ready(a);
     sub(a, room);
@@ -1009,10 +997,10 @@ static void test_backfill(void)
     mkroom(locked, sizeof locked, "bflock");
     /* A publishes (its own sweeper would only run after 30 s), B sweeps
      * with a 600 ms grace; C keeps a recent buffer of 2 */
-    node *a = node_new_track("A", redis_url, 1000, 60000);
-    node *b = node_new_track("B", redis_url, 1000, 600);
-    node *c = node_new_track("C", redis_url, 2, 60000);
-    node *plain = node_new("P", redis_url, 1000, 60);
+    node *a = node_new_track("A", rurl, 1000, 60000);
+    node *b = node_new_track("B", rurl, 1000, 600);
+    node *c = node_new_track("C", rurl, 2, 60000);
+    node *plain = node_new("P", rurl, 1000, 60);
     wait_ready(a);
     wait_ready(b);
     wait_ready(c);
@@ -1081,7 +1069,7 @@ static void test_backfill(void)
     mark(c, lost, 4);
 
     /* the lock: while another node holds the round, B does not sweep */
-    node *d = node_new_track("D", redis_url, 1000, 600);
+    node *d = node_new_track("D", rurl, 1000, 600);
     wait_ready(d);
     redisReply *r = rc("SET chat:backfill:lock other PX 1800");
     if (r) freeReplyObject(r);
@@ -1143,7 +1131,7 @@ static void test_restart(void)
     }
     char room[80];
     mkroom(room, sizeof room, "restart");
-    node *a = node_new("RA", redis_url, 1000, 60), *b = node_new("RB", redis_url, 1000, 60);
+    node *a = node_new("RA", rurl, 1000, 60), *b = node_new("RB", rurl, 1000, 60);
     snprintf(a->room, sizeof a->room, "%s", room);
     snprintf(b->room, sizeof b->room, "%s", room);
     wait_ready(a);
@@ -1210,7 +1198,7 @@ static void test_restart_empty(void)
     if (!own_redis) return;
     char room[80];
     mkroom(room, sizeof room, "empty");
-    node *a = node_new("EA", redis_url, 1000, 60);
+    node *a = node_new("EA", rurl, 1000, 60);
     snprintf(a->room, sizeof a->room, "%s", room);
     wait_ready(a);
     sub(a, room);
@@ -1237,7 +1225,7 @@ static void test_restart_empty(void)
     CHECK(contiguous(a, 1, 6) && a->ngaps == 0 && a->dup_or_disorder == 0,
           "A sees 1..6 once each (n=%zu)", a->n);
     /* a second node, subscribed after the restart, continues after 6 */
-    node *b = node_new("EB", redis_url, 1000, 60);
+    node *b = node_new("EB", rurl, 1000, 60);
     snprintf(b->room, sizeof b->room, "%s", room);
     wait_ready(b);
     sub(b, room);
@@ -1277,7 +1265,7 @@ static void test_seed_redis(void)
     mkroom(room, sizeof room, "seed");
     mkroom(room2, sizeof room2, "seedsub");
     mkroom(room3, sizeof room3, "seedfail");
-    node *a = node_new_seeded("SA", redis_url, 41, "epoch-pg-1");
+    node *a = node_new_seeded("SA", rurl, 41, "epoch-pg-1");
     snprintf(a->room, sizeof a->room, "%s", room2);
     wait_ready(a);
     sub(a, room); /* a publishing node holds the room (its floor counts) */
@@ -1340,7 +1328,7 @@ static void test_seed_redis(void)
     spin(300);
     CHECK(rc_int("EXISTS chat:{%s}:seq", room2) == 0, "the subscription created no key");
     synced(a, room2); /* a head read: seeds (500) */
-    node *b = node_new_seeded("SB", redis_url, 500, "epoch-pg-2");
+    node *b = node_new_seeded("SB", rurl, 500, "epoch-pg-2");
     wait_ready(b);
     pub(b, room2, NULL, "first", &q);
     WAIT(q.done && a->n == 1, 5000);
@@ -1377,7 +1365,7 @@ static void test_seed_resync(void)
     if (!own_redis) return;
     char room[80];
     mkroom(room, sizeof room, "seedresync");
-    node *a = node_new_seeded("SR", redis_url, 0, "ep-r");
+    node *a = node_new_seeded("SR", rurl, 0, "ep-r");
     snprintf(a->room, sizeof a->room, "%s", room);
     wait_ready(a);
     sub(a, room);
@@ -1440,7 +1428,7 @@ static void test_epoch_redis(void)
 {
     char room[80];
     mkroom(room, sizeof room, "epoch");
-    node *a = node_new("EP", redis_url, 1000, 60);
+    node *a = node_new("EP", rurl, 1000, 60);
     wait_ready(a);
     repres r, r2;
     head_of(a, room, &r);
@@ -1510,7 +1498,7 @@ static void test_local_seed(void)
  * replay and live), while another node keeps publishing. */
 static void test_replay_then_live(void)
 {
-    node *b = node_new("LB", redis_url, 1000, 60);
+    node *b = node_new("LB", rurl, 1000, 60);
     wait_ready(b);
     srand(seed);
     for (int round = 0; round < 6; round++) {
@@ -1525,7 +1513,7 @@ static void test_replay_then_live(void)
         st.t.data = &st;
         uv_timer_start(&st.t, stream_burst, 1, 1);
         spin(20 + rand() % 80);
-        node *a = node_new("LA", redis_url, 1000, 60);
+        node *a = node_new("LA", rurl, 1000, 60);
         snprintf(a->room, sizeof a->room, "%s", room);
         wait_ready(a);
         spin(rand() % 30);
@@ -1564,7 +1552,7 @@ static void test_unsub_waiting_replay(void)
 {
     char room[80];
     mkroom(room, sizeof room, "unsubw");
-    node *a = node_new("U", redis_url, 1000, 60);
+    node *a = node_new("U", rurl, 1000, 60);
     wait_ready(a);
     sub(a, room);
     repres w;
@@ -1581,7 +1569,7 @@ static void test_free_pending(void)
 {
     char room[80];
     mkroom(room, sizeof room, "free");
-    node *a = node_new("F", redis_url, 1000, 60);
+    node *a = node_new("F", rurl, 1000, 60);
     wait_ready(a);
     sub(a, room);
     pubres p[5];
@@ -1635,7 +1623,7 @@ static void test_stalled(void)
     if (!own_redis) return;
     char room[80];
     mkroom(room, sizeof room, "stall");
-    node *a = node_new("S", redis_url, 1000, 60);
+    node *a = node_new("S", rurl, 1000, 60);
     snprintf(a->room, sizeof a->room, "%s", room);
     wait_ready(a);
     sub(a, room);
@@ -1683,7 +1671,7 @@ int main(void)
     test_seed_free_pending(NULL);
     int have_redis = redis_setup() == 0;
     if (have_redis) {
-        fprintf(stderr, "redis at %s\n", redis_url);
+        fprintf(stderr, "redis at %s\n", rurl);
         test_two_nodes();
         test_trim_replay();
         test_gap_fill();
@@ -1694,7 +1682,7 @@ int main(void)
         test_missed_while_down(1000, 5);
         test_missed_while_down(3, 10);
         test_free_pending();
-        test_free_in_callback(redis_url);
+        test_free_in_callback(rurl);
         test_stalled();
         test_restart();
         test_restart_empty();
@@ -1703,7 +1691,7 @@ int main(void)
         test_backfill();
         test_seed_redis();
         test_seed_resync();
-        test_seed_free_pending(redis_url);
+        test_seed_free_pending(rurl);
         test_epoch_redis();
     } else if (getenv("CHATD_TEST_REDIS_URL") &&
                system("command -v redis-server >/dev/null 2>&1") != 0) {

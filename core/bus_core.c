@@ -1,0 +1,337 @@
+/* bus_core: the shared internals of the bus object, below everything else
+ * of the bus (bus_order.c and the backends call in here; this file calls
+ * the backend only through its table).
+ * Owns: the bus's lifetime end (freed once its last uv handle is closed),
+ * the room registry entries (lookup, freeing when nobody needs a room),
+ * the pending request list (every publish/replay callback called exactly
+ * once, failures inside a bus_* call answered from the deferral timer),
+ * readiness changes (on_ready), the seed requests to the upper layer (one
+ * per room in flight, answered waiters run from the deferral timer) and
+ * epoch generation. */
+#define _GNU_SOURCE
+#include "bus_int.h"
+#include "log.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "bus"
+
+/* ---- requests ---- */
+
+bus_req *bus_req_new(bus *b, int kind, const char *room)
+{
+    bus_req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->kind = kind;
+    r->b = b;
+    r->t0 = mono_ns();
+    snprintf(r->room, sizeof r->room, "%s", room);
+    r->next = b->pending;
+    if (b->pending) b->pending->prev = r;
+    b->pending = r;
+    return r;
+}
+
+static void req_unlink(bus_req *r)
+{
+    bus *b = r->b;
+    if (r->prev) r->prev->next = r->next; else b->pending = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+}
+
+void bus_req_free(bus_req *r)
+{
+    req_unlink(r);
+    free(r->id);
+    free(r->tail);
+    free(r);
+}
+
+void bus_req_publish_done(bus_req *r, int status, uint64_t seq, int dup)
+{
+    if (r->called) return;
+    r->called = 1;
+    if (r->pcb) r->pcb(r->ud, status, seq, dup);
+}
+
+void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, uint64_t head,
+                         const char *epoch)
+{
+    if (r->called) return;
+    r->called = 1;
+    if (r->rcb) r->rcb(r->ud, status, e, n, head, status < 0 ? NULL : epoch ? epoch : "");
+}
+
+static void req_fail(bus_req *r)
+{
+    if (r->kind == BUS_REQ_PUBLISH) bus_req_publish_done(r, -1, 0, 0);
+    else bus_req_replay_done(r, -1, NULL, 0, 0, NULL);
+}
+
+void bus_req_unhold(bus_req *r)
+{
+    if (--r->hold > 0) return;
+    req_fail(r);
+    bus_req_free(r);
+}
+
+/* ---- rooms ---- */
+
+static void room_free(bus_room *room)
+{
+    bus_held *h = room->held, *n;
+    for (; h; h = n) { n = h->next; free(h); }
+    free(room);
+}
+
+static int room_free_cb(void *arg, const char *key, void *val)
+{
+    (void)arg;
+    (void)key;
+    room_free(val);
+    return 0;
+}
+
+bus_room *bus_room_get(bus *b, const char *name)
+{
+    return hmap_get(&b->rooms, name);
+}
+
+void bus_room_maybe_free(bus *b, bus_room *room)
+{
+    if (room->refs > 0 || room->sub_state != BUS_SUB_NONE || room->busy > 0 || room->waiting)
+        return;
+    hmap_del(&b->rooms, room->name);
+    room_free(room);
+}
+
+/* ---- failures and seed answers, run from the loop ---- */
+
+static void defer_cb(uv_timer_t *t);
+
+/* ---- seeds: the durable head of a room, from the upper layer ---- */
+
+typedef struct seed_wait {
+    bus_seed_fn fn;
+    void *arg;
+    struct seed_wait *next;
+} seed_wait;
+
+struct bus_seed {
+    bus *b;                  /* NULL once the bus is freed: done only frees */
+    seed_wait *waiters;      /* in arrival order */
+    struct bus_seed *dnext;  /* answered list */
+    int status;
+    uint64_t max_seq;
+    char epoch[BUS_EPOCH_MAX + 1];
+    char room[CHAT_ROOM_MAX + 1];
+};
+
+
+void bus_epoch_new(bus *b, char out[BUS_EPOCH_MAX + 1])
+{
+    b->rng ^= b->rng << 13;
+    b->rng ^= b->rng >> 7;
+    b->rng ^= b->rng << 17;
+    snprintf(out, BUS_EPOCH_MAX + 1, "%016llx", (unsigned long long)(b->rng * 0x2545F4914F6CDD1Dull));
+}
+
+int bus_has_seed(const bus *b) { return b && b->h.on_seed != NULL; }
+
+int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg)
+{
+    if (!b || b->freeing || !b->h.on_seed) return -1;
+    seed_wait *w = calloc(1, sizeof *w);
+    if (!w) return -1;
+    w->fn = fn;
+    w->arg = arg;
+    bus_seed *sd = hmap_get(&b->seeds, room);
+    if (sd) {
+        seed_wait **pp = &sd->waiters;
+        while (*pp) pp = &(*pp)->next;
+        *pp = w;
+        return 0;
+    }
+    sd = calloc(1, sizeof *sd);
+    if (!sd || hmap_put(&b->seeds, room, sd) != 0) {
+        free(sd);
+        free(w);
+        return -1;
+    }
+    sd->b = b;
+    sd->waiters = w;
+    snprintf(sd->room, sizeof sd->room, "%s", room);
+    LOGD(MOD, "room %s: no head in the bus, asking for the durable one", room);
+    b->h.on_seed(b->ud, sd->room, sd); /* may answer at once: deferred below */
+    return 0;
+}
+
+static void seed_run_waiters(bus_seed *sd, int status)
+{
+    seed_wait *w = sd->waiters;
+    sd->waiters = NULL;
+    while (w) {
+        seed_wait *n = w->next;
+        w->fn(w->arg, status, sd->max_seq, sd->epoch);
+        free(w);
+        w = n;
+    }
+}
+
+void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch)
+{
+    if (!sd) return;
+    bus *b = sd->b;
+    if (!b) { free(sd); return; } /* the bus is gone: its waiters were answered */
+    if (status == 0 && (!epoch || !*epoch || strlen(epoch) > BUS_EPOCH_MAX)) {
+        LOGE(MOD, "room %s: the durable head came without a valid epoch", sd->room);
+        status = -1;
+    }
+    sd->status = status;
+    sd->max_seq = status == 0 ? max_seq : 0;
+    snprintf(sd->epoch, sizeof sd->epoch, "%s", status == 0 ? epoch : "");
+    /* stays in the map until its waiters run: who asks meanwhile shares it */
+    if (status != 0) LOGW(MOD, "room %s: durable head unavailable", sd->room);
+    sd->dnext = b->seeds_done;
+    b->seeds_done = sd;
+    if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
+}
+
+/* bus_free: every waiter gets -1 now (b->freeing is set); requests still
+ * with the provider are left to it (bus_seed_done then frees them). */
+static void seeds_cancel(bus *b)
+{
+    /* answered ones first: they are in the map too, and freed here */
+    while (b->seeds_done) {
+        bus_seed *sd = b->seeds_done;
+        b->seeds_done = sd->dnext;
+        if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
+        seed_run_waiters(sd, -1);
+        free(sd);
+    }
+    for (size_t i = 0; i < b->seeds.cap; i++) {
+        if (!hmap_live(&b->seeds, i)) continue;
+        bus_seed *sd = b->seeds.slots[i].val;
+        sd->b = NULL; /* the provider still has it: bus_seed_done frees it */
+        seed_run_waiters(sd, -1);
+    }
+    hmap_free(&b->seeds);
+}
+
+static void defer_cb(uv_timer_t *t)
+{
+    bus *b = t->data;
+    /* answered seeds: oldest first */
+    bus_seed *sl = b->seeds_done, *rev = NULL;
+    b->seeds_done = NULL;
+    while (sl) { bus_seed *n = sl->dnext; sl->dnext = rev; rev = sl; sl = n; }
+    while (rev) {
+        bus_seed *sd = rev;
+        rev = sd->dnext;
+        if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
+        if (!b->freeing) seed_run_waiters(sd, sd->status);
+        else seed_run_waiters(sd, -1);
+        free(sd);
+    }
+    bus_req *d = b->deferred;
+    b->deferred = NULL;
+    while (d && !b->freeing) {
+        bus_req *r = d;
+        d = d->wnext;
+        r->wnext = NULL;
+        req_fail(r);
+        bus_req_free(r);
+    }
+}
+
+/* r (held by nobody) is answered -1 from the loop, not from this call */
+static void req_fail_later(bus *b, bus_req *r)
+{
+    r->wnext = b->deferred;
+    b->deferred = r;
+    if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
+}
+
+void bus_room_run_waiting(bus *b, bus_room *room, int fail)
+{
+    bus_req *w = room->waiting;
+    room->waiting = NULL;
+    while (w) {
+        bus_req *r = w;
+        w = w->wnext;
+        r->wnext = NULL;
+        if (b->freeing) continue; /* bus_free answers every pending request */
+        if (fail || b->be->replay(b, r) != 0) req_fail_later(b, r);
+    }
+}
+
+void bus_set_ready(bus *b, int ready)
+{
+    if (b->ready == ready) return;
+    b->ready = ready;
+    LOGI(MOD, "bus %s", ready ? "ready" : "unavailable");
+    if (!b->freeing && b->h.on_ready) b->h.on_ready(b->ud, ready);
+}
+
+/* ---- lifetime ---- */
+
+int bus_core_init(bus *b)
+{
+    uv_timer_init(b->loop, &b->defer);
+    b->defer.data = b;
+    b->handles++;
+    return 0;
+}
+
+static int room_forget_waiting(void *arg, const char *key, void *val)
+{
+    (void)arg;
+    (void)key;
+    ((bus_room *)val)->waiting = NULL; /* answered and freed below */
+    return 0;
+}
+
+static void defer_closed(uv_handle_t *h) { bus_handle_closed(h->data); }
+
+void bus_core_cancel(bus *b)
+{
+    seeds_cancel(b);
+}
+
+void bus_core_close(bus *b)
+{
+    b->deferred = NULL; /* still in the pending list: answered below */
+    uv_close((uv_handle_t *)&b->defer, defer_closed);
+    /* replays waiting for a sync are held by nobody but their room */
+    hmap_each(&b->rooms, room_forget_waiting, NULL);
+    for (bus_req *r = b->pending, *n; r; r = n) {
+        n = r->next;
+        req_fail(r);
+        if (r->hold <= 0) bus_req_free(r);
+    }
+}
+
+/* Everything of the bus stays allocated until its last handle is closed:
+ * bus_free may run inside a callback whose caller still walks a room. */
+static void final_free(bus *b)
+{
+    while (b->pending) bus_req_free(b->pending);
+    hmap_each(&b->rooms, room_free_cb, NULL);
+    hmap_free(&b->rooms);
+    free(b);
+}
+
+void bus_core_release(bus *b)
+{
+    if (b->handles == 0) final_free(b);
+}
+
+void bus_handle_closed(bus *b)
+{
+    if (--b->handles > 0 || !b->freeing) return;
+    /* requests still held by a backend are gone by now (the backend answers
+     * every pending callback while it frees its connections) */
+    final_free(b);
+}
