@@ -364,7 +364,9 @@ int http_handle(struct lws *wsi, const char *uri, http_req **slot)
     if (!strcmp(uri, "/healthz")) return reply_text(wsi, 200, "ok");
     if (!strcmp(uri, "/readyz")) {
         if (g_srv.draining) return reply_text(wsi, 503, "draining");
-        if (!bus_ready(g_srv.bus)) return reply_text(wsi, 503, "redis unreachable");
+        char why[400];
+        /* the bus says what does not work: which Redis, shard and slots */
+        if (!bus_health(g_srv.bus, why, sizeof why)) return reply_text(wsi, 503, why);
         if (g_srv.store && !store_ready(g_srv.store)) return reply_text(wsi, 503, "postgres unreachable");
         return reply_text(wsi, 200, "ready");
     }

@@ -742,23 +742,22 @@ int redis_client_health(const redis_client *c, char *why, size_t n)
                  c->map_err);
         return 0;
     }
-    const cnode *bad = NULL;
+    /* every shard that is down, in map order, as far as the buffer goes */
+    size_t o = 0;
     int nbad = 0;
-    for (const cnode *cn = c->nodes; cn; cn = cn->next) {
-        if (!cn->in_map || redis_node_up(cn->n)) continue;
-        if (!bad || cn->shard < bad->shard) bad = cn;
-        nbad++;
+    for (int shard = 1; shard <= c->nshards || (!c->url.cluster && shard == 1); shard++) {
+        for (const cnode *cn = c->nodes; cn; cn = cn->next) {
+            if (!cn->in_map || cn->shard != shard || redis_node_up(cn->n)) continue;
+            char d[512];
+            describe(cn, d, sizeof d);
+            if (o < n)
+                o += (size_t)snprintf(why + o, n - o, "%s%s %s unreachable: %s",
+                                      nbad ? "; " : "", nbad ? "" : "redis", d,
+                                      redis_node_reason(cn->n));
+            nbad++;
+        }
     }
-    if (bad) {
-        char d[512];
-        describe(bad, d, sizeof d);
-        const char *r = redis_node_reason(bad->n);
-        if (nbad > 1)
-            snprintf(why, n, "redis %s unreachable: %s (and %d more shard(s))", d, r, nbad - 1);
-        else
-            snprintf(why, n, "redis %s unreachable: %s", d, r);
-        return 0;
-    }
+    if (nbad) return 0;
     if (c->url.cluster) {
         int lo = -1;
         for (int s = 0; s < REDIS_SLOTS; s++) {
