@@ -1,9 +1,11 @@
-/* redis_client: see redis_client.h. */
+/* redis_client: see redis_client.h. The nodes and the slot map are
+ * redis_topo.c; this file routes requests (redirects, retries, NOSCRIPT),
+ * asks for the map (refresh timer, discovery connection to a seed), turns
+ * node events into the user's events, and says how ready it all is. */
 #define _GNU_SOURCE
 #include "redis_client.h"
 #include "log.h"
-#include "redis_node.h"
-#include "redis_slot.h"
+#include "redis_topo.h"
 #include "redis_tls.h"
 #include "util.h"
 #include <inttypes.h>
@@ -13,18 +15,6 @@
 #include <string.h>
 
 #define RETRY_TICK_MS 10
-
-typedef struct cnode {
-    redis_client *c;
-    redis_node *n;
-    uint64_t id;
-    int in_map, keep;        /* a master of the current map / of the one being applied */
-    int shard;               /* 1-based position in the map (messages) */
-    uint16_t (*ranges)[2];
-    int nranges;
-    int logged_down;
-    struct cnode *next;
-} cnode;
 
 typedef struct creq {
     redis_client *c;
@@ -58,16 +48,13 @@ struct redis_client {
     char **scripts;
     char (*shas)[41];
     int want_sub;
-    cnode *nodes;
-    cnode **owner;           /* REDIS_SLOTS entries */
-    int map_known, nshards;
+    redis_topo topo;
     uv_timer_t refresh_t, retry_t;
     uint64_t refresh_due;
     int open;                /* timers not yet closed */
     int refreshing;
     redis_conn *disc;        /* discovery connection to a seed */
-    unsigned disc_next, rr;
-    char map_err[300];
+    unsigned disc_next;
     creq *retry;
     int freeing;
     char note[700];          /* standalone: what the server answered that we cannot use */
@@ -89,131 +76,60 @@ static void sha1_hex(const char *src, char out[41])
     out[40] = 0;
 }
 
-static int addr_eq(const redis_addr *a, const redis_addr *b)
-{
-    return a->port == b->port && strcmp(a->host, b->host) == 0;
-}
-
-/* "127.0.0.1:7001 (shard 2 of 3, slots 10923-16383)" */
-static void describe(const cnode *cn, char *out, size_t n)
-{
-    char a[REDIS_HOST_MAX + 10];
-    redis_addr_format(redis_node_addr(cn->n), a, sizeof a);
-    if (!cn->c->url.cluster || !cn->in_map || !cn->nranges) {
-        snprintf(out, n, "%s", a);
-        return;
-    }
-    char r[128] = "";
-    size_t o = 0;
-    for (int i = 0; i < cn->nranges && o + 24 < sizeof r; i++) {
-        if (i == 3) { o += (size_t)snprintf(r + o, sizeof r - o, ",..."); break; }
-        if (cn->ranges[i][0] == cn->ranges[i][1])
-            o += (size_t)snprintf(r + o, sizeof r - o, "%s%u", i ? "," : "", cn->ranges[i][0]);
-        else
-            o += (size_t)snprintf(r + o, sizeof r - o, "%s%u-%u", i ? "," : "", cn->ranges[i][0],
-                                  cn->ranges[i][1]);
-    }
-    snprintf(out, n, "%s (shard %d of %d, slots %s)", a, cn->shard, cn->c->nshards, r);
-}
-
-static cnode *node_by_id(const redis_client *c, uint64_t id)
-{
-    for (cnode *cn = c->nodes; cn; cn = cn->next)
-        if (cn->id == id) return cn;
-    return NULL;
-}
-
-static cnode *node_find(const redis_client *c, const redis_addr *a)
-{
-    for (cnode *cn = c->nodes; cn; cn = cn->next)
-        if (addr_eq(redis_node_addr(cn->n), a)) return cn;
-    return NULL;
-}
-
 /* ---- node events ---- */
+
+static redis_client *client_of(const redis_tnode *tn)
+{
+    return tn->t->ud;
+}
 
 static void n_up(redis_node *n, void *ud)
 {
-    cnode *cn = ud;
-    redis_client *c = cn->c;
+    redis_tnode *tn = ud;
+    redis_client *c = client_of(tn);
     char d[512];
-    describe(cn, d, sizeof d);
-    LOGI(c->who, "redis %s %s", d, cn->logged_down ? "reconnected" : "connected");
-    cn->logged_down = 0;
-    if (c->h.on_node) c->h.on_node(c->ud, cn->id, 1);
+    (void)n;
+    redis_topo_describe(tn, d, sizeof d);
+    LOGI(c->who, "redis %s %s", d, tn->logged_down ? "reconnected" : "connected");
+    tn->logged_down = 0;
+    if (c->h.on_node) c->h.on_node(c->ud, tn->id, 1);
     if (c->retry && !c->freeing) retry_now(c); /* requests waiting for this node */
 }
 
 static void n_down(redis_node *n, void *ud, int was_up, const char *why)
 {
-    cnode *cn = ud;
-    redis_client *c = cn->c;
+    redis_tnode *tn = ud;
+    redis_client *c = client_of(tn);
     char d[512];
-    describe(cn, d, sizeof d);
-    if (was_up || !cn->logged_down)
+    (void)n;
+    redis_topo_describe(tn, d, sizeof d);
+    if (was_up || !tn->logged_down)
         LOGW(c->who, "redis %s: %s (retrying with backoff)", d, why);
     else
         LOGD(c->who, "redis %s: %s", d, why);
-    cn->logged_down = 1;
-    if (was_up && c->h.on_node) c->h.on_node(c->ud, cn->id, 0);
+    tn->logged_down = 1;
+    if (was_up && c->h.on_node) c->h.on_node(c->ud, tn->id, 0);
     schedule_refresh(c, REDIS_REFRESH_FAST_MS);
 }
 
 static void n_push(redis_node *n, void *ud, const redis_push *p)
 {
-    cnode *cn = ud;
-    redis_client *c = cn->c;
-    if (c->h.on_push) c->h.on_push(c->ud, cn->id, p);
+    redis_tnode *tn = ud;
+    redis_client *c = client_of(tn);
+    (void)n;
+    if (c->h.on_push) c->h.on_push(c->ud, tn->id, p);
 }
 
 static const redis_node_handlers NODE_H = {n_up, n_down, n_push};
 
-static cnode *node_create(redis_client *c, const redis_addr *a)
+/* a node that was up leaves the map (it is freed next) */
+static void t_gone(void *ud, redis_tnode *tn)
 {
-    cnode *cn = calloc(1, sizeof *cn);
-    if (!cn) return NULL;
-    cn->c = c;
-    redis_node_opts o = {
-        .addr = *a,
-        .user = c->url.user,
-        .pass = c->url.pass,
-        .db = c->url.cluster ? 0 : c->url.db,
-        .tls = c->tls,
-        .want_sub = c->want_sub,
-        .scripts = (const char *const *)c->scripts,
-        .shas = (const char (*)[41])c->shas,
-        .nscripts = c->nscripts,
-    };
-    cn->n = redis_node_new(c->loop, &o, &NODE_H, cn);
-    if (!cn->n) {
-        free(cn);
-        return NULL;
-    }
-    cn->id = redis_node_id(cn->n);
-    cn->next = c->nodes;
-    c->nodes = cn;
-    return cn;
-}
-
-static cnode *node_get(redis_client *c, const redis_addr *a)
-{
-    cnode *cn = node_find(c, a);
-    return cn ? cn : node_create(c, a);
-}
-
-/* Unlinks and frees cn; the consumer hears that it went down first. */
-static void node_destroy(redis_client *c, cnode *cn)
-{
-    cnode **pp = &c->nodes;
-    while (*pp && *pp != cn) pp = &(*pp)->next;
-    if (*pp) *pp = cn->next;
-    for (int s = 0; s < REDIS_SLOTS; s++)
-        if (c->owner[s] == cn) c->owner[s] = NULL;
-    int was_up = redis_node_up(cn->n);
-    if (was_up && !c->freeing && c->h.on_node) c->h.on_node(c->ud, cn->id, 0);
-    redis_node_free(cn->n); /* pending callbacks: NULL */
-    free(cn->ranges);
-    free(cn);
+    redis_client *c = ud;
+    char d[512];
+    redis_topo_describe(tn, d, sizeof d);
+    LOGI(c->who, "redis %s left the slot map", d);
+    if (c->h.on_node) c->h.on_node(c->ud, tn->id, 0);
 }
 
 /* ---- requests ---- */
@@ -237,34 +153,19 @@ static void deliver(creq *q, const redisReply *r)
     req_free(q);
 }
 
-static cnode *any_up(redis_client *c)
+static redis_tnode *target(redis_client *c, creq *q)
 {
-    int n = 0;
-    for (cnode *cn = c->nodes; cn; cn = cn->next) n++;
-    if (!n) return NULL;
-    unsigned start = c->rr++ % (unsigned)n, i = 0;
-    cnode *first = NULL;
-    for (cnode *cn = c->nodes; cn; cn = cn->next, i++) {
-        if (!cn->in_map || !redis_node_up(cn->n)) continue;
-        if (i >= start) return cn;
-        if (!first) first = cn;
-    }
-    return first;
-}
-
-static cnode *target(redis_client *c, creq *q)
-{
-    if (q->asking) return node_find(c, &q->ask);
-    if (q->pin) return node_by_id(c, q->pin);
-    if (q->slot >= 0) return c->owner[q->slot];
-    return any_up(c);
+    if (q->asking) return redis_topo_find(&c->topo, &q->ask);
+    if (q->pin) return redis_topo_by_id(&c->topo, q->pin);
+    if (q->slot >= 0) return c->topo.owner[q->slot];
+    return redis_topo_any_up(&c->topo);
 }
 
 static int send_req(creq *q)
 {
     redis_client *c = q->c;
     if (c->freeing) return -1;
-    cnode *cn = target(c, q);
+    redis_tnode *cn = target(c, q);
     if (!cn || !redis_node_up(cn->n)) return -1;
     q->node = cn->id;
     if (q->skind) {
@@ -385,9 +286,9 @@ static void req_reply(redis_conn *conn, const redisReply *r, void *ud)
         if (strcmp(rd.addr.host, "?") == 0)
             snprintf(rd.addr.host, sizeof rd.addr.host, "%s", redis_conn_addr(conn)->host);
         {
-            cnode *cn = node_get(c, &rd.addr);
+            redis_tnode *cn = redis_topo_get(&c->topo, &rd.addr);
             if (k == REDIS_E_MOVED) {
-                if (cn) c->owner[rd.slot] = cn;
+                if (cn) c->topo.owner[rd.slot] = cn;
                 q->asking = 0;
                 schedule_refresh(c, 0);
             } else {
@@ -549,50 +450,16 @@ int redis_client_unsubscribe(redis_client *c, uint64_t node, int n, const char *
 
 static void map_apply(redis_client *c, const redisReply *r)
 {
-    redis_shards sh;
-    char err[256];
-    if (redis_reply_shards(r, c->url.tls, &sh, err, sizeof err) != 0) {
-        if (strcmp(err, c->map_err) != 0) LOGW(c->who, "redis cluster map: %s", err);
-        snprintf(c->map_err, sizeof c->map_err, "%s", err);
+    char before[300];
+    snprintf(before, sizeof before, "%s", c->topo.map_err);
+    int changed = redis_topo_apply(&c->topo, r);
+    if (changed < 0) {
+        if (strcmp(before, c->topo.map_err) != 0)
+            LOGW(c->who, "redis cluster map: %s", c->topo.map_err);
         return;
-    }
-    cnode **own = calloc(REDIS_SLOTS, sizeof *own);
-    if (!own) {
-        redis_shards_free(&sh);
-        return;
-    }
-    for (cnode *cn = c->nodes; cn; cn = cn->next) cn->keep = 0;
-    for (int i = 0; i < sh.n; i++) {
-        cnode *cn = node_get(c, &sh.s[i].master);
-        if (!cn) continue;
-        cn->keep = 1;
-        cn->shard = i + 1;
-        free(cn->ranges);
-        cn->ranges = sh.s[i].ranges;
-        cn->nranges = sh.s[i].nranges;
-        sh.s[i].ranges = NULL;
-        for (int k = 0; k < cn->nranges; k++)
-            for (int s = cn->ranges[k][0]; s <= cn->ranges[k][1]; s++) own[s] = cn;
-    }
-    c->nshards = sh.n;
-    redis_shards_free(&sh);
-    int changed = !c->map_known || memcmp(own, c->owner, REDIS_SLOTS * sizeof *own) != 0;
-    memcpy(c->owner, own, REDIS_SLOTS * sizeof *own);
-    free(own);
-    c->map_known = 1;
-    c->map_err[0] = 0;
-    for (cnode *cn = c->nodes, *next; cn; cn = next) {
-        next = cn->next;
-        cn->in_map = cn->keep;
-        if (!cn->keep) {
-            char d[512];
-            describe(cn, d, sizeof d);
-            LOGI(c->who, "redis %s left the slot map", d);
-            node_destroy(c, cn);
-        }
     }
     if (changed) {
-        LOGI(c->who, "redis cluster map: %d shard(s)", c->nshards);
+        LOGI(c->who, "redis cluster map: %d shard(s)", c->topo.nshards);
         if (c->h.on_map && !c->freeing) c->h.on_map(c->ud);
     }
 }
@@ -633,8 +500,8 @@ static void disc_down(redis_conn *conn, void *ud, const char *why)
     redis_client *c = ud;
     char a[REDIS_HOST_MAX + 10];
     redis_addr_format(redis_conn_addr(conn), a, sizeof a);
-    snprintf(c->map_err, sizeof c->map_err, "seed %s: %s", a, why);
-    LOGD(c->who, "redis cluster map: %s", c->map_err);
+    snprintf(c->topo.map_err, sizeof c->topo.map_err, "seed %s: %s", a, why);
+    LOGD(c->who, "redis cluster map: %s", c->topo.map_err);
     c->disc = NULL;
     /* shards_reply (NULL) resets refreshing when a command was pending;
      * without one, reset it here */
@@ -648,9 +515,9 @@ static void refresh_cb(uv_timer_t *t)
 {
     redis_client *c = t->data;
     if (c->freeing || !c->url.cluster || c->refreshing) return;
-    cnode *cn = any_up(c);
+    redis_tnode *cn = redis_topo_any_up(&c->topo);
     if (!cn) /* a node up but not in the map yet (redirect target) */
-        for (cnode *x = c->nodes; x && !cn; x = x->next)
+        for (redis_tnode *x = c->topo.nodes; x && !cn; x = x->next)
             if (redis_node_up(x->n)) cn = x;
     c->refreshing = 1;
     if (cn) {
@@ -662,13 +529,13 @@ static void refresh_cb(uv_timer_t *t)
     }
     /* nothing is up: ask a seed (or a known master) on a connection of its own */
     int nknown = 0;
-    for (cnode *x = c->nodes; x; x = x->next) nknown++;
+    for (redis_tnode *x = c->topo.nodes; x; x = x->next) nknown++;
     unsigned i = c->disc_next++ % (unsigned)(c->url.nseeds + nknown);
     redis_addr a;
     if ((int)i < c->url.nseeds) {
         a = c->url.seeds[i];
     } else {
-        cnode *x = c->nodes;
+        redis_tnode *x = c->topo.nodes;
         for (unsigned k = (unsigned)c->url.nseeds; x && k < i; k++) x = x->next;
         a = x ? *redis_node_addr(x->n) : c->url.seeds[0];
     }
@@ -700,28 +567,28 @@ int redis_client_is_cluster(const redis_client *c) { return c && c->url.cluster;
 
 int redis_client_ready(const redis_client *c)
 {
-    if (!c || c->freeing || !c->map_known) return 0;
-    for (cnode *cn = c->nodes; cn; cn = cn->next)
-        if (cn->in_map && redis_node_up(cn->n)) return 1;
+    if (!c || c->freeing || !c->topo.map_known) return 0;
+    for (redis_tnode *tn = c->topo.nodes; tn; tn = tn->next)
+        if (tn->in_map && redis_node_up(tn->n)) return 1;
     return 0;
 }
 
 int redis_client_slot_ready(const redis_client *c, int slot)
 {
     if (!c || c->freeing || slot < 0 || slot >= REDIS_SLOTS) return 0;
-    return c->owner[slot] && redis_node_up(c->owner[slot]->n);
+    return c->topo.owner[slot] && redis_node_up(c->topo.owner[slot]->n);
 }
 
 uint64_t redis_client_slot_node(const redis_client *c, int slot)
 {
-    if (!c || slot < 0 || slot >= REDIS_SLOTS || !c->owner[slot]) return 0;
-    return c->owner[slot]->id;
+    if (!c || c->freeing || slot < 0 || slot >= REDIS_SLOTS || !c->topo.owner[slot]) return 0;
+    return c->topo.owner[slot]->id;
 }
 
 int redis_client_node_up(const redis_client *c, uint64_t node)
 {
-    cnode *cn = c ? node_by_id(c, node) : NULL;
-    return cn && redis_node_up(cn->n);
+    redis_tnode *tn = c && !c->freeing ? redis_topo_by_id(&c->topo, node) : NULL;
+    return tn && redis_node_up(tn->n);
 }
 
 int redis_client_health(const redis_client *c, char *why, size_t n)
@@ -730,52 +597,11 @@ int redis_client_health(const redis_client *c, char *why, size_t n)
         snprintf(why, n, "redis: shutting down");
         return 0;
     }
-    if (!c->map_known) {
-        char seeds[200] = "";
-        size_t o = 0;
-        for (int i = 0; i < c->url.nseeds && o + 2 < sizeof seeds; i++) {
-            char a[REDIS_HOST_MAX + 10];
-            redis_addr_format(&c->url.seeds[i], a, sizeof a);
-            o += (size_t)snprintf(seeds + o, sizeof seeds - o, "%s%s", i ? "," : "", a);
-        }
-        snprintf(why, n, "redis cluster %s: no slot map yet%s%s", seeds, c->map_err[0] ? ": " : "",
-                 c->map_err);
-        return 0;
-    }
-    /* every shard that is down, in map order, as far as the buffer goes */
-    size_t o = 0;
-    int nbad = 0;
-    for (int shard = 1; shard <= c->nshards || (!c->url.cluster && shard == 1); shard++) {
-        for (const cnode *cn = c->nodes; cn; cn = cn->next) {
-            if (!cn->in_map || cn->shard != shard || redis_node_up(cn->n)) continue;
-            char d[512];
-            describe(cn, d, sizeof d);
-            if (o < n)
-                o += (size_t)snprintf(why + o, n - o, "%s%s %s unreachable: %s",
-                                      nbad ? "; " : "", nbad ? "" : "redis", d,
-                                      redis_node_reason(cn->n));
-            nbad++;
-        }
-    }
-    if (nbad) return 0;
-    if (c->url.cluster) {
-        int lo = -1;
-        for (int s = 0; s < REDIS_SLOTS; s++) {
-            if (!c->owner[s] && lo < 0) lo = s;
-            if (c->owner[s] && lo >= 0) {
-                snprintf(why, n, "redis cluster: slots %d-%d have no master", lo, s - 1);
-                return 0;
-            }
-        }
-        if (lo >= 0) {
-            snprintf(why, n, "redis cluster: slots %d-%d have no master", lo, REDIS_SLOTS - 1);
-            return 0;
-        }
-    } else if (c->note[0]) {
+    if (!redis_topo_health(&c->topo, c->url.seeds, c->url.nseeds, why, n)) return 0;
+    if (c->note[0]) {
         snprintf(why, n, "%s", c->note);
         return 0;
     }
-    snprintf(why, n, "ok");
     return 1;
 }
 
@@ -786,21 +612,27 @@ void redis_client_masters(const redis_client *c,
 {
     if (!c || c->freeing) return;
     /* fn may queue commands; it never frees the client */
-    for (cnode *cn = c->nodes; cn; cn = cn->next)
-        if (cn->in_map && redis_node_up(cn->n))
-            fn(ud, cn->id, (const uint16_t (*)[2])cn->ranges, cn->nranges);
+    for (redis_tnode *tn = c->topo.nodes; tn; tn = tn->next)
+        if (tn->in_map && redis_node_up(tn->n))
+            fn(ud, tn->id, (const uint16_t (*)[2])tn->ranges, tn->nranges);
 }
 
 /* ---- lifetime ---- */
+
+static void client_release(redis_client *c);
 
 static void timer_closed(uv_handle_t *h)
 {
     redis_client *c = h->data;
     if (--c->open > 0) return;
+    client_release(c);
+}
+
+static void client_release(redis_client *c)
+{
     for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
     free(c->scripts);
     free(c->shas);
-    free(c->owner);
     redis_tls_free(c->tls);
     free(c);
 }
@@ -809,18 +641,15 @@ redis_client *redis_client_new(uv_loop_t *loop, const redis_client_opts *o,
                                const redis_client_handlers *h, void *ud, char *err, size_t errlen)
 {
     redis_client *c = calloc(1, sizeof *c);
-    if (!c || !(c->owner = calloc(REDIS_SLOTS, sizeof *c->owner))) {
-        free(c);
+    if (!c) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     if (redis_url_parse(o->url, &c->url, err, errlen) != 0) {
-        free(c->owner);
         free(c);
         return NULL;
     }
     if (c->url.tls && !(c->tls = redis_tls_new(&c->url, err, errlen))) {
-        free(c->owner);
         free(c);
         return NULL;
     }
@@ -837,41 +666,35 @@ redis_client *redis_client_new(uv_loop_t *loop, const redis_client_opts *o,
             sha1_hex(o->scripts[i], c->shas[i]);
             c->nscripts++;
         }
-        if (c->nscripts != o->nscripts) {
-            snprintf(err, errlen, "out of memory");
-            for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
-            free(c->scripts);
-            free(c->shas);
-            redis_tls_free(c->tls);
-            free(c->owner);
-            free(c);
-            return NULL;
-        }
     }
+    redis_node_opts tmpl = {
+        .user = c->url.user,
+        .pass = c->url.pass,
+        .db = c->url.cluster ? 0 : c->url.db,
+        .tls = c->tls,
+        .want_sub = c->want_sub,
+        .scripts = (const char *const *)c->scripts,
+        .shas = (const char (*)[41])c->shas,
+        .nscripts = c->nscripts,
+    };
+    if (c->nscripts != (o->nscripts > 0 ? o->nscripts : 0) ||
+        redis_topo_init(&c->topo, loop, &tmpl, &NODE_H, c->url.cluster, c->url.tls) != 0) {
+        snprintf(err, errlen, "out of memory");
+        client_release(c);
+        return NULL;
+    }
+    c->topo.on_gone = t_gone;
+    c->topo.ud = c;
     uv_timer_init(loop, &c->refresh_t);
     uv_timer_init(loop, &c->retry_t);
     c->refresh_t.data = c->retry_t.data = c;
     c->open = 2;
     if (c->url.cluster) {
         schedule_refresh(c, 0);
-    } else {
-        cnode *cn = node_create(c, &c->url.seeds[0]);
-        if (!cn) {
-            snprintf(err, errlen, "out of memory");
-            redis_client_free(c);
-            return NULL;
-        }
-        cn->in_map = 1;
-        cn->shard = 1;
-        cn->ranges = calloc(1, sizeof *cn->ranges);
-        if (cn->ranges) {
-            cn->ranges[0][0] = 0;
-            cn->ranges[0][1] = REDIS_SLOTS - 1;
-            cn->nranges = 1;
-        }
-        c->nshards = 1;
-        for (int s = 0; s < REDIS_SLOTS; s++) c->owner[s] = cn;
-        c->map_known = 1;
+    } else if (!redis_topo_standalone(&c->topo, &c->url.seeds[0])) {
+        snprintf(err, errlen, "out of memory");
+        redis_client_free(c);
+        return NULL;
     }
     return c;
 }
@@ -890,7 +713,7 @@ void redis_client_free(redis_client *c)
         c->disc = NULL;
         redis_conn_close(d);
     }
-    while (c->nodes) node_destroy(c, c->nodes);
+    redis_topo_free(&c->topo);
     uv_close((uv_handle_t *)&c->refresh_t, timer_closed);
     uv_close((uv_handle_t *)&c->retry_t, timer_closed);
 }
