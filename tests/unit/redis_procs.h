@@ -40,7 +40,7 @@ static rp_server rp_all[RP_MAX];
 static int rp_n;
 static char rp_root[64];
 
-static int rp_port_free(int p)
+static inline int rp_port_free(int p)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
@@ -52,7 +52,7 @@ static int rp_port_free(int p)
     return ok;
 }
 
-static int rp_pick_port(void)
+static inline int rp_pick_port(void)
 {
     static unsigned next;
     if (!next) next = (unsigned)(getpid() * 37u + (unsigned)time(NULL)) % (RP_PORT_HI - RP_PORT_LO);
@@ -63,7 +63,7 @@ static int rp_pick_port(void)
     return -1;
 }
 
-static redisContext *rp_connect(int port, int timeout_ms)
+static inline redisContext *rp_connect(int port, int timeout_ms)
 {
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -84,7 +84,7 @@ static redisContext *rp_connect(int port, int timeout_ms)
     }
 }
 
-static int rp_exec(rp_server *s)
+static inline int rp_exec(rp_server *s)
 {
     char port[16];
     snprintf(port, sizeof port, "%d", s->port);
@@ -123,7 +123,7 @@ static int rp_exec(rp_server *s)
 /* Starts a server with extra args (NULL-terminated; "%P" in an arg becomes
  * the port, "%C" the cluster bus port). Returns its index or -1. Waits for
  * PING unless the server speaks TLS only (port_is_tls). */
-static int rp_start_v(int wait_ping, const char *arg, va_list ap)
+static inline int rp_start_v(int wait_ping, const char *arg, va_list ap)
 {
     if (rp_n == RP_MAX) return -1;
     if (!rp_root[0]) {
@@ -156,7 +156,7 @@ static int rp_start_v(int wait_ping, const char *arg, va_list ap)
     return rp_n - 1;
 }
 
-static int rp_start(const char *arg, ...)
+static inline int rp_start(const char *arg, ...)
 {
     va_list ap;
     va_start(ap, arg);
@@ -165,7 +165,7 @@ static int rp_start(const char *arg, ...)
     return i;
 }
 
-static int rp_start_nowait(const char *arg, ...)
+static inline int rp_start_nowait(const char *arg, ...)
 {
     va_list ap;
     va_start(ap, arg);
@@ -174,7 +174,7 @@ static int rp_start_nowait(const char *arg, ...)
     return i;
 }
 
-static void rp_signal(int i, int sig)
+static inline void rp_signal(int i, int sig)
 {
     if (i < 0 || i >= rp_n || rp_all[i].pid <= 0) return;
     kill(rp_all[i].pid, sig);
@@ -185,7 +185,7 @@ static void rp_signal(int i, int sig)
 }
 
 /* Starts server i again (same port, args and directory). */
-static int rp_restart(int i)
+static inline int rp_restart(int i)
 {
     if (i < 0 || i >= rp_n) return -1;
     if (rp_all[i].pid > 0) rp_signal(i, SIGKILL);
@@ -196,7 +196,7 @@ static int rp_restart(int i)
     return 0;
 }
 
-static void rp_cleanup(void)
+static inline void rp_cleanup(void)
 {
     for (int i = 0; i < rp_n; i++) {
         if (rp_all[i].pid > 0) {
@@ -214,14 +214,14 @@ static void rp_cleanup(void)
     }
 }
 
-static int rp_have_server(void)
+static inline int rp_have_server(void)
 {
     return system("command -v redis-server >/dev/null 2>&1 && command -v redis-cli "
                   ">/dev/null 2>&1") == 0;
 }
 
 /* One command on server i (synchronous hiredis); the reply or NULL. */
-static redisReply *rp_cmd(int i, const char *fmt, ...)
+static inline redisReply *rp_cmd(int i, const char *fmt, ...)
 {
     redisContext *c = redisConnect("127.0.0.1", rp_all[i].port);
     if (!c || c->err) {
@@ -239,7 +239,7 @@ static redisReply *rp_cmd(int i, const char *fmt, ...)
 /* Three masters (no replicas, or one replica each with replicas=1) on
  * fresh servers; returns the index of the first or -1. Full coverage is not
  * required, so one master down leaves the others serving. */
-static int rp_cluster(int replicas, int node_timeout_ms)
+static inline int rp_cluster(int replicas, int node_timeout_ms)
 {
     int n = replicas ? 6 : 3, first = rp_n;
     char nt[16];
@@ -269,6 +269,80 @@ static int rp_cluster(int replicas, int node_timeout_ms)
         usleep(50000);
     }
     return -1;
+}
+
+/* ---- cluster helpers (first = index of the first master of rp_cluster) ---- */
+
+/* the node id of server i into out (empty on failure) */
+static inline void rp_myid(int i, char *out, size_t n)
+{
+    redisReply *r = rp_cmd(i, "CLUSTER MYID");
+    out[0] = 0;
+    if (r && r->type == REDIS_REPLY_STRING) snprintf(out, n, "%s", r->str);
+    if (r) freeReplyObject(r);
+}
+
+/* index (first..first+nmasters-1) of the master serving slot, as server
+ * first sees it, or -1 */
+static inline int rp_slot_owner(int first, int nmasters, int slot)
+{
+    redisReply *s = rp_cmd(first, "CLUSTER SLOTS");
+    int port = -1;
+    for (size_t k = 0; s && s->type == REDIS_REPLY_ARRAY && k < s->elements; k++) {
+        redisReply *e = s->element[k];
+        if (e->elements >= 3 && e->element[0]->integer <= slot && slot <= e->element[1]->integer)
+            port = (int)e->element[2]->element[1]->integer;
+    }
+    if (s) freeReplyObject(s);
+    for (int i = first; i < first + nmasters; i++)
+        if (rp_all[i].port == port) return i;
+    return -1;
+}
+
+static inline void rp_setslot_all(int first, int nservers, int slot, const char *id)
+{
+    for (int i = first; i < first + nservers; i++) {
+        redisReply *r = rp_cmd(i, "CLUSTER SETSLOT %d NODE %s", slot, id);
+        if (r) freeReplyObject(r);
+    }
+}
+
+/* The steps of moving slot from server src to dst (the way redis-cli
+ * --cluster reshard does): 1 marks it importing/migrating, 2 moves one of
+ * its keys (MIGRATE; call it until it answers 0: no key left), 3 gives the
+ * slot to dst on every server. Step 2 answers how many keys were left
+ * before it ran; the others 0; -1 on failure. */
+static inline int rp_move_slot_step(int first, int nservers, int slot, int src, int dst, int step)
+{
+    char sid[64], did[64];
+    rp_myid(src, sid, sizeof sid);
+    rp_myid(dst, did, sizeof did);
+    redisReply *r;
+    if (step == 1) {
+        r = rp_cmd(dst, "CLUSTER SETSLOT %d IMPORTING %s", slot, sid);
+        int ok = r && r->type == REDIS_REPLY_STATUS;
+        if (r) freeReplyObject(r);
+        r = rp_cmd(src, "CLUSTER SETSLOT %d MIGRATING %s", slot, did);
+        ok = ok && r && r->type == REDIS_REPLY_STATUS;
+        if (r) freeReplyObject(r);
+        return ok ? 0 : -1;
+    }
+    if (step == 2) {
+        r = rp_cmd(src, "CLUSTER COUNTKEYSINSLOT %d", slot);
+        int left = r && r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
+        if (r) freeReplyObject(r);
+        if (left <= 0) return left;
+        r = rp_cmd(src, "CLUSTER GETKEYSINSLOT %d 1", slot);
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
+            redisReply *m = rp_cmd(src, "MIGRATE 127.0.0.1 %d %s 0 5000 KEYS %s",
+                                   rp_all[dst].port, "", r->element[0]->str);
+            if (m) freeReplyObject(m);
+        }
+        if (r) freeReplyObject(r);
+        return left;
+    }
+    rp_setslot_all(first, nservers, slot, did);
+    return 0;
 }
 
 #endif

@@ -24,21 +24,11 @@
 #include "log.h"
 #include "util.h"
 #include "redis_procs.h"
+#include "check.h"
 #include <inttypes.h>
 
 static uv_loop_t *loop;
 static uv_timer_t ticker;
-static int failures;
-
-#define CHECK(c, ...)                                                          \
-    do {                                                                       \
-        if (!(c)) {                                                            \
-            failures++;                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #c);       \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fprintf(stderr, "\n");                                             \
-        }                                                                      \
-    } while (0)
 
 static void tick(uv_timer_t *t) { (void)t; }
 
@@ -537,7 +527,7 @@ static void conn_cb(redis_conn *c, const redisReply *r, void *ud) { ans_cb(ud, r
 static void test_conn_ssubscribe(void)
 {
     int srv = rp_start(NULL);
-    if (srv < 0) { CHECK(0, "server"); return; }
+    if (srv < 0) { check_fail("server"); return; }
     redis_conn_opts o = {.addr = {"127.0.0.1", rp_all[srv].port}};
     cstate st = {0};
     redis_conn_handlers h = {c_up, c_down, c_push};
@@ -622,7 +612,7 @@ static void test_tls(void)
 {
     char dir[96];
     snprintf(dir, sizeof dir, "/tmp/chatd-test-tls-XXXXXX");
-    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    if (!mkdtemp(dir)) { check_fail("mkdtemp"); return; }
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
              "(cd %s && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=testca "
@@ -647,7 +637,7 @@ static void test_tls(void)
     int srv = rp_start_nowait("--port", "0", "--tls-port", "%P", "--tls-cert-file", cert,
                               "--tls-key-file", key, "--tls-ca-cert-file", ca,
                               "--tls-auth-clients", "optional", NULL);
-    if (srv < 0) { CHECK(0, "tls server"); return; }
+    if (srv < 0) { check_fail("tls server"); return; }
     char url[512];
     snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ssl_ca_certs=%s", rp_all[srv].port, ca);
     rec R;
@@ -720,42 +710,7 @@ static void test_tls(void)
 
 /* ---------------- cluster ---------------- */
 
-static char node_id_of(int i, char *out, size_t n)
-{
-    redisReply *r = rp_cmd(i, "CLUSTER MYID");
-    out[0] = 0;
-    if (r && r->type == REDIS_REPLY_STRING) snprintf(out, n, "%s", r->str);
-    if (r) freeReplyObject(r);
-    return out[0];
-}
-
-/* index (first..first+2) of the master that serves slot */
-static int owner_of(int first, int slot)
-{
-    for (int i = first; i < first + 3; i++) {
-        redisReply *r = rp_cmd(i, "CLUSTER COUNTKEYSINSLOT %d", slot);
-        redisReply *s = rp_cmd(i, "CLUSTER SLOTS");
-        int own = 0;
-        for (size_t k = 0; s && s->type == REDIS_REPLY_ARRAY && k < s->elements; k++) {
-            redisReply *e = s->element[k];
-            if (e->element[0]->integer <= slot && slot <= e->element[1]->integer &&
-                e->element[2]->element[1]->integer == rp_all[i].port)
-                own = 1;
-        }
-        if (r) freeReplyObject(r);
-        if (s) freeReplyObject(s);
-        if (own) return i;
-    }
-    return -1;
-}
-
-static void setslot_all(int first, int slot, const char *id)
-{
-    for (int i = first; i < first + 3; i++) {
-        redisReply *r = rp_cmd(i, "CLUSTER SETSLOT %d NODE %s", slot, id);
-        if (r) freeReplyObject(r);
-    }
-}
+static int owner_of(int first, int slot) { return rp_slot_owner(first, 3, slot); }
 
 static void test_cluster(void)
 {
@@ -829,8 +784,8 @@ static void test_cluster(void)
     int dst = src == first ? first + 1 : first;
     int third = 3 * first + 3 - src - dst;
     char sid[64], did[64];
-    node_id_of(src, sid, sizeof sid);
-    node_id_of(dst, did, sizeof did);
+    rp_myid(src, sid, sizeof sid);
+    rp_myid(dst, did, sizeof did);
     /* a subscription on the slot, at its owner */
     ans s;
     memset(&s, 0, sizeof s);
@@ -857,7 +812,7 @@ static void test_cluster(void)
     r = rp_cmd(src, "MIGRATE 127.0.0.1 %d %s 0 5000", rp_all[dst].port, K);
     CHECK(r && r->type == REDIS_REPLY_STATUS, "MIGRATE: %s", r && r->str ? r->str : "?");
     if (r) freeReplyObject(r);
-    setslot_all(first, slot, did);
+    rp_setslot_all(first, 3, slot, did);
     /* the server drops the subscription of the moved slot */
     WAIT(R.sunsubs >= 1, 3000);
     CHECK(R.sunsubs >= 1 && !strcmp(R.last_ch, chs[0]) && R.last_push_node == old_node,
@@ -888,7 +843,7 @@ static void test_cluster(void)
     r = rp_cmd(dst, "MIGRATE 127.0.0.1 %d %s 0 5000 KEYS %s %s", rp_all[src].port, "", K, newk);
     CHECK(r && r->type == REDIS_REPLY_STATUS, "MIGRATE back: %s", r && r->str ? r->str : "?");
     if (r) freeReplyObject(r);
-    setslot_all(first, slot, sid);
+    rp_setslot_all(first, 3, slot, sid);
     memset(&s, 0, sizeof s);
     const char *chs2[] = {"chat:{key7}:typing"};
     CHECK(redis_client_subscribe(c, slot, 1, chs2, NULL, sub_cb, &s) == 0, "stale subscribe");
@@ -939,8 +894,9 @@ int main(void)
     test_slots_pure();
     test_replies();
     if (!rp_have_server()) {
-        fprintf(stderr, "SKIP: no redis-server/redis-cli (pure tests: %d failures)\n", failures);
-        return failures ? 1 : 77;
+        fprintf(stderr, "SKIP: no redis-server/redis-cli (pure tests: %d failures)\n",
+                check_failures());
+        return check_failures() ? 1 : 77;
     }
     atexit(rp_cleanup);
     test_conn_ssubscribe();
@@ -949,6 +905,5 @@ int main(void)
     test_cluster();
     uv_close((uv_handle_t *)&ticker, NULL);
     uv_run(loop, UV_RUN_DEFAULT);
-    fprintf(stderr, "%s (%d failures)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+    return check_summary("test_redis");
 }
