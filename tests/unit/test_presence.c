@@ -14,7 +14,9 @@
  * node ids carry a random per-run prefix. */
 #define _GNU_SOURCE
 #include "presence.h"
+#include "redis_slot.h"
 #include "check.h"
+#include "redis_procs.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -169,7 +171,9 @@ static int do_list(int node, const char *room_full, lres *r)
 }
 
 /* Barrier: every op issued on the node before it has been applied (the list
- * runs in the same flush after the batch, on the same pipeline). */
+ * runs in the same flush after the batch, on the same pipeline). On a
+ * Cluster a pipeline is per master: one list per room the node touched, each
+ * on its room's connection. */
 static void sync_node(int i)
 {
     lres r;
@@ -178,6 +182,13 @@ static void sync_node(int i)
     room_name(room, sizeof room, "sync");
     CHECK(do_list(i, room, &r) == 0, "sync list on node %d failed", i);
     CHECK(!r.sync, "list callback ran synchronously");
+    if (!g_url || strncmp(g_url, "redis+cluster://", 16) != 0) return;
+    for (int k = 0; k < nc; k++) {
+        if (C[k].node != i) continue;
+        int seen = 0;
+        for (int j = 0; j < k && !seen; j++) seen = C[j].node == i && !strcmp(C[j].room, C[k].room);
+        if (!seen) CHECK(do_list(i, C[k].room, &r) == 0, "sync list of %s failed", C[k].room);
+    }
 }
 static void sync_all(void) { for (int i = 0; i < MAXNODES; i++) sync_node(i); }
 
@@ -788,6 +799,58 @@ static void test_foreign_data(void)
     teardown_nodes();
 }
 
+/* Redis Cluster (3 masters started here): the store's per-room apply and
+ * per-node sweeps over per-slot indexes keep every property that does not
+ * need to stop or inspect one server (rooms spread over the shards) */
+static void run_cluster(void)
+{
+    int first = rp_cluster(0, 2000);
+    if (first < 0) {
+        fprintf(stderr, "no Redis Cluster (redis-cli --cluster): cluster tests skipped\n");
+        return;
+    }
+    snprintf(g_url_buf, sizeof g_url_buf, "redis+cluster://127.0.0.1:%d", rp_all[first].port);
+    g_url = g_url_buf;
+    fprintf(stderr, "mode %s\n", g_url);
+    check_context = "cluster";
+    unsigned seed = (unsigned)(now_ms() % 1000000);
+    test_two_nodes_one_user();
+    test_crash();
+    test_expire_and_heal();
+    test_list_churn();
+    test_list_on_free();
+    test_rejoin_same_tick();
+    test_churn(seed, 100);
+    /* the index of a room is its slot's, on that slot */
+    setup_nodes(1);
+    for (int i = 0; i < 6; i++) {
+        char rn[16];
+        snprintf(rn, sizeof rn, "idx%d", i);
+        cadd(0, rn, "ix");
+    }
+    sync_all();
+    int rooms = 0, right = 0;
+    for (int i = first; i < first + 3; i++) {
+        redisReply *r = rp_cmd(i, "KEYS chat:{~*}:presence:rooms");
+        for (size_t k = 0; r && r->type == REDIS_REPLY_ARRAY && k < r->elements; k++) {
+            const char *key = r->element[k]->str;
+            const char *tag = key + 6;
+            size_t tl = strcspn(tag, "}");
+            char t[16];
+            snprintf(t, sizeof t, "%.*s", (int)tl, tag);
+            int slot = redis_key_slot(key, strlen(key));
+            rooms++;
+            right += redis_slot_tag(slot) && strcmp(redis_slot_tag(slot), t) == 0;
+        }
+        if (r) freeReplyObject(r);
+    }
+    CHECK(rooms > 0 && right == rooms, "%d per-slot indexes, %d named by their slot's tag", rooms,
+          right);
+    teardown_nodes();
+    rp_cleanup();
+    g_url = NULL;
+}
+
 static void run_all(void)
 {
     fprintf(stderr, "mode %s\n", g_url ? g_url : "memory");
@@ -839,6 +902,7 @@ int main(void)
     } else {
         fprintf(stderr, "redis-server unavailable: Redis tests skipped\n");
     }
+    if (redis_ran && rp_have_server()) run_cluster();
     uv_close((uv_handle_t *)&hb_timer, NULL);
     uv_run(L, UV_RUN_DEFAULT);
     uv_loop_close(L);
