@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import subprocess
 import time
 
 from harness import (Client, Redis, TestFailure, ahttp, check, eq, start_node, token, uniq,
@@ -672,3 +673,98 @@ async def frames_in_one_write_during_a_join_are_all_processed_in_order():
         check(held >= 1, f"chat_frames_held_total {held}: nothing was held")
     finally:
         raw.close()
+
+
+class TlsRedis:
+    """A redis-server that speaks only TLS (--port 0 --tls-port), with a
+    self-signed CA made by openssl; stopped with the run's services."""
+
+    def __init__(self):
+        self.dir = harness.RUN.tmpdir("redis-tls")
+        self.port = harness.free_port()
+        self.proc = None
+        self.external = False
+
+    def start(self):
+        d = self.dir
+        sh = ("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=testca "
+              "-keyout ca.key -out ca.pem && "
+              "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout srv.key -out srv.csr && "
+              "printf 'subjectAltName=IP:127.0.0.1' > ext && "
+              "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+              "-extfile ext -out srv.pem && "
+              "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other "
+              "-keyout other.key -out other.pem")
+        r = subprocess.run(["sh", "-c", sh], cwd=d, capture_output=True)
+        if r.returncode != 0:
+            raise harness.TestSkip(f"openssl could not make certificates: {r.stderr[-200:]!r}")
+        log = open(os.path.join(d, "redis.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+             "--tls-cert-file", os.path.join(d, "srv.pem"), "--tls-key-file",
+             os.path.join(d, "srv.key"), "--tls-ca-cert-file", os.path.join(d, "ca.pem"),
+             "--tls-auth-clients", "no", "--dir", d, "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--loglevel", "warning"], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        harness.RUN.add_service(self)
+        time.sleep(0.3)
+        if self.proc.poll() is not None:
+            raise harness.TestSkip("this redis-server has no TLS (--tls-port refused)")
+        return self
+
+    def url(self, ca="ca.pem"):
+        return f"rediss://127.0.0.1:{self.port}?ssl_ca_certs={os.path.join(self.dir, ca)}"
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@test(timeout=60)
+async def two_nodes_over_tls_redis():
+    """rediss://: two nodes share a TLS-only Redis (the connection layer's
+    OpenSSL path): identical order on both, typing across nodes; a node with
+    the wrong CA is not ready and says why."""
+    tls = TlsRedis().start()
+    nodes = [start_node(redis=tls.url(), name=f"tls{i}-{uniq('')}") for i in range(2)]
+    for n in nodes:
+        end = time.time() + 10
+        st = None
+        while time.time() < end:
+            st, _, body = await ahttp(n.port, "/readyz")
+            if st == 200:
+                break
+            await asyncio.sleep(0.1)
+        eq(st, 200, f"/readyz of {n.name} over TLS: {body[:200]!r}")
+    room = uniq()
+    a = await Client.connect(nodes[0], room, token("ta"))
+    b = await Client.connect(nodes[1], room, token("tb"))
+    for i in range(30):
+        await (a if i % 2 else b).send_msg(f"m{i}", id=f"t{i}")
+    await a.wait_count(is_msg(room), 30, 10, "messages on node 0")
+    await b.wait_count(is_msg(room), 30, 10, "messages on node 1")
+    check(a.seqs(room) == list(range(1, 31)), f"node 0 seqs: {describe_seq_problem(a.seqs(room))}")
+    eq(view(a, room), view(b, room), "both nodes saw the same messages in the same order")
+    await a.send({"type": "typing"})
+    await b.wait_count(lambda f: f["type"] == "typing" and f.get("room") == room, 1, 5,
+                       "typing across nodes over TLS")
+    await a.close()
+    await b.close()
+    bad = harness.Node(redis=tls.url("other.pem"), name=f"tlsbad-{uniq('')}").start(wait=False)
+    st, body = None, b""
+    end = time.time() + 10
+    while time.time() < end:
+        try:
+            st, _, body = await ahttp(bad.port, "/readyz")
+            if st == 503 and b"certificate" in body:
+                break
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    eq(st, 503, "/readyz with a CA that did not sign the server certificate")
+    check(b"certificate" in body, f"/readyz says why: {body[:200]!r}")
