@@ -227,9 +227,25 @@ int redis_reply_shards(const redisReply *r, int tls, redis_shards *out, char *er
             return set_err(err, errlen, "malformed shard");
         }
         if (slots->elements == 0) continue; /* a shard without slots */
+        /* after a failover the old master can still be listed as a master
+         * of the shard (health "failed") until it rejoins as a replica: take
+         * a master that is online, the one with the highest replication
+         * offset when there are several */
         const redisReply *master = NULL;
-        for (size_t j = 0; j < nodes->elements && !master; j++)
-            if (str_eq(field(nodes->element[j], "role"), "master")) master = nodes->element[j];
+        int best_online = -1;
+        long long best_off = -1;
+        for (size_t j = 0; j < nodes->elements; j++) {
+            const redisReply *nd = nodes->element[j];
+            if (!str_eq(field(nd, "role"), "master")) continue;
+            int online = str_eq(field(nd, "health"), "online");
+            long long off = -1;
+            if (int_of(field(nd, "replication-offset"), &off) != 0) off = -1;
+            if (online > best_online || (online == best_online && off > best_off)) {
+                master = nd;
+                best_online = online;
+                best_off = off;
+            }
+        }
         if (!master) continue;
         redis_shard_info *s = &out->s[out->n];
         long long port = -1;

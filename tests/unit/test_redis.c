@@ -236,6 +236,16 @@ static void test_replies(void)
           sh.s[1].master.port == 7005, "tls-port when tls");
     redis_shards_free(&sh);
     freeReplyObject(r);
+    /* after a failover: the old master (failed) is still listed first */
+    r = parse("*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n"
+              "*8\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+              "$6\r\nhealth\r\n$4\r\nfail\r\n"
+              "*8\r\n$4\r\nport\r\n:7003\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+              "$6\r\nhealth\r\n$6\r\nonline\r\n");
+    CHECK(redis_reply_shards(r, 0, &sh, err, sizeof err) == 0 && sh.n == 1 &&
+          sh.s[0].master.port == 7003 && sh.s[0].master_online, "the online master of two: %s", err);
+    if (sh.s) redis_shards_free(&sh);
+    freeReplyObject(r);
     static const char *badmaps[] = {
         "*0\r\n", "-ERR This instance has cluster support disabled\r\n", ":1\r\n",
         "*1\r\n*4\r\n$5\r\nslots\r\n*1\r\n:1\r\n$5\r\nnodes\r\n*0\r\n",
