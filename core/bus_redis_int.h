@@ -1,0 +1,63 @@
+/* bus_redis_int: what the three files of the bus's Redis backend share
+ * (bus_redis.c, bus_redis_sub.c, bus_redis_head.c; never included
+ * elsewhere). Owns nothing; declares the backend state, the per-room
+ * request object, and the functions one file offers the others:
+ *   bus_redis.c (requests, lifetime) -> bus_redis_sub.c (subscriptions,
+ *   sync, readiness) -> bus_redis_head.c (the head script). */
+#ifndef CHATD_BUS_REDIS_INT_H
+#define CHATD_BUS_REDIS_INT_H
+#include "bus_int.h"
+#include "redis_client.h"
+#include <stdio.h>
+
+typedef struct busr {
+    bus *b;
+    redis_client *rc;
+    int cluster;
+    int recovering;          /* one Redis: up, waiting for rooms to catch up */
+    int ever_up;
+    int retries;             /* rooms with a retry due */
+    uv_timer_t retry_t;      /* room retries (bus_redis_sub.c) */
+} busr;
+
+/* one request about a room (head read, subscribe, fetch) */
+typedef struct room_op {
+    busr *R;
+    char room[CHAT_ROOM_MAX + 1];
+    uint64_t sub_id, from, to, t0;
+    int seeded;              /* head read with a seed (resync) */
+} room_op;
+
+static inline double since_s(uint64_t t0) { return (double)(mono_ns() - t0) / 1e9; }
+
+static inline void key(char *out, size_t n, const char *room, const char *suffix)
+{
+    snprintf(out, n, "chat:{%s}:%s", room, suffix);
+}
+
+/* bus_redis_head.c */
+typedef struct head_res {
+    int status;              /* 0 ok, 2 needs a seed, 3 no head (peek) */
+    uint64_t head, before;
+    char epoch[BUS_EPOCH_MAX + 1];
+} head_res;
+
+room_op *bus_rop_new(busr *R, const bus_room *room);
+int bus_rhead_parse(const redisReply *rp, head_res *h);
+/* EVALSHA BUS_HEAD_LUA on the room's shard; 0 or -1 (cb not called) */
+int bus_rhead_send(busr *R, redis_reply_fn cb, void *ud, const char *room, uint64_t floor,
+                   int mode, uint64_t seed, const char *epoch);
+/* the node's floor in a room (0 when it does not hold the room) */
+uint64_t bus_rhead_floor(bus *b, const char *name);
+
+/* bus_redis_sub.c */
+extern const redis_client_handlers bus_rsub_handlers;   /* ud = busr */
+void bus_rsub_reconcile(bus *b, bus_room *room);         /* backend.reconcile */
+void bus_rsub_progress(bus *b);                          /* backend.progress */
+int bus_rsub_health(const bus *b, char *why, size_t n);  /* backend.health */
+void bus_rsub_update_ready(busr *R);
+/* sync the room again after a growing delay (and start the retry timer) */
+void bus_rsub_retry_later(busr *R, bus_room *room);
+void bus_rsub_arm(busr *R);
+
+#endif

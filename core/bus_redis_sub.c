@@ -1,0 +1,441 @@
+/* bus_redis_sub: the per-room subscriptions of the Redis backend and what
+ * depends on them.
+ * Owns: the channel subscriptions of each room (SUBSCRIBE on one Redis,
+ * SSUBSCRIBE on a Cluster: one command per room with its three channels,
+ * all on the room's slot, at the slot's owner; one transition in flight per
+ * room), the sync after a subscription (the head read, a resync's seeding),
+ * room retries (a subscribe or head read that got an answer we cannot use
+ * is retried with a per-room growing delay from one timer: an answer never
+ * makes us reconnect), the pushes (messages to bus_order.c, emits to the
+ * user), the node and map events of the client (a subscription is lost when
+ * its node goes down or when the server drops it because the slot moved:
+ * the room resubscribes at the slot's owner and its head read + gap fill
+ * close the gap: no loss, no duplicate, order kept), and readiness (one
+ * Redis: up and every room caught up after a reconnect; a Cluster: the map
+ * is known and a shard is up). */
+#define _GNU_SOURCE
+#include "bus_redis_int.h"
+#include "log.h"
+#include "redis_slot.h"
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "bus"
+#define RETRY_TICK_MS 100
+#define ROOM_RETRY_MIN_MS 100
+#define ROOM_RETRY_MAX_MS 5000
+
+static void send_head(busr *R, bus_room *room);
+
+/* "chat:{room}:kind" -> room, kind; -1 when not ours */
+static int parse_channel(const char *s, size_t len, char *room, char *kind, size_t kn)
+{
+    if (len < 9 || strncmp(s, "chat:{", 6) != 0) return -1;
+    const char *rb = memchr(s + 6, '}', len - 6);
+    if (!rb) return -1;
+    size_t rl = (size_t)(rb - (s + 6));
+    if (rl < 1 || rl > CHAT_ROOM_MAX || rb + 1 >= s + len || rb[1] != ':') return -1;
+    size_t kl = len - (size_t)(rb + 2 - s);
+    if (kl == 0 || kl >= kn) return -1;
+    memcpy(room, s + 6, rl);
+    room[rl] = 0;
+    memcpy(kind, rb + 2, kl);
+    kind[kl] = 0;
+    return 0;
+}
+
+
+/* ---- readiness ---- */
+
+void bus_rsub_update_ready(busr *R)
+{
+    bus *b = R->b;
+    if (b->freeing) return;
+    int up = redis_client_ready(R->rc);
+    if (!R->cluster) {
+        if (!up) R->recovering = 0;
+        if (up && R->recovering && bus_order_all_caught_up(b)) R->recovering = 0;
+        up = up && !R->recovering;
+    }
+    bus_set_ready(b, up);
+}
+
+void bus_rsub_progress(bus *b) { bus_rsub_update_ready(b->impl); }
+
+int bus_rsub_health(const bus *b, char *why, size_t n)
+{
+    busr *R = b->impl;
+    if (!redis_client_health(R->rc, why, n)) return 0;
+    if (!b->ready) {
+        snprintf(why, n, "redis: resubscribing the rooms after a reconnect");
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- room retries ---- */
+
+void bus_rsub_retry_later(busr *R, bus_room *room)
+{
+    room->retry_ms = room->retry_ms ? room->retry_ms * 2 : ROOM_RETRY_MIN_MS;
+    if (room->retry_ms > ROOM_RETRY_MAX_MS) room->retry_ms = ROOM_RETRY_MAX_MS;
+    if (!room->retry_at) R->retries++;
+    room->retry_at = mono_ms() + room->retry_ms;
+}
+
+static void retry_clear(busr *R, bus_room *room)
+{
+    if (room->retry_at) R->retries--;
+    room->retry_at = 0;
+}
+
+typedef struct walk { busr *R; uint64_t now; bus_room **due; size_t n, cap; } walk;
+
+static int collect_due(void *arg, const char *k, void *val)
+{
+    walk *w = arg;
+    bus_room *room = val;
+    (void)k;
+    if (room->retry_at && room->retry_at <= w->now && w->n < w->cap) w->due[w->n++] = room;
+    return 0;
+}
+
+static void retry_cb(uv_timer_t *t)
+{
+    busr *R = t->data;
+    bus *b = R->b;
+    if (b->freeing) return;
+    if (R->retries <= 0) {
+        R->retries = 0;
+        uv_timer_stop(t);
+        return;
+    }
+    walk w = {R, mono_ms(), NULL, 0, b->rooms.count};
+    w.due = w.cap ? malloc(w.cap * sizeof *w.due) : NULL;
+    if (!w.due) return;
+    hmap_each(&b->rooms, collect_due, &w);
+    for (size_t i = 0; i < w.n && !b->freeing; i++) {
+        bus_room *room = w.due[i];
+        retry_clear(R, room);
+        if (room->sub_state == BUS_SUB_SUBSCRIBED && room->refs > 0 && !room->synced)
+            send_head(R, room);
+        else if (room->sub_state == BUS_SUB_NONE && room->refs > 0)
+            bus_rsub_reconcile(b, room);
+        bus_room_maybe_free(b, room);
+    }
+    free(w.due);
+}
+
+void bus_rsub_arm(busr *R)
+{
+    if (R->retries > 0 && !uv_is_active((uv_handle_t *)&R->retry_t))
+        uv_timer_start(&R->retry_t, retry_cb, RETRY_TICK_MS, RETRY_TICK_MS);
+}
+
+/* ---- subscriptions ---- */
+
+static void channels(const char *room, char c[3][CHAT_ROOM_MAX + 32], const char *out[3])
+{
+    key(c[0], sizeof c[0], room, "msg");
+    key(c[1], sizeof c[1], room, "typing");
+    key(c[2], sizeof c[2], room, "presence");
+    for (int i = 0; i < 3; i++) out[i] = c[i];
+}
+
+static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epoch);
+
+static void head_cb(void *ud, const redisReply *rp)
+{
+    room_op *op = ud;
+    busr *R = op->R;
+    bus *b = R->b;
+    bus_room *room = b->freeing ? NULL : bus_room_get(b, op->room);
+    if (!room || room->sub_id != op->sub_id || room->sub_state != BUS_SUB_SUBSCRIBED) {
+        free(op); /* the subscription it served is gone */
+        return;
+    }
+    head_res h;
+    if (rp && bus_rhead_parse(rp, &h) == 0 && h.status == 2 && !op->seeded) {
+        /* a resync whose key is gone (Redis lost data): raise it to
+         * max(durable head, what this node delivered), never to the
+         * floor alone (other nodes may have stored more) */
+        LOGW(MOD, "room %s: Redis has no head at the resync (it lost data): seeding it from the "
+             "durable head and this node's %" PRIu64, op->room, op->from);
+        if (bus_seed_get(b, op->room, sync_seeded, op) == 0) return; /* op moves */
+        char name[CHAT_ROOM_MAX + 1];
+        snprintf(name, sizeof name, "%s", op->room);
+        uint64_t sub = op->sub_id;
+        free(op);
+        bus_order_synced(b, name, sub, 0, 0);
+        return;
+    }
+    if (!rp || bus_rhead_parse(rp, &h) != 0 || h.status == 2) {
+        /* no answer (its shard is going down: on_node resets the room) or
+         * an answer we cannot use: read it again later */
+        if (rp) LOGE(MOD, "head of chat:{%s}:seq: %.*s", op->room,
+                     rp->type == REDIS_REPLY_ERROR ? (int)rp->len : 16,
+                     rp->type == REDIS_REPLY_ERROR ? rp->str : "unexpected reply");
+        bus_rsub_retry_later(R, room);
+        bus_rsub_arm(R);
+        free(op);
+        return;
+    }
+    metric_observe(b->m.op_head, since_s(op->t0));
+    room->retry_ms = 0;
+    char name[CHAT_ROOM_MAX + 1];
+    snprintf(name, sizeof name, "%s", op->room);
+    uint64_t sub = op->sub_id;
+    if (h.status == 3) {
+        /* no head (and a seed provider): nothing published since the
+         * subscription; the first message starts the delivery */
+        free(op);
+        bus_order_synced(b, name, sub, 0, 0);
+        return;
+    }
+    if (h.before < op->from) {
+        /* the script raised the key to our floor (op->from) */
+        LOGE(MOD, "room %s: Redis seq was %" PRIu64 ", below the %" PRIu64
+             " this node delivered (Redis lost data): raised to %" PRIu64,
+             op->room, h.before, op->from, op->from);
+    }
+    free(op);
+    bus_order_synced(b, name, sub, h.head, 1);
+}
+
+/* The durable head for a resync (see head_cb): send the head script again
+ * with the seed; without one, keep the last delivered seq (known = 0). */
+static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epoch)
+{
+    room_op *op = arg;
+    busr *R = op->R;
+    bus *b = R->b;
+    bus_room *room = b->freeing ? NULL : bus_room_get(b, op->room);
+    if (!room || room->sub_id != op->sub_id || room->sub_state != BUS_SUB_SUBSCRIBED) {
+        free(op);
+        return;
+    }
+    if (status != 0) {
+        free(op);
+        bus_order_synced(b, room->name, room->sub_id, 0, 0);
+        return;
+    }
+    op->seeded = 1;
+    if (bus_rhead_send(R, head_cb, op, op->room, op->from, BUS_SEED_GIVEN,
+                         max_seq > op->from ? max_seq : op->from, epoch) != 0) {
+        free(op);
+        bus_rsub_retry_later(R, room);
+        bus_rsub_arm(R);
+    }
+}
+
+/* Reads the room's head after its subscription is confirmed (nothing
+ * published after the confirmation is missed). A resubscription raises the
+ * head to what this node already delivered, so a Redis that restarted empty
+ * never assigns those seqs again; with a seed provider a missing key is
+ * only reported (the next publish or replay seeds it). */
+static void send_head(busr *R, bus_room *room)
+{
+    room_op *op = bus_rop_new(R, room);
+    char ep[BUS_EPOCH_MAX + 1];
+    if (!op) { bus_rsub_retry_later(R, room); bus_rsub_arm(R); return; }
+    op->from = room->have_last ? room->last : 0;
+    bus_epoch_new(R->b, ep);
+    if (bus_rhead_send(R, head_cb, op, room->name, op->from,
+                         bus_has_seed(R->b) ? BUS_SEED_PEEK : BUS_SEED_NONE, 0, ep) != 0) {
+        free(op);
+        bus_rsub_retry_later(R, room);
+        bus_rsub_arm(R);
+    }
+}
+
+static void sub_done(void *ud, uint64_t node, const redisReply *rp)
+{
+    room_op *op = ud;
+    busr *R = op->R;
+    bus *b = R->b;
+    bus_room *room = b->freeing ? NULL : bus_room_get(b, op->room);
+    free(op);
+    if (!room || room->sub_state != BUS_SUB_SUBSCRIBING) return;
+    if (!rp || rp->type == REDIS_REPLY_ERROR) {
+        room->sub_state = BUS_SUB_NONE;
+        if (rp) LOGW(MOD, "subscribe %s: %.*s", room->name, (int)rp->len, rp->str ? rp->str : "");
+        if (room->refs > 0) {
+            bus_rsub_retry_later(R, room);
+            bus_rsub_arm(R);
+        }
+        bus_room_maybe_free(b, room);
+        return;
+    }
+    room->sub_state = BUS_SUB_SUBSCRIBED;
+    room->sub_node = node;
+    if (room->refs == 0) {
+        bus_rsub_reconcile(b, room);
+        bus_room_maybe_free(b, room);
+        return;
+    }
+    send_head(R, room);
+}
+
+static void unsub_done(void *ud, uint64_t node, const redisReply *rp)
+{
+    room_op *op = ud;
+    busr *R = op->R;
+    bus *b = R->b;
+    bus_room *room = b->freeing ? NULL : bus_room_get(b, op->room);
+    (void)node;
+    (void)rp; /* an error or no answer: the subscription is gone either way
+               * (a node that stays up answers UNSUBSCRIBE) */
+    free(op);
+    if (!room || room->sub_state != BUS_SUB_UNSUBSCRIBING) return;
+    room->sub_state = BUS_SUB_NONE;
+    room->sub_node = 0;
+    if (room->refs > 0) bus_rsub_reconcile(b, room);
+    bus_room_maybe_free(b, room);
+}
+
+/* Never frees room (callers may still hold it). */
+void bus_rsub_reconcile(bus *b, bus_room *room)
+{
+    busr *R = b->impl;
+    if (b->freeing) return;
+    char c[3][CHAT_ROOM_MAX + 32];
+    const char *ch[3];
+    channels(room->name, c, ch);
+    if (room->sub_state == BUS_SUB_NONE && room->refs > 0) {
+        int slot = redis_room_slot(room->name);
+        if (!redis_client_slot_ready(R->rc, slot)) return; /* on_node/on_map come back */
+        room_op *op = bus_rop_new(R, room);
+        if (!op) return;
+        if (redis_client_subscribe(R->rc, slot, 3, ch, NULL, sub_done, op) == 0) {
+            room->sub_state = BUS_SUB_SUBSCRIBING;
+            retry_clear(R, room);
+        } else {
+            free(op);
+        }
+    } else if (room->sub_state == BUS_SUB_SUBSCRIBED && room->refs == 0) {
+        room_op *op = bus_rop_new(R, room);
+        if (op && redis_client_unsubscribe(R->rc, room->sub_node, 3, ch, NULL, unsub_done, op) == 0) {
+            room->sub_state = BUS_SUB_UNSUBSCRIBING;
+        } else {
+            free(op);
+            room->sub_state = BUS_SUB_NONE; /* its node is gone, and the channels with it */
+            room->sub_node = 0;
+        }
+        retry_clear(R, room);
+    }
+}
+
+/* The room's subscription is gone (its node went down, or the server
+ * dropped it): back to NONE, keeping the last delivered seq, so the next
+ * subscription's head read and fill recover what was missed. */
+static void sub_lost(busr *R, bus_room *room, int fail_waiting)
+{
+    bus *b = R->b;
+    room->sub_state = BUS_SUB_NONE;
+    room->sub_node = 0;
+    bus_order_reset(b, room, 1);
+    if (fail_waiting) bus_room_run_waiting(b, room, 1);
+}
+
+static void on_push(void *ud, uint64_t node, const redis_push *p)
+{
+    busr *R = ud;
+    bus *b = R->b;
+    char name[CHAT_ROOM_MAX + 1], kind[32];
+    if (b->freeing || parse_channel(p->channel, p->channel_len, name, kind, sizeof kind) != 0)
+        return;
+    bus_room *room = bus_room_get(b, name);
+    if (p->kind == REDIS_PUSH_MESSAGE || p->kind == REDIS_PUSH_SMESSAGE) {
+        if (!room || room->refs == 0) return;
+        if (strcmp(kind, "msg") == 0) {
+            bus_entry e;
+            if (bus_parse_entry(p->data, p->data_len, &e) != 0) {
+                LOGW(MOD, "room %s: malformed bus message dropped", name);
+                return;
+            }
+            bus_order_incoming(b, name, e.seq, e.tail, e.len);
+        } else if (b->h.on_emit) {
+            b->h.on_emit(b->ud, name, kind, p->data, p->data_len);
+        }
+        return;
+    }
+    if ((p->kind == REDIS_PUSH_SUNSUBSCRIBE || p->kind == REDIS_PUSH_UNSUBSCRIBE) && room &&
+        room->sub_state == BUS_SUB_SUBSCRIBED && room->sub_node == node) {
+        /* the server dropped the room's channels: its slot moved */
+        LOGI(MOD, "room %s: Redis dropped its subscription (slot moved): resubscribing", name);
+        sub_lost(R, room, 0);
+        redis_client_refresh(R->rc);
+        if (room->refs > 0) bus_rsub_reconcile(b, room);
+        bus_room_maybe_free(b, room);
+        bus_rsub_update_ready(R);
+    }
+}
+
+typedef struct node_walk { busr *R; uint64_t node; } node_walk;
+
+static int rooms_of_node(void *arg, const char *k, void *val)
+{
+    node_walk *w = arg;
+    bus_room *room = val;
+    (void)k;
+    if (room->sub_state == BUS_SUB_SUBSCRIBED && room->sub_node == w->node)
+        sub_lost(w->R, room, 1);
+    else if (!room->synced &&
+             redis_client_slot_node(w->R->rc, redis_room_slot(room->name)) == w->node)
+        bus_room_run_waiting(w->R->b, room, 1); /* would wait for a shard that is down */
+    return 0;
+}
+
+/* Subscribes every room that wants it and whose shard is up. */
+static void reconcile_all(busr *R)
+{
+    bus *b = R->b;
+    size_t n = b->rooms.count;
+    bus_room **rooms = n ? malloc(n * sizeof *rooms) : NULL;
+    n = rooms ? hmap_values(&b->rooms, (void **)rooms, n) : 0;
+    for (size_t i = 0; i < n && !b->freeing; i++) {
+        if (rooms[i]->sub_state == BUS_SUB_NONE) bus_rsub_reconcile(b, rooms[i]);
+        bus_room_maybe_free(b, rooms[i]);
+    }
+    free(rooms);
+}
+
+static void on_node(void *ud, uint64_t node, int up)
+{
+    busr *R = ud;
+    bus *b = R->b;
+    if (b->freeing) return;
+    if (up) {
+        if (!R->cluster) {
+            if (R->ever_up) metric_inc(b->m.reconnects);
+            R->recovering = 1;
+        } else if (R->ever_up) {
+            metric_inc(b->m.reconnects);
+        }
+        R->ever_up = 1;
+        reconcile_all(R);
+    } else {
+        node_walk w = {R, node};
+        hmap_each(&b->rooms, rooms_of_node, &w);
+        /* rooms left without subscribers nor state can go */
+        size_t n = b->rooms.count;
+        bus_room **rooms = n ? malloc(n * sizeof *rooms) : NULL;
+        n = rooms ? hmap_values(&b->rooms, (void **)rooms, n) : 0;
+        for (size_t i = 0; i < n; i++) bus_room_maybe_free(b, rooms[i]);
+        free(rooms);
+    }
+    bus_rsub_update_ready(R);
+}
+
+static void on_map(void *ud)
+{
+    busr *R = ud;
+    if (R->b->freeing) return;
+    reconcile_all(R);
+    bus_rsub_update_ready(R);
+}
+
+
+const redis_client_handlers bus_rsub_handlers = {on_node, on_map, on_push};
