@@ -65,6 +65,8 @@ static int reply_text(struct lws *wsi, unsigned status, const char *text)
 {
     char b[512];
     int n = snprintf(b, sizeof b, "%s\n", text);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof b) { n = (int)sizeof b - 1; b[n - 1] = '\n'; } /* cut, still one line */
     return http_reply(wsi, status, "text/plain; charset=utf-8", b, (size_t)n);
 }
 
@@ -72,7 +74,9 @@ static int reply_json_error(struct lws *wsi, unsigned status, const char *text)
 {
     char b[512];
     int n = snprintf(b, sizeof b, "{\"error\":");
-    n += (int)json_escape(b + n, sizeof b - (size_t)n - 2, text, strlen(text));
+    long w = json_escape(b + n, sizeof b - (size_t)n - 2, text, strnlen(text, 300));
+    if (w < 0) w = json_escape(b + n, sizeof b - (size_t)n - 2, "error", 5);
+    n += (int)w;
     b[n++] = '}';
     return http_reply(wsi, status, "application/json", b, (size_t)n);
 }
