@@ -1,0 +1,3 @@
+# read state and retention (issue 14): read marks, receipts, unread counts
+# (core/readstate.c), background deletion of old history (core/retention.c).
+target_sources(chatcore PRIVATE core/readstate.c core/retention.c)
