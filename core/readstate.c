@@ -522,7 +522,7 @@ int readstate_unread(const char *user, readstate_unread_cb cb, void *ud)
     q->cb = cb;
     q->ud = ud;
     const char *p[1] = {user};
-    if (store_query(R.store, STORE_SQL_UNREAD, 1, p, on_unread, q) < 0) { free(q); return -1; }
+    if (store_query_named(R.store, STORE_STMT_UNREAD, STORE_SQL_UNREAD, 1, p, on_unread, q) < 0) { free(q); return -1; }
     return 0;
 }
 

@@ -40,7 +40,8 @@
 
 enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
 enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP_PREP_INSERT,
-       OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD, OP_QUERY };
+       OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD, OP_QUERY, OP_PREP_QUERY };
+#define QUERY_PREPARED_MAX 16   /* named statements of store_query per connection */
 enum { Q_RANGE = 0, Q_HEAD, Q_QUERY };
 
 /* One queued row; strings live in data[] after the struct. */
@@ -68,6 +69,7 @@ typedef struct rnode {
     int newest;
     char after[24], before[24], limit[16];
     const char *sql;
+    const char *name;       /* Q_QUERY: prepared under this name, or NULL */
     int nparams;
     const char **params;
     char room[];
@@ -94,6 +96,8 @@ struct store {
 
     int state, op;
     int ins_prepared;           /* STORE_STMT_INSERT_FULL exists on this connection */
+    const char *q_prepared[QUERY_PREPARED_MAX]; /* store_query names prepared on it */
+    int nq_prepared;
     uint64_t op_t0;
     PGresult *op_res;           /* last tuples result of the current op */
     int op_failed;
@@ -130,6 +134,7 @@ static void on_io(uv_poll_t *h, int status, int events);
 static void on_wake(uv_timer_t *t);
 static void on_guard(uv_timer_t *t);
 static void dispatch(store *s);
+static void sent(store *s, int op, int ok);
 
 /* ---------- small helpers ---------- */
 
@@ -209,6 +214,29 @@ static void teardown(store *s)
     if (s->pg) { PQfinish(s->pg); s->pg = NULL; }
     s->op = OP_NONE;
     s->ins_prepared = 0;
+    s->nq_prepared = 0;
+}
+
+static int query_prepared(const store *s, const char *name)
+{
+    for (int i = 0; i < s->nq_prepared; i++)
+        if (strcmp(s->q_prepared[i], name) == 0) return 1;
+    return 0;
+}
+
+/* Sends r_cur (a Q_QUERY): prepared first when it has a name this
+ * connection does not know yet (then again from op_done). */
+static void send_query(store *s)
+{
+    rnode *r = s->r_cur;
+    if (r->name && !query_prepared(s, r->name) && s->nq_prepared < QUERY_PREPARED_MAX) {
+        sent(s, OP_PREP_QUERY, PQsendPrepare(s->pg, r->name, r->sql, 0, NULL));
+        return;
+    }
+    if (r->name && query_prepared(s, r->name))
+        sent(s, OP_QUERY, PQsendQueryPrepared(s->pg, r->name, r->nparams, r->params, NULL, NULL, 0));
+    else
+        sent(s, OP_QUERY, PQsendQueryParams(s->pg, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0));
 }
 
 static void fail_ranges(store *s)
@@ -428,7 +456,7 @@ static void send_range(store *s)
         return;
     }
     if (r->kind == Q_QUERY) {
-        sent(s, OP_QUERY, PQsendQueryParams(s->pg, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0));
+        send_query(s);
         return;
     }
     const char *vals[4] = {r->room, r->after, r->before, r->limit};
@@ -724,6 +752,14 @@ static void op_done(store *s)
         }
         s->ins_prepared = 1;
         dispatch(s);
+    } else if (op == OP_PREP_QUERY) {
+        if (s->op_failed) {
+            if (PQstatus(s->pg) == CONNECTION_BAD) { reset_conn(s, s->op_err); return; }
+            query_done(s);   /* answers -1 (op_failed) */
+            return;
+        }
+        s->q_prepared[s->nq_prepared++] = s->r_cur->name;
+        send_query(s);
     } else if (op == OP_RANGE || op == OP_HEAD || op == OP_QUERY) {
         if (s->op_failed && PQstatus(s->pg) == CONNECTION_BAD) {
             reset_conn(s, s->op_err); /* fails r_cur too */
@@ -1020,6 +1056,12 @@ int store_head(store *s, const char *room, store_head_cb cb, void *ud)
 int store_query(store *s, const char *sql, int nparams, const char *const *params,
                 store_query_cb cb, void *ud)
 {
+    return store_query_named(s, NULL, sql, nparams, params, cb, ud);
+}
+
+int store_query_named(store *s, const char *name, const char *sql, int nparams,
+                      const char *const *params, store_query_cb cb, void *ud)
+{
     if (!s || s->dead || !sql || !cb || s->state != ST_READY || nparams < 0) return -1;
     if (s->r_len >= RANGE_QUEUE_MAX) return -1;
     size_t need = 0;
@@ -1037,6 +1079,7 @@ int store_query(store *s, const char *sql, int nparams, const char *const *param
     r->qcb = cb;
     r->ud = ud;
     r->sql = sql;
+    r->name = name;
     r->nparams = nparams;
     r->params = (const char **)(void *)r->room;
     char *p = r->room + ptrs;

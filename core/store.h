@@ -87,6 +87,11 @@ typedef struct store_result store_result;
 typedef void (*store_query_cb)(void *ud, int status, const store_result *res);
 int store_query(store *s, const char *sql, int nparams, const char *const *params,
                 store_query_cb cb, void *ud);
+/* The same, prepared once per connection under name (a string literal,
+ * "chatd_..."; at most 16 names) and then executed by name: no parsing or
+ * planning per call (a generic plan). */
+int store_query_named(store *s, const char *name, const char *sql, int nparams,
+                      const char *const *params, store_query_cb cb, void *ud);
 int store_result_rows(const store_result *res);
 /* The text of (row, col); NULL for SQL NULL or out of range. */
 const char *store_result_value(const store_result *res, int row, int col);

@@ -94,18 +94,27 @@ int store_schema_version(void);
     "LEFT JOIN rooms ro ON ro.room = v.r ORDER BY v.i"
 
 /* GET /rooms/unread: $1 user. One row per room the user has a read state
- * in: room, seq (the durable head), read_seq, unread = the messages above
+ * in: room, seq (the room's head: the highest of rooms.head, the read seq
+ * and the stored seqs above it), read_seq, unread = the messages above
  * read_seq (and above what retention removes) not written by the user.
- * Exact: counted from the rows themselves, in one snapshot. (With message
- * updates stored in `messages`, add "AND kind = 'message' AND NOT deleted";
- * docs/storage.md "Unread counts".) */
+ * Exact: counted from the rows themselves, in one snapshot, by ONE
+ * index-only scan per room of messages_unread (room, seq) INCLUDE (user_id)
+ * from read_seq up, which also yields the head (docs/storage.md "Unread
+ * counts": plan and benchmark). The rooms row is a LATERAL subquery with
+ * OFFSET 0 so that it stays one primary-key lookup per room (joined, the
+ * planner may hash the whole rooms table). Prepared once per connection
+ * (STORE_STMT_UNREAD). (With message updates stored in `messages`, add
+ * "AND kind = 'message' AND NOT deleted" to the count's FILTER and make the
+ * index partial the same way.) */
 #define STORE_SQL_UNREAD \
-    "SELECT rs.room, GREATEST(coalesce(ro.head, 0), " \
-    "coalesce((SELECT max(m.seq) FROM messages m WHERE m.room = rs.room), 0)), rs.read_seq, " \
-    "(SELECT count(*) FROM messages m WHERE m.room = rs.room " \
-    "AND m.seq > GREATEST(rs.read_seq, coalesce(ro.kept_from, 0) - 1) AND m.user_id <> $1) " \
-    "FROM read_state rs LEFT JOIN rooms ro ON ro.room = rs.room " \
+    "SELECT rs.room, GREATEST(coalesce(ro.head, 0), rs.read_seq, coalesce(c.top, 0)), " \
+    "rs.read_seq, c.unread FROM read_state rs " \
+    "LEFT JOIN LATERAL (SELECT head, kept_from FROM rooms WHERE rooms.room = rs.room OFFSET 0) ro ON true " \
+    "CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE m.user_id <> $1) AS unread, max(m.seq) AS top " \
+    "FROM messages m WHERE m.room = rs.room " \
+    "AND m.seq > GREATEST(rs.read_seq, coalesce(ro.kept_from, 0) - 1)) c " \
     "WHERE rs.user_id = $1 ORDER BY rs.room"
+#define STORE_STMT_UNREAD "chatd_unread"
 
 /* ---- retention (core/retention.c, through store_query) ------------------
  * One pass at a time across nodes: a session-level advisory lock. */
