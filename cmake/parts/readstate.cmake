@@ -3,3 +3,4 @@
 target_sources(chatcore PRIVATE core/readstate.c core/retention.c)
 add_executable(bench_unread loadtest/bench_unread.c)
 target_link_libraries(bench_unread PRIVATE chatcore)
+chatd_unit_test(test_readstate)
