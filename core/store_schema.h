@@ -24,9 +24,12 @@ int store_schema_version(void);
 /* Paging statements, parameters: $1 room, $2 after (exclusive), $3 before
  * (exclusive), $4 limit. Columns: seq, client_id, user_id, name, body, ts.
  * Rows below the room's kept_from (retention: being deleted) are never
- * returned, so history and recovery stop at the oldest kept message. */
+ * returned, so history and recovery stop at the oldest kept message. The
+ * kept_from test is a filter on purpose ("seq + 0" is not an index
+ * condition): as a third bound on seq with an unknown value the planner
+ * estimated a few rows and chose a bitmap scan plus a sort over the room. */
 #define STORE_SQL_KEPT \
-    "AND seq >= coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0) "
+    "AND seq + 0 >= coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0) "
 #define STORE_SQL_RANGE_DESC \
     "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
     "WHERE room = $1 AND seq > $2 AND seq < $3 " STORE_SQL_KEPT "ORDER BY seq DESC LIMIT $4"

@@ -315,6 +315,18 @@ static void hcb(void *ud, int status, uint64_t max, const char *epoch)
     c->max = max;
 }
 
+static int rg_calls, rg_status;
+static size_t rg_n;
+static uint64_t rg_first, rg_last;
+static void rgcb(void *ud, int status, const store_row *rows, size_t n)
+{
+    rg_calls++;
+    rg_status = status;
+    rg_n = n;
+    rg_first = n ? rows[0].seq : 0;
+    rg_last = n ? rows[n - 1].seq : 0;
+}
+
 static int run_q(const char *sql, int n, const char **p, qctx *c)
 {
     memset(c, 0, sizeof *c);
@@ -337,6 +349,14 @@ static void test_retention_sql(void)
     CHECK(qint("SELECT head FROM rooms WHERE room='rt'") == 20);
     /* reads stop at kept_from at once, before any row is deleted */
     CHECK(qint("SELECT count(*) FROM messages WHERE room='rt'") == 20);
+    rg_calls = 0;
+    CHECK(store_range(S, "rt", 0, UINT64_MAX, 100, 1, rgcb, NULL) == 0);
+    WAIT(rg_calls, 5000);
+    CHECK(rg_status == 0 && rg_n == 8 && rg_first == 13 && rg_last == 20);
+    rg_calls = 0;
+    CHECK(store_range(S, "rt", 5, UINT64_MAX, 100, 0, rgcb, NULL) == 0);  /* recovery since=5 */
+    WAIT(rg_calls, 5000);
+    CHECK(rg_status == 0 && rg_n == 8 && rg_first == 13);
     /* a DELETE batch: [1, 6) */
     const char *del[3] = {"rt", "1", "6"};
     CHECK(run_q(STORE_SQL_RETENTION_DELETE, 3, del, &c) == 0);
