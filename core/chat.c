@@ -8,6 +8,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "publish.h"
+#include "readstate.h"
 #include "server.h"
 #include "util.h"
 #include <inttypes.h>
@@ -20,8 +21,9 @@ static void process_frame(conn *c, const char *data, size_t len);
 
 void chat_init(void)
 {
-    static const char *types[] = {"invalid", "message", "typing", "heartbeat", "join", "leave", "refresh"};
-    for (int i = 0; i < 7; i++) {
+    static const char *types[] = {"invalid", "message", "typing", "heartbeat", "join", "leave", "refresh",
+                                  "read"};
+    for (int i = 0; i < 8; i++) {
         char l[48];
         snprintf(l, sizeof l, "type=\"%s\"", types[i]);
         m_frames[i] = metrics_counter("chat_frames_in_total", "Client frames received, by type", l);
@@ -84,6 +86,7 @@ void chat_conn_closed(conn *c)
     chat_hold_conn_closed(c);
     while (c->nrooms) chat_leave(c, c->nrooms - 1);
     publish_owner_drop(&c->pubs); /* they complete (durability), unanswered */
+    readstate_drop(c);            /* read marks too */
     script_ctx x;
     chat_script_ctx(c, NULL, &x);
     script_on_disconnect(g_srv.script, &x);
@@ -208,6 +211,65 @@ static void handle_typing(conn *c, client_frame *f)
     bus_emit(g_srv.bus, room, "typing", b, o);
 }
 
+/* ---- read: read state (protocol.md "Read state and unread counts") ------- */
+
+static void on_read_stored(void *ud, int status, uint64_t stored);
+
+/* The answer of a read mark: room and connection (the connection is alive:
+ * readstate_drop(c) at close cancels the callback). */
+typedef struct read_wait { conn *c; char room[CHAT_ROOM_MAX + 1]; } read_wait;
+
+static void on_read_stored(void *ud, int status, uint64_t stored)
+{
+    read_wait *w = ud;
+    if (status == 0) {
+        char b[160];
+        int n = snprintf(b, sizeof b, "{\"type\":\"read_ack\",\"room\":\"%s\",\"seq\":%" PRIu64 "}",
+                         w->room, stored);
+        conn_send_text(w->c, b, (size_t)n);
+    } else {
+        chat_send_room_error(w->c, w->room, "unavailable", "read state not stored; send read again");
+    }
+    free(w);
+}
+
+/* {"type":"read","room","seq"}: the user read the room up to seq. A member
+ * only; a seq beyond what the room has delivered to this connection (its
+ * head as the connection knows it) is clamped to it (docs/architecture.md
+ * "Choices"). Stored (batched, monotonic) before read_ack; receipts per
+ * policy: M.config.read_receipts (default true) and on_read(ctx, {seq}). */
+static void handle_read(conn *c, client_frame *f)
+{
+    char room[CHAT_ROOM_MAX + 1];
+    frame_room(c, f, room);
+    conn_room *cr = conn_find_room(c, room);
+    if (!cr) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
+    if (!readstate_ready()) {
+        chat_send_room_error(c, room, "unavailable",
+                             g_srv.store ? "read state store unavailable; send read again"
+                                         : "read state needs a database (CHAT_DATABASE_URL)");
+        return;
+    }
+    uint64_t seq = f->seq < cr->last_seq ? f->seq : cr->last_seq;
+    int receipt = script_setting(g_srv.script, "read_receipts", 1) != 0;
+    if (receipt) {
+        script_ctx x;
+        chat_script_ctx(c, room, &x);
+        script_result res;
+        memset(&res, 0, sizeof res);
+        receipt = script_on_read(g_srv.script, &x, seq, &res) != SCRIPT_REJECT;
+        script_result_clear(&res);
+    }
+    read_wait *w = malloc(sizeof *w);
+    if (!w) { chat_send_room_error(c, room, "unavailable", "out of memory"); return; }
+    w->c = c;
+    snprintf(w->room, sizeof w->room, "%s", room);
+    if (readstate_mark(c->ident.user, c->ident.name, room, seq, receipt, c, on_read_stored, w) < 0) {
+        free(w);
+        chat_send_room_error(c, room, "unavailable", "read state store unavailable; send read again");
+    }
+}
+
 static void handle_refresh(conn *c, client_frame *f)
 {
     char *tok = strndup(f->token, f->token_len);
@@ -242,7 +304,7 @@ static void process_frame(conn *c, const char *data, size_t len)
         free(eid);
         return;
     }
-    if (f.type >= 1 && f.type <= 6) metric_inc(m_frames[f.type]);
+    if (f.type >= 1 && f.type <= 7) metric_inc(m_frames[f.type]);
     char room[CHAT_ROOM_MAX + 1] = "";
     if (f.room) { memcpy(room, f.room, f.room_len); room[f.room_len] = 0; }
     switch (f.type) {
@@ -283,6 +345,7 @@ static void process_frame(conn *c, const char *data, size_t len)
         break;
     }
     case FT_REFRESH: handle_refresh(c, &f); break;
+    case FT_READ: handle_read(c, &f); break;
     }
     frame_free(&f);
 }

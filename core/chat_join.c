@@ -10,6 +10,7 @@
 #include "chat_join.h"
 #include "chat_hold.h"
 #include "log.h"
+#include "readstate.h"
 #include "server.h"
 #include "util.h"
 #include "wire.h"
@@ -32,6 +33,15 @@ typedef struct join_op {
     int checked;            /* since/epoch compared with the room's head */
     char epoch[BUS_EPOCH_MAX + 1];        /* the room's, "" when unknown */
     char want_epoch[BUS_EPOCH_MAX + 1];   /* the client's (with since), "" when none */
+    /* read state (readstate.c): the user's read_seq and the room's oldest
+     * kept seq, looked up in parallel with the replay; welcome / the join
+     * answer wait for it */
+    int refs;               /* the replay chain + a pending lookup */
+    int rs_pending;         /* lookup not answered yet */
+    int rs_known;           /* read_seq below is known (else left out) */
+    int stage2_waiting;     /* the replay finished first: stage 2 runs on the answer */
+    uint64_t read_seq, kept_from;
+    uint64_t since0;        /* the client's since (op->since moves while replaying) */
 } join_op;
 
 void chat_script_ctx(conn *c, const char *room, script_ctx *x)
@@ -51,6 +61,19 @@ static void join_op_free(join_op *op)
     for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
     free(op->msgs);
     free(op);
+}
+
+/* Drops one reference (the replay chain's or the lookup's). */
+static void op_release(join_op *op)
+{
+    if (--op->refs <= 0) join_op_free(op);
+}
+
+/* ", \"read_seq\":N" when known, else "" */
+static void read_seq_field(char *b, size_t n, const join_op *op)
+{
+    if (op->rs_known) snprintf(b, n, ",\"read_seq\":%" PRIu64, op->read_seq);
+    else b[0] = 0;
 }
 
 static void op_push(join_op *op, msg *m)
@@ -84,12 +107,12 @@ void chat_send_room_error(conn *c, const char *room, const char *code, const cha
 }
 
 static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head,
-                                const char *epoch)
+                                const char *epoch, const char *rs)
 {
     char head_json[768], ep[BUS_EPOCH_MAX * 6 + 16];
     wire_epoch_field(ep, sizeof ep, epoch);
-    snprintf(head_json, sizeof head_json, "{\"type\":\"presence_state\",\"room\":\"%s\",\"seq\":%" PRIu64 "%s,",
-             cr->r->name, head, ep);
+    snprintf(head_json, sizeof head_json, "{\"type\":\"presence_state\",\"room\":\"%s\",\"seq\":%" PRIu64 "%s%s,",
+             cr->r->name, head, ep, rs);
     size_t len;
     char *b = wire_users_json(head_json, u, n, &len);
     if (!b) return;
@@ -100,10 +123,15 @@ static void send_presence_state(conn_room *cr, const presence_user *u, size_t n,
 static void join_finish(join_op *op, const presence_user *u, size_t n)
 {
     conn_room *cr = op->cr;
-    send_presence_state(cr, u, n, op->head, op->epoch);
+    char rs[48];
+    read_seq_field(rs, sizeof rs, op);
+    send_presence_state(cr, u, n, op->head, op->epoch, rs);
     if (op->gap == 2)
         chat_send_room_error(cr->c, cr->r->name, "gap_too_large",
                         "since is not a seq of this room's current epoch; page history over HTTP");
+    else if (op->gap == 3)
+        chat_send_room_error(cr->c, cr->r->name, "gap_too_large",
+                        "messages after since were deleted (history retention); page history over HTTP");
     else if (op->gap)
         chat_send_room_error(cr->c, cr->r->name, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP");
     if (op->unavailable) conn_send_error(cr->c, "unavailable", "recovery is unavailable right now", NULL);
@@ -117,18 +145,18 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     cr->nheld = cr->capheld = 0;
     cr->live = 1;
     cr->op = NULL;
-    join_op_free(op);
+    op_release(op);
     chat_hold_join_done(cr->c);
 }
 
 static void on_presence_list(void *ud, int status, const presence_user *u, size_t n)
 {
     join_op *op = ud;
-    if (!op->cr) { join_op_free(op); return; }
+    if (!op->cr) { op_release(op); return; }
     join_finish(op, status == 0 ? u : NULL, status == 0 ? n : 0);
 }
 
-static void send_welcome(conn *c, uint64_t head, const char *epoch)
+static void send_welcome(conn *c, uint64_t head, const char *epoch, const char *rs)
 {
     char b[1536], ep[BUS_EPOCH_MAX * 6 + 16];
     wire_epoch_field(ep, sizeof ep, epoch);
@@ -137,17 +165,27 @@ static void send_welcome(conn *c, uint64_t head, const char *epoch)
     memcpy(b + o, ",\"name\":", 8); o += 8;
     o += (size_t)json_escape(b + o, sizeof b - o, c->ident.name, strlen(c->ident.name));
     o += (size_t)snprintf(b + o, sizeof b - o,
-                          ",\"node\":\"%s\",\"room\":\"%s\",\"heartbeat_ms\":%lld,\"presence_ttl_ms\":%lld,\"seq\":%" PRIu64 "%s}",
+                          ",\"node\":\"%s\",\"room\":\"%s\",\"heartbeat_ms\":%lld,\"presence_ttl_ms\":%lld,\"seq\":%" PRIu64 "%s%s}",
                           g_srv.cfg.node_id, c->url_room, (long long)g_srv.heartbeat_ms,
-                          (long long)g_srv.presence_ttl_ms, head, ep);
+                          (long long)g_srv.presence_ttl_ms, head, ep, rs);
     conn_send_text(c, b, o);
 }
 
 static void join_stage2(join_op *op)
 {
     conn_room *cr = op->cr;
+    if (op->rs_pending) {   /* the read state lookup answers later */
+        op->stage2_waiting = 1;
+        return;
+    }
+    /* a since below the oldest kept message: those messages are gone
+     * (retention), also when the recent buffer still has some */
+    if (op->has_since && !op->gap && op->kept_from > 0 && op->since0 + 1 < op->kept_from)
+        op->gap = 3;
     if (!cr->c->welcomed && op->first) {
-        send_welcome(cr->c, op->head, op->epoch);
+        char rs[48];
+        read_seq_field(rs, sizeof rs, op);
+        send_welcome(cr->c, op->head, op->epoch, rs);
         cr->c->welcomed = 1;
     }
     /* live delivery starts after the head unless since was honoured (a
@@ -163,7 +201,7 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
 static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
 {
     join_op *op = ud;
-    if (!op->cr) { join_op_free(op); return; }
+    if (!op->cr) { op_release(op); return; }
     if (status < 0 || n == 0 || rows[0].seq != op->since + 1) {
         op->gap = status >= 0;
         op->unavailable = status < 0;
@@ -196,7 +234,7 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
                       const char *epoch)
 {
     join_op *op = ud;
-    if (!op->cr) { join_op_free(op); return; }
+    if (!op->cr) { op_release(op); return; }
     if (head > op->head) op->head = head;
     if (status >= 0 && epoch && *epoch) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
     if (status >= 0 && !op->checked && op->has_since) {
@@ -226,6 +264,40 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
         op->unavailable = op->has_since;
     }
     join_stage2(op);
+}
+
+/* The user's read_seq and the room's oldest kept seq, in parallel with
+ * the replay (readstate.c batches the lookups of many joins). */
+static void on_read_lookup(void *ud, int status, uint64_t read_seq, uint64_t kept_from)
+{
+    join_op *op = ud;
+    op->rs_pending = 0;
+    if (op->cr) {
+        if (status == 0) {
+            op->rs_known = 1;
+            op->read_seq = read_seq;
+            op->kept_from = kept_from;
+        }
+        if (op->stage2_waiting) {
+            op->stage2_waiting = 0;
+            join_stage2(op);
+        }
+    }
+    op_release(op);
+}
+
+static void start_read_lookup(conn *c, join_op *op)
+{
+    if (!g_srv.store) {             /* no database: nothing was ever read */
+        op->rs_known = 1;
+        return;
+    }
+    op->rs_pending = 1;
+    op->refs++;
+    if (readstate_lookup(c->ident.user, op->cr->r->name, on_read_lookup, op) < 0) {
+        op->rs_pending = 0;         /* store not ready: read_seq left out */
+        op->refs--;
+    }
 }
 
 int chat_join(conn *c, const char *name, int has_since, uint64_t since, const char *epoch,
@@ -265,7 +337,9 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     op->cr = cr;
     op->first = first;
     op->has_since = has_since;
-    op->since = since;
+    op->since = op->since0 = since;
+    op->refs = 1;
+    start_read_lookup(c, op);
     if (has_since && epoch) snprintf(op->want_epoch, sizeof op->want_epoch, "%s", epoch);
     if (bus_replay(g_srv.bus, r->name, has_since ? since : UINT64_MAX, (size_t)g_srv.cfg.replay_max,
                    on_replay, op) < 0) {

@@ -41,6 +41,11 @@ static const opt OPTS[] = {
     {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node"},
     {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL"},
     {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1"},
+    {"--read-batch-ms", "CHAT_READ_BATCH_MS", K_INT, O(read_batch_ms), "5", "read state: wait (ms) for more read marks before one batched write"},
+    {"--read-lookup-timeout-ms", "CHAT_READ_LOOKUP_TIMEOUT_MS", K_INT, O(read_lookup_timeout_ms), "2000", "a join waits this long for its read_seq (then goes on without it)"},
+    {"--retention-interval-ms", "CHAT_RETENTION_INTERVAL_MS", K_INT, O(retention_interval_ms), "60000", "history retention: time between the starts of two passes"},
+    {"--retention-batch", "CHAT_RETENTION_BATCH", K_INT, O(retention_batch), "500", "history retention: most rows deleted per statement"},
+    {"--retention-batch-ms", "CHAT_RETENTION_BATCH_MS", K_INT, O(retention_batch_ms), "100", "history retention: pause (ms) between two statements of a pass"},
     {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)"},
     {"--max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", K_INT, O(max_conns_per_ip), "1000", "WebSocket connections per client IP on this node; more get HTTP 429 (0: unlimited)"},
     {"--max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", K_INT, O(max_conns_per_user), "32", "WebSocket connections per user (JWT sub) on this node; more get HTTP 429 (0: unlimited)"},
@@ -156,6 +161,10 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
         return -1;
     }
     if (c->replay_max < 1) c->replay_max = 1;
+    if (c->read_batch_ms < 1) c->read_batch_ms = 1;
+    if (c->read_lookup_timeout_ms < 10) c->read_lookup_timeout_ms = 10;
+    if (c->retention_interval_ms < 100) c->retention_interval_ms = 100;
+    if (c->retention_batch < 1) c->retention_batch = 1;
     if (c->backfill_grace_ms < 100) c->backfill_grace_ms = 100;
     if (c->backfill_grace_ms > 3600000) c->backfill_grace_ms = 3600000;
     return 0;

@@ -70,6 +70,7 @@ static int get_room(json_t *o, client_frame *f, int required, const char *tname,
 static const struct { const char *name; frame_type t; } TYPES[] = {
     {"message", FT_MESSAGE}, {"typing", FT_TYPING}, {"heartbeat", FT_HEARTBEAT},
     {"join", FT_JOIN},       {"leave", FT_LEAVE},   {"refresh", FT_REFRESH},
+    {"read", FT_READ},
 };
 
 /* Copies at most 32 bytes of an unknown type name, printable ASCII only,
@@ -141,6 +142,14 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
         if (get_str(root, "token", 0, &out->token, &out->token_len) != F_OK || out->token_len == 0)
             return fail(code, msg, msglen, "refresh needs a string token");
         return 0;
+    case FT_READ: {
+        /* room optional (the URL's), like message and typing */
+        json_t *seq = json_object_get(root, "seq");
+        if (!json_is_integer(seq) || json_integer_value(seq) < 0)
+            return fail(code, msg, msglen, "read needs seq, a non-negative integer");
+        out->seq = (uint64_t)json_integer_value(seq);
+        return get_room(root, out, 0, "read", code, msg, msglen);
+    }
     }
     return fail(code, msg, msglen, "unknown type");
 }

@@ -8,7 +8,8 @@
 #include <stdint.h>
 
 typedef enum {
-    FT_MESSAGE = 1, FT_TYPING, FT_HEARTBEAT, FT_JOIN, FT_LEAVE, FT_REFRESH
+    FT_MESSAGE = 1, FT_TYPING, FT_HEARTBEAT, FT_JOIN, FT_LEAVE, FT_REFRESH,
+    FT_READ                                   /* read state (v2) */
 } frame_type;
 
 #define FRAME_ID_MAX 64
@@ -21,6 +22,7 @@ typedef struct client_frame {
     const char *id;    size_t id_len;     /* message: optional, 1..64 chars */
     const char *token; size_t token_len;  /* refresh: required */
     int has_since;     uint64_t since;    /* join: optional integer >= 0 */
+    uint64_t seq;                         /* read: required integer >= 0 */
     const char *epoch; size_t epoch_len;  /* join: optional, 1..64 bytes (with since) */
     void *root_;                          /* private: jansson root */
 } client_frame;
@@ -28,7 +30,8 @@ typedef struct client_frame {
 /* 0 on success. -1 on error: code gets "bad_request" (invalid JSON, not an
  * object, missing/invalid "type", missing or wrongly typed field, invalid room
  * name, id too long, since not a non-negative integer, epoch not a string
- * of 1-64 bytes, a body containing U+0000) and msg a short
+ * of 1-64 bytes, a body containing U+0000, a read without a non-negative
+ * integer seq) and msg a short
  * human-readable reason, e.g. "invalid JSON", "unknown type 'foo'",
  * "message needs a string body", "invalid room name". When the frame had a
  * string "id", *id_out (if not NULL) gets a malloc'd copy so the error can

@@ -5,6 +5,7 @@
 #include "wire.h"
 #include "log.h"
 #include "metrics.h"
+#include "readstate.h"
 #include "server.h"
 #include "util.h"
 #include <inttypes.h>
@@ -294,6 +295,42 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     return 0;
 }
 
+/* ---- GET /rooms/unread: the token's user's unread counts -------------- */
+
+static void on_unread(void *ud, int status, char *json, size_t len)
+{
+    http_req *r = ud;
+    if (status < 0) {
+        const char *e = "{\"error\":\"read state store unavailable\"}";
+        req_finish(r, 503, strdup(e), strlen(e));
+        return;
+    }
+    req_finish(r, 200, json, len);
+}
+
+static int route_unread(struct lws *wsi, http_req **slot)
+{
+    identity id;
+    int ret;
+    if (require_auth(wsi, &id, &ret) < 0) return ret;
+    if (!g_srv.store) {
+        identity_clear(&id);
+        return reply_json_error(wsi, 503, "read state is disabled: chatd runs without CHAT_DATABASE_URL");
+    }
+    http_req *r = calloc(1, sizeof *r);
+    if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
+    r->wsi = wsi;
+    *slot = r;
+    int rc = readstate_unread(id.user, on_unread, r);
+    identity_clear(&id);
+    if (rc < 0) {
+        *slot = NULL;
+        free(r);
+        return reply_json_error(wsi, 503, "read state store unavailable");
+    }
+    return 0;
+}
+
 static int route_dev_token(struct lws *wsi)
 {
     if (!g_srv.cfg.dev_tokens) return reply_text(wsi, 404, "not found");
@@ -381,6 +418,7 @@ int http_handle(struct lws *wsi, const char *uri, http_req **slot)
         free(m);
         return ret;
     }
+    if (!strcmp(uri, "/rooms/unread")) return route_unread(wsi, slot);
     if (!strncmp(uri, "/rooms/", 7)) return route_room(wsi, uri + 7, slot);
     if (!strcmp(uri, "/dev/token")) return route_dev_token(wsi);
     if (!strncmp(uri, "/ws/", 4)) return reply_text(wsi, 400, "WebSocket upgrade required");

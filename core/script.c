@@ -39,11 +39,15 @@
 #define MODULE_MAX_BYTES (1u << 20)
 #define RL_MAX_KEYS 100000
 
-enum { H_CONNECT, H_JOIN, H_LEAVE, H_MESSAGE, H_TYPING, H_PRESENCE, H_HISTORY, H_DISCONNECT, H_N };
+enum { H_CONNECT, H_JOIN, H_LEAVE, H_MESSAGE, H_TYPING, H_PRESENCE, H_HISTORY, H_DISCONNECT,
+       H_READ, H_RETENTION, H_N };
 static const char *const HOOK_NAMES[H_N] = {
     "on_connect", "on_join", "on_leave", "on_message",
-    "on_typing", "on_presence", "on_history", "on_disconnect"};
-static const int HOOK_NOTIFY[H_N] = {0, 0, 1, 0, 0, 0, 0, 1};
+    "on_typing", "on_presence", "on_history", "on_disconnect",
+    "on_read", "on_retention"};
+/* notification hooks: errors are logged, nothing is refused. on_retention
+ * is a query (it returns days), handled apart from the verdict hooks. */
+static const int HOOK_NOTIFY[H_N] = {0, 0, 1, 0, 0, 0, 0, 1, 0, 0};
 
 /* Permission bits: where a chat.* call may be made (docs/scripting.md). */
 #define P_LOAD     (1u << 0)
@@ -51,8 +55,10 @@ static const int HOOK_NOTIFY[H_N] = {0, 0, 1, 0, 0, 0, 0, 1};
 #define P_HOOK(i)  (1u << (2 + (i)))
 #define P_NOTIFY   (P_HOOK(H_LEAVE) | P_HOOK(H_DISCONNECT))
 #define P_VALIDATE (P_HOOK(H_CONNECT) | P_HOOK(H_JOIN) | P_HOOK(H_MESSAGE) | P_HOOK(H_TYPING) | \
-                    P_HOOK(H_PRESENCE) | P_HOOK(H_HISTORY))
-#define P_HOOKS    (P_VALIDATE | P_NOTIFY)
+                    P_HOOK(H_PRESENCE) | P_HOOK(H_HISTORY) | P_HOOK(H_READ))
+/* on_retention runs in the background pass, for no user: no rate limits */
+#define P_QUERY    (P_HOOK(H_RETENTION))
+#define P_HOOKS    (P_VALIDATE | P_NOTIFY | P_QUERY)
 #define P_ANY      (P_LOAD | P_SELFTEST | P_HOOKS)
 
 /* Sandbox allow-list (docs/scripting.md lists it; spec/01-unit/05-sandbox_spec.lua
@@ -134,6 +140,7 @@ typedef struct call_spec {
     const char *a1; size_t a1len;  /* message body / presence event */
     const char *a2; size_t a2len;  /* message id / presence user */
     const char *a3; size_t a3len;  /* presence name */
+    uint64_t num;                  /* on_read: the seq */
 } call_spec;
 
 static script_host *g_running;  /* host whose script_call is on the C stack */
@@ -194,7 +201,8 @@ static const char *phase_name(const script_host *h)
     case OP_HOOK: {
         static const char *const in_hook[H_N] = {
             "in on_connect", "in on_join", "in on_leave", "in on_message",
-            "in on_typing", "in on_presence", "in on_history", "in on_disconnect"};
+            "in on_typing", "in on_presence", "in on_history", "in on_disconnect",
+            "in on_read", "in on_retention"};
         return h->hook >= 0 ? in_hook[h->hook] : "here";
     }
     default: return "here";
@@ -689,6 +697,11 @@ static void op_load(lua_State *L, lstate *s)
             lua_replace(L, -2);
             t = lua_type(L, -1);
         }
+        if (strcmp(k, "history_days") == 0 &&
+            (t != LUA_TNUMBER || !(lua_tonumber(L, -1) >= 0) || lua_tonumber(L, -1) >= 1e9))
+            luaL_error(L, "policy.lua: config.history_days must be a number of days >= 0 (0 keeps forever)");
+        if (strcmp(k, "read_receipts") == 0 && t != LUA_TBOOLEAN)
+            luaL_error(L, "policy.lua: config.read_receipts must be true or false");
         if (is_int_key(k)) {
             double v = lua_tonumber(L, -1);
             if (t != LUA_TNUMBER || v != (double)(int64_t)v || v <= 0 || v > 1e12)
@@ -745,6 +758,10 @@ static int op_hook(lua_State *L, const call_spec *cs)
     lua_getfield(L, -1, HOOK_NAMES[cs->hook]);
     if (!lua_isfunction(L, -1)) return 0;
     const script_ctx *c = cs->ctx;
+    if (cs->hook == H_RETENTION) {   /* on_retention(room, ctx) */
+        if (c && c->room) lua_pushstring(L, c->room);
+        else lua_pushnil(L);
+    }
     lua_createtable(L, 0, 6);
     if (c) {
         if (c->user) set_str(L, "user", c->user, strlen(c->user));
@@ -766,7 +783,7 @@ static int op_hook(lua_State *L, const call_spec *cs)
         lua_newtable(L);
     }
     lua_setfield(L, -2, "claims");
-    int nargs = 1;
+    int nargs = cs->hook == H_RETENTION ? 2 : 1;
     if (cs->hook == H_MESSAGE) {
         lua_createtable(L, 0, 2);
         set_str(L, "body", cs->a1 ? cs->a1 : "", cs->a1 ? cs->a1len : 0);
@@ -777,6 +794,11 @@ static int op_hook(lua_State *L, const call_spec *cs)
         set_str(L, "event", cs->a1, cs->a1len);
         set_str(L, "user", cs->a2, cs->a2len);
         set_str(L, "name", cs->a3, cs->a3len);
+        nargs = 2;
+    } else if (cs->hook == H_READ) {
+        lua_createtable(L, 0, 1);
+        lua_pushnumber(L, (double)cs->num);
+        lua_setfield(L, -2, "seq");
         nargs = 2;
     }
     lua_call(L, nargs, 3);
@@ -890,6 +912,25 @@ static int script_call(script_host *h, lstate *s, const call_spec *cs, script_re
                                               : "policy script failed");
         }
         rc = -1;
+    } else if (cs->op == OP_HOOK && res && cs->hook == H_RETENTION) {
+        /* a query: nil (the config's history_days) or days >= 0 */
+        int t1 = lua_type(L, 2);
+        double d = t1 == LUA_TNUMBER ? lua_tonumber(L, 2) : 0;
+        if (t1 == LUA_TNIL) {
+            res->verdict = SCRIPT_ACCEPT;
+        } else if (t1 == LUA_TNUMBER && d >= 0 && d < 1e9) {
+            res->verdict = SCRIPT_ACCEPT;
+            res->has_number = 1;
+            res->number = d;
+        } else {
+            char m[128];
+            if (t1 == LUA_TNUMBER) snprintf(m, sizeof m, "returned %g (days >= 0 or nil expected)", d);
+            else snprintf(m, sizeof m, "returned a %s (days >= 0 or nil expected)", lua_typename(L, t1));
+            metric_inc(h->m_err[cs->hook]);
+            log_script_error(h, HOOK_NAMES[cs->hook], m);
+            set_reject(res, "script_error", "policy script failed");
+            rc = -1;
+        }
     } else if (cs->op == OP_HOOK && res) {
         int t1 = lua_type(L, 2);
         if (t1 == LUA_TNIL || (t1 == LUA_TBOOLEAN && lua_toboolean(L, 2))) {
@@ -1099,6 +1140,24 @@ int64_t script_setting(const script_host *h, const char *key, int64_t dflt)
     return dflt;
 }
 
+double script_setting_num(const script_host *h, const char *key, double dflt)
+{
+    double v;
+    if (h && cfg_get(h->cur, key, &v)) return v;
+    char en[96];
+    env_name(en, sizeof en, key);
+    if (parse_num(getenv(en), &v) == 0) return v;
+    return dflt;
+}
+
+int script_has_hook(const script_host *h, const char *hook)
+{
+    if (!h || !h->cur || !hook) return 0;
+    for (int i = 0; i < H_N; i++)
+        if (strcmp(HOOK_NAMES[i], hook) == 0) return h->cur->has_hook[i];
+    return 0;
+}
+
 void script_result_clear(script_result *res)
 {
     if (!res) return;
@@ -1126,8 +1185,9 @@ static void rebuild_if_broken(script_host *h)
             (unsigned long long)h->version);
 }
 
-static script_verdict run_hook(script_host *h, int hook, const script_ctx *c, const char *a1,
-                               size_t a1len, const char *a2, const char *a3, script_result *res)
+static script_verdict run_hook_n(script_host *h, int hook, const script_ctx *c, const char *a1,
+                                 size_t a1len, const char *a2, const char *a3, uint64_t num,
+                                 script_result *res)
 {
     script_result tmp;
     if (!res) res = &tmp;
@@ -1141,12 +1201,18 @@ static script_verdict run_hook(script_host *h, int hook, const script_ctx *c, co
     call_spec cs = {.op = OP_HOOK, .hook = hook, .ctx = c,
                     .a1 = a1, .a1len = a1len,
                     .a2 = a2, .a2len = a2 ? strlen(a2) : 0,
-                    .a3 = a3, .a3len = a3 ? strlen(a3) : 0};
+                    .a3 = a3, .a3len = a3 ? strlen(a3) : 0, .num = num};
     script_call(h, h->cur, &cs, res, NULL, 0);
     rebuild_if_broken(h);
     script_verdict v = res->verdict;
     if (res == &tmp) script_result_clear(&tmp);
     return v;
+}
+
+static script_verdict run_hook(script_host *h, int hook, const script_ctx *c, const char *a1,
+                               size_t a1len, const char *a2, const char *a3, script_result *res)
+{
+    return run_hook_n(h, hook, c, a1, a1len, a2, a3, 0, res);
 }
 
 script_verdict script_on_connect(script_host *h, const script_ctx *c, script_result *res)
@@ -1189,4 +1255,21 @@ script_verdict script_on_history(script_host *h, const script_ctx *c, script_res
 void script_on_disconnect(script_host *h, const script_ctx *c)
 {
     run_hook(h, H_DISCONNECT, c, NULL, 0, NULL, NULL, NULL);
+}
+
+/* ---- read state and retention (issue 14) ---- */
+
+script_verdict script_on_read(script_host *h, const script_ctx *c, uint64_t seq, script_result *res)
+{
+    return run_hook_n(h, H_READ, c, NULL, 0, NULL, NULL, seq, res);
+}
+
+int script_on_retention(script_host *h, const script_ctx *c, double *days)
+{
+    script_result res;
+    script_verdict v = run_hook_n(h, H_RETENTION, c, NULL, 0, NULL, NULL, 0, &res);
+    int r = v == SCRIPT_REJECT ? -1 : res.has_number ? 1 : 0;
+    if (r == 1 && days) *days = res.number;
+    script_result_clear(&res);
+    return r;
 }

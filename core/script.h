@@ -10,8 +10,9 @@
  *   SCRIPT_REPLACE - go ahead with res->body instead (on_message only)
  *   SCRIPT_REJECT  - refuse: res->code (e.g. "rejected", "rate_limited",
  *                    "forbidden") and res->reason (one line)
- * A validation hook (connect, join, message, typing, history, presence) that
- * errors or blows its budget -> SCRIPT_REJECT with code "script_error".
+ * A validation hook (connect, join, message, typing, history, presence, read)
+ * that errors or blows its budget -> SCRIPT_REJECT with code "script_error".
+ * on_retention is a query hook: it returns days (script_on_retention).
  * A notification hook (leave, disconnect) that errors is logged and counted. */
 #ifndef CHATD_SCRIPT_H
 #define CHATD_SCRIPT_H
@@ -37,6 +38,8 @@ typedef struct script_result {
     char reason[256];
     char *body;        /* malloc'd replacement body for SCRIPT_REPLACE */
     size_t body_len;
+    int has_number;    /* on_retention returned a number: */
+    double number;     /* ... the days */
 } script_result;
 
 /* Loads the .lua files of dir (main entry: dir/policy.lua, which may require sibling
@@ -69,6 +72,21 @@ script_verdict script_on_presence(script_host *h, const script_ctx *c, const cha
                                   const char *user, const char *name, script_result *res);
 script_verdict script_on_history(script_host *h, const script_ctx *c, script_result *res);
 void           script_on_disconnect(script_host *h, const script_ctx *c);
+
+/* Read receipts: on_read(ctx, {seq = N}) after a user read a room up to N;
+ * REJECT = no receipt to the other members for this read (the read itself
+ * is stored and acked). */
+script_verdict script_on_read(script_host *h, const script_ctx *c, uint64_t seq, script_result *res);
+/* Retention of c->room (c->user NULL): 1 with *days (>= 0; 0 = keep
+ * forever) when the policy's on_retention returned a number, 0 when it is
+ * absent or returned nil (the caller uses config history_days), -1 when it
+ * failed (error, budget, or a value that is not days >= 0: logged, counted;
+ * the caller keeps the room's history). */
+int script_on_retention(script_host *h, const script_ctx *c, double *days);
+/* script_setting for fractional values (history_days). */
+double script_setting_num(const script_host *h, const char *key, double dflt);
+/* 1 when the running policy defines M.<hook> (e.g. "on_retention"). */
+int script_has_hook(const script_host *h, const char *hook);
 
 void script_result_clear(script_result *res);
 

@@ -12,6 +12,8 @@
 #include "lag.h"
 #include "publish.h"
 #include "client_ip.h"
+#include "readstate.h"
+#include "retention.h"
 #include "conn.h"
 #include "connlimit.h"
 #include "listener.h"
@@ -141,6 +143,8 @@ static void stop_everything(void)
     wsread_shutdown();
     presence_free(g_srv.presence);
     g_srv.presence = NULL;
+    readstate_shutdown();      /* before the store: its statements then answer nobody */
+    retention_shutdown();
     if (g_srv.store) { store_free(g_srv.store); g_srv.store = NULL; }
     bus_free(g_srv.bus);
     g_srv.bus = NULL;
@@ -252,6 +256,12 @@ int server_run(int argc, char **argv)
         LOGW("server", "!!! NO CHAT_DATABASE_URL: messages are NOT stored; acks are not durable and history is off !!!");
     }
     publish_attach(g_srv.bus, g_srv.store, (size_t)g_srv.cfg.pending_max);
+    readstate_opts rso = {(int)g_srv.cfg.read_batch_ms, (int)g_srv.cfg.batch_max,
+                          (int)g_srv.cfg.read_lookup_timeout_ms};
+    readstate_init(g_srv.loop, g_srv.store, g_srv.bus, &rso);
+    retention_opts rto = {g_srv.cfg.retention_interval_ms, g_srv.cfg.retention_batch,
+                          g_srv.cfg.retention_batch_ms};
+    retention_init(g_srv.loop, g_srv.store, g_srv.script, &rto);
 
     presence_opts po = {g_srv.cfg.redis_url, g_srv.cfg.node_id, (uint32_t)g_srv.presence_ttl_ms, 0};
     presence_handlers ph = {chat_presence_transition};

@@ -40,8 +40,9 @@
 
 enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
 enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP_PREP_INSERT,
-       OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD };
-enum { Q_RANGE = 0, Q_HEAD };
+       OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD, OP_QUERY, OP_PREP_QUERY };
+#define QUERY_PREPARED_MAX 16   /* named statements of store_query per connection */
+enum { Q_RANGE = 0, Q_HEAD, Q_QUERY };
 
 /* One queued row; strings live in data[] after the struct. */
 typedef struct wnode {
@@ -55,15 +56,22 @@ typedef struct wnode {
     char data[];
 } wnode;
 
-/* One queued read: a history range (Q_RANGE) or a room head (Q_HEAD). */
+/* One queued read: a history range (Q_RANGE), a room head (Q_HEAD) or a
+ * statement of another module (Q_QUERY: sql and its parameters live in
+ * room[], after the room name's place). */
 typedef struct rnode {
     struct rnode *next;
     int kind;
     store_rows_cb cb;
     store_head_cb hcb;
+    store_query_cb qcb;
     void *ud;
     int newest;
     char after[24], before[24], limit[16];
+    const char *sql;
+    const char *name;       /* Q_QUERY: prepared under this name, or NULL */
+    int nparams;
+    const char **params;
     char room[];
 } rnode;
 
@@ -88,6 +96,8 @@ struct store {
 
     int state, op;
     int ins_prepared;           /* STORE_STMT_INSERT_FULL exists on this connection */
+    const char *q_prepared[QUERY_PREPARED_MAX]; /* store_query names prepared on it */
+    int nq_prepared;
     uint64_t op_t0;
     PGresult *op_res;           /* last tuples result of the current op */
     int op_failed;
@@ -112,7 +122,11 @@ struct store {
     metric_hist *m_batch_dur, *m_range_dur, *m_batch_rows;
     metric_gauge *m_pending;
     metric_counter *m_reconnects, *m_rows_written, *m_conflicts;
+    metric_hist *m_query_dur;
 };
+
+/* store_query keeps its parameter pointers at the start of room[] */
+_Static_assert(offsetof(rnode, room) % _Alignof(char *) == 0, "rnode.room must be pointer-aligned");
 
 static const double BATCH_ROW_BUCKETS[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000};
 
@@ -120,6 +134,7 @@ static void on_io(uv_poll_t *h, int status, int events);
 static void on_wake(uv_timer_t *t);
 static void on_guard(uv_timer_t *t);
 static void dispatch(store *s);
+static void sent(store *s, int op, int ok);
 
 /* ---------- small helpers ---------- */
 
@@ -199,6 +214,29 @@ static void teardown(store *s)
     if (s->pg) { PQfinish(s->pg); s->pg = NULL; }
     s->op = OP_NONE;
     s->ins_prepared = 0;
+    s->nq_prepared = 0;
+}
+
+static int query_prepared(const store *s, const char *name)
+{
+    for (int i = 0; i < s->nq_prepared; i++)
+        if (strcmp(s->q_prepared[i], name) == 0) return 1;
+    return 0;
+}
+
+/* Sends r_cur (a Q_QUERY): prepared first when it has a name this
+ * connection does not know yet (then again from op_done). */
+static void send_query(store *s)
+{
+    rnode *r = s->r_cur;
+    if (r->name && !query_prepared(s, r->name) && s->nq_prepared < QUERY_PREPARED_MAX) {
+        sent(s, OP_PREP_QUERY, PQsendPrepare(s->pg, r->name, r->sql, 0, NULL));
+        return;
+    }
+    if (r->name && query_prepared(s, r->name))
+        sent(s, OP_QUERY, PQsendQueryPrepared(s->pg, r->name, r->nparams, r->params, NULL, NULL, 0));
+    else
+        sent(s, OP_QUERY, PQsendQueryParams(s->pg, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0));
 }
 
 static void fail_ranges(store *s)
@@ -212,6 +250,7 @@ static void fail_ranges(store *s)
         rnode *r = list;
         list = r->next;
         if (r->kind == Q_HEAD) r->hcb(r->ud, -1, 0, NULL);
+        else if (r->kind == Q_QUERY) r->qcb(r->ud, -1, NULL);
         else r->cb(r->ud, -1, NULL, 0);
         free(r);
     }
@@ -416,6 +455,10 @@ static void send_range(store *s)
         sent(s, OP_HEAD, PQsendQueryPrepared(s->pg, STORE_STMT_HEAD, 1, hv, NULL, NULL, 0));
         return;
     }
+    if (r->kind == Q_QUERY) {
+        send_query(s);
+        return;
+    }
     const char *vals[4] = {r->room, r->after, r->before, r->limit};
     sent(s, OP_RANGE, PQsendQueryPrepared(s->pg, r->newest ? STORE_STMT_RANGE_DESC : STORE_STMT_RANGE_ASC,
                                           4, vals, NULL, NULL, 0));
@@ -577,6 +620,26 @@ static void head_done(store *s)
     if (!s->dead) dispatch(s);
 }
 
+/* The result of a store_query: handed to its callback as is. */
+static void query_done(store *s)
+{
+    rnode *r = s->r_cur;
+    s->r_cur = NULL;
+    metric_observe(s->m_query_dur, (double)(mono_ns() - s->op_t0) / 1e9);
+    PGresult *res = s->op_res;
+    s->op_res = NULL;
+    if (s->op_failed) {
+        LOGW(MOD, "query failed: %s", s->op_err);
+        if (res) PQclear(res);
+        r->qcb(r->ud, -1, NULL);
+    } else {
+        r->qcb(r->ud, 0, (const store_result *)res); /* NULL: a statement without rows */
+        if (res) PQclear(res);
+    }
+    free(r);
+    if (!s->dead) dispatch(s);
+}
+
 static void range_done(store *s)
 {
     rnode *r = s->r_cur;
@@ -689,12 +752,21 @@ static void op_done(store *s)
         }
         s->ins_prepared = 1;
         dispatch(s);
-    } else if (op == OP_RANGE || op == OP_HEAD) {
+    } else if (op == OP_PREP_QUERY) {
+        if (s->op_failed) {
+            if (PQstatus(s->pg) == CONNECTION_BAD) { reset_conn(s, s->op_err); return; }
+            query_done(s);   /* answers -1 (op_failed) */
+            return;
+        }
+        s->q_prepared[s->nq_prepared++] = s->r_cur->name;
+        send_query(s);
+    } else if (op == OP_RANGE || op == OP_HEAD || op == OP_QUERY) {
         if (s->op_failed && PQstatus(s->pg) == CONNECTION_BAD) {
             reset_conn(s, s->op_err); /* fails r_cur too */
             return;
         }
         if (op == OP_HEAD) head_done(s);
+        else if (op == OP_QUERY) query_done(s);
         else range_done(s);
     } else {
         setup_done(s, op);
@@ -816,6 +888,8 @@ store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen)
                                        "Duration of Postgres operations", "op=\"batch\"",
                                        METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
     s->m_range_dur = metrics_histogram("chat_pg_op_duration_seconds", NULL, "op=\"range\"",
+                                       METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
+    s->m_query_dur = metrics_histogram("chat_pg_op_duration_seconds", NULL, "op=\"query\"",
                                        METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
     s->m_batch_rows = metrics_histogram("chat_pg_batch_rows", "Rows per committed insert batch",
                                         NULL, BATCH_ROW_BUCKETS,
@@ -975,4 +1049,68 @@ int store_head(store *s, const char *room, store_head_cb cb, void *ud)
     s->r_len++;
     if (s->op == OP_NONE) wake_in(s, 0);
     return 0;
+}
+
+/* ---------- statements of other modules (read state, retention) ---------- */
+
+int store_query(store *s, const char *sql, int nparams, const char *const *params,
+                store_query_cb cb, void *ud)
+{
+    return store_query_named(s, NULL, sql, nparams, params, cb, ud);
+}
+
+int store_query_named(store *s, const char *name, const char *sql, int nparams,
+                      const char *const *params, store_query_cb cb, void *ud)
+{
+    if (!s || s->dead || !sql || !cb || s->state != ST_READY || nparams < 0) return -1;
+    if (s->r_len >= RANGE_QUEUE_MAX) return -1;
+    size_t need = 0;
+    for (int i = 0; i < nparams; i++) {
+        if (!params[i]) continue;
+        size_t l = strlen(params[i]);
+        if (!utf8_valid(params[i], l)) return -1;
+        need += l + 1;
+    }
+    /* rnode, then the parameter pointers, then their text */
+    size_t ptrs = (size_t)nparams * sizeof(char *);
+    rnode *r = calloc(1, sizeof *r + ptrs + need + 1);
+    if (!r) return -1;
+    r->kind = Q_QUERY;
+    r->qcb = cb;
+    r->ud = ud;
+    r->sql = sql;
+    r->name = name;
+    r->nparams = nparams;
+    r->params = (const char **)(void *)r->room;
+    char *p = r->room + ptrs;
+    for (int i = 0; i < nparams; i++) {
+        if (!params[i]) { r->params[i] = NULL; continue; }
+        size_t l = strlen(params[i]);
+        memcpy(p, params[i], l + 1);
+        r->params[i] = p;
+        p += l + 1;
+    }
+    if (s->r_tail) s->r_tail->next = r; else s->r_head = r;
+    s->r_tail = r;
+    s->r_len++;
+    if (s->op == OP_NONE) wake_in(s, 0);
+    return 0;
+}
+
+int store_result_rows(const store_result *r)
+{
+    return r ? PQntuples((const PGresult *)r) : 0;
+}
+
+const char *store_result_value(const store_result *r, int row, int col)
+{
+    const PGresult *res = (const PGresult *)r;
+    if (!res || row < 0 || col < 0 || row >= PQntuples(res) || col >= PQnfields(res)) return NULL;
+    if (PQgetisnull(res, row, col)) return NULL;
+    return PQgetvalue(res, row, col);
+}
+
+unsigned long store_conn_gen(const store *s)
+{
+    return s ? s->connects : 0;
 }

@@ -11,9 +11,12 @@
  *
  * Table messages(room text, seq bigint, client_id text, user_id text,
  * name text, body text, ts bigint /+ ms +/, PRIMARY KEY (room, seq)),
- * table rooms(room text PRIMARY KEY, epoch text, created_at) (the durable
- * head of a room: store_head). A row whose (room, seq) already holds
- * another row is never silently dropped: its callback gets -2 (conflict). */
+ * table rooms(room text PRIMARY KEY, epoch text, created_at, head, kept_from)
+ * (the durable head of a room: store_head; head is the highest seq recorded
+ * before rows were deleted, kept_from the lowest seq retention keeps: reads
+ * never return rows below it), table read_state(user_id, room, read_seq)
+ * (core/readstate.c). A row whose (room, seq) already holds another row is
+ * never silently dropped: its callback gets -2 (conflict). */
 #ifndef CHATD_STORE_H
 #define CHATD_STORE_H
 #include <stddef.h>
@@ -69,6 +72,32 @@ int store_range(store *s, const char *room, uint64_t after, uint64_t before,
  * reads; returns -1 without calling cb when the store is not ready. */
 typedef void (*store_head_cb)(void *ud, int status, uint64_t max_seq, const char *epoch);
 int store_head(store *s, const char *room, store_head_cb cb, void *ud);
+
+/* ---- statements of other modules (read state, retention) ----------------
+ * store_query runs one SQL statement (text with $1..$n, every parameter
+ * sent as text: cast in the SQL, e.g. $1::text[]; NULL = SQL NULL) in its
+ * own transaction, queued FIFO with the range reads. sql must stay valid
+ * until the callback (a string literal); the parameters are copied.
+ * cb(ud, 0, res): res holds the rows (NULL for a statement that returns
+ * none), valid during the callback only; cb(ud, -1, NULL) on any error
+ * (logged), when the connection is lost or the store freed. Returns -1
+ * without calling cb when the store is not ready, 10,000 reads are queued,
+ * or a parameter is not UTF-8 text. */
+typedef struct store_result store_result;
+typedef void (*store_query_cb)(void *ud, int status, const store_result *res);
+int store_query(store *s, const char *sql, int nparams, const char *const *params,
+                store_query_cb cb, void *ud);
+/* The same, prepared once per connection under name (a string literal,
+ * "chatd_..."; at most 16 names) and then executed by name: no parsing or
+ * planning per call (a generic plan). */
+int store_query_named(store *s, const char *name, const char *sql, int nparams,
+                      const char *const *params, store_query_cb cb, void *ud);
+int store_result_rows(const store_result *res);
+/* The text of (row, col); NULL for SQL NULL or out of range. */
+const char *store_result_value(const store_result *res, int row, int col);
+/* Changes every time the store opens a new connection: session state (an
+ * advisory lock) taken at one value is gone at another. */
+unsigned long store_conn_gen(const store *s);
 
 /* Calls cb(ud) once every queued and in-flight write has committed or failed
  * for good (SIGTERM drain). */

@@ -35,6 +35,27 @@ static const migration MIGRATIONS[] = {
      " room text PRIMARY KEY,"
      " epoch text NOT NULL,"
      " created_at timestamptz NOT NULL DEFAULT now());"},
+    /* (v3 is message updates, v5 the API's meta column: other branches.)
+     * Read state per (user, room); per room the head kept across deletions
+     * and the lowest seq retention keeps (docs/storage.md "Read state" and
+     * "Retention"); rooms of a version-1 database get their row here, so
+     * the retention pass (which walks `rooms`) sees every room. Existing
+     * messages are kept. */
+    {4, "read_state_retention",
+     "CREATE TABLE IF NOT EXISTS read_state ("
+     " user_id text NOT NULL,"
+     " room text NOT NULL,"
+     " read_seq bigint NOT NULL,"
+     " updated_at timestamptz NOT NULL DEFAULT now(),"
+     " PRIMARY KEY (user_id, room));"
+     "ALTER TABLE rooms ADD COLUMN IF NOT EXISTS head bigint NOT NULL DEFAULT 0;"
+     "ALTER TABLE rooms ADD COLUMN IF NOT EXISTS kept_from bigint NOT NULL DEFAULT 0;"
+     /* unread counts: an index-only scan per room (docs/storage.md; a big
+      * table can get it beforehand with CREATE INDEX CONCURRENTLY) */
+     "CREATE INDEX IF NOT EXISTS messages_unread ON messages (room, seq) INCLUDE (user_id);"
+     "INSERT INTO rooms (room, epoch)"
+     " SELECT room, substr(md5(gen_random_uuid()::text), 1, 16) FROM"
+     " (SELECT DISTINCT room FROM messages) d ON CONFLICT (room) DO NOTHING;"},
 };
 static const int NMIGRATIONS = sizeof MIGRATIONS / sizeof MIGRATIONS[0];
 

@@ -1,7 +1,10 @@
 /* store_schema: the Postgres schema of chatd and its versioned migrations,
- * plus the SQL text of the store's statements (shared with tests/benchmarks).
- * Owns: the migration list and the advisory lock key that serialises them.
- * Internal to the store module (core/store.c); not a public interface. */
+ * plus the SQL text of the store's statements (shared with tests/benchmarks)
+ * and of the statements the read state (core/readstate.c) and retention
+ * (core/retention.c) run through store_query, so that all SQL lives here.
+ * Owns: the migration list and the advisory lock keys (migrations,
+ * retention passes). Included by the store, readstate, retention, their
+ * tests and benchmarks only. */
 #ifndef CHATD_STORE_SCHEMA_H
 #define CHATD_STORE_SCHEMA_H
 
@@ -19,26 +22,35 @@ char *store_schema_upgrade_sql(int from, int *to);
 int store_schema_version(void);
 
 /* Paging statements, parameters: $1 room, $2 after (exclusive), $3 before
- * (exclusive), $4 limit. Columns: seq, client_id, user_id, name, body, ts. */
+ * (exclusive), $4 limit. Columns: seq, client_id, user_id, name, body, ts.
+ * Rows below the room's kept_from (retention: being deleted) are never
+ * returned, so history and recovery stop at the oldest kept message. The
+ * kept_from test is a filter on purpose ("seq + 0" is not an index
+ * condition): as a third bound on seq with an unknown value the planner
+ * estimated a few rows and chose a bitmap scan plus a sort over the room. */
+#define STORE_SQL_KEPT \
+    "AND seq + 0 >= coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0) "
 #define STORE_SQL_RANGE_DESC \
     "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
-    "WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq DESC LIMIT $4"
+    "WHERE room = $1 AND seq > $2 AND seq < $3 " STORE_SQL_KEPT "ORDER BY seq DESC LIMIT $4"
 #define STORE_SQL_RANGE_ASC \
     "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
-    "WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq ASC LIMIT $4"
+    "WHERE room = $1 AND seq > $2 AND seq < $3 " STORE_SQL_KEPT "ORDER BY seq ASC LIMIT $4"
 #define STORE_STMT_RANGE_DESC "chatd_range_desc"
 #define STORE_STMT_RANGE_ASC "chatd_range_asc"
 
 /* The durable head of a room, for seeding the bus (docs/storage.md):
  * $1 room. Creates the room's row with a fresh random epoch the first time
  * (ON CONFLICT ... DO UPDATE so that a concurrent creator's row is returned,
- * never NULL). Columns: epoch, max stored seq (0 when none). */
+ * never NULL). Columns: epoch, head: the highest of the max stored seq and
+ * rooms.head (recorded before retention deleted rows: a room whose rows
+ * are all gone keeps its head, seqs are never reused), 0 when none. */
 #define STORE_SQL_HEAD \
     "WITH r AS (INSERT INTO rooms (room, epoch) " \
     "VALUES ($1, substr(md5(gen_random_uuid()::text), 1, 16)) " \
-    "ON CONFLICT (room) DO UPDATE SET epoch = rooms.epoch RETURNING epoch) " \
-    "SELECT (SELECT epoch FROM r), " \
-    "coalesce((SELECT max(seq) FROM messages WHERE room = $1), 0)"
+    "ON CONFLICT (room) DO UPDATE SET epoch = rooms.epoch RETURNING epoch, head) " \
+    "SELECT (SELECT epoch FROM r), GREATEST((SELECT head FROM r), " \
+    "coalesce((SELECT max(seq) FROM messages WHERE room = $1), 0))"
 #define STORE_STMT_HEAD "chatd_head"
 
 /* After a batch that inserted fewer rows than it had (some (room, seq)
@@ -58,5 +70,84 @@ int store_schema_version(void);
 #define STORE_STMT_INSERT_FULL "chatd_insert_full"
 /* Postgres' bind message carries at most 65535 parameters. */
 #define STORE_BATCH_HARD_MAX (65535 / STORE_INSERT_NCOLS)
+
+/* ---- read state (core/readstate.c, through store_query) ----------------
+ * Batched mark: $1 users, $2 rooms, $3 seqs (text[], text[], bigint[]; one
+ * entry per (user, room): the batch is coalesced before). Never moves back
+ * (GREATEST). Columns: user_id, room, read_seq (stored, after), previous
+ * read_seq (0 when none) read in the statement's snapshot. */
+#define STORE_SQL_READ_MARK \
+    "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(u, r, s)), " \
+    "old AS (SELECT rs.user_id, rs.room, rs.read_seq FROM read_state rs " \
+    "JOIN v ON rs.user_id = v.u AND rs.room = v.r), " \
+    "up AS (INSERT INTO read_state (user_id, room, read_seq) SELECT u, r, s FROM v " \
+    "ON CONFLICT (user_id, room) DO UPDATE SET " \
+    "read_seq = GREATEST(read_state.read_seq, EXCLUDED.read_seq), updated_at = now() " \
+    "RETURNING user_id, room, read_seq) " \
+    "SELECT up.user_id, up.room, up.read_seq, coalesce(old.read_seq, 0) " \
+    "FROM up LEFT JOIN old ON old.user_id = up.user_id AND old.room = up.room"
+
+/* Batched lookup for joins: $1 users, $2 rooms (text[]). Columns, one row per
+ * entry in its order: read_seq (0 when never read), kept_from (0 when the
+ * room kept everything). */
+#define STORE_SQL_READ_LOOKUP \
+    "SELECT coalesce(rs.read_seq, 0), coalesce(ro.kept_from, 0) " \
+    "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(u, r, i) " \
+    "LEFT JOIN read_state rs ON rs.user_id = v.u AND rs.room = v.r " \
+    "LEFT JOIN rooms ro ON ro.room = v.r ORDER BY v.i"
+
+/* GET /rooms/unread: $1 user. One row per room the user has a read state
+ * in: room, seq (the room's head: the highest of rooms.head, the read seq
+ * and the stored seqs above it), read_seq, unread = the messages above
+ * read_seq (and above what retention removes) not written by the user.
+ * Exact: counted from the rows themselves, in one snapshot, by ONE
+ * index-only scan per room of messages_unread (room, seq) INCLUDE (user_id)
+ * from read_seq up, which also yields the head (docs/storage.md "Unread
+ * counts": plan and benchmark). The rooms row is a LATERAL subquery with
+ * OFFSET 0 so that it stays one primary-key lookup per room (joined, the
+ * planner may hash the whole rooms table). Prepared once per connection
+ * (STORE_STMT_UNREAD). (With message updates stored in `messages`, add
+ * "AND kind = 'message' AND NOT deleted" to the count's FILTER and make the
+ * index partial the same way.) */
+#define STORE_SQL_UNREAD \
+    "SELECT rs.room, GREATEST(coalesce(ro.head, 0), rs.read_seq, coalesce(c.top, 0)), " \
+    "rs.read_seq, c.unread FROM read_state rs " \
+    "LEFT JOIN LATERAL (SELECT head, kept_from FROM rooms WHERE rooms.room = rs.room OFFSET 0) ro ON true " \
+    "CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE m.user_id <> $1) AS unread, max(m.seq) AS top " \
+    "FROM messages m WHERE m.room = rs.room " \
+    "AND m.seq > GREATEST(rs.read_seq, coalesce(ro.kept_from, 0) - 1)) c " \
+    "WHERE rs.user_id = $1 ORDER BY rs.room"
+#define STORE_STMT_UNREAD "chatd_unread"
+
+/* ---- retention (core/retention.c, through store_query) ------------------
+ * One pass at a time across nodes: a session-level advisory lock. */
+#define STORE_RETENTION_LOCK_KEY "6516353908837"
+#define STORE_SQL_RETENTION_LOCK "SELECT pg_try_advisory_lock(" STORE_RETENTION_LOCK_KEY ")"
+#define STORE_SQL_RETENTION_UNLOCK "SELECT pg_advisory_unlock(" STORE_RETENTION_LOCK_KEY ")"
+/* A page of rooms: $1 after this room name, $2 limit. */
+#define STORE_SQL_RETENTION_ROOMS \
+    "SELECT room FROM rooms WHERE room > $1 ORDER BY room LIMIT $2"
+/* Marks where a page of rooms starts being kept: $1 rooms (text[]), $2
+ * cutoffs (bigint[], ms: messages with ts below go). Per room: head = the
+ * highest seq stored so far (kept across the deletion), kept_from = the
+ * first kept message's seq (head + 1 when every message is older); both
+ * only move forward. Columns: room, kept_from, the oldest stored seq (NULL
+ * when none): rows below kept_from are then deleted in batches. */
+#define STORE_SQL_RETENTION_MARK \
+    "WITH v AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS v(room, cut)) " \
+    "UPDATE rooms r SET " \
+    "head = GREATEST(r.head, coalesce((SELECT max(m.seq) FROM messages m WHERE m.room = r.room), 0)), " \
+    "kept_from = GREATEST(r.kept_from, coalesce(" \
+    "(SELECT m.seq FROM messages m WHERE m.room = r.room AND m.seq >= r.kept_from " \
+    "AND m.ts >= v.cut ORDER BY m.seq LIMIT 1), " \
+    "GREATEST(r.head, coalesce((SELECT max(m.seq) FROM messages m WHERE m.room = r.room), 0)) + 1)) " \
+    "FROM v WHERE r.room = v.room " \
+    "RETURNING r.room, r.kept_from, (SELECT min(m.seq) FROM messages m WHERE m.room = r.room)"
+/* One batch: $1 room, $2 from seq (inclusive), $3 to seq (exclusive):
+ * at most $3 - $2 rows (seqs are unique per room), by the primary key.
+ * Column: rows deleted. */
+#define STORE_SQL_RETENTION_DELETE \
+    "WITH d AS (DELETE FROM messages WHERE room = $1 AND seq >= $2 AND seq < $3 RETURNING 1) " \
+    "SELECT count(*) FROM d"
 
 #endif

@@ -21,6 +21,11 @@ M.config = {
   -- room access
   private_prefix = "private-",
   admin_role = "admin",
+  -- read state and history (issue 14)
+  read_receipts = true,     -- tell the room who read how far (the `read` receipt frames)
+  history_days = 0,         -- delete messages older than this many days (0 = keep forever)
+  ephemeral_prefix = "tmp-", -- rooms named tmp-* keep ...
+  ephemeral_days = 1,       -- ... this many days of history (on_retention)
   -- host budgets
   hook_budget_ms = 50,
   memory_limit_mb = 64,
@@ -78,6 +83,21 @@ function M.on_typing(ctx)
   end
 end
 
+-- Read receipts: on unless config.read_receipts is false (the core checks
+-- that switch before calling here); private rooms never tell who read what.
+-- The read itself is always stored and acked.
+function M.on_read(ctx, read)
+  if text.starts_with(ctx.room or "", cfg().private_prefix) then return false end
+end
+
+-- Retention per room: rooms named "<ephemeral_prefix>..." keep
+-- ephemeral_days of history; every other room config.history_days (nil
+-- here: the core then uses config.history_days).
+function M.on_retention(room)
+  local c = cfg()
+  if text.starts_with(room, c.ephemeral_prefix) then return c.ephemeral_days end
+end
+
 -- Checked by the host before a reload is swapped in.
 function M.selftest()
   if text.trim("  hi \n") ~= "hi" then return false, "trim" end
@@ -89,6 +109,12 @@ function M.selftest()
   if not access.room_allowed({ role = "admin" }, "private-x", c) then return false, "admin" end
   if access.room_allowed({ rooms = { "a" } }, "b", c) then return false, "allow-list" end
   if not access.room_allowed({ rooms = { "team-*" } }, "team-1", c) then return false, "wildcard" end
+  if not text.starts_with("tmp-x", "tmp-") or text.starts_with("lobby", "tmp-") then
+    return false, "starts_with"
+  end
+  if type(chat.config.ephemeral_days) ~= "number" or chat.config.ephemeral_days < 0 then
+    return false, "config.ephemeral_days must be a number >= 0"
+  end
   for _, k in ipairs({ "max_body", "message_rate", "message_burst", "typing_interval_ms" }) do
     if type(chat.config[k]) ~= "number" or chat.config[k] <= 0 then
       return false, "config." .. k .. " must be a positive number"

@@ -36,4 +36,11 @@ function T.within(s, max)
   return T.ulen(s) <= max
 end
 
+-- True when s begins with prefix (never for an empty prefix: a setting of
+-- "" turns a prefix rule off).
+function T.starts_with(s, prefix)
+  return type(s) == "string" and type(prefix) == "string" and prefix ~= "" and
+         s:sub(1, #prefix) == prefix
+end
+
 return T

@@ -17,14 +17,18 @@
  *       hook "on_connect" .. "on_disconnect"; ctx = { user, name, claims
  *       (JSON text), room, node, now (ms) }, absent fields are NULL in C;
  *       on_message: a1 = body (may hold NULs), a2 = client id;
- *       on_presence: a1 = event, a2 = user, a3 = name.
+ *       on_presence: a1 = event, a2 = user, a3 = name; on_read: a1 = the seq
+ *       (decimal text); on_retention: the room is ctx.room.
  *       result = the script_result C gets: { verdict = "accept" | "replace"
  *       | "reject", code, reason (when set), body (replace) }; nil for the
- *       notification hooks (on_leave, on_disconnect return nothing in C).
+ *       notification hooks (on_leave, on_disconnect return nothing in C);
+ *       on_retention (script_on_retention): { verdict = "accept" | "reject"
+ *       (the hook failed), days (when it returned a number) }.
  *       stats = { wall_ms, cpu_ms } of the call (thread CPU time).
  *   host:reload() -> version | nil, err           (script_reload)
  *   host:version() -> n                            (script_version)
  *   host:setting(key, default) -> n                (script_setting)
+ *   host:setting_num(key) -> n | nil               (script_setting_num)
  *   host:close()                                   (script_free; also __gc)
  *   chathost.logs() -> { {level, module, msg, line}, ... } log records the
  *       host wrote (to stderr, captured during every call) since last asked
@@ -250,8 +254,9 @@ static uint64_t cpu_ns(void)
 
 static const char *const HOOKS[] = {
     "on_connect", "on_join", "on_leave", "on_message", "on_typing", "on_presence",
-    "on_history", "on_disconnect", NULL};
-enum { K_CONNECT, K_JOIN, K_LEAVE, K_MESSAGE, K_TYPING, K_PRESENCE, K_HISTORY, K_DISCONNECT };
+    "on_history", "on_disconnect", "on_read", "on_retention", NULL};
+enum { K_CONNECT, K_JOIN, K_LEAVE, K_MESSAGE, K_TYPING, K_PRESENCE, K_HISTORY, K_DISCONNECT,
+       K_READ, K_RETENTION };
 
 static int l_call(lua_State *L)
 {
@@ -276,7 +281,8 @@ static int l_call(lua_State *L)
     script_result r;
     memset(&r, 0, sizeof r);
     script_verdict v = SCRIPT_ACCEPT;
-    int notify = 0;
+    int notify = 0, ret = -2;
+    double days = 0;
     env_saved sv;
     enter(L, u->env_ref, &sv, HOOKS[hook]);
     uint64_t w0 = mono_ns(), c0 = cpu_ns();
@@ -288,6 +294,8 @@ static int l_call(lua_State *L)
     case K_TYPING: v = script_on_typing(u->h, &c, &r); break;
     case K_PRESENCE: v = script_on_presence(u->h, &c, a1, a2, a3, &r); break;
     case K_HISTORY: v = script_on_history(u->h, &c, &r); break;
+    case K_READ: v = script_on_read(u->h, &c, a1 ? strtoull(a1, NULL, 10) : 0, &r); break;
+    case K_RETENTION: ret = script_on_retention(u->h, &c, &days); break;
     default: script_on_disconnect(u->h, &c); notify = 1; break;
     }
     uint64_t w1 = mono_ns(), c1 = cpu_ns();
@@ -295,6 +303,12 @@ static int l_call(lua_State *L)
 
     if (notify) {
         lua_pushnil(L);
+    } else if (hook == K_RETENTION) {
+        /* { verdict = "accept" | "reject", days = N (when the hook returned one) } */
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, ret < 0 ? "reject" : "accept");
+        lua_setfield(L, -2, "verdict");
+        if (ret == 1) { lua_pushnumber(L, days); lua_setfield(L, -2, "days"); }
     } else {
         if (v != r.verdict) {
             script_result_clear(&r);
@@ -352,6 +366,21 @@ static int l_setting(lua_State *L)
     int64_t v = script_setting(u->h, key, dflt);
     leave(&sv);
     lua_pushnumber(L, (double)v);
+    return 1;
+}
+
+/* host:setting_num(key) -> n | nil (script_setting_num; nil when unset) */
+static int l_setting_num(lua_State *L)
+{
+    host_ud *u = check_host(L);
+    const char *key = luaL_checkstring(L, 2);
+    env_saved sv;
+    enter(L, u->env_ref, &sv, "script_setting_num");
+    double none = -4503599627370496.0;
+    double v = script_setting_num(u->h, key, none);
+    leave(&sv);
+    if (v == none) lua_pushnil(L);
+    else lua_pushnumber(L, v);
     return 1;
 }
 
@@ -437,7 +466,7 @@ __attribute__((visibility("default"))) int luaopen_chathost(lua_State *L)
 {
     static const luaL_Reg host_methods[] = {
         {"call", l_call}, {"reload", l_reload}, {"version", l_version},
-        {"setting", l_setting}, {"close", l_close}, {NULL, NULL}};
+        {"setting", l_setting}, {"setting_num", l_setting_num}, {"close", l_close}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {
         {"new", l_new}, {"logs", l_logs}, {"log_level", l_log_level},
         {"metrics", l_metrics}, {"watchdog", l_watchdog}, {NULL, NULL}};

@@ -48,7 +48,7 @@ end
 function H.fixture(name) return H.root .. "/tests/fixtures/policies/" .. name end
 
 H.hooks = { "on_connect", "on_join", "on_leave", "on_message", "on_typing", "on_presence",
-            "on_history", "on_disconnect" }
+            "on_history", "on_disconnect", "on_read", "on_retention" }
 H.notify = { on_leave = true, on_disconnect = true }
 
 -- ---------- temporary folders ----------
@@ -205,7 +205,9 @@ end
 -- P:call(hook, over, arg) -> result, stats
 --   result: what C gets (script_result): { verdict = "accept"|"replace"|"reject",
 --   code, reason, body }; nil for on_leave/on_disconnect (void in C).
---   arg: on_message body (string) or { body, id }; on_presence { event, user, name }.
+--   arg: on_message body (string) or { body, id }; on_presence { event, user, name };
+--   on_read { seq = N }. on_retention: the room is over.room; the result is
+--   { verdict = "accept" | "reject", days = N | nil } (script_on_retention).
 --   Calls refused for slowness by a busy machine are retried (see H.retries)
 --   unless over.expect_slow.
 function P:call(hook, over, arg)
@@ -216,6 +218,8 @@ function P:call(hook, over, arg)
   elseif hook == "on_presence" then
     arg = arg or {}
     a1, a2, a3 = arg.event, arg.user, arg.name
+  elseif hook == "on_read" then
+    a1 = string.format("%d", (arg or {}).seq or 0)
   end
   local r, stats
   for try = 1, 4 do
@@ -229,6 +233,22 @@ end
 -- shorthand: P:message("body", over, id)
 function P:message(body, over, id)
   return self:call("on_message", over, { body = body, id = id or "c1" })
+end
+
+-- shorthand: days of history the policy keeps for room, as the retention
+-- pass sees them: the hook's number, else config history_days (0 = keep
+-- forever); "error" when on_retention failed (the pass keeps the room).
+function P:retention(room)
+  local r = self:call("on_retention", { room = room, user = false, name = false })
+  if r.verdict == "reject" then return "error" end
+  if r.days then return r.days end
+  return self:setting_num("history_days") or 0
+end
+
+-- script_setting_num (fractional values)
+function P:setting_num(key)
+  local v = self.host:setting_num(key)
+  return v
 end
 
 function P:setting(key, default)

@@ -1,8 +1,9 @@
 // app.js: the chatd browser UI. Owns the DOM of index.html: sign-in (dev token or ?token=),
 // the room list (all rooms multiplexed on one socket by ChatdClient), one scrollable log per
 // room with scroll-back through the history API (keyed by seq, so never a duplicate), own
-// messages' pending -> sent -> acked state, the presence list, the typing line and the
-// connection status. Page parameters: ?nodes=ws://a,ws://b  ?rooms=a,b  ?token=JWT
+// messages' pending -> sent -> acked state, the presence list, the typing line, the
+// connection status, and the read state (unread badges, the "new messages" divider, "seen by",
+// `read` sent while the user looks at a room: section "read state"). Page parameters: ?nodes=ws://a,ws://b  ?rooms=a,b  ?token=JWT
 // ?name=Display+Name (skips the prompt)  ?ttl=seconds (dev token lifetime).
 
 import { ChatdClient, httpBaseFromWs } from './chatd-client.js';
@@ -123,6 +124,7 @@ function roomView(name) {
   log.addEventListener('scroll', () => {
     if (log.scrollTop < 120 && r.initialLoaded) loadOlder(r);
   }, { passive: true });
+  watchScrollForRead(r);
   return r;
 }
 
@@ -212,6 +214,7 @@ async function loadInitial(r, { force = false } = {}) {
     updateOlder(r);
     fillViewport(r);
     fillHoles(r);
+    readAfterLoad(r);
   })();
   return r.loading;
 }
@@ -281,9 +284,9 @@ function switchRoom(name, { focus = false } = {}) {
     if (x === r) x.btn.setAttribute('aria-current', 'page');
     else x.btn.removeAttribute('aria-current');
   }
+  const prev = active;
   active = name;
-  r.unread = 0;
-  renderBadge(r);
+  readOnSwitch(prev, r);
   ui.title.textContent = `#${name}`;
   ui.input.placeholder = `Message #${name}`;
   renderPresence();
@@ -292,8 +295,15 @@ function switchRoom(name, { focus = false } = {}) {
   url.hash = name;
   history.replaceState(null, '', url);
   closePanels();
-  if (!r.initialLoaded) Promise.resolve(loadInitial(r)).then(() => { if (r.initialLoaded) scrollToBottom(r.log); });
-  else fillViewport(r);
+  if (!r.initialLoaded) {
+    Promise.resolve(loadInitial(r)).then(() => {
+      if (r.initialLoaded) scrollToBottom(r.log);
+      readAfterLoad(r);
+    });
+  } else {
+    fillViewport(r);
+    readAfterLoad(r);
+  }
   if (focus) ui.input.focus();
 }
 
@@ -314,6 +324,180 @@ function leaveRoom(name) {
   r.li.remove();
   rooms.delete(name);
   if (active === name) switchRoom(rooms.keys().next().value, { focus: true });
+}
+
+// ---- read state: unread badges, the "new messages" divider, "seen by" ----------------------
+// Per room (r.rs): `server`, the room's entry of GET /rooms/unread ({seq, read_seq, unread}:
+// exact, the same on every device); `live`, the seqs of other people's messages that arrived
+// since; `seen`, other users' read positions from read receipts (user -> {name, seq});
+// `dividerAfter`, the read seq when the room was opened (the divider stays put while the
+// room is open). The badge is server.unread plus the live messages above server.seq, while
+// the server's answer is for the read seq the client holds; otherwise the live messages above
+// the read seq until the next answer. `read` goes out (client.markRead) for the last message
+// on screen while the room is open, the page visible and focused.
+function rsOf(r) {
+  if (!r.rs) r.rs = { server: null, live: new Set(), seen: new Map(), dividerAfter: null };
+  return r.rs;
+}
+
+function unreadCount(r) {
+  const rs = rsOf(r);
+  const readSeq = client.readSeq(r.name) ?? 0;
+  const srv = rs.server && rs.server.read_seq === readSeq ? rs.server : null;
+  const base = srv ? Math.max(srv.seq, readSeq) : readSeq;
+  let n = srv ? srv.unread : 0;
+  for (const seq of rs.live) if (seq > base) n++;
+  return n;
+}
+
+function updateBadge(r) {
+  r.unread = r.name === active ? 0 : unreadCount(r);
+  renderBadge(r);
+}
+
+let unreadTimer = null;
+// GET /rooms/unread (debounced): exact counts for every room with a read state
+function refreshUnread(delay = 200) {
+  clearTimeout(unreadTimer);
+  unreadTimer = setTimeout(async () => {
+    let res;
+    try { res = await client.unread(); } catch { return; }
+    for (const e of (res && res.rooms) || []) {
+      const r = rooms.get(e.room);
+      if (!r) continue;
+      const rs = rsOf(r);
+      rs.server = e;
+      for (const seq of [...rs.live]) if (seq <= e.seq) rs.live.delete(seq);
+      updateBadge(r);
+    }
+  }, delay);
+}
+
+function lookingAt(r) {
+  return r && r.name === active && !r.log.hidden && document.visibilityState === 'visible' && document.hasFocus();
+}
+
+// The newest message whose top is inside the log's visible area.
+function lastVisibleSeq(r) {
+  const box = r.log.getBoundingClientRect();
+  for (let li = r.ol.lastElementChild; li; li = li.previousElementSibling) {
+    if (!li.dataset.seq) continue;
+    const b = li.getBoundingClientRect();
+    if (b.top < box.bottom - 4 && b.bottom > box.top) return Number(li.dataset.seq);
+    if (b.bottom <= box.top) return null;
+  }
+  return null;
+}
+
+function markSeen(r) {
+  if (!lookingAt(r) || !r.initialLoaded) return;
+  const seq = lastVisibleSeq(r);
+  if (seq) client.markRead(r.name, seq);
+}
+
+function readOnMessage(r, m) {
+  if (m.user !== me.user) rsOf(r).live.add(Number(m.seq));
+  updateBadge(r);
+  if (r.name === active) {
+    renderDivider(r);
+    renderSeenBy(r);
+    markSeen(r);
+  }
+}
+
+function readOnSwitch(prev, r) {
+  const p = prev && rooms.get(prev);
+  if (p && p !== r) {
+    rsOf(p).dividerAfter = null;
+    renderDivider(p);
+    updateBadge(p);
+  }
+  if (p !== r) rsOf(r).dividerAfter = client.readSeq(r.name);
+  updateBadge(r);
+}
+
+function readAfterLoad(r) {
+  if (r.name !== active) return;
+  renderDivider(r);
+  renderSeenBy(r);
+  markSeen(r);
+}
+
+// "New messages" above the first message of someone else after the read seq the room had
+// when it was opened.
+function renderDivider(r) {
+  const old = r.ol.querySelector('.new-divider');
+  const after = rsOf(r).dividerAfter;
+  let target = null;
+  if (after !== null && after !== undefined && r.name === active) {
+    for (const li of r.ol.children) {
+      if (Number(li.dataset.seq) > after && li.dataset.user !== me.user) { target = li; break; }
+    }
+  }
+  if (old && old.parentElement === target) return;
+  if (old) old.remove();
+  if (target) target.prepend(el('div', { class: 'new-divider', role: 'separator', 'aria-label': 'New messages', text: 'New messages' }));
+}
+
+// "Seen by" under the newest message other people have read (from their receipts).
+function renderSeenBy(r) {
+  const old = r.ol.querySelector('.seen-by');
+  const rs = rsOf(r);
+  let top = 0;
+  for (const v of rs.seen.values()) top = Math.max(top, v.seq);
+  let li = null;
+  if (top > 0) {
+    for (let x = r.ol.lastElementChild; x; x = x.previousElementSibling) {
+      if (x.dataset.seq && Number(x.dataset.seq) <= top) { li = x; break; }
+    }
+  }
+  if (old) old.remove();
+  if (!li) return;
+  const seq = Number(li.dataset.seq);
+  const names = [...rs.seen.values()].filter((v) => v.seq >= seq).map((v) => v.name).sort();
+  const text = `Seen by ${names.length > 3 ? `${names.slice(0, 3).join(', ')} and ${names.length - 3} more` : names.join(', ')}`;
+  li.append(el('div', { class: 'seen-by', text, 'aria-label': text }));
+}
+
+function wireReadState() {
+  client.on('read_state', ({ room }) => {
+    const r = rooms.get(room);
+    if (!r) return;
+    updateBadge(r);
+    refreshUnread();
+  });
+  client.on('read', (f) => {
+    const r = rooms.get(f.room);
+    if (!r || f.user === me.user) return;
+    const rs = rsOf(r);
+    const prev = rs.seen.get(f.user);
+    if (!prev || f.seq > prev.seq) rs.seen.set(f.user, { name: f.name || f.user, seq: Number(f.seq) });
+    renderSeenBy(r);
+  });
+  // joining a room never read marks what came before as read (as Slack does); rooms the
+  // user looks at are marked as they are seen
+  const joined = (f) => {
+    const r = rooms.get(f.room);
+    if (!r) return;
+    if (f.read_seq === 0 && f.seq > 0 && f.room !== active) client.markRead(f.room, f.seq);
+    refreshUnread();
+  };
+  client.on('presence_state', joined);
+  client.on('welcome', joined);
+  client.on('reset', ({ room }) => { const r = rooms.get(room); if (r) { rsOf(r).live.clear(); refreshUnread(); } });
+  for (const ev of ['focus', 'visibilitychange']) {
+    (ev === 'focus' ? window : document).addEventListener(ev, () => markSeen(rooms.get(active)));
+  }
+}
+
+// called from roomView: the log's scroll reveals messages
+function watchScrollForRead(r) {
+  let queued = false;
+  r.log.addEventListener('scroll', () => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => { queued = false; markSeen(r); });
+  }, { passive: true });
 }
 
 function renderBadge(r) {
@@ -430,11 +614,8 @@ function wireClient() {
     const stick = atBottom(r.log);
     if (!insertMessage(r, m)) return;
     if (m.user) clearTyping(r, m.user);
-    if (r.name !== active && m.user !== me.user) {
-      r.unread++;
-      renderBadge(r);
-    }
     if (stick || m.user === me.user) scrollToBottom(r.log);
+    readOnMessage(r, m);
   });
   client.on('ack', (a) => {
     const r = rooms.get(a.room);
@@ -559,6 +740,7 @@ async function main() {
   client = new ChatdClient({ urls: NODES, tokenProvider, rooms: initial });
   window.chatd = { client, rooms, me }; // for debugging and the browser tests
   wireClient();
+  wireReadState();
   for (const name of initial) roomView(name);
   switchRoom(ROOM_RE.test(hashRoom) ? hashRoom : initial[0]);
   client.connect();

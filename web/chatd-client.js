@@ -3,7 +3,8 @@
 // room on it; the token's lifetime (refresh frame before exp); reconnection with jittered
 // exponential backoff rotating over the node URLs; per-room last-seq bookkeeping so that
 // recovery (since= / join{since} / HTTP paging on gap_too_large) shows no gap and no
-// duplicate; the outbox of un-acked messages, resent with the same id after a reconnect.
+// duplicate; the outbox of un-acked messages, resent with the same id after a reconnect;
+// the user's read state per room (read / read_ack / receipts, GET /rooms/unread).
 // API and event list: docs/client.md.
 
 const DEFAULTS = {
@@ -325,7 +326,11 @@ export class ChatdClient {
   _roomState(room) {
     let st = this._rooms.get(room);
     if (!st) {
-      st = { seq: null, epoch: null, joined: false, wanted: true, recovering: null, epochReset: false };
+      st = {
+        seq: null, epoch: null, joined: false, wanted: true, recovering: null, epochReset: false,
+        // read state (section "read state" below): the stored read seq, the one asked for
+        readSeq: null, readWant: 0, readInFlight: 0,
+      };
       this._rooms.set(room, st);
     }
     return st;
@@ -419,7 +424,7 @@ export class ChatdClient {
     clearTimeout(this._timers.welcome);
     clearTimeout(this._timers.refresh);
     this._timers.heartbeat = this._timers.watchdog = this._timers.welcome = this._timers.refresh = null;
-    for (const s of this._rooms.values()) { s.joined = false; s.recovering = null; }
+    for (const s of this._rooms.values()) { s.joined = false; s.recovering = null; s.readInFlight = 0; }
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     try {
@@ -497,6 +502,8 @@ export class ChatdClient {
       case 'presence': return this._emit('presence', f);
       case 'typing': return this._emit('typing', f);
       case 'heartbeat_ack': return undefined;
+      case 'read_ack': return this._onReadAck(f);
+      case 'read': return this._onReceipt(f);
       case 'error': return this._onError(f);
       default: return this._emit('frame', f);
     }
@@ -521,7 +528,9 @@ export class ChatdClient {
       if (this._ws === ws && Date.now() - this._lastRx > deadAfter) this._lost(ws, 'server silent');
     }, Math.min(hb, 5000));
     this._setState('open', { node: f.node, user: f.user });
+    this._onReadSeq(room, f.read_seq);
     this._emit('welcome', f);
+    this._flushRead(room);
     this._scheduleRefresh();
     // a leave of the URL room that happened while offline
     if (!st.wanted) { this._sendFrame({ type: 'leave', room }); st.joined = false; }
@@ -533,7 +542,9 @@ export class ChatdClient {
 
   _onPresenceState(f) {
     this._onHead(f.room, f);
+    this._onReadSeq(f.room, f.read_seq);
     this._emit('presence_state', f);
+    this._flushRead(f.room);
   }
 
   // The room's head and epoch as the server states them (welcome, join answer). Another epoch
@@ -589,6 +600,16 @@ export class ChatdClient {
   }
 
   _onError(f) {
+    if (f.room && !f.id && f.code === 'unavailable' && /^read state/.test(f.message || '')) {
+      // a read mark that was not stored: try again shortly ("send read again"), or never
+      // (a server without a database keeps no read state)
+      const rst = this._rooms.get(f.room);
+      if (rst) rst.readInFlight = 0;
+      if (/send read again/.test(f.message)) setTimeout(() => this._flushRead(f.room), this.opts.retryUnavailableMs);
+      else this._readOff = true;
+      this._emit('error', { ...f, handled: true });
+      return;
+    }
     const est = f.code === 'gap_too_large' && f.room ? this._rooms.get(f.room) : null;
     if (est && est.epochReset) {
       // the answer to our since of the old epoch: already reset in _onHead
@@ -631,6 +652,62 @@ export class ChatdClient {
       }
     }
     this._emit('error', f);
+  }
+
+  // ---- read state --------------------------------------------------------------------
+  // The user has seen `room` up to `seq`: sent as {"type":"read"} when it moves the stored
+  // read seq forward, one frame in flight per room (a later call waits for the read_ack and
+  // is then sent with the highest seq asked for), again after a reconnect if unanswered.
+  markRead(room, seq) {
+    const st = this._rooms.get(room);
+    const n = Number(seq);
+    if (!st || !st.wanted || !Number.isFinite(n) || n <= 0) return false;
+    if (n <= Math.max(st.readWant, st.readSeq || 0)) return false;
+    st.readWant = n;
+    this._flushRead(room);
+    return true;
+  }
+
+  // The stored read seq of room (null until the server said it: welcome / join answer).
+  readSeq(room) { const st = this._rooms.get(room); return st ? st.readSeq : null; }
+
+  // GET /rooms/unread: {rooms: [{room, seq, read_seq, unread}]} for every room the user has a
+  // read state in (exact counts, the same on every device).
+  async unread() {
+    return this._httpGet('/rooms/unread', new URLSearchParams());
+  }
+
+  _flushRead(room) {
+    const st = this._rooms.get(room);
+    if (!st || !st.joined || st.readInFlight || !this._isOpen() || this._readOff) return;
+    if (st.readSeq === null || st.readWant <= st.readSeq) return;
+    st.readInFlight = st.readWant;
+    this._sendFrame({ type: 'read', room, seq: st.readWant });
+  }
+
+  // A read seq the server stated (welcome, join answer, read_ack, our own receipt): it only
+  // moves forward; 'read_state' tells the app.
+  _onReadSeq(room, v) {
+    const st = this._rooms.get(room);
+    const n = Number(v);
+    if (!st || v === undefined || v === null || !Number.isFinite(n)) return;
+    if (st.readSeq !== null && n <= st.readSeq) return;
+    st.readSeq = n;
+    this._emit('read_state', { room, readSeq: n });
+  }
+
+  _onReadAck(f) {
+    const st = this._rooms.get(f.room);
+    if (!st) return;
+    st.readInFlight = 0;
+    this._onReadSeq(f.room, f.seq);
+    this._flushRead(f.room);
+  }
+
+  // A read receipt: somebody (maybe this user on another device) read the room up to seq.
+  _onReceipt(f) {
+    if (f.user && this.user && f.user === this.user) this._onReadSeq(f.room, f.seq);
+    this._emit('read', f);
   }
 
   // Fetches the messages after the room's last seq over HTTP, newest page first, and emits

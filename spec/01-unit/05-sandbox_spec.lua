@@ -133,6 +133,9 @@ describe("policy sandbox", function()
       on_connect = validation, on_join = validation, on_message = validation,
       on_typing = validation, on_presence = validation, on_history = validation,
       on_leave = notification, on_disconnect = notification,
+      on_read = validation,
+      -- a query of the background retention pass: for no user, no rate limits
+      on_retention = notification,
     }
     for phase, r in pairs(seen) do r.why = nil end
     assert.same(want, seen)

@@ -7,6 +7,7 @@
 // exit status 1 when any test failed.
 //
 // Environment: CHATD_BIN (default <repo>/build/chatd), WEB_TEST_NO_PG=1 (no Postgres),
+// WEB_TEST_PORT_BASE (default 17500: the run uses base+1, +2, +10, +11),
 // WEB_TEST_ONLY=substring (run matching tests), WEB_TEST_WEB_DIR (serve another copy of web/), WEB_TEST_EXTERNAL=http://h:p[,http://h:p]
 // (use running servers with dev tokens instead of starting any; the failover test is skipped).
 
@@ -22,7 +23,8 @@ const ROOT = path.resolve(HERE, '..', '..');
 const CHATD = process.env.CHATD_BIN || path.join(ROOT, 'build', 'chatd');
 const ART = path.join(ROOT, 'tests', 'artifacts', 'browser');
 const PGBIN = process.env.PGBIN || '/usr/lib/postgresql/15/bin';
-const PORT = { redis: 17501, pg: 17502, nodeA: 17510, nodeB: 17511 };
+const PORT_BASE = Number(process.env.WEB_TEST_PORT_BASE || 17500);
+const PORT = { redis: PORT_BASE + 1, pg: PORT_BASE + 2, nodeA: PORT_BASE + 10, nodeB: PORT_BASE + 11 };
 const SECRET = 'browser-test-secret-5f0c2a9e';
 const REPLAY_MAX = 20; // small, so that a test can exceed it: gap_too_large
 const TIMING = { heartbeat: 1000, presenceTtl: 3000, typingTtl: 2000 };
@@ -495,6 +497,71 @@ test('a gap larger than the replay limit is filled from the history API', async 
   const b = await bodies(p, room);
   for (let i = 1; i <= N; i++) assert(countOf(b, `gap${RUN} ${i}`) === 1, `"gap${RUN} ${i}" shown ${countOf(b, `gap${RUN} ${i}`)} times`);
   await bob.page.locator('#room-list button[data-room="general"]').click();
+});
+
+test('unread badge in a room not viewed, cleared on opening it; the divider; seen by', async () => {
+  const { alice, bob } = users;
+  const room = `unread-${Date.now().toString(36)}`;
+  // both join the room (it becomes their open room), then Bob goes back to #general
+  for (const u of [bob, alice]) {
+    await u.page.getByRole('textbox', { name: 'Join a room' }).fill(room);
+    await u.page.getByRole('textbox', { name: 'Join a room' }).press('Enter');
+    await u.page.locator(`#room-list button[aria-current="page"][data-room="${room}"]`).waitFor({ timeout: 8000 });
+    await u.page.waitForFunction((r) => window.chatd.client.readSeq(r) !== null, room, { timeout: 8000 });
+  }
+  await sendViaUi(alice.page, `before you left ${RUN}`);
+  await bob.page.locator('li.msg', { hasText: `before you left ${RUN}` }).waitFor({ timeout: 8000 });
+  await bob.page.waitForFunction((r) => window.chatd.client.readSeq(r) >= 1, room, { timeout: 8000 });
+  await bob.page.locator('#room-list button[data-room="general"]').click();
+  await bob.page.locator('#room-list button[data-room="general"][aria-current="page"]').waitFor();
+  const badge = bob.page.locator(`#room-list button[data-room="${room}"] .badge`);
+  assert(await badge.isHidden(), 'no badge before anything new was said');
+  const texts = [1, 2, 3].map((i) => `unread ${i} ${RUN}`);
+  for (const t of texts) await sendViaUi(alice.page, t);
+  await bob.page.locator(`#room-list button[data-room="${room}"] .badge`, { hasText: '3' }).waitFor({ timeout: 8000 });
+  const label = await bob.page.locator(`#room-list button[data-room="${room}"]`).getAttribute('aria-label');
+  assert(/3 unread/.test(label), `the room button tells screen readers: "${label}"`);
+  // the server agrees (exact counts, the same on every device)
+  await bob.page.waitForFunction(async (r) => {
+    const u = await window.chatd.client.unread();
+    const e = u.rooms.find((x) => x.room === r);
+    return e && e.unread === 3;
+  }, room, { timeout: 8000 });
+  // Alice's own messages never count for her
+  const aliceUnread = await alice.page.evaluate(async (r) => (await window.chatd.client.unread()).rooms.find((x) => x.room === r), room);
+  assert(aliceUnread && aliceUnread.unread === 0, `Alice's unread for her own messages: ${JSON.stringify(aliceUnread)}`);
+  await shot(bob.page, '10-unread-badge.png');
+  // opening the room (keyboard): the badge goes, the divider sits above the first unread
+  await bob.page.locator(`#room-list button[data-room="${room}"]`).focus();
+  await bob.page.keyboard.press('Enter');
+  await bob.page.locator(`#room-list button[data-room="${room}"][aria-current="page"]`).waitFor();
+  await badge.waitFor({ state: 'hidden', timeout: 5000 });
+  const divider = bob.page.getByRole('separator', { name: 'New messages' });
+  await divider.waitFor({ timeout: 5000 });
+  const under = await divider.evaluate((d) => d.parentElement.querySelector('.body').textContent);
+  assert(under === texts[0], `the divider is above "${under}", want "${texts[0]}"`);
+  // Bob's read is stored: the server says 0 unread, and Alice sees "Seen by Bob"
+  const last = (await seqs(bob.page, room)).at(-1);
+  await bob.page.waitForFunction(({ r, s }) => window.chatd.client.readSeq(r) >= s, { r: room, s: last }, { timeout: 8000 });
+  await bob.page.waitForFunction(async (r) => (await window.chatd.client.unread()).rooms.find((x) => x.room === r).unread === 0, room, { timeout: 8000 });
+  const seen = alice.page.locator(`.log[aria-label="Messages in #${room}"] .seen-by`, { hasText: 'Seen by Bob' });
+  await seen.waitFor({ timeout: 8000 });
+  const seenUnder = await seen.evaluate((d) => d.parentElement.querySelector('.body').textContent);
+  assert(seenUnder === texts[2], `"Seen by Bob" under "${seenUnder}", want the last message`);
+  await shot(bob.page, '11-divider.png');
+  await shot(alice.page, '12-seen-by.png');
+  // after a reconnect the read state holds: no badge, and a new message counts 1
+  await bob.page.locator('#room-list button[data-room="general"]').click();
+  await bob.page.evaluate(() => window.chatd.client._ws.close(4000, 'test: reconnect'));
+  await bob.page.locator('#status[data-state="open"]').waitFor({ timeout: 10000 });
+  await bob.page.waitForFunction((r) => window.chatd.client.readSeq(r) !== null, room, { timeout: 8000 });
+  await sleep(500);
+  assert(await badge.isHidden(), 'no badge after the reconnect: everything was read');
+  await sendViaUi(alice.page, `after the reconnect ${RUN}`);
+  await bob.page.locator(`#room-list button[data-room="${room}"] .badge`, { hasText: '1' }).waitFor({ timeout: 8000 });
+  await bob.page.locator(`#room-list button[data-room="${room}"]`).click();
+  await badge.waitFor({ state: 'hidden', timeout: 5000 });
+  for (const u of [alice, bob]) await u.page.locator('#room-list button[data-room="general"]').click();
 });
 
 test('an expiring token is refreshed without the user noticing', async () => {

@@ -238,7 +238,8 @@ static void test_migrations(void)
     CHECK(a && b);
     WAIT(store_ready(a) && store_ready(b), 10000);
     CHECK(store_ready(a) && store_ready(b));
-    CHECK(qint("SELECT count(*) FROM schema_migrations") == store_schema_version());
+    /* versions need not be contiguous (v3 and v5 come from other branches) */
+    CHECK(qint("SELECT count(*) FROM schema_migrations") >= 2);
     CHECK(qint("SELECT max(version) FROM schema_migrations") == store_schema_version());
     CHECK(qint("SELECT count(*) FROM pg_tables WHERE tablename='messages' AND schemaname=current_schema()") == 1);
     store_free(a);
@@ -246,7 +247,8 @@ static void test_migrations(void)
     store *c = open_store(0, 0, 0);
     WAIT(store_ready(c), 10000);
     CHECK(store_ready(c));
-    CHECK(qint("SELECT count(*) FROM schema_migrations") == store_schema_version());
+    CHECK(qint("SELECT max(version) FROM schema_migrations") == store_schema_version());
+    CHECK(qint("SELECT count(*) FROM schema_migrations") == qint("SELECT count(DISTINCT version) FROM schema_migrations"));
     store_free(c);
 }
 
@@ -668,8 +670,10 @@ static int plan_uses_pkey(const char *sql)
     for (int i = 0; i < PQntuples(r); i++)
         len += (size_t)snprintf(plan + len, len < sizeof plan ? sizeof plan - len : 0, "%s\n", PQgetvalue(r, i, 0));
     PQclear(r);
+    /* messages_unread (schema v4) is also (room, seq)-ordered: either will do */
     int ok = (strstr(plan, "Index Scan") || strstr(plan, "Index Only Scan")) &&
-             strstr(plan, "messages_pkey") && !strstr(plan, "Seq Scan") && !strstr(plan, "Sort");
+             (strstr(plan, "messages_pkey") || strstr(plan, "messages_unread")) &&
+             !strstr(plan, "Seq Scan") && !strstr(plan, "Sort");
     if (!ok) fprintf(stderr, "unexpected plan:\n%s", plan);
     return ok;
 }
