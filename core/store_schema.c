@@ -35,13 +35,12 @@ static const migration MIGRATIONS[] = {
      " room text PRIMARY KEY,"
      " epoch text NOT NULL,"
      " created_at timestamptz NOT NULL DEFAULT now());"},
-    /* (v3 is message updates, v5 the API's meta column: other branches.)
-     * Read state per (user, room); per room the head kept across deletions
+    /* Read state per (user, room); per room the head kept across deletions
      * and the lowest seq retention keeps (docs/storage.md "Read state" and
      * "Retention"); rooms of a version-1 database get their row here, so
      * the retention pass (which walks `rooms`) sees every room. Existing
      * messages are kept. */
-    {4, "read_state_retention",
+    {3, "read_state_retention",
      "CREATE TABLE IF NOT EXISTS read_state ("
      " user_id text NOT NULL,"
      " room text NOT NULL,"

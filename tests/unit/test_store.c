@@ -670,7 +670,7 @@ static int plan_uses_pkey(const char *sql)
     for (int i = 0; i < PQntuples(r); i++)
         len += (size_t)snprintf(plan + len, len < sizeof plan ? sizeof plan - len : 0, "%s\n", PQgetvalue(r, i, 0));
     PQclear(r);
-    /* messages_unread (schema v4) is also (room, seq)-ordered: either will do */
+    /* messages_unread (schema v3) is also (room, seq)-ordered: either will do */
     int ok = (strstr(plan, "Index Scan") || strstr(plan, "Index Only Scan")) &&
              (strstr(plan, "messages_pkey") || strstr(plan, "messages_unread")) &&
              !strstr(plan, "Seq Scan") && !strstr(plan, "Sort");
