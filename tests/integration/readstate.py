@@ -352,10 +352,23 @@ async def retention_one_pass_at_a_time_and_per_room_hook():
     b = rnode(policy=pol, env=RET_ENV)
     short, keep, bad = uniq("short-"), uniq("keep"), uniq("bad-")
     # another session holds the retention lock: no node deletes anything
+    # (held until this test lets go, whatever the machine's speed: a session
+    # that waits on its stdin, polled until the lock shows as granted)
+    key = 6516353908837
     holder = subprocess.Popen(
-        ["psql", "-h", "127.0.0.1", "-p", str(pg().port), "-U", "postgres", "-d", "chatd", "-tAc",
-         "SELECT pg_advisory_lock(6516353908837), pg_sleep(4)"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ["psql", "-q", "-h", "127.0.0.1", "-p", str(pg().port), "-U", "postgres", "-d", "chatd"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder.stdin.write(f"SELECT pg_advisory_lock({key});\n".encode())
+    holder.stdin.flush()
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        if sql(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    f"AND classid = {key >> 32} AND objid = {key & 0xffffffff} "
+                    f"AND objsubid = 1") == "1":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        check(False, "the holder session never got the retention lock")
     try:
         for room in (short, keep, bad):
             c = await Client.connect(a, room, token("alice"))
@@ -368,6 +381,8 @@ async def retention_one_pass_at_a_time_and_per_room_hook():
                                   'result="locked"') or 0 for n in (a, b))
         check(locked >= 2, f"passes skipped because of the lock: {locked}")
     finally:
+        holder.stdin.write(b"\\q\n")
+        holder.stdin.close()
         holder.wait(10)
     end = time.monotonic() + 15
     while row_count(short) and time.monotonic() < end:
