@@ -54,7 +54,7 @@ typedef struct conn_room {
 typedef struct conn_link { struct conn *prev, *next; } conn_link;
 
 typedef struct conn {
-    uint64_t id;
+    uint64_t id;            /* unique per node across restarts (see conn_new) */
     struct lws *wsi;
     int fd;
     identity ident;         /* change it with conn_set_identity (the deadline follows) */
@@ -85,7 +85,10 @@ typedef struct conn {
 /* Registers the connection metrics (so they exist before the first one). */
 void conn_metrics_init(void);
 /* A new connection with its identity (moved) and URL room; NULL when out of
- * memory. */
+ * memory. Its id: a base taken from the wall clock at the process's first
+ * connection (ms << 16) plus a counter, so a node restarted with the same
+ * node id never reuses an id of its previous run (presence members are
+ * "node|conn id|user"). */
 conn *conn_new(struct lws *wsi, identity *ident /* moved */, const char *room);
 /* lws CLOSED, first: the socket is gone. Nothing is sent or queued from now
  * on; the connection leaves the flush list and the deadline heap. */
