@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <libwebsockets.h>
 #include "auth.h"
+#include "client_ip.h"
 #include "heap.h"
 #include "msg.h"
 #include "outq.h"
@@ -59,7 +60,7 @@ typedef struct conn {
     int fd;
     identity ident;         /* change it with conn_set_identity (the deadline follows) */
     char url_room[CHAT_ROOM_MAX + 1];
-    char ip[46];            /* client address (client_ip.h), for limits and logs */
+    char ip[CLIENT_IP_MAX]; /* client address (client_ip.h), for limits and logs */
     int has_since;
     uint64_t since;
     conn_room **rooms;
