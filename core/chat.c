@@ -82,7 +82,6 @@ void chat_conn_open(conn *c)
 
 void chat_conn_closed(conn *c)
 {
-    c->closed = 1;
     chat_hold_conn_closed(c);
     while (c->nrooms) chat_leave(c, c->nrooms - 1);
     publish_owner_drop(&c->pubs); /* they complete (durability), unanswered */
@@ -289,8 +288,7 @@ static void handle_refresh(conn *c, client_frame *f)
         conn_send_error(c, "unauthorized", "refresh token must expire later than the current one", NULL);
         return;
     }
-    identity_clear(&c->ident);
-    c->ident = nid;
+    conn_set_identity(c, &nid);   /* its 4001 deadline moves too */
 }
 
 static void process_frame(conn *c, const char *data, size_t len)
@@ -362,20 +360,16 @@ void chat_conn_frame(conn *c, const char *data, size_t len)
 
 void chat_drain_all(void)
 {
-    for (conn *c = conn_first(); c; c = c->all_next) {
-        if (c->closing || c->closed) continue;
+    for (conn *c = conn_first(); c; c = conn_next(c)) {
+        if (conn_is_closing(c)) continue;
         conn_send_error(c, "server_restart", "server is restarting; reconnect with since=", NULL);
-        c->closing = 1;
-        c->close_after_flush = 1;
-        c->close_code = 1001;
-        snprintf(c->close_reason, sizeof c->close_reason, "server restart");
-        lws_callback_on_writable(c->wsi);
+        conn_close_after_flush(c, 1001, "server restart");
     }
 }
 
 void chat_expire_tokens(int64_t now_s)
 {
-    for (conn *c = conn_first(); c; c = c->all_next)
-        if (!c->closing && !c->closed && c->ident.exp <= now_s)
-            conn_close(c, 4001, "token expired");
+    /* O(expired): the connections come out of conn.c's deadline heap */
+    for (conn *c; (c = conn_next_expired(now_s));)
+        if (!conn_is_closing(c)) conn_close(c, 4001, "token expired");
 }

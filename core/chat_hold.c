@@ -66,7 +66,7 @@ static void hold_free(conn *c, conn_hold *h)
         h->head = f->next;
         free(f);
     }
-    if (h->paused && !c->closed) conn_rx_pause(c, CONN_RX_JOIN, 0);
+    if (h->paused) conn_rx_pause(c, CONN_RX_JOIN, 0);   /* a no-op once the socket is gone */
     free(h);
 }
 
@@ -93,7 +93,7 @@ static void resume_cb(uv_timer_t *t)
     for (size_t i = 0; i < n; i++) {
         conn *c = cs[i];
         conn_hold *h = hold_of(c);
-        while (h && h->head && !joining(c) && !c->closing) {
+        while (h && h->head && !joining(c) && !conn_is_closing(c)) {
             held_frame *f = h->head;
             h->head = f->next;
             if (!h->head) h->tail = NULL;
@@ -103,7 +103,7 @@ static void resume_cb(uv_timer_t *t)
             free(f);
             h = hold_of(c); /* the frame may have closed the connection */
         }
-        if (h && (!h->head || c->closing)) hold_free(c, h);
+        if (h && (!h->head || conn_is_closing(c))) hold_free(c, h);
     }
     free(cs);
 }

@@ -4,8 +4,10 @@
  * order once no join of the connection is in progress (issue 11 defect 5:
  * otherwise a message sent right after connecting could be folded into the
  * join's head and never reach its sender). Reading the socket is paused
- * meanwhile (lws rx flow control); beyond CHAT_MAX_QUEUE frames or
- * CHAT_MAX_QUEUE_BYTES bytes held the connection is closed with 1008.
+ * meanwhile (conn_rx_pause: wsread takes it out of its epoll set); beyond
+ * CHAT_MAX_QUEUE frames or CHAT_MAX_QUEUE_BYTES bytes held the connection
+ * is closed with 1008. Held frames of a connection that is closing are
+ * dropped, not processed.
  * Owns: the held frames per connection and the zero timer that resumes
  * them (never inside the callback that finished a join). Layer: with chat. */
 #ifndef CHATD_CHAT_HOLD_H

@@ -182,11 +182,11 @@ static void join_stage2(join_op *op)
      * (retention), also when the recent buffer still has some */
     if (op->has_since && !op->gap && op->kept_from > 0 && op->since0 + 1 < op->kept_from)
         op->gap = 3;
-    if (!cr->c->welcomed && op->first) {
+    if (op->first) {        /* the URL room's join at connect: once per connection */
         char rs[48];
         read_seq_field(rs, sizeof rs, op);
         send_welcome(cr->c, op->head, op->epoch, rs);
-        cr->c->welcomed = 1;
+        op->first = 0;
     }
     /* live delivery starts after the head unless since was honoured (a
      * refused since is not a seq of this room's numbering) */
@@ -354,7 +354,7 @@ void chat_leave(conn *c, uint32_t idx)
     conn_room *cr = c->rooms[idx];
     char name[CHAT_ROOM_MAX + 1];
     snprintf(name, sizeof name, "%s", cr->r->name);
-    if (cr->op) cr->op->cr = NULL;     /* the pending callback frees it */
+    if (cr->op) ((join_op *)cr->op)->cr = NULL;   /* the pending callback frees it */
     for (uint32_t i = 0; i < cr->nheld; i++) msg_unref(cr->held[i]);
     free(cr->held);
     if (room_remove_member(cr->r, cr)) bus_unsubscribe(g_srv.bus, name);

@@ -3,7 +3,9 @@
  * (CHAT_TRUSTED_PROXIES: comma-separated IPv4/IPv6 addresses and CIDRs),
  * the right-most address of X-Forwarded-For that is not a trusted proxy
  * (entries to its left can be forged by the client; a proxy appends the
- * address it saw). IPv4-mapped IPv6 addresses count as IPv4.
+ * address it saw); the left-most one when every entry is trusted; a
+ * malformed entry stops the walk at the last address read before it.
+ * IPv4-mapped IPv6 addresses count as IPv4.
  * Owns: the parsed trusted-proxy list (process-wide, set at start). */
 #ifndef CHATD_CLIENT_IP_H
 #define CHATD_CLIENT_IP_H

@@ -11,10 +11,26 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-static conn *g_all;
+/* The state bits of conn.flags; only this file reads or writes them. */
+enum {
+    CONN_CLOSING = 1u << 0,      /* a close is under way: our close frame is due */
+    CONN_DRAINING = 1u << 1,     /* ...once the queue is empty (conn_close_after_flush) */
+    CONN_CLOSE_SENT = 1u << 2,   /* our close frame is out; waiting for the peer */
+    CONN_PEER_CLOSED = 1u << 3,  /* the peer closed or failed: drop once ours is out */
+    CONN_KILLED = 1u << 4,       /* drop without a frame at the next WRITEABLE */
+    CONN_CLOSED = 1u << 5,       /* lws CLOSED: the socket is gone */
+    CONN_IN_FLUSH = 1u << 6,     /* on the flush list */
+    CONN_LWS_TAIL = 1u << 7,     /* lws holds the rest of a partly written frame */
+    CONN_READING = 1u << 8,      /* in wsread's epoll set */
+};
+
+#define HAS(c, f) (((c)->flags & (f)) != 0)
+
+static conn *g_all;             /* list through conn.all */
+static conn *g_flush;           /* list through conn.flush */
 static size_t g_count;
-static conn *g_flush_head;
-static uint64_t g_next_id = 1;
+static heap g_deadlines;        /* conn.exp keyed by ident.exp */
+static uint64_t g_next_id;
 
 static metric_counter *m_deliveries, *m_slow, *m_writev;
 static metric_hist *m_lag, *m_qwait;
@@ -36,14 +52,60 @@ void conn_metrics_init(void)
     m_open = metrics_gauge("chat_connections_open", "Open WebSocket connections", NULL);
 }
 
+/* ---- the lists a connection is on: the node is in the connection ------- */
+
+#define LINK(c, off) ((conn_link *)(void *)((char *)(c) + (off)))
+
+static void list_push(conn **head, conn *c, size_t off)
+{
+    LINK(c, off)->prev = NULL;
+    LINK(c, off)->next = *head;
+    if (*head) LINK(*head, off)->prev = c;
+    *head = c;
+}
+
+static void list_unlink(conn **head, conn *c, size_t off)
+{
+    conn_link *l = LINK(c, off);
+    if (l->prev) LINK(l->prev, off)->next = l->next;
+    else *head = l->next;
+    if (l->next) LINK(l->next, off)->prev = l->prev;
+    l->prev = l->next = NULL;
+}
+
 conn *conn_first(void) { return g_all; }
+conn *conn_next(const conn *c) { return c->all.next; }
 size_t conn_count(void) { return g_count; }
+
+static void flush_list_remove(conn *c)
+{
+    if (!HAS(c, CONN_IN_FLUSH)) return;
+    list_unlink(&g_flush, c, offsetof(conn, flush));
+    c->flags &= ~CONN_IN_FLUSH;
+}
+
+static void want_flush(conn *c)
+{
+    if (HAS(c, CONN_IN_FLUSH | CONN_LWS_TAIL | CONN_CLOSED)) return;
+    c->flags |= CONN_IN_FLUSH;
+    list_push(&g_flush, c, offsetof(conn, flush));
+}
+
+/* ---- life ---------------------------------------------------------------- */
 
 conn *conn_new(struct lws *wsi, identity *ident, const char *room)
 {
     conn_metrics_init();
+    /* ids of this run start above any id of an earlier run of this node
+     * (same node id after a restart): 65536 ids per ms of wall clock
+     * between the two starts; one run never connects that fast */
+    if (!g_next_id) g_next_id = (now_ms() << 16) | 1;
     conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    if (heap_push(&g_deadlines, &c->exp, ident->exp) < 0) {
+        free(c);
+        return NULL;
+    }
     c->id = g_next_id++;
     c->wsi = wsi;
     c->fd = lws_get_socket_fd(wsi);
@@ -51,34 +113,50 @@ conn *conn_new(struct lws *wsi, identity *ident, const char *room)
     memset(ident, 0, sizeof *ident);
     snprintf(c->url_room, sizeof c->url_room, "%s", room);
     c->opened_ms = now_ms();
-    c->all_next = g_all;
-    if (g_all) g_all->all_prev = c;
-    g_all = c;
+    list_push(&g_all, c, offsetof(conn, all));
     g_count++;
     metric_set(m_open, (double)g_count);
     return c;
 }
 
-static void flush_list_remove(conn *c)
+void conn_mark_closed(conn *c)
 {
-    if (!c->in_flush_list) return;
-    for (conn **p = &g_flush_head; *p; p = &(*p)->flush_next)
-        if (*p == c) { *p = c->flush_next; break; }
-    c->in_flush_list = 0;
+    c->flags |= CONN_CLOSED | CONN_CLOSING;
+    c->flags &= ~CONN_DRAINING;
+    flush_list_remove(c);
+    heap_remove(&g_deadlines, &c->exp);
+    outq_clear(&c->q);
 }
 
 void conn_destroy(conn *c)
 {
     flush_list_remove(c);
-    if (c->all_prev) c->all_prev->all_next = c->all_next; else g_all = c->all_next;
-    if (c->all_next) c->all_next->all_prev = c->all_prev;
+    heap_remove(&g_deadlines, &c->exp);
+    list_unlink(&g_all, c, offsetof(conn, all));
     g_count--;
+    if (!g_count) heap_free(&g_deadlines);   /* nothing left: give the array back */
     metric_set(m_open, (double)g_count);
     outq_clear(&c->q);
     free(c->rooms);
     free(c->rx);
     identity_clear(&c->ident);
     free(c);
+}
+
+void conn_set_identity(conn *c, identity *nid)
+{
+    identity_clear(&c->ident);
+    c->ident = *nid;
+    memset(nid, 0, sizeof *nid);
+    heap_update(&g_deadlines, &c->exp, c->ident.exp);
+}
+
+conn *conn_next_expired(int64_t now_s)
+{
+    heap_node *m = heap_min(&g_deadlines);
+    if (!m || m->key > now_s) return NULL;
+    heap_pop(&g_deadlines);
+    return HEAP_OWNER(m, conn, exp);
 }
 
 conn_room *conn_find_room(conn *c, const char *room)
@@ -88,18 +166,11 @@ conn_room *conn_find_room(conn *c, const char *room)
     return NULL;
 }
 
-static void want_flush(conn *c)
-{
-    if (c->in_flush_list || c->lws_has_tail || c->closed) return;
-    c->in_flush_list = 1;
-    c->flush_next = g_flush_head;
-    g_flush_head = c;
-}
+/* ---- output -------------------------------------------------------------- */
 
 int conn_send(conn *c, msg *m)
 {
-    if (c->closing && !c->close_after_flush) return -1;
-    if (c->closed) return -1;
+    if (HAS(c, CONN_CLOSING) && !HAS(c, CONN_DRAINING)) return -1;   /* also CLOSED */
     if (outq_push(&c->q, m) < 0) {
         metric_inc(m_slow);
         metric_inc(metrics_counter("chat_slow_consumer_closes_total", NULL, NULL));
@@ -139,13 +210,17 @@ void conn_send_error(conn *c, const char *code, const char *message, const char 
     conn_send_text(c, buf, o);
 }
 
+/* ---- closing --------------------------------------------------------------- */
+
+int conn_is_closing(const conn *c) { return HAS(c, CONN_CLOSING); }
+
 static void close_start(conn *c, uint16_t code, const char *reason)
 {
-    c->closing = 1;
-    c->close_after_flush = 0;
+    c->flags |= CONN_CLOSING;
+    c->flags &= ~CONN_DRAINING;
     c->close_code = code;
     snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
-    if (code != 1001) outq_clear(&c->q);   /* nothing more for this client */
+    outq_clear(&c->q);      /* nothing more for this client */
     flush_list_remove(c);
     /* a peer that never reads cannot hold the connection open for long */
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
@@ -154,33 +229,32 @@ static void close_start(conn *c, uint16_t code, const char *reason)
 
 void conn_close(conn *c, uint16_t code, const char *reason)
 {
-    if (c->closed || (c->closing && !c->close_after_flush)) return;
+    if (HAS(c, CONN_CLOSING) && !HAS(c, CONN_DRAINING)) return;   /* also CLOSED */
     close_start(c, code, reason);
 }
 
 void conn_close_now(conn *c, uint16_t code, const char *reason)
 {
-    if (c->closed || c->close_sent || c->close_len) return;   /* ours is (partly) out */
-    if (c->closing && !c->close_after_flush && c->close_code == code) return;
+    if (HAS(c, CONN_CLOSED | CONN_CLOSE_SENT) || c->close_len) return;   /* ours is (partly) out */
+    if (HAS(c, CONN_CLOSING) && !HAS(c, CONN_DRAINING) && c->close_code == code) return;
     close_start(c, code, reason);
 }
 
-void (*conn_rx_changed)(conn *c);
-
-void conn_rx_pause(conn *c, unsigned reason, int paused)
+void conn_close_after_flush(conn *c, uint16_t code, const char *reason)
 {
-    unsigned was = c->rx_paused;
-    if (paused) c->rx_paused |= reason;
-    else c->rx_paused &= ~reason;
-    if ((!was) != (!c->rx_paused) && conn_rx_changed && !c->closed) conn_rx_changed(c);
+    if (HAS(c, CONN_CLOSING)) return;
+    c->flags |= CONN_CLOSING | CONN_DRAINING;
+    c->close_code = code;
+    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
+    /* WRITEABLE flushes the queue, then sends the close frame */
+    lws_callback_on_writable(c->wsi);
 }
 
 void conn_kill(conn *c)
 {
-    if (c->closed) return;
-    c->closing = 1;
-    c->close_after_flush = 0;
-    c->killed = 1;
+    if (HAS(c, CONN_CLOSED)) return;
+    c->flags |= CONN_CLOSING | CONN_KILLED;
+    c->flags &= ~CONN_DRAINING;
     outq_clear(&c->q);
     flush_list_remove(c);
     /* WRITEABLE returns -1 and lws closes the socket (without a frame: we
@@ -191,10 +265,58 @@ void conn_kill(conn *c)
     lws_callback_on_writable(c->wsi);
 }
 
+void conn_fail(conn *c, uint16_t code, const char *reason)
+{
+    c->flags |= CONN_PEER_CLOSED;       /* drop once the close frame is out */
+    if (HAS(c, CONN_CLOSE_SENT)) conn_kill(c);
+    else conn_close_now(c, code, reason);
+}
+
+int conn_peer_close(conn *c, uint16_t code)
+{
+    c->flags |= CONN_PEER_CLOSED;
+    if (HAS(c, CONN_CLOSE_SENT)) {      /* the answer to ours: done */
+        conn_kill(c);
+        return -1;
+    }
+    if (HAS(c, CONN_CLOSING) && !HAS(c, CONN_DRAINING)) {
+        lws_callback_on_writable(c->wsi);   /* ours goes out, then we drop */
+        return 0;
+    }
+    conn_close_now(c, code, "");       /* answer with the peer's code, then drop */
+    return 0;
+}
+
+/* ---- input ------------------------------------------------------------------ */
+
+void (*conn_rx_changed)(conn *c);
+
+void conn_rx_pause(conn *c, unsigned reason, int paused)
+{
+    unsigned was = c->rx_paused;
+    if (paused) c->rx_paused |= reason;
+    else c->rx_paused &= ~reason;
+    if ((!was) != (!c->rx_paused) && conn_rx_changed && !HAS(c, CONN_CLOSED)) conn_rx_changed(c);
+}
+
+int conn_rx_paused(const conn *c) { return c->rx_paused != 0; }
+
+void conn_set_reading(conn *c, int on)
+{
+    if (on) c->flags |= CONN_READING;
+    else c->flags &= ~CONN_READING;
+}
+
+int conn_is_reading(const conn *c) { return HAS(c, CONN_READING); }
+
+/* ---- writing ---------------------------------------------------------------- */
+
 /* Writes our close frame (code + reason) straight to the socket: we are at
  * a frame boundary (lws flushed anything it held before WRITEABLE). Then the
- * peer answers with its close frame, which lws handles, or the timeout
- * ends it. Returns 0 sent, 1 socket full (WRITEABLE requested), -1 error. */
+ * peer answers with its close frame or EOF, which wsread reads
+ * (conn_peer_close, conn_kill), or the timeout ends it. Returns 0 sent, 1
+ * socket full (WRITEABLE requested), -1 when lws should drop the socket
+ * (an error, or the peer closed already). */
 static int send_close_frame(conn *c)
 {
     if (!c->close_len) {
@@ -220,11 +342,11 @@ static int send_close_frame(conn *c)
         }
         c->close_off += (size_t)w;
     }
-    c->close_sent = 1;
+    c->flags |= CONN_CLOSE_SENT;
     /* FIN after the close frame: the peer reads it and EOF, and may still
      * send its own close, which wsread reads (then lws drops the socket) */
     shutdown(c->fd, SHUT_WR);
-    if (c->peer_closed) return -1;
+    if (HAS(c, CONN_PEER_CLOSED)) return -1;
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 3);
     return 0;
 }
@@ -279,7 +401,7 @@ static int write_some(conn *c)
                 done_ctx d2 = {mono_ns(), 0};
                 outq_consume(&c->q, rest, on_done, &d2);
                 metric_add(m_deliveries, d2.n);
-                c->lws_has_tail = 1;
+                c->flags |= CONN_LWS_TAIL;
             }
             lws_callback_on_writable(c->wsi);
             return 1;
@@ -290,32 +412,27 @@ static int write_some(conn *c)
 
 int conn_on_writeable(conn *c)
 {
-    c->lws_has_tail = 0;
-    if (c->killed) return -1;
-    if (c->close_sent) return c->peer_closed ? -1 : 0;
-    if (c->closing && !c->close_after_flush) return send_close_frame(c) < 0 ? -1 : 0;
+    c->flags &= ~CONN_LWS_TAIL;
+    if (HAS(c, CONN_KILLED)) return -1;
+    if (HAS(c, CONN_CLOSE_SENT)) return HAS(c, CONN_PEER_CLOSED) ? -1 : 0;
+    int draining = HAS(c, CONN_DRAINING);
+    if (HAS(c, CONN_CLOSING) && !draining) return send_close_frame(c) < 0 ? -1 : 0;
     int r = write_some(c);
     if (r < 0) return -1;
-    if (r == 0 && c->close_after_flush) return send_close_frame(c) < 0 ? -1 : 0;
+    if (r == 0 && draining) return send_close_frame(c) < 0 ? -1 : 0;
     return 0;
 }
 
 void conn_flush_all(void)
 {
-    while (g_flush_head) {
-        conn *c = g_flush_head;
-        g_flush_head = c->flush_next;
-        c->in_flush_list = 0;
-        if (c->closed || c->lws_has_tail) continue;
-        if (c->closing && !c->close_after_flush) continue;
+    while (g_flush) {
+        conn *c = g_flush;
+        flush_list_remove(c);
+        if (HAS(c, CONN_CLOSED | CONN_LWS_TAIL)) continue;
+        int draining = HAS(c, CONN_DRAINING);
+        if (HAS(c, CONN_CLOSING) && !draining) continue;
         int r = write_some(c);
-        if (r < 0) {
-            /* socket error: let lws notice and close; stop writing */
-            c->closing = 1;
-            outq_clear(&c->q);
-            lws_callback_on_writable(c->wsi);
-        } else if (r == 0 && c->close_after_flush) {
-            lws_callback_on_writable(c->wsi);
-        }
+        if (r < 0) conn_kill(c);    /* socket error: stop writing, lws closes it */
+        else if (r == 0 && draining) lws_callback_on_writable(c->wsi);   /* the close frame */
     }
 }

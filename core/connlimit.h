@@ -1,7 +1,8 @@
 /* connlimit: connection limits per client IP and per user on this node
- * (CHAT_MAX_CONNS_PER_IP, CHAT_MAX_CONNS_PER_USER). A slot is taken at the
- * upgrade gate (refused: HTTP 429 before the upgrade) and given back when
- * the connection, or the upgrade that never completed, goes away.
+ * (CHAT_MAX_CONNS_PER_IP, CHAT_MAX_CONNS_PER_USER; 0: no limit). A slot is
+ * taken at the upgrade gate (refused: HTTP 429 before the upgrade; 503 when
+ * the count cannot be stored) and given back when the connection, or the
+ * upgrade that never completed, goes away (ws.c).
  * The counting is behind this small interface so that the per-user count
  * can become cluster-wide (Redis) without touching its callers.
  * Owns: the counts (hmap: key -> count). */

@@ -9,8 +9,11 @@
  * Before lws sees a connection, its first request head must arrive whole
  * (peeked, not consumed: lws reads it) within CHAT_HANDSHAKE_TIMEOUT_MS
  * (else 408, slowloris) and within CHAT_MAX_HEADER_BYTES (else 431); lws
- * would otherwise drop both silently. Pending heads are watched in an
- * edge-triggered epoll set (one uv_poll), so a partial head does not spin.
+ * would otherwise drop both silently. An upgrade request with bytes after
+ * its head (frames sent before our 101) is answered 400: lws would read
+ * them with the head where chatd's frame reader never sees them. Pending
+ * heads are watched in an edge-triggered epoll set (one uv_poll), so a
+ * partial head does not spin.
  * With chatd --workers it also owns the port the workers share (SO_REUSEPORT).
  * Owns: the listening sockets, their uv_polls, the pause timer, the reserve fd,
  * the pending connections (their fds until handed to lws), their epoll set

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 server g_srv;
+void (*server_on_listening)(void);
 
 static uv_prepare_t g_flush;
 static uv_timer_t g_tick;
@@ -319,6 +320,7 @@ int server_run(int argc, char **argv)
         return 2;
     }
     listener_start(vh);
+    if (server_on_listening) server_on_listening();
 
     uv_prepare_init(g_srv.loop, &g_flush);
     uv_prepare_start(&g_flush, on_flush);

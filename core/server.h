@@ -34,5 +34,8 @@ extern server g_srv;
 int server_run(int argc, char **argv);
 /* Re-reads the timing settings from the script host (after reload). */
 void server_refresh_settings(void);
+/* Called once server_run's listeners accept connections (NULL: nothing):
+ * a worker of chatd --workers tells its supervisor (workers.c). */
+extern void (*server_on_listening)(void);
 
 #endif

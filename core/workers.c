@@ -3,7 +3,12 @@
  * signal, a child's exit or a due restart is handled in one plain loop. A
  * worker is a fork() of the supervisor before anything else was started;
  * it re-reads the same settings (argv + environment) with two flags
- * appended (its node id and its own port) and runs server_run(). */
+ * appended (its node id and its own port) and runs server_run().
+ * A worker is up when it says so: it writes one byte to its readiness pipe
+ * once its listeners accept (server_on_listening). A TCP probe of its port
+ * could not tell the worker from whatever else listens there (a port taken
+ * by another process answered the probe, and the worker that then failed
+ * to listen was restarted in a loop instead of failing the start). */
 #define _GNU_SOURCE
 #include "workers.h"
 #include "config.h"
@@ -11,15 +16,13 @@
 #include "metrics.h"
 #include "server.h"
 #include "util.h"
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,7 +34,8 @@
 typedef struct worker {
     int idx, port;
     pid_t pid;               /* 0: not running */
-    int up;                  /* its own port accepted a connection */
+    int up;                  /* it said it listens (its readiness pipe) */
+    int ready_fd;            /* read end of its readiness pipe, -1: none */
     uint64_t started_ms;
     uint64_t restart_at_ms;  /* 0: no restart pending */
     worker_restarts rs;
@@ -41,7 +45,6 @@ static worker g_w[WORKERS_MAX];
 static int g_n;
 static config g_cfg;
 static char g_base_id[128];
-static struct in_addr g_probe_addr;
 static sigset_t g_waitset, g_oldmask;
 static pid_t g_self;
 
@@ -69,9 +72,26 @@ uint32_t workers_next_restart(worker_restarts *r, uint64_t ran_ms, int *report)
 
 /* ---- one worker process ---- */
 
-static void run_worker(worker *w, int argc, char **argv)
+static int g_ready_fd = -1;      /* in a worker: the write end of its readiness pipe */
+
+/* server_on_listening in a worker: one byte to the supervisor, once. */
+static void tell_ready(void)
+{
+    if (g_ready_fd < 0) return;
+    if (write(g_ready_fd, "r", 1) != 1)
+        LOGW(MOD, "cannot tell the supervisor this worker listens: %s", strerror(errno));
+    close(g_ready_fd);
+    g_ready_fd = -1;
+}
+
+static void run_worker(worker *w, int ready_fd, int argc, char **argv)
 {
     sigprocmask(SIG_SETMASK, &g_oldmask, NULL);
+    /* the other workers' readiness pipes are the supervisor's */
+    for (int i = 0; i < g_n; i++)
+        if (g_w[i].ready_fd >= 0) { close(g_w[i].ready_fd); g_w[i].ready_fd = -1; }
+    g_ready_fd = ready_fd;
+    server_on_listening = tell_ready;
     /* the supervisor gone (even by SIGKILL): drain and exit, never linger
      * holding the port */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -95,12 +115,25 @@ static void run_worker(worker *w, int argc, char **argv)
 
 static int spawn(worker *w, int argc, char **argv)
 {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
+        LOGE(MOD, "pipe for worker w%d: %s", w->idx, strerror(errno));
+        return -1;
+    }
     pid_t p = fork();
     if (p < 0) {
         LOGE(MOD, "fork for worker w%d: %s", w->idx, strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
         return -1;
     }
-    if (p == 0) run_worker(w, argc, argv);
+    if (p == 0) {
+        close(fds[0]);
+        run_worker(w, fds[1], argc, argv);
+    }
+    close(fds[1]);
+    if (w->ready_fd >= 0) close(w->ready_fd);
+    w->ready_fd = fds[0];
     w->pid = p;
     w->up = 0;
     w->started_ms = mono_ms();
@@ -110,20 +143,18 @@ static int spawn(worker *w, int argc, char **argv)
     return 0;
 }
 
-/* 1 when the worker's own port accepts a TCP connection: it got past its
- * whole start-up (settings, scripts, bus, store, both listeners). */
-static int probe(int port)
+/* Sets w->up once the worker wrote its readiness byte: it got past its
+ * whole start-up (settings, scripts, bus, store, both listeners accepting).
+ * EOF without it: the worker is exiting (reap says how). */
+static void check_ready(worker *w)
 {
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0) return 0;
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr = g_probe_addr;
-    int ok = connect(s, (struct sockaddr *)&a, sizeof a) == 0;
-    close(s);
-    return ok;
+    if (w->up || w->ready_fd < 0) return;
+    char b;
+    ssize_t n = read(w->ready_fd, &b, 1);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n == 1) w->up = 1;
+    close(w->ready_fd);
+    w->ready_fd = -1;
 }
 
 static void describe(int st, char *out, size_t n)
@@ -178,6 +209,8 @@ static void reap(sup *s)
         uint64_t ran = now - w->started_ms;
         char how[96];
         describe(st, how, sizeof how);
+        check_ready(w);     /* it may have said so just before it exited */
+        if (w->ready_fd >= 0) { close(w->ready_fd); w->ready_fd = -1; }
         w->pid = 0;
         if (s->stopping) {
             int clean = (WIFEXITED(st) && WEXITSTATUS(st) == 0) ||
@@ -242,11 +275,9 @@ static int setup(void)
         return -1;
     }
     snprintf(g_base_id, sizeof g_base_id, "%s", g_cfg.node_id);
-    if (!g_cfg.listen_host[0] || strcmp(g_cfg.listen_host, "0.0.0.0") == 0 ||
-        inet_pton(AF_INET, g_cfg.listen_host, &g_probe_addr) != 1)
-        inet_pton(AF_INET, "127.0.0.1", &g_probe_addr);
     for (int i = 0; i < g_n; i++) {
         memset(&g_w[i], 0, sizeof g_w[i]);
+        g_w[i].ready_fd = -1;
         workers_restarts_init(&g_w[i].rs);
         g_w[i].idx = i;
         g_w[i].port = (int)base + i;
@@ -278,8 +309,8 @@ static int supervise(int argc, char **argv)
         for (int i = 0; i < g_n; i++) {
             worker *w = &g_w[i];
             if (!w->pid || w->up) continue;
-            if (probe(w->port)) {
-                w->up = 1;
+            check_ready(w);
+            if (w->up) {
                 if (!s.starting) LOGI(MOD, "worker w%d (pid %d) is back", w->idx, (int)w->pid);
             } else {
                 pending_up = 1;

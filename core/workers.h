@@ -5,8 +5,9 @@
  * its own port (CHAT_WORKER_PORT + i: its /metrics, /readyz and direct
  * clients). With N = 1 (the default) there is no supervisor: the node runs
  * in this process, as before.
- * Owns: the worker processes (fork, start-up check, restart after a crash
- * with a capped backoff, the crash-loop report), the signals of the
+ * Owns: the worker processes (fork, start-up check through a readiness
+ * pipe per worker: up once it says its listeners accept, restart after a
+ * crash with a capped backoff, the crash-loop report), the signals of the
  * supervisor (SIGHUP passed on: reload; SIGTERM/SIGINT passed on as SIGTERM:
  * drain) and its exit status: 0 once every worker drained and exited, 2 when
  * the workers cannot start (bad settings, port taken), 1 when a worker had to

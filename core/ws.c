@@ -249,6 +249,7 @@ static void opaque_free(struct lws *wsi)
     } else if (*kind == OPQ_CONN) {
         conn_ref *r = (conn_ref *)kind;
         if (r->c) {
+            conn_mark_closed(r->c);
             wsread_detach(r->c);
             connlimit_release(r->c->ip, r->c->ident.user);
             chat_conn_closed(r->c);
@@ -274,8 +275,7 @@ static int on_receive(struct lws *wsi, conn *c, const void *in, size_t len)
         metric_inc(m_too_big);
         LOGI("ws", "conn %llu user %s: frame over %lld bytes, closing 1009",
              (unsigned long long)c->id, c->ident.user, (long long)g_srv.cfg.max_frame);
-        c->peer_closed = 1;
-        conn_close_now(c, 1009, "message too big");
+        conn_fail(c, 1009, "message too big");
         return 0;
     }
     int final = lws_is_final_fragment(wsi) && remaining == 0;
@@ -317,7 +317,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_RECEIVE: {
         conn *c = conn_of(wsi);
         if (!c) return -1;
-        if (c->closing) return 0;      /* closing: the peer's frames are moot */
+        if (conn_is_closing(c)) return 0;   /* closing: the peer's frames are moot */
         return on_receive(wsi, c, in, len);
     }
 

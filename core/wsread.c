@@ -51,7 +51,7 @@ static void send_pong(conn *c, const unsigned char *p, size_t n)
 int wsread_data(void *ud, const unsigned char *p, size_t n, int final, int binary)
 {
     conn *c = ud;
-    if (c->closing) return 0;       /* closing: the peer's messages are moot */
+    if (conn_is_closing(c)) return 0;   /* closing: the peer's messages are moot */
     if (final && c->rx_len == 0) {
         if (binary) conn_send_error(c, "bad_request", "binary frames are not supported", NULL);
         else chat_conn_frame(c, (const char *)p, n);
@@ -80,23 +80,12 @@ static int on_control(void *ud, int op, const unsigned char *p, size_t n)
 {
     conn *c = ud;
     if (op == WSF_PING) {
-        if (!c->closing) send_pong(c, p, n);
+        if (!conn_is_closing(c)) send_pong(c, p, n);
         return 0;
     }
     if (op != WSF_CLOSE) return 0;
-    c->peer_closed = 1;
-    if (c->close_sent) {            /* the answer to ours: done */
-        conn_kill(c);
-        return -1;
-    }
-    if (c->closing && !c->close_after_flush) {
-        lws_callback_on_writable(c->wsi);   /* ours goes out, then we drop */
-        return 0;
-    }
-    /* answer with the peer's code (1000 when it gave none), then drop */
-    uint16_t code = n >= 2 ? (uint16_t)(p[0] << 8 | p[1]) : 1000;
-    conn_close_now(c, code, "");
-    return 0;
+    /* answered with the peer's code (1000 when it gave none), then dropped */
+    return conn_peer_close(c, n >= 2 ? (uint16_t)(p[0] << 8 | p[1]) : 1000);
 }
 
 static const wsf_handlers H = {wsread_data, on_control};
@@ -107,9 +96,7 @@ static void fail(conn *c, int code)
     metric_inc(m_err[code == 1007 ? 1 : code == 1009 ? 2 : 0]);
     if (code == 1009) metric_inc(m_too_big);
     LOGI("ws", "conn %llu user %s: %s, closing %d", (unsigned long long)c->id, c->ident.user, why, code);
-    c->peer_closed = 1;             /* failed: drop once the close frame is out */
-    if (c->close_sent) conn_kill(c);
-    else conn_close_now(c, (uint16_t)code, why);
+    conn_fail(c, (uint16_t)code, why);
 }
 
 static void on_readable(conn *c)
@@ -131,7 +118,7 @@ static void on_readable(conn *c)
         if (c->rxp.done) return;    /* after a close or a failure: discard */
         int r = wsf_feed(&c->rxp, g_buf, (size_t)n, &H, c);
         if (r >= 1000) fail(c, r);
-        else if (r < 0 && !c->peer_closed) conn_close_now(c, 1011, "internal error");
+        else if (r < 0) conn_close_now(c, 1011, "internal error");   /* nothing once ours is out */
         return;
     }
 }
@@ -144,7 +131,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
     int n = epoll_wait(g_ep, ev, 128, 0);
     for (int i = 0; i < n; i++) {
         conn *c = ev[i].data.ptr;
-        if (!c->reading) continue;  /* detached by an earlier event of this batch */
+        if (!conn_is_reading(c)) continue;  /* detached by an earlier event of this batch */
         on_readable(c);
     }
 }
@@ -182,15 +169,15 @@ void wsread_shutdown(void)
  * what arrived meanwhile is read at once. */
 static void rx_changed(conn *c)
 {
-    if (!c->reading || g_ep < 0) return;
-    if (c->rx_paused) {
+    if (!conn_is_reading(c) || g_ep < 0) return;
+    if (conn_rx_paused(c)) {
         epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
         return;
     }
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
     if (epoll_ctl(g_ep, EPOLL_CTL_ADD, c->fd, &ev) < 0 && errno != EEXIST) {
         LOGW("ws", "conn %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(errno));
-        c->reading = 0;
+        conn_set_reading(c, 0);
         conn_kill(c);
     }
 }
@@ -206,13 +193,13 @@ int wsread_attach(conn *c)
         LOGW("ws", "conn %llu: epoll_ctl: %s", (unsigned long long)c->id, strerror(errno));
         return -1;
     }
-    c->reading = 1;
+    conn_set_reading(c, 1);
     return 0;
 }
 
 void wsread_detach(conn *c)
 {
-    if (!c->reading) return;
-    c->reading = 0;
-    if (g_ep >= 0 && !c->rx_paused) epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
+    if (!conn_is_reading(c)) return;
+    conn_set_reading(c, 0);
+    if (g_ep >= 0 && !conn_rx_paused(c)) epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
 }

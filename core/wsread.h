@@ -3,9 +3,17 @@
  * off), so every RFC 6455 rule is enforced by wsframe.c with the right close
  * code whatever lws would do. One epoll set holds every connection's socket
  * and one uv_poll watches that set (one extra fd for the process; libuv
- * allows one watcher per fd and lws already holds the socket's).
+ * allows one watcher per fd and lws already holds the socket's). One read
+ * (32 KiB) per connection per loop iteration, so output is flushed between
+ * bursts. What it reads becomes calls of conn.c and chat.c: a complete text
+ * message -> chat_conn_frame (assembled in conn.rx; binary -> error
+ * bad_request), ping -> pong, the peer's close -> conn_peer_close, a
+ * framing error -> conn_fail (1002/1007/1009), EOF or a socket error ->
+ * conn_kill. Input is ignored once the connection is closing. While a
+ * connection's input is paused (conn_rx_pause) its socket is out of the
+ * set: nothing is read and nothing spins.
  * Owns: the epoll set and its uv_poll handle; a connection's membership in
- * it (attach at ESTABLISHED, detach when it closes). */
+ * it (attach at ESTABLISHED, detach when it closes; conn_is_reading). */
 #ifndef CHATD_WSREAD_H
 #define CHATD_WSREAD_H
 #include <uv.h>

@@ -2,11 +2,14 @@
 node death and on missing heartbeats (short TTL: heartbeat 500 ms, TTL
 1500 ms), presence_state after churn, GET /rooms/{r}/presence, and typing
 (reaches the others only, never stored, rate-limited by the default policy), and a
-presence_ttl_ms changed by SIGHUP: announced in welcome and applied by presence alike."""
+presence_ttl_ms changed by SIGHUP: announced in welcome and applied by presence alike; a node
+restarted with the same node id gets connection ids (presence members) of its own."""
 import asyncio
 import os
 import signal
 import time
+
+import harness
 
 from harness import (Client, TestSkip, ahttp, ahttp_json, check, eq, start_node, token, uniq,
                      test, PROJECT_SCRIPTS, policy_dir, write_policy)
@@ -295,3 +298,45 @@ async def sighup_presence_ttl_announced_and_applied_memory_mode():
 @test(timeout=45, needs=("redis",))
 async def sighup_presence_ttl_announced_and_applied_redis():
     await _reloaded_ttl_is_announced_and_applied(redis=True)
+
+
+def presence_members(room):
+    """The members of the room's presence zset in Redis ("node|conn id|user")."""
+    reply = harness.RUN.need_redis().command("ZRANGE", f"chat:{{{room}}}:presence:conns", "0", "-1")
+    lines = reply.decode().split("\r\n")
+    check(lines[0].startswith("*"), f"ZRANGE reply: {reply[:200]!r}")
+    return [lines[i] for i in range(2, len(lines), 2) if lines[i - 1].startswith("$")]
+
+
+async def wait_members(room, pred, what, timeout=5.0):
+    end = time.monotonic() + timeout
+    while True:
+        ms = presence_members(room)
+        if pred(ms) or time.monotonic() > end:
+            check(pred(ms), f"{what}: presence members {ms}")
+            return ms
+        await asyncio.sleep(0.1)
+
+
+@test(timeout=60, needs=("redis",))
+async def restarted_node_gets_new_conn_ids():
+    # a node restarted with the same node id (a restarted worker, compose's
+    # fixed ids) while its previous run's presence entries are still live:
+    # its connection ids must not start over, or a new connection's entry is
+    # the dead one's ("node|1|user") and merges with it until the TTL
+    n = pnode(name="R-" + uniq(""), env={"CHAT_PRESENCE_TTL_MS": 30000})
+    room = uniq()
+    u1 = await connect(n, room, "alice")
+    mine = lambda ms: [m for m in ms if m.startswith(n.name + "|") and m.endswith("|alice")]
+    old = mine(await wait_members(room, lambda ms: len(mine(ms)) == 1, "first run's entry"))
+    n.restart()                             # kill -9, then the same node id again
+    u1.abort()
+    u2 = await connect(n, room, "alice")
+    ms = mine(await wait_members(room, lambda ms: len(mine(ms)) == 2,
+                                 "an entry of its own for the new run's connection (the old one "
+                                 "is live for 30 s)"))
+    check(old[0] in ms, f"the first run's entry {old[0]} is still there: {ms}")
+    new = [m for m in ms if m != old[0]]
+    ids = [int(m.split("|")[1]) for m in (old[0], new[0])]
+    check(ids[1] > ids[0], f"conn ids of the second run start above the first run's: {ids}")
+    await u2.close()

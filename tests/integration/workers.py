@@ -302,6 +302,8 @@ async def workers_cannot_listen_exit_2():
         eq(node.wait_exit(20), 2, "supervisor exit status when the port is taken")
         check("could not start" in node.log_text(), f"log says why: {node.log_tail(5)}")
         check("shared with the other workers" in node.log_text(), "worker says which port")
+        check("restarting in" not in node.log_text(),
+              f"a worker that could not listen was restarted as a crash: {node.log_tail(8)}")
     finally:
         s.close()
     # a worker's own port taken
@@ -316,5 +318,9 @@ async def workers_cannot_listen_exit_2():
         eq(node.wait_exit(20), 2, "supervisor exit status when a worker's own port is taken")
         check(f"cannot listen on 127.0.0.1:{own[1]}" in node.log_text(),
               f"log names the port: {node.log_tail(5)}")
+        # the port answers (our listener), yet the worker is not up: up is
+        # what the worker says, not what a probe of its port finds
+        check("restarting in" not in node.log_text(),
+              f"a worker that could not listen was restarted as a crash: {node.log_tail(8)}")
     finally:
         s.close()
