@@ -166,6 +166,17 @@ class Run:
             c.abort()
         self.clients = []
 
+    SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                       "SUMMARY: UndefinedBehaviorSanitizer", "WARNING: ThreadSanitizer")
+
+    def sanitizer_reports(self):
+        """The first sanitizer report line in a log of this test's nodes, or ''."""
+        for n in self.nodes:
+            for line in n.log_text().splitlines():
+                if any(m in line for m in self.SANITIZER_MARKS):
+                    return f"{n.name}: {line.strip()[:300]}"
+        return ""
+
     def cleanup_nodes(self):
         for n in self.nodes:
             n.kill9()

@@ -58,6 +58,11 @@ def main():
             start = time.time()
             status, reason = run_one(t)
             dur = time.time() - start
+            if status == "PASS":
+                # a sanitizer report that did not crash the node still fails
+                bad = harness.RUN.sanitizer_reports()
+                if bad:
+                    status, reason = "FAIL", f"sanitizer report in a node's log: {bad}"
             logs = []
             if status == "FAIL":
                 for n in harness.RUN.nodes:
