@@ -134,18 +134,22 @@ void bus_unsubscribe(bus *b, const char *room)
     bus_room_maybe_free(b, r);
 }
 
-int bus_publish(bus *b, const char *room, const char *client_id, const char *tail,
-                size_t tail_len, bus_publish_cb cb, void *ud)
+/* A publish, plain (u NULL: pcb) or an update (ucb). */
+static int publish_req(bus *b, const char *room, const char *client_id, const char *tail,
+                       size_t tail_len, const bus_update *u, bus_publish_cb pcb,
+                       bus_update_cb ucb, void *ud)
 {
     if (!bus_ready(b) || !room || !room_name_valid(room, strlen(room)) || (!tail && tail_len))
         return -1;
     if (client_id && (!*client_id || strlen(client_id) > BUS_ID_MAX)) return -1;
     bus_req *r = bus_req_new(b, BUS_REQ_PUBLISH, room);
     if (!r) return -1;
-    r->pcb = cb;
+    r->pcb = pcb;
+    r->ucb = ucb;
     r->ud = ud;
+    r->count = -1;
     r->tail = malloc(tail_len + 1);
-    if (!r->tail || (client_id && !(r->id = strdup(client_id)))) {
+    if (!r->tail || (client_id && !(r->id = strdup(client_id))) || (u && !(r->upd = bus_upd_copy(u)))) {
         bus_req_free(r);
         return -1;
     }
@@ -157,6 +161,19 @@ int bus_publish(bus *b, const char *room, const char *client_id, const char *tai
         return -1;
     }
     return 0;
+}
+
+int bus_publish(bus *b, const char *room, const char *client_id, const char *tail,
+                size_t tail_len, bus_publish_cb cb, void *ud)
+{
+    return publish_req(b, room, client_id, tail, tail_len, NULL, cb, NULL, ud);
+}
+
+int bus_publish_update(bus *b, const char *room, const char *client_id, const char *tail,
+                       size_t tail_len, const bus_update *u, bus_update_cb cb, void *ud)
+{
+    if (!u || !cb) return -1;
+    return publish_req(b, room, client_id, tail, tail_len, u, NULL, cb, ud);
 }
 
 int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_cb cb,

@@ -21,6 +21,8 @@
  *   chat:{room}:epoch   string  the room's epoch (created with the seq key)
  *   chat:{room}:recent  zset/list bounded recent buffer of "<seq>\n<tail>"
  *   chat:{room}:id:<id> string  seq of a client id (idempotency, with TTL)
+ *   chat:{room}:t:<seq> hash    state of a message that got updates (v2):
+ *                                deleted flag, reactions (bus_update below)
  *   chat:{room}:msg     channel published "<seq>\n<tail>"
  *   chat:{room}:typing  channel ephemeral frames
  *   chat:{room}:presence channel ephemeral frames
@@ -132,6 +134,48 @@ void bus_unsubscribe(bus *b, const char *room);
 typedef void (*bus_publish_cb)(void *ud, int status, uint64_t seq, int duplicate);
 int bus_publish(bus *b, const char *room, const char *client_id,
                 const char *tail, size_t tail_len, bus_publish_cb cb, void *ud);
+
+/* ---- message updates (v2; docs/redis.md "Message updates") ----
+ * An edit, delete or react is published like a message, plus a check and
+ * change of its target's state in the same atomic step that assigns the
+ * seq, so that what depends on order is decided where order is: a target
+ * deleted by a lower seq refuses every later update, and a react's count
+ * (the emoji's reactions after it, each user at most once per emoji) is
+ * exact whichever node publishes. The state lives in the bus
+ * (chat:{room}:t:<target>, expiring id_ttl_s after its last update; the
+ * in-process map keeps it as long) and is seeded from the caller (the
+ * durable history) when the bus has none. A react's tail is published open
+ * (ending with '"count":', wire.h); the bus appends the count and '}'. */
+enum {
+    BUS_UPD_EDIT = 'e', BUS_UPD_DELETE = 'd', BUS_UPD_REACT_ON = '+', BUS_UPD_REACT_OFF = '-',
+};
+enum {
+    BUS_UPD_SEED_ASK = 'S',   /* no state in the bus: answer BUS_UPD_NEED_STATE */
+    BUS_UPD_SEED_GIVEN = 'Y', /* no state in the bus: start from the seed below */
+    BUS_UPD_SEED_NONE = 'N',  /* no durable history: a missing state starts empty */
+};
+/* bus_update_cb statuses besides 0 (published) and -1 (unavailable);
+ * nothing was published and no seq assigned: */
+enum {
+    BUS_UPD_NEED_STATE = 3,   /* (seed 'S') publish again with the target's state */
+    BUS_UPD_GONE = 4,         /* the target was deleted (by a lower seq) */
+    BUS_UPD_NOOP = 5,         /* a react that changes nothing (already on / not on) */
+};
+typedef struct bus_update {
+    uint64_t target;          /* seq of the message */
+    int op;                   /* BUS_UPD_EDIT .. BUS_UPD_REACT_OFF */
+    const char *emoji, *user; /* react: the emoji and who reacts */
+    int seed;                 /* BUS_UPD_SEED_* */
+    int seed_deleted;         /* seed 'Y': the target is deleted */
+    /* seed 'Y': every reaction the target has: emoji[i] by user[i] */
+    const char *const *seed_emoji, *const *seed_user;
+    size_t nseed;
+} bus_update;
+/* cb(ud, status, seq, duplicate, count): as bus_publish_cb, count being a
+ * react's count after it (-1 for other kinds and for duplicates). */
+typedef void (*bus_update_cb)(void *ud, int status, uint64_t seq, int duplicate, int64_t count);
+int bus_publish_update(bus *b, const char *room, const char *client_id, const char *tail,
+                       size_t tail_len, const bus_update *u, bus_update_cb cb, void *ud);
 
 /* Replay for client recovery: entries with seq > since, in order, ending at
  * the room's head (last assigned seq), at most max entries.

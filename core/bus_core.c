@@ -46,6 +46,7 @@ void bus_req_free(bus_req *r)
     req_unlink(r);
     free(r->id);
     free(r->tail);
+    bus_upd_free(r->upd);
     free(r);
 }
 
@@ -53,7 +54,8 @@ void bus_req_publish_done(bus_req *r, int status, uint64_t seq, int dup)
 {
     if (r->called) return;
     r->called = 1;
-    if (r->pcb) r->pcb(r->ud, status, seq, dup);
+    if (r->ucb) r->ucb(r->ud, status, seq, dup, status == 0 && !dup ? r->count : -1);
+    else if (r->pcb) r->pcb(r->ud, status, seq, dup);
 }
 
 void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, uint64_t head,

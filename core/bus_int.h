@@ -96,6 +96,10 @@ struct bus_req {
     uint64_t seed;
     char epoch[BUS_EPOCH_MAX + 1];
     int skip_ranges;         /* replay: range replies of a round that needed a seed */
+    /* message updates (bus_update.c): the state step and its answer */
+    struct bus_upd *upd;     /* NULL for a plain message */
+    bus_update_cb ucb;
+    int64_t count;           /* a react's count, set before the answer */
 };
 
 enum {
@@ -208,6 +212,27 @@ int bus_has_seed(const bus *b);
 /* A fresh random epoch: 16 lowercase hex digits. */
 void bus_epoch_new(bus *b, char out[BUS_EPOCH_MAX + 1]);
 
+/* bus_update.c: the state step of message updates (bus.h "message
+ * updates"). A private copy of a bus_update, owned by its request. */
+struct bus_upd *bus_upd_copy(const bus_update *u);
+void bus_upd_free(struct bus_upd *u);
+/* Redis: the script's extra key (chat:{room}:t:<target>, into key, cap
+ * bytes) and its extra arguments from ARGV[13] on (see bus_script.c).
+ * bus_upd_nargs: how many arguments bus_upd_args appends. */
+void bus_upd_key(const bus_req *r, char *key, size_t cap);
+size_t bus_upd_nargs(const bus_req *r);
+/* keyidx: the key's index in KEYS (1-based) as text. */
+void bus_upd_args(const bus_req *r, const char *keyidx, const char **argv, size_t *lens,
+                  int *argc, char bufs[][32]);
+/* In-process mode: the per-room states (owned by the room's store). */
+typedef struct bus_upd_states bus_upd_states;
+bus_upd_states *bus_upd_states_new(void);
+void bus_upd_states_free(bus_upd_states *s);
+/* The state step of r (r->upd set): 0 go on (*count set for a react),
+ * else BUS_UPD_NEED_STATE / BUS_UPD_GONE / BUS_UPD_NOOP (nothing changed).
+ * ttl_ms: a state untouched this long is forgotten. */
+int bus_upd_local_apply(bus_upd_states *s, const bus_req *r, uint64_t ttl_ms, int64_t *count);
+
 /* bus_order.c: the one ordered-delivery path of both modes. */
 /* A message arrived on the room's subscription. */
 void bus_order_incoming(bus *b, const char *room, uint64_t seq, const char *tail, size_t len);
@@ -256,6 +281,8 @@ uint64_t bus_backfill_rounds(const bus *b);
  * exposed for the fuzz targets) */
 struct redisReply;
 int bus_redis_publish_reply(const struct redisReply *rp, uint64_t *seq, uint64_t *dup);
+/* bus_redis.c: a message update's extra answers (see there). */
+int bus_redis_update_reply(bus_req *r, const struct redisReply *rp, uint64_t *seq, uint64_t *dup);
 
 /* helpers shared by backends */
 int bus_parse_entry(const char *s, size_t len, bus_entry *e); /* "<seq>\n<tail>" */

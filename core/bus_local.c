@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,7 @@ typedef struct lroom {
     hmap ids;             /* id -> lid */
     lid *ids_head, *ids_tail;/* insertion (= expiry) order */
     size_t nids;
+    bus_upd_states *upd;     /* message updates' target states (bus_update.c) */
 } lroom;
 
 enum { OP_PUBLISH = 1, OP_REPLAY, OP_EMIT, OP_FETCH };
@@ -71,11 +73,13 @@ static lroom *lroom_get(busl *L, const char *name, int create)
     if (!lr) return NULL;
     lr->ring = calloc(L->b->recent_max, sizeof *lr->ring);
     hmap_init(&lr->ids);
+    lr->upd = bus_upd_states_new();
     if (!bus_has_seed(L->b)) {
         lr->seeded = 1;
         snprintf(lr->epoch, sizeof lr->epoch, "%s", L->b->epoch);
     }
-    if (!lr->ring || hmap_put(&L->rooms, name, lr) != 0) {
+    if (!lr->ring || !lr->upd || hmap_put(&L->rooms, name, lr) != 0) {
+        bus_upd_states_free(lr->upd);
         free(lr->ring);
         free(lr);
         return NULL;
@@ -108,6 +112,7 @@ static int lroom_free(void *arg, const char *key, void *val)
     free(lr->ring);
     while (lr->ids_head) ids_drop_head(lr);
     hmap_free(&lr->ids);
+    bus_upd_states_free(lr->upd);
     free(lr);
     return 0;
 }
@@ -154,12 +159,26 @@ static void do_publish(busl *L, bus_req *r)
     }
     uint64_t seq = lr->seq + 1;
     lentry *e = &lr->ring[seq % b->recent_max];
-    char *copy = malloc(r->tail_len + 1);
+    size_t tail_len = r->tail_len;
+    char *copy = malloc(r->tail_len + 32);
     if (!copy) {
         LOGE(MOD, "out of memory publishing to %s", r->room);
         return;
     }
     memcpy(copy, r->tail, r->tail_len + 1);
+    if (r->upd) {
+        /* a message update: its target's state step (bus_update.c), then
+         * a react's tail is closed with the count */
+        int64_t count = -1;
+        int st = bus_upd_local_apply(lr->upd, r, (uint64_t)b->id_ttl_s * 1000u, &count);
+        if (st != 0) {
+            free(copy);
+            if (st > 0) bus_req_publish_done(r, st, 0, 0);
+            return; /* -1: unhold answers -1 */
+        }
+        if (count >= 0) tail_len += (size_t)snprintf(copy + tail_len, 32, "%" PRId64 "}", count);
+        r->count = count;
+    }
     if (r->id) {
         size_t il = strlen(r->id);
         lid *d = malloc(sizeof *d + il + 1);
@@ -182,7 +201,7 @@ static void do_publish(busl *L, bus_req *r)
     free(e->tail);
     e->seq = seq;
     e->tail = copy;
-    e->len = r->tail_len;
+    e->len = tail_len;
     lr->seq = seq;
     metric_inc(b->m.published);
     bus_req_publish_done(r, 0, seq, 0);

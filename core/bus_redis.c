@@ -37,7 +37,13 @@ static void pub_cb(void *ud, const redisReply *rp)
         bus_req_unhold(r);
         return;
     }
-    if (bus_redis_publish_reply(rp, &seq, &dup) != 0 ||
+    int upd = r->upd ? bus_redis_update_reply(r, rp, &seq, &dup) : 0;
+    if (upd > 0) {   /* a message update refused by the state step (bus.h) */
+        bus_req_publish_done(r, upd, 0, 0);
+        bus_req_unhold(r);
+        return;
+    }
+    if ((upd == 0 && bus_redis_publish_reply(rp, &seq, &dup) != 0) || upd == -1 ||
         (dup == 2 && r->seed_mode != BUS_SEED_ASK)) {
         LOGW(MOD, "publish to %s: unexpected reply", r->room);
         bus_req_unhold(r);
@@ -64,6 +70,27 @@ int bus_redis_publish_reply(const redisReply *rp, uint64_t *seq, uint64_t *dup)
         *dup > 2 || (*dup == 2) != (*seq == 0))
         return -1;
     return 0;
+}
+
+/* A message update's answers besides a message's (bus_script.c): {0, 3|4|5}
+ * (returns that status: nothing published) and a react's {seq, 0, count}
+ * (sets r->count; returns -2 after filling seq and dup). 0: an ordinary
+ * answer, parse it as a message's; -1: malformed. */
+int bus_redis_update_reply(bus_req *r, const redisReply *rp, uint64_t *seq, uint64_t *dup)
+{
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || !rp->element) return 0;
+    uint64_t a = 0, b = 0, c = 0;
+    if (rp->elements == 2 && redis_reply_u64(rp->element[0], &a) == 0 &&
+        redis_reply_u64(rp->element[1], &b) == 0 && a == 0 && b >= 3 && b <= 5)
+        return (int)b;
+    if (rp->elements != 3) return 0;
+    if (redis_reply_u64(rp->element[0], &a) != 0 || redis_reply_u64(rp->element[1], &b) != 0 ||
+        redis_reply_u64(rp->element[2], &c) != 0 || a == 0 || b != 0)
+        return -1;
+    *seq = a;
+    *dup = 0;
+    r->count = (int64_t)c;
+    return -2;
 }
 
 static void pub_seeded(void *arg, int status, uint64_t max_seq, const char *epoch)
@@ -106,9 +133,20 @@ static int send_publish(busr *R, bus_req *r)
     mode[0] = (char)r->seed_mode;
     mode[1] = 0;
     snprintf(nseed, sizeof nseed, "%" PRIu64, r->seed);
-    snprintf(nkeys, sizeof nkeys, "%d", 3 + (track ? 2 : 0) + (r->id ? 1 : 0));
-    const char *argv[24];
-    size_t lens[24];
+    /* a message update adds its target's state key before the id key and
+     * its arguments from ARGV[13] on (bus_update.c, bus_script.c) */
+    char kupd[CHAT_ROOM_MAX + 48], nupd[4], ubufs[2][32];
+    int nk = 3 + (track ? 2 : 0);
+    if (r->upd) snprintf(nupd, sizeof nupd, "%d", ++nk);
+    snprintf(nkeys, sizeof nkeys, "%d", nk + (r->id ? 1 : 0));
+    const char *sargv[24], **argv = sargv;
+    size_t slens[24], *lens = slens;
+    if (r->upd) {
+        size_t cap = 24 + bus_upd_nargs(r);
+        argv = malloc(cap * sizeof *argv);
+        lens = malloc(cap * sizeof *lens);
+        if (!argv || !lens) { free(argv); free(lens); return -1; }
+    }
     int argc = 0;
 #define ARG(s, l) (argv[argc] = (s), lens[argc] = (l), argc++)
     ARG(nkeys, strlen(nkeys));
@@ -119,6 +157,10 @@ static int send_publish(busr *R, bus_req *r)
         /* the unstored set and the room's index (one slot) */
         ARG(kuns, strlen(kuns));
         ARG(kidx, strlen(kidx));
+    }
+    if (r->upd) {
+        bus_upd_key(r, kupd, sizeof kupd);
+        ARG(kupd, strlen(kupd));
     }
     if (r->id) {
         snprintf(kid, sizeof kid, "chat:{%s}:id:%s", r->room, r->id);
@@ -136,9 +178,12 @@ static int send_publish(busr *R, bus_req *r)
     ARG(nseed, strlen(nseed));
     ARG(r->epoch, strlen(r->epoch));
     ARG(R->cluster ? "spublish" : "publish", R->cluster ? 8 : 7);
+    if (r->upd) bus_upd_args(r, nupd, argv, lens, &argc, ubufs);
 #undef ARG
     redis_call how = {slot, 0, BUS_S_PUBLISH};
-    return redis_client_call(R->rc, &how, argc, argv, lens, pub_cb, r);
+    int rc = redis_client_call(R->rc, &how, argc, argv, lens, pub_cb, r);
+    if (argv != sargv) { free(argv); free(lens); }
+    return rc;
 }
 
 static int be_publish(bus *b, bus_req *r)

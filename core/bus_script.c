@@ -22,8 +22,22 @@
  *   ARGV[12] (default "publish") the command that broadcasts: "spublish" on
  *           a Cluster (the channel chat:{room}:msg hashes to the script's
  *           slot, so the sharded message leaves from the room's shard).
- * Returns {seq, 0} when published, {seq_of_first, 1} for a duplicate id,
- *   {0, 2} when a seed is needed. A new message is also recorded as
+ *   Message updates (v2, bus.h "message updates", bus_update.c), only when
+ *   ARGV[13] is given: KEYS[ARGV[13]] is the target's state hash
+ *   chat:{room}:t:<target> (placed before the id key); ARGV[14] the op
+ *   ('e' edit, 'd' delete, '+' react on, '-' react off), ARGV[15] the
+ *   reaction field "r<emoji>\n<user>" and ARGV[16] the count field
+ *   "c<emoji>" (react), ARGV[17] the seed mode ('S' a missing state answers
+ *   {0, 3}; 'Y' a missing state is created from ARGV[18] (deleted '1'/'0')
+ *   and the field pairs ARGV[19..]; 'N' a missing state starts empty).
+ *   After the duplicate check and before INCR: a deleted target answers
+ *   {0, 4}, a react that changes nothing {0, 5} (nothing is written); a
+ *   delete sets "d"; a react sets or removes its field and moves its count,
+ *   then the tail (open, ending with '"count":') gets the count and '}'.
+ *   The state expires ARGV[3] seconds after its last update.
+ * Returns {seq, 0} when published ({seq, 0, count} for a react),
+ *   {seq_of_first, 1} for a duplicate id, {0, 2} when a seed is needed. A
+ *   new message is also recorded as
  *   unstored when tracking: ZADD chat:{room}:unstored <now ms> <seq>, ZADD
  *   <index> NX <now> room, the index being the room's unstored index
  *   (bus_unstored_index: one per Redis, one per slot on a Cluster, on the
@@ -80,12 +94,40 @@ const char BUS_PUBLISH_LUA[] =
     "  end\n"
     "  redis.call('SET', KEYS[3], ARGV[11], 'NX')\n"
     "end\n"
+    "local tail = ARGV[1]\n"
+    "local count = nil\n"
+    "if ARGV[13] then\n"
+    "  local st = KEYS[tonumber(ARGV[13])]\n"
+    "  local op = ARGV[14]\n"
+    "  if redis.call('EXISTS', st) == 0 then\n"
+    "    if ARGV[17] == 'S' then return {0, 3} end\n"
+    "    redis.call('HSET', st, 's', '1')\n"
+    "    if ARGV[17] == 'Y' and ARGV[18] == '1' then redis.call('HSET', st, 'd', '1') end\n"
+    "    for i = 19, #ARGV, 2 do\n"
+    "      if redis.call('HSETNX', st, ARGV[i], '1') == 1 then\n"
+    "        redis.call('HINCRBY', st, ARGV[i + 1], 1)\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  if redis.call('HEXISTS', st, 'd') == 1 then return {0, 4} end\n"
+    "  if op == 'd' then\n"
+    "    redis.call('HSET', st, 'd', '1')\n"
+    "  elseif op == '+' then\n"
+    "    if redis.call('HSETNX', st, ARGV[15], '1') == 0 then return {0, 5} end\n"
+    "    count = redis.call('HINCRBY', st, ARGV[16], 1)\n"
+    "  elseif op == '-' then\n"
+    "    if redis.call('HDEL', st, ARGV[15]) == 0 then return {0, 5} end\n"
+    "    count = redis.call('HINCRBY', st, ARGV[16], -1)\n"
+    "  end\n"
+    "  redis.call('EXPIRE', st, tonumber(ARGV[3]))\n"
+    "  if count then tail = tail .. string.format('%d', count) .. '}' end\n"
+    "end\n"
     "local floor = tonumber(ARGV[5] or '0') or 0\n"
     "if floor > 0 and (tonumber(cur) or 0) < floor then\n"
     "  redis.call('SET', KEYS[1], ARGV[5])\n"
     "end\n"
     "local seq = redis.call('INCR', KEYS[1])\n"
-    "local m = string.format('%d', seq) .. '\\n' .. ARGV[1]\n"
+    "local m = string.format('%d', seq) .. '\\n' .. tail\n"
     "redis.call('ZADD', KEYS[2], seq, m)\n"
     "local keep = tonumber(ARGV[2])\n"
     "if redis.call('ZCARD', KEYS[2]) > keep then\n"
@@ -99,6 +141,7 @@ const char BUS_PUBLISH_LUA[] =
     "  redis.call('ZADD', KEYS[5], 'NX', now, ARGV[7])\n"
     "end\n"
     "redis.call(ARGV[12] or 'publish', ARGV[4], m)\n"
+    "if count then return {seq, 0, count} end\n"
     "return {seq, 0}\n";
 
 const char BUS_HEAD_LUA[] =
