@@ -39,10 +39,14 @@
 #define OID_INT8 20
 
 enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
-enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP_PREP_INSERT,
-       OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD, OP_QUERY, OP_PREP_QUERY };
+enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP_PREP_HIST,
+       OP_PREP_TARGET, OP_PREP_REACT, OP_PREP_INSERT, OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD,
+       OP_QUERY, OP_PREP_QUERY };
 #define QUERY_PREPARED_MAX 16   /* named statements of store_query per connection */
-enum { Q_RANGE = 0, Q_HEAD, Q_QUERY };
+enum { Q_RANGE = 0, Q_HEAD, Q_QUERY, Q_HISTORY, Q_TARGET, Q_REACTIONS };
+#define OID_INT2 21
+#define OID_INT4 23
+#define OID_BOOL 16
 
 /* One queued row; strings live in data[] after the struct. */
 typedef struct wnode {
@@ -52,19 +56,23 @@ typedef struct wnode {
     uint64_t t_enq;             /* mono_ns when queued */
     int status;                 /* for the callback: 0, or -2 (conflict) */
     const char *val[STORE_INSERT_NCOLS];
-    char seq_txt[24], ts_txt[24];
+    char seq_txt[24], ts_txt[24], kind_txt[8], target_txt[24], count_txt[24];
     char data[];
 } wnode;
 
-/* One queued read: a history range (Q_RANGE), a room head (Q_HEAD) or a
- * statement of another module (Q_QUERY: sql and its parameters live in
- * room[], after the room name's place). */
+/* One queued read: a range (Q_RANGE), a history page (Q_HISTORY), a room
+ * head (Q_HEAD), an update's target (Q_TARGET, seq in after), a message's
+ * reactions (Q_REACTIONS, target in after) or a statement of another
+ * module (Q_QUERY: sql and its parameters live in room[], after the room
+ * name's place). */
 typedef struct rnode {
     struct rnode *next;
     int kind;
     store_rows_cb cb;
     store_head_cb hcb;
     store_query_cb qcb;
+    store_target_cb tcb;
+    store_reactions_cb xcb;
     void *ud;
     int newest;
     char after[24], before[24], limit[16];
@@ -239,6 +247,18 @@ static void send_query(store *s)
         sent(s, OP_QUERY, PQsendQueryParams(s->pg, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0));
 }
 
+/* Answers a read with its failure. */
+static void fail_read(rnode *r)
+{
+    switch (r->kind) {
+    case Q_HEAD: r->hcb(r->ud, -1, 0, NULL); break;
+    case Q_QUERY: r->qcb(r->ud, -1, NULL); break;
+    case Q_TARGET: r->tcb(r->ud, -1, 0, NULL, 0); break;
+    case Q_REACTIONS: r->xcb(r->ud, -1, 0, NULL, NULL, 0); break;
+    default: r->cb(r->ud, -1, NULL, 0); break;
+    }
+}
+
 static void fail_ranges(store *s)
 {
     rnode *list = s->r_head;
@@ -249,9 +269,7 @@ static void fail_ranges(store *s)
     while (list) {
         rnode *r = list;
         list = r->next;
-        if (r->kind == Q_HEAD) r->hcb(r->ud, -1, 0, NULL);
-        else if (r->kind == Q_QUERY) r->qcb(r->ud, -1, NULL);
-        else r->cb(r->ud, -1, NULL, 0);
+        fail_read(r);
         free(r);
     }
 }
@@ -380,16 +398,21 @@ static void connect_poll(store *s)
 /* "INSERT ... VALUES ($1..$7),...(..$7n) ON CONFLICT ..." and its types. */
 static char *insert_sql(size_t n, Oid *types)
 {
-    size_t cap = sizeof STORE_INSERT_HEAD + sizeof STORE_INSERT_TAIL + n * 64;
+    size_t cap = sizeof STORE_INSERT_HEAD + sizeof STORE_INSERT_TAIL + n * 100;
     char *sql = malloc(cap);
     if (!sql) return NULL;
     size_t len = (size_t)snprintf(sql, cap, "%s", STORE_INSERT_HEAD);
     for (size_t i = 0; i < n; i++) {
         size_t b = i * STORE_INSERT_NCOLS;
-        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)",
-                                i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
+        len += (size_t)snprintf(sql + len, cap - len, "%s(", i ? "," : "");
         for (size_t c = 0; c < STORE_INSERT_NCOLS; c++)
-            types[b + c] = (c == 1 || c == 6) ? OID_INT8 : OID_TEXT;
+            len += (size_t)snprintf(sql + len, cap - len, "%s$%zu", c ? "," : "", b + c + 1);
+        sql[len++] = ')';
+        sql[len] = 0;
+        static const Oid COL_TYPES[STORE_INSERT_NCOLS] = {
+            OID_TEXT, OID_INT8, OID_TEXT, OID_TEXT, OID_TEXT, OID_TEXT, OID_INT8,
+            OID_INT2, OID_INT8, OID_TEXT, OID_BOOL, OID_INT4};
+        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++) types[b + c] = COL_TYPES[c];
     }
     snprintf(sql + len, cap - len, "%s", STORE_INSERT_TAIL);
     return sql;
@@ -459,9 +482,17 @@ static void send_range(store *s)
         send_query(s);
         return;
     }
+    if (r->kind == Q_TARGET || r->kind == Q_REACTIONS) {
+        const char *tv[2] = {r->room, r->after};
+        sent(s, OP_RANGE, PQsendQueryPrepared(s->pg, r->kind == Q_TARGET ? STORE_STMT_TARGET
+                                                                           : STORE_STMT_REACTIONS,
+                                              2, tv, NULL, NULL, 0));
+        return;
+    }
     const char *vals[4] = {r->room, r->after, r->before, r->limit};
-    sent(s, OP_RANGE, PQsendQueryPrepared(s->pg, r->newest ? STORE_STMT_RANGE_DESC : STORE_STMT_RANGE_ASC,
-                                          4, vals, NULL, NULL, 0));
+    const char *stmt = r->kind == Q_HISTORY ? STORE_STMT_HISTORY
+                     : r->newest ? STORE_STMT_RANGE_DESC : STORE_STMT_RANGE_ASC;
+    sent(s, OP_RANGE, PQsendQueryPrepared(s->pg, stmt, 4, vals, NULL, NULL, 0));
 }
 
 static void dispatch(store *s)
@@ -560,15 +591,21 @@ static int same_text(const PGresult *res, int row, int col, const char *v)
 }
 
 /* Is the stored row (res, t) the same message as w? With a client id on
- * both: the same id from the same user (a resend with the same id is the
- * same message, whatever its new ts). Otherwise every column must match
- * (a retried batch, a backfill from the Redis copy). */
+ * both: the same id from the same user and the same kind (a resend with
+ * the same id is the same message, whatever its new ts). Otherwise every
+ * column must match (a retried batch, a backfill from the Redis copy),
+ * except the body of a row a delete erased (deleted, body ""): its user,
+ * ts, kind and target must. */
 static int same_message(const PGresult *res, int t, const wnode *w)
 {
     if (!PQgetisnull(res, t, 2) && w->val[2])
-        return same_text(res, t, 2, w->val[2]) && same_text(res, t, 3, w->val[3]);
-    for (int c = 2; c < STORE_INSERT_NCOLS; c++)
+        return same_text(res, t, 2, w->val[2]) && same_text(res, t, 3, w->val[3]) &&
+               same_text(res, t, 7, w->val[7]);
+    int erased = same_text(res, t, STORE_INSERT_NCOLS, "t");
+    for (int c = 2; c < STORE_INSERT_NCOLS; c++) {
+        if (erased && c != 3 && c != 6 && c != 7 && c != 8) continue;
         if (!same_text(res, t, c, w->val[c])) return 0;
+    }
     return 1;
 }
 
@@ -640,6 +677,37 @@ static void query_done(store *s)
     if (!s->dead) dispatch(s);
 }
 
+/* The answer of a target lookup (Q_TARGET) or a reactions read (Q_REACTIONS). */
+static void update_read_done(rnode *r, PGresult *res)
+{
+    int n = PQntuples(res);
+    if (r->kind == Q_TARGET) {
+        if (n < 1 || PQnfields(res) < 3) r->tcb(r->ud, 0, 0, NULL, 0);
+        else r->tcb(r->ud, 1, atoi(PQgetvalue(res, 0, 0)), PQgetvalue(res, 0, 1),
+                    PQgetvalue(res, 0, 2)[0] == 't');
+        return;
+    }
+    const char **em = n ? calloc((size_t)n, sizeof *em) : NULL;
+    const char **us = n ? calloc((size_t)n, sizeof *us) : NULL;
+    if (n && (!em || !us)) {
+        free(em);
+        free(us);
+        r->xcb(r->ud, -1, 0, NULL, NULL, 0);
+        return;
+    }
+    size_t k = 0;
+    int deleted = 0;
+    for (int i = 0; i < n; i++) {
+        if (PQgetvalue(res, i, 0)[0] == 'd') { deleted = 1; continue; }
+        em[k] = PQgetvalue(res, i, 1);
+        us[k] = PQgetvalue(res, i, 2);
+        k++;
+    }
+    r->xcb(r->ud, 0, deleted, em, us, k);
+    free(em);
+    free(us);
+}
+
 static void range_done(store *s)
 {
     rnode *r = s->r_cur;
@@ -650,7 +718,14 @@ static void range_done(store *s)
     if (s->op_failed || !res) {
         LOGW(MOD, "history query failed: %s", s->op_err);
         if (res) PQclear(res);
-        r->cb(r->ud, -1, NULL, 0);
+        fail_read(r);
+        free(r);
+        if (!s->dead) dispatch(s);
+        return;
+    }
+    if (r->kind == Q_TARGET || r->kind == Q_REACTIONS) {
+        update_read_done(r, res);
+        PQclear(res);
         free(r);
         if (!s->dead) dispatch(s);
         return;
@@ -659,13 +734,14 @@ static void range_done(store *s)
     store_row *rows = n ? calloc((size_t)n, sizeof *rows) : NULL;
     if (n && !rows) {
         PQclear(res);
-        r->cb(r->ud, -1, NULL, 0);
+        fail_read(r);
         free(r);
         if (!s->dead) dispatch(s);
         return;
     }
+    int hist = r->kind == Q_HISTORY;
     for (int i = 0; i < n; i++) {
-        int t = r->newest ? n - 1 - i : i; /* deliver oldest first */
+        int t = (r->newest || hist) ? n - 1 - i : i; /* deliver oldest first */
         store_row *o = &rows[i];
         o->room = r->room;
         o->seq = strtoull(PQgetvalue(res, t, 0), NULL, 10);
@@ -675,6 +751,16 @@ static void range_done(store *s)
         o->body = PQgetvalue(res, t, 4);
         o->body_len = (size_t)PQgetlength(res, t, 4);
         o->ts = strtoull(PQgetvalue(res, t, 5), NULL, 10);
+        o->kind = atoi(PQgetvalue(res, t, 6));
+        o->target = PQgetisnull(res, t, 7) ? 0 : strtoull(PQgetvalue(res, t, 7), NULL, 10);
+        o->emoji = PQgetisnull(res, t, 8) ? NULL : PQgetvalue(res, t, 8);
+        o->on = !PQgetisnull(res, t, 9) && PQgetvalue(res, t, 9)[0] == 't';
+        o->count = PQgetisnull(res, t, 10) ? -1 : strtoll(PQgetvalue(res, t, 10), NULL, 10);
+        o->deleted = PQgetvalue(res, t, 11)[0] == 't';
+        if (hist) {
+            o->edited_ts = PQgetisnull(res, t, 12) ? 0 : strtoull(PQgetvalue(res, t, 12), NULL, 10);
+            o->reactions = PQgetisnull(res, t, 13) ? NULL : PQgetvalue(res, t, 13);
+        }
     }
     r->cb(r->ud, 0, rows, (size_t)n);
     free(rows);
@@ -715,6 +801,16 @@ static void setup_done(store *s, int op)
         sent(s, OP_PREP_HEAD, PQsendPrepare(s->pg, STORE_STMT_HEAD, STORE_SQL_HEAD, 0, NULL));
         break;
     case OP_PREP_HEAD:
+        sent(s, OP_PREP_HIST, PQsendPrepare(s->pg, STORE_STMT_HISTORY, STORE_SQL_HISTORY, 0, NULL));
+        break;
+    case OP_PREP_HIST:
+        sent(s, OP_PREP_TARGET, PQsendPrepare(s->pg, STORE_STMT_TARGET, STORE_SQL_TARGET, 0, NULL));
+        break;
+    case OP_PREP_TARGET:
+        sent(s, OP_PREP_REACT, PQsendPrepare(s->pg, STORE_STMT_REACTIONS, STORE_SQL_REACTIONS, 0,
+                                             NULL));
+        break;
+    case OP_PREP_REACT:
         s->state = ST_READY;
         backoff_reset(&s->bo);
         uv_timer_stop(s->guard);
@@ -954,13 +1050,20 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
 {
     if (!s || s->dead || !row || !row->room || !row->user || !row->name || !row->body) return -1;
     if (s->q_len + s->fl_len >= s->pending_max) return -1;
-    if (row->seq > INT64_MAX || row->ts > INT64_MAX) return -1;
+    if (row->seq > INT64_MAX || row->ts > INT64_MAX || row->target > INT64_MAX) return -1;
+    if (row->kind < STORE_MESSAGE || row->kind > STORE_REACT ||
+        (row->kind != STORE_MESSAGE && !row->target) ||
+        (row->kind == STORE_REACT && (!row->emoji || row->count < 0 || row->count > INT32_MAX)))
+        return -1;
     size_t lr = strlen(row->room), lc = row->client_id ? strlen(row->client_id) : 0;
     size_t lu = strlen(row->user), ln = strlen(row->name), lb = row->body_len;
+    const char *emoji = row->kind == STORE_REACT ? row->emoji : NULL;
+    size_t le = emoji ? strlen(emoji) : 0;
     if (!utf8_valid(row->room, lr) || !utf8_valid(row->user, lu) || !utf8_valid(row->name, ln) ||
-        (row->client_id && !utf8_valid(row->client_id, lc)) || !utf8_valid(row->body, lb))
+        (row->client_id && !utf8_valid(row->client_id, lc)) || !utf8_valid(row->body, lb) ||
+        (emoji && !utf8_valid(emoji, le)))
         return -1; /* Postgres text refuses NUL bytes and invalid UTF-8 */
-    wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + 5);
+    wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + le + 6);
     if (!w) return -1;
     w->next = NULL;
     w->cb = cb;
@@ -974,11 +1077,24 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
     PUT(3, row->user, lu);
     PUT(4, row->name, ln);
     PUT(5, row->body, lb);
+    if (emoji) PUT(9, emoji, le); else w->val[9] = NULL;
 #undef PUT
     snprintf(w->seq_txt, sizeof w->seq_txt, "%" PRIu64, row->seq);
     snprintf(w->ts_txt, sizeof w->ts_txt, "%" PRIu64, row->ts);
+    snprintf(w->kind_txt, sizeof w->kind_txt, "%d", row->kind);
     w->val[1] = w->seq_txt;
     w->val[6] = w->ts_txt;
+    w->val[7] = w->kind_txt;
+    w->val[8] = w->val[10] = w->val[11] = NULL;
+    if (row->kind != STORE_MESSAGE) {
+        snprintf(w->target_txt, sizeof w->target_txt, "%" PRIu64, row->target);
+        w->val[8] = w->target_txt;
+    }
+    if (row->kind == STORE_REACT) {
+        snprintf(w->count_txt, sizeof w->count_txt, "%" PRId64, row->count);
+        w->val[10] = row->on ? "t" : "f";
+        w->val[11] = w->count_txt;
+    }
     if (s->q_tail) s->q_tail->next = w; else s->q_head = w;
     s->q_tail = w;
     s->q_len++;
@@ -1030,6 +1146,67 @@ void store_drain(store *s, void (*cb)(void *ud), void *ud)
     s->drains = d;
     s->draining = 1;
     wake_in(s, 0);
+}
+
+/* Queues a read of kind k (Q_HISTORY, Q_TARGET, Q_REACTIONS). */
+static rnode *read_new(store *s, int k, const char *room, void *ud)
+{
+    if (!s || s->dead || !room || s->state != ST_READY || s->r_len >= RANGE_QUEUE_MAX) return NULL;
+    size_t lr = strlen(room);
+    if (!lr || !utf8_valid(room, lr)) return NULL;
+    rnode *r = calloc(1, sizeof *r + lr + 1);
+    if (!r) return NULL;
+    r->kind = k;
+    r->ud = ud;
+    memcpy(r->room, room, lr + 1);
+    return r;
+}
+
+static void read_queue(store *s, rnode *r)
+{
+    if (s->r_tail) s->r_tail->next = r; else s->r_head = r;
+    s->r_tail = r;
+    s->r_len++;
+    if (s->op == OP_NONE) wake_in(s, 0);
+}
+
+int store_history(store *s, const char *room, uint64_t before, int limit, store_rows_cb cb,
+                  void *ud)
+{
+    if (!cb) return -1;
+    rnode *r = read_new(s, Q_HISTORY, room, ud);
+    if (!r) return -1;
+    r->cb = cb;
+    if (before > INT64_MAX) before = INT64_MAX;
+    if (limit < 0) limit = 0;
+    snprintf(r->after, sizeof r->after, "0");
+    snprintf(r->before, sizeof r->before, "%" PRIu64, before);
+    snprintf(r->limit, sizeof r->limit, "%d", limit);
+    read_queue(s, r);
+    return 0;
+}
+
+int store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud)
+{
+    if (!cb || seq > INT64_MAX) return -1;
+    rnode *r = read_new(s, Q_TARGET, room, ud);
+    if (!r) return -1;
+    r->tcb = cb;
+    snprintf(r->after, sizeof r->after, "%" PRIu64, seq);
+    read_queue(s, r);
+    return 0;
+}
+
+int store_reactions(store *s, const char *room, uint64_t target, store_reactions_cb cb,
+                    void *ud)
+{
+    if (!cb || target > INT64_MAX) return -1;
+    rnode *r = read_new(s, Q_REACTIONS, room, ud);
+    if (!r) return -1;
+    r->xcb = cb;
+    snprintf(r->after, sizeof r->after, "%" PRIu64, target);
+    read_queue(s, r);
+    return 0;
 }
 
 int store_head(store *s, const char *room, store_head_cb cb, void *ud)

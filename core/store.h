@@ -16,7 +16,12 @@
  * before rows were deleted, kept_from the lowest seq retention keeps: reads
  * never return rows below it), table read_state(user_id, room, read_seq)
  * (core/readstate.c). A row whose (room, seq) already holds another row is
- * never silently dropped: its callback gets -2 (conflict). */
+ * never silently dropped: its callback gets -2 (conflict).
+ * Message updates (v2, schema v4): an edit, delete or react is a row of
+ * messages too (kind 1-3, target, emoji, react_on, react_count), a
+ * message carries deleted; store_history reads messages in their current
+ * state, store_target / store_reactions what an update needs to know of
+ * its target (docs/storage.md "Message updates"). */
 #ifndef CHATD_STORE_H
 #define CHATD_STORE_H
 #include <stddef.h>
@@ -40,7 +45,21 @@ typedef struct store_row {
     const char *name;
     const char *body; size_t body_len;
     uint64_t ts;            /* ms since epoch */
+    /* message updates (v2): kind STORE_* below; for an update, target is
+     * the message's seq, body the edit's ("" otherwise), emoji/on/count a
+     * react's. Reads also fill deleted (a message erased by a delete, or
+     * an edit of it: body ""), and store_history edited_ts (0: never
+     * edited) and reactions (JSON object text, NULL when none). */
+    int kind;
+    uint64_t target;
+    const char *emoji;
+    int on;
+    int64_t count;
+    int deleted;
+    uint64_t edited_ts;
+    const char *reactions;
 } store_row;
+enum { STORE_MESSAGE = 0, STORE_EDIT = 1, STORE_DELETE = 2, STORE_REACT = 3 };
 
 store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen);
 /* Flushes nothing: callers wanting a flush call store_drain first. */
@@ -61,10 +80,33 @@ size_t store_pending(const store *s);
  * exclusive, at most limit, newest-first selection when newest != 0 (i.e. the
  * last `limit` rows before `before`), always delivered oldest first.
  * before = UINT64_MAX means no upper bound. cb gets rows valid during the
- * callback only; status -1 on error. */
+ * callback only; status -1 on error. Messages and updates alike (replay). */
 typedef void (*store_rows_cb)(void *ud, int status, const store_row *rows, size_t n);
 int store_range(store *s, const char *room, uint64_t after, uint64_t before,
                 int limit, int newest, store_rows_cb cb, void *ud);
+
+/* A history page: the newest `limit` messages (updates are not listed)
+ * with seq < before (UINT64_MAX: no bound), delivered oldest first, each
+ * in its current state (body of its latest edit, "" when deleted;
+ * deleted, edited_ts, reactions). cb as store_range. */
+int store_history(store *s, const char *room, uint64_t before, int limit, store_rows_cb cb,
+                  void *ud);
+
+/* What an update needs to know of its target (room, seq): cb(ud, 1, kind,
+ * author, deleted) when stored (deleted: erased by a delete, or a delete
+ * of it is stored), cb(ud, 0, ...) when no row holds seq, cb(ud, -1, ...)
+ * on error. author is valid during the callback only. */
+typedef void (*store_target_cb)(void *ud, int status, int kind, const char *author, int deleted);
+int store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud);
+
+/* The reactions of message (room, target): emoji[i] by user[i] for every
+ * reaction whose latest react is on, and whether a delete of it is
+ * stored. cb(ud, 0, deleted, emoji, user, n), or cb(ud, -1, 0, NULL, NULL,
+ * 0); arrays valid during the callback only. */
+typedef void (*store_reactions_cb)(void *ud, int status, int deleted, const char *const *emoji,
+                                   const char *const *user, size_t n);
+int store_reactions(store *s, const char *room, uint64_t target, store_reactions_cb cb,
+                    void *ud);
 
 /* The durable head of room: cb(ud, 0, max_seq, epoch) with the highest
  * stored seq (0 when none) and the room's epoch (created, random, the first

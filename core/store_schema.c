@@ -55,6 +55,48 @@ static const migration MIGRATIONS[] = {
      "INSERT INTO rooms (room, epoch)"
      " SELECT room, substr(md5(gen_random_uuid()::text), 1, 16) FROM"
      " (SELECT DISTINCT room FROM messages) d ON CONFLICT (room) DO NOTHING;"},
+    /* message updates (v2, docs/storage.md "Message updates"): an edit,
+     * delete or react is a row of its own (its own seq, kind 1-3, target =
+     * the message's seq), so replay by since= and the durable head see
+     * messages and updates alike. A delete erases its message and the
+     * message's edits (deleted, body ''), also when they are stored after
+     * it (a late batch, a backfill): a statement trigger over the inserted
+     * rows. Existing rows become messages (kind 0); ADD COLUMN with a
+     * constant default rewrites nothing. Unread counts count messages only,
+     * not deleted ones: the unread index (version 3) also carries kind and
+     * deleted, so the count stays one index-only scan per room
+     * (STORE_SQL_UNREAD). */
+    {4, "message_updates",
+     "ALTER TABLE messages"
+     " ADD COLUMN IF NOT EXISTS kind smallint NOT NULL DEFAULT 0,"
+     " ADD COLUMN IF NOT EXISTS target bigint,"
+     " ADD COLUMN IF NOT EXISTS emoji text,"
+     " ADD COLUMN IF NOT EXISTS react_on boolean,"
+     " ADD COLUMN IF NOT EXISTS react_count integer,"
+     " ADD COLUMN IF NOT EXISTS deleted boolean NOT NULL DEFAULT false;"
+     "CREATE INDEX IF NOT EXISTS messages_updates ON messages (room, target, seq) WHERE kind > 0;"
+     "CREATE OR REPLACE FUNCTION chatd_erase_deleted() RETURNS trigger LANGUAGE plpgsql AS $f$ "
+     "BEGIN"
+     " UPDATE messages m SET deleted = true, body = '' FROM ("
+     "  SELECT n.room, n.target AS t FROM chatd_new n WHERE n.kind = 2"
+     "  UNION SELECT n.room, coalesce(n.target, n.seq) FROM chatd_new n"
+     "  WHERE n.kind IN (0, 1) AND EXISTS (SELECT 1 FROM messages d WHERE d.room = n.room"
+     "   AND d.target = coalesce(n.target, n.seq) AND d.kind = 2)) x"
+     " WHERE m.room = x.room AND m.seq = x.t AND m.kind = 0 AND NOT m.deleted;"
+     " UPDATE messages m SET deleted = true, body = '' FROM ("
+     "  SELECT n.room, n.target AS t FROM chatd_new n WHERE n.kind = 2"
+     "  UNION SELECT n.room, coalesce(n.target, n.seq) FROM chatd_new n"
+     "  WHERE n.kind IN (0, 1) AND EXISTS (SELECT 1 FROM messages d WHERE d.room = n.room"
+     "   AND d.target = coalesce(n.target, n.seq) AND d.kind = 2)) x"
+     " WHERE m.room = x.room AND m.target = x.t AND m.kind = 1 AND NOT m.deleted;"
+     " RETURN NULL; "
+     "END $f$;"
+     "DROP TRIGGER IF EXISTS messages_erase_deleted ON messages;"
+     "CREATE TRIGGER messages_erase_deleted AFTER INSERT ON messages"
+     " REFERENCING NEW TABLE AS chatd_new FOR EACH STATEMENT"
+     " EXECUTE FUNCTION chatd_erase_deleted();"
+     "DROP INDEX IF EXISTS messages_unread;"
+     "CREATE INDEX messages_unread ON messages (room, seq) INCLUDE (user_id, kind, deleted);"},
 };
 static const int NMIGRATIONS = sizeof MIGRATIONS / sizeof MIGRATIONS[0];
 

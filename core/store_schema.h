@@ -21,8 +21,16 @@ char *store_schema_upgrade_sql(int from, int *to);
 /* Latest schema version this build knows. */
 int store_schema_version(void);
 
-/* Paging statements, parameters: $1 room, $2 after (exclusive), $3 before
- * (exclusive), $4 limit. Columns: seq, client_id, user_id, name, body, ts.
+/* The columns of a stored row, as read back (STORE_COLS): seq, client_id,
+ * user_id, name, body, ts, kind, target, emoji, react_on, react_count,
+ * deleted (docs/storage.md "Message updates"). */
+#define STORE_COLS \
+    "seq, client_id, user_id, name, body, ts, kind, target, emoji, react_on, react_count, deleted"
+#define STORE_NCOLS_READ 12
+
+/* Range statements (replay: messages and updates alike, in seq order),
+ * parameters: $1 room, $2 after (exclusive), $3 before (exclusive), $4
+ * limit. Columns: STORE_COLS.
  * Rows below the room's kept_from (retention: being deleted) are never
  * returned, so history and recovery stop at the oldest kept message. The
  * kept_from test is a filter on purpose ("seq + 0" is not an index
@@ -31,13 +39,58 @@ int store_schema_version(void);
 #define STORE_SQL_KEPT \
     "AND seq + 0 >= coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0) "
 #define STORE_SQL_RANGE_DESC \
-    "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
+    "SELECT " STORE_COLS " FROM messages " \
     "WHERE room = $1 AND seq > $2 AND seq < $3 " STORE_SQL_KEPT "ORDER BY seq DESC LIMIT $4"
 #define STORE_SQL_RANGE_ASC \
-    "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
+    "SELECT " STORE_COLS " FROM messages " \
     "WHERE room = $1 AND seq > $2 AND seq < $3 " STORE_SQL_KEPT "ORDER BY seq ASC LIMIT $4"
 #define STORE_STMT_RANGE_DESC "chatd_range_desc"
 #define STORE_STMT_RANGE_ASC "chatd_range_asc"
+
+/* A history page (GET /rooms/{room}/messages): the newest $4 messages
+ * (kind 0: updates are not listed) with seq in ($2, $3), each in its
+ * current state: body of its latest edit ("" when deleted), deleted (the
+ * flag, or a stored delete event: a message stored after its delete),
+ * edited_ts (the latest edit's ts), reactions (a JSON object emoji -> the
+ * count of that emoji's latest react, emojis at 0 left out); not below
+ * kept_from (retention, as STORE_SQL_KEPT). Columns:
+ * STORE_COLS with the current body, then edited_ts, reactions. */
+#define STORE_SQL_HISTORY \
+    "SELECT m.seq, m.client_id, m.user_id, m.name, " \
+    "CASE WHEN d.del THEN '' ELSE coalesce(e.body, m.body) END, m.ts, m.kind, m.target, " \
+    "m.emoji, m.react_on, m.react_count, d.del, CASE WHEN d.del THEN NULL ELSE e.ts END, " \
+    "CASE WHEN d.del THEN NULL ELSE r.reactions END FROM messages m " \
+    "CROSS JOIN LATERAL (SELECT m.deleted OR EXISTS (SELECT 1 FROM messages x " \
+    "  WHERE x.room = m.room AND x.target = m.seq AND x.kind = 2) AS del) d " \
+    "LEFT JOIN LATERAL (SELECT x.body, x.ts FROM messages x WHERE x.room = m.room " \
+    "  AND x.target = m.seq AND x.kind = 1 ORDER BY x.seq DESC LIMIT 1) e ON true " \
+    "LEFT JOIN LATERAL (SELECT json_object_agg(y.emoji, y.react_count ORDER BY y.emoji)::text " \
+    "  AS reactions FROM (SELECT DISTINCT ON (x.emoji) x.emoji, x.react_count FROM messages x " \
+    "  WHERE x.room = m.room AND x.target = m.seq AND x.kind = 3 " \
+    "  ORDER BY x.emoji, x.seq DESC) y WHERE y.react_count > 0) r ON true " \
+    "WHERE m.room = $1 AND m.kind = 0 AND m.seq > $2 AND m.seq < $3 " \
+    "AND m.seq + 0 >= coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0) " \
+    "ORDER BY m.seq DESC LIMIT $4"
+#define STORE_STMT_HISTORY "chatd_history"
+
+/* The target of an update: $1 room, $2 seq. Columns: kind, user_id,
+ * deleted (the flag or a stored delete event). No row: no such seq. */
+#define STORE_SQL_TARGET \
+    "SELECT kind, user_id, deleted OR EXISTS (SELECT 1 FROM messages d " \
+    "WHERE d.room = $1 AND d.target = $2 AND d.kind = 2) FROM messages " \
+    "WHERE room = $1 AND seq = $2"
+#define STORE_STMT_TARGET "chatd_target"
+
+/* The reactions of a message, to seed the bus's state of it: $1 room, $2
+ * target. Rows ('r', emoji, user) for every (emoji, user) whose latest
+ * react is on, and ('d', NULL, NULL) when the message is deleted. */
+#define STORE_SQL_REACTIONS \
+    "SELECT 'r', emoji, user_id FROM (SELECT DISTINCT ON (emoji, user_id) emoji, user_id, " \
+    "react_on FROM messages WHERE room = $1 AND target = $2 AND kind = 3 " \
+    "ORDER BY emoji, user_id, seq DESC) x WHERE react_on " \
+    "UNION ALL SELECT 'd', NULL, NULL WHERE EXISTS (SELECT 1 FROM messages " \
+    "WHERE room = $1 AND target = $2 AND kind = 2)"
+#define STORE_STMT_REACTIONS "chatd_reactions"
 
 /* The durable head of a room, for seeding the bus (docs/storage.md):
  * $1 room. Creates the room's row with a fresh random epoch the first time
@@ -58,15 +111,18 @@ int store_schema_version(void);
  * backfill (identical row: fine) from a conflict (another row: not stored).
  * Built per batch: "... JOIN (VALUES ($1::text,$2::bigint),...) k ...". */
 #define STORE_VERIFY_HEAD \
-    "SELECT m.room, m.seq, m.client_id, m.user_id, m.name, m.body, m.ts FROM messages m " \
+    "SELECT m.room, m.seq, m.client_id, m.user_id, m.name, m.body, m.ts, m.kind, m.target, " \
+    "m.emoji, m.react_on, m.react_count, m.deleted FROM messages m " \
     "JOIN (VALUES "
 #define STORE_VERIFY_TAIL ") AS k(room, seq) ON m.room = k.room AND m.seq = k.seq"
 
-/* Columns of one batched row, in parameter order. */
+/* Columns of one batched row, in parameter order (the verify statement
+ * reads them back in the same order, then deleted). */
 #define STORE_INSERT_HEAD \
-    "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) VALUES "
+    "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts, kind, target, emoji, " \
+    "react_on, react_count) VALUES "
 #define STORE_INSERT_TAIL " ON CONFLICT (room, seq) DO NOTHING"
-#define STORE_INSERT_NCOLS 7
+#define STORE_INSERT_NCOLS 12
 #define STORE_STMT_INSERT_FULL "chatd_insert_full"
 /* Postgres' bind message carries at most 65535 parameters. */
 #define STORE_BATCH_HARD_MAX (65535 / STORE_INSERT_NCOLS)
@@ -106,14 +162,17 @@ int store_schema_version(void);
  * counts": plan and benchmark). The rooms row is a LATERAL subquery with
  * OFFSET 0 so that it stays one primary-key lookup per room (joined, the
  * planner may hash the whole rooms table). Prepared once per connection
- * (STORE_STMT_UNREAD). (With message updates stored in `messages`, add
- * "AND kind = 'message' AND NOT deleted" to the count's FILTER and make the
- * index partial the same way.) */
+ * (STORE_STMT_UNREAD). Message updates (schema v4) are rows of `messages`
+ * too: only messages that are not deleted count (kind = 0 AND NOT deleted),
+ * while the head takes every seq; the index (schema v4 remakes
+ * messages_unread as (room, seq) INCLUDE (user_id, kind, deleted)) keeps it
+ * one index-only scan. */
 #define STORE_SQL_UNREAD \
     "SELECT rs.room, GREATEST(coalesce(ro.head, 0), rs.read_seq, coalesce(c.top, 0)), " \
     "rs.read_seq, c.unread FROM read_state rs " \
     "LEFT JOIN LATERAL (SELECT head, kept_from FROM rooms WHERE rooms.room = rs.room OFFSET 0) ro ON true " \
-    "CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE m.user_id <> $1) AS unread, max(m.seq) AS top " \
+    "CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE m.user_id <> $1 AND m.kind = 0 " \
+    "AND NOT m.deleted) AS unread, max(m.seq) AS top " \
     "FROM messages m WHERE m.room = rs.room " \
     "AND m.seq > GREATEST(rs.read_seq, coalesce(ro.kept_from, 0) - 1)) c " \
     "WHERE rs.user_id = $1 ORDER BY rs.room"

@@ -152,7 +152,8 @@ static void reset_counts(void) { g_cnt_ok = g_cnt_fail = g_cnt_calls = 0; }
 
 static store_row mkrow(const char *room, uint64_t seq, const char *body)
 {
-    store_row r = {room, seq, NULL, "u1", "User One", body, strlen(body), 1700000000000ull + seq};
+    store_row r = {.room = room, .seq = seq, .user = "u1", .name = "User One", .body = body,
+                   .body_len = strlen(body), .ts = 1700000000000ull + seq};
     return r;
 }
 
@@ -308,7 +309,10 @@ static void test_param_limit(void)
     }
     WAIT(g_cnt_calls == N, 30000);
     CHECK(g_cnt_ok == N);
-    CHECK(metric_hist_count(rows_h) - b0 == 2); /* 9362 + 2638 */
+    /* batches of STORE_BATCH_HARD_MAX rows (65535 / columns), then the rest */
+    uint64_t want = (uint64_t)((N + STORE_BATCH_HARD_MAX - 1) / STORE_BATCH_HARD_MAX);
+    CHECK(metric_hist_count(rows_h) - b0 == want, "%llu batches, want %llu",
+          (unsigned long long)(metric_hist_count(rows_h) - b0), (unsigned long long)want);
     CHECK(row_count("bigbatch", -1) == N);
     store_free(s);
 }
@@ -698,6 +702,200 @@ static void test_explain(void)
 
 /* ---------- Postgres killed and restarted mid-stream ---------- */
 
+/* ---------- message updates (schema v3) ---------- */
+
+typedef struct pagectx {
+    int calls, status;
+    size_t n;
+    uint64_t seq[8], edited[8];
+    int deleted[8], kind[8];
+    char body[8][32], reactions[8][96];
+} pagectx;
+
+static void pagecb(void *ud, int status, const store_row *rows, size_t n)
+{
+    pagectx *c = ud;
+    c->calls++;
+    c->status = status;
+    c->n = n;
+    for (size_t i = 0; i < n && i < 8; i++) {
+        c->seq[i] = rows[i].seq;
+        c->edited[i] = rows[i].edited_ts;
+        c->deleted[i] = rows[i].deleted;
+        c->kind[i] = rows[i].kind;
+        snprintf(c->body[i], sizeof c->body[i], "%.*s", (int)rows[i].body_len, rows[i].body);
+        snprintf(c->reactions[i], sizeof c->reactions[i], "%s", rows[i].reactions ? rows[i].reactions : "-");
+    }
+}
+
+typedef struct tctx { int calls, status, kind, deleted; char author[32]; } tctx;
+static void tcb(void *ud, int status, int kind, const char *author, int deleted)
+{
+    tctx *c = ud;
+    c->calls++;
+    c->status = status;
+    c->kind = kind;
+    c->deleted = deleted;
+    snprintf(c->author, sizeof c->author, "%s", author ? author : "");
+}
+
+typedef struct xctx { int calls, status, deleted; size_t n; char pairs[256]; } xctx;
+static void xcb(void *ud, int status, int deleted, const char *const *emoji, const char *const *user,
+                size_t n)
+{
+    xctx *c = ud;
+    c->calls++;
+    c->status = status;
+    c->deleted = deleted;
+    c->n = n;
+    size_t o = 0;
+    c->pairs[0] = 0;
+    for (size_t i = 0; i < n && o < sizeof c->pairs - 40; i++)
+        o += (size_t)snprintf(c->pairs + o, sizeof c->pairs - o, "%s%s/%s", i ? "," : "", emoji[i], user[i]);
+}
+
+static store_row mkupd(const char *room, uint64_t seq, int kind, uint64_t target, const char *user)
+{
+    store_row r = {.room = room, .seq = seq, .user = user, .name = user, .body = "", .body_len = 0,
+                   .ts = 1700000000000ull + seq, .kind = kind, .target = target};
+    return r;
+}
+
+static store_row mkreact(const char *room, uint64_t seq, uint64_t target, const char *user,
+                         const char *emoji, int on, int64_t count)
+{
+    store_row r = mkupd(room, seq, STORE_REACT, target, user);
+    r.emoji = emoji;
+    r.on = on;
+    r.count = count;
+    return r;
+}
+
+static int write_all(store *s, store_row *rows, int n)
+{
+    reset_counts();
+    for (int i = 0; i < n; i++)
+        if (store_write(s, &rows[i], count_cb, NULL) != 0) return -1;
+    WAIT(g_cnt_calls == n, 5000);
+    return g_cnt_ok == n ? 0 : -1;
+}
+
+/* Updates are rows of their own (kind, target, ...): replay reads them in
+ * seq order, history shows messages in their current state, a delete
+ * erases its message and the message's edits even when they are stored
+ * after it, a retried/backfilled erased row is no conflict, and the
+ * target / reactions reads tell an update what it needs. */
+static void test_updates(void)
+{
+    store *s = open_store(100, 5, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    const char *R = "upd";
+    store_row m1 = mkrow(R, 1, "hello"), m2 = mkrow(R, 2, "second");
+    store_row e3 = mkupd(R, 3, STORE_EDIT, 1, "u1");
+    e3.body = "hello!";
+    e3.body_len = 6;
+    store_row e4 = mkupd(R, 4, STORE_EDIT, 1, "u1");
+    e4.body = "hello!!";
+    e4.body_len = 7;
+    store_row rows[] = {m1, m2, e4, e3,                       /* edits stored out of order */
+                        mkreact(R, 5, 1, "a", "\xF0\x9F\x91\x8D", 1, 1),
+                        mkreact(R, 6, 1, "b", "\xF0\x9F\x91\x8D", 1, 2),
+                        mkreact(R, 7, 1, "a", ":x:", 1, 1),
+                        mkreact(R, 8, 1, "a", "\xF0\x9F\x91\x8D", 0, 1),
+                        mkreact(R, 9, 1, "b", ":x:", 1, 2),
+                        mkreact(R, 10, 1, "b", ":x:", 0, 1),
+                        mkreact(R, 11, 1, "a", ":x:", 0, 0)};
+    CHECK(write_all(s, rows, 11) == 0);
+    /* invalid update rows are refused up front */
+    store_row bad = mkupd(R, 12, STORE_EDIT, 0, "u1");
+    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    bad = mkreact(R, 12, 1, "a", NULL, 1, 1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    bad = mkupd(R, 12, 7, 1, "a");
+    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+
+    pagectx h = {0};
+    CHECK(store_history(s, R, UINT64_MAX, 50, pagecb, &h) == 0);
+    WAIT(h.calls, 5000);
+    CHECK(h.status == 0 && h.n == 2, "history rows %zu", h.n);
+    CHECK(h.seq[0] == 1 && h.seq[1] == 2);
+    CHECK(strcmp(h.body[0], "hello!!") == 0, "current body '%s'", h.body[0]);
+    CHECK(h.edited[0] == 1700000000004ull, "edited_ts of the latest edit (seq 4)");
+    CHECK(!h.deleted[0] && h.edited[1] == 0 && strcmp(h.body[1], "second") == 0);
+    /* the latest react of each emoji gives its count; emojis at 0 are left out */
+    CHECK(strstr(h.reactions[0], "\"\xF0\x9F\x91\x8D\" : 1") && !strstr(h.reactions[0], ":x:"),
+          "reactions '%s'", h.reactions[0]);
+    CHECK(strcmp(h.reactions[1], "-") == 0);
+    /* paging: the newest message before 2 is 1; update seqs never listed */
+    memset(&h, 0, sizeof h);
+    CHECK(store_history(s, R, 2, 50, pagecb, &h) == 0);
+    WAIT(h.calls, 5000);
+    CHECK(h.n == 1 && h.seq[0] == 1);
+
+    /* replay: every row in seq order, with its kind */
+    rctx rc;
+    CHECK(range_sync(s, R, 0, UINT64_MAX, 100, 0, &rc) == 0);
+    CHECK(seqs_are(&rc, 1, 11));
+
+    /* the target read */
+    tctx t = {0};
+    CHECK(store_target(s, R, 1, tcb, &t) == 0);
+    WAIT(t.calls, 5000);
+    CHECK(t.status == 1 && t.kind == STORE_MESSAGE && !t.deleted && strcmp(t.author, "u1") == 0);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, R, 6, tcb, &t) == 0);
+    WAIT(t.calls, 5000);
+    CHECK(t.status == 1 && t.kind == STORE_REACT);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, R, 99, tcb, &t) == 0);
+    WAIT(t.calls, 5000);
+    CHECK(t.status == 0);
+
+    /* the reactions read: the latest react of each (emoji, user) */
+    xctx x = {0};
+    CHECK(store_reactions(s, R, 1, xcb, &x) == 0);
+    WAIT(x.calls, 5000);
+    CHECK(x.status == 0 && !x.deleted && x.n == 1 && strcmp(x.pairs, "\xF0\x9F\x91\x8D/b") == 0,
+          "reactions %zu '%s'", x.n, x.pairs);
+
+    /* delete of 1: the message and its edits are erased */
+    store_row d12 = mkupd(R, 12, STORE_DELETE, 1, "u1");
+    CHECK(write_all(s, &d12, 1) == 0);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='upd' AND deleted AND body=''") == 3);
+    memset(&h, 0, sizeof h);
+    CHECK(store_history(s, R, UINT64_MAX, 50, pagecb, &h) == 0);
+    WAIT(h.calls, 5000);
+    CHECK(h.n == 2 && h.deleted[0] && h.body[0][0] == 0 && h.edited[0] == 0 &&
+          strcmp(h.reactions[0], "-") == 0);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, R, 1, tcb, &t) == 0);
+    WAIT(t.calls, 5000);
+    CHECK(t.status == 1 && t.deleted);
+    memset(&x, 0, sizeof x);
+    CHECK(store_reactions(s, R, 1, xcb, &x) == 0);
+    WAIT(x.calls, 5000);
+    CHECK(x.status == 0 && x.deleted);
+    /* a retried or backfilled copy of an erased row is the same row, no conflict */
+    metric_counter *conf = metrics_counter("chat_store_conflicts_total", NULL, NULL);
+    uint64_t c0 = conf->v;
+    store_row again[] = {m1, e3};
+    CHECK(write_all(s, again, 2) == 0);
+    CHECK(conf->v == c0);
+
+    /* a message and an edit stored after the delete that erases them (a
+     * late batch, a backfill): erased on arrival */
+    store_row late[] = {mkupd("upd2", 3, STORE_DELETE, 1, "u1"), mkupd("upd2", 2, STORE_EDIT, 1, "u1")};
+    late[1].body = "edited";
+    late[1].body_len = 6;
+    CHECK(write_all(s, late, 2) == 0);
+    store_row m = mkrow("upd2", 1, "secret");
+    CHECK(write_all(s, &m, 1) == 0);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='upd2' AND body <> ''") == 0);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='upd2' AND deleted") == 2);
+    store_free(s);
+}
+
 #define RS_TOTAL 6000
 static store *g_rs;
 static int g_rs_next = 1, g_rs_status[RS_TOTAL + 1], g_rs_calls;
@@ -827,6 +1025,7 @@ int main(void)
         {"range", test_range},
         {"paging_under_inserts", test_paging_under_inserts},
         {"explain", test_explain},
+        {"updates", test_updates},
         {"pg_restart", test_pg_restart},
     };
     int nfail = 0;
