@@ -30,11 +30,67 @@ char *wire_message_tail(const char *id, const char *user, const char *name,
     return t;
 }
 
+/* ---- message updates ----------------------------------------------------- */
+
+const char *wire_update_kind_name(int kind)
+{
+    switch (kind) {
+    case WIRE_EDIT: return "edit";
+    case WIRE_DELETE: return "delete";
+    case WIRE_REACT: return "react";
+    default: return NULL;
+    }
+}
+
+int wire_tail_is_update(const char *tail, size_t len)
+{
+    return tail && len >= 7 && memcmp(tail, "\"kind\":", 7) == 0;
+}
+
+char *wire_update_tail(int kind, const char *id, uint64_t target, const char *user,
+                       const char *name, uint64_t ts, const char *body, size_t body_len,
+                       const char *emoji, int on, int64_t count, size_t *len)
+{
+    const char *kn = wire_update_kind_name(kind);
+    if (!kn) return NULL;
+    if (kind != WIRE_EDIT) body_len = 0;
+    size_t cap = 6 * (body_len + strlen(user) + strlen(name) + (id ? strlen(id) : 0) +
+                      (emoji ? strlen(emoji) : 0)) + 200;
+    char *t = malloc(cap);
+    if (!t) return NULL;
+    size_t o = (size_t)snprintf(t, cap, "\"kind\":\"%s\",", kn);
+    if (id) {
+        memcpy(t + o, "\"id\":", 5); o += 5;
+        o += (size_t)json_escape(t + o, cap - o, id, strlen(id));
+        t[o++] = ',';
+    }
+    o += (size_t)snprintf(t + o, cap - o, "\"target\":%" PRIu64 ",\"user\":", target);
+    o += (size_t)json_escape(t + o, cap - o, user, strlen(user));
+    memcpy(t + o, ",\"name\":", 8); o += 8;
+    o += (size_t)json_escape(t + o, cap - o, name, strlen(name));
+    o += (size_t)snprintf(t + o, cap - o, ",\"ts\":%" PRIu64, ts);
+    if (kind == WIRE_EDIT) {
+        memcpy(t + o, ",\"body\":", 8); o += 8;
+        o += (size_t)json_escape(t + o, cap - o, body ? body : "", body_len);
+        t[o++] = '}';
+    } else if (kind == WIRE_DELETE) {
+        t[o++] = '}';
+    } else {
+        memcpy(t + o, ",\"emoji\":", 9); o += 9;
+        o += (size_t)json_escape(t + o, cap - o, emoji ? emoji : "", emoji ? strlen(emoji) : 0);
+        o += (size_t)snprintf(t + o, cap - o, ",\"on\":%s,\"count\":", on ? "true" : "false");
+        if (count >= 0) o += (size_t)snprintf(t + o, cap - o, "%" PRId64 "}", count);
+    }
+    t[o] = 0;
+    *len = o;
+    return t;
+}
+
 msg *wire_message_frame(const char *room, uint64_t seq, const char *tail, size_t len)
 {
     char head[160];
-    int hl = snprintf(head, sizeof head, "{\"type\":\"message\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
-                      room, seq);
+    int hl = snprintf(head, sizeof head, "{\"type\":\"%s\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
+                      wire_tail_is_update(tail, len) ? "message_update" : "message", room, seq);
     msg *m = msg_alloc((size_t)hl + len);
     if (!m) return NULL;
     memcpy(msg_payload(m), head, (size_t)hl);
@@ -73,5 +129,18 @@ size_t wire_epoch_field(char *b, size_t cap, const char *epoch)
     if (w < 0) { b[0] = 0; return 0; }
     o += (size_t)w;
     b[o] = 0;
+    return o;
+}
+
+size_t wire_ack(char *b, size_t cap, const char *id, const char *room, uint64_t seq)
+{
+    if (cap < 64 + 6 * (id ? strlen(id) : 0) + strlen(room)) return 0;
+    size_t o = (size_t)snprintf(b, cap, "{\"type\":\"ack\",");
+    if (id) {
+        memcpy(b + o, "\"id\":", 5); o += 5;
+        o += (size_t)json_escape(b + o, cap - o, id, strlen(id));
+        b[o++] = ',';
+    }
+    o += (size_t)snprintf(b + o, cap - o, "\"room\":\"%s\",\"seq\":%" PRIu64 "}", room, seq);
     return o;
 }
