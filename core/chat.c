@@ -3,6 +3,7 @@
 #include "chat.h"
 #include "chat_hold.h"
 #include "chat_join.h"
+#include "chat_update.h"
 #include "frame.h"
 #include "lag.h"
 #include "log.h"
@@ -11,19 +12,21 @@
 #include "readstate.h"
 #include "server.h"
 #include "util.h"
+#include "wire.h"
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static metric_counter *m_frames[8], *m_msgs_in, *m_rejected, *m_typing_dropped;
+static metric_counter *m_frames[FT_COUNT + 1], *m_msgs_in, *m_rejected, *m_typing_dropped;
 static void process_frame(conn *c, const char *data, size_t len);
 
 void chat_init(void)
 {
-    static const char *types[] = {"invalid", "message", "typing", "heartbeat", "join", "leave", "refresh",
-                                  "read"};
-    for (int i = 0; i < 8; i++) {
+    static const char *types[FT_COUNT + 1] = {"invalid", "message", "typing", "heartbeat", "join",
+                                              "leave", "refresh", "read", "edit", "delete",
+                                              "react"};
+    for (int i = 0; i <= FT_COUNT; i++) {
         char l[48];
         snprintf(l, sizeof l, "type=\"%s\"", types[i]);
         m_frames[i] = metrics_counter("chat_frames_in_total", "Client frames received, by type", l);
@@ -33,6 +36,7 @@ void chat_init(void)
     m_typing_dropped = metrics_counter("chat_typing_dropped_total", "Typing frames dropped by policy", NULL);
     chat_hold_init(process_frame);
     publish_init();
+    chat_update_init();
 }
 
 void chat_shutdown(void)
@@ -41,7 +45,7 @@ void chat_shutdown(void)
     lag_shutdown();
 }
 
-static const char *reject_code(const script_result *res)
+const char *chat_reject_code(const script_result *res)
 {
     if (!res->code[0] || strcmp(res->code, "script_error") == 0) return "rejected";
     return res->code;
@@ -97,14 +101,8 @@ void chat_conn_closed(conn *c)
 static void send_ack(conn *c, const publish_result *r)
 {
     char b[512];
-    size_t o = (size_t)snprintf(b, sizeof b, "{\"type\":\"ack\",");
-    if (r->id) {
-        memcpy(b + o, "\"id\":", 5); o += 5;
-        o += (size_t)json_escape(b + o, sizeof b - o, r->id, strlen(r->id));
-        b[o++] = ',';
-    }
-    o += (size_t)snprintf(b + o, sizeof b - o, "\"room\":\"%s\",\"seq\":%" PRIu64 "}", r->room, r->seq);
-    conn_send_text(c, b, o);
+    size_t o = wire_ack(b, sizeof b, r->id, r->room, r->seq);
+    if (o) conn_send_text(c, b, o);
 }
 
 /* The answer of the publish path for a client message (its connection is
@@ -161,7 +159,7 @@ static void handle_message(conn *c, client_frame *f)
     size_t body_len = f->body_len;
     if (v == SCRIPT_REJECT) {
         metric_inc(m_rejected);
-        conn_send_error(c, reject_code(&res), res.reason[0] ? res.reason : "rejected by policy", id);
+        conn_send_error(c, chat_reject_code(&res), res.reason[0] ? res.reason : "rejected by policy", id);
         script_result_clear(&res);
         return;
     }
@@ -302,7 +300,7 @@ static void process_frame(conn *c, const char *data, size_t len)
         free(eid);
         return;
     }
-    if (f.type >= 1 && f.type <= 7) metric_inc(m_frames[f.type]);
+    if (f.type >= 1 && f.type <= FT_COUNT) metric_inc(m_frames[f.type]);
     char room[CHAT_ROOM_MAX + 1] = "";
     if (f.room) { memcpy(room, f.room, f.room_len); room[f.room_len] = 0; }
     switch (f.type) {
@@ -324,7 +322,7 @@ static void process_frame(conn *c, const char *data, size_t len)
         memset(&res, 0, sizeof res);
         script_verdict v = script_on_join(g_srv.script, &x, &res);
         if (v == SCRIPT_REJECT)
-            conn_send_error(c, reject_code(&res), res.reason[0] ? res.reason : "join refused by policy", NULL);
+            conn_send_error(c, chat_reject_code(&res), res.reason[0] ? res.reason : "join refused by policy", NULL);
         else
         {
             char ep[FRAME_EPOCH_MAX + 1] = "";
@@ -344,6 +342,9 @@ static void process_frame(conn *c, const char *data, size_t len)
     }
     case FT_REFRESH: handle_refresh(c, &f); break;
     case FT_READ: handle_read(c, &f); break;
+    case FT_EDIT:
+    case FT_DELETE:
+    case FT_REACT: chat_update_frame(c, &f); break;   /* chat_update.c */
     }
     frame_free(&f);
 }

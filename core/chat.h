@@ -1,11 +1,13 @@
 /* chat: the protocol's client side, between the transport (ws.c) and the
  * modules: a connection opens (join its URL room, welcome first), its
- * frames come in (message, typing, heartbeat, join, leave, refresh) and it
+ * frames come in (message, typing, heartbeat, join, leave, refresh, edit,
+ * delete, react) and it
  * closes (leave every room, detach its publishes). The pieces:
  *   chat.c         frame dispatch and the handlers (policy calls, answers)
  *   chat_hold.c    frames that wait while a join is in progress
  *   chat_join.c    joins with replay/recovery, leave, in-order delivery
  *   chat_fanout.c  bus and presence deliveries to local members
+ *   chat_update.c  message updates: edit, delete, react (v2)
  * and below them publish.c (message -> seq -> durable row -> ack), wire.c
  * (outbound JSON) and lag.c (receipt times).
  * Owns: nothing across calls itself; a connection's publishes are in its

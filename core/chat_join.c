@@ -215,9 +215,17 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
     while (run < n && rows[run].seq == rows[run - 1].seq + 1) run++;
     n = run;
     for (size_t i = 0; i < n; i++) {
+        /* messages and message updates alike, each as it was broadcast
+         * (a deleted message and its edits with body "": the delete
+         * follows in the same replay) */
         size_t tl;
-        char *t = wire_message_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,
-                                  rows[i].body_len, rows[i].ts, &tl);
+        const store_row *w = &rows[i];
+        char *t = w->kind == STORE_MESSAGE
+                      ? wire_message_tail(w->client_id, w->user, w->name, w->body, w->body_len,
+                                          w->ts, &tl)
+                      : wire_update_tail(w->kind, w->client_id, w->target, w->user, w->name,
+                                         w->ts, w->body, w->body_len, w->emoji, w->on,
+                                         w->count < 0 ? 0 : w->count, &tl);
         if (!t) continue;
         op_push(op, wire_message_frame(room, rows[i].seq, t, tl));
         free(t);

@@ -6,6 +6,7 @@
  * Postgres text column, and it is refused here, before any seq exists. */
 #define _GNU_SOURCE
 #include "frame.h"
+#include "emoji.h"
 #include "util.h"
 
 #include <jansson.h>
@@ -71,6 +72,7 @@ static const struct { const char *name; frame_type t; } TYPES[] = {
     {"message", FT_MESSAGE}, {"typing", FT_TYPING}, {"heartbeat", FT_HEARTBEAT},
     {"join", FT_JOIN},       {"leave", FT_LEAVE},   {"refresh", FT_REFRESH},
     {"read", FT_READ},
+    {"edit", FT_EDIT},       {"delete", FT_DELETE}, {"react", FT_REACT},
 };
 
 /* Copies at most 32 bytes of an unknown type name, printable ASCII only,
@@ -83,6 +85,48 @@ static void printable(char *dst, size_t n, const char *s, size_t len)
         dst[o++] = (c >= 0x20 && c < 0x7f && c != '\'') ? (char)c : '?';
     }
     if (n) dst[o] = 0;
+}
+
+/* "id": absent, or 1..FRAME_ID_MAX bytes without NUL. */
+static int get_id(json_t *root, client_frame *out, char code[32], char *msg, size_t msglen)
+{
+    int r = get_str(root, "id", 0, &out->id, &out->id_len);
+    if (r == F_BAD || (r == F_OK && (out->id_len < 1 || out->id_len > FRAME_ID_MAX))) {
+        out->id = NULL;
+        out->id_len = 0;
+        return fail(code, msg, msglen, "id must be a string of 1-%d bytes", FRAME_ID_MAX);
+    }
+    return 0;
+}
+
+/* The fields of edit, delete and react (message updates, v2). */
+static int parse_update(json_t *root, client_frame *out, const char *tname, char code[32],
+                        char *msg, size_t msglen)
+{
+    if (get_id(root, out, code, msg, msglen) != 0) return -1;
+    json_t *t = json_object_get(root, "target");
+    if (!json_is_integer(t) || json_integer_value(t) < 1)
+        return fail(code, msg, msglen, "%s needs a target: the seq of a message (integer >= 1)", tname);
+    out->target = (uint64_t)json_integer_value(t);
+    if (out->type == FT_EDIT) {
+        if (get_str(root, "body", 1, &out->body, &out->body_len) != F_OK)
+            return fail(code, msg, msglen, "edit needs a string body");
+        if (memchr(out->body, 0, out->body_len))
+            return fail(code, msg, msglen, "body must not contain U+0000");
+    } else if (out->type == FT_REACT) {
+        if (get_str(root, "emoji", 1, &out->emoji, &out->emoji_len) != F_OK ||
+            !emoji_valid(out->emoji, out->emoji_len)) {
+            out->emoji = NULL;
+            out->emoji_len = 0;
+            return fail(code, msg, msglen,
+                        "emoji must be one emoji (one grapheme) or a :name:, 1-%d bytes",
+                        EMOJI_MAX_BYTES);
+        }
+        json_t *on = json_object_get(root, "on");
+        if (on && !json_is_boolean(on)) return fail(code, msg, msglen, "on must be true or false");
+        out->on = on ? json_is_true(on) : 1;
+    }
+    return get_room(root, out, 0, tname, code, msg, msglen);
 }
 
 static int parse_fields(json_t *root, client_frame *out, char code[32], char *msg, size_t msglen)
@@ -108,12 +152,7 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
             return fail(code, msg, msglen, "message needs a string body");
         if (memchr(out->body, 0, out->body_len))
             return fail(code, msg, msglen, "body must not contain U+0000");
-        r = get_str(root, "id", 0, &out->id, &out->id_len);
-        if (r == F_BAD || (r == F_OK && (out->id_len < 1 || out->id_len > FRAME_ID_MAX))) {
-            out->id = NULL;
-            out->id_len = 0;
-            return fail(code, msg, msglen, "id must be a string of 1-%d bytes", FRAME_ID_MAX);
-        }
+        if (get_id(root, out, code, msg, msglen) != 0) return -1;
         return get_room(root, out, 0, "message", code, msg, msglen);
     case FT_TYPING:
         return get_room(root, out, 0, "typing", code, msg, msglen);
@@ -138,6 +177,9 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
     }
     case FT_LEAVE:
         return get_room(root, out, 1, "leave", code, msg, msglen);
+    case FT_EDIT: return parse_update(root, out, "edit", code, msg, msglen);
+    case FT_DELETE: return parse_update(root, out, "delete", code, msg, msglen);
+    case FT_REACT: return parse_update(root, out, "react", code, msg, msglen);
     case FT_REFRESH:
         if (get_str(root, "token", 0, &out->token, &out->token_len) != F_OK || out->token_len == 0)
             return fail(code, msg, msglen, "refresh needs a string token");

@@ -9,8 +9,10 @@
 
 typedef enum {
     FT_MESSAGE = 1, FT_TYPING, FT_HEARTBEAT, FT_JOIN, FT_LEAVE, FT_REFRESH,
-    FT_READ                                   /* read state (v2) */
+    FT_READ,                                  /* read state (v2) */
+    FT_EDIT, FT_DELETE, FT_REACT              /* message updates (v2) */
 } frame_type;
+#define FT_COUNT 10
 
 #define FRAME_ID_MAX 64
 #define FRAME_EPOCH_MAX 64
@@ -18,12 +20,15 @@ typedef enum {
 typedef struct client_frame {
     frame_type type;
     const char *room;  size_t room_len;   /* NULL when absent */
-    const char *body;  size_t body_len;   /* message: required string (may be "", no NUL) */
-    const char *id;    size_t id_len;     /* message: optional, 1..64 chars */
+    const char *body;  size_t body_len;   /* message, edit: required string (may be "", no NUL) */
+    const char *id;    size_t id_len;     /* message, updates: optional, 1..64 chars */
     const char *token; size_t token_len;  /* refresh: required */
     int has_since;     uint64_t since;    /* join: optional integer >= 0 */
     uint64_t seq;                         /* read: required integer >= 0 */
     const char *epoch; size_t epoch_len;  /* join: optional, 1..64 bytes (with since) */
+    uint64_t target;                      /* edit, delete, react: required integer >= 1 */
+    const char *emoji; size_t emoji_len;  /* react: required, emoji_valid() */
+    int on;                               /* react: optional boolean, default true */
     void *root_;                          /* private: jansson root */
 } client_frame;
 
@@ -31,7 +36,8 @@ typedef struct client_frame {
  * object, missing/invalid "type", missing or wrongly typed field, invalid room
  * name, id too long, since not a non-negative integer, epoch not a string
  * of 1-64 bytes, a body containing U+0000, a read without a non-negative
- * integer seq) and msg a short
+ * integer seq, target not a positive integer, emoji not one grapheme or
+ * :name: of 1-32 bytes, on not a boolean) and msg a short
  * human-readable reason, e.g. "invalid JSON", "unknown type 'foo'",
  * "message needs a string body", "invalid room name". When the frame had a
  * string "id", *id_out (if not NULL) gets a malloc'd copy so the error can

@@ -136,6 +136,33 @@ static void req_finish(http_req *r, unsigned status, char *body, size_t len)
     lws_callback_on_writable(r->wsi);
 }
 
+/* A history message in its current state (message updates, v2): the
+ * message tail's fields, then "edited_ts" when edited, "deleted":true with
+ * no body when deleted, "reactions" ({"emoji":count}) when any. */
+static size_t http_message_state(char *b, size_t cap, const store_row *m)
+{
+    size_t o = 0;
+    if (m->client_id) {
+        memcpy(b, "\"id\":", 5); o = 5;
+        o += (size_t)json_escape(b + o, cap - o, m->client_id, strlen(m->client_id));
+        b[o++] = ',';
+    }
+    memcpy(b + o, "\"user\":", 7); o += 7;
+    o += (size_t)json_escape(b + o, cap - o, m->user, strlen(m->user));
+    memcpy(b + o, ",\"name\":", 8); o += 8;
+    o += (size_t)json_escape(b + o, cap - o, m->name, strlen(m->name));
+    if (m->deleted) {
+        o += (size_t)snprintf(b + o, cap - o, ",\"deleted\":true");
+    } else {
+        memcpy(b + o, ",\"body\":", 8); o += 8;
+        o += (size_t)json_escape(b + o, cap - o, m->body, m->body_len);
+        if (m->edited_ts) o += (size_t)snprintf(b + o, cap - o, ",\"edited_ts\":%" PRIu64, m->edited_ts);
+        if (m->reactions) o += (size_t)snprintf(b + o, cap - o, ",\"reactions\":%s", m->reactions);
+    }
+    o += (size_t)snprintf(b + o, cap - o, ",\"ts\":%" PRIu64 "}", m->ts);
+    return o;
+}
+
 static void on_history_rows(void *ud, int status, const store_row *rows, size_t n)
 {
     http_req *r = ud;
@@ -150,20 +177,15 @@ static void on_history_rows(void *ud, int status, const store_row *rows, size_t 
     size_t cap = 64;
     for (size_t i = first; i < n; i++)
         cap += 6 * (rows[i].body_len + strlen(rows[i].user) + strlen(rows[i].name) +
-                    (rows[i].client_id ? strlen(rows[i].client_id) : 0)) + 200;
+                    (rows[i].client_id ? strlen(rows[i].client_id) : 0)) + 300 +
+               (rows[i].reactions ? strlen(rows[i].reactions) : 0);
     char *b = malloc(cap);
     if (!b) { req_finish(r, 503, NULL, 0); return; }
     size_t o = (size_t)snprintf(b, cap, "{\"messages\":[");
     for (size_t i = first; i < n; i++) {
-        size_t tl;
-        char *t = wire_message_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,
-                                  rows[i].body_len, rows[i].ts, &tl);
-        if (!t) continue;
         o += (size_t)snprintf(b + o, cap - o, "%s{\"type\":\"message\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
                               i > first ? "," : "", r->room, rows[i].seq);
-        memcpy(b + o, t, tl);
-        o += tl;
-        free(t);
+        o += http_message_state(b + o, cap - o, &rows[i]);
     }
     if (first > 0 && n > first)
         o += (size_t)snprintf(b + o, cap - o, "],\"next_cursor\":\"c%" PRIx64 "\"}", rows[first].seq);
@@ -287,7 +309,7 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
         return reply_json_error(wsi, 503, "history is disabled: chatd runs without CHAT_DATABASE_URL");
     }
     *slot = r;
-    if (store_range(g_srv.store, r->room, 0, before, r->limit + 1, 1, on_history_rows, r) < 0) {
+    if (store_history(g_srv.store, r->room, before, r->limit + 1, on_history_rows, r) < 0) {
         *slot = NULL;
         free(r);
         return reply_json_error(wsi, 503, "history store unavailable");

@@ -1,6 +1,7 @@
 /* publish: see publish.h. */
 #define _GNU_SOURCE
 #include "publish.h"
+#include "emoji.h"
 #include "lag.h"
 #include "log.h"
 #include "metrics.h"
@@ -26,6 +27,14 @@ struct publish_op {
     char user[128], name[128];
     uint64_t ts, seq, t0;
     int duplicate;
+    /* message updates (kind != WIRE_MESSAGE) */
+    int kind;
+    uint64_t target;
+    char emoji[EMOJI_MAX_BYTES + 1];
+    int on;
+    int64_t count;
+    publish_authorize_fn authorize;
+    char code[32], reason[256];
 };
 
 static struct {
@@ -93,7 +102,9 @@ static void finish(publish_op *p, int status)
     if (status == PUBLISH_OK) metric_observe(m_ack, (double)(mono_ns() - p->t0) / 1e9);
     publish_cb cb = p->cb;
     void *ud = p->ud;
-    publish_result r = {status, p->room, p->id, p->seq, p->duplicate};
+    publish_result r = {status, p->room, p->id, p->seq, p->duplicate,
+                        p->code[0] ? p->code : NULL, p->reason[0] ? p->reason : NULL,
+                        status == PUBLISH_OK && !p->duplicate ? p->count : -1, p->kind};
     op_unlink(p);
     if (cb) cb(ud, &r);
     op_free(p);
@@ -133,7 +144,8 @@ static void on_published(void *ud, int status, uint64_t seq, int duplicate)
         finish(p, PUBLISH_OK); /* no durable history: chatd said so at start */
         return;
     }
-    store_row row = {p->room, seq, p->id, p->user, p->name, p->body, p->body_len, p->ts};
+    store_row row = {.room = p->room, .seq = seq, .client_id = p->id, .user = p->user,
+                     .name = p->name, .body = p->body, .body_len = p->body_len, .ts = p->ts};
     if (store_write(P.store, &row, on_stored, p) < 0) finish(p, PUBLISH_BACKLOG);
 }
 
@@ -150,6 +162,7 @@ int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, voi
     snprintf(p->user, sizeof p->user, "%s", m->user);
     snprintf(p->name, sizeof p->name, "%s", m->name);
     p->id = m->id ? strdup(m->id) : NULL;
+    p->count = -1;
     p->body = malloc(m->body_len + 1);
     if (p->body) {
         memcpy(p->body, m->body, m->body_len);
@@ -177,6 +190,267 @@ int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, voi
     return 0;
 }
 
+/* ---- message updates: target -> policy -> bus state step -> store ---------
+ * (publish.h "message updates"). Every stage checks that the operation
+ * still has a caller before doing more than completing what was published:
+ * an update whose owner went away before its publish is simply dropped. */
+
+#define LOOKUP_MAX 1000   /* recent-buffer entries read to find an unstored target */
+
+static void upd_publish(publish_op *p, const bus_update *u);
+static void upd_seed_read(publish_op *p);
+
+static int bus_op(const publish_op *p)
+{
+    switch (p->kind) {
+    case WIRE_EDIT: return BUS_UPD_EDIT;
+    case WIRE_DELETE: return BUS_UPD_DELETE;
+    default: return p->on ? BUS_UPD_REACT_ON : BUS_UPD_REACT_OFF;
+    }
+}
+
+static void refuse(publish_op *p, int status, const char *code, const char *reason)
+{
+    snprintf(p->code, sizeof p->code, "%s", code);
+    snprintf(p->reason, sizeof p->reason, "%s", reason);
+    finish(p, status);
+}
+
+/* The update's row is durable (or refused): as a message's. */
+static void upd_dup_checked(void *ud, int status, int kind, const char *author, int deleted)
+{
+    publish_op *p = ud;
+    (void)kind; (void)author; (void)deleted;
+    /* a resend of an update already published: acked once its first
+     * publish is durable (stored by its node, or by the backfill) */
+    if (status == 1) finish(p, PUBLISH_OK);
+    else finish(p, PUBLISH_STORE_DOWN);
+}
+
+static void on_update_published(void *ud, int status, uint64_t seq, int duplicate, int64_t count)
+{
+    publish_op *p = ud;
+    if (status != 0 || duplicate) lag_take(p->room, p->tail, p->tail_len); /* no delivery */
+    if (status < 0) { finish(p, PUBLISH_BUS_DOWN); return; }
+    if (status == BUS_UPD_NEED_STATE) {
+        /* the bus has no state of the target: read it from history, then
+         * publish again with it as the seed */
+        upd_seed_read(p);
+        return;
+    }
+    if (status == BUS_UPD_GONE) {
+        refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was deleted");
+        return;
+    }
+    if (status == BUS_UPD_NOOP) {
+        refuse(p, PUBLISH_NOOP, "rejected", p->on ? "you already reacted with that emoji"
+                                                  : "you have not reacted with that emoji");
+        return;
+    }
+    metric_observe(m_publish, (double)(mono_ns() - p->t0) / 1e9);
+    p->seq = seq;
+    p->duplicate = duplicate;
+    p->count = count;
+    if (!P.store) { finish(p, PUBLISH_OK); return; }
+    if (duplicate) {
+        if (store_target(P.store, p->room, seq, upd_dup_checked, p) < 0)
+            finish(p, PUBLISH_STORE_DOWN);
+        return;
+    }
+    store_row row = {.room = p->room, .seq = seq, .client_id = p->id, .user = p->user,
+                     .name = p->name, .body = p->kind == WIRE_EDIT ? p->body : "",
+                     .body_len = p->kind == WIRE_EDIT ? p->body_len : 0, .ts = p->ts,
+                     .kind = p->kind, .target = p->target,
+                     .emoji = p->kind == WIRE_REACT ? p->emoji : NULL, .on = p->on,
+                     .count = count};
+    if (store_write(P.store, &row, on_stored, p) < 0) finish(p, PUBLISH_BACKLOG);
+}
+
+static void on_seed_reactions(void *ud, int status, int deleted, const char *const *emoji,
+                              const char *const *user, size_t n)
+{
+    publish_op *p = ud;
+    if (status < 0) { finish(p, PUBLISH_STORE_DOWN); return; }
+    bus_update u = {p->target, bus_op(p), p->emoji, p->user, BUS_UPD_SEED_GIVEN, deleted,
+                    emoji, user, n};
+    upd_publish(p, &u);
+}
+
+static void upd_seed_read(publish_op *p)
+{
+    if (!P.store || store_reactions(P.store, p->room, p->target, on_seed_reactions, p) < 0)
+        finish(p, PUBLISH_STORE_DOWN);
+}
+
+static void upd_publish(publish_op *p, const bus_update *u)
+{
+    if (bus_publish_update(P.bus, p->room, p->id, p->tail, p->tail_len, u, on_update_published,
+                           p) < 0)
+        finish(p, PUBLISH_BUS_DOWN);
+}
+
+/* The target is a message of author: the policy step, then publish. */
+static void upd_authorized(publish_op *p, const char *author)
+{
+    if (!p->cb) { op_free(p); return; }   /* its caller went away: nothing was published */
+    if (p->authorize) {
+        publish_update u = {p->room, p->id, p->user, p->name, p->kind, p->target, p->body,
+                            p->body_len, p->emoji, p->on, p->t0};
+        publish_verdict v;
+        memset(&v, 0, sizeof v);
+        p->authorize(p->ud, &u, author, &v);
+        if (v.refuse) {
+            free(v.body);
+            refuse(p, PUBLISH_REFUSED, v.code[0] ? v.code : "rejected",
+                   v.reason[0] ? v.reason : "refused by policy");
+            return;
+        }
+        if (v.body && p->kind == WIRE_EDIT) {
+            if (memchr(v.body, 0, v.body_len)) {
+                LOGW(MOD, "room %s: the policy's on_edit returned a body containing U+0000: refused",
+                     p->room);
+                free(v.body);
+                refuse(p, PUBLISH_REFUSED, "rejected", "the policy produced a body that cannot be stored");
+                return;
+            }
+            free(p->body);
+            p->body = v.body;
+            p->body_len = v.body_len;
+        } else {
+            free(v.body);
+        }
+    }
+    p->tail = wire_update_tail(p->kind, p->id, p->target, p->user, p->name, p->ts, p->body,
+                               p->body_len, p->emoji, p->on, -1, &p->tail_len);
+    if (!p->tail) { finish(p, PUBLISH_BUS_DOWN); return; }
+    if (p->kind != WIRE_REACT) lag_put(p->room, p->tail, p->tail_len, p->t0); /* a react's tail
+                                                             * is closed by the bus */
+    bus_update u = {p->target, bus_op(p), p->emoji, p->user,
+                    P.store ? BUS_UPD_SEED_ASK : BUS_UPD_SEED_NONE, 0, NULL, NULL, 0};
+    upd_publish(p, &u);
+}
+
+/* The author field of a message tail ("user"), into out; 0 when found. */
+static int tail_user(const char *tail, size_t len, char *out, size_t cap)
+{
+    char *buf = malloc(len + 1);
+    if (!buf) return -1;
+    buf[0] = '{';
+    memcpy(buf + 1, tail, len);
+    json_t *o = json_loadb(buf, len + 1, JSON_ALLOW_NUL, NULL);
+    free(buf);
+    json_t *u = o ? json_object_get(o, "user") : NULL;
+    int rc = -1;
+    if (json_is_string(u) && json_string_length(u) < cap) {
+        snprintf(out, cap, "%s", json_string_value(u));
+        rc = 0;
+    }
+    json_decref(o);
+    return rc;
+}
+
+/* The target is not in history (yet): the recent buffer. */
+static void on_lookup_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                             const char *epoch)
+{
+    publish_op *p = ud;
+    (void)head; (void)epoch;
+    if (!p->cb) { op_free(p); return; }
+    if (status < 0) { finish(p, PUBLISH_BUS_DOWN); return; }
+    for (size_t i = 0; status == 0 && i < n; i++) {
+        if (e[i].seq != p->target) continue;
+        char author[128];
+        if (wire_tail_is_update(e[i].tail, e[i].len) ||
+            tail_user(e[i].tail, e[i].len, author, sizeof author) != 0)
+            break;
+        upd_authorized(p, author);
+        return;
+    }
+    refuse(p, PUBLISH_NOT_FOUND, "not_found", "no such message");
+}
+
+static int lookup_buffer(publish_op *p)
+{
+    return bus_replay(P.bus, p->room, p->target - 1, LOOKUP_MAX, on_lookup_replay, p);
+}
+
+static void on_target(void *ud, int status, int kind, const char *author, int deleted)
+{
+    publish_op *p = ud;
+    if (!p->cb) { op_free(p); return; }
+    if (status < 0) { finish(p, PUBLISH_STORE_DOWN); return; }
+    if (status == 0) {   /* not stored (yet): published moments ago? */
+        if (lookup_buffer(p) < 0) finish(p, PUBLISH_BUS_DOWN);
+        return;
+    }
+    if (kind != WIRE_MESSAGE) {
+        refuse(p, PUBLISH_NOT_FOUND, "not_found", "that seq is a message update, not a message");
+        return;
+    }
+    if (deleted) {
+        refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was deleted");
+        return;
+    }
+    upd_authorized(p, author);
+}
+
+int publish_update_start(const publish_update *u, publish_owner *owner,
+                         publish_authorize_fn authorize, publish_cb cb, void *ud)
+{
+    if (!u || !u->room || !u->user || !u->name || !u->target || !bus_ready(P.bus)) return -1;
+    if (u->kind != WIRE_EDIT && u->kind != WIRE_DELETE && u->kind != WIRE_REACT) return -1;
+    if (u->kind == WIRE_EDIT && (!u->body || memchr(u->body, 0, u->body_len))) return -1;
+    if (u->kind == WIRE_REACT && (!u->emoji || !emoji_valid(u->emoji, strlen(u->emoji))))
+        return -1;
+    publish_op *p = calloc(1, sizeof *p);
+    if (!p) return -1;
+    p->cb = cb;
+    p->ud = ud;
+    p->authorize = authorize;
+    p->t0 = u->t0_ns ? u->t0_ns : mono_ns();
+    p->ts = now_ms();
+    p->kind = u->kind;
+    p->target = u->target;
+    p->on = u->on ? 1 : 0;
+    p->count = -1;
+    snprintf(p->room, sizeof p->room, "%s", u->room);
+    snprintf(p->user, sizeof p->user, "%s", u->user);
+    snprintf(p->name, sizeof p->name, "%s", u->name);
+    if (u->kind == WIRE_REACT) snprintf(p->emoji, sizeof p->emoji, "%s", u->emoji);
+    p->id = u->id ? strdup(u->id) : NULL;
+    size_t bl = u->kind == WIRE_EDIT ? u->body_len : 0;
+    p->body = malloc(bl + 1);
+    if (!p->body || (u->id && !p->id)) {
+        op_free(p);
+        return -1;
+    }
+    if (bl) memcpy(p->body, u->body, bl);
+    p->body[bl] = 0;
+    p->body_len = bl;
+    /* with history, the target is looked up there first (not ready: -1,
+     * the caller answers unavailable); without, the buffer is all there is */
+    int rc = P.store ? store_target(P.store, p->room, p->target, on_target, p) : lookup_buffer(p);
+    if (rc < 0) {
+        op_free(p);
+        return -1;
+    }
+    if (owner) {
+        p->owner = owner;
+        p->next = owner->head;
+        if (owner->head) owner->head->prev = p;
+        owner->head = p;
+    }
+    return 0;
+}
+
+int publish_delete(const char *room, uint64_t seq, const char *actor, const char *actor_name,
+                   const char *id, publish_owner *owner, publish_cb cb, void *ud)
+{
+    publish_update u = {room, id, actor, actor_name ? actor_name : actor, WIRE_DELETE, seq,
+                        NULL, 0, NULL, 0, 0};
+    return publish_update_start(&u, owner, NULL, cb, ud);
+}
+
 /* ---- backfill: a message another node published and never stored ---------- */
 
 typedef struct backfill_op {
@@ -200,6 +474,14 @@ static const char *obj_str(json_t *o, const char *k, size_t *len)
     return json_string_value(v);
 }
 
+/* The kind of an update tail's "kind" field (WIRE_*), -1 when unknown. */
+static int kind_of(const char *k)
+{
+    for (int i = WIRE_EDIT; i <= WIRE_REACT; i++)
+        if (k && strcmp(k, wire_update_kind_name(i)) == 0) return i;
+    return -1;
+}
+
 void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char *tail, size_t len)
 {
     (void)ud;
@@ -215,7 +497,19 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
     const char *user = o ? obj_str(o, "user", NULL) : NULL;
     const char *body = o ? obj_str(o, "body", &body_len) : NULL;
     json_t *ts = o ? json_object_get(o, "ts") : NULL;
-    if (!user || !body || !json_is_integer(ts) || json_integer_value(ts) < 0) {
+    /* a message update (wire.h): its kind, target and fields */
+    const char *kname = o ? obj_str(o, "kind", NULL) : NULL;
+    int kind = kname ? kind_of(kname) : WIRE_MESSAGE;
+    json_t *target = o ? json_object_get(o, "target") : NULL;
+    json_t *count = o ? json_object_get(o, "count") : NULL;
+    const char *emoji = o ? obj_str(o, "emoji", NULL) : NULL;
+    if (kind == WIRE_DELETE || kind == WIRE_REACT) { body = ""; body_len = 0; }
+    int bad = !user || !body || !json_is_integer(ts) || json_integer_value(ts) < 0 || kind < 0 ||
+              (kind != WIRE_MESSAGE && (!json_is_integer(target) || json_integer_value(target) < 1)) ||
+              (kind == WIRE_REACT && (!emoji || !json_is_integer(count) ||
+                                      json_integer_value(count) < 0 ||
+                                      !json_is_boolean(json_object_get(o, "on"))));
+    if (bad) {
         LOGE(MOD, "room %s seq %" PRIu64 ": unstored message has a malformed tail: not stored",
              rname, seq);
         bus_mark_stored(P.bus, rname, seq); /* never offer it again */
@@ -223,8 +517,15 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
         return;
     }
     const char *name = obj_str(o, "name", NULL);
-    store_row row = {rname, seq, obj_str(o, "id", NULL), user, name ? name : user, body, body_len,
-                     (uint64_t)json_integer_value(ts)};
+    store_row row = {.room = rname, .seq = seq, .client_id = obj_str(o, "id", NULL), .user = user,
+                     .name = name ? name : user, .body = body, .body_len = body_len,
+                     .ts = (uint64_t)json_integer_value(ts), .kind = kind};
+    if (kind != WIRE_MESSAGE) row.target = (uint64_t)json_integer_value(target);
+    if (kind == WIRE_REACT) {
+        row.emoji = emoji;
+        row.on = json_is_true(json_object_get(o, "on"));
+        row.count = json_integer_value(count);
+    }
     backfill_op *op = calloc(1, sizeof *op);
     if (op) {
         op->seq = seq;

@@ -1,6 +1,7 @@
 /* publish: the one path from "a message the policy accepted" to "a seq, a
- * durable row and an ack" — for client messages today, for the server API
- * and message updates as they land.
+ * durable row and an ack" — for client messages, the server API and
+ * message updates (edit, delete, react: publish_update_start, which first
+ * finds the target and asks the caller's policy step).
  *   caller -> publish_start -> bus (seq, fan-out) -> store (group commit)
  *          -> the caller's callback (ack or error)
  * The path runs one way: this module never calls the layers above it; it
@@ -21,6 +22,7 @@
 #include <stdint.h>
 #include "bus.h"
 #include "store.h"
+#include "wire.h"
 
 enum {
     PUBLISH_OK = 0,           /* durably stored (without a database: published) */
@@ -28,6 +30,10 @@ enum {
     PUBLISH_STORE_DOWN = -2,  /* a seq was assigned, the store failed for good */
     PUBLISH_BACKLOG = -3,     /* a seq was assigned, the store's backlog is full */
     PUBLISH_CONFLICT = -4,    /* another message holds the seq in history */
+    /* message updates only; no seq was assigned: */
+    PUBLISH_NOT_FOUND = -5,   /* no such message (unknown seq, an update's seq, deleted) */
+    PUBLISH_REFUSED = -6,     /* the policy step said no: result code and reason */
+    PUBLISH_NOOP = -7,        /* a react that changes nothing (already on / not on) */
 };
 
 typedef struct publish_msg {
@@ -43,6 +49,10 @@ typedef struct publish_result {
     const char *room, *id;    /* id NULL when the message had none */
     uint64_t seq;             /* when a seq was assigned */
     int duplicate;            /* the id was published before: seq is the first one's */
+    /* message updates: */
+    const char *code, *reason;/* PUBLISH_REFUSED: the policy's code and reason */
+    int64_t count;            /* a react's count after it (-1 otherwise, or a duplicate) */
+    int kind;                 /* WIRE_MESSAGE, or the update's kind */
 } publish_result;
 
 typedef void (*publish_cb)(void *ud, const publish_result *r);
@@ -64,6 +74,55 @@ int publish_ready(void);
 int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, void *ud);
 /* The owner goes away: its operations complete without calling back. */
 void publish_owner_drop(publish_owner *o);
+
+/* ---- message updates (v2; docs/architecture.md "Message updates") ----
+ * An edit, delete or react of message `target`: the target is looked up
+ * (history, else the recent buffer: it must be a message, not an update,
+ * and not deleted), the caller's policy step decides with the target's
+ * author, then the update is published through the bus's state step (a
+ * delete by a lower seq refuses it; a react's count is decided with its
+ * seq), stored and answered like a message (PUBLISH_OK with its seq, the
+ * same id again: the first seq, duplicate). */
+typedef struct publish_update {
+    const char *room;
+    const char *id;           /* client id (idempotency, shared with messages), may be NULL */
+    const char *user, *name;  /* who edits, deletes, reacts */
+    int kind;                 /* WIRE_EDIT, WIRE_DELETE, WIRE_REACT (wire.h) */
+    uint64_t target;          /* seq of the message */
+    const char *body; size_t body_len;   /* edit: no NUL inside (the caller checks) */
+    const char *emoji;        /* react: emoji_valid() */
+    int on;                   /* react: 1 adds, 0 removes */
+    uint64_t t0_ns;           /* receipt time (mono_ns) */
+} publish_update;
+
+/* The caller's policy step, called once with the target's author (never
+ * after its owner was dropped). Leave v->refuse 0 to go on; an edit may
+ * set v->body (malloc'd; publish frees it) to publish another body. */
+typedef struct publish_verdict {
+    int refuse;               /* 1: refused; code ("forbidden", "rejected", ...) and reason */
+    char code[32], reason[256];
+    char *body; size_t body_len;
+} publish_verdict;
+typedef void (*publish_authorize_fn)(void *ud, const publish_update *u, const char *author,
+                                     publish_verdict *v);
+
+/* Starts an update (authorize NULL: no policy step, e.g. a moderator).
+ * Returns 0 when started (cb later, exactly once unless the owner is
+ * dropped), -1 when refused now (bus not ready, bad fields, out of
+ * memory): cb is not called. */
+int publish_update_start(const publish_update *u, publish_owner *owner,
+                         publish_authorize_fn authorize, publish_cb cb, void *ud);
+
+/* "Delete message (room, seq) as actor": the one delete both the client
+ * frame (after its policy step) and the server API's moderator delete
+ * (DELETE /api/rooms/{room}/messages/{seq}, no policy: the API key is the
+ * authority) use. actor/actor_name appear as the update's user and name;
+ * id (may be NULL) makes a retry idempotent. Answers like
+ * publish_update_start: PUBLISH_OK (seq of the delete event),
+ * PUBLISH_NOT_FOUND (no such message, or deleted already), or the
+ * unavailable statuses. */
+int publish_delete(const char *room, uint64_t seq, const char *actor, const char *actor_name,
+                   const char *id, publish_owner *owner, publish_cb cb, void *ud);
 
 /* Bus handlers (server.c wires them): on_unstored, on_seed. */
 void publish_bus_unstored(void *ud, const char *room, uint64_t seq, const char *tail, size_t len);

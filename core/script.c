@@ -40,14 +40,14 @@
 #define RL_MAX_KEYS 100000
 
 enum { H_CONNECT, H_JOIN, H_LEAVE, H_MESSAGE, H_TYPING, H_PRESENCE, H_HISTORY, H_DISCONNECT,
-       H_READ, H_RETENTION, H_N };
+       H_READ, H_RETENTION, H_EDIT, H_DELETE, H_REACT, H_N };
 static const char *const HOOK_NAMES[H_N] = {
     "on_connect", "on_join", "on_leave", "on_message",
     "on_typing", "on_presence", "on_history", "on_disconnect",
-    "on_read", "on_retention"};
+    "on_read", "on_retention", "on_edit", "on_delete", "on_react"};
 /* notification hooks: errors are logged, nothing is refused. on_retention
  * is a query (it returns days), handled apart from the verdict hooks. */
-static const int HOOK_NOTIFY[H_N] = {0, 0, 1, 0, 0, 0, 0, 1, 0, 0};
+static const int HOOK_NOTIFY[H_N] = {0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0};
 
 /* Permission bits: where a chat.* call may be made (docs/scripting.md). */
 #define P_LOAD     (1u << 0)
@@ -55,7 +55,8 @@ static const int HOOK_NOTIFY[H_N] = {0, 0, 1, 0, 0, 0, 0, 1, 0, 0};
 #define P_HOOK(i)  (1u << (2 + (i)))
 #define P_NOTIFY   (P_HOOK(H_LEAVE) | P_HOOK(H_DISCONNECT))
 #define P_VALIDATE (P_HOOK(H_CONNECT) | P_HOOK(H_JOIN) | P_HOOK(H_MESSAGE) | P_HOOK(H_TYPING) | \
-                    P_HOOK(H_PRESENCE) | P_HOOK(H_HISTORY) | P_HOOK(H_READ))
+                    P_HOOK(H_PRESENCE) | P_HOOK(H_HISTORY) | P_HOOK(H_READ) | \
+                    P_HOOK(H_EDIT) | P_HOOK(H_DELETE) | P_HOOK(H_REACT))
 /* on_retention runs in the background pass, for no user: no rate limits */
 #define P_QUERY    (P_HOOK(H_RETENTION))
 #define P_HOOKS    (P_VALIDATE | P_NOTIFY | P_QUERY)
@@ -141,6 +142,7 @@ typedef struct call_spec {
     const char *a2; size_t a2len;  /* message id / presence user */
     const char *a3; size_t a3len;  /* presence name */
     uint64_t num;                  /* on_read: the seq */
+    const script_update *upd;      /* on_edit, on_delete, on_react */
 } call_spec;
 
 static script_host *g_running;  /* host whose script_call is on the C stack */
@@ -202,7 +204,7 @@ static const char *phase_name(const script_host *h)
         static const char *const in_hook[H_N] = {
             "in on_connect", "in on_join", "in on_leave", "in on_message",
             "in on_typing", "in on_presence", "in on_history", "in on_disconnect",
-            "in on_read", "in on_retention"};
+            "in on_read", "in on_retention", "in on_edit", "in on_delete", "in on_react"};
         return h->hook >= 0 ? in_hook[h->hook] : "here";
     }
     default: return "here";
@@ -800,6 +802,21 @@ static int op_hook(lua_State *L, const call_spec *cs)
         lua_pushnumber(L, (double)cs->num);
         lua_setfield(L, -2, "seq");
         nargs = 2;
+    } else if (cs->upd) {
+        /* message updates: { target, author, id, body (edit), emoji, on (react) } */
+        const script_update *u = cs->upd;
+        lua_createtable(L, 0, 6);
+        lua_pushnumber(L, (double)u->target);
+        lua_setfield(L, -2, "target");
+        if (u->author) set_str(L, "author", u->author, strlen(u->author));
+        if (u->id) set_str(L, "id", u->id, strlen(u->id));
+        if (cs->hook == H_EDIT) set_str(L, "body", cs->a1 ? cs->a1 : "", cs->a1 ? cs->a1len : 0);
+        if (cs->hook == H_REACT) {
+            if (u->emoji) set_str(L, "emoji", u->emoji, strlen(u->emoji));
+            lua_pushboolean(L, u->on);
+            lua_setfield(L, -2, "on");
+        }
+        nargs = 2;
     }
     lua_call(L, nargs, 3);
     return 3;
@@ -944,7 +961,7 @@ static int script_call(script_host *h, lstate *s, const call_spec *cs, script_re
             if (why) copy_line(res->reason, sizeof res->reason, why, n);
             else snprintf(res->reason, sizeof res->reason, "refused by policy");
             res->verdict = SCRIPT_REJECT;
-        } else if (t1 == LUA_TSTRING && cs->hook == H_MESSAGE) {
+        } else if (t1 == LUA_TSTRING && (cs->hook == H_MESSAGE || cs->hook == H_EDIT)) {
             size_t n;
             const char *b = lua_tolstring(L, 2, &n);
             if (n == cs->a1len && (n == 0 || memcmp(b, cs->a1, n) == 0)) {
@@ -959,7 +976,8 @@ static int script_call(script_host *h, lstate *s, const call_spec *cs, script_re
             }
         } else if (!HOOK_NOTIFY[cs->hook]) {
             char m[128];
-            snprintf(m, sizeof m, cs->hook == H_MESSAGE ? "returned a %s (nil, true, false or a string expected)"
+            snprintf(m, sizeof m, cs->hook == H_MESSAGE || cs->hook == H_EDIT
+                                      ? "returned a %s (nil, true, false or a string expected)"
                                                         : "returned a %s (nil, true or false expected)",
                      lua_typename(L, t1));
             metric_inc(h->m_err[cs->hook]);
@@ -1185,9 +1203,11 @@ static void rebuild_if_broken(script_host *h)
             (unsigned long long)h->version);
 }
 
-static script_verdict run_hook_n(script_host *h, int hook, const script_ctx *c, const char *a1,
-                                 size_t a1len, const char *a2, const char *a3, uint64_t num,
-                                 script_result *res)
+/* The one hook runner: num is on_read's seq, upd the message update of
+ * on_edit / on_delete / on_react (NULL otherwise). */
+static script_verdict run_hook_full(script_host *h, int hook, const script_ctx *c, const char *a1,
+                                    size_t a1len, const char *a2, const char *a3, uint64_t num,
+                                    const script_update *upd, script_result *res)
 {
     script_result tmp;
     if (!res) res = &tmp;
@@ -1201,12 +1221,26 @@ static script_verdict run_hook_n(script_host *h, int hook, const script_ctx *c, 
     call_spec cs = {.op = OP_HOOK, .hook = hook, .ctx = c,
                     .a1 = a1, .a1len = a1len,
                     .a2 = a2, .a2len = a2 ? strlen(a2) : 0,
-                    .a3 = a3, .a3len = a3 ? strlen(a3) : 0, .num = num};
+                    .a3 = a3, .a3len = a3 ? strlen(a3) : 0, .num = num, .upd = upd};
     script_call(h, h->cur, &cs, res, NULL, 0);
     rebuild_if_broken(h);
     script_verdict v = res->verdict;
     if (res == &tmp) script_result_clear(&tmp);
     return v;
+}
+
+static script_verdict run_hook_n(script_host *h, int hook, const script_ctx *c, const char *a1,
+                                 size_t a1len, const char *a2, const char *a3, uint64_t num,
+                                 script_result *res)
+{
+    return run_hook_full(h, hook, c, a1, a1len, a2, a3, num, NULL, res);
+}
+
+static script_verdict run_hook_upd(script_host *h, int hook, const script_ctx *c, const char *a1,
+                                   size_t a1len, const char *a2, const char *a3,
+                                   const script_update *upd, script_result *res)
+{
+    return run_hook_full(h, hook, c, a1, a1len, a2, a3, 0, upd, res);
 }
 
 static script_verdict run_hook(script_host *h, int hook, const script_ctx *c, const char *a1,
@@ -1272,4 +1306,25 @@ int script_on_retention(script_host *h, const script_ctx *c, double *days)
     if (r == 1 && days) *days = res.number;
     script_result_clear(&res);
     return r;
+}
+
+/* ---- message updates (v2) ---- */
+
+script_verdict script_on_edit(script_host *h, const script_ctx *c, const script_update *u,
+                              script_result *res)
+{
+    return run_hook_upd(h, H_EDIT, c, u->body ? u->body : "", u->body ? u->body_len : 0, NULL,
+                        NULL, u, res);
+}
+
+script_verdict script_on_delete(script_host *h, const script_ctx *c, const script_update *u,
+                                script_result *res)
+{
+    return run_hook_upd(h, H_DELETE, c, NULL, 0, NULL, NULL, u, res);
+}
+
+script_verdict script_on_react(script_host *h, const script_ctx *c, const script_update *u,
+                               script_result *res)
+{
+    return run_hook_upd(h, H_REACT, c, NULL, 0, NULL, NULL, u, res);
 }

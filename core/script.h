@@ -7,12 +7,13 @@
  *
  * Return conventions seen from C (Lua side documented in docs/scripting.md):
  *   SCRIPT_ACCEPT  - go ahead (hook absent, returned nil/true)
- *   SCRIPT_REPLACE - go ahead with res->body instead (on_message only)
+ *   SCRIPT_REPLACE - go ahead with res->body instead (on_message, on_edit)
  *   SCRIPT_REJECT  - refuse: res->code (e.g. "rejected", "rate_limited",
  *                    "forbidden") and res->reason (one line)
- * A validation hook (connect, join, message, typing, history, presence, read)
- * that errors or blows its budget -> SCRIPT_REJECT with code "script_error".
- * on_retention is a query hook: it returns days (script_on_retention).
+ * A validation hook (connect, join, message, typing, history, presence, read,
+ * edit, delete, react) that errors or blows its budget -> SCRIPT_REJECT with
+ * code "script_error". on_retention is a query hook: it returns days
+ * (script_on_retention).
  * A notification hook (leave, disconnect) that errors is logged and counted. */
 #ifndef CHATD_SCRIPT_H
 #define CHATD_SCRIPT_H
@@ -87,6 +88,23 @@ int script_on_retention(script_host *h, const script_ctx *c, double *days);
 double script_setting_num(const script_host *h, const char *key, double dflt);
 /* 1 when the running policy defines M.<hook> (e.g. "on_retention"). */
 int script_has_hook(const script_host *h, const char *hook);
+/* Message updates (v2): the update and its target (docs/scripting.md). */
+typedef struct script_update {
+    uint64_t target;          /* seq of the message */
+    const char *author;       /* the message's author (sub) */
+    const char *id;           /* client id, or NULL */
+    const char *body; size_t body_len;   /* on_edit: the new body */
+    const char *emoji;        /* on_react */
+    int on;                   /* on_react: 1 adds, 0 removes */
+} script_update;
+/* on_edit may REPLACE the body (like on_message); on_delete and on_react
+ * accept or refuse. */
+script_verdict script_on_edit(script_host *h, const script_ctx *c, const script_update *u,
+                              script_result *res);
+script_verdict script_on_delete(script_host *h, const script_ctx *c, const script_update *u,
+                                script_result *res);
+script_verdict script_on_react(script_host *h, const script_ctx *c, const script_update *u,
+                               script_result *res);
 
 void script_result_clear(script_result *res);
 

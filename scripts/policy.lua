@@ -18,6 +18,9 @@ M.config = {
   message_rate = 20,        -- messages per second per user ...
   message_burst = 40,       -- ... with bursts up to this many
   typing_interval_ms = 2000, -- at most one typing event per user and room per interval
+  -- message updates (edits share the message rate and body rules)
+  react_rate = 10,          -- reactions per second per user ...
+  react_burst = 30,         -- ... with bursts up to this many
   -- room access
   private_prefix = "private-",
   admin_role = "admin",
@@ -54,9 +57,11 @@ function M.on_history(ctx)
   return check_room(ctx)
 end
 
-function M.on_message(ctx, msg)
+-- The rules of a body (a message's, or an edit's new one): not empty,
+-- trimmed, at most max_body characters, within the user's message rate.
+-- Returns the body to publish, or false, code, reason.
+local function check_body(ctx, body)
   local c = cfg()
-  local body = msg.body
   -- Rule: no empty or whitespace-only messages.
   local i, j = text.bounds(body)
   if not i then return false, "rejected", "empty message" end
@@ -70,7 +75,45 @@ function M.on_message(ctx, msg)
   if not chat.ratelimit("msg:" .. ctx.user, c.message_rate, c.message_burst) then
     return false, "rate_limited", "too many messages, slow down"
   end
+  return body
+end
+
+function M.on_message(ctx, msg)
+  local body, code, why = check_body(ctx, msg.body)
+  if not body then return false, code, why end
   if body ~= msg.body then return body end
+end
+
+-- Message updates (docs/scripting.md "Message updates"); u.author is the
+-- author of the target message, u.target its seq.
+local function is_admin(ctx)
+  return type(ctx.claims) == "table" and ctx.claims.role == cfg().admin_role
+end
+
+-- Rule: only the author edits a message; the new body follows the
+-- message rules (and may be trimmed the same way).
+function M.on_edit(ctx, u)
+  if u.author ~= ctx.user then
+    return false, "forbidden", "only the author can edit a message"
+  end
+  local body, code, why = check_body(ctx, u.body)
+  if not body then return false, code, why end
+  if body ~= u.body then return body end
+end
+
+-- Rule: the author deletes their own messages; a token with the admin
+-- role deletes any.
+function M.on_delete(ctx, u)
+  if u.author == ctx.user or is_admin(ctx) then return true end
+  return false, "forbidden", "only the author or an admin can delete a message"
+end
+
+-- Rule: anyone in the room reacts, within a per-user reaction rate.
+function M.on_react(ctx, u)
+  local c = cfg()
+  if not chat.ratelimit("react:" .. ctx.user, c.react_rate, c.react_burst) then
+    return false, "rate_limited", "too many reactions, slow down"
+  end
 end
 
 -- Rule: one typing event per user and room per typing_interval_ms; the core
@@ -115,7 +158,8 @@ function M.selftest()
   if type(chat.config.ephemeral_days) ~= "number" or chat.config.ephemeral_days < 0 then
     return false, "config.ephemeral_days must be a number >= 0"
   end
-  for _, k in ipairs({ "max_body", "message_rate", "message_burst", "typing_interval_ms" }) do
+  for _, k in ipairs({ "max_body", "message_rate", "message_burst", "typing_interval_ms",
+                       "react_rate", "react_burst" }) do
     if type(chat.config[k]) ~= "number" or chat.config[k] <= 0 then
       return false, "config." .. k .. " must be a positive number"
     end

@@ -227,10 +227,58 @@ static void test_id_echo(void)
     frame_free(&f);
 }
 
+/* message updates (v2): edit, delete, react */
+static void test_updates(void)
+{
+    client_frame f;
+    char code[32], msg[128];
+    char *id = NULL;
+    REQUIRE(parse("{\"type\":\"edit\",\"room\":\"r1\",\"target\":7,\"body\":\"fixed\",\"id\":\"e1\"}",
+                  &f, code, msg, &id) == 0, "edit: %s", msg);
+    CHECK(f.type == FT_EDIT && f.target == 7 && eq(f.body, f.body_len, "fixed") && eq(f.id, f.id_len, "e1") &&
+          eq(f.room, f.room_len, "r1"));
+    frame_free(&f);
+    REQUIRE(parse("{\"type\":\"edit\",\"target\":7,\"body\":\"\"}", &f, code, msg, &id) == 0);
+    CHECK(f.room == NULL && f.id == NULL && f.body_len == 0, "room defaults to the URL's");
+    frame_free(&f);
+    REQUIRE(parse("{\"type\":\"delete\",\"room\":\"r1\",\"target\":9007199254740991}", &f, code, msg,
+                  &id) == 0);
+    CHECK(f.type == FT_DELETE && f.target == 9007199254740991ull);
+    frame_free(&f);
+    REQUIRE(parse("{\"type\":\"react\",\"room\":\"r1\",\"target\":3,\"emoji\":\"\xF0\x9F\x91\x8D\",\"on\":false}",
+                  &f, code, msg, &id) == 0, "react: %s", msg);
+    CHECK(f.type == FT_REACT && f.target == 3 && f.on == 0 && eq(f.emoji, f.emoji_len, "\xF0\x9F\x91\x8D"));
+    frame_free(&f);
+    REQUIRE(parse("{\"type\":\"react\",\"target\":3,\"emoji\":\":tada:\"}", &f, code, msg, &id) == 0);
+    CHECK(f.on == 1, "on defaults to true");
+    frame_free(&f);
+
+    bad("{\"type\":\"edit\",\"body\":\"x\"}", "needs a target");
+    bad("{\"type\":\"edit\",\"target\":0,\"body\":\"x\"}", "needs a target");
+    bad("{\"type\":\"edit\",\"target\":-3,\"body\":\"x\"}", "needs a target");
+    bad("{\"type\":\"edit\",\"target\":1.5,\"body\":\"x\"}", "needs a target");
+    bad("{\"type\":\"delete\",\"target\":\"4\"}", "needs a target");
+    bad("{\"type\":\"edit\",\"target\":4}", "edit needs a string body");
+    bad("{\"type\":\"edit\",\"target\":4,\"body\":\"a\\u0000b\"}", "U+0000");
+    bad("{\"type\":\"edit\",\"target\":4,\"body\":\"x\",\"room\":\"bad room\"}", "invalid room");
+    bad("{\"type\":\"edit\",\"target\":4,\"body\":\"x\",\"id\":\"\"}", "id must be");
+    bad("{\"type\":\"react\",\"target\":4}", "emoji must be");
+    bad("{\"type\":\"react\",\"target\":4,\"emoji\":\"ab\"}", "emoji must be");
+    bad("{\"type\":\"react\",\"target\":4,\"emoji\":\"\"}", "emoji must be");
+    bad("{\"type\":\"react\",\"target\":4,\"emoji\":\":abcdefghijklmnopqrstuvwxyz01234:\"}", "emoji must be");
+    bad("{\"type\":\"react\",\"target\":4,\"emoji\":\"\xF0\x9F\x91\x8D\",\"on\":1}", "on must be");
+    /* the id is echoed with the error */
+    id = NULL;
+    CHECK(parse("{\"type\":\"react\",\"target\":4,\"emoji\":\"xy\",\"id\":\"r9\"}", &f, code, msg, &id) == -1);
+    CHECK(id && strcmp(id, "r9") == 0);
+    free(id);
+}
+
 int main(void)
 {
     test_valid();
     test_errors();
     test_id_echo();
+    test_updates();
     return check_summary("test_frame");
 }
