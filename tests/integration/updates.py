@@ -1,0 +1,378 @@
+"""updates: message updates (protocol.md "Message updates (v2)") on real
+nodes, Redis and Postgres, with the default policy (scripts/): edit,
+delete and react as room events with their own seq, broadcast to every
+member on every node, acked, stored, replayed by since= from the recent
+buffer and from Postgres, history in its current state; refusals;
+reaction counts exact under concurrent reacts on two nodes; idempotent
+resends."""
+import asyncio
+import json
+import os
+import urllib.parse
+
+import harness
+from harness import (Client, TestFailure, check, eq, http_get, start_node, token, uniq, test)
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "scripts")
+THUMBS = "\U0001F44D"
+HEART = "\u2764\ufe0f"
+
+
+def node(name, redis=True, db=True, env=None):
+    return start_node(redis=redis, db=db, scripts=SCRIPTS, name=f"{name}-{uniq('')}", env=env)
+
+
+def is_event(room):
+    """messages and message updates of room (the seq'd events)."""
+    return lambda f: f["type"] in ("message", "message_update") and f.get("room") == room
+
+
+def events(c, room):
+    return [f for f in c.frames if is_event(room)(f)]
+
+
+def strip(f):
+    return {k: v for k, v in f.items() if k != "_t"}
+
+
+def upd(c, room):
+    return [f for f in c.frames if f["type"] == "message_update" and f.get("room") == room]
+
+
+async def send_and_ack(c, frame, timeout=8.0):
+    """Sends frame (with its id) and returns the ack or error answering it."""
+    return await c.reply(frame, lambda f: f.get("id") == frame["id"] and f["type"] in ("ack", "error"),
+                         timeout, what=f"answer to {frame['type']} {frame['id']}")
+
+
+async def post(c, room, body, mid):
+    a = await send_and_ack(c, {"type": "message", "room": room, "body": body, "id": mid})
+    eq(a["type"], "ack", f"ack of message {mid}: {a}")
+    return a["seq"]
+
+
+def history(n, room, tok, **q):
+    qs = urllib.parse.urlencode(q)
+    st, _, body = http_get(n.port, f"/rooms/{room}/messages" + (f"?{qs}" if qs else ""),
+                           {"Authorization": f"Bearer {tok}"})
+    eq(st, 200, f"history status ({body[:200]!r})")
+    return json.loads(body)
+
+
+def check_contiguous(c, room, upto):
+    seqs = [f["seq"] for f in events(c, room)]
+    check(seqs == list(range(1, upto + 1)), f"{c.label}: event seqs {seqs} are not 1..{upto}")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def edit_delete_react_order_and_replay():
+    a, b = node("A"), node("B")
+    room = uniq("upd")
+    al = await Client.connect(a, room, token("alice", "Alice"))
+    bo = await Client.connect(b, room, token("bob", "Bob"))
+    s1 = await post(al, room, "helo", "m1")
+    s2 = await post(bo, room, "second", "m2")
+    # edit (the policy trims it), react x3, delete
+    ack = await send_and_ack(al, {"type": "edit", "room": room, "target": s1, "body": " hello ",
+                                  "id": "e1"})
+    eq(ack["type"], "ack", f"edit answer {ack}")
+    r1 = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                 "on": True, "id": "r1"})
+    r2 = await send_and_ack(al, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                 "id": "r2"})
+    r3 = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                 "on": False, "id": "r3"})
+    r4 = await send_and_ack(bo, {"type": "react", "room": room, "target": s2, "emoji": ":party:",
+                                 "id": "r4"})
+    d = await send_and_ack(bo, {"type": "delete", "room": room, "target": s2, "id": "d1"})
+    for x in (r1, r2, r3, r4, d):
+        eq(x["type"], "ack", f"answer {x}")
+    head = d["seq"]
+    eq(head, 8, "2 messages + 6 updates: the delete's seq")
+    eq([ack["seq"], r1["seq"], r2["seq"], r3["seq"], r4["seq"]], [3, 4, 5, 6, 7],
+       "each update has its own seq, in order")
+    for c in (al, bo):
+        await c.wait_count(is_event(room), head, 8, "events")
+        check_contiguous(c, room, head)
+    u = {f["seq"]: f for f in upd(al, room)}
+    e = u[3]
+    eq((e["kind"], e["target"], e["user"], e["name"], e["body"]), ("edit", s1, "alice", "Alice", "hello"),
+       "edit frame")
+    check(isinstance(e.get("ts"), int) and e["ts"] > 0, f"edit ts {e}")
+    eq([(u[s]["kind"], u[s]["user"], u[s]["emoji"], u[s]["on"], u[s]["count"]) for s in (4, 5, 6)],
+       [("react", "bob", THUMBS, True, 1), ("react", "alice", THUMBS, True, 2),
+        ("react", "bob", THUMBS, False, 1)], "react frames with counts in seq order")
+    eq((u[7]["emoji"], u[7]["count"], u[7]["target"]), (":party:", 1, s2), "react :name:")
+    eq((u[8]["kind"], u[8]["target"], u[8]["user"]), ("delete", s2, "bob"), "delete frame")
+    check("body" not in u[8] and "emoji" not in u[8], f"delete carries no body/emoji: {u[8]}")
+    live = [strip(f) for f in events(bo, room)]
+    eq([strip(f) for f in events(al, room)], live, "both nodes saw the same events")
+    # replay by since= from the recent buffer, on the other node and on the same one
+    for n, since in ((a, 0), (b, 2), (a, 5)):
+        r = await Client.connect(n, room, token("carol"), since=since)
+        await r.wait_count(is_event(room), head - since, 8, f"replay since {since}")
+        await asyncio.sleep(0.2)
+        eq([strip(f) for f in events(r, room)], live[since:], f"replay since={since} on {n.name}")
+    # history: current state
+    h = history(b, room, token("carol"))
+    msgs = {m["seq"]: m for m in h["messages"]}
+    eq(sorted(msgs), [s1, s2], "history lists the messages only")
+    m1 = msgs[s1]
+    eq((m1["body"], m1.get("reactions")), ("hello", {THUMBS: 1}), "edited message, reactions")
+    eq(m1.get("edited_ts"), e["ts"], "edited_ts is the edit's ts")
+    check("deleted" not in m1, f"not deleted: {m1}")
+    m2 = msgs[s2]
+    eq(m2.get("deleted"), True, f"deleted message {m2}")
+    check("body" not in m2 and "reactions" not in m2, f"no body nor reactions when deleted: {m2}")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def refusals():
+    a, b = node("A"), node("B")
+    room = uniq("ref")
+    al = await Client.connect(a, room, token("alice"))
+    bo = await Client.connect(b, room, token("bob"))
+    ad = await Client.connect(b, room, token("mod", role="admin"))
+    s1 = await post(al, room, "mine", "m1")
+    s2 = await post(al, room, "also mine", "m2")
+    r = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": HEART, "id": "x0"})
+    eq(r["type"], "ack", "react")
+
+    async def err(c, frame, code, what):
+        f = await send_and_ack(c, frame)
+        eq((f["type"], f.get("code")), ("error", code), f"{what}: {f}")
+        return f
+
+    # not_found: unknown seq, an update's seq, beyond the head
+    await err(bo, {"type": "react", "room": room, "target": 999, "emoji": HEART, "id": "x1"},
+              "not_found", "react to an unknown seq")
+    await err(al, {"type": "edit", "room": room, "target": r["seq"], "body": "x", "id": "x2"},
+              "not_found", "edit of an update's seq")
+    await err(bo, {"type": "react", "room": room, "target": r["seq"], "emoji": HEART, "id": "x3"},
+              "not_found", "react to an update's seq")
+    # forbidden: another user's message
+    await err(bo, {"type": "edit", "room": room, "target": s1, "body": "hacked", "id": "x4"},
+              "forbidden", "edit of another's message")
+    await err(bo, {"type": "delete", "room": room, "target": s1, "id": "x5"},
+              "forbidden", "delete of another's message")
+    # rejected: an empty edit, a react that changes nothing
+    await err(al, {"type": "edit", "room": room, "target": s1, "body": "   ", "id": "x6"},
+              "rejected", "empty edit")
+    await err(bo, {"type": "react", "room": room, "target": s1, "emoji": HEART, "id": "x7"},
+              "rejected", "the same react twice")
+    await err(al, {"type": "react", "room": room, "target": s1, "emoji": HEART, "on": False,
+                   "id": "x8"}, "rejected", "removing a reaction one does not have")
+    # bad_request: before any lookup
+    for bad, what in (({"type": "react", "room": room, "target": s1, "emoji": "ab"}, "two graphemes"),
+                      ({"type": "react", "room": room, "target": s1, "emoji": ":" + "a" * 31 + ":"},
+                       "emoji over 32 bytes"),
+                      ({"type": "react", "room": room, "target": s1, "emoji": HEART, "on": 1}, "on not bool"),
+                      ({"type": "edit", "room": room, "target": 0, "body": "x"}, "target 0"),
+                      ({"type": "delete", "room": room}, "no target"),
+                      ({"type": "edit", "room": room, "target": s1}, "edit without body"),
+                      ({"type": "edit", "room": room, "target": s1, "body": "a\u0000b"}, "NUL body")):
+        bad["id"] = uniq("b")
+        await err(al, bad, "bad_request", what)
+    await err(al, {"type": "edit", "room": "elsewhere", "target": s1, "body": "x", "id": "x9"},
+              "not_member", "a room not joined")
+    # the admin deletes alice's message; then it is gone for everyone
+    d = await send_and_ack(ad, {"type": "delete", "room": room, "target": s2, "id": "x10"})
+    eq(d["type"], "ack", f"admin delete {d}")
+    await err(al, {"type": "edit", "room": room, "target": s2, "body": "x", "id": "x11"},
+              "not_found", "edit of a deleted message")
+    await err(al, {"type": "delete", "room": room, "target": s2, "id": "x12"},
+              "not_found", "delete of a deleted message")
+    await err(bo, {"type": "react", "room": room, "target": s2, "emoji": HEART, "id": "x13"},
+              "not_found", "react to a deleted message")
+    # nothing refused got a seq: the head is 4 (2 messages, 1 react, 1 delete)
+    late = await Client.connect(a, room, token("late"))
+    eq(late.welcome()["seq"], 4, "head after the refusals")
+    check(all(f["type"] != "message_update" or f["seq"] in (3, 4) for f in al.frames),
+          "no refused update was broadcast")
+
+
+@test(timeout=90, needs=("redis", "pg"))
+async def concurrent_reactions_exact_across_nodes():
+    a, b = node("A"), node("B")
+    room = uniq("cr")
+    users = 12
+    clients = []
+    for i in range(users):
+        n = a if i % 2 == 0 else b
+        clients.append(await Client.connect(n, room, token(f"u{i}")))
+    w = await Client.connect(b, room, token("watch"))
+    target = await post(clients[0], room, "react to me", "m0")
+    other = await post(clients[1], room, "me too", "m1")
+    # every user: on THUMBS and HEART on target, on THUMBS on other; users
+    # divisible by 3 then take their THUMBS on target off again
+    plan = []
+    for i in range(users):
+        p = [("t1", target, THUMBS, True), ("t2", target, HEART, True), ("t3", other, THUMBS, True)]
+        if i % 3 == 0:
+            p.append(("t4", target, THUMBS, False))
+        plan.append(p)
+
+    async def run(i, c):
+        for tag, tg, em, on in plan[i]:
+            f = {"type": "react", "room": room, "target": tg, "emoji": em, "on": on,
+                 "id": f"{tag}-{i}"}
+            ans = await send_and_ack(c, f, 15)
+            eq(ans["type"], "ack", f"user {i} {tag}: {ans}")
+    await asyncio.gather(*(run(i, c) for i, c in enumerate(clients)))
+    total = 2 + sum(len(p) for p in plan)
+    await w.wait_count(is_event(room), total, 20, "events at the watcher")
+    check_contiguous(w, room, total)
+    # every frame's count follows from the frames before it, in seq order
+    state = {}
+    for f in upd(w, room):
+        key = (f["target"], f["emoji"])
+        who = state.setdefault(key, set())
+        check((f["user"] in who) != f["on"], f"seq {f['seq']}: {f['user']} on={f['on']} twice")
+        (who.add if f["on"] else who.discard)(f["user"])
+        eq(f["count"], len(who), f"count of seq {f['seq']} {key}")
+    off = len([i for i in range(users) if i % 3 == 0])
+    want = {(target, THUMBS): users - off, (target, HEART): users, (other, THUMBS): users}
+    eq({k: len(v) for k, v in state.items()}, want, "final reactions")
+    for c in clients[:3]:
+        await c.wait_count(is_event(room), total, 10, "events")
+        eq([strip(f) for f in events(c, room)], [strip(f) for f in events(w, room)],
+           f"{c.label} saw the watcher's events")
+    h = history(a, room, token("watch"))
+    got = {m["seq"]: m.get("reactions") for m in h["messages"]}
+    eq(got, {target: {THUMBS: users - off, HEART: users}, other: {THUMBS: users}},
+       "history reactions = distinct users")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def idempotent_resend_of_an_update():
+    a, b = node("A"), node("B")
+    room = uniq("idem")
+    al = await Client.connect(a, room, token("alice"))
+    al2 = await Client.connect(b, room, token("alice"))
+    w = await Client.connect(b, room, token("watch"))
+    s1 = await post(al, room, "one", "m1")
+    e = {"type": "edit", "room": room, "target": s1, "body": "two", "id": "edit-1"}
+    first = await send_and_ack(al, e)
+    again = await send_and_ack(al, e)                   # same node
+    other = await send_and_ack(al2, e)                  # another node
+    eq([first["type"], again["type"], other["type"]], ["ack"] * 3, "answers")
+    eq({first["seq"], again["seq"], other["seq"]}, {2}, "one seq for the three sends")
+    r = {"type": "react", "room": room, "target": s1, "emoji": THUMBS, "id": "react-1"}
+    r1 = await send_and_ack(al, r)
+    r2 = await send_and_ack(al2, r)
+    eq((r1.get("seq"), r2.get("seq"), r2["type"]), (3, 3, "ack"), "a react resent: the first seq")
+    await w.wait_count(is_event(room), 3, 5, "events")
+    await al.roundtrip()
+    await asyncio.sleep(0.3)
+    eq([f["seq"] for f in events(w, room)], [1, 2, 3], "broadcast once each")
+    eq(upd(w, room)[1]["count"], 1, "count")
+    h = history(a, room, token("watch"))
+    eq(h["messages"][0].get("reactions"), {THUMBS: 1}, "stored once")
+    pg = harness.RUN.pg
+    if hasattr(pg, "psql"):
+        rows = pg.psql("chatd", f"SELECT seq, kind FROM messages WHERE room = '{room}' ORDER BY seq")
+        eq(rows.split(), ["1|0", "2|1", "3|3"], "one row per seq in Postgres")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def replay_from_postgres_beyond_the_buffer():
+    env = {"CHAT_RECENT_MAX": "10", "CHAT_REPLAY_MAX": "200"}
+    a, b = node("A", env=env), node("B", env=env)
+    room = uniq("pgr")
+    al = await Client.connect(a, room, token("alice"))
+    bo = await Client.connect(b, room, token("bob"))
+    seqs = []
+    for i in range(8):
+        seqs.append(await post(al if i % 2 == 0 else bo, room, f"m{i}", f"m{i}"))
+        c = al if i % 2 == 0 else bo
+        ans = await send_and_ack(c, {"type": "edit", "room": room, "target": seqs[-1],
+                                     "body": f"m{i} edited", "id": f"e{i}"})
+        eq(ans["type"], "ack", "edit")
+        ans = await send_and_ack(bo, {"type": "react", "room": room, "target": seqs[-1],
+                                      "emoji": THUMBS, "id": f"r{i}"})
+        eq(ans["type"], "ack", "react")
+    ans = await send_and_ack(al, {"type": "delete", "room": room, "target": seqs[0], "id": "d0"})
+    eq(ans["type"], "ack", "delete")
+    head = ans["seq"]
+    eq(head, 25, "head")
+    await al.wait_count(is_event(room), head, 8, "events")
+    live = [strip(f) for f in events(al, room)]
+    # the buffer keeps the last 10: since=3 must come from Postgres
+    for n, since in ((b, 3), (a, 0)):
+        r = await Client.connect(n, room, token("carol"), since=since)
+        await r.wait_count(is_event(room), head - since, 10, f"replay since {since}")
+        await asyncio.sleep(0.2)
+        got = [strip(f) for f in events(r, room)]
+        check(not r.errors(), f"replay errors {r.errors()}")
+        # from Postgres, the deleted message and its edit come with an empty body
+        # (the delete follows in the same replay)
+        want = []
+        for f in live[since:]:
+            f = dict(f)
+            if f["type"] == "message" and f["seq"] == seqs[0]:
+                f["body"] = ""
+            if f["type"] == "message_update" and f.get("kind") == "edit" and f["target"] == seqs[0]:
+                f["body"] = ""
+            want.append(f)
+        eq(got, want, f"replay since={since} from Postgres equals the live stream")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def history_paging_skips_update_seqs():
+    a = node("A")
+    room = uniq("hp")
+    al = await Client.connect(a, room, token("alice"))
+    msgs = []
+    for i in range(5):
+        msgs.append(await post(al, room, f"m{i}", f"m{i}"))
+        for k in range(2):
+            ans = await send_and_ack(al, {"type": "react", "room": room, "target": msgs[-1],
+                                          "emoji": [THUMBS, HEART][k], "id": f"r{i}{k}"})
+            eq(ans["type"], "ack", "react")
+    tok = token("alice")
+    seen, cursor, pages = [], None, 0
+    while True:
+        q = {"limit": 2}
+        if cursor:
+            q["before"] = cursor
+        h = history(a, room, tok, **q)
+        pages += 1
+        for m in h["messages"]:
+            eq(m.get("reactions"), {THUMBS: 1, HEART: 1}, f"reactions of {m['seq']}")
+            eq(m["type"], "message", "only messages")
+        seen = [m["seq"] for m in h["messages"]] + seen
+        cursor = h["next_cursor"]
+        if not cursor:
+            break
+        # a new message and an update while paging: the pages stay stable
+        if pages == 1:
+            await post(al, room, "late", "late")
+    eq(seen[:5], msgs, "every message once, update seqs skipped")
+    eq(pages, 3, "pages of 2")
+
+
+@test(timeout=45, needs=("pg",))
+async def in_process_bus_single_node():
+    """No Redis: the in-process bus decides the same things."""
+    n = node("solo", redis=False)
+    room = uniq("solo")
+    al = await Client.connect(n, room, token("alice"))
+    bo = await Client.connect(n, room, token("bob"))
+    s1 = await post(al, room, "hi", "m1")
+    answers = []
+    for c, f in ((bo, {"type": "react", "target": s1, "emoji": THUMBS}),
+                 (al, {"type": "react", "target": s1, "emoji": THUMBS}),
+                 (bo, {"type": "react", "target": s1, "emoji": THUMBS}),
+                 (al, {"type": "edit", "target": s1, "body": "hi!"}),
+                 (bo, {"type": "edit", "target": s1, "body": "no"}),
+                 (al, {"type": "delete", "target": s1}),
+                 (bo, {"type": "react", "target": s1, "emoji": HEART})):
+        f = dict(f, room=room, id=uniq("i"))
+        ans = await send_and_ack(c, f)
+        answers.append(ans["seq"] if ans["type"] == "ack" else ans["code"])
+    eq(answers, [2, 3, "rejected", 4, "forbidden", 5, "not_found"], "answers")
+    await al.wait_count(is_event(room), 5, 5, "events")
+    eq([f.get("count") for f in upd(al, room)], [1, 2, None, None], "counts")
+    h = history(n, room, token("alice"))
+    eq(h["messages"][0].get("deleted"), True, "deleted in history")
