@@ -18,7 +18,9 @@
  *       (JSON text), room, node, now (ms) }, absent fields are NULL in C;
  *       on_message: a1 = body (may hold NULs), a2 = client id;
  *       on_presence: a1 = event, a2 = user, a3 = name; on_read: a1 = the seq
- *       (decimal text); on_retention: the room is ctx.room.
+ *       (decimal text); on_retention: the room is ctx.room;
+ *       on_edit / on_delete / on_react: a1 = { target, author, id, body,
+ *       emoji, on } (script_update).
  *       result = the script_result C gets: { verdict = "accept" | "replace"
  *       | "reject", code, reason (when set), body (replace) }; nil for the
  *       notification hooks (on_leave, on_disconnect return nothing in C);
@@ -254,9 +256,10 @@ static uint64_t cpu_ns(void)
 
 static const char *const HOOKS[] = {
     "on_connect", "on_join", "on_leave", "on_message", "on_typing", "on_presence",
-    "on_history", "on_disconnect", "on_read", "on_retention", NULL};
+    "on_history", "on_disconnect", "on_read", "on_retention", "on_edit", "on_delete", "on_react",
+    NULL};
 enum { K_CONNECT, K_JOIN, K_LEAVE, K_MESSAGE, K_TYPING, K_PRESENCE, K_HISTORY, K_DISCONNECT,
-       K_READ, K_RETENTION };
+       K_READ, K_RETENTION, K_EDIT, K_DELETE, K_REACT };
 
 static int l_call(lua_State *L)
 {
@@ -274,9 +277,29 @@ static int l_call(lua_State *L)
     c.now_ms = lua_isnil(L, -1) ? now_ms() : (uint64_t)luaL_checknumber(L, -1);
     lua_pop(L, 1);
     size_t a1len = 0;
-    const char *a1 = luaL_optlstring(L, 4, NULL, &a1len);
-    const char *a2 = luaL_optstring(L, 5, NULL);
-    const char *a3 = luaL_optstring(L, 6, NULL);
+    const char *a1 = NULL, *a2 = NULL, *a3 = NULL;
+    script_update su;
+    memset(&su, 0, sizeof su);
+    if (hook >= K_EDIT) {
+        /* message updates: the update as a table (strings stay alive in it) */
+        luaL_checktype(L, 4, LUA_TTABLE);
+        lua_getfield(L, 4, "target");
+        su.target = (uint64_t)luaL_optnumber(L, -1, 1);
+        lua_pop(L, 1);
+        su.author = opt_field(L, 4, "author");
+        su.id = opt_field(L, 4, "id");
+        su.emoji = opt_field(L, 4, "emoji");
+        lua_getfield(L, 4, "body");
+        if (!lua_isnil(L, -1)) su.body = luaL_checklstring(L, -1, &su.body_len);
+        lua_pop(L, 1);
+        lua_getfield(L, 4, "on");
+        su.on = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    } else {
+        a1 = luaL_optlstring(L, 4, NULL, &a1len);
+        a2 = luaL_optstring(L, 5, NULL);
+        a3 = luaL_optstring(L, 6, NULL);
+    }
 
     script_result r;
     memset(&r, 0, sizeof r);
@@ -296,6 +319,9 @@ static int l_call(lua_State *L)
     case K_HISTORY: v = script_on_history(u->h, &c, &r); break;
     case K_READ: v = script_on_read(u->h, &c, a1 ? strtoull(a1, NULL, 10) : 0, &r); break;
     case K_RETENTION: ret = script_on_retention(u->h, &c, &days); break;
+    case K_EDIT: v = script_on_edit(u->h, &c, &su, &r); break;
+    case K_DELETE: v = script_on_delete(u->h, &c, &su, &r); break;
+    case K_REACT: v = script_on_react(u->h, &c, &su, &r); break;
     default: script_on_disconnect(u->h, &c); notify = 1; break;
     }
     uint64_t w1 = mono_ns(), c1 = cpu_ns();

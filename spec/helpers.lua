@@ -48,7 +48,8 @@ end
 function H.fixture(name) return H.root .. "/tests/fixtures/policies/" .. name end
 
 H.hooks = { "on_connect", "on_join", "on_leave", "on_message", "on_typing", "on_presence",
-            "on_history", "on_disconnect", "on_read", "on_retention" }
+            "on_history", "on_disconnect", "on_read", "on_retention", "on_edit", "on_delete",
+            "on_react" }
 H.notify = { on_leave = true, on_disconnect = true }
 
 -- ---------- temporary folders ----------
@@ -208,6 +209,7 @@ end
 --   arg: on_message body (string) or { body, id }; on_presence { event, user, name };
 --   on_read { seq = N }. on_retention: the room is over.room; the result is
 --   { verdict = "accept" | "reject", days = N | nil } (script_on_retention).
+--   on_edit / on_delete / on_react: { target, author, id, body, emoji, on }.
 --   Calls refused for slowness by a busy machine are retried (see H.retries)
 --   unless over.expect_slow.
 function P:call(hook, over, arg)
@@ -220,6 +222,8 @@ function P:call(hook, over, arg)
     a1, a2, a3 = arg.event, arg.user, arg.name
   elseif hook == "on_read" then
     a1 = string.format("%d", (arg or {}).seq or 0)
+  elseif hook == "on_edit" or hook == "on_delete" or hook == "on_react" then
+    a1 = arg or {}
   end
   local r, stats
   for try = 1, 4 do
@@ -250,6 +254,10 @@ function P:setting_num(key)
   local v = self.host:setting_num(key)
   return v
 end
+-- shorthands for the message-update hooks: u = { target, author, ... }
+function P:edit(u, over) return self:call("on_edit", over, u) end
+function P:delete(u, over) return self:call("on_delete", over, u) end
+function P:react(u, over) return self:call("on_react", over, u) end
 
 function P:setting(key, default)
   local none = -4503599627370496        -- a value no setting has: "unset"

@@ -136,6 +136,7 @@ describe("policy sandbox", function()
       on_read = validation,
       -- a query of the background retention pass: for no user, no rate limits
       on_retention = notification,
+      on_edit = validation, on_delete = validation, on_react = validation,
     }
     for phase, r in pairs(seen) do r.why = nil end
     assert.same(want, seen)
