@@ -60,6 +60,15 @@ def history(n, room, tok, **q):
     return json.loads(body)
 
 
+def pg_rows(room, cols):
+    """The rows of room in Postgres (psql -tA lines), or None when the
+    runner gave an external Postgres (no psql through the harness)."""
+    pg = harness.RUN.pg
+    if getattr(pg, "external", True):
+        return None
+    return pg.psql("chatd", f"SELECT {cols} FROM messages WHERE room = '{room}' ORDER BY seq").split()
+
+
 def check_contiguous(c, room, upto):
     seqs = [f["seq"] for f in events(c, room)]
     check(seqs == list(range(1, upto + 1)), f"{c.label}: event seqs {seqs} are not 1..{upto}")
@@ -196,7 +205,7 @@ async def refusals():
 async def concurrent_reactions_exact_across_nodes():
     a, b = node("A"), node("B")
     room = uniq("cr")
-    users = 12
+    users = 20
     clients = []
     for i in range(users):
         n = a if i % 2 == 0 else b
@@ -269,10 +278,9 @@ async def idempotent_resend_of_an_update():
     eq(upd(w, room)[1]["count"], 1, "count")
     h = history(a, room, token("watch"))
     eq(h["messages"][0].get("reactions"), {THUMBS: 1}, "stored once")
-    pg = harness.RUN.pg
-    if hasattr(pg, "psql"):
-        rows = pg.psql("chatd", f"SELECT seq, kind FROM messages WHERE room = '{room}' ORDER BY seq")
-        eq(rows.split(), ["1|0", "2|1", "3|3"], "one row per seq in Postgres")
+    rows = pg_rows(room, "seq, kind")
+    if rows is not None:
+        eq(rows, ["1|0", "2|1", "3|3"], "one row per seq in Postgres")
 
 
 @test(timeout=60, needs=("redis", "pg"))
@@ -376,3 +384,48 @@ async def in_process_bus_single_node():
     eq([f.get("count") for f in upd(al, room)], [1, 2, None, None], "counts")
     h = history(n, room, token("alice"))
     eq(h["messages"][0].get("deleted"), True, "deleted in history")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def dead_node_updates_backfilled():
+    """Updates broadcast by a node that dies (kill -9) before its batch
+    committed them are stored by a surviving node from the recent buffer,
+    like messages: history then shows the edit, the reactions and the
+    delete, and the rows are the events the clients saw."""
+    a = node("A", env={"CHAT_BATCH_MS": 10000, "CHAT_BACKFILL_GRACE_MS": 60000})
+    b = node("B", env={"CHAT_BACKFILL_GRACE_MS": 1000})
+    room = uniq("bf")
+    al = await Client.connect(a, room, token("alice"))
+    w = await Client.connect(b, room, token("watch"))
+    frames = [{"type": "message", "body": "one", "id": "m1"},
+              {"type": "message", "body": "two", "id": "m2"},
+              {"type": "edit", "target": 1, "body": "one, edited", "id": "e1"},
+              {"type": "react", "target": 1, "emoji": THUMBS, "id": "r1"},
+              {"type": "react", "target": 1, "emoji": HEART, "id": "r2"},
+              {"type": "react", "target": 1, "emoji": HEART, "on": False, "id": "r3"},
+              {"type": "delete", "target": 2, "id": "d1"}]
+    for f in frames:
+        await al.send(dict(f, room=room))
+        # each update needs its target: wait for the broadcast (A's own
+        # acks wait 10 s for the batch)
+        await w.wait_count(is_event(room), frames.index(f) + 1, 8, f"broadcast of {f['id']}")
+    check(not al.acks(), f"acks came although A's batch waits 10 s: {al.acks()}")
+    live = [strip(f) for f in events(w, room)]
+    a.kill9()
+    h = {}
+    for _ in range(40):
+        h = history(b, room, token("watch"))
+        ms = {m["seq"]: m for m in h["messages"]}
+        if 1 in ms and ms[1].get("reactions") == {THUMBS: 1} and ms.get(2, {}).get("deleted"):
+            break
+        await asyncio.sleep(0.2)
+    ms = {m["seq"]: m for m in h["messages"]}
+    eq(sorted(ms), [1, 2], f"messages in history after the backfill: {h}")
+    eq((ms[1].get("body"), ms[1].get("reactions")), ("one, edited", {THUMBS: 1}), "state of 1")
+    eq(ms[1].get("edited_ts"), live[2]["ts"], "edited_ts")
+    eq(ms[2].get("deleted"), True, "2 deleted")
+    # the stored events are the broadcast ones
+    rows = pg_rows(room, "seq, kind, coalesce(target, 0), coalesce(emoji, ''), coalesce(react_count, -1)")
+    if rows is not None:
+        eq(rows, [f"1|0|0||-1", "2|0|0||-1", "3|1|1||-1", f"4|3|1|{THUMBS}|1", f"5|3|1|{HEART}|1",
+                  f"6|3|1|{HEART}|0", "7|2|2||-1"], "stored rows")
