@@ -2,8 +2,10 @@
 // the room list (all rooms multiplexed on one socket by ChatdClient), one scrollable log per
 // room with scroll-back through the history API (keyed by seq, so never a duplicate), own
 // messages' pending -> sent -> acked state, the presence list, the typing line, the
-// connection status, and the read state (unread badges, the "new messages" divider, "seen by",
-// `read` sent while the user looks at a room: section "read state"). Page parameters: ?nodes=ws://a,ws://b  ?rooms=a,b  ?token=JWT
+// connection status, the read state (unread badges, the "new messages" divider, "seen by",
+// `read` sent while the user looks at a room: section "read state"), and message updates (edit
+// with up-arrow, delete with confirmation, reactions, "edited"/"deleted" marks: the section
+// "message updates"). Page parameters: ?nodes=ws://a,ws://b  ?rooms=a,b  ?token=JWT
 // ?name=Display+Name (skips the prompt)  ?ttl=seconds (dev token lifetime).
 
 import { ChatdClient, httpBaseFromWs } from './chatd-client.js';
@@ -116,6 +118,8 @@ function roomView(name) {
     initialLoaded: false, loading: null, unread: 0,
     presence: new Map(),       // user -> name
     typing: new Map(),         // user -> {name, timer}
+    updateSeqs: new Set(),     // seqs of message updates seen (not messages: no list entry)
+    early: new Map(),          // target seq -> live updates of a message not shown yet
   };
   rooms.set(name, r);
   btn.addEventListener('click', () => switchRoom(name, { focus: true }));
@@ -161,6 +165,7 @@ function messageEl(m, own) {
     el('time', { datetime: new Date(Number(m.ts) || Date.now()).toISOString(), text: fmtTime(m.ts) }));
   if (own) meta.append(el('span', { class: 'state', role: 'img' }));
   li.append(meta, el('div', { class: 'body', text: m.body }));
+  updatesDecorate(li, m, own);
   return li;
 }
 
@@ -183,6 +188,7 @@ function insertMessage(r, m) {
     if (m.id) r.byId.set(m.id, li);
   }
   r.bySeq.set(seq, li);
+  updatesPlaced(r, li, m);
   // usually the newest: walk back from the end to find the place
   let after = r.ol.lastElementChild;
   while (after && Number(after.dataset.seq) > seq) after = after.previousElementSibling;
@@ -222,8 +228,11 @@ async function loadInitial(r, { force = false } = {}) {
 // Postgres may lag a moment behind the live stream: a seq missing between the newest history
 // page and the first live message is fetched again shortly after.
 async function fillHoles(r) {
+  // only above the newest message of the first page: history never lists message updates, so
+  // seqs below it that are missing are updates (their seqs are remembered in r.updateSeqs)
+  const floor = Math.max(0, ...r.bySeq.keys());
   for (let t = 0; t < 5; t++) {
-    const s = [...r.bySeq.keys()].sort((a, b) => a - b);
+    const s = [...r.bySeq.keys(), ...r.updateSeqs].filter((x) => x >= floor).sort((a, b) => a - b);
     let hole = false;
     for (let i = 1; i < s.length && !hole; i++) hole = s[i] - s[i - 1] > 1;
     if (!hole || !rooms.has(r.name)) return;
@@ -641,6 +650,8 @@ function wireClient() {
     if (!r) return;
     r.ol.replaceChildren();
     r.bySeq.clear();
+    r.updateSeqs.clear();
+    r.early.clear();
     r.initialLoaded = false;
     r.cursor = undefined;
     loadInitial(r);
@@ -704,6 +715,258 @@ function wireUi() {
   window.addEventListener('online', () => client && client.reconnectNow());
 }
 
+// ---- message updates (v2): edit, delete, reactions --------------------------------------------
+// Each shown message keeps its update state in li._upd: {deleted, editedTs, reactions: Map(emoji ->
+// count), mine: Set(emoji)}. Live 'update' events and the current state of history messages
+// ('fromHistory' / the client's 'state' event) both land here and re-render the message. Own
+// messages get Edit / Delete buttons; every message a reaction bar (chips toggle your own
+// reaction) and a small picker. Up-arrow in the empty composer edits your last message; in the
+// editor Enter saves and Escape cancels. A delete asks for confirmation first.
+const PICKER = ['👍', '❤️', '😂', '🎉', '😮', '👀'];
+const reactIntents = new Map(); // react id -> {room, target, emoji, on, flipped}
+
+function updState(li) {
+  if (!li._upd) li._upd = { deleted: false, editedTs: 0, reactions: new Map(), mine: new Set() };
+  return li._upd;
+}
+
+function updatesDecorate(li, m, own) {
+  const st = updState(li);
+  const mark = el('span', { class: 'edited', text: '(edited)', hidden: true });
+  li.querySelector('.meta').append(mark);
+  const bar = el('div', { class: 'reactions', role: 'group', 'aria-label': 'Reactions' });
+  const add = el('button', { class: 'react-add', type: 'button', text: '☺+', title: 'Add a reaction',
+    'aria-label': 'Add a reaction', 'aria-haspopup': 'true', 'aria-expanded': 'false' });
+  const picker = el('div', { class: 'picker', role: 'group', 'aria-label': 'Pick a reaction', hidden: true });
+  for (const e of PICKER) {
+    picker.append(el('button', { type: 'button', class: 'pick', text: e, 'aria-label': `React with ${e}`, 'data-emoji': e }));
+  }
+  const actions = el('div', { class: 'actions' }, add);
+  if (own) {
+    actions.append(el('button', { class: 'edit', type: 'button', text: 'Edit', 'aria-label': 'Edit message' }),
+      el('button', { class: 'delete', type: 'button', text: 'Delete', 'aria-label': 'Delete message' }));
+  }
+  li.append(bar, actions, picker);
+  if (m.fromHistory) applyHistoryState(li, m);
+  renderUpdates(li);
+  return st;
+}
+
+function renderUpdates(li) {
+  const st = updState(li);
+  li.classList.toggle('deleted', st.deleted);
+  const body = li.querySelector('.body');
+  if (st.deleted && body) body.textContent = 'This message was deleted.';
+  const mark = li.querySelector('.edited');
+  if (mark) {
+    mark.hidden = !st.editedTs || st.deleted;
+    if (st.editedTs) mark.title = `edited ${new Date(Number(st.editedTs)).toLocaleString()}`;
+  }
+  const bar = li.querySelector('.reactions');
+  if (bar) {
+    bar.replaceChildren();
+    if (!st.deleted) {
+      for (const [emoji, count] of st.reactions) {
+        if (count <= 0) continue;
+        const mine = st.mine.has(emoji);
+        bar.append(el('button', { type: 'button', class: mine ? 'chip mine' : 'chip', 'data-emoji': emoji,
+          'aria-pressed': String(mine), 'aria-label': `${emoji} ${count}${mine ? ', you reacted' : ''}`,
+          text: `${emoji} ${count}` }));
+      }
+    }
+    bar.hidden = bar.childElementCount === 0;
+  }
+  const actions = li.querySelector('.actions');
+  if (actions) actions.hidden = st.deleted || !li.dataset.seq;
+  if (st.deleted) closePicker(li);
+}
+
+// The current state a history page gives (edited_ts, deleted, reactions).
+function applyHistoryState(li, m) {
+  const st = updState(li);
+  if (m.deleted) st.deleted = true;
+  if (m.edited_ts) st.editedTs = m.edited_ts;
+  if (m.reactions && typeof m.reactions === 'object') {
+    st.reactions = new Map(Object.entries(m.reactions).map(([e, c]) => [e, Number(c)]));
+  }
+  if (!m.deleted && typeof m.body === 'string') {
+    const b = li.querySelector('.body');
+    if (b && !li.classList.contains('editing')) b.textContent = m.body;
+  }
+}
+
+function applyUpdate(li, u) {
+  const st = updState(li);
+  if (u.kind === 'edit') {
+    st.editedTs = u.ts;
+    const b = li.querySelector('.body');
+    if (b && !st.deleted && !li.classList.contains('editing')) b.textContent = u.body;
+  } else if (u.kind === 'delete') {
+    st.deleted = true;
+    stopEditing(li, false);
+  } else if (u.kind === 'react') {
+    st.reactions.set(u.emoji, Number(u.count));
+    if (u.user === me.user) (u.on ? st.mine.add(u.emoji) : st.mine.delete(u.emoji));
+  }
+  renderUpdates(li);
+}
+
+// A message was placed in the list: live updates that came before it apply now.
+function updatesPlaced(r, li, m) {
+  if (m.fromHistory && li._upd) { applyHistoryState(li, m); renderUpdates(li); }
+  const early = r.early.get(Number(m.seq));
+  if (early) {
+    r.early.delete(Number(m.seq));
+    for (const u of early) applyUpdate(li, u);
+  }
+  renderUpdates(li);
+}
+
+function onUpdate(u) {
+  const r = rooms.get(u.room);
+  if (!r) return;
+  r.updateSeqs.add(Number(u.seq));
+  // a deleted message is no longer unread (the server's count leaves it out too)
+  if (u.kind === 'delete' && r.rs && r.rs.live.delete(Number(u.target))) updateBadge(r);
+  const li = r.bySeq.get(Number(u.target));
+  if (li) applyUpdate(li, u);
+  else {
+    // its message is not shown (yet): history will bring it in its current state; keep the
+    // update to apply on top (bounded)
+    const list = r.early.get(Number(u.target)) || [];
+    if (list.length < 200) list.push(u);
+    r.early.set(Number(u.target), list);
+  }
+}
+
+function findMessage(target) {
+  const li = target.closest && target.closest('li.msg');
+  if (!li || !li.dataset.seq) return null;
+  const log = li.closest('.log');
+  const r = [...rooms.values()].find((x) => x.log === log);
+  return r ? { r, li, seq: Number(li.dataset.seq) } : null;
+}
+
+function toggleReaction(r, li, emoji) {
+  const st = updState(li);
+  const on = !st.mine.has(emoji);
+  const id = client.react(r.name, Number(li.dataset.seq), emoji, on);
+  reactIntents.set(id, { room: r.name, target: Number(li.dataset.seq), emoji, on, flipped: false });
+}
+
+function openPicker(li) {
+  const p = li.querySelector('.picker');
+  const b = li.querySelector('.react-add');
+  if (!p || updState(li).deleted) return;
+  p.hidden = false;
+  b.setAttribute('aria-expanded', 'true');
+  p.querySelector('button').focus();
+}
+
+function closePicker(li, focusBack = false) {
+  const p = li.querySelector('.picker');
+  const b = li.querySelector('.react-add');
+  if (!p || p.hidden) return;
+  p.hidden = true;
+  b.setAttribute('aria-expanded', 'false');
+  if (focusBack) b.focus();
+}
+
+function startEditing(r, li) {
+  const st = updState(li);
+  if (st.deleted || li.classList.contains('editing') || !li.dataset.seq) return;
+  const body = li.querySelector('.body');
+  const ta = el('textarea', { class: 'edit-input', rows: 2, 'aria-label': 'Edit message (Enter saves, Escape cancels)' });
+  ta.value = body.textContent;
+  li.classList.add('editing');
+  body.hidden = true;
+  body.after(ta);
+  ta.focus();
+  ta.setSelectionRange(ta.value.length, ta.value.length);
+  ta.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape') { ev.preventDefault(); ev.stopPropagation(); stopEditing(li, true); }
+    else if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      const text = ta.value.trim();
+      if (text && text !== body.textContent) {
+        client.editMessage(r.name, Number(li.dataset.seq), text);
+        body.textContent = text; // shown now; the update frame confirms it
+      }
+      stopEditing(li, true);
+    }
+  });
+}
+
+function stopEditing(li, focusComposer) {
+  if (!li.classList.contains('editing')) return;
+  const ta = li.querySelector('.edit-input');
+  if (ta) ta.remove();
+  li.querySelector('.body').hidden = false;
+  li.classList.remove('editing');
+  if (focusComposer) ui.input.focus();
+}
+
+function confirmDelete(r, li) {
+  if (updState(li).deleted) return;
+  // a native confirm: modal, keyboard- and screen-reader-accessible
+  if (!window.confirm('Delete this message for everyone?')) return;
+  client.deleteMessage(r.name, Number(li.dataset.seq));
+}
+
+// Up-arrow in the empty composer: your last message in the active room (as in Slack).
+function editLast() {
+  const r = rooms.get(active);
+  if (!r) return false;
+  const own = [...r.ol.querySelectorAll('li.msg.own')].filter((li) => li.dataset.seq && !updState(li).deleted);
+  const li = own[own.length - 1];
+  if (!li) return false;
+  li.scrollIntoView({ block: 'nearest' });
+  startEditing(r, li);
+  return true;
+}
+
+function wireUpdates() {
+  client.on('update', onUpdate);
+  client.on('state', (m) => {
+    const r = rooms.get(m.room);
+    const li = r && r.bySeq.get(Number(m.seq));
+    if (li) { applyHistoryState(li, m); renderUpdates(li); }
+  });
+  client.on('error', (e) => {
+    const intent = e.id && reactIntents.get(e.id);
+    if (!intent) return;
+    reactIntents.delete(e.id);
+    // a reaction we did not know was ours (history gives counts only) or already gone:
+    // the server says it changes nothing, so the user meant the other direction
+    if (e.code === 'rejected' && !intent.flipped) {
+      const id = client.react(intent.room, intent.target, intent.emoji, !intent.on);
+      reactIntents.set(id, { ...intent, on: !intent.on, flipped: true });
+    }
+  });
+  client.on('ack', (a) => reactIntents.delete(a.id));
+  ui.logs.addEventListener('click', (ev) => {
+    const t = ev.target;
+    if (!(t instanceof HTMLElement) || t.tagName !== 'BUTTON') return;
+    const f = findMessage(t);
+    if (!f) return;
+    if (t.classList.contains('chip')) toggleReaction(f.r, f.li, t.dataset.emoji);
+    else if (t.classList.contains('pick')) { toggleReaction(f.r, f.li, t.dataset.emoji); closePicker(f.li, true); }
+    else if (t.classList.contains('react-add')) {
+      if (f.li.querySelector('.picker').hidden) openPicker(f.li); else closePicker(f.li);
+    } else if (t.classList.contains('edit')) startEditing(f.r, f.li);
+    else if (t.classList.contains('delete')) confirmDelete(f.r, f.li);
+  });
+  ui.logs.addEventListener('keydown', (ev) => {
+    if (ev.key !== 'Escape') return;
+    const li = ev.target.closest && ev.target.closest('li.msg');
+    if (li && !li.querySelector('.picker').hidden) { ev.preventDefault(); closePicker(li, true); }
+  });
+  ui.input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'ArrowUp' && !ev.shiftKey && !ev.altKey && !ev.ctrlKey && !ev.metaKey &&
+        ui.input.value === '' && editLast()) ev.preventDefault();
+  });
+}
+
 async function main() {
   wireUi();
   let tokenProvider;
@@ -741,6 +1004,7 @@ async function main() {
   window.chatd = { client, rooms, me }; // for debugging and the browser tests
   wireClient();
   wireReadState();
+  wireUpdates();
   for (const name of initial) roomView(name);
   switchRoom(ROOM_RE.test(hashRoom) ? hashRoom : initial[0]);
   client.connect();

@@ -4,7 +4,8 @@
 // exponential backoff rotating over the node URLs; per-room last-seq bookkeeping so that
 // recovery (since= / join{since} / HTTP paging on gap_too_large) shows no gap and no
 // duplicate; the outbox of un-acked messages, resent with the same id after a reconnect;
-// the user's read state per room (read / read_ack / receipts, GET /rooms/unread).
+// the user's read state per room (read / read_ack / receipts, GET /rooms/unread); message
+// updates (v2: edit, delete, react) through the same outbox and seq order.
 // API and event list: docs/client.md.
 
 const DEFAULTS = {
@@ -193,6 +194,32 @@ export class ChatdClient {
     this._typingSent.set(room, now);
     this._sendFrame({ type: 'typing', room });
     return true;
+  }
+
+  // ---- message updates (v2) --------------------------------------------------------------
+  // Each returns the update's client id. Like a message it stays in the outbox until its ack
+  // (resent with the same id after a reconnect); the server's message_update frame is the
+  // 'update' event. Refusals come as 'error' events with the id and failed: true.
+  editMessage(room, target, body, { id } = {}) {
+    return this._sendUpdate({ type: 'edit', room, target: Number(target), body: String(body) }, id);
+  }
+
+  deleteMessage(room, target, { id } = {}) {
+    return this._sendUpdate({ type: 'delete', room, target: Number(target) }, id);
+  }
+
+  // on: true adds the reaction, false removes it (each user at most once per emoji).
+  react(room, target, emoji, on = true, { id } = {}) {
+    return this._sendUpdate({ type: 'react', room, target: Number(target), emoji: String(emoji), on: !!on }, id);
+  }
+
+  _sendUpdate(frame, id) {
+    const mid = id || randomId();
+    const entry = { id: mid, room: frame.room, kind: frame.type, frame: { ...frame, id: mid }, sent: false, seq: null };
+    this._outbox.set(mid, entry);
+    const st = this._rooms.get(frame.room);
+    if (this._isOpen() && st && st.joined) this._sendOutboxEntry(entry);
+    return mid;
   }
 
   // ---- HTTP -----------------------------------------------------------------------------
@@ -479,7 +506,7 @@ export class ChatdClient {
   }
 
   _sendOutboxEntry(e) {
-    if (this._sendFrame({ type: 'message', room: e.room, body: e.body, id: e.id })) {
+    if (this._sendFrame(e.frame || { type: 'message', room: e.room, body: e.body, id: e.id })) {
       if (e.sent) this.stats.resent++;
       e.sent = true;
     }
@@ -497,6 +524,7 @@ export class ChatdClient {
     switch (f.type) {
       case 'welcome': return this._onWelcome(f);
       case 'message': return this._onMessage(f);
+      case 'message_update': return this._onMessage(f); // same seq order as messages
       case 'ack': return this._onAck(f);
       case 'presence_state': return this._onPresenceState(f);
       case 'presence': return this._emit('presence', f);
@@ -590,7 +618,12 @@ export class ChatdClient {
       return;
     }
     st.seq = seq;
-    this._emit('message', f);
+    this._emitEvent(f);
+  }
+
+  // A seq'd room event: 'message', or 'update' for a message_update frame.
+  _emitEvent(f) {
+    this._emit(f.type === 'message_update' ? 'update' : 'message', f);
   }
 
   _onAck(f) {
@@ -731,7 +764,13 @@ export class ChatdClient {
         for (let page = 0; page < this.opts.maxGapPages; page++) {
           const res = await this.history(room, { before: cursor, limit: this.opts.historyPageLimit });
           const msgs = (res && res.messages) || [];
-          for (const m of msgs) if (m.seq > from) got.set(m.seq, m);
+          // history messages come in their current state (edited_ts, deleted, reactions)
+          // history messages come in their current state (edited_ts, deleted, reactions); the
+          // ones already delivered may have changed during the gap: 'state' tells the app
+          for (const m of msgs) {
+            if (m.seq > from) got.set(m.seq, { ...m, fromHistory: true });
+            else this._emit('state', { ...m, room });
+          }
           // stop paging once the page reaches back to what we already have
           if (msgs.length === 0 || msgs[0].seq <= from + 1 || !res.next_cursor || tries > 0) {
             reachedFrom = reachedFrom || msgs.length === 0 || msgs[0].seq <= from + 1 || !res.next_cursor;
@@ -739,10 +778,13 @@ export class ChatdClient {
           }
           cursor = res.next_cursor;
         }
-        // live messages newer than the history show that history lags (ack after store): retry
+        // live messages newer than the history show that history lags (ack after store): retry.
+        // History lists messages only: a seq below its newest message that it lacks is a
+        // message update (v2) or a message deleted from history, never a lag.
         const top = Math.max(0, ...rec.buffer.map((m) => Number(m.seq)));
+        const histTop = Math.max(from, ...[...got.values()].filter((m) => m.fromHistory).map((m) => Number(m.seq)));
         let complete = true;
-        for (let s = from + 1; s < top; s++) if (!got.has(s) && !rec.buffer.some((m) => m.seq === s)) { complete = false; break; }
+        for (let s = histTop + 1; s < top; s++) if (!got.has(s) && !rec.buffer.some((m) => m.seq === s)) { complete = false; break; }
         if (complete) break;
         await new Promise((r) => setTimeout(r, 300 * (tries + 1)));
         if (st.recovering !== rec || this._ws !== ws) return;
@@ -758,14 +800,15 @@ export class ChatdClient {
       this._emit('reset', { room, seq: seqs[0] - 1 });
     }
     let last = from;
+    const histTop = Math.max(from, ...[...got.values()].filter((m) => m.fromHistory).map((m) => Number(m.seq)));
     for (const s of seqs) {
       if (st.seq !== null && s <= st.seq) continue;
-      if (last && s > last + 1 && reachedFrom) {
+      if (last && s > last + 1 && reachedFrom && s > histTop + 1) {
         this._emit('error', { type: 'error', code: 'gap', room, message: `messages ${last + 1}..${s - 1} missing` });
       }
       st.seq = s;
       last = s;
-      this._emit('message', got.get(s));
+      this._emitEvent(got.get(s));
     }
   }
 }
