@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // run.mjs: end-to-end tests of the chatd browser client (web/) in real Chromium.
 // Owns: the processes of one run (redis-server, Postgres, two chatd nodes with --dev-tokens),
-// all started on ports 17500-17599 and killed by PID at the end; one headless Chromium
+// all started on ports 17500-17599 (WEB_TEST_PORT_BASE moves the range) and killed by PID at the end; one headless Chromium
 // (/usr/bin/chromium, fresh user-data-dir) with one browser context per user; screenshots in
 // tests/artifacts/browser/. Prints one line per test and ends with "N passed, N failed";
 // exit status 1 when any test failed.
@@ -587,6 +587,148 @@ test('an expiring token is refreshed without the user noticing', async () => {
   const errs = eve.errors.filter((e) => !/rate_limited/.test(e));
   assert(errs.length === 0, `page errors: ${errs.join(' | ')}`);
   await eve.ctx.close();
+});
+
+// ---- message updates (v2): edit, delete, react across tabs -----------------------------------------
+// The message li of the page showing `text` (the first one), as a locator.
+const msgLi = (page, text) => page.locator('li.msg', { hasText: text }).first();
+
+// Reloads a user's page (the same user: ?name= skips the dialog) and waits until it is online.
+async function reloadUser(u) {
+  const url = new URL(u.page.url());
+  url.searchParams.set('name', u.name);
+  await u.page.goto(url.toString());
+  await u.page.locator('#status[data-state="open"]').waitFor({ timeout: 15000 });
+}
+
+test('edit your message with up-arrow in one tab, see it edited in another', async () => {
+  const { alice, bob } = users;
+  const text = `Lunch at 12? (run ${RUN})`;
+  await sendViaUi(alice.page, text);
+  await alice.page.locator('li.msg.own[data-state="acked"]', { hasText: text }).waitFor({ timeout: 10000 });
+  await msgLi(bob.page, text).waitFor({ timeout: 10000 });
+  // up-arrow in the empty composer edits the last own message; Escape cancels
+  const box = alice.page.getByRole('textbox', { name: 'Message' });
+  await box.focus();
+  await alice.page.keyboard.press('ArrowUp');
+  const editor = alice.page.getByRole('textbox', { name: /Edit message/ });
+  await editor.waitFor({ timeout: 5000 });
+  assert(await editor.inputValue() === text, `the editor holds "${await editor.inputValue()}"`);
+  await alice.page.keyboard.press('Escape');
+  await editor.waitFor({ state: 'detached', timeout: 5000 });
+  assert(await alice.page.evaluate(() => document.activeElement.id) === 'composer-input', 'Escape goes back to the composer');
+  // again, and save with Enter
+  await alice.page.keyboard.press('ArrowUp');
+  await editor.waitFor({ timeout: 5000 });
+  const edited = `Lunch at 12:30! (run ${RUN})`;
+  await editor.fill(edited);
+  await alice.page.keyboard.press('Enter');
+  for (const u of [alice, bob]) {
+    const li = u.page.locator('li.msg', { hasText: edited });
+    await li.waitFor({ timeout: 10000 });
+    await li.locator('.edited:not([hidden])').waitFor({ timeout: 5000 });
+  }
+  const b = await bodies(bob.page, 'general');
+  assert(countOf(b, edited) === 1 && countOf(b, text) === 0, `Bob shows the edit once and not the old text: ${b.slice(-3).join(' | ')}`);
+  // Bob cannot edit Alice's message: no Edit button on it
+  assert(await msgLi(bob.page, edited).locator('button.edit').count() === 0, 'Edit button on another user\'s message');
+  // a reload shows the current state from history
+  await reloadUser(bob);
+  const li = bob.page.locator('li.msg', { hasText: edited });
+  await li.waitFor({ timeout: 10000 });
+  await li.locator('.edited:not([hidden])').waitFor({ timeout: 5000 });
+  await shot(bob.page, '10-edited.png');
+});
+
+test('react and see the count in the other tab; toggle your own reaction', async () => {
+  const { alice, bob, carol } = users;
+  const text = `React to this (run ${RUN})`;
+  await sendViaUi(bob.page, text);
+  await msgLi(alice.page, text).waitFor({ timeout: 10000 });
+  await msgLi(carol.page, text).waitFor({ timeout: 10000 });
+  // Alice picks 🎉 with the keyboard: the "add a reaction" button, then the picker
+  const li = msgLi(alice.page, text);
+  await li.hover();
+  await li.getByRole('button', { name: 'Add a reaction' }).focus();
+  await alice.page.keyboard.press('Enter');
+  await li.getByRole('button', { name: 'React with 🎉' }).waitFor({ timeout: 5000 });
+  await li.getByRole('button', { name: 'React with 🎉' }).click();
+  const chip = (page) => msgLi(page, text).locator('.reactions .chip[data-emoji="🎉"]');
+  for (const u of [alice, bob, carol]) await chip(u.page).filter({ hasText: '🎉 1' }).waitFor({ timeout: 10000 });
+  assert(await chip(alice.page).getAttribute('aria-pressed') === 'true', 'Alice\'s own reaction is pressed');
+  assert(await chip(bob.page).getAttribute('aria-pressed') === 'false', 'not Bob\'s');
+  // Bob adds his by clicking the chip: 2 everywhere
+  await chip(bob.page).click();
+  for (const u of [alice, bob, carol]) await chip(u.page).filter({ hasText: '🎉 2' }).waitFor({ timeout: 10000 });
+  await shot(carol.page, '11-reactions-phone.png');
+  // Alice takes hers back
+  await chip(alice.page).click();
+  for (const u of [alice, bob, carol]) await chip(u.page).filter({ hasText: '🎉 1' }).waitFor({ timeout: 10000 });
+  assert(await chip(alice.page).getAttribute('aria-pressed') === 'false', 'Alice\'s reaction is gone');
+  // a new tab of Alice knows the count from history (not whose it is): clicking adds hers
+  const alice2 = await openUser('Alice', { origin: B.http, nodeUrls: [B.ws, A.ws], viaDialog: false });
+  await chip(alice2.page).filter({ hasText: '🎉 1' }).waitFor({ timeout: 10000 });
+  await chip(alice2.page).click();
+  for (const u of [alice, bob, alice2]) await chip(u.page).filter({ hasText: '🎉 2' }).waitFor({ timeout: 10000 });
+  // Bob's history-loaded reaction: clicking it removes his (the client flips after "already reacted")
+  await reloadUser(bob);
+  await chip(bob.page).filter({ hasText: '🎉 2' }).waitFor({ timeout: 10000 });
+  await chip(bob.page).click();
+  for (const u of [alice, bob, carol]) await chip(u.page).filter({ hasText: '🎉 1' }).waitFor({ timeout: 10000 });
+  await alice2.ctx.close();
+  await shot(alice.page, '12-reactions.png');
+});
+
+test('delete with confirmation; the other tabs show it deleted, also after a reload', async () => {
+  const { alice, bob } = users;
+  const text = `Oops, wrong room (run ${RUN})`;
+  await sendViaUi(alice.page, text);
+  await alice.page.locator('li.msg.own[data-state="acked"]', { hasText: text }).waitFor({ timeout: 10000 });
+  await msgLi(bob.page, text).waitFor({ timeout: 10000 });
+  const li = msgLi(alice.page, text);
+  const seq = Number(await li.getAttribute('data-seq'));
+  // dismissing the confirmation keeps the message
+  alice.page.once('dialog', (d) => d.dismiss());
+  await li.hover();
+  await li.getByRole('button', { name: 'Delete message' }).click();
+  await sleep(500);
+  assert(!(await li.evaluate((x) => x.classList.contains('deleted'))), 'deleted although the confirmation was dismissed');
+  // accepting it deletes it for everyone
+  let asked = '';
+  alice.page.once('dialog', (d) => { asked = d.message(); d.accept(); });
+  await li.getByRole('button', { name: 'Delete message' }).click();
+  const gone = (page) => page.locator(`li.msg.deleted[data-seq="${seq}"]`, { hasText: 'This message was deleted.' });
+  for (const u of [alice, bob]) await gone(u.page).waitFor({ timeout: 10000 });
+  assert(/Delete this message/.test(asked), `confirmation text: "${asked}"`);
+  const b = await bodies(bob.page, 'general');
+  assert(countOf(b, text) === 0, 'Bob still shows the deleted text');
+  await reloadUser(bob);
+  await gone(bob.page).waitFor({ timeout: 10000 });
+  assert(await gone(bob.page).locator('button.edit, button.delete').count() === 0, 'actions on a deleted message');
+});
+
+test('updates made while a tab is offline arrive on reconnect', async () => {
+  const { alice, bob } = users;
+  const text = `Before the outage (run ${RUN})`;
+  await sendViaUi(alice.page, text);
+  await msgLi(bob.page, text).waitFor({ timeout: 10000 });
+  const seq = Number(await msgLi(alice.page, text).getAttribute('data-seq'));
+  // Bob's socket drops; Alice edits and reacts meanwhile; Bob comes back with since=
+  await bob.page.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 4000; c._ws.close(); });
+  await bob.page.locator('#status[data-state="reconnecting"]').waitFor({ timeout: 5000 });
+  const edited = `After the outage (run ${RUN})`;
+  await alice.page.evaluate(({ seq, edited }) => {
+    const c = window.chatd.client;
+    c.editMessage('general', seq, edited);
+    c.react('general', seq, '👀');
+  }, { seq, edited });
+  await msgLi(alice.page, edited).locator('.chip[data-emoji="👀"]').waitFor({ timeout: 10000 });
+  await bob.page.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 250; c.reconnectNow(); });
+  await bob.page.locator('#status[data-state="open"]').waitFor({ timeout: 10000 });
+  const li = bob.page.locator(`li.msg[data-seq="${seq}"]`);
+  await li.filter({ hasText: edited }).waitFor({ timeout: 10000 });
+  await li.locator('.chip[data-emoji="👀"]', { hasText: '1' }).waitFor({ timeout: 10000 });
+  await li.locator('.edited:not([hidden])').waitFor({ timeout: 5000 });
 });
 
 test('kill -9 of a node: its tab reconnects to the other node and shows every message once', async () => {
