@@ -228,6 +228,7 @@ void bus_upd_args(const bus_req *r, const char *keyidx, const char **argv, size_
 typedef struct bus_upd_states bus_upd_states;
 bus_upd_states *bus_upd_states_new(void);
 void bus_upd_states_free(bus_upd_states *s);
+size_t bus_upd_states_count(const bus_upd_states *s);
 /* The state step of r (r->upd set): 0 go on (*count set for a react),
  * else BUS_UPD_NEED_STATE / BUS_UPD_GONE / BUS_UPD_NOOP (nothing changed).
  * ttl_ms: a state untouched this long is forgotten. */

@@ -140,6 +140,11 @@ bus_upd_states *bus_upd_states_new(void)
     return s;
 }
 
+size_t bus_upd_states_count(const bus_upd_states *s)
+{
+    return s ? s->map.count : 0;
+}
+
 static void tstate_free(tstate *t)
 {
     for (size_t i = 0; i < t->n; i++) free(t->r[i]);

@@ -197,6 +197,11 @@ int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, voi
 
 #define LOOKUP_MAX 1000   /* recent-buffer entries read to find an unstored target */
 
+/* store.h's row kinds are wire.h's update kinds */
+_Static_assert((int)STORE_MESSAGE == (int)WIRE_MESSAGE && (int)STORE_EDIT == (int)WIRE_EDIT &&
+               (int)STORE_DELETE == (int)WIRE_DELETE && (int)STORE_REACT == (int)WIRE_REACT,
+               "kinds");
+
 static void upd_publish(publish_op *p, const bus_update *u);
 static void upd_seed_read(publish_op *p);
 
@@ -270,6 +275,7 @@ static void on_seed_reactions(void *ud, int status, int deleted, const char *con
                               const char *const *user, size_t n)
 {
     publish_op *p = ud;
+    if (!p->cb) { op_free(p); return; }   /* its caller went away: nothing was published */
     if (status < 0) { finish(p, PUBLISH_STORE_DOWN); return; }
     bus_update u = {p->target, bus_op(p), p->emoji, p->user, BUS_UPD_SEED_GIVEN, deleted,
                     emoji, user, n};

@@ -5,3 +5,4 @@ target_sources(chatcore PRIVATE
   core/bus_script.c core/bus_redis_head.c core/bus_redis_sub.c core/bus_redis.c core/bus_local.c core/bus_backfill.c
   core/bus_update.c)
 chatd_unit_test(test_bus)
+chatd_unit_test(test_bus_update)
