@@ -63,9 +63,10 @@ static const migration MIGRATIONS[] = {
      * it (a late batch, a backfill): a statement trigger over the inserted
      * rows. Existing rows become messages (kind 0); ADD COLUMN with a
      * constant default rewrites nothing. Unread counts count messages only,
-     * not deleted ones: the unread index (version 3) also carries kind and
-     * deleted, so the count stays one index-only scan per room
-     * (STORE_SQL_UNREAD). */
+     * not deleted ones: messages_unread_v4 replaces the unread index of
+     * version 3 and also carries kind and deleted, so the count stays one
+     * index-only scan per room (STORE_SQL_UNREAD; a big table can get it
+     * beforehand with CREATE INDEX CONCURRENTLY). */
     {4, "message_updates",
      "ALTER TABLE messages"
      " ADD COLUMN IF NOT EXISTS kind smallint NOT NULL DEFAULT 0,"
@@ -95,8 +96,9 @@ static const migration MIGRATIONS[] = {
      "CREATE TRIGGER messages_erase_deleted AFTER INSERT ON messages"
      " REFERENCING NEW TABLE AS chatd_new FOR EACH STATEMENT"
      " EXECUTE FUNCTION chatd_erase_deleted();"
-     "DROP INDEX IF EXISTS messages_unread;"
-     "CREATE INDEX messages_unread ON messages (room, seq) INCLUDE (user_id, kind, deleted);"},
+     "CREATE INDEX IF NOT EXISTS messages_unread_v4 ON messages (room, seq)"
+     " INCLUDE (user_id, kind, deleted);"
+     "DROP INDEX IF EXISTS messages_unread;"},
 };
 static const int NMIGRATIONS = sizeof MIGRATIONS / sizeof MIGRATIONS[0];
 

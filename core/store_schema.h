@@ -164,9 +164,9 @@ int store_schema_version(void);
  * planner may hash the whole rooms table). Prepared once per connection
  * (STORE_STMT_UNREAD). Message updates (schema v4) are rows of `messages`
  * too: only messages that are not deleted count (kind = 0 AND NOT deleted),
- * while the head takes every seq; the index (schema v4 remakes
- * messages_unread as (room, seq) INCLUDE (user_id, kind, deleted)) keeps it
- * one index-only scan. */
+ * while the head takes every seq; the index (schema v4: messages_unread_v4
+ * (room, seq) INCLUDE (user_id, kind, deleted), replacing messages_unread)
+ * keeps it one index-only scan. */
 #define STORE_SQL_UNREAD \
     "SELECT rs.room, GREATEST(coalesce(ro.head, 0), rs.read_seq, coalesce(c.top, 0)), " \
     "rs.read_seq, c.unread FROM read_state rs " \

@@ -702,7 +702,7 @@ static void test_explain(void)
 
 /* ---------- Postgres killed and restarted mid-stream ---------- */
 
-/* ---------- message updates (schema v3) ---------- */
+/* ---------- message updates (schema v4) ---------- */
 
 typedef struct pagectx {
     int calls, status;
