@@ -429,3 +429,29 @@ async def dead_node_updates_backfilled():
     if rows is not None:
         eq(rows, [f"1|0|0||-1", "2|0|0||-1", "3|1|1||-1", f"4|3|1|{THUMBS}|1", f"5|3|1|{HEART}|1",
                   f"6|3|1|{HEART}|0", "7|2|2||-1"], "stored rows")
+
+
+@test(timeout=45, needs=("redis", "pg"))
+async def unread_counts_messages_not_updates_nor_deleted():
+    """GET /rooms/unread counts messages only: not the updates' seqs, not a
+    deleted message (its head is still the room's last seq)."""
+    a = node("A")
+    room = uniq("un")
+    al = await Client.connect(a, room, token("alice"))
+    bo = await Client.connect(a, room, token("bob"))
+    s0 = await post(al, room, "read this", "m0")
+    await bo.reply({"type": "read", "room": room, "seq": s0},
+                   lambda f: f["type"] == "read_ack" and f.get("room") == room, 8, "read_ack")
+    s1 = await post(al, room, "one", "m1")
+    s2 = await post(al, room, "two", "m2")
+    for f in ({"type": "edit", "room": room, "target": s1, "body": "one!", "id": "e1"},
+              {"type": "react", "room": room, "target": s1, "emoji": THUMBS, "id": "r1"},
+              {"type": "delete", "room": room, "target": s2, "id": "d1"}):
+        ans = await send_and_ack(al, f)
+        eq(ans["type"], "ack", f"{f['type']}: {ans}")
+    head = ans["seq"]
+    st, _, body = http_get(a.port, "/rooms/unread", {"Authorization": f"Bearer {token('bob')}"})
+    eq(st, 200, f"unread status {body[:200]!r}")
+    rooms = {e["room"]: e for e in json.loads(body)["rooms"]}
+    eq((rooms[room]["unread"], rooms[room]["seq"], rooms[room]["read_seq"]), (1, head, s0),
+       "unread: message 1 only (message 2 deleted, 3 updates not counted); head the last seq")
