@@ -677,7 +677,9 @@ static int plan_uses_pkey(const char *sql)
     /* messages_unread (schema v3) is also (room, seq)-ordered: either will do */
     int ok = (strstr(plan, "Index Scan") || strstr(plan, "Index Only Scan")) &&
              (strstr(plan, "messages_pkey") || strstr(plan, "messages_unread")) &&
-             !strstr(plan, "Seq Scan") && !strstr(plan, "Sort");
+             !strstr(plan, "Seq Scan on messages") && !strstr(plan, "Sort");
+    /* (a Seq Scan on rooms for kept_from is fine: a one-row lookup in a
+     * small table, whichever way the planner reads it) */
     if (!ok) fprintf(stderr, "unexpected plan:\n%s", plan);
     return ok;
 }
