@@ -124,6 +124,10 @@ static void on_publish_done(void *ud, const publish_result *r)
     case PUBLISH_CONFLICT:
         conn_send_error(c, "unavailable", "seq conflict in history; resend with the same id", r->id);
         return;
+    case PUBLISH_RATE_LIMITED:
+        metric_inc(m_rejected);
+        conn_send_error(c, "rate_limited", "too many messages, slow down", r->id);
+        return;
     default:
         conn_send_error(c, "unavailable", "history store unavailable; resend with the same id", r->id);
         return;
@@ -176,9 +180,15 @@ static void handle_message(conn *c, client_frame *f)
         script_result_clear(&res);
         return;
     }
-    publish_msg pm = {room, id, c->ident.user, c->ident.name, body, body_len, t0};
+    publish_msg pm = {room, id, c->ident.user, c->ident.name, body, body_len, t0,
+                      .user_rate = 1};
     int rc = publish_start(&pm, &c->pubs, on_publish_done, c);
     script_result_clear(&res);
+    if (rc == -2) {
+        metric_inc(m_rejected);
+        conn_send_error(c, "rate_limited", "too many messages, slow down", id);
+        return;
+    }
     if (rc < 0) {
         metric_inc(m_rejected);
         conn_send_error(c, "unavailable", "message bus unavailable; resend with the same id", id);

@@ -52,6 +52,7 @@ void chat_script_ctx(conn *c, const char *room, script_ctx *x)
     x->room = room;
     x->node = g_srv.cfg.node_id;
     x->now_ms = now_ms();
+    x->source = "ws";
 }
 
 /* ---- membership -------------------------------------------------------- */
@@ -216,8 +217,9 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
     n = run;
     for (size_t i = 0; i < n; i++) {
         size_t tl;
-        char *t = wire_message_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,
-                                  rows[i].body_len, rows[i].ts, &tl);
+        char *t = wire_message_tail_meta(rows[i].client_id, rows[i].user, rows[i].name,
+                                         rows[i].body, rows[i].body_len, rows[i].meta,
+                                         rows[i].meta_len, rows[i].ts, &tl);
         if (!t) continue;
         op_push(op, wire_message_frame(room, rows[i].seq, t, tl));
         free(t);

@@ -150,14 +150,15 @@ static void on_history_rows(void *ud, int status, const store_row *rows, size_t 
     size_t cap = 64;
     for (size_t i = first; i < n; i++)
         cap += 6 * (rows[i].body_len + strlen(rows[i].user) + strlen(rows[i].name) +
-                    (rows[i].client_id ? strlen(rows[i].client_id) : 0)) + 200;
+                    (rows[i].client_id ? strlen(rows[i].client_id) : 0)) + rows[i].meta_len + 200;
     char *b = malloc(cap);
     if (!b) { req_finish(r, 503, NULL, 0); return; }
     size_t o = (size_t)snprintf(b, cap, "{\"messages\":[");
     for (size_t i = first; i < n; i++) {
         size_t tl;
-        char *t = wire_message_tail(rows[i].client_id, rows[i].user, rows[i].name, rows[i].body,
-                                  rows[i].body_len, rows[i].ts, &tl);
+        char *t = wire_message_tail_meta(rows[i].client_id, rows[i].user, rows[i].name,
+                                         rows[i].body, rows[i].body_len, rows[i].meta,
+                                         rows[i].meta_len, rows[i].ts, &tl);
         if (!t) continue;
         o += (size_t)snprintf(b + o, cap - o, "%s{\"type\":\"message\",\"room\":\"%s\",\"seq\":%" PRIu64 ",",
                               i > first ? "," : "", r->room, rows[i].seq);
@@ -245,7 +246,7 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     memcpy(r->room, rest, rl);
     r->room[rl] = 0;
     r->wsi = wsi;
-    script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms()};
+    script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms(), "http"};
     script_result res;
     memset(&res, 0, sizeof res);
     script_verdict v = script_on_history(g_srv.script, &x, &res);

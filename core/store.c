@@ -386,8 +386,9 @@ static char *insert_sql(size_t n, Oid *types)
     size_t len = (size_t)snprintf(sql, cap, "%s", STORE_INSERT_HEAD);
     for (size_t i = 0; i < n; i++) {
         size_t b = i * STORE_INSERT_NCOLS;
-        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)",
-                                i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
+        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)",
+                                i ? "," : "", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7,
+                                b + 8);
         for (size_t c = 0; c < STORE_INSERT_NCOLS; c++)
             types[b + c] = (c == 1 || c == 6) ? OID_INT8 : OID_TEXT;
     }
@@ -675,6 +676,8 @@ static void range_done(store *s)
         o->body = PQgetvalue(res, t, 4);
         o->body_len = (size_t)PQgetlength(res, t, 4);
         o->ts = strtoull(PQgetvalue(res, t, 5), NULL, 10);
+        o->meta = PQgetisnull(res, t, 6) ? NULL : PQgetvalue(res, t, 6);
+        o->meta_len = o->meta ? (size_t)PQgetlength(res, t, 6) : 0;
     }
     r->cb(r->ud, 0, rows, (size_t)n);
     free(rows);
@@ -957,10 +960,12 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
     if (row->seq > INT64_MAX || row->ts > INT64_MAX) return -1;
     size_t lr = strlen(row->room), lc = row->client_id ? strlen(row->client_id) : 0;
     size_t lu = strlen(row->user), ln = strlen(row->name), lb = row->body_len;
+    size_t lm = row->meta ? row->meta_len : 0;
     if (!utf8_valid(row->room, lr) || !utf8_valid(row->user, lu) || !utf8_valid(row->name, ln) ||
-        (row->client_id && !utf8_valid(row->client_id, lc)) || !utf8_valid(row->body, lb))
+        (row->client_id && !utf8_valid(row->client_id, lc)) || !utf8_valid(row->body, lb) ||
+        (row->meta && !utf8_valid(row->meta, lm)))
         return -1; /* Postgres text refuses NUL bytes and invalid UTF-8 */
-    wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + 5);
+    wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + lm + 6);
     if (!w) return -1;
     w->next = NULL;
     w->cb = cb;
@@ -974,6 +979,7 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
     PUT(3, row->user, lu);
     PUT(4, row->name, ln);
     PUT(5, row->body, lb);
+    if (row->meta) PUT(7, row->meta, lm); else w->val[7] = NULL;
 #undef PUT
     snprintf(w->seq_txt, sizeof w->seq_txt, "%" PRIu64, row->seq);
     snprintf(w->ts_txt, sizeof w->ts_txt, "%" PRIu64, row->ts);

@@ -10,7 +10,8 @@
  * once, with status -1 when the store is freed before it could complete.
  *
  * Table messages(room text, seq bigint, client_id text, user_id text,
- * name text, body text, ts bigint /+ ms +/, PRIMARY KEY (room, seq)),
+ * name text, body text, ts bigint /+ ms +/, meta text /+ JSON, NULL +/,
+ * PRIMARY KEY (room, seq)),
  * table rooms(room text PRIMARY KEY, epoch text, created_at, head, kept_from)
  * (the durable head of a room: store_head; head is the highest seq recorded
  * before rows were deleted, kept_from the lowest seq retention keeps: reads
@@ -40,6 +41,7 @@ typedef struct store_row {
     const char *name;
     const char *body; size_t body_len;
     uint64_t ts;            /* ms since epoch */
+    const char *meta; size_t meta_len;  /* JSON object text (server API), NULL: none */
 } store_row;
 
 store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen);

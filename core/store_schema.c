@@ -55,6 +55,11 @@ static const migration MIGRATIONS[] = {
      "INSERT INTO rooms (room, epoch)"
      " SELECT room, substr(md5(gen_random_uuid()::text), 1, 16) FROM"
      " (SELECT DISTINCT room FROM messages) d ON CONFLICT (room) DO NOTHING;"},
+    /* the server API's optional per-message meta (a JSON object, stored as
+     * the text it was given). Independent of the versions before it except
+     * 1: existing rows keep meta NULL. */
+    {5, "message_meta",
+     "ALTER TABLE messages ADD COLUMN IF NOT EXISTS meta text;"},
 };
 static const int NMIGRATIONS = sizeof MIGRATIONS / sizeof MIGRATIONS[0];
 

@@ -22,7 +22,8 @@ char *store_schema_upgrade_sql(int from, int *to);
 int store_schema_version(void);
 
 /* Paging statements, parameters: $1 room, $2 after (exclusive), $3 before
- * (exclusive), $4 limit. Columns: seq, client_id, user_id, name, body, ts.
+ * (exclusive), $4 limit. Columns: seq, client_id, user_id, name, body, ts,
+ * meta.
  * Rows below the room's kept_from (retention: being deleted) are never
  * returned, so history and recovery stop at the oldest kept message. The
  * kept_from test is a filter on purpose ("seq + 0" is not an index
@@ -31,10 +32,10 @@ int store_schema_version(void);
 #define STORE_SQL_KEPT \
     "AND seq + 0 >= coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0) "
 #define STORE_SQL_RANGE_DESC \
-    "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
+    "SELECT seq, client_id, user_id, name, body, ts, meta FROM messages " \
     "WHERE room = $1 AND seq > $2 AND seq < $3 " STORE_SQL_KEPT "ORDER BY seq DESC LIMIT $4"
 #define STORE_SQL_RANGE_ASC \
-    "SELECT seq, client_id, user_id, name, body, ts FROM messages " \
+    "SELECT seq, client_id, user_id, name, body, ts, meta FROM messages " \
     "WHERE room = $1 AND seq > $2 AND seq < $3 " STORE_SQL_KEPT "ORDER BY seq ASC LIMIT $4"
 #define STORE_STMT_RANGE_DESC "chatd_range_desc"
 #define STORE_STMT_RANGE_ASC "chatd_range_asc"
@@ -58,15 +59,15 @@ int store_schema_version(void);
  * backfill (identical row: fine) from a conflict (another row: not stored).
  * Built per batch: "... JOIN (VALUES ($1::text,$2::bigint),...) k ...". */
 #define STORE_VERIFY_HEAD \
-    "SELECT m.room, m.seq, m.client_id, m.user_id, m.name, m.body, m.ts FROM messages m " \
+    "SELECT m.room, m.seq, m.client_id, m.user_id, m.name, m.body, m.ts, m.meta FROM messages m " \
     "JOIN (VALUES "
 #define STORE_VERIFY_TAIL ") AS k(room, seq) ON m.room = k.room AND m.seq = k.seq"
 
 /* Columns of one batched row, in parameter order. */
 #define STORE_INSERT_HEAD \
-    "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) VALUES "
+    "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts, meta) VALUES "
 #define STORE_INSERT_TAIL " ON CONFLICT (room, seq) DO NOTHING"
-#define STORE_INSERT_NCOLS 7
+#define STORE_INSERT_NCOLS 8
 #define STORE_STMT_INSERT_FULL "chatd_insert_full"
 /* Postgres' bind message carries at most 65535 parameters. */
 #define STORE_BATCH_HARD_MAX (65535 / STORE_INSERT_NCOLS)

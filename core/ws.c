@@ -203,7 +203,7 @@ static int upgrade_gate(struct lws *wsi)
         t->has_since = 1;
         t->since = v;
     }
-    script_ctx x = {t->ident.user, t->ident.name, t->ident.claims_json, t->room, g_srv.cfg.node_id, now_ms()};
+    script_ctx x = {t->ident.user, t->ident.name, t->ident.claims_json, t->room, g_srv.cfg.node_id, now_ms(), "ws"};
     script_result res;
     memset(&res, 0, sizeof res);
     script_verdict v = script_on_connect(g_srv.script, &x, &res);

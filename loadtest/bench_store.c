@@ -63,7 +63,7 @@ static void tp_fill(uv_timer_t *t)
     char room[16];
     while (tp_sent < tp_total && tp_sent - tp_done < tp_window) {
         snprintf(room, sizeof room, "tp%ld", tp_sent % 100);
-        store_row r = {room, (uint64_t)(tp_sent / 100 + 1), "c", "user", "User", g_body, 100, now_ms()};
+        store_row r = {room, (uint64_t)(tp_sent / 100 + 1), "c", "user", "User", g_body, 100, now_ms(), NULL, 0};
         if (store_write(S, &r, tp_cb, NULL) != 0) break;
         tp_sent++;
     }
@@ -87,7 +87,7 @@ static void ack_tick(uv_timer_t *t)
     long due = (long)((mono_ns() - ack_start) / 1000000u);
     if (due > ack_target) due = ack_target;
     while (ack_sent < due) {
-        store_row r = {"ack", (uint64_t)ack_sent + 1, "c", "user", "User", g_body, 100, now_ms()};
+        store_row r = {"ack", (uint64_t)ack_sent + 1, "c", "user", "User", g_body, 100, now_ms(), NULL, 0};
         ack_t0[ack_sent] = mono_ns();
         if (store_write(S, &r, ack_cb, (void *)(intptr_t)ack_sent) != 0) die("ack write refused");
         ack_sent++;
