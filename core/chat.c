@@ -1,6 +1,7 @@
 /* chat: see chat.h. */
 #define _GNU_SOURCE
 #include "chat.h"
+#include "chat_admin.h"
 #include "chat_hold.h"
 #include "chat_join.h"
 #include "frame.h"
@@ -73,6 +74,7 @@ static void url_arg(struct lws *wsi, const char *name, char *out, size_t n)
 
 void chat_conn_open(conn *c)
 {
+    if (chat_admin_open_banned(c)) return;
     /* epoch= of the URL (with since=): read here, while lws still has the
      * request's headers (the ESTABLISHED callback) */
     char epoch[BUS_EPOCH_MAX + 1] = "";
@@ -328,6 +330,7 @@ static void process_frame(conn *c, const char *data, size_t len)
             conn_send_error(c, "already_member", "already joined", NULL);
             break;
         }
+        if (chat_admin_join_banned(c, room)) break;
         script_ctx x;
         chat_script_ctx(c, room, &x);
         script_result res;

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "http.h"
 #include "chat.h"
+#include "httpd.h"
 #include "wire.h"
 #include "log.h"
 #include "metrics.h"
@@ -401,8 +402,13 @@ static int route_static(struct lws *wsi, const char *uri)
 
 int http_handle(struct lws *wsi, const char *uri, http_req **slot)
 {
-    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
-        return reply_text(wsi, 405, "method not allowed");
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
+        /* these routes are GET only; a request body is not read (closed) */
+        static const char *const allow[] = {"allow", "GET", NULL};
+        int body = httpd_content_length(wsi) != -1 || httpd_chunked(wsi);
+        return httpd_reply(wsi, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, allow,
+                           body || httpd_method(wsi) == HM_HEAD);
+    }
     if (!strcmp(uri, "/healthz")) return reply_text(wsi, 200, "ok");
     if (!strcmp(uri, "/readyz")) {
         if (g_srv.draining) return reply_text(wsi, 503, "draining");

@@ -1,0 +1,574 @@
+/* api: see api.h. */
+#define _GNU_SOURCE
+#include "api.h"
+#include "api_parse.h"
+#include "apikey.h"
+#include "bans.h"
+#include "climit.h"
+#include "ctl.h"
+#include "http.h"
+#include "httpd.h"
+#include "log.h"
+#include "metrics.h"
+#include "publish.h"
+#include "server.h"
+#include "util.h"
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "api"
+/* how long a cluster-wide action waits for the nodes' answers */
+#define API_CTL_TIMEOUT_MS 1000
+
+typedef struct api_req {
+    struct lws *wsi;        /* NULL once the connection went away */
+    int refs;               /* the connection + each callback still to come */
+    int method;
+    api_route rt;
+    char fp[APIKEY_FP_LEN + 1];
+    httpd_body body;
+    int reading;            /* waiting for the body */
+    int answered;           /* the answer waits for WRITEABLE */
+    unsigned status;
+    char *resp;
+    size_t resp_len;
+    char retry_after[24];
+    uint64_t t0;
+    publish_owner pubs;     /* the publish of this request */
+    ctl_wait *wait;         /* the control-channel wait of this request */
+    int parts, part_failed; /* room info: answers still to come */
+    uint64_t head;
+    size_t users;
+    long conns;
+    uint64_t until;         /* ban */
+} api_req;
+
+static struct {
+    apikeys *keys;
+    climit *limits;
+    double rate, burst;
+    metric_counter *m_req[AR_N][14];
+    metric_counter *m_limited, *m_auth_fail;
+    metric_hist *m_dur[AR_N];
+} A;
+
+static const unsigned CODES[14] = {200, 400, 401, 404, 405, 411, 413, 415, 422, 429, 500, 503, 0, 0};
+
+static metric_counter *req_metric(int route, unsigned status)
+{
+    int i;
+    for (i = 0; CODES[i] && CODES[i] != status; i++) {}
+    return A.m_req[route >= 0 && route < AR_N ? route : 0][i];
+}
+
+int api_init(const char *keys, double rate, double burst, climit *limits, char *err, size_t errlen)
+{
+    for (int r = 0; r < AR_N; r++) {
+        for (int i = 0; i < 14; i++) {
+            char l[64];
+            if (CODES[i]) snprintf(l, sizeof l, "route=\"%s\",code=\"%u\"", api_route_name(r), CODES[i]);
+            else snprintf(l, sizeof l, "route=\"%s\",code=\"other\"", api_route_name(r));
+            A.m_req[r][i] = metrics_counter("chat_api_requests_total",
+                                            "Server API answers, by route and status", l);
+        }
+        char l[48];
+        snprintf(l, sizeof l, "route=\"%s\"", api_route_name(r));
+        A.m_dur[r] = metrics_histogram("chat_api_duration_seconds",
+                                       "Server API request (body read) -> answer ready", l,
+                                       METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
+    }
+    A.m_limited = metrics_counter("chat_rate_limited_total",
+                                  "Requests refused by a cluster-wide rate limit, by limit",
+                                  "limit=\"api_key\"");
+    A.m_auth_fail = metrics_counter("chat_api_auth_failures_total",
+                                    "Server API requests without a valid key (401)", NULL);
+    A.limits = limits;
+    A.rate = rate;
+    A.burst = burst >= 1 ? burst : rate;
+    if (!keys || !*keys) return 0;
+    A.keys = apikeys_new(keys, err, errlen);
+    if (!A.keys) return -1;
+    LOGI(MOD, "server API on /api/ with %zu key(s)%s", apikeys_count(A.keys),
+         rate > 0 ? "" : ", no per-key request rate (CHAT_API_RATE)");
+    return 0;
+}
+
+void api_shutdown(void)
+{
+    apikeys_free(A.keys);
+    A.keys = NULL;
+}
+
+int api_is_api_uri(const char *uri)
+{
+    return !strncmp(uri, "/api/", 5) || !strcmp(uri, "/api");
+}
+
+/* ---- request lifetime and answers ------------------------------------- */
+
+static void req_unref(api_req *r)
+{
+    if (--r->refs > 0) return;
+    httpd_body_free(&r->body);
+    free(r->resp);
+    free(r);
+}
+
+/* The answer is ready: written at the next WRITEABLE. */
+static void answer(api_req *r, unsigned status, char *body, size_t len)
+{
+    if (r->answered || !r->wsi) { free(body); return; }
+    metric_inc(req_metric(r->rt.route, status));
+    metric_observe(A.m_dur[r->rt.route], (double)(mono_ns() - r->t0) / 1e9);
+    r->answered = 1;
+    r->status = status;
+    r->resp = body;
+    r->resp_len = len;
+    lws_callback_on_writable(r->wsi);
+}
+
+static void answer_error(api_req *r, unsigned status, const char *code, const char *message)
+{
+    size_t len = 0;
+    char *b = httpd_error_body(code, message, &len);
+    answer(r, b ? status : 500, b, len);
+}
+
+/* printf into a fresh buffer */
+static char *fmt(size_t *len, const char *f, ...) __attribute__((format(printf, 2, 3)));
+static char *fmt(size_t *len, const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    char *s = NULL;
+    int n = vasprintf(&s, f, ap);
+    va_end(ap);
+    if (n < 0) return NULL;
+    *len = (size_t)n;
+    return s;
+}
+
+/* A JSON string value (quoted, escaped) into a fresh buffer. */
+static char *jstr(const char *s)
+{
+    size_t l = strlen(s), cap = 6 * l + 3;
+    char *b = malloc(cap);
+    if (!b) return NULL;
+    long n = json_escape(b, cap, s, l);
+    if (n < 0) { free(b); return NULL; }
+    b[n] = 0;
+    return b;
+}
+
+static void answer_json(api_req *r, char *body, size_t len)
+{
+    if (!body) { answer_error(r, 503, "unavailable", "out of memory"); return; }
+    answer(r, 200, body, len);
+}
+
+/* An error answered at once, before a request object exists (route,
+ * method, key, size, type). The rest of a request with a body is not
+ * read: the connection is closed after the answer. */
+static int early_error(struct lws *wsi, int route, unsigned status, const char *code,
+                       const char *message, const char *const *hdrs, int close)
+{
+    metric_inc(req_metric(route, status));
+    return httpd_error(wsi, status, code, message, hdrs, close);
+}
+
+/* ---- publish ------------------------------------------------------------ */
+
+static void on_published(void *ud, const publish_result *res)
+{
+    api_req *r = ud;
+    if (res->status != PUBLISH_OK) {
+        const char *why = res->status == PUBLISH_BUS_DOWN ? "message bus unavailable"
+                        : res->status == PUBLISH_BACKLOG ? "history store backlog full"
+                        : res->status == PUBLISH_CONFLICT ? "seq conflict in history"
+                        : "history store unavailable";
+        char m[128];
+        snprintf(m, sizeof m, "%s; retry with the same id", why);
+        answer_error(r, 503, "unavailable", m);
+        return;
+    }
+    char *id = jstr(res->id ? res->id : "");
+    size_t len = 0;
+    char *b = id ? fmt(&len, "{\"room\":\"%s\",\"seq\":%" PRIu64 ",\"id\":%s,\"duplicate\":%s}", res->room,
+                       res->seq, id, res->duplicate ? "true" : "false")
+                 : NULL;
+    free(id);
+    answer_json(r, b, len);
+}
+
+static void run_publish(api_req *r)
+{
+    api_publish p;
+    char err[200];
+    if (api_parse_publish(r->body.buf ? r->body.buf : "", r->body.len, &p, err, sizeof err) < 0) {
+        answer_error(r, 400, "bad_request", err);
+        return;
+    }
+    if (!publish_ready()) {
+        api_publish_clear(&p);
+        answer_error(r, 503, "unavailable", "temporarily unavailable; retry with the same id");
+        return;
+    }
+    script_ctx x = {p.user, p.name, NULL, r->rt.room, g_srv.cfg.node_id, now_ms(), "api"};
+    script_result res;
+    memset(&res, 0, sizeof res);
+    script_verdict v = script_on_message(g_srv.script, &x, p.body, p.body_len, p.id, &res);
+    const char *body = p.body;
+    size_t body_len = p.body_len;
+    if (v == SCRIPT_REJECT) {
+        answer_error(r, 422, "rejected", res.reason[0] ? res.reason : "rejected by policy");
+        script_result_clear(&res);
+        api_publish_clear(&p);
+        return;
+    }
+    if (v == SCRIPT_REPLACE && res.body) { body = res.body; body_len = res.body_len; }
+    if (memchr(body, 0, body_len)) {
+        answer_error(r, 422, "rejected", "the policy produced a body that cannot be stored");
+    } else {
+        publish_msg pm = {r->rt.room, p.id, p.user, p.name, body, body_len, r->t0, p.meta,
+                          p.meta_len, 0};
+        if (publish_start(&pm, &r->pubs, on_published, r) < 0)
+            answer_error(r, 503, "unavailable", "message bus unavailable; retry with the same id");
+    }
+    script_result_clear(&res);
+    api_publish_clear(&p);
+}
+
+/* ---- room info ---------------------------------------------------------- */
+
+static void room_part_done(api_req *r)
+{
+    if (--r->parts > 0) return;
+    if (r->part_failed) { answer_error(r, 503, "unavailable", "room state unavailable; retry"); return; }
+    size_t len = 0;
+    char *b = fmt(&len, "{\"room\":\"%s\",\"seq\":%" PRIu64 ",\"users\":%zu,\"connections\":%ld}",
+                  r->rt.room, r->head, r->users, r->conns);
+    answer_json(r, b, len);
+}
+
+static void on_room_head(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                         const char *epoch)
+{
+    api_req *r = ud;
+    if (status < 0) r->part_failed = 1;
+    else r->head = head;
+    room_part_done(r);
+    req_unref(r);
+}
+
+static void on_room_users(void *ud, int status, const presence_user *u, size_t n)
+{
+    api_req *r = ud;
+    if (status < 0) r->part_failed = 1;
+    else r->users = n;
+    room_part_done(r);
+    req_unref(r);
+}
+
+static void on_room_conns(void *ud, int status, long total, long answers, long expected)
+{
+    api_req *r = ud;
+    r->wait = NULL;
+    if (status < 0) r->part_failed = 1;
+    else r->conns = total;
+    room_part_done(r);
+}
+
+/* The head (bus), the present users (presence) and the connections of
+ * every node (control channel) at once; answered when all three are in.
+ * None of them calls back from inside its call. */
+static void run_room(api_req *r)
+{
+    r->parts = 1;            /* this function's own, until all are started */
+    r->parts++;
+    r->refs++;
+    if (bus_replay(g_srv.bus, r->rt.room, UINT64_MAX, 0, on_room_head, r) < 0) {
+        r->part_failed = 1;
+        r->parts--;
+        r->refs--;
+    }
+    r->parts++;
+    r->refs++;
+    if (presence_list(g_srv.presence, r->rt.room, on_room_users, r) < 0) {
+        r->part_failed = 1;
+        r->parts--;
+        r->refs--;
+    }
+    r->parts++;
+    json_t *m = json_pack("{s:s, s:s}", "op", "count", "room", r->rt.room);
+    r->wait = m ? ctl_request(m, API_CTL_TIMEOUT_MS, on_room_conns, r) : NULL;
+    if (!r->wait) {
+        r->part_failed = 1;
+        r->parts--;
+    }
+    room_part_done(r);
+}
+
+/* ---- disconnect, ban, unban ---------------------------------------------- */
+
+static void on_disconnected(void *ud, int status, long total, long answers, long expected)
+{
+    api_req *r = ud;
+    r->wait = NULL;
+    if (status < 0) { answer_error(r, 503, "unavailable", "control channel unavailable; retry"); return; }
+    char *u = jstr(r->rt.user);
+    size_t len = 0;
+    char *b = u ? fmt(&len, "{\"user\":%s,\"closed\":%ld}", u, total) : NULL;
+    free(u);
+    answer_json(r, b, len);
+    LOGI(MOD, "disconnect user %s: %ld connection(s) closed, %ld of %ld node(s) answered",
+         r->rt.user, total, answers, expected);
+}
+
+static void run_disconnect(api_req *r)
+{
+    char reason[API_REASON_MAX + 1], err[200];
+    if (api_parse_disconnect(r->body.buf ? r->body.buf : "", r->body.len, reason, err, sizeof err) < 0) {
+        answer_error(r, 400, "bad_request", err);
+        return;
+    }
+    json_t *m = json_pack("{s:s, s:s, s:s}", "op", "disconnect", "user", r->rt.user, "reason", reason);
+    r->wait = m ? ctl_request(m, API_CTL_TIMEOUT_MS, on_disconnected, r) : NULL;
+    if (!r->wait) answer_error(r, 503, "unavailable", "control channel unavailable; retry");
+}
+
+static void on_banned(void *ud, int status, long total, long answers, long expected)
+{
+    api_req *r = ud;
+    r->wait = NULL;
+    if (status < 0) { answer_error(r, 503, "unavailable", "control channel unavailable; retry"); return; }
+    char *u = jstr(r->rt.user);
+    size_t len = 0;
+    char room[CHAT_ROOM_MAX + 3];
+    if (r->rt.room[0]) snprintf(room, sizeof room, "\"%s\"", r->rt.room);
+    else snprintf(room, sizeof room, "null");
+    char *b = NULL;
+    if (u && r->method == HM_PUT)
+        b = fmt(&len, "{\"user\":%s,\"room\":%s,\"until\":%" PRIu64 ",\"closed\":%ld}", u, room,
+                r->until, total);
+    else if (u)
+        b = fmt(&len, "{\"user\":%s,\"room\":%s,\"lifted\":true}", u, room);
+    free(u);
+    answer_json(r, b, len);
+}
+
+static void run_ban(api_req *r)
+{
+    api_ban b;
+    char err[200];
+    int lift = r->method == HM_DELETE;
+    if (api_parse_ban(r->body.buf ? r->body.buf : "", r->body.len, lift, &b, err, sizeof err) < 0) {
+        answer_error(r, 400, "bad_request", err);
+        return;
+    }
+    if (lift && !b.room[0]) { /* also ?room= on a DELETE without a body */
+        char q[CHAT_ROOM_MAX + 2] = "";
+        if (http_arg(r->wsi, "room", q, sizeof q) && q[0]) {
+            if (!room_name_valid(q, strlen(q))) {
+                answer_error(r, 400, "bad_request", "room: 1-64 characters of [A-Za-z0-9_.-]");
+                return;
+            }
+            snprintf(b.room, sizeof b.room, "%s", q);
+        }
+    }
+    snprintf(r->rt.room, sizeof r->rt.room, "%s", b.room);
+    json_t *m;
+    if (!lift) {
+        r->until = now_ms() + (uint64_t)b.seconds * 1000u;
+        /* this node refuses at once; every node (this one too) records it
+         * from the control channel */
+        bans_put(r->rt.user, b.room, r->until, b.reason);
+        m = json_pack("{s:s, s:s, s:I, s:s}", "op", "ban", "user", r->rt.user, "until",
+                      (json_int_t)r->until, "reason", b.reason);
+        LOGI(MOD, "ban user %s from %s for %lld s", r->rt.user, b.room[0] ? b.room : "every room",
+             (long long)b.seconds);
+    } else {
+        bans_lift(r->rt.user, b.room[0] ? b.room : NULL);
+        m = json_pack("{s:s, s:s}", "op", "unban", "user", r->rt.user);
+        LOGI(MOD, "unban user %s from %s", r->rt.user, b.room[0] ? b.room : "every ban");
+    }
+    if (m && b.room[0]) json_object_set_new(m, "room", json_string(b.room));
+    r->wait = m ? ctl_request(m, API_CTL_TIMEOUT_MS, on_banned, r) : NULL;
+    if (!r->wait) answer_error(r, 503, "unavailable", "control channel unavailable; retry");
+}
+
+/* ---- moderator delete ----------------------------------------------------- */
+
+/* DELETE /api/rooms/{room}/messages/{seq}: a "delete" message update by a
+ * moderator. HOOK for the message-updates work: publish the delete update
+ * of (room, seq) through publish.c here and answer 200 / 404 (unknown or
+ * deleted target) from its result. Until then: 404. */
+static void run_delete_message(api_req *r)
+{
+    answer_error(r, 404, "not_found", "moderator delete is not available on this server yet");
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static void run(api_req *r)
+{
+    switch (r->rt.route) {
+    case AR_PUBLISH: run_publish(r); break;
+    case AR_ROOM: run_room(r); break;
+    case AR_DISCONNECT: run_disconnect(r); break;
+    case AR_BAN: run_ban(r); break;
+    case AR_DELETE_MSG: run_delete_message(r); break;
+    default: answer_error(r, 404, "not_found", "no such route"); break;
+    }
+}
+
+static void limited(api_req *r, uint64_t retry_ms)
+{
+    metric_inc(A.m_limited);
+    snprintf(r->retry_after, sizeof r->retry_after, "%" PRIu64, (retry_ms + 999) / 1000);
+    answer_error(r, 429, "rate_limited", "too many requests for this key; retry after Retry-After seconds");
+}
+
+static void on_key_rate(void *ud, int allowed, uint64_t retry_ms)
+{
+    api_req *r = ud;
+    if (r->wsi) {
+        if (allowed == CLIMIT_DENY) limited(r, retry_ms);
+        else run(r);
+    }
+    req_unref(r);
+}
+
+static void dispatch(api_req *r)
+{
+    r->t0 = mono_ns();
+    if (A.rate > 0) {
+        uint64_t retry = 0;
+        int l = climit_take(A.limits, "api", r->fp, A.rate, A.burst, &retry, on_key_rate, r);
+        if (l == CLIMIT_DENY) { limited(r, retry); return; }
+        if (l == CLIMIT_PENDING) { r->refs++; return; }
+    }
+    run(r);
+}
+
+/* ---- the lws side ---------------------------------------------------------- */
+
+int api_http(struct lws *wsi, const char *uri, api_req **slot)
+{
+    int64_t cl = httpd_content_length(wsi);
+    int chunked = httpd_chunked(wsi);
+    int has_body = cl > 0 || chunked || cl == -2;
+    int method = httpd_method(wsi);
+    int close = has_body || method == HM_HEAD;
+    if (!A.keys)
+        return early_error(wsi, AR_NONE, 404, "not_found", "the server API is off (no CHAT_API_KEYS)",
+                           NULL, close);
+    api_route rt;
+    char err[160];
+    int m = api_route_match(uri[4] == '/' ? uri + 5 : "", &rt, err, sizeof err);
+    if (m == -1) return early_error(wsi, AR_NONE, 404, "not_found", "no such route", NULL, close);
+    if (!(rt.allow & (1u << method))) {
+        char allow[64];
+        api_allow_header(rt.allow, allow, sizeof allow);
+        const char *h[] = {"allow", allow, NULL};
+        char msg[96];
+        snprintf(msg, sizeof msg, "method %s not allowed; allowed: %s", httpd_method_name(method), allow);
+        return early_error(wsi, rt.route, 405, "method_not_allowed", msg, h, close);
+    }
+    char auth[1024];
+    const char *key = NULL;
+    size_t klen = 0;
+    char fp[APIKEY_FP_LEN + 1];
+    int n = lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION);
+    if (n <= 0 || !apikey_from_header(auth, &key, &klen) || !apikeys_check(A.keys, key, klen, fp)) {
+        metric_inc(A.m_auth_fail);
+        const char *h[] = {"www-authenticate", "Bearer", NULL};
+        LOGD(MOD, "%s %s: no valid key (401)", httpd_method_name(method), api_route_name(rt.route));
+        memset(auth, 0, sizeof auth);
+        return early_error(wsi, rt.route, 401, "unauthorized",
+                           n <= 0 ? "missing Authorization: Bearer <key>" : "invalid key", h, close);
+    }
+    memset(auth, 0, sizeof auth);
+    if (m == -2) return early_error(wsi, rt.route, 400, "bad_request", err, NULL, close);
+    if (cl == -2) return early_error(wsi, rt.route, 400, "bad_request", "malformed Content-Length", NULL, 1);
+    /* lws (4.1) does not decode a chunked request body: a body needs its
+     * length up front (what every HTTP client sends for a JSON body) */
+    if (chunked)
+        return early_error(wsi, rt.route, 411, "length_required",
+                           "send the body with a Content-Length (no Transfer-Encoding)", NULL, 1);
+    if (cl > g_srv.cfg.max_frame) {
+        snprintf(err, sizeof err, "the body is larger than %lld bytes", (long long)g_srv.cfg.max_frame);
+        return early_error(wsi, rt.route, 413, "too_large", err, NULL, 1);
+    }
+    if (has_body && !httpd_is_json(wsi))
+        return early_error(wsi, rt.route, 415, "unsupported_media_type",
+                           "the body must be Content-Type: application/json", NULL, 1);
+    api_req *r = calloc(1, sizeof *r);
+    if (!r) return early_error(wsi, rt.route, 503, "unavailable", "out of memory", NULL, 1);
+    r->wsi = wsi;
+    r->refs = 1;
+    r->method = method;
+    r->rt = rt;
+    memcpy(r->fp, fp, sizeof fp);
+    r->body.max = (size_t)g_srv.cfg.max_frame;
+    *slot = r;
+    if (has_body) {
+        r->reading = 1;   /* LWS_CALLBACK_HTTP_BODY follows */
+        return 0;
+    }
+    dispatch(r);
+    return 0;
+}
+
+int api_body(struct lws *wsi, api_req **slot, const void *in, size_t len)
+{
+    api_req *r = *slot;
+    if (!r || !r->reading) return 0;
+    int a = httpd_body_add(&r->body, in, len);
+    if (a == 0) return 0;
+    /* over the limit while reading (no Content-Length): refused, and the
+     * rest is not read */
+    int route = r->rt.route;
+    *slot = NULL;
+    r->wsi = NULL;
+    req_unref(r);
+    char err[96];
+    snprintf(err, sizeof err, "the body is larger than %lld bytes", (long long)g_srv.cfg.max_frame);
+    return a == -1 ? early_error(wsi, route, 413, "too_large", err, NULL, 1)
+                   : early_error(wsi, route, 503, "unavailable", "out of memory", NULL, 1);
+}
+
+int api_body_done(struct lws *wsi, api_req **slot)
+{
+    api_req *r = *slot;
+    if (!r || !r->reading) return 0;
+    r->reading = 0;
+    dispatch(r);
+    return 0;
+}
+
+int api_writeable(struct lws *wsi, api_req **slot)
+{
+    api_req *r = *slot;
+    if (!r || !r->answered) return 0;
+    *slot = NULL;
+    r->wsi = NULL;
+    const char *hdrs[] = {"retry-after", r->retry_after, NULL};
+    int ret = httpd_reply(wsi, r->status, "application/json", r->resp, r->resp_len,
+                          r->retry_after[0] ? hdrs : NULL, 0);
+    req_unref(r);
+    return ret;
+}
+
+void api_cancel(api_req **slot)
+{
+    api_req *r = *slot;
+    if (!r) return;
+    *slot = NULL;
+    r->wsi = NULL;
+    publish_owner_drop(&r->pubs);  /* it completes (durably), unanswered */
+    if (r->wait) { ctl_cancel(r->wait); r->wait = NULL; }
+    req_unref(r);
+}

@@ -1,0 +1,156 @@
+/* bans: see bans.h. A map user -> small array of bans (a user rarely has
+ * more than a few); expired entries are dropped when met and by
+ * bans_prune (the server's tick). */
+#define _GNU_SOURCE
+#include "bans.h"
+#include "hmap.h"
+#include "metrics.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct ubans {
+    ban *v;
+    size_t n, cap;
+} ubans;
+
+static hmap g_bans;
+static int g_init;
+static metric_gauge *m_active;
+
+void bans_init(void)
+{
+    if (g_init) return;
+    hmap_init(&g_bans);
+    m_active = metrics_gauge("chat_bans_active", "Bans in force (server API), every room and per room", NULL);
+    g_init = 1;
+}
+
+static int free_one(void *ud, const char *key, void *val)
+{
+    ubans *u = val;
+    free(u->v);
+    free(u);
+    return 0;
+}
+
+void bans_free(void)
+{
+    if (!g_init) return;
+    hmap_each(&g_bans, free_one, NULL);
+    hmap_free(&g_bans);
+    g_init = 0;
+}
+
+static void drop_at(ubans *u, size_t i)
+{
+    u->v[i] = u->v[--u->n];
+}
+
+/* drops the user's expired bans; frees the entry when none is left (then
+ * returns NULL) */
+static ubans *get_live(const char *user, uint64_t now_ms)
+{
+    ubans *u = hmap_get(&g_bans, user);
+    if (!u) return NULL;
+    for (size_t i = 0; i < u->n;)
+        if (u->v[i].until_ms <= now_ms) drop_at(u, i);
+        else i++;
+    if (u->n) return u;
+    hmap_del(&g_bans, user);
+    free(u->v);
+    free(u);
+    return NULL;
+}
+
+int bans_put(const char *user, const char *room, uint64_t until_ms, const char *reason)
+{
+    if (!g_init) bans_init();
+    if (!user || !*user || strlen(user) > BAN_USER_MAX) return -1;
+    if (!room) room = "";
+    if (*room && !room_name_valid(room, strlen(room))) return -1;
+    ubans *u = hmap_get(&g_bans, user);
+    if (!u) {
+        u = calloc(1, sizeof *u);
+        if (!u || hmap_put(&g_bans, user, u) != 0) { free(u); return -1; }
+    }
+    ban *b = NULL;
+    for (size_t i = 0; i < u->n && !b; i++)
+        if (strcmp(u->v[i].room, room) == 0) b = &u->v[i];
+    if (!b) {
+        if (u->n == u->cap) {
+            size_t nc = u->cap ? u->cap * 2 : 2;
+            ban *nv = realloc(u->v, nc * sizeof *nv);
+            if (!nv) return -1;
+            u->v = nv;
+            u->cap = nc;
+        }
+        b = &u->v[u->n++];
+    }
+    snprintf(b->room, sizeof b->room, "%s", room);
+    b->until_ms = until_ms;
+    /* whole UTF-8 characters only (the reason becomes a close reason) */
+    size_t rl = reason ? strlen(reason) : 0;
+    if (rl > BAN_REASON_MAX) {
+        rl = BAN_REASON_MAX;
+        while (rl && ((unsigned char)reason[rl] & 0xC0) == 0x80) rl--;
+    }
+    memcpy(b->reason, reason ? reason : "", rl);
+    b->reason[rl] = 0;
+    return 0;
+}
+
+int bans_lift(const char *user, const char *room)
+{
+    if (!g_init || !user) return 0;
+    ubans *u = hmap_get(&g_bans, user);
+    if (!u) return 0;
+    int n = 0;
+    for (size_t i = 0; i < u->n;) {
+        if (!room || strcmp(u->v[i].room, room) == 0) { drop_at(u, i); n++; }
+        else i++;
+    }
+    if (!u->n) {
+        hmap_del(&g_bans, user);
+        free(u->v);
+        free(u);
+    }
+    return n;
+}
+
+const ban *bans_match(const char *user, const char *room, uint64_t now_ms)
+{
+    if (!g_init || !user) return NULL;
+    ubans *u = get_live(user, now_ms);
+    if (!u) return NULL;
+    for (size_t i = 0; i < u->n; i++)
+        if (!u->v[i].room[0]) return &u->v[i];
+    for (size_t i = 0; room && i < u->n; i++)
+        if (strcmp(u->v[i].room, room) == 0) return &u->v[i];
+    return NULL;
+}
+
+typedef struct prune_ctx { uint64_t now; size_t active; } prune_ctx;
+
+static int prune_one(void *ud, const char *key, void *val)
+{
+    prune_ctx *p = ud;
+    ubans *u = val;
+    for (size_t i = 0; i < u->n;)
+        if (u->v[i].until_ms <= p->now) drop_at(u, i);
+        else i++;
+    p->active += u->n;
+    if (u->n) return 0;
+    free(u->v);
+    free(u);
+    return 1;
+}
+
+size_t bans_prune(uint64_t now_ms)
+{
+    if (!g_init) return 0;
+    prune_ctx p = {now_ms, 0};
+    hmap_each(&g_bans, prune_one, &p);
+    metric_set(m_active, (double)p.active);
+    return p.active;
+}
