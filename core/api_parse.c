@@ -13,6 +13,13 @@ static int fail(char *err, size_t errlen, const char *fmt, const char *a)
     return -1;
 }
 
+/* a route with a bad parameter: -2 */
+static int bad_param(char *err, size_t errlen, const char *what)
+{
+    snprintf(err, errlen, "%s", what);
+    return -2;
+}
+
 const char *api_route_name(int route)
 {
     static const char *N[AR_N] = {"none", "publish", "room", "delete", "disconnect", "ban"};
@@ -82,10 +89,10 @@ int api_route_match(const char *path, api_route *out, char *err, size_t errlen)
             out->route = AR_DELETE_MSG;
             out->allow = 1u << HM_DELETE;
             if (parse_seq(rest + 9, &out->seq) < 0)
-                return fail(err, errlen, "%s", "seq must be a positive integer");
+                return bad_param(err, errlen, "seq must be a positive integer");
         } else return -1;
         if (!room_name_valid(room, rl))
-            return fail(err, errlen, "%s", "room: 1-64 characters of [A-Za-z0-9_.-]");
+            return bad_param(err, errlen, "room: 1-64 characters of [A-Za-z0-9_.-]");
         memcpy(out->room, room, rl);
         out->room[rl] = 0;
         return 0;
@@ -102,7 +109,7 @@ int api_route_match(const char *path, api_route *out, char *err, size_t errlen)
         } else return -1;
         size_t ul = (size_t)(last - user);
         if (!api_user_valid(user, ul))
-            return fail(err, errlen, "%s", "user: 1-127 bytes of text without control characters");
+            return bad_param(err, errlen, "user: 1-127 bytes of text without control characters");
         memcpy(out->user, user, ul);
         out->user[ul] = 0;
         return 0;

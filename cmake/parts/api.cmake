@@ -5,3 +5,4 @@
 target_sources(chatcore PRIVATE
   core/api.c core/api_parse.c core/apikey.c core/httpd.c core/ctl.c core/bans.c
   core/chat_admin.c core/climit.c)
+chatd_unit_test(test_api)
