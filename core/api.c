@@ -35,7 +35,11 @@ typedef struct api_req {
     unsigned status;
     char *resp;
     size_t resp_len;
-    char retry_after[24];
+    char hname[24], hval[96];       /* one extra header (Retry-After...) */
+    int discard, linger;    /* refused: the body is dropped (then closed) */
+    size_t lingered;
+    unsigned pending_status; /* refused: answered once the body is read */
+    char pending_code[32], pending_msg[192];
     uint64_t t0;
     publish_owner pubs;     /* the publish of this request */
     ctl_wait *wait;         /* the control-channel wait of this request */
@@ -44,6 +48,8 @@ typedef struct api_req {
     size_t users;
     long conns;
     uint64_t until;         /* ban */
+    uint64_t deadline_ms;   /* publish: 503 when not durable by then (mono) */
+    struct api_req *tprev, *tnext;  /* the publishes waiting (api_tick) */
 } api_req;
 
 static struct {
@@ -53,6 +59,9 @@ static struct {
     metric_counter *m_req[AR_N][14];
     metric_counter *m_limited, *m_auth_fail;
     metric_hist *m_dur[AR_N];
+    metric_counter *m_timeouts;
+    uint64_t timeout_ms;
+    api_req *timed;         /* publishes in flight, oldest first */
 } A;
 
 static const unsigned CODES[14] = {200, 400, 401, 404, 405, 411, 413, 415, 422, 429, 500, 503, 0, 0};
@@ -64,8 +73,12 @@ static metric_counter *req_metric(int route, unsigned status)
     return A.m_req[route >= 0 && route < AR_N ? route : 0][i];
 }
 
-int api_init(const char *keys, double rate, double burst, climit *limits, char *err, size_t errlen)
+int api_init(const char *keys, double rate, double burst, climit *limits, uint64_t timeout_ms,
+             char *err, size_t errlen)
 {
+    A.timeout_ms = timeout_ms;
+    A.m_timeouts = metrics_counter("chat_api_publish_timeouts_total",
+                                   "Server API publishes answered 503 before their durable commit", NULL);
     for (int r = 0; r < AR_N; r++) {
         for (int i = 0; i < 14; i++) {
             char l[64];
@@ -109,6 +122,15 @@ int api_is_api_uri(const char *uri)
 
 /* ---- request lifetime and answers ------------------------------------- */
 
+static void timed_unlink(api_req *r)
+{
+    if (!r->deadline_ms) return;
+    if (r->tprev) r->tprev->tnext = r->tnext; else A.timed = r->tnext;
+    if (r->tnext) r->tnext->tprev = r->tprev;
+    r->tprev = r->tnext = NULL;
+    r->deadline_ms = 0;
+}
+
 static void req_unref(api_req *r)
 {
     if (--r->refs > 0) return;
@@ -120,6 +142,7 @@ static void req_unref(api_req *r)
 /* The answer is ready: written at the next WRITEABLE. */
 static void answer(api_req *r, unsigned status, char *body, size_t len)
 {
+    timed_unlink(r);
     if (r->answered || !r->wsi) { free(body); return; }
     metric_inc(req_metric(r->rt.route, status));
     metric_observe(A.m_dur[r->rt.route], (double)(mono_ns() - r->t0) / 1e9);
@@ -167,16 +190,6 @@ static void answer_json(api_req *r, char *body, size_t len)
 {
     if (!body) { answer_error(r, 503, "unavailable", "out of memory"); return; }
     answer(r, 200, body, len);
-}
-
-/* An error answered at once, before a request object exists (route,
- * method, key, size, type). The rest of a request with a body is not
- * read: the connection is closed after the answer. */
-static int early_error(struct lws *wsi, int route, unsigned status, const char *code,
-                       const char *message, const char *const *hdrs, int close)
-{
-    metric_inc(req_metric(route, status));
-    return httpd_error(wsi, status, code, message, hdrs, close);
 }
 
 /* ---- publish ------------------------------------------------------------ */
@@ -234,8 +247,17 @@ static void run_publish(api_req *r)
     } else {
         publish_msg pm = {r->rt.room, p.id, p.user, p.name, body, body_len, r->t0, p.meta,
                           p.meta_len, 0};
-        if (publish_start(&pm, &r->pubs, on_published, r) < 0)
+        if (publish_start(&pm, &r->pubs, on_published, r) < 0) {
             answer_error(r, 503, "unavailable", "message bus unavailable; retry with the same id");
+        } else if (A.timeout_ms) {
+            /* answered 503 if not durable in time (api_tick); the publish
+             * itself goes on: a retry with the same id finds it */
+            r->deadline_ms = mono_ms() + A.timeout_ms;
+            api_req **pp = &A.timed;
+            r->tprev = NULL;
+            while (*pp) { r->tprev = *pp; pp = &(*pp)->tnext; }
+            *pp = r;
+        }
     }
     script_result_clear(&res);
     api_publish_clear(&p);
@@ -427,7 +449,8 @@ static void run(api_req *r)
 static void limited(api_req *r, uint64_t retry_ms)
 {
     metric_inc(A.m_limited);
-    snprintf(r->retry_after, sizeof r->retry_after, "%" PRIu64, (retry_ms + 999) / 1000);
+    snprintf(r->hname, sizeof r->hname, "retry-after");
+    snprintf(r->hval, sizeof r->hval, "%" PRIu64, (retry_ms + 999) / 1000);
     answer_error(r, 429, "rate_limited", "too many requests for this key; retry after Retry-After seconds");
 }
 
@@ -455,66 +478,115 @@ static void dispatch(api_req *r)
 
 /* ---- the lws side ---------------------------------------------------------- */
 
+/* How a refused request ends: answered now (no body pending; a HEAD is
+ * closed after it), after its body was read and dropped (keep-alive), or
+ * answered now and closed after a lingering read (a body that will not be
+ * read: too large, no length, malformed length). */
+enum { REFUSE_NOW, REFUSE_AFTER_BODY, REFUSE_LINGER };
+/* bytes of a refused body drained before the close (the answer is out) */
+#define API_LINGER_MAX (256u * 1024u)
+
+static api_req *req_new(struct lws *wsi, int method, const api_route *rt)
+{
+    api_req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->wsi = wsi;
+    r->refs = 1;
+    r->method = method;
+    if (rt) r->rt = *rt;
+    r->body.max = (size_t)g_srv.cfg.max_frame;
+    return r;
+}
+
+static int refuse(struct lws *wsi, api_req **slot, int mode, int route, unsigned status,
+                  const char *code, const char *message, const char *hname, const char *hval)
+{
+    const char *hdrs[] = {hname, hval, NULL};
+    int method = httpd_method(wsi);
+    if (mode == REFUSE_NOW) {
+        metric_inc(req_metric(route, status));
+        return httpd_error(wsi, status, code, message, hname ? hdrs : NULL, method == HM_HEAD);
+    }
+    api_req *r = req_new(wsi, method, NULL);
+    if (!r) return -1;
+    r->rt.route = route;
+    r->reading = 1;
+    r->discard = 1;
+    *slot = r;
+    if (mode == REFUSE_LINGER) {
+        metric_inc(req_metric(route, status));
+        r->linger = 1;
+        httpd_error(wsi, status, code, message, hname ? hdrs : NULL, 1);
+        httpd_linger(wsi, 2);
+        return 0;
+    }
+    /* answered when the body is in (api_body_done) */
+    r->t0 = mono_ns();
+    if (hname) {
+        snprintf(r->hname, sizeof r->hname, "%s", hname);
+        snprintf(r->hval, sizeof r->hval, "%s", hval);
+    }
+    r->pending_status = status;
+    snprintf(r->pending_code, sizeof r->pending_code, "%s", code);
+    snprintf(r->pending_msg, sizeof r->pending_msg, "%s", message);
+    return 0;
+}
+
 int api_http(struct lws *wsi, const char *uri, api_req **slot)
 {
     int64_t cl = httpd_content_length(wsi);
     int chunked = httpd_chunked(wsi);
-    int has_body = cl > 0 || chunked || cl == -2;
     int method = httpd_method(wsi);
-    int close = has_body || method == HM_HEAD;
+    /* a body is pending (read it, or linger) unless there is none */
+    int mode = (cl > 0 || chunked || cl == -2) && method != HM_HEAD ? REFUSE_AFTER_BODY : REFUSE_NOW;
+    if (cl > g_srv.cfg.max_frame || chunked || cl == -2) mode = REFUSE_LINGER;
     if (!A.keys)
-        return early_error(wsi, AR_NONE, 404, "not_found", "the server API is off (no CHAT_API_KEYS)",
-                           NULL, close);
+        return refuse(wsi, slot, mode, AR_NONE, 404, "not_found",
+                      "the server API is off (no CHAT_API_KEYS)", NULL, NULL);
     api_route rt;
     char err[160];
     int m = api_route_match(uri[4] == '/' ? uri + 5 : "", &rt, err, sizeof err);
-    if (m == -1) return early_error(wsi, AR_NONE, 404, "not_found", "no such route", NULL, close);
+    if (m == -1) return refuse(wsi, slot, mode, AR_NONE, 404, "not_found", "no such route", NULL, NULL);
     if (!(rt.allow & (1u << method))) {
-        char allow[64];
+        char allow[64], msg[96];
         api_allow_header(rt.allow, allow, sizeof allow);
-        const char *h[] = {"allow", allow, NULL};
-        char msg[96];
         snprintf(msg, sizeof msg, "method %s not allowed; allowed: %s", httpd_method_name(method), allow);
-        return early_error(wsi, rt.route, 405, "method_not_allowed", msg, h, close);
+        return refuse(wsi, slot, mode, rt.route, 405, "method_not_allowed", msg, "allow", allow);
     }
     char auth[1024];
     const char *key = NULL;
     size_t klen = 0;
     char fp[APIKEY_FP_LEN + 1];
     int n = lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION);
-    if (n <= 0 || !apikey_from_header(auth, &key, &klen) || !apikeys_check(A.keys, key, klen, fp)) {
+    int ok = n > 0 && apikey_from_header(auth, &key, &klen) && apikeys_check(A.keys, key, klen, fp);
+    memset(auth, 0, sizeof auth);   /* no copy of a key outlives the check */
+    if (!ok) {
         metric_inc(A.m_auth_fail);
-        const char *h[] = {"www-authenticate", "Bearer", NULL};
         LOGD(MOD, "%s %s: no valid key (401)", httpd_method_name(method), api_route_name(rt.route));
-        memset(auth, 0, sizeof auth);
-        return early_error(wsi, rt.route, 401, "unauthorized",
-                           n <= 0 ? "missing Authorization: Bearer <key>" : "invalid key", h, close);
+        return refuse(wsi, slot, mode, rt.route, 401, "unauthorized",
+                      n <= 0 ? "missing Authorization: Bearer <key>" : "invalid key",
+                      "www-authenticate", "Bearer");
     }
-    memset(auth, 0, sizeof auth);
-    if (m == -2) return early_error(wsi, rt.route, 400, "bad_request", err, NULL, close);
-    if (cl == -2) return early_error(wsi, rt.route, 400, "bad_request", "malformed Content-Length", NULL, 1);
+    if (cl == -2)
+        return refuse(wsi, slot, mode, rt.route, 400, "bad_request", "malformed Content-Length", NULL, NULL);
     /* lws (4.1) does not decode a chunked request body: a body needs its
      * length up front (what every HTTP client sends for a JSON body) */
     if (chunked)
-        return early_error(wsi, rt.route, 411, "length_required",
-                           "send the body with a Content-Length (no Transfer-Encoding)", NULL, 1);
+        return refuse(wsi, slot, mode, rt.route, 411, "length_required",
+                      "send the body with a Content-Length (no Transfer-Encoding)", NULL, NULL);
     if (cl > g_srv.cfg.max_frame) {
         snprintf(err, sizeof err, "the body is larger than %lld bytes", (long long)g_srv.cfg.max_frame);
-        return early_error(wsi, rt.route, 413, "too_large", err, NULL, 1);
+        return refuse(wsi, slot, mode, rt.route, 413, "too_large", err, NULL, NULL);
     }
-    if (has_body && !httpd_is_json(wsi))
-        return early_error(wsi, rt.route, 415, "unsupported_media_type",
-                           "the body must be Content-Type: application/json", NULL, 1);
-    api_req *r = calloc(1, sizeof *r);
-    if (!r) return early_error(wsi, rt.route, 503, "unavailable", "out of memory", NULL, 1);
-    r->wsi = wsi;
-    r->refs = 1;
-    r->method = method;
-    r->rt = rt;
+    if (m == -2) return refuse(wsi, slot, mode, rt.route, 400, "bad_request", err, NULL, NULL);
+    if (mode != REFUSE_NOW && !httpd_is_json(wsi))
+        return refuse(wsi, slot, mode, rt.route, 415, "unsupported_media_type",
+                      "the body must be Content-Type: application/json", NULL, NULL);
+    api_req *r = req_new(wsi, method, &rt);
+    if (!r) return refuse(wsi, slot, REFUSE_NOW, rt.route, 503, "unavailable", "out of memory", NULL, NULL);
     memcpy(r->fp, fp, sizeof fp);
-    r->body.max = (size_t)g_srv.cfg.max_frame;
     *slot = r;
-    if (has_body) {
+    if (mode != REFUSE_NOW) {
         r->reading = 1;   /* LWS_CALLBACK_HTTP_BODY follows */
         return 0;
     }
@@ -526,18 +598,22 @@ int api_body(struct lws *wsi, api_req **slot, const void *in, size_t len)
 {
     api_req *r = *slot;
     if (!r || !r->reading) return 0;
+    if (r->linger) {
+        r->lingered += len;
+        return r->lingered > API_LINGER_MAX ? -1 : 0;
+    }
+    if (r->discard) return 0;  /* within CHAT_MAX_FRAME: read, not kept */
     int a = httpd_body_add(&r->body, in, len);
     if (a == 0) return 0;
-    /* over the limit while reading (no Content-Length): refused, and the
-     * rest is not read */
-    int route = r->rt.route;
-    *slot = NULL;
-    r->wsi = NULL;
-    req_unref(r);
+    /* more than Content-Length announced: refused, not read further */
+    r->discard = r->linger = 1;
+    metric_inc(req_metric(r->rt.route, a == -1 ? 413 : 503));
     char err[96];
     snprintf(err, sizeof err, "the body is larger than %lld bytes", (long long)g_srv.cfg.max_frame);
-    return a == -1 ? early_error(wsi, route, 413, "too_large", err, NULL, 1)
-                   : early_error(wsi, route, 503, "unavailable", "out of memory", NULL, 1);
+    httpd_error(wsi, a == -1 ? 413 : 503, a == -1 ? "too_large" : "unavailable",
+                a == -1 ? err : "out of memory", NULL, 1);
+    httpd_linger(wsi, 2);
+    return 0;
 }
 
 int api_body_done(struct lws *wsi, api_req **slot)
@@ -545,6 +621,18 @@ int api_body_done(struct lws *wsi, api_req **slot)
     api_req *r = *slot;
     if (!r || !r->reading) return 0;
     r->reading = 0;
+    if (r->linger) return -1;      /* answered; everything read: close now */
+    if (r->pending_status) {
+        metric_inc(req_metric(r->rt.route, r->pending_status));
+        size_t len = 0;
+        char *b = httpd_error_body(r->pending_code, r->pending_msg, &len);
+        r->answered = 1;
+        r->status = b ? r->pending_status : 500;
+        r->resp = b;
+        r->resp_len = len;
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
     dispatch(r);
     return 0;
 }
@@ -555,11 +643,23 @@ int api_writeable(struct lws *wsi, api_req **slot)
     if (!r || !r->answered) return 0;
     *slot = NULL;
     r->wsi = NULL;
-    const char *hdrs[] = {"retry-after", r->retry_after, NULL};
-    int ret = httpd_reply(wsi, r->status, "application/json", r->resp, r->resp_len,
-                          r->retry_after[0] ? hdrs : NULL, 0);
+    const char *hdrs[] = {r->hname, r->hval, NULL};
+    int ret = httpd_reply(wsi, r->status, "application/json", r->resp ? r->resp : "", r->resp_len,
+                          r->hname[0] ? hdrs : NULL, 0);
     req_unref(r);
     return ret;
+}
+
+void api_tick(void)
+{
+    uint64_t now = mono_ms();
+    while (A.timed && A.timed->deadline_ms <= now) {
+        api_req *r = A.timed;
+        timed_unlink(r);
+        publish_owner_drop(&r->pubs);  /* it completes, unanswered */
+        metric_inc(A.m_timeouts);
+        answer_error(r, 503, "unavailable", "not durable in time; retry with the same id");
+    }
 }
 
 void api_cancel(api_req **slot)
@@ -567,6 +667,7 @@ void api_cancel(api_req **slot)
     api_req *r = *slot;
     if (!r) return;
     *slot = NULL;
+    timed_unlink(r);
     r->wsi = NULL;
     publish_owner_drop(&r->pubs);  /* it completes (durably), unanswered */
     if (r->wait) { ctl_cancel(r->wait); r->wait = NULL; }

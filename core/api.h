@@ -21,9 +21,13 @@ struct api_req;
 struct climit;
 
 /* At start: the keys (NULL: the API is off, every /api/ route 404s), the
- * per-key request rate (0: no limit) and the limiter. 0, or -1 with err. */
-int api_init(const char *keys, double rate, double burst, struct climit *limits, char *err,
-             size_t errlen);
+ * per-key request rate (0: no limit) and the limiter, how long a publish
+ * may wait for its durable commit before it is answered 503 (0: no
+ * limit). 0, or -1 with err. */
+int api_init(const char *keys, double rate, double burst, struct climit *limits,
+             uint64_t timeout_ms, char *err, size_t errlen);
+/* The server's tick: publishes past their deadline are answered 503. */
+void api_tick(void);
 void api_shutdown(void);
 /* 1 when uri is under /api/. */
 int api_is_api_uri(const char *uri);

@@ -15,14 +15,22 @@ typedef struct ubans {
 } ubans;
 
 static hmap g_bans;
-static int g_init;
-static metric_gauge *m_active;
+static int g_init, g_metric;
+
+static double active_now(void *ud)
+{
+    (void)ud;
+    return (double)bans_prune(now_ms());
+}
 
 void bans_init(void)
 {
     if (g_init) return;
     hmap_init(&g_bans);
-    m_active = metrics_gauge("chat_bans_active", "Bans in force (server API), every room and per room", NULL);
+    if (!g_metric)
+        metrics_gauge_fn("chat_bans_active", "Bans in force on this node (server API), every room and per room",
+                         NULL, active_now, NULL);
+    g_metric = 1;
     g_init = 1;
 }
 
@@ -151,6 +159,5 @@ size_t bans_prune(uint64_t now_ms)
     if (!g_init) return 0;
     prune_ctx p = {now_ms, 0};
     hmap_each(&g_bans, prune_one, &p);
-    metric_set(m_active, (double)p.active);
     return p.active;
 }

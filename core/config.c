@@ -49,6 +49,7 @@ static const opt OPTS[] = {
     {"--api-keys", "CHAT_API_KEYS", K_STR, O(api_keys), NULL, "server API keys, comma-separated, each >= 16 bytes (unset: /api/ answers 404)"},
     {"--api-rate", "CHAT_API_RATE", K_INT, O(api_rate), "0", "server API requests per second per key, across nodes (0 = no limit)"},
     {"--api-burst", "CHAT_API_BURST", K_INT, O(api_burst), "0", "server API request burst per key (0 = the rate)"},
+    {"--api-timeout-ms", "CHAT_API_TIMEOUT_MS", K_INT, O(api_timeout_ms), "10000", "server API publish: answer 503 when not durable within this time (0 = wait)"},
     {"--user-msg-rate", "CHAT_USER_MSG_RATE", K_INT, O(user_msg_rate), "0", "messages per second per user, across nodes (0 = no limit; the policy's own limit is per node)"},
     {"--user-msg-burst", "CHAT_USER_MSG_BURST", K_INT, O(user_msg_burst), "0", "message burst per user (0 = twice the rate)"},
     {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)"},

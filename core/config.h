@@ -33,6 +33,7 @@ typedef struct config {
     int dev_tokens;
     const char *api_keys;      /* server API keys (NULL: /api/ is off) */
     int64_t api_rate, api_burst;          /* per key, across nodes (0: off) */
+    int64_t api_timeout_ms;    /* a publish waits this long for its durable commit */
     int64_t user_msg_rate, user_msg_burst; /* per user, across nodes (0: off) */
     int64_t workers;           /* --workers: 1 = this process is the node (core/workers.h) */
     int64_t worker_port;       /* a worker's own port (the supervisor: the first one; 0 = listen port + 1) */

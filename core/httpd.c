@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 static const struct { int m; enum lws_token_indexes tok; const char *name; } METHODS[] = {
     {HM_GET, WSI_TOKEN_GET_URI, "GET"},
@@ -121,6 +122,13 @@ int httpd_reply(struct lws *wsi, unsigned status, const char *ctype, const char 
     free(b);
     if (w < 0 || close) return -1;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+void httpd_linger(struct lws *wsi, int secs)
+{
+    int fd = lws_get_socket_fd(wsi);
+    if (fd >= 0) shutdown(fd, SHUT_WR);
+    lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, secs);
 }
 
 char *httpd_error_body(const char *code, const char *message, size_t *len)

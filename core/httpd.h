@@ -32,6 +32,12 @@ int httpd_is_json(struct lws *wsi);
  * after it. Returns what the lws HTTP callback returns (-1: close). */
 int httpd_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body,
                 size_t len, const char *const *hdrs, int close);
+/* After an answer with close set whose request body will not be read:
+ * stop sending (shutdown SHUT_WR) and let the client's bytes drain for at
+ * most secs before lws closes, so the close is a FIN, not a reset that
+ * could destroy the answer before the client read it (a lingering close).
+ * The caller drops the body bytes lws still delivers. */
+void httpd_linger(struct lws *wsi, int secs);
 /* {"error":{"code":code,"message":message}} (JSON-escaped). */
 int httpd_error(struct lws *wsi, unsigned status, const char *code, const char *message,
                 const char *const *hdrs, int close);

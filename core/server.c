@@ -195,6 +195,7 @@ static void on_tick(uv_timer_t *h)
         }
     }
     uint64_t now = mono_ms();
+    api_tick();
     if (now - last_expiry >= 500) {
         last_expiry = now;
         chat_expire_tokens((int64_t)(now_ms() / 1000));
@@ -232,7 +233,7 @@ int server_run(int argc, char **argv)
     g_limits = climit_new(100000);
     if (!g_limits) { fprintf(stderr, "chatd: out of memory\n"); return 2; }
     if (api_init(g_srv.cfg.api_keys, (double)g_srv.cfg.api_rate, (double)g_srv.cfg.api_burst, g_limits,
-                 err, sizeof err) < 0) {
+                 (uint64_t)g_srv.cfg.api_timeout_ms, err, sizeof err) < 0) {
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
     }

@@ -21,7 +21,7 @@ sys.path.insert(0, HERE)
 
 import harness  # noqa: E402
 
-GROUPS = ["core", "multinode", "history", "presence", "workers", "cluster", "edge", "readstate"]
+GROUPS = ["core", "multinode", "history", "presence", "workers", "cluster", "edge", "readstate", "api"]
 
 
 def main():
