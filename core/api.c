@@ -397,7 +397,7 @@ static void run_ban(api_req *r)
                 answer_error(r, 400, "bad_request", "room: 1-64 characters of [A-Za-z0-9_.-]");
                 return;
             }
-            snprintf(b.room, sizeof b.room, "%s", q);
+            memcpy(b.room, q, strlen(q) + 1); /* valid: at most CHAT_ROOM_MAX */
         }
     }
     snprintf(r->rt.room, sizeof r->rt.room, "%s", b.room);
