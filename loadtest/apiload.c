@@ -9,7 +9,10 @@
  * the answer is in (closed loop): --conns is the concurrency. Connection i
  * publishes into room <prefix>-<i % rooms>. One epoll loop, one process (pin
  * it to a core other than chatd's). Prints requests/s and latency
- * percentiles over the measured window (after --warmup), and a JSON file.
+ * percentiles over the measured window (after --warmup), and a JSON file;
+ * with --server-pid, chatd's CPU over that window (utime + stime from
+ * /proc) and so its CPU time per message, the figure that stays meaningful
+ * on a shared machine.
  *
  *   apiload --url 127.0.0.1:8080 --mode api --conns 16 --duration 20   (key: env CHAT_API_KEY)
  *   apiload --url 127.0.0.1:8080 --mode ws --conns 16 --duration 20 --secret S
@@ -37,6 +40,7 @@ static struct {
     int port, conns, rooms, body_bytes, ws;
     double duration, warmup;
     char secret[256], key[512], prefix[64], json[512];
+    int server_pid;
 } O = {.port = 8080, .conns = 16, .rooms = 0, .body_bytes = 64, .duration = 20, .warmup = 3,
        .prefix = "apiload"};
 
@@ -56,6 +60,25 @@ static struct lt_hist H;
 static uint64_t g_ok, g_err, g_status[600], g_dead;
 static int g_measuring, g_ep;
 static char g_body[4096];
+
+/* utime + stime of pid in seconds, -1 when unknown */
+static double proc_cpu(int pid)
+{
+    if (pid <= 0) return -1;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p) return -1;
+    unsigned long ut = 0, st = 0;
+    /* after ") ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
 
 static uint64_t mono_ns(void)
 {
@@ -253,7 +276,8 @@ int main(int argc, char **argv)
     static const struct option lo[] = {
         {"url", 1, 0, 'u'}, {"mode", 1, 0, 'm'}, {"conns", 1, 0, 'c'}, {"rooms", 1, 0, 'r'},
         {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'}, {"secret", 1, 0, 's'},
-        {"body-bytes", 1, 0, 'b'}, {"room-prefix", 1, 0, 'x'}, {"json", 1, 0, 'j'}, {0, 0, 0, 0}};
+        {"body-bytes", 1, 0, 'b'}, {"room-prefix", 1, 0, 'x'}, {"json", 1, 0, 'j'},
+        {"server-pid", 1, 0, 'S'}, {0, 0, 0, 0}};
     int o;
     const char *mode = "api";
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -274,6 +298,7 @@ int main(int argc, char **argv)
         case 'b': O.body_bytes = atoi(optarg); break;
         case 'x': snprintf(O.prefix, sizeof O.prefix, "%s", optarg); break;
         case 'j': snprintf(O.json, sizeof O.json, "%s", optarg); break;
+        case 'S': O.server_pid = atoi(optarg); break;
         default: die("see the header of apiload.c for the options");
         }
     }
@@ -308,11 +333,12 @@ int main(int argc, char **argv)
     }
     uint64_t t0 = mono_ns(), tw = t0 + (uint64_t)(O.warmup * 1e9), te = tw + (uint64_t)(O.duration * 1e9);
     uint64_t tm0 = 0, tm1 = 0;
+    double cpu0 = -1, cpu1 = -1;
     struct epoll_event ev[256];
     for (;;) {
         uint64_t now = mono_ns();
-        if (!g_measuring && !tm0 && now >= tw) { g_measuring = 1; tm0 = now; }
-        if (now >= te) { tm1 = now; break; }
+        if (!g_measuring && !tm0 && now >= tw) { g_measuring = 1; tm0 = now; cpu0 = proc_cpu(O.server_pid); }
+        if (now >= te) { tm1 = now; cpu1 = proc_cpu(O.server_pid); break; }
         if (g_dead == (uint64_t)O.conns) die("every connection died");
         int n = epoll_wait(g_ep, ev, 256, 50);
         for (int i = 0; i < n; i++) on_event(ev[i].data.ptr, ev[i].events);
@@ -329,6 +355,12 @@ int main(int argc, char **argv)
            (unsigned long long)g_err, (unsigned long long)g_dead);
     printf("  latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f\n", ms[0], ms[1], ms[2],
            ms[3], ms[4]);
+    double cpu_pct = -1, cpu_us = -1;
+    if (cpu0 >= 0 && cpu1 >= cpu0) {
+        cpu_pct = 100.0 * (cpu1 - cpu0) / secs;
+        cpu_us = g_ok ? 1e6 * (cpu1 - cpu0) / (double)g_ok : -1;
+        printf("  chatd CPU: %.0f%% of a core, %.1f us per message\n", cpu_pct, cpu_us);
+    }
     for (int s = 0; s < 600; s++)
         if (g_status[s] && s != 200) printf("  status %d: %llu\n", s, (unsigned long long)g_status[s]);
     if (O.json[0]) {
@@ -336,10 +368,11 @@ int main(int argc, char **argv)
         if (f) {
             fprintf(f, "{\"mode\": \"%s\", \"conns\": %d, \"rooms\": %d, \"body_bytes\": %d, \"seconds\": %.2f, "
                        "\"ok\": %llu, \"errors\": %llu, \"dead\": %llu, \"per_second\": %.1f, "
+                       "\"chatd_cpu_pct\": %.1f, \"chatd_cpu_us_per_msg\": %.2f, "
                        "\"latency_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f}}\n",
                     O.ws ? "ws" : "api", O.conns, O.rooms, O.body_bytes, secs, (unsigned long long)g_ok,
-                    (unsigned long long)g_err, (unsigned long long)g_dead, rps, ms[0], ms[1], ms[2], ms[3],
-                    ms[4]);
+                    (unsigned long long)g_err, (unsigned long long)g_dead, rps, cpu_pct, cpu_us, ms[0], ms[1],
+                    ms[2], ms[3], ms[4]);
             fclose(f);
         }
     }

@@ -9,7 +9,8 @@
 # figures are the publish paths themselves; every connection its own room
 # (a WebSocket sender gets its own message back: one delivery per message
 # on that side; the API rooms have no members).
-# env: DURATION (per phase, default 15), WARMUP (3), CONCS ("1 16"), BODY (64)
+# env: DURATION (per phase, default 15), WARMUP (3), CONCS ("1 16"), BODY (64), NAME (api:
+# results/NAME.txt and .json), SERVICES_FAST=1 (Postgres without fsync: chatd's own cost)
 source "$(dirname "$0")/lib.sh"
 lt_build
 lt_services pg
@@ -18,8 +19,9 @@ mkdir -p "$POL"
 echo 'return {}' >"$POL/policy.lua"
 KEY=loadtest-api-key-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export CHAT_SCRIPTS=$POL CHAT_API_KEYS=$KEY CHAT_LOG_LEVEL=warn
-lt_chatd api "$PORT_A"
-OUT=$RESULTS/api.txt
+lt_chatd "${NAME:-api}" "$PORT_A"
+NAME=${NAME:-api}
+OUT=$RESULTS/$NAME.txt
 {
     echo "# api: publish over the server API vs over a WebSocket, same run ($(date -u +%FT%TZ))"
     echo "# chatd $(git -C "$REPO" rev-parse --short HEAD) on core $CHATD_CPU; apiload + Postgres on core $LOAD_CPU;"
@@ -31,17 +33,17 @@ JS=()
 for conc in ${CONCS:-1 16}; do
     for round in 1 2; do
         for mode in ws api; do
-            name=api_${mode}_c${conc}_r${round}
+            name=${NAME}_${mode}_c${conc}_r${round}
             echo "== $mode, $conc connection(s), round $round" | tee -a "$OUT"
             CHAT_API_KEY=$KEY "${LT_PRIO[@]}" taskset -c "$LOAD_CPU" "$LT_DIR/bin/apiload" \
                 --url "127.0.0.1:$PORT_A" --mode "$mode" --conns "$conc" --secret "$SECRET" \
                 --duration "${DURATION:-15}" --warmup "${WARMUP:-3}" --body-bytes "${BODY:-64}" \
-                --room-prefix "r$round" --json "$RESULTS/$name.json" | tee -a "$OUT"
+                --room-prefix "r$round" --server-pid "$LT_CHATD_PID" --json "$RESULTS/$name.json" | tee -a "$OUT"
             JS+=("$RESULTS/$name.json")
         done
     done
 done
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT"
 # one JSON with every phase
-{ echo "["; for i in "${!JS[@]}"; do cat "${JS[$i]}" | tr -d '\n'; [ "$i" -lt $((${#JS[@]} - 1)) ] && echo ","; rm -f "${JS[$i]}"; done; echo "]"; } >"$RESULTS/api.json"
-echo "wrote $OUT and $RESULTS/api.json"
+{ echo "["; for i in "${!JS[@]}"; do cat "${JS[$i]}" | tr -d '\n'; [ "$i" -lt $((${#JS[@]} - 1)) ] && echo ","; rm -f "${JS[$i]}"; done; echo "]"; } >"$RESULTS/$NAME.json"
+echo "wrote $OUT and $RESULTS/$NAME.json"
