@@ -1,6 +1,7 @@
 /* api: see api.h. */
 #define _GNU_SOURCE
 #include "api.h"
+#include "adminstore.h"
 #include "api_parse.h"
 #include "apikey.h"
 #include "bans.h"
@@ -48,6 +49,7 @@ typedef struct api_req {
     size_t users;
     long conns;
     uint64_t until;         /* ban */
+    char reason[API_REASON_MAX + 1];
     uint64_t deadline_ms;   /* publish: 503 when not durable by then (mono) */
     struct api_req *tprev, *tnext;  /* the publishes waiting (api_tick) */
 } api_req;
@@ -62,6 +64,7 @@ static struct {
     metric_counter *m_timeouts;
     uint64_t timeout_ms;
     api_req *timed;         /* publishes in flight, oldest first */
+    adminstore *store;      /* with Redis: where bans are stored */
 } A;
 
 static const unsigned CODES[14] = {200, 400, 401, 404, 405, 411, 413, 415, 422, 429, 500, 503, 0, 0};
@@ -108,6 +111,8 @@ int api_init(const char *keys, double rate, double burst, climit *limits, uint64
          rate > 0 ? "" : ", no per-key request rate (CHAT_API_RATE)");
     return 0;
 }
+
+void api_set_store(adminstore *a) { A.store = a; }
 
 void api_shutdown(void)
 {
@@ -381,6 +386,36 @@ static void on_banned(void *ud, int status, long total, long answers, long expec
     answer_json(r, b, len);
 }
 
+/* The ban (or its lift) is stored (or there is no store): this node
+ * acts at once, then every node (this one too) from the control channel. */
+static void ban_announce(api_req *r)
+{
+    int lift = r->method == HM_DELETE;
+    const char *room = r->rt.room;
+    json_t *m;
+    if (!lift) {
+        bans_put(r->rt.user, room, r->until, r->reason);
+        m = json_pack("{s:s, s:s, s:I, s:s}", "op", "ban", "user", r->rt.user, "until",
+                      (json_int_t)r->until, "reason", r->reason);
+    } else {
+        bans_lift(r->rt.user, room[0] ? room : NULL);
+        m = json_pack("{s:s, s:s}", "op", "unban", "user", r->rt.user);
+    }
+    if (m && room[0]) json_object_set_new(m, "room", json_string(room));
+    r->wait = m ? ctl_request(m, API_CTL_TIMEOUT_MS, on_banned, r) : NULL;
+    if (!r->wait) answer_error(r, 503, "unavailable", "control channel unavailable; retry");
+}
+
+static void on_ban_stored(void *ud, int status)
+{
+    api_req *r = ud;
+    if (r->wsi) {
+        if (status < 0) answer_error(r, 503, "unavailable", "ban store (Redis) unavailable; retry");
+        else ban_announce(r);
+    }
+    req_unref(r);
+}
+
 static void run_ban(api_req *r)
 {
     api_ban b;
@@ -401,24 +436,21 @@ static void run_ban(api_req *r)
         }
     }
     snprintf(r->rt.room, sizeof r->rt.room, "%s", b.room);
-    json_t *m;
+    memcpy(r->reason, b.reason, sizeof r->reason);
     if (!lift) {
         r->until = now_ms() + (uint64_t)b.seconds * 1000u;
-        /* this node refuses at once; every node (this one too) records it
-         * from the control channel */
-        bans_put(r->rt.user, b.room, r->until, b.reason);
-        m = json_pack("{s:s, s:s, s:I, s:s}", "op", "ban", "user", r->rt.user, "until",
-                      (json_int_t)r->until, "reason", b.reason);
         LOGI(MOD, "ban user %s from %s for %lld s", r->rt.user, b.room[0] ? b.room : "every room",
              (long long)b.seconds);
     } else {
-        bans_lift(r->rt.user, b.room[0] ? b.room : NULL);
-        m = json_pack("{s:s, s:s}", "op", "unban", "user", r->rt.user);
         LOGI(MOD, "unban user %s from %s", r->rt.user, b.room[0] ? b.room : "every ban");
     }
-    if (m && b.room[0]) json_object_set_new(m, "room", json_string(b.room));
-    r->wait = m ? ctl_request(m, API_CTL_TIMEOUT_MS, on_banned, r) : NULL;
-    if (!r->wait) answer_error(r, 503, "unavailable", "control channel unavailable; retry");
+    if (!A.store) { ban_announce(r); return; }
+    /* stored first (with its expiry), so a node that starts or reconnects
+     * later reads it; then announced */
+    int sent = lift ? adminstore_ban_lift(A.store, r->rt.user, b.room[0] ? b.room : NULL, on_ban_stored, r)
+                    : adminstore_ban_put(A.store, r->rt.user, b.room, r->until, b.reason, on_ban_stored, r);
+    if (sent != 0) { answer_error(r, 503, "unavailable", "ban store (Redis) unavailable; retry"); return; }
+    r->refs++;
 }
 
 /* ---- moderator delete ----------------------------------------------------- */

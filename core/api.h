@@ -29,6 +29,9 @@ int api_init(const char *keys, double rate, double burst, struct climit *limits,
 /* The server's tick: publishes past their deadline are answered 503. */
 void api_tick(void);
 void api_shutdown(void);
+struct adminstore;
+/* With Redis: bans are stored there before they are announced. */
+void api_set_store(struct adminstore *a);
 /* 1 when uri is under /api/. */
 int api_is_api_uri(const char *uri);
 

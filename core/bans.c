@@ -16,6 +16,28 @@ typedef struct ubans {
 
 static hmap g_bans;
 static int g_init, g_metric;
+/* loads in flight, and the keys put or lifted meanwhile ("user\nroom";
+ * "user\n\n*" for a lift of every ban of user) */
+static int g_loads;
+static hmap g_changed;
+
+static void note_change(const char *user, const char *room)
+{
+    if (!g_loads) return;
+    char k[BAN_USER_MAX + CHAT_ROOM_MAX + 8];
+    snprintf(k, sizeof k, "%s\n%s", user, room ? room : "\n*");
+    hmap_put(&g_changed, k, (void *)1);
+}
+
+static int changed(const char *user, const char *room)
+{
+    if (!g_loads) return 0;
+    char k[BAN_USER_MAX + CHAT_ROOM_MAX + 8];
+    snprintf(k, sizeof k, "%s\n%s", user, room);
+    if (hmap_get(&g_changed, k)) return 1;
+    snprintf(k, sizeof k, "%s\n\n*", user);
+    return hmap_get(&g_changed, k) != NULL;
+}
 
 static double active_now(void *ud)
 {
@@ -27,6 +49,7 @@ void bans_init(void)
 {
     if (g_init) return;
     hmap_init(&g_bans);
+    hmap_init(&g_changed);
     if (!g_metric)
         metrics_gauge_fn("chat_bans_active", "Bans in force on this node (server API), every room and per room",
                          NULL, active_now, NULL);
@@ -47,6 +70,8 @@ void bans_free(void)
     if (!g_init) return;
     hmap_each(&g_bans, free_one, NULL);
     hmap_free(&g_bans);
+    hmap_free(&g_changed);
+    g_loads = 0;
     g_init = 0;
 }
 
@@ -77,6 +102,7 @@ int bans_put(const char *user, const char *room, uint64_t until_ms, const char *
     if (!user || !*user || strlen(user) > BAN_USER_MAX) return -1;
     if (!room) room = "";
     if (*room && !room_name_valid(room, strlen(room))) return -1;
+    note_change(user, room);
     ubans *u = hmap_get(&g_bans, user);
     if (!u) {
         u = calloc(1, sizeof *u);
@@ -111,6 +137,7 @@ int bans_put(const char *user, const char *room, uint64_t until_ms, const char *
 int bans_lift(const char *user, const char *room)
 {
     if (!g_init || !user) return 0;
+    note_change(user, room);
     ubans *u = hmap_get(&g_bans, user);
     if (!u) return 0;
     int n = 0;
@@ -160,4 +187,64 @@ size_t bans_prune(uint64_t now_ms)
     prune_ctx p = {now_ms, 0};
     hmap_each(&g_bans, prune_one, &p);
     return p.active;
+}
+
+/* ---- loads from a shared store ---- */
+
+void bans_load_begin(void)
+{
+    if (!g_init) bans_init();
+    g_loads++;
+}
+
+static void load_end(void)
+{
+    if (g_loads > 0 && --g_loads == 0) {
+        hmap_free(&g_changed);
+        hmap_init(&g_changed);
+    }
+}
+
+void bans_load_abort(void) { load_end(); }
+
+typedef struct drop_ctx { hmap *snap; } drop_ctx;
+
+/* drops this node's bans the snapshot does not have (unless touched since) */
+static int drop_missing(void *ud, const char *user, void *val)
+{
+    drop_ctx *d = ud;
+    ubans *u = val;
+    char k[BAN_USER_MAX + CHAT_ROOM_MAX + 8];
+    for (size_t i = 0; i < u->n;) {
+        snprintf(k, sizeof k, "%s\n%s", user, u->v[i].room);
+        if (!hmap_get(d->snap, k) && !changed(user, u->v[i].room)) drop_at(u, i);
+        else i++;
+    }
+    if (u->n) return 0;
+    free(u->v);
+    free(u);
+    return 1;
+}
+
+void bans_load_apply(const ban_entry *e, size_t n)
+{
+    if (!g_init) bans_init();
+    hmap snap;
+    hmap_init(&snap);
+    char k[BAN_USER_MAX + CHAT_ROOM_MAX + 8];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(k, sizeof k, "%s\n%s", e[i].user, e[i].room);
+        hmap_put(&snap, k, (void *)1);
+    }
+    drop_ctx d = {&snap};
+    hmap_each(&g_bans, drop_missing, &d);
+    int loads = g_loads;
+    for (size_t i = 0; i < n; i++) {
+        if (changed(e[i].user, e[i].room)) continue;
+        g_loads = 0; /* not a change of its own */
+        bans_put(e[i].user, e[i].room, e[i].until_ms, e[i].reason);
+        g_loads = loads;
+    }
+    hmap_free(&snap);
+    load_end();
 }

@@ -37,4 +37,19 @@ const ban *bans_match(const char *user, const char *room, uint64_t now_ms);
 /* Drops expired bans; returns how many are active. */
 size_t bans_prune(uint64_t now_ms);
 
+/* Every ban as a shared store has it (adminstore.h), to replace this
+ * node's copy after its control channel was down. A load races with the
+ * changes that keep arriving on the channel meanwhile: between
+ * bans_load_begin and bans_load_apply/abort, bans_put/bans_lift note what
+ * they touch, and the snapshot neither re-adds a ban lifted since nor
+ * removes one put since; everything else becomes the snapshot. */
+typedef struct ban_entry {
+    const char *user, *room;        /* room "" = every room */
+    uint64_t until_ms;
+    const char *reason;
+} ban_entry;
+void bans_load_begin(void);
+void bans_load_apply(const ban_entry *e, size_t n);
+void bans_load_abort(void);
+
 #endif

@@ -90,8 +90,9 @@ typedef struct bus_handlers {
     /* (may be NULL) A message of the control channel, sent by any node
      * (this one included) with bus_control: every node that is subscribed
      * when it is published receives it once. Not ordered with room
-     * messages; lost by a node whose Redis link is down meanwhile (the
-     * receiver resynchronises what matters when it is ready again). */
+     * messages; lost by a node whose Redis link is down meanwhile: after
+     * every (re)subscription on_control is called with data NULL (len 0),
+     * so the receiver resynchronises what matters (bans). */
     void (*on_control)(void *ud, const char *data, size_t len);
 } bus_handlers;
 

@@ -1,6 +1,7 @@
 /* chat_admin: see chat_admin.h. */
 #define _GNU_SOURCE
 #include "chat_admin.h"
+#include "adminstore.h"
 #include "bans.h"
 #include "chat_join.h"
 #include "ctl.h"
@@ -13,6 +14,7 @@
 #include <string.h>
 
 static metric_counter *m_closed_disconnect, *m_closed_ban, *m_removed_ban;
+static adminstore *g_store;
 
 /* A close reason of whole UTF-8 characters that fits a conn's buffer. */
 static void close_reason(char *out, size_t cap, const char *reason, const char *dflt)
@@ -118,6 +120,58 @@ static long op_count(void *ud, json_t *msg)
     return r ? (long)r->nmembers : 0;
 }
 
+/* Bans this node learnt late (a load after its channel was down): applied
+ * to its connections as a fresh ban would be. */
+static void enforce_all(void)
+{
+    uint64_t now = now_ms();
+    for (conn *c = conn_first(); c; c = conn_next(c)) {
+        if (conn_is_closing(c)) continue;
+        const ban *b = bans_match(c->ident.user, NULL, now);
+        if (b) {
+            char reason[sizeof c->close_reason];
+            close_reason(reason, sizeof reason, b->reason, "banned");
+            conn_close(c, CHAT_ADMIN_CLOSE, reason);
+            metric_inc(m_closed_ban);
+            continue;
+        }
+        for (uint32_t i = 0; i < c->nrooms;) {
+            char room[CHAT_ROOM_MAX + 1];
+            snprintf(room, sizeof room, "%s", c->rooms[i]->r->name);
+            b = bans_match(c->ident.user, room, now);
+            if (!b) { i++; continue; }
+            char why[BAN_REASON_MAX + 1];
+            snprintf(why, sizeof why, "%s", b->reason);
+            chat_leave(c, i);
+            send_banned(c, room, why);
+            metric_inc(m_removed_ban);
+        }
+    }
+}
+
+static void on_bans(void *ud, int status, const ban_entry *e, size_t n)
+{
+    (void)ud;
+    if (status < 0) {
+        bans_load_abort();
+        LOGW("admin", "bans could not be read from Redis; this node keeps its copy");
+        return;
+    }
+    bans_load_apply(e, n);
+    LOGI("admin", "bans read from Redis: %zu in force", n);
+    enforce_all();
+}
+
+void chat_admin_resync(void *ud)
+{
+    (void)ud;
+    if (!g_store) return;
+    bans_load_begin();
+    if (adminstore_bans_load(g_store, on_bans, NULL) != 0) bans_load_abort();
+}
+
+void chat_admin_set_store(adminstore *a) { g_store = a; }
+
 void chat_admin_init(void)
 {
     bans_init();
@@ -130,6 +184,7 @@ void chat_admin_init(void)
     ctl_on("ban", op_ban, NULL);
     ctl_on("unban", op_unban, NULL);
     ctl_on("count", op_count, NULL);
+    ctl_on_resync(chat_admin_resync, NULL);
 }
 
 int chat_admin_join_banned(conn *c, const char *room)

@@ -13,6 +13,13 @@
 
 /* Registers the control-channel handlers (after ctl_init). */
 void chat_admin_init(void);
+struct adminstore;
+/* With Redis: where bans are stored; they are read again (replacing this
+ * node's copy, then enforced on its connections) whenever the control
+ * channel was subscribed again or the store's link came up. */
+void chat_admin_set_store(struct adminstore *a);
+/* Reads the bans again now (the store's link came up). */
+void chat_admin_resync(void *ud);
 /* 1 when c's user is banned from room: the client got the `banned` error
  * (join) — the caller stops there. */
 int chat_admin_join_banned(conn *c, const char *room);

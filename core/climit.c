@@ -1,8 +1,10 @@
-/* climit: see climit.h. In-process buckets today (core/ratelimit.c, the one
- * token bucket of the core); the Redis buckets join with the Redis
- * connection layer (docs/api.md "Limits"). */
+/* climit: see climit.h. In-process: core/ratelimit.c (the one token bucket
+ * of the core). With Redis: the bucket script of adminstore.c, one round
+ * trip per take; while Redis is unreachable the in-process bucket answers
+ * (a node alone gets the rate, not a free pass). */
 #define _GNU_SOURCE
 #include "climit.h"
+#include "adminstore.h"
 #include "ratelimit.h"
 #include "util.h"
 #include <math.h>
@@ -12,7 +14,13 @@
 
 struct climit {
     ratelimit *rl;
+    adminstore *store;
 };
+
+void climit_set_store(climit *l, adminstore *a)
+{
+    if (l) l->store = a;
+}
 
 climit *climit_new(size_t max_keys)
 {
@@ -33,10 +41,12 @@ void climit_free(climit *l)
 int climit_take(climit *l, const char *scope, const char *key, double rate, double burst,
                 uint64_t *retry_ms, climit_cb cb, void *ud)
 {
-    (void)cb;
-    (void)ud;
     if (!l || !scope || !key || !(rate > 0)) return CLIMIT_ERROR;
     if (burst < 1) burst = 1;
+    /* adminstore_take_cb has climit_cb's meaning: 1 allow, 0 deny, -1 error */
+    if (l->store && cb && adminstore_ready(l->store) &&
+        adminstore_take(l->store, scope, key, rate, burst, cb, ud) == 0)
+        return CLIMIT_PENDING;
     char k[RL_KEY_MAX + 1];
     int n = snprintf(k, sizeof k, "%s:%s", scope, key);
     if (n <= 0 || (size_t)n >= sizeof k) return CLIMIT_ERROR;

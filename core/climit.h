@@ -28,6 +28,10 @@ typedef void (*climit_cb)(void *ud, int allowed, uint64_t retry_ms);
 /* max_keys bounds the in-process table (least recently used dropped). */
 climit *climit_new(size_t max_keys);
 void climit_free(climit *l);
+struct adminstore;
+/* With Redis: the buckets live there (adminstore.h), the in-process ones
+ * serve only while it is unreachable. NULL: in-process only. */
+void climit_set_store(climit *l, struct adminstore *a);
 
 /* Takes one token from bucket key (scope "msg", "api", ...: keys of
  * different scopes never meet) refilled at rate tokens/s up to burst.

@@ -35,8 +35,16 @@ static struct {
     int timer_on, inited;
     struct { char op[32]; ctl_handler fn; void *ud; } h[CTL_HANDLERS_MAX];
     int nh;
+    void (*resync)(void *ud);
+    void *resync_ud;
     metric_counter *m_in, *m_out, *m_bad, *m_late;
 } C;
+
+void ctl_on_resync(void (*fn)(void *ud), void *ud)
+{
+    C.resync = fn;
+    C.resync_ud = ud;
+}
 
 void ctl_init(uv_loop_t *loop, bus *b, const char *node_id)
 {
@@ -209,6 +217,10 @@ static void on_reply(json_t *msg)
 void ctl_bus_message(void *ud, const char *data, size_t len)
 {
     (void)ud;
+    if (!data) {
+        if (C.resync) C.resync(C.resync_ud);
+        return;
+    }
     metric_inc(C.m_in);
     json_error_t je;
     json_t *msg = json_loadb(data, len, 0, &je);

@@ -26,8 +26,12 @@ void ctl_init(uv_loop_t *loop, bus *b, const char *node_id);
 void ctl_shutdown(void);
 /* Registers the handler of op (one per op; a later call replaces it). */
 void ctl_on(const char *op, ctl_handler fn, void *ud);
-/* The bus's on_control handler. */
+/* The bus's on_control handler (data NULL: the channel was subscribed
+ * again; the resync handlers run). */
 void ctl_bus_message(void *ud, const char *data, size_t len);
+/* Called when the channel was (re)subscribed: what was sent meanwhile
+ * was missed (one handler; a later call replaces it). */
+void ctl_on_resync(void (*fn)(void *ud), void *ud);
 
 typedef struct ctl_wait ctl_wait;
 /* status 0: total = the sum of the answers, answers = how many nodes

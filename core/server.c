@@ -11,6 +11,7 @@
 #include "bans.h"
 #include "chat.h"
 #include "chat_admin.h"
+#include "adminstore.h"
 #include "climit.h"
 #include "ctl.h"
 #include "chat_fanout.h"
@@ -44,6 +45,7 @@ static uv_timer_t g_tick;
 static uv_signal_t g_sighup, g_sigterm, g_sigint;
 static uint64_t g_drain_started;
 static climit *g_limits;          /* the cluster-wide rate limits (API keys, users) */
+static adminstore *g_admin;       /* with Redis: bans and cluster-wide buckets there */
 static int g_store_drained, g_stopping;
 
 /* The policy settings the core reads (script_setting: M.config, else env
@@ -153,6 +155,12 @@ static void stop_everything(void)
     readstate_shutdown();      /* before the store: its statements then answer nobody */
     retention_shutdown();
     if (g_srv.store) { store_free(g_srv.store); g_srv.store = NULL; }
+    /* before the bus: what waits on it (a publish's user rate) goes on */
+    climit_set_store(g_limits, NULL);
+    api_set_store(NULL);
+    chat_admin_set_store(NULL);
+    adminstore_free(g_admin);
+    g_admin = NULL;
     bus_free(g_srv.bus);
     g_srv.bus = NULL;
     ctl_shutdown();   /* after the bus answered what it held */
@@ -266,6 +274,13 @@ int server_run(int argc, char **argv)
     if (!g_srv.bus) { fprintf(stderr, "chatd: bus: %s\n", err); return 2; }
     ctl_init(g_srv.loop, g_srv.bus, g_srv.cfg.node_id);
     chat_admin_init();
+    if (g_srv.cfg.redis_url) {
+        g_admin = adminstore_new(g_srv.loop, g_srv.cfg.redis_url, chat_admin_resync, NULL, err, sizeof err);
+        if (!g_admin) { fprintf(stderr, "chatd: redis (server API state): %s\n", err); return 2; }
+        climit_set_store(g_limits, g_admin);
+        api_set_store(g_admin);
+        chat_admin_set_store(g_admin);
+    }
     if (!g_srv.cfg.redis_url) LOGI("server", "single-node mode (no CHAT_REDIS_URL): in-process fan-out");
 
     if (g_srv.cfg.database_url) {

@@ -24,7 +24,7 @@ import harness
 # cluster-wide action across two nodes are skipped (in-process mode and
 # the one-node tests cover the same code above the bus). Set to True with
 # that implementation.
-REDIS_CONTROL_CHANNEL = False
+REDIS_CONTROL_CHANNEL = True
 
 KEY = "itest-api-key-0123456789"
 KEY2 = "itest-api-key-second-abcdef"
@@ -651,3 +651,33 @@ async def room_info_across_nodes():
         eq((st, js), (200, {"room": room, "seq": 4, "users": 3, "connections": 4}), f"room info on {n.name}")
     st, _, js = await acall(a.port, "GET", f"/api/rooms/{uniq('empty')}")
     eq((js["seq"], js["users"], js["connections"]), (0, 0, 0), "an unused room")
+
+
+@test(timeout=40, needs=("redis",))
+async def limits_hold_across_nodes():
+    # one bucket per user and per key in Redis: a user on two nodes gets the
+    # rate once; a key's requests count on every node
+    a, b = two_nodes(env={"CHAT_USER_MSG_RATE": 1, "CHAT_USER_MSG_BURST": 3,
+                          "CHAT_API_RATE": 1, "CHAT_API_BURST": 3})
+    room = uniq("cl")
+    ca = await Client.connect(a, room, token("carl"))
+    cb = await Client.connect(b, room, token("carl"))
+    for i in range(6):
+        await (ca if i % 2 == 0 else cb).send_msg(f"m{i}", id=f"m{i}")
+    ans = lambda f: f["type"] in ("ack", "error") and str(f.get("id", "")).startswith("m")
+    got = await ca.wait_count(ans, 3, 5) + await cb.wait_count(ans, 3, 5)
+    eq(sorted(f["type"] for f in got), ["ack"] * 3 + ["error"] * 3,
+       f"3 acks for the user's connections on two nodes together ({got})")
+    eq({f.get("code") for f in got if f["type"] == "error"}, {"rate_limited"}, "the others")
+    sts = []
+    for n in (a, a, b, b):
+        st, hd, _ = await acall(n.port, "GET", f"/api/rooms/{room}")
+        sts.append((st, hd.get("retry-after")))
+    eq([s[0] for s in sts], [200, 200, 200, 429], "a key's burst counted on both nodes")
+    check(sts[3][1] and int(sts[3][1]) >= 1, "Retry-After")
+    st, _, _ = await acall(b.port, "GET", f"/api/rooms/{room}", key=KEY2)
+    eq(st, 200, "another key has its own bucket")
+    ma, mb = await metrics(a.port), await metrics(b.port)
+    eq((metric_value(ma, "chat_rate_limited_total", 'limit="user_messages"') or 0) +
+       (metric_value(mb, "chat_rate_limited_total", 'limit="user_messages"') or 0), 3.0, "user metric")
+    eq(metric_value(mb, "chat_rate_limited_total", 'limit="api_key"'), 1.0, "key metric")

@@ -270,6 +270,44 @@ static void test_bans(void)
     bans_free();
 }
 
+/* a load from the shared store replaces this node's copy, except what
+ * changed on the control channel while the load was in flight */
+static void test_bans_load(void)
+{
+    bans_init();
+    uint64_t now = 1000000, later = now + 60000;
+    CHECK(bans_put("gone", NULL, later, "lifted elsewhere") == 0);   /* not in the store: dropped */
+    CHECK(bans_put("kept", "r1", later, "old reason") == 0);         /* in the store: its version */
+    bans_load_begin();
+    /* while the load is in flight: a new ban, a lift */
+    CHECK(bans_put("fresh", NULL, later, "new") == 0);
+    CHECK(bans_put("lifted", "r2", later, "x") == 0);
+    CHECK(bans_lift("lifted", NULL) == 1);
+    ban_entry snap[] = {
+        {"kept", "r1", later, "store reason"},
+        {"lifted", "r2", later, "stale"},        /* lifted since: not re-added */
+        {"remote", "", later, "from another node"},
+        {"remote", "r3", later, "room too"},
+    };
+    bans_load_apply(snap, 4);
+    CHECK(bans_match("gone", "any", now) == NULL);
+    const ban *b = bans_match("kept", "r1", now);
+    CHECK(b && !strcmp(b->reason, "store reason"));
+    CHECK(bans_match("fresh", "x", now) != NULL);   /* put since: not removed */
+    CHECK(bans_match("lifted", "r2", now) == NULL);
+    b = bans_match("remote", "zz", now);
+    CHECK(b && b->room[0] == 0);
+    CHECK(bans_prune(now) == 4);
+    /* after the load, changes are not remembered any more */
+    bans_load_begin();
+    bans_load_abort();
+    CHECK(bans_lift("fresh", NULL) == 1);
+    bans_load_begin();
+    bans_load_apply(NULL, 0);                       /* the store is empty */
+    CHECK(bans_prune(now) == 0);
+    bans_free();
+}
+
 static void test_climit(void)
 {
     climit *l = climit_new(100);
@@ -387,6 +425,7 @@ int main(void)
     test_ban_body();
     test_raw_member();
     test_bans();
+    test_bans_load();
     test_climit();
     test_ctl();
     metrics_free_all();
