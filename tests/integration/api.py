@@ -19,13 +19,6 @@ from harness import (Client, Redis, TestFailure, ahttp_json, aupgrade_status, ch
                      token, uniq, policy_dir, metric_value, ws_path, test, REPO)
 import harness
 
-# The control channel over Redis (bus_control in the Redis backend) comes
-# with the Redis connection layer; until it is in, the tests that need a
-# cluster-wide action across two nodes are skipped (in-process mode and
-# the one-node tests cover the same code above the bus). Set to True with
-# that implementation.
-REDIS_CONTROL_CHANNEL = True
-
 KEY = "itest-api-key-0123456789"
 KEY2 = "itest-api-key-second-abcdef"
 API_ENV = {"CHAT_API_KEYS": f"{KEY},{KEY2}"}
@@ -551,11 +544,6 @@ async def sample_bot_posts_through_the_api():
 
 # ---------------------------------------------------------------- two nodes
 
-def need_redis_control_channel():
-    if not REDIS_CONTROL_CHANNEL:
-        raise harness.TestSkip("the control channel over Redis lands with the Redis connection layer")
-
-
 def two_nodes(db=False, env=None):
     e = dict(env or {})
     a = api_node(redis=True, db=db, env=e, name="A-" + uniq(""))
@@ -587,7 +575,6 @@ async def idempotent_publish_across_nodes():
 
 @test(timeout=40, needs=("redis",))
 async def disconnect_reaches_the_other_node():
-    need_redis_control_channel()
     a, b = two_nodes()
     room = uniq("dc")
     on_a = await Client.connect(a, room, token("zed"))
@@ -605,7 +592,6 @@ async def disconnect_reaches_the_other_node():
 
 @test(timeout=50, needs=("redis",))
 async def ban_survives_reconnect_to_another_node_and_expires():
-    need_redis_control_channel()
     a, b = two_nodes()
     room = uniq("bn")
     victim = await Client.connect(b, room, token("mal"))
@@ -638,7 +624,6 @@ async def ban_survives_reconnect_to_another_node_and_expires():
 
 @test(timeout=40, needs=("redis",))
 async def room_info_across_nodes():
-    need_redis_control_channel()
     a, b = two_nodes()
     room = uniq("ri")
     clients = [await Client.connect(a, room, token("u1")), await Client.connect(a, room, token("u2")),
