@@ -666,3 +666,39 @@ async def limits_hold_across_nodes():
     eq((metric_value(ma, "chat_rate_limited_total", 'limit="user_messages"') or 0) +
        (metric_value(mb, "chat_rate_limited_total", 'limit="user_messages"') or 0), 3.0, "user metric")
     eq(metric_value(mb, "chat_rate_limited_total", 'limit="api_key"'), 1.0, "key metric")
+
+
+@test(timeout=90, needs=("redis", "pg"))
+async def cluster_wide_actions_on_a_redis_cluster():
+    # 3 nodes on a 3-master Redis Cluster (the cluster group's rig): the
+    # control channel is a sharded channel, bans a hash and buckets keys on
+    # their own slots; every action still reaches every node
+    import cluster as crig   # the rig of the `cluster` group (started once per run)
+    r = crig.setup()
+    env = dict(API_ENV, CHAT_API_RATE=1, CHAT_API_BURST=4)
+    a, b, c = crig.three_nodes(r, env=env)
+    room = uniq("rc")
+    users = [await Client.connect(n, room, token("vic")) for n in (a, b, c)]
+    other = await Client.connect(c, room, token("ann"))
+    st, _, js = await acall(b.port, "GET", f"/api/rooms/{room}")
+    eq((st, js["users"], js["connections"]), (200, 2, 4), "room info across 3 nodes")
+    js = await publish(a.port, room, msg("c1", "on a cluster", meta={"k": 1}))
+    got = await other.wait_for(is_msg(room), 5)
+    eq((got["seq"], got["meta"]), (js["seq"], {"k": 1}), "the API message on another node")
+    st, _, js = await acall(c.port, "POST", "/api/users/vic/disconnect", {"reason": "cluster"})
+    eq((st, js.get("closed")), (200, 3), "disconnect on all 3 nodes, counted")
+    for u in users:
+        await u.wait_closed(2)
+        eq(u.close_code, 4003, f"{u.label} closed")
+    st, _, js = await acall(a.port, "PUT", "/api/users/vic/ban", {"seconds": 30, "room": room})
+    eq(st, 200, f"ban ({js})")
+    for n in (a, b, c):
+        st, _ = await aupgrade_status(n.port, ws_path(room, token("vic")))
+        eq(st, 403, f"banned on {n.name}")
+    d = crig.start_nodes([[r.masters()[1]]], env=env, names="D")[0]
+    st, _ = await aupgrade_status(d.port, ws_path(room, token("vic")))
+    eq(st, 403, "a node started later reads the ban")
+    # KEY2's bucket (untouched so far): a burst of 4 spent on 4 nodes, then 429 on any
+    sts = [(await acall(n.port, "GET", f"/api/rooms/{room}", key=KEY2))[0] for n in (a, b, c, d, a)]
+    eq(sts, [200, 200, 200, 200, 429], "the key's bucket is one for the whole cluster")
+    check(not other.closed, "another user untouched")
