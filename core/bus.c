@@ -210,6 +210,12 @@ void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq
     b->be->forget_id(b, room, client_id, seq);
 }
 
+int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud)
+{
+    if (!bus_ready(b) || !b->be->control || (!data && len)) return -1;
+    return b->be->control(b, data ? data : "", len, cb, ud);
+}
+
 void bus_mark_stored(bus *b, const char *room, uint64_t seq)
 {
     if (!b || b->freeing || !b->be->mark || !room || !room_name_valid(room, strlen(room))) return;

@@ -35,6 +35,10 @@
  *   chat:backfill:lock   string  one sweeper per round (SET NX PX); on a
  *                                Cluster one per master and round:
  *                                chat:{<tag of its first slot>}:backfill:lock
+ *   chat:ctl             channel the control channel (bus_control): server
+ *                                API actions and their answers between
+ *                                nodes (PUBLISH/SUBSCRIBE; on a Cluster the
+ *                                sharded SPUBLISH/SSUBSCRIBE at its slot)
  *
  * "tail" is the part of a server message frame after its seq, i.e. the
  * message frame is '{"type":"message","room":"<room>","seq":<seq>,' + tail,
@@ -85,6 +89,13 @@ typedef struct bus_handlers {
      * seq. NULL: Redis (or the process) is the only source of heads, and a
      * head that was lost shows as a new epoch. */
     void (*on_seed)(void *ud, const char *room, bus_seed *req);
+    /* (may be NULL) A message of the control channel, sent by any node
+     * (this one included) with bus_control: every node that is subscribed
+     * when it is published receives it once. Not ordered with room
+     * messages; lost by a node whose Redis link is down meanwhile: after
+     * every (re)subscription on_control is called with data NULL (len 0),
+     * so the receiver resynchronises what matters (bans). */
+    void (*on_control)(void *ud, const char *data, size_t len);
 } bus_handlers;
 
 typedef struct bus_opts {
@@ -199,6 +210,15 @@ void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq
 /* Ephemeral broadcast to every node's subscribers of room (never stored,
  * never seq'd). Dropped silently while Redis is down. */
 int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_t len);
+
+/* Publishes data on the control channel (docs/api.md "Control channel").
+ * cb(ud, receivers) later (may be NULL): the number of nodes it reached
+ * (Redis: PUBLISH's subscriber count, on a Cluster those of one shard, so
+ * a lower bound; in-process: 1), or -1 when it was not sent. Returns 0
+ * when queued, -1 when the bus is not ready or the backend has no control
+ * channel (cb not called). */
+typedef void (*bus_control_cb)(void *ud, long receivers);
+int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
 
 /* The message (room, seq) is committed to durable history: forget it as
  * unstored (batched per loop tick). No-op in in-process mode or without

@@ -131,6 +131,8 @@ typedef struct bus_backend {
     /* Fetch [from, to] of room from the recent buffer for the subscription
      * sub_id; answer with bus_order_fetched(). -1 when it cannot start. */
     int (*fetch)(bus *b, bus_room *room, uint64_t from, uint64_t to);
+    /* bus_control (NULL: this backend has no control channel) */
+    int (*control)(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
     /* bus_forget_id (may be a no-op when down) */
     void (*forget_id)(bus *b, const char *room, const char *id, uint64_t seq);
     /* A room synced or a fill finished (Redis: readiness after recovery). */

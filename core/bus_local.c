@@ -4,7 +4,8 @@
  * room, oldest dropped first); the queue of deferred operations and the uv
  * idle handle that runs it, so no callback ever runs inside a bus_* call.
  * Messages reach subscribers through the same ordered-delivery path as in
- * Redis mode (bus_order_incoming). Room stores live as long as the bus.
+ * Redis mode (bus_order_incoming). Control messages go through the same
+ * queue to this node's on_control (the only node). Room stores live as long as the bus.
  * Heads: with a seed provider (a database) a room's counter starts at the
  * durable head, asked the first time the room is used; its publishes and
  * replays wait (parked on the room, in order) until the answer. Without
@@ -44,7 +45,7 @@ typedef struct lroom {
     bus_upd_states *upd;     /* message updates' target states (bus_update.c) */
 } lroom;
 
-enum { OP_PUBLISH = 1, OP_REPLAY, OP_EMIT, OP_FETCH };
+enum { OP_PUBLISH = 1, OP_REPLAY, OP_EMIT, OP_FETCH, OP_CONTROL };
 
 typedef struct lop {
     int kind;
@@ -53,6 +54,8 @@ typedef struct lop {
     char room[CHAT_ROOM_MAX + 1];
     char kind_s[16];
     uint64_t sub_id, from, to;
+    bus_control_cb ccb;      /* OP_CONTROL */
+    void *cud;
     size_t len;
     char data[];
 } lop;
@@ -347,6 +350,11 @@ static void run_op(busl *L, lop *op)
     case OP_PUBLISH: do_publish(L, op->r); bus_req_unhold(op->r); break;
     case OP_REPLAY: do_replay(L, op->r); bus_req_unhold(op->r); break;
     case OP_FETCH: do_fetch(L, op); break;
+    case OP_CONTROL:
+        /* the one node: it receives its own message, then learns it did */
+        if (b->h.on_control) b->h.on_control(b->ud, op->data, op->len);
+        if (op->ccb && !b->freeing) op->ccb(op->cud, 1);
+        break;
     case OP_EMIT: {
         bus_room *room = bus_room_get(b, op->room);
         if (room && room->refs > 0 && b->h.on_emit)
@@ -387,6 +395,17 @@ static int be_emit(bus *b, const char *room, const char *kind, const char *data,
     lop *op = op_new(OP_EMIT, room, data, len);
     if (!op) return -1;
     snprintf(op->kind_s, sizeof op->kind_s, "%s", kind);
+    if (enqueue(L, op) != 0) { free(op); return -1; }
+    return 0;
+}
+
+static int be_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud)
+{
+    busl *L = b->impl;
+    lop *op = op_new(OP_CONTROL, "", data, len);
+    if (!op) return -1;
+    op->ccb = cb;
+    op->cud = ud;
     if (enqueue(L, op) != 0) { free(op); return -1; }
     return 0;
 }
@@ -464,6 +483,7 @@ static void be_free(bus *b)
         lop *op = L->head;
         L->head = op->next;
         if (op->r) bus_req_unhold(op->r); /* answers -1 */
+        if (op->ccb) op->ccb(op->cud, -1);
         free(op);
     }
     L->tail = NULL;
@@ -481,6 +501,7 @@ const bus_backend bus_local_backend = {
     .emit = be_emit,
     .reconcile = be_reconcile,
     .fetch = be_fetch,
+    .control = be_control,
     .forget_id = be_forget_id,
     .progress = NULL,
     .free = be_free,

@@ -449,6 +449,7 @@ const bus_backend bus_redis_backend = {
     .publish = be_publish,
     .replay = be_replay,
     .emit = be_emit,
+    .control = bus_rctl_publish,
     .reconcile = bus_rsub_reconcile,
     .fetch = be_fetch,
     .forget_id = be_forget_id,

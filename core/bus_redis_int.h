@@ -3,7 +3,8 @@
  * elsewhere). Owns nothing; declares the backend state, the per-room
  * request object, and the functions one file offers the others:
  *   bus_redis.c (requests, lifetime) -> bus_redis_sub.c (subscriptions,
- *   sync, readiness) -> bus_redis_head.c (the head script). */
+ *   sync, readiness) -> bus_redis_head.c (the head script);
+ *   bus_redis_ctl.c (the control channel) beside bus_redis_sub.c. */
 #ifndef CHATD_BUS_REDIS_INT_H
 #define CHATD_BUS_REDIS_INT_H
 #include "bus_int.h"
@@ -16,8 +17,12 @@ typedef struct busr {
     int cluster;
     int recovering;          /* one Redis: up, waiting for rooms to catch up */
     int ever_up;
-    int retries;             /* rooms with a retry due */
+    int retries;             /* rooms (and the control channel) with a retry due */
     uv_timer_t retry_t;      /* room retries (bus_redis_sub.c) */
+    /* the control channel's subscription (bus_redis_ctl.c) */
+    int ctl_state;           /* BUS_SUB_* */
+    uint64_t ctl_node, ctl_retry_at;
+    uint32_t ctl_retry_ms;
 } busr;
 
 /* one request about a room (head read, subscribe, fetch) */
@@ -59,5 +64,13 @@ void bus_rsub_update_ready(busr *R);
 /* sync the room again after a growing delay (and start the retry timer) */
 void bus_rsub_retry_later(busr *R, bus_room *room);
 void bus_rsub_arm(busr *R);
+
+/* bus_redis_ctl.c: the control channel */
+void bus_rctl_reconcile(busr *R);                 /* subscribe when needed */
+void bus_rctl_node(busr *R, uint64_t node, int up);
+void bus_rctl_retry(busr *R, uint64_t now_ms);    /* from the retry tick */
+/* 1 when p is about the control channel (handled) */
+int bus_rctl_push(busr *R, uint64_t node, const redis_push *p);
+int bus_rctl_publish(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
 
 #endif

@@ -112,6 +112,8 @@ static void retry_cb(uv_timer_t *t)
         uv_timer_stop(t);
         return;
     }
+    bus_rctl_retry(R, mono_ms());
+    if (b->freeing || R->retries <= 0) return;
     walk w = {R, mono_ms(), NULL, 0, b->rooms.count};
     w.due = w.cap ? malloc(w.cap * sizeof *w.due) : NULL;
     if (!w.due) return;
@@ -344,7 +346,8 @@ static void on_push(void *ud, uint64_t node, const redis_push *p)
     busr *R = ud;
     bus *b = R->b;
     char name[CHAT_ROOM_MAX + 1], kind[32];
-    if (b->freeing || parse_channel(p->channel, p->channel_len, name, kind, sizeof kind) != 0)
+    if (b->freeing || bus_rctl_push(R, node, p) ||
+        parse_channel(p->channel, p->channel_len, name, kind, sizeof kind) != 0)
         return;
     bus_room *room = bus_room_get(b, name);
     if (p->kind == REDIS_PUSH_MESSAGE || p->kind == REDIS_PUSH_SMESSAGE) {
@@ -426,6 +429,7 @@ static void on_node(void *ud, uint64_t node, int up)
         for (size_t i = 0; i < n; i++) bus_room_maybe_free(b, rooms[i]);
         free(rooms);
     }
+    bus_rctl_node(R, node, up);
     bus_rsub_update_ready(R);
 }
 
@@ -434,6 +438,7 @@ static void on_map(void *ud)
     busr *R = ud;
     if (R->b->freeing) return;
     reconcile_all(R);
+    bus_rctl_reconcile(R);
     bus_rsub_update_ready(R);
 }
 

@@ -1,6 +1,7 @@
 /* chat: see chat.h. */
 #define _GNU_SOURCE
 #include "chat.h"
+#include "chat_admin.h"
 #include "chat_hold.h"
 #include "chat_join.h"
 #include "chat_update.h"
@@ -77,6 +78,7 @@ static void url_arg(struct lws *wsi, const char *name, char *out, size_t n)
 
 void chat_conn_open(conn *c)
 {
+    if (chat_admin_open_banned(c)) return;
     /* epoch= of the URL (with since=): read here, while lws still has the
      * request's headers (the ESTABLISHED callback) */
     char epoch[BUS_EPOCH_MAX + 1] = "";
@@ -121,6 +123,10 @@ static void on_publish_done(void *ud, const publish_result *r)
         return;
     case PUBLISH_CONFLICT:
         conn_send_error(c, "unavailable", "seq conflict in history; resend with the same id", r->id);
+        return;
+    case PUBLISH_RATE_LIMITED:
+        metric_inc(m_rejected);
+        conn_send_error(c, "rate_limited", "too many messages, slow down", r->id);
         return;
     default:
         conn_send_error(c, "unavailable", "history store unavailable; resend with the same id", r->id);
@@ -174,9 +180,15 @@ static void handle_message(conn *c, client_frame *f)
         script_result_clear(&res);
         return;
     }
-    publish_msg pm = {room, id, c->ident.user, c->ident.name, body, body_len, t0};
+    publish_msg pm = {room, id, c->ident.user, c->ident.name, body, body_len, t0,
+                      .user_rate = 1};
     int rc = publish_start(&pm, &c->pubs, on_publish_done, c);
     script_result_clear(&res);
+    if (rc == -2) {
+        metric_inc(m_rejected);
+        conn_send_error(c, "rate_limited", "too many messages, slow down", id);
+        return;
+    }
     if (rc < 0) {
         metric_inc(m_rejected);
         conn_send_error(c, "unavailable", "message bus unavailable; resend with the same id", id);
@@ -316,6 +328,7 @@ static void process_frame(conn *c, const char *data, size_t len)
             conn_send_error(c, "already_member", "already joined", NULL);
             break;
         }
+        if (chat_admin_join_banned(c, room)) break;
         script_ctx x;
         chat_script_ctx(c, room, &x);
         script_result res;

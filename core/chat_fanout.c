@@ -80,7 +80,7 @@ void chat_bus_ready(void *ud, int ready)
 void chat_presence_transition(void *ud, const char *rname, const char *event,
                               const char *user, const char *name)
 {
-    script_ctx x = {user, name, NULL, rname, g_srv.cfg.node_id, now_ms()};
+    script_ctx x = {user, name, NULL, rname, g_srv.cfg.node_id, now_ms(), NULL};
     /* claims of the subject when a local connection has them */
     room *r = room_find(rname);
     for (uint32_t i = 0; r && i < r->nmembers; i++)

@@ -52,6 +52,7 @@ void chat_script_ctx(conn *c, const char *room, script_ctx *x)
     x->room = room;
     x->node = g_srv.cfg.node_id;
     x->now_ms = now_ms();
+    x->source = "ws";
 }
 
 /* ---- membership -------------------------------------------------------- */
@@ -221,8 +222,8 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
         size_t tl;
         const store_row *w = &rows[i];
         char *t = w->kind == STORE_MESSAGE
-                      ? wire_message_tail(w->client_id, w->user, w->name, w->body, w->body_len,
-                                          w->ts, &tl)
+                      ? wire_message_tail_meta(w->client_id, w->user, w->name, w->body,
+                                               w->body_len, w->meta, w->meta_len, w->ts, &tl)
                       : wire_update_tail(w->kind, w->client_id, w->target, w->user, w->name,
                                          w->ts, w->body, w->body_len, w->emoji, w->on,
                                          w->count < 0 ? 0 : w->count, &tl);

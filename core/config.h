@@ -31,6 +31,10 @@ typedef struct config {
     int64_t read_lookup_timeout_ms; /* a join waits this long for its read_seq */
     int64_t retention_interval_ms, retention_batch, retention_batch_ms; /* history retention */
     int dev_tokens;
+    const char *api_keys;      /* server API keys (NULL: /api/ is off) */
+    int64_t api_rate, api_burst;          /* per key, across nodes (0: off) */
+    int64_t api_timeout_ms;    /* a publish waits this long for its durable commit */
+    int64_t user_msg_rate, user_msg_burst; /* per user, across nodes (0: off) */
     int64_t workers;           /* --workers: 1 = this process is the node (core/workers.h) */
     int64_t worker_port;       /* a worker's own port (the supervisor: the first one; 0 = listen port + 1) */
     /* the network edge (listener.c, limits.c, client_ip.c, ws.c) */

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "http.h"
 #include "chat.h"
+#include "httpd.h"
 #include "wire.h"
 #include "log.h"
 #include "metrics.h"
@@ -137,7 +138,7 @@ static void req_finish(http_req *r, unsigned status, char *body, size_t len)
 }
 
 /* A history message in its current state (message updates, v2): the
- * message tail's fields, then "edited_ts" when edited, "deleted":true with
+ * message tail's fields (meta after body, as in the frame), then "edited_ts" when edited, "deleted":true with
  * no body when deleted, "reactions" ({"emoji":count}) when any. */
 static size_t http_message_state(char *b, size_t cap, const store_row *m)
 {
@@ -156,6 +157,10 @@ static size_t http_message_state(char *b, size_t cap, const store_row *m)
     } else {
         memcpy(b + o, ",\"body\":", 8); o += 8;
         o += (size_t)json_escape(b + o, cap - o, m->body, m->body_len);
+        if (m->meta && m->meta_len + 8 < cap - o) {  /* server API meta, as stored */
+            memcpy(b + o, ",\"meta\":", 8); o += 8;
+            memcpy(b + o, m->meta, m->meta_len); o += m->meta_len;
+        }
         if (m->edited_ts) o += (size_t)snprintf(b + o, cap - o, ",\"edited_ts\":%" PRIu64, m->edited_ts);
         if (m->reactions) o += (size_t)snprintf(b + o, cap - o, ",\"reactions\":%s", m->reactions);
     }
@@ -177,7 +182,7 @@ static void on_history_rows(void *ud, int status, const store_row *rows, size_t 
     size_t cap = 64;
     for (size_t i = first; i < n; i++)
         cap += 6 * (rows[i].body_len + strlen(rows[i].user) + strlen(rows[i].name) +
-                    (rows[i].client_id ? strlen(rows[i].client_id) : 0)) + 300 +
+                    (rows[i].client_id ? strlen(rows[i].client_id) : 0)) + 300 + rows[i].meta_len +
                (rows[i].reactions ? strlen(rows[i].reactions) : 0);
     char *b = malloc(cap);
     if (!b) { req_finish(r, 503, NULL, 0); return; }
@@ -267,7 +272,7 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     memcpy(r->room, rest, rl);
     r->room[rl] = 0;
     r->wsi = wsi;
-    script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms()};
+    script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms(), "http"};
     script_result res;
     memset(&res, 0, sizeof res);
     script_verdict v = script_on_history(g_srv.script, &x, &res);
@@ -422,8 +427,13 @@ static int route_static(struct lws *wsi, const char *uri)
 
 int http_handle(struct lws *wsi, const char *uri, http_req **slot)
 {
-    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
-        return reply_text(wsi, 405, "method not allowed");
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
+        /* these routes are GET only; a request body is not read (closed) */
+        static const char *const allow[] = {"allow", "GET", NULL};
+        int body = httpd_content_length(wsi) != -1 || httpd_chunked(wsi);
+        return httpd_reply(wsi, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, allow,
+                           body || httpd_method(wsi) == HM_HEAD);
+    }
     if (!strcmp(uri, "/healthz")) return reply_text(wsi, 200, "ok");
     if (!strcmp(uri, "/readyz")) {
         if (g_srv.draining) return reply_text(wsi, 503, "draining");

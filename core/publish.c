@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "publish.h"
 #include "emoji.h"
+#include "climit.h"
 #include "lag.h"
 #include "log.h"
 #include "metrics.h"
@@ -24,6 +25,7 @@ struct publish_op {
     char *id;
     char *tail; size_t tail_len;
     char *body; size_t body_len;
+    char *meta; size_t meta_len;
     char user[128], name[128];
     uint64_t ts, seq, t0;
     int duplicate;
@@ -41,9 +43,12 @@ static struct {
     bus *bus;
     store *store;
     size_t pending_max;
+    climit *limits;
+    double user_rate, user_burst;
 } P;
 
 static metric_hist *m_publish, *m_ack;
+static metric_counter *m_user_limited;
 
 void publish_init(void)
 {
@@ -51,6 +56,16 @@ void publish_init(void)
                                   NULL, METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
     m_ack = metrics_histogram("chat_ack_duration_seconds", "Client frame received -> ack sent (durable)",
                               NULL, METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
+    m_user_limited = metrics_counter("chat_rate_limited_total",
+                                     "Requests refused by a cluster-wide rate limit, by limit",
+                                     "limit=\"user_messages\"");
+}
+
+void publish_set_user_rate(climit *l, double rate, double burst)
+{
+    P.limits = l;
+    P.user_rate = rate;
+    P.user_burst = burst;
 }
 
 void publish_attach(bus *b, store *s, size_t pending_max)
@@ -93,6 +108,7 @@ static void op_free(publish_op *p)
     free(p->id);
     free(p->tail);
     free(p->body);
+    free(p->meta);
     free(p);
 }
 
@@ -145,8 +161,33 @@ static void on_published(void *ud, int status, uint64_t seq, int duplicate)
         return;
     }
     store_row row = {.room = p->room, .seq = seq, .client_id = p->id, .user = p->user,
-                     .name = p->name, .body = p->body, .body_len = p->body_len, .ts = p->ts};
+                     .name = p->name, .body = p->body, .body_len = p->body_len, .ts = p->ts,
+                     .meta = p->meta, .meta_len = p->meta_len};
     if (store_write(P.store, &row, on_stored, p) < 0) finish(p, PUBLISH_BACKLOG);
+}
+
+/* The op is built: hand it to the bus. 0 or -1 (the op is freed). */
+static int go(publish_op *p)
+{
+    lag_put(p->room, p->tail, p->tail_len, p->t0);
+    if (bus_publish(P.bus, p->room, p->id, p->tail, p->tail_len, on_published, p) < 0) {
+        lag_take(p->room, p->tail, p->tail_len);
+        return -1;
+    }
+    return 0;
+}
+
+/* The user's rate, answered later (Redis): go on or refuse. */
+static void on_user_rate(void *ud, int allowed, uint64_t retry_ms)
+{
+    (void)retry_ms;
+    publish_op *p = ud;
+    if (allowed == CLIMIT_DENY) {
+        metric_inc(m_user_limited);
+        finish(p, PUBLISH_RATE_LIMITED);
+    } else if (go(p) < 0) {
+        finish(p, PUBLISH_BUS_DOWN);
+    }
 }
 
 int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, void *ud)
@@ -163,17 +204,36 @@ int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, voi
     snprintf(p->name, sizeof p->name, "%s", m->name);
     p->id = m->id ? strdup(m->id) : NULL;
     p->count = -1;
+    if (m->meta && m->meta_len) {
+        p->meta = malloc(m->meta_len + 1);
+        if (p->meta) {
+            memcpy(p->meta, m->meta, m->meta_len);
+            p->meta[m->meta_len] = 0;
+            p->meta_len = m->meta_len;
+        }
+    }
     p->body = malloc(m->body_len + 1);
     if (p->body) {
         memcpy(p->body, m->body, m->body_len);
         p->body[m->body_len] = 0;
         p->body_len = m->body_len;
-        p->tail = wire_message_tail(p->id, p->user, p->name, p->body, p->body_len, p->ts,
-                                    &p->tail_len);
+        p->tail = wire_message_tail_meta(p->id, p->user, p->name, p->body, p->body_len,
+                                         p->meta, p->meta_len, p->ts, &p->tail_len);
     }
-    if (!p->body || !p->tail || (m->id && !p->id)) {
+    if (!p->body || !p->tail || (m->id && !p->id) || (m->meta && m->meta_len && !p->meta)) {
         op_free(p);
         return -1;
+    }
+    int pending_rate = 0;
+    if (m->user_rate && P.limits && P.user_rate > 0) {
+        int r = climit_take(P.limits, "msg", p->user, P.user_rate, P.user_burst, NULL,
+                            on_user_rate, p);
+        if (r == CLIMIT_DENY) {
+            metric_inc(m_user_limited);
+            op_free(p);
+            return -2;
+        }
+        pending_rate = r == CLIMIT_PENDING; /* CLIMIT_ERROR: let it pass */
     }
     if (owner) {
         p->owner = owner;
@@ -181,9 +241,8 @@ int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, voi
         if (owner->head) owner->head->prev = p;
         owner->head = p;
     }
-    lag_put(p->room, p->tail, p->tail_len, p->t0);
-    if (bus_publish(P.bus, p->room, p->id, p->tail, p->tail_len, on_published, p) < 0) {
-        lag_take(p->room, p->tail, p->tail_len);
+    if (pending_rate) return 0; /* on_user_rate goes on */
+    if (go(p) < 0) {
         op_free(p);
         return -1;
     }
@@ -498,7 +557,6 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
     memcpy(buf + 1, tail, len);
     json_error_t je;
     json_t *o = json_loadb(buf, len + 1, JSON_ALLOW_NUL, &je);
-    free(buf);
     size_t body_len = 0;
     const char *user = o ? obj_str(o, "user", NULL) : NULL;
     const char *body = o ? obj_str(o, "body", &body_len) : NULL;
@@ -520,12 +578,20 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
              rname, seq);
         bus_mark_stored(P.bus, rname, seq); /* never offer it again */
         json_decref(o);
+        free(buf);
         return;
     }
     const char *name = obj_str(o, "name", NULL);
+    /* meta (server API) as the text the tail carries, not re-serialized */
+    size_t moff = 0, mlen = 0;
+    const char *meta = NULL;
+    if (json_is_object(json_object_get(o, "meta")) &&
+        json_raw_member(buf, len + 1, "meta", &moff, &mlen) == 1)
+        meta = buf + moff;
     store_row row = {.room = rname, .seq = seq, .client_id = obj_str(o, "id", NULL), .user = user,
                      .name = name ? name : user, .body = body, .body_len = body_len,
-                     .ts = (uint64_t)json_integer_value(ts), .kind = kind};
+                     .ts = (uint64_t)json_integer_value(ts), .kind = kind,
+                     .meta = meta, .meta_len = mlen};
     if (kind != WIRE_MESSAGE) row.target = (uint64_t)json_integer_value(target);
     if (kind == WIRE_REACT) {
         row.emoji = emoji;
@@ -540,6 +606,7 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
         if (store_write(P.store, &row, on_backfill_stored, op) < 0) free(op);
     }
     json_decref(o);
+    free(buf);
 }
 
 /* ---- seed: the durable head of a room, for the bus ------------------------ */

@@ -24,6 +24,8 @@
 #include "store.h"
 #include "wire.h"
 
+struct climit;
+
 enum {
     PUBLISH_OK = 0,           /* durably stored (without a database: published) */
     PUBLISH_BUS_DOWN = -1,    /* no seq was assigned: resend with the same id */
@@ -34,6 +36,7 @@ enum {
     PUBLISH_NOT_FOUND = -5,   /* no such message (unknown seq, an update's seq, deleted) */
     PUBLISH_REFUSED = -6,     /* the policy step said no: result code and reason */
     PUBLISH_NOOP = -7,        /* a react that changes nothing (already on / not on) */
+    PUBLISH_RATE_LIMITED = -8,/* the user's cluster-wide message rate (no seq) */
 };
 
 typedef struct publish_msg {
@@ -42,6 +45,8 @@ typedef struct publish_msg {
     const char *user, *name;
     const char *body; size_t body_len;   /* no NUL inside (the caller checks) */
     uint64_t t0_ns;           /* receipt time (mono_ns): lag, durations */
+    const char *meta; size_t meta_len;   /* server API: a JSON object's text, or NULL */
+    int user_rate;            /* count it against the user's message rate (climit.h) */
 } publish_msg;
 
 typedef struct publish_result {
@@ -70,8 +75,14 @@ void publish_attach(bus *b, store *s, size_t pending_max);
 int publish_ready(void);
 /* Starts a publish owned by owner (may be NULL: nobody to detach). Returns
  * 0 when started (cb later), -1 when refused now (bus not ready, out of
- * memory): cb is not called. */
+ * memory), -2 when m->user_rate and the user is over the cluster-wide
+ * message rate (known now): cb is not called. When the rate is known only
+ * later, cb gets PUBLISH_RATE_LIMITED. */
 int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, void *ud);
+/* The per-user message rate counted across nodes (CHAT_USER_MSG_RATE /
+ * CHAT_USER_MSG_BURST; rate 0 = off), checked before a seq is handed out
+ * for publishes with user_rate set. */
+void publish_set_user_rate(struct climit *l, double rate, double burst);
 /* The owner goes away: its operations complete without calling back. */
 void publish_owner_drop(publish_owner *o);
 

@@ -71,7 +71,7 @@ static void pass_end(int result)
 
 double retention_days(script_host *h, const char *room, const char *node)
 {
-    script_ctx x = {NULL, NULL, NULL, room, node, now_ms()};
+    script_ctx x = {NULL, NULL, NULL, room, node, now_ms(), NULL};
     double d = 0;
     int r = script_on_retention(h, &x, &d);
     if (r < 0) return -1;

@@ -770,6 +770,7 @@ static int op_hook(lua_State *L, const call_spec *cs)
         if (c->name) set_str(L, "name", c->name, strlen(c->name));
         if (c->room) set_str(L, "room", c->room, strlen(c->room));
         if (c->node) set_str(L, "node", c->node, strlen(c->node));
+        if (c->source) set_str(L, "source", c->source, strlen(c->source));
         lua_pushnumber(L, (double)c->now_ms);
         lua_setfield(L, -2, "now");
     }

@@ -29,6 +29,11 @@ typedef struct script_ctx {
     const char *room;         /* room the action is about, or NULL */
     const char *node;         /* node id */
     uint64_t now_ms;          /* wall clock ms */
+    const char *source;       /* what asks: "ws" (a WebSocket connection),
+                               * "http" (history/presence routes), "api"
+                               * (the server API); NULL (ctx.source nil):
+                               * not a request (presence transitions,
+                               * retention) */
 } script_ctx;
 
 typedef enum { SCRIPT_ACCEPT = 0, SCRIPT_REPLACE = 1, SCRIPT_REJECT = 2 } script_verdict;

@@ -7,7 +7,13 @@
  * iteration right before the loop sleeps (Redis' beforeSleep habit). */
 #define _GNU_SOURCE
 #include "server.h"
+#include "api.h"
+#include "bans.h"
 #include "chat.h"
+#include "chat_admin.h"
+#include "adminstore.h"
+#include "climit.h"
+#include "ctl.h"
 #include "chat_fanout.h"
 #include "lag.h"
 #include "publish.h"
@@ -38,6 +44,8 @@ static uv_prepare_t g_flush;
 static uv_timer_t g_tick;
 static uv_signal_t g_sighup, g_sigterm, g_sigint;
 static uint64_t g_drain_started;
+static climit *g_limits;          /* the cluster-wide rate limits (API keys, users) */
+static adminstore *g_admin;       /* with Redis: bans and cluster-wide buckets there */
 static int g_store_drained, g_stopping;
 
 /* The policy settings the core reads (script_setting: M.config, else env
@@ -147,8 +155,15 @@ static void stop_everything(void)
     readstate_shutdown();      /* before the store: its statements then answer nobody */
     retention_shutdown();
     if (g_srv.store) { store_free(g_srv.store); g_srv.store = NULL; }
+    /* before the bus: what waits on it (a publish's user rate) goes on */
+    climit_set_store(g_limits, NULL);
+    api_set_store(NULL);
+    chat_admin_set_store(NULL);
+    adminstore_free(g_admin);
+    g_admin = NULL;
     bus_free(g_srv.bus);
     g_srv.bus = NULL;
+    ctl_shutdown();   /* after the bus answered what it held */
 }
 
 static void on_tick(uv_timer_t *h)
@@ -188,9 +203,11 @@ static void on_tick(uv_timer_t *h)
         }
     }
     uint64_t now = mono_ms();
+    api_tick();
     if (now - last_expiry >= 500) {
         last_expiry = now;
         chat_expire_tokens((int64_t)(now_ms() / 1000));
+        bans_prune(now_ms());
         lag_expire(mono_ns(), 10ull * 1000000000ull); /* deliveries that never came */
     }
 }
@@ -221,6 +238,14 @@ int server_run(int argc, char **argv)
     if (!g_srv.script) { fprintf(stderr, "chatd: scripts: %s\n", err); return 2; }
     server_refresh_settings();
 
+    g_limits = climit_new(100000);
+    if (!g_limits) { fprintf(stderr, "chatd: out of memory\n"); return 2; }
+    if (api_init(g_srv.cfg.api_keys, (double)g_srv.cfg.api_rate, (double)g_srv.cfg.api_burst, g_limits,
+                 (uint64_t)g_srv.cfg.api_timeout_ms, err, sizeof err) < 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+
     g_srv.loop = uv_default_loop();
     chat_init();
     room_registry_init();
@@ -243,9 +268,19 @@ int server_run(int argc, char **argv)
     bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400,
                    g_srv.cfg.database_url != NULL, (uint32_t)g_srv.cfg.backfill_grace_ms};
     bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready,
-                       publish_bus_unstored, g_srv.cfg.database_url ? publish_bus_seed : NULL};
+                       publish_bus_unstored, g_srv.cfg.database_url ? publish_bus_seed : NULL,
+                       ctl_bus_message};
     g_srv.bus = bus_new(g_srv.loop, &bo, &bh, NULL, err, sizeof err);
     if (!g_srv.bus) { fprintf(stderr, "chatd: bus: %s\n", err); return 2; }
+    ctl_init(g_srv.loop, g_srv.bus, g_srv.cfg.node_id);
+    chat_admin_init();
+    if (g_srv.cfg.redis_url) {
+        g_admin = adminstore_new(g_srv.loop, g_srv.cfg.redis_url, chat_admin_resync, NULL, err, sizeof err);
+        if (!g_admin) { fprintf(stderr, "chatd: redis (server API state): %s\n", err); return 2; }
+        climit_set_store(g_limits, g_admin);
+        api_set_store(g_admin);
+        chat_admin_set_store(g_admin);
+    }
     if (!g_srv.cfg.redis_url) LOGI("server", "single-node mode (no CHAT_REDIS_URL): in-process fan-out");
 
     if (g_srv.cfg.database_url) {
@@ -263,6 +298,10 @@ int server_run(int argc, char **argv)
     retention_opts rto = {g_srv.cfg.retention_interval_ms, g_srv.cfg.retention_batch,
                           g_srv.cfg.retention_batch_ms};
     retention_init(g_srv.loop, g_srv.store, g_srv.script, &rto);
+    {
+        double r = (double)g_srv.cfg.user_msg_rate, b = (double)g_srv.cfg.user_msg_burst;
+        publish_set_user_rate(g_limits, r, b >= 1 ? b : 2 * r);
+    }
 
     presence_opts po = {g_srv.cfg.redis_url, g_srv.cfg.node_id, (uint32_t)g_srv.presence_ttl_ms, 0};
     presence_handlers ph = {chat_presence_transition};
@@ -342,6 +381,9 @@ int server_run(int argc, char **argv)
     /* everything is closed; release what remains */
     script_free(g_srv.script);
     auth_free(g_srv.auth);
+    api_shutdown();
+    bans_free();
+    climit_free(g_limits);
     room_registry_free();
     chat_shutdown();
     connlimit_free();

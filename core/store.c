@@ -411,7 +411,7 @@ static char *insert_sql(size_t n, Oid *types)
         sql[len] = 0;
         static const Oid COL_TYPES[STORE_INSERT_NCOLS] = {
             OID_TEXT, OID_INT8, OID_TEXT, OID_TEXT, OID_TEXT, OID_TEXT, OID_INT8,
-            OID_INT2, OID_INT8, OID_TEXT, OID_BOOL, OID_INT4};
+            OID_INT2, OID_INT8, OID_TEXT, OID_BOOL, OID_INT4, OID_TEXT};
         for (size_t c = 0; c < STORE_INSERT_NCOLS; c++) types[b + c] = COL_TYPES[c];
     }
     snprintf(sql + len, cap - len, "%s", STORE_INSERT_TAIL);
@@ -758,9 +758,11 @@ static void range_done(store *s)
         o->count = PQgetisnull(res, t, 10) ? -1 : strtoll(PQgetvalue(res, t, 10), NULL, 10);
         o->deleted = PQgetvalue(res, t, 11)[0] == 't';
         if (hist) {
-            o->edited_ts = PQgetisnull(res, t, 12) ? 0 : strtoull(PQgetvalue(res, t, 12), NULL, 10);
-            o->reactions = PQgetisnull(res, t, 13) ? NULL : PQgetvalue(res, t, 13);
+            o->edited_ts = PQgetisnull(res, t, 13) ? 0 : strtoull(PQgetvalue(res, t, 13), NULL, 10);
+            o->reactions = PQgetisnull(res, t, 14) ? NULL : PQgetvalue(res, t, 14);
         }
+        o->meta = PQgetisnull(res, t, 12) ? NULL : PQgetvalue(res, t, 12);
+        o->meta_len = o->meta ? (size_t)PQgetlength(res, t, 12) : 0;
     }
     r->cb(r->ud, 0, rows, (size_t)n);
     free(rows);
@@ -1059,11 +1061,12 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
     size_t lu = strlen(row->user), ln = strlen(row->name), lb = row->body_len;
     const char *emoji = row->kind == STORE_REACT ? row->emoji : NULL;
     size_t le = emoji ? strlen(emoji) : 0;
+    size_t lm = row->meta ? row->meta_len : 0;
     if (!utf8_valid(row->room, lr) || !utf8_valid(row->user, lu) || !utf8_valid(row->name, ln) ||
         (row->client_id && !utf8_valid(row->client_id, lc)) || !utf8_valid(row->body, lb) ||
-        (emoji && !utf8_valid(emoji, le)))
+        (emoji && !utf8_valid(emoji, le)) || (row->meta && !utf8_valid(row->meta, lm)))
         return -1; /* Postgres text refuses NUL bytes and invalid UTF-8 */
-    wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + le + 6);
+    wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + le + lm + 7);
     if (!w) return -1;
     w->next = NULL;
     w->cb = cb;
@@ -1078,6 +1081,7 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
     PUT(4, row->name, ln);
     PUT(5, row->body, lb);
     if (emoji) PUT(9, emoji, le); else w->val[9] = NULL;
+    if (row->meta) PUT(12, row->meta, lm); else w->val[12] = NULL;
 #undef PUT
     snprintf(w->seq_txt, sizeof w->seq_txt, "%" PRIu64, row->seq);
     snprintf(w->ts_txt, sizeof w->ts_txt, "%" PRIu64, row->ts);

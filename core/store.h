@@ -10,7 +10,8 @@
  * once, with status -1 when the store is freed before it could complete.
  *
  * Table messages(room text, seq bigint, client_id text, user_id text,
- * name text, body text, ts bigint /+ ms +/, PRIMARY KEY (room, seq)),
+ * name text, body text, ts bigint /+ ms +/, meta text /+ JSON, NULL +/,
+ * PRIMARY KEY (room, seq)),
  * table rooms(room text PRIMARY KEY, epoch text, created_at, head, kept_from)
  * (the durable head of a room: store_head; head is the highest seq recorded
  * before rows were deleted, kept_from the lowest seq retention keeps: reads
@@ -58,6 +59,7 @@ typedef struct store_row {
     int deleted;
     uint64_t edited_ts;
     const char *reactions;
+    const char *meta; size_t meta_len;  /* JSON object text (server API), NULL: none */
 } store_row;
 enum { STORE_MESSAGE = 0, STORE_EDIT = 1, STORE_DELETE = 2, STORE_REACT = 3 };
 

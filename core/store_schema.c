@@ -99,6 +99,11 @@ static const migration MIGRATIONS[] = {
      "CREATE INDEX IF NOT EXISTS messages_unread_v4 ON messages (room, seq)"
      " INCLUDE (user_id, kind, deleted);"
      "DROP INDEX IF EXISTS messages_unread;"},
+    /* the server API's optional per-message meta (a JSON object, stored as
+     * the text it was given). Independent of the versions before it except
+     * 1: existing rows keep meta NULL. */
+    {5, "message_meta",
+     "ALTER TABLE messages ADD COLUMN IF NOT EXISTS meta text;"},
 };
 static const int NMIGRATIONS = sizeof MIGRATIONS / sizeof MIGRATIONS[0];
 

@@ -23,10 +23,10 @@ int store_schema_version(void);
 
 /* The columns of a stored row, as read back (STORE_COLS): seq, client_id,
  * user_id, name, body, ts, kind, target, emoji, react_on, react_count,
- * deleted (docs/storage.md "Message updates"). */
+ * deleted (docs/storage.md "Message updates"), meta (server API). */
 #define STORE_COLS \
-    "seq, client_id, user_id, name, body, ts, kind, target, emoji, react_on, react_count, deleted"
-#define STORE_NCOLS_READ 12
+    "seq, client_id, user_id, name, body, ts, kind, target, emoji, react_on, react_count, deleted, meta"
+#define STORE_NCOLS_READ 13
 
 /* Range statements (replay: messages and updates alike, in seq order),
  * parameters: $1 room, $2 after (exclusive), $3 before (exclusive), $4
@@ -54,11 +54,13 @@ int store_schema_version(void);
  * edited_ts (the latest edit's ts), reactions (a JSON object emoji -> the
  * count of that emoji's latest react, emojis at 0 left out); not below
  * kept_from (retention, as STORE_SQL_KEPT). Columns:
- * STORE_COLS with the current body, then edited_ts, reactions. */
+ * STORE_COLS with the current body (meta NULL when deleted), then edited_ts,
+ * reactions. */
 #define STORE_SQL_HISTORY \
     "SELECT m.seq, m.client_id, m.user_id, m.name, " \
     "CASE WHEN d.del THEN '' ELSE coalesce(e.body, m.body) END, m.ts, m.kind, m.target, " \
-    "m.emoji, m.react_on, m.react_count, d.del, CASE WHEN d.del THEN NULL ELSE e.ts END, " \
+    "m.emoji, m.react_on, m.react_count, d.del, CASE WHEN d.del THEN NULL ELSE m.meta END, " \
+    "CASE WHEN d.del THEN NULL ELSE e.ts END, " \
     "CASE WHEN d.del THEN NULL ELSE r.reactions END FROM messages m " \
     "CROSS JOIN LATERAL (SELECT m.deleted OR EXISTS (SELECT 1 FROM messages x " \
     "  WHERE x.room = m.room AND x.target = m.seq AND x.kind = 2) AS del) d " \
@@ -112,7 +114,7 @@ int store_schema_version(void);
  * Built per batch: "... JOIN (VALUES ($1::text,$2::bigint),...) k ...". */
 #define STORE_VERIFY_HEAD \
     "SELECT m.room, m.seq, m.client_id, m.user_id, m.name, m.body, m.ts, m.kind, m.target, " \
-    "m.emoji, m.react_on, m.react_count, m.deleted FROM messages m " \
+    "m.emoji, m.react_on, m.react_count, m.meta, m.deleted FROM messages m " \
     "JOIN (VALUES "
 #define STORE_VERIFY_TAIL ") AS k(room, seq) ON m.room = k.room AND m.seq = k.seq"
 
@@ -120,9 +122,9 @@ int store_schema_version(void);
  * reads them back in the same order, then deleted). */
 #define STORE_INSERT_HEAD \
     "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts, kind, target, emoji, " \
-    "react_on, react_count) VALUES "
+    "react_on, react_count, meta) VALUES "
 #define STORE_INSERT_TAIL " ON CONFLICT (room, seq) DO NOTHING"
-#define STORE_INSERT_NCOLS 12
+#define STORE_INSERT_NCOLS 13
 #define STORE_STMT_INSERT_FULL "chatd_insert_full"
 /* Postgres' bind message carries at most 65535 parameters. */
 #define STORE_BATCH_HARD_MAX (65535 / STORE_INSERT_NCOLS)

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "util.h"
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 uint64_t now_ms(void)
@@ -54,4 +55,69 @@ long json_escape(char *dst, size_t cap, const char *s, size_t len)
     PUT('"');
 #undef PUT
     return (long)o;
+}
+
+/* ---- json_raw_member: the bytes of one top-level member's value ---------- */
+
+static size_t jr_ws(const char *s, size_t len, size_t i)
+{
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+    return i;
+}
+
+/* i at a '"': returns the index after the closing quote, or len + 1. */
+static size_t jr_string(const char *s, size_t len, size_t i)
+{
+    for (i++; i < len; i++) {
+        if (s[i] == '\\') i++;
+        else if (s[i] == '"') return i + 1;
+    }
+    return len + 1;
+}
+
+/* i at the start of a value: returns the index after it, or len + 1. */
+static size_t jr_value(const char *s, size_t len, size_t i)
+{
+    if (i >= len) return len + 1;
+    if (s[i] == '"') return jr_string(s, len, i);
+    if (s[i] == '{' || s[i] == '[') {
+        int depth = 0;
+        for (; i < len; i++) {
+            if (s[i] == '"') { i = jr_string(s, len, i) - 1; if (i >= len) return len + 1; }
+            else if (s[i] == '{' || s[i] == '[') depth++;
+            else if (s[i] == '}' || s[i] == ']') { if (--depth == 0) return i + 1; }
+        }
+        return len + 1;
+    }
+    while (i < len && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' &&
+           s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+        i++;
+    return i;
+}
+
+int json_raw_member(const char *obj, size_t len, const char *key, size_t *off, size_t *vlen)
+{
+    size_t kl = strlen(key);
+    size_t i = jr_ws(obj, len, 0);
+    if (i >= len || obj[i] != '{') return -1;
+    i = jr_ws(obj, len, i + 1);
+    if (i < len && obj[i] == '}') return 0;
+    while (i < len) {
+        if (obj[i] != '"') return -1;
+        size_t ke = jr_string(obj, len, i);
+        if (ke > len) return -1;
+        int match = ke - i - 2 == kl && memcmp(obj + i + 1, key, kl) == 0;
+        i = jr_ws(obj, len, ke);
+        if (i >= len || obj[i] != ':') return -1;
+        i = jr_ws(obj, len, i + 1);
+        size_t ve = jr_value(obj, len, i);
+        if (ve > len || ve == i) return -1;
+        if (match) { *off = i; *vlen = ve - i; return 1; }
+        i = jr_ws(obj, len, ve);
+        if (i >= len) return -1;
+        if (obj[i] == '}') return 0;
+        if (obj[i] != ',') return -1;
+        i = jr_ws(obj, len, i + 1);
+    }
+    return -1;
 }

@@ -16,6 +16,12 @@ int room_name_valid(const char *s, size_t len);
  * -1 when cap is too small. */
 long json_escape(char *dst, size_t cap, const char *s, size_t len);
 
+/* The raw bytes of the value of top-level member `key` (compared byte for
+ * byte: an escaped key does not match) of the JSON object obj[0..len), for
+ * a text that a parser already accepted (the scan trusts its syntax).
+ * 1 found (*off, *vlen set), 0 absent, -1 not an object. */
+int json_raw_member(const char *obj, size_t len, const char *key, size_t *off, size_t *vlen);
+
 #define CHAT_ROOM_MAX 64
 
 #endif

@@ -10,7 +10,16 @@
 char *wire_message_tail(const char *id, const char *user, const char *name,
                         const char *body, size_t body_len, uint64_t ts, size_t *len)
 {
-    size_t cap = 6 * (body_len + strlen(user) + strlen(name) + (id ? strlen(id) : 0)) + 128;
+    return wire_message_tail_meta(id, user, name, body, body_len, NULL, 0, ts, len);
+}
+
+char *wire_message_tail_meta(const char *id, const char *user, const char *name,
+                             const char *body, size_t body_len, const char *meta,
+                             size_t meta_len, uint64_t ts, size_t *len)
+{
+    if (!meta) meta_len = 0;
+    size_t cap = 6 * (body_len + strlen(user) + strlen(name) + (id ? strlen(id) : 0)) +
+                 meta_len + 136;
     char *t = malloc(cap);
     if (!t) return NULL;
     size_t o = 0;
@@ -25,6 +34,10 @@ char *wire_message_tail(const char *id, const char *user, const char *name,
     o += (size_t)json_escape(t + o, cap - o, name, strlen(name));
     memcpy(t + o, ",\"body\":", 8); o += 8;
     o += (size_t)json_escape(t + o, cap - o, body, body_len);
+    if (meta_len) { /* raw JSON object, validated by whoever accepted it */
+        memcpy(t + o, ",\"meta\":", 8); o += 8;
+        memcpy(t + o, meta, meta_len); o += meta_len;
+    }
     o += (size_t)snprintf(t + o, cap - o, ",\"ts\":%" PRIu64 "}", ts);
     *len = o;
     return t;

@@ -1,7 +1,7 @@
 /* wire: the server's outbound JSON, built by hand (jansson parses what
  * comes in; what goes out is formatted once, in the shapes of protocol.md).
  * A message frame is '{"type":"message","room":R,"seq":N,' + tail, where
- * the tail ('"id":..,"user":..,"name":..,"body":..,"ts":..}') is also what
+ * the tail ('"id":..,"user":..,"name":..,"body":..[,"meta":{..}],"ts":..}') is also what
  * the bus carries after the seq, so a frame is built without re-parsing.
  * A message update (v2) rides the same path: its tail begins with its
  * kind ('"kind":"edit",...'), and a tail that begins with '"kind":' makes
@@ -23,6 +23,11 @@
 /* The tail of a message frame. malloc'd, *len set; NULL when out of memory. */
 char *wire_message_tail(const char *id, const char *user, const char *name,
                         const char *body, size_t body_len, uint64_t ts, size_t *len);
+/* The same with the message's optional meta (server API): meta_len bytes
+ * of a JSON object, written as is after "body" (NULL or 0: no meta). */
+char *wire_message_tail_meta(const char *id, const char *user, const char *name,
+                             const char *body, size_t body_len, const char *meta,
+                             size_t meta_len, uint64_t ts, size_t *len);
 /* '{"type":"message","room":R,"seq":N,' + tail, as a frame (kind
  * MSG_MESSAGE, seq set, born now); "message_update" for an update's tail. */
 msg *wire_message_frame(const char *room, uint64_t seq, const char *tail, size_t len);

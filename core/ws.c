@@ -1,6 +1,8 @@
 /* ws: see ws.h. */
 #define _GNU_SOURCE
 #include "ws.h"
+#include "api.h"
+#include "bans.h"
 #include "chat.h"
 #include "client_ip.h"
 #include "conn.h"
@@ -34,7 +36,7 @@ typedef struct ticket {
 /* conn embeds no kind tag; we keep a tiny wrapper */
 typedef struct conn_ref { int kind; conn *c; } conn_ref;
 
-typedef struct pss { struct http_req *req; } pss;
+typedef struct pss { struct http_req *req; struct api_req *api; } pss;
 
 static metric_counter *m_acc[6];
 static metric_counter *m_too_big;
@@ -44,8 +46,9 @@ static metric_counter *m_refused[RF_N];
 void ws_metrics_init(void)
 {
     if (m_acc[0]) return;
-    static const char *r[] = {"accepted", "refused_auth", "refused_policy", "bad_request", "draining"};
-    for (int i = 0; i < 5; i++) {
+    static const char *r[] = {"accepted", "refused_auth", "refused_policy", "bad_request", "draining",
+                              "refused_banned"};
+    for (int i = 0; i < 6; i++) {
         char l[48];
         snprintf(l, sizeof l, "result=\"%s\"", r[i]);
         m_acc[i] = metrics_counter("chat_connections_total", "WebSocket upgrade attempts, by outcome", l);
@@ -137,6 +140,22 @@ static int origin_allowed(const char *list, const char *origin)
     return 0;
 }
 
+/* A user banned from the room (or every room) by the server API: 403
+ * before the upgrade, on every node (bans.h). 1 when refused (t freed). */
+static int ban_gate(struct lws *wsi, ticket *t)
+{
+    const ban *b = bans_match(t->ident.user, t->room, now_ms());
+    if (!b) return 0;
+    char text[BAN_REASON_MAX + 16];
+    snprintf(text, sizeof text, "banned%s%s", b->reason[0] ? ": " : "", b->reason);
+    LOGD("ws", "upgrade of user %s to %s refused: banned", t->ident.user, t->room);
+    identity_clear(&t->ident);
+    free(t);
+    metric_inc(m_acc[5]);
+    int r = refuse(wsi, 403, text);
+    return r < 0 ? -1 : 1;
+}
+
 static int upgrade_gate(struct lws *wsi)
 {
     char uri[1024];
@@ -203,7 +222,9 @@ static int upgrade_gate(struct lws *wsi)
         t->has_since = 1;
         t->since = v;
     }
-    script_ctx x = {t->ident.user, t->ident.name, t->ident.claims_json, t->room, g_srv.cfg.node_id, now_ms()};
+    int banned = ban_gate(wsi, t);
+    if (banned) return banned;
+    script_ctx x = {t->ident.user, t->ident.name, t->ident.claims_json, t->room, g_srv.cfg.node_id, now_ms(), "ws"};
     script_result res;
     memset(&res, 0, sizeof res);
     script_verdict v = script_on_connect(g_srv.script, &x, &res);
@@ -332,18 +353,28 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
 
     case LWS_CALLBACK_HTTP:
+        if (ps && api_is_api_uri((const char *)in)) return api_http(wsi, (const char *)in, &ps->api);
         return http_handle(wsi, (const char *)in, ps ? &ps->req : NULL);
 
+    /* request bodies: only the server API reads them (http.c refuses
+     * methods with bodies and closes) */
+    case LWS_CALLBACK_HTTP_BODY:
+        return ps && ps->api ? api_body(wsi, &ps->api, in, len) : 0;
+
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return ps && ps->api ? api_body_done(wsi, &ps->api) : 0;
+
     case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (ps && ps->api) return api_writeable(wsi, &ps->api);
         return ps ? http_writeable(wsi, &ps->req) : 0;
 
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-        if (ps) http_cancel(&ps->req);
+        if (ps) { http_cancel(&ps->req); api_cancel(&ps->api); }
         return 0;
 
     case LWS_CALLBACK_WSI_DESTROY:
-        if (ps) http_cancel(&ps->req);
+        if (ps) { http_cancel(&ps->req); api_cancel(&ps->api); }
         opaque_free(wsi);
         return 0;
 

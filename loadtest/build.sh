@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds chatload, sendfloor and malloc_count.so into loadtest/bin/.
+# Builds chatload, sendfloor, malloc_count.so and apiload into loadtest/bin/.
 set -euo pipefail
 cd "$(dirname "$0")"
 make -s all

@@ -272,6 +272,7 @@ static int l_call(lua_State *L)
         .claims_json = opt_field(L, 3, "claims"),
         .room = opt_field(L, 3, "room"),
         .node = opt_field(L, 3, "node"),
+        .source = opt_field(L, 3, "source"),
     };
     lua_getfield(L, 3, "now");
     c.now_ms = lua_isnil(L, -1) ? now_ms() : (uint64_t)luaL_checknumber(L, -1);

@@ -107,6 +107,15 @@ describe("default policy", function()
       assert.equal("rate_limited", P:message("again").code)
     end)
 
+    it("leaves server API messages (ctx.source == 'api') to the per-key limit", function()
+      for i = 1, 60 do assert.equal("accept", P:message("a" .. i, { source = "api" }).verdict) end
+      -- the user's WebSocket bucket was not touched by them
+      for i = 1, 40 do assert.equal("accept", P:message("m" .. i, { source = "ws" }).verdict) end
+      assert.equal("rate_limited", P:message("x").code)
+      -- and content rules still apply to them
+      assert.equal("empty message", P:message("  ", { source = "api" }).reason)
+    end)
+
     it("does not spend a token on messages rejected for content", function()
       for _ = 1, 10 do
         assert.equal("empty message", P:message("").reason)

@@ -22,7 +22,7 @@ sys.path.insert(0, HERE)
 import harness  # noqa: E402
 
 GROUPS = ["core", "multinode", "history", "presence", "workers", "cluster", "edge", "readstate",
-          "updates"]
+          "updates", "api"]
 
 
 def main():

@@ -240,6 +240,9 @@ typedef struct node {
     int nseeds;              /* on_seed calls */
     bus_seed *held_seeds[64];
     int nheld;
+    /* the control channel */
+    int nctl;
+    char ctl_last[64];
 } node;
 
 static void on_message(void *ud, const char *room, uint64_t seq, const char *tail, size_t len)
@@ -325,9 +328,18 @@ static void seed_answer(node *nd)
     nd->nheld = 0;
 }
 
-static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready, on_unstored, NULL};
+static void on_control(void *ud, const char *data, size_t len)
+{
+    node *nd = ud;
+    CHECK(!in_call, "%s: on_control inside a bus_* call", nd->name);
+    nd->nctl++;
+    snprintf(nd->ctl_last, sizeof nd->ctl_last, "%.*s", (int)len, data);
+}
+
+static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready, on_unstored, NULL,
+                                      on_control};
 static const bus_handlers handlers_seeded = {on_message, on_gap, on_emit, on_ready, on_unstored,
-                                             on_seed};
+                                             on_seed, on_control};
 
 /* a node that records its publishes as unstored (grace_ms: its sweeper) */
 static node *node_new_track(const char *name, const char *url, size_t recent_max,
@@ -503,6 +515,50 @@ static void test_url(void)
 }
 
 /* ---------------- tests: in-process mode ---------------- */
+
+typedef struct ctlres { int calls; long receivers; int seen_before; node *nd; } ctlres;
+
+static void ctl_cb(void *ud, long receivers)
+{
+    ctlres *c = ud;
+    CHECK(!in_call, "control cb inside a bus_* call");
+    c->calls++;
+    c->receivers = receivers;
+    c->seen_before = c->nd ? c->nd->nctl : 0;
+}
+
+/* the control channel of the one node: every message reaches on_control
+ * once, in order, after the call; then the sender learns 1 receiver; a
+ * bus freed with one queued answers -1 */
+static void test_local_control(void)
+{
+    node *a = node_new("ctl", NULL, 5, 0);
+    ctlres r[3];
+    memset(r, 0, sizeof r);
+    const char *msgs[3] = {"{\"op\":\"a\"}", "{\"op\":\"b\"}", "{\"op\":\"c\"}"};
+    for (int i = 0; i < 3; i++) {
+        r[i].nd = a;
+        in_call = 1;
+        CHECK(bus_control(a->b, msgs[i], strlen(msgs[i]), ctl_cb, &r[i]) == 0, "control %d", i);
+        in_call = 0;
+    }
+    CHECK(a->nctl == 0 && r[0].calls == 0, "nothing inside bus_control");
+    WAIT(r[2].calls == 1, 2000);
+    CHECK(a->nctl == 3 && strcmp(a->ctl_last, msgs[2]) == 0, "3 control messages, in order");
+    for (int i = 0; i < 3; i++)
+        CHECK(r[i].calls == 1 && r[i].receivers == 1 && r[i].seen_before >= i + 1,
+              "control %d: one receiver, after its delivery", i);
+    CHECK(bus_control(a->b, NULL, 3, NULL, NULL) == -1, "data NULL with a length refused");
+    ctlres last = {0};
+    in_call = 1;
+    CHECK(bus_control(a->b, "{}", 2, ctl_cb, &last) == 0, "queued");
+    in_call = 0;
+    bus_free(a->b); /* answers inside, by contract */
+    a->b = NULL;
+    CHECK(last.calls == 1 && last.receivers == -1, "freed: answered -1");
+    node_free(a);
+    settle();
+}
 
 static void test_local_basic(void)
 {
@@ -1776,6 +1832,7 @@ int main(void)
 
     test_url();
     test_local_basic();
+    test_local_control();
     test_local_free_and_ttl();
     test_free_in_callback(NULL);
     test_local_backfill_off();

@@ -162,7 +162,8 @@ typedef struct rctx {
     size_t n;
     uint64_t seqs[256];
     char body0[64], client0[64], user0[32], name0[32];
-    int client0_null;
+    char meta[2][64];
+    int client0_null, meta_null[2];
     uint64_t ts0;
 } rctx;
 
@@ -180,6 +181,11 @@ static void rcb(void *ud, int status, const store_row *rows, size_t n)
         snprintf(c->user0, sizeof c->user0, "%s", rows[0].user);
         snprintf(c->name0, sizeof c->name0, "%s", rows[0].name);
         c->ts0 = rows[0].ts;
+    }
+    for (size_t i = 0; i < n && i < 2; i++) {
+        c->meta_null[i] = rows[i].meta == NULL;
+        snprintf(c->meta[i], sizeof c->meta[i], "%.*s", (int)rows[i].meta_len,
+                 rows[i].meta ? rows[i].meta : "");
     }
 }
 
@@ -250,6 +256,8 @@ static void test_migrations(void)
     CHECK(store_ready(c));
     CHECK(qint("SELECT max(version) FROM schema_migrations") == store_schema_version());
     CHECK(qint("SELECT count(*) FROM schema_migrations") == qint("SELECT count(DISTINCT version) FROM schema_migrations"));
+    CHECK(qint("SELECT count(*) FROM information_schema.columns WHERE table_name='messages' "
+               "AND column_name='meta' AND table_schema=current_schema()") == 1);
     store_free(c);
 }
 
@@ -486,6 +494,36 @@ static void test_migrate_from_v1(void)
     CHECK(qint("SELECT count(*) FROM mig_v1.rooms WHERE room='old'") == 1);
     store_free(s);
     qexec("DROP SCHEMA mig_v1 CASCADE");
+}
+
+/* meta (server API) is stored as the text given and read back; a row
+ * without it reads NULL; a resend with the same id and meta is the same
+ * message */
+static void test_meta(void)
+{
+    store *s = open_store(10, 2, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    reset_counts();
+    const char *meta = "{\"b\": [1, 2.50], \"a\":\"\u00e9\"}";
+    store_row with = mkrow("metaroom", 1, "with meta");
+    with.client_id = "api-1";
+    with.meta = meta;
+    with.meta_len = strlen(meta);
+    store_row without = mkrow("metaroom", 2, "without");
+    CHECK(store_write(s, &with, count_cb, NULL) == 0);
+    CHECK(store_write(s, &without, count_cb, NULL) == 0);
+    WAIT(g_cnt_calls == 2, 5000);
+    CHECK(g_cnt_ok == 2);
+    rctx c;
+    CHECK(range_sync(s, "metaroom", 0, UINT64_MAX, 10, 0, &c) == 0);
+    CHECK(c.n == 2 && !c.meta_null[0] && strcmp(c.meta[0], meta) == 0 && c.meta_null[1]);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='metaroom' AND meta::jsonb ? 'b'") == 1);
+    reset_counts();
+    CHECK(store_write(s, &with, count_cb, NULL) == 0); /* a retry: idempotent */
+    WAIT(g_cnt_calls == 1, 5000);
+    CHECK(g_cnt_ok == 1 && row_count("metaroom", -1) == 2);
+    store_free(s);
 }
 
 static int g_drained;
@@ -1025,6 +1063,7 @@ int main(void)
         {"pending_max_and_drain", test_pending_max_and_drain},
         {"free_from_callback", test_free_from_callback},
         {"range", test_range},
+        {"meta", test_meta},
         {"paging_under_inserts", test_paging_under_inserts},
         {"explain", test_explain},
         {"updates", test_updates},

@@ -1,0 +1,8 @@
+# api: the server API (issue 13): routes and auth (core/api.c), the HTTP
+# request mechanics under them (core/httpd.c), the control channel between
+# nodes (core/ctl.c), bans (core/bans.c), moderation on local connections
+# (core/chat_admin.c) and the cluster-wide rate limits (core/climit.c).
+target_sources(chatcore PRIVATE
+  core/api.c core/api_parse.c core/apikey.c core/httpd.c core/ctl.c core/bans.c
+  core/chat_admin.c core/climit.c core/adminstore.c)
+chatd_unit_test(test_api)

@@ -1,0 +1,51 @@
+/* adminstore: the server API's state that every node shares through Redis
+ * (docs/redis.md "Control channel and the server API's keys"):
+ *  - the bans, one hash chat:bans, field "<user>\n<room>" (room empty: every
+ *    room), value "<until_ms>\n<reason>"; the key expires with its last ban
+ *    (PEXPIREAT), expired fields are dropped when the bans are read;
+ *  - the cluster-wide token buckets, one small hash per bucket,
+ *    chat:{<scope>:<key>}:rl (the bucket's own slot on a Cluster), refilled
+ *    from Redis' clock (TIME) so the nodes' clocks do not matter, expiring
+ *    once full again.
+ * On a connection-layer client of its own (redis_client.h; no
+ * subscription connection), scripts loaded on every node.
+ * Owns: the client and the requests in flight (each callback called
+ * exactly once; status -1 when the store is freed first, inside
+ * adminstore_free). Layer: beside bus and presence. */
+#ifndef CHATD_ADMINSTORE_H
+#define CHATD_ADMINSTORE_H
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "bans.h"
+
+typedef struct adminstore adminstore;
+
+/* on_up: the client's connection (a node of it) came up: a good time to
+ * read the bans again (may be NULL). */
+adminstore *adminstore_new(uv_loop_t *loop, const char *url, void (*on_up)(void *ud), void *ud,
+                           char *err, size_t errlen);
+void adminstore_free(adminstore *a);
+int adminstore_ready(const adminstore *a);
+
+/* status 0 done, -1 failed (Redis unreachable, freed) */
+typedef void (*adminstore_done_cb)(void *ud, int status);
+/* Stores the user's ban of room ("" = every room) until until_ms. 0 when
+ * sent (cb later), -1 when it cannot be sent now (cb not called). */
+int adminstore_ban_put(adminstore *a, const char *user, const char *room, uint64_t until_ms,
+                       const char *reason, adminstore_done_cb cb, void *ud);
+/* Lifts the user's ban of room; room NULL: every ban of the user. */
+int adminstore_ban_lift(adminstore *a, const char *user, const char *room, adminstore_done_cb cb,
+                        void *ud);
+
+/* Every ban in force (entries valid during the callback only). */
+typedef void (*adminstore_bans_cb)(void *ud, int status, const ban_entry *b, size_t n);
+int adminstore_bans_load(adminstore *a, adminstore_bans_cb cb, void *ud);
+
+/* Takes a token of bucket (scope, key): allowed 1 / 0 (retry_ms: until a
+ * token is back), or -1 (failed: the caller decides). */
+typedef void (*adminstore_take_cb)(void *ud, int allowed, uint64_t retry_ms);
+int adminstore_take(adminstore *a, const char *scope, const char *key, double rate, double burst,
+                    adminstore_take_cb cb, void *ud);
+
+#endif

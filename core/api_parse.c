@@ -1,0 +1,285 @@
+/* api_parse: see api_parse.h. */
+#define _GNU_SOURCE
+#include "api_parse.h"
+#include "httpd.h"
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char *err, size_t errlen, const char *fmt, const char *a)
+{
+    snprintf(err, errlen, fmt, a);
+    return -1;
+}
+
+/* a route with a bad parameter: -2 */
+static int bad_param(char *err, size_t errlen, const char *what)
+{
+    snprintf(err, errlen, "%s", what);
+    return -2;
+}
+
+const char *api_route_name(int route)
+{
+    static const char *N[AR_N] = {"none", "publish", "room", "delete", "disconnect", "ban"};
+    return route >= 0 && route < AR_N ? N[route] : "none";
+}
+
+void api_allow_header(unsigned allow, char *out, size_t n)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (int m = 0; m < HM_N; m++)
+        if (allow & (1u << m))
+            o += (size_t)snprintf(out + o, o < n ? n - o : 0, "%s%s", o ? ", " : "", httpd_method_name(m));
+}
+
+/* UTF-8 well-formed, no C0/DEL controls */
+int api_user_valid(const char *s, size_t len)
+{
+    if (!s || len < 1 || len > API_USER_MAX) return 0;
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < len;) {
+        unsigned c = u[i];
+        if (c < 0x20 || c == 0x7f) return 0;
+        if (c < 0x80) { i++; continue; }
+        size_t k;
+        uint32_t cp;
+        if ((c & 0xE0) == 0xC0) { k = 1; cp = c & 0x1F; }
+        else if ((c & 0xF0) == 0xE0) { k = 2; cp = c & 0x0F; }
+        else if ((c & 0xF8) == 0xF0) { k = 3; cp = c & 0x07; }
+        else return 0;
+        if (i + k >= len) return 0; /* cut short */
+        for (size_t j = 1; j <= k; j++) {
+            if ((u[i + j] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (u[i + j] & 0x3F);
+        }
+        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || (cp >= 0x80 && cp < 0xA0))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+static int parse_seq(const char *s, uint64_t *out)
+{
+    if (!*s || strlen(s) > 19) return -1;
+    uint64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9') return -1;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (v < 1 || v > INT64_MAX) return -1;
+    *out = v;
+    return 0;
+}
+
+int api_route_match(const char *path, api_route *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    if (!strncmp(path, "rooms/", 6)) {
+        const char *room = path + 6, *slash = strchr(room, '/');
+        size_t rl = slash ? (size_t)(slash - room) : strlen(room);
+        const char *rest = slash ? slash + 1 : NULL;
+        if (!rest) { out->route = AR_ROOM; out->allow = 1u << HM_GET; }
+        else if (!strcmp(rest, "messages")) { out->route = AR_PUBLISH; out->allow = 1u << HM_POST; }
+        else if (!strncmp(rest, "messages/", 9) && !strchr(rest + 9, '/')) {
+            out->route = AR_DELETE_MSG;
+            out->allow = 1u << HM_DELETE;
+            if (parse_seq(rest + 9, &out->seq) < 0)
+                return bad_param(err, errlen, "seq must be a positive integer");
+        } else return -1;
+        if (!room_name_valid(room, rl))
+            return bad_param(err, errlen, "room: 1-64 characters of [A-Za-z0-9_.-]");
+        memcpy(out->room, room, rl);
+        out->room[rl] = 0;
+        return 0;
+    }
+    if (!strncmp(path, "users/", 6)) {
+        /* users/{user}/disconnect | users/{user}/ban; the user is what is
+         * between "users/" and the last '/' */
+        const char *user = path + 6, *last = strrchr(user, '/');
+        if (!last) return -1;
+        if (!strcmp(last + 1, "disconnect")) { out->route = AR_DISCONNECT; out->allow = 1u << HM_POST; }
+        else if (!strcmp(last + 1, "ban")) {
+            out->route = AR_BAN;
+            out->allow = (1u << HM_PUT) | (1u << HM_DELETE);
+        } else return -1;
+        size_t ul = (size_t)(last - user);
+        if (!api_user_valid(user, ul))
+            return bad_param(err, errlen, "user: 1-127 bytes of text without control characters");
+        memcpy(out->user, user, ul);
+        out->user[ul] = 0;
+        return 0;
+    }
+    return -1;
+}
+
+/* ---- bodies -------------------------------------------------------------- */
+
+static json_t *load(const char *text, size_t len, char *err, size_t errlen)
+{
+    json_error_t je;
+    /* NUL inside strings is accepted here so that it is refused below with
+     * a clear reason (decided: a body with U+0000 is bad_request) */
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+    if (!root) {
+        snprintf(err, errlen, "invalid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        snprintf(err, errlen, "the body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+/* A string member: 1 found (*s, *l set), 0 absent or null, -1 wrong type
+ * or containing U+0000. */
+static int str_member(json_t *o, const char *k, const char **s, size_t *l)
+{
+    json_t *v = json_object_get(o, k);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_string(v)) return -1;
+    *s = json_string_value(v);
+    *l = json_string_length(v);
+    if (memchr(*s, 0, *l)) return -1;
+    return 1;
+}
+
+int api_parse_publish(const char *text, size_t len, api_publish *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    if (!len) return fail(err, errlen, "%s", "a JSON body is required");
+    json_t *root = load(text, len, err, errlen);
+    if (!root) return -1;
+    out->root = root;
+    size_t l;
+    int r = str_member(root, "id", &out->id, &l);
+    if (r <= 0 || l < 1 || l > API_ID_MAX) {
+        api_publish_clear(out);
+        return fail(err, errlen, "%s", "id is required: a string of 1-64 bytes");
+    }
+    r = str_member(root, "user", &out->user, &l);
+    if (r <= 0 || !api_user_valid(out->user, l)) {
+        api_publish_clear(out);
+        return fail(err, errlen, "%s", "user is required: 1-127 bytes of text without control characters");
+    }
+    r = str_member(root, "name", &out->name, &l);
+    if (r < 0 || (r == 1 && !api_user_valid(out->name, l))) {
+        api_publish_clear(out);
+        return fail(err, errlen, "%s", "name: 1-127 bytes of text without control characters");
+    }
+    if (r == 0) out->name = out->user;
+    json_t *b = json_object_get(root, "body");
+    if (!json_is_string(b)) {
+        api_publish_clear(out);
+        return fail(err, errlen, "%s", "body is required: a string");
+    }
+    out->body = json_string_value(b);
+    out->body_len = json_string_length(b);
+    if (memchr(out->body, 0, out->body_len)) {
+        api_publish_clear(out);
+        return fail(err, errlen, "%s", "body contains U+0000");
+    }
+    json_t *meta = json_object_get(root, "meta");
+    if (meta && !json_is_null(meta)) {
+        if (!json_is_object(meta)) {
+            api_publish_clear(out);
+            return fail(err, errlen, "%s", "meta must be a JSON object");
+        }
+        /* stored and broadcast as given: the text of the member itself */
+        size_t off, ml;
+        if (json_raw_member(text, len, "meta", &off, &ml) == 1 && text[off] == '{') {
+            out->meta = malloc(ml + 1);
+            if (out->meta) { memcpy(out->meta, text + off, ml); out->meta[ml] = 0; }
+            out->meta_len = ml;
+        } else { /* an escaped key: jansson's compact text of the same object */
+            out->meta = json_dumps(meta, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            out->meta_len = out->meta ? strlen(out->meta) : 0;
+        }
+        if (!out->meta) {
+            api_publish_clear(out);
+            return fail(err, errlen, "%s", "out of memory");
+        }
+        if (out->meta_len > API_META_MAX) {
+            api_publish_clear(out);
+            return fail(err, errlen, "%s", "meta is larger than 4096 bytes");
+        }
+    }
+    return 0;
+}
+
+void api_publish_clear(api_publish *p)
+{
+    json_decref(p->root);
+    free(p->meta);
+    memset(p, 0, sizeof *p);
+}
+
+static int reason_member(json_t *root, char out[API_REASON_MAX + 1], char *err, size_t errlen)
+{
+    const char *s;
+    size_t l;
+    int r = str_member(root, "reason", &s, &l);
+    out[0] = 0;
+    if (r < 0 || (r == 1 && l > API_REASON_MAX))
+        return fail(err, errlen, "%s", "reason: a string of at most 200 bytes");
+    if (r == 1) {
+        /* UTF-8 already (jansson); it becomes a close reason: no controls */
+        for (size_t i = 0; i < l; i++)
+            if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+                return fail(err, errlen, "%s", "reason: no control characters");
+        memcpy(out, s, l);
+        out[l] = 0;
+    }
+    return 0;
+}
+
+int api_parse_ban(const char *text, size_t len, int lift, api_ban *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    if (!len) {
+        if (lift) return 0;
+        return fail(err, errlen, "%s", "a JSON body is required: {\"seconds\": N}");
+    }
+    json_t *root = load(text, len, err, errlen);
+    if (!root) return -1;
+    int rc = -1;
+    const char *room;
+    size_t rl;
+    int r = str_member(root, "room", &room, &rl);
+    if (r < 0 || (r == 1 && !room_name_valid(room, rl))) {
+        fail(err, errlen, "%s", "room: 1-64 characters of [A-Za-z0-9_.-]");
+        goto out;
+    }
+    if (r == 1) { memcpy(out->room, room, rl); out->room[rl] = 0; }
+    if (!lift) {
+        json_t *s = json_object_get(root, "seconds");
+        if (!json_is_integer(s) || json_integer_value(s) < 1 || json_integer_value(s) > API_BAN_MAX_S) {
+            fail(err, errlen, "%s", "seconds is required: an integer from 1 to 315360000");
+            goto out;
+        }
+        out->seconds = (int64_t)json_integer_value(s);
+        if (reason_member(root, out->reason, err, errlen) < 0) goto out;
+    }
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
+int api_parse_disconnect(const char *text, size_t len, char reason[API_REASON_MAX + 1], char *err,
+                         size_t errlen)
+{
+    reason[0] = 0;
+    if (!len) return 0;
+    json_t *root = load(text, len, err, errlen);
+    if (!root) return -1;
+    int rc = reason_member(root, reason, err, errlen);
+    json_decref(root);
+    return rc;
+}

@@ -1,0 +1,57 @@
+/* httpd: the HTTP/1.1 mechanics under the routes of the server API: the
+ * request's method, its Content-Length / Transfer-Encoding / Content-Type,
+ * the body read incrementally (LWS_CALLBACK_HTTP_BODY) up to a limit, and
+ * complete answers: status, content-type, content-length always,
+ * cache-control: no-store, extra headers (Allow, Retry-After,
+ * WWW-Authenticate), JSON errors {"error":{"code","message"}}, and
+ * "connection: close" when the rest of a request will not be read (a
+ * refused body), so keep-alive never parses a body as the next request.
+ * Owns: nothing across calls (a body buffer belongs to its request).
+ * Layer: transport helpers (lws), below http and api. */
+#ifndef CHATD_HTTPD_H
+#define CHATD_HTTPD_H
+#include <stddef.h>
+#include <stdint.h>
+#include <libwebsockets.h>
+
+enum { HM_GET = 0, HM_POST, HM_PUT, HM_DELETE, HM_PATCH, HM_HEAD, HM_OPTIONS, HM_OTHER, HM_N };
+
+/* The request method (HM_*), from the lws header table. */
+int httpd_method(struct lws *wsi);
+const char *httpd_method_name(int m);
+/* Content-Length: the value, -1 when absent, -2 when malformed. */
+int64_t httpd_content_length(struct lws *wsi);
+/* 1 when the request has a Transfer-Encoding (its body length is not
+ * known up front). */
+int httpd_chunked(struct lws *wsi);
+/* 1 when Content-Type is application/json (parameters allowed). */
+int httpd_is_json(struct lws *wsi);
+
+/* A complete answer. hdrs: NULL or name/value pairs ("retry-after", "3"),
+ * NULL-terminated. close: send "connection: close" and end the connection
+ * after it. Returns what the lws HTTP callback returns (-1: close). */
+int httpd_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body,
+                size_t len, const char *const *hdrs, int close);
+/* After an answer with close set whose request body will not be read:
+ * stop sending (shutdown SHUT_WR) and let the client's bytes drain for at
+ * most secs before lws closes, so the close is a FIN, not a reset that
+ * could destroy the answer before the client read it (a lingering close).
+ * The caller drops the body bytes lws still delivers. */
+void httpd_linger(struct lws *wsi, int secs);
+/* {"error":{"code":code,"message":message}} (JSON-escaped). */
+int httpd_error(struct lws *wsi, unsigned status, const char *code, const char *message,
+                const char *const *hdrs, int close);
+/* The same JSON error body, malloc'd (*len set); NULL when out of memory. */
+char *httpd_error_body(const char *code, const char *message, size_t *len);
+
+/* A request body read in pieces, bounded. */
+typedef struct httpd_body {
+    char *buf;
+    size_t len, cap, max;
+} httpd_body;
+/* Appends; 0, -1 when it would exceed max (nothing appended), -2 out of
+ * memory. buf stays NUL-terminated. */
+int httpd_body_add(httpd_body *b, const void *in, size_t len);
+void httpd_body_free(httpd_body *b);
+
+#endif

@@ -1,0 +1,733 @@
+"""api: the server API (protocol.md "Server API (v2)", docs/api.md) on real
+nodes: publish over HTTP (durable 200, meta in the frame and in history,
+the policy's on_message with ctx.source = "api", idempotency on one node and
+across nodes), disconnect (4003) and ban (403 at upgrade, `banned` at join,
+live connections closed or removed, expiry, lifted) on one node and
+reaching another node, room info across nodes, the HTTP edge (401, 404,
+405 with Allow, 411, 413 without reading the rest, 415, 400, 422, 429 with
+Retry-After, 503), keep-alive (many requests on one socket), the cluster-wide
+limits (API key rate, user message rate) and the sample bot tools/bot.py."""
+import asyncio
+import http.client
+import json
+import os
+import socket
+import subprocess
+import time
+
+from harness import (Client, Redis, TestFailure, ahttp_json, aupgrade_status, check, eq, start_node,
+                     token, uniq, policy_dir, metric_value, ws_path, test, REPO)
+import harness
+
+KEY = "itest-api-key-0123456789"
+KEY2 = "itest-api-key-second-abcdef"
+API_ENV = {"CHAT_API_KEYS": f"{KEY},{KEY2}"}
+
+
+def api_node(env=None, **kw):
+    e = dict(API_ENV)
+    e.update(env or {})
+    return start_node(env=e, **kw)
+
+
+def read_response(s, buf=b""):
+    """(status, headers, body bytes, rest of buf) of one HTTP/1.1 answer
+    read from socket s; the body by its content-length."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise TestFailure(f"connection closed before an answer ({buf[:80]!r})")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hd = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    check("content-length" in hd, f"no content-length in {lines}")
+    n = int(hd["content-length"])
+    while len(rest) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise TestFailure("connection closed inside a body")
+        rest += chunk
+    return int(lines[0].split()[1]), hd, rest[:n], rest[n:]
+
+
+def request_bytes(method, path, body=None, key=KEY, headers=None, raw=None):
+    h = {"Host": "127.0.0.1"}
+    h.update(headers or {})
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else b""
+    if body is not None:
+        data = json.dumps(body).encode()
+        h.setdefault("Content-Type", "application/json")
+    if data and "Transfer-Encoding" not in h:
+        h["Content-Length"] = str(len(data))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
+    return head.encode() + data
+
+
+def call(port, method, path, body=None, key=KEY, headers=None, raw=None, timeout=10.0):
+    """One request on its own connection, written in one piece (a server
+    that refuses it early may close before reading it): (status, headers,
+    parsed JSON or raw bytes)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(request_bytes(method, path, body, key, headers, raw))
+        st, hd, b, _ = read_response(s)
+        try:
+            js = json.loads(b) if b else None
+        except ValueError:
+            js = b
+        return st, hd, js
+    finally:
+        s.close()
+
+
+async def acall(port, method, path, body=None, **kw):
+    return await asyncio.to_thread(call, port, method, path, body, **kw)
+
+
+def err_code(js):
+    """The contract's error shape: {"error":{"code","message"}}."""
+    check(isinstance(js, dict) and isinstance(js.get("error"), dict)
+          and isinstance(js["error"].get("code"), str) and isinstance(js["error"].get("message"), str),
+          f"error body not in the contract's shape: {js!r}")
+    return js["error"]["code"]
+
+
+async def expect_error(port, method, path, status, code, body=None, **kw):
+    st, hd, js = await acall(port, method, path, body, **kw)
+    eq(st, status, f"{method} {path} status ({js!r})")
+    eq(err_code(js), code, f"{method} {path} error code")
+    check("content-length" in hd, f"{method} {path}: no content-length")
+    return hd, js
+
+
+def msg(mid, body="hi", user="bot", name="Bot", **extra):
+    m = {"id": mid, "user": user, "name": name, "body": body}
+    m.update(extra)
+    return m
+
+
+def is_msg(room):
+    return lambda f: f["type"] == "message" and f.get("room") == room
+
+
+async def publish(port, room, m, status=200, key=KEY):
+    st, hd, js = await acall(port, "POST", f"/api/rooms/{room}/messages", m, key=key)
+    eq(st, status, f"publish {m.get('id')} ({js!r})")
+    return js
+
+
+async def metrics(port):
+    st, _, body = await asyncio.to_thread(harness.http_get, port, "/metrics")
+    eq(st, 200, "/metrics")
+    return body.decode()
+
+
+# ---------------------------------------------------------------- one node
+
+@test(timeout=20)
+async def disabled_without_keys():
+    n = start_node()
+    for method, path in [("GET", "/api/rooms/r"), ("POST", "/api/rooms/r/messages"),
+                         ("PUT", "/api/users/u/ban"), ("GET", "/api/")]:
+        await expect_error(n.port, method, path, 404, "not_found",
+                           body={"x": 1} if method != "GET" else None)
+
+
+@test(timeout=30)
+async def http_errors_in_the_contract_shape():
+    n = api_node()
+    p = n.port
+    room = uniq("e")
+    # 401: no key, a wrong key, a near-miss key, another scheme
+    hd, _ = await expect_error(p, "GET", f"/api/rooms/{room}", 401, "unauthorized", key=None)
+    eq(hd.get("www-authenticate"), "Bearer", "WWW-Authenticate")
+    await expect_error(p, "GET", f"/api/rooms/{room}", 401, "unauthorized", key="wrong")
+    await expect_error(p, "GET", f"/api/rooms/{room}", 401, "unauthorized", key=KEY[:-1])
+    await expect_error(p, "GET", f"/api/rooms/{room}", 401, "unauthorized", key=None,
+                       headers={"Authorization": f"Basic {KEY}"})
+    # 404 unknown routes, 405 with Allow
+    await expect_error(p, "GET", "/api/nope", 404, "not_found")
+    await expect_error(p, "GET", f"/api/users/u/kick", 404, "not_found")
+    hd, _ = await expect_error(p, "GET", f"/api/rooms/{room}/messages", 405, "method_not_allowed")
+    eq(hd.get("allow"), "POST", "Allow of /messages")
+    hd, _ = await expect_error(p, "POST", "/api/users/u/ban", 405, "method_not_allowed", body={})
+    eq(hd.get("allow"), "PUT, DELETE", "Allow of /ban")
+    check("connection" not in hd, "a refused request with a small body is read, the connection kept")
+    hd, _ = await expect_error(p, "DELETE", f"/api/rooms/{room}", 405, "method_not_allowed")
+    eq(hd.get("allow"), "GET", "Allow of room info")
+    # 400: bad path parameters and bodies
+    await expect_error(p, "POST", "/api/rooms/bad%20room/messages", 400, "bad_request", body=msg("a"))
+    await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request", raw=b"{not json",
+                       headers={"Content-Type": "application/json"})
+    await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",
+                       body={"user": "u", "body": "no id"})
+    await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",
+                       body=msg("x" * 65))
+    await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",
+                       body=msg("m", meta=[1, 2]))
+    await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",
+                       body=msg("m", meta={"k": "x" * 4100}))
+    await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",
+                       body=msg("m", body="nul\u0000inside"))
+    await expect_error(p, "PUT", "/api/users/u/ban", 400, "bad_request", body={"seconds": 0})
+    await expect_error(p, "PUT", "/api/users/u/ban", 400, "bad_request", body={"seconds": 5, "room": "a b"})
+    await expect_error(p, "DELETE", f"/api/rooms/{room}/messages/0", 400, "bad_request")
+    # 415: a body that is not JSON by its type
+    hd, _ = await expect_error(p, "POST", f"/api/rooms/{room}/messages", 415, "unsupported_media_type",
+                               raw=json.dumps(msg("t")).encode(),
+                               headers={"Content-Type": "text/plain"})
+    check("connection" not in hd, "415: the small body is read and dropped, the connection kept")
+    # 411: a chunked body
+    d = json.dumps(msg("c")).encode()
+    hd, _ = await expect_error(p, "POST", f"/api/rooms/{room}/messages", 411, "length_required",
+                               raw=b"%x\r\n%s\r\n0\r\n\r\n" % (len(d), d),
+                               headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    eq(hd.get("connection"), "close", "411 closes")
+    # moderator delete of a seq the room does not have
+    await expect_error(p, "DELETE", f"/api/rooms/{room}/messages/1", 404, "not_found")
+    # nothing of the above was published
+    st, _, js = await acall(p, "GET", f"/api/rooms/{room}")
+    eq((st, js.get("seq")), (200, 0), "room untouched by refused requests")
+    m = await metrics(p)
+    check((metric_value(m, "chat_api_requests_total", 'route="publish",code="400"') or 0) >= 6,
+          "chat_api_requests_total{route=publish,code=400}")
+    check((metric_value(m, "chat_api_auth_failures_total") or 0) >= 4, "auth failures counted")
+    check(KEY not in n.log_text() and KEY[:12] not in n.log_text(), "the key appears in the log")
+
+
+@test(timeout=30)
+async def oversized_body_413_without_reading_it():
+    n = api_node(env={"CHAT_MAX_FRAME": 4096})
+    room = uniq("big")
+    # declared too large: answered before the body is sent, then closed
+    s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+    try:
+        s.sendall((f"POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\n"
+                   f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: 100000000\r\n\r\n").encode())
+        data = b""
+        t0 = time.time()
+        while time.time() - t0 < 5:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        check(data.startswith(b"HTTP/1.1 413"), f"413 expected before any body byte: {data[:80]!r}")
+        check(b"connection: close" in data.lower(), "413 says connection: close")
+        check(b'"too_large"' in data, f"413 body: {data!r}")
+    finally:
+        s.close()
+    # a real body just over the limit
+    big = msg("big", body="x" * 4200)
+    hd, _ = await expect_error(n.port, "POST", f"/api/rooms/{room}/messages", 413, "too_large", body=big)
+    # at the limit it passes (the limit is the body size)
+    ok = msg("ok", body="y" * (4096 - len(json.dumps(msg("ok", body=""))) - 2))
+    js = await publish(n.port, room, ok)
+    eq(js["seq"], 1, "a body at the limit is accepted")
+
+
+@test(timeout=30)
+async def keep_alive_many_requests_on_one_socket():
+    n = api_node()
+    room = uniq("ka")
+
+    def session():
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=5)
+        out = []
+        buf = b""
+
+        def req(method, path, body=None, key=KEY, **kw):
+            nonlocal buf
+            s.sendall(request_bytes(method, path, body, key, **kw))
+            st, hd, b, buf = read_response(s, buf)
+            out.append((st, hd, json.loads(b)))
+        try:
+            for i in range(10):
+                req("POST", f"/api/rooms/{room}/messages", msg(f"k{i}", f"b{i}"))
+            req("GET", f"/api/rooms/{room}")
+            req("GET", f"/api/rooms/{room}", key="wrong")                 # 401
+            req("GET", "/api/nope")                                       # 404
+            req("DELETE", f"/api/rooms/{room}")                           # 405
+            req("POST", f"/api/rooms/{room}/messages", {"user": "x"})     # 400 after the body
+            req("POST", f"/api/rooms/{room}/messages", None, raw=b'{"id":"t"}',
+                headers={"Content-Type": "text/plain"})                   # 415, body read
+            req("PUT", "/api/users/u/ban", {"seconds": 1}, key="wrong")   # 401, body read
+            req("POST", f"/api/rooms/{room}/messages", msg("k0", "b0"))  # duplicate
+            req("POST", f"/api/rooms/{room}/messages", msg("last"))
+        finally:
+            s.close()
+        return out
+    res = await asyncio.to_thread(session)
+    for i in range(10):
+        eq((res[i][0], res[i][2].get("seq"), res[i][2].get("duplicate")), (200, i + 1, False), f"publish k{i}")
+    eq((res[10][0], res[10][2].get("seq")), (200, 10), "room info on the same socket")
+    eq([r[0] for r in res[11:17]], [401, 404, 405, 400, 415, 401], "errors kept the connection")
+    check(all("connection" not in r[1] for r in res), "no answer closed the connection")
+    eq((res[17][0], res[17][2].get("seq"), res[17][2].get("duplicate")), (200, 1, True), "duplicate")
+    eq((res[18][0], res[18][2].get("seq")), (200, 11), "last request on the same socket")
+
+
+@test(timeout=40, needs=("pg",))
+async def publish_frame_meta_history_and_duplicate():
+    n = api_node(db=True)
+    room = uniq("pub")
+    c = await Client.connect(n, room, token("alice"))
+    meta = {"kind": "deploy", "n": [1, 2.5], "nested": {"ok": True}}
+    # sent as text: meta is stored and broadcast as given ("2.50" stays)
+    raw = (b'{"id":"d-1","user":"ci","name":"CI bot","body":"deployed",'
+           b'"meta":{"kind": "deploy", "n": [1, 2.50], "nested": {"ok": true}}}')
+    st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", raw=raw,
+                            headers={"Content-Type": "application/json"})
+    eq(st, 200, f"publish ({js})")
+    eq(js, {"room": room, "seq": 1, "id": "d-1", "duplicate": False}, "answer")
+    f = await c.wait_for(is_msg(room), 5, what="the API message")
+    eq((f["seq"], f["id"], f["user"], f["name"], f["body"], f["meta"]),
+       (1, "d-1", "ci", "CI bot", "deployed", meta), "message frame")
+    check(isinstance(f.get("ts"), int), "ts")
+    # the durable 200 means the row is there
+    rows = harness.RUN.pg.psql("chatd", f"SELECT seq, client_id, user_id, name, body, meta FROM messages "
+                                        f"WHERE room='{room}'").strip().splitlines()
+    eq(len(rows), 1, "one row")
+    check(rows[0].startswith("1|d-1|ci|CI bot|deployed|"), f"row {rows[0]!r}")
+    eq(json.loads(rows[0].split("|", 5)[5]), meta, "meta stored")
+    check(rows[0].endswith('|{"kind": "deploy", "n": [1, 2.50], "nested": {"ok": true}}'),
+          f"meta stored as given: {rows[0]!r}")
+    # history page: meta after body
+    st, hj, body = await ahttp_json(n.port, f"/rooms/{room}/messages", token("reader"))
+    eq(st, 200, "history")
+    eq(hj["messages"][0].get("meta"), meta, "meta in history")
+    check(b'"body":"deployed","meta":{"kind": "deploy", "n": [1, 2.50], "nested": {"ok": true}},"ts":' in body,
+          f"meta as given between body and ts: {body[:300]!r}")
+    # the same id again: the first seq, duplicate, no second frame or row
+    st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", raw=raw,
+                            headers={"Content-Type": "application/json"})
+    eq((st, js["seq"], js["duplicate"]), (200, 1, True), "duplicate answer")
+    js = await publish(n.port, room, msg("d-2", "second"))
+    eq(js["seq"], 2, "next seq")
+    await c.wait_count(is_msg(room), 2, 5)
+    await asyncio.sleep(0.3)
+    eq([m["id"] for m in c.messages(room)], ["d-1", "d-2"], "one frame per id")
+    eq(harness.RUN.pg.psql("chatd", f"SELECT count(*) FROM messages WHERE room='{room}'").strip(), "2", "rows")
+    # a client message and an API message share the seq order
+    await c.send_msg("from ws", id="w1")
+    ack = await c.wait_for(lambda f: f["type"] == "ack", 5)
+    eq(ack["seq"], 3, "WebSocket message after the API ones")
+    st, _, info = await acall(n.port, "GET", f"/api/rooms/{room}")
+    eq(info, {"room": room, "seq": 3, "users": 1, "connections": 1}, "room info")
+
+
+@test(timeout=40, needs=("pg",))
+async def moderator_delete_through_the_api():
+    n = api_node(db=True)
+    room = uniq("mod")
+    c = await Client.connect(n, room, token("alice"))
+    js = await publish(n.port, room, msg("m-1", "rude words", user="carol", name="Carol"))
+    eq(js["seq"], 1, "published")
+    await c.wait_for(is_msg(room), 5, what="the message")
+    st, _, dj = await acall(n.port, "DELETE", f"/api/rooms/{room}/messages/1",
+                            body={"reason": "spam", "user": "mod-7", "name": "Mod Seven"})
+    eq(st, 200, f"moderator delete ({dj})")
+    eq((dj["room"], dj["target"], dj["seq"]), (room, 1, 2), "answer: the delete event's own seq")
+    f = await c.wait_for(lambda f: f["type"] == "message_update" and f.get("room") == room, 5,
+                         what="the delete update")
+    eq((f["seq"], f["target"], f["kind"], f["user"], f["name"]), (2, 1, "delete", "mod-7", "Mod Seven"),
+       "the update frame names the moderator")
+    st, hj, _ = await ahttp_json(n.port, f"/rooms/{room}/messages", token("reader"))
+    eq(st, 200, "history")
+    m = hj["messages"][0]
+    check(m.get("deleted") is True and "body" not in m, f"history shows it deleted: {m}")
+    # deleted already, and an update's seq: not found; nothing published
+    await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/1", 404, "not_found")
+    await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/2", 404, "not_found")
+    await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/1", 400, "bad_request",
+                       body={"user": 5})
+    st, _, info = await acall(n.port, "GET", f"/api/rooms/{room}")
+    eq(info["seq"], 2, "no seq for the refused deletes")
+
+
+@test(timeout=30)
+async def policy_sees_source_api_and_refusal_is_422():
+    pol = policy_dir(
+        "local M = {}\n"
+        "function M.on_message(ctx, msg)\n"
+        "  if msg.body == 'forbidden' then return false, 'rejected', 'no forbidden from ' .. ctx.source end\n"
+        "  if ctx.source == 'api' then return '[api] ' .. msg.body end\n"
+        "end\nreturn M\n")
+    n = api_node(scripts=pol)
+    room = uniq("pol")
+    c = await Client.connect(n, room, token("alice"))
+    _, js = await expect_error(n.port, "POST", f"/api/rooms/{room}/messages", 422, "rejected",
+                               body=msg("f1", "forbidden"))
+    eq(js["error"]["message"], "no forbidden from api", "the policy's reason")
+    await publish(n.port, room, msg("ok1", "hello"))
+    f = await c.wait_for(is_msg(room), 5)
+    eq((f["body"], f["seq"]), ("[api] hello", 1), "the policy's replacement for source api")
+    e = await c.error_for({"type": "message", "body": "forbidden", "id": "w1"})
+    eq(e.get("message"), "no forbidden from ws", "a WebSocket message has source ws")
+
+
+@test(timeout=40, needs=("pg",))
+async def publish_503_when_not_durable_in_time_then_retry_is_duplicate():
+    # inserts blocked by a table lock held for 3 s: the publish has its seq
+    # but no commit; the API answers 503 at CHAT_API_TIMEOUT_MS; the row
+    # commits once the lock is gone, and a retry with the same id answers
+    # the first seq (duplicate), with one row and one frame
+    n = api_node(db=True, env={"CHAT_API_TIMEOUT_MS": 800})
+    room = uniq("nd")
+    c = await Client.connect(n, room, token("w"))
+    await publish(n.port, room, msg("seed"))        # the room's head is seeded
+    pg = harness.RUN.need_pg()
+    locker = subprocess.Popen(
+        ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", "chatd", "-qc",
+         "BEGIN; LOCK TABLE messages IN EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.5)                    # the lock is taken
+        t0 = time.time()
+        _, js = await expect_error(n.port, "POST", f"/api/rooms/{room}/messages", 503, "unavailable",
+                                   body=msg("late-1", "slow"))
+        dt = time.time() - t0
+        check(0.7 <= dt < 2.5, f"503 at the deadline, took {dt:.2f}s")
+        check("same id" in js["error"]["message"], "tells to retry with the same id")
+    finally:
+        await asyncio.to_thread(locker.wait, 15)
+    js = await publish(n.port, room, msg("late-1", "slow"))
+    eq((js["seq"], js["duplicate"]), (2, True), "the retry finds the first seq")
+    eq(pg.psql("chatd", f"SELECT count(*) FROM messages WHERE room='{room}' AND client_id='late-1'").strip(),
+       "1", "one row")
+    await c.wait_count(is_msg(room), 2, 5)
+    await asyncio.sleep(0.2)
+    eq([f["id"] for f in c.messages(room)], ["seed", "late-1"], "one frame")
+    m = await metrics(n.port)
+    eq(metric_value(m, "chat_api_publish_timeouts_total"), 1.0, "timeouts metric")
+
+
+@test(timeout=40, needs=("redis",))
+async def publish_503_when_the_bus_is_down():
+    rd = Redis(harness.RUN.tmpdir("api-redis"))
+    rd.start()
+    try:
+        n = api_node(redis=rd.url)
+        room = uniq("bd")
+        await publish(n.port, room, msg("b0"))
+        rd.kill9()
+        end = time.time() + 5
+        st = None
+        while time.time() < end:
+            st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", msg("b1"))
+            if st == 503:
+                break
+            await asyncio.sleep(0.1)
+        eq(st, 503, "publish while Redis is down")
+        eq(err_code(js), "unavailable", "code")
+        await expect_error(n.port, "POST", "/api/users/x/disconnect", 503, "unavailable")
+    finally:
+        rd.stop()
+        harness.release_port(rd.port)
+
+
+@test(timeout=40)
+async def disconnect_and_ban_on_one_node():
+    n = api_node()
+    r1, r2 = uniq("b1"), uniq("b2")
+    a1 = await Client.connect(n, r1, token("eve"))
+    a2 = await Client.connect(n, r2, token("eve"))
+    await a2.join(r1)
+    other = await Client.connect(n, r1, token("bob"))
+    # a per-room ban: removed from r1 with the banned error, r2 stays
+    st, _, js = await acall(n.port, "PUT", "/api/users/eve/ban", {"seconds": 2, "room": r1, "reason": "calm"})
+    eq(st, 200, f"ban ({js})")
+    eq((js["user"], js["room"], js["closed"]), ("eve", r1, 2), "ban answer")
+    check(js["until"] > time.time() * 1000, "until in the future")
+    for c in (a1, a2):
+        e = await c.wait_for(lambda f: f["type"] == "error" and f.get("code") == "banned", 3)
+        eq((e["room"], e["message"]), (r1, "calm"), "banned error")
+    mk = a2.mark()
+    await a2.send({"type": "message", "room": r1, "body": "still here?", "id": "x"})
+    e = await a2.wait_for(lambda f: f["type"] == "error" and f.get("id") == "x", 3, start=mk)
+    eq(e["code"], "not_member", "removed from the room")
+    js2 = await a2.join(r1)
+    eq((js2["type"], js2.get("code"), js2.get("room")), ("error", "banned", r1), "join answers banned")
+    await a2.send_msg("in r2", id="r2m", room=r2)
+    await a2.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "r2m", 3)
+    st, body = await aupgrade_status(n.port, ws_path(r1, token("eve")))
+    eq(st, 403, "upgrade to the banned room")
+    check(b"banned" in body and b"calm" in body, f"403 body {body!r}")
+    st, _ = await aupgrade_status(n.port, ws_path(r2, token("eve")))
+    eq(st, 101, "upgrade to another room")
+    check(not other.closed, "another user untouched")
+    m = await metrics(n.port)
+    eq(metric_value(m, "chat_bans_active"), 1.0, "chat_bans_active")
+    eq(metric_value(m, "chat_admin_actions_total", 'action="ban_leave"'), 2.0, "ban_leave counted")
+    # expiry: after 2 s the room is open again
+    await asyncio.sleep(2.2)
+    js2 = await a2.join(r1)
+    eq(js2["type"], "presence_state", "join after the ban expired")
+    st, _ = await aupgrade_status(n.port, ws_path(r1, token("eve")))
+    eq(st, 101, "upgrade after expiry")
+    # an every-room ban closes with 4003 and the reason; lifted by DELETE
+    st, _, js = await acall(n.port, "PUT", "/api/users/eve/ban", {"seconds": 60, "reason": "go away"})
+    eq((st, js["room"], js["closed"]), (200, None, 2), "every-room ban")
+    for c in (a1, a2):
+        await c.wait_closed(3)
+        eq((c.close_code, c.close_reason), (4003, "go away"), "close code and reason")
+    st, _ = await aupgrade_status(n.port, ws_path(r2, token("eve")))
+    eq(st, 403, "every room is banned")
+    st, _, js = await acall(n.port, "DELETE", "/api/users/eve/ban")
+    eq((st, js.get("lifted")), (200, True), "unban")
+    st, _ = await aupgrade_status(n.port, ws_path(r2, token("eve")))
+    eq(st, 101, "lifted")
+    # disconnect: every connection of the user, 4003 with the reason
+    d1 = await Client.connect(n, r1, token("dave"))
+    d2 = await Client.connect(n, r2, token("dave"))
+    st, _, js = await acall(n.port, "POST", "/api/users/dave/disconnect", {"reason": "maintenance"})
+    eq((st, js), (200, {"user": "dave", "closed": 2}), "disconnect answer")
+    for c in (d1, d2):
+        await c.wait_closed(2)
+        eq((c.close_code, c.close_reason), (4003, "maintenance"), "disconnect close")
+    st, _, js = await acall(n.port, "POST", "/api/users/nobody/disconnect")
+    eq((st, js["closed"]), (200, 0), "disconnect of nobody")
+    check(not other.closed, "another user untouched")
+
+
+@test(timeout=30)
+async def api_key_rate_limit_429_retry_after():
+    n = api_node(env={"CHAT_API_RATE": 2, "CHAT_API_BURST": 3})
+    room = uniq("rl")
+    got = []
+    for i in range(4):
+        st, hd, js = await acall(n.port, "GET", f"/api/rooms/{room}")
+        got.append((st, hd.get("retry-after")))
+    eq([g[0] for g in got], [200, 200, 200, 429], "burst of 3, then 429")
+    eq(got[3][1], "1", "Retry-After (seconds)")
+    _, js = await expect_error(n.port, "GET", f"/api/rooms/{room}", 429, "rate_limited")
+    # the other key has its own bucket
+    st, _, _ = await acall(n.port, "GET", f"/api/rooms/{room}", key=KEY2)
+    eq(st, 200, "another key")
+    await asyncio.sleep(1.1)
+    st, _, _ = await acall(n.port, "GET", f"/api/rooms/{room}")
+    eq(st, 200, "after Retry-After")
+    m = await metrics(n.port)
+    check(metric_value(m, "chat_rate_limited_total", 'limit="api_key"') >= 2, "metric")
+
+
+@test(timeout=30)
+async def user_message_rate_counted_for_all_connections():
+    n = api_node(env={"CHAT_USER_MSG_RATE": 1, "CHAT_USER_MSG_BURST": 3})
+    room = uniq("ur")
+    a = await Client.connect(n, room, token("carl"))
+    b = await Client.connect(n, room, token("carl"))
+    for i in range(6):
+        await (a if i % 2 == 0 else b).send_msg(f"m{i}", id=f"m{i}")
+    ans = lambda f: f["type"] in ("ack", "error") and str(f.get("id", "")).startswith("m")
+    fa = await a.wait_count(ans, 3, 5)
+    fb = await b.wait_count(ans, 3, 5)
+    acks = [f for f in fa + fb if f["type"] == "ack"]
+    errs = [f for f in fa + fb if f["type"] == "error"]
+    eq(len(acks), 3, f"3 acks for the user's two connections together ({fa + fb})")
+    eq({e["code"] for e in errs}, {"rate_limited"}, "the others are rate_limited")
+    # another user is not affected; the API is not counted against users
+    c = await Client.connect(n, room, token("dora"))
+    await c.send_msg("hi", id="d1")
+    await c.wait_for(lambda f: f["type"] == "ack", 3)
+    await publish(n.port, room, msg("api-carl", user="carl"))
+    m = await metrics(n.port)
+    eq(metric_value(m, "chat_rate_limited_total", 'limit="user_messages"'), 3.0, "metric")
+
+
+@test(timeout=40)
+async def sample_bot_posts_through_the_api():
+    n = api_node()
+    room = uniq("bot")
+    c = await Client.connect(n, room, token("alice"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env["CHAT_API_KEY"] = KEY
+    bot = os.path.join(REPO, "tools", "bot.py")
+    r = await asyncio.to_thread(
+        subprocess.run, ["/usr/bin/python3", bot, "--url", f"http://127.0.0.1:{n.port}", "--room", room,
+                         "--user", "buildbot", "--name", "Build bot", "--count", "3", "--id-prefix", "b",
+                         "--meta", '{"build":42}', "build", "done"],
+        env=env, capture_output=True, text=True, timeout=20)
+    eq(r.returncode, 0, f"bot exit ({r.stderr})")
+    eq(r.stdout.split(), ["1", "b-0", "2", "b-1", "3", "b-2"], "bot output")
+    got = await c.wait_count(is_msg(room), 3, 5)
+    eq([(f["user"], f["name"], f["body"], f["meta"]) for f in got], [("buildbot", "Build bot", "build done",
+                                                                      {"build": 42})] * 3, "frames")
+    # the same ids again: duplicates, nothing new broadcast
+    r = await asyncio.to_thread(
+        subprocess.run, ["/usr/bin/python3", bot, "--url", f"http://127.0.0.1:{n.port}", "--room", room,
+                         "--count", "2", "--id-prefix", "b", "again"],
+        env=env, capture_output=True, text=True, timeout=20)
+    eq(r.stdout.split(), ["1", "b-0", "duplicate", "2", "b-1", "duplicate"], "resent ids")
+    # the key on the command line is refused (it would show in ps)
+    env.pop("CHAT_API_KEY")
+    r = await asyncio.to_thread(subprocess.run, ["/usr/bin/python3", bot, "--room", room, "x"], env=env,
+                                capture_output=True, text=True, timeout=20)
+    eq(r.returncode, 2, "no key: usage error")
+    await asyncio.sleep(0.3)
+    eq(len(c.messages(room)), 3, "one frame per id")
+
+
+# ---------------------------------------------------------------- two nodes
+
+def two_nodes(db=False, env=None):
+    e = dict(env or {})
+    a = api_node(redis=True, db=db, env=e, name="A-" + uniq(""))
+    b = api_node(redis=True, db=db, env=e, name="B-" + uniq(""))
+    return a, b
+
+
+@test(timeout=40, needs=("redis", "pg"))
+async def idempotent_publish_across_nodes():
+    a, b = two_nodes(db=True)
+    room = uniq("idem")
+    ca = await Client.connect(a, room, token("u1"))
+    cb = await Client.connect(b, room, token("u2"))
+    js1 = await publish(a.port, room, msg("same-1", "once", meta={"k": 1}))
+    js2 = await publish(b.port, room, msg("same-1", "once", meta={"k": 1}))
+    eq((js1["seq"], js1["duplicate"]), (1, False), "first on A")
+    eq((js2["seq"], js2["duplicate"]), (1, True), "again on B: the first seq")
+    # at once on both nodes: one seq
+    r = await asyncio.gather(publish(a.port, room, msg("same-2", "race")), publish(b.port, room, msg("same-2", "race")))
+    eq(sorted(x["duplicate"] for x in r), [False, True], "one of the racing two is the duplicate")
+    eq(r[0]["seq"], r[1]["seq"], "same seq")
+    for c in (ca, cb):
+        await c.wait_count(is_msg(room), 2, 5)
+    await asyncio.sleep(0.3)
+    for c in (ca, cb):
+        eq([(f["seq"], f["id"]) for f in c.messages(room)], [(1, "same-1"), (2, "same-2")], f"{c.label} frames")
+    eq(harness.RUN.pg.psql("chatd", f"SELECT count(*) FROM messages WHERE room='{room}'").strip(), "2", "rows")
+
+
+@test(timeout=40, needs=("redis",))
+async def disconnect_reaches_the_other_node():
+    a, b = two_nodes()
+    room = uniq("dc")
+    on_a = await Client.connect(a, room, token("zed"))
+    on_b = [await Client.connect(b, room, token("zed")) for _ in range(2)]
+    bystander = await Client.connect(b, room, token("amy"))
+    t0 = time.time()
+    st, _, js = await acall(a.port, "POST", "/api/users/zed/disconnect", {"reason": "kicked"})
+    eq((st, js), (200, {"user": "zed", "closed": 3}), "closed on both nodes, counted")
+    for c in [on_a] + on_b:
+        await c.wait_closed(2)
+        eq((c.close_code, c.close_reason), (4003, "kicked"), f"{c.label} close")
+    check(time.time() - t0 < 1.5, "closed everywhere within a second")
+    check(not bystander.closed, "bystander untouched")
+
+
+@test(timeout=50, needs=("redis",))
+async def ban_survives_reconnect_to_another_node_and_expires():
+    a, b = two_nodes()
+    room = uniq("bn")
+    victim = await Client.connect(b, room, token("mal"))
+    st, _, js = await acall(a.port, "PUT", "/api/users/mal/ban", {"seconds": 3, "reason": "abuse"})
+    eq((st, js["closed"]), (200, 1), "ban on A closes the connection on B")
+    await victim.wait_closed(2)
+    eq((victim.close_code, victim.close_reason), (4003, "abuse"), "close on B")
+    for n in (a, b):
+        st, body = await aupgrade_status(n.port, ws_path(room, token("mal")))
+        eq(st, 403, f"reconnect to {n.name} refused")
+    # a node that starts after the ban (or restarts) still enforces it
+    c = api_node(redis=True, name="C-" + uniq(""))
+    st, _ = await aupgrade_status(c.port, ws_path(room, token("mal")))
+    eq(st, 403, "a node started after the ban enforces it")
+    # a per-room ban on B, a join on A answers banned
+    st, _, _ = await acall(b.port, "PUT", "/api/users/kim/ban", {"seconds": 30, "room": room})
+    eq(st, 200, "room ban")
+    k = await Client.connect(a, uniq("other"), token("kim"))
+    js = await k.join(room)
+    eq((js["type"], js.get("code")), ("error", "banned"), "join on A answers banned")
+    st, _, _ = await acall(a.port, "DELETE", f"/api/users/kim/ban?room={room}")
+    eq(st, 200, "lift on A")
+    js = await k.join(room)
+    eq(js["type"], "presence_state", "joined after the lift (on B's ban, lifted through A)")
+    await asyncio.sleep(3.2)
+    for n in (a, b, c):
+        st, _ = await aupgrade_status(n.port, ws_path(room, token("mal")))
+        eq(st, 101, f"after expiry on {n.name}")
+
+
+@test(timeout=40, needs=("redis",))
+async def room_info_across_nodes():
+    a, b = two_nodes()
+    room = uniq("ri")
+    clients = [await Client.connect(a, room, token("u1")), await Client.connect(a, room, token("u2")),
+               await Client.connect(b, room, token("u2")), await Client.connect(b, room, token("u3"))]
+    for i in range(4):
+        await publish((a if i % 2 else b).port, room, msg(f"i{i}"))
+    await clients[0].wait_count(is_msg(room), 4, 5)
+    for n in (a, b):
+        st, _, js = await acall(n.port, "GET", f"/api/rooms/{room}")
+        eq((st, js), (200, {"room": room, "seq": 4, "users": 3, "connections": 4}), f"room info on {n.name}")
+    st, _, js = await acall(a.port, "GET", f"/api/rooms/{uniq('empty')}")
+    eq((js["seq"], js["users"], js["connections"]), (0, 0, 0), "an unused room")
+
+
+@test(timeout=40, needs=("redis",))
+async def limits_hold_across_nodes():
+    # one bucket per user and per key in Redis: a user on two nodes gets the
+    # rate once; a key's requests count on every node
+    a, b = two_nodes(env={"CHAT_USER_MSG_RATE": 1, "CHAT_USER_MSG_BURST": 3,
+                          "CHAT_API_RATE": 1, "CHAT_API_BURST": 3})
+    room = uniq("cl")
+    ca = await Client.connect(a, room, token("carl"))
+    cb = await Client.connect(b, room, token("carl"))
+    for i in range(6):
+        await (ca if i % 2 == 0 else cb).send_msg(f"m{i}", id=f"m{i}")
+    ans = lambda f: f["type"] in ("ack", "error") and str(f.get("id", "")).startswith("m")
+    got = await ca.wait_count(ans, 3, 5) + await cb.wait_count(ans, 3, 5)
+    eq(sorted(f["type"] for f in got), ["ack"] * 3 + ["error"] * 3,
+       f"3 acks for the user's connections on two nodes together ({got})")
+    eq({f.get("code") for f in got if f["type"] == "error"}, {"rate_limited"}, "the others")
+    sts = []
+    for n in (a, a, b, b):
+        st, hd, _ = await acall(n.port, "GET", f"/api/rooms/{room}")
+        sts.append((st, hd.get("retry-after")))
+    eq([s[0] for s in sts], [200, 200, 200, 429], "a key's burst counted on both nodes")
+    check(sts[3][1] and int(sts[3][1]) >= 1, "Retry-After")
+    st, _, _ = await acall(b.port, "GET", f"/api/rooms/{room}", key=KEY2)
+    eq(st, 200, "another key has its own bucket")
+    ma, mb = await metrics(a.port), await metrics(b.port)
+    eq((metric_value(ma, "chat_rate_limited_total", 'limit="user_messages"') or 0) +
+       (metric_value(mb, "chat_rate_limited_total", 'limit="user_messages"') or 0), 3.0, "user metric")
+    eq(metric_value(mb, "chat_rate_limited_total", 'limit="api_key"'), 1.0, "key metric")
+
+
+@test(timeout=90, needs=("redis", "pg"))
+async def cluster_wide_actions_on_a_redis_cluster():
+    # 3 nodes on a 3-master Redis Cluster (the cluster group's rig): the
+    # control channel is a sharded channel, bans a hash and buckets keys on
+    # their own slots; every action still reaches every node
+    import cluster as crig   # the rig of the `cluster` group (started once per run)
+    r = crig.setup()
+    env = dict(API_ENV, CHAT_API_RATE=1, CHAT_API_BURST=4)
+    a, b, c = crig.three_nodes(r, env=env)
+    room = uniq("rc")
+    users = [await Client.connect(n, room, token("vic")) for n in (a, b, c)]
+    other = await Client.connect(c, room, token("ann"))
+    st, _, js = await acall(b.port, "GET", f"/api/rooms/{room}")
+    eq((st, js["users"], js["connections"]), (200, 2, 4), "room info across 3 nodes")
+    js = await publish(a.port, room, msg("c1", "on a cluster", meta={"k": 1}))
+    got = await other.wait_for(is_msg(room), 5)
+    eq((got["seq"], got["meta"]), (js["seq"], {"k": 1}), "the API message on another node")
+    st, _, js = await acall(c.port, "POST", "/api/users/vic/disconnect", {"reason": "cluster"})
+    eq((st, js.get("closed")), (200, 3), "disconnect on all 3 nodes, counted")
+    for u in users:
+        await u.wait_closed(2)
+        eq(u.close_code, 4003, f"{u.label} closed")
+    st, _, js = await acall(a.port, "PUT", "/api/users/vic/ban", {"seconds": 30, "room": room})
+    eq(st, 200, f"ban ({js})")
+    for n in (a, b, c):
+        st, _ = await aupgrade_status(n.port, ws_path(room, token("vic")))
+        eq(st, 403, f"banned on {n.name}")
+    d = crig.start_nodes([[r.masters()[1]]], env=env, names="D")[0]
+    st, _ = await aupgrade_status(d.port, ws_path(room, token("vic")))
+    eq(st, 403, "a node started later reads the ban")
+    # KEY2's bucket (untouched so far): a burst of 4 spent on 4 nodes, then 429 on any
+    sts = [(await acall(n.port, "GET", f"/api/rooms/{room}", key=KEY2))[0] for n in (a, b, c, d, a)]
+    eq(sts, [200, 200, 200, 200, 429], "the key's bucket is one for the whole cluster")
+    check(not other.closed, "another user untouched")
