@@ -40,6 +40,7 @@ import re
 import resource
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -380,6 +381,27 @@ def read_units(results):
     return U
 
 
+def chatd_defaults():
+    """chatd's own defaults the model depends on, read from the code (they are
+    settings, not measurements): recent buffer per room, how long a client
+    message id is kept in Redis."""
+    out = {"recent_max": (1000, "assumed"), "id_ttl_s": (86400, "assumed")}
+    try:
+        cfg = open(os.path.join(REPO, "core", "config.c")).read()
+        for key, env in (("recent_max", "CHAT_RECENT_MAX"), ("id_ttl_s", "CHAT_IDEMPOTENCY_TTL_S")):
+            mm = re.search(r'"%s",\s*K_INT,\s*O\(\w+\),\s*"(\d+)"' % env, cfg)
+            if mm:
+                out[key] = (int(mm.group(1)), "%s default (core/config.c)" % env)
+        if out["id_ttl_s"][1] == "assumed":
+            srv = open(os.path.join(REPO, "core", "server.c")).read()
+            mm = re.search(r"bus_opts bo = \{[^,]+,[^,]+,\s*(\d+)", srv)
+            if mm:
+                out["id_ttl_s"] = (int(mm.group(1)), "fixed in core/server.c (no setting)")
+    except OSError:
+        pass
+    return out
+
+
 # --------------------------------------------------------------------------
 # the model
 
@@ -628,9 +650,11 @@ CF_HEAD = ["", "Centrifugo, published (2020)", "chatd, this model", "note"]
 
 def params_line(p):
     return ("conns %s; heartbeat every %g s; target utilisation %.0f%%; fd limit %s per process; "
-            "hosts of %d cores / %d GiB; Redis %s, %g GiB per shard; id keys kept %d s; Postgres %s%s" % (
+            "hosts of %d cores / %d GiB; Redis %s, %g GiB per shard; id keys kept %d s, recent buffer %d per "
+            "room (%s); Postgres %s%s" % (
                 fmt(p["conns"]), p["hb_s"], 100 * p["util"], fmt(p["fd_limit"]), p["host_cores"],
-                p["host_mem_gib"], p["redis"], p["redis_mem_gib"], p["id_ttl_s"], "on" if p["postgres"] else "off",
+                p["host_mem_gib"], p["redis"], p["redis_mem_gib"], p["id_ttl_s"], p["recent_max"],
+                p.get("settings_src", "parameters"), "on" if p["postgres"] else "off",
                 "; TLS front counted" if p["tls_front"] else ""))
 
 
@@ -1108,6 +1132,7 @@ def parse_mix(s):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)     # `capacity.py | head` ends quietly
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=RESULTS, help="result folder (default loadtest/results)")
@@ -1126,8 +1151,8 @@ def main():
     ap.add_argument("--redis", choices=("single", "cluster"), default=DEFAULTS["redis"])
     ap.add_argument("--redis-mem-gib", type=float, default=DEFAULTS["redis_mem_gib"],
                     help="memory per Redis shard (id keys)")
-    ap.add_argument("--id-ttl-s", type=int, default=DEFAULTS["id_ttl_s"])
-    ap.add_argument("--recent-max", type=int, default=DEFAULTS["recent_max"])
+    ap.add_argument("--id-ttl-s", type=int, default=None, help="default: chatd's (read from core/)")
+    ap.add_argument("--recent-max", type=int, default=None, help="default: chatd's (read from core/)")
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--tls-front", action="store_true", help="count an nginx TLS front's CPU (estimate)")
     ap.add_argument("--pessimistic", action="store_true", help="custom scenario with the highest unit costs")
@@ -1156,10 +1181,12 @@ def main():
             print("  run: /usr/bin/python3 loadtest/capacity.py --measure %s" % str(e)[9:-5], file=sys.stderr)
         return 2
     fd = a.fd_limit or resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    cd = chatd_defaults()
     base = dict(DEFAULTS, conns=a.conns, mix=a.mix, msgs_per_min=a.msgs_per_min, hb_s=a.heartbeat_s,
                 connects_per_s=a.connects_per_s, util=a.util, fd_limit=fd, host_cores=a.host_cores,
-                host_mem_gib=a.host_mem_gib, redis=a.redis, redis_mem_gib=a.redis_mem_gib, id_ttl_s=a.id_ttl_s,
-                recent_max=a.recent_max,
+                host_mem_gib=a.host_mem_gib, redis=a.redis, redis_mem_gib=a.redis_mem_gib,
+                id_ttl_s=a.id_ttl_s or cd["id_ttl_s"][0], recent_max=a.recent_max or cd["recent_max"][0],
+                settings_src="id keys: %s; recent buffer: %s" % (cd["id_ttl_s"][1], cd["recent_max"][1]),
                 postgres=not a.no_postgres, tls_front=a.tls_front)
     desc = git_describe()
     if a.update_doc or a.check_doc:
