@@ -109,6 +109,8 @@ class Unit:
 def fmt(v, nd=None):
     if v is None:
         return "-"
+    if v == 0:
+        return "0"
     if nd is None:
         a = abs(v)
         nd = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 1 else 3
@@ -559,7 +561,7 @@ def scenario_rows(U, scs, pessimistic):
             "%d (CPU %d, mem %d)" % (r["shards"], r["shards_cpu"], r["shards_mem"]),
             fmt(r["redis_cpu"], 2), "%s + %s" % (fmt(r["redis_ids_gib"]), fmt(r["redis_recent_gib"])),
             "%s rows/s, %s xact/s, %.1f cores" % (fmt(r["rows"]), fmt(r["xacts"]), r["pg_cpu"])
-            if r["rows"] else "off",
+            if p["postgres"] else "off",
         ])
     return rows
 
