@@ -274,6 +274,16 @@ def read_units(results):
                         "workers_conns_single.json", machine_str(wc.get("machine")),
                         "CPU during the ramp of %d conns / conns" % wc["config"]["conns"], conn_alts)
     U["held_per_proc"] = wk["conns"]["single"]["held"]
+    lag = []
+    try:
+        r1 = load("rooms100.json", results)
+        lag.append("p99 %.1f ms at %s deliveries/s (rooms100.json)" % (r1["lag_ms"]["p99"],
+                                                                     fmt(r1["deliveries"]["per_s"])))
+    except Missing:
+        pass
+    lag.append("p99 %.1f ms at %s deliveries/s (workers_search_single.json, best within %g ms)" % (
+        ws["best"]["p99_ms"], fmt(ws["best"]["deliveries_per_s"]), ws["p99_slo_ms"]))
+    U["lag_line"] = "; ".join(lag)
 
     # -- Redis
     rc = load("cluster_redis_cpu.json", results)
@@ -627,7 +637,7 @@ def centrifugo_rows(U, base):
          "chatd: one process = one core"],
         ["server processes", "20 pods", "%d processes at %.0f%% target (%d by fds of %s)" % (
             r["procs"], 100 * p["util"], r["procs_by_fd"], fmt(p["fd_limit"])), ""],
-        ["server memory", "27 GB (~30 KB/conn; 512-byte ws buffers)",
+        ["server memory", "27 GB (~30 KB/conn; ws buffers set to 512, \"512 kb\" in the text)",
          "%.1f GiB RSS + %.1f GiB kernel" % (r["procs"] * r["mem_proc_mib"] / 1024,
                                              r["procs"] * r["kern_proc_mib"] / 1024),
          "whether kernel socket memory is in the 27 GB is not stated"],
@@ -638,8 +648,8 @@ def centrifugo_rows(U, base):
         ["broker shards", "5", "%d (CPU %d, memory %d: id keys %.0f GiB, recent buffers %.0f GiB)" % (
             r["shards"], r["shards_cpu"], r["shards_mem"], r["redis_ids_gib"], r["redis_recent_gib"]),
          "%g GiB per shard; id keys kept %d s" % (p["redis_mem_gib"], p["id_ttl_s"])],
-        ["latency p99", "200 ms (end to end, in Kubernetes)", "not modelled; measured here: p99 2-6 ms at "
-         "50-100k deliveries/s per core on loopback", ""],
+        ["latency p99", "200 ms (end to end, in Kubernetes)", "not modelled; measured on one core here: %s" % (
+            U["lag_line"]), "loopback, client-observed"],
         ["idle 1M conns", "~10 CPU, ~5% of each Redis", "%.1f cores, Redis %.2f cores" % (
             model(U, dict(p, msgs_per_s=0.0, connects_per_s=0.0))["cpu"],
             model(U, dict(p, msgs_per_s=0.0, connects_per_s=0.0))["redis_cpu"]), "chatd heartbeats every 10 s"],
