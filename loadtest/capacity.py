@@ -372,6 +372,8 @@ def read_units(results):
     U["pg_row"] = Unit("pg_row", "Postgres CPU per stored row (insert, index, WAL)", max(row, 0.0), "µs",
                        "capacity_store.json", machine_str(st.get("machine")), "the same two points")
     U["pg_dm_check"] = (ds["marginal_us_per_message"]["postgres"], mpx, machine_str(ds.get("machine")))
+    U["pg_rooms_check"] = (proc(vrm, "postgres")["us_per_message"], vrm["config"]["rate"],
+                           machine_str(vrm.get("machine")))
     U["pg_window_ms"] = mpx / ds["load"]["rate"] * 1000.0
     U["pg_rows_max"] = Unit("pg_rows_max", "Postgres rows/s, one instance, group commit (ceiling here)",
                             bulk["rows_per_s"], "rows/s", "capacity_store.json", machine_str(st.get("machine")),
@@ -679,16 +681,18 @@ def render(U, base, md, git_desc):
     out.append(h("Unit costs (measured)"))
     out.append(T(["unit", "value", "range", "file", "machine", "how"], unit_rows(U)))
     pg_dm, mpx, mach = U["pg_dm_check"]
-    chk = model(U, dict(base, conns=2000, mix=[(2, 1.0)], msgs_per_s=1000.0, fd_limit=20000))
     out.append("\nCheck: dm grew Redis by %.0f B per message (dm.json, %s: the id key and the recent entry while "
                "buffers fill); the id key + entry measured apart: %.0f B." % (
                    U["redis_dm_bytes"][0], U["redis_dm_bytes"][1], U["redis_id"].value + U["redis_entry"].value))
+    rr = U["pg_rooms_check"]
     out.append("\nCheck: the Postgres fit predicts %.1f µs per message at dm's %.2f rows/transaction; dm measured "
-               "%.1f µs (dm_summary.json, %s). chatd group-commit window from dm: %.2f ms. Heartbeat share "
-               "of presence in the node (bench_presence): %.1f µs per heartbeat." % (
-                   U["pg_xact"].value / mpx + U["pg_row"].value, mpx, pg_dm, mach, U["pg_window_ms"],
-                   U["presence_node"]))
-    del chk
+               "%.1f µs (dm_summary.json, %s); at %g msgs/s (rooms100 of vs_nchan, %s) Postgres used %.0f µs per "
+               "message, where the model's rows/xact rule gives %.1f rows/xact, %.0f µs." % (
+                   U["pg_xact"].value / mpx + U["pg_row"].value, mpx, pg_dm, mach, rr[1], rr[2], rr[0],
+                   max(rr[1] * U["pg_window_ms"] / 1000.0, 1.0),
+                   U["pg_xact"].value / max(rr[1] * U["pg_window_ms"] / 1000.0, 1.0) + U["pg_row"].value))
+    out.append("\nchatd's group-commit window, from dm: %.2f ms. Presence's share of a heartbeat in the node "
+               "(bench_presence): %.1f µs." % (U["pg_window_ms"], U["presence_node"]))
     for pess, title in ((False, "The model, central unit costs"),
                         (True, "The model, pessimistic unit costs (the highest of each range)")):
         scs = scenarios(base)
@@ -1187,6 +1191,10 @@ def main():
 
     try:
         U = read_units(a.results)
+    except KeyError as e:
+        print("capacity.py: a result file in %s lacks the field %s (its format changed?)" % (a.results, e),
+              file=sys.stderr)
+        return 2
     except Missing as e:
         print("capacity.py: result file %s is missing from %s" % (e, a.results), file=sys.stderr)
         if str(e).startswith("capacity_"):
