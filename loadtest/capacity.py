@@ -399,10 +399,11 @@ def chatd_defaults():
     """chatd's own defaults the model depends on, read from the code (they are
     settings, not measurements): recent buffer per room, how long a client
     message id is kept in Redis."""
-    out = {"recent_max": (1000, "assumed"), "id_ttl_s": (86400, "assumed")}
+    out = {"recent_max": (1000, "assumed"), "id_ttl_s": (86400, "assumed"), "batch_max": (500, "assumed")}
     try:
         cfg = open(os.path.join(REPO, "core", "config.c")).read()
-        for key, env in (("recent_max", "CHAT_RECENT_MAX"), ("id_ttl_s", "CHAT_IDEMPOTENCY_TTL_S")):
+        for key, env in (("recent_max", "CHAT_RECENT_MAX"), ("id_ttl_s", "CHAT_IDEMPOTENCY_TTL_S"),
+                         ("batch_max", "CHAT_BATCH_MAX")):
             mm = re.search(r'"%s",\s*K_INT,\s*O\(\w+\),\s*"(\d+)"' % env, cfg)
             if mm:
                 out[key] = (int(mm.group(1)), "%s default (core/config.c)" % env)
@@ -1206,6 +1207,7 @@ def main():
                 connects_per_s=a.connects_per_s, util=a.util, fd_limit=fd, host_cores=a.host_cores,
                 host_mem_gib=a.host_mem_gib, redis=a.redis, redis_mem_gib=a.redis_mem_gib,
                 id_ttl_s=a.id_ttl_s or cd["id_ttl_s"][0], recent_max=a.recent_max or cd["recent_max"][0],
+                batch_max=cd["batch_max"][0],
                 settings_src="id keys: %s; recent buffer: %s" % (cd["id_ttl_s"][1], cd["recent_max"][1]),
                 postgres=not a.no_postgres, tls_front=a.tls_front)
     desc = git_describe()
