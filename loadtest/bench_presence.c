@@ -6,7 +6,9 @@
  * and Redis CPU from INFO commandstats / INFO cpu taken before and after.
  * Usage: bench_presence [-u redis://127.0.0.1:6379] [-n 10000] [-r 100]
  *          [-k 1] [-b heartbeat_ms 10000] [-t ttl_ms 30000] [-d seconds 60]
- * Without -u the memory store is measured (no Redis figures). */
+ *          [-j results.json]
+ * Without -u the memory store is measured (no Redis figures). -j also writes
+ * the figures as JSON (read by loadtest/capacity.py). */
 #define _GNU_SOURCE
 #include "presence.h"
 #include "log.h"
@@ -112,10 +114,10 @@ static int redis_stats(const char *url, rstats *s)
 
 int main(int argc, char **argv)
 {
-    const char *url = NULL;
+    const char *url = NULL, *json = NULL;
     double secs = 60;
     int opt;
-    while ((opt = getopt(argc, argv, "u:n:r:k:b:t:d:")) != -1) {
+    while ((opt = getopt(argc, argv, "u:n:r:k:b:t:d:j:")) != -1) {
         switch (opt) {
         case 'u': url = optarg; break;
         case 'n': NCONN = atoi(optarg); break;
@@ -124,9 +126,10 @@ int main(int argc, char **argv)
         case 'b': HB = (uint32_t)atoi(optarg); break;
         case 't': TTL = (uint32_t)atoi(optarg); break;
         case 'd': secs = atof(optarg); break;
+        case 'j': json = optarg; break;
         default:
             fprintf(stderr, "usage: %s [-u url] [-n conns] [-r rooms] [-k nodes] [-b hb_ms] "
-                            "[-t ttl_ms] [-d seconds]\n", argv[0]);
+                            "[-t ttl_ms] [-d seconds] [-j json]\n", argv[0]);
             return 2;
         }
     }
@@ -172,6 +175,22 @@ int main(int argc, char **argv)
         printf("redis_cmds/s=%.0f (incl. calls inside scripts) evalsha/s=%.0f redis_cpu=%.2f%%\n",
                (r1.calls - r0.calls) / wall, (r1.evalsha - r0.evalsha) / wall,
                100.0 * (r1.cpu - r0.cpu) / wall);
+    if (json) {
+        FILE *f = fopen(json, "w");
+        if (!f) { perror(json); return 1; }
+        fprintf(f, "{\"store\": \"%s\", \"conns\": %d, \"rooms\": %d, \"nodes\": %d, "
+                   "\"heartbeat_ms\": %u, \"ttl_ms\": %u, \"window_s\": %.3f, "
+                   "\"touches_per_s\": %.1f, \"presence_cpu_util\": %.5f, \"leaves_in_window\": %ld",
+                url ? "redis" : "memory", NCONN, NROOMS, K, HB, TTL, wall, touches / wall,
+                cpu / wall, leaves - l0);
+        if (have_redis)
+            fprintf(f, ", \"redis_cmds_per_s\": %.1f, \"redis_evalsha_per_s\": %.1f, "
+                       "\"redis_cpu_util\": %.5f",
+                    (r1.calls - r0.calls) / wall, (r1.evalsha - r0.evalsha) / wall,
+                    (r1.cpu - r0.cpu) / wall);
+        fprintf(f, "}\n");
+        fclose(f);
+    }
     size_t len;
     char *m = metrics_render(&len);
     for (char *l = strtok(m, "\n"); l; l = strtok(NULL, "\n"))

@@ -1,13 +1,15 @@
 /* bench_store: throughput and latency of the history store against a real
  * Postgres (not a test; see docs/storage.md for figures and how to run).
  *   bench_store CONNINFO [--rows N] [--batch N] [--ack-seconds S]
- *                        [--queries N] [--skip-populate]
+ *                        [--queries N] [--skip-populate] [--json FILE]
  * Works in its own schema (bench_store, via PGOPTIONS search_path) which it
  * drops and re-creates unless --skip-populate. Prints:
  *   1. sustained stored rows/s with group commit (window of pending rows),
  *   2. ack latency p50/p99/max at a steady 1,000 rows/s,
  *   3. history page latency p50/p99 (limit 50, random cursors), 1M rows in
- *      one room and 1M rows across 10k rooms. */
+ *      one room and 1M rows across 10k rooms.
+ * --json FILE also writes the throughput and ack figures as JSON (read by
+ * loadtest/capacity.py). */
 #define _GNU_SOURCE
 #include "store.h"
 #include "util.h"
@@ -153,10 +155,10 @@ static store *open_store(const char *url, int batch_max)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s CONNINFO [--rows N] [--batch N] [--ack-seconds S] [--queries N] [--skip-populate]\n", argv[0]);
+        fprintf(stderr, "usage: %s CONNINFO [--rows N] [--batch N] [--ack-seconds S] [--queries N] [--skip-populate] [--json FILE]\n", argv[0]);
         return 2;
     }
-    const char *url = argv[1];
+    const char *url = argv[1], *json = NULL;
     long rows = 300000;
     int batch = 500, ack_s = 10, nq = 5000, populate = 1;
     for (int i = 2; i < argc; i++) {
@@ -165,6 +167,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--ack-seconds") && i + 1 < argc) ack_s = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--queries") && i + 1 < argc) nq = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--skip-populate")) populate = 0;
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else { fprintf(stderr, "unknown argument %s\n", argv[i]); return 2; }
     }
     if (ack_s * 1000L > ACK_MAX) ack_s = ACK_MAX / 1000;
@@ -195,6 +198,14 @@ int main(int argc, char **argv)
     uv_timer_stop(&filler);
     printf("throughput: %ld rows (100-byte bodies, 100 rooms, batch_max %d, batch_ms 2) in %.2f s: %.0f rows/s (%ld failed)\n",
            tp_total, batch, secs, (double)tp_total / secs, tp_failed);
+    FILE *jf = NULL;
+    if (json) {
+        jf = fopen(json, "w");
+        if (!jf) die("cannot write the --json file");
+        fprintf(jf, "{\"rows\": %ld, \"batch_max\": %d, \"batch_ms\": 2, \"body_bytes\": 100, "
+                    "\"rooms\": 100, \"seconds\": %.3f, \"rows_per_s\": %.1f, \"failed\": %ld",
+                tp_total, batch, secs, (double)tp_total / secs, tp_failed);
+    }
 
     /* 2. ack latency at 1,000 rows/s */
     if (ack_s > 0) {
@@ -206,6 +217,13 @@ int main(int argc, char **argv)
     printf("ack latency at 1000 rows/s for %d s (batch_ms 2): p50 %.3f ms, p99 %.3f ms, max %.3f ms\n",
            ack_s, pct_ms(ack_lat, (size_t)ack_target, 0.5), pct_ms(ack_lat, (size_t)ack_target, 0.99),
            pct_ms(ack_lat, (size_t)ack_target, 1.0));
+    if (jf)
+        fprintf(jf, ", \"ack_rate\": 1000, \"ack_p50_ms\": %.3f, \"ack_p99_ms\": %.3f",
+                pct_ms(ack_lat, (size_t)ack_target, 0.5), pct_ms(ack_lat, (size_t)ack_target, 0.99));
+    }
+    if (jf) {
+        fprintf(jf, "}\n");
+        fclose(jf);
     }
     if (!uv_is_closing((uv_handle_t *)&filler)) uv_close((uv_handle_t *)&filler, NULL);
 
