@@ -211,7 +211,7 @@ static void handle_typing(conn *c, client_frame *f)
     script_verdict v = script_on_typing(g_srv.script, &x, &res);
     script_result_clear(&res);
     if (v == SCRIPT_REJECT) { metric_inc(m_typing_dropped); return; }
-    char b[1024];
+    char b[JSON_IDENT_MAX + 512]; /* the user prefix, room, escaped claims */
     size_t o = (size_t)snprintf(b, sizeof b, "%s\n{\"type\":\"typing\",\"room\":\"%s\",\"user\":", c->ident.user, room);
     o += (size_t)json_escape(b + o, sizeof b - o, c->ident.user, strlen(c->ident.user));
     memcpy(b + o, ",\"name\":", 8); o += 8;

@@ -93,7 +93,7 @@ void chat_presence_transition(void *ud, const char *rname, const char *event,
     script_verdict v = script_on_presence(g_srv.script, &x, event, user, name, &res);
     script_result_clear(&res);
     if (v == SCRIPT_REJECT) return;
-    char b[1024];
+    char b[JSON_IDENT_MAX + 256];
     size_t o = (size_t)snprintf(b, sizeof b, "{\"type\":\"presence\",\"room\":\"%s\",\"event\":\"%s\",\"user\":",
                                 rname, event);
     o += (size_t)json_escape(b + o, sizeof b - o, user, strnlen(user, 127));

@@ -159,7 +159,7 @@ static void on_presence_list(void *ud, int status, const presence_user *u, size_
 
 static void send_welcome(conn *c, uint64_t head, const char *epoch, const char *rs)
 {
-    char b[1536], ep[BUS_EPOCH_MAX * 6 + 16];
+    char b[JSON_IDENT_MAX + 1024], ep[BUS_EPOCH_MAX * 6 + 16];
     wire_epoch_field(ep, sizeof ep, epoch);
     size_t o = (size_t)snprintf(b, sizeof b, "{\"type\":\"welcome\",\"user\":");
     o += (size_t)json_escape(b + o, sizeof b - o, c->ident.user, strlen(c->ident.user));

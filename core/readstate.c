@@ -187,7 +187,7 @@ static void mark_answer(mark *m, int status, uint64_t stored)
 
 static void emit_receipt(const mark *m, uint64_t seq)
 {
-    char b[1024];
+    char b[JSON_IDENT_MAX + 256];
     size_t o = (size_t)snprintf(b, sizeof b, "{\"type\":\"read\",\"room\":\"%s\",\"user\":", m->room);
     o += (size_t)json_escape(b + o, sizeof b - o, m->user, strlen(m->user));
     memcpy(b + o, ",\"name\":", 8);

@@ -13,8 +13,12 @@ static inline uint64_t mono_ms(void) { return mono_ns() / 1000000ull; }
 int room_name_valid(const char *s, size_t len);
 
 /* Appends s as a JSON string (with quotes) to dst; returns bytes written or
- * -1 when cap is too small. */
+ * -1 when cap is too small. JSON_ESCAPED_MAX(n) is the most it writes for n
+ * bytes (a control character becomes \u00XX): size fixed buffers with it. */
 long json_escape(char *dst, size_t cap, const char *s, size_t len);
+#define JSON_ESCAPED_MAX(n) ((n) * 6 + 2)
+/* Two escaped identity claims (sub and name, at most 127 bytes each) */
+#define JSON_IDENT_MAX (2 * JSON_ESCAPED_MAX(127))
 
 /* The raw bytes of the value of top-level member `key` (compared byte for
  * byte: an escaped key does not match) of the JSON object obj[0..len), for

@@ -117,7 +117,7 @@ msg *wire_message_frame(const char *room, uint64_t seq, const char *tail, size_t
 
 char *wire_users_json(const char *prefix, const presence_user *u, size_t n, size_t *len)
 {
-    size_t cap = strlen(prefix) + 32 + n * 800;
+    size_t cap = strlen(prefix) + 32 + n * (JSON_IDENT_MAX + 32);
     char *b = malloc(cap);
     if (!b) return NULL;
     size_t o = (size_t)snprintf(b, cap, "%s\"users\":[", prefix);

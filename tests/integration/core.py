@@ -12,7 +12,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives import serialization
 
-from harness import (RUN, Client, RawWS, TestFailure, aupgrade_status, ahttp, check, eq,
+from harness import (RUN, Client, RawWS, TestFailure, aupgrade_status, ahttp, ahttp_json, check, eq,
                      start_node, token, token_claims, raw_jwt, claims, uniq, ws_path,
                      policy_dir, write_policy, metric_value, describe_seq_problem, test,
                      SECRET)
@@ -740,6 +740,42 @@ async def control_characters_in_claims_cannot_forge_log_records():
            ("FORGED" in ln and not ln.startswith("20") )]
     check(not bad, f"forged log records: {bad[:3]}")
     check("\x1b" not in log, "a raw escape character reached the log")
+
+
+@test()
+async def claims_of_control_characters_fit_every_frame():
+    # a signed sub and name may be 127 control characters each (only NUL is
+    # refused): escaped they are 6 bytes per byte. Every frame that carries
+    # them (welcome, presence_state, presence, typing, GET presence) must
+    # stay whole JSON (fuzz_resp found presence_state budgeted 800 bytes a user)
+    n = start_node()
+    room = uniq()
+    subs = [chr(1 + k) * 127 for k in range(2)]
+    names = [chr(0x10 + k) * 127 for k in range(2)]
+    cs = []
+    for sub, name in zip(subs, names):
+        cs.append(await Client.connect(n, room, token(sub, name)))
+    eq(cs[0].welcome().get("user"), subs[0], "welcome.user of 127 control characters")
+    eq(cs[0].welcome().get("name"), names[0], "welcome.name of 127 control characters")
+    obs = await Client.connect(n, room, token("observer"))
+    ps = await obs.wait_for(lambda f: f["type"] == "presence_state", 5, what="presence_state")
+    eq(sorted(u.get("user") for u in ps.get("users", [])), sorted(subs + ["observer"]),
+       "presence_state users")
+    await cs[1].send({"type": "typing"})
+    t = await obs.wait_for(lambda f: f["type"] == "typing", 5, what="typing")
+    eq((t.get("user"), t.get("name")), (subs[1], names[1]), "typing frame's user and name")
+    await cs[0].close()
+    left = await obs.wait_for(lambda f: f["type"] == "presence" and f.get("event") == "leave",
+                              10, what="presence leave")
+    eq((left.get("user"), left.get("name")), (subs[0], names[0]), "presence frame's user and name")
+    st, js, _ = await ahttp_json(n.port, f"/rooms/{room}/presence", token("reader"))
+    eq(st, 200, "GET presence")
+    check(isinstance(js, dict) and subs[1] in [u.get("user") for u in js.get("users", [])],
+          f"GET presence lists the user: {str(js)[:200]}")
+    for c in cs + [obs]:
+        check(not c.bad_json, f"{c.label}: unparsable frames: {[r[:80] for r in c.bad_json][:2]}")
+    await cs[1].close()
+    await obs.close()
 async def sigterm_drains_with_server_restart_and_1001():
     n = start_node()
     room = uniq()
