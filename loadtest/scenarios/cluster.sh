@@ -22,7 +22,10 @@
 # stops with "chatd has no Redis Cluster mode" and exit 2 (MODE=single works).
 # env: MODE=both|single|cluster (both), DURATION (20), RATE (500), CONNS (200),
 #      ROOMS (20), PUBLISHERS (RATE/10, at least ROOMS), NODES (2), IDLE_S (5),
-#      CLUSTER_PORT_LO/HI (17620/17659), PORT_C/PORT_D (3rd/4th node: 17603/17604)
+#      CLUSTER_PORT_LO/HI (17620/17659), PORT_C/PORT_D (3rd/4th node: 17603/17604),
+#      NODE_TIMEOUT_MS (cluster-node-timeout of the rig, 15000 as Redis' default:
+#      the rig's test default of 1000 ms lets a loaded 2-core machine see
+#      false failovers mid-run)
 source "$(dirname "$0")/lib.sh"
 MODE=${MODE:-both}
 DURATION=${DURATION:-20}
@@ -140,7 +143,7 @@ fi
 if [ "$MODE" != single ]; then
     echo "== Redis Cluster (3 masters + 3 replicas): $NODES chatd nodes, same load"
     "${RIG[@]}" start --dir "$RIG_DIR" --port-lo "$CLUSTER_PORT_LO" --port-hi "$CLUSTER_PORT_HI" \
-        >"$RESULTS/cluster_rig.txt" || { cat "$RESULTS/cluster_rig.txt"; exit 1; }
+        --node-timeout "${NODE_TIMEOUT_MS:-15000}" >"$RESULTS/cluster_rig.txt" || { cat "$RESULTS/cluster_rig.txt"; exit 1; }
     nodes=$("${RIG[@]}" nodes --dir "$RIG_DIR")
     for pid in $(awk '{print $3}' <<<"$nodes"); do
         taskset -a -p -c "$LOAD_CPU" "$pid" >/dev/null
