@@ -48,7 +48,12 @@ static void on_answer(void *ud, int allowed, int64_t total)
         conn_close_after_flush(c, CHAT_ADMIT_CLOSE, CHAT_ADMIT_REASON);
     } else {
         join_url_room(c, a->has_epoch ? a->epoch : NULL);
+        free(a);
+        return;
     }
+    /* frames held meanwhile are dropped and input resumes (the peer's
+     * close answer must be read) */
+    chat_hold_join_done(c);
     free(a);
 }
 

@@ -102,6 +102,7 @@ void uconns_cancel(uconns_req *r)
 void uconns_changed(const char *user)
 {
     if (!g_store || !adminstore_ready(g_store)) return;   /* the next pass repairs it */
+    LOGD(MOD, "user %s: %lld here", user, (long long)connlimit_count_user(user));
     adminstore_conns(g_store, user, g_node, connlimit_count_user(user), g_ttl, 0, NULL, NULL);
 }
 
@@ -118,6 +119,7 @@ void uconns_tick(uint64_t now)
     if (ready && (!g_was_ready || now - g_last >= g_ttl / 3)) {
         g_last = now;
         g_passes++;
+        LOGD(MOD, "pass %llu", (unsigned long long)g_passes);
         connlimit_each_user(write_one, NULL);
     }
     g_was_ready = ready;

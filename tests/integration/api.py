@@ -785,7 +785,7 @@ async def connections_per_user_across_nodes():
           "a refused connection's message was published")
     eq(metric_value(await metrics(b.port), "chat_refused_total", 'reason="per_user_cluster"'), 1.0,
        "refusal counted on B")
-    eq(redis_int(redis.command("HLEN", conns_key(user))), 1, "only A counts the user in Redis")
+    eq(redis_int(redis.command("HLEN", conns_key(user))), 1, f"only A counts the user in Redis {redis.command('HGETALL', conns_key(user))!r}")
     check(redis.command("HGET", conns_key(user), a.name).split(b"\r\n")[1].startswith(b"2 "),
           "A's count is 2")
     # one closes on A: a new one on B is admitted; a message sent before
