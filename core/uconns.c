@@ -38,7 +38,7 @@ void uconns_init(adminstore *a, const char *node, int64_t max, uint64_t ttl_ms)
                                   "New connections let through without the cluster-wide per-user count "
                                   "(Redis unreachable); the per-node limit still applied", NULL);
     m_refused = metrics_counter("chat_refused_total",
-                                "Connections refused at the edge before the upgrade, by reason",
+                                "Connections refused at the edge, by reason (before the upgrade; per_user_cluster: right after it)",
                                 "reason=\"per_user_cluster\"");
 }
 

@@ -60,7 +60,7 @@ void ws_metrics_init(void)
         char l[48];
         snprintf(l, sizeof l, "reason=\"%s\"", rf[i]);
         m_refused[i] = metrics_counter("chat_refused_total",
-                                       "Connections refused at the edge before the upgrade, by reason", l);
+                                       "Connections refused at the edge, by reason (before the upgrade; per_user_cluster: right after it)", l);
     }
 }
 
