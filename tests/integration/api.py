@@ -851,6 +851,11 @@ async def connections_per_user_right_after_a_reconnect_storm():
         outcomes += await asyncio.gather(*(one(rnd * 6 + i) for i in range(6)))
     check("ok" in outcomes, f"nothing admitted in the storm ({outcomes})")
     check(set(outcomes) <= {"ok", "429", "closed 1008"}, f"outcomes {set(outcomes)}")
+    refused = 0
+    for n in (a, b):
+        refused += metric_value(await metrics(n.port), "chat_refused_total", 'reason="per_user_cluster"') or 0
+    check(refused >= 1 and outcomes.count("closed 1008") == refused,
+          f"the storm crossed the limit across nodes: {refused} refused, outcomes {outcomes}")
     end = time.monotonic() + 5
     while time.monotonic() < end and redis_int(redis.command("EXISTS", conns_key(user))):
         await asyncio.sleep(0.1)
