@@ -58,8 +58,35 @@ static const char BAN_LOAD_LUA[] =
     "end\n"
     "return out\n";
 
-enum { S_TAKE = 0, S_BAN_PUT, S_BAN_LIFT, S_BAN_LOAD, S_COUNT };
-static const char *const SCRIPTS[S_COUNT] = {TAKE_LUA, BAN_PUT_LUA, BAN_LIFT_LUA, BAN_LOAD_LUA};
+/* KEYS[1] a user's connections (hash: node -> "<count> <until_ms>");
+ * ARGV node, count, ttl_ms, max. Sets this node's count (0: removes it)
+ * valid for ttl_ms; with max > 0 also sums the counts not expired
+ * (dropping the expired ones) and, over max, takes this node's newest
+ * connection back out (count - 1). -> {allowed, total} */
+static const char CONNS_LUA[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local node, n, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local function put(c)\n"
+    "  if c > 0 then\n"
+    "    redis.call('HSET', KEYS[1], node, string.format('%d %d', c, now + ttl))\n"
+    "    if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
+    "  else redis.call('HDEL', KEYS[1], node) end\n"
+    "end\n"
+    "put(n)\n"
+    "if max <= 0 then return {1, n} end\n"
+    "local sum, all = 0, redis.call('HGETALL', KEYS[1])\n"
+    "for i = 1, #all, 2 do\n"
+    "  local c, u = string.match(all[i + 1], '^(%d+) (%d+)$')\n"
+    "  if c and tonumber(u) > now then sum = sum + tonumber(c)\n"
+    "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
+    "end\n"
+    "if sum > max then put(n - 1); return {0, sum} end\n"
+    "return {1, sum}\n";
+
+enum { S_TAKE = 0, S_BAN_PUT, S_BAN_LIFT, S_BAN_LOAD, S_CONNS, S_COUNT };
+static const char *const SCRIPTS[S_COUNT] = {TAKE_LUA, BAN_PUT_LUA, BAN_LIFT_LUA, BAN_LOAD_LUA,
+                                             CONNS_LUA};
 
 struct adminstore {
     redis_client *rc;
@@ -71,6 +98,7 @@ typedef struct req {
     adminstore_done_cb done;
     adminstore_bans_cb bans;
     adminstore_take_cb take;
+    adminstore_conns_cb conns;
     void *ud;
 } req;
 
@@ -253,6 +281,38 @@ int adminstore_take(adminstore *a, const char *scope, const char *key, double ra
     const char *argv[] = {"1", k, sr, sb};
     size_t lens[] = {1, (size_t)kl, strlen(sr), strlen(sb)};
     int rc = call(a, S_TAKE, redis_key_slot(k, (size_t)kl), 4, argv, lens, take_reply, r);
+    free(k);
+    return rc;
+}
+
+static void conns_reply(void *ud, const redisReply *rp)
+{
+    req *r = ud;
+    uint64_t ok = 0, total = 0;
+    int good = rp && rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 &&
+               redis_reply_u64(rp->element[0], &ok) == 0 && redis_reply_u64(rp->element[1], &total) == 0;
+    if (rp && rp->type == REDIS_REPLY_ERROR)
+        LOGW(MOD, "connection count: %.*s", (int)rp->len, rp->str ? rp->str : "");
+    if (r->conns) r->conns(r->ud, good ? (ok ? 1 : 0) : -1, good ? (int64_t)total : -1);
+    free(r);
+}
+
+int adminstore_conns(adminstore *a, const char *user, const char *node, int64_t count, uint64_t ttl_ms,
+                     int64_t max, adminstore_conns_cb cb, void *ud)
+{
+    req *r = calloc(1, sizeof *r);
+    if (!r) return -1;
+    r->conns = cb;
+    r->ud = ud;
+    char *k = NULL, sn[24], st[24], sm[24];
+    int kl = asprintf(&k, "chat:{conns:%s}:n", user);
+    if (kl < 0) { free(r); return -1; }
+    snprintf(sn, sizeof sn, "%" PRId64, count < 0 ? 0 : count);
+    snprintf(st, sizeof st, "%" PRIu64, ttl_ms ? ttl_ms : 1);
+    snprintf(sm, sizeof sm, "%" PRId64, max < 0 ? 0 : max);
+    const char *argv[] = {"1", k, node, sn, st, sm};
+    size_t lens[] = {1, (size_t)kl, strlen(node), strlen(sn), strlen(st), strlen(sm)};
+    int rc = call(a, S_CONNS, redis_key_slot(k, (size_t)kl), 6, argv, lens, conns_reply, r);
     free(k);
     return rc;
 }

@@ -6,7 +6,12 @@
  *  - the cluster-wide token buckets, one small hash per bucket,
  *    chat:{<scope>:<key>}:rl (the bucket's own slot on a Cluster), refilled
  *    from Redis' clock (TIME) so the nodes' clocks do not matter, expiring
- *    once full again.
+ *    once full again;
+ *  - the connections of each user on every node (CHAT_MAX_CONNS_PER_USER
+ *    across nodes), one hash per user, chat:{conns:<user>}:n (the user's
+ *    own slot), field node id -> "<count> <until_ms>": each node writes its
+ *    own count, valid for a TTL it renews (a dead node's count expires);
+ *    Redis' clock again.
  * On a connection-layer client of its own (redis_client.h; no
  * subscription connection), scripts loaded on every node.
  * Owns: the client and the requests in flight (each callback called
@@ -47,5 +52,15 @@ int adminstore_bans_load(adminstore *a, adminstore_bans_cb cb, void *ud);
 typedef void (*adminstore_take_cb)(void *ud, int allowed, uint64_t retry_ms);
 int adminstore_take(adminstore *a, const char *scope, const char *key, double rate, double burst,
                     adminstore_take_cb cb, void *ud);
+
+/* Sets this node's count of user's connections to count (0: none) for
+ * ttl_ms. With max > 0 it is also an admission: the counts of every node
+ * not expired are summed; over max, this node's count is set back to
+ * count - 1 (the newcomer is refused). cb (may be NULL): allowed 1 / 0 and
+ * the sum (with max 0: 1 and count), or -1, -1 (failed). 0 when sent, -1
+ * when it cannot be sent now (cb not called). */
+typedef void (*adminstore_conns_cb)(void *ud, int allowed, int64_t total);
+int adminstore_conns(adminstore *a, const char *user, const char *node, int64_t count, uint64_t ttl_ms,
+                     int64_t max, adminstore_conns_cb cb, void *ud);
 
 #endif

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "chat.h"
 #include "chat_admin.h"
+#include "chat_admit.h"
 #include "chat_hold.h"
 #include "chat_join.h"
 #include "chat_update.h"
@@ -43,6 +44,7 @@ void chat_init(void)
 void chat_shutdown(void)
 {
     chat_hold_shutdown();
+    chat_admit_shutdown();
     lag_shutdown();
 }
 
@@ -83,12 +85,14 @@ void chat_conn_open(conn *c)
      * request's headers (the ESTABLISHED callback) */
     char epoch[BUS_EPOCH_MAX + 1] = "";
     if (c->has_since) url_arg(c->wsi, "epoch", epoch, sizeof epoch);
-    chat_join(c, c->url_room, c->has_since, c->since, epoch[0] ? epoch : NULL, 1);
+    /* the cluster-wide count of the user's connections first (uconns.h) */
+    chat_admit_start(c, epoch[0] ? epoch : NULL);
 }
 
 void chat_conn_closed(conn *c)
 {
     chat_hold_conn_closed(c);
+    chat_admit_conn_closed(c);
     while (c->nrooms) chat_leave(c, c->nrooms - 1);
     publish_owner_drop(&c->pubs); /* they complete (durability), unanswered */
     readstate_drop(c);            /* read marks too */

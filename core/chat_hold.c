@@ -7,6 +7,7 @@
  * buffers the rest. */
 #define _GNU_SOURCE
 #include "chat_hold.h"
+#include "chat_admit.h"
 #include "hmap.h"
 #include "log.h"
 #include "metrics.h"
@@ -49,8 +50,10 @@ static conn_hold *hold_of(const conn *c)
     return hmap_get(&g_holds, key);
 }
 
+/* a join in progress, or the admission before the URL room's join */
 static int joining(const conn *c)
 {
+    if (chat_admit_pending(c)) return 1;
     for (uint32_t i = 0; i < c->nrooms; i++)
         if (!c->rooms[i]->live) return 1;
     return 0;

@@ -1,6 +1,7 @@
 /* chat_hold: the frames of a connection that wait for its joins.
  * A frame that arrives while one of the connection's joins (the URL room's
- * at connect, or a `join` frame) is in progress is held, and processed in
+ * at connect, or a `join` frame) or its admission (chat_admit.h) is in
+ * progress is held, and processed in
  * order once no join of the connection is in progress (issue 11 defect 5:
  * otherwise a message sent right after connecting could be folded into the
  * join's head and never reach its sender). Reading the socket is paused

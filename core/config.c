@@ -54,7 +54,8 @@ static const opt OPTS[] = {
     {"--user-msg-burst", "CHAT_USER_MSG_BURST", K_INT, O(user_msg_burst), "0", "message burst per user (0 = twice the rate)"},
     {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)"},
     {"--max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", K_INT, O(max_conns_per_ip), "1000", "WebSocket connections per client IP on this node; more get HTTP 429 (0: unlimited)"},
-    {"--max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", K_INT, O(max_conns_per_user), "32", "WebSocket connections per user (JWT sub) on this node; more get HTTP 429 (0: unlimited)"},
+    {"--max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", K_INT, O(max_conns_per_user), "32", "WebSocket connections per user (JWT sub): on this node HTTP 429; with Redis also on all nodes together, closed 1008 right after the upgrade (0: unlimited)"},
+    {"--user-conns-ttl-ms", "CHAT_USER_CONNS_TTL_MS", K_INT, O(user_conns_ttl_ms), "30000", "with Redis: a node's count of a user's connections expires after this (renewed every third of it), so a dead node's connections stop counting"},
     {"--trusted-proxies", "CHAT_TRUSTED_PROXIES", K_STR, O(trusted_proxies), NULL, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed"},
     {"--allowed-origins", "CHAT_ALLOWED_ORIGINS", K_STR, O(allowed_origins), NULL, "comma-separated Origins allowed to upgrade (exact, or https://*.example.com); unset: any"},
     {"--handshake-timeout-ms", "CHAT_HANDSHAKE_TIMEOUT_MS", K_INT, O(handshake_timeout_ms), "10000", "a connection must finish its HTTP request / upgrade within this time"},
@@ -164,6 +165,10 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     }
     if (c->accept_pause_ms < 10 || c->accept_pause_ms > 60000) {
         snprintf(err, errlen, "CHAT_ACCEPT_PAUSE_MS: 10 to 60000, got %lld", (long long)c->accept_pause_ms);
+        return -1;
+    }
+    if (c->user_conns_ttl_ms < 600 || c->user_conns_ttl_ms > 3600000) {
+        snprintf(err, errlen, "CHAT_USER_CONNS_TTL_MS: 600 to 3600000, got %lld", (long long)c->user_conns_ttl_ms);
         return -1;
     }
     if (c->replay_max < 1) c->replay_max = 1;

@@ -40,7 +40,8 @@ typedef struct config {
     /* the network edge (listener.c, limits.c, client_ip.c, ws.c) */
     int64_t accept_pause_ms;   /* pause after running out of fds */
     int64_t max_conns_per_ip;  /* 0: unlimited */
-    int64_t max_conns_per_user;/* per node; 0: unlimited */
+    int64_t max_conns_per_user;/* per node, and across nodes with Redis; 0: unlimited */
+    int64_t user_conns_ttl_ms; /* a node's per-user counts in Redis expire after this */
     int64_t handshake_timeout_ms;
     int64_t max_header_bytes;  /* first request head; larger: 431 */
     const char *trusted_proxies;  /* IPs/CIDRs whose X-Forwarded-For is believed */

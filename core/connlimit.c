@@ -58,3 +58,19 @@ void connlimit_release(const char *ip, const char *user)
 
 int64_t connlimit_count_ip(const char *ip) { return g_init ? get(&g_ip, ip) : 0; }
 int64_t connlimit_count_user(const char *user) { return g_init ? get(&g_user, user) : 0; }
+
+typedef struct each_ctx { void (*fn)(void *ud, const char *user, int64_t n); void *ud; } each_ctx;
+
+static int each_one(void *ud, const char *key, void *val)
+{
+    each_ctx *e = ud;
+    e->fn(e->ud, key, (int64_t)(intptr_t)val);
+    return 0;
+}
+
+void connlimit_each_user(void (*fn)(void *ud, const char *user, int64_t n), void *ud)
+{
+    if (!g_init) return;
+    each_ctx e = {fn, ud};
+    hmap_each(&g_user, each_one, &e);
+}

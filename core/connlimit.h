@@ -3,8 +3,8 @@
  * taken at the upgrade gate (refused: HTTP 429 before the upgrade; 503 when
  * the count cannot be stored) and given back when the connection, or the
  * upgrade that never completed, goes away (ws.c).
- * The counting is behind this small interface so that the per-user count
- * can become cluster-wide (Redis) without touching its callers.
+ * The per-user count is also kept across nodes (uconns.h, with Redis):
+ * this node's count is what it writes there.
  * Owns: the counts (hmap: key -> count). */
 #ifndef CHATD_CONNLIMIT_H
 #define CHATD_CONNLIMIT_H
@@ -20,5 +20,8 @@ void connlimit_release(const char *ip, const char *user);
 /* Current counts (tests, metrics). */
 int64_t connlimit_count_ip(const char *ip);
 int64_t connlimit_count_user(const char *user);
+/* Calls fn for every user with connections (slots) here, with the count;
+ * fn must not change the counts. */
+void connlimit_each_user(void (*fn)(void *ud, const char *user, int64_t n), void *ud);
 
 #endif

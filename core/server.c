@@ -13,6 +13,7 @@
 #include "chat_admin.h"
 #include "adminstore.h"
 #include "climit.h"
+#include "uconns.h"
 #include "ctl.h"
 #include "chat_fanout.h"
 #include "lag.h"
@@ -157,6 +158,7 @@ static void stop_everything(void)
     if (g_srv.store) { store_free(g_srv.store); g_srv.store = NULL; }
     /* before the bus: what waits on it (a publish's user rate) goes on */
     climit_set_store(g_limits, NULL);
+    uconns_stop();
     api_set_store(NULL);
     chat_admin_set_store(NULL);
     adminstore_free(g_admin);
@@ -204,6 +206,7 @@ static void on_tick(uv_timer_t *h)
     }
     uint64_t now = mono_ms();
     api_tick();
+    uconns_tick(now);
     if (now - last_expiry >= 500) {
         last_expiry = now;
         chat_expire_tokens((int64_t)(now_ms() / 1000));
@@ -313,6 +316,9 @@ int server_run(int argc, char **argv)
         return 2;
     }
     connlimit_init(g_srv.cfg.max_conns_per_ip, g_srv.cfg.max_conns_per_user);
+    /* with Redis the per-user limit holds across nodes too */
+    uconns_init(g_admin, g_srv.cfg.node_id, g_srv.cfg.max_conns_per_user,
+                (uint64_t)g_srv.cfg.user_conns_ttl_ms);
     if (wsread_init(g_srv.loop, err, sizeof err) < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
     /* a worker of chatd --workers (core/workers.h) accepts on the shared
      * port and alone on its own port (its /metrics, /readyz) */

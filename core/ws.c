@@ -7,6 +7,7 @@
 #include "client_ip.h"
 #include "conn.h"
 #include "connlimit.h"
+#include "uconns.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -59,7 +60,7 @@ void ws_metrics_init(void)
         char l[48];
         snprintf(l, sizeof l, "reason=\"%s\"", rf[i]);
         m_refused[i] = metrics_counter("chat_refused_total",
-                                       "Connections refused at the edge before the upgrade, by reason", l);
+                                       "Connections refused at the edge, by reason (before the upgrade; per_user_cluster: right after it)", l);
     }
 }
 
@@ -264,7 +265,10 @@ static void opaque_free(struct lws *wsi)
     if (!kind) return;
     if (*kind == OPQ_TICKET) {
         ticket *t = (ticket *)kind;
-        if (t->slot) connlimit_release(t->ip, t->ident.user);
+        if (t->slot) {
+            connlimit_release(t->ip, t->ident.user);
+            uconns_changed(t->ident.user);
+        }
         identity_clear(&t->ident);
         free(t);
     } else if (*kind == OPQ_CONN) {
@@ -273,6 +277,7 @@ static void opaque_free(struct lws *wsi)
             conn_mark_closed(r->c);
             wsread_detach(r->c);
             connlimit_release(r->c->ip, r->c->ident.user);
+            uconns_changed(r->c->ident.user);   /* this node's count, across nodes */
             chat_conn_closed(r->c);
         }
         free(r);

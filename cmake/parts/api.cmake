@@ -4,5 +4,6 @@
 # (core/chat_admin.c) and the cluster-wide rate limits (core/climit.c).
 target_sources(chatcore PRIVATE
   core/api.c core/api_parse.c core/apikey.c core/httpd.c core/ctl.c core/bans.c
-  core/chat_admin.c core/climit.c core/adminstore.c)
+  core/chat_admin.c core/climit.c core/uconns.c core/adminstore.c)
 chatd_unit_test(test_api)
+chatd_unit_test(test_uconns)

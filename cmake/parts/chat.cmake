@@ -3,5 +3,5 @@
 # them the publish path (message -> seq -> durable row -> ack), the outbound
 # JSON builders and the lag receipts.
 target_sources(chatcore PRIVATE
-  core/chat_hold.c core/chat_join.c core/chat_fanout.c core/chat_update.c
+  core/chat_hold.c core/chat_admit.c core/chat_join.c core/chat_fanout.c core/chat_update.c
   core/publish.c core/wire.c core/lag.c)

@@ -731,3 +731,152 @@ async def cluster_wide_actions_on_a_redis_cluster():
     sts = [(await acall(n.port, "GET", f"/api/rooms/{room}", key=KEY2))[0] for n in (a, b, c, d, a)]
     eq(sts, [200, 200, 200, 200, 429], "the key's bucket is one for the whole cluster")
     check(not other.closed, "another user untouched")
+
+
+# ------------------------------------------------ connections per user, all nodes
+
+CONNS_CLOSE = (1008, "too many connections for this user")
+
+
+def conns_key(user):
+    return f"chat:{{conns:{user}}}:n"
+
+
+def redis_int(raw):
+    check(raw.startswith(b":"), f"integer reply expected, got {raw!r}")
+    return int(raw[1:].strip())
+
+
+async def refused_after_upgrade(node, room, user, send=None):
+    """A connection that the upgrade lets through (101) and the cluster-wide
+    count refuses: rate_limited, then the close, and never a welcome."""
+    c = await Client.connect(node, room, token(user), wait_welcome=False,
+                             label=f"{user}@{node.name}-refused")
+    if send:
+        try:
+            await c.send(send)
+        except Exception:      # closed already: nothing was sent
+            pass
+    await c.wait_closed(5)
+    eq((c.close_code, c.close_reason), CONNS_CLOSE, f"{c.label} close")
+    types = [f["type"] for f in c.frames]
+    check("welcome" not in types, f"{c.label}: a refused connection got {types}")
+    eq([(f.get("code")) for f in c.frames if f["type"] == "error"], ["rate_limited"], f"{c.label} error")
+    return c
+
+
+@test(timeout=60, needs=("redis",))
+async def connections_per_user_across_nodes():
+    ttl = 1500
+    a, b = two_nodes(env={"CHAT_MAX_CONNS_PER_USER": 2, "CHAT_USER_CONNS_TTL_MS": ttl})
+    redis = harness.RUN.need_redis()
+    room, user = uniq("cu"), uniq("ula")
+    a1 = await Client.connect(a, room, token(user))
+    a2 = await Client.connect(a, room, token(user))
+    st, _ = await aupgrade_status(a.port, ws_path(room, token(user)))
+    eq(st, 429, "3rd on A: the per-node gate, before the upgrade")
+    watcher = await Client.connect(b, room, token("watch"))
+    # the 3rd on B: its admission waits on Redis (paused), the message it
+    # sends meanwhile is held, then dropped with the connection
+    redis.command("CLIENT", "PAUSE", "600", "WRITE")
+    await refused_after_upgrade(b, room, user, send={"type": "message", "body": "sneak", "id": "sneak"})
+    await asyncio.sleep(0.5)
+    check(not [f for f in watcher.messages(room) if f.get("body") == "sneak"],
+          "a refused connection's message was published")
+    eq(metric_value(await metrics(b.port), "chat_refused_total", 'reason="per_user_cluster"'), 1.0,
+       "refusal counted on B")
+    eq(redis_int(redis.command("HLEN", conns_key(user))), 1, f"only A counts the user in Redis {redis.command('HGETALL', conns_key(user))!r}")
+    check(redis.command("HGET", conns_key(user), a.name).split(b"\r\n")[1].startswith(b"2 "),
+          "A's count is 2")
+    # one closes on A: a new one on B is admitted; a message sent before
+    # the answer is held and published after the welcome
+    await a1.close()
+    await asyncio.sleep(0.3)
+    redis.command("CLIENT", "PAUSE", "400", "WRITE")
+    b1 = await Client.connect(b, room, token(user), wait_welcome=False)
+    await b1.send_msg("held", id="held-1")
+    ack = await b1.wait_for(lambda f: f["type"] == "ack", 5, what="ack of the held message")
+    types = [f["type"] for f in b1.frames]
+    check(types.index("welcome") < types.index("ack"), f"welcome first ({types})")
+    got = await watcher.wait_for(lambda f: f["type"] == "message" and f.get("id") == "held-1", 5)
+    eq(got["seq"], ack["seq"], "the held message published once")
+    # A has 1 now: its own gate lets a 2nd through, the cluster count does not
+    await refused_after_upgrade(a, room, user)
+    # A dies with its connection counted: refused at once, admitted once
+    # A's count expired (within the TTL after its last renewal)
+    a.kill9()
+    t0 = time.monotonic()
+    await refused_after_upgrade(b, room, user)
+    admitted = None
+    while time.monotonic() - t0 < ttl / 1000 + 3:
+        c = await Client.connect(b, room, token(user), wait_welcome=False)
+        try:
+            await c.wait_for(lambda f: f["type"] == "welcome", 3, what="welcome")
+            admitted = time.monotonic() - t0
+            break
+        except TestFailure:
+            eq(c.close_code, CONNS_CLOSE[0], "refused while A's count lives")
+        await asyncio.sleep(0.2)
+    check(admitted is not None, f"A's count did not expire within {ttl} ms + 3 s")
+    check(admitted <= ttl / 1000 + 1.0, f"admitted {admitted:.2f}s after the kill (TTL {ttl} ms)")
+    eq(redis_int(redis.command("HEXISTS", conns_key(user), a.name)), 0, "A's field gone")
+    check(not watcher.closed, "another user untouched")
+
+
+@test(timeout=60, needs=("redis",))
+async def connections_per_user_right_after_a_reconnect_storm():
+    a, b = two_nodes(env={"CHAT_MAX_CONNS_PER_USER": 3})
+    redis = harness.RUN.need_redis()
+    room, user = uniq("st"), uniq("storm")
+
+    async def one(i):
+        n = (a, b)[i % 2]
+        try:
+            c = await Client.connect(n, room, token(user), wait_welcome=False, label=f"s{i}")
+        except Exception:      # 429 at the upgrade
+            return "429"
+        try:
+            await c.wait_for(lambda f: f["type"] == "welcome", 5)
+            r = "ok"
+        except TestFailure:
+            r = f"closed {c.close_code}"
+        await asyncio.sleep(0.01 * (i % 5))
+        if i % 3 == 0:
+            c.ws.transport.abort()      # a TCP drop, no close frame
+        await c.close()
+        return r
+
+    outcomes = []
+    for rnd in range(8):
+        outcomes += await asyncio.gather(*(one(rnd * 6 + i) for i in range(6)))
+    check("ok" in outcomes, f"nothing admitted in the storm ({outcomes})")
+    check(set(outcomes) <= {"ok", "429", "closed 1008"}, f"outcomes {set(outcomes)}")
+    refused = 0
+    for n in (a, b):
+        refused += metric_value(await metrics(n.port), "chat_refused_total", 'reason="per_user_cluster"') or 0
+    check(refused >= 1 and outcomes.count("closed 1008") == refused,
+          f"the storm crossed the limit across nodes: {refused} refused, outcomes {outcomes}")
+    end = time.monotonic() + 5
+    while time.monotonic() < end and redis_int(redis.command("EXISTS", conns_key(user))):
+        await asyncio.sleep(0.1)
+    eq(redis_int(redis.command("EXISTS", conns_key(user))), 0, "no count left once every connection closed")
+    keep = [await Client.connect(n, room, token(user)) for n in (a, b, b)]
+    await refused_after_upgrade(a, room, user)
+    for c in keep:
+        await c.close()
+
+
+@test(timeout=90, needs=("redis", "pg"))
+async def connections_per_user_on_a_redis_cluster():
+    import cluster as crig
+    r = crig.setup()
+    a, b, c = crig.three_nodes(r, env=dict(API_ENV, CHAT_MAX_CONNS_PER_USER=2))
+    room = uniq("cc")
+    for user in (uniq("cu1"), uniq("cu2"), uniq("cu3")):   # keys on different slots
+        first = [await Client.connect(n, room, token(user)) for n in (a, b)]
+        await refused_after_upgrade(c, room, user)
+        await first[0].close()
+        await asyncio.sleep(0.3)
+        again = await Client.connect(c, room, token(user))
+        for x in first[1:] + [again]:
+            await x.close()

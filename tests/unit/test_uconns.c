@@ -1,0 +1,226 @@
+/* test_uconns: connections per user across nodes (core/uconns.c over the
+ * connection-count script of core/adminstore.c) against a real
+ * redis-server: the script's sum, refusal and take-back, expiry of a
+ * node's count, removal at 0; the module's admission, cancel, refresh
+ * pass and its fail-open while Redis is down. Other nodes are played by
+ * writing their counts with adminstore_conns under their ids. */
+#include "check.h"
+#include "redis_procs.h"
+#include "adminstore.h"
+#include "connlimit.h"
+#include "log.h"
+#include "metrics.h"
+#include "uconns.h"
+#include "util.h"
+#include <uv.h>
+
+static uv_loop_t *L;
+static redisContext *R;     /* a plain client for assertions */
+
+static void stop_cb(uv_timer_t *t) { uv_stop(t->loop); }
+
+static void wait_ms(uint64_t ms)
+{
+    uv_timer_t t;
+    uv_timer_init(L, &t);
+    uv_timer_start(&t, stop_cb, ms, 0);
+    uv_run(L, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(L, UV_RUN_NOWAIT);
+}
+
+typedef struct ans { int done, allowed; int64_t total; } ans;
+
+static void on_ans(void *ud, int allowed, int64_t total)
+{
+    ans *a = ud;
+    a->done++;
+    a->allowed = allowed;
+    a->total = total;
+}
+
+static int wait_ans(ans *a, uint64_t timeout_ms)
+{
+    uint64_t end = mono_ms() + timeout_ms;
+    while (!a->done && mono_ms() < end) wait_ms(2);
+    return a->done;
+}
+
+/* one call of the script, waited for */
+static ans conns(adminstore *s, const char *user, const char *node, int64_t n, uint64_t ttl, int64_t max)
+{
+    ans a = {0, 0, 0};
+    CHECK(adminstore_conns(s, user, node, n, ttl, max, on_ans, &a) == 0, "sent");
+    CHECK(wait_ans(&a, 3000), "answered");
+    return a;
+}
+
+static long long rint_(const char *fmt, const char *k, const char *f)
+{
+    redisReply *r = f ? redisCommand(R, fmt, k, f) : redisCommand(R, fmt, k);
+    long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -99;
+    if (r) freeReplyObject(r);
+    return v;
+}
+
+static long long field_count(const char *user, const char *node)
+{
+    char k[128];
+    snprintf(k, sizeof k, "chat:{conns:%s}:n", user);
+    redisReply *r = redisCommand(R, "HGET %s %s", k, node);
+    long long v = r && r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+    if (r) freeReplyObject(r);
+    return v;
+}
+
+static long long key_exists(const char *user)
+{
+    char k[128];
+    snprintf(k, sizeof k, "chat:{conns:%s}:n", user);
+    return rint_("EXISTS %s", k, NULL);
+}
+
+static void test_script(adminstore *s)
+{
+    ans a = conns(s, "sue", "n1", 2, 5000, 3);
+    CHECK(a.allowed == 1 && a.total == 2, "n1 with 2 of 3: %d %lld", a.allowed, (long long)a.total);
+    a = conns(s, "sue", "n2", 1, 5000, 3);
+    CHECK(a.allowed == 1 && a.total == 3, "n2's first: 3 of 3");
+    a = conns(s, "sue", "n2", 2, 5000, 3);
+    CHECK(a.allowed == 0 && a.total == 4, "n2's second: 4 > 3, refused (%d %lld)", a.allowed,
+          (long long)a.total);
+    CHECK(field_count("sue", "n2") == 1, "the refused one taken back out");
+    a = conns(s, "sue", "n1", 1, 5000, 0);
+    CHECK(a.allowed == 1 && a.total == 1, "a plain write answers its count");
+    a = conns(s, "sue", "n2", 2, 5000, 3);
+    CHECK(a.allowed == 1 && a.total == 3, "after n1's close: admitted");
+    /* other users are other keys */
+    a = conns(s, "tom", "n1", 3, 5000, 3);
+    CHECK(a.allowed == 1 && a.total == 3, "tom has his own count");
+    /* a node that stops renewing: its count expires */
+    a = conns(s, "sue", "dead", 5, 300, 0);
+    a = conns(s, "sue", "n1", 1, 5000, 10);
+    CHECK(a.allowed == 1 && a.total == 8, "dead node counted while live (%lld)", (long long)a.total);
+    wait_ms(400);
+    a = conns(s, "sue", "n1", 1, 5000, 10);
+    CHECK(a.total == 3, "dead node's count expired (%lld)", (long long)a.total);
+    CHECK(field_count("sue", "dead") == 0, "its field dropped");
+    char k[64];
+    snprintf(k, sizeof k, "chat:{conns:%s}:n", "sue");
+    long long pttl = rint_("PTTL %s", k, NULL);
+    CHECK(pttl > 0 && pttl <= 5000, "the key expires (%lld)", pttl);
+    /* everything closed: no key left */
+    conns(s, "sue", "n1", 0, 5000, 0);
+    conns(s, "sue", "n2", 0, 5000, 0);
+    CHECK(key_exists("sue") == 0, "no key once every count is 0");
+    conns(s, "tom", "n1", 0, 5000, 0);
+    /* a whole key expires with its last node */
+    conns(s, "ann", "gone", 2, 300, 0);
+    wait_ms(400);
+    CHECK(key_exists("ann") == 0, "a dead node's last key expires");
+}
+
+static void test_module(adminstore *s, int redis_idx)
+{
+    metric_counter *refused = metrics_counter("chat_refused_total", NULL, "reason=\"per_user_cluster\"");
+    connlimit_init(0, 2);
+    uconns_init(s, "me", 2, 900);
+    metric_counter *unchecked = metrics_counter("chat_conn_limit_unchecked_total", NULL, NULL);
+    CHECK(uconns_enabled(), "on with a store and a limit");
+    uint64_t ref0 = refused->v;
+    /* bob: one here, admitted */
+    CHECK(connlimit_acquire("1.1.1.1", "bob") == LIMIT_OK);
+    ans a = {0, 0, 0};
+    uconns_req *rq;
+    CHECK(uconns_admit("bob", on_ans, &a, &rq) == UCONNS_PENDING && rq, "pending");
+    CHECK(a.done == 0, "never answered inside the call");
+    CHECK(wait_ans(&a, 3000) && a.allowed == 1 && a.total == 1, "admitted (%d %lld)", a.allowed,
+          (long long)a.total);
+    /* another node has one of bob's too: a 2nd here is refused */
+    conns(s, "bob", "other", 1, 900, 0);
+    CHECK(connlimit_acquire("1.1.1.1", "bob") == LIMIT_OK, "the node's own gate lets a 2nd through");
+    a = (ans){0, 0, 0};
+    CHECK(uconns_admit("bob", on_ans, &a, &rq) == UCONNS_PENDING);
+    CHECK(wait_ans(&a, 3000) && a.allowed == 0 && a.total == 3, "refused across nodes (%d %lld)", a.allowed,
+          (long long)a.total);
+    CHECK(refused->v == ref0 + 1, "counted in chat_refused_total{reason=per_user_cluster}");
+    CHECK(field_count("bob", "me") == 1, "this node's count back to 1");
+    connlimit_release("1.1.1.1", "bob");
+    uconns_changed("bob");
+    /* a cancelled admission: its callback never runs */
+    CHECK(connlimit_acquire("1.1.1.1", "bob") == LIMIT_OK);
+    a = (ans){0, 0, 0};
+    CHECK(uconns_admit("bob", on_ans, &a, &rq) == UCONNS_PENDING);
+    uconns_cancel(rq);
+    wait_ms(100);
+    CHECK(a.done == 0, "cancelled: not called");
+    connlimit_release("1.1.1.1", "bob");
+    uconns_changed("bob");
+    wait_ms(50);
+    CHECK(field_count("bob", "me") == 1, "the close wrote this node's count");
+    /* the refresh pass renews this node's counts; "other" stops renewing
+     * and expires */
+    uint64_t p0 = uconns_passes();
+    uint64_t t0 = mono_ms();
+    while (mono_ms() - t0 < 1200) {
+        uconns_tick(mono_ms());
+        wait_ms(50);
+    }
+    CHECK(uconns_passes() >= p0 + 3, "a pass every third of the TTL (%llu)",
+          (unsigned long long)(uconns_passes() - p0));
+    CHECK(field_count("bob", "me") == 1, "this node's count renewed past its TTL");
+    CHECK(field_count("bob", "other") == 1, "the other's field stays until an admission drops it");
+    CHECK(connlimit_acquire("1.1.1.1", "bob") == LIMIT_OK);
+    a = (ans){0, 0, 0};
+    CHECK(uconns_admit("bob", on_ans, &a, &rq) == UCONNS_PENDING);
+    CHECK(wait_ans(&a, 3000) && a.allowed == 1 && a.total == 2, "the other node's count expired (%lld)",
+          (long long)a.total);
+    CHECK(field_count("bob", "other") == 0, "and was dropped");
+    /* Redis down: let through at once (the node's own limit holds), counted */
+    uint64_t u0 = unchecked->v;
+    rp_signal(redis_idx, SIGKILL);
+    uint64_t end = mono_ms() + 5000;
+    while (adminstore_ready(s) && mono_ms() < end) wait_ms(10);
+    CHECK(!adminstore_ready(s), "store down");
+    connlimit_release("1.1.1.1", "bob");
+    uconns_changed("bob");                 /* nothing sent: the next pass repairs it */
+    CHECK(connlimit_acquire("1.1.1.1", "bob") == LIMIT_OK);
+    CHECK(uconns_admit("bob", on_ans, &a, &rq) == UCONNS_ALLOW && !rq, "fail open");
+    CHECK(unchecked->v == u0 + 1, "counted in chat_conn_limit_unchecked_total");
+    CHECK(connlimit_acquire("1.1.1.1", "bob") == LIMIT_USER, "the per-node limit still holds");
+    connlimit_release("1.1.1.1", "bob");
+    connlimit_release("1.1.1.1", "bob");
+    uconns_stop();
+    CHECK(!uconns_enabled(), "stopped");
+    connlimit_free();
+}
+
+int main(void)
+{
+    log_set_level(getenv("UCONNS_LOG") ? LOG_DEBUG : LOG_ERROR);
+    signal(SIGPIPE, SIG_IGN);
+    if (!rp_have_server()) {
+        fprintf(stderr, "redis-server unavailable: skipped\n");
+        return 77;
+    }
+    L = uv_default_loop();
+    int i = rp_start(NULL);
+    if (i < 0) { fprintf(stderr, "redis-server did not start\n"); return 1; }
+    R = rp_connect(rp_all[i].port, 5000);
+    char url[64], err[256];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", rp_all[i].port);
+    adminstore *s = adminstore_new(L, url, NULL, NULL, err, sizeof err);
+    if (!s || !R) { fprintf(stderr, "store: %s\n", err); rp_cleanup(); return 1; }
+    uint64_t end = mono_ms() + 5000;
+    while (!adminstore_ready(s) && mono_ms() < end) wait_ms(10);
+    CHECK(adminstore_ready(s), "store ready");
+    test_script(s);
+    test_module(s, i);
+    adminstore_free(s);
+    redisFree(R);
+    uv_run(L, UV_RUN_NOWAIT);
+    uv_loop_close(L);
+    metrics_free_all();
+    rp_cleanup();
+    return check_summary("test_uconns");
+}
