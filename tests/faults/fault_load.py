@@ -275,7 +275,10 @@ class Load:
         k = 0
         for r in self.rooms:
             for j in range(senders + listeners):
-                c = FaultClient(self, f"{r}.c{j}", r, f"u{j}", k % len(cluster.nodes),
+                # one user per client: with a few users shared by every room, the
+                # survivors of a node kill met CHAT_MAX_CONNS_PER_USER (32 per
+                # node) and were refused (429) until the node came back
+                c = FaultClient(self, f"{r}.c{j}", r, f"u{k}", k % len(cluster.nodes),
                                 j < senders)
                 self.clients.append(c)
                 k += 1
