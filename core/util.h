@@ -12,6 +12,10 @@ static inline uint64_t mono_ms(void) { return mono_ns() / 1000000ull; }
 /* Room names: 1-64 chars of [A-Za-z0-9_.-]. Returns 1 when valid. */
 int room_name_valid(const char *s, size_t len);
 
+/* Decimal u64: 1-20 ASCII digits of s[0..len) and nothing else (no sign,
+ * no blanks), not above UINT64_MAX. 0 and *out, or -1. */
+int parse_u64(const char *s, size_t len, uint64_t *out);
+
 /* Appends s as a JSON string (with quotes) to dst; returns bytes written or
  * -1 when cap is too small. JSON_ESCAPED_MAX(n) is the most it writes for n
  * bytes (a control character becomes \u00XX): size fixed buffers with it. */
