@@ -86,18 +86,11 @@ static int reply_json_error(struct lws *wsi, unsigned status, const char *text)
 int http_arg(struct lws *wsi, const char *name, char *out, size_t outlen)
 {
     char frag[8192];
-    size_t nl = strlen(name);
     for (int i = 0; i < 32; i++) {
         int n = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
         if (n < 0) break;
-        if ((size_t)n > nl && strncmp(frag, name, nl) == 0 && frag[nl] == '=') {
-            size_t vl = (size_t)n - nl - 1;
-            if (!outlen) return -1;
-            if (vl >= outlen) { out[0] = 0; return -1; }  /* never a truncated value */
-            memcpy(out, frag + nl + 1, vl);
-            out[vl] = 0;
-            return 1;
-        }
+        int r = http_arg_match(frag, (size_t)n, name, out, outlen);
+        if (r) return r;
     }
     return 0;
 }
@@ -106,13 +99,8 @@ int http_token(struct lws *wsi, char *out, size_t outlen)
 {
     char h[8192];
     int n = lws_hdr_copy(wsi, h, sizeof h, WSI_TOKEN_HTTP_AUTHORIZATION);
-    if (n > 7 && strncasecmp(h, "Bearer ", 7) == 0) {
-        if (!outlen) return -1;
-        if ((size_t)n - 7 >= outlen) { out[0] = 0; return -1; }
-        memcpy(out, h + 7, (size_t)n - 7 + 1);
-        return 1;
-    }
-    return http_arg(wsi, "token", out, outlen);
+    int r = n > 0 ? http_bearer(h, (size_t)n, out, outlen) : 0;
+    return r ? r : http_arg(wsi, "token", out, outlen);
 }
 
 /* Authenticates the request; on failure answers 401 and returns -1 with
@@ -244,6 +232,29 @@ void http_cancel(http_req **slot)
 }
 
 /* ---- request parsing (pure, see http.h) ----------------------------- */
+
+/* value v[0..vl) into out, never truncated */
+static int copy_value(const char *v, size_t vl, char *out, size_t outlen)
+{
+    if (!outlen) return -1;
+    if (vl >= outlen) { out[0] = 0; return -1; }
+    memcpy(out, v, vl);
+    out[vl] = 0;
+    return 1;
+}
+
+int http_arg_match(const char *frag, size_t n, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    if (n <= nl || strncmp(frag, name, nl) != 0 || frag[nl] != '=') return 0;
+    return copy_value(frag + nl + 1, n - nl - 1, out, outlen);
+}
+
+int http_bearer(const char *h, size_t n, char *out, size_t outlen)
+{
+    if (n <= 7 || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    return copy_value(h + 7, n - 7, out, outlen);
+}
 
 int http_parse_room_path(const char *rest, char *room, http_room_route *route)
 {
