@@ -1,0 +1,176 @@
+/* fuzz_resp: arbitrary bytes on a Redis connection. hiredis' redisReader
+ * turns them into replies (as on the bus' and presence's connections), and
+ * every reply goes through every interpreter chatd has for what Redis says:
+ *   bus (core/bus_reply.c): seq reads (GET seq, the head script), the
+ *     publish script {seq, dup}, recent-buffer ranges (gap fill, replay
+ *     since N), pub/sub pushes, the backfill sweep {1, room, seq, entry...};
+ *   presence (core/presence_redis.c): the apply script {room, event, user,
+ *     name...}, the sweep script {more, room, user, name...}, HGETALL names.
+ * Oracles: whatever the reply, interpreters only hand out what the contract
+ * allows (seqs >= 1 where a seq is assigned, valid room names, events join
+ * or leave, non-NULL strings, entries inside the reply's own bytes, replay
+ * entries contiguous from since + 1) and never touch memory outside it.
+ * hiredis 0.14 (Debian 12) allocates an array for the element count a
+ * header declares before any element arrives; inputs declaring more
+ * elements than they have bytes are skipped so that known limit of hiredis
+ * (see README.md) does not hide our bugs. */
+#include "fuzz.h"
+#include "bus_int.h"
+#include "presence_store.h"
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    fuzz_quiet();
+    return 0;
+}
+
+/* 1 when s[0..n) contains p (a pointer range check, no comparison of
+ * unrelated pointers: every reply string is checked by walking the tree) */
+static int inside(const redisReply *r, const char *p, size_t len)
+{
+    if (!r) return 0;
+    if (r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements; i++)
+            if (inside(r->element[i], p, len)) return 1;
+        return 0;
+    }
+    if (!r->str) return 0;
+    uintptr_t a = (uintptr_t)r->str, b = a + r->len, x = (uintptr_t)p;
+    return x >= a && x + len <= b;
+}
+
+static void check_entry(const redisReply *rp, const bus_entry *e)
+{
+    /* "<seq>\n<tail>": the tail starts after the newline, inside the reply */
+    FUZZ_CHECK(e->tail && inside(rp, e->tail - 1, e->len + 1) && e->tail[-1] == '\n',
+               "entry tail outside the reply");
+}
+
+static void each(void *ud, const char *room, const char *event, const char *user, const char *name)
+{
+    const redisReply *rp = ud;
+    FUZZ_CHECK(room && event && user && name, "NULL handed to the presence sink");
+    FUZZ_CHECK(room_name_valid(room, strlen(room)), "room '%s'", room);
+    FUZZ_CHECK(!strcmp(event, "join") || !strcmp(event, "leave"), "event '%s'", event);
+    FUZZ_CHECK(user[0], "empty user");
+    FUZZ_CHECK(inside(rp, user, strlen(user)) && inside(rp, name, strlen(name)) &&
+               inside(rp, room, strlen(room)), "strings outside the reply");
+}
+
+static void interpret(const redisReply *rp)
+{
+    uint64_t v = 0, seq = 0;
+    int dup = -1;
+    if (bus_reply_u64(rp, &v) == 0) {
+        FUZZ_CHECK(rp->type == REDIS_REPLY_NIL || rp->type == REDIS_REPLY_INTEGER ||
+                   rp->type == REDIS_REPLY_STRING, "u64 from type %d", rp->type);
+        if (rp->type == REDIS_REPLY_INTEGER) FUZZ_CHECK(rp->integer >= 0 && v == (uint64_t)rp->integer, "int");
+        if (rp->type == REDIS_REPLY_STRING) {
+            char b[24];
+            snprintf(b, sizeof b, "%" PRIu64, v);
+            const char *s = rp->str;
+            while (s[0] == '0' && s[1]) s++;
+            FUZZ_CHECK(strlen(rp->str) == rp->len && strcmp(s, b) == 0, "'%s' read as %s", rp->str, b);
+        }
+    }
+    if (bus_reply_publish(rp, &seq, &dup) == 0)
+        FUZZ_CHECK(rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 && seq >= 1 &&
+                   (dup == 0 || dup == 1), "publish seq %" PRIu64 " dup %d", seq, dup);
+
+    size_t cap = rp->type == REDIS_REPLY_ARRAY ? rp->elements : 0;
+    bus_entry *e = calloc(cap + 1, sizeof *e);
+    FUZZ_CHECK(e, "oom");
+    size_t n = bus_reply_entries(rp, e, cap);
+    FUZZ_CHECK(n <= cap, "%zu entries from %zu elements", n, cap);
+    for (size_t i = 0; i < n; i++) check_entry(rp, &e[i]);
+    uint64_t since = n ? e[0].seq - 1 : 0;
+    size_t r = bus_reply_replay(rp, since, cap, e);
+    FUZZ_CHECK(r <= cap, "replay %zu > %zu", r, cap);
+    for (size_t i = 0; i < r; i++) {
+        check_entry(rp, &e[i]);
+        FUZZ_CHECK(e[i].seq == since + 1 + i, "replay entry %zu has seq %" PRIu64, i, e[i].seq);
+    }
+
+    bus_push p;
+    if (bus_reply_push(rp, &p) == 0) {
+        FUZZ_CHECK(room_name_valid(p.room, strlen(p.room)), "push room '%s'", p.room);
+        FUZZ_CHECK(p.channel_kind && inside(rp, p.channel_kind, strlen(p.channel_kind)),
+                   "channel kind outside the reply");
+        FUZZ_CHECK(p.kind >= BUS_PUSH_MESSAGE && p.kind <= BUS_PUSH_UNSUBSCRIBE, "kind %d", p.kind);
+        if (p.kind == BUS_PUSH_MESSAGE) {
+            FUZZ_CHECK(p.data && inside(rp, p.data, p.len), "message data outside the reply");
+            bus_entry x;
+            if (!strcmp(p.channel_kind, "msg") && bus_parse_entry(p.data, p.len, &x) == 0)
+                check_entry(rp, &x);
+        }
+    }
+
+    size_t items = 0;
+    int round = bus_reply_sweep_round(rp, &items);
+    FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || items == 0), "round %d items %zu", round, items);
+    for (size_t k = 0; round == 1 && k < items + 2; k++) {
+        char room[CHAT_ROOM_MAX + 1];
+        bus_entry x;
+        int st = bus_reply_sweep_item(rp, k, room, &seq, &x);
+        if (k >= items) { FUZZ_CHECK(st == -1, "item %zu past %zu", k, items); continue; }
+        if (st < 0) continue;
+        FUZZ_CHECK(room_name_valid(room, strlen(room)), "sweep room '%s'", room);
+        if (st == 1) {
+            FUZZ_CHECK(x.seq == seq, "sweep entry %" PRIu64 " for seq %" PRIu64, x.seq, seq);
+            check_entry(rp, &x);
+        }
+    }
+
+    const char *bad = NULL;
+    int t = pstore_redis_apply_reply(rp, each, (void *)rp, &bad);
+    FUZZ_CHECK(t >= -1 && (t == -1) == (rp->type != REDIS_REPLY_ARRAY), "apply %d", t);
+    if (bad) FUZZ_CHECK(room_name_valid(bad, strlen(bad)), "bad room '%s'", bad);
+    int more = pstore_redis_sweep_reply(rp, each, (void *)rp);
+    FUZZ_CHECK(more >= -1 && more <= 1, "more %d", more);
+    presence_user *u = calloc(cap / 2 + 1, sizeof *u);
+    FUZZ_CHECK(u, "oom");
+    size_t nu = pstore_redis_list_reply(rp, u);
+    FUZZ_CHECK(nu <= cap / 2, "%zu users from %zu elements", nu, cap);
+    for (size_t i = 0; i < nu; i++)
+        FUZZ_CHECK(u[i].user && u[i].user[0] && u[i].name && inside(rp, u[i].user, strlen(u[i].user)) &&
+                   inside(rp, u[i].name, strlen(u[i].name)), "user %zu", i);
+    free(u);
+    free(e);
+}
+
+/* Skip inputs whose array headers declare more elements than there are
+ * bytes (hiredis 0.14 callocs the count up front). */
+static int sane_counts(const uint8_t *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (d[i] != '*') continue;
+        size_t j = i + 1;
+        if (j < n && d[j] == '-') continue;
+        uint64_t v = 0;
+        for (; j < n && d[j] >= '0' && d[j] <= '9'; j++) {
+            v = v * 10 + (d[j] - '0');
+            if (v > n) return 0;
+        }
+    }
+    return 1;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!sane_counts(data, size)) return 0;
+    redisReader *rd = redisReaderCreate();
+    FUZZ_CHECK(rd, "oom");
+    redisReaderFeed(rd, (const char *)data, size);
+    for (int k = 0; k < 64; k++) {
+        void *rep = NULL;
+        if (redisReaderGetReply(rd, &rep) != REDIS_OK || !rep) break;
+        interpret(rep);
+        freeReplyObject(rep);
+    }
+    redisReaderFree(rd);
+    return 0;
+}
