@@ -1,6 +1,6 @@
 /* fuzz_script: the Lua policy's return values -> script_result (the C code
  * at the end of core/script.c script_call), through the real host: a tiny
- * policy (tests/fuzz/policy/policy.lua) whose every hook returns values it
+ * policy (tests/fixtures/policies/fuzz/policy.lua) whose every hook returns values it
  * decodes from the fuzz input (strings with NULs, huge and non-finite
  * numbers, nested tables, functions, wrong types, errors raised with any
  * value, budget and memory trips).
@@ -12,7 +12,11 @@
  * printable reason; ACCEPT carries nothing; notification hooks (leave,
  * disconnect) never report a verdict; the host keeps working. */
 #include "fuzz.h"
+#include "chat.h"
+#include "msg.h"
 #include "script.h"
+#include "util.h"
+#include <jansson.h>
 
 static script_host *g_host;
 
@@ -22,7 +26,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     fuzz_quiet();
     char err[512];
-    g_host = script_new(fuzz_path("tests/fuzz/policy"), "fuzz-node", err, sizeof err);
+    g_host = script_new(fuzz_path("tests/fixtures/policies/fuzz"), "fuzz-node", err, sizeof err);
     FUZZ_CHECK(g_host, "policy: %s", err);
     return 0;
 }
@@ -37,12 +41,26 @@ static void check_result(int hook, script_verdict v, const script_result *r, con
     case SCRIPT_ACCEPT:
         FUZZ_CHECK(!r->body && !r->body_len, "accept with a body");
         break;
-    case SCRIPT_REPLACE:
+    case SCRIPT_REPLACE: {
         FUZZ_CHECK(hook == 3, "replace from hook %d", hook);
         FUZZ_CHECK(r->body && r->body[r->body_len] == 0, "replacement body not terminated");
         FUZZ_CHECK(r->body_len != blen || memcmp(r->body, body, blen) != 0,
                    "replace with the original body");
+        /* the replacement is broadcast and stored as the message: it must be
+         * text a WebSocket frame and a Postgres text column can carry */
+        FUZZ_CHECK(!memchr(r->body, 0, r->body_len), "replacement body with a NUL");
+        size_t tl = 0;
+        char *tail = chat_build_tail(NULL, "u", "U", r->body, r->body_len, 1, &tl);
+        msg *m = tail ? chat_message_frame("lobby", 1, tail, tl) : NULL;
+        json_error_t je;
+        json_t *j = m ? json_loadb((const char *)msg_payload(m), m->len, 0, &je) : NULL;
+        FUZZ_CHECK(j, "the broadcast of the replacement body is not valid JSON/UTF-8: %s",
+                   m ? je.text : "no frame");
+        json_decref(j);
+        if (m) msg_unref(m);
+        free(tail);
         break;
+    }
     case SCRIPT_REJECT: {
         size_t cl = strnlen(r->code, sizeof r->code);
         FUZZ_CHECK(cl >= 1 && cl < sizeof r->code, "code length %zu", cl);
@@ -52,6 +70,14 @@ static void check_result(int hook, script_verdict v, const script_result *r, con
         for (size_t i = 0; i < rl; i++)
             FUZZ_CHECK((unsigned char)r->reason[i] >= 0x20 && r->reason[i] != 0x7f,
                        "reason byte 0x%02x", (unsigned char)r->reason[i]);
+        /* the reason goes into an error frame / HTTP answer: valid UTF-8 */
+        json_t *js = json_stringn_nocheck(r->reason, rl);
+        char *dump = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
+        json_t *back = dump ? json_loads(dump, JSON_DECODE_ANY, NULL) : NULL;
+        FUZZ_CHECK(back, "reason '%s' is not valid UTF-8", r->reason);
+        json_decref(back);
+        free(dump);
+        json_decref(js);
         FUZZ_CHECK(!r->body, "reject with a body");
         break;
     }

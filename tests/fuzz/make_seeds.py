@@ -12,7 +12,7 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
-FIX = os.path.join(os.path.dirname(HERE), "unit", "fixtures")
+FIX = os.path.join(os.path.dirname(HERE), "fixtures", "jwt")
 
 
 def write(target, name, data):
@@ -221,7 +221,7 @@ def redis_urls():
 
 
 def programs():
-    # see tests/fuzz/policy/policy.lua: byte 0 picks the hook, then the count
+    # see tests/fixtures/policies/fuzz/policy.lua: byte 0 picks the hook, then the count
     # of return values, then one code per value
     def s(b):
         return bytes([3, len(b)]) + b
@@ -239,6 +239,8 @@ def programs():
         "replace_same": bytes([3, 1, 10]),
         "replace_nul": bytes([3, 1]) + s(b"a\x00b"),
         "replace_huge": bytes([3, 1, 8, 120, 255]),
+        "replace_cut_utf8": bytes([3, 1]) + s("café".encode()[:4]),
+        "reject_bad_utf8_reason": bytes([3, 3, 2]) + s(b"n") + s(b"\xffok\xe2\x82\xac"),
         "message_number": bytes([3, 1, 4, 255, 255, 255, 0]),
         "message_nan": bytes([3, 1, 5]),
         "message_inf": bytes([3, 1, 6, 1]),
