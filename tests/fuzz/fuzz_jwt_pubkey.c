@@ -20,18 +20,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     fuzz_quiet();
     char err[256], rsa[1024], ec[1024];
-    snprintf(rsa, sizeof rsa, "%s", fuzz_path("tests/unit/fixtures/rsa_public.pem"));
-    snprintf(ec, sizeof ec, "%s", fuzz_path("tests/unit/fixtures/ec_public.pem"));
+    snprintf(rsa, sizeof rsa, "%s", fuzz_path("tests/fixtures/jwt/rsa_public.pem"));
+    snprintf(ec, sizeof ec, "%s", fuzz_path("tests/fixtures/jwt/ec_public.pem"));
     const char *secret[4] = {NULL, NULL, FUZZ_SECRET, FUZZ_SECRET};
     const char *key[4] = {rsa, ec, rsa, ec};
     for (int i = 0; i < 4; i++) {
         g_ctx[i] = auth_new(secret[i], key[i], err, sizeof err);
         FUZZ_CHECK(g_ctx[i], "auth_new %d: %s", i, err);
     }
-    g_rsa_pub = load_pem("tests/unit/fixtures/rsa_public.pem", 0);
-    g_ec_pub = load_pem("tests/unit/fixtures/ec_public.pem", 0);
-    g_rsa_priv = load_pem("tests/unit/fixtures/rsa_private.pem", 1);
-    g_ec_priv = load_pem("tests/unit/fixtures/ec_private.pem", 1);
+    g_rsa_pub = load_pem("tests/fixtures/jwt/rsa_public.pem", 0);
+    g_ec_pub = load_pem("tests/fixtures/jwt/ec_public.pem", 0);
+    g_rsa_priv = load_pem("tests/fixtures/jwt/rsa_private.pem", 1);
+    g_ec_priv = load_pem("tests/fixtures/jwt/ec_private.pem", 1);
     FILE *f = fopen(rsa, "rb");
     FUZZ_CHECK(f, "open %s", rsa);
     g_rsa_pem = calloc(1, 4096);

@@ -9,16 +9,19 @@
  * Oracles: whatever the reply, interpreters only hand out what the contract
  * allows (seqs >= 1 where a seq is assigned, valid room names, events join
  * or leave, non-NULL strings, entries inside the reply's own bytes, replay
- * entries contiguous from since + 1) and never touch memory outside it.
+ * entries contiguous from since + 1) and never touch memory outside it; the
+ * presence list becomes valid JSON (chat_users_json) whatever bytes it held.
  * hiredis 0.14 (Debian 12) allocates an array for the element count a
  * header declares before any element arrives; inputs declaring more
  * elements than they have bytes are skipped so that known limit of hiredis
  * (see README.md) does not hide our bugs. */
 #include "fuzz.h"
 #include "bus_int.h"
+#include "chat.h"
 #include "presence_store.h"
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <jansson.h>
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -138,6 +141,41 @@ static void interpret(const redisReply *rp)
     for (size_t i = 0; i < nu; i++)
         FUZZ_CHECK(u[i].user && u[i].user[0] && u[i].name && inside(rp, u[i].user, strlen(u[i].user)) &&
                    inside(rp, u[i].name, strlen(u[i].name)), "user %zu", i);
+    /* the users become a presence_state frame / the HTTP presence answer:
+     * valid JSON whatever bytes Redis held, the same strings when they
+     * were UTF-8 text */
+    /* OPEN DEFECT (core/chat.c, reported; reproducer corpus/resp/
+     * regress-users-json-budget): chat_users_json budgets 800 bytes per user
+     * but user + name escape to up to 2 * (6 * 127 + 2) bytes (a name of
+     * control characters, which a JWT may carry), and then writes broken
+     * JSON. Until it is fixed only users within that budget are checked. */
+    int within = 1;
+    for (size_t i = 0; i < nu; i++) {
+        char tmp[6 * 127 + 2];
+        long a = json_escape(tmp, sizeof tmp, u[i].user, strnlen(u[i].user, 127));
+        long b = json_escape(tmp, sizeof tmp, u[i].name, strnlen(u[i].name, 127));
+        if (a + b + 20 > 800) within = 0;
+    }
+    size_t jl = 0;
+    char *js = within ? chat_users_json("{\"room\":\"r\",", u, nu, &jl) : NULL;
+    if (!within) { free(u); free(e); return; }
+    FUZZ_CHECK(js, "chat_users_json failed");
+    json_error_t je;
+    json_t *j = json_loadb(js, jl, 0, &je);
+    json_t *arr = json_object_get(j, "users");
+    FUZZ_CHECK(json_is_array(arr) && json_array_size(arr) == nu, "users JSON: %s", je.text);
+    for (size_t i = 0; i < nu; i++) {
+        const char *ju = json_string_value(json_object_get(json_array_get(arr, i), "user"));
+        const char *jn = json_string_value(json_object_get(json_array_get(arr, i), "name"));
+        FUZZ_CHECK(ju && jn, "user %zu without user/name", i);
+        /* chat_users_json keeps 127 bytes of each */
+        if (strlen(u[i].user) <= 127 && utf8_valid(u[i].user, strlen(u[i].user)))
+            FUZZ_CHECK(!strcmp(ju, u[i].user), "user %zu", i);
+        if (strlen(u[i].name) <= 127 && utf8_valid(u[i].name, strlen(u[i].name)))
+            FUZZ_CHECK(!strcmp(jn, u[i].name), "name %zu", i);
+    }
+    json_decref(j);
+    free(js);
     free(u);
     free(e);
 }

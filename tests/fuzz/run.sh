@@ -62,6 +62,8 @@ if grep -q "warning:" "$OUT/build.log"; then
 fi
 
 PASS=0; FAIL=0; ROWS=()
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+[ -n "$(git status --porcelain -- core tests/fuzz 2>/dev/null)" ] && COMMIT="$COMMIT+"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 echo "fuzz: ${SECS} s per target: ${TARGETS[*]}"
@@ -104,7 +106,7 @@ for t in "${TARGETS[@]}"; do
     fi
     printf '  %-12s %10s execs %7s/s  cov %5s  ft %6s  corpus %-14s seeds %4s  %s\n' \
         "$t" "${execs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$seeds" "$res"
-    ROWS+=("| $t | ${SECS} | ${execs:-?} | ${eps:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | $seeds | $( [ $rc -eq 0 ] && echo 0 || echo "1: ${why:-exit $rc}") |")
+    ROWS+=("| $t | $(date -u +%Y-%m-%d) | $COMMIT | ${SECS} | ${execs:-?} | ${eps:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | $seeds | $( [ $rc -eq 0 ] && echo 0 || echo "1: ${why:-exit $rc}") |")
     if [ "${FUZZ_MERGE:-0}" = 1 ] && [ $rc -eq 0 ]; then
         mkdir -p "tests/fuzz/corpus/$t"
         "$bin" -merge=1 -max_len="$(max_len "$t")" $(extra_flags "$t") "tests/fuzz/corpus/$t" "$w/corpus" \
@@ -113,19 +115,26 @@ for t in "${TARGETS[@]}"; do
 done
 
 if [ -n "${FUZZ_DOC:-}" ]; then
-    /usr/bin/python3 - "$FUZZ_DOC" "$(date -u +%Y-%m-%d)" "$(nproc)" "${ROWS[@]}" <<'EOF'
+    # rows of this run replace the same targets' rows of the table
+    /usr/bin/python3 - "$FUZZ_DOC" "$(nproc)" "${ROWS[@]}" <<'EOF'
 import sys
-path, day, cores, rows = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-table = [f"Run of {day} on {cores} shared cores (`FUZZ_SECONDS` per target, one target at a time):", "",
-         "| target | seconds | execs | execs/s | cov (edges) | features | corpus after (files, bytes) | seeds | crashes |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + rows
-text = open(path).read()
+path, cores, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
 b, e = "<!-- fuzz:begin -->", "<!-- fuzz:end -->"
+text = open(path).read()
 if b not in text or e not in text:
     sys.exit(f"{path}: no {b} ... {e} markers")
 head, rest = text.split(b, 1)
-tail = rest.split(e, 1)[1]
-open(path, "w").write(head + b + "\n" + "\n".join(table) + "\n" + e + tail)
+old, tail = rest.split(e, 1)
+cells = lambda r: [c.strip() for c in r.strip().strip("|").split("|")]
+table = {cells(r)[0]: r for r in old.splitlines()
+         if r.startswith("| ") and cells(r)[0] != "target" and not cells(r)[0].startswith("-")}
+table.update({cells(r)[0]: r for r in rows})
+out = [f"Written by `tests/fuzz/run.sh` (`FUZZ_DOC`), one target at a time on {cores} cores shared "
+       "with other jobs (execs/s vary with the load). cov = edges, ft = features of the "
+       "instrumented core; corpus = the run's corpus at the end (files, bytes).", "",
+       "| target | date | commit | seconds | execs | execs/s | cov | ft | corpus | seeds | crashes |",
+       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + [table[k] for k in sorted(table)]
+open(path, "w").write(head + b + "\n" + "\n".join(out) + "\n" + e + tail)
 EOF
 fi
 

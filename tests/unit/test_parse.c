@@ -1,24 +1,23 @@
 /* test_parse: the pure parsers the fuzz targets of tests/fuzz drive, with the
  * regressions they found: parse_u64 (util.h), the HTTP request parsers
  * (http.h: room path, cursor, limit, since), the bus reply interpreters
- * (bus_reply.c) and the presence reply interpreters (presence_redis.c).
+ * (bus_reply.c), the presence reply interpreters (presence_redis.c), UTF-8
+ * and json_escape (util.h) and the policy's return conversion (script.c,
+ * with the fuzz policy tests/fixtures/policies/fuzz).
  * Replies are built by hiredis' own reader from RESP bytes, exactly as the
  * connection would deliver them. */
 #define _GNU_SOURCE
+#include "check.h"
 #include "bus_int.h"
 #include "http.h"
 #include "presence_store.h"
+#include "script.h"
 #include "util.h"
 
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <string.h>
 
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 /* One reply from RESP text (the caller frees it with freeReplyObject). */
 static redisReply *resp(const char *s, size_t n)
@@ -184,12 +183,55 @@ static void test_presence_replies(void)
     freeReplyObject(r);
 }
 
+static void test_utf8(void)
+{
+    CHECK(utf8_valid("", 0) && utf8_valid("caf\xc3\xa9 \xf0\x9f\x98\x80", 10), "valid");
+    CHECK(!utf8_valid("a\0b", 3), "NUL");
+    CHECK(!utf8_valid("caf\xc3", 4), "cut sequence");
+    CHECK(!utf8_valid("\xc0\xaf", 2) && !utf8_valid("\xe0\x80\xaf", 3), "overlong");
+    CHECK(!utf8_valid("\xed\xa0\x80", 3), "surrogate");
+    CHECK(!utf8_valid("\xf4\x90\x80\x80", 4) && !utf8_valid("\xff", 1), "beyond U+10FFFF");
+    CHECK(utf8_seq("\xf0\x9f\x98\x80", 4) == 4 && utf8_seq("\xf0\x9f\x98", 3) == 0, "seq");
+    /* found by fuzz_script: ill-formed bytes went into frames as they were */
+    char out[64];
+    long w = json_escape(out, sizeof out, "a\xc3" "b\xff\xe2\x82\xac", 7);
+    CHECK(w == 19 && memcmp(out, "\"a\\ufffdb\\ufffd\xe2\x82\xac\"", 19) == 0,
+          "ill-formed -> \\ufffd (%ld '%.*s')", w, (int)(w > 0 ? w : 0), out);
+    CHECK(json_escape(out, 8, "\xff", 1) == 8 && json_escape(out, 7, "\xff", 1) < 0, "\\ufffd fits");
+}
+
+static void test_script_return(void)
+{
+    char err[512];
+    script_host *h = script_new(CHATD_FIXTURES "/policies/fuzz", "n", err, sizeof err);
+    CHECK(h, "fuzz policy: %s", err);
+    if (!h) return;
+    /* program (see policy.lua): 1 value, a string of n bytes */
+    struct { const char *hex, *what; script_verdict v; const char *body_or_reason; } T[] = {
+        {"010305636166c3a9", "valid replacement", SCRIPT_REPLACE, "caf\xc3\xa9"},
+        {"010304636166c3", "cut replacement", SCRIPT_REJECT, "policy script failed"},
+        {"01030361006200", "replacement with NUL", SCRIPT_REJECT, "policy script failed"},
+        {"030203016e0306ff6f6be282ac", "reason with a bad byte", SCRIPT_REJECT, "?ok\xe2\x82\xac"},
+    };
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) {
+        script_ctx c = {"u", T[i].hex, NULL, "lobby", "n", 1};
+        script_result r;
+        script_verdict v = script_on_message(h, &c, "x", 1, NULL, &r);
+        const char *got = v == SCRIPT_REPLACE ? r.body : r.reason;
+        CHECK(v == T[i].v && got && strcmp(got, T[i].body_or_reason) == 0, "%s: verdict %d '%s'",
+              T[i].what, v, got ? got : "");
+        script_result_clear(&r);
+    }
+    script_free(h);
+}
+
 int main(void)
 {
     test_u64();
     test_http();
     test_bus_replies();
     test_presence_replies();
-    printf("test_parse: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    test_utf8();
+    test_script_return();
+    return check_summary("test_parse");
 }
