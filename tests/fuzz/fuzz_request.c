@@ -169,6 +169,12 @@ static void check_redact(const char *text)
     FUZZ_CHECK(out, "oom");
     log_redact(text, out, 2 * n + 64);
     FUZZ_CHECK(strlen(out) < 2 * n + 64, "unterminated");
+    /* the marker itself must not count as a leak ("token=[" of
+     * "token=[redacted]" is not the value "oken=[" of the input) */
+    for (char *m = out; (m = strstr(m, "[redacted]"));) {
+        *m = '\x01';
+        memmove(m + 1, m + 10, strlen(m + 10) + 1);
+    }
     for (const char *p = text; (p = strcasestr(p, "token=")); p++) {
         const char *v = p + 6;
         size_t vl = strcspn(v, "& \"\n");
@@ -176,7 +182,7 @@ static void check_redact(const char *text)
         char *val = strndup(v, vl);
         const char *first = strstr(text, val);
         if (first == v && !strstr(v + 1, val) && strcasestr(val, "token=") == NULL &&
-            strcasestr(val, "bearer ") == NULL)
+            strcasestr(val, "bearer ") == NULL && !strchr(val, '\x01'))
             FUZZ_CHECK(!strstr(out, val), "token value '%s' left in the log text", val);
         free(val);
     }
