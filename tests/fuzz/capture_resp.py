@@ -147,15 +147,25 @@ def main():
         keep("script_load_sha", sha)
         keep("noscript", c.call("EVALSHA", "0" * 40, 0))
         tail = '"id":"c1","user":"u","name":"U","body":"hi","ts":1700000000000}'
+        # publish: KEYS seq, recent, epoch [, unstored, index] [, id];
+        # ARGV tail, recent_max, ttl, channel, floor, track, room, has_id, seed mode, seed, epoch
         pub = lambda *a: c.call("EVAL", bus["BUS_PUBLISH_LUA"], *a)
-        keep("publish_first", pub(2, K("seq"), K("recent"), tail, 1000, 86400, K("msg"), 0))
-        keep("publish_id", pub(3, K("seq"), K("recent"), K("id:c1"), tail, 1000, 86400, K("msg"), 0))
-        keep("publish_dup", pub(3, K("seq"), K("recent"), K("id:c1"), tail, 1000, 86400, K("msg"), 0))
-        keep("publish_floor", pub(2, K("seq"), K("recent"), tail, 1000, 86400, K("msg"), 40))
-        keep("publish_track", pub(4, K("seq"), K("recent"), K("unstored"), "chat:unstored",
-                                  tail.replace("hi", "h\\u0000i"), 1000, 86400, K("msg"), 0, 1, r))
+        base = (K("seq"), K("recent"), K("epoch"))
+        keep("publish_needs_seed", pub(3, *base, tail, 1000, 86400, K("msg"), 0, 0, r, 0, "S", 0, ""))
+        keep("publish_seeded", pub(3, *base, tail, 1000, 86400, K("msg"), 0, 0, r, 0, "Y", 7, "ep-1"))
+        keep("publish_first", pub(3, *base, tail, 1000, 86400, K("msg"), 0, 0, r, 0, "N", 0, "ep-2"))
+        keep("publish_id", pub(4, *base, K("id:c1"), tail, 1000, 86400, K("msg"), 0, 0, r, 1, "N", 0, "e"))
+        keep("publish_dup", pub(4, *base, K("id:c1"), tail, 1000, 86400, K("msg"), 0, 0, r, 1, "N", 0, "e"))
+        keep("publish_floor", pub(3, *base, tail, 1000, 86400, K("msg"), 40, 0, r, 0, "N", 0, "e"))
+        keep("publish_track", pub(5, *base, K("unstored"), "chat:unstored",
+                                  tail.replace("hi", "h\\u00e9"), 1000, 86400, K("msg"), 0, 1, r, 0,
+                                  "N", 0, "e"))
         keep("get_seq", c.call("GET", K("seq")))
-        keep("head_script", c.call("EVAL", bus["BUS_HEAD_LUA"], 1, K("seq"), 50))
+        # head: KEYS seq, epoch; ARGV floor, mode, seed, epoch
+        head = lambda *a: c.call("EVAL", bus["BUS_HEAD_LUA"], 2, *a)
+        keep("head_script", head(K("seq"), K("epoch"), 50, "N", 0, "e"))
+        keep("head_needs_seed", head("chat:{new}:seq", "chat:{new}:epoch", 0, "S", 0, ""))
+        keep("head_peek_missing", head("chat:{new}:seq", "chat:{new}:epoch", 0, "P", 0, ""))
         keep("range_replay", c.call("ZRANGEBYSCORE", K("recent"), "(40", "+inf", "LIMIT", 0, 1001))
         keep("range_fill", c.call("ZRANGEBYSCORE", K("recent"), 1, 42))
         keep("range_empty", c.call("ZRANGEBYSCORE", K("recent"), 1000, 2000))

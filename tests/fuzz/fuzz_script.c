@@ -12,7 +12,7 @@
  * printable reason; ACCEPT carries nothing; notification hooks (leave,
  * disconnect) never report a verdict; the host keeps working. */
 #include "fuzz.h"
-#include "chat.h"
+#include "wire.h"
 #include "msg.h"
 #include "script.h"
 #include "util.h"
@@ -50,8 +50,8 @@ static void check_result(int hook, script_verdict v, const script_result *r, con
          * text a WebSocket frame and a Postgres text column can carry */
         FUZZ_CHECK(!memchr(r->body, 0, r->body_len), "replacement body with a NUL");
         size_t tl = 0;
-        char *tail = chat_build_tail(NULL, "u", "U", r->body, r->body_len, 1, &tl);
-        msg *m = tail ? chat_message_frame("lobby", 1, tail, tl) : NULL;
+        char *tail = wire_message_tail(NULL, "u", "U", r->body, r->body_len, 1, &tl);
+        msg *m = tail ? wire_message_frame("lobby", 1, tail, tl) : NULL;
         json_error_t je;
         json_t *j = m ? json_loadb((const char *)msg_payload(m), m->len, 0, &je) : NULL;
         FUZZ_CHECK(j, "the broadcast of the replacement body is not valid JSON/UTF-8: %s",
