@@ -298,8 +298,8 @@ int pstore_redis_apply_reply(const redisReply *rep, pstore_each_fn fn, void *ud,
 {
     int n = 0;
     if (bad) *bad = NULL;
-    if (!rep || rep->type != REDIS_REPLY_ARRAY || !rep->element) return -1;
-    for (size_t i = 0; i + 3 < rep->elements; i += 4) {
+    if (!rep || rep->type != REDIS_REPLY_ARRAY) return -1;
+    for (size_t i = 0; rep->element && i + 3 < rep->elements; i += 4) {
         const char *ev = str_of(rep->element[i + 1]), *u = str_of(rep->element[i + 2]),
                    *nm = str_of(rep->element[i + 3]);
         if (!room_of(rep->element[i]) || !ev) continue;

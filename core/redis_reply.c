@@ -34,7 +34,7 @@ static int parse_redirect(const char *s, size_t len, redis_redirect *rd)
     if (!colon || colon == a || colon + 1 == e) return -1;
     size_t hl = (size_t)(colon - a);
     if (*a == '[' && colon[-1] == ']') { a++; hl -= 2; }
-    if (hl == 0 || hl > REDIS_HOST_MAX) return -1;
+    if (hl == 0 || hl > REDIS_HOST_MAX || memchr(a, 0, hl)) return -1;   /* a NUL would cut it */
     long port = 0;
     for (const char *q = colon + 1; q < e; q++) {
         if (*q < '0' || *q > '9' || port > 65535) return -1;

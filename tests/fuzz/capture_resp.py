@@ -174,27 +174,35 @@ def main():
         # an unstored seq older than the grace, one whose entry left the buffer
         c.call("ZADD", K("unstored"), 1, 41, 1, 43)
         c.call("ZADD", "chat:unstored", 1, r)
-        keep("sweep_round", c.call("EVAL", bus["BUS_SWEEP_LUA"], 2, "chat:backfill:lock",
-                                   "chat:unstored", "node-a", 3000, 1000, 50, 200))
-        keep("sweep_locked", c.call("EVAL", bus["BUS_SWEEP_LUA"], 2, "chat:backfill:lock",
-                                    "chat:unstored", "node-b", 3000, 1000, 50, 200))
-        # presence
+        # sweep: KEYS lock; ARGV token, grace, lock ms, max rooms, max seqs, indexes
+        keep("sweep_round", c.call("EVAL", bus["BUS_SWEEP_LUA"], 1, "chat:backfill:lock",
+                                   "node-a", 3000, 1000, 50, 200, "chat:unstored"))
+        keep("sweep_locked", c.call("EVAL", bus["BUS_SWEEP_LUA"], 1, "chat:backfill:lock",
+                                    "node-b", 3000, 1000, 50, 200, "chat:unstored"))
+        # presence: APPLY per room (KEYS index, conns, users, names; ARGV ttl,
+        # room, then op, member, user, name groups); SWEEP under a round lock
+        # (KEYS lock; ARGV token, lock ms, max rooms, max entries, indexes)
         idx = "chat:presence:rooms"
-        ap = lambda *a: c.call("EVAL", pres["APPLY_LUA"], 1, idx, 30000, *a)
-        keep("presence_join", ap(r, "u", "n1|1|alice", "alice", "Alice",
-                                 r, "u", "n1|2|bob", "bob", "Bob"))
+        P = lambda room, s: f"chat:{{{room}}}:presence:{s}"
+        ap = lambda room, *a: c.call("EVAL", pres["APPLY_LUA"], 4, idx, P(room, "conns"),
+                                     P(room, "users"), P(room, "names"), 30000, room, *a)
+        keep("presence_join", ap(r, "u", "n1|1|alice", "alice", "Alice", "u", "n1|2|bob", "bob", "Bob"))
         keep("presence_refresh", ap(r, "u", "n1|1|alice", "alice", "Alice"))
         keep("presence_leave", ap(r, "r", "n1|2|bob", "bob", "Bob"))
-        c.call("SET", "chat:{weird}:presence:conns", "x")
+        c.call("SET", P("weird", "conns"), "x")
         keep("presence_bad", ap("weird", "u", "n1|3|carol", "carol", "Carol"))
-        keep("presence_list", c.call("HGETALL", K("presence:names")))
-        keep("presence_list_empty", c.call("HGETALL", "chat:{nobody}:presence:names"))
-        c.call("ZADD", K("presence:conns"), 1, "n9|9|ghost")
-        c.call("HINCRBY", K("presence:users"), "ghost", 1)
-        c.call("HSET", K("presence:names"), "ghost", "Ghost")
+        keep("presence_list", c.call("HGETALL", P(r, "names")))
+        keep("presence_list_empty", c.call("HGETALL", P("nobody", "names")))
+        c.call("ZADD", P(r, "conns"), 1, "n9|9|ghost")
+        c.call("HINCRBY", P(r, "users"), "ghost", 1)
+        c.call("HSET", P(r, "names"), "ghost", "Ghost")
         c.call("ZADD", idx, 1, r)
-        keep("presence_sweep", c.call("EVAL", pres["SWEEP_LUA"], 1, idx, 256, 4096))
-        keep("presence_sweep_idle", c.call("EVAL", pres["SWEEP_LUA"], 1, idx, 256, 4096))
+        sw = lambda token: c.call("EVAL", pres["SWEEP_LUA"], 1, "chat:presence:sweeplock", token,
+                                  1000, 256, 4096, idx)
+        keep("presence_sweep", sw("node-a"))
+        keep("presence_sweep_other_node", sw("node-b"))
+        c.call("DEL", "chat:presence:sweeplock")
+        keep("presence_sweep_idle", sw("node-a"))
         c.call("SET", idx, "x")
         keep("presence_index_error", ap(r, "u", "n1|1|alice", "alice", "Alice"))
         # pub/sub pushes on a second connection

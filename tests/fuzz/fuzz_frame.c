@@ -123,6 +123,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case FT_REFRESH:
         FUZZ_CHECK(f.token && f.token_len > 0 && !memchr(f.token, 0, f.token_len), "bad token accepted");
         break;
+    case FT_READ:
+        FUZZ_CHECK(f.seq <= (uint64_t)INT64_MAX, "read seq");
+        break;
     case FT_TYPING:
     case FT_HEARTBEAT:
         break;

@@ -1,11 +1,15 @@
 /* fuzz_resp: arbitrary bytes on a Redis connection. hiredis' redisReader
  * turns them into replies (as on the bus' and presence's connections), and
  * every reply goes through every interpreter chatd has for what Redis says:
- *   bus (core/bus_reply.c): seq reads, the head script {0, head, epoch,
- *     before} / {2} / {3}, the publish script {seq, dup|seed}, recent-buffer ranges (gap fill, replay
- *     since N), pub/sub pushes, the backfill sweep {1, room, seq, entry...};
+ *   connection layer (core/redis_reply.c): integers, error kinds with
+ *     MOVED/ASK redirects, pub/sub pushes, the CLUSTER SHARDS slot map;
+ *   bus: the head script {0, head, epoch, before} / {2} / {3}
+ *     (bus_rhead_parse), the publish script {seq, dup|seed}
+ *     (bus_redis_publish_reply), and core/bus_reply.c: recent-buffer ranges
+ *     (gap fill, replay since N), channel names, the backfill sweep
+ *     {1, room, seq, entry...};
  *   presence (core/presence_redis.c): the apply script {room, event, user,
- *     name...}, the sweep script {more, room, user, name...}, HGETALL names.
+ *     name...}, the sweep script {2|3, room, user, name...}, HGETALL names.
  * Oracles: whatever the reply, interpreters only hand out what the contract
  * allows (seqs >= 1 where a seq is assigned, valid room names, events join
  * or leave, non-NULL strings, entries inside the reply's own bytes, replay
@@ -17,6 +21,8 @@
  * (see README.md) does not hide our bugs. */
 #include "fuzz.h"
 #include "bus_int.h"
+#include "bus_redis_int.h"
+#include "redis_reply.h"
 #include "wire.h"
 #include "presence_store.h"
 #include <hiredis/hiredis.h>
@@ -53,7 +59,7 @@ static void check_entry(const redisReply *rp, const bus_entry *e)
                "entry tail outside the reply");
 }
 
-static void each(void *ud, const char *room, const char *event, const char *user, const char *name)
+static int each(void *ud, const char *room, const char *event, const char *user, const char *name)
 {
     const redisReply *rp = ud;
     FUZZ_CHECK(room && event && user && name, "NULL handed to the presence sink");
@@ -62,15 +68,16 @@ static void each(void *ud, const char *room, const char *event, const char *user
     FUZZ_CHECK(user[0], "empty user");
     FUZZ_CHECK(inside(rp, user, strlen(user)) && inside(rp, name, strlen(name)) &&
                inside(rp, room, strlen(room)), "strings outside the reply");
+    return 0;
 }
 
 static void interpret(const redisReply *rp)
 {
-    uint64_t v = 0, seq = 0;
-    int dup = -1;
-    if (bus_reply_u64(rp, &v) == 0) {
+    uint64_t v = 0, seq = 0, dup = 9;
+    if (redis_reply_u64(rp, &v) == 0) {
         FUZZ_CHECK(rp->type == REDIS_REPLY_NIL || rp->type == REDIS_REPLY_INTEGER ||
-                   rp->type == REDIS_REPLY_STRING, "u64 from type %d", rp->type);
+                   rp->type == REDIS_REPLY_STRING || rp->type == REDIS_REPLY_STATUS,
+                   "u64 from type %d", rp->type);
         if (rp->type == REDIS_REPLY_INTEGER) FUZZ_CHECK(rp->integer >= 0 && v == (uint64_t)rp->integer, "int");
         if (rp->type == REDIS_REPLY_STRING) {
             char b[24];
@@ -80,16 +87,40 @@ static void interpret(const redisReply *rp)
             FUZZ_CHECK(strlen(rp->str) == rp->len && strcmp(s, b) == 0, "'%s' read as %s", rp->str, b);
         }
     }
-    if (bus_reply_publish(rp, &seq, &dup) == 0)
-        FUZZ_CHECK(rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 && dup >= 0 && dup <= 2 &&
-                   (seq >= 1 || dup == 2), "publish seq %" PRIu64 " dup %d", seq, dup);
-    bus_head h;
-    if (bus_reply_head(rp, &h) == 0) {
+    redis_redirect rd;
+    redis_err_kind ek = redis_reply_error(rp, &rd);
+    FUZZ_CHECK((ek != REDIS_E_NONE) == (rp->type == REDIS_REPLY_ERROR), "error kind %d of type %d",
+               ek, rp->type);
+    if (ek == REDIS_E_MOVED || ek == REDIS_E_ASK)
+        FUZZ_CHECK(rd.slot >= 0 && rd.slot < 16384 && rd.addr.port >= 1 && rd.addr.port <= 65535 &&
+                   rd.addr.host[0] && strnlen(rd.addr.host, sizeof rd.addr.host) < sizeof rd.addr.host,
+                   "redirect slot %d port %d", rd.slot, rd.addr.port);
+    FUZZ_CHECK(redis_err_name(ek) != NULL, "no name for error kind %d", ek);
+    redis_shards sh;
+    char serr[128];
+    if (redis_reply_shards(rp, rp->elements & 1, &sh, serr, sizeof serr) == 0) {
+        int last = -1;
+        for (int i = 0; i < sh.n; i++) {
+            FUZZ_CHECK(sh.s[i].master.host[0] && sh.s[i].master.port >= 1 &&
+                       sh.s[i].master.port <= 65535 && sh.s[i].nranges >= 1, "shard %d", i);
+            for (int k = 0; k < sh.s[i].nranges; k++)
+                FUZZ_CHECK(sh.s[i].ranges[k][0] <= sh.s[i].ranges[k][1] && sh.s[i].ranges[k][1] < 16384,
+                           "range %d..%d", sh.s[i].ranges[k][0], sh.s[i].ranges[k][1]);
+            FUZZ_CHECK(sh.s[i].ranges[0][0] >= last, "shards not sorted by first slot");
+            last = sh.s[i].ranges[0][0];
+        }
+        redis_shards_free(&sh);
+    }
+    if (bus_redis_publish_reply(rp, &seq, &dup) == 0)
+        FUZZ_CHECK(rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 && dup <= 2 &&
+                   (seq >= 1 || dup == 2), "publish seq %" PRIu64 " dup %" PRIu64, seq, dup);
+    head_res h;
+    if (bus_rhead_parse(rp, &h) == 0) {
         FUZZ_CHECK(h.status == 0 || h.status == 2 || h.status == 3, "head status %d", h.status);
         size_t el = strnlen(h.epoch, sizeof h.epoch);
         FUZZ_CHECK(el < sizeof h.epoch && (h.status != 0 || el >= 1), "epoch of %zu bytes", el);
         if (h.status == 0)
-            FUZZ_CHECK(rp->elements == 4 && rp->element[2]->len == el &&
+            FUZZ_CHECK(rp->elements == 4 && rp->element[2]->len >= el &&
                        memcmp(rp->element[2]->str, h.epoch, el) == 0, "epoch is not the reply's");
     }
 
@@ -107,17 +138,20 @@ static void interpret(const redisReply *rp)
         FUZZ_CHECK(e[i].seq == since + 1 + i, "replay entry %zu has seq %" PRIu64, i, e[i].seq);
     }
 
-    bus_push p;
-    if (bus_reply_push(rp, &p) == 0) {
-        FUZZ_CHECK(room_name_valid(p.room, strlen(p.room)), "push room '%s'", p.room);
-        FUZZ_CHECK(p.channel_kind && inside(rp, p.channel_kind, strlen(p.channel_kind)),
-                   "channel kind outside the reply");
-        FUZZ_CHECK(p.kind >= BUS_PUSH_MESSAGE && p.kind <= BUS_PUSH_UNSUBSCRIBE, "kind %d", p.kind);
-        if (p.kind == BUS_PUSH_MESSAGE) {
-            FUZZ_CHECK(p.data && inside(rp, p.data, p.len), "message data outside the reply");
+    redis_push p;
+    redis_push_kind pk = redis_reply_push(rp, &p);
+    char room[CHAT_ROOM_MAX + 1], kind[32];
+    if (pk != REDIS_PUSH_NONE && pk != REDIS_PUSH_PONG) {
+        FUZZ_CHECK(p.channel && inside(rp, p.channel, p.channel_len), "channel outside the reply");
+        if (bus_reply_channel(p.channel, p.channel_len, room, kind, sizeof kind) == 0) {
+            FUZZ_CHECK(room_name_valid(room, strlen(room)), "push room '%s'", room);
+            FUZZ_CHECK(kind[0] && strlen(kind) < sizeof kind, "channel kind");
+        }
+        if (pk == REDIS_PUSH_MESSAGE || pk == REDIS_PUSH_SMESSAGE) {
+            FUZZ_CHECK(p.data && (p.data_len == 0 || inside(rp, p.data, p.data_len)),
+                       "message data outside the reply");
             bus_entry x;
-            if (!strcmp(p.channel_kind, "msg") && bus_parse_entry(p.data, p.len, &x) == 0)
-                check_entry(rp, &x);
+            if (bus_parse_entry(p.data, p.data_len, &x) == 0) check_entry(rp, &x);
         }
     }
 
@@ -125,7 +159,6 @@ static void interpret(const redisReply *rp)
     int round = bus_reply_sweep_round(rp, &items);
     FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || items == 0), "round %d items %zu", round, items);
     for (size_t k = 0; round == 1 && k < items + 2; k++) {
-        char room[CHAT_ROOM_MAX + 1];
         bus_entry x;
         int st = bus_reply_sweep_item(rp, k, room, &seq, &x);
         if (k >= items) { FUZZ_CHECK(st == -1, "item %zu past %zu", k, items); continue; }
@@ -141,8 +174,9 @@ static void interpret(const redisReply *rp)
     int t = pstore_redis_apply_reply(rp, each, (void *)rp, &bad);
     FUZZ_CHECK(t >= -1 && (t == -1) == (rp->type != REDIS_REPLY_ARRAY), "apply %d", t);
     if (bad) FUZZ_CHECK(room_name_valid(bad, strlen(bad)), "bad room '%s'", bad);
-    int more = pstore_redis_sweep_reply(rp, each, (void *)rp);
-    FUZZ_CHECK(more >= -1 && more <= 1, "more %d", more);
+    int more = -1;
+    int swept = pstore_redis_sweep_reply(rp, each, (void *)rp, &more);
+    FUZZ_CHECK(swept >= -1 && (more == 0 || more == 1), "sweep %d more %d", swept, more);
     presence_user *u = calloc(cap / 2 + 1, sizeof *u);
     FUZZ_CHECK(u, "oom");
     size_t nu = pstore_redis_list_reply(rp, u);

@@ -11,6 +11,7 @@
 #include "bus_int.h"
 #include "http.h"
 #include "presence_store.h"
+#include "redis_reply.h"
 #include "script.h"
 #include "util.h"
 
@@ -132,6 +133,35 @@ static void test_bus_replies(void)
     freeReplyObject(r);
 }
 
+static void test_redis_url(void)
+{
+    redis_url u;
+    char err[128];
+    CHECK(redis_url_parse("redis://alice:s3cr%40t@[::1]:6380/2", &u, err, sizeof err) == 0 &&
+          !strcmp(u.user, "alice") && !strcmp(u.pass, "s3cr@t") && !strcmp(u.seeds[0].host, "::1") &&
+          u.seeds[0].port == 6380 && u.db == 2, "full URL");
+    /* found by fuzz_redis_url (in the old bus_url.c): %00 cut what AUTH sends */
+    CHECK(redis_url_parse("redis://:a%00b@h", &u, err, sizeof err) < 0, "%%00 in the password");
+    CHECK(redis_url_parse("redis://%00:x@h", &u, err, sizeof err) < 0, "%%00 in the user");
+}
+
+static void test_redis_replies(void)
+{
+    redis_redirect rd;
+    redisReply *r = RESP("-MOVED 3999 127.0.0.1:6381\r\n");
+    CHECK(redis_reply_error(r, &rd) == REDIS_E_MOVED && rd.slot == 3999 && rd.addr.port == 6381 &&
+          !strcmp(rd.addr.host, "127.0.0.1"), "MOVED");
+    freeReplyObject(r);
+    /* found by fuzz_resp: a NUL in the redirect's host cut it to "" */
+    r = RESP("-MOVED 1 \0\0l1:7000\r\n");
+    CHECK(redis_reply_error(r, &rd) == REDIS_E_OTHER, "NUL in a redirect host");
+    freeReplyObject(r);
+    uint64_t v = 0;
+    r = RESP("$5\r\n12abc\r\n");
+    CHECK(redis_reply_u64(r, &v) < 0, "12abc");
+    freeReplyObject(r);
+}
+
 static int g_calls;
 static int each(void *ud, const char *room, const char *ev, const char *user, const char *name)
 {
@@ -230,6 +260,8 @@ int main(void)
     test_u64();
     test_http();
     test_bus_replies();
+    test_redis_replies();
+    test_redis_url();
     test_presence_replies();
     test_utf8();
     test_script_return();
