@@ -123,6 +123,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case FT_REFRESH:
         FUZZ_CHECK(f.token && f.token_len > 0 && !memchr(f.token, 0, f.token_len), "bad token accepted");
         break;
+    case FT_EDIT:
+        FUZZ_CHECK(f.body && !memchr(f.body, 0, f.body_len), "edit body");
+        FUZZ_CHECK(f.target >= 1 && f.target <= (uint64_t)INT64_MAX, "edit target");
+        break;
+    case FT_DELETE:
+        FUZZ_CHECK(f.target >= 1 && f.target <= (uint64_t)INT64_MAX, "delete target");
+        break;
+    case FT_REACT:
+        FUZZ_CHECK(f.target >= 1 && f.target <= (uint64_t)INT64_MAX, "react target");
+        FUZZ_CHECK(f.emoji && f.emoji_len >= 1 && f.emoji_len <= 32 && (f.on == 0 || f.on == 1) &&
+                   utf8_valid(f.emoji, f.emoji_len), "react emoji/on");
+        break;
     case FT_READ:
         FUZZ_CHECK(f.seq <= (uint64_t)INT64_MAX, "read seq");
         break;

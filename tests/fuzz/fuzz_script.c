@@ -96,8 +96,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(hex, "oom");
     for (size_t i = 0; i < blen; i++) sprintf(hex + 2 * i, "%02x", (unsigned char)body[i]);
     hex[2 * blen] = 0;
-    script_ctx c = {"fuzz-user", hex, "{\"sub\":\"fuzz-user\",\"role\":\"x\"}", "lobby",
-                    "fuzz-node", 1700000000000ull};
+    script_ctx c = {.user = "fuzz-user", .name = hex,
+                    .claims_json = "{\"sub\":\"fuzz-user\",\"role\":\"x\"}", .room = "lobby",
+                    .node = "fuzz-node", .now_ms = 1700000000000ull,
+                    .source = (data[0] & 8) ? "http" : "ws"};
     script_result r;
     memset(&r, 0x5a, sizeof r);   /* every hook must set every field */
     script_verdict v = SCRIPT_ACCEPT;

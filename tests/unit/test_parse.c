@@ -244,7 +244,8 @@ static void test_script_return(void)
         {"030203016e0306ff6f6be282ac", "reason with a bad byte", SCRIPT_REJECT, "?ok\xe2\x82\xac"},
     };
     for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) {
-        script_ctx c = {"u", T[i].hex, NULL, "lobby", "n", 1};
+        script_ctx c = {.user = "u", .name = T[i].hex, .room = "lobby", .node = "n", .now_ms = 1,
+                        .source = "ws"};
         script_result r;
         script_verdict v = script_on_message(h, &c, "x", 1, NULL, &r);
         const char *got = v == SCRIPT_REPLACE ? r.body : r.reason;
