@@ -263,10 +263,104 @@ def programs():
         write("script", k, v)
 
 
+def api_requests():
+    """HTTP requests of the server API (fuzz_api): the curl examples of
+    docs/api.md and the requests of tests/integration/api.py, as bytes on
+    the wire (the key is one fuzz_api configures)."""
+    key = "k-0123456789abcdef"
+
+    def req(method, path, body=None, raw=None, key=key, headers=None, lf=False):
+        h = {"Host": "127.0.0.1"}
+        if key is not None:
+            h["Authorization"] = f"Bearer {key}"
+        data = raw if raw is not None else b""
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            h["Content-Type"] = "application/json"
+        h.update(headers or {})
+        if data and "Transfer-Encoding" not in h:
+            h["Content-Length"] = str(len(data))
+        nl = "\n" if lf else "\r\n"
+        head = f"{method} {path} HTTP/1.1{nl}" + "".join(f"{k}: {v}{nl}" for k, v in h.items()) + nl
+        return head.encode() + data
+
+    def msg(i, body="hi", **kw):
+        m = {"id": i, "user": "ci", "body": body}
+        m.update(kw)
+        return m
+
+    R = {
+        # docs/api.md
+        "publish_doc": req("POST", "/api/rooms/lobby/messages",
+                           {"id": "deploy-8841", "user": "ci", "name": "CI", "body": "deploy 1.2.3 done",
+                            "meta": {"kind": "deploy", "build": 8841}}),
+        "room_info": req("GET", "/api/rooms/lobby"),
+        "disconnect": req("POST", "/api/users/mallory/disconnect", {"reason": "session revoked"}),
+        "disconnect_nobody": req("POST", "/api/users/mallory/disconnect"),
+        "ban_all": req("PUT", "/api/users/mallory/ban", {"seconds": 3600, "reason": "spam"}),
+        "ban_room": req("PUT", "/api/users/mallory/ban", {"seconds": 600, "room": "lobby", "reason": "cool down"}),
+        "unban_query": req("DELETE", "/api/users/mallory/ban?room=lobby"),
+        "unban_all": req("DELETE", "/api/users/mallory/ban"),
+        "unban_body": req("DELETE", "/api/users/mallory/ban", {"room": "lobby"}),
+        "delete_msg": req("DELETE", "/api/rooms/lobby/messages/42",
+                          {"reason": "spam", "user": "mod-7", "name": "Mod Seven"}),
+        # tests/integration/api.py
+        "meta_as_given": req("POST", "/api/rooms/r1/messages",
+                             raw=b'{"id":"d-1","user":"ci","name":"CI bot","body":"deployed",'
+                                 b'"meta":{"kind": "deploy", "n": [1, 2.50], "nested": {"ok": true}}}',
+                             headers={"Content-Type": "application/json"}),
+        "meta_escaped_key": req("POST", "/api/rooms/r1/messages",
+                                raw=b'{"id":"d-2","user":"ci","body":"b","\\u006deta":{"a":"\\u00e9"}}',
+                                headers={"Content-Type": "application/json; charset=utf-8"}),
+        "no_key": req("GET", "/api/rooms/r", key=None),
+        "wrong_key": req("GET", "/api/rooms/r", key="wrong"),
+        "second_key": req("GET", "/api/rooms/r", key="second-key-fedcba9876543210"),
+        "basic_auth": req("GET", "/api/rooms/r", key=None, headers={"Authorization": "Basic dXNlcjpwYXNz"}),
+        "no_route": req("GET", "/api/nope"),
+        "kick": req("GET", "/api/users/u/kick"),
+        "get_messages": req("GET", "/api/rooms/r/messages"),
+        "post_ban": req("POST", "/api/users/u/ban", {}),
+        "delete_room": req("DELETE", "/api/rooms/r"),
+        "bad_room": req("POST", "/api/rooms/bad%20room/messages", msg("a")),
+        "not_json": req("POST", "/api/rooms/r/messages", raw=b"{not json",
+                        headers={"Content-Type": "application/json"}),
+        "no_id": req("POST", "/api/rooms/r/messages", {"user": "u", "body": "no id"}),
+        "long_id": req("POST", "/api/rooms/r/messages", msg("x" * 65)),
+        "meta_array": req("POST", "/api/rooms/r/messages", msg("m", meta=[1, 2])),
+        "meta_large": req("POST", "/api/rooms/r/messages", msg("m", meta={"k": "x" * 4100})),
+        "body_nul": req("POST", "/api/rooms/r/messages", msg("m", body="nul\u0000inside")),
+        "dup_key": req("POST", "/api/rooms/r/messages", raw=b'{"id":"a","id":"b","user":"u","body":"x"}',
+                       headers={"Content-Type": "application/json"}),
+        "ban_zero": req("PUT", "/api/users/u/ban", {"seconds": 0}),
+        "ban_bad_room": req("PUT", "/api/users/u/ban", {"seconds": 5, "room": "a b"}),
+        "ban_float": req("PUT", "/api/users/u/ban", {"seconds": 5.0}),
+        "ban_too_long": req("PUT", "/api/users/u/ban", {"seconds": 315360001}),
+        "delete_seq0": req("DELETE", "/api/rooms/r/messages/0"),
+        "delete_seq_max": req("DELETE", "/api/rooms/r/messages/9223372036854775807"),
+        "delete_seq_over": req("DELETE", "/api/rooms/r/messages/9223372036854775808"),
+        "text_plain": req("POST", "/api/rooms/r/messages", raw=json.dumps(msg("t")).encode(),
+                          headers={"Content-Type": "text/plain"}),
+        "chunked": req("POST", "/api/rooms/r/messages", raw=b"1c\r\n" + json.dumps(msg("c")).encode()[:28] +
+                       b"\r\n0\r\n\r\n",
+                       headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}),
+        "bad_length": req("POST", "/api/rooms/r/messages", msg("l"), headers={"Content-Length": "12a"}),
+        "huge_length": req("POST", "/api/rooms/r/messages", msg("l"), headers={"Content-Length": "70000"}),
+        "user_utf8": req("POST", "/api/users/J%C3%BCrgen%20M./disconnect", {"reason": "bye"}),
+        "user_slash": req("PUT", "/api/users/a/b/ban", {"seconds": 60}),
+        "user_c1": req("PUT", "/api/users/%C2%85x/ban", {"seconds": 60}),
+        "name_default": req("POST", "/api/rooms/r/messages", {"id": "n", "user": "bot", "name": None, "body": ""}),
+        "head": req("HEAD", "/api/rooms/r"),
+        "lf_only": req("POST", "/api/rooms/r/messages", msg("lf"), lf=True),
+    }
+    for k, v in R.items():
+        write("api", k, v)
+
+
 if __name__ == "__main__":
     frames()
     jwts()
     requests()
     redis_urls()
     programs()
+    api_requests()
     print("make_seeds: seeds written under", CORPUS)

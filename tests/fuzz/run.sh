@@ -28,6 +28,7 @@ max_len() {
         frame|resp) echo 4096 ;;
         jwt_hs256|jwt_pubkey) echo 2048 ;;
         request) echo 1024 ;;
+        api) echo 8192 ;;
         *) echo 512 ;;
     esac
 }
