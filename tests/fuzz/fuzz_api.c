@@ -5,7 +5,7 @@
  * values (httpd_parse_content_length, httpd_ctype_json), the body read in
  * pieces up to a limit (httpd_body_add) and the JSON error answer
  * (httpd_error_body: core/httpd.c), and each route's body
- * (api_parse_publish, api_parse_ban, api_parse_disconnect).
+ * (api_parse_publish, api_parse_ban, api_parse_disconnect, api_parse_delete).
  * Input: an HTTP/1.1 request as a backend sends it: "METHOD target
  * HTTP/1.1", header lines, a blank line, the body (LF or CRLF). The harness
  * stands in for lws only where lws does the work (the request line, the
@@ -212,9 +212,12 @@ static int jstr(json_t *o, const char *k, const char **s, size_t *n)
     return memchr(*s, 0, *n) ? -1 : 1;
 }
 
+/* jansson (2.14) skips a raw NUL byte after a literal or a number; a raw
+ * NUL is never JSON */
 static json_t *reload(const char *body, size_t len)
 {
     json_error_t je;
+    if (memchr(body, 0, len)) return NULL;
     json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
     if (o && !json_is_object(o)) { json_decref(o); o = NULL; }
     return o;
@@ -358,6 +361,47 @@ static void check_disconnect(const char *body, size_t len)
                    "reason does not round-trip");
         free(t);
         json_decref(j);
+    }
+    json_decref(o);
+}
+
+/* member k: absent, or 1..max bytes of text without controls */
+static int opt_text_ok(json_t *o, const char *k, size_t max, const char **out)
+{
+    json_t *v = json_object_get(o, k);
+    if (!v) return 1;
+    if (!json_is_string(v) || !text_ok(json_string_value(v), json_string_length(v), max)) return 0;
+    *out = json_string_value(v);
+    return 1;
+}
+
+static void check_delete(const char *body, size_t len)
+{
+    api_delete d;
+    char err[200];
+    int r = api_parse_delete(body, len, &d, err, sizeof err);
+    json_error_t je;
+    json_t *o = len && !memchr(body, 0, len) ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &je) : NULL;
+    const char *user = "moderator", *name = "Moderator", *id = NULL, *reason = NULL;
+    int ok = !len;
+    if (json_is_object(o)) {
+        json_t *rs = json_object_get(o, "reason");
+        ok = opt_text_ok(o, "user", API_USER_MAX, &user) && opt_text_ok(o, "name", API_USER_MAX, &name) &&
+             opt_text_ok(o, "id", API_ID_MAX, &id) && (!rs || json_is_string(rs));
+        if (json_is_string(rs)) reason = json_string_value(rs);
+    }
+    if (r < 0) {
+        FUZZ_CHECK(err[0] && !ok, "a valid delete body refused: %s", err);
+        FUZZ_CHECK(d.root == NULL, "a refusal left the parse allocated");
+    } else {
+        FUZZ_CHECK(r == 0 && ok, "an invalid delete body accepted (duplicate keys are refused)");
+        FUZZ_CHECK(!strcmp(d.user, user) && !strcmp(d.name, name), "author %s / %s", d.user, d.name);
+        FUZZ_CHECK(id ? d.id && !strcmp(d.id, id) : !d.id, "id");
+        FUZZ_CHECK(reason ? d.reason && !strcmp(d.reason, reason) : !d.reason, "reason");
+        FUZZ_CHECK(api_user_valid(d.user, strlen(d.user)) && api_user_valid(d.name, strlen(d.name)) &&
+                       (!d.id || (api_user_valid(d.id, strlen(d.id)) && strlen(d.id) <= API_ID_MAX)),
+                   "author or id not text");
+        api_delete_clear(&d);
     }
     json_decref(o);
 }
@@ -556,6 +600,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_ban(body, blen, 0);
     check_ban(body, blen, 1);
     check_disconnect(body, blen);
+    check_delete(body, blen);
     if (q) {   /* ?room= of an unban: the fragment as http_arg gives it */
         char qr[CHAT_ROOM_MAX + 2];
         if (http_arg_match(q, strlen(q), "room", qr, sizeof qr) == 1 && room_name_valid(qr, strlen(qr)))
@@ -587,6 +632,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (rt.route == AR_DISCONNECT) {
             char r[API_REASON_MAX + 1];
             bad = api_parse_disconnect(body, blen, r, e2, sizeof e2) < 0;
+        } else if (rt.route == AR_DELETE_MSG) {
+            api_delete d;
+            bad = api_parse_delete(body, blen, &d, e2, sizeof e2) < 0;
+            if (!bad) api_delete_clear(&d);
         }
         FUZZ_SAY("%s %s: %s", httpd_method_name(method), api_route_name(rt.route), bad ? e2 : "accepted");
         if (bad) { status = 400; code = "bad_request"; msg = e2; }
