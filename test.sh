@@ -86,7 +86,7 @@ if want asan && [ -x build-asan/chatd ]; then
         run_ctest unit-asan build-asan
 fi
 if want fuzz; then
-    echo "== fuzz targets (libFuzzer + ASan/UBSan, ${FUZZ_SECONDS:-20} s each, tests/fuzz/run.sh)"
+    echo "== fuzz targets (libFuzzer + ASan/UBSan, ${FUZZ_SECONDS:-8} s each, tests/fuzz/run.sh)"
     run_counted fuzz bash tests/fuzz/run.sh
 fi
 if want busted; then

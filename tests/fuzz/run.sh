@@ -8,7 +8,7 @@
 # timeout or a broken oracle fails the target and prints the reproducer.
 #   bash tests/fuzz/run.sh [target...]       e.g. bash tests/fuzz/run.sh frame resp
 # Environment:
-#   FUZZ_SECONDS=20   time per target (the short form run by ./test.sh)
+#   FUZZ_SECONDS=8    time per target (the short form run by ./test.sh)
 #   FUZZ_BUILD=build-fuzz   build directory
 #   FUZZ_OUT=dir      keep each target's log, grown corpus and artifacts there
 #   FUZZ_MERGE=1      after the run, merge what it found (only inputs that add
@@ -19,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-SECS=${FUZZ_SECONDS:-20}
+SECS=${FUZZ_SECONDS:-8}
 BUILD=${FUZZ_BUILD:-build-fuzz}
 
 # per target: longest input worth trying, and extra libFuzzer flags
