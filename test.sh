@@ -5,16 +5,16 @@
 # busted specs of the Lua policy, the integration suite (real chatd nodes,
 # Redis, Postgres and an independent WebSocket client), the Prometheus scrape
 # test, the real-Chromium browser tests, the deploy checks (files, installed
-# tree, .deb, demo) and the fault harness (short form: two nodes, Redis and
+# tree, .deb, demo), the fault harness (short form: two nodes, Redis and
 # Postgres killed, stopped, flushed and degraded under load, checked for lost
-# acked messages, reused seqs, duplicates and order). Ends with
-# "N passed, N failed".
+# acked messages, reused seqs, duplicates and order) and the libFuzzer targets
+# (short runs, tests/fuzz). Ends with "N passed, N failed".
 #   ./test.sh                     everything
-#   CHATD_TEST_ONLY="unit itest" ./test.sh    some suites (unit asan busted itest prom browser deploy faults)
+#   CHATD_TEST_ONLY="unit itest" ./test.sh    some suites (unit asan busted itest prom browser deploy faults fuzz)
 set -uo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
-ONLY=${CHATD_TEST_ONLY:-"unit asan busted itest prom browser deploy faults"}
+ONLY=${CHATD_TEST_ONLY:-"unit asan busted itest prom browser deploy faults fuzz"}
 PASSED=0
 FAILED=0
 XFAILED=0
@@ -84,6 +84,10 @@ if want asan && [ -x build-asan/chatd ]; then
     echo "== C unit tests under ASan+UBSan"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         run_ctest unit-asan build-asan
+fi
+if want fuzz; then
+    echo "== fuzz targets (libFuzzer + ASan/UBSan, ${FUZZ_SECONDS:-8} s each, tests/fuzz/run.sh)"
+    run_counted fuzz bash tests/fuzz/run.sh
 fi
 if want busted; then
     echo "== busted specs (scripts/)"

@@ -480,42 +480,22 @@ static void on_deleted(void *ud, const publish_result *res)
     answer_json(r, b, len);
 }
 
-static int opt_str(json_t *o, const char *k, const char **out, size_t max)
-{
-    json_t *v = json_object_get(o, k);
-    if (!v) return 0;
-    if (!json_is_string(v) || json_string_length(v) > max ||
-        !api_user_valid(json_string_value(v), json_string_length(v)))
-        return -1;
-    *out = json_string_value(v);
-    return 0;
-}
-
 static void run_delete_message(api_req *r)
 {
-    const char *user = "moderator", *name = "Moderator", *id = NULL, *reason = NULL;
-    json_t *o = NULL;
-    if (r->body.len) {
-        json_error_t je;
-        o = json_loadb(r->body.buf, r->body.len, 0, &je);
-        if (!json_is_object(o) || opt_str(o, "user", &user, API_USER_MAX) < 0 ||
-            opt_str(o, "name", &name, API_USER_MAX) < 0 || opt_str(o, "id", &id, 64) < 0 ||
-            (json_object_get(o, "reason") && !json_is_string(json_object_get(o, "reason")))) {
-            json_decref(o);
-            answer_error(r, 400, "bad_request",
-                         "body: an object with optional string fields reason, user, name, id");
-            return;
-        }
-        if (json_is_string(json_object_get(o, "reason")))
-            reason = json_string_value(json_object_get(o, "reason"));
+    api_delete d;
+    char err[200];
+    if (api_parse_delete(r->body.buf ? r->body.buf : "", r->body.len, &d, err, sizeof err) < 0) {
+        answer_error(r, 400, "bad_request", err);
+        return;
     }
+    const char *user = d.user, *name = d.name, *id = d.id, *reason = d.reason;
     char idbuf[48];
     if (!id) {
         snprintf(idbuf, sizeof idbuf, "api-delete-%" PRIu64, r->rt.seq);
         id = idbuf;
     }
     if (!publish_ready()) {
-        json_decref(o);
+        api_delete_clear(&d);
         answer_error(r, 503, "unavailable", "temporarily unavailable; retry");
         return;
     }
@@ -523,7 +503,7 @@ static void run_delete_message(api_req *r)
          user, reason ? ": " : "", reason ? reason : "");
     if (publish_delete(r->rt.room, r->rt.seq, user, name, id, &r->pubs, on_deleted, r) < 0)
         answer_error(r, 503, "unavailable", "message bus unavailable; retry");
-    json_decref(o);
+    api_delete_clear(&d);
 }
 
 /* ---- dispatch ------------------------------------------------------------ */

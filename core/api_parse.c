@@ -122,6 +122,13 @@ int api_route_match(const char *path, api_route *out, char *err, size_t errlen)
 static json_t *load(const char *text, size_t len, char *err, size_t errlen)
 {
     json_error_t je;
+    /* A raw NUL byte is never JSON, but jansson 2.14 skips one that follows
+     * a literal or a number ({"meta":{"a":true\0}} loads): the raw text
+     * of meta would carry it into frames and the store. */
+    if (memchr(text, 0, len)) {
+        snprintf(err, errlen, "invalid JSON: a NUL byte");
+        return NULL;
+    }
     /* NUL inside strings is accepted here so that it is refused below with
      * a clear reason (decided: a body with U+0000 is bad_request) */
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
@@ -282,4 +289,43 @@ int api_parse_disconnect(const char *text, size_t len, char reason[API_REASON_MA
     int rc = reason_member(root, reason, err, errlen);
     json_decref(root);
     return rc;
+}
+
+/* an optional string member of text without controls, at most max bytes */
+static int opt_text(json_t *o, const char *k, const char **out, size_t max)
+{
+    json_t *v = json_object_get(o, k);
+    if (!v) return 0;
+    if (!json_is_string(v) || json_string_length(v) > max ||
+        !api_user_valid(json_string_value(v), json_string_length(v)))
+        return -1;
+    *out = json_string_value(v);
+    return 0;
+}
+
+int api_parse_delete(const char *text, size_t len, api_delete *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->user = "moderator";
+    out->name = "Moderator";
+    if (!len) return 0;
+    json_error_t je;
+    /* duplicate keys refused as in every body (docs/api.md); U+0000 and a
+     * raw NUL byte (see load) too */
+    json_t *o = memchr(text, 0, len) ? NULL : json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    out->root = o;
+    if (!json_is_object(o) || opt_text(o, "user", &out->user, API_USER_MAX) < 0 ||
+        opt_text(o, "name", &out->name, API_USER_MAX) < 0 || opt_text(o, "id", &out->id, API_ID_MAX) < 0 ||
+        (json_object_get(o, "reason") && !json_is_string(json_object_get(o, "reason")))) {
+        api_delete_clear(out);
+        return fail(err, errlen, "%s", "body: an object with optional string fields reason, user, name, id");
+    }
+    if (json_is_string(json_object_get(o, "reason"))) out->reason = json_string_value(json_object_get(o, "reason"));
+    return 0;
+}
+
+void api_delete_clear(api_delete *d)
+{
+    json_decref(d->root);
+    memset(d, 0, sizeof *d);
 }

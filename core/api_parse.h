@@ -63,4 +63,17 @@ int api_parse_ban(const char *text, size_t len, int lift, api_ban *out, char *er
 int api_parse_disconnect(const char *text, size_t len, char reason[API_REASON_MAX + 1], char *err,
                          size_t errlen);
 
+/* DELETE /api/rooms/{room}/messages/{seq} (moderator delete): an optional
+ * body {"reason", "user", "name", "id"}, strings; user and name 1-127
+ * bytes and id 1-64 bytes of text without control characters. Absent
+ * fields keep their defaults: user "moderator", name "Moderator", id and
+ * reason NULL (the caller names the id "api-delete-<seq>"). text may be
+ * empty. 0, or -1 with err (400). */
+typedef struct api_delete {
+    json_t *root;              /* owns the strings below (NULL: no body) */
+    const char *user, *name, *id, *reason;
+} api_delete;
+int api_parse_delete(const char *text, size_t len, api_delete *out, char *err, size_t errlen);
+void api_delete_clear(api_delete *d);
+
 #endif

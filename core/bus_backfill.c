@@ -137,23 +137,19 @@ static void sweep_reply(void *ud, const redisReply *rp)
         LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
         return;
     }
-    if (rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 ||
-        rp->element[0]->type != REDIS_REPLY_INTEGER || rp->element[0]->integer != 1)
-        return; /* another node holds this round */
+    size_t items = 0;
+    if (bus_reply_sweep_round(rp, &items) != 1) return; /* another node holds this round */
     f->rounds++;
     char lost_room[CHAT_ROOM_MAX + 1] = "";
     uint64_t lost_n = 0, lost_lo = 0, lost_hi = 0;
     size_t offered = 0;
-    for (size_t i = 1; i + 2 < rp->elements; i += 3) {
-        redisReply *rr = rp->element[i], *sr = rp->element[i + 1], *er = rp->element[i + 2];
-        if (rr->type != REDIS_REPLY_STRING || sr->type != REDIS_REPLY_STRING ||
-            er->type != REDIS_REPLY_STRING || rr->len < 1 || rr->len > CHAT_ROOM_MAX)
-            continue;
+    for (size_t k = 0; k < items; k++) {
         char room[CHAT_ROOM_MAX + 1];
-        memcpy(room, rr->str, rr->len);
-        room[rr->len] = 0;
-        uint64_t seq = strtoull(sr->str, NULL, 10);
-        if (er->len == 0) {
+        uint64_t seq = 0;
+        bus_entry e;
+        int st = bus_reply_sweep_item(rp, k, room, &seq, &e);
+        if (st < 0) continue;
+        if (st == 0) {
             metric_inc(b->m.backfill_lost);
             if (lost_n && strcmp(lost_room, room) != 0) {
                 LOGW(MOD, "room %s: %" PRIu64 " unstored message(s) (seq %" PRIu64 "..%" PRIu64
@@ -166,8 +162,6 @@ static void sweep_reply(void *ud, const redisReply *rp)
             lost_hi = seq;
             continue;
         }
-        bus_entry e;
-        if (bus_parse_entry(er->str, er->len, &e) != 0 || e.seq != seq) continue;
         metric_inc(b->m.backfilled);
         LOGD(MOD, "room %s: seq %" PRIu64 " published %u+ ms ago is not stored: backfilling",
              room, seq, (unsigned)f->grace_ms);

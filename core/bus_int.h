@@ -290,4 +290,21 @@ int bus_redis_update_reply(bus_req *r, const struct redisReply *rp, uint64_t *se
 /* helpers shared by backends */
 int bus_parse_entry(const char *s, size_t len, bus_entry *e); /* "<seq>\n<tail>" */
 
+/* bus_reply.c: what the Redis replies of the bus mean (pure; fuzzed by
+ * tests/fuzz/fuzz_resp.c). Entries point into the reply. */
+/* range read: the well-formed "<seq>\n<tail>" elements (at most cap), in order */
+size_t bus_reply_entries(const struct redisReply *rp, bus_entry *e, size_t cap);
+/* replay since: how many leading elements are since+1, since+2, ... (<= want) */
+size_t bus_reply_replay(const struct redisReply *rp, uint64_t since, size_t want, bus_entry *e);
+/* "chat:{room}:kind" (a valid room, a kind of 1..kn-1 bytes) -> room
+ * (CHAT_ROOM_MAX + 1 bytes), kind: 0; -1 when it is not a channel of ours */
+int bus_reply_channel(const char *s, size_t len, char *room, char *kind, size_t kn);
+/* the sweep script: 1 this node holds the round (*items entries follow),
+ * 0 another node does, -1 an error or anything else */
+int bus_reply_sweep_round(const struct redisReply *rp, size_t *items);
+/* item k of a round: 1 an entry to store (room, *seq, *e), 0 lost (the recent
+ * buffer no longer had it; room and *seq set), -1 malformed (skip) */
+int bus_reply_sweep_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
+                         bus_entry *e);
+
 #endif

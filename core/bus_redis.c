@@ -262,16 +262,9 @@ static void replay_range_cb(void *ud, const redisReply *rp)
     } else if (head - since > r->max) {
         bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
     } else {
-        size_t want = (size_t)(head - since), n = 0;
+        size_t want = (size_t)(head - since);
         bus_entry *e = malloc(want * sizeof *e);
-        for (size_t i = 0; e && i < rp->elements && n < want; i++) {
-            redisReply *el = rp->element[i];
-            bus_entry x;
-            if (el->type != REDIS_REPLY_STRING || bus_parse_entry(el->str, el->len, &x) != 0)
-                break;
-            if (x.seq != since + 1 + n) break;
-            e[n++] = x;
-        }
+        size_t n = e ? bus_reply_replay(rp, since, want, e) : 0;
         if (e && n == want) bus_req_replay_done(r, 0, e, n, head, r->epoch);
         else if (e) bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
         free(e);
@@ -330,11 +323,7 @@ static void fetch_cb(void *ud, const redisReply *rp)
     }
     metric_observe(b->m.op_fetch, since_s(op->t0));
     bus_entry *e = rp->elements ? malloc(rp->elements * sizeof *e) : NULL;
-    size_t n = 0;
-    for (size_t i = 0; e && i < rp->elements; i++) {
-        redisReply *el = rp->element[i];
-        if (el->type == REDIS_REPLY_STRING && bus_parse_entry(el->str, el->len, &e[n]) == 0) n++;
-    }
+    size_t n = e ? bus_reply_entries(rp, e, rp->elements) : 0;
     if (rp->elements && !e) {
         bus_order_fetched(b, op->room, op->sub_id, 0, op->from, op->to, NULL, 0);
     } else {

@@ -29,24 +29,6 @@
 
 static void send_head(busr *R, bus_room *room);
 
-/* "chat:{room}:kind" -> room, kind; -1 when not ours */
-static int parse_channel(const char *s, size_t len, char *room, char *kind, size_t kn)
-{
-    if (len < 9 || strncmp(s, "chat:{", 6) != 0) return -1;
-    const char *rb = memchr(s + 6, '}', len - 6);
-    if (!rb) return -1;
-    size_t rl = (size_t)(rb - (s + 6));
-    if (rl < 1 || rl > CHAT_ROOM_MAX || rb + 1 >= s + len || rb[1] != ':') return -1;
-    size_t kl = len - (size_t)(rb + 2 - s);
-    if (kl == 0 || kl >= kn) return -1;
-    memcpy(room, s + 6, rl);
-    room[rl] = 0;
-    memcpy(kind, rb + 2, kl);
-    kind[kl] = 0;
-    return 0;
-}
-
-
 /* ---- readiness ---- */
 
 void bus_rsub_update_ready(busr *R)
@@ -347,7 +329,7 @@ static void on_push(void *ud, uint64_t node, const redis_push *p)
     bus *b = R->b;
     char name[CHAT_ROOM_MAX + 1], kind[32];
     if (b->freeing || bus_rctl_push(R, node, p) ||
-        parse_channel(p->channel, p->channel_len, name, kind, sizeof kind) != 0)
+        bus_reply_channel(p->channel, p->channel_len, name, kind, sizeof kind) != 0)
         return;
     bus_room *room = bus_room_get(b, name);
     if (p->kind == REDIS_PUSH_MESSAGE || p->kind == REDIS_PUSH_SMESSAGE) {

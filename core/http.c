@@ -86,14 +86,11 @@ static int reply_json_error(struct lws *wsi, unsigned status, const char *text)
 int http_arg(struct lws *wsi, const char *name, char *out, size_t outlen)
 {
     char frag[8192];
-    size_t nl = strlen(name);
     for (int i = 0; i < 32; i++) {
         int n = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
         if (n < 0) break;
-        if ((size_t)n > nl && strncmp(frag, name, nl) == 0 && frag[nl] == '=') {
-            snprintf(out, outlen, "%s", frag + nl + 1);
-            return 1;
-        }
+        int r = http_arg_match(frag, (size_t)n, name, out, outlen);
+        if (r) return r;
     }
     return 0;
 }
@@ -102,11 +99,8 @@ int http_token(struct lws *wsi, char *out, size_t outlen)
 {
     char h[8192];
     int n = lws_hdr_copy(wsi, h, sizeof h, WSI_TOKEN_HTTP_AUTHORIZATION);
-    if (n > 7 && strncasecmp(h, "Bearer ", 7) == 0) {
-        snprintf(out, outlen, "%s", h + 7);
-        return 1;
-    }
-    return http_arg(wsi, "token", out, outlen);
+    int r = n > 0 ? http_bearer(h, (size_t)n, out, outlen) : 0;
+    return r ? r : http_arg(wsi, "token", out, outlen);
 }
 
 /* Authenticates the request; on failure answers 401 and returns -1 with
@@ -114,8 +108,9 @@ int http_token(struct lws *wsi, char *out, size_t outlen)
 static int require_auth(struct lws *wsi, identity *id, int *ret)
 {
     char tok[8192], reason[160];
-    if (!http_token(wsi, tok, sizeof tok)) {
-        *ret = reply_text(wsi, 401, "missing token");
+    int got = http_token(wsi, tok, sizeof tok);
+    if (got <= 0) {
+        *ret = reply_text(wsi, 401, got < 0 ? "malformed token" : "missing token");
         return -1;
     }
     if (auth_verify(g_srv.auth, tok, (int64_t)(now_ms() / 1000), id, reason, sizeof reason) < 0) {
@@ -236,9 +231,47 @@ void http_cancel(http_req **slot)
     r->wsi = NULL;     /* the pending callback frees it */
 }
 
-/* ---- routes ---------------------------------------------------------- */
+/* ---- request parsing (pure, see http.h) ----------------------------- */
 
-static int parse_cursor(const char *s, uint64_t *out)
+/* value v[0..vl) into out, never truncated */
+static int copy_value(const char *v, size_t vl, char *out, size_t outlen)
+{
+    if (!outlen) return -1;
+    if (vl >= outlen) { out[0] = 0; return -1; }
+    memcpy(out, v, vl);
+    out[vl] = 0;
+    return 1;
+}
+
+int http_arg_match(const char *frag, size_t n, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    if (n <= nl || strncmp(frag, name, nl) != 0 || frag[nl] != '=') return 0;
+    return copy_value(frag + nl + 1, n - nl - 1, out, outlen);
+}
+
+int http_bearer(const char *h, size_t n, char *out, size_t outlen)
+{
+    if (n <= 7 || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    return copy_value(h + 7, n - 7, out, outlen);
+}
+
+int http_parse_room_path(const char *rest, char *room, http_room_route *route)
+{
+    const char *slash = strchr(rest, '/');
+    if (!slash) return 404;
+    const char *what = slash + 1;
+    if (strcmp(what, "messages") == 0) *route = HTTP_ROOM_MESSAGES;
+    else if (strcmp(what, "presence") == 0) *route = HTTP_ROOM_PRESENCE;
+    else return 404;
+    size_t rl = (size_t)(slash - rest);
+    if (!room_name_valid(rest, rl)) return 400;
+    memcpy(room, rest, rl);
+    room[rl] = 0;
+    return 0;
+}
+
+int http_parse_cursor(const char *s, uint64_t *seq)
 {
     if (s[0] != 'c' || !s[1] || strlen(s) > 17) return -1;
     uint64_t v = 0;
@@ -250,27 +283,46 @@ static int parse_cursor(const char *s, uint64_t *out)
         v = v * 16 + (uint64_t)d;
     }
     if (v < 1) return -1;
-    *out = v;
+    *seq = v;
     return 0;
 }
+
+int http_parse_limit(const char *s, int *limit)
+{
+    int v = 0;
+    if (!s[0]) return -1;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9') return -1;
+        v = v * 10 + (*p - '0');
+        if (v > 200) return -1;
+    }
+    if (v < 1) return -1;
+    *limit = v;
+    return 0;
+}
+
+int http_parse_since(const char *s, uint64_t *since)
+{
+    return parse_u64(s, strlen(s), since);
+}
+
+/* ---- routes ---------------------------------------------------------- */
 
 static int route_room(struct lws *wsi, const char *rest, http_req **slot)
 {
     /* rest = "{room}/messages" or "{room}/presence" */
-    const char *slash = strchr(rest, '/');
-    if (!slash) return reply_text(wsi, 404, "not found");
-    size_t rl = (size_t)(slash - rest);
-    const char *what = slash + 1;
-    int is_hist = strcmp(what, "messages") == 0, is_pres = strcmp(what, "presence") == 0;
-    if (!is_hist && !is_pres) return reply_text(wsi, 404, "not found");
-    if (!room_name_valid(rest, rl)) return reply_json_error(wsi, 400, "invalid room name");
+    char room[CHAT_ROOM_MAX + 1];
+    http_room_route route;
+    int st = http_parse_room_path(rest, room, &route);
+    if (st == 404) return reply_text(wsi, 404, "not found");
+    if (st != 0) return reply_json_error(wsi, 400, "invalid room name");
+    int is_pres = route == HTTP_ROOM_PRESENCE;
     identity id;
     int ret;
     if (require_auth(wsi, &id, &ret) < 0) return ret;
     http_req *r = calloc(1, sizeof *r);
     if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
-    memcpy(r->room, rest, rl);
-    r->room[rl] = 0;
+    memcpy(r->room, room, strlen(room) + 1);
     r->wsi = wsi;
     script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms(), "http"};
     script_result res;
@@ -296,18 +348,15 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     char a[64];
     uint64_t before = UINT64_MAX;
     r->limit = 50;
-    if (http_arg(wsi, "before", a, sizeof a) && a[0] && parse_cursor(a, &before) < 0) {
+    /* an empty before= is "no cursor" (the first page) */
+    int got = http_arg(wsi, "before", a, sizeof a);
+    if (got < 0 || (got > 0 && a[0] && http_parse_cursor(a, &before) < 0)) {
         free(r);
         return reply_json_error(wsi, 400, "invalid cursor");
     }
-    if (http_arg(wsi, "limit", a, sizeof a)) {
-        char *end;
-        long l = strtol(a, &end, 10);
-        if (!a[0] || *end || l < 1 || l > 200) {
-            free(r);
-            return reply_json_error(wsi, 400, "limit must be an integer from 1 to 200");
-        }
-        r->limit = (int)l;
+    if (http_arg(wsi, "limit", a, sizeof a) && http_parse_limit(a, &r->limit) < 0) {
+        free(r);
+        return reply_json_error(wsi, 400, "limit must be an integer from 1 to 200");
     }
     if (!g_srv.store) {
         free(r);

@@ -6,6 +6,7 @@
 #ifndef CHATD_HTTP_H
 #define CHATD_HTTP_H
 #include <stddef.h>
+#include <stdint.h>
 #include <libwebsockets.h>
 
 struct http_req;
@@ -21,9 +22,34 @@ void http_cancel(struct http_req **slot);
  * return (-1 to close, 0 to keep the connection). */
 int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len);
 
-/* Query argument "name" (without '='), URL-decoded by lws. 1 when found. */
+/* Query argument "name" (without '='), URL-decoded by lws. 1 when found,
+ * 0 when absent, -1 when present but longer than outlen - 1 (out is then ""
+ * so that no truncated value is ever used). */
 int http_arg(struct lws *wsi, const char *name, char *out, size_t outlen);
-/* Bearer token from Authorization, else ?token=. 1 when found. */
+/* Bearer token from Authorization, else ?token=. 1 when found (-1: too long). */
 int http_token(struct lws *wsi, char *out, size_t outlen);
+
+/* ---- request parsing: pure functions (no socket), driven by the fuzz
+ * target tests/fuzz/fuzz_request.c ---- */
+/* One URL-decoded query fragment frag[0..n) (as lws gives them): when it is
+ * "name=value", value into out: 1, or -1 (out "") when it does not fit in
+ * outlen; 0 for another fragment. http_arg's matching. */
+int http_arg_match(const char *frag, size_t n, const char *name, char *out, size_t outlen);
+/* Authorization header h[0..n): "Bearer <token>" (case-insensitive
+ * scheme) -> the token into out as http_arg_match does; 0 otherwise. */
+int http_bearer(const char *h, size_t n, char *out, size_t outlen);
+typedef enum { HTTP_ROOM_MESSAGES = 1, HTTP_ROOM_PRESENCE = 2 } http_room_route;
+/* rest: the path after "/rooms/", i.e. "{room}/messages" or "{room}/presence".
+ * 0 with room (NUL-terminated, CHAT_ROOM_MAX + 1 bytes) and *route set;
+ * 404 for any other path; 400 when the room name is invalid. */
+int http_parse_room_path(const char *rest, char *room, http_room_route *route);
+/* History cursor "c<hex seq>" (as written in next_cursor): 0 and *seq
+ * (>= 1), or -1. */
+int http_parse_cursor(const char *s, uint64_t *seq);
+/* History page size: decimal 1..200, nothing else. 0 and *limit, or -1. */
+int http_parse_limit(const char *s, int *limit);
+/* since= of /ws/{room}: 1-20 decimal digits that fit in 64 bits (no sign,
+ * no blanks). 0 and *since, or -1. */
+int http_parse_since(const char *s, uint64_t *since);
 
 #endif

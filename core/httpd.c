@@ -38,8 +38,13 @@ int64_t httpd_content_length(struct lws *wsi)
     char v[32];
     int n = lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_LENGTH);
     if (n <= 0) return lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 ? -2 : -1;
+    return httpd_parse_content_length(v, (size_t)n);
+}
+
+int64_t httpd_parse_content_length(const char *v, size_t n)
+{
     int64_t x = 0;
-    for (int i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (v[i] < '0' || v[i] > '9' || x > (INT64_MAX - 9) / 10) return -2;
         x = x * 10 + (v[i] - '0');
     }
@@ -55,10 +60,15 @@ int httpd_is_json(struct lws *wsi)
 {
     char v[128];
     int n = lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_TYPE);
+    return n > 0 && httpd_ctype_json(v, (size_t)n);
+}
+
+int httpd_ctype_json(const char *v, size_t n)
+{
     if (n < 16 || strncasecmp(v, "application/json", 16) != 0) return 0;
-    const char *rest = v + 16;
-    while (*rest == ' ' || *rest == '\t') rest++;
-    return *rest == 0 || *rest == ';';
+    size_t i = 16;
+    while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
+    return i == n || v[i] == ';' || v[i] == 0; /* lws gives a C string */
 }
 
 static const char *reason_phrase(unsigned status)

@@ -26,6 +26,13 @@ int64_t httpd_content_length(struct lws *wsi);
 int httpd_chunked(struct lws *wsi);
 /* 1 when Content-Type is application/json (parameters allowed). */
 int httpd_is_json(struct lws *wsi);
+/* The pure halves of the two above (fuzzed by tests/fuzz/fuzz_api.c), on a
+ * header value v[0..n) as lws copied it: Content-Length digits -> the
+ * value, or -2 when malformed (not only digits, or too large); 1 when a
+ * Content-Type value is application/json (any case), optionally followed
+ * by blanks and ";" parameters (the value ends at a NUL, as lws copies it). */
+int64_t httpd_parse_content_length(const char *v, size_t n);
+int httpd_ctype_json(const char *v, size_t n);
 
 /* A complete answer. hdrs: NULL or name/value pairs ("retry-after", "3"),
  * NULL-terminated. close: send "connection: close" and end the connection

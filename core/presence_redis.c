@@ -277,6 +277,74 @@ static void on_map(void *ud)
 
 static int rs_ready(pstore *b) { return redis_client_ready(((rstore *)b)->rc); }
 
+/* ---- reply interpretation (pure; fuzzed by tests/fuzz/fuzz_resp.c) ----
+ * Only groups of strings with a valid room name (and an event join/leave)
+ * are taken: the room and the event go into JSON frames as they are, so a
+ * reply that does not have the script's shape (foreign data, a proxy, a
+ * bug) is skipped group by group. */
+
+static const char *str_of(const redisReply *e)
+{
+    return e && e->type == REDIS_REPLY_STRING && e->str && !memchr(e->str, 0, e->len) ? e->str
+                                                                                      : NULL;
+}
+
+static int room_of(const redisReply *e)
+{
+    return e && e->type == REDIS_REPLY_STRING && e->str && room_name_valid(e->str, e->len);
+}
+
+int pstore_redis_apply_reply(const redisReply *rep, pstore_each_fn fn, void *ud, const char **bad)
+{
+    int n = 0;
+    if (bad) *bad = NULL;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY) return -1;
+    for (size_t i = 0; rep->element && i + 3 < rep->elements; i += 4) {
+        const char *ev = str_of(rep->element[i + 1]), *u = str_of(rep->element[i + 2]),
+                   *nm = str_of(rep->element[i + 3]);
+        if (!room_of(rep->element[i]) || !ev) continue;
+        if (strcmp(ev, "bad") == 0) {
+            if (bad && !*bad) *bad = rep->element[i]->str;
+            continue;
+        }
+        if ((strcmp(ev, "join") != 0 && strcmp(ev, "leave") != 0) || !u || !u[0] || !nm) continue;
+        fn(ud, rep->element[i]->str, ev, u, nm);
+        n++;
+    }
+    return n;
+}
+
+int pstore_redis_sweep_reply(const redisReply *rep, pstore_each_fn fn, void *ud, int *more)
+{
+    *more = 0;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || !rep->element ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < 2)
+        return -1;   /* another node sweeps this round */
+    *more = rep->element[0]->integer == 3;
+    int n = 0;
+    for (size_t i = 1; i + 2 < rep->elements; i += 3) {
+        const char *u = str_of(rep->element[i + 1]), *nm = str_of(rep->element[i + 2]);
+        if (!room_of(rep->element[i]) || !u || !u[0] || !nm) continue;
+        if (fn(ud, rep->element[i]->str, "leave", u, nm) != 0) break;
+        n++;
+    }
+    return n;
+}
+
+size_t pstore_redis_list_reply(const redisReply *rep, presence_user *u)
+{
+    size_t n = 0;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || !rep->element) return 0;
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+        const char *user = str_of(rep->element[i]), *name = str_of(rep->element[i + 1]);
+        if (!user || !user[0] || !name) continue;
+        u[n].user = user;
+        u[n].name = name;
+        n++;
+    }
+    return n;
+}
+
 /* ---- apply ---- */
 
 static void apply_req_free(apply_req *q)
@@ -294,6 +362,14 @@ static void apply_retry(apply_req *q)
                                    q->rem[3 * i + 2]);
 }
 
+static int apply_each(void *ud, const char *room, const char *ev, const char *user,
+                      const char *name)
+{
+    rstore *s = ud;
+    s->base.sink->transition(s->base.ud, room, ev, user, name);
+    return 0;
+}
+
 static void rs_apply_cb(void *ud, const redisReply *rep)
 {
     apply_req *q = ud;
@@ -307,22 +383,14 @@ static void rs_apply_cb(void *ud, const redisReply *rep)
     }
     if (rep->type == REDIS_REPLY_ERROR) {
         LOGE(MOD, "presence apply: %.*s", (int)rep->len, rep->str ? rep->str : "");
-    } else if (rep->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 3 < rep->elements; i += 4) {
-            const char *room = rep->element[i]->str, *ev = rep->element[i + 1]->str;
-            if (!room || !ev) continue;
-            if (strcmp(ev, "bad") == 0) {   /* at most one log line per 10 s */
-                uint64_t now = mono_ms();
-                if (!s->bad_logged_ms || now - s->bad_logged_ms >= 10000) {
-                    s->bad_logged_ms = now;
-                    LOGE(MOD, "room %s: presence keys hold foreign data (wrong type); "
-                         "its presence is skipped", room);
-                }
-                continue;
-            }
-            if (!rep->element[i + 2]->str || !rep->element[i + 3]->str) continue;
-            s->base.sink->transition(s->base.ud, room, ev, rep->element[i + 2]->str,
-                                     rep->element[i + 3]->str);
+    } else {
+        const char *bad = NULL;
+        pstore_redis_apply_reply(rep, apply_each, s, &bad);
+        uint64_t now = mono_ms();
+        if (bad && (!s->bad_logged_ms || now - s->bad_logged_ms >= 10000)) {
+            s->bad_logged_ms = now;          /* at most one log line per 10 s */
+            LOGE(MOD, "room %s: presence keys hold foreign data (wrong type); "
+                 "its presence is skipped", bad);
         }
     }
     apply_req_free(q);
@@ -397,6 +465,14 @@ static int rs_apply(pstore *b, const pstore_op *ops, size_t n)
 
 static void rs_sweep(pstore *b);
 
+static int sweep_each(void *ud, const char *room, const char *ev, const char *user,
+                      const char *name)
+{
+    rstore *s = ud;
+    s->base.sink->transition(s->base.ud, room, ev, user, name);
+    return s->freeing ? -1 : 0;   /* the sink freed the store: stop */
+}
+
 static void rs_sweep_cb(void *ud, const redisReply *rep)
 {
     rstore *s = ud;
@@ -406,16 +482,10 @@ static void rs_sweep_cb(void *ud, const redisReply *rep)
         LOGE(MOD, "presence sweep: %.*s", (int)rep->len, rep->str ? rep->str : "");
         return;
     }
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
-        rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < 2)
-        return; /* another node sweeps this round */
-    if (rep->element[0]->integer == 3) s->more = 1;
-    for (size_t i = 1; i + 2 < rep->elements; i += 3) {
-        const char *room = rep->element[i]->str, *u = rep->element[i + 1]->str,
-                   *n = rep->element[i + 2]->str;
-        if (room && u && n) s->base.sink->transition(s->base.ud, room, "leave", u, n);
-        if (s->freeing) return;
-    }
+    int more = 0;
+    if (pstore_redis_sweep_reply(rep, sweep_each, s, &more) < 0) return; /* another node's round */
+    if (more) s->more = 1;
+    if (s->freeing) return;
     if (s->sweeping == 0 && s->more) {
         s->more = 0;
         rs_sweep(&s->base);
@@ -492,13 +562,7 @@ static void rs_list_cb(void *ud, const redisReply *rep)
         free(l);
         return;
     }
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!rep->element[2 * i]->str || !rep->element[2 * i + 1]->str) continue;
-        u[k].user = rep->element[2 * i]->str;
-        u[k].name = rep->element[2 * i + 1]->str;
-        k++;
-    }
+    size_t k = pstore_redis_list_reply(rep, u);
     s->base.sink->list_done(s->base.ud, l->req, 0, u, k);
     free(u);
     free(l);

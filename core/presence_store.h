@@ -58,6 +58,27 @@ struct pstore {
     uint32_t ttl_ms;
 };
 
+/* presence_redis.c, reply interpretation (pure; fuzzed by
+ * tests/fuzz/fuzz_resp.c). fn gets every well-formed transition (a valid
+ * room, event join/leave, a non-empty user, a name; strings without NUL)
+ * and returns 0, or -1 to stop. */
+struct redisReply;
+typedef int (*pstore_each_fn)(void *ud, const char *room, const char *event,
+                              const char *user, const char *name);
+/* apply script {room, "join"|"leave"|"bad", user, name, ...}: fn per
+ * join/leave, *bad = the first room reported "bad" (or NULL); returns how
+ * many transitions, -1 when rep is not an array */
+int pstore_redis_apply_reply(const struct redisReply *rep, pstore_each_fn fn, void *ud,
+                             const char **bad);
+/* sweep script {2|3, room, user, name, ...} (3: more is due): fn(room,
+ * "leave", user, name) per triple; returns how many, -1 when it is not this
+ * node's round (or not the script's shape) */
+int pstore_redis_sweep_reply(const struct redisReply *rep, pstore_each_fn fn, void *ud,
+                             int *more);
+/* HGETALL of the names hash: fills u (room for elements/2) with the string
+ * pairs; returns how many */
+size_t pstore_redis_list_reply(const struct redisReply *rep, presence_user *u);
+
 pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,
                          const pstore_sink *sink, void *ud, char *err, size_t errlen);
 pstore *pstore_mem_new(uint32_t ttl_ms, const pstore_sink *sink, void *ud,

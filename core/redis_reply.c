@@ -1,6 +1,7 @@
 /* redis_reply: see redis_reply.h. */
 #define _GNU_SOURCE
 #include "redis_reply.h"
+#include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +34,7 @@ static int parse_redirect(const char *s, size_t len, redis_redirect *rd)
     if (!colon || colon == a || colon + 1 == e) return -1;
     size_t hl = (size_t)(colon - a);
     if (*a == '[' && colon[-1] == ']') { a++; hl -= 2; }
-    if (hl == 0 || hl > REDIS_HOST_MAX) return -1;
+    if (hl == 0 || hl > REDIS_HOST_MAX || memchr(a, 0, hl)) return -1;   /* a NUL would cut it */
     long port = 0;
     for (const char *q = colon + 1; q < e; q++) {
         if (*q < '0' || *q > '9' || port > 65535) return -1;
@@ -144,19 +145,7 @@ int redis_reply_u64(const redisReply *r, uint64_t *v)
         *v = (uint64_t)r->integer;
         return 0;
     }
-    if (is_str(r)) {
-        uint64_t x = 0;
-        if (r->len == 0 || r->len > 20) return -1;
-        for (size_t i = 0; i < r->len; i++) {
-            char c = r->str[i];
-            uint64_t d = (uint64_t)(c - '0');
-            if (c < '0' || c > '9' || x > UINT64_MAX / 10 || (x == UINT64_MAX / 10 && d > UINT64_MAX % 10))
-                return -1;
-            x = x * 10 + d;
-        }
-        *v = x;
-        return 0;
-    }
+    if (is_str(r)) return parse_u64(r->str, r->len, v);
     return -1;
 }
 

@@ -153,6 +153,9 @@ static const double SCRIPT_BUCKETS[] = {
 
 /* ---------- small helpers ---------- */
 
+/* First line of s[0..n) as printable UTF-8 text: control characters become
+ * spaces, ill-formed UTF-8 bytes '?' (the line ends up in error frames and
+ * HTTP answers, which must be valid text). */
 static void copy_line(char *dst, size_t cap, const char *s, size_t n)
 {
     if (!cap) return;
@@ -160,13 +163,15 @@ static void copy_line(char *dst, size_t cap, const char *s, size_t n)
     for (size_t i = 0; i < n && o + 1 < cap; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '\n') break;
-        dst[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
-    }
-    /* never cut a UTF-8 sequence in half */
-    if (o + 1 >= cap && o > 0) {
-        size_t k = o;
-        while (k > 0 && ((unsigned char)dst[k - 1] & 0xC0) == 0x80) k--;
-        if (k > 0 && ((unsigned char)dst[k - 1] & 0x80)) o = k - 1;
+        size_t k = c < 0x80 ? 1 : utf8_seq(s + i, n - i);
+        if (k > 1) {   /* a whole sequence, or nothing of it */
+            if (o + k >= cap) break;
+            memcpy(dst + o, s + i, k);
+            o += k;
+            i += k - 1;
+            continue;
+        }
+        dst[o++] = !k ? '?' : (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
     }
     dst[o] = 0;
 }
@@ -967,6 +972,14 @@ static int script_call(script_host *h, lstate *s, const call_spec *cs, script_re
             const char *b = lua_tolstring(L, 2, &n);
             if (n == cs->a1len && (n == 0 || memcmp(b, cs->a1, n) == 0)) {
                 res->verdict = SCRIPT_ACCEPT;
+            } else if (!utf8_valid(b, n)) {
+                /* it would be broadcast and stored as the message: a NUL or
+                 * a byte string cut mid-character (body:sub(1, n)) is neither
+                 * WebSocket text nor Postgres text */
+                metric_inc(h->m_err[cs->hook]);
+                log_script_error(h, HOOK_NAMES[cs->hook],
+                                 "returned a body that is not UTF-8 text (NUL or ill-formed UTF-8)");
+                set_reject(res, "script_error", "policy script failed");
             } else if ((res->body = malloc(n + 1))) {
                 memcpy(res->body, b, n);
                 res->body[n] = 0;

@@ -31,6 +31,52 @@ int room_name_valid(const char *s, size_t len)
     return 1;
 }
 
+int parse_u64(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (!s || len < 1 || len > 20) return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10) return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+size_t utf8_seq(const char *p, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t k;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) { k = 1; cp = c & 0x1F; }
+    else if ((c & 0xF0) == 0xE0) { k = 2; cp = c & 0x0F; }
+    else if ((c & 0xF8) == 0xF0) { k = 3; cp = c & 0x07; }
+    else return 0;
+    if (k >= n) return 0;   /* truncated */
+    for (size_t j = 1; j <= k; j++) {
+        if ((s[j] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[j] & 0x3F);
+    }
+    if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return k + 1;
+}
+
+int utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_seq(s + i, n - i);
+        if (!k || !s[i]) return 0;
+        i += k;
+    }
+    return 1;
+}
+
 long json_escape(char *dst, size_t cap, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -49,7 +95,17 @@ long json_escape(char *dst, size_t cap, const char *s, size_t len)
             if (c < 0x20) {
                 PUT('\\'); PUT('u'); PUT('0'); PUT('0');
                 PUT(hex[c >> 4]); PUT(hex[c & 15]);
-            } else PUT(c);
+            } else if (c < 0x80) {
+                PUT(c);
+            } else {
+                size_t k = utf8_seq(s + i, len - i);
+                if (!k) {   /* ill-formed: U+FFFD, never invalid text on the wire */
+                    PUT('\\'); PUT('u'); PUT('f'); PUT('f'); PUT('f'); PUT('d');
+                } else {
+                    for (size_t j = 0; j < k; j++) PUT(s[i + j]);
+                    i += k - 1;
+                }
+            }
         }
     }
     PUT('"');

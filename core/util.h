@@ -12,9 +12,22 @@ static inline uint64_t mono_ms(void) { return mono_ns() / 1000000ull; }
 /* Room names: 1-64 chars of [A-Za-z0-9_.-]. Returns 1 when valid. */
 int room_name_valid(const char *s, size_t len);
 
+/* Decimal u64: 1-20 ASCII digits of s[0..len) and nothing else (no sign,
+ * no blanks), not above UINT64_MAX. 0 and *out, or -1. */
+int parse_u64(const char *s, size_t len, uint64_t *out);
+
+/* UTF-8 (RFC 3629: no overlong forms, surrogates or code points above
+ * U+10FFFF). utf8_seq: length 1-4 of the well-formed sequence that starts
+ * s[0..n) (n >= 1; a NUL is a sequence of 1), 0 when it is ill-formed.
+ * utf8_valid: 1 when s[0..n) is well-formed and has no NUL, i.e. text a
+ * WebSocket text frame and a Postgres text column both carry. */
+size_t utf8_seq(const char *s, size_t n);
+int utf8_valid(const char *s, size_t n);
+
 /* Appends s as a JSON string (with quotes) to dst; returns bytes written or
  * -1 when cap is too small. JSON_ESCAPED_MAX(n) is the most it writes for n
- * bytes (a control character becomes \u00XX): size fixed buffers with it. */
+ * bytes (a control character becomes \u00XX, each ill-formed UTF-8 byte
+ * \ufffd, so the output is always valid JSON text): size fixed buffers with it. */
 long json_escape(char *dst, size_t cap, const char *s, size_t len);
 #define JSON_ESCAPED_MAX(n) ((n) * 6 + 2)
 /* Two escaped identity claims (sub and name, at most 127 bytes each) */

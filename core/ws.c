@@ -212,9 +212,8 @@ static int upgrade_gate(struct lws *wsi)
         return refuse(wsi, 401, reason);
     }
     if (http_arg(wsi, "since", since, sizeof since)) {
-        char *end;
-        unsigned long long v = strtoull(since, &end, 10);
-        if (!since[0] || *end || since[0] == '-') {
+        uint64_t v = 0;
+        if (http_parse_since(since, &v) < 0) {
             identity_clear(&t->ident);
             free(t);
             metric_inc(m_acc[3]);

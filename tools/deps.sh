@@ -50,6 +50,8 @@ TEST_CLUSTER_CMDS=(redis-cli:redis-tools)
 TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq)   # tests/deploy/, tools/demo.sh
 TEST_DEPLOY_CMDS=(nginx:nginx openssl:openssl dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev cpack:cmake
                   systemd-analyze:systemd py:yaml:python3-yaml jq:jq)
+TEST_FUZZ_PKGS=(clang libclang-rt-14-dev)   # tests/fuzz/: clang and its libFuzzer runtime
+TEST_FUZZ_CMDS=(clang:clang)
 
 # ---- loadtest/ benchmarks that ./test.sh does not run (tools/deps.sh --bench)
 BENCH_PKGS=(nginx libnginx-mod-nchan gnuplot-nox jq procps util-linux curl)
@@ -60,10 +62,10 @@ CMDS=("${BUILD_CMDS[@]}" "${RUN_CMDS[@]}")
 if [ "${1:-}" = "--test" ]; then
     PKGS+=("${TEST_UNIT_PKGS[@]}" "${TEST_LUA_PKGS[@]}" "${TEST_PY_PKGS[@]}" "${TEST_BROWSER_PKGS[@]}"
            "${TEST_PROM_PKGS[@]}" "${TEST_LOAD_PKGS[@]}" "${TEST_FAULT_PKGS[@]}"
-           "${TEST_DEPLOY_PKGS[@]}" "${TEST_CLUSTER_PKGS[@]}")
+           "${TEST_DEPLOY_PKGS[@]}" "${TEST_CLUSTER_PKGS[@]}" "${TEST_FUZZ_PKGS[@]}")
     CMDS+=("${TEST_UNIT_CMDS[@]}" "${TEST_LUA_CMDS[@]}" "${TEST_PY_CMDS[@]}" "${TEST_BROWSER_CMDS[@]}"
            "${TEST_PROM_CMDS[@]}" "${TEST_LOAD_CMDS[@]}" "${TEST_FAULT_CMDS[@]}"
-           "${TEST_DEPLOY_CMDS[@]}" "${TEST_CLUSTER_CMDS[@]}")
+           "${TEST_DEPLOY_CMDS[@]}" "${TEST_CLUSTER_CMDS[@]}" "${TEST_FUZZ_CMDS[@]}")
 fi
 if [ "${1:-}" = "--bench" ]; then
     PKGS+=("${BENCH_PKGS[@]}")

@@ -1,0 +1,270 @@
+/* test_parse: the pure parsers the fuzz targets of tests/fuzz drive, with the
+ * regressions they found: parse_u64 (util.h), the HTTP request parsers
+ * (http.h: room path, cursor, limit, since), the bus reply interpreters
+ * (bus_reply.c), the presence reply interpreters (presence_redis.c), UTF-8
+ * and json_escape (util.h) and the policy's return conversion (script.c,
+ * with the fuzz policy tests/fixtures/policies/fuzz).
+ * Replies are built by hiredis' own reader from RESP bytes, exactly as the
+ * connection would deliver them. */
+#define _GNU_SOURCE
+#include "check.h"
+#include "bus_int.h"
+#include "http.h"
+#include "presence_store.h"
+#include "redis_reply.h"
+#include "script.h"
+#include "util.h"
+
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <string.h>
+
+
+/* One reply from RESP text (the caller frees it with freeReplyObject). */
+static redisReply *resp(const char *s, size_t n)
+{
+    redisReader *r = redisReaderCreate();
+    void *rep = NULL;
+    if (redisReaderFeed(r, s, n) != REDIS_OK || redisReaderGetReply(r, &rep) != REDIS_OK) rep = NULL;
+    redisReaderFree(r);
+    return rep;
+}
+#define RESP(lit) resp(lit, sizeof(lit) - 1)
+
+static void test_u64(void)
+{
+    uint64_t v = 7;
+    CHECK(parse_u64("0", 1, &v) == 0 && v == 0, "0");
+    CHECK(parse_u64("18446744073709551615", 20, &v) == 0 && v == UINT64_MAX, "max");
+    CHECK(parse_u64("18446744073709551616", 20, &v) < 0, "max + 1");
+    CHECK(parse_u64("99999999999999999999", 20, &v) < 0, "20 nines");
+    CHECK(parse_u64("000000000000000000001", 21, &v) < 0, "21 digits");
+    CHECK(parse_u64("", 0, &v) < 0 && parse_u64(NULL, 3, &v) < 0, "empty");
+    CHECK(parse_u64("+5", 2, &v) < 0 && parse_u64(" 5", 2, &v) < 0 && parse_u64("-5", 2, &v) < 0,
+          "sign or blank");
+    CHECK(parse_u64("5 ", 2, &v) < 0 && parse_u64("5\0", 2, &v) < 0, "trailing junk");
+    CHECK(parse_u64("123", 2, &v) == 0 && v == 12, "length is honoured");
+}
+
+static void test_http(void)
+{
+    char room[CHAT_ROOM_MAX + 1];
+    http_room_route rt = 0;
+    CHECK(http_parse_room_path("lobby/messages", room, &rt) == 0 && rt == HTTP_ROOM_MESSAGES &&
+          strcmp(room, "lobby") == 0, "messages");
+    CHECK(http_parse_room_path("a.b-c_d/presence", room, &rt) == 0 && rt == HTTP_ROOM_PRESENCE &&
+          strcmp(room, "a.b-c_d") == 0, "presence");
+    CHECK(http_parse_room_path("lobby", room, &rt) == 404, "no slash");
+    CHECK(http_parse_room_path("lobby/messages/", room, &rt) == 404, "trailing slash");
+    CHECK(http_parse_room_path("lobby/other", room, &rt) == 404, "unknown sub-route");
+    CHECK(http_parse_room_path("/messages", room, &rt) == 400, "empty room");
+    CHECK(http_parse_room_path("a b/messages", room, &rt) == 400, "bad room");
+    char big[100];
+    memset(big, 'r', 65);
+    strcpy(big + 65, "/messages");
+    CHECK(http_parse_room_path(big, room, &rt) == 400, "65-char room");
+    big[64] = '/';
+    strcpy(big + 64, "/messages");
+    CHECK(http_parse_room_path(big, room, &rt) == 0 && strlen(room) == 64, "64-char room");
+
+    uint64_t s = 0;
+    CHECK(http_parse_cursor("c1", &s) == 0 && s == 1, "c1");
+    CHECK(http_parse_cursor("cffffffffffffffff", &s) == 0 && s == UINT64_MAX, "max cursor");
+    CHECK(http_parse_cursor("c10000000000000000", &s) < 0, "17 hex digits");
+    CHECK(http_parse_cursor("c0", &s) < 0 && http_parse_cursor("c", &s) < 0 &&
+          http_parse_cursor("", &s) < 0 && http_parse_cursor("cA", &s) < 0 &&
+          http_parse_cursor("1", &s) < 0, "bad cursors");
+
+    int l = 0;
+    CHECK(http_parse_limit("1", &l) == 0 && l == 1, "1");
+    CHECK(http_parse_limit("200", &l) == 0 && l == 200, "200");
+    CHECK(http_parse_limit("0200", &l) == 0 && l == 200, "leading zero");
+    CHECK(http_parse_limit("201", &l) < 0 && http_parse_limit("0", &l) < 0, "range");
+    CHECK(http_parse_limit("", &l) < 0 && http_parse_limit("+5", &l) < 0 &&
+          http_parse_limit(" 5", &l) < 0 && http_parse_limit("5x", &l) < 0 &&
+          http_parse_limit("99999999999999999999999", &l) < 0, "junk");
+
+    /* since= used to go through strtoull: "+5", " 5" and an overflowing
+     * value (read as UINT64_MAX) were accepted */
+    CHECK(http_parse_since("0", &s) == 0 && s == 0, "since 0");
+    CHECK(http_parse_since("42", &s) == 0 && s == 42, "since 42");
+    CHECK(http_parse_since("+5", &s) < 0 && http_parse_since(" 5", &s) < 0 &&
+          http_parse_since("-1", &s) < 0 && http_parse_since("", &s) < 0, "since sign/blank");
+    CHECK(http_parse_since("18446744073709551616", &s) < 0, "since overflow");
+}
+
+static void test_bus_replies(void)
+{
+    bus_entry e[4];
+    uint64_t seq = 0;
+    redisReply *r = RESP("*4\r\n$4\r\n3\nab\r\n:4\r\n$2\r\nxx\r\n$3\r\n5\n}\r\n");
+    size_t n = bus_reply_entries(r, e, 4);
+    CHECK(n == 2 && e[0].seq == 3 && e[0].len == 2 && memcmp(e[0].tail, "ab", 2) == 0 &&
+          e[1].seq == 5, "entries skip malformed elements (n=%zu)", n);
+    CHECK(bus_reply_replay(r, 2, 3, e) == 1, "replay stops at the first break");
+    CHECK(bus_reply_replay(r, 3, 3, e) == 0, "replay must start at since+1");
+    freeReplyObject(r);
+
+    char room[CHAT_ROOM_MAX + 1], kind[16];
+    CHECK(bus_reply_channel("chat:{lobby}:msg", 16, room, kind, sizeof kind) == 0 &&
+          !strcmp(room, "lobby") && !strcmp(kind, "msg"), "channel");
+    /* before: any bytes between the braces were taken as a room name */
+    CHECK(bus_reply_channel("chat:{lo by}:msg", 16, room, kind, sizeof kind) < 0, "invalid room");
+    CHECK(bus_reply_channel("chat:{lo\"y}:msg", 16, room, kind, sizeof kind) < 0, "quote in room");
+    CHECK(bus_reply_channel("chat:{lobby}:", 13, room, kind, sizeof kind) < 0, "no kind");
+    CHECK(bus_reply_channel("chat:{lobby}:m\0g", 16, room, kind, sizeof kind) < 0, "NUL in kind");
+
+    size_t items = 0;
+    r = RESP("*7\r\n:1\r\n$5\r\nlobby\r\n$1\r\n4\r\n$4\r\n4\nhi\r\n$5\r\nlobby\r\n$1\r\n5\r\n$0\r\n\r\n");
+    CHECK(bus_reply_sweep_round(r, &items) == 1 && items == 2, "round");
+    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) == 1 && seq == 4 && !strcmp(room, "lobby") &&
+          e[0].len == 2, "entry item");
+    CHECK(bus_reply_sweep_item(r, 1, room, &seq, e) == 0 && seq == 5, "lost item");
+    CHECK(bus_reply_sweep_item(r, 2, room, &seq, e) < 0, "past the end");
+    freeReplyObject(r);
+    r = RESP("*4\r\n:1\r\n$5\r\nlobby\r\n$2\r\n4x\r\n$4\r\n4\nhi\r\n");
+    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) < 0, "seq \"4x\" refused (strtoull read 4)");
+    freeReplyObject(r);
+    r = RESP("*4\r\n:1\r\n$5\r\nlob\0y\r\n$1\r\n4\r\n$4\r\n4\nhi\r\n");
+    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) < 0, "room with a NUL refused");
+    freeReplyObject(r);
+    r = RESP("*1\r\n:0\r\n");
+    CHECK(bus_reply_sweep_round(r, &items) == 0, "another node's round");
+    freeReplyObject(r);
+}
+
+static void test_redis_url(void)
+{
+    redis_url u;
+    char err[128];
+    CHECK(redis_url_parse("redis://alice:s3cr%40t@[::1]:6380/2", &u, err, sizeof err) == 0 &&
+          !strcmp(u.user, "alice") && !strcmp(u.pass, "s3cr@t") && !strcmp(u.seeds[0].host, "::1") &&
+          u.seeds[0].port == 6380 && u.db == 2, "full URL");
+    /* found by fuzz_redis_url (in the old bus_url.c): %00 cut what AUTH sends */
+    CHECK(redis_url_parse("redis://:a%00b@h", &u, err, sizeof err) < 0, "%%00 in the password");
+    CHECK(redis_url_parse("redis://%00:x@h", &u, err, sizeof err) < 0, "%%00 in the user");
+}
+
+static void test_redis_replies(void)
+{
+    redis_redirect rd;
+    redisReply *r = RESP("-MOVED 3999 127.0.0.1:6381\r\n");
+    CHECK(redis_reply_error(r, &rd) == REDIS_E_MOVED && rd.slot == 3999 && rd.addr.port == 6381 &&
+          !strcmp(rd.addr.host, "127.0.0.1"), "MOVED");
+    freeReplyObject(r);
+    /* found by fuzz_resp: a NUL in the redirect's host cut it to "" */
+    r = RESP("-MOVED 1 \0\0l1:7000\r\n");
+    CHECK(redis_reply_error(r, &rd) == REDIS_E_OTHER, "NUL in a redirect host");
+    freeReplyObject(r);
+    uint64_t v = 0;
+    r = RESP("$5\r\n12abc\r\n");
+    CHECK(redis_reply_u64(r, &v) < 0, "12abc");
+    freeReplyObject(r);
+}
+
+static int g_calls;
+static int each(void *ud, const char *room, const char *ev, const char *user, const char *name)
+{
+    (void)ud;
+    CHECK(room && ev && user && name && room_name_valid(room, strlen(room)) &&
+          (!strcmp(ev, "join") || !strcmp(ev, "leave")), "well-formed transition");
+    g_calls++;
+    return 0;
+}
+
+static void test_presence_replies(void)
+{
+    const char *bad = NULL;
+    int more = -1;
+    g_calls = 0;
+    redisReply *r = RESP("*8\r\n$1\r\nr\r\n$4\r\njoin\r\n$1\r\nu\r\n$1\r\nU\r\n"
+                         "$1\r\nq\r\n$3\r\nbad\r\n$0\r\n\r\n$0\r\n\r\n");
+    CHECK(pstore_redis_apply_reply(r, each, NULL, &bad) == 1 && g_calls == 1 && bad &&
+          !strcmp(bad, "q"), "apply: one join, one bad room");
+    freeReplyObject(r);
+    /* before: a room or an event from the reply went as it was into the
+     * presence frame's JSON ("room":"%s", "event":"%s") */
+    g_calls = 0;
+    r = RESP("*8\r\n$3\r\na\"b\r\n$4\r\njoin\r\n$1\r\nu\r\n$1\r\nU\r\n"
+             "$1\r\nr\r\n$6\r\njoin\"x\r\n$1\r\nu\r\n$1\r\nU\r\n");
+    CHECK(pstore_redis_apply_reply(r, each, NULL, &bad) == 0 && g_calls == 0, "apply: bad room/event");
+    freeReplyObject(r);
+    g_calls = 0;
+    r = RESP("*4\r\n$1\r\nr\r\n$4\r\njoin\r\n:1\r\n:2\r\n");
+    CHECK(pstore_redis_apply_reply(r, each, NULL, &bad) == 0 && g_calls == 0, "apply: integers");
+    freeReplyObject(r);
+    g_calls = 0;
+    r = RESP("*4\r\n:3\r\n:5\r\n$1\r\nu\r\n$1\r\nU\r\n");
+    CHECK(pstore_redis_sweep_reply(r, each, NULL, &more) == 0 && more == 1 && g_calls == 0,
+          "sweep: integer room");
+    freeReplyObject(r);
+    g_calls = 0;
+    r = RESP("*4\r\n:2\r\n$1\r\nr\r\n$1\r\nu\r\n$1\r\nU\r\n");
+    CHECK(pstore_redis_sweep_reply(r, each, NULL, &more) == 1 && more == 0 && g_calls == 1,
+          "sweep: one leave");
+    freeReplyObject(r);
+    r = RESP("*1\r\n:0\r\n");
+    CHECK(pstore_redis_sweep_reply(r, each, NULL, &more) < 0, "sweep: another node's round");
+    freeReplyObject(r);
+    presence_user u[3];
+    r = RESP("*5\r\n$1\r\nu\r\n$1\r\nU\r\n:3\r\n$1\r\nV\r\n$1\r\nx\r\n");
+    CHECK(pstore_redis_list_reply(r, u) == 1 && !strcmp(u[0].user, "u") && !strcmp(u[0].name, "U"),
+          "list: only string pairs");
+    freeReplyObject(r);
+}
+
+static void test_utf8(void)
+{
+    CHECK(utf8_valid("", 0) && utf8_valid("caf\xc3\xa9 \xf0\x9f\x98\x80", 10), "valid");
+    CHECK(!utf8_valid("a\0b", 3), "NUL");
+    CHECK(!utf8_valid("caf\xc3", 4), "cut sequence");
+    CHECK(!utf8_valid("\xc0\xaf", 2) && !utf8_valid("\xe0\x80\xaf", 3), "overlong");
+    CHECK(!utf8_valid("\xed\xa0\x80", 3), "surrogate");
+    CHECK(!utf8_valid("\xf4\x90\x80\x80", 4) && !utf8_valid("\xff", 1), "beyond U+10FFFF");
+    CHECK(utf8_seq("\xf0\x9f\x98\x80", 4) == 4 && utf8_seq("\xf0\x9f\x98", 3) == 0, "seq");
+    /* found by fuzz_script: ill-formed bytes went into frames as they were */
+    char out[64];
+    long w = json_escape(out, sizeof out, "a\xc3" "b\xff\xe2\x82\xac", 7);
+    CHECK(w == 19 && memcmp(out, "\"a\\ufffdb\\ufffd\xe2\x82\xac\"", 19) == 0,
+          "ill-formed -> \\ufffd (%ld '%.*s')", w, (int)(w > 0 ? w : 0), out);
+    CHECK(json_escape(out, 8, "\xff", 1) == 8 && json_escape(out, 7, "\xff", 1) < 0, "\\ufffd fits");
+}
+
+static void test_script_return(void)
+{
+    char err[512];
+    script_host *h = script_new(CHATD_FIXTURES "/policies/fuzz", "n", err, sizeof err);
+    CHECK(h, "fuzz policy: %s", err);
+    if (!h) return;
+    /* program (see policy.lua): 1 value, a string of n bytes */
+    struct { const char *hex, *what; script_verdict v; const char *body_or_reason; } T[] = {
+        {"010305636166c3a9", "valid replacement", SCRIPT_REPLACE, "caf\xc3\xa9"},
+        {"010304636166c3", "cut replacement", SCRIPT_REJECT, "policy script failed"},
+        {"01030361006200", "replacement with NUL", SCRIPT_REJECT, "policy script failed"},
+        {"030203016e0306ff6f6be282ac", "reason with a bad byte", SCRIPT_REJECT, "?ok\xe2\x82\xac"},
+    };
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) {
+        script_ctx c = {.user = "u", .name = T[i].hex, .room = "lobby", .node = "n", .now_ms = 1,
+                        .source = "ws"};
+        script_result r;
+        script_verdict v = script_on_message(h, &c, "x", 1, NULL, &r);
+        const char *got = v == SCRIPT_REPLACE ? r.body : r.reason;
+        CHECK(v == T[i].v && got && strcmp(got, T[i].body_or_reason) == 0, "%s: verdict %d '%s'",
+              T[i].what, v, got ? got : "");
+        script_result_clear(&r);
+    }
+    script_free(h);
+}
+
+int main(void)
+{
+    test_u64();
+    test_http();
+    test_bus_replies();
+    test_redis_replies();
+    test_redis_url();
+    test_presence_replies();
+    test_utf8();
+    test_script_return();
+    return check_summary("test_parse");
+}
