@@ -462,6 +462,12 @@ async def _slow_consumer(env):
     t0 = time.monotonic()
     for k in range(total):
         await f1.send_msg(f"{k}:{body}", id=f"s{k}")
+        if k % 4 == 3:
+            # paced by its acks: a sender that outruns its own reading by
+            # more than the socket buffers is a slow consumer too (a loaded
+            # machine made the sender itself 1008 once)
+            await f1.wait_for(lambda f, i=f"s{k}": f["type"] == "ack" and f.get("id") == i, 30,
+                              what=f"ack of s{k}")
     for c in (f1, f2):
         await c.wait_count(is_msg(room), total, 30, "messages (fast reader)")
         seqs = c.seqs(room)
