@@ -48,12 +48,6 @@ void chat_shutdown(void)
     lag_shutdown();
 }
 
-const char *chat_reject_code(const script_result *res)
-{
-    if (!res->code[0] || strcmp(res->code, "script_error") == 0) return "rejected";
-    return res->code;
-}
-
 /* The room a frame is about: its "room" field, else the URL's room. */
 static void frame_room(const conn *c, const client_frame *f, char room[CHAT_ROOM_MAX + 1])
 {
@@ -169,7 +163,7 @@ static void handle_message(conn *c, client_frame *f)
     size_t body_len = f->body_len;
     if (v == SCRIPT_REJECT) {
         metric_inc(m_rejected);
-        conn_send_error(c, chat_reject_code(&res), res.reason[0] ? res.reason : "rejected by policy", id);
+        conn_send_error(c, script_reject_code(&res), res.reason[0] ? res.reason : "rejected by policy", id);
         script_result_clear(&res);
         return;
     }
@@ -339,7 +333,7 @@ static void process_frame(conn *c, const char *data, size_t len)
         memset(&res, 0, sizeof res);
         script_verdict v = script_on_join(g_srv.script, &x, &res);
         if (v == SCRIPT_REJECT)
-            conn_send_error(c, chat_reject_code(&res), res.reason[0] ? res.reason : "join refused by policy", NULL);
+            conn_send_error(c, script_reject_code(&res), res.reason[0] ? res.reason : "join refused by policy", NULL);
         else
         {
             char ep[FRAME_EPOCH_MAX + 1] = "";

@@ -52,7 +52,7 @@ static void authorize(void *ud, const publish_update *u, const char *author, pub
                       : script_on_react(g_srv.script, &x, &su, &res);
     if (vd == SCRIPT_REJECT) {
         v->refuse = 1;
-        snprintf(v->code, sizeof v->code, "%s", chat_reject_code(&res));
+        snprintf(v->code, sizeof v->code, "%s", script_reject_code(&res));
         snprintf(v->reason, sizeof v->reason, "%s", res.reason[0] ? res.reason : "refused by policy");
     } else if (vd == SCRIPT_REPLACE && res.body) {
         v->body = res.body;            /* publish takes it */

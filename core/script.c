@@ -1197,6 +1197,12 @@ void script_result_clear(script_result *res)
     memset(res, 0, sizeof *res);
 }
 
+const char *script_reject_code(const script_result *res)
+{
+    if (!res->code[0] || strcmp(res->code, "script_error") == 0) return "rejected";
+    return res->code;
+}
+
 /* A state left bloated by a memory trip is replaced by a fresh one. */
 static void rebuild_if_broken(script_host *h)
 {

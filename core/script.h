@@ -112,5 +112,9 @@ script_verdict script_on_react(script_host *h, const script_ctx *c, const script
                                script_result *res);
 
 void script_result_clear(script_result *res);
+/* The error code a refusal answers the client with: the policy's code, or
+ * "rejected" for none or a script error (the client is not told the
+ * policy failed). Every caller of a verdict hook uses it. */
+const char *script_reject_code(const script_result *res);
 
 #endif
