@@ -12,7 +12,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "publish.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include <inttypes.h>
 #include <jansson.h>

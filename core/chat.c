@@ -12,7 +12,7 @@
 #include "metrics.h"
 #include "publish.h"
 #include "readstate.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include "wire.h"
 #include <inttypes.h>

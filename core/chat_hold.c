@@ -11,7 +11,7 @@
 #include "hmap.h"
 #include "log.h"
 #include "metrics.h"
-#include "server.h"
+#include "srv.h"
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -13,7 +13,7 @@
 #include "chat_join.h"
 #include "metrics.h"
 #include "publish.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include "wire.h"
 #include <stdio.h>

@@ -7,7 +7,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "readstate.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include <inttypes.h>
 #include <stdio.h>

@@ -11,7 +11,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include "wsread.h"
 #include <arpa/inet.h>
