@@ -7,7 +7,6 @@
 #include "bans.h"
 #include "climit.h"
 #include "ctl.h"
-#include "http.h"
 #include "httpd.h"
 #include "log.h"
 #include "metrics.h"
@@ -428,7 +427,7 @@ static void run_ban(api_req *r)
     }
     if (lift && !b.room[0]) { /* also ?room= on a DELETE without a body */
         char q[CHAT_ROOM_MAX + 2] = "";
-        if (http_arg(r->wsi, "room", q, sizeof q) && q[0]) {
+        if (httpd_arg(r->wsi, "room", q, sizeof q) && q[0]) {
             if (!room_name_valid(q, strlen(q))) {
                 answer_error(r, 400, "bad_request", "room: 1-64 characters of [A-Za-z0-9_.-]");
                 return;

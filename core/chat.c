@@ -8,6 +8,7 @@
 #include "chat_update.h"
 #include "frame.h"
 #include "lag.h"
+#include "httpd.h"
 #include "log.h"
 #include "metrics.h"
 #include "publish.h"
@@ -55,30 +56,13 @@ static void frame_room(const conn *c, const client_frame *f, char room[CHAT_ROOM
     else snprintf(room, CHAT_ROOM_MAX + 1, "%s", c->url_room);
 }
 
-/* The value of a query argument of the upgrade request ("" when absent
- * or longer than n - 1). */
-static void url_arg(struct lws *wsi, const char *name, char *out, size_t n)
-{
-    char frag[256];
-    size_t nl = strlen(name);
-    out[0] = 0;
-    for (int i = 0; i < 32; i++) {
-        int len = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
-        if (len < 0) break;
-        if ((size_t)len > nl && strncmp(frag, name, nl) == 0 && frag[nl] == '=') {
-            if (strlen(frag + nl + 1) < n) snprintf(out, n, "%s", frag + nl + 1);
-            return;
-        }
-    }
-}
-
 void chat_conn_open(conn *c)
 {
     if (chat_admin_open_banned(c)) return;
     /* epoch= of the URL (with since=): read here, while lws still has the
      * request's headers (the ESTABLISHED callback) */
     char epoch[BUS_EPOCH_MAX + 1] = "";
-    if (c->has_since) url_arg(c->wsi, "epoch", epoch, sizeof epoch);
+    if (c->has_since && httpd_arg(c->wsi, "epoch", epoch, sizeof epoch) != 1) epoch[0] = 0;
     /* the cluster-wide count of the user's connections first (uconns.h) */
     chat_admit_start(c, epoch[0] ? epoch : NULL);
 }
