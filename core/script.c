@@ -24,6 +24,7 @@
  * setup, the load, the selftest or a hook call, so even building ctx tables
  * is protected. */
 #define _GNU_SOURCE
+#include "script.h"
 #include "script_int.h"
 #include "log.h"
 #include "util.h"

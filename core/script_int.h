@@ -10,7 +10,7 @@
  *   the sandbox's builtins, the module loader, the chat.* API). */
 #ifndef CHATD_SCRIPT_INT_H
 #define CHATD_SCRIPT_INT_H
-#include "script.h"
+#include "script_types.h"
 #include "metrics.h"
 #include "ratelimit.h"
 #include <lua.h>
