@@ -36,7 +36,7 @@
 #include "heap.h"
 #include "msg.h"
 #include "outq.h"
-#include "publish.h"
+#include "publish_owner.h"
 #include "room.h"
 #include "wsframe.h"
 
