@@ -1,4 +1,14 @@
-/* api: see api.h. */
+/* api: see api.h. Sections: the request's lifetime and answers, the routes
+ * (publish, room info, disconnect / ban / unban, moderator delete), the
+ * dispatch (key, body, rate), the lws side.
+ * Why one file of ~770 lines: it is one concept, a server API request.
+ * Every route is a short chain of callbacks over the same request object,
+ * its answer and its cancellation (a connection that closes cancels it);
+ * the parsing of bodies is apart (api_parse.c), and so are the keys
+ * (apikey.c), the HTTP mechanics (httpd.c), the control channel (ctl.c) and
+ * what every node does (chat_admin.c). A split of the routes from the
+ * request would export the request struct and its answer helpers; do it
+ * (routes over a request file) when a route is added. */
 #define _GNU_SOURCE
 #include "api.h"
 #include "adminstore.h"
