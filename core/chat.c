@@ -3,6 +3,7 @@
 #include "chat.h"
 #include "chat_admin.h"
 #include "chat_admit.h"
+#include "chat_answer.h"
 #include "chat_hold.h"
 #include "chat_join.h"
 #include "chat_update.h"
@@ -49,13 +50,6 @@ void chat_shutdown(void)
     lag_shutdown();
 }
 
-/* The room a frame is about: its "room" field, else the URL's room. */
-static void frame_room(const conn *c, const client_frame *f, char room[CHAT_ROOM_MAX + 1])
-{
-    if (f->room) { memcpy(room, f->room, f->room_len); room[f->room_len] = 0; }
-    else snprintf(room, CHAT_ROOM_MAX + 1, "%s", c->url_room);
-}
-
 void chat_conn_open(conn *c)
 {
     if (chat_admin_open_banned(c)) return;
@@ -82,61 +76,20 @@ void chat_conn_closed(conn *c)
 
 /* ---- message: policy, then the publish path (publish.c) -------------------- */
 
-static void send_ack(conn *c, const publish_result *r)
-{
-    char b[512];
-    size_t o = wire_ack(b, sizeof b, r->id, r->room, r->seq);
-    if (o) conn_send_text(c, b, o);
-}
-
 /* The answer of the publish path for a client message (its connection is
  * still open: publish_owner_drop detached everything of a closed one). */
 static void on_publish_done(void *ud, const publish_result *r)
 {
     conn *c = ud;
-    switch (r->status) {
-    case PUBLISH_OK: send_ack(c, r); return;
-    case PUBLISH_BUS_DOWN:
-        metric_inc(m_rejected);
-        conn_send_error(c, "unavailable", "message bus unavailable; resend with the same id", r->id);
-        return;
-    case PUBLISH_BACKLOG:
-        conn_send_error(c, "unavailable", "history store backlog full; resend with the same id", r->id);
-        return;
-    case PUBLISH_CONFLICT:
-        conn_send_error(c, "unavailable", "seq conflict in history; resend with the same id", r->id);
-        return;
-    case PUBLISH_RATE_LIMITED:
-        metric_inc(m_rejected);
-        conn_send_error(c, "rate_limited", "too many messages, slow down", r->id);
-        return;
-    default:
-        conn_send_error(c, "unavailable", "history store unavailable; resend with the same id", r->id);
-        return;
-    }
+    if (r->status == PUBLISH_BUS_DOWN || r->status == PUBLISH_RATE_LIMITED) metric_inc(m_rejected);
+    chat_publish_answer(c, r);
 }
 
 static void handle_message(conn *c, client_frame *f)
 {
-    char idbuf[FRAME_ID_MAX + 1] = "";
-    const char *id = NULL;
-    if (f->id) {
-        memcpy(idbuf, f->id, f->id_len);
-        idbuf[f->id_len] = 0;
-        id = idbuf;
-    }
-    char room[CHAT_ROOM_MAX + 1];
-    frame_room(c, f, room);
-    if (!conn_find_room(c, room)) {
-        metric_inc(m_rejected);
-        conn_send_error(c, "not_member", "join the room first", id);
-        return;
-    }
-    if (!publish_ready()) {
-        metric_inc(m_rejected);
-        conn_send_error(c, "unavailable", "temporarily unavailable; resend with the same id", id);
-        return;
-    }
+    char idbuf[FRAME_ID_MAX + 1], room[CHAT_ROOM_MAX + 1];
+    const char *id;
+    if (chat_publish_gate(c, f, room, idbuf, &id, m_rejected) != 0) return;
     uint64_t t0 = mono_ns();
     script_ctx x;
     chat_script_ctx(c, room, &x);
@@ -184,7 +137,7 @@ static void handle_message(conn *c, client_frame *f)
 static void handle_typing(conn *c, client_frame *f)
 {
     char room[CHAT_ROOM_MAX + 1];
-    frame_room(c, f, room);
+    chat_frame_room(c, f, room);
     if (!conn_find_room(c, room)) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
     script_ctx x;
     chat_script_ctx(c, room, &x);
@@ -232,7 +185,7 @@ static void on_read_stored(void *ud, int status, uint64_t stored)
 static void handle_read(conn *c, client_frame *f)
 {
     char room[CHAT_ROOM_MAX + 1];
-    frame_room(c, f, room);
+    chat_frame_room(c, f, room);
     conn_room *cr = conn_find_room(c, room);
     if (!cr) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
     if (!readstate_ready()) {
