@@ -604,22 +604,37 @@ async def ahttp_json(port, path, tok=None, timeout=5.0):
     return st, js, body
 
 
+def read_head(s, buf=b"", bufsize=65536):
+    """Reads socket s until buf holds a whole HTTP head (up to the blank
+    line) or the peer closes; returns buf (without the blank line when the
+    peer closed first). bufsize=1 reads no byte past the head (a WebSocket
+    handshake whose frames the caller reads next from the socket)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(bufsize)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def upgrade_request(port, path, key, headers=None):
+    """The bytes of a WebSocket upgrade request for path on port (headers:
+    extra ones, a value None leaves that header out)."""
+    h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
+         "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
+    h.update(headers or {})
+    return (f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()
+                                               if v is not None) + "\r\n").encode()
+
+
 def upgrade_status(port, path, timeout=5.0):
     """Sends a WebSocket upgrade request, returns (status, body) without
     completing the handshake (for the HTTP-before-upgrade checks)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         key = base64.b64encode(os.urandom(16)).decode()
-        req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n\r\n")
-        s.sendall(req.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        s.sendall(upgrade_request(port, path, key))
+        data = read_head(s)
         head, _, rest = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         try:
@@ -930,16 +945,10 @@ class RawWS:
         self.sock.settimeout(5)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
-        req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n\r\n")
-        self.sock.sendall(req.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(1)
-            if not chunk:
-                raise TestFailure("raw ws: connection closed during handshake")
-            data += chunk
+        self.sock.sendall(upgrade_request(port, path, key))
+        data = read_head(self.sock, bufsize=1)
+        if b"\r\n\r\n" not in data:
+            raise TestFailure("raw ws: connection closed during handshake")
         status = data.split(b"\r\n")[0]
         if b" 101" not in status:
             raise TestFailure(f"raw ws: handshake failed: {status!r}")
@@ -1037,18 +1046,10 @@ class FrameWS:
     def __init__(self, port, path, headers=None, timeout=5.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
-        h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
-             "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
-        h.update(headers or {})
-        req = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()
-                                                   if v is not None) + "\r\n"
-        self.sock.sendall(req.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise TestFailure(f"frame ws: closed during handshake after {data!r}")
-            data += chunk
+        self.sock.sendall(upgrade_request(port, path, key, headers))
+        data = read_head(self.sock, bufsize=4096)
+        if b"\r\n\r\n" not in data:
+            raise TestFailure(f"frame ws: closed during handshake after {data!r}")
         head, _, self.buf = data.partition(b"\r\n\r\n")
         self.status_line = head.split(b"\r\n")[0].decode("latin-1")
         if " 101 " not in self.status_line + " ":

@@ -675,15 +675,13 @@ async def frames_in_one_write_during_a_join_are_all_processed_in_order():
         raw.close()
 
 
-class TlsRedis:
+class TlsRedis(harness.Redis):
     """A redis-server that speaks only TLS (--port 0 --tls-port), with a
-    self-signed CA made by openssl; stopped with the run's services."""
+    self-signed CA made by openssl; stopped (harness.Redis.stop) with the
+    run's services."""
 
     def __init__(self):
-        self.dir = harness.RUN.tmpdir("redis-tls")
-        self.port = harness.free_port()
-        self.proc = None
-        self.external = False
+        super().__init__(harness.RUN.tmpdir("redis-tls"))
 
     def start(self):
         d = self.dir
@@ -714,15 +712,6 @@ class TlsRedis:
 
     def url(self, ca="ca.pem"):
         return f"rediss://127.0.0.1:{self.port}?ssl_ca_certs={os.path.join(self.dir, ca)}"
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @test(timeout=60)

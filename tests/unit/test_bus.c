@@ -12,6 +12,7 @@
 #include "bus.h"
 #include "bus_int.h"
 #include "check.h"
+#include "uvwait.h"
 #include "redis_url.h"
 #include "redis_slot.h"
 #include "redis_procs.h"
@@ -34,23 +35,15 @@
 #include <unistd.h>
 
 static uv_loop_t *loop;
-static uv_timer_t ticker;
 static int in_call; /* set around bus_* calls: callbacks must not see it */
 static unsigned seed;
 static char nonce[16];
 
-static void tick(uv_timer_t *t) { (void)t; }
 
-#define WAIT(cond, ms)                                                         \
-    do {                                                                       \
-        uint64_t until_ = mono_ms() + (ms);                                    \
-        uv_timer_start(&ticker, tick, 1, 1);                                   \
-        while (!(cond) && mono_ms() < until_) uv_run(loop, UV_RUN_ONCE);       \
-        uv_timer_stop(&ticker);                                                \
-    } while (0)
+#define WAIT(cond, ms) WAIT_ON(loop, cond, ms)
 
 /* run the loop for ms milliseconds */
-static void spin(int ms) { WAIT(0, ms); }
+static void spin(int ms) { run_on(loop, ms); }
 
 /* ---------------- redis-server management ---------------- */
 
@@ -350,7 +343,7 @@ static void node_free(node *nd)
 static void settle(void)
 {
     /* every bus handle closed: nothing else is active on the loop */
-    uv_timer_stop(&ticker);
+    uv_timer_stop(&uvwait_ticker);
     uv_run(loop, UV_RUN_DEFAULT);
 }
 
@@ -1780,8 +1773,8 @@ int main(void)
     log_set_level(getenv("CHATD_TEST_DEBUG") ? LOG_DEBUG : LOG_ERROR);
     signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
-    uv_timer_init(loop, &ticker);
-    uv_unref((uv_handle_t *)&ticker);
+    uvwait_init(loop);
+    uv_unref((uv_handle_t *)&uvwait_ticker);
 
     test_url();
     test_local_basic();
@@ -1830,7 +1823,7 @@ int main(void)
         fprintf(stderr, "no redis-server: Redis tests skipped\n");
     }
     redis_cleanup();
-    uv_close((uv_handle_t *)&ticker, NULL);
+    uvwait_close();
     uv_run(loop, UV_RUN_DEFAULT);
     int rc_ = uv_loop_close(loop);
     CHECK(rc_ == 0, "loop closed: every handle of the bus was closed (%s)", uv_err_name(rc_));

@@ -7,6 +7,7 @@
 #define CHECK_STOPS_TEST
 #include "check.h"
 #include "pg_procs.h"
+#include "uvwait.h"
 #include "bus.h"
 #include "readstate.h"
 #include "store.h"
@@ -21,14 +22,11 @@
 #include <unistd.h>
 
 static uv_loop_t *L;
-static uv_timer_t tick;
 static store *S;
 static bus *B;
 
-static void on_tick(uv_timer_t *t) { (void)t; }
-#define WAIT(cond, ms) do { uint64_t end_ = mono_ms() + (ms); \
-    while (!(cond) && mono_ms() < end_) uv_run(L, UV_RUN_ONCE); } while (0)
-static void run_for(int ms) { uint64_t end = mono_ms() + (uint64_t)ms; while (mono_ms() < end) uv_run(L, UV_RUN_ONCE); }
+#define WAIT(cond, ms) WAIT_ON(L, cond, ms)
+static void run_for(int ms) { run_on(L, ms); }
 
 /* ---------- the in-process bus: receipts arrive through on_emit ---------- */
 
@@ -372,8 +370,7 @@ int main(void)
     int rc0 = pg_setup("readstate", 17120);
     if (rc0 != 0) return rc0;
     L = uv_default_loop();
-    uv_timer_init(L, &tick);
-    uv_timer_start(&tick, on_tick, 5, 5);
+    uvwait_init(L);
     struct { const char *name; void (*fn)(void); } tests[] = {
         {"marks", test_marks},
         {"lookups", test_lookups},
@@ -392,8 +389,7 @@ int main(void)
         nfail += failed;
     }
     pg_teardown();
-    uv_timer_stop(&tick);
-    uv_close((uv_handle_t *)&tick, NULL);
+    uvwait_close();
     uv_run(L, UV_RUN_DEFAULT);
     uv_loop_close(L);
     metrics_free_all();

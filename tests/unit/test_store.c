@@ -8,6 +8,7 @@
 #define CHECK_STOPS_TEST
 #include "check.h"
 #include "pg_procs.h"
+#include "uvwait.h"
 #include "store.h"
 #include "store_schema.h"
 #include "metrics.h"
@@ -21,13 +22,10 @@
 #include <unistd.h>
 
 static uv_loop_t *L;
-static uv_timer_t tick;
 
-static void on_tick(uv_timer_t *t) { (void)t; }
-#define WAIT(cond, ms) do { uint64_t end_ = mono_ms() + (ms); \
-    while (!(cond) && mono_ms() < end_) uv_run(L, UV_RUN_ONCE); } while (0)
+#define WAIT(cond, ms) WAIT_ON(L, cond, ms)
 
-static void run_for(int ms) { uint64_t end = mono_ms() + (uint64_t)ms; while (mono_ms() < end) uv_run(L, UV_RUN_ONCE); }
+static void run_for(int ms) { run_on(L, ms); }
 
 static long row_count(const char *room, long seq)
 {
@@ -990,8 +988,7 @@ int main(void)
     if (rc0 != 0) return rc0;
 
     L = uv_default_loop();
-    uv_timer_init(L, &tick);
-    uv_timer_start(&tick, on_tick, 5, 5);
+    uvwait_init(L);
 
     struct { const char *name; void (*fn)(void); } tests[] = {
         {"bad_and_unreachable", test_bad_and_unreachable},
@@ -1031,7 +1028,7 @@ int main(void)
     }
 
     pg_teardown();
-    uv_close((uv_handle_t *)&tick, NULL);
+    uvwait_close();
     run_for(50); /* bounded: a store leaked by a failed check must not hang us */
     if (uv_loop_close(L) != 0 && !nfail) check_fail("handles left open on the loop");
     metrics_free_all();
