@@ -523,21 +523,24 @@ class Node:
             self.wait_healthy(path="/readyz")
         return self
 
-    def wait_healthy(self, timeout=15, path="/healthz"):
+    def wait_healthy(self, timeout=15, path="/healthz", port=None):
+        """Until path answers 200 on port (the node's own by default: another
+        one for a worker of --workers); fails when the process exits."""
+        port = port or self.port
         end = time.time() + timeout
         while time.time() < end:
             if self.proc.poll() is not None:
-                raise TestFailure(f"chatd {self.name} exited with {self.proc.returncode} at "
-                                  f"start; log tail: {self.log_tail(8)}")
+                raise TestFailure(f"chatd {self.name} exited with {self.proc.returncode}; "
+                                  f"log tail: {self.log_tail(10)}")
             try:
-                st, _, _ = http_get(self.port, path, timeout=0.5)
+                st, _, _ = http_get(port, path, timeout=0.5)
                 if st == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.05)
-        raise TestFailure(f"chatd {self.name}: {path} not 200 within {timeout}s; "
-                          f"log: {self.log_tail(8)}")
+        raise TestFailure(f"chatd {self.name}: {path} on port {port} not 200 within {timeout}s; "
+                          f"log: {self.log_tail(10)}")
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -912,6 +915,29 @@ class Client:
                 g["body"] = g["body"][:30] + "..."
             out.append(g)
         return json.dumps(out)[:600]
+
+
+async def send_acked(c, body, mid, room=None, timeout=10):
+    """Sends a message with client id mid and waits for its answer: the
+    seq of its ack (anything else fails)."""
+    mk = c.mark()
+    await c.send_msg(body, id=mid, room=room)
+    f = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == mid,
+                         timeout, start=mk, what=f"ack of {mid}")
+    eq(f["type"], "ack", f"answer to {mid}: {f}")
+    return f["seq"]
+
+
+async def wait_no_subscriber(rd, room, timeout=5.0):
+    """Until no node subscribes the room's channel on Redis rd (nobody
+    holds the room)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        r = await asyncio.to_thread(rd.command, "PUBSUB", "NUMSUB", f"chat:{{{room}}}:msg")
+        if r.endswith(b":0\r\n"):
+            return
+        await asyncio.sleep(0.05)
+    raise TestFailure(f"room {room} still subscribed after {timeout}s")
 
 
 def contiguous(seqs, start=None):

@@ -544,16 +544,6 @@ async def sender_gets_its_own_message_sent_right_after_connecting():
           f"message), e.g. {problems[:3]}")
 
 
-async def _no_subscriber(rd, room, timeout=5.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        r = await asyncio.to_thread(rd.command, "PUBSUB", "NUMSUB", f"chat:{{{room}}}:msg")
-        if r.endswith(b":0\r\n"):
-            return
-        await asyncio.sleep(0.05)
-    raise TestFailure(f"room {room} still subscribed after {timeout}s")
-
-
 def _gap(f, room):
     return f["type"] == "error" and f.get("code") == "gap_too_large" and f.get("room") == room
 
@@ -589,7 +579,7 @@ async def redis_loss_without_postgres_changes_the_epoch():
             eq(r.errors() + j.errors(), [], "no error with the current epoch")
             for x in (c, r, j):
                 await x.close()
-            await _no_subscriber(rd, room)
+            await harness.wait_no_subscriber(rd, room)
             if how == "restart":
                 rd.kill9()
                 await asyncio.sleep(0.5)
