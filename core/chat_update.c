@@ -1,11 +1,12 @@
 /* chat_update: the message-update frames of a connection (edit, delete,
  * react; protocol.md "Message updates (v2)"): membership and readiness
- * checks, the policy hooks on_edit / on_delete / on_react as the policy
- * step of publish.c's update path (called with the target's author once
- * the target is found), and the answers: ack (durable, with the update's
- * own seq), or error not_found / forbidden / rejected / rate_limited /
- * unavailable. The update itself reaches every member through the bus as
- * a message_update frame (wire.h), like a message.
+ * checks (chat_answer.c), the policy hooks on_edit / on_delete / on_react
+ * as the policy step of publish.c's update path (called with the target's
+ * author once the target is found), and the answers (chat_answer.c): ack
+ * (durable, with the update's own seq), or error not_found / forbidden /
+ * rejected / rate_limited / unavailable. The update itself reaches every
+ * member through the bus as a message_update frame (wire.h), like a
+ * message.
  * Owns nothing across calls: the updates in flight belong to the
  * connection's publish_owner (dropped when it closes). Layer: with chat. */
 #define _GNU_SOURCE

@@ -2,6 +2,7 @@
  * Owns: the live lua_State (and, during reload, the candidate one), the
  * sandbox, the per-call budgets (time deadline + memory cap), the chat.* host
  * API and its per-key token buckets (kept in C so they survive reloads).
+ * Three files (script.c, script_policy.c, script_sandbox.c; script_int.h).
  * Exactly one C function calls into Lua (script_call in script.c); every hook
  * below goes through it, so a script error can never crash the core.
  *
