@@ -38,7 +38,7 @@ void chat_init(void)
     m_msgs_in = metrics_counter("chat_messages_in_total", "Client message frames accepted for publish", NULL);
     m_rejected = metrics_counter("chat_messages_rejected_total", "Client messages refused (policy, limits, unavailable)", NULL);
     m_typing_dropped = metrics_counter("chat_typing_dropped_total", "Typing frames dropped by policy", NULL);
-    chat_hold_init(process_frame);
+    chat_hold_init(process_frame, chat_admit_pending);
     publish_init();
     chat_update_init();
 }
