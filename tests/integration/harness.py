@@ -940,6 +940,19 @@ async def wait_no_subscriber(rd, room, timeout=5.0):
     raise TestFailure(f"room {room} still subscribed after {timeout}s")
 
 
+async def wait_ready(n, timeout=20.0, what=None):
+    """Until node n's /readyz answers 200 (its Redis and Postgres are back);
+    fails after timeout."""
+    end = time.time() + timeout
+    st = None
+    while time.time() < end:
+        st, _, _ = await ahttp(n.port, "/readyz")
+        if st == 200:
+            return
+        await asyncio.sleep(0.1)
+    eq(st, 200, what or f"/readyz of {n.name}")
+
+
 def contiguous(seqs, start=None):
     if not seqs:
         return True

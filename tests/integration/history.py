@@ -303,13 +303,7 @@ async def postgres_restart_mid_stream():
     wseqs = w.seqs(room)
     check(len(wseqs) == len(set(wseqs)) and wseqs == sorted(wseqs),
           f"watcher: {describe_seq_problem(wseqs)}")
-    end = time.time() + 10
-    while time.time() < end:
-        st, _, _ = await ahttp(n.port, "/readyz")
-        if st == 200:
-            break
-        await asyncio.sleep(0.2)
-    eq(st, 200, "/readyz after Postgres came back")
+    await harness.wait_ready(n, 10, "/readyz after Postgres came back")
 
 
 @test(timeout=60, needs=NEEDS)
@@ -360,13 +354,7 @@ async def redis_restart_empty_keeps_seq_and_history():
         rd.kill9()
         await asyncio.sleep(1.0)
         rd.start()
-        end = time.time() + 20
-        while time.time() < end:
-            st, _, _ = await ahttp(n.port, "/readyz")
-            if st == 200:
-                break
-            await asyncio.sleep(0.2)
-        eq(st, 200, "/readyz after Redis came back")
+        await harness.wait_ready(n, 20, "/readyz after Redis came back")
         second = []
         for i in range(20):
             mk = c.mark()
@@ -516,17 +504,6 @@ async def nul_in_body_is_bad_request_before_any_seq():
           f"acks for refused messages: {s.acks()}")
 
 
-async def wait_ready(n, timeout=20.0):
-    end = time.time() + timeout
-    st = None
-    while time.time() < end:
-        st, _, _ = await ahttp(n.port, "/readyz")
-        if st == 200:
-            return
-        await asyncio.sleep(0.1)
-    eq(st, 200, f"/readyz of {n.name}")
-
-
 def conflicts(text):
     return harness.metric_value(text, "chat_store_conflicts_total") or 0
 
@@ -554,8 +531,8 @@ async def redis_loss_while_no_node_holds_the_room_seeds_from_postgres():
                 rd.kill9()
                 await asyncio.sleep(0.5)
                 rd.start()
-                await wait_ready(n)
-                await wait_ready(n2)
+                await harness.wait_ready(n)
+                await harness.wait_ready(n2)
             else:
                 eq(await asyncio.to_thread(rd.command, "FLUSHALL"), b"+OK\r\n", "FLUSHALL")
             # the first publish after the loss, through the other node, before

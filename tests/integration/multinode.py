@@ -584,12 +584,7 @@ async def redis_loss_without_postgres_changes_the_epoch():
                 rd.kill9()
                 await asyncio.sleep(0.5)
                 rd.start()
-                end = time.time() + 20
-                while time.time() < end:
-                    st, _, _ = await ahttp(n.port, "/readyz")
-                    if st == 200:
-                        break
-                    await asyncio.sleep(0.1)
+                await harness.wait_ready(n, 20)
             else:
                 await asyncio.to_thread(rd.command, "FLUSHALL")
             c2 = await Client.connect(n, room, token("bob"))
