@@ -186,14 +186,7 @@ async def _redis_restart(rd):
     check(pa.errors("unavailable") or pb.errors("unavailable"),
           "no `unavailable` error while Redis was down")
     for n in (a, b):
-        end = time.time() + 10
-        st = None
-        while time.time() < end:
-            st, _, _ = await ahttp(n.port, "/readyz")
-            if st == 200:
-                break
-            await asyncio.sleep(0.2)
-        eq(st, 200, f"/readyz on {n.name} after Redis came back")
+        await harness.wait_ready(n, 10, f"/readyz on {n.name} after Redis came back")
     acked = {}
     for c in (pa, pb):
         for f in c.acks():
