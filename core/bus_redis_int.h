@@ -1,10 +1,11 @@
 /* bus_redis_int: what the three files of the bus's Redis backend share
  * (bus_redis.c, bus_redis_sub.c, bus_redis_head.c; never included
  * elsewhere). Owns nothing; declares the backend state, the per-room
- * request object, and the functions one file offers the others:
- *   bus_redis.c (requests, lifetime) -> bus_redis_sub.c (subscriptions,
- *   sync, readiness) -> bus_redis_head.c (the head script);
- *   bus_redis_ctl.c (the control channel) beside bus_redis_sub.c. */
+ * request object, and the functions one file offers the others, whose
+ * calls run one way:
+ *   bus_redis.c (requests, lifetime) -> bus_redis_sub.c (subscriptions of
+ *   the rooms and of the control channel, sync, readiness, retries) ->
+ *   bus_redis_head.c (the head script). */
 #ifndef CHATD_BUS_REDIS_INT_H
 #define CHATD_BUS_REDIS_INT_H
 #include "bus_int.h"
@@ -19,7 +20,7 @@ typedef struct busr {
     int ever_up;
     int retries;             /* rooms (and the control channel) with a retry due */
     uv_timer_t retry_t;      /* room retries (bus_redis_sub.c) */
-    /* the control channel's subscription (bus_redis_ctl.c) */
+    /* the control channel's subscription (bus_redis_sub.c) */
     int ctl_state;           /* BUS_SUB_* */
     uint64_t ctl_node, ctl_retry_at;
     uint32_t ctl_retry_ms;
@@ -65,12 +66,7 @@ void bus_rsub_update_ready(busr *R);
 void bus_rsub_retry_later(busr *R, bus_room *room);
 void bus_rsub_arm(busr *R);
 
-/* bus_redis_ctl.c: the control channel */
-void bus_rctl_reconcile(busr *R);                 /* subscribe when needed */
-void bus_rctl_node(busr *R, uint64_t node, int up);
-void bus_rctl_retry(busr *R, uint64_t now_ms);    /* from the retry tick */
-/* 1 when p is about the control channel (handled) */
-int bus_rctl_push(busr *R, uint64_t node, const redis_push *p);
+/* the control channel: PUBLISH / SPUBLISH (backend.control) */
 int bus_rctl_publish(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
 
 #endif

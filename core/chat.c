@@ -3,16 +3,18 @@
 #include "chat.h"
 #include "chat_admin.h"
 #include "chat_admit.h"
+#include "chat_answer.h"
 #include "chat_hold.h"
 #include "chat_join.h"
 #include "chat_update.h"
 #include "frame.h"
 #include "lag.h"
+#include "httpd.h"
 #include "log.h"
 #include "metrics.h"
 #include "publish.h"
 #include "readstate.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include "wire.h"
 #include <inttypes.h>
@@ -36,7 +38,7 @@ void chat_init(void)
     m_msgs_in = metrics_counter("chat_messages_in_total", "Client message frames accepted for publish", NULL);
     m_rejected = metrics_counter("chat_messages_rejected_total", "Client messages refused (policy, limits, unavailable)", NULL);
     m_typing_dropped = metrics_counter("chat_typing_dropped_total", "Typing frames dropped by policy", NULL);
-    chat_hold_init(process_frame);
+    chat_hold_init(process_frame, chat_admit_pending);
     publish_init();
     chat_update_init();
 }
@@ -48,43 +50,13 @@ void chat_shutdown(void)
     lag_shutdown();
 }
 
-const char *chat_reject_code(const script_result *res)
-{
-    if (!res->code[0] || strcmp(res->code, "script_error") == 0) return "rejected";
-    return res->code;
-}
-
-/* The room a frame is about: its "room" field, else the URL's room. */
-static void frame_room(const conn *c, const client_frame *f, char room[CHAT_ROOM_MAX + 1])
-{
-    if (f->room) { memcpy(room, f->room, f->room_len); room[f->room_len] = 0; }
-    else snprintf(room, CHAT_ROOM_MAX + 1, "%s", c->url_room);
-}
-
-/* The value of a query argument of the upgrade request ("" when absent
- * or longer than n - 1). */
-static void url_arg(struct lws *wsi, const char *name, char *out, size_t n)
-{
-    char frag[256];
-    size_t nl = strlen(name);
-    out[0] = 0;
-    for (int i = 0; i < 32; i++) {
-        int len = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
-        if (len < 0) break;
-        if ((size_t)len > nl && strncmp(frag, name, nl) == 0 && frag[nl] == '=') {
-            if (strlen(frag + nl + 1) < n) snprintf(out, n, "%s", frag + nl + 1);
-            return;
-        }
-    }
-}
-
 void chat_conn_open(conn *c)
 {
     if (chat_admin_open_banned(c)) return;
     /* epoch= of the URL (with since=): read here, while lws still has the
      * request's headers (the ESTABLISHED callback) */
     char epoch[BUS_EPOCH_MAX + 1] = "";
-    if (c->has_since) url_arg(c->wsi, "epoch", epoch, sizeof epoch);
+    if (c->has_since && httpd_arg(c->wsi, "epoch", epoch, sizeof epoch) != 1) epoch[0] = 0;
     /* the cluster-wide count of the user's connections first (uconns.h) */
     chat_admit_start(c, epoch[0] ? epoch : NULL);
 }
@@ -104,61 +76,20 @@ void chat_conn_closed(conn *c)
 
 /* ---- message: policy, then the publish path (publish.c) -------------------- */
 
-static void send_ack(conn *c, const publish_result *r)
-{
-    char b[512];
-    size_t o = wire_ack(b, sizeof b, r->id, r->room, r->seq);
-    if (o) conn_send_text(c, b, o);
-}
-
 /* The answer of the publish path for a client message (its connection is
  * still open: publish_owner_drop detached everything of a closed one). */
 static void on_publish_done(void *ud, const publish_result *r)
 {
     conn *c = ud;
-    switch (r->status) {
-    case PUBLISH_OK: send_ack(c, r); return;
-    case PUBLISH_BUS_DOWN:
-        metric_inc(m_rejected);
-        conn_send_error(c, "unavailable", "message bus unavailable; resend with the same id", r->id);
-        return;
-    case PUBLISH_BACKLOG:
-        conn_send_error(c, "unavailable", "history store backlog full; resend with the same id", r->id);
-        return;
-    case PUBLISH_CONFLICT:
-        conn_send_error(c, "unavailable", "seq conflict in history; resend with the same id", r->id);
-        return;
-    case PUBLISH_RATE_LIMITED:
-        metric_inc(m_rejected);
-        conn_send_error(c, "rate_limited", "too many messages, slow down", r->id);
-        return;
-    default:
-        conn_send_error(c, "unavailable", "history store unavailable; resend with the same id", r->id);
-        return;
-    }
+    if (r->status == PUBLISH_BUS_DOWN || r->status == PUBLISH_RATE_LIMITED) metric_inc(m_rejected);
+    chat_publish_answer(c, r);
 }
 
 static void handle_message(conn *c, client_frame *f)
 {
-    char idbuf[FRAME_ID_MAX + 1] = "";
-    const char *id = NULL;
-    if (f->id) {
-        memcpy(idbuf, f->id, f->id_len);
-        idbuf[f->id_len] = 0;
-        id = idbuf;
-    }
-    char room[CHAT_ROOM_MAX + 1];
-    frame_room(c, f, room);
-    if (!conn_find_room(c, room)) {
-        metric_inc(m_rejected);
-        conn_send_error(c, "not_member", "join the room first", id);
-        return;
-    }
-    if (!publish_ready()) {
-        metric_inc(m_rejected);
-        conn_send_error(c, "unavailable", "temporarily unavailable; resend with the same id", id);
-        return;
-    }
+    char idbuf[FRAME_ID_MAX + 1], room[CHAT_ROOM_MAX + 1];
+    const char *id;
+    if (chat_publish_gate(c, f, room, idbuf, &id, m_rejected) != 0) return;
     uint64_t t0 = mono_ns();
     script_ctx x;
     chat_script_ctx(c, room, &x);
@@ -169,7 +100,7 @@ static void handle_message(conn *c, client_frame *f)
     size_t body_len = f->body_len;
     if (v == SCRIPT_REJECT) {
         metric_inc(m_rejected);
-        conn_send_error(c, chat_reject_code(&res), res.reason[0] ? res.reason : "rejected by policy", id);
+        conn_send_error(c, script_reject_code(&res), res.reason[0] ? res.reason : "rejected by policy", id);
         script_result_clear(&res);
         return;
     }
@@ -206,7 +137,7 @@ static void handle_message(conn *c, client_frame *f)
 static void handle_typing(conn *c, client_frame *f)
 {
     char room[CHAT_ROOM_MAX + 1];
-    frame_room(c, f, room);
+    chat_frame_room(c, f, room);
     if (!conn_find_room(c, room)) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
     script_ctx x;
     chat_script_ctx(c, room, &x);
@@ -254,7 +185,7 @@ static void on_read_stored(void *ud, int status, uint64_t stored)
 static void handle_read(conn *c, client_frame *f)
 {
     char room[CHAT_ROOM_MAX + 1];
-    frame_room(c, f, room);
+    chat_frame_room(c, f, room);
     conn_room *cr = conn_find_room(c, room);
     if (!cr) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
     if (!readstate_ready()) {
@@ -339,7 +270,7 @@ static void process_frame(conn *c, const char *data, size_t len)
         memset(&res, 0, sizeof res);
         script_verdict v = script_on_join(g_srv.script, &x, &res);
         if (v == SCRIPT_REJECT)
-            conn_send_error(c, chat_reject_code(&res), res.reason[0] ? res.reason : "join refused by policy", NULL);
+            conn_send_error(c, script_reject_code(&res), res.reason[0] ? res.reason : "join refused by policy", NULL);
         else
         {
             char ep[FRAME_EPOCH_MAX + 1] = "";

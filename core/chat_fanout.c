@@ -10,7 +10,7 @@
 #include "lag.h"
 #include "log.h"
 #include "room.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include "wire.h"
 #include <inttypes.h>

@@ -7,11 +7,10 @@
  * buffers the rest. */
 #define _GNU_SOURCE
 #include "chat_hold.h"
-#include "chat_admit.h"
 #include "hmap.h"
 #include "log.h"
 #include "metrics.h"
-#include "server.h"
+#include "srv.h"
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +27,7 @@ static uv_timer_t g_resume; /* resumes held frames from the loop */
 static int g_resume_init;
 static metric_counter *m_held;
 static void (*g_process)(conn *c, const char *data, size_t len);
+static int (*g_waiting)(const conn *c);  /* e.g. the admission (chat.c gives it) */
 
 typedef struct conn_hold {
     conn *c;
@@ -50,10 +50,11 @@ static conn_hold *hold_of(const conn *c)
     return hmap_get(&g_holds, key);
 }
 
-/* a join in progress, or the admission before the URL room's join */
+/* a join in progress, or what else holds the frames (the admission before
+ * the URL room's join) */
 static int joining(const conn *c)
 {
-    if (chat_admit_pending(c)) return 1;
+    if (g_waiting && g_waiting(c)) return 1;
     for (uint32_t i = 0; i < c->nrooms; i++)
         if (!c->rooms[i]->live) return 1;
     return 0;
@@ -111,9 +112,11 @@ static void resume_cb(uv_timer_t *t)
     free(cs);
 }
 
-void chat_hold_init(void (*process)(conn *c, const char *data, size_t len))
+void chat_hold_init(void (*process)(conn *c, const char *data, size_t len),
+                    int (*waiting)(const conn *c))
 {
     g_process = process;
+    g_waiting = waiting;
     m_held = metrics_counter("chat_frames_held_total",
                              "Client frames held until a join of their connection finished", NULL);
 }

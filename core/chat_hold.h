@@ -1,7 +1,7 @@
 /* chat_hold: the frames of a connection that wait for its joins.
  * A frame that arrives while one of the connection's joins (the URL room's
- * at connect, or a `join` frame) or its admission (chat_admit.h) is in
- * progress is held, and processed in
+ * at connect, or a `join` frame) or its admission (chat_admit.h, through
+ * the waiting callback) is in progress is held, and processed in
  * order once no join of the connection is in progress (issue 11 defect 5:
  * otherwise a message sent right after connecting could be folded into the
  * join's head and never reach its sender). Reading the socket is paused
@@ -16,8 +16,12 @@
 #include <stddef.h>
 #include "conn.h"
 
-/* process: how a frame is handled once it may go on (chat.c). */
-void chat_hold_init(void (*process)(conn *c, const char *data, size_t len));
+/* process: how a frame is handled once it may go on; waiting: 1 while
+ * something besides a join holds c's frames (NULL: nothing). chat.c gives
+ * both (its frame dispatch, and chat_admit_pending), so this file calls
+ * nothing above it. */
+void chat_hold_init(void (*process)(conn *c, const char *data, size_t len),
+                    int (*waiting)(const conn *c));
 /* 1 when the frame was held (or the connection was closed for holding too
  * much); 0 when it is to be processed now. */
 int chat_hold_frame(conn *c, const char *data, size_t len);

@@ -11,7 +11,7 @@
 #include "chat_hold.h"
 #include "log.h"
 #include "readstate.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include "wire.h"
 #include <inttypes.h>

@@ -1,19 +1,21 @@
 /* chat_update: the message-update frames of a connection (edit, delete,
  * react; protocol.md "Message updates (v2)"): membership and readiness
- * checks, the policy hooks on_edit / on_delete / on_react as the policy
- * step of publish.c's update path (called with the target's author once
- * the target is found), and the answers: ack (durable, with the update's
- * own seq), or error not_found / forbidden / rejected / rate_limited /
- * unavailable. The update itself reaches every member through the bus as
- * a message_update frame (wire.h), like a message.
+ * checks (chat_answer.c), the policy hooks on_edit / on_delete / on_react
+ * as the policy step of publish.c's update path (called with the target's
+ * author once the target is found), and the answers (chat_answer.c): ack
+ * (durable, with the update's own seq), or error not_found / forbidden /
+ * rejected / rate_limited / unavailable. The update itself reaches every
+ * member through the bus as a message_update frame (wire.h), like a
+ * message.
  * Owns nothing across calls: the updates in flight belong to the
  * connection's publish_owner (dropped when it closes). Layer: with chat. */
 #define _GNU_SOURCE
 #include "chat_update.h"
+#include "chat_answer.h"
 #include "chat_join.h"
 #include "metrics.h"
 #include "publish.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include "wire.h"
 #include <stdio.h>
@@ -52,7 +54,7 @@ static void authorize(void *ud, const publish_update *u, const char *author, pub
                       : script_on_react(g_srv.script, &x, &su, &res);
     if (vd == SCRIPT_REJECT) {
         v->refuse = 1;
-        snprintf(v->code, sizeof v->code, "%s", chat_reject_code(&res));
+        snprintf(v->code, sizeof v->code, "%s", script_reject_code(&res));
         snprintf(v->reason, sizeof v->reason, "%s", res.reason[0] ? res.reason : "refused by policy");
     } else if (vd == SCRIPT_REPLACE && res.body) {
         v->body = res.body;            /* publish takes it */
@@ -69,57 +71,17 @@ static void on_done(void *ud, const publish_result *r)
     conn *c = ud;
     if (r->status != PUBLISH_OK && r->kind >= WIRE_EDIT && r->kind <= WIRE_REACT)
         metric_inc(m_refused[kind_index(r->kind)]);
-    if (r->status == PUBLISH_OK) {
-        char b[512];
-        size_t n = wire_ack(b, sizeof b, r->id, r->room, r->seq);
-        if (n) conn_send_text(c, b, n);
-        return;
-    }
-    switch (r->status) {
-    case PUBLISH_NOT_FOUND:
-    case PUBLISH_REFUSED:
-    case PUBLISH_NOOP:
-        conn_send_error(c, r->code ? r->code : "rejected", r->reason ? r->reason : "refused", r->id);
-        return;
-    case PUBLISH_BUS_DOWN:
-        conn_send_error(c, "unavailable", "message bus unavailable; resend with the same id", r->id);
-        return;
-    case PUBLISH_BACKLOG:
-        conn_send_error(c, "unavailable", "history store backlog full; resend with the same id", r->id);
-        return;
-    case PUBLISH_CONFLICT:
-        conn_send_error(c, "unavailable", "seq conflict in history; resend with the same id", r->id);
-        return;
-    default:
-        conn_send_error(c, "unavailable", "history store unavailable; resend with the same id", r->id);
-        return;
-    }
+    chat_publish_answer(c, r);
 }
 
 void chat_update_frame(conn *c, const client_frame *f)
 {
     int kind = f->type == FT_EDIT ? WIRE_EDIT : f->type == FT_DELETE ? WIRE_DELETE : WIRE_REACT;
-    char idbuf[FRAME_ID_MAX + 1] = "", room[CHAT_ROOM_MAX + 1], emoji[64] = "";
-    const char *id = NULL;
-    if (f->id) {
-        memcpy(idbuf, f->id, f->id_len);
-        idbuf[f->id_len] = 0;
-        id = idbuf;
-    }
-    if (f->room) { memcpy(room, f->room, f->room_len); room[f->room_len] = 0; }
-    else snprintf(room, sizeof room, "%s", c->url_room);
-    if (f->emoji) { memcpy(emoji, f->emoji, f->emoji_len); emoji[f->emoji_len] = 0; }
+    char idbuf[FRAME_ID_MAX + 1], room[CHAT_ROOM_MAX + 1], emoji[64] = "";
+    const char *id;
     metric_counter *refused = m_refused[kind_index(kind)];
-    if (!conn_find_room(c, room)) {
-        metric_inc(refused);
-        conn_send_error(c, "not_member", "join the room first", id);
-        return;
-    }
-    if (!publish_ready()) {
-        metric_inc(refused);
-        conn_send_error(c, "unavailable", "temporarily unavailable; resend with the same id", id);
-        return;
-    }
+    if (chat_publish_gate(c, f, room, idbuf, &id, refused) != 0) return;
+    if (f->emoji) { memcpy(emoji, f->emoji, f->emoji_len); emoji[f->emoji_len] = 0; }
     publish_update u = {room, id, c->ident.user, c->ident.name, kind, f->target,
                         f->body, f->body_len, f->emoji ? emoji : NULL, f->on, mono_ns()};
     if (publish_update_start(&u, &c->pubs, authorize, on_done, c) < 0) {

@@ -10,8 +10,5 @@
 void chat_update_init(void);
 /* A parsed edit, delete or react frame of c. */
 void chat_update_frame(conn *c, const client_frame *f);
-/* The error code of a policy refusal ("rejected" for a script error or no
- * code): chat.c's, shared by every handler. */
-const char *chat_reject_code(const script_result *res);
 
 #endif

@@ -311,6 +311,18 @@ int conn_is_reading(const conn *c) { return HAS(c, CONN_READING); }
 
 /* ---- writing ---------------------------------------------------------------- */
 
+/* After a failed write to c's socket: 0 to try again (EINTR), 1 when the
+ * socket is full (a WRITEABLE callback is asked for), -1 on an error. */
+static int write_failed(conn *c)
+{
+    if (errno == EINTR) return 0;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        lws_callback_on_writable(c->wsi);
+        return 1;
+    }
+    return -1;
+}
+
 /* Writes our close frame (code + reason) straight to the socket: we are at
  * a frame boundary (lws flushed anything it held before WRITEABLE). Then the
  * peer answers with its close frame or EOF, which wsread reads
@@ -333,12 +345,9 @@ static int send_close_frame(conn *c)
     while (c->close_off < c->close_len) {
         ssize_t w = send(c->fd, c->close_frame + c->close_off, c->close_len - c->close_off, MSG_NOSIGNAL);
         if (w < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                lws_callback_on_writable(c->wsi);
-                return 1;
-            }
-            return -1;
+            int rc = write_failed(c);
+            if (rc == 0) continue;
+            return rc;
         }
         c->close_off += (size_t)w;
     }
@@ -376,12 +385,9 @@ static int write_some(conn *c)
         ssize_t w = writev(c->fd, iov, n);
         metric_inc(m_writev);
         if (w < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                lws_callback_on_writable(c->wsi);
-                return 1;
-            }
-            return -1;
+            int rc = write_failed(c);
+            if (rc == 0) continue;
+            return rc;
         }
         done_ctx d = {mono_ns(), 0};
         outq_consume(&c->q, (size_t)w, on_done, &d);

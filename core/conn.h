@@ -36,20 +36,9 @@
 #include "heap.h"
 #include "msg.h"
 #include "outq.h"
-#include "publish.h"
+#include "publish_owner.h"
 #include "room.h"
 #include "wsframe.h"
-
-typedef struct conn_room {
-    struct conn *c;
-    room *r;
-    uint32_t midx;          /* index in r->members */
-    int live;               /* 0 while the join/replay is in progress */
-    uint64_t last_seq;      /* last seq delivered to this connection */
-    msg **held;             /* live frames that arrived while joining */
-    uint32_t nheld, capheld;
-    void *op;               /* the pending join (chat_join.c's, opaque here), cancelled on leave */
-} conn_room;
 
 /* A node of a list of connections, kept in the connection (O(1) unlink). */
 typedef struct conn_link { struct conn *prev, *next; } conn_link;

@@ -7,7 +7,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "readstate.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include <inttypes.h>
 #include <stdio.h>
@@ -83,24 +83,12 @@ static int reply_json_error(struct lws *wsi, unsigned status, const char *text)
     return http_reply(wsi, status, "application/json", b, (size_t)n);
 }
 
-int http_arg(struct lws *wsi, const char *name, char *out, size_t outlen)
-{
-    char frag[8192];
-    for (int i = 0; i < 32; i++) {
-        int n = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
-        if (n < 0) break;
-        int r = http_arg_match(frag, (size_t)n, name, out, outlen);
-        if (r) return r;
-    }
-    return 0;
-}
-
 int http_token(struct lws *wsi, char *out, size_t outlen)
 {
     char h[8192];
     int n = lws_hdr_copy(wsi, h, sizeof h, WSI_TOKEN_HTTP_AUTHORIZATION);
-    int r = n > 0 ? http_bearer(h, (size_t)n, out, outlen) : 0;
-    return r ? r : http_arg(wsi, "token", out, outlen);
+    int r = n > 0 ? httpd_bearer(h, (size_t)n, out, outlen) : 0;
+    return r ? r : httpd_arg(wsi, "token", out, outlen);
 }
 
 /* Authenticates the request; on failure answers 401 and returns -1 with
@@ -233,29 +221,6 @@ void http_cancel(http_req **slot)
 
 /* ---- request parsing (pure, see http.h) ----------------------------- */
 
-/* value v[0..vl) into out, never truncated */
-static int copy_value(const char *v, size_t vl, char *out, size_t outlen)
-{
-    if (!outlen) return -1;
-    if (vl >= outlen) { out[0] = 0; return -1; }
-    memcpy(out, v, vl);
-    out[vl] = 0;
-    return 1;
-}
-
-int http_arg_match(const char *frag, size_t n, const char *name, char *out, size_t outlen)
-{
-    size_t nl = strlen(name);
-    if (n <= nl || strncmp(frag, name, nl) != 0 || frag[nl] != '=') return 0;
-    return copy_value(frag + nl + 1, n - nl - 1, out, outlen);
-}
-
-int http_bearer(const char *h, size_t n, char *out, size_t outlen)
-{
-    if (n <= 7 || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    return copy_value(h + 7, n - 7, out, outlen);
-}
-
 int http_parse_room_path(const char *rest, char *room, http_room_route *route)
 {
     const char *slash = strchr(rest, '/');
@@ -349,12 +314,12 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     uint64_t before = UINT64_MAX;
     r->limit = 50;
     /* an empty before= is "no cursor" (the first page) */
-    int got = http_arg(wsi, "before", a, sizeof a);
+    int got = httpd_arg(wsi, "before", a, sizeof a);
     if (got < 0 || (got > 0 && a[0] && http_parse_cursor(a, &before) < 0)) {
         free(r);
         return reply_json_error(wsi, 400, "invalid cursor");
     }
-    if (http_arg(wsi, "limit", a, sizeof a) && http_parse_limit(a, &r->limit) < 0) {
+    if (httpd_arg(wsi, "limit", a, sizeof a) && http_parse_limit(a, &r->limit) < 0) {
         free(r);
         return reply_json_error(wsi, 400, "limit must be an integer from 1 to 200");
     }
@@ -411,7 +376,7 @@ static int route_dev_token(struct lws *wsi)
 {
     if (!g_srv.cfg.dev_tokens) return reply_text(wsi, 404, "not found");
     char name[128] = "", ttl[32] = "";
-    http_arg(wsi, "name", name, sizeof name);
+    httpd_arg(wsi, "name", name, sizeof name);
     size_t nl = strlen(name);
     if (nl < 1 || nl > 32) return reply_json_error(wsi, 400, "name must be 1-32 characters");
     char sub[40];
@@ -425,7 +390,7 @@ static int route_dev_token(struct lws *wsi)
     }
     sub[k] = 0;
     long t = 3600;
-    if (http_arg(wsi, "ttl", ttl, sizeof ttl)) {
+    if (httpd_arg(wsi, "ttl", ttl, sizeof ttl)) {
         t = strtol(ttl, NULL, 10);
         if (t < 1 || t > 86400) return reply_json_error(wsi, 400, "ttl must be 1-86400 seconds");
     }

@@ -22,22 +22,11 @@ void http_cancel(struct http_req **slot);
  * return (-1 to close, 0 to keep the connection). */
 int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len);
 
-/* Query argument "name" (without '='), URL-decoded by lws. 1 when found,
- * 0 when absent, -1 when present but longer than outlen - 1 (out is then ""
- * so that no truncated value is ever used). */
-int http_arg(struct lws *wsi, const char *name, char *out, size_t outlen);
 /* Bearer token from Authorization, else ?token=. 1 when found (-1: too long). */
 int http_token(struct lws *wsi, char *out, size_t outlen);
 
 /* ---- request parsing: pure functions (no socket), driven by the fuzz
  * target tests/fuzz/fuzz_request.c ---- */
-/* One URL-decoded query fragment frag[0..n) (as lws gives them): when it is
- * "name=value", value into out: 1, or -1 (out "") when it does not fit in
- * outlen; 0 for another fragment. http_arg's matching. */
-int http_arg_match(const char *frag, size_t n, const char *name, char *out, size_t outlen);
-/* Authorization header h[0..n): "Bearer <token>" (case-insensitive
- * scheme) -> the token into out as http_arg_match does; 0 otherwise. */
-int http_bearer(const char *h, size_t n, char *out, size_t outlen);
 typedef enum { HTTP_ROOM_MESSAGES = 1, HTTP_ROOM_PRESENCE = 2 } http_room_route;
 /* rest: the path after "/rooms/", i.e. "{room}/messages" or "{room}/presence".
  * 0 with room (NUL-terminated, CHAT_ROOM_MAX + 1 bytes) and *route set;

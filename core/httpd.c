@@ -191,3 +191,42 @@ void httpd_body_free(httpd_body *b)
     b->buf = NULL;
     b->len = b->cap = 0;
 }
+
+/* ---- query arguments and the bearer token (the matching is pure: see
+ * httpd.h, driven by the fuzz target tests/fuzz/fuzz_request.c) ---- */
+
+/* value v[0..vl) into out, never truncated */
+static int copy_value(const char *v, size_t vl, char *out, size_t outlen)
+{
+    if (!outlen) return -1;
+    if (vl >= outlen) { out[0] = 0; return -1; }
+    memcpy(out, v, vl);
+    out[vl] = 0;
+    return 1;
+}
+
+int httpd_arg_match(const char *frag, size_t n, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    if (n <= nl || strncmp(frag, name, nl) != 0 || frag[nl] != '=') return 0;
+    return copy_value(frag + nl + 1, n - nl - 1, out, outlen);
+}
+
+int httpd_bearer(const char *h, size_t n, char *out, size_t outlen)
+{
+    if (n <= 7 || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    return copy_value(h + 7, n - 7, out, outlen);
+}
+
+int httpd_arg(struct lws *wsi, const char *name, char *out, size_t outlen)
+{
+    char frag[8192];
+    if (outlen) out[0] = 0;
+    for (int i = 0; i < 32; i++) {
+        int n = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0) break;
+        int r = httpd_arg_match(frag, (size_t)n, name, out, outlen);
+        if (r) return r;
+    }
+    return 0;
+}

@@ -7,7 +7,8 @@
  * "connection: close" when the rest of a request will not be read (a
  * refused body), so keep-alive never parses a body as the next request.
  * Owns: nothing across calls (a body buffer belongs to its request).
- * Layer: transport helpers (lws), below http and api. */
+ * Also the query arguments of a request (the WebSocket upgrade's too).
+ * Layer: transport helpers (lws), below http, api, ws and chat. */
 #ifndef CHATD_HTTPD_H
 #define CHATD_HTTPD_H
 #include <stddef.h>
@@ -33,6 +34,19 @@ int httpd_is_json(struct lws *wsi);
  * by blanks and ";" parameters (the value ends at a NUL, as lws copies it). */
 int64_t httpd_parse_content_length(const char *v, size_t n);
 int httpd_ctype_json(const char *v, size_t n);
+
+/* The query argument name (without '='), URL-decoded by lws: 1 when found
+ * (its value in out), 0 when absent, -1 when longer than outlen - 1 (out is
+ * then "": no truncated value is ever used). */
+int httpd_arg(struct lws *wsi, const char *name, char *out, size_t outlen);
+/* Pure (no socket; driven by tests/fuzz/fuzz_request.c): one URL-decoded
+ * query fragment frag[0..n) as lws gives them: when it is "name=value",
+ * the value into out: 1, or -1 (out "") when it does not fit in outlen; 0
+ * for another fragment. httpd_arg's matching. */
+int httpd_arg_match(const char *frag, size_t n, const char *name, char *out, size_t outlen);
+/* Pure: an Authorization header h[0..n): "Bearer <token>" (case-insensitive
+ * scheme) -> the token into out as httpd_arg_match does; 0 otherwise. */
+int httpd_bearer(const char *h, size_t n, char *out, size_t outlen);
 
 /* A complete answer. hdrs: NULL or name/value pairs ("retry-after", "3"),
  * NULL-terminated. close: send "connection: close" and end the connection

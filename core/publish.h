@@ -20,6 +20,7 @@
 #define CHATD_PUBLISH_H
 #include <stddef.h>
 #include <stdint.h>
+#include "publish_owner.h"
 #include "bus.h"
 #include "store.h"
 #include "wire.h"
@@ -63,7 +64,6 @@ typedef struct publish_result {
 typedef void (*publish_cb)(void *ud, const publish_result *r);
 
 typedef struct publish_op publish_op;
-typedef struct publish_owner { publish_op *head; } publish_owner;
 
 /* Metrics (at start, before any traffic). */
 void publish_init(void);

@@ -1,7 +1,14 @@
 /* redis_client: see redis_client.h. The nodes and the slot map are
  * redis_topo.c; this file routes requests (redirects, retries, NOSCRIPT),
  * asks for the map (refresh timer, discovery connection to a seed), turns
- * node events into the user's events, and says how ready it all is. */
+ * node events into the user's events, and says how ready it all is.
+ * Why one file of ~720 lines: it is one concept, a request's way to the
+ * node that owns its slot. The map refresh, the node events and the
+ * readiness answers all act on the same pending requests (the retry list,
+ * the requests pinned to a node, those parked until the map is known); a
+ * split would export the request struct and the retry list to a second
+ * file. The nodes and the map itself are already apart (redis_topo.c,
+ * redis_node.c, redis_conn.c). */
 #define _GNU_SOURCE
 #include "redis_client.h"
 #include "log.h"

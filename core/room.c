@@ -1,6 +1,5 @@
 /* room: see room.h. */
 #include "room.h"
-#include "conn.h"
 #include "hmap.h"
 #include <stdio.h>
 #include <stdlib.h>

@@ -2,6 +2,7 @@
  * Owns: the live lua_State (and, during reload, the candidate one), the
  * sandbox, the per-call budgets (time deadline + memory cap), the chat.* host
  * API and its per-key token buckets (kept in C so they survive reloads).
+ * Three files (script.c, script_policy.c, script_sandbox.c; script_int.h).
  * Exactly one C function calls into Lua (script_call in script.c); every hook
  * below goes through it, so a script error can never crash the core.
  *
@@ -17,36 +18,9 @@
  * A notification hook (leave, disconnect) that errors is logged and counted. */
 #ifndef CHATD_SCRIPT_H
 #define CHATD_SCRIPT_H
+#include "script_types.h"
 #include <stddef.h>
 #include <stdint.h>
-
-typedef struct script_host script_host;
-
-typedef struct script_ctx {
-    const char *user;         /* sub */
-    const char *name;         /* display name */
-    const char *claims_json;  /* whole JWT claims object (JSON) or NULL */
-    const char *room;         /* room the action is about, or NULL */
-    const char *node;         /* node id */
-    uint64_t now_ms;          /* wall clock ms */
-    const char *source;       /* what asks: "ws" (a WebSocket connection),
-                               * "http" (history/presence routes), "api"
-                               * (the server API); NULL (ctx.source nil):
-                               * not a request (presence transitions,
-                               * retention) */
-} script_ctx;
-
-typedef enum { SCRIPT_ACCEPT = 0, SCRIPT_REPLACE = 1, SCRIPT_REJECT = 2 } script_verdict;
-
-typedef struct script_result {
-    script_verdict verdict;
-    char code[32];
-    char reason[256];
-    char *body;        /* malloc'd replacement body for SCRIPT_REPLACE */
-    size_t body_len;
-    int has_number;    /* on_retention returned a number: */
-    double number;     /* ... the days */
-} script_result;
 
 /* Loads the .lua files of dir (main entry: dir/policy.lua, which may require sibling
  * modules through the sandboxed loader). NULL + err ("file:line: msg") when
@@ -93,15 +67,6 @@ int script_on_retention(script_host *h, const script_ctx *c, double *days);
 double script_setting_num(const script_host *h, const char *key, double dflt);
 /* 1 when the running policy defines M.<hook> (e.g. "on_retention"). */
 int script_has_hook(const script_host *h, const char *hook);
-/* Message updates (v2): the update and its target (docs/scripting.md). */
-typedef struct script_update {
-    uint64_t target;          /* seq of the message */
-    const char *author;       /* the message's author (sub) */
-    const char *id;           /* client id, or NULL */
-    const char *body; size_t body_len;   /* on_edit: the new body */
-    const char *emoji;        /* on_react */
-    int on;                   /* on_react: 1 adds, 0 removes */
-} script_update;
 /* on_edit may REPLACE the body (like on_message); on_delete and on_react
  * accept or refuse. */
 script_verdict script_on_edit(script_host *h, const script_ctx *c, const script_update *u,
@@ -112,5 +77,9 @@ script_verdict script_on_react(script_host *h, const script_ctx *c, const script
                                script_result *res);
 
 void script_result_clear(script_result *res);
+/* The error code a refusal answers the client with: the policy's code, or
+ * "rejected" for none or a script error (the client is not told the
+ * policy failed). Every caller of a verdict hook uses it. */
+const char *script_reject_code(const script_result *res);
 
 #endif

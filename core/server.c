@@ -38,7 +38,6 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-server g_srv;
 void (*server_on_listening)(void);
 
 static uv_prepare_t g_flush;

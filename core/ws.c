@@ -9,9 +9,10 @@
 #include "connlimit.h"
 #include "uconns.h"
 #include "http.h"
+#include "httpd.h"
 #include "log.h"
 #include "metrics.h"
-#include "server.h"
+#include "srv.h"
 #include "util.h"
 #include "wsread.h"
 #include <arpa/inet.h>
@@ -198,7 +199,7 @@ static int upgrade_gate(struct lws *wsi)
         return refuse(wsi, 400, "invalid room name");
     }
     char tok[8192], reason[192], since[32];
-    if (!http_arg(wsi, "token", tok, sizeof tok) || !tok[0]) {
+    if (!httpd_arg(wsi, "token", tok, sizeof tok) || !tok[0]) {
         metric_inc(m_acc[1]);
         return refuse(wsi, 401, "missing token");
     }
@@ -211,7 +212,7 @@ static int upgrade_gate(struct lws *wsi)
         metric_inc(m_acc[1]);
         return refuse(wsi, 401, reason);
     }
-    if (http_arg(wsi, "since", since, sizeof since)) {
+    if (httpd_arg(wsi, "since", since, sizeof since)) {
         uint64_t v = 0;
         if (http_parse_since(since, &v) < 0) {
             identity_clear(&t->ident);

@@ -4,7 +4,7 @@
 #include "chat.h"
 #include "log.h"
 #include "metrics.h"
-#include "server.h"
+#include "srv.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

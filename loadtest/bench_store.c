@@ -11,46 +11,14 @@
  * --json FILE also writes the throughput and ack figures as JSON (read by
  * loadtest/capacity.py). */
 #define _GNU_SOURCE
+#define BENCH_NAME "bench_store"
+#include "bench_pg.h"
 #include "store.h"
 #include "util.h"
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static uv_loop_t *L;
-static store *S;
-static uv_timer_t tick;
-static void on_tick(uv_timer_t *t) { (void)t; }
-
-static void die(const char *what)
-{
-    fprintf(stderr, "bench_store: %s\n", what);
-    exit(1);
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct_ms(uint64_t *v, size_t n, double q)
-{
-    if (!n) return 0;
-    size_t i = (size_t)(q * (double)(n - 1) + 0.5);
-    return (double)v[i] / 1e6;
-}
-
-static void exec_or_die(PGconn *c, const char *sql)
-{
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "%s: %s", sql, PQresultErrorMessage(r));
-        exit(1);
-    }
-    PQclear(r);
-}
 
 static char g_body[101];
 

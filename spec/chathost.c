@@ -1,4 +1,4 @@
-/* chathost: the policy host of chatd (core/script.c, with the ratelimit,
+/* chathost: the policy host of chatd (core/script*.c, with the ratelimit,
  * log, metrics and util modules it runs on) as a Lua C module, so the busted
  * specs exercise the code that runs in production (spec/helpers.lua wraps
  * it). Nothing here decides anything: every call goes to the script_*

@@ -1,5 +1,5 @@
 -- spec/helpers.lua: the busted specs drive the REAL policy host. chatd's
--- core/script.c (with ratelimit, log, metrics, util) is built as the Lua C
+-- core/script*.c (with ratelimit, log, metrics, util) is built as the Lua C
 -- module build/chathost.so (spec/chathost.c, CMake target `chathost`); it
 -- creates its own sandboxed lua_State exactly as chatd does, so return
 -- conversion, phase rules, budgets, the sandbox and the token buckets under

@@ -4,6 +4,7 @@
 #   services_start_redis DIR PORT      -> pid in DIR/redis.pid
 #   services_start_postgres DIR PORT   -> pid in DIR/postgres.pid, db "chatd"
 #   services_stop DIR                  -> stops what the two above started
+#   services_end_pids PID...           -> ends processes the caller started
 # Postgres runs as the postgres user when we are root (initdb refuses root).
 #
 # Durable by default (./run.sh): Postgres with fsync and synchronous_commit on,
@@ -83,5 +84,16 @@ services_stop() {
         kill "$pid" 2>/dev/null
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
         rm -f "$f"
+    done
+}
+
+# Ends processes the caller started, by pid: SIGTERM to each, then SIGKILL to
+# any still there after 5 s.
+services_end_pids() {
+    local p
+    for p in "$@"; do kill "$p" 2>/dev/null; done
+    for p in "$@"; do
+        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+        kill -9 "$p" 2>/dev/null
     done
 }

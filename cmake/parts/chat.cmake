@@ -1,7 +1,9 @@
 # chat: the protocol's client side next to core/chat.c (in CHATD_MODULES):
-# frames held during joins, joins/recovery, fan-out to local members; below
-# them the publish path (message -> seq -> durable row -> ack), the outbound
-# JSON builders and the lag receipts.
+# frames held during joins, joins/recovery, fan-out to local members, what a
+# connection is told around a publish (chat_answer); below them the publish
+# path (message -> seq -> durable row -> ack), the outbound JSON builders and
+# the lag receipts.
 target_sources(chatcore PRIVATE
   core/chat_hold.c core/chat_admit.c core/chat_join.c core/chat_fanout.c core/chat_update.c
+  core/chat_answer.c
   core/publish.c core/wire.c core/lag.c)

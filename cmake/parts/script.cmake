@@ -1,6 +1,6 @@
-# script: LuaJIT policy host (core/script.c), its token buckets
+# script: LuaJIT policy host (core/script.c, script_policy.c, script_sandbox.c), its token buckets
 # (core/ratelimit.c), unit test and benchmark.
-target_sources(chatcore PRIVATE core/script.c core/ratelimit.c)
+target_sources(chatcore PRIVATE core/script.c core/script_policy.c core/script_sandbox.c core/ratelimit.c)
 chatd_unit_test(test_script)
 add_executable(bench_script loadtest/bench_script.c)
 target_link_libraries(bench_script PRIVATE chatcore)
@@ -13,7 +13,7 @@ target_link_libraries(bench_script PRIVATE chatcore)
 if(NOT CHATD_SANITIZE)
   pkg_check_modules(LUAJIT REQUIRED luajit)
   add_library(chathost MODULE spec/chathost.c
-    core/script.c core/ratelimit.c core/log.c core/metrics.c core/util.c)
+    core/script.c core/script_policy.c core/script_sandbox.c core/ratelimit.c core/log.c core/metrics.c core/util.c)
   target_include_directories(chathost PRIVATE core ${LUAJIT_INCLUDE_DIRS})
   target_link_libraries(chathost PRIVATE m)
   # never unloaded: at lua_close the interpreter may dlclose the module

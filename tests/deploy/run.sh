@@ -27,12 +27,9 @@ T=$(mktemp -d /tmp/chatd-deploy-XXXXXX)
 chmod 755 "$T"
 PIDS=()
 PASS=0 FAIL=0 SKIP=0
+. "$ROOT/tools/services.sh"
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null
-    done
+    services_end_pids "${PIDS[@]}"
     rm -rf "$T"
 }
 trap cleanup EXIT

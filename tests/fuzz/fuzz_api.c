@@ -601,9 +601,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_ban(body, blen, 1);
     check_disconnect(body, blen);
     check_delete(body, blen);
-    if (q) {   /* ?room= of an unban: the fragment as http_arg gives it */
+    if (q) {   /* ?room= of an unban: the fragment as httpd_arg gives it */
         char qr[CHAT_ROOM_MAX + 2];
-        if (http_arg_match(q, strlen(q), "room", qr, sizeof qr) == 1 && room_name_valid(qr, strlen(qr)))
+        if (httpd_arg_match(q, strlen(q), "room", qr, sizeof qr) == 1 && room_name_valid(qr, strlen(qr)))
             FUZZ_CHECK(room_ok(qr, strlen(qr)), "?room=%s", qr);
     }
 

@@ -1,7 +1,7 @@
 /* fuzz_request: the HTTP request parsing chatd does before any I/O, for the
  * WebSocket upgrade GET /ws/{room}?token=&since= and the history/presence
  * routes GET /rooms/{room}/messages?before=&limit= and /rooms/{room}/presence
- * (core/http.c: http_arg_match, http_bearer, http_parse_room_path,
+ * (core/httpd.c: httpd_arg_match, httpd_bearer; core/http.c: http_parse_room_path,
  * http_parse_cursor, http_parse_limit, http_parse_since; util.c
  * room_name_valid; log.c log_redact).
  * Input: a request target "path[?query]", optionally followed by "\n" and an
@@ -17,6 +17,7 @@
  * call the API's pure parsers the same way (see README.md). */
 #include "fuzz.h"
 #include "http.h"
+#include "httpd.h"
 #include "util.h"
 #include <ctype.h>
 #include <inttypes.h>
@@ -69,14 +70,14 @@ static void split_query(char *q, query *out)
     }
 }
 
-/* http_arg over the fragments, checking http_arg_match on each */
+/* httpd_arg over the fragments, checking httpd_arg_match on each */
 static int arg(const query *q, const char *name, char *out, size_t outlen)
 {
     size_t nl = strlen(name);
     for (int i = 0; i < q->n; i++) {
-        int r = http_arg_match(q->frag[i], q->len[i], name, out, outlen);
+        int r = httpd_arg_match(q->frag[i], q->len[i], name, out, outlen);
         int is = q->len[i] > nl && strncmp(q->frag[i], name, nl) == 0 && q->frag[i][nl] == '=';
-        FUZZ_CHECK(is == (r != 0), "http_arg_match %d on a fragment that %s '%s='", r,
+        FUZZ_CHECK(is == (r != 0), "httpd_arg_match %d on a fragment that %s '%s='", r,
                    is ? "starts with" : "does not start with", name);
         if (!r) continue;
         size_t vl = q->len[i] - nl - 1;
@@ -214,9 +215,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (strncmp(in, "/rooms/", 7) == 0) {
         check_room_path(in + 7);
         if (authz) {
-            int r = http_bearer(authz, strlen(authz), tok, sizeof tok);
+            int r = httpd_bearer(authz, strlen(authz), tok, sizeof tok);
             int is = strlen(authz) > 7 && strncasecmp(authz, "Bearer ", 7) == 0;
-            FUZZ_CHECK(is == (r != 0), "http_bearer %d", r);
+            FUZZ_CHECK(is == (r != 0), "httpd_bearer %d", r);
             if (r > 0) FUZZ_CHECK(strcmp(tok, authz + 7) == 0, "bearer copy");
         }
         int got = arg(&qs, "before", a, sizeof a);

@@ -1,5 +1,6 @@
 /* fuzz_script: the Lua policy's return values -> script_result (the C code
- * at the end of core/script.c script_call), through the real host: a tiny
+ * of core/script_policy.c script_read_result, called by script_call in
+ * core/script.c), through the real host: a tiny
  * policy (tests/fixtures/policies/fuzz/policy.lua) whose every hook returns values it
  * decodes from the fuzz input (strings with NULs, huge and non-finite
  * numbers, nested tables, functions, wrong types, errors raised with any

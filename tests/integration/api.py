@@ -33,11 +33,9 @@ def api_node(env=None, **kw):
 def read_response(s, buf=b""):
     """(status, headers, body bytes, rest of buf) of one HTTP/1.1 answer
     read from socket s; the body by its content-length."""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise TestFailure(f"connection closed before an answer ({buf[:80]!r})")
-        buf += chunk
+    buf = harness.read_head(s, buf)
+    if b"\r\n\r\n" not in buf:
+        raise TestFailure(f"connection closed before an answer ({buf[:80]!r})")
     head, _, rest = buf.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     hd = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}

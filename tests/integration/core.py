@@ -1023,6 +1023,11 @@ async def epoch_in_welcome_and_join_and_since_checks():
     eq(r.seqs(room), [2, 3], "replayed")
     bad = await Client.connect(n, room, token("bad"), since=1, epoch="0123456789abcdef")
     await bad.wait_for(gap, 5, what="gap_too_large for another epoch")
+    # epoch= is read whatever comes before it in the query (here a token
+    # of over 1 KiB: the URL's token comes first)
+    big = await Client.connect(n, room, token("big", team="t" * 1200), since=1,
+                               epoch="0123456789abcdef")
+    await big.wait_for(gap, 5, what="gap_too_large for another epoch after a long token")
     far = await Client.connect(n, room, token("far"), since=9)
     await far.wait_for(gap, 5, what="gap_too_large for since beyond the head")
     j = await Client.connect(n, other, token("j"))

@@ -9,6 +9,7 @@ import socket
 import struct
 import time
 
+import harness
 from harness import (FrameWS, Node, ahttp, check, eq, metric_value, start_node, test, token,
                      uniq, ws_path)
 
@@ -310,12 +311,7 @@ def raw_request(port, path, headers=None, drop=(), timeout=5.0, send=None):
             send(s, head)
         else:
             s.sendall(head)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = harness.read_head(s)
         dt = time.time() - t0
         check(data, f"no HTTP answer (silent close) for {path[:40]}")
         top, _, body = data.partition(b"\r\n\r\n")

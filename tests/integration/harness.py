@@ -523,21 +523,24 @@ class Node:
             self.wait_healthy(path="/readyz")
         return self
 
-    def wait_healthy(self, timeout=15, path="/healthz"):
+    def wait_healthy(self, timeout=15, path="/healthz", port=None):
+        """Until path answers 200 on port (the node's own by default: another
+        one for a worker of --workers); fails when the process exits."""
+        port = port or self.port
         end = time.time() + timeout
         while time.time() < end:
             if self.proc.poll() is not None:
-                raise TestFailure(f"chatd {self.name} exited with {self.proc.returncode} at "
-                                  f"start; log tail: {self.log_tail(8)}")
+                raise TestFailure(f"chatd {self.name} exited with {self.proc.returncode}; "
+                                  f"log tail: {self.log_tail(10)}")
             try:
-                st, _, _ = http_get(self.port, path, timeout=0.5)
+                st, _, _ = http_get(port, path, timeout=0.5)
                 if st == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.05)
-        raise TestFailure(f"chatd {self.name}: {path} not 200 within {timeout}s; "
-                          f"log: {self.log_tail(8)}")
+        raise TestFailure(f"chatd {self.name}: {path} on port {port} not 200 within {timeout}s; "
+                          f"log: {self.log_tail(10)}")
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -604,22 +607,37 @@ async def ahttp_json(port, path, tok=None, timeout=5.0):
     return st, js, body
 
 
+def read_head(s, buf=b"", bufsize=65536):
+    """Reads socket s until buf holds a whole HTTP head (up to the blank
+    line) or the peer closes; returns buf (without the blank line when the
+    peer closed first). bufsize=1 reads no byte past the head (a WebSocket
+    handshake whose frames the caller reads next from the socket)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(bufsize)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def upgrade_request(port, path, key, headers=None):
+    """The bytes of a WebSocket upgrade request for path on port (headers:
+    extra ones, a value None leaves that header out)."""
+    h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
+         "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
+    h.update(headers or {})
+    return (f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()
+                                               if v is not None) + "\r\n").encode()
+
+
 def upgrade_status(port, path, timeout=5.0):
     """Sends a WebSocket upgrade request, returns (status, body) without
     completing the handshake (for the HTTP-before-upgrade checks)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         key = base64.b64encode(os.urandom(16)).decode()
-        req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n\r\n")
-        s.sendall(req.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        s.sendall(upgrade_request(port, path, key))
+        data = read_head(s)
         head, _, rest = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         try:
@@ -899,6 +917,42 @@ class Client:
         return json.dumps(out)[:600]
 
 
+async def send_acked(c, body, mid, room=None, timeout=10):
+    """Sends a message with client id mid and waits for its answer: the
+    seq of its ack (anything else fails)."""
+    mk = c.mark()
+    await c.send_msg(body, id=mid, room=room)
+    f = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == mid,
+                         timeout, start=mk, what=f"ack of {mid}")
+    eq(f["type"], "ack", f"answer to {mid}: {f}")
+    return f["seq"]
+
+
+async def wait_no_subscriber(rd, room, timeout=5.0):
+    """Until no node subscribes the room's channel on Redis rd (nobody
+    holds the room)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        r = await asyncio.to_thread(rd.command, "PUBSUB", "NUMSUB", f"chat:{{{room}}}:msg")
+        if r.endswith(b":0\r\n"):
+            return
+        await asyncio.sleep(0.05)
+    raise TestFailure(f"room {room} still subscribed after {timeout}s")
+
+
+async def wait_ready(n, timeout=20.0, what=None):
+    """Until node n's /readyz answers 200 (its Redis and Postgres are back);
+    fails after timeout."""
+    end = time.time() + timeout
+    st = None
+    while time.time() < end:
+        st, _, _ = await ahttp(n.port, "/readyz")
+        if st == 200:
+            return
+        await asyncio.sleep(0.1)
+    eq(st, 200, what or f"/readyz of {n.name}")
+
+
 def contiguous(seqs, start=None):
     if not seqs:
         return True
@@ -930,16 +984,10 @@ class RawWS:
         self.sock.settimeout(5)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
-        req = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n\r\n")
-        self.sock.sendall(req.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(1)
-            if not chunk:
-                raise TestFailure("raw ws: connection closed during handshake")
-            data += chunk
+        self.sock.sendall(upgrade_request(port, path, key))
+        data = read_head(self.sock, bufsize=1)
+        if b"\r\n\r\n" not in data:
+            raise TestFailure("raw ws: connection closed during handshake")
         status = data.split(b"\r\n")[0]
         if b" 101" not in status:
             raise TestFailure(f"raw ws: handshake failed: {status!r}")
@@ -1037,18 +1085,10 @@ class FrameWS:
     def __init__(self, port, path, headers=None, timeout=5.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
-        h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
-             "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}
-        h.update(headers or {})
-        req = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()
-                                                   if v is not None) + "\r\n"
-        self.sock.sendall(req.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise TestFailure(f"frame ws: closed during handshake after {data!r}")
-            data += chunk
+        self.sock.sendall(upgrade_request(port, path, key, headers))
+        data = read_head(self.sock, bufsize=4096)
+        if b"\r\n\r\n" not in data:
+            raise TestFailure(f"frame ws: closed during handshake after {data!r}")
         head, _, self.buf = data.partition(b"\r\n\r\n")
         self.status_line = head.split(b"\r\n")[0].decode("latin-1")
         if " 101 " not in self.status_line + " ":

@@ -38,22 +38,13 @@ async def history(n, room, tok=None, before=None, limit=None, expect=200):
     return js
 
 
-async def send_acked(c, body, mid, room=None, timeout=10):
-    mk = c.mark()
-    await c.send_msg(body, id=mid, room=room)
-    f = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == mid,
-                         timeout, start=mk, what=f"ack of {mid}")
-    eq(f["type"], "ack", f"answer to {mid}: {f}")
-    return f["seq"]
-
-
 @test(timeout=60, needs=NEEDS)
 async def ack_implies_in_history_even_after_kill9():
     n = hnode()
     room = uniq()
     c = await Client.connect(n, room, token("alice", "Alice"))
     for i in range(15):
-        seq = await send_acked(c, f"h{i}", f"h{i}")
+        seq = await harness.send_acked(c, f"h{i}", f"h{i}")
         js = await history(n, room, limit=200)
         got = {m.get("id"): m for m in js["messages"]}
         check(f"h{i}" in got, f"acked h{i} (seq {seq}) not in history right after the ack")
@@ -131,11 +122,11 @@ async def resend_same_id_one_row_one_broadcast():
     room = uniq()
     s = await Client.connect(a, room, token("alice"))
     w = await Client.connect(b, room, token("watch"))
-    seq = await send_acked(s, "once", "dup-1")
-    seq2 = await send_acked(s, "once", "dup-1")
+    seq = await harness.send_acked(s, "once", "dup-1")
+    seq2 = await harness.send_acked(s, "once", "dup-1")
     eq(seq2, seq, "ack seq of a resend")
     s2 = await Client.connect(b, room, token("alice"))
-    seq3 = await send_acked(s2, "once", "dup-1")
+    seq3 = await harness.send_acked(s2, "once", "dup-1")
     eq(seq3, seq, "ack seq of a resend through another node")
     # back-to-back resend before any ack
     await s.send_msg("twice", id="dup-2")
@@ -143,7 +134,7 @@ async def resend_same_id_one_row_one_broadcast():
     acks = await s.wait_count(lambda f: f["type"] == "ack" and f.get("id") == "dup-2", 2, 10,
                               "acks of dup-2")
     eq(acks[0]["seq"], acks[1]["seq"], "seqs of two acks of dup-2")
-    await send_acked(s, "after", "after-1")
+    await harness.send_acked(s, "after", "after-1")
     await w.wait_for(lambda f: f["type"] == "message" and f.get("id") == "after-1", 5)
     await asyncio.sleep(0.3)
     ids = [m.get("id") for m in w.messages(room)]
@@ -209,7 +200,7 @@ async def history_http_auth_and_validation():
     n = hnode()
     room = uniq()
     c = await Client.connect(n, room, token("alice"))
-    await send_acked(c, "x", "x1")
+    await harness.send_acked(c, "x", "x1")
     base = f"/rooms/{room}/messages"
     st, _, _ = await ahttp(n.port, base)
     eq(st, 401, "history without a token")
@@ -312,13 +303,7 @@ async def postgres_restart_mid_stream():
     wseqs = w.seqs(room)
     check(len(wseqs) == len(set(wseqs)) and wseqs == sorted(wseqs),
           f"watcher: {describe_seq_problem(wseqs)}")
-    end = time.time() + 10
-    while time.time() < end:
-        st, _, _ = await ahttp(n.port, "/readyz")
-        if st == 200:
-            break
-        await asyncio.sleep(0.2)
-    eq(st, 200, "/readyz after Postgres came back")
+    await harness.wait_ready(n, 10, "/readyz after Postgres came back")
 
 
 @test(timeout=60, needs=NEEDS)
@@ -365,17 +350,11 @@ async def redis_restart_empty_keeps_seq_and_history():
         room = uniq()
         c = await Client.connect(n, room, token("alice"))
         w = await Client.connect(n, room, token("watch"))
-        first = [await send_acked(c, f"a{i}", f"a{i}") for i in range(20)]
+        first = [await harness.send_acked(c, f"a{i}", f"a{i}") for i in range(20)]
         rd.kill9()
         await asyncio.sleep(1.0)
         rd.start()
-        end = time.time() + 20
-        while time.time() < end:
-            st, _, _ = await ahttp(n.port, "/readyz")
-            if st == 200:
-                break
-            await asyncio.sleep(0.2)
-        eq(st, 200, "/readyz after Redis came back")
+        await harness.wait_ready(n, 20, "/readyz after Redis came back")
         second = []
         for i in range(20):
             mk = c.mark()
@@ -457,7 +436,7 @@ async def pending_writes_bound_answers_unavailable_never_an_ack():
     room = uniq()
     good = hnode()
     g = await Client.connect(good, room, token("seeder"))
-    eq(await send_acked(g, "seed", "seed"), 1, "first message through a healthy node")
+    eq(await harness.send_acked(g, "seed", "seed"), 1, "first message through a healthy node")
     n = Node(name="nodb-" + uniq(""), redis=True, db="postgresql://postgres@127.0.0.1:1/chatd",
              env={"CHAT_PENDING_MAX": "3"})
     n.start(wait=False)
@@ -504,14 +483,14 @@ async def nul_in_body_is_bad_request_before_any_seq():
     room = uniq()
     s = await Client.connect(a, room, token("alice"))
     w = await Client.connect(b, room, token("watch"))
-    eq(await send_acked(s, "before", "n1"), 1, "seq before")
+    eq(await harness.send_acked(s, "before", "n1"), 1, "seq before")
     for body, mid in (("a\u0000b", "n2"), ("\u0000", "n3"), ("x" * 100 + "\u0000", "n4")):
         e = await s.error_for({"type": "message", "body": body, "id": mid})
         eq((e.get("code"), e.get("id")), ("bad_request", mid), f"answer to a NUL body ({mid})")
     # raw JSON text with the escape, as a browser's JSON.stringify sends it
     e = await s.error_for('{"type":"message","body":"nul \\u0000 here","id":"n5"}')
     eq((e.get("code"), e.get("id")), ("bad_request", "n5"), "raw \\u0000 escape")
-    eq(await send_acked(s, "after", "n6"), 2, "the next message gets the next seq")
+    eq(await harness.send_acked(s, "after", "n6"), 2, "the next message gets the next seq")
     await w.wait_for(lambda f: f["type"] == "message" and f.get("id") == "n6", 5)
     await asyncio.sleep(0.3)
     eq([(m["seq"], m.get("id")) for m in w.messages(room)], [(1, "n1"), (2, "n6")],
@@ -523,28 +502,6 @@ async def nul_in_body_is_bad_request_before_any_seq():
        "history: no hole")
     check(not s.acks() or all(f.get("id") in ("n1", "n6") for f in s.acks()),
           f"acks for refused messages: {s.acks()}")
-
-
-async def wait_no_subscriber(rd, room, timeout=5.0):
-    """Until no node subscribes the room's channel (nobody holds it)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        r = await asyncio.to_thread(rd.command, "PUBSUB", "NUMSUB", f"chat:{{{room}}}:msg")
-        if r.endswith(b":0\r\n"):
-            return
-        await asyncio.sleep(0.05)
-    raise TestFailure(f"room {room} still subscribed after {timeout}s")
-
-
-async def wait_ready(n, timeout=20.0):
-    end = time.time() + timeout
-    st = None
-    while time.time() < end:
-        st, _, _ = await ahttp(n.port, "/readyz")
-        if st == 200:
-            return
-        await asyncio.sleep(0.1)
-    eq(st, 200, f"/readyz of {n.name}")
 
 
 def conflicts(text):
@@ -566,16 +523,16 @@ async def redis_loss_while_no_node_holds_the_room_seeds_from_postgres():
             room = uniq(how)
             c = await Client.connect(n, room, token("alice"))
             e1 = c.welcome().get("epoch")
-            first = [await send_acked(c, f"a{i}", f"{how}-a{i}") for i in range(10)]
+            first = [await harness.send_acked(c, f"a{i}", f"{how}-a{i}") for i in range(10)]
             eq(first, list(range(1, 11)), "seqs before the loss")
             await c.close()
-            await wait_no_subscriber(rd, room)
+            await harness.wait_no_subscriber(rd, room)
             if how == "restart":
                 rd.kill9()
                 await asyncio.sleep(0.5)
                 rd.start()
-                await wait_ready(n)
-                await wait_ready(n2)
+                await harness.wait_ready(n)
+                await harness.wait_ready(n2)
             else:
                 eq(await asyncio.to_thread(rd.command, "FLUSHALL"), b"+OK\r\n", "FLUSHALL")
             # the first publish after the loss, through the other node, before
@@ -589,7 +546,7 @@ async def redis_loss_while_no_node_holds_the_room_seeds_from_postgres():
             w = c2.welcome()
             eq((w.get("seq"), w.get("epoch")), (10, e1),
                f"{how}: welcome after the loss (the stored head, the same epoch)")
-            more = [await send_acked(c2, f"b{i}", f"{how}-b{i}") for i in range(1, 5)]
+            more = [await harness.send_acked(c2, f"b{i}", f"{how}-b{i}") for i in range(1, 5)]
             eq(more, [12, 13, 14, 15], f"{how}: seqs after the loss")
             # a client that saw seq 3 before the loss gets everything after it
             r = await Client.connect(n, room, token("carol"), since=3, epoch=e1)
@@ -620,12 +577,12 @@ async def since_beyond_the_head_is_gap_too_large_with_postgres():
     room = uniq()
     c = await Client.connect(n, room, token("alice"))
     for i in range(3):
-        await send_acked(c, f"x{i}", f"x{i}")
+        await harness.send_acked(c, f"x{i}", f"x{i}")
     e = c.welcome().get("epoch")
     r = await Client.connect(n, room, token("bob"), since=50, epoch=e)
     f = await r.wait_for(lambda f: f["type"] == "error", 5, what="gap_too_large")
     eq((f.get("code"), f.get("room")), ("gap_too_large", room), "since beyond the head")
-    await send_acked(c, "live", "live")
+    await harness.send_acked(c, "live", "live")
     m = await r.wait_for(lambda f: f["type"] == "message", 5, what="live message")
     eq(m["seq"], 4, "live continues after the head")
     eq(r.seqs(room), [4], "nothing else delivered")

@@ -186,14 +186,7 @@ async def _redis_restart(rd):
     check(pa.errors("unavailable") or pb.errors("unavailable"),
           "no `unavailable` error while Redis was down")
     for n in (a, b):
-        end = time.time() + 10
-        st = None
-        while time.time() < end:
-            st, _, _ = await ahttp(n.port, "/readyz")
-            if st == 200:
-                break
-            await asyncio.sleep(0.2)
-        eq(st, 200, f"/readyz on {n.name} after Redis came back")
+        await harness.wait_ready(n, 10, f"/readyz on {n.name} after Redis came back")
     acked = {}
     for c in (pa, pb):
         for f in c.acks():
@@ -544,16 +537,6 @@ async def sender_gets_its_own_message_sent_right_after_connecting():
           f"message), e.g. {problems[:3]}")
 
 
-async def _no_subscriber(rd, room, timeout=5.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        r = await asyncio.to_thread(rd.command, "PUBSUB", "NUMSUB", f"chat:{{{room}}}:msg")
-        if r.endswith(b":0\r\n"):
-            return
-        await asyncio.sleep(0.05)
-    raise TestFailure(f"room {room} still subscribed after {timeout}s")
-
-
 def _gap(f, room):
     return f["type"] == "error" and f.get("code") == "gap_too_large" and f.get("room") == room
 
@@ -589,17 +572,12 @@ async def redis_loss_without_postgres_changes_the_epoch():
             eq(r.errors() + j.errors(), [], "no error with the current epoch")
             for x in (c, r, j):
                 await x.close()
-            await _no_subscriber(rd, room)
+            await harness.wait_no_subscriber(rd, room)
             if how == "restart":
                 rd.kill9()
                 await asyncio.sleep(0.5)
                 rd.start()
-                end = time.time() + 20
-                while time.time() < end:
-                    st, _, _ = await ahttp(n.port, "/readyz")
-                    if st == 200:
-                        break
-                    await asyncio.sleep(0.1)
+                await harness.wait_ready(n, 20)
             else:
                 await asyncio.to_thread(rd.command, "FLUSHALL")
             c2 = await Client.connect(n, room, token("bob"))
@@ -675,15 +653,13 @@ async def frames_in_one_write_during_a_join_are_all_processed_in_order():
         raw.close()
 
 
-class TlsRedis:
+class TlsRedis(harness.Redis):
     """A redis-server that speaks only TLS (--port 0 --tls-port), with a
-    self-signed CA made by openssl; stopped with the run's services."""
+    self-signed CA made by openssl; stopped (harness.Redis.stop) with the
+    run's services."""
 
     def __init__(self):
-        self.dir = harness.RUN.tmpdir("redis-tls")
-        self.port = harness.free_port()
-        self.proc = None
-        self.external = False
+        super().__init__(harness.RUN.tmpdir("redis-tls"))
 
     def start(self):
         d = self.dir
@@ -714,15 +690,6 @@ class TlsRedis:
 
     def url(self, ca="ca.pem"):
         return f"rediss://127.0.0.1:{self.port}?ssl_ca_certs={os.path.join(self.dir, ca)}"
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @test(timeout=60)

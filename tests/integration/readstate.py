@@ -50,15 +50,6 @@ def sql(q):
     return pg().psql("chatd", q).strip()
 
 
-async def send_acked(c, body, mid, room=None, timeout=10):
-    mk = c.mark()
-    await c.send_msg(body, id=mid, room=room)
-    f = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == mid,
-                         timeout, start=mk, what=f"ack of {mid}")
-    eq(f["type"], "ack", f"answer to {mid}: {f}")
-    return f["seq"]
-
-
 async def read(c, room, seq, timeout=5):
     """Sends read, returns the read_ack (or the error) for room."""
     return await c.reply({"type": "read", "room": room, "seq": seq},
@@ -88,7 +79,7 @@ async def read_monotonic_durable_clamped_and_in_welcome():
     room, other = uniq("rd"), uniq("rd2")
     bob = await Client.connect(n, room, token("bob"))
     for i in range(5):
-        await send_acked(bob, f"m{i}", f"rd-m{i}")
+        await harness.send_acked(bob, f"m{i}", f"rd-m{i}")
     alice = await Client.connect(n, room, token("alice"))
     eq(alice.welcome().get("read_seq"), 0, f"welcome of a never-read room: {alice.welcome()}")
     await alice.roundtrip()
@@ -137,7 +128,7 @@ async def receipts_on_every_node_and_only_when_moving():
     bob = await Client.connect(b, room, token("bob"))
     carol = await Client.connect(a, room, token("carol"))
     for i in range(4):
-        await send_acked(bob, f"x{i}", f"rc-x{i}")
+        await harness.send_acked(bob, f"x{i}", f"rc-x{i}")
     for c in (alice, alice2, carol):
         await c.wait_count(is_msg(room), 4, 5, "messages")
     marks = {c.label: c.mark() for c in (alice, alice2, bob, carol)}
@@ -172,7 +163,7 @@ async def receipts_off_by_policy_config_and_on_read():
     room = uniq("off")
     alice = await Client.connect(off, room, token("alice"))
     bob = await Client.connect(off, room, token("bob"))
-    await send_acked(bob, "hi", "off-1")
+    await harness.send_acked(bob, "hi", "off-1")
     mk = bob.mark()
     ack = await read(alice, room, 1)
     eq(ack.get("seq"), 1, "read_ack with receipts off")
@@ -189,9 +180,9 @@ async def receipts_off_by_policy_config_and_on_read():
     for room in (quiet, loud):
         alice = await Client.connect(n, room, token("alice"))
         bob = await Client.connect(n, room, token("bob"))
-        await send_acked(bob, "a", f"{room}-1")
-        await send_acked(bob, "b", f"{room}-2")
-        await send_acked(bob, "c", f"{room}-3")
+        await harness.send_acked(bob, "a", f"{room}-1")
+        await harness.send_acked(bob, "b", f"{room}-2")
+        await harness.send_acked(bob, "c", f"{room}-3")
         mk = bob.mark()
         for s in (1, 2, 3):
             eq((await read(alice, room, s)).get("seq"), s, f"read_ack {room}@{s}")
@@ -221,7 +212,7 @@ async def unread_exact_across_devices_and_nodes():
     plan = [(bob, r1), (carol, r1), (dev1, r1), (dev2, r1), (bob, r2), (carol, r2), (bob, r1),
             (dev2, r2), (carol, r2), (carol, r1), (bob, r2), (dev1, r2)]
     for i, (c, room) in enumerate(plan):
-        seq = await send_acked(c, f"p{i}", f"un-{i}", room=room)
+        seq = await harness.send_acked(c, f"p{i}", f"un-{i}", room=room)
         who[(room, seq)] = "alice" if c in (dev1, dev2) else "other"
 
     def expect(room, read_seq):
@@ -243,9 +234,9 @@ async def unread_exact_across_devices_and_nodes():
         eq((u[r1]["read_seq"], u[r1]["unread"]), (4, expect(r1, 4)), f"r1 on {n.name} after the reads")
         eq((u[r2]["read_seq"], u[r2]["unread"]), (3, expect(r2, 3)), f"r2 on {n.name} after the reads")
     # more messages from others count, own do not
-    s = await send_acked(bob, "later", "un-later", room=r1)
+    s = await harness.send_acked(bob, "later", "un-later", room=r1)
     who[(r1, s)] = "other"
-    s = await send_acked(dev2, "mine", "un-mine", room=r1)
+    s = await harness.send_acked(dev2, "mine", "un-mine", room=r1)
     who[(r1, s)] = "alice"
     for n in (a, b):
         u = await unread(n, tok)
@@ -283,7 +274,7 @@ async def retention_boundary_batches_gap_and_no_seq_reuse():
         room = uniq("ret")
         c = await Client.connect(n, room, token("alice"))
         for i in range(30):
-            await send_acked(c, f"r{i}", f"ret-{i}")
+            await harness.send_acked(c, f"r{i}", f"ret-{i}")
         age(room, 20)
         counts = set()
         end = time.monotonic() + 20
@@ -334,7 +325,7 @@ async def retention_boundary_batches_gap_and_no_seq_reuse():
         n2 = rnode(policy=pol, env=RET_ENV, redis=rd.url)
         c2 = await Client.connect(n2, room, token("carol"))
         eq(c2.welcome().get("seq"), 30, f"head after deleting everything: {c2.welcome()}")
-        eq(await send_acked(c2, "after", "ret-after"), 31, "the next seq after deleting everything")
+        eq(await harness.send_acked(c2, "after", "ret-after"), 31, "the next seq after deleting everything")
         js = await history(n2, room)
         eq([m["seq"] for m in js["messages"]], [31], "history holds only the new message")
     finally:
@@ -373,7 +364,7 @@ async def retention_one_pass_at_a_time_and_per_room_hook():
         for room in (short, keep, bad):
             c = await Client.connect(a, room, token("alice"))
             for i in range(6):
-                await send_acked(c, f"{room}{i}", f"{room}-{i}")
+                await harness.send_acked(c, f"{room}{i}", f"{room}-{i}")
             age(room, 6, days=5)      # 5 days old: older than 2 days
         await asyncio.sleep(1.5)
         eq(row_count(short), 6, "nothing deleted while another session holds the lock")

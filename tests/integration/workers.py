@@ -57,19 +57,7 @@ def start_workers(n=2, redis=True, env=None, wait=True):
 
 
 def wait_ready(node, port, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        if not node.alive():
-            raise TestFailure(f"supervisor exited with {node.proc.returncode}; log: "
-                              f"{node.log_tail(10)}")
-        try:
-            if http_get(port, "/readyz", timeout=0.5)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TestFailure(f"worker port {port}: /readyz not 200 within {timeout}s; log: "
-                      f"{node.log_tail(10)}")
+    node.wait_healthy(timeout, "/readyz", port)
 
 
 def metrics(port):

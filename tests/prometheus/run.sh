@@ -15,13 +15,9 @@ PIDS=()
 pass=0 fail=0
 ok()  { echo "ok   - $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL - $*"; fail=$((fail + 1)); }
+. "$REPO/tools/services.sh"
 finish() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
-        kill -9 "$p" 2>/dev/null
-    done
+    services_end_pids "${PIDS[@]}"
     rm -rf "$TMP"
     echo "$pass passed, $fail failed"
     [ "$fail" = 0 ]

@@ -1,5 +1,5 @@
-/* test_bus: the bus against a real redis-server (started here on a free
- * port of 17000-17099, or CHATD_TEST_REDIS_URL) and in in-process mode.
+/* test_bus: the bus against a real redis-server (started here with
+ * redis_procs.h, or CHATD_TEST_REDIS_URL) and in in-process mode.
  * Proves: order across nodes, idempotent resend, recent buffer trim, replay,
  * gap fill and gap loss, recovery after lost subscriptions and after a
  * Redis restart, refcounted subscriptions (PUBSUB CHANNELS), NOSCRIPT
@@ -12,6 +12,7 @@
 #include "bus.h"
 #include "bus_int.h"
 #include "check.h"
+#include "uvwait.h"
 #include "redis_url.h"
 #include "redis_slot.h"
 #include "redis_procs.h"
@@ -34,45 +35,23 @@
 #include <unistd.h>
 
 static uv_loop_t *loop;
-static uv_timer_t ticker;
 static int in_call; /* set around bus_* calls: callbacks must not see it */
 static unsigned seed;
 static char nonce[16];
 
-static void tick(uv_timer_t *t) { (void)t; }
 
-#define WAIT(cond, ms)                                                         \
-    do {                                                                       \
-        uint64_t until_ = mono_ms() + (ms);                                    \
-        uv_timer_start(&ticker, tick, 1, 1);                                   \
-        while (!(cond) && mono_ms() < until_) uv_run(loop, UV_RUN_ONCE);       \
-        uv_timer_stop(&ticker);                                                \
-    } while (0)
+#define WAIT(cond, ms) WAIT_ON(loop, cond, ms)
 
 /* run the loop for ms milliseconds */
-static void spin(int ms) { WAIT(0, ms); }
+static void spin(int ms) { run_on(loop, ms); }
 
 /* ---------------- redis-server management ---------------- */
 
-static pid_t redis_pid = -1;
-static int redis_port;
-static char redis_dir[64];
+static int rsrv = -1;   /* our redis-server: rp_all[rsrv] (redis_procs.h) */
 static char rurl[128];
 static int own_redis;
 static redisContext *sc; /* synchronous client for assertions */
 static redis_url surl;
-
-static int port_free(int p)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
 
 static void sc_close(void)
 {
@@ -108,46 +87,21 @@ static int sc_connect(int timeout_ms)
     return -1;
 }
 
+/* Starts our redis-server again, in its directory (AOF fsync'd always:
+ * every acknowledged write survives a SIGKILL). */
 static int redis_start(void)
 {
-    char port[16];
-    snprintf(port, sizeof port, "%d", redis_port);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-        int fd = open("/dev/null", O_WRONLY);
-        if (fd >= 0) { dup2(fd, 1); dup2(fd, 2); }
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
-               "--dir", redis_dir, "--save", "", "--appendonly", "yes", "--appendfsync",
-               "always", "--daemonize", "no", "--loglevel", "warning", (char *)NULL);
-        _exit(127);
-    }
-    redis_pid = pid;
-    if (sc_connect(5000) != 0) {
-        fprintf(stderr, "redis-server did not start on port %d\n", redis_port);
+    if (rp_restart(rsrv) != 0 || sc_connect(5000) != 0) {
+        fprintf(stderr, "redis-server did not start again\n");
         return -1;
     }
     return 0;
 }
 
-static void redis_kill(int sig)
-{
-    if (redis_pid <= 0) return;
-    kill(redis_pid, sig);
-    waitpid(redis_pid, NULL, 0);
-    redis_pid = -1;
-}
-
 static void redis_cleanup(void)
 {
     sc_close();
-    if (own_redis) {
-        redis_kill(SIGTERM);
-        char cmd[128];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", redis_dir);
-        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", redis_dir);
-    }
+    if (own_redis) rp_cleanup();
 }
 
 /* Always our own redis-server when one is installed: the tests kill
@@ -169,19 +123,12 @@ static int redis_setup(void)
         return sc_connect(2000);
     }
     if (!have_server) return -1;
-    snprintf(redis_dir, sizeof redis_dir, "/tmp/chatd-test-bus-XXXXXX");
-    if (!mkdtemp(redis_dir)) return -1;
     own_redis = 1;
-    for (int i = 0; i < 100; i++) {
-        int p = 17000 + (int)((seed + (unsigned)i * 7) % 100);
-        if (!port_free(p)) continue;
-        redis_port = p;
-        snprintf(rurl, sizeof rurl, "redis://127.0.0.1:%d", p);
-        redis_url_parse(rurl, &surl, err, sizeof err);
-        if (redis_start() == 0) return 0;
-        redis_kill(SIGKILL);
-    }
-    return -1;
+    rsrv = rp_start("--appendonly", "yes", "--appendfsync", "always", (char *)NULL);
+    if (rsrv < 0) return -1;
+    snprintf(rurl, sizeof rurl, "redis://127.0.0.1:%d", rp_all[rsrv].port);
+    if (redis_url_parse(rurl, &surl, err, sizeof err) != 0) return -1;
+    return sc_connect(5000);
 }
 
 static redisReply *rc(const char *fmt, ...)
@@ -396,7 +343,7 @@ static void node_free(node *nd)
 static void settle(void)
 {
     /* every bus handle closed: nothing else is active on the loop */
-    uv_timer_stop(&ticker);
+    uv_timer_stop(&uvwait_ticker);
     uv_run(loop, UV_RUN_DEFAULT);
 }
 
@@ -1212,7 +1159,7 @@ static void test_restart(void)
     }
     spin(150);
     sc_close();
-    redis_kill(SIGKILL);
+    rp_signal(rsrv, SIGKILL);
     WAIT(!bus_ready(a->b) && !bus_ready(b->b), 3000);
     CHECK(!bus_ready(a->b) && !bus_ready(b->b), "both nodes down");
     spin(300);
@@ -1266,10 +1213,10 @@ static void test_restart_empty(void)
     WAIT(a->n == 5, 3000);
     CHECK(contiguous(a, 1, 5), "1..5 before (n=%zu)", a->n);
     sc_close();
-    redis_kill(SIGKILL);
+    rp_signal(rsrv, SIGKILL);
     WAIT(!bus_ready(a->b), 3000);
     char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'/* 2>/dev/null", redis_dir);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'/* 2>/dev/null", rp_all[rsrv].dir);
     CHECK(system(cmd) == 0, "redis data removed");
     CHECK(redis_start() == 0, "redis restarted empty");
     WAIT(bus_ready(a->b), 8000);
@@ -1433,10 +1380,10 @@ static void test_seed_resync(void)
     WAIT(a->n == 3, 3000);
     CHECK(contiguous(a, 1, 3), "1..3 before");
     sc_close();
-    redis_kill(SIGKILL);
+    rp_signal(rsrv, SIGKILL);
     WAIT(!bus_ready(a->b), 3000);
     char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'/* 2>/dev/null", redis_dir);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'/* 2>/dev/null", rp_all[rsrv].dir);
     CHECK(system(cmd) == 0, "redis data removed");
     a->seed_max = 8; /* another node stored 4..8 before the loss */
     int seeds0 = a->nseeds;
@@ -1643,8 +1590,7 @@ static void test_free_pending(void)
     settle();
     /* a bus that never reached Redis frees cleanly too */
     char url[64];
-    int dead = 17000 + (int)((seed + 50) % 100);
-    while (!port_free(dead) || dead == redis_port) dead = 17000 + (dead - 17000 + 1) % 100;
+    int dead = rp_pick_port();   /* free: nothing listens there */
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", dead);
     node *d = node_new("D", url, 0, 0);
     spin(200);
@@ -1688,13 +1634,13 @@ static void test_stalled(void)
     wait_ready(a);
     sub(a, room);
     synced(a, room);
-    kill(redis_pid, SIGSTOP);
+    rp_signal(rsrv, SIGSTOP);
     pubres p[3];
     for (int i = 0; i < 3; i++) CHECK(pub(a, room, NULL, "st", &p[i]) == 0, "queued");
     WAIT(!bus_ready(a->b) && p[0].done && p[1].done && p[2].done, 12000);
     CHECK(!bus_ready(a->b), "stall detected");
     for (int i = 0; i < 3; i++) CHECK(p[i].done == 1 && p[i].status == -1, "pending publish -1");
-    kill(redis_pid, SIGCONT);
+    rp_signal(rsrv, SIGCONT);
     WAIT(bus_ready(a->b), 8000);
     CHECK(bus_ready(a->b), "ready after SIGCONT");
     pubres q;
@@ -1827,8 +1773,8 @@ int main(void)
     log_set_level(getenv("CHATD_TEST_DEBUG") ? LOG_DEBUG : LOG_ERROR);
     signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
-    uv_timer_init(loop, &ticker);
-    uv_unref((uv_handle_t *)&ticker);
+    uvwait_init(loop);
+    uv_unref((uv_handle_t *)&uvwait_ticker);
 
     test_url();
     test_local_basic();
@@ -1877,7 +1823,7 @@ int main(void)
         fprintf(stderr, "no redis-server: Redis tests skipped\n");
     }
     redis_cleanup();
-    uv_close((uv_handle_t *)&ticker, NULL);
+    uvwait_close();
     uv_run(loop, UV_RUN_DEFAULT);
     int rc_ = uv_loop_close(loop);
     CHECK(rc_ == 0, "loop closed: every handle of the bus was closed (%s)", uv_err_name(rc_));

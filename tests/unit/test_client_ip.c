@@ -4,15 +4,10 @@
 #define _GNU_SOURCE
 #include "client_ip.h"
 #include "connlimit.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <string.h>
-
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 static int parses(const char *s, const char *want)
 {
@@ -122,6 +117,5 @@ int main(void)
     test_parse();
     test_resolve();
     test_limits();
-    printf("test_client_ip: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary("test_client_ip");
 }

@@ -3,17 +3,12 @@
  * and log_escape boundaries (core/log.h). */
 #define _GNU_SOURCE
 #include "log.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 /* Runs log_msg with stderr redirected to a file; returns what was written. */
 static char *capture(log_level_t lvl, const char *fmt, const char *arg)
@@ -119,6 +114,5 @@ int main(void)
 {
     test_escape();
     test_one_line();
-    printf("test_log: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary("test_log");
 }

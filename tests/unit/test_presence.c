@@ -16,6 +16,7 @@
 #include "presence.h"
 #include "redis_slot.h"
 #include "check.h"
+#include "uvwait.h"
 #include "redis_procs.h"
 #include "log.h"
 #include "metrics.h"
@@ -122,17 +123,7 @@ static void hb_cb(uv_timer_t *t)
 }
 
 /* ---- running the loop ---- */
-static void stop_cb(uv_timer_t *t) { uv_stop(t->loop); }
-
-static void wait_ms(uint64_t ms)
-{
-    uv_timer_t t;
-    uv_timer_init(L, &t);
-    uv_timer_start(&t, stop_cb, ms, 0);
-    uv_run(L, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(L, UV_RUN_NOWAIT);
-}
+static void wait_ms(uint64_t ms) { uvwait_ms(L, ms); }
 
 /* Runs the loop until cond() or timeout; returns 1 when cond held. */
 static int wait_until(int (*cond)(void *), void *ud, uint64_t timeout_ms)

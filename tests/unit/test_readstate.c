@@ -6,6 +6,8 @@
 #define _GNU_SOURCE
 #define CHECK_STOPS_TEST
 #include "check.h"
+#include "pg_procs.h"
+#include "uvwait.h"
 #include "bus.h"
 #include "readstate.h"
 #include "store.h"
@@ -20,39 +22,11 @@
 #include <unistd.h>
 
 static uv_loop_t *L;
-static uv_timer_t tick;
-static char g_url[256], g_dir[128], g_schema[64];
-static int g_own_pg, g_port;
-static PGconn *bc;
 static store *S;
 static bus *B;
 
-static void on_tick(uv_timer_t *t) { (void)t; }
-static void quiet_notice(void *arg, const char *msg) { (void)arg; (void)msg; }
-#define WAIT(cond, ms) do { uint64_t end_ = mono_ms() + (ms); \
-    while (!(cond) && mono_ms() < end_) uv_run(L, UV_RUN_ONCE); } while (0)
-static void run_for(int ms) { uint64_t end = mono_ms() + (uint64_t)ms; while (mono_ms() < end) uv_run(L, UV_RUN_ONCE); }
-
-static long qint(const char *sql)
-{
-    PGresult *r = PQexec(bc, sql);
-    long v = -1;
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
-        v = atol(PQgetvalue(r, 0, 0));
-    else if (PQresultStatus(r) != PGRES_TUPLES_OK)
-        fprintf(stderr, "query failed: %s: %s\n", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    return v;
-}
-
-static int qexec(const char *sql)
-{
-    PGresult *r = PQexec(bc, sql);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
-    if (!ok) fprintf(stderr, "exec failed: %s: %s\n", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    return ok ? 0 : -1;
-}
+#define WAIT(cond, ms) WAIT_ON(L, cond, ms)
+static void run_for(int ms) { run_on(L, ms); }
 
 /* ---------- the in-process bus: receipts arrive through on_emit ---------- */
 
@@ -391,55 +365,12 @@ static void test_retention_sql(void)
     close_all();
 }
 
-static int pg_start(void)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "bash -c '. tools/services.sh && services_start_postgres %s %d'", g_dir, g_port);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
-static void pg_stop(void)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "bash -c '. tools/services.sh && services_stop %s'; rm -rf %s", g_dir, g_dir);
-    if (system(cmd) != 0) fprintf(stderr, "pg_stop: cleanup failed\n");
-}
-
 int main(void)
 {
-    const char *env = getenv("CHATD_TEST_DATABASE_URL");
-    g_port = 17120 + (int)(getpid() % 20);
-    if (env && *env) {
-        snprintf(g_url, sizeof g_url, "%s", env);
-    } else {
-        if (access("/usr/lib/postgresql/15/bin/postgres", X_OK) != 0) {
-            fprintf(stderr, "skip: no Postgres 15 and no CHATD_TEST_DATABASE_URL\n");
-            return 77;
-        }
-        snprintf(g_dir, sizeof g_dir, "/tmp/chatd-readstate-test-%d", (int)getpid());
-        mkdir(g_dir, 0755);
-        if (pg_start() != 0) { fprintf(stderr, "cannot start postgres in %s\n", g_dir); return 1; }
-        g_own_pg = 1;
-        snprintf(g_url, sizeof g_url, "postgresql://postgres@127.0.0.1:%d/chatd", g_port);
-    }
-    snprintf(g_schema, sizeof g_schema, "readstate_test_%d", (int)getpid());
-    char opt[128];
-    snprintf(opt, sizeof opt, "-c search_path=%s", g_schema);
-    setenv("PGOPTIONS", opt, 1);
-    bc = PQconnectdb(g_url);
-    if (PQstatus(bc) != CONNECTION_OK) {
-        fprintf(stderr, "blocking connection failed: %s\n", PQerrorMessage(bc));
-        PQfinish(bc);
-        if (g_own_pg) pg_stop();
-        return 1;
-    }
-    PQsetNoticeProcessor(bc, quiet_notice, NULL);
-    char sql[160];
-    snprintf(sql, sizeof sql, "CREATE SCHEMA %s", g_schema);
-    if (qexec(sql) != 0) { PQfinish(bc); if (g_own_pg) pg_stop(); return 1; }
+    int rc0 = pg_setup("readstate", 17120);
+    if (rc0 != 0) return rc0;
     L = uv_default_loop();
-    uv_timer_init(L, &tick);
-    uv_timer_start(&tick, on_tick, 5, 5);
+    uvwait_init(L);
     struct { const char *name; void (*fn)(void); } tests[] = {
         {"marks", test_marks},
         {"lookups", test_lookups},
@@ -457,15 +388,11 @@ int main(void)
                 (unsigned long long)(mono_ms() - t0));
         nfail += failed;
     }
-    snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", g_schema);
-    qexec(sql);
-    PQfinish(bc);
-    uv_timer_stop(&tick);
-    uv_close((uv_handle_t *)&tick, NULL);
+    pg_teardown();
+    uvwait_close();
     uv_run(L, UV_RUN_DEFAULT);
     uv_loop_close(L);
     metrics_free_all();
-    if (g_own_pg) pg_stop();
     if (nfail) fprintf(stderr, "test_readstate: %d test(s) FAILED\n", nfail);
     return nfail ? 1 : 0;
 }

@@ -25,22 +25,15 @@
 #include "util.h"
 #include "redis_procs.h"
 #include "check.h"
+#include "uvwait.h"
 #include <inttypes.h>
 
 static uv_loop_t *loop;
-static uv_timer_t ticker;
 
-static void tick(uv_timer_t *t) { (void)t; }
 
-#define WAIT(cond, ms)                                                         \
-    do {                                                                       \
-        uint64_t until_ = mono_ms() + (ms);                                    \
-        uv_timer_start(&ticker, tick, 1, 1);                                   \
-        while (!(cond) && mono_ms() < until_) uv_run(loop, UV_RUN_ONCE);       \
-        uv_timer_stop(&ticker);                                                \
-    } while (0)
+#define WAIT(cond, ms) WAIT_ON(loop, cond, ms)
 
-static void spin(int ms) { WAIT(0, ms); }
+static void spin(int ms) { run_on(loop, ms); }
 
 /* ---------------- pure: URL ---------------- */
 
@@ -899,7 +892,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     log_set_level(getenv("CHATD_TEST_VERBOSE") ? LOG_DEBUG : LOG_ERROR);
     loop = uv_default_loop();
-    uv_timer_init(loop, &ticker);
+    uvwait_init(loop);
     test_url();
     test_slots_pure();
     test_replies();
@@ -913,7 +906,7 @@ int main(void)
     test_standalone();
     test_tls();
     test_cluster();
-    uv_close((uv_handle_t *)&ticker, NULL);
+    uvwait_close();
     uv_run(loop, UV_RUN_DEFAULT);
     return check_summary("test_redis");
 }

@@ -7,6 +7,8 @@
 /* each test stops at its first failed check: later steps build on earlier ones */
 #define CHECK_STOPS_TEST
 #include "check.h"
+#include "pg_procs.h"
+#include "uvwait.h"
 #include "store.h"
 #include "store_schema.h"
 #include "metrics.h"
@@ -19,38 +21,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-
 static uv_loop_t *L;
-static uv_timer_t tick;
-static char g_url[256], g_dir[128], g_schema[64], g_datadir[256];
-static int g_own_pg, g_port;
-static PGconn *bc; /* blocking connection for checks */
 
-static void on_tick(uv_timer_t *t) { (void)t; }
-static void quiet_notice(void *arg, const char *msg) { (void)arg; (void)msg; }
-#define WAIT(cond, ms) do { uint64_t end_ = mono_ms() + (ms); \
-    while (!(cond) && mono_ms() < end_) uv_run(L, UV_RUN_ONCE); } while (0)
+#define WAIT(cond, ms) WAIT_ON(L, cond, ms)
 
-static void run_for(int ms) { uint64_t end = mono_ms() + (uint64_t)ms; while (mono_ms() < end) uv_run(L, UV_RUN_ONCE); }
-
-static long qint(const char *sql)
-{
-    PGresult *r = PQexec(bc, sql);
-    long v = -1;
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0) v = atol(PQgetvalue(r, 0, 0));
-    else fprintf(stderr, "query failed: %s: %s\n", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    return v;
-}
-
-static int qexec(const char *sql)
-{
-    PGresult *r = PQexec(bc, sql);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
-    if (!ok) fprintf(stderr, "exec failed: %s: %s\n", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    return ok ? 0 : -1;
-}
+static void run_for(int ms) { run_on(L, ms); }
 
 static long row_count(const char *room, long seq)
 {
@@ -67,53 +42,6 @@ static store *open_store(int batch_max, int batch_ms, int pending_max)
     store *s = store_new(L, &o, err, sizeof err);
     if (!s) fprintf(stderr, "store_new: %s\n", err);
     return s;
-}
-
-static int sh(const char *cmd)
-{
-    int rc = system(cmd);
-    return rc == 0 ? 0 : -1;
-}
-
-static int pg_start(void)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "bash -c '. tools/services.sh && services_start_postgres %s %d'", g_dir, g_port);
-    return sh(cmd);
-}
-
-static long postmaster_pid(void)
-{
-    char p[300], line[64] = "";
-    snprintf(p, sizeof p, "%s/postmaster.pid", g_datadir);
-    FILE *f = fopen(p, "r");
-    if (!f) return -1;
-    if (!fgets(line, sizeof line, f)) line[0] = 0;
-    fclose(f);
-    return atol(line);
-}
-
-/* kill -9 the postmaster we started and its children, wait until gone */
-static int pg_kill9(void)
-{
-    long pm = postmaster_pid();
-    if (pm <= 0) return -1;
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "kids=$(pgrep -P %ld); kill -9 %ld $kids; "
-             "for i in $(seq 1 100); do kill -0 %ld $kids 2>/dev/null || exit 0; sleep 0.05; done; exit 1",
-             pm, pm, pm);
-    return sh(cmd);
-}
-
-static void pg_stop(void)
-{
-    long pm = postmaster_pid();
-    if (pm > 0) kill((pid_t)pm, SIGINT); /* fast shutdown of the postmaster we started */
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "bash -c 'for i in $(seq 1 100); do kill -0 %ld 2>/dev/null || break; sleep 0.05; done;"
-             " . tools/services.sh && services_stop %s' ; rm -rf %s %s", pm, g_dir, g_dir,
-             strncmp(g_datadir, "/tmp/chatd-", 11) == 0 ? g_datadir : "");
-    if (sh(cmd) != 0) fprintf(stderr, "pg_stop: cleanup failed\n");
 }
 
 /* ---------- callbacks ---------- */
@@ -1056,49 +984,11 @@ static void test_pg_restart(void)
 
 int main(void)
 {
-    const char *env = getenv("CHATD_TEST_DATABASE_URL");
-    g_port = 17100 + (int)(getpid() % 20);
-    if (env && *env) {
-        snprintf(g_url, sizeof g_url, "%s", env);
-    } else {
-        if (access("/usr/lib/postgresql/15/bin/postgres", X_OK) != 0) {
-            fprintf(stderr, "skip: no Postgres 15 and no CHATD_TEST_DATABASE_URL\n");
-            return 77;
-        }
-        snprintf(g_dir, sizeof g_dir, "/tmp/chatd-store-test-%d", (int)getpid());
-        mkdir(g_dir, 0755); /* reachable by the postgres user */
-        if (pg_start() != 0) {
-            fprintf(stderr, "cannot start postgres in %s\n", g_dir);
-            return 1;
-        }
-        g_own_pg = 1;
-        snprintf(g_url, sizeof g_url, "postgresql://postgres@127.0.0.1:%d/chatd", g_port);
-    }
-    snprintf(g_schema, sizeof g_schema, "store_test_%d", (int)getpid());
-    char opt[128];
-    snprintf(opt, sizeof opt, "-c search_path=%s", g_schema);
-    setenv("PGOPTIONS", opt, 1);
-    bc = PQconnectdb(g_url);
-    if (PQstatus(bc) != CONNECTION_OK) {
-        fprintf(stderr, "blocking connection failed: %s\n", PQerrorMessage(bc));
-        PQfinish(bc);
-        if (g_own_pg) pg_stop();
-        return 1;
-    }
-    PQsetNoticeProcessor(bc, quiet_notice, NULL);
-    if (g_own_pg) {
-        PGresult *r = PQexec(bc, "SHOW data_directory");
-        if (PQresultStatus(r) == PGRES_TUPLES_OK)
-            snprintf(g_datadir, sizeof g_datadir, "%s", PQgetvalue(r, 0, 0));
-        PQclear(r);
-    }
-    char sql[160];
-    snprintf(sql, sizeof sql, "CREATE SCHEMA %s", g_schema);
-    if (qexec(sql) != 0) { PQfinish(bc); if (g_own_pg) pg_stop(); return 1; }
+    int rc0 = pg_setup("store", 17100);
+    if (rc0 != 0) return rc0;
 
     L = uv_default_loop();
-    uv_timer_init(L, &tick);
-    uv_timer_start(&tick, on_tick, 5, 5);
+    uvwait_init(L);
 
     struct { const char *name; void (*fn)(void); } tests[] = {
         {"bad_and_unreachable", test_bad_and_unreachable},
@@ -1137,14 +1027,11 @@ int main(void)
         nfail += failed;
     }
 
-    snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", g_schema);
-    qexec(sql);
-    PQfinish(bc);
-    uv_close((uv_handle_t *)&tick, NULL);
+    pg_teardown();
+    uvwait_close();
     run_for(50); /* bounded: a store leaked by a failed check must not hang us */
     if (uv_loop_close(L) != 0 && !nfail) check_fail("handles left open on the loop");
     metrics_free_all();
-    if (g_own_pg) pg_stop();
     if (nfail) fprintf(stderr, "test_store: %d test(s) FAILED\n", nfail);
     return check_summary("test_store");
 }

@@ -5,6 +5,7 @@
  * pass and its fail-open while Redis is down. Other nodes are played by
  * writing their counts with adminstore_conns under their ids. */
 #include "check.h"
+#include "uvwait.h"
 #include "redis_procs.h"
 #include "adminstore.h"
 #include "connlimit.h"
@@ -17,17 +18,7 @@
 static uv_loop_t *L;
 static redisContext *R;     /* a plain client for assertions */
 
-static void stop_cb(uv_timer_t *t) { uv_stop(t->loop); }
-
-static void wait_ms(uint64_t ms)
-{
-    uv_timer_t t;
-    uv_timer_init(L, &t);
-    uv_timer_start(&t, stop_cb, ms, 0);
-    uv_run(L, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(L, UV_RUN_NOWAIT);
-}
+static void wait_ms(uint64_t ms) { uvwait_ms(L, ms); }
 
 typedef struct ans { int done, allowed; int64_t total; } ans;
 

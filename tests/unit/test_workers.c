@@ -4,18 +4,13 @@
  * by tests/integration/workers.py. */
 #define _GNU_SOURCE
 #include "workers.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 static void test_backoff(void)
 {
@@ -115,6 +110,5 @@ int main(void)
 {
     test_backoff();
     test_refusals();
-    printf("test_workers: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary("test_workers");
 }

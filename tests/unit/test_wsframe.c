@@ -3,16 +3,11 @@
  * the size limit checked on the declared length, byte-by-byte feeding. */
 #define _GNU_SOURCE
 #include "wsframe.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int g_pass, g_fail;
-#define CHECK(cond, ...) do { \
-    if (cond) g_pass++; \
-    else { g_fail++; fprintf(stderr, "FAIL %s:%d: %s -- ", __FILE__, __LINE__, #cond); \
-           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
 
 typedef struct sink {
     unsigned char msg[70000];
@@ -197,6 +192,5 @@ int main(void)
     test_violations();
     uint32_t st = 0;
     CHECK(wsf_utf8(&st, (const unsigned char *)"h\xc3\xa9llo \xf0\x9f\x98\x80", 11) == 0 && st == 0, "valid UTF-8");
-    printf("test_wsframe: %d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return check_summary("test_wsframe");
 }
