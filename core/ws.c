@@ -393,7 +393,10 @@ const struct lws_protocols ws_protocols[] = {
      * it, but reads into it only the frames a client sent before it read our
      * 101 (wsread.c reads everything after); those come in pieces of this
      * size and are assembled in on_receive. 128 instead of 1024: -0.9 KiB of
-     * RSS per connection (docs/cost.md section 4) */
-    {"chat", callback, sizeof(pss), 128, 0, NULL, 0},
+     * RSS per connection (docs/cost.md section 4).
+     * tx_packet_size: the most one send() of an HTTP answer may carry (0
+     * would clamp it to rx_buffer_size: a 413's body cut at 128 bytes when
+     * the socket closes after it); WebSocket output does not go through lws */
+    {"chat", callback, sizeof(pss), 128, 0, NULL, 32768},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
