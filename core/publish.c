@@ -609,6 +609,21 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
     free(buf);
 }
 
+/* ---- check: which unstored messages history holds, for the bus's sweeper ---- */
+
+static void on_store_check(void *ud, int status, const unsigned char *stored)
+{
+    bus_check_done(ud, status, stored);
+}
+
+void publish_bus_check(void *ud, bus_check *req, size_t n, const char *const *rooms,
+                       const uint64_t *seqs)
+{
+    (void)ud;
+    if (!P.store || store_check(P.store, n, rooms, seqs, on_store_check, req) < 0)
+        bus_check_done(req, -1, NULL);
+}
+
 /* ---- seed: the durable head of a room, for the bus ------------------------ */
 
 static void on_store_head(void *ud, int status, uint64_t max_seq, const char *epoch)
