@@ -1271,19 +1271,30 @@ unsigned long store_conn_gen(const store *s)
     return s ? s->connects : 0;
 }
 
-/* ---- the backfill sweeper's check (on store_query_named) ---- */
+/* ---- the backfill sweeper's check (on store_query_named) ----
+ * Sent in chunks of CHECK_CHUNK pairs: each a short statement, so that the
+ * write batches interleave with them and no ack waits for a whole round's
+ * check. */
+
+#define CHECK_CHUNK 200
 
 typedef struct chk_group {
     store_check_cb cb;
     void *ud;
-    size_t n;
+    size_t n, left;          /* pairs; chunks not answered yet */
     int failed;
     unsigned char stored[];
 } chk_group;
 
+typedef struct chk_part {
+    chk_group *g;
+    size_t off, n;
+} chk_part;
+
 static void check_cb(void *ud, int status, const store_result *res)
 {
-    chk_group *g = ud;
+    chk_part *c = ud;
+    chk_group *g = c->g;
     if (status != 0) {
         g->failed = 1;
     } else {
@@ -1291,35 +1302,63 @@ static void check_cb(void *ud, int status, const store_result *res)
         for (int t = 0; t < nt; t++) {
             const char *v = store_result_value(res, t, 0);
             unsigned long long i = v ? strtoull(v, NULL, 10) : 0;
-            if (i >= 1 && i <= g->n) g->stored[i - 1] = 1;
+            if (i >= 1 && i <= c->n) g->stored[c->off + i - 1] = 1;
         }
     }
+    free(c);
+    if (--g->left) return;
     g->cb(g->ud, g->failed ? -1 : 0, g->failed ? NULL : g->stored);
     free(g);
+}
+
+/* queues rooms/seqs [off, off+n): 0, or -1 (nothing queued) */
+static int check_chunk(store *s, chk_group *g, size_t off, size_t n, const char *const *rooms,
+                       const uint64_t *seqs)
+{
+    char *rl = store_text_array(rooms + off, n, 1);
+    char *sl = malloc(n * 21 + 3), *o = sl;
+    chk_part *c = malloc(sizeof *c);
+    int rc = -1;
+    if (rl && sl && c) {
+        *o++ = '{';
+        for (size_t i = off; i < off + n; i++)
+            o += sprintf(o, "%s%" PRIu64, i > off ? "," : "",
+                         seqs[i] > INT64_MAX ? (uint64_t)INT64_MAX : seqs[i]);
+        *o++ = '}';
+        *o = 0;
+        c->g = g;
+        c->off = off;
+        c->n = n;
+        const char *params[2] = {rl, sl};
+        rc = store_query_named(s, STORE_STMT_STORED, STORE_SQL_STORED, 2, params, check_cb, c);
+    }
+    if (rc != 0) free(c);
+    free(rl);
+    free(sl);
+    return rc;
 }
 
 int store_check(store *s, size_t n, const char *const *rooms, const uint64_t *seqs,
                 store_check_cb cb, void *ud)
 {
     if (!s || s->dead || !cb || !n || s->state != ST_READY) return -1;
-    char *rl = store_text_array(rooms, n, 1);
-    char *sl = malloc(n * 21 + 3), *o = sl;
     chk_group *g = calloc(1, sizeof *g + n);
-    int rc = -1;
-    if (rl && sl && g) {
-        *o++ = '{';
-        for (size_t i = 0; i < n; i++)
-            o += sprintf(o, "%s%" PRIu64, i ? "," : "", seqs[i] > INT64_MAX ? (uint64_t)INT64_MAX : seqs[i]);
-        *o++ = '}';
-        *o = 0;
-        g->cb = cb;
-        g->ud = ud;
-        g->n = n;
-        const char *params[2] = {rl, sl};
-        rc = store_query_named(s, STORE_STMT_STORED, STORE_SQL_STORED, 2, params, check_cb, g);
+    if (!g) return -1;
+    g->cb = cb;
+    g->ud = ud;
+    g->n = n;
+    g->left = 1; /* held while queueing */
+    for (size_t off = 0; off < n; off += CHECK_CHUNK) {
+        if (check_chunk(s, g, off, n - off < CHECK_CHUNK ? n - off : CHECK_CHUNK, rooms, seqs) != 0) {
+            if (off == 0) { free(g); return -1; } /* nothing queued */
+            g->failed = 1;                       /* the queued ones answer */
+            break;
+        }
+        g->left++;
     }
-    if (rc != 0) free(g);
-    free(rl);
-    free(sl);
-    return rc;
+    if (--g->left == 0) { /* cannot happen: at least one chunk is queued */
+        g->cb(g->ud, g->failed ? -1 : 0, g->failed ? NULL : g->stored);
+        free(g);
+    }
+    return 0;
 }

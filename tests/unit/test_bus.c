@@ -1076,6 +1076,7 @@ static void test_backfill(void)
     uint64_t t0 = mono_ms();
     pub(a, room, "bf-1", "one", &p1);
     pub(a, room, NULL, "two", &p2);
+    WAIT(p1.done && p2.done, 3000); /* two connections: no order between them */
     pub(plain, room, NULL, "untracked", &pp);
     WAIT(p1.done && p2.done && pp.done, 3000);
     CHECK(p1.status == 0 && p1.seq == 1 && p2.seq == 2 && pp.seq == 3, "seqs %" PRIu64 " %" PRIu64,

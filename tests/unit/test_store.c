@@ -324,6 +324,17 @@ static void ccb(void *ud, int status, const unsigned char *stored)
     if (stored) memcpy(c->st, stored, 5);
 }
 
+static int bc_calls, bc_status;
+static unsigned char bc_st[512];
+
+static void bccb(void *ud, int status, const unsigned char *stored)
+{
+    (void)ud;
+    bc_calls++;
+    bc_status = status;
+    if (stored) memcpy(bc_st, stored, 450);
+}
+
 /* store_check: which (room, seq) pairs are stored */
 static void test_check(void)
 {
@@ -344,6 +355,20 @@ static void test_check(void)
     CHECK(c.calls == 1 && c.status == 0);
     CHECK(c.st[0] == 1 && c.st[1] == 0 && c.st[2] == 1 && c.st[3] == 1 && c.st[4] == 0);
     CHECK(store_check(s, 0, rooms, seqs, ccb, &c) == -1);
+    /* more pairs than one chunk (200): every chunk's answer lands in place */
+    {
+        enum { BIG = 450 };
+        static const char *br[BIG];
+        static uint64_t bs[BIG];
+        for (int i = 0; i < BIG; i++) { br[i] = "chk"; bs[i] = (uint64_t)(i % 5); }
+        bc_calls = 0;
+        CHECK(store_check(s, BIG, br, bs, bccb, NULL) == 0);
+        WAIT(bc_calls, 5000);
+        CHECK(bc_calls == 1 && bc_status == 0);
+        int bad = 0;
+        for (int i = 0; i < BIG; i++) bad += bc_st[i] != (bs[i] == 1 || bs[i] == 3);
+        CHECK(bad == 0);
+    }
     /* pending when the store goes away: answered -1 */
     cctx d = {0};
     CHECK(store_check(s, 5, rooms, seqs, ccb, &d) == 0);
