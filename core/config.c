@@ -35,7 +35,7 @@ static const opt OPTS[] = {
     {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery"},
     {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large"},
     {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch"},
-    {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "2", "Postgres batch wait (ms)"},
+    {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "4", "Postgres batch window (ms): a batch leaves this long after its first row (or when full)"},
     {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound"},
     {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
     {"--idempotency-ttl-s", "CHAT_IDEMPOTENCY_TTL_S", K_INT, O(idempotency_ttl_s), "600", "how long (s) a client message id is remembered: a resend with the same id within it is never stored or broadcast twice (1 to 604800)"},

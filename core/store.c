@@ -949,7 +949,7 @@ store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen)
     s->loop = loop;
     s->batch_max = o->batch_max > 0 ? o->batch_max : 500;
     if (s->batch_max > STORE_BATCH_HARD_MAX) s->batch_max = STORE_BATCH_HARD_MAX;
-    s->batch_ms = o->batch_ms > 0 ? o->batch_ms : 2;
+    s->batch_ms = o->batch_ms > 0 ? o->batch_ms : 4;
     s->pending_max = o->pending_max > 0 ? (size_t)o->pending_max : 100000;
     s->poll_fd = -1;
     backoff_init(&s->bo, BACKOFF_MIN_MS, BACKOFF_MAX_MS);

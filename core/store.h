@@ -35,7 +35,7 @@ typedef struct store store;
 typedef struct store_opts {
     const char *conninfo;   /* libpq conninfo or postgresql:// URL */
     int batch_max;          /* rows per batch (default 500) */
-    int batch_ms;           /* max wait before flushing a partial batch (default 2) */
+    int batch_ms;           /* max wait before flushing a partial batch (default 4) */
     int pending_max;        /* queued rows bound (default 100000) */
 } store_opts;
 
