@@ -104,8 +104,9 @@ typedef struct bus_handlers {
      * unstored, are stored (arrays valid during the call). Answer exactly
      * once, now or later, with bus_check_done(). The sweeper then forgets
      * the stored ones and hands the others to on_unstored. With on_check
-     * set, nothing needs to call bus_mark_stored (it is ignored): no Redis
-     * round trip per commit. NULL: the core marks every commit. */
+     * set, commits need no bus_mark_stored (no Redis round trip per
+     * commit); it stays for entries that must be forgotten without a row
+     * (a malformed one). NULL: the core marks every commit. */
     void (*on_check)(void *ud, bus_check *req, size_t n, const char *const *rooms,
                      const uint64_t *seqs);
 } bus_handlers;
@@ -238,9 +239,11 @@ int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_
 typedef void (*bus_control_cb)(void *ud, long receivers);
 int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
 
-/* The message (room, seq) is committed to durable history: forget it as
- * unstored (batched per loop tick). No-op in in-process mode, without
- * track_unstored, or with on_check (the sweeper asks history instead); dropped silently while Redis is down (the sweeper then has
+/* The message (room, seq) is committed to durable history (or must never
+ * be offered again): forget it as unstored (batched per loop tick). With
+ * on_check the sweeper asks history itself: only the rare entry that
+ * cannot be stored needs this. No-op in in-process mode or without
+ * track_unstored; dropped silently while Redis is down (the sweeper then has
  * it stored again: harmless, storing is idempotent on (room, seq)). */
 void bus_mark_stored(bus *b, const char *room, uint64_t seq);
 

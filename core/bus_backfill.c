@@ -12,8 +12,9 @@
  *    each entry older than the grace to on_unstored; entries the recent
  *    buffer no longer has are lost (logged once per room and round,
  *    counted).
- * With bus_handlers.on_check (the core can ask history), marks are ignored
- * and a round has two steps instead: BUS_SWEEP_LUA in mode 'C' lists the
+ * With bus_handlers.on_check (the core can ask history), commits are not
+ * marked (marks stay for entries that can never be stored) and a round has
+ * two steps instead: BUS_SWEEP_LUA in mode 'C' lists the
  * (room, seq) older than the grace, on_check asks history which of them
  * are stored, and BUS_SETTLE_LUA forgets those and returns the entries of
  * the others (leased), handed to on_unstored as above. A message leaves the
@@ -130,7 +131,7 @@ static void flush_cb(uv_timer_t *t)
 void bus_backfill_mark(bus *b, const char *room, uint64_t seq)
 {
     struct bus_bf *f = b->bf;
-    if (!f || f->check || !room || !room_name_valid(room, strlen(room)) ||
+    if (!f || !room || !room_name_valid(room, strlen(room)) ||
         !redis_client_slot_ready(f->rc, redis_room_slot(room)))
         return;
     bf_marks *m = hmap_get(&f->marks, room);

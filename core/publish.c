@@ -131,10 +131,9 @@ static void finish(publish_op *p, int status)
 static void on_stored(void *ud, int status)
 {
     publish_op *p = ud;
-    /* 0: durable, not a hole; -2: another message holds the seq in history
-     * (the store logged and counted it): never acked, and the seq is not
-     * offered to the backfill again (it has a row) */
-    if (status == 0 || status == -2) bus_mark_stored(P.bus, p->room, p->seq);
+    /* 0: durable; -2: another message holds the seq in history (the store
+     * logged and counted it): never acked. Either way the seq has a row:
+     * the bus's sweeper sees it there (on_check), nothing to mark. */
     if (status == 0) {
         finish(p, PUBLISH_OK);
     } else if (status == -2) {
