@@ -245,7 +245,7 @@ static void test_param_limit(void)
     }
     WAIT(g_cnt_calls == N, 30000);
     CHECK(g_cnt_ok == N);
-    /* batches of STORE_BATCH_HARD_MAX rows (65535 / columns), then the rest */
+    /* batches of STORE_BATCH_HARD_MAX rows, then the rest */
     uint64_t want = (uint64_t)((N + STORE_BATCH_HARD_MAX - 1) / STORE_BATCH_HARD_MAX);
     CHECK(metric_hist_count(rows_h) - b0 == want, "%llu batches, want %llu",
           (unsigned long long)(metric_hist_count(rows_h) - b0), (unsigned long long)want);
@@ -283,8 +283,9 @@ static void test_idempotent(void)
  * as stored (status -2), counted, and the stored row stays; identical rows
  * in the same batch stay fine. */
 /* the batch's column arrays carry any text (quotes, backslashes, braces,
- * commas, the word NULL, newlines) and a NULL client id unchanged; batches
- * of different sizes share the one prepared statement */
+ * commas, the word NULL, newlines) and a NULL client id or meta unchanged;
+ * batches of different sizes share the one prepared statement */
+#define ARR_META "{\"k\": \"a\\\\b \\\"q\\\" {,}\", \"n\": null}"
 static void test_array_text(void)
 {
     store *s = open_store(500, 2, 0);
@@ -298,6 +299,7 @@ static void test_array_text(void)
         store_row r = mkrow("arr\"{,}", (uint64_t)i + 1, bodies[i]);
         r.client_id = i % 2 ? "c\"1\\" : NULL;
         r.name = "N\\\"";
+        if (i % 2) { r.meta = ARR_META; r.meta_len = strlen(ARR_META); }
         CHECK(store_write(s, &r, count_cb, NULL) == 0);
         if (i == 2) WAIT(g_cnt_calls == 3, 5000); /* a batch of 3, then one of 4 */
     }
@@ -310,6 +312,8 @@ static void test_array_text(void)
         CHECK(c.client0_null == !(i % 2));
         if (i % 2) CHECK(strcmp(c.client0, "c\"1\\") == 0);
         CHECK(strcmp(c.name0, "N\\\"") == 0);
+        CHECK(c.meta_null[0] == !(i % 2));
+        if (i % 2) CHECK(strcmp(c.meta[0], ARR_META) == 0);
     }
     store_free(s);
 }
