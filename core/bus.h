@@ -60,6 +60,8 @@ typedef struct bus_entry { uint64_t seq; const char *tail; size_t len; } bus_ent
 /* One pending on_seed request (owned by the bus; see bus_seed_done). */
 typedef struct bus_seed bus_seed;
 #define BUS_EPOCH_MAX 64
+/* One pending on_check request (owned by the bus; see bus_check_done). */
+typedef struct bus_check bus_check;
 
 typedef struct bus_handlers {
     /* Every message of every subscribed room, per room in strictly
@@ -96,12 +98,23 @@ typedef struct bus_handlers {
      * every (re)subscription on_control is called with data NULL (len 0),
      * so the receiver resynchronises what matters (bans). */
     void (*on_control)(void *ud, const char *data, size_t len);
+    /* (may be NULL; Redis mode with track_unstored) The backfill sweeper
+     * asks durable history which of n messages (rooms[i], seqs[i]),
+     * published more than backfill_grace_ms ago and still recorded as
+     * unstored, are stored (arrays valid during the call). Answer exactly
+     * once, now or later, with bus_check_done(). The sweeper then forgets
+     * the stored ones and hands the others to on_unstored. With on_check
+     * set, commits need no bus_mark_stored (no Redis round trip per
+     * commit); it stays for entries that must be forgotten without a row
+     * (a malformed one). NULL: the core marks every commit. */
+    void (*on_check)(void *ud, bus_check *req, size_t n, const char *const *rooms,
+                     const uint64_t *seqs);
 } bus_handlers;
 
 typedef struct bus_opts {
     const char *redis_url;     /* NULL: in-process mode */
     size_t recent_max;         /* recent buffer length per room (default 1000) */
-    uint32_t id_ttl_s;         /* idempotency window for client ids (default 86400) */
+    uint32_t id_ttl_s;         /* idempotency window for client ids (default 600) */
     int track_unstored;        /* Redis mode: record publishes until bus_mark_stored
                                 * and sweep old ones to on_unstored (set when a
                                 * database stores history) */
@@ -121,6 +134,12 @@ void bus_free(bus *b);
  * operations that wait for it fail: publish and replay answer -1). Never
  * calls back from inside; safe after bus_free (then it only frees req). */
 void bus_seed_done(bus_seed *req, int status, uint64_t max_seq, const char *epoch);
+
+/* Answers on_check: status 0 with stored[i] != 0 for each stored message
+ * of the request (in its order), or status -1 when history cannot say now
+ * (the sweeper asks again next round). Never calls back from inside; safe
+ * after bus_free (then it only frees req). */
+void bus_check_done(bus_check *req, int status, const unsigned char *stored);
 
 /* 1 when publishes can succeed (one Redis: connected and every room caught
  * up after a reconnect; Cluster: the slot map is known and a shard is up:
@@ -220,8 +239,10 @@ int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_
 typedef void (*bus_control_cb)(void *ud, long receivers);
 int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
 
-/* The message (room, seq) is committed to durable history: forget it as
- * unstored (batched per loop tick). No-op in in-process mode or without
+/* The message (room, seq) is committed to durable history (or must never
+ * be offered again): forget it as unstored (batched per loop tick). With
+ * on_check the sweeper asks history itself: only the rare entry that
+ * cannot be stored needs this. No-op in in-process mode or without
  * track_unstored; dropped silently while Redis is down (the sweeper then has
  * it stored again: harmless, storing is idempotent on (room, seq)). */
 void bus_mark_stored(bus *b, const char *room, uint64_t seq);

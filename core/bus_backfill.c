@@ -12,8 +12,18 @@
  *    each entry older than the grace to on_unstored; entries the recent
  *    buffer no longer has are lost (logged once per room and round,
  *    counted).
+ * With bus_handlers.on_check (the core can ask history), commits are not
+ * marked (marks stay for entries that can never be stored) and a round has
+ * two steps instead: BUS_SWEEP_LUA in mode 'C' lists the
+ * (room, seq) older than the grace, on_check asks history which of them
+ * are stored, and BUS_SETTLE_LUA forgets those and returns the entries of
+ * the others (leased), handed to on_unstored as above. A message leaves the
+ * unstored set only once history was seen to hold it; the cost per message
+ * is two entries in one sweep call and one settle call per round, instead
+ * of a mark round trip per commit (docs/redis.md "Backfill").
  * Both timers are closed by bus_backfill_free; the state is freed when the
- * last one is closed. */
+ * last one is closed; checks still with the core are orphaned then
+ * (bus_check_done frees them). */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
@@ -28,6 +38,9 @@
 #define MOD "bus"
 #define SWEEP_ROOMS 50
 #define SWEEP_PER_ROOM 200
+/* mode 'C': every room with old entries each round (dm: ~1 entry per room) */
+#define CHECK_ROOMS 2000
+#define CHECK_PER_ROOM 500
 
 typedef struct bf_marks {
     char room[CHAT_ROOM_MAX + 1];
@@ -44,8 +57,22 @@ struct bus_bf {
     int open;                /* timers not yet closed */
     hmap marks;              /* room -> bf_marks, sent at the next tick */
     char token[96];          /* this node's lock value */
-    int sweeping;            /* sweeps in flight (one per node) */
+    int sweeping;            /* sweeps in flight (one per node), checks and
+                              * settles included */
+    int check;               /* mode 'C': on_check is set */
+    int more;                /* a check round hit its room budget */
+    struct bus_check *checks; /* with the core */
     uint64_t rounds;
+};
+
+struct bus_check {
+    struct bus_bf *f;        /* NULL once the bus is freed */
+    struct bus_check *prev, *next;
+    uint64_t node;
+    size_t n;
+    const char **rooms;      /* into buf */
+    uint64_t *seqs;
+    char buf[];
 };
 
 static int marks_free_cb(void *arg, const char *key, void *val)
@@ -127,27 +154,22 @@ void bus_backfill_mark(bus *b, const char *room, uint64_t seq)
 
 /* ---- sweeper ---- */
 
-static void sweep_reply(void *ud, const redisReply *rp)
+/* the {room, seq, entry} items of a sweep (mode 'E', sweep_items of them)
+ * or settle reply: each entry goes to on_unstored; "" = the recent buffer
+ * lost it (logged once per room, counted) */
+static void offer_entries(struct bus_bf *f, const redisReply *rp, int settle, size_t sweep_items)
 {
-    struct bus_bf *f = ud;
     bus *b = f->b;
-    if (f->sweeping > 0) f->sweeping--;
-    if (!rp || b->freeing) return; /* connection gone: the next round retries */
-    if (rp->type == REDIS_REPLY_ERROR) {
-        LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
-        return;
-    }
-    size_t items = 0;
-    if (bus_reply_sweep_round(rp, &items) != 1) return; /* another node holds this round */
-    f->rounds++;
     char lost_room[CHAT_ROOM_MAX + 1] = "";
     uint64_t lost_n = 0, lost_lo = 0, lost_hi = 0;
     size_t offered = 0;
+    size_t items = settle ? bus_reply_settle_items(rp) : sweep_items;
     for (size_t k = 0; k < items; k++) {
         char room[CHAT_ROOM_MAX + 1];
         uint64_t seq = 0;
         bus_entry e;
-        int st = bus_reply_sweep_item(rp, k, room, &seq, &e);
+        int st = settle ? bus_reply_settle_item(rp, k, room, &seq, &e)
+                        : bus_reply_sweep_item(rp, k, room, &seq, &e);
         if (st < 0) continue;
         if (st == 0) {
             metric_inc(b->m.backfill_lost);
@@ -178,6 +200,169 @@ static void sweep_reply(void *ud, const redisReply *rp)
              lost_room, lost_n, lost_lo, lost_hi);
 }
 
+static void sweep_cb(uv_timer_t *t);
+
+static void sweep_again_soon(struct bus_bf *f)
+{
+    uint64_t every = f->grace_ms / 2 ? f->grace_ms / 2 : 1;
+    uv_timer_start(&f->sweep, sweep_cb, 1, every);
+}
+
+static void settle_reply(void *ud, const redisReply *rp)
+{
+    struct bus_bf *f = ud;
+    if (f->sweeping > 0) f->sweeping--;
+    if (!rp || f->b->freeing) return;
+    if (rp->type == REDIS_REPLY_ERROR) {
+        LOGW(MOD, "backfill settle: %.*s", (int)rp->len, rp->str ? rp->str : "");
+        return;
+    }
+    if (rp->type != REDIS_REPLY_ARRAY) return;
+    offer_entries(f, rp, 1, 0);
+    if (f->more && !f->sweeping && !f->b->freeing) {
+        f->more = 0;
+        sweep_again_soon(f);
+    }
+}
+
+static void check_free(struct bus_check *c)
+{
+    struct bus_bf *f = c->f;
+    if (f) {
+        if (c->prev) c->prev->next = c->next; else f->checks = c->next;
+        if (c->next) c->next->prev = c->prev;
+    }
+    free(c->rooms);
+    free(c->seqs);
+    free(c);
+}
+
+void bus_check_done(bus_check *c, int status, const unsigned char *stored)
+{
+    if (!c) return;
+    struct bus_bf *f = c->f;
+    if (!f || f->b->freeing || status != 0 || !stored) {
+        if (f && f->sweeping > 0) f->sweeping--;
+        check_free(c);
+        return;
+    }
+    /* per room (the pairs come grouped by room): room, index, n stored,
+     * stored seqs, m missing, missing seqs */
+    size_t nrooms = 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (!i || strcmp(c->rooms[i], c->rooms[i - 1]) != 0) nrooms++;
+    size_t argc = 1 + c->n + 4 * nrooms;
+    const char **v = malloc(argc * sizeof *v);
+    char (*nums)[24] = malloc((c->n + 2 * nrooms) * sizeof *nums);
+    char (*idx)[48] = malloc(nrooms * sizeof *idx);
+    int sent = 0;
+    if (v && nums && idx) {
+        size_t k = 0, nn = 0, r = 0;
+        v[k++] = "0";
+        for (size_t i = 0; i < c->n;) {
+            size_t j = i;
+            while (j < c->n && strcmp(c->rooms[j], c->rooms[i]) == 0) j++;
+            bus_unstored_index(idx[r], sizeof idx[r], f->cluster, c->rooms[i]);
+            v[k++] = c->rooms[i];
+            v[k++] = idx[r++];
+            for (int want = 1; want >= 0; want--) {
+                size_t cnt = 0;
+                for (size_t x = i; x < j; x++) cnt += (stored[x] != 0) == want;
+                snprintf(nums[nn], sizeof nums[nn], "%zu", cnt);
+                v[k++] = nums[nn++];
+                for (size_t x = i; x < j; x++) {
+                    if ((stored[x] != 0) != want) continue;
+                    snprintf(nums[nn], sizeof nums[nn], "%" PRIu64, c->seqs[x]);
+                    v[k++] = nums[nn++];
+                }
+            }
+            i = j;
+        }
+        redis_call how = {-1, c->node, BUS_S_SETTLE};
+        sent = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, f) == 0;
+    }
+    free(v);
+    free(nums);
+    free(idx);
+    if (!sent && f->sweeping > 0) f->sweeping--; /* the next round asks again */
+    check_free(c);
+}
+
+/* mode 'C': {1, more, room, seq, ...} -> ask the core */
+static void check_round(struct bus_bf *f, uint64_t node, const redisReply *rp, size_t items)
+{
+    bus *b = f->b;
+    size_t n = 0, bytes = 0;
+    char room[CHAT_ROOM_MAX + 1];
+    uint64_t seq;
+    for (size_t k = 0; k < items; k++) {
+        if (bus_reply_check_item(rp, k, room, &seq) != 0) continue;
+        n++;
+        bytes += strlen(room) + 1;
+    }
+    if (!n) return;
+    struct bus_check *c = malloc(sizeof *c + bytes);
+    if (c) {
+        c->rooms = malloc(n * sizeof *c->rooms);
+        c->seqs = NULL;
+    }
+    uint64_t *seqs = c && c->rooms ? malloc(n * sizeof *seqs) : NULL;
+    if (!seqs) {
+        if (c) free(c->rooms);
+        free(c);
+        return;
+    }
+    c->f = f;
+    c->node = node;
+    c->seqs = seqs;
+    c->n = 0;
+    char *p = c->buf;
+    for (size_t k = 0; k < items && c->n < n; k++) {
+        if (bus_reply_check_item(rp, k, room, &seq) != 0) continue;
+        size_t l = strlen(room);
+        memcpy(p, room, l + 1);
+        c->rooms[c->n] = p;
+        c->seqs[c->n++] = seq;
+        p += l + 1;
+    }
+    c->prev = NULL;
+    c->next = f->checks;
+    if (f->checks) f->checks->prev = c;
+    f->checks = c;
+    f->sweeping++; /* until the settle answers */
+    /* the core may answer at once (bus_check_done sends the settle) */
+    b->h.on_check(b->ud, c, c->n, (const char *const *)c->rooms, c->seqs);
+}
+
+typedef struct sweep_ctx { struct bus_bf *f; uint64_t node; } sweep_ctx;
+
+static void sweep_reply(void *ud, const redisReply *rp)
+{
+    sweep_ctx *sc = ud;
+    struct bus_bf *f = sc->f;
+    uint64_t node = sc->node;
+    free(sc);
+    bus *b = f->b;
+    if (f->sweeping > 0) f->sweeping--;
+    if (!rp || b->freeing) return; /* connection gone: the next round retries */
+    if (rp->type == REDIS_REPLY_ERROR) {
+        LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
+        return;
+    }
+    size_t items = 0;
+    if (f->check) {
+        int more = 0;
+        if (bus_reply_check_round(rp, &more, &items) != 1) return; /* another node's round */
+        f->rounds++;
+        if (more) f->more = 1;
+        check_round(f, node, rp, items);
+    } else {
+        if (bus_reply_sweep_round(rp, &items) != 1) return; /* another node holds this round */
+        f->rounds++;
+        offer_entries(f, rp, 0, items);
+    }
+}
+
 /* one sweep call on one node: the lock, then its indexes */
 static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int nranges)
 {
@@ -189,12 +374,12 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     if (!lock_ms) lock_ms = 1;
     snprintf(grace, sizeof grace, "%u", (unsigned)f->grace_ms);
     snprintf(lock, sizeof lock, "%u", (unsigned)lock_ms);
-    snprintf(nrooms, sizeof nrooms, "%d", SWEEP_ROOMS);
-    snprintf(nper, sizeof nper, "%d", SWEEP_PER_ROOM);
+    snprintf(nrooms, sizeof nrooms, "%d", f->check ? CHECK_ROOMS : SWEEP_ROOMS);
+    snprintf(nper, sizeof nper, "%d", f->check ? CHECK_PER_ROOM : SWEEP_PER_ROOM);
     size_t nidx = 0;
     for (int i = 0; i < nranges; i++) nidx += (size_t)(ranges[i][1] - ranges[i][0] + 1);
     if (!f->cluster || !nranges) nidx = 1;
-    const char **v = malloc((7 + nidx) * sizeof *v);
+    const char **v = malloc((8 + nidx) * sizeof *v);
     char (*idx)[40] = f->cluster ? malloc(nidx * sizeof *idx) : NULL;
     if (!v || (f->cluster && !idx)) {
         free(v);
@@ -217,10 +402,18 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     v[4] = lock;
     v[5] = nrooms;
     v[6] = nper;
-    for (size_t i = 0; i < nidx; i++) v[7 + i] = f->cluster ? idx[i] : "chat:unstored";
+    v[7] = f->check ? "C" : "E";
+    for (size_t i = 0; i < nidx; i++) v[8 + i] = f->cluster ? idx[i] : "chat:unstored";
     redis_call how = {-1, node, BUS_S_SWEEP};
-    if (redis_client_call(f->rc, &how, (int)(7 + nidx), v, NULL, sweep_reply, f) == 0)
-        f->sweeping++;
+    sweep_ctx *sc = malloc(sizeof *sc);
+    if (sc) {
+        sc->f = f;
+        sc->node = node;
+        if (redis_client_call(f->rc, &how, (int)(8 + nidx), v, NULL, sweep_reply, sc) == 0)
+            f->sweeping++;
+        else
+            free(sc);
+    }
     free(v);
     free(idx);
 }
@@ -257,6 +450,7 @@ int bus_backfill_init(bus *b, redis_client *rc, uint32_t grace_ms, char *err, si
     f->rc = rc;
     f->cluster = redis_client_is_cluster(rc);
     f->grace_ms = grace_ms ? grace_ms : 3000;
+    f->check = b->h.on_check != NULL;
     hmap_init(&f->marks);
     char host[64] = "node";
     gethostname(host, sizeof host - 1);
@@ -280,6 +474,8 @@ void bus_backfill_free(bus *b)
     struct bus_bf *f = b->bf;
     if (!f) return;
     b->bf = NULL;
+    for (struct bus_check *c = f->checks; c; c = c->next) c->f = NULL; /* the core frees them */
+    f->checks = NULL;
     uv_close((uv_handle_t *)&f->sweep, timer_closed);
     uv_close((uv_handle_t *)&f->flush, timer_closed);
 }

@@ -181,6 +181,15 @@ struct bus {
     } m;
 };
 
+/* How long a message's update state (bus_update.c) is kept after its last
+ * update: the idempotency window, but at least a day (without a database a
+ * state that expired starts empty again: its reaction counts would reset). */
+#define BUS_STATE_TTL_MIN_S 86400u
+static inline uint32_t bus_state_ttl_s(const struct bus *b)
+{
+    return b->id_ttl_s > BUS_STATE_TTL_MIN_S ? b->id_ttl_s : BUS_STATE_TTL_MIN_S;
+}
+
 /* bus_core.c */
 /* Sets up the shared internals (the deferral timer); 0 or -1. */
 int bus_core_init(bus *b);
@@ -257,13 +266,15 @@ int bus_order_all_caught_up(bus *b);
 
 /* bus_script.c: the scripts, loaded on every Redis node (index = the
  * script's number in the redis_client) */
-enum { BUS_S_PUBLISH = 0, BUS_S_HEAD, BUS_S_MARK, BUS_S_SWEEP, BUS_S_FORGET, BUS_S_COUNT };
+enum { BUS_S_PUBLISH = 0, BUS_S_HEAD, BUS_S_MARK, BUS_S_SWEEP, BUS_S_FORGET, BUS_S_SETTLE,
+       BUS_S_COUNT };
 extern const char *const BUS_SCRIPTS[BUS_S_COUNT];
 extern const char BUS_PUBLISH_LUA[];
 extern const char BUS_HEAD_LUA[];
 extern const char BUS_MARK_LUA[];
 extern const char BUS_SWEEP_LUA[];
 extern const char BUS_FORGET_LUA[];
+extern const char BUS_SETTLE_LUA[];
 /* The key of the unstored index of room: "chat:unstored" on one Redis,
  * "chat:{<tag of the room's slot>}:unstored" on a Cluster (same slot as
  * the room's keys). */
@@ -306,5 +317,15 @@ int bus_reply_sweep_round(const struct redisReply *rp, size_t *items);
  * buffer no longer had it; room and *seq set), -1 malformed (skip) */
 int bus_reply_sweep_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
                          bus_entry *e);
+/* the settle script (mode 'C'): {room, seq, entry} triples, read like
+ * sweep items (the count of triples, item k of them) */
+size_t bus_reply_settle_items(const struct redisReply *rp);
+int bus_reply_settle_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
+                          bus_entry *e);
+/* the sweep script in mode 'C': {1, more, room, seq, ...}: 1 this node holds
+ * the round (*more: a budget ran out, *items pairs follow), 0 another node
+ * does, -1 an error or anything else; pair k: 0 (room, *seq set), -1 malformed */
+int bus_reply_check_round(const struct redisReply *rp, int *more, size_t *items);
+int bus_reply_check_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq);
 
 #endif

@@ -173,7 +173,7 @@ static void do_publish(busl *L, bus_req *r)
         /* a message update: its target's state step (bus_update.c), then
          * a react's tail is closed with the count */
         int64_t count = -1;
-        int st = bus_upd_local_apply(lr->upd, r, (uint64_t)b->id_ttl_s * 1000u, &count);
+        int st = bus_upd_local_apply(lr->upd, r, (uint64_t)bus_state_ttl_s(b) * 1000u, &count);
         if (st != 0) {
             free(copy);
             if (st > 0) bus_req_publish_done(r, st, 0, 0);

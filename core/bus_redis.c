@@ -116,7 +116,7 @@ static int send_publish(busr *R, bus_req *r)
     int slot = redis_room_slot(r->room);
     char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[CHAT_ROOM_MAX + 32];
     char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24], nseed[24], nkeys[4];
-    char kuns[CHAT_ROOM_MAX + 32], kidx[48], kep[CHAT_ROOM_MAX + 32], mode[2];
+    char kuns[CHAT_ROOM_MAX + 32], kidx[48], kep[CHAT_ROOM_MAX + 32], mode[2], nnow[24];
     int track = b->track_unstored;
     key(kseq, sizeof kseq, r->room, "seq");
     key(krec, sizeof krec, r->room, "recent");
@@ -125,7 +125,8 @@ static int send_publish(busr *R, bus_req *r)
     key(kuns, sizeof kuns, r->room, "unstored");
     bus_unstored_index(kidx, sizeof kidx, R->cluster, r->room);
     snprintf(nmax, sizeof nmax, "%zu", b->recent_max);
-    snprintf(nttl, sizeof nttl, "%u", (unsigned)b->id_ttl_s);
+    /* an update's ttl also bounds its target's state hash: at least a day */
+    snprintf(nttl, sizeof nttl, "%u", (unsigned)(r->upd ? bus_state_ttl_s(b) : b->id_ttl_s));
     snprintf(nfloor, sizeof nfloor, "%" PRIu64, bus_rhead_floor(b, r->room));
     /* seeding (see bus_script.c): ask first, then the provider's answer */
     if (!r->seed_mode) r->seed_mode = bus_has_seed(b) ? BUS_SEED_ASK : BUS_SEED_NONE;
@@ -171,7 +172,12 @@ static int send_publish(busr *R, bus_req *r)
     ARG(nttl, strlen(nttl));
     ARG(ch, strlen(ch));
     ARG(nfloor, strlen(nfloor));
-    ARG(track ? "1" : "0", 1);
+    if (track) { /* the publish time (this node's clock) marks it unstored */
+        snprintf(nnow, sizeof nnow, "%" PRIu64, now_ms());
+        ARG(nnow, strlen(nnow));
+    } else {
+        ARG("0", 1);
+    }
     ARG(r->room, strlen(r->room));
     ARG(r->id ? "1" : "0", 1);
     ARG(mode, 1);

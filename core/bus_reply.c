@@ -2,7 +2,8 @@
  * connection layer reads (core/redis_reply.c: errors, pushes, integers) and
  * the two script answers read next to their calls (bus_redis_publish_reply,
  * bus_rhead_parse): range reads of the recent buffer (replay since N, gap
- * fill), pub/sub channel names and the backfill sweep script's answer.
+ * fill), pub/sub channel names and the backfill sweep, check and settle
+ * scripts' answers.
  * Pure functions over a hiredis redisReply (no I/O, no state); the Redis
  * backend calls them from its reply callbacks and tests/fuzz/fuzz_resp.c
  * feeds them arbitrary replies. Whatever Redis (or a proxy in front of it)
@@ -68,13 +69,14 @@ int bus_reply_sweep_round(const redisReply *rp, size_t *items)
     return 1;
 }
 
-int bus_reply_sweep_item(const redisReply *rp, size_t k, char *room, uint64_t *seq,
-                         bus_entry *e)
+/* {room, seq, entry} triple k from element `from` on */
+static int triple(const redisReply *rp, size_t from, size_t k, char *room, uint64_t *seq,
+                  bus_entry *e)
 {
-    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 || !rp->element ||
-        k >= (rp->elements - 1) / 3)
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < from || !rp->element ||
+        k >= (rp->elements - from) / 3)
         return -1;
-    size_t i = 1 + 3 * k;
+    size_t i = from + 3 * k;
     const redisReply *rr = rp->element[i], *sr = rp->element[i + 1], *er = rp->element[i + 2];
     if (rr->type != REDIS_REPLY_STRING || sr->type != REDIS_REPLY_STRING ||
         er->type != REDIS_REPLY_STRING || !rr->str || !sr->str ||
@@ -85,4 +87,51 @@ int bus_reply_sweep_item(const redisReply *rp, size_t k, char *room, uint64_t *s
     if (er->len == 0) return 0;                   /* no longer in the recent buffer */
     if (entry_of(er, e) != 0 || e->seq != *seq) return -1;
     return 1;
+}
+
+int bus_reply_sweep_item(const redisReply *rp, size_t k, char *room, uint64_t *seq,
+                         bus_entry *e)
+{
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 1) return -1;
+    return triple(rp, 1, k, room, seq, e);
+}
+
+size_t bus_reply_settle_items(const redisReply *rp)
+{
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || !rp->element) return 0;
+    return rp->elements / 3;
+}
+
+int bus_reply_settle_item(const redisReply *rp, size_t k, char *room, uint64_t *seq,
+                          bus_entry *e)
+{
+    return triple(rp, 0, k, room, seq, e);
+}
+
+int bus_reply_check_round(const redisReply *rp, int *more, size_t *items)
+{
+    *items = 0;
+    *more = 0;
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 || !rp->element ||
+        rp->element[0]->type != REDIS_REPLY_INTEGER)
+        return -1;
+    if (rp->element[0]->integer != 1) return 0;   /* another node holds this round */
+    if (rp->elements < 2 || rp->element[1]->type != REDIS_REPLY_INTEGER) return -1;
+    *more = rp->element[1]->integer != 0;
+    *items = (rp->elements - 2) / 2;
+    return 1;
+}
+
+int bus_reply_check_item(const redisReply *rp, size_t k, char *room, uint64_t *seq)
+{
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 2 || !rp->element ||
+        k >= (rp->elements - 2) / 2)
+        return -1;
+    const redisReply *rr = rp->element[2 + 2 * k], *sr = rp->element[3 + 2 * k];
+    if (rr->type != REDIS_REPLY_STRING || sr->type != REDIS_REPLY_STRING || !rr->str ||
+        !sr->str || !room_name_valid(rr->str, rr->len) || parse_u64(sr->str, sr->len, seq) != 0)
+        return -1;
+    memcpy(room, rr->str, rr->len);
+    room[rr->len] = 0;
+    return 0;
 }

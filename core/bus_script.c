@@ -4,13 +4,15 @@
  * and PUBLISH in one step. Loaded with SCRIPT LOAD, called with EVALSHA.
  *   KEYS[1] chat:{room}:seq   KEYS[2] chat:{room}:recent (zset by seq)
  *   KEYS[3] chat:{room}:epoch
- *   with ARGV[6] == "1" (track unstored) also KEYS[4] chat:{room}:unstored
+ *   with ARGV[6] != "0" (track unstored) also KEYS[4] chat:{room}:unstored
  *   and KEYS[5] the room's unstored index; with ARGV[8] == "1" the last key is
  *   chat:{room}:id:<id>.
  *   ARGV[1] tail  ARGV[2] recent_max  ARGV[3] id ttl (s)  ARGV[4] channel
  *   ARGV[5] floor: the highest seq the calling node knows was assigned in
  *           the room; the seq key is raised to it before INCR
- *   ARGV[6] track  ARGV[7] room  ARGV[8] has id
+ *   ARGV[6] track: "0", or the publish time (ms since the epoch, the
+ *           publishing node's clock) when tracking unstored
+ *   ARGV[7] room  ARGV[8] has id
  *   ARGV[9] seed mode (BUS_SEED_*): 'N' no provider: a missing seq key is
  *           created at 0 (then floor) with the epoch ARGV[11] (a fresh
  *           random one); 'S' a provider exists: a missing seq or epoch key
@@ -41,7 +43,10 @@
  *   unstored when tracking: ZADD chat:{room}:unstored <now ms> <seq>, ZADD
  *   <index> NX <now> room, the index being the room's unstored index
  *   (bus_unstored_index: one per Redis, one per slot on a Cluster, on the
- *   room's slot); now from Redis TIME: one clock for every node.
+ *   room's slot). now is the publishing node's clock (no TIME call): a
+ *   skewed clock only moves the moment a sweep looks at the entry (docs/redis.md).
+ * The recent buffer is trimmed by score (= seq): entries with seq <= seq -
+ *   recent_max go, so it holds the recent_max newest without a ZCARD.
  * BUS_HEAD_LUA reads a room's head and epoch (welcome, replay, subscription
  * sync), seeding or creating them like the publish script, and raises the
  * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key; ARGV[1]
@@ -57,8 +62,8 @@
  * BUS_SWEEP_LUA is one sweeper round on one server: KEYS[1] the lock
  *   (chat:backfill:lock, or on a Cluster the master's per-round lock);
  *   ARGV[1] node token, ARGV[2] grace ms, ARGV[3] lock ms, ARGV[4] max
- *   rooms, ARGV[5] max seqs per room, ARGV[6..] the unstored indexes to
- *   sweep (one on one Redis; on a Cluster the per-slot indexes of every slot
+ *   rooms, ARGV[5] max seqs per room, ARGV[6] mode ('E' entries, 'C'
+ *   check, below), ARGV[7..] the unstored indexes to sweep (one on one Redis; on a Cluster the per-slot indexes of every slot
  *   the master owns: keys the script does not declare, which Redis allows a
  *   script without flags when they are local; an index that is not, because
  *   its slot just moved, is skipped through redis.pcall). Returns {0} when
@@ -68,6 +73,16 @@
  *   another grace), or "" when the buffer no longer has it (removed: lost).
  *   The room's index score becomes its oldest remaining seq's time. A room's
  *   keys share its index's slot, so they are local too.
+ *   Mode 'C' (the core checks history, bus_handlers.on_check) changes
+ *   nothing but the lock (and drops rooms with nothing old from the index)
+ *   and returns {1, more, room, seq, room, seq, ...}: more = 1 when the room
+ *   budget ran out (sweep again at once).
+ * BUS_SETTLE_LUA ends a mode 'C' round with history's answer: ARGV is, per
+ *   room, room, index, n stored, the n stored seqs, m missing, the m missing
+ *   seqs. The stored ones leave chat:{room}:unstored; each missing one is
+ *   answered like mode 'E' (its entry, leased, or "" and removed when the
+ *   recent buffer no longer has it): {room, seq, entry, ...}; the room's index
+ *   score is fixed as above. Keys undeclared and local, as for the sweep.
  * BUS_FORGET_LUA forgets a client id whose seq could not be stored:
  *   KEYS[1] chat:{room}:id:<id>, ARGV[1] seq; deletes it if it still maps
  *   to that seq. */
@@ -77,15 +92,15 @@
 #include <stdio.h>
 
 const char BUS_PUBLISH_LUA[] =
-    "local track = ARGV[6] == '1'\n"
     "local idk = nil\n"
     "if ARGV[8] == '1' then idk = KEYS[#KEYS] end\n"
     "if idk then\n"
     "  local old = redis.call('GET', idk)\n"
     "  if old then return {tonumber(old), 1} end\n"
     "end\n"
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if (not cur) or redis.call('EXISTS', KEYS[3]) == 0 then\n"
+    "local h = redis.call('MGET', KEYS[1], KEYS[3])\n"
+    "local cur = h[1]\n"
+    "if (not cur) or (not h[2]) then\n"
     "  if ARGV[9] == 'S' then return {0, 2} end\n"
     "  if not cur then\n"
     "    cur = '0'\n"
@@ -122,23 +137,18 @@ const char BUS_PUBLISH_LUA[] =
     "  redis.call('EXPIRE', st, tonumber(ARGV[3]))\n"
     "  if count then tail = tail .. string.format('%d', count) .. '}' end\n"
     "end\n"
-    "local floor = tonumber(ARGV[5] or '0') or 0\n"
-    "if floor > 0 and (tonumber(cur) or 0) < floor then\n"
+    "if ARGV[5] ~= '0' and (tonumber(cur) or 0) < tonumber(ARGV[5]) then\n"
     "  redis.call('SET', KEYS[1], ARGV[5])\n"
     "end\n"
     "local seq = redis.call('INCR', KEYS[1])\n"
-    "local m = string.format('%d', seq) .. '\\n' .. tail\n"
+    "local m = seq .. '\\n' .. tail\n"
     "redis.call('ZADD', KEYS[2], seq, m)\n"
     "local keep = tonumber(ARGV[2])\n"
-    "if redis.call('ZCARD', KEYS[2]) > keep then\n"
-    "  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(keep + 1))\n"
-    "end\n"
-    "if idk then redis.call('SET', idk, seq, 'EX', tonumber(ARGV[3])) end\n"
-    "if track then\n"
-    "  local t = redis.call('TIME')\n"
-    "  local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
-    "  redis.call('ZADD', KEYS[4], now, string.format('%d', seq))\n"
-    "  redis.call('ZADD', KEYS[5], 'NX', now, ARGV[7])\n"
+    "if seq > keep then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq - keep) end\n"
+    "if idk then redis.call('SET', idk, seq, 'EX', ARGV[3]) end\n"
+    "if ARGV[6] ~= '0' then\n"
+    "  redis.call('ZADD', KEYS[4], ARGV[6], seq)\n"
+    "  redis.call('ZADD', KEYS[5], 'NX', ARGV[6], ARGV[7])\n"
     "end\n"
     "redis.call(ARGV[12] or 'publish', ARGV[4], m)\n"
     "if count then return {seq, 0, count} end\n"
@@ -187,10 +197,15 @@ const char BUS_SWEEP_LUA[] =
     "local nowv = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local now = string.format('%d', nowv)\n"
     "local cut = '(' .. string.format('%d', nowv - tonumber(ARGV[2]))\n"
+    "local check = ARGV[6] == 'C'\n"
     "local out = {1}\n"
+    "if check then out[2] = 0 end\n"
     "local budget = tonumber(ARGV[4])\n"
-    "for i = 6, #ARGV do\n"
-    "  if budget <= 0 then break end\n"
+    "for i = 7, #ARGV do\n"
+    "  if budget <= 0 then\n"
+    "    if check then out[2] = 1 end\n"
+    "    break\n"
+    "  end\n"
     "  local idx = ARGV[i]\n"
     "  local ex = redis.pcall('EXISTS', idx)\n"
     "  if ex == 1 then\n"
@@ -200,6 +215,17 @@ const char BUS_SWEEP_LUA[] =
     "      local uk = 'chat:{' .. room .. '}:unstored'\n"
     "      local rk = 'chat:{' .. room .. '}:recent'\n"
     "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, tonumber(ARGV[5]))\n"
+    "      if check then\n"
+    "        for _, s in ipairs(seqs) do\n"
+    "          out[#out + 1] = room\n"
+    "          out[#out + 1] = s\n"
+    "        end\n"
+    "        if #seqs == 0 then\n"
+    "          local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n"
+    "          if #first == 0 then redis.call('ZREM', idx, room)\n"
+    "          else redis.call('ZADD', idx, 'XX', first[2], room) end\n"
+    "        end\n"
+    "      else\n"
     "      for _, s in ipairs(seqs) do\n"
     "        local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n"
     "        out[#out + 1] = room\n"
@@ -215,8 +241,45 @@ const char BUS_SWEEP_LUA[] =
     "      local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n"
     "      if #first == 0 then redis.call('ZREM', idx, room)\n"
     "      else redis.call('ZADD', idx, 'XX', first[2], room) end\n"
+    "      end\n"
     "    end\n"
     "  end\n"
+    "end\n"
+    "return out\n";
+
+const char BUS_SETTLE_LUA[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local out = {}\n"
+    "local i = 1\n"
+    "while i <= #ARGV do\n"
+    "  local room, idx, ns = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])\n"
+    "  local uk = 'chat:{' .. room .. '}:unstored'\n"
+    "  local rk = 'chat:{' .. room .. '}:recent'\n"
+    "  i = i + 3\n"
+    "  for j = i, i + ns - 1, 500 do\n"
+    "    redis.call('ZREM', uk, unpack(ARGV, j, math.min(j + 499, i + ns - 1)))\n"
+    "  end\n"
+    "  i = i + ns\n"
+    "  local nm = tonumber(ARGV[i])\n"
+    "  i = i + 1\n"
+    "  for j = i, i + nm - 1 do\n"
+    "    local s = ARGV[j]\n"
+    "    local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n"
+    "    out[#out + 1] = room\n"
+    "    out[#out + 1] = s\n"
+    "    if #e > 0 then\n"
+    "      redis.call('ZADD', uk, 'XX', now, s)\n"
+    "      out[#out + 1] = e[1]\n"
+    "    else\n"
+    "      redis.call('ZREM', uk, s)\n"
+    "      out[#out + 1] = ''\n"
+    "    end\n"
+    "  end\n"
+    "  i = i + nm\n"
+    "  local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n"
+    "  if #first == 0 then redis.call('ZREM', idx, room)\n"
+    "  else redis.call('ZADD', idx, 'XX', first[2], room) end\n"
     "end\n"
     "return out\n";
 
@@ -225,7 +288,7 @@ const char BUS_FORGET_LUA[] =
     "return 0\n";
 
 const char *const BUS_SCRIPTS[BUS_S_COUNT] = {BUS_PUBLISH_LUA, BUS_HEAD_LUA, BUS_MARK_LUA,
-                                              BUS_SWEEP_LUA, BUS_FORGET_LUA};
+                                              BUS_SWEEP_LUA, BUS_FORGET_LUA, BUS_SETTLE_LUA};
 
 void bus_unstored_index(char *out, size_t n, int cluster, const char *room)
 {

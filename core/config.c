@@ -35,9 +35,10 @@ static const opt OPTS[] = {
     {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery"},
     {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large"},
     {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch"},
-    {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "2", "Postgres batch wait (ms)"},
+    {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "4", "Postgres batch window (ms): a batch leaves this long after its first row (or when full)"},
     {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound"},
     {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
+    {"--idempotency-ttl-s", "CHAT_IDEMPOTENCY_TTL_S", K_INT, O(idempotency_ttl_s), "600", "how long (s) a client message id is remembered: a resend with the same id within it is never stored or broadcast twice (1 to 604800)"},
     {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node"},
     {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL"},
     {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1"},
@@ -169,6 +170,10 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     }
     if (c->user_conns_ttl_ms < 600 || c->user_conns_ttl_ms > 3600000) {
         snprintf(err, errlen, "CHAT_USER_CONNS_TTL_MS: 600 to 3600000, got %lld", (long long)c->user_conns_ttl_ms);
+        return -1;
+    }
+    if (c->idempotency_ttl_s < 1 || c->idempotency_ttl_s > 604800) {
+        snprintf(err, errlen, "CHAT_IDEMPOTENCY_TTL_S: 1 to 604800, got %lld", (long long)c->idempotency_ttl_s);
         return -1;
     }
     if (c->replay_max < 1) c->replay_max = 1;

@@ -30,6 +30,7 @@ typedef struct config {
     int64_t read_batch_ms;     /* read state: wait for company before a batch */
     int64_t read_lookup_timeout_ms; /* a join waits this long for its read_seq */
     int64_t retention_interval_ms, retention_batch, retention_batch_ms; /* history retention */
+    int64_t idempotency_ttl_s; /* how long a client message id is remembered */
     int dev_tokens;
     const char *api_keys;      /* server API keys (NULL: /api/ is off) */
     int64_t api_rate, api_burst;          /* per key, across nodes (0: off) */

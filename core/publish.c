@@ -131,10 +131,9 @@ static void finish(publish_op *p, int status)
 static void on_stored(void *ud, int status)
 {
     publish_op *p = ud;
-    /* 0: durable, not a hole; -2: another message holds the seq in history
-     * (the store logged and counted it): never acked, and the seq is not
-     * offered to the backfill again (it has a row) */
-    if (status == 0 || status == -2) bus_mark_stored(P.bus, p->room, p->seq);
+    /* 0: durable; -2: another message holds the seq in history (the store
+     * logged and counted it): never acked. Either way the seq has a row:
+     * the bus's sweeper sees it there (on_check), nothing to mark. */
     if (status == 0) {
         finish(p, PUBLISH_OK);
     } else if (status == -2) {
@@ -607,6 +606,21 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
     }
     json_decref(o);
     free(buf);
+}
+
+/* ---- check: which unstored messages history holds, for the bus's sweeper ---- */
+
+static void on_store_check(void *ud, int status, const unsigned char *stored)
+{
+    bus_check_done(ud, status, stored);
+}
+
+void publish_bus_check(void *ud, bus_check *req, size_t n, const char *const *rooms,
+                       const uint64_t *seqs)
+{
+    (void)ud;
+    if (!P.store || store_check(P.store, n, rooms, seqs, on_store_check, req) < 0)
+        bus_check_done(req, -1, NULL);
 }
 
 /* ---- seed: the durable head of a room, for the bus ------------------------ */

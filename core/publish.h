@@ -135,8 +135,12 @@ int publish_update_start(const publish_update *u, publish_owner *owner,
 int publish_delete(const char *room, uint64_t seq, const char *actor, const char *actor_name,
                    const char *id, publish_owner *owner, publish_cb cb, void *ud);
 
-/* Bus handlers (server.c wires them): on_unstored, on_seed. */
+/* Bus handlers (server.c wires them): on_unstored, on_seed, on_check (the
+ * backfill sweeper asks history which unstored messages it holds: one
+ * store_check per round replaces a mark per commit). */
 void publish_bus_unstored(void *ud, const char *room, uint64_t seq, const char *tail, size_t len);
 void publish_bus_seed(void *ud, const char *room, bus_seed *req);
+void publish_bus_check(void *ud, bus_check *req, size_t n, const char *const *rooms,
+                       const uint64_t *seqs);
 
 #endif

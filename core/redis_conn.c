@@ -42,6 +42,8 @@ struct redis_conn {
     uv_poll_t poll;
     int poll_open, events;
     uv_timer_t timer;
+    uv_prepare_t prep;       /* writes the output queued during a loop turn */
+    int wblocked;            /* the last write found the socket full */
     uv_getaddrinfo_t gai;
     int gai_active;
     int open;                /* handles and requests not yet finished */
@@ -103,6 +105,8 @@ static void teardown(redis_conn *c)
     if (c->gai_active) uv_cancel((uv_req_t *)&c->gai);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, handle_closed);
+    uv_prepare_stop(&c->prep);
+    uv_close((uv_handle_t *)&c->prep, handle_closed);
     if (c->poll_open) {
         uv_poll_stop(&c->poll);
         uv_close((uv_handle_t *)&c->poll, handle_closed);
@@ -190,19 +194,20 @@ static int wbuf_append(redis_conn *c, const char *s, size_t n)
 static void do_write(redis_conn *c)
 {
     char why[200];
+    c->wblocked = 0;
     while (c->state != ST_DEAD && c->woff < c->wlen) {
         size_t n = 0;
         if (c->ssl) {
             c->wr_wants_r = 0;
             int st = redis_tls_write(c->ssl, c->wbuf + c->woff, c->wlen - c->woff, &n, why,
                                      sizeof why);
-            if (st == REDIS_TLS_WANT_WRITE) break;
+            if (st == REDIS_TLS_WANT_WRITE) { c->wblocked = 1; break; }
             if (st == REDIS_TLS_WANT_READ) { c->wr_wants_r = 1; break; }
             if (st != REDIS_TLS_OK) { conn_fail(c, why); return; }
         } else {
             ssize_t w = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
             if (w < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) { c->wblocked = 1; break; }
                 if (errno == EINTR) continue;
                 snprintf(why, sizeof why, "write: %s", strerror(errno));
                 conn_fail(c, why);
@@ -504,13 +509,32 @@ static void poll_cb(uv_poll_t *h, int status, int events)
     if (c->state != ST_DEAD) update_events(c);
 }
 
+/* The loop's prepare step: everything queued during the turn leaves in one
+ * write (commands of one turn are pipelined), without watching the socket
+ * for writability (an epoll_ctl pair and a wakeup per command burst). */
+static void prep_cb(uv_prepare_t *p)
+{
+    redis_conn *c = p->data;
+    uv_prepare_stop(p);
+    if (c->state != ST_HANDSHAKE && c->state != ST_UP) return;
+    if (c->woff < c->wlen && !c->wr_wants_r) do_write(c);
+    if (c->state != ST_DEAD) update_events(c);
+}
+
 static void update_events(redis_conn *c)
 {
     if (!c->poll_open || c->state == ST_DEAD) return;
     int ev;
-    if (c->state == ST_CONNECTING) ev = UV_WRITABLE;
-    else if (c->state == ST_TLS) ev = UV_READABLE | (c->rd_wants_w ? UV_WRITABLE : 0);
-    else ev = UV_READABLE | ((c->woff < c->wlen && !c->wr_wants_r) || c->rd_wants_w ? UV_WRITABLE : 0);
+    int out = c->woff < c->wlen && !c->wr_wants_r;
+    if (c->state == ST_CONNECTING) {
+        ev = UV_WRITABLE;
+    } else if (c->state == ST_TLS) {
+        ev = UV_READABLE | (c->rd_wants_w ? UV_WRITABLE : 0);
+    } else {
+        /* writability is watched only after a write found the socket full */
+        ev = UV_READABLE | ((out && c->wblocked) || c->rd_wants_w ? UV_WRITABLE : 0);
+        if (out && !c->wblocked) uv_prepare_start(&c->prep, prep_cb);
+    }
     if (ev == c->events) return;
     c->events = ev;
     uv_poll_start(&c->poll, ev, poll_cb);
@@ -632,7 +656,9 @@ redis_conn *redis_conn_new(uv_loop_t *loop, const redis_conn_opts *o, const redi
     c->started_ms = c->last_tx_ms = mono_ms();
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
-    c->open = 1;
+    uv_prepare_init(loop, &c->prep);
+    c->prep.data = c;
+    c->open = 2;
     uv_timer_start(&c->timer, tick, TICK_MS, TICK_MS);
     c->state = ST_RESOLVING;
     c->constructing = 1;

@@ -267,11 +267,11 @@ int server_run(int argc, char **argv)
 
     /* with a database, publishes stay "unstored" in Redis until committed,
      * so a surviving node stores those of a node that died in between */
-    bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, 86400,
+    bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, (uint32_t)g_srv.cfg.idempotency_ttl_s,
                    g_srv.cfg.database_url != NULL, (uint32_t)g_srv.cfg.backfill_grace_ms};
     bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready,
                        publish_bus_unstored, g_srv.cfg.database_url ? publish_bus_seed : NULL,
-                       ctl_bus_message};
+                       ctl_bus_message, g_srv.cfg.database_url ? publish_bus_check : NULL};
     g_srv.bus = bus_new(g_srv.loop, &bo, &bh, NULL, err, sizeof err);
     if (!g_srv.bus) { fprintf(stderr, "chatd: bus: %s\n", err); return 2; }
     ctl_init(g_srv.loop, g_srv.bus, g_srv.cfg.node_id);

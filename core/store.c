@@ -103,7 +103,7 @@ struct store {
     int wake_armed;
 
     int state, op;
-    int ins_prepared;           /* STORE_STMT_INSERT_FULL exists on this connection */
+    int ins_prepared;           /* STORE_STMT_INSERT exists on this connection */
     const char *q_prepared[QUERY_PREPARED_MAX]; /* store_query names prepared on it */
     int nq_prepared;
     uint64_t op_t0;
@@ -368,58 +368,64 @@ static void connect_poll(store *s)
 
 /* ---------- statements ---------- */
 
-/* "INSERT ... VALUES ($1..$7),...(..$7n) ON CONFLICT ..." and its types. */
-static char *insert_sql(size_t n, Oid *types)
+/* ---------- the batch write path ---------- */
+
+char *store_text_array(const char *const *v, size_t n, size_t stride)
 {
-    size_t cap = sizeof STORE_INSERT_HEAD + sizeof STORE_INSERT_TAIL + n * 100;
-    char *sql = malloc(cap);
-    if (!sql) return NULL;
-    size_t len = (size_t)snprintf(sql, cap, "%s", STORE_INSERT_HEAD);
+    size_t len = 3;
     for (size_t i = 0; i < n; i++) {
-        size_t b = i * STORE_INSERT_NCOLS;
-        len += (size_t)snprintf(sql + len, cap - len, "%s(", i ? "," : "");
-        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++)
-            len += (size_t)snprintf(sql + len, cap - len, "%s$%zu", c ? "," : "", b + c + 1);
-        sql[len++] = ')';
-        sql[len] = 0;
-        static const Oid COL_TYPES[STORE_INSERT_NCOLS] = {
-            OID_TEXT, OID_INT8, OID_TEXT, OID_TEXT, OID_TEXT, OID_TEXT, OID_INT8,
-            OID_INT2, OID_INT8, OID_TEXT, OID_BOOL, OID_INT4, OID_TEXT};
-        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++) types[b + c] = COL_TYPES[c];
+        const char *x = v[i * stride];
+        if (!x) { len += 5; continue; }
+        len += 3;
+        for (const char *q = x; *q; q++) len += (*q == '"' || *q == '\\') ? 2 : 1;
     }
-    snprintf(sql + len, cap - len, "%s", STORE_INSERT_TAIL);
-    return sql;
+    char *out = malloc(len), *o = out;
+    if (!out) return NULL;
+    *o++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        const char *x = v[i * stride];
+        if (i) *o++ = ',';
+        if (!x) { memcpy(o, "NULL", 4); o += 4; continue; }
+        *o++ = '"';
+        for (const char *q = x; *q; q++) {
+            if (*q == '"' || *q == '\\') *o++ = '\\';
+            *o++ = *q;
+        }
+        *o++ = '"';
+    }
+    *o++ = '}';
+    *o = 0;
+    return out;
 }
 
-/* Full batches (batch_max rows) use a statement prepared once per connection
- * (saves parsing thousands of parameters each time); partial ones are sent
- * unnamed. Both are a single autocommit statement: its own transaction. */
+/* One batch = one prepared statement (STORE_SQL_INSERT, prepared once per
+ * connection) whatever its size: its STORE_INSERT_NCOLS parameters are the
+ * batch's columns as arrays. A single autocommit statement: its own transaction. */
 static void send_batch(store *s)
 {
-    size_t n = s->q_len < (size_t)s->batch_max ? s->q_len : (size_t)s->batch_max;
-    size_t np = n * STORE_INSERT_NCOLS;
-    int full = n == (size_t)s->batch_max;
-    Oid *types = NULL;
-    char *sql = NULL;
-    if (!full || !s->ins_prepared) {
-        types = malloc(np * sizeof *types);
-        sql = types ? insert_sql(n, types) : NULL;
-        if (!sql) goto oom;
-    }
-    if (full && !s->ins_prepared) { /* rows stay queued until it is prepared */
-        int ok = PQsendPrepare(s->pg, STORE_STMT_INSERT_FULL, sql, (int)np, types);
-        free(types); free(sql);
-        sent(s, OP_PREP_INSERT, ok);
+    if (!s->ins_prepared) { /* rows stay queued until it is prepared */
+        Oid types[STORE_INSERT_NCOLS] = {0};
+        sent(s, OP_PREP_INSERT, PQsendPrepare(s->pg, STORE_STMT_INSERT, STORE_SQL_INSERT,
+                                              STORE_INSERT_NCOLS, types));
         return;
     }
-    const char **vals = malloc(np * sizeof *vals);
-    if (!vals) goto oom;
+    size_t n = s->q_len < (size_t)s->batch_max ? s->q_len : (size_t)s->batch_max;
+    const char **vals = malloc(n * STORE_INSERT_NCOLS * sizeof *vals);
+    char *cols[STORE_INSERT_NCOLS] = {0};
+    int ok = vals != NULL;
+    wnode *w = s->q_head, *last = NULL;
+    for (size_t i = 0; ok && i < n; i++, last = w, w = w->next)
+        memcpy(&vals[i * STORE_INSERT_NCOLS], w->val, sizeof w->val);
+    for (size_t c = 0; ok && c < STORE_INSERT_NCOLS; c++)
+        ok = (cols[c] = store_text_array(vals + c, n, STORE_INSERT_NCOLS)) != NULL;
+    free(vals);
+    if (!ok) {
+        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++) free(cols[c]);
+        wake_in(s, 1); /* try again shortly */
+        return;
+    }
     /* move the first n rows to the in-flight list */
     s->fl_head = s->q_head;
-    wnode *w = s->q_head, *last = NULL;
-    for (size_t i = 0; i < n; i++, last = w, w = w->next)
-        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++)
-            vals[i * STORE_INSERT_NCOLS + c] = w->val[c];
     s->fl_tail = last;
     s->q_head = w;
     last->next = NULL;
@@ -427,14 +433,10 @@ static void send_batch(store *s)
     s->fl_len = n;
     s->q_len -= n;
     s->last_was_batch = 1;
-    int ok = full ? PQsendQueryPrepared(s->pg, STORE_STMT_INSERT_FULL, (int)np, vals, NULL, NULL, 0)
-                  : PQsendQueryParams(s->pg, sql, (int)np, types, vals, NULL, NULL, 0);
-    free(vals); free(types); free(sql); /* libpq copied them into its buffer */
+    ok = PQsendQueryPrepared(s->pg, STORE_STMT_INSERT, STORE_INSERT_NCOLS,
+                             (const char *const *)cols, NULL, NULL, 0);
+    for (size_t c = 0; c < STORE_INSERT_NCOLS; c++) free(cols[c]); /* libpq copied them */
     sent(s, OP_BATCH, ok);
-    return;
-oom:
-    free(types); free(sql);
-    wake_in(s, 1); /* try again shortly */
 }
 
 static void send_range(store *s)
@@ -947,7 +949,7 @@ store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen)
     s->loop = loop;
     s->batch_max = o->batch_max > 0 ? o->batch_max : 500;
     if (s->batch_max > STORE_BATCH_HARD_MAX) s->batch_max = STORE_BATCH_HARD_MAX;
-    s->batch_ms = o->batch_ms > 0 ? o->batch_ms : 2;
+    s->batch_ms = o->batch_ms > 0 ? o->batch_ms : 4;
     s->pending_max = o->pending_max > 0 ? (size_t)o->pending_max : 100000;
     s->poll_fd = -1;
     backoff_init(&s->bo, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
@@ -1267,4 +1269,96 @@ const char *store_result_value(const store_result *r, int row, int col)
 unsigned long store_conn_gen(const store *s)
 {
     return s ? s->connects : 0;
+}
+
+/* ---- the backfill sweeper's check (on store_query_named) ----
+ * Sent in chunks of CHECK_CHUNK pairs: each a short statement, so that the
+ * write batches interleave with them and no ack waits for a whole round's
+ * check. */
+
+#define CHECK_CHUNK 200
+
+typedef struct chk_group {
+    store_check_cb cb;
+    void *ud;
+    size_t n, left;          /* pairs; chunks not answered yet */
+    int failed;
+    unsigned char stored[];
+} chk_group;
+
+typedef struct chk_part {
+    chk_group *g;
+    size_t off, n;
+} chk_part;
+
+static void check_cb(void *ud, int status, const store_result *res)
+{
+    chk_part *c = ud;
+    chk_group *g = c->g;
+    if (status != 0) {
+        g->failed = 1;
+    } else {
+        int nt = store_result_rows(res);
+        for (int t = 0; t < nt; t++) {
+            const char *v = store_result_value(res, t, 0);
+            unsigned long long i = v ? strtoull(v, NULL, 10) : 0;
+            if (i >= 1 && i <= c->n) g->stored[c->off + i - 1] = 1;
+        }
+    }
+    free(c);
+    if (--g->left) return;
+    g->cb(g->ud, g->failed ? -1 : 0, g->failed ? NULL : g->stored);
+    free(g);
+}
+
+/* queues rooms/seqs [off, off+n): 0, or -1 (nothing queued) */
+static int check_chunk(store *s, chk_group *g, size_t off, size_t n, const char *const *rooms,
+                       const uint64_t *seqs)
+{
+    char *rl = store_text_array(rooms + off, n, 1);
+    char *sl = malloc(n * 21 + 3), *o = sl;
+    chk_part *c = malloc(sizeof *c);
+    int rc = -1;
+    if (rl && sl && c) {
+        *o++ = '{';
+        for (size_t i = off; i < off + n; i++)
+            o += sprintf(o, "%s%" PRIu64, i > off ? "," : "",
+                         seqs[i] > INT64_MAX ? (uint64_t)INT64_MAX : seqs[i]);
+        *o++ = '}';
+        *o = 0;
+        c->g = g;
+        c->off = off;
+        c->n = n;
+        const char *params[2] = {rl, sl};
+        rc = store_query_named(s, STORE_STMT_STORED, STORE_SQL_STORED, 2, params, check_cb, c);
+    }
+    if (rc != 0) free(c);
+    free(rl);
+    free(sl);
+    return rc;
+}
+
+int store_check(store *s, size_t n, const char *const *rooms, const uint64_t *seqs,
+                store_check_cb cb, void *ud)
+{
+    if (!s || s->dead || !cb || !n || s->state != ST_READY) return -1;
+    chk_group *g = calloc(1, sizeof *g + n);
+    if (!g) return -1;
+    g->cb = cb;
+    g->ud = ud;
+    g->n = n;
+    g->left = 1; /* held while queueing */
+    for (size_t off = 0; off < n; off += CHECK_CHUNK) {
+        if (check_chunk(s, g, off, n - off < CHECK_CHUNK ? n - off : CHECK_CHUNK, rooms, seqs) != 0) {
+            if (off == 0) { free(g); return -1; } /* nothing queued */
+            g->failed = 1;                       /* the queued ones answer */
+            break;
+        }
+        g->left++;
+    }
+    if (--g->left == 0) { /* cannot happen: at least one chunk is queued */
+        g->cb(g->ud, g->failed ? -1 : 0, g->failed ? NULL : g->stored);
+        free(g);
+    }
+    return 0;
 }

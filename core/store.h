@@ -1,8 +1,9 @@
 /* store: durable history in Postgres through libpq, non-blocking, on the
  * libuv loop (uv_poll on PQsocket). Schema and versioned migrations applied at
  * start (advisory lock: safe on every node at once). Group commit: writes are
- * queued and flushed as one multi-row INSERT ... ON CONFLICT (room, seq) DO
- * NOTHING per batch (up to batch_max rows or batch_ms ms), in a transaction;
+ * queued and flushed as one INSERT ... SELECT FROM unnest(<column arrays>)
+ * ON CONFLICT (room, seq) DO NOTHING per batch (one prepared statement for
+ * every size; up to batch_max rows or batch_ms ms), in a transaction;
  * each write's callback fires after its batch committed. Reconnects with
  * capped backoff; failed batches are retried (nothing acked is lost).
  * Owns: the connection, the pending-write queue (bounded by pending_max), the
@@ -34,7 +35,7 @@ typedef struct store store;
 typedef struct store_opts {
     const char *conninfo;   /* libpq conninfo or postgresql:// URL */
     int batch_max;          /* rows per batch (default 500) */
-    int batch_ms;           /* max wait before flushing a partial batch (default 2) */
+    int batch_ms;           /* max wait before flushing a partial batch (default 4) */
     int pending_max;        /* queued rows bound (default 100000) */
 } store_opts;
 
@@ -142,6 +143,21 @@ const char *store_result_value(const store_result *res, int row, int col);
 /* Changes every time the store opens a new connection: session state (an
  * advisory lock) taken at one value is gone at another. */
 unsigned long store_conn_gen(const store *s);
+
+/* Which of n (room, seq) pairs are in history (the backfill sweeper's
+ * check, one statement for all): cb(ud, 0, stored) with stored[i] = 1 for
+ * each stored pair (valid during the callback), or cb(ud, -1, NULL). Queued
+ * with the range reads; returns -1 without calling cb when the store is not
+ * ready (or n is 0). */
+typedef void (*store_check_cb)(void *ud, int status, const unsigned char *stored);
+int store_check(store *s, size_t n, const char *const *rooms, const uint64_t *seqs,
+                store_check_cb cb, void *ud);
+
+/* A Postgres array literal (text format, for a $n::text[] or ::bigint[]
+ * parameter) of the n strings v[0], v[stride], v[2*stride]...: every element
+ * double-quoted with " and \ escaped, a NULL pointer as the unquoted NULL.
+ * malloc'd; NULL on allocation failure. */
+char *store_text_array(const char *const *v, size_t n, size_t stride);
 
 /* Calls cb(ud) once every queued and in-flight write has committed or failed
  * for good (SIGTERM drain). */

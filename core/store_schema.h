@@ -118,16 +118,28 @@ int store_schema_version(void);
     "JOIN (VALUES "
 #define STORE_VERIFY_TAIL ") AS k(room, seq) ON m.room = k.room AND m.seq = k.seq"
 
-/* Columns of one batched row, in parameter order (the verify statement
- * reads them back in the same order, then deleted). */
-#define STORE_INSERT_HEAD \
+/* The batch insert: one statement for every batch size, prepared once per
+ * connection. Each parameter is a Postgres array literal holding one column
+ * of the batch (text format), in this order (the verify statement reads them
+ * back in the same order); unnest() zips them back into rows. */
+#define STORE_SQL_INSERT \
     "INSERT INTO messages (room, seq, client_id, user_id, name, body, ts, kind, target, emoji, " \
-    "react_on, react_count, meta) VALUES "
-#define STORE_INSERT_TAIL " ON CONFLICT (room, seq) DO NOTHING"
+    "react_on, react_count, meta) " \
+    "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], " \
+    "$6::text[], $7::bigint[], $8::smallint[], $9::bigint[], $10::text[], $11::boolean[], " \
+    "$12::integer[], $13::text[]) ON CONFLICT (room, seq) DO NOTHING"
 #define STORE_INSERT_NCOLS 13
-#define STORE_STMT_INSERT_FULL "chatd_insert_full"
-/* Postgres' bind message carries at most 65535 parameters. */
-#define STORE_BATCH_HARD_MAX (65535 / STORE_INSERT_NCOLS)
+#define STORE_STMT_INSERT "chatd_insert"
+/* A bound on the rows of one batch (one statement, one transaction). */
+#define STORE_BATCH_HARD_MAX 10000
+
+/* Which of n (room, seq) pairs are stored (the backfill sweeper's check):
+ * $1 rooms, $2 seqs (array literals); the 1-based positions of the stored
+ * ones. */
+#define STORE_STMT_STORED "chatd_stored_check"
+#define STORE_SQL_STORED \
+    "SELECT k.i FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(room, seq, i) " \
+    "JOIN messages m ON m.room = k.room AND m.seq = k.seq"
 
 /* ---- read state (core/readstate.c, through store_query) ----------------
  * Batched mark: $1 users, $2 rooms, $3 seqs (text[], text[], bigint[]; one

@@ -94,7 +94,7 @@ struct stats {
     uint64_t http_sent, http_done, http_fail, http_status[600];
     uint64_t open_at_go, open_at_end;
     double cpu_steady, cpu_total, runq_wait_steady;
-    struct lt_hist lag, connect, http;
+    struct lt_hist lag, connect, http, ack;
 };
 
 struct secrow {
@@ -158,6 +158,8 @@ struct conn {
     struct seqwin sw;           /* the room's seq (chatd) */
     struct seqwin *pw;          /* --proto nchan: one window per publisher of the room */
     uint32_t pub_n;             /* messages this connection published (the body's counter) */
+    uint32_t ack_k[8];          /* send times of the last 8 messages (ack latency): counter, */
+    uint64_t ack_t[8];          /* mono ns (indexed by counter % 8) */
     uint64_t t_start;
     uint32_t frag_op;
     char key[32];
@@ -547,6 +549,19 @@ static void on_text(struct conn *c, const char *p, size_t n, uint64_t now)
         S.hb_acks++;
     } else if (jis(t, e, "ack")) {
         S.acks++;
+        /* the id is "<run>-<conn>-<counter>": send -> ack latency */
+        const char *ie, *iv = jfind(p, n, "id", &ie);
+        const char *dash = NULL;
+        for (const char *q = iv; q && q < ie; q++)
+            if (*q == '-')
+                dash = q;
+        if (dash) {
+            uint32_t k = (uint32_t)strtoul(dash + 1, NULL, 10);
+            if (k && c->ack_k[k % 8] == k && c->ack_t[k % 8] <= now) {
+                lt_hist_add(&S.ack, now - c->ack_t[k % 8]);
+                c->ack_k[k % 8] = 0;
+            }
+        }
     } else if (jis(t, e, "error")) {
         const char *ce, *cv = jfind(p, n, "code", &ce);
         if (cv)
@@ -1015,6 +1030,8 @@ static void publish_one(uint64_t now)
     int n = snprintf(frame, cap + 256, "{\"type\":\"message\",\"body\":\"%s\",\"id\":\"%lx-%u-%llu\"}",
                      body, RUN_ID, c->idx, (unsigned long long)k);
     (void)now;
+    c->ack_k[k % 8] = (uint32_t)k;
+    c->ack_t[k % 8] = mono_ns();
     ws_send(c, 0x1, frame, (size_t)n);
     S.msgs_sent++;
     R.sent++;
@@ -1431,6 +1448,7 @@ static void merge_stats(struct stats *d, const struct stats *s)
     lt_hist_merge(&d->lag, &s->lag);
     lt_hist_merge(&d->connect, &s->connect);
     lt_hist_merge(&d->http, &s->http);
+    lt_hist_merge(&d->ack, &s->ack);
 }
 
 static double ms(uint64_t ns) { return (double)ns / 1e6; }
@@ -1834,6 +1852,10 @@ int main(int argc, char **argv)
     printf("lag: p50 %.3f ms  p99 %.3f ms  p999 %.3f ms  max %.3f ms  (%llu samples)\n",
            ms(lt_hist_quantile(&t->lag, .5)), ms(lt_hist_quantile(&t->lag, .99)),
            ms(lt_hist_quantile(&t->lag, .999)), ms(t->lag.max), (unsigned long long)t->lag.n);
+    if (t->ack.n)
+        printf("ack (send -> ack): p50 %.3f ms  p99 %.3f ms  p999 %.3f ms  max %.3f ms  (%llu samples)\n",
+               ms(lt_hist_quantile(&t->ack, .5)), ms(lt_hist_quantile(&t->ack, .99)),
+               ms(lt_hist_quantile(&t->ack, .999)), ms(t->ack.max), (unsigned long long)t->ack.n);
     printf("seq check: losses %llu, duplicates %llu, reorders %llu\n", (unsigned long long)t->losses,
            (unsigned long long)t->dups, (unsigned long long)t->reorders);
     if (O.slow)
@@ -1940,6 +1962,9 @@ int main(int argc, char **argv)
                     (unsigned long long)t->lag.n, ms(lt_hist_quantile(&t->lag, .5)),
                     ms(lt_hist_quantile(&t->lag, .99)), ms(lt_hist_quantile(&t->lag, .999)), ms(t->lag.max),
                     t->lag.n ? ms(t->lag.sum / t->lag.n) : 0.0);
+            fprintf(f, "  \"ack_ms\": {\"samples\": %llu, \"p50\": %.3f, \"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f},\n",
+                    (unsigned long long)t->ack.n, ms(lt_hist_quantile(&t->ack, .5)),
+                    ms(lt_hist_quantile(&t->ack, .99)), ms(lt_hist_quantile(&t->ack, .999)), ms(t->ack.max));
             fprintf(f, "  \"heartbeats\": {\"sent\": %llu, \"acked\": %llu, \"server_pings\": %llu},\n",
                     (unsigned long long)t->hb_sent, (unsigned long long)t->hb_acks, (unsigned long long)t->pings);
             fprintf(f, "  \"slow\": {\"count\": %d, \"closed_by_server\": %llu, \"backlog_frames\": %llu},\n", O.slow,

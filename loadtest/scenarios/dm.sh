@@ -167,7 +167,7 @@ jq -n --slurpfile r "$RESULTS/$NAME.json" --argjson idle "$IDLE_J" \
           duration_s: $x.config.duration_s, heartbeat_ms: $x.config.heartbeat_ms, body_bytes: $x.config.body_bytes},
    messages: ($x.messages | {sent, acks, errors}), deliveries: ($x.deliveries | {total, steady, per_s, losses, duplicates, reorders}),
    connections: ($x.connections | {held_at_start, held_at_end, failed, closed_by_server}),
-   lag_ms: $x.lag_ms,
+   lag_ms: $x.lag_ms, ack_ms: $x.ack_ms,
    cpu_us_per_message: (([$x.processes[] | {(.name): .us_per_message}] | add) + {system: $x.system.us_per_message}),
    cpu_util: ([$x.processes[] | {(.name): .cpu_util}] | add),
    idle_cpu_util: (if $idle then ([$idle.processes[] | {(.name): .cpu_util}] | add) else null end),

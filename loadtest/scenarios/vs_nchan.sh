@@ -36,7 +36,11 @@
 # servers and Redis SCHED_RR, the generator SCHED_FIFO).
 # Writes results/vs_nchan_<scenario>_<server>.{json,txt,timeline} (server: chatd, nchan, nchan_nostore),
 # results/vs_nchan.json (all ratios), vs_nchan.txt (the table) and vs_nchan.svg.
-# env: DURATION (60), SCENARIOS ("dm rooms100"), HEARTBEAT_MS (10000), NGINX_PORT (17612),
+# BASE_CHATD=<binary>: also runs that chatd (e.g. a build from before a change)
+# under the same load, first in each scenario (vs_nchan_<scenario>_chatd_base.*),
+# and prints the ratios chatd / chatd_base: a change's before/after in the
+# same run as Nchan.
+# env: DURATION (60), SCENARIOS ("dm rooms100"), HEARTBEAT_MS (10000), NGINX_PORT (17612), BASE_CHATD,
 #      DM_RATE (1000), R100_RATE (300), SUMMARY_ONLY (0), and lib.sh's (CHATD, LT_RT, PORT_A, REDIS_PORT, PG_PORT...)
 source "$(dirname "$0")/lib.sh"
 lt_build
@@ -92,6 +96,7 @@ stack_up_chatd() {   # stack_up_chatd NAME: Redis + Postgres + chatd
 }
 
 stack_up_nchan_nostore() { NCHAN_STORAGE=nostore stack_up_nchan "$1"; }
+stack_up_chatd_base() { CHATD=$BASE_CHATD stack_up_chatd "$1"; }
 
 stack_up_nchan() {   # stack_up_nchan NAME: Redis + nginx with Nchan in Redis mode (NCHAN_STORAGE)
     local dir=$LT_DATA/$1
@@ -153,6 +158,7 @@ run_one() {   # run_one SCENARIO SERVER
 }
 
 SERVERS=(chatd nchan nchan_nostore)
+[ -n "${BASE_CHATD:-}" ] && SERVERS=(chatd_base chatd nchan nchan_nostore)
 if [ "${SUMMARY_ONLY:-0}" != 1 ]; then   # SUMMARY_ONLY=1: only redo the tables from the result files
     for sc in $SCENARIOS; do
         for srv in "${SERVERS[@]}"; do run_one "$sc" "$srv"; done
@@ -181,14 +187,22 @@ jq -n "${args[@]}" --arg scs "$SCENARIOS" '
                rss_per_conn: (c.server.rss_per_conn_kib / n.server.rss_per_conn_kib)};
   [$scs | split(" ")[] | select(length > 0)] | map(. as $s | $a[$s + "_chatd"][0] as $c |
     $a[$s + "_nchan"][0] as $n | $a[$s + "_nchan_nostore"][0] as $o |
-    {(.): {chatd: row($c), nchan: row($n), nchan_nostore: row($o),
-      ratios_to_nchan: ratios($c; $n), ratios_to_nchan_nostore: ratios($c; $o),
+    ($a[$s + "_chatd_base"] // [null])[0] as $b |
+    {(.): ({chatd: row($c), nchan: row($n), nchan_nostore: row($o),
+      ratios_to_nchan: ratios($c; $n), ratios_to_nchan_nostore: ratios($c; $o)} +
+     (if $b then {chatd_base: row($b), ratios_to_chatd_base: (ratios($c; $b) + {
+        chatd_per_message: (server($c).us_per_message / server($b).us_per_message),
+        redis_per_message: ([$c.processes[] | select(.name == "redis") | .us_per_message][0] /
+                            [$b.processes[] | select(.name == "redis") | .us_per_message][0]),
+        postgres_per_message: ([$c.processes[] | select(.name == "postgres") | .us_per_message][0] /
+                               [$b.processes[] | select(.name == "postgres") | .us_per_message][0])})}
+      else {} end) + {
       goals: (if $s == "dm" then
                 {system_us_per_message_le_nchan_nostore: ($c.system.us_per_message <= $o.system.us_per_message)}
               else
                 {system_per_delivery_le_nchan_nostore: ($c.system.us_per_delivery <= $o.system.us_per_delivery),
                  chatd_process_le_0_8_nginx_nostore: (server($c).us_per_delivery <= 0.8 * server($o).us_per_delivery)}
-              end)}}) | add' >"$RESULTS/vs_nchan.json"
+              end)})}) | add' >"$RESULTS/vs_nchan.json"
 
 # the table
 {
@@ -205,6 +219,9 @@ jq -n "${args[@]}" --arg scs "$SCENARIOS" '
       "  ratios chatd/nchan_nostore: system per message \(f($v.ratios_to_nchan_nostore.system_per_message)), per delivery \(f($v.ratios_to_nchan_nostore.system_per_delivery)), server process per delivery \(f($v.ratios_to_nchan_nostore.server_process_per_delivery)), RSS per conn \(f($v.ratios_to_nchan_nostore.rss_per_conn))",
       "  RSS per conn (server process): chatd \(f($v.chatd.server_rss_per_conn_kib)), nginx worker \(f($v.nchan.server_rss_per_conn_kib)) / \(f($v.nchan_nostore.server_rss_per_conn_kib)) (nostore) KiB",
       "  lag p50/p99 ms: chatd \(f($v.chatd.lag_ms.p50))/\(f($v.chatd.lag_ms.p99)), nchan \(f($v.nchan.lag_ms.p50))/\(f($v.nchan.lag_ms.p99)), nostore \(f($v.nchan_nostore.lag_ms.p50))/\(f($v.nchan_nostore.lag_ms.p99)); loss/dup/reorder chatd \($v.chatd.losses)/\($v.chatd.duplicates)/\($v.chatd.reorders), nchan \($v.nchan.losses)/\($v.nchan.duplicates)/\($v.nchan.reorders), nostore \($v.nchan_nostore.losses)/\($v.nchan_nostore.duplicates)/\($v.nchan_nostore.reorders); acks chatd \($v.chatd.acks)/\($v.chatd.messages)",
+      (if $v.chatd_base then
+        "  chatd_base+Redis+PG      system \(f($v.chatd_base.system_us_per_message)) us/msg, \(f($v.chatd_base.system_us_per_delivery)) us/delivery  (\(procline($v.chatd_base.processes)))\n  ratios chatd/chatd_base:    system per message \(f($v.ratios_to_chatd_base.system_per_message)), chatd \(f($v.ratios_to_chatd_base.chatd_per_message)), redis \(f($v.ratios_to_chatd_base.redis_per_message)), postgres \(f($v.ratios_to_chatd_base.postgres_per_message)), server process per delivery \(f($v.ratios_to_chatd_base.server_process_per_delivery)); lag p50/p99 ms base \(f($v.chatd_base.lag_ms.p50))/\(f($v.chatd_base.lag_ms.p99)); machine base run \(f($v.chatd_base.machine.other_cpu_util * 100))% / \(f($v.chatd_base.machine.server_runq_wait_ms)) ms"
+       else empty end),
       "  goals: \($v.goals | to_entries | map("\(.key) \(if .value then "PASS" else "miss" end)") | join(", "))",
       "  machine (other CPU / server runq wait): chatd run \(f($v.chatd.machine.other_cpu_util * 100))% / \(f($v.chatd.machine.server_runq_wait_ms)) ms, nchan run \(f($v.nchan.machine.other_cpu_util * 100))% / \(f($v.nchan.machine.server_runq_wait_ms)) ms, nostore run \(f($v.nchan_nostore.machine.other_cpu_util * 100))% / \(f($v.nchan_nostore.machine.server_runq_wait_ms)) ms"' \
         "$RESULTS/vs_nchan.json"

@@ -7,7 +7,8 @@
  *     (bus_rhead_parse), the publish script {seq, dup|seed}
  *     (bus_redis_publish_reply), and core/bus_reply.c: recent-buffer ranges
  *     (gap fill, replay since N), channel names, the backfill sweep
- *     {1, room, seq, entry...};
+ *     {1, room, seq, entry...}, its checked form {1, more, room, seq...}
+ *     and the settle {room, seq, entry...};
  *   presence (core/presence_redis.c): the apply script {room, event, user,
  *     name...}, the sweep script {2|3, room, user, name...}, HGETALL names.
  * Oracles: whatever the reply, interpreters only hand out what the contract
@@ -166,6 +167,30 @@ static void interpret(const redisReply *rp)
         FUZZ_CHECK(room_name_valid(room, strlen(room)), "sweep room '%s'", room);
         if (st == 1) {
             FUZZ_CHECK(x.seq == seq, "sweep entry %" PRIu64 " for seq %" PRIu64, x.seq, seq);
+            check_entry(rp, &x);
+        }
+    }
+
+    /* the checked sweep (mode 'C') and its settle */
+    int cmore = -1;
+    round = bus_reply_check_round(rp, &cmore, &items);
+    FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || (items == 0 && cmore == 0)) &&
+               (cmore == 0 || cmore == 1), "check round %d items %zu more %d", round, items, cmore);
+    for (size_t k = 0; round == 1 && k < items + 2; k++) {
+        int st = bus_reply_check_item(rp, k, room, &seq);
+        if (k >= items) { FUZZ_CHECK(st == -1, "pair %zu past %zu", k, items); continue; }
+        if (st == 0) FUZZ_CHECK(room_name_valid(room, strlen(room)), "check room '%s'", room);
+    }
+    items = bus_reply_settle_items(rp);
+    FUZZ_CHECK(items <= cap / 3, "%zu settle items from %zu elements", items, cap);
+    for (size_t k = 0; k < items + 2; k++) {
+        bus_entry x;
+        int st = bus_reply_settle_item(rp, k, room, &seq, &x);
+        if (k >= items) { FUZZ_CHECK(st == -1, "settle item %zu past %zu", k, items); continue; }
+        if (st < 0) continue;
+        FUZZ_CHECK(room_name_valid(room, strlen(room)), "settle room '%s'", room);
+        if (st == 1) {
+            FUZZ_CHECK(x.seq == seq, "settle entry %" PRIu64 " for seq %" PRIu64, x.seq, seq);
             check_entry(rp, &x);
         }
     }

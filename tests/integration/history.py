@@ -384,6 +384,37 @@ async def redis_restart_empty_keeps_seq_and_history():
 
 
 @test(timeout=60, needs=NEEDS)
+async def idempotency_window_is_the_setting():
+    """CHAT_IDEMPOTENCY_TTL_S bounds how long a client id is remembered: a
+    resend within it is the same message (same seq, no second broadcast or
+    row), a resend after it is a new message; the id key carries the TTL.
+    Out-of-range values refuse to start."""
+    n = hnode(env={"CHAT_IDEMPOTENCY_TTL_S": 2})
+    room = uniq()
+    s = await Client.connect(n, room, token("alice"))
+    w = await Client.connect(n, room, token("watch"))
+    seq = await harness.send_acked(s, "win", "win-1")
+    rd = harness.RUN.need_redis()
+    if hasattr(rd, "command"):
+        ttl = int(rd.command("TTL", f"chat:{{{room}}}:id:win-1")[1:].strip())
+        check(1 <= ttl <= 2, f"TTL of the id key: {ttl} (CHAT_IDEMPOTENCY_TTL_S=2)")
+    eq(await harness.send_acked(s, "win", "win-1"), seq, "seq of a resend within the window")
+    await asyncio.sleep(3.0)
+    seq2 = await harness.send_acked(s, "win", "win-1")
+    eq(seq2, seq + 1, "a resend after the window is a new message")
+    await w.wait_for(lambda f: f["type"] == "message" and f.get("seq") == seq2, 5)
+    await asyncio.sleep(0.3)
+    eq(w.seqs(room), [seq, seq2], "broadcasts seen by the watcher")
+    for bad in ("0", "604801", "x"):
+        b = harness.Node(redis=True, db=True, env={"CHAT_IDEMPOTENCY_TTL_S": bad})
+        b.start(wait=False)
+        rc = await asyncio.to_thread(b.wait_exit, 5)
+        check(rc is not None and rc != 0, f"CHAT_IDEMPOTENCY_TTL_S={bad}: chatd did not refuse to start")
+        check("CHAT_IDEMPOTENCY_TTL_S" in b.log_text() or "idempotency" in b.log_text(),
+              f"CHAT_IDEMPOTENCY_TTL_S={bad}: no error naming the setting: {b.log_tail(3)}")
+
+
+@test(timeout=60, needs=NEEDS)
 async def hole_of_a_dead_node_is_backfilled():
     """A node dies (kill -9) after its messages were broadcast but before its
     batch committed them: a surviving node stores them from the Redis recent

@@ -190,6 +190,16 @@ typedef struct node {
     /* the control channel */
     int nctl;
     char ctl_last[64];
+    /* the history check (nodes made with node_new_checking): the "stored"
+     * (room, seq) pairs it answers with, its calls and the pairs asked */
+    char stored_room[32][80];
+    uint64_t stored_seq[32];
+    int nstored;
+    int check_fail;          /* answer -1 */
+    int nchecks;
+    size_t asked;            /* pairs asked in total */
+    char asked_room[256][80];
+    uint64_t asked_seq[256];
 } node;
 
 static void on_message(void *ud, const char *room, uint64_t seq, const char *tail, size_t len)
@@ -283,10 +293,34 @@ static void on_control(void *ud, const char *data, size_t len)
     snprintf(nd->ctl_last, sizeof nd->ctl_last, "%.*s", (int)len, data);
 }
 
+static void on_check(void *ud, bus_check *req, size_t n, const char *const *rooms,
+                     const uint64_t *seqs)
+{
+    node *nd = ud;
+    nd->nchecks++;
+    unsigned char st[512] = {0};
+    CHECK(n <= sizeof st, "%zu pairs", n);
+    for (size_t i = 0; i < n && i < sizeof st; i++) {
+        if (nd->asked < 256) {
+            snprintf(nd->asked_room[nd->asked], sizeof nd->asked_room[0], "%s", rooms[i]);
+            nd->asked_seq[nd->asked] = seqs[i];
+        }
+        nd->asked++;
+        for (int k = 0; k < nd->nstored; k++)
+            if (nd->stored_seq[k] == seqs[i] && strcmp(nd->stored_room[k], rooms[i]) == 0) st[i] = 1;
+    }
+    /* answered at once, inside on_check: the bus must not call back from here */
+    in_call = 1;
+    bus_check_done(req, nd->check_fail ? -1 : 0, nd->check_fail ? NULL : st);
+    in_call = 0;
+}
+
 static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready, on_unstored, NULL,
-                                      on_control};
+                                      on_control, NULL};
+static const bus_handlers handlers_checking = {on_message, on_gap, on_emit, on_ready, on_unstored,
+                                               NULL, on_control, on_check};
 static const bus_handlers handlers_seeded = {on_message, on_gap, on_emit, on_ready, on_unstored,
-                                             on_seed, on_control};
+                                             on_seed, on_control, NULL};
 
 /* a node that records its publishes as unstored (grace_ms: its sweeper) */
 static node *node_new_track(const char *name, const char *url, size_t recent_max,
@@ -301,6 +335,34 @@ static node *node_new_track(const char *name, const char *url, size_t recent_max
     in_call = 0;
     CHECK(nd->b, "bus_new: %s", err);
     return nd;
+}
+
+/* a node that asks "history" (its stored list) in its sweeper (on_check) */
+static node *node_new_checking(const char *name, const char *url, uint32_t grace_ms)
+{
+    node *nd = calloc(1, sizeof *nd);
+    nd->name = name;
+    bus_opts o = {url, 1000, 60, 1, grace_ms};
+    char err[128] = "";
+    in_call = 1;
+    nd->b = bus_new(loop, &o, &handlers_checking, nd, err, sizeof err);
+    in_call = 0;
+    CHECK(nd->b, "bus_new: %s", err);
+    return nd;
+}
+
+static void stored_add(node *nd, const char *room, uint64_t seq)
+{
+    snprintf(nd->stored_room[nd->nstored], sizeof nd->stored_room[0], "%s", room);
+    nd->stored_seq[nd->nstored++] = seq;
+}
+
+static int asked_count(const node *nd, const char *room, uint64_t seq)
+{
+    int c = 0;
+    for (size_t i = 0; i < nd->asked && i < 256; i++)
+        if (nd->asked_seq[i] == seq && strcmp(nd->asked_room[i], room) == 0) c++;
+    return c;
 }
 
 /* a node with a seed provider (as with a database), tracking unstored */
@@ -1014,6 +1076,7 @@ static void test_backfill(void)
     uint64_t t0 = mono_ms();
     pub(a, room, "bf-1", "one", &p1);
     pub(a, room, NULL, "two", &p2);
+    WAIT(p1.done && p2.done, 3000); /* two connections: no order between them */
     pub(plain, room, NULL, "untracked", &pp);
     WAIT(p1.done && p2.done && pp.done, 3000);
     CHECK(p1.status == 0 && p1.seq == 1 && p2.seq == 2 && pp.seq == 3, "seqs %" PRIu64 " %" PRIu64,
@@ -1108,6 +1171,74 @@ static void test_backfill(void)
     node_free(c);
     node_free(d);
     node_free(plain);
+    settle();
+}
+
+/* the sweeper asks history (on_check) instead of waiting for marks: stored
+ * seqs leave the unstored set, the others are backfilled (leased), a failed
+ * check changes nothing, a mark still forgets an entry at once */
+static void test_backfill_check(void)
+{
+    char room[80], room2[80];
+    mkroom(room, sizeof room, "bfc");
+    mkroom(room2, sizeof room2, "bfc2");
+    redisReply *r0 = rc("DEL chat:backfill:lock");
+    if (r0) freeReplyObject(r0);
+    /* A publishes (its sweeper would run after 60 s); K checks with a 600 ms grace */
+    node *a = node_new_track("A", rurl, 1000, 60000);
+    node *k = node_new_checking("K", rurl, 600);
+    wait_ready(a);
+    wait_ready(k);
+    k->check_fail = 1;
+    pubres p[4];
+    pub(a, room, "bfc-1", "one", &p[0]);
+    pub(a, room, NULL, "two", &p[1]);
+    pub(a, room, NULL, "three", &p[2]);
+    pub(a, room2, NULL, "other", &p[3]);
+    WAIT(p[0].done && p[1].done && p[2].done && p[3].done, 3000);
+    CHECK(p[2].seq == 3 && p[3].seq == 1, "seqs");
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", room) == 3, "three unstored");
+    /* a failing check: asked, nothing changes, nothing offered */
+    WAIT(k->nchecks >= 1, 3000);
+    CHECK(k->nchecks >= 1 && asked_count(k, room, 1) >= 1 && asked_count(k, room, 2) >= 1 &&
+              asked_count(k, room, 3) >= 1 && asked_count(k, room2, 1) >= 1, "all four asked");
+    spin(100);
+    CHECK(k->nuns == 0 && rc_int("ZCARD chat:{%s}:unstored", room) == 3, "nothing settled");
+    /* history holds 1 and 3 of room and room2's 1: those leave, 2 is offered */
+    stored_add(k, room, 1);
+    stored_add(k, room, 3);
+    stored_add(k, room2, 1);
+    k->check_fail = 0;
+    WAIT(uns_count(k, room, 2) >= 1, 3000);
+    CHECK(uns_count(k, room, 2) == 1 && uns_count(k, room, 1) == 0 && uns_count(k, room, 3) == 0 &&
+              uns_count(k, room2, 1) == 0, "only seq 2 offered");
+    int kk = 0;
+    for (; kk < k->nuns; kk++) if (k->uns_seq[kk] == 2 && strcmp(k->uns_room[kk], room) == 0) break;
+    CHECK(kk < k->nuns && strstr(k->uns_tail[kk], "\"body\":\"two\""), "tail of seq 2");
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", room) == 1 && rc_int("ZSCORE chat:{%s}:unstored 2", room) > 0,
+          "1 and 3 forgotten, 2 left");
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", room2) == 0 && rc_int("ZSCORE chat:unstored %s", room2) == 0,
+          "room2 left the index");
+    /* the lease: not offered again within the grace */
+    spin(350);
+    CHECK(uns_count(k, room, 2) == 1, "seq 2 leased (offered %d times)", uns_count(k, room, 2));
+    /* stored now (the core stored the backfill): the next check forgets it */
+    stored_add(k, room, 2);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", room) == 0, 3000);
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", room) == 0 && rc_int("ZSCORE chat:unstored %s", room) == 0,
+          "set empty, room left the index");
+    CHECK(uns_count(k, room, 2) == 1, "seq 2 offered once");
+    /* a mark still forgets an entry at once (one that can never be stored) */
+    pubres p5;
+    pub(a, room, NULL, "five", &p5);
+    WAIT(p5.done, 3000);
+    CHECK(p5.seq == 4 && rc_int("ZCARD chat:{%s}:unstored", room) == 1, "seq 4 unstored");
+    mark(k, room, 4);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", room) == 0, 2000);
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", room) == 0 && uns_count(k, room, 4) == 0,
+          "marked without a check");
+    node_free(a);
+    node_free(k);
     settle();
 }
 
@@ -1804,6 +1935,7 @@ int main(void)
         test_replay_then_live();
         test_unsub_waiting_replay();
         test_backfill();
+        test_backfill_check();
         test_seed_redis();
         test_seed_resync();
         test_seed_free_pending(rurl);

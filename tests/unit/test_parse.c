@@ -131,6 +131,34 @@ static void test_bus_replies(void)
     r = RESP("*1\r\n:0\r\n");
     CHECK(bus_reply_sweep_round(r, &items) == 0, "another node's round");
     freeReplyObject(r);
+
+    /* the checked sweep (mode 'C'): {1, more, room, seq, ...}, then the settle's triples */
+    int more = -1;
+    r = RESP("*6\r\n:1\r\n:1\r\n$5\r\nlobby\r\n$1\r\n4\r\n$5\r\nlo by\r\n$1\r\n5\r\n");
+    CHECK(bus_reply_check_round(r, &more, &items) == 1 && more == 1 && items == 2, "check round");
+    CHECK(bus_reply_check_item(r, 0, room, &seq) == 0 && seq == 4 && !strcmp(room, "lobby"), "pair");
+    CHECK(bus_reply_check_item(r, 1, room, &seq) < 0, "invalid room in a pair refused");
+    CHECK(bus_reply_check_item(r, 2, room, &seq) < 0, "past the end");
+    freeReplyObject(r);
+    r = RESP("*4\r\n:1\r\n:0\r\n$5\r\nlobby\r\n$2\r\n4x\r\n");
+    CHECK(bus_reply_check_round(r, &more, &items) == 1 && more == 0 && items == 1, "round, no more");
+    CHECK(bus_reply_check_item(r, 0, room, &seq) < 0, "seq \"4x\" refused in a pair");
+    freeReplyObject(r);
+    r = RESP("*1\r\n:1\r\n");
+    CHECK(bus_reply_check_round(r, &more, &items) < 0, "a round without its more flag");
+    freeReplyObject(r);
+    r = RESP("*1\r\n:0\r\n");
+    CHECK(bus_reply_check_round(r, &more, &items) == 0, "another node's check round");
+    freeReplyObject(r);
+    r = RESP("*6\r\n$5\r\nlobby\r\n$1\r\n4\r\n$4\r\n4\nhi\r\n$5\r\nlobby\r\n$1\r\n6\r\n$0\r\n\r\n");
+    CHECK(bus_reply_settle_items(r) == 2, "settle items");
+    CHECK(bus_reply_settle_item(r, 0, room, &seq, e) == 1 && seq == 4 && e[0].len == 2, "settle entry");
+    CHECK(bus_reply_settle_item(r, 1, room, &seq, e) == 0 && seq == 6, "settle: lost");
+    CHECK(bus_reply_settle_item(r, 2, room, &seq, e) < 0, "settle: past the end");
+    freeReplyObject(r);
+    r = RESP("*3\r\n$5\r\nlobby\r\n$1\r\n5\r\n$4\r\n4\nhi\r\n");
+    CHECK(bus_reply_settle_item(r, 0, room, &seq, e) < 0, "settle entry of another seq refused");
+    freeReplyObject(r);
 }
 
 static void test_redis_url(void)

@@ -229,7 +229,7 @@ static void test_batches(void)
     store_free(s);
 }
 
-/* batch_max above Postgres' 65535-parameter limit is clamped */
+/* batch_max above STORE_BATCH_HARD_MAX (10000 rows) is clamped */
 static void test_param_limit(void)
 {
     store *s = open_store(100000, 50, 0);
@@ -245,7 +245,7 @@ static void test_param_limit(void)
     }
     WAIT(g_cnt_calls == N, 30000);
     CHECK(g_cnt_ok == N);
-    /* batches of STORE_BATCH_HARD_MAX rows (65535 / columns), then the rest */
+    /* batches of STORE_BATCH_HARD_MAX rows, then the rest */
     uint64_t want = (uint64_t)((N + STORE_BATCH_HARD_MAX - 1) / STORE_BATCH_HARD_MAX);
     CHECK(metric_hist_count(rows_h) - b0 == want, "%llu batches, want %llu",
           (unsigned long long)(metric_hist_count(rows_h) - b0), (unsigned long long)want);
@@ -282,6 +282,104 @@ static void test_idempotent(void)
 /* A different row under a stored (room, seq) is a conflict: never reported
  * as stored (status -2), counted, and the stored row stays; identical rows
  * in the same batch stay fine. */
+/* the batch's column arrays carry any text (quotes, backslashes, braces,
+ * commas, the word NULL, newlines) and a NULL client id or meta unchanged;
+ * batches of different sizes share the one prepared statement */
+#define ARR_META "{\"k\": \"a\\\\b \\\"q\\\" {,}\", \"n\": null}"
+static void test_array_text(void)
+{
+    store *s = open_store(500, 2, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    reset_counts();
+    const char *bodies[] = {"a \"quoted\" {x,y}", "back\\slash\\", "NULL", "", "line\nbreak, \t tab",
+                            "\xc3\xa9\\\"}{", "{\"json\": [1, 2]}"};
+    int nb = (int)(sizeof bodies / sizeof bodies[0]);
+    for (int i = 0; i < nb; i++) {
+        store_row r = mkrow("arr\"{,}", (uint64_t)i + 1, bodies[i]);
+        r.client_id = i % 2 ? "c\"1\\" : NULL;
+        r.name = "N\\\"";
+        if (i % 2) { r.meta = ARR_META; r.meta_len = strlen(ARR_META); }
+        CHECK(store_write(s, &r, count_cb, NULL) == 0);
+        if (i == 2) WAIT(g_cnt_calls == 3, 5000); /* a batch of 3, then one of 4 */
+    }
+    WAIT(g_cnt_calls == nb, 5000);
+    CHECK(g_cnt_ok == nb);
+    for (int i = 0; i < nb; i++) {
+        rctx c;
+        CHECK(range_sync(s, "arr\"{,}", (uint64_t)i, (uint64_t)i + 2, 1, 0, &c) == 0);
+        CHECK(c.n == 1 && strcmp(c.body0, bodies[i]) == 0);
+        CHECK(c.client0_null == !(i % 2));
+        if (i % 2) CHECK(strcmp(c.client0, "c\"1\\") == 0);
+        CHECK(strcmp(c.name0, "N\\\"") == 0);
+        CHECK(c.meta_null[0] == !(i % 2));
+        if (i % 2) CHECK(strcmp(c.meta[0], ARR_META) == 0);
+    }
+    store_free(s);
+}
+
+typedef struct cctx { int calls, status; unsigned char st[8]; } cctx;
+
+static void ccb(void *ud, int status, const unsigned char *stored)
+{
+    cctx *c = ud;
+    c->calls++;
+    c->status = status;
+    if (stored) memcpy(c->st, stored, 5);
+}
+
+static int bc_calls, bc_status;
+static unsigned char bc_st[512];
+
+static void bccb(void *ud, int status, const unsigned char *stored)
+{
+    (void)ud;
+    bc_calls++;
+    bc_status = status;
+    if (stored) memcpy(bc_st, stored, 450);
+}
+
+/* store_check: which (room, seq) pairs are stored */
+static void test_check(void)
+{
+    store *s = open_store(500, 2, 0);
+    WAIT(store_ready(s), 10000);
+    CHECK(store_ready(s));
+    reset_counts();
+    store_row a = mkrow("chk", 1, "x"), b = mkrow("chk", 3, "y"), c2 = mkrow("chk\"2", 2, "z");
+    CHECK(store_write(s, &a, count_cb, NULL) == 0);
+    CHECK(store_write(s, &b, count_cb, NULL) == 0);
+    CHECK(store_write(s, &c2, count_cb, NULL) == 0);
+    WAIT(g_cnt_calls == 3, 5000);
+    const char *rooms[] = {"chk", "chk", "chk", "chk\"2", "nope"};
+    uint64_t seqs[] = {1, 2, 3, 2, 1};
+    cctx c = {0};
+    CHECK(store_check(s, 5, rooms, seqs, ccb, &c) == 0);
+    WAIT(c.calls, 5000);
+    CHECK(c.calls == 1 && c.status == 0);
+    CHECK(c.st[0] == 1 && c.st[1] == 0 && c.st[2] == 1 && c.st[3] == 1 && c.st[4] == 0);
+    CHECK(store_check(s, 0, rooms, seqs, ccb, &c) == -1);
+    /* more pairs than one chunk (200): every chunk's answer lands in place */
+    {
+        enum { BIG = 450 };
+        static const char *br[BIG];
+        static uint64_t bs[BIG];
+        for (int i = 0; i < BIG; i++) { br[i] = "chk"; bs[i] = (uint64_t)(i % 5); }
+        bc_calls = 0;
+        CHECK(store_check(s, BIG, br, bs, bccb, NULL) == 0);
+        WAIT(bc_calls, 5000);
+        CHECK(bc_calls == 1 && bc_status == 0);
+        int bad = 0;
+        for (int i = 0; i < BIG; i++) bad += bc_st[i] != (bs[i] == 1 || bs[i] == 3);
+        CHECK(bad == 0);
+    }
+    /* pending when the store goes away: answered -1 */
+    cctx d = {0};
+    CHECK(store_check(s, 5, rooms, seqs, ccb, &d) == 0);
+    store_free(s);
+    CHECK(d.calls == 1 && d.status == -1);
+}
+
 static void test_conflict(void)
 {
     store *s = open_store(100, 5, 0);
@@ -996,6 +1094,8 @@ int main(void)
         {"batches", test_batches},
         {"param_limit", test_param_limit},
         {"idempotent", test_idempotent},
+        {"array_text", test_array_text},
+        {"check", test_check},
         {"conflict", test_conflict},
         {"head", test_head},
         {"migrate_from_v1", test_migrate_from_v1},
