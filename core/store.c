@@ -15,7 +15,20 @@
  *
  * Re-entrancy: user callbacks may call any store function, store_free too.
  * Every entry from libuv bumps `depth`; store_free with depth > 0 tears
- * everything down but leaves the struct to the outermost entry to free. */
+ * everything down but leaves the struct to the outermost entry to free.
+ *
+ * Why one file of ~1,350 lines (over the ~700 of the rest of core/): it is
+ * one concept, a Postgres connection with one statement in flight. The
+ * batch write path, the history reads, the backfill check and the other
+ * modules' statements (read state, retention) all share that one slot, the
+ * reconnect that puts the in-flight batch back at the head of the queue,
+ * the watchdog and the depth guard above; split apart they would have to
+ * export the struct, its queue and its state machine to each other. What
+ * is not the connection already lives apart: the schema and migrations
+ * (store_schema.c), the SQL of other modules (their own files, run through
+ * store_query). Sections: helpers, connection, the batch write path,
+ * libuv callbacks, public API, statements of other modules, the backfill
+ * check. */
 #define _GNU_SOURCE
 #include "store.h"
 #include "store_schema.h"
