@@ -35,7 +35,8 @@ void api_allow_header(unsigned allow, char *out, size_t n)
             o += (size_t)snprintf(out + o, o < n ? n - o : 0, "%s%s", o ? ", " : "", httpd_method_name(m));
 }
 
-/* UTF-8 well-formed, no C0/DEL controls */
+/* UTF-8 well-formed (util.h's utf8_seq, the one decoder), no C0/DEL and no
+ * C1 controls (U+0080-U+009F: 0xC2 0x80-0x9F) */
 int api_user_valid(const char *s, size_t len)
 {
     if (!s || len < 1 || len > API_USER_MAX) return 0;
@@ -43,22 +44,10 @@ int api_user_valid(const char *s, size_t len)
     for (size_t i = 0; i < len;) {
         unsigned c = u[i];
         if (c < 0x20 || c == 0x7f) return 0;
-        if (c < 0x80) { i++; continue; }
-        size_t k;
-        uint32_t cp;
-        if ((c & 0xE0) == 0xC0) { k = 1; cp = c & 0x1F; }
-        else if ((c & 0xF0) == 0xE0) { k = 2; cp = c & 0x0F; }
-        else if ((c & 0xF8) == 0xF0) { k = 3; cp = c & 0x07; }
-        else return 0;
-        if (i + k >= len) return 0; /* cut short */
-        for (size_t j = 1; j <= k; j++) {
-            if ((u[i + j] & 0xC0) != 0x80) return 0;
-            cp = (cp << 6) | (u[i + j] & 0x3F);
-        }
-        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
-            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || (cp >= 0x80 && cp < 0xA0))
-            return 0;
-        i += k + 1;
+        size_t k = utf8_seq(s + i, len - i);
+        if (!k) return 0;
+        if (k == 2 && c == 0xC2 && u[i + 1] < 0xA0) return 0;
+        i += k;
     }
     return 1;
 }
