@@ -252,6 +252,24 @@ static void test_delete_body(void)
     }
 }
 
+static void test_user_valid(void)
+{
+    const char *good[] = {"u", "alice", "\xc3\xa9", "\xc2\xa0", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "a b"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        CHECK(api_user_valid(good[i], strlen(good[i])) == 1, "good[%zu]", i);
+    const char *bad[] = {"a\nb", "\x7f", "\xc2\x85" /* C1 */, "\xc2\x9f", "\xe2\x82" /* cut */,
+                         "\xed\xa0\x80" /* surrogate */, "\xc0\x80" /* overlong */, "\xff",
+                         "\xf4\x90\x80\x80" /* over U+10FFFF */};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK(api_user_valid(bad[i], strlen(bad[i])) == 0, "bad[%zu]", i);
+    CHECK(api_user_valid("a\0b", 3) == 0, "NUL");
+    CHECK(api_user_valid("", 0) == 0);
+    char big[API_USER_MAX + 2];
+    memset(big, 'x', sizeof big);
+    CHECK(api_user_valid(big, API_USER_MAX) == 1);
+    CHECK(api_user_valid(big, API_USER_MAX + 1) == 0);
+}
+
 static void test_raw_member(void)
 {
     const char *o = " { \"a\" : \"x,}\\\"\" , \"m\":{\"k\":[1,{\"z\":\"}\"}]} ,\"n\":-1.5e3}";
@@ -465,6 +483,7 @@ int main(void)
     test_publish_body();
     test_ban_body();
     test_delete_body();
+    test_user_valid();
     test_raw_member();
     test_bans();
     test_bans_load();
