@@ -6,6 +6,7 @@
  * ordered delivery is bus_order.c; the backfill of unstored messages lives
  * inside the Redis backend (bus_backfill.c). */
 #define _GNU_SOURCE
+#include "bus.h"
 #include "bus_int.h"
 #include "log.h"
 #include <stdio.h>

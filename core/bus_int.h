@@ -16,7 +16,7 @@
  * (bus_core.c reaches the backend only through the bus_backend table). */
 #ifndef CHATD_BUS_INT_H
 #define CHATD_BUS_INT_H
-#include "bus.h"
+#include "bus_types.h"
 #include "hmap.h"
 #include "metrics.h"
 #include "util.h"
