@@ -189,6 +189,28 @@ const char BUS_MARK_LUA[] =
     "if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end\n"
     "return 0\n";
 
+/* Lua shared by the sweep (mode 'C' round and the plain one) and the
+ * settle script, with the names they share (room, uk, rk, idx, s, now, out):
+ * LUA_OFFER_SEQ offers one unstored seq (its entry when the recent buffer
+ * still has it, leased until now + grace; else '' and forgotten);
+ * LUA_REINDEX_ROOM re-scores the room in its slot's index by its oldest
+ * unstored seq, or drops it when it has none. */
+#define LUA_OFFER_SEQ \
+    "local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n" \
+    "out[#out + 1] = room\n" \
+    "out[#out + 1] = s\n" \
+    "if #e > 0 then\n" \
+    "  redis.call('ZADD', uk, 'XX', now, s)\n" \
+    "  out[#out + 1] = e[1]\n" \
+    "else\n" \
+    "  redis.call('ZREM', uk, s)\n" \
+    "  out[#out + 1] = ''\n" \
+    "end\n"
+#define LUA_REINDEX_ROOM \
+    "local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n" \
+    "if #first == 0 then redis.call('ZREM', idx, room)\n" \
+    "else redis.call('ZADD', idx, 'XX', first[2], room) end\n"
+
 const char BUS_SWEEP_LUA[] =
     "local cur = redis.call('GET', KEYS[1])\n"
     "if cur and cur ~= ARGV[1] then return {0} end\n"
@@ -221,26 +243,13 @@ const char BUS_SWEEP_LUA[] =
     "          out[#out + 1] = s\n"
     "        end\n"
     "        if #seqs == 0 then\n"
-    "          local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n"
-    "          if #first == 0 then redis.call('ZREM', idx, room)\n"
-    "          else redis.call('ZADD', idx, 'XX', first[2], room) end\n"
+    LUA_REINDEX_ROOM
     "        end\n"
     "      else\n"
     "      for _, s in ipairs(seqs) do\n"
-    "        local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n"
-    "        out[#out + 1] = room\n"
-    "        out[#out + 1] = s\n"
-    "        if #e > 0 then\n"
-    "          redis.call('ZADD', uk, 'XX', now, s)\n"
-    "          out[#out + 1] = e[1]\n"
-    "        else\n"
-    "          redis.call('ZREM', uk, s)\n"
-    "          out[#out + 1] = ''\n"
-    "        end\n"
+    LUA_OFFER_SEQ
     "      end\n"
-    "      local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n"
-    "      if #first == 0 then redis.call('ZREM', idx, room)\n"
-    "      else redis.call('ZADD', idx, 'XX', first[2], room) end\n"
+    LUA_REINDEX_ROOM
     "      end\n"
     "    end\n"
     "  end\n"
@@ -265,21 +274,10 @@ const char BUS_SETTLE_LUA[] =
     "  i = i + 1\n"
     "  for j = i, i + nm - 1 do\n"
     "    local s = ARGV[j]\n"
-    "    local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n"
-    "    out[#out + 1] = room\n"
-    "    out[#out + 1] = s\n"
-    "    if #e > 0 then\n"
-    "      redis.call('ZADD', uk, 'XX', now, s)\n"
-    "      out[#out + 1] = e[1]\n"
-    "    else\n"
-    "      redis.call('ZREM', uk, s)\n"
-    "      out[#out + 1] = ''\n"
-    "    end\n"
+    LUA_OFFER_SEQ
     "  end\n"
     "  i = i + nm\n"
-    "  local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n"
-    "  if #first == 0 then redis.call('ZREM', idx, room)\n"
-    "  else redis.call('ZADD', idx, 'XX', first[2], room) end\n"
+    LUA_REINDEX_ROOM
     "end\n"
     "return out\n";
 
