@@ -12,7 +12,8 @@
 # To add a dependency: put the package in the array of its purpose and, when a
 # script calls a program of it, a "command:package" pair in the CMDS array of
 # the same purpose (a path for programs outside PATH, "py:module" for a
-# module of /usr/bin/python3, "lua:module" for a module LuaJIT must load).
+# module of /usr/bin/python3, "lua:module" for a module LuaJIT must load,
+# "fuzzer" for clang's libFuzzer runtime: a one-line target must link).
 set -euo pipefail
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
@@ -51,7 +52,7 @@ TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq)   # tests/depl
 TEST_DEPLOY_CMDS=(nginx:nginx openssl:openssl dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev cpack:cmake
                   systemd-analyze:systemd py:yaml:python3-yaml jq:jq)
 TEST_FUZZ_PKGS=(clang libclang-rt-14-dev)   # tests/fuzz/: clang and its libFuzzer runtime
-TEST_FUZZ_CMDS=(clang:clang)
+TEST_FUZZ_CMDS=(clang:clang fuzzer:libclang-rt-14-dev)   # fuzzer: clang links -fsanitize=fuzzer
 
 # ---- loadtest/ benchmarks that ./test.sh does not run (tools/deps.sh --bench)
 BENCH_PKGS=(nginx libnginx-mod-nchan gnuplot-nox jq procps util-linux curl)
@@ -84,6 +85,9 @@ have() {
     py:*)  /usr/bin/python3 -c "import ${what#py:}" >/dev/null 2>&1 ;;
     lua:*) command -v luajit >/dev/null && luajit -e "require '${what#lua:}'" >/dev/null 2>&1 ;;
     /*)    [ -x "$what" ] ;;
+    fuzzer) command -v clang >/dev/null &&
+            printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n){(void)d;(void)n;return 0;}\n' |
+            clang -x c -fsanitize=fuzzer -o /dev/null - >/dev/null 2>&1 ;;
     *)     command -v "$what" >/dev/null 2>&1 ;;
     esac
 }
@@ -138,6 +142,7 @@ if [ ${#absent[@]} -gt 0 ]; then
         pc:*)  echo "deps: MISSING pkg-config module ${what#pc:} (package ${c##*:})" >&2 ;;
         py:*)  echo "deps: MISSING python module ${what#py:} for /usr/bin/python3 (package ${c##*:})" >&2 ;;
         lua:*) echo "deps: MISSING lua module ${what#lua:} for luajit (package ${c##*:}$(command -v luajit >/dev/null || echo '; luajit itself is missing'))" >&2 ;;
+        fuzzer) echo "deps: MISSING clang's libFuzzer runtime: clang -fsanitize=fuzzer cannot link (package ${c##*:})" >&2 ;;
         *)     echo "deps: MISSING command $what (package ${c##*:})" >&2 ;;
         esac
     done
