@@ -371,23 +371,13 @@ int main(void)
     if (rc0 != 0) return rc0;
     L = uv_default_loop();
     uvwait_init(L);
-    struct { const char *name; void (*fn)(void); } tests[] = {
+    static const uvwait_case tests[] = {
         {"marks", test_marks},
         {"lookups", test_lookups},
         {"unread", test_unread},
         {"retention_sql", test_retention_sql},
     };
-    int nfail = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int f0 = check_failures();
-        uint64_t t0 = mono_ms();
-        tests[i].fn();
-        run_for(10);
-        int failed = check_failures() > f0;
-        fprintf(stderr, "%s %s (%llu ms)\n", failed ? "FAIL" : "ok  ", tests[i].name,
-                (unsigned long long)(mono_ms() - t0));
-        nfail += failed;
-    }
+    int nfail = uvwait_cases(L, tests, sizeof tests / sizeof tests[0], NULL);
     pg_teardown();
     uvwait_close();
     uv_run(L, UV_RUN_DEFAULT);

@@ -1080,6 +1080,12 @@ static void test_pg_restart(void)
     if (postmaster_pid() > 0 && kill((pid_t)postmaster_pid(), 0) != 0) pg_start(); /* for cleanup */
 }
 
+/* pg_restart stops and starts Postgres: only one this test started */
+static const char *skip_case(const char *name)
+{
+    return strcmp(name, "pg_restart") == 0 && !g_own_pg ? "needs our own Postgres" : NULL;
+}
+
 int main(void)
 {
     int rc0 = pg_setup("store", 17100);
@@ -1088,7 +1094,7 @@ int main(void)
     L = uv_default_loop();
     uvwait_init(L);
 
-    struct { const char *name; void (*fn)(void); } tests[] = {
+    static const uvwait_case tests[] = {
         {"bad_and_unreachable", test_bad_and_unreachable},
         {"migrations", test_migrations},
         {"batches", test_batches},
@@ -1109,23 +1115,7 @@ int main(void)
         {"trigger_plan", test_trigger_plan},
         {"pg_restart", test_pg_restart},
     };
-    int nfail = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        const char *only = getenv("CHATD_TEST_CASE"); /* one test, when debugging */
-        if (only && *only && strcmp(only, tests[i].name) != 0) continue;
-        if (strcmp(tests[i].name, "pg_restart") == 0 && !g_own_pg) {
-            fprintf(stderr, "SKIP %s (needs our own Postgres)\n", tests[i].name);
-            continue;
-        }
-        int f0 = check_failures();
-        uint64_t t0 = mono_ms();
-        tests[i].fn();
-        run_for(10); /* let closed handles finish */
-        int failed = check_failures() > f0;
-        fprintf(stderr, "%s %s (%llu ms)\n", failed ? "FAIL" : "ok  ", tests[i].name,
-                (unsigned long long)(mono_ms() - t0));
-        nfail += failed;
-    }
+    int nfail = uvwait_cases(L, tests, sizeof tests / sizeof tests[0], skip_case);
 
     pg_teardown();
     uvwait_close();
