@@ -367,7 +367,7 @@ static void sweep_reply(void *ud, const redisReply *rp)
 static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int nranges)
 {
     struct bus_bf *f = ud;
-    char grace[16], lock[16], nrooms[16], nper[16], klock[48];
+    char grace[16], lock[16], nrooms[16], nper[16];
     /* a round is one tick (grace/2); the lock ends a little before this
      * node's next tick, so some node sweeps every round and only one */
     uint32_t lock_ms = f->grace_ms / 2 - f->grace_ms / 20;
@@ -376,34 +376,27 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     snprintf(lock, sizeof lock, "%u", (unsigned)lock_ms);
     snprintf(nrooms, sizeof nrooms, "%d", f->check ? CHECK_ROOMS : SWEEP_ROOMS);
     snprintf(nper, sizeof nper, "%d", f->check ? CHECK_PER_ROOM : SWEEP_PER_ROOM);
-    size_t nidx = 0;
-    for (int i = 0; i < nranges; i++) nidx += (size_t)(ranges[i][1] - ranges[i][0] + 1);
-    if (!f->cluster || !nranges) nidx = 1;
-    const char **v = malloc((8 + nidx) * sizeof *v);
-    char (*idx)[40] = f->cluster ? malloc(nidx * sizeof *idx) : NULL;
-    if (!v || (f->cluster && !idx)) {
-        free(v);
+    /* the slot indexes of this master, and the round's lock at its first slot */
+    size_t nidx;
+    char **idx = redis_slot_keys(f->cluster, ranges, nranges, "unstored", &nidx);
+    const uint16_t first[1][2] = {{nranges ? ranges[0][0] : 0, nranges ? ranges[0][0] : 0}};
+    size_t nl;
+    char **klock = idx ? redis_slot_keys(f->cluster, first, 1, "backfill:lock", &nl) : NULL;
+    const char **v = klock ? malloc((8 + nidx) * sizeof *v) : NULL;
+    if (!v) {
         free(idx);
+        free(klock);
         return;
     }
-    if (f->cluster) {
-        snprintf(klock, sizeof klock, "chat:{%s}:backfill:lock", redis_slot_tag(ranges[0][0]));
-        size_t k = 0;
-        for (int i = 0; i < nranges; i++)
-            for (int s = ranges[i][0]; s <= ranges[i][1]; s++)
-                snprintf(idx[k++], sizeof idx[0], "chat:{%s}:unstored", redis_slot_tag(s));
-    } else {
-        snprintf(klock, sizeof klock, "chat:backfill:lock");
-    }
     v[0] = "1";
-    v[1] = klock;
+    v[1] = klock[0];
     v[2] = f->token;
     v[3] = grace;
     v[4] = lock;
     v[5] = nrooms;
     v[6] = nper;
     v[7] = f->check ? "C" : "E";
-    for (size_t i = 0; i < nidx; i++) v[8 + i] = f->cluster ? idx[i] : "chat:unstored";
+    for (size_t i = 0; i < nidx; i++) v[8 + i] = idx[i];
     redis_call how = {-1, node, BUS_S_SWEEP};
     sweep_ctx *sc = malloc(sizeof *sc);
     if (sc) {
@@ -416,6 +409,7 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     }
     free(v);
     free(idx);
+    free(klock);
 }
 
 static void sweep_cb(uv_timer_t *t)

@@ -495,42 +495,32 @@ static void rs_sweep_cb(void *ud, const redisReply *rep)
 static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int nranges)
 {
     rstore *s = ud;
-    char lockms[16], klock[64];
-    size_t nidx = 1;
-    if (s->cluster) {
-        nidx = 0;
-        for (int i = 0; i < nranges; i++) nidx += (size_t)(ranges[i][1] - ranges[i][0] + 1);
-        if (!nidx) return;
-    }
-    const char **v = malloc((6 + nidx) * sizeof *v);
-    char (*idx)[48] = s->cluster ? malloc(nidx * sizeof *idx) : NULL;
-    if (!v || (s->cluster && !idx)) {
-        free(v);
+    char lockms[16];
+    /* the slot indexes of this master, and the round's lock at its first slot */
+    size_t nidx, nl;
+    char **idx = redis_slot_keys(s->cluster, ranges, nranges, "presence:rooms", &nidx);
+    const uint16_t first[1][2] = {{nranges ? ranges[0][0] : 0, nranges ? ranges[0][0] : 0}};
+    char **klock = idx ? redis_slot_keys(s->cluster, first, 1, "presence:sweeplock", &nl) : NULL;
+    const char **v = klock ? malloc((6 + nidx) * sizeof *v) : NULL;
+    if (!v) {
         free(idx);
+        free(klock);
         return;
-    }
-    if (s->cluster) {
-        snprintf(klock, sizeof klock, "chat:{%s}:presence:sweeplock", redis_slot_tag(ranges[0][0]));
-        size_t k = 0;
-        for (int i = 0; i < nranges; i++)
-            for (int sl = ranges[i][0]; sl <= ranges[i][1]; sl++)
-                snprintf(idx[k++], sizeof idx[0], "chat:{%s}:presence:rooms", redis_slot_tag(sl));
-    } else {
-        snprintf(klock, sizeof klock, "chat:presence:sweeplock");
     }
     /* a round: an eighth of the ttl (the core sweeps every ttl/6 by default) */
     snprintf(lockms, sizeof lockms, "%u", (unsigned)(s->base.ttl_ms / 8 ? s->base.ttl_ms / 8 : 1));
     v[0] = "1";
-    v[1] = klock;
+    v[1] = klock[0];
     v[2] = s->token;
     v[3] = lockms;
     v[4] = SWEEP_MAX_ROOMS;
     v[5] = SWEEP_MAX_ENTRIES;
-    for (size_t i = 0; i < nidx; i++) v[6 + i] = s->cluster ? idx[i] : "chat:presence:rooms";
+    for (size_t i = 0; i < nidx; i++) v[6 + i] = idx[i];
     redis_call how = {-1, node, S_SWEEP};
     if (redis_client_call(s->rc, &how, (int)(6 + nidx), v, NULL, rs_sweep_cb, s) == 0) s->sweeping++;
     free(v);
     free(idx);
+    free(klock);
 }
 
 static void rs_sweep(pstore *b)

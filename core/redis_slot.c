@@ -1,5 +1,7 @@
 /* redis_slot: see redis_slot.h. */
 #include "redis_slot.h"
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static uint16_t crc_table[256];
@@ -76,4 +78,34 @@ const char *redis_slot_tag(int slot)
     if (slot < 0 || slot >= REDIS_SLOTS) return NULL;
     if (!tags_ready) tags_build();
     return tags[slot][0] ? tags[slot] : NULL;
+}
+
+char **redis_slot_keys(int cluster, const uint16_t (*ranges)[2], int nranges, const char *name,
+                       size_t *n)
+{
+    size_t count = 1;
+    if (cluster) {
+        count = 0;
+        for (int i = 0; i < nranges; i++)
+            if (ranges[i][1] >= ranges[i][0]) count += (size_t)(ranges[i][1] - ranges[i][0] + 1);
+    }
+    *n = 0;
+    if (!count) return NULL;
+    size_t each = strlen("chat:{}:") + REDIS_SLOT_TAG_MAX + strlen(name) + 1;
+    char **k = malloc(count * (sizeof *k + each));
+    if (!k) return NULL;
+    char *text = (char *)(k + count);
+    if (!cluster) {
+        snprintf(text, each, "chat:%s", name);
+        k[0] = text;
+    } else {
+        size_t j = 0;
+        for (int i = 0; i < nranges; i++)
+            for (int sl = ranges[i][0]; sl <= ranges[i][1]; sl++, j++) {
+                k[j] = text + j * each;
+                snprintf(k[j], each, "chat:{%s}:%s", redis_slot_tag(sl), name);
+            }
+    }
+    *n = count;
+    return k;
 }

@@ -26,4 +26,13 @@ int redis_room_slot(const char *room);
 /* the tag of slot (0..16383): its slot is slot; NULL when out of range */
 const char *redis_slot_tag(int slot);
 
+/* The per-slot copies of one global key (an index that a sweeper walks):
+ * on a Cluster (cluster != 0) "chat:{<tag>}:<name>" for every slot of the
+ * ranges a master serves (ranges[i] = {first, last}), in slot order; one
+ * Redis: the one key "chat:<name>". *n is their count; NULL (and *n = 0)
+ * when out of memory or a Cluster master serves no slot. The strings live in
+ * the returned block: free() it once. */
+char **redis_slot_keys(int cluster, const uint16_t (*ranges)[2], int nranges, const char *name,
+                       size_t *n);
+
 #endif

@@ -117,6 +117,25 @@ static void test_slots_pure(void)
     CHECK(ok, "every slot has a tag that hashes to it");
     CHECK(maxlen <= REDIS_SLOT_TAG_MAX - 1, "tag length %d", maxlen);
     CHECK(redis_slot_tag(-1) == NULL && redis_slot_tag(16384) == NULL, "range");
+
+    /* the per-slot copies of a global key, for a master's ranges */
+    size_t n = 99;
+    char **k = redis_slot_keys(0, NULL, 0, "unstored", &n);
+    CHECK(k && n == 1 && !strcmp(k[0], "chat:unstored"), "one Redis: the one key");
+    free(k);
+    const uint16_t ranges[2][2] = {{0, 2}, {16383, 16383}};
+    k = redis_slot_keys(1, ranges, 2, "presence:rooms", &n);
+    CHECK(k && n == 4, "4 slots, got %zu", n);
+    const int want[4] = {0, 1, 2, 16383};
+    for (size_t i = 0; k && i < n && i < 4; i++) {
+        char e[48];
+        snprintf(e, sizeof e, "chat:{%s}:presence:rooms", redis_slot_tag(want[i]));
+        CHECK(!strcmp(k[i], e), "key %zu: %s", i, k[i]);
+        CHECK(redis_key_slot(k[i], strlen(k[i])) == want[i], "key %zu on slot %d", i, want[i]);
+    }
+    free(k);
+    k = redis_slot_keys(1, ranges, 0, "unstored", &n);
+    CHECK(k == NULL && n == 0, "a master with no slot has no key");
 }
 
 /* ---------------- pure: replies ---------------- */
