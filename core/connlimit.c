@@ -59,18 +59,13 @@ void connlimit_release(const char *ip, const char *user)
 int64_t connlimit_count_ip(const char *ip) { return g_init ? get(&g_ip, ip) : 0; }
 int64_t connlimit_count_user(const char *user) { return g_init ? get(&g_user, user) : 0; }
 
-typedef struct each_ctx { void (*fn)(void *ud, const char *user, int64_t n); void *ud; } each_ctx;
-
-static int each_one(void *ud, const char *key, void *val)
+size_t connlimit_each_user(size_t from, size_t to,
+                           void (*fn)(void *ud, const char *user, int64_t n), void *ud)
 {
-    each_ctx *e = ud;
-    e->fn(e->ud, key, (int64_t)(intptr_t)val);
-    return 0;
-}
-
-void connlimit_each_user(void (*fn)(void *ud, const char *user, int64_t n), void *ud)
-{
-    if (!g_init) return;
-    each_ctx e = {fn, ud};
-    hmap_each(&g_user, each_one, &e);
+    if (!g_init) return 0;
+    if (to > g_user.cap) to = g_user.cap;
+    for (size_t i = from; i < to; i++)
+        if (hmap_live(&g_user, i))
+            fn(ud, g_user.slots[i].key, (int64_t)(intptr_t)g_user.slots[i].val);
+    return g_user.cap;
 }

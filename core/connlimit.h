@@ -8,6 +8,7 @@
  * Owns: the counts (hmap: key -> count). */
 #ifndef CHATD_CONNLIMIT_H
 #define CHATD_CONNLIMIT_H
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum { LIMIT_OK = 0, LIMIT_IP = 1, LIMIT_USER = 2, LIMIT_OOM = 3 } limit_result;
@@ -20,8 +21,11 @@ void connlimit_release(const char *ip, const char *user);
 /* Current counts (tests, metrics). */
 int64_t connlimit_count_ip(const char *ip);
 int64_t connlimit_count_user(const char *user);
-/* Calls fn for every user with connections (slots) here, with the count;
- * fn must not change the counts. */
-void connlimit_each_user(void (*fn)(void *ud, const char *user, int64_t n), void *ud);
+/* Calls fn for every user with connections here whose entry is in the
+ * slots [from, to) of the user map, with the count (a walk in parts: see
+ * uconns.c); returns the map's slot count (to is clamped to it). fn must
+ * not change the counts. */
+size_t connlimit_each_user(size_t from, size_t to,
+                           void (*fn)(void *ud, const char *user, int64_t n), void *ud);
 
 #endif

@@ -7,6 +7,7 @@
 #include "connlimit.h"
 #include "log.h"
 #include "metrics.h"
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@ static adminstore *g_store;
 static char g_node[96];
 static int64_t g_max;
 static uint64_t g_ttl, g_last, g_passes;
+static size_t g_slot;   /* where the pass under way has reached in the user map */
 static int g_was_ready, g_down;
 static metric_counter *m_unchecked, *m_refused;
 
@@ -32,6 +34,7 @@ void uconns_init(adminstore *a, const char *node, int64_t max, uint64_t ttl_ms)
     g_max = max;
     g_ttl = ttl_ms < 300 ? 300 : ttl_ms;
     g_last = 0;
+    g_slot = 0;
     g_was_ready = 0;
     g_down = 0;
     m_unchecked = metrics_counter("chat_conn_limit_unchecked_total",
@@ -112,15 +115,35 @@ static void write_one(void *ud, const char *user, int64_t n)
     adminstore_conns(g_store, user, g_node, n, g_ttl, 0, NULL, NULL);
 }
 
+/* A pass renews every count of this node once per third of the TTL, spread
+ * over that time (each tick writes the part of the user map that is due),
+ * so 19k users are not 19k Redis calls in one loop turn. After Redis comes
+ * back the whole pass runs at once (the counts may be gone). */
 void uconns_tick(uint64_t now)
 {
     if (!g_store) return;
     int ready = adminstore_ready(g_store);
-    if (ready && (!g_was_ready || now - g_last >= g_ttl / 3)) {
+    if (ready && !g_was_ready) {
+        connlimit_each_user(0, SIZE_MAX, write_one, NULL);
         g_last = now;
+        g_slot = 0;
         g_passes++;
-        LOGD(MOD, "pass %llu", (unsigned long long)g_passes);
-        connlimit_each_user(write_one, NULL);
+    } else if (ready) {
+        uint64_t period = g_ttl / 3, done = now - g_last;
+        if (done > period) done = period;
+        size_t cap = connlimit_each_user(0, 0, write_one, NULL);
+        size_t due = period ? (size_t)((double)cap * (double)done / (double)period) : cap;
+        if (due > g_slot) {
+            connlimit_each_user(g_slot, due, write_one, NULL);
+            g_slot = due;
+        }
+        if (now - g_last >= period) {
+            connlimit_each_user(g_slot, SIZE_MAX, write_one, NULL);
+            g_last = now;
+            g_slot = 0;
+            g_passes++;
+            LOGD(MOD, "pass %llu", (unsigned long long)g_passes);
+        }
     }
     g_was_ready = ready;
 }
