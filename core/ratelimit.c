@@ -21,7 +21,6 @@ struct ratelimit {
     size_t nslots;               /* power of two */
     size_t count, max;
     bucket *head, *tail;
-    uint64_t evictions;
 };
 
 ratelimit *rl_new(size_t max_keys)
@@ -47,8 +46,6 @@ void rl_free(ratelimit *rl)
     free(rl);
 }
 
-size_t rl_count(const ratelimit *rl) { return rl->count; }
-uint64_t rl_evictions(const ratelimit *rl) { return rl->evictions; }
 
 static void lru_unlink(ratelimit *rl, bucket *b)
 {
@@ -102,7 +99,7 @@ int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double bur
         /* drop up to two idle buckets from the cold end, then make room */
         for (int i = 0; i < 2 && rl->tail && refilled(rl->tail, now_ms) >= rl->tail->burst; i++)
             drop(rl, rl->tail);
-        if (rl->count >= rl->max) { drop(rl, rl->tail); rl->evictions++; }
+        if (rl->count >= rl->max) drop(rl, rl->tail);
         b = malloc(sizeof *b + klen);
         if (!b) return -1;
         memcpy(b->key, key, klen);

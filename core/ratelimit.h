@@ -18,7 +18,5 @@ void rl_free(ratelimit *rl);
  * Returns 1 allowed, 0 limited, -1 on a bad argument or out of memory. */
 int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double burst,
             uint64_t now_ms);
-size_t rl_count(const ratelimit *rl);
-uint64_t rl_evictions(const ratelimit *rl);
 
 #endif

@@ -592,12 +592,6 @@ uint64_t redis_client_slot_node(const redis_client *c, int slot)
     return c->topo.owner[slot]->id;
 }
 
-int redis_client_node_up(const redis_client *c, uint64_t node)
-{
-    redis_tnode *tn = c && !c->freeing ? redis_topo_by_id(&c->topo, node) : NULL;
-    return tn && redis_node_up(tn->n);
-}
-
 int redis_client_health(const redis_client *c, char *why, size_t n)
 {
     if (!c || c->freeing) {

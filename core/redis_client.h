@@ -74,7 +74,6 @@ int redis_client_slot_ready(const redis_client *c, int slot);
 int redis_client_health(const redis_client *c, char *why, size_t n);
 /* the node that owns slot (0: none known) */
 uint64_t redis_client_slot_node(const redis_client *c, int slot);
-int redis_client_node_up(const redis_client *c, uint64_t node);
 
 typedef struct redis_call {
     int slot;          /* route to the slot's owner; -1: any node that is up */

@@ -56,7 +56,6 @@ struct redis_conn {
     size_t pending;
     int handshake_left;
     uint64_t started_ms, busy_since_ms, last_tx_ms;
-    uint64_t bytes_in, bytes_out;
     int constructing;        /* inside redis_conn_new: failures wait a tick */
     char deferred[200];      /* such a failure */
 };
@@ -160,12 +159,6 @@ void redis_conn_close(redis_conn *c)
 int redis_conn_up(const redis_conn *c) { return c && c->state == ST_UP; }
 const redis_addr *redis_conn_addr(const redis_conn *c) { return &c->o.addr; }
 
-void redis_conn_bytes(const redis_conn *c, uint64_t *in, uint64_t *out)
-{
-    *in = c->bytes_in;
-    *out = c->bytes_out;
-}
-
 /* ---- writing ---- */
 
 static int wbuf_append(redis_conn *c, const char *s, size_t n)
@@ -216,7 +209,6 @@ static void do_write(redis_conn *c)
             n = (size_t)w;
         }
         c->woff += n;
-        c->bytes_out += n;
     }
     if (c->woff == c->wlen) c->woff = c->wlen = 0;
 }
@@ -371,7 +363,6 @@ static void do_read(redis_conn *c)
             }
             n = (size_t)r;
         }
-        c->bytes_in += n;
         /* TLS may hold decrypted bytes the poll cannot see: read them all */
         if (!c->ssl) budget = n >= budget ? 0 : budget - n;
         if (c->pending) c->busy_since_ms = mono_ms();

@@ -73,7 +73,4 @@ int redis_conn_command(redis_conn *c, int argc, const char **argv, const size_t 
 int redis_conn_subscribe(redis_conn *c, redis_push_kind kind, int n, const char *const *ch,
                          const size_t *lens, redis_conn_cb cb, void *ud);
 
-/* bytes read and written so far (benchmarks) */
-void redis_conn_bytes(const redis_conn *c, uint64_t *in, uint64_t *out);
-
 #endif

@@ -59,7 +59,6 @@ static void node_fail(redis_node *n, const char *why)
     if (n->state != N_FREED) drop_conns(n);
 }
 
-void redis_node_fail(redis_node *n, const char *why) { node_fail(n, why); }
 
 static void maybe_up(redis_node *n)
 {
@@ -203,4 +202,3 @@ const redis_addr *redis_node_addr(const redis_node *n) { return &n->o.addr; }
 const char *redis_node_reason(const redis_node *n) { return n->reason; }
 redis_conn *redis_node_cmd(redis_node *n) { return n && n->state == N_UP ? n->cmd : NULL; }
 redis_conn *redis_node_sub(redis_node *n) { return n && n->state == N_UP ? n->sub : NULL; }
-uint32_t redis_node_attempts(const redis_node *n) { return n->bo.attempts; }

@@ -53,9 +53,5 @@ const redis_addr *redis_node_addr(const redis_node *n);
 const char *redis_node_reason(const redis_node *n);
 redis_conn *redis_node_cmd(redis_node *n);     /* NULL unless up */
 redis_conn *redis_node_sub(redis_node *n);     /* NULL unless up or not wanted */
-/* Fails the session now (e.g. the server is not what we expected). */
-void redis_node_fail(redis_node *n, const char *why);
-/* Attempts so far since the last stable session (tests, logs). */
-uint32_t redis_node_attempts(const redis_node *n);
 
 #endif
