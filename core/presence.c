@@ -1,7 +1,7 @@
 /* presence: see presence.h. The part above the store, shared by Redis and
  * memory mode: the table of this node's live connection entries, the
  * per-tick batch (adds/touches coalesced per entry, removes queued; sent
- * from a 0-ms timer, grouped per room, upserts before removes), the sweep
+ * from the flush timer, grouped per room, upserts before removes), the sweep
  * timer, list requests, metrics, and the resync after the store comes back
  * (every live local entry is re-added). Transitions are decided by the store
  * (presence_redis.c / presence_mem.c) and reported back through the sink.
@@ -9,7 +9,10 @@
  * connection entry on this node; chat_presence_events_total{event} =
  * transitions this node announced; chat_presence_sweeps_total = sweeps
  * run; chat_presence_heartbeat_writes_total = entry upserts (adds and
- * touches) written to the store. */
+ * touches) written to the store; chat_presence_store_batches_total = flushes
+ * that wrote. Adds, removes and lists flush at the end of the loop turn;
+ * a heartbeat's refresh of an entry the store has waits up to a tenth of
+ * the TTL (at most 1 s) so a room's refreshes share one store call. */
 #define _GNU_SOURCE
 #include "presence.h"
 #include "hmap.h"
@@ -58,7 +61,7 @@ struct presence {
     size_t nrm, caprm;
     preq *lq_head, *lq_tail;        /* lists waiting for the flush */
     uv_timer_t flush_t, sweep_t;
-    int flush_armed;
+    int flush_armed;                /* 0, FLUSH_NOW or FLUSH_LATER (refreshes only) */
     int busy;                       /* inside a store call from our timers */
     int freeing, torn;
     int nclosing;
@@ -67,7 +70,7 @@ struct presence {
 static struct {
     int init;
     metric_gauge *users;
-    metric_counter *join, *leave, *sweeps, *writes;
+    metric_counter *join, *leave, *sweeps, *writes, *batches;
 } M;
 
 static void metrics_init(void)
@@ -82,8 +85,12 @@ static void metrics_init(void)
     M.sweeps = metrics_counter("chat_presence_sweeps_total", "presence expiry sweeps run", "");
     M.writes = metrics_counter("chat_presence_heartbeat_writes_total",
                                "presence entry upserts written to the store", "");
+    M.batches = metrics_counter("chat_presence_store_batches_total",
+                                "presence batches written to the store (a flush with upserts or removes; "
+                                "one store call per room in it)", "");
 }
 
+enum { FLUSH_NOW = 1, FLUSH_LATER = 2 };
 static void schedule_flush(presence *p);
 
 /* ---- sink: results from the store ---- */
@@ -304,6 +311,7 @@ static void flush_cb(uv_timer_t *t)
         ops[k++] = (pstore_op){ rm[i].room, 'r', rm[i].member, rm[i].user, rm[i].name };
     qsort(ops, k, sizeof *ops, op_cmp);
     metric_add(M.writes, n);
+    if (k) metric_inc(M.batches);
     if (k && p->store->vt->apply(p->store, ops, k) < 0)
         LOGW(MOD, "presence batch of %zu ops not sent", k);
     free(ops);
@@ -315,11 +323,31 @@ static void flush_cb(uv_timer_t *t)
     leave_busy(p);
 }
 
+/* Joins, removes and lists go out at the end of this loop turn. */
 static void schedule_flush(presence *p)
 {
-    if (p->flush_armed || p->freeing) return;
-    p->flush_armed = 1;
+    if (p->flush_armed == FLUSH_NOW || p->freeing) return;
+    p->flush_armed = FLUSH_NOW;    /* (re)starting the timer also pulls a later refresh flush in */
     uv_timer_start(&p->flush_t, flush_cb, 0, 0);
+}
+
+/* A heartbeat's refresh of an entry the store has: it waits up to
+ * refresh_delay_ms so the refreshes of a room's members leave as one call
+ * per room (at 10 s heartbeats a room of 100 gets ~10 a second; one call
+ * each was half of Redis' work in rooms of 100). The entry's expiry is set
+ * from the apply's clock, so the wait only shifts it by at most a tenth of
+ * the TTL. */
+static uint64_t refresh_delay_ms(const presence *p)
+{
+    uint64_t d = p->ttl_ms / 10;
+    return d > 1000 ? 1000 : d;
+}
+
+static void schedule_refresh(presence *p)
+{
+    if (p->flush_armed || p->freeing) return;
+    p->flush_armed = FLUSH_LATER;
+    uv_timer_start(&p->flush_t, flush_cb, refresh_delay_ms(p), 0);
 }
 
 static void sweep_cb(uv_timer_t *t)
@@ -520,7 +548,8 @@ void presence_touch(presence *p, const char *room, uint64_t conn_id)
     lentry *e = hmap_get(&p->entries, key);
     if (!e) return;
     dirty_add(p, e);
-    schedule_flush(p);
+    if (e->sent) schedule_refresh(p);
+    else schedule_flush(p);      /* its first upsert is still due: a join goes out now */
 }
 
 int presence_list(presence *p, const char *room, presence_list_cb cb, void *ud)

@@ -647,6 +647,54 @@ static void test_redis_reconnect(void)
     g_ttl = TTL;
 }
 
+/* Heartbeat refreshes of a room's entries, arriving in separate loop turns
+ * within a tenth of the TTL, leave as one store batch (one call per room),
+ * not one each; a join in the meantime still goes out at once. */
+static void test_refreshes_share_a_batch(void)
+{
+    setup_nodes(1);
+    metric_counter *batches = metrics_counter("chat_presence_store_batches_total", NULL, "");
+    int e0 = nev;
+    conn *cs[10];
+    int joins = 0;
+    for (int i = 0; i < 10; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "rb%d", i);
+        cs[i] = cadd(0, "r9", u);
+        cs[i]->beat = 0;            /* this test beats by hand */
+    }
+    sync_all();
+    for (int i = 0; i < 10; i++) joins += count_ev(e0, cs[i]->room, cs[i]->user, "join");
+    CHECK(joins == 10, "10 joins (got %d)", joins);
+    wait_ms(TTL / 10 + 20);        /* nothing of the joins still due */
+    uint64_t b0 = batches->v;
+    uint64_t t0 = mono_ms();
+    for (int i = 0; i < 10; i++) {   /* one refresh per loop turn */
+        presence_touch(N[0].p, cs[i]->room, cs[i]->id);
+        uv_run(L, UV_RUN_NOWAIT);
+    }
+    uint64_t spread = mono_ms() - t0;
+    wait_ms(TTL / 10 + 40);
+    uint64_t nb = batches->v - b0;
+    if (spread < TTL / 20)          /* a loaded machine may stretch the loop: then 2 */
+        CHECK(nb == 1, "10 refreshes in %llu ms: %llu batches (want 1)", (unsigned long long)spread,
+              (unsigned long long)nb);
+    CHECK(nb >= 1 && nb <= 2, "10 refreshes: %llu batches", (unsigned long long)nb);
+    /* a join while refreshes wait: it is not held back by them */
+    presence_touch(N[0].p, cs[0]->room, cs[0]->id);
+    conn *late = cadd(0, "r9", "rb-late");
+    late->beat = 0;
+    uint64_t tj = mono_ms();
+    while (count_ev(e0, late->room, "rb-late", "join") == 0 && mono_ms() - tj < 1000) wait_ms(1);
+    CHECK(count_ev(e0, late->room, "rb-late", "join") == 1, "late join announced");
+    CHECK(mono_ms() - tj < TTL / 10, "join took %llu ms (a refresh delay is %d)",
+          (unsigned long long)(mono_ms() - tj), TTL / 10);
+    for (int i = 0; i < 10; i++) cremove(cs[i]);
+    cremove(late);
+    sync_all();
+    teardown_nodes();
+}
+
 /* A connection leaves a room and re-joins it (same conn id, so the same
  * store entry) within one batch, several times: nothing to announce. A
  * batch sends upserts before removes, so a queued remove must be taken back
@@ -811,6 +859,7 @@ static void run_cluster(void)
     test_list_churn();
     test_list_on_free();
     test_rejoin_same_tick();
+    test_refreshes_share_a_batch();
     test_churn(seed, 100);
     /* the index of a room is its slot's, on that slot */
     setup_nodes(1);
@@ -854,6 +903,7 @@ static void run_all(void)
     test_list_churn();
     test_list_on_free();
     test_rejoin_same_tick();
+    test_refreshes_share_a_batch();
     test_churn(seed, getenv("PRESENCE_STEPS") ? atoi(getenv("PRESENCE_STEPS")) : 200);
     if (g_url) {
         test_rejoin_remove_in_flight();
