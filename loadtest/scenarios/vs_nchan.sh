@@ -41,7 +41,7 @@
 # and prints the ratios chatd / chatd_base: a change's before/after in the
 # same run as Nchan.
 # env: DURATION (60), SCENARIOS ("dm rooms100"), HEARTBEAT_MS (10000), NGINX_PORT (17612), BASE_CHATD,
-#      DM_RATE (1000), R100_RATE (300), SUMMARY_ONLY (0), and lib.sh's (CHATD, LT_RT, PORT_A, REDIS_PORT, PG_PORT...)
+#      DM_RATE (1000), R100_RATE (300), SUMMARY_ONLY (0), ONLY ("chatd ...": just those runs, no table), and lib.sh's (CHATD, LT_RT, PORT_A, REDIS_PORT, PG_PORT...)
 source "$(dirname "$0")/lib.sh"
 lt_build
 DURATION=${DURATION:-60}
@@ -159,6 +159,11 @@ run_one() {   # run_one SCENARIO SERVER
 
 SERVERS=(chatd nchan nchan_nostore)
 [ -n "${BASE_CHATD:-}" ] && SERVERS=(chatd_base chatd nchan nchan_nostore)
+if [ -n "${ONLY:-}" ]; then   # ONLY="chatd": run those servers, no ratio table (profiling, e.g. with PERF_DELAY)
+    read -r -a SERVERS <<<"$ONLY"
+    for sc in $SCENARIOS; do for srv in "${SERVERS[@]}"; do run_one "$sc" "$srv"; done; done
+    exit 0
+fi
 if [ "${SUMMARY_ONLY:-0}" != 1 ]; then   # SUMMARY_ONLY=1: only redo the tables from the result files
     for sc in $SCENARIOS; do
         for srv in "${SERVERS[@]}"; do run_one "$sc" "$srv"; done
