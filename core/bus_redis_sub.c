@@ -208,7 +208,7 @@ static void retry_clear(busr *R, bus_room *room)
     room->retry_at = 0;
 }
 
-typedef struct walk { busr *R; uint64_t now; bus_room **due; size_t n, cap; } walk;
+typedef struct walk { uint64_t now; bus_room **due; size_t n, cap; } walk;
 
 static int collect_due(void *arg, const char *k, void *val)
 {
@@ -231,7 +231,7 @@ static void retry_cb(uv_timer_t *t)
     }
     ctl_retry(R, mono_ms());
     if (b->freeing || R->retries <= 0) return;
-    walk w = {R, mono_ms(), NULL, 0, b->rooms.count};
+    walk w = {mono_ms(), NULL, 0, b->rooms.count};
     w.due = w.cap ? malloc(w.cap * sizeof *w.due) : NULL;
     if (!w.due) return;
     hmap_each(&b->rooms, collect_due, &w);

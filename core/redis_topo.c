@@ -172,7 +172,7 @@ void redis_topo_describe(const redis_tnode *tn, char *out, size_t n)
     size_t o = 0;
     for (int i = 0; i < tn->nranges && o + 24 < sizeof r; i++) {
         if (i == 3) {
-            o += (size_t)snprintf(r + o, sizeof r - o, ",...");
+            snprintf(r + o, sizeof r - o, ",...");
             break;
         }
         if (tn->ranges[i][0] == tn->ranges[i][1])
