@@ -36,7 +36,7 @@ def port_block(n):
         block = [free_port() for _ in range(n)]
         if block == list(range(block[0], block[0] + n)):
             return lp, block
-        for p in block:
+        for p in [lp] + block:
             release_port(p)
     raise TestFailure("no block of consecutive free ports in the suite's range")
 
