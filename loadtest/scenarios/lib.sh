@@ -108,7 +108,7 @@ lt_pg_preinit() {
     echo "shared_preload_libraries = '$libs'" >>"$pgdir/postgresql.conf"
 }
 
-# lt_chatd NAME PORT: start chatd pinned to CHATD_CPU, wait for /healthz; pid in LT_CHATD_PID
+# lt_chatd NAME PORT: start chatd pinned to CHATD_CPU, wait for /readyz; pid in LT_CHATD_PID
 lt_chatd() {
     local name=$1 port=$2
     if [[ $CHATD == *.py ]]; then   # the mock server, to test the scenarios themselves
@@ -125,12 +125,16 @@ lt_chatd() {
             -- sleep "${PERF_SECS:-10}" >/dev/null 2>&1) &
         LT_PIDS+=("$!")
     fi
-    for _ in $(seq 1 100); do
-        if curl -fs -o /dev/null "http://127.0.0.1:$port/healthz"; then return 0; fi
+    # /readyz: Redis and Postgres (when configured) answer, so the load does not
+    # start while the first rooms' heads cannot be read; the mock has /healthz only
+    local probe=/readyz
+    [[ $CHATD == *.py ]] && probe=/healthz
+    for _ in $(seq 1 300); do
+        if curl -fs -o /dev/null "http://127.0.0.1:$port$probe"; then return 0; fi
         kill -0 "$LT_CHATD_PID" 2>/dev/null || break
         sleep 0.1
     done
-    echo "chatd $name did not become healthy on port $port; log:" >&2
+    echo "chatd $name did not become ready ($probe) on port $port; log:" >&2
     tail -20 "$RESULTS/$name.chatd.log" >&2
     exit 1
 }
