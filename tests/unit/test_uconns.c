@@ -111,6 +111,59 @@ static void test_script(adminstore *s)
     CHECK(key_exists("ann") == 0, "a dead node's last key expires");
 }
 
+/* The deadline this node's field of user u carries in Redis (0: none). */
+static long long field_deadline(const char *user, const char *node)
+{
+    char k[128];
+    snprintf(k, sizeof k, "chat:{conns:%s}:n", user);
+    redisReply *r = redisCommand(R, "HGET %s %s", k, node);
+    long long c = 0, d = 0;
+    if (r && r->type == REDIS_REPLY_STRING && sscanf(r->str, "%lld %lld", &c, &d) != 2) d = 0;
+    if (r) freeReplyObject(r);
+    return d;
+}
+
+/* The renewal pass is spread over its period: a tick a quarter of the way
+ * in renews about a quarter of the users, not none and not all (19k users
+ * renewed in one loop turn were 19k Redis calls at once); the pass's end
+ * renews the rest. Time is the tick's argument; the deadlines are Redis'. */
+#define SPREAD_USERS 200
+static void test_renewal_spread(adminstore *s)
+{
+    connlimit_init(0, 5);
+    uconns_init(s, "sp", 1000, 900);              /* a pass every 300 ms */
+    char users[SPREAD_USERS][16];
+    for (int i = 0; i < SPREAD_USERS; i++) {
+        snprintf(users[i], sizeof users[i], "sp%03d", i);
+        CHECK(connlimit_acquire("2.2.2.2", users[i]) == LIMIT_OK);
+    }
+    uint64_t t = mono_ms();
+    uconns_tick(t);                               /* the first pass: everyone, at once */
+    wait_ms(100);
+    int have = 0;
+    for (int i = 0; i < SPREAD_USERS; i++) have += field_deadline(users[i], "sp") > 0;
+    CHECK(have == SPREAD_USERS, "the first pass wrote every user (%d)", have);
+    long long d0[SPREAD_USERS];
+    for (int i = 0; i < SPREAD_USERS; i++) d0[i] = field_deadline(users[i], "sp");
+    wait_ms(20);                                  /* later writes carry later deadlines */
+    uconns_tick(t + 75);                          /* a quarter of the period */
+    wait_ms(100);
+    int moved = 0;
+    for (int i = 0; i < SPREAD_USERS; i++) moved += field_deadline(users[i], "sp") != d0[i];
+    CHECK(moved > 0 && moved < SPREAD_USERS * 3 / 4,
+          "a quarter into the period: %d of %d renewed (want some, not all)", moved, SPREAD_USERS);
+    uint64_t p0 = uconns_passes();
+    uconns_tick(t + 300);                         /* the period is over: the rest */
+    wait_ms(100);
+    CHECK(uconns_passes() == p0 + 1, "the pass ended");
+    moved = 0;
+    for (int i = 0; i < SPREAD_USERS; i++) moved += field_deadline(users[i], "sp") != d0[i];
+    CHECK(moved == SPREAD_USERS, "by its end the pass renewed every user (%d)", moved);
+    for (int i = 0; i < SPREAD_USERS; i++) connlimit_release("2.2.2.2", users[i]);
+    uconns_stop();
+    connlimit_free();
+}
+
 static void test_module(adminstore *s, int redis_idx)
 {
     metric_counter *refused = metrics_counter("chat_refused_total", NULL, "reason=\"per_user_cluster\"");
@@ -206,6 +259,7 @@ int main(void)
     while (!adminstore_ready(s) && mono_ms() < end) wait_ms(10);
     CHECK(adminstore_ready(s), "store ready");
     test_script(s);
+    test_renewal_spread(s);
     test_module(s, i);
     adminstore_free(s);
     redisFree(R);
