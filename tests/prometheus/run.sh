@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prometheus end-to-end test: starts chatd and Debian's prometheus (scraping it
-# every second) on ports 17640/17641, holds a known number of WebSocket
+# every second) on two free ports from 17640, holds a known number of WebSocket
 # connections with loadtest/bin/chatload and checks, through Prometheus's HTTP
 # API, that chat_connections_open shows exactly that number, then 0 after they
 # leave; also that refused tokens are counted and that /metrics passes promtool.
@@ -9,7 +9,15 @@
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CHATD=${CHATD:-$REPO/build/chatd}
-CHATD_PORT=17640 PROM_PORT=17641 SECRET=prom-test-secret HOLD=${HOLD:-37}
+# two free loopback ports (17640/17641 unless taken: another run may hold them)
+free_port() {   # free_port FIRST -> the first port from FIRST nobody listens on
+    local p=$1
+    while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+    echo "$p"
+}
+CHATD_PORT=$(free_port 17640)
+PROM_PORT=$(free_port $((CHATD_PORT + 1)))
+SECRET=prom-test-secret HOLD=${HOLD:-37}
 TMP=$(mktemp -d /tmp/chatd-promtest.XXXXXX)
 PIDS=()
 pass=0 fail=0

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include "ports.h"
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -40,25 +41,13 @@ static rp_server rp_all[RP_MAX];
 static int rp_n;
 static char rp_root[64];
 
-static inline int rp_port_free(int p)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
-
 static inline int rp_pick_port(void)
 {
     static unsigned next;
     if (!next) next = (unsigned)(getpid() * 37u + (unsigned)time(NULL)) % (RP_PORT_HI - RP_PORT_LO);
     for (int i = 0; i < RP_PORT_HI - RP_PORT_LO; i++) {
         int p = RP_PORT_LO + (int)(next++ % (RP_PORT_HI - RP_PORT_LO));
-        if (rp_port_free(p)) return p;
+        if (test_port_free(p)) return p;
     }
     return -1;
 }
