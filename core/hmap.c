@@ -12,6 +12,17 @@ static char tomb_key;
 
 void hmap_init(hmap *m) { memset(m, 0, sizeof *m); }
 
+void hmap_init_borrowed(hmap *m)
+{
+    memset(m, 0, sizeof *m);
+    m->borrowed = 1;
+}
+
+static void free_key(const hmap *m, char *k)
+{
+    if (!m->borrowed) free(k);
+}
+
 int hmap_live(const hmap *m, size_t i) { return m->slots[i].key && m->slots[i].key != TOMB; }
 
 static hmap_slot *find(const hmap *m, const char *key)
@@ -52,13 +63,17 @@ static int resize(hmap *m, size_t ncap)
 int hmap_put(hmap *m, const char *key, void *val)
 {
     hmap_slot *s = find(m, key);
-    if (s) { s->val = val; return 0; }
+    if (s) {
+        if (m->borrowed) s->key = (char *)key;
+        s->val = val;
+        return 0;
+    }
     if ((m->count + m->tombs + 1) * 4 >= m->cap * 3) {
         size_t ncap = m->cap ? m->cap : 16;
         while ((m->count + 1) * 2 >= ncap) ncap *= 2;
         if (resize(m, ncap) < 0) return -1;
     }
-    char *k = strdup(key);
+    char *k = m->borrowed ? (char *)key : strdup(key);
     if (!k) return -1;
     size_t i = hash_str(key) & (m->cap - 1);
     while (m->slots[i].key && m->slots[i].key != TOMB) i = (i + 1) & (m->cap - 1);
@@ -74,7 +89,7 @@ void *hmap_del(hmap *m, const char *key)
     hmap_slot *s = find(m, key);
     if (!s) return NULL;
     void *v = s->val;
-    free(s->key);
+    free_key(m, s->key);
     s->key = TOMB;
     s->val = NULL;
     m->count--;
@@ -85,9 +100,11 @@ void *hmap_del(hmap *m, const char *key)
 void hmap_free(hmap *m)
 {
     for (size_t i = 0; i < m->cap; i++)
-        if (hmap_live(m, i)) free(m->slots[i].key);
+        if (hmap_live(m, i)) free_key(m, m->slots[i].key);
     free(m->slots);
+    int borrowed = m->borrowed;
     memset(m, 0, sizeof *m);
+    m->borrowed = borrowed;
 }
 
 void hmap_each(hmap *m, int (*fn)(void *ud, const char *key, void *val), void *ud)
@@ -95,8 +112,8 @@ void hmap_each(hmap *m, int (*fn)(void *ud, const char *key, void *val), void *u
     for (size_t i = 0; i < m->cap; i++) {
         hmap_slot *s = &m->slots[i];
         if (!hmap_live(m, i)) continue;
-        if (fn(ud, s->key, s->val) == 1) {
-            free(s->key);
+        if (fn(ud, s->key, s->val) == 1) {   /* a borrowed key may be gone now */
+            free_key(m, s->key);
             s->key = TOMB;
             s->val = NULL;
             m->count--;

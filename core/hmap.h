@@ -2,15 +2,21 @@
  * probing, FNV-1a from hash.h, tombstones dropped at the next resize).
  * Used for the room registry, the bus's rooms and in-process stores,
  * presence entries and the lag receipts.
- * Owns: copies of its keys and its slot array; never the values. */
+ * Owns: copies of its keys (unless made with hmap_init_borrowed) and its
+ * slot array; never the values. */
 #ifndef CHATD_HMAP_H
 #define CHATD_HMAP_H
 #include <stddef.h>
 
 typedef struct hmap_slot { char *key; void *val; } hmap_slot;
-typedef struct hmap { hmap_slot *slots; size_t cap, count, tombs; } hmap;
+typedef struct hmap { hmap_slot *slots; size_t cap, count, tombs; int borrowed; } hmap;
 
 void hmap_init(hmap *m);
+/* A map that keeps the caller's key pointers instead of copies (one
+ * allocation less per entry): each key must stay valid and unchanged until
+ * its entry is deleted or replaced or the map freed; usually it lives in
+ * the value. A put on an existing key stores the new key pointer too. */
+void hmap_init_borrowed(hmap *m);
 void *hmap_get(const hmap *m, const char *key);
 int hmap_put(hmap *m, const char *key, void *val);   /* 0 ok, -1 oom; replaces */
 void *hmap_del(hmap *m, const char *key);            /* returns old value */

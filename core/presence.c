@@ -34,6 +34,7 @@ typedef struct lentry {
     int sent;                       /* an upsert went to the store */
     int dirty;                      /* in the dirty list */
     struct lentry *dprev, *dnext;
+    char key[];                     /* "room|conn": p->entries borrows it */
 } lentry;
 
 typedef struct premove { char *room, *member, *user, *name; } premove;
@@ -383,7 +384,7 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     if (p->sweep_ms < 100) p->sweep_ms = 100;
     if (h) p->h = *h;
     p->ud = ud;
-    hmap_init(&p->entries);
+    hmap_init_borrowed(&p->entries);
     hmap_init(&p->local_users);
     p->store = o->redis_url
         ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, &SINK, p, err, errlen)
@@ -499,8 +500,10 @@ void presence_add(presence *p, const char *room, uint64_t conn_id, const char *u
         if (strcmp(old->user, user) == 0) { presence_touch(p, room, conn_id); return; }
         presence_remove(p, room, conn_id);
     }
-    lentry *e = calloc(1, sizeof *e);
+    size_t kl = strlen(key);
+    lentry *e = calloc(1, sizeof *e + kl + 1);
     if (!e) return;
+    memcpy(e->key, key, kl + 1);
     e->conn = conn_id;
     if (asprintf(&e->member, "%s|%" PRIu64 "|%s", p->node, conn_id, user) < 0) e->member = NULL;
     premove pr;
@@ -523,7 +526,7 @@ void presence_add(presence *p, const char *room, uint64_t conn_id, const char *u
         e->user = strdup(user);
         e->name = strdup(name ? name : user);
     }
-    if (!e->room || !e->user || !e->name || !e->member || hmap_put(&p->entries, key, e) < 0) {
+    if (!e->room || !e->user || !e->name || !e->member || hmap_put(&p->entries, e->key, e) < 0) {
         if (taken) {   /* out of memory: put the remove back as it was */
             if (e->name != pr.name) free(e->name);
             if (push_remove(p, pr.room, pr.member, pr.user, pr.name, 1) == 0) {

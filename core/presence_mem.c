@@ -4,6 +4,8 @@
  * table is process-wide and shared by every memory instance (so several
  * "nodes" in one process see one truth, like nodes sharing one Redis); it is
  * freed with the last instance. Expiry uses the monotonic clock.
+ * Each entry is one allocation holding its strings; the maps borrow their
+ * keys from it (mconn.member, muser.user).
  * Owns: the shared table (refcounted). */
 #define _GNU_SOURCE
 #include "presence_store.h"
@@ -13,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct mconn { uint64_t exp; char *user; } mconn;
-typedef struct muser { long count; char *name; } muser;
+typedef struct mconn { uint64_t exp; const char *user; char member[]; } mconn;   /* user after member */
+typedef struct muser { long count; const char *name; char user[]; } muser;      /* name after user */
 typedef struct mroom { hmap conns, users; } mroom;
 
 static struct { hmap rooms; int refs; } g_mem;
@@ -23,17 +25,13 @@ static void mroom_free_all(mroom *r);
 
 static int conn_free_fn(void *ud, const char *k, void *v)
 {
-    mconn *c = v;
-    free(c->user);
-    free(c);
+    free(v);
     return 1;
 }
 
 static int user_free_fn(void *ud, const char *k, void *v)
 {
-    muser *u = v;
-    free(u->name);
-    free(u);
+    free(v);
     return 1;
 }
 
@@ -62,7 +60,6 @@ static void user_dec(pstore *s, mroom *r, const char *room, const char *user)
     if (--u->count > 0) return;
     hmap_del(&r->users, user);
     s->sink->transition(s->ud, room, "leave", user, u->name);
-    free(u->name);
     free(u);
 }
 
@@ -79,7 +76,10 @@ static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, siz
     mroom *r = hmap_get(&g_mem.rooms, room);
     if (!r) {
         r = calloc(1, sizeof *r);
-        if (!r || hmap_put(&g_mem.rooms, room, r) < 0) { free(r); return -1; }
+        if (!r) return -1;
+        hmap_init_borrowed(&r->conns);
+        hmap_init_borrowed(&r->users);
+        if (hmap_put(&g_mem.rooms, room, r) < 0) { free(r); return -1; }
     }
     uint64_t exp = mono_ms() + s->ttl_ms;
     for (size_t i = 0; i < n; i++) {
@@ -87,27 +87,29 @@ static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, siz
         mconn *c = hmap_get(&r->conns, o->member);
         if (o->op == 'u') {
             if (c) { c->exp = exp; continue; }
-            c = calloc(1, sizeof *c);
+            size_t ml = strlen(o->member), ul = strlen(o->user);
+            c = malloc(sizeof *c + ml + 1 + ul + 1);
             if (!c) continue;
             c->exp = exp;
-            c->user = strdup(o->user);
-            if (!c->user || hmap_put(&r->conns, o->member, c) < 0) {
-                free(c->user); free(c); continue;
-            }
+            memcpy(c->member, o->member, ml + 1);
+            memcpy(c->member + ml + 1, o->user, ul + 1);
+            c->user = c->member + ml + 1;
+            if (hmap_put(&r->conns, c->member, c) < 0) { free(c); continue; }
             muser *u = hmap_get(&r->users, o->user);
             if (u) { u->count++; continue; }
-            u = calloc(1, sizeof *u);
+            const char *nm = o->name ? o->name : o->user;
+            size_t nl = strlen(nm);
+            u = malloc(sizeof *u + ul + 1 + nl + 1);
             if (!u) continue;
             u->count = 1;
-            u->name = strdup(o->name ? o->name : o->user);
-            if (!u->name || hmap_put(&r->users, o->user, u) < 0) {
-                free(u->name); free(u); continue;
-            }
+            memcpy(u->user, o->user, ul + 1);
+            memcpy(u->user + ul + 1, nm, nl + 1);
+            u->name = u->user + ul + 1;
+            if (hmap_put(&r->users, u->user, u) < 0) { free(u); continue; }
             s->sink->transition(s->ud, room, "join", o->user, u->name);
         } else if (c) {
             hmap_del(&r->conns, o->member);
             user_dec(s, r, room, c->user);
-            free(c->user);
             free(c);
         }
     }
@@ -134,7 +136,6 @@ static int sweep_conn_fn(void *ud, const char *k, void *v)
     mconn *c = v;
     if (c->exp >= x->now) return 0;
     user_dec(x->s, x->r, x->room, c->user);
-    free(c->user);
     free(c);
     return 1;
 }

@@ -128,6 +128,55 @@ static void test_hmap(void)
     hmap_free(&m);
 }
 
+/* A borrowed-key map keeps the caller's pointers: each value holds its key
+ * and is freed by the caller (under ASan a copied key would leak, a freed
+ * one read after free). */
+typedef struct bval { int n; char key[16]; } bval;
+
+static int free_bval(void *ud, const char *key, void *val)
+{
+    free(val);
+    return 1;
+}
+
+static void test_hmap_borrowed(void)
+{
+    hmap m;
+    hmap_init_borrowed(&m);
+    bval *v[300];
+    for (int i = 0; i < 300; i++) {
+        v[i] = malloc(sizeof *v[i]);
+        v[i]->n = i;
+        snprintf(v[i]->key, sizeof v[i]->key, "m-%d", i);
+        hmap_put(&m, v[i]->key, v[i]);
+    }
+    char k[16];
+    int ok = 1;
+    for (int i = 0; i < 300; i++) {
+        snprintf(k, sizeof k, "m-%d", i);
+        bval *b = hmap_get(&m, k);
+        ok &= b == v[i];
+    }
+    CHECK(ok && m.count == 300, "borrowed keys: every entry found after the resizes");
+    int slot_is_ours = 0;
+    for (size_t i = 0; i < m.cap; i++)
+        if (hmap_live(&m, i) && m.slots[i].key == v[7]->key) slot_is_ours = 1;
+    CHECK(slot_is_ours, "the map holds the caller's key pointer, not a copy");
+    bval *d = hmap_del(&m, "m-7");
+    CHECK(d == v[7] && !hmap_get(&m, "m-7") && m.count == 299, "delete returns the value, key not freed");
+    free(d);
+    bval *r = malloc(sizeof *r);
+    r->n = 8;
+    snprintf(r->key, sizeof r->key, "m-8");
+    hmap_put(&m, r->key, r);      /* replace: the old value (and its key) may go */
+    free(v[8]);
+    CHECK(hmap_get(&m, "m-8") == r && m.count == 299, "a replace takes the new key pointer");
+    hmap_each(&m, free_bval, NULL);
+    CHECK(m.count == 0, "each frees the values holding the keys");
+    hmap_free(&m);
+    CHECK(m.borrowed == 1, "free keeps the map borrowed");
+}
+
 static int drop_even(void *ud, const char *key, void *val)
 {
     int *seen = ud;
@@ -195,6 +244,7 @@ int main(void)
     test_iov_and_partial();
     test_hmap();
     test_hmap_each();
+    test_hmap_borrowed();
     test_backoff();
     return check_summary("test_queue");
 }
