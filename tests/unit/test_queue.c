@@ -128,6 +128,32 @@ static void test_hmap(void)
     hmap_free(&m);
 }
 
+/* Up to OUTQ_INLINE frames stay in the queue itself; a longer queue moves
+ * to a malloc'd ring (order kept) and comes back inline when it drains. */
+static void test_inline_ring(void)
+{
+    outq q;
+    outq_init(&q, 100, 1 << 20);
+    msg *f[5];
+    char b[2] = "a";
+    for (int i = 0; i < 5; i++) { b[0] = (char)('a' + i); f[i] = msg_new(b, 1); }
+    outq_push(&q, f[0]); outq_push(&q, f[1]);
+    CHECK(q.ring == q.inl && q.count == 2, "two frames: the inline ring");
+    outq_consume(&q, msg_wire_len(f[0]), NULL, NULL);   /* head moves: the next push wraps */
+    outq_push(&q, f[2]); outq_push(&q, f[3]); outq_push(&q, f[4]);
+    CHECK(q.ring != q.inl && q.count == 4, "a longer queue moved to a malloc'd ring");
+    int order = 1;
+    for (int i = 1; i < 5; i++) { order &= outq_peek(&q) == f[i]; outq_consume(&q, msg_wire_len(f[i]), NULL, NULL); }
+    CHECK(order, "frames kept their order across the move");
+    CHECK(outq_empty(&q) && q.ring == q.inl, "drained: back to the inline ring");
+    outq_push(&q, f[0]);
+    outq_clear(&q);
+    int refs = 1;
+    for (int i = 0; i < 5; i++) refs &= f[i]->refs == 1;
+    CHECK(refs && q.ring == NULL, "clear drops every reference");
+    for (int i = 0; i < 5; i++) msg_unref(f[i]);
+}
+
 /* A borrowed-key map keeps the caller's pointers: each value holds its key
  * and is freed by the caller (under ASan a copied key would leak, a freed
  * one read after free). */
@@ -242,6 +268,7 @@ int main(void)
     test_refcount_shared();
     test_bounds();
     test_iov_and_partial();
+    test_inline_ring();
     test_hmap();
     test_hmap_each();
     test_hmap_borrowed();
