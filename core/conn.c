@@ -117,7 +117,6 @@ conn *conn_new(struct lws *wsi, identity *ident, const char *room, const char *i
     c->fd = lws_get_socket_fd(wsi);
     c->ident = *ident;
     memset(ident, 0, sizeof *ident);
-    c->opened_ms = now_ms();
     list_push(&g_all, c, offsetof(conn, all));
     g_count++;
     metric_set(m_open, (double)g_count);

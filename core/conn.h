@@ -51,8 +51,7 @@ typedef struct conn {
     identity ident;         /* change it with conn_set_identity (the deadline follows) */
     const char *url_room;   /* in strs */
     const char *ip;         /* client address (client_ip.h), for limits and logs; in strs */
-    int has_since;
-    uint64_t since;
+    uint64_t since;         /* with has_since: the URL's since= */
     conn_room **rooms;
     uint32_t nrooms, caprooms;
     outq q;
@@ -60,12 +59,12 @@ typedef struct conn {
     size_t rx_len, rx_cap;
     wsf_parser rxp;         /* client frame parser (wsread.c) */
     publish_owner pubs;     /* pending publishes (detached on close) */
-    uint64_t opened_ms;
     /* ---- conn.c's alone: read through the functions below ---- */
     unsigned flags;         /* CONN_* bits (conn.c) */
     unsigned rx_paused;     /* reasons (CONN_RX_*) not to read input now */
     uint16_t close_code;
     uint8_t close_off;      /* bytes of our close frame written */
+    uint8_t has_since;      /* the URL had since= (not conn.c's: here for the padding) */
     char *close_reason;     /* malloc'd when the close starts (< CONN_CLOSE_REASON_MAX) */
     conn_link all;          /* every connection (conn_first / conn_next) */
     conn_link flush;        /* connections with output to write */

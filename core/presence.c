@@ -32,7 +32,6 @@
  * strings of a remove taken back from a retry are separate: own_strs). */
 typedef struct lentry {
     char *room, *user, *name, *member;
-    uint64_t conn;
     uint8_t sent;                   /* an upsert went to the store */
     uint8_t dirty;                  /* in the dirty list */
     uint8_t own_strs;               /* the four strings are malloc'd apart */
@@ -545,7 +544,6 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
             if (e) {
                 strcpy(e->key, key);
                 e->own_strs = 1;
-                e->conn = conn_id;
                 e->member = pr.member;
                 e->room = pr.room;
                 e->user = pr.user;
@@ -574,7 +572,6 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
         e->name = memcpy(q, name, nl);
         q += nl;
         e->member = memcpy(q, member, ml + 1);
-        e->conn = conn_id;
         if (hmap_put(&p->entries, e->key, e) < 0) { free(e); return; }
     }
     local_user_adj(p, room, user, 1);
