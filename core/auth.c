@@ -283,19 +283,20 @@ static int check_claims(json_t *claims, int64_t now_s, identity *out, char *reas
     } else {
         memcpy(name, user, sizeof name);
     }
-    /* one allocation: user \0 name \0 claims \0 */
+    /* one allocation: user \0 [name \0] claims \0 (name shares user's
+     * bytes when they are equal, e.g. no name claim) */
     size_t cl = json_dumpb(claims, NULL, 0, JSON_COMPACT);
-    size_t ul = strlen(user), nl = strlen(name);
-    char *b = cl ? malloc(ul + 1 + nl + 1 + cl + 1) : NULL;
+    size_t ul = strlen(user), nl = strcmp(name, user) == 0 ? 0 : strlen(name) + 1;
+    char *b = cl ? malloc(ul + 1 + nl + cl + 1) : NULL;
     if (!b) { fmt(reason, rlen, "out of memory"); return -1; }
     memcpy(b, user, ul + 1);
-    memcpy(b + ul + 1, name, nl + 1);
-    char *cj = b + ul + 1 + nl + 1;
+    if (nl) memcpy(b + ul + 1, name, nl);
+    char *cj = b + ul + 1 + nl;
     if (json_dumpb(claims, cj, cl, JSON_COMPACT) != cl) { free(b); fmt(reason, rlen, "out of memory"); return -1; }
     cj[cl] = 0;
     out->strs = b;
     out->user = b;
-    out->name = b + ul + 1;
+    out->name = nl ? b + ul + 1 : b;
     out->claims_json = cj;
     return 0;
 }

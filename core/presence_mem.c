@@ -15,8 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct mconn { uint64_t exp; const char *user; char member[]; } mconn;   /* user after member */
-typedef struct muser { long count; const char *name; char user[]; } muser;      /* name after user */
+/* member, and its user at member + uoff: the member's own tail when it ends
+ * with "|user" (presence.c's "node|conn|user"), else a copy after it */
+typedef struct mconn { uint64_t exp; uint32_t uoff; char member[]; } mconn;
+/* user, and its name at user + noff: the user itself when they are equal */
+typedef struct muser { uint32_t count, noff; char user[]; } muser;
+#define MC_USER(c) ((c)->member + (c)->uoff)
+#define MU_NAME(u) ((u)->user + (u)->noff)
 typedef struct mroom { hmap conns, users; } mroom;
 
 static struct { hmap rooms; int refs; } g_mem;
@@ -59,7 +64,7 @@ static void user_dec(pstore *s, mroom *r, const char *room, const char *user)
     if (!u) return;
     if (--u->count > 0) return;
     hmap_del(&r->users, user);
-    s->sink->transition(s->ud, room, "leave", user, u->name);
+    s->sink->transition(s->ud, room, "leave", user, MU_NAME(u));
     free(u);
 }
 
@@ -88,28 +93,37 @@ static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, siz
         if (o->op == 'u') {
             if (c) { c->exp = exp; continue; }
             size_t ml = strlen(o->member), ul = strlen(o->user);
-            c = malloc(sizeof *c + ml + 1 + ul + 1);
+            int tail = ml > ul && o->member[ml - ul - 1] == '|' && strcmp(o->member + ml - ul, o->user) == 0;
+            c = malloc(sizeof *c + ml + 1 + (tail ? 0 : ul + 1));
             if (!c) continue;
             c->exp = exp;
             memcpy(c->member, o->member, ml + 1);
-            memcpy(c->member + ml + 1, o->user, ul + 1);
-            c->user = c->member + ml + 1;
+            if (tail) {
+                c->uoff = (uint32_t)(ml - ul);
+            } else {
+                memcpy(c->member + ml + 1, o->user, ul + 1);
+                c->uoff = (uint32_t)(ml + 1);
+            }
             if (hmap_put(&r->conns, c->member, c) < 0) { free(c); continue; }
             muser *u = hmap_get(&r->users, o->user);
             if (u) { u->count++; continue; }
             const char *nm = o->name ? o->name : o->user;
             size_t nl = strlen(nm);
-            u = malloc(sizeof *u + ul + 1 + nl + 1);
+            int same = strcmp(nm, o->user) == 0;
+            u = malloc(sizeof *u + ul + 1 + (same ? 0 : nl + 1));
             if (!u) continue;
             u->count = 1;
             memcpy(u->user, o->user, ul + 1);
-            memcpy(u->user + ul + 1, nm, nl + 1);
-            u->name = u->user + ul + 1;
+            u->noff = 0;
+            if (!same) {
+                memcpy(u->user + ul + 1, nm, nl + 1);
+                u->noff = (uint32_t)(ul + 1);
+            }
             if (hmap_put(&r->users, u->user, u) < 0) { free(u); continue; }
-            s->sink->transition(s->ud, room, "join", o->user, u->name);
+            s->sink->transition(s->ud, room, "join", o->user, MU_NAME(u));
         } else if (c) {
             hmap_del(&r->conns, o->member);
-            user_dec(s, r, room, c->user);
+            user_dec(s, r, room, MC_USER(c));
             free(c);
         }
     }
@@ -135,7 +149,7 @@ static int sweep_conn_fn(void *ud, const char *k, void *v)
     sweep_ctx *x = ud;
     mconn *c = v;
     if (c->exp >= x->now) return 0;
-    user_dec(x->s, x->r, x->room, c->user);
+    user_dec(x->s, x->r, x->room, MC_USER(c));
     free(c);
     return 1;
 }
@@ -171,7 +185,7 @@ static int list_fn(void *ud, const char *user, void *v)
         l->cap = cap;
     }
     l->u[l->n].user = user;
-    l->u[l->n].name = u->name;
+    l->u[l->n].name = MU_NAME(u);
     l->n++;
     return 0;
 }
