@@ -22,6 +22,7 @@
 #include "util.h"
 #include <inttypes.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,7 +37,7 @@ typedef struct lentry {
     uint8_t dirty;                  /* in the dirty list */
     uint8_t own_strs;               /* the four strings are malloc'd apart */
     struct lentry *dprev, *dnext;
-    char key[];                     /* "room|conn" (p->entries borrows it), then the strings */
+    char key[];                     /* "room|conn" (p->entries is keyed by it), then the strings */
 } lentry;
 
 /* A queued remove: its strings are in owner (the removed entry's block) or,
@@ -390,7 +391,7 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     if (p->sweep_ms < 100) p->sweep_ms = 100;
     if (h) p->h = *h;
     p->ud = ud;
-    hmap_init_borrowed(&p->entries);
+    hmap_init_keyed(&p->entries, offsetof(lentry, key));
     hmap_init(&p->local_users);
     p->store = o->redis_url
         ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, &SINK, p, err, errlen)

@@ -4,14 +4,15 @@
  * table is process-wide and shared by every memory instance (so several
  * "nodes" in one process see one truth, like nodes sharing one Redis); it is
  * freed with the last instance. Expiry uses the monotonic clock.
- * Each entry is one allocation holding its strings; the maps borrow their
- * keys from it (mconn.member, muser.user).
+ * Each entry is one allocation holding its strings; the room maps are keyed
+ * maps (hmap_init_keyed) on them (mconn.member, muser.user).
  * Owns: the shared table (refcounted). */
 #define _GNU_SOURCE
 #include "presence_store.h"
 #include "hmap.h"
 #include "util.h"
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,8 +83,8 @@ static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, siz
     if (!r) {
         r = calloc(1, sizeof *r);
         if (!r) return -1;
-        hmap_init_borrowed(&r->conns);
-        hmap_init_borrowed(&r->users);
+        hmap_init_keyed(&r->conns, offsetof(mconn, member));
+        hmap_init_keyed(&r->users, offsetof(muser, user));
         if (hmap_put(&g_mem.rooms, room, r) < 0) { free(r); return -1; }
     }
     uint64_t exp = mono_ms() + s->ttl_ms;

@@ -4,6 +4,7 @@
  * writes), hmap (the core's one map) and backoff. */
 #include "check.h"
 #include "hmap.h"
+#include <stddef.h>
 #include "backoff.h"
 #include "msg.h"
 #include "outq.h"
@@ -154,21 +155,23 @@ static void test_inline_ring(void)
     for (int i = 0; i < 5; i++) msg_unref(f[i]);
 }
 
-/* A borrowed-key map keeps the caller's pointers: each value holds its key
- * and is freed by the caller (under ASan a copied key would leak, a freed
- * one read after free). */
+/* A keyed map keeps no key copy: each value holds its key (under ASan a
+ * copied key would leak, a freed one be read after free), and its slots are
+ * the value pointers alone. */
 typedef struct bval { int n; char key[16]; } bval;
 
 static int free_bval(void *ud, const char *key, void *val)
 {
+    int *ok = ud;
+    *ok &= key == ((bval *)val)->key;
     free(val);
     return 1;
 }
 
-static void test_hmap_borrowed(void)
+static void test_hmap_keyed(void)
 {
     hmap m;
-    hmap_init_borrowed(&m);
+    hmap_init_keyed(&m, offsetof(bval, key));
     bval *v[300];
     for (int i = 0; i < 300; i++) {
         v[i] = malloc(sizeof *v[i]);
@@ -180,27 +183,38 @@ static void test_hmap_borrowed(void)
     int ok = 1;
     for (int i = 0; i < 300; i++) {
         snprintf(k, sizeof k, "m-%d", i);
-        bval *b = hmap_get(&m, k);
-        ok &= b == v[i];
+        ok &= hmap_get(&m, k) == v[i];
     }
-    CHECK(ok && m.count == 300, "borrowed keys: every entry found after the resizes");
-    int slot_is_ours = 0;
-    for (size_t i = 0; i < m.cap; i++)
-        if (hmap_live(&m, i) && m.slots[i].key == v[7]->key) slot_is_ours = 1;
-    CHECK(slot_is_ours, "the map holds the caller's key pointer, not a copy");
+    CHECK(ok && m.count == 300, "keyed: every entry found after the resizes");
     bval *d = hmap_del(&m, "m-7");
-    CHECK(d == v[7] && !hmap_get(&m, "m-7") && m.count == 299, "delete returns the value, key not freed");
+    CHECK(d == v[7] && !hmap_get(&m, "m-7") && m.count == 299, "delete returns the value");
     free(d);
     bval *r = malloc(sizeof *r);
     r->n = 8;
     snprintf(r->key, sizeof r->key, "m-8");
     hmap_put(&m, r->key, r);      /* replace: the old value (and its key) may go */
     free(v[8]);
-    CHECK(hmap_get(&m, "m-8") == r && m.count == 299, "a replace takes the new key pointer");
-    hmap_each(&m, free_bval, NULL);
-    CHECK(m.count == 0, "each frees the values holding the keys");
+    CHECK(hmap_get(&m, "m-8") == r && m.count == 299, "a replace keeps the new value (and its key)");
+    for (int i = 300; i < 310; i++) {       /* tombstones are reused */
+        bval *b = malloc(sizeof *b);
+        snprintf(b->key, sizeof b->key, "m-%d", i);
+        hmap_put(&m, b->key, b);
+    }
+    CHECK(m.count == 309 && hmap_get(&m, "m-309") && !hmap_get(&m, "m-7"), "puts after a delete");
+    void *vals[400];
+    CHECK(hmap_values(&m, vals, 400) == 309, "values: every live entry");
+    ok = 1;
+    hmap_each(&m, free_bval, &ok);
+    CHECK(ok && m.count == 0 && !hmap_get(&m, "m-1"), "each gives every value with its own key, removes them");
     hmap_free(&m);
-    CHECK(m.borrowed == 1, "free keeps the map borrowed");
+    CHECK(m.keyed == 1 && m.key_off == offsetof(bval, key), "free keeps the map keyed");
+    bval *again = malloc(sizeof *again);
+    snprintf(again->key, sizeof again->key, "again");
+    hmap_put(&m, again->key, again);
+    CHECK(hmap_get(&m, "again") == again, "usable after free");
+    hmap_del(&m, "again");
+    free(again);
+    hmap_free(&m);
 }
 
 static int drop_even(void *ud, const char *key, void *val)
@@ -271,7 +285,7 @@ int main(void)
     test_inline_ring();
     test_hmap();
     test_hmap_each();
-    test_hmap_borrowed();
+    test_hmap_keyed();
     test_backoff();
     return check_summary("test_queue");
 }
