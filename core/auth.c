@@ -166,8 +166,9 @@ void auth_free(auth_ctx *a)
 void identity_clear(identity *id)
 {
     if (!id) return;
-    free(id->claims_json);
+    free(id->strs);
     memset(id, 0, sizeof *id);
+    id->user = id->name = "";
 }
 
 /* ---- token structure -------------------------------------------------- */
@@ -250,7 +251,7 @@ static int time_claim(const json_t *v, int64_t *out)
 }
 
 /* Copies a string claim of 1..127 bytes without NULs into dst[128]. */
-static int string_claim(const json_t *v, char dst[128])
+static int string_claim(const json_t *v, char dst[AUTH_CLAIM_MAX + 1])
 {
     if (!json_is_string(v)) return -1;
     size_t n = json_string_length(v);
@@ -272,17 +273,31 @@ static int check_claims(json_t *claims, int64_t now_s, identity *out, char *reas
         if (time_claim(nbf, &out->nbf) != 0) { fmt(reason, rlen, "invalid nbf claim"); return -1; }
         if (out->nbf > now_s) { fmt(reason, rlen, "token not yet valid"); return -1; }
     }
+    char user[AUTH_CLAIM_MAX + 1], name[AUTH_CLAIM_MAX + 1];
     const json_t *sub = json_object_get(claims, "sub");
     if (!sub) { fmt(reason, rlen, "missing sub claim"); return -1; }
-    if (string_claim(sub, out->user) != 0) { fmt(reason, rlen, "invalid sub claim"); return -1; }
-    const json_t *name = json_object_get(claims, "name");
-    if (name && !(json_is_string(name) && json_string_length(name) == 0)) {
-        if (string_claim(name, out->name) != 0) { fmt(reason, rlen, "invalid name claim"); return -1; }
+    if (string_claim(sub, user) != 0) { fmt(reason, rlen, "invalid sub claim"); return -1; }
+    const json_t *nm = json_object_get(claims, "name");
+    if (nm && !(json_is_string(nm) && json_string_length(nm) == 0)) {
+        if (string_claim(nm, name) != 0) { fmt(reason, rlen, "invalid name claim"); return -1; }
     } else {
-        memcpy(out->name, out->user, sizeof out->name);
+        memcpy(name, user, sizeof name);
     }
-    out->claims_json = json_dumps(claims, JSON_COMPACT);
-    if (!out->claims_json) { fmt(reason, rlen, "out of memory"); return -1; }
+    /* one allocation: user \0 [name \0] claims \0 (name shares user's
+     * bytes when they are equal, e.g. no name claim) */
+    size_t cl = json_dumpb(claims, NULL, 0, JSON_COMPACT);
+    size_t ul = strlen(user), nl = strcmp(name, user) == 0 ? 0 : strlen(name) + 1;
+    char *b = cl ? malloc(ul + 1 + nl + cl + 1) : NULL;
+    if (!b) { fmt(reason, rlen, "out of memory"); return -1; }
+    memcpy(b, user, ul + 1);
+    if (nl) memcpy(b + ul + 1, name, nl);
+    char *cj = b + ul + 1 + nl;
+    if (json_dumpb(claims, cj, cl, JSON_COMPACT) != cl) { free(b); fmt(reason, rlen, "out of memory"); return -1; }
+    cj[cl] = 0;
+    out->strs = b;
+    out->user = b;
+    out->name = nl ? b + ul + 1 : b;
+    out->claims_json = cj;
     return 0;
 }
 
@@ -293,7 +308,8 @@ int auth_verify(const auth_ctx *a, const char *token, int64_t now_s, identity *o
 {
     identity tmp;
     memset(&tmp, 0, sizeof tmp);
-    if (out) memset(out, 0, sizeof *out);
+    tmp.user = tmp.name = "";
+    if (out) { memset(out, 0, sizeof *out); out->user = out->name = ""; }
     if (!a || !out) { fmt(reason, rlen, "auth not configured"); return -1; }
     size_t len = token ? strlen(token) : 0;
     if (len == 0) { fmt(reason, rlen, "missing token"); return -1; }

@@ -12,12 +12,17 @@
 
 typedef struct auth_ctx auth_ctx;
 
+/* A verified token's identity. Its three strings live in one allocation
+ * (strs), each sized to fit: an idle connection holds a few dozen bytes of
+ * identity, not two 128-byte arrays and a separate claims copy. A cleared
+ * identity has user and name "" and claims_json NULL. */
 typedef struct identity {
-    char user[128];     /* sub */
-    char name[128];     /* name claim, or sub when absent */
-    int64_t exp;        /* seconds since epoch */
-    int64_t nbf;        /* 0 when absent */
-    char *claims_json;  /* the whole claims object as compact JSON, malloc'd */
+    const char *user;        /* sub, 1..127 bytes */
+    const char *name;        /* name claim (1..127 bytes), or sub when absent */
+    const char *claims_json; /* the whole claims object as compact JSON */
+    int64_t exp;             /* seconds since epoch */
+    int64_t nbf;             /* 0 when absent */
+    char *strs;              /* the allocation the three point into */
 } identity;
 
 /* Either or both of secret / pubkey_path. Returns NULL with err filled when
@@ -33,7 +38,7 @@ void auth_free(auth_ctx *a);
  * the token. leeway: none (exp <= now is expired, nbf > now is not yet valid). */
 int auth_verify(const auth_ctx *a, const char *token, int64_t now_s, identity *out,
                 char *reason, size_t rlen);
-void identity_clear(identity *id);
+void identity_clear(identity *id);   /* frees strs; leaves it cleared */
 
 /* Mints an HS256 token (dev tokens; needs the secret). Returns malloc'd
  * string or NULL. extra_claims_json may be NULL or a JSON object whose members

@@ -52,7 +52,7 @@ static long op_disconnect(void *ud, json_t *msg)
     (void)ud;
     const char *user = json_string_value(json_object_get(msg, "user"));
     if (!user) return -1;
-    char reason[sizeof ((conn *)0)->close_reason];
+    char reason[CONN_CLOSE_REASON_MAX];
     close_reason(reason, sizeof reason, json_string_value(json_object_get(msg, "reason")),
                  "disconnected by the server");
     long n = 0;
@@ -77,7 +77,7 @@ static long op_ban(void *ud, json_t *msg)
     if (room && !*room) room = NULL;
     if (bans_put(user, room, (uint64_t)json_integer_value(until), why) < 0) return -1;
     if ((uint64_t)json_integer_value(until) <= now_ms()) return 0; /* expired in transit */
-    char reason[sizeof ((conn *)0)->close_reason];
+    char reason[CONN_CLOSE_REASON_MAX];
     close_reason(reason, sizeof reason, why, "banned");
     long n = 0;
     for (conn *c = conn_first(); c; c = conn_next(c)) {
@@ -129,7 +129,7 @@ static void enforce_all(void)
         if (conn_is_closing(c)) continue;
         const ban *b = bans_match(c->ident.user, NULL, now);
         if (b) {
-            char reason[sizeof c->close_reason];
+            char reason[CONN_CLOSE_REASON_MAX];
             close_reason(reason, sizeof reason, b->reason, "banned");
             conn_close(c, CHAT_ADMIN_CLOSE, reason);
             metric_inc(m_closed_ban);
@@ -199,7 +199,7 @@ int chat_admin_open_banned(conn *c)
 {
     const ban *b = bans_match(c->ident.user, c->url_room, now_ms());
     if (!b) return 0;
-    char reason[sizeof c->close_reason];
+    char reason[CONN_CLOSE_REASON_MAX];
     close_reason(reason, sizeof reason, b->reason, "banned");
     conn_close(c, CHAT_ADMIN_CLOSE, reason);
     return 1;

@@ -22,6 +22,7 @@ enum {
     CONN_IN_FLUSH = 1u << 6,     /* on the flush list */
     CONN_LWS_TAIL = 1u << 7,     /* lws holds the rest of a partly written frame */
     CONN_READING = 1u << 8,      /* in wsread's epoll set */
+    CONN_CLOSE_BUILT = 1u << 9,  /* our close frame (code, reason) is fixed: writing began */
 };
 
 #define HAS(c, f) (((c)->flags & (f)) != 0)
@@ -93,15 +94,20 @@ static void want_flush(conn *c)
 
 /* ---- life ---------------------------------------------------------------- */
 
-conn *conn_new(struct lws *wsi, identity *ident, const char *room)
+conn *conn_new(struct lws *wsi, identity *ident, const char *room, const char *ip)
 {
     conn_metrics_init();
     /* ids of this run start above any id of an earlier run of this node
      * (same node id after a restart): 65536 ids per ms of wall clock
      * between the two starts; one run never connects that fast */
     if (!g_next_id) g_next_id = (now_ms() << 16) | 1;
-    conn *c = calloc(1, sizeof *c);
+    size_t rl = strlen(room), il = strlen(ip);
+    conn *c = calloc(1, sizeof *c + rl + 1 + il + 1);
     if (!c) return NULL;
+    memcpy(c->strs, room, rl + 1);
+    memcpy(c->strs + rl + 1, ip, il + 1);
+    c->url_room = c->strs;
+    c->ip = c->strs + rl + 1;
     if (heap_push(&g_deadlines, &c->exp, ident->exp) < 0) {
         free(c);
         return NULL;
@@ -111,8 +117,6 @@ conn *conn_new(struct lws *wsi, identity *ident, const char *room)
     c->fd = lws_get_socket_fd(wsi);
     c->ident = *ident;
     memset(ident, 0, sizeof *ident);
-    snprintf(c->url_room, sizeof c->url_room, "%s", room);
-    c->opened_ms = now_ms();
     list_push(&g_all, c, offsetof(conn, all));
     g_count++;
     metric_set(m_open, (double)g_count);
@@ -139,6 +143,8 @@ void conn_destroy(conn *c)
     outq_clear(&c->q);
     free(c->rooms);
     free(c->rx);
+    wsf_free(&c->rxp);
+    free(c->close_reason);
     identity_clear(&c->ident);
     free(c);
 }
@@ -214,12 +220,29 @@ void conn_send_error(conn *c, const char *code, const char *message, const char 
 
 int conn_is_closing(const conn *c) { return HAS(c, CONN_CLOSING); }
 
+/* The code and reason of our close frame (the frame itself is built when it
+ * is written): the reason is copied here, cut to CONN_CLOSE_REASON_MAX - 1
+ * bytes at a UTF-8 character boundary; none when out of memory. Once the
+ * frame began to go out, neither changes. */
+static void set_close(conn *c, uint16_t code, const char *reason)
+{
+    if (HAS(c, CONN_CLOSE_BUILT)) return;   /* (part of) the frame is out: it stays */
+    c->close_code = code;
+    free(c->close_reason);
+    c->close_reason = NULL;
+    size_t n = reason ? strlen(reason) : 0;
+    if (n > CONN_CLOSE_REASON_MAX - 1) {
+        n = CONN_CLOSE_REASON_MAX - 1;
+        while (n && ((unsigned char)reason[n] & 0xC0) == 0x80) n--;
+    }
+    if (n) c->close_reason = strndup(reason, n);
+}
+
 static void close_start(conn *c, uint16_t code, const char *reason)
 {
     c->flags |= CONN_CLOSING;
     c->flags &= ~CONN_DRAINING;
-    c->close_code = code;
-    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
+    set_close(c, code, reason);
     outq_clear(&c->q);      /* nothing more for this client */
     flush_list_remove(c);
     /* a peer that never reads cannot hold the connection open for long */
@@ -235,7 +258,7 @@ void conn_close(conn *c, uint16_t code, const char *reason)
 
 void conn_close_now(conn *c, uint16_t code, const char *reason)
 {
-    if (HAS(c, CONN_CLOSED | CONN_CLOSE_SENT) || c->close_len) return;   /* ours is (partly) out */
+    if (HAS(c, CONN_CLOSED | CONN_CLOSE_SENT | CONN_CLOSE_BUILT)) return;   /* ours is (partly) out */
     if (HAS(c, CONN_CLOSING) && !HAS(c, CONN_DRAINING) && c->close_code == code) return;
     close_start(c, code, reason);
 }
@@ -244,8 +267,7 @@ void conn_close_after_flush(conn *c, uint16_t code, const char *reason)
 {
     if (HAS(c, CONN_CLOSING)) return;
     c->flags |= CONN_CLOSING | CONN_DRAINING;
-    c->close_code = code;
-    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
+    set_close(c, code, reason);
     /* WRITEABLE flushes the queue, then sends the close frame */
     lws_callback_on_writable(c->wsi);
 }
@@ -331,25 +353,25 @@ static int write_failed(conn *c)
  * (an error, or the peer closed already). */
 static int send_close_frame(conn *c)
 {
-    if (!c->close_len) {
-        size_t rl = strlen(c->close_reason);
-        if (rl > 123) rl = 123;
-        c->close_frame[0] = 0x88;
-        c->close_frame[1] = (unsigned char)(2 + rl);
-        c->close_frame[2] = (unsigned char)(c->close_code >> 8);
-        c->close_frame[3] = (unsigned char)(c->close_code & 0xff);
-        memcpy(c->close_frame + 4, c->close_reason, rl);
-        c->close_len = 4 + rl;
-        c->close_off = 0;
-    }
-    while (c->close_off < c->close_len) {
-        ssize_t w = send(c->fd, c->close_frame + c->close_off, c->close_len - c->close_off, MSG_NOSIGNAL);
+    /* the frame is a function of (code, reason), both fixed from here on:
+     * built again on each attempt, written from close_off */
+    unsigned char f[4 + CONN_CLOSE_REASON_MAX];
+    size_t rl = c->close_reason ? strlen(c->close_reason) : 0;
+    f[0] = 0x88;
+    f[1] = (unsigned char)(2 + rl);
+    f[2] = (unsigned char)(c->close_code >> 8);
+    f[3] = (unsigned char)(c->close_code & 0xff);
+    if (rl) memcpy(f + 4, c->close_reason, rl);
+    size_t len = 4 + rl;
+    c->flags |= CONN_CLOSE_BUILT;
+    while (c->close_off < len) {
+        ssize_t w = send(c->fd, f + c->close_off, len - c->close_off, MSG_NOSIGNAL);
         if (w < 0) {
             int rc = write_failed(c);
             if (rc == 0) continue;
             return rc;
         }
-        c->close_off += (size_t)w;
+        c->close_off = (uint8_t)(c->close_off + (size_t)w);
     }
     c->flags |= CONN_CLOSE_SENT;
     /* FIN after the close frame: the peer reads it and EOF, and may still

@@ -44,14 +44,14 @@
 typedef struct conn_link { struct conn *prev, *next; } conn_link;
 
 typedef struct conn {
+    int tag;                /* ws.c's kind tag of lws' opaque pointer: first (ws.c) */
+    int fd;
     uint64_t id;            /* unique per node across restarts (see conn_new) */
     struct lws *wsi;
-    int fd;
     identity ident;         /* change it with conn_set_identity (the deadline follows) */
-    char url_room[CHAT_ROOM_MAX + 1];
-    char ip[CLIENT_IP_MAX]; /* client address (client_ip.h), for limits and logs */
-    int has_since;
-    uint64_t since;
+    const char *url_room;   /* in strs */
+    const char *ip;         /* client address (client_ip.h), for limits and logs; in strs */
+    uint64_t since;         /* with has_since: the URL's since= */
     conn_room **rooms;
     uint32_t nrooms, caprooms;
     outq q;
@@ -59,27 +59,30 @@ typedef struct conn {
     size_t rx_len, rx_cap;
     wsf_parser rxp;         /* client frame parser (wsread.c) */
     publish_owner pubs;     /* pending publishes (detached on close) */
-    uint64_t opened_ms;
     /* ---- conn.c's alone: read through the functions below ---- */
     unsigned flags;         /* CONN_* bits (conn.c) */
     unsigned rx_paused;     /* reasons (CONN_RX_*) not to read input now */
     uint16_t close_code;
-    char close_reason[64];
-    unsigned char close_frame[128];
-    size_t close_len, close_off;
+    uint8_t close_off;      /* bytes of our close frame written */
+    uint8_t has_since;      /* the URL had since= (not conn.c's: here for the padding) */
+    char *close_reason;     /* malloc'd when the close starts (< CONN_CLOSE_REASON_MAX) */
     conn_link all;          /* every connection (conn_first / conn_next) */
     conn_link flush;        /* connections with output to write */
     heap_node exp;          /* token deadline: ident.exp */
+    char strs[];            /* url_room and ip, each sized to fit */
 } conn;
+
+/* A close reason is cut to CONN_CLOSE_REASON_MAX - 1 bytes. */
+#define CONN_CLOSE_REASON_MAX 64
 
 /* Registers the connection metrics (so they exist before the first one). */
 void conn_metrics_init(void);
-/* A new connection with its identity (moved) and URL room; NULL when out of
- * memory. Its id: a base taken from the wall clock at the process's first
+/* A new connection with its identity (moved), URL room and client address;
+ * NULL when out of memory. Its id: a base taken from the wall clock at the process's first
  * connection (ms << 16) plus a counter, so a node restarted with the same
  * node id never reuses an id of its previous run (presence members are
  * "node|conn id|user"). */
-conn *conn_new(struct lws *wsi, identity *ident /* moved */, const char *room);
+conn *conn_new(struct lws *wsi, identity *ident /* moved */, const char *room, const char *ip);
 /* lws CLOSED, first: the socket is gone. Nothing is sent or queued from now
  * on; the connection leaves the flush list and the deadline heap. */
 void conn_mark_closed(conn *c);

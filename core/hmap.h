@@ -2,15 +2,24 @@
  * probing, FNV-1a from hash.h, tombstones dropped at the next resize).
  * Used for the room registry, the bus's rooms and in-process stores,
  * presence entries and the lag receipts.
- * Owns: copies of its keys and its slot array; never the values. */
+ * Owns: copies of its keys (unless made with hmap_init_keyed) and its slot
+ * array; never the values. */
 #ifndef CHATD_HMAP_H
 #define CHATD_HMAP_H
 #include <stddef.h>
 
 typedef struct hmap_slot { char *key; void *val; } hmap_slot;
-typedef struct hmap { hmap_slot *slots; size_t cap, count, tombs; } hmap;
+/* slots: hmap_slot pairs; in a keyed map, value pointers alone (void **) */
+typedef struct hmap { hmap_slot *slots; size_t cap, count, tombs; int keyed; size_t key_off; } hmap;
 
 void hmap_init(hmap *m);
+/* A keyed map: every value holds its own NUL-terminated key at key_off
+ * bytes (e.g. offsetof(entry, key)); the map keeps no key copy and its
+ * slots are the value pointers alone (8 bytes instead of 16 per slot).
+ * hmap_put's key must be the value's own ((char *)val + key_off), and it
+ * must not change while the entry is in the map. The slots are not
+ * hmap_slot pairs: walk such a map with hmap_each / hmap_values only. */
+void hmap_init_keyed(hmap *m, size_t key_off);
 void *hmap_get(const hmap *m, const char *key);
 int hmap_put(hmap *m, const char *key, void *val);   /* 0 ok, -1 oom; replaces */
 void *hmap_del(hmap *m, const char *key);            /* returns old value */

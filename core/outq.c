@@ -1,5 +1,6 @@
-/* outq: see outq.h. The ring grows by doubling up to max_frames, so an idle
- * connection costs one small allocation. */
+/* outq: see outq.h. The ring starts in the queue (OUTQ_INLINE frames) and
+ * grows by doubling up to max_frames; a grown ring is freed when the queue
+ * drains, so an idle connection holds no allocation. */
 #include "outq.h"
 #include <stdlib.h>
 #include <string.h>
@@ -11,15 +12,36 @@ void outq_init(outq *q, uint32_t max_frames, size_t max_bytes)
     q->max_bytes = max_bytes;
 }
 
+static void ring_free(outq *q)
+{
+    if (q->ring != q->inl) free(q->ring);
+}
+
+/* An empty queue goes back to its inline ring. */
+static void shrink_if_empty(outq *q)
+{
+    if (q->count || q->cap <= OUTQ_INLINE) return;
+    ring_free(q);
+    q->ring = q->inl;
+    q->cap = OUTQ_INLINE < q->max_frames ? OUTQ_INLINE : q->max_frames;
+    q->head = 0;
+}
+
 static int grow(outq *q)
 {
-    uint32_t ncap = q->cap ? q->cap * 2 : 4;
+    uint32_t ncap = q->cap ? q->cap * 2 : OUTQ_INLINE;
     if (ncap > q->max_frames) ncap = q->max_frames;
     if (ncap <= q->cap) return -1;
+    if (ncap <= OUTQ_INLINE) {      /* the first ring: the inline one (empty) */
+        q->ring = q->inl;
+        q->cap = ncap;
+        q->head = 0;
+        return 0;
+    }
     msg **nr = malloc(sizeof(msg *) * ncap);
     if (!nr) return -1;
     for (uint32_t i = 0; i < q->count; i++) nr[i] = q->ring[(q->head + i) % q->cap];
-    free(q->ring);
+    ring_free(q);
     q->ring = nr;
     q->cap = ncap;
     q->head = 0;
@@ -71,6 +93,7 @@ void outq_consume(outq *q, size_t n, void (*done)(msg *m, void *ud), void *ud)
         if (done) done(m, ud);
         msg_unref(m);
     }
+    shrink_if_empty(q);
 }
 
 void outq_clear(outq *q)
@@ -80,7 +103,7 @@ void outq_clear(outq *q)
         q->head = (q->head + 1) % q->cap;
         q->count--;
     }
-    free(q->ring);
+    ring_free(q);
     q->ring = NULL;
     q->cap = q->head = 0;
     q->bytes = q->head_off = 0;

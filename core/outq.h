@@ -1,7 +1,11 @@
 /* outq: a connection's bounded outbound queue of shared frames.
  * A ring of msg references bounded by frame count and by bytes; the head
  * frame may be partly written (head_off bytes of its wire form are out).
- * Owns: one reference to every queued msg. */
+ * Up to OUTQ_INLINE frames live in the queue itself (no allocation for an
+ * idle or lightly loaded connection); a longer queue moves to a malloc'd
+ * ring, given back when the queue drains.
+ * Owns: one reference to every queued msg. The queue must not be copied
+ * (the ring may point into it). */
 #ifndef CHATD_OUTQ_H
 #define CHATD_OUTQ_H
 #include <stddef.h>
@@ -9,13 +13,16 @@
 #include <sys/uio.h>
 #include "msg.h"
 
+#define OUTQ_INLINE 2
+
 typedef struct outq {
-    msg **ring;
+    msg **ring;            /* inl, or malloc'd when cap > OUTQ_INLINE */
     uint32_t cap, head, count;
     size_t bytes;          /* wire bytes queued, minus head_off */
     size_t head_off;       /* bytes of the head frame already written */
     uint32_t max_frames;
     size_t max_bytes;
+    msg *inl[OUTQ_INLINE];
 } outq;
 
 void outq_init(outq *q, uint32_t max_frames, size_t max_bytes);

@@ -22,21 +22,27 @@
 #include "util.h"
 #include <inttypes.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MOD "presence"
 #define MAX_PENDING_REMOVES 100000
 
+/* A live entry: one allocation holding its key and its four strings (the
+ * strings of a remove taken back from a retry are separate: own_strs). */
 typedef struct lentry {
     char *room, *user, *name, *member;
-    uint64_t conn;
-    int sent;                       /* an upsert went to the store */
-    int dirty;                      /* in the dirty list */
+    uint8_t sent;                   /* an upsert went to the store */
+    uint8_t dirty;                  /* in the dirty list */
+    uint8_t own_strs;               /* the four strings are malloc'd apart */
     struct lentry *dprev, *dnext;
+    char key[];                     /* "room|conn" (p->entries is keyed by it), then the strings */
 } lentry;
 
-typedef struct premove { char *room, *member, *user, *name; } premove;
+/* A queued remove: its strings are in owner (the removed entry's block) or,
+ * when owner is NULL, malloc'd one by one (name may be NULL). */
+typedef struct premove { char *room, *member, *user, *name; void *owner; } premove;
 
 typedef struct preq {
     presence *p;
@@ -105,7 +111,8 @@ static void sink_transition(void *ud, const char *room, const char *event,
     if (p->h.on_transition) p->h.on_transition(p->ud, room, event, user, name ? name : user);
 }
 
-static int push_remove(presence *p, char *room, char *member, char *user, char *name, int force)
+static int push_remove(presence *p, char *room, char *member, char *user, char *name, void *owner,
+                       int force)
 {
     if (p->nrm >= MAX_PENDING_REMOVES && !force) {
         LOGW(MOD, "too many pending removes; %s expires by ttl instead", member);
@@ -118,7 +125,7 @@ static int push_remove(presence *p, char *room, char *member, char *user, char *
         p->rm = nr;
         p->caprm = cap;
     }
-    p->rm[p->nrm++] = (premove){ room, member, user, name };
+    p->rm[p->nrm++] = (premove){ room, member, user, name, owner };
     return 0;
 }
 
@@ -133,7 +140,7 @@ static void sink_retry_remove(void *ud, const char *room, const char *member, co
      * false leave and, on the next heartbeat, a second join. */
     if (live_entry_of_member(p, room, member)) return;
     char *r = strdup(room), *m = strdup(member), *u = strdup(user);
-    if (!r || !m || !u || push_remove(p, r, m, u, NULL, 0) < 0) {
+    if (!r || !m || !u || push_remove(p, r, m, u, NULL, NULL, 0) < 0) {
         free(r); free(m); free(u);
         return;
     }
@@ -195,7 +202,7 @@ static void on_closed(uv_handle_t *h)
 static int free_entry_fn(void *ud, const char *k, void *v)
 {
     lentry *e = v;
-    free(e->room); free(e->user); free(e->name); free(e->member);
+    if (e->own_strs) { free(e->room); free(e->user); free(e->name); free(e->member); }
     free(e);
     return 1;
 }
@@ -203,6 +210,7 @@ static int free_entry_fn(void *ud, const char *k, void *v)
 static void free_removes(premove *rm, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        if (rm[i].owner) { free(rm[i].owner); continue; }
         free(rm[i].room); free(rm[i].member); free(rm[i].user); free(rm[i].name);
     }
 }
@@ -383,7 +391,7 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     if (p->sweep_ms < 100) p->sweep_ms = 100;
     if (h) p->h = *h;
     p->ud = ud;
-    hmap_init(&p->entries);
+    hmap_init_keyed(&p->entries, offsetof(lentry, key));
     hmap_init(&p->local_users);
     p->store = o->redis_url
         ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, &SINK, p, err, errlen)
@@ -475,14 +483,17 @@ void presence_remove(presence *p, const char *room, uint64_t conn_id)
     local_user_adj(p, e->room, e->user, -1);
     if (e->sent) {
         /* force: a flush in progress may still reference these strings */
-        if (push_remove(p, e->room, e->member, e->user, e->name, p->busy) == 0) {
-            free(e);
+        if (push_remove(p, e->room, e->member, e->user, e->name, e->own_strs ? NULL : e, p->busy) == 0) {
+            if (e->own_strs) free(e);   /* else the remove owns the block */
             schedule_flush(p);
             return;
         }
     }
     free_entry_fn(NULL, NULL, e);
 }
+
+static void add_entry(presence *p, const char *key, const char *room, uint64_t conn_id, const char *user,
+                      const char *name, const char *member, size_t ml);
 
 void presence_add(presence *p, const char *room, uint64_t conn_id, const char *user,
                   const char *name)
@@ -499,41 +510,70 @@ void presence_add(presence *p, const char *room, uint64_t conn_id, const char *u
         if (strcmp(old->user, user) == 0) { presence_touch(p, room, conn_id); return; }
         presence_remove(p, room, conn_id);
     }
-    lentry *e = calloc(1, sizeof *e);
-    if (!e) return;
-    e->conn = conn_id;
-    if (asprintf(&e->member, "%s|%" PRIu64 "|%s", p->node, conn_id, user) < 0) e->member = NULL;
+    if (!name) name = user;
+    char mbuf[256], *member = mbuf;
+    int ml = snprintf(mbuf, sizeof mbuf, "%s|%" PRIu64 "|%s", p->node, conn_id, user);
+    if (ml < 0) return;
+    if ((size_t)ml >= sizeof mbuf) {    /* a long node id */
+        if (!(member = malloc((size_t)ml + 1))) return;
+        snprintf(member, (size_t)ml + 1, "%s|%" PRIu64 "|%s", p->node, conn_id, user);
+    }
+    add_entry(p, key, room, conn_id, user, name, member, (size_t)ml);
+    if (member != mbuf) free(member);
+}
+
+/* presence_add's second half: the entry (new, or taken back from a queued
+ * remove) is put in the table and marked dirty. */
+static void add_entry(presence *p, const char *key, const char *room, uint64_t conn_id, const char *user,
+                      const char *name, const char *member, size_t ml)
+{
     premove pr;
-    int taken = 0;
-    if (e->member && take_pending_remove(p, room, e->member, &pr)) {
-        taken = 1;
+    lentry *e;
+    if (take_pending_remove(p, room, member, &pr)) {
         /* Left and re-joined within one batch: cancel the remove instead of
          * sending "upsert, remove" (upserts go first in a batch), which
          * would announce a leave while the connection is in the room, then
          * a second join at its next heartbeat. The strings of the taken
-         * remove may be referenced by a batch being applied: reuse them. */
-        free(e->member);
-        e->member = pr.member;
-        e->room = pr.room;
-        e->user = pr.user;
-        e->name = pr.name ? pr.name : strdup(name ? name : user);
+         * remove may be referenced by a batch being applied: reuse them
+         * (the removed entry's own block when it has one: same key). */
+        if (pr.owner) {
+            e = pr.owner;
+            e->dirty = 0;
+            e->dprev = e->dnext = NULL;
+        } else {
+            e = calloc(1, sizeof *e + strlen(key) + 1);
+            if (e) {
+                strcpy(e->key, key);
+                e->own_strs = 1;
+                e->member = pr.member;
+                e->room = pr.room;
+                e->user = pr.user;
+                e->name = pr.name ? pr.name : strdup(name);
+            }
+        }
+        if (!e || !e->name || hmap_put(&p->entries, e->key, e) < 0) {
+            /* out of memory: put the remove back as it was */
+            if (e && !pr.owner) { if (e->name != pr.name) free(e->name); free(e); }
+            if (push_remove(p, pr.room, pr.member, pr.user, pr.name, pr.owner, 1) < 0)
+                free_removes(&pr, 1);
+            return;
+        }
         e->sent = 1;
     } else {
-        e->room = strdup(room);
-        e->user = strdup(user);
-        e->name = strdup(name ? name : user);
-    }
-    if (!e->room || !e->user || !e->name || !e->member || hmap_put(&p->entries, key, e) < 0) {
-        if (taken) {   /* out of memory: put the remove back as it was */
-            if (e->name != pr.name) free(e->name);
-            if (push_remove(p, pr.room, pr.member, pr.user, pr.name, 1) == 0) {
-                free(e);
-                return;
-            }
-            e->name = pr.name;
-        }
-        free_entry_fn(NULL, NULL, e);
-        return;
+        size_t kl = strlen(key) + 1, rl = strlen(room) + 1, ul = strlen(user) + 1, nl = strlen(name) + 1;
+        e = calloc(1, sizeof *e + kl + rl + ul + nl + ml + 1);
+        if (!e) return;
+        char *q = e->key;
+        memcpy(q, key, kl);
+        q += kl;
+        e->room = memcpy(q, room, rl);
+        q += rl;
+        e->user = memcpy(q, user, ul);
+        q += ul;
+        e->name = memcpy(q, name, nl);
+        q += nl;
+        e->member = memcpy(q, member, ml + 1);
+        if (hmap_put(&p->entries, e->key, e) < 0) { free(e); return; }
     }
     local_user_adj(p, room, user, 1);
     dirty_add(p, e);

@@ -4,17 +4,25 @@
  * table is process-wide and shared by every memory instance (so several
  * "nodes" in one process see one truth, like nodes sharing one Redis); it is
  * freed with the last instance. Expiry uses the monotonic clock.
+ * Each entry is one allocation holding its strings; the room maps are keyed
+ * maps (hmap_init_keyed) on them (mconn.member, muser.user).
  * Owns: the shared table (refcounted). */
 #define _GNU_SOURCE
 #include "presence_store.h"
 #include "hmap.h"
 #include "util.h"
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct mconn { uint64_t exp; char *user; } mconn;
-typedef struct muser { long count; char *name; } muser;
+/* member, and its user at member + uoff: the member's own tail when it ends
+ * with "|user" (presence.c's "node|conn|user"), else a copy after it */
+typedef struct mconn { uint64_t exp; uint32_t uoff; char member[]; } mconn;
+/* user, and its name at user + noff: the user itself when they are equal */
+typedef struct muser { uint32_t count, noff; char user[]; } muser;
+#define MC_USER(c) ((c)->member + (c)->uoff)
+#define MU_NAME(u) ((u)->user + (u)->noff)
 typedef struct mroom { hmap conns, users; } mroom;
 
 static struct { hmap rooms; int refs; } g_mem;
@@ -23,17 +31,13 @@ static void mroom_free_all(mroom *r);
 
 static int conn_free_fn(void *ud, const char *k, void *v)
 {
-    mconn *c = v;
-    free(c->user);
-    free(c);
+    free(v);
     return 1;
 }
 
 static int user_free_fn(void *ud, const char *k, void *v)
 {
-    muser *u = v;
-    free(u->name);
-    free(u);
+    free(v);
     return 1;
 }
 
@@ -61,8 +65,7 @@ static void user_dec(pstore *s, mroom *r, const char *room, const char *user)
     if (!u) return;
     if (--u->count > 0) return;
     hmap_del(&r->users, user);
-    s->sink->transition(s->ud, room, "leave", user, u->name);
-    free(u->name);
+    s->sink->transition(s->ud, room, "leave", user, MU_NAME(u));
     free(u);
 }
 
@@ -79,7 +82,10 @@ static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, siz
     mroom *r = hmap_get(&g_mem.rooms, room);
     if (!r) {
         r = calloc(1, sizeof *r);
-        if (!r || hmap_put(&g_mem.rooms, room, r) < 0) { free(r); return -1; }
+        if (!r) return -1;
+        hmap_init_keyed(&r->conns, offsetof(mconn, member));
+        hmap_init_keyed(&r->users, offsetof(muser, user));
+        if (hmap_put(&g_mem.rooms, room, r) < 0) { free(r); return -1; }
     }
     uint64_t exp = mono_ms() + s->ttl_ms;
     for (size_t i = 0; i < n; i++) {
@@ -87,27 +93,38 @@ static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, siz
         mconn *c = hmap_get(&r->conns, o->member);
         if (o->op == 'u') {
             if (c) { c->exp = exp; continue; }
-            c = calloc(1, sizeof *c);
+            size_t ml = strlen(o->member), ul = strlen(o->user);
+            int tail = ml > ul && o->member[ml - ul - 1] == '|' && strcmp(o->member + ml - ul, o->user) == 0;
+            c = malloc(sizeof *c + ml + 1 + (tail ? 0 : ul + 1));
             if (!c) continue;
             c->exp = exp;
-            c->user = strdup(o->user);
-            if (!c->user || hmap_put(&r->conns, o->member, c) < 0) {
-                free(c->user); free(c); continue;
+            memcpy(c->member, o->member, ml + 1);
+            if (tail) {
+                c->uoff = (uint32_t)(ml - ul);
+            } else {
+                memcpy(c->member + ml + 1, o->user, ul + 1);
+                c->uoff = (uint32_t)(ml + 1);
             }
+            if (hmap_put(&r->conns, c->member, c) < 0) { free(c); continue; }
             muser *u = hmap_get(&r->users, o->user);
             if (u) { u->count++; continue; }
-            u = calloc(1, sizeof *u);
+            const char *nm = o->name ? o->name : o->user;
+            size_t nl = strlen(nm);
+            int same = strcmp(nm, o->user) == 0;
+            u = malloc(sizeof *u + ul + 1 + (same ? 0 : nl + 1));
             if (!u) continue;
             u->count = 1;
-            u->name = strdup(o->name ? o->name : o->user);
-            if (!u->name || hmap_put(&r->users, o->user, u) < 0) {
-                free(u->name); free(u); continue;
+            memcpy(u->user, o->user, ul + 1);
+            u->noff = 0;
+            if (!same) {
+                memcpy(u->user + ul + 1, nm, nl + 1);
+                u->noff = (uint32_t)(ul + 1);
             }
-            s->sink->transition(s->ud, room, "join", o->user, u->name);
+            if (hmap_put(&r->users, u->user, u) < 0) { free(u); continue; }
+            s->sink->transition(s->ud, room, "join", o->user, MU_NAME(u));
         } else if (c) {
             hmap_del(&r->conns, o->member);
-            user_dec(s, r, room, c->user);
-            free(c->user);
+            user_dec(s, r, room, MC_USER(c));
             free(c);
         }
     }
@@ -133,8 +150,7 @@ static int sweep_conn_fn(void *ud, const char *k, void *v)
     sweep_ctx *x = ud;
     mconn *c = v;
     if (c->exp >= x->now) return 0;
-    user_dec(x->s, x->r, x->room, c->user);
-    free(c->user);
+    user_dec(x->s, x->r, x->room, MC_USER(c));
     free(c);
     return 1;
 }
@@ -170,7 +186,7 @@ static int list_fn(void *ud, const char *user, void *v)
         l->cap = cap;
     }
     l->u[l->n].user = user;
-    l->u[l->n].name = u->name;
+    l->u[l->n].name = MU_NAME(u);
     l->n++;
     return 0;
 }

@@ -35,8 +35,8 @@ typedef struct ticket {
     int slot;               /* holds a connlimit slot (ip, user) */
 } ticket;
 
-/* conn embeds no kind tag; we keep a tiny wrapper */
-typedef struct conn_ref { int kind; conn *c; } conn_ref;
+/* lws' opaque pointer is a ticket or a conn: both begin with an int tag
+ * (ticket.kind, conn.tag) */
 
 typedef struct pss { struct http_req *req; struct api_req *api; } pss;
 
@@ -272,15 +272,13 @@ static void opaque_free(struct lws *wsi)
         identity_clear(&t->ident);
         free(t);
     } else if (*kind == OPQ_CONN) {
-        conn_ref *r = (conn_ref *)kind;
-        if (r->c) {
-            conn_mark_closed(r->c);
-            wsread_detach(r->c);
-            connlimit_release(r->c->ip, r->c->ident.user);
-            uconns_changed(r->c->ident.user);   /* this node's count, across nodes */
-            chat_conn_closed(r->c);
-        }
-        free(r);
+        conn *c = (conn *)kind;
+        lws_set_opaque_user_data(wsi, NULL);
+        conn_mark_closed(c);
+        wsread_detach(c);
+        connlimit_release(c->ip, c->ident.user);
+        uconns_changed(c->ident.user);   /* this node's count, across nodes */
+        chat_conn_closed(c);
     }
     lws_set_opaque_user_data(wsi, NULL);
 }
@@ -288,7 +286,7 @@ static void opaque_free(struct lws *wsi)
 static conn *conn_of(struct lws *wsi)
 {
     int *kind = lws_get_opaque_user_data(wsi);
-    return kind && *kind == OPQ_CONN ? ((conn_ref *)kind)->c : NULL;
+    return kind && *kind == OPQ_CONN ? (conn *)kind : NULL;
 }
 
 /* Frames lws parsed itself: only those a client sent before it read our
@@ -319,17 +317,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         int *kind = lws_get_opaque_user_data(wsi);
         if (!kind || *kind != OPQ_TICKET) return -1;
         ticket *t = (ticket *)kind;
-        conn_ref *ref = calloc(1, sizeof *ref);
-        conn *c = ref ? conn_new(wsi, &t->ident, t->room) : NULL;
-        if (!c) { free(ref); return -1; }
+        conn *c = conn_new(wsi, &t->ident, t->room, t->ip);   /* the slot moves to the conn */
+        if (!c) return -1;
         c->has_since = t->has_since;
         c->since = t->since;
-        snprintf(c->ip, sizeof c->ip, "%s", t->ip);   /* the slot moves to the conn */
         outq_init(&c->q, (uint32_t)g_srv.cfg.max_queue, (size_t)g_srv.cfg.max_queue_bytes);
         free(t);
-        ref->kind = OPQ_CONN;
-        ref->c = c;
-        lws_set_opaque_user_data(wsi, ref);
+        c->tag = OPQ_CONN;
+        lws_set_opaque_user_data(wsi, c);
         if (wsread_attach(c) < 0) return -1;    /* CLOSED frees it */
         metric_inc(m_acc[0]);
         /* the handshake deadline is over: an open WebSocket has no timeout */

@@ -1,5 +1,6 @@
 /* wsframe: see wsframe.h. */
 #include "wsframe.h"
+#include <stdlib.h>
 #include <string.h>
 
 void wsf_init(wsf_parser *p, uint64_t max_message)
@@ -7,6 +8,12 @@ void wsf_init(wsf_parser *p, uint64_t max_message)
     memset(p, 0, sizeof *p);
     p->max_message = max_message;
     p->hneed = 2;
+}
+
+void wsf_free(wsf_parser *p)
+{
+    free(p->ctl);
+    p->ctl = NULL;
 }
 
 /* state: 0 between characters, else (bytes still needed << 16) |
@@ -141,15 +148,29 @@ static int data_chunk(wsf_parser *p, const unsigned char *d, size_t n, const wsf
     return 0;
 }
 
-static int control_done(wsf_parser *p, const wsf_handlers *h, void *ud)
+static int control_done(wsf_parser *p, const unsigned char *d, size_t n, const wsf_handlers *h, void *ud)
 {
     if (p->opcode == WSF_CLOSE) {
-        int bad = wsf_close_payload_check(p->ctl, p->ctl_len);
+        int bad = wsf_close_payload_check(d, n);
         if (bad) return fail(p, bad, bad == 1007 ? "close reason not UTF-8" : "invalid close payload");
         p->done = 1;    /* nothing counts after the peer's close */
     }
-    if (h->control(ud, p->opcode, p->ctl, p->ctl_len) < 0) { p->done = 1; return -1; }
+    if (h->control(ud, p->opcode, d, n) < 0) { p->done = 1; return -1; }
     return 0;
+}
+
+/* A chunk of a control frame's payload: the whole payload in one chunk is
+ * handed over in place; pieces are gathered in p->ctl, freed at the end. */
+static int control_chunk(wsf_parser *p, const unsigned char *d, size_t n, const wsf_handlers *h, void *ud)
+{
+    if (!p->ctl_len && !p->left) return control_done(p, d, n, h, ud);
+    if (!p->ctl && !(p->ctl = malloc(125))) return fail(p, 1011, "out of memory");
+    memcpy(p->ctl + p->ctl_len, d, n);
+    p->ctl_len = (uint8_t)(p->ctl_len + n);
+    if (p->left) return 0;
+    int r = control_done(p, p->ctl, p->ctl_len, h, ud);
+    wsf_free(p);
+    return r;
 }
 
 int wsf_feed(wsf_parser *p, unsigned char *buf, size_t len, const wsf_handlers *h, void *ud)
@@ -179,9 +200,7 @@ int wsf_feed(wsf_parser *p, unsigned char *buf, size_t len, const wsf_handlers *
         i += n;
         int r;
         if (p->opcode & 8) {
-            memcpy(p->ctl + p->ctl_len, d, n);
-            p->ctl_len = (uint8_t)(p->ctl_len + n);
-            r = p->left ? 0 : control_done(p, h, ud);
+            r = control_chunk(p, d, n, h, ud);
         } else {
             r = data_chunk(p, d, n, h, ud);
         }

@@ -6,7 +6,8 @@
  * frames out through callbacks; on the first violation it answers the close
  * code to send (1002 protocol error, 1007 invalid UTF-8, 1009 too big) and
  * ignores everything after it, as it does after the peer's close frame.
- * Owns: the parse state of one connection (no allocation). */
+ * Owns: the parse state of one connection, and the buffer of a control
+ * frame split over reads while it lasts (wsf_free). */
 #ifndef CHATD_WSFRAME_H
 #define CHATD_WSFRAME_H
 #include <stddef.h>
@@ -26,23 +27,28 @@ typedef struct wsf_handlers {
 
 typedef struct wsf_parser {
     uint64_t max_message;     /* a data message over this closes with 1009 */
+    uint64_t left;            /* payload bytes left in the current frame */
+    uint64_t msg_len;
+    const char *reason;       /* why, for the close frame */
+    /* a control frame's payload that came in more than one read, malloc'd
+     * (125 bytes) for that frame only; NULL otherwise: a payload read whole
+     * is handed over in place (one connection holds no 125-byte buffer) */
+    unsigned char *ctl;
+    uint32_t utf8;            /* text validation state across fragments */
     unsigned char hdr[14];
     uint8_t hlen, hneed;      /* header bytes held / needed */
     uint8_t opcode, fin;
     uint8_t mask[4], midx;
-    uint64_t left;            /* payload bytes left in the current frame */
-    int in_payload;
-    int in_message;           /* a fragmented data message is open */
-    int msg_binary;
-    uint64_t msg_len;
-    uint32_t utf8;            /* text validation state across fragments */
-    unsigned char ctl[125];
     uint8_t ctl_len;
-    int done;                 /* failed, stopped or close received */
-    const char *reason;       /* why, for the close frame */
+    uint8_t in_payload;
+    uint8_t in_message;       /* a fragmented data message is open */
+    uint8_t msg_binary;
+    uint8_t done;             /* failed, stopped or close received */
 } wsf_parser;
 
 void wsf_init(wsf_parser *p, uint64_t max_message);
+/* Frees what the parser holds (a split control frame's payload). */
+void wsf_free(wsf_parser *p);
 
 /* Parses len bytes (unmasked in place). Returns 0 when everything was
  * consumed (or ignored after the end), a close code >= 1000 on a violation

@@ -7,9 +7,33 @@
 # overhead, fragmentation, pages) is visible.
 # MASSIF=1: instead, chatd under valgrind --tool=massif with MASSIF_CONNS (2,000)
 # connections (valgrind is ~30x slower: small ramp), the heap at its peak by
-# allocation site -> results/connmem.massif.out and connmem.massif.txt (ms_print).
+# allocation site -> results/connmem_massif.out, connmem_massif.massif.txt (ms_print)
+# and connmem_massif.sites.txt (loadtest/massif_sites.py: per connection, by site).
 # Writes results/connmem{,_massif}.{json,txt,timeline} and connmem_summary.json.
-# env: CONNS, DURATION, RAMP (1000), MASSIF, MASSIF_CONNS, MASSIF_RAMP (100), WITH_REDIS=1 (+ Redis)
+# BASE_CHATD=path: the same scenario first with that binary (results named
+# connmem_base* / connmem_massif_base*), then with CHATD, one after the other
+# in this run, and connmem_compare.json (connmem_massif_compare.txt with MASSIF=1).
+# env: CONNS, DURATION, RAMP (1000), MASSIF, MASSIF_CONNS, MASSIF_RAMP (100), WITH_REDIS=1 (+ Redis),
+#      BASE_CHATD, CHATD (lib.sh: the binary, default build/chatd)
+if [ -n "${BASE_CHATD:-}" ]; then
+    out=${RESULTS:-$(cd "$(dirname "$0")/.." && pwd)/results}
+    env -u BASE_CHATD CHATD="$BASE_CHATD" CONNMEM_SUFFIX=_base "$0"
+    env -u BASE_CHATD CONNMEM_SUFFIX= "$0"
+    if [ "${MASSIF:-0}" = 1 ]; then
+        { echo "== base: $BASE_CHATD"; cat "$out/connmem_massif_base.sites.txt"
+          echo "== this: ${CHATD:-build/chatd}"; cat "$out/connmem_massif.sites.txt"; } \
+            >"$out/connmem_massif_compare.txt"
+        echo "wrote $out/connmem_massif_compare.txt"
+    else
+        jq -n --slurpfile b "$out/connmem_base_summary.json" --slurpfile a "$out/connmem_summary.json" \
+            --arg base "$BASE_CHATD" --arg this "${CHATD:-build/chatd}" '
+          {base: ($b[0] + {binary: $base}), this: ($a[0] + {binary: $this}),
+           rss_per_conn_kib_ratio: ($a[0].rss_per_conn_kib / $b[0].rss_per_conn_kib)}' \
+            | tee "$out/connmem_compare.json"
+    fi
+    exit 0
+fi
+SUFFIX=${CONNMEM_SUFFIX:-}
 source "$(dirname "$0")/lib.sh"
 lt_build
 DURATION=${DURATION:-20}
@@ -17,7 +41,7 @@ mkdir -p "$LT_DATA"
 [ "${WITH_REDIS:-0}" = 1 ] && lt_services redis
 if [ "${MASSIF:-0}" = 1 ]; then
     CONNS=${MASSIF_CONNS:-2000}
-    NAME=connmem_massif
+    NAME=connmem_massif$SUFFIX
     command -v valgrind >/dev/null || { echo "connmem: MASSIF=1 needs valgrind" >&2; exit 2; }
     # massif at the peak (all connections held), stacks of 30 frames
     CHATD_WRAP=(valgrind --tool=massif --depth=30 --threshold=0.2 --massif-out-file="$RESULTS/$NAME.out")
@@ -38,7 +62,7 @@ if [ "${MASSIF:-0}" = 1 ]; then
     RAMP=${MASSIF_RAMP:-100}
 else
     CONNS=${CONNS:-15000}
-    NAME=connmem
+    NAME=connmem$SUFFIX
     export MALLOC_COUNT_FILE=$LT_DATA/malloc_count
     LD_PRELOAD=$LT_DIR/bin/malloc_count.so lt_chatd "$NAME" "$PORT_A"
     unset MALLOC_COUNT_FILE
@@ -64,16 +88,10 @@ lt_load "$NAME" --url "127.0.0.1:$PORT_A" --conns "$CONNS" --rooms $((CONNS / 10
 if [ "${MASSIF:-0}" = 1 ]; then
     kill "$PID"
     for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-    # the peak snapshot's tree (massif keeps several detailed snapshots; the peak is
-    # the one with every connection held)
-    ms_print --threshold=0.5 "$RESULTS/$NAME.out" >"$LT_DATA/ms.txt" 2>/dev/null || true
-    peak=$(sed -n 's/^Detailed snapshots: \[.*[^0-9]\([0-9][0-9]*\) (peak).*/\1/p' "$LT_DATA/ms.txt")
-    {
-        sed -n '1,/^Number of snapshots/p' "$LT_DATA/ms.txt"
-        awk -v p="$peak" '$1 == p && NF >= 6 && $1 ~ /^[0-9]+$/ {go = 1} go && /^ *[0-9]+ +[0-9,]+ +[0-9,]+/ && $1 != p {exit} go' \
-            "$LT_DATA/ms.txt"
-    } >"$RESULTS/$NAME.massif.txt"
-    echo "wrote $RESULTS/$NAME.out and $RESULTS/$NAME.massif.txt"
+    # the heap at the peak (every connection held) by allocation site, per connection
+    ms_print --threshold=0.5 "$RESULTS/$NAME.out" >"$RESULTS/$NAME.massif.txt" 2>/dev/null || true
+    /usr/bin/python3 "$LT_DIR/massif_sites.py" "$RESULTS/$NAME.out" "$CONNS" >"$RESULTS/$NAME.sites.txt"
+    echo "wrote $RESULTS/$NAME.out, $NAME.massif.txt and $NAME.sites.txt"
     exit 0
 fi
 read -r _ _ _ _ _ _ live0 blocks0 <"$LT_DATA/mc.before"

@@ -200,10 +200,11 @@ static inline void check_verdict(int rc, const char *tok, const identity *id, co
     FUZZ_CHECK(n > 0 && verify_sig(alg, tok, (size_t)(d2 - tok), sig, (size_t)n),
                "accepted a token whose %s signature OpenSSL does not verify", alg);
     free(sig);
-    size_t ul = strnlen(id->user, sizeof id->user);
-    FUZZ_CHECK(ul >= 1 && ul < sizeof id->user, "user length %zu", ul);
-    size_t nl = strnlen(id->name, sizeof id->name);
-    FUZZ_CHECK(nl >= 1 && nl < sizeof id->name, "name length %zu", nl);
+    /* sub and name: 1..127 bytes each (identity keeps them sized to fit) */
+    size_t ul = strnlen(id->user, 128);
+    FUZZ_CHECK(ul >= 1 && ul <= 127, "user length %zu", ul);
+    size_t nl = strnlen(id->name, 128);
+    FUZZ_CHECK(nl >= 1 && nl <= 127, "name length %zu", nl);
     FUZZ_CHECK(id->exp > FUZZ_NOW && id->nbf <= FUZZ_NOW, "exp %lld nbf %lld",
                (long long)id->exp, (long long)id->nbf);
     json_t *c = id->claims_json ? json_loads(id->claims_json, 0, NULL) : NULL;

@@ -748,6 +748,47 @@ async def control_characters_in_claims_cannot_forge_log_records():
     check("\x1b" not in log, "a raw escape character reached the log")
 
 
+
+@test()
+async def identity_of_max_length_round_trips_every_frame():
+    # the identity's strings are kept sized to fit (one allocation per
+    # connection, docs/cost.md section 9): a sub and a name of exactly 127
+    # bytes in multi-byte UTF-8, and extra claims, come back whole in welcome,
+    # presence_state, presence, message and typing frames, before and after a
+    # refresh, next to a one-byte identity on the same room
+    n = start_node()
+    room = uniq()
+    sub = "\u00e9" * 63 + "s"              # 127 bytes
+    name = "\u540d" * 42 + "n"             # 127 bytes
+    assert len(sub.encode()) == 127 and len(name.encode()) == 127
+    exp = int(time.time()) + 60
+    a = await Client.connect(n, room, token_claims({"sub": sub, "name": name, "exp": exp, "team": "z" * 200}))
+    eq((a.welcome().get("user"), a.welcome().get("name")), (sub, name), "welcome user and name")
+    b = await Client.connect(n, room, token("b"))
+    eq((b.welcome().get("user"), b.welcome().get("name")), ("b", "b"), "a one-byte identity beside it")
+    ps = await b.wait_for(lambda f: f["type"] == "presence_state", 5, what="presence_state")
+    check((sub, name) in {(u.get("user"), u.get("name")) for u in ps.get("users", [])},
+          f"presence_state lists the long identity: {str(ps)[:300]}")
+    await a.send_msg("hello", id="m1")
+    m = await b.wait_for(lambda f: f["type"] == "message" and f.get("id") == "m1", 5)
+    eq((m.get("user"), m.get("name")), (sub, name), "message user and name")
+    await a.send({"type": "refresh", "token": token_claims({"sub": sub, "name": name, "exp": exp + 60})})
+    await a.roundtrip()
+    check(not a.errors(), f"refresh answered with an error: {a.errors()}")
+    await a.send_msg("again", id="m2")
+    m = await b.wait_for(lambda f: f["type"] == "message" and f.get("id") == "m2", 5)
+    eq((m.get("user"), m.get("name")), (sub, name), "message user and name after a refresh")
+    await a.send({"type": "typing"})
+    t = await b.wait_for(lambda f: f["type"] == "typing", 5, what="typing")
+    eq((t.get("user"), t.get("name")), (sub, name), "typing user and name")
+    await a.close()
+    left = await b.wait_for(lambda f: f["type"] == "presence" and f.get("event") == "leave", 10,
+                            what="presence leave")
+    eq((left.get("user"), left.get("name")), (sub, name), "presence leave user and name")
+    check(not a.bad_json and not b.bad_json, "every frame is whole JSON")
+    await b.close()
+
+
 @test()
 async def claims_of_control_characters_fit_every_frame():
     # a signed sub and name may be 127 control characters each (only NUL is

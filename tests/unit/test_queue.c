@@ -4,6 +4,7 @@
  * writes), hmap (the core's one map) and backoff. */
 #include "check.h"
 #include "hmap.h"
+#include <stddef.h>
 #include "backoff.h"
 #include "msg.h"
 #include "outq.h"
@@ -128,6 +129,94 @@ static void test_hmap(void)
     hmap_free(&m);
 }
 
+/* Up to OUTQ_INLINE frames stay in the queue itself; a longer queue moves
+ * to a malloc'd ring (order kept) and comes back inline when it drains. */
+static void test_inline_ring(void)
+{
+    outq q;
+    outq_init(&q, 100, 1 << 20);
+    msg *f[5];
+    char b[2] = "a";
+    for (int i = 0; i < 5; i++) { b[0] = (char)('a' + i); f[i] = msg_new(b, 1); }
+    outq_push(&q, f[0]); outq_push(&q, f[1]);
+    CHECK(q.ring == q.inl && q.count == 2, "two frames: the inline ring");
+    outq_consume(&q, msg_wire_len(f[0]), NULL, NULL);   /* head moves: the next push wraps */
+    outq_push(&q, f[2]); outq_push(&q, f[3]); outq_push(&q, f[4]);
+    CHECK(q.ring != q.inl && q.count == 4, "a longer queue moved to a malloc'd ring");
+    int order = 1;
+    for (int i = 1; i < 5; i++) { order &= outq_peek(&q) == f[i]; outq_consume(&q, msg_wire_len(f[i]), NULL, NULL); }
+    CHECK(order, "frames kept their order across the move");
+    CHECK(outq_empty(&q) && q.ring == q.inl, "drained: back to the inline ring");
+    outq_push(&q, f[0]);
+    outq_clear(&q);
+    int refs = 1;
+    for (int i = 0; i < 5; i++) refs &= f[i]->refs == 1;
+    CHECK(refs && q.ring == NULL, "clear drops every reference");
+    for (int i = 0; i < 5; i++) msg_unref(f[i]);
+}
+
+/* A keyed map keeps no key copy: each value holds its key (under ASan a
+ * copied key would leak, a freed one be read after free), and its slots are
+ * the value pointers alone. */
+typedef struct bval { int n; char key[16]; } bval;
+
+static int free_bval(void *ud, const char *key, void *val)
+{
+    int *ok = ud;
+    *ok &= key == ((bval *)val)->key;
+    free(val);
+    return 1;
+}
+
+static void test_hmap_keyed(void)
+{
+    hmap m;
+    hmap_init_keyed(&m, offsetof(bval, key));
+    bval *v[300];
+    for (int i = 0; i < 300; i++) {
+        v[i] = malloc(sizeof *v[i]);
+        v[i]->n = i;
+        snprintf(v[i]->key, sizeof v[i]->key, "m-%d", i);
+        hmap_put(&m, v[i]->key, v[i]);
+    }
+    char k[16];
+    int ok = 1;
+    for (int i = 0; i < 300; i++) {
+        snprintf(k, sizeof k, "m-%d", i);
+        ok &= hmap_get(&m, k) == v[i];
+    }
+    CHECK(ok && m.count == 300, "keyed: every entry found after the resizes");
+    bval *d = hmap_del(&m, "m-7");
+    CHECK(d == v[7] && !hmap_get(&m, "m-7") && m.count == 299, "delete returns the value");
+    free(d);
+    bval *r = malloc(sizeof *r);
+    r->n = 8;
+    snprintf(r->key, sizeof r->key, "m-8");
+    hmap_put(&m, r->key, r);      /* replace: the old value (and its key) may go */
+    free(v[8]);
+    CHECK(hmap_get(&m, "m-8") == r && m.count == 299, "a replace keeps the new value (and its key)");
+    for (int i = 300; i < 310; i++) {       /* tombstones are reused */
+        bval *b = malloc(sizeof *b);
+        snprintf(b->key, sizeof b->key, "m-%d", i);
+        hmap_put(&m, b->key, b);
+    }
+    CHECK(m.count == 309 && hmap_get(&m, "m-309") && !hmap_get(&m, "m-7"), "puts after a delete");
+    void *vals[400];
+    CHECK(hmap_values(&m, vals, 400) == 309, "values: every live entry");
+    ok = 1;
+    hmap_each(&m, free_bval, &ok);
+    CHECK(ok && m.count == 0 && !hmap_get(&m, "m-1"), "each gives every value with its own key, removes them");
+    hmap_free(&m);
+    CHECK(m.keyed == 1 && m.key_off == offsetof(bval, key), "free keeps the map keyed");
+    bval *again = malloc(sizeof *again);
+    snprintf(again->key, sizeof again->key, "again");
+    hmap_put(&m, again->key, again);
+    CHECK(hmap_get(&m, "again") == again, "usable after free");
+    hmap_del(&m, "again");
+    free(again);
+    hmap_free(&m);
+}
+
 static int drop_even(void *ud, const char *key, void *val)
 {
     int *seen = ud;
@@ -193,8 +282,10 @@ int main(void)
     test_refcount_shared();
     test_bounds();
     test_iov_and_partial();
+    test_inline_ring();
     test_hmap();
     test_hmap_each();
+    test_hmap_keyed();
     test_backoff();
     return check_summary("test_queue");
 }

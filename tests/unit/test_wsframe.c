@@ -74,6 +74,8 @@ static int run(const unsigned char *b, size_t n, uint64_t max, sink *out, const 
     CHECK(r1 == r2, "whole (%d) and byte-wise (%d) feeding agree", r1, r2);
     CHECK(out->messages == s2.messages && (r1 || out->len == s2.len), "same messages both ways");
     if (why) *why = p1.reason;
+    wsf_free(&p1);
+    wsf_free(&p2);
     free(c1);
     free(c2);
     return r1;
