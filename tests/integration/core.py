@@ -823,6 +823,9 @@ async def claims_of_control_characters_fit_every_frame():
         check(not c.bad_json, f"{c.label}: unparsable frames: {[r[:80] for r in c.bad_json][:2]}")
     await cs[1].close()
     await obs.close()
+
+
+@test()
 async def sigterm_drains_with_server_restart_and_1001():
     n = start_node()
     room = uniq()
