@@ -1,7 +1,10 @@
 /* bench_script: cost of the policy host. Prints the median and p99 of one
  * on_message call with the default policy (scripts/), the reload time of
  * that folder, and on_message calls/s with the default policy versus a
- * policy without hooks and one with an empty on_message.
+ * policy without hooks and one with an empty on_message, and the libc
+ * allocations (malloc, calloc, realloc calls) per on_message call: this
+ * binary wraps the allocator (the __libc_* entry points, as
+ * loadtest/malloc_count.c does) and counts.
  * Run from the repo root: build/bench_script [iterations] */
 #define _GNU_SOURCE
 #include "log.h"
@@ -13,6 +16,14 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+static unsigned long long n_alloc;
+void *malloc(size_t n) { n_alloc++; return __libc_malloc(n); }
+void *calloc(size_t a, size_t b) { n_alloc++; return __libc_calloc(a, b); }
+void *realloc(void *p, size_t n) { n_alloc++; return __libc_realloc(p, n); }
 
 static double cpu_s(void)
 {
@@ -45,7 +56,7 @@ static double run(script_host *h, int n, uint64_t *lat, int *rejected, double *c
     double c0 = cpu_s();
     char user[32];
     script_ctx c = {.user = user, .name = "Bench User",
-                    .claims_json = "{\"sub\":\"u\",\"name\":\"Bench User\",\"exp\":9999999999}",
+                    .claims_json = getenv("NOCLAIMS") ? NULL : "{\"sub\":\"u\",\"name\":\"Bench User\",\"exp\":9999999999}",
                     .room = "lobby", .node = "bench", .now_ms = now_ms()};
     static const char body[] = "  hello, this is a typical chat message of moderate length  ";
     *rejected = 0;
@@ -77,10 +88,13 @@ int main(int argc, char **argv)
     int rej;
     run(def, n / 10, NULL, &rej, NULL);                      /* warm up */
     double cpu_def, cpu_empty, cpu_none;
+    unsigned long long a0 = n_alloc;
     double def_rate = run(def, n, lat, &rej, NULL);
+    double allocs = (double)(n_alloc - a0) / n;
     qsort(lat, (size_t)n, sizeof *lat, cmp_u64);
     printf("on_message (default policy): median %.2f us, p99 %.2f us, max %.1f us, %d rejected of %d\n",
            lat[n / 2] / 1e3, lat[(size_t)(n * 0.99)] / 1e3, lat[n - 1] / 1e3, rej, n);
+    printf("libc allocations per on_message call (default policy): %.2f\n", allocs);
 
     int reloads = 50;
     uint64_t rl[50];
@@ -101,8 +115,12 @@ int main(int argc, char **argv)
     script_host *empty = script_new(dir, "bench", err, sizeof err);
     if (!none || !empty) { fprintf(stderr, "empty policy: %s\n", err); return 1; }
     run(empty, n / 10, NULL, &rej, NULL);
+    unsigned long long b0 = n_alloc;
     double none_rate = run(none, n, NULL, &rej, &cpu_none);
+    unsigned long long b1 = n_alloc;
     double empty_rate = run(empty, n, NULL, &rej, &cpu_empty);
+    printf("libc allocations per call: empty on_message %.2f, no hooks %.2f\n",
+           (double)(n_alloc - b1) / n, (double)(b1 - b0) / n);
     def_rate = run(def, n, NULL, &rej, &cpu_def);
     printf("on_message calls/s: default policy %.0f, empty on_message %.0f, no hooks %.0f\n",
            def_rate, empty_rate, none_rate);
