@@ -8,6 +8,7 @@
  * tree in. */
 #define _GNU_SOURCE
 #include "frame.h"
+#include "arena.h"
 #include "emoji.h"
 #include "util.h"
 
@@ -18,76 +19,39 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define FRAME_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define FRAME_ASAN 1
-#endif
-#endif
-#ifdef FRAME_ASAN
-#include <sanitizer/asan_interface.h>
-#define ARENA_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define ARENA_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define ARENA_POISON(p, n) ((void)(p), (void)(n))
-#define ARENA_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
-
 /* ---- the frame arena -----------------------------------------------------
  * jansson makes ~20 allocations for a typical message frame (the object, its
  * hash table, a pair per key, each string twice: the lexer's buffer and the
  * value) and frees them all once the frame is handled. While json_loadb
- * parses a frame they come from one static block instead: a bump pointer,
- * and a free inside the block does nothing. jansson's allocator is
- * process-wide (json_set_alloc_funcs): outside a frame's parse, and for what
- * does not fit in the block, it is malloc, and the free function tells the
- * two apart by address. A tree's span is taken back at frame_free() when it
- * is the topmost one, and the whole block when no parsed frame is left
- * (frames nest: one held during a join is processed inside another frame's
- * handling; tests free in any order). One loop thread per process: no lock.
- * Under ASan the spans not handed out are poisoned, so a pointer kept past
- * frame_free() still faults. */
+ * parses a frame they come from one static block instead (arena.h).
+ * jansson's allocator is process-wide (json_set_alloc_funcs): outside a
+ * frame's parse, and for what does not fit in the block, it is malloc, and
+ * the free function tells the two apart by address. A tree's span is taken
+ * back at frame_free() when it is the topmost one, and the whole block when
+ * no parsed frame is left (frames nest: one held during a join is processed
+ * inside another frame's handling; tests free in any order). */
 #define ARENA_SIZE (64 * 1024)
-static _Alignas(16) unsigned char arena[ARENA_SIZE];
-static size_t arena_top;      /* bytes handed out */
+static _Alignas(16) unsigned char arena_block[ARENA_SIZE];
+static arena fa;
 static unsigned arena_live;   /* parsed frames with a span in the arena */
 static int arena_on;          /* inside a frame's json_loadb */
-static int arena_installed;
 
-static void *arena_malloc(size_t n)
+static void *frame_malloc(size_t n)
 {
-    if (arena_on) {
-        size_t a = (n + 15) & ~(size_t)15;
-        if (a >= n && a <= ARENA_SIZE - arena_top) {
-            void *p = arena + arena_top;
-            arena_top += a;
-            ARENA_UNPOISON(p, n);
-            return p;
-        }
-    }
-    return malloc(n);
+    void *p = arena_on ? arena_alloc(&fa, n) : NULL;
+    return p ? p : malloc(n);
 }
 
-static void arena_free(void *p)
+static void frame_mfree(void *p)
 {
-    if ((uintptr_t)p - (uintptr_t)arena >= ARENA_SIZE) free(p);
-}
-
-/* Gives back everything handed out above `to`. */
-static void arena_release(size_t to)
-{
-    if (to >= arena_top) return;
-    ARENA_POISON(arena + to, arena_top - to);
-    arena_top = to;
+    if (!arena_owns(&fa, p)) free(p);
 }
 
 static void arena_install(void)
 {
-    if (arena_installed) return;
-    arena_installed = 1;
-    ARENA_POISON(arena, ARENA_SIZE);
-    json_set_alloc_funcs(arena_malloc, arena_free);
+    if (fa.buf) return;
+    arena_init(&fa, arena_block, sizeof arena_block);
+    json_set_alloc_funcs(frame_malloc, frame_mfree);
 }
 
 static int fail(char code[32], char *msg, size_t msglen, const char *f, ...)
@@ -285,17 +249,17 @@ int frame_parse(const char *data, size_t len, client_frame *out,
      * Duplicate keys are accepted (the last one wins). JSON_DECODE_ANY lets
      * a bare scalar parse, so it gets the clearer "must be an object". */
     arena_install();
-    size_t mark = arena_top;
+    size_t mark = fa.top;
     arena_on = 1;
     json_t *root = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, NULL);
     arena_on = 0;
     if (!root) {
-        arena_release(mark);   /* json_loadb freed its partial tree */
+        arena_release(&fa, mark);   /* json_loadb freed its partial tree */
         return fail(code, msg, msglen, "invalid JSON");
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        arena_release(mark);
+        arena_release(&fa, mark);
         return fail(code, msg, msglen, "frame must be a JSON object");
     }
     if (parse_fields(root, out, code, msg, msglen) != 0) {
@@ -312,14 +276,14 @@ int frame_parse(const char *data, size_t len, client_frame *out,
             }
         }
         json_decref(root);
-        arena_release(mark);
+        arena_release(&fa, mark);
         memset(out, 0, sizeof *out);
         return -1;
     }
     out->root_ = root;
     out->arena_mark_ = mark;
-    out->arena_end_ = arena_top;
-    if (arena_top > mark) arena_live++;
+    out->arena_end_ = fa.top;
+    if (fa.top > mark) arena_live++;
     return 0;
 }
 
@@ -328,10 +292,10 @@ void frame_free(client_frame *f)
     if (!f) return;
     if (f->root_) json_decref((json_t *)f->root_);
     if (f->arena_end_ > f->arena_mark_) {
-        if (f->arena_end_ == arena_top) arena_release(f->arena_mark_);
-        if (arena_live && --arena_live == 0) arena_release(0);
+        if (f->arena_end_ == fa.top) arena_release(&fa, f->arena_mark_);
+        if (arena_live && --arena_live == 0) arena_release(&fa, 0);
     }
     memset(f, 0, sizeof *f);
 }
 
-size_t frame_arena_in_use(void) { return arena_top; }
+size_t frame_arena_in_use(void) { return fa.top; }
