@@ -49,24 +49,31 @@ static void write_policy(const char *dir, const char *text)
 }
 
 /* n calls, each from one of 10000 users (so the rate limit does not
- * refuse), the now clock moving 1 ms per call; returns calls/s of wall
- * time; *cpu_us gets the CPU time per call (steadier on a busy machine) */
+ * refuse) with their own name, claims and direct-message room, each message
+ * with its own id (as in loadtest/scenarios/dm.sh), the now clock moving 1 ms
+ * per call; returns calls/s of wall time; *cpu_us gets the CPU time per call
+ * (steadier on a busy machine) */
 static double run(script_host *h, int n, uint64_t *lat, int *rejected, double *cpu_us)
 {
     double c0 = cpu_s();
-    char user[32];
-    script_ctx c = {.user = user, .name = "Bench User",
-                    .claims_json = getenv("NOCLAIMS") ? NULL : "{\"sub\":\"u\",\"name\":\"Bench User\",\"exp\":9999999999}",
-                    .room = "lobby", .node = "bench", .now_ms = now_ms()};
+    char user[32], name[48], room[32], claims[128], id[32];
+    script_ctx c = {.user = user, .name = name, .claims_json = claims, .room = room,
+                    .node = "bench", .now_ms = now_ms(), .source = "ws"};
     static const char body[] = "  hello, this is a typical chat message of moderate length  ";
     *rejected = 0;
     uint64_t t0 = mono_ns();
     for (int i = 0; i < n; i++) {
-        snprintf(user, sizeof user, "user%d", i % 10000);
+        int u = i % 10000;
+        snprintf(user, sizeof user, "user%d", u);
+        snprintf(name, sizeof name, "Bench User %d", u);
+        snprintf(room, sizeof room, "dm-%d", u / 2);
+        snprintf(claims, sizeof claims, "{\"sub\":\"user%d\",\"name\":\"Bench User %d\",\"exp\":9999999999}",
+                 u, u);
+        snprintf(id, sizeof id, "c%d", i);
         c.now_ms++;
         script_result r;
         uint64_t a = lat ? mono_ns() : 0;
-        if (script_on_message(h, &c, body, sizeof body - 1, "cid", &r) == SCRIPT_REJECT) (*rejected)++;
+        if (script_on_message(h, &c, body, sizeof body - 1, id, &r) == SCRIPT_REJECT) (*rejected)++;
         if (lat) lat[i] = mono_ns() - a;
         script_result_clear(&r);
     }
