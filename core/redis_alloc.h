@@ -3,22 +3,26 @@
  * bytes) and two per array (the reply and its element vector); a publish
  * reply and a subscription push cost ~8 mallocs and frees. A reader made
  * here builds each object in one piece (the bytes or the element vector
- * right after the redisReply) inside a static arena (arena.h), malloc when
- * it does not fit; the arena is taken back whole whenever no object of it is
- * alive (replies are freed right after their dispatch; a reply arriving in
- * pieces stays alive in its reader until it is complete, and holds the
- * arena until then, so other replies then go to malloc).
- * Owns: the arena and the count of its live objects. */
+ * right after the redisReply) inside an arena of its own (arena.h), malloc
+ * when it does not fit. A reader's arena is taken back whole whenever no
+ * object of it is alive: replies are freed right after their dispatch, and
+ * a reply arriving in pieces holds only its own reader's arena. An arena
+ * outlives its reader while a reply of it is alive (a connection torn down
+ * inside a reply's dispatch).
+ * Owns: the arenas. */
 #ifndef CHATD_REDIS_ALLOC_H
 #define CHATD_REDIS_ALLOC_H
 #include <hiredis/hiredis.h>
 #include <stddef.h>
 
-/* A reader whose replies come from here (free it with redisReaderFree). */
+/* A reader whose replies come from here; NULL when out of memory. */
 redisReader *redis_reader_new(void);
+/* Frees such a reader (never redisReaderFree: the arena goes with it). */
+void redis_reader_free(redisReader *r);
 /* Frees a reply of such a reader (never freeReplyObject: the layout differs). */
 void redis_reply_free(void *reply);
-/* Bytes of the arena handed out to live objects (tests: 0 when none). */
-size_t redis_alloc_in_use(void);
+/* Tests: bytes of r's arena handed out to live objects; arenas not freed. */
+size_t redis_reader_in_use(const redisReader *r);
+size_t redis_alloc_arenas(void);
 
 #endif

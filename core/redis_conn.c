@@ -121,7 +121,7 @@ static void teardown(redis_conn *c)
         c->fd = -1;
     }
     if (c->reader) {
-        redisReaderFree(c->reader);
+        redis_reader_free(c->reader);   /* a reply being dispatched stays valid */
         c->reader = NULL;
     }
     /* handles close asynchronously: c stays valid through these calls */
@@ -639,7 +639,7 @@ redis_conn *redis_conn_new(uv_loop_t *loop, const redis_conn_opts *o, const redi
     c->o.user = c->o.pass = NULL;
     if (!c->reader || (o->pass && o->pass[0] && !c->pass) ||
         (o->user && o->user[0] && o->pass && o->pass[0] && !c->user)) {
-        if (c->reader) redisReaderFree(c->reader);
+        if (c->reader) redis_reader_free(c->reader);
         free(c->user);
         free(c->pass);
         free(c);

@@ -267,8 +267,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (redisReaderGetReply(rd, &rep) != REDIS_OK || !rep) break;
         interpret(rep);
         redis_reply_free(rep);
+        FUZZ_CHECK(redis_reader_in_use(rd) == 0, "reply arena not empty after its reply was freed");
     }
-    redisReaderFree(rd);
-    FUZZ_CHECK(redis_alloc_in_use() == 0, "reply arena not empty after every reply was freed");
+    redis_reader_free(rd);
+    FUZZ_CHECK(redis_alloc_arenas() == 0, "a reader's arena outlived its reader and replies");
     return 0;
 }

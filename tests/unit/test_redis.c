@@ -925,10 +925,11 @@ static int str_is(const redisReply *r, int type, const char *s)
 
 static void test_reply_alloc(void)
 {
-    CHECK(redis_alloc_in_use() == 0, "arena empty at start");
+    size_t arenas0 = redis_alloc_arenas();
     redisReader *a = redis_reader_new(), *b = redis_reader_new();
     CHECK(a && b, "readers");
     if (!a || !b) return;
+    CHECK(redis_alloc_arenas() == arenas0 + 2, "one arena per reader");
     /* every type, nested, a binary string with a NUL */
     static const char all[] = "*7\r\n$5\r\nhello\r\n:-42\r\n$-1\r\n+OK\r\n-ERR no\r\n"
                               "*2\r\n$3\r\na\0b\r\n*0\r\n*-1\r\n";
@@ -950,24 +951,30 @@ static void test_reply_alloc(void)
         redis_push p;
         CHECK(redis_reply_push(r, &p) == REDIS_PUSH_NONE, "the interpreters read it");
     }
-    CHECK(redis_alloc_in_use() > 0, "in the arena");
+    CHECK(redis_reader_in_use(a) > 0 && redis_reader_in_use(b) == 0, "in a's arena");
     redis_reply_free(r);
-    CHECK(redis_alloc_in_use() == 0, "arena empty once the reply is freed");
+    CHECK(redis_reader_in_use(a) == 0, "a's arena empty once the reply is freed");
 
-    /* a reply in pieces in a, whole ones in b meanwhile: a's objects stay intact */
+    /* a reply in pieces in a, many whole ones in b meanwhile: b's arena is
+     * reused (never more than one reply in it), a's objects stay intact */
     static const char push[] = "*3\r\n$7\r\nmessage\r\n$4\r\nchan\r\n$";
     redisReaderFeed(a, push, sizeof push - 1);
     CHECK(next_reply(a) == NULL, "incomplete");
-    for (int i = 0; i < 100; i++) {
+    size_t held = redis_reader_in_use(a);
+    CHECK(held > 0, "a's partial reply holds its arena");
+    size_t most = 0;
+    for (int i = 0; i < 1000; i++) {
         char cmd[64];
         int n = snprintf(cmd, sizeof cmd, "*2\r\n:%d\r\n$2\r\nxy\r\n", i);
         redisReaderFeed(b, cmd, (size_t)n);
         redisReply *x = next_reply(b);
         CHECK(x && x->elements == 2 && x->element[0]->integer == i && str_is(x->element[1], REDIS_REPLY_STRING, "xy"),
               "b reply %d", i);
+        if (redis_reader_in_use(b) > most) most = redis_reader_in_use(b);
         redis_reply_free(x);
     }
-    CHECK(redis_alloc_in_use() > 0, "a's partial reply holds the arena");
+    CHECK(most > 0 && most < 512 && redis_reader_in_use(b) == 0, "b's arena reused: at most %zu bytes", most);
+    CHECK(redis_reader_in_use(a) == held, "a untouched");
     static const char rest[] = "7\r\npayload\r\n";
     redisReaderFeed(a, rest, sizeof rest - 1);
     r = next_reply(a);
@@ -976,7 +983,7 @@ static void test_reply_alloc(void)
           !memcmp(p.channel, "chan", 4) && p.data_len == 7 && !memcmp(p.data, "payload", 7),
           "the push completed across feeds");
     redis_reply_free(r);
-    CHECK(redis_alloc_in_use() == 0, "arena empty after the pieces");
+    CHECK(redis_reader_in_use(a) == 0, "a's arena empty after the pieces");
 
     /* larger than the arena: malloc'd, same content */
     size_t big = 200000;
@@ -993,21 +1000,35 @@ static void test_reply_alloc(void)
         redis_reply_free(r);
         free(buf);
     }
-    CHECK(redis_alloc_in_use() == 0, "arena empty after the big reply");
+    CHECK(redis_reader_in_use(a) == 0, "a's arena empty after the big reply");
 
     /* a reader freed with a reply in pieces gives its objects back */
     static const char part[] = "*2\r\n$1\r\nq\r\n";
     redisReaderFeed(b, part, sizeof part - 1);
-    CHECK(next_reply(b) == NULL && redis_alloc_in_use() > 0, "b holds a partial reply");
-    redisReaderFree(b);
-    CHECK(redis_alloc_in_use() == 0, "freed with its reader");
+    CHECK(next_reply(b) == NULL && redis_reader_in_use(b) > 0, "b holds a partial reply");
+    redis_reader_free(b);
+    CHECK(redis_alloc_arenas() == arenas0 + 1, "b's arena freed with it");
     /* a protocol error frees the partial reply too */
     static const char bad_resp[] = "*2\r\n$1\r\nq\r\n!bad\r\n";
     redisReaderFeed(a, bad_resp, sizeof bad_resp - 1);
     void *bad = NULL;
     CHECK(redisReaderGetReply(a, &bad) != REDIS_OK && bad == NULL, "protocol error");
-    CHECK(redis_alloc_in_use() == 0, "freed on a protocol error");
-    redisReaderFree(a);
+    CHECK(redis_reader_in_use(a) == 0, "freed on a protocol error");
+    redis_reader_free(a);
+    CHECK(redis_alloc_arenas() == arenas0, "every arena freed");
+
+    /* a reply outlives its reader (a connection torn down in the reply's
+     * dispatch): the arena goes with the reply */
+    a = redis_reader_new();
+    static const char one[] = "*2\r\n$5\r\nstill\r\n:1\r\n";
+    redisReaderFeed(a, one, sizeof one - 1);
+    r = next_reply(a);
+    redis_reader_free(a);
+    CHECK(redis_alloc_arenas() == arenas0 + 1, "the arena waits for its reply");
+    CHECK(r && str_is(r->element[0], REDIS_REPLY_STRING, "still") && r->element[1]->integer == 1,
+          "the reply is intact after its reader is gone");
+    redis_reply_free(r);
+    CHECK(redis_alloc_arenas() == arenas0, "freed with the reply");
 }
 
 int main(void)
