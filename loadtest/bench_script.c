@@ -53,22 +53,31 @@ static void write_policy(const char *dir, const char *text)
  * with its own id (as in loadtest/scenarios/dm.sh), the now clock moving 1 ms
  * per call; returns calls/s of wall time; *cpu_us gets the CPU time per call
  * (steadier on a busy machine) */
+typedef struct bench_user { char user[32], name[48], claims[128]; } bench_user;
+static bench_user *users;   /* 10000, each with its own identity strings (as a connection has) */
+
 static double run(script_host *h, int n, uint64_t *lat, int *rejected, double *cpu_us)
 {
     double c0 = cpu_s();
-    char user[32], name[48], room[32], claims[128], id[32];
-    script_ctx c = {.user = user, .name = name, .claims_json = claims, .room = room,
-                    .node = "bench", .now_ms = now_ms(), .source = "ws"};
+    char room[32], id[32];
+    if (!users && (users = calloc(10000, sizeof *users)))
+        for (int u = 0; u < 10000; u++) {
+            snprintf(users[u].user, sizeof users[u].user, "user%d", u);
+            snprintf(users[u].name, sizeof users[u].name, "Bench User %d", u);
+            snprintf(users[u].claims, sizeof users[u].claims,
+                     "{\"sub\":\"user%d\",\"name\":\"Bench User %d\",\"exp\":9999999999}", u, u);
+        }
+    if (!users) exit(1);
+    script_ctx c = {.room = room, .node = "bench", .now_ms = now_ms(), .source = "ws"};
     static const char body[] = "  hello, this is a typical chat message of moderate length  ";
     *rejected = 0;
     uint64_t t0 = mono_ns();
     for (int i = 0; i < n; i++) {
         int u = i % 10000;
-        snprintf(user, sizeof user, "user%d", u);
-        snprintf(name, sizeof name, "Bench User %d", u);
+        c.user = users[u].user;
+        c.name = users[u].name;
+        c.claims_json = users[u].claims;
         snprintf(room, sizeof room, "dm-%d", u / 2);
-        snprintf(claims, sizeof claims, "{\"sub\":\"user%d\",\"name\":\"Bench User %d\",\"exp\":9999999999}",
-                 u, u);
         snprintf(id, sizeof id, "c%d", i);
         c.now_ms++;
         script_result r;
@@ -139,6 +148,7 @@ int main(int argc, char **argv)
     unlink(p);
     rmdir(dir);
     free(lat);
+    free(users);
     script_free(def);
     script_free(none);
     script_free(empty);
