@@ -42,9 +42,8 @@ extern const int HOOK_NOTIFY[H_N];
 /* registry keys (their addresses are unique): the policy table, the
  * sandbox env, chat.json, the modules loaded (script_sandbox.c); script_call's
  * two C functions, made once per state (script.c); the ctx metatable, the
- * claims not yet decoded, the strings kept alive and the connections'
- * strings by address (script_policy.c) */
-extern char script_reg[10];
+ * claims not yet decoded and the strings kept alive (script_policy.c) */
+extern char script_reg[9];
 #define REG_POLICY (script_reg[0])
 #define REG_ENV    (script_reg[1])
 #define REG_JSON   (script_reg[2])
@@ -54,7 +53,6 @@ extern char script_reg[10];
 #define REG_CTXMT  (script_reg[6])
 #define REG_CLAIMS (script_reg[7])
 #define REG_PINNED (script_reg[8])
-#define REG_STRS   (script_reg[9])
 
 enum { OP_INIT, OP_LOAD, OP_SELFTEST, OP_HOOK };
 enum { TRIP_NONE, TRIP_TIME, TRIP_MEM };
@@ -73,7 +71,6 @@ typedef struct lstate {
     cfg_num *cfg;
     size_t ncfg;
     uint64_t budget_ns;
-    unsigned nstrs;     /* entries in REG_STRS (script_policy.c) */
 } lstate;
 
 struct script_host {

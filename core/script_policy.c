@@ -213,8 +213,7 @@ void script_selftest(lua_State *L)
  * object) and stores it in the ctx. The metatable is protected
  * (__metatable = false). The strings every call uses (field names, the
  * sources, the node id) are kept alive in REG_PINNED, so that pushing them
- * never allocates after a garbage collection; a connection's own strings
- * are kept by address (push_conn_str). */
+ * never allocates after a garbage collection. */
 static int ctx_index(lua_State *L)
 {
     size_t kl;
@@ -267,10 +266,6 @@ void script_open_policy(lua_State *L, const char *node)
     lua_setmetatable(L, -2);
     lua_rawset(L, LUA_REGISTRYINDEX);
 
-    lua_pushlightuserdata(L, &REG_STRS);
-    lua_newtable(L);
-    lua_rawset(L, LUA_REGISTRYINDEX);
-
     lua_pushlightuserdata(L, &REG_PINNED);
     lua_newtable(L);
     int i;
@@ -290,45 +285,6 @@ static void set_str(lua_State *L, const char *k, const char *v, size_t n)
     lua_setfield(L, -2, k);
 }
 
-/* A connection's user, name and claims reach every call from the same C
- * strings (its identity): REG_STRS maps such a C string's address to the
- * Lua string last made from it, so the Lua string is not made (and
- * collected) again per call. The content is compared before use, so an
- * address reused by other content is only a miss. The table is replaced
- * once it holds STRS_MAX entries (nothing else refers to it). */
-#define STRS_MAX 65536
-
-static void push_conn_str(lua_State *L, const char *s, size_t n)
-{
-    lua_pushlightuserdata(L, &REG_STRS);
-    lua_rawget(L, LUA_REGISTRYINDEX);
-    int t = lua_gettop(L);
-    lua_pushlightuserdata(L, (void *)s);
-    lua_rawget(L, t);
-    size_t vl;
-    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
-    if (v && vl == n && memcmp(v, s, n) == 0) {
-        lua_remove(L, t);
-        return;
-    }
-    lua_pop(L, 1);
-    lstate *ls = g_running ? g_running->in : NULL;
-    if (ls && ++ls->nstrs > STRS_MAX) {
-        ls->nstrs = 1;
-        lua_pushlightuserdata(L, &REG_STRS);
-        lua_newtable(L);
-        lua_rawset(L, LUA_REGISTRYINDEX);
-        lua_pushlightuserdata(L, &REG_STRS);
-        lua_rawget(L, LUA_REGISTRYINDEX);
-        lua_replace(L, t);
-    }
-    lua_pushlstring(L, s, n);
-    lua_pushlightuserdata(L, (void *)s);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, t);
-    lua_remove(L, t);
-}
-
 int script_push_hook(lua_State *L, const call_spec *cs)
 {
     lua_pushlightuserdata(L, &REG_POLICY);
@@ -343,14 +299,8 @@ int script_push_hook(lua_State *L, const call_spec *cs)
     lua_createtable(L, 0, 7);
     int ctx = lua_gettop(L);
     if (c) {
-        if (c->user) {
-            push_conn_str(L, c->user, strlen(c->user));
-            lua_setfield(L, -2, "user");
-        }
-        if (c->name) {
-            push_conn_str(L, c->name, strlen(c->name));
-            lua_setfield(L, -2, "name");
-        }
+        if (c->user) set_str(L, "user", c->user, strlen(c->user));
+        if (c->name) set_str(L, "name", c->name, strlen(c->name));
         if (c->room) set_str(L, "room", c->room, strlen(c->room));
         if (c->node) set_str(L, "node", c->node, strlen(c->node));
         if (c->source) set_str(L, "source", c->source, strlen(c->source));
@@ -361,7 +311,7 @@ int script_push_hook(lua_State *L, const call_spec *cs)
         lua_pushlightuserdata(L, &REG_CLAIMS);
         lua_rawget(L, LUA_REGISTRYINDEX);
         lua_pushvalue(L, ctx);
-        push_conn_str(L, c->claims_json, strlen(c->claims_json));
+        lua_pushstring(L, c->claims_json);
         lua_rawset(L, -3);
         lua_pop(L, 1);
     }

@@ -257,10 +257,10 @@ static void test_hooks(void)
     script_free(h);
 }
 
-/* A connection's user, name and claims are kept by their C address
- * (script_policy.c push_conn_str): the same address with new content
- * (a freed identity's memory reused by another connection) must give the
- * new content, every call. */
+/* The same C addresses for user, name and claims with new content each call
+ * (a freed identity's memory reused by another connection) give the new
+ * content every call: no cache of the host (the claims' lazy decoding
+ * included) may key on an address alone. */
 static void test_conn_strings(void)
 {
     char err[512] = "";
