@@ -9,6 +9,7 @@
 #include "bus.h"
 #include "bus_int.h"
 #include "log.h"
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,20 +144,26 @@ static int publish_req(bus *b, const char *room, const char *client_id, const ch
     if (!bus_ready(b) || !room || !room_name_valid(room, strlen(room)) || (!tail && tail_len))
         return -1;
     if (client_id && (!*client_id || strlen(client_id) > BUS_ID_MAX)) return -1;
-    bus_req *r = bus_req_new(b, BUS_REQ_PUBLISH, room);
+    size_t idl = client_id ? strlen(client_id) : 0;
+    if (tail_len > SIZE_MAX / 2) return -1;
+    bus_req *r = bus_req_new(b, BUS_REQ_PUBLISH, room, tail_len + 1 + (client_id ? idl + 1 : 0));
     if (!r) return -1;
     r->pcb = pcb;
     r->ucb = ucb;
     r->ud = ud;
     r->count = -1;
-    r->tail = malloc(tail_len + 1);
-    if (!r->tail || (client_id && !(r->id = strdup(client_id))) || (u && !(r->upd = bus_upd_copy(u)))) {
-        bus_req_free(r);
-        return -1;
-    }
+    r->tail = r->inl;
     if (tail_len) memcpy(r->tail, tail, tail_len);
     r->tail[tail_len] = 0;
     r->tail_len = tail_len;
+    if (client_id) {
+        r->id = r->inl + tail_len + 1;
+        memcpy(r->id, client_id, idl + 1);
+    }
+    if (u && !(r->upd = bus_upd_copy(u))) {
+        bus_req_free(r);
+        return -1;
+    }
     if (b->be->publish(b, r) != 0) {
         bus_req_free(r);
         return -1;
@@ -181,7 +188,7 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_
                void *ud)
 {
     if (!bus_ready(b) || !room || !room_name_valid(room, strlen(room))) return -1;
-    bus_req *r = bus_req_new(b, BUS_REQ_REPLAY, room);
+    bus_req *r = bus_req_new(b, BUS_REQ_REPLAY, room, 0);
     if (!r) return -1;
     r->rcb = cb;
     r->ud = ud;

@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,9 +20,10 @@
 
 /* ---- requests ---- */
 
-bus_req *bus_req_new(bus *b, int kind, const char *room)
+bus_req *bus_req_new(bus *b, int kind, const char *room, size_t extra)
 {
-    bus_req *r = calloc(1, sizeof *r);
+    if (extra > SIZE_MAX - sizeof(bus_req)) return NULL;
+    bus_req *r = calloc(1, sizeof *r + extra);
     if (!r) return NULL;
     r->kind = kind;
     r->b = b;
@@ -44,9 +46,7 @@ static void req_unlink(bus_req *r)
 void bus_req_free(bus_req *r)
 {
     req_unlink(r);
-    free(r->id);
-    free(r->tail);
-    bus_upd_free(r->upd);
+    bus_upd_free(r->upd);   /* id and tail are in r->inl */
     free(r);
 }
 

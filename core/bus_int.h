@@ -100,6 +100,9 @@ struct bus_req {
     struct bus_upd *upd;     /* NULL for a plain message */
     bus_update_cb ucb;
     int64_t count;           /* a react's count, set before the answer */
+    /* a publish's tail and id live here (bus_req_new's extra bytes), not
+     * in allocations of their own */
+    _Alignas(16) char inl[];
 };
 
 enum {
@@ -199,7 +202,8 @@ void bus_core_cancel(bus *b);
 void bus_core_close(bus *b);
 /* Frees the bus when its last handle is closed (or now when none is open). */
 void bus_core_release(bus *b);
-bus_req *bus_req_new(bus *b, int kind, const char *room);
+/* extra: bytes for r->inl (a publish's tail and id), 0 for others */
+bus_req *bus_req_new(bus *b, int kind, const char *room, size_t extra);
 /* Unlinks and frees r (no callback). */
 void bus_req_free(bus_req *r);
 bus_room *bus_room_get(bus *b, const char *name);

@@ -3,17 +3,56 @@
  * measured with json_string_length, so an embedded NUL never shortens a
  * field silently; a NUL (U+0000, "\u0000" in the JSON) in a body, room, id
  * or token is refused with bad_request: a body must be storable in a
- * Postgres text column, and it is refused here, before any seq exists. */
+ * Postgres text column, and it is refused here, before any seq exists.
+ * Also owns the frame arena (below): the memory jansson builds a frame's
+ * tree in. */
 #define _GNU_SOURCE
 #include "frame.h"
+#include "arena.h"
 #include "emoji.h"
 #include "util.h"
 
 #include <jansson.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ---- the frame arena -----------------------------------------------------
+ * jansson makes ~20 allocations for a typical message frame (the object, its
+ * hash table, a pair per key, each string twice: the lexer's buffer and the
+ * value) and frees them all once the frame is handled. While json_loadb
+ * parses a frame they come from one static block instead (arena.h).
+ * jansson's allocator is process-wide (json_set_alloc_funcs): outside a
+ * frame's parse, and for what does not fit in the block, it is malloc, and
+ * the free function tells the two apart by address. A tree's span is taken
+ * back at frame_free() when it is the topmost one, and the whole block when
+ * no parsed frame is left (frames nest: one held during a join is processed
+ * inside another frame's handling; tests free in any order). */
+#define ARENA_SIZE (64 * 1024)
+static _Alignas(16) unsigned char arena_block[ARENA_SIZE];
+static arena fa;
+static unsigned arena_live;   /* parsed frames with a span in the arena */
+static int arena_on;          /* inside a frame's json_loadb */
+
+static void *frame_malloc(size_t n)
+{
+    void *p = arena_on ? arena_alloc(&fa, n) : NULL;
+    return p ? p : malloc(n);
+}
+
+static void frame_mfree(void *p)
+{
+    if (!arena_owns(&fa, p)) free(p);
+}
+
+static void arena_install(void)
+{
+    if (fa.buf) return;
+    arena_init(&fa, arena_block, sizeof arena_block);
+    json_set_alloc_funcs(frame_malloc, frame_mfree);
+}
 
 static int fail(char code[32], char *msg, size_t msglen, const char *f, ...)
     __attribute__((format(printf, 4, 5)));
@@ -209,10 +248,18 @@ int frame_parse(const char *data, size_t len, client_frame *out,
     /* JSON_ALLOW_NUL: "\u0000" is legal JSON; lengths come from the tree.
      * Duplicate keys are accepted (the last one wins). JSON_DECODE_ANY lets
      * a bare scalar parse, so it gets the clearer "must be an object". */
+    arena_install();
+    size_t mark = fa.top;
+    arena_on = 1;
     json_t *root = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, NULL);
-    if (!root) return fail(code, msg, msglen, "invalid JSON");
+    arena_on = 0;
+    if (!root) {
+        arena_release(&fa, mark);   /* json_loadb freed its partial tree */
+        return fail(code, msg, msglen, "invalid JSON");
+    }
     if (!json_is_object(root)) {
         json_decref(root);
+        arena_release(&fa, mark);
         return fail(code, msg, msglen, "frame must be a JSON object");
     }
     if (parse_fields(root, out, code, msg, msglen) != 0) {
@@ -229,10 +276,14 @@ int frame_parse(const char *data, size_t len, client_frame *out,
             }
         }
         json_decref(root);
+        arena_release(&fa, mark);
         memset(out, 0, sizeof *out);
         return -1;
     }
     out->root_ = root;
+    out->arena_mark_ = mark;
+    out->arena_end_ = fa.top;
+    if (fa.top > mark) arena_live++;
     return 0;
 }
 
@@ -240,5 +291,11 @@ void frame_free(client_frame *f)
 {
     if (!f) return;
     if (f->root_) json_decref((json_t *)f->root_);
+    if (f->arena_end_ > f->arena_mark_) {
+        if (f->arena_end_ == fa.top) arena_release(&fa, f->arena_mark_);
+        if (arena_live && --arena_live == 0) arena_release(&fa, 0);
+    }
     memset(f, 0, sizeof *f);
 }
+
+size_t frame_arena_in_use(void) { return fa.top; }

@@ -1,7 +1,9 @@
 /* frame: parsing of client -> server JSON frames (jansson) with the
  * contract's validation; one parse per received frame.
- * Owns: the parse tree of one frame until frame_free(). Field pointers in
- * client_frame point into it. */
+ * Owns: the parse tree of one frame until frame_free(), and the frame arena
+ * the trees are built in (jansson's allocator while a frame is parsed: see
+ * frame.c). Field pointers in client_frame point into the tree; nothing may
+ * keep a pointer into it (or a json_t of it) past frame_free(). */
 #ifndef CHATD_FRAME_H
 #define CHATD_FRAME_H
 #include <stddef.h>
@@ -30,6 +32,7 @@ typedef struct client_frame {
     const char *emoji; size_t emoji_len;  /* react: required, emoji_valid() */
     int on;                               /* react: optional boolean, default true */
     void *root_;                          /* private: jansson root */
+    size_t arena_mark_, arena_end_;       /* private: the tree's span in the arena */
 } client_frame;
 
 /* 0 on success. -1 on error: code gets "bad_request" (invalid JSON, not an
@@ -45,5 +48,8 @@ typedef struct client_frame {
 int frame_parse(const char *data, size_t len, client_frame *out,
                 char code[32], char *msg, size_t msglen, char **id_out);
 void frame_free(client_frame *f);
+/* Bytes of the frame arena held by parsed frames not yet freed (tests: 0
+ * once every frame is freed). */
+size_t frame_arena_in_use(void);
 
 #endif

@@ -10,6 +10,7 @@
 #include "wire.h"
 #include <inttypes.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,10 @@ struct publish_op {
     int64_t count;
     publish_authorize_fn authorize;
     char code[32], reason[256];
+    /* a client message's id, body and meta are copied here (publish_start),
+     * in the op's own allocation */
+    size_t ninl;
+    char inl[];
 };
 
 static struct {
@@ -102,13 +107,19 @@ void publish_owner_drop(publish_owner *o)
     }
 }
 
+/* Frees s unless it lives in p->inl. */
+static void op_str_free(publish_op *p, char *s)
+{
+    if (s && (s < p->inl || s >= p->inl + p->ninl)) free(s);
+}
+
 static void op_free(publish_op *p)
 {
     op_unlink(p);
-    free(p->id);
+    op_str_free(p, p->id);
     free(p->tail);
-    free(p->body);
-    free(p->meta);
+    op_str_free(p, p->body);
+    op_str_free(p, p->meta);
     free(p);
 }
 
@@ -192,8 +203,13 @@ static void on_user_rate(void *ud, int allowed, uint64_t retry_ms)
 int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, void *ud)
 {
     if (!bus_ready(P.bus)) return -1;
-    publish_op *p = calloc(1, sizeof *p);
+    size_t idl = m->id ? strlen(m->id) : 0;
+    size_t ml = m->meta ? m->meta_len : 0;
+    if (m->body_len > SIZE_MAX / 4 || ml > SIZE_MAX / 4) return -1;
+    size_t ninl = (m->id ? idl + 1 : 0) + m->body_len + 1 + (ml ? ml + 1 : 0);
+    publish_op *p = calloc(1, sizeof *p + ninl);
     if (!p) return -1;
+    p->ninl = ninl;
     p->cb = cb;
     p->ud = ud;
     p->t0 = m->t0_ns ? m->t0_ns : mono_ns();
@@ -201,25 +217,27 @@ int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, voi
     snprintf(p->room, sizeof p->room, "%s", m->room);
     snprintf(p->user, sizeof p->user, "%s", m->user);
     snprintf(p->name, sizeof p->name, "%s", m->name);
-    p->id = m->id ? strdup(m->id) : NULL;
     p->count = -1;
-    if (m->meta && m->meta_len) {
-        p->meta = malloc(m->meta_len + 1);
-        if (p->meta) {
-            memcpy(p->meta, m->meta, m->meta_len);
-            p->meta[m->meta_len] = 0;
-            p->meta_len = m->meta_len;
-        }
+    char *o = p->inl;
+    if (m->id) {
+        p->id = o;
+        memcpy(o, m->id, idl + 1);
+        o += idl + 1;
     }
-    p->body = malloc(m->body_len + 1);
-    if (p->body) {
-        memcpy(p->body, m->body, m->body_len);
-        p->body[m->body_len] = 0;
-        p->body_len = m->body_len;
-        p->tail = wire_message_tail_meta(p->id, p->user, p->name, p->body, p->body_len,
-                                         p->meta, p->meta_len, p->ts, &p->tail_len);
+    p->body = o;
+    memcpy(o, m->body, m->body_len);
+    o[m->body_len] = 0;
+    p->body_len = m->body_len;
+    o += m->body_len + 1;
+    if (ml) {
+        p->meta = o;
+        memcpy(o, m->meta, ml);
+        o[ml] = 0;
+        p->meta_len = ml;
     }
-    if (!p->body || !p->tail || (m->id && !p->id) || (m->meta && m->meta_len && !p->meta)) {
+    p->tail = wire_message_tail_meta(p->id, p->user, p->name, p->body, p->body_len, p->meta,
+                                     p->meta_len, p->ts, &p->tail_len);
+    if (!p->tail) {
         op_free(p);
         return -1;
     }
@@ -377,7 +395,7 @@ static void upd_authorized(publish_op *p, const char *author)
                 refuse(p, PUBLISH_REFUSED, "rejected", "the policy produced a body that cannot be stored");
                 return;
             }
-            free(p->body);
+            op_str_free(p, p->body);
             p->body = v.body;
             p->body_len = v.body_len;
         } else {

@@ -1,6 +1,9 @@
 /* ratelimit: see ratelimit.h. Chained hash table (FNV-1a from hash.h) plus an LRU list
  * (head = most recently used). No allocation on the hot path once a key
- * exists; one malloc per new key. */
+ * exists; a new key takes the memory of an idle bucket it evicts when the
+ * key fits (key room is allocated in steps of 32 bytes), else one malloc:
+ * users sending every few seconds evict each other's full buckets, which
+ * used to be a malloc and a free per message. */
 #include "ratelimit.h"
 #include "hash.h"
 #include <stdlib.h>
@@ -12,7 +15,7 @@ typedef struct bucket {
     uint32_t hash;
     double tokens, rate, burst;
     uint64_t last_ms;
-    size_t klen;
+    size_t klen, kcap;           /* key length, room for it */
     char key[];
 } bucket;
 
@@ -62,14 +65,17 @@ static void lru_push_front(ratelimit *rl, bucket *b)
     rl->head = b;
 }
 
-static void drop(ratelimit *rl, bucket *b)
+/* Unlinks b; keeps it in *spare when that is empty and b has room for a
+ * key of klen bytes, else frees it. */
+static void drop(ratelimit *rl, bucket *b, bucket **spare, size_t klen)
 {
     bucket **pp = &rl->tab[b->hash & (rl->nslots - 1)];
     while (*pp != b) pp = &(*pp)->hnext;
     *pp = b->hnext;
     lru_unlink(rl, b);
     rl->count--;
-    free(b);
+    if (!*spare && b->kcap >= klen) *spare = b;
+    else free(b);
 }
 
 static double refilled(const bucket *b, uint64_t now_ms)
@@ -97,11 +103,16 @@ int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double bur
         if (rl->head != b) { lru_unlink(rl, b); lru_push_front(rl, b); }
     } else {
         /* drop up to two idle buckets from the cold end, then make room */
+        bucket *spare = NULL;
         for (int i = 0; i < 2 && rl->tail && refilled(rl->tail, now_ms) >= rl->tail->burst; i++)
-            drop(rl, rl->tail);
-        if (rl->count >= rl->max) drop(rl, rl->tail);
-        b = malloc(sizeof *b + klen);
-        if (!b) return -1;
+            drop(rl, rl->tail, &spare, klen);
+        if (rl->count >= rl->max) drop(rl, rl->tail, &spare, klen);
+        b = spare;
+        if (!b) {
+            size_t cap = (klen + 31) & ~(size_t)31;
+            if (!(b = malloc(sizeof *b + cap))) return -1;
+            b->kcap = cap;
+        }
         memcpy(b->key, key, klen);
         b->klen = klen;
         b->hash = h;

@@ -359,8 +359,12 @@ int redis_client_call(redis_client *c, const redis_call *how, int argc, const ch
     q->script = script;
     int rc;
     if (script >= 0) {
-        const char **a = malloc((size_t)(argc + 2) * sizeof *a);
-        size_t *l = malloc((size_t)(argc + 2) * sizeof *l);
+        /* EVALSHA sha argv...: on the stack up to 32 arguments */
+        const char *a_st[32];
+        size_t l_st[32];
+        int heap = argc + 2 > 32;
+        const char **a = heap ? malloc((size_t)(argc + 2) * sizeof *a) : a_st;
+        size_t *l = heap ? malloc((size_t)(argc + 2) * sizeof *l) : l_st;
         if (!a || !l) rc = -1;
         else {
             a[0] = "EVALSHA";
@@ -375,8 +379,10 @@ int redis_client_call(redis_client *c, const redis_call *how, int argc, const ch
             rc = redisFormatCommandArgv(&cmd, argc + 2, a, l);
             q->cmd = cmd;
         }
-        free(a);
-        free(l);
+        if (heap) {
+            free(a);
+            free(l);
+        }
     } else {
         char *cmd = NULL;
         rc = redisFormatCommandArgv(&cmd, argc, argv, lens);

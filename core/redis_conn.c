@@ -1,6 +1,7 @@
 /* redis_conn: see redis_conn.h. */
 #define _GNU_SOURCE
 #include "redis_conn.h"
+#include "redis_alloc.h"
 #include "util.h"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -120,7 +121,7 @@ static void teardown(redis_conn *c)
         c->fd = -1;
     }
     if (c->reader) {
-        redisReaderFree(c->reader);
+        redis_reader_free(c->reader);   /* a reply being dispatched stays valid */
         c->reader = NULL;
     }
     /* handles close asynchronously: c stays valid through these calls */
@@ -380,7 +381,7 @@ static void do_read(redis_conn *c)
             }
             if (!reply) break;
             dispatch(c, reply);
-            freeReplyObject(reply);
+            redis_reply_free(reply);
             if (c->state == ST_DEAD) return;
         }
     }
@@ -630,7 +631,7 @@ redis_conn *redis_conn_new(uv_loop_t *loop, const redis_conn_opts *o, const redi
     c->h = *h;
     c->ud = ud;
     c->fd = -1;
-    c->reader = redisReaderCreate();
+    c->reader = redis_reader_new();
     if (o->pass && o->pass[0]) {
         c->pass = strdup(o->pass);
         if (o->user && o->user[0]) c->user = strdup(o->user);
@@ -638,7 +639,7 @@ redis_conn *redis_conn_new(uv_loop_t *loop, const redis_conn_opts *o, const redi
     c->o.user = c->o.pass = NULL;
     if (!c->reader || (o->pass && o->pass[0] && !c->pass) ||
         (o->user && o->user[0] && o->pass && o->pass[0] && !c->user)) {
-        if (c->reader) redisReaderFree(c->reader);
+        if (c->reader) redis_reader_free(c->reader);
         free(c->user);
         free(c->pass);
         free(c);

@@ -19,10 +19,12 @@
  * each call. Once a budget trips, the hook fires on every instruction and
  * the sandbox's pcall/xpcall re-raise, so a script cannot swallow it.
  *
- * Exactly one function enters Lua: script_call(). It runs a C trampoline
- * under lua_pcall (with a traceback handler); the trampoline does the state
- * setup, the load, the selftest or a hook call, so even building ctx tables
- * is protected. */
+ * Exactly one function enters Lua: script_call() (besides keep_fns, run
+ * once under lua_cpcall when a state is made, which keeps the two C
+ * functions below in the registry). It runs a C trampoline under lua_pcall
+ * (with a traceback handler); the trampoline does the state setup, the
+ * load, the selftest or a hook call, so even building ctx tables is
+ * protected. */
 #define _GNU_SOURCE
 #include "script.h"
 #include "script_int.h"
@@ -52,7 +54,10 @@ static int trampoline(lua_State *L)
     lua_settop(L, 0);
     h->in->enforce = 1;
     switch (cs->op) {
-    case OP_INIT: script_open_sandbox(L); return 0;
+    case OP_INIT:
+        script_open_sandbox(L);
+        script_open_policy(L, h->node);
+        return 0;
     case OP_LOAD: script_load_policy(L, h->in); return 0;
     case OP_SELFTEST: script_selftest(L); return 0;
     default: return script_push_hook(L, cs);
@@ -80,8 +85,12 @@ static int script_call(script_host *h, lstate *s, const call_spec *cs, script_re
     uint64_t t0 = mono_ns();
     h->deadline_ns = t0 + (cs->op == OP_HOOK ? s->budget_ns : LOAD_BUDGET_NS);
     lua_settop(L, 0);
-    lua_pushcfunction(L, script_msgh);
-    lua_pushcfunction(L, trampoline);
+    /* the two C functions were made once (keep_fns): pushing a C function
+     * makes a new closure, two allocations per call */
+    lua_pushlightuserdata(L, &REG_MSGH);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, &REG_TRAMP);
+    lua_rawget(L, LUA_REGISTRYINDEX);
     lua_pushlightuserdata(L, (void *)cs);
     /* the count hook stays installed between calls (lua_sethook rewrites
      * LuaJIT's dispatch table: too slow to do twice per call); it is reset
@@ -161,6 +170,19 @@ static int cfg_get(const lstate *s, const char *key, double *v)
     return 0;
 }
 
+/* Under lua_cpcall when a state is made: script_call's handler and
+ * trampoline, kept in the registry. */
+static int keep_fns(lua_State *L)
+{
+    lua_pushlightuserdata(L, &REG_MSGH);
+    lua_pushcfunction(L, script_msgh);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, &REG_TRAMP);
+    lua_pushcfunction(L, trampoline);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
 static lstate *lstate_build(script_host *h, char *err, size_t errlen)
 {
     lstate *s = calloc(1, sizeof *s);
@@ -183,6 +205,11 @@ static lstate *lstate_build(script_host *h, char *err, size_t errlen)
     script_arm_hook(s);
     call_spec cs = {.op = OP_INIT, .hook = -1};
     char e[512];
+    if (lua_cpcall(s->L, keep_fns, NULL) != 0) {
+        snprintf(err, errlen, "sandbox setup: out of memory");
+        lstate_free(s);
+        return NULL;
+    }
     if (script_call(h, s, &cs, NULL, e, sizeof e) != 0) {
         snprintf(err, errlen, "sandbox setup: %s", e);
         lstate_free(s);

@@ -40,12 +40,19 @@ extern const int HOOK_NOTIFY[H_N];
 #define P_ANY      (P_LOAD | P_SELFTEST | P_HOOKS)
 
 /* registry keys (their addresses are unique): the policy table, the
- * sandbox env, chat.json, the modules loaded (script_sandbox.c) */
-extern char script_reg[4];
+ * sandbox env, chat.json, the modules loaded (script_sandbox.c); script_call's
+ * two C functions, made once per state (script.c); the ctx metatable, the
+ * claims not yet decoded and the strings kept alive (script_policy.c) */
+extern char script_reg[9];
 #define REG_POLICY (script_reg[0])
 #define REG_ENV    (script_reg[1])
 #define REG_JSON   (script_reg[2])
 #define REG_LOADED (script_reg[3])
+#define REG_MSGH   (script_reg[4])
+#define REG_TRAMP  (script_reg[5])
+#define REG_CTXMT  (script_reg[6])
+#define REG_CLAIMS (script_reg[7])
+#define REG_PINNED (script_reg[8])
 
 enum { OP_INIT, OP_LOAD, OP_SELFTEST, OP_HOOK };
 enum { TRIP_NONE, TRIP_TIME, TRIP_MEM };
@@ -118,6 +125,7 @@ void script_env_name(char *out, size_t cap, const char *key);  /* key -> CHAT_KE
 int script_parse_num(const char *s, double *out);
 void script_log_error(script_host *h, const char *what, const char *msg);
 void script_set_reject(script_result *res, const char *code, const char *reason);
+void script_open_policy(lua_State *L, const char *node);  /* OP_INIT, after the sandbox */
 void script_load_policy(lua_State *L, lstate *s);        /* OP_LOAD */
 void script_selftest(lua_State *L);                      /* OP_SELFTEST */
 int script_push_hook(lua_State *L, const call_spec *cs); /* OP_HOOK: calls the hook */

@@ -203,6 +203,81 @@ void script_selftest(lua_State *L)
 
 /* ---------- a hook's call and its return (OP_HOOK) ---------- */
 
+/* Every call gets a fresh ctx table (a policy may keep or change it), but
+ * its claims are decoded on first read: most hooks (the default
+ * on_message) never look at them, and decoding them costs a JSON parse and
+ * a table per call. The claims JSON of a ctx waits in a weak-keyed table
+ * (REG_CLAIMS: ctx -> JSON text; false once read, so that a policy setting
+ * ctx.claims = nil reads nil afterwards); the ctx metatable's __index
+ * decodes it (chat.json.decode; {} when there are none or they are not an
+ * object) and stores it in the ctx. The metatable is protected
+ * (__metatable = false). The strings every call uses (field names, the
+ * sources, the node id) are kept alive in REG_PINNED, so that pushing them
+ * never allocates after a garbage collection. */
+static int ctx_index(lua_State *L)
+{
+    size_t kl;
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &kl) : NULL;
+    if (!k || kl != 6 || memcmp(k, "claims", 6) != 0) return 0;
+    lua_pushlightuserdata(L, &REG_CLAIMS);
+    lua_rawget(L, LUA_REGISTRYINDEX);          /* 3: pending */
+    lua_pushvalue(L, 1);
+    lua_rawget(L, 3);                          /* 4: JSON text, false (read) or nil (none) */
+    if (lua_type(L, 4) == LUA_TBOOLEAN) return 0;
+    int decoded = 0;
+    if (lua_type(L, 4) == LUA_TSTRING) {
+        lua_pushlightuserdata(L, &REG_JSON);
+        lua_rawget(L, LUA_REGISTRYINDEX);
+        lua_getfield(L, -1, "decode");
+        lua_remove(L, -2);
+        lua_pushvalue(L, 4);
+        lua_call(L, 1, 1);
+        decoded = lua_istable(L, -1);
+        if (!decoded) lua_pop(L, 1);
+    }
+    if (!decoded) lua_newtable(L);
+    lua_pushvalue(L, 1);                       /* pending[ctx] = false */
+    lua_pushboolean(L, 0);
+    lua_rawset(L, 3);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 1, "claims");              /* no __newindex: a raw set */
+    return 1;
+}
+
+static const char *const PINNED[] = {"user", "name", "room", "node", "source", "now", "claims",
+                                     "body", "id", "ws", "http", "api", "event", "seq", "target",
+                                     "author", "emoji", "on", NULL};
+
+void script_open_policy(lua_State *L, const char *node)
+{
+    lua_pushlightuserdata(L, &REG_CTXMT);
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, ctx_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_rawset(L, LUA_REGISTRYINDEX);
+
+    lua_pushlightuserdata(L, &REG_CLAIMS);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+
+    lua_pushlightuserdata(L, &REG_PINNED);
+    lua_newtable(L);
+    int i;
+    for (i = 0; PINNED[i]; i++) {
+        lua_pushstring(L, PINNED[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushstring(L, node ? node : "");
+    lua_rawseti(L, -2, i + 1);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
 static void set_str(lua_State *L, const char *k, const char *v, size_t n)
 {
     if (!v) return;
@@ -221,7 +296,8 @@ int script_push_hook(lua_State *L, const call_spec *cs)
         if (c && c->room) lua_pushstring(L, c->room);
         else lua_pushnil(L);
     }
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
+    int ctx = lua_gettop(L);
     if (c) {
         if (c->user) set_str(L, "user", c->user, strlen(c->user));
         if (c->name) set_str(L, "name", c->name, strlen(c->name));
@@ -231,18 +307,17 @@ int script_push_hook(lua_State *L, const call_spec *cs)
         lua_pushnumber(L, (double)c->now_ms);
         lua_setfield(L, -2, "now");
     }
-    if (c && c->claims_json && *c->claims_json) {
-        lua_pushlightuserdata(L, &REG_JSON);
+    if (c && c->claims_json && *c->claims_json) {   /* decoded on first read */
+        lua_pushlightuserdata(L, &REG_CLAIMS);
         lua_rawget(L, LUA_REGISTRYINDEX);
-        lua_getfield(L, -1, "decode");
-        lua_remove(L, -2);
+        lua_pushvalue(L, ctx);
         lua_pushstring(L, c->claims_json);
-        lua_call(L, 1, 1);
-        if (!lua_istable(L, -1)) { lua_pop(L, 1); lua_newtable(L); }
-    } else {
-        lua_newtable(L);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
     }
-    lua_setfield(L, -2, "claims");
+    lua_pushlightuserdata(L, &REG_CTXMT);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    lua_setmetatable(L, ctx);
     int nargs = cs->hook == H_RETENTION ? 2 : 1;
     if (cs->hook == H_MESSAGE) {
         lua_createtable(L, 0, 2);

@@ -43,7 +43,7 @@ static const char *const SB_BIT[] = {
  * (text only, sandbox env), require (scripts folder only), print (-> log),
  * chat, _G (the sandbox itself). */
 
-char script_reg[4];
+char script_reg[9];
 script_host *g_running;
 
 /* ---------- small helpers ---------- */

@@ -383,7 +383,9 @@ static void connect_poll(store *s)
 
 /* ---------- the batch write path ---------- */
 
-char *store_text_array(const char *const *v, size_t n, size_t stride)
+/* store_text_array's length (its NUL included) and its writing at o
+ * (returns the byte after the NUL), so a batch's columns share one buffer. */
+static size_t text_array_len(const char *const *v, size_t n, size_t stride)
 {
     size_t len = 3;
     for (size_t i = 0; i < n; i++) {
@@ -392,8 +394,11 @@ char *store_text_array(const char *const *v, size_t n, size_t stride)
         len += 3;
         for (const char *q = x; *q; q++) len += (*q == '"' || *q == '\\') ? 2 : 1;
     }
-    char *out = malloc(len), *o = out;
-    if (!out) return NULL;
+    return len;
+}
+
+static char *text_array_put(char *o, const char *const *v, size_t n, size_t stride)
+{
     *o++ = '{';
     for (size_t i = 0; i < n; i++) {
         const char *x = v[i * stride];
@@ -407,7 +412,14 @@ char *store_text_array(const char *const *v, size_t n, size_t stride)
         *o++ = '"';
     }
     *o++ = '}';
-    *o = 0;
+    *o++ = 0;
+    return o;
+}
+
+char *store_text_array(const char *const *v, size_t n, size_t stride)
+{
+    char *out = malloc(text_array_len(v, n, stride));
+    if (out) text_array_put(out, v, n, stride);
     return out;
 }
 
@@ -424,16 +436,25 @@ static void send_batch(store *s)
     }
     size_t n = s->q_len < (size_t)s->batch_max ? s->q_len : (size_t)s->batch_max;
     const char **vals = malloc(n * STORE_INSERT_NCOLS * sizeof *vals);
-    char *cols[STORE_INSERT_NCOLS] = {0};
-    int ok = vals != NULL;
+    const char *cols[STORE_INSERT_NCOLS] = {0};
+    char *buf = NULL;
     wnode *w = s->q_head, *last = NULL;
-    for (size_t i = 0; ok && i < n; i++, last = w, w = w->next)
+    for (size_t i = 0; vals && i < n; i++, last = w, w = w->next)
         memcpy(&vals[i * STORE_INSERT_NCOLS], w->val, sizeof w->val);
-    for (size_t c = 0; ok && c < STORE_INSERT_NCOLS; c++)
-        ok = (cols[c] = store_text_array(vals + c, n, STORE_INSERT_NCOLS)) != NULL;
+    if (vals) {   /* the columns' array literals, one after the other in one buffer */
+        size_t len = 0;
+        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++)
+            len += text_array_len(vals + c, n, STORE_INSERT_NCOLS);
+        if ((buf = malloc(len))) {
+            char *o = buf;
+            for (size_t c = 0; c < STORE_INSERT_NCOLS; c++) {
+                cols[c] = o;
+                o = text_array_put(o, vals + c, n, STORE_INSERT_NCOLS);
+            }
+        }
+    }
     free(vals);
-    if (!ok) {
-        for (size_t c = 0; c < STORE_INSERT_NCOLS; c++) free(cols[c]);
+    if (!buf) {
         wake_in(s, 1); /* try again shortly */
         return;
     }
@@ -446,9 +467,8 @@ static void send_batch(store *s)
     s->fl_len = n;
     s->q_len -= n;
     s->last_was_batch = 1;
-    ok = PQsendQueryPrepared(s->pg, STORE_STMT_INSERT, STORE_INSERT_NCOLS,
-                             (const char *const *)cols, NULL, NULL, 0);
-    for (size_t c = 0; c < STORE_INSERT_NCOLS; c++) free(cols[c]); /* libpq copied them */
+    int ok = PQsendQueryPrepared(s->pg, STORE_STMT_INSERT, STORE_INSERT_NCOLS, cols, NULL, NULL, 0);
+    free(buf); /* libpq copied them */
     sent(s, OP_BATCH, ok);
 }
 

@@ -2,6 +2,7 @@
 # (core/ratelimit.c), unit test and benchmark.
 target_sources(chatcore PRIVATE core/script.c core/script_policy.c core/script_sandbox.c core/ratelimit.c)
 chatd_unit_test(test_script)
+chatd_unit_test(test_ratelimit)
 add_executable(bench_script loadtest/bench_script.c)
 target_link_libraries(bench_script PRIVATE chatcore)
 # chathost: the same host (script.c and the modules it runs on) as a Lua C

@@ -73,6 +73,16 @@ describe("policy host", function()
     r = P:message("claims", { claims = false, room = false })             -- NULL in C
     assert.equal("replace", r.verdict)
     assert.matches("role=nil n=0 .* room=nil", r.body)
+    -- claims are decoded on first read: a ctx kept for later has its own call's,
+    -- changes stay in the call's ctx, a claims set to nil stays nil
+    assert.same({ verdict = "replace", body = "kept" }, P:message("ctx-keep", { claims = { role = "first" } }))
+    assert.same({ verdict = "replace", body = "kept=first now=second same=false" },
+                P:message("ctx-kept", { claims = { role = "second" } }))
+    assert.same({ verdict = "replace", body = "again=true after_nil=nil mt=false setmt=false" },
+                P:message("ctx-claims", { claims = { role = "admin" } }))
+    assert.matches("^role=admin ", P:message("claims", { claims = { role = "admin" } }).body)
+    assert.same({ verdict = "replace", body = "kept=first now=nil same=false" },
+                P:message("ctx-kept", { claims = false }))
     -- presence: event, user, name reach the hook; a refusal suppresses
     assert.same({ verdict = "accept" },
                 P:call("on_presence", {}, { event = "join", user = "u2", name = "Name of u2" }))

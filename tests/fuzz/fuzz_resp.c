@@ -1,4 +1,5 @@
 /* fuzz_resp: arbitrary bytes on a Redis connection. hiredis' redisReader
+ * with chatd's reply objects (core/redis_alloc.c, as redis_conn.c makes it)
  * turns them into replies (as on the bus' and presence's connections), and
  * every reply goes through every interpreter chatd has for what Redis says:
  *   connection layer (core/redis_reply.c): integers, error kinds with
@@ -21,6 +22,7 @@
  * elements than they have bytes are skipped so that known limit of hiredis
  * (see README.md) does not hide our bugs. */
 #include "fuzz.h"
+#include "redis_alloc.h"
 #include "bus_int.h"
 #include "bus_redis_int.h"
 #include "redis_reply.h"
@@ -257,15 +259,17 @@ static int sane_counts(const uint8_t *d, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!sane_counts(data, size)) return 0;
-    redisReader *rd = redisReaderCreate();
+    redisReader *rd = redis_reader_new();
     FUZZ_CHECK(rd, "oom");
     redisReaderFeed(rd, (const char *)data, size);
     for (int k = 0; k < 64; k++) {
         void *rep = NULL;
         if (redisReaderGetReply(rd, &rep) != REDIS_OK || !rep) break;
         interpret(rep);
-        freeReplyObject(rep);
+        redis_reply_free(rep);
+        FUZZ_CHECK(redis_reader_in_use(rd) == 0, "reply arena not empty after its reply was freed");
     }
-    redisReaderFree(rd);
+    redis_reader_free(rd);
+    FUZZ_CHECK(redis_alloc_arenas() == 0, "a reader's arena outlived its reader and replies");
     return 0;
 }

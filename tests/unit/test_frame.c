@@ -4,6 +4,8 @@
 #include "check.h"
 #include "frame.h"
 
+#include <jansson.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,11 +276,84 @@ static void test_updates(void)
     free(id);
 }
 
+/* The frame arena (frame.c): trees freed in any order stay intact while
+ * alive, a frame larger than the arena falls back to malloc, the arena is
+ * empty once every frame is freed, and jansson outside frame_parse still
+ * works (its values are malloc'd, not in the arena). */
+static void test_arena(void)
+{
+    client_frame a, b, c;
+    char code[32], msg[128];
+    CHECK(frame_arena_in_use() == 0, "arena empty at start: %zu", frame_arena_in_use());
+    CHECK(parse("{\"type\":\"message\",\"body\":\"first body\",\"id\":\"ida\",\"room\":\"dm-1\"}", &a, code, msg, NULL) == 0, "%s", msg);
+    size_t one = frame_arena_in_use();
+    CHECK(one > 0, "a frame's tree is in the arena");
+    CHECK(parse("{\"type\":\"message\",\"body\":\"second body\",\"id\":\"idb\"}", &b, code, msg, NULL) == 0, "%s", msg);
+    CHECK(frame_arena_in_use() > one, "a second live tree goes above the first");
+    frame_free(&a);                              /* not the topmost: b stays */
+    CHECK(parse("{\"type\":\"message\",\"body\":\"third body, longer than the others\"}", &c, code, msg, NULL) == 0, "%s", msg);
+    CHECK(eq(b.body, b.body_len, "second body") && eq(b.id, b.id_len, "idb"), "b intact after a freed, c parsed");
+    CHECK(eq(c.body, c.body_len, "third body, longer than the others"), "c intact");
+    /* a refused frame takes nothing */
+    size_t before = frame_arena_in_use();
+    CHECK(parse("{\"type\":\"message\",\"body\":7}", &a, code, msg, NULL) == -1, "refused");
+    CHECK(parse("{\"type\":\"message\",", &a, code, msg, NULL) == -1, "invalid JSON");
+    CHECK(frame_arena_in_use() == before, "refused frames give their span back: %zu vs %zu",
+          frame_arena_in_use(), before);
+    frame_free(&b);
+    frame_free(&c);
+    CHECK(frame_arena_in_use() == 0, "arena empty after every frame is freed: %zu", frame_arena_in_use());
+
+    /* bigger than the arena: the tree is (partly) malloc'd, still right */
+    size_t n = 200000;
+    char *big = malloc(n + 64);
+    CHECK(big != NULL);
+    if (big) {
+        int o = snprintf(big, 64, "{\"type\":\"message\",\"body\":\"");
+        memset(big + o, 'x', n);
+        memcpy(big + o + n, "\"}", 3);
+        CHECK(parse(big, &a, code, msg, NULL) == 0, "big frame: %s", msg);
+        int ok = a.body_len == n;
+        for (size_t i = 0; ok && i < n; i++) ok = a.body[i] == 'x';
+        CHECK(ok, "big body intact (%zu bytes)", a.body_len);
+        CHECK(parse("{\"type\":\"typing\",\"room\":\"r\"}", &b, code, msg, NULL) == 0, "%s", msg);
+        CHECK(b.type == FT_TYPING && eq(b.room, b.room_len, "r"), "a frame after a big one");
+        frame_free(&b);
+        frame_free(&a);
+        free(big);
+    }
+    CHECK(frame_arena_in_use() == 0, "arena empty after the big frame: %zu", frame_arena_in_use());
+
+    /* many frames in a row reuse the same span */
+    for (int i = 0; i < 10000; i++) {
+        char js[128];
+        snprintf(js, sizeof js, "{\"type\":\"message\",\"body\":\"m%d\",\"id\":\"c%d\"}", i, i);
+        if (parse(js, &a, code, msg, NULL) != 0) { CHECK(0, "frame %d: %s", i, msg); break; }
+        CHECK(frame_arena_in_use() <= one * 2, "frame %d uses %zu bytes", i, frame_arena_in_use());
+        frame_free(&a);
+    }
+
+    /* jansson elsewhere (e.g. libjwt's claims): malloc'd, outlives frames */
+    CHECK(parse("{\"type\":\"heartbeat\"}", &a, code, msg, NULL) == 0, "%s", msg);
+    json_t *other = json_loads("{\"sub\":\"u1\",\"rooms\":[\"a\",\"b\"]}", 0, NULL);
+    CHECK(other != NULL, "json_loads outside a frame");
+    frame_free(&a);
+    CHECK(parse("{\"type\":\"message\",\"body\":\"overwrite?\"}", &b, code, msg, NULL) == 0, "%s", msg);
+    char *dump = other ? json_dumps(other, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    CHECK(dump && strcmp(dump, "{\"rooms\":[\"a\",\"b\"],\"sub\":\"u1\"}") == 0, "other tree intact: %s",
+          dump ? dump : "(null)");
+    free(dump);
+    json_decref(other);
+    frame_free(&b);
+    CHECK(frame_arena_in_use() == 0, "arena empty at the end");
+}
+
 int main(void)
 {
     test_valid();
     test_errors();
     test_id_echo();
     test_updates();
+    test_arena();
     return check_summary("test_frame");
 }

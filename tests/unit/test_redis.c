@@ -1,7 +1,9 @@
 /* test_redis: the Redis connection layer (core/redis_*.c).
  * Pure parts: the URL parser (every form, percent-decoding, IPv6, TLS
  * options, errors), CRC16 and key slots, slot tags, the reply interpreters
- * (errors and redirects, pushes, integers, CLUSTER SHARDS).
+ * (errors and redirects, pushes, integers, CLUSTER SHARDS), the reply
+ * objects of chatd's readers (redis_alloc.c: every type, nesting, replies
+ * in pieces across two readers, a reply larger than the arena).
  * Against real redis-servers started here (ports 23000-23999): commands,
  * pipelining, large values, scripts and NOSCRIPT, SUBSCRIBE and SSUBSCRIBE
  * pushes (hiredis' async layer aborts on the latter), AUTH with a user,
@@ -18,6 +20,7 @@
 #define _GNU_SOURCE
 #include "redis_client.h"
 #include "redis_conn.h"
+#include "redis_alloc.h"
 #include "redis_reply.h"
 #include "redis_slot.h"
 #include "redis_url.h"
@@ -906,6 +909,128 @@ static void test_cluster(void)
     for (int i = first; i < first + 3; i++) rp_signal(i, SIGKILL);
 }
 
+/* The next reply of rd (NULL when incomplete or on error). */
+static redisReply *next_reply(redisReader *rd)
+{
+    void *r = NULL;
+    if (redisReaderGetReply(rd, &r) != REDIS_OK) return NULL;
+    return r;
+}
+
+static int str_is(const redisReply *r, int type, const char *s)
+{
+    return r && r->type == type && r->str && r->len == strlen(s) && !memcmp(r->str, s, r->len) &&
+           r->str[r->len] == 0;
+}
+
+static void test_reply_alloc(void)
+{
+    size_t arenas0 = redis_alloc_arenas();
+    redisReader *a = redis_reader_new(), *b = redis_reader_new();
+    CHECK(a && b, "readers");
+    if (!a || !b) return;
+    CHECK(redis_alloc_arenas() == arenas0 + 2, "one arena per reader");
+    /* every type, nested, a binary string with a NUL */
+    static const char all[] = "*7\r\n$5\r\nhello\r\n:-42\r\n$-1\r\n+OK\r\n-ERR no\r\n"
+                              "*2\r\n$3\r\na\0b\r\n*0\r\n*-1\r\n";
+    redisReaderFeed(a, all, sizeof all - 1);
+    redisReply *r = next_reply(a);
+    CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 7, "array of 7");
+    if (r && r->elements == 7) {
+        CHECK(str_is(r->element[0], REDIS_REPLY_STRING, "hello"), "bulk");
+        CHECK(r->element[1]->type == REDIS_REPLY_INTEGER && r->element[1]->integer == -42, "integer");
+        CHECK(r->element[2]->type == REDIS_REPLY_NIL, "nil bulk");
+        CHECK(str_is(r->element[3], REDIS_REPLY_STATUS, "OK"), "status");
+        CHECK(str_is(r->element[4], REDIS_REPLY_ERROR, "ERR no"), "error");
+        redisReply *n = r->element[5];
+        CHECK(n->type == REDIS_REPLY_ARRAY && n->elements == 2 && n->element[0]->len == 3 &&
+              !memcmp(n->element[0]->str, "a\0b", 3), "nested, binary");
+        CHECK(n->element[1]->type == REDIS_REPLY_ARRAY && n->element[1]->elements == 0 &&
+              n->element[1]->element == NULL, "empty array");
+        CHECK(r->element[6]->type == REDIS_REPLY_NIL, "nil array");
+        redis_push p;
+        CHECK(redis_reply_push(r, &p) == REDIS_PUSH_NONE, "the interpreters read it");
+    }
+    CHECK(redis_reader_in_use(a) > 0 && redis_reader_in_use(b) == 0, "in a's arena");
+    redis_reply_free(r);
+    CHECK(redis_reader_in_use(a) == 0, "a's arena empty once the reply is freed");
+
+    /* a reply in pieces in a, many whole ones in b meanwhile: b's arena is
+     * reused (never more than one reply in it), a's objects stay intact */
+    static const char push[] = "*3\r\n$7\r\nmessage\r\n$4\r\nchan\r\n$";
+    redisReaderFeed(a, push, sizeof push - 1);
+    CHECK(next_reply(a) == NULL, "incomplete");
+    size_t held = redis_reader_in_use(a);
+    CHECK(held > 0, "a's partial reply holds its arena");
+    size_t most = 0;
+    for (int i = 0; i < 1000; i++) {
+        char cmd[64];
+        int n = snprintf(cmd, sizeof cmd, "*2\r\n:%d\r\n$2\r\nxy\r\n", i);
+        redisReaderFeed(b, cmd, (size_t)n);
+        redisReply *x = next_reply(b);
+        CHECK(x && x->elements == 2 && x->element[0]->integer == i && str_is(x->element[1], REDIS_REPLY_STRING, "xy"),
+              "b reply %d", i);
+        if (redis_reader_in_use(b) > most) most = redis_reader_in_use(b);
+        redis_reply_free(x);
+    }
+    CHECK(most > 0 && most < 512 && redis_reader_in_use(b) == 0, "b's arena reused: at most %zu bytes", most);
+    CHECK(redis_reader_in_use(a) == held, "a untouched");
+    static const char rest[] = "7\r\npayload\r\n";
+    redisReaderFeed(a, rest, sizeof rest - 1);
+    r = next_reply(a);
+    redis_push p;
+    CHECK(r && redis_reply_push(r, &p) == REDIS_PUSH_MESSAGE && p.channel_len == 4 &&
+          !memcmp(p.channel, "chan", 4) && p.data_len == 7 && !memcmp(p.data, "payload", 7),
+          "the push completed across feeds");
+    redis_reply_free(r);
+    CHECK(redis_reader_in_use(a) == 0, "a's arena empty after the pieces");
+
+    /* larger than the arena: malloc'd, same content */
+    size_t big = 200000;
+    char *buf = malloc(big + 64);
+    if (buf) {
+        int o = snprintf(buf, 64, "*2\r\n$%zu\r\n", big);
+        memset(buf + o, 'z', big);
+        memcpy(buf + o + big, "\r\n:7\r\n", 6);
+        redisReaderFeed(a, buf, (size_t)o + big + 6);
+        r = next_reply(a);
+        int ok = r && r->elements == 2 && r->element[0]->len == big && r->element[1]->integer == 7;
+        for (size_t i = 0; ok && i < big; i++) ok = r->element[0]->str[i] == 'z';
+        CHECK(ok, "big reply intact");
+        redis_reply_free(r);
+        free(buf);
+    }
+    CHECK(redis_reader_in_use(a) == 0, "a's arena empty after the big reply");
+
+    /* a reader freed with a reply in pieces gives its objects back */
+    static const char part[] = "*2\r\n$1\r\nq\r\n";
+    redisReaderFeed(b, part, sizeof part - 1);
+    CHECK(next_reply(b) == NULL && redis_reader_in_use(b) > 0, "b holds a partial reply");
+    redis_reader_free(b);
+    CHECK(redis_alloc_arenas() == arenas0 + 1, "b's arena freed with it");
+    /* a protocol error frees the partial reply too */
+    static const char bad_resp[] = "*2\r\n$1\r\nq\r\n!bad\r\n";
+    redisReaderFeed(a, bad_resp, sizeof bad_resp - 1);
+    void *bad = NULL;
+    CHECK(redisReaderGetReply(a, &bad) != REDIS_OK && bad == NULL, "protocol error");
+    CHECK(redis_reader_in_use(a) == 0, "freed on a protocol error");
+    redis_reader_free(a);
+    CHECK(redis_alloc_arenas() == arenas0, "every arena freed");
+
+    /* a reply outlives its reader (a connection torn down in the reply's
+     * dispatch): the arena goes with the reply */
+    a = redis_reader_new();
+    static const char one[] = "*2\r\n$5\r\nstill\r\n:1\r\n";
+    redisReaderFeed(a, one, sizeof one - 1);
+    r = next_reply(a);
+    redis_reader_free(a);
+    CHECK(redis_alloc_arenas() == arenas0 + 1, "the arena waits for its reply");
+    CHECK(r && str_is(r->element[0], REDIS_REPLY_STRING, "still") && r->element[1]->integer == 1,
+          "the reply is intact after its reader is gone");
+    redis_reply_free(r);
+    CHECK(redis_alloc_arenas() == arenas0, "freed with the reply");
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -915,6 +1040,7 @@ int main(void)
     test_url();
     test_slots_pure();
     test_replies();
+    test_reply_alloc();
     if (!rp_have_server()) {
         fprintf(stderr, "SKIP: no redis-server/redis-cli (pure tests: %d failures)\n",
                 check_failures());

@@ -257,6 +257,42 @@ static void test_hooks(void)
     script_free(h);
 }
 
+/* The same C addresses for user, name and claims with new content each call
+ * (a freed identity's memory reused by another connection) give the new
+ * content every call: no cache of the host (the claims' lazy decoding
+ * included) may key on an address alone. */
+static void test_conn_strings(void)
+{
+    char err[512] = "";
+    script_host *h = script_new(FIXTURE("hooks"), "node-a", err, sizeof err);
+    CHECK(h != NULL);
+    if (!h) return;
+    char user[32], name[32], claims[128];
+    script_ctx c = {.user = user, .name = name, .claims_json = claims, .room = "lobby",
+                    .node = "node-a", .now_ms = 1700000000000ull};
+    int bad = 0;
+    for (int i = 0; i < 300; i++) {
+        snprintf(user, sizeof user, "u%d", i % 7);
+        snprintf(name, sizeof name, "Name %d", i % 5);
+        snprintf(claims, sizeof claims, "{\"role\":\"r%d\",\"rooms\":[%s]}", i % 3,
+                 i % 2 ? "\"a\"" : "");
+        script_result r;
+        script_verdict v;
+        TOLERANT(v, script_on_message(h, &c, "claims", 6, "id1", &r), &r);
+        char want[200];
+        snprintf(want, sizeof want, "role=r%d n=%d node=node-a now=1700000000000 name=Name %d room=lobby",
+                 i % 3, i % 2, i % 5);
+        if (v != SCRIPT_REPLACE || !r.body || strncmp(r.body, want, strlen(want)) != 0) {
+            if (bad++ < 3) CHECK(0, "call %d: got %s, want %s...", i, r.body ? r.body : "(none)", want);
+        }
+        script_result_clear(&r);
+        TOLERANT(v, script_on_message(h, &c, "eval:return 1", 13, "id1", &r), &r);
+        script_result_clear(&r);
+    }
+    CHECK(bad == 0, "%d calls saw another content of the same address", bad);
+    script_free(h);
+}
+
 static void test_config_env(void)
 {
     char err[512] = "";
@@ -591,6 +627,7 @@ int main(void)
     sigaction(SIGALRM, &sa, NULL);
     watchdog("test_hooks", 60);
     test_hooks();
+    test_conn_strings();
     watchdog("test_config_env", 60);
     test_config_env();
     watchdog("test_reload", 60);
