@@ -19,20 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-static unsigned long long n_alloc;
-void *malloc(size_t n) { n_alloc++; return __libc_malloc(n); }
-void *calloc(size_t a, size_t b) { n_alloc++; return __libc_calloc(a, b); }
-void *realloc(void *p, size_t n) { n_alloc++; return __libc_realloc(p, n); }
-
-static double cpu_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return t.tv_sec * 1e9 + t.tv_nsec;
-}
+#include "alloc_count.h"
 
 static const char FRAME[] =
     "{\"type\":\"message\",\"body\":\"lt1 17 1765041234567 42 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\","

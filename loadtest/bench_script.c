@@ -17,20 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-static unsigned long long n_alloc;
-void *malloc(size_t n) { n_alloc++; return __libc_malloc(n); }
-void *calloc(size_t a, size_t b) { n_alloc++; return __libc_calloc(a, b); }
-void *realloc(void *p, size_t n) { n_alloc++; return __libc_realloc(p, n); }
+#include "alloc_count.h"
 
-static double cpu_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
+static double cpu_s(void) { return cpu_ns() / 1e9; }
 
 static int cmp_u64(const void *a, const void *b)
 {
