@@ -35,9 +35,10 @@ typedef struct bus_handlers {
     /* Readiness changed: 1 = Redis reachable and subscriptions restored. */
     void (*on_ready)(void *ud, int ready);
     /* (may be NULL; Redis mode with track_unstored only) A message that was
-     * published more than backfill_grace_ms ago and is still not marked
-     * stored (its node died between publish and commit): store it, then
-     * bus_mark_stored. Called again after another grace if not marked. */
+     * published more than backfill_grace_ms ago and is not in history (its
+     * node died between publish and commit; with on_check the history was
+     * asked, without it: not marked with bus_mark_stored): store it. Offered
+     * again after another grace while it is still missing. */
     void (*on_unstored)(void *ud, const char *room, uint64_t seq, const char *tail, size_t len);
     /* (may be NULL) The durable head of room, asked when the bus has none:
      * Redis has no seq key for the room (first use, restarted empty,
@@ -72,9 +73,12 @@ typedef struct bus_opts {
     const char *redis_url;     /* NULL: in-process mode */
     size_t recent_max;         /* recent buffer length per room (default 1000) */
     uint32_t id_ttl_s;         /* idempotency window for client ids (default 600) */
-    int track_unstored;        /* Redis mode: record publishes until bus_mark_stored
-                                * and sweep old ones to on_unstored (set when a
-                                * database stores history) */
+    int track_unstored;        /* Redis mode: record publishes as unstored and
+                                * sweep old ones: with on_check, history says
+                                * which are stored (the server's way); without,
+                                * until bus_mark_stored (unit tests). Missing
+                                * ones go to on_unstored. Set when a database
+                                * stores history. */
     uint32_t backfill_grace_ms; /* age before a publish counts as abandoned (default 3000) */
 } bus_opts;
 
@@ -101,7 +105,8 @@ typedef void (*bus_publish_cb)(void *ud, int status, uint64_t seq, int duplicate
  * deleted by a lower seq refuses every later update, and a react's count
  * (the emoji's reactions after it, each user at most once per emoji) is
  * exact whichever node publishes. The state lives in the bus
- * (chat:{room}:t:<target>, expiring id_ttl_s after its last update; the
+ * (chat:{room}:t:<target>, expiring max(id_ttl_s, 1 day) after its last
+ * update, and so does an update's client id in Redis mode; the
  * in-process map keeps it as long) and is seeded from the caller (the
  * durable history) when the bus has none. A react's tail is published open
  * (ending with '"count":', wire.h); the bus appends the count and '}'. */
