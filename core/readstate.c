@@ -100,7 +100,7 @@ static void flush(void);
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* A growable text buffer for the array literals. */
+/* A growable text buffer (the seq array literal, the unread answer). */
 typedef struct buf { char *p; size_t len, cap; int oom; } buf;
 
 static void b_put(buf *b, const char *s, size_t n)
@@ -119,15 +119,18 @@ static void b_put(buf *b, const char *s, size_t n)
     b->p[b->len] = 0;
 }
 
-/* One element of a Postgres text[] literal: "..." with \ and " escaped. */
-static void b_elem(buf *b, const char *s, int first)
+/* The users and rooms of n items as two Postgres text[] literals (the
+ * store's one builder, store_text_array): uv/rv point into pairs, which
+ * holds user, room for each item. Returns 0, or -1 out of memory. */
+static int user_room_arrays(const char **pairs, size_t n, char **users, char **rooms)
 {
-    b_put(b, first ? "\"" : ",\"", first ? 1 : 2);
-    for (const char *p = s; *p; p++) {
-        if (*p == '"' || *p == '\\') b_put(b, "\\", 1);
-        b_put(b, p, 1);
-    }
-    b_put(b, "\"", 1);
+    *users = store_text_array(pairs, n, 2);
+    *rooms = store_text_array(pairs + 1, n, 2);
+    if (*users && *rooms) return 0;
+    free(*users);
+    free(*rooms);
+    *users = *rooms = NULL;
+    return -1;
 }
 
 static char *make_key(const char *user, const char *room)
@@ -240,8 +243,9 @@ static void send_marks(void)
     size_t n = R.q_len < (size_t)R.batch_max ? R.q_len : (size_t)R.batch_max;
     mbatch *b = calloc(1, sizeof *b);
     mark **arr = calloc(n, sizeof *arr);
-    buf users = {0}, rooms = {0}, seqs = {0};
-    if (!b || !arr) { free(b); free(arr); arm(R.batch_ms); return; }
+    buf seqs = {0};
+    const char **pairs = malloc((n ? n : 1) * 2 * sizeof *pairs);
+    if (!b || !arr || !pairs) { free(b); free(arr); free(pairs); arm(R.batch_ms); return; }
     for (size_t i = 0; i < n; i++) {
         mark *m = R.q_head;
         R.q_head = m->next;
@@ -253,26 +257,24 @@ static void send_marks(void)
         arr[b->n++] = m;
     }
     b->m = arr;
-    b_put(&users, "{", 1);
-    b_put(&rooms, "{", 1);
     b_put(&seqs, "{", 1);
     for (size_t i = 0; i < b->n; i++) {
         char s[24];
-        b_elem(&users, arr[i]->user, i == 0);
-        b_elem(&rooms, arr[i]->room, i == 0);
+        pairs[2 * i] = arr[i]->user;
+        pairs[2 * i + 1] = arr[i]->room;
         int l = snprintf(s, sizeof s, "%s%" PRIu64, i ? "," : "", arr[i]->seq);
         b_put(&seqs, s, (size_t)l);
     }
-    b_put(&users, "}", 1);
-    b_put(&rooms, "}", 1);
     b_put(&seqs, "}", 1);
+    char *users = NULL, *rooms = NULL;
     int rc = -1;
-    if (b->n && !users.oom && !rooms.oom && !seqs.oom) {
-        const char *p[3] = {users.p, rooms.p, seqs.p};
+    if (b->n && !seqs.oom && user_room_arrays(pairs, b->n, &users, &rooms) == 0) {
+        const char *p[3] = {users, rooms, seqs.p};
         rc = store_query(R.store, STORE_SQL_READ_MARK, 3, p, on_mark_batch, b);
     }
-    free(users.p);
-    free(rooms.p);
+    free(pairs);
+    free(users);
+    free(rooms);
     free(seqs.p);
     if (rc == 0) { R.mb = b; return; }
     /* refused now (store not ready): answer the batch at once */
@@ -411,9 +413,9 @@ static void send_lookups(void)
 {
     lbatch *b = calloc(1, sizeof *b);
     if (!b) { arm(R.batch_ms); return; }
-    buf users = {0}, rooms = {0};
-    b_put(&users, "{", 1);
-    b_put(&rooms, "{", 1);
+    size_t cap = R.l_len < (size_t)R.batch_max ? R.l_len : (size_t)R.batch_max;
+    const char **pairs = malloc((cap ? cap : 1) * 2 * sizeof *pairs);
+    if (!pairs) { free(b); arm(R.batch_ms); return; }
     lookup **tail = &b->list;
     while (R.l_head && b->n < (size_t)R.batch_max) {
         lookup *l = R.l_head;
@@ -423,24 +425,24 @@ static void send_lookups(void)
         l->next = NULL;
         *tail = l;
         tail = &l->next;
-        b_elem(&users, l->user, b->n == 0);
-        b_elem(&rooms, l->room, b->n == 0);
+        pairs[2 * b->n] = l->user;
+        pairs[2 * b->n + 1] = l->room;
         b->n++;
     }
-    b_put(&users, "}", 1);
-    b_put(&rooms, "}", 1);
     b->timer = malloc(sizeof *b->timer);
     if (b->timer) {
         uv_timer_init(R.loop, b->timer);
         b->timer->data = b;
     }
+    char *users = NULL, *rooms = NULL;
     int rc = -1;
-    if (b->timer && !users.oom && !rooms.oom) {
-        const char *p[2] = {users.p, rooms.p};
+    if (b->timer && user_room_arrays(pairs, b->n, &users, &rooms) == 0) {
+        const char *p[2] = {users, rooms};
         rc = store_query(R.store, STORE_SQL_READ_LOOKUP, 2, p, on_lookup_batch, b);
     }
-    free(users.p);
-    free(rooms.p);
+    free(pairs);
+    free(users);
+    free(rooms);
     if (rc == 0) {
         b->in_store = 1;
         R.lb = b;
