@@ -24,6 +24,7 @@ static char g_node[96];
 static int64_t g_max;
 static uint64_t g_ttl, g_last, g_passes;
 static size_t g_slot;   /* where the pass under way has reached in the user map */
+static size_t g_cap;    /* the map's slot count when that pass began */
 static int g_was_ready, g_down;
 static metric_counter *m_unchecked, *m_refused;
 
@@ -132,6 +133,17 @@ void uconns_tick(uint64_t now)
         uint64_t period = g_ttl / 3, done = now - g_last;
         if (done > period) done = period;
         size_t cap = connlimit_each_user(0, 0, write_one, NULL);
+        if (g_slot == 0) g_cap = cap;
+        else if (cap != g_cap) {
+            /* the user map was resized during the pass: its users moved to
+             * other slots, some below the part already written. Start the
+             * pass again (a user's gap is then at most two periods, under
+             * the TTL of three). */
+            g_last = now;
+            g_slot = 0;
+            g_cap = cap;
+            done = 0;
+        }
         size_t due = period ? (size_t)((double)cap * (double)done / (double)period) : cap;
         if (due > g_slot) {
             connlimit_each_user(g_slot, due, write_one, NULL);

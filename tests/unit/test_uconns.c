@@ -159,6 +159,24 @@ static void test_renewal_spread(adminstore *s)
     moved = 0;
     for (int i = 0; i < SPREAD_USERS; i++) moved += field_deadline(users[i], "sp") != d0[i];
     CHECK(moved == SPREAD_USERS, "by its end the pass renewed every user (%d)", moved);
+    /* the map grows during a pass (its users move to other slots): the
+     * next pass's end still renews everyone */
+    for (int i = 0; i < SPREAD_USERS; i++) d0[i] = field_deadline(users[i], "sp");
+    wait_ms(20);
+    uconns_tick(t + 375);                         /* a quarter into the next pass */
+    static char more[3 * SPREAD_USERS][16];
+    for (int i = 0; i < 3 * SPREAD_USERS; i++) {
+        snprintf(more[i], sizeof more[i], "spm%03d", i);
+        CHECK(connlimit_acquire("2.2.2.3", more[i]) == LIMIT_OK);
+    }
+    uconns_tick(t + 450);
+    uconns_tick(t + 750);
+    wait_ms(100);
+    moved = 0;
+    for (int i = 0; i < SPREAD_USERS; i++) moved += field_deadline(users[i], "sp") != d0[i];
+    CHECK(moved == SPREAD_USERS, "a resize during the pass: every user renewed by the pass's end (%d)",
+          moved);
+    for (int i = 0; i < 3 * SPREAD_USERS; i++) connlimit_release("2.2.2.3", more[i]);
     for (int i = 0; i < SPREAD_USERS; i++) connlimit_release("2.2.2.2", users[i]);
     uconns_stop();
     connlimit_free();
