@@ -4,7 +4,8 @@
  * the limit, and drops oversized control frames without a close frame).
  * A pure incremental parser: bytes in, unmasked message chunks and control
  * frames out through callbacks; on the first violation it answers the close
- * code to send (1002 protocol error, 1007 invalid UTF-8, 1009 too big) and
+ * code to send (1002 protocol error, 1007 invalid UTF-8, 1009 too big, 1011
+ * when the control-frame buffer cannot be allocated) and
  * ignores everything after it, as it does after the peer's close frame.
  * Owns: the parse state of one connection, and the buffer of a control
  * frame split over reads while it lasts (wsf_free). */
