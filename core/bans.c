@@ -124,11 +124,7 @@ int bans_put(const char *user, const char *room, uint64_t until_ms, const char *
     snprintf(b->room, sizeof b->room, "%s", room);
     b->until_ms = until_ms;
     /* whole UTF-8 characters only (the reason becomes a close reason) */
-    size_t rl = reason ? strlen(reason) : 0;
-    if (rl > BAN_REASON_MAX) {
-        rl = BAN_REASON_MAX;
-        while (rl && ((unsigned char)reason[rl] & 0xC0) == 0x80) rl--;
-    }
+    size_t rl = reason ? utf8_cut(reason, BAN_REASON_MAX) : 0;
     memcpy(b->reason, reason ? reason : "", rl);
     b->reason[rl] = 0;
     return 0;

@@ -20,11 +20,7 @@ static adminstore *g_store;
 static void close_reason(char *out, size_t cap, const char *reason, const char *dflt)
 {
     const char *r = reason && *reason ? reason : dflt;
-    size_t l = strlen(r);
-    if (l > cap - 1) {
-        l = cap - 1;
-        while (l && ((unsigned char)r[l] & 0xC0) == 0x80) l--;
-    }
+    size_t l = utf8_cut(r, cap - 1);
     memcpy(out, r, l);
     out[l] = 0;
 }

@@ -230,11 +230,7 @@ static void set_close(conn *c, uint16_t code, const char *reason)
     c->close_code = code;
     free(c->close_reason);
     c->close_reason = NULL;
-    size_t n = reason ? strlen(reason) : 0;
-    if (n > CONN_CLOSE_REASON_MAX - 1) {
-        n = CONN_CLOSE_REASON_MAX - 1;
-        while (n && ((unsigned char)reason[n] & 0xC0) == 0x80) n--;
-    }
+    size_t n = reason ? utf8_cut(reason, CONN_CLOSE_REASON_MAX - 1) : 0;
     if (n) c->close_reason = strndup(reason, n);
 }
 

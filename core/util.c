@@ -45,6 +45,15 @@ int parse_u64(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
+size_t utf8_cut(const char *s, size_t max)
+{
+    size_t l = strlen(s);
+    if (l <= max) return l;
+    l = max;
+    while (l && ((unsigned char)s[l] & 0xC0) == 0x80) l--;
+    return l;
+}
+
 size_t utf8_seq(const char *p, size_t n)
 {
     const unsigned char *s = (const unsigned char *)p;

@@ -22,6 +22,9 @@ int parse_u64(const char *s, size_t len, uint64_t *out);
  * utf8_valid: 1 when s[0..n) is well-formed and has no NUL, i.e. text a
  * WebSocket text frame and a Postgres text column both carry. */
 size_t utf8_seq(const char *s, size_t n);
+/* utf8_cut: the length of s cut to at most max bytes at a character
+ * boundary (never inside a multi-byte sequence): strlen(s) when it fits. */
+size_t utf8_cut(const char *s, size_t max);
 int utf8_valid(const char *s, size_t n);
 
 /* Appends s as a JSON string (with quotes) to dst; returns bytes written or

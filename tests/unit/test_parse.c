@@ -250,6 +250,11 @@ static void test_utf8(void)
     CHECK(!utf8_valid("\xed\xa0\x80", 3), "surrogate");
     CHECK(!utf8_valid("\xf4\x90\x80\x80", 4) && !utf8_valid("\xff", 1), "beyond U+10FFFF");
     CHECK(utf8_seq("\xf0\x9f\x98\x80", 4) == 4 && utf8_seq("\xf0\x9f\x98", 3) == 0, "seq");
+    /* utf8_cut: at most max bytes, never inside a character */
+    CHECK(utf8_cut("abc", 5) == 3 && utf8_cut("abc", 3) == 3 && utf8_cut("abcd", 3) == 3, "cut ascii");
+    CHECK(utf8_cut("a\xc3\xa9", 2) == 1, "cut before a 2-byte character, not inside it");
+    CHECK(utf8_cut("\xf0\x9f\x98\x80\xf0\x9f\x98\x80", 6) == 4, "cut after a whole emoji");
+    CHECK(utf8_cut("\xf0\x9f\x98\x80", 3) == 0 && utf8_cut("", 0) == 0, "nothing fits");
     /* found by fuzz_script: ill-formed bytes went into frames as they were */
     char out[64];
     long w = json_escape(out, sizeof out, "a\xc3" "b\xff\xe2\x82\xac", 7);
