@@ -207,8 +207,8 @@ void script_selftest(lua_State *L)
  * its claims are decoded on first read: most hooks (the default
  * on_message) never look at them, and decoding them costs a JSON parse and
  * a table per call. The claims JSON of a ctx waits in a weak-keyed table
- * (REG_CLAIMS: ctx -> JSON text; false once read, so that a policy setting
- * ctx.claims = nil reads nil afterwards); the ctx metatable's __index
+ * (REG_CLAIMS: ctx -> JSON text; false once read or written, so that a
+ * policy setting ctx.claims, read first or not, reads what it set); the ctx metatable's __index
  * decodes it (chat.json.decode; {} when there are none or they are not an
  * object) and stores it in the ctx. The metatable is protected
  * (__metatable = false). The strings every call uses (field names, the
@@ -240,8 +240,28 @@ static int ctx_index(lua_State *L)
     lua_pushboolean(L, 0);
     lua_rawset(L, 3);
     lua_pushvalue(L, -1);
-    lua_setfield(L, 1, "claims");              /* no __newindex: a raw set */
+    lua_setfield(L, 1, "claims");              /* via ctx_newindex: a raw set */
     return 1;
+}
+
+/* A write to a key the ctx does not hold yet. Writing claims before reading
+ * them replaces them for good: the pending JSON is dropped (else a later
+ * read would decode the originals again). */
+static int ctx_newindex(lua_State *L)
+{
+    size_t kl;
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &kl) : NULL;
+    if (k && kl == 6 && memcmp(k, "claims", 6) == 0) {
+        lua_pushlightuserdata(L, &REG_CLAIMS);
+        lua_rawget(L, LUA_REGISTRYINDEX);
+        lua_pushvalue(L, 1);
+        lua_pushboolean(L, 0);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
 }
 
 static const char *const PINNED[] = {"user", "name", "room", "node", "source", "now", "claims",
@@ -251,9 +271,11 @@ static const char *const PINNED[] = {"user", "name", "room", "node", "source", "
 void script_open_policy(lua_State *L, const char *node)
 {
     lua_pushlightuserdata(L, &REG_CTXMT);
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 3);
     lua_pushcfunction(L, ctx_index);
     lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, ctx_newindex);
+    lua_setfield(L, -2, "__newindex");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     lua_rawset(L, LUA_REGISTRYINDEX);

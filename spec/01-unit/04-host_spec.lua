@@ -80,6 +80,8 @@ describe("policy host", function()
                 P:message("ctx-kept", { claims = { role = "second" } }))
     assert.same({ verdict = "replace", body = "again=true after_nil=nil mt=false setmt=false" },
                 P:message("ctx-claims", { claims = { role = "admin" } }))
+    assert.same({ verdict = "replace", body = "unread_nil=nil set=mine" },
+                P:message("ctx-claims-set", { claims = { role = "admin" } }))
     assert.matches("^role=admin ", P:message("claims", { claims = { role = "admin" } }).body)
     assert.same({ verdict = "replace", body = "kept=first now=nil same=false" },
                 P:message("ctx-kept", { claims = false }))
