@@ -116,8 +116,14 @@ void redis_reply_free(void *reply)
     else arena_release(&ra->a, 0);
 }
 
-static redisReplyObjectFunctions FNS = {create_string, create_array, create_integer, create_nil,
-                                        redis_reply_free};
+/* hiredis 0.14's five reply functions (Debian 12). hiredis 1.x adds reply
+ * types (double, bool, ...) whose objects these functions do not build. */
+#if HIREDIS_MAJOR != 0
+#error "redis_alloc.c builds hiredis 0.x replies; hiredis 1.x has more reply types"
+#endif
+static redisReplyObjectFunctions FNS = {
+    .createString = create_string, .createArray = create_array, .createInteger = create_integer,
+    .createNil = create_nil, .freeObject = redis_reply_free};
 
 redisReader *redis_reader_new(void)
 {

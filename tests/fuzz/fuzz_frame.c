@@ -146,5 +146,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     frame_free(&f);
     FUZZ_CHECK(!f.root_, "frame_free left the tree");
+    FUZZ_CHECK(frame_arena_in_use() == 0, "frame_free left a span in the frame arena");
     return 0;
 }
