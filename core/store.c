@@ -1305,67 +1305,69 @@ unsigned long store_conn_gen(const store *s)
 }
 
 /* ---- the backfill sweeper's check (on store_query_named) ----
- * Sent in chunks of CHECK_CHUNK pairs: each a short statement, so that the
- * write batches interleave with them and no ack waits for a whole round's
- * check. */
+ * Sent in chunks of CHECK_CHUNK pairs, one after the other (the next when
+ * the previous answered): each a short statement, so that the write batches
+ * and the history reads interleave with them, no ack or page waits for a
+ * whole round's check, and a big round never fills the read queue. The
+ * caller's arrays live until its callback (store.h). */
 
 #define CHECK_CHUNK 200
 
 typedef struct chk_group {
+    store *s;
     store_check_cb cb;
     void *ud;
-    size_t n, left;          /* pairs; chunks not answered yet */
-    int failed;
+    const char *const *rooms;
+    const uint64_t *seqs;
+    size_t n, next;          /* pairs; the first not yet sent */
+    size_t off, len;         /* the chunk in flight */
     unsigned char stored[];
 } chk_group;
 
-typedef struct chk_part {
-    chk_group *g;
-    size_t off, n;
-} chk_part;
+static int check_send(chk_group *g);
 
-static void check_cb(void *ud, int status, const store_result *res)
+static void check_finish(chk_group *g, int status)
 {
-    chk_part *c = ud;
-    chk_group *g = c->g;
-    if (status != 0) {
-        g->failed = 1;
-    } else {
-        int nt = store_result_rows(res);
-        for (int t = 0; t < nt; t++) {
-            const char *v = store_result_value(res, t, 0);
-            unsigned long long i = v ? strtoull(v, NULL, 10) : 0;
-            if (i >= 1 && i <= c->n) g->stored[c->off + i - 1] = 1;
-        }
-    }
-    free(c);
-    if (--g->left) return;
-    g->cb(g->ud, g->failed ? -1 : 0, g->failed ? NULL : g->stored);
+    g->cb(g->ud, status, status == 0 ? g->stored : NULL);
     free(g);
 }
 
-/* queues rooms/seqs [off, off+n): 0, or -1 (nothing queued) */
-static int check_chunk(store *s, chk_group *g, size_t off, size_t n, const char *const *rooms,
-                       const uint64_t *seqs)
+static void check_cb(void *ud, int status, const store_result *res)
 {
-    char *rl = store_text_array(rooms + off, n, 1);
+    chk_group *g = ud;
+    if (status != 0) { check_finish(g, -1); return; }
+    int nt = store_result_rows(res);
+    for (int t = 0; t < nt; t++) {
+        const char *v = store_result_value(res, t, 0);
+        unsigned long long i = v ? strtoull(v, NULL, 10) : 0;
+        if (i >= 1 && i <= g->len) g->stored[g->off + i - 1] = 1;
+    }
+    if (g->next >= g->n) { check_finish(g, 0); return; }
+    if (check_send(g) != 0) check_finish(g, -1);
+}
+
+/* queues the next chunk: 0, or -1 (nothing queued) */
+static int check_send(chk_group *g)
+{
+    size_t off = g->next, n = g->n - off < CHECK_CHUNK ? g->n - off : CHECK_CHUNK;
+    char *rl = store_text_array(g->rooms + off, n, 1);
     char *sl = malloc(n * 21 + 3), *o = sl;
-    chk_part *c = malloc(sizeof *c);
     int rc = -1;
-    if (rl && sl && c) {
+    if (rl && sl) {
         *o++ = '{';
         for (size_t i = off; i < off + n; i++)
             o += sprintf(o, "%s%" PRIu64, i > off ? "," : "",
-                         seqs[i] > INT64_MAX ? (uint64_t)INT64_MAX : seqs[i]);
+                         g->seqs[i] > INT64_MAX ? (uint64_t)INT64_MAX : g->seqs[i]);
         *o++ = '}';
         *o = 0;
-        c->g = g;
-        c->off = off;
-        c->n = n;
         const char *params[2] = {rl, sl};
-        rc = store_query_named(s, STORE_STMT_STORED, STORE_SQL_STORED, 2, params, check_cb, c);
+        rc = store_query_named(g->s, STORE_STMT_STORED, STORE_SQL_STORED, 2, params, check_cb, g);
     }
-    if (rc != 0) free(c);
+    if (rc == 0) {
+        g->off = off;
+        g->len = n;
+        g->next = off + n;
+    }
     free(rl);
     free(sl);
     return rc;
@@ -1377,21 +1379,10 @@ int store_check(store *s, size_t n, const char *const *rooms, const uint64_t *se
     if (!s || s->dead || !cb || !n || s->state != ST_READY) return -1;
     chk_group *g = calloc(1, sizeof *g + n);
     if (!g) return -1;
-    g->cb = cb;
-    g->ud = ud;
-    g->n = n;
-    g->left = 1; /* held while queueing */
-    for (size_t off = 0; off < n; off += CHECK_CHUNK) {
-        if (check_chunk(s, g, off, n - off < CHECK_CHUNK ? n - off : CHECK_CHUNK, rooms, seqs) != 0) {
-            if (off == 0) { free(g); return -1; } /* nothing queued */
-            g->failed = 1;                       /* the queued ones answer */
-            break;
-        }
-        g->left++;
-    }
-    if (--g->left == 0) { /* cannot happen: at least one chunk is queued */
-        g->cb(g->ud, g->failed ? -1 : 0, g->failed ? NULL : g->stored);
+    *g = (chk_group){s, cb, ud, rooms, seqs, n, 0, 0, 0};
+    if (check_send(g) != 0) {
         free(g);
+        return -1;
     }
     return 0;
 }

@@ -145,11 +145,11 @@ const char *store_result_value(const store_result *res, int row, int col);
 unsigned long store_conn_gen(const store *s);
 
 /* Which of n (room, seq) pairs are in history (the backfill sweeper's
- * check; sent as statements of CHECK_CHUNK (200) pairs, queued with the
- * range reads, answered once all are in): cb(ud, 0, stored) with stored[i] = 1 for
- * each stored pair (valid during the callback), or cb(ud, -1, NULL). Queued
- * with the range reads; returns -1 without calling cb when the store is not
- * ready (or n is 0). */
+ * check; sent as statements of CHECK_CHUNK (200) pairs, one at a time in
+ * the range-read queue, answered once all are in): cb(ud, 0, stored) with
+ * stored[i] = 1 for each stored pair (valid during the callback), or
+ * cb(ud, -1, NULL). rooms and seqs must stay valid until cb. Returns -1
+ * without calling cb when the store is not ready (or n is 0). */
 typedef void (*store_check_cb)(void *ud, int status, const unsigned char *stored);
 int store_check(store *s, size_t n, const char *const *rooms, const uint64_t *seqs,
                 store_check_cb cb, void *ud);
