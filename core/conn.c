@@ -447,6 +447,13 @@ int conn_on_writeable(conn *c)
     return 0;
 }
 
+size_t conn_trim_queues(void)
+{
+    size_t n = 0;
+    for (conn *c = g_all; c; c = c->all.next) n += (size_t)outq_trim(&c->q);
+    return n;
+}
+
 void conn_flush_all(void)
 {
     while (g_flush) {
