@@ -5,7 +5,8 @@
  * objects of chatd's readers (redis_alloc.c: every type, nesting, replies
  * in pieces across two readers, a reply larger than the arena).
  * Against real redis-servers started here (ports 23000-23999): commands,
- * pipelining, large values, scripts and NOSCRIPT, SUBSCRIBE and SSUBSCRIBE
+ * pipelining, large values, scripts (EVALSHA of up to 32 words built on
+ * the stack, more on the heap) and NOSCRIPT, SUBSCRIBE and SSUBSCRIBE
  * pushes (hiredis' async layer aborts on the latter), AUTH with a user,
  * SELECT, a server killed and restarted (readiness sentence, backoff without
  * a tight loop), a stalled server (reply deadline), a standalone URL
@@ -309,13 +310,15 @@ static void on_push(void *ud, uint64_t node, const redis_push *p)
 }
 
 static const redis_client_handlers RH = {on_node, on_map, on_push};
-static const char *SCRIPTS[] = {"return ARGV[1]", "return redis.call('GET', KEYS[1])"};
+static const char *SCRIPTS[] = {"return ARGV[1]", "return redis.call('GET', KEYS[1])",
+                                "return #KEYS .. ':' .. table.concat(KEYS, ',') .. '|' .. table.concat(ARGV, ',')"};
+#define NSCRIPTS (int)(sizeof SCRIPTS / sizeof SCRIPTS[0])
 
 static redis_client *client(rec *r, const char *url, int want_sub)
 {
     char err[256];
     memset(r, 0, sizeof *r);
-    redis_client_opts o = {url, "test", SCRIPTS, 2, want_sub};
+    redis_client_opts o = {url, "test", SCRIPTS, NSCRIPTS, want_sub};
     r->c = redis_client_new(loop, &o, &RH, r, err, sizeof err);
     CHECK(r->c, "client %s: %s", url, err);
     return r->c;
@@ -381,6 +384,40 @@ static ans sync_call(redis_client *c, int slot, int script, int argc, ...)
 
 static int key_slot(const char *k) { return redis_key_slot(k, strlen(k)); }
 
+/* EVALSHA with n arguments after numkeys (2 keys, the rest ARGV): up to
+ * 30 the command is built on the stack, from 31 (33 with EVALSHA and the
+ * sha) on the heap (redis_client_call). Script 2 echoes its keys and
+ * arguments in order. */
+static void script_args(redis_client *c, int n)
+{
+    const char *argv[80];
+    size_t lens[80];
+    char bufs[80][16];
+    char want[1024];
+    size_t w = (size_t)snprintf(want, sizeof want, "2:");
+    argv[0] = "2";
+    lens[0] = 1;
+    for (int i = 1; i <= n; i++) {
+        /* keys {t}k1,{t}k2 (one slot), then a0,a1,... of varying lengths */
+        int l = i <= 2 ? snprintf(bufs[i], sizeof bufs[i], "{t}k%d", i)
+                       : snprintf(bufs[i], sizeof bufs[i], "a%d%.*s", i - 3, (i * 7) % 5, "xxxxx");
+        argv[i] = bufs[i];
+        lens[i] = (size_t)l;
+        w += (size_t)snprintf(want + w, sizeof want - w, "%s%s", i == 3 ? "|" : i > 1 ? "," : "", bufs[i]);
+    }
+    ans a;
+    memset(&a, 0, sizeof a);
+    redis_call how = {key_slot("{t}k1"), 0, 2};
+    int rc = redis_client_call(c, &how, n + 1, argv, lens, ans_cb, &a);
+    CHECK(rc == 0, "EVALSHA with %d arguments queued", n + 1);
+    if (rc != 0) return;
+    WAIT(a.done, 8000);
+    /* a.str holds the first 255 bytes; a.len is the whole length */
+    CHECK(a.done == 1 && a.type == REDIS_REPLY_STRING && a.len == w &&
+          !strncmp(a.str, want, sizeof a.str - 1),
+          "EVALSHA with %d arguments (%d words): %s, want %s", n + 1, n + 3, a.str, want);
+}
+
 /* ---------------- standalone ---------------- */
 
 typedef struct seqcheck { int n, bad; } seqcheck;
@@ -415,6 +452,9 @@ static void test_standalone(void)
     CHECK(a.done == 1 && !strcmp(a.str, "echoed"), "script 0: %s", a.str);
     a = sync_call(c, key_slot("k1"), 1, 2, "1", "k1");
     CHECK(a.done == 1 && !strcmp(a.str, "v1"), "script 1: %s", a.str);
+    /* EVALSHA on the stack (up to 32 words) and on the heap (more) */
+    for (int n = 28; n <= 32; n++) script_args(c, n);
+    script_args(c, 60);
 
     /* pipelining: replies in order, one callback each */
     seqcheck sq = {0, 0};
