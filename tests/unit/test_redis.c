@@ -29,6 +29,7 @@
 #include "util.h"
 #include "redis_procs.h"
 #include "check.h"
+#include "resp_text.h"
 #include "uvwait.h"
 #include <inttypes.h>
 
@@ -144,28 +145,18 @@ static void test_slots_pure(void)
 
 /* ---------------- pure: replies ---------------- */
 
-static redisReply *parse(const char *resp)
-{
-    redisReader *rd = redisReaderCreate();
-    void *r = NULL;
-    redisReaderFeed(rd, resp, strlen(resp));
-    if (redisReaderGetReply(rd, &r) != REDIS_OK) r = NULL;
-    redisReaderFree(rd);
-    return r;
-}
-
 static void test_replies(void)
 {
     redis_redirect rd;
-    redisReply *r = parse("-MOVED 3999 127.0.0.1:6381\r\n");
+    redisReply *r = RESP("-MOVED 3999 127.0.0.1:6381\r\n");
     CHECK(redis_reply_error(r, &rd) == REDIS_E_MOVED && rd.slot == 3999 &&
           !strcmp(rd.addr.host, "127.0.0.1") && rd.addr.port == 6381, "moved");
     freeReplyObject(r);
-    r = parse("-ASK 1 ::1:7000\r\n");
+    r = RESP("-ASK 1 ::1:7000\r\n");
     CHECK(redis_reply_error(r, &rd) == REDIS_E_ASK && rd.slot == 1 && !strcmp(rd.addr.host, "::1") &&
           rd.addr.port == 7000, "ask ipv6");
     freeReplyObject(r);
-    r = parse("-MOVED 16383 ?:6381\r\n");
+    r = RESP("-MOVED 16383 ?:6381\r\n");
     CHECK(redis_reply_error(r, &rd) == REDIS_E_MOVED && !strcmp(rd.addr.host, "?"), "unknown endpoint");
     freeReplyObject(r);
     static const struct { const char *resp; redis_err_kind k; } cases[] = {
@@ -182,7 +173,7 @@ static void test_replies(void)
         {"-ERR wrong\r\n", REDIS_E_OTHER}, {"+OK\r\n", REDIS_E_NONE}, {":1\r\n", REDIS_E_NONE},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        r = parse(cases[i].resp);
+        r = resp_str(cases[i].resp);
         CHECK(r && redis_reply_error(r, &rd) == cases[i].k, "%s -> %s", cases[i].resp,
               r ? redis_err_name(redis_reply_error(r, &rd)) : "unparsed");
         if (r) freeReplyObject(r);
@@ -190,20 +181,20 @@ static void test_replies(void)
     CHECK(redis_reply_error(NULL, NULL) == REDIS_E_NONE, "NULL");
 
     redis_push p;
-    r = parse("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\nda\nt\r\n");
+    r = RESP("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\nda\nt\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_MESSAGE && p.channel_len == 2 &&
           !memcmp(p.channel, "ch", 2) && p.data_len == 4 && !memcmp(p.data, "da\nt", 4), "message");
     freeReplyObject(r);
-    r = parse("*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$0\r\n\r\n");
+    r = RESP("*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$0\r\n\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SMESSAGE && p.data_len == 0, "smessage");
     freeReplyObject(r);
-    r = parse("*3\r\n$10\r\nssubscribe\r\n$2\r\nch\r\n:3\r\n");
+    r = RESP("*3\r\n$10\r\nssubscribe\r\n$2\r\nch\r\n:3\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SSUBSCRIBE && p.count == 3, "ssubscribe");
     freeReplyObject(r);
-    r = parse("*3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n");
+    r = RESP("*3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SUNSUBSCRIBE, "sunsubscribe");
     freeReplyObject(r);
-    r = parse("*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    r = RESP("*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_PONG, "pong");
     freeReplyObject(r);
     static const char *notpush[] = {
@@ -212,7 +203,7 @@ static void test_replies(void)
         "*1\r\n$7\r\nmessage\r\n", "*3\r\n:1\r\n$1\r\na\r\n$1\r\nb\r\n", "$7\r\nmessage\r\n",
         "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n*0\r\n", "*0\r\n", NULL};
     for (int i = 0; notpush[i]; i++) {
-        r = parse(notpush[i]);
+        r = resp_str(notpush[i]);
         CHECK(r && redis_reply_push(r, &p) == REDIS_PUSH_NONE, "not a push: %d", i);
         if (r) freeReplyObject(r);
     }
@@ -222,7 +213,7 @@ static void test_replies(void)
         {"$3\r\n4x2\r\n", -1, 0}, {"$0\r\n\r\n", -1, 0}, {"$20\r\n18446744073709551615\r\n", 0, UINT64_MAX},
         {"$20\r\n18446744073709551616\r\n", -1, 0}, {"*0\r\n", -1, 0}, {"-ERR\r\n", -1, 0}};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) {
-        r = parse(ints[i].resp);
+        r = resp_str(ints[i].resp);
         v = 0;
         CHECK(r && redis_reply_u64(r, &v) == ints[i].ok && (ints[i].ok || v == ints[i].v), "u64 %zu", i);
         if (r) freeReplyObject(r);
@@ -231,7 +222,7 @@ static void test_replies(void)
     /* CLUSTER SHARDS: two shards (given out of order), tls-port, a replica */
     redis_shards sh;
     char err[200];
-    r = parse("*2\r\n"
+    r = RESP("*2\r\n"
               "*4\r\n$5\r\nslots\r\n*4\r\n:100\r\n:200\r\n:0\r\n:10\r\n$5\r\nnodes\r\n*2\r\n"
               "*10\r\n$2\r\nid\r\n$1\r\na\r\n$4\r\nport\r\n:7001\r\n$8\r\ntls-port\r\n:8001\r\n"
               "$2\r\nip\r\n$8\r\n10.0.0.1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n"
@@ -253,7 +244,7 @@ static void test_replies(void)
     redis_shards_free(&sh);
     freeReplyObject(r);
     /* after a failover: the old master (failed) is still listed first */
-    r = parse("*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n"
+    r = RESP("*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n"
               "*8\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
               "$6\r\nhealth\r\n$4\r\nfail\r\n"
               "*8\r\n$4\r\nport\r\n:7003\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
@@ -271,7 +262,7 @@ static void test_replies(void)
         "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:1\r\n:20000\r\n$5\r\nnodes\r\n*1\r\n*6\r\n$4\r\nport\r\n:1\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n",
         NULL};
     for (int i = 0; badmaps[i]; i++) {
-        r = parse(badmaps[i]);
+        r = resp_str(badmaps[i]);
         err[0] = 0;
         CHECK(r && redis_reply_shards(r, 0, &sh, err, sizeof err) != 0 && err[0], "bad map %d", i);
         if (r) freeReplyObject(r);
