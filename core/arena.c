@@ -41,3 +41,9 @@ void arena_release(arena *a, size_t to)
     POISON(a->buf + to, a->top - to);
     a->top = to;
 }
+
+void arena_forget(arena *a, size_t from, size_t to)
+{
+    if (to > a->top) to = a->top;
+    if (from < to) POISON(a->buf + from, to - from);
+}

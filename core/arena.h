@@ -5,8 +5,9 @@
  * one step (arena_release), by the owner's rule of when nothing it handed
  * out is alive. What does not fit gets NULL: the caller falls back to malloc
  * and tells the two apart with arena_owns(). Under ASan the part of the
- * block not handed out is poisoned, so a pointer kept past its release
- * still faults. One loop thread per process: no locking.
+ * block not handed out is poisoned, and so is a span its owner forgot
+ * (arena_forget) below the top, so a pointer kept past its release or its
+ * free still faults. One loop thread per process: no locking.
  * Owns: the bookkeeping of a block its caller provides. */
 #ifndef CHATD_ARENA_H
 #define CHATD_ARENA_H
@@ -24,6 +25,10 @@ void arena_init(arena *a, void *buf, size_t cap);
 void *arena_alloc(arena *a, size_t n);
 /* Gives back everything handed out above `to` (arena_release(a, 0): all). */
 void arena_release(arena *a, size_t to);
+/* A span [from, to) below the top whose owner is done with it: nothing is
+ * given back (the space returns with a release that covers it), but under
+ * ASan the span is poisoned at once, so a late use of it faults. */
+void arena_forget(arena *a, size_t from, size_t to);
 
 static inline int arena_owns(const arena *a, const void *p)
 {

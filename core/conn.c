@@ -35,7 +35,7 @@ static uint64_t g_next_id;
 
 static metric_counter *m_deliveries, *m_slow, *m_writev;
 static metric_hist *m_lag, *m_qwait;
-static metric_gauge *m_open;
+static metric_gauge *m_open, *m_rings;
 
 void conn_metrics_init(void)
 {
@@ -51,6 +51,8 @@ void conn_metrics_init(void)
                                 "Any frame: queued for a connection -> written to its socket",
                                 NULL, METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
     m_open = metrics_gauge("chat_connections_open", "Open WebSocket connections", NULL);
+    m_rings = metrics_gauge("chat_outq_rings", "Connections whose outbound queue holds a grown ring "
+                            "(after the last once-a-second trim)", NULL);
 }
 
 /* ---- the lists a connection is on: the node is in the connection ------- */
@@ -445,6 +447,17 @@ int conn_on_writeable(conn *c)
     if (r < 0) return -1;
     if (r == 0 && draining) return send_close_frame(c) < 0 ? -1 : 0;
     return 0;
+}
+
+size_t conn_trim_queues(void)
+{
+    size_t n = 0, kept = 0;
+    for (conn *c = g_all; c; c = c->all.next) {
+        n += (size_t)outq_trim(&c->q);
+        kept += (size_t)outq_has_ring(&c->q);
+    }
+    if (m_rings) metric_set(m_rings, (double)kept);
+    return n;
 }
 
 void conn_flush_all(void)

@@ -129,6 +129,10 @@ int conn_is_closing(const conn *c);
 int conn_on_writeable(conn *c);
 /* Flush every connection with queued output (before the loop sleeps). */
 void conn_flush_all(void);
+/* Once a second (server tick): every queue that stayed empty since the
+ * previous call gives its grown ring back (outq_trim); the queues still
+ * holding one are the gauge chat_outq_rings. Returns how many were freed. */
+size_t conn_trim_queues(void);
 
 /* ---- input (wsread.c) ---- */
 /* Input pause (a join in progress...): while any reason bit is set the

@@ -10,8 +10,10 @@
 #include "frame.h"
 #include "arena.h"
 #include "emoji.h"
+#include "log.h"
 #include "util.h"
 
+#include <assert.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -29,17 +31,28 @@
  * the free function tells the two apart by address. A tree's span is taken
  * back at frame_free() when it is the topmost one, and the whole block when
  * no parsed frame is left (frames nest: one held during a join is processed
- * inside another frame's handling; tests free in any order). */
+ * inside another frame's handling; tests free in any order); a span freed
+ * below the top is poisoned under ASan at once (arena_forget). A tree
+ * wholly in the arena is not walked by json_decref at all (its every free
+ * would do nothing): nothing refers to it past frame_free and it is never
+ * modified, so dropping the span is the whole free. jansson's alloc
+ * functions must still be ours when a tree is built and freed (asserted):
+ * an arena block handed to another free() would be an invalid free. */
 #define ARENA_SIZE (64 * 1024)
 static _Alignas(16) unsigned char arena_block[ARENA_SIZE];
 static arena fa;
 static unsigned arena_live;   /* parsed frames with a span in the arena */
 static int arena_on;          /* inside a frame's json_loadb */
+static unsigned arena_spills; /* allocations of that parse that did not fit */
 
 static void *frame_malloc(size_t n)
 {
-    void *p = arena_on ? arena_alloc(&fa, n) : NULL;
-    return p ? p : malloc(n);
+    if (arena_on) {
+        void *p = arena_alloc(&fa, n);
+        if (p) return p;
+        arena_spills++;
+    }
+    return malloc(n);
 }
 
 static void frame_mfree(void *p)
@@ -52,6 +65,22 @@ static void arena_install(void)
     if (fa.buf) return;
     arena_init(&fa, arena_block, sizeof arena_block);
     json_set_alloc_funcs(frame_malloc, frame_mfree);
+}
+
+static int alloc_funcs_ours(void)
+{
+    json_malloc_t m;
+    json_free_t f;
+    json_get_alloc_funcs(&m, &f);
+    return m == frame_malloc && f == frame_mfree;
+}
+
+/* Frees a tree built by frame_parse: a walk only when part of it was
+ * malloc'd (a spill); then the caller gives the span back. */
+static void tree_free(json_t *root, int arena_only)
+{
+    assert(alloc_funcs_ours());
+    if (!arena_only) json_decref(root);
 }
 
 static int fail(char code[32], char *msg, size_t msglen, const char *f, ...)
@@ -249,16 +278,28 @@ int frame_parse(const char *data, size_t len, client_frame *out,
      * Duplicate keys are accepted (the last one wins). JSON_DECODE_ANY lets
      * a bare scalar parse, so it gets the clearer "must be an object". */
     arena_install();
+    /* someone else's functions: nothing goes to the arena, and the tree
+     * must be walked (freed by their free); a bug, loud in a debug build */
+    int ours = alloc_funcs_ours();
+    assert(ours);
+    if (!ours) {
+        static int told;
+        if (!told++) LOGE("frame", "jansson's alloc functions were replaced: the frame arena is unused");
+    }
     size_t mark = fa.top;
+    arena_spills = 0;
     arena_on = 1;
     json_t *root = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, NULL);
     arena_on = 0;
+    /* a spill freed during the parse (a lexer buffer) also counts: a walk
+     * then, which is only slower */
+    int arena_only = ours && arena_spills == 0;
     if (!root) {
         arena_release(&fa, mark);   /* json_loadb freed its partial tree */
         return fail(code, msg, msglen, "invalid JSON");
     }
     if (!json_is_object(root)) {
-        json_decref(root);
+        tree_free(root, arena_only);
         arena_release(&fa, mark);
         return fail(code, msg, msglen, "frame must be a JSON object");
     }
@@ -275,12 +316,13 @@ int frame_parse(const char *data, size_t len, client_frame *out,
                 *id_out = c;
             }
         }
-        json_decref(root);
+        tree_free(root, arena_only);
         arena_release(&fa, mark);
         memset(out, 0, sizeof *out);
         return -1;
     }
     out->root_ = root;
+    out->arena_only_ = arena_only;
     out->arena_mark_ = mark;
     out->arena_end_ = fa.top;
     if (fa.top > mark) arena_live++;
@@ -290,9 +332,10 @@ int frame_parse(const char *data, size_t len, client_frame *out,
 void frame_free(client_frame *f)
 {
     if (!f) return;
-    if (f->root_) json_decref((json_t *)f->root_);
+    if (f->root_) tree_free((json_t *)f->root_, f->arena_only_);
     if (f->arena_end_ > f->arena_mark_) {
         if (f->arena_end_ == fa.top) arena_release(&fa, f->arena_mark_);
+        else arena_forget(&fa, f->arena_mark_, f->arena_end_);   /* below the top */
         if (arena_live && --arena_live == 0) arena_release(&fa, 0);
     }
     memset(f, 0, sizeof *f);

@@ -31,6 +31,7 @@ typedef struct client_frame {
     uint64_t target;                      /* edit, delete, react: required integer >= 1 */
     const char *emoji; size_t emoji_len;  /* react: required, emoji_valid() */
     int on;                               /* react: optional boolean, default true */
+    int arena_only_;                      /* private: the whole tree is in the arena */
     void *root_;                          /* private: jansson root */
     size_t arena_mark_, arena_end_;       /* private: the tree's span in the arena */
 } client_frame;

@@ -1,6 +1,7 @@
 /* outq: see outq.h. The ring starts in the queue (OUTQ_INLINE frames) and
- * grows by doubling up to max_frames; a grown ring is freed when the queue
- * drains, so an idle connection holds no allocation. */
+ * grows by doubling up to max_frames; a grown ring is kept while the queue
+ * is in use and freed by the periodic outq_trim once it has stayed empty,
+ * so an idle connection holds no allocation. */
 #include "outq.h"
 #include <stdlib.h>
 #include <string.h>
@@ -17,14 +18,16 @@ static void ring_free(outq *q)
     if (q->ring != q->inl) free(q->ring);
 }
 
-/* An empty queue goes back to its inline ring. */
-static void shrink_if_empty(outq *q)
+int outq_trim(outq *q)
 {
-    if (q->count || q->cap <= OUTQ_INLINE) return;
+    int idle = !q->pushed;
+    q->pushed = 0;
+    if (q->count || !outq_has_ring(q) || !idle) return 0;
     ring_free(q);
     q->ring = q->inl;
     q->cap = OUTQ_INLINE < q->max_frames ? OUTQ_INLINE : q->max_frames;
     q->head = 0;
+    return 1;
 }
 
 static int grow(outq *q)
@@ -56,6 +59,7 @@ int outq_push(outq *q, msg *m)
     q->ring[(q->head + q->count) % q->cap] = msg_ref(m);
     q->count++;
     q->bytes += w;
+    q->pushed = 1;
     return 0;
 }
 
@@ -93,7 +97,6 @@ void outq_consume(outq *q, size_t n, void (*done)(msg *m, void *ud), void *ud)
         if (done) done(m, ud);
         msg_unref(m);
     }
-    shrink_if_empty(q);
 }
 
 void outq_clear(outq *q)

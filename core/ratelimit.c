@@ -6,6 +6,7 @@
  * used to be a malloc and a free per message. */
 #include "ratelimit.h"
 #include "hash.h"
+#include "metrics.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,7 +25,11 @@ struct ratelimit {
     size_t nslots;               /* power of two */
     size_t count, max;
     bucket *head, *tail;
+    uint64_t evicted;            /* rl_evicted */
 };
+
+/* every table's evictions of a bucket not yet refilled (registered once) */
+static metric_counter *m_evicted;
 
 ratelimit *rl_new(size_t max_keys)
 {
@@ -37,6 +42,10 @@ ratelimit *rl_new(size_t max_keys)
     if (!rl->tab) { free(rl); return NULL; }
     rl->nslots = n;
     rl->max = max_keys;
+    if (!m_evicted)
+        m_evicted = metrics_counter("chat_ratelimit_evictions_total",
+                                    "chat.ratelimit buckets evicted from a full table before they refilled",
+                                    NULL);
     return rl;
 }
 
@@ -85,6 +94,8 @@ static double refilled(const bucket *b, uint64_t now_ms)
     return t > b->burst ? b->burst : t;
 }
 
+uint64_t rl_evicted(const ratelimit *rl) { return rl ? rl->evicted : 0; }
+
 int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double burst,
             uint64_t now_ms)
 {
@@ -106,7 +117,14 @@ int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double bur
         bucket *spare = NULL;
         for (int i = 0; i < 2 && rl->tail && refilled(rl->tail, now_ms) >= rl->tail->burst; i++)
             drop(rl, rl->tail, &spare, klen);
-        if (rl->count >= rl->max) drop(rl, rl->tail, &spare, klen);
+        if (rl->count >= rl->max) {
+            /* a bucket still short of tokens: its key's limit starts over */
+            if (refilled(rl->tail, now_ms) < rl->tail->burst) {
+                rl->evicted++;
+                metric_inc(m_evicted);
+            }
+            drop(rl, rl->tail, &spare, klen);
+        }
         b = spare;
         if (!b) {
             size_t cap = (klen + 31) & ~(size_t)31;

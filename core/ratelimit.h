@@ -2,7 +2,9 @@
  * Owns: the bucket table. Buckets live in C, not in a lua_State, so they
  * survive script reloads. The table is bounded: when full, the least
  * recently used bucket is evicted, and buckets that have refilled completely
- * (idle: indistinguishable from a fresh one) are dropped on the way. */
+ * (idle: indistinguishable from a fresh one) are dropped on the way.
+ * Evicting a bucket that had not refilled resets its key's limit: counted
+ * (rl_evicted, and chat_ratelimit_evictions_total over every table). */
 #ifndef CHATD_RATELIMIT_H
 #define CHATD_RATELIMIT_H
 #include <stddef.h>
@@ -18,5 +20,7 @@ void rl_free(ratelimit *rl);
  * Returns 1 allowed, 0 limited, -1 on a bad argument or out of memory. */
 int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double burst,
             uint64_t now_ms);
+/* Buckets evicted from this full table before they refilled. */
+uint64_t rl_evicted(const ratelimit *rl);
 
 #endif

@@ -204,8 +204,13 @@ static void on_tick(uv_timer_t *h)
         }
     }
     uint64_t now = mono_ms();
+    static uint64_t last_trim;
     api_tick();
     uconns_tick(now);
+    if (now - last_trim >= 1000) {   /* rings of queues empty for 1-2 s */
+        last_trim = now;
+        conn_trim_queues();
+    }
     if (now - last_expiry >= 500) {
         last_expiry = now;
         chat_expire_tokens((int64_t)(now_ms() / 1000));

@@ -23,6 +23,7 @@ static unsigned char g_buf[32768];
 
 static metric_counter *m_err[3];   /* 1002, 1007, 1009 */
 static metric_counter *m_too_big;
+static metric_counter *m_oom;      /* 1011: ours, not the client's */
 
 void wsread_metrics_init(void)
 {
@@ -35,6 +36,16 @@ void wsread_metrics_init(void)
                                    "Connections failed for a client framing error, by close code", l);
     }
     m_too_big = metrics_counter("chat_drops_total", NULL, "reason=\"frame_too_large\"");
+    m_oom = metrics_counter("chat_ws_server_errors_total",
+                            "Connections closed with 1011 for a failure of ours while reading them",
+                            "reason=\"out_of_memory\"");
+}
+
+void wsread_count_failure(int code)
+{
+    if (code == 1011) { metric_inc(m_oom); return; }   /* the parser's buffer: not a client error */
+    metric_inc(m_err[code == 1007 ? 1 : code == 1009 ? 2 : 0]);
+    if (code == 1009) metric_inc(m_too_big);
 }
 
 static void send_pong(conn *c, const unsigned char *p, size_t n)
@@ -61,7 +72,7 @@ int wsread_data(void *ud, const unsigned char *p, size_t n, int final, int binar
         size_t nc = c->rx_cap ? c->rx_cap : 1024;
         while (nc < c->rx_len + n) nc *= 2;
         unsigned char *nb = realloc(c->rx, nc);
-        if (!nb) return -1;
+        if (!nb) { metric_inc(m_oom); return -1; }   /* closed 1011 by on_readable */
         c->rx = nb;
         c->rx_cap = nc;
     }
@@ -93,8 +104,7 @@ static const wsf_handlers H = {wsread_data, on_control};
 static void fail(conn *c, int code)
 {
     const char *why = c->rxp.reason ? c->rxp.reason : "protocol error";
-    metric_inc(m_err[code == 1007 ? 1 : code == 1009 ? 2 : 0]);
-    if (code == 1009) metric_inc(m_too_big);
+    wsread_count_failure(code);
     LOGI("ws", "conn %llu user %s: %s, closing %d", (unsigned long long)c->id, c->ident.user, why, code);
     conn_fail(c, (uint16_t)code, why);
 }

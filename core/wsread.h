@@ -8,8 +8,8 @@
  * bursts. What it reads becomes calls of conn.c and chat.c: a complete text
  * message -> chat_conn_frame (assembled in conn.rx; binary -> error
  * bad_request), ping -> pong, the peer's close -> conn_peer_close, a
- * framing error -> conn_fail (1002/1007/1009), EOF or a socket error ->
- * conn_kill. Input is ignored once the connection is closing. While a
+ * framing error -> conn_fail (1002/1007/1009; 1011 when out of memory),
+ * EOF or a socket error -> conn_kill. Input is ignored once the connection is closing. While a
  * connection's input is paused (conn_rx_pause) its socket is out of the
  * set: nothing is read and nothing spins.
  * Owns: the epoll set and its uv_poll handle; a connection's membership in
@@ -31,5 +31,9 @@ void wsread_detach(conn *c);
 int wsread_data(void *c, const unsigned char *p, size_t n, int final, int binary);
 /* Registers the protocol error metrics. */
 void wsread_metrics_init(void);
+/* Counts a failed connection by the close code wsframe answered: 1002,
+ * 1007, 1009 in chat_ws_protocol_errors_total (the client's framing), 1011
+ * (our buffer could not be allocated) in chat_ws_server_errors_total. */
+void wsread_count_failure(int code);
 
 #endif

@@ -74,6 +74,28 @@ static int each(void *ud, const char *room, const char *event, const char *user,
     return 0;
 }
 
+/* The items of a backfill sweep round or a settle answer (read alike): each
+ * is an entry to store (its seq the item's, its tail inside the reply), lost
+ * (room and seq only) or malformed; past the count there is none. */
+typedef int (*item_fn)(const redisReply *rp, size_t k, char *room, uint64_t *seq, bus_entry *e);
+
+static void check_items(const redisReply *rp, size_t items, item_fn item, const char *what)
+{
+    char room[CHAT_ROOM_MAX + 1];
+    uint64_t seq = 0;
+    for (size_t k = 0; k < items + 2; k++) {
+        bus_entry x;
+        int st = item(rp, k, room, &seq, &x);
+        if (k >= items) { FUZZ_CHECK(st == -1, "%s item %zu past %zu", what, k, items); continue; }
+        if (st < 0) continue;
+        FUZZ_CHECK(room_name_valid(room, strlen(room)), "%s room '%s'", what, room);
+        if (st == 1) {
+            FUZZ_CHECK(x.seq == seq, "%s entry %" PRIu64 " for seq %" PRIu64, what, x.seq, seq);
+            check_entry(rp, &x);
+        }
+    }
+}
+
 static void interpret(const redisReply *rp)
 {
     uint64_t v = 0, seq = 0, dup = 9;
@@ -161,17 +183,7 @@ static void interpret(const redisReply *rp)
     size_t items = 0;
     int round = bus_reply_sweep_round(rp, &items);
     FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || items == 0), "round %d items %zu", round, items);
-    for (size_t k = 0; round == 1 && k < items + 2; k++) {
-        bus_entry x;
-        int st = bus_reply_sweep_item(rp, k, room, &seq, &x);
-        if (k >= items) { FUZZ_CHECK(st == -1, "item %zu past %zu", k, items); continue; }
-        if (st < 0) continue;
-        FUZZ_CHECK(room_name_valid(room, strlen(room)), "sweep room '%s'", room);
-        if (st == 1) {
-            FUZZ_CHECK(x.seq == seq, "sweep entry %" PRIu64 " for seq %" PRIu64, x.seq, seq);
-            check_entry(rp, &x);
-        }
-    }
+    if (round == 1) check_items(rp, items, bus_reply_sweep_item, "sweep");
 
     /* the checked sweep (mode 'C') and its settle */
     int cmore = -1;
@@ -185,17 +197,7 @@ static void interpret(const redisReply *rp)
     }
     items = bus_reply_settle_items(rp);
     FUZZ_CHECK(items <= cap / 3, "%zu settle items from %zu elements", items, cap);
-    for (size_t k = 0; k < items + 2; k++) {
-        bus_entry x;
-        int st = bus_reply_settle_item(rp, k, room, &seq, &x);
-        if (k >= items) { FUZZ_CHECK(st == -1, "settle item %zu past %zu", k, items); continue; }
-        if (st < 0) continue;
-        FUZZ_CHECK(room_name_valid(room, strlen(room)), "settle room '%s'", room);
-        if (st == 1) {
-            FUZZ_CHECK(x.seq == seq, "settle entry %" PRIu64 " for seq %" PRIu64, x.seq, seq);
-            check_entry(rp, &x);
-        }
-    }
+    check_items(rp, items, bus_reply_settle_item, "settle");
 
     const char *bad = NULL;
     int t = pstore_redis_apply_reply(rp, each, (void *)rp, &bad);

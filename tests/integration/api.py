@@ -1,7 +1,8 @@
 """api: the server API (protocol.md "Server API (v2)", docs/api.md) on real
 nodes: publish over HTTP (durable 200, meta in the frame and in history,
 the policy's on_message with ctx.source = "api", idempotency on one node and
-across nodes), disconnect (4003) and ban (403 at upgrade, `banned` at join,
+across nodes), disconnect (4003; a long reason cut to 63 bytes at a
+character boundary) and ban (403 at upgrade, `banned` at join,
 live connections closed or removed, expiry, lifted) on one node and
 reaching another node, room info across nodes, the HTTP edge (401, 404,
 405 with Allow, 411, 413 without reading the rest, 415, 400, 422, 429 with
@@ -497,6 +498,32 @@ async def disconnect_and_ban_on_one_node():
     st, _, js = await acall(n.port, "POST", "/api/users/nobody/disconnect")
     eq((st, js["closed"]), (200, 0), "disconnect of nobody")
     check(not other.closed, "another user untouched")
+
+
+@test(timeout=30)
+async def long_close_reason_cut_at_a_character():
+    """docs/api.md: the disconnect reason becomes the close reason cut to 63
+    bytes (a close frame's payload is at most 125 bytes), whole characters:
+    a multi-byte character across byte 63 is left out, never split (a split
+    one is invalid UTF-8, which a client must fail with 1007)."""
+    n = api_node()
+    room = uniq("cr")
+    cases = [   # (reason sent, close reason expected)
+        ("a" * 62 + "\u00e9tait", "a" * 62),             # 2 bytes at 62..63
+        ("b" * 61 + "\u20ac and more", "b" * 61),        # 3 bytes at 61..63
+        ("c" * 60 + "\U0001F600!", "c" * 60),            # 4 bytes at 60..63
+        ("d" * 60 + "\u20ac" + "tail", "d" * 60 + "\u20ac"),  # ends at byte 63: kept whole
+        ("\u00e9" * 40, "\u00e9" * 31),                 # 80 bytes of 2-byte chars
+        ("\U0001F600" * 20, "\U0001F600" * 15),         # 60 bytes kept, the 16th cut
+    ]
+    for i, (sent, want) in enumerate(cases):
+        user = uniq(f"cut{i}")
+        c = await Client.connect(n, room, token(user))
+        st, _, js = await acall(n.port, "POST", f"/api/users/{user}/disconnect", {"reason": sent})
+        eq((st, js.get("closed")), (200, 1), f"disconnect {i}")
+        await c.wait_closed(3)
+        eq((c.close_code, c.close_reason), (4003, want), f"case {i}: close reason")
+        check(len(c.close_reason.encode()) <= 63, f"case {i}: {len(c.close_reason.encode())} bytes")
 
 
 @test(timeout=30)

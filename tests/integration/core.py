@@ -252,6 +252,48 @@ async def fanout_200_messages_identical_order_to_3_clients():
             check(a["id"].startswith(f"c{i}-"), f"u{i} got another sender's ack {a}")
 
 
+@test(timeout=40)
+async def queue_rings_kept_across_bursts_none_when_idle():
+    """core/outq.c: a queue longer than 2 frames moves to a malloc'd ring,
+    kept across bursts (no malloc/free per burst) and given back once the
+    queue stayed empty between two once-a-second trims. chat_outq_rings
+    counts the queues holding one: > 0 while bursts keep coming, 0 within a
+    few seconds once the connections are idle (the memory per connection of
+    idle connections does not grow)."""
+    n = start_node()
+    room = uniq("ring")
+    rs = [await Client.connect(n, room, token(f"ring{i}")) for i in range(4)]
+    # the publisher's frames leave in one write: the node reads them at once
+    # and every receiver's queue gets the burst before it is flushed
+    pub = await asyncio.to_thread(RawWS, n.port, ws_path(room, token("ringpub")), 1 << 20)
+
+    async def rings():
+        st, _, text = await ahttp(n.port, "/metrics")
+        return metric_value(text.decode(), "chat_outq_rings")
+
+    seen, sent, k = 0.0, 0, 0
+    end = time.monotonic() + 12
+    while time.monotonic() < end and not seen:
+        batch = [json.dumps({"type": "message", "body": f"b{k}-{i}", "id": f"rb{k}-{i}"}) for i in range(6)]
+        await asyncio.to_thread(pub.send_texts, batch)
+        sent += len(batch)
+        k += 1
+        await asyncio.sleep(0.4)          # 15 messages/s: under the policy's rate
+        seen = await rings() or 0.0
+    check(seen >= 1, f"no queue kept a ring while bursts came ({sent} messages sent)")
+    for c in rs:
+        await c.wait_count(is_msg(room), sent, 10, "the bursts")
+    idle = None
+    end = time.monotonic() + 6
+    while time.monotonic() < end:
+        idle = await rings()
+        if idle == 0:
+            break
+        await asyncio.sleep(0.2)
+    eq(idle, 0, "chat_outq_rings once every connection is idle")
+    pub.close()
+
+
 @test()
 async def no_cross_room_leak():
     n = start_node()

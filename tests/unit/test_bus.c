@@ -322,33 +322,32 @@ static const bus_handlers handlers_checking = {on_message, on_gap, on_emit, on_r
 static const bus_handlers handlers_seeded = {on_message, on_gap, on_emit, on_ready, on_unstored,
                                              on_seed, on_control, NULL};
 
-/* a node that records its publishes as unstored (grace_ms: its sweeper) */
-static node *node_new_track(const char *name, const char *url, size_t recent_max,
-                            uint32_t grace_ms)
+/* Every node: nd (calloc'd, its test fields set) gets its name and a bus
+ * with those options and handlers, made as if inside a bus_* call. */
+static node *node_start(node *nd, const char *name, bus_opts o, const bus_handlers *h)
 {
-    node *nd = calloc(1, sizeof *nd);
     nd->name = name;
-    bus_opts o = {url, recent_max, 60, 1, grace_ms};
     char err[128] = "";
     in_call = 1;
-    nd->b = bus_new(loop, &o, &handlers, nd, err, sizeof err);
+    nd->b = bus_new(loop, &o, h, nd, err, sizeof err);
     in_call = 0;
     CHECK(nd->b, "bus_new: %s", err);
     return nd;
 }
 
+/* a node that records its publishes as unstored (grace_ms: its sweeper) */
+static node *node_new_track(const char *name, const char *url, size_t recent_max,
+                            uint32_t grace_ms)
+{
+    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, 60, 1, grace_ms},
+                      &handlers);
+}
+
 /* a node that asks "history" (its stored list) in its sweeper (on_check) */
 static node *node_new_checking(const char *name, const char *url, uint32_t grace_ms)
 {
-    node *nd = calloc(1, sizeof *nd);
-    nd->name = name;
-    bus_opts o = {url, 1000, 60, 1, grace_ms};
-    char err[128] = "";
-    in_call = 1;
-    nd->b = bus_new(loop, &o, &handlers_checking, nd, err, sizeof err);
-    in_call = 0;
-    CHECK(nd->b, "bus_new: %s", err);
-    return nd;
+    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, 1000, 60, 1, grace_ms},
+                      &handlers_checking);
 }
 
 static void stored_add(node *nd, const char *room, uint64_t seq)
@@ -370,29 +369,15 @@ static node *node_new_seeded(const char *name, const char *url, uint64_t seed_ma
                              const char *epoch)
 {
     node *nd = calloc(1, sizeof *nd);
-    nd->name = name;
     nd->seed_max = seed_max;
     snprintf(nd->seed_epoch, sizeof nd->seed_epoch, "%s", epoch);
-    bus_opts o = {url, 1000, 60, url != NULL, 60000};
-    char err[128] = "";
-    in_call = 1;
-    nd->b = bus_new(loop, &o, &handlers_seeded, nd, err, sizeof err);
-    in_call = 0;
-    CHECK(nd->b, "bus_new: %s", err);
-    return nd;
+    return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000}, &handlers_seeded);
 }
 
 static node *node_new(const char *name, const char *url, size_t recent_max, uint32_t ttl)
 {
-    node *nd = calloc(1, sizeof *nd);
-    nd->name = name;
-    bus_opts o = {url, recent_max, ttl, 0, 0};
-    char err[128] = "";
-    in_call = 1;
-    nd->b = bus_new(loop, &o, &handlers, nd, err, sizeof err);
-    in_call = 0;
-    CHECK(nd->b, "bus_new: %s", err);
-    return nd;
+    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0},
+                      &handlers);
 }
 
 static void node_free(node *nd)

@@ -8,6 +8,7 @@
  * connection would deliver them. */
 #define _GNU_SOURCE
 #include "check.h"
+#include "resp_text.h"
 #include "bus_int.h"
 #include "http.h"
 #include "presence_store.h"
@@ -19,17 +20,6 @@
 #include <stdio.h>
 #include <string.h>
 
-
-/* One reply from RESP text (the caller frees it with freeReplyObject). */
-static redisReply *resp(const char *s, size_t n)
-{
-    redisReader *r = redisReaderCreate();
-    void *rep = NULL;
-    if (redisReaderFeed(r, s, n) != REDIS_OK || redisReaderGetReply(r, &rep) != REDIS_OK) rep = NULL;
-    redisReaderFree(r);
-    return rep;
-}
-#define RESP(lit) resp(lit, sizeof(lit) - 1)
 
 static void test_u64(void)
 {

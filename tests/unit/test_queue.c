@@ -130,7 +130,8 @@ static void test_hmap(void)
 }
 
 /* Up to OUTQ_INLINE frames stay in the queue itself; a longer queue moves
- * to a malloc'd ring (order kept) and comes back inline when it drains. */
+ * to a malloc'd ring (order kept), keeps it when it drains (the next burst
+ * reuses it) and comes back inline once it stayed empty between two trims. */
 static void test_inline_ring(void)
 {
     outq q;
@@ -146,7 +147,31 @@ static void test_inline_ring(void)
     int order = 1;
     for (int i = 1; i < 5; i++) { order &= outq_peek(&q) == f[i]; outq_consume(&q, msg_wire_len(f[i]), NULL, NULL); }
     CHECK(order, "frames kept their order across the move");
-    CHECK(outq_empty(&q) && q.ring == q.inl, "drained: back to the inline ring");
+    msg **grown = q.ring;
+    uint32_t cap = q.cap;
+    CHECK(outq_empty(&q) && outq_has_ring(&q) && q.cap == cap, "drained: the grown ring is kept");
+    /* the next burst reuses it: same ring, wrapping from where the head is */
+    for (int i = 0; i < 4; i++) outq_push(&q, f[i]);
+    CHECK(q.ring == grown && q.cap == cap && q.count == 4, "a second burst, no new ring");
+    order = 1;
+    for (int i = 0; i < 4; i++) { order &= outq_peek(&q) == f[i]; outq_consume(&q, msg_wire_len(f[i]), NULL, NULL); }
+    CHECK(order, "order kept in the reused ring");
+    /* trims: pushed since the last one -> kept; a queue that is not empty
+     * -> kept; empty and untouched since the previous trim -> freed */
+    CHECK(outq_trim(&q) == 0 && outq_has_ring(&q), "first trim after a burst keeps the ring");
+    outq_push(&q, f[0]);
+    CHECK(outq_trim(&q) == 0 && outq_has_ring(&q), "a non-empty queue keeps its ring");
+    CHECK(outq_trim(&q) == 0 && outq_has_ring(&q), "still not empty");
+    outq_consume(&q, msg_wire_len(f[0]), NULL, NULL);
+    CHECK(outq_trim(&q) == 1 && q.ring == q.inl && q.cap == OUTQ_INLINE && q.head == 0,
+          "empty since the last trim: back to the inline ring");
+    CHECK(outq_trim(&q) == 0 && q.ring == q.inl, "nothing more to free");
+    /* light traffic afterwards stays inline */
+    outq_push(&q, f[1]);
+    outq_consume(&q, msg_wire_len(f[1]), NULL, NULL);
+    outq_push(&q, f[2]); outq_push(&q, f[3]);
+    CHECK(q.ring == q.inl && !outq_has_ring(&q), "two frames after a trim: inline");
+    outq_consume(&q, msg_wire_len(f[2]) + msg_wire_len(f[3]), NULL, NULL);
     outq_push(&q, f[0]);
     outq_clear(&q);
     int refs = 1;

@@ -2,12 +2,16 @@
  * burst and refill, a clock step back, bad arguments, the bounded table
  * (idle buckets dropped, the least recently used evicted when full) and the
  * reuse of an evicted bucket's memory for a new key (it starts full, with
- * its own key, whatever the lengths). */
+ * its own key, whatever the lengths); evictions of buckets that had not
+ * refilled are counted (rl_evicted, chat_ratelimit_evictions_total), idle
+ * drops are not. */
 #define _GNU_SOURCE
 #include "check.h"
+#include "metrics.h"
 #include "ratelimit.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int take(ratelimit *rl, const char *k, double rate, double burst, uint64_t now)
@@ -55,6 +59,8 @@ static void test_reuse(void)
         now += 10000;   /* every bucket so far is full again: idle */
     }
     CHECK(bad == 0, "%d wrong answers for new keys over evicted buckets", bad);
+    CHECK(rl_evicted(rl) == 0, "idle buckets dropped, none evicted (%llu)",
+          (unsigned long long)rl_evicted(rl));
     /* a full table of busy buckets: the least recently used is evicted */
     for (int i = 0; i < 16; i++) {
         snprintf(k, sizeof k, "busy%d", i);
@@ -64,12 +70,37 @@ static void test_reuse(void)
     CHECK(take(rl, "newcomer", 0.001, 1, now) == 1, "a new key in a full table");
     CHECK(take(rl, "busy1", 0.001, 1, now) == 1, "busy1 (least recently used) was evicted");
     CHECK(take(rl, "busy0", 0.001, 1, now) == 0, "busy0 (used since) kept its empty bucket");
+    CHECK(rl_evicted(rl) == 2, "busy1 and busy2 evicted (%llu)", (unsigned long long)rl_evicted(rl));
     rl_free(rl);
+}
+
+/* The metric sums every table's evictions. */
+static void test_metric(void)
+{
+    ratelimit *a = rl_new(16), *b = rl_new(16);
+    char k[32];
+    for (int i = 0; i < 20; i++) {     /* 4 evictions each (buckets never refill) */
+        snprintf(k, sizeof k, "k%d", i);
+        take(a, k, 0.001, 1, 1000);
+        take(b, k, 0.001, 1, 1000);
+    }
+    size_t len;
+    char *t = metrics_render(&len);
+    const char *p = t ? strstr(t, "\nchat_ratelimit_evictions_total ") : NULL;
+    double v = p ? strtod(p + strlen("\nchat_ratelimit_evictions_total "), NULL) : -1;
+    /* test_reuse's table evicted 2 before */
+    CHECK(rl_evicted(a) == 4 && rl_evicted(b) == 4 && v == 10, "metric %g, tables %llu %llu", v,
+          (unsigned long long)rl_evicted(a), (unsigned long long)rl_evicted(b));
+    free(t);
+    rl_free(a);
+    rl_free(b);
 }
 
 int main(void)
 {
     test_bucket();
     test_reuse();
+    test_metric();
+    metrics_free_all();
     return check_summary("test_ratelimit");
 }

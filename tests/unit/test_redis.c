@@ -5,7 +5,8 @@
  * objects of chatd's readers (redis_alloc.c: every type, nesting, replies
  * in pieces across two readers, a reply larger than the arena).
  * Against real redis-servers started here (ports 23000-23999): commands,
- * pipelining, large values, scripts and NOSCRIPT, SUBSCRIBE and SSUBSCRIBE
+ * pipelining, large values, scripts (EVALSHA of up to 32 words built on
+ * the stack, more on the heap) and NOSCRIPT, SUBSCRIBE and SSUBSCRIBE
  * pushes (hiredis' async layer aborts on the latter), AUTH with a user,
  * SELECT, a server killed and restarted (readiness sentence, backoff without
  * a tight loop), a stalled server (reply deadline), a standalone URL
@@ -28,6 +29,7 @@
 #include "util.h"
 #include "redis_procs.h"
 #include "check.h"
+#include "resp_text.h"
 #include "uvwait.h"
 #include <inttypes.h>
 
@@ -143,28 +145,18 @@ static void test_slots_pure(void)
 
 /* ---------------- pure: replies ---------------- */
 
-static redisReply *parse(const char *resp)
-{
-    redisReader *rd = redisReaderCreate();
-    void *r = NULL;
-    redisReaderFeed(rd, resp, strlen(resp));
-    if (redisReaderGetReply(rd, &r) != REDIS_OK) r = NULL;
-    redisReaderFree(rd);
-    return r;
-}
-
 static void test_replies(void)
 {
     redis_redirect rd;
-    redisReply *r = parse("-MOVED 3999 127.0.0.1:6381\r\n");
+    redisReply *r = RESP("-MOVED 3999 127.0.0.1:6381\r\n");
     CHECK(redis_reply_error(r, &rd) == REDIS_E_MOVED && rd.slot == 3999 &&
           !strcmp(rd.addr.host, "127.0.0.1") && rd.addr.port == 6381, "moved");
     freeReplyObject(r);
-    r = parse("-ASK 1 ::1:7000\r\n");
+    r = RESP("-ASK 1 ::1:7000\r\n");
     CHECK(redis_reply_error(r, &rd) == REDIS_E_ASK && rd.slot == 1 && !strcmp(rd.addr.host, "::1") &&
           rd.addr.port == 7000, "ask ipv6");
     freeReplyObject(r);
-    r = parse("-MOVED 16383 ?:6381\r\n");
+    r = RESP("-MOVED 16383 ?:6381\r\n");
     CHECK(redis_reply_error(r, &rd) == REDIS_E_MOVED && !strcmp(rd.addr.host, "?"), "unknown endpoint");
     freeReplyObject(r);
     static const struct { const char *resp; redis_err_kind k; } cases[] = {
@@ -181,7 +173,7 @@ static void test_replies(void)
         {"-ERR wrong\r\n", REDIS_E_OTHER}, {"+OK\r\n", REDIS_E_NONE}, {":1\r\n", REDIS_E_NONE},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        r = parse(cases[i].resp);
+        r = resp_str(cases[i].resp);
         CHECK(r && redis_reply_error(r, &rd) == cases[i].k, "%s -> %s", cases[i].resp,
               r ? redis_err_name(redis_reply_error(r, &rd)) : "unparsed");
         if (r) freeReplyObject(r);
@@ -189,20 +181,20 @@ static void test_replies(void)
     CHECK(redis_reply_error(NULL, NULL) == REDIS_E_NONE, "NULL");
 
     redis_push p;
-    r = parse("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\nda\nt\r\n");
+    r = RESP("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\nda\nt\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_MESSAGE && p.channel_len == 2 &&
           !memcmp(p.channel, "ch", 2) && p.data_len == 4 && !memcmp(p.data, "da\nt", 4), "message");
     freeReplyObject(r);
-    r = parse("*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$0\r\n\r\n");
+    r = RESP("*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$0\r\n\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SMESSAGE && p.data_len == 0, "smessage");
     freeReplyObject(r);
-    r = parse("*3\r\n$10\r\nssubscribe\r\n$2\r\nch\r\n:3\r\n");
+    r = RESP("*3\r\n$10\r\nssubscribe\r\n$2\r\nch\r\n:3\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SSUBSCRIBE && p.count == 3, "ssubscribe");
     freeReplyObject(r);
-    r = parse("*3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n");
+    r = RESP("*3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_SUNSUBSCRIBE, "sunsubscribe");
     freeReplyObject(r);
-    r = parse("*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    r = RESP("*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     CHECK(redis_reply_push(r, &p) == REDIS_PUSH_PONG, "pong");
     freeReplyObject(r);
     static const char *notpush[] = {
@@ -211,7 +203,7 @@ static void test_replies(void)
         "*1\r\n$7\r\nmessage\r\n", "*3\r\n:1\r\n$1\r\na\r\n$1\r\nb\r\n", "$7\r\nmessage\r\n",
         "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n*0\r\n", "*0\r\n", NULL};
     for (int i = 0; notpush[i]; i++) {
-        r = parse(notpush[i]);
+        r = resp_str(notpush[i]);
         CHECK(r && redis_reply_push(r, &p) == REDIS_PUSH_NONE, "not a push: %d", i);
         if (r) freeReplyObject(r);
     }
@@ -221,7 +213,7 @@ static void test_replies(void)
         {"$3\r\n4x2\r\n", -1, 0}, {"$0\r\n\r\n", -1, 0}, {"$20\r\n18446744073709551615\r\n", 0, UINT64_MAX},
         {"$20\r\n18446744073709551616\r\n", -1, 0}, {"*0\r\n", -1, 0}, {"-ERR\r\n", -1, 0}};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) {
-        r = parse(ints[i].resp);
+        r = resp_str(ints[i].resp);
         v = 0;
         CHECK(r && redis_reply_u64(r, &v) == ints[i].ok && (ints[i].ok || v == ints[i].v), "u64 %zu", i);
         if (r) freeReplyObject(r);
@@ -230,7 +222,7 @@ static void test_replies(void)
     /* CLUSTER SHARDS: two shards (given out of order), tls-port, a replica */
     redis_shards sh;
     char err[200];
-    r = parse("*2\r\n"
+    r = RESP("*2\r\n"
               "*4\r\n$5\r\nslots\r\n*4\r\n:100\r\n:200\r\n:0\r\n:10\r\n$5\r\nnodes\r\n*2\r\n"
               "*10\r\n$2\r\nid\r\n$1\r\na\r\n$4\r\nport\r\n:7001\r\n$8\r\ntls-port\r\n:8001\r\n"
               "$2\r\nip\r\n$8\r\n10.0.0.1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n"
@@ -252,7 +244,7 @@ static void test_replies(void)
     redis_shards_free(&sh);
     freeReplyObject(r);
     /* after a failover: the old master (failed) is still listed first */
-    r = parse("*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n"
+    r = RESP("*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n"
               "*8\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
               "$6\r\nhealth\r\n$4\r\nfail\r\n"
               "*8\r\n$4\r\nport\r\n:7003\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
@@ -270,7 +262,7 @@ static void test_replies(void)
         "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:1\r\n:20000\r\n$5\r\nnodes\r\n*1\r\n*6\r\n$4\r\nport\r\n:1\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nrole\r\n$6\r\nmaster\r\n",
         NULL};
     for (int i = 0; badmaps[i]; i++) {
-        r = parse(badmaps[i]);
+        r = resp_str(badmaps[i]);
         err[0] = 0;
         CHECK(r && redis_reply_shards(r, 0, &sh, err, sizeof err) != 0 && err[0], "bad map %d", i);
         if (r) freeReplyObject(r);
@@ -309,13 +301,15 @@ static void on_push(void *ud, uint64_t node, const redis_push *p)
 }
 
 static const redis_client_handlers RH = {on_node, on_map, on_push};
-static const char *SCRIPTS[] = {"return ARGV[1]", "return redis.call('GET', KEYS[1])"};
+static const char *SCRIPTS[] = {"return ARGV[1]", "return redis.call('GET', KEYS[1])",
+                                "return #KEYS .. ':' .. table.concat(KEYS, ',') .. '|' .. table.concat(ARGV, ',')"};
+#define NSCRIPTS (int)(sizeof SCRIPTS / sizeof SCRIPTS[0])
 
 static redis_client *client(rec *r, const char *url, int want_sub)
 {
     char err[256];
     memset(r, 0, sizeof *r);
-    redis_client_opts o = {url, "test", SCRIPTS, 2, want_sub};
+    redis_client_opts o = {url, "test", SCRIPTS, NSCRIPTS, want_sub};
     r->c = redis_client_new(loop, &o, &RH, r, err, sizeof err);
     CHECK(r->c, "client %s: %s", url, err);
     return r->c;
@@ -381,6 +375,40 @@ static ans sync_call(redis_client *c, int slot, int script, int argc, ...)
 
 static int key_slot(const char *k) { return redis_key_slot(k, strlen(k)); }
 
+/* EVALSHA with n arguments after numkeys (2 keys, the rest ARGV): up to
+ * 30 the command is built on the stack, from 31 (33 with EVALSHA and the
+ * sha) on the heap (redis_client_call). Script 2 echoes its keys and
+ * arguments in order. */
+static void script_args(redis_client *c, int n)
+{
+    const char *argv[80];
+    size_t lens[80];
+    char bufs[80][16];
+    char want[1024];
+    size_t w = (size_t)snprintf(want, sizeof want, "2:");
+    argv[0] = "2";
+    lens[0] = 1;
+    for (int i = 1; i <= n; i++) {
+        /* keys {t}k1,{t}k2 (one slot), then a0,a1,... of varying lengths */
+        int l = i <= 2 ? snprintf(bufs[i], sizeof bufs[i], "{t}k%d", i)
+                       : snprintf(bufs[i], sizeof bufs[i], "a%d%.*s", i - 3, (i * 7) % 5, "xxxxx");
+        argv[i] = bufs[i];
+        lens[i] = (size_t)l;
+        w += (size_t)snprintf(want + w, sizeof want - w, "%s%s", i == 3 ? "|" : i > 1 ? "," : "", bufs[i]);
+    }
+    ans a;
+    memset(&a, 0, sizeof a);
+    redis_call how = {key_slot("{t}k1"), 0, 2};
+    int rc = redis_client_call(c, &how, n + 1, argv, lens, ans_cb, &a);
+    CHECK(rc == 0, "EVALSHA with %d arguments queued", n + 1);
+    if (rc != 0) return;
+    WAIT(a.done, 8000);
+    /* a.str holds the first 255 bytes; a.len is the whole length */
+    CHECK(a.done == 1 && a.type == REDIS_REPLY_STRING && a.len == w &&
+          !strncmp(a.str, want, sizeof a.str - 1),
+          "EVALSHA with %d arguments (%d words): %s, want %s", n + 1, n + 3, a.str, want);
+}
+
 /* ---------------- standalone ---------------- */
 
 typedef struct seqcheck { int n, bad; } seqcheck;
@@ -415,6 +443,9 @@ static void test_standalone(void)
     CHECK(a.done == 1 && !strcmp(a.str, "echoed"), "script 0: %s", a.str);
     a = sync_call(c, key_slot("k1"), 1, 2, "1", "k1");
     CHECK(a.done == 1 && !strcmp(a.str, "v1"), "script 1: %s", a.str);
+    /* EVALSHA on the stack (up to 32 words) and on the heap (more) */
+    for (int n = 28; n <= 32; n++) script_args(c, n);
+    script_args(c, 60);
 
     /* pipelining: replies in order, one callback each */
     seqcheck sq = {0, 0};

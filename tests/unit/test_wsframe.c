@@ -1,9 +1,13 @@
 /* test_wsframe: the RFC 6455 client-frame parser (wsframe.h): masking,
  * fragmentation, control frames, close payloads, UTF-8 across fragments,
- * the size limit checked on the declared length, byte-by-byte feeding. */
+ * the size limit checked on the declared length, byte-by-byte feeding;
+ * and how wsread counts a failed connection by its close code (1011, our
+ * out-of-memory, is not a client's protocol error). */
 #define _GNU_SOURCE
 #include "wsframe.h"
 #include "check.h"
+#include "metrics.h"
+#include "wsread.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,10 +192,39 @@ static void test_violations(void)
     expect(b, n, 1000, 1002, "length with the top bit set");
 }
 
+/* The value of one series in the exposition, -1 when absent. */
+static double series(const char *name_labels)
+{
+    size_t len;
+    char *t = metrics_render(&len);
+    double v = -1;
+    size_t n = strlen(name_labels);
+    for (const char *p = t; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (strncmp(p, name_labels, n) == 0 && p[n] == ' ') { v = strtod(p + n + 1, NULL); break; }
+    free(t);
+    return v;
+}
+
+static void test_failure_metrics(void)
+{
+    wsread_metrics_init();
+    static const int codes[] = {1002, 1007, 1009, 1009, 1011, 1011, 1011};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) wsread_count_failure(codes[i]);
+    double p1002 = series("chat_ws_protocol_errors_total{code=\"1002\"}");
+    CHECK(p1002 == 1, "1002 counted once, 1011 not a protocol error (%g)", p1002);
+    CHECK(series("chat_ws_protocol_errors_total{code=\"1007\"}") == 1, "1007");
+    CHECK(series("chat_ws_protocol_errors_total{code=\"1009\"}") == 2, "1009");
+    CHECK(series("chat_drops_total{reason=\"frame_too_large\"}") == 2, "1009 also a drop");
+    double oom = series("chat_ws_server_errors_total{reason=\"out_of_memory\"}");
+    CHECK(oom == 3, "1011 counted as out of memory (%g)", oom);
+    metrics_free_all();
+}
+
 int main(void)
 {
     test_valid();
     test_violations();
+    test_failure_metrics();
     uint32_t st = 0;
     CHECK(wsf_utf8(&st, (const unsigned char *)"h\xc3\xa9llo \xf0\x9f\x98\x80", 11) == 0 && st == 0, "valid UTF-8");
     return check_summary("test_wsframe");
