@@ -30,8 +30,8 @@ RUN_CMDS=(redis-server:redis-server redis-cli:redis-tools
           curl:curl)
 
 # ---- ./test.sh and its suites (tests/, spec/, loadtest/ as the tests use it)
-TEST_UNIT_PKGS=()                      # ctest comes with cmake
-TEST_UNIT_CMDS=(ctest:cmake)
+TEST_UNIT_PKGS=(jq)                    # ctest comes with cmake; jq: the loadtest_median test
+TEST_UNIT_CMDS=(ctest:cmake jq:jq)
 TEST_LUA_PKGS=(luajit lua-busted lua-cjson)
 TEST_LUA_CMDS=(luajit:luajit busted:lua-busted lua:busted.runner:lua-busted lua:cjson:lua-cjson)
 TEST_PY_PKGS=(python3 python3-websockets python3-jwt openssl)
