@@ -62,6 +62,7 @@ static const opt OPTS[] = {
     {"--handshake-timeout-ms", "CHAT_HANDSHAKE_TIMEOUT_MS", K_INT, O(handshake_timeout_ms), "10000", "a connection must finish its HTTP request / upgrade within this time"},
     {"--max-header-bytes", "CHAT_MAX_HEADER_BYTES", K_INT, O(max_header_bytes), "16384", "largest HTTP request head (request line + headers) of a new connection; larger: HTTP 431"},
     {"--accept-pause-ms", "CHAT_ACCEPT_PAUSE_MS", K_INT, O(accept_pause_ms), "250", "pause of accept() after running out of file descriptors"},
+    {"--malloc-trim-ms", "CHAT_MALLOC_TRIM_MS", K_INT, O(malloc_trim_ms), "1000", "at most this often (ms), give free heap pages back to the kernel (malloc_trim) when at least 1 MiB is free (0: never)"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 
@@ -166,6 +167,10 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     }
     if (c->accept_pause_ms < 10 || c->accept_pause_ms > 60000) {
         snprintf(err, errlen, "CHAT_ACCEPT_PAUSE_MS: 10 to 60000, got %lld", (long long)c->accept_pause_ms);
+        return -1;
+    }
+    if (c->malloc_trim_ms < 0 || c->malloc_trim_ms > 3600000) {
+        snprintf(err, errlen, "CHAT_MALLOC_TRIM_MS: 0 to 3600000, got %lld", (long long)c->malloc_trim_ms);
         return -1;
     }
     if (c->user_conns_ttl_ms < 600 || c->user_conns_ttl_ms > 3600000) {

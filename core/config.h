@@ -40,6 +40,7 @@ typedef struct config {
     int64_t worker_port;       /* a worker's own port (the supervisor: the first one; 0 = listen port + 1) */
     /* the network edge (listener.c, limits.c, client_ip.c, ws.c) */
     int64_t accept_pause_ms;   /* pause after running out of fds */
+    int64_t malloc_trim_ms;    /* memtrim.h: trim interval, 0 off */
     int64_t max_conns_per_ip;  /* 0: unlimited */
     int64_t max_conns_per_user;/* per node, and across nodes with Redis; 0: unlimited */
     int64_t user_conns_ttl_ms; /* a node's per-user counts in Redis expire after this */
