@@ -6,7 +6,9 @@
  * (every live local entry is re-added). Transitions are decided by the store
  * (presence_redis.c / presence_mem.c) and reported back through the sink.
  * Metrics: chat_presence_users = (room, user) pairs with at least one live
- * connection entry on this node; chat_presence_events_total{event} =
+ * connection entry on this node, counted from the entries when scraped (no
+ * per-pair table: a sort of the entries, O(n log n) per scrape, ~1 ms per
+ * 10,000 entries); chat_presence_events_total{event} =
  * transitions this node announced; chat_presence_sweeps_total = sweeps
  * run; chat_presence_heartbeat_writes_total = entry upserts (adds and
  * touches) written to the store; chat_presence_store_batches_total = flushes
@@ -17,6 +19,7 @@
 #include "presence.h"
 #include "hmap.h"
 #include "presence_store.h"
+#include "hash.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -61,7 +64,6 @@ struct presence {
     void *ud;
     pstore *store;
     hmap entries;                   /* "room|conn_id" -> lentry */
-    hmap local_users;               /* "room|user" -> count (as pointer) */
     lentry *dirty;                  /* entries to upsert this tick */
     premove *rm;                    /* removes to send */
     size_t nrm, caprm;
@@ -71,20 +73,68 @@ struct presence {
     int busy;                       /* inside a store call from our timers */
     int freeing, torn;
     int nclosing;
+    struct presence *lprev, *lnext; /* live instances (the users gauge) */
 };
+
+static presence *g_live;            /* every instance not torn down */
 
 static struct {
     int init;
-    metric_gauge *users;
     metric_counter *join, *leave, *sweeps, *writes, *batches;
 } M;
+
+/* An entry's (room, user) pair, hashed (pairs_cmp). */
+typedef struct pair_ref { uint64_t h; const lentry *e; } pair_ref;
+
+static int pairs_cmp(const void *a, const void *b)
+{
+    const pair_ref *x = a, *y = b;
+    if (x->h != y->h) return x->h < y->h ? -1 : 1;
+    int c = strcmp(x->e->room, y->e->room);
+    return c ? c : strcmp(x->e->user, y->e->user);
+}
+
+size_t presence_user_count(const presence *p)
+{
+    size_t n = p->entries.count;
+    if (n < 2) return n;
+    pair_ref *v = malloc(n * sizeof *v);
+    void **es = malloc(n * sizeof *es);
+    size_t k = 0;
+    if (v && es) {
+        n = hmap_values(&p->entries, es, n);
+        for (size_t i = 0; i < n; i++) {
+            const lentry *e = es[i];
+            uint64_t h = hash_str(e->room);
+            h = hash_bytes_more(h, "|", 1);
+            h = hash_bytes_more(h, e->user, strlen(e->user));
+            v[i] = (pair_ref){ h, e };
+        }
+        qsort(v, n, sizeof *v, pairs_cmp);
+        for (size_t i = 0; i < n; i++)
+            if (i == 0 || pairs_cmp(&v[i - 1], &v[i]) != 0) k++;
+    } else {
+        k = n;   /* out of memory: entries, an upper bound */
+    }
+    free(v);
+    free(es);
+    return k;
+}
+
+static double users_gauge_fn(void *ud)
+{
+    (void)ud;
+    double n = 0;
+    for (const presence *p = g_live; p; p = p->lnext) n += (double)presence_user_count(p);
+    return n;
+}
 
 static void metrics_init(void)
 {
     if (M.init) return;
     M.init = 1;
-    M.users = metrics_gauge("chat_presence_users",
-                            "(room, user) pairs with a live connection on this node", "");
+    metrics_gauge_fn("chat_presence_users", "(room, user) pairs with a live connection on this node", "",
+                     users_gauge_fn, NULL);
     M.join = metrics_counter("chat_presence_events_total",
                              "presence transitions announced by this node", "event=\"join\"");
     M.leave = metrics_counter("chat_presence_events_total", NULL, "event=\"leave\"");
@@ -228,10 +278,10 @@ static void teardown(presence *p)
     p->lq_tail = NULL;
     if (p->store) p->store->vt->free(p->store);   /* in-flight lists get -1 */
     p->store = NULL;
-    metric_gadd(M.users, -(double)p->local_users.count);
+    if (p->lprev) p->lprev->lnext = p->lnext; else g_live = p->lnext;
+    if (p->lnext) p->lnext->lprev = p->lprev;
     hmap_each(&p->entries, free_entry_fn, NULL);
     hmap_free(&p->entries);
-    hmap_free(&p->local_users);
     free_removes(p->rm, p->nrm);
     free(p->rm);
     p->rm = NULL;
@@ -392,7 +442,6 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     if (h) p->h = *h;
     p->ud = ud;
     hmap_init_keyed(&p->entries, offsetof(lentry, key));
-    hmap_init(&p->local_users);
     p->store = o->redis_url
         ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, &SINK, p, err, errlen)
         : pstore_mem_new(p->ttl_ms, &SINK, p, err, errlen);
@@ -401,6 +450,9 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
         free(p);
         return NULL;
     }
+    p->lnext = g_live;
+    if (g_live) g_live->lprev = p;
+    g_live = p;
     uv_timer_init(loop, &p->flush_t);
     uv_timer_init(loop, &p->sweep_t);
     p->flush_t.data = p->sweep_t.data = p;
@@ -457,21 +509,6 @@ static int take_pending_remove(presence *p, const char *room, const char *member
     return 0;
 }
 
-static void local_user_adj(presence *p, const char *room, const char *user, int d)
-{
-    size_t n = strlen(room) + strlen(user) + 2;
-    char *k = malloc(n);
-    if (!k) return;
-    snprintf(k, n, "%s|%s", room, user);
-    intptr_t c = (intptr_t)hmap_get(&p->local_users, k) + d;
-    if (c <= 0) {
-        if (hmap_del(&p->local_users, k)) metric_gadd(M.users, -1);
-    } else if (hmap_put(&p->local_users, k, (void *)c) == 0 && c == 1 && d > 0) {
-        metric_gadd(M.users, 1);
-    }
-    free(k);
-}
-
 void presence_remove(presence *p, const char *room, uint64_t conn_id)
 {
     if (!p || p->freeing || !room) return;
@@ -480,7 +517,6 @@ void presence_remove(presence *p, const char *room, uint64_t conn_id)
     lentry *e = hmap_del(&p->entries, key);
     if (!e) return;
     dirty_del(p, e);
-    local_user_adj(p, e->room, e->user, -1);
     if (e->sent) {
         /* force: a flush in progress may still reference these strings */
         if (push_remove(p, e->room, e->member, e->user, e->name, e->own_strs ? NULL : e, p->busy) == 0) {
@@ -575,7 +611,6 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
         e->member = memcpy(q, member, ml + 1);
         if (hmap_put(&p->entries, e->key, e) < 0) { free(e); return; }
     }
-    local_user_adj(p, room, user, 1);
     dirty_add(p, e);
     schedule_flush(p);
 }
