@@ -31,7 +31,7 @@ static const opt OPTS[] = {
     {"--log-level", "CHAT_LOG_LEVEL", K_STR, O(log_level), "info", "debug|info|warn|error"},
     {"--max-queue", "CHAT_MAX_QUEUE", K_INT, O(max_queue), "1024", "outbound queue bound per connection (frames)"},
     {"--max-queue-bytes", "CHAT_MAX_QUEUE_BYTES", K_INT, O(max_queue_bytes), "1048576", "outbound queue bound per connection (bytes)"},
-    {"--max-frame", "CHAT_MAX_FRAME", K_INT, O(max_frame), "65536", "largest client frame (bytes); larger closes with 1009"},
+    {"--max-frame", "CHAT_MAX_FRAME", K_INT, O(max_frame), "65536", "largest client frame (bytes, 128 to 1 GiB); larger closes with 1009"},
     {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery"},
     {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large"},
     {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch"},
@@ -151,6 +151,11 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     }
     if (bad_id) {
         snprintf(err, errlen, "CHAT_NODE_ID: 1-64 characters of [A-Za-z0-9_.:-], got '%s'", c->node_id);
+        return -1;
+    }
+    if (c->max_frame > CONFIG_MAX_FRAME_MAX) {
+        snprintf(err, errlen, "CHAT_MAX_FRAME: at most %d (1 GiB), got %lld", CONFIG_MAX_FRAME_MAX,
+                 (long long)c->max_frame);
         return -1;
     }
     if (c->max_queue < 1 || c->max_queue_bytes < 1024 || c->max_frame < 128) {
