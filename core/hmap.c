@@ -166,3 +166,12 @@ size_t hmap_values(const hmap *m, void **out, size_t cap)
         if (hmap_live(m, i)) out[n++] = val_of(m, i);
     return n;
 }
+
+size_t hmap_range(const hmap *m, size_t from, size_t to,
+                  void (*fn)(void *ud, const char *key, void *val), void *ud)
+{
+    if (to > m->cap) to = m->cap;
+    for (size_t i = from; i < to; i++)
+        if (hmap_live(m, i)) fn(ud, key_of(m, i), val_of(m, i));
+    return m->cap;
+}

@@ -32,6 +32,13 @@ void hmap_each(hmap *m, int (*fn)(void *ud, const char *key, void *val), void *u
 /* Collects up to cap values into out (to walk the map while changing it);
  * returns how many. */
 size_t hmap_values(const hmap *m, void **out, size_t cap);
+/* A walk in parts: calls fn for every entry in the slots [from, to) (to
+ * is clamped to the slot count) and returns the slot count, so a caller can
+ * spread a walk of a big map over several turns (e.g. uconns' refresh).
+ * fn must not change the map; entries moved by a resize between two parts
+ * may be seen twice or not at all. */
+size_t hmap_range(const hmap *m, size_t from, size_t to,
+                  void (*fn)(void *ud, const char *key, void *val), void *ud);
 /* Slot-level iteration: for (size_t i = 0; i < m->cap; i++) if (hmap_live(m, i)) ... */
 int hmap_live(const hmap *m, size_t i);
 

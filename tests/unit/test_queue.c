@@ -249,6 +249,14 @@ static int drop_even(void *ud, const char *key, void *val)
     return ((long)val % 2) == 0; /* 1: remove */
 }
 
+static void range_sum(void *ud, const char *key, void *val)
+{
+    long *sum = ud;
+    char k[32];
+    snprintf(k, sizeof k, "k%ld", (long)val);
+    if (strcmp(k, key) == 0) *sum += (long)val;   /* the value's own key */
+}
+
 static void test_hmap_each(void)
 {
     hmap m;
@@ -266,6 +274,13 @@ static void test_hmap_each(void)
     for (size_t i = 0; i < n; i++) sum += (long)vals[i];
     CHECK(n == 50 && sum == 2500, "hmap_values collects every remaining value");
     CHECK(hmap_values(&m, vals, 10) == 10, "hmap_values stops at cap");
+    /* a walk in three parts sees every entry once, with its key */
+    long rsum = 0;
+    size_t cap = hmap_range(&m, 0, 0, range_sum, &rsum), third = cap / 3;
+    hmap_range(&m, 0, third, range_sum, &rsum);
+    hmap_range(&m, third, 2 * third, range_sum, &rsum);
+    CHECK(hmap_range(&m, 2 * third, cap + 100, range_sum, &rsum) == cap && cap == m.cap, "range returns the slot count");
+    CHECK(rsum == 2500, "hmap_range in parts visits every entry once (sum %ld)", rsum);
     hmap_put(&m, "k2", (void *)2L);
     CHECK(hmap_get(&m, "k2") == (void *)2L && m.count == 51, "a removed key can be put again");
     hmap_free(&m);
