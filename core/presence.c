@@ -32,13 +32,16 @@
 #define MOD "presence"
 #define MAX_PENDING_REMOVES 100000
 
-/* A live entry: one allocation holding its key and its four strings (the
- * strings of a remove taken back from a retry are separate: own_strs). */
+/* A live entry: one allocation holding its key, its four strings and the
+ * store's slot (pstore_op.slot: the memory store keeps its record of the
+ * entry there) (the strings of a remove taken back from a retry are
+ * separate: own_strs, and such an entry has no slot). */
 typedef struct lentry {
     char *room, *user, *name, *member;
     uint8_t sent;                   /* an upsert went to the store */
     uint8_t dirty;                  /* in the dirty list */
     uint8_t own_strs;               /* the four strings are malloc'd apart */
+    uint16_t slot_off;              /* the store's slot at (char *)e + slot_off; 0: none */
     struct lentry *dprev, *dnext;
     char key[];                     /* "room|conn" (p->entries is keyed by it), then the strings */
 } lentry;
@@ -249,18 +252,27 @@ static void on_closed(uv_handle_t *h)
     if (--p->nclosing == 0) free(p);
 }
 
+/* The store may hold e's slot (an upsert of it went out): it lets go
+ * before the block is freed. */
+static void release_slot(presence *p, lentry *e)
+{
+    if (e->sent && e->slot_off && p->store && p->store->vt->release)
+        p->store->vt->release(p->store, e->room, e->member, (char *)e + e->slot_off);
+}
+
 static int free_entry_fn(void *ud, const char *k, void *v)
 {
     lentry *e = v;
+    release_slot(ud, e);
     if (e->own_strs) { free(e->room); free(e->user); free(e->name); free(e->member); }
     free(e);
     return 1;
 }
 
-static void free_removes(premove *rm, size_t n)
+static void free_removes(presence *p, premove *rm, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (rm[i].owner) { free(rm[i].owner); continue; }
+        if (rm[i].owner) { free_entry_fn(p, NULL, rm[i].owner); continue; }
         free(rm[i].room); free(rm[i].member); free(rm[i].user); free(rm[i].name);
     }
 }
@@ -276,16 +288,18 @@ static void teardown(presence *p)
         free(q);
     }
     p->lq_tail = NULL;
-    if (p->store) p->store->vt->free(p->store);   /* in-flight lists get -1 */
-    p->store = NULL;
     if (p->lprev) p->lprev->lnext = p->lnext; else g_live = p->lnext;
     if (p->lnext) p->lnext->lprev = p->lprev;
-    hmap_each(&p->entries, free_entry_fn, NULL);
+    /* before the store goes: it lets go of the entries' slots (the memory
+     * store outlives this instance when others share it) */
+    hmap_each(&p->entries, free_entry_fn, p);
     hmap_free(&p->entries);
-    free_removes(p->rm, p->nrm);
+    free_removes(p, p->rm, p->nrm);
     free(p->rm);
     p->rm = NULL;
     p->nrm = 0;
+    if (p->store) p->store->vt->free(p->store);   /* in-flight lists get -1 */
+    p->store = NULL;
     free(p->node);
     p->nclosing = 2;
     uv_close((uv_handle_t *)&p->flush_t, on_closed);
@@ -353,7 +367,7 @@ static void flush_cb(uv_timer_t *t)
     pstore_op *ops = malloc((n + nrm + 1) * sizeof *ops);
     if (!ops) {
         LOGE(MOD, "out of memory in flush");
-        free_removes(rm, nrm);
+        free_removes(p, rm, nrm);
         free(rm);
         leave_busy(p);
         return;
@@ -363,10 +377,11 @@ static void flush_cb(uv_timer_t *t)
         lentry *e = p->dirty;
         dirty_del(p, e);
         e->sent = 1;
-        ops[k++] = (pstore_op){ e->room, 'u', e->member, e->user, e->name };
+        ops[k++] = (pstore_op){ e->room, 'u', e->member, e->user, e->name,
+                                e->slot_off ? (char *)e + e->slot_off : NULL };
     }
     for (size_t i = 0; i < nrm; i++)
-        ops[k++] = (pstore_op){ rm[i].room, 'r', rm[i].member, rm[i].user, rm[i].name };
+        ops[k++] = (pstore_op){ rm[i].room, 'r', rm[i].member, rm[i].user, rm[i].name, NULL };
     qsort(ops, k, sizeof *ops, op_cmp);
     metric_add(M.writes, n);
     if (k) metric_inc(M.batches);
@@ -375,7 +390,7 @@ static void flush_cb(uv_timer_t *t)
     free(ops);
     /* Remove strings were referenced by ops; entries removed during the
      * transition callbacks moved theirs into p->rm (kept). */
-    free_removes(rm, nrm);
+    free_removes(p, rm, nrm);
     free(rm);
     flush_lists(p);
     leave_busy(p);
@@ -525,7 +540,7 @@ void presence_remove(presence *p, const char *room, uint64_t conn_id)
             return;
         }
     }
-    free_entry_fn(NULL, NULL, e);
+    free_entry_fn(p, NULL, e);
 }
 
 static void add_entry(presence *p, const char *key, const char *room, uint64_t conn_id, const char *user,
@@ -591,24 +606,34 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
             /* out of memory: put the remove back as it was */
             if (e && !pr.owner) { if (e->name != pr.name) free(e->name); free(e); }
             if (push_remove(p, pr.room, pr.member, pr.user, pr.name, pr.owner, 1) < 0)
-                free_removes(&pr, 1);
+                free_removes(p, &pr, 1);
             return;
         }
         e->sent = 1;
     } else {
-        size_t kl = strlen(key) + 1, rl = strlen(room) + 1, ul = strlen(user) + 1, nl = strlen(name) + 1;
-        e = calloc(1, sizeof *e + kl + rl + ul + nl + ml + 1);
+        /* the user is the member's tail ("node|conn|user"); the name is
+         * the user's bytes when they are equal */
+        size_t kl = strlen(key) + 1, rl = strlen(room) + 1, ul = strlen(user);
+        int same = strcmp(name, user) == 0;
+        size_t nl = same ? 0 : strlen(name) + 1;
+        size_t ss = p->store->vt->slot_size, end = sizeof *e + kl + rl + nl + ml + 1;
+        size_t so = ss ? (end + 7) & ~(size_t)7 : 0;
+        if (so > UINT16_MAX) ss = so = 0;   /* a slot out of reach: the store copies */
+        e = calloc(1, ss ? so + ss : end);
         if (!e) return;
+        e->slot_off = (uint16_t)so;
         char *q = e->key;
         memcpy(q, key, kl);
         q += kl;
         e->room = memcpy(q, room, rl);
         q += rl;
-        e->user = memcpy(q, user, ul);
-        q += ul;
-        e->name = memcpy(q, name, nl);
-        q += nl;
+        if (!same) {
+            e->name = memcpy(q, name, nl);
+            q += nl;
+        }
         e->member = memcpy(q, member, ml + 1);
+        e->user = e->member + ml - ul;
+        if (same) e->name = e->user;
         if (hmap_put(&p->entries, e->key, e) < 0) { free(e); return; }
     }
     dirty_add(p, e);

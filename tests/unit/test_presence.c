@@ -936,6 +936,30 @@ static void test_user_count(void)
     teardown_nodes();
 }
 
+/* One node, one user, two connections: the first one's entry holds the
+ * user's count and name in the memory store (in the entry's slot); when it
+ * goes the count and name move (the list and the final leave still carry
+ * the name: under ASan a name left pointing into the freed entry fails). */
+static void test_first_conn_leaves(void)
+{
+    setup_nodes(1);
+    int e0 = nev;
+    conn *a = cadd(0, "fl", "u9");
+    conn *b = cadd(0, "fl", "u9");
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u9", "join") == 1, "one join");
+    cremove(a);
+    sync_all();
+    lres r;
+    CHECK(do_list(0, a->room, &r) == 0 && r.n == 1 && has_user(&r, "u9") == 1 && !strcmp(r.names[0], "N-u9"),
+          "still listed with the name after the first connection left");
+    CHECK(count_ev(e0, a->room, "u9", "leave") == 0, "no leave while the second stays");
+    cremove(b);
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u9", "leave") == 1 && !strcmp(EV[nev - 1].name, "N-u9"), "one leave, with the name");
+    teardown_nodes();
+}
+
 static void run_all(void)
 {
     fprintf(stderr, "mode %s\n", g_url ? g_url : "memory");
@@ -944,6 +968,7 @@ static void run_all(void)
                                             : (unsigned)(now_ms() % 1000000);
     test_two_nodes_one_user();
     test_user_count();
+    test_first_conn_leaves();
     test_crash();
     test_expire_and_heal();
     test_list_churn();
