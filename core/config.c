@@ -62,7 +62,7 @@ static const opt OPTS[] = {
     {"--handshake-timeout-ms", "CHAT_HANDSHAKE_TIMEOUT_MS", K_INT, O(handshake_timeout_ms), "10000", "a connection must finish its HTTP request / upgrade within this time"},
     {"--max-header-bytes", "CHAT_MAX_HEADER_BYTES", K_INT, O(max_header_bytes), "16384", "largest HTTP request head (request line + headers) of a new connection; larger: HTTP 431"},
     {"--accept-pause-ms", "CHAT_ACCEPT_PAUSE_MS", K_INT, O(accept_pause_ms), "250", "pause of accept() after running out of file descriptors"},
-    {"--malloc-trim-ms", "CHAT_MALLOC_TRIM_MS", K_INT, O(malloc_trim_ms), "1000", "at most this often (ms), give free heap pages back to the kernel (malloc_trim) when at least 1 MiB is free (0: never)"},
+    {"--malloc-trim-ms", "CHAT_MALLOC_TRIM_MS", K_INT, O(malloc_trim_ms), "1000", "how often (ms) to check whether to give free heap pages back to the kernel (malloc_trim: when malloc's free space grew by 256 KiB, or every 30 checks; 0: never)"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 

@@ -10,6 +10,8 @@
 static struct {
     uint64_t interval_ms, last_ms;
     int checked;                    /* last_ms is set */
+    size_t low;                     /* least free space seen since the last trim */
+    unsigned since;                 /* checks since the last trim */
     metric_counter *runs, *ns;
     metric_gauge *free_bytes;
 } T;
@@ -25,6 +27,8 @@ void memtrim_init(uint64_t interval_ms)
     T.interval_ms = interval_ms;
     T.last_ms = 0;
     T.checked = 0;
+    T.low = 0;
+    T.since = 0;
     if (T.runs) return;
     T.runs = metrics_counter("chat_malloc_trim_total",
                              "malloc_trim runs (CHAT_MALLOC_TRIM_MS): free heap pages given back to the kernel", "");
@@ -44,7 +48,12 @@ int memtrim_tick(uint64_t now)
     T.last_ms = now;
     struct mallinfo2 mi = mallinfo2();
     metric_set(T.free_bytes, (double)mi.fordblks);
-    if (mi.fordblks < MEMTRIM_MIN_FREE) return 0;
+    if (mi.fordblks < T.low) T.low = mi.fordblks;
+    if (mi.fordblks < T.low + MEMTRIM_STEP &&
+        (++T.since < MEMTRIM_REFRESH || mi.fordblks < MEMTRIM_STEP))
+        return 0;
+    T.since = 0;
+    T.low = mi.fordblks;            /* the same free space after the trim (its pages gone) */
     uint64_t t0 = mono_ns();
     malloc_trim(0);
     metric_add(T.ns, mono_ns() - t0);

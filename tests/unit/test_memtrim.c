@@ -1,5 +1,5 @@
 /* test_memtrim: the periodic malloc_trim (memtrim.h): off at 0, at most once
- * per interval, only when enough is free, and the pages of freed blocks
+ * per interval, only when more became free, and the pages of freed blocks
  * pinned below a live one go back to the kernel (RSS falls). */
 #define _GNU_SOURCE
 #include "check.h"
@@ -33,7 +33,7 @@ static long rss_kib(void)
 }
 
 #define NBLK 40000
-static char *blk[NBLK];
+static char *blk[NBLK], *more[2 * NBLK];
 
 int main(void)
 {
@@ -63,10 +63,33 @@ int main(void)
         CHECK(before > 0 && after > 0 && before - after >= 4096,
               "RSS fell by at least 4 MiB (%ld -> %ld KiB)", before, after);
         CHECK(memtrim_tick(50500) == 0 && memtrim_count() == 1, "not again within the interval");
-        CHECK(memtrim_tick(51000) == 1 && memtrim_count() == 2, "again after the interval");
+        CHECK(memtrim_tick(51000) == 0 && memtrim_count() == 1, "not again while nothing more was freed");
+        /* twice as much allocated (the heap grows past what was free),
+         * all but the last freed: trimmed at the next check */
+        for (int i = 0; i < 2 * NBLK; i++)
+            if ((more[i] = malloc(200))) memset(more[i], 0x6b, 200);
+        for (int i = 0; i < 2 * NBLK - 1; i++) free(more[i]);
+        long b2 = rss_kib();
+        CHECK(memtrim_tick(52000) == 1 && memtrim_count() == 2, "again once more was freed");
+        long a2 = rss_kib();
+        CHECK(b2 - a2 >= 4096, "RSS fell again (%ld -> %ld KiB)", b2, a2);
+        /* the same memory reused and freed again between two checks: the
+         * free space looks unchanged, trimmed by the refresh only */
+        for (int i = 0; i < 2 * NBLK - 1; i++)
+            if ((more[i] = malloc(200))) memset(more[i], 0x6b, 200);
+        for (int i = 0; i < 2 * NBLK - 1; i++) free(more[i]);
+        int n = 0;
+        for (int t = 1; t < MEMTRIM_REFRESH; t++) n += memtrim_tick(52000 + 1000 * (uint64_t)t);
+        CHECK(n == 0 && memtrim_count() == 2, "no trim while the free space does not grow (%d)", n);
+        long b3 = rss_kib();
+        CHECK(memtrim_tick(52000 + 1000 * (uint64_t)MEMTRIM_REFRESH) == 1 && memtrim_count() == 3,
+              "the refresh trims after MEMTRIM_REFRESH checks");
+        long a3 = rss_kib();
+        CHECK(b3 - a3 >= 4096, "RSS fell at the refresh (%ld -> %ld KiB)", b3, a3);
+        free(more[2 * NBLK - 1]);
         size_t len = 0;
         char *text = metrics_render(&len);
-        CHECK_CONTAINS(text, "chat_malloc_trim_total 2");
+        CHECK_CONTAINS(text, "chat_malloc_trim_total 3\n");
         CHECK_CONTAINS(text, "chat_malloc_trim_seconds_total ");
         CHECK_CONTAINS(text, "chat_heap_free_bytes ");
         free(text);
