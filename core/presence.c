@@ -43,7 +43,7 @@ typedef struct lentry {
     uint8_t own_strs;               /* the four strings are malloc'd apart */
     uint16_t slot_off;              /* the store's slot at (char *)e + slot_off; 0: none */
     struct lentry *dprev, *dnext;
-    char key[];                     /* "room|conn" (p->entries is keyed by it), then the strings */
+    char key[];                     /* "conn|room" (p->entries is keyed by it; room is its tail), then the strings */
 } lentry;
 
 /* A queued remove: its strings are in owner (the removed entry's block) or,
@@ -66,7 +66,7 @@ struct presence {
     presence_handlers h;
     void *ud;
     pstore *store;
-    hmap entries;                   /* "room|conn_id" -> lentry */
+    hmap entries;                   /* "conn_id|room" -> lentry */
     lentry *dirty;                  /* entries to upsert this tick */
     premove *rm;                    /* removes to send */
     size_t nrm, caprm;
@@ -487,9 +487,10 @@ void presence_set_ttl(presence *p, uint32_t ttl_ms)
     uv_timer_start(&p->sweep_t, sweep_cb, p->sweep_ms, p->sweep_ms);
 }
 
+/* conn first: the room is the key's tail (an entry keeps it once) */
 static void entry_key(char *out, size_t n, const char *room, uint64_t conn)
 {
-    snprintf(out, n, "%s|%" PRIu64, room, conn);
+    snprintf(out, n, "%" PRIu64 "|%s", conn, room);
 }
 
 /* The live local entry whose member string is member, if any. */
@@ -613,10 +614,10 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
     } else {
         /* the user is the member's tail ("node|conn|user"); the name is
          * the user's bytes when they are equal */
-        size_t kl = strlen(key) + 1, rl = strlen(room) + 1, ul = strlen(user);
+        size_t kl = strlen(key) + 1, ul = strlen(user);
         int same = strcmp(name, user) == 0;
         size_t nl = same ? 0 : strlen(name) + 1;
-        size_t ss = p->store->vt->slot_size, end = sizeof *e + kl + rl + nl + ml + 1;
+        size_t ss = p->store->vt->slot_size, end = sizeof *e + kl + nl + ml + 1;
         size_t so = ss ? (end + 7) & ~(size_t)7 : 0;
         if (so > UINT16_MAX) ss = so = 0;   /* a slot out of reach: the store copies */
         e = calloc(1, ss ? so + ss : end);
@@ -625,8 +626,7 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
         char *q = e->key;
         memcpy(q, key, kl);
         q += kl;
-        e->room = memcpy(q, room, rl);
-        q += rl;
+        e->room = e->key + (kl - 1 - strlen(room));
         if (!same) {
             e->name = memcpy(q, name, nl);
             q += nl;
