@@ -31,7 +31,7 @@ static const opt OPTS[] = {
     {"--log-level", "CHAT_LOG_LEVEL", K_STR, O(log_level), "info", "debug|info|warn|error"},
     {"--max-queue", "CHAT_MAX_QUEUE", K_INT, O(max_queue), "1024", "outbound queue bound per connection (frames)"},
     {"--max-queue-bytes", "CHAT_MAX_QUEUE_BYTES", K_INT, O(max_queue_bytes), "1048576", "outbound queue bound per connection (bytes)"},
-    {"--max-frame", "CHAT_MAX_FRAME", K_INT, O(max_frame), "65536", "largest client frame (bytes); larger closes with 1009"},
+    {"--max-frame", "CHAT_MAX_FRAME", K_INT, O(max_frame), "65536", "largest client frame (bytes, 128 to 1 GiB); larger closes with 1009"},
     {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery"},
     {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large"},
     {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch"},
@@ -62,6 +62,7 @@ static const opt OPTS[] = {
     {"--handshake-timeout-ms", "CHAT_HANDSHAKE_TIMEOUT_MS", K_INT, O(handshake_timeout_ms), "10000", "a connection must finish its HTTP request / upgrade within this time"},
     {"--max-header-bytes", "CHAT_MAX_HEADER_BYTES", K_INT, O(max_header_bytes), "16384", "largest HTTP request head (request line + headers) of a new connection; larger: HTTP 431"},
     {"--accept-pause-ms", "CHAT_ACCEPT_PAUSE_MS", K_INT, O(accept_pause_ms), "250", "pause of accept() after running out of file descriptors"},
+    {"--malloc-trim-ms", "CHAT_MALLOC_TRIM_MS", K_INT, O(malloc_trim_ms), "1000", "how often (ms) to check whether to give free heap pages back to the kernel (malloc_trim: when malloc's free space grew by 256 KiB, or every 30 checks; 0: never)"},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 
@@ -152,6 +153,11 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
         snprintf(err, errlen, "CHAT_NODE_ID: 1-64 characters of [A-Za-z0-9_.:-], got '%s'", c->node_id);
         return -1;
     }
+    if (c->max_frame > CONFIG_MAX_FRAME_MAX) {
+        snprintf(err, errlen, "CHAT_MAX_FRAME: at most %d (1 GiB), got %lld", CONFIG_MAX_FRAME_MAX,
+                 (long long)c->max_frame);
+        return -1;
+    }
     if (c->max_queue < 1 || c->max_queue_bytes < 1024 || c->max_frame < 128) {
         snprintf(err, errlen, "queue/frame limits too small (CHAT_MAX_QUEUE>=1, CHAT_MAX_QUEUE_BYTES>=1024, CHAT_MAX_FRAME>=128)");
         return -1;
@@ -166,6 +172,10 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     }
     if (c->accept_pause_ms < 10 || c->accept_pause_ms > 60000) {
         snprintf(err, errlen, "CHAT_ACCEPT_PAUSE_MS: 10 to 60000, got %lld", (long long)c->accept_pause_ms);
+        return -1;
+    }
+    if (c->malloc_trim_ms < 0 || c->malloc_trim_ms > 3600000) {
+        snprintf(err, errlen, "CHAT_MALLOC_TRIM_MS: 0 to 3600000, got %lld", (long long)c->malloc_trim_ms);
         return -1;
     }
     if (c->user_conns_ttl_ms < 600 || c->user_conns_ttl_ms > 3600000) {

@@ -6,6 +6,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* CHAT_MAX_FRAME ceiling: a partial message and its doubling buffer stay
+ * below 2^31 bytes (conn.h: rx_len, rx_cap are 32-bit). */
+#define CONFIG_MAX_FRAME_MAX (1 << 30)
+
 typedef struct config {
     const char *listen;        /* host:port */
     char listen_host[64];
@@ -21,7 +25,7 @@ typedef struct config {
     const char *log_level;
     int64_t max_queue;         /* frames */
     int64_t max_queue_bytes;
-    int64_t max_frame;
+    int64_t max_frame;         /* at most CONFIG_MAX_FRAME_MAX (conn.h keeps message lengths in 32 bits) */
     int64_t recent_max;        /* recent buffer per room */
     int64_t replay_max;        /* most messages replayed for since= */
     int64_t batch_max, batch_ms, pending_max;  /* Postgres group commit */
@@ -40,6 +44,7 @@ typedef struct config {
     int64_t worker_port;       /* a worker's own port (the supervisor: the first one; 0 = listen port + 1) */
     /* the network edge (listener.c, limits.c, client_ip.c, ws.c) */
     int64_t accept_pause_ms;   /* pause after running out of fds */
+    int64_t malloc_trim_ms;    /* memtrim.h: trim interval, 0 off */
     int64_t max_conns_per_ip;  /* 0: unlimited */
     int64_t max_conns_per_user;/* per node, and across nodes with Redis; 0: unlimited */
     int64_t user_conns_ttl_ms; /* a node's per-user counts in Redis expire after this */

@@ -25,6 +25,10 @@ enum {
     CONN_CLOSE_BUILT = 1u << 9,  /* our close frame (code, reason) is fixed: writing began */
 };
 
+/* conn.flags is 16 bits, conn.rx_paused 8 (conn.h: the struct's size) */
+_Static_assert(CONN_CLOSE_BUILT < (1u << 16), "a CONN_* bit beyond conn.flags");
+_Static_assert(CONN_RX_JOIN < (1u << 8), "a CONN_RX_* reason beyond conn.rx_paused");
+
 #define HAS(c, f) (((c)->flags & (f)) != 0)
 
 static conn *g_all;             /* list through conn.all */

@@ -56,13 +56,13 @@ typedef struct conn {
     uint32_t nrooms, caprooms;
     outq q;
     unsigned char *rx;      /* partial inbound message (wsread.c) */
-    size_t rx_len, rx_cap;
+    uint32_t rx_len, rx_cap;/* < 2 * CHAT_MAX_FRAME, at most 1 GiB (config.c): 32 bits */
     wsf_parser rxp;         /* client frame parser (wsread.c) */
     publish_owner pubs;     /* pending publishes (detached on close) */
     /* ---- conn.c's alone: read through the functions below ---- */
-    unsigned flags;         /* CONN_* bits (conn.c) */
-    unsigned rx_paused;     /* reasons (CONN_RX_*) not to read input now */
+    uint16_t flags;         /* CONN_* bits (conn.c; 10 so far, 16 fit) */
     uint16_t close_code;
+    uint8_t rx_paused;      /* reasons (CONN_RX_*) not to read input now */
     uint8_t close_off;      /* bytes of our close frame written */
     uint8_t has_since;      /* the URL had since= (not conn.c's: here for the padding) */
     char *close_reason;     /* malloc'd when the close starts (< CONN_CLOSE_REASON_MAX) */

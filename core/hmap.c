@@ -2,8 +2,8 @@
 /* hmap: see hmap.h. Deleted slots become tombstones and are dropped on the
  * next resize. Two layouts: an ordinary map's slots are (key copy, value)
  * pairs; a keyed map's slots are the values alone (8 bytes), each value
- * holding its key at key_off. A tombstone is the key TOMB (ordinary) or the
- * value TOMB (keyed). */
+ * holding its key at key_off (or giving it through key_fn). A tombstone is
+ * the key TOMB (ordinary) or the value TOMB (keyed). */
 #include "hmap.h"
 #include "hash.h"
 #include <stdint.h>
@@ -23,6 +23,13 @@ void hmap_init_keyed(hmap *m, size_t key_off)
     m->key_off = key_off;
 }
 
+void hmap_init_keyfn(hmap *m, hmap_key_fn key_fn)
+{
+    memset(m, 0, sizeof *m);
+    m->keyed = 1;
+    m->key_fn = key_fn;
+}
+
 /* What slot i holds: NULL (empty), TOMB, or a live key / value. */
 static const void *mark(const hmap *m, size_t i)
 {
@@ -37,7 +44,8 @@ int hmap_live(const hmap *m, size_t i)
 
 static const char *key_of(const hmap *m, size_t i)
 {
-    return m->keyed ? (const char *)VSLOTS(m)[i] + m->key_off : m->slots[i].key;
+    if (!m->keyed) return m->slots[i].key;
+    return m->key_fn ? m->key_fn(VSLOTS(m)[i]) : (const char *)VSLOTS(m)[i] + m->key_off;
 }
 
 static void *val_of(const hmap *m, size_t i)
@@ -145,9 +153,11 @@ void hmap_free(hmap *m)
     free(m->slots);
     int keyed = m->keyed;
     size_t off = m->key_off;
+    hmap_key_fn fn = m->key_fn;
     memset(m, 0, sizeof *m);
     m->keyed = keyed;
     m->key_off = off;
+    m->key_fn = fn;
 }
 
 void hmap_each(hmap *m, int (*fn)(void *ud, const char *key, void *val), void *ud)
@@ -165,4 +175,13 @@ size_t hmap_values(const hmap *m, void **out, size_t cap)
     for (size_t i = 0; i < m->cap && n < cap; i++)
         if (hmap_live(m, i)) out[n++] = val_of(m, i);
     return n;
+}
+
+size_t hmap_range(const hmap *m, size_t from, size_t to,
+                  void (*fn)(void *ud, const char *key, void *val), void *ud)
+{
+    if (to > m->cap) to = m->cap;
+    for (size_t i = from; i < to; i++)
+        if (hmap_live(m, i)) fn(ud, key_of(m, i), val_of(m, i));
+    return m->cap;
 }

@@ -59,4 +59,9 @@ void presence_set_ttl(presence *p, uint32_t ttl_ms);
 typedef void (*presence_list_cb)(void *ud, int status, const presence_user *users, size_t n);
 int presence_list(presence *p, const char *room, presence_list_cb cb, void *ud);
 
+/* (room, user) pairs with at least one live connection entry on this
+ * instance (the chat_presence_users gauge, summed over instances):
+ * counted from the entries, O(n log n). */
+size_t presence_user_count(const presence *p);
+
 #endif

@@ -588,7 +588,7 @@ static void rs_free(pstore *b)
     free(s);
 }
 
-static const pstore_vt redis_vt = { rs_ready, rs_apply, rs_sweep, rs_list, rs_free };
+static const pstore_vt redis_vt = { rs_ready, rs_apply, rs_sweep, rs_list, rs_free, NULL, 0 };
 static const redis_client_handlers CLIENT_H = {on_node, on_map, NULL};
 
 pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,

@@ -16,13 +16,19 @@
 #include "presence.h"
 
 /* An operation on one entry of room: 'u' upsert (add or refresh, expiry =
- * now+ttl), 'r' remove. member is "<node>|<conn_id>|<user>". */
+ * now+ttl), 'r' remove. member is "<node>|<conn_id>|<user>".
+ * slot (upserts, may be NULL): vt->slot_size bytes (8-aligned) that the
+ * caller keeps for the entry in the same allocation as member, user and
+ * name, which stay as they are until the caller calls vt->release for it:
+ * a store may keep its record of the entry there and point at the caller's
+ * strings instead of copying them (presence_mem.c does). */
 typedef struct pstore_op {
     const char *room;
     char op;
     const char *member;
     const char *user;
     const char *name;
+    void *slot;
 } pstore_op;
 
 typedef struct pstore_sink {
@@ -49,6 +55,12 @@ typedef struct pstore_vt {
     int (*list)(pstore *s, const char *room, void *req);
     /* Pending lists get list_done(-1); handles close asynchronously. */
     void (*free)(pstore *s);
+    /* The slot given with an upsert of (room, member) is going away (the
+     * caller frees its entry): the store stops using it (copies what it
+     * still needs). A slot the store no longer holds is a no-op. NULL
+     * when slot_size is 0. */
+    void (*release)(pstore *s, const char *room, const char *member, void *slot);
+    size_t slot_size;          /* 0: the store takes no slots */
 } pstore_vt;
 
 struct pstore {

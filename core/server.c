@@ -24,6 +24,7 @@
 #include "conn.h"
 #include "connlimit.h"
 #include "listener.h"
+#include "memtrim.h"
 #include "log.h"
 #include "metrics.h"
 #include "room.h"
@@ -211,6 +212,7 @@ static void on_tick(uv_timer_t *h)
         last_trim = now;
         conn_trim_queues();
     }
+    memtrim_tick(now);           /* after the queues gave back their rings */
     if (now - last_expiry >= 500) {
         last_expiry = now;
         chat_expire_tokens((int64_t)(now_ms() / 1000));
@@ -373,6 +375,7 @@ int server_run(int argc, char **argv)
 
     uv_prepare_init(g_srv.loop, &g_flush);
     uv_prepare_start(&g_flush, on_flush);
+    memtrim_init((uint64_t)g_srv.cfg.malloc_trim_ms);
     uv_timer_init(g_srv.loop, &g_tick);
     uv_timer_start(&g_tick, on_tick, 100, 100);
     uv_signal_init(g_srv.loop, &g_sighup);

@@ -6,6 +6,7 @@
 #include "metrics.h"
 #include "srv.h"
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,13 +72,14 @@ int wsread_data(void *ud, const unsigned char *p, size_t n, int final, int binar
     if (c->rx_len + n > c->rx_cap) {
         size_t nc = c->rx_cap ? c->rx_cap : 1024;
         while (nc < c->rx_len + n) nc *= 2;
+        if (nc > UINT32_MAX) return -1;   /* not with CHAT_MAX_FRAME <= 1 GiB */
         unsigned char *nb = realloc(c->rx, nc);
         if (!nb) { metric_inc(m_oom); return -1; }   /* closed 1011 by on_readable */
         c->rx = nb;
-        c->rx_cap = nc;
+        c->rx_cap = (uint32_t)nc;
     }
     memcpy(c->rx + c->rx_len, p, n);
-    c->rx_len += n;
+    c->rx_len += (uint32_t)n;
     if (final) {
         if (binary) conn_send_error(c, "bad_request", "binary frames are not supported", NULL);
         else chat_conn_frame(c, (const char *)c->rx, c->rx_len);

@@ -535,6 +535,8 @@ async def bad_edge_settings_refuse_to_start():
     for env, what in (({"CHAT_HANDSHAKE_TIMEOUT_MS": "50"}, "CHAT_HANDSHAKE_TIMEOUT_MS"),
                       ({"CHAT_MAX_HEADER_BYTES": "100"}, "CHAT_MAX_HEADER_BYTES"),
                       ({"CHAT_ACCEPT_PAUSE_MS": "0"}, "CHAT_ACCEPT_PAUSE_MS"),
+                      ({"CHAT_MAX_FRAME": str(2 << 30)}, "CHAT_MAX_FRAME"),
+                      ({"CHAT_MALLOC_TRIM_MS": "-1"}, "CHAT_MALLOC_TRIM_MS"),
                       ({"CHAT_MAX_CONNS_PER_IP": "-1"}, "CHAT_MAX_CONNS_PER_IP"),
                       ({"CHAT_TRUSTED_PROXIES": "10.0.0.0/99"}, "CHAT_TRUSTED_PROXIES")):
         node = Node(env=env)

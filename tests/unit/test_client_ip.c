@@ -7,6 +7,7 @@
 #include "check.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int parses(const char *s, const char *want)
@@ -85,6 +86,13 @@ static void test_resolve(void)
     client_ip_free();
 }
 
+static void each_user(void *ud, const char *user, int64_t n)
+{
+    struct { long *total; int *users; } *x = ud;
+    int i = atoi(user + 5);
+    if (strncmp(user, "user-", 5) == 0 && n == i % 3 + 1) { *x->total += n; (*x->users)++; }
+}
+
 static void test_limits(void)
 {
     connlimit_init(3, 2);
@@ -103,6 +111,25 @@ static void test_limits(void)
     connlimit_release("1.1.1.1", "carol");
     CHECK(connlimit_count_ip("1.1.1.1") == 0 && connlimit_count_user("alice") == 0, "back to 0");
     connlimit_init(0, 0);
+    /* every user with connections, walked in parts, with their counts */
+    char u[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(u, sizeof u, "user-%d", i);
+        for (int j = 0; j <= i % 3; j++) CHECK(connlimit_acquire("3.3.3.3", u) == LIMIT_OK);
+    }
+    long total = 0;
+    int users = 0;
+    size_t cap = connlimit_each_user(0, 0, NULL, NULL);
+    for (size_t from = 0; from < cap; from += 7) {
+        struct { long *total; int *users; } x = { &total, &users };
+        connlimit_each_user(from, from + 7, each_user, &x);
+    }
+    CHECK(users == 100 && total == 199, "each_user: %d users, %ld connections", users, total);
+    for (int i = 0; i < 100; i++) {
+        snprintf(u, sizeof u, "user-%d", i);
+        for (int j = 0; j <= i % 3; j++) connlimit_release("3.3.3.3", u);
+    }
+    CHECK(connlimit_count_ip("3.3.3.3") == 0 && connlimit_count_user("user-5") == 0, "released");
     int refused = 0;
     for (int i = 0; i < 5000; i++) refused += connlimit_acquire("1.1.1.1", "alice") != LIMIT_OK;
     CHECK(refused == 0, "0 = unlimited: %d refused", refused);

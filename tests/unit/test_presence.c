@@ -897,6 +897,69 @@ static void run_cluster(void)
     g_url = NULL;
 }
 
+/* chat_presence_users: (room, user) pairs with a live entry on the node,
+ * counted from the entries (a user with two connections in a room is one
+ * pair; the same user in two rooms is two); the gauge sums the nodes. */
+static double users_gauge(void)
+{
+    size_t len = 0;
+    char *t = metrics_render(&len);
+    const char *l = t ? strstr(t, "\nchat_presence_users ") : NULL;
+    double v = l ? strtod(l + strlen("\nchat_presence_users "), NULL) : -1;
+    free(t);
+    return v;
+}
+
+static void test_user_count(void)
+{
+    setup_nodes(2);
+    double g0 = users_gauge();
+    CHECK(presence_user_count(N[0].p) == 0);
+    conn *a = cadd(0, "uc1", "alice");
+    conn *a2 = cadd(0, "uc1", "alice");
+    conn *b = cadd(0, "uc1", "bob");
+    conn *a3 = cadd(0, "uc2", "alice");
+    conn *o = cadd(1, "uc1", "alice");
+    CHECK(presence_user_count(N[0].p) == 3, "node 0: %zu pairs", presence_user_count(N[0].p));
+    CHECK(presence_user_count(N[1].p) == 1);
+    CHECK(users_gauge() == g0 + 4, "gauge %g, was %g", users_gauge(), g0);
+    cremove(a);
+    CHECK(presence_user_count(N[0].p) == 3, "alice keeps uc1 through her other connection");
+    cremove(a2);
+    CHECK(presence_user_count(N[0].p) == 2);
+    cremove(b);
+    cremove(a3);
+    CHECK(presence_user_count(N[0].p) == 0);
+    cremove(o);
+    CHECK(users_gauge() == g0, "gauge back to %g: %g", g0, users_gauge());
+    sync_all();
+    teardown_nodes();
+}
+
+/* One node, one user, two connections: the first one's entry holds the
+ * user's count and name in the memory store (in the entry's slot); when it
+ * goes the count and name move (the list and the final leave still carry
+ * the name: under ASan a name left pointing into the freed entry fails). */
+static void test_first_conn_leaves(void)
+{
+    setup_nodes(1);
+    int e0 = nev;
+    conn *a = cadd(0, "fl", "u9");
+    conn *b = cadd(0, "fl", "u9");
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u9", "join") == 1, "one join");
+    cremove(a);
+    sync_all();
+    lres r;
+    CHECK(do_list(0, a->room, &r) == 0 && r.n == 1 && has_user(&r, "u9") == 1 && !strcmp(r.names[0], "N-u9"),
+          "still listed with the name after the first connection left");
+    CHECK(count_ev(e0, a->room, "u9", "leave") == 0, "no leave while the second stays");
+    cremove(b);
+    sync_all();
+    CHECK(count_ev(e0, a->room, "u9", "leave") == 1 && !strcmp(EV[nev - 1].name, "N-u9"), "one leave, with the name");
+    teardown_nodes();
+}
+
 static void run_all(void)
 {
     fprintf(stderr, "mode %s\n", g_url ? g_url : "memory");
@@ -904,6 +967,8 @@ static void run_all(void)
     unsigned seed = getenv("PRESENCE_SEED") ? (unsigned)atoi(getenv("PRESENCE_SEED"))
                                             : (unsigned)(now_ms() % 1000000);
     test_two_nodes_one_user();
+    test_user_count();
+    test_first_conn_leaves();
     test_crash();
     test_expire_and_heal();
     test_list_churn();

@@ -242,11 +242,49 @@ static void test_hmap_keyed(void)
     hmap_free(&m);
 }
 
+/* A keyfn map: each value finds its key itself (here through a pointer). */
+typedef struct pval { const char *key; int n; } pval;
+static const char *pval_key(const void *v) { return ((const pval *)v)->key; }
+
+static void test_hmap_keyfn(void)
+{
+    hmap m;
+    hmap_init_keyfn(&m, pval_key);
+    static char keys[200][16];
+    pval v[200];
+    for (int i = 0; i < 200; i++) {
+        snprintf(keys[i], sizeof keys[i], "p-%d", i);
+        v[i] = (pval){ keys[i], i };
+        CHECK(hmap_put(&m, keys[i], &v[i]) == 0);
+    }
+    int ok = 1;
+    char k[16];
+    for (int i = 0; i < 200; i++) {
+        snprintf(k, sizeof k, "p-%d", i);
+        ok &= hmap_get(&m, k) == &v[i];
+    }
+    CHECK(ok && m.count == 200, "keyfn: every entry found after the resizes");
+    pval w = { keys[5], 55 };
+    hmap_put(&m, w.key, &w);
+    CHECK(hmap_get(&m, "p-5") == &w && m.count == 200, "a replace (same key) keeps the count");
+    CHECK(hmap_del(&m, "p-6") == &v[6] && !hmap_get(&m, "p-6") && m.count == 199, "delete");
+    hmap_free(&m);
+    CHECK(m.keyed && m.key_fn == pval_key && !hmap_get(&m, "p-1"), "free keeps the key function");
+}
+
 static int drop_even(void *ud, const char *key, void *val)
 {
     int *seen = ud;
     (*seen)++;
     return ((long)val % 2) == 0; /* 1: remove */
+}
+
+static void range_sum(void *ud, const char *key, void *val)
+{
+    long *sum = ud;
+    char k[32];
+    snprintf(k, sizeof k, "k%ld", (long)val);
+    if (strcmp(k, key) == 0) *sum += (long)val;   /* the value's own key */
 }
 
 static void test_hmap_each(void)
@@ -266,6 +304,13 @@ static void test_hmap_each(void)
     for (size_t i = 0; i < n; i++) sum += (long)vals[i];
     CHECK(n == 50 && sum == 2500, "hmap_values collects every remaining value");
     CHECK(hmap_values(&m, vals, 10) == 10, "hmap_values stops at cap");
+    /* a walk in three parts sees every entry once, with its key */
+    long rsum = 0;
+    size_t cap = hmap_range(&m, 0, 0, range_sum, &rsum), third = cap / 3;
+    hmap_range(&m, 0, third, range_sum, &rsum);
+    hmap_range(&m, third, 2 * third, range_sum, &rsum);
+    CHECK(hmap_range(&m, 2 * third, cap + 100, range_sum, &rsum) == cap && cap == m.cap, "range returns the slot count");
+    CHECK(rsum == 2500, "hmap_range in parts visits every entry once (sum %ld)", rsum);
     hmap_put(&m, "k2", (void *)2L);
     CHECK(hmap_get(&m, "k2") == (void *)2L && m.count == 51, "a removed key can be put again");
     hmap_free(&m);
@@ -311,6 +356,7 @@ int main(void)
     test_hmap();
     test_hmap_each();
     test_hmap_keyed();
+    test_hmap_keyfn();
     test_backoff();
     return check_summary("test_queue");
 }
