@@ -15,9 +15,12 @@
  * With bus_handlers.on_check (the core can ask history), commits are not
  * marked (marks stay for entries that can never be stored) and a round has
  * two steps instead: BUS_SWEEP_LUA in mode 'C' lists the
- * (room, seq) older than the grace, on_check asks history which of them
- * are stored, and BUS_SETTLE_LUA forgets those and returns the entries of
- * the others (leased), handed to on_unstored as above. A message leaves the
+ * (room, seq) older than the grace (scored below the round's cut), on_check
+ * asks history which of them are stored, and BUS_SETTLE_LUA forgets those
+ * and returns the entries of the others still scored below that cut
+ * (leased), handed to on_unstored as above: a check slower than the round's
+ * lock lets another node's round list, lease or lose the same entries
+ * meanwhile, and then this settle skips them (one offer, one loss count). A message leaves the
  * unstored set only once history was seen to hold it; the cost per message
  * is two entries in one sweep call and one settle call per round, instead
  * of a mark round trip per commit (docs/redis.md "Backfill").
@@ -69,6 +72,7 @@ struct bus_check {
     struct bus_bf *f;        /* NULL once the bus is freed */
     struct bus_check *prev, *next;
     uint64_t node;
+    uint64_t cut;            /* the round's Redis time minus the grace */
     size_t n;
     const char **rooms;      /* into buf */
     uint64_t *seqs;
@@ -251,14 +255,16 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
     size_t nrooms = 0;
     for (size_t i = 0; i < c->n; i++)
         if (!i || strcmp(c->rooms[i], c->rooms[i - 1]) != 0) nrooms++;
-    size_t argc = 1 + c->n + 4 * nrooms;
+    size_t argc = 2 + c->n + 4 * nrooms;
     const char **v = malloc(argc * sizeof *v);
-    char (*nums)[24] = malloc((c->n + 2 * nrooms) * sizeof *nums);
+    char (*nums)[24] = malloc((c->n + 2 * nrooms + 1) * sizeof *nums);
     char (*idx)[48] = malloc(nrooms * sizeof *idx);
     int sent = 0;
     if (v && nums && idx) {
         size_t k = 0, nn = 0, r = 0;
         v[k++] = "0";
+        snprintf(nums[nn], sizeof nums[nn], "%" PRIu64, c->cut);
+        v[k++] = nums[nn++];
         for (size_t i = 0; i < c->n;) {
             size_t j = i;
             while (j < c->n && strcmp(c->rooms[j], c->rooms[i]) == 0) j++;
@@ -289,7 +295,8 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
 }
 
 /* mode 'C': {1, more, room, seq, ...} -> ask the core */
-static void check_round(struct bus_bf *f, uint64_t node, const redisReply *rp, size_t items)
+static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const redisReply *rp,
+                        size_t items)
 {
     bus *b = f->b;
     size_t n = 0, bytes = 0;
@@ -314,6 +321,7 @@ static void check_round(struct bus_bf *f, uint64_t node, const redisReply *rp, s
     }
     c->f = f;
     c->node = node;
+    c->cut = cut;
     c->seqs = seqs;
     c->n = 0;
     char *p = c->buf;
@@ -352,10 +360,11 @@ static void sweep_reply(void *ud, const redisReply *rp)
     size_t items = 0;
     if (f->check) {
         int more = 0;
-        if (bus_reply_check_round(rp, &more, &items) != 1) return; /* another node's round */
+        uint64_t cut = 0;
+        if (bus_reply_check_round(rp, &more, &cut, &items) != 1) return; /* another node's round */
         f->rounds++;
         if (more) f->more = 1;
-        check_round(f, node, rp, items);
+        check_round(f, node, cut, rp, items);
     } else {
         if (bus_reply_sweep_round(rp, &items) != 1) return; /* another node holds this round */
         f->rounds++;

@@ -326,10 +326,11 @@ int bus_reply_sweep_item(const struct redisReply *rp, size_t k, char *room, uint
 size_t bus_reply_settle_items(const struct redisReply *rp);
 int bus_reply_settle_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
                           bus_entry *e);
-/* the sweep script in mode 'C': {1, more, room, seq, ...}: 1 this node holds
- * the round (*more: a budget ran out, *items pairs follow), 0 another node
- * does, -1 an error or anything else; pair k: 0 (room, *seq set), -1 malformed */
-int bus_reply_check_round(const struct redisReply *rp, int *more, size_t *items);
+/* the sweep script in mode 'C': {1, more, cut, room, seq, ...}: 1 this node
+ * holds the round (*more: a budget ran out, *cut: the round's Redis ms time
+ * minus the grace, *items pairs follow), 0 another node does, -1 an error or
+ * anything else; pair k: 0 (room, *seq set), -1 malformed */
+int bus_reply_check_round(const struct redisReply *rp, int *more, uint64_t *cut, size_t *items);
 int bus_reply_check_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq);
 
 #endif

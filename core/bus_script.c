@@ -75,14 +75,19 @@
  *   keys share its index's slot, so they are local too.
  *   Mode 'C' (the core checks history, bus_handlers.on_check) changes
  *   nothing but the lock (and drops rooms with nothing old from the index)
- *   and returns {1, more, room, seq, room, seq, ...}: more = 1 when the room
- *   budget ran out (sweep again at once).
- * BUS_SETTLE_LUA ends a mode 'C' round with history's answer: ARGV is, per
- *   room, room, index, n stored, the n stored seqs, m missing, the m missing
- *   seqs. The stored ones leave chat:{room}:unstored; each missing one is
+ *   and returns {1, more, cut, room, seq, room, seq, ...}: more = 1 when the
+ *   room budget ran out (sweep again at once); cut = the round's Redis time
+ *   minus the grace (the listed entries are scored below it).
+ * BUS_SETTLE_LUA ends a mode 'C' round with history's answer: ARGV[1] the
+ *   round's cut, then per room: room, index, n stored, the n stored seqs, m
+ *   missing, the m missing seqs. The stored ones leave chat:{room}:unstored;
+ *   a missing one still scored below the cut (nobody offered it since the
+ *   round listed it: a round whose check outlived the lock may have been
+ *   followed by another node's round, which leased it or found it lost) is
  *   answered like mode 'E' (its entry, leased, or "" and removed when the
- *   recent buffer no longer has it): {room, seq, entry, ...}; the room's index
- *   score is fixed as above. Keys undeclared and local, as for the sweep.
+ *   recent buffer no longer has it); one scored at or above the cut, or gone,
+ *   is skipped: {room, seq, entry, ...}; the room's index score is fixed as
+ *   above. Keys undeclared and local, as for the sweep.
  * BUS_FORGET_LUA forgets a client id whose seq could not be stored:
  *   KEYS[1] chat:{room}:id:<id>, ARGV[1] seq; deletes it if it still maps
  *   to that seq. */
@@ -218,10 +223,11 @@ const char BUS_SWEEP_LUA[] =
     "local t = redis.call('TIME')\n"
     "local nowv = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local now = string.format('%d', nowv)\n"
-    "local cut = '(' .. string.format('%d', nowv - tonumber(ARGV[2]))\n"
+    "local cutv = nowv - tonumber(ARGV[2])\n"
+    "local cut = '(' .. string.format('%d', cutv)\n"
     "local check = ARGV[6] == 'C'\n"
     "local out = {1}\n"
-    "if check then out[2] = 0 end\n"
+    "if check then out[2] = 0; out[3] = cutv end\n"
     "local budget = tonumber(ARGV[4])\n"
     "for i = 7, #ARGV do\n"
     "  if budget <= 0 then\n"
@@ -259,8 +265,9 @@ const char BUS_SWEEP_LUA[] =
 const char BUS_SETTLE_LUA[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local cut = tonumber(ARGV[1])\n"
     "local out = {}\n"
-    "local i = 1\n"
+    "local i = 2\n"
     "while i <= #ARGV do\n"
     "  local room, idx, ns = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])\n"
     "  local uk = 'chat:{' .. room .. '}:unstored'\n"
@@ -274,7 +281,10 @@ const char BUS_SETTLE_LUA[] =
     "  i = i + 1\n"
     "  for j = i, i + nm - 1 do\n"
     "    local s = ARGV[j]\n"
+    "    local sc = redis.call('ZSCORE', uk, s)\n"
+    "    if sc and tonumber(sc) < cut then\n"
     LUA_OFFER_SEQ
+    "    end\n"
     "  end\n"
     "  i = i + nm\n"
     LUA_REINDEX_ROOM

@@ -187,8 +187,9 @@ static void interpret(const redisReply *rp)
 
     /* the checked sweep (mode 'C') and its settle */
     int cmore = -1;
-    round = bus_reply_check_round(rp, &cmore, &items);
-    FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || (items == 0 && cmore == 0)) &&
+    uint64_t ccut = 1;
+    round = bus_reply_check_round(rp, &cmore, &ccut, &items);
+    FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || (items == 0 && cmore == 0 && ccut == 0)) &&
                (cmore == 0 || cmore == 1), "check round %d items %zu more %d", round, items, cmore);
     for (size_t k = 0; round == 1 && k < items + 2; k++) {
         int st = bus_reply_check_item(rp, k, room, &seq);

@@ -196,6 +196,9 @@ typedef struct node {
     uint64_t stored_seq[32];
     int nstored;
     int check_fail;          /* answer -1 */
+    int check_hold;          /* keep the request: check_answer_held() answers */
+    bus_check *held_check;
+    size_t held_n;
     int nchecks;
     size_t asked;            /* pairs asked in total */
     char asked_room[256][80];
@@ -309,6 +312,11 @@ static void on_check(void *ud, bus_check *req, size_t n, const char *const *room
         for (int k = 0; k < nd->nstored; k++)
             if (nd->stored_seq[k] == seqs[i] && strcmp(nd->stored_room[k], rooms[i]) == 0) st[i] = 1;
     }
+    if (nd->check_hold && !nd->held_check) { /* a slow check: answered later */
+        nd->held_check = req;
+        nd->held_n = n;
+        return;
+    }
     /* answered at once, inside on_check: the bus must not call back from here */
     in_call = 1;
     bus_check_done(req, nd->check_fail ? -1 : 0, nd->check_fail ? NULL : st);
@@ -344,10 +352,11 @@ static node *node_new_track(const char *name, const char *url, size_t recent_max
 }
 
 /* a node that asks "history" (its stored list) in its sweeper (on_check) */
-static node *node_new_checking(const char *name, const char *url, uint32_t grace_ms)
+static node *node_new_checking_recent(const char *name, const char *url, size_t recent_max,
+                                      uint32_t grace_ms)
 {
-    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, 1000, 60, 1, grace_ms},
-                      &handlers_checking);
+    return node_start(calloc(1, sizeof(node)), name,
+                      (bus_opts){url, recent_max, 60, 1, grace_ms}, &handlers_checking);
 }
 
 static void stored_add(node *nd, const char *room, uint64_t seq)
@@ -356,12 +365,27 @@ static void stored_add(node *nd, const char *room, uint64_t seq)
     nd->stored_seq[nd->nstored++] = seq;
 }
 
+/* answers the held check: nothing of it stored */
+static void check_answer_held(node *nd)
+{
+    unsigned char st[512] = {0};
+    bus_check *req = nd->held_check;
+    nd->held_check = NULL;
+    nd->check_hold = 0;
+    if (req) bus_check_done(req, 0, st);
+}
+
 static int asked_count(const node *nd, const char *room, uint64_t seq)
 {
     int c = 0;
     for (size_t i = 0; i < nd->asked && i < 256; i++)
         if (nd->asked_seq[i] == seq && strcmp(nd->asked_room[i], room) == 0) c++;
     return c;
+}
+
+static node *node_new_checking(const char *name, const char *url, uint32_t grace_ms)
+{
+    return node_new_checking_recent(name, url, 1000, grace_ms);
 }
 
 /* a node with a seed provider (as with a database), tracking unstored */
@@ -1227,6 +1251,56 @@ static void test_backfill_check(void)
     settle();
 }
 
+/* a check slower than the round's lock: K holds its check while the lock
+ * expires and K2 takes the next round (offers seq 1 of room, loses 1 and 2
+ * of lost); K's late settle must neither offer the leased seq again nor
+ * count the lost ones a second time */
+static void test_backfill_slow_check(void)
+{
+    char room[80], lost[80];
+    mkroom(room, sizeof room, "bfslow");
+    mkroom(lost, sizeof lost, "bfslowl");
+    redisReply *r0 = rc("DEL chat:backfill:lock");
+    if (r0) freeReplyObject(r0);
+    node *a = node_new_checking("A", rurl, 60000);
+    node *c = node_new_checking_recent("C", rurl, 2, 60000);
+    wait_ready(a);
+    wait_ready(c);
+    pubres p, q[4];
+    pub(a, room, NULL, "one", &p);
+    for (int i = 0; i < 4; i++) pub(c, lost, NULL, "x", &q[i]);
+    WAIT(p.done && q[0].done && q[1].done && q[2].done && q[3].done, 3000);
+    CHECK(p.seq == 1 && q[3].seq == 4, "seqs");
+    spin(650); /* older than a 600 ms grace */
+    uint64_t lost0 = counter("chat_bus_backfill_lost_total");
+    node *k = node_new_checking("K", rurl, 600);
+    k->check_hold = 1;
+    wait_ready(k);
+    WAIT(k->held_check != NULL, 3000);
+    CHECK(k->held_check && k->held_n >= 5, "K's round lists the 5 entries (%zu)", k->held_n);
+    /* K's lock (270 ms) runs out while its check is slow: K2 sweeps */
+    node *k2 = node_new_checking("K2", rurl, 600);
+    wait_ready(k2);
+    WAIT(uns_count(k2, room, 1) >= 1 && uns_count(k2, lost, 4) >= 1, 3000);
+    CHECK(uns_count(k2, room, 1) == 1 && uns_count(k2, lost, 3) == 1 && uns_count(k2, lost, 4) == 1,
+          "K2 offers seq 1, 3, 4");
+    CHECK(counter("chat_bus_backfill_lost_total") == lost0 + 2, "K2 counts 2 lost");
+    check_answer_held(k);
+    spin(200); /* K's settle answers; within the lease K2 offers nothing again */
+    CHECK(uns_count(k, room, 1) + uns_count(k2, room, 1) == 1,
+          "seq 1 offered once (K %d, K2 %d)", uns_count(k, room, 1), uns_count(k2, room, 1));
+    CHECK(uns_count(k, lost, 3) + uns_count(k, lost, 4) == 0, "K offers none of lost");
+    CHECK(counter("chat_bus_backfill_lost_total") == lost0 + 2, "lost counted once (%" PRIu64 ")",
+          counter("chat_bus_backfill_lost_total") - lost0);
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", room) == 1 && rc_int("ZCARD chat:{%s}:unstored", lost) == 2,
+          "the offered entries stay (leased) until history holds them");
+    node_free(a);
+    node_free(c);
+    node_free(k);
+    node_free(k2);
+    settle();
+}
+
 /* in-process mode: no backfill (marks are no-ops, on_unstored never fires) */
 static void test_local_backfill_off(void)
 {
@@ -1921,6 +1995,7 @@ int main(void)
         test_unsub_waiting_replay();
         test_backfill();
         test_backfill_check();
+        test_backfill_slow_check();
         test_seed_redis();
         test_seed_resync();
         test_seed_free_pending(rurl);
