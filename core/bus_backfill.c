@@ -3,27 +3,25 @@
  * The publish script records every new seq in chat:{room}:unstored (score:
  * Redis time) and the room in its unstored index (bus_unstored_index: one
  * per Redis, one per slot on a Cluster). This file owns:
- *  - the mark batch: bus_mark_stored calls of one loop tick, grouped per
- *    room and sent as one BUS_MARK_LUA per room (pipelined, routed to the
- *    room's shard) from a 0 ms timer; dropped while that shard is down;
- *  - the sweeper: a timer every grace/2 that runs BUS_SWEEP_LUA on every
+ *  - the sweeper: a timer every grace/2; a round has three steps on every
  *    node that is up (one Redis: its index; a Cluster: each master with the
- *    indexes of every slot it owns, under a per-master round lock) and hands
- *    each entry older than the grace to on_unstored; entries the recent
- *    buffer no longer has are lost (logged once per room and round,
- *    counted).
- * With bus_handlers.on_check (the core can ask history), commits are not
- * marked (marks stay for entries that can never be stored) and a round has
- * two steps instead: BUS_SWEEP_LUA in mode 'C' lists the
- * (room, seq) older than the grace (scored below the round's cut), on_check
- * asks history which of them are stored, and BUS_SETTLE_LUA forgets those
- * and returns the entries of the others still scored below that cut
- * (leased), handed to on_unstored as above: a check slower than the round's
- * lock lets another node's round list, lease or lose the same entries
- * meanwhile, and then this settle skips them (one offer, one loss count). A message leaves the
- * unstored set only once history was seen to hold it; the cost per message
- * is two entries in one sweep call and one settle call per round, instead
- * of a mark round trip per commit (docs/redis.md "Backfill").
+ *    indexes of every slot it owns, under a per-master round lock):
+ *    BUS_SWEEP_LUA lists the (room, seq) older than the grace (scored below
+ *    the round's cut), on_check (bus_handlers, required with
+ *    track_unstored) asks history which of them are stored, and
+ *    BUS_SETTLE_LUA forgets those and returns the entries of the others
+ *    still scored below that cut (leased), handed to on_unstored; entries
+ *    the recent buffer no longer has are lost (logged once per room and
+ *    settle, counted). A check slower than the round's lock lets another
+ *    node's round list, lease or lose the same entries meanwhile, and then
+ *    this settle skips them (one offer, one loss count). A message leaves
+ *    the unstored set only once history was seen to hold it; the cost per
+ *    message is two entries in one sweep call and one settle call per
+ *    round (docs/redis.md "Backfill");
+ *  - the mark batch, for entries that can never be stored (a malformed
+ *    tail: bus_mark_stored): the marks of one loop tick, grouped per room
+ *    and sent as one BUS_MARK_LUA per room (pipelined, routed to the room's
+ *    shard) from a 0 ms timer; dropped while that shard is down.
  * Both timers are closed by bus_backfill_free; the state is freed when the
  * last one is closed; checks still with the core are orphaned then
  * (bus_check_done frees them). */
@@ -39,9 +37,7 @@
 #include <unistd.h>
 
 #define MOD "bus"
-#define SWEEP_ROOMS 50
-#define SWEEP_PER_ROOM 200
-/* mode 'C': every room with old entries each round (dm: ~1 entry per room) */
+/* every room with old entries each round (dm: ~1 entry per room) */
 #define CHECK_ROOMS 2000
 #define CHECK_PER_ROOM 500
 
@@ -62,7 +58,6 @@ struct bus_bf {
     char token[96];          /* this node's lock value */
     int sweeping;            /* sweeps in flight (one per node), checks and
                               * settles included */
-    int check;               /* mode 'C': on_check is set */
     int more;                /* a check round hit its room budget */
     struct bus_check *checks; /* with the core */
     uint64_t rounds;
@@ -158,22 +153,21 @@ void bus_backfill_mark(bus *b, const char *room, uint64_t seq)
 
 /* ---- sweeper ---- */
 
-/* the {room, seq, entry} items of a sweep (mode 'E', sweep_items of them)
- * or settle reply: each entry goes to on_unstored; "" = the recent buffer
- * lost it (logged once per room, counted) */
-static void offer_entries(struct bus_bf *f, const redisReply *rp, int settle, size_t sweep_items)
+/* the {room, seq, entry} items of a settle reply: each entry goes to
+ * on_unstored; "" = the recent buffer lost it (logged once per room,
+ * counted) */
+static void offer_entries(struct bus_bf *f, const redisReply *rp)
 {
     bus *b = f->b;
     char lost_room[CHAT_ROOM_MAX + 1] = "";
     uint64_t lost_n = 0, lost_lo = 0, lost_hi = 0;
     size_t offered = 0;
-    size_t items = settle ? bus_reply_settle_items(rp) : sweep_items;
+    size_t items = bus_reply_settle_items(rp);
     for (size_t k = 0; k < items; k++) {
         char room[CHAT_ROOM_MAX + 1];
         uint64_t seq = 0;
         bus_entry e;
-        int st = settle ? bus_reply_settle_item(rp, k, room, &seq, &e)
-                        : bus_reply_sweep_item(rp, k, room, &seq, &e);
+        int st = bus_reply_settle_item(rp, k, room, &seq, &e);
         if (st < 0) continue;
         if (st == 0) {
             metric_inc(b->m.backfill_lost);
@@ -222,7 +216,7 @@ static void settle_reply(void *ud, const redisReply *rp)
         return;
     }
     if (rp->type != REDIS_REPLY_ARRAY) return;
-    offer_entries(f, rp, 1, 0);
+    offer_entries(f, rp);
     if (f->more && !f->sweeping && !f->b->freeing) {
         f->more = 0;
         sweep_again_soon(f);
@@ -294,7 +288,7 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
     check_free(c);
 }
 
-/* mode 'C': {1, more, room, seq, ...} -> ask the core */
+/* {1, more, cut, room, seq, ...} -> ask the core */
 static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const redisReply *rp,
                         size_t items)
 {
@@ -358,18 +352,12 @@ static void sweep_reply(void *ud, const redisReply *rp)
         return;
     }
     size_t items = 0;
-    if (f->check) {
-        int more = 0;
-        uint64_t cut = 0;
-        if (bus_reply_check_round(rp, &more, &cut, &items) != 1) return; /* another node's round */
-        f->rounds++;
-        if (more) f->more = 1;
-        check_round(f, node, cut, rp, items);
-    } else {
-        if (bus_reply_sweep_round(rp, &items) != 1) return; /* another node holds this round */
-        f->rounds++;
-        offer_entries(f, rp, 0, items);
-    }
+    int more = 0;
+    uint64_t cut = 0;
+    if (bus_reply_check_round(rp, &more, &cut, &items) != 1) return; /* another node's round */
+    f->rounds++;
+    if (more) f->more = 1;
+    check_round(f, node, cut, rp, items);
 }
 
 /* one sweep call on one node: the lock, then its indexes */
@@ -383,15 +371,15 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     if (!lock_ms) lock_ms = 1;
     snprintf(grace, sizeof grace, "%u", (unsigned)f->grace_ms);
     snprintf(lock, sizeof lock, "%u", (unsigned)lock_ms);
-    snprintf(nrooms, sizeof nrooms, "%d", f->check ? CHECK_ROOMS : SWEEP_ROOMS);
-    snprintf(nper, sizeof nper, "%d", f->check ? CHECK_PER_ROOM : SWEEP_PER_ROOM);
+    snprintf(nrooms, sizeof nrooms, "%d", CHECK_ROOMS);
+    snprintf(nper, sizeof nper, "%d", CHECK_PER_ROOM);
     /* the slot indexes of this master, and the round's lock at its first slot */
     size_t nidx;
     char **idx = redis_slot_keys(f->cluster, ranges, nranges, "unstored", &nidx);
     const uint16_t first[1][2] = {{nranges ? ranges[0][0] : 0, nranges ? ranges[0][0] : 0}};
     size_t nl;
     char **klock = idx ? redis_slot_keys(f->cluster, first, 1, "backfill:lock", &nl) : NULL;
-    const char **v = klock ? malloc((8 + nidx) * sizeof *v) : NULL;
+    const char **v = klock ? malloc((7 + nidx) * sizeof *v) : NULL;
     if (!v) {
         free(idx);
         free(klock);
@@ -404,14 +392,13 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     v[4] = lock;
     v[5] = nrooms;
     v[6] = nper;
-    v[7] = f->check ? "C" : "E";
-    for (size_t i = 0; i < nidx; i++) v[8 + i] = idx[i];
+    for (size_t i = 0; i < nidx; i++) v[7 + i] = idx[i];
     redis_call how = {-1, node, BUS_S_SWEEP};
     sweep_ctx *sc = malloc(sizeof *sc);
     if (sc) {
         sc->f = f;
         sc->node = node;
-        if (redis_client_call(f->rc, &how, (int)(8 + nidx), v, NULL, sweep_reply, sc) == 0)
+        if (redis_client_call(f->rc, &how, (int)(7 + nidx), v, NULL, sweep_reply, sc) == 0)
             f->sweeping++;
         else
             free(sc);
@@ -444,6 +431,10 @@ static void timer_closed(uv_handle_t *h)
 
 int bus_backfill_init(bus *b, redis_client *rc, uint32_t grace_ms, char *err, size_t errlen)
 {
+    if (!b->h.on_check) {
+        snprintf(err, errlen, "tracking unstored messages needs a history check (on_check)");
+        return -1;
+    }
     struct bus_bf *f = calloc(1, sizeof *f);
     if (!f) {
         snprintf(err, errlen, "out of memory");
@@ -453,7 +444,6 @@ int bus_backfill_init(bus *b, redis_client *rc, uint32_t grace_ms, char *err, si
     f->rc = rc;
     f->cluster = redis_client_is_cluster(rc);
     f->grace_ms = grace_ms ? grace_ms : 3000;
-    f->check = b->h.on_check != NULL;
     hmap_init(&f->marks);
     char host[64] = "node";
     gethostname(host, sizeof host - 1);

@@ -314,19 +314,13 @@ size_t bus_reply_replay(const struct redisReply *rp, uint64_t since, size_t want
 /* "chat:{room}:kind" (a valid room, a kind of 1..kn-1 bytes) -> room
  * (CHAT_ROOM_MAX + 1 bytes), kind: 0; -1 when it is not a channel of ours */
 int bus_reply_channel(const char *s, size_t len, char *room, char *kind, size_t kn);
-/* the sweep script: 1 this node holds the round (*items entries follow),
- * 0 another node does, -1 an error or anything else */
-int bus_reply_sweep_round(const struct redisReply *rp, size_t *items);
-/* item k of a round: 1 an entry to store (room, *seq, *e), 0 lost (the recent
- * buffer no longer had it; room and *seq set), -1 malformed (skip) */
-int bus_reply_sweep_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
-                         bus_entry *e);
-/* the settle script (mode 'C'): {room, seq, entry} triples, read like
- * sweep items (the count of triples, item k of them) */
+/* the settle script: {room, seq, entry} triples (the count of triples;
+ * item k of them: 1 an entry to store (room, *seq, *e), 0 lost (the recent
+ * buffer no longer had it; room and *seq set), -1 malformed (skip)) */
 size_t bus_reply_settle_items(const struct redisReply *rp);
 int bus_reply_settle_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
                           bus_entry *e);
-/* the sweep script in mode 'C': {1, more, cut, room, seq, ...}: 1 this node
+/* the sweep script: {1, more, cut, room, seq, ...}: 1 this node
  * holds the round (*more: a budget ran out, *cut: the round's Redis ms time
  * minus the grace, *items pairs follow), 0 another node does, -1 an error or
  * anything else; pair k: 0 (room, *seq set), -1 malformed */

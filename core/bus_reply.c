@@ -58,17 +58,6 @@ int bus_reply_channel(const char *s, size_t len, char *room, char *kind, size_t 
     return 0;
 }
 
-int bus_reply_sweep_round(const redisReply *rp, size_t *items)
-{
-    *items = 0;
-    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 || !rp->element ||
-        rp->element[0]->type != REDIS_REPLY_INTEGER)
-        return -1;
-    if (rp->element[0]->integer != 1) return 0;   /* another node holds this round */
-    *items = (rp->elements - 1) / 3;
-    return 1;
-}
-
 /* {room, seq, entry} triple k from element `from` on */
 static int triple(const redisReply *rp, size_t from, size_t k, char *room, uint64_t *seq,
                   bus_entry *e)
@@ -87,13 +76,6 @@ static int triple(const redisReply *rp, size_t from, size_t k, char *room, uint6
     if (er->len == 0) return 0;                   /* no longer in the recent buffer */
     if (entry_of(er, e) != 0 || e->seq != *seq) return -1;
     return 1;
-}
-
-int bus_reply_sweep_item(const redisReply *rp, size_t k, char *room, uint64_t *seq,
-                         bus_entry *e)
-{
-    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 1) return -1;
-    return triple(rp, 1, k, room, seq, e);
 }
 
 size_t bus_reply_settle_items(const redisReply *rp)

@@ -328,7 +328,7 @@ static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready, on_
 static const bus_handlers handlers_checking = {on_message, on_gap, on_emit, on_ready, on_unstored,
                                                NULL, on_control, on_check};
 static const bus_handlers handlers_seeded = {on_message, on_gap, on_emit, on_ready, on_unstored,
-                                             on_seed, on_control, NULL};
+                                             on_seed, on_control, on_check};
 
 /* Every node: nd (calloc'd, its test fields set) gets its name and a bus
  * with those options and handlers, made as if inside a bus_* call. */
@@ -343,12 +343,14 @@ static node *node_start(node *nd, const char *name, bus_opts o, const bus_handle
     return nd;
 }
 
-/* a node that records its publishes as unstored (grace_ms: its sweeper) */
-static node *node_new_track(const char *name, const char *url, size_t recent_max,
-                            uint32_t grace_ms)
+/* tracking unstored messages needs a history check: refused without one */
+static void test_track_needs_check(void)
 {
-    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, 60, 1, grace_ms},
-                      &handlers);
+    bus_opts o = {rurl, 1000, 60, 1, 600};
+    char err[128] = "";
+    bus *b = bus_new(loop, &o, &handlers, NULL, err, sizeof err);
+    CHECK(!b && strstr(err, "on_check"), "bus_new refused: %s", err);
+    if (b) bus_free(b);
 }
 
 /* a node that asks "history" (its stored list) in its sweeper (on_check) */
@@ -1073,9 +1075,9 @@ static void test_backfill(void)
     mkroom(locked, sizeof locked, "bflock");
     /* A publishes (its own sweeper would only run after 30 s), B sweeps
      * with a 600 ms grace; C keeps a recent buffer of 2 */
-    node *a = node_new_track("A", rurl, 1000, 60000);
-    node *b = node_new_track("B", rurl, 1000, 600);
-    node *c = node_new_track("C", rurl, 2, 60000);
+    node *a = node_new_checking("A", rurl, 60000);
+    node *b = node_new_checking("B", rurl, 600);
+    node *c = node_new_checking_recent("C", rurl, 2, 60000);
     node *plain = node_new("P", rurl, 1000, 60);
     wait_ready(a);
     wait_ready(b);
@@ -1121,10 +1123,10 @@ static void test_backfill(void)
     /* the lease: not offered again within the grace */
     spin(350);
     CHECK(uns_count(b, room, 1) == 1, "seq 1 leased (offered %d times)", uns_count(b, room, 1));
-    mark(b, room, 1); /* B stored it */
+    stored_add(b, room, 1); /* B stored it: its next check forgets it */
     WAIT(uns_count(b, room, 4) >= 1, 3000);
     CHECK(uns_count(b, room, 4) == 1 && uns_count(b, room, 1) == 1, "seq 4 offered once, 1 not again");
-    mark(b, room, 4);
+    stored_add(b, room, 4);
     WAIT(rc_int("EXISTS chat:{%s}:unstored", room) == 0 &&
              rc_int("ZSCORE chat:unstored %s", room) == 0, 2000);
     CHECK(rc_int("EXISTS chat:{%s}:unstored", room) == 0, "set empty");
@@ -1146,7 +1148,7 @@ static void test_backfill(void)
     mark(c, lost, 4);
 
     /* the lock: while another node holds the round, B does not sweep */
-    node *d = node_new_track("D", rurl, 1000, 600);
+    node *d = node_new_checking("D", rurl, 600);
     wait_ready(d);
     redisReply *r = rc("SET chat:backfill:lock other PX 1800");
     if (r) freeReplyObject(r);
@@ -1171,8 +1173,9 @@ static void test_backfill(void)
     /* the lease: an offered seq waits another grace, whichever node sweeps */
     CHECK(offers >= 1 && (uint64_t)offers <= el / 600 + 1, "offered %d times in %" PRIu64 " ms",
           offers, el);
-    mark(d, locked, 1);
-    WAIT(rc_int("EXISTS chat:{%s}:unstored", locked) == 0, 2000);
+    stored_add(b, locked, 1);
+    stored_add(d, locked, 1);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", locked) == 0, 3000);
     CHECK(rc_int("ZSCORE chat:unstored %s", locked) == 0, "locked room cleared");
     CHECK(a->dup_or_disorder == 0, "no disorder");
     node_free(a);
@@ -1194,7 +1197,7 @@ static void test_backfill_check(void)
     redisReply *r0 = rc("DEL chat:backfill:lock");
     if (r0) freeReplyObject(r0);
     /* A publishes (its sweeper would run after 60 s); K checks with a 600 ms grace */
-    node *a = node_new_track("A", rurl, 1000, 60000);
+    node *a = node_new_checking("A", rurl, 60000);
     node *k = node_new_checking("K", rurl, 600);
     wait_ready(a);
     wait_ready(k);
@@ -1304,7 +1307,7 @@ static void test_backfill_slow_check(void)
 /* in-process mode: no backfill (marks are no-ops, on_unstored never fires) */
 static void test_local_backfill_off(void)
 {
-    node *l = node_new_track("L", NULL, 10, 200);
+    node *l = node_new_checking_recent("L", NULL, 10, 200);
     snprintf(l->room, sizeof l->room, "lb");
     sub(l, "lb");
     pubres p;
@@ -1993,6 +1996,7 @@ int main(void)
         test_restart_empty();
         test_replay_then_live();
         test_unsub_waiting_replay();
+        test_track_needs_check();
         test_backfill();
         test_backfill_check();
         test_backfill_slow_check();

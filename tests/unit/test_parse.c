@@ -105,24 +105,7 @@ static void test_bus_replies(void)
     CHECK(bus_reply_channel("chat:{lobby}:m\0g", 16, room, kind, sizeof kind) < 0, "NUL in kind");
 
     size_t items = 0;
-    r = RESP("*7\r\n:1\r\n$5\r\nlobby\r\n$1\r\n4\r\n$4\r\n4\nhi\r\n$5\r\nlobby\r\n$1\r\n5\r\n$0\r\n\r\n");
-    CHECK(bus_reply_sweep_round(r, &items) == 1 && items == 2, "round");
-    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) == 1 && seq == 4 && !strcmp(room, "lobby") &&
-          e[0].len == 2, "entry item");
-    CHECK(bus_reply_sweep_item(r, 1, room, &seq, e) == 0 && seq == 5, "lost item");
-    CHECK(bus_reply_sweep_item(r, 2, room, &seq, e) < 0, "past the end");
-    freeReplyObject(r);
-    r = RESP("*4\r\n:1\r\n$5\r\nlobby\r\n$2\r\n4x\r\n$4\r\n4\nhi\r\n");
-    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) < 0, "seq \"4x\" refused (strtoull read 4)");
-    freeReplyObject(r);
-    r = RESP("*4\r\n:1\r\n$5\r\nlob\0y\r\n$1\r\n4\r\n$4\r\n4\nhi\r\n");
-    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) < 0, "room with a NUL refused");
-    freeReplyObject(r);
-    r = RESP("*1\r\n:0\r\n");
-    CHECK(bus_reply_sweep_round(r, &items) == 0, "another node's round");
-    freeReplyObject(r);
-
-    /* the checked sweep (mode 'C'): {1, more, cut, room, seq, ...}, then the settle's triples */
+    /* the sweep: {1, more, cut, room, seq, ...}, then the settle's triples */
     int more = -1;
     uint64_t cut = 0;
     r = RESP("*7\r\n:1\r\n:1\r\n:1700000000000\r\n$5\r\nlobby\r\n$1\r\n4\r\n$5\r\nlo by\r\n$1\r\n5\r\n");
