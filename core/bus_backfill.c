@@ -37,9 +37,6 @@
 #include <unistd.h>
 
 #define MOD "bus"
-/* every room with old entries each round (dm: ~1 entry per room) */
-#define CHECK_ROOMS 2000
-#define CHECK_PER_ROOM 500
 
 typedef struct bf_marks {
     char room[CHAT_ROOM_MAX + 1];
@@ -52,6 +49,7 @@ struct bus_bf {
     redis_client *rc;
     int cluster;
     uint32_t grace_ms;
+    uint32_t check_rooms, check_per_room; /* a round's limits */
     uv_timer_t sweep, flush;
     int open;                /* timers not yet closed */
     hmap marks;              /* room -> bf_marks, sent at the next tick */
@@ -356,6 +354,9 @@ static void sweep_reply(void *ud, const redisReply *rp)
     uint64_t cut = 0;
     if (bus_reply_check_round(rp, &more, &cut, &items) != 1) return; /* another node's round */
     f->rounds++;
+    metric_add(b->m.backfill_checked, items);
+    if (more & BUS_MORE_ROOMS) metric_inc(b->m.backfill_limit_rooms);
+    if (more & BUS_MORE_PER_ROOM) metric_inc(b->m.backfill_limit_per_room);
     if (more) f->more = 1;
     check_round(f, node, cut, rp, items);
 }
@@ -371,8 +372,8 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     if (!lock_ms) lock_ms = 1;
     snprintf(grace, sizeof grace, "%u", (unsigned)f->grace_ms);
     snprintf(lock, sizeof lock, "%u", (unsigned)lock_ms);
-    snprintf(nrooms, sizeof nrooms, "%d", CHECK_ROOMS);
-    snprintf(nper, sizeof nper, "%d", CHECK_PER_ROOM);
+    snprintf(nrooms, sizeof nrooms, "%u", (unsigned)f->check_rooms);
+    snprintf(nper, sizeof nper, "%u", (unsigned)f->check_per_room);
     /* the slot indexes of this master, and the round's lock at its first slot */
     size_t nidx;
     char **idx = redis_slot_keys(f->cluster, ranges, nranges, "unstored", &nidx);
@@ -429,7 +430,7 @@ static void timer_closed(uv_handle_t *h)
     bus_handle_closed(b);
 }
 
-int bus_backfill_init(bus *b, redis_client *rc, uint32_t grace_ms, char *err, size_t errlen)
+int bus_backfill_init(bus *b, redis_client *rc, const bus_opts *o, char *err, size_t errlen)
 {
     if (!b->h.on_check) {
         snprintf(err, errlen, "tracking unstored messages needs a history check (on_check)");
@@ -443,7 +444,9 @@ int bus_backfill_init(bus *b, redis_client *rc, uint32_t grace_ms, char *err, si
     f->b = b;
     f->rc = rc;
     f->cluster = redis_client_is_cluster(rc);
-    f->grace_ms = grace_ms ? grace_ms : 3000;
+    f->grace_ms = o->backfill_grace_ms ? o->backfill_grace_ms : 3000;
+    f->check_rooms = o->backfill_check_rooms ? o->backfill_check_rooms : BUS_CHECK_ROOMS;
+    f->check_per_room = o->backfill_check_per_room ? o->backfill_check_per_room : BUS_CHECK_PER_ROOM;
     hmap_init(&f->marks);
     char host[64] = "node";
     gethostname(host, sizeof host - 1);

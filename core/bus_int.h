@@ -181,6 +181,7 @@ struct bus {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
         metric_counter *backfilled, *backfill_lost;
+        metric_counter *backfill_checked, *backfill_limit_rooms, *backfill_limit_per_room;
     } m;
 };
 
@@ -288,7 +289,7 @@ void bus_unstored_index(char *out, size_t n, int cluster, const char *room);
  * sweeper, on the Redis backend's client. init: 0 or -1; free: closes its
  * timers (bus_handle_closed each). */
 struct redis_client;
-int bus_backfill_init(bus *b, struct redis_client *rc, uint32_t grace_ms, char *err,
+int bus_backfill_init(bus *b, struct redis_client *rc, const bus_opts *o, char *err,
                       size_t errlen);
 void bus_backfill_free(bus *b);
 void bus_backfill_mark(bus *b, const char *room, uint64_t seq);
@@ -320,8 +321,12 @@ int bus_reply_channel(const char *s, size_t len, char *room, char *kind, size_t 
 size_t bus_reply_settle_items(const struct redisReply *rp);
 int bus_reply_settle_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
                           bus_entry *e);
+/* the sweep's more flags: a round stopped at its room limit / left old seqs
+ * of a room at the per-room limit */
+#define BUS_MORE_ROOMS 1
+#define BUS_MORE_PER_ROOM 2
 /* the sweep script: {1, more, cut, room, seq, ...}: 1 this node
- * holds the round (*more: a budget ran out, *cut: the round's Redis ms time
+ * holds the round (*more: BUS_MORE_* flags of the limits it met, *cut: the round's Redis ms time
  * minus the grace, *items pairs follow), 0 another node does, -1 an error or
  * anything else; pair k: 0 (room, *seq set), -1 malformed */
 int bus_reply_check_round(const struct redisReply *rp, int *more, uint64_t *cut, size_t *items);

@@ -102,7 +102,8 @@ int bus_reply_check_round(const redisReply *rp, int *more, uint64_t *cut, size_t
     if (rp->elements < 3 || rp->element[1]->type != REDIS_REPLY_INTEGER ||
         rp->element[2]->type != REDIS_REPLY_INTEGER || rp->element[2]->integer < 0)
         return -1;
-    *more = rp->element[1]->integer != 0;
+    if (rp->element[1]->integer < 0 || rp->element[1]->integer > 3) return -1;
+    *more = (int)rp->element[1]->integer;
     *cut = (uint64_t)rp->element[2]->integer;
     *items = (rp->elements - 3) / 2;
     return 1;

@@ -72,7 +72,10 @@
  *   node holds the lock; else it changes nothing but the lock (and drops
  *   rooms with nothing old from the index) and returns {1, more, cut, room,
  *   seq, room, seq, ...}, the (room, seq) of every entry older than the
- *   grace: more = 1 when the room budget ran out (sweep again at once); cut
+ *   grace (at most ARGV[4] rooms, ARGV[5] seqs per room): more = the
+ *   limits the round met (sweep again at once): + 1 (BUS_MORE_ROOMS) when
+ *   the rooms listed reached ARGV[4], + 2 (BUS_MORE_PER_ROOM) when a room's
+ *   seqs reached ARGV[5]; cut
  *   = the round's Redis time minus the grace (the listed entries are scored
  *   below it).
  * BUS_SETTLE_LUA ends a round with history's answer: ARGV[1] the round's
@@ -225,20 +228,20 @@ const char BUS_SWEEP_LUA[] =
     "local cut = '(' .. string.format('%d', cutv)\n"
     "local out = {1, 0, cutv}\n"
     "local budget = tonumber(ARGV[4])\n"
+    "local per = tonumber(ARGV[5])\n"
+    "local mr, mp = 0, 0\n"
     "for i = 6, #ARGV do\n"
-    "  if budget <= 0 then\n"
-    "    out[2] = 1\n"
-    "    break\n"
-    "  end\n"
+    "  if budget <= 0 then break end\n"
     "  local idx = ARGV[i]\n"
     "  local ex = redis.pcall('EXISTS', idx)\n"
     "  if ex == 1 then\n"
     "    local rooms = redis.call('ZRANGEBYSCORE', idx, '-inf', cut, 'LIMIT', 0, budget)\n"
     "    budget = budget - #rooms\n"
+    "    if budget <= 0 then mr = 1 end\n"
     "    for _, room in ipairs(rooms) do\n"
     "      local uk = 'chat:{' .. room .. '}:unstored'\n"
-    "      local rk = 'chat:{' .. room .. '}:recent'\n"
-    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, tonumber(ARGV[5]))\n"
+    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per)\n"
+    "      if #seqs >= per then mp = 2 end\n"
     "      for _, s in ipairs(seqs) do\n"
     "        out[#out + 1] = room\n"
     "        out[#out + 1] = s\n"
@@ -249,6 +252,7 @@ const char BUS_SWEEP_LUA[] =
     "    end\n"
     "  end\n"
     "end\n"
+    "out[2] = mr + mp\n"
     "return out\n";
 
 const char BUS_SETTLE_LUA[] =

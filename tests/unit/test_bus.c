@@ -197,6 +197,9 @@ typedef struct node {
     int nstored;
     int check_fail;          /* answer -1 */
     int check_hold;          /* keep the request: check_answer_held() answers */
+    int check_all_stored;    /* answer "stored" for every pair */
+    size_t check_sizes[64];  /* pairs of each check */
+    int ncheck_sizes;
     bus_check *held_check;
     size_t held_n;
     int nchecks;
@@ -301,6 +304,7 @@ static void on_check(void *ud, bus_check *req, size_t n, const char *const *room
 {
     node *nd = ud;
     nd->nchecks++;
+    if (nd->ncheck_sizes < 64) nd->check_sizes[nd->ncheck_sizes++] = n;
     unsigned char st[512] = {0};
     CHECK(n <= sizeof st, "%zu pairs", n);
     for (size_t i = 0; i < n && i < sizeof st; i++) {
@@ -309,6 +313,7 @@ static void on_check(void *ud, bus_check *req, size_t n, const char *const *room
             nd->asked_seq[nd->asked] = seqs[i];
         }
         nd->asked++;
+        if (nd->check_all_stored) st[i] = 1;
         for (int k = 0; k < nd->nstored; k++)
             if (nd->stored_seq[k] == seqs[i] && strcmp(nd->stored_room[k], rooms[i]) == 0) st[i] = 1;
     }
@@ -346,7 +351,7 @@ static node *node_start(node *nd, const char *name, bus_opts o, const bus_handle
 /* tracking unstored messages needs a history check: refused without one */
 static void test_track_needs_check(void)
 {
-    bus_opts o = {rurl, 1000, 60, 1, 600};
+    bus_opts o = {rurl, 1000, 60, 1, 600, 0, 0};
     char err[128] = "";
     bus *b = bus_new(loop, &o, &handlers, NULL, err, sizeof err);
     CHECK(!b && strstr(err, "on_check"), "bus_new refused: %s", err);
@@ -354,11 +359,12 @@ static void test_track_needs_check(void)
 }
 
 /* a node that asks "history" (its stored list) in its sweeper (on_check) */
-static node *node_new_checking_recent(const char *name, const char *url, size_t recent_max,
-                                      uint32_t grace_ms)
+static node *node_new_checking_opts(const char *name, const char *url, size_t recent_max,
+                                    uint32_t grace_ms, uint32_t rooms, uint32_t per_room)
 {
     return node_start(calloc(1, sizeof(node)), name,
-                      (bus_opts){url, recent_max, 60, 1, grace_ms}, &handlers_checking);
+                      (bus_opts){url, recent_max, 60, 1, grace_ms, rooms, per_room},
+                      &handlers_checking);
 }
 
 static void stored_add(node *nd, const char *room, uint64_t seq)
@@ -385,6 +391,12 @@ static int asked_count(const node *nd, const char *room, uint64_t seq)
     return c;
 }
 
+static node *node_new_checking_recent(const char *name, const char *url, size_t recent_max,
+                                      uint32_t grace_ms)
+{
+    return node_new_checking_opts(name, url, recent_max, grace_ms, 0, 0);
+}
+
 static node *node_new_checking(const char *name, const char *url, uint32_t grace_ms)
 {
     return node_new_checking_recent(name, url, 1000, grace_ms);
@@ -397,12 +409,13 @@ static node *node_new_seeded(const char *name, const char *url, uint64_t seed_ma
     node *nd = calloc(1, sizeof *nd);
     nd->seed_max = seed_max;
     snprintf(nd->seed_epoch, sizeof nd->seed_epoch, "%s", epoch);
-    return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000}, &handlers_seeded);
+    return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000, 0, 0},
+                      &handlers_seeded);
 }
 
 static node *node_new(const char *name, const char *url, size_t recent_max, uint32_t ttl)
 {
-    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0},
+    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0, 0, 0},
                       &handlers);
 }
 
@@ -523,13 +536,18 @@ static uint64_t counter(const char *name)
     return metrics_counter(name, NULL, NULL)->v;
 }
 
+static uint64_t counter_l(const char *name, const char *labels)
+{
+    return metrics_counter(name, NULL, labels)->v;
+}
+
 /* ---------------- tests: helpers ---------------- */
 
 /* the URL parser itself is tested in test_redis.c; the bus refuses a bad one */
 static void test_url(void)
 {
     char err[128];
-    bus_opts o = {"nope://", 0, 0, 0, 0};
+    bus_opts o = {"nope://", 0, 0, 0, 0, 0, 0};
     CHECK(bus_new(loop, &o, &handlers, NULL, err, sizeof err) == NULL && strstr(err, "redis url"),
           "bad url refused: %s", err);
 }
@@ -1304,6 +1322,59 @@ static void test_backfill_slow_check(void)
     settle();
 }
 
+/* a round's limits (rooms per round, seqs per room): K lists at most 2
+ * rooms and 3 seqs of each per round; a round that met a limit is followed
+ * by another one; every pair is listed once, counted, and so are the rounds
+ * that met each limit */
+static void test_backfill_limits(void)
+{
+    char rx[80], ry[80], rz[80];
+    mkroom(rx, sizeof rx, "bflimx");
+    mkroom(ry, sizeof ry, "bflimy");
+    mkroom(rz, sizeof rz, "bflimz");
+    /* this test counts what a round lists: other tests' entries go */
+    redisReply *r0 = rc("DEL chat:backfill:lock chat:unstored");
+    if (r0) freeReplyObject(r0);
+    node *a = node_new_checking("A", rurl, 60000);
+    wait_ready(a);
+    pubres px[5], py, pz;
+    for (int i = 0; i < 5; i++) pub(a, rx, NULL, "x", &px[i]);
+    WAIT(px[0].done && px[1].done && px[2].done && px[3].done && px[4].done, 3000);
+    spin(5); /* the index lists rooms oldest first: x, y, z */
+    pub(a, ry, NULL, "y", &py);
+    WAIT(py.done, 3000);
+    spin(5);
+    pub(a, rz, NULL, "z", &pz);
+    WAIT(pz.done, 3000);
+    CHECK(px[4].seq == 5 && py.seq == 1 && pz.seq == 1, "seqs");
+    spin(650); /* older than a 600 ms grace */
+    uint64_t c0 = counter("chat_bus_backfill_checked_total");
+    uint64_t lr0 = counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"");
+    uint64_t lp0 = counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"");
+    node *k = node_new_checking_opts("K", rurl, 1000, 600, 2, 3);
+    k->check_all_stored = 1;
+    wait_ready(k);
+    WAIT(rc_int("EXISTS chat:unstored") == 0, 5000);
+    CHECK(rc_int("EXISTS chat:unstored") == 0, "every entry checked and forgotten");
+    CHECK(k->ncheck_sizes >= 2 && k->check_sizes[0] == 4 && k->check_sizes[1] == 3,
+          "round 1: x 1-3 and y 1 (2 rooms, 3 per room), round 2: x 4-5 and z 1 (%d checks: %zu %zu)",
+          k->ncheck_sizes, k->check_sizes[0], k->check_sizes[1]);
+    for (uint64_t s = 1; s <= 5; s++)
+        CHECK(asked_count(k, rx, s) == 1, "x seq %" PRIu64 " asked once", s);
+    CHECK(asked_count(k, ry, 1) == 1 && asked_count(k, rz, 1) == 1, "y and z asked once");
+    CHECK(asked_count(k, rx, 1) && k->asked_seq[0] == 1 && strcmp(k->asked_room[0], rx) == 0,
+          "the oldest room first");
+    CHECK(counter("chat_bus_backfill_checked_total") - c0 == 7, "7 pairs counted (%" PRIu64 ")",
+          counter("chat_bus_backfill_checked_total") - c0);
+    CHECK(counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"") > lr0 &&
+              counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"") > lp0,
+          "rounds that met each limit counted");
+    CHECK(k->nuns == 0, "nothing offered (all stored)");
+    node_free(a);
+    node_free(k);
+    settle();
+}
+
 /* in-process mode: no backfill (marks are no-ops, on_unstored never fires) */
 static void test_local_backfill_off(void)
 {
@@ -2000,6 +2071,7 @@ int main(void)
         test_backfill();
         test_backfill_check();
         test_backfill_slow_check();
+        test_backfill_limits();
         test_seed_redis();
         test_seed_resync();
         test_seed_free_pending(rurl);

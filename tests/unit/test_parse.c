@@ -129,6 +129,13 @@ static void test_bus_replies(void)
     r = RESP("*3\r\n:1\r\n:0\r\n:-1\r\n");
     CHECK(bus_reply_check_round(r, &more, &cut, &items) < 0, "a negative cut");
     freeReplyObject(r);
+    r = RESP("*3\r\n:1\r\n:3\r\n:5\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) == 1 && more == 3 && items == 0,
+          "both limits met");
+    freeReplyObject(r);
+    r = RESP("*3\r\n:1\r\n:4\r\n:5\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) < 0, "unknown more flags");
+    freeReplyObject(r);
     r = RESP("*1\r\n:0\r\n");
     CHECK(bus_reply_check_round(r, &more, &cut, &items) == 0, "another node's check round");
     freeReplyObject(r);
