@@ -59,6 +59,7 @@ struct bus_bf {
     int more;                /* a check round hit its room budget */
     struct bus_check *checks; /* with the core */
     uint64_t rounds;
+    uint64_t settles;        /* settle calls sent */
 };
 
 struct bus_check {
@@ -233,33 +234,28 @@ static void check_free(struct bus_check *c)
     free(c);
 }
 
-void bus_check_done(bus_check *c, int status, const unsigned char *stored)
+/* one settle call for the pairs [from, to) of c (grouped by room): ARGV is
+ * the cut, then per room: room, index, n stored, stored seqs, m missing,
+ * missing seqs. 0 when sent (settle_reply answers), -1 when not. */
+static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from, size_t to,
+                       const unsigned char *stored)
 {
-    if (!c) return;
-    struct bus_bf *f = c->f;
-    if (!f || f->b->freeing || status != 0 || !stored) {
-        if (f && f->sweeping > 0) f->sweeping--;
-        check_free(c);
-        return;
-    }
-    /* per room (the pairs come grouped by room): room, index, n stored,
-     * stored seqs, m missing, missing seqs */
     size_t nrooms = 0;
-    for (size_t i = 0; i < c->n; i++)
-        if (!i || strcmp(c->rooms[i], c->rooms[i - 1]) != 0) nrooms++;
-    size_t argc = 2 + c->n + 4 * nrooms;
+    for (size_t i = from; i < to; i++)
+        if (i == from || strcmp(c->rooms[i], c->rooms[i - 1]) != 0) nrooms++;
+    size_t argc = 2 + (to - from) + 4 * nrooms;
     const char **v = malloc(argc * sizeof *v);
-    char (*nums)[24] = malloc((c->n + 2 * nrooms + 1) * sizeof *nums);
+    char (*nums)[24] = malloc((to - from + 2 * nrooms + 1) * sizeof *nums);
     char (*idx)[48] = malloc(nrooms * sizeof *idx);
-    int sent = 0;
+    int rc = -1;
     if (v && nums && idx) {
         size_t k = 0, nn = 0, r = 0;
         v[k++] = "0";
         snprintf(nums[nn], sizeof nums[nn], "%" PRIu64, c->cut);
         v[k++] = nums[nn++];
-        for (size_t i = 0; i < c->n;) {
+        for (size_t i = from; i < to;) {
             size_t j = i;
-            while (j < c->n && strcmp(c->rooms[j], c->rooms[i]) == 0) j++;
+            while (j < to && strcmp(c->rooms[j], c->rooms[i]) == 0) j++;
             bus_unstored_index(idx[r], sizeof idx[r], f->cluster, c->rooms[i]);
             v[k++] = c->rooms[i];
             v[k++] = idx[r++];
@@ -277,12 +273,35 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
             i = j;
         }
         redis_call how = {-1, c->node, BUS_S_SETTLE};
-        sent = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, f) == 0;
+        rc = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, f);
+        if (rc == 0) f->settles++;
     }
     free(v);
     free(nums);
     free(idx);
-    if (!sent && f->sweeping > 0) f->sweeping--; /* the next round asks again */
+    return rc == 0 ? 0 : -1;
+}
+
+void bus_check_done(bus_check *c, int status, const unsigned char *stored)
+{
+    if (!c) return;
+    struct bus_bf *f = c->f;
+    if (!f || f->b->freeing || status != 0 || !stored) {
+        if (f && f->sweeping > 0) f->sweeping--;
+        check_free(c);
+        return;
+    }
+    /* settled in calls of at most BUS_SETTLE_CHUNK pairs (a room cut
+     * between two calls is named in both): a round of a million pairs is
+     * many short scripts with bounded arguments, not one */
+    int sent = 0;
+    for (size_t from = 0; from < c->n; from += BUS_SETTLE_CHUNK) {
+        size_t to = c->n - from > BUS_SETTLE_CHUNK ? from + BUS_SETTLE_CHUNK : c->n;
+        if (settle_send(f, c, from, to, stored) == 0) sent++; /* else the next round asks again */
+    }
+    /* the check's in-flight count becomes one per settle sent */
+    f->sweeping += sent;
+    if (f->sweeping > 0) f->sweeping--;
     check_free(c);
 }
 
@@ -479,4 +498,9 @@ void bus_backfill_free(bus *b)
 uint64_t bus_backfill_rounds(const bus *b)
 {
     return b && b->bf ? b->bf->rounds : 0;
+}
+
+uint64_t bus_backfill_settles(const bus *b)
+{
+    return b && b->bf ? b->bf->settles : 0;
 }

@@ -78,8 +78,8 @@
  *   seqs reached ARGV[5]; cut
  *   = the round's Redis time minus the grace (the listed entries are scored
  *   below it).
- * BUS_SETTLE_LUA ends a round with history's answer: ARGV[1] the round's
- *   cut, then per room: room, index, n stored, the n stored seqs, m missing,
+ * BUS_SETTLE_LUA ends a round with history's answer (one call per
+ *   BUS_SETTLE_CHUNK pairs of it): ARGV[1] the round's cut, then per room: room, index, n stored, the n stored seqs, m missing,
  *   the m missing seqs. The stored ones leave chat:{room}:unstored; a
  *   missing one still scored below the cut (nobody offered it since the
  *   round listed it: a round whose check outlived the lock may have been

@@ -198,6 +198,7 @@ typedef struct node {
     int check_fail;          /* answer -1 */
     int check_hold;          /* keep the request: check_answer_held() answers */
     int check_all_stored;    /* answer "stored" for every pair */
+    uint64_t check_missing;  /* ... but this seq (0: none) */
     size_t check_sizes[64];  /* pairs of each check */
     int ncheck_sizes;
     bus_check *held_check;
@@ -313,7 +314,7 @@ static void on_check(void *ud, bus_check *req, size_t n, const char *const *room
             nd->asked_seq[nd->asked] = seqs[i];
         }
         nd->asked++;
-        if (nd->check_all_stored) st[i] = 1;
+        if (nd->check_all_stored) st[i] = seqs[i] != nd->check_missing;
         for (int k = 0; k < nd->nstored; k++)
             if (nd->stored_seq[k] == seqs[i] && strcmp(nd->stored_room[k], rooms[i]) == 0) st[i] = 1;
     }
@@ -1375,6 +1376,70 @@ static void test_backfill_limits(void)
     settle();
 }
 
+/* publishes n messages to room from nd and waits for them */
+static void pub_many(node *nd, const char *room, int n)
+{
+    static pubres p[BUS_SETTLE_CHUNK + 1];
+    CHECK(n <= BUS_SETTLE_CHUNK + 1, "%d messages", n);
+    int done = 0;
+    for (int i = 0; i < n; i++) pub(nd, room, NULL, "m", &p[i]);
+    for (uint64_t until = mono_ms() + 10000; mono_ms() < until;) {
+        done = 0;
+        for (int i = 0; i < n; i++) done += p[i].done && p[i].status == 0;
+        if (done == n) break;
+        spin(10);
+    }
+    CHECK(done == n, "%d of %d published", done, n);
+}
+
+/* the settle is cut into calls of at most BUS_SETTLE_CHUNK pairs (bounded
+ * ARGV): a round of exactly the chunk is one call, one more pair makes two;
+ * a room cut between two calls is settled whole (its last seq, missing
+ * from history, offered once with its tail) */
+static void test_backfill_settle_chunks(void)
+{
+    char r1[80], r2[80];
+    mkroom(r1, sizeof r1, "bfchunk1");
+    mkroom(r2, sizeof r2, "bfchunk2");
+    redisReply *r0 = rc("DEL chat:backfill:lock chat:unstored");
+    if (r0) freeReplyObject(r0);
+    node *a = node_new_checking("A", rurl, 60000);
+    wait_ready(a);
+    pub_many(a, r1, BUS_SETTLE_CHUNK);
+    spin(650);
+    node *k1 = node_new_checking_opts("K1", rurl, 1000, 600, 0, 1000);
+    k1->check_all_stored = 1;
+    wait_ready(k1);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", r1) == 0, 5000);
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", r1) == 0 && k1->ncheck_sizes >= 1 &&
+              k1->check_sizes[0] == BUS_SETTLE_CHUNK, "one round of %d pairs forgotten (%zu)",
+          BUS_SETTLE_CHUNK, k1->ncheck_sizes ? k1->check_sizes[0] : 0);
+    CHECK(bus_backfill_settles(k1->b) == 1, "a round of the chunk: one settle (%" PRIu64 ")",
+          bus_backfill_settles(k1->b));
+    node_free(k1);
+    r0 = rc("DEL chat:backfill:lock");
+    if (r0) freeReplyObject(r0);
+    pub_many(a, r2, BUS_SETTLE_CHUNK + 1);
+    spin(650);
+    node *k2 = node_new_checking_opts("K2", rurl, 1000, 600, 0, 1000);
+    k2->check_all_stored = 1;
+    k2->check_missing = BUS_SETTLE_CHUNK + 1;
+    wait_ready(k2);
+    WAIT(uns_count(k2, r2, BUS_SETTLE_CHUNK + 1) >= 1, 5000);
+    CHECK(k2->ncheck_sizes >= 1 && k2->check_sizes[0] == BUS_SETTLE_CHUNK + 1, "one round of %d pairs",
+          BUS_SETTLE_CHUNK + 1);
+    CHECK(bus_backfill_settles(k2->b) == 2, "one pair more: two settles (%" PRIu64 ")",
+          bus_backfill_settles(k2->b));
+    CHECK(uns_count(k2, r2, BUS_SETTLE_CHUNK + 1) == 1 && k2->nuns == 1, "the missing seq offered once");
+    CHECK(k2->nuns == 1 && strstr(k2->uns_tail[0], "\"body\":\"m\""), "with its tail");
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", r2) == 1 &&
+              rc_int("ZSCORE chat:{%s}:unstored %d", r2, BUS_SETTLE_CHUNK + 1) > 0,
+          "the stored ones forgotten, the missing one leased");
+    node_free(a);
+    node_free(k2);
+    settle();
+}
+
 /* in-process mode: no backfill (marks are no-ops, on_unstored never fires) */
 static void test_local_backfill_off(void)
 {
@@ -2072,6 +2137,7 @@ int main(void)
         test_backfill_check();
         test_backfill_slow_check();
         test_backfill_limits();
+        test_backfill_settle_chunks();
         test_seed_redis();
         test_seed_resync();
         test_seed_free_pending(rurl);
