@@ -48,18 +48,13 @@
 #define CONNECT_TIMEOUT_MS 10000u
 #define STATEMENT_TIMEOUT_MS 30000u
 #define RANGE_QUEUE_MAX 10000u
-#define OID_TEXT 25
-#define OID_INT8 20
 
 enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
 enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP_PREP_HIST,
-       OP_PREP_TARGET, OP_PREP_REACT, OP_PREP_INSERT, OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD,
+       OP_PREP_TARGET, OP_PREP_REACT, OP_PREP_VERIFY, OP_PREP_INSERT, OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD,
        OP_QUERY, OP_PREP_QUERY };
 #define QUERY_PREPARED_MAX 16   /* named statements of store_query per connection */
 enum { Q_RANGE = 0, Q_HEAD, Q_QUERY, Q_HISTORY, Q_TARGET, Q_REACTIONS };
-#define OID_INT2 21
-#define OID_INT4 23
-#define OID_BOOL 16
 
 /* One queued row; strings live in data[] after the struct. */
 typedef struct wnode {
@@ -566,29 +561,24 @@ static void batch_done(store *s)
  * stored; its callback gets -2, never a silent success. */
 static void send_verify(store *s)
 {
-    size_t n = s->fl_len, np = n * 2;
-    size_t cap = sizeof STORE_VERIFY_HEAD + sizeof STORE_VERIFY_TAIL + n * 40;
-    char *sql = malloc(cap);
-    const char **vals = malloc(np * sizeof *vals);
-    Oid *types = malloc(np * sizeof *types);
-    if (!sql || !vals || !types) {
-        free(sql); free(vals); free(types);
+    size_t n = s->fl_len;
+    const char **keys = malloc(2 * n * sizeof *keys);
+    size_t i = 0;
+    for (wnode *w = s->fl_head; keys && w; w = w->next, i++) {
+        keys[2 * i] = w->val[0];
+        keys[2 * i + 1] = w->val[1];
+    }
+    char *rooms = keys ? store_text_array(keys, n, 2) : NULL;
+    char *seqs = keys ? store_text_array(keys + 1, n, 2) : NULL;
+    free(keys);
+    if (!rooms || !seqs) {
+        free(rooms); free(seqs);
         reset_conn(s, "out of memory verifying a batch"); /* the batch is sent again */
         return;
     }
-    size_t len = (size_t)snprintf(sql, cap, "%s", STORE_VERIFY_HEAD);
-    size_t i = 0;
-    for (wnode *w = s->fl_head; w; w = w->next, i++) {
-        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu::text,$%zu::bigint)", i ? "," : "",
-                                2 * i + 1, 2 * i + 2);
-        vals[2 * i] = w->val[0];
-        vals[2 * i + 1] = w->val[1];
-        types[2 * i] = OID_TEXT;
-        types[2 * i + 1] = OID_INT8;
-    }
-    snprintf(sql + len, cap - len, "%s", STORE_VERIFY_TAIL);
-    int ok = PQsendQueryParams(s->pg, sql, (int)np, types, vals, NULL, NULL, 0);
-    free(sql); free(vals); free(types);
+    const char *params[2] = {rooms, seqs};
+    int ok = PQsendQueryPrepared(s->pg, STORE_STMT_VERIFY, 2, params, NULL, NULL, 0);
+    free(rooms); free(seqs); /* libpq copied them */
     sent(s, OP_VERIFY, ok);
 }
 
@@ -821,6 +811,9 @@ static void setup_done(store *s, int op)
                                              NULL));
         break;
     case OP_PREP_REACT:
+        sent(s, OP_PREP_VERIFY, PQsendPrepare(s->pg, STORE_STMT_VERIFY, STORE_SQL_VERIFY, 0, NULL));
+        break;
+    case OP_PREP_VERIFY:
         s->state = ST_READY;
         backoff_reset(&s->bo);
         uv_timer_stop(s->guard);

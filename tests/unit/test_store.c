@@ -432,6 +432,21 @@ static void test_conflict(void)
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl'") == 4);
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl' AND seq=1 AND body='first'") == 1);
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl' AND seq=3 AND client_id='c1'") == 1);
+    /* the verify is one prepared statement whatever the batch size, its
+     * keys passed as array literals: a room that needs quoting in one */
+    const char *odd = "con\"f,l\\{x} y";
+    store_row q1 = mkrow(odd, 1, "q1"), q2 = mkrow(odd, 1, "q2"), q3 = mkrow(odd, 1, "q1");
+    wctx wq[3];
+    memset(wq, 0, sizeof wq);
+    CHECK(store_write(s, &q1, wcb, &wq[0]) == 0);
+    WAIT(wq[0].calls == 1, 5000);
+    CHECK(store_write(s, &q2, wcb, &wq[1]) == 0);
+    CHECK(store_write(s, &q3, wcb, &wq[2]) == 0);
+    WAIT(wq[1].calls == 1 && wq[2].calls == 1, 5000);
+    CHECK(wq[0].status == 0 && wq[1].status == -2 && wq[2].status == 0,
+          "odd room: stored, conflict, identical (%d %d %d)", wq[0].status, wq[1].status, wq[2].status);
+    CHECK(qint("SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query = '"
+               STORE_SQL_VERIFY "'") == 1, "the store's session last ran the prepared verify");
     store_free(s);
 }
 
