@@ -705,6 +705,13 @@ static void wait_ready(node *nd)
     CHECK(bus_ready(nd->b), "%s ready", nd->name);
 }
 
+/* nd, once ready */
+static node *ready(node *nd)
+{
+    wait_ready(nd);
+    return nd;
+}
+
 static void test_two_nodes(void)
 {
     char room[80];
@@ -1213,13 +1220,10 @@ static void test_backfill_check(void)
     char room[80], room2[80];
     mkroom(room, sizeof room, "bfc");
     mkroom(room2, sizeof room2, "bfc2");
-    redisReply *r0 = rc("DEL chat:backfill:lock");
-    if (r0) freeReplyObject(r0);
+    rc_int("DEL chat:backfill:lock");
     /* A publishes (its sweeper would run after 60 s); K checks with a 600 ms grace */
-    node *a = node_new_checking("A", rurl, 60000);
-    node *k = node_new_checking("K", rurl, 600);
-    wait_ready(a);
-    wait_ready(k);
+    node *a = ready(node_new_checking("A", rurl, 60000));
+    node *k = ready(node_new_checking("K", rurl, 600));
     k->check_fail = 1;
     pubres p[4];
     pub(a, room, "bfc-1", "one", &p[0]);
@@ -1282,12 +1286,9 @@ static void test_backfill_slow_check(void)
     char room[80], lost[80];
     mkroom(room, sizeof room, "bfslow");
     mkroom(lost, sizeof lost, "bfslowl");
-    redisReply *r0 = rc("DEL chat:backfill:lock");
-    if (r0) freeReplyObject(r0);
-    node *a = node_new_checking("A", rurl, 60000);
-    node *c = node_new_checking_recent("C", rurl, 2, 60000);
-    wait_ready(a);
-    wait_ready(c);
+    rc_int("DEL chat:backfill:lock");
+    node *a = ready(node_new_checking("A", rurl, 60000));
+    node *c = ready(node_new_checking_recent("C", rurl, 2, 60000));
     pubres p, q[4];
     pub(a, room, NULL, "one", &p);
     for (int i = 0; i < 4; i++) pub(c, lost, NULL, "x", &q[i]);
@@ -1301,8 +1302,7 @@ static void test_backfill_slow_check(void)
     WAIT(k->held_check != NULL, 3000);
     CHECK(k->held_check && k->held_n >= 5, "K's round lists the 5 entries (%zu)", k->held_n);
     /* K's lock (270 ms) runs out while its check is slow: K2 sweeps */
-    node *k2 = node_new_checking("K2", rurl, 600);
-    wait_ready(k2);
+    node *k2 = ready(node_new_checking("K2", rurl, 600));
     WAIT(uns_count(k2, room, 1) >= 1 && uns_count(k2, lost, 4) >= 1, 3000);
     CHECK(uns_count(k2, room, 1) == 1 && uns_count(k2, lost, 3) == 1 && uns_count(k2, lost, 4) == 1,
           "K2 offers seq 1, 3, 4");
@@ -1334,10 +1334,8 @@ static void test_backfill_limits(void)
     mkroom(ry, sizeof ry, "bflimy");
     mkroom(rz, sizeof rz, "bflimz");
     /* this test counts what a round lists: other tests' entries go */
-    redisReply *r0 = rc("DEL chat:backfill:lock chat:unstored");
-    if (r0) freeReplyObject(r0);
-    node *a = node_new_checking("A", rurl, 60000);
-    wait_ready(a);
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    node *a = ready(node_new_checking("A", rurl, 60000));
     pubres px[5], py, pz;
     for (int i = 0; i < 5; i++) pub(a, rx, NULL, "x", &px[i]);
     WAIT(px[0].done && px[1].done && px[2].done && px[3].done && px[4].done, 3000);
@@ -1401,10 +1399,8 @@ static void test_backfill_settle_chunks(void)
     char r1[80], r2[80];
     mkroom(r1, sizeof r1, "bfchunk1");
     mkroom(r2, sizeof r2, "bfchunk2");
-    redisReply *r0 = rc("DEL chat:backfill:lock chat:unstored");
-    if (r0) freeReplyObject(r0);
-    node *a = node_new_checking("A", rurl, 60000);
-    wait_ready(a);
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    node *a = ready(node_new_checking("A", rurl, 60000));
     pub_many(a, r1, BUS_SETTLE_CHUNK);
     spin(650);
     node *k1 = node_new_checking_opts("K1", rurl, 1000, 600, 0, 1000);
@@ -1417,8 +1413,7 @@ static void test_backfill_settle_chunks(void)
     CHECK(bus_backfill_settles(k1->b) == 1, "a round of the chunk: one settle (%" PRIu64 ")",
           bus_backfill_settles(k1->b));
     node_free(k1);
-    r0 = rc("DEL chat:backfill:lock");
-    if (r0) freeReplyObject(r0);
+    rc_int("DEL chat:backfill:lock");
     pub_many(a, r2, BUS_SETTLE_CHUNK + 1);
     spin(650);
     node *k2 = node_new_checking_opts("K2", rurl, 1000, 600, 0, 1000);
