@@ -119,7 +119,7 @@ int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_
 int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
 
 /* The message (room, seq) must never be offered again (it can never be
- * stored: a malformed tail): forget it as unstored (batched per loop
+ * stored: a malformed tail, a row Postgres refuses): forget it as unstored (batched per loop
  * tick). A committed message needs no mark: the sweeper asks history
  * (on_check). No-op in in-process mode or without track_unstored; dropped
  * silently while Redis is down (the sweeper then offers it again). */

@@ -605,8 +605,13 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
     /* nothing to do when it is stored (or another row holds the seq: logged
      * by the store): the sweeper's next check of it, after the lease, sees
      * the row and forgets it; not stored (backlog full, store down): the
-     * check misses it and the sweeper offers it again */
-    store_write(P.store, &row, NULL, NULL);
+     * check misses it and the sweeper offers it again; a row Postgres can
+     * never hold: forgotten, or it would be offered every grace for ever */
+    if (store_write(P.store, &row, NULL, NULL) == -3) {
+        LOGE(MOD, "room %s seq %" PRIu64 ": unstored message cannot be stored (not UTF-8 text, or "
+             "a number over 2^63-1): not stored", rname, seq);
+        bus_mark_stored(P.bus, rname, seq);
+    }
     json_decref(o);
     free(buf);
 }

@@ -1053,11 +1053,11 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
 {
     if (!s || s->dead || !row || !row->room || !row->user || !row->name || !row->body) return -1;
     if (s->q_len + s->fl_len >= s->pending_max) return -1;
-    if (row->seq > INT64_MAX || row->ts > INT64_MAX || row->target > INT64_MAX) return -1;
+    if (row->seq > INT64_MAX || row->ts > INT64_MAX || row->target > INT64_MAX) return -3;
     if (row->kind < STORE_MESSAGE || row->kind > STORE_REACT ||
         (row->kind != STORE_MESSAGE && !row->target) ||
         (row->kind == STORE_REACT && (!row->emoji || row->count < 0 || row->count > INT32_MAX)))
-        return -1;
+        return -3;
     size_t lr = strlen(row->room), lc = row->client_id ? strlen(row->client_id) : 0;
     size_t lu = strlen(row->user), ln = strlen(row->name), lb = row->body_len;
     const char *emoji = row->kind == STORE_REACT ? row->emoji : NULL;
@@ -1066,7 +1066,7 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
     if (!utf8_valid(row->room, lr) || !utf8_valid(row->user, lu) || !utf8_valid(row->name, ln) ||
         (row->client_id && !utf8_valid(row->client_id, lc)) || !utf8_valid(row->body, lb) ||
         (emoji && !utf8_valid(emoji, le)) || (row->meta && !utf8_valid(row->meta, lm)))
-        return -1; /* Postgres text refuses NUL bytes and invalid UTF-8 */
+        return -3; /* Postgres text refuses NUL bytes and invalid UTF-8 */
     wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + le + lm + 7);
     if (!w) return -1;
     w->next = NULL;

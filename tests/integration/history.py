@@ -462,6 +462,34 @@ async def backfill_round_limits_are_settings():
 
 
 @test(timeout=60, needs=NEEDS)
+async def unstorable_unstored_entry_is_forgotten():
+    """An unstored entry that Postgres can never hold (a body with NUL, as a
+    node of an older release could broadcast) is offered by the sweeper,
+    refused by the store, logged and forgotten: not offered every grace
+    for ever (the entry stayed, leased again and again)."""
+    rd = harness.RUN.need_redis()
+    if not hasattr(rd, "command"):
+        raise harness.TestSkip("needs the test's own Redis")
+    n = hnode(env={"CHAT_BACKFILL_GRACE_MS": 600})
+    room = uniq()
+    tail = '"id":"bad-1","user":"u","name":"U","body":"a\\u0000b","ts":1700000000000}'
+    rd.command("ZADD", f"chat:{{{room}}}:recent", "1", "1\n" + tail)
+    rd.command("ZADD", f"chat:{{{room}}}:unstored", "1000", "1")
+    rd.command("ZADD", "chat:unstored", "1000", room)
+    left = None
+    for _ in range(60):
+        await asyncio.sleep(0.1)
+        left = int(rd.command("ZCARD", f"chat:{{{room}}}:unstored")[1:].strip())
+        if left == 0:
+            break
+    eq(left, 0, "the unstorable entry left the unstored set")
+    check("cannot be stored" in n.log_text(), f"no error logged: {n.log_tail(3)}")
+    await asyncio.sleep(1.5)  # two more graces: not offered again
+    offers = n.log_text().count(f"room {room} seq 1: unstored message cannot be stored")
+    eq(offers, 1, "offered (and refused) once")
+
+
+@test(timeout=60, needs=NEEDS)
 async def hole_of_a_dead_node_is_backfilled():
     """A node dies (kill -9) after its messages were broadcast but before its
     batch committed them: a surviving node stores them from the Redis recent

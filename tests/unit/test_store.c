@@ -272,10 +272,12 @@ static void test_idempotent(void)
     store_row bad = mkrow("idem", 2, "x");
     bad.body = "a\0b";
     bad.body_len = 3;
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3, "NUL: never storable");
     bad.body = "\xff\xfe";
     bad.body_len = 2;
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3, "invalid UTF-8: never storable");
+    store_row big = mkrow("idem", (uint64_t)INT64_MAX + 1, "x");
+    CHECK(store_write(s, &big, count_cb, NULL) == -3, "seq over 2^63-1: never storable");
     store_free(s);
 }
 
@@ -939,11 +941,11 @@ static void test_updates(void)
     CHECK(write_all(s, rows, 11) == 0);
     /* invalid update rows are refused up front */
     store_row bad = mkupd(R, 12, STORE_EDIT, 0, "u1");
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3);
     bad = mkreact(R, 12, 1, "a", NULL, 1, 1);
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3);
     bad = mkupd(R, 12, 7, 1, "a");
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3);
 
     pagectx h = {0};
     CHECK(store_history(s, R, UINT64_MAX, 50, pagecb, &h) == 0);
