@@ -50,6 +50,14 @@ static void register_metrics(bus *b)
                                       NULL);
     b->m.backfill_lost = metrics_counter("chat_bus_backfill_lost_total",
                                          "Unstored messages the recent buffer no longer had", NULL);
+    b->m.backfill_checked = metrics_counter("chat_bus_backfill_checked_total",
+                                            "Unstored (room, seq) older than the grace listed by "
+                                            "this node's sweep rounds and asked of history", NULL);
+    const char *lh = "Backfill sweep rounds that stopped at a limit (another round follows at once)";
+    b->m.backfill_limit_rooms = metrics_counter("chat_bus_backfill_rounds_limited_total", lh,
+                                                "limit=\"rooms\"");
+    b->m.backfill_limit_per_room = metrics_counter("chat_bus_backfill_rounds_limited_total", lh,
+                                                   "limit=\"per_room\"");
 }
 
 bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void *ud,

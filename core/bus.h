@@ -118,12 +118,11 @@ int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_
  * channel (cb not called). */
 int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
 
-/* The message (room, seq) is committed to durable history (or must never
- * be offered again): forget it as unstored (batched per loop tick). With
- * on_check the sweeper asks history itself: only the rare entry that
- * cannot be stored needs this. No-op in in-process mode or without
- * track_unstored; dropped silently while Redis is down (the sweeper then has
- * it stored again: harmless, storing is idempotent on (room, seq)). */
+/* The message (room, seq) must never be offered again (it can never be
+ * stored: a malformed tail, a row Postgres refuses): forget it as unstored (batched per loop
+ * tick). A committed message needs no mark: the sweeper asks history
+ * (on_check). No-op in in-process mode or without track_unstored; dropped
+ * silently while Redis is down (the sweeper then offers it again). */
 void bus_mark_stored(bus *b, const char *room, uint64_t seq);
 
 #endif

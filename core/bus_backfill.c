@@ -3,24 +3,25 @@
  * The publish script records every new seq in chat:{room}:unstored (score:
  * Redis time) and the room in its unstored index (bus_unstored_index: one
  * per Redis, one per slot on a Cluster). This file owns:
- *  - the mark batch: bus_mark_stored calls of one loop tick, grouped per
- *    room and sent as one BUS_MARK_LUA per room (pipelined, routed to the
- *    room's shard) from a 0 ms timer; dropped while that shard is down;
- *  - the sweeper: a timer every grace/2 that runs BUS_SWEEP_LUA on every
+ *  - the sweeper: a timer every grace/2; a round has three steps on every
  *    node that is up (one Redis: its index; a Cluster: each master with the
- *    indexes of every slot it owns, under a per-master round lock) and hands
- *    each entry older than the grace to on_unstored; entries the recent
- *    buffer no longer has are lost (logged once per room and round,
- *    counted).
- * With bus_handlers.on_check (the core can ask history), commits are not
- * marked (marks stay for entries that can never be stored) and a round has
- * two steps instead: BUS_SWEEP_LUA in mode 'C' lists the
- * (room, seq) older than the grace, on_check asks history which of them
- * are stored, and BUS_SETTLE_LUA forgets those and returns the entries of
- * the others (leased), handed to on_unstored as above. A message leaves the
- * unstored set only once history was seen to hold it; the cost per message
- * is two entries in one sweep call and one settle call per round, instead
- * of a mark round trip per commit (docs/redis.md "Backfill").
+ *    indexes of every slot it owns, under a per-master round lock):
+ *    BUS_SWEEP_LUA lists the (room, seq) older than the grace (scored below
+ *    the round's cut), on_check (bus_handlers, required with
+ *    track_unstored) asks history which of them are stored, and
+ *    BUS_SETTLE_LUA forgets those and returns the entries of the others
+ *    still scored below that cut (leased), handed to on_unstored; entries
+ *    the recent buffer no longer has are lost (logged once per room and
+ *    settle, counted). A check slower than the round's lock lets another
+ *    node's round list, lease or lose the same entries meanwhile, and then
+ *    this settle skips them (one offer, one loss count). A message leaves
+ *    the unstored set only once history was seen to hold it; the cost per
+ *    message is two entries in one sweep call and one settle call per
+ *    round (docs/redis.md "Backfill");
+ *  - the mark batch, for entries that can never be stored (a malformed
+ *    tail: bus_mark_stored): the marks of one loop tick, grouped per room
+ *    and sent as one BUS_MARK_LUA per room (pipelined, routed to the room's
+ *    shard) from a 0 ms timer; dropped while that shard is down.
  * Both timers are closed by bus_backfill_free; the state is freed when the
  * last one is closed; checks still with the core are orphaned then
  * (bus_check_done frees them). */
@@ -36,11 +37,6 @@
 #include <unistd.h>
 
 #define MOD "bus"
-#define SWEEP_ROOMS 50
-#define SWEEP_PER_ROOM 200
-/* mode 'C': every room with old entries each round (dm: ~1 entry per room) */
-#define CHECK_ROOMS 2000
-#define CHECK_PER_ROOM 500
 
 typedef struct bf_marks {
     char room[CHAT_ROOM_MAX + 1];
@@ -53,22 +49,24 @@ struct bus_bf {
     redis_client *rc;
     int cluster;
     uint32_t grace_ms;
+    uint32_t check_rooms, check_per_room; /* a round's limits */
     uv_timer_t sweep, flush;
     int open;                /* timers not yet closed */
     hmap marks;              /* room -> bf_marks, sent at the next tick */
     char token[96];          /* this node's lock value */
     int sweeping;            /* sweeps in flight (one per node), checks and
                               * settles included */
-    int check;               /* mode 'C': on_check is set */
     int more;                /* a check round hit its room budget */
     struct bus_check *checks; /* with the core */
     uint64_t rounds;
+    uint64_t settles;        /* settle calls sent */
 };
 
 struct bus_check {
     struct bus_bf *f;        /* NULL once the bus is freed */
     struct bus_check *prev, *next;
     uint64_t node;
+    uint64_t cut;            /* the round's Redis time minus the grace */
     size_t n;
     const char **rooms;      /* into buf */
     uint64_t *seqs;
@@ -154,22 +152,21 @@ void bus_backfill_mark(bus *b, const char *room, uint64_t seq)
 
 /* ---- sweeper ---- */
 
-/* the {room, seq, entry} items of a sweep (mode 'E', sweep_items of them)
- * or settle reply: each entry goes to on_unstored; "" = the recent buffer
- * lost it (logged once per room, counted) */
-static void offer_entries(struct bus_bf *f, const redisReply *rp, int settle, size_t sweep_items)
+/* the {room, seq, entry} items of a settle reply: each entry goes to
+ * on_unstored; "" = the recent buffer lost it (logged once per room,
+ * counted) */
+static void offer_entries(struct bus_bf *f, const redisReply *rp)
 {
     bus *b = f->b;
     char lost_room[CHAT_ROOM_MAX + 1] = "";
     uint64_t lost_n = 0, lost_lo = 0, lost_hi = 0;
     size_t offered = 0;
-    size_t items = settle ? bus_reply_settle_items(rp) : sweep_items;
+    size_t items = bus_reply_settle_items(rp);
     for (size_t k = 0; k < items; k++) {
         char room[CHAT_ROOM_MAX + 1];
         uint64_t seq = 0;
         bus_entry e;
-        int st = settle ? bus_reply_settle_item(rp, k, room, &seq, &e)
-                        : bus_reply_sweep_item(rp, k, room, &seq, &e);
+        int st = bus_reply_settle_item(rp, k, room, &seq, &e);
         if (st < 0) continue;
         if (st == 0) {
             metric_inc(b->m.backfill_lost);
@@ -218,7 +215,7 @@ static void settle_reply(void *ud, const redisReply *rp)
         return;
     }
     if (rp->type != REDIS_REPLY_ARRAY) return;
-    offer_entries(f, rp, 1, 0);
+    offer_entries(f, rp);
     if (f->more && !f->sweeping && !f->b->freeing) {
         f->more = 0;
         sweep_again_soon(f);
@@ -237,31 +234,28 @@ static void check_free(struct bus_check *c)
     free(c);
 }
 
-void bus_check_done(bus_check *c, int status, const unsigned char *stored)
+/* one settle call for the pairs [from, to) of c (grouped by room): ARGV is
+ * the cut, then per room: room, index, n stored, stored seqs, m missing,
+ * missing seqs. 0 when sent (settle_reply answers), -1 when not. */
+static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from, size_t to,
+                       const unsigned char *stored)
 {
-    if (!c) return;
-    struct bus_bf *f = c->f;
-    if (!f || f->b->freeing || status != 0 || !stored) {
-        if (f && f->sweeping > 0) f->sweeping--;
-        check_free(c);
-        return;
-    }
-    /* per room (the pairs come grouped by room): room, index, n stored,
-     * stored seqs, m missing, missing seqs */
     size_t nrooms = 0;
-    for (size_t i = 0; i < c->n; i++)
-        if (!i || strcmp(c->rooms[i], c->rooms[i - 1]) != 0) nrooms++;
-    size_t argc = 1 + c->n + 4 * nrooms;
+    for (size_t i = from; i < to; i++)
+        if (i == from || strcmp(c->rooms[i], c->rooms[i - 1]) != 0) nrooms++;
+    size_t argc = 2 + (to - from) + 4 * nrooms;
     const char **v = malloc(argc * sizeof *v);
-    char (*nums)[24] = malloc((c->n + 2 * nrooms) * sizeof *nums);
+    char (*nums)[24] = malloc((to - from + 2 * nrooms + 1) * sizeof *nums);
     char (*idx)[48] = malloc(nrooms * sizeof *idx);
-    int sent = 0;
+    int rc = -1;
     if (v && nums && idx) {
         size_t k = 0, nn = 0, r = 0;
         v[k++] = "0";
-        for (size_t i = 0; i < c->n;) {
+        snprintf(nums[nn], sizeof nums[nn], "%" PRIu64, c->cut);
+        v[k++] = nums[nn++];
+        for (size_t i = from; i < to;) {
             size_t j = i;
-            while (j < c->n && strcmp(c->rooms[j], c->rooms[i]) == 0) j++;
+            while (j < to && strcmp(c->rooms[j], c->rooms[i]) == 0) j++;
             bus_unstored_index(idx[r], sizeof idx[r], f->cluster, c->rooms[i]);
             v[k++] = c->rooms[i];
             v[k++] = idx[r++];
@@ -279,17 +273,41 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
             i = j;
         }
         redis_call how = {-1, c->node, BUS_S_SETTLE};
-        sent = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, f) == 0;
+        rc = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, f);
+        if (rc == 0) f->settles++;
     }
     free(v);
     free(nums);
     free(idx);
-    if (!sent && f->sweeping > 0) f->sweeping--; /* the next round asks again */
+    return rc == 0 ? 0 : -1;
+}
+
+void bus_check_done(bus_check *c, int status, const unsigned char *stored)
+{
+    if (!c) return;
+    struct bus_bf *f = c->f;
+    if (!f || f->b->freeing || status != 0 || !stored) {
+        if (f && f->sweeping > 0) f->sweeping--;
+        check_free(c);
+        return;
+    }
+    /* settled in calls of at most BUS_SETTLE_CHUNK pairs (a room cut
+     * between two calls is named in both): a round of a million pairs is
+     * many short scripts with bounded arguments, not one */
+    int sent = 0;
+    for (size_t from = 0; from < c->n; from += BUS_SETTLE_CHUNK) {
+        size_t to = c->n - from > BUS_SETTLE_CHUNK ? from + BUS_SETTLE_CHUNK : c->n;
+        if (settle_send(f, c, from, to, stored) == 0) sent++; /* else the next round asks again */
+    }
+    /* the check's in-flight count becomes one per settle sent */
+    f->sweeping += sent;
+    if (f->sweeping > 0) f->sweeping--;
     check_free(c);
 }
 
-/* mode 'C': {1, more, room, seq, ...} -> ask the core */
-static void check_round(struct bus_bf *f, uint64_t node, const redisReply *rp, size_t items)
+/* {1, more, cut, room, seq, ...} -> ask the core */
+static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const redisReply *rp,
+                        size_t items)
 {
     bus *b = f->b;
     size_t n = 0, bytes = 0;
@@ -314,6 +332,7 @@ static void check_round(struct bus_bf *f, uint64_t node, const redisReply *rp, s
     }
     c->f = f;
     c->node = node;
+    c->cut = cut;
     c->seqs = seqs;
     c->n = 0;
     char *p = c->buf;
@@ -350,17 +369,15 @@ static void sweep_reply(void *ud, const redisReply *rp)
         return;
     }
     size_t items = 0;
-    if (f->check) {
-        int more = 0;
-        if (bus_reply_check_round(rp, &more, &items) != 1) return; /* another node's round */
-        f->rounds++;
-        if (more) f->more = 1;
-        check_round(f, node, rp, items);
-    } else {
-        if (bus_reply_sweep_round(rp, &items) != 1) return; /* another node holds this round */
-        f->rounds++;
-        offer_entries(f, rp, 0, items);
-    }
+    int more = 0;
+    uint64_t cut = 0;
+    if (bus_reply_check_round(rp, &more, &cut, &items) != 1) return; /* another node's round */
+    f->rounds++;
+    metric_add(b->m.backfill_checked, items);
+    if (more & BUS_MORE_ROOMS) metric_inc(b->m.backfill_limit_rooms);
+    if (more & BUS_MORE_PER_ROOM) metric_inc(b->m.backfill_limit_per_room);
+    if (more) f->more = 1;
+    check_round(f, node, cut, rp, items);
 }
 
 /* one sweep call on one node: the lock, then its indexes */
@@ -374,15 +391,15 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     if (!lock_ms) lock_ms = 1;
     snprintf(grace, sizeof grace, "%u", (unsigned)f->grace_ms);
     snprintf(lock, sizeof lock, "%u", (unsigned)lock_ms);
-    snprintf(nrooms, sizeof nrooms, "%d", f->check ? CHECK_ROOMS : SWEEP_ROOMS);
-    snprintf(nper, sizeof nper, "%d", f->check ? CHECK_PER_ROOM : SWEEP_PER_ROOM);
+    snprintf(nrooms, sizeof nrooms, "%u", (unsigned)f->check_rooms);
+    snprintf(nper, sizeof nper, "%u", (unsigned)f->check_per_room);
     /* the slot indexes of this master, and the round's lock at its first slot */
     size_t nidx;
     char **idx = redis_slot_keys(f->cluster, ranges, nranges, "unstored", &nidx);
     const uint16_t first[1][2] = {{nranges ? ranges[0][0] : 0, nranges ? ranges[0][0] : 0}};
     size_t nl;
     char **klock = idx ? redis_slot_keys(f->cluster, first, 1, "backfill:lock", &nl) : NULL;
-    const char **v = klock ? malloc((8 + nidx) * sizeof *v) : NULL;
+    const char **v = klock ? malloc((7 + nidx) * sizeof *v) : NULL;
     if (!v) {
         free(idx);
         free(klock);
@@ -395,14 +412,13 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     v[4] = lock;
     v[5] = nrooms;
     v[6] = nper;
-    v[7] = f->check ? "C" : "E";
-    for (size_t i = 0; i < nidx; i++) v[8 + i] = idx[i];
+    for (size_t i = 0; i < nidx; i++) v[7 + i] = idx[i];
     redis_call how = {-1, node, BUS_S_SWEEP};
     sweep_ctx *sc = malloc(sizeof *sc);
     if (sc) {
         sc->f = f;
         sc->node = node;
-        if (redis_client_call(f->rc, &how, (int)(8 + nidx), v, NULL, sweep_reply, sc) == 0)
+        if (redis_client_call(f->rc, &how, (int)(7 + nidx), v, NULL, sweep_reply, sc) == 0)
             f->sweeping++;
         else
             free(sc);
@@ -433,8 +449,12 @@ static void timer_closed(uv_handle_t *h)
     bus_handle_closed(b);
 }
 
-int bus_backfill_init(bus *b, redis_client *rc, uint32_t grace_ms, char *err, size_t errlen)
+int bus_backfill_init(bus *b, redis_client *rc, const bus_opts *o, char *err, size_t errlen)
 {
+    if (!b->h.on_check) {
+        snprintf(err, errlen, "tracking unstored messages needs a history check (on_check)");
+        return -1;
+    }
     struct bus_bf *f = calloc(1, sizeof *f);
     if (!f) {
         snprintf(err, errlen, "out of memory");
@@ -443,8 +463,9 @@ int bus_backfill_init(bus *b, redis_client *rc, uint32_t grace_ms, char *err, si
     f->b = b;
     f->rc = rc;
     f->cluster = redis_client_is_cluster(rc);
-    f->grace_ms = grace_ms ? grace_ms : 3000;
-    f->check = b->h.on_check != NULL;
+    f->grace_ms = o->backfill_grace_ms ? o->backfill_grace_ms : 3000;
+    f->check_rooms = o->backfill_check_rooms ? o->backfill_check_rooms : BUS_CHECK_ROOMS;
+    f->check_per_room = o->backfill_check_per_room ? o->backfill_check_per_room : BUS_CHECK_PER_ROOM;
     hmap_init(&f->marks);
     char host[64] = "node";
     gethostname(host, sizeof host - 1);
@@ -477,4 +498,9 @@ void bus_backfill_free(bus *b)
 uint64_t bus_backfill_rounds(const bus *b)
 {
     return b && b->bf ? b->bf->rounds : 0;
+}
+
+uint64_t bus_backfill_settles(const bus *b)
+{
+    return b && b->bf ? b->bf->settles : 0;
 }

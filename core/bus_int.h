@@ -181,6 +181,7 @@ struct bus {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
         metric_counter *backfilled, *backfill_lost;
+        metric_counter *backfill_checked, *backfill_limit_rooms, *backfill_limit_per_room;
     } m;
 };
 
@@ -288,12 +289,16 @@ void bus_unstored_index(char *out, size_t n, int cluster, const char *room);
  * sweeper, on the Redis backend's client. init: 0 or -1; free: closes its
  * timers (bus_handle_closed each). */
 struct redis_client;
-int bus_backfill_init(bus *b, struct redis_client *rc, uint32_t grace_ms, char *err,
+int bus_backfill_init(bus *b, struct redis_client *rc, const bus_opts *o, char *err,
                       size_t errlen);
 void bus_backfill_free(bus *b);
 void bus_backfill_mark(bus *b, const char *room, uint64_t seq);
 /* sweeps that took the lock (tests; per node of the cluster) */
 uint64_t bus_backfill_rounds(const bus *b);
+/* settle calls sent (tests); a round's check is settled in calls of at most
+ * BUS_SETTLE_CHUNK (room, seq) pairs: ARGV <= 2 + 5 x BUS_SETTLE_CHUNK */
+#define BUS_SETTLE_CHUNK 500
+uint64_t bus_backfill_settles(const bus *b);
 
 /* bus_redis.c: the publish script's answer {seq, duplicate} (0 or -1;
  * exposed for the fuzz targets) */
@@ -314,22 +319,21 @@ size_t bus_reply_replay(const struct redisReply *rp, uint64_t since, size_t want
 /* "chat:{room}:kind" (a valid room, a kind of 1..kn-1 bytes) -> room
  * (CHAT_ROOM_MAX + 1 bytes), kind: 0; -1 when it is not a channel of ours */
 int bus_reply_channel(const char *s, size_t len, char *room, char *kind, size_t kn);
-/* the sweep script: 1 this node holds the round (*items entries follow),
- * 0 another node does, -1 an error or anything else */
-int bus_reply_sweep_round(const struct redisReply *rp, size_t *items);
-/* item k of a round: 1 an entry to store (room, *seq, *e), 0 lost (the recent
- * buffer no longer had it; room and *seq set), -1 malformed (skip) */
-int bus_reply_sweep_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
-                         bus_entry *e);
-/* the settle script (mode 'C'): {room, seq, entry} triples, read like
- * sweep items (the count of triples, item k of them) */
+/* the settle script: {room, seq, entry} triples (the count of triples;
+ * item k of them: 1 an entry to store (room, *seq, *e), 0 lost (the recent
+ * buffer no longer had it; room and *seq set), -1 malformed (skip)) */
 size_t bus_reply_settle_items(const struct redisReply *rp);
 int bus_reply_settle_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq,
                           bus_entry *e);
-/* the sweep script in mode 'C': {1, more, room, seq, ...}: 1 this node holds
- * the round (*more: a budget ran out, *items pairs follow), 0 another node
- * does, -1 an error or anything else; pair k: 0 (room, *seq set), -1 malformed */
-int bus_reply_check_round(const struct redisReply *rp, int *more, size_t *items);
+/* the sweep's more flags: a round stopped at its room limit / left old seqs
+ * of a room at the per-room limit */
+#define BUS_MORE_ROOMS 1
+#define BUS_MORE_PER_ROOM 2
+/* the sweep script: {1, more, cut, room, seq, ...}: 1 this node
+ * holds the round (*more: BUS_MORE_* flags of the limits it met, *cut: the round's Redis ms time
+ * minus the grace, *items pairs follow), 0 another node does, -1 an error or
+ * anything else; pair k: 0 (room, *seq set), -1 malformed */
+int bus_reply_check_round(const struct redisReply *rp, int *more, uint64_t *cut, size_t *items);
 int bus_reply_check_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq);
 
 #endif

@@ -417,7 +417,7 @@ static int be_init(bus *b, const bus_opts *o, char *err, size_t errlen)
     if (o->track_unstored) {
         b->track_unstored = 1;
         /* fails before it opens anything; nothing is pending on the client */
-        if (bus_backfill_init(b, R->rc, o->backfill_grace_ms, err, errlen) != 0) {
+        if (bus_backfill_init(b, R->rc, o, err, errlen) != 0) {
             redis_client_free(R->rc);
             free(R);
             return -1;

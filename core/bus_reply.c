@@ -58,17 +58,6 @@ int bus_reply_channel(const char *s, size_t len, char *room, char *kind, size_t 
     return 0;
 }
 
-int bus_reply_sweep_round(const redisReply *rp, size_t *items)
-{
-    *items = 0;
-    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 || !rp->element ||
-        rp->element[0]->type != REDIS_REPLY_INTEGER)
-        return -1;
-    if (rp->element[0]->integer != 1) return 0;   /* another node holds this round */
-    *items = (rp->elements - 1) / 3;
-    return 1;
-}
-
 /* {room, seq, entry} triple k from element `from` on */
 static int triple(const redisReply *rp, size_t from, size_t k, char *room, uint64_t *seq,
                   bus_entry *e)
@@ -89,13 +78,6 @@ static int triple(const redisReply *rp, size_t from, size_t k, char *room, uint6
     return 1;
 }
 
-int bus_reply_sweep_item(const redisReply *rp, size_t k, char *room, uint64_t *seq,
-                         bus_entry *e)
-{
-    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 1) return -1;
-    return triple(rp, 1, k, room, seq, e);
-}
-
 size_t bus_reply_settle_items(const redisReply *rp)
 {
     if (!rp || rp->type != REDIS_REPLY_ARRAY || !rp->element) return 0;
@@ -108,26 +90,31 @@ int bus_reply_settle_item(const redisReply *rp, size_t k, char *room, uint64_t *
     return triple(rp, 0, k, room, seq, e);
 }
 
-int bus_reply_check_round(const redisReply *rp, int *more, size_t *items)
+int bus_reply_check_round(const redisReply *rp, int *more, uint64_t *cut, size_t *items)
 {
     *items = 0;
     *more = 0;
+    *cut = 0;
     if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 1 || !rp->element ||
         rp->element[0]->type != REDIS_REPLY_INTEGER)
         return -1;
     if (rp->element[0]->integer != 1) return 0;   /* another node holds this round */
-    if (rp->elements < 2 || rp->element[1]->type != REDIS_REPLY_INTEGER) return -1;
-    *more = rp->element[1]->integer != 0;
-    *items = (rp->elements - 2) / 2;
+    if (rp->elements < 3 || rp->element[1]->type != REDIS_REPLY_INTEGER ||
+        rp->element[2]->type != REDIS_REPLY_INTEGER || rp->element[2]->integer < 0)
+        return -1;
+    if (rp->element[1]->integer < 0 || rp->element[1]->integer > 3) return -1;
+    *more = (int)rp->element[1]->integer;
+    *cut = (uint64_t)rp->element[2]->integer;
+    *items = (rp->elements - 3) / 2;
     return 1;
 }
 
 int bus_reply_check_item(const redisReply *rp, size_t k, char *room, uint64_t *seq)
 {
-    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 2 || !rp->element ||
-        k >= (rp->elements - 2) / 2)
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 3 || !rp->element ||
+        k >= (rp->elements - 3) / 2)
         return -1;
-    const redisReply *rr = rp->element[2 + 2 * k], *sr = rp->element[3 + 2 * k];
+    const redisReply *rr = rp->element[3 + 2 * k], *sr = rp->element[4 + 2 * k];
     if (rr->type != REDIS_REPLY_STRING || sr->type != REDIS_REPLY_STRING || !rr->str ||
         !sr->str || !room_name_valid(rr->str, rr->len) || parse_u64(sr->str, sr->len, seq) != 0)
         return -1;

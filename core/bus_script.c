@@ -59,30 +59,37 @@
  * BUS_MARK_LUA forgets stored seqs: KEYS[1] chat:{room}:unstored,
  *   KEYS[2] the room's unstored index, ARGV[1] room, ARGV[2..] seqs; drops
  *   the room from the index when its set is empty.
- * BUS_SWEEP_LUA is one sweeper round on one server: KEYS[1] the lock
+ * BUS_SWEEP_LUA lists one sweeper round on one server (the core then asks
+ *   history, bus_handlers.on_check): KEYS[1] the lock
  *   (chat:backfill:lock, or on a Cluster the master's per-round lock);
  *   ARGV[1] node token, ARGV[2] grace ms, ARGV[3] lock ms, ARGV[4] max
- *   rooms, ARGV[5] max seqs per room, ARGV[6] mode ('E' entries, 'C'
- *   check, below), ARGV[7..] the unstored indexes to sweep (one on one Redis; on a Cluster the per-slot indexes of every slot
+ *   rooms, ARGV[5] max seqs per room, ARGV[6..] the unstored indexes to
+ *   sweep (one on one Redis; on a Cluster the per-slot indexes of every slot
  *   the master owns: keys the script does not declare, which Redis allows a
  *   script without flags when they are local; an index that is not, because
- *   its slot just moved, is skipped through redis.pcall). Returns {0} when
- *   another node holds the lock, else {1, room, seq, entry, ...} for every
- *   seq older than the grace: entry is "<seq>\n<tail>" from the recent
- *   buffer (its score is set to now: a lease, the next try comes after
- *   another grace), or "" when the buffer no longer has it (removed: lost).
- *   The room's index score becomes its oldest remaining seq's time. A room's
- *   keys share its index's slot, so they are local too.
- *   Mode 'C' (the core checks history, bus_handlers.on_check) changes
- *   nothing but the lock (and drops rooms with nothing old from the index)
- *   and returns {1, more, room, seq, room, seq, ...}: more = 1 when the room
- *   budget ran out (sweep again at once).
- * BUS_SETTLE_LUA ends a mode 'C' round with history's answer: ARGV is, per
- *   room, room, index, n stored, the n stored seqs, m missing, the m missing
- *   seqs. The stored ones leave chat:{room}:unstored; each missing one is
- *   answered like mode 'E' (its entry, leased, or "" and removed when the
- *   recent buffer no longer has it): {room, seq, entry, ...}; the room's index
- *   score is fixed as above. Keys undeclared and local, as for the sweep.
+ *   its slot just moved, is skipped through redis.pcall). A room's keys
+ *   share its index's slot, so they are local too. Returns {0} when another
+ *   node holds the lock; else it changes nothing but the lock (and drops
+ *   rooms with nothing old from the index) and returns {1, more, cut, room,
+ *   seq, room, seq, ...}, the (room, seq) of every entry older than the
+ *   grace (at most ARGV[4] rooms, ARGV[5] seqs per room): more = the
+ *   limits the round met (sweep again at once): + 1 (BUS_MORE_ROOMS) when
+ *   the rooms listed reached ARGV[4], + 2 (BUS_MORE_PER_ROOM) when a room's
+ *   seqs reached ARGV[5]; cut
+ *   = the round's Redis time minus the grace (the listed entries are scored
+ *   below it).
+ * BUS_SETTLE_LUA ends a round with history's answer (one call per
+ *   BUS_SETTLE_CHUNK pairs of it): ARGV[1] the round's cut, then per room: room, index, n stored, the n stored seqs, m missing,
+ *   the m missing seqs. The stored ones leave chat:{room}:unstored; a
+ *   missing one still scored below the cut (nobody offered it since the
+ *   round listed it: a round whose check outlived the lock may have been
+ *   followed by another node's round, which leased it or found it lost) is
+ *   answered with its entry "<seq>\n<tail>" from the recent buffer (its
+ *   score set to now: a lease, the next try comes after another grace), or
+ *   "" when the buffer no longer has it (removed: lost); one scored at or
+ *   above the cut, or gone, is skipped: {room, seq, entry, ...}. The room's
+ *   index score becomes its oldest remaining seq's time (or the room leaves
+ *   the index). Keys undeclared and local, as for the sweep.
  * BUS_FORGET_LUA forgets a client id whose seq could not be stored:
  *   KEYS[1] chat:{room}:id:<id>, ARGV[1] seq; deletes it if it still maps
  *   to that seq. */
@@ -189,8 +196,8 @@ const char BUS_MARK_LUA[] =
     "if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end\n"
     "return 0\n";
 
-/* Lua shared by the sweep (mode 'C' round and the plain one) and the
- * settle script, with the names they share (room, uk, rk, idx, s, now, out):
+/* Lua of the settle script (LUA_REINDEX_ROOM also of the sweep), with the
+ * names they share (room, uk, rk, idx, s, now, out):
  * LUA_OFFER_SEQ offers one unstored seq (its entry when the recent buffer
  * still has it, leased until now + grace; else '' and forgotten);
  * LUA_REINDEX_ROOM re-scores the room in its slot's index by its oldest
@@ -217,50 +224,43 @@ const char BUS_SWEEP_LUA[] =
     "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])\n"
     "local t = redis.call('TIME')\n"
     "local nowv = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local now = string.format('%d', nowv)\n"
-    "local cut = '(' .. string.format('%d', nowv - tonumber(ARGV[2]))\n"
-    "local check = ARGV[6] == 'C'\n"
-    "local out = {1}\n"
-    "if check then out[2] = 0 end\n"
+    "local cutv = nowv - tonumber(ARGV[2])\n"
+    "local cut = '(' .. string.format('%d', cutv)\n"
+    "local out = {1, 0, cutv}\n"
     "local budget = tonumber(ARGV[4])\n"
-    "for i = 7, #ARGV do\n"
-    "  if budget <= 0 then\n"
-    "    if check then out[2] = 1 end\n"
-    "    break\n"
-    "  end\n"
+    "local per = tonumber(ARGV[5])\n"
+    "local mr, mp = 0, 0\n"
+    "for i = 6, #ARGV do\n"
+    "  if budget <= 0 then break end\n"
     "  local idx = ARGV[i]\n"
     "  local ex = redis.pcall('EXISTS', idx)\n"
     "  if ex == 1 then\n"
     "    local rooms = redis.call('ZRANGEBYSCORE', idx, '-inf', cut, 'LIMIT', 0, budget)\n"
     "    budget = budget - #rooms\n"
+    "    if budget <= 0 then mr = 1 end\n"
     "    for _, room in ipairs(rooms) do\n"
     "      local uk = 'chat:{' .. room .. '}:unstored'\n"
-    "      local rk = 'chat:{' .. room .. '}:recent'\n"
-    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, tonumber(ARGV[5]))\n"
-    "      if check then\n"
-    "        for _, s in ipairs(seqs) do\n"
-    "          out[#out + 1] = room\n"
-    "          out[#out + 1] = s\n"
-    "        end\n"
-    "        if #seqs == 0 then\n"
-    LUA_REINDEX_ROOM
-    "        end\n"
-    "      else\n"
+    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per)\n"
+    "      if #seqs >= per then mp = 2 end\n"
     "      for _, s in ipairs(seqs) do\n"
-    LUA_OFFER_SEQ
+    "        out[#out + 1] = room\n"
+    "        out[#out + 1] = s\n"
     "      end\n"
+    "      if #seqs == 0 then\n"
     LUA_REINDEX_ROOM
     "      end\n"
     "    end\n"
     "  end\n"
     "end\n"
+    "out[2] = mr + mp\n"
     "return out\n";
 
 const char BUS_SETTLE_LUA[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local cut = tonumber(ARGV[1])\n"
     "local out = {}\n"
-    "local i = 1\n"
+    "local i = 2\n"
     "while i <= #ARGV do\n"
     "  local room, idx, ns = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])\n"
     "  local uk = 'chat:{' .. room .. '}:unstored'\n"
@@ -274,7 +274,10 @@ const char BUS_SETTLE_LUA[] =
     "  i = i + 1\n"
     "  for j = i, i + nm - 1 do\n"
     "    local s = ARGV[j]\n"
+    "    local sc = redis.call('ZSCORE', uk, s)\n"
+    "    if sc and tonumber(sc) < cut then\n"
     LUA_OFFER_SEQ
+    "    end\n"
     "  end\n"
     "  i = i + nm\n"
     LUA_REINDEX_ROOM

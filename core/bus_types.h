@@ -36,9 +36,8 @@ typedef struct bus_handlers {
     void (*on_ready)(void *ud, int ready);
     /* (may be NULL; Redis mode with track_unstored only) A message that was
      * published more than backfill_grace_ms ago and is not in history (its
-     * node died between publish and commit; with on_check the history was
-     * asked, without it: not marked with bus_mark_stored): store it. Offered
-     * again after another grace while it is still missing. */
+     * node died between publish and commit; on_check asked history): store
+     * it. Offered again after another grace while it is still missing. */
     void (*on_unstored)(void *ud, const char *room, uint64_t seq, const char *tail, size_t len);
     /* (may be NULL) The durable head of room, asked when the bus has none:
      * Redis has no seq key for the room (first use, restarted empty,
@@ -56,30 +55,39 @@ typedef struct bus_handlers {
      * every (re)subscription on_control is called with data NULL (len 0),
      * so the receiver resynchronises what matters (bans). */
     void (*on_control)(void *ud, const char *data, size_t len);
-    /* (may be NULL; Redis mode with track_unstored) The backfill sweeper
+    /* (required with track_unstored in Redis mode, else bus_new fails;
+     * may be NULL otherwise) The backfill sweeper
      * asks durable history which of n messages (rooms[i], seqs[i]),
      * published more than backfill_grace_ms ago and still recorded as
      * unstored, are stored (arrays valid during the call). Answer exactly
      * once, now or later, with bus_check_done(). The sweeper then forgets
-     * the stored ones and hands the others to on_unstored. With on_check
-     * set, commits need no bus_mark_stored (no Redis round trip per
-     * commit); it stays for entries that must be forgotten without a row
-     * (a malformed one). NULL: the core marks every commit. */
+     * the stored ones and hands the others to on_unstored. Commits need no
+     * bus_mark_stored (no Redis round trip per commit); it is for entries
+     * that must be forgotten without a row (a malformed one). */
     void (*on_check)(void *ud, bus_check *req, size_t n, const char *const *rooms,
                      const uint64_t *seqs);
 } bus_handlers;
+
+/* the sweep round's default limits: every room with old entries each round
+ * (dm: ~1 entry per room); config.c bounds the settings */
+#define BUS_CHECK_ROOMS 2000
+#define BUS_CHECK_PER_ROOM 500
 
 typedef struct bus_opts {
     const char *redis_url;     /* NULL: in-process mode */
     size_t recent_max;         /* recent buffer length per room (default 1000) */
     uint32_t id_ttl_s;         /* idempotency window for client ids (default 600) */
     int track_unstored;        /* Redis mode: record publishes as unstored and
-                                * sweep old ones: with on_check, history says
-                                * which are stored (the server's way); without,
-                                * until bus_mark_stored (unit tests). Missing
-                                * ones go to on_unstored. Set when a database
-                                * stores history. */
+                                * sweep old ones: on_check (required) says
+                                * which are stored; missing ones go to
+                                * on_unstored. Set when a database stores
+                                * history. */
     uint32_t backfill_grace_ms; /* age before a publish counts as abandoned (default 3000) */
+    uint32_t backfill_check_rooms;    /* rooms a sweep round lists per Redis node
+                                       * (default BUS_CHECK_ROOMS) */
+    uint32_t backfill_check_per_room; /* old seqs a round lists per room (default
+                                       * BUS_CHECK_PER_ROOM); a round that hit
+                                       * either limit is followed by another at once */
 } bus_opts;
 
 /* Answers on_seed: status 0 with the highest seq durably stored in the

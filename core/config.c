@@ -19,6 +19,9 @@ typedef struct opt {
 } opt;
 
 #define O(f) offsetof(config, f)
+/* the pairs one backfill sweep round may list (rooms x seqs per room): the
+ * round's reply, its check and its settles are sized by it */
+#define CHECK_PAIRS_MAX 1000000
 static const opt OPTS[] = {
     {"--listen", "CHAT_LISTEN", K_STR, O(listen), "127.0.0.1:8080", "address:port for HTTP and WebSocket"},
     {"--redis", "CHAT_REDIS_URL", K_STR, O(redis_url), NULL, "redis://[user:pass@]host:port[/db], rediss://..., redis+cluster://host:port[,host:port...] (unset: single-node mode)"},
@@ -40,6 +43,8 @@ static const opt OPTS[] = {
     {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
     {"--idempotency-ttl-s", "CHAT_IDEMPOTENCY_TTL_S", K_INT, O(idempotency_ttl_s), "600", "how long (s) a client message id is remembered: a resend with the same id within it is never stored or broadcast twice (1 to 604800)"},
     {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node"},
+    {"--backfill-check-rooms", "CHAT_BACKFILL_CHECK_ROOMS", K_INT, O(backfill_check_rooms), "2000", "backfill sweeper: most rooms one round lists per Redis node (1 to 100000); a round that reaches it is followed by another at once"},
+    {"--backfill-check-per-room", "CHAT_BACKFILL_CHECK_PER_ROOM", K_INT, O(backfill_check_per_room), "500", "backfill sweeper: most old seqs of one room one round lists (1 to 100000; rooms x this at most 1000000)"},
     {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL"},
     {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1"},
     {"--read-batch-ms", "CHAT_READ_BATCH_MS", K_INT, O(read_batch_ms), "5", "read state: wait (ms) for more read marks before one batched write"},
@@ -184,6 +189,22 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     }
     if (c->idempotency_ttl_s < 1 || c->idempotency_ttl_s > 604800) {
         snprintf(err, errlen, "CHAT_IDEMPOTENCY_TTL_S: 1 to 604800, got %lld", (long long)c->idempotency_ttl_s);
+        return -1;
+    }
+    if (c->backfill_check_rooms < 1 || c->backfill_check_rooms > 100000) {
+        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_ROOMS: 1 to 100000, got %lld",
+                 (long long)c->backfill_check_rooms);
+        return -1;
+    }
+    if (c->backfill_check_per_room < 1 || c->backfill_check_per_room > 100000) {
+        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_PER_ROOM: 1 to 100000, got %lld",
+                 (long long)c->backfill_check_per_room);
+        return -1;
+    }
+    if (c->backfill_check_rooms * c->backfill_check_per_room > CHECK_PAIRS_MAX) {
+        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_ROOMS x CHAT_BACKFILL_CHECK_PER_ROOM: at most %d "
+                 "(pairs one sweep round may list), got %lld", CHECK_PAIRS_MAX,
+                 (long long)(c->backfill_check_rooms * c->backfill_check_per_room));
         return -1;
     }
     if (c->replay_max < 1) c->replay_max = 1;

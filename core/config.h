@@ -31,6 +31,7 @@ typedef struct config {
     int64_t batch_max, batch_ms, pending_max;  /* Postgres group commit */
     int64_t drain_ms;          /* SIGTERM: longest wait for queues to flush */
     int64_t backfill_grace_ms; /* age before another node stores an unstored message */
+    int64_t backfill_check_rooms, backfill_check_per_room; /* a sweep round's limits */
     int64_t read_batch_ms;     /* read state: wait for company before a batch */
     int64_t read_lookup_timeout_ms; /* a join waits this long for its read_seq */
     int64_t retention_interval_ms, retention_batch, retention_batch_ms; /* history retention */

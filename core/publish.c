@@ -535,19 +535,6 @@ int publish_delete(const char *room, uint64_t seq, const char *actor, const char
 
 /* ---- backfill: a message another node published and never stored ---------- */
 
-typedef struct backfill_op {
-    uint64_t seq;
-    char room[CHAT_ROOM_MAX + 1];
-} backfill_op;
-
-static void on_backfill_stored(void *ud, int status)
-{
-    backfill_op *op = ud;
-    /* -2: another row holds the seq (logged by the store): nothing to redo */
-    if ((status == 0 || status == -2) && P.bus) bus_mark_stored(P.bus, op->room, op->seq);
-    free(op);
-}
-
 static const char *obj_str(json_t *o, const char *k, size_t *len)
 {
     json_t *v = json_object_get(o, k);
@@ -615,12 +602,15 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
         row.on = json_is_true(json_object_get(o, "on"));
         row.count = json_integer_value(count);
     }
-    backfill_op *op = calloc(1, sizeof *op);
-    if (op) {
-        op->seq = seq;
-        snprintf(op->room, sizeof op->room, "%s", rname);
-        /* backlog full: left unstored, the next sweep offers it again */
-        if (store_write(P.store, &row, on_backfill_stored, op) < 0) free(op);
+    /* nothing to do when it is stored (or another row holds the seq: logged
+     * by the store): the sweeper's next check of it, after the lease, sees
+     * the row and forgets it; not stored (backlog full, store down): the
+     * check misses it and the sweeper offers it again; a row Postgres can
+     * never hold: forgotten, or it would be offered every grace for ever */
+    if (store_write(P.store, &row, NULL, NULL) == -3) {
+        LOGE(MOD, "room %s seq %" PRIu64 ": unstored message cannot be stored (not UTF-8 text, or "
+             "a number over 2^63-1): not stored", rname, seq);
+        bus_mark_stored(P.bus, rname, seq);
     }
     json_decref(o);
     free(buf);

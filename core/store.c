@@ -48,18 +48,13 @@
 #define CONNECT_TIMEOUT_MS 10000u
 #define STATEMENT_TIMEOUT_MS 30000u
 #define RANGE_QUEUE_MAX 10000u
-#define OID_TEXT 25
-#define OID_INT8 20
 
 enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
 enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP_PREP_HIST,
-       OP_PREP_TARGET, OP_PREP_REACT, OP_PREP_INSERT, OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD,
+       OP_PREP_TARGET, OP_PREP_REACT, OP_PREP_VERIFY, OP_PREP_INSERT, OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD,
        OP_QUERY, OP_PREP_QUERY };
 #define QUERY_PREPARED_MAX 16   /* named statements of store_query per connection */
 enum { Q_RANGE = 0, Q_HEAD, Q_QUERY, Q_HISTORY, Q_TARGET, Q_REACTIONS };
-#define OID_INT2 21
-#define OID_INT4 23
-#define OID_BOOL 16
 
 /* One queued row; strings live in data[] after the struct. */
 typedef struct wnode {
@@ -566,29 +561,24 @@ static void batch_done(store *s)
  * stored; its callback gets -2, never a silent success. */
 static void send_verify(store *s)
 {
-    size_t n = s->fl_len, np = n * 2;
-    size_t cap = sizeof STORE_VERIFY_HEAD + sizeof STORE_VERIFY_TAIL + n * 40;
-    char *sql = malloc(cap);
-    const char **vals = malloc(np * sizeof *vals);
-    Oid *types = malloc(np * sizeof *types);
-    if (!sql || !vals || !types) {
-        free(sql); free(vals); free(types);
+    size_t n = s->fl_len;
+    const char **keys = malloc(2 * n * sizeof *keys);
+    size_t i = 0;
+    for (wnode *w = s->fl_head; keys && w; w = w->next, i++) {
+        keys[2 * i] = w->val[0];
+        keys[2 * i + 1] = w->val[1];
+    }
+    char *rooms = keys ? store_text_array(keys, n, 2) : NULL;
+    char *seqs = keys ? store_text_array(keys + 1, n, 2) : NULL;
+    free(keys);
+    if (!rooms || !seqs) {
+        free(rooms); free(seqs);
         reset_conn(s, "out of memory verifying a batch"); /* the batch is sent again */
         return;
     }
-    size_t len = (size_t)snprintf(sql, cap, "%s", STORE_VERIFY_HEAD);
-    size_t i = 0;
-    for (wnode *w = s->fl_head; w; w = w->next, i++) {
-        len += (size_t)snprintf(sql + len, cap - len, "%s($%zu::text,$%zu::bigint)", i ? "," : "",
-                                2 * i + 1, 2 * i + 2);
-        vals[2 * i] = w->val[0];
-        vals[2 * i + 1] = w->val[1];
-        types[2 * i] = OID_TEXT;
-        types[2 * i + 1] = OID_INT8;
-    }
-    snprintf(sql + len, cap - len, "%s", STORE_VERIFY_TAIL);
-    int ok = PQsendQueryParams(s->pg, sql, (int)np, types, vals, NULL, NULL, 0);
-    free(sql); free(vals); free(types);
+    const char *params[2] = {rooms, seqs};
+    int ok = PQsendQueryPrepared(s->pg, STORE_STMT_VERIFY, 2, params, NULL, NULL, 0);
+    free(rooms); free(seqs); /* libpq copied them */
     sent(s, OP_VERIFY, ok);
 }
 
@@ -821,6 +811,9 @@ static void setup_done(store *s, int op)
                                              NULL));
         break;
     case OP_PREP_REACT:
+        sent(s, OP_PREP_VERIFY, PQsendPrepare(s->pg, STORE_STMT_VERIFY, STORE_SQL_VERIFY, 0, NULL));
+        break;
+    case OP_PREP_VERIFY:
         s->state = ST_READY;
         backoff_reset(&s->bo);
         uv_timer_stop(s->guard);
@@ -1060,11 +1053,11 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
 {
     if (!s || s->dead || !row || !row->room || !row->user || !row->name || !row->body) return -1;
     if (s->q_len + s->fl_len >= s->pending_max) return -1;
-    if (row->seq > INT64_MAX || row->ts > INT64_MAX || row->target > INT64_MAX) return -1;
+    if (row->seq > INT64_MAX || row->ts > INT64_MAX || row->target > INT64_MAX) return -3;
     if (row->kind < STORE_MESSAGE || row->kind > STORE_REACT ||
         (row->kind != STORE_MESSAGE && !row->target) ||
         (row->kind == STORE_REACT && (!row->emoji || row->count < 0 || row->count > INT32_MAX)))
-        return -1;
+        return -3;
     size_t lr = strlen(row->room), lc = row->client_id ? strlen(row->client_id) : 0;
     size_t lu = strlen(row->user), ln = strlen(row->name), lb = row->body_len;
     const char *emoji = row->kind == STORE_REACT ? row->emoji : NULL;
@@ -1073,7 +1066,7 @@ int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
     if (!utf8_valid(row->room, lr) || !utf8_valid(row->user, lu) || !utf8_valid(row->name, ln) ||
         (row->client_id && !utf8_valid(row->client_id, lc)) || !utf8_valid(row->body, lb) ||
         (emoji && !utf8_valid(emoji, le)) || (row->meta && !utf8_valid(row->meta, lm)))
-        return -1; /* Postgres text refuses NUL bytes and invalid UTF-8 */
+        return -3; /* Postgres text refuses NUL bytes and invalid UTF-8 */
     wnode *w = malloc(sizeof *w + lr + lc + lu + ln + lb + le + lm + 7);
     if (!w) return -1;
     w->next = NULL;

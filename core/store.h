@@ -73,8 +73,10 @@ int store_ready(const store *s);   /* connected and migrated */
  * was already stored: a retried batch, a backfill), -2 conflict: another row
  * already holds (room, seq), this one was NOT stored (logged as an error,
  * counted in chat_store_conflicts_total), -1 failed for good (store freed).
- * Returns -1 without calling cb when pending_max is reached or the row
- * cannot be stored (NUL byte, invalid UTF-8, seq/ts over 2^63-1). */
+ * Returns without calling cb: -1 when pending_max is reached (or the store
+ * is gone: try again later), -3 when the row can never be stored (NUL
+ * byte, invalid UTF-8, seq/ts/target over 2^63-1, a kind without its
+ * fields). */
 typedef void (*store_write_cb)(void *ud, int status);
 int store_write(store *s, const store_row *row, store_write_cb cb, void *ud);
 size_t store_pending(const store *s);

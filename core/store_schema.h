@@ -111,12 +111,13 @@ int store_schema_version(void);
 /* After a batch that inserted fewer rows than it had (some (room, seq)
  * already stored): the stored rows of the batch's keys, to tell a retry or
  * backfill (identical row: fine) from a conflict (another row: not stored).
- * Built per batch: "... JOIN (VALUES ($1::text,$2::bigint),...) k ...". */
-#define STORE_VERIFY_HEAD \
+ * One statement for every batch size, prepared once per connection: $1 the
+ * batch's rooms, $2 its seqs (array literals, as the insert's columns). */
+#define STORE_STMT_VERIFY "chatd_verify"
+#define STORE_SQL_VERIFY \
     "SELECT m.room, m.seq, m.client_id, m.user_id, m.name, m.body, m.ts, m.kind, m.target, " \
-    "m.emoji, m.react_on, m.react_count, m.meta, m.deleted FROM messages m " \
-    "JOIN (VALUES "
-#define STORE_VERIFY_TAIL ") AS k(room, seq) ON m.room = k.room AND m.seq = k.seq"
+    "m.emoji, m.react_on, m.react_count, m.meta, m.deleted FROM unnest($1::text[], " \
+    "$2::bigint[]) AS k(room, seq) JOIN messages m ON m.room = k.room AND m.seq = k.seq"
 
 /* The batch insert: one statement for every batch size, prepared once per
  * connection. Each parameter is a Postgres array literal holding one column

@@ -179,6 +179,9 @@ def main():
                                    "node-a", 3000, 1000, 50, 200, "chat:unstored"))
         keep("sweep_locked", c.call("EVAL", bus["BUS_SWEEP_LUA"], 1, "chat:backfill:lock",
                                     "node-b", 3000, 1000, 50, 200, "chat:unstored"))
+        # settle: ARGV cut, then room, index, n stored, stored..., m missing, missing...
+        keep("settle", c.call("EVAL", bus["BUS_SETTLE_LUA"], 0, 10, r, "chat:unstored",
+                              0, 2, 41, 43))
         # presence: APPLY per room (KEYS index, conns, users, names; ARGV ttl,
         # room, then op, member, user, name groups); SWEEP under a round lock
         # (KEYS lock; ARGV token, lock ms, max rooms, max entries, indexes)

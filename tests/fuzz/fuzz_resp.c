@@ -8,8 +8,7 @@
  *     (bus_rhead_parse), the publish script {seq, dup|seed}
  *     (bus_redis_publish_reply), and core/bus_reply.c: recent-buffer ranges
  *     (gap fill, replay since N), channel names, the backfill sweep
- *     {1, room, seq, entry...}, its checked form {1, more, room, seq...}
- *     and the settle {room, seq, entry...};
+ *     {1, more, cut, room, seq...} and the settle {room, seq, entry...};
  *   presence (core/presence_redis.c): the apply script {room, event, user,
  *     name...}, the sweep script {2|3, room, user, name...}, HGETALL names.
  * Oracles: whatever the reply, interpreters only hand out what the contract
@@ -180,16 +179,13 @@ static void interpret(const redisReply *rp)
         }
     }
 
+    /* the backfill sweep and its settle */
     size_t items = 0;
-    int round = bus_reply_sweep_round(rp, &items);
-    FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || items == 0), "round %d items %zu", round, items);
-    if (round == 1) check_items(rp, items, bus_reply_sweep_item, "sweep");
-
-    /* the checked sweep (mode 'C') and its settle */
     int cmore = -1;
-    round = bus_reply_check_round(rp, &cmore, &items);
-    FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || (items == 0 && cmore == 0)) &&
-               (cmore == 0 || cmore == 1), "check round %d items %zu more %d", round, items, cmore);
+    uint64_t ccut = 1;
+    int round = bus_reply_check_round(rp, &cmore, &ccut, &items);
+    FUZZ_CHECK(round >= -1 && round <= 1 && (round == 1 || (items == 0 && cmore == 0 && ccut == 0)) &&
+               cmore >= 0 && cmore <= 3, "check round %d items %zu more %d", round, items, cmore);
     for (size_t k = 0; round == 1 && k < items + 2; k++) {
         int st = bus_reply_check_item(rp, k, room, &seq);
         if (k >= items) { FUZZ_CHECK(st == -1, "pair %zu past %zu", k, items); continue; }

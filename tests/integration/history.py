@@ -414,6 +414,81 @@ async def idempotency_window_is_the_setting():
               f"CHAT_IDEMPOTENCY_TTL_S={bad}: no error naming the setting: {b.log_tail(3)}")
 
 
+@test(timeout=90, needs=NEEDS)
+async def backfill_round_limits_are_settings():
+    """CHAT_BACKFILL_CHECK_ROOMS / CHAT_BACKFILL_CHECK_PER_ROOM bound what one
+    sweep round lists: with 1 room and 2 seqs per round, 3 messages in each of
+    2 rooms take several rounds, each counted by the limit it met
+    (chat_bus_backfill_rounds_limited_total), every pair once in
+    chat_bus_backfill_checked_total, and the unstored set empties. Values out
+    of range (and a product over 1,000,000 pairs) refuse to start."""
+    n = hnode(env={"CHAT_BACKFILL_GRACE_MS": 600, "CHAT_BACKFILL_CHECK_ROOMS": 1,
+                   "CHAT_BACKFILL_CHECK_PER_ROOM": 2})
+    rooms = [uniq(), uniq()]
+    rd = harness.RUN.need_redis()
+    _, _, text = await ahttp(n.port, "/metrics")
+    c0 = harness.metric_value(text.decode(), "chat_bus_backfill_checked_total") or 0
+    for room in rooms:
+        s = await Client.connect(n, room, token("alice"))
+        for i in range(3):
+            await harness.send_acked(s, f"m{i}", f"{room}-{i}")
+        await s.close()
+    left = None
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if hasattr(rd, "command"):
+            left = sum(int(rd.command("ZCARD", f"chat:{{{r}}}:unstored")[1:].strip()) for r in rooms)
+        _, _, text = await ahttp(n.port, "/metrics")
+        text = text.decode()
+        checked = (harness.metric_value(text, "chat_bus_backfill_checked_total") or 0) - c0
+        if checked >= 6 and left in (0, None):
+            break
+    eq(left in (0, None), True, f"unstored entries left: {left}")
+    check(checked >= 6, f"pairs checked: {checked} (6 of this test, others of earlier tests may remain)")
+    lr = harness.metric_value(text, "chat_bus_backfill_rounds_limited_total", 'limit="rooms"') or 0
+    lp = harness.metric_value(text, "chat_bus_backfill_rounds_limited_total", 'limit="per_room"') or 0
+    check(lr >= 2 and lp >= 2, f"rounds limited: rooms {lr}, per room {lp}")
+    for env, name in (({"CHAT_BACKFILL_CHECK_ROOMS": "0"}, "CHAT_BACKFILL_CHECK_ROOMS"),
+                      ({"CHAT_BACKFILL_CHECK_ROOMS": "100001"}, "CHAT_BACKFILL_CHECK_ROOMS"),
+                      ({"CHAT_BACKFILL_CHECK_PER_ROOM": "0"}, "CHAT_BACKFILL_CHECK_PER_ROOM"),
+                      ({"CHAT_BACKFILL_CHECK_PER_ROOM": "x"}, "CHAT_BACKFILL_CHECK_PER_ROOM"),
+                      ({"CHAT_BACKFILL_CHECK_ROOMS": "2000", "CHAT_BACKFILL_CHECK_PER_ROOM": "501"},
+                       "CHAT_BACKFILL_CHECK_ROOMS x CHAT_BACKFILL_CHECK_PER_ROOM")):
+        b = harness.Node(redis=True, db=True, env=env)
+        b.start(wait=False)
+        rc = await asyncio.to_thread(b.wait_exit, 5)
+        check(rc is not None and rc != 0, f"{env}: chatd did not refuse to start")
+        check(name in b.log_text(), f"{env}: no error naming {name}: {b.log_tail(3)}")
+
+
+@test(timeout=60, needs=NEEDS)
+async def unstorable_unstored_entry_is_forgotten():
+    """An unstored entry that Postgres can never hold (a body with NUL, as a
+    node of an older release could broadcast) is offered by the sweeper,
+    refused by the store, logged and forgotten: not offered every grace
+    for ever (the entry stayed, leased again and again)."""
+    rd = harness.RUN.need_redis()
+    if not hasattr(rd, "command"):
+        raise harness.TestSkip("needs the test's own Redis")
+    n = hnode(env={"CHAT_BACKFILL_GRACE_MS": 600})
+    room = uniq()
+    tail = '"id":"bad-1","user":"u","name":"U","body":"a\\u0000b","ts":1700000000000}'
+    rd.command("ZADD", f"chat:{{{room}}}:recent", "1", "1\n" + tail)
+    rd.command("ZADD", f"chat:{{{room}}}:unstored", "1000", "1")
+    rd.command("ZADD", "chat:unstored", "1000", room)
+    left = None
+    for _ in range(60):
+        await asyncio.sleep(0.1)
+        left = int(rd.command("ZCARD", f"chat:{{{room}}}:unstored")[1:].strip())
+        if left == 0:
+            break
+    eq(left, 0, "the unstorable entry left the unstored set")
+    check("cannot be stored" in n.log_text(), f"no error logged: {n.log_tail(3)}")
+    await asyncio.sleep(1.5)  # two more graces: not offered again
+    offers = n.log_text().count(f"room {room} seq 1: unstored message cannot be stored")
+    eq(offers, 1, "offered (and refused) once")
+
+
 @test(timeout=60, needs=NEEDS)
 async def hole_of_a_dead_node_is_backfilled():
     """A node dies (kill -9) after its messages were broadcast but before its

@@ -196,6 +196,13 @@ typedef struct node {
     uint64_t stored_seq[32];
     int nstored;
     int check_fail;          /* answer -1 */
+    int check_hold;          /* keep the request: check_answer_held() answers */
+    int check_all_stored;    /* answer "stored" for every pair */
+    uint64_t check_missing;  /* ... but this seq (0: none) */
+    size_t check_sizes[64];  /* pairs of each check */
+    int ncheck_sizes;
+    bus_check *held_check;
+    size_t held_n;
     int nchecks;
     size_t asked;            /* pairs asked in total */
     char asked_room[256][80];
@@ -298,6 +305,7 @@ static void on_check(void *ud, bus_check *req, size_t n, const char *const *room
 {
     node *nd = ud;
     nd->nchecks++;
+    if (nd->ncheck_sizes < 64) nd->check_sizes[nd->ncheck_sizes++] = n;
     unsigned char st[512] = {0};
     CHECK(n <= sizeof st, "%zu pairs", n);
     for (size_t i = 0; i < n && i < sizeof st; i++) {
@@ -306,8 +314,14 @@ static void on_check(void *ud, bus_check *req, size_t n, const char *const *room
             nd->asked_seq[nd->asked] = seqs[i];
         }
         nd->asked++;
+        if (nd->check_all_stored) st[i] = seqs[i] != nd->check_missing;
         for (int k = 0; k < nd->nstored; k++)
             if (nd->stored_seq[k] == seqs[i] && strcmp(nd->stored_room[k], rooms[i]) == 0) st[i] = 1;
+    }
+    if (nd->check_hold && !nd->held_check) { /* a slow check: answered later */
+        nd->held_check = req;
+        nd->held_n = n;
+        return;
     }
     /* answered at once, inside on_check: the bus must not call back from here */
     in_call = 1;
@@ -320,7 +334,7 @@ static const bus_handlers handlers = {on_message, on_gap, on_emit, on_ready, on_
 static const bus_handlers handlers_checking = {on_message, on_gap, on_emit, on_ready, on_unstored,
                                                NULL, on_control, on_check};
 static const bus_handlers handlers_seeded = {on_message, on_gap, on_emit, on_ready, on_unstored,
-                                             on_seed, on_control, NULL};
+                                             on_seed, on_control, on_check};
 
 /* Every node: nd (calloc'd, its test fields set) gets its name and a bus
  * with those options and handlers, made as if inside a bus_* call. */
@@ -335,18 +349,22 @@ static node *node_start(node *nd, const char *name, bus_opts o, const bus_handle
     return nd;
 }
 
-/* a node that records its publishes as unstored (grace_ms: its sweeper) */
-static node *node_new_track(const char *name, const char *url, size_t recent_max,
-                            uint32_t grace_ms)
+/* tracking unstored messages needs a history check: refused without one */
+static void test_track_needs_check(void)
 {
-    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, 60, 1, grace_ms},
-                      &handlers);
+    bus_opts o = {rurl, 1000, 60, 1, 600, 0, 0};
+    char err[128] = "";
+    bus *b = bus_new(loop, &o, &handlers, NULL, err, sizeof err);
+    CHECK(!b && strstr(err, "on_check"), "bus_new refused: %s", err);
+    if (b) bus_free(b);
 }
 
 /* a node that asks "history" (its stored list) in its sweeper (on_check) */
-static node *node_new_checking(const char *name, const char *url, uint32_t grace_ms)
+static node *node_new_checking_opts(const char *name, const char *url, size_t recent_max,
+                                    uint32_t grace_ms, uint32_t rooms, uint32_t per_room)
 {
-    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, 1000, 60, 1, grace_ms},
+    return node_start(calloc(1, sizeof(node)), name,
+                      (bus_opts){url, recent_max, 60, 1, grace_ms, rooms, per_room},
                       &handlers_checking);
 }
 
@@ -354,6 +372,16 @@ static void stored_add(node *nd, const char *room, uint64_t seq)
 {
     snprintf(nd->stored_room[nd->nstored], sizeof nd->stored_room[0], "%s", room);
     nd->stored_seq[nd->nstored++] = seq;
+}
+
+/* answers the held check: nothing of it stored */
+static void check_answer_held(node *nd)
+{
+    unsigned char st[512] = {0};
+    bus_check *req = nd->held_check;
+    nd->held_check = NULL;
+    nd->check_hold = 0;
+    if (req) bus_check_done(req, 0, st);
 }
 
 static int asked_count(const node *nd, const char *room, uint64_t seq)
@@ -364,6 +392,17 @@ static int asked_count(const node *nd, const char *room, uint64_t seq)
     return c;
 }
 
+static node *node_new_checking_recent(const char *name, const char *url, size_t recent_max,
+                                      uint32_t grace_ms)
+{
+    return node_new_checking_opts(name, url, recent_max, grace_ms, 0, 0);
+}
+
+static node *node_new_checking(const char *name, const char *url, uint32_t grace_ms)
+{
+    return node_new_checking_recent(name, url, 1000, grace_ms);
+}
+
 /* a node with a seed provider (as with a database), tracking unstored */
 static node *node_new_seeded(const char *name, const char *url, uint64_t seed_max,
                              const char *epoch)
@@ -371,12 +410,13 @@ static node *node_new_seeded(const char *name, const char *url, uint64_t seed_ma
     node *nd = calloc(1, sizeof *nd);
     nd->seed_max = seed_max;
     snprintf(nd->seed_epoch, sizeof nd->seed_epoch, "%s", epoch);
-    return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000}, &handlers_seeded);
+    return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000, 0, 0},
+                      &handlers_seeded);
 }
 
 static node *node_new(const char *name, const char *url, size_t recent_max, uint32_t ttl)
 {
-    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0},
+    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0, 0, 0},
                       &handlers);
 }
 
@@ -497,13 +537,18 @@ static uint64_t counter(const char *name)
     return metrics_counter(name, NULL, NULL)->v;
 }
 
+static uint64_t counter_l(const char *name, const char *labels)
+{
+    return metrics_counter(name, NULL, labels)->v;
+}
+
 /* ---------------- tests: helpers ---------------- */
 
 /* the URL parser itself is tested in test_redis.c; the bus refuses a bad one */
 static void test_url(void)
 {
     char err[128];
-    bus_opts o = {"nope://", 0, 0, 0, 0};
+    bus_opts o = {"nope://", 0, 0, 0, 0, 0, 0};
     CHECK(bus_new(loop, &o, &handlers, NULL, err, sizeof err) == NULL && strstr(err, "redis url"),
           "bad url refused: %s", err);
 }
@@ -658,6 +703,13 @@ static void wait_ready(node *nd)
 {
     WAIT(bus_ready(nd->b), 5000);
     CHECK(bus_ready(nd->b), "%s ready", nd->name);
+}
+
+/* nd, once ready */
+static node *ready(node *nd)
+{
+    wait_ready(nd);
+    return nd;
 }
 
 static void test_two_nodes(void)
@@ -1049,9 +1101,9 @@ static void test_backfill(void)
     mkroom(locked, sizeof locked, "bflock");
     /* A publishes (its own sweeper would only run after 30 s), B sweeps
      * with a 600 ms grace; C keeps a recent buffer of 2 */
-    node *a = node_new_track("A", rurl, 1000, 60000);
-    node *b = node_new_track("B", rurl, 1000, 600);
-    node *c = node_new_track("C", rurl, 2, 60000);
+    node *a = node_new_checking("A", rurl, 60000);
+    node *b = node_new_checking("B", rurl, 600);
+    node *c = node_new_checking_recent("C", rurl, 2, 60000);
     node *plain = node_new("P", rurl, 1000, 60);
     wait_ready(a);
     wait_ready(b);
@@ -1097,10 +1149,10 @@ static void test_backfill(void)
     /* the lease: not offered again within the grace */
     spin(350);
     CHECK(uns_count(b, room, 1) == 1, "seq 1 leased (offered %d times)", uns_count(b, room, 1));
-    mark(b, room, 1); /* B stored it */
+    stored_add(b, room, 1); /* B stored it: its next check forgets it */
     WAIT(uns_count(b, room, 4) >= 1, 3000);
     CHECK(uns_count(b, room, 4) == 1 && uns_count(b, room, 1) == 1, "seq 4 offered once, 1 not again");
-    mark(b, room, 4);
+    stored_add(b, room, 4);
     WAIT(rc_int("EXISTS chat:{%s}:unstored", room) == 0 &&
              rc_int("ZSCORE chat:unstored %s", room) == 0, 2000);
     CHECK(rc_int("EXISTS chat:{%s}:unstored", room) == 0, "set empty");
@@ -1122,7 +1174,7 @@ static void test_backfill(void)
     mark(c, lost, 4);
 
     /* the lock: while another node holds the round, B does not sweep */
-    node *d = node_new_track("D", rurl, 1000, 600);
+    node *d = node_new_checking("D", rurl, 600);
     wait_ready(d);
     redisReply *r = rc("SET chat:backfill:lock other PX 1800");
     if (r) freeReplyObject(r);
@@ -1147,8 +1199,9 @@ static void test_backfill(void)
     /* the lease: an offered seq waits another grace, whichever node sweeps */
     CHECK(offers >= 1 && (uint64_t)offers <= el / 600 + 1, "offered %d times in %" PRIu64 " ms",
           offers, el);
-    mark(d, locked, 1);
-    WAIT(rc_int("EXISTS chat:{%s}:unstored", locked) == 0, 2000);
+    stored_add(b, locked, 1);
+    stored_add(d, locked, 1);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", locked) == 0, 3000);
     CHECK(rc_int("ZSCORE chat:unstored %s", locked) == 0, "locked room cleared");
     CHECK(a->dup_or_disorder == 0, "no disorder");
     node_free(a);
@@ -1167,13 +1220,10 @@ static void test_backfill_check(void)
     char room[80], room2[80];
     mkroom(room, sizeof room, "bfc");
     mkroom(room2, sizeof room2, "bfc2");
-    redisReply *r0 = rc("DEL chat:backfill:lock");
-    if (r0) freeReplyObject(r0);
+    rc_int("DEL chat:backfill:lock");
     /* A publishes (its sweeper would run after 60 s); K checks with a 600 ms grace */
-    node *a = node_new_track("A", rurl, 1000, 60000);
-    node *k = node_new_checking("K", rurl, 600);
-    wait_ready(a);
-    wait_ready(k);
+    node *a = ready(node_new_checking("A", rurl, 60000));
+    node *k = ready(node_new_checking("K", rurl, 600));
     k->check_fail = 1;
     pubres p[4];
     pub(a, room, "bfc-1", "one", &p[0]);
@@ -1227,10 +1277,168 @@ static void test_backfill_check(void)
     settle();
 }
 
+/* a check slower than the round's lock: K holds its check while the lock
+ * expires and K2 takes the next round (offers seq 1 of room, loses 1 and 2
+ * of lost); K's late settle must neither offer the leased seq again nor
+ * count the lost ones a second time */
+static void test_backfill_slow_check(void)
+{
+    char room[80], lost[80];
+    mkroom(room, sizeof room, "bfslow");
+    mkroom(lost, sizeof lost, "bfslowl");
+    rc_int("DEL chat:backfill:lock");
+    node *a = ready(node_new_checking("A", rurl, 60000));
+    node *c = ready(node_new_checking_recent("C", rurl, 2, 60000));
+    pubres p, q[4];
+    pub(a, room, NULL, "one", &p);
+    for (int i = 0; i < 4; i++) pub(c, lost, NULL, "x", &q[i]);
+    WAIT(p.done && q[0].done && q[1].done && q[2].done && q[3].done, 3000);
+    CHECK(p.seq == 1 && q[3].seq == 4, "seqs");
+    spin(650); /* older than a 600 ms grace */
+    uint64_t lost0 = counter("chat_bus_backfill_lost_total");
+    node *k = node_new_checking("K", rurl, 600);
+    k->check_hold = 1;
+    wait_ready(k);
+    WAIT(k->held_check != NULL, 3000);
+    CHECK(k->held_check && k->held_n >= 5, "K's round lists the 5 entries (%zu)", k->held_n);
+    /* K's lock (270 ms) runs out while its check is slow: K2 sweeps */
+    node *k2 = ready(node_new_checking("K2", rurl, 600));
+    WAIT(uns_count(k2, room, 1) >= 1 && uns_count(k2, lost, 4) >= 1, 3000);
+    CHECK(uns_count(k2, room, 1) == 1 && uns_count(k2, lost, 3) == 1 && uns_count(k2, lost, 4) == 1,
+          "K2 offers seq 1, 3, 4");
+    CHECK(counter("chat_bus_backfill_lost_total") == lost0 + 2, "K2 counts 2 lost");
+    check_answer_held(k);
+    spin(200); /* K's settle answers; within the lease K2 offers nothing again */
+    CHECK(uns_count(k, room, 1) + uns_count(k2, room, 1) == 1,
+          "seq 1 offered once (K %d, K2 %d)", uns_count(k, room, 1), uns_count(k2, room, 1));
+    CHECK(uns_count(k, lost, 3) + uns_count(k, lost, 4) == 0, "K offers none of lost");
+    CHECK(counter("chat_bus_backfill_lost_total") == lost0 + 2, "lost counted once (%" PRIu64 ")",
+          counter("chat_bus_backfill_lost_total") - lost0);
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", room) == 1 && rc_int("ZCARD chat:{%s}:unstored", lost) == 2,
+          "the offered entries stay (leased) until history holds them");
+    node_free(a);
+    node_free(c);
+    node_free(k);
+    node_free(k2);
+    settle();
+}
+
+/* a round's limits (rooms per round, seqs per room): K lists at most 2
+ * rooms and 3 seqs of each per round; a round that met a limit is followed
+ * by another one; every pair is listed once, counted, and so are the rounds
+ * that met each limit */
+static void test_backfill_limits(void)
+{
+    char rx[80], ry[80], rz[80];
+    mkroom(rx, sizeof rx, "bflimx");
+    mkroom(ry, sizeof ry, "bflimy");
+    mkroom(rz, sizeof rz, "bflimz");
+    /* this test counts what a round lists: other tests' entries go */
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    node *a = ready(node_new_checking("A", rurl, 60000));
+    pubres px[5], py, pz;
+    for (int i = 0; i < 5; i++) pub(a, rx, NULL, "x", &px[i]);
+    WAIT(px[0].done && px[1].done && px[2].done && px[3].done && px[4].done, 3000);
+    spin(5); /* the index lists rooms oldest first: x, y, z */
+    pub(a, ry, NULL, "y", &py);
+    WAIT(py.done, 3000);
+    spin(5);
+    pub(a, rz, NULL, "z", &pz);
+    WAIT(pz.done, 3000);
+    CHECK(px[4].seq == 5 && py.seq == 1 && pz.seq == 1, "seqs");
+    spin(650); /* older than a 600 ms grace */
+    uint64_t c0 = counter("chat_bus_backfill_checked_total");
+    uint64_t lr0 = counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"");
+    uint64_t lp0 = counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"");
+    node *k = node_new_checking_opts("K", rurl, 1000, 600, 2, 3);
+    k->check_all_stored = 1;
+    wait_ready(k);
+    WAIT(rc_int("EXISTS chat:unstored") == 0, 5000);
+    CHECK(rc_int("EXISTS chat:unstored") == 0, "every entry checked and forgotten");
+    CHECK(k->ncheck_sizes >= 2 && k->check_sizes[0] == 4 && k->check_sizes[1] == 3,
+          "round 1: x 1-3 and y 1 (2 rooms, 3 per room), round 2: x 4-5 and z 1 (%d checks: %zu %zu)",
+          k->ncheck_sizes, k->check_sizes[0], k->check_sizes[1]);
+    for (uint64_t s = 1; s <= 5; s++)
+        CHECK(asked_count(k, rx, s) == 1, "x seq %" PRIu64 " asked once", s);
+    CHECK(asked_count(k, ry, 1) == 1 && asked_count(k, rz, 1) == 1, "y and z asked once");
+    CHECK(asked_count(k, rx, 1) && k->asked_seq[0] == 1 && strcmp(k->asked_room[0], rx) == 0,
+          "the oldest room first");
+    CHECK(counter("chat_bus_backfill_checked_total") - c0 == 7, "7 pairs counted (%" PRIu64 ")",
+          counter("chat_bus_backfill_checked_total") - c0);
+    CHECK(counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"") > lr0 &&
+              counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"") > lp0,
+          "rounds that met each limit counted");
+    CHECK(k->nuns == 0, "nothing offered (all stored)");
+    node_free(a);
+    node_free(k);
+    settle();
+}
+
+/* publishes n messages to room from nd and waits for them */
+static void pub_many(node *nd, const char *room, int n)
+{
+    static pubres p[BUS_SETTLE_CHUNK + 1];
+    CHECK(n <= BUS_SETTLE_CHUNK + 1, "%d messages", n);
+    int done = 0;
+    for (int i = 0; i < n; i++) pub(nd, room, NULL, "m", &p[i]);
+    for (uint64_t until = mono_ms() + 10000; mono_ms() < until;) {
+        done = 0;
+        for (int i = 0; i < n; i++) done += p[i].done && p[i].status == 0;
+        if (done == n) break;
+        spin(10);
+    }
+    CHECK(done == n, "%d of %d published", done, n);
+}
+
+/* the settle is cut into calls of at most BUS_SETTLE_CHUNK pairs (bounded
+ * ARGV): a round of exactly the chunk is one call, one more pair makes two;
+ * a room cut between two calls is settled whole (its last seq, missing
+ * from history, offered once with its tail) */
+static void test_backfill_settle_chunks(void)
+{
+    char r1[80], r2[80];
+    mkroom(r1, sizeof r1, "bfchunk1");
+    mkroom(r2, sizeof r2, "bfchunk2");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    node *a = ready(node_new_checking("A", rurl, 60000));
+    pub_many(a, r1, BUS_SETTLE_CHUNK);
+    spin(650);
+    node *k1 = node_new_checking_opts("K1", rurl, 1000, 600, 0, 1000);
+    k1->check_all_stored = 1;
+    wait_ready(k1);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", r1) == 0, 5000);
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", r1) == 0 && k1->ncheck_sizes >= 1 &&
+              k1->check_sizes[0] == BUS_SETTLE_CHUNK, "one round of %d pairs forgotten (%zu)",
+          BUS_SETTLE_CHUNK, k1->ncheck_sizes ? k1->check_sizes[0] : 0);
+    CHECK(bus_backfill_settles(k1->b) == 1, "a round of the chunk: one settle (%" PRIu64 ")",
+          bus_backfill_settles(k1->b));
+    node_free(k1);
+    rc_int("DEL chat:backfill:lock");
+    pub_many(a, r2, BUS_SETTLE_CHUNK + 1);
+    spin(650);
+    node *k2 = node_new_checking_opts("K2", rurl, 1000, 600, 0, 1000);
+    k2->check_all_stored = 1;
+    k2->check_missing = BUS_SETTLE_CHUNK + 1;
+    wait_ready(k2);
+    WAIT(uns_count(k2, r2, BUS_SETTLE_CHUNK + 1) >= 1, 5000);
+    CHECK(k2->ncheck_sizes >= 1 && k2->check_sizes[0] == BUS_SETTLE_CHUNK + 1, "one round of %d pairs",
+          BUS_SETTLE_CHUNK + 1);
+    CHECK(bus_backfill_settles(k2->b) == 2, "one pair more: two settles (%" PRIu64 ")",
+          bus_backfill_settles(k2->b));
+    CHECK(uns_count(k2, r2, BUS_SETTLE_CHUNK + 1) == 1 && k2->nuns == 1, "the missing seq offered once");
+    CHECK(k2->nuns == 1 && strstr(k2->uns_tail[0], "\"body\":\"m\""), "with its tail");
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", r2) == 1 &&
+              rc_int("ZSCORE chat:{%s}:unstored %d", r2, BUS_SETTLE_CHUNK + 1) > 0,
+          "the stored ones forgotten, the missing one leased");
+    node_free(a);
+    node_free(k2);
+    settle();
+}
+
 /* in-process mode: no backfill (marks are no-ops, on_unstored never fires) */
 static void test_local_backfill_off(void)
 {
-    node *l = node_new_track("L", NULL, 10, 200);
+    node *l = node_new_checking_recent("L", NULL, 10, 200);
     snprintf(l->room, sizeof l->room, "lb");
     sub(l, "lb");
     pubres p;
@@ -1919,8 +2127,12 @@ int main(void)
         test_restart_empty();
         test_replay_then_live();
         test_unsub_waiting_replay();
+        test_track_needs_check();
         test_backfill();
         test_backfill_check();
+        test_backfill_slow_check();
+        test_backfill_limits();
+        test_backfill_settle_chunks();
         test_seed_redis();
         test_seed_resync();
         test_seed_free_pending(rurl);

@@ -105,40 +105,39 @@ static void test_bus_replies(void)
     CHECK(bus_reply_channel("chat:{lobby}:m\0g", 16, room, kind, sizeof kind) < 0, "NUL in kind");
 
     size_t items = 0;
-    r = RESP("*7\r\n:1\r\n$5\r\nlobby\r\n$1\r\n4\r\n$4\r\n4\nhi\r\n$5\r\nlobby\r\n$1\r\n5\r\n$0\r\n\r\n");
-    CHECK(bus_reply_sweep_round(r, &items) == 1 && items == 2, "round");
-    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) == 1 && seq == 4 && !strcmp(room, "lobby") &&
-          e[0].len == 2, "entry item");
-    CHECK(bus_reply_sweep_item(r, 1, room, &seq, e) == 0 && seq == 5, "lost item");
-    CHECK(bus_reply_sweep_item(r, 2, room, &seq, e) < 0, "past the end");
-    freeReplyObject(r);
-    r = RESP("*4\r\n:1\r\n$5\r\nlobby\r\n$2\r\n4x\r\n$4\r\n4\nhi\r\n");
-    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) < 0, "seq \"4x\" refused (strtoull read 4)");
-    freeReplyObject(r);
-    r = RESP("*4\r\n:1\r\n$5\r\nlob\0y\r\n$1\r\n4\r\n$4\r\n4\nhi\r\n");
-    CHECK(bus_reply_sweep_item(r, 0, room, &seq, e) < 0, "room with a NUL refused");
-    freeReplyObject(r);
-    r = RESP("*1\r\n:0\r\n");
-    CHECK(bus_reply_sweep_round(r, &items) == 0, "another node's round");
-    freeReplyObject(r);
-
-    /* the checked sweep (mode 'C'): {1, more, room, seq, ...}, then the settle's triples */
+    /* the sweep: {1, more, cut, room, seq, ...}, then the settle's triples */
     int more = -1;
-    r = RESP("*6\r\n:1\r\n:1\r\n$5\r\nlobby\r\n$1\r\n4\r\n$5\r\nlo by\r\n$1\r\n5\r\n");
-    CHECK(bus_reply_check_round(r, &more, &items) == 1 && more == 1 && items == 2, "check round");
+    uint64_t cut = 0;
+    r = RESP("*7\r\n:1\r\n:1\r\n:1700000000000\r\n$5\r\nlobby\r\n$1\r\n4\r\n$5\r\nlo by\r\n$1\r\n5\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) == 1 && more == 1 && items == 2 &&
+          cut == 1700000000000ULL, "check round");
     CHECK(bus_reply_check_item(r, 0, room, &seq) == 0 && seq == 4 && !strcmp(room, "lobby"), "pair");
     CHECK(bus_reply_check_item(r, 1, room, &seq) < 0, "invalid room in a pair refused");
     CHECK(bus_reply_check_item(r, 2, room, &seq) < 0, "past the end");
     freeReplyObject(r);
-    r = RESP("*4\r\n:1\r\n:0\r\n$5\r\nlobby\r\n$2\r\n4x\r\n");
-    CHECK(bus_reply_check_round(r, &more, &items) == 1 && more == 0 && items == 1, "round, no more");
+    r = RESP("*5\r\n:1\r\n:0\r\n:5\r\n$5\r\nlobby\r\n$2\r\n4x\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) == 1 && more == 0 && items == 1 && cut == 5,
+          "round, no more");
     CHECK(bus_reply_check_item(r, 0, room, &seq) < 0, "seq \"4x\" refused in a pair");
     freeReplyObject(r);
     r = RESP("*1\r\n:1\r\n");
-    CHECK(bus_reply_check_round(r, &more, &items) < 0, "a round without its more flag");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) < 0, "a round without its more flag");
+    freeReplyObject(r);
+    r = RESP("*4\r\n:1\r\n:0\r\n$5\r\nlobby\r\n$1\r\n4\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) < 0, "a round without its cut");
+    freeReplyObject(r);
+    r = RESP("*3\r\n:1\r\n:0\r\n:-1\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) < 0, "a negative cut");
+    freeReplyObject(r);
+    r = RESP("*3\r\n:1\r\n:3\r\n:5\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) == 1 && more == 3 && items == 0,
+          "both limits met");
+    freeReplyObject(r);
+    r = RESP("*3\r\n:1\r\n:4\r\n:5\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) < 0, "unknown more flags");
     freeReplyObject(r);
     r = RESP("*1\r\n:0\r\n");
-    CHECK(bus_reply_check_round(r, &more, &items) == 0, "another node's check round");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) == 0, "another node's check round");
     freeReplyObject(r);
     r = RESP("*6\r\n$5\r\nlobby\r\n$1\r\n4\r\n$4\r\n4\nhi\r\n$5\r\nlobby\r\n$1\r\n6\r\n$0\r\n\r\n");
     CHECK(bus_reply_settle_items(r) == 2, "settle items");

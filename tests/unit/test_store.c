@@ -272,10 +272,12 @@ static void test_idempotent(void)
     store_row bad = mkrow("idem", 2, "x");
     bad.body = "a\0b";
     bad.body_len = 3;
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3, "NUL: never storable");
     bad.body = "\xff\xfe";
     bad.body_len = 2;
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3, "invalid UTF-8: never storable");
+    store_row big = mkrow("idem", (uint64_t)INT64_MAX + 1, "x");
+    CHECK(store_write(s, &big, count_cb, NULL) == -3, "seq over 2^63-1: never storable");
     store_free(s);
 }
 
@@ -432,6 +434,21 @@ static void test_conflict(void)
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl'") == 4);
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl' AND seq=1 AND body='first'") == 1);
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl' AND seq=3 AND client_id='c1'") == 1);
+    /* the verify is one prepared statement whatever the batch size, its
+     * keys passed as array literals: a room that needs quoting in one */
+    const char *odd = "con\"f,l\\{x} y";
+    store_row q1 = mkrow(odd, 1, "q1"), q2 = mkrow(odd, 1, "q2"), q3 = mkrow(odd, 1, "q1");
+    wctx wq[3];
+    memset(wq, 0, sizeof wq);
+    CHECK(store_write(s, &q1, wcb, &wq[0]) == 0);
+    WAIT(wq[0].calls == 1, 5000);
+    CHECK(store_write(s, &q2, wcb, &wq[1]) == 0);
+    CHECK(store_write(s, &q3, wcb, &wq[2]) == 0);
+    WAIT(wq[1].calls == 1 && wq[2].calls == 1, 5000);
+    CHECK(wq[0].status == 0 && wq[1].status == -2 && wq[2].status == 0,
+          "odd room: stored, conflict, identical (%d %d %d)", wq[0].status, wq[1].status, wq[2].status);
+    CHECK(qint("SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query = '"
+               STORE_SQL_VERIFY "'") == 1, "the store's session last ran the prepared verify");
     store_free(s);
 }
 
@@ -924,11 +941,11 @@ static void test_updates(void)
     CHECK(write_all(s, rows, 11) == 0);
     /* invalid update rows are refused up front */
     store_row bad = mkupd(R, 12, STORE_EDIT, 0, "u1");
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3);
     bad = mkreact(R, 12, 1, "a", NULL, 1, 1);
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3);
     bad = mkupd(R, 12, 7, 1, "a");
-    CHECK(store_write(s, &bad, count_cb, NULL) == -1);
+    CHECK(store_write(s, &bad, count_cb, NULL) == -3);
 
     pagectx h = {0};
     CHECK(store_history(s, R, UINT64_MAX, 50, pagecb, &h) == 0);
