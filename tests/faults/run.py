@@ -178,9 +178,13 @@ def check_run_sh_durable(workdir):
                 "CHATD_REDIS_PORT": str(rport), "CHATD_PG_PORT": str(pport),
                 "SERVICES_FAST": "1"})
     log = open(os.path.join(workdir, "runsh.log"), "wb")
+    # a user's shell gives run.sh SIGINT at its default; a suite started in the
+    # background of a non-interactive shell inherits it ignored, and bash cannot
+    # trap a signal ignored on entry (Ctrl-C would then do nothing)
     p = subprocess.Popen(["bash", os.path.join(REPO, "run.sh")], env=env, stdout=log,
                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
+                         start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     problems = []
     try:
         end = time.time() + 240
