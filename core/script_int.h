@@ -119,6 +119,8 @@ int script_at_panic(lua_State *L);
 int script_msgh(lua_State *L);          /* script_call's traceback handler */
 int script_require(lua_State *L);       /* the sandbox's require */
 void script_open_sandbox(lua_State *L); /* OP_INIT: the env, chat.*, the loader */
+/* pushes a metatable: __index, __newindex, __metatable = false */
+void script_push_guard_mt(lua_State *L, lua_CFunction index, lua_CFunction newindex);
 
 /* script_policy.c */
 void script_env_name(char *out, size_t cap, const char *key);  /* key -> CHAT_KEY */

@@ -271,13 +271,7 @@ static const char *const PINNED[] = {"user", "name", "room", "node", "source", "
 void script_open_policy(lua_State *L, const char *node)
 {
     lua_pushlightuserdata(L, &REG_CTXMT);
-    lua_createtable(L, 0, 3);
-    lua_pushcfunction(L, ctx_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, ctx_newindex);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
+    script_push_guard_mt(L, ctx_index, ctx_newindex);
     lua_rawset(L, LUA_REGISTRYINDEX);
 
     lua_pushlightuserdata(L, &REG_CLAIMS);

@@ -403,6 +403,20 @@ static void open_lib(lua_State *L, lua_CFunction f, const char *name)
     lua_call(L, 1, 0);
 }
 
+/* A metatable with __index and __newindex and a hidden metatable
+ * (getmetatable answers false, setmetatable refuses): the chat.config proxy's
+ * and the policy ctx's. */
+void script_push_guard_mt(lua_State *L, lua_CFunction index, lua_CFunction newindex)
+{
+    lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+}
+
 void script_open_sandbox(lua_State *L)
 {
     open_lib(L, luaopen_base, "");
@@ -474,13 +488,7 @@ void script_open_sandbox(lua_State *L)
     lua_rawget(L, LUA_REGISTRYINDEX);
     lua_setfield(L, C, "json");
     lua_newtable(L);                                  /* chat.config proxy */
-    lua_newtable(L);
-    lua_pushcfunction(L, api_config_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, api_config_newindex);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
+    script_push_guard_mt(L, api_config_index, api_config_newindex);
     lua_setmetatable(L, -2);
     lua_setfield(L, C, "config");
     lua_setfield(L, E, "chat");
