@@ -1,7 +1,7 @@
 /* bus_backfill: nothing broadcast stays missing from history (Redis mode
  * with track_unstored; part of the Redis backend, which starts and frees it).
  * The publish script records every new seq in chat:{room}:unstored (score:
- * Redis time) and the room in its unstored index (bus_unstored_index: one
+ * the publishing node's clock, ms; a lease sets Redis time) and the room in its unstored index (bus_unstored_index: one
  * per Redis, one per slot on a Cluster). This file owns:
  *  - the sweeper: a timer every grace/2; a round has three steps on every
  *    node that is up (one Redis: its index; a Cluster: each master with the

@@ -296,7 +296,8 @@ void bus_backfill_mark(bus *b, const char *room, uint64_t seq);
 /* sweeps that took the lock (tests; per node of the cluster) */
 uint64_t bus_backfill_rounds(const bus *b);
 /* settle calls sent (tests); a round's check is settled in calls of at most
- * BUS_SETTLE_CHUNK (room, seq) pairs: ARGV <= 2 + 5 x BUS_SETTLE_CHUNK */
+ * BUS_SETTLE_CHUNK (room, seq) pairs: the script's ARGV <= 1 + 5 x BUS_SETTLE_CHUNK
+ * (the cut, then at most 5 per pair) */
 #define BUS_SETTLE_CHUNK 500
 uint64_t bus_backfill_settles(const bus *b);
 

@@ -25,7 +25,7 @@ void hmap_init(hmap *m);
  * slots are the value pointers alone (8 bytes instead of 16 per slot).
  * hmap_put's key must be the value's own ((char *)val + key_off), and it
  * must not change while the entry is in the map. The slots are not
- * hmap_slot pairs: walk such a map with hmap_each / hmap_values only. */
+ * hmap_slot pairs: walk such a map with hmap_each / hmap_values / hmap_range only. */
 void hmap_init_keyed(hmap *m, size_t key_off);
 /* The same, for values whose key is not at a fixed offset: key_fn(val)
  * returns it (the same string for as long as the entry is in the map). */

@@ -4,7 +4,9 @@
  * transients, join frames) or after many connections closed, RSS stays
  * where the peak left it. Checked once per interval: when malloc's free
  * space grew by MEMTRIM_STEP bytes or more above its lowest point since
- * the last trim (new free memory, likely in pages still resident),
+ * the last trim (the low point starts at 0: the first check trims when
+ * MEMTRIM_STEP or more is free, e.g. after the start's transients; new
+ * free memory, likely in pages still resident),
  * malloc_trim(0) returns the whole free pages (it only madvises them away:
  * nothing moves, a later allocation takes them back with a page fault).
  * A steady heap is trimmed again only every MEMTRIM_REFRESH checks (when

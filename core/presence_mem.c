@@ -81,7 +81,7 @@ static mrec *rec_alloc(const char *member, const char *user, const char *name)
     int tail = member && ml > ul && member[ml - ul - 1] == '|' && strcmp(member + ml - ul, user) == 0;
     int same = strcmp(name, user) == 0;
     size_t sz = sizeof(mrec) + (member ? ml + 1 : 0) + (member && tail ? 0 : ul + 1) + (same ? 0 : nl + 1);
-    if (sz > INT32_MAX) return NULL;
+    if (sz > INT32_MAX || ml + 1 > UINT16_MAX) return NULL;   /* uoff is 16-bit */
     mrec *r = calloc(1, sz);
     if (!r) return NULL;
     char *q = (char *)(r + 1);
