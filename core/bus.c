@@ -45,6 +45,10 @@ static void register_metrics(bus *b)
                                      "Gaps the recent buffer no longer covered (on_gap)", NULL);
     b->m.published = metrics_counter("chat_messages_published_total",
                                      "Messages given a seq and published on the bus", NULL);
+    b->m.seeds = metrics_counter("chat_bus_seeds_total",
+                                 "Durable heads of rooms asked of history: a room's first use, or "
+                                 "a head Redis lost or that another Redis run wrote (restart, "
+                                 "failover)", NULL);
     b->m.backfilled = metrics_counter("chat_bus_backfill_total",
                                       "Unstored messages of another node handed to the core to store",
                                       NULL);

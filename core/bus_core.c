@@ -165,7 +165,8 @@ int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg)
     sd->b = b;
     sd->waiters = w;
     snprintf(sd->room, sizeof sd->room, "%s", room);
-    LOGD(MOD, "room %s: no head in the bus, asking for the durable one", room);
+    metric_inc(b->m.seeds);
+    LOGD(MOD, "room %s: no valid head in the bus, asking for the durable one", room);
     b->h.on_seed(b->ud, sd->room, sd); /* may answer at once: deferred below */
     return 0;
 }

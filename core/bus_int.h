@@ -180,7 +180,7 @@ struct bus {
     struct {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
-        metric_counter *backfilled, *backfill_lost;
+        metric_counter *backfilled, *backfill_lost, *seeds;
         metric_counter *backfill_checked, *backfill_limit_rooms, *backfill_limit_per_room;
     } m;
 };

@@ -280,8 +280,9 @@ static void head_cb(void *ud, const redisReply *rp)
         /* a resync whose key is gone (Redis lost data): raise it to
          * max(durable head, what this node delivered), never to the
          * floor alone (other nodes may have stored more) */
-        LOGW(MOD, "room %s: Redis has no head at the resync (it lost data): seeding it from the "
-             "durable head and this node's %" PRIu64, op->room, op->from);
+        LOGW(MOD, "room %s: Redis has no head at the resync, or one another Redis run wrote "
+             "(it restarted or failed over): seeding it from the durable head and this node's %"
+             PRIu64, op->room, op->from);
         if (bus_seed_get(b, op->room, sync_seeded, op) == 0) return; /* op moves */
         char name[CHAT_ROOM_MAX + 1];
         snprintf(name, sizeof name, "%s", op->room);

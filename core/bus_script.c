@@ -15,11 +15,18 @@
  *   ARGV[7] room  ARGV[8] has id
  *   ARGV[9] seed mode (BUS_SEED_*): 'N' no provider: a missing seq key is
  *           created at 0 (then floor) with the epoch ARGV[11] (a fresh
- *           random one); 'S' a provider exists: a missing seq or epoch key
- *           answers {0, 2} ("needs seed": nothing was changed); 'Y' the
- *           provider's answer: seq key := ARGV[10] if still missing, epoch
- *           key := ARGV[11] if still missing (SET NX semantics: a node that
- *           seeded meanwhile wins, the key never goes back).
+ *           random one); 'S' a provider exists: a missing seq or epoch key,
+ *           or a head another Redis run validated, answers {0, 2} ("needs
+ *           seed": nothing was changed); 'Y' the provider's answer: seq key
+ *           := max(itself, ARGV[10]), epoch key := ARGV[11] if still
+ *           missing, run key := this run, all only if the head still needs
+ *           it (a node that seeded meanwhile wins, the key never goes back).
+ *   The run key chat:{room}:run (undeclared: it shares the seq key's slot)
+ *   holds the run_id (INFO server) of the Redis process that last raised
+ *   the head to the durable one. A Redis that restarted or failed over has
+ *   another run_id, so a head it kept (possibly behind: an older snapshot,
+ *   an AOF fsynced every second, a replica that missed the last writes) is
+ *   never trusted before it was seeded again. Mode 'N' has no run key.
  *   ARGV[10] seed (mode 'Y')  ARGV[11] epoch
  *   ARGV[12] (default "publish") the command that broadcasts: "spublish" on
  *           a Cluster (the channel chat:{room}:msg hashes to the script's
@@ -29,9 +36,10 @@
  *   chat:{room}:t:<target> (placed before the id key); ARGV[14] the op
  *   ('e' edit, 'd' delete, '+' react on, '-' react off), ARGV[15] the
  *   reaction field "r<emoji>\n<user>" and ARGV[16] the count field
- *   "c<emoji>" (react), ARGV[17] the seed mode ('S' a missing state answers
- *   {0, 3}; 'Y' a missing state is created from ARGV[18] (deleted '1'/'0')
- *   and the field pairs ARGV[19..]; 'N' a missing state starts empty).
+ *   "c<emoji>" (react), ARGV[17] the seed mode ('S' a missing state, or one
+ *   whose "s" field is not this Redis run's id, answers {0, 3}; 'Y' such a
+ *   state is replaced by one from ARGV[18] (deleted '1'/'0') and the field
+ *   pairs ARGV[19..], "s" := this run; 'N' a missing state starts empty).
  *   After the duplicate check and before INCR: a deleted target answers
  *   {0, 4}, a react that changes nothing {0, 5} (nothing is written); a
  *   delete sets "d"; a react sets or removes its field and moves its count,
@@ -48,10 +56,11 @@
  * The recent buffer is trimmed by score (= seq): entries with seq <= seq -
  *   recent_max go, so it holds the recent_max newest without a ZCARD.
  * BUS_HEAD_LUA reads a room's head and epoch (welcome, replay, subscription
- * sync), seeding or creating them like the publish script, and raises the
+ * sync), seeding or creating them like the publish script (the same run
+ * key check), and raises the
  * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key; ARGV[1]
  * floor, ARGV[2] seed mode ('N', 'S', 'Y' as above, or 'P': the
- * subscription sync with a provider: a missing key answers {3} and creates
+ * subscription sync with a provider: a missing (or other run's) head answers {3} and creates
  * nothing, or {2} when the node has a floor to raise it to), ARGV[3] seed,
  * ARGV[4] epoch. Returns {0, head, epoch, before} (before: the value found,
  * before the floor raised it), {2} when a seed is needed ('S', or 'P' with
@@ -105,13 +114,23 @@ const char BUS_PUBLISH_LUA[] =
     "  local old = redis.call('GET', idk)\n"
     "  if old then return {tonumber(old), 1} end\n"
     "end\n"
-    "local h = redis.call('MGET', KEYS[1], KEYS[3])\n"
+    "local run, rk = nil, nil\n"
+    "if ARGV[9] ~= 'N' or (ARGV[13] and ARGV[17] ~= 'N') then\n"
+    "  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')\n"
+    "  rk = string.sub(KEYS[1], 1, -4) .. 'run'\n"
+    "end\n"
+    "local h = redis.call('MGET', KEYS[1], KEYS[3], rk or KEYS[1])\n"
     "local cur = h[1]\n"
-    "if (not cur) or (not h[2]) then\n"
+    "if (not cur) or (not h[2]) or (ARGV[9] ~= 'N' and h[3] ~= run) then\n"
     "  if ARGV[9] == 'S' then return {0, 2} end\n"
-    "  if not cur then\n"
+    "  if ARGV[9] == 'Y' then\n"
+    "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[10]) then\n"
+    "      cur = ARGV[10]\n"
+    "      redis.call('SET', KEYS[1], cur)\n"
+    "    end\n"
+    "    redis.call('SET', rk, run)\n"
+    "  elseif not cur then\n"
     "    cur = '0'\n"
-    "    if ARGV[9] == 'Y' then cur = ARGV[10] end\n"
     "    redis.call('SET', KEYS[1], cur)\n"
     "  end\n"
     "  redis.call('SET', KEYS[3], ARGV[11], 'NX')\n"
@@ -121,9 +140,13 @@ const char BUS_PUBLISH_LUA[] =
     "if ARGV[13] then\n"
     "  local st = KEYS[tonumber(ARGV[13])]\n"
     "  local op = ARGV[14]\n"
-    "  if redis.call('EXISTS', st) == 0 then\n"
+    "  local ok\n"
+    "  if ARGV[17] == 'N' then ok = redis.call('EXISTS', st) == 1\n"
+    "  else ok = redis.call('HGET', st, 's') == run end\n"
+    "  if not ok then\n"
     "    if ARGV[17] == 'S' then return {0, 3} end\n"
-    "    redis.call('HSET', st, 's', '1')\n"
+    "    redis.call('DEL', st)\n"
+    "    redis.call('HSET', st, 's', run or '1')\n"
     "    if ARGV[17] == 'Y' and ARGV[18] == '1' then redis.call('HSET', st, 'd', '1') end\n"
     "    for i = 19, #ARGV, 2 do\n"
     "      if redis.call('HSETNX', st, ARGV[i], '1') == 1 then\n"
@@ -162,17 +185,27 @@ const char BUS_PUBLISH_LUA[] =
     "return {seq, 0}\n";
 
 const char BUS_HEAD_LUA[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "local ep = redis.call('GET', KEYS[2])\n"
-    "if (not cur) or (not ep) then\n"
+    "local run, rk = nil, nil\n"
+    "if ARGV[2] ~= 'N' then\n"
+    "  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')\n"
+    "  rk = string.sub(KEYS[1], 1, -4) .. 'run'\n"
+    "end\n"
+    "local h = redis.call('MGET', KEYS[1], KEYS[2], rk or KEYS[1])\n"
+    "local cur, ep = h[1], h[2]\n"
+    "if (not cur) or (not ep) or (run and h[3] ~= run) then\n"
     "  if ARGV[2] == 'S' then return {2} end\n"
     "  if ARGV[2] == 'P' then\n"
     "    if (tonumber(ARGV[1]) or 0) > 0 then return {2} end\n"
     "    return {3}\n"
     "  end\n"
-    "  if not cur then\n"
+    "  if ARGV[2] == 'Y' then\n"
+    "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[3]) then\n"
+    "      cur = ARGV[3]\n"
+    "      redis.call('SET', KEYS[1], cur)\n"
+    "    end\n"
+    "    redis.call('SET', rk, run)\n"
+    "  elseif not cur then\n"
     "    cur = '0'\n"
-    "    if ARGV[2] == 'Y' then cur = ARGV[3] end\n"
     "    redis.call('SET', KEYS[1], cur)\n"
     "  end\n"
     "  if not ep then\n"

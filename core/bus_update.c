@@ -2,7 +2,9 @@
  * for both backends: the Redis script's extra key and arguments (the step
  * itself runs inside BUS_PUBLISH_LUA, see bus_script.c) and the in-process
  * equivalent. A target's state is a set of fields:
- *   "s"                  the state exists (seeded)
+ *   "s"                  the state exists: in Redis with a database the run_id
+ *                        of the Redis run that seeded it (another run's state is
+ *                        seeded again, bus_script.c), else "1"
  *   "d"                  the target is deleted
  *   "r<emoji>\n<user>"   user reacted with emoji (an emoji never holds \n)
  *   "c<emoji>"           how many users reacted with emoji

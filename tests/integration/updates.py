@@ -455,3 +455,75 @@ async def unread_counts_messages_not_updates_nor_deleted():
     rooms = {e["room"]: e for e in json.loads(body)["rooms"]}
     eq((rooms[room]["unread"], rooms[room]["seq"], rooms[room]["read_seq"]), (1, head, s0),
        "unread: message 1 only (message 2 deleted, 3 updates not counted); head the last seq")
+
+
+@test(timeout=90, needs=("redis", "pg"))
+async def redis_restarted_behind_seeds_heads_and_states_from_postgres():
+    """Redis comes back BEHIND Postgres (an older snapshot; an AOF fsynced
+    every second and a host crash; a replica promoted before it had the last
+    writes): the room's seq key and a message's reaction state are present
+    but older than what was acked and stored. A head or state written under
+    another Redis run is read again from Postgres before use (docs/redis.md
+    "Heads, seeds and epochs"): welcome reports the stored head, the next
+    message continues after the stored seqs (not a seq again, which the
+    store would refuse as a conflict), the next reaction counts every stored
+    one, and history holds each seq once."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-behind"))
+    rd.start()
+    try:
+        def mk(name):
+            return start_node(redis=rd.url, db=True, scripts=SCRIPTS, name=f"{name}-{uniq('')}")
+        a = mk("A")
+        room = uniq("behind")
+        al = await Client.connect(a, room, token("alice", "Alice"))
+        bo = await Client.connect(a, room, token("bob", "Bob"))
+        s1 = await post(al, room, "one", "m1")
+        s2 = await post(al, room, "two", "m2")
+        r1 = await send_and_ack(al, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                     "id": "r1"})
+        eq(r1["type"], "ack", f"react before the snapshot: {r1}")
+        eq(await asyncio.to_thread(rd.command, "SAVE"), b"+OK\r\n", "snapshot")
+        r2 = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                     "id": "r2"})
+        d = await send_and_ack(al, {"type": "delete", "room": room, "target": s2, "id": "d1"})
+        s6 = await post(al, room, "six", "m6")
+        eq([s1, s2, r1["seq"], r2.get("seq"), d.get("seq"), s6], [1, 2, 3, 4, 5, 6],
+           "seqs before the restart (all acked)")
+        await al.close()
+        await bo.close()
+        await harness.wait_no_subscriber(rd, room)
+        rd.kill9()
+        await asyncio.sleep(0.3)
+        rd.start()   # loads the snapshot: head 3, one reaction on message 1
+        eq(await asyncio.to_thread(rd.command, "GET", f"chat:{{{room}}}:seq"), b"$1\r\n3\r\n",
+           "Redis came back behind (head 3 of 6 stored)")
+        await harness.wait_ready(a)
+        b = mk("B")   # never held the room: no floor of its own
+        ca = await Client.connect(b, room, token("carol", "Carol"))
+        eq(ca.welcome().get("seq"), 6, f"welcome: the stored head {ca.welcome()}")
+        ans = await send_and_ack(ca, {"type": "message", "room": room, "body": "seven", "id": "m7"})
+        eq((ans["type"], ans.get("seq")), ("ack", 7), f"next message after the stored 6: {ans}")
+        r3 = await send_and_ack(ca, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                     "id": "r3"})
+        eq((r3["type"], r3.get("seq")), ("ack", 8), f"react after the restart: {r3}")
+        await ca.wait_count(lambda f: f["type"] == "message_update" and f.get("seq") == 8, 1, 8,
+                            "the react's update")
+        u = [f for f in upd(ca, room) if f["seq"] == 8][0]
+        eq(u["count"], 3, f"the third reaction counts the two stored ones: {u}")
+        e = await send_and_ack(ca, {"type": "edit", "room": room, "target": s2, "body": "back",
+                                    "id": "e1"})
+        eq((e["type"], e.get("code")), ("error", "not_found"), f"edit of the deleted message: {e}")
+        js = history(b, room, token("carol"))
+        seqs = [m["seq"] for m in js["messages"]]
+        eq(seqs, [1, 2, 6, 7], "history: the messages, each seq once")
+        got = {m["seq"]: m for m in js["messages"]}
+        check(got[7].get("body") == "seven" and got[2].get("deleted") is True and
+              got[1].get("reactions") == {THUMBS: 3}, f"history in its current state: {js}")
+        _, _, text = await harness.ahttp(b.port, "/metrics")
+        check("chat_bus_seeds_total" in text.decode(), "chat_bus_seeds_total exported")
+        await ca.close()
+        a.kill9()
+        b.kill9()
+    finally:
+        rd.stop()
+        harness.release_port(rd.port)

@@ -1727,6 +1727,58 @@ static void test_seed_resync(void)
     settle();
 }
 
+/* Redis restarts BEHIND (an older snapshot, an AOF fsynced every second
+ * and a host crash, a replica promoted before it had the last writes): the
+ * seq key is present but below what Postgres stored. Every head written
+ * under another Redis run counts as unknown: the next publish, head read or
+ * resync asks the provider and raises the head to max(stored, floor) before
+ * a seq is handed out. Node B never held the room (floor 0), so only the
+ * run check stands between it and handing out seq 4 again. */
+static void test_seed_behind(void)
+{
+    if (!own_redis) return;
+    char room[80], url[64];
+    mkroom(room, sizeof room, "behind");
+    int snap = rp_start((char *)NULL); /* RDB only, saved when told */
+    CHECK(snap >= 0, "second redis-server started");
+    if (snap < 0) return;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", rp_all[snap].port);
+    node *a = node_new_seeded("BA", url, 0, "ep-b");
+    wait_ready(a);
+    pubres p[6];
+    for (int i = 0; i < 3; i++) { pub(a, room, NULL, "x", &p[i]); WAIT(p[i].done, 3000); }
+    CHECK(p[2].status == 0 && p[2].seq == 3, "1..3 (%" PRIu64 ")", p[2].seq);
+    redisReply *rr = rp_cmd(snap, "SAVE");
+    CHECK(rr && rr->type == REDIS_REPLY_STATUS, "snapshot at seq 3");
+    freeReplyObject(rr);
+    for (int i = 3; i < 6; i++) { pub(a, room, NULL, "x", &p[i]); WAIT(p[i].done, 3000); }
+    CHECK(p[5].status == 0 && p[5].seq == 6, "4..6 after the snapshot (%" PRIu64 ")", p[5].seq);
+    node_free(a);
+    CHECK(rp_restart(snap) == 0, "redis restarted from the snapshot");
+    rr = rp_cmd(snap, "GET chat:{%s}:seq", room);
+    CHECK(rr && rr->type == REDIS_REPLY_STRING && strcmp(rr->str, "3") == 0,
+          "Redis is behind: its head is 3 (%s)", rr && rr->type == REDIS_REPLY_STRING ? rr->str : "-");
+    freeReplyObject(rr);
+    /* Postgres stored 1..6 */
+    node *b = node_new_seeded("BB", url, 6, "ep-b");
+    wait_ready(b);
+    repres r;
+    head_of(b, room, &r);
+    CHECK(r.status == 0 && r.head == 6, "head read: 6, not the stale 3 (%d %" PRIu64 ")", r.status, r.head);
+    pubres q;
+    pub(b, room, "id-behind", "after", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq == 7 && !q.dup, "next seq 7, not 4 again (%d %" PRIu64 ")", q.status, q.seq);
+    CHECK(b->nseeds == 1, "one seed for the restarted Redis (%d)", b->nseeds);
+    pub(b, room, NULL, "more", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq == 8 && b->nseeds == 1, "8, no seed while the run stays (%" PRIu64 " %d)",
+          q.seq, b->nseeds);
+    node_free(b);
+    rp_signal(snap, SIGKILL);
+    settle();
+}
+
 /* bus_free while a seed request is with the provider: the waiting publish
  * and replay answer -1 once; answering afterwards only frees the request. */
 static void test_seed_free_pending(const char *url)
@@ -2135,6 +2187,7 @@ int main(void)
         test_backfill_settle_chunks();
         test_seed_redis();
         test_seed_resync();
+        test_seed_behind();
         test_seed_free_pending(rurl);
         test_epoch_redis();
         if (rp_have_server() && (cl_first = rp_cluster(0, 2000)) >= 0) {
