@@ -9,8 +9,9 @@
 #
 # Durable by default (./run.sh): Postgres with fsync and synchronous_commit on,
 # Redis with an append-only file fsynced before each reply (appendfsync always;
-# README "Durability" says why). SERVICES_FAST=1 -- set by ./test.sh only --
-# turns durability off for speed: never use it where an ack must mean stored.
+# REDIS_APPENDFSYNC=everysec fsyncs once a second instead: README "Durability"
+# says what each keeps). SERVICES_FAST=1 -- set by ./test.sh only -- turns
+# durability off for speed: never use it where an ack must mean stored.
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 _services_fast() { [ "${SERVICES_FAST:-0}" = 1 ]; }
@@ -18,7 +19,12 @@ _services_fast() { [ "${SERVICES_FAST:-0}" = 1 ]; }
 services_start_redis() {
     local dir=$1 port=$2
     mkdir -p "$dir/redis"
-    local persist=(--appendonly yes --appendfsync always)
+    local fsync=${REDIS_APPENDFSYNC:-always}
+    case $fsync in
+        always|everysec) ;;
+        *) echo "REDIS_APPENDFSYNC must be always or everysec, not '$fsync'" >&2; return 1 ;;
+    esac
+    local persist=(--appendonly yes --appendfsync "$fsync")
     _services_fast && persist=(--appendonly no)
     redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/redis" --save '' \
         "${persist[@]}" --daemonize no --loglevel warning \

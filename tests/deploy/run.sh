@@ -237,6 +237,31 @@ else
     fail deb "$(tail -10 "$T/deb.log")"
 fi
 
+# ---- tools/services.sh: the Redis ./run.sh starts (REDIS_APPENDFSYNC)
+if command -v redis-server >/dev/null; then
+    SB=$(port_block 3)
+    why=""
+    for mode in always everysec; do
+        if (unset SERVICES_FAST; REDIS_APPENDFSYNC=$mode services_start_redis "$T/svc-$mode" "$SB"); then
+            PIDS+=("$(cat "$T/svc-$mode/redis.pid")")
+            got=$(redis-cli -p "$SB" CONFIG GET appendfsync | tail -1)
+            [ "$got" = "$mode" ] || why+="REDIS_APPENDFSYNC=$mode gave appendfsync '$got'; "
+            [ "$(redis-cli -p "$SB" CONFIG GET appendonly | tail -1)" = yes ] || why+="$mode: appendonly off; "
+            redis-cli -p "$SB" shutdown nosave >/dev/null 2>&1
+            for _ in $(seq 1 50); do redis-cli -p "$SB" ping >/dev/null 2>&1 || break; sleep 0.1; done
+        else
+            why+="services_start_redis failed with REDIS_APPENDFSYNC=$mode; "
+        fi
+    done
+    out=$( (unset SERVICES_FAST; REDIS_APPENDFSYNC=no services_start_redis "$T/svc-bad" "$((SB + 1))") 2>&1) &&
+        why+="REDIS_APPENDFSYNC=no was accepted; "
+    case $out in *"must be always or everysec"*) ;; *) why+="no clear refusal of REDIS_APPENDFSYNC=no ($out); " ;; esac
+    [ -e "$T/svc-bad/redis.pid" ] && why+="a refused setting still started Redis; "
+    if [ -z "$why" ]; then pass services-redis-appendfsync; else fail services-redis-appendfsync "$why"; fi
+else
+    skip services-redis-appendfsync "redis-server not installed"
+fi
+
 # ---- the demo, non-interactive
 DB=$(port_block 6)
 if command -v nginx >/dev/null; then
