@@ -240,6 +240,19 @@ async def f_redis_restart_empty(c, load, dur):
     await asyncio.sleep(max(0, dur - 1.0))
 
 
+async def f_redis_restart_behind(c, load, dur):
+    # a snapshot, dur seconds of acked traffic, kill -9, and Redis comes back
+    # from the snapshot: every room's head and reaction state present but
+    # older than what Postgres stored (what an everysec AOF after a host
+    # crash, or a lagging replica promoted, looks like)
+    await asyncio.to_thread(c.redis.command, "SAVE")
+    await asyncio.sleep(dur)
+    c.redis.kill9()
+    await asyncio.to_thread(c.redis.start)
+    # loaded: later restarts of this run come back empty again
+    os.remove(os.path.join(c.redis.dir, "dump.rdb"))
+
+
 async def f_redis_flushall(c, load, dur):
     await asyncio.to_thread(c.redis.command, "FLUSHALL")
     await asyncio.sleep(dur)
@@ -362,6 +375,8 @@ FAULTS = [
      "history through the other node's backfill", f_node_kill9_pg_stopped, (3, 5)),
     ("redis-restart-empty", "Redis killed (-9) and restarted empty (no persistence)",
      f_redis_restart_empty, (2, 5)),
+    ("redis-restart-behind", "Redis snapshot, the pause of acked traffic, kill -9, restarted "
+     "from the snapshot (behind Postgres)", f_redis_restart_behind, (2, 5)),
     ("redis-flushall", "Redis FLUSHALL under load", f_redis_flushall, (2, 5)),
     ("redis-sigstop", "Redis SIGSTOP, SIGCONT after the pause", f_redis_sigstop, (10, 10)),
     ("pg-restart", "Postgres immediate shutdown (SIGQUIT: a crash) and restart",
