@@ -152,7 +152,7 @@ int adminstore_ready(const adminstore *a) { return a && redis_client_ready(a->rc
 static int call(adminstore *a, int script, int slot, int argc, const char **argv, const size_t *lens,
                 redis_reply_fn fn, req *r)
 {
-    redis_call how = {slot, 0, script};
+    redis_call how = {.slot = slot, .node = 0, .script = script};
     if (!a || redis_client_call(a->rc, &how, argc, argv, lens, fn, r) != 0) {
         free(r);
         return -1;

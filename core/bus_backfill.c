@@ -110,7 +110,7 @@ static int send_marks(void *arg, const char *key, void *val)
             snprintf(nums[i], sizeof nums[i], "%" PRIu64, m->seqs[i]);
             v[4 + i] = nums[i];
         }
-        redis_call how = {redis_room_slot(m->room), 0, BUS_S_MARK};
+        redis_call how = {.slot = redis_room_slot(m->room), .node = 0, .script = BUS_S_MARK};
         /* not sent (shard down): the sweeper offers those rows again */
         redis_client_call(f->rc, &how, (int)argc, v, NULL, NULL, NULL);
     }
@@ -272,7 +272,7 @@ static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from,
             }
             i = j;
         }
-        redis_call how = {-1, c->node, BUS_S_SETTLE};
+        redis_call how = {.slot = -1, .node = c->node, .script = BUS_S_SETTLE};
         rc = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, f);
         if (rc == 0) f->settles++;
     }
@@ -413,7 +413,7 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     v[5] = nrooms;
     v[6] = nper;
     for (size_t i = 0; i < nidx; i++) v[7 + i] = idx[i];
-    redis_call how = {-1, node, BUS_S_SWEEP};
+    redis_call how = {.slot = -1, .node = node, .script = BUS_S_SWEEP};
     sweep_ctx *sc = malloc(sizeof *sc);
     if (sc) {
         sc->f = f;

@@ -116,7 +116,8 @@ static int send_publish(busr *R, bus_req *r)
     int slot = redis_room_slot(r->room);
     char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[CHAT_ROOM_MAX + 32];
     char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24], nseed[24], nkeys[4];
-    char kuns[CHAT_ROOM_MAX + 32], kidx[48], kep[CHAT_ROOM_MAX + 32], mode[2], nnow[24];
+    char kuns[CHAT_ROOM_MAX + 32], kidx[48], kep[CHAT_ROOM_MAX + 32], nnow[24];
+    char mode[2 + REDIS_RUN_ID_LEN];
     int track = b->track_unstored;
     key(kseq, sizeof kseq, r->room, "seq");
     key(krec, sizeof krec, r->room, "recent");
@@ -131,8 +132,7 @@ static int send_publish(busr *R, bus_req *r)
     /* seeding (see bus_script.c): ask first, then the provider's answer */
     if (!r->seed_mode) r->seed_mode = bus_has_seed(b) ? BUS_SEED_ASK : BUS_SEED_NONE;
     if (r->seed_mode == BUS_SEED_NONE) bus_epoch_new(b, r->epoch);
-    mode[0] = (char)r->seed_mode;
-    mode[1] = 0;
+    bus_seed_mode_arg(mode, r->seed_mode);
     snprintf(nseed, sizeof nseed, "%" PRIu64, r->seed);
     /* a message update adds its target's state key before the id key and
      * its arguments from ARGV[13] on (bus_update.c, bus_script.c) */
@@ -180,13 +180,15 @@ static int send_publish(busr *R, bus_req *r)
     }
     ARG(r->room, strlen(r->room));
     ARG(r->id ? "1" : "0", 1);
-    ARG(mode, 1);
+    int mode_at = argc;
+    ARG(mode, strlen(mode));
     ARG(nseed, strlen(nseed));
     ARG(r->epoch, strlen(r->epoch));
     ARG(R->cluster ? "spublish" : "publish", R->cluster ? 8 : 7);
     if (r->upd) bus_upd_args(r, nupd, argv, lens, &argc, ubufs);
 #undef ARG
-    redis_call how = {slot, 0, BUS_S_PUBLISH};
+    redis_call how = {.slot = slot, .node = 0, .script = BUS_S_PUBLISH,
+                      .run_arg = r->seed_mode == BUS_SEED_NONE ? 0 : mode_at};
     int rc = redis_client_call(R->rc, &how, argc, argv, lens, pub_cb, r);
     if (argv != sargv) { free(argv); free(lens); }
     return rc;
@@ -294,7 +296,7 @@ static int send_replay(busr *R, bus_req *r)
     snprintf(min, sizeof min, "(%" PRIu64, r->since);
     snprintf(lim, sizeof lim, "%zu", r->max < SIZE_MAX ? r->max + 1 : r->max);
     const char *z[] = {"ZRANGEBYSCORE", krec, min, "+inf", "LIMIT", "0", lim};
-    redis_call how = {redis_room_slot(r->room), 0, -1};
+    redis_call how = {.slot = redis_room_slot(r->room), .node = 0, .script = -1};
     if (redis_client_call(R->rc, &how, 7, z, NULL, replay_range_cb, r) == 0) r->hold++;
     return 0;
 }
@@ -353,7 +355,7 @@ static int be_fetch(bus *b, bus_room *room, uint64_t from, uint64_t to)
     snprintf(a, sizeof a, "%" PRIu64, from);
     snprintf(z, sizeof z, "%" PRIu64, to);
     const char *argv[] = {"ZRANGEBYSCORE", krec, a, z};
-    redis_call how = {redis_room_slot(room->name), 0, -1};
+    redis_call how = {.slot = redis_room_slot(room->name), .node = 0, .script = -1};
     if (redis_client_call(R->rc, &how, 4, argv, NULL, fetch_cb, op) != 0) {
         free(op);
         return -1;
@@ -370,7 +372,7 @@ static int be_emit(bus *b, const char *room, const char *kind, const char *data,
     key(ch, sizeof ch, room, kind);
     const char *argv[] = {R->cluster ? "SPUBLISH" : "PUBLISH", ch, data};
     size_t lens[] = {strlen(argv[0]), strlen(ch), len};
-    redis_call how = {redis_room_slot(room), 0, -1};
+    redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = -1};
     return redis_client_call(R->rc, &how, 3, argv, lens, NULL, NULL);
 }
 
@@ -382,7 +384,7 @@ static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
     snprintf(kid, sizeof kid, "chat:{%s}:id:%s", room, id);
     snprintf(sq, sizeof sq, "%" PRIu64, seq);
     const char *a[] = {"1", kid, sq};
-    redis_call how = {redis_room_slot(room), 0, BUS_S_FORGET};
+    redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = BUS_S_FORGET};
     redis_client_call(R->rc, &how, 3, a, NULL, NULL, NULL); /* no-op while its shard is down */
 }
 

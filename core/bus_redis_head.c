@@ -45,14 +45,28 @@ int bus_rhead_send(busr *R, redis_reply_fn cb, void *ud, const char *room,
                             uint64_t floor, int mode, uint64_t seed, const char *epoch)
 {
     char kseq[CHAT_ROOM_MAX + 32], kep[CHAT_ROOM_MAX + 32], fl[24], sd[24];
-    char md[2] = {(char)mode, 0};
+    char md[2 + REDIS_RUN_ID_LEN];
+    bus_seed_mode_arg(md, mode);
     key(kseq, sizeof kseq, room, "seq");
     key(kep, sizeof kep, room, "epoch");
     snprintf(fl, sizeof fl, "%" PRIu64, floor);
     snprintf(sd, sizeof sd, "%" PRIu64, seed);
     const char *a[] = {"2", kseq, kep, fl, md, sd, epoch};
-    redis_call how = {redis_room_slot(room), 0, BUS_S_HEAD};
+    redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = BUS_S_HEAD,
+                      .run_arg = mode == BUS_SEED_NONE ? 0 : 4};
     return redis_client_call(R->rc, &how, 7, a, NULL, cb, ud);
+}
+
+/* The seed-mode argument of the publish and head scripts: the mode, and
+ * with a seed provider a placeholder that redis_client overwrites at every
+ * send with the run_id of the Redis process the call goes to (redis_call
+ * .run_arg; the scripts compare it with the room's run key, bus_script.c). */
+void bus_seed_mode_arg(char out[2 + REDIS_RUN_ID_LEN], int mode)
+{
+    out[0] = (char)mode;
+    size_t n = mode == BUS_SEED_NONE ? 0 : REDIS_RUN_ID_LEN;
+    memset(out + 1, '-', n);
+    out[1 + n] = 0;
 }
 
 /* The floor of a node in a room: never below a seq this node delivered or

@@ -55,6 +55,7 @@ int bus_rhead_send(busr *R, redis_reply_fn cb, void *ud, const char *room, uint6
                    int mode, uint64_t seed, const char *epoch);
 /* the node's floor in a room (0 when it does not hold the room) */
 uint64_t bus_rhead_floor(bus *b, const char *name);
+void bus_seed_mode_arg(char out[2 + REDIS_RUN_ID_LEN], int mode);
 
 /* bus_redis_sub.c */
 extern const redis_client_handlers bus_rsub_handlers;   /* ud = busr */

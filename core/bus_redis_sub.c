@@ -184,7 +184,7 @@ int bus_rctl_publish(bus *b, const char *data, size_t len, bus_control_cb cb, vo
     c->ud = ud;
     const char *argv[] = {R->cluster ? "SPUBLISH" : "PUBLISH", CTL_CHANNEL, data};
     size_t lens[] = {strlen(argv[0]), sizeof CTL_CHANNEL - 1, len};
-    redis_call how = {ctl_slot(), 0, -1};
+    redis_call how = {.slot = ctl_slot(), .node = 0, .script = -1};
     if (redis_client_call(R->rc, &how, 3, argv, lens, ctl_pub_done, c) != 0) {
         free(c);
         return -1;

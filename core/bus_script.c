@@ -13,7 +13,11 @@
  *   ARGV[6] track: "0", or the publish time (ms since the epoch, the
  *           publishing node's clock) when tracking unstored
  *   ARGV[7] room  ARGV[8] has id
- *   ARGV[9] seed mode (BUS_SEED_*): 'N' no provider: a missing seq key is
+ *   ARGV[9] seed mode (BUS_SEED_*), followed except in mode 'N' by the
+ *           run_id of the Redis process the call reaches (40 hex digits
+ *           written by redis_client at every send: redis_call.run_arg,
+ *           bus_seed_mode_arg; a placeholder that was not replaced is an
+ *           error): 'N' no provider: a missing seq key is
  *           created at 0 (then floor) with the epoch ARGV[11] (a fresh
  *           random one); 'S' a provider exists: a missing seq or epoch key,
  *           or a head another Redis run validated, answers {0, 2} ("needs
@@ -22,8 +26,8 @@
  *           missing, run key := this run, all only if the head still needs
  *           it (a node that seeded meanwhile wins, the key never goes back).
  *   The run key chat:{room}:run (undeclared: it shares the seq key's slot)
- *   holds the run_id (INFO server) of the Redis process that last raised
- *   the head to the durable one. A Redis that restarted or failed over has
+ *   holds the run_id of the Redis process that last raised the head to the
+ *   durable one. A Redis that restarted or failed over has
  *   another run_id, so a head it kept (possibly behind: an older snapshot,
  *   an AOF fsynced every second, a replica that missed the last writes) is
  *   never trusted before it was seeded again. Mode 'N' has no run key.
@@ -59,7 +63,7 @@
  * sync), seeding or creating them like the publish script (the same run
  * key check), and raises the
  * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key; ARGV[1]
- * floor, ARGV[2] seed mode ('N', 'S', 'Y' as above, or 'P': the
+ * floor, ARGV[2] seed mode (with the run_id as in ARGV[9] above: 'N', 'S', 'Y', or 'P': the
  * subscription sync with a provider: a missing (or other run's) head answers {3} and creates
  * nothing, or {2} when the node has a floor to raise it to), ARGV[3] seed,
  * ARGV[4] epoch. Returns {0, head, epoch, before} (before: the value found,
@@ -114,16 +118,17 @@ const char BUS_PUBLISH_LUA[] =
     "  local old = redis.call('GET', idk)\n"
     "  if old then return {tonumber(old), 1} end\n"
     "end\n"
-    "local run, rk = nil, nil\n"
-    "if ARGV[9] ~= 'N' or (ARGV[13] and ARGV[17] ~= 'N') then\n"
-    "  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')\n"
+    "local mode, run, rk = string.sub(ARGV[9], 1, 1), nil, nil\n"
+    "if #ARGV[9] > 1 then\n"
+    "  run = string.sub(ARGV[9], 2)\n"
+    "  if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
     "  rk = string.sub(KEYS[1], 1, -4) .. 'run'\n"
     "end\n"
     "local h = redis.call('MGET', KEYS[1], KEYS[3], rk or KEYS[1])\n"
     "local cur = h[1]\n"
-    "if (not cur) or (not h[2]) or (ARGV[9] ~= 'N' and h[3] ~= run) then\n"
-    "  if ARGV[9] == 'S' then return {0, 2} end\n"
-    "  if ARGV[9] == 'Y' then\n"
+    "if (not cur) or (not h[2]) or (mode ~= 'N' and h[3] ~= run) then\n"
+    "  if mode == 'S' then return {0, 2} end\n"
+    "  if mode == 'Y' then\n"
     "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[10]) then\n"
     "      cur = ARGV[10]\n"
     "      redis.call('SET', KEYS[1], cur)\n"
@@ -141,7 +146,7 @@ const char BUS_PUBLISH_LUA[] =
     "  local st = KEYS[tonumber(ARGV[13])]\n"
     "  local op = ARGV[14]\n"
     "  local ok\n"
-    "  if ARGV[17] == 'N' then ok = redis.call('EXISTS', st) == 1\n"
+    "  if ARGV[17] == 'N' or not run then ok = redis.call('EXISTS', st) == 1\n"
     "  else ok = redis.call('HGET', st, 's') == run end\n"
     "  if not ok then\n"
     "    if ARGV[17] == 'S' then return {0, 3} end\n"
@@ -185,20 +190,21 @@ const char BUS_PUBLISH_LUA[] =
     "return {seq, 0}\n";
 
 const char BUS_HEAD_LUA[] =
-    "local run, rk = nil, nil\n"
-    "if ARGV[2] ~= 'N' then\n"
-    "  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')\n"
+    "local mode, run, rk = string.sub(ARGV[2], 1, 1), nil, nil\n"
+    "if #ARGV[2] > 1 then\n"
+    "  run = string.sub(ARGV[2], 2)\n"
+    "  if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
     "  rk = string.sub(KEYS[1], 1, -4) .. 'run'\n"
     "end\n"
     "local h = redis.call('MGET', KEYS[1], KEYS[2], rk or KEYS[1])\n"
     "local cur, ep = h[1], h[2]\n"
     "if (not cur) or (not ep) or (run and h[3] ~= run) then\n"
-    "  if ARGV[2] == 'S' then return {2} end\n"
-    "  if ARGV[2] == 'P' then\n"
+    "  if mode == 'S' then return {2} end\n"
+    "  if mode == 'P' then\n"
     "    if (tonumber(ARGV[1]) or 0) > 0 then return {2} end\n"
     "    return {3}\n"
     "  end\n"
-    "  if ARGV[2] == 'Y' then\n"
+    "  if mode == 'Y' then\n"
     "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[3]) then\n"
     "      cur = ARGV[3]\n"
     "      redis.call('SET', KEYS[1], cur)\n"

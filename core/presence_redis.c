@@ -434,7 +434,7 @@ static void rs_apply_room(rstore *s, const pstore_op *ops, size_t n)
         a[2] = ops[i].user;
         a[3] = ops[i].name ? ops[i].name : ops[i].user;
     }
-    redis_call how = {redis_room_slot(room), 0, S_APPLY};
+    redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = S_APPLY};
     if (redis_client_call(s->rc, &how, (int)argc, argv, NULL, rs_apply_cb, q) != 0) {
         /* the room's shard is down: its upserts come back with the resync
          * when a node is up again, its removes are kept until then */
@@ -516,7 +516,7 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     v[4] = SWEEP_MAX_ROOMS;
     v[5] = SWEEP_MAX_ENTRIES;
     for (size_t i = 0; i < nidx; i++) v[6 + i] = idx[i];
-    redis_call how = {-1, node, S_SWEEP};
+    redis_call how = {.slot = -1, .node = node, .script = S_SWEEP};
     if (redis_client_call(s->rc, &how, (int)(6 + nidx), v, NULL, rs_sweep_cb, s) == 0) s->sweeping++;
     free(v);
     free(idx);
@@ -568,7 +568,7 @@ static int rs_list(pstore *b, const char *room, void *req)
     char key[CHAT_ROOM_MAX + 40];
     snprintf(key, sizeof key, "chat:{%s}:presence:names", room);
     const char *argv[] = {"HGETALL", key};
-    redis_call how = {redis_room_slot(room), 0, -1};
+    redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = -1};
     if (redis_client_call(s->rc, &how, 2, argv, NULL, rs_list_cb, l) != 0) {
         free(l);
         return -1;

@@ -27,6 +27,7 @@ typedef struct creq {
     redis_client *c;
     char *cmd;
     size_t len;
+    size_t run_off;          /* nonzero: where the run_id goes in cmd (redis_call.run_arg) */
     int slot, script;
     uint64_t pin;            /* only this node */
     int redirects, reloaded, tries;
@@ -181,6 +182,11 @@ static int send_req(creq *q)
                                     req_reply, q);
     }
     redis_conn *conn = redis_node_cmd(cn->n);
+    if (q->run_off) {
+        const char *rid = redis_node_run_id(cn->n);
+        if (strlen(rid) != REDIS_RUN_ID_LEN) return -1;
+        memcpy(q->cmd + q->run_off, rid, REDIS_RUN_ID_LEN);
+    }
     if (q->asking) {
         const char *a[1] = {"ASKING"};
         if (redis_conn_command(conn, 1, a, NULL, NULL, NULL) != 0) return -1;
@@ -346,6 +352,18 @@ static creq *req_new(redis_client *c, redis_reply_fn cb, void *ud)
     return q;
 }
 
+/* The offset in a command formatted from n words of lengths l (RESP:
+ * "*n\r\n", then "$len\r\n" word "\r\n" each) of the last
+ * REDIS_RUN_ID_LEN bytes of word k; 0 when word k is shorter. */
+static size_t run_offset(int n, const size_t *l, int k)
+{
+    if (l[k] < REDIS_RUN_ID_LEN) return 0;
+    char b[32];
+    size_t off = (size_t)snprintf(b, sizeof b, "*%d\r\n", n);
+    for (int i = 0; i <= k; i++) off += (size_t)snprintf(b, sizeof b, "$%zu\r\n", l[i]) + (i < k ? l[i] + 2 : 0);
+    return off + l[k] - REDIS_RUN_ID_LEN;
+}
+
 int redis_client_call(redis_client *c, const redis_call *how, int argc, const char **argv,
                       const size_t *lens, redis_reply_fn cb, void *ud)
 {
@@ -378,6 +396,10 @@ int redis_client_call(redis_client *c, const redis_call *how, int argc, const ch
             char *cmd = NULL;
             rc = redisFormatCommandArgv(&cmd, argc + 2, a, l);
             q->cmd = cmd;
+            if (how->run_arg > 0 && how->run_arg < argc) {
+                q->run_off = run_offset(argc + 2, l, how->run_arg + 2);
+                if (!q->run_off) rc = -1;
+            }
         }
         if (heap) {
             free(a);
@@ -387,6 +409,13 @@ int redis_client_call(redis_client *c, const redis_call *how, int argc, const ch
         char *cmd = NULL;
         rc = redisFormatCommandArgv(&cmd, argc, argv, lens);
         q->cmd = cmd;
+        if (rc >= 0 && how && how->run_arg > 0 && how->run_arg < argc) {
+            size_t *l = malloc((size_t)argc * sizeof *l);
+            for (int i = 0; l && i < argc; i++) l[i] = lens ? lens[i] : strlen(argv[i]);
+            q->run_off = l ? run_offset(argc, l, how->run_arg) : 0;
+            free(l);
+            if (!q->run_off) rc = -1;
+        }
     }
     if (rc < 0 || !q->cmd) {
         req_free(q);

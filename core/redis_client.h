@@ -79,7 +79,13 @@ typedef struct redis_call {
     int slot;          /* route to the slot's owner; -1: any node that is up */
     uint64_t node;     /* nonzero: this node only, errors returned as they are */
     int script;        /* >= 0: EVALSHA of that script; argv = numkeys, keys, args */
+    /* > 0: argv[run_arg] ends with REDIS_RUN_ID_LEN placeholder bytes that
+     * every send (first, redirect, retry) overwrites with the run_id of the
+     * server it goes to (redis_node_run_id): a script can tell whether data
+     * was written by the process running it (argv[0] is never one). */
+    int run_arg;
 } redis_call;
+#define REDIS_RUN_ID_LEN 40
 
 /* Queues a command (cb may be NULL). 0, or -1 when its node is not up
  * (cb not called). */

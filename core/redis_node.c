@@ -18,7 +18,8 @@ struct redis_node {
     uint64_t id;
     int state;
     redis_conn *cmd, *sub;
-    int cmd_ok, sub_ok, scripts_left;
+    int cmd_ok, sub_ok, scripts_left, info_left;
+    char run_id[41];         /* of the server behind cmd ("" until INFO answered) */
     uv_timer_t retry;
     backoff bo;
     char reason[300];
@@ -39,6 +40,7 @@ static void drop_conns(redis_node *n)
     redis_conn *c = n->cmd, *s = n->sub;
     n->cmd = n->sub = NULL;
     n->cmd_ok = n->sub_ok = 0;
+    n->run_id[0] = 0;
     redis_conn_close(c);
     redis_conn_close(s);
 }
@@ -62,7 +64,7 @@ static void node_fail(redis_node *n, const char *why)
 
 static void maybe_up(redis_node *n)
 {
-    if (n->state != N_CONNECTING || !n->cmd_ok || n->scripts_left > 0 ||
+    if (n->state != N_CONNECTING || !n->cmd_ok || n->scripts_left > 0 || n->info_left > 0 ||
         (n->o.want_sub && !n->sub_ok))
         return;
     n->state = N_UP;
@@ -91,6 +93,30 @@ static void script_loaded(redis_conn *c, const redisReply *r, void *ud)
     maybe_up(n);
 }
 
+/* INFO server: the run_id line ("run_id:" and 40 hex digits) */
+static void info_cb(redis_conn *c, const redisReply *r, void *ud)
+{
+    redis_node *n = ud;
+    if (!r || n->cmd != c || n->state != N_CONNECTING) return;
+    const char *p = NULL;
+    if (r->type == REDIS_REPLY_STRING)
+        p = memmem(r->str, r->len, "\nrun_id:", 8);
+    int ok = p && (size_t)(r->str + r->len - (p + 8)) >= 40;
+    for (int i = 0; ok && i < 40; i++) ok = strchr("0123456789abcdef", p[8 + i]) && p[8 + i];
+    if (ok) {
+        memcpy(n->run_id, p + 8, 40);
+        n->run_id[40] = 0;
+        n->info_left = 0;
+        maybe_up(n);
+        return;
+    }
+    char why[300];
+    snprintf(why, sizeof why, "INFO server (chatd needs the run_id): %.*s",
+             r->type == REDIS_REPLY_ERROR ? (int)r->len : 14,
+             r->type == REDIS_REPLY_ERROR ? r->str : "no run_id line");
+    node_fail(n, why);
+}
+
 static void conn_up(redis_conn *c, void *ud)
 {
     redis_node *n = ud;
@@ -100,6 +126,11 @@ static void conn_up(redis_conn *c, void *ud)
         return;
     }
     n->cmd_ok = 1;
+    n->info_left = 1;
+    if (redis_conn_command(c, 2, (const char *[]){"INFO", "server"}, NULL, info_cb, n) != 0) {
+        node_fail(n, "cannot queue INFO");
+        return;
+    }
     n->scripts_left = n->o.nscripts;
     for (int i = 0; i < n->o.nscripts; i++) {
         script_op *op = malloc(sizeof *op);
@@ -202,3 +233,4 @@ const redis_addr *redis_node_addr(const redis_node *n) { return &n->o.addr; }
 const char *redis_node_reason(const redis_node *n) { return n->reason; }
 redis_conn *redis_node_cmd(redis_node *n) { return n && n->state == N_UP ? n->cmd : NULL; }
 redis_conn *redis_node_sub(redis_node *n) { return n && n->state == N_UP ? n->sub : NULL; }
+const char *redis_node_run_id(const redis_node *n) { return n && n->state == N_UP ? n->run_id : ""; }

@@ -7,8 +7,10 @@
  * back to the minimum only when the session that failed had stayed up for
  * REDIS_NODE_STABLE_MS (a server that accepts the handshake and then drops
  * the connection is not retried in a tight loop).
- * The node is up when every connection finished its handshake and every
- * script is loaded. When one connection fails, the node drops both (their
+ * The node is up when every connection finished its handshake, every
+ * script is loaded and the server's run_id is known (INFO server on the
+ * command connection: it names the Redis process, new at every restart or
+ * failover; redis_client writes it into calls that ask for it). When one connection fails, the node drops both (their
  * pending callbacks get NULL), calls on_down once with the reason (kept for
  * readiness), and retries.
  * Owns: its connections, its retry timer, its last failure reason. */
@@ -52,6 +54,9 @@ const redis_addr *redis_node_addr(const redis_node *n);
 /* why the node is not up ("connecting" before the first failure) */
 const char *redis_node_reason(const redis_node *n);
 redis_conn *redis_node_cmd(redis_node *n);     /* NULL unless up */
+/* the run_id (40 hex) of the server process the command connection reaches;
+ * "" unless up */
+const char *redis_node_run_id(const redis_node *n);
 redis_conn *redis_node_sub(redis_node *n);     /* NULL unless up or not wanted */
 
 #endif

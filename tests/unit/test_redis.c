@@ -350,7 +350,7 @@ static int call(redis_client *c, int slot, int script, ans *a, int argc, ...)
     for (int i = 0; i < argc; i++) argv[i] = va_arg(ap, const char *);
     va_end(ap);
     memset(a, 0, sizeof *a);
-    redis_call how = {slot, 0, script};
+    redis_call how = {.slot = slot, .node = 0, .script = script};
     return redis_client_call(c, &how, argc, argv, NULL, ans_cb, a);
 }
 
@@ -364,7 +364,7 @@ static ans sync_call(redis_client *c, int slot, int script, int argc, ...)
     va_start(ap, argc);
     for (int i = 0; i < argc; i++) argv[i] = va_arg(ap, const char *);
     va_end(ap);
-    redis_call how = {slot, 0, script};
+    redis_call how = {.slot = slot, .node = 0, .script = script};
     if (redis_client_call(c, &how, argc, argv, NULL, ans_cb, &a) != 0) {
         a.done = -1;
         return a;
@@ -374,6 +374,60 @@ static ans sync_call(redis_client *c, int slot, int script, int argc, ...)
 }
 
 static int key_slot(const char *k) { return redis_key_slot(k, strlen(k)); }
+
+/* the server's run_id, asked directly (INFO server) */
+static void server_run_id(int srv, char out[41])
+{
+    out[0] = 0;
+    redisReply *r = rp_cmd(srv, "INFO server");
+    const char *p = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+    if (p) snprintf(out, 41, "%.40s", p + 7);
+    if (r) freeReplyObject(r);
+}
+
+/* SET key to a word whose placeholder becomes the run_id of the server the
+ * SET went to (through ASK or MOVED in a cluster) */
+static ans run_set(redis_client *c, int slot, const char *key)
+{
+    ans a;
+    memset(&a, 0, sizeof a);
+    const char *argv[] = {"SET", key, "x----------------------------------------"};
+    redis_call how = {.slot = slot, .node = 0, .script = -1, .run_arg = 2};
+    if (redis_client_call(c, &how, 3, argv, NULL, ans_cb, &a) != 0) {
+        a.done = -1;
+        return a;
+    }
+    WAIT(a.done, 8000);
+    return a;
+}
+
+/* the value of key on server srv, asked directly, compared with "x" + its run_id */
+static int holds_own_run_id(int srv, const char *key)
+{
+    char rid[41], want[42];
+    server_run_id(srv, rid);
+    snprintf(want, sizeof want, "x%s", rid);
+    redisReply *r = rp_cmd(srv, "GET %s", key);
+    int ok = strlen(rid) == 40 && r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, want);
+    if (r) freeReplyObject(r);
+    return ok;
+}
+
+/* a call with redis_call.run_arg: its placeholder reaches the server as the
+ * run_id of the server it went to (script 0 echoes ARGV[1]; ECHO the word) */
+static ans run_call(redis_client *c, int script, const char *word)
+{
+    ans a;
+    memset(&a, 0, sizeof a);
+    const char *sargv[] = {"0", word}, *pargv[] = {"ECHO", word};
+    redis_call how = {.slot = -1, .node = 0, .script = script, .run_arg = 1};
+    if (redis_client_call(c, &how, 2, script >= 0 ? sargv : pargv, NULL, ans_cb, &a) != 0) {
+        a.done = -1;
+        return a;
+    }
+    WAIT(a.done, 8000);
+    return a;
+}
 
 /* EVALSHA with n arguments after numkeys (2 keys, the rest ARGV): up to
  * 30 the command is built on the stack, from 31 (33 with EVALSHA and the
@@ -398,7 +452,7 @@ static void script_args(redis_client *c, int n)
     }
     ans a;
     memset(&a, 0, sizeof a);
-    redis_call how = {key_slot("{t}k1"), 0, 2};
+    redis_call how = {.slot = key_slot("{t}k1"), .node = 0, .script = 2};
     int rc = redis_client_call(c, &how, n + 1, argv, lens, ans_cb, &a);
     CHECK(rc == 0, "EVALSHA with %d arguments queued", n + 1);
     if (rc != 0) return;
@@ -449,7 +503,7 @@ static void test_standalone(void)
 
     /* pipelining: replies in order, one callback each */
     seqcheck sq = {0, 0};
-    redis_call any = {-1, 0, -1};
+    redis_call any = {.slot = -1, .node = 0, .script = -1};
     const char *incr[] = {"INCR", "ctr"};
     int queued = 0;
     for (int i = 0; i < 5000; i++)
@@ -467,6 +521,20 @@ static void test_standalone(void)
     a = sync_call(c, -1, -1, 2, "STRLEN", "big");
     CHECK(a.integer == (long long)big, "STRLEN %lld", a.integer);
     free(v);
+
+    /* redis_call.run_arg: the last 40 bytes of that word become the run_id
+     * of the server the call went to, in a script call and a plain command;
+     * a word shorter than 40 bytes is refused */
+    char rid1[41], want1[42];
+    server_run_id(srv, rid1);
+    snprintf(want1, sizeof want1, "x%s", rid1);
+    a = run_call(c, 0, "x----------------------------------------");
+    CHECK(a.done == 1 && strlen(rid1) == 40 && !strcmp(a.str, want1), "run_id in a script call: %s (%s)",
+          a.str, rid1);
+    a = run_call(c, -1, "x----------------------------------------");
+    CHECK(a.done == 1 && !strcmp(a.str, want1), "run_id in a command: %s", a.str);
+    a = run_call(c, 0, "too short");
+    CHECK(a.done == -1, "a run_arg word under 40 bytes is refused (%d)", a.done);
 
     /* NOSCRIPT after a flush: loaded again and resent */
     redisReply *fr = rp_cmd(srv, "SCRIPT FLUSH");
@@ -519,6 +587,13 @@ static void test_standalone(void)
     CHECK(redis_client_ready(c) && R.nodes_up == 2, "back (%d)", R.nodes_up);
     a = sync_call(c, -1, -1, 1, "PING");
     CHECK(!strcmp(a.str, "PONG"), "PING after restart");
+    /* the run_id written into a call is the restarted server's */
+    char rid2[41], want2[42];
+    server_run_id(srv, rid2);
+    snprintf(want2, sizeof want2, "x%s", rid2);
+    a = run_call(c, 0, "x----------------------------------------");
+    CHECK(a.done == 1 && strlen(rid2) == 40 && strcmp(rid1, rid2) != 0 && !strcmp(a.str, want2),
+          "run_id after the restart: %s (was %s, now %s)", a.str, rid1, rid2);
 
     /* a stalled server: the reply deadline fails the node */
     down0 = R.nodes_down;
@@ -558,6 +633,18 @@ static void test_standalone(void)
     spin(600);
     CHECK(!redis_client_ready(c) && redis_client_health(c, why, sizeof why) == 0 &&
           strstr(why, "AUTH") && strstr(why, "WRONGPASS"), "wrong password: %s", why);
+    redis_client_free(c);
+
+    /* a user that may not run INFO: the node never comes up, and says why
+     * (chatd needs the run_id; it does not run without the check) */
+    fr = rp_cmd(srv, "ACL SETUSER noinfo on >pw ~* &* +@all -info");
+    CHECK(fr && fr->type == REDIS_REPLY_STATUS, "ACL noinfo");
+    if (fr) freeReplyObject(fr);
+    snprintf(url, sizeof url, "redis://noinfo:pw@127.0.0.1:%d", rp_all[srv].port);
+    c = client(&R, url, 0);
+    spin(600);
+    CHECK(!redis_client_ready(c) && redis_client_health(c, why, sizeof why) == 0 &&
+          strstr(why, "INFO") && strstr(why, "run_id"), "INFO refused: %s", why);
     redis_client_free(c);
 
     rp_signal(srv, SIGKILL);
@@ -865,20 +952,32 @@ static void test_cluster(void)
     if (r) freeReplyObject(r);
     a = sync_call(c, slot, -1, 2, "GET", K);
     CHECK(!strcmp(a.str, "val7"), "existing key still served by the source");
+    /* redis_call.run_arg follows the ASK: the target's run_id, not the source's */
+    ans ra = run_set(c, slot, "{key7}run1");   /* checked once the slot moved */
     r = rp_cmd(src, "MIGRATE 127.0.0.1 %d %s 0 5000", rp_all[dst].port, K);
     CHECK(r && r->type == REDIS_REPLY_STATUS, "MIGRATE: %s", r && r->str ? r->str : "?");
     if (r) freeReplyObject(r);
     rp_setslot_all(first, 3, slot, did);
+    CHECK(ra.type == REDIS_REPLY_STATUS && holds_own_run_id(dst, "{key7}run1"),
+          "run_id of the ASK target written (%s)", ra.str);
     /* the server drops the subscription of the moved slot */
     WAIT(R.sunsubs >= 1, 3000);
     CHECK(R.sunsubs >= 1 && !strcmp(R.last_ch, chs[0]) && R.last_push_node == old_node,
           "sunsubscribe pushed by the old owner (%d)", R.sunsubs);
-    /* the client still maps the slot to the source: MOVED, followed */
+    /* the client still maps the slot to the source: MOVED, followed, and
+     * the run_id written is the new owner's */
+    uint64_t before_moved = redis_client_slot_node(c, slot);
+    a = run_set(c, slot, "{key7}run2");
+    CHECK(before_moved == old_node && a.type == REDIS_REPLY_STATUS &&
+          holds_own_run_id(dst, "{key7}run2"), "run_id after MOVED is the new owner's (%s)", a.str);
     a = sync_call(c, slot, -1, 2, "GET", K);
     CHECK(!strcmp(a.str, "val7"), "GET after the move: %s", a.str);
     a = sync_call(c, slot, -1, 2, "GET", newk);
     CHECK(!strcmp(a.str, "asked"), "GET new key after the move: %s", a.str);
     CHECK(redis_client_slot_node(c, slot) != old_node, "owner updated");
+    a = run_set(c, slot, "{key7}run3");
+    CHECK(a.type == REDIS_REPLY_STATUS && holds_own_run_id(dst, "{key7}run3"),
+          "run_id of the new owner, from the map (%s)", a.str);
     /* resubscribe: lands on the new owner */
     memset(&s, 0, sizeof s);
     CHECK(redis_client_subscribe(c, slot, 1, chs, NULL, sub_cb, &s) == 0, "resubscribe");
@@ -896,7 +995,8 @@ static void test_cluster(void)
     if (r) freeReplyObject(r);
     r = rp_cmd(dst, "CLUSTER SETSLOT %d MIGRATING %s", slot, sid);
     if (r) freeReplyObject(r);
-    r = rp_cmd(dst, "MIGRATE 127.0.0.1 %d %s 0 5000 KEYS %s %s", rp_all[src].port, "", K, newk);
+    r = rp_cmd(dst, "MIGRATE 127.0.0.1 %d %s 0 5000 KEYS %s %s {key7}run1 {key7}run2 {key7}run3",
+               rp_all[src].port, "", K, newk);
     CHECK(r && r->type == REDIS_REPLY_STATUS, "MIGRATE back: %s", r && r->str ? r->str : "?");
     if (r) freeReplyObject(r);
     rp_setslot_all(first, 3, slot, sid);
