@@ -808,7 +808,7 @@ async def connections_per_user_across_nodes():
     a2 = await Client.connect(a, room, token(user))
     st, _ = await aupgrade_status(a.port, ws_path(room, token(user)))
     eq(st, 429, "3rd on A: the per-node gate, before the upgrade")
-    watcher = await Client.connect(b, room, token("watch"))
+    watcher = await Client.connect(b, room, token(uniq("watch")))
     # the 3rd on B: its admission waits on Redis (paused), the message it
     # sends meanwhile is held, then dropped with the connection
     redis.command("CLIENT", "PAUSE", "600", "WRITE")
