@@ -14,7 +14,10 @@
  *    the recent buffer no longer has are lost (logged once per room and
  *    settle, counted). A check slower than the round's lock lets another
  *    node's round list, lease or lose the same entries meanwhile, and then
- *    this settle skips them (one offer, one loss count). A message leaves
+ *    this settle skips them (one offer, one loss count). A round cut short
+ *    by a limit (CHAT_BACKFILL_CHECK_*) is followed by the next one as soon
+ *    as the tick's work is done, if it completed (a failed sweep, check or
+ *    settle waits for the next tick). A message leaves
  *    the unstored set only once history was seen to hold it; the cost per
  *    message is two entries in one sweep call and one settle call per
  *    round (docs/redis.md "Backfill");
@@ -54,9 +57,11 @@ struct bus_bf {
     int open;                /* timers not yet closed */
     hmap marks;              /* room -> bf_marks, sent at the next tick */
     char token[96];          /* this node's lock value */
-    int sweeping;            /* sweeps in flight (one per node), checks and
-                              * settles included */
-    int more;                /* a check round hit its room budget */
+    int sweeping;            /* the tick's work in flight: sweeps (one per
+                              * node), checks and settles */
+    int more;                /* a round of this tick met a limit and
+                              * completed: the next round starts as soon as
+                              * the tick's work is done (work_done) */
     struct bus_check *checks; /* with the core */
     uint64_t rounds;
     uint64_t settles;        /* settle calls sent */
@@ -67,6 +72,7 @@ struct bus_check {
     struct bus_check *prev, *next;
     uint64_t node;
     uint64_t cut;            /* the round's Redis time minus the grace */
+    int more;                /* the round met a limit (BUS_MORE_*) */
     size_t n;
     const char **rooms;      /* into buf */
     uint64_t *seqs;
@@ -205,21 +211,35 @@ static void sweep_again_soon(struct bus_bf *f)
     uv_timer_start(&f->sweep, sweep_cb, 1, every);
 }
 
+/* one piece of the tick's work (a sweep, a check, a settle) ended: after
+ * the last one, a round that met a limit and completed is followed by the
+ * next round at once; a failed one (sweep, check or settle) waits for the
+ * next tick. f->more never outlives the tick's work. */
+static void work_done(struct bus_bf *f)
+{
+    if (f->sweeping > 0) f->sweeping--;
+    if (f->sweeping || !f->more) return;
+    f->more = 0;
+    if (!f->b->freeing) sweep_again_soon(f);
+}
+
+typedef struct settle_ctx { struct bus_bf *f; int more; } settle_ctx;
+
 static void settle_reply(void *ud, const redisReply *rp)
 {
-    struct bus_bf *f = ud;
-    if (f->sweeping > 0) f->sweeping--;
-    if (!rp || f->b->freeing) return;
-    if (rp->type == REDIS_REPLY_ERROR) {
-        LOGW(MOD, "backfill settle: %.*s", (int)rp->len, rp->str ? rp->str : "");
-        return;
+    settle_ctx *sc = ud;
+    struct bus_bf *f = sc->f;
+    int more = sc->more;
+    free(sc);
+    if (rp && !f->b->freeing) {
+        if (rp->type == REDIS_REPLY_ERROR) {
+            LOGW(MOD, "backfill settle: %.*s", (int)rp->len, rp->str ? rp->str : "");
+        } else if (rp->type == REDIS_REPLY_ARRAY) {
+            offer_entries(f, rp);
+            if (more) f->more = 1;
+        }
     }
-    if (rp->type != REDIS_REPLY_ARRAY) return;
-    offer_entries(f, rp);
-    if (f->more && !f->sweeping && !f->b->freeing) {
-        f->more = 0;
-        sweep_again_soon(f);
-    }
+    work_done(f);
 }
 
 static void check_free(struct bus_check *c)
@@ -247,8 +267,9 @@ static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from,
     const char **v = malloc(argc * sizeof *v);
     char (*nums)[24] = malloc((to - from + 2 * nrooms + 1) * sizeof *nums);
     char (*idx)[48] = malloc(nrooms * sizeof *idx);
+    settle_ctx *sc = malloc(sizeof *sc);
     int rc = -1;
-    if (v && nums && idx) {
+    if (v && nums && idx && sc) {
         size_t k = 0, nn = 0, r = 0;
         v[k++] = "0";
         snprintf(nums[nn], sizeof nums[nn], "%" PRIu64, c->cut);
@@ -272,10 +293,13 @@ static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from,
             }
             i = j;
         }
+        sc->f = f;
+        sc->more = c->more;
         redis_call how = {-1, c->node, BUS_S_SETTLE};
-        rc = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, f);
+        rc = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, sc);
         if (rc == 0) f->settles++;
     }
+    if (rc != 0) free(sc);
     free(v);
     free(nums);
     free(idx);
@@ -287,8 +311,8 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
     if (!c) return;
     struct bus_bf *f = c->f;
     if (!f || f->b->freeing || status != 0 || !stored) {
-        if (f && f->sweeping > 0) f->sweeping--;
-        check_free(c);
+        check_free(c); /* failed: the next tick's round asks again */
+        if (f) work_done(f);
         return;
     }
     /* settled in calls of at most BUS_SETTLE_CHUNK pairs (a room cut
@@ -301,13 +325,15 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
     }
     /* the check's in-flight count becomes one per settle sent */
     f->sweeping += sent;
-    if (f->sweeping > 0) f->sweeping--;
     check_free(c);
+    work_done(f);
 }
 
-/* {1, more, cut, room, seq, ...} -> ask the core */
-static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const redisReply *rp,
-                        size_t items)
+/* {1, more, cut, room, seq, ...} -> ask the core. *listed: the well-formed
+ * pairs (a malformed item is skipped); 1 when a check was started, 0 when
+ * not (nothing listed, or out of memory) */
+static int check_round(struct bus_bf *f, uint64_t node, uint64_t cut, int more,
+                       const redisReply *rp, size_t items, size_t *listed)
 {
     bus *b = f->b;
     size_t n = 0, bytes = 0;
@@ -318,7 +344,8 @@ static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const red
         n++;
         bytes += strlen(room) + 1;
     }
-    if (!n) return;
+    *listed = n;
+    if (!n) return 0;
     struct bus_check *c = malloc(sizeof *c + bytes);
     if (c) {
         c->rooms = malloc(n * sizeof *c->rooms);
@@ -328,11 +355,12 @@ static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const red
     if (!seqs) {
         if (c) free(c->rooms);
         free(c);
-        return;
+        return 0;
     }
     c->f = f;
     c->node = node;
     c->cut = cut;
+    c->more = more;
     c->seqs = seqs;
     c->n = 0;
     char *p = c->buf;
@@ -351,6 +379,7 @@ static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const red
     f->sweeping++; /* until the settle answers */
     /* the core may answer at once (bus_check_done sends the settle) */
     b->h.on_check(b->ud, c, c->n, (const char *const *)c->rooms, c->seqs);
+    return 1;
 }
 
 typedef struct sweep_ctx { struct bus_bf *f; uint64_t node; } sweep_ctx;
@@ -362,22 +391,26 @@ static void sweep_reply(void *ud, const redisReply *rp)
     uint64_t node = sc->node;
     free(sc);
     bus *b = f->b;
-    if (f->sweeping > 0) f->sweeping--;
-    if (!rp || b->freeing) return; /* connection gone: the next round retries */
-    if (rp->type == REDIS_REPLY_ERROR) {
-        LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
-        return;
-    }
-    size_t items = 0;
+    size_t items = 0, listed = 0;
     int more = 0;
     uint64_t cut = 0;
-    if (bus_reply_check_round(rp, &more, &cut, &items) != 1) return; /* another node's round */
-    f->rounds++;
-    metric_add(b->m.backfill_checked, items);
-    if (more & BUS_MORE_ROOMS) metric_inc(b->m.backfill_limit_rooms);
-    if (more & BUS_MORE_PER_ROOM) metric_inc(b->m.backfill_limit_per_room);
-    if (more) f->more = 1;
-    check_round(f, node, cut, rp, items);
+    /* connection gone or an error: the next tick's round retries; {0}:
+     * another node's round */
+    if (!rp || b->freeing) {
+    } else if (rp->type == REDIS_REPLY_ERROR) {
+        LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
+    } else if (bus_reply_check_round(rp, &more, &cut, &items) == 1) {
+        f->rounds++;
+        if (more & BUS_MORE_ROOMS) metric_inc(b->m.backfill_limit_rooms);
+        if (more & BUS_MORE_PER_ROOM) metric_inc(b->m.backfill_limit_per_room);
+        int started = check_round(f, node, cut, more, rp, items, &listed);
+        metric_add(b->m.backfill_checked, listed);
+        /* a limited round that listed no pair (the rooms it met had nothing
+         * old: stale index scores, dropped or re-scored meanwhile) is
+         * complete: no check, no settle; the next round follows at once */
+        if (more && !started && !listed) f->more = 1;
+    }
+    work_done(f); /* this sweep's share of the tick's work */
 }
 
 /* one sweep call on one node: the lock, then its indexes */

@@ -81,10 +81,11 @@
  *   node holds the lock; else it changes nothing but the lock (and drops
  *   rooms with nothing old from the index) and returns {1, more, cut, room,
  *   seq, room, seq, ...}, the (room, seq) of every entry older than the
- *   grace (at most ARGV[4] rooms, ARGV[5] seqs per room): more = the
- *   limits the round met (sweep again at once): + 1 (BUS_MORE_ROOMS) when
- *   the rooms listed reached ARGV[4], + 2 (BUS_MORE_PER_ROOM) when a room's
- *   seqs reached ARGV[5]; cut
+ *   grace (at most ARGV[4] rooms, ARGV[5] seqs per room; one more of each
+ *   is read to know whether there is more): more = the limits the round
+ *   cut short (sweep again at once): + 1 (BUS_MORE_ROOMS) when an old room
+ *   was left unlisted, + 2 (BUS_MORE_PER_ROOM) when a room had more than
+ *   ARGV[5] old seqs; cut
  *   = the round's Redis time minus the grace (the listed entries are scored
  *   below it).
  * BUS_SETTLE_LUA ends a round with history's answer (one call per
@@ -252,25 +253,27 @@ const char BUS_SWEEP_LUA[] =
     "local per = tonumber(ARGV[5])\n"
     "local mr, mp = 0, 0\n"
     "for i = 6, #ARGV do\n"
-    "  if budget <= 0 then break end\n"
     "  local idx = ARGV[i]\n"
-    "  local ex = redis.pcall('EXISTS', idx)\n"
-    "  if ex == 1 then\n"
-    "    local rooms = redis.call('ZRANGEBYSCORE', idx, '-inf', cut, 'LIMIT', 0, budget)\n"
-    "    budget = budget - #rooms\n"
-    "    if budget <= 0 then mr = 1 end\n"
-    "    for _, room in ipairs(rooms) do\n"
+    "  if redis.pcall('EXISTS', idx) == 1 then\n"
+    "    local rooms = redis.call('ZRANGEBYSCORE', idx, '-inf', cut, 'LIMIT', 0, budget + 1)\n"
+    "    local nr = math.min(#rooms, budget)\n"
+    "    if #rooms > nr then mr = 1 end\n"
+    "    for r = 1, nr do\n"
+    "      local room = rooms[r]\n"
     "      local uk = 'chat:{' .. room .. '}:unstored'\n"
-    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per)\n"
-    "      if #seqs >= per then mp = 2 end\n"
-    "      for _, s in ipairs(seqs) do\n"
+    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per + 1)\n"
+    "      local ns = math.min(#seqs, per)\n"
+    "      if #seqs > ns then mp = 2 end\n"
+    "      for k = 1, ns do\n"
     "        out[#out + 1] = room\n"
-    "        out[#out + 1] = s\n"
+    "        out[#out + 1] = seqs[k]\n"
     "      end\n"
-    "      if #seqs == 0 then\n"
+    "      if ns == 0 then\n"
     LUA_REINDEX_ROOM
     "      end\n"
     "    end\n"
+    "    budget = budget - nr\n"
+    "    if mr == 1 then break end\n"
     "  end\n"
     "end\n"
     "out[2] = mr + mp\n"
