@@ -4,7 +4,8 @@
  * gap fill and gap loss, recovery after lost subscriptions and after a
  * Redis restart, refcounted subscriptions (PUBSUB CHANNELS), NOSCRIPT
  * recovery, emit, cancellation on bus_free, the backfill of unstored
- * messages (tracking, marks, grace, lease, lost entries, the sweep lock),
+ * messages (tracking, marks, grace, lease, lost entries, the sweep lock,
+ * round limits and their follow-up rounds, failed checks and settles),
  * and that no callback runs inside
  * a bus_* call. Randomised parts print their seed (CHATD_TEST_SEED reuses
  * one). Exit 0 pass, 1 fail, 77 skip (no redis-server: in-process only). */
@@ -1612,6 +1613,81 @@ static void test_backfill_checked_wellformed(void)
     settle();
 }
 
+/* a settle of two calls (500 pairs of one room, 1 of another): the second
+ * fails (a Redis error reply) while the first is applied; the failed one's
+ * pair is asked again by the next round, and the sweeper goes on */
+static void test_backfill_settle_chunk_fails(void)
+{
+    char r1[80], r2[80];
+    mkroom(r1, sizeof r1, "bfcf1");
+    mkroom(r2, sizeof r2, "bfcf2");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    for (int s = 1; s <= BUS_SETTLE_CHUNK; s++) {
+        char mem[16];
+        snprintf(mem, sizeof mem, "%d", s);
+        uns_add(r1, 1, mem);
+    }
+    uns_add(r2, 2, "1");
+    node *k = node_new_checking_opts("K", rurl, 1000, 600, 0, 1000);
+    k->check_hold = 1;
+    k->check_all_stored = 1;
+    WAIT(k->held_check != NULL, 3000);
+    CHECK(k->held_check && k->held_n == BUS_SETTLE_CHUNK + 1, "one round of %d pairs (%zu)",
+          BUS_SETTLE_CHUNK + 1, k->held_n);
+    rc_int("DEL chat:{%s}:unstored", r2);
+    rc_int("SET chat:{%s}:unstored garbage", r2);
+    check_answer_held(k);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", r1) == 0, 2000);
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", r1) == 0 && bus_backfill_settles(k->b) == 2,
+          "two settles sent, the first applied (%" PRIu64 ")", bus_backfill_settles(k->b));
+    spin(50);
+    redisReply *g = rc("GET chat:{%s}:unstored", r2);
+    CHECK(g && g->type == REDIS_REPLY_STRING && strcmp(g->str, "garbage") == 0,
+          "the second failed (nothing changed)");
+    if (g) freeReplyObject(g);
+    /* r2 recorded again: the next round asks it and settles it */
+    rc_int("DEL chat:{%s}:unstored", r2);
+    uns_add(r2, 2, "1");
+    WAIT(rc_int("EXISTS chat:unstored") == 0, 3000);
+    CHECK(rc_int("EXISTS chat:unstored") == 0 && k->nchecks >= 2 && k->check_sizes[1] == 1,
+          "the next round settles r2 (%d checks)", k->nchecks);
+    CHECK(k->nuns == 0, "nothing offered");
+    node_free(k);
+    settle();
+}
+
+/* a mark that forgets a pair while the round's check is in flight: the
+ * settle skips it (neither offered nor counted lost); the other missing
+ * pair of the round is offered */
+static void test_backfill_settle_after_mark(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "bfmarked");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    node *a = ready(node_new_checking("A", rurl, 60000));
+    pub_many(a, room, 2);
+    spin(650);
+    uint64_t lost0 = counter("chat_bus_backfill_lost_total");
+    node *k = node_new_checking("K", rurl, 600);
+    k->check_hold = 1;
+    WAIT(k->held_check != NULL, 3000);
+    CHECK(k->held_check && k->held_n == 2, "the round lists seqs 1 and 2 (%zu)", k->held_n);
+    mark(a, room, 1);
+    WAIT(rc_int("ZSCORE chat:{%s}:unstored 1", room) == 0, 2000);
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", room) == 1, "seq 1 marked meanwhile");
+    check_answer_held(k); /* history holds neither */
+    WAIT(uns_count(k, room, 2) >= 1, 2000);
+    spin(50);
+    CHECK(uns_count(k, room, 2) == 1 && uns_count(k, room, 1) == 0 && k->nuns == 1,
+          "seq 2 offered, seq 1 skipped");
+    CHECK(counter("chat_bus_backfill_lost_total") == lost0, "nothing counted lost");
+    mark(a, room, 2);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", room) == 0, 2000);
+    node_free(a);
+    node_free(k);
+    settle();
+}
+
 /* in-process mode: no backfill (marks are no-ops, on_unstored never fires) */
 static void test_local_backfill_off(void)
 {
@@ -2367,6 +2443,8 @@ int main(void)
         test_backfill_failed_round(1);
         test_backfill_limit_exact();
         test_backfill_checked_wellformed();
+        test_backfill_settle_chunk_fails();
+        test_backfill_settle_after_mark();
         test_seed_redis();
         test_seed_resync();
         test_seed_behind();
