@@ -30,6 +30,7 @@
  * (bus_check_done frees them). */
 #define _GNU_SOURCE
 #include "bus_int.h"
+#include "config.h"
 #include "log.h"
 #include "redis_client.h"
 #include "redis_slot.h"
@@ -497,8 +498,9 @@ int bus_backfill_init(bus *b, redis_client *rc, const bus_opts *o, char *err, si
     f->rc = rc;
     f->cluster = redis_client_is_cluster(rc);
     f->grace_ms = o->backfill_grace_ms ? o->backfill_grace_ms : 3000;
-    f->check_rooms = o->backfill_check_rooms ? o->backfill_check_rooms : BUS_CHECK_ROOMS;
-    f->check_per_room = o->backfill_check_per_room ? o->backfill_check_per_room : BUS_CHECK_PER_ROOM;
+    f->check_rooms = o->backfill_check_rooms ? o->backfill_check_rooms : CONFIG_BACKFILL_CHECK_ROOMS;
+    f->check_per_room =
+        o->backfill_check_per_room ? o->backfill_check_per_room : CONFIG_BACKFILL_CHECK_PER_ROOM;
     hmap_init(&f->marks);
     char host[64] = "node";
     gethostname(host, sizeof host - 1);
