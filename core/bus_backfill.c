@@ -330,10 +330,10 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
     work_done(f);
 }
 
-/* {1, more, cut, room, seq, ...} -> ask the core. *listed: the well-formed
- * pairs (a malformed item is skipped); 1 when a check was started, 0 when
- * not (nothing listed, or out of memory) */
-static int check_round(struct bus_bf *f, uint64_t node, uint64_t cut, int more,
+/* {1, more, cut, room, seq, ...} -> ask the core (a check started, unless
+ * nothing well-formed was listed or out of memory). *listed: the
+ * well-formed pairs (a malformed item is skipped) */
+static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, int more,
                        const redisReply *rp, size_t items, size_t *listed)
 {
     bus *b = f->b;
@@ -346,7 +346,7 @@ static int check_round(struct bus_bf *f, uint64_t node, uint64_t cut, int more,
         bytes += strlen(room) + 1;
     }
     *listed = n;
-    if (!n) return 0;
+    if (!n) return;
     struct bus_check *c = malloc(sizeof *c + bytes);
     if (c) {
         c->rooms = malloc(n * sizeof *c->rooms);
@@ -356,7 +356,7 @@ static int check_round(struct bus_bf *f, uint64_t node, uint64_t cut, int more,
     if (!seqs) {
         if (c) free(c->rooms);
         free(c);
-        return 0;
+        return;
     }
     c->f = f;
     c->node = node;
@@ -380,7 +380,6 @@ static int check_round(struct bus_bf *f, uint64_t node, uint64_t cut, int more,
     f->sweeping++; /* until the settle answers */
     /* the core may answer at once (bus_check_done sends the settle) */
     b->h.on_check(b->ud, c, c->n, (const char *const *)c->rooms, c->seqs);
-    return 1;
 }
 
 typedef struct sweep_ctx { struct bus_bf *f; uint64_t node; } sweep_ctx;
@@ -395,21 +394,21 @@ static void sweep_reply(void *ud, const redisReply *rp)
     size_t items = 0, listed = 0;
     int more = 0;
     uint64_t cut = 0;
-    /* connection gone or an error: the next tick's round retries; {0}:
-     * another node's round */
-    if (!rp || b->freeing) {
-    } else if (rp->type == REDIS_REPLY_ERROR) {
+    /* no reply (connection gone) or an error: the next tick's round
+     * retries; {0}: another node's round */
+    if (rp && !b->freeing && rp->type == REDIS_REPLY_ERROR)
         LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
-    } else if (bus_reply_check_round(rp, &more, &cut, &items) == 1) {
+    else if (rp && !b->freeing && bus_reply_check_round(rp, &more, &cut, &items) == 1) {
         f->rounds++;
         if (more & BUS_MORE_ROOMS) metric_inc(b->m.backfill_limit_rooms);
         if (more & BUS_MORE_PER_ROOM) metric_inc(b->m.backfill_limit_per_room);
-        int started = check_round(f, node, cut, more, rp, items, &listed);
+        check_round(f, node, cut, more, rp, items, &listed);
         metric_add(b->m.backfill_checked, listed);
-        /* a limited round that listed no pair (the rooms it met had nothing
-         * old: stale index scores, dropped or re-scored meanwhile) is
-         * complete: no check, no settle; the next round follows at once */
-        if (more && !started && !listed) f->more = 1;
+        /* a limited round that listed nothing (the rooms it met had nothing
+         * old: stale index scores, which it re-scored or dropped) is
+         * complete without a check: the next round follows at once. (One
+         * that listed only malformed items made no progress: next tick.) */
+        if (more && !items) f->more = 1;
     }
     work_done(f); /* this sweep's share of the tick's work */
 }
