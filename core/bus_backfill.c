@@ -224,14 +224,25 @@ static void work_done(struct bus_bf *f)
     if (!f->b->freeing) sweep_again_soon(f);
 }
 
-typedef struct settle_ctx { struct bus_bf *f; int more; } settle_ctx;
+/* the context of a sweep or settle call: the sweep's node, the settled
+ * round's BUS_MORE_* flags; freed by its reply (bf_call_end) */
+typedef struct bf_call { struct bus_bf *f; uint64_t node; int more; } bf_call;
+
+static struct bus_bf *bf_call_end(void *ud, uint64_t *node, int *more)
+{
+    bf_call *bc = ud;
+    struct bus_bf *f = bc->f;
+    *node = bc->node;
+    *more = bc->more;
+    free(bc);
+    return f;
+}
 
 static void settle_reply(void *ud, const redisReply *rp)
 {
-    settle_ctx *sc = ud;
-    struct bus_bf *f = sc->f;
-    int more = sc->more;
-    free(sc);
+    uint64_t node;
+    int more;
+    struct bus_bf *f = bf_call_end(ud, &node, &more);
     if (rp && !f->b->freeing) {
         if (rp->type == REDIS_REPLY_ERROR) {
             LOGW(MOD, "backfill settle: %.*s", (int)rp->len, rp->str ? rp->str : "");
@@ -268,7 +279,7 @@ static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from,
     const char **v = malloc(argc * sizeof *v);
     char (*nums)[24] = malloc((to - from + 2 * nrooms + 1) * sizeof *nums);
     char (*idx)[48] = malloc(nrooms * sizeof *idx);
-    settle_ctx *sc = malloc(sizeof *sc);
+    bf_call *sc = malloc(sizeof *sc);
     int rc = -1;
     if (v && nums && idx && sc) {
         size_t k = 0, nn = 0, r = 0;
@@ -294,8 +305,7 @@ static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from,
             }
             i = j;
         }
-        sc->f = f;
-        sc->more = c->more;
+        *sc = (bf_call){f, c->node, c->more};
         redis_call how = {-1, c->node, BUS_S_SETTLE};
         rc = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, sc);
         if (rc == 0) f->settles++;
@@ -382,17 +392,13 @@ static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, int more,
     b->h.on_check(b->ud, c, c->n, (const char *const *)c->rooms, c->seqs);
 }
 
-typedef struct sweep_ctx { struct bus_bf *f; uint64_t node; } sweep_ctx;
-
 static void sweep_reply(void *ud, const redisReply *rp)
 {
-    sweep_ctx *sc = ud;
-    struct bus_bf *f = sc->f;
-    uint64_t node = sc->node;
-    free(sc);
+    uint64_t node;
+    int more;
+    struct bus_bf *f = bf_call_end(ud, &node, &more);
     bus *b = f->b;
     size_t items = 0, listed = 0;
-    int more = 0;
     uint64_t cut = 0;
     /* no reply (connection gone) or an error: the next tick's round
      * retries; {0}: another node's round */
@@ -447,10 +453,9 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     v[6] = nper;
     for (size_t i = 0; i < nidx; i++) v[7 + i] = idx[i];
     redis_call how = {-1, node, BUS_S_SWEEP};
-    sweep_ctx *sc = malloc(sizeof *sc);
+    bf_call *sc = malloc(sizeof *sc);
     if (sc) {
-        sc->f = f;
-        sc->node = node;
+        *sc = (bf_call){f, node, 0};
         if (redis_client_call(f->rc, &how, (int)(7 + nidx), v, NULL, sweep_reply, sc) == 0)
             f->sweeping++;
         else
