@@ -57,7 +57,8 @@ static void register_metrics(bus *b)
     b->m.backfill_checked = metrics_counter("chat_bus_backfill_checked_total",
                                             "Unstored (room, seq) older than the grace listed by "
                                             "this node's sweep rounds and asked of history", NULL);
-    const char *lh = "Backfill sweep rounds that stopped at a limit (another round follows at once)";
+    const char *lh = "Backfill sweep rounds a limit cut short (old entries left unlisted; another "
+                     "round follows as soon as this one completed)";
     b->m.backfill_limit_rooms = metrics_counter("chat_bus_backfill_rounds_limited_total", lh,
                                                 "limit=\"rooms\"");
     b->m.backfill_limit_per_room = metrics_counter("chat_bus_backfill_rounds_limited_total", lh,

@@ -14,7 +14,10 @@
  *    the recent buffer no longer has are lost (logged once per room and
  *    settle, counted). A check slower than the round's lock lets another
  *    node's round list, lease or lose the same entries meanwhile, and then
- *    this settle skips them (one offer, one loss count). A message leaves
+ *    this settle skips them (one offer, one loss count). A round cut short
+ *    by a limit (CHAT_BACKFILL_CHECK_*) is followed by the next one as soon
+ *    as the tick's work is done, if it completed (a failed sweep, check or
+ *    settle waits for the next tick). A message leaves
  *    the unstored set only once history was seen to hold it; the cost per
  *    message is two entries in one sweep call and one settle call per
  *    round (docs/redis.md "Backfill");
@@ -27,6 +30,7 @@
  * (bus_check_done frees them). */
 #define _GNU_SOURCE
 #include "bus_int.h"
+#include "config.h"
 #include "log.h"
 #include "redis_client.h"
 #include "redis_slot.h"
@@ -54,9 +58,11 @@ struct bus_bf {
     int open;                /* timers not yet closed */
     hmap marks;              /* room -> bf_marks, sent at the next tick */
     char token[96];          /* this node's lock value */
-    int sweeping;            /* sweeps in flight (one per node), checks and
-                              * settles included */
-    int more;                /* a check round hit its room budget */
+    int sweeping;            /* the tick's work in flight: sweeps (one per
+                              * node), checks and settles */
+    int more;                /* a round of this tick met a limit and
+                              * completed: the next round starts as soon as
+                              * the tick's work is done (work_done) */
     struct bus_check *checks; /* with the core */
     uint64_t rounds;
     uint64_t settles;        /* settle calls sent */
@@ -67,6 +73,7 @@ struct bus_check {
     struct bus_check *prev, *next;
     uint64_t node;
     uint64_t cut;            /* the round's Redis time minus the grace */
+    int more;                /* the round met a limit (BUS_MORE_*) */
     size_t n;
     const char **rooms;      /* into buf */
     uint64_t *seqs;
@@ -205,21 +212,46 @@ static void sweep_again_soon(struct bus_bf *f)
     uv_timer_start(&f->sweep, sweep_cb, 1, every);
 }
 
+/* one piece of the tick's work (a sweep, a check, a settle) ended: after
+ * the last one, a round that met a limit and completed is followed by the
+ * next round at once; a failed one (sweep, check or settle) waits for the
+ * next tick. f->more never outlives the tick's work. */
+static void work_done(struct bus_bf *f)
+{
+    if (f->sweeping > 0) f->sweeping--;
+    if (f->sweeping || !f->more) return;
+    f->more = 0;
+    if (!f->b->freeing) sweep_again_soon(f);
+}
+
+/* the context of a sweep or settle call: the sweep's node, the settled
+ * round's BUS_MORE_* flags; freed by its reply (bf_call_end) */
+typedef struct bf_call { struct bus_bf *f; uint64_t node; int more; } bf_call;
+
+static struct bus_bf *bf_call_end(void *ud, uint64_t *node, int *more)
+{
+    bf_call *bc = ud;
+    struct bus_bf *f = bc->f;
+    *node = bc->node;
+    *more = bc->more;
+    free(bc);
+    return f;
+}
+
 static void settle_reply(void *ud, const redisReply *rp)
 {
-    struct bus_bf *f = ud;
-    if (f->sweeping > 0) f->sweeping--;
-    if (!rp || f->b->freeing) return;
-    if (rp->type == REDIS_REPLY_ERROR) {
-        LOGW(MOD, "backfill settle: %.*s", (int)rp->len, rp->str ? rp->str : "");
-        return;
+    uint64_t node;
+    int more;
+    struct bus_bf *f = bf_call_end(ud, &node, &more);
+    if (rp && !f->b->freeing) {
+        if (rp->type == REDIS_REPLY_ERROR) {
+            LOGW(MOD, "backfill settle: %.*s", (int)rp->len, rp->str ? rp->str : "");
+        } else if (rp->type == REDIS_REPLY_ARRAY) {
+            offer_entries(f, rp);
+            if (more) f->more = 1;
+        }
     }
-    if (rp->type != REDIS_REPLY_ARRAY) return;
-    offer_entries(f, rp);
-    if (f->more && !f->sweeping && !f->b->freeing) {
-        f->more = 0;
-        sweep_again_soon(f);
-    }
+    work_done(f);
 }
 
 static void check_free(struct bus_check *c)
@@ -247,8 +279,9 @@ static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from,
     const char **v = malloc(argc * sizeof *v);
     char (*nums)[24] = malloc((to - from + 2 * nrooms + 1) * sizeof *nums);
     char (*idx)[48] = malloc(nrooms * sizeof *idx);
+    bf_call *sc = malloc(sizeof *sc);
     int rc = -1;
-    if (v && nums && idx) {
+    if (v && nums && idx && sc) {
         size_t k = 0, nn = 0, r = 0;
         v[k++] = "0";
         snprintf(nums[nn], sizeof nums[nn], "%" PRIu64, c->cut);
@@ -272,10 +305,12 @@ static int settle_send(struct bus_bf *f, const struct bus_check *c, size_t from,
             }
             i = j;
         }
+        *sc = (bf_call){f, c->node, c->more};
         redis_call how = {.slot = -1, .node = c->node, .script = BUS_S_SETTLE};
-        rc = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, f);
+        rc = redis_client_call(f->rc, &how, (int)k, v, NULL, settle_reply, sc);
         if (rc == 0) f->settles++;
     }
+    if (rc != 0) free(sc);
     free(v);
     free(nums);
     free(idx);
@@ -287,8 +322,8 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
     if (!c) return;
     struct bus_bf *f = c->f;
     if (!f || f->b->freeing || status != 0 || !stored) {
-        if (f && f->sweeping > 0) f->sweeping--;
-        check_free(c);
+        check_free(c); /* failed: the next tick's round asks again */
+        if (f) work_done(f);
         return;
     }
     /* settled in calls of at most BUS_SETTLE_CHUNK pairs (a room cut
@@ -301,13 +336,15 @@ void bus_check_done(bus_check *c, int status, const unsigned char *stored)
     }
     /* the check's in-flight count becomes one per settle sent */
     f->sweeping += sent;
-    if (f->sweeping > 0) f->sweeping--;
     check_free(c);
+    work_done(f);
 }
 
-/* {1, more, cut, room, seq, ...} -> ask the core */
-static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const redisReply *rp,
-                        size_t items)
+/* {1, more, cut, room, seq, ...} -> ask the core (a check started, unless
+ * nothing well-formed was listed or out of memory). *listed: the
+ * well-formed pairs (a malformed item is skipped) */
+static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, int more,
+                       const redisReply *rp, size_t items, size_t *listed)
 {
     bus *b = f->b;
     size_t n = 0, bytes = 0;
@@ -318,6 +355,7 @@ static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const red
         n++;
         bytes += strlen(room) + 1;
     }
+    *listed = n;
     if (!n) return;
     struct bus_check *c = malloc(sizeof *c + bytes);
     if (c) {
@@ -333,6 +371,7 @@ static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const red
     c->f = f;
     c->node = node;
     c->cut = cut;
+    c->more = more;
     c->seqs = seqs;
     c->n = 0;
     char *p = c->buf;
@@ -353,31 +392,31 @@ static void check_round(struct bus_bf *f, uint64_t node, uint64_t cut, const red
     b->h.on_check(b->ud, c, c->n, (const char *const *)c->rooms, c->seqs);
 }
 
-typedef struct sweep_ctx { struct bus_bf *f; uint64_t node; } sweep_ctx;
-
 static void sweep_reply(void *ud, const redisReply *rp)
 {
-    sweep_ctx *sc = ud;
-    struct bus_bf *f = sc->f;
-    uint64_t node = sc->node;
-    free(sc);
+    uint64_t node;
+    int more;
+    struct bus_bf *f = bf_call_end(ud, &node, &more);
     bus *b = f->b;
-    if (f->sweeping > 0) f->sweeping--;
-    if (!rp || b->freeing) return; /* connection gone: the next round retries */
-    if (rp->type == REDIS_REPLY_ERROR) {
-        LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
-        return;
-    }
-    size_t items = 0;
-    int more = 0;
+    size_t items = 0, listed = 0;
     uint64_t cut = 0;
-    if (bus_reply_check_round(rp, &more, &cut, &items) != 1) return; /* another node's round */
-    f->rounds++;
-    metric_add(b->m.backfill_checked, items);
-    if (more & BUS_MORE_ROOMS) metric_inc(b->m.backfill_limit_rooms);
-    if (more & BUS_MORE_PER_ROOM) metric_inc(b->m.backfill_limit_per_room);
-    if (more) f->more = 1;
-    check_round(f, node, cut, rp, items);
+    /* no reply (connection gone) or an error: the next tick's round
+     * retries; {0}: another node's round */
+    if (rp && !b->freeing && rp->type == REDIS_REPLY_ERROR)
+        LOGW(MOD, "backfill sweep: %.*s", (int)rp->len, rp->str ? rp->str : "");
+    else if (rp && !b->freeing && bus_reply_check_round(rp, &more, &cut, &items) == 1) {
+        f->rounds++;
+        if (more & BUS_MORE_ROOMS) metric_inc(b->m.backfill_limit_rooms);
+        if (more & BUS_MORE_PER_ROOM) metric_inc(b->m.backfill_limit_per_room);
+        check_round(f, node, cut, more, rp, items, &listed);
+        metric_add(b->m.backfill_checked, listed);
+        /* a limited round that listed nothing (the rooms it met had nothing
+         * old: stale index scores, which it re-scored or dropped) is
+         * complete without a check: the next round follows at once. (One
+         * that listed only malformed items made no progress: next tick.) */
+        if (more && !items) f->more = 1;
+    }
+    work_done(f); /* this sweep's share of the tick's work */
 }
 
 /* one sweep call on one node: the lock, then its indexes */
@@ -414,10 +453,9 @@ static void sweep_node(void *ud, uint64_t node, const uint16_t (*ranges)[2], int
     v[6] = nper;
     for (size_t i = 0; i < nidx; i++) v[7 + i] = idx[i];
     redis_call how = {.slot = -1, .node = node, .script = BUS_S_SWEEP};
-    sweep_ctx *sc = malloc(sizeof *sc);
+    bf_call *sc = malloc(sizeof *sc);
     if (sc) {
-        sc->f = f;
-        sc->node = node;
+        *sc = (bf_call){f, node, 0};
         if (redis_client_call(f->rc, &how, (int)(7 + nidx), v, NULL, sweep_reply, sc) == 0)
             f->sweeping++;
         else
@@ -464,8 +502,9 @@ int bus_backfill_init(bus *b, redis_client *rc, const bus_opts *o, char *err, si
     f->rc = rc;
     f->cluster = redis_client_is_cluster(rc);
     f->grace_ms = o->backfill_grace_ms ? o->backfill_grace_ms : 3000;
-    f->check_rooms = o->backfill_check_rooms ? o->backfill_check_rooms : BUS_CHECK_ROOMS;
-    f->check_per_room = o->backfill_check_per_room ? o->backfill_check_per_room : BUS_CHECK_PER_ROOM;
+    f->check_rooms = o->backfill_check_rooms ? o->backfill_check_rooms : CONFIG_BACKFILL_CHECK_ROOMS;
+    f->check_per_room =
+        o->backfill_check_per_room ? o->backfill_check_per_room : CONFIG_BACKFILL_CHECK_PER_ROOM;
     hmap_init(&f->marks);
     char host[64] = "node";
     gethostname(host, sizeof host - 1);

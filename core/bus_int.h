@@ -297,8 +297,11 @@ void bus_backfill_mark(bus *b, const char *room, uint64_t seq);
 uint64_t bus_backfill_rounds(const bus *b);
 /* settle calls sent (tests); a round's check is settled in calls of at most
  * BUS_SETTLE_CHUNK (room, seq) pairs: the script's ARGV <= 1 + 5 x BUS_SETTLE_CHUNK
- * (the cut, then at most 5 per pair) */
+ * (the cut, then at most 5 per pair), and a room's stored seqs of one call
+ * leave in one ZREM: unpack() pushes them on the Lua stack, which Redis'
+ * Lua 5.1 caps at 8000 slots (LUAI_MAXCSTACK) */
 #define BUS_SETTLE_CHUNK 500
+_Static_assert(BUS_SETTLE_CHUNK <= 7000, "a settle's ZREM of one room must fit Redis' Lua stack");
 uint64_t bus_backfill_settles(const bus *b);
 
 /* bus_redis.c: the publish script's answer {seq, duplicate} (0 or -1;

@@ -85,15 +85,18 @@
  *   node holds the lock; else it changes nothing but the lock (and drops
  *   rooms with nothing old from the index) and returns {1, more, cut, room,
  *   seq, room, seq, ...}, the (room, seq) of every entry older than the
- *   grace (at most ARGV[4] rooms, ARGV[5] seqs per room): more = the
- *   limits the round met (sweep again at once): + 1 (BUS_MORE_ROOMS) when
- *   the rooms listed reached ARGV[4], + 2 (BUS_MORE_PER_ROOM) when a room's
- *   seqs reached ARGV[5]; cut
+ *   grace (at most ARGV[4] rooms, ARGV[5] seqs per room; one more of each
+ *   is read to know whether there is more): more = the limits the round
+ *   cut short (sweep again at once): + 1 (BUS_MORE_ROOMS) when an old room
+ *   was left unlisted, + 2 (BUS_MORE_PER_ROOM) when a room had more than
+ *   ARGV[5] old seqs; cut
  *   = the round's Redis time minus the grace (the listed entries are scored
  *   below it).
  * BUS_SETTLE_LUA ends a round with history's answer (one call per
- *   BUS_SETTLE_CHUNK pairs of it): ARGV[1] the round's cut, then per room: room, index, n stored, the n stored seqs, m missing,
- *   the m missing seqs. The stored ones leave chat:{room}:unstored; a
+ *   BUS_SETTLE_CHUNK pairs of it): ARGV[1] the round's cut, then per room:
+ *   room, index, n stored, the n stored seqs, m missing, the m missing
+ *   seqs. The stored ones leave chat:{room}:unstored in one ZREM (n <=
+ *   BUS_SETTLE_CHUNK, within what unpack can push: bus_int.h); a
  *   missing one still scored below the cut (nobody offered it since the
  *   round listed it: a round whose check outlived the lock may have been
  *   followed by another node's round, which leased it or found it lost) is
@@ -235,23 +238,9 @@ const char BUS_MARK_LUA[] =
     "if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end\n"
     "return 0\n";
 
-/* Lua of the settle script (LUA_REINDEX_ROOM also of the sweep), with the
- * names they share (room, uk, rk, idx, s, now, out):
- * LUA_OFFER_SEQ offers one unstored seq (its entry when the recent buffer
- * still has it, leased until now + grace; else '' and forgotten);
- * LUA_REINDEX_ROOM re-scores the room in its slot's index by its oldest
- * unstored seq, or drops it when it has none. */
-#define LUA_OFFER_SEQ \
-    "local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n" \
-    "out[#out + 1] = room\n" \
-    "out[#out + 1] = s\n" \
-    "if #e > 0 then\n" \
-    "  redis.call('ZADD', uk, 'XX', now, s)\n" \
-    "  out[#out + 1] = e[1]\n" \
-    "else\n" \
-    "  redis.call('ZREM', uk, s)\n" \
-    "  out[#out + 1] = ''\n" \
-    "end\n"
+/* Lua of the sweep and the settle scripts, with the names they share (room,
+ * uk, idx): LUA_REINDEX_ROOM re-scores the room in its slot's index by its
+ * oldest unstored seq, or drops it when it has none. */
 #define LUA_REINDEX_ROOM \
     "local first = redis.call('ZRANGE', uk, 0, 0, 'WITHSCORES')\n" \
     "if #first == 0 then redis.call('ZREM', idx, room)\n" \
@@ -270,25 +259,27 @@ const char BUS_SWEEP_LUA[] =
     "local per = tonumber(ARGV[5])\n"
     "local mr, mp = 0, 0\n"
     "for i = 6, #ARGV do\n"
-    "  if budget <= 0 then break end\n"
     "  local idx = ARGV[i]\n"
-    "  local ex = redis.pcall('EXISTS', idx)\n"
-    "  if ex == 1 then\n"
-    "    local rooms = redis.call('ZRANGEBYSCORE', idx, '-inf', cut, 'LIMIT', 0, budget)\n"
-    "    budget = budget - #rooms\n"
-    "    if budget <= 0 then mr = 1 end\n"
-    "    for _, room in ipairs(rooms) do\n"
+    "  if redis.pcall('EXISTS', idx) == 1 then\n"
+    "    local rooms = redis.call('ZRANGEBYSCORE', idx, '-inf', cut, 'LIMIT', 0, budget + 1)\n"
+    "    local nr = math.min(#rooms, budget)\n"
+    "    if #rooms > nr then mr = 1 end\n"
+    "    for r = 1, nr do\n"
+    "      local room = rooms[r]\n"
     "      local uk = 'chat:{' .. room .. '}:unstored'\n"
-    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per)\n"
-    "      if #seqs >= per then mp = 2 end\n"
-    "      for _, s in ipairs(seqs) do\n"
+    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per + 1)\n"
+    "      local ns = math.min(#seqs, per)\n"
+    "      if #seqs > ns then mp = 2 end\n"
+    "      for k = 1, ns do\n"
     "        out[#out + 1] = room\n"
-    "        out[#out + 1] = s\n"
+    "        out[#out + 1] = seqs[k]\n"
     "      end\n"
-    "      if #seqs == 0 then\n"
+    "      if ns == 0 then\n"
     LUA_REINDEX_ROOM
     "      end\n"
     "    end\n"
+    "    budget = budget - nr\n"
+    "    if mr == 1 then break end\n"
     "  end\n"
     "end\n"
     "out[2] = mr + mp\n"
@@ -305,9 +296,7 @@ const char BUS_SETTLE_LUA[] =
     "  local uk = 'chat:{' .. room .. '}:unstored'\n"
     "  local rk = 'chat:{' .. room .. '}:recent'\n"
     "  i = i + 3\n"
-    "  for j = i, i + ns - 1, 500 do\n"
-    "    redis.call('ZREM', uk, unpack(ARGV, j, math.min(j + 499, i + ns - 1)))\n"
-    "  end\n"
+    "  if ns > 0 then redis.call('ZREM', uk, unpack(ARGV, i, i + ns - 1)) end\n"
     "  i = i + ns\n"
     "  local nm = tonumber(ARGV[i])\n"
     "  i = i + 1\n"
@@ -315,7 +304,18 @@ const char BUS_SETTLE_LUA[] =
     "    local s = ARGV[j]\n"
     "    local sc = redis.call('ZSCORE', uk, s)\n"
     "    if sc and tonumber(sc) < cut then\n"
-    LUA_OFFER_SEQ
+    /* offered: its entry, leased (scored now); or '' when the recent
+     * buffer no longer has it (forgotten: lost) */
+    "      local e = redis.call('ZRANGEBYSCORE', rk, s, s)\n"
+    "      out[#out + 1] = room\n"
+    "      out[#out + 1] = s\n"
+    "      if #e > 0 then\n"
+    "        redis.call('ZADD', uk, 'XX', now, s)\n"
+    "        out[#out + 1] = e[1]\n"
+    "      else\n"
+    "        redis.call('ZREM', uk, s)\n"
+    "        out[#out + 1] = ''\n"
+    "      end\n"
     "    end\n"
     "  end\n"
     "  i = i + nm\n"

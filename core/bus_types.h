@@ -68,11 +68,6 @@ typedef struct bus_handlers {
                      const uint64_t *seqs);
 } bus_handlers;
 
-/* the sweep round's default limits: every room with old entries each round
- * (dm: ~1 entry per room); config.c bounds the settings */
-#define BUS_CHECK_ROOMS 2000
-#define BUS_CHECK_PER_ROOM 500
-
 typedef struct bus_opts {
     const char *redis_url;     /* NULL: in-process mode */
     size_t recent_max;         /* recent buffer length per room (default 1000) */
@@ -84,10 +79,10 @@ typedef struct bus_opts {
                                 * history. */
     uint32_t backfill_grace_ms; /* age before a publish counts as abandoned (default 3000) */
     uint32_t backfill_check_rooms;    /* rooms a sweep round lists per Redis node
-                                       * (default BUS_CHECK_ROOMS) */
-    uint32_t backfill_check_per_room; /* old seqs a round lists per room (default
-                                       * BUS_CHECK_PER_ROOM); a round that hit
-                                       * either limit is followed by another at once */
+                                       * (0: CONFIG_BACKFILL_CHECK_ROOMS, config.h) */
+    uint32_t backfill_check_per_room; /* old seqs a round lists per room (0:
+                                       * CONFIG_BACKFILL_CHECK_PER_ROOM); a round
+                                       * that left more is followed by another at once */
 } bus_opts;
 
 /* Answers on_seed: status 0 with the highest seq durably stored in the

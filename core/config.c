@@ -19,9 +19,8 @@ typedef struct opt {
 } opt;
 
 #define O(f) offsetof(config, f)
-/* the pairs one backfill sweep round may list (rooms x seqs per room): the
- * round's reply, its check and its settles are sized by it */
-#define CHECK_PAIRS_MAX 1000000
+#define STR_(x) #x
+#define STR(x) STR_(x) /* a default from its config.h constant */
 static const opt OPTS[] = {
     {"--listen", "CHAT_LISTEN", K_STR, O(listen), "127.0.0.1:8080", "address:port for HTTP and WebSocket"},
     {"--redis", "CHAT_REDIS_URL", K_STR, O(redis_url), NULL, "redis://[user:pass@]host:port[/db], rediss://..., redis+cluster://host:port[,host:port...] (unset: single-node mode)"},
@@ -43,8 +42,8 @@ static const opt OPTS[] = {
     {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
     {"--idempotency-ttl-s", "CHAT_IDEMPOTENCY_TTL_S", K_INT, O(idempotency_ttl_s), "600", "how long (s) a client message id is remembered: a resend with the same id within it is never stored or broadcast twice (1 to 604800)"},
     {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node"},
-    {"--backfill-check-rooms", "CHAT_BACKFILL_CHECK_ROOMS", K_INT, O(backfill_check_rooms), "2000", "backfill sweeper: most rooms one round lists per Redis node (1 to 100000); a round that reaches it is followed by another as soon as it settled"},
-    {"--backfill-check-per-room", "CHAT_BACKFILL_CHECK_PER_ROOM", K_INT, O(backfill_check_per_room), "500", "backfill sweeper: most old seqs of one room one round lists (1 to 100000; rooms x this at most 1000000)"},
+    {"--backfill-check-rooms", "CHAT_BACKFILL_CHECK_ROOMS", K_INT, O(backfill_check_rooms), STR(CONFIG_BACKFILL_CHECK_ROOMS), "backfill sweeper: most rooms one round lists per Redis node (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "); a round that leaves old rooms unlisted is followed by another as soon as it settled"},
+    {"--backfill-check-per-room", "CHAT_BACKFILL_CHECK_PER_ROOM", K_INT, O(backfill_check_per_room), STR(CONFIG_BACKFILL_CHECK_PER_ROOM), "backfill sweeper: most old seqs of one room one round lists (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "; rooms x this at most " STR(CONFIG_BACKFILL_CHECK_PAIRS_MAX) ")"},
     {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL"},
     {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1"},
     {"--read-batch-ms", "CHAT_READ_BATCH_MS", K_INT, O(read_batch_ms), "5", "read state: wait (ms) for more read marks before one batched write"},
@@ -191,19 +190,19 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
         snprintf(err, errlen, "CHAT_IDEMPOTENCY_TTL_S: 1 to 604800, got %lld", (long long)c->idempotency_ttl_s);
         return -1;
     }
-    if (c->backfill_check_rooms < 1 || c->backfill_check_rooms > 100000) {
-        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_ROOMS: 1 to 100000, got %lld",
+    if (c->backfill_check_rooms < 1 || c->backfill_check_rooms > CONFIG_BACKFILL_CHECK_MAX) {
+        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_ROOMS: 1 to %d, got %lld", CONFIG_BACKFILL_CHECK_MAX,
                  (long long)c->backfill_check_rooms);
         return -1;
     }
-    if (c->backfill_check_per_room < 1 || c->backfill_check_per_room > 100000) {
-        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_PER_ROOM: 1 to 100000, got %lld",
-                 (long long)c->backfill_check_per_room);
+    if (c->backfill_check_per_room < 1 || c->backfill_check_per_room > CONFIG_BACKFILL_CHECK_MAX) {
+        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_PER_ROOM: 1 to %d, got %lld",
+                 CONFIG_BACKFILL_CHECK_MAX, (long long)c->backfill_check_per_room);
         return -1;
     }
-    if (c->backfill_check_rooms * c->backfill_check_per_room > CHECK_PAIRS_MAX) {
+    if (c->backfill_check_rooms * c->backfill_check_per_room > CONFIG_BACKFILL_CHECK_PAIRS_MAX) {
         snprintf(err, errlen, "CHAT_BACKFILL_CHECK_ROOMS x CHAT_BACKFILL_CHECK_PER_ROOM: at most %d "
-                 "(pairs one sweep round may list), got %lld", CHECK_PAIRS_MAX,
+                 "(pairs one sweep round may list), got %lld", CONFIG_BACKFILL_CHECK_PAIRS_MAX,
                  (long long)(c->backfill_check_rooms * c->backfill_check_per_room));
         return -1;
     }

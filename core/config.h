@@ -10,6 +10,16 @@
  * below 2^31 bytes (conn.h: rx_len, rx_cap are 32-bit). */
 #define CONFIG_MAX_FRAME_MAX (1 << 30)
 
+/* The backfill sweep round's limits (CHAT_BACKFILL_CHECK_ROOMS,
+ * CHAT_BACKFILL_CHECK_PER_ROOM): defaults (every room with old entries each
+ * round; a dm room has ~1 entry), the ceiling of each, and of their
+ * product: the pairs one round may list, which size its reply, its check
+ * and its settles. The bus takes the defaults when given 0. */
+#define CONFIG_BACKFILL_CHECK_ROOMS 2000
+#define CONFIG_BACKFILL_CHECK_PER_ROOM 500
+#define CONFIG_BACKFILL_CHECK_MAX 100000
+#define CONFIG_BACKFILL_CHECK_PAIRS_MAX 1000000
+
 typedef struct config {
     const char *listen;        /* host:port */
     char listen_host[64];

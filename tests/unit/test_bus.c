@@ -4,7 +4,8 @@
  * gap fill and gap loss, recovery after lost subscriptions and after a
  * Redis restart, refcounted subscriptions (PUBSUB CHANNELS), NOSCRIPT
  * recovery, emit, cancellation on bus_free, the backfill of unstored
- * messages (tracking, marks, grace, lease, lost entries, the sweep lock),
+ * messages (tracking, marks, grace, lease, lost entries, the sweep lock,
+ * round limits and their follow-up rounds, failed checks and settles),
  * and that no callback runs inside
  * a bus_* call. Randomised parts print their seed (CHATD_TEST_SEED reuses
  * one). Exit 0 pass, 1 fail, 77 skip (no redis-server: in-process only). */
@@ -374,10 +375,12 @@ static void stored_add(node *nd, const char *room, uint64_t seq)
     nd->stored_seq[nd->nstored++] = seq;
 }
 
-/* answers the held check: nothing of it stored */
+/* answers the held check: nothing of it stored (everything with
+ * check_all_stored) */
 static void check_answer_held(node *nd)
 {
     unsigned char st[512] = {0};
+    if (nd->check_all_stored) memset(st, 1, sizeof st);
     bus_check *req = nd->held_check;
     nd->held_check = NULL;
     nd->check_hold = 0;
@@ -1323,6 +1326,22 @@ static void test_backfill_slow_check(void)
     settle();
 }
 
+/* publishes n messages to room from nd and waits for them */
+static void pub_many(node *nd, const char *room, int n)
+{
+    static pubres p[BUS_SETTLE_CHUNK + 1];
+    CHECK(n <= BUS_SETTLE_CHUNK + 1, "%d messages", n);
+    int done = 0;
+    for (int i = 0; i < n; i++) pub(nd, room, NULL, "m", &p[i]);
+    for (uint64_t until = mono_ms() + 10000; mono_ms() < until;) {
+        done = 0;
+        for (int i = 0; i < n; i++) done += p[i].done && p[i].status == 0;
+        if (done == n) break;
+        spin(10);
+    }
+    CHECK(done == n, "%d of %d published", done, n);
+}
+
 /* a round's limits (rooms per round, seqs per room): K lists at most 2
  * rooms and 3 seqs of each per round; a round that met a limit is followed
  * by another one; every pair is listed once, counted, and so are the rounds
@@ -1336,16 +1355,13 @@ static void test_backfill_limits(void)
     /* this test counts what a round lists: other tests' entries go */
     rc_int("DEL chat:backfill:lock chat:unstored");
     node *a = ready(node_new_checking("A", rurl, 60000));
-    pubres px[5], py, pz;
-    for (int i = 0; i < 5; i++) pub(a, rx, NULL, "x", &px[i]);
-    WAIT(px[0].done && px[1].done && px[2].done && px[3].done && px[4].done, 3000);
+    pub_many(a, rx, 5);
     spin(5); /* the index lists rooms oldest first: x, y, z */
-    pub(a, ry, NULL, "y", &py);
-    WAIT(py.done, 3000);
+    pub_many(a, ry, 1);
     spin(5);
-    pub(a, rz, NULL, "z", &pz);
-    WAIT(pz.done, 3000);
-    CHECK(px[4].seq == 5 && py.seq == 1 && pz.seq == 1, "seqs");
+    pub_many(a, rz, 1);
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", rx) == 5 && rc_int("ZCARD chat:{%s}:unstored", ry) == 1 &&
+              rc_int("ZCARD chat:{%s}:unstored", rz) == 1, "5 + 1 + 1 unstored");
     spin(650); /* older than a 600 ms grace */
     uint64_t c0 = counter("chat_bus_backfill_checked_total");
     uint64_t lr0 = counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"");
@@ -1372,22 +1388,6 @@ static void test_backfill_limits(void)
     node_free(a);
     node_free(k);
     settle();
-}
-
-/* publishes n messages to room from nd and waits for them */
-static void pub_many(node *nd, const char *room, int n)
-{
-    static pubres p[BUS_SETTLE_CHUNK + 1];
-    CHECK(n <= BUS_SETTLE_CHUNK + 1, "%d messages", n);
-    int done = 0;
-    for (int i = 0; i < n; i++) pub(nd, room, NULL, "m", &p[i]);
-    for (uint64_t until = mono_ms() + 10000; mono_ms() < until;) {
-        done = 0;
-        for (int i = 0; i < n; i++) done += p[i].done && p[i].status == 0;
-        if (done == n) break;
-        spin(10);
-    }
-    CHECK(done == n, "%d of %d published", done, n);
 }
 
 /* the settle is cut into calls of at most BUS_SETTLE_CHUNK pairs (bounded
@@ -1432,6 +1432,270 @@ static void test_backfill_settle_chunks(void)
           "the stored ones forgotten, the missing one leased");
     node_free(a);
     node_free(k2);
+    settle();
+}
+
+/* an entry of room recorded as unstored at score (ms since the epoch: 1 is
+ * long ago), and the room indexed, without a publish (the recent buffer
+ * does not have it: offered, it would be lost) */
+static void uns_add(const char *room, long long score, const char *member)
+{
+    rc_int("ZADD chat:{%s}:unstored %lld %s", room, score, member);
+    rc_int("ZADD chat:unstored NX %lld %s", score, room);
+}
+
+/* a round that met its room limit but listed no pair (two rooms indexed as
+ * old whose sets hold nothing: stale index scores) sends no check and no
+ * settle; the next round follows at once (not a tick later), and the
+ * unlimited round after it is not followed at once (no "more" left over) */
+static void test_backfill_zero_pair_round(void)
+{
+    char s1[80], s2[80], live[80];
+    mkroom(s1, sizeof s1, "bfzero1");
+    mkroom(s2, sizeof s2, "bfzero2");
+    mkroom(live, sizeof live, "bfzerol");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    rc_int("ZADD chat:unstored 1 %s 1 %s", s1, s2);
+    uns_add(live, 2, "1");
+    /* grace 2000: a tick every 1000 ms; at most 2 rooms per round */
+    uint64_t t0 = mono_ms();
+    node *k = node_new_checking_opts("K", rurl, 1000, 2000, 2, 0);
+    k->check_all_stored = 1;
+    WAIT(k->nchecks >= 1, 4000);
+    uint64_t el = mono_ms() - t0;
+    CHECK(k->nchecks == 1 && k->check_sizes[0] == 1 && asked_count(k, live, 1) == 1,
+          "one check, of the live pair only");
+    CHECK(bus_backfill_rounds(k->b) == 2, "round 1 listed the stale rooms only (%" PRIu64 " rounds)",
+          bus_backfill_rounds(k->b));
+    CHECK(el < 1600, "round 2 right after round 1 (at the first tick, 1000 ms), not a tick later: "
+          "%" PRIu64 " ms", el);
+    WAIT(rc_int("EXISTS chat:unstored") == 0, 2000);
+    CHECK(rc_int("EXISTS chat:unstored") == 0, "stale rooms dropped, the live pair forgotten");
+    spin(500);
+    CHECK(bus_backfill_rounds(k->b) == 2, "round 2 (not limited) not followed at once (%" PRIu64 ")",
+          bus_backfill_rounds(k->b));
+    node_free(k);
+    settle();
+}
+
+/* a round that met its room limit and failed (its check failed, or its
+ * settle got a Redis error reply) is followed at the next tick, not at
+ * once, and leaves no "more" behind: the next round, unlimited and
+ * settled, is not followed at once either */
+static void test_backfill_failed_round(int settle_error)
+{
+    char x[80], y[80], z[80];
+    mkroom(x, sizeof x, settle_error ? "bffailsx" : "bffailcx");
+    mkroom(y, sizeof y, settle_error ? "bffailsy" : "bffailcy");
+    mkroom(z, sizeof z, settle_error ? "bffailsz" : "bffailcz");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    uns_add(x, 1, "1");
+    uns_add(y, 2, "1");
+    uns_add(z, 3, "1");
+    /* a tick every 1000 ms; 2 rooms per round: round 1 lists x and y, z is more */
+    node *k = node_new_checking_opts("K", rurl, 1000, 2000, 2, 0);
+    if (settle_error) k->check_hold = 1; else k->check_fail = 1;
+    uint64_t lr0 = counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"");
+    WAIT(k->nchecks >= 1, 4000);
+    CHECK(k->nchecks == 1 && k->check_sizes[0] == 2, "round 1 checks x and y");
+    if (settle_error) {
+        CHECK(k->held_check != NULL, "check held");
+        /* x's set is not a set any more: the settle script fails (WRONGTYPE) */
+        rc_int("DEL chat:{%s}:unstored", x);
+        rc_int("SET chat:{%s}:unstored garbage", x);
+        check_answer_held(k);
+        WAIT(bus_backfill_settles(k->b) >= 1, 2000);
+        spin(50);
+        CHECK(bus_backfill_settles(k->b) == 1 && k->nuns == 0, "the settle was sent and failed");
+        rc_int("DEL chat:{%s}:unstored", x);
+        uns_add(x, 1, "1");
+    }
+    uint64_t t1 = mono_ms();
+    CHECK(counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"") == lr0 + 1,
+          "round 1 counted as limited");
+    /* only x is left: the next round is not limited */
+    rc_int("DEL chat:{%s}:unstored chat:{%s}:unstored", y, z);
+    rc_int("ZREM chat:unstored %s %s", y, z);
+    k->check_fail = 0;
+    k->check_all_stored = 1;
+    WAIT(k->nchecks >= 2, 3000);
+    CHECK(k->nchecks == 2 && k->check_sizes[1] == 1, "round 2 checks x only");
+    CHECK(bus_backfill_rounds(k->b) == 2 && mono_ms() - t1 >= 500,
+          "the failed round is followed at the next tick (%" PRIu64 " ms later)", mono_ms() - t1);
+    WAIT(rc_int("EXISTS chat:unstored") == 0, 2000);
+    CHECK(rc_int("EXISTS chat:unstored") == 0, "x forgotten");
+    spin(500);
+    CHECK(bus_backfill_rounds(k->b) == 2, "round 2 (not limited) not followed at once (%" PRIu64
+          " rounds)", bus_backfill_rounds(k->b));
+    CHECK(counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"") == lr0 + 1,
+          "round 2 not counted as limited");
+    node_free(k);
+    settle();
+}
+
+/* a round is limited only when there really is more: exactly the limits
+ * (2 rooms, 3 seqs in one) is one round, not counted as limited and not
+ * followed at once; one more room and one more seq (3 rooms, 4 seqs in
+ * one) is one limited round of each kind, then one more round for the rest */
+static void test_backfill_limit_exact(void)
+{
+    char x[80], y[80], x2[80], y2[80], z2[80];
+    mkroom(x, sizeof x, "bfexactx");
+    mkroom(y, sizeof y, "bfexacty");
+    mkroom(x2, sizeof x2, "bfexactx2");
+    mkroom(y2, sizeof y2, "bfexacty2");
+    mkroom(z2, sizeof z2, "bfexactz2");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    uns_add(x, 1, "1");
+    uns_add(x, 1, "2");
+    uns_add(x, 1, "3");
+    uns_add(y, 2, "1");
+    uint64_t c0 = counter("chat_bus_backfill_checked_total");
+    uint64_t lr0 = counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"");
+    uint64_t lp0 = counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"");
+    node *k = node_new_checking_opts("K", rurl, 1000, 2000, 2, 3);
+    k->check_all_stored = 1;
+    WAIT(rc_int("EXISTS chat:unstored") == 0, 4000);
+    CHECK(rc_int("EXISTS chat:unstored") == 0 && k->nchecks == 1 && k->check_sizes[0] == 4,
+          "exactly the limits: one round of 4 pairs");
+    spin(500);
+    CHECK(bus_backfill_rounds(k->b) == 1, "not followed at once (%" PRIu64 " rounds)",
+          bus_backfill_rounds(k->b));
+    CHECK(counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"") == lr0 &&
+              counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"") == lp0,
+          "not counted as limited (rooms +%" PRIu64 ", per_room +%" PRIu64 ")",
+          counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"") - lr0,
+          counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"") - lp0);
+    CHECK(counter("chat_bus_backfill_checked_total") - c0 == 4, "4 pairs counted");
+    /* one more of each */
+    for (int s = 1; s <= 4; s++) {
+        char m[8];
+        snprintf(m, sizeof m, "%d", s);
+        uns_add(x2, 1, m);
+    }
+    uns_add(y2, 2, "1");
+    uns_add(z2, 3, "1");
+    WAIT(rc_int("EXISTS chat:unstored") == 0, 4000);
+    CHECK(rc_int("EXISTS chat:unstored") == 0 && k->nchecks == 3 && k->check_sizes[1] == 4 &&
+              k->check_sizes[2] == 2, "x2 1-3 and y2, then x2 4 and z2 (%d checks)", k->nchecks);
+    spin(500);
+    CHECK(bus_backfill_rounds(k->b) == 3, "3 rounds (%" PRIu64 ")", bus_backfill_rounds(k->b));
+    CHECK(counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"") == lr0 + 1 &&
+              counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"") == lp0 + 1,
+          "one limited round of each kind (rooms +%" PRIu64 ", per_room +%" PRIu64 ")",
+          counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"rooms\"") - lr0,
+          counter_l("chat_bus_backfill_rounds_limited_total", "limit=\"per_room\"") - lp0);
+    CHECK(counter("chat_bus_backfill_checked_total") - c0 == 10, "10 pairs counted");
+    node_free(k);
+    settle();
+}
+
+/* chat_bus_backfill_checked_total counts the pairs asked of history: a
+ * malformed member listed by the sweep (not a seq) is skipped, not counted;
+ * a limited round that listed only malformed members made no progress: it
+ * is not followed at once (that would sweep in a loop) */
+static void test_backfill_checked_wellformed(void)
+{
+    char m[80];
+    mkroom(m, sizeof m, "bfmal");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    uns_add(m, 1, "1");
+    uns_add(m, 1, "bogus");
+    uns_add(m, 1, "bogus2");
+    uint64_t c0 = counter("chat_bus_backfill_checked_total");
+    /* a tick every 300 ms, 1 seq per room and round: "1", then "bogus"
+     * (limited: "bogus2" is left) for ever */
+    node *k = node_new_checking_opts("K", rurl, 1000, 600, 0, 1);
+    k->check_all_stored = 1;
+    WAIT(rc_int("ZSCORE chat:{%s}:unstored 1", m) == 0, 3000);
+    CHECK(k->nchecks == 1 && k->check_sizes[0] == 1 && asked_count(k, m, 1) == 1,
+          "the well-formed pair asked");
+    CHECK(counter("chat_bus_backfill_checked_total") - c0 == 1, "one pair counted (%" PRIu64 ")",
+          counter("chat_bus_backfill_checked_total") - c0);
+    uint64_t r0 = bus_backfill_rounds(k->b), t0 = mono_ms();
+    spin(700);
+    uint64_t rounds = bus_backfill_rounds(k->b) - r0, el = mono_ms() - t0;
+    CHECK(rounds <= el / 300 + 2, "rounds of malformed members only: one per tick (%" PRIu64
+          " in %" PRIu64 " ms)", rounds, el);
+    CHECK(k->nchecks == 1 && counter("chat_bus_backfill_checked_total") - c0 == 1,
+          "no check of malformed members, none counted");
+    node_free(k);
+    rc_int("DEL chat:{%s}:unstored chat:unstored", m);
+    settle();
+}
+
+/* a settle of two calls (500 pairs of one room, 1 of another): the second
+ * fails (a Redis error reply) while the first is applied; the failed one's
+ * pair is asked again by the next round, and the sweeper goes on */
+static void test_backfill_settle_chunk_fails(void)
+{
+    char r1[80], r2[80];
+    mkroom(r1, sizeof r1, "bfcf1");
+    mkroom(r2, sizeof r2, "bfcf2");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    for (int s = 1; s <= BUS_SETTLE_CHUNK; s++) {
+        char mem[16];
+        snprintf(mem, sizeof mem, "%d", s);
+        uns_add(r1, 1, mem);
+    }
+    uns_add(r2, 2, "1");
+    node *k = node_new_checking_opts("K", rurl, 1000, 600, 0, 1000);
+    k->check_hold = 1;
+    k->check_all_stored = 1;
+    WAIT(k->held_check != NULL, 3000);
+    CHECK(k->held_check && k->held_n == BUS_SETTLE_CHUNK + 1, "one round of %d pairs (%zu)",
+          BUS_SETTLE_CHUNK + 1, k->held_n);
+    rc_int("DEL chat:{%s}:unstored", r2);
+    rc_int("SET chat:{%s}:unstored garbage", r2);
+    check_answer_held(k);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", r1) == 0, 2000);
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", r1) == 0 && bus_backfill_settles(k->b) == 2,
+          "two settles sent, the first applied (%" PRIu64 ")", bus_backfill_settles(k->b));
+    spin(50);
+    redisReply *g = rc("GET chat:{%s}:unstored", r2);
+    CHECK(g && g->type == REDIS_REPLY_STRING && strcmp(g->str, "garbage") == 0,
+          "the second failed (nothing changed)");
+    if (g) freeReplyObject(g);
+    /* r2 recorded again: the next round asks it and settles it */
+    rc_int("DEL chat:{%s}:unstored", r2);
+    uns_add(r2, 2, "1");
+    WAIT(rc_int("EXISTS chat:unstored") == 0, 3000);
+    CHECK(rc_int("EXISTS chat:unstored") == 0 && k->nchecks >= 2 && k->check_sizes[1] == 1,
+          "the next round settles r2 (%d checks)", k->nchecks);
+    CHECK(k->nuns == 0, "nothing offered");
+    node_free(k);
+    settle();
+}
+
+/* a mark that forgets a pair while the round's check is in flight: the
+ * settle skips it (neither offered nor counted lost); the other missing
+ * pair of the round is offered */
+static void test_backfill_settle_after_mark(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "bfmarked");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    node *a = ready(node_new_checking("A", rurl, 60000));
+    pub_many(a, room, 2);
+    spin(650);
+    uint64_t lost0 = counter("chat_bus_backfill_lost_total");
+    node *k = node_new_checking("K", rurl, 600);
+    k->check_hold = 1;
+    WAIT(k->held_check != NULL, 3000);
+    CHECK(k->held_check && k->held_n == 2, "the round lists seqs 1 and 2 (%zu)", k->held_n);
+    mark(a, room, 1);
+    WAIT(rc_int("ZSCORE chat:{%s}:unstored 1", room) == 0, 2000);
+    CHECK(rc_int("ZCARD chat:{%s}:unstored", room) == 1, "seq 1 marked meanwhile");
+    check_answer_held(k); /* history holds neither */
+    WAIT(uns_count(k, room, 2) >= 1, 2000);
+    spin(50);
+    CHECK(uns_count(k, room, 2) == 1 && uns_count(k, room, 1) == 0 && k->nuns == 1,
+          "seq 2 offered, seq 1 skipped");
+    CHECK(counter("chat_bus_backfill_lost_total") == lost0, "nothing counted lost");
+    mark(a, room, 2);
+    WAIT(rc_int("EXISTS chat:{%s}:unstored", room) == 0, 2000);
+    node_free(a);
+    node_free(k);
     settle();
 }
 
@@ -2185,6 +2449,13 @@ int main(void)
         test_backfill_slow_check();
         test_backfill_limits();
         test_backfill_settle_chunks();
+        test_backfill_zero_pair_round();
+        test_backfill_failed_round(0);
+        test_backfill_failed_round(1);
+        test_backfill_limit_exact();
+        test_backfill_checked_wellformed();
+        test_backfill_settle_chunk_fails();
+        test_backfill_settle_after_mark();
         test_seed_redis();
         test_seed_resync();
         test_seed_behind();
