@@ -233,7 +233,9 @@ static int mem_apply(pstore *s, const pstore_op *ops, size_t n)
 }
 
 /* The caller frees the slot: a record still there (an entry this store
- * holds, maybe with its user's count) moves to a block of its own. */
+ * holds, maybe with its user's count) moves to a block of its own. Never
+ * inside mem_apply or mem_sweep (see pstore_vt.release), so no walk holds
+ * the record and the room may go. */
 static void mem_release(pstore *s, const char *room, const char *member, void *slot)
 {
     (void)s;

@@ -57,8 +57,10 @@ typedef struct pstore_vt {
     void (*free)(pstore *s);
     /* The slot given with an upsert of (room, member) is going away (the
      * caller frees its entry): the store stops using it (copies what it
-     * still needs). A slot the store no longer holds is a no-op. NULL
-     * when slot_size is 0. */
+     * still needs). A slot the store no longer holds is a no-op. Never
+     * called from inside the store's apply or sweep (presence.c frees an
+     * entry a transition handler removed after the call returns), nor
+     * does it call the sink. NULL when slot_size is 0. */
     void (*release)(pstore *s, const char *room, const char *member, void *slot);
     size_t slot_size;          /* 0: the store takes no slots */
 } pstore_vt;
