@@ -654,7 +654,7 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
             q += nl;
         }
         e->member = memcpy(q, member, ml + 1);
-        e->user = e->member + ml - ul;
+        e->user = (char *)pstore_user_tail(e->member, ml, user, ul);   /* never NULL: "node|conn|user" */
         if (same) e->name = e->user;
         if (hmap_put(&p->entries, e->key, e) < 0) { free(e); return; }
     }

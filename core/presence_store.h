@@ -12,6 +12,7 @@
 #define CHATD_PRESENCE_STORE_H
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <uv.h>
 #include "presence.h"
 
@@ -30,6 +31,15 @@ typedef struct pstore_op {
     const char *name;
     void *slot;
 } pstore_op;
+
+/* The user at the tail of member (ml, ul: their lengths): member + ml - ul
+ * when member ends with "|" user (presence.c's members always do), else
+ * NULL. A store keeps the user there instead of a copy. */
+static inline const char *pstore_user_tail(const char *member, size_t ml, const char *user, size_t ul)
+{
+    if (ml <= ul || member[ml - ul - 1] != '|' || memcmp(member + ml - ul, user, ul) != 0) return NULL;
+    return member + ml - ul;
+}
 
 typedef struct pstore_sink {
     void (*transition)(void *ud, const char *room, const char *event,
