@@ -12,6 +12,7 @@
 #include "chat_admit.h"
 #include "chat_hold.h"
 #include "check.h"
+#include "series.h"
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
@@ -32,19 +33,6 @@ int __wrap_lws_callback_on_writable(struct lws *wsi);
 int __wrap_lws_callback_on_writable(struct lws *wsi) { (void)wsi; return 0; }
 int __wrap_uconns_enabled(void);
 int __wrap_uconns_enabled(void) { return 1; }
-
-/* The value of one series in the exposition, -1 when absent. */
-static double series(const char *name_labels)
-{
-    size_t len;
-    char *t = metrics_render(&len);
-    double v = -1;
-    size_t n = strlen(name_labels);
-    for (const char *p = t; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (strncmp(p, name_labels, n) == 0 && p[n] == ' ') { v = strtod(p + n + 1, NULL); break; }
-    free(t);
-    return v;
-}
 
 static double oom_count(void) { return series("chat_ws_server_errors_total{reason=\"out_of_memory\"}"); }
 
@@ -75,27 +63,22 @@ static void check_oom_close(conn *c, double before, const char *what)
 static int always_waiting(const conn *c) { (void)c; return 1; }
 static void no_process(conn *c, const char *d, size_t n) { (void)c; (void)d; (void)n; }
 
-static void test_hold_record(void)
+/* chat_hold_frame while a join runs, with the next call of *armed failing:
+ * calloc (the connection's hold record) or malloc (the held frame, after
+ * its record was made) */
+static void hold_oom(int *armed, const char *what)
 {
     conn *c = new_conn();
     double before = oom_count();
-    af_fail_calloc = 1;
-    CHECK(chat_hold_frame(c, "{}", 2) == 1, "the frame is taken (and dropped)");
-    af_fail_calloc = 0;
-    check_oom_close(c, before, "hold record");
+    *armed = 1;
+    CHECK(chat_hold_frame(c, "{}", 2) == 1, "%s: the frame is taken (and dropped)", what);
+    *armed = 0;
+    check_oom_close(c, before, what);
     free_conn(c);
 }
 
-static void test_held_frame(void)
-{
-    conn *c = new_conn();
-    double before = oom_count();
-    af_fail_malloc = 1;     /* the record is calloc'd: the frame's malloc fails */
-    CHECK(chat_hold_frame(c, "{}", 2) == 1, "the frame is taken (and dropped)");
-    af_fail_malloc = 0;
-    check_oom_close(c, before, "held frame");
-    free_conn(c);
-}
+static void test_hold_record(void) { hold_oom(&af_fail_calloc, "hold record"); }
+static void test_held_frame(void) { hold_oom(&af_fail_malloc, "held frame"); }
 
 static void test_admit_record(void)
 {

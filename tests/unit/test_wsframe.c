@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include "wsframe.h"
 #include "check.h"
+#include "series.h"
 #include "metrics.h"
 #include "wsread.h"
 
@@ -190,19 +191,6 @@ static void test_violations(void)
     expect(b, n, 200, 1009, "fragments adding up over the limit");
     n = frame(b, WSF_BINARY, "", 0, 1, 0, 1, (uint64_t)1 << 63);
     expect(b, n, 1000, 1002, "length with the top bit set");
-}
-
-/* The value of one series in the exposition, -1 when absent. */
-static double series(const char *name_labels)
-{
-    size_t len;
-    char *t = metrics_render(&len);
-    double v = -1;
-    size_t n = strlen(name_labels);
-    for (const char *p = t; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (strncmp(p, name_labels, n) == 0 && p[n] == ' ') { v = strtod(p + n + 1, NULL); break; }
-    free(t);
-    return v;
 }
 
 static void test_failure_metrics(void)
