@@ -212,6 +212,10 @@ static void answer_json(api_req *r, char *body, size_t len)
 static void on_published(void *ud, const publish_result *res)
 {
     api_req *r = ud;
+    if (res->status == PUBLISH_UNSTORABLE) {
+        answer_error(r, 400, "bad_request", "the message cannot be stored in history; do not retry");
+        return;
+    }
     if (res->status != PUBLISH_OK) {
         const char *why = res->status == PUBLISH_BUS_DOWN ? "message bus unavailable"
                         : res->status == PUBLISH_BACKLOG ? "history store backlog full"
@@ -477,6 +481,10 @@ static void on_deleted(void *ud, const publish_result *res)
     api_req *r = ud;
     if (res->status == PUBLISH_NOT_FOUND) {
         answer_error(r, 404, "not_found", "no such message (unknown seq, an update, or deleted)");
+        return;
+    }
+    if (res->status == PUBLISH_UNSTORABLE) {
+        answer_error(r, 400, "bad_request", "the delete cannot be stored in history; do not retry");
         return;
     }
     if (res->status != PUBLISH_OK) {

@@ -66,7 +66,7 @@ void chat_admit_start(conn *c, const char *epoch)
     admit_key(c, key);
     if (!a || hmap_put(&g_admits, key, a) < 0) {
         free(a);
-        conn_close(c, 1011, "out of memory");
+        conn_close_oom(c);
         return;
     }
     a->c = c;

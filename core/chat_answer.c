@@ -53,6 +53,9 @@ void chat_publish_answer(conn *c, const publish_result *r)
     case PUBLISH_RATE_LIMITED:
         conn_send_error(c, "rate_limited", "too many messages, slow down", r->id);
         return;
+    case PUBLISH_UNSTORABLE:
+        conn_send_error(c, "bad_request", "the message cannot be stored in history; do not resend", r->id);
+        return;
     case PUBLISH_BUS_DOWN: why = "message bus unavailable; resend with the same id"; break;
     case PUBLISH_BACKLOG: why = "history store backlog full; resend with the same id"; break;
     case PUBLISH_CONFLICT: why = "seq conflict in history; resend with the same id"; break;

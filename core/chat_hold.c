@@ -157,7 +157,7 @@ int chat_hold_frame(conn *c, const char *data, size_t len)
         h = calloc(1, sizeof *h);
         if (!h || hmap_put(&g_holds, key, h) < 0) {
             free(h);
-            conn_close(c, 1011, "out of memory");
+            conn_close_oom(c);
             return 1;
         }
         h->c = c;
@@ -171,7 +171,7 @@ int chat_hold_frame(conn *c, const char *data, size_t len)
     }
     held_frame *f = malloc(sizeof *f + len);
     if (!f) {
-        conn_close(c, 1011, "out of memory");
+        conn_close_oom(c);
         return 1;
     }
     f->next = NULL;

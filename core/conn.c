@@ -40,6 +40,7 @@ static uint64_t g_next_id;
 static metric_counter *m_deliveries, *m_slow, *m_writev;
 static metric_hist *m_lag, *m_qwait;
 static metric_gauge *m_open, *m_rings;
+static metric_counter *m_oom;
 
 void conn_metrics_init(void)
 {
@@ -57,6 +58,9 @@ void conn_metrics_init(void)
     m_open = metrics_gauge("chat_connections_open", "Open WebSocket connections", NULL);
     m_rings = metrics_gauge("chat_outq_rings", "Connections whose outbound queue holds a grown ring "
                             "(after the last once-a-second trim)", NULL);
+    m_oom = metrics_counter("chat_ws_server_errors_total",
+                            "Connections closed with 1011 for a failure of ours (not the client's)",
+                            "reason=\"out_of_memory\"");
 }
 
 /* ---- the lists a connection is on: the node is in the connection ------- */
@@ -294,6 +298,14 @@ void conn_fail(conn *c, uint16_t code, const char *reason)
     c->flags |= CONN_PEER_CLOSED;       /* drop once the close frame is out */
     if (HAS(c, CONN_CLOSE_SENT)) conn_kill(c);
     else conn_close_now(c, code, reason);
+}
+
+void conn_close_oom(conn *c)
+{
+    conn_metrics_init();
+    metric_inc(m_oom);
+    LOGW("conn", "conn %llu user %s: out of memory, closing 1011", (unsigned long long)c->id, c->ident.user);
+    conn_fail(c, 1011, "out of memory");
 }
 
 int conn_peer_close(conn *c, uint16_t code)

@@ -112,6 +112,12 @@ void conn_close_after_flush(conn *c, uint16_t code, const char *reason);
  * message): closes now with code and drops the socket as soon as the close
  * frame is out, without waiting for the peer's answer. */
 void conn_fail(conn *c, uint16_t code, const char *reason);
+/* Our failure serving the connection (an allocation for it failed: its
+ * input's buffers in wsread/wsframe, a join's hold or admission in chat):
+ * fails it with 1011 "out of memory" (as conn_fail) and counts it in
+ * chat_ws_server_errors_total{reason="out_of_memory"}, the one place that
+ * counts a 1011. */
+void conn_close_oom(conn *c);
 /* The peer's close frame arrived (code: its code, 1000 when it gave none):
  * answered with the same code and dropped (or dropped at once when it
  * answers ours). Returns -1 when the connection is done (stop reading). */

@@ -74,6 +74,7 @@ struct presence {
     uv_timer_t flush_t, sweep_t;
     int flush_armed;                /* 0, FLUSH_NOW or FLUSH_LATER (refreshes only) */
     int busy;                       /* inside a store call from our timers */
+    struct lentry *dead;            /* entries freed while busy (entry_free), via dnext */
     int freeing, torn;
     int nclosing;
     struct presence *lprev, *lnext; /* live instances (the users gauge) */
@@ -260,19 +261,33 @@ static void release_slot(presence *p, lentry *e)
         p->store->vt->release(p->store, e->room, e->member, (char *)e + e->slot_off);
 }
 
-static int free_entry_fn(void *ud, const char *k, void *v)
+/* Frees an entry block (out of the table, not dirty). While a store call
+ * of ours runs (busy: a transition handler removed the entry and its
+ * remove could not be queued) it waits in p->dead until the call returns:
+ * the store may be walking the record in its slot (the memory store's
+ * sweep) and the batch's ops may point at its strings. */
+static void entry_free(presence *p, lentry *e)
 {
-    lentry *e = v;
-    release_slot(ud, e);
+    if (p->busy) {
+        e->dnext = p->dead;
+        p->dead = e;
+        return;
+    }
+    release_slot(p, e);
     if (e->own_strs) { free(e->room); free(e->user); free(e->name); free(e->member); }
     free(e);
+}
+
+static int free_entry_fn(void *ud, const char *k, void *v)
+{
+    entry_free(ud, v);
     return 1;
 }
 
 static void free_removes(presence *p, premove *rm, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (rm[i].owner) { free_entry_fn(p, NULL, rm[i].owner); continue; }
+        if (rm[i].owner) { entry_free(p, rm[i].owner); continue; }
         free(rm[i].room); free(rm[i].member); free(rm[i].user); free(rm[i].name);
     }
 }
@@ -315,9 +330,16 @@ void presence_free(presence *p)
     if (!p->busy) teardown(p);   /* else the running timer callback does it */
 }
 
+/* The store call is over: the entries freed meanwhile go now. */
 static void leave_busy(presence *p)
 {
-    if (--p->busy == 0 && p->freeing) teardown(p);
+    if (--p->busy > 0) return;
+    while (p->dead) {
+        lentry *e = p->dead;
+        p->dead = e->dnext;
+        entry_free(p, e);
+    }
+    if (p->freeing) teardown(p);
 }
 
 /* ---- the per-tick flush ---- */
@@ -541,7 +563,7 @@ void presence_remove(presence *p, const char *room, uint64_t conn_id)
             return;
         }
     }
-    free_entry_fn(p, NULL, e);
+    entry_free(p, e);
 }
 
 static void add_entry(presence *p, const char *key, const char *room, uint64_t conn_id, const char *user,
@@ -632,7 +654,7 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
             q += nl;
         }
         e->member = memcpy(q, member, ml + 1);
-        e->user = e->member + ml - ul;
+        e->user = (char *)pstore_user_tail(e->member, ml, user, ul);   /* never NULL: "node|conn|user" */
         if (same) e->name = e->user;
         if (hmap_put(&p->entries, e->key, e) < 0) { free(e); return; }
     }

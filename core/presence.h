@@ -32,7 +32,9 @@ typedef struct presence_opts {
 typedef struct presence_user { const char *user; const char *name; } presence_user;
 
 typedef struct presence_handlers {
-    /* This node must announce a transition: event is "join" or "leave". */
+    /* This node must announce a transition: event is "join" or "leave".
+     * It may call this instance's functions (an entry it removes is freed
+     * once the store call returns); not presence_free of another instance. */
     void (*on_transition)(void *ud, const char *room, const char *event,
                           const char *user, const char *name);
 } presence_handlers;

@@ -78,7 +78,7 @@ static int mem_ready(pstore *s) { return 1; }
 static mrec *rec_alloc(const char *member, const char *user, const char *name)
 {
     size_t ul = strlen(user), ml = member ? strlen(member) : 0, nl = strlen(name);
-    int tail = member && ml > ul && member[ml - ul - 1] == '|' && strcmp(member + ml - ul, user) == 0;
+    int tail = member && pstore_user_tail(member, ml, user, ul);
     int same = strcmp(name, user) == 0;
     size_t sz = sizeof(mrec) + (member ? ml + 1 : 0) + (member && tail ? 0 : ul + 1) + (same ? 0 : nl + 1);
     if (sz > INT32_MAX || ml + 1 > UINT16_MAX) return NULL;   /* uoff is 16-bit */
@@ -148,8 +148,9 @@ static void user_move(mroom *r, mrec *c)
     hmap_put(&r->users, MR_USER(nu), nu);   /* replaces c (same key) */
 }
 
-/* c leaves its user's count: report leave when it was the last. */
-static void user_dec(pstore *s, mroom *r, const char *room, mrec *c)
+/* c leaves its user's count: when it was the last the user goes, with a
+ * leave when announce. */
+static void user_dec(pstore *s, mroom *r, const char *room, mrec *c, int announce)
 {
     mrec *u = hmap_get(&r->users, MR_USER(c));
     if (!u) return;
@@ -158,7 +159,7 @@ static void user_dec(pstore *s, mroom *r, const char *room, mrec *c)
         return;
     }
     hmap_del(&r->users, MR_USER(u));
-    s->sink->transition(s->ud, room, "leave", MR_USER(u), MR_NAME(u));
+    if (announce) s->sink->transition(s->ud, room, "leave", MR_USER(u), MR_NAME(u));
     if (u != c && u->owned && !u->is_conn) free(u);
 }
 
@@ -174,7 +175,7 @@ static void room_drop_if_empty(const char *room, mroom *r)
  * drops, then it is freed (if it is ours). */
 static void conn_gone(pstore *s, mroom *r, const char *room, mrec *c)
 {
-    user_dec(s, r, room, c);
+    user_dec(s, r, room, c, 1);
     c->is_conn = 0;
     if (c->owned) free(c);
 }
@@ -196,9 +197,8 @@ static int mem_apply_room(pstore *s, const char *room, const pstore_op *ops, siz
         if (o->op == 'u') {
             if (c) { c->exp = exp; continue; }
             const char *nm = o->name ? o->name : o->user;
-            size_t ml = strlen(o->member), ul = strlen(o->user);
-            int tail = ml > ul && o->member[ml - ul - 1] == '|' && strcmp(o->member + ml - ul, o->user) == 0;
-            c = o->slot && tail ? rec_in_slot(o->slot, o->member, o->member + ml - ul, nm) : NULL;
+            const char *tail = pstore_user_tail(o->member, strlen(o->member), o->user, strlen(o->user));
+            c = o->slot && tail ? rec_in_slot(o->slot, o->member, tail, nm) : NULL;
             if (!c && !(c = rec_alloc(o->member, o->user, nm))) continue;
             c->exp = exp;
             c->is_conn = 1;
@@ -233,10 +233,11 @@ static int mem_apply(pstore *s, const pstore_op *ops, size_t n)
 }
 
 /* The caller frees the slot: a record still there (an entry this store
- * holds, maybe with its user's count) moves to a block of its own. */
+ * holds, maybe with its user's count) moves to a block of its own. Never
+ * inside mem_apply or mem_sweep (see pstore_vt.release), so no walk holds
+ * the record and the room may go. */
 static void mem_release(pstore *s, const char *room, const char *member, void *slot)
 {
-    (void)s;
     mroom *r = hmap_get(&g_mem.rooms, room);
     mrec *c = r ? hmap_get(&r->conns, member) : NULL;
     if (!c || (void *)c != slot) return;
@@ -245,13 +246,7 @@ static void mem_release(pstore *s, const char *room, const char *member, void *s
         /* out of memory: the entry is forgotten without a leave (release
          * never calls back); the user's count drops */
         hmap_del(&r->conns, member);
-        mrec *u = hmap_get(&r->users, MR_USER(c));
-        if (u && --u->count == 0) {
-            hmap_del(&r->users, MR_USER(c));
-            if (u != c && u->owned && !u->is_conn) free(u);
-        } else if (u == c) {
-            user_move(r, c);
-        }
+        user_dec(s, r, room, c, 0);
         room_drop_if_empty(room, r);
         return;
     }

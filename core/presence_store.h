@@ -12,6 +12,7 @@
 #define CHATD_PRESENCE_STORE_H
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <uv.h>
 #include "presence.h"
 
@@ -30,6 +31,15 @@ typedef struct pstore_op {
     const char *name;
     void *slot;
 } pstore_op;
+
+/* The user at the tail of member (ml, ul: their lengths): member + ml - ul
+ * when member ends with "|" user (presence.c's members always do), else
+ * NULL. A store keeps the user there instead of a copy. */
+static inline const char *pstore_user_tail(const char *member, size_t ml, const char *user, size_t ul)
+{
+    if (ml <= ul || member[ml - ul - 1] != '|' || memcmp(member + ml - ul, user, ul) != 0) return NULL;
+    return member + ml - ul;
+}
 
 typedef struct pstore_sink {
     void (*transition)(void *ud, const char *room, const char *event,
@@ -57,8 +67,10 @@ typedef struct pstore_vt {
     void (*free)(pstore *s);
     /* The slot given with an upsert of (room, member) is going away (the
      * caller frees its entry): the store stops using it (copies what it
-     * still needs). A slot the store no longer holds is a no-op. NULL
-     * when slot_size is 0. */
+     * still needs). A slot the store no longer holds is a no-op. Never
+     * called from inside the store's apply or sweep (presence.c frees an
+     * entry a transition handler removed after the call returns), nor
+     * does it call the sink. NULL when slot_size is 0. */
     void (*release)(pstore *s, const char *room, const char *member, void *slot);
     size_t slot_size;          /* 0: the store takes no slots */
 } pstore_vt;

@@ -155,6 +155,22 @@ static void on_stored(void *ud, int status)
     }
 }
 
+/* The published row goes to the store; on_stored answers. Refused now: the
+ * backlog is full (resend), or the row can never be stored: the bus's
+ * sweeper is told not to offer it again (as publish_bus_unstored does). */
+static void stored_write(publish_op *p, const store_row *row)
+{
+    int rc = store_write(P.store, row, on_stored, p);
+    if (rc == -3) {
+        LOGW(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a number "
+             "over 2^63-1): refused", p->room, row->seq);
+        bus_mark_stored(P.bus, p->room, row->seq);
+        finish(p, PUBLISH_UNSTORABLE);
+    } else if (rc < 0) {
+        finish(p, PUBLISH_BACKLOG);
+    }
+}
+
 static void on_published(void *ud, int status, uint64_t seq, int duplicate)
 {
     publish_op *p = ud;
@@ -173,7 +189,7 @@ static void on_published(void *ud, int status, uint64_t seq, int duplicate)
     store_row row = {.room = p->room, .seq = seq, .client_id = p->id, .user = p->user,
                      .name = p->name, .body = p->body, .body_len = p->body_len, .ts = p->ts,
                      .meta = p->meta, .meta_len = p->meta_len};
-    if (store_write(P.store, &row, on_stored, p) < 0) finish(p, PUBLISH_BACKLOG);
+    stored_write(p, &row);
 }
 
 /* The op is built: hand it to the bus. 0 or -1 (the op is freed). */
@@ -344,7 +360,7 @@ static void on_update_published(void *ud, int status, uint64_t seq, int duplicat
                      .kind = p->kind, .target = p->target,
                      .emoji = p->kind == WIRE_REACT ? p->emoji : NULL, .on = p->on,
                      .count = count};
-    if (store_write(P.store, &row, on_stored, p) < 0) finish(p, PUBLISH_BACKLOG);
+    stored_write(p, &row);
 }
 
 static void on_seed_reactions(void *ud, int status, int deleted, const char *const *emoji,

@@ -38,6 +38,9 @@ enum {
     PUBLISH_REFUSED = -6,     /* the policy step said no: result code and reason */
     PUBLISH_NOOP = -7,        /* a react that changes nothing (already on / not on) */
     PUBLISH_RATE_LIMITED = -8,/* the user's cluster-wide message rate (no seq) */
+    PUBLISH_UNSTORABLE = -9,  /* a seq was assigned, but history can never hold the row
+                               * (store_write -3: not UTF-8, a number over 2^63-1): never
+                               * acked; a resend would meet the same (answer bad_request) */
 };
 
 typedef struct publish_msg {

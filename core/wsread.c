@@ -24,7 +24,6 @@ static unsigned char g_buf[32768];
 
 static metric_counter *m_err[3];   /* 1002, 1007, 1009 */
 static metric_counter *m_too_big;
-static metric_counter *m_oom;      /* 1011: ours, not the client's */
 
 void wsread_metrics_init(void)
 {
@@ -37,14 +36,12 @@ void wsread_metrics_init(void)
                                    "Connections failed for a client framing error, by close code", l);
     }
     m_too_big = metrics_counter("chat_drops_total", NULL, "reason=\"frame_too_large\"");
-    m_oom = metrics_counter("chat_ws_server_errors_total",
-                            "Connections closed with 1011 for a failure of ours while reading them",
-                            "reason=\"out_of_memory\"");
+    conn_metrics_init();   /* chat_ws_server_errors_total (conn_close_oom) */
 }
 
 void wsread_count_failure(int code)
 {
-    if (code == 1011) { metric_inc(m_oom); return; }   /* the parser's buffer: not a client error */
+    if (code == 1011) return;   /* ours, not the client's: conn_close_oom counts it */
     metric_inc(m_err[code == 1007 ? 1 : code == 1009 ? 2 : 0]);
     if (code == 1009) metric_inc(m_too_big);
 }
@@ -72,9 +69,10 @@ int wsread_data(void *ud, const unsigned char *p, size_t n, int final, int binar
     if (c->rx_len + n > c->rx_cap) {
         size_t nc = c->rx_cap ? c->rx_cap : 1024;
         while (nc < c->rx_len + n) nc *= 2;
-        if (nc > UINT32_MAX) return -1;   /* not with CHAT_MAX_FRAME <= 1 GiB */
-        unsigned char *nb = realloc(c->rx, nc);
-        if (!nb) { metric_inc(m_oom); return -1; }   /* closed 1011 by on_readable */
+        /* (over 32 bits: not with CHAT_MAX_FRAME <= 1 GiB) out of memory:
+         * 1011 like wsframe's control buffer; later input is moot */
+        unsigned char *nb = nc > UINT32_MAX ? NULL : realloc(c->rx, nc);
+        if (!nb) { conn_close_oom(c); return 0; }
         c->rx = nb;
         c->rx_cap = (uint32_t)nc;
     }
@@ -105,6 +103,7 @@ static const wsf_handlers H = {wsread_data, on_control};
 
 static void fail(conn *c, int code)
 {
+    if (code == 1011) { conn_close_oom(c); return; }   /* wsframe's control buffer */
     const char *why = c->rxp.reason ? c->rxp.reason : "protocol error";
     wsread_count_failure(code);
     LOGI("ws", "conn %llu user %s: %s, closing %d", (unsigned long long)c->id, c->ident.user, why, code);
@@ -129,8 +128,9 @@ static void on_readable(conn *c)
         }
         if (c->rxp.done) return;    /* after a close or a failure: discard */
         int r = wsf_feed(&c->rxp, g_buf, (size_t)n, &H, c);
+        /* r < 0: the peer's close answered ours and conn_peer_close
+         * dropped the connection (wsread_data never stops the parser) */
         if (r >= 1000) fail(c, r);
-        else if (r < 0) conn_close_now(c, 1011, "internal error");   /* nothing once ours is out */
         return;
     }
 }

@@ -8,7 +8,8 @@
  * bursts. What it reads becomes calls of conn.c and chat.c: a complete text
  * message -> chat_conn_frame (assembled in conn.rx; binary -> error
  * bad_request), ping -> pong, the peer's close -> conn_peer_close, a
- * framing error -> conn_fail (1002/1007/1009; 1011 when out of memory),
+ * framing error -> conn_fail (1002/1007/1009), a buffer for the input that
+ * cannot be allocated -> conn_close_oom (1011 "out of memory"),
  * EOF or a socket error -> conn_kill. Input is ignored once the connection is closing. While a
  * connection's input is paused (conn_rx_pause) its socket is out of the
  * set: nothing is read and nothing spins.
@@ -27,13 +28,16 @@ int wsread_attach(conn *c);
 /* Idempotent; called before the socket goes away. */
 void wsread_detach(conn *c);
 /* A chunk of a data message (the frame parser's callback; also used for
- * frames lws parsed before the connection was attached). 0 ok, -1 error. */
+ * frames lws parsed before the connection was attached). Returns 0: a
+ * buffer it cannot allocate closes the connection itself (conn_close_oom)
+ * and what follows is ignored, as on any closing connection. */
 int wsread_data(void *c, const unsigned char *p, size_t n, int final, int binary);
 /* Registers the protocol error metrics. */
 void wsread_metrics_init(void);
 /* Counts a failed connection by the close code wsframe answered: 1002,
- * 1007, 1009 in chat_ws_protocol_errors_total (the client's framing), 1011
- * (our buffer could not be allocated) in chat_ws_server_errors_total. */
+ * 1007, 1009 in chat_ws_protocol_errors_total (the client's framing); not
+ * 1011 (our buffer could not be allocated: conn_close_oom counts it in
+ * chat_ws_server_errors_total). */
 void wsread_count_failure(int code);
 
 #endif

@@ -7,3 +7,6 @@ target_sources(chatcore PRIVATE
   core/chat_hold.c core/chat_admit.c core/chat_join.c core/chat_fanout.c core/chat_update.c
   core/chat_answer.c
   core/publish.c core/wire.c core/lag.c)
+# publish.c against a fake store (the store_* functions it calls are the test's)
+chatd_unit_test(test_publish)
+target_link_options(test_publish PRIVATE -Wl,--wrap=store_write,--wrap=store_target,--wrap=store_reactions)

@@ -4,3 +4,5 @@ target_sources(chatcore PRIVATE
 chatd_unit_test(test_presence)
 add_executable(bench_presence loadtest/bench_presence.c)
 target_link_libraries(bench_presence PRIVATE chatcore)
+chatd_unit_test(test_presence_oom)
+chatd_alloc_fail(test_presence_oom)

@@ -1,0 +1,188 @@
+/* test_publish: publish.c's answer to what the store says about the row of
+ * a published message or update, over the in-process bus and a fake store
+ * (the test is linked with --wrap of store_write, store_target and
+ * store_reactions: the store functions publish.c calls come here; no
+ * Postgres). Covers: a row
+ * the store can never hold (store_write -3) is answered
+ * PUBLISH_UNSTORABLE, never "backlog full, resend" (a client would resend
+ * for ever), for a message and for an edit; a full backlog (-1) is still
+ * PUBLISH_BACKLOG; a committed row is PUBLISH_OK with its seq. */
+#define _GNU_SOURCE
+#include "publish.h"
+#include "check.h"
+#include "log.h"
+#include "metrics.h"
+#include "uvwait.h"
+#include "wire.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uv_loop_t *L;
+
+/* ---- the fake store ---- */
+static int g_write_rc;              /* what store_write answers now */
+static int g_writes;
+static uint64_t g_write_seq;
+static store_write_cb g_wcb;        /* a queued row's callback (rc 0) */
+static void *g_wud;
+static uv_timer_t g_later;
+
+static void commit_cb(uv_timer_t *t)
+{
+    (void)t;
+    store_write_cb cb = g_wcb;
+    g_wcb = NULL;
+    if (cb) cb(g_wud, 0);
+}
+
+int __wrap_store_write(store *s, const store_row *row, store_write_cb cb, void *ud);
+int __wrap_store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
+{
+    (void)s;
+    g_writes++;
+    g_write_seq = row->seq;
+    if (g_write_rc < 0) return g_write_rc;
+    g_wcb = cb;
+    g_wud = ud;
+    uv_timer_start(&g_later, commit_cb, 1, 0);   /* committed later, never from inside */
+    return 0;
+}
+
+/* every target is a stored message of alice's, not deleted */
+static store_target_cb g_tcb;
+static void *g_tud;
+static uv_timer_t g_target_t;
+
+static void target_cb(uv_timer_t *t)
+{
+    (void)t;
+    store_target_cb cb = g_tcb;
+    g_tcb = NULL;
+    if (cb) cb(g_tud, 1, WIRE_MESSAGE, "alice", 0);
+}
+
+int __wrap_store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud);
+int __wrap_store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud)
+{
+    (void)s; (void)room; (void)seq;
+    g_tcb = cb;
+    g_tud = ud;
+    uv_timer_start(&g_target_t, target_cb, 1, 0);
+    return 0;
+}
+
+/* every target has no reactions yet (the bus's seed of an update's state) */
+static store_reactions_cb g_rcb;
+static void *g_rud;
+static uv_timer_t g_react_t;
+
+static void reactions_cb(uv_timer_t *t)
+{
+    (void)t;
+    store_reactions_cb cb = g_rcb;
+    g_rcb = NULL;
+    if (cb) cb(g_rud, 0, 0, NULL, NULL, 0);
+}
+
+int __wrap_store_reactions(store *s, const char *room, uint64_t target, store_reactions_cb cb, void *ud);
+int __wrap_store_reactions(store *s, const char *room, uint64_t target, store_reactions_cb cb, void *ud)
+{
+    (void)s; (void)room; (void)target;
+    g_rcb = cb;
+    g_rud = ud;
+    uv_timer_start(&g_react_t, reactions_cb, 1, 0);
+    return 0;
+}
+
+/* ---- answers ---- */
+typedef struct answer { int done, status; uint64_t seq; } answer;
+
+static void on_done(void *ud, const publish_result *r)
+{
+    answer *a = ud;
+    a->done++;
+    a->status = r->status;
+    a->seq = r->seq;
+}
+
+static int publish_msg_now(const char *id, answer *a)
+{
+    memset(a, 0, sizeof *a);
+    publish_msg m = {.room = "lobby", .id = id, .user = "alice", .name = "Alice",
+                     .body = "hello", .body_len = 5};
+    int rc = publish_start(&m, NULL, on_done, a);
+    if (rc == 0) WAIT_ON(L, a->done, 2000);
+    return rc;
+}
+
+static void test_message_answers(void)
+{
+    answer a;
+    int w0 = g_writes;
+    g_write_rc = 0;
+    CHECK(publish_msg_now("m1", &a) == 0 && a.done == 1, "committed: answered");
+    CHECK(a.status == PUBLISH_OK && a.seq > 0, "ok with a seq (status %d)", a.status);
+    uint64_t s1 = a.seq;
+
+    g_write_rc = -3;     /* a row Postgres can never hold */
+    CHECK(publish_msg_now("m2", &a) == 0 && a.done == 1, "unstorable: answered once");
+    CHECK(a.status == PUBLISH_UNSTORABLE, "unstorable, not a resend status (status %d)", a.status);
+    CHECK(a.status != PUBLISH_BACKLOG && a.status != PUBLISH_BUS_DOWN && a.status != PUBLISH_STORE_DOWN,
+          "never answered as 'resend with the same id' (status %d)", a.status);
+    CHECK(a.seq == s1 + 1 && g_write_seq == a.seq, "the seq it got is the one the store refused");
+
+    g_write_rc = -1;     /* the backlog is full */
+    CHECK(publish_msg_now("m3", &a) == 0 && a.done == 1 && a.status == PUBLISH_BACKLOG,
+          "a full backlog: resend (status %d)", a.status);
+    CHECK(g_writes == w0 + 3, "one write per publish (%d)", g_writes - w0);
+}
+
+static void test_edit_unstorable(void)
+{
+    answer a;
+    memset(&a, 0, sizeof a);
+    g_write_rc = 0;
+    answer m;
+    CHECK(publish_msg_now("e0", &m) == 0 && m.status == PUBLISH_OK, "the message to edit");
+    g_write_rc = -3;
+    publish_update u = {.room = "lobby", .id = "e1", .user = "alice", .name = "Alice",
+                        .kind = WIRE_EDIT, .target = m.seq, .body = "hello again", .body_len = 11};
+    int w0 = g_writes;
+    CHECK(publish_update_start(&u, NULL, NULL, on_done, &a) == 0, "edit started");
+    WAIT_ON(L, a.done, 2000);
+    CHECK(a.done == 1 && g_writes == w0 + 1, "the edit's row was offered to the store");
+    CHECK(a.status == PUBLISH_UNSTORABLE, "an unstorable edit: unstorable (status %d)", a.status);
+}
+
+int main(void)
+{
+    log_set_level(LOG_ERROR);
+    L = uv_default_loop();
+    uvwait_init(L);
+    uv_timer_init(L, &g_later);
+    uv_timer_init(L, &g_target_t);
+    uv_timer_init(L, &g_react_t);
+    bus_opts o = {.redis_url = NULL};
+    bus_handlers h = {0};
+    char err[128] = "";
+    bus *b = bus_new(L, &o, &h, NULL, err, sizeof err);
+    if (!b) { fprintf(stderr, "bus_new: %s\n", err); return 1; }
+    publish_init();
+    static int fake_store;          /* never dereferenced: store_* are the fakes above */
+    publish_attach(b, (store *)&fake_store, 100);
+    WAIT_ON(L, bus_ready(b), 2000);
+    CHECK(bus_ready(b), "the in-process bus is ready");
+    test_message_answers();
+    test_edit_unstorable();
+    publish_attach(NULL, NULL, 0);
+    bus_free(b);
+    uv_close((uv_handle_t *)&g_later, NULL);
+    uv_close((uv_handle_t *)&g_target_t, NULL);
+    uv_close((uv_handle_t *)&g_react_t, NULL);
+    uvwait_close();
+    uv_run(L, UV_RUN_DEFAULT);
+    uv_loop_close(L);
+    metrics_free_all();
+    return check_summary("test_publish");
+}
