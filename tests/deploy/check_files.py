@@ -98,6 +98,12 @@ def check_compose():
         err(f"front: CHATD_UPSTREAMS must list both nodes, got {ups!r}")
     if not any(str(p).endswith(":443") for p in front.get("ports", [])):
         err("front: no TLS port published")
+    rd = svc.get("redis", {})
+    rcmd = " ".join(rd.get("command", []))
+    if "--appendonly yes" not in rcmd or "--appendfsync always" not in rcmd:
+        err(f"redis: must run with --appendonly yes --appendfsync always (README Durability), got {rcmd!r}")
+    if not any(str(v).split(":")[1:2] == ["/data"] for v in rd.get("volumes", [])):
+        err("redis: no volume at /data (its append-only file)")
     vols = " ".join(svc.get("prometheus", {}).get("volumes", []))
     for f in ("prometheus.yml", "alerts.yml"):
         if f not in vols:
@@ -150,6 +156,20 @@ def check_k8s():
         err("terminationGracePeriodSeconds must exceed preStop + CHAT_DRAIN_MS")
     if "Service" not in kinds:
         err("no Service")
+    rs = [d for d in kinds.get("StatefulSet", []) if d["metadata"]["name"] == "redis"]
+    if not rs:
+        err("no redis StatefulSet (its append-only file needs a volume)")
+    else:
+        rspec = rs[0]["spec"]
+        rc = rspec["template"]["spec"]["containers"][0]
+        args = " ".join(rc.get("args", []))
+        if "--appendonly yes" not in args or "--appendfsync always" not in args:
+            err(f"redis: must run with --appendonly yes --appendfsync always, got {args!r}")
+        mounts = {m["name"]: m["mountPath"] for m in rc.get("volumeMounts", [])}
+        claims = {t["metadata"]["name"] for t in rspec.get("volumeClaimTemplates", [])}
+        dirarg = args.split("--dir ")[1].split()[0] if "--dir " in args else "/data"
+        if not any(n in claims and path == dirarg for n, path in mounts.items()):
+            err(f"redis: its --dir {dirarg} is not a claimed volume (mounts {mounts}, claims {claims})")
     print(f"k8s: kinds {sorted(kinds)}")
 
 
