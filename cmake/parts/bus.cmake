@@ -8,3 +8,6 @@ target_sources(chatcore PRIVATE
 target_sources(chatcore PRIVATE core/bus_reply.c)
 chatd_unit_test(test_bus)
 chatd_unit_test(test_bus_update)
+# the bus tests share tests/unit/bus_harness.h; each starts its own redis-server
+chatd_unit_test(test_bus_backfill)
+chatd_unit_test(test_bus_seed)

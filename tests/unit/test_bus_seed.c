@@ -1,0 +1,553 @@
+/* test_bus_seed: a room's head across Redis faults, against a real
+ * redis-server (bus_harness.h) and in in-process mode: publishes missed
+ * while the subscription is down (recovered or reported lost), a Redis
+ * killed and restarted (full, empty, behind: seqs never go back), a Redis
+ * that stops answering, the seed provider (the durable head, as with
+ * Postgres: atomic, shared, failing, freed while pending) and the epoch
+ * that makes a lost head visible without one. Exit 0 pass, 1 fail, 77
+ * skip (no redis-server: in-process only). */
+#include "bus_harness.h"
+
+/* ---------------- Redis faults: missed publishes, restarts, stalls ---------------- */
+
+/* the node misses publishes while its subscription is down: they are
+ * recovered from the buffer after the reconnect (or reported lost) */
+static void test_missed_while_down(size_t recent_max, int npub)
+{
+    char room[80];
+    mkroom(room, sizeof room, recent_max < 10 ? "lostdown" : "missdown");
+    node *a = node_new("M", rurl, recent_max, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    pubres p;
+    pub(a, room, NULL, "first", &p);
+    WAIT(a->n == 1, 3000);
+    uint64_t rec0 = counter("chat_redis_reconnects_total");
+    CHECK(rc_int("CLIENT KILL TYPE pubsub") >= 1, "killed the subscription connection");
+    WAIT(!bus_ready(a->b), 2000);
+    CHECK(!bus_ready(a->b) && a->nready && a->ready_log[a->nready - 1] == 0, "on_ready(0)");
+    in_call = 1;
+    CHECK(bus_publish(a->b, room, NULL, "\"x\"}", 4, pub_cb, &p) == -1, "publish refused while down");
+    CHECK(bus_emit(a->b, room, "typing", "x", 1) == -1, "emit dropped while down");
+    in_call = 0;
+    char tail[64];
+    for (int i = 0; i < npub; i++) {
+        /* use the bus script with recent_max of the node */
+        char kseq[128], krec[128], kep[128], ch[128];
+        snprintf(kseq, sizeof kseq, "chat:{%s}:seq", room);
+        snprintf(krec, sizeof krec, "chat:{%s}:recent", room);
+        snprintf(kep, sizeof kep, "chat:{%s}:epoch", room);
+        snprintf(ch, sizeof ch, "chat:{%s}:msg", room);
+        snprintf(tail, sizeof tail, "\"id\":\"\",\"body\":\"oob%d\"}", i);
+        char keep[24];
+        snprintf(keep, sizeof keep, "%zu", recent_max);
+        /* ARGV: tail, recent_max, ttl, channel, floor, track, room, has id,
+         * seed mode, seed, epoch (bus_script.c) */
+        redisReply *r = rc("EVAL %s 3 %s %s %s %s %s 60 %s 0 0 %s 0 N 0 oobepoch", BUS_PUBLISH_LUA,
+                           kseq, krec, kep, tail, keep, ch, room);
+        CHECK(r && r->type == REDIS_REPLY_ARRAY, "oob publish: %s / %s", r && r->str ? r->str : "?", sc ? sc->errstr : "no sc");
+        if (r) freeReplyObject(r);
+    }
+    WAIT(bus_ready(a->b), 5000);
+    CHECK(bus_ready(a->b) && a->nready && a->ready_log[a->nready - 1] == 1, "on_ready(1) again");
+    CHECK(counter("chat_redis_reconnects_total") == rec0 + 1, "reconnect counted");
+    uint64_t head = (uint64_t)npub + 1;
+    if ((size_t)npub <= recent_max) {
+        /* ready means recovered: everything is there already */
+        CHECK(contiguous(a, 1, head), "recovered 1..%" PRIu64 " (n=%zu)", head, a->n);
+        CHECK(a->ngaps == 0, "no gap");
+    } else {
+        uint64_t lost_to = head - recent_max;
+        CHECK(a->ngaps == 1 && a->gap_from[0] == 2 && a->gap_to[0] == lost_to,
+              "gap 2..%" PRIu64 " reported (%d gaps, %" PRIu64 "..%" PRIu64 ")", lost_to, a->ngaps,
+              a->ngaps ? a->gap_from[0] : 0, a->ngaps ? a->gap_to[0] : 0);
+        CHECK(a->n == 1 + recent_max && a->seqs[a->n - 1] == head, "the buffer's part delivered");
+    }
+    pub(a, room, NULL, "after", &p);
+    WAIT(a->n && a->seqs[a->n - 1] == head + 1, 3000);
+    CHECK(p.status == 0 && a->seqs[a->n - 1] == head + 1, "live again");
+    CHECK(a->dup_or_disorder == 0, "no disorder");
+    node_free(a);
+    settle();
+}
+
+static void test_restart(void)
+{
+    if (!own_redis) {
+        fprintf(stderr, "skip restart test: CHATD_TEST_REDIS_URL is not ours to kill\n");
+        return;
+    }
+    char room[80];
+    mkroom(room, sizeof room, "restart");
+    node *a = node_new("RA", rurl, 1000, 60), *b = node_new("RB", rurl, 1000, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    snprintf(b->room, sizeof b->room, "%s", room);
+    wait_ready(a);
+    wait_ready(b);
+    sub(a, room);
+    sub(b, room);
+    synced(a, room);
+    synced(b, room);
+    static streamer sa, sb;
+    memset(&sa, 0, sizeof sa);
+    memset(&sb, 0, sizeof sb);
+    streamer *ss[2] = {&sa, &sb};
+    node *nn[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        ss[i]->nd = nn[i];
+        ss[i]->room = room;
+        uv_timer_init(loop, &ss[i]->t);
+        ss[i]->t.data = ss[i];
+        uv_timer_start(&ss[i]->t, stream_tick, 2, 2);
+    }
+    spin(150);
+    sc_close();
+    rp_signal(rsrv, SIGKILL);
+    WAIT(!bus_ready(a->b) && !bus_ready(b->b), 3000);
+    CHECK(!bus_ready(a->b) && !bus_ready(b->b), "both nodes down");
+    spin(300);
+    CHECK(redis_start() == 0, "redis restarted");
+    WAIT(bus_ready(a->b) && bus_ready(b->b), 8000);
+    CHECK(bus_ready(a->b) && bus_ready(b->b), "both nodes ready again");
+    spin(150);
+    sa.stop = sb.stop = 1;
+    for (int i = 0; i < 2; i++) uv_timer_stop(&ss[i]->t);
+    /* wait for every publish to be answered */
+    WAIT(all_answered(ss, 2), 5000);
+    uint64_t head = (uint64_t)rc_int("GET chat:{%s}:seq", room);
+    WAIT(a->n && b->n && a->seqs[a->n - 1] == head && b->seqs[b->n - 1] == head, 5000);
+    int ok = 0, failed = 0;
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < ss[k]->sent; j++) {
+            CHECK(ss[k]->res[j].done == 1, "answered");
+            if (ss[k]->res[j].status == 0) ok++; else failed++;
+        }
+    fprintf(stderr, "restart: %d ok, %d status -1, %d refused (-1), head %" PRIu64 ", A %zu B %zu\n",
+            ok, failed, sa.refused + sb.refused, head, a->n, b->n);
+    CHECK(sa.refused + sb.refused + failed > 0, "some publishes failed while down");
+    CHECK(contiguous(a, 1, head) && contiguous(b, 1, head), "A and B see 1..%" PRIu64, head);
+    CHECK(a->ngaps == 0 && b->ngaps == 0 && a->dup_or_disorder == 0 && b->dup_or_disorder == 0,
+          "no gap, no duplicate, no disorder");
+    CHECK((uint64_t)ok <= head, "every ok publish has its own seq");
+    int seenready0 = 0;
+    for (int i = 0; i < a->nready; i++) if (a->ready_log[i] == 0) seenready0 = 1;
+    CHECK(seenready0 && a->nready && a->ready_log[a->nready - 1] == 1, "ready went 0 then 1");
+    for (int i = 0; i < 2; i++) uv_close((uv_handle_t *)&ss[i]->t, NULL);
+    node_free(a);
+    node_free(b);
+    settle();
+}
+
+/* Redis restarts EMPTY (data lost): seqs never go back. The subscribed node
+ * raises the seq key to what it delivered at the resync, and a publish
+ * carries the node's floor, so no acked seq is ever assigned again. */
+static void test_restart_empty(void)
+{
+    if (!own_redis) return;
+    char room[80];
+    mkroom(room, sizeof room, "empty");
+    node *a = node_new("EA", rurl, 1000, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    pubres p[5];
+    for (int i = 0; i < 5; i++) pub(a, room, NULL, "before", &p[i]);
+    WAIT(a->n == 5, 3000);
+    CHECK(contiguous(a, 1, 5), "1..5 before (n=%zu)", a->n);
+    sc_close();
+    rp_signal(rsrv, SIGKILL);
+    WAIT(!bus_ready(a->b), 3000);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'/* 2>/dev/null", rp_all[rsrv].dir);
+    CHECK(system(cmd) == 0, "redis data removed");
+    CHECK(redis_start() == 0, "redis restarted empty");
+    WAIT(bus_ready(a->b), 8000);
+    CHECK(bus_ready(a->b), "ready again");
+    CHECK(rc_int("GET chat:{%s}:seq", room) == 5, "seq raised to 5 at the resync (%lld)",
+          rc_int("GET chat:{%s}:seq", room));
+    pubres r1;
+    pub(a, room, NULL, "after", &r1);
+    WAIT(r1.done && a->n == 6, 3000);
+    CHECK(r1.status == 0 && r1.seq == 6, "seq 6 after the empty restart (%" PRIu64 ")", r1.seq);
+    CHECK(contiguous(a, 1, 6) && a->ngaps == 0 && a->dup_or_disorder == 0,
+          "A sees 1..6 once each (n=%zu)", a->n);
+    /* a second node, subscribed after the restart, continues after 6 */
+    node *b = node_new("EB", rurl, 1000, 60);
+    snprintf(b->room, sizeof b->room, "%s", room);
+    wait_ready(b);
+    sub(b, room);
+    synced(b, room);
+    pub(b, room, NULL, "from-b", &r1);
+    WAIT(r1.done && a->n == 7 && b->n == 1, 3000);
+    CHECK(r1.seq == 7 && a->n == 7 && b->n == 1 && b->seqs[0] == 7, "B publishes 7, both see it");
+    node_free(a);
+    node_free(b);
+    settle();
+}
+
+/* a Redis that stops answering (SIGSTOP) is detected by the health PING:
+ * pending publishes answer -1, ready goes 0, and 1 again after SIGCONT */
+static void test_stalled(void)
+{
+    if (!own_redis) return;
+    char room[80];
+    mkroom(room, sizeof room, "stall");
+    node *a = node_new("S", rurl, 1000, 60);
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    rp_signal(rsrv, SIGSTOP);
+    pubres p[3];
+    for (int i = 0; i < 3; i++) CHECK(pub(a, room, NULL, "st", &p[i]) == 0, "queued");
+    WAIT(!bus_ready(a->b) && p[0].done && p[1].done && p[2].done, 12000);
+    CHECK(!bus_ready(a->b), "stall detected");
+    for (int i = 0; i < 3; i++) CHECK(p[i].done == 1 && p[i].status == -1, "pending publish -1");
+    rp_signal(rsrv, SIGCONT);
+    WAIT(bus_ready(a->b), 8000);
+    CHECK(bus_ready(a->b), "ready after SIGCONT");
+    pubres q;
+    pub(a, room, NULL, "after", &q);
+    WAIT(q.done, 3000);
+    WAIT(a->n && a->seqs[a->n - 1] == q.seq, 3000);
+    /* the stalled publishes may have run once Redis woke up: delivered once */
+    CHECK(q.status == 0 && a->n == q.seq && contiguous(a, 1, q.seq), "in order, n=%zu seq=%" PRIu64,
+          a->n, q.seq);
+    sc_close();
+    CHECK(sc_connect(3000) == 0, "sync client back");
+    node_free(a);
+    settle();
+}
+
+/* ---------------- seeds and epochs ---------------- */
+
+static int is_hex16(const char *s)
+{
+    if (strlen(s) != 16) return 0;
+    for (; *s; s++)
+        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f'))) return 0;
+    return 1;
+}
+
+/* replay of the head only, synchronously */
+static void head_of(node *nd, const char *room, repres *r)
+{
+    if (replay(nd, room, UINT64_MAX, 0, r) != 0) { CHECK(0, "head replay refused"); return; }
+    WAIT(r->done, 5000);
+}
+
+/* With a seed provider (Postgres holds history): a room without a seq key
+ * (first use, Redis lost its data) is seeded from the durable head before
+ * any seq is handed out or any head reported, atomically; concurrent
+ * publishes share one seed request; a failing provider makes publishes
+ * answer -1 and creates nothing; a node subscribed to a room with no head
+ * takes the first message as its start (no gap reported). */
+static void test_seed_redis(void)
+{
+    char room[80], room2[80], room3[80];
+    mkroom(room, sizeof room, "seed");
+    mkroom(room2, sizeof room2, "seedsub");
+    mkroom(room3, sizeof room3, "seedfail");
+    node *a = node_new_seeded("SA", rurl, 41, "epoch-pg-1");
+    snprintf(a->room, sizeof a->room, "%s", room2);
+    wait_ready(a);
+    sub(a, room); /* a publishing node holds the room (its floor counts) */
+    /* 20 concurrent publishes to a room Redis knows nothing about */
+    pubres p[20];
+    for (int i = 0; i < 20; i++) CHECK(pub(a, room, NULL, "s", &p[i]) == 0, "publish queued");
+    int done = 0;
+    for (int k = 0; k < 300 && done < 20; k++) {
+        spin(10);
+        done = 0;
+        for (int i = 0; i < 20; i++) done += p[i].done;
+    }
+    uint64_t seen = 0;
+    for (int i = 0; i < 20; i++) {
+        CHECK(p[i].done && p[i].status == 0 && p[i].seq >= 42 && p[i].seq <= 61,
+              "publish %d after the seed: status %d seq %" PRIu64, i, p[i].status, p[i].seq);
+        if (p[i].seq >= 42 && p[i].seq <= 61) seen |= 1ull << (p[i].seq - 42);
+    }
+    CHECK(seen == (1ull << 20) - 1, "seqs 42..61 once each");
+    CHECK(a->nseeds == 1, "one seed request for 20 publishes (%d)", a->nseeds);
+    char *ep = NULL;
+    redisReply *rr = rc("GET chat:{%s}:epoch", room);
+    if (rr && rr->type == REDIS_REPLY_STRING) ep = strdup(rr->str);
+    freeReplyObject(rr);
+    CHECK(ep && strcmp(ep, "epoch-pg-1") == 0, "epoch key from the provider (%s)", ep ? ep : "-");
+    free(ep);
+    repres r;
+    head_of(a, room, &r);
+    CHECK(r.status == 0 && r.head == 61 && strcmp(r.epoch, "epoch-pg-1") == 0,
+          "head 61, provider epoch (%d %" PRIu64 " %s)", r.status, r.head, r.epoch);
+    CHECK(a->nseeds == 1, "a head read with keys present asks nothing");
+    /* Redis loses the room's keys: the next publish is seeded again, from
+     * what is "stored" now (61), never reusing a seq */
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch", room, room);
+    a->seed_max = 61;
+    pubres q;
+    pub(a, room, "id-x", "again", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq == 62 && !q.dup, "62 after the loss (%d %" PRIu64 ")", q.status, q.seq);
+    CHECK(a->nseeds == 2, "seeded again");
+    /* the provider's head is below the node's floor (this node was acked 62):
+     * the floor wins */
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch", room, room);
+    a->seed_max = 10;
+    head_of(a, room, &r);
+    CHECK(r.status == 0 && r.head >= 10, "head after a stale seed (%" PRIu64 ")", r.head);
+    pub(a, room, NULL, "floor", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq > 62, "never below the node's acked 62 (%" PRIu64 ")", q.seq);
+    /* a replay with since on a room without keys: seeded first, then the
+     * range (empty buffer: status 1, the caller pages history) */
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:recent", room, room, room);
+    a->seed_max = 100;
+    if (replay(a, room, 90, 50, &r) == 0) WAIT(r.done, 5000);
+    CHECK(r.done && r.status == 1 && r.head == 100 && strcmp(r.epoch, "epoch-pg-1") == 0,
+          "replay since 90 after the loss: status %d head %" PRIu64, r.status, r.head);
+    /* subscribe a room with no head: adopted at the first message */
+    a->seed_max = 500;
+    sub(a, room2);
+    spin(300);
+    CHECK(rc_int("EXISTS chat:{%s}:seq", room2) == 0, "the subscription created no key");
+    synced(a, room2); /* a head read: seeds (500) */
+    node *b = node_new_seeded("SB", rurl, 500, "epoch-pg-2");
+    wait_ready(b);
+    pub(b, room2, NULL, "first", &q);
+    WAIT(q.done && a->n == 1, 5000);
+    CHECK(q.status == 0 && q.seq == 501, "first seq of a seeded room (%" PRIu64 ")", q.seq);
+    CHECK(a->n == 1 && a->seqs[0] == 501 && a->ngaps == 0,
+          "subscriber got 501 with no gap (n=%zu gaps=%d)", a->n, a->ngaps);
+    pub(b, room2, NULL, "second", &q);
+    WAIT(a->n == 2, 3000);
+    CHECK(contiguous(a, 501, 502), "then 502");
+    /* a failing provider: -1, nothing created; later it works */
+    b->seed_fail = 1;
+    pub(b, room3, NULL, "x", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == -1, "publish without a head answers -1 (%d)", q.status);
+    head_of(b, room3, &r);
+    CHECK(r.status == -1, "head read without a head answers -1 (%d)", r.status);
+    CHECK(rc_int("EXISTS chat:{%s}:seq", room3) == 0, "nothing created");
+    b->seed_fail = 0;
+    b->seed_max = 7;
+    pub(b, room3, NULL, "x", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq == 8, "then 8 (%d %" PRIu64 ")", q.status, q.seq);
+    node_free(a);
+    node_free(b);
+    settle();
+}
+
+/* Redis restarts empty under a subscribed node that has a seed provider:
+ * the resync seeds the head from max(durable head, what the node delivered),
+ * never from the node's floor alone (other nodes may have stored more), and
+ * reports what the node missed as a gap. */
+static void test_seed_resync(void)
+{
+    if (!own_redis) return;
+    char room[80];
+    mkroom(room, sizeof room, "seedresync");
+    node *a = node_new_seeded("SR", rurl, 0, "ep-r");
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    sub(a, room);
+    synced(a, room);
+    pubres p[3];
+    for (int i = 0; i < 3; i++) pub(a, room, NULL, "x", &p[i]);
+    WAIT(a->n == 3, 3000);
+    CHECK(contiguous(a, 1, 3), "1..3 before");
+    sc_close();
+    rp_signal(rsrv, SIGKILL);
+    WAIT(!bus_ready(a->b), 3000);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'/* 2>/dev/null", rp_all[rsrv].dir);
+    CHECK(system(cmd) == 0, "redis data removed");
+    a->seed_max = 8; /* another node stored 4..8 before the loss */
+    int seeds0 = a->nseeds;
+    CHECK(redis_start() == 0, "redis restarted empty");
+    WAIT(bus_ready(a->b), 8000);
+    CHECK(bus_ready(a->b), "ready again");
+    CHECK(a->nseeds == seeds0 + 1, "the resync asked for the durable head (%d)", a->nseeds - seeds0);
+    CHECK(rc_int("GET chat:{%s}:seq", room) == 8, "head seeded to 8 (%lld)",
+          rc_int("GET chat:{%s}:seq", room));
+    pubres q;
+    pub(a, room, NULL, "after", &q);
+    WAIT(q.done && a->n == 4, 3000);
+    CHECK(q.status == 0 && q.seq == 9, "next seq 9 (%" PRIu64 ")", q.seq);
+    CHECK(a->n == 4 && a->seqs[3] == 9 && a->ngaps == 1 && a->gap_from[0] == 4 && a->gap_to[0] == 8,
+          "delivered 9, gap 4..8 reported (n=%zu gaps=%d)", a->n, a->ngaps);
+    node_free(a);
+    settle();
+}
+
+/* Redis restarts BEHIND (an older snapshot, an AOF fsynced every second
+ * and a host crash, a replica promoted before it had the last writes): the
+ * seq key is present but below what Postgres stored. Every head written
+ * under another Redis run counts as unknown: the next publish, head read or
+ * resync asks the provider and raises the head to max(stored, floor) before
+ * a seq is handed out. Node B never held the room (floor 0), so only the
+ * run check stands between it and handing out seq 4 again. */
+static void test_seed_behind(void)
+{
+    if (!own_redis) return;
+    char room[80], url[64];
+    mkroom(room, sizeof room, "behind");
+    int snap = rp_start((char *)NULL); /* RDB only, saved when told */
+    CHECK(snap >= 0, "second redis-server started");
+    if (snap < 0) return;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", rp_all[snap].port);
+    node *a = node_new_seeded("BA", url, 0, "ep-b");
+    wait_ready(a);
+    pubres p[6];
+    for (int i = 0; i < 3; i++) { pub(a, room, NULL, "x", &p[i]); WAIT(p[i].done, 3000); }
+    CHECK(p[2].status == 0 && p[2].seq == 3, "1..3 (%" PRIu64 ")", p[2].seq);
+    redisReply *rr = rp_cmd(snap, "SAVE");
+    CHECK(rr && rr->type == REDIS_REPLY_STATUS, "snapshot at seq 3");
+    freeReplyObject(rr);
+    for (int i = 3; i < 6; i++) { pub(a, room, NULL, "x", &p[i]); WAIT(p[i].done, 3000); }
+    CHECK(p[5].status == 0 && p[5].seq == 6, "4..6 after the snapshot (%" PRIu64 ")", p[5].seq);
+    node_free(a);
+    CHECK(rp_restart(snap) == 0, "redis restarted from the snapshot");
+    rr = rp_cmd(snap, "GET chat:{%s}:seq", room);
+    CHECK(rr && rr->type == REDIS_REPLY_STRING && strcmp(rr->str, "3") == 0,
+          "Redis is behind: its head is 3 (%s)", rr && rr->type == REDIS_REPLY_STRING ? rr->str : "-");
+    freeReplyObject(rr);
+    /* Postgres stored 1..6 */
+    node *b = node_new_seeded("BB", url, 6, "ep-b");
+    wait_ready(b);
+    repres r;
+    head_of(b, room, &r);
+    CHECK(r.status == 0 && r.head == 6, "head read: 6, not the stale 3 (%d %" PRIu64 ")", r.status, r.head);
+    pubres q;
+    pub(b, room, "id-behind", "after", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq == 7 && !q.dup, "next seq 7, not 4 again (%d %" PRIu64 ")", q.status, q.seq);
+    CHECK(b->nseeds == 1, "one seed for the restarted Redis (%d)", b->nseeds);
+    pub(b, room, NULL, "more", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.seq == 8 && b->nseeds == 1, "8, no seed while the run stays (%" PRIu64 " %d)",
+          q.seq, b->nseeds);
+    node_free(b);
+    rp_signal(snap, SIGKILL);
+    settle();
+}
+
+/* bus_free while a seed request is with the provider: the waiting publish
+ * and replay answer -1 once; answering afterwards only frees the request. */
+static void test_seed_free_pending(const char *url)
+{
+    char room[80];
+    mkroom(room, sizeof room, url ? "seedfree" : "seedfreel");
+    node *a = node_new_seeded("SF", url, 5, "ep");
+    if (url) wait_ready(a);
+    a->seed_hold = 1;
+    pubres p;
+    repres r;
+    pub(a, room, NULL, "x", &p);
+    replay(a, room, 2, 10, &r);
+    WAIT(a->nheld >= 1, 3000);
+    CHECK(a->nheld == 1 && !p.done && !r.done, "both wait for one seed (%d)", a->nheld);
+    bus_free(a->b); /* answers inside, by contract */
+    a->b = NULL;
+    CHECK(p.done == 1 && p.status == -1 && r.done == 1 && r.status == -1, "answered -1");
+    seed_answer(a); /* after the bus is gone */
+    settle();
+    CHECK(p.done == 1 && r.done == 1, "once");
+    free(a);
+}
+
+/* Without a provider: a room's epoch is created with its seq key, stays,
+ * and changes when Redis loses the keys (the head restarts). */
+static void test_epoch_redis(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "epoch");
+    node *a = node_new("EP", rurl, 1000, 60);
+    wait_ready(a);
+    repres r, r2;
+    head_of(a, room, &r);
+    CHECK(r.status == 0 && r.head == 0 && is_hex16(r.epoch), "fresh room: head 0, epoch %s", r.epoch);
+    pubres p;
+    pub(a, room, NULL, "x", &p);
+    WAIT(p.done, 3000);
+    CHECK(p.seq == 1, "seq 1");
+    head_of(a, room, &r2);
+    CHECK(r2.head == 1 && strcmp(r.epoch, r2.epoch) == 0, "same epoch after a publish");
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch", room, room);
+    head_of(a, room, &r2);
+    CHECK(r2.status == 0 && is_hex16(r2.epoch) && strcmp(r.epoch, r2.epoch) != 0,
+          "a lost head shows as a new epoch (%s -> %s)", r.epoch, r2.epoch);
+    /* a publish on a room with no keys creates both */
+    char room2[80];
+    mkroom(room2, sizeof room2, "epoch2");
+    pub(a, room2, NULL, "x", &p);
+    WAIT(p.done, 3000);
+    CHECK(p.seq == 1 && rc_int("EXISTS chat:{%s}:epoch", room2) == 1, "publish creates the epoch");
+    node_free(a);
+    settle();
+}
+
+/* In-process mode: with a provider a room starts at the durable head (its
+ * publishes and replays wait for it, in order), a subscriber adopts the
+ * first message; without one, every room has the process's epoch. */
+static void test_local_seed(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "lseed");
+    node *a = node_new_seeded("LS", NULL, 30, "pg-epoch");
+    snprintf(a->room, sizeof a->room, "%s", room);
+    sub(a, room);
+    repres r0;
+    replay(a, room, 30, 10, &r0);
+    pubres p[5];
+    for (int i = 0; i < 5; i++) pub(a, room, NULL, "l", &p[i]);
+    WAIT(p[4].done && a->n == 5, 3000);
+    for (int i = 0; i < 5; i++)
+        CHECK(p[i].status == 0 && p[i].seq == 31 + (uint64_t)i, "local seq %" PRIu64, p[i].seq);
+    CHECK(contiguous(a, 31, 35) && a->ngaps == 0, "subscriber sees 31..35, no gap (n=%zu)", a->n);
+    CHECK(a->nseeds == 1, "one seed (%d)", a->nseeds);
+    CHECK(r0.done && r0.status == 0 && r0.head == 30 && r0.n == 0 &&
+          strcmp(r0.epoch, "pg-epoch") == 0, "replay queued before the publishes: head 30 (%" PRIu64 ")",
+          r0.head);
+    repres r;
+    head_of(a, room, &r);
+    CHECK(r.head == 35 && strcmp(r.epoch, "pg-epoch") == 0, "head 35");
+    node_free(a);
+    node *b = node_new("LN", NULL, 100, 60);
+    repres e1, e2;
+    head_of(b, "any-room-1", &e1);
+    head_of(b, "any-room-2", &e2);
+    CHECK(is_hex16(e1.epoch) && strcmp(e1.epoch, e2.epoch) == 0, "one epoch per process start");
+    node_free(b);
+    node *c = node_new("LN2", NULL, 100, 60);
+    head_of(c, "any-room-1", &e2);
+    CHECK(strcmp(e1.epoch, e2.epoch) != 0, "a new bus (process) has a new epoch");
+    node_free(c);
+    settle();
+}
+
+int main(void)
+{
+    harness_begin("test_bus_seed");
+
+    test_local_seed();
+    test_seed_free_pending(NULL);
+    int have_redis = harness_redis();
+    if (have_redis) {
+        test_missed_while_down(1000, 5);
+        test_missed_while_down(3, 10);
+        test_stalled();
+        test_restart();
+        test_restart_empty();
+        test_seed_redis();
+        test_seed_resync();
+        test_seed_behind();
+        test_seed_free_pending(rurl);
+        test_epoch_redis();
+    }
+    return harness_end("test_bus_seed", have_redis);
+}
