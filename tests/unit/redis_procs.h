@@ -1,5 +1,6 @@
 /* redis_procs: redis-server processes for the C unit tests (test_redis,
- * test_bus, test_bus_backfill, test_bus_seed, test_presence cluster cases): start one on a free port of
+ * test_bus, test_bus_backfill, test_bus_seed, test_presence cluster
+ * cases): start one on a free port of
  * 23000-23999 (random start, so parallel runs rarely collide), wait for
  * PING, stop/kill/pause it, and build a 3-master Redis Cluster with
  * redis-cli --cluster create. Every process dies with the test
