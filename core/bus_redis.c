@@ -116,12 +116,13 @@ static int send_publish(busr *R, bus_req *r)
     int slot = redis_room_slot(r->room);
     char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[CHAT_ROOM_MAX + 32];
     char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24], nseed[24], nkeys[4];
-    char kuns[CHAT_ROOM_MAX + 32], kidx[48], kep[CHAT_ROOM_MAX + 32], nnow[24];
+    char kuns[CHAT_ROOM_MAX + 32], kidx[48], kep[CHAT_ROOM_MAX + 32], krun[CHAT_ROOM_MAX + 32], nnow[24];
     char mode[2 + REDIS_RUN_ID_LEN];
     int track = b->track_unstored;
     key(kseq, sizeof kseq, r->room, "seq");
     key(krec, sizeof krec, r->room, "recent");
     key(kep, sizeof kep, r->room, "epoch");
+    key(krun, sizeof krun, r->room, "run");
     key(ch, sizeof ch, r->room, "msg");
     key(kuns, sizeof kuns, r->room, "unstored");
     bus_unstored_index(kidx, sizeof kidx, R->cluster, r->room);
@@ -137,7 +138,7 @@ static int send_publish(busr *R, bus_req *r)
     /* a message update adds its target's state key before the id key and
      * its arguments from ARGV[13] on (bus_update.c, bus_script.c) */
     char kupd[CHAT_ROOM_MAX + 48], nupd[4], ubufs[2][32];
-    int nk = 3 + (track ? 2 : 0);
+    int nk = 4 + (track ? 2 : 0);
     if (r->upd) snprintf(nupd, sizeof nupd, "%d", ++nk);
     snprintf(nkeys, sizeof nkeys, "%d", nk + (r->id ? 1 : 0));
     const char *sargv[24], **argv = sargv;
@@ -154,6 +155,7 @@ static int send_publish(busr *R, bus_req *r)
     ARG(kseq, strlen(kseq));
     ARG(krec, strlen(krec));
     ARG(kep, strlen(kep));
+    ARG(krun, strlen(krun));
     if (track) {
         /* the unstored set and the room's index (one slot) */
         ARG(kuns, strlen(kuns));

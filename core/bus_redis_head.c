@@ -44,17 +44,18 @@ int bus_rhead_parse(const redisReply *rp, head_res *h)
 int bus_rhead_send(busr *R, redis_reply_fn cb, void *ud, const char *room,
                             uint64_t floor, int mode, uint64_t seed, const char *epoch)
 {
-    char kseq[CHAT_ROOM_MAX + 32], kep[CHAT_ROOM_MAX + 32], fl[24], sd[24];
+    char kseq[CHAT_ROOM_MAX + 32], kep[CHAT_ROOM_MAX + 32], krun[CHAT_ROOM_MAX + 32], fl[24], sd[24];
     char md[2 + REDIS_RUN_ID_LEN];
     bus_seed_mode_arg(md, mode);
     key(kseq, sizeof kseq, room, "seq");
     key(kep, sizeof kep, room, "epoch");
+    key(krun, sizeof krun, room, "run");
     snprintf(fl, sizeof fl, "%" PRIu64, floor);
     snprintf(sd, sizeof sd, "%" PRIu64, seed);
-    const char *a[] = {"2", kseq, kep, fl, md, sd, epoch};
+    const char *a[] = {"3", kseq, kep, krun, fl, md, sd, epoch};
     redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = BUS_S_HEAD,
-                      .run_arg = mode == BUS_SEED_NONE ? 0 : 4};
-    return redis_client_call(R->rc, &how, 7, a, NULL, cb, ud);
+                      .run_arg = mode == BUS_SEED_NONE ? 0 : 5};
+    return redis_client_call(R->rc, &how, 8, a, NULL, cb, ud);
 }
 
 /* The seed-mode argument of the publish and head scripts: the mode, and

@@ -3,9 +3,9 @@
  * missing head, seq (never below the caller's floor), recent buffer, id key
  * and PUBLISH in one step. Loaded with SCRIPT LOAD, called with EVALSHA.
  *   KEYS[1] chat:{room}:seq   KEYS[2] chat:{room}:recent (zset by seq)
- *   KEYS[3] chat:{room}:epoch
- *   with ARGV[6] != "0" (track unstored) also KEYS[4] chat:{room}:unstored
- *   and KEYS[5] the room's unstored index; with ARGV[8] == "1" the last key is
+ *   KEYS[3] chat:{room}:epoch   KEYS[4] chat:{room}:run
+ *   with ARGV[6] != "0" (track unstored) also KEYS[5] chat:{room}:unstored
+ *   and KEYS[6] the room's unstored index; with ARGV[8] == "1" the last key is
  *   chat:{room}:id:<id>.
  *   ARGV[1] tail  ARGV[2] recent_max  ARGV[3] id ttl (s)  ARGV[4] channel
  *   ARGV[5] floor: the highest seq the calling node knows was assigned in
@@ -25,8 +25,8 @@
  *           := max(itself, ARGV[10]), epoch key := ARGV[11] if still
  *           missing, run key := this run, all only if the head still needs
  *           it (a node that seeded meanwhile wins, the key never goes back).
- *   The run key chat:{room}:run (undeclared: it shares the seq key's slot)
- *   holds the run_id of the Redis process that last raised the head to the
+ *   The run key chat:{room}:run (declared, so that Redis Cluster answers
+ *   ASK/TRYAGAIN for it while a slot migrates, like for the others) holds the run_id of the Redis process that last raised the head to the
  *   durable one. A Redis that restarted or failed over has
  *   another run_id, so a head it kept (possibly behind: an older snapshot,
  *   an AOF fsynced every second, a replica that missed the last writes) is
@@ -62,7 +62,7 @@
  * BUS_HEAD_LUA reads a room's head and epoch (welcome, replay, subscription
  * sync), seeding or creating them like the publish script (the same run
  * key check), and raises the
- * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key; ARGV[1]
+ * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key, KEYS[3] run key; ARGV[1]
  * floor, ARGV[2] seed mode (with the run_id as in ARGV[9] above: 'N', 'S', 'Y', or 'P': the
  * subscription sync with a provider: a missing (or other run's) head answers {3} and creates
  * nothing, or {2} when the node has a floor to raise it to), ARGV[3] seed,
@@ -125,9 +125,9 @@ const char BUS_PUBLISH_LUA[] =
     "if #ARGV[9] > 1 then\n"
     "  run = string.sub(ARGV[9], 2)\n"
     "  if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
-    "  rk = string.sub(KEYS[1], 1, -4) .. 'run'\n"
+    "  rk = KEYS[4]\n"
     "end\n"
-    "local h = redis.call('MGET', KEYS[1], KEYS[3], rk or KEYS[1])\n"
+    "local h = redis.call('MGET', KEYS[1], KEYS[3], KEYS[4])\n"
     "local cur = h[1]\n"
     "if (not cur) or (not h[2]) or (mode ~= 'N' and h[3] ~= run) then\n"
     "  if mode == 'S' then return {0, 2} end\n"
@@ -185,8 +185,8 @@ const char BUS_PUBLISH_LUA[] =
     "if seq > keep then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq - keep) end\n"
     "if idk then redis.call('SET', idk, seq, 'EX', ARGV[3]) end\n"
     "if ARGV[6] ~= '0' then\n"
-    "  redis.call('ZADD', KEYS[4], ARGV[6], seq)\n"
-    "  redis.call('ZADD', KEYS[5], 'NX', ARGV[6], ARGV[7])\n"
+    "  redis.call('ZADD', KEYS[5], ARGV[6], seq)\n"
+    "  redis.call('ZADD', KEYS[6], 'NX', ARGV[6], ARGV[7])\n"
     "end\n"
     "redis.call(ARGV[12] or 'publish', ARGV[4], m)\n"
     "if count then return {seq, 0, count} end\n"
@@ -197,9 +197,9 @@ const char BUS_HEAD_LUA[] =
     "if #ARGV[2] > 1 then\n"
     "  run = string.sub(ARGV[2], 2)\n"
     "  if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
-    "  rk = string.sub(KEYS[1], 1, -4) .. 'run'\n"
+    "  rk = KEYS[3]\n"
     "end\n"
-    "local h = redis.call('MGET', KEYS[1], KEYS[2], rk or KEYS[1])\n"
+    "local h = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])\n"
     "local cur, ep = h[1], h[2]\n"
     "if (not cur) or (not ep) or (run and h[3] ~= run) then\n"
     "  if mode == 'S' then return {2} end\n"

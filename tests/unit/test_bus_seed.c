@@ -35,18 +35,19 @@ static void test_missed_while_down(size_t recent_max, int npub)
     char tail[64];
     for (int i = 0; i < npub; i++) {
         /* use the bus script with recent_max of the node */
-        char kseq[128], krec[128], kep[128], ch[128];
+        char kseq[128], krec[128], kep[128], krun[128], ch[128];
         snprintf(kseq, sizeof kseq, "chat:{%s}:seq", room);
         snprintf(krec, sizeof krec, "chat:{%s}:recent", room);
         snprintf(kep, sizeof kep, "chat:{%s}:epoch", room);
+        snprintf(krun, sizeof krun, "chat:{%s}:run", room);
         snprintf(ch, sizeof ch, "chat:{%s}:msg", room);
         snprintf(tail, sizeof tail, "\"id\":\"\",\"body\":\"oob%d\"}", i);
         char keep[24];
         snprintf(keep, sizeof keep, "%zu", recent_max);
         /* ARGV: tail, recent_max, ttl, channel, floor, track, room, has id,
          * seed mode, seed, epoch (bus_script.c) */
-        redisReply *r = rc("EVAL %s 3 %s %s %s %s %s 60 %s 0 0 %s 0 N 0 oobepoch", BUS_PUBLISH_LUA,
-                           kseq, krec, kep, tail, keep, ch, room);
+        redisReply *r = rc("EVAL %s 4 %s %s %s %s %s %s 60 %s 0 0 %s 0 N 0 oobepoch", BUS_PUBLISH_LUA,
+                           kseq, krec, kep, krun, tail, keep, ch, room);
         CHECK(r && r->type == REDIS_REPLY_ARRAY, "oob publish: %s / %s", r && r->str ? r->str : "?", sc ? sc->errstr : "no sc");
         if (r) freeReplyObject(r);
     }
