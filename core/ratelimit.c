@@ -25,7 +25,6 @@ struct ratelimit {
     size_t nslots;               /* power of two */
     size_t count, max;
     bucket *head, *tail;
-    uint64_t evicted;            /* rl_evicted */
 };
 
 /* every table's evictions of a bucket not yet refilled (registered once) */
@@ -94,8 +93,6 @@ static double refilled(const bucket *b, uint64_t now_ms)
     return t > b->burst ? b->burst : t;
 }
 
-uint64_t rl_evicted(const ratelimit *rl) { return rl ? rl->evicted : 0; }
-
 int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double burst,
             uint64_t now_ms)
 {
@@ -119,10 +116,7 @@ int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double bur
             drop(rl, rl->tail, &spare, klen);
         if (rl->count >= rl->max) {
             /* a bucket still short of tokens: its key's limit starts over */
-            if (refilled(rl->tail, now_ms) < rl->tail->burst) {
-                rl->evicted++;
-                metric_inc(m_evicted);
-            }
+            if (refilled(rl->tail, now_ms) < rl->tail->burst) metric_inc(m_evicted);
             drop(rl, rl->tail, &spare, klen);
         }
         b = spare;
