@@ -41,7 +41,8 @@ ratelimit *rl_new(size_t max_keys)
     if (!rl->tab) { free(rl); return NULL; }
     rl->nslots = n;
     rl->max = max_keys;
-    if (!m_evicted)
+    static unsigned seen;
+    if (metrics_register_due(&seen))
         m_evicted = metrics_counter("chat_ratelimit_evictions_total",
                                     "chat.ratelimit buckets evicted from a full table before they refilled",
                                     NULL);
