@@ -15,7 +15,8 @@ typedef struct ubans {
 } ubans;
 
 static hmap g_bans;
-static int g_init, g_metric;
+static int g_init;
+static unsigned g_metric; /* metrics_register_due */
 /* loads in flight, and the keys put or lifted meanwhile ("user\nroom";
  * "user\n\n*" for a lift of every ban of user) */
 static int g_loads;
@@ -50,10 +51,9 @@ void bans_init(void)
     if (g_init) return;
     hmap_init(&g_bans);
     hmap_init(&g_changed);
-    if (!g_metric)
+    if (metrics_register_due(&g_metric))
         metrics_gauge_fn("chat_bans_active", "Bans in force on this node (server API), every room and per room",
                          NULL, active_now, NULL);
-    g_metric = 1;
     g_init = 1;
 }
 

@@ -57,6 +57,10 @@ static void register_metrics(bus *b)
     b->m.backfill_checked = metrics_counter("chat_bus_backfill_checked_total",
                                             "Unstored (room, seq) older than the grace listed by "
                                             "this node's sweep rounds and asked of history", NULL);
+    b->m.backfill_dropped = metrics_counter("chat_bus_backfill_dropped_total",
+                                            "Malformed unstored entries (a member that is not a "
+                                            "seq, an index room that is not a valid room name) "
+                                            "the backfill sweep removed", NULL);
     const char *lh = "Backfill sweep rounds a limit cut short (old entries left unlisted; another "
                      "round follows as soon as this one completed)";
     b->m.backfill_limit_rooms = metrics_counter("chat_bus_backfill_rounds_limited_total", lh,

@@ -14,7 +14,9 @@
  *    the recent buffer no longer has are lost (logged once per room and
  *    settle, counted). A check slower than the round's lock lets another
  *    node's round list, lease or lose the same entries meanwhile, and then
- *    this settle skips them (one offer, one loss count). A round cut short
+ *    this settle skips them (one offer, one loss count). What can never be
+ *    settled (a set member that is not a seq, an index room that is not a
+ *    room name) is removed by the sweep script and only counted here. A round cut short
  *    by a limit (CHAT_BACKFILL_CHECK_*) is followed by the next one as soon
  *    as the tick's work is done, if it completed (a failed sweep, check or
  *    settle waits for the next tick). A message leaves
@@ -410,11 +412,20 @@ static void sweep_reply(void *ud, const redisReply *rp)
         if (more & BUS_MORE_PER_ROOM) metric_inc(b->m.backfill_limit_per_room);
         check_round(f, node, cut, more, rp, items, &listed);
         metric_add(b->m.backfill_checked, listed);
-        /* a limited round that listed nothing (the rooms it met had nothing
-         * old: stale index scores, which it re-scored or dropped) is
-         * complete without a check: the next round follows at once. (One
-         * that listed only malformed items made no progress: next tick.) */
-        if (more && !items) f->more = 1;
+        /* the malformed pairs were removed by the sweep script itself (a
+         * member that is not a seq, an index room that is not a room
+         * name): counted and logged once per round, never asked about */
+        if (items > listed) {
+            metric_add(b->m.backfill_dropped, items - listed);
+            LOGW(MOD, "backfill: removed %zu malformed unstored entr%s (not a seq, or an index "
+                 "room that is not a valid room name)", items - listed,
+                 items - listed == 1 ? "y" : "ies");
+        }
+        /* a limited round that listed nothing well-formed (the rooms it met
+         * had nothing old: stale index scores, which it re-scored or
+         * dropped; or only malformed entries, which it removed) is
+         * complete without a check: the next round follows at once */
+        if (more && !listed) f->more = 1;
     }
     work_done(f); /* this sweep's share of the tick's work */
 }

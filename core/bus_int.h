@@ -181,7 +181,7 @@ struct bus {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
         metric_counter *backfilled, *backfill_lost, *seeds;
-        metric_counter *backfill_checked, *backfill_limit_rooms, *backfill_limit_per_room;
+        metric_counter *backfill_checked, *backfill_dropped, *backfill_limit_rooms, *backfill_limit_per_room;
     } m;
 };
 
@@ -336,7 +336,8 @@ int bus_reply_settle_item(const struct redisReply *rp, size_t k, char *room, uin
 /* the sweep script: {1, more, cut, room, seq, ...}: 1 this node
  * holds the round (*more: BUS_MORE_* flags of the limits it met, *cut: the round's Redis ms time
  * minus the grace, *items pairs follow), 0 another node does, -1 an error or
- * anything else; pair k: 0 (room, *seq set), -1 malformed */
+ * anything else; pair k: 0 (room, *seq set), -1 malformed (the script removed what it
+ * could never settle and lists it as (room, "")) */
 int bus_reply_check_round(const struct redisReply *rp, int *more, uint64_t *cut, size_t *items);
 int bus_reply_check_item(const struct redisReply *rp, size_t k, char *room, uint64_t *seq);
 

@@ -83,7 +83,11 @@
  *   its slot just moved, is skipped through redis.pcall). A room's keys
  *   share its index's slot, so they are local too. Returns {0} when another
  *   node holds the lock; else it changes nothing but the lock (and drops
- *   rooms with nothing old from the index) and returns {1, more, cut, room,
+ *   rooms with nothing old from the index, and what can never be settled:
+ *   an index member that is not a valid room name (room_name_valid, with
+ *   its set; listed as (room, '')), a member of a room's set that is not a
+ *   seq (1 to 19 digits, no leading zero; listed as (room, '')): the core
+ *   counts those malformed pairs) and returns {1, more, cut, room,
  *   seq, room, seq, ...}, the (room, seq) of every entry older than the
  *   grace (at most ARGV[4] rooms, ARGV[5] seqs per room; one more of each
  *   is read to know whether there is more): more = the limits the round
@@ -238,6 +242,9 @@ const char BUS_MARK_LUA[] =
     "if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end\n"
     "return 0\n";
 
+#define STR_LUA_(x) #x
+#define STR_LUA(x) STR_LUA_(x)
+
 /* Lua of the sweep and the settle scripts, with the names they share (room,
  * uk, idx): LUA_REINDEX_ROOM re-scores the room in its slot's index by its
  * oldest unstored seq, or drops it when it has none. */
@@ -266,16 +273,34 @@ const char BUS_SWEEP_LUA[] =
     "    if #rooms > nr then mr = 1 end\n"
     "    for r = 1, nr do\n"
     "      local room = rooms[r]\n"
-    "      local uk = 'chat:{' .. room .. '}:unstored'\n"
-    "      local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per + 1)\n"
-    "      local ns = math.min(#seqs, per)\n"
-    "      if #seqs > ns then mp = 2 end\n"
-    "      for k = 1, ns do\n"
+    /* an index member no room can have: dropped with its set (pcall: on a
+     * Cluster that key need not be local), listed as (room, '') */
+    "      if #room > " STR_LUA(CHAT_ROOM_MAX) " or not string.match(room, '^[%w_.-]+$') then\n"
+    "        redis.call('ZREM', idx, room)\n"
+    "        redis.pcall('DEL', 'chat:{' .. room .. '}:unstored')\n"
     "        out[#out + 1] = room\n"
-    "        out[#out + 1] = seqs[k]\n"
-    "      end\n"
-    "      if ns == 0 then\n"
+    "        out[#out + 1] = ''\n"
+    "      else\n"
+    "        local uk = 'chat:{' .. room .. '}:unstored'\n"
+    "        local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per + 1)\n"
+    "        local ns = math.min(#seqs, per)\n"
+    "        if #seqs > ns then mp = 2 end\n"
+    "        local bad = 0\n"
+    "        for k = 1, ns do\n"
+    /* a member no seq can be (a seq is 1 to 19 digits without a leading
+     * zero): removed, listed as (room, '') */
+    "          local s = seqs[k]\n"
+    "          if #s > 19 or not string.match(s, '^[1-9]%d*$') then\n"
+    "            redis.call('ZREM', uk, s)\n"
+    "            bad = bad + 1\n"
+    "            s = ''\n"
+    "          end\n"
+    "          out[#out + 1] = room\n"
+    "          out[#out + 1] = s\n"
+    "        end\n"
+    "        if ns == bad then\n"
     LUA_REINDEX_ROOM
+    "        end\n"
     "      end\n"
     "    end\n"
     "    budget = budget - nr\n"

@@ -41,7 +41,7 @@ static const opt OPTS[] = {
     {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound"},
     {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
     {"--idempotency-ttl-s", "CHAT_IDEMPOTENCY_TTL_S", K_INT, O(idempotency_ttl_s), "600", "how long (s) a client message id is remembered: a resend with the same id within it is never stored or broadcast twice (1 to 604800)"},
-    {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node"},
+    {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node (100 to 3600000)"},
     {"--backfill-check-rooms", "CHAT_BACKFILL_CHECK_ROOMS", K_INT, O(backfill_check_rooms), STR(CONFIG_BACKFILL_CHECK_ROOMS), "backfill sweeper: most rooms one round lists per Redis node (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "); a round that leaves old rooms unlisted is followed by another as soon as it settled"},
     {"--backfill-check-per-room", "CHAT_BACKFILL_CHECK_PER_ROOM", K_INT, O(backfill_check_per_room), STR(CONFIG_BACKFILL_CHECK_PER_ROOM), "backfill sweeper: most old seqs of one room one round lists (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "; rooms x this at most " STR(CONFIG_BACKFILL_CHECK_PAIRS_MAX) ")"},
     {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL"},
@@ -190,6 +190,10 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
         snprintf(err, errlen, "CHAT_IDEMPOTENCY_TTL_S: 1 to 604800, got %lld", (long long)c->idempotency_ttl_s);
         return -1;
     }
+    if (c->backfill_grace_ms < 100 || c->backfill_grace_ms > 3600000) {
+        snprintf(err, errlen, "CHAT_BACKFILL_GRACE_MS: 100 to 3600000, got %lld", (long long)c->backfill_grace_ms);
+        return -1;
+    }
     if (c->backfill_check_rooms < 1 || c->backfill_check_rooms > CONFIG_BACKFILL_CHECK_MAX) {
         snprintf(err, errlen, "CHAT_BACKFILL_CHECK_ROOMS: 1 to %d, got %lld", CONFIG_BACKFILL_CHECK_MAX,
                  (long long)c->backfill_check_rooms);
@@ -211,7 +215,5 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
     if (c->read_lookup_timeout_ms < 10) c->read_lookup_timeout_ms = 10;
     if (c->retention_interval_ms < 100) c->retention_interval_ms = 100;
     if (c->retention_batch < 1) c->retention_batch = 1;
-    if (c->backfill_grace_ms < 100) c->backfill_grace_ms = 100;
-    if (c->backfill_grace_ms > 3600000) c->backfill_grace_ms = 3600000;
     return 0;
 }

@@ -44,7 +44,8 @@ static metric_counter *m_oom;
 
 void conn_metrics_init(void)
 {
-    if (m_deliveries) return;
+    static unsigned seen;
+    if (!metrics_register_due(&seen)) return;
     m_deliveries = metrics_counter("chat_deliveries_total", "Message frames written to client sockets", NULL);
     m_slow = metrics_counter("chat_drops_total", "Connections dropped or frames refused, by reason", "reason=\"slow_consumer\"");
     metrics_counter("chat_slow_consumer_closes_total", "Connections closed with 1008 because their queue filled", NULL);

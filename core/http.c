@@ -28,7 +28,8 @@ static metric_counter *m_http[6];
 
 static void metrics_once(void)
 {
-    if (m_http[0]) return;
+    static unsigned seen;
+    if (!metrics_register_due(&seen)) return;
     static const char *codes[] = {"2xx", "3xx", "4xx", "5xx", "other", "other"};
     for (int i = 0; i < 5; i++) {
         char l[32];

@@ -97,7 +97,8 @@ static metric_counter *m_class[5];
 static void count(unsigned status)
 {
     /* the same series as http.c's answers: every HTTP answer by class */
-    if (!m_class[0]) {
+    static unsigned seen;
+    if (metrics_register_due(&seen)) {
         static const char *codes[] = {"2xx", "3xx", "4xx", "5xx", "other"};
         for (int i = 0; i < 5; i++) {
             char l[32];

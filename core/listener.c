@@ -59,7 +59,8 @@ static metric_gauge *m_paused;
 
 void listener_metrics_init(void)
 {
-    if (m_emfile) return;
+    static unsigned seen;
+    if (!metrics_register_due(&seen)) return;
     const char *h = "accept() failures, by reason (emfile: out of file descriptors)";
     m_emfile = metrics_counter("chat_accept_errors_total", h, "reason=\"emfile\"");
     m_other = metrics_counter("chat_accept_errors_total", h, "reason=\"other\"");
@@ -348,7 +349,8 @@ int listener_add(const char *host_in, int port_n, int shared, char *err, size_t 
     l->poll.data = l;
     l->fd = fd;
     l->shared = shared;
-    if (shared && !m_shared)
+    static unsigned seen_shared;
+    if (shared && metrics_register_due(&seen_shared))
         m_shared = metrics_counter("chat_shared_listener_accepts_total",
                                    "Connections accepted on the port shared by the workers (chatd --workers)", NULL);
     g_nls++;

@@ -29,7 +29,8 @@ void memtrim_init(uint64_t interval_ms)
     T.checked = 0;
     T.low = 0;
     T.since = 0;
-    if (T.runs) return;
+    static unsigned seen;
+    if (!metrics_register_due(&seen)) return;
     T.runs = metrics_counter("chat_malloc_trim_total",
                              "malloc_trim runs (CHAT_MALLOC_TRIM_MS): free heap pages given back to the kernel", "");
     /* nanoseconds counted here, exposed in seconds */

@@ -34,6 +34,9 @@ typedef struct family {
 } family;
 
 static family *g_first, *g_last;
+/* bumped by metrics_free_all: the pointers a module registered in an older
+ * generation point to freed series (metrics_register_due); never 0 */
+static unsigned g_gen = 1;
 
 const double METRICS_LAG_BUCKETS[] = {
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01,
@@ -238,4 +241,12 @@ void metrics_free_all(void)
         f = fn;
     }
     g_first = g_last = NULL;
+    if (++g_gen == 0) g_gen = 1;
+}
+
+int metrics_register_due(unsigned *seen)
+{
+    if (*seen == g_gen) return 0;
+    *seen = g_gen;
+    return 1;
 }

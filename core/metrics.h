@@ -43,7 +43,14 @@ extern const int METRICS_LAG_NBUCKETS;
 
 /* Renders every series; returns a malloc'd NUL-terminated string, *len set. */
 char *metrics_render(size_t *len);
-/* Frees every series (at exit, for leak checkers). */
+/* Frees every series (at exit, for leak checkers; tests may register again
+ * afterwards). */
 void metrics_free_all(void);
+/* The one guard of a module that registers its series once and keeps the
+ * pointers in statics: 1 when it must register them (the first call, or the
+ * first since metrics_free_all freed what its pointers point to), noting in
+ * *seen (the module's static, 0 at start) that it does; 0 while its
+ * pointers are valid. */
+int metrics_register_due(unsigned *seen);
 
 #endif

@@ -83,7 +83,7 @@ struct presence {
 static presence *g_live;            /* every instance not torn down */
 
 static struct {
-    int init;
+    unsigned seen; /* metrics_register_due */
     metric_counter *join, *leave, *sweeps, *writes, *batches;
 } M;
 
@@ -135,8 +135,7 @@ static double users_gauge_fn(void *ud)
 
 static void metrics_init(void)
 {
-    if (M.init) return;
-    M.init = 1;
+    if (!metrics_register_due(&M.seen)) return;
     metrics_gauge_fn("chat_presence_users", "(room, user) pairs with a live connection on this node", "",
                      users_gauge_fn, NULL);
     M.join = metrics_counter("chat_presence_events_total",

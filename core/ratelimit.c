@@ -25,7 +25,6 @@ struct ratelimit {
     size_t nslots;               /* power of two */
     size_t count, max;
     bucket *head, *tail;
-    uint64_t evicted;            /* rl_evicted */
 };
 
 /* every table's evictions of a bucket not yet refilled (registered once) */
@@ -42,7 +41,8 @@ ratelimit *rl_new(size_t max_keys)
     if (!rl->tab) { free(rl); return NULL; }
     rl->nslots = n;
     rl->max = max_keys;
-    if (!m_evicted)
+    static unsigned seen;
+    if (metrics_register_due(&seen))
         m_evicted = metrics_counter("chat_ratelimit_evictions_total",
                                     "chat.ratelimit buckets evicted from a full table before they refilled",
                                     NULL);
@@ -94,8 +94,6 @@ static double refilled(const bucket *b, uint64_t now_ms)
     return t > b->burst ? b->burst : t;
 }
 
-uint64_t rl_evicted(const ratelimit *rl) { return rl ? rl->evicted : 0; }
-
 int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double burst,
             uint64_t now_ms)
 {
@@ -119,10 +117,7 @@ int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double bur
             drop(rl, rl->tail, &spare, klen);
         if (rl->count >= rl->max) {
             /* a bucket still short of tokens: its key's limit starts over */
-            if (refilled(rl->tail, now_ms) < rl->tail->burst) {
-                rl->evicted++;
-                metric_inc(m_evicted);
-            }
+            if (refilled(rl->tail, now_ms) < rl->tail->burst) metric_inc(m_evicted);
             drop(rl, rl->tail, &spare, klen);
         }
         b = spare;

@@ -4,7 +4,8 @@
  * recently used bucket is evicted, and buckets that have refilled completely
  * (idle: indistinguishable from a fresh one) are dropped on the way.
  * Evicting a bucket that had not refilled resets its key's limit: counted
- * (rl_evicted, and chat_ratelimit_evictions_total over every table). */
+ * in chat_ratelimit_evictions_total (over every table; nothing else reads
+ * the count). */
 #ifndef CHATD_RATELIMIT_H
 #define CHATD_RATELIMIT_H
 #include <stddef.h>
@@ -20,7 +21,5 @@ void rl_free(ratelimit *rl);
  * Returns 1 allowed, 0 limited, -1 on a bad argument or out of memory. */
 int rl_take(ratelimit *rl, const char *key, size_t klen, double rate, double burst,
             uint64_t now_ms);
-/* Buckets evicted from this full table before they refilled. */
-uint64_t rl_evicted(const ratelimit *rl);
 
 #endif

@@ -47,7 +47,8 @@ static metric_counter *m_refused[RF_N];
 
 void ws_metrics_init(void)
 {
-    if (m_acc[0]) return;
+    static unsigned seen;
+    if (!metrics_register_due(&seen)) return;
     static const char *r[] = {"accepted", "refused_auth", "refused_policy", "bad_request", "draining",
                               "refused_banned"};
     for (int i = 0; i < 6; i++) {

@@ -27,7 +27,8 @@ static metric_counter *m_too_big;
 
 void wsread_metrics_init(void)
 {
-    if (m_err[0]) return;
+    static unsigned seen;
+    if (!metrics_register_due(&seen)) return;
     static const char *codes[] = {"1002", "1007", "1009"};
     for (int i = 0; i < 3; i++) {
         char l[32];

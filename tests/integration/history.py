@@ -494,6 +494,55 @@ async def unstorable_unstored_entry_is_forgotten():
 
 
 @test(timeout=60, needs=NEEDS)
+async def malformed_unstored_entries_are_dropped():
+    """What no node can ever settle is removed by the first sweep round and
+    counted (chat_bus_backfill_dropped_total), while a real unstored
+    message of the same room is still stored: members of
+    chat:{room}:unstored that are not seqs ("x7", "007", 20 digits) and a
+    room in the unstored index that is not a valid room name (with its
+    set). Before, every round listed and skipped them, and both rooms
+    stayed indexed for good."""
+    rd = harness.RUN.need_redis()
+    if not hasattr(rd, "command"):
+        raise harness.TestSkip("needs the test's own Redis")
+    n = hnode(env={"CHAT_BACKFILL_GRACE_MS": 600})
+    room, bogus = uniq(), "bad room!" + uniq()
+    tail = '"id":"mal-1","user":"u","name":"U","body":"still stored","ts":1700000000000}'
+    rd.command("ZADD", f"chat:{{{room}}}:recent", "1", "1\n" + tail)
+    for member in ("1", "x7", "007", "1" * 20):
+        rd.command("ZADD", f"chat:{{{room}}}:unstored", "1000", member)
+    rd.command("ZADD", "chat:unstored", "1000", room)
+    rd.command("ZADD", f"chat:{{{bogus}}}:unstored", "1000", "1")
+    rd.command("ZADD", "chat:unstored", "1000", bogus)
+
+    def gone():
+        return (rd.command("ZCARD", f"chat:{{{room}}}:unstored") == b":0\r\n" and
+                rd.command("EXISTS", f"chat:{{{bogus}}}:unstored") == b":0\r\n" and
+                rd.command("ZSCORE", "chat:unstored", room) == b"$-1\r\n" and
+                rd.command("ZSCORE", "chat:unstored", bogus) == b"$-1\r\n")
+    for _ in range(60):
+        await asyncio.sleep(0.1)
+        if gone():
+            break
+    check(gone(), "left: " + repr([rd.command("ZRANGE", f"chat:{{{room}}}:unstored", "0", "-1"),
+                                   rd.command("EXISTS", f"chat:{{{bogus}}}:unstored"),
+                                   rd.command("ZRANGE", "chat:unstored", "0", "-1")]))
+    rows = []
+    for _ in range(50):
+        rows = (await history(n, room))["messages"]
+        if rows:
+            break
+        await asyncio.sleep(0.1)
+    eq([(m.get("seq"), m.get("id"), m.get("body")) for m in rows], [(1, "mal-1", "still stored")],
+       "the real unstored message backfilled")
+    _, _, text = await ahttp(n.port, "/metrics")
+    dropped = harness.metric_value(text.decode(), "chat_bus_backfill_dropped_total") or 0
+    eq(dropped, 4, "malformed entries counted (3 members, 1 index room)")
+    check("removed 4 malformed unstored entries" in n.log_text(),
+          f"no log line for the round: {n.log_tail(3)}")
+
+
+@test(timeout=60, needs=NEEDS)
 async def hole_of_a_dead_node_is_backfilled():
     """A node dies (kill -9) after its messages were broadcast but before its
     batch committed them: a surviving node stores them from the Redis recent

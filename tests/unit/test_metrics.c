@@ -1,8 +1,16 @@
 /* test_metrics: registry identity, Prometheus text rendering, histogram
- * buckets and quantile estimates (metrics.h). */
+ * buckets and quantile estimates (metrics.h), and modules that keep their
+ * series in statics registering again after metrics_free_all
+ * (metrics_register_due: their old pointers point to freed series). */
 #define _GNU_SOURCE
 #include "check.h"
+#include "conn.h"
+#include "listener.h"
 #include "metrics.h"
+#include "ratelimit.h"
+#include "series.h"
+#include "ws.h"
+#include "wsread.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,6 +149,49 @@ static void test_quantile(void)
     CHECK(metric_hist_quantile(big, 0.99) == 10, "overflow capped at last bound");
 }
 
+/* Each module registers once (its guard), its series are freed, then it
+ * initialises again: its series are back in the exposition and an update
+ * lands in them (before: the guard saw its dangling pointer, registered
+ * nothing, and the update wrote into freed memory, which ASan reports). */
+static void rl_evict(ratelimit *rl)
+{
+    char k[16];
+    for (int i = 0; i < 17; i++) {   /* 16 buckets that never refill, then one more */
+        snprintf(k, sizeof k, "k%d", i);
+        rl_take(rl, k, strlen(k), 0.001, 1, 1000);
+    }
+}
+
+static void test_register_again(void)
+{
+    for (int round = 0; round < 2; round++) {
+        metrics_free_all();
+        for (int twice = 0; twice < 2; twice++) {   /* the guard: registered once */
+            conn_metrics_init();
+            listener_metrics_init();
+            ws_metrics_init();
+            wsread_metrics_init();
+        }
+        ratelimit *rl = rl_new(16);
+        rl_evict(rl);
+        rl_free(rl);
+        wsread_count_failure(1002);
+        CHECK(series("chat_ratelimit_evictions_total") == 1, "round %d: evictions %g", round,
+              series("chat_ratelimit_evictions_total"));
+        CHECK(series("chat_ws_protocol_errors_total{code=\"1002\"}") == 1, "round %d: 1002 %g",
+              round, series("chat_ws_protocol_errors_total{code=\"1002\"}"));
+        CHECK(series("chat_connections_open") == 0, "round %d: conn.c's gauge", round);
+        CHECK(series("chat_accept_paused") == 0, "round %d: listener.c's gauge", round);
+        CHECK(series("chat_connections_total{result=\"accepted\"}") == 0, "round %d: ws.c's", round);
+        size_t len;
+        char *t = metrics_render(&len);
+        CHECK(t && count_of(t, "# TYPE chat_ws_protocol_errors_total ") == 1 &&
+                  count_of(t, "chat_ws_protocol_errors_total{code=\"1002\"} ") == 1,
+              "round %d: registered once", round);
+        free(t);
+    }
+}
+
 int main(void)
 {
     test_identity();
@@ -154,6 +205,7 @@ int main(void)
     free(t);
     metric_counter *c = metrics_counter("chat_t_again_total", "Again.", NULL);
     CHECK(c && c->v == 0, "register after free_all");
+    test_register_again();
     metrics_free_all();
     return check_summary("test_metrics");
 }

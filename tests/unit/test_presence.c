@@ -20,6 +20,7 @@
 #include "redis_procs.h"
 #include "log.h"
 #include "metrics.h"
+#include "series.h"
 #include "util.h"
 #include <hiredis/hiredis.h>
 #include <signal.h>
@@ -902,12 +903,7 @@ static void run_cluster(void)
  * pair; the same user in two rooms is two); the gauge sums the nodes. */
 static double users_gauge(void)
 {
-    size_t len = 0;
-    char *t = metrics_render(&len);
-    const char *l = t ? strstr(t, "\nchat_presence_users ") : NULL;
-    double v = l ? strtod(l + strlen("\nchat_presence_users "), NULL) : -1;
-    free(t);
-    return v;
+    return series("chat_presence_users");
 }
 
 static void test_user_count(void)
