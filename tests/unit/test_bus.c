@@ -571,13 +571,16 @@ static char cl_url[128];
  * the old owner drops the subscriptions (sunsubscribe), the buses
  * resubscribe at the new owner, publishes follow ASK/TRYAGAIN/MOVED; both
  * subscribers see every acked seq once, in order, with no gap. */
-static void test_cluster_slot_move(void)
+static void test_cluster_slot_move(int seeded)
 {
-    node *a = node_new("CA", cl_url, 1000, 60), *b = node_new("CB", cl_url, 1000, 60);
+    /* seeded (as with a database): the scripts also read and write the
+     * room's run key, which must move with the room like its other keys */
+    node *a = seeded ? node_new_seeded("CA", cl_url, 0, "ep-move") : node_new("CA", cl_url, 1000, 60);
+    node *b = seeded ? node_new_seeded("CB", cl_url, 0, "ep-move") : node_new("CB", cl_url, 1000, 60);
     wait_ready(a);
     wait_ready(b);
     char room[80];
-    mkroom(room, sizeof room, "move");
+    mkroom(room, sizeof room, seeded ? "moveseeded" : "move");
     snprintf(a->room, sizeof a->room, "%s", room);
     snprintf(b->room, sizeof b->room, "%s", room);
     sub(a, room);
@@ -597,6 +600,15 @@ static void test_cluster_slot_move(void)
     spin(200);
     CHECK(rp_move_slot_step(cl_first, 3, slot, src, dst, 1) == 0, "importing/migrating");
     spin(150);
+    if (seeded) {
+        /* the run key first: every other key of the room is still on the
+         * source, so only a script that declares it gets ASK/TRYAGAIN
+         * from Redis (an undeclared one fails: "non local key") */
+        redisReply *m = rp_cmd(src, "MIGRATE 127.0.0.1 %d chat:{%s}:run 0 5000", rp_all[dst].port, room);
+        CHECK(m && m->type == REDIS_REPLY_STATUS, "run key moved first: %s", m && m->str ? m->str : "?");
+        if (m) freeReplyObject(m);
+        spin(100);
+    }
     int keys = 0;
     while (rp_move_slot_step(cl_first, 3, slot, src, dst, 2) > 0 && keys < 100) {
         keys++;
@@ -617,9 +629,9 @@ static void test_cluster_slot_move(void)
             if (st.res[i].seq > maxseq) maxseq = st.res[i].seq;
         }
     WAIT(a->n >= maxseq && b->n >= maxseq, 8000);
-    fprintf(stderr, "cluster slot move: slot %d %d->%d, %d keys moved, %d sent, %d acked, "
-            "%d refused, B got %zu\n", slot, rp_all[src].port, rp_all[dst].port, keys, st.sent,
-            acked, st.refused, b->n);
+    fprintf(stderr, "cluster slot move%s: slot %d %d->%d, %d keys moved, %d sent, %d acked, "
+            "%d refused, B got %zu\n", seeded ? " (seeded)" : "", slot, rp_all[src].port,
+            rp_all[dst].port, keys, st.sent, acked, st.refused, b->n);
     CHECK(keys >= 2 && st.sent > 200, "the room had keys and traffic (%d keys, %d sent)", keys,
           st.sent);
     CHECK(acked == st.sent, "every publish acked across the move (%d of %d)", acked, st.sent);
@@ -694,7 +706,8 @@ int main(void)
         test_unsub_waiting_replay();
         if (rp_have_server() && (cl_first = rp_cluster(0, 2000)) >= 0) {
             snprintf(cl_url, sizeof cl_url, "redis+cluster://127.0.0.1:%d", rp_all[cl_first].port);
-            test_cluster_slot_move();
+            test_cluster_slot_move(0);
+            test_cluster_slot_move(1);
             test_cluster_node_as_standalone();
         } else {
             fprintf(stderr, "no Redis Cluster (redis-cli --cluster): cluster tests skipped\n");
