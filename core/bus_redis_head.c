@@ -33,8 +33,8 @@ int bus_rhead_parse(const redisReply *rp, head_res *h)
     if (h->status != 0 || rp->elements != 4 || redis_reply_u64(rp->element[1], &h->head) != 0 ||
         redis_reply_u64(rp->element[3], &h->before) != 0 ||
         rp->element[2]->type != REDIS_REPLY_STRING || rp->element[2]->len < 1 ||
-        rp->element[2]->len > BUS_EPOCH_MAX)
-        return -1;
+        rp->element[2]->len > BUS_EPOCH_MAX || memchr(rp->element[2]->str, 0, rp->element[2]->len))
+        return -1;   /* (an epoch is text: a NUL would cut it short) */
     memcpy(h->epoch, rp->element[2]->str, rp->element[2]->len);
     h->epoch[rp->element[2]->len] = 0;
     return 0;
