@@ -15,6 +15,12 @@
 # module of /usr/bin/python3, "lua:module" for a module LuaJIT must load,
 # "fuzzer" for clang's libFuzzer runtime: a one-line target must link).
 set -euo pipefail
+# one optional argument; anything else is refused (a typo such as --check
+# would otherwise check only the build + run set and still say "all present")
+if [ $# -gt 1 ] || { [ $# -eq 1 ] && [ "$1" != --test ] && [ "$1" != --bench ]; }; then
+    echo "usage: tools/deps.sh [--test|--bench]" >&2
+    exit 2
+fi
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 # ---- ./run.sh: build and run

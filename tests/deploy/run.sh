@@ -237,6 +237,9 @@ else
     fail deb "$(tail -10 "$T/deb.log")"
 fi
 
+# ---- tools/deps.sh refuses an argument it does not know (it would check less)
+check deps-usage bash -c 'tools/deps.sh --check >/dev/null 2>&1; [ $? -eq 2 ] && tools/deps.sh --test --bench >/dev/null 2>&1; [ $? -eq 2 ]'
+
 # ---- tools/services.sh: the Redis ./run.sh starts (REDIS_APPENDFSYNC)
 if command -v redis-server >/dev/null; then
     SB=$(port_block 3)

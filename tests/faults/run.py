@@ -173,7 +173,9 @@ def check_run_sh_durable(workdir):
     os.makedirs(data)
     os.chmod(data, 0o755)
     listen, rport, pport = harness.free_port(), harness.free_port(), harness.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    # the defaults are under test: no CHAT_* and no REDIS_APPENDFSYNC from outside
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CHAT_") and k != "REDIS_APPENDFSYNC"}
     env.update({"CHATD_DATA": data, "CHAT_LISTEN": f"127.0.0.1:{listen}",
                 "CHATD_REDIS_PORT": str(rport), "CHATD_PG_PORT": str(pport),
                 "SERVICES_FAST": "1"})
