@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "util.h"
 #include <inttypes.h>
+#include <assert.h>
 #include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -42,7 +43,7 @@ typedef struct lentry {
     uint8_t dirty;                  /* in the dirty list */
     uint8_t own_strs;               /* the four strings are malloc'd apart */
     uint16_t slot_off;              /* the store's slot at (char *)e + slot_off; 0: none */
-    struct lentry *dprev, *dnext;
+    struct lentry *dprev, *dnext;   /* dirty list; dnext also the dead list (entry_free) */
     char key[];                     /* "conn|room" (p->entries is keyed by it; room is its tail), then the strings */
 } lentry;
 
@@ -268,6 +269,8 @@ static void release_slot(presence *p, lentry *e)
 static void entry_free(presence *p, lentry *e)
 {
     if (p->busy) {
+        /* dnext doubles as the dead-list link: the entry is off the dirty list */
+        assert(!e->dprev && !e->dnext && p->dirty != e);
         e->dnext = p->dead;
         p->dead = e;
         return;

@@ -606,7 +606,7 @@ pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,
     host[sizeof host - 1] = 0;
     snprintf(s->token, sizeof s->token, "%s-%d-%" PRIx64, host, (int)getpid(),
              mono_ns() ^ (uint64_t)(uintptr_t)s);
-    redis_client_opts o = {url, MOD, SCRIPTS, S_COUNT, 0};
+    redis_client_opts o = {url, MOD, SCRIPTS, S_COUNT, 0, 0};
     s->rc = redis_client_new(loop, &o, &CLIENT_H, s, err, errlen);
     if (!s->rc) {
         free(s);

@@ -155,6 +155,16 @@ static void on_stored(void *ud, int status)
     }
 }
 
+/* A published row Postgres can never hold (store_write -3: not UTF-8 text,
+ * or a number over 2^63-1; input checks refuse such rows first, so this is
+ * a bug): logged, and the bus's sweeper is told not to offer it again. */
+static void forget_unstorable(const char *room, uint64_t seq)
+{
+    LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a number "
+         "over 2^63-1): not stored", room, seq);
+    bus_mark_stored(P.bus, room, seq);
+}
+
 /* The published row goes to the store; on_stored answers. Refused now: the
  * backlog is full (resend), or the row can never be stored: the bus's
  * sweeper is told not to offer it again (as publish_bus_unstored does). */
@@ -162,9 +172,7 @@ static void stored_write(publish_op *p, const store_row *row)
 {
     int rc = store_write(P.store, row, on_stored, p);
     if (rc == -3) {
-        LOGW(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a number "
-             "over 2^63-1): refused", p->room, row->seq);
-        bus_mark_stored(P.bus, p->room, row->seq);
+        forget_unstorable(p->room, row->seq);
         finish(p, PUBLISH_UNSTORABLE);
     } else if (rc < 0) {
         finish(p, PUBLISH_BACKLOG);
@@ -623,11 +631,7 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
      * the row and forgets it; not stored (backlog full, store down): the
      * check misses it and the sweeper offers it again; a row Postgres can
      * never hold: forgotten, or it would be offered every grace for ever */
-    if (store_write(P.store, &row, NULL, NULL) == -3) {
-        LOGE(MOD, "room %s seq %" PRIu64 ": unstored message cannot be stored (not UTF-8 text, or "
-             "a number over 2^63-1): not stored", rname, seq);
-        bus_mark_stored(P.bus, rname, seq);
-    }
+    if (store_write(P.store, &row, NULL, NULL) == -3) forget_unstorable(rname, seq);
     json_decref(o);
     free(buf);
 }

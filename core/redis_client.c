@@ -55,7 +55,7 @@ struct redis_client {
     int nscripts;
     char **scripts;
     char (*shas)[41];
-    int want_sub;
+    int want_sub, want_run_id;
     redis_topo topo;
     uv_timer_t refresh_t, retry_t;
     uint64_t refresh_due;
@@ -184,7 +184,7 @@ static int send_req(creq *q)
     redis_conn *conn = redis_node_cmd(cn->n);
     if (q->run_off) {
         const char *rid = redis_node_run_id(cn->n);
-        if (strlen(rid) != REDIS_RUN_ID_LEN) return -1;
+        if (!*rid) return -1;   /* "" or exactly REDIS_RUN_ID_LEN digits (redis_node) */
         memcpy(q->cmd + q->run_off, rid, REDIS_RUN_ID_LEN);
     }
     if (q->asking) {
@@ -693,6 +693,7 @@ redis_client *redis_client_new(uv_loop_t *loop, const redis_client_opts *o,
     c->h = *h;
     c->ud = ud;
     c->want_sub = o->want_sub;
+    c->want_run_id = o->want_run_id;
     snprintf(c->who, sizeof c->who, "%s", o->who ? o->who : "redis");
     if (o->nscripts > 0) {
         c->scripts = calloc((size_t)o->nscripts, sizeof *c->scripts);
@@ -709,6 +710,7 @@ redis_client *redis_client_new(uv_loop_t *loop, const redis_client_opts *o,
         .db = c->url.cluster ? 0 : c->url.db,
         .tls = c->tls,
         .want_sub = c->want_sub,
+        .want_run_id = c->want_run_id,
         .scripts = (const char *const *)c->scripts,
         .shas = (const char (*)[41])c->shas,
         .nscripts = c->nscripts,

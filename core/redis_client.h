@@ -60,6 +60,8 @@ typedef struct redis_client_opts {
     const char *const *scripts;      /* loaded on every node (may be NULL) */
     int nscripts;
     int want_sub;                    /* a subscription connection per node */
+    int want_run_id;                 /* read each server's run_id (INFO server) before it is
+                                      * up: required by calls with redis_call.run_arg */
 } redis_client_opts;
 
 redis_client *redis_client_new(uv_loop_t *loop, const redis_client_opts *o,
@@ -85,7 +87,6 @@ typedef struct redis_call {
      * was written by the process running it (argv[0] is never one). */
     int run_arg;
 } redis_call;
-#define REDIS_RUN_ID_LEN 40
 
 /* Queues a command (cb may be NULL). 0, or -1 when its node is not up
  * (cb not called). */

@@ -19,7 +19,7 @@ struct redis_node {
     int state;
     redis_conn *cmd, *sub;
     int cmd_ok, sub_ok, scripts_left, info_left;
-    char run_id[41];         /* of the server behind cmd ("" until INFO answered) */
+    char run_id[REDIS_RUN_ID_LEN + 1];   /* of the server behind cmd ("" until INFO answered) */
     uv_timer_t retry;
     backoff bo;
     char reason[300];
@@ -101,11 +101,11 @@ static void info_cb(redis_conn *c, const redisReply *r, void *ud)
     const char *p = NULL;
     if (r->type == REDIS_REPLY_STRING)
         p = memmem(r->str, r->len, "\nrun_id:", 8);
-    int ok = p && (size_t)(r->str + r->len - (p + 8)) >= 40;
-    for (int i = 0; ok && i < 40; i++) ok = strchr("0123456789abcdef", p[8 + i]) && p[8 + i];
+    int ok = p && (size_t)(r->str + r->len - (p + 8)) >= REDIS_RUN_ID_LEN;
+    for (int i = 0; ok && i < REDIS_RUN_ID_LEN; i++) ok = strchr("0123456789abcdef", p[8 + i]) && p[8 + i];
     if (ok) {
-        memcpy(n->run_id, p + 8, 40);
-        n->run_id[40] = 0;
+        memcpy(n->run_id, p + 8, REDIS_RUN_ID_LEN);
+        n->run_id[REDIS_RUN_ID_LEN] = 0;
         n->info_left = 0;
         maybe_up(n);
         return;
@@ -126,8 +126,9 @@ static void conn_up(redis_conn *c, void *ud)
         return;
     }
     n->cmd_ok = 1;
-    n->info_left = 1;
-    if (redis_conn_command(c, 2, (const char *[]){"INFO", "server"}, NULL, info_cb, n) != 0) {
+    n->info_left = n->o.want_run_id;
+    if (n->o.want_run_id &&
+        redis_conn_command(c, 2, (const char *[]){"INFO", "server"}, NULL, info_cb, n) != 0) {
         node_fail(n, "cannot queue INFO");
         return;
     }

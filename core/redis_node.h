@@ -8,9 +8,10 @@
  * REDIS_NODE_STABLE_MS (a server that accepts the handshake and then drops
  * the connection is not retried in a tight loop).
  * The node is up when every connection finished its handshake, every
- * script is loaded and the server's run_id is known (INFO server on the
- * command connection: it names the Redis process, new at every restart or
- * failover; redis_client writes it into calls that ask for it). When one connection fails, the node drops both (their
+ * script is loaded and, when asked (want_run_id), the server's run_id is
+ * known (INFO server on the command connection: it names the Redis
+ * process, new at every restart or failover; redis_client writes it into
+ * calls that ask for it). When one connection fails, the node drops both (their
  * pending callbacks get NULL), calls on_down once with the reason (kept for
  * readiness), and retries.
  * Owns: its connections, its retry timer, its last failure reason. */
@@ -36,6 +37,7 @@ typedef struct redis_node_opts {
     int db;                       /* SELECT (standalone only) */
     redis_tls *tls;
     int want_sub;                 /* keep a subscription connection */
+    int want_run_id;              /* INFO server on connect: up only with the run_id */
     const char *const *scripts;   /* loaded on every (re)connect */
     const char (*shas)[41];       /* their SHA1, hex */
     int nscripts;
@@ -54,8 +56,8 @@ const redis_addr *redis_node_addr(const redis_node *n);
 /* why the node is not up ("connecting" before the first failure) */
 const char *redis_node_reason(const redis_node *n);
 redis_conn *redis_node_cmd(redis_node *n);     /* NULL unless up */
-/* the run_id (40 hex) of the server process the command connection reaches;
- * "" unless up */
+/* the run_id (REDIS_RUN_ID_LEN hex, redis_reply.h) of the server process
+ * the command connection reaches; "" unless up and opts.want_run_id */
 const char *redis_node_run_id(const redis_node *n);
 redis_conn *redis_node_sub(redis_node *n);     /* NULL unless up or not wanted */
 

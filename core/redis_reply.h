@@ -14,6 +14,9 @@
 #define CHATD_REDIS_REPLY_H
 #include "redis_url.h"
 #include <hiredis/hiredis.h>
+
+/* a server's run_id (INFO server): 40 hex digits, new at every process start */
+#define REDIS_RUN_ID_LEN 40
 #include <stddef.h>
 #include <stdint.h>
 

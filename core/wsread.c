@@ -42,7 +42,6 @@ void wsread_metrics_init(void)
 
 void wsread_count_failure(int code)
 {
-    if (code == 1011) return;   /* ours, not the client's: conn_close_oom counts it */
     metric_inc(m_err[code == 1007 ? 1 : code == 1009 ? 2 : 0]);
     if (code == 1009) metric_inc(m_too_big);
 }

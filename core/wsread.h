@@ -35,8 +35,8 @@ int wsread_data(void *c, const unsigned char *p, size_t n, int final, int binary
 /* Registers the protocol error metrics. */
 void wsread_metrics_init(void);
 /* Counts a failed connection by the close code wsframe answered: 1002,
- * 1007, 1009 in chat_ws_protocol_errors_total (the client's framing); not
- * 1011 (our buffer could not be allocated: conn_close_oom counts it in
+ * 1007, 1009 in chat_ws_protocol_errors_total (the client's framing; a
+ * 1011 never comes here: conn_close_oom counts it in
  * chat_ws_server_errors_total). */
 void wsread_count_failure(int code);
 

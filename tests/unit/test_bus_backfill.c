@@ -556,10 +556,10 @@ static void test_backfill_limit_exact(void)
     settle();
 }
 
-/* chat_bus_backfill_checked_total counts the pairs asked of history: a
- * malformed member listed by the sweep (not a seq) is skipped, not counted;
- * a limited round that listed only malformed members made no progress: it
- * is not followed at once (that would sweep in a loop) */
+/* chat_bus_backfill_checked_total counts the pairs asked of history: the
+ * sweep drops malformed members (not a seq) itself, counts them in
+ * chat_bus_backfill_dropped_total and never asks history about them; once
+ * they are gone the rounds find nothing and go at the tick's pace (no loop) */
 static void test_backfill_checked_wellformed(void)
 {
     char m[80];
@@ -569,20 +569,24 @@ static void test_backfill_checked_wellformed(void)
     uns_add(m, 1, "bogus");
     uns_add(m, 1, "bogus2");
     uint64_t c0 = counter("chat_bus_backfill_checked_total");
-    /* a tick every 300 ms, 1 seq per room and round: "1", then "bogus"
-     * (limited: "bogus2" is left) for ever */
+    uint64_t d0 = counter("chat_bus_backfill_dropped_total");
+    /* a tick every 300 ms, 1 seq per room and round */
     node *k = node_new_checking_opts("K", rurl, 1000, 600, 0, 1);
     k->check_all_stored = 1;
-    WAIT(rc_int("ZSCORE chat:{%s}:unstored 1", m) == 0, 3000);
+    WAIT(rc_int("ZSCORE chat:{%s}:unstored 1", m) == 0 && rc_int("EXISTS chat:{%s}:unstored", m) == 0,
+         3000);
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", m) == 0, "the malformed members dropped, the set gone");
     CHECK(k->nchecks == 1 && k->check_sizes[0] == 1 && asked_count(k, m, 1) == 1,
           "the well-formed pair asked");
     CHECK(counter("chat_bus_backfill_checked_total") - c0 == 1, "one pair counted (%" PRIu64 ")",
           counter("chat_bus_backfill_checked_total") - c0);
+    CHECK(counter("chat_bus_backfill_dropped_total") - d0 == 2, "two dropped (%" PRIu64 ")",
+          counter("chat_bus_backfill_dropped_total") - d0);
     uint64_t r0 = bus_backfill_rounds(k->b), t0 = mono_ms();
     spin(700);
     uint64_t rounds = bus_backfill_rounds(k->b) - r0, el = mono_ms() - t0;
-    CHECK(rounds <= el / 300 + 2, "rounds of malformed members only: one per tick (%" PRIu64
-          " in %" PRIu64 " ms)", rounds, el);
+    CHECK(rounds <= el / 300 + 2, "rounds with nothing left: one per tick (%" PRIu64 " in %" PRIu64
+          " ms)", rounds, el);
     CHECK(k->nchecks == 1 && counter("chat_bus_backfill_checked_total") - c0 == 1,
           "no check of malformed members, none counted");
     node_free(k);

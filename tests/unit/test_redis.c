@@ -305,15 +305,17 @@ static const char *SCRIPTS[] = {"return ARGV[1]", "return redis.call('GET', KEYS
                                 "return #KEYS .. ':' .. table.concat(KEYS, ',') .. '|' .. table.concat(ARGV, ',')"};
 #define NSCRIPTS (int)(sizeof SCRIPTS / sizeof SCRIPTS[0])
 
-static redis_client *client(rec *r, const char *url, int want_sub)
+static redis_client *client_run(rec *r, const char *url, int want_sub, int want_run_id)
 {
     char err[256];
     memset(r, 0, sizeof *r);
-    redis_client_opts o = {url, "test", SCRIPTS, NSCRIPTS, want_sub};
+    redis_client_opts o = {url, "test", SCRIPTS, NSCRIPTS, want_sub, want_run_id};
     r->c = redis_client_new(loop, &o, &RH, r, err, sizeof err);
     CHECK(r->c, "client %s: %s", url, err);
     return r->c;
 }
+
+static redis_client *client(rec *r, const char *url, int want_sub) { return client_run(r, url, want_sub, 1); }
 
 /* one reply, copied */
 typedef struct ans {
@@ -646,6 +648,18 @@ static void test_standalone(void)
     CHECK(!redis_client_ready(c) && redis_client_health(c, why, sizeof why) == 0 &&
           strstr(why, "INFO") && strstr(why, "run_id"), "INFO refused: %s", why);
     redis_client_free(c);
+    /* a client that does not ask for the run_id (no database: presence,
+     * the admin store, a bus without a seed provider) works without INFO;
+     * a run_arg call through it is refused at once, never sent with the
+     * placeholder */
+    c = client_run(&R, url, 0, 0);
+    WAIT(redis_client_ready(c), 3000);
+    CHECK(redis_client_ready(c), "up without INFO when the run_id is not wanted");
+    a = sync_call(c, -1, -1, 1, "PING");
+    CHECK(!strcmp(a.str, "PONG"), "PING without the run_id");
+    a = run_call(c, 0, "x----------------------------------------");
+    CHECK(a.done == -1, "a run_arg call without a run_id is refused, not sent (%d)", a.done);
+    redis_client_free(c);
 
     rp_signal(srv, SIGKILL);
 }
@@ -842,7 +856,7 @@ static void test_tls(void)
     CHECK(redis_client_ready(c), "client certificate");
     redis_client_free(c);
     char err[200];
-    redis_client_opts o = {"rediss://h?ssl_certfile=/nonexistent.pem&ssl_keyfile=/x", "t", NULL, 0, 0};
+    redis_client_opts o = {"rediss://h?ssl_certfile=/nonexistent.pem&ssl_keyfile=/x", "t", NULL, 0, 0, 0};
     CHECK(redis_client_new(loop, &o, &RH, &R, err, sizeof err) == NULL && strstr(err, "certificate"),
           "bad cert file: %s", err);
     spin(20);
