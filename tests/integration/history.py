@@ -489,7 +489,7 @@ async def unstorable_unstored_entry_is_forgotten():
     eq(left, 0, "the unstorable entry left the unstored set")
     check("cannot be stored" in n.log_text(), f"no error logged: {n.log_tail(3)}")
     await asyncio.sleep(1.5)  # two more graces: not offered again
-    offers = n.log_text().count(f"room {room} seq 1: unstored message cannot be stored")
+    offers = n.log_text().count(f"room {room} seq 1: the message cannot be stored")
     eq(offers, 1, "offered (and refused) once")
 
 
