@@ -384,6 +384,9 @@ static void do_read(redis_conn *c)
             redis_reply_free(reply);
             if (c->state == ST_DEAD) return;
         }
+        /* a short read took all the socket had: the poll is level-triggered
+         * and reports what comes later, so no read that can only fail */
+        if (!c->ssl && n < sizeof buf) break;
     }
 }
 
