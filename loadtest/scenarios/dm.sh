@@ -18,6 +18,10 @@
 #              and .perf.txt; pg_stat_statements in its own Postgres (calls per statement);
 #              redis MONITOR for 2 s -> dm_profile.redis_monitor.txt
 #   MALLOC=1   chatd under loadtest/bin/malloc_count.so -> allocations per message
+#   SYSCALLS=1 strace -c -f on chatd for PERF_SECS (10) s from the start of the steady
+#              phase -> results/dm_syscalls.strace.txt and syscalls per message (by
+#              name, errors apart) in the summary; strace slows every syscall, so the
+#              CPU figures of such a run are not comparable, only the counts
 # env: DURATION (60), RATE (1000), CONNS (2000), MODE (full|single), IDLE (1), IDLE_S (20),
 #      HEARTBEAT_MS (10000), and lib.sh's (CHATD, LT_RT, PORT_A, REDIS_PORT, PG_PORT, ...)
 source "$(dirname "$0")/lib.sh"
@@ -37,6 +41,10 @@ single) NAME=dm_single ;;
 *) echo "dm: MODE is full or single" >&2; exit 2 ;;
 esac
 if [ "${PROFILE:-0}" = 1 ] || [ "${MALLOC:-0}" = 1 ]; then NAME=${NAME}_profile; fi
+if [ "${SYSCALLS:-0}" = 1 ]; then
+    command -v strace >/dev/null || { echo "dm: SYSCALLS=1 needs strace" >&2; exit 2; }
+    NAME=${NAME}_syscalls
+fi
 
 mkdir -p "$LT_DATA"
 PGDIR=
@@ -108,6 +116,12 @@ if [ "\$1" = go ] && [ "${PROFILE:-0}" = 1 ]; then
     # perf starts once MONITOR is over (MONITOR costs Redis CPU)
     (sleep 2.5; perf record -q -g -F 999 -o "$RESULTS/${NAME}.perf.data" -p "\$pids" -- sleep ${PERF_SECS:-10} >/dev/null 2>&1) &
 fi
+if [ "\$1" = go ] && [ "${SYSCALLS:-0}" = 1 ]; then
+    # the messages sent meanwhile are counted from the generator's timeline afterwards
+    date +%s.%N >"$RESULTS/${NAME}.strace.start"
+    (timeout -s INT ${PERF_SECS:-10} strace -c -f -p $CHATD_PID -o "$RESULTS/${NAME}.strace.txt" >/dev/null 2>&1;
+     date +%s.%N >"$RESULTS/${NAME}.strace.end") &
+fi
 EOF
 chmod +x "$HOOK"
 rm -rf "$RESULTS/${NAME}_stats" "$RESULTS/${NAME}.hook.log"; mkdir -p "$RESULTS/${NAME}_stats"
@@ -152,6 +166,16 @@ pgss_json() {
     jq -Rn '[inputs | split("|") | {id: .[0], calls: (.[1] | tonumber), rows: (.[2] | tonumber),
         exec_ms: (.[3] | tonumber), plan_ms: (.[4] | tonumber), values_rows: (.[5] | tonumber), query: .[6]}]' <"$1"
 }
+strace_json() {   # strace -c table + its window -> {"syscall": calls, "syscall!errors": n, "_seconds": s}
+    local t=$RESULTS/${NAME}.strace.txt
+    [ -f "$t" ] && [ -f "$RESULTS/${NAME}.strace.start" ] && [ -f "$RESULTS/${NAME}.strace.end" ] || { echo 'null'; return; }
+    local secs
+    secs=$(awk -v a="$(cat "$RESULTS/${NAME}.strace.start")" -v b="$(cat "$RESULTS/${NAME}.strace.end")" 'BEGIN { print b - a }')
+    # rows: % time, seconds, usecs/call, calls, [errors,] syscall (the errors column is blank when 0)
+    awk '$1 ~ /^[0-9.]+$/ && $NF != "total" { if (NF == 6) print $6, $4, $5; else if (NF == 5) print $5, $4, 0 }' "$t" |
+        jq -Rn --argjson secs "$secs" '[inputs | split(" ") | {(.[0]): (.[1] | tonumber)},
+            (if (.[2] | tonumber) > 0 then {(.[0] + "!errors"): (.[2] | tonumber)} else empty end)] | add + {_seconds: $secs}'
+}
 IDLE_J=null
 [ -f "$RESULTS/${NAME}_idle.json" ] && [ "$IDLE" = 1 ] && IDLE_J=$(cat "$RESULTS/${NAME}_idle.json")
 jq -n --slurpfile r "$RESULTS/$NAME.json" --argjson idle "$IDLE_J" \
@@ -159,6 +183,7 @@ jq -n --slurpfile r "$RESULTS/$NAME.json" --argjson idle "$IDLE_J" \
     --argjson pg "$(pg_json "$S/go.pg")" --argjson pe "$(pg_json "$S/end.pg")" \
     --argjson mg "$(malloc_json "$S/go.malloc")" --argjson me "$(malloc_json "$S/end.malloc")" \
     --argjson sg "$(pgss_json "$S/go.pgss")" --argjson se "$(pgss_json "$S/end.pgss")" \
+    --argjson sc "$(strace_json)" \
     --arg mode "$MODE" '
   $r[0] as $x | ($x.messages.sent) as $n |
   def per(v): if $n > 0 then v / $n else null end;
@@ -198,4 +223,8 @@ jq -n --slurpfile r "$RESULTS/$NAME.json" --argjson idle "$IDLE_J" \
    allocations_per_message: (if $mg and $me then {malloc: per($me.malloc - $mg.malloc), calloc: per($me.calloc - $mg.calloc),
         realloc: per($me.realloc - $mg.realloc), free: per($me.free - $mg.free),
         bytes: per($me.bytes - $mg.bytes)} else null end),
+   chatd_syscalls_per_message: (if $sc then (($x.messages.sent / $x.config.duration_s) * $sc._seconds) as $m |
+        ($sc | del(._seconds) | with_entries(.value /= $m)) + {total: (([$sc | del(._seconds) | to_entries[] |
+        select(.key | contains("!") | not) | .value] | add) / $m), window_s: $sc._seconds, messages: $m}
+        else null end),
    machine: $x.machine, generator_limited: $x.generator.limited}' | tee "$RESULTS/${NAME}_summary.json"
