@@ -54,13 +54,8 @@ int api_user_valid(const char *s, size_t len)
 
 static int parse_seq(const char *s, uint64_t *out)
 {
-    if (!*s || strlen(s) > 19) return -1;
     uint64_t v = 0;
-    for (const char *p = s; *p; p++) {
-        if (*p < '0' || *p > '9') return -1;
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
-    if (v < 1 || v > INT64_MAX) return -1;
+    if (seq_parse(s, strlen(s), &v) != 0 || v < 1) return -1;
     *out = v;
     return 0;
 }

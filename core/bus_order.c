@@ -14,13 +14,10 @@
 
 int bus_parse_entry(const char *s, size_t len, bus_entry *e)
 {
+    const char *nl = s ? memchr(s, '\n', len) : NULL;
     uint64_t v = 0;
-    size_t i = 0;
-    for (; i < len && s[i] != '\n'; i++) {
-        if (s[i] < '0' || s[i] > '9' || v > (UINT64_MAX - 9) / 10) return -1;
-        v = v * 10 + (uint64_t)(s[i] - '0');
-    }
-    if (i == 0 || i >= len) return -1;
+    if (!nl || seq_parse(s, (size_t)(nl - s), &v) != 0 || v < 1) return -1;
+    size_t i = (size_t)(nl - s);
     e->seq = v;
     e->tail = s + i + 1;
     e->len = len - i - 1;

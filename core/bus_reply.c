@@ -69,7 +69,7 @@ static int triple(const redisReply *rp, size_t from, size_t k, char *room, uint6
     const redisReply *rr = rp->element[i], *sr = rp->element[i + 1], *er = rp->element[i + 2];
     if (rr->type != REDIS_REPLY_STRING || sr->type != REDIS_REPLY_STRING ||
         er->type != REDIS_REPLY_STRING || !rr->str || !sr->str ||
-        !room_name_valid(rr->str, rr->len) || parse_u64(sr->str, sr->len, seq) != 0)
+        !room_name_valid(rr->str, rr->len) || seq_parse(sr->str, sr->len, seq) != 0 || *seq < 1)
         return -1;
     memcpy(room, rr->str, rr->len);
     room[rr->len] = 0;
@@ -116,7 +116,7 @@ int bus_reply_check_item(const redisReply *rp, size_t k, char *room, uint64_t *s
         return -1;
     const redisReply *rr = rp->element[3 + 2 * k], *sr = rp->element[4 + 2 * k];
     if (rr->type != REDIS_REPLY_STRING || sr->type != REDIS_REPLY_STRING || !rr->str ||
-        !sr->str || !room_name_valid(rr->str, rr->len) || parse_u64(sr->str, sr->len, seq) != 0)
+        !sr->str || !room_name_valid(rr->str, rr->len) || seq_parse(sr->str, sr->len, seq) != 0 || *seq < 1)
         return -1;
     memcpy(room, rr->str, rr->len);
     room[rr->len] = 0;

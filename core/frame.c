@@ -14,6 +14,7 @@
 #include "util.h"
 
 #include <assert.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -289,13 +290,19 @@ int frame_parse(const char *data, size_t len, client_frame *out,
     size_t mark = fa.top;
     arena_spills = 0;
     arena_on = 1;
-    json_t *root = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, NULL);
+    json_error_t jerr;
+    json_t *root = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
     arena_on = 0;
     /* a spill freed during the parse (a lexer buffer) also counts: a walk
      * then, which is only slower */
     int arena_only = ours && arena_spills == 0;
     if (!root) {
         arena_release(&fa, mark);   /* json_loadb freed its partial tree */
+        /* every integer of the protocol (seqs: since, target, read's seq)
+         * is at most 9223372036854775807 (util.h SEQ_MAX): say so rather
+         * than "invalid JSON" for a number jansson cannot hold */
+        if (json_error_code(&jerr) == json_error_numeric_overflow)
+            return fail(code, msg, msglen, "integer out of range: seqs are 0 to %" PRIu64, SEQ_MAX);
         return fail(code, msg, msglen, "invalid JSON");
     }
     if (!json_is_object(root)) {

@@ -248,7 +248,7 @@ int http_parse_cursor(const char *s, uint64_t *seq)
         else return -1;
         v = v * 16 + (uint64_t)d;
     }
-    if (v < 1) return -1;
+    if (v < 1 || v > SEQ_MAX) return -1;
     *seq = v;
     return 0;
 }
@@ -269,7 +269,7 @@ int http_parse_limit(const char *s, int *limit)
 
 int http_parse_since(const char *s, uint64_t *since)
 {
-    return parse_u64(s, strlen(s), since);
+    return seq_parse(s, strlen(s), since);
 }
 
 /* ---- routes ---------------------------------------------------------- */

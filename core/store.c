@@ -742,7 +742,21 @@ static void range_done(store *s)
         int t = (r->newest || hist) ? n - 1 - i : i; /* deliver oldest first */
         store_row *o = &rows[i];
         o->room = r->room;
-        o->seq = strtoull(PQgetvalue(res, t, 0), NULL, 10);
+        /* seq and target: the one seq rule (util.h); a bigint column holds
+         * nothing else, but a row that breaks it fails the read rather than
+         * hand a wrapped seq on */
+        if (seq_parse(PQgetvalue(res, t, 0), (size_t)PQgetlength(res, t, 0), &o->seq) != 0 ||
+            o->seq < 1 ||
+            (!PQgetisnull(res, t, 7) &&
+             seq_parse(PQgetvalue(res, t, 7), (size_t)PQgetlength(res, t, 7), &o->target) != 0)) {
+            LOGE(MOD, "history row of room %s with a seq or target out of range: read failed", r->room);
+            free(rows);
+            PQclear(res);
+            fail_read(r);
+            free(r);
+            if (!s->dead) dispatch(s);
+            return;
+        }
         o->client_id = PQgetisnull(res, t, 1) ? NULL : PQgetvalue(res, t, 1);
         o->user = PQgetvalue(res, t, 2);
         o->name = PQgetvalue(res, t, 3);
@@ -750,7 +764,6 @@ static void range_done(store *s)
         o->body_len = (size_t)PQgetlength(res, t, 4);
         o->ts = strtoull(PQgetvalue(res, t, 5), NULL, 10);
         o->kind = atoi(PQgetvalue(res, t, 6));
-        o->target = PQgetisnull(res, t, 7) ? 0 : strtoull(PQgetvalue(res, t, 7), NULL, 10);
         o->emoji = PQgetisnull(res, t, 8) ? NULL : PQgetvalue(res, t, 8);
         o->on = !PQgetisnull(res, t, 9) && PQgetvalue(res, t, 9)[0] == 't';
         o->count = PQgetisnull(res, t, 10) ? -1 : strtoll(PQgetvalue(res, t, 10), NULL, 10);

@@ -45,6 +45,15 @@ int parse_u64(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
+int seq_parse(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (!s || len < 1 || len > 19 || (s[0] == '0' && len > 1)) return -1;
+    if (parse_u64(s, len, &v) != 0 || v > SEQ_MAX) return -1;
+    *out = v;
+    return 0;
+}
+
 size_t utf8_cut(const char *s, size_t max)
 {
     size_t l = strlen(s);

@@ -16,6 +16,17 @@ int room_name_valid(const char *s, size_t len);
  * no blanks), not above UINT64_MAX. 0 and *out, or -1. */
 int parse_u64(const char *s, size_t len, uint64_t *out);
 
+/* A room's seq in text, the one rule of every place that reads one (client
+ * input: since=, cursors, /messages/{seq}; Redis replies; Postgres rows):
+ * 1-19 ASCII digits of s[0..len), no sign, no blank, no leading zero ("0"
+ * itself is the only digit string that starts with 0) and not above
+ * SEQ_MAX: seqs come from Redis INCR and live in Postgres bigint columns,
+ * both int64. The Redis sweep script's "1 to 19 digits, no leading zero"
+ * is the same rule. 0 and *out (which may be 0: a caller where 0 is not a
+ * seq refuses it), or -1. */
+#define SEQ_MAX ((uint64_t)INT64_MAX)
+int seq_parse(const char *s, size_t len, uint64_t *out);
+
 /* UTF-8 (RFC 3629: no overlong forms, surrogates or code points above
  * U+10FFFF). utf8_seq: length 1-4 of the well-formed sequence that starts
  * s[0..n) (n >= 1; a NUL is a sequence of 1), 0 when it is ill-formed.

@@ -219,7 +219,7 @@ static int upgrade_gate(struct lws *wsi)
             identity_clear(&t->ident);
             free(t);
             metric_inc(m_acc[3]);
-            return refuse(wsi, 400, "since must be a non-negative integer");
+            return refuse(wsi, 400, "since must be a seq: an integer from 0 to 9223372036854775807");
         }
         t->has_since = 1;
         t->since = v;

@@ -179,6 +179,9 @@ async def http_errors_in_the_contract_shape():
     await expect_error(p, "PUT", "/api/users/u/ban", 400, "bad_request", body={"seconds": 0})
     await expect_error(p, "PUT", "/api/users/u/ban", 400, "bad_request", body={"seconds": 5, "room": "a b"})
     await expect_error(p, "DELETE", f"/api/rooms/{room}/messages/0", 400, "bad_request")
+    # the seq rule (util.h seq_parse): at most INT64_MAX, no leading zero
+    await expect_error(p, "DELETE", f"/api/rooms/{room}/messages/9223372036854775808", 400, "bad_request")
+    await expect_error(p, "DELETE", f"/api/rooms/{room}/messages/01", 400, "bad_request")
     # 415: a body that is not JSON by its type
     hd, _ = await expect_error(p, "POST", f"/api/rooms/{room}/messages", 415, "unsupported_media_type",
                                raw=json.dumps(msg("t")).encode(),

@@ -8,7 +8,8 @@ import urllib.parse
 
 import websockets
 
-from harness import (Client, Node, TestFailure, ahttp, ahttp_json, check, eq, start_node, token,
+from harness import (Client, Node, TestFailure, ahttp, ahttp_json, aupgrade_status, check, eq,
+                     start_node, token,
                      uniq, policy_dir, describe_seq_problem, test)
 import harness
 
@@ -242,6 +243,48 @@ async def history_http_auth_and_validation():
         pass
     st, _, _ = await ahttp(n.port, "/healthz", {})
     eq(st, 200, "node still serving after a %00 request")
+
+
+@test(timeout=45, needs=NEEDS)
+async def seqs_beyond_int64_are_refused():
+    """A seq is 1..9223372036854775807 (Redis INCR, Postgres bigint) at every
+    client input: above it is the contract's bad request, never a wrap.
+    Before: since=18446744073709551615 on the URL was the bus' "no since"
+    (the client got no replay and no error), since=9223372036854775808 was
+    taken as a seq, and a cursor above INT64_MAX reached Postgres."""
+    n = hnode()
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+    for i in range(3):
+        await harness.send_acked(c, f"b{i}", f"b{i}")
+    auth = {"Authorization": "Bearer " + token("alice")}
+    base = f"/rooms/{room}/messages"
+    for q in ("before=9223372036854775808", "before=c8000000000000000", "before=cffffffffffffffff"):
+        st, js, body = await ahttp_json(n.port, f"{base}?{q}", token("alice"))
+        eq(st, 400, f"history ?{q} (body {body[:100]!r})")
+        check(isinstance(js, dict) and js.get("error"), f"history ?{q}: a JSON error, got {body[:100]!r}")
+    js = await history(n, room, before="c7fffffffffffffff")
+    eq([m["body"] for m in js["messages"]], ["b0", "b1", "b2"], "the INT64_MAX cursor is the newest page")
+    for since in ("9223372036854775808", "18446744073709551615", "99999999999999999999", "01"):
+        st, body = await aupgrade_status(n.port, f"/ws/{room}?token={token('bob')}&since={since}")
+        eq(st, 400, f"upgrade with since={since} (body {body[:100]!r})")
+        check(b"since" in body, f"since={since}: the reason names since: {body[:100]!r}")
+    late = await Client.connect(n, room, token("late"), since=9223372036854775807)
+    # the largest seq is a seq: beyond the head, the contract's gap_too_large
+    await late.wait_for(lambda f: f["type"] == "error" and f.get("code") == "gap_too_large", 5,
+                        what="gap_too_large for since=9223372036854775807")
+    await late.close()
+    for raw in ('{"type":"join","room":"%s","since":9223372036854775808}' % room,
+                '{"type":"edit","room":"%s","target":9223372036854775808,"body":"x","id":"e1"}' % room,
+                '{"type":"delete","room":"%s","target":18446744073709551615,"id":"d1"}' % room):
+        e = await c.reply(raw, lambda f: f["type"] == "error", 5, what=f"error for {raw[:60]}")
+        eq(e.get("code"), "bad_request", f"error.code for {raw[:60]}")
+        check("9223372036854775807" in (e.get("message") or ""),
+              f"the error names the seq range for {raw[:60]}: {e}")
+    await c.roundtrip()
+    js = await history(n, room)
+    eq([m["body"] for m in js["messages"]], ["b0", "b1", "b2"], "nothing published by the refused frames")
+    await c.close()
 
 
 @test(timeout=120, needs=NEEDS)

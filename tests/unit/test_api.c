@@ -76,6 +76,11 @@ static void test_routes(void)
     CHECK_CONTAINS(err, "seq");
     CHECK(api_route_match("rooms/lobby/messages/-1", &r, err, sizeof err) == -2);
     CHECK(api_route_match("rooms/lobby/messages/99999999999999999999", &r, err, sizeof err) == -2);
+    /* the seq rule (util.h seq_parse) */
+    CHECK(api_route_match("rooms/lobby/messages/9223372036854775807", &r, err, sizeof err) == 0 &&
+          r.seq == 9223372036854775807ull);
+    CHECK(api_route_match("rooms/lobby/messages/9223372036854775808", &r, err, sizeof err) == -2);
+    CHECK(api_route_match("rooms/lobby/messages/042", &r, err, sizeof err) == -2);
     CHECK(api_route_match("rooms/bad room/messages", &r, err, sizeof err) == -2);
     CHECK_CONTAINS(err, "room");
     CHECK(api_route_match("rooms//messages", &r, err, sizeof err) == -2);

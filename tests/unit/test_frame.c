@@ -132,6 +132,10 @@ static void test_errors(void)
 {
     bad("", "invalid JSON");
     bad("{", "invalid JSON");
+    /* an integer jansson cannot hold (beyond int64): every seq is at most
+     * INT64_MAX, and the error says so */
+    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":9223372036854775808}", "integer out of range");
+    bad("{\"type\":\"delete\",\"room\":\"r\",\"target\":99999999999999999999}", "0 to 9223372036854775807");
     bad("{\"type\":\"heartbeat\"} x", "invalid JSON");
     bad("{\"type\":\"heartbeat\"}{\"type\":\"heartbeat\"}", "invalid JSON");
     bad("{'type':'heartbeat'}", "invalid JSON");
@@ -181,7 +185,7 @@ static void test_errors(void)
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":1.0}", "since must be a non-negative integer");
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":\"3\"}", "since must be a non-negative integer");
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":null}", "since must be a non-negative integer");
-    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":99999999999999999999999}", "invalid JSON");
+    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":99999999999999999999999}", "integer out of range");
     /* leave */
     bad("{\"type\":\"leave\"}", "leave needs a room");
     bad("{\"type\":\"leave\",\"room\":[\"r\"]}", "room must be a string");

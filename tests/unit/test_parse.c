@@ -36,6 +36,28 @@ static void test_u64(void)
     CHECK(parse_u64("123", 2, &v) == 0 && v == 12, "length is honoured");
 }
 
+/* seq_parse: the one seq rule (util.h) of client input, Redis replies and
+ * Postgres rows: 1-19 digits, no leading zero, at most INT64_MAX */
+static void test_seq(void)
+{
+    uint64_t v = 7;
+    CHECK(seq_parse("0", 1, &v) == 0 && v == 0, "0 (callers where 0 is not a seq refuse it)");
+    CHECK(seq_parse("1", 1, &v) == 0 && v == 1, "1");
+    CHECK(seq_parse("9223372036854775807", 19, &v) == 0 && v == 9223372036854775807ull &&
+          v == SEQ_MAX, "INT64_MAX is a seq");
+    v = 7;
+    CHECK(seq_parse("9223372036854775808", 19, &v) < 0 && v == 7, "INT64_MAX + 1 refused, *out untouched");
+    CHECK(seq_parse("9999999999999999999", 19, &v) < 0, "19 nines refused");
+    CHECK(seq_parse("18446744073709551615", 20, &v) < 0, "UINT64_MAX (20 digits) refused");
+    CHECK(seq_parse("10000000000000000000", 20, &v) < 0, "20 digits refused");
+    CHECK(seq_parse("01", 2, &v) < 0 && seq_parse("00", 2, &v) < 0 &&
+          seq_parse("0000000000000000005", 19, &v) < 0, "leading zeros refused");
+    CHECK(seq_parse("", 0, &v) < 0 && seq_parse(NULL, 1, &v) < 0, "empty");
+    CHECK(seq_parse("+5", 2, &v) < 0 && seq_parse("-5", 2, &v) < 0 && seq_parse(" 5", 2, &v) < 0 &&
+          seq_parse("5 ", 2, &v) < 0 && seq_parse("5\n", 2, &v) < 0, "sign, blank, junk");
+    CHECK(seq_parse("123", 2, &v) == 0 && v == 12, "length is honoured");
+}
+
 static void test_http(void)
 {
     char room[CHAT_ROOM_MAX + 1];
@@ -59,7 +81,9 @@ static void test_http(void)
 
     uint64_t s = 0;
     CHECK(http_parse_cursor("c1", &s) == 0 && s == 1, "c1");
-    CHECK(http_parse_cursor("cffffffffffffffff", &s) == 0 && s == UINT64_MAX, "max cursor");
+    CHECK(http_parse_cursor("c7fffffffffffffff", &s) == 0 && s == SEQ_MAX, "max cursor: INT64_MAX");
+    CHECK(http_parse_cursor("c8000000000000000", &s) < 0 && http_parse_cursor("cffffffffffffffff", &s) < 0,
+          "a cursor beyond INT64_MAX is no seq");
     CHECK(http_parse_cursor("c10000000000000000", &s) < 0, "17 hex digits");
     CHECK(http_parse_cursor("c0", &s) < 0 && http_parse_cursor("c", &s) < 0 &&
           http_parse_cursor("", &s) < 0 && http_parse_cursor("cA", &s) < 0 &&
@@ -81,6 +105,12 @@ static void test_http(void)
     CHECK(http_parse_since("+5", &s) < 0 && http_parse_since(" 5", &s) < 0 &&
           http_parse_since("-1", &s) < 0 && http_parse_since("", &s) < 0, "since sign/blank");
     CHECK(http_parse_since("18446744073709551616", &s) < 0, "since overflow");
+    /* the seq rule: UINT64_MAX (the bus' "no since") and anything above
+     * INT64_MAX were accepted and wrapped */
+    CHECK(http_parse_since("9223372036854775807", &s) == 0 && s == SEQ_MAX, "since INT64_MAX");
+    CHECK(http_parse_since("9223372036854775808", &s) < 0 &&
+          http_parse_since("18446744073709551615", &s) < 0, "since beyond INT64_MAX");
+    CHECK(http_parse_since("007", &s) < 0, "since with a leading zero");
 }
 
 static void test_bus_replies(void)
@@ -94,6 +124,15 @@ static void test_bus_replies(void)
     CHECK(bus_reply_replay(r, 2, 3, e) == 1, "replay stops at the first break");
     CHECK(bus_reply_replay(r, 3, 3, e) == 0, "replay must start at since+1");
     freeReplyObject(r);
+    /* entries follow the seq rule (util.h seq_parse): no 0, no leading
+     * zero, nothing above INT64_MAX (the last was read as a 20-digit u64) */
+    r = RESP("*5\r\n$3\r\n0\na\r\n$4\r\n07\na\r\n$21\r\n9223372036854775808\na\r\n"
+             "$22\r\n18446744073709551615\na\r\n$21\r\n9223372036854775807\na\r\n");
+    n = bus_reply_entries(r, e, 4);
+    CHECK(n == 1 && e[0].seq == SEQ_MAX, "only the INT64_MAX entry is a seq (n=%zu)", n);
+    freeReplyObject(r);
+    CHECK(bus_parse_entry("\nx", 2, e) < 0 && bus_parse_entry("5", 1, e) < 0 &&
+          bus_parse_entry("5\n", 2, e) == 0 && e[0].seq == 5 && e[0].len == 0, "entry edges");
 
     char room[CHAT_ROOM_MAX + 1], kind[16];
     CHECK(bus_reply_channel("chat:{lobby}:msg", 16, room, kind, sizeof kind) == 0 &&
@@ -119,6 +158,12 @@ static void test_bus_replies(void)
     CHECK(bus_reply_check_round(r, &more, &cut, &items) == 1 && more == 0 && items == 1 && cut == 5,
           "round, no more");
     CHECK(bus_reply_check_item(r, 0, room, &seq) < 0, "seq \"4x\" refused in a pair");
+    freeReplyObject(r);
+    r = RESP("*7\r\n:1\r\n:0\r\n:5\r\n$5\r\nlobby\r\n$19\r\n9223372036854775808\r\n"
+             "$5\r\nlobby\r\n$1\r\n0\r\n");
+    CHECK(bus_reply_check_round(r, &more, &cut, &items) == 1 && items == 2, "round of two");
+    CHECK(bus_reply_check_item(r, 0, room, &seq) < 0, "a seq above INT64_MAX refused in a pair");
+    CHECK(bus_reply_check_item(r, 1, room, &seq) < 0, "seq 0 refused in a pair");
     freeReplyObject(r);
     r = RESP("*1\r\n:1\r\n");
     CHECK(bus_reply_check_round(r, &more, &cut, &items) < 0, "a round without its more flag");
@@ -281,6 +326,7 @@ static void test_script_return(void)
 int main(void)
 {
     test_u64();
+    test_seq();
     test_http();
     test_bus_replies();
     test_redis_replies();
