@@ -32,7 +32,6 @@
  * (bus_check_done frees them). */
 #define _GNU_SOURCE
 #include "bus_int.h"
-#include "config.h"
 #include "log.h"
 #include "redis_client.h"
 #include "redis_slot.h"
@@ -504,6 +503,13 @@ int bus_backfill_init(bus *b, redis_client *rc, const bus_opts *o, char *err, si
         snprintf(err, errlen, "tracking unstored messages needs a history check (on_check)");
         return -1;
     }
+    /* no defaults here: they are the settings' (config.c, CHAT_BACKFILL_*),
+     * one place, and the bus is below config */
+    if (!o->backfill_grace_ms || !o->backfill_check_rooms || !o->backfill_check_per_room) {
+        snprintf(err, errlen, "tracking unstored messages needs backfill_grace_ms, backfill_check_rooms "
+                 "and backfill_check_per_room (the CHAT_BACKFILL_* settings)");
+        return -1;
+    }
     struct bus_bf *f = calloc(1, sizeof *f);
     if (!f) {
         snprintf(err, errlen, "out of memory");
@@ -512,10 +518,9 @@ int bus_backfill_init(bus *b, redis_client *rc, const bus_opts *o, char *err, si
     f->b = b;
     f->rc = rc;
     f->cluster = redis_client_is_cluster(rc);
-    f->grace_ms = o->backfill_grace_ms ? o->backfill_grace_ms : 3000;
-    f->check_rooms = o->backfill_check_rooms ? o->backfill_check_rooms : CONFIG_BACKFILL_CHECK_ROOMS;
-    f->check_per_room =
-        o->backfill_check_per_room ? o->backfill_check_per_room : CONFIG_BACKFILL_CHECK_PER_ROOM;
+    f->grace_ms = o->backfill_grace_ms;
+    f->check_rooms = o->backfill_check_rooms;
+    f->check_per_room = o->backfill_check_per_room;
     hmap_init(&f->marks);
     char host[64] = "node";
     gethostname(host, sizeof host - 1);

@@ -77,11 +77,12 @@ typedef struct bus_opts {
                                 * which are stored; missing ones go to
                                 * on_unstored. Set when a database stores
                                 * history. */
-    uint32_t backfill_grace_ms; /* age before a publish counts as abandoned (default 3000) */
-    uint32_t backfill_check_rooms;    /* rooms a sweep round lists per Redis node
-                                       * (0: CONFIG_BACKFILL_CHECK_ROOMS, config.h) */
-    uint32_t backfill_check_per_room; /* old seqs a round lists per room (0:
-                                       * CONFIG_BACKFILL_CHECK_PER_ROOM); a round
+    /* With track_unstored, all three are required (bus_new refuses a 0):
+     * their defaults are the settings' (config.c CHAT_BACKFILL_GRACE_MS,
+     * _CHECK_ROOMS, _CHECK_PER_ROOM), not the bus's. */
+    uint32_t backfill_grace_ms; /* age before a publish counts as abandoned */
+    uint32_t backfill_check_rooms;    /* rooms a sweep round lists per Redis node */
+    uint32_t backfill_check_per_room; /* old seqs a round lists per room; a round
                                        * that left more is followed by another at once */
 } bus_opts;
 

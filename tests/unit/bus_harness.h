@@ -14,6 +14,7 @@
 #include "bus.h"
 #include "bus_int.h"
 #include "check.h"
+#include "config.h"
 #include "uvwait.h"
 #include "redis_url.h"
 #include "redis_slot.h"
@@ -354,8 +355,11 @@ static inline node *node_start(node *nd, const char *name, bus_opts o, const bus
 static inline node *node_new_checking_opts(const char *name, const char *url, size_t recent_max,
                                     uint32_t grace_ms, uint32_t rooms, uint32_t per_room)
 {
+    /* 0: the settings' defaults (the bus itself has none) */
     return node_start(calloc(1, sizeof(node)), name,
-                      (bus_opts){url, recent_max, 60, 1, grace_ms, rooms, per_room},
+                      (bus_opts){url, recent_max, 60, 1, grace_ms,
+                                 rooms ? rooms : CONFIG_BACKFILL_CHECK_ROOMS,
+                                 per_room ? per_room : CONFIG_BACKFILL_CHECK_PER_ROOM},
                       &handlers_checking);
 }
 
@@ -377,7 +381,8 @@ static inline node *node_new_seeded(const char *name, const char *url, uint64_t 
     node *nd = calloc(1, sizeof *nd);
     nd->seed_max = seed_max;
     snprintf(nd->seed_epoch, sizeof nd->seed_epoch, "%s", epoch);
-    return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000, 0, 0},
+    return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000, CONFIG_BACKFILL_CHECK_ROOMS,
+                                           CONFIG_BACKFILL_CHECK_PER_ROOM},
                       &handlers_seeded);
 }
 

@@ -60,6 +60,36 @@ static void test_track_needs_check(void)
     if (b) bus_free(b);
 }
 
+/* the backfill grace and limits have one default, the settings' (config.c):
+ * the bus has none of its own and refuses a 0 (unset) when it tracks
+ * unstored messages; the settings' values are accepted */
+static void test_track_needs_settings(void)
+{
+    bus_opts cases[] = {
+        {rurl, 1000, 60, 1, 0, CONFIG_BACKFILL_CHECK_ROOMS, CONFIG_BACKFILL_CHECK_PER_ROOM},
+        {rurl, 1000, 60, 1, 3000, 0, CONFIG_BACKFILL_CHECK_PER_ROOM},
+        {rurl, 1000, 60, 1, 3000, CONFIG_BACKFILL_CHECK_ROOMS, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[200] = "";
+        bus *b = bus_new(loop, &cases[i], &handlers_checking, NULL, err, sizeof err);
+        CHECK(!b && strstr(err, "CHAT_BACKFILL_"), "case %zu: bus_new refused: %s", i, err);
+        if (b) bus_free(b);
+    }
+    /* the settings' defaults, as the server passes them */
+    config c;
+    char err[200] = "";
+    char *argv[] = {"chatd", NULL};
+    CHECK(config_load(&c, 1, argv, err, sizeof err) == 0, "config defaults: %s", err);
+    CHECK(c.backfill_grace_ms == 3000, "CHAT_BACKFILL_GRACE_MS default 3000 (%lld)",
+          (long long)c.backfill_grace_ms);
+    bus_opts o = {rurl, 1000, 60, 1, (uint32_t)c.backfill_grace_ms, (uint32_t)c.backfill_check_rooms,
+                  (uint32_t)c.backfill_check_per_room};
+    bus *b = bus_new(loop, &o, &handlers_checking, NULL, err, sizeof err);
+    CHECK(b != NULL, "bus_new with the settings' defaults: %s", err);
+    if (b) bus_free(b);
+}
+
 static void test_backfill(void)
 {
     char room[80], lost[80], locked[80];
@@ -694,6 +724,7 @@ int main(void)
     int have_redis = harness_redis();
     if (have_redis) {
         test_track_needs_check();
+        test_track_needs_settings();
         test_backfill();
         test_backfill_check();
         test_backfill_slow_check();
