@@ -932,6 +932,53 @@ static void test_user_count(void)
     teardown_nodes();
 }
 
+/* The pair count is kept with the entries (p->pairs): every way an entry
+ * comes and goes moves it, and a node torn down with live pairs leaves
+ * the gauge (and nothing leaks, under ASan). */
+static void test_user_count_paths(void)
+{
+    setup_nodes(1);
+    presence *p = N[0].p;
+    double g0 = users_gauge();
+    /* the same connection and room re-added for another user: a new pair */
+    conn *a = cadd(0, "ucp", "alice");
+    presence_add(p, a->room, a->id, "carol", NULL);
+    CHECK(presence_user_count(p) == 1, "alice replaced by carol: one pair (%zu)", presence_user_count(p));
+    presence_add(p, a->room, a->id, "carol", NULL);     /* a touch */
+    CHECK(presence_user_count(p) == 1, "a re-add of the same user is a touch");
+    /* left and re-joined within one batch (the queued remove taken back) */
+    sync_all();
+    presence_remove(p, a->room, a->id);
+    CHECK(presence_user_count(p) == 0, "carol left");
+    presence_add(p, a->room, a->id, "carol", NULL);
+    CHECK(presence_user_count(p) == 1, "carol back before the remove went out");
+    sync_all();
+    CHECK(presence_user_count(p) == 1, "after the flush");
+    presence_remove(p, a->room, a->id);
+    a->live = 0;
+    /* 19,000 entries: user i % 5000 in room (i / 5000) % 2, i.e. 10,000
+     * pairs, 9,000 of them with two entries (i and i + 10,000) */
+    char r0[72], r1[72];
+    room_name(r0, sizeof r0, "big0");
+    room_name(r1, sizeof r1, "big1");
+    uint64_t base = g_conn_id;
+    g_conn_id += 19000;
+    for (int i = 0; i < 19000; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "u%d", i % 5000);
+        presence_add(p, (i / 5000) % 2 ? r1 : r0, base + (uint64_t)i, u, NULL);
+    }
+    CHECK(presence_user_count(p) == 10000, "19,000 entries, 10,000 pairs (%zu)", presence_user_count(p));
+    CHECK(users_gauge() == g0 + 10000, "gauge %g", users_gauge());
+    for (int i = 0; i < 10000; i++) presence_remove(p, (i / 5000) % 2 ? r1 : r0, base + (uint64_t)i);
+    CHECK(presence_user_count(p) == 9000, "entries 10,000..18,999 left: 9,000 pairs (%zu)",
+          presence_user_count(p));
+    sync_all();
+    /* torn down with 9,000 live pairs: the gauge drops them */
+    teardown_nodes();
+    CHECK(users_gauge() == g0, "gauge after the teardown %g, was %g", users_gauge(), g0);
+}
+
 /* One node, one user, two connections: the first one's entry holds the
  * user's count and name in the memory store (in the entry's slot); when it
  * goes the count and name move (the list and the final leave still carry
@@ -964,6 +1011,7 @@ static void run_all(void)
                                             : (unsigned)(now_ms() % 1000000);
     test_two_nodes_one_user();
     test_user_count();
+    test_user_count_paths();
     test_first_conn_leaves();
     test_crash();
     test_expire_and_heal();
