@@ -327,6 +327,85 @@ async def publish_frame_meta_history_and_duplicate():
 
 
 @test(timeout=40, needs=("pg",))
+async def unstorable_input_is_refused_before_a_seq():
+    """store_write's -3 (a row Postgres can never hold: NUL, ill-formed
+    UTF-8, a number over 2^63-1; publish answers PUBLISH_UNSTORABLE after
+    the seq was handed out) is a last line that no client input reaches:
+    each such input is refused earlier, before any seq, over WebSocket
+    (bad_request, no ack) and the server API (400 bad_request). The edges
+    that ARE text Postgres holds (noncharacters, U+10FFFF, 4-byte emoji)
+    are stored and acked. Evidence for docs/architecture.md "A row history
+    can never hold"."""
+    n = api_node(db=True)
+    room = uniq("uns")
+    c = await Client.connect(n, room, token("alice"))
+    ws_cases = [
+        # lone surrogates: jansson refuses them (no UTF-8 for them exists)
+        ('{"type":"message","id":"s1","body":"a\\ud800b"}', None),
+        ('{"type":"message","id":"s2","body":"\\udfff"}', None),
+        # NUL: frame.c refuses it with the message's id
+        ('{"type":"message","id":"s3","body":"a\\u0000b"}', "s3"),
+        ('{"type":"message","id":"s4","body":"ok","room":"%s","x":"\\ud800"}' % room, None),
+        # a target beyond int64 (jansson cannot hold it)
+        ('{"type":"edit","id":"s5","target":9223372036854775808,"body":"x"}', None),
+        ('{"type":"edit","id":"s6","target":1,"body":"\\u0000"}', "s6"),
+    ]
+    for raw, want_id in ws_cases:
+        e = await c.reply(raw, lambda f: f["type"] in ("error", "ack", "message"), 5,
+                          what=f"answer to {raw[:60]}")
+        eq((e.get("type"), e.get("code")), ("error", "bad_request"), f"answer to {raw[:60]}")
+        if want_id:
+            eq(e.get("id"), want_id, f"the error names the id for {raw[:60]}")
+    # ill-formed UTF-8 bytes cannot reach the parser in a text frame (1007,
+    # tests/integration/edge.py); in a binary frame they are refused as such
+    e = await c.reply(b'{"type":"message","id":"s7","body":"\xff\xfe"}',
+                      lambda f: f["type"] in ("error", "ack", "message"), 5, what="binary frame")
+    eq((e.get("type"), e.get("code")), ("error", "bad_request"), "binary frame")
+    # server API: raw ill-formed UTF-8 in any field, lone surrogates, NUL
+    pub = f"/api/rooms/{room}/messages"
+    hdr = {"Content-Type": "application/json"}
+    api_cases = [
+        b'{"id":"a1","user":"u","body":"\xc0\x80"}',                 # overlong NUL
+        b'{"id":"a2","user":"u","body":"\xed\xa0\x80"}',             # CESU surrogate
+        b'{"id":"a3","user":"u","body":"\xf4\x90\x80\x80"}',         # above U+10FFFF
+        b'{"id":"a4","user":"\xff","body":"b"}',
+        b'{"id":"a5","user":"u","name":"\xfe","body":"b"}',
+        b'{"id":"a\xff","user":"u","body":"b"}',
+        b'{"id":"a7","user":"u","body":"b","meta":{"k":"\xff"}}',
+        b'{"id":"a8","user":"u","body":"b","meta":{"k":"\\ud800"}}',
+        b'{"id":"a9","user":"u","body":"\\udc00"}',
+        b'{"id":"a10","user":"u\\u0000v","body":"b"}',
+        b'{"id":"a11","user":"u","body":"b\\u0000"}',
+    ]
+    for raw in api_cases:
+        st, _, js = await acall(n.port, "POST", pub, raw=raw, headers=hdr)
+        eq(st, 400, f"API publish {raw[:50]!r} ({js!r})")
+        eq(err_code(js), "bad_request", f"API publish {raw[:50]!r}")
+    await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/9223372036854775808", 400, "bad_request")
+    # nothing above took a seq, was broadcast, acked or stored
+    await c.roundtrip()
+    check(not [f for f in c.frames if f["type"] in ("ack", "message", "message_update")],
+          f"no ack or message for refused input: {c.brief(-5)}")
+    st, _, info = await acall(n.port, "GET", f"/api/rooms/{room}")
+    eq((st, info.get("seq")), (200, 0), "the room's head: no seq was handed out")
+    eq(harness.RUN.pg.psql("chatd", f"SELECT count(*) FROM messages WHERE room='{room}'").strip(), "0",
+       "no row")
+    # the edges Postgres text holds: stored and acked (WebSocket and API)
+    edge = "\ufffe\uffff\U0010ffff\U0001f600\u2028"
+    await c.send_msg(edge, id="ok1")
+    ack = await c.wait_for(lambda f: f["type"] == "ack", 5, what="ack of the edge characters")
+    eq(ack.get("id"), "ok1", "ack id")
+    js = await publish(n.port, room, msg("ok2", edge, user="\U0010ffff" * 31, name="\ufffe"))
+    eq(js["seq"], ack["seq"] + 1, "the API's edge message takes the next seq")
+    st, hj, body = await ahttp_json(n.port, f"/rooms/{room}/messages", token("reader"))
+    eq(st, 200, "history")
+    eq([(m["id"], m["body"]) for m in hj["messages"]], [("ok1", edge), ("ok2", edge)],
+       "the edge characters stored as sent")
+    eq(hj["messages"][1]["user"], "\U0010ffff" * 31, "a 124-byte user of 4-byte characters stored")
+    await c.close()
+
+
+@test(timeout=40, needs=("pg",))
 async def moderator_delete_through_the_api():
     n = api_node(db=True)
     room = uniq("mod")
