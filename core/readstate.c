@@ -213,12 +213,16 @@ static void on_mark_batch(void *ud, int status, const store_result *res)
     for (size_t i = 0; i < nrows; i++) {
         const char *u = store_result_value(res, (int)i, 0), *r = store_result_value(res, (int)i, 1);
         const char *sv = store_result_value(res, (int)i, 2), *ov = store_result_value(res, (int)i, 3);
-        if (!u || !r || !sv) continue;
+        uint64_t stored = 0, old = 0;
+        /* seqs by the one rule (util.h seq_parse); a row that breaks it
+         * leaves its mark unanswered: failed below */
+        if (!u || !r || !sv || seq_parse(sv, strlen(sv), &stored) != 0 ||
+            (ov && seq_parse(ov, strlen(ov), &old) != 0))
+            continue;
         char *k = make_key(u, r);
         mark *m = k ? hmap_del(&R.inflight, k) : NULL;
         free(k);
         if (!m) continue;
-        uint64_t stored = strtoull(sv, NULL, 10), old = ov ? strtoull(ov, NULL, 10) : 0;
         metric_inc(R.m_marks);
         if (m->receipt && stored > old) emit_receipt(m, stored);
         mark_notify(m, 0, stored);
@@ -373,9 +377,13 @@ static void lbatch_answer(lbatch *b, const store_result *res, int status)
         lookup *n = l->next;
         if (status == 0) {
             const char *rv = store_result_value(res, i, 0), *kv = store_result_value(res, i, 1);
-            uint64_t rs = rv ? strtoull(rv, NULL, 10) : 0, kf = kv ? strtoull(kv, NULL, 10) : 0;
-            uint64_t p = R.up ? pending_seq(l->user, l->room) : 0;
-            l->cb(l->ud, 0, rs > p ? rs : p, kf);
+            uint64_t rs = 0, kf = 0;
+            if ((rv && seq_parse(rv, strlen(rv), &rs) != 0) || (kv && seq_parse(kv, strlen(kv), &kf) != 0)) {
+                l->cb(l->ud, -1, 0, 0);   /* not a seq (util.h's rule): no answer */
+            } else {
+                uint64_t p = R.up ? pending_seq(l->user, l->room) : 0;
+                l->cb(l->ud, 0, rs > p ? rs : p, kf);
+            }
         } else {
             l->cb(l->ud, -1, 0, 0);
         }

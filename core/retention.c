@@ -199,8 +199,10 @@ static void got_marks(const store_result *res)
     for (int i = 0; i < n && T.nw < PAGE_ROOMS; i++) {
         const char *room = store_result_value(res, i, 0), *kf = store_result_value(res, i, 1);
         const char *old = store_result_value(res, i, 2);
+        uint64_t kept = 0, oldest = 0;
         if (!room || !kf || !old) continue;   /* no rows at all */
-        uint64_t kept = strtoull(kf, NULL, 10), oldest = strtoull(old, NULL, 10);
+        if (seq_parse(kf, strlen(kf), &kept) != 0 || seq_parse(old, strlen(old), &oldest) != 0)
+            continue;                         /* not seqs (util.h's rule): left alone */
         if (oldest >= kept) continue;
         work *w = &T.w[T.nw++];
         snprintf(w->room, sizeof w->room, "%s", room);
