@@ -109,9 +109,10 @@ static void check_since(const char *s)
 {
     uint64_t v = 0;
     int rc = http_parse_since(s, &v);
-    /* independent: digits only, at most 20, below 2^64 (compared as text) */
-    int ok = all_digits(s, 0) && strlen(s) <= 20 &&
-             (strlen(s) < 20 || strcmp(s, "18446744073709551615") <= 0);
+    /* independent: the seq rule (util.h seq_parse): digits only, no leading
+     * zero but "0", at most 19, not above 2^63-1 (compared as text) */
+    int ok = all_digits(s, 0) && (s[0] != '0' || !s[1]) && strlen(s) <= 19 &&
+             (strlen(s) < 19 || strcmp(s, "9223372036854775807") <= 0);
     FUZZ_CHECK((rc == 0) == ok, "since '%s' -> %d", s, rc);
     if (rc == 0) {
         char b[32];
@@ -124,8 +125,10 @@ static void check_cursor(const char *s)
 {
     uint64_t v = 0;
     int rc = http_parse_cursor(s, &v);
-    int ok = s[0] == 'c' && all_digits(s + 1, 1) && strlen(s) <= 17 &&
-             strcmp(skip_zeros(s + 1), "0") != 0;
+    /* a seq: 1 to 2^63-1 (7fffffffffffffff, compared as text) */
+    const char *z = s[0] ? skip_zeros(s + 1) : s;
+    int ok = s[0] == 'c' && all_digits(s + 1, 1) && strlen(s) <= 17 && strcmp(z, "0") != 0 &&
+             (strlen(z) < 16 || strcmp(z, "7fffffffffffffff") <= 0);
     FUZZ_CHECK((rc == 0) == ok, "cursor '%s' -> %d", s, rc);
     if (rc == 0) {
         char b[32];
