@@ -6,9 +6,9 @@
  * (every live local entry is re-added). Transitions are decided by the store
  * (presence_redis.c / presence_mem.c) and reported back through the sink.
  * Metrics: chat_presence_users = (room, user) pairs with at least one live
- * connection entry on this node: the size of p->pairs, a second hmap of
- * "room|user" -> its count of live entries, kept with the entries (a scrape
- * reads a number: no sort, no allocation); chat_presence_events_total{event} =
+ * connection entry on this node, counted from the entries when scraped (no
+ * per-pair table, which would cost memory per connection: a scratch hash set
+ * of the entries' pairs, O(n) per scrape); chat_presence_events_total{event} =
  * transitions this node announced; chat_presence_sweeps_total = sweeps
  * run; chat_presence_heartbeat_writes_total = entry upserts (adds and
  * touches) written to the store; chat_presence_store_batches_total = flushes
@@ -19,6 +19,7 @@
 #include "presence.h"
 #include "hmap.h"
 #include "presence_store.h"
+#include "hash.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -67,7 +68,6 @@ struct presence {
     void *ud;
     pstore *store;
     hmap entries;                   /* "conn_id|room" -> lentry */
-    hmap pairs;                     /* "room|user" -> upair: live entries of the pair */
     lentry *dirty;                  /* entries to upsert this tick */
     premove *rm;                    /* removes to send */
     size_t nrm, caprm;
@@ -88,72 +88,48 @@ static struct {
     metric_counter *join, *leave, *sweeps, *writes, *batches;
 } M;
 
-/* A (room, user) pair with live entries on this node: p->pairs, keyed by
- * "room|user" (a room name has no '|', so the split is unambiguous). Every
- * entry in p->entries counts once in its pair (put_entry / presence_remove);
- * the pair goes when its last entry does. */
-typedef struct upair { size_t n; char key[]; } upair;
+/* An entry's (room, user) pair, hashed (pairs_cmp). */
+typedef struct pair_ref { uint64_t h; const lentry *e; } pair_ref;
 
-/* "room|user" in buf (cap bytes) or malloc'd when longer; NULL: oom */
-static char *pair_key(char *buf, size_t cap, const lentry *e)
+static int pairs_cmp(const void *a, const void *b)
 {
-    size_t rl = strlen(e->room), ul = strlen(e->user);
-    char *k = rl + 1 + ul < cap ? buf : malloc(rl + ul + 2);
-    if (!k) return NULL;
-    memcpy(k, e->room, rl);
-    k[rl] = '|';
-    memcpy(k + rl + 1, e->user, ul + 1);
-    return k;
-}
-
-static int pair_inc(presence *p, const lentry *e)
-{
-    char buf[256], *k = pair_key(buf, sizeof buf, e);
-    if (!k) return -1;
-    upair *u = hmap_get(&p->pairs, k);
-    int rc = 0;
-    if (u) {
-        u->n++;
-    } else if (!(u = malloc(sizeof *u + strlen(k) + 1))) {
-        rc = -1;
-    } else {
-        u->n = 1;
-        strcpy(u->key, k);
-        if (hmap_put(&p->pairs, u->key, u) < 0) { free(u); rc = -1; }
-    }
-    if (k != buf) free(k);
-    return rc;
-}
-
-static void pair_dec(presence *p, const lentry *e)
-{
-    char buf[256], *k = pair_key(buf, sizeof buf, e);
-    upair *u = k ? hmap_get(&p->pairs, k) : NULL;
-    /* a longer key that cannot be built (oom) leaves the pair counted: an
-     * upper bound until teardown */
-    if (u && --u->n == 0) free(hmap_del(&p->pairs, u->key));
-    if (k != buf) free(k);
-}
-
-/* e into the table and its pair counted: both or neither (0 / -1 oom) */
-static int put_entry(presence *p, lentry *e)
-{
-    if (pair_inc(p, e) < 0) return -1;
-    if (hmap_put(&p->entries, e->key, e) < 0) { pair_dec(p, e); return -1; }
-    return 0;
+    const pair_ref *x = a, *y = b;
+    if (x->h != y->h) return x->h < y->h ? -1 : 1;
+    int c = strcmp(x->e->room, y->e->room);
+    return c ? c : strcmp(x->e->user, y->e->user);
 }
 
 size_t presence_user_count(const presence *p)
 {
-    return p->pairs.count;
-}
-
-static int free_pair_fn(void *ud, const char *k, void *v)
-{
-    (void)ud;
-    (void)k;
-    free(v);
-    return 1;
+    size_t n = p->entries.count;
+    if (n < 2) return n;
+    /* the distinct pairs of the entries, through a scratch open-addressing
+     * set of 2n..4n slots (linear probing, a hash match then compared by
+     * name): O(n), one allocation per scrape, nothing kept between scrapes */
+    size_t cap = 4;
+    while (cap < 2 * n) cap <<= 1;
+    pair_ref *set = calloc(cap, sizeof *set);
+    void **es = malloc(n * sizeof *es);
+    size_t k = 0;
+    if (set && es) {
+        n = hmap_values(&p->entries, es, n);
+        for (size_t i = 0; i < n; i++) {
+            const lentry *e = es[i];
+            uint64_t h = hash_str(e->room);
+            h = hash_bytes_more(h, "|", 1);
+            h = hash_bytes_more(h, e->user, strlen(e->user));
+            pair_ref r = { h, e };
+            for (size_t s = (size_t)h & (cap - 1);; s = (s + 1) & (cap - 1)) {
+                if (!set[s].e) { set[s] = r; k++; break; }
+                if (pairs_cmp(&set[s], &r) == 0) break;
+            }
+        }
+    } else {
+        k = n;   /* out of memory: entries, an upper bound */
+    }
+    free(set);
+    free(es);
+    return k;
 }
 
 static double users_gauge_fn(void *ud)
@@ -341,8 +317,6 @@ static void teardown(presence *p)
      * store outlives this instance when others share it) */
     hmap_each(&p->entries, free_entry_fn, p);
     hmap_free(&p->entries);
-    hmap_each(&p->pairs, free_pair_fn, NULL);
-    hmap_free(&p->pairs);
     free_removes(p, p->rm, p->nrm);
     free(p->rm);
     p->rm = NULL;
@@ -513,7 +487,6 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     if (h) p->h = *h;
     p->ud = ud;
     hmap_init_keyed(&p->entries, offsetof(lentry, key));
-    hmap_init_keyed(&p->pairs, offsetof(upair, key));
     p->store = o->redis_url
         ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, &SINK, p, err, errlen)
         : pstore_mem_new(p->ttl_ms, &SINK, p, err, errlen);
@@ -589,7 +562,6 @@ void presence_remove(presence *p, const char *room, uint64_t conn_id)
     entry_key(key, sizeof key, room, conn_id);
     lentry *e = hmap_del(&p->entries, key);
     if (!e) return;
-    pair_dec(p, e);
     dirty_del(p, e);
     if (e->sent) {
         /* force: a flush in progress may still reference these strings */
@@ -661,7 +633,7 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
                 e->name = pr.name ? pr.name : strdup(name);
             }
         }
-        if (!e || !e->name || put_entry(p, e) < 0) {
+        if (!e || !e->name || hmap_put(&p->entries, e->key, e) < 0) {
             /* out of memory: put the remove back as it was */
             if (e && !pr.owner) { if (e->name != pr.name) free(e->name); free(e); }
             if (push_remove(p, pr.room, pr.member, pr.user, pr.name, pr.owner, 1) < 0)
@@ -692,7 +664,7 @@ static void add_entry(presence *p, const char *key, const char *room, uint64_t c
         e->member = memcpy(q, member, ml + 1);
         e->user = (char *)pstore_user_tail(e->member, ml, user, ul);   /* never NULL: "node|conn|user" */
         if (same) e->name = e->user;
-        if (put_entry(p, e) < 0) { free(e); return; }
+        if (hmap_put(&p->entries, e->key, e) < 0) { free(e); return; }
     }
     dirty_add(p, e);
     schedule_flush(p);
