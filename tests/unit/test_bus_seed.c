@@ -591,6 +591,45 @@ static void test_seed_ids(void)
     settle();
 }
 
+/* bus_free while a seed's restore call is in Redis (paused): the waiting
+ * publish answers -1 once, the call's late answer (none: the client is
+ * freed) frees the seed; nothing leaks (ASan) and nothing runs later. */
+static void test_seed_ids_free(void)
+{
+    if (!own_redis) return;
+    char room[80];
+    mkroom(room, sizeof room, "seedidsfree");
+    static const char *ids[] = {"f1"};
+    static uint64_t seqs[] = {1}, ts[1];
+    ts[0] = now_ms();
+    node *a = node_new_seeded("IF", rurl, 1, "ep-f");
+    a->seed_ids = ids;
+    a->seed_id_seq = seqs;
+    a->seed_id_ts = ts;
+    a->nseed_ids = 1;
+    a->seed_hold = 1;
+    wait_ready(a);
+    pubres p;
+    pub(a, room, "f1", "x", &p);
+    WAIT(a->nheld == 1, 3000);
+    CHECK(a->nheld == 1 && !p.done, "the publish waits for the seed");
+    uint64_t calls0 = bus_restore_calls(a->b);
+    redisReply *rr = rc("CLIENT PAUSE 400 ALL");
+    CHECK(rr && rr->type == REDIS_REPLY_STATUS, "Redis paused");
+    if (rr) freeReplyObject(rr);
+    seed_answer(a); /* the restore call goes out and waits in Redis */
+    CHECK(bus_restore_calls(a->b) == calls0 + 1, "the restore call was sent");
+    spin(50);
+    CHECK(!p.done, "still waiting for the restore");
+    bus_free(a->b); /* answers inside, by contract */
+    a->b = NULL;
+    CHECK(p.done == 1 && p.status == -1, "answered -1 (%d %d)", p.done, p.status);
+    spin(500);
+    settle();
+    CHECK(p.done == 1, "once");
+    free(a);
+}
+
 /* The run key's "ids restored" mark (bus_script.c): mode 'Y' seeds only
  * after a restore call of this Redis run marked it (or the head is of this
  * run); a next restore call that finds no mark of its run fails. */
@@ -757,6 +796,7 @@ int main(void)
         test_seed_behind();
         test_seed_ids();
         test_seed_ids_mark();
+        test_seed_ids_free();
         test_seed_free_pending(rurl);
         test_epoch_redis();
     }
