@@ -49,6 +49,11 @@ static void register_metrics(bus *b)
                                  "Durable heads of rooms asked of history: a room's first use, or "
                                  "a head Redis lost or that another Redis run wrote (restart, "
                                  "failover)", NULL);
+    b->m.seed_failures = metrics_counter("chat_bus_seed_failures_total",
+                                         "Seeds of a room's head that failed: history could not "
+                                         "answer, or the room's client ids could not be written "
+                                         "back to Redis (the operations waiting answer unavailable)",
+                                         NULL);
     b->m.backfilled = metrics_counter("chat_bus_backfill_total",
                                       "Unstored messages of another node handed to the core to store",
                                       NULL);

@@ -129,7 +129,21 @@ struct bus_seed {
     uint64_t max_seq;
     char epoch[BUS_EPOCH_MAX + 1];
     char room[CHAT_ROOM_MAX + 1];
+    /* client ids to write back before the waiters run (restore_ids) */
+    int restore;             /* the backend writes ids back (Redis) */
+    uint64_t ids_since_ms;   /* 0: no ids to write back */
+    bus_seed_id *ids;
+    size_t nids, capids;
+    int restoring;           /* restore calls in flight (+1 while starting) */
+    int restore_failed;
 };
+
+static void seed_free(bus_seed *sd)
+{
+    for (size_t i = 0; i < sd->nids; i++) free(sd->ids[i].id);
+    free(sd->ids);
+    free(sd);
+}
 
 
 void bus_epoch_new(bus *b, char out[BUS_EPOCH_MAX + 1])
@@ -165,6 +179,11 @@ int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg)
     sd->b = b;
     sd->waiters = w;
     snprintf(sd->room, sizeof sd->room, "%s", room);
+    sd->restore = b->be->restore_ids != NULL;
+    if (sd->restore && b->id_ttl_s) {
+        uint64_t now = now_ms(), win = (uint64_t)b->id_ttl_s * 1000u;
+        sd->ids_since_ms = now > win ? now - win : 1;
+    }
     metric_inc(b->m.seeds);
     LOGD(MOD, "room %s: no valid head in the bus, asking for the durable one", room);
     b->h.on_seed(b->ud, sd->room, sd); /* may answer at once: deferred below */
@@ -183,11 +202,68 @@ static void seed_run_waiters(bus_seed *sd, int status)
     }
 }
 
+uint64_t bus_seed_ids_since_ms(const bus_seed *sd) { return sd && sd->b ? sd->ids_since_ms : 0; }
+
+int bus_seed_add_id(bus_seed *sd, const char *id, uint64_t seq, uint64_t ts_ms)
+{
+    if (!sd || !sd->b || !sd->ids_since_ms || !id || !*id || ts_ms < sd->ids_since_ms) return 0;
+    if (sd->nids == sd->capids) {
+        size_t cap = sd->capids ? sd->capids * 2 : 64;
+        bus_seed_id *n = realloc(sd->ids, cap * sizeof *n);
+        if (!n) return -1;
+        sd->ids = n;
+        sd->capids = cap;
+    }
+    char *c = strdup(id);
+    if (!c) return -1;
+    /* what is left of the window it was published in, at least a second */
+    uint64_t now = now_ms(), age_s = now > ts_ms ? (now - ts_ms) / 1000u : 0;
+    uint32_t ttl = sd->b->id_ttl_s;
+    sd->ids[sd->nids++] = (bus_seed_id){seq, age_s < ttl ? ttl - (uint32_t)age_s : 1, c};
+    return 0;
+}
+
+const bus_seed_id *bus_seed_ids(const bus_seed *sd, size_t *n)
+{
+    *n = sd->nids;
+    return sd->ids;
+}
+
+const char *bus_seed_room(const bus_seed *sd) { return sd->room; }
+
+/* answered (with the ids written back, or failed): waiters run from the loop */
+static void seed_answered(bus_seed *sd)
+{
+    bus *b = sd->b;
+    if (sd->status != 0) metric_inc(b->m.seed_failures);
+    /* stays in the map until its waiters run: who asks meanwhile shares it */
+    sd->dnext = b->seeds_done;
+    b->seeds_done = sd;
+    if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
+}
+
+void bus_seed_restore_hold(bus_seed *sd) { sd->restoring++; }
+
+void bus_seed_restored(bus_seed *sd, int ok)
+{
+    if (!ok) sd->restore_failed = 1;
+    if (--sd->restoring > 0) return;
+    if (!sd->b) { seed_free(sd); return; } /* the bus is gone: its waiters were answered */
+    if (sd->restore_failed) {
+        LOGW(MOD, "room %s: its client ids could not be written back to Redis: the seed failed "
+             "(publishes answer unavailable until a retry succeeds)", sd->room);
+        sd->status = -1;
+        sd->max_seq = 0;
+        sd->epoch[0] = 0;
+    }
+    seed_answered(sd);
+}
+
 void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch)
 {
     if (!sd) return;
     bus *b = sd->b;
-    if (!b) { free(sd); return; } /* the bus is gone: its waiters were answered */
+    if (!b) { seed_free(sd); return; } /* the bus is gone: its waiters were answered */
     if (status == 0 && (!epoch || !*epoch || strlen(epoch) > BUS_EPOCH_MAX)) {
         LOGE(MOD, "room %s: the durable head came without a valid epoch", sd->room);
         status = -1;
@@ -195,11 +271,16 @@ void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch
     sd->status = status;
     sd->max_seq = status == 0 ? max_seq : 0;
     snprintf(sd->epoch, sizeof sd->epoch, "%s", status == 0 ? epoch : "");
-    /* stays in the map until its waiters run: who asks meanwhile shares it */
     if (status != 0) LOGW(MOD, "room %s: durable head unavailable", sd->room);
-    sd->dnext = b->seeds_done;
-    b->seeds_done = sd;
-    if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
+    if (status == 0 && sd->restore) {
+        /* the stored client ids go back first (docs/redis.md): no call of
+         * this node seeds the head (mode 'Y') before they are written */
+        sd->restoring = 1;
+        if (b->be->restore_ids(b, sd) != 0) sd->restore_failed = 1;
+        bus_seed_restored(sd, 1);
+        return;
+    }
+    seed_answered(sd);
 }
 
 /* bus_free: every waiter gets -1 now (b->freeing is set); requests still
@@ -212,12 +293,12 @@ static void seeds_cancel(bus *b)
         b->seeds_done = sd->dnext;
         if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
         seed_run_waiters(sd, -1);
-        free(sd);
+        seed_free(sd);
     }
     for (size_t i = 0; i < b->seeds.cap; i++) {
         if (!hmap_live(&b->seeds, i)) continue;
         bus_seed *sd = b->seeds.slots[i].val;
-        sd->b = NULL; /* the provider still has it: bus_seed_done frees it */
+        sd->b = NULL; /* the provider (or a restore) still has it: it frees it */
         seed_run_waiters(sd, -1);
     }
     hmap_free(&b->seeds);
@@ -236,7 +317,7 @@ static void defer_cb(uv_timer_t *t)
         if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
         if (!b->freeing) seed_run_waiters(sd, sd->status);
         else seed_run_waiters(sd, -1);
-        free(sd);
+        seed_free(sd);
     }
     bus_req *d = b->deferred;
     b->deferred = NULL;

@@ -140,6 +140,11 @@ typedef struct bus_backend {
     void (*forget_id)(bus *b, const char *room, const char *id, uint64_t seq);
     /* A room synced or a fill finished (Redis: readiness after recovery). */
     void (*progress)(bus *b);
+    /* (may be NULL: nothing to restore) A seed's client ids (bus_seed_ids)
+     * written back before the seed's waiters run: one
+     * bus_seed_restore_hold per call started, one bus_seed_restored per
+     * answer (also when freed). -1 when a call could not start. */
+    int (*restore_ids)(bus *b, struct bus_seed *sd);
     /* (may be NULL) bus_mark_stored */
     void (*mark)(bus *b, const char *room, uint64_t seq);
     /* 1 when fully healthy, else 0 and a sentence (bus_health) */
@@ -180,7 +185,7 @@ struct bus {
     struct {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
-        metric_counter *backfilled, *backfill_lost, *seeds;
+        metric_counter *backfilled, *backfill_lost, *seeds, *seed_failures;
         metric_counter *backfill_checked, *backfill_dropped, *backfill_limit_rooms, *backfill_limit_per_room;
     } m;
 };
@@ -225,6 +230,14 @@ void bus_room_run_waiting(bus *b, bus_room *room, int fail);
 typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char *epoch);
 int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg);
 int bus_has_seed(const bus *b);
+/* A seed's client ids to write back (bus_seed_add_id), for the backend's
+ * restore_ids: ttl_s is what is left of the id's window (>= 1). */
+typedef struct bus_seed_id { uint64_t seq; uint32_t ttl_s; char *id; } bus_seed_id;
+const bus_seed_id *bus_seed_ids(const struct bus_seed *sd, size_t *n);
+const char *bus_seed_room(const struct bus_seed *sd);
+void bus_seed_restore_hold(struct bus_seed *sd);
+/* One restore call answered (ok 0 when it failed or the bus is gone). */
+void bus_seed_restored(struct bus_seed *sd, int ok);
 /* A fresh random epoch: 16 lowercase hex digits. */
 void bus_epoch_new(bus *b, char out[BUS_EPOCH_MAX + 1]);
 
@@ -272,7 +285,7 @@ int bus_order_all_caught_up(bus *b);
 /* bus_script.c: the scripts, loaded on every Redis node (index = the
  * script's number in the redis_client) */
 enum { BUS_S_PUBLISH = 0, BUS_S_HEAD, BUS_S_MARK, BUS_S_SWEEP, BUS_S_FORGET, BUS_S_SETTLE,
-       BUS_S_COUNT };
+       BUS_S_RESTORE, BUS_S_COUNT };
 extern const char *const BUS_SCRIPTS[BUS_S_COUNT];
 extern const char BUS_PUBLISH_LUA[];
 extern const char BUS_HEAD_LUA[];
@@ -280,6 +293,11 @@ extern const char BUS_MARK_LUA[];
 extern const char BUS_SWEEP_LUA[];
 extern const char BUS_FORGET_LUA[];
 extern const char BUS_SETTLE_LUA[];
+extern const char BUS_RESTORE_LUA[];
+/* ids per restore call (BUS_RESTORE_LUA): 2 + 3 x 500 arguments */
+#define BUS_RESTORE_CHUNK 500
+/* bus_redis.c: restore calls sent (tests) */
+uint64_t bus_restore_calls(const bus *b);
 /* The key of the unstored index of room: "chat:unstored" on one Redis,
  * "chat:{<tag of the room's slot>}:unstored" on a Cluster (same slot as
  * the room's keys). */

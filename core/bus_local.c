@@ -20,7 +20,6 @@
 #include <string.h>
 
 #define MOD "bus"
-#define LOCAL_IDS_PER_ROOM 10000
 
 typedef struct lentry { uint64_t seq; char *tail; size_t len; } lentry;
 
@@ -103,7 +102,7 @@ static void ids_drop_head(lroom *lr)
 static void ids_expire(lroom *lr)
 {
     uint64_t now = mono_ms();
-    while (lr->ids_head && (lr->ids_head->exp_ms <= now || lr->nids > LOCAL_IDS_PER_ROOM))
+    while (lr->ids_head && (lr->ids_head->exp_ms <= now || lr->nids > BUS_IDS_PER_ROOM))
         ids_drop_head(lr);
 }
 

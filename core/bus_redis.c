@@ -45,7 +45,11 @@ static void pub_cb(void *ud, const redisReply *rp)
     }
     if ((upd == 0 && bus_redis_publish_reply(rp, &seq, &dup) != 0) || upd == -1 ||
         (dup == 2 && r->seed_mode != BUS_SEED_ASK)) {
-        LOGW(MOD, "publish to %s: unexpected reply", r->room);
+        /* (dup 2 in mode 'Y': the ids were written back to an earlier run
+         * of this Redis, which restarted since: unavailable, the resend
+         * seeds again) */
+        LOGW(MOD, "publish to %s: %s", r->room,
+             dup == 2 ? "the seed's client ids went to an earlier Redis run" : "unexpected reply");
         bus_req_unhold(r);
         return;
     }
@@ -390,6 +394,77 @@ static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
     redis_client_call(R->rc, &how, 3, a, NULL, NULL, NULL); /* no-op while its shard is down */
 }
 
+/* ---- restoring a seed's client ids (BUS_RESTORE_LUA, bus_script.c) ---- */
+
+static void restore_cb(void *ud, const redisReply *rp)
+{
+    bus_seed *sd = ud;
+    int ok = rp && rp->type == REDIS_REPLY_INTEGER;
+    if (rp && !ok)
+        LOGW(MOD, "room %s: restoring client ids: %.*s", bus_seed_room(sd),
+             rp->type == REDIS_REPLY_ERROR ? (int)rp->len : 1,
+             rp->type == REDIS_REPLY_ERROR && rp->str ? rp->str : "?");
+    bus_seed_restored(sd, ok);
+}
+
+/* One call per BUS_RESTORE_CHUNK ids (at least one: the first marks the
+ * run key), in order on the room's shard. */
+static int be_restore_ids(bus *b, bus_seed *sd)
+{
+    busr *R = b->impl;
+    const char *room = bus_seed_room(sd);
+    size_t n = 0;
+    const bus_seed_id *ids = bus_seed_ids(sd, &n);
+    size_t cap = 3 + 3 * (size_t)BUS_RESTORE_CHUNK;
+    const char **argv = malloc(cap * sizeof *argv);
+    size_t *lens = malloc(cap * sizeof *lens);
+    char (*keys)[CHAT_ROOM_MAX + 200] = malloc((size_t)BUS_RESTORE_CHUNK * sizeof *keys);
+    char (*nums)[2][24] = malloc((size_t)BUS_RESTORE_CHUNK * sizeof *nums);
+    int rc = argv && lens && keys && nums ? 0 : -1;
+    char krun[CHAT_ROOM_MAX + 32], nk[8], mode[2 + REDIS_RUN_ID_LEN];
+    key(krun, sizeof krun, room, "run");
+    for (size_t at = 0; rc == 0 && (at < n || at == 0); at += BUS_RESTORE_CHUNK) {
+        size_t m = n - at < BUS_RESTORE_CHUNK ? n - at : BUS_RESTORE_CHUNK;
+        int argc = 0;
+        snprintf(nk, sizeof nk, "%zu", m + 1);
+        bus_seed_mode_arg(mode, BUS_SEED_GIVEN);
+        mode[0] = at == 0 ? 'F' : 'C';
+        argv[argc] = nk; lens[argc++] = strlen(nk);
+        argv[argc] = krun; lens[argc++] = strlen(krun);
+        for (size_t i = 0; i < m; i++) {
+            snprintf(keys[i], sizeof keys[i], "chat:{%s}:id:%s", room, ids[at + i].id);
+            argv[argc] = keys[i]; lens[argc++] = strlen(keys[i]);
+        }
+        int mode_at = argc;
+        argv[argc] = mode; lens[argc++] = strlen(mode);
+        for (size_t i = 0; i < m; i++) {
+            snprintf(nums[i][0], sizeof nums[i][0], "%" PRIu64, ids[at + i].seq);
+            snprintf(nums[i][1], sizeof nums[i][1], "%u", (unsigned)ids[at + i].ttl_s);
+            argv[argc] = nums[i][0]; lens[argc++] = strlen(nums[i][0]);
+            argv[argc] = nums[i][1]; lens[argc++] = strlen(nums[i][1]);
+        }
+        redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = BUS_S_RESTORE,
+                          .run_arg = mode_at};
+        if (redis_client_call(R->rc, &how, argc, argv, lens, restore_cb, sd) != 0) {
+            rc = -1;
+        } else {
+            bus_seed_restore_hold(sd);
+            R->restores++;
+        }
+        if (n == 0) break;
+    }
+    free(argv);
+    free(lens);
+    free(keys);
+    free(nums);
+    return rc;
+}
+
+uint64_t bus_restore_calls(const bus *b)
+{
+    return b && b->be == &bus_redis_backend && b->impl ? ((const busr *)b->impl)->restores : 0;
+}
+
 static void be_mark(bus *b, const char *room, uint64_t seq)
 {
     if (b->bf) bus_backfill_mark(b, room, seq);
@@ -453,6 +528,7 @@ const bus_backend bus_redis_backend = {
     .reconcile = bus_rsub_reconcile,
     .fetch = be_fetch,
     .forget_id = be_forget_id,
+    .restore_ids = be_restore_ids,
     .progress = bus_rsub_progress,
     .mark = be_mark,
     .health = bus_rsub_health,

@@ -18,6 +18,7 @@ typedef struct busr {
     int cluster;
     int recovering;          /* one Redis: up, waiting for rooms to catch up */
     int ever_up;
+    uint64_t restores;       /* restore calls sent (tests: bus_restore_calls) */
     int retries;             /* rooms (and the control channel) with a retry due */
     uv_timer_t retry_t;      /* room retries (bus_redis_sub.c) */
     /* the control channel's subscription (bus_redis_sub.c) */

@@ -112,7 +112,23 @@
  *   the index). Keys undeclared and local, as for the sweep.
  * BUS_FORGET_LUA forgets a client id whose seq could not be stored:
  *   KEYS[1] chat:{room}:id:<id>, ARGV[1] seq; deletes it if it still maps
- *   to that seq. */
+ *   to that seq.
+ * BUS_RESTORE_LUA writes a seed's stored client ids back (before the node's
+ *   first 'Y' call with that seed; one call per BUS_RESTORE_CHUNK ids, at
+ *   least one): KEYS[1] the run key chat:{room}:run, KEYS[2..] the ids'
+ *   keys chat:{room}:id:<id> (one slot: the room's); ARGV[1] 'F' (the
+ *   first call) or 'C' (the next ones), followed by the run_id (run_arg, as
+ *   ARGV[9] of the publish script); ARGV[2k], ARGV[2k + 1] the seq and the
+ *   ttl (s, what is left of the id's window) of KEYS[k + 1]. Each key is
+ *   SET NX: one that exists (survived, or written meanwhile by a publish)
+ *   is kept. The first call marks the run key "i<run_id>" (ids restored in
+ *   this run) unless it already holds this run; a next call that finds
+ *   neither answers an error (Redis restarted between the calls: the seed
+ *   fails). Mode 'Y' of the publish and head scripts seeds only a run key
+ *   that holds this run or "i<run_id>", else answers "needs seed" ({0, 2},
+ *   {2}): a restore that reached an earlier run of the Redis never lets a
+ *   head of the new one be seeded. Mode 'S' treats "i<run_id>" like any
+ *   other run: needs seed. Returns 0. */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "redis_slot.h"
@@ -136,6 +152,7 @@ const char BUS_PUBLISH_LUA[] =
     "if (not cur) or (not h[2]) or (mode ~= 'N' and h[3] ~= run) then\n"
     "  if mode == 'S' then return {0, 2} end\n"
     "  if mode == 'Y' then\n"
+    "    if h[3] ~= run and h[3] ~= 'i' .. run then return {0, 2} end\n"
     "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[10]) then\n"
     "      cur = ARGV[10]\n"
     "      redis.call('SET', KEYS[1], cur)\n"
@@ -212,6 +229,7 @@ const char BUS_HEAD_LUA[] =
     "    return {3}\n"
     "  end\n"
     "  if mode == 'Y' then\n"
+    "    if h[3] ~= run and h[3] ~= 'i' .. run then return {2} end\n"
     "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[3]) then\n"
     "      cur = ARGV[3]\n"
     "      redis.call('SET', KEYS[1], cur)\n"
@@ -352,8 +370,22 @@ const char BUS_FORGET_LUA[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
 
+const char BUS_RESTORE_LUA[] =
+    "local first, run = string.sub(ARGV[1], 1, 1), string.sub(ARGV[1], 2)\n"
+    "if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur ~= run and cur ~= 'i' .. run then\n"
+    "  if first ~= 'F' then return redis.error_reply('ERR chatd: restore met another run') end\n"
+    "  redis.call('SET', KEYS[1], 'i' .. run)\n"
+    "end\n"
+    "for i = 2, #KEYS do\n"
+    "  redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'EX', ARGV[2 * i - 1], 'NX')\n"
+    "end\n"
+    "return 0\n";
+
 const char *const BUS_SCRIPTS[BUS_S_COUNT] = {BUS_PUBLISH_LUA, BUS_HEAD_LUA, BUS_MARK_LUA,
-                                              BUS_SWEEP_LUA, BUS_FORGET_LUA, BUS_SETTLE_LUA};
+                                              BUS_SWEEP_LUA, BUS_FORGET_LUA, BUS_SETTLE_LUA,
+                                              BUS_RESTORE_LUA};
 
 void bus_unstored_index(char *out, size_t n, int cluster, const char *room)
 {

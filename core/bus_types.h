@@ -93,6 +93,24 @@ typedef struct bus_opts {
  * calls back from inside; safe after bus_free (then it only frees req). */
 void bus_seed_done(bus_seed *req, int status, uint64_t max_seq, const char *epoch);
 
+/* The client ids of a room the bus keeps for its idempotency window: at
+ * most this many per room in-process (bus_local.c), and the bound of the
+ * ids a seed restores (the stored seqs (max_seq - BUS_IDS_PER_ROOM,
+ * max_seq], bus_seed_add_id). */
+#define BUS_IDS_PER_ROOM 10000
+/* Restoring client ids with a seed (Redis mode; docs/redis.md "Heads, seeds
+ * and epochs"): bus_seed_ids_since_ms is 0 when the bus restores none (the
+ * provider need not look), else the oldest publish time (ms since the
+ * epoch) still within the idempotency window. Before bus_seed_done(req, 0,
+ * ...) the provider adds each stored row of the room with a client id,
+ * published at ts_ms (>= that time), among the seqs (max_seq -
+ * BUS_IDS_PER_ROOM, max_seq]: the bus writes them back (a key that exists
+ * is kept) before the head it seeds is used, so that a resend of a stored
+ * message is answered as a duplicate again. 0, or -1 (out of memory: the
+ * seed then fails). */
+uint64_t bus_seed_ids_since_ms(const bus_seed *req);
+int bus_seed_add_id(bus_seed *req, const char *id, uint64_t seq, uint64_t ts_ms);
+
 /* Answers on_check: status 0 with stored[i] != 0 for each stored message
  * of the request (in its order), or status -1 when history cannot say now
  * (the sweeper asks again next round). Never calls back from inside; safe

@@ -653,14 +653,23 @@ void publish_bus_check(void *ud, bus_check *req, size_t n, const char *const *ro
 
 /* ---- seed: the durable head of a room, for the bus ------------------------ */
 
-static void on_store_head(void *ud, int status, uint64_t max_seq, const char *epoch)
+/* With the head come the room's stored client ids of the idempotency
+ * window (one statement, store_seed): the bus writes them back to Redis
+ * before it seeds the head, so that a resend of a stored message after a
+ * Redis that lost its id keys is a duplicate again (docs/redis.md). */
+static void on_store_seed(void *ud, int status, uint64_t max_seq, const char *epoch, size_t n,
+                          const char *const *ids, const uint64_t *seqs, const uint64_t *ts)
 {
-    bus_seed_done(ud, status, max_seq, epoch);
+    bus_seed *req = ud;
+    for (size_t i = 0; status == 0 && i < n; i++)
+        if (bus_seed_add_id(req, ids[i], seqs[i], ts[i]) != 0) status = -1;
+    bus_seed_done(req, status, max_seq, epoch);
 }
 
 void publish_bus_seed(void *ud, const char *rname, bus_seed *req)
 {
     (void)ud;
-    if (!P.store || store_head(P.store, rname, on_store_head, req) < 0)
+    if (!P.store || store_seed(P.store, rname, bus_seed_ids_since_ms(req), BUS_IDS_PER_ROOM,
+                               on_store_seed, req) < 0)
         bus_seed_done(req, -1, 0, NULL);
 }

@@ -51,7 +51,7 @@
 
 enum { ST_IDLE, ST_CONNECTING, ST_SETUP, ST_READY };
 enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP_PREP_HIST,
-       OP_PREP_TARGET, OP_PREP_REACT, OP_PREP_VERIFY, OP_PREP_INSERT, OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD,
+       OP_PREP_TARGET, OP_PREP_REACT, OP_PREP_VERIFY, OP_PREP_SEED, OP_PREP_INSERT, OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD,
        OP_QUERY, OP_PREP_QUERY };
 #define QUERY_PREPARED_MAX 16   /* named statements of store_query per connection */
 enum { Q_RANGE = 0, Q_HEAD, Q_QUERY, Q_HISTORY, Q_TARGET, Q_REACTIONS };
@@ -78,6 +78,7 @@ typedef struct rnode {
     int kind;
     store_rows_cb cb;
     store_head_cb hcb;
+    store_seed_cb scb;          /* Q_HEAD of a seed (store_seed): after = since ms, limit */
     store_query_cb qcb;
     store_target_cb tcb;
     store_reactions_cb xcb;
@@ -232,7 +233,10 @@ static void send_query(store *s)
 static void fail_read(rnode *r)
 {
     switch (r->kind) {
-    case Q_HEAD: r->hcb(r->ud, -1, 0, NULL); break;
+    case Q_HEAD:
+        if (r->scb) r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
+        else r->hcb(r->ud, -1, 0, NULL);
+        break;
     case Q_QUERY: r->qcb(r->ud, -1, NULL); break;
     case Q_TARGET: r->tcb(r->ud, -1, 0, NULL, 0); break;
     case Q_REACTIONS: r->xcb(r->ud, -1, 0, NULL, NULL, 0); break;
@@ -476,6 +480,11 @@ static void send_range(store *s)
     r->next = NULL;
     s->r_cur = r;
     s->last_was_batch = 0;
+    if (r->kind == Q_HEAD && r->scb) {
+        const char *hv[3] = {r->room, r->after, r->limit};
+        sent(s, OP_HEAD, PQsendQueryPrepared(s->pg, STORE_STMT_SEED, 3, hv, NULL, NULL, 0));
+        return;
+    }
     if (r->kind == Q_HEAD) {
         const char *hv[1] = {r->room};
         sent(s, OP_HEAD, PQsendQueryPrepared(s->pg, STORE_STMT_HEAD, 1, hv, NULL, NULL, 0));
@@ -636,16 +645,47 @@ static void verify_done(store *s)
     batch_done(s);
 }
 
+/* A seed's answer (STORE_SQL_SEED): the head of the first row, the ids of
+ * every row that has one. */
+static void seed_answer(rnode *r, PGresult *res)
+{
+    int n = PQntuples(res);
+    const char **ids = calloc((size_t)n + 1, sizeof *ids);
+    uint64_t *seqs = calloc((size_t)n + 1, sizeof *seqs), *ts = calloc((size_t)n + 1, sizeof *ts);
+    size_t k = 0;
+    if (!ids || !seqs || !ts) {
+        LOGW(MOD, "room head query: out of memory");
+        r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
+    } else {
+        for (int i = 0; i < n; i++) {
+            if (PQgetisnull(res, i, 2) || PQgetisnull(res, i, 3) || PQgetisnull(res, i, 4)) continue;
+            ids[k] = PQgetvalue(res, i, 2);
+            seqs[k] = strtoull(PQgetvalue(res, i, 3), NULL, 10);
+            ts[k++] = strtoull(PQgetvalue(res, i, 4), NULL, 10);
+        }
+        uint64_t max = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+        r->scb(r->ud, 0, max, PQgetvalue(res, 0, 0), k, ids, seqs, ts);
+    }
+    free(ids);
+    free(seqs);
+    free(ts);
+}
+
 static void head_done(store *s)
 {
     rnode *r = s->r_cur;
     s->r_cur = NULL;
     PGresult *res = s->op_res;
     s->op_res = NULL;
-    if (s->op_failed || !res || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+    if (!s->op_failed && res && r->scb && PQntuples(res) >= 1 && PQnfields(res) == 5 &&
+        !PQgetisnull(res, 0, 0)) {
+        seed_answer(r, res);
+        PQclear(res);
+    } else if (s->op_failed || !res || PQntuples(res) != 1 || PQgetisnull(res, 0, 0) || r->scb) {
         LOGW(MOD, "room head query failed: %s", s->op_failed ? s->op_err : "unexpected result");
         if (res) PQclear(res);
-        r->hcb(r->ud, -1, 0, NULL);
+        if (r->scb) r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
+        else r->hcb(r->ud, -1, 0, NULL);
     } else {
         uint64_t max = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
         r->hcb(r->ud, 0, max, PQgetvalue(res, 0, 0));
@@ -827,6 +867,9 @@ static void setup_done(store *s, int op)
         sent(s, OP_PREP_VERIFY, PQsendPrepare(s->pg, STORE_STMT_VERIFY, STORE_SQL_VERIFY, 0, NULL));
         break;
     case OP_PREP_VERIFY:
+        sent(s, OP_PREP_SEED, PQsendPrepare(s->pg, STORE_STMT_SEED, STORE_SQL_SEED, 0, NULL));
+        break;
+    case OP_PREP_SEED:
         s->state = ST_READY;
         backoff_reset(&s->bo);
         uv_timer_stop(s->guard);
@@ -1227,9 +1270,26 @@ int store_reactions(store *s, const char *room, uint64_t target, store_reactions
     return 0;
 }
 
+static int head_queue(store *s, const char *room, store_head_cb cb, store_seed_cb scb,
+                      uint64_t since_ms, uint64_t max_ids, void *ud);
+
 int store_head(store *s, const char *room, store_head_cb cb, void *ud)
 {
-    if (!s || s->dead || !room || !cb || s->state != ST_READY) return -1;
+    if (!cb) return -1;
+    return head_queue(s, room, cb, NULL, 0, 0, ud);
+}
+
+int store_seed(store *s, const char *room, uint64_t since_ms, uint64_t max_ids, store_seed_cb cb,
+               void *ud)
+{
+    if (!cb) return -1;
+    return head_queue(s, room, NULL, cb, since_ms, max_ids, ud);
+}
+
+static int head_queue(store *s, const char *room, store_head_cb cb, store_seed_cb scb,
+                      uint64_t since_ms, uint64_t max_ids, void *ud)
+{
+    if (!s || s->dead || !room || s->state != ST_READY) return -1;
     if (s->r_len >= RANGE_QUEUE_MAX) return -1;
     size_t lr = strlen(room);
     if (!lr || !utf8_valid(room, lr)) return -1;
@@ -1237,7 +1297,11 @@ int store_head(store *s, const char *room, store_head_cb cb, void *ud)
     if (!r) return -1;
     r->kind = Q_HEAD;
     r->hcb = cb;
+    r->scb = scb;
     r->ud = ud;
+    /* since_ms 0: no ids (a window that starts after every ts, and none below the head) */
+    snprintf(r->after, sizeof r->after, "%" PRIu64, since_ms ? since_ms : UINT64_MAX >> 1);
+    snprintf(r->limit, sizeof r->limit, "%" PRIu64, since_ms ? max_ids : 0);
     memcpy(r->room, room, lr + 1);
     if (s->r_tail) s->r_tail->next = r; else s->r_head = r;
     s->r_tail = r;

@@ -107,6 +107,23 @@ int store_schema_version(void);
     "SELECT (SELECT epoch FROM r), GREATEST((SELECT head FROM r), " \
     "coalesce((SELECT max(seq) FROM messages WHERE room = $1), 0))"
 #define STORE_STMT_HEAD "chatd_head"
+/* The head as STORE_SQL_HEAD, and the room's client ids of the idempotency
+ * window, for a seed (store_seed): $2 the oldest ts (ms) still in the
+ * window, $3 how many seqs below the head to look at (an index range scan
+ * of the primary key: seqs are dense per room). One row per stored row
+ * with a client id published since $2 among the seqs ($head - $3, $head]
+ * (epoch, head, client_id, seq, ts), or one row (epoch, head, NULL...)
+ * when there is none. */
+#define STORE_SQL_SEED \
+    "WITH r AS (INSERT INTO rooms (room, epoch) " \
+    "VALUES ($1, substr(md5(gen_random_uuid()::text), 1, 16)) " \
+    "ON CONFLICT (room) DO UPDATE SET epoch = rooms.epoch RETURNING epoch, head), " \
+    "h AS (SELECT (SELECT epoch FROM r) AS epoch, GREATEST((SELECT head FROM r), " \
+    "coalesce((SELECT max(seq) FROM messages WHERE room = $1), 0)) AS head) " \
+    "SELECT h.epoch, h.head, m.client_id, m.seq, m.ts FROM h LEFT JOIN LATERAL " \
+    "(SELECT client_id, seq, ts FROM messages WHERE room = $1 AND seq > h.head - $3::bigint " \
+    "AND seq <= h.head AND client_id IS NOT NULL AND ts >= $2::bigint) m ON true"
+#define STORE_STMT_SEED "chatd_seed"
 
 /* After a batch that inserted fewer rows than it had (some (room, seq)
  * already stored): the stored rows of the batch's keys, to tell a retry or

@@ -527,3 +527,71 @@ async def redis_restarted_behind_seeds_heads_and_states_from_postgres():
     finally:
         rd.stop()
         harness.release_port(rd.port)
+
+
+@test(timeout=90, needs=("redis", "pg"))
+async def redis_restarted_behind_keeps_acked_ids_exactly_once():
+    """Exactly-once across a Redis that lost its client-id keys (docs/redis.md
+    "Heads, seeds and epochs"): a message and a reaction are stored and acked,
+    Redis comes back from a snapshot taken before them (their id keys gone),
+    and the sender, on a new connection, resends both with the same ids as
+    if the acks had been lost: each is answered with the ack of its first
+    seq, a member on another node (who got them before) gets no second
+    delivery, the next message takes the next seq, and history holds the
+    message once."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-ids"))
+    rd.start()
+    try:
+        def mk(name):
+            return start_node(redis=rd.url, db=True, scripts=SCRIPTS, name=f"{name}-{uniq('')}")
+        a, b = mk("A"), mk("B")
+        room = uniq("idsback")
+        al = await Client.connect(a, room, token("alice", "Alice"))
+        bo = await Client.connect(b, room, token("bob", "Bob"))
+        s1 = await post(al, room, "zero", "m0")
+        eq(await asyncio.to_thread(rd.command, "SAVE"), b"+OK\r\n", "snapshot")
+        s2 = await post(al, room, "one", "x1")
+        r = await send_and_ack(al, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                    "id": "rx"})
+        eq((r["type"], [s1, s2, r.get("seq")]), ("ack", [1, 2, 3]), f"acked before the loss: {r}")
+        await bo.wait_count(lambda f: f["type"] == "message" and f.get("id") == "x1", 1, 8,
+                            "bob got x1")
+        await al.close()
+        await bo.close()
+        await harness.wait_no_subscriber(rd, room)   # nobody holds the room: nothing seeds it
+        rd.kill9()
+        await asyncio.sleep(0.3)
+        rd.start()   # the snapshot: head 1, no id key of x1 or rx
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:x1"), b":0\r\n",
+           "Redis lost x1's id key")
+        eq(await asyncio.to_thread(rd.command, "GET", f"chat:{{{room}}}:seq"), b"$1\r\n1\r\n",
+           "Redis came back behind (head 1 of 3 stored)")
+        await harness.wait_ready(a)
+        await harness.wait_ready(b)
+        bo = await Client.connect(b, room, token("bob", "Bob"))   # his welcome seeds the room
+        eq(bo.welcome().get("seq"), 3, f"welcome: the stored head {bo.welcome()}")
+        al2 = await Client.connect(a, room, token("alice", "Alice"))
+        again = await send_and_ack(al2, {"type": "message", "room": room, "body": "one", "id": "x1"})
+        eq((again["type"], again.get("seq")), ("ack", 2), f"the resend of x1: its first seq {again}")
+        ragain = await send_and_ack(al2, {"type": "react", "room": room, "target": s1,
+                                          "emoji": THUMBS, "id": "rx"})
+        eq((ragain["type"], ragain.get("seq")), ("ack", 3), f"the resend of rx: {ragain}")
+        s4 = await post(al2, room, "after", "m4")
+        eq(s4, 4, "the next message takes the next seq")
+        await bo.wait_count(lambda f: f["type"] == "message" and f.get("id") == "m4", 1, 10,
+                            "bob got the next message")
+        eq([f.get("seq") for f in bo.frames if f["type"] in ("message", "message_update")],
+           [4], "bob (there before the resends) got the next message only: no second x1 or rx")
+        eq([f.get("seq") for f in al2.frames if f["type"] == "message" and f.get("id") == "x1"], [],
+           "no second broadcast of x1")
+        js = history(a, room, token("alice"))
+        eq([(m["seq"], m.get("id")) for m in js["messages"]], [(1, "m0"), (2, "x1"), (4, "m4")],
+           "history: x1 once")
+        eq(js["messages"][0].get("reactions"), {THUMBS: 1}, f"one reaction stored: {js}")
+        await al2.close()
+        await bo.close()
+        a.kill9()
+        b.kill9()
+    finally:
+        rd.stop()
+        harness.release_port(rd.port)

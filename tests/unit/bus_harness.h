@@ -187,6 +187,13 @@ typedef struct node {
     int seed_fail;           /* answer -1 */
     int seed_hold;           /* keep requests, answered by seed_answer() */
     int nseeds;              /* on_seed calls */
+    /* the "stored" rows with a client id it answers with (bus_seed_add_id;
+     * the bus drops those older than the window) and the window's start
+     * the bus asked for (bus_seed_ids_since_ms) */
+    const char *const *seed_ids;
+    const uint64_t *seed_id_seq, *seed_id_ts;
+    size_t nseed_ids;
+    uint64_t seed_since;
     bus_seed *held_seeds[64];
     int nheld;
     /* the control channel */
@@ -274,23 +281,33 @@ static inline void on_unstored(void *ud, const char *room, uint64_t seq, const c
     nd->nuns++;
 }
 
+/* the provider's answer: the stored ids (as Postgres lists them), then the head */
+static inline void seed_reply(node *nd, bus_seed *req)
+{
+    if (!nd->seed_fail)
+        for (size_t i = 0; i < nd->nseed_ids; i++)
+            CHECK(bus_seed_add_id(req, nd->seed_ids[i], nd->seed_id_seq[i], nd->seed_id_ts[i]) == 0,
+                  "seed id added");
+    bus_seed_done(req, nd->seed_fail ? -1 : 0, nd->seed_max, nd->seed_epoch);
+}
+
 static inline void on_seed(void *ud, const char *room, bus_seed *req)
 {
     node *nd = ud;
     (void)room;
     nd->nseeds++;
+    nd->seed_since = bus_seed_ids_since_ms(req);
     if (nd->seed_hold && nd->nheld < 64) { nd->held_seeds[nd->nheld++] = req; return; }
     /* answered at once, inside on_seed: the bus must not call back from here */
     in_call = 1;
-    bus_seed_done(req, nd->seed_fail ? -1 : 0, nd->seed_max, nd->seed_epoch);
+    seed_reply(nd, req);
     in_call = 0;
 }
 
 /* answers every held seed request (bus may already be freed) */
 static inline void seed_answer(node *nd)
 {
-    for (int i = 0; i < nd->nheld; i++)
-        bus_seed_done(nd->held_seeds[i], nd->seed_fail ? -1 : 0, nd->seed_max, nd->seed_epoch);
+    for (int i = 0; i < nd->nheld; i++) seed_reply(nd, nd->held_seeds[i]);
     nd->nheld = 0;
 }
 

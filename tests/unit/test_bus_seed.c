@@ -437,6 +437,253 @@ static void test_seed_behind(void)
     settle();
 }
 
+/* rp_cmd's integer or string reply as a number (-1: missing or an error) */
+static long long snap_int(int srv, const char *fmt, const char *room, const char *id)
+{
+    redisReply *rr = rp_cmd(srv, fmt, room, id);
+    long long v = -1;
+    if (rr && rr->type == REDIS_REPLY_INTEGER) v = rr->integer;
+    else if (rr && rr->type == REDIS_REPLY_STRING) v = atoll(rr->str);
+    if (rr) freeReplyObject(rr);
+    return v;
+}
+
+/* Exactly-once across a Redis that lost its id keys (docs/redis.md "Heads,
+ * seeds and epochs"): a message stored with client id X whose ack never
+ * reached the client is resent after Redis restarted behind (a snapshot
+ * taken before X): the seed writes the stored ids of the window back
+ * before it seeds the head, so the resend is a duplicate with X's seq and
+ * no new seq is used. An id published before the window is not restored
+ * (a resend of it is new); a key that survived is kept (NX); more ids than
+ * one restore call are written in chunks; a restore that fails fails the
+ * seed (the publish answers -1, counted) and a retry succeeds. */
+static void test_seed_ids(void)
+{
+    if (!own_redis) return;
+    char room[80], big[80], url[64];
+    mkroom(room, sizeof room, "seedids");
+    mkroom(big, sizeof big, "seedidsbig");
+    int snap = rp_start((char *)NULL); /* RDB only, saved when told */
+    CHECK(snap >= 0, "second redis-server started");
+    if (snap < 0) return;
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", rp_all[snap].port);
+    node *a = node_new_seeded("IA", url, 0, "ep-i");
+    wait_ready(a);
+    pubres p[4];
+    pub(a, room, "id-old", "old", &p[0]);
+    WAIT(p[0].done, 3000);
+    CHECK(p[0].status == 0 && p[0].seq == 1, "seq 1 (%d %" PRIu64 ")", p[0].status, p[0].seq);
+    redisReply *rr = rp_cmd(snap, "SAVE");
+    CHECK(rr && rr->type == REDIS_REPLY_STATUS, "snapshot at seq 1");
+    freeReplyObject(rr);
+    pub(a, room, "id-x", "x", &p[1]);
+    WAIT(p[1].done, 3000);
+    pub(a, room, "id-y", "y", &p[2]);
+    WAIT(p[2].done, 3000);
+    CHECK(p[1].seq == 2 && p[2].seq == 3, "X is 2, Y is 3 (%" PRIu64 " %" PRIu64 ")", p[1].seq,
+          p[2].seq);
+    node_free(a);
+    CHECK(rp_restart(snap) == 0, "redis restarted from the snapshot");
+    CHECK(snap_int(snap, "EXISTS chat:{%s}:id:%s", room, "id-x") == 0, "X's id key is gone");
+    CHECK(snap_int(snap, "DEL chat:{%s}:id:%s", room, "id-old") == 1, "the old id's key dropped too");
+    /* Postgres stored 1..3: id-old (published before the window), X, Y */
+    uint64_t now = now_ms();
+    const char *ids[] = {"id-old", "id-x", "id-y"};
+    const uint64_t seqs[] = {1, 2, 3};
+    const uint64_t ts[] = {now - 61000, now - 20000, now - 1000};
+    node *b = node_new_seeded("IB", url, 3, "ep-i");
+    b->seed_ids = ids;
+    b->seed_id_seq = seqs;
+    b->seed_id_ts = ts;
+    b->nseed_ids = 3;
+    wait_ready(b);
+    uint64_t calls0 = bus_restore_calls(b->b);
+    pubres q;
+    pub(b, room, "id-x", "x", &q); /* the resend of X */
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.dup && q.seq == 2, "the resend of X is a duplicate of 2 (%d dup %d %" PRIu64 ")",
+          q.status, q.dup, q.seq);
+    CHECK(b->nseeds == 1 && bus_restore_calls(b->b) == calls0 + 1, "one seed, one restore call (%d, %" PRIu64 ")",
+          b->nseeds, bus_restore_calls(b->b) - calls0);
+    CHECK(b->seed_since >= now - 61000 && b->seed_since <= now_ms() - 59000,
+          "the window asked: the last 60 s (%" PRIu64 " ms ago)", now_ms() - b->seed_since);
+    /* (the duplicate answers before the head is touched: still the snapshot's) */
+    CHECK(snap_int(snap, "GET chat:{%s}:seq", room, "") == 1, "no seq used: the head is untouched");
+    long long ttl = snap_int(snap, "TTL chat:{%s}:id:%s", room, "id-x");
+    CHECK(ttl >= 35 && ttl <= 40, "X's key lives what is left of its window (%lld s of 40)", ttl);
+    pub(b, room, "id-y", "y", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.dup && q.seq == 3, "Y too (%d %" PRIu64 ")", q.status, q.seq);
+    CHECK(snap_int(snap, "EXISTS chat:{%s}:id:%s", room, "id-old") == 0, "the old id is not restored");
+    pub(b, room, "id-old", "old", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && !q.dup && q.seq == 4, "a resend of the old id is new: 4 (%d %" PRIu64 ")",
+          q.status, q.seq);
+    node_free(b);
+
+    /* more ids than one call: 1200 stored rows (3 calls); a key that
+     * survived keeps its value (NX) */
+    static char bigids[1200][16];
+    static const char *bp[1200];
+    static uint64_t bseq[1200], bts[1200];
+    now = now_ms();
+    for (int i = 0; i < 1200; i++) {
+        snprintf(bigids[i], sizeof bigids[i], "c-%d", i + 1);
+        bp[i] = bigids[i];
+        bseq[i] = (uint64_t)i + 1;
+        bts[i] = now - 5000;
+    }
+    rr = rp_cmd(snap, "SET chat:{%s}:id:c-5 77", big);
+    freeReplyObject(rr);
+    node *c = node_new_seeded("IC", url, 1200, "ep-c");
+    c->seed_ids = bp;
+    c->seed_id_seq = bseq;
+    c->seed_id_ts = bts;
+    c->nseed_ids = 1200;
+    wait_ready(c);
+    calls0 = bus_restore_calls(c->b);
+    pub(c, big, "c-1200", "z", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.dup && q.seq == 1200, "c-1200 is a duplicate of 1200 (%d %" PRIu64 ")",
+          q.status, q.seq);
+    CHECK(bus_restore_calls(c->b) == calls0 + (1200 + BUS_RESTORE_CHUNK - 1) / BUS_RESTORE_CHUNK,
+          "1200 ids in %d calls (%" PRIu64 ")", (1200 + BUS_RESTORE_CHUNK - 1) / BUS_RESTORE_CHUNK,
+          bus_restore_calls(c->b) - calls0);
+    int restored = 0;
+    for (int i = 0; i < 1200; i++) restored += snap_int(snap, "GET chat:{%s}:id:%s", big, bigids[i]) == i + 1;
+    CHECK(restored == 1199, "every id but the one that survived maps to its seq (%d)", restored);
+    CHECK(snap_int(snap, "GET chat:{%s}:id:%s", big, "c-5") == 77, "the key that survived is kept");
+    pub(c, big, "c-1", "z", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.dup && q.seq == 1, "c-1 is a duplicate of 1");
+    pub(c, big, "c-new", "z", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && !q.dup && q.seq == 1201, "a new id gets 1201 (%" PRIu64 ")", q.seq);
+    node_free(c);
+
+    /* a restore that fails (Redis refuses writes: maxmemory) fails the
+     * seed: nothing is published, it is counted; once Redis takes writes
+     * the retry restores and answers the duplicate */
+    rr = rp_cmd(snap, "FLUSHALL");
+    freeReplyObject(rr);
+    node *d = node_new_seeded("ID", url, 3, "ep-i");
+    d->seed_ids = ids;
+    d->seed_id_seq = seqs;
+    d->seed_id_ts = ts;
+    d->nseed_ids = 3;
+    wait_ready(d);
+    rr = rp_cmd(snap, "CONFIG SET maxmemory 1");
+    freeReplyObject(rr);
+    uint64_t fails0 = counter("chat_bus_seed_failures_total");
+    pub(d, room, "id-x", "x", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == -1, "the publish answers -1 while the ids cannot be written (%d)", q.status);
+    CHECK(counter("chat_bus_seed_failures_total") == fails0 + 1, "the failed seed is counted");
+    CHECK(snap_int(snap, "EXISTS chat:{%s}:seq", room, "") == 0, "no head was seeded");
+    rr = rp_cmd(snap, "CONFIG SET maxmemory 0");
+    freeReplyObject(rr);
+    pub(d, room, "id-x", "x", &q);
+    WAIT(q.done, 5000);
+    CHECK(q.status == 0 && q.dup && q.seq == 2, "the retry: a duplicate of 2 (%d %" PRIu64 ")", q.status,
+          q.seq);
+    node_free(d);
+    rp_signal(snap, SIGKILL);
+    settle();
+}
+
+/* bus_free while a seed's restore call is in Redis (paused): the waiting
+ * publish answers -1 once, the call's late answer (none: the client is
+ * freed) frees the seed; nothing leaks (ASan) and nothing runs later. */
+static void test_seed_ids_free(void)
+{
+    if (!own_redis) return;
+    char room[80];
+    mkroom(room, sizeof room, "seedidsfree");
+    static const char *ids[] = {"f1"};
+    static uint64_t seqs[] = {1}, ts[1];
+    ts[0] = now_ms();
+    node *a = node_new_seeded("IF", rurl, 1, "ep-f");
+    a->seed_ids = ids;
+    a->seed_id_seq = seqs;
+    a->seed_id_ts = ts;
+    a->nseed_ids = 1;
+    a->seed_hold = 1;
+    wait_ready(a);
+    pubres p;
+    pub(a, room, "f1", "x", &p);
+    WAIT(a->nheld == 1, 3000);
+    CHECK(a->nheld == 1 && !p.done, "the publish waits for the seed");
+    uint64_t calls0 = bus_restore_calls(a->b);
+    redisReply *rr = rc("CLIENT PAUSE 400 ALL");
+    CHECK(rr && rr->type == REDIS_REPLY_STATUS, "Redis paused");
+    if (rr) freeReplyObject(rr);
+    seed_answer(a); /* the restore call goes out and waits in Redis */
+    CHECK(bus_restore_calls(a->b) == calls0 + 1, "the restore call was sent");
+    spin(50);
+    CHECK(!p.done, "still waiting for the restore");
+    bus_free(a->b); /* answers inside, by contract */
+    a->b = NULL;
+    CHECK(p.done == 1 && p.status == -1, "answered -1 (%d %d)", p.done, p.status);
+    spin(500);
+    settle();
+    CHECK(p.done == 1, "once");
+    free(a);
+}
+
+/* The run key's "ids restored" mark (bus_script.c): mode 'Y' seeds only
+ * after a restore call of this Redis run marked it (or the head is of this
+ * run); a next restore call that finds no mark of its run fails. */
+static void test_seed_ids_mark(void)
+{
+    char room[80], kseq[128], krec[128], kep[128], krun[128], ch[128], kid[160];
+    mkroom(room, sizeof room, "seedmark");
+    snprintf(kseq, sizeof kseq, "chat:{%s}:seq", room);
+    snprintf(krec, sizeof krec, "chat:{%s}:recent", room);
+    snprintf(kep, sizeof kep, "chat:{%s}:epoch", room);
+    snprintf(krun, sizeof krun, "chat:{%s}:run", room);
+    snprintf(ch, sizeof ch, "chat:{%s}:msg", room);
+    snprintf(kid, sizeof kid, "chat:{%s}:id:m1", room);
+    const char *run = "abc123", *other = "def456";
+    /* a head of another run, no mark: 'Y' answers "needs seed", changes nothing */
+    rc_int("SET %s %s", krun, other);
+    redisReply *r = rc("EVAL %s 4 %s %s %s %s t 100 60 %s 0 0 %s 0 Y%s 9 ep", BUS_PUBLISH_LUA, kseq,
+                       krec, kep, krun, ch, room, run);
+    CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->integer == 0 &&
+              r->element[1]->integer == 2, "'Y' without the mark: needs seed");
+    if (r) freeReplyObject(r);
+    r = rc("EVAL %s 3 %s %s %s 0 Y%s 9 ep", BUS_HEAD_LUA, kseq, kep, krun, run);
+    CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->integer == 2,
+          "head 'Y' without the mark: needs seed");
+    if (r) freeReplyObject(r);
+    CHECK(rc_int("EXISTS %s", kseq) == 0, "nothing seeded");
+    /* a next call ('C') without a mark of its run fails */
+    r = rc("EVAL %s 2 %s %s C%s 5 30", BUS_RESTORE_LUA, krun, kid, run);
+    CHECK(r && r->type == REDIS_REPLY_ERROR, "'C' without the mark: error");
+    if (r) freeReplyObject(r);
+    CHECK(rc_int("EXISTS %s", kid) == 0, "it wrote nothing");
+    /* the first call marks, writes the id; then 'Y' seeds and the mark becomes the run */
+    r = rc("EVAL %s 2 %s %s F%s 5 30", BUS_RESTORE_LUA, krun, kid, run);
+    CHECK(r && r->type == REDIS_REPLY_INTEGER, "'F' restores");
+    if (r) freeReplyObject(r);
+    CHECK(rc_int("GET %s", kid) == 5 && rc_int("TTL %s", kid) > 0 && rc_int("TTL %s", kid) <= 30,
+          "id key 5 with its ttl");
+    r = rc("EVAL %s 4 %s %s %s %s t 100 60 %s 0 0 %s 0 Y%s 9 ep", BUS_PUBLISH_LUA, kseq, krec, kep,
+           krun, ch, room, run);
+    CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->integer == 10,
+          "'Y' after the mark: seeded to 9, seq 10");
+    if (r) freeReplyObject(r);
+    r = rc("GET %s", krun);
+    CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, run) == 0, "the run key is the run");
+    if (r) freeReplyObject(r);
+    /* a later 'F' of this run leaves the run key as it is */
+    r = rc("EVAL %s 1 %s F%s", BUS_RESTORE_LUA, krun, run);
+    if (r) freeReplyObject(r);
+    r = rc("GET %s", krun);
+    CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, run) == 0, "not marked back");
+    if (r) freeReplyObject(r);
+    rc_int("DEL %s %s %s %s %s", kseq, krec, kep, krun, kid);
+}
+
 /* bus_free while a seed request is with the provider: the waiting publish
  * and replay answer -1 once; answering afterwards only frees the request. */
 static void test_seed_free_pending(const char *url)
@@ -547,6 +794,9 @@ int main(void)
         test_seed_redis();
         test_seed_resync();
         test_seed_behind();
+        test_seed_ids();
+        test_seed_ids_mark();
+        test_seed_ids_free();
         test_seed_free_pending(rurl);
         test_epoch_redis();
     }

@@ -508,6 +508,78 @@ static void test_head(void)
     CHECK(gone.calls == 1 && gone.status == -1);
 }
 
+typedef struct sctx {
+    int calls, status;
+    uint64_t max;
+    size_t n;
+    char ids[16][16];
+    uint64_t seqs[16], ts[16];
+} sctx;
+
+static void scb(void *ud, int status, uint64_t max, const char *epoch, size_t n,
+                const char *const *ids, const uint64_t *seqs, const uint64_t *ts)
+{
+    sctx *c = ud;
+    c->calls++;
+    c->status = status;
+    c->max = max;
+    c->n = n;
+    CHECK(status != 0 || (epoch && strlen(epoch) == 16));
+    for (size_t i = 0; i < n && i < 16; i++) {
+        snprintf(c->ids[i], sizeof c->ids[i], "%s", ids[i]);
+        c->seqs[i] = seqs[i];
+        c->ts[i] = ts[i];
+    }
+}
+
+static int seed_sync(store *s, const char *room, uint64_t since, uint64_t max_ids, sctx *c)
+{
+    memset(c, 0, sizeof *c);
+    if (store_seed(s, room, since, max_ids, scb, c) != 0) return -1;
+    WAIT(c->calls, 5000);
+    return c->calls == 1 && c->status == 0 ? 0 : -1;
+}
+
+static int seed_has(const sctx *c, const char *id, uint64_t seq)
+{
+    for (size_t i = 0; i < c->n && i < 16; i++)
+        if (strcmp(c->ids[i], id) == 0 && c->seqs[i] == seq) return 1;
+    return 0;
+}
+
+/* A seed (store_seed): the head, and the client ids of the rows published
+ * since the window's start among the max_ids seqs below the head (message
+ * and update rows alike); none before it, none without a client id, none
+ * further below the head. */
+static void test_seed(void)
+{
+    store *s = open_store(100, 5, 0);
+    WAIT(store_ready(s), 10000);
+    /* seqs 1..12; 3 has no client id, 9 is older than the window, 12 an edit */
+    CHECK(qexec("INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) "
+                "SELECT 'seedr', g, CASE WHEN g = 3 THEN NULL ELSE 'c' || g END, 'u', 'n', 'b', "
+                "CASE WHEN g = 9 THEN 500 ELSE 2000 END FROM generate_series(1, 11) g") == 0);
+    CHECK(qexec("INSERT INTO messages (room, seq, client_id, user_id, name, body, ts, kind, target) "
+                "VALUES ('seedr', 12, 'e12', 'u', 'n', 'edited', 2000, 1, 1)") == 0);
+    sctx c;
+    CHECK(seed_sync(s, "seedr", 1000, 5, &c) == 0);
+    CHECK(c.max == 12 && c.n == 4, "head 12, 4 ids (%llu %zu)", (unsigned long long)c.max, c.n);
+    CHECK(seed_has(&c, "c8", 8) && seed_has(&c, "c10", 10) && seed_has(&c, "c11", 11) &&
+          seed_has(&c, "e12", 12), "8, 10, 11 and the edit 12");
+    CHECK(c.ts[0] == 2000, "with its ts");
+    CHECK(seed_sync(s, "seedr", 1000, 12, &c) == 0);
+    CHECK(c.n == 10 && !seed_has(&c, "c9", 9) && seed_has(&c, "c1", 1),
+          "the whole room: 10 ids, not the old 9, not 3 (%zu)", c.n);
+    CHECK(seed_sync(s, "seedr", 0, 12, &c) == 0);
+    CHECK(c.max == 12 && c.n == 0, "since 0: the head alone (%zu)", c.n);
+    CHECK(seed_sync(s, "seedempty", 1000, 5, &c) == 0);
+    CHECK(c.max == 0 && c.n == 0, "a room without rows: head 0, no ids");
+    sctx gone = {0};
+    CHECK(store_seed(s, "gone", 1000, 5, scb, &gone) == 0);
+    store_free(s);
+    CHECK(gone.calls == 1 && gone.status == -1);
+}
+
 /* A schema of version 1 (messages only) with data migrates to the current
  * one keeping its rows. */
 static void test_migrate_from_v1(void)
@@ -1121,6 +1193,7 @@ int main(void)
         {"check", test_check},
         {"conflict", test_conflict},
         {"head", test_head},
+        {"seed", test_seed},
         {"migrate_from_v1", test_migrate_from_v1},
         {"pending_max_and_drain", test_pending_max_and_drain},
         {"free_from_callback", test_free_from_callback},
