@@ -86,7 +86,8 @@
  *   rooms with nothing old from the index, and what can never be settled:
  *   an index member that is not a valid room name (room_name_valid, with
  *   its set; listed as (room, '')), a member of a room's set that is not a
- *   seq (1 to 19 digits, no leading zero; listed as (room, '')): the core
+ *   seq (seq_parse's rule: 1 to 19 digits, no leading zero, at most
+ *   2^63-1; listed as (room, '')): the core
  *   counts those malformed pairs) and returns {1, more, cut, room,
  *   seq, room, seq, ...}, the (room, seq) of every entry older than the
  *   grace (at most ARGV[4] rooms, ARGV[5] seqs per room; one more of each
@@ -305,10 +306,12 @@ const char BUS_SWEEP_LUA[] =
     "        if #seqs > ns then mp = 2 end\n"
     "        local bad = 0\n"
     "        for k = 1, ns do\n"
-    /* a member no seq can be (a seq is 1 to 19 digits without a leading
-     * zero): removed, listed as (room, '') */
+    /* a member no seq can be (util.h seq_parse's rule: 1 to 19 digits
+     * without a leading zero, at most 2^63-1; equal-length digit strings
+     * compare as numbers): removed, listed as (room, '') */
     "          local s = seqs[k]\n"
-    "          if #s > 19 or not string.match(s, '^[1-9]%d*$') then\n"
+    "          if #s > 19 or not string.match(s, '^[1-9]%d*$') or\n"
+    "             (#s == 19 and s > '9223372036854775807') then\n"
     "            redis.call('ZREM', uk, s)\n"
     "            bad = bad + 1\n"
     "            s = ''\n"
