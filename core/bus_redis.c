@@ -170,7 +170,7 @@ static int send_publish(busr *R, bus_req *r)
         ARG(kupd, strlen(kupd));
     }
     if (r->id) {
-        snprintf(kid, sizeof kid, "chat:{%s}:id:%s", r->room, r->id);
+        id_key(kid, sizeof kid, r->room, r->id);
         ARG(kid, strlen(kid));
     }
     ARG(r->tail, r->tail_len);
@@ -387,7 +387,7 @@ static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
 {
     busr *R = b->impl;
     char kid[CHAT_ROOM_MAX + 200], sq[24];
-    snprintf(kid, sizeof kid, "chat:{%s}:id:%s", room, id);
+    id_key(kid, sizeof kid, room, id);
     snprintf(sq, sizeof sq, "%" PRIu64, seq);
     const char *a[] = {"1", kid, sq};
     redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = BUS_S_FORGET};
@@ -432,7 +432,7 @@ static int be_restore_ids(bus *b, bus_seed *sd)
         argv[argc] = nk; lens[argc++] = strlen(nk);
         argv[argc] = krun; lens[argc++] = strlen(krun);
         for (size_t i = 0; i < m; i++) {
-            snprintf(keys[i], sizeof keys[i], "chat:{%s}:id:%s", room, ids[at + i].id);
+            id_key(keys[i], sizeof keys[i], room, ids[at + i].id);
             argv[argc] = keys[i]; lens[argc++] = strlen(keys[i]);
         }
         int mode_at = argc;

@@ -42,6 +42,12 @@ static inline void key(char *out, size_t n, const char *room, const char *suffix
     snprintf(out, n, "chat:{%s}:%s", room, suffix);
 }
 
+/* chat:{room}:id:<client id>: the id's idempotency key (publish, forget, restore) */
+static inline void id_key(char *out, size_t n, const char *room, const char *id)
+{
+    snprintf(out, n, "chat:{%s}:id:%s", room, id);
+}
+
 /* bus_redis_head.c */
 typedef struct head_res {
     int status;              /* 0 ok, 2 needs a seed, 3 no head (peek) */
