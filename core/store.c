@@ -350,6 +350,18 @@ static void sent(store *s, int op, int ok)
 static void on_connected(store *s)
 {
     if (PQsetnonblocking(s->pg, 1) != 0) { reset_conn(s, PQerrorMessage(s->pg)); return; }
+    /* every text chatd stores is UTF-8 checked before a seq is given
+     * (docs/architecture.md): a database of another encoding could refuse
+     * a stored row for ever (an emoji in LATIN1) and stall every later
+     * write behind it, so it is never used: not ready, the reason logged */
+    const char *enc = PQparameterStatus(s->pg, "server_encoding");
+    if (!enc || strcmp(enc, "UTF8") != 0) {
+        char why[160];
+        snprintf(why, sizeof why, "the database's encoding is %s: chatd needs UTF8 "
+                 "(CREATE DATABASE ... ENCODING 'UTF8')", enc ? enc : "unknown");
+        reset_conn(s, why);
+        return;
+    }
     s->state = ST_SETUP;
     sent(s, OP_LOCK, PQsendQuery(s->pg, store_schema_lock_sql()));
 }

@@ -788,3 +788,29 @@ async def since_beyond_the_head_is_gap_too_large_with_postgres():
     m = await r.wait_for(lambda f: f["type"] == "message", 5, what="live message")
     eq(m["seq"], 4, "live continues after the head")
     eq(r.seqs(room), [4], "nothing else delivered")
+
+
+@test(timeout=60, needs=NEEDS)
+async def database_not_utf8_is_never_used():
+    # chatd checks every text for UTF-8 before a seq is given; a database in
+    # another encoding (LATIN1 here) could refuse a stored row for ever (an
+    # emoji) and stall every write behind it: the store never uses it (not
+    # ready, the reason in the log, no schema created)
+    pg = harness.RUN.need_pg()
+    if getattr(pg, "external", True):
+        raise harness.TestSkip("needs the suite's own Postgres (CREATE DATABASE)")
+    db = "latin1_" + uniq("").replace("-", "_")
+    pg.psql("postgres", f"CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+                        "TEMPLATE template0")
+    n = Node(name="latin1-" + uniq(""), redis=True,
+             db=f"postgresql://postgres@127.0.0.1:{pg.port}/{db}")
+    n.start(wait=False)
+    n.wait_healthy()
+    end = time.time() + 10
+    while time.time() < end and "encoding is LATIN1" not in n.log_text():
+        await asyncio.sleep(0.1)
+    check("encoding is LATIN1: chatd needs UTF8" in n.log_text(), "the log names the encoding")
+    st, _, _ = await ahttp(n.port, "/readyz")
+    eq(st, 503, "/readyz with a LATIN1 database")
+    eq(pg.psql(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'messages'").strip(), "0",
+       "no schema created in it")
