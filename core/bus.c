@@ -16,7 +16,6 @@
 #include <sys/random.h>
 
 #define MOD "bus"
-#define BUS_ID_MAX 128
 
 static void set_err(char *err, size_t n, const char *msg)
 {

@@ -10,6 +10,7 @@
  * epoch generation. */
 #define _GNU_SOURCE
 #include "bus_int.h"
+#include <assert.h>
 #include "log.h"
 #include <stdint.h>
 #include <stdio.h>
@@ -206,7 +207,9 @@ uint64_t bus_seed_ids_since_ms(const bus_seed *sd) { return sd && sd->b ? sd->id
 
 int bus_seed_add_id(bus_seed *sd, const char *id, uint64_t seq, uint64_t ts_ms)
 {
-    if (!sd || !sd->b || !sd->ids_since_ms || !id || !*id || ts_ms < sd->ids_since_ms) return 0;
+    if (!sd || !sd->b || !sd->ids_since_ms || !id || !*id || ts_ms < sd->ids_since_ms ||
+        strlen(id) > BUS_ID_MAX)
+        return 0;
     if (sd->nids == sd->capids) {
         size_t cap = sd->capids ? sd->capids * 2 : 64;
         bus_seed_id *n = realloc(sd->ids, cap * sizeof *n);
@@ -243,6 +246,12 @@ static void seed_answered(bus_seed *sd)
 }
 
 void bus_seed_restore_hold(bus_seed *sd) { sd->restoring++; }
+
+void bus_seed_restore_unhold(bus_seed *sd)
+{
+    assert(sd->restoring > 1);   /* bus_seed_done's own hold is still there */
+    sd->restoring--;
+}
 
 void bus_seed_restored(bus_seed *sd, int ok)
 {

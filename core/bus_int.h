@@ -236,6 +236,9 @@ typedef struct bus_seed_id { uint64_t seq; uint32_t ttl_s; char *id; } bus_seed_
 const bus_seed_id *bus_seed_ids(const struct bus_seed *sd, size_t *n);
 const char *bus_seed_room(const struct bus_seed *sd);
 void bus_seed_restore_hold(struct bus_seed *sd);
+/* A hold whose call did not start (restore_ids only: the starter's own hold
+ * keeps the seed from being answered meanwhile). */
+void bus_seed_restore_unhold(struct bus_seed *sd);
 /* One restore call answered (ok 0 when it failed or the bus is gone). */
 void bus_seed_restored(struct bus_seed *sd, int ok);
 /* A fresh random epoch: 16 lowercase hex digits. */

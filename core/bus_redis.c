@@ -407,19 +407,19 @@ static void restore_cb(void *ud, const redisReply *rp)
     bus_seed_restored(sd, ok);
 }
 
-/* One call per BUS_RESTORE_CHUNK ids (at least one: the first marks the
- * run key), in order on the room's shard. */
+/* One call per BUS_RESTORE_CHUNK ids (at least one; 'O' alone, else 'F',
+ * 'C'..., 'L': bus_script.c), in order on the room's shard. */
 static int be_restore_ids(bus *b, bus_seed *sd)
 {
     busr *R = b->impl;
     const char *room = bus_seed_room(sd);
     size_t n = 0;
     const bus_seed_id *ids = bus_seed_ids(sd, &n);
-    size_t cap = 3 + 3 * (size_t)BUS_RESTORE_CHUNK;
+    size_t most = n < BUS_RESTORE_CHUNK ? (n ? n : 1) : BUS_RESTORE_CHUNK, cap = 3 + 3 * most;
     const char **argv = malloc(cap * sizeof *argv);
     size_t *lens = malloc(cap * sizeof *lens);
-    char (*keys)[CHAT_ROOM_MAX + 200] = malloc((size_t)BUS_RESTORE_CHUNK * sizeof *keys);
-    char (*nums)[2][24] = malloc((size_t)BUS_RESTORE_CHUNK * sizeof *nums);
+    char (*keys)[CHAT_ROOM_MAX + 200] = malloc(most * sizeof *keys);
+    char (*nums)[2][24] = malloc(most * sizeof *nums);
     int rc = argv && lens && keys && nums ? 0 : -1;
     char krun[CHAT_ROOM_MAX + 32], nk[8], mode[2 + REDIS_RUN_ID_LEN];
     key(krun, sizeof krun, room, "run");
@@ -428,7 +428,8 @@ static int be_restore_ids(bus *b, bus_seed *sd)
         int argc = 0;
         snprintf(nk, sizeof nk, "%zu", m + 1);
         bus_seed_mode_arg(mode, BUS_SEED_GIVEN);
-        mode[0] = at == 0 ? 'F' : 'C';
+        int last = at + m >= n;
+        mode[0] = at == 0 ? (last ? 'O' : 'F') : (last ? 'L' : 'C');
         argv[argc] = nk; lens[argc++] = strlen(nk);
         argv[argc] = krun; lens[argc++] = strlen(krun);
         for (size_t i = 0; i < m; i++) {
@@ -445,10 +446,12 @@ static int be_restore_ids(bus *b, bus_seed *sd)
         }
         redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = BUS_S_RESTORE,
                           .run_arg = mode_at};
+        /* held before the call: an answer can never come before its hold */
+        bus_seed_restore_hold(sd);
         if (redis_client_call(R->rc, &how, argc, argv, lens, restore_cb, sd) != 0) {
+            bus_seed_restore_unhold(sd);
             rc = -1;
         } else {
-            bus_seed_restore_hold(sd);
             R->restores++;
         }
         if (n == 0) break;

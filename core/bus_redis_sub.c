@@ -275,7 +275,7 @@ static void head_cb(void *ud, const redisReply *rp)
         free(op); /* the subscription it served is gone */
         return;
     }
-    head_res h;
+    head_res h = {0};
     if (rp && bus_rhead_parse(rp, &h) == 0 && h.status == 2 && !op->seeded) {
         /* a resync whose key is gone (Redis lost data): raise it to
          * max(durable head, what this node delivered), never to the
@@ -294,9 +294,13 @@ static void head_cb(void *ud, const redisReply *rp)
     if (!rp || bus_rhead_parse(rp, &h) != 0 || h.status == 2) {
         /* no answer (its shard is going down: on_node resets the room) or
          * an answer we cannot use: read it again later */
-        if (rp) LOGE(MOD, "head of chat:{%s}:seq: %.*s", op->room,
-                     rp->type == REDIS_REPLY_ERROR ? (int)rp->len : 16,
-                     rp->type == REDIS_REPLY_ERROR ? rp->str : "unexpected reply");
+        if (rp && h.status == 2)   /* after a seed: its ids went to an earlier Redis run */
+            LOGW(MOD, "head of chat:{%s}:seq: still needs a seed (Redis restarted during the "
+                 "seed), again later", op->room);
+        else if (rp)
+            LOGE(MOD, "head of chat:{%s}:seq: %.*s", op->room,
+                 rp->type == REDIS_REPLY_ERROR ? (int)rp->len : 16,
+                 rp->type == REDIS_REPLY_ERROR ? rp->str : "unexpected reply");
         bus_rsub_retry_later(R, room);
         bus_rsub_arm(R);
         free(op);

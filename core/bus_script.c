@@ -117,19 +117,23 @@
  * BUS_RESTORE_LUA writes a seed's stored client ids back (before the node's
  *   first 'Y' call with that seed; one call per BUS_RESTORE_CHUNK ids, at
  *   least one): KEYS[1] the run key chat:{room}:run, KEYS[2..] the ids'
- *   keys chat:{room}:id:<id> (one slot: the room's); ARGV[1] 'F' (the
- *   first call) or 'C' (the next ones), followed by the run_id (run_arg, as
- *   ARGV[9] of the publish script); ARGV[2k], ARGV[2k + 1] the seq and the
- *   ttl (s, what is left of the id's window) of KEYS[k + 1]. Each key is
- *   SET NX: one that exists (survived, or written meanwhile by a publish)
- *   is kept. The first call marks the run key "i<run_id>" (ids restored in
- *   this run) unless it already holds this run; a next call that finds
- *   neither answers an error (Redis restarted between the calls: the seed
- *   fails). Mode 'Y' of the publish and head scripts seeds only a run key
+ *   keys chat:{room}:id:<id> (one slot: the room's); ARGV[1] the call's
+ *   place, followed by the run_id (run_arg, as ARGV[9] of the publish
+ *   script): 'O' the only call, 'F' the first of several, 'C' a middle one,
+ *   'L' the last; ARGV[2k], ARGV[2k + 1] the seq and the ttl (s, what is
+ *   left of the id's window) of KEYS[k + 1]. Each key is SET NX: one that
+ *   exists (survived, or written meanwhile by a publish) is kept. Unless
+ *   the run key already holds this run or "i<run_id>", 'O' marks it
+ *   "i<run_id>" (every id of the seed is back: restored in this run) and
+ *   'F' marks it "p<run_id>" (partly back); 'C' and 'L' need one of the
+ *   three (else an error: Redis restarted between the calls, the seed
+ *   fails), and 'L' turns "p<run_id>" into "i<run_id>" once its ids are
+ *   written. Mode 'Y' of the publish and head scripts seeds only a run key
  *   that holds this run or "i<run_id>", else answers "needs seed" ({0, 2},
- *   {2}): a restore that reached an earlier run of the Redis never lets a
- *   head of the new one be seeded. Mode 'S' treats "i<run_id>" like any
- *   other run: needs seed. Returns 0. */
+ *   {2}): neither a restore that reached an earlier run of the Redis nor one
+ *   still under way (another node's chunks not all written) lets a head of
+ *   this run be seeded. Mode 'S' treats both marks like any other run:
+ *   needs seed. Returns 0. */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "redis_slot.h"
@@ -374,16 +378,19 @@ const char BUS_FORGET_LUA[] =
     "return 0\n";
 
 const char BUS_RESTORE_LUA[] =
-    "local first, run = string.sub(ARGV[1], 1, 1), string.sub(ARGV[1], 2)\n"
+    "local place, run = string.sub(ARGV[1], 1, 1), string.sub(ARGV[1], 2)\n"
     "if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
     "local cur = redis.call('GET', KEYS[1])\n"
-    "if cur ~= run and cur ~= 'i' .. run then\n"
-    "  if first ~= 'F' then return redis.error_reply('ERR chatd: restore met another run') end\n"
-    "  redis.call('SET', KEYS[1], 'i' .. run)\n"
+    "local done = cur == run or cur == 'i' .. run\n"
+    "if place == 'O' or place == 'F' then\n"
+    "  if not done then redis.call('SET', KEYS[1], (place == 'O' and 'i' or 'p') .. run) end\n"
+    "elseif not done and cur ~= 'p' .. run then\n"
+    "  return redis.error_reply('ERR chatd: restore met another run')\n"
     "end\n"
     "for i = 2, #KEYS do\n"
     "  redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'EX', ARGV[2 * i - 1], 'NX')\n"
     "end\n"
+    "if place == 'L' and cur == 'p' .. run then redis.call('SET', KEYS[1], 'i' .. run) end\n"
     "return 0\n";
 
 const char *const BUS_SCRIPTS[BUS_S_COUNT] = {BUS_PUBLISH_LUA, BUS_HEAD_LUA, BUS_MARK_LUA,

@@ -98,6 +98,11 @@ void bus_seed_done(bus_seed *req, int status, uint64_t max_seq, const char *epoc
  * ids a seed restores (the stored seqs (max_seq - BUS_IDS_PER_ROOM,
  * max_seq], bus_seed_add_id). */
 #define BUS_IDS_PER_ROOM 10000
+/* The longest client id the bus takes (a publish with a longer one is
+ * refused; the contract's ids are at most 64 bytes: frame.h FRAME_ID_MAX,
+ * api_parse.h API_ID_MAX); a seed skips a longer one found in Postgres (a row
+ * written outside chatd), never cut into another id's key. */
+#define BUS_ID_MAX 128
 /* Restoring client ids with a seed (Redis mode; docs/redis.md "Heads, seeds
  * and epochs"): bus_seed_ids_since_ms is 0 when the bus restores none (the
  * provider need not look), else the oldest publish time (ms since the

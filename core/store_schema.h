@@ -109,20 +109,27 @@ int store_schema_version(void);
 #define STORE_STMT_HEAD "chatd_head"
 /* The head as STORE_SQL_HEAD, and the room's client ids of the idempotency
  * window, for a seed (store_seed): $2 the oldest ts (ms) still in the
- * window, $3 how many seqs below the head to look at (an index range scan
- * of the primary key: seqs are dense per room). One row per stored row
- * with a client id published since $2 among the seqs ($head - $3, $head]
- * (epoch, head, client_id, seq, ts), or one row (epoch, head, NULL...)
- * when there is none. */
+ * window, $3 how many seqs below the head to look at (seqs are dense per
+ * room). The ids are read from above the newest row older than the window
+ * by a minute (lo: found scanning back from the head by the primary key,
+ * so a seed reads the window's rows plus one, not $3 rows of history; the
+ * minute absorbs clock skew between the nodes that wrote ts), and never
+ * more than $3 seqs below the head. One row per stored row with a client
+ * id published since $2, in seq order (the first seq of an id stored twice
+ * is the one restored: SET NX) (epoch, head, client_id, seq, ts), or one
+ * row (epoch, head, NULL...) when there is none. */
 #define STORE_SQL_SEED \
     "WITH r AS (INSERT INTO rooms (room, epoch) " \
     "VALUES ($1, substr(md5(gen_random_uuid()::text), 1, 16)) " \
     "ON CONFLICT (room) DO UPDATE SET epoch = rooms.epoch RETURNING epoch, head), " \
     "h AS (SELECT (SELECT epoch FROM r) AS epoch, GREATEST((SELECT head FROM r), " \
-    "coalesce((SELECT max(seq) FROM messages WHERE room = $1), 0)) AS head) " \
-    "SELECT h.epoch, h.head, m.client_id, m.seq, m.ts FROM h LEFT JOIN LATERAL " \
-    "(SELECT client_id, seq, ts FROM messages WHERE room = $1 AND seq > h.head - $3::bigint " \
-    "AND seq <= h.head AND client_id IS NOT NULL AND ts >= $2::bigint) m ON true"
+    "coalesce((SELECT max(seq) FROM messages WHERE room = $1), 0)) AS head), " \
+    "b AS (SELECT GREATEST(h.head - $3::bigint, coalesce((SELECT seq FROM messages " \
+    "WHERE room = $1 AND seq > h.head - $3::bigint AND seq <= h.head " \
+    "AND ts < $2::bigint - 60000 ORDER BY seq DESC LIMIT 1), 0)) AS lo FROM h) " \
+    "SELECT h.epoch, h.head, m.client_id, m.seq, m.ts FROM h CROSS JOIN b LEFT JOIN LATERAL " \
+    "(SELECT client_id, seq, ts FROM messages WHERE room = $1 AND seq > b.lo " \
+    "AND seq <= h.head AND client_id IS NOT NULL AND ts >= $2::bigint) m ON true ORDER BY m.seq"
 #define STORE_STMT_SEED "chatd_seed"
 
 /* After a batch that inserted fewer rows than it had (some (room, seq)

@@ -311,11 +311,12 @@ def capture(port, bus, pres):
 
     S, Y, N = "S" + rid, "Y" + rid, "N"
 
-    # restore (bus_script.c): KEYS run key, id keys; ARGV 'F'|'C' + run_id,
-    # then seq, ttl per id
-    def restore(name, room, first, ids, **kw):
+    # restore (bus_script.c): KEYS run key, id keys; ARGV the call's place
+    # ('O' only, 'F' first of several, 'C' middle, 'L' last) + run_id, then
+    # seq, ttl per id
+    def restore(name, room, place, ids, **kw):
         keys = [K(room, "run")] + [K(room, f"id:{i}") for i, _, _ in ids]
-        argv = [("F" if first else "C") + kw.pop("run", rid)]
+        argv = [place + kw.pop("run", rid)]
         for _, s, ttl in ids:
             argv += [s, ttl]
         return run(name, "EVALSHA", sha["BUS_RESTORE_LUA"], len(keys), *keys, *argv, **kw)
@@ -326,11 +327,15 @@ def capture(port, bus, pres):
     pub("publish_no_run_id", r, "S" + placeholder, error="no run id")
     # the seed's client ids go back first; a 'C' call that finds no mark of
     # this run fails (Redis restarted between the calls)
-    restore("restore_other_run", r, False, [("c0", 5, 600)], error="restore met another run")
-    restore("restore_no_run_id", r, True, [("c0", 5, 600)], run=placeholder, error="no run id")
-    restore("restore_first", r, True, [("c0", 5, 600), ("c00", 6, 600)], expect=0)
+    restore("restore_other_run", r, "C", [("c0", 5, 600)], error="restore met another run")
+    restore("restore_no_run_id", r, "F", [("c0", 5, 600)], run=placeholder, error="no run id")
+    restore("restore_first", r, "F", [("c0", 5, 600), ("c00", 6, 600)], expect=0)
+    run("run key marked partly", "GET", K(r, "run"), expect="p" + rid, save=False)
+    # no 'Y' passes while a restore is under way (p<run>)
+    pub("publish_seed_partly_restored", r, Y, seed=7, epoch="ep-1", expect=[0, 2], save=False)
+    restore("restore_next", r, "C", [("c01", 7, 300)], expect=0)
+    restore("restore_last", r, "L", [("c02", 8, 300)], expect=0)
     run("run key marked", "GET", K(r, "run"), expect="i" + rid, save=False)
-    restore("restore_next", r, False, [("c01", 7, 300)], expect=0)
     # 'S' treats the mark like any other run: needs seed; 'Y' seeds
     pub("publish_needs_seed_marked", r, S, expect=[0, 2], save=False)
     s_seeded = pub("publish_seeded", r, Y, seed=7, epoch="ep-1", expect=[8, 0])[0]
@@ -400,7 +405,8 @@ def capture(port, bus, pres):
     head("head_no_run_id", "new", 0, "P" + placeholder, error="no run id")
     do("SET", K("new", "run"), "i" + other)
     head("head_seed_other_mark", "new", 0, Y, seed=12, epoch="ep-new", expect=[2], save=False)
-    restore("restore_no_ids", "new", True, [], expect=0)
+    restore("restore_no_ids", "new", "O", [], expect=0)
+    run("run key marked by the only call", "GET", K("new", "run"), expect="i" + rid, save=False)
     head("head_seeded", "new", 0, Y, seed=12, epoch="ep-new", expect=[0, 12, "ep-new", 12])
     head("head_seeded_floor", "new", 20, S, expect=[0, 20, "ep-new", 12], save=False)
 

@@ -661,10 +661,45 @@ static void test_seed_ids_mark(void)
     CHECK(r && r->type == REDIS_REPLY_ERROR, "'C' without the mark: error");
     if (r) freeReplyObject(r);
     CHECK(rc_int("EXISTS %s", kid) == 0, "it wrote nothing");
-    /* the first call marks, writes the id; then 'Y' seeds and the mark becomes the run */
-    r = rc("EVAL %s 2 %s %s F%s 5 30", BUS_RESTORE_LUA, krun, kid, run);
+    /* a restore in several calls: the first marks "p<run>" (partly back),
+     * and no 'Y' passes before the last call made it "i<run>" (another
+     * node's seed must not start the run on a restore still under way) */
+    char kid2[160], kid3[160];
+    snprintf(kid2, sizeof kid2, "chat:{%s}:id:m2", room);
+    snprintf(kid3, sizeof kid3, "chat:{%s}:id:m3", room);
+    r = rc("EVAL %s 2 %s %s F%s 6 30", BUS_RESTORE_LUA, krun, kid2, run);
     CHECK(r && r->type == REDIS_REPLY_INTEGER, "'F' restores");
     if (r) freeReplyObject(r);
+    r = rc("GET %s", krun);
+    CHECK(r && r->type == REDIS_REPLY_STRING && r->str[0] == 'p' && strcmp(r->str + 1, run) == 0,
+          "'F' of several marks p<run>");
+    if (r) freeReplyObject(r);
+    r = rc("EVAL %s 4 %s %s %s %s t 100 60 %s 0 0 %s 0 Y%s 9 ep", BUS_PUBLISH_LUA, kseq, krec, kep,
+           krun, ch, room, run);
+    CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->integer == 0 &&
+              r->element[1]->integer == 2, "'Y' while the restore is under way: needs seed");
+    if (r) freeReplyObject(r);
+    r = rc("EVAL %s 3 %s %s %s 0 Y%s 9 ep", BUS_HEAD_LUA, kseq, kep, krun, run);
+    CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->integer == 2,
+          "head 'Y' while the restore is under way: needs seed");
+    if (r) freeReplyObject(r);
+    r = rc("EVAL %s 2 %s %s C%s 7 30", BUS_RESTORE_LUA, krun, kid3, run);
+    CHECK(r && r->type == REDIS_REPLY_INTEGER, "'C' after p<run>");
+    if (r) freeReplyObject(r);
+    r = rc("EVAL %s 2 %s %s C%s 7 30", BUS_RESTORE_LUA, krun, kid3, other);
+    CHECK(r && r->type == REDIS_REPLY_ERROR, "'C' of another run: error");
+    if (r) freeReplyObject(r);
+    r = rc("GET %s", krun);
+    CHECK(r && r->type == REDIS_REPLY_STRING && r->str[0] == 'p', "still p<run> after 'C'");
+    if (r) freeReplyObject(r);
+    r = rc("EVAL %s 2 %s %s L%s 5 30", BUS_RESTORE_LUA, krun, kid, run);
+    CHECK(r && r->type == REDIS_REPLY_INTEGER, "'L' restores");
+    if (r) freeReplyObject(r);
+    r = rc("GET %s", krun);
+    CHECK(r && r->type == REDIS_REPLY_STRING && r->str[0] == 'i' && strcmp(r->str + 1, run) == 0,
+          "'L' turns p<run> into i<run>");
+    if (r) freeReplyObject(r);
+    CHECK(rc_int("GET %s", kid2) == 6 && rc_int("GET %s", kid3) == 7, "every chunk's ids written");
     CHECK(rc_int("GET %s", kid) == 5 && rc_int("TTL %s", kid) > 0 && rc_int("TTL %s", kid) <= 30,
           "id key 5 with its ttl");
     r = rc("EVAL %s 4 %s %s %s %s t 100 60 %s 0 0 %s 0 Y%s 9 ep", BUS_PUBLISH_LUA, kseq, krec, kep,
@@ -675,13 +710,23 @@ static void test_seed_ids_mark(void)
     r = rc("GET %s", krun);
     CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, run) == 0, "the run key is the run");
     if (r) freeReplyObject(r);
-    /* a later 'F' of this run leaves the run key as it is */
+    /* a later restore of this run ('O' or 'F') leaves the run key as it is */
+    r = rc("EVAL %s 1 %s O%s", BUS_RESTORE_LUA, krun, run);
+    if (r) freeReplyObject(r);
     r = rc("EVAL %s 1 %s F%s", BUS_RESTORE_LUA, krun, run);
     if (r) freeReplyObject(r);
     r = rc("GET %s", krun);
     CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, run) == 0, "not marked back");
     if (r) freeReplyObject(r);
-    rc_int("DEL %s %s %s %s %s", kseq, krec, kep, krun, kid);
+    /* the only call ('O') of a seed marks i<run> at once (its ids are all in it) */
+    rc_int("SET %s %s", krun, other);
+    r = rc("EVAL %s 1 %s O%s", BUS_RESTORE_LUA, krun, run);
+    if (r) freeReplyObject(r);
+    r = rc("GET %s", krun);
+    CHECK(r && r->type == REDIS_REPLY_STRING && r->str[0] == 'i' && strcmp(r->str + 1, run) == 0,
+          "'O' marks i<run>");
+    if (r) freeReplyObject(r);
+    rc_int("DEL %s %s %s %s %s %s %s", kseq, krec, kep, krun, kid, kid2, kid3);
 }
 
 /* bus_free while a seed request is with the provider: the waiting publish
