@@ -949,8 +949,6 @@ static void batch_refused(store *s)
     s->suspect = 0; /* the rows after it go in whole batches again */
     pending_add(s, -1);
     metric_inc(s->m_refused);
-    for (char *p = s->op_primary; *p; p++)
-        if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
     LOGE(MOD, "REFUSED: room %s seq %s (client id %s): postgres refuses the row for good: %s "
          "(SQLSTATE %s): not stored, never acked, not retried", w->val[0], w->val[1],
          w->val[2] ? w->val[2] : "-", s->op_primary, s->op_state);
