@@ -139,40 +139,49 @@ static void finish(publish_op *p, int status)
 
 /* ---- publish -> store -> ack --------------------------------------------- */
 
+/* A published row history can never hold (store -3): the bus's sweeper is
+ * told not to offer it again, and its client id is forgotten, so that a
+ * resend with the same id is a new message (a new seq; refused again when
+ * it is the same), never a duplicate of a seq history will not hold. */
+static void forget_unstorable(const char *room, const char *id, uint64_t seq)
+{
+    bus_mark_stored(P.bus, room, seq);
+    if (id) bus_forget_id(P.bus, room, id, seq);
+}
+
 static void on_stored(void *ud, int status)
 {
     publish_op *p = ud;
     /* 0: durable; -2: another message holds the seq in history (the store
      * logged and counted it): never acked. Either way the seq has a row:
-     * the bus's sweeper sees it there (on_check), nothing to mark. */
+     * the bus's sweeper sees it there (on_check), nothing to mark. -3:
+     * Postgres refused this row for good (an operator's constraint or
+     * trigger; the store logged and counted it): never acked, forgotten. */
     if (status == 0) {
         finish(p, PUBLISH_OK);
     } else if (status == -2) {
         if (p->id) bus_forget_id(P.bus, p->room, p->id, p->seq); /* a resend gets a new seq */
         finish(p, PUBLISH_CONFLICT);
+    } else if (status == -3) {
+        forget_unstorable(p->room, p->id, p->seq);
+        finish(p, PUBLISH_UNSTORABLE);
     } else {
         finish(p, PUBLISH_STORE_DOWN);
     }
 }
 
-/* A published row Postgres can never hold (store_write -3: not UTF-8 text,
- * or a number over 2^63-1; input checks refuse such rows first, so this is
- * a bug): logged, and the bus's sweeper is told not to offer it again. */
-static void forget_unstorable(const char *room, uint64_t seq)
-{
-    LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a number "
-         "over 2^63-1): not stored", room, seq);
-    bus_mark_stored(P.bus, room, seq);
-}
-
 /* The published row goes to the store; on_stored answers. Refused now: the
- * backlog is full (resend), or the row can never be stored: the bus's
- * sweeper is told not to offer it again (as publish_bus_unstored does). */
+ * backlog is full (resend), or the row can never be stored (store_write
+ * -3: not UTF-8 text, or a number over 2^63-1; input checks refuse such
+ * rows first, so this is a bug): logged and forgotten (as
+ * publish_bus_unstored does). */
 static void stored_write(publish_op *p, const store_row *row)
 {
     int rc = store_write(P.store, row, on_stored, p);
     if (rc == -3) {
-        forget_unstorable(p->room, row->seq);
+        LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
+             "number over 2^63-1): not stored", p->room, row->seq);
+        forget_unstorable(p->room, p->id, row->seq);
         finish(p, PUBLISH_UNSTORABLE);
     } else if (rc < 0) {
         finish(p, PUBLISH_BACKLOG);
@@ -575,6 +584,44 @@ static int kind_of(const char *k)
     return -1;
 }
 
+/* A backfilled row in the store's queue: what on_backfill_stored needs to
+ * forget it when Postgres refuses it (room and client id in s[]). Owned
+ * by the store: every write's callback is called once (-1 at store_free). */
+typedef struct backfill_row {
+    uint64_t seq;
+    size_t id_off;     /* the client id's offset in s[], 0: none */
+    char s[];
+} backfill_row;
+
+static void on_backfill_stored(void *ud, int status)
+{
+    backfill_row *b = ud;
+    if (status == -3) forget_unstorable(b->s, b->id_off ? b->s + b->id_off : NULL, b->seq);
+    free(b);
+}
+
+static void backfill_write(const char *rname, uint64_t seq, const store_row *row)
+{
+    size_t lr = strlen(rname), li = row->client_id ? strlen(row->client_id) : 0;
+    backfill_row *b = malloc(sizeof *b + lr + 1 + (row->client_id ? li + 1 : 0));
+    if (!b) return; /* not stored: offered again after the lease */
+    b->seq = seq;
+    memcpy(b->s, rname, lr + 1);
+    b->id_off = 0;
+    if (row->client_id) {
+        b->id_off = lr + 1;
+        memcpy(b->s + b->id_off, row->client_id, li + 1);
+    }
+    int rc = store_write(P.store, row, on_backfill_stored, b);
+    if (rc == 0) return;
+    free(b);
+    if (rc == -3) {
+        LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
+             "number over 2^63-1): not stored", rname, seq);
+        forget_unstorable(rname, row->client_id, seq);
+    }
+}
+
 void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char *tail, size_t len)
 {
     (void)ud;
@@ -630,8 +677,10 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
      * by the store): the sweeper's next check of it, after the lease, sees
      * the row and forgets it; not stored (backlog full, store down): the
      * check misses it and the sweeper offers it again; a row Postgres can
-     * never hold: forgotten, or it would be offered every grace for ever */
-    if (store_write(P.store, &row, NULL, NULL) == -3) forget_unstorable(rname, seq);
+     * never hold, now (store_write -3) or when its batch is refused
+     * (on_backfill_stored): forgotten, or it would be offered every grace
+     * for ever */
+    backfill_write(rname, seq, &row);
     json_decref(o);
     free(buf);
 }

@@ -6,7 +6,9 @@
  * SETUP (migrations under an advisory lock, then PREPARE of the paging
  * statements) -> READY. Any error resets to IDLE: the in-flight batch goes
  * back to the head of the write queue (retried after reconnect, idempotent
- * thanks to ON CONFLICT DO NOTHING), range queries fail with -1.
+ * thanks to ON CONFLICT DO NOTHING), range queries fail with -1. Except a
+ * batch Postgres refused because of a row in it (batch_refused): bisected
+ * on the same connection down to that row, which alone gets -3.
  *
  * Timers: `wake` flushes batches (batch_ms after the first queued row, or at
  * once when batch_max rows are queued / when draining) and runs deferred work;
@@ -62,7 +64,7 @@ typedef struct wnode {
     store_write_cb cb;
     void *ud;
     uint64_t t_enq;             /* mono_ns when queued */
-    int status;                 /* for the callback: 0, or -2 (conflict) */
+    int status;                 /* for the callback: 0, -2 (conflict) or -3 (refused) */
     const char *val[STORE_INSERT_NCOLS];
     char seq_txt[24], ts_txt[24], kind_txt[8], target_txt[24], count_txt[24];
     char data[];
@@ -121,12 +123,16 @@ struct store {
     long op_rows;               /* rows affected (batch) */
     long batch_inserted;        /* rows the in-flight batch inserted */
     char op_err[256];
+    char op_state[6];           /* the failed op's SQLSTATE ("" when none) */
+    char op_primary[256];       /* and its primary message */
     int schema_from;
 
     wnode *q_head, *q_tail;     /* queued writes, oldest first */
     size_t q_len;
     wnode *fl_head, *fl_tail;   /* the in-flight batch */
     size_t fl_len;
+    size_t suspect;             /* rows at the head of the queue (or in flight) known
+                                 * to hold a row Postgres refuses: bisected */
     rnode *r_head, *r_tail, *r_cur;
     size_t r_len;
     dnode *drains;
@@ -138,7 +144,7 @@ struct store {
 
     metric_hist *m_batch_dur, *m_range_dur, *m_batch_rows;
     metric_gauge *m_pending;
-    metric_counter *m_reconnects, *m_rows_written, *m_conflicts;
+    metric_counter *m_reconnects, *m_rows_written, *m_conflicts, *m_refused;
     metric_hist *m_query_dur;
 };
 
@@ -259,6 +265,18 @@ static void fail_ranges(store *s)
     }
 }
 
+/* The in-flight batch back to the head of the queue, in its order. */
+static void requeue_inflight(store *s)
+{
+    if (!s->fl_head) return;
+    s->fl_tail->next = s->q_head;
+    s->q_head = s->fl_head;
+    if (!s->q_tail) s->q_tail = s->fl_tail;
+    s->q_len += s->fl_len;
+    s->fl_head = s->fl_tail = NULL;
+    s->fl_len = 0;
+}
+
 /* Drop the connection, put the in-flight batch back, retry with backoff. */
 static void reset_conn(store *s, const char *why)
 {
@@ -271,14 +289,7 @@ static void reset_conn(store *s, const char *why)
     uint32_t delay = backoff_next(&s->bo);
     LOGW(MOD, "postgres connection reset: %s (retry in %u ms, %zu rows pending)",
          msg, (unsigned)delay, s->q_len + s->fl_len);
-    if (s->fl_head) {
-        s->fl_tail->next = s->q_head;
-        s->q_head = s->fl_head;
-        if (!s->q_tail) s->q_tail = s->fl_tail;
-        s->q_len += s->fl_len;
-        s->fl_head = s->fl_tail = NULL;
-        s->fl_len = 0;
-    }
+    requeue_inflight(s);   /* suspect, if set, still counts the same head rows */
     teardown(s);
     s->state = ST_IDLE;
     guard_start(s, delay);
@@ -340,6 +351,8 @@ static void sent(store *s, int op, int ok)
     s->op_failed = 0;
     s->op_rows = 0;
     s->op_err[0] = 0;
+    s->op_state[0] = 0;
+    s->op_primary[0] = 0;
     guard_start(s, s->state == ST_READY ? STATEMENT_TIMEOUT_MS : CONNECT_TIMEOUT_MS);
     int r = PQflush(s->pg);
     if (r < 0) { reset_conn(s, PQerrorMessage(s->pg)); return; }
@@ -446,6 +459,10 @@ static void send_batch(store *s)
         return;
     }
     size_t n = s->q_len < (size_t)s->batch_max ? s->q_len : (size_t)s->batch_max;
+    if (s->suspect) { /* bisecting a refused batch: its first half alone */
+        size_t half = s->suspect > 1 ? s->suspect / 2 : 1;
+        if (n > half) n = half;
+    }
     const char **vals = malloc(n * STORE_INSERT_NCOLS * sizeof *vals);
     const char *cols[STORE_INSERT_NCOLS] = {0};
     char *buf = NULL;
@@ -554,6 +571,8 @@ static void check_drain(store *s)
 
 static void batch_done(store *s)
 {
+    /* a bisected batch's first rows went in: the rest of it holds the refused row */
+    s->suspect = s->suspect > s->fl_len ? s->suspect - s->fl_len : 0;
     double dt = (double)(mono_ns() - s->op_t0) / 1e9;
     metric_observe(s->m_batch_dur, dt);
     metric_observe(s->m_batch_rows, (double)s->fl_len);
@@ -893,12 +912,65 @@ static void setup_done(store *s, int op)
     }
 }
 
+/* Is a failed batch's SQLSTATE a refusal of (one of) its rows for good?
+ * Class 22 (data exception: a value the column or a cast refuses), class
+ * 23 (integrity constraint violation: an operator's CHECK, NOT NULL,
+ * unique index, foreign key...; the (room, seq) unique conflict never
+ * raises, ON CONFLICT absorbs it) and P0001 (RAISE EXCEPTION in an
+ * operator's trigger): sent again, the same row fails again. Anything
+ * else (connection, shutdown, serialization, resources, timeout, a
+ * privilege) is retried as it is (docs/storage.md "A row Postgres refuses"). */
+static int row_refused(const char *st)
+{
+    if (strlen(st) != 5) return 0;
+    return (st[0] == '2' && (st[1] == '2' || st[1] == '3')) || strcmp(st, "P0001") == 0;
+}
+
+/* The in-flight batch failed because of a row in it, on a healthy
+ * connection: bisect. A batch of more rows goes back to the head of the
+ * queue, in its order, and send_batch sends its first half alone (suspect);
+ * the half that fails is halved again, a half that commits leaves the rest
+ * to be halved. A batch of one row is that row's final answer: -3 (never
+ * retried), logged, counted. log2(batch) statements per refused row; none
+ * when nothing is refused. */
+static void batch_refused(store *s)
+{
+    if (s->fl_len > 1) {
+        LOGD(MOD, "batch of %zu rows refused (%s, SQLSTATE %s): bisecting", s->fl_len,
+             s->op_primary, s->op_state);
+        s->suspect = s->fl_len;
+        requeue_inflight(s);
+        dispatch(s);
+        return;
+    }
+    wnode *w = s->fl_head;
+    s->fl_head = s->fl_tail = NULL;
+    s->fl_len = 0;
+    s->suspect = 0; /* the rows after it go in whole batches again */
+    pending_add(s, -1);
+    metric_inc(s->m_refused);
+    LOGE(MOD, "REFUSED: room %s seq %s (client id %s): postgres refuses the row for good: %s "
+         "(SQLSTATE %s): not stored, never acked, not retried", w->val[0], w->val[1],
+         w->val[2] ? w->val[2] : "-", s->op_primary, s->op_state);
+    if (w->cb) w->cb(w->ud, -3);
+    free(w);
+    if (s->dead) return;
+    check_drain(s);
+    if (s->dead) return;
+    dispatch(s);
+}
+
 static void op_done(store *s)
 {
     int op = s->op;
     s->op = OP_NONE;
     if (s->state == ST_READY) uv_timer_stop(s->guard);
     if (op == OP_BATCH) {
+        if (s->op_failed && row_refused(s->op_state) && PQstatus(s->pg) == CONNECTION_OK &&
+            PQtransactionStatus(s->pg) == PQTRANS_IDLE) {
+            batch_refused(s);
+            return;
+        }
         if (s->op_failed) {
             char why[320];
             snprintf(why, sizeof why, "batch insert: %s", s->op_err);
@@ -952,8 +1024,12 @@ static void collect(store *s, PGresult *res)
         break;
     default:
         if (!s->op_failed) {
+            const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            const char *pm = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
             s->op_failed = 1;
             snprintf(s->op_err, sizeof s->op_err, "%s", PQresultErrorMessage(res));
+            snprintf(s->op_state, sizeof s->op_state, "%s", st ? st : "");
+            snprintf(s->op_primary, sizeof s->op_primary, "%s", pm ? pm : s->op_err);
         }
         break;
     }
@@ -1070,6 +1146,9 @@ store *store_new(uv_loop_t *loop, const store_opts *o, char *err, size_t errlen)
     s->m_conflicts = metrics_counter("chat_store_conflicts_total",
                                      "History rows refused because another row holds their (room, seq)",
                                      NULL);
+    s->m_refused = metrics_counter("chat_store_rows_refused_total",
+                                   "History rows Postgres refused for good (a row-caused error: an "
+                                   "operator's constraint or trigger), never stored nor acked", NULL);
     start_connect(s);
     return s;
 }

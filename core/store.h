@@ -5,7 +5,8 @@
  * ON CONFLICT (room, seq) DO NOTHING per batch (one prepared statement for
  * every size; up to batch_max rows or batch_ms ms), in a transaction;
  * each write's callback fires after its batch committed. Reconnects with
- * capped backoff; failed batches are retried (nothing acked is lost).
+ * capped backoff; failed batches are retried (nothing acked is lost),
+ * but a batch refused because of a row in it is bisected down to that row.
  * Owns: the connection, the pending-write queue (bounded by pending_max), the
  * in-flight batch, pending history queries. Every callback is called exactly
  * once, with status -1 when the store is freed before it could complete.
@@ -18,7 +19,8 @@
  * before rows were deleted, kept_from the lowest seq retention keeps: reads
  * never return rows below it), table read_state(user_id, room, read_seq)
  * (core/readstate.c). A row whose (room, seq) already holds another row is
- * never silently dropped: its callback gets -2 (conflict).
+ * never silently dropped: its callback gets -2 (conflict). A row Postgres
+ * refuses for good does not stall the rows after it: -3 (store_write).
  * Message updates (v2, schema v4): an edit, delete or react is a row of
  * messages too (kind 1-3, target, emoji, react_on, react_count), a
  * message carries deleted; store_history reads messages in their current
@@ -72,7 +74,12 @@ int store_ready(const store *s);   /* connected and migrated */
 /* Queues a row (copied). cb(ud, status): 0 committed (or an identical row
  * was already stored: a retried batch, a backfill), -2 conflict: another row
  * already holds (room, seq), this one was NOT stored (logged as an error,
- * counted in chat_store_conflicts_total), -1 failed for good (store freed).
+ * counted in chat_store_conflicts_total), -3 Postgres refused this row for
+ * good (a row-caused error, SQLSTATE class 22 or 23 or P0001: an operator's
+ * CHECK, NOT NULL or trigger; found by bisecting the failed batch, the
+ * batch's other rows are stored), NOT stored and not retried (logged as an
+ * error, counted in chat_store_rows_refused_total), -1 failed for good
+ * (store freed). Any other failure of a batch is retried after reconnect.
  * Returns without calling cb: -1 when pending_max is reached (or the store
  * is gone: try again later), -3 when the row can never be stored (NUL
  * byte, invalid UTF-8, seq/ts/target over 2^63-1, a kind without its

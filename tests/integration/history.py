@@ -536,6 +536,117 @@ async def unstorable_unstored_entry_is_forgotten():
     eq(offers, 1, "offered (and refused) once")
 
 
+class refusing_check:
+    """An operator's CHECK constraint on messages refusing one body (SQLSTATE
+    23514), dropped on exit whatever happened: other tests share this
+    Postgres. Needs the suite's own Postgres (an external one is not ours to
+    alter)."""
+
+    def __init__(self, body):
+        self.pg = harness.RUN.need_pg()
+        if getattr(self.pg, "external", True):
+            raise harness.TestSkip("needs the suite's own Postgres (ALTER TABLE messages)")
+        self.body = body
+        self.name = "chatd_itest_" + uniq("").replace("-", "_")
+
+    def __enter__(self):
+        self.pg.psql("chatd", f"ALTER TABLE messages ADD CONSTRAINT {self.name} "
+                              f"CHECK (body <> '{self.body}') NOT VALID")
+        return self
+
+    def __exit__(self, *exc):
+        self.pg.psql("chatd", f"ALTER TABLE messages DROP CONSTRAINT IF EXISTS {self.name}")
+        return False
+
+
+def refused_total(text):
+    return harness.metric_value(text, "chat_store_rows_refused_total") or 0
+
+
+@test(timeout=60, needs=NEEDS)
+async def row_postgres_refuses_is_bad_request_and_stalls_nothing():
+    """A message whose row Postgres refuses for good (an operator's CHECK
+    constraint) gets `error bad_request` with its id and never an ack; the
+    messages around it are acked with their seqs and stored (before, the
+    batch failed and was retried for ever: no later message of the node was
+    ever acked). The client id is forgotten: a resend is a new message (a
+    new seq) and is refused again. Logged once per refused row, counted."""
+    n = hnode()
+    room = uniq()
+    poison = "poison " + room
+    with refusing_check(poison):
+        c = await Client.connect(n, room, token("alice"))
+        await c.send_msg("before", id="ok-1")
+        await c.send_msg(poison, id="bad-1")
+        await c.send_msg("after", id="ok-2")
+        got = await c.wait_count(lambda f: f["type"] in ("ack", "error"), 3, 10,
+                                 "answers to the 3 messages")
+        ans = {f.get("id"): f for f in got}
+        eq(sorted(ans), ["bad-1", "ok-1", "ok-2"], f"answered ids: {got}")
+        eq((ans["ok-1"]["type"], ans["ok-1"].get("seq")), ("ack", 1), "the message before")
+        eq((ans["ok-2"]["type"], ans["ok-2"].get("seq")), ("ack", 3), "the message after")
+        eq((ans["bad-1"]["type"], ans["bad-1"].get("code")), ("error", "bad_request"),
+           "the refused message")
+        await c.wait_count(is_msg(room), 3, 5, "the 3 broadcasts")
+        first = [m["seq"] for m in c.messages(room) if m.get("id") == "bad-1"]
+        eq(first, [2], "the refused message's seq (broadcast before its row was refused)")
+        # the id was forgotten: a resend is a new message, refused again
+        await asyncio.sleep(0.2)
+        e = await c.error_for({"type": "message", "body": poison, "id": "bad-1"}, timeout=10)
+        eq((e.get("code"), e.get("id")), ("bad_request", "bad-1"), "the resend of the refused id")
+        again = [m["seq"] for m in c.messages(room) if m.get("id") == "bad-1"]
+        eq(again, [2, 4], "the resend got a new seq")
+        eq(await harness.send_acked(c, "last", "ok-3"), 5, "a message after the resend")
+        await asyncio.sleep(0.3)
+        eq([f.get("id") for f in c.acks()], ["ok-1", "ok-2", "ok-3"], "acks")
+        js = await history(n, room, limit=200)
+        eq([(m["seq"], m.get("id")) for m in js["messages"]], [(1, "ok-1"), (3, "ok-2"), (5, "ok-3")],
+           "history holds the stored messages only")
+        log = n.log_text()
+        for seq in (2, 4):
+            eq(log.count(f"REFUSED: room {room} seq {seq} (client id bad-1)"), 1,
+               f"refused row seq {seq} logged once")
+        check("SQLSTATE 23514" in log, f"the log names the SQLSTATE: {n.log_tail(3)}")
+        _, _, text = await ahttp(n.port, "/metrics")
+        eq(refused_total(text.decode()), 2, "chat_store_rows_refused_total")
+        eq(conflicts(text.decode()), 0, "no conflict counted")
+
+
+@test(timeout=60, needs=NEEDS)
+async def backfilled_row_postgres_refuses_is_forgotten():
+    """An unstored message (its node died before storing it) whose row
+    Postgres refuses for good: the sweeper offers it, the store refuses it
+    (logged once), and it is forgotten, not offered every grace for ever;
+    a well-formed unstored message of the same round is still stored."""
+    rd = harness.RUN.need_redis()
+    if not hasattr(rd, "command"):
+        raise harness.TestSkip("needs the test's own Redis")
+    room = uniq()
+    poison = "poison " + room
+    with refusing_check(poison):
+        n = hnode(env={"CHAT_BACKFILL_GRACE_MS": 600})
+        for seq, mid, body in ((1, "bf-1", poison), (2, "bf-2", "fine")):
+            tail = (f'"id":"{mid}","user":"u","name":"U","body":"{body}",'
+                    f'"ts":170000000000{seq}}}')
+            rd.command("ZADD", f"chat:{{{room}}}:recent", str(seq), f"{seq}\n" + tail)
+            rd.command("ZADD", f"chat:{{{room}}}:unstored", "1000", str(seq))
+        rd.command("ZADD", "chat:unstored", "1000", room)
+        left = None
+        for _ in range(80):
+            await asyncio.sleep(0.1)
+            left = int(rd.command("ZCARD", f"chat:{{{room}}}:unstored")[1:].strip())
+            if left == 0:
+                break
+        eq(left, 0, "both entries left the unstored set")
+        rows = (await history(n, room))["messages"]
+        eq([(m["seq"], m.get("id")) for m in rows], [(2, "bf-2")], "the fine one backfilled")
+        await asyncio.sleep(1.5)  # two more graces: not offered again
+        eq(n.log_text().count(f"REFUSED: room {room} seq 1 (client id bf-1)"), 1,
+           "offered (and refused) once")
+        _, _, text = await ahttp(n.port, "/metrics")
+        eq(refused_total(text.decode()), 1, "chat_store_rows_refused_total")
+
+
 @test(timeout=60, needs=NEEDS)
 async def malformed_unstored_entries_are_dropped():
     """What no node can ever settle is removed by the first sweep round and

@@ -1100,6 +1100,135 @@ static void test_updates(void)
     store_free(s);
 }
 
+/* ---- rows Postgres refuses for good (an operator's constraint or trigger) ----
+ * test_refused sets them up, refused_body runs the checks (it stops at the
+ * first failed one), test_refused drops them whatever happened: later
+ * tests share the schema. */
+
+static char g_poison[64];
+
+static int all_zero_but(const wctx *w, int n, int bad1, int bad2)
+{
+    for (int i = 0; i < n; i++) {
+        int want = (i == bad1 || i == bad2) ? -3 : 0;
+        if (w[i].calls != 1 || w[i].status != want) {
+            fprintf(stderr, "row %d: %d calls, status %d (want %d)\n", i, w[i].calls, w[i].status,
+                    want);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void refused_body(store *s)
+{
+    metric_counter *refused = metrics_counter("chat_store_rows_refused_total", NULL, NULL);
+    metric_counter *reconn = metrics_counter("chat_pg_reconnects_total", NULL, NULL);
+    uint64_t r0 = refused->v, c0 = reconn->v;
+    char bodies[16][32];
+    /* 8 rows in one batch, the poison one in the middle (seq 5); 4 more
+     * written while it is being bisected */
+    wctx w[12];
+    memset(w, 0, sizeof w);
+    for (int i = 0; i < 8; i++) {
+        snprintf(bodies[i], sizeof bodies[i], "ok-%d", i);
+        store_row r = mkrow("poison", (uint64_t)i + 1, i == 4 ? g_poison : bodies[i]);
+        CHECK(store_write(s, &r, wcb, &w[i]) == 0);
+    }
+    run_for(2);
+    for (int i = 8; i < 12; i++) {
+        snprintf(bodies[i], sizeof bodies[i], "later-%d", i);
+        store_row r = mkrow("poison", (uint64_t)i + 1, bodies[i]);
+        CHECK(store_write(s, &r, wcb, &w[i]) == 0);
+    }
+    WAIT(sum_calls(w, 12) == 12, 5000);
+    CHECK(sum_calls(w, 12) == 12, "every write answered within 5 s (%d of 12)", sum_calls(w, 12));
+    CHECK(all_zero_but(w, 12, 4, -1), "11 stored, the poison row -3");
+    CHECK(row_count("poison", -1) == 11 && row_count("poison", 5) == 0);
+    CHECK(refused->v - r0 == 1, "refused counted once (%llu)", (unsigned long long)(refused->v - r0));
+    CHECK(reconn->v == c0, "a refusal is no reason to reconnect");
+    CHECK(store_pending(s) == 0);
+    /* a batch of only the poison row */
+    wctx one = {0};
+    store_row p1 = mkrow("poison1", 1, g_poison);
+    CHECK(store_write(s, &p1, wcb, &one) == 0);
+    WAIT(one.calls == 1, 5000);
+    CHECK(one.calls == 1 && one.status == -3 && row_count("poison1", -1) == 0);
+    CHECK(refused->v - r0 == 2);
+    /* two refused rows, first and last of a 16-row batch, by a trigger
+     * (P0001: RAISE EXCEPTION) and a cast it makes (22P02) */
+    wctx w2[16];
+    memset(w2, 0, sizeof w2);
+    for (int i = 0; i < 16; i++) {
+        snprintf(bodies[i], sizeof bodies[i], "%s", i == 0 ? "raise-poison" : i == 15 ? "cast-poison"
+                                                                                       : "fine");
+        store_row r = mkrow("poison2", (uint64_t)i + 1, bodies[i]);
+        CHECK(store_write(s, &r, wcb, &w2[i]) == 0);
+    }
+    WAIT(sum_calls(w2, 16) == 16, 5000);
+    CHECK(all_zero_but(w2, 16, 0, 15), "14 stored, the first and the last -3");
+    CHECK(row_count("poison2", -1) == 14);
+    CHECK(refused->v - r0 == 4);
+    /* a drain waits for the bisection and answers */
+    wctx w3[3];
+    memset(w3, 0, sizeof w3);
+    store_row d[3] = {mkrow("poison3", 1, "a"), mkrow("poison3", 2, g_poison), mkrow("poison3", 3, "c")};
+    for (int i = 0; i < 3; i++) CHECK(store_write(s, &d[i], wcb, &w3[i]) == 0);
+    g_drained = 0;
+    store_drain(s, drain_cb, NULL);
+    WAIT(g_drained, 5000);
+    CHECK(g_drained == 1 && all_zero_but(w3, 3, 1, -1) && row_count("poison3", -1) == 2);
+    CHECK(refused->v - r0 == 5);
+    /* a transient error (40001, serialization failure, raised by the
+     * trigger while poison_flag has a row) is retried, never refused */
+    CHECK(qexec("INSERT INTO poison_flag VALUES (true)") == 0);
+    wctx w4[3];
+    memset(w4, 0, sizeof w4);
+    for (int i = 0; i < 3; i++) {
+        store_row r = mkrow("poison4", (uint64_t)i + 1, "retry me");
+        CHECK(store_write(s, &r, wcb, &w4[i]) == 0);
+    }
+    WAIT(reconn->v > c0, 5000);
+    run_for(300);
+    CHECK(sum_calls(w4, 3) == 0 && store_pending(s) == 3, "not answered while the error lasts");
+    CHECK(reconn->v > c0, "the batch failed and the store reconnected");
+    CHECK(qexec("DELETE FROM poison_flag") == 0);
+    WAIT(sum_calls(w4, 3) == 3, 15000);
+    CHECK(all_zero_but(w4, 3, -1, -1) && row_count("poison4", -1) == 3);
+    CHECK(refused->v - r0 == 5, "a transient error refuses nothing");
+}
+
+static void test_refused(void)
+{
+    snprintf(g_poison, sizeof g_poison, "poison-%ld", (long)getpid());
+    char sql[256];
+    snprintf(sql, sizeof sql, "ALTER TABLE messages ADD CONSTRAINT chatd_test_poison "
+             "CHECK (body <> '%s')", g_poison);
+    int ok = qexec(sql) == 0 &&
+             qexec("CREATE TABLE poison_flag (on_ boolean)") == 0 &&
+             qexec("CREATE FUNCTION poison_trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                   "IF NEW.body = 'raise-poison' THEN RAISE EXCEPTION 'no %', NEW.seq; END IF; "
+                   "IF NEW.body = 'cast-poison' THEN PERFORM NEW.body::int; END IF; "
+                   "IF EXISTS (SELECT 1 FROM poison_flag) THEN "
+                   "RAISE EXCEPTION 'try again' USING ERRCODE = '40001'; END IF; "
+                   "RETURN NEW; END $$") == 0 &&
+             qexec("CREATE TRIGGER poison_trg BEFORE INSERT ON messages FOR EACH ROW "
+                   "EXECUTE FUNCTION poison_trg()") == 0;
+    if (!ok) check_fail("could not set up the constraint and the trigger");
+    store *s = ok ? open_store(100, 5, 0) : NULL;
+    if (s) {
+        WAIT(store_ready(s), 10000);
+        if (store_ready(s)) refused_body(s);
+        else check_fail("store not ready");
+        store_free(s);
+    }
+    qexec("DROP TRIGGER IF EXISTS poison_trg ON messages");
+    qexec("DROP FUNCTION IF EXISTS poison_trg()");
+    qexec("DROP TABLE IF EXISTS poison_flag");
+    qexec("ALTER TABLE messages DROP CONSTRAINT IF EXISTS chatd_test_poison");
+    CHECK(qint("SELECT count(*) FROM pg_constraint WHERE conname = 'chatd_test_poison'") == 0);
+}
+
 #define RS_TOTAL 6000
 static store *g_rs;
 static int g_rs_next = 1, g_rs_status[RS_TOTAL + 1], g_rs_calls;
@@ -1203,6 +1332,7 @@ int main(void)
         {"explain", test_explain},
         {"updates", test_updates},
         {"trigger_plan", test_trigger_plan},
+        {"refused", test_refused},
         {"pg_restart", test_pg_restart},
     };
     int nfail = uvwait_cases(L, tests, sizeof tests / sizeof tests[0], skip_case);
