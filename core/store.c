@@ -571,6 +571,7 @@ static void check_drain(store *s)
 
 static void batch_done(store *s)
 {
+    backoff_reset(&s->bo);   /* a batch went through: the next failure starts small */
     /* a bisected batch's first rows went in: the rest of it holds the refused row */
     s->suspect = s->suspect > s->fl_len ? s->suspect - s->fl_len : 0;
     double dt = (double)(mono_ns() - s->op_t0) / 1e9;
@@ -902,7 +903,11 @@ static void setup_done(store *s, int op)
         break;
     case OP_PREP_SEED:
         s->state = ST_READY;
-        backoff_reset(&s->bo);
+        /* rows waiting may be what failed (a batch Postgres keeps refusing
+         * for a reason other than a row: a privilege, a trigger's transient
+         * error): the backoff starts again only once a batch commits
+         * (batch_done), not at every ready */
+        if (!s->q_len) backoff_reset(&s->bo);
         uv_timer_stop(s->guard);
         LOGI(MOD, "postgres ready (schema version %d, %zu rows pending)",
              store_schema_version() > s->schema_from ? store_schema_version() : s->schema_from,

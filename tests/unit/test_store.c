@@ -11,6 +11,7 @@
 #include "uvwait.h"
 #include "store.h"
 #include "store_schema.h"
+#include <inttypes.h>
 #include "metrics.h"
 #include "util.h"
 #include <libpq-fe.h>
@@ -1189,7 +1190,14 @@ static void refused_body(store *s)
         CHECK(store_write(s, &r, wcb, &w4[i]) == 0);
     }
     WAIT(reconn->v > c0, 5000);
-    run_for(300);
+    /* a batch that keeps failing keeps the backoff growing (100, 200, 400,
+     * 800 ms...): a connection that became ready again is no proof that
+     * what failed works now (it was reset at every ready: a reconnect
+     * every ~100 ms for ever) */
+    uint64_t c1 = reconn->v;
+    run_for(1500);
+    CHECK(reconn->v - c1 <= 6, "reconnects with a growing backoff (%" PRIu64 " in 1.5 s)",
+          reconn->v - c1);
     CHECK(sum_calls(w4, 3) == 0 && store_pending(s) == 3, "not answered while the error lasts");
     CHECK(reconn->v > c0, "the batch failed and the store reconnected");
     CHECK(qexec("DELETE FROM poison_flag") == 0);
