@@ -197,7 +197,8 @@ static void seed_run_waiters(bus_seed *sd, int status)
     sd->waiters = NULL;
     while (w) {
         seed_wait *n = w->next;
-        w->fn(w->arg, status, sd->max_seq, sd->epoch);
+        w->fn(w->arg, status, sd->max_seq, sd->epoch,
+              sd->nids ? BUS_SEED_GIVEN : BUS_SEED_GIVEN_EMPTY);
         free(w);
         w = n;
     }
@@ -281,7 +282,7 @@ void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch
     sd->max_seq = status == 0 ? max_seq : 0;
     snprintf(sd->epoch, sizeof sd->epoch, "%s", status == 0 ? epoch : "");
     if (status != 0) LOGW(MOD, "room %s: durable head unavailable", sd->room);
-    if (status == 0 && sd->restore) {
+    if (status == 0 && sd->restore && sd->nids) {
         /* the stored client ids go back first (docs/redis.md): no call of
          * this node seeds the head (mode 'Y') before they are written */
         sd->restoring = 1;

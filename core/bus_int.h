@@ -108,7 +108,10 @@ struct bus_req {
 enum {
     BUS_SEED_NONE = 'N',     /* no provider: the script creates a missing key (0, new epoch) */
     BUS_SEED_ASK = 'S',      /* provider: a missing key answers "needs seed" */
-    BUS_SEED_GIVEN = 'Y',    /* provider answered: seed the key if still missing */
+    BUS_SEED_GIVEN = 'Y',    /* provider answered: seed the key if still missing, once
+                              * the run key says the ids are back (bus_script.c) */
+    BUS_SEED_GIVEN_EMPTY = 'E', /* as 'Y', for a seed that had no client id to
+                              * write back: nothing to lose, no run-key mark needed */
     BUS_SEED_PEEK = 'P',     /* subscription sync with a provider: report a
                               * missing key, create nothing */
 };
@@ -222,12 +225,14 @@ void bus_set_ready(bus *b, int ready);
 /* Runs replays that waited for the room's sync, or fails them (-1). */
 void bus_room_run_waiting(bus *b, bus_room *room, int fail);
 
-/* Seeding. fn(arg, status, max_seq, epoch) is called exactly once, never
- * inside bus_seed_get: 0 with the provider's answer, -1 when it failed or
- * the bus is being freed (b->freeing set: only release arg). Waiters of one
- * room share one on_seed request. Returns -1 (fn not called) without a
- * provider or memory. */
-typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char *epoch);
+/* Seeding. fn(arg, status, max_seq, epoch, given) is called exactly once,
+ * never inside bus_seed_get: 0 with the provider's answer, -1 when it
+ * failed or the bus is being freed (b->freeing set: only release arg).
+ * given: the seed mode of the waiter's next script call, BUS_SEED_GIVEN
+ * (client ids were written back first) or BUS_SEED_GIVEN_EMPTY (the seed
+ * had none). Waiters of one room share one on_seed request. Returns -1 (fn
+ * not called) without a provider or memory. */
+typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char *epoch, int given);
 int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg);
 int bus_has_seed(const bus *b);
 /* A seed's client ids to write back (bus_seed_add_id), for the backend's

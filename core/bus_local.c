@@ -259,8 +259,9 @@ typedef struct lseed {
 
 static void run_op(busl *L, lop *op);
 
-static void seeded_cb(void *arg, int status, uint64_t max_seq, const char *epoch)
+static void seeded_cb(void *arg, int status, uint64_t max_seq, const char *epoch, int given)
 {
+    (void)given;   /* no script: nothing was written back */
     lseed *a = arg;
     busl *L = a->L;
     bus *b = L->b;

@@ -20,7 +20,7 @@
 
 /* ---- publish ---- */
 
-static void pub_seeded(void *arg, int status, uint64_t max_seq, const char *epoch);
+static void pub_seeded(void *arg, int status, uint64_t max_seq, const char *epoch, int given);
 static int send_publish(busr *R, bus_req *r);
 
 static void pub_cb(void *ud, const redisReply *rp)
@@ -97,7 +97,7 @@ int bus_redis_update_reply(bus_req *r, const redisReply *rp, uint64_t *seq, uint
     return -2;
 }
 
-static void pub_seeded(void *arg, int status, uint64_t max_seq, const char *epoch)
+static void pub_seeded(void *arg, int status, uint64_t max_seq, const char *epoch, int given)
 {
     bus_req *r = arg;
     bus *b = r->b;
@@ -107,7 +107,7 @@ static void pub_seeded(void *arg, int status, uint64_t max_seq, const char *epoc
         return;
     }
     uint64_t floor = bus_rhead_floor(b, r->room);
-    r->seed_mode = BUS_SEED_GIVEN;
+    r->seed_mode = given;
     r->seed = max_seq > floor ? max_seq : floor;
     snprintf(r->epoch, sizeof r->epoch, "%s", epoch);
     if (send_publish(R, r) != 0) bus_req_unhold(r);
@@ -216,7 +216,7 @@ static int be_publish(bus *b, bus_req *r)
 
 static int send_replay(busr *R, bus_req *r);
 
-static void replay_seeded(void *arg, int status, uint64_t max_seq, const char *epoch)
+static void replay_seeded(void *arg, int status, uint64_t max_seq, const char *epoch, int given)
 {
     bus_req *r = arg;
     bus *b = r->b;
@@ -226,7 +226,7 @@ static void replay_seeded(void *arg, int status, uint64_t max_seq, const char *e
         return;
     }
     uint64_t floor = bus_rhead_floor(b, r->room);
-    r->seed_mode = BUS_SEED_GIVEN;
+    r->seed_mode = given;
     r->seed = max_seq > floor ? max_seq : floor;
     snprintf(r->epoch, sizeof r->epoch, "%s", epoch);
     send_replay(R, r);  /* holds r once per queued command */

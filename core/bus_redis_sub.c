@@ -263,7 +263,7 @@ static void channels(const char *room, char c[3][CHAT_ROOM_MAX + 32], const char
     for (int i = 0; i < 3; i++) out[i] = c[i];
 }
 
-static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epoch);
+static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epoch, int given);
 
 static void head_cb(void *ud, const redisReply *rp)
 {
@@ -330,7 +330,7 @@ static void head_cb(void *ud, const redisReply *rp)
 
 /* The durable head for a resync (see head_cb): send the head script again
  * with the seed; without one, keep the last delivered seq (known = 0). */
-static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epoch)
+static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epoch, int given)
 {
     room_op *op = arg;
     busr *R = op->R;
@@ -346,7 +346,7 @@ static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epo
         return;
     }
     op->seeded = 1;
-    if (bus_rhead_send(R, head_cb, op, op->room, op->from, BUS_SEED_GIVEN,
+    if (bus_rhead_send(R, head_cb, op, op->room, op->from, given,
                          max_seq > op->from ? max_seq : op->from, epoch) != 0) {
         free(op);
         bus_rsub_retry_later(R, room);

@@ -24,14 +24,16 @@
  *           seed": nothing was changed); 'Y' the provider's answer: seq key
  *           := max(itself, ARGV[10]), epoch key := ARGV[11] if still
  *           missing, run key := this run, all only if the head still needs
- *           it (a node that seeded meanwhile wins, the key never goes back).
+ *           it (a node that seeded meanwhile wins, the key never goes back),
+ *           and only after the seed's client ids are back (BUS_RESTORE_LUA
+ *           below); 'E' the same for a seed that had no id to write back.
  *   The run key chat:{room}:run (declared, so that Redis Cluster answers
  *   ASK/TRYAGAIN for it while a slot migrates, like for the others) holds the run_id of the Redis process that last raised the head to the
  *   durable one. A Redis that restarted or failed over has
  *   another run_id, so a head it kept (possibly behind: an older snapshot,
  *   an AOF fsynced every second, a replica that missed the last writes) is
  *   never trusted before it was seeded again. Mode 'N' has no run key.
- *   ARGV[10] seed (mode 'Y')  ARGV[11] epoch
+ *   ARGV[10] seed (modes 'Y', 'E')  ARGV[11] epoch
  *   ARGV[12] (default "publish") the command that broadcasts: "spublish" on
  *           a Cluster (the channel chat:{room}:msg hashes to the script's
  *           slot, so the sharded message leaves from the room's shard).
@@ -63,7 +65,7 @@
  * sync), seeding or creating them like the publish script (the same run
  * key check), and raises the
  * head to the node's floor: KEYS[1] seq key, KEYS[2] epoch key, KEYS[3] run key; ARGV[1]
- * floor, ARGV[2] seed mode (with the run_id as in ARGV[9] above: 'N', 'S', 'Y', or 'P': the
+ * floor, ARGV[2] seed mode (with the run_id as in ARGV[9] above: 'N', 'S', 'Y', 'E', or 'P': the
  * subscription sync with a provider: a missing (or other run's) head answers {3} and creates
  * nothing, or {2} when the node has a floor to raise it to), ARGV[3] seed,
  * ARGV[4] epoch. Returns {0, head, epoch, before} (before: the value found,
@@ -132,8 +134,13 @@
  *   that holds this run or "i<run_id>", else answers "needs seed" ({0, 2},
  *   {2}): neither a restore that reached an earlier run of the Redis nor one
  *   still under way (another node's chunks not all written) lets a head of
- *   this run be seeded. Mode 'S' treats both marks like any other run:
- *   needs seed. Returns 0. */
+ *   this run be seeded. Mode 'E' is 'Y' for a seed that found no client id
+ *   to write back (no restore call was made: a new room's first use costs
+ *   no extra Redis call): it seeds whatever the run key holds, since a
+ *   Redis lost meanwhile loses nothing of it. Mode 'S' treats both marks
+ *   like any other run: needs seed. Returns 0. (The run key at this run or
+ *   "i<run_id>" thus always means: some node wrote back every id its seed
+ *   query found, or found none.) */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "redis_slot.h"
@@ -156,8 +163,8 @@ const char BUS_PUBLISH_LUA[] =
     "local cur = h[1]\n"
     "if (not cur) or (not h[2]) or (mode ~= 'N' and h[3] ~= run) then\n"
     "  if mode == 'S' then return {0, 2} end\n"
-    "  if mode == 'Y' then\n"
-    "    if h[3] ~= run and h[3] ~= 'i' .. run then return {0, 2} end\n"
+    "  if mode == 'Y' or mode == 'E' then\n"
+    "    if mode == 'Y' and h[3] ~= run and h[3] ~= 'i' .. run then return {0, 2} end\n"
     "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[10]) then\n"
     "      cur = ARGV[10]\n"
     "      redis.call('SET', KEYS[1], cur)\n"
@@ -233,8 +240,8 @@ const char BUS_HEAD_LUA[] =
     "    if (tonumber(ARGV[1]) or 0) > 0 then return {2} end\n"
     "    return {3}\n"
     "  end\n"
-    "  if mode == 'Y' then\n"
-    "    if h[3] ~= run and h[3] ~= 'i' .. run then return {2} end\n"
+    "  if mode == 'Y' or mode == 'E' then\n"
+    "    if mode == 'Y' and h[3] ~= run and h[3] ~= 'i' .. run then return {2} end\n"
     "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[3]) then\n"
     "      cur = ARGV[3]\n"
     "      redis.call('SET', KEYS[1], cur)\n"

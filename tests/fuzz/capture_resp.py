@@ -359,6 +359,15 @@ def capture(port, bus, pres):
         pub("publish_seed_other_mark" if i == 0 else "publish_seed_other_run", room, Y, seed=3,
             epoch="ep-x", expect=[0, 2], save=i == 0)
         run("not seeded", "EXISTS", K(room, "seq"), K(room, "epoch"), expect=0, save=False)
+    # 'E' (a seed with no id to write back, no restore call): seeds over
+    # another run's mark or head, and the run key becomes this run
+    E = "E" + rid
+    for i, mark in enumerate(("p" + rid, other)):
+        room = f"empty{i}"
+        do("SET", K(room, "run"), mark)
+        pub("publish_seeded_empty" if i == 0 else "publish_seeded_empty_other", room, E, seed=3,
+            epoch="ep-e", expect=[4, 0], save=i == 0)
+        run("run key seeded by 'E'", "GET", K(room, "run"), expect=rid, save=False)
     # without a provider ('N'): a new room starts at 0 with the given epoch
     pub("publish_new_room", "fresh", N, epoch="ep-fresh", expect=[1, 0], save=False)
 
@@ -409,6 +418,8 @@ def capture(port, bus, pres):
     run("run key marked by the only call", "GET", K("new", "run"), expect="i" + rid, save=False)
     head("head_seeded", "new", 0, Y, seed=12, epoch="ep-new", expect=[0, 12, "ep-new", 12])
     head("head_seeded_floor", "new", 20, S, expect=[0, 20, "ep-new", 12], save=False)
+    do("SET", K("emptyh", "run"), other)
+    head("head_seeded_empty", "emptyh", 0, E, seed=9, epoch="ep-e", expect=[0, 9, "ep-e", 9], save=False)
 
     run("range_replay", "ZRANGEBYSCORE", K(r, "recent"), f"({s_floor - 1}", "+inf", "LIMIT", 0, 1001,
         expect=lambda v: len(v) >= 2 and v[0].startswith(f"{s_floor}\n"))

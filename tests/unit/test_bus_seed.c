@@ -718,6 +718,28 @@ static void test_seed_ids_mark(void)
     r = rc("GET %s", krun);
     CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, run) == 0, "not marked back");
     if (r) freeReplyObject(r);
+    /* 'E' (a seed that had no id to write back): seeds whatever the run key
+     * holds, another run's head or another node's restore under way */
+    for (int i = 0; i < 2; i++) {
+        char pm[64];
+        snprintf(pm, sizeof pm, "%s%s", i ? "p" : "", i ? run : other);
+        rc_int("DEL %s %s %s", kseq, kep, krun);
+        rc_int("SET %s %s", krun, pm);
+        r = rc("EVAL %s 4 %s %s %s %s t 100 60 %s 0 0 %s 0 E%s 20 ep", BUS_PUBLISH_LUA, kseq, krec,
+               kep, krun, ch, room, run);
+        CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->integer == 21,
+              "'E' over %s: seeded to 20, seq 21", pm);
+        if (r) freeReplyObject(r);
+        r = rc("GET %s", krun);
+        CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, run) == 0, "'E': the run key is the run");
+        if (r) freeReplyObject(r);
+        rc_int("DEL %s %s %s", kseq, kep, krun);
+        rc_int("SET %s %s", krun, pm);
+        r = rc("EVAL %s 3 %s %s %s 0 E%s 30 ep", BUS_HEAD_LUA, kseq, kep, krun, run);
+        CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 4 && r->element[1]->integer == 30,
+              "head 'E' over %s: seeded to 30", pm);
+        if (r) freeReplyObject(r);
+    }
     /* the only call ('O') of a seed marks i<run> at once (its ids are all in it) */
     rc_int("SET %s %s", krun, other);
     r = rc("EVAL %s 1 %s O%s", BUS_RESTORE_LUA, krun, run);
@@ -727,6 +749,27 @@ static void test_seed_ids_mark(void)
           "'O' marks i<run>");
     if (r) freeReplyObject(r);
     rc_int("DEL %s %s %s %s %s %s %s", kseq, krec, kep, krun, kid, kid2, kid3);
+}
+
+/* A seed that found no client id to write back (a new room, or none in the
+ * window) makes no restore call: the publish goes out in mode 'E' at once
+ * (a brand-new room's first message costs no extra Redis round) */
+static void test_seed_no_ids(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "seednoids");
+    node *a = node_new_seeded("NE", rurl, 5, "ep-n");
+    wait_ready(a);
+    uint64_t calls0 = bus_restore_calls(a->b);
+    pubres p;
+    pub(a, room, "n1", "x", &p);
+    WAIT(p.done, 3000);
+    CHECK(p.status == 0 && !p.dup && p.seq == 6, "seeded to 5, seq 6 (%d %" PRIu64 ")", p.status, p.seq);
+    CHECK(a->nseeds == 1 && bus_restore_calls(a->b) == calls0, "one seed, no restore call (%" PRIu64 ")",
+          bus_restore_calls(a->b) - calls0);
+    node_free(a);
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:run chat:{%s}:recent chat:{%s}:id:n1", room, room,
+           room, room, room);
 }
 
 /* bus_free while a seed request is with the provider: the waiting publish
@@ -841,6 +884,7 @@ int main(void)
         test_seed_behind();
         test_seed_ids();
         test_seed_ids_mark();
+        test_seed_no_ids();
         test_seed_ids_free();
         test_seed_free_pending(rurl);
         test_epoch_redis();
