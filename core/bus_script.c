@@ -52,7 +52,9 @@
  *   then the tail (open, ending with '"count":') gets the count and '}'.
  *   The state expires ARGV[3] seconds after its last update.
  * Returns {seq, 0} when published ({seq, 0, count} for a react),
- *   {seq_of_first, 1} for a duplicate id, {0, 2} when a seed is needed. A
+ *   {seq_of_first, 1} for a duplicate id (checked first, except in modes
+ *   'Y' and 'E', where the head is seeded before: a resend does not leave
+ *   the seed to do again), {0, 2} when a seed is needed. A
  *   new message is also recorded as
  *   unstored when tracking: ZADD chat:{room}:unstored <now ms> <seq>, ZADD
  *   <index> NX <now> room, the index being the room's unstored index
@@ -149,11 +151,16 @@
 const char BUS_PUBLISH_LUA[] =
     "local idk = nil\n"
     "if ARGV[8] == '1' then idk = KEYS[#KEYS] end\n"
-    "if idk then\n"
+    "local mode, run, rk = string.sub(ARGV[9], 1, 1), nil, nil\n"
+    /* a duplicate answers before anything is written, except that a seed
+     * ('Y', 'E': the node holds the durable head) first seeds the head, so
+     * a resend that is a room's first use after a Redis loss does not
+     * leave the next message a seed to do again */
+    "local given = mode == 'Y' or mode == 'E'\n"
+    "if idk and not given then\n"
     "  local old = redis.call('GET', idk)\n"
     "  if old then return {tonumber(old), 1} end\n"
     "end\n"
-    "local mode, run, rk = string.sub(ARGV[9], 1, 1), nil, nil\n"
     "if #ARGV[9] > 1 then\n"
     "  run = string.sub(ARGV[9], 2)\n"
     "  if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
@@ -175,6 +182,10 @@ const char BUS_PUBLISH_LUA[] =
     "    redis.call('SET', KEYS[1], cur)\n"
     "  end\n"
     "  redis.call('SET', KEYS[3], ARGV[11], 'NX')\n"
+    "end\n"
+    "if idk and given then\n"
+    "  local old = redis.call('GET', idk)\n"
+    "  if old then return {tonumber(old), 1} end\n"
     "end\n"
     "local tail = ARGV[1]\n"
     "local count = nil\n"
