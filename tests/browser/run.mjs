@@ -712,7 +712,11 @@ test('updates made while a tab is offline arrive on reconnect', async () => {
   const text = `Before the outage (run ${RUN})`;
   await sendViaUi(alice.page, text);
   await msgLi(bob.page, text).waitFor({ timeout: 10000 });
+  // Alice's own line has its seq once her copy arrived: Bob (another node) can see the message
+  // first, and an edit of seq 0 would be refused (the CI run at c04a613 failed on that race)
+  await alice.page.locator('li.msg.own[data-seq]', { hasText: text }).waitFor({ timeout: 10000 });
   const seq = Number(await msgLi(alice.page, text).getAttribute('data-seq'));
+  assert(seq > 0, `Alice's line has no seq (${seq})`);
   // Bob's socket drops; Alice edits and reacts meanwhile; Bob comes back with since=
   await bob.page.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 4000; c._ws.close(); });
   await bob.page.locator('#status[data-state="reconnecting"]').waitFor({ timeout: 5000 });
