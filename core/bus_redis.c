@@ -407,15 +407,17 @@ static void restore_cb(void *ud, const redisReply *rp)
     bus_seed_restored(sd, ok);
 }
 
-/* One call per BUS_RESTORE_CHUNK ids (at least one; 'O' alone, else 'F',
- * 'C'..., 'L': bus_script.c), in order on the room's shard. */
+/* One call per BUS_RESTORE_CHUNK ids ('O' alone, else 'F', 'C'..., 'L':
+ * bus_script.c), in order on the room's shard. Called only for a seed with
+ * ids (bus_seed_done: a seed without any sends mode 'E', no call). */
 static int be_restore_ids(bus *b, bus_seed *sd)
 {
     busr *R = b->impl;
     const char *room = bus_seed_room(sd);
     size_t n = 0;
     const bus_seed_id *ids = bus_seed_ids(sd, &n);
-    size_t most = n < BUS_RESTORE_CHUNK ? (n ? n : 1) : BUS_RESTORE_CHUNK, cap = 3 + 3 * most;
+    if (n == 0) return -1;
+    size_t most = n < BUS_RESTORE_CHUNK ? n : BUS_RESTORE_CHUNK, cap = 3 + 3 * most;
     const char **argv = malloc(cap * sizeof *argv);
     size_t *lens = malloc(cap * sizeof *lens);
     char (*keys)[CHAT_ROOM_MAX + 200] = malloc(most * sizeof *keys);
@@ -423,7 +425,7 @@ static int be_restore_ids(bus *b, bus_seed *sd)
     int rc = argv && lens && keys && nums ? 0 : -1;
     char krun[CHAT_ROOM_MAX + 32], nk[8], mode[2 + REDIS_RUN_ID_LEN];
     key(krun, sizeof krun, room, "run");
-    for (size_t at = 0; rc == 0 && (at < n || at == 0); at += BUS_RESTORE_CHUNK) {
+    for (size_t at = 0; rc == 0 && at < n; at += BUS_RESTORE_CHUNK) {
         size_t m = n - at < BUS_RESTORE_CHUNK ? n - at : BUS_RESTORE_CHUNK;
         int argc = 0;
         snprintf(nk, sizeof nk, "%zu", m + 1);
@@ -454,7 +456,6 @@ static int be_restore_ids(bus *b, bus_seed *sd)
         } else {
             R->restores++;
         }
-        if (n == 0) break;
     }
     free(argv);
     free(lens);
