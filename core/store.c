@@ -623,6 +623,14 @@ static void send_verify(store *s)
     sent(s, OP_VERIFY, ok);
 }
 
+/* A seq column (seq_parse's rule; "0" for an empty room's head): 0, or -1
+ * for NULL or anything else. */
+static int pg_seq(const PGresult *res, int row, int col, uint64_t *out)
+{
+    if (PQgetisnull(res, row, col)) return -1;
+    return seq_parse(PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col), out);
+}
+
 static int same_text(const PGresult *res, int row, int col, const char *v)
 {
     if (PQgetisnull(res, row, col)) return v == NULL;
@@ -685,17 +693,21 @@ static void seed_answer(rnode *r, PGresult *res)
     const char **ids = calloc((size_t)n + 1, sizeof *ids);
     uint64_t *seqs = calloc((size_t)n + 1, sizeof *seqs), *ts = calloc((size_t)n + 1, sizeof *ts);
     size_t k = 0;
+    uint64_t max = 0;
     if (!ids || !seqs || !ts) {
         LOGW(MOD, "room head query: out of memory");
         r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
+    } else if (pg_seq(res, 0, 1, &max) != 0) {
+        LOGW(MOD, "room head query: the head is not a seq");
+        r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
     } else {
         for (int i = 0; i < n; i++) {
-            if (PQgetisnull(res, i, 2) || PQgetisnull(res, i, 3) || PQgetisnull(res, i, 4)) continue;
-            ids[k] = PQgetvalue(res, i, 2);
-            seqs[k] = strtoull(PQgetvalue(res, i, 3), NULL, 10);
-            ts[k++] = strtoull(PQgetvalue(res, i, 4), NULL, 10);
+            if (PQgetisnull(res, i, 2) || pg_seq(res, i, 3, &seqs[k]) != 0 || seqs[k] == 0 ||
+                PQgetisnull(res, i, 4) ||
+                parse_u64(PQgetvalue(res, i, 4), (size_t)PQgetlength(res, i, 4), &ts[k]) != 0)
+                continue;
+            ids[k++] = PQgetvalue(res, i, 2);
         }
-        uint64_t max = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
         r->scb(r->ud, 0, max, PQgetvalue(res, 0, 0), k, ids, seqs, ts);
     }
     free(ids);
@@ -708,18 +720,19 @@ static void head_done(store *s)
     rnode *r = s->r_cur;
     s->r_cur = NULL;
     PGresult *res = s->op_res;
+    uint64_t max = 0;
     s->op_res = NULL;
     if (!s->op_failed && res && r->scb && PQntuples(res) >= 1 && PQnfields(res) == 5 &&
         !PQgetisnull(res, 0, 0)) {
         seed_answer(r, res);
         PQclear(res);
-    } else if (s->op_failed || !res || PQntuples(res) != 1 || PQgetisnull(res, 0, 0) || r->scb) {
+    } else if (s->op_failed || !res || PQntuples(res) != 1 || PQgetisnull(res, 0, 0) || r->scb ||
+               pg_seq(res, 0, 1, &max) != 0) {
         LOGW(MOD, "room head query failed: %s", s->op_failed ? s->op_err : "unexpected result");
         if (res) PQclear(res);
         if (r->scb) r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
         else r->hcb(r->ud, -1, 0, NULL);
     } else {
-        uint64_t max = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
         r->hcb(r->ud, 0, max, PQgetvalue(res, 0, 0));
         PQclear(res);
     }
@@ -817,10 +830,8 @@ static void range_done(store *s)
         /* seq and target: the one seq rule (util.h); a bigint column holds
          * nothing else, but a row that breaks it fails the read rather than
          * hand a wrapped seq on */
-        if (seq_parse(PQgetvalue(res, t, 0), (size_t)PQgetlength(res, t, 0), &o->seq) != 0 ||
-            o->seq < 1 ||
-            (!PQgetisnull(res, t, 7) &&
-             seq_parse(PQgetvalue(res, t, 7), (size_t)PQgetlength(res, t, 7), &o->target) != 0)) {
+        if (pg_seq(res, t, 0, &o->seq) != 0 || o->seq < 1 ||
+            (!PQgetisnull(res, t, 7) && pg_seq(res, t, 7, &o->target) != 0)) {
             LOGE(MOD, "history row of room %s with a seq or target out of range: read failed", r->room);
             free(rows);
             PQclear(res);
