@@ -56,7 +56,7 @@ enum { OP_NONE, OP_LOCK, OP_UPGRADE, OP_PREP_DESC, OP_PREP_ASC, OP_PREP_HEAD, OP
        OP_PREP_TARGET, OP_PREP_REACT, OP_PREP_VERIFY, OP_PREP_SEED, OP_PREP_INSERT, OP_BATCH, OP_VERIFY, OP_RANGE, OP_HEAD,
        OP_QUERY, OP_PREP_QUERY };
 #define QUERY_PREPARED_MAX 16   /* named statements of store_query per connection */
-enum { Q_RANGE = 0, Q_HEAD, Q_QUERY, Q_HISTORY, Q_TARGET, Q_REACTIONS };
+enum { Q_RANGE = 0, Q_HEAD, Q_SEED, Q_QUERY, Q_HISTORY, Q_TARGET, Q_REACTIONS };
 
 /* One queued row; strings live in data[] after the struct. */
 typedef struct wnode {
@@ -71,7 +71,8 @@ typedef struct wnode {
 } wnode;
 
 /* One queued read: a range (Q_RANGE), a history page (Q_HISTORY), a room
- * head (Q_HEAD), an update's target (Q_TARGET, seq in after), a message's
+ * head (Q_HEAD), a room's seed (Q_SEED: the head and the client ids of the
+ * idempotency window, after = since ms), an update's target (Q_TARGET, seq in after), a message's
  * reactions (Q_REACTIONS, target in after) or a statement of another
  * module (Q_QUERY: sql and its parameters live in room[], after the room
  * name's place). */
@@ -80,7 +81,7 @@ typedef struct rnode {
     int kind;
     store_rows_cb cb;
     store_head_cb hcb;
-    store_seed_cb scb;          /* Q_HEAD of a seed (store_seed): after = since ms, limit */
+    store_seed_cb scb;
     store_query_cb qcb;
     store_target_cb tcb;
     store_reactions_cb xcb;
@@ -239,10 +240,8 @@ static void send_query(store *s)
 static void fail_read(rnode *r)
 {
     switch (r->kind) {
-    case Q_HEAD:
-        if (r->scb) r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
-        else r->hcb(r->ud, -1, 0, NULL);
-        break;
+    case Q_HEAD: r->hcb(r->ud, -1, 0, NULL); break;
+    case Q_SEED: r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL); break;
     case Q_QUERY: r->qcb(r->ud, -1, NULL); break;
     case Q_TARGET: r->tcb(r->ud, -1, 0, NULL, 0); break;
     case Q_REACTIONS: r->xcb(r->ud, -1, 0, NULL, NULL, 0); break;
@@ -509,7 +508,7 @@ static void send_range(store *s)
     r->next = NULL;
     s->r_cur = r;
     s->last_was_batch = 0;
-    if (r->kind == Q_HEAD && r->scb) {
+    if (r->kind == Q_SEED) {
         const char *hv[3] = {r->room, r->after, r->limit};
         sent(s, OP_HEAD, PQsendQueryPrepared(s->pg, STORE_STMT_SEED, 3, hv, NULL, NULL, 0));
         return;
@@ -685,20 +684,16 @@ static void verify_done(store *s)
     batch_done(s);
 }
 
-/* A seed's answer (STORE_SQL_SEED): the head of the first row, the ids of
- * every row that has one. */
-static void seed_answer(rnode *r, PGresult *res)
+/* A seed's answer (STORE_SQL_SEED): the head (max, read from the first
+ * row), the ids of every row that has one. */
+static void seed_answer(rnode *r, PGresult *res, uint64_t max)
 {
     int n = PQntuples(res);
     const char **ids = calloc((size_t)n + 1, sizeof *ids);
     uint64_t *seqs = calloc((size_t)n + 1, sizeof *seqs), *ts = calloc((size_t)n + 1, sizeof *ts);
     size_t k = 0;
-    uint64_t max = 0;
     if (!ids || !seqs || !ts) {
         LOGW(MOD, "room head query: out of memory");
-        r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
-    } else if (pg_seq(res, 0, 1, &max) != 0) {
-        LOGW(MOD, "room head query: the head is not a seq");
         r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
     } else {
         for (int i = 0; i < n; i++) {
@@ -715,6 +710,7 @@ static void seed_answer(rnode *r, PGresult *res)
     free(ts);
 }
 
+/* A head's or a seed's answer (OP_HEAD). */
 static void head_done(store *s)
 {
     rnode *r = s->r_cur;
@@ -722,20 +718,18 @@ static void head_done(store *s)
     PGresult *res = s->op_res;
     uint64_t max = 0;
     s->op_res = NULL;
-    if (!s->op_failed && res && r->scb && PQntuples(res) >= 1 && PQnfields(res) == 5 &&
-        !PQgetisnull(res, 0, 0)) {
-        seed_answer(r, res);
-        PQclear(res);
-    } else if (s->op_failed || !res || PQntuples(res) != 1 || PQgetisnull(res, 0, 0) || r->scb ||
-               pg_seq(res, 0, 1, &max) != 0) {
+    int ok = !s->op_failed && res && PQntuples(res) >= 1 && !PQgetisnull(res, 0, 0) &&
+             PQnfields(res) == (r->kind == Q_SEED ? 5 : 2) &&
+             (r->kind == Q_SEED || PQntuples(res) == 1) && pg_seq(res, 0, 1, &max) == 0;
+    if (!ok) {
         LOGW(MOD, "room head query failed: %s", s->op_failed ? s->op_err : "unexpected result");
-        if (res) PQclear(res);
-        if (r->scb) r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
-        else r->hcb(r->ud, -1, 0, NULL);
+        fail_read(r);
+    } else if (r->kind == Q_SEED) {
+        seed_answer(r, res, max);
     } else {
         r->hcb(r->ud, 0, max, PQgetvalue(res, 0, 0));
-        PQclear(res);
     }
+    if (res) PQclear(res);
     free(r);
     if (!s->dead) dispatch(s);
 }
@@ -1402,7 +1396,7 @@ static int head_queue(store *s, const char *room, store_head_cb cb, store_seed_c
     if (!lr || !utf8_valid(room, lr)) return -1;
     rnode *r = calloc(1, sizeof *r + lr + 1);
     if (!r) return -1;
-    r->kind = Q_HEAD;
+    r->kind = scb ? Q_SEED : Q_HEAD;
     r->hcb = cb;
     r->scb = scb;
     r->ud = ud;
