@@ -148,6 +148,32 @@
 #include "redis_slot.h"
 #include <stdio.h>
 
+/* Lua the publish and head scripts share. LUA_RUN_PARSE: the run_id that
+ * follows the seed mode in arg (into run; rk names the run key), or an
+ * error for one that is not hex. LUA_SEED_HEAD: inside "the head needs a
+ * seed", modes 'Y'/'E' seed KEYS[1] (the seq key) from seed (the durable
+ * head: never lowered) and set the run key, 'Y' only past a run key at this
+ * run or "i<run_id>" (else returns needs, "needs seed"); other modes
+ * create a missing head at 0. */
+#define LUA_RUN_PARSE(arg, key) \
+    "if #" arg " > 1 then\n" \
+    "  run = string.sub(" arg ", 2)\n" \
+    "  if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n" \
+    "  rk = " key "\n" \
+    "end\n"
+#define LUA_SEED_HEAD(seed, needs) \
+    "  if mode == 'Y' or mode == 'E' then\n" \
+    "    if mode == 'Y' and h[3] ~= run and h[3] ~= 'i' .. run then return " needs " end\n" \
+    "    if (not cur) or (tonumber(cur) or 0) < tonumber(" seed ") then\n" \
+    "      cur = " seed "\n" \
+    "      redis.call('SET', KEYS[1], cur)\n" \
+    "    end\n" \
+    "    redis.call('SET', rk, run)\n" \
+    "  elseif not cur then\n" \
+    "    cur = '0'\n" \
+    "    redis.call('SET', KEYS[1], cur)\n" \
+    "  end\n"
+
 const char BUS_PUBLISH_LUA[] =
     "local idk = nil\n"
     "if ARGV[8] == '1' then idk = KEYS[#KEYS] end\n"
@@ -161,26 +187,12 @@ const char BUS_PUBLISH_LUA[] =
     "  local old = redis.call('GET', idk)\n"
     "  if old then return {tonumber(old), 1} end\n"
     "end\n"
-    "if #ARGV[9] > 1 then\n"
-    "  run = string.sub(ARGV[9], 2)\n"
-    "  if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
-    "  rk = KEYS[4]\n"
-    "end\n"
+    LUA_RUN_PARSE("ARGV[9]", "KEYS[4]")
     "local h = redis.call('MGET', KEYS[1], KEYS[3], KEYS[4])\n"
     "local cur = h[1]\n"
     "if (not cur) or (not h[2]) or (mode ~= 'N' and h[3] ~= run) then\n"
     "  if mode == 'S' then return {0, 2} end\n"
-    "  if mode == 'Y' or mode == 'E' then\n"
-    "    if mode == 'Y' and h[3] ~= run and h[3] ~= 'i' .. run then return {0, 2} end\n"
-    "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[10]) then\n"
-    "      cur = ARGV[10]\n"
-    "      redis.call('SET', KEYS[1], cur)\n"
-    "    end\n"
-    "    redis.call('SET', rk, run)\n"
-    "  elseif not cur then\n"
-    "    cur = '0'\n"
-    "    redis.call('SET', KEYS[1], cur)\n"
-    "  end\n"
+    LUA_SEED_HEAD("ARGV[10]", "{0, 2}")
     "  redis.call('SET', KEYS[3], ARGV[11], 'NX')\n"
     "end\n"
     "if idk and given then\n"
@@ -238,11 +250,7 @@ const char BUS_PUBLISH_LUA[] =
 
 const char BUS_HEAD_LUA[] =
     "local mode, run, rk = string.sub(ARGV[2], 1, 1), nil, nil\n"
-    "if #ARGV[2] > 1 then\n"
-    "  run = string.sub(ARGV[2], 2)\n"
-    "  if not string.match(run, '^%x+$') then return redis.error_reply('ERR chatd: no run id') end\n"
-    "  rk = KEYS[3]\n"
-    "end\n"
+    LUA_RUN_PARSE("ARGV[2]", "KEYS[3]")
     "local h = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])\n"
     "local cur, ep = h[1], h[2]\n"
     "if (not cur) or (not ep) or (run and h[3] ~= run) then\n"
@@ -251,17 +259,7 @@ const char BUS_HEAD_LUA[] =
     "    if (tonumber(ARGV[1]) or 0) > 0 then return {2} end\n"
     "    return {3}\n"
     "  end\n"
-    "  if mode == 'Y' or mode == 'E' then\n"
-    "    if mode == 'Y' and h[3] ~= run and h[3] ~= 'i' .. run then return {2} end\n"
-    "    if (not cur) or (tonumber(cur) or 0) < tonumber(ARGV[3]) then\n"
-    "      cur = ARGV[3]\n"
-    "      redis.call('SET', KEYS[1], cur)\n"
-    "    end\n"
-    "    redis.call('SET', rk, run)\n"
-    "  elseif not cur then\n"
-    "    cur = '0'\n"
-    "    redis.call('SET', KEYS[1], cur)\n"
-    "  end\n"
+    LUA_SEED_HEAD("ARGV[3]", "{2}")
     "  if not ep then\n"
     "    ep = ARGV[4]\n"
     "    redis.call('SET', KEYS[2], ep)\n"

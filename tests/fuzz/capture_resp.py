@@ -41,33 +41,21 @@ class Failed(Exception):
 
 
 def c_strings(path):
-    """name -> value of every `const char NAME[] = "..." "...";` and of
-    #define NAME "..." \\ macros (used inside the former) in a C file; numeric
-    #defines (CHAT_ROOM_MAX) as their digits, for STR_LUA(NAME)."""
-    src = open(os.path.join(ROOT, path)).read()
+    """name -> value of every `const char NAME[] = "..." "...";` of a C file,
+    as the compiler sees it: the file goes through the C preprocessor
+    (cc -E), so every macro the scripts are built from (STR_LUA,
+    LUA_SEED_HEAD, ...) is expanded by the one preprocessor there is, then
+    the adjacent literals are joined."""
+    pre = subprocess.run(["cc", "-E", "-P", "-I", os.path.join(ROOT, "core"),
+                          os.path.join(ROOT, path)], capture_output=True, text=True)
+    if pre.returncode != 0:
+        sys.exit(f"capture_resp: cc -E {path} failed:\n{pre.stderr}")
     lit = r'"(?:[^"\\]|\\.)*"'
-
-    def unquote(chunk, macros):
-        out = []
-        chunk = re.sub(r"/\*.*?\*/", "", chunk, flags=re.S)
-        for tok in re.findall(lit + r"|[A-Z_][A-Z0-9_]*", chunk):
-            if tok.startswith('"'):
-                out.append(tok[1:-1].encode().decode("unicode_escape"))
-            elif tok in macros:
-                out.append(macros[tok])
-        return "".join(out)
-
-    macros = {}
-    for hdr in ("core/util.h", path):
-        p = os.path.join(ROOT, hdr)
-        if os.path.exists(p):
-            for m in re.finditer(r"#define ([A-Z_][A-Z0-9_]*)\s+\(?(\d+)\)?\s*$", open(p).read(), re.M):
-                macros.setdefault(m.group(1), m.group(2))
-    for m in re.finditer(r"#define ([A-Z_][A-Z0-9_]*) \\\n((?:.*\\\n)*.*\n)", src):
-        macros[m.group(1)] = unquote(m.group(2), macros)
-    found = dict(macros)
-    for m in re.finditer(r"const char ([A-Z_][A-Z0-9_]*)\[\] =\s*(.*?);\n", src, re.S):
-        found[m.group(1)] = unquote(m.group(2), macros)
+    found = {}
+    for m in re.finditer(r"const char ([A-Z_][A-Z0-9_]*)\[\] =\s*((?:" + lit + r"\s*)+);",
+                         pre.stdout):
+        found[m.group(1)] = "".join(t[1:-1].encode().decode("unicode_escape")
+                                    for t in re.findall(lit, m.group(2)))
     return found
 
 
