@@ -71,7 +71,7 @@ int bus_redis_publish_reply(const redisReply *rp, uint64_t *seq, uint64_t *dup)
 {
     if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements != 2 || !rp->element ||
         redis_reply_u64(rp->element[0], seq) != 0 || redis_reply_u64(rp->element[1], dup) != 0 ||
-        *dup > 2 || (*dup == 2) != (*seq == 0))
+        *seq > SEQ_MAX || *dup > 2 || (*dup == 2) != (*seq == 0))
         return -1;
     return 0;
 }
@@ -79,7 +79,9 @@ int bus_redis_publish_reply(const redisReply *rp, uint64_t *seq, uint64_t *dup)
 /* A message update's answers besides a message's (bus_script.c): {0, 3|4|5}
  * (returns that status: nothing published) and a react's {seq, 0, count}
  * (sets r->count; returns -2 after filling seq and dup). 0: an ordinary
- * answer, parse it as a message's; -1: malformed. */
+ * answer, parse it as a message's; -1: malformed (a seq past SEQ_MAX or a
+ * count past INT64_MAX included: the scripts answer integers, but a bulk
+ * string of 20 digits parses too). */
 int bus_redis_update_reply(bus_req *r, const redisReply *rp, uint64_t *seq, uint64_t *dup)
 {
     if (!rp || rp->type != REDIS_REPLY_ARRAY || !rp->element) return 0;
@@ -89,7 +91,8 @@ int bus_redis_update_reply(bus_req *r, const redisReply *rp, uint64_t *seq, uint
         return (int)b;
     if (rp->elements != 3) return 0;
     if (redis_reply_u64(rp->element[0], &a) != 0 || redis_reply_u64(rp->element[1], &b) != 0 ||
-        redis_reply_u64(rp->element[2], &c) != 0 || a == 0 || b != 0)
+        redis_reply_u64(rp->element[2], &c) != 0 || a == 0 || a > SEQ_MAX || b != 0 ||
+        c > (uint64_t)INT64_MAX)
         return -1;
     *seq = a;
     *dup = 0;

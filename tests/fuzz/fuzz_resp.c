@@ -6,7 +6,8 @@
  *     MOVED/ASK redirects, pub/sub pushes, the CLUSTER SHARDS slot map;
  *   bus: the head script {0, head, epoch, before} / {2} / {3}
  *     (bus_rhead_parse), the publish script {seq, dup|seed}
- *     (bus_redis_publish_reply), and core/bus_reply.c: recent-buffer ranges
+ *     (bus_redis_publish_reply), a message update's {0, 3|4|5} / {seq, 0,
+ *     count} (bus_redis_update_reply), and core/bus_reply.c: recent-buffer ranges
  *     (gap fill, replay since N), channel names, the backfill sweep
  *     {1, more, cut, room, seq...} and the settle {room, seq, entry...};
  *   presence (core/presence_redis.c): the apply script {room, event, user,
@@ -137,7 +138,23 @@ static void interpret(const redisReply *rp)
     }
     if (bus_redis_publish_reply(rp, &seq, &dup) == 0)
         FUZZ_CHECK(rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 && dup <= 2 &&
-                   (seq >= 1 || dup == 2), "publish seq %" PRIu64 " dup %" PRIu64, seq, dup);
+                   (seq >= 1 || dup == 2) && seq <= SEQ_MAX, "publish seq %" PRIu64 " dup %" PRIu64, seq, dup);
+    /* a message update's answer: {0, 3|4|5} refused, {seq, 0, count} a
+     * react (count a number of users: 0..2^63-1), else a message's */
+    bus_req ureq;
+    memset(&ureq, 0, sizeof ureq);
+    ureq.count = -7;
+    seq = dup = 0;
+    int upd = bus_redis_update_reply(&ureq, rp, &seq, &dup);
+    FUZZ_CHECK(upd == 0 || upd == -1 || upd == -2 || (upd >= 3 && upd <= 5), "update status %d", upd);
+    if (upd >= 3)
+        FUZZ_CHECK(rp->type == REDIS_REPLY_ARRAY && rp->elements == 2, "update refusal of %zu elements",
+                   rp->elements);
+    if (upd == -2)
+        FUZZ_CHECK(rp->elements == 3 && seq >= 1 && seq <= SEQ_MAX && dup == 0 && ureq.count >= 0,
+                   "react seq %" PRIu64 " dup %" PRIu64 " count %" PRId64, seq, dup, ureq.count);
+    else
+        FUZZ_CHECK(ureq.count == -7, "count set on a status-%d answer", upd);
     head_res h;
     if (bus_rhead_parse(rp, &h) == 0) {
         FUZZ_CHECK(h.status == 0 || h.status == 2 || h.status == 3, "head status %d", h.status);
