@@ -239,6 +239,14 @@ void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq
     b->be->forget_id(b, room, client_id, seq);
 }
 
+void bus_forget_update_state(bus *b, const char *room, uint64_t target)
+{
+    if (!b || b->freeing || !b->be->forget_state || !room || !target ||
+        !room_name_valid(room, strlen(room)))
+        return;
+    b->be->forget_state(b, room, target);
+}
+
 int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud)
 {
     if (!bus_ready(b) || !b->be->control || (!data && len)) return -1;

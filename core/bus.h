@@ -106,6 +106,13 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max,
  * the same id gets a new seq. Fire and forget; no-op while Redis is down. */
 void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq);
 
+/* Forgets the state step's copy of a message update's target (reactions,
+ * deleted) after an update history did not take (refused by Postgres, or
+ * a conflict): the copy holds that update, history does not, so the next
+ * update of the target reads the state from history again
+ * (BUS_UPD_NEED_STATE). Fire and forget; no-op while Redis is down. */
+void bus_forget_update_state(bus *b, const char *room, uint64_t target);
+
 /* Ephemeral broadcast to every node's subscribers of room (never stored,
  * never seq'd). Dropped silently while Redis is down. */
 int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_t len);

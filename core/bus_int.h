@@ -141,6 +141,8 @@ typedef struct bus_backend {
     int (*control)(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
     /* bus_forget_id (may be a no-op when down) */
     void (*forget_id)(bus *b, const char *room, const char *id, uint64_t seq);
+    /* bus_forget_update_state (may be a no-op when down) */
+    void (*forget_state)(bus *b, const char *room, uint64_t target);
     /* A room synced or a fill finished (Redis: readiness after recovery). */
     void (*progress)(bus *b);
     /* (may be NULL: nothing to restore) A seed's client ids (bus_seed_ids)
@@ -257,6 +259,8 @@ void bus_upd_free(struct bus_upd *u);
  * bytes) and its extra arguments from ARGV[13] on (see bus_script.c).
  * bus_upd_nargs: how many arguments bus_upd_args appends. */
 void bus_upd_key(const bus_req *r, char *key, size_t cap);
+/* the same key for a room and a target */
+void bus_upd_state_key(char *key, size_t cap, const char *room, uint64_t target);
 size_t bus_upd_nargs(const bus_req *r);
 /* keyidx: the key's index in KEYS (1-based) as text. */
 void bus_upd_args(const bus_req *r, const char *keyidx, const char **argv, size_t *lens,
@@ -266,6 +270,8 @@ typedef struct bus_upd_states bus_upd_states;
 bus_upd_states *bus_upd_states_new(void);
 void bus_upd_states_free(bus_upd_states *s);
 size_t bus_upd_states_count(const bus_upd_states *s);
+/* forgets target's state (seeded again from history when next needed) */
+void bus_upd_states_forget(bus_upd_states *s, uint64_t target);
 /* The state step of r (r->upd set): 0 go on (*count set for a react),
  * else BUS_UPD_NEED_STATE / BUS_UPD_GONE / BUS_UPD_NOOP (nothing changed).
  * ttl_ms: a state untouched this long is forgotten. */

@@ -431,6 +431,13 @@ static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
     if (d && d->seq == seq) hmap_del(&lr->ids, id);
 }
 
+static void be_forget_state(bus *b, const char *room, uint64_t target)
+{
+    busl *L = b->impl;
+    lroom *lr = lroom_get(L, room, 0);
+    if (lr) bus_upd_states_forget(lr->upd, target);
+}
+
 /* Subscribing is immediate here: the head is read now, so everything
  * published after this call reaches the room. No user callback runs. */
 static void be_reconcile(bus *b, bus_room *room)
@@ -503,6 +510,7 @@ const bus_backend bus_local_backend = {
     .fetch = be_fetch,
     .control = be_control,
     .forget_id = be_forget_id,
+    .forget_state = be_forget_state,
     .progress = NULL,
     .free = be_free,
 };

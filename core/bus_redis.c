@@ -397,6 +397,17 @@ static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
     redis_client_call(R->rc, &how, 3, a, NULL, NULL, NULL); /* no-op while its shard is down */
 }
 
+/* a message update's target state that holds an update history did not take */
+static void be_forget_state(bus *b, const char *room, uint64_t target)
+{
+    busr *R = b->impl;
+    char k[CHAT_ROOM_MAX + 48];
+    bus_upd_state_key(k, sizeof k, room, target);
+    const char *a[] = {"DEL", k};
+    redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = -1};
+    redis_client_call(R->rc, &how, 2, a, NULL, NULL, NULL); /* no-op while its shard is down */
+}
+
 /* ---- restoring a seed's client ids (BUS_RESTORE_LUA, bus_script.c) ---- */
 
 static void restore_cb(void *ud, const redisReply *rp)
@@ -535,6 +546,7 @@ const bus_backend bus_redis_backend = {
     .reconcile = bus_rsub_reconcile,
     .fetch = be_fetch,
     .forget_id = be_forget_id,
+    .forget_state = be_forget_state,
     .restore_ids = be_restore_ids,
     .progress = bus_rsub_progress,
     .mark = be_mark,

@@ -92,9 +92,14 @@ struct bus_upd *bus_upd_copy(const bus_update *in)
 
 /* ---- Redis: the script's extra key and arguments (bus_script.c) ---------- */
 
+void bus_upd_state_key(char *key, size_t cap, const char *room, uint64_t target)
+{
+    snprintf(key, cap, "chat:{%s}:t:%" PRIu64, room, target);
+}
+
 void bus_upd_key(const bus_req *r, char *key, size_t cap)
 {
-    snprintf(key, cap, "chat:{%s}:t:%" PRIu64, r->room, r->upd->target);
+    bus_upd_state_key(key, cap, r->room, r->upd->target);
 }
 
 size_t bus_upd_nargs(const bus_req *r)
@@ -166,6 +171,16 @@ void bus_upd_states_free(bus_upd_states *s)
     hmap_each(&s->map, free_each, NULL);
     hmap_free(&s->map);
     free(s);
+}
+
+void bus_upd_states_forget(bus_upd_states *s, uint64_t target)
+{
+    char key[24];
+    snprintf(key, sizeof key, "%" PRIu64, target);
+    tstate *t = s ? hmap_get(&s->map, key) : NULL;
+    if (!t) return;
+    hmap_del(&s->map, key);
+    tstate_free(t);
 }
 
 static int tstate_find(const tstate *t, const char *f)

@@ -140,13 +140,14 @@ static void finish(publish_op *p, int status)
 /* ---- publish -> store -> ack --------------------------------------------- */
 
 /* A published row history can never hold (store -3): the bus's sweeper is
- * told not to offer it again, and its client id is forgotten, so that a
- * resend with the same id is a new message (a new seq; refused again when
- * it is the same), never a duplicate of a seq history will not hold. */
-static void forget_unstorable(const char *room, const char *id, uint64_t seq)
+ * told not to offer it again. Its client id keeps its seq: the sender got
+ * no ack, and a resend with the same id is the duplicate of that seq,
+ * written again (refused again, or stored under that seq once the rule
+ * that refused it is gone), never broadcast a second time under a new seq
+ * (protocol: "the server never stores or broadcasts it twice"). */
+static void unstorable(const char *room, uint64_t seq)
 {
     bus_mark_stored(P.bus, room, seq);
-    if (id) bus_forget_id(P.bus, room, id, seq);
 }
 
 static void on_stored(void *ud, int status)
@@ -156,14 +157,24 @@ static void on_stored(void *ud, int status)
      * logged and counted it): never acked. Either way the seq has a row:
      * the bus's sweeper sees it there (on_check), nothing to mark. -3:
      * Postgres refused this row for good (an operator's constraint or
-     * trigger; the store logged and counted it): never acked, forgotten. */
+     * trigger; the store logged and counted it): never acked (unstorable).
+     * An update history did not take leaves the bus's state step holding
+     * it (a react "on", a delete): that copy is forgotten, the next update
+     * of the target reads the state from history. Its client id is
+     * forgotten too (a resend of an update is acked on its stored row only,
+     * so a kept id would answer `unavailable` for the id's whole window):
+     * the resend goes through the state step again. */
+    int upd = p->kind != WIRE_MESSAGE;
     if (status == 0) {
         finish(p, PUBLISH_OK);
     } else if (status == -2) {
         if (p->id) bus_forget_id(P.bus, p->room, p->id, p->seq); /* a resend gets a new seq */
+        if (upd) bus_forget_update_state(P.bus, p->room, p->target);
         finish(p, PUBLISH_CONFLICT);
     } else if (status == -3) {
-        forget_unstorable(p->room, p->id, p->seq);
+        unstorable(p->room, p->seq);
+        if (upd && p->id) bus_forget_id(P.bus, p->room, p->id, p->seq);
+        if (upd) bus_forget_update_state(P.bus, p->room, p->target);
         finish(p, PUBLISH_UNSTORABLE);
     } else {
         finish(p, PUBLISH_STORE_DOWN);
@@ -181,8 +192,7 @@ static void stored_write(publish_op *p, const store_row *row)
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
              "number over 2^63-1): not stored", p->room, row->seq);
-        forget_unstorable(p->room, p->id, row->seq);
-        finish(p, PUBLISH_UNSTORABLE);
+        on_stored(p, -3);
     } else if (rc < 0) {
         finish(p, PUBLISH_BACKLOG);
     }
@@ -585,40 +595,34 @@ static int kind_of(const char *k)
 }
 
 /* A backfilled row in the store's queue: what on_backfill_stored needs to
- * forget it when Postgres refuses it (room and client id in s[]). Owned
+ * mark it when Postgres refuses it (unstorable). Owned
  * by the store: every write's callback is called once (-1 at store_free). */
 typedef struct backfill_row {
     uint64_t seq;
-    size_t id_off;     /* the client id's offset in s[], 0: none */
-    char s[];
+    char room[];
 } backfill_row;
 
 static void on_backfill_stored(void *ud, int status)
 {
     backfill_row *b = ud;
-    if (status == -3) forget_unstorable(b->s, b->id_off ? b->s + b->id_off : NULL, b->seq);
+    if (status == -3) unstorable(b->room, b->seq);
     free(b);
 }
 
 static void backfill_write(const char *rname, uint64_t seq, const store_row *row)
 {
-    size_t lr = strlen(rname), li = row->client_id ? strlen(row->client_id) : 0;
-    backfill_row *b = malloc(sizeof *b + lr + 1 + (row->client_id ? li + 1 : 0));
+    size_t lr = strlen(rname);
+    backfill_row *b = malloc(sizeof *b + lr + 1);
     if (!b) return; /* not stored: offered again after the lease */
     b->seq = seq;
-    memcpy(b->s, rname, lr + 1);
-    b->id_off = 0;
-    if (row->client_id) {
-        b->id_off = lr + 1;
-        memcpy(b->s + b->id_off, row->client_id, li + 1);
-    }
+    memcpy(b->room, rname, lr + 1);
     int rc = store_write(P.store, row, on_backfill_stored, b);
     if (rc == 0) return;
     free(b);
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
              "number over 2^63-1): not stored", rname, seq);
-        forget_unstorable(rname, row->client_id, seq);
+        unstorable(rname, seq);
     }
 }
 

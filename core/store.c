@@ -134,6 +134,8 @@ struct store {
     size_t fl_len;
     size_t suspect;             /* rows at the head of the queue (or in flight) known
                                  * to hold a row Postgres refuses: bisected */
+    int refused_check;          /* the in-flight row, refused alone, is being looked up */
+    char ref_state[6], ref_primary[256];   /* why it was refused (for the log) */
     rnode *r_head, *r_tail, *r_cur;
     size_t r_len;
     dnode *drains;
@@ -289,6 +291,7 @@ static void reset_conn(store *s, const char *why)
     LOGW(MOD, "postgres connection reset: %s (retry in %u ms, %zu rows pending)",
          msg, (unsigned)delay, s->q_len + s->fl_len);
     requeue_inflight(s);   /* suspect, if set, still counts the same head rows */
+    s->refused_check = 0;  /* the row is refused alone again, and looked up again */
     teardown(s);
     s->state = ST_IDLE;
     guard_start(s, delay);
@@ -655,6 +658,8 @@ static int same_message(const PGresult *res, int t, const wnode *w)
     return 1;
 }
 
+static void refuse_row(store *s);
+
 static void verify_done(store *s)
 {
     PGresult *res = s->op_res;
@@ -667,6 +672,25 @@ static void verify_done(store *s)
         return;
     }
     int nt = PQntuples(res);
+    if (s->refused_check) {
+        /* the one row Postgres refused: is it there already (a resend, a
+         * retried batch, a backfill of a stored row: an operator's CHECK
+         * or BEFORE trigger runs before ON CONFLICT can skip it)? */
+        s->refused_check = 0;
+        wnode *w = s->fl_head;
+        int found = -1;
+        for (int t = 0; t < nt && found < 0; t++)
+            if (same_text(res, t, 0, w->val[0]) && same_text(res, t, 1, w->val[1])) found = t;
+        if (found < 0) {
+            PQclear(res);
+            refuse_row(s);
+            return;
+        }
+        if (same_message(res, found, w))
+            LOGW(MOD, "room %s seq %s: postgres refused the row again (%s, SQLSTATE %s), but it "
+                 "is stored already: answered as stored", w->val[0], w->val[1], s->ref_primary,
+                 s->ref_state);
+    }
     for (wnode *w = s->fl_head; w; w = w->next) {
         int found = -1;
         for (int t = 0; t < nt && found < 0; t++)
@@ -940,9 +964,13 @@ static int row_refused(const char *st)
  * connection: bisect. A batch of more rows goes back to the head of the
  * queue, in its order, and send_batch sends its first half alone (suspect);
  * the half that fails is halved again, a half that commits leaves the rest
- * to be halved. A batch of one row is that row's final answer: -3 (never
- * retried), logged, counted. log2(batch) statements per refused row; none
- * when nothing is refused. */
+ * to be halved. A batch of one row is looked up first (STORE_STMT_VERIFY,
+ * as a batch that inserted fewer rows: verify_done): a row stored already
+ * (the same message sent again: an operator's CHECK or BEFORE trigger runs
+ * before ON CONFLICT skips it) is answered 0, another message under its
+ * (room, seq) -2; only a row that is not there gets the final answer -3
+ * (refuse_row). Up to 2 log2(batch) statements per refused row, plus the
+ * look-up; none when nothing is refused. */
 static void batch_refused(store *s)
 {
     if (s->fl_len > 1) {
@@ -953,6 +981,17 @@ static void batch_refused(store *s)
         dispatch(s);
         return;
     }
+    snprintf(s->ref_state, sizeof s->ref_state, "%s", s->op_state);
+    snprintf(s->ref_primary, sizeof s->ref_primary, "%s", s->op_primary);
+    s->refused_check = 1;
+    s->batch_inserted = 0;
+    send_verify(s);
+}
+
+/* The in-flight row, refused alone and not stored: -3 (never retried),
+ * logged, counted. */
+static void refuse_row(store *s)
+{
     wnode *w = s->fl_head;
     s->fl_head = s->fl_tail = NULL;
     s->fl_len = 0;
@@ -961,7 +1000,7 @@ static void batch_refused(store *s)
     metric_inc(s->m_refused);
     LOGE(MOD, "REFUSED: room %s seq %s (client id %s): postgres refuses the row for good: %s "
          "(SQLSTATE %s): not stored, never acked, not retried", w->val[0], w->val[1],
-         w->val[2] ? w->val[2] : "-", s->op_primary, s->op_state);
+         w->val[2] ? w->val[2] : "-", s->ref_primary, s->ref_state);
     if (w->cb) w->cb(w->ud, -3);
     free(w);
     if (s->dead) return;

@@ -447,6 +447,31 @@ def uniq(prefix="r"):
     return f"{prefix}-{os.getpid() % 1000}-{int(time.time()*1000) % 10**7}-{random.randint(0, 99999)}"
 
 
+class refusing_check:
+    """An operator's CHECK constraint on messages (SQLSTATE 23514 for a row
+    it refuses): `refusing_check(body)` refuses that body, `cond=` any
+    condition a row must meet. NOT VALID: rows stored before are not
+    checked. Dropped on exit whatever happened: other tests share this
+    Postgres. Needs the suite's own Postgres (an external one is not ours
+    to alter)."""
+
+    def __init__(self, body=None, cond=None):
+        self.pg = RUN.need_pg()
+        if getattr(self.pg, "external", True):
+            raise TestSkip("needs the suite's own Postgres (ALTER TABLE messages)")
+        self.cond = cond if cond is not None else f"body <> '{body}'"
+        self.name = "chatd_itest_" + uniq("").replace("-", "_")
+
+    def __enter__(self):
+        self.pg.psql("chatd", f"ALTER TABLE messages ADD CONSTRAINT {self.name} "
+                              f"CHECK ({self.cond}) NOT VALID")
+        return self
+
+    def __exit__(self, *exc):
+        self.pg.psql("chatd", f"ALTER TABLE messages DROP CONSTRAINT IF EXISTS {self.name}")
+        return False
+
+
 # ---------------------------------------------------------------- policies
 OPEN_POLICY = "local M = {}\nreturn M\n"
 

@@ -201,6 +201,48 @@ async def refusals():
           "no refused update was broadcast")
 
 
+@test(timeout=60, needs=("redis", "pg"))
+async def refused_update_leaves_no_state_behind():
+    """An update Postgres refuses for good (an operator's CHECK: here one
+    emoji and deletes of one message) is answered bad_request, and the
+    bus's state step forgets the target's state it had already changed: the
+    same react is refused by Postgres again (before: "rejected, you already
+    reacted", a reaction history never held), the message the refused
+    delete aimed at can still be edited (before: not_found, deleted in
+    Redis but not in history), and once the rule is gone the react is
+    stored with count 1 and history shows the message, not deleted."""
+    a, b = node("A"), node("B")
+    room = uniq("refupd")
+    al = await Client.connect(a, room, token("alice"))
+    bo = await Client.connect(b, room, token("bob"))
+    s1 = await post(al, room, "keep me", "m1")
+    emo = ":nope:"
+    with harness.refusing_check(cond=f"(emoji IS NULL OR emoji <> '{emo}') AND "
+                                     f"(kind <> 2 OR room <> '{room}')"):
+        r = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": emo,
+                                    "id": "rx1"})
+        eq((r["type"], r.get("code")), ("error", "bad_request"), f"the refused react: {r}")
+        r = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": emo,
+                                    "id": "rx2"})
+        eq((r["type"], r.get("code")), ("error", "bad_request"),
+           f"the same react again is refused by Postgres again, not 'already reacted': {r}")
+        d = await send_and_ack(al, {"type": "delete", "room": room, "target": s1, "id": "d1"})
+        eq((d["type"], d.get("code")), ("error", "bad_request"), f"the refused delete: {d}")
+        e = await send_and_ack(al, {"type": "edit", "room": room, "target": s1, "body": "edited",
+                                    "id": "e1"})
+        eq(e["type"], "ack", f"an edit after the refused delete: {e}")
+    r = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": emo, "id": "rx3"})
+    eq(r["type"], "ack", f"the react once the rule is gone: {r}")
+    await al.wait_for(lambda f: f.get("type") == "message_update" and f.get("seq") == r["seq"], 5,
+                      what="the stored react")
+    last = [f for f in upd(al, room) if f.get("seq") == r["seq"]][0]
+    eq(last.get("count"), 1, f"the react's count: {last}")
+    h = history(a, room, token("watch"))
+    m = [x for x in h["messages"] if x["seq"] == s1][0]
+    eq((m.get("body"), m.get("deleted", False), m.get("reactions")), ("edited", False, {emo: 1}),
+       f"history: {m}")
+
+
 @test(timeout=90, needs=("redis", "pg"))
 async def concurrent_reactions_exact_across_nodes():
     a, b = node("A"), node("B")

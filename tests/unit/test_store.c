@@ -1204,6 +1204,37 @@ static void refused_body(store *s)
     WAIT(sum_calls(w4, 3) == 3, 15000);
     CHECK(all_zero_but(w4, 3, -1, -1) && row_count("poison4", -1) == 3);
     CHECK(refused->v - r0 == 5, "a transient error refuses nothing");
+    /* a rule added after a row was stored (NOT VALID: stored rows are not
+     * checked) refuses that row when it is sent again (a resend, a retried
+     * batch, a backfill: the CHECK runs before ON CONFLICT skips it): it
+     * is stored, so it is answered 0, not -3; another message under its
+     * (room, seq) is a conflict (-2); a new row with that body is -3 */
+    char late[64], sql[200];
+    snprintf(late, sizeof late, "late-%ld", (long)getpid());
+    wctx w5[4];
+    memset(w5, 0, sizeof w5);
+    store_row l1 = mkrow("poison5", 1, late);
+    l1.client_id = "late-id";
+    CHECK(store_write(s, &l1, wcb, &w5[0]) == 0);
+    WAIT(w5[0].calls == 1, 5000);
+    CHECK(w5[0].calls == 1 && w5[0].status == 0);
+    snprintf(sql, sizeof sql, "ALTER TABLE messages ADD CONSTRAINT chatd_test_late CHECK (body <> '%s') "
+             "NOT VALID", late);
+    CHECK(qexec(sql) == 0);
+    store_row l2 = mkrow("poison5", 1, late);
+    l2.client_id = "other-id";
+    l2.user = "u2";
+    store_row l3 = mkrow("poison5", 2, late);
+    CHECK(store_write(s, &l1, wcb, &w5[1]) == 0);
+    CHECK(store_write(s, &l2, wcb, &w5[2]) == 0);
+    CHECK(store_write(s, &l3, wcb, &w5[3]) == 0);
+    WAIT(sum_calls(w5, 4) == 4, 5000);
+    CHECK(w5[1].calls == 1 && w5[1].status == 0, "the stored row sent again: 0 (got %d)", w5[1].status);
+    CHECK(w5[2].calls == 1 && w5[2].status == -2, "another message at its seq: -2 (got %d)",
+          w5[2].status);
+    CHECK(w5[3].calls == 1 && w5[3].status == -3, "a new refused row: -3 (got %d)", w5[3].status);
+    CHECK(row_count("poison5", -1) == 1);
+    CHECK(refused->v - r0 == 6, "only the new row counted as refused");
 }
 
 static void test_refused(void)
@@ -1234,7 +1265,8 @@ static void test_refused(void)
     qexec("DROP FUNCTION IF EXISTS poison_trg()");
     qexec("DROP TABLE IF EXISTS poison_flag");
     qexec("ALTER TABLE messages DROP CONSTRAINT IF EXISTS chatd_test_poison");
-    CHECK(qint("SELECT count(*) FROM pg_constraint WHERE conname = 'chatd_test_poison'") == 0);
+    qexec("ALTER TABLE messages DROP CONSTRAINT IF EXISTS chatd_test_late");
+    CHECK(qint("SELECT count(*) FROM pg_constraint WHERE conname LIKE 'chatd_test_%'") == 0);
 }
 
 #define RS_TOTAL 6000
