@@ -13,9 +13,12 @@
 #
 # To add a dependency: put the package in the array of its purpose and, when a
 # script calls a program of it, a "command:package" pair in the CMDS array of
-# the same purpose (a path for programs outside PATH, "py:module" for a
-# module of /usr/bin/python3, "lua:module" for a module LuaJIT must load,
-# "fuzzer" for clang's libFuzzer runtime: a one-line target must link).
+# the same purpose (a path for programs outside PATH, "py:module:package" for a
+# module of /usr/bin/python3, "lua:module:package" for a module LuaJIT must load,
+# "pc:module:package" for a pkg-config module the build needs, "fuzzer:package"
+# for clang's libFuzzer runtime: a one-line target must link). Every entry
+# ends with its package (check_deps.py checks the form: a "pc:libuv" without
+# one was checked as the command `pc`, Free Pascal's, where that is installed).
 # tests/deploy/check_deps.py (run by the deploy suite) reads every test and
 # tool script and FAILS naming file:line of a program or module they call that
 # no CMDS array here lists (nor its short allowlist of what every Debian has):
@@ -34,8 +37,9 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libuv1-dev liblua
             libhiredis-dev libpq-dev libjwt-dev libjansson-dev libssl-dev)
 RUN_PKGS=(redis-server redis-tools postgresql postgresql-client util-linux coreutils curl)
 BUILD_CMDS=(cc:build-essential make:build-essential cmake:cmake pkg-config:pkg-config
-            pc:libwebsockets pc:libuv pc:hiredis pc:libpq pc:luajit pc:libjwt pc:jansson
-            pc:openssl)
+            pc:libwebsockets:libwebsockets-dev pc:libuv:libuv1-dev pc:hiredis:libhiredis-dev
+            pc:libpq:libpq-dev pc:luajit:libluajit-5.1-dev pc:libjwt:libjwt-dev
+            pc:jansson:libjansson-dev pc:openssl:libssl-dev)
 RUN_CMDS=(redis-server:redis-server redis-cli:redis-tools
           "$PGBIN/initdb:postgresql" "$PGBIN/postgres:postgresql" "$PGBIN/pg_isready:postgresql"
           psql:postgresql-client runuser:util-linux md5sum:coreutils base64:coreutils
