@@ -17,7 +17,8 @@ It reads the scripts (it runs nothing of them) and extracts:
   - javascript (tests/browser/*.mjs): spawn/spawnSync/startProc programs,
     executablePath, and the npm modules imported (must be in package.json);
   - lua (spec/): require "..." of modules that are not the repo's own;
-  - cmake: add_test COMMAND programs and find_program names.
+  - cmake: add_test COMMAND programs, find_program names, pkg_check_modules
+    modules (pc: entries).
 Each must be in a *_CMDS array of tools/deps.sh (any purpose), a bash builtin
 or keyword, a function defined in the scanned shell files, or ALLOW below (a
 short list of programs every Debian 12 has, each with its package).
@@ -86,26 +87,36 @@ CMD_WRAPPERS = {"tests/deploy/run.sh": {"check": 1}, "test.sh": {"run_counted": 
 SHELL_KEYWORDS_BEFORE_CMD = {"if", "then", "else", "elif", "do", "while", "until", "!", "{", "time", "exec"}
 
 
+BAD_ENTRIES = []
+
+
 def deps_entries():
     """command and module names of every *_CMDS=( ... ) array of tools/deps.sh"""
     text = open(os.path.join(ROOT, "tools", "deps.sh")).read()
-    cmds, py, lua = set(), set(), set()
+    cmds, py, lua, pc = set(), set(), set(), set()
     for m in re.finditer(r"^\s*[A-Z_]+_CMDS=\(([^)]*)\)", text, re.M):
         body = re.sub(r"#[^\n]*", "", m.group(1))
         for e in body.split():
             e = e.strip('"').replace("$PGBIN", PGBIN)
+            # the form deps.sh's have() understands: [py:|lua:|pc:]name:package,
+            # fuzzer:package (a "pc:libuv" is checked as the command `pc`)
+            if not re.fullmatch(r"(?:(?:py|lua|pc):[\w.+-]+|fuzzer|/[\w./+-]+|(?!(?:py|lua|pc):)[\w.+-]+):[a-z0-9][a-z0-9.+-]+", e):
+                BAD_ENTRIES.append(f"tools/deps.sh:{text.count(chr(10), 0, m.start()) + 1}: CMDS entry "
+                                   f"'{e}' is not [py:|lua:|pc:]name:package (or fuzzer:package)")
             what = e.rsplit(":", 1)[0]
             if what.startswith("py:"):
                 py.add(what[3:])
             elif what.startswith("lua:"):
                 lua.add(what[4:])
-            elif what.startswith("pc:") or what == "fuzzer":
+            elif what.startswith("pc:"):
+                pc.add(what[3:])
+            elif what == "fuzzer":
                 pass
             else:
                 cmds.add(what)
                 if what.startswith("/"):
                     cmds.add(os.path.basename(what))
-    return cmds, py, lua
+    return cmds, py, lua, pc
 
 
 # ------------------------------------------------------------------ shell lexer
@@ -485,8 +496,8 @@ def py_imports(text, local):
 def main():
     verify = "--verify-allowlist" in sys.argv[1:]
     listing = "--list" in sys.argv[1:]
-    cmds, pymods, luamods = deps_entries()
-    problems = []
+    cmds, pymods, luamods, pcmods = deps_entries()
+    problems = list(BAD_ENTRIES)
 
     def rel(p):
         return os.path.relpath(p, ROOT)
@@ -505,6 +516,10 @@ def main():
         elif kind == "py":
             if what not in pymods:
                 problems.append(f"{rel(path)}:{line}: python module {what}: no 'py:{what}:package' "
+                                f"in tools/deps.sh's CMDS")
+        elif kind == "pc":
+            if what not in pcmods:
+                problems.append(f"{rel(path)}:{line}: pkg-config module {what}: no 'pc:{what}:package' "
                                 f"in tools/deps.sh's CMDS")
         elif kind == "lua":
             if what not in luamods:
@@ -602,6 +617,10 @@ def main():
         progs = {m.group(1): m.group(2) for m in re.finditer(r"find_program\(\s*(\w+)\s+(\S+?)\s*\)", text)}
         for m in re.finditer(r"find_program\(\s*\w+\s+(\S+?)\s*\)", text):
             need(p, text.count("\n", 0, m.start()) + 1, m.group(1))
+        for m in re.finditer(r"pkg_check_modules\(\s*\w+((?:\s+[\w.+-]+)+)\s*\)", text):
+            for mod in m.group(1).split():
+                if mod not in ("REQUIRED", "QUIET", "IMPORTED_TARGET", "GLOBAL", "NO_CMAKE_PATH"):
+                    need(p, text.count("\n", 0, m.start()) + 1, mod, "pc")
         for m in re.finditer(r"add_test\([^)]*?COMMAND\s+(\S+)", text):
             w = m.group(1)
             v = re.match(r"^\$\{(\w+)\}$", w)
