@@ -6,14 +6,23 @@
 #   tools/deps.sh          what ./run.sh needs: build + run (Redis, Postgres)
 #   tools/deps.sh --test   plus what ./test.sh and its suites call
 #   tools/deps.sh --bench  plus the benchmarks of loadtest/ that ./test.sh does not run
-#                          (vs_nchan.sh's peer: nginx + Nchan; gnuplot, jq)
+#                          (vs_nchan.sh's peer: nginx + Nchan; gnuplot, jq; the profiling
+#                          modes' perf, strace, valgrind) and tests/faults/run.py --netns
+#                          (ip, nft; it must also run as root)
 # Fails (exit 1) with a line naming each missing command and its package.
 #
 # To add a dependency: put the package in the array of its purpose and, when a
 # script calls a program of it, a "command:package" pair in the CMDS array of
-# the same purpose (a path for programs outside PATH, "py:module" for a
-# module of /usr/bin/python3, "lua:module" for a module LuaJIT must load,
-# "fuzzer" for clang's libFuzzer runtime: a one-line target must link).
+# the same purpose (a path for programs outside PATH, "py:module:package" for a
+# module of /usr/bin/python3, "lua:module:package" for a module LuaJIT must load,
+# "pc:module:package" for a pkg-config module the build needs, "fuzzer:package"
+# for clang's libFuzzer runtime: a one-line target must link). Every entry
+# ends with its package (check_deps.py checks the form: a "pc:libuv" without
+# one was checked as the command `pc`, Free Pascal's, where that is installed).
+# tests/deploy/check_deps.py (run by the deploy suite) reads every test and
+# tool script and FAILS naming file:line of a program or module they call that
+# no CMDS array here lists (nor its short allowlist of what every Debian has):
+# a new command in a test script must come with its entry here.
 set -euo pipefail
 # one optional argument; anything else is refused (a typo such as --check
 # would otherwise check only the build + run set and still say "all present")
@@ -28,8 +37,9 @@ BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libuv1-dev liblua
             libhiredis-dev libpq-dev libjwt-dev libjansson-dev libssl-dev)
 RUN_PKGS=(redis-server redis-tools postgresql postgresql-client util-linux coreutils curl)
 BUILD_CMDS=(cc:build-essential make:build-essential cmake:cmake pkg-config:pkg-config
-            pc:libwebsockets pc:libuv pc:hiredis pc:libpq pc:luajit pc:libjwt pc:jansson
-            pc:openssl)
+            pc:libwebsockets:libwebsockets-dev pc:libuv:libuv1-dev pc:hiredis:libhiredis-dev
+            pc:libpq:libpq-dev pc:luajit:libluajit-5.1-dev pc:libjwt:libjwt-dev
+            pc:jansson:libjansson-dev pc:openssl:libssl-dev)
 RUN_CMDS=(redis-server:redis-server redis-cli:redis-tools
           "$PGBIN/initdb:postgresql" "$PGBIN/postgres:postgresql" "$PGBIN/pg_isready:postgresql"
           psql:postgresql-client runuser:util-linux md5sum:coreutils base64:coreutils
@@ -38,11 +48,13 @@ RUN_CMDS=(redis-server:redis-server redis-cli:redis-tools
 # ---- ./test.sh and its suites (tests/, spec/, loadtest/ as the tests use it)
 TEST_UNIT_PKGS=(jq)                    # ctest comes with cmake; jq: the loadtest_median test
 TEST_UNIT_CMDS=(ctest:cmake jq:jq)
-TEST_LUA_PKGS=(luajit lua-busted lua-cjson)
-TEST_LUA_CMDS=(luajit:luajit busted:lua-busted lua:busted.runner:lua-busted lua:cjson:lua-cjson)
-TEST_PY_PKGS=(python3 python3-websockets python3-jwt openssl)
+TEST_LUA_PKGS=(luajit lua-busted lua-cjson lua-filesystem)   # lfs: spec/helpers.lua
+TEST_LUA_CMDS=(luajit:luajit busted:lua-busted lua:busted.runner:lua-busted lua:cjson:lua-cjson
+               lua:lfs:lua-filesystem)
+# cryptography: tests/integration/core.py (RSA keys; python3-jwt only Recommends it)
+TEST_PY_PKGS=(python3 python3-websockets python3-jwt python3-cryptography openssl)
 TEST_PY_CMDS=(/usr/bin/python3:python3 py:websockets:python3-websockets py:jwt:python3-jwt
-              openssl:openssl)
+              py:cryptography:python3-cryptography openssl:openssl)
 TEST_BROWSER_PKGS=(chromium nodejs npm)
 TEST_BROWSER_CMDS=(chromium:chromium /usr/bin/chromium:chromium node:nodejs npm:npm)
 TEST_PROM_PKGS=(prometheus jq)
@@ -54,15 +66,21 @@ TEST_FAULT_CMDS=(redis-cli:redis-tools psql:postgresql-client /usr/bin/python3:p
                  py:websockets:python3-websockets py:jwt:python3-jwt)
 TEST_CLUSTER_PKGS=(redis-tools)       # redis-cli --cluster (Redis Cluster tests)
 TEST_CLUSTER_CMDS=(redis-cli:redis-tools)
-TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq)   # tests/deploy/, tools/demo.sh
+# tests/deploy/, tools/demo.sh (objdump: check_files.py runtime-libs)
+TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq binutils)
 TEST_DEPLOY_CMDS=(nginx:nginx openssl:openssl dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev cpack:cmake
-                  systemd-analyze:systemd py:yaml:python3-yaml jq:jq)
+                  systemd-analyze:systemd py:yaml:python3-yaml jq:jq objdump:binutils)
 TEST_FUZZ_PKGS=(clang libclang-rt-14-dev)   # tests/fuzz/: clang and its libFuzzer runtime
 TEST_FUZZ_CMDS=(clang:clang fuzzer:libclang-rt-14-dev)   # fuzzer: clang links -fsanitize=fuzzer
 
 # ---- loadtest/ benchmarks that ./test.sh does not run (tools/deps.sh --bench)
-BENCH_PKGS=(nginx libnginx-mod-nchan gnuplot-nox jq procps util-linux curl)
-BENCH_CMDS=(nginx:nginx gnuplot:gnuplot-nox jq:jq taskset:util-linux chrt:util-linux curl:curl)
+# (PROFILE=1: perf; SYSCALLS=1: strace; MASSIF=1: valgrind, ms_print; pgrep; git: commit stamps)
+BENCH_PKGS=(nginx libnginx-mod-nchan gnuplot-nox jq procps util-linux curl linux-perf strace valgrind git)
+BENCH_CMDS=(nginx:nginx gnuplot:gnuplot-nox jq:jq taskset:util-linux chrt:util-linux curl:curl
+            perf:linux-perf strace:strace valgrind:valgrind ms_print:valgrind pgrep:procps git:git)
+# tests/faults/run.py --netns (not run by ./test.sh): a network namespace and nftables
+NETNS_PKGS=(iproute2 nftables)
+NETNS_CMDS=(ip:iproute2 nft:nftables)
 
 PKGS=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 CMDS=("${BUILD_CMDS[@]}" "${RUN_CMDS[@]}")
@@ -75,8 +93,8 @@ if [ "${1:-}" = "--test" ]; then
            "${TEST_DEPLOY_CMDS[@]}" "${TEST_CLUSTER_CMDS[@]}" "${TEST_FUZZ_CMDS[@]}")
 fi
 if [ "${1:-}" = "--bench" ]; then
-    PKGS+=("${BENCH_PKGS[@]}")
-    CMDS+=("${BENCH_CMDS[@]}")
+    PKGS+=("${BENCH_PKGS[@]}" "${NETNS_PKGS[@]}")
+    CMDS+=("${BENCH_CMDS[@]}" "${NETNS_CMDS[@]}")
 fi
 
 dedup() { printf '%s\n' "$@" | awk 'NF && !seen[$0]++' | tr '\n' ' '; }
@@ -109,6 +127,8 @@ for c in "${CMDS[@]}"; do
     p=${c##*:}
     # a module check cannot pass before its interpreter is there: decide after installing
     case $c in lua:*) command -v luajit >/dev/null || continue ;; esac
+    # Postgres of another major version: reinstalling does not help (the message says what does)
+    case $c in "$PGBIN"/*) pkg_installed "$p" && continue ;; esac
     if pkg_installed "$p"; then reinstall+=("$p"); else missing+=("$p"); fi
 done
 # node/npm may come from elsewhere (e.g. nodesource, whose nodejs carries npm): do not fight it
@@ -121,7 +141,14 @@ read -r -a missing <<<"$(dedup "${missing[@]+"${missing[@]}"}")"
 read -r -a reinstall <<<"$(dedup "${reinstall[@]+"${reinstall[@]}"}")"
 
 if [ ${#missing[@]} -gt 0 ] || [ ${#reinstall[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then
+        if ! command -v sudo >/dev/null; then
+            echo "deps: to install ${missing[*]} ${reinstall[*]}: run as root, or install sudo" >&2
+            exit 1
+        fi
+        SUDO="sudo"
+    fi
     APT=($SUDO env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=600)
     # a fresh machine has no package lists: always update before installing
     echo "deps: apt-get update"
@@ -149,6 +176,10 @@ if [ ${#absent[@]} -gt 0 ]; then
         py:*)  echo "deps: MISSING python module ${what#py:} for /usr/bin/python3 (package ${c##*:})" >&2 ;;
         lua:*) echo "deps: MISSING lua module ${what#lua:} for luajit (package ${c##*:}$(command -v luajit >/dev/null || echo '; luajit itself is missing'))" >&2 ;;
         fuzzer) echo "deps: MISSING clang's libFuzzer runtime: clang -fsanitize=fuzzer cannot link (package ${c##*:})" >&2 ;;
+        "$PGBIN"/*)
+               found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ' ')
+               echo "deps: MISSING $what (package ${c##*:}; the scripts use Postgres 15, Debian 12's;" \
+                    "found: ${found:-none}; another version: export PGBIN=/usr/lib/postgresql/N/bin)" >&2 ;;
         *)     echo "deps: MISSING command $what (package ${c##*:})" >&2 ;;
         esac
     done

@@ -15,6 +15,7 @@
 #  - the .deb: cpack in build-deb (prefix /usr), dpkg-deb -I shows the runtime
 #    dependencies, dpkg-deb -c the layout, the conffiles
 #  - tools/demo.sh --short (through nginx when installed, else --no-tls + SKIP)
+#  - tools/deps.sh lists every program/module the scripts call (check_deps.py)
 # env: CHATD_BUILD (default build), CHATD_TEST_PORT_LO/HI (default 21300-21499)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -236,6 +237,10 @@ if { cmake -S . -B "$DEB" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREF
 else
     fail deb "$(tail -10 "$T/deb.log")"
 fi
+
+# ---- tools/deps.sh names every program and module the scripts call (a fresh
+# Debian 12 has only what it installs): tests/deploy/check_deps.py reads them
+check deps-complete "$PY" tests/deploy/check_deps.py
 
 # ---- tools/deps.sh refuses an argument it does not know (it would check less)
 check deps-usage bash -c 'tools/deps.sh --check >/dev/null 2>&1; [ $? -eq 2 ] && tools/deps.sh --test --bench >/dev/null 2>&1; [ $? -eq 2 ]'

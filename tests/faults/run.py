@@ -296,6 +296,13 @@ def in_netns():
     """Runs this same command inside a new network namespace of its own
     (loopback only), then deletes the namespace."""
     ns = f"chatd-faults-{os.getpid()}"
+    why = [w for ok, w in ((os.geteuid() == 0, "it must run as root (a network namespace)"),
+                           (shutil.which("ip"), "ip is not installed (iproute2)"),
+                           (shutil.which("nft"), "nft is not installed (nftables)")) if not ok]
+    if why:
+        print(f"FAIL faults.netns: {'; '.join(why)} (tools/deps.sh --bench installs "
+              f"iproute2 and nftables)\n0 passed, 1 failed", flush=True)
+        return 1
     r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
     if r.returncode != 0:
         print(f"FAIL faults.netns: ip netns add: {r.stderr.strip()}\n0 passed, 1 failed",
@@ -383,8 +390,9 @@ def main():
         print("\n" + tab + "\n", flush=True)
         if args.long and not args.no_docs:
             stamp = time.strftime("%Y-%m-%d")
-            rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True).stdout.strip() or "?"
+            rev = (shutil.which("git") and subprocess.run(
+                ["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                capture_output=True, text=True).stdout.strip()) or "?"
             stamp += f", chatd of commit {rev}"
             if os.environ.get("FAULTS_NETNS"):
                 stamp += ", --netns"
