@@ -527,13 +527,18 @@ def main():
                                 f"in tools/deps.sh's CMDS")
 
     # ---- shell
+    def ours(pattern):
+        """the repo's own files matching pattern: never what a test run
+        installed or built in the tree (tests/browser/node_modules after
+        npm ci, build*/), which the CI's deploy suite finds there"""
+        return sorted(p for p in glob.glob(pattern, root_dir=ROOT, recursive=True)
+                      if "node_modules" not in p.split(os.sep) and not p.startswith("build"))
+
     shells = ["test.sh", "run.sh", ".ci/run", "deploy/nginx/render.sh", "loadtest/build.sh"]
-    shells += sorted(glob.glob("tools/*.sh", root_dir=ROOT))
-    shells += sorted(glob.glob("tests/**/*.sh", root_dir=ROOT, recursive=True))
-    shells += sorted(glob.glob("loadtest/scenarios/*.sh", root_dir=ROOT))
-    local_py = {os.path.splitext(os.path.basename(p))[0]
-                for p in glob.glob("**/*.py", root_dir=ROOT, recursive=True)
-                if not p.startswith(("build", "node_modules"))}
+    shells += ours("tools/*.sh")
+    shells += ours("tests/**/*.sh")
+    shells += ours("loadtest/scenarios/*.sh")
+    local_py = {os.path.splitext(os.path.basename(p))[0] for p in ours("**/*.py")}
     parsed, funcs = [], set()
     for s in shells:
         p = os.path.join(ROOT, s)
@@ -564,9 +569,9 @@ def main():
                     need(p, line + ln, mod, "py")
 
     # ---- python
-    pys = sorted(glob.glob("tests/**/*.py", root_dir=ROOT, recursive=True))
-    pys += sorted(glob.glob("tools/*.py", root_dir=ROOT))
-    pys += sorted(glob.glob("loadtest/**/*.py", root_dir=ROOT, recursive=True))
+    pys = ours("tests/**/*.py")
+    pys += ours("tools/*.py")
+    pys += ours("loadtest/**/*.py")
     for s in pys:
         p = os.path.join(ROOT, s)
         if os.path.samefile(p, __file__):
@@ -582,7 +587,7 @@ def main():
 
     # ---- javascript (browser tests)
     pkg = open(os.path.join(ROOT, "tests", "browser", "package.json")).read()
-    for s in sorted(glob.glob("tests/browser/*.mjs", root_dir=ROOT)) + sorted(glob.glob("tests/browser/*.js", root_dir=ROOT)):
+    for s in ours("tests/browser/*.mjs") + ours("tests/browser/*.js"):
         p = os.path.join(ROOT, s)
         text = open(p).read()
         for rx in (r"\bspawn(?:Sync)?\(\s*(['\"])([^'\"]+)\1", r"\bstartProc\([^,]+,\s*(['\"])([^'\"]+)\1",
