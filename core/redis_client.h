@@ -74,6 +74,13 @@ int redis_client_ready(const redis_client *c);
 int redis_client_slot_ready(const redis_client *c, int slot);
 /* 1 when every node of the map is up; else 0 and a sentence in why */
 int redis_client_health(const redis_client *c, char *why, size_t n);
+/* The run generation (want_run_id only; else always 0): raised each time a
+ * node comes up with a run_id it did not have before (its first one
+ * included: a failover's new master too). Unchanged between two moments
+ * means every server answering then is the process that answered before
+ * (a value that changed may be a false alarm: another shard, a new node).
+ * Read it inside a reply callback to name the run that answered. */
+uint64_t redis_client_run_gen(const redis_client *c);
 /* the node that owns slot (0: none known) */
 uint64_t redis_client_slot_node(const redis_client *c, int slot);
 
