@@ -11,3 +11,4 @@ chatd_unit_test(test_bus_update)
 # the bus tests share tests/unit/bus_harness.h; each starts its own redis-server
 chatd_unit_test(test_bus_backfill)
 chatd_unit_test(test_bus_seed)
+chatd_unit_test(test_bus_idback)
