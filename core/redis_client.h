@@ -16,6 +16,9 @@
  * Scripts given at creation are loaded on every node at every (re)connect
  * and called by SHA (redis_call.script); NOSCRIPT loads the script again on
  * that connection and resends the call once.
+ * Run changes: redis_client_run_gen counts the server processes met (a
+ * restart or failover is a new run_id), for users that must know whether
+ * the run that answered a call still serves.
  * Readiness: redis_client_ready (something works), redis_client_slot_ready
  * (a slot's owner is up), redis_client_health (everything works, or a
  * sentence that names the node, shard and slots that do not).
