@@ -67,6 +67,14 @@ static void register_metrics(bus *b)
                                             "the backfill sweep removed", NULL);
     const char *lh = "Backfill sweep rounds a limit cut short (old entries left unlisted; another "
                      "round follows as soon as this one completed)";
+    b->m.ids_written_back = metrics_counter("chat_bus_ids_written_back_total",
+                                            "Client ids of rows committed after Redis restarted "
+                                            "(published under an earlier Redis run) written back "
+                                            "to Redis", NULL);
+    b->m.ids_writeback_dropped = metrics_counter("chat_bus_ids_writeback_dropped_total",
+                                                 "Client ids that could not be written back after "
+                                                 "a Redis restart (the waiting list was full, or "
+                                                 "Redis refused the write)", NULL);
     b->m.backfill_limit_rooms = metrics_counter("chat_bus_backfill_rounds_limited_total", lh,
                                                 "limit=\"rooms\"");
     b->m.backfill_limit_per_room = metrics_counter("chat_bus_backfill_rounds_limited_total", lh,
@@ -245,6 +253,22 @@ void bus_forget_update_state(bus *b, const char *room, uint64_t target)
         !room_name_valid(room, strlen(room)))
         return;
     b->be->forget_state(b, room, target);
+}
+
+uint64_t bus_run_mark(const bus *b, const char *room)
+{
+    (void)room; /* one mark for every room: a run change anywhere counts (false alarms only
+                 * cost a write) */
+    return b && !b->freeing && b->be->run_mark ? b->be->run_mark(b) : 0;
+}
+
+void bus_id_committed(bus *b, const char *room, const char *client_id, uint64_t seq,
+                      uint64_t mark, uint64_t published_ns, int update)
+{
+    if (!b || b->freeing || !b->be->id_committed || !mark || !seq || !room || !client_id ||
+        !*client_id || strlen(client_id) > BUS_ID_MAX || !room_name_valid(room, strlen(room)))
+        return;
+    b->be->id_committed(b, room, client_id, seq, mark, published_ns, update);
 }
 
 int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud)

@@ -113,6 +113,23 @@ void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq
  * (BUS_UPD_NEED_STATE). Fire and forget; no-op while Redis is down. */
 void bus_forget_update_state(bus *b, const char *room, uint64_t target);
 
+/* Exactly-once after a Redis loss (docs/redis.md "A commit after the
+ * loss"). A message (or update) with a client id published before Redis
+ * restarted (empty or behind) but committed to history after some node's
+ * seed read the room's ids has its id neither in Redis nor in that seed.
+ * bus_run_mark, called inside the publish (or update) callback with status
+ * 0, names the Redis run that answered (an opaque mark; 0 without Redis or
+ * without a seed provider). Once the row is committed, bus_id_committed
+ * gives it back with the seq, the mono_ns time of that callback and
+ * update (1: an update's id, whose key lives bus_state_ttl_s): when the
+ * room's Redis is still the run of the mark nothing happens (no Redis
+ * call); when it is another run the id key is written back (SET NX, the
+ * rest of its window); while the room's shard is down the id waits
+ * (bounded, BUS_IDBACK_MAX) until it is up again. No-op in-process. */
+uint64_t bus_run_mark(const bus *b, const char *room);
+void bus_id_committed(bus *b, const char *room, const char *client_id, uint64_t seq,
+                      uint64_t mark, uint64_t published_ns, int update);
+
 /* Ephemeral broadcast to every node's subscribers of room (never stored,
  * never seq'd). Dropped silently while Redis is down. */
 int bus_emit(bus *b, const char *room, const char *kind, const char *data, size_t len);

@@ -150,6 +150,11 @@ typedef struct bus_backend {
      * bus_seed_restore_hold per call started, one bus_seed_restored per
      * answer (also when freed). -1 when a call could not start. */
     int (*restore_ids)(bus *b, struct bus_seed *sd);
+    /* (may be NULL: 0) bus_run_mark */
+    uint64_t (*run_mark)(const bus *b);
+    /* (may be NULL: nothing to do) bus_id_committed (arguments checked) */
+    void (*id_committed)(bus *b, const char *room, const char *id, uint64_t seq, uint64_t mark,
+                         uint64_t published_ns, int update);
     /* (may be NULL) bus_mark_stored */
     void (*mark)(bus *b, const char *room, uint64_t seq);
     /* 1 when fully healthy, else 0 and a sentence (bus_health) */
@@ -192,6 +197,7 @@ struct bus {
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
         metric_counter *backfilled, *backfill_lost, *seeds, *seed_failures;
         metric_counter *backfill_checked, *backfill_dropped, *backfill_limit_rooms, *backfill_limit_per_room;
+        metric_counter *ids_written_back, *ids_writeback_dropped;
     } m;
 };
 
@@ -310,6 +316,13 @@ extern const char BUS_SETTLE_LUA[];
 extern const char BUS_RESTORE_LUA[];
 /* ids per restore call (BUS_RESTORE_LUA): 2 + 3 x 500 arguments */
 #define BUS_RESTORE_CHUNK 500
+/* bus_redis_ids.c: ids committed after a Redis restart that wait for their
+ * room's shard (bus.h bus_id_committed): at most this many (more are
+ * dropped, counted in chat_bus_ids_writeback_dropped_total) */
+#define BUS_IDBACK_MAX 10000
+/* write-backs sent, and ids waiting (tests) */
+uint64_t bus_idback_writes(const bus *b);
+size_t bus_idback_waiting(const bus *b);
 /* bus_redis.c: restore calls sent (tests) */
 uint64_t bus_restore_calls(const bus *b);
 /* The key of the unstored index of room: "chat:unstored" on one Redis,

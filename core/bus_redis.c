@@ -534,6 +534,7 @@ static void be_free(bus *b)
     bus_backfill_free(b);
     redis_client_free(R->rc); /* pending callbacks: NULL (answered -1) */
     R->rc = NULL;
+    bus_ridb_free(R);
     uv_close((uv_handle_t *)&R->retry_t, timer_closed);
 }
 
@@ -549,6 +550,8 @@ const bus_backend bus_redis_backend = {
     .forget_state = be_forget_state,
     .restore_ids = be_restore_ids,
     .progress = bus_rsub_progress,
+    .run_mark = bus_ridb_mark,
+    .id_committed = bus_ridb_committed,
     .mark = be_mark,
     .health = bus_rsub_health,
     .free = be_free,

@@ -5,7 +5,8 @@
  * calls run one way:
  *   bus_redis.c (requests, lifetime) -> bus_redis_sub.c (subscriptions of
  *   the rooms and of the control channel, sync, readiness, retries) ->
- *   bus_redis_head.c (the head script). */
+ *   bus_redis_head.c (the head script); bus_redis_ids.c (ids written back
+ *   after a Redis restart) is called by the first two and calls neither. */
 #ifndef CHATD_BUS_REDIS_INT_H
 #define CHATD_BUS_REDIS_INT_H
 #include "bus_int.h"
@@ -25,6 +26,12 @@ typedef struct busr {
     int ctl_state;           /* BUS_SUB_* */
     uint64_t ctl_node, ctl_retry_at;
     uint32_t ctl_retry_ms;
+    /* ids committed after a Redis restart, waiting for their room's shard
+     * (bus_redis_ids.c) */
+    struct idback *idb_head;
+    size_t idb_n;
+    int idb_logged;          /* the list was full once (logged once) */
+    uint64_t idb_writes;     /* write-backs sent (tests: bus_idback_writes) */
 } busr;
 
 /* one request about a room (head read, subscribe, fetch) */
@@ -63,6 +70,16 @@ int bus_rhead_send(busr *R, redis_reply_fn cb, void *ud, const char *room, uint6
 /* the node's floor in a room (0 when it does not hold the room) */
 uint64_t bus_rhead_floor(bus *b, const char *name);
 void bus_seed_mode_arg(char out[2 + REDIS_RUN_ID_LEN], int mode);
+
+/* bus_redis_ids.c: the write-back of client ids committed after a Redis
+ * restart (bus.h bus_id_committed) */
+uint64_t bus_ridb_mark(const bus *b);                      /* backend.run_mark */
+void bus_ridb_committed(bus *b, const char *room, const char *id, uint64_t seq, uint64_t mark,
+                        uint64_t published_ns, int update); /* backend.id_committed */
+/* a node came up or the map changed: write back (or drop) what waited */
+void bus_ridb_flush(busr *R);
+/* after redis_client_free (in-flight writes answered): frees the list */
+void bus_ridb_free(busr *R);
 
 /* bus_redis_sub.c */
 extern const redis_client_handlers bus_rsub_handlers;   /* ud = busr */

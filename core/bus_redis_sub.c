@@ -552,6 +552,7 @@ static void on_node(void *ud, uint64_t node, int up)
         free(rooms);
     }
     ctl_node(R, node, up);
+    if (up && R->idb_head) bus_ridb_flush(R);
     bus_rsub_update_ready(R);
 }
 
@@ -561,6 +562,7 @@ static void on_map(void *ud)
     if (R->b->freeing) return;
     reconcile_all(R);
     ctl_reconcile(R);
+    if (R->idb_head) bus_ridb_flush(R);
     bus_rsub_update_ready(R);
 }
 

@@ -30,6 +30,9 @@ struct publish_op {
     char user[128], name[128];
     uint64_t ts, seq, t0;
     int duplicate;
+    /* the Redis run that answered the publish and when (bus_run_mark):
+     * given back to the bus at the commit (bus_id_committed) */
+    uint64_t run_mark, published_ns;
     /* message updates (kind != WIRE_MESSAGE) */
     int kind;
     uint64_t target;
@@ -166,6 +169,10 @@ static void on_stored(void *ud, int status)
      * the resend goes through the state step again. */
     int upd = p->kind != WIRE_MESSAGE;
     if (status == 0) {
+        /* the id back into Redis if it restarted since the publish (no
+         * Redis call otherwise): docs/redis.md "A commit after the loss" */
+        if (p->id)
+            bus_id_committed(P.bus, p->room, p->id, p->seq, p->run_mark, p->published_ns, upd);
         finish(p, PUBLISH_OK);
     } else if (status == -2) {
         if (p->id) bus_forget_id(P.bus, p->room, p->id, p->seq); /* a resend gets a new seq */
@@ -209,6 +216,8 @@ static void on_published(void *ud, int status, uint64_t seq, int duplicate)
     metric_observe(m_publish, (double)(mono_ns() - p->t0) / 1e9);
     p->seq = seq;
     p->duplicate = duplicate;
+    p->run_mark = bus_run_mark(P.bus, p->room);
+    p->published_ns = mono_ns();
     if (!P.store) {
         finish(p, PUBLISH_OK); /* no durable history: chatd said so at start */
         return;
@@ -375,6 +384,8 @@ static void on_update_published(void *ud, int status, uint64_t seq, int duplicat
     p->seq = seq;
     p->duplicate = duplicate;
     p->count = count;
+    p->run_mark = bus_run_mark(P.bus, p->room);
+    p->published_ns = mono_ns();
     if (!P.store) { finish(p, PUBLISH_OK); return; }
     if (duplicate) {
         if (store_target(P.store, p->room, seq, upd_dup_checked, p) < 0)

@@ -56,6 +56,7 @@ struct redis_client {
     char **scripts;
     char (*shas)[41];
     int want_sub, want_run_id;
+    uint64_t run_gen;        /* redis_client_run_gen */
     redis_topo topo;
     uv_timer_t refresh_t, retry_t;
     uint64_t refresh_due;
@@ -96,10 +97,16 @@ static void n_up(redis_node *n, void *ud)
     redis_tnode *tn = ud;
     redis_client *c = client_of(tn);
     char d[512];
-    (void)n;
     redis_topo_describe(tn, d, sizeof d);
     LOGI(c->who, "redis %s %s", d, tn->logged_down ? "reconnected" : "connected");
     tn->logged_down = 0;
+    /* a run_id this node had not (the first one included): a new server
+     * process may have lost what the last one held (redis_client_run_gen) */
+    const char *rid = redis_node_run_id(n);
+    if (rid[0] && strcmp(rid, tn->run_id) != 0) {
+        snprintf(tn->run_id, sizeof tn->run_id, "%s", rid);
+        c->run_gen++;
+    }
     if (c->h.on_node) c->h.on_node(c->ud, tn->id, 1);
     if (c->retry && !c->freeing) retry_now(c); /* requests waiting for this node */
 }
@@ -620,6 +627,8 @@ int redis_client_slot_ready(const redis_client *c, int slot)
     if (!c || c->freeing || slot < 0 || slot >= REDIS_SLOTS) return 0;
     return c->topo.owner[slot] && redis_node_up(c->topo.owner[slot]->n);
 }
+
+uint64_t redis_client_run_gen(const redis_client *c) { return c ? c->run_gen : 0; }
 
 uint64_t redis_client_slot_node(const redis_client *c, int slot)
 {

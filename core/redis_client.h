@@ -16,6 +16,9 @@
  * Scripts given at creation are loaded on every node at every (re)connect
  * and called by SHA (redis_call.script); NOSCRIPT loads the script again on
  * that connection and resends the call once.
+ * Run changes: redis_client_run_gen counts the server processes met (a
+ * restart or failover is a new run_id), for users that must know whether
+ * the run that answered a call still serves.
  * Readiness: redis_client_ready (something works), redis_client_slot_ready
  * (a slot's owner is up), redis_client_health (everything works, or a
  * sentence that names the node, shard and slots that do not).
@@ -74,6 +77,13 @@ int redis_client_ready(const redis_client *c);
 int redis_client_slot_ready(const redis_client *c, int slot);
 /* 1 when every node of the map is up; else 0 and a sentence in why */
 int redis_client_health(const redis_client *c, char *why, size_t n);
+/* The run generation (want_run_id only; else always 0): raised each time a
+ * node comes up with a run_id it did not have before (its first one
+ * included: a failover's new master too). Unchanged between two moments
+ * means every server answering then is the process that answered before
+ * (a value that changed may be a false alarm: another shard, a new node).
+ * Read it inside a reply callback to name the run that answered. */
+uint64_t redis_client_run_gen(const redis_client *c);
 /* the node that owns slot (0: none known) */
 uint64_t redis_client_slot_node(const redis_client *c, int slot);
 

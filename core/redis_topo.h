@@ -23,6 +23,7 @@ typedef struct redis_tnode {
     uint16_t (*ranges)[2];       /* slots it owns, [lo, hi] inclusive */
     int nranges;
     int logged_down;             /* (the client's log state) */
+    char run_id[41];             /* (the client's: the run_id last learned, "" before) */
     struct redis_tnode *next;
 } redis_tnode;
 

@@ -637,3 +637,97 @@ async def redis_restarted_behind_keeps_acked_ids_exactly_once():
     finally:
         rd.stop()
         harness.release_port(rd.port)
+
+
+@test(timeout=90, needs=("redis", "pg"))
+async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
+    """Exactly-once for a message published before a Redis loss and
+    committed only after another node seeded the room (docs/redis.md "A
+    commit after the loss"): node A's insert is held by a table lock (SHARE:
+    it blocks INSERT, not the SELECT of a seed), Alice's message X gets its
+    seq on A (Bob on B receives it) but no ack; Alice's connection drops;
+    Redis restarts empty; B seeds the room (X is not in Postgres yet) and
+    Bob's next message is published; the lock goes, A commits X and writes
+    its id back (the Redis run changed since X's publish). Alice, on a new
+    connection, resends X: acked with X's first seq as a duplicate, Bob gets
+    no second X, history holds X once. (Before the fix the resend got a new
+    seq and X was broadcast and stored twice.)"""
+    import subprocess
+    rd = harness.Redis(harness.RUN.tmpdir("redis-idcommit"))
+    rd.start()
+    pg = harness.RUN.need_pg()
+    locker = None
+    try:
+        def mk(name):
+            return start_node(redis=rd.url, db=True, scripts=SCRIPTS, name=f"{name}-{uniq('')}")
+        a, b = mk("A"), mk("B")
+        room = uniq("idcommit")
+        al = await Client.connect(a, room, token("alice", "Alice"))
+        bo = await Client.connect(b, room, token("bob", "Bob"))
+        s1 = await post(al, room, "zero", "m0")
+        eq(s1, 1, "the first message")
+        locker = subprocess.Popen(
+            ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", "chatd", "-qAt"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        locker.stdin.write("BEGIN; LOCK TABLE messages IN SHARE MODE; SELECT 'locked';\n")
+        locker.stdin.flush()
+        eq(await asyncio.to_thread(locker.stdout.readline), "locked\n", "messages locked (SHARE)")
+        await al.send({"type": "message", "room": room, "body": "held", "id": "hx"})
+        fx = await bo.wait_count(lambda f: f["type"] == "message" and f.get("id") == "hx", 1, 8,
+                                 "bob got hx (published; its insert waits for the lock)")
+        eq(fx[0]["seq"], 2, "hx got seq 2")
+        check(not [f for f in al.frames if f.get("id") == "hx" and f["type"] == "ack"],
+              "hx not acked (not committed)")
+        await al.close()   # its ack is lost with the connection
+        rd.kill9()
+        await asyncio.sleep(0.3)
+        rd.start()   # empty: no seq, no id key
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:hx"), b":0\r\n",
+           "Redis lost hx's id key")
+        await harness.wait_ready(a)
+        await harness.wait_ready(b)
+        # B seeds the room (Postgres: head 1, hx not there) and publishes
+        await bo.send({"type": "message", "room": room, "body": "from bob", "id": "b3"})
+        await bo.wait_count(lambda f: f["type"] == "message" and f.get("id") == "b3", 1, 10,
+                            "bob's message published after the restart")
+        b3 = [f for f in bo.frames if f["type"] == "message" and f.get("id") == "b3"][0]["seq"]
+        eq(b3, 3, "bob's message takes 3 (his node's floor: it delivered 2)")
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:hx"), b":0\r\n",
+           "the seed did not restore hx (not committed when it ran)")
+        locker.stdin.write("COMMIT;\n")
+        locker.stdin.close()
+        await asyncio.to_thread(locker.wait, 15)
+        locker = None
+        # A commits hx; then (after the fix) writes its id back
+        for _ in range(100):
+            if pg.psql("chatd", f"SELECT count(*) FROM messages WHERE room='{room}' AND "
+                               "client_id='hx'").strip() == "1":
+                break
+            await asyncio.sleep(0.1)
+        for _ in range(30):
+            r = await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:hx")
+            if r == b":1\r\n":
+                break
+            await asyncio.sleep(0.1)
+        al2 = await Client.connect(a, room, token("alice", "Alice"))
+        again = await send_and_ack(al2, {"type": "message", "room": room, "body": "held", "id": "hx"})
+        eq((again["type"], again.get("seq")), ("ack", 2), f"the resend of hx: its first seq {again}")
+        s4 = await post(al2, room, "after", "m4")
+        eq(s4, 4, "the next message takes the next seq")
+        await bo.wait_count(lambda f: f["type"] == "message" and f.get("id") == "m4", 1, 10,
+                            "bob got the next message")
+        eq([f.get("seq") for f in bo.frames if f["type"] == "message" and f.get("id") == "hx"], [2],
+           "bob got hx once")
+        js = history(a, room, token("alice"))
+        eq([(m["seq"], m.get("id")) for m in js["messages"]],
+           [(1, "m0"), (2, "hx"), (3, "b3"), (4, "m4")], "history: hx once")
+        await al2.close()
+        await bo.close()
+        a.kill9()
+        b.kill9()
+    finally:
+        if locker:
+            locker.kill()
+            locker.wait()
+        rd.stop()
+        harness.release_port(rd.port)

@@ -437,7 +437,9 @@ static inline void unsub(node *nd, const char *room)
     in_call = 0;
 }
 
-typedef struct pubres { int done, status, dup; uint64_t seq; } pubres;
+/* mark, at_ns: bus_run_mark and mono_ns inside the callback (status 0), as
+ * publish.c takes them for bus_id_committed */
+typedef struct pubres { int done, status, dup; uint64_t seq; bus *b; uint64_t mark, at_ns; } pubres;
 
 static inline void pub_cb(void *ud, int status, uint64_t seq, int dup)
 {
@@ -448,6 +450,10 @@ static inline void pub_cb(void *ud, int status, uint64_t seq, int dup)
     p->status = status;
     p->seq = seq;
     p->dup = dup;
+    if (status == 0 && p->b) {
+        p->mark = bus_run_mark(p->b, "");
+        p->at_ns = mono_ns();
+    }
 }
 
 static inline int pub(node *nd, const char *room, const char *id, const char *body, pubres *p)
@@ -455,6 +461,7 @@ static inline int pub(node *nd, const char *room, const char *id, const char *bo
     char tail[128];
     int n = snprintf(tail, sizeof tail, "\"id\":\"%s\",\"body\":\"%s\"}", id ? id : "", body);
     memset(p, 0, sizeof *p);
+    p->b = nd->b;
     in_call = 1;
     int r = bus_publish(nd->b, room, id, tail, (size_t)n, pub_cb, p);
     in_call = 0;
