@@ -365,9 +365,10 @@ int bus_parse_entry(const char *s, size_t len, bus_entry *e); /* "<seq>\n<tail>"
 size_t bus_reply_entries(const struct redisReply *rp, bus_entry *e, size_t cap);
 /* replay since: how many leading elements are since+1, since+2, ... (<= want) */
 size_t bus_reply_replay(const struct redisReply *rp, uint64_t since, size_t want, bus_entry *e);
-/* "chat:{room}:kind" (a valid room, a kind of 1..kn-1 bytes) -> room
- * (CHAT_ROOM_MAX + 1 bytes), kind: 0; -1 when it is not a channel of ours */
-int bus_reply_channel(const char *s, size_t len, char *room, char *kind, size_t kn);
+/* "<ns>{room}:kind" (ns the channels' namespace, "chat:" or "chat:db<N>:";
+ * a valid room, a kind of 1..kn-1 bytes) -> room (CHAT_ROOM_MAX + 1
+ * bytes), kind: 0; -1 when it is not a channel of ours */
+int bus_reply_channel(const char *ns, const char *s, size_t len, char *room, char *kind, size_t kn);
 /* the settle script: {room, seq, entry} triples (the count of triples;
  * item k of them: 1 an entry to store (room, *seq, *e), 0 lost (the recent
  * buffer no longer had it; room and *seq set), -1 malformed (skip)) */

@@ -121,7 +121,7 @@ static int send_publish(busr *R, bus_req *r)
 {
     bus *b = R->b;
     int slot = redis_room_slot(r->room);
-    char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[CHAT_ROOM_MAX + 32];
+    char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[BUS_CHAN_MAX];
     char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24], nseed[24], nkeys[4];
     char kuns[CHAT_ROOM_MAX + 32], kidx[48], kep[CHAT_ROOM_MAX + 32], krun[CHAT_ROOM_MAX + 32], nnow[24];
     char mode[2 + REDIS_RUN_ID_LEN];
@@ -130,7 +130,7 @@ static int send_publish(busr *R, bus_req *r)
     key(krec, sizeof krec, r->room, "recent");
     key(kep, sizeof kep, r->room, "epoch");
     key(krun, sizeof krun, r->room, "run");
-    key(ch, sizeof ch, r->room, "msg");
+    chan(R, ch, sizeof ch, r->room, "msg");
     key(kuns, sizeof kuns, r->room, "unstored");
     bus_unstored_index(kidx, sizeof kidx, R->cluster, r->room);
     snprintf(nmax, sizeof nmax, "%zu", b->recent_max);
@@ -377,8 +377,8 @@ static int be_fetch(bus *b, bus_room *room, uint64_t from, uint64_t to)
 static int be_emit(bus *b, const char *room, const char *kind, const char *data, size_t len)
 {
     busr *R = b->impl;
-    char ch[CHAT_ROOM_MAX + 32];
-    key(ch, sizeof ch, room, kind);
+    char ch[BUS_CHAN_MAX];
+    chan(R, ch, sizeof ch, room, kind);
     const char *argv[] = {R->cluster ? "SPUBLISH" : "PUBLISH", ch, data};
     size_t lens[] = {strlen(argv[0]), strlen(ch), len};
     redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = -1};
@@ -512,6 +512,10 @@ static int be_init(bus *b, const bus_opts *o, char *err, size_t errlen)
         return -1;
     }
     R->cluster = redis_client_is_cluster(R->rc);
+    int db = redis_client_db(R->rc);
+    if (db > 0) snprintf(R->chan_ns, sizeof R->chan_ns, "chat:db%d:", db);
+    else snprintf(R->chan_ns, sizeof R->chan_ns, "chat:");
+    snprintf(R->ctl, sizeof R->ctl, "%sctl", R->chan_ns);
     if (o->track_unstored) {
         b->track_unstored = 1;
         /* fails before it opens anything; nothing is pending on the client */

@@ -32,6 +32,11 @@ typedef struct busr {
     size_t idb_n;
     int idb_logged;          /* the list was full once (logged once) */
     uint64_t idb_writes;     /* write-backs sent (tests: bus_idback_writes) */
+    /* the channels' namespace: "chat:", or "chat:db<N>:" for database N > 0
+     * (keys are per database, pub/sub channels are not: two deployments on
+     * two databases of one Redis would hear each other's rooms) */
+    char chan_ns[24];
+    char ctl[32];            /* the control channel: chan_ns + "ctl" */
 } busr;
 
 /* one request about a room (head read, subscribe, fetch) */
@@ -47,6 +52,13 @@ static inline double since_s(uint64_t t0) { return (double)(mono_ns() - t0) / 1e
 static inline void key(char *out, size_t n, const char *room, const char *suffix)
 {
     snprintf(out, n, "chat:{%s}:%s", room, suffix);
+}
+
+/* a room's channel: <chan_ns>{room}:<kind> (kind msg, typing, presence) */
+#define BUS_CHAN_MAX (24 + CHAT_ROOM_MAX + 16)
+static inline void chan(const busr *R, char *out, size_t n, const char *room, const char *kind)
+{
+    snprintf(out, n, "%s{%s}:%s", R->chan_ns, room, kind);
 }
 
 /* chat:{room}:id:<client id>: the id's idempotency key (publish, forget, restore) */

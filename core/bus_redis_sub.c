@@ -72,11 +72,11 @@ int bus_rsub_health(const bus *b, char *why, size_t n)
  * on_control is called with data NULL: what was published meanwhile was
  * missed, the upper layer resynchronises. */
 
-#define CTL_CHANNEL "chat:ctl"
 #define CTL_RETRY_MIN_MS 100
 #define CTL_RETRY_MAX_MS 5000
 
-static int ctl_slot(void) { return redis_key_slot(CTL_CHANNEL, sizeof CTL_CHANNEL - 1); }
+/* R->ctl: "chat:ctl" ("chat:db<N>:ctl" on database N > 0, busr.chan_ns) */
+static int ctl_slot(const busr *R) { return redis_key_slot(R->ctl, strlen(R->ctl)); }
 
 static void ctl_retry_later(busr *R)
 {
@@ -99,7 +99,7 @@ static void ctl_sub_done(void *ud, uint64_t node, const redisReply *rp)
     bus *b = R->b;
     if (b->freeing || R->ctl_state != BUS_SUB_SUBSCRIBING) return;
     if (!rp || rp->type == REDIS_REPLY_ERROR) {
-        if (rp) LOGW(MOD, "subscribe %s: %.*s", CTL_CHANNEL, (int)rp->len, rp->str ? rp->str : "");
+        if (rp) LOGW(MOD, "subscribe %s: %.*s", R->ctl, (int)rp->len, rp->str ? rp->str : "");
         R->ctl_state = BUS_SUB_NONE;
         ctl_retry_later(R);
         return;
@@ -116,9 +116,9 @@ static void ctl_reconcile(busr *R)
 {
     bus *b = R->b;
     if (b->freeing || !b->h.on_control || R->ctl_state != BUS_SUB_NONE) return;
-    int slot = ctl_slot();
+    int slot = ctl_slot(R);
     if (!redis_client_slot_ready(R->rc, slot)) return; /* on_node / on_map come back */
-    const char *ch[1] = {CTL_CHANNEL};
+    const char *ch[1] = {R->ctl};
     if (redis_client_subscribe(R->rc, slot, 1, ch, NULL, ctl_sub_done, R) == 0) {
         R->ctl_state = BUS_SUB_SUBSCRIBING;
         ctl_retry_clear(R);
@@ -146,7 +146,7 @@ static void ctl_node(busr *R, uint64_t node, int up)
 static int ctl_push(busr *R, uint64_t node, const redis_push *p)
 {
     bus *b = R->b;
-    if (p->channel_len != sizeof CTL_CHANNEL - 1 || memcmp(p->channel, CTL_CHANNEL, p->channel_len) != 0)
+    if (p->channel_len != strlen(R->ctl) || memcmp(p->channel, R->ctl, p->channel_len) != 0)
         return 0;
     if (p->kind == REDIS_PUSH_MESSAGE || p->kind == REDIS_PUSH_SMESSAGE) {
         if (b->h.on_control && p->data_len) b->h.on_control(b->ud, p->data, p->data_len);
@@ -162,7 +162,7 @@ static int ctl_push(busr *R, uint64_t node, const redis_push *p)
     return 1;
 }
 
-typedef struct ctl_pub { bus_control_cb cb; void *ud; } ctl_pub;
+typedef struct ctl_pub { bus_control_cb cb; void *ud; busr *R; } ctl_pub;
 
 static void ctl_pub_done(void *ud, const redisReply *rp)
 {
@@ -170,7 +170,7 @@ static void ctl_pub_done(void *ud, const redisReply *rp)
     long n = -1;
     if (rp && rp->type == REDIS_REPLY_INTEGER && rp->integer >= 0) n = (long)rp->integer;
     else if (rp && rp->type == REDIS_REPLY_ERROR)
-        LOGW(MOD, "publish on %s: %.*s", CTL_CHANNEL, (int)rp->len, rp->str ? rp->str : "");
+        LOGW(MOD, "publish on %s: %.*s", c->R->ctl, (int)rp->len, rp->str ? rp->str : "");
     if (c->cb) c->cb(c->ud, n);
     free(c);
 }
@@ -182,9 +182,10 @@ int bus_rctl_publish(bus *b, const char *data, size_t len, bus_control_cb cb, vo
     if (!c) return -1;
     c->cb = cb;
     c->ud = ud;
-    const char *argv[] = {R->cluster ? "SPUBLISH" : "PUBLISH", CTL_CHANNEL, data};
-    size_t lens[] = {strlen(argv[0]), sizeof CTL_CHANNEL - 1, len};
-    redis_call how = {.slot = ctl_slot(), .node = 0, .script = -1};
+    c->R = R;
+    const char *argv[] = {R->cluster ? "SPUBLISH" : "PUBLISH", R->ctl, data};
+    size_t lens[] = {strlen(argv[0]), strlen(R->ctl), len};
+    redis_call how = {.slot = ctl_slot(R), .node = 0, .script = -1};
     if (redis_client_call(R->rc, &how, 3, argv, lens, ctl_pub_done, c) != 0) {
         free(c);
         return -1;
@@ -255,11 +256,12 @@ void bus_rsub_arm(busr *R)
 
 /* ---- subscriptions ---- */
 
-static void channels(const char *room, char c[3][CHAT_ROOM_MAX + 32], const char *out[3])
+static void channels(const busr *R, const char *room, char c[3][BUS_CHAN_MAX],
+                     const char *out[3])
 {
-    key(c[0], sizeof c[0], room, "msg");
-    key(c[1], sizeof c[1], room, "typing");
-    key(c[2], sizeof c[2], room, "presence");
+    chan(R, c[0], sizeof c[0], room, "msg");
+    chan(R, c[1], sizeof c[1], room, "typing");
+    chan(R, c[2], sizeof c[2], room, "presence");
     for (int i = 0; i < 3; i++) out[i] = c[i];
 }
 
@@ -424,9 +426,9 @@ void bus_rsub_reconcile(bus *b, bus_room *room)
 {
     busr *R = b->impl;
     if (b->freeing) return;
-    char c[3][CHAT_ROOM_MAX + 32];
+    char c[3][BUS_CHAN_MAX];
     const char *ch[3];
-    channels(room->name, c, ch);
+    channels(R, room->name, c, ch);
     if (room->sub_state == BUS_SUB_NONE && room->refs > 0) {
         int slot = redis_room_slot(room->name);
         if (!redis_client_slot_ready(R->rc, slot)) return; /* on_node/on_map come back */
@@ -469,7 +471,7 @@ static void on_push(void *ud, uint64_t node, const redis_push *p)
     bus *b = R->b;
     char name[CHAT_ROOM_MAX + 1], kind[32];
     if (b->freeing || ctl_push(R, node, p) ||
-        bus_reply_channel(p->channel, p->channel_len, name, kind, sizeof kind) != 0)
+        bus_reply_channel(R->chan_ns, p->channel, p->channel_len, name, kind, sizeof kind) != 0)
         return;
     bus_room *room = bus_room_get(b, name);
     if (p->kind == REDIS_PUSH_MESSAGE || p->kind == REDIS_PUSH_SMESSAGE) {

@@ -42,16 +42,18 @@ size_t bus_reply_replay(const redisReply *rp, uint64_t since, size_t want, bus_e
     return n;
 }
 
-int bus_reply_channel(const char *s, size_t len, char *room, char *kind, size_t kn)
+int bus_reply_channel(const char *ns, const char *s, size_t len, char *room, char *kind, size_t kn)
 {
-    if (!s || len < 9 || strncmp(s, "chat:{", 6) != 0) return -1;
-    const char *rb = memchr(s + 6, '}', len - 6);
+    size_t nl = strlen(ns);
+    if (!s || len < nl + 4 || memcmp(s, ns, nl) != 0 || s[nl] != '{') return -1;
+    const char *r0 = s + nl + 1;
+    const char *rb = memchr(r0, '}', len - nl - 1);
     if (!rb) return -1;
-    size_t rl = (size_t)(rb - (s + 6));
-    if (!room_name_valid(s + 6, rl) || rb + 1 >= s + len || rb[1] != ':') return -1;
+    size_t rl = (size_t)(rb - r0);
+    if (!room_name_valid(r0, rl) || rb + 1 >= s + len || rb[1] != ':') return -1;
     size_t kl = len - (size_t)(rb + 2 - s);
     if (kl == 0 || kl >= kn || memchr(rb + 2, 0, kl)) return -1;
-    memcpy(room, s + 6, rl);
+    memcpy(room, r0, rl);
     room[rl] = 0;
     memcpy(kind, rb + 2, kl);
     kind[kl] = 0;

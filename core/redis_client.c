@@ -614,6 +614,8 @@ void redis_client_refresh(redis_client *c)
 
 int redis_client_is_cluster(const redis_client *c) { return c && c->url.cluster; }
 
+int redis_client_db(const redis_client *c) { return c && !c->url.cluster ? c->url.db : 0; }
+
 int redis_client_ready(const redis_client *c)
 {
     if (!c || c->freeing || !c->topo.map_known) return 0;

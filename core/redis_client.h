@@ -72,6 +72,8 @@ redis_client *redis_client_new(uv_loop_t *loop, const redis_client_opts *o,
 void redis_client_free(redis_client *c);
 
 int redis_client_is_cluster(const redis_client *c);
+/* the database of the URL (standalone: /db, 0 by default; a Cluster: 0) */
+int redis_client_db(const redis_client *c);
 /* standalone: the node is up; cluster: the map is known and a node is up */
 int redis_client_ready(const redis_client *c);
 int redis_client_slot_ready(const redis_client *c, int slot);

@@ -184,7 +184,7 @@ static void interpret(const redisReply *rp)
     char room[CHAT_ROOM_MAX + 1], kind[32];
     if (pk != REDIS_PUSH_NONE && pk != REDIS_PUSH_PONG) {
         FUZZ_CHECK(p.channel && inside(rp, p.channel, p.channel_len), "channel outside the reply");
-        if (bus_reply_channel(p.channel, p.channel_len, room, kind, sizeof kind) == 0) {
+        if (bus_reply_channel("chat:", p.channel, p.channel_len, room, kind, sizeof kind) == 0) {
             FUZZ_CHECK(room_name_valid(room, strlen(room)), "push room '%s'", room);
             FUZZ_CHECK(kind[0] && strlen(kind) < sizeof kind, "channel kind");
         }

@@ -753,3 +753,30 @@ async def two_nodes_over_tls_redis():
         await asyncio.sleep(0.2)
     eq(st, 503, "/readyz with a CA that did not sign the server certificate")
     check(b"certificate" in body, f"/readyz says why: {body[:200]!r}")
+
+
+@test(timeout=60, needs=("redis",))
+async def redis_databases_do_not_share_rooms():
+    """Two deployments on two databases of one Redis (`/2`, `/3`): keys are
+    per database, pub/sub channels are not, so chatd names its channels per
+    database (chat:db<N>:{room}:msg): a room of the same name in each is two
+    rooms (each its own seqs from 1, no message or typing of the other);
+    two nodes on the same database still share it."""
+    base = harness.RUN.need_redis().url
+    a2 = start_node(redis=base + "/2", name=f"db2a-{uniq('')}")
+    b2 = start_node(redis=base + "/2", name=f"db2b-{uniq('')}")
+    a3 = start_node(redis=base + "/3", name=f"db3-{uniq('')}")
+    room = uniq("dbs")
+    c2a = await Client.connect(a2, room, token("alice"))
+    c2b = await Client.connect(b2, room, token("bob"))
+    c3 = await Client.connect(a3, room, token("carol"))
+    eq(await harness.send_acked(c2a, "in db 2", "m2"), 1, "db 2's first seq")
+    eq(await harness.send_acked(c3, "in db 3", "m3"), 1, "db 3's own first seq")
+    await c2b.wait_for(is_msg(room), 5, what="db 2's message on db 2's other node")
+    await c3.send({"type": "typing"})
+    await asyncio.sleep(0.5)
+    eq([m.get("body") for m in c2a.messages(room)], ["in db 2"], "db 2 hears only db 2")
+    eq([m.get("body") for m in c2b.messages(room)], ["in db 2"], "db 2's other node too")
+    eq([m.get("body") for m in c3.messages(room)], ["in db 3"], "db 3 hears only db 3")
+    check(not any(f["type"] == "typing" for f in c2a.frames + c2b.frames),
+          "db 3's typing reached db 2")

@@ -135,13 +135,20 @@ static void test_bus_replies(void)
           bus_parse_entry("5\n", 2, e) == 0 && e[0].seq == 5 && e[0].len == 0, "entry edges");
 
     char room[CHAT_ROOM_MAX + 1], kind[16];
-    CHECK(bus_reply_channel("chat:{lobby}:msg", 16, room, kind, sizeof kind) == 0 &&
+    CHECK(bus_reply_channel("chat:", "chat:{lobby}:msg", 16, room, kind, sizeof kind) == 0 &&
           !strcmp(room, "lobby") && !strcmp(kind, "msg"), "channel");
     /* before: any bytes between the braces were taken as a room name */
-    CHECK(bus_reply_channel("chat:{lo by}:msg", 16, room, kind, sizeof kind) < 0, "invalid room");
-    CHECK(bus_reply_channel("chat:{lo\"y}:msg", 16, room, kind, sizeof kind) < 0, "quote in room");
-    CHECK(bus_reply_channel("chat:{lobby}:", 13, room, kind, sizeof kind) < 0, "no kind");
-    CHECK(bus_reply_channel("chat:{lobby}:m\0g", 16, room, kind, sizeof kind) < 0, "NUL in kind");
+    CHECK(bus_reply_channel("chat:", "chat:{lo by}:msg", 16, room, kind, sizeof kind) < 0, "invalid room");
+    CHECK(bus_reply_channel("chat:", "chat:{lo\"y}:msg", 16, room, kind, sizeof kind) < 0, "quote in room");
+    CHECK(bus_reply_channel("chat:", "chat:{lobby}:", 13, room, kind, sizeof kind) < 0, "no kind");
+    CHECK(bus_reply_channel("chat:", "chat:{lobby}:m\0g", 16, room, kind, sizeof kind) < 0, "NUL in kind");
+    /* a database's namespace: its own channels only */
+    CHECK(bus_reply_channel("chat:db3:", "chat:db3:{lobby}:msg", 20, room, kind, sizeof kind) == 0 &&
+          !strcmp(room, "lobby") && !strcmp(kind, "msg"), "channel of database 3");
+    CHECK(bus_reply_channel("chat:db3:", "chat:{lobby}:msg", 16, room, kind, sizeof kind) < 0 &&
+          bus_reply_channel("chat:", "chat:db3:{lobby}:msg", 20, room, kind, sizeof kind) < 0 &&
+          bus_reply_channel("chat:db3:", "chat:db31:{lobby}:msg", 21, room, kind, sizeof kind) < 0,
+          "another database's channel is not ours");
 
     size_t items = 0;
     /* the sweep: {1, more, cut, room, seq, ...}, then the settle's triples */
