@@ -83,6 +83,15 @@ int cidr_match(const ip_net *net, const ip_net *ip)
     return (net->addr[full] & mask) == (ip->addr[full] & mask);
 }
 
+int ip_is_loopback(const char *s)
+{
+    ip_net ip;
+    if (!s || ip_parse(s, strlen(s), &ip) != 0) return 0;
+    if (ip.family == 4) return ip.addr[0] == 127;
+    static const uint8_t one[16] = {[15] = 1};
+    return memcmp(ip.addr, one, 16) == 0;
+}
+
 void ip_format(const ip_net *ip, char out[CLIENT_IP_MAX])
 {
     if (!inet_ntop(ip->family == 4 ? AF_INET : AF_INET6, ip->addr, out, CLIENT_IP_MAX))

@@ -27,6 +27,9 @@ int ip_parse(const char *s, size_t len, ip_net *out);
 int cidr_parse(const char *s, size_t len, ip_net *out);
 int cidr_match(const ip_net *net, const ip_net *ip);
 void ip_format(const ip_net *ip, char out[CLIENT_IP_MAX]);
+/* 1 when the address text is a loopback address (127.0.0.0/8, ::1, or
+ * IPv4-mapped 127.x), 0 otherwise (also for text that is not an address) */
+int ip_is_loopback(const char *s);
 
 /* Sets the trusted proxies from a comma-separated list (NULL/"" = none).
  * -1 with err on a bad entry. */

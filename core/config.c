@@ -58,7 +58,7 @@ static const opt OPTS[] = {
     {"--user-msg-rate", "CHAT_USER_MSG_RATE", K_INT, O(user_msg_rate), "0", "messages per second per user, across nodes (0 = no limit; the policy's own limit is per node)"},
     {"--user-msg-burst", "CHAT_USER_MSG_BURST", K_INT, O(user_msg_burst), "0", "message burst per user (0 = twice the rate)"},
     {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)"},
-    {"--max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", K_INT, O(max_conns_per_ip), "1000", "WebSocket connections per client IP on this node; more get HTTP 429 (0: unlimited)"},
+    {"--max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", K_INT, O(max_conns_per_ip), "1000", "WebSocket connections per client IP on this node; more get HTTP 429 (0: unlimited; loopback addresses are not limited)"},
     {"--max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", K_INT, O(max_conns_per_user), "32", "WebSocket connections per user (JWT sub): on this node HTTP 429; with Redis also on all nodes together, closed 1008 right after the upgrade (0: unlimited)"},
     {"--user-conns-ttl-ms", "CHAT_USER_CONNS_TTL_MS", K_INT, O(user_conns_ttl_ms), "30000", "with Redis: a node's count of a user's connections expires after this (renewed every third of it), so a dead node's connections stop counting"},
     {"--trusted-proxies", "CHAT_TRUSTED_PROXIES", K_STR, O(trusted_proxies), NULL, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed"},

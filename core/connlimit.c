@@ -2,6 +2,7 @@
  * count is one allocation holding its key, deleted when the count returns
  * to 0 (no key copy in the map, 8-byte slots). */
 #include "connlimit.h"
+#include "client_ip.h"
 #include "hmap.h"
 #include <stddef.h>
 #include <stdint.h>
@@ -67,17 +68,18 @@ static int add(hmap *m, const char *k, int64_t d)
 limit_result connlimit_acquire(const char *ip, const char *user)
 {
     if (!g_init) connlimit_init(0, 0);
-    if (g_max_ip > 0 && get(&g_ip, ip) >= g_max_ip) return LIMIT_IP;
+    int per_ip = !ip_is_loopback(ip);
+    if (per_ip && g_max_ip > 0 && get(&g_ip, ip) >= g_max_ip) return LIMIT_IP;
     if (g_max_user > 0 && get(&g_user, user) >= g_max_user) return LIMIT_USER;
-    if (add(&g_ip, ip, 1) < 0) return LIMIT_OOM;
-    if (add(&g_user, user, 1) < 0) { add(&g_ip, ip, -1); return LIMIT_OOM; }
+    if (per_ip && add(&g_ip, ip, 1) < 0) return LIMIT_OOM;
+    if (add(&g_user, user, 1) < 0) { if (per_ip) add(&g_ip, ip, -1); return LIMIT_OOM; }
     return LIMIT_OK;
 }
 
 void connlimit_release(const char *ip, const char *user)
 {
     if (!g_init) return;
-    add(&g_ip, ip, -1);
+    if (!ip_is_loopback(ip)) add(&g_ip, ip, -1);
     add(&g_user, user, -1);
 }
 

@@ -1,5 +1,9 @@
 /* connlimit: connection limits per client IP and per user on this node
- * (CHAT_MAX_CONNS_PER_IP, CHAT_MAX_CONNS_PER_USER; 0: no limit). A slot is
+ * (CHAT_MAX_CONNS_PER_IP, CHAT_MAX_CONNS_PER_USER; 0: no limit). A loopback
+ * client address (client_ip.h ip_is_loopback: a local tool, a benchmark,
+ * or a local proxy not listed in CHAT_TRUSTED_PROXIES, whose clients would
+ * all share its address) is not limited per IP; the per-user limit holds
+ * for every connection. A slot is
  * taken at the upgrade gate (refused: HTTP 429 before the upgrade; 503 when
  * the count cannot be stored) and given back when the connection, or the
  * upgrade that never completed, goes away (ws.c).

@@ -17,9 +17,9 @@ F = FrameWS.frame
 HB = b'{"type":"heartbeat"}'
 
 
-def open_ws(node, room=None, user="alice"):
+def open_ws(node, room=None, user="alice", headers=None):
     """A raw connection that has read its welcome."""
-    w = FrameWS(node.port, ws_path(room or uniq(), token(user)))
+    w = FrameWS(node.port, ws_path(room or uniq(), token(user)), headers)
     end = time.time() + 5
     while time.time() < end:
         if any(b'"welcome"' in t for t in w.texts()):
@@ -420,22 +420,32 @@ async def slow_handshakes_time_out():
 
 @test()
 async def per_ip_connection_limit():
-    n = start_node(env={"CHAT_MAX_CONNS_PER_IP": 3})
-    ws = [open_ws(n, user=f"u{i}") for i in range(3)]
-    st, _, body, _ = await upgrade(n, user="u4")
+    """The limit counts the client address; the clients here come through
+    the local "proxy" (the test, a trusted proxy) from 203.0.113.5. A
+    loopback client address is not limited per IP (a local tool, a
+    benchmark, or a proxy not listed as trusted, whose clients would all
+    share its address)."""
+    n = start_node(env={"CHAT_MAX_CONNS_PER_IP": 3, "CHAT_TRUSTED_PROXIES": "127.0.0.1"})
+    xff = {"X-Forwarded-For": "203.0.113.5"}
+    ws = [open_ws(n, user=f"u{i}", headers=xff) for i in range(3)]
+    st, _, body, _ = await upgrade(n, user="u4", headers=xff)
     eq(st, 429, "4th connection from one address")
     check(b"address" in body, f"429 body {body!r}")
     ws[0].send(F(8, struct.pack("!H", 1000)))
     ws[0].read(2)
     check(await wait_open_conns(n, 2, 3), "closed connection still counted")
-    st, _, _, _ = await upgrade(n, user="u4")
+    st, _, _, _ = await upgrade(n, user="u4", headers=xff)
     eq(st, 101, "a slot freed by a close is reused")
     eq(await refused(n, "per_ip"), 1, "refused per_ip")
     # refused upgrades (401) take no slot
     for _ in range(5):
-        st, _, _, _ = await asyncio.to_thread(raw_request, n.port, ws_path(uniq(), "bad.token.x"))
+        st, _, _, _ = await asyncio.to_thread(raw_request, n.port, ws_path(uniq(), "bad.token.x"),
+                                              xff)
         eq(st, 401, "bad token")
-    for w in ws:
+    # loopback clients (no X-Forwarded-For: the peer 127.0.0.1) are not limited per IP
+    lo = [open_ws(n, user=f"lo{i}") for i in range(5)]
+    eq(await refused(n, "per_ip"), 1, "loopback clients refused per_ip")
+    for w in ws + lo:
         w.close()
 
 
@@ -474,12 +484,15 @@ async def client_ip_from_trusted_proxy():
     log = n.log_text()
     check("from 203.0.113.7 joined" in log and "from 203.0.113.8 joined" in log,
           "client addresses not in the log")
-    # without trusted proxies the header is ignored: every client is 127.0.0.1
+    # without trusted proxies the header is ignored: every client is
+    # 127.0.0.1, a loopback address, which is not limited per IP (believed,
+    # the header would make both 203.0.113.7: the second one 429)
     n2 = start_node(env={"CHAT_MAX_CONNS_PER_IP": 1})
     c3 = await asyncio.to_thread(FrameWS, n2.port, ws_path(uniq(), token("a")), xff)
-    st, _, _, _ = await upgrade(n2, user="b", headers={"X-Forwarded-For": "203.0.113.99"})
-    eq(st, 429, "untrusted peer: X-Forwarded-For ignored")
-    check("from 127.0.0.1 joined" in n2.log_text(), "peer address not logged")
+    st, _, _, _ = await upgrade(n2, user="b", headers=xff)
+    eq(st, 101, "untrusted peer: X-Forwarded-For ignored")
+    check("from 127.0.0.1 joined" in n2.log_text() and "203.0.113" not in n2.log_text(),
+          "peer address not logged")
     for c in (c1, c2, c3):
         c.close()
     # a bad list refuses to start

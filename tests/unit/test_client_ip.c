@@ -110,6 +110,27 @@ static void test_limits(void)
     connlimit_release("1.1.1.1", "bob");
     connlimit_release("1.1.1.1", "carol");
     CHECK(connlimit_count_ip("1.1.1.1") == 0 && connlimit_count_user("alice") == 0, "back to 0");
+    /* a loopback address is not limited per IP (local tools, benchmarks, a
+     * local proxy whose clients all share its address); per user it is */
+    for (int i = 0; i < 5; i++) {
+        char lu[16];
+        snprintf(lu, sizeof lu, "lo-%d", i);
+        CHECK(connlimit_acquire(i % 2 ? "::1" : "127.0.0.2", lu) == LIMIT_OK, "loopback %d", i);
+    }
+    CHECK(connlimit_count_ip("127.0.0.2") == 0 && connlimit_count_ip("::1") == 0,
+          "loopback not counted per IP");
+    CHECK(connlimit_acquire("127.0.0.1", "lo-0") == LIMIT_OK &&
+          connlimit_acquire("127.0.0.1", "lo-0") == LIMIT_USER, "per user still");
+    for (int i = 0; i < 5; i++) {
+        char lu[16];
+        snprintf(lu, sizeof lu, "lo-%d", i);
+        connlimit_release(i % 2 ? "::1" : "127.0.0.2", lu);
+    }
+    connlimit_release("127.0.0.1", "lo-0");
+    CHECK(connlimit_count_user("lo-0") == 0 && connlimit_count_user("lo-1") == 0, "released");
+    CHECK(ip_is_loopback("127.255.0.1") && ip_is_loopback("::1") && !ip_is_loopback("::2") &&
+          !ip_is_loopback("128.0.0.1") && !ip_is_loopback("10.0.0.1") && !ip_is_loopback("x"),
+          "ip_is_loopback");
     connlimit_init(0, 0);
     /* every user with connections, walked in parts, with their counts */
     char u[32];
