@@ -77,7 +77,7 @@ static struct {
     adminstore *store;      /* with Redis: where bans are stored */
 } A;
 
-static const unsigned CODES[14] = {200, 400, 401, 404, 405, 411, 413, 415, 422, 429, 500, 503, 0, 0};
+static const unsigned CODES[14] = {200, 400, 401, 404, 405, 411, 413, 422, 429, 500, 503, 0, 0, 0};
 
 static metric_counter *req_metric(int route, unsigned status)
 {
@@ -670,9 +670,9 @@ int api_http(struct lws *wsi, const char *uri, api_req **slot)
         return refuse(wsi, slot, mode, rt.route, 413, "too_large", err, NULL, NULL);
     }
     if (m == -2) return refuse(wsi, slot, mode, rt.route, 400, "bad_request", err, NULL, NULL);
-    if (mode != REFUSE_NOW && !httpd_is_json(wsi))
-        return refuse(wsi, slot, mode, rt.route, 415, "unsupported_media_type",
-                      "the body must be Content-Type: application/json", NULL, NULL);
+    /* a body is parsed as JSON whatever its Content-Type (or none): curl -d
+     * and urllib send application/x-www-form-urlencoded by default, and the
+     * contract has no 415; a body that is not JSON is a 400 */
     api_req *r = req_new(wsi, method, &rt);
     if (!r) return refuse(wsi, slot, REFUSE_NOW, rt.route, 503, "unavailable", "out of memory", NULL, NULL);
     memcpy(r->fp, fp, sizeof fp);

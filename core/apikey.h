@@ -11,13 +11,14 @@
 #define CHATD_APIKEY_H
 #include <stddef.h>
 
-#define APIKEY_MIN 16       /* shortest key accepted at start */
+#define APIKEY_MIN 16       /* a shorter key is accepted with a warning at start */
 #define APIKEY_FP_LEN 16    /* fingerprint: hex characters */
 
 typedef struct apikeys apikeys;
 
-/* Parses "k1,k2,..." (blanks around keys ignored). NULL with err when a
- * key is shorter than APIKEY_MIN bytes or none is given. */
+/* Parses "k1,k2,..." (blanks around keys ignored, empty entries skipped).
+ * NULL with err when no non-empty key is given. A key shorter than
+ * APIKEY_MIN bytes is kept, with a warning logged. */
 apikeys *apikeys_new(const char *list, char *err, size_t errlen);
 void apikeys_free(apikeys *k);
 size_t apikeys_count(const apikeys *k);

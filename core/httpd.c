@@ -56,21 +56,6 @@ int httpd_chunked(struct lws *wsi)
     return lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
 }
 
-int httpd_is_json(struct lws *wsi)
-{
-    char v[128];
-    int n = lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_CONTENT_TYPE);
-    return n > 0 && httpd_ctype_json(v, (size_t)n);
-}
-
-int httpd_ctype_json(const char *v, size_t n)
-{
-    if (n < 16 || strncasecmp(v, "application/json", 16) != 0) return 0;
-    size_t i = 16;
-    while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
-    return i == n || v[i] == ';' || v[i] == 0; /* lws gives a C string */
-}
-
 static const char *reason_phrase(unsigned status)
 {
     switch (status) {
@@ -83,7 +68,6 @@ static const char *reason_phrase(unsigned status)
     case 409: return "Conflict";
     case 411: return "Length Required";
     case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";

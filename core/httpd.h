@@ -25,15 +25,10 @@ int64_t httpd_content_length(struct lws *wsi);
 /* 1 when the request has a Transfer-Encoding (its body length is not
  * known up front). */
 int httpd_chunked(struct lws *wsi);
-/* 1 when Content-Type is application/json (parameters allowed). */
-int httpd_is_json(struct lws *wsi);
-/* The pure halves of the two above (fuzzed by tests/fuzz/fuzz_api.c), on a
- * header value v[0..n) as lws copied it: Content-Length digits -> the
- * value, or -2 when malformed (not only digits, or too large); 1 when a
- * Content-Type value is application/json (any case), optionally followed
- * by blanks and ";" parameters (the value ends at a NUL, as lws copies it). */
+/* The pure half of httpd_content_length (fuzzed by tests/fuzz/fuzz_api.c),
+ * on a header value v[0..n) as lws copied it: Content-Length digits -> the
+ * value, or -2 when malformed (not only digits, or too large). */
 int64_t httpd_parse_content_length(const char *v, size_t n);
-int httpd_ctype_json(const char *v, size_t n);
 
 /* The query argument name (without '='), URL-decoded by lws: 1 when found
  * (its value in out), 0 when absent, -1 when longer than outlen - 1 (out is

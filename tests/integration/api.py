@@ -5,9 +5,11 @@ across nodes), disconnect (4003; a long reason cut to 63 bytes at a
 character boundary) and ban (403 at upgrade, `banned` at join,
 live connections closed or removed, expiry, lifted) on one node and
 reaching another node, room info across nodes, the HTTP edge (401, 404,
-405 with Allow, 411, 413 without reading the rest, 415, 400, 422, 429 with
+405 with Allow, 411, 413 without reading the rest, 400, 422, 429 with
 Retry-After, 503), keep-alive (many requests on one socket), the cluster-wide
-limits (API key rate, user message rate) and the sample bot tools/bot.py."""
+limits (API key rate, user message rate) and the sample bot tools/bot.py;
+a short key works (with a warning at start) and a body is JSON whatever
+its Content-Type (curl -d and urllib's default form type, none at all)."""
 import asyncio
 import http.client
 import json
@@ -182,11 +184,11 @@ async def http_errors_in_the_contract_shape():
     # the seq rule (util.h seq_parse): at most INT64_MAX, no leading zero
     await expect_error(p, "DELETE", f"/api/rooms/{room}/messages/9223372036854775808", 400, "bad_request")
     await expect_error(p, "DELETE", f"/api/rooms/{room}/messages/01", 400, "bad_request")
-    # 415: a body that is not JSON by its type
-    hd, _ = await expect_error(p, "POST", f"/api/rooms/{room}/messages", 415, "unsupported_media_type",
-                               raw=json.dumps(msg("t")).encode(),
-                               headers={"Content-Type": "text/plain"})
-    check("connection" not in hd, "415: the small body is read and dropped, the connection kept")
+    # no 415 (the contract has none): a body that is not JSON is a 400 whatever its type
+    hd, _ = await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",
+                               raw=b"id=t&user=u&body=b",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    check("connection" not in hd, "400: the small body is read, the connection kept")
     # 411: a chunked body
     d = json.dumps(msg("c")).encode()
     hd, _ = await expect_error(p, "POST", f"/api/rooms/{room}/messages", 411, "length_required",
@@ -203,6 +205,57 @@ async def http_errors_in_the_contract_shape():
           "chat_api_requests_total{route=publish,code=400}")
     check((metric_value(m, "chat_api_auth_failures_total") or 0) >= 4, "auth failures counted")
     check(KEY not in n.log_text() and KEY[:12] not in n.log_text(), "the key appears in the log")
+
+
+@test(timeout=30)
+async def short_key_serves_the_api_with_a_warning():
+    # protocol.md: CHAT_API_KEYS is "comma-separated secrets", no length set;
+    # a key under 16 bytes is a warning at start (as a short JWT secret), not a refusal
+    n = start_node(env={"CHAT_API_KEYS": "test-key"})
+    room = uniq("sk")
+    st, _, js = await acall(n.port, "GET", f"/api/rooms/{room}", key="test-key")
+    eq((st, js.get("seq") if isinstance(js, dict) else js), (200, 0), "room info with the short key")
+    js = await publish(n.port, room, msg("s1"), key="test-key")
+    eq(js.get("seq"), 1, "publish with the short key")
+    await expect_error(n.port, "GET", f"/api/rooms/{room}", 401, "unauthorized", key="test-ke")
+    await expect_error(n.port, "GET", f"/api/rooms/{room}", 401, "unauthorized", key="test-key2")
+    log = n.log_text()
+    check("key #1 is shorter than 16 bytes" in log, f"no warning about the short key in the log: {n.log_tail(10)}")
+    check("test-key" not in log, "the key itself appears in the log")
+
+
+@test(timeout=30)
+async def body_is_json_whatever_its_content_type():
+    n = api_node()
+    room = uniq("ct")
+    path = f"/api/rooms/{room}/messages"
+    seqs = []
+    for i, ctype in enumerate(["application/x-www-form-urlencoded", "text/plain", None,
+                               "application/json; charset=utf-8"]):
+        st, _, js = await acall(n.port, "POST", path, raw=json.dumps(msg(f"c{i}", f"b{i}")).encode(),
+                                headers={"Content-Type": ctype} if ctype else {})
+        eq(st, 200, f"publish with Content-Type {ctype} ({js!r})")
+        seqs.append(js.get("seq"))
+    eq(seqs, [1, 2, 3, 4], "every publish got its seq")
+
+    # what Python's urllib sends for data= (application/x-www-form-urlencoded)
+    def with_urllib(body):
+        import urllib.error
+        import urllib.request
+        rq = urllib.request.Request(f"http://127.0.0.1:{n.port}{path}", data=body,
+                                    headers={"Authorization": f"Bearer {KEY}"})
+        check(rq.get_header("Content-type") is None, "urllib adds its form type only when sending")
+        try:
+            with urllib.request.urlopen(rq, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    st, js = await asyncio.to_thread(with_urllib, json.dumps(msg("u1", "by urllib")).encode())
+    eq((st, js.get("seq"), js.get("duplicate")), (200, 5, False), f"urllib publish ({js!r})")
+    st, js = await asyncio.to_thread(with_urllib, b"id=u2&user=bot&body=form")
+    eq((st, err_code(js)), (400, "bad_request"), "a form body is not JSON: 400")
+    st, _, js = await acall(n.port, "GET", f"/api/rooms/{room}")
+    eq(js.get("seq"), 5, "the refused form body published nothing")
 
 
 @test(timeout=30)
@@ -260,7 +313,7 @@ async def keep_alive_many_requests_on_one_socket():
             req("DELETE", f"/api/rooms/{room}")                           # 405
             req("POST", f"/api/rooms/{room}/messages", {"user": "x"})     # 400 after the body
             req("POST", f"/api/rooms/{room}/messages", None, raw=b'{"id":"t"}',
-                headers={"Content-Type": "text/plain"})                   # 415, body read
+                headers={"Content-Type": "text/plain"})                   # 400 (no user), body read
             req("PUT", "/api/users/u/ban", {"seconds": 1}, key="wrong")   # 401, body read
             req("POST", f"/api/rooms/{room}/messages", msg("k0", "b0"))  # duplicate
             req("POST", f"/api/rooms/{room}/messages", msg("last"))
@@ -271,7 +324,7 @@ async def keep_alive_many_requests_on_one_socket():
     for i in range(10):
         eq((res[i][0], res[i][2].get("seq"), res[i][2].get("duplicate")), (200, i + 1, False), f"publish k{i}")
     eq((res[10][0], res[10][2].get("seq")), (200, 10), "room info on the same socket")
-    eq([r[0] for r in res[11:17]], [401, 404, 405, 400, 415, 401], "errors kept the connection")
+    eq([r[0] for r in res[11:17]], [401, 404, 405, 400, 400, 401], "errors kept the connection")
     check(all("connection" not in r[1] for r in res), "no answer closed the connection")
     eq((res[17][0], res[17][2].get("seq"), res[17][2].get("duplicate")), (200, 1, True), "duplicate")
     eq((res[18][0], res[18][2].get("seq")), (200, 11), "last request on the same socket")
