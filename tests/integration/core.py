@@ -5,6 +5,7 @@ rooms), token expiry and refresh, Lua policy hooks and SIGHUP reload, log
 redaction, SIGTERM drain, health/readiness/metrics."""
 import asyncio
 import json
+import os
 import signal
 import time
 
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from harness import (RUN, Client, RawWS, TestFailure, aupgrade_status, ahttp, ahttp_json, check, eq,
                      start_node, token, token_claims, raw_jwt, claims, uniq, ws_path,
                      policy_dir, write_policy, metric_value, describe_seq_problem, test,
-                     SECRET)
+                     SECRET, REPO)
 import harness
 
 
@@ -921,10 +922,30 @@ async def health_ready_and_metrics():
 
 @test()
 async def root_serves_browser_client():
-    n = start_node()
+    # protocol.md: GET / is the browser client, wherever chatd is started
+    # from: with no CHAT_WEB_DIR, a build tree's binary (build/chatd) finds
+    # <tree>/web next to it, not only ./web of the working directory
+    elsewhere = RUN.tmpdir("cwd")
+    n = start_node(cwd=elsewhere, env={"CHAT_WEB_DIR": None})
     st, hd, body = await ahttp(n.port, "/")
-    eq(st, 200, "GET /")
+    eq(st, 200, "GET / from another working directory")
     check("html" in hd.get("content-type", ""), f"GET / content-type {hd.get('content-type')}")
+    with open(os.path.join(REPO, "web", "index.html"), "rb") as f:
+        want = f.read()
+    check(b"<title>chatd</title>" in want, "web/index.html is the client")
+    eq(body, want, "GET / is web/index.html")
+
+
+@test(timeout=20)
+async def scripts_found_next_to_a_build_tree_binary():
+    # no CHAT_SCRIPTS and no ./scripts: the policy of <tree>/scripts is loaded
+    elsewhere = RUN.tmpdir("cwd")
+    n = start_node(cwd=elsewhere, scripts=None, env={"CHAT_SCRIPTS": None, "CHAT_WEB_DIR": None})
+    want = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(RUN.chatd)), "..", "scripts"))
+    check(f"policy loaded from {want} " in n.log_text(), f"policy not loaded from {want}: {n.log_tail(8)}")
+    c = await Client.connect(n, uniq(), token("alice"))
+    check(c.welcome() is not None, "a client joins under the tree's policy")
+    await c.close()
 
 
 @test(timeout=45)

@@ -496,7 +496,7 @@ def write_policy(d, source):
 # ---------------------------------------------------------------- chatd nodes
 class Node:
     def __init__(self, name=None, redis=False, db=False, scripts=None, env=None, port=None,
-                 secret=SECRET, pubkey=None, args=(), wrap=()):
+                 secret=SECRET, pubkey=None, args=(), wrap=(), cwd=None):
         self.name = name or uniq("node")
         self.port = port or free_port()
         self.log_path = os.path.join(RUN.workdir, f"{RUN.test_name}-{self.name}.log")
@@ -523,6 +523,7 @@ class Node:
         self.env = e
         self.args = list(args)
         self.wrap = list(wrap)     # command prefix that execs chatd (e.g. prlimit)
+        self.cwd = cwd             # working directory (None: the runner's)
         self.proc = None
         self.starts = 0
         RUN.nodes.append(self)
@@ -538,8 +539,9 @@ class Node:
         log = open(self.log_path, "ab")
         log.write(f"==== start #{self.starts} {time.strftime('%H:%M:%S')}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen(self.wrap + [RUN.chatd] + self.args, env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.wrap + [os.path.abspath(RUN.chatd)] + self.args, env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=self.cwd)
         log.close()
         if wait:
             self.wait_healthy()
