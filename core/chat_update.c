@@ -2,7 +2,11 @@
  * react; protocol.md "Message updates (v2)"): membership and readiness
  * checks (chat_answer.c), the policy hooks on_edit / on_delete / on_react
  * as the policy step of publish.c's update path (called with the target's
- * author once the target is found), and the answers (chat_answer.c): ack
+ * author once the target is found), the contract's default where the
+ * policy has no on_edit / on_delete (the author edits and deletes their
+ * own messages, a token whose role claim is the policy's admin role
+ * deletes any; a missing on_react accepts: anyone in the room reacts),
+ * and the answers (chat_answer.c): ack
  * (durable, with the update's own seq), or error not_found / forbidden /
  * rejected / rate_limited / unavailable. The update itself reaches every
  * member through the bus as a message_update frame (wire.h), like a
@@ -18,6 +22,7 @@
 #include "srv.h"
 #include "util.h"
 #include "wire.h"
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,10 +45,42 @@ void chat_update_init(void)
 
 static int kind_index(int kind) { return kind - WIRE_EDIT; }
 
-/* publish.c's policy step: the hook of the update's kind, with its ctx. */
+/* 1 when the connection's token has the policy's admin role (claim
+ * "role"). */
+static int is_admin(const conn *c)
+{
+    if (!c->ident.claims_json) return 0;
+    json_t *o = json_loads(c->ident.claims_json, 0, NULL);
+    json_t *r = o ? json_object_get(o, "role") : NULL;
+    int yes = json_is_string(r) && !strcmp(json_string_value(r), script_admin_role(g_srv.script));
+    json_decref(o);
+    return yes;
+}
+
+/* The contract's default for an edit or delete the policy has no hook
+ * for: 0 allowed, else refused (v filled). */
+static int default_refuses(const conn *c, int kind, const char *author, publish_verdict *v)
+{
+    int own = author && !strcmp(author, c->ident.user);
+    if (own || (kind == WIRE_DELETE && is_admin(c))) return 0;
+    v->refuse = 1;
+    snprintf(v->code, sizeof v->code, "forbidden");
+    snprintf(v->reason, sizeof v->reason, "%s",
+             kind == WIRE_EDIT ? "only the author can edit a message"
+                               : "only the author or an admin can delete a message");
+    return 1;
+}
+
+/* publish.c's policy step: the hook of the update's kind, with its ctx
+ * (the contract's default when the policy has no on_edit / on_delete). */
 static void authorize(void *ud, const publish_update *u, const char *author, publish_verdict *v)
 {
     conn *c = ud;
+    if ((u->kind == WIRE_EDIT && !script_has_hook(g_srv.script, "on_edit")) ||
+        (u->kind == WIRE_DELETE && !script_has_hook(g_srv.script, "on_delete"))) {
+        default_refuses(c, u->kind, author, v);
+        return;
+    }
     script_ctx x;
     chat_script_ctx(c, u->room, &x);
     script_update su = {u->target, author, u->id, u->body, u->body_len, u->emoji, u->on};

@@ -160,6 +160,7 @@ static void lstate_free(lstate *s)
     if (s->L) lua_close(s->L);
     for (size_t i = 0; i < s->ncfg; i++) free(s->cfg[i].key);
     free(s->cfg);
+    free(s->admin_role);
     free(s);
 }
 
@@ -339,6 +340,11 @@ int script_has_hook(const script_host *h, const char *hook)
     for (int i = 0; i < H_N; i++)
         if (strcmp(HOOK_NAMES[i], hook) == 0) return h->cur->has_hook[i];
     return 0;
+}
+
+const char *script_admin_role(const script_host *h)
+{
+    return h && h->cur && h->cur->admin_role ? h->cur->admin_role : SCRIPT_ADMIN_ROLE;
 }
 
 void script_result_clear(script_result *res)

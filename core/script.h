@@ -67,8 +67,15 @@ int script_on_retention(script_host *h, const script_ctx *c, double *days);
 double script_setting_num(const script_host *h, const char *key, double dflt);
 /* 1 when the running policy defines M.<hook> (e.g. "on_retention"). */
 int script_has_hook(const script_host *h, const char *hook);
+/* The role claim of an admin (protocol.md "Message updates": "a token with
+ * the policy's admin role deletes any"): the running policy's
+ * config.admin_role when it is a string (CHAT_ADMIN_ROLE overrides it, as
+ * any config key), else SCRIPT_ADMIN_ROLE. Valid until the next reload. */
+#define SCRIPT_ADMIN_ROLE "admin"
+const char *script_admin_role(const script_host *h);
 /* on_edit may REPLACE the body (like on_message); on_delete and on_react
- * accept or refuse. */
+ * accept or refuse. A missing hook accepts here: the contract's default for
+ * a policy without on_edit / on_delete is the caller's (chat_update.c). */
 script_verdict script_on_edit(script_host *h, const script_ctx *c, const script_update *u,
                               script_result *res);
 script_verdict script_on_delete(script_host *h, const script_ctx *c, const script_update *u,

@@ -70,6 +70,7 @@ typedef struct lstate {
     int has_hook[H_N];
     cfg_num *cfg;
     size_t ncfg;
+    char *admin_role;   /* config.admin_role when a string, else NULL */
     uint64_t budget_ns;
 } lstate;
 

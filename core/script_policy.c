@@ -159,6 +159,11 @@ void script_load_policy(lua_State *L, lstate *s)
             luaL_error(L, "policy.lua: config.history_days must be a number of days >= 0 (0 keeps forever)");
         if (strcmp(k, "read_receipts") == 0 && t != LUA_TBOOLEAN)
             luaL_error(L, "policy.lua: config.read_receipts must be true or false");
+        if (strcmp(k, "admin_role") == 0 && t == LUA_TSTRING) {
+            free(s->admin_role);
+            s->admin_role = strdup(lua_tostring(L, -1));
+            if (!s->admin_role) luaL_error(L, "out of memory");
+        }
         if (is_int_key(k)) {
             double v = lua_tonumber(L, -1);
             if (t != LUA_TNUMBER || v != (double)(int64_t)v || v <= 0 || v > 1e12)

@@ -6,6 +6,7 @@ buffer and from Postgres, history in its current state; refusals;
 reaction counts exact under concurrent reacts on two nodes; idempotent
 resends."""
 import asyncio
+import http.client
 import json
 import os
 import urllib.parse
@@ -426,6 +427,70 @@ async def in_process_bus_single_node():
     eq([f.get("count") for f in upd(al, room)], [1, 2, None, None], "counts")
     h = history(n, room, token("alice"))
     eq(h["messages"][0].get("deleted"), True, "deleted in history")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def default_authorship_without_update_hooks():
+    """protocol.md: "default: the author edits and deletes their own
+    messages, a token with the policy's admin role deletes any; anyone in
+    the room reacts". A policy without on_edit / on_delete (the harness's
+    OPEN_POLICY) gets that default from the core, not "anyone edits
+    anything"; a policy's config.admin_role names the admin role; the
+    server API's moderator delete stays allowed."""
+    key = "itest-upd-key-0123456789"
+    a = start_node(redis=True, db=True, env={"CHAT_API_KEYS": key})       # OPEN_POLICY
+    room = uniq("open")
+    al = await Client.connect(a, room, token("alice"))
+    bo = await Client.connect(a, room, token("bob"))
+    ad = await Client.connect(a, room, token("root", role="admin"))
+    mo = await Client.connect(a, room, token("mo", role="moderator"))
+    s1 = await post(al, room, "alice 1", "m1")
+    s2 = await post(al, room, "alice 2", "m2")
+    s3 = await post(bo, room, "bob 3", "m3")
+    answers = []
+    for c, f in ((bo, {"type": "edit", "target": s1, "body": "hacked"}),
+                 (bo, {"type": "delete", "target": s1}),
+                 (mo, {"type": "delete", "target": s1}),
+                 (ad, {"type": "edit", "target": s1, "body": "admin edits"}),
+                 (al, {"type": "edit", "target": s1, "body": "alice 1!"}),
+                 (bo, {"type": "react", "target": s1, "emoji": THUMBS}),
+                 (al, {"type": "delete", "target": s1}),
+                 (ad, {"type": "delete", "target": s2})):
+        f = dict(f, room=room, id=uniq("i"))
+        ans = await send_and_ack(c, f)
+        answers.append(ans["seq"] if ans["type"] == "ack" else ans["code"])
+    eq(answers, ["forbidden", "forbidden", "forbidden", "forbidden", 4, 5, 6, 7],
+       "bob edits/deletes alice's: forbidden; a non-admin role and an admin's edit: forbidden; "
+       "alice's own edit, bob's react, alice's own delete, the admin's delete: acked")
+    # the server API's delete is a moderator's: allowed on any message
+    def api_delete(port, path):
+        hc = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            hc.request("DELETE", path, body=b"{}", headers={"Authorization": f"Bearer {key}",
+                                                          "Content-Type": "application/json"})
+            r = hc.getresponse()
+            return r.status, r.read()
+        finally:
+            hc.close()
+    st, body = await asyncio.to_thread(api_delete, a.port, f"/api/rooms/{room}/messages/{s3}")
+    eq(st, 200, f"API moderator delete of bob's message ({body!r})")
+    await al.wait_count(is_event(room), 8, 8, "events")
+    h = history(a, room, token("carol"))
+    eq([(m["seq"], m.get("deleted", False)) for m in h["messages"]],
+       [(s1, True), (s2, True), (s3, True)], "all three deleted in history")
+
+    # config.admin_role names the admin role (here "mod": "admin" is nobody)
+    b = start_node(redis=True, db=True, scripts=harness.policy_dir(
+        'local M = {config = {admin_role = "mod"}}\nreturn M\n'))
+    room = uniq("role")
+    al = await Client.connect(b, room, token("alice"))
+    ad = await Client.connect(b, room, token("root", role="admin"))
+    mo = await Client.connect(b, room, token("mo", role="mod"))
+    s1 = await post(al, room, "one", "m1")
+    a1 = await send_and_ack(ad, {"type": "delete", "room": room, "target": s1, "id": "d1"})
+    eq((a1["type"], a1.get("code")), ("error", "forbidden"), f"role admin under admin_role=mod: {a1}")
+    a2 = await send_and_ack(mo, {"type": "delete", "room": room, "target": s1, "id": "d2"})
+    eq((a2["type"], a2.get("seq")), ("ack", 2), f"role mod under admin_role=mod: {a2}")
 
 
 @test(timeout=60, needs=("redis", "pg"))
