@@ -121,6 +121,41 @@ static void send_presence_state(conn_room *cr, const presence_user *u, size_t n,
     free(b);
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A replayed message (or edit of one) whose delete is in the same replay
+ * or among the live frames held meanwhile goes out erased, as history
+ * shows it ("deleted":true, no body), wherever it was replayed from: the
+ * recent buffer still holds the original body, and Postgres rows read
+ * before the delete was stored too. */
+static void erase_deleted(join_op *op, conn_room *cr)
+{
+    size_t total = (size_t)op->n + cr->nheld, nd = 0;
+    if (!total) return;
+    uint64_t *content = malloc(op->n * sizeof *content + 1), *del = malloc(total * sizeof *del);
+    if (!content || !del) { free(content); free(del); return; }   /* out of memory: as replayed */
+    for (size_t i = 0; i < total; i++) {
+        uint64_t d;
+        uint64_t c = wire_frame_content_of(i < op->n ? op->msgs[i] : cr->held[i - op->n], &d);
+        if (i < op->n) content[i] = c;
+        if (d) del[nd++] = d;
+    }
+    if (nd) qsort(del, nd, sizeof *del, cmp_u64);
+    for (uint32_t i = 0; nd && i < op->n; i++) {
+        if (!content[i] || !bsearch(&content[i], del, nd, sizeof *del, cmp_u64)) continue;
+        msg *e = wire_erased_frame(cr->r->name, op->msgs[i]);
+        if (!e) continue;
+        msg_unref(op->msgs[i]);
+        op->msgs[i] = e;
+    }
+    free(content);
+    free(del);
+}
+
 static void join_finish(join_op *op, const presence_user *u, size_t n)
 {
     conn_room *cr = op->cr;
@@ -136,6 +171,7 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     else if (op->gap)
         chat_send_room_error(cr->c, cr->r->name, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP");
     if (op->unavailable) conn_send_error(cr->c, "unavailable", "recovery is unavailable right now", NULL);
+    erase_deleted(op, cr);
     for (uint32_t i = 0; i < op->n; i++) chat_deliver(cr, op->msgs[i]);
     for (uint32_t i = 0; i < cr->nheld; i++) {
         chat_deliver(cr, cr->held[i]);
@@ -216,12 +252,16 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
     while (run < n && rows[run].seq == rows[run - 1].seq + 1) run++;
     n = run;
     for (size_t i = 0; i < n; i++) {
-        /* messages and message updates alike, each as it was broadcast
-         * (a deleted message and its edits with body "": the delete
+        /* messages and message updates alike, each as it was broadcast,
+         * but a deleted message and its edits (erased in Postgres: body
+         * "") as history shows them: "deleted":true, no body (the delete
          * follows in the same replay) */
         size_t tl;
         const store_row *w = &rows[i];
-        char *t = w->kind == STORE_MESSAGE
+        char *t = w->deleted && (w->kind == STORE_MESSAGE || w->kind == STORE_EDIT)
+                      ? wire_erased_tail(w->kind == STORE_MESSAGE ? WIRE_MESSAGE : WIRE_EDIT,
+                                         w->client_id, w->target, w->user, w->name, w->ts, &tl)
+                  : w->kind == STORE_MESSAGE
                       ? wire_message_tail_meta(w->client_id, w->user, w->name, w->body,
                                                w->body_len, w->meta, w->meta_len, w->ts, &tl)
                       : wire_update_tail(w->kind, w->client_id, w->target, w->user, w->name,

@@ -3,6 +3,7 @@
 #include "wire.h"
 #include "util.h"
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,91 @@ char *wire_update_tail(int kind, const char *id, uint64_t target, const char *us
     t[o] = 0;
     *len = o;
     return t;
+}
+
+char *wire_erased_tail(int kind, const char *id, uint64_t target, const char *user,
+                       const char *name, uint64_t ts, size_t *len)
+{
+    if (kind != WIRE_MESSAGE && kind != WIRE_EDIT) return NULL;
+    size_t cap = 6 * (strlen(user) + strlen(name) + (id ? strlen(id) : 0)) + 160;
+    char *t = malloc(cap);
+    if (!t) return NULL;
+    size_t o = 0;
+    if (kind == WIRE_EDIT) { memcpy(t, "\"kind\":\"edit\",", 14); o = 14; }
+    if (id) {
+        memcpy(t + o, "\"id\":", 5); o += 5;
+        o += (size_t)json_escape(t + o, cap - o, id, strlen(id));
+        t[o++] = ',';
+    }
+    if (kind == WIRE_EDIT) o += (size_t)snprintf(t + o, cap - o, "\"target\":%" PRIu64 ",", target);
+    memcpy(t + o, "\"user\":", 7); o += 7;
+    o += (size_t)json_escape(t + o, cap - o, user, strlen(user));
+    memcpy(t + o, ",\"name\":", 8); o += 8;
+    o += (size_t)json_escape(t + o, cap - o, name, strlen(name));
+    if (kind == WIRE_EDIT)
+        o += (size_t)snprintf(t + o, cap - o, ",\"ts\":%" PRIu64 ",\"deleted\":true}", ts);
+    else
+        o += (size_t)snprintf(t + o, cap - o, ",\"deleted\":true,\"ts\":%" PRIu64 "}", ts);
+    *len = o;
+    return t;
+}
+
+/* A frame of wire_message_frame, parsed (NULL when it is not one). */
+static json_t *frame_json(const msg *m)
+{
+    if (m->kind != MSG_MESSAGE || !m->seq) return NULL;
+    json_t *o = json_loadb((const char *)msg_payload((msg *)m), m->len, 0, NULL);
+    if (o && !json_is_object(o)) { json_decref(o); o = NULL; }
+    return o;
+}
+
+static const char *str_of(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static uint64_t uint_of(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
+
+uint64_t wire_frame_content_of(const msg *m, uint64_t *deletes)
+{
+    static const char msg_pfx[] = "{\"type\":\"message\",", upd_pfx[] = "{\"type\":\"message_update\",";
+    const unsigned char *p = msg_payload((msg *)m);
+    *deletes = 0;
+    if (m->kind != MSG_MESSAGE || !m->seq) return 0;
+    if (m->len >= sizeof msg_pfx - 1 && !memcmp(p, msg_pfx, sizeof msg_pfx - 1)) return m->seq;
+    if (m->len < sizeof upd_pfx - 1 || memcmp(p, upd_pfx, sizeof upd_pfx - 1) != 0) return 0;
+    json_t *o = frame_json(m);
+    const char *k = o ? str_of(o, "kind") : NULL;
+    uint64_t content = 0;
+    if (k && !strcmp(k, "delete")) *deletes = uint_of(o, "target");
+    else if (k && !strcmp(k, "edit")) content = uint_of(o, "target");
+    json_decref(o);
+    return content;
+}
+
+msg *wire_erased_frame(const char *room, const msg *m)
+{
+    json_t *o = frame_json(m);
+    if (!o) return NULL;
+    const char *type = str_of(o, "type"), *kn = str_of(o, "kind");
+    const char *user = str_of(o, "user"), *name = str_of(o, "name");
+    int kind = type && !strcmp(type, "message") ? WIRE_MESSAGE
+             : type && !strcmp(type, "message_update") && kn && !strcmp(kn, "edit") ? WIRE_EDIT : -1;
+    msg *out = NULL;
+    size_t tl;
+    char *t = kind >= 0 && user && name
+                  ? wire_erased_tail(kind, str_of(o, "id"), uint_of(o, "target"), user, name,
+                                     uint_of(o, "ts"), &tl)
+                  : NULL;
+    if (t) out = wire_message_frame(room, m->seq, t, tl);
+    free(t);
+    json_decref(o);
+    return out;
 }
 
 msg *wire_message_frame(const char *room, uint64_t seq, const char *tail, size_t len)

@@ -42,6 +42,24 @@ const char *wire_update_kind_name(int kind);
 char *wire_update_tail(int kind, const char *id, uint64_t target, const char *user,
                        const char *name, uint64_t ts, const char *body, size_t body_len,
                        const char *emoji, int on, int64_t count, size_t *len);
+/* A message, or an edit of one, that a later delete erased, as a replay
+ * sends it (protocol.md: history shows a deleted message with
+ * "deleted":true and no body): kind WIRE_MESSAGE -> '["id":..,]"user":..,
+ * "name":..,"deleted":true,"ts":..}', WIRE_EDIT -> '"kind":"edit",
+ * ["id":..,]"target":T,"user":..,"name":..,"ts":..,"deleted":true}' (no
+ * body, no meta). malloc'd, *len set; NULL when out of memory or another
+ * kind. */
+char *wire_erased_tail(int kind, const char *id, uint64_t target, const char *user,
+                       const char *name, uint64_t ts, size_t *len);
+/* The same for a frame built by wire_message_frame (a message or an edit
+ * of room): a new frame with the erased tail and the same seq; NULL when m
+ * is neither (or out of memory). */
+msg *wire_erased_frame(const char *room, const msg *m);
+/* What a frame of wire_message_frame means for erasing: the seq of the
+ * message whose content it carries (a message: its seq; an edit: its
+ * target), else 0; *deletes = the target of a delete update, else 0. A
+ * message frame is not parsed; an update's is. */
+uint64_t wire_frame_content_of(const msg *m, uint64_t *deletes);
 /* 1 when tail is an update's (it begins with '"kind":'). */
 int wire_tail_is_update(const char *tail, size_t len);
 /* prefix + '"users":[{"user":..,"name":..},...]}' (prefix opens the object

@@ -37,6 +37,23 @@ def strip(f):
     return {k: v for k, v in f.items() if k != "_t"}
 
 
+def erased(frames):
+    """What a replay sends for the live frames: a message deleted later in
+    the same stream, and its edits, with "deleted": true and no body (nor
+    meta), as history shows it, wherever the replay reads from."""
+    gone = {f["target"] for f in frames if f["type"] == "message_update" and f.get("kind") == "delete"}
+    out = []
+    for f in frames:
+        f = dict(f)
+        if (f["type"] == "message" and f["seq"] in gone) or \
+                (f["type"] == "message_update" and f.get("kind") == "edit" and f["target"] in gone):
+            f.pop("body", None)
+            f.pop("meta", None)
+            f["deleted"] = True
+        out.append(f)
+    return out
+
+
 def upd(c, room):
     return [f for f in c.frames if f["type"] == "message_update" and f.get("room") == room]
 
@@ -118,12 +135,17 @@ async def edit_delete_react_order_and_replay():
     check("body" not in u[8] and "emoji" not in u[8], f"delete carries no body/emoji: {u[8]}")
     live = [strip(f) for f in events(bo, room)]
     eq([strip(f) for f in events(al, room)], live, "both nodes saw the same events")
-    # replay by since= from the recent buffer, on the other node and on the same one
+    # replay by since= from the recent buffer, on the other node and on the same one: the
+    # message deleted since (s2) comes as history shows it, not with its original body
     for n, since in ((a, 0), (b, 2), (a, 5)):
         r = await Client.connect(n, room, token("carol"), since=since)
         await r.wait_count(is_event(room), head - since, 8, f"replay since {since}")
         await asyncio.sleep(0.2)
-        eq([strip(f) for f in events(r, room)], live[since:], f"replay since={since} on {n.name}")
+        got = [strip(f) for f in events(r, room)]
+        eq(got, erased(live[since:]), f"replay since={since} on {n.name}")
+        if since < s2:
+            m2 = next(f for f in got if f["seq"] == s2)
+            check(m2.get("deleted") is True and "body" not in m2, f"replayed deleted message {m2}")
     # history: current state
     h = history(b, room, token("carol"))
     msgs = {m["seq"]: m for m in h["messages"]}
@@ -356,17 +378,16 @@ async def replay_from_postgres_beyond_the_buffer():
         await asyncio.sleep(0.2)
         got = [strip(f) for f in events(r, room)]
         check(not r.errors(), f"replay errors {r.errors()}")
-        # from Postgres, the deleted message and its edit come with an empty body
-        # (the delete follows in the same replay)
-        want = []
-        for f in live[since:]:
-            f = dict(f)
-            if f["type"] == "message" and f["seq"] == seqs[0]:
-                f["body"] = ""
-            if f["type"] == "message_update" and f.get("kind") == "edit" and f["target"] == seqs[0]:
-                f["body"] = ""
-            want.append(f)
-        eq(got, want, f"replay since={since} from Postgres equals the live stream")
+        # from Postgres, the deleted message and its edit come as history shows them:
+        # "deleted": true, no body (the delete follows in the same replay)
+        want = erased(live[since:])
+        if since < seqs[0]:
+            m0 = next(f for f in got if f["seq"] == seqs[0])
+            check(m0.get("deleted") is True and "body" not in m0, f"replayed deleted message {m0}")
+        for e0 in (f for f in got if f["type"] == "message_update" and f["kind"] == "edit"
+                   and f["target"] == seqs[0]):
+            check(e0.get("deleted") is True and "body" not in e0, f"replayed edit of the deleted message {e0}")
+        eq(got, want, f"replay since={since} from Postgres equals the live stream, erased")
 
 
 @test(timeout=60, needs=("redis", "pg"))

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "check.h"
 #include "util.h"
+#include "wire.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -74,8 +75,61 @@ static void test_clocks(void)
     CHECK(mono_ms() >= a / 1000000ull && mono_ms() <= mono_ns() / 1000000ull, "mono_ms");
 }
 
+/* A replayed message erased by a later delete (protocol.md: "deleted":true
+ * with no body), from its frame or its fields. */
+static void test_wire_erased(void)
+{
+    size_t tl;
+    char *t = wire_message_tail_meta("m1", "al\"ice", "Alice", "secret body", 11, "{\"k\":1}", 7, 42, &tl);
+    msg *m = wire_message_frame("r", 5, t, tl);
+    free(t);
+    uint64_t d = 9;
+    CHECK(wire_frame_content_of(m, &d) == 5 && d == 0, "a message carries its own content");
+    msg *e = wire_erased_frame("r", m);
+    REQUIRE(e != NULL);
+    const char *want = "{\"type\":\"message\",\"room\":\"r\",\"seq\":5,\"id\":\"m1\",\"user\":\"al\\\"ice\","
+                       "\"name\":\"Alice\",\"deleted\":true,\"ts\":42}";
+    CHECK(e->len == strlen(want) && !memcmp(msg_payload(e), want, e->len), "erased message: %.*s",
+          (int)e->len, (const char *)msg_payload(e));
+    CHECK(e->seq == 5 && e->kind == MSG_MESSAGE);
+    msg_unref(e);
+    msg_unref(m);
+
+    t = wire_update_tail(WIRE_EDIT, NULL, 5, "alice", "Alice", 43, "new secret", 10, NULL, 0, -1, &tl);
+    m = wire_message_frame("r", 6, t, tl);
+    free(t);
+    CHECK(wire_frame_content_of(m, &d) == 5 && d == 0, "an edit carries its target's content");
+    e = wire_erased_frame("r", m);
+    REQUIRE(e != NULL);
+    want = "{\"type\":\"message_update\",\"room\":\"r\",\"seq\":6,\"kind\":\"edit\",\"target\":5,"
+           "\"user\":\"alice\",\"name\":\"Alice\",\"ts\":43,\"deleted\":true}";
+    CHECK(e->len == strlen(want) && !memcmp(msg_payload(e), want, e->len), "erased edit: %.*s",
+          (int)e->len, (const char *)msg_payload(e));
+    msg_unref(e);
+    msg_unref(m);
+
+    t = wire_update_tail(WIRE_DELETE, "d1", 5, "alice", "Alice", 44, NULL, 0, NULL, 0, -1, &tl);
+    m = wire_message_frame("r", 7, t, tl);
+    free(t);
+    CHECK(wire_frame_content_of(m, &d) == 0 && d == 5, "a delete names its target");
+    CHECK(wire_erased_frame("r", m) == NULL, "a delete is not erased");
+    msg_unref(m);
+    t = wire_update_tail(WIRE_REACT, NULL, 5, "bob", "Bob", 45, NULL, 0, ":x:", 1, 1, &tl);
+    m = wire_message_frame("r", 8, t, tl);
+    free(t);
+    CHECK(wire_frame_content_of(m, &d) == 0 && d == 0, "a react carries no content");
+    CHECK(wire_erased_frame("r", m) == NULL, "a react is not erased");
+    msg_unref(m);
+    /* from a row's fields (the Postgres replay) */
+    t = wire_erased_tail(WIRE_MESSAGE, NULL, 0, "u", "U", 1, &tl);
+    CHECK(t && tl == strlen(t) && !strcmp(t, "\"user\":\"u\",\"name\":\"U\",\"deleted\":true,\"ts\":1}"), "%s", t);
+    free(t);
+    CHECK(wire_erased_tail(WIRE_REACT, NULL, 0, "u", "U", 1, &tl) == NULL);
+}
+
 int main(void)
 {
+    test_wire_erased();
     test_rooms();
     test_escape();
     test_clocks();
