@@ -164,7 +164,7 @@ function messageEl(m, own) {
     el('span', { class: 'author', text: m.name || m.user || '?' }),
     el('time', { datetime: new Date(Number(m.ts) || Date.now()).toISOString(), text: fmtTime(m.ts) }));
   if (own) meta.append(el('span', { class: 'state', role: 'img' }));
-  li.append(meta, el('div', { class: 'body', text: m.body }));
+  li.append(meta, el('div', { class: 'body', text: typeof m.body === 'string' ? m.body : '' }));
   updatesDecorate(li, m, own);
   return li;
 }
@@ -800,7 +800,7 @@ function applyUpdate(li, u) {
   if (u.kind === 'edit') {
     st.editedTs = u.ts;
     const b = li.querySelector('.body');
-    if (b && !st.deleted && !li.classList.contains('editing')) b.textContent = u.body;
+    if (b && typeof u.body === 'string' && !st.deleted && !li.classList.contains('editing')) b.textContent = u.body;
   } else if (u.kind === 'delete') {
     st.deleted = true;
     stopEditing(li, false);
@@ -813,7 +813,8 @@ function applyUpdate(li, u) {
 
 // A message was placed in the list: live updates that came before it apply now.
 function updatesPlaced(r, li, m) {
-  if (m.fromHistory && li._upd) { applyHistoryState(li, m); renderUpdates(li); }
+  // a replayed message deleted since comes as history shows it (deleted, no body)
+  if ((m.fromHistory || m.deleted) && li._upd) { applyHistoryState(li, m); renderUpdates(li); }
   const early = r.early.get(Number(m.seq));
   if (early) {
     r.early.delete(Number(m.seq));
