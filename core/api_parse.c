@@ -141,6 +141,26 @@ static int str_member(json_t *o, const char *k, const char **s, size_t *l)
     return 1;
 }
 
+/* 1 when a string anywhere in v (a value, or an object's key) holds U+0000 */
+static int has_nul(json_t *v)
+{
+    if (json_is_string(v)) return memchr(json_string_value(v), 0, json_string_length(v)) != NULL;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (has_nul(json_array_get(v, i))) return 1;
+        return 0;
+    }
+    if (json_is_object(v)) {
+        const char *k;
+        size_t kl;
+        json_t *x;
+        json_object_keylen_foreach(v, k, kl, x) {
+            if (memchr(k, 0, kl) || has_nul(x)) return 1;
+        }
+    }
+    return 0;
+}
+
 int api_parse_publish(const char *text, size_t len, api_publish *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -181,6 +201,10 @@ int api_parse_publish(const char *text, size_t len, api_publish *out, char *err,
         if (!json_is_object(meta)) {
             api_publish_clear(out);
             return fail(err, errlen, "%s", "meta must be a JSON object");
+        }
+        if (has_nul(meta)) {   /* as for the body: U+0000 is refused before a seq */
+            api_publish_clear(out);
+            return fail(err, errlen, "%s", "meta contains U+0000");
         }
         /* stored and broadcast as given: the text of the member itself */
         size_t off, ml;

@@ -135,9 +135,14 @@ static int cmp_u64(const void *a, const void *b)
 static void erase_deleted(join_op *op, conn_room *cr)
 {
     size_t total = (size_t)op->n + cr->nheld, nd = 0;
-    if (!total) return;
+    if (!op->n) return;   /* nothing replayed: live frames go out as they came */
     uint64_t *content = malloc(op->n * sizeof *content + 1), *del = malloc(total * sizeof *del);
-    if (!content || !del) { free(content); free(del); return; }   /* out of memory: as replayed */
+    if (!content || !del) {   /* never an erased body sent as it was: no replay at all */
+        free(content);
+        free(del);
+        conn_close_oom(cr->c);
+        return;
+    }
     for (size_t i = 0; i < total; i++) {
         uint64_t d;
         uint64_t c = wire_frame_content_of(i < op->n ? op->msgs[i] : cr->held[i - op->n], &d);
@@ -148,7 +153,10 @@ static void erase_deleted(join_op *op, conn_room *cr)
     for (uint32_t i = 0; nd && i < op->n; i++) {
         if (!content[i] || !bsearch(&content[i], del, nd, sizeof *del, cmp_u64)) continue;
         msg *e = wire_erased_frame(cr->r->name, op->msgs[i]);
-        if (!e) continue;
+        if (!e) {   /* out of memory: closed (1011), nothing more is sent */
+            conn_close_oom(cr->c);
+            break;
+        }
         msg_unref(op->msgs[i]);
         op->msgs[i] = e;
     }

@@ -46,49 +46,53 @@ static int exe_dir(char *out, size_t n)
     return 0;
 }
 
-/* Sets env (read by config.c) to the first existing folder of paths[]
- * when no flag, no env and no cwd_default folder names it. */
+/* 1 when folder/file exists (a marker that folder is what we look for) */
+static int has_file(const char *folder, const char *file)
+{
+    char p[PATH_MAX + 64];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", folder, file);
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Sets env (read by config.c) to path when no flag, no env and no
+ * cwd_default folder names one, and path is a folder holding marker. */
 static void default_folder(int argc, char **argv, const char *flag, const char *env,
-                           const char *cwd_default, const char *const *paths, int npaths)
+                           const char *cwd_default, const char *path, const char *marker)
 {
     if (has_flag(argc, argv, flag) || getenv(env) || is_dir(cwd_default)) return;
-    for (int i = 0; i < npaths; i++)
-        if (paths[i][0] && is_dir(paths[i])) {
-            setenv(env, paths[i], 0);
-            return;
-        }
+    if (path[0] && is_dir(path) && has_file(path, marker)) setenv(env, path, 0);
 }
 
 int main(int argc, char **argv)
 {
     char dir[PATH_MAX];
     if (exe_dir(dir, sizeof dir) == 0) {
-        /* a build tree: <tree>/build/chatd -> <tree>/scripts, <tree>/web */
-        char tree[PATH_MAX + 4], t_scripts[PATH_MAX + 16] = "", t_web[PATH_MAX + 16] = "";
-        snprintf(tree, sizeof tree, "%s/..", dir);
-        char *real = realpath(tree, NULL);
-        if (real) {
-            snprintf(t_scripts, sizeof t_scripts, "%s/scripts", real);
-            snprintf(t_web, sizeof t_web, "%s/web", real);
-            free(real);
-        }
-        /* installed: <prefix>/bin/chatd -> <prefix>/etc/chatd/scripts
-         * (/etc/chatd/scripts for /usr), <prefix>/share/chatd/web */
-        char i_scripts[PATH_MAX + 32] = "", i_web[PATH_MAX + 32] = "";
+        char scripts[PATH_MAX + 32] = "", web[PATH_MAX + 32] = "";
         const char *slash = strrchr(dir, '/');
-        int in_bin = slash && !strcmp(slash, "/bin");
-        if (in_bin) {
+        if (slash && !strcmp(slash, "/bin")) {
+            /* installed: <prefix>/bin/chatd -> <prefix>/etc/chatd/scripts
+             * (/etc/chatd/scripts for /usr), <prefix>/share/chatd/web; its
+             * parent is the prefix, never a tree (/usr/bin/../web is no client) */
             int plen = (int)(slash - dir);           /* <prefix> ("" for /bin) */
             int usr = plen == 4 && !strncmp(dir, "/usr", 4);
-            snprintf(i_scripts, sizeof i_scripts, "%.*s/etc/chatd/scripts", usr ? 0 : plen, dir);
-            snprintf(i_web, sizeof i_web, "%.*s/share/chatd/web", plen, dir);
+            snprintf(scripts, sizeof scripts, "%.*s/etc/chatd/scripts", usr ? 0 : plen, dir);
+            snprintf(web, sizeof web, "%.*s/share/chatd/web", plen, dir);
+        } else {
+            /* a build tree: <tree>/build/chatd -> <tree>/scripts, <tree>/web,
+             * only when they hold the policy and the client (a binary in
+             * /app or /usr/sbin never takes an unrelated /scripts) */
+            char tree[PATH_MAX + 4];
+            snprintf(tree, sizeof tree, "%s/..", dir);
+            char *real = realpath(tree, NULL);
+            if (real) {
+                snprintf(scripts, sizeof scripts, "%s/scripts", real);
+                snprintf(web, sizeof web, "%s/web", real);
+                free(real);
+            }
         }
-        /* a binary in <prefix>/bin is an installed one: its parent is the
-         * prefix, never a tree (/usr/bin/../web is no client) */
-        const char *scripts[2] = {in_bin ? i_scripts : t_scripts, in_bin ? "" : i_scripts};
-        const char *web[2] = {in_bin ? i_web : t_web, in_bin ? "" : i_web};
-        default_folder(argc, argv, "--scripts", "CHAT_SCRIPTS", "scripts", scripts, 2);
-        default_folder(argc, argv, "--web", "CHAT_WEB_DIR", "web", web, 2);
+        default_folder(argc, argv, "--scripts", "CHAT_SCRIPTS", "scripts", scripts, "policy.lua");
+        default_folder(argc, argv, "--web", "CHAT_WEB_DIR", "web", web, "index.html");
     }
     return workers_main(argc, argv);
 }

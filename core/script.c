@@ -344,7 +344,10 @@ int script_has_hook(const script_host *h, const char *hook)
 
 const char *script_admin_role(const script_host *h)
 {
-    return h && h->cur && h->cur->admin_role ? h->cur->admin_role : SCRIPT_ADMIN_ROLE;
+    if (h && h->cur && h->cur->admin_role) return h->cur->admin_role;
+    /* a policy without config.admin_role: the environment's, as for a key it declares */
+    const char *ev = getenv("CHAT_ADMIN_ROLE");
+    return ev && *ev ? ev : SCRIPT_ADMIN_ROLE;
 }
 
 void script_result_clear(script_result *res)

@@ -677,6 +677,7 @@ static void verify_done(store *s)
          * retried batch, a backfill of a stored row: an operator's CHECK
          * or BEFORE trigger runs before ON CONFLICT can skip it)? */
         s->refused_check = 0;
+        s->suspect = 0; /* the refused row is answered here: the rows after it go whole again */
         wnode *w = s->fl_head;
         int found = -1;
         for (int t = 0; t < nt && found < 0; t++)

@@ -127,11 +127,12 @@ char *wire_erased_tail(int kind, const char *id, uint64_t target, const char *us
     return t;
 }
 
-/* A frame of wire_message_frame, parsed (NULL when it is not one). */
+/* A frame of wire_message_frame, parsed (NULL when it is not one). A
+ * \u0000 in a string (the API's meta held one) is no reason to fail. */
 static json_t *frame_json(const msg *m)
 {
     if (m->kind != MSG_MESSAGE || !m->seq) return NULL;
-    json_t *o = json_loadb((const char *)msg_payload((msg *)m), m->len, 0, NULL);
+    json_t *o = json_loadb((const char *)msg_payload((msg *)m), m->len, JSON_ALLOW_NUL, NULL);
     if (o && !json_is_object(o)) { json_decref(o); o = NULL; }
     return o;
 }
@@ -167,18 +168,19 @@ uint64_t wire_frame_content_of(const msg *m, uint64_t *deletes)
 
 msg *wire_erased_frame(const char *room, const msg *m)
 {
+    /* a frame that cannot be read back (it never happens to frames chatd
+     * built; if it did) still goes out erased, as a message with no
+     * identity: never the original body */
     json_t *o = frame_json(m);
-    if (!o) return NULL;
-    const char *type = str_of(o, "type"), *kn = str_of(o, "kind");
-    const char *user = str_of(o, "user"), *name = str_of(o, "name");
-    int kind = type && !strcmp(type, "message") ? WIRE_MESSAGE
+    const char *type = o ? str_of(o, "type") : NULL, *kn = o ? str_of(o, "kind") : NULL;
+    const char *user = o ? str_of(o, "user") : NULL, *name = o ? str_of(o, "name") : NULL;
+    int kind = !o || (type && !strcmp(type, "message")) ? WIRE_MESSAGE
              : type && !strcmp(type, "message_update") && kn && !strcmp(kn, "edit") ? WIRE_EDIT : -1;
+    if (kind < 0) { json_decref(o); return NULL; }   /* a delete, a react: nothing to erase */
     msg *out = NULL;
     size_t tl;
-    char *t = kind >= 0 && user && name
-                  ? wire_erased_tail(kind, str_of(o, "id"), uint_of(o, "target"), user, name,
-                                     uint_of(o, "ts"), &tl)
-                  : NULL;
+    char *t = wire_erased_tail(kind, o ? str_of(o, "id") : NULL, o ? uint_of(o, "target") : 0,
+                               user ? user : "", name ? name : "", o ? uint_of(o, "ts") : 0, &tl);
     if (t) out = wire_message_frame(room, m->seq, t, tl);
     free(t);
     json_decref(o);

@@ -52,8 +52,10 @@ char *wire_update_tail(int kind, const char *id, uint64_t target, const char *us
 char *wire_erased_tail(int kind, const char *id, uint64_t target, const char *user,
                        const char *name, uint64_t ts, size_t *len);
 /* The same for a frame built by wire_message_frame (a message or an edit
- * of room): a new frame with the erased tail and the same seq; NULL when m
- * is neither (or out of memory). */
+ * of room): a new frame with the erased tail and the same seq (a frame
+ * that does not parse becomes an erased message with an empty user and
+ * name: never the original); NULL for a delete or a react frame, and out
+ * of memory. */
 msg *wire_erased_frame(const char *room, const msg *m);
 /* What a frame of wire_message_frame means for erasing: the seq of the
  * message whose content it carries (a message: its seq; an edit: its

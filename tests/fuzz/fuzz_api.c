@@ -236,6 +236,22 @@ static int reason_ok(json_t *o, const char **s, size_t *n)
     return 1;
 }
 
+/* the model's own walk: 1 when any key or string of v holds U+0000 */
+static int model_nul(json_t *v)
+{
+    size_t i;
+    json_t *x;
+    const char *k;
+    if (json_is_string(v)) return strlen(json_string_value(v)) != json_string_length(v);
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, x) if (model_nul(x)) return 1;
+    } else if (json_is_object(v)) {
+        size_t kl;
+        json_object_keylen_foreach(v, k, kl, x) if (strlen(k) != kl || model_nul(x)) return 1;
+    }
+    return 0;
+}
+
 static void check_publish(const char *body, size_t len)
 {
     api_publish p;
@@ -260,6 +276,7 @@ static void check_publish(const char *body, size_t len)
     json_t *meta = o ? json_object_get(o, "meta") : NULL;
     if (meta && json_is_null(meta)) meta = NULL;
     ok = ok && (!meta || json_is_object(meta));
+    ok = ok && (!meta || !model_nul(meta)); /* no U+0000 anywhere in meta, as in a body */
     if (r < 0) {
         FUZZ_CHECK(err[0], "publish refused without a reason");
         FUZZ_SAY("publish refused: %s", err);

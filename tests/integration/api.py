@@ -429,6 +429,9 @@ async def unstorable_input_is_refused_before_a_seq():
         b'{"id":"a9","user":"u","body":"\\udc00"}',
         b'{"id":"a10","user":"u\\u0000v","body":"b"}',
         b'{"id":"a11","user":"u","body":"b\\u0000"}',
+        b'{"id":"a12","user":"u","body":"b","meta":{"k":"x\\u0000y"}}',   # NUL in meta, as in a body
+        b'{"id":"a13","user":"u","body":"b","meta":{"k":["ok",{"d":"\\u0000"}]}}',
+        b'{"id":"a14","user":"u","body":"b","meta":{"k\\u0000":1}}',
     ]
     for raw in api_cases:
         st, _, js = await acall(n.port, "POST", pub, raw=raw, headers=hdr)

@@ -513,6 +513,18 @@ async def default_authorship_without_update_hooks():
     a2 = await send_and_ack(mo, {"type": "delete", "room": room, "target": s1, "id": "d2"})
     eq((a2["type"], a2.get("seq")), ("ack", 2), f"role mod under admin_role=mod: {a2}")
 
+    # a policy without config.admin_role: CHAT_ADMIN_ROLE names it all the same
+    c = start_node(redis=True, db=True, env={"CHAT_ADMIN_ROLE": "boss"})   # OPEN_POLICY
+    room = uniq("envrole")
+    al = await Client.connect(c, room, token("alice"))
+    ad = await Client.connect(c, room, token("root", role="admin"))
+    bo = await Client.connect(c, room, token("bo", role="boss"))
+    s1 = await post(al, room, "one", "m1")
+    a1 = await send_and_ack(ad, {"type": "delete", "room": room, "target": s1, "id": "d1"})
+    eq((a1["type"], a1.get("code")), ("error", "forbidden"), f"role admin under CHAT_ADMIN_ROLE=boss: {a1}")
+    a2 = await send_and_ack(bo, {"type": "delete", "room": room, "target": s1, "id": "d2"})
+    eq((a2["type"], a2.get("seq")), ("ack", 2), f"role boss under CHAT_ADMIN_ROLE=boss: {a2}")
+
 
 @test(timeout=60, needs=("redis", "pg"))
 async def dead_node_updates_backfilled():

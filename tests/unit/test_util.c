@@ -120,6 +120,28 @@ static void test_wire_erased(void)
     CHECK(wire_frame_content_of(m, &d) == 0 && d == 0, "a react carries no content");
     CHECK(wire_erased_frame("r", m) == NULL, "a react is not erased");
     msg_unref(m);
+    /* a \u0000 in a string (meta) parses; a frame that does not parse at
+     * all is erased with no identity, never sent as it was */
+    static const char nul_tail[] = "\"id\":\"n1\",\"user\":\"u\",\"name\":\"U\",\"body\":\"SECRET\","
+                                   "\"ts\":7,\"meta\":{\"a\":\"x\\u0000y\"}}";
+    m = wire_message_frame("r", 9, nul_tail, sizeof nul_tail - 1);
+    e = wire_erased_frame("r", m);
+    REQUIRE(e != NULL);
+    want = "{\"type\":\"message\",\"room\":\"r\",\"seq\":9,\"id\":\"n1\",\"user\":\"u\","
+           "\"name\":\"U\",\"deleted\":true,\"ts\":7}";
+    CHECK(e->len == strlen(want) && !memcmp(msg_payload(e), want, e->len), "erased with a NUL in meta: %.*s",
+          (int)e->len, (const char *)msg_payload(e));
+    msg_unref(e);
+    msg_unref(m);
+    static const char bad_tail[] = "\"user\":\"u\",\"body\":\"SECRET\" oops";
+    m = wire_message_frame("r", 10, bad_tail, sizeof bad_tail - 1);
+    e = wire_erased_frame("r", m);
+    REQUIRE(e != NULL);
+    CHECK(!memmem(msg_payload(e), e->len, "SECRET", 6) &&
+          memmem(msg_payload(e), e->len, "\"deleted\":true", 14) && e->seq == 10,
+          "an unreadable frame is erased: %.*s", (int)e->len, (const char *)msg_payload(e));
+    msg_unref(e);
+    msg_unref(m);
     /* from a row's fields (the Postgres replay) */
     t = wire_erased_tail(WIRE_MESSAGE, NULL, 0, "u", "U", 1, &tl);
     CHECK(t && tl == strlen(t) && !strcmp(t, "\"user\":\"u\",\"name\":\"U\",\"deleted\":true,\"ts\":1}"), "%s", t);
