@@ -16,7 +16,8 @@ typedef enum {
 } frame_type;
 #define FT_COUNT 10
 
-#define FRAME_ID_MAX 64
+/* the bytes of an id: 1-64 characters (util.h client_id_valid, CLIENT_ID_BYTES) */
+#define FRAME_ID_MAX 256
 #define FRAME_EPOCH_MAX 64
 
 typedef struct client_frame {

@@ -212,7 +212,7 @@ static void test_two_nodes(void)
     pub(a, room, "c-77", "hello", &d3);
     WAIT(d3.done, 3000);
     CHECK(d3.status == 0 && d3.dup == 1 && d3.seq == d1.seq, "later resend");
-    CHECK(rc_int("TTL chat:{%s}:id:c-77", room) > 0, "id key has a ttl");
+    CHECK(rc_int("TTL chat:{%s}:id:1:u:c-77", room) > 0, "id key has a ttl");
     spin(50);
     CHECK(a->n == 101 && b->n == 101, "one delivery of the id (A %zu B %zu)", a->n, b->n);
     CHECK(counter("chat_messages_published_total") >= 101, "published metric");
@@ -536,7 +536,7 @@ static void test_free_pending(void)
     spin(200);
     CHECK(!bus_ready(d->b) && d->nready == 0, "never ready");
     in_call = 1;
-    CHECK(bus_publish(d->b, room, NULL, "x", 1, pub_cb, &p[0]) == -1, "refused");
+    CHECK(bus_publish(d->b, room, NULL, NULL, "x", 1, pub_cb, &p[0]) == -1, "refused");
     in_call = 0;
     node_free(d);
     settle();
