@@ -781,6 +781,41 @@ static void test_seed_no_ids(void)
            room, room, room);
 }
 
+/* A seed restores each stored id under its sender (Postgres gives the
+ * row's user with it, bus_seed_add_id): alice's and bob's id "1" at seqs
+ * 1 and 2 are each the duplicate of their own seq, carol's "1" is new. */
+static void test_seed_ids_senders(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "seedsnd");
+    uint64_t now = now_ms();
+    const char *ids[] = {"1", "1"}, *users[] = {"alice", "bob"};
+    const uint64_t seqs[] = {1, 2}, ts[] = {now - 2000, now - 1000};
+    node *a = node_new_seeded("SS", rurl, 2, "ep-s");
+    a->seed_ids = ids;
+    a->seed_id_users = users;
+    a->seed_id_seq = seqs;
+    a->seed_id_ts = ts;
+    a->nseed_ids = 2;
+    wait_ready(a);
+    pubres p, q, r;
+    pub_as(a, room, "bob", "1", "b", &p);
+    WAIT(p.done, 3000);
+    CHECK(p.status == 0 && p.dup && p.seq == 2, "bob's resend: the duplicate of 2 (%d %d %" PRIu64 ")",
+          p.status, p.dup, p.seq);
+    pub_as(a, room, "alice", "1", "a", &q);
+    WAIT(q.done, 3000);
+    CHECK(q.status == 0 && q.dup && q.seq == 1, "alice's resend: the duplicate of 1 (%" PRIu64 ")", q.seq);
+    pub_as(a, room, "carol", "1", "c", &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 0 && !r.dup && r.seq == 3, "carol's id 1 is new: 3 (%d %" PRIu64 ")", r.dup, r.seq);
+    CHECK(rc_int("GET chat:{%s}:id:5:alice:1", room) == 1 && rc_int("GET chat:{%s}:id:3:bob:1", room) == 2,
+          "the keys name their senders");
+    node_free(a);
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:run chat:{%s}:recent chat:{%s}:id:5:alice:1 "
+           "chat:{%s}:id:3:bob:1 chat:{%s}:id:5:carol:1", room, room, room, room, room, room, room);
+}
+
 /* bus_free while a seed request is with the provider: the waiting publish
  * and replay answer -1 once; answering afterwards only frees the request. */
 static void test_seed_free_pending(const char *url)
@@ -894,6 +929,7 @@ int main(void)
         test_seed_ids();
         test_seed_ids_mark();
         test_seed_no_ids();
+        test_seed_ids_senders();
         test_seed_ids_free();
         test_seed_free_pending(rurl);
         test_epoch_redis();
