@@ -794,6 +794,40 @@ async def idempotent_publish_across_nodes():
     eq(harness.RUN.pg.psql("chatd", f"SELECT count(*) FROM messages WHERE room='{room}'").strip(), "2", "rows")
 
 
+@test(timeout=40, needs=("redis", "pg"))
+async def ids_are_per_user():
+    """An id is its user's (protocol.md: the same id again is a duplicate
+    of the sender's first seq): two users with id "1" are two messages, each
+    stored; the same user's id again is the duplicate; a WebSocket client's
+    id is not the API's other user's; an id is 1-64 characters."""
+    a, b = two_nodes(db=True)
+    room = uniq("apiids")
+    w = await Client.connect(b, room, token("watch"))
+    al = await Client.connect(a, room, token("alice"))
+    ack = await al.reply({"type": "message", "room": room, "body": "ws 1", "id": "1"},
+                         lambda f: f["type"] in ("ack", "error"), 8)
+    eq((ack["type"], ack.get("seq")), ("ack", 1), "alice's WebSocket id 1")
+    j1 = await publish(a.port, room, msg("1", "bot 1", user="bot"))
+    j2 = await publish(b.port, room, msg("1", "ci 1", user="ci"))
+    eq([(j1["seq"], j1["duplicate"]), (j2["seq"], j2["duplicate"])], [(2, False), (3, False)],
+       "two users' id 1: two messages")
+    j3 = await publish(b.port, room, msg("1", "bot 1", user="bot"))
+    eq((j3["seq"], j3["duplicate"]), (2, True), "bot's id 1 again: the duplicate of its first seq")
+    long_id = "\u00e9" * 64
+    j4 = await publish(a.port, room, msg(long_id, "long", user="bot"))
+    eq((j4["seq"], j4["duplicate"]), (4, False), "a 64-character id")
+    _, js = await expect_error(a.port, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",
+                               msg("\u00e9" * 65, "too long", user="bot"))
+    check("1-64 characters" in js["error"]["message"], f"the reason names the limit: {js}")
+    await w.wait_count(is_msg(room), 4, 8)
+    await asyncio.sleep(0.3)
+    eq([(f["seq"], f["id"], f["user"]) for f in w.messages(room)],
+       [(1, "1", "alice"), (2, "1", "bot"), (3, "1", "ci"), (4, long_id, "bot")], "one frame each")
+    rows = harness.RUN.pg.psql("chatd", f"SELECT seq, client_id, user_id FROM messages WHERE room='{room}' "
+                                        f"ORDER BY seq").split()
+    eq(rows, ["1|1|alice", "2|1|bot", "3|1|ci", f"4|{long_id}|bot"], "stored once each")
+
+
 @test(timeout=40, needs=("redis",))
 async def disconnect_reaches_the_other_node():
     a, b = two_nodes()
