@@ -39,7 +39,7 @@ typedef struct client_frame {
 
 /* 0 on success. -1 on error: code gets "bad_request" (invalid JSON, not an
  * object, missing/invalid "type", missing or wrongly typed field, invalid room
- * name, id too long, since not a non-negative integer, epoch not a string
+ * name, id not 1-64 characters, since not a non-negative integer, epoch not a string
  * of 1-64 bytes, a body containing U+0000, a read without a non-negative
  * integer seq, target not a positive integer, emoji not one grapheme or
  * :name: of 1-32 bytes, on not a boolean) and msg a short
