@@ -748,10 +748,10 @@ async def sample_bot_posts_through_the_api():
     got = await c.wait_count(is_msg(room), 3, 5)
     eq([(f["user"], f["name"], f["body"], f["meta"]) for f in got], [("buildbot", "Build bot", "build done",
                                                                       {"build": 42})] * 3, "frames")
-    # the same ids again: duplicates, nothing new broadcast
+    # the same ids of the same user again: duplicates, nothing new broadcast (ids are per user)
     r = await asyncio.to_thread(
         subprocess.run, ["/usr/bin/python3", bot, "--url", f"http://127.0.0.1:{n.port}", "--room", room,
-                         "--count", "2", "--id-prefix", "b", "again"],
+                         "--user", "buildbot", "--count", "2", "--id-prefix", "b", "again"],
         env=env, capture_output=True, text=True, timeout=20)
     eq(r.stdout.split(), ["1", "b-0", "duplicate", "2", "b-1", "duplicate"], "resent ids")
     # the key on the command line is refused (it would show in ps)
