@@ -464,8 +464,9 @@ static inline void pub_cb(void *ud, int status, uint64_t seq, int dup)
 static inline int pub_as(node *nd, const char *room, const char *user, const char *id,
                          const char *body, pubres *p)
 {
-    char tail[128];
+    char tail[2 * BUS_ID_MAX + 128]; /* the longest id fits */
     int n = snprintf(tail, sizeof tail, "\"id\":\"%s\",\"body\":\"%s\"}", id ? id : "", body);
+    if (n < 0 || (size_t)n >= sizeof tail) n = (int)strlen(tail); /* cut (a body too long) */
     memset(p, 0, sizeof *p);
     p->b = nd->b;
     in_call = 1;
