@@ -780,6 +780,8 @@ async def redis_databases_do_not_share_rooms():
     eq([m.get("body") for m in c3.messages(room)], ["in db 3"], "db 3 hears only db 3")
     check(not any(f["type"] == "typing" for f in c2a.frames + c2b.frames),
           "db 3's typing reached db 2")
+
+
 # ---------------------------------------------------------------- ids per sender
 
 async def ids_per_sender_check(nodes, db):
