@@ -170,9 +170,10 @@ int api_parse_publish(const char *text, size_t len, api_publish *out, char *err,
     out->root = root;
     size_t l;
     int r = str_member(root, "id", &out->id, &l);
-    if (r <= 0 || l < 1 || l > API_ID_MAX) {
+    if (r <= 0 || !client_id_valid(out->id, l)) {
         api_publish_clear(out);
-        return fail(err, errlen, "%s", "id is required: a string of 1-64 bytes");
+        return fail(err, errlen, "%s", r == 0 ? "id is required: a string of 1-64 characters"
+                                              : "id must be a string of 1-64 characters");
     }
     r = str_member(root, "user", &out->user, &l);
     if (r <= 0 || !api_user_valid(out->user, l)) {
@@ -323,11 +324,17 @@ int api_parse_delete(const char *text, size_t len, api_delete *out, char *err, s
     json_t *o = memchr(text, 0, len) ? NULL : json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     out->root = o;
     if (!json_is_object(o) || opt_text(o, "user", &out->user, API_USER_MAX) < 0 ||
-        opt_text(o, "name", &out->name, API_USER_MAX) < 0 || opt_text(o, "id", &out->id, API_ID_MAX) < 0 ||
+        opt_text(o, "name", &out->name, API_USER_MAX) < 0 ||
         (json_object_get(o, "reason") && !json_is_string(json_object_get(o, "reason")))) {
         api_delete_clear(out);
         return fail(err, errlen, "%s", "body: an object with optional string fields reason, user, name, id");
     }
+    json_t *id = json_object_get(o, "id");
+    if (id && (!json_is_string(id) || !client_id_valid(json_string_value(id), json_string_length(id)))) {
+        api_delete_clear(out);
+        return fail(err, errlen, "%s", "id must be a string of 1-64 characters");
+    }
+    if (id) out->id = json_string_value(id);
     if (json_is_string(json_object_get(o, "reason"))) out->reason = json_string_value(json_object_get(o, "reason"));
     return 0;
 }

@@ -11,7 +11,7 @@
 #include <jansson.h>
 #include "util.h"
 
-#define API_ID_MAX 64          /* a message id: 1-64 bytes (as a client's) */
+#define API_ID_MAX CLIENT_ID_BYTES /* a message id: 1-64 characters (util.h client_id_valid) */
 #define API_USER_MAX 127       /* a user id / display name: 1-127 bytes */
 #define API_META_MAX 4096      /* meta: a JSON object of at most 4 KiB */
 #define API_REASON_MAX 200     /* a ban or disconnect reason */
@@ -65,7 +65,8 @@ int api_parse_disconnect(const char *text, size_t len, char reason[API_REASON_MA
 
 /* DELETE /api/rooms/{room}/messages/{seq} (moderator delete): an optional
  * body {"reason", "user", "name", "id"}, strings; user and name 1-127
- * bytes and id 1-64 bytes of text without control characters. Absent
+ * bytes of text without control characters, id 1-64 characters (as a
+ * client's: client_id_valid). Absent
  * fields keep their defaults: user "moderator", name "Moderator", id and
  * reason NULL (the caller names the id "api-delete-<seq>"). text may be
  * empty. 0, or -1 with err (400). */

@@ -166,14 +166,16 @@ void bus_unsubscribe(bus *b, const char *room)
 }
 
 /* A publish, plain (u NULL: pcb) or an update (ucb). */
-static int publish_req(bus *b, const char *room, const char *client_id, const char *tail,
-                       size_t tail_len, const bus_update *u, bus_publish_cb pcb,
-                       bus_update_cb ucb, void *ud)
+static int publish_req(bus *b, const char *room, const char *user, const char *client_id,
+                       const char *tail, size_t tail_len, const bus_update *u,
+                       bus_publish_cb pcb, bus_update_cb ucb, void *ud)
 {
     if (!bus_ready(b) || !room || !room_name_valid(room, strlen(room)) || (!tail && tail_len))
         return -1;
-    if (client_id && (!*client_id || strlen(client_id) > BUS_ID_MAX)) return -1;
-    size_t idl = client_id ? strlen(client_id) : 0;
+    /* the id's key part (sender and id): what the backend keys it by */
+    char part[BUS_IDKEY_MAX + 1];
+    if (client_id && bus_id_part(part, sizeof part, user, client_id) < 0) return -1;
+    size_t idl = client_id ? strlen(part) : 0;
     if (tail_len > SIZE_MAX / 2) return -1;
     bus_req *r = bus_req_new(b, BUS_REQ_PUBLISH, room, tail_len + 1 + (client_id ? idl + 1 : 0));
     if (!r) return -1;
@@ -187,7 +189,7 @@ static int publish_req(bus *b, const char *room, const char *client_id, const ch
     r->tail_len = tail_len;
     if (client_id) {
         r->id = r->inl + tail_len + 1;
-        memcpy(r->id, client_id, idl + 1);
+        memcpy(r->id, part, idl + 1);
     }
     if (u && !(r->upd = bus_upd_copy(u))) {
         bus_req_free(r);
@@ -200,17 +202,18 @@ static int publish_req(bus *b, const char *room, const char *client_id, const ch
     return 0;
 }
 
-int bus_publish(bus *b, const char *room, const char *client_id, const char *tail,
-                size_t tail_len, bus_publish_cb cb, void *ud)
+int bus_publish(bus *b, const char *room, const char *user, const char *client_id,
+                const char *tail, size_t tail_len, bus_publish_cb cb, void *ud)
 {
-    return publish_req(b, room, client_id, tail, tail_len, NULL, cb, NULL, ud);
+    return publish_req(b, room, user, client_id, tail, tail_len, NULL, cb, NULL, ud);
 }
 
-int bus_publish_update(bus *b, const char *room, const char *client_id, const char *tail,
-                       size_t tail_len, const bus_update *u, bus_update_cb cb, void *ud)
+int bus_publish_update(bus *b, const char *room, const char *user, const char *client_id,
+                       const char *tail, size_t tail_len, const bus_update *u, bus_update_cb cb,
+                       void *ud)
 {
     if (!u || !cb) return -1;
-    return publish_req(b, room, client_id, tail, tail_len, u, NULL, cb, ud);
+    return publish_req(b, room, user, client_id, tail, tail_len, u, NULL, cb, ud);
 }
 
 int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_cb cb,
@@ -239,12 +242,14 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_
     return 0;
 }
 
-void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq)
+void bus_forget_id(bus *b, const char *room, const char *user, const char *client_id,
+                   uint64_t seq)
 {
-    if (!b || b->freeing || !room || !client_id || !*client_id || strlen(client_id) > BUS_ID_MAX ||
-        !room_name_valid(room, strlen(room)))
+    char part[BUS_IDKEY_MAX + 1];
+    if (!b || b->freeing || !room || !room_name_valid(room, strlen(room)) ||
+        bus_id_part(part, sizeof part, user, client_id) < 0)
         return;
-    b->be->forget_id(b, room, client_id, seq);
+    b->be->forget_id(b, room, part, seq);
 }
 
 void bus_forget_update_state(bus *b, const char *room, uint64_t target)
@@ -262,13 +267,14 @@ uint64_t bus_run_mark(const bus *b, const char *room)
     return b && !b->freeing && b->be->run_mark ? b->be->run_mark(b) : 0;
 }
 
-void bus_id_committed(bus *b, const char *room, const char *client_id, uint64_t seq,
-                      uint64_t mark, uint64_t published_ns, int update)
+void bus_id_committed(bus *b, const char *room, const char *user, const char *client_id,
+                      uint64_t seq, uint64_t mark, uint64_t published_ns, int update)
 {
-    if (!b || b->freeing || !b->be->id_committed || !mark || !seq || !room || !client_id ||
-        !*client_id || strlen(client_id) > BUS_ID_MAX || !room_name_valid(room, strlen(room)))
+    char part[BUS_IDKEY_MAX + 1];
+    if (!b || b->freeing || !b->be->id_committed || !mark || !seq || !room ||
+        !room_name_valid(room, strlen(room)) || bus_id_part(part, sizeof part, user, client_id) < 0)
         return;
-    b->be->id_committed(b, room, client_id, seq, mark, published_ns, update);
+    b->be->id_committed(b, room, part, seq, mark, published_ns, update);
 }
 
 int bus_control(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud)

@@ -77,17 +77,20 @@ void bus_subscribe(bus *b, const char *room);
 void bus_unsubscribe(bus *b, const char *room);
 
 /* Atomic publish. cb(ud, status, seq, duplicate): status 0 with the assigned
- * seq (duplicate=1 when client_id was already published: seq is the first
- * one and nothing was published again); status -1 when unavailable (Redis
- * down). client_id may be NULL (no idempotency). Returns 0 when queued, -1
- * when the bus is not ready (cb NOT called). */
-int bus_publish(bus *b, const char *room, const char *client_id,
+ * seq (duplicate=1 when user already published client_id in the room: seq
+ * is the first one and nothing was published again; ids are per sender,
+ * bus_types.h bus_id_part); status -1 when unavailable (Redis down).
+ * client_id may be NULL (no idempotency; user is then not used). Returns 0
+ * when queued, -1 when the bus is not ready or the id or user is not one
+ * the bus takes (cb NOT called). */
+int bus_publish(bus *b, const char *room, const char *user, const char *client_id,
                 const char *tail, size_t tail_len, bus_publish_cb cb, void *ud);
 
 /* A message update (edit, delete, react): see "message updates" in
  * bus_types.h for the ops, seeds and statuses. */
-int bus_publish_update(bus *b, const char *room, const char *client_id, const char *tail,
-                       size_t tail_len, const bus_update *u, bus_update_cb cb, void *ud);
+int bus_publish_update(bus *b, const char *room, const char *user, const char *client_id,
+                       const char *tail, size_t tail_len, const bus_update *u, bus_update_cb cb,
+                       void *ud);
 
 /* Replay for client recovery: entries with seq > since, in order, ending at
  * the room's head (last assigned seq), at most max entries.
@@ -101,10 +104,11 @@ int bus_publish_update(bus *b, const char *room, const char *client_id, const ch
 int bus_replay(bus *b, const char *room, uint64_t since, size_t max,
                bus_replay_cb cb, void *ud);
 
-/* Forgets the client id of a publish whose seq could not be stored (a
+/* Forgets user's client id of a publish whose seq could not be stored (a
  * history conflict), if the id still maps to seq, so that a resend with
  * the same id gets a new seq. Fire and forget; no-op while Redis is down. */
-void bus_forget_id(bus *b, const char *room, const char *client_id, uint64_t seq);
+void bus_forget_id(bus *b, const char *room, const char *user, const char *client_id,
+                   uint64_t seq);
 
 /* Forgets the state step's copy of a message update's target (reactions,
  * deleted) after an update history did not take (refused by Postgres, or
@@ -127,8 +131,8 @@ void bus_forget_update_state(bus *b, const char *room, uint64_t target);
  * rest of its window); while the room's shard is down the id waits
  * (bounded, BUS_IDBACK_MAX) until it is up again. No-op in-process. */
 uint64_t bus_run_mark(const bus *b, const char *room);
-void bus_id_committed(bus *b, const char *room, const char *client_id, uint64_t seq,
-                      uint64_t mark, uint64_t published_ns, int update);
+void bus_id_committed(bus *b, const char *room, const char *user, const char *client_id,
+                      uint64_t seq, uint64_t mark, uint64_t published_ns, int update);
 
 /* Ephemeral broadcast to every node's subscribers of room (never stored,
  * never seq'd). Dropped silently while Redis is down. */

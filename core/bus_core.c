@@ -206,10 +206,21 @@ static void seed_run_waiters(bus_seed *sd, int status)
 
 uint64_t bus_seed_ids_since_ms(const bus_seed *sd) { return sd && sd->b ? sd->ids_since_ms : 0; }
 
-int bus_seed_add_id(bus_seed *sd, const char *id, uint64_t seq, uint64_t ts_ms)
+int bus_id_part(char *out, size_t n, const char *user, const char *id)
 {
-    if (!sd || !sd->b || !sd->ids_since_ms || !id || !*id || ts_ms < sd->ids_since_ms ||
-        strlen(id) > BUS_ID_MAX)
+    if (!out || !user || !id) return -1;
+    size_t ul = strlen(user), il = strlen(id);
+    if (!ul || ul > BUS_USER_MAX || !il || il > BUS_ID_MAX) return -1;
+    int w = snprintf(out, n, "%zu:%s:%s", ul, user, id);
+    return w < 0 || (size_t)w >= n ? -1 : w;
+}
+
+int bus_seed_add_id(bus_seed *sd, const char *user, const char *id, uint64_t seq, uint64_t ts_ms)
+{
+    char part[BUS_IDKEY_MAX + 1];
+    /* an id or user chatd never takes (a row written outside it) is skipped */
+    if (!sd || !sd->b || !sd->ids_since_ms || ts_ms < sd->ids_since_ms ||
+        bus_id_part(part, sizeof part, user, id) < 0)
         return 0;
     if (sd->nids == sd->capids) {
         size_t cap = sd->capids ? sd->capids * 2 : 64;
@@ -218,7 +229,7 @@ int bus_seed_add_id(bus_seed *sd, const char *id, uint64_t seq, uint64_t ts_ms)
         sd->ids = n;
         sd->capids = cap;
     }
-    char *c = strdup(id);
+    char *c = strdup(part);
     if (!c) return -1;
     /* what is left of the window it was published in, at least a second */
     uint64_t now = now_ms(), age_s = now > ts_ms ? (now - ts_ms) / 1000u : 0;

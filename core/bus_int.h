@@ -81,7 +81,7 @@ struct bus_req {
     bus_req *wnext;          /* room waiting list */
     uint64_t t0;             /* mono_ns at submission */
     char room[CHAT_ROOM_MAX + 1];
-    char *id;                /* client id or NULL */
+    char *id;                /* the client id's key part (bus_id_part: sender and id) or NULL */
     char *tail;
     size_t tail_len;
     uint64_t since;
@@ -139,7 +139,7 @@ typedef struct bus_backend {
     int (*fetch)(bus *b, bus_room *room, uint64_t from, uint64_t to);
     /* bus_control (NULL: this backend has no control channel) */
     int (*control)(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
-    /* bus_forget_id (may be a no-op when down) */
+    /* bus_forget_id (may be a no-op when down); id: a key part (bus_id_part) */
     void (*forget_id)(bus *b, const char *room, const char *id, uint64_t seq);
     /* bus_forget_update_state (may be a no-op when down) */
     void (*forget_state)(bus *b, const char *room, uint64_t target);
@@ -152,7 +152,7 @@ typedef struct bus_backend {
     int (*restore_ids)(bus *b, struct bus_seed *sd);
     /* (may be NULL: 0) bus_run_mark */
     uint64_t (*run_mark)(const bus *b);
-    /* (may be NULL: nothing to do) bus_id_committed (arguments checked) */
+    /* (may be NULL: nothing to do) bus_id_committed (arguments checked; id: a key part) */
     void (*id_committed)(bus *b, const char *room, const char *id, uint64_t seq, uint64_t mark,
                          uint64_t published_ns, int update);
     /* (may be NULL) bus_mark_stored */
@@ -244,7 +244,8 @@ typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char 
 int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg);
 int bus_has_seed(const bus *b);
 /* A seed's client ids to write back (bus_seed_add_id), for the backend's
- * restore_ids: ttl_s is what is left of the id's window (>= 1). */
+ * restore_ids: ttl_s is what is left of the id's window (>= 1), id its key
+ * part (bus_id_part: sender and id). */
 typedef struct bus_seed_id { uint64_t seq; uint32_t ttl_s; char *id; } bus_seed_id;
 const bus_seed_id *bus_seed_ids(const struct bus_seed *sd, size_t *n);
 const char *bus_seed_room(const struct bus_seed *sd);

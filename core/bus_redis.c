@@ -122,7 +122,7 @@ static int send_publish(busr *R, bus_req *r)
     bus *b = R->b;
     int slot = redis_room_slot(r->room);
     char kseq[CHAT_ROOM_MAX + 32], krec[CHAT_ROOM_MAX + 32], ch[BUS_CHAN_MAX];
-    char kid[CHAT_ROOM_MAX + 200], nmax[24], nttl[16], nfloor[24], nseed[24], nkeys[4];
+    char kid[BUS_ID_KEY_LEN], nmax[24], nttl[16], nfloor[24], nseed[24], nkeys[4];
     char kuns[CHAT_ROOM_MAX + 32], kidx[48], kep[CHAT_ROOM_MAX + 32], krun[CHAT_ROOM_MAX + 32], nnow[24];
     char mode[2 + REDIS_RUN_ID_LEN];
     int track = b->track_unstored;
@@ -389,7 +389,7 @@ static int be_emit(bus *b, const char *room, const char *kind, const char *data,
 static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
 {
     busr *R = b->impl;
-    char kid[CHAT_ROOM_MAX + 200], sq[24];
+    char kid[BUS_ID_KEY_LEN], sq[24];
     id_key(kid, sizeof kid, room, id);
     snprintf(sq, sizeof sq, "%" PRIu64, seq);
     const char *a[] = {"1", kid, sq};
@@ -434,7 +434,7 @@ static int be_restore_ids(bus *b, bus_seed *sd)
     size_t most = n < BUS_RESTORE_CHUNK ? n : BUS_RESTORE_CHUNK, cap = 3 + 3 * most;
     const char **argv = malloc(cap * sizeof *argv);
     size_t *lens = malloc(cap * sizeof *lens);
-    char (*keys)[CHAT_ROOM_MAX + 200] = malloc(most * sizeof *keys);
+    char (*keys)[BUS_ID_KEY_LEN] = malloc(most * sizeof *keys);
     char (*nums)[2][24] = malloc(most * sizeof *nums);
     int rc = argv && lens && keys && nums ? 0 : -1;
     char krun[CHAT_ROOM_MAX + 32], nk[8], mode[2 + REDIS_RUN_ID_LEN];

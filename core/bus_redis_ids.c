@@ -99,7 +99,7 @@ static int write_back(busr *R, idback *e)
         return 1;
     }
     uint64_t left = (e->until_ns - now) / 1000000000ull;
-    char k[CHAT_ROOM_MAX + 200], v[24], ttl[24];
+    char k[BUS_ID_KEY_LEN], v[24], ttl[24];
     id_key(k, sizeof k, e->room, e->id);
     snprintf(v, sizeof v, "%" PRIu64, e->seq);
     snprintf(ttl, sizeof ttl, "%" PRIu64, left ? left : 1);

@@ -99,22 +99,36 @@ void bus_seed_done(bus_seed *req, int status, uint64_t max_seq, const char *epoc
  * max_seq], bus_seed_add_id). */
 #define BUS_IDS_PER_ROOM 10000
 /* The longest client id the bus takes (a publish with a longer one is
- * refused; the contract's ids are at most 64 bytes: frame.h FRAME_ID_MAX,
- * api_parse.h API_ID_MAX); a seed skips a longer one found in Postgres (a row
- * written outside chatd), never cut into another id's key. */
-#define BUS_ID_MAX 128
+ * refused; the contract's ids are 1-64 characters, at most 256 bytes:
+ * util.h client_id_valid, frame.h FRAME_ID_MAX, api_parse.h API_ID_MAX); a
+ * seed skips a longer one found in Postgres (a row written outside
+ * chatd), never cut into another id's key. */
+#define BUS_ID_MAX 256
+/* The longest sender a client id belongs to: the JWT sub and the server
+ * API's user are 1-127 bytes (auth.c, api_parse.h API_USER_MAX). */
+#define BUS_USER_MAX 127
+/* A client id is idempotent per room AND sender (protocol.md: "a sender
+ * ... may resend with the same id"): two users may use the same id. Every
+ * place that names an id (the publish's key, a forget, a seed's restore,
+ * a commit's write-back, the in-process map) keys it by the part
+ * bus_id_part builds: "<bytes of user>:<user>:<id>", unambiguous whatever
+ * bytes user and id hold (user "a:1" id "x" is "3:a:1:x", user "a" id
+ * "1:x" is "1:a:1:x"). Its length (< n), or -1 (user or id empty or too
+ * long, NULL, or out too small: BUS_IDKEY_MAX + 1 always fits). */
+#define BUS_IDKEY_MAX (3 + 1 + BUS_USER_MAX + 1 + BUS_ID_MAX)
+int bus_id_part(char *out, size_t n, const char *user, const char *id);
 /* Restoring client ids with a seed (Redis mode; docs/redis.md "Heads, seeds
  * and epochs"): bus_seed_ids_since_ms is 0 when the bus restores none (the
  * provider need not look), else the oldest publish time (ms since the
  * epoch) still within the idempotency window. Before bus_seed_done(req, 0,
- * ...) the provider adds each stored row of the room with a client id,
- * published at ts_ms (>= that time), among the seqs (max_seq -
+ * ...) the provider adds each stored row of the room with a client id
+ * (and its sender, user), published at ts_ms (>= that time), among the seqs (max_seq -
  * BUS_IDS_PER_ROOM, max_seq]: the bus writes them back (a key that exists
  * is kept) before the head it seeds is used, so that a resend of a stored
  * message is answered as a duplicate again. 0, or -1 (out of memory: the
  * seed then fails). */
 uint64_t bus_seed_ids_since_ms(const bus_seed *req);
-int bus_seed_add_id(bus_seed *req, const char *id, uint64_t seq, uint64_t ts_ms);
+int bus_seed_add_id(bus_seed *req, const char *user, const char *id, uint64_t seq, uint64_t ts_ms);
 
 /* Answers on_check: status 0 with stored[i] != 0 for each stored message
  * of the request (in its order), or status -1 when history cannot say now

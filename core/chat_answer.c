@@ -40,7 +40,7 @@ void chat_publish_answer(conn *c, const publish_result *r)
     const char *why = "history store unavailable; resend with the same id";
     switch (r->status) {
     case PUBLISH_OK: {
-        char b[512];
+        char b[128 + CHAT_ROOM_MAX + JSON_ESCAPED_MAX(FRAME_ID_MAX)]; /* wire_ack's bound */
         size_t n = wire_ack(b, sizeof b, r->id, r->room, r->seq);
         if (n) conn_send_text(c, b, n);
         return;

@@ -211,10 +211,11 @@ int conn_send_text(conn *c, const char *s, size_t len)
 
 void conn_send_error(conn *c, const char *code, const char *message, const char *id)
 {
-    char buf[1024];
+    char buf[1024 + JSON_ESCAPED_MAX(CLIENT_ID_BYTES)]; /* the message, and any id a client may send */
     size_t o = 0;
     o += (size_t)snprintf(buf, sizeof buf, "{\"type\":\"error\",\"code\":\"%s\",\"message\":", code);
-    long n = json_escape(buf + o, sizeof buf - o - 128, message, strlen(message));
+    long n = json_escape(buf + o, sizeof buf - o - JSON_ESCAPED_MAX(CLIENT_ID_BYTES) - 16, message,
+                         strlen(message));
     if (n < 0) n = json_escape(buf + o, sizeof buf - o, "error", 5);
     o += (size_t)n;
     if (id) {

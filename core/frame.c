@@ -156,14 +156,17 @@ static void printable(char *dst, size_t n, const char *s, size_t len)
     if (n) dst[o] = 0;
 }
 
-/* "id": absent, or 1..FRAME_ID_MAX bytes without NUL. */
+_Static_assert(FRAME_ID_MAX == CLIENT_ID_BYTES, "an id is 1-64 characters (util.h)");
+
+/* "id": absent, or 1..64 characters without NUL (client_id_valid, the
+ * server API's rule too). */
 static int get_id(json_t *root, client_frame *out, char code[32], char *msg, size_t msglen)
 {
     int r = get_str(root, "id", 0, &out->id, &out->id_len);
-    if (r == F_BAD || (r == F_OK && (out->id_len < 1 || out->id_len > FRAME_ID_MAX))) {
+    if (r == F_BAD || (r == F_OK && !client_id_valid(out->id, out->id_len))) {
         out->id = NULL;
         out->id_len = 0;
-        return fail(code, msg, msglen, "id must be a string of 1-%d bytes", FRAME_ID_MAX);
+        return fail(code, msg, msglen, "id must be a string of 1-%d characters", CLIENT_ID_CHARS);
     }
     return 0;
 }

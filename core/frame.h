@@ -16,7 +16,8 @@ typedef enum {
 } frame_type;
 #define FT_COUNT 10
 
-#define FRAME_ID_MAX 64
+/* the bytes of an id: 1-64 characters (util.h client_id_valid, CLIENT_ID_BYTES) */
+#define FRAME_ID_MAX 256
 #define FRAME_EPOCH_MAX 64
 
 typedef struct client_frame {
@@ -38,7 +39,7 @@ typedef struct client_frame {
 
 /* 0 on success. -1 on error: code gets "bad_request" (invalid JSON, not an
  * object, missing/invalid "type", missing or wrongly typed field, invalid room
- * name, id too long, since not a non-negative integer, epoch not a string
+ * name, id not 1-64 characters, since not a non-negative integer, epoch not a string
  * of 1-64 bytes, a body containing U+0000, a read without a non-negative
  * integer seq, target not a positive integer, emoji not one grapheme or
  * :name: of 1-32 bytes, on not a boolean) and msg a short

@@ -172,15 +172,16 @@ static void on_stored(void *ud, int status)
         /* the id back into Redis if it restarted since the publish (no
          * Redis call otherwise): docs/redis.md "A commit after the loss" */
         if (p->id)
-            bus_id_committed(P.bus, p->room, p->id, p->seq, p->run_mark, p->published_ns, upd);
+            bus_id_committed(P.bus, p->room, p->user, p->id, p->seq, p->run_mark, p->published_ns,
+                             upd);
         finish(p, PUBLISH_OK);
     } else if (status == -2) {
-        if (p->id) bus_forget_id(P.bus, p->room, p->id, p->seq); /* a resend gets a new seq */
+        if (p->id) bus_forget_id(P.bus, p->room, p->user, p->id, p->seq); /* a resend gets a new seq */
         if (upd) bus_forget_update_state(P.bus, p->room, p->target);
         finish(p, PUBLISH_CONFLICT);
     } else if (status == -3) {
         unstorable(p->room, p->seq);
-        if (upd && p->id) bus_forget_id(P.bus, p->room, p->id, p->seq);
+        if (upd && p->id) bus_forget_id(P.bus, p->room, p->user, p->id, p->seq);
         if (upd) bus_forget_update_state(P.bus, p->room, p->target);
         finish(p, PUBLISH_UNSTORABLE);
     } else {
@@ -232,7 +233,7 @@ static void on_published(void *ud, int status, uint64_t seq, int duplicate)
 static int go(publish_op *p)
 {
     lag_put(p->room, p->tail, p->tail_len, p->t0);
-    if (bus_publish(P.bus, p->room, p->id, p->tail, p->tail_len, on_published, p) < 0) {
+    if (bus_publish(P.bus, p->room, p->user, p->id, p->tail, p->tail_len, on_published, p) < 0) {
         lag_take(p->room, p->tail, p->tail_len);
         return -1;
     }
@@ -420,8 +421,8 @@ static void upd_seed_read(publish_op *p)
 
 static void upd_publish(publish_op *p, const bus_update *u)
 {
-    if (bus_publish_update(P.bus, p->room, p->id, p->tail, p->tail_len, u, on_update_published,
-                           p) < 0)
+    if (bus_publish_update(P.bus, p->room, p->user, p->id, p->tail, p->tail_len, u,
+                           on_update_published, p) < 0)
         finish(p, PUBLISH_BUS_DOWN);
 }
 
@@ -722,11 +723,12 @@ void publish_bus_check(void *ud, bus_check *req, size_t n, const char *const *ro
  * before it seeds the head, so that a resend of a stored message after a
  * Redis that lost its id keys is a duplicate again (docs/redis.md). */
 static void on_store_seed(void *ud, int status, uint64_t max_seq, const char *epoch, size_t n,
-                          const char *const *ids, const uint64_t *seqs, const uint64_t *ts)
+                          const char *const *users, const char *const *ids, const uint64_t *seqs,
+                          const uint64_t *ts)
 {
     bus_seed *req = ud;
     for (size_t i = 0; status == 0 && i < n; i++)
-        if (bus_seed_add_id(req, ids[i], seqs[i], ts[i]) != 0) status = -1;
+        if (bus_seed_add_id(req, users[i], ids[i], seqs[i], ts[i]) != 0) status = -1;
     bus_seed_done(req, status, max_seq, epoch);
 }
 

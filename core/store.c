@@ -243,7 +243,7 @@ static void fail_read(rnode *r)
 {
     switch (r->kind) {
     case Q_HEAD: r->hcb(r->ud, -1, 0, NULL); break;
-    case Q_SEED: r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL); break;
+    case Q_SEED: r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL, NULL); break;
     case Q_QUERY: r->qcb(r->ud, -1, NULL); break;
     case Q_TARGET: r->tcb(r->ud, -1, 0, NULL, 0); break;
     case Q_REACTIONS: r->xcb(r->ud, -1, 0, NULL, NULL, 0); break;
@@ -715,21 +715,24 @@ static void seed_answer(rnode *r, PGresult *res, uint64_t max)
 {
     int n = PQntuples(res);
     const char **ids = calloc((size_t)n + 1, sizeof *ids);
+    const char **users = calloc((size_t)n + 1, sizeof *users);
     uint64_t *seqs = calloc((size_t)n + 1, sizeof *seqs), *ts = calloc((size_t)n + 1, sizeof *ts);
     size_t k = 0;
-    if (!ids || !seqs || !ts) {
+    if (!ids || !users || !seqs || !ts) {
         LOGW(MOD, "room head query: out of memory");
-        r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL);
+        r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL, NULL);
     } else {
         for (int i = 0; i < n; i++) {
             if (PQgetisnull(res, i, 2) || pg_seq(res, i, 3, &seqs[k]) != 0 || seqs[k] == 0 ||
-                PQgetisnull(res, i, 4) ||
+                PQgetisnull(res, i, 4) || PQgetisnull(res, i, 5) ||
                 parse_u64(PQgetvalue(res, i, 4), (size_t)PQgetlength(res, i, 4), &ts[k]) != 0)
                 continue;
+            users[k] = PQgetvalue(res, i, 5);
             ids[k++] = PQgetvalue(res, i, 2);
         }
-        r->scb(r->ud, 0, max, PQgetvalue(res, 0, 0), k, ids, seqs, ts);
+        r->scb(r->ud, 0, max, PQgetvalue(res, 0, 0), k, users, ids, seqs, ts);
     }
+    free(users);
     free(ids);
     free(seqs);
     free(ts);
@@ -744,7 +747,7 @@ static void head_done(store *s)
     uint64_t max = 0;
     s->op_res = NULL;
     int ok = !s->op_failed && res && PQntuples(res) >= 1 && !PQgetisnull(res, 0, 0) &&
-             PQnfields(res) == (r->kind == Q_SEED ? 5 : 2) &&
+             PQnfields(res) == (r->kind == Q_SEED ? 6 : 2) &&
              (r->kind == Q_SEED || PQntuples(res) == 1) && pg_seq(res, 0, 1, &max) == 0;
     if (!ok) {
         LOGW(MOD, "room head query failed: %s", s->op_failed ? s->op_err : "unexpected result");

@@ -130,12 +130,13 @@ int store_head(store *s, const char *room, store_head_cb cb, void *ud);
 /* A seed: the durable head as store_head, and in the same statement the
  * room's stored client ids of the idempotency window: the rows with a
  * client id and ts >= since_ms among the seqs (head - max_ids, head]
- * (STORE_SQL_SEED). cb(ud, 0, max_seq, epoch, n, ids, seqs, ts) or cb(ud,
- * -1, 0, NULL, 0, NULL, NULL, NULL); arrays valid during the callback only.
+ * (STORE_SQL_SEED), each with its sender (users[i]: ids are per sender).
+ * cb(ud, 0, max_seq, epoch, n, users, ids, seqs, ts) or cb(ud, -1, 0,
+ * NULL, 0, NULL, NULL, NULL, NULL); arrays valid during the callback only.
  * since_ms 0: no ids (the head query alone). Queued like store_head. */
 typedef void (*store_seed_cb)(void *ud, int status, uint64_t max_seq, const char *epoch,
-                              size_t n, const char *const *ids, const uint64_t *seqs,
-                              const uint64_t *ts);
+                              size_t n, const char *const *users, const char *const *ids,
+                              const uint64_t *seqs, const uint64_t *ts);
 int store_seed(store *s, const char *room, uint64_t since_ms, uint64_t max_ids, store_seed_cb cb,
                void *ud);
 

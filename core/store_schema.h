@@ -116,8 +116,9 @@ int store_schema_version(void);
  * minute absorbs clock skew between the nodes that wrote ts), and never
  * more than $3 seqs below the head. One row per stored row with a client
  * id published since $2, in seq order (the first seq of an id stored twice
- * is the one restored: SET NX) (epoch, head, client_id, seq, ts), or one
- * row (epoch, head, NULL...) when there is none. */
+ * is the one restored: SET NX) (epoch, head, client_id, seq, ts, user_id:
+ * an id is its sender's, bus_types.h bus_id_part), or one row (epoch,
+ * head, NULL...) when there is none. */
 #define STORE_SQL_SEED \
     "WITH r AS (INSERT INTO rooms (room, epoch) " \
     "VALUES ($1, substr(md5(gen_random_uuid()::text), 1, 16)) " \
@@ -127,8 +128,8 @@ int store_schema_version(void);
     "b AS (SELECT GREATEST(h.head - $3::bigint, coalesce((SELECT seq FROM messages " \
     "WHERE room = $1 AND seq > h.head - $3::bigint AND seq <= h.head " \
     "AND ts < $2::bigint - 60000 ORDER BY seq DESC LIMIT 1), 0)) AS lo FROM h) " \
-    "SELECT h.epoch, h.head, m.client_id, m.seq, m.ts FROM h CROSS JOIN b LEFT JOIN LATERAL " \
-    "(SELECT client_id, seq, ts FROM messages WHERE room = $1 AND seq > b.lo " \
+    "SELECT h.epoch, h.head, m.client_id, m.seq, m.ts, m.user_id FROM h CROSS JOIN b " \
+    "LEFT JOIN LATERAL (SELECT client_id, seq, ts, user_id FROM messages WHERE room = $1 AND seq > b.lo " \
     "AND seq <= h.head AND client_id IS NOT NULL AND ts >= $2::bigint) m ON true ORDER BY m.seq"
 #define STORE_STMT_SEED "chatd_seed"
 

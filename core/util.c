@@ -95,6 +95,18 @@ int utf8_valid(const char *s, size_t n)
     return 1;
 }
 
+int client_id_valid(const char *s, size_t n)
+{
+    if (!s || n < 1 || n > CLIENT_ID_BYTES) return 0;
+    size_t chars = 0;
+    for (size_t i = 0; i < n; chars++) {
+        size_t k = utf8_seq(s + i, n - i);
+        if (!k || !s[i] || chars == CLIENT_ID_CHARS) return 0;
+        i += k;
+    }
+    return 1;
+}
+
 long json_escape(char *dst, size_t cap, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";

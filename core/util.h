@@ -38,6 +38,14 @@ size_t utf8_seq(const char *s, size_t n);
 size_t utf8_cut(const char *s, size_t max);
 int utf8_valid(const char *s, size_t n);
 
+/* A client message id (the contract: "id", 1-64 characters, for the
+ * WebSocket frame and the server API alike): 1 when s[0..n) is 1 to
+ * CLIENT_ID_CHARS code points of well-formed UTF-8 without NUL, else 0.
+ * CLIENT_ID_BYTES bounds its bytes (4 per code point): size buffers with it. */
+#define CLIENT_ID_CHARS 64
+#define CLIENT_ID_BYTES (4 * CLIENT_ID_CHARS)
+int client_id_valid(const char *s, size_t n);
+
 /* Appends s as a JSON string (with quotes) to dst; returns bytes written or
  * -1 when cap is too small. JSON_ESCAPED_MAX(n) is the most it writes for n
  * bytes (a control character becomes \u00XX, each ill-formed UTF-8 byte

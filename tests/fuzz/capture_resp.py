@@ -278,8 +278,13 @@ def capture(port, bus, pres):
     # channel, floor, track, room, has_id, mode[+run_id], seed, epoch,
     # broadcast command [, the update's: state key index, op, reaction field,
     # count field, state seed mode, deleted, field pairs...]
+    # an id key names its sender: "id:<bytes of user>:<user>:<id>" (bus_types.h
+    # bus_id_part; two users may use the same id)
+    def idk(cid, user="u"):
+        return f"id:{len(user.encode())}:{user}:{cid}"
+
     def pub(name, room, mode, tl=None, floor=0, track=0, cid=None, seed=0, epoch="",
-            upd=None, cmd="publish", **kw):
+            upd=None, cmd="publish", user="u", **kw):
         keys = [K(room, "seq"), K(room, "recent"), K(room, "epoch"), K(room, "run")]
         if track:
             keys += [K(room, "unstored"), "chat:unstored"]
@@ -289,7 +294,7 @@ def capture(port, bus, pres):
             extra = [len(keys), upd["op"], upd.get("r", ""), upd.get("c", ""), upd["seed"],
                      upd.get("deleted", "0")] + upd.get("pairs", [])
         if cid:
-            keys.append(K(room, f"id:{cid}"))
+            keys.append(K(room, idk(cid, user)))
         argv = [tl if tl is not None else tail(), 1000, 86400 if upd else 600, K(room, "msg"),
                 floor, track, room, 1 if cid else 0, mode, seed, epoch, cmd] + extra
         return run(name, "EVALSHA", sha["BUS_PUBLISH_LUA"], len(keys), *keys, *argv, **kw)
@@ -303,7 +308,7 @@ def capture(port, bus, pres):
     # ('O' only, 'F' first of several, 'C' middle, 'L' last) + run_id, then
     # seq, ttl per id
     def restore(name, room, place, ids, **kw):
-        keys = [K(room, "run")] + [K(room, f"id:{i}") for i, _, _ in ids]
+        keys = [K(room, "run")] + [K(room, idk(i)) for i, _, _ in ids]
         argv = [place + kw.pop("run", rid)]
         for _, s, ttl in ids:
             argv += [s, ttl]
@@ -333,6 +338,9 @@ def capture(port, bus, pres):
     pub("publish_first", r, N, epoch="ep-2", expect=[s_first + 1, 0])
     s_id = pub("publish_id", r, N, cid="c1", epoch="e", expect=published)[0]
     pub("publish_dup", r, N, cid="c1", epoch="e", expect=[s_id, 1])
+    # another sender's c1 is another message (its own key, a new seq)
+    pub("publish_other_sender", r, N, cid="c1", user="v", epoch="e",
+        expect=lambda v: published(v) and v[0] == s_id + 1, save=False)
     s_floor = pub("publish_floor", r, S, floor=40, expect=[41, 0])[0]
     s_track = pub("publish_track", r, S, tl=tail("h\\u00e9"), track=int(time.time() * 1000),
                   expect=[s_floor + 1, 0])[0]
@@ -420,11 +428,11 @@ def capture(port, bus, pres):
     run("mark", "EVALSHA", sha["BUS_MARK_LUA"], 2, K(r, "unstored"), "chat:unstored", r, s_track,
         expect=0)
     # forget (KEYS id key; ARGV seq): only when the id still maps to that seq
-    run("forget_other_seq", "EVALSHA", sha["BUS_FORGET_LUA"], 1, K(r, "id:c1"), s_id + 1, expect=0,
+    run("forget_other_seq", "EVALSHA", sha["BUS_FORGET_LUA"], 1, K(r, idk("c1")), s_id + 1, expect=0,
         save=False)
-    run("not forgotten", "EXISTS", K(r, "id:c1"), expect=1, save=False)
-    run("forget", "EVALSHA", sha["BUS_FORGET_LUA"], 1, K(r, "id:c1"), s_id, expect=0)
-    run("forgotten", "EXISTS", K(r, "id:c1"), expect=0, save=False)
+    run("not forgotten", "EXISTS", K(r, idk("c1")), expect=1, save=False)
+    run("forget", "EVALSHA", sha["BUS_FORGET_LUA"], 1, K(r, idk("c1")), s_id, expect=0)
+    run("forgotten", "EXISTS", K(r, idk("c1")), expect=0, save=False)
 
     # the sweep (KEYS lock; ARGV token, grace, lock ms, max rooms, max seqs,
     # indexes): old unstored entries, one whose entry left the buffer, and

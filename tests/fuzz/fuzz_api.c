@@ -67,6 +67,20 @@ static int room_ok(const char *s, size_t n)
 
 /* UTF-8 per jansson (json_stringn refuses ill-formed text), no C0, DEL or
  * C1 (U+0080..U+009F, "\xC2\x80".."\xC2\x9F") */
+/* a client id: 1-64 characters (code points: the bytes that do not
+ * continue a sequence) of well-formed UTF-8 (json_stringn checks it)
+ * without NUL */
+static int id_ok(const char *s, size_t n)
+{
+    if (n < 1 || memchr(s, 0, n)) return 0;
+    json_t *j = json_stringn(s, n);
+    if (!j) return 0;
+    json_decref(j);
+    size_t chars = 0;
+    for (size_t i = 0; i < n; i++) chars += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return chars <= 64;
+}
+
 static int text_ok(const char *s, size_t n, size_t max)
 {
     if (n < 1 || n > max) return 0;
@@ -262,7 +276,7 @@ static void check_publish(const char *body, size_t len)
     size_t idl = 0, ul = 0, nl = 0, tl = 0;
     int ok = o != NULL;
     int ri = ok ? jstr(o, "id", &id, &idl) : 0;
-    ok = ok && ri == 1 && idl >= 1 && idl <= API_ID_MAX;
+    ok = ok && ri == 1 && id_ok(id, idl);
     ok = ok && jstr(o, "user", &user, &ul) == 1 && text_ok(user, ul, API_USER_MAX);
     int rn = ok ? jstr(o, "name", &name, &nl) : 0;
     ok = ok && rn >= 0 && (rn == 0 || text_ok(name, nl, API_USER_MAX));
@@ -404,7 +418,11 @@ static void check_delete(const char *body, size_t len)
     if (json_is_object(o)) {
         json_t *rs = json_object_get(o, "reason");
         ok = opt_text_ok(o, "user", API_USER_MAX, &user) && opt_text_ok(o, "name", API_USER_MAX, &name) &&
-             opt_text_ok(o, "id", API_ID_MAX, &id) && (!rs || json_is_string(rs));
+             (!json_object_get(o, "id") || (json_is_string(json_object_get(o, "id")) &&
+                                            id_ok(json_string_value(json_object_get(o, "id")),
+                                                  json_string_length(json_object_get(o, "id"))))) &&
+             (!rs || json_is_string(rs));
+        if (ok && json_object_get(o, "id")) id = json_string_value(json_object_get(o, "id"));
         if (json_is_string(rs)) reason = json_string_value(rs);
     }
     if (r < 0) {
@@ -416,7 +434,7 @@ static void check_delete(const char *body, size_t len)
         FUZZ_CHECK(id ? d.id && !strcmp(d.id, id) : !d.id, "id");
         FUZZ_CHECK(reason ? d.reason && !strcmp(d.reason, reason) : !d.reason, "reason");
         FUZZ_CHECK(api_user_valid(d.user, strlen(d.user)) && api_user_valid(d.name, strlen(d.name)) &&
-                       (!d.id || (api_user_valid(d.id, strlen(d.id)) && strlen(d.id) <= API_ID_MAX)),
+                       (!d.id || id_ok(d.id, strlen(d.id))),
                    "author or id not text");
         api_delete_clear(&d);
     }

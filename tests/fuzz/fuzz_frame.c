@@ -109,6 +109,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(!memchr(f.body, 0, f.body_len), "body with U+0000 accepted");
         FUZZ_CHECK(!f.id || (f.id_len >= 1 && f.id_len <= FRAME_ID_MAX && !memchr(f.id, 0, f.id_len)),
                    "bad id accepted");
+        if (f.id) { /* 1-64 characters: the bytes that do not continue a UTF-8 sequence */
+            size_t chars = 0;
+            for (size_t i = 0; i < f.id_len; i++) chars += ((unsigned char)f.id[i] & 0xC0) != 0x80;
+            FUZZ_CHECK(chars >= 1 && chars <= 64, "an id of %zu characters accepted", chars);
+        }
         check_message(&f);
         break;
     case FT_JOIN:

@@ -751,10 +751,10 @@ async def sample_bot_posts_through_the_api():
     got = await c.wait_count(is_msg(room), 3, 5)
     eq([(f["user"], f["name"], f["body"], f["meta"]) for f in got], [("buildbot", "Build bot", "build done",
                                                                       {"build": 42})] * 3, "frames")
-    # the same ids again: duplicates, nothing new broadcast
+    # the same ids of the same user again: duplicates, nothing new broadcast (ids are per user)
     r = await asyncio.to_thread(
         subprocess.run, ["/usr/bin/python3", bot, "--url", f"http://127.0.0.1:{n.port}", "--room", room,
-                         "--count", "2", "--id-prefix", "b", "again"],
+                         "--user", "buildbot", "--count", "2", "--id-prefix", "b", "again"],
         env=env, capture_output=True, text=True, timeout=20)
     eq(r.stdout.split(), ["1", "b-0", "duplicate", "2", "b-1", "duplicate"], "resent ids")
     # the key on the command line is refused (it would show in ps)
@@ -795,6 +795,40 @@ async def idempotent_publish_across_nodes():
     for c in (ca, cb):
         eq([(f["seq"], f["id"]) for f in c.messages(room)], [(1, "same-1"), (2, "same-2")], f"{c.label} frames")
     eq(harness.RUN.pg.psql("chatd", f"SELECT count(*) FROM messages WHERE room='{room}'").strip(), "2", "rows")
+
+
+@test(timeout=40, needs=("redis", "pg"))
+async def ids_are_per_user():
+    """An id is its user's (protocol.md: the same id again is a duplicate
+    of the sender's first seq): two users with id "1" are two messages, each
+    stored; the same user's id again is the duplicate; a WebSocket client's
+    id is not the API's other user's; an id is 1-64 characters."""
+    a, b = two_nodes(db=True)
+    room = uniq("apiids")
+    w = await Client.connect(b, room, token("watch"))
+    al = await Client.connect(a, room, token("alice"))
+    ack = await al.reply({"type": "message", "room": room, "body": "ws 1", "id": "1"},
+                         lambda f: f["type"] in ("ack", "error"), 8)
+    eq((ack["type"], ack.get("seq")), ("ack", 1), "alice's WebSocket id 1")
+    j1 = await publish(a.port, room, msg("1", "bot 1", user="bot"))
+    j2 = await publish(b.port, room, msg("1", "ci 1", user="ci"))
+    eq([(j1["seq"], j1["duplicate"]), (j2["seq"], j2["duplicate"])], [(2, False), (3, False)],
+       "two users' id 1: two messages")
+    j3 = await publish(b.port, room, msg("1", "bot 1", user="bot"))
+    eq((j3["seq"], j3["duplicate"]), (2, True), "bot's id 1 again: the duplicate of its first seq")
+    long_id = "\u00e9" * 64
+    j4 = await publish(a.port, room, msg(long_id, "long", user="bot"))
+    eq((j4["seq"], j4["duplicate"]), (4, False), "a 64-character id")
+    _, js = await expect_error(a.port, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",
+                               msg("\u00e9" * 65, "too long", user="bot"))
+    check("1-64 characters" in js["error"]["message"], f"the reason names the limit: {js}")
+    await w.wait_count(is_msg(room), 4, 8)
+    await asyncio.sleep(0.3)
+    eq([(f["seq"], f["id"], f["user"]) for f in w.messages(room)],
+       [(1, "1", "alice"), (2, "1", "bot"), (3, "1", "ci"), (4, long_id, "bot")], "one frame each")
+    rows = harness.RUN.pg.psql("chatd", f"SELECT seq, client_id, user_id FROM messages WHERE room='{room}' "
+                                        f"ORDER BY seq").split()
+    eq(rows, ["1|1|alice", "2|1|bot", "3|1|ci", f"4|{long_id}|bot"], "stored once each")
 
 
 @test(timeout=40, needs=("redis",))

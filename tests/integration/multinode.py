@@ -780,3 +780,68 @@ async def redis_databases_do_not_share_rooms():
     eq([m.get("body") for m in c3.messages(room)], ["in db 3"], "db 3 hears only db 3")
     check(not any(f["type"] == "typing" for f in c2a.frames + c2b.frames),
           "db 3's typing reached db 2")
+
+
+# ---------------------------------------------------------------- ids per sender
+
+async def ids_per_sender_check(nodes, db):
+    """protocol.md: a client message id is its SENDER's (a sender that got no
+    ack resends with the same id). alice and bob both number their ids 1, 2
+    in one room: every message is acked with its own seq, broadcast once,
+    stored once; each resend is the duplicate of its own sender's seq; an id
+    of 64 characters (not bytes) is taken, 65 are refused."""
+    room = uniq("idsnd")
+    al = await Client.connect(nodes[0], room, token("alice"))
+    bo = await Client.connect(nodes[-1], room, token("bob"))
+    w = await Client.connect(nodes[0], room, token("watch"))
+
+    async def send(c, body, mid):
+        return await c.reply({"type": "message", "room": room, "body": body, "id": mid},
+                             lambda f: f.get("id") == mid and f["type"] in ("ack", "error"), 8,
+                             what=f"answer to {c.label}'s {mid}")
+
+    seqs = {}
+    for who, c, mid in (("alice", al, "1"), ("bob", bo, "1"), ("alice", al, "2"), ("bob", bo, "2")):
+        a = await send(c, f"{who} {mid}", mid)
+        eq(a["type"], "ack", f"{who}'s id {mid} acked ({a})")
+        seqs[(who, mid)] = a["seq"]
+    eq(sorted(seqs.values()), [1, 2, 3, 4], f"each message its own seq {seqs}")
+    # the resends (an ack lost): each the duplicate of its own sender's seq
+    for who, c, mid in (("alice", al, "1"), ("bob", bo, "1"), ("bob", bo, "2")):
+        a = await send(c, f"{who} {mid}", mid)
+        eq((a["type"], a.get("seq")), ("ack", seqs[(who, mid)]), f"{who}'s resend of {mid}")
+    # 64 characters of 2 bytes: one id; 65 refused before any seq
+    a = await send(al, "long id", "\u00e9" * 64)
+    eq((a["type"], a.get("seq")), ("ack", 5), f"a 64-character id ({a.get('code')} {a.get('message')})")
+    a = await send(al, "too long", "\u00e9" * 65)
+    eq((a["type"], a.get("code")), ("error", "bad_request"), f"a 65-character id ({a})")
+    check("1-64 characters" in a.get("message", ""), f"the reason names the limit: {a}")
+    await w.wait_count(is_msg(room), 5, 8, "messages")
+    await al.roundtrip()
+    await bo.roundtrip()
+    await asyncio.sleep(0.3)
+    got = [(m["seq"], m.get("id"), m.get("user"), m.get("body")) for m in w.messages(room)]
+    want = sorted([(s, mid, who, f"{who} {mid}") for (who, mid), s in seqs.items()] +
+                  [(5, "\u00e9" * 64, "alice", "long id")])
+    eq(got, want, "broadcast once each, with its sender")
+    if db:
+        rows = harness.RUN.pg.psql("chatd", f"SELECT seq, client_id, user_id FROM messages WHERE room='{room}' "
+                                            f"ORDER BY seq").split()
+        eq(rows, [f"{s}|{mid}|{who}" for s, mid, who, _ in want], "stored once each")
+
+
+@test(timeout=45, needs=("redis",))
+async def ids_are_per_sender_on_two_nodes():
+    nodes = [start_node(redis=True, name=f"n{i}-{uniq('')}") for i in range(2)]
+    await ids_per_sender_check(nodes, db=False)
+
+
+@test(timeout=45, needs=("redis", "pg"))
+async def ids_are_per_sender_with_postgres():
+    nodes = [start_node(redis=True, db=True, name=f"n{i}-{uniq('')}") for i in range(2)]
+    await ids_per_sender_check(nodes, db=True)
+
+
+@test(timeout=45)
+async def ids_are_per_sender_in_process():
+    await ids_per_sender_check([start_node(redis=False, name=f"solo-{uniq('')}")], db=False)

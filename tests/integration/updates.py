@@ -348,6 +348,46 @@ async def idempotent_resend_of_an_update():
         eq(rows, ["1|0", "2|1", "3|3"], "one row per seq in Postgres")
 
 
+async def updates_ids_per_sender_check(nodes, db):
+    """Updates share the id space of messages, per sender: bob's react and
+    edit... with the id of alice's message are new events, applied; alice's
+    resend of her message is still its duplicate."""
+    room = uniq("updsnd")
+    al = await Client.connect(nodes[0], room, token("alice"))
+    bo = await Client.connect(nodes[-1], room, token("bob"))
+    s1 = await post(al, room, "one", "x1")
+    s2 = await post(bo, room, "two", "x2")
+    r = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": THUMBS, "id": "x1"})
+    eq((r["type"], r.get("seq")), ("ack", 3), f"bob's react with alice's id x1 is applied ({r})")
+    e = await send_and_ack(al, {"type": "edit", "room": room, "target": s1, "body": "one!", "id": "x2"})
+    eq((e["type"], e.get("seq")), ("ack", 4), f"alice's edit with bob's id x2 is applied ({e})")
+    again = await send_and_ack(al, {"type": "message", "room": room, "body": "one", "id": "x1"})
+    eq((again["type"], again.get("seq")), ("ack", s1), "alice's resend of x1: her seq")
+    r2 = await send_and_ack(bo, {"type": "react", "room": room, "target": s1, "emoji": THUMBS, "id": "x1"})
+    eq((r2["type"], r2.get("seq")), ("ack", 3), "bob's resend of his react: its seq")
+    for c in (al, bo):
+        await c.wait_count(is_event(room), 4, 8, "events")
+    await al.roundtrip()
+    await asyncio.sleep(0.3)
+    eq([(f["seq"], f.get("user"), f.get("kind")) for f in events(al, room)],
+       [(1, "alice", None), (2, "bob", None), (3, "bob", "react"), (4, "alice", "edit")], "broadcast once each")
+    eq(upd(al, room)[0]["count"], 1, "the react counted")
+    if db:
+        h = history(nodes[0], room, token("watch"))
+        m = [x for x in h["messages"] if x["seq"] == s1][0]
+        eq((m.get("reactions"), m["body"]), ({THUMBS: 1}, "one!"), "stored: reacted and edited")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def update_ids_are_per_sender():
+    await updates_ids_per_sender_check([node("A"), node("B")], db=True)
+
+
+@test(timeout=30)
+async def update_ids_are_per_sender_in_process():
+    await updates_ids_per_sender_check([node("solo", redis=False, db=False)], db=False)
+
+
 @test(timeout=60, needs=("redis", "pg"))
 async def replay_from_postgres_beyond_the_buffer():
     env = {"CHAT_RECENT_MAX": "10", "CHAT_REPLAY_MAX": "200"}
@@ -702,7 +742,7 @@ async def redis_restarted_behind_keeps_acked_ids_exactly_once():
         rd.kill9()
         await asyncio.sleep(0.3)
         rd.start()   # the snapshot: head 1, no id key of x1 or rx
-        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:x1"), b":0\r\n",
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:5:alice:x1"), b":0\r\n",
            "Redis lost x1's id key")
         eq(await asyncio.to_thread(rd.command, "GET", f"chat:{{{room}}}:seq"), b"$1\r\n1\r\n",
            "Redis came back behind (head 1 of 3 stored)")
@@ -780,7 +820,7 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
         rd.kill9()
         await asyncio.sleep(0.3)
         rd.start()   # empty: no seq, no id key
-        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:hx"), b":0\r\n",
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:5:alice:hx"), b":0\r\n",
            "Redis lost hx's id key")
         await harness.wait_ready(a)
         await harness.wait_ready(b)
@@ -790,7 +830,7 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
                             "bob's message published after the restart")
         b3 = [f for f in bo.frames if f["type"] == "message" and f.get("id") == "b3"][0]["seq"]
         eq(b3, 3, "bob's message takes 3 (his node's floor: it delivered 2)")
-        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:hx"), b":0\r\n",
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:5:alice:hx"), b":0\r\n",
            "the seed did not restore hx (not committed when it ran)")
         locker.stdin.write("COMMIT;\n")
         locker.stdin.close()
@@ -803,7 +843,7 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
                 break
             await asyncio.sleep(0.1)
         for _ in range(30):
-            r = await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:hx")
+            r = await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:5:alice:hx")
             if r == b":1\r\n":
                 break
             await asyncio.sleep(0.1)

@@ -19,6 +19,8 @@
 #include "redis_url.h"
 #include "redis_slot.h"
 #include "redis_procs.h"
+/* the sender of the harness's publishes (pub) and seed ids (seed_id_users NULL) */
+#define PUB_USER "u"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -191,6 +193,7 @@ typedef struct node {
      * the bus drops those older than the window) and the window's start
      * the bus asked for (bus_seed_ids_since_ms) */
     const char *const *seed_ids;
+    const char *const *seed_id_users; /* NULL: every id is PUB_USER's */
     const uint64_t *seed_id_seq, *seed_id_ts;
     size_t nseed_ids;
     uint64_t seed_since;
@@ -286,7 +289,8 @@ static inline void seed_reply(node *nd, bus_seed *req)
 {
     if (!nd->seed_fail)
         for (size_t i = 0; i < nd->nseed_ids; i++)
-            CHECK(bus_seed_add_id(req, nd->seed_ids[i], nd->seed_id_seq[i], nd->seed_id_ts[i]) == 0,
+            CHECK(bus_seed_add_id(req, nd->seed_id_users ? nd->seed_id_users[i] : PUB_USER,
+                                  nd->seed_ids[i], nd->seed_id_seq[i], nd->seed_id_ts[i]) == 0,
                   "seed id added");
     bus_seed_done(req, nd->seed_fail ? -1 : 0, nd->seed_max, nd->seed_epoch);
 }
@@ -456,16 +460,24 @@ static inline void pub_cb(void *ud, int status, uint64_t seq, int dup)
     }
 }
 
-static inline int pub(node *nd, const char *room, const char *id, const char *body, pubres *p)
+/* a publish by user (its id is user's: bus_id_part) */
+static inline int pub_as(node *nd, const char *room, const char *user, const char *id,
+                         const char *body, pubres *p)
 {
-    char tail[128];
+    char tail[2 * BUS_ID_MAX + 128]; /* the longest id fits */
     int n = snprintf(tail, sizeof tail, "\"id\":\"%s\",\"body\":\"%s\"}", id ? id : "", body);
+    if (n < 0 || (size_t)n >= sizeof tail) n = (int)strlen(tail); /* cut (a body too long) */
     memset(p, 0, sizeof *p);
     p->b = nd->b;
     in_call = 1;
-    int r = bus_publish(nd->b, room, id, tail, (size_t)n, pub_cb, p);
+    int r = bus_publish(nd->b, room, user, id, tail, (size_t)n, pub_cb, p);
     in_call = 0;
     return r;
+}
+
+static inline int pub(node *nd, const char *room, const char *id, const char *body, pubres *p)
+{
+    return pub_as(nd, room, PUB_USER, id, body, p);
 }
 
 typedef struct repres {

@@ -137,6 +137,17 @@ static void test_publish_body(void)
     CHECK_STR(p.meta, "{\"b\": [1, 2.50, \"x\"],  \"a\":{}}");
     CHECK(p.meta_len == strlen(p.meta));
     api_publish_clear(&p);
+    /* the id: 1-64 characters whatever their bytes (the WebSocket frame's rule) */
+    char eid[400] = "{\"user\":\"u\",\"body\":\"b\",\"id\":\"";
+    for (int i = 0; i < 64; i++) strcat(eid, "\xc3\xa9");
+    strcat(eid, "\"}");
+    REQUIRE(pub(eid, &p, err) == 0, "64 e-acutes: %s", err);
+    CHECK(strlen(p.id) == 128);
+    api_publish_clear(&p);
+    eid[strlen(eid) - 2] = 0;
+    strcat(eid, "\xc3\xa9\"}");
+    CHECK(pub(eid, &p, err) == -1, "65 characters refused");
+    CHECK_CONTAINS(err, "id must be a string of 1-64 characters");
     /* name defaults to user; no meta */
     REQUIRE(pub("{\"id\":\"m1\",\"user\":\"bot\",\"body\":\"\"}", &p, err) == 0, "%s", err);
     CHECK_STR(p.name, "bot");
@@ -247,6 +258,21 @@ static void test_delete_body(void)
     api_delete_clear(&d);
     char longid[128];
     snprintf(longid, sizeof longid, "{\"id\":\"%065d\"}", 0);
+    /* an id of 64 characters is taken whatever its bytes (control characters too, as a
+     * client's), 65 are not */
+    char eid[300] = "{\"id\":\"";
+    for (int i = 0; i < 64; i++) strcat(eid, "\xc3\xa9");
+    strcat(eid, "\"}");
+    CHECK(api_parse_delete(eid, strlen(eid), &d, err, sizeof err) == 0 && d.id && strlen(d.id) == 128, "%s", err);
+    api_delete_clear(&d);
+    t = "{\"id\":\"a\\tb\"}";
+    CHECK(api_parse_delete(t, strlen(t), &d, err, sizeof err) == 0 && d.id && !strcmp(d.id, "a\tb"), "%s", err);
+    api_delete_clear(&d);
+    char e65[300] = "{\"id\":\"";
+    for (int i = 0; i < 65; i++) strcat(e65, "\xc3\xa9");
+    strcat(e65, "\"}");
+    CHECK(api_parse_delete(e65, strlen(e65), &d, err, sizeof err) == -1 &&
+          strstr(err, "id must be a string of 1-64 characters"), "65 characters: %s", err);
     const char *bad[] = {"[]", "{", "\"x\"", "{\"user\":\"\"}", "{\"user\":7}", "{\"user\":null}",
                          "{\"name\":\"a\\nb\"}", "{\"reason\":1}", "{\"id\":\"a\\u0000b\"}",
                          "{\"reason\":\"a\\u0000b\"}", longid,

@@ -212,7 +212,7 @@ static void test_two_nodes(void)
     pub(a, room, "c-77", "hello", &d3);
     WAIT(d3.done, 3000);
     CHECK(d3.status == 0 && d3.dup == 1 && d3.seq == d1.seq, "later resend");
-    CHECK(rc_int("TTL chat:{%s}:id:c-77", room) > 0, "id key has a ttl");
+    CHECK(rc_int("TTL chat:{%s}:id:1:u:c-77", room) > 0, "id key has a ttl");
     spin(50);
     CHECK(a->n == 101 && b->n == 101, "one delivery of the id (A %zu B %zu)", a->n, b->n);
     CHECK(counter("chat_messages_published_total") >= 101, "published metric");
@@ -536,7 +536,7 @@ static void test_free_pending(void)
     spin(200);
     CHECK(!bus_ready(d->b) && d->nready == 0, "never ready");
     in_call = 1;
-    CHECK(bus_publish(d->b, room, NULL, "x", 1, pub_cb, &p[0]) == -1, "refused");
+    CHECK(bus_publish(d->b, room, NULL, NULL, "x", 1, pub_cb, &p[0]) == -1, "refused");
     in_call = 0;
     node_free(d);
     settle();
@@ -682,17 +682,100 @@ static void test_cluster_node_as_standalone(void)
     settle();
 }
 
+/* The key part of a client id (bus_types.h bus_id_part): sender and id,
+ * unambiguous whatever bytes they hold; NULL, empty or too long refused. */
+static void test_id_part(void)
+{
+    char a[BUS_IDKEY_MAX + 1], b[BUS_IDKEY_MAX + 1];
+    CHECK(bus_id_part(a, sizeof a, "alice", "1") == 9 && strcmp(a, "5:alice:1") == 0, "%s", a);
+    CHECK(bus_id_part(a, sizeof a, "a:1", "x") > 0 && bus_id_part(b, sizeof b, "a", "1:x") > 0 &&
+          strcmp(a, b) != 0, "user a:1 id x (%s) is not user a id 1:x (%s)", a, b);
+    CHECK(bus_id_part(a, sizeof a, "bob", "1") > 0 && bus_id_part(b, sizeof b, "alice", "1") > 0 &&
+          strcmp(a, b) != 0, "two senders, one id: two parts");
+    char user[BUS_USER_MAX + 2], id[BUS_ID_MAX + 2];
+    memset(user, 'u', sizeof user - 1);
+    user[sizeof user - 1] = 0;
+    memset(id, 'i', sizeof id - 1);
+    id[sizeof id - 1] = 0;
+    CHECK(bus_id_part(a, sizeof a, user, "1") == -1, "a user of 128 bytes refused");
+    CHECK(bus_id_part(a, sizeof a, "u", id) == -1, "an id of 257 bytes refused");
+    user[BUS_USER_MAX] = 0;
+    id[BUS_ID_MAX] = 0;
+    CHECK(bus_id_part(a, sizeof a, user, id) == (int)(4 + BUS_USER_MAX + 1 + BUS_ID_MAX),
+          "the longest user and id fit BUS_IDKEY_MAX");
+    CHECK(bus_id_part(a, 8, "alice", "1") == -1, "too small a buffer refused");
+    CHECK(bus_id_part(a, sizeof a, NULL, "1") == -1 && bus_id_part(a, sizeof a, "", "1") == -1 &&
+          bus_id_part(a, sizeof a, "u", NULL) == -1 && bus_id_part(a, sizeof a, "u", "") == -1,
+          "NULL or empty refused");
+}
+
+/* Ids are per sender (protocol.md: a sender may resend with the same id):
+ * alice's and bob's id "1" are two messages, each resend the duplicate of
+ * its own sender's seq; forgetting bob's leaves alice's; users "a:1" id
+ * "x" and "a" id "1:x" are two messages. In-process (url NULL) and Redis. */
+static void test_ids_per_sender(const char *url)
+{
+    node *a = node_new("ids", url, 1000, 60);
+    char room[80];
+    mkroom(room, sizeof room, "idsnd");
+    snprintf(a->room, sizeof a->room, "%s", room);
+    if (url) wait_ready(a);
+    sub(a, room);
+    if (url) synced(a, room);
+    pubres al, bo, al2, bo2, x1, x2, bo3;
+    pub_as(a, room, "alice", "1", "from alice", &al);
+    WAIT(al.done, 3000);
+    pub_as(a, room, "bob", "1", "from bob", &bo);
+    WAIT(bo.done, 3000);
+    CHECK(al.status == 0 && !al.dup && bo.status == 0 && !bo.dup && bo.seq == al.seq + 1,
+          "bob's id 1 is a new message (alice %" PRIu64 " bob %" PRIu64 " dup %d)", al.seq, bo.seq, bo.dup);
+    pub_as(a, room, "alice", "1", "from alice", &al2);
+    pub_as(a, room, "bob", "1", "from bob", &bo2);
+    WAIT(al2.done && bo2.done, 3000);
+    CHECK(al2.dup && al2.seq == al.seq && bo2.dup && bo2.seq == bo.seq, "each resend is its sender's");
+    in_call = 1;
+    bus_forget_id(a->b, room, "bob", "1", bo.seq);
+    in_call = 0;
+    spin(50);
+    pub_as(a, room, "alice", "1", "from alice", &al2);
+    WAIT(al2.done, 3000);
+    CHECK(al2.dup && al2.seq == al.seq, "forgetting bob's id 1 keeps alice's");
+    pub_as(a, room, "bob", "1", "from bob", &bo3);
+    WAIT(bo3.done, 3000);
+    CHECK(!bo3.dup && bo3.seq > bo.seq, "bob's forgotten id gets a new seq");
+    pub_as(a, room, "a:1", "x", "m", &x1);
+    pub_as(a, room, "a", "1:x", "m", &x2);
+    WAIT(x1.done && x2.done, 3000);
+    CHECK(!x1.dup && !x2.dup && x1.seq != x2.seq, "user a:1 id x and user a id 1:x: two messages");
+    spin(50);
+    CHECK(a->n == 5, "5 deliveries (%zu)", a->n);
+    /* the longest id (64 characters of 4 bytes) is taken, one byte more is not */
+    char id[BUS_ID_MAX + 2];
+    for (int i = 0; i < 64; i++) memcpy(id + 4 * i, "\xf0\x9f\x98\x80", 4);
+    id[BUS_ID_MAX] = 0;
+    CHECK(pub_as(a, room, "alice", id, "m", &x1) == 0, "a 256-byte id");
+    WAIT(x1.done, 3000);
+    strcat(id, "x");
+    CHECK(pub_as(a, room, "alice", id, "m", &x2) == -1, "a 257-byte id refused");
+    CHECK(pub_as(a, room, NULL, "1", "m", &x2) == -1, "an id without a sender refused");
+    node_free(a);
+    settle();
+}
+
 int main(void)
 {
     harness_begin("test_bus");
 
     test_url();
+    test_id_part();
+    test_ids_per_sender(NULL);
     test_local_basic();
     test_local_control();
     test_local_free_and_ttl();
     test_free_in_callback(NULL);
     int have_redis = harness_redis();
     if (have_redis) {
+        test_ids_per_sender(rurl);
         test_two_nodes();
         test_trim_replay();
         test_gap_fill();

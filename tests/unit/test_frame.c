@@ -91,6 +91,17 @@ static void test_valid(void)
     frame_free(&f);
     CHECK(parse("{\"type\":\"message\",\"body\":\"x\",\"id\":\"a\"}", &f, code, msg, NULL) == 0 && f.id_len == 1, "1-byte id");
     frame_free(&f);
+    /* 64 characters, whatever their bytes (the contract counts characters) */
+    char eid[64 * 4 + 1] = "";
+    for (int i = 0; i < 64; i++) strcat(eid, "\xf0\x9f\x98\x80");
+    snprintf(buf, sizeof buf, "{\"type\":\"message\",\"body\":\"x\",\"id\":\"%s\"}", eid);
+    CHECK(parse(buf, &f, code, msg, NULL) == 0 && f.id_len == 256, "64 4-byte characters: %s", msg);
+    frame_free(&f);
+    char e33[33 * 2 + 1] = "";
+    for (int i = 0; i < 33; i++) strcat(e33, "\xc3\xa9");
+    snprintf(buf, sizeof buf, "{\"type\":\"edit\",\"target\":1,\"body\":\"x\",\"id\":\"%s\"}", e33);
+    CHECK(parse(buf, &f, code, msg, NULL) == 0 && f.id_len == 66, "an edit's id of 33 e-acutes: %s", msg);
+    frame_free(&f);
 
     CHECK(parse("{\"type\":\"typing\"}", &f, code, msg, NULL) == 0 && f.type == FT_TYPING && f.room == NULL, "typing");
     frame_free(&f);
@@ -166,6 +177,10 @@ static void test_errors(void)
     memset(id65, 'i', 65); id65[65] = 0;
     snprintf(buf, sizeof buf, "{\"type\":\"message\",\"body\":\"x\",\"id\":\"%s\"}", id65);
     bad(buf, "id must be");
+    char e65[65 * 2 + 1] = "";
+    for (int i = 0; i < 65; i++) strcat(e65, "\xc3\xa9");
+    snprintf(buf, sizeof buf, "{\"type\":\"message\",\"body\":\"x\",\"id\":\"%s\"}", e65);
+    bad(buf, "id must be a string of 1-64 characters");
     bad("{\"type\":\"message\",\"body\":\"x\",\"room\":\"bad room\"}", "invalid room name");
     bad("{\"type\":\"message\",\"body\":\"x\",\"room\":\"\"}", "invalid room name");
     bad("{\"type\":\"message\",\"body\":\"x\",\"room\":5}", "room must be a string");

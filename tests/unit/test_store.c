@@ -513,12 +513,13 @@ typedef struct sctx {
     int calls, status;
     uint64_t max;
     size_t n;
-    char ids[16][16];
+    char ids[16][16], users[16][16];
     uint64_t seqs[16], ts[16];
 } sctx;
 
 static void scb(void *ud, int status, uint64_t max, const char *epoch, size_t n,
-                const char *const *ids, const uint64_t *seqs, const uint64_t *ts)
+                const char *const *users, const char *const *ids, const uint64_t *seqs,
+                const uint64_t *ts)
 {
     sctx *c = ud;
     c->calls++;
@@ -528,6 +529,7 @@ static void scb(void *ud, int status, uint64_t max, const char *epoch, size_t n,
     CHECK(status != 0 || (epoch && strlen(epoch) == 16));
     for (size_t i = 0; i < n && i < 16; i++) {
         snprintf(c->ids[i], sizeof c->ids[i], "%s", ids[i]);
+        snprintf(c->users[i], sizeof c->users[i], "%s", users[i]);
         c->seqs[i] = seqs[i];
         c->ts[i] = ts[i];
     }
@@ -541,11 +543,18 @@ static int seed_sync(store *s, const char *room, uint64_t since, uint64_t max_id
     return c->calls == 1 && c->status == 0 ? 0 : -1;
 }
 
-static int seed_has(const sctx *c, const char *id, uint64_t seq)
+/* id at seq, sent by user (ids are per sender: the seed names it) */
+static int seed_has_by(const sctx *c, const char *user, const char *id, uint64_t seq)
 {
     for (size_t i = 0; i < c->n && i < 16; i++)
-        if (strcmp(c->ids[i], id) == 0 && c->seqs[i] == seq) return 1;
+        if (strcmp(c->ids[i], id) == 0 && c->seqs[i] == seq && strcmp(c->users[i], user) == 0)
+            return 1;
     return 0;
+}
+
+static int seed_has(const sctx *c, const char *id, uint64_t seq)
+{
+    return seed_has_by(c, "u", id, seq);
 }
 
 /* A seed (store_seed): the head, and the client ids of the rows published
@@ -573,6 +582,12 @@ static void test_seed(void)
           "the whole room: 10 ids, not the old 9, not 3 (%zu)", c.n);
     CHECK(seed_sync(s, "seedr", 0, 12, &c) == 0);
     CHECK(c.max == 12 && c.n == 0, "since 0: the head alone (%zu)", c.n);
+    /* two senders with the same id: both rows, each with its user */
+    CHECK(qexec("INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) VALUES "
+                "('seedr', 13, '1', 'alice', 'n', 'a', 2000), ('seedr', 14, '1', 'bob', 'n', 'b', 2000)") == 0);
+    CHECK(seed_sync(s, "seedr", 1000, 5, &c) == 0);
+    CHECK(c.max == 14 && seed_has_by(&c, "alice", "1", 13) && seed_has_by(&c, "bob", "1", 14) &&
+          !seed_has_by(&c, "alice", "1", 14), "alice's id 1 at 13, bob's at 14 (%zu)", c.n);
     CHECK(seed_sync(s, "seedempty", 1000, 5, &c) == 0);
     CHECK(c.max == 0 && c.n == 0, "a room without rows: head 0, no ids");
     sctx gone = {0};

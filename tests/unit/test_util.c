@@ -149,9 +149,26 @@ static void test_wire_erased(void)
     CHECK(wire_erased_tail(WIRE_REACT, NULL, 0, "u", "U", 1, &tl) == NULL);
 }
 
+/* client_id_valid: 1-64 code points of well-formed UTF-8 without NUL */
+static void test_client_id(void)
+{
+    char s[300] = "";
+    CHECK(!client_id_valid("", 0) && !client_id_valid(NULL, 1) && client_id_valid("a", 1));
+    for (int i = 0; i < 64; i++) strcat(s, "\xf0\x9f\x98\x80");
+    CHECK(client_id_valid(s, strlen(s)), "64 4-byte characters (256 bytes)");
+    strcat(s, "a");
+    CHECK(!client_id_valid(s, strlen(s)), "65 characters");
+    memset(s, 'i', 65);
+    CHECK(client_id_valid(s, 64) && !client_id_valid(s, 65), "64 / 65 ASCII");
+    CHECK(!client_id_valid("a\0b", 3), "NUL");
+    CHECK(!client_id_valid("\xc3", 1) && !client_id_valid("\xed\xa0\x80", 3), "ill-formed UTF-8");
+    CHECK(client_id_valid("a\tb", 3), "control characters are an id's bytes (as before)");
+}
+
 int main(void)
 {
     test_wire_erased();
+    test_client_id();
     test_rooms();
     test_escape();
     test_clocks();
