@@ -252,12 +252,15 @@ void bus_forget_id(bus *b, const char *room, const char *user, const char *clien
     b->be->forget_id(b, room, part, seq);
 }
 
-void bus_forget_update_state(bus *b, const char *room, uint64_t target)
+void bus_undo_update(bus *b, const char *room, const bus_update *in)
 {
-    if (!b || b->freeing || !b->be->forget_state || !room || !target ||
+    if (!b || b->freeing || !b->be->undo_update || !room || !in || in->op == BUS_UPD_EDIT ||
         !room_name_valid(room, strlen(room)))
         return;
-    b->be->forget_state(b, room, target);
+    struct bus_upd *u = bus_upd_copy(in);
+    if (!u) return;
+    b->be->undo_update(b, room, u);
+    bus_upd_free(u);
 }
 
 uint64_t bus_run_mark(const bus *b, const char *room)

@@ -110,12 +110,15 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max,
 void bus_forget_id(bus *b, const char *room, const char *user, const char *client_id,
                    uint64_t seq);
 
-/* Forgets the state step's copy of a message update's target (reactions,
- * deleted) after an update history did not take (refused by Postgres, or
- * a conflict): the copy holds that update, history does not, so the next
- * update of the target reads the state from history again
- * (BUS_UPD_NEED_STATE). Fire and forget; no-op while Redis is down. */
-void bus_forget_update_state(bus *b, const char *room, uint64_t target);
+/* Undoes, in the state step's copy of its target, a message update that
+ * history did not take (refused by Postgres, or a conflict): a react "on"
+ * comes off (and its count down), a react "off" back on, a delete is
+ * lifted; an edit changed no state. Only that update's own change is
+ * undone, and only when the copy still shows it (a copy seeded again from
+ * history since never held it): other updates of the target, published
+ * and not yet stored, stay. u: op, target, emoji and user as published.
+ * Fire and forget; no-op while Redis is down. */
+void bus_undo_update(bus *b, const char *room, const bus_update *u);
 
 /* Exactly-once after a Redis loss (docs/redis.md "A commit after the
  * loss"). A message (or update) with a client id published before Redis

@@ -141,8 +141,8 @@ typedef struct bus_backend {
     int (*control)(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);
     /* bus_forget_id (may be a no-op when down); id: a key part (bus_id_part) */
     void (*forget_id)(bus *b, const char *room, const char *id, uint64_t seq);
-    /* bus_forget_update_state (may be a no-op when down) */
-    void (*forget_state)(bus *b, const char *room, uint64_t target);
+    /* bus_undo_update (u from bus_upd_copy; may be a no-op when down) */
+    void (*undo_update)(bus *b, const char *room, const struct bus_upd *u);
     /* A room synced or a fill finished (Redis: readiness after recovery). */
     void (*progress)(bus *b);
     /* (may be NULL: nothing to restore) A seed's client ids (bus_seed_ids)
@@ -268,6 +268,10 @@ void bus_upd_free(struct bus_upd *u);
 void bus_upd_key(const bus_req *r, char *key, size_t cap);
 /* the same key for a room and a target */
 void bus_upd_state_key(char *key, size_t cap, const char *room, uint64_t target);
+/* BUS_UNDO_LUA's key and arguments for u (bus_undo_update): key (cap
+ * bytes), argv[0..2] = op, the react's field, its count field */
+void bus_upd_undo_args(const char *room, const struct bus_upd *u, char *key, size_t cap,
+                       const char *argv[3], char opbuf[2]);
 size_t bus_upd_nargs(const bus_req *r);
 /* keyidx: the key's index in KEYS (1-based) as text. */
 void bus_upd_args(const bus_req *r, const char *keyidx, const char **argv, size_t *lens,
@@ -277,8 +281,8 @@ typedef struct bus_upd_states bus_upd_states;
 bus_upd_states *bus_upd_states_new(void);
 void bus_upd_states_free(bus_upd_states *s);
 size_t bus_upd_states_count(const bus_upd_states *s);
-/* forgets target's state (seeded again from history when next needed) */
-void bus_upd_states_forget(bus_upd_states *s, uint64_t target);
+/* undoes u's own change in its target's state (bus_undo_update) */
+void bus_upd_states_undo(bus_upd_states *s, const struct bus_upd *u);
 /* The state step of r (r->upd set): 0 go on (*count set for a react),
  * else BUS_UPD_NEED_STATE / BUS_UPD_GONE / BUS_UPD_NOOP (nothing changed).
  * ttl_ms: a state untouched this long is forgotten. */
@@ -306,7 +310,7 @@ int bus_order_all_caught_up(bus *b);
 /* bus_script.c: the scripts, loaded on every Redis node (index = the
  * script's number in the redis_client) */
 enum { BUS_S_PUBLISH = 0, BUS_S_HEAD, BUS_S_MARK, BUS_S_SWEEP, BUS_S_FORGET, BUS_S_SETTLE,
-       BUS_S_RESTORE, BUS_S_COUNT };
+       BUS_S_RESTORE, BUS_S_UNDO, BUS_S_COUNT };
 extern const char *const BUS_SCRIPTS[BUS_S_COUNT];
 extern const char BUS_PUBLISH_LUA[];
 extern const char BUS_HEAD_LUA[];
@@ -315,6 +319,7 @@ extern const char BUS_SWEEP_LUA[];
 extern const char BUS_FORGET_LUA[];
 extern const char BUS_SETTLE_LUA[];
 extern const char BUS_RESTORE_LUA[];
+extern const char BUS_UNDO_LUA[];
 /* ids per restore call (BUS_RESTORE_LUA): 2 + 3 x 500 arguments */
 #define BUS_RESTORE_CHUNK 500
 /* bus_redis_ids.c: ids committed after a Redis restart that wait for their

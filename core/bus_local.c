@@ -431,11 +431,11 @@ static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
     if (d && d->seq == seq) hmap_del(&lr->ids, id);
 }
 
-static void be_forget_state(bus *b, const char *room, uint64_t target)
+static void be_undo_update(bus *b, const char *room, const struct bus_upd *u)
 {
     busl *L = b->impl;
     lroom *lr = lroom_get(L, room, 0);
-    if (lr) bus_upd_states_forget(lr->upd, target);
+    if (lr) bus_upd_states_undo(lr->upd, u);
 }
 
 /* Subscribing is immediate here: the head is read now, so everything
@@ -510,7 +510,7 @@ const bus_backend bus_local_backend = {
     .fetch = be_fetch,
     .control = be_control,
     .forget_id = be_forget_id,
-    .forget_state = be_forget_state,
+    .undo_update = be_undo_update,
     .progress = NULL,
     .free = be_free,
 };

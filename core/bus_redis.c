@@ -398,14 +398,15 @@ static void be_forget_id(bus *b, const char *room, const char *id, uint64_t seq)
 }
 
 /* a message update's target state that holds an update history did not take */
-static void be_forget_state(bus *b, const char *room, uint64_t target)
+static void be_undo_update(bus *b, const char *room, const struct bus_upd *u)
 {
     busr *R = b->impl;
-    char k[CHAT_ROOM_MAX + 48];
-    bus_upd_state_key(k, sizeof k, room, target);
-    const char *a[] = {"DEL", k};
-    redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = -1};
-    redis_client_call(R->rc, &how, 2, a, NULL, NULL, NULL); /* no-op while its shard is down */
+    char k[CHAT_ROOM_MAX + 48], op[2];
+    const char *ua[3];
+    bus_upd_undo_args(room, u, k, sizeof k, ua, op);
+    const char *a[] = {"1", k, ua[0], ua[1], ua[2]};
+    redis_call how = {.slot = redis_room_slot(room), .node = 0, .script = BUS_S_UNDO};
+    redis_client_call(R->rc, &how, 5, a, NULL, NULL, NULL); /* no-op while its shard is down */
 }
 
 /* ---- restoring a seed's client ids (BUS_RESTORE_LUA, bus_script.c) ---- */
@@ -551,7 +552,7 @@ const bus_backend bus_redis_backend = {
     .reconcile = bus_rsub_reconcile,
     .fetch = be_fetch,
     .forget_id = be_forget_id,
-    .forget_state = be_forget_state,
+    .undo_update = be_undo_update,
     .restore_ids = be_restore_ids,
     .progress = bus_rsub_progress,
     .run_mark = bus_ridb_mark,

@@ -118,6 +118,15 @@
  * BUS_FORGET_LUA forgets a client id whose seq could not be stored:
  *   KEYS[1] chat:{room}:id:<id>, ARGV[1] seq; deletes it if it still maps
  *   to that seq.
+ * BUS_UNDO_LUA undoes one message update history did not take, in its
+ *   target's state (bus_undo_update): KEYS[1] chat:{room}:t:<target>,
+ *   ARGV[1] the update's op ('d', '+', '-'), ARGV[2] a react's field
+ *   "r<emoji>\n<user>", ARGV[3] its count field "c<emoji>". A state that
+ *   is gone is left alone (seeded from history when next needed); 'd'
+ *   drops the deleted mark; '+' drops the field and, if it was there,
+ *   counts one less; '-' sets the field back and, if it was not there,
+ *   counts one more. Only the update's own change: the other updates the
+ *   state holds stay. Returns 1 when something changed, else 0.
  * BUS_RESTORE_LUA writes a seed's stored client ids back (before the node's
  *   first 'Y' call with that seed; one call per BUS_RESTORE_CHUNK ids, at
  *   least one): KEYS[1] the run key chat:{room}:run, KEYS[2..] the ids'
@@ -409,9 +418,23 @@ const char BUS_RESTORE_LUA[] =
     "if place == 'L' and cur == 'p' .. run then redis.call('SET', KEYS[1], 'i' .. run) end\n"
     "return 0\n";
 
+const char BUS_UNDO_LUA[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "local op = ARGV[1]\n"
+    "if op == 'd' then return redis.call('HDEL', KEYS[1], 'd') end\n"
+    "if op == '+' and redis.call('HDEL', KEYS[1], ARGV[2]) == 1 then\n"
+    "  redis.call('HINCRBY', KEYS[1], ARGV[3], -1)\n"
+    "  return 1\n"
+    "end\n"
+    "if op == '-' and redis.call('HSETNX', KEYS[1], ARGV[2], '1') == 1 then\n"
+    "  redis.call('HINCRBY', KEYS[1], ARGV[3], 1)\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
 const char *const BUS_SCRIPTS[BUS_S_COUNT] = {BUS_PUBLISH_LUA, BUS_HEAD_LUA, BUS_MARK_LUA,
                                               BUS_SWEEP_LUA, BUS_FORGET_LUA, BUS_SETTLE_LUA,
-                                              BUS_RESTORE_LUA};
+                                              BUS_RESTORE_LUA, BUS_UNDO_LUA};
 
 void bus_unstored_index(char *out, size_t n, int cluster, const char *room)
 {

@@ -97,6 +97,17 @@ void bus_upd_state_key(char *key, size_t cap, const char *room, uint64_t target)
     snprintf(key, cap, "chat:{%s}:t:%" PRIu64, room, target);
 }
 
+void bus_upd_undo_args(const char *room, const struct bus_upd *u, char *key, size_t cap,
+                       const char *argv[3], char opbuf[2])
+{
+    bus_upd_state_key(key, cap, room, u->target);
+    opbuf[0] = (char)u->op;
+    opbuf[1] = 0;
+    argv[0] = opbuf;
+    argv[1] = u->rfield ? u->rfield : "";
+    argv[2] = u->cfield ? u->cfield : "";
+}
+
 void bus_upd_key(const bus_req *r, char *key, size_t cap)
 {
     bus_upd_state_key(key, cap, r->room, r->upd->target);
@@ -173,16 +184,6 @@ void bus_upd_states_free(bus_upd_states *s)
     free(s);
 }
 
-void bus_upd_states_forget(bus_upd_states *s, uint64_t target)
-{
-    char key[24];
-    snprintf(key, sizeof key, "%" PRIu64, target);
-    tstate *t = s ? hmap_get(&s->map, key) : NULL;
-    if (!t) return;
-    hmap_del(&s->map, key);
-    tstate_free(t);
-}
-
 static int tstate_find(const tstate *t, const char *f)
 {
     for (size_t i = 0; i < t->n; i++)
@@ -250,6 +251,28 @@ static void states_trim(bus_upd_states *s, uint64_t now, uint64_t ttl_ms)
     e.before = cut;
     e.left = n / 10 + 1;
     hmap_each(&s->map, evict_each, &e);
+}
+
+void bus_upd_states_undo(bus_upd_states *s, const struct bus_upd *u)
+{
+    char key[24];
+    snprintf(key, sizeof key, "%" PRIu64, u->target);
+    tstate *t = s ? hmap_get(&s->map, key) : NULL;
+    if (!t) return;   /* gone (expired, evicted): seeded from history again */
+    if (u->op == BUS_UPD_DELETE) {
+        t->deleted = 0;
+    } else if (u->op == BUS_UPD_REACT_ON) {
+        int i = tstate_find(t, u->rfield);
+        if (i >= 0) {
+            free(t->r[i]);
+            t->r[i] = t->r[--t->n];
+        }
+    } else if (u->op == BUS_UPD_REACT_OFF) {
+        if (tstate_add(t, u->rfield) < 0) {   /* out of memory: seeded from history again */
+            hmap_del(&s->map, key);
+            tstate_free(t);
+        }
+    }
 }
 
 int bus_upd_local_apply(bus_upd_states *s, const bus_req *r, uint64_t ttl_ms, int64_t *count)

@@ -153,6 +153,16 @@ static void unstorable(const char *room, uint64_t seq)
     bus_mark_stored(P.bus, room, seq);
 }
 
+static int bus_op(const publish_op *p);
+
+/* An update history did not take: its own change comes off the bus's
+ * state of its target (bus_undo_update; an edit changed none). */
+static void undo_update(publish_op *p)
+{
+    bus_update u = {.target = p->target, .op = bus_op(p), .emoji = p->emoji, .user = p->user};
+    bus_undo_update(P.bus, p->room, &u);
+}
+
 static void on_stored(void *ud, int status)
 {
     publish_op *p = ud;
@@ -161,10 +171,10 @@ static void on_stored(void *ud, int status)
      * the bus's sweeper sees it there (on_check), nothing to mark. -3:
      * Postgres refused this row for good (an operator's constraint or
      * trigger; the store logged and counted it): never acked (unstorable).
-     * An update history did not take leaves the bus's state step holding
-     * it (a react "on", a delete): that copy is forgotten, the next update
-     * of the target reads the state from history. Its client id is
-     * forgotten too (a resend of an update is acked on its stored row only,
+     * An update history did not take left its change in the bus's state
+     * step (a react "on", a delete): that change alone is undone
+     * (undo_update; the other updates of the target stay). Its client id
+     * is forgotten too (a resend of an update is acked on its stored row only,
      * so a kept id would answer `unavailable` for the id's whole window):
      * the resend goes through the state step again. */
     int upd = p->kind != WIRE_MESSAGE;
@@ -177,12 +187,12 @@ static void on_stored(void *ud, int status)
         finish(p, PUBLISH_OK);
     } else if (status == -2) {
         if (p->id) bus_forget_id(P.bus, p->room, p->user, p->id, p->seq); /* a resend gets a new seq */
-        if (upd) bus_forget_update_state(P.bus, p->room, p->target);
+        if (upd) undo_update(p);
         finish(p, PUBLISH_CONFLICT);
     } else if (status == -3) {
         unstorable(p->room, p->seq);
         if (upd && p->id) bus_forget_id(P.bus, p->room, p->user, p->id, p->seq);
-        if (upd) bus_forget_update_state(P.bus, p->room, p->target);
+        if (upd) undo_update(p);
         finish(p, PUBLISH_UNSTORABLE);
     } else {
         finish(p, PUBLISH_STORE_DOWN);
@@ -607,35 +617,64 @@ static int kind_of(const char *k)
 }
 
 /* A backfilled row in the store's queue: what on_backfill_stored needs to
- * mark it when Postgres refuses it (unstorable). Owned
- * by the store: every write's callback is called once (-1 at store_free). */
+ * mark it when Postgres refuses it (unstorable) and, for an update, to
+ * undo its change in the bus's state and forget its id, as on_stored does
+ * for a node's own (room, user, id and emoji in s[]). Owned by the store:
+ * every write's callback is called once (-1 at store_free). */
 typedef struct backfill_row {
-    uint64_t seq;
-    char room[];
+    uint64_t seq, target;
+    int kind, on;
+    size_t user_off, id_off, emoji_off;   /* 0: none */
+    char s[];                             /* the room first */
 } backfill_row;
+
+static void backfill_refused(const backfill_row *b)
+{
+    unstorable(b->s, b->seq);
+    if (b->kind == WIRE_MESSAGE || !b->user_off) return;
+    const char *user = b->s + b->user_off;
+    if (b->id_off) bus_forget_id(P.bus, b->s, user, b->s + b->id_off, b->seq);
+    int op = b->kind == WIRE_DELETE ? BUS_UPD_DELETE : b->kind == WIRE_REACT
+             ? (b->on ? BUS_UPD_REACT_ON : BUS_UPD_REACT_OFF) : BUS_UPD_EDIT;
+    bus_update u = {.target = b->target, .op = op, .user = user,
+                    .emoji = b->emoji_off ? b->s + b->emoji_off : NULL};
+    bus_undo_update(P.bus, b->s, &u);
+}
 
 static void on_backfill_stored(void *ud, int status)
 {
     backfill_row *b = ud;
-    if (status == -3) unstorable(b->room, b->seq);
+    if (status == -3) backfill_refused(b);
     free(b);
 }
 
 static void backfill_write(const char *rname, uint64_t seq, const store_row *row)
 {
-    size_t lr = strlen(rname);
-    backfill_row *b = malloc(sizeof *b + lr + 1);
+    const char *parts[4] = {rname, row->user, row->client_id, row->emoji};
+    size_t need = 0;
+    for (int i = 0; i < 4; i++) need += parts[i] ? strlen(parts[i]) + 1 : 0;
+    backfill_row *b = malloc(sizeof *b + need);
     if (!b) return; /* not stored: offered again after the lease */
     b->seq = seq;
-    memcpy(b->room, rname, lr + 1);
+    b->target = row->target;
+    b->kind = row->kind;
+    b->on = row->on;
+    size_t *offs[4] = {NULL, &b->user_off, &b->id_off, &b->emoji_off}, o = 0;
+    for (int i = 0; i < 4; i++) {
+        if (offs[i]) *offs[i] = parts[i] ? o : 0;
+        if (!parts[i]) continue;
+        size_t l = strlen(parts[i]) + 1;
+        memcpy(b->s + o, parts[i], l);
+        o += l;
+    }
     int rc = store_write(P.store, row, on_backfill_stored, b);
     if (rc == 0) return;
-    free(b);
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
              "number over 2^63-1): not stored", rname, seq);
-        unstorable(rname, seq);
+        backfill_refused(b);
     }
+    free(b);
 }
 
 void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char *tail, size_t len)

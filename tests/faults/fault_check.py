@@ -25,20 +25,21 @@ import asyncio
 
 
 async def history_rows(pg, rooms):
-    """{room: {seq: client_id}} and the ids stored more than once."""
+    """{room: {seq: client_id}} and {(room, user, client_id): [seqs]} (an id
+    is its sender's: two users may store the same id)."""
     names = ",".join("'" + r.replace("'", "''") + "'" for r in rooms)
     out = await asyncio.to_thread(
         pg.psql, "chatd",
-        f"SELECT room, seq, coalesce(client_id, '') FROM messages WHERE room IN ({names})")
+        f"SELECT room, seq, user_id, coalesce(client_id, '') FROM messages WHERE room IN ({names})")
     rows = {r: {} for r in rooms}
     by_id = {}
     for ln in out.splitlines():
         if not ln.strip():
             continue
-        room, seq, cid = ln.split("|", 2)
+        room, seq, user, cid = ln.split("|", 3)
         rows[room][int(seq)] = cid or None
         if cid:
-            by_id.setdefault((room, cid), []).append(int(seq))
+            by_id.setdefault((room, user, cid), []).append(int(seq))
     return rows, by_id
 
 
@@ -69,7 +70,7 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
     for c in senders:
         for mid, s in c.acked.items():
             acked += 1
-            stored = by_id.get((c.room, mid), [])
+            stored = by_id.get((c.room, c.user, mid), [])
             if stored != [s]:
                 lost += 1
                 if len(lost_ex) < 3:

@@ -255,7 +255,7 @@ def capture(port, bus, pres):
 
     sha = {}
     for s in ("BUS_PUBLISH_LUA", "BUS_HEAD_LUA", "BUS_MARK_LUA", "BUS_SWEEP_LUA", "BUS_SETTLE_LUA",
-              "BUS_FORGET_LUA", "BUS_RESTORE_LUA"):
+              "BUS_FORGET_LUA", "BUS_RESTORE_LUA", "BUS_UNDO_LUA"):
         sha[s] = run("script_load_sha" if s == "BUS_PUBLISH_LUA" else f"load {s}",
                      "SCRIPT", "LOAD", bus[s], expect=lambda v: re.fullmatch(r"[0-9a-f]{40}", v),
                      save=s == "BUS_PUBLISH_LUA")
@@ -434,6 +434,25 @@ def capture(port, bus, pres):
     run("forget", "EVALSHA", sha["BUS_FORGET_LUA"], 1, K(r, idk("c1")), s_id, expect=0)
     run("forgotten", "EXISTS", K(r, idk("c1")), expect=0, save=False)
 
+    # undo (KEYS state key; ARGV op, react field, count field): one update
+    # history did not take comes off its target's state, the others stay
+    st, rf, cf = K(r, "t:9"), "r\U0001F44D\nbob", "c\U0001F44D"
+    do("HSET", st, "s", rid, rf, "1", "r\U0001F44D\ncarol", "1", cf, "2", "d", "1")
+
+    def undo(name, op, expect, **kw):
+        return run(name, "EVALSHA", sha["BUS_UNDO_LUA"], 1, st, op, rf, cf, expect=expect, **kw)
+    undo("undo_react_on", "+", 1)
+    run("undone on: count", "HGET", st, cf, expect="1", save=False)
+    undo("undo_react_on_again", "+", 0, save=False)
+    undo("undo_react_off", "-", 1, save=False)
+    run("undone off: count", "HGET", st, cf, expect="2", save=False)
+    undo("undo_delete", "d", 1, save=False)
+    run("undone delete", "HEXISTS", st, "d", expect=0, save=False)
+    run("the other reaction stays", "HEXISTS", st, "r\U0001F44D\ncarol", expect=1, save=False)
+    run("undo_gone_state", "EVALSHA", sha["BUS_UNDO_LUA"], 1, K(r, "t:404"), "+", rf, cf, expect=0,
+        save=False)
+    run("a gone state stays gone", "EXISTS", K(r, "t:404"), expect=0, save=False)
+
     # the sweep (KEYS lock; ARGV token, grace, lock ms, max rooms, max seqs,
     # indexes): old unstored entries, one whose entry left the buffer, and
     # what can never be settled: an index member no room can have, members
@@ -537,7 +556,8 @@ def main():
     pres = c_strings("core/presence_redis.c")
     for need, d in (("BUS_PUBLISH_LUA", bus), ("BUS_HEAD_LUA", bus), ("BUS_MARK_LUA", bus),
                     ("BUS_SWEEP_LUA", bus), ("BUS_SETTLE_LUA", bus), ("BUS_FORGET_LUA", bus),
-                    ("BUS_RESTORE_LUA", bus), ("APPLY_LUA", pres), ("SWEEP_LUA", pres)):
+                    ("BUS_RESTORE_LUA", bus), ("BUS_UNDO_LUA", bus), ("APPLY_LUA", pres),
+                    ("SWEEP_LUA", pres)):
         if need not in d:
             sys.exit(f"capture_resp: {need} not found in the sources")
 

@@ -266,6 +266,41 @@ async def refused_update_leaves_no_state_behind():
        f"history: {m}")
 
 
+@test(timeout=60, needs=("redis", "pg"))
+async def refused_update_keeps_other_updates_in_flight():
+    """Undoing a refused update takes only its own change off the target's
+    state: carol's react on node B is published but still in B's batch
+    (CHAT_BATCH_MS 3 s) when alice's react on A is refused by Postgres;
+    dave's react then counts 2 (carol's included), and carol can take hers
+    back. (Forgetting the whole state re-read it from history without
+    carol's react: dave's count 1, carol "you have not reacted".)"""
+    a = node("A")
+    b = node("B", env={"CHAT_BATCH_MS": "3000"})
+    room = uniq("undo")
+    al = await Client.connect(a, room, token("alice"))
+    ca = await Client.connect(b, room, token("carol"))
+    da = await Client.connect(a, room, token("dave"))
+    s1 = await post(al, room, "target", "m1")
+    emo = ":nope:"
+    await ca.send({"type": "react", "room": room, "target": s1, "emoji": THUMBS, "on": True, "id": "c1"})
+    await al.wait_for(lambda f: f.get("type") == "message_update" and f.get("user") == "carol", 5,
+                      what="carol's react broadcast")
+    with harness.refusing_check(cond=f"emoji IS NULL OR emoji <> '{emo}'"):
+        r = await send_and_ack(al, {"type": "react", "room": room, "target": s1, "emoji": emo,
+                                    "on": True, "id": "rx1"})
+        eq((r["type"], r.get("code")), ("error", "bad_request"), f"the refused react: {r}")
+    r = await send_and_ack(da, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                "on": True, "id": "d1"})
+    eq(r["type"], "ack", f"dave's react: {r}")
+    await al.wait_for(lambda f: f.get("type") == "message_update" and f.get("seq") == r["seq"], 5,
+                      what="dave's react frame")
+    fr = [f for f in upd(al, room) if f.get("seq") == r["seq"]][0]
+    eq(fr.get("count"), 2, f"dave's react counts carol's, published and not yet stored: {fr}")
+    c = await send_and_ack(ca, {"type": "react", "room": room, "target": s1, "emoji": THUMBS,
+                                "on": False, "id": "c2"}, timeout=10)
+    eq(c["type"], "ack", f"carol takes her react back: {c}")
+
+
 @test(timeout=90, needs=("redis", "pg"))
 async def concurrent_reactions_exact_across_nodes():
     a, b = node("A"), node("B")

@@ -122,9 +122,44 @@ static void test_expiry_and_bound(void)
     bus_upd_states_free(s);
 }
 
+static void undo(bus_upd_states *s, uint64_t target, int op, const char *emoji, const char *user)
+{
+    bus_update u = {target, op, emoji, user, 0, 0, NULL, NULL, 0};
+    struct bus_upd *c = bus_upd_copy(&u);
+    REQUIRE(c != NULL);
+    bus_upd_states_undo(s, c);
+    bus_upd_free(c);
+}
+
+/* bus_undo_update in process: one refused update's own change comes off,
+ * the others the state holds stay */
+static void test_undo(void)
+{
+    bus_upd_states *s = bus_upd_states_new();
+    int64_t c;
+    CHECK(step(s, 7, BUS_UPD_REACT_ON, TU, "a", BUS_UPD_SEED_NONE, &c) == 0 && c == 1);
+    CHECK(step(s, 7, BUS_UPD_REACT_ON, TU, "b", BUS_UPD_SEED_NONE, &c) == 0 && c == 2);
+    undo(s, 7, BUS_UPD_REACT_ON, TU, "b");        /* b's react refused by history */
+    CHECK(step(s, 7, BUS_UPD_REACT_ON, TU, "c", BUS_UPD_SEED_NONE, &c) == 0 && c == 2,
+          "a's react stays, b's is gone: %lld", (long long)c);
+    CHECK(step(s, 7, BUS_UPD_REACT_ON, TU, "b", BUS_UPD_SEED_NONE, &c) == 0 && c == 3, "b may react again");
+    CHECK(step(s, 7, BUS_UPD_REACT_OFF, TU, "a", BUS_UPD_SEED_NONE, &c) == 0 && c == 2);
+    undo(s, 7, BUS_UPD_REACT_OFF, TU, "a");       /* a's un-react refused */
+    CHECK(step(s, 7, BUS_UPD_REACT_OFF, TU, "a", BUS_UPD_SEED_NONE, &c) == 0 && c == 2,
+          "a's react is back: %lld", (long long)c);
+    CHECK(step(s, 7, BUS_UPD_DELETE, NULL, NULL, BUS_UPD_SEED_NONE, &c) == 0);
+    undo(s, 7, BUS_UPD_DELETE, NULL, NULL);       /* the delete refused */
+    CHECK(step(s, 7, BUS_UPD_EDIT, NULL, NULL, BUS_UPD_SEED_NONE, &c) == 0, "not deleted after all");
+    undo(s, 99, BUS_UPD_REACT_ON, TU, "a");       /* no state: nothing */
+    CHECK(step(s, 99, BUS_UPD_REACT_ON, TU, "a", BUS_UPD_SEED_ASK, &c) == BUS_UPD_NEED_STATE,
+          "an undo creates no state");
+    bus_upd_states_free(s);
+}
+
 int main(void)
 {
     test_counts_and_refusals();
+    test_undo();
     test_seeds();
     test_expiry_and_bound();
     return check_summary("test_bus_update");
