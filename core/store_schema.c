@@ -15,6 +15,27 @@ typedef struct migration {
     const char *sql;
 } migration;
 
+/* The erase trigger's function (version 4; version 7 also clears meta):
+ * msg_set is what a deleted message's row becomes, attrs the function's
+ * attributes. */
+#define ERASE_TARGETS \
+    "  SELECT n.room, n.target AS t FROM chatd_new n WHERE n.kind = 2" \
+    "  UNION SELECT n.room, coalesce(n.target, n.seq) FROM chatd_new n" \
+    "  WHERE n.kind IN (0, 1) AND EXISTS (SELECT 1 FROM messages d WHERE d.room = n.room" \
+    "   AND d.target = coalesce(n.target, n.seq) AND d.kind = 2)) x"
+#define ERASE_FN(msg_set, attrs) \
+    "CREATE OR REPLACE FUNCTION chatd_erase_deleted() RETURNS trigger LANGUAGE plpgsql " attrs \
+    "AS $f$ " \
+    "BEGIN" \
+    " UPDATE messages m SET " msg_set " FROM (" \
+    ERASE_TARGETS \
+    " WHERE m.room = x.room AND m.seq = x.t AND m.kind = 0 AND NOT m.deleted;" \
+    " UPDATE messages m SET deleted = true, body = '' FROM (" \
+    ERASE_TARGETS \
+    " WHERE m.room = x.room AND m.target = x.t AND m.kind = 1 AND NOT m.deleted;" \
+    " RETURN NULL; " \
+    "END $f$"
+
 static const migration MIGRATIONS[] = {
     {1, "messages",
      "CREATE TABLE IF NOT EXISTS messages ("
@@ -76,22 +97,7 @@ static const migration MIGRATIONS[] = {
      " ADD COLUMN IF NOT EXISTS react_count integer,"
      " ADD COLUMN IF NOT EXISTS deleted boolean NOT NULL DEFAULT false;"
      "CREATE INDEX IF NOT EXISTS messages_updates ON messages (room, target, seq) WHERE kind > 0;"
-     "CREATE OR REPLACE FUNCTION chatd_erase_deleted() RETURNS trigger LANGUAGE plpgsql AS $f$ "
-     "BEGIN"
-     " UPDATE messages m SET deleted = true, body = '' FROM ("
-     "  SELECT n.room, n.target AS t FROM chatd_new n WHERE n.kind = 2"
-     "  UNION SELECT n.room, coalesce(n.target, n.seq) FROM chatd_new n"
-     "  WHERE n.kind IN (0, 1) AND EXISTS (SELECT 1 FROM messages d WHERE d.room = n.room"
-     "   AND d.target = coalesce(n.target, n.seq) AND d.kind = 2)) x"
-     " WHERE m.room = x.room AND m.seq = x.t AND m.kind = 0 AND NOT m.deleted;"
-     " UPDATE messages m SET deleted = true, body = '' FROM ("
-     "  SELECT n.room, n.target AS t FROM chatd_new n WHERE n.kind = 2"
-     "  UNION SELECT n.room, coalesce(n.target, n.seq) FROM chatd_new n"
-     "  WHERE n.kind IN (0, 1) AND EXISTS (SELECT 1 FROM messages d WHERE d.room = n.room"
-     "   AND d.target = coalesce(n.target, n.seq) AND d.kind = 2)) x"
-     " WHERE m.room = x.room AND m.target = x.t AND m.kind = 1 AND NOT m.deleted;"
-     " RETURN NULL; "
-     "END $f$;"
+     ERASE_FN("deleted = true, body = ''", "") ";"
      "DROP TRIGGER IF EXISTS messages_erase_deleted ON messages;"
      "CREATE TRIGGER messages_erase_deleted AFTER INSERT ON messages"
      " REFERENCING NEW TABLE AS chatd_new FOR EACH STATEMENT"
@@ -116,6 +122,14 @@ static const migration MIGRATIONS[] = {
      * too: right per row, but planning cost 0.7 ms per transaction. */
     {6, "erase_trigger_no_seqscan",
      "ALTER FUNCTION chatd_erase_deleted() SET enable_seqscan = off;"},
+    /* A deleted message keeps no content: the erase trigger also clears the
+     * API's meta (version 5 added it; version 4's trigger only blanked the
+     * body), and rows already deleted lose theirs. History and replay never
+     * showed it; the database kept it. The attribute of version 6 is
+     * restated (CREATE OR REPLACE sets every attribute anew). */
+    {7, "erase_deleted_meta",
+     ERASE_FN("deleted = true, body = '', meta = NULL", "SET enable_seqscan = off ") ";"
+     "UPDATE messages SET meta = NULL WHERE deleted AND meta IS NOT NULL;"},
 };
 static const int NMIGRATIONS = sizeof MIGRATIONS / sizeof MIGRATIONS[0];
 

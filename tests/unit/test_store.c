@@ -1110,9 +1110,25 @@ static void test_updates(void)
     late[1].body_len = 6;
     CHECK(write_all(s, late, 2) == 0);
     store_row m = mkrow("upd2", 1, "secret");
+    m.meta = "{\"order\":\"secret\"}";
+    m.meta_len = strlen(m.meta);
     CHECK(write_all(s, &m, 1) == 0);
     CHECK(qint("SELECT count(*) FROM messages WHERE room='upd2' AND body <> ''") == 0);
     CHECK(qint("SELECT count(*) FROM messages WHERE room='upd2' AND deleted") == 2);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='upd2' AND meta IS NOT NULL") == 0,
+          "a deleted message keeps no meta (schema version 7)");
+    /* and a message with meta deleted after it was stored */
+    store_row m3 = mkrow("upd3", 1, "with meta");
+    m3.meta = "{\"k\":1}";
+    m3.meta_len = strlen(m3.meta);
+    CHECK(write_all(s, &m3, 1) == 0);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='upd3' AND meta IS NOT NULL") == 1);
+    store_row d3 = mkupd("upd3", 2, STORE_DELETE, 1, "u1");
+    CHECK(write_all(s, &d3, 1) == 0);
+    CHECK(qint("SELECT count(*) FROM messages WHERE room='upd3' AND (meta IS NOT NULL OR body <> '')") == 0,
+          "erased by a delete stored after it");
+    CHECK(qint("SELECT count(*) FROM pg_proc WHERE proname = 'chatd_erase_deleted' AND "
+               "'enable_seqscan=off' = ANY(proconfig)") == 1, "the trigger keeps enable_seqscan off");
     store_free(s);
 }
 
