@@ -30,6 +30,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* every user the API publishes as is a sender the bus keys an id under
+ * (bus_id_part): a longer one would answer "unavailable" for ever */
+_Static_assert(API_USER_MAX <= BUS_USER_MAX, "an API user fits the bus's sender (bus_types.h)");
+
 #define MOD "api"
 /* how long a cluster-wide action waits for the nodes' answers */
 #define API_CTL_TIMEOUT_MS 1000

@@ -24,7 +24,6 @@
 
 #define AUTH_TOKEN_MAX 16384   /* longer tokens are refused as malformed */
 #define AUTH_KEYFILE_MAX 65536 /* a PEM public key is a few hundred bytes */
-#define AUTH_CLAIM_MAX 127     /* sub and name fit identity.user/name */
 
 struct auth_ctx {
     unsigned char *secret;  /* HS256 key, NULL when HS256 is disabled */

@@ -16,6 +16,7 @@ typedef struct auth_ctx auth_ctx;
  * (strs), each sized to fit: an idle connection holds a few dozen bytes of
  * identity, not two 128-byte arrays and a separate claims copy. A cleared
  * identity has user and name "" and claims_json NULL. */
+#define AUTH_CLAIM_MAX 127     /* sub and name: 1..AUTH_CLAIM_MAX bytes */
 typedef struct identity {
     const char *user;        /* sub, 1..127 bytes */
     const char *name;        /* name claim (1..127 bytes), or sub when absent */

@@ -20,7 +20,7 @@
  *   chat:{room}:seq     string  last assigned seq
  *   chat:{room}:epoch   string  the room's epoch (created with the seq key)
  *   chat:{room}:recent  zset/list bounded recent buffer of "<seq>\n<tail>"
- *   chat:{room}:id:<id> string  seq of a client id (idempotency, with TTL)
+ *   chat:{room}:sid:<len(user)>:<user>:<id> string  seq of a sender's client id (idempotency, with TTL)
  *   chat:{room}:t:<seq> hash    state of a message that got updates (v2):
  *                                deleted flag, reactions (bus_update below)
  *   chat:{room}:msg     channel published "<seq>\n<tail>"

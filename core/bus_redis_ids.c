@@ -87,7 +87,7 @@ static void write_cb(void *ud, const redisReply *rp)
     }
 }
 
-/* SET chat:{room}:id:<id> <seq> EX <rest of the window> NX on the room's
+/* SET chat:{room}:sid:<part> <seq> EX <rest of the window> NX on the room's
  * shard: the value and key of the publish script (bus_script.c). 0 sent
  * (e is the call's), 1 dropped (e freed: its window passed), -1 not sent
  * (the shard is not up: the caller keeps e). */

@@ -61,14 +61,14 @@ static inline void chan(const busr *R, char *out, size_t n, const char *room, co
     snprintf(out, n, "%s{%s}:%s", R->chan_ns, room, kind);
 }
 
-/* chat:{room}:id:<part>: a client id's idempotency key (publish, forget,
+/* chat:{room}:sid:<part>: a client id's idempotency key (publish, forget,
  * restore, write-back), part its sender and id as bus_id_part builds them
  * (bus_types.h: "<len(user)>:<user>:<id>"; the bus hands the backends
  * only parts); BUS_ID_KEY_LEN bytes always hold it */
 #define BUS_ID_KEY_LEN (CHAT_ROOM_MAX + 16 + BUS_IDKEY_MAX + 1)
 static inline void id_key(char *out, size_t n, const char *room, const char *part)
 {
-    snprintf(out, n, "chat:{%s}:id:%s", room, part);
+    snprintf(out, n, "chat:{%s}:sid:%s", room, part);
 }
 
 /* bus_redis_head.c */

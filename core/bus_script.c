@@ -6,7 +6,7 @@
  *   KEYS[3] chat:{room}:epoch   KEYS[4] chat:{room}:run
  *   with ARGV[6] != "0" (track unstored) also KEYS[5] chat:{room}:unstored
  *   and KEYS[6] the room's unstored index; with ARGV[8] == "1" the last key is
- *   chat:{room}:id:<id>.
+ *   chat:{room}:sid:<part> (bus_id_part: the sender and the id).
  *   ARGV[1] tail  ARGV[2] recent_max  ARGV[3] id ttl (s)  ARGV[4] channel
  *   ARGV[5] floor: the highest seq the calling node knows was assigned in
  *           the room; the seq key is raised to it before INCR
@@ -116,7 +116,7 @@
  *   index score becomes its oldest remaining seq's time (or the room leaves
  *   the index). Keys undeclared and local, as for the sweep.
  * BUS_FORGET_LUA forgets a client id whose seq could not be stored:
- *   KEYS[1] chat:{room}:id:<id>, ARGV[1] seq; deletes it if it still maps
+ *   KEYS[1] chat:{room}:sid:<part>, ARGV[1] seq; deletes it if it still maps
  *   to that seq.
  * BUS_UNDO_LUA undoes one message update history did not take, in its
  *   target's state (bus_undo_update): KEYS[1] chat:{room}:t:<target>,
@@ -130,7 +130,7 @@
  * BUS_RESTORE_LUA writes a seed's stored client ids back (before the node's
  *   first 'Y' call with that seed; one call per BUS_RESTORE_CHUNK ids, at
  *   least one): KEYS[1] the run key chat:{room}:run, KEYS[2..] the ids'
- *   keys chat:{room}:id:<id> (one slot: the room's); ARGV[1] the call's
+ *   keys chat:{room}:sid:<part> (one slot: the room's); ARGV[1] the call's
  *   place, followed by the run_id (run_arg, as ARGV[9] of the publish
  *   script): 'O' the only call, 'F' the first of several, 'C' a middle one,
  *   'L' the last; ARGV[2k], ARGV[2k + 1] the seq and the ttl (s, what is

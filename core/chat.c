@@ -23,6 +23,7 @@
 #include <string.h>
 
 _Static_assert(FRAME_ID_MAX <= BUS_ID_MAX, "the bus takes every id a client may send (bus_types.h)");
+_Static_assert(AUTH_CLAIM_MAX <= BUS_USER_MAX, "a token's sub is a sender the bus keys ids under");
 
 static metric_counter *m_frames[FT_COUNT + 1], *m_msgs_in, *m_rejected, *m_typing_dropped;
 static void process_frame(conn *c, const char *data, size_t len);

@@ -47,6 +47,10 @@ struct publish_op {
     char inl[];
 };
 
+/* a publish's user is the sender its client id is keyed under (bus_id_part):
+ * the buffer holds every sender the bus takes, and no more */
+_Static_assert(sizeof(((publish_op *)0)->user) == BUS_USER_MAX + 1, "publish_op.user is a bus sender");
+
 static struct {
     bus *bus;
     store *store;
@@ -360,15 +364,28 @@ static void refuse(publish_op *p, int status, const char *code, const char *reas
     finish(p, status);
 }
 
-/* The update's row is durable (or refused): as a message's. */
+/* A resend of an update already published: acked once its first publish
+ * is durable (stored by its node, or by the backfill), i.e. when the row at
+ * its seq is this update (its kind, its sender). Another row there (the
+ * update lost its seq to a conflict whose forget did not reach Redis, or a
+ * backfill of it met a conflict) is never acked: its id is forgotten and
+ * its change undone, answered as the conflict it is (the resend after that
+ * is a new update). No row yet: unavailable (resend). */
 static void upd_dup_checked(void *ud, int status, int kind, const char *author, int deleted)
 {
     publish_op *p = ud;
-    (void)kind; (void)author; (void)deleted;
-    /* a resend of an update already published: acked once its first
-     * publish is durable (stored by its node, or by the backfill) */
-    if (status == 1) finish(p, PUBLISH_OK);
-    else finish(p, PUBLISH_STORE_DOWN);
+    (void)deleted;
+    if (status == 1 && kind == p->kind && author && strcmp(author, p->user) == 0) {
+        finish(p, PUBLISH_OK);
+    } else if (status == 1) {
+        LOGW(MOD, "room %s seq %" PRIu64 ": the resent update's id names a seq another row "
+             "holds (a conflict): not acked, its id forgotten", p->room, p->seq);
+        if (p->id) bus_forget_id(P.bus, p->room, p->user, p->id, p->seq);
+        undo_update(p);
+        finish(p, PUBLISH_CONFLICT);
+    } else {
+        finish(p, PUBLISH_STORE_DOWN);
+    }
 }
 
 static void on_update_published(void *ud, int status, uint64_t seq, int duplicate, int64_t count)
@@ -628,9 +645,9 @@ typedef struct backfill_row {
     char s[];                             /* the room first */
 } backfill_row;
 
-static void backfill_refused(const backfill_row *b)
+static void backfill_refused(const backfill_row *b, int unstored)
 {
-    unstorable(b->s, b->seq);
+    if (unstored) unstorable(b->s, b->seq);
     if (b->kind == WIRE_MESSAGE || !b->user_off) return;
     const char *user = b->s + b->user_off;
     if (b->id_off) bus_forget_id(P.bus, b->s, user, b->s + b->id_off, b->seq);
@@ -644,7 +661,11 @@ static void backfill_refused(const backfill_row *b)
 static void on_backfill_stored(void *ud, int status)
 {
     backfill_row *b = ud;
-    if (status == -3) backfill_refused(b);
+    if (status == -3) backfill_refused(b, 1);
+    /* another row holds its seq: an update's change and id go, as for the
+     * node's own conflict (a message's id is forgotten by the conflict
+     * check of its resend: same_message) */
+    else if (status == -2) backfill_refused(b, 0);
     free(b);
 }
 
@@ -672,7 +693,7 @@ static void backfill_write(const char *rname, uint64_t seq, const store_row *row
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
              "number over 2^63-1): not stored", rname, seq);
-        backfill_refused(b);
+        backfill_refused(b, 1);
     }
     free(b);
 }

@@ -1018,7 +1018,7 @@ def redis_pipeline(port, cmds):
 
 def measure_redismem(a, data):
     """Redis memory of what every message leaves behind: its id key (SET
-    chat:{room}:id:<len(user)>:<user>:<id> seq EX id_ttl: ids are per sender) and its entry in the room's recent
+    chat:{room}:sid:<len(user)>:<user>:<id> seq EX id_ttl: ids are per sender) and its entry in the room's recent
     buffer (ZADD chat:{room}:recent seq "<seq>\n<tail>"), shaped like chatd's."""
     port = a.port_base + 4
     services("services_start_redis", data, port)
@@ -1031,7 +1031,7 @@ def measure_redismem(a, data):
         cid = lambda i: "6f1c2a4e-%04x-4b1d-9e2f-%012x" % (i % 65536, i)      # a browser's uuid
         u0 = used()
         for k in range(0, n, 5000):
-            redis_pipeline(port, [resp("SET", "chat:{room-%04d}:id:11:user-123456:%s" % (i % 1000, cid(i)), str(i + 1), "EX", "86400")
+            redis_pipeline(port, [resp("SET", "chat:{room-%04d}:sid:11:user-123456:%s" % (i % 1000, cid(i)), str(i + 1), "EX", "86400")
                                   for i in range(k, k + 5000)])
         u1 = used()
         for k in range(0, n, 5000):

@@ -174,7 +174,8 @@ function insertMessage(r, m) {
   const seq = Number(m.seq);
   if (r.bySeq.has(seq)) return false;
   const own = !!(me.user && m.user === me.user);
-  let li = m.id ? r.byId.get(m.id) : null;
+  // ids are per sender: another user's message with my pending id is not mine
+  let li = own && m.id ? r.byId.get(m.id) : null;
   if (li && li.dataset.seq) li = null; // the id is already placed at another seq (never expected)
   if (li) {
     li.remove(); // the pending copy becomes the stored one
@@ -185,7 +186,7 @@ function insertMessage(r, m) {
   } else {
     li = messageEl(m, own);
     if (own) setMsgState(li, m.fromHistory || r.acked.has(m.id) ? 'acked' : 'sent');
-    if (m.id) r.byId.set(m.id, li);
+    if (own && m.id) r.byId.set(m.id, li);
   }
   r.bySeq.set(seq, li);
   updatesPlaced(r, li, m);

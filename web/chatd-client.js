@@ -603,7 +603,8 @@ export class ChatdClient {
     if (!st || !st.wanted) return; // a frame in flight for a room we left
     const seq = Number(f.seq);
     if (!Number.isFinite(seq)) return;
-    if (f.id && this._outbox.has(f.id)) this._outbox.get(f.id).seq = seq;
+    // ids are per sender (protocol): only this user's message answers its outbox entry
+    if (f.id && f.user === this.user && this._outbox.has(f.id)) this._outbox.get(f.id).seq = seq;
     if (st.recovering) {
       st.recovering.buffer.push(f);
       return;

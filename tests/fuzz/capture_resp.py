@@ -281,7 +281,7 @@ def capture(port, bus, pres):
     # an id key names its sender: "id:<bytes of user>:<user>:<id>" (bus_types.h
     # bus_id_part; two users may use the same id)
     def idk(cid, user="u"):
-        return f"id:{len(user.encode())}:{user}:{cid}"
+        return f"sid:{len(user.encode())}:{user}:{cid}"
 
     def pub(name, room, mode, tl=None, floor=0, track=0, cid=None, seed=0, epoch="",
             upd=None, cmd="publish", user="u", **kw):

@@ -439,7 +439,7 @@ async def idempotency_window_is_the_setting():
     seq = await harness.send_acked(s, "win", "win-1")
     rd = harness.RUN.need_redis()
     if hasattr(rd, "command"):
-        ttl = int(rd.command("TTL", f"chat:{{{room}}}:id:5:alice:win-1")[1:].strip())
+        ttl = int(rd.command("TTL", f"chat:{{{room}}}:sid:5:alice:win-1")[1:].strip())
         check(1 <= ttl <= 2, f"TTL of the id key: {ttl} (CHAT_IDEMPOTENCY_TTL_S=2)")
     eq(await harness.send_acked(s, "win", "win-1"), seq, "seq of a resend within the window")
     await asyncio.sleep(3.0)

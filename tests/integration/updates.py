@@ -777,7 +777,7 @@ async def redis_restarted_behind_keeps_acked_ids_exactly_once():
         rd.kill9()
         await asyncio.sleep(0.3)
         rd.start()   # the snapshot: head 1, no id key of x1 or rx
-        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:5:alice:x1"), b":0\r\n",
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:sid:5:alice:x1"), b":0\r\n",
            "Redis lost x1's id key")
         eq(await asyncio.to_thread(rd.command, "GET", f"chat:{{{room}}}:seq"), b"$1\r\n1\r\n",
            "Redis came back behind (head 1 of 3 stored)")
@@ -855,7 +855,7 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
         rd.kill9()
         await asyncio.sleep(0.3)
         rd.start()   # empty: no seq, no id key
-        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:5:alice:hx"), b":0\r\n",
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:sid:5:alice:hx"), b":0\r\n",
            "Redis lost hx's id key")
         await harness.wait_ready(a)
         await harness.wait_ready(b)
@@ -865,7 +865,7 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
                             "bob's message published after the restart")
         b3 = [f for f in bo.frames if f["type"] == "message" and f.get("id") == "b3"][0]["seq"]
         eq(b3, 3, "bob's message takes 3 (his node's floor: it delivered 2)")
-        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:5:alice:hx"), b":0\r\n",
+        eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:sid:5:alice:hx"), b":0\r\n",
            "the seed did not restore hx (not committed when it ran)")
         locker.stdin.write("COMMIT;\n")
         locker.stdin.close()
@@ -878,7 +878,7 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
                 break
             await asyncio.sleep(0.1)
         for _ in range(30):
-            r = await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:id:5:alice:hx")
+            r = await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:sid:5:alice:hx")
             if r == b":1\r\n":
                 break
             await asyncio.sleep(0.1)

@@ -212,7 +212,7 @@ static void test_two_nodes(void)
     pub(a, room, "c-77", "hello", &d3);
     WAIT(d3.done, 3000);
     CHECK(d3.status == 0 && d3.dup == 1 && d3.seq == d1.seq, "later resend");
-    CHECK(rc_int("TTL chat:{%s}:id:1:u:c-77", room) > 0, "id key has a ttl");
+    CHECK(rc_int("TTL chat:{%s}:sid:1:u:c-77", room) > 0, "id key has a ttl");
     spin(50);
     CHECK(a->n == 101 && b->n == 101, "one delivery of the id (A %zu B %zu)", a->n, b->n);
     CHECK(counter("chat_messages_published_total") >= 101, "published metric");

@@ -61,13 +61,13 @@ static void test_idback_restart_empty(void)
           " %" PRIu64 ")", p[0].mark, p[1].mark);
     /* committed under the same run: nothing is written (the key deleted on
      * purpose stays absent) */
-    CHECK(rc_int("DEL chat:{%s}:id:1:u:x1", room) == 1, "x1's key deleted on purpose");
+    CHECK(rc_int("DEL chat:{%s}:sid:1:u:x1", room) == 1, "x1's key deleted on purpose");
     uint64_t w0 = bus_idback_writes(a->b);
     commit(a, room, "x1", &p[0], 0);
     spin(200);
     CHECK(bus_idback_writes(a->b) == w0 && bus_idback_waiting(a->b) == 0,
           "same run: no write, nothing waits (%" PRIu64 ")", bus_idback_writes(a->b) - w0);
-    CHECK(rc_int("EXISTS chat:{%s}:id:1:u:x1", room) == 0, "same run: x1's key not written");
+    CHECK(rc_int("EXISTS chat:{%s}:sid:1:u:x1", room) == 0, "same run: x1's key not written");
 
     /* Redis restarted empty: x2 and u3 (published before) commit after */
     uint64_t written0 = counter("chat_bus_ids_written_back_total");
@@ -75,20 +75,20 @@ static void test_idback_restart_empty(void)
     WAIT(bus_ready(a->b), 8000);
     CHECK(bus_ready(a->b), "ready again");
     CHECK(bus_run_mark(a->b, room) != p[1].mark, "another run, another mark");
-    CHECK(rc_int("EXISTS chat:{%s}:id:1:u:x2", room) == 0, "x2's key is gone with the data");
+    CHECK(rc_int("EXISTS chat:{%s}:sid:1:u:x2", room) == 0, "x2's key is gone with the data");
     spin(1500); /* its ttl must count the time since the publish */
     commit(a, room, "x2", &p[1], 0);
     commit(a, room, "u3", &p[2], 1);
     commit_as(a, room, "bob", "x2", &p[3], 0);
-    WAIT(rc_int("EXISTS chat:{%s}:id:1:u:u3", room) == 1, 3000);
-    WAIT(rc_int("EXISTS chat:{%s}:id:3:bob:x2", room) == 1, 3000);
-    CHECK(rc_int("GET chat:{%s}:id:3:bob:x2", room) == 4, "bob's x2 written back under bob: 4 (%lld)",
-          rc_int("GET chat:{%s}:id:3:bob:x2", room));
-    CHECK(rc_int("GET chat:{%s}:id:1:u:x2", room) == 2, "x2's key holds its seq 2 (%lld)",
-          rc_int("GET chat:{%s}:id:1:u:x2", room));
-    long long ttl = rc_int("TTL chat:{%s}:id:1:u:x2", room);
+    WAIT(rc_int("EXISTS chat:{%s}:sid:1:u:u3", room) == 1, 3000);
+    WAIT(rc_int("EXISTS chat:{%s}:sid:3:bob:x2", room) == 1, 3000);
+    CHECK(rc_int("GET chat:{%s}:sid:3:bob:x2", room) == 4, "bob's x2 written back under bob: 4 (%lld)",
+          rc_int("GET chat:{%s}:sid:3:bob:x2", room));
+    CHECK(rc_int("GET chat:{%s}:sid:1:u:x2", room) == 2, "x2's key holds its seq 2 (%lld)",
+          rc_int("GET chat:{%s}:sid:1:u:x2", room));
+    long long ttl = rc_int("TTL chat:{%s}:sid:1:u:x2", room);
     CHECK(ttl >= 50 && ttl <= 59, "x2's key lives the rest of its 60 s window (%lld)", ttl);
-    ttl = rc_int("TTL chat:{%s}:id:1:u:u3", room);
+    ttl = rc_int("TTL chat:{%s}:sid:1:u:u3", room);
     CHECK(ttl > 86000 && ttl <= 86399, "an update's id keeps its day (%lld)", ttl);
     WAIT(counter("chat_bus_ids_written_back_total") == written0 + 3, 3000);
     CHECK(counter("chat_bus_ids_written_back_total") == written0 + 3, "3 counted written back");
@@ -104,11 +104,11 @@ static void test_idback_restart_empty(void)
     CHECK(q.status == 0 && q.dup && q.seq == 4, "bob's resend of x2 is a duplicate of 4 (%d dup %d %"
           PRIu64 ")", q.status, q.dup, q.seq);
     /* NX: a key written meanwhile is kept */
-    redisReply *r = rc("SET chat:{%s}:id:1:u:x1 77 EX 60", room);
+    redisReply *r = rc("SET chat:{%s}:sid:1:u:x1 77 EX 60", room);
     if (r) freeReplyObject(r);
     commit(a, room, "x1", &p[0], 0);
     spin(200);
-    CHECK(rc_int("GET chat:{%s}:id:1:u:x1", room) == 77, "NX keeps a key written meanwhile");
+    CHECK(rc_int("GET chat:{%s}:sid:1:u:x1", room) == 77, "NX keeps a key written meanwhile");
     /* a window that has passed: nothing written, nothing waits */
     pubres old = p[0];
     old.at_ns = mono_ns() - 61ull * 1000000000ull;
@@ -116,7 +116,7 @@ static void test_idback_restart_empty(void)
     commit(a, room, "x9", &old, 0);
     spin(100);
     CHECK(bus_idback_writes(a->b) == w1 && bus_idback_waiting(a->b) == 0 &&
-          rc_int("EXISTS chat:{%s}:id:1:u:x9", room) == 0, "a window passed: nothing written");
+          rc_int("EXISTS chat:{%s}:sid:1:u:x9", room) == 0, "a window passed: nothing written");
     node_free(a);
     settle();
 }
@@ -146,9 +146,9 @@ static void test_idback_down(void)
     spin(300);
     CHECK(bus_idback_waiting(a->b) == 1, "still waiting while down");
     CHECK(redis_start() == 0, "redis restarted empty");
-    WAIT(rc_int("EXISTS chat:{%s}:id:1:u:y1", room) == 1, 8000);
-    CHECK(rc_int("GET chat:{%s}:id:1:u:y1", room) == 1, "y1 written back once Redis is up (%lld)",
-          rc_int("GET chat:{%s}:id:1:u:y1", room));
+    WAIT(rc_int("EXISTS chat:{%s}:sid:1:u:y1", room) == 1, 8000);
+    CHECK(rc_int("GET chat:{%s}:sid:1:u:y1", room) == 1, "y1 written back once Redis is up (%lld)",
+          rc_int("GET chat:{%s}:sid:1:u:y1", room));
     CHECK(bus_idback_waiting(a->b) == 0 && bus_idback_writes(a->b) == w0 + 1,
           "one write, nothing waits (%zu %" PRIu64 ")", bus_idback_waiting(a->b),
           bus_idback_writes(a->b) - w0);
@@ -159,7 +159,7 @@ static void test_idback_down(void)
     pub(a, room, "y2", "y", &s);
     WAIT(s.done, 3000);
     CHECK(s.status == 0 && s.seq == 2, "y2 is 2 (%d %" PRIu64 ")", s.status, s.seq);
-    CHECK(rc_int("DEL chat:{%s}:id:1:u:y2", room) == 1, "y2's key deleted on purpose");
+    CHECK(rc_int("DEL chat:{%s}:sid:1:u:y2", room) == 1, "y2's key deleted on purpose");
     sc_close();
     rp_signal(rsrv, SIGSTOP);
     WAIT(!bus_ready(a->b), 12000);
@@ -175,7 +175,7 @@ static void test_idback_down(void)
     CHECK(bus_idback_waiting(a->b) == 0 && bus_idback_writes(a->b) == w1,
           "the same run: dropped without a write (%zu %" PRIu64 ")", bus_idback_waiting(a->b),
           bus_idback_writes(a->b) - w1);
-    CHECK(rc_int("EXISTS chat:{%s}:id:1:u:y2", room) == 0, "y2's key not written");
+    CHECK(rc_int("EXISTS chat:{%s}:sid:1:u:y2", room) == 0, "y2's key not written");
     node_free(a);
     settle();
 }

@@ -485,8 +485,8 @@ static void test_seed_ids(void)
           p[2].seq);
     node_free(a);
     CHECK(rp_restart(snap) == 0, "redis restarted from the snapshot");
-    CHECK(snap_int(snap, "EXISTS chat:{%s}:id:1:u:%s", room, "id-x") == 0, "X's id key is gone");
-    CHECK(snap_int(snap, "DEL chat:{%s}:id:1:u:%s", room, "id-old") == 1, "the old id's key dropped too");
+    CHECK(snap_int(snap, "EXISTS chat:{%s}:sid:1:u:%s", room, "id-x") == 0, "X's id key is gone");
+    CHECK(snap_int(snap, "DEL chat:{%s}:sid:1:u:%s", room, "id-old") == 1, "the old id's key dropped too");
     /* Postgres stored 1..3: id-old (published before the window), X, Y */
     uint64_t now = now_ms();
     const char *ids[] = {"id-old", "id-x", "id-y"};
@@ -517,13 +517,13 @@ static void test_seed_ids(void)
     if (rv) freeReplyObject(rv);
     CHECK(strlen(runv) == REDIS_RUN_ID_LEN && runv[0] != 'i' && runv[0] != 'p',
           "the run key is this run (%s)", runv);
-    long long ttl = snap_int(snap, "TTL chat:{%s}:id:1:u:%s", room, "id-x");
+    long long ttl = snap_int(snap, "TTL chat:{%s}:sid:1:u:%s", room, "id-x");
     CHECK(ttl >= 35 && ttl <= 40, "X's key lives what is left of its window (%lld s of 40)", ttl);
     pub(b, room, "id-y", "y", &q);
     WAIT(q.done, 5000);
     CHECK(q.status == 0 && q.dup && q.seq == 3, "Y too (%d %" PRIu64 ")", q.status, q.seq);
     CHECK(b->nseeds == 1, "no second seed for the room (%d)", b->nseeds);
-    CHECK(snap_int(snap, "EXISTS chat:{%s}:id:1:u:%s", room, "id-old") == 0, "the old id is not restored");
+    CHECK(snap_int(snap, "EXISTS chat:{%s}:sid:1:u:%s", room, "id-old") == 0, "the old id is not restored");
     pub(b, room, "id-old", "old", &q);
     WAIT(q.done, 5000);
     CHECK(q.status == 0 && !q.dup && q.seq == 4, "a resend of the old id is new: 4 (%d %" PRIu64 ")",
@@ -542,7 +542,7 @@ static void test_seed_ids(void)
         bseq[i] = (uint64_t)i + 1;
         bts[i] = now - 5000;
     }
-    rr = rp_cmd(snap, "SET chat:{%s}:id:1:u:c-5 77", big);
+    rr = rp_cmd(snap, "SET chat:{%s}:sid:1:u:c-5 77", big);
     freeReplyObject(rr);
     node *c = node_new_seeded("IC", url, 1200, "ep-c");
     c->seed_ids = bp;
@@ -559,9 +559,9 @@ static void test_seed_ids(void)
           "1200 ids in %d calls (%" PRIu64 ")", (1200 + BUS_RESTORE_CHUNK - 1) / BUS_RESTORE_CHUNK,
           bus_restore_calls(c->b) - calls0);
     int restored = 0;
-    for (int i = 0; i < 1200; i++) restored += snap_int(snap, "GET chat:{%s}:id:1:u:%s", big, bigids[i]) == i + 1;
+    for (int i = 0; i < 1200; i++) restored += snap_int(snap, "GET chat:{%s}:sid:1:u:%s", big, bigids[i]) == i + 1;
     CHECK(restored == 1199, "every id but the one that survived maps to its seq (%d)", restored);
-    CHECK(snap_int(snap, "GET chat:{%s}:id:1:u:%s", big, "c-5") == 77, "the key that survived is kept");
+    CHECK(snap_int(snap, "GET chat:{%s}:sid:1:u:%s", big, "c-5") == 77, "the key that survived is kept");
     pub(c, big, "c-1", "z", &q);
     WAIT(q.done, 5000);
     CHECK(q.status == 0 && q.dup && q.seq == 1, "c-1 is a duplicate of 1");
@@ -651,7 +651,7 @@ static void test_seed_ids_mark(void)
     snprintf(kep, sizeof kep, "chat:{%s}:epoch", room);
     snprintf(krun, sizeof krun, "chat:{%s}:run", room);
     snprintf(ch, sizeof ch, "chat:{%s}:msg", room);
-    snprintf(kid, sizeof kid, "chat:{%s}:id:1:u:m1", room);
+    snprintf(kid, sizeof kid, "chat:{%s}:sid:1:u:m1", room);
     const char *run = "abc123", *other = "def456";
     /* a head of another run, no mark: 'Y' answers "needs seed", changes nothing */
     rc_int("SET %s %s", krun, other);
@@ -674,8 +674,8 @@ static void test_seed_ids_mark(void)
      * and no 'Y' passes before the last call made it "i<run>" (another
      * node's seed must not start the run on a restore still under way) */
     char kid2[160], kid3[160];
-    snprintf(kid2, sizeof kid2, "chat:{%s}:id:1:u:m2", room);
-    snprintf(kid3, sizeof kid3, "chat:{%s}:id:1:u:m3", room);
+    snprintf(kid2, sizeof kid2, "chat:{%s}:sid:1:u:m2", room);
+    snprintf(kid3, sizeof kid3, "chat:{%s}:sid:1:u:m3", room);
     r = rc("EVAL %s 2 %s %s F%s 6 30", BUS_RESTORE_LUA, krun, kid2, run);
     CHECK(r && r->type == REDIS_REPLY_INTEGER, "'F' restores");
     if (r) freeReplyObject(r);
@@ -777,7 +777,7 @@ static void test_seed_no_ids(void)
     CHECK(a->nseeds == 1 && bus_restore_calls(a->b) == calls0, "one seed, no restore call (%" PRIu64 ")",
           bus_restore_calls(a->b) - calls0);
     node_free(a);
-    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:run chat:{%s}:recent chat:{%s}:id:1:u:n1", room, room,
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:run chat:{%s}:recent chat:{%s}:sid:1:u:n1", room, room,
            room, room, room);
 }
 
@@ -809,11 +809,11 @@ static void test_seed_ids_senders(void)
     pub_as(a, room, "carol", "1", "c", &r);
     WAIT(r.done, 3000);
     CHECK(r.status == 0 && !r.dup && r.seq == 3, "carol's id 1 is new: 3 (%d %" PRIu64 ")", r.dup, r.seq);
-    CHECK(rc_int("GET chat:{%s}:id:5:alice:1", room) == 1 && rc_int("GET chat:{%s}:id:3:bob:1", room) == 2,
+    CHECK(rc_int("GET chat:{%s}:sid:5:alice:1", room) == 1 && rc_int("GET chat:{%s}:sid:3:bob:1", room) == 2,
           "the keys name their senders");
     node_free(a);
-    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:run chat:{%s}:recent chat:{%s}:id:5:alice:1 "
-           "chat:{%s}:id:3:bob:1 chat:{%s}:id:5:carol:1", room, room, room, room, room, room, room);
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:run chat:{%s}:recent chat:{%s}:sid:5:alice:1 "
+           "chat:{%s}:sid:3:bob:1 chat:{%s}:sid:5:carol:1", room, room, room, room, room, room, room);
 }
 
 /* bus_free while a seed request is with the provider: the waiting publish

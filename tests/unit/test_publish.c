@@ -49,17 +49,33 @@ int __wrap_store_write(store *s, const store_row *row, store_write_cb cb, void *
     return 0;
 }
 
-/* every target is a stored message of alice's, not deleted */
+/* every target is a stored message of alice's, not deleted, unless a
+ * test queued other rows (g_tq: the next calls' answers, in order) */
 static store_target_cb g_tcb;
 static void *g_tud;
 static uv_timer_t g_target_t;
+static struct { int kind; const char *author; } g_tq[4];
+static int g_tqn, g_targets;
 
 static void target_cb(uv_timer_t *t)
 {
     (void)t;
     store_target_cb cb = g_tcb;
     g_tcb = NULL;
-    if (cb) cb(g_tud, 1, WIRE_MESSAGE, "alice", 0);
+    int kind = WIRE_MESSAGE;
+    const char *author = "alice";
+    if (g_tqn) {
+        kind = g_tq[0].kind;
+        author = g_tq[0].author;
+        memmove(g_tq, g_tq + 1, (size_t)--g_tqn * sizeof g_tq[0]);
+    }
+    if (cb) cb(g_tud, 1, kind, author, 0);
+}
+
+static void tq_push(int kind, const char *author)
+{
+    g_tq[g_tqn].kind = kind;
+    g_tq[g_tqn++].author = author;
 }
 
 int __wrap_store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud);
@@ -68,6 +84,7 @@ int __wrap_store_target(store *s, const char *room, uint64_t seq, store_target_c
     (void)s; (void)room; (void)seq;
     g_tcb = cb;
     g_tud = ud;
+    g_targets++;
     uv_timer_start(&g_target_t, target_cb, 1, 0);
     return 0;
 }
@@ -155,6 +172,43 @@ static void test_edit_unstorable(void)
     CHECK(a.status == PUBLISH_UNSTORABLE, "an unstorable edit: unstorable (status %d)", a.status);
 }
 
+static int edit_now(const char *id, uint64_t target, answer *a)
+{
+    memset(a, 0, sizeof *a);
+    publish_update u = {.room = "lobby", .id = id, .user = "alice", .name = "Alice",
+                        .kind = WIRE_EDIT, .target = target, .body = "again", .body_len = 5};
+    int rc = publish_update_start(&u, NULL, NULL, on_done, a);
+    if (rc == 0) WAIT_ON(L, a->done, 2000);
+    return rc;
+}
+
+/* A resent update is acked only when the row at its seq is that update:
+ * another row there (its seq lost to a conflict whose forget never
+ * reached the bus) is a conflict, its id forgotten, so the next resend is
+ * a new update */
+static void test_resent_update_checks_its_row(void)
+{
+    answer m, a;
+    g_write_rc = 0;
+    CHECK(publish_msg_now("r0", &m) == 0 && m.status == PUBLISH_OK, "the message to edit");
+    CHECK(edit_now("re1", m.seq, &a) == 0 && a.status == PUBLISH_OK, "the edit (status %d)", a.status);
+    uint64_t se = a.seq;
+    int t0 = g_targets;
+    tq_push(WIRE_MESSAGE, "alice"); /* its target, then the row at its seq: this edit */
+    tq_push(WIRE_EDIT, "alice");
+    CHECK(edit_now("re1", m.seq, &a) == 0 && a.status == PUBLISH_OK && a.seq == se,
+          "its resend: acked with its seq (status %d, seq %llu)", a.status, (unsigned long long)a.seq);
+    CHECK(g_targets == t0 + 2 && g_tqn == 0, "the target and the resend's row were looked at");
+    tq_push(WIRE_MESSAGE, "alice"); /* another row holds its seq: bob's message */
+    tq_push(WIRE_MESSAGE, "bob");
+    CHECK(edit_now("re1", m.seq, &a) == 0 && a.status == PUBLISH_CONFLICT,
+          "a resend whose seq another row holds is not acked (status %d)", a.status);
+    int w0 = g_writes;
+    CHECK(edit_now("re1", m.seq, &a) == 0 && a.status == PUBLISH_OK && a.seq > se &&
+          g_writes == w0 + 1, "its id was forgotten: the next resend is a new edit (status %d)",
+          a.status);
+}
+
 int main(void)
 {
     log_set_level(LOG_ERROR);
@@ -175,6 +229,7 @@ int main(void)
     CHECK(bus_ready(b), "the in-process bus is ready");
     test_message_answers();
     test_edit_unstorable();
+    test_resent_update_checks_its_row();
     publish_attach(NULL, NULL, 0);
     bus_free(b);
     uv_close((uv_handle_t *)&g_later, NULL);
