@@ -10,8 +10,8 @@
  * epoch generation. */
 #define _GNU_SOURCE
 #include "bus_int.h"
-#include <assert.h>
 #include "log.h"
+#include <assert.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+#include "util.h"
 
 typedef struct bus bus;
 
@@ -103,7 +104,7 @@ void bus_seed_done(bus_seed *req, int status, uint64_t max_seq, const char *epoc
  * util.h client_id_valid, frame.h FRAME_ID_MAX, api_parse.h API_ID_MAX); a
  * seed skips a longer one found in Postgres (a row written outside
  * chatd), never cut into another id's key. */
-#define BUS_ID_MAX 256
+#define BUS_ID_MAX CLIENT_ID_BYTES
 /* The longest sender a client id belongs to: the JWT sub and the server
  * API's user are 1-127 bytes (auth.c, api_parse.h API_USER_MAX). */
 #define BUS_USER_MAX 127

@@ -346,7 +346,9 @@ const char *script_admin_role(const script_host *h)
 {
     if (h && h->cur && h->cur->admin_role) return h->cur->admin_role;
     /* a policy without config.admin_role: the environment's, as for a key it declares */
-    const char *ev = getenv("CHAT_ADMIN_ROLE");
+    char en[64];
+    script_env_name(en, sizeof en, "admin_role");
+    const char *ev = getenv(en);
     return ev && *ev ? ev : SCRIPT_ADMIN_ROLE;
 }
 

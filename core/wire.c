@@ -157,13 +157,17 @@ uint64_t wire_frame_content_of(const msg *m, uint64_t *deletes)
     if (m->kind != MSG_MESSAGE || !m->seq) return 0;
     if (m->len >= sizeof msg_pfx - 1 && !memcmp(p, msg_pfx, sizeof msg_pfx - 1)) return m->seq;
     if (m->len < sizeof upd_pfx - 1 || memcmp(p, upd_pfx, sizeof upd_pfx - 1) != 0) return 0;
-    json_t *o = frame_json(m);
-    const char *k = o ? str_of(o, "kind") : NULL;
-    uint64_t content = 0;
-    if (k && !strcmp(k, "delete")) *deletes = uint_of(o, "target");
-    else if (k && !strcmp(k, "edit")) content = uint_of(o, "target");
-    json_decref(o);
-    return content;
+    /* chatd built the frame (wire_update_tail): its members are read in
+     * place (json_raw_member), no parse per replayed update */
+    const char *s = (const char *)p;
+    size_t ko, kl, to, tl;
+    uint64_t target = 0;
+    if (json_raw_member(s, m->len, "kind", &ko, &kl) != 1 ||
+        json_raw_member(s, m->len, "target", &to, &tl) != 1 || seq_parse(s + to, tl, &target) != 0)
+        return 0;
+    if (kl == 8 && !memcmp(s + ko, "\"delete\"", 8)) *deletes = target;
+    else if (kl == 6 && !memcmp(s + ko, "\"edit\"", 6)) return target;
+    return 0;
 }
 
 msg *wire_erased_frame(const char *room, const msg *m)
