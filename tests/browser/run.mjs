@@ -735,6 +735,42 @@ test('updates made while a tab is offline arrive on reconnect', async () => {
   await li.locator('.edited:not([hidden])').waitFor({ timeout: 5000 });
 });
 
+test('another user\'s message with my pending id is theirs, not my pending one', async () => {
+  // ids are per sender (protocol.md): Bob may use the id of a message Alice still has pending.
+  // Alice's socket drops, she sends (pending, in the outbox); Bob sends with her id; on her
+  // reconnect the replay brings Bob's message first, then her resend gets its own seq.
+  const { alice, bob } = users;
+  await alice.page.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 4000; c._ws.close(); });
+  await alice.page.locator('#status[data-state="reconnecting"]').waitFor({ timeout: 5000 });
+  const mine = `Alice's words, sent offline (run ${RUN})`;
+  await sendViaUi(alice.page, mine);
+  const pending = alice.page.locator('li.msg.own[data-state="pending"]', { hasText: mine });
+  await pending.waitFor({ timeout: 5000 });
+  const id = await pending.getAttribute('data-id');
+  assert(id, 'the pending line has no data-id');
+  const theirs = `Bob's words with Alice's id (run ${RUN})`;
+  const bobSeq = await bob.page.evaluate(({ id, theirs }) => new Promise((resolve, reject) => {
+    const c = window.chatd.client;
+    const off = c.on('ack', (a) => { if (a.id === id) { off(); clearTimeout(t); resolve(a.seq); } });
+    const t = setTimeout(() => { off(); reject(new Error(`no ack for Bob's ${id}`)); }, 10000);
+    c.send('general', theirs, { id });
+  }), { id, theirs });
+  await alice.page.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 250; c.reconnectNow(); });
+  await alice.page.locator('#status[data-state="open"]').waitFor({ timeout: 10000 });
+  const bobLine = alice.page.locator(`li.msg[data-seq="${bobSeq}"]`);
+  await bobLine.filter({ hasText: theirs }).waitFor({ timeout: 10000 });
+  assert(await bobLine.getAttribute('data-user') !== await alice.page.evaluate(() => window.chatd.me.user),
+    'Bob\'s message is shown as Alice\'s');
+  const ownLine = alice.page.locator('li.msg.own[data-state="acked"]', { hasText: mine });
+  await ownLine.waitFor({ timeout: 10000 });
+  const ownSeq = Number(await ownLine.getAttribute('data-seq'));
+  assert(ownSeq > bobSeq, `Alice's resent message has seq ${ownSeq}, Bob's ${bobSeq}`);
+  const b = await bodies(alice.page, 'general');
+  assert(countOf(b, mine) === 1 && countOf(b, theirs) === 1,
+    `Alice shows her message ${countOf(b, mine)} times and Bob's ${countOf(b, theirs)} times`);
+  await bob.page.locator('li.msg', { hasText: mine }).waitFor({ timeout: 10000 });
+});
+
 test('kill -9 of a node: its tab reconnects to the other node and shows every message once', async () => {
   const room = `failover-${Date.now().toString(36)}`;
   const xa = await openUser('Xavier', { origin: A.http, nodeUrls: [A.ws, B.ws], rooms: [room] });
