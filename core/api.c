@@ -220,6 +220,10 @@ static void on_published(void *ud, const publish_result *res)
         answer_error(r, 400, "bad_request", "the message cannot be stored in history; do not retry");
         return;
     }
+    if (res->status == PUBLISH_ID_REUSED) {
+        answer_error(r, 409, "conflict", res->reason ? res->reason : "id already used");
+        return;
+    }
     if (res->status != PUBLISH_OK) {
         const char *why = res->status == PUBLISH_BUS_DOWN ? "message bus unavailable"
                         : res->status == PUBLISH_BACKLOG ? "history store backlog full"
@@ -478,8 +482,11 @@ static void run_ban(api_req *r)
  * same delete as the client frame (publish_delete: its own seq, broadcast,
  * stored, replayed). Optional body {"reason", "user", "name", "id"}: the
  * update's author (default "moderator") and an id that makes a retry
- * idempotent (default "api-delete-<seq>"). 200 {"room","target","seq"}
- * once durable; 404 for an unknown, update or already deleted seq. */
+ * idempotent (default "api-delete-<seq>"). 200 {"room","target","seq",
+ * "duplicate"} once durable; 404 for an unknown, update or already deleted
+ * seq, except that a retry with the id given in the body answers 200 with
+ * the first delete's seq ("duplicate":true); 409 when that id names
+ * another of the user's messages or updates. */
 static void on_deleted(void *ud, const publish_result *res)
 {
     api_req *r = ud;
@@ -491,13 +498,18 @@ static void on_deleted(void *ud, const publish_result *res)
         answer_error(r, 400, "bad_request", "the delete cannot be stored in history; do not retry");
         return;
     }
+    if (res->status == PUBLISH_ID_REUSED) {
+        answer_error(r, 409, "conflict", res->reason ? res->reason : "id already used");
+        return;
+    }
     if (res->status != PUBLISH_OK) {
         answer_error(r, 503, "unavailable", "temporarily unavailable; retry with the same id");
         return;
     }
     size_t len = 0;
-    char *b = fmt(&len, "{\"room\":\"%s\",\"target\":%" PRIu64 ",\"seq\":%" PRIu64 "}",
-                  res->room, r->rt.seq, res->seq);
+    char *b = fmt(&len, "{\"room\":\"%s\",\"target\":%" PRIu64 ",\"seq\":%" PRIu64
+                  ",\"duplicate\":%s}", res->room, r->rt.seq, res->seq,
+                  res->duplicate ? "true" : "false");
     answer_json(r, b, len);
 }
 
@@ -522,7 +534,8 @@ static void run_delete_message(api_req *r)
     }
     LOGI("api", "moderator delete of room %s seq %" PRIu64 " by %s%s%.200s", r->rt.room, r->rt.seq,
          user, reason ? ": " : "", reason ? reason : "");
-    if (publish_delete(r->rt.room, r->rt.seq, user, name, id, &r->pubs, on_deleted, r) < 0)
+    if (publish_delete(r->rt.room, r->rt.seq, user, name, id, id == idbuf, &r->pubs, on_deleted,
+                       r) < 0)
         answer_error(r, 503, "unavailable", "message bus unavailable; retry");
     api_delete_clear(&d);
 }

@@ -48,6 +48,7 @@ void chat_publish_answer(conn *c, const publish_result *r)
     case PUBLISH_NOT_FOUND:
     case PUBLISH_REFUSED:
     case PUBLISH_NOOP:
+    case PUBLISH_ID_REUSED:
         conn_send_error(c, r->code ? r->code : "rejected", r->reason ? r->reason : "refused", r->id);
         return;
     case PUBLISH_RATE_LIMITED:

@@ -120,7 +120,7 @@ void chat_update_frame(conn *c, const client_frame *f)
     if (chat_publish_gate(c, f, room, idbuf, &id, refused) != 0) return;
     if (f->emoji) { memcpy(emoji, f->emoji, f->emoji_len); emoji[f->emoji_len] = 0; }
     publish_update u = {room, id, c->ident.user, c->ident.name, kind, f->target,
-                        f->body, f->body_len, f->emoji ? emoji : NULL, f->on, mono_ns()};
+                        f->body, f->body_len, f->emoji ? emoji : NULL, f->on, mono_ns(), 0};
     if (publish_update_start(&u, &c->pubs, authorize, on_done, c) < 0) {
         metric_inc(refused);
         conn_send_error(c, "unavailable", "temporarily unavailable; resend with the same id", id);

@@ -123,7 +123,8 @@ static void req_finish(http_req *r, unsigned status, char *body, size_t len)
 
 /* A history message in its current state (message updates, v2): the
  * message tail's fields (meta after body, as in the frame), then "edited_ts" when edited, "deleted":true with
- * no body when deleted, "reactions" ({"emoji":count}) when any. */
+ * no body when deleted, else "reactions" ({"emoji":count}, {} when none:
+ * protocol.md lists it with the current state, a client may index it). */
 static size_t http_message_state(char *b, size_t cap, const store_row *m)
 {
     size_t o = 0;
@@ -146,7 +147,7 @@ static size_t http_message_state(char *b, size_t cap, const store_row *m)
             memcpy(b + o, m->meta, m->meta_len); o += m->meta_len;
         }
         if (m->edited_ts) o += (size_t)snprintf(b + o, cap - o, ",\"edited_ts\":%" PRIu64, m->edited_ts);
-        if (m->reactions) o += (size_t)snprintf(b + o, cap - o, ",\"reactions\":%s", m->reactions);
+        o += (size_t)snprintf(b + o, cap - o, ",\"reactions\":%s", m->reactions ? m->reactions : "{}");
     }
     o += (size_t)snprintf(b + o, cap - o, ",\"ts\":%" PRIu64 "}", m->ts);
     return o;

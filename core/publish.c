@@ -38,6 +38,7 @@ struct publish_op {
     uint64_t target;
     char emoji[EMOJI_MAX_BYTES + 1];
     int on;
+    int id_default;          /* publish_update.id_default */
     int64_t count;
     publish_authorize_fn authorize;
     char code[32], reason[256];
@@ -167,6 +168,17 @@ static void undo_update(publish_op *p)
     bus_undo_update(P.bus, p->room, &u);
 }
 
+/* The sender's id names its row at seq, of another kind or target: a
+ * client that used one id for two things. Answered as such (bad_request,
+ * the API's 409), nothing forgotten: the id still names its first row. */
+static void id_reused(publish_op *p, uint64_t seq)
+{
+    snprintf(p->code, sizeof p->code, "bad_request");
+    snprintf(p->reason, sizeof p->reason, "id already used for another of your messages or "
+             "updates (seq %" PRIu64 "); send a new id", seq);
+    finish(p, PUBLISH_ID_REUSED);
+}
+
 static void on_stored(void *ud, int status)
 {
     publish_op *p = ud;
@@ -180,7 +192,8 @@ static void on_stored(void *ud, int status)
      * (undo_update; the other updates of the target stay). Its client id
      * is forgotten too (a resend of an update is acked on its stored row only,
      * so a kept id would answer `unavailable` for the id's whole window):
-     * the resend goes through the state step again. */
+     * the resend goes through the state step again. -4: the sender's id
+     * names another of its rows (id_reused). */
     int upd = p->kind != WIRE_MESSAGE;
     if (status == 0) {
         /* the id back into Redis if it restarted since the publish (no
@@ -193,6 +206,12 @@ static void on_stored(void *ud, int status)
         if (p->id) bus_forget_id(P.bus, p->room, p->user, p->id, p->seq); /* a resend gets a new seq */
         if (upd) undo_update(p);
         finish(p, PUBLISH_CONFLICT);
+    } else if (status == -4) {
+        /* the sender's id names another of its rows (store_write -4): that
+         * row keeps the id; nothing new was stored (a duplicate publish
+         * changed no state; a fresh update's change comes off) */
+        if (upd && !p->duplicate) undo_update(p);
+        id_reused(p, p->seq);
     } else if (status == -3) {
         unstorable(p->room, p->seq);
         if (upd && p->id) bus_forget_id(P.bus, p->room, p->user, p->id, p->seq);
@@ -347,6 +366,7 @@ _Static_assert((int)STORE_MESSAGE == (int)WIRE_MESSAGE && (int)STORE_EDIT == (in
 
 static void upd_publish(publish_op *p, const bus_update *u);
 static void upd_seed_read(publish_op *p);
+static void upd_go(publish_op *p);
 
 static int bus_op(const publish_op *p)
 {
@@ -366,23 +386,31 @@ static void refuse(publish_op *p, int status, const char *code, const char *reas
 
 /* A resend of an update already published: acked once its first publish
  * is durable (stored by its node, or by the backfill), i.e. when the row at
- * its seq is this update (its kind, its sender). Another row there (the
- * update lost its seq to a conflict whose forget did not reach Redis, or a
- * backfill of it met a conflict) is never acked: its id is forgotten and
- * its change undone, answered as the conflict it is (the resend after that
- * is a new update). No row yet: unavailable (resend). */
-static void upd_dup_checked(void *ud, int status, int kind, const char *author, int deleted)
+ * its seq is this update (this sender's row with this id, of its kind and
+ * target). This sender's row with this id but another kind or target is a
+ * client that used one id twice: id_reused, nothing forgotten. Another
+ * sender's row, or one without this id (the update lost its seq to a
+ * conflict whose forget did not reach Redis, or a backfill of it met a
+ * conflict), is never acked: its id is forgotten and its change undone,
+ * answered as the conflict it is (the resend after that is a new update).
+ * No row yet: unavailable (resend). Removed by retention: not_found. */
+static void upd_dup_checked(void *ud, int status, const store_target_row *row)
 {
     publish_op *p = ud;
-    (void)deleted;
-    if (status == 1 && kind == p->kind && author && strcmp(author, p->user) == 0) {
+    int mine = status == STORE_TARGET_ROW && row->author && strcmp(row->author, p->user) == 0 &&
+               row->client_id && p->id && strcmp(row->client_id, p->id) == 0;
+    if (mine && row->kind == p->kind && row->target == p->target) {
         finish(p, PUBLISH_OK);
-    } else if (status == 1) {
+    } else if (mine) {
+        id_reused(p, p->seq);
+    } else if (status == STORE_TARGET_ROW) {
         LOGW(MOD, "room %s seq %" PRIu64 ": the resent update's id names a seq another row "
              "holds (a conflict): not acked, its id forgotten", p->room, p->seq);
         if (p->id) bus_forget_id(P.bus, p->room, p->user, p->id, p->seq);
         undo_update(p);
         finish(p, PUBLISH_CONFLICT);
+    } else if (status == STORE_TARGET_GONE) {
+        refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was removed by retention");
     } else {
         finish(p, PUBLISH_STORE_DOWN);
     }
@@ -459,7 +487,7 @@ static void upd_authorized(publish_op *p, const char *author)
     if (!p->cb) { op_free(p); return; }   /* its caller went away: nothing was published */
     if (p->authorize) {
         publish_update u = {p->room, p->id, p->user, p->name, p->kind, p->target, p->body,
-                            p->body_len, p->emoji, p->on, p->t0};
+                            p->body_len, p->emoji, p->on, p->t0, p->id_default};
         publish_verdict v;
         memset(&v, 0, sizeof v);
         p->authorize(p->ud, &u, author, &v);
@@ -484,6 +512,13 @@ static void upd_authorized(publish_op *p, const char *author)
             free(v.body);
         }
     }
+    upd_go(p);
+}
+
+/* After the policy step (or without one): the update's tail, then the bus's
+ * state step. */
+static void upd_go(publish_op *p)
+{
     p->tail = wire_update_tail(p->kind, p->id, p->target, p->user, p->name, p->ts, p->body,
                                p->body_len, p->emoji, p->on, -1, &p->tail_len);
     if (!p->tail) { finish(p, PUBLISH_BUS_DOWN); return; }
@@ -538,24 +573,33 @@ static int lookup_buffer(publish_op *p)
     return bus_replay(P.bus, p->room, p->target - 1, LOOKUP_MAX, on_lookup_replay, p);
 }
 
-static void on_target(void *ud, int status, int kind, const char *author, int deleted)
+static void on_target(void *ud, int status, const store_target_row *row)
 {
     publish_op *p = ud;
     if (!p->cb) { op_free(p); return; }
     if (status < 0) { finish(p, PUBLISH_STORE_DOWN); return; }
-    if (status == 0) {   /* not stored (yet): published moments ago? */
+    if (status == STORE_TARGET_GONE) {
+        refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was removed by retention");
+        return;
+    }
+    if (status == STORE_TARGET_NONE) {   /* not stored (yet): published moments ago? */
         if (lookup_buffer(p) < 0) finish(p, PUBLISH_BUS_DOWN);
         return;
     }
-    if (kind != WIRE_MESSAGE) {
+    if (row->kind != WIRE_MESSAGE) {
         refuse(p, PUBLISH_NOT_FOUND, "not_found", "that seq is a message update, not a message");
         return;
     }
-    if (deleted) {
-        refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was deleted");
+    if (row->deleted) {
+        /* a client's id may be a resend of an update made before the
+         * delete (its ack lost): the bus answers a known id with its first
+         * seq (then acked on its row: upd_dup_checked), anything else with
+         * "deleted" (its state step): no policy step, nothing new passes */
+        if (p->id && !p->id_default) upd_go(p);
+        else refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was deleted");
         return;
     }
-    upd_authorized(p, author);
+    upd_authorized(p, row->author);
 }
 
 int publish_update_start(const publish_update *u, publish_owner *owner,
@@ -576,6 +620,7 @@ int publish_update_start(const publish_update *u, publish_owner *owner,
     p->kind = u->kind;
     p->target = u->target;
     p->on = u->on ? 1 : 0;
+    p->id_default = u->id_default;
     p->count = -1;
     snprintf(p->room, sizeof p->room, "%s", u->room);
     snprintf(p->user, sizeof p->user, "%s", u->user);
@@ -608,10 +653,10 @@ int publish_update_start(const publish_update *u, publish_owner *owner,
 }
 
 int publish_delete(const char *room, uint64_t seq, const char *actor, const char *actor_name,
-                   const char *id, publish_owner *owner, publish_cb cb, void *ud)
+                   const char *id, int id_default, publish_owner *owner, publish_cb cb, void *ud)
 {
     publish_update u = {room, id, actor, actor_name ? actor_name : actor, WIRE_DELETE, seq,
-                        NULL, 0, NULL, 0, 0};
+                        NULL, 0, NULL, 0, 0, id_default};
     return publish_update_start(&u, owner, NULL, cb, ud);
 }
 
@@ -665,7 +710,8 @@ static void on_backfill_stored(void *ud, int status)
     /* another row holds its seq: an update's change and id go, as for the
      * node's own conflict (a message's id is forgotten by the conflict
      * check of its resend: same_message) */
-    else if (status == -2) backfill_refused(b, 0);
+    else if (status == -2 || status == -4) backfill_refused(b, 0); /* -4: as -2 (the row
+                                                                   * at its seq is not it) */
     free(b);
 }
 

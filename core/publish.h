@@ -41,6 +41,10 @@ enum {
     PUBLISH_UNSTORABLE = -9,  /* a seq was assigned, but history can never hold the row
                                * (store_write -3: not UTF-8, a number over 2^63-1): never
                                * acked; a resend would meet the same (answer bad_request) */
+    PUBLISH_ID_REUSED = -10,  /* the sender's id names another of its messages or updates
+                               * (another kind, or another target): nothing new was stored
+                               * and the id keeps what it names (answer bad_request; the
+                               * server API 409). reason says what the id names */
 };
 
 typedef struct publish_msg {
@@ -107,6 +111,10 @@ typedef struct publish_update {
     const char *emoji;        /* react: emoji_valid() */
     int on;                   /* react: 1 adds, 0 removes */
     uint64_t t0_ns;           /* receipt time (mono_ns) */
+    int id_default;           /* id was made up by the caller (the API's "api-delete-<seq>"),
+                               * not sent by a client: a deleted target answers not_found at
+                               * once; with a client's id it first looks for a resend (its
+                               * first ack may have been lost) */
 } publish_update;
 
 /* The caller's policy step, called once with the target's author (never
@@ -136,7 +144,7 @@ int publish_update_start(const publish_update *u, publish_owner *owner,
  * PUBLISH_NOT_FOUND (no such message, or deleted already), or the
  * unavailable statuses. */
 int publish_delete(const char *room, uint64_t seq, const char *actor, const char *actor_name,
-                   const char *id, publish_owner *owner, publish_cb cb, void *ud);
+                   const char *id, int id_default, publish_owner *owner, publish_cb cb, void *ud);
 
 /* Bus handlers (server.c wires them): on_unstored, on_seed, on_check (the
  * backfill sweeper asks history which unstored messages it holds: one

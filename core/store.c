@@ -64,7 +64,8 @@ typedef struct wnode {
     store_write_cb cb;
     void *ud;
     uint64_t t_enq;             /* mono_ns when queued */
-    int status;                 /* for the callback: 0, -2 (conflict) or -3 (refused) */
+    int status;                 /* for the callback: 0, -2 (conflict), -3 (refused) or -4
+                                 * (the id names another kind of row) */
     const char *val[STORE_INSERT_NCOLS];
     char seq_txt[24], ts_txt[24], kind_txt[8], target_txt[24], count_txt[24];
     char data[];
@@ -245,7 +246,7 @@ static void fail_read(rnode *r)
     case Q_HEAD: r->hcb(r->ud, -1, 0, NULL); break;
     case Q_SEED: r->scb(r->ud, -1, 0, NULL, 0, NULL, NULL, NULL, NULL); break;
     case Q_QUERY: r->qcb(r->ud, -1, NULL); break;
-    case Q_TARGET: r->tcb(r->ud, -1, 0, NULL, 0); break;
+    case Q_TARGET: r->tcb(r->ud, -1, NULL); break;
     case Q_REACTIONS: r->xcb(r->ud, -1, 0, NULL, NULL, 0); break;
     default: r->cb(r->ud, -1, NULL, 0); break;
     }
@@ -697,6 +698,16 @@ static void verify_done(store *s)
         for (int t = 0; t < nt && found < 0; t++)
             if (same_text(res, t, 0, w->val[0]) && same_text(res, t, 1, w->val[1])) found = t;
         if (found >= 0 && same_message(res, found, w)) continue;
+        if (found >= 0 && w->val[2] && same_text(res, found, 2, w->val[2]) &&
+            same_text(res, found, 3, w->val[3])) {
+            /* this sender's row with this client id, of another kind: a
+             * client that used one id for two things (not a conflict) */
+            w->status = -4;
+            LOGD(MOD, "room %s seq %s: client id %s of user %s names a %s row, not this one: "
+                 "not stored", w->val[0], w->val[1], w->val[2], w->val[3],
+                 PQgetvalue(res, found, 7));
+            continue;
+        }
         w->status = -2;
         metric_inc(s->m_conflicts);
         LOGE(MOD, "CONFLICT: room %s seq %s is already stored with another message (stored id %s "
@@ -787,9 +798,20 @@ static void update_read_done(rnode *r, PGresult *res)
 {
     int n = PQntuples(res);
     if (r->kind == Q_TARGET) {
-        if (n < 1 || PQnfields(res) < 3) r->tcb(r->ud, 0, 0, NULL, 0);
-        else r->tcb(r->ud, 1, atoi(PQgetvalue(res, 0, 0)), PQgetvalue(res, 0, 1),
-                    PQgetvalue(res, 0, 2)[0] == 't');
+        if (n < 1 || PQnfields(res) < 6) {
+            r->tcb(r->ud, -1, NULL);
+        } else if (PQgetvalue(res, 0, 5)[0] == 't') {
+            r->tcb(r->ud, STORE_TARGET_GONE, NULL);
+        } else if (PQgetisnull(res, 0, 0)) {
+            r->tcb(r->ud, STORE_TARGET_NONE, NULL);
+        } else {
+            uint64_t tg = 0;
+            if (!PQgetisnull(res, 0, 4)) pg_seq(res, 0, 4, &tg);
+            store_target_row row = {atoi(PQgetvalue(res, 0, 0)), PQgetvalue(res, 0, 1),
+                                    PQgetvalue(res, 0, 2)[0] == 't',
+                                    PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3), tg};
+            r->tcb(r->ud, STORE_TARGET_ROW, &row);
+        }
         return;
     }
     const char **em = n ? calloc((size_t)n, sizeof *em) : NULL;

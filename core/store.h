@@ -78,7 +78,9 @@ int store_ready(const store *s);   /* connected and migrated */
  * good (a row-caused error, SQLSTATE class 22 or 23 or P0001: an operator's
  * CHECK, NOT NULL or trigger; found by bisecting the failed batch, the
  * batch's other rows are stored), NOT stored and not retried (logged as an
- * error, counted in chat_store_rows_refused_total), -1 failed for good
+ * error, counted in chat_store_rows_refused_total), -4 not stored: the
+ * row at (room, seq) has this row's client id and user but another kind (a
+ * client that used one id for two things; logged at debug only), -1 failed for good
  * (store freed). Any other failure of a batch is retried after reconnect.
  * Returns without calling cb: -1 when pending_max is reached (or the store
  * is gone: try again later), -3 when the row can never be stored (NUL
@@ -104,11 +106,24 @@ int store_range(store *s, const char *room, uint64_t after, uint64_t before,
 int store_history(store *s, const char *room, uint64_t before, int limit, store_rows_cb cb,
                   void *ud);
 
-/* What an update needs to know of its target (room, seq): cb(ud, 1, kind,
- * author, deleted) when stored (deleted: erased by a delete, or a delete
- * of it is stored), cb(ud, 0, ...) when no row holds seq, cb(ud, -1, ...)
- * on error. author is valid during the callback only. */
-typedef void (*store_target_cb)(void *ud, int status, int kind, const char *author, int deleted);
+/* What an update needs to know of its target (room, seq), or a resent
+ * update of the row at its seq: cb(ud, STORE_TARGET_ROW, &row) when stored
+ * (row.deleted: erased by a delete, or a delete of it is stored;
+ * row.client_id NULL when the row has none; row.target 0 for a message),
+ * cb(ud, STORE_TARGET_NONE, NULL) when no row holds seq (not stored yet, or
+ * never assigned), cb(ud, STORE_TARGET_GONE, NULL) when seq is below the
+ * room's kept_from (retention removed it, or is removing it: history no
+ * longer shows it), cb(ud, -1, NULL) on error. row and its strings are
+ * valid during the callback only. */
+enum { STORE_TARGET_NONE = 0, STORE_TARGET_ROW = 1, STORE_TARGET_GONE = 2 };
+typedef struct store_target_row {
+    int kind;                /* STORE_MESSAGE, STORE_EDIT, ... */
+    const char *author;
+    int deleted;
+    const char *client_id;   /* NULL: the row has no client id */
+    uint64_t target;         /* an update's target; 0 for a message */
+} store_target_row;
+typedef void (*store_target_cb)(void *ud, int status, const store_target_row *row);
 int store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud);
 
 /* The reactions of message (room, target): emoji[i] by user[i] for every

@@ -75,12 +75,16 @@ int store_schema_version(void);
     "ORDER BY m.seq DESC LIMIT $4"
 #define STORE_STMT_HISTORY "chatd_history"
 
-/* The target of an update: $1 room, $2 seq. Columns: kind, user_id,
- * deleted (the flag or a stored delete event). No row: no such seq. */
+/* The target of an update, or the row a resent update's id names: $1
+ * room, $2 seq. One row, always: kind, user_id, deleted (the flag or a
+ * stored delete event), client_id, target (all NULL when no row holds
+ * seq), then whether seq is below the room's kept_from (retention: gone,
+ * as history and since= see it). */
 #define STORE_SQL_TARGET \
-    "SELECT kind, user_id, deleted OR EXISTS (SELECT 1 FROM messages d " \
-    "WHERE d.room = $1 AND d.target = $2 AND d.kind = 2) FROM messages " \
-    "WHERE room = $1 AND seq = $2"
+    "SELECT m.kind, m.user_id, m.deleted OR EXISTS (SELECT 1 FROM messages d " \
+    "WHERE d.room = $1 AND d.target = $2 AND d.kind = 2), m.client_id, m.target, " \
+    "$2 < coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0) " \
+    "FROM (SELECT 1) one LEFT JOIN messages m ON m.room = $1 AND m.seq = $2"
 #define STORE_STMT_TARGET "chatd_target"
 
 /* The reactions of a message, to seed the bus's state of it: $1 room, $2

@@ -359,8 +359,8 @@ async def publish_frame_meta_history_and_duplicate():
     st, hj, body = await ahttp_json(n.port, f"/rooms/{room}/messages", token("reader"))
     eq(st, 200, "history")
     eq(hj["messages"][0].get("meta"), meta, "meta in history")
-    check(b'"body":"deployed","meta":{"kind": "deploy", "n": [1, 2.50], "nested": {"ok": true}},"ts":' in body,
-          f"meta as given between body and ts: {body[:300]!r}")
+    check(b'"body":"deployed","meta":{"kind": "deploy", "n": [1, 2.50], "nested": {"ok": true}},"reactions":{},"ts":'
+          in body, f"meta as given after body (then the state: no reactions), before ts: {body[:300]!r}")
     # the same id again: the first seq, duplicate, no second frame or row
     st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", raw=raw,
                             headers={"Content-Type": "application/json"})
@@ -515,6 +515,25 @@ async def moderator_delete_through_the_api():
                        raw=b'{"user":"mod","user":"eve"}', headers={"Content-Type": "application/json"})
     st, _, info = await acall(n.port, "GET", f"/api/rooms/{room}")
     eq(info["seq"], 2, "no seq for the refused deletes")
+    # a retry with the id given in the body (its answer was lost): the first
+    # delete's seq, duplicate, nothing published again (it answered 404); the
+    # id for a delete of another message: 409
+    js = await publish(n.port, room, msg("m-2", "second"))
+    js5 = await publish(n.port, room, msg("m-3", "third"))
+    body = {"id": "del-x", "user": "mod-7"}
+    st, _, d1 = await acall(n.port, "DELETE", f"/api/rooms/{room}/messages/{js['seq']}", body=body)
+    eq((st, d1.get("seq"), d1.get("duplicate")), (200, 5, False), f"delete with an id ({d1})")
+    st, _, d2 = await acall(n.port, "DELETE", f"/api/rooms/{room}/messages/{js['seq']}", body=body)
+    eq((st, d2.get("target"), d2.get("seq"), d2.get("duplicate")), (200, js["seq"], 5, True),
+       f"its retry: the first seq, duplicate ({d2})")
+    _, ej = await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/{js5['seq']}", 409,
+                               "conflict", body=body)
+    check("seq 5" in ej["error"]["message"], f"the 409 names the id's seq: {ej}")
+    st, _, info = await acall(n.port, "GET", f"/api/rooms/{room}")
+    eq(info["seq"], 5, "one delete event for the three calls")
+    await c.wait_for(lambda f: f["type"] == "message_update" and f.get("seq") == 5, 5, what="the delete")
+    await c.roundtrip()
+    eq(len([f for f in c.frames if f["type"] == "message_update"]), 2, "no second delete frame")
 
 
 @test(timeout=30)

@@ -16,6 +16,7 @@ on real chatd nodes with Redis and Postgres.
   (an advisory lock held elsewhere stops every node), on_retention per room.
 """
 import asyncio
+import http.client
 import subprocess
 import time
 
@@ -252,8 +253,9 @@ async def unread_exact_across_devices_and_nodes():
 
 
 # ---------------------------------------------------------------- retention
+RET_KEY = "itest-retention-api-key-0123"
 RET_ENV = {"CHAT_RETENTION_INTERVAL_MS": "300", "CHAT_RETENTION_BATCH": "7",
-           "CHAT_RETENTION_BATCH_MS": "250"}
+           "CHAT_RETENTION_BATCH_MS": "250", "CHAT_API_KEYS": RET_KEY}
 
 
 def row_count(room):
@@ -311,6 +313,22 @@ async def retention_boundary_batches_gap_and_no_seq_reuse():
         r2 = await Client.connect(n, room, token("bob"), since=20)
         await r2.wait_count(is_msg(room), 10, 5, "replay since=20")
         eq((r2.seqs(room), r2.errors()), (list(range(21, 31)), []), "since=20 replays 21..30")
+        # a removed message takes no update (the recent buffer and the
+        # reaction state in Redis still know it: they must not be used):
+        # not_found, over the WebSocket and the API
+        for i, f in enumerate(({"type": "edit", "target": 5, "body": "x"},
+                               {"type": "delete", "target": 5},
+                               {"type": "react", "target": 6, "emoji": "\U0001F44D", "on": True})):
+            f = dict(f, room=room, id=f"gone-{i}")
+            e = await c.reply(f, lambda x, i=i: x.get("id") == f"gone-{i}", 5, what=f"answer to {f}")
+            eq((e["type"], e.get("code")), ("error", "not_found"), f"{f['type']} of a removed message: {e}")
+        hc = http.client.HTTPConnection("127.0.0.1", n.port, timeout=5)
+        hc.request("DELETE", f"/api/rooms/{room}/messages/7", b"{}",
+                   {"Authorization": f"Bearer {RET_KEY}"})
+        resp = hc.getresponse()
+        st, body = resp.status, resp.read()
+        hc.close()
+        eq(st, 404, f"the API's delete of a removed message ({body[:120]!r})")
         # delete everything; the head survives: a new node with an empty
         # Redis hands out 31, never 1
         for x in (c, r, r2):

@@ -423,6 +423,58 @@ async def update_ids_are_per_sender_in_process():
     await updates_ids_per_sender_check([node("solo", redis=False, db=False)], db=False)
 
 
+async def id_used_twice_check(nodes):
+    """One sender's id used for two things (a message, then an edit; an
+    edit, then a react) is refused as bad_request and keeps naming the
+    first: the message's resend is still its duplicate (answered as a
+    conflict, the id was forgotten and the resend stored and broadcast
+    twice). An update resent after its target was deleted (its ack lost) is
+    acked with its seq, not not_found. History lists "reactions": {} for a
+    message without any."""
+    room = uniq("idtwice")
+    al = await Client.connect(nodes[0], room, token("alice"))
+    w = await Client.connect(nodes[-1], room, token("watch"))
+    s1 = await post(al, room, "one", "u1")
+    s0 = await post(al, room, "untouched", "u0")
+    e = await send_and_ack(al, {"type": "edit", "room": room, "target": s1, "body": "x", "id": "u1"})
+    eq((e["type"], e.get("code")), ("error", "bad_request"), f"an edit with the message's id ({e})")
+    check(f"seq {s1}" in e.get("message", ""), f"the error names the id's seq: {e}")
+    again = await send_and_ack(al, {"type": "message", "room": room, "body": "one", "id": "u1"})
+    eq((again["type"], again.get("seq")), ("ack", s1), f"the message's resend: its seq ({again})")
+    ed = await send_and_ack(al, {"type": "edit", "room": room, "target": s1, "body": "one!", "id": "u2"})
+    eq(ed["type"], "ack", f"an edit with a new id ({ed})")
+    r = await send_and_ack(al, {"type": "react", "room": room, "target": s1, "emoji": THUMBS, "on": True,
+                                "id": "u2"})
+    eq((r["type"], r.get("code")), ("error", "bad_request"), f"a react with the edit's id ({r})")
+    d = await send_and_ack(al, {"type": "delete", "room": room, "target": s1, "id": "u3"})
+    eq(d["type"], "ack", f"the delete ({d})")
+    re = await send_and_ack(al, {"type": "edit", "room": room, "target": s1, "body": "one!", "id": "u2"})
+    eq((re["type"], re.get("seq")), ("ack", ed["seq"]), f"the edit resent after the delete ({re})")
+    nf = await send_and_ack(al, {"type": "edit", "room": room, "target": s1, "body": "?", "id": "u4"})
+    eq((nf["type"], nf.get("code")), ("error", "not_found"), f"a new edit of the deleted message ({nf})")
+    await w.wait_count(is_event(room), 4, 8, "events")
+    await al.roundtrip()
+    await asyncio.sleep(0.3)
+    eq([(f["seq"], f.get("kind")) for f in events(w, room)],
+       [(s1, None), (s0, None), (ed["seq"], "edit"), (d["seq"], "delete")], "each event broadcast once")
+    h = history(nodes[0], room, token("watch"))
+    m0 = [x for x in h["messages"] if x["seq"] == s0][0]
+    eq(m0.get("reactions"), {}, f"a message without reactions: reactions {{}} ({m0})")
+    rows = pg_rows(room, "seq, kind")
+    if rows is not None:
+        eq(rows, [f"{s1}|0", f"{s0}|0", f"{ed['seq']}|1", f"{d['seq']}|2"], "one row per event")
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def an_id_used_twice_is_refused_and_keeps_its_first():
+    await id_used_twice_check([node("A"), node("B")])
+
+
+@test(timeout=60, needs=("pg",))
+async def an_id_used_twice_is_refused_and_keeps_its_first_in_process():
+    await id_used_twice_check([node("solo", redis=False)])
+
+
 @test(timeout=60, needs=("redis", "pg"))
 async def replay_from_postgres_beyond_the_buffer():
     env = {"CHAT_RECENT_MAX": "10", "CHAT_REPLAY_MAX": "200"}

@@ -54,7 +54,7 @@ int __wrap_store_write(store *s, const store_row *row, store_write_cb cb, void *
 static store_target_cb g_tcb;
 static void *g_tud;
 static uv_timer_t g_target_t;
-static struct { int kind; const char *author; } g_tq[4];
+static struct { int kind; const char *author, *id; uint64_t target; int deleted; } g_tq[4];
 static int g_tqn, g_targets;
 
 static void target_cb(uv_timer_t *t)
@@ -62,20 +62,24 @@ static void target_cb(uv_timer_t *t)
     (void)t;
     store_target_cb cb = g_tcb;
     g_tcb = NULL;
-    int kind = WIRE_MESSAGE;
-    const char *author = "alice";
+    store_target_row row = {WIRE_MESSAGE, "alice", 0, NULL, 0};
     if (g_tqn) {
-        kind = g_tq[0].kind;
-        author = g_tq[0].author;
+        row = (store_target_row){g_tq[0].kind, g_tq[0].author, g_tq[0].deleted, g_tq[0].id,
+                                 g_tq[0].target};
         memmove(g_tq, g_tq + 1, (size_t)--g_tqn * sizeof g_tq[0]);
     }
-    if (cb) cb(g_tud, 1, kind, author, 0);
+    if (cb) cb(g_tud, STORE_TARGET_ROW, &row);
 }
 
-static void tq_push(int kind, const char *author)
+/* the next lookup's row: kind, author, client id (NULL: none), target (an
+ * update's), deleted */
+static void tq_push(int kind, const char *author, const char *id, uint64_t target, int deleted)
 {
     g_tq[g_tqn].kind = kind;
-    g_tq[g_tqn++].author = author;
+    g_tq[g_tqn].author = author;
+    g_tq[g_tqn].id = id;
+    g_tq[g_tqn].target = target;
+    g_tq[g_tqn++].deleted = deleted;
 }
 
 int __wrap_store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud);
@@ -194,19 +198,81 @@ static void test_resent_update_checks_its_row(void)
     CHECK(edit_now("re1", m.seq, &a) == 0 && a.status == PUBLISH_OK, "the edit (status %d)", a.status);
     uint64_t se = a.seq;
     int t0 = g_targets;
-    tq_push(WIRE_MESSAGE, "alice"); /* its target, then the row at its seq: this edit */
-    tq_push(WIRE_EDIT, "alice");
+    tq_push(WIRE_MESSAGE, "alice", "r0", 0, 0); /* its target, then the row at its seq: this edit */
+    tq_push(WIRE_EDIT, "alice", "re1", m.seq, 0);
     CHECK(edit_now("re1", m.seq, &a) == 0 && a.status == PUBLISH_OK && a.seq == se,
           "its resend: acked with its seq (status %d, seq %llu)", a.status, (unsigned long long)a.seq);
     CHECK(g_targets == t0 + 2 && g_tqn == 0, "the target and the resend's row were looked at");
-    tq_push(WIRE_MESSAGE, "alice"); /* another row holds its seq: bob's message */
-    tq_push(WIRE_MESSAGE, "bob");
+    tq_push(WIRE_MESSAGE, "alice", "r0", 0, 0); /* another row holds its seq: bob's message */
+    tq_push(WIRE_MESSAGE, "bob", "re1", 0, 0);
     CHECK(edit_now("re1", m.seq, &a) == 0 && a.status == PUBLISH_CONFLICT,
           "a resend whose seq another row holds is not acked (status %d)", a.status);
     int w0 = g_writes;
     CHECK(edit_now("re1", m.seq, &a) == 0 && a.status == PUBLISH_OK && a.seq > se &&
           g_writes == w0 + 1, "its id was forgotten: the next resend is a new edit (status %d)",
           a.status);
+}
+
+static int delete_now(const char *id, uint64_t target, answer *a)
+{
+    memset(a, 0, sizeof *a);
+    publish_update u = {.room = "lobby", .id = id, .user = "alice", .name = "Alice",
+                        .kind = WIRE_DELETE, .target = target};
+    int rc = publish_update_start(&u, NULL, NULL, on_done, a);
+    if (rc == 0) WAIT_ON(L, a->done, 2000);
+    return rc;
+}
+
+/* One id used by one sender for two things (a message, then an edit with
+ * the message's id): the second is refused as such (bad_request / 409) and
+ * the id keeps naming the first: a resend of the message is still its
+ * duplicate. (Answered as a conflict, the id was forgotten: the message's
+ * resend was stored and broadcast a second time.) */
+static void test_id_reused_keeps_the_id(void)
+{
+    answer m, a;
+    g_write_rc = 0;
+    CHECK(publish_msg_now("u0", &m) == 0 && m.status == PUBLISH_OK, "the message");
+    tq_push(WIRE_MESSAGE, "alice", "u0", 0, 0);   /* the edit's target */
+    tq_push(WIRE_MESSAGE, "alice", "u0", 0, 0);   /* the row its id names: the message */
+    CHECK(edit_now("u0", m.seq, &a) == 0 && a.status == PUBLISH_ID_REUSED,
+          "an edit with the message's id: id reused (status %d)", a.status);
+    CHECK(g_tqn == 0, "the target and the id's row were looked at");
+    int w0 = g_writes;
+    CHECK(publish_msg_now("u0", &a) == 0 && a.status == PUBLISH_OK && a.seq == m.seq,
+          "the message's resend is still its duplicate (status %d, seq %llu, first %llu)",
+          a.status, (unsigned long long)a.seq, (unsigned long long)m.seq);
+    CHECK(g_writes == w0 + 1, "its row was offered once (the duplicate check)");
+    /* an edit id reused for an edit of another target: refused the same way */
+    answer m2, e;
+    CHECK(publish_msg_now("u1", &m2) == 0 && m2.status == PUBLISH_OK, "a second message");
+    CHECK(edit_now("ue", m.seq, &e) == 0 && e.status == PUBLISH_OK, "an edit of the first");
+    tq_push(WIRE_MESSAGE, "alice", "u1", 0, 0);
+    tq_push(WIRE_EDIT, "alice", "ue", m.seq, 0);
+    CHECK(edit_now("ue", m2.seq, &a) == 0 && a.status == PUBLISH_ID_REUSED,
+          "its id for an edit of the second: id reused (status %d)", a.status);
+}
+
+/* The resend of an edit whose message was deleted since (its first ack
+ * lost): acked with its first seq, not answered not_found; a new edit of
+ * the deleted message is not_found, by the bus's state, without a policy
+ * step. */
+static void test_resend_after_the_target_was_deleted(void)
+{
+    answer m, e, d, a;
+    g_write_rc = 0;
+    CHECK(publish_msg_now("x0", &m) == 0 && m.status == PUBLISH_OK, "the message");
+    CHECK(edit_now("x1", m.seq, &e) == 0 && e.status == PUBLISH_OK, "its edit");
+    CHECK(delete_now("x2", m.seq, &d) == 0 && d.status == PUBLISH_OK, "its delete");
+    tq_push(WIRE_MESSAGE, "alice", "x0", 0, 1);   /* the target: deleted */
+    tq_push(WIRE_EDIT, "alice", "x1", m.seq, 0);  /* the row the resend's id names */
+    CHECK(edit_now("x1", m.seq, &a) == 0 && a.status == PUBLISH_OK && a.seq == e.seq,
+          "the edit's resend: acked with its seq (status %d, seq %llu, first %llu)", a.status,
+          (unsigned long long)a.seq, (unsigned long long)e.seq);
+    tq_push(WIRE_MESSAGE, "alice", "x0", 0, 1);
+    int w0 = g_writes;
+    CHECK(edit_now("x3", m.seq, &a) == 0 && a.status == PUBLISH_NOT_FOUND && g_writes == w0,
+          "a new edit of the deleted message: not found, nothing written (status %d)", a.status);
 }
 
 int main(void)
@@ -230,6 +296,8 @@ int main(void)
     test_message_answers();
     test_edit_unstorable();
     test_resent_update_checks_its_row();
+    test_id_reused_keeps_the_id();
+    test_resend_after_the_target_was_deleted();
     publish_attach(NULL, NULL, 0);
     bus_free(b);
     uv_close((uv_handle_t *)&g_later, NULL);

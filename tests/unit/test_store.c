@@ -383,6 +383,8 @@ static void test_check(void)
     CHECK(d.calls == 1 && d.status == -1);
 }
 
+static store_row mkupd(const char *room, uint64_t seq, int kind, uint64_t target, const char *user);
+
 static void test_conflict(void)
 {
     store *s = open_store(100, 5, 0);
@@ -404,6 +406,10 @@ static void test_conflict(void)
     store_row idf = mkrow("confl", 3, "with id");             /* same id, another user */
     idf.client_id = "c1";
     idf.user = "u2";
+    store_row idg = mkupd("confl", 3, STORE_EDIT, 1, "u1");   /* same id and user, an edit: */
+    idg.client_id = "c1";                                     /* the id used twice (-4) */
+    idg.body = "e";
+    idg.body_len = 1;
     CHECK(store_write(s, &first, wcb, &w[0]) == 0);
     CHECK(store_write(s, &other, wcb, &w[1]) == 0);           /* same batch, different */
     CHECK(store_write(s, &two, wcb, &w[2]) == 0);
@@ -423,14 +429,17 @@ static void test_conflict(void)
     CHECK(store_write(s, &other, wcb, &w[5]) == 0);
     CHECK(store_write(s, &first, wcb, &w[6]) == 0);
     CHECK(store_write(s, &ts, wcb, &w[7]) == 0);
-    wctx w4 = {0}, we = {0}, wf = {0};
+    wctx w4 = {0}, we = {0}, wf = {0}, wg = {0};
     CHECK(store_write(s, &four, wcb, &w4) == 0);
     CHECK(store_write(s, &ide, wcb, &we) == 0);
     CHECK(store_write(s, &idf, wcb, &wf) == 0);
-    WAIT(sum_calls(w + 5, 3) == 3 && w4.calls && we.calls && wf.calls, 5000);
+    CHECK(store_write(s, &idg, wcb, &wg) == 0);
+    WAIT(sum_calls(w + 5, 3) == 3 && w4.calls && we.calls && wf.calls && wg.calls, 5000);
     CHECK(w[5].status == -2 && w[6].status == 0 && w[7].status == -2 && w4.status == 0);
     CHECK(we.status == 0 && wf.status == -2);
-    CHECK(conflicts->v - c0 == 5);
+    CHECK(wg.status == -4, "the id used for an edit too: -4 (%d)", wg.status);
+    CHECK(conflicts->v - c0 == 5, "conflicts %llu (an id used twice is none)",
+          (unsigned long long)(conflicts->v - c0));
     CHECK(written->v - w0 == 4); /* seqs 1, 2, 3, 4 */
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl'") == 4);
     CHECK(qint("SELECT count(*) FROM messages WHERE room='confl' AND seq=1 AND body='first'") == 1);
@@ -899,15 +908,22 @@ static void pagecb(void *ud, int status, const store_row *rows, size_t n)
     }
 }
 
-typedef struct tctx { int calls, status, kind, deleted; char author[32]; } tctx;
-static void tcb(void *ud, int status, int kind, const char *author, int deleted)
+typedef struct tctx {
+    int calls, status, kind, deleted;
+    char author[32], id[32];
+    uint64_t target;
+} tctx;
+static void tcb(void *ud, int status, const store_target_row *row)
 {
     tctx *c = ud;
     c->calls++;
     c->status = status;
-    c->kind = kind;
-    c->deleted = deleted;
-    snprintf(c->author, sizeof c->author, "%s", author ? author : "");
+    if (!row) return;
+    c->kind = row->kind;
+    c->deleted = row->deleted;
+    c->target = row->target;
+    snprintf(c->author, sizeof c->author, "%s", row->author ? row->author : "");
+    snprintf(c->id, sizeof c->id, "%s", row->client_id ? row->client_id : "-");
 }
 
 typedef struct xctx { int calls, status, deleted; size_t n; char pairs[256]; } xctx;
@@ -1066,11 +1082,30 @@ static void test_updates(void)
     memset(&t, 0, sizeof t);
     CHECK(store_target(s, R, 6, tcb, &t) == 0);
     WAIT(t.calls, 5000);
-    CHECK(t.status == 1 && t.kind == STORE_REACT);
+    CHECK(t.status == 1 && t.kind == STORE_REACT && t.target == 1 && strcmp(t.author, "b") == 0 &&
+          strcmp(t.id, "-") == 0, "row 6: target %llu author %s id %s",
+          (unsigned long long)t.target, t.author, t.id);
     memset(&t, 0, sizeof t);
     CHECK(store_target(s, R, 99, tcb, &t) == 0);
     WAIT(t.calls, 5000);
-    CHECK(t.status == 0);
+    CHECK(t.status == STORE_TARGET_NONE);
+    /* a row's client id; below the room's kept_from (retention): gone, row or not */
+    CHECK(qexec("INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) VALUES "
+                "('tgone', 1, 'c1', 'u1', 'n', 'old', 1), ('tgone', 2, 'c2', 'u1', 'n', 'kept', 2)") == 0);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, "tgone", 1, tcb, &t) == 0);
+    WAIT(t.calls, 5000);
+    CHECK(t.status == STORE_TARGET_ROW && strcmp(t.id, "c1") == 0 && t.target == 0);
+    CHECK(qexec("INSERT INTO rooms (room, epoch, kept_from) VALUES ('tgone', 'e', 2) "
+                "ON CONFLICT (room) DO UPDATE SET kept_from = 2") == 0);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, "tgone", 1, tcb, &t) == 0);   /* its row still there: gone */
+    WAIT(t.calls, 5000);
+    CHECK(t.status == STORE_TARGET_GONE, "seq below kept_from: %d", t.status);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, "tgone", 2, tcb, &t) == 0);
+    WAIT(t.calls, 5000);
+    CHECK(t.status == STORE_TARGET_ROW && strcmp(t.id, "c2") == 0);
 
     /* the reactions read: the latest react of each (emoji, user) */
     xctx x = {0};
