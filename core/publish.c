@@ -366,7 +366,6 @@ _Static_assert((int)STORE_MESSAGE == (int)WIRE_MESSAGE && (int)STORE_EDIT == (in
 
 static void upd_publish(publish_op *p, const bus_update *u);
 static void upd_seed_read(publish_op *p);
-static void upd_go(publish_op *p);
 
 static int bus_op(const publish_op *p)
 {
@@ -444,7 +443,7 @@ static void on_update_published(void *ud, int status, uint64_t seq, int duplicat
     p->published_ns = mono_ns();
     if (!P.store) { finish(p, PUBLISH_OK); return; }
     if (duplicate) {
-        if (store_target(P.store, p->room, seq, upd_dup_checked, p) < 0)
+        if (store_target(P.store, p->room, seq, NULL, NULL, upd_dup_checked, p) < 0)
             finish(p, PUBLISH_STORE_DOWN);
         return;
     }
@@ -512,13 +511,6 @@ static void upd_authorized(publish_op *p, const char *author)
             free(v.body);
         }
     }
-    upd_go(p);
-}
-
-/* After the policy step (or without one): the update's tail, then the bus's
- * state step. */
-static void upd_go(publish_op *p)
-{
     p->tail = wire_update_tail(p->kind, p->id, p->target, p->user, p->name, p->ts, p->body,
                                p->body_len, p->emoji, p->on, -1, &p->tail_len);
     if (!p->tail) { finish(p, PUBLISH_BUS_DOWN); return; }
@@ -573,13 +565,35 @@ static int lookup_buffer(publish_op *p)
     return bus_replay(P.bus, p->room, p->target - 1, LOOKUP_MAX, on_lookup_replay, p);
 }
 
+/* A deleted target, or one retention removed: nothing new passes, but a
+ * resend of this sender's update of it with its client id (the first ack
+ * lost) is answered from its stored row (store_target's id_seq, read
+ * with the target): acked with its seq, or id_reused when that id names
+ * another kind of update. The bus is not asked (its state of the target
+ * can lack the deleted mark after a Redis loss: it is not the authority
+ * here, history is). */
+static void upd_gone(publish_op *p, const store_target_row *row, const char *why)
+{
+    if (row && row->id_seq && p->id && !p->id_default) {
+        p->duplicate = 1;
+        if (row->id_kind == p->kind) {
+            p->seq = row->id_seq;
+            finish(p, PUBLISH_OK);
+        } else {
+            id_reused(p, row->id_seq);
+        }
+        return;
+    }
+    refuse(p, PUBLISH_NOT_FOUND, "not_found", why);
+}
+
 static void on_target(void *ud, int status, const store_target_row *row)
 {
     publish_op *p = ud;
     if (!p->cb) { op_free(p); return; }
     if (status < 0) { finish(p, PUBLISH_STORE_DOWN); return; }
     if (status == STORE_TARGET_GONE) {
-        refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was removed by retention");
+        upd_gone(p, row, "that message was removed by retention");
         return;
     }
     if (status == STORE_TARGET_NONE) {   /* not stored (yet): published moments ago? */
@@ -591,12 +605,7 @@ static void on_target(void *ud, int status, const store_target_row *row)
         return;
     }
     if (row->deleted) {
-        /* a client's id may be a resend of an update made before the
-         * delete (its ack lost): the bus answers a known id with its first
-         * seq (then acked on its row: upd_dup_checked), anything else with
-         * "deleted" (its state step): no policy step, nothing new passes */
-        if (p->id && !p->id_default) upd_go(p);
-        else refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was deleted");
+        upd_gone(p, row, "that message was deleted");
         return;
     }
     upd_authorized(p, row->author);
@@ -638,7 +647,9 @@ int publish_update_start(const publish_update *u, publish_owner *owner,
     p->body_len = bl;
     /* with history, the target is looked up there first (not ready: -1,
      * the caller answers unavailable); without, the buffer is all there is */
-    int rc = P.store ? store_target(P.store, p->room, p->target, on_target, p) : lookup_buffer(p);
+    int rc = P.store ? store_target(P.store, p->room, p->target, p->id_default ? NULL : p->user,
+                                    p->id_default ? NULL : p->id, on_target, p)
+                     : lookup_buffer(p);
     if (rc < 0) {
         op_free(p);
         return -1;
@@ -690,12 +701,14 @@ typedef struct backfill_row {
     char s[];                             /* the room first */
 } backfill_row;
 
-static void backfill_refused(const backfill_row *b, int unstored)
+/* keep_id: the row at its seq is this sender's with this id (store -4: the
+ * id names that row, which must keep it) */
+static void backfill_refused(const backfill_row *b, int unstored, int keep_id)
 {
     if (unstored) unstorable(b->s, b->seq);
     if (b->kind == WIRE_MESSAGE || !b->user_off) return;
     const char *user = b->s + b->user_off;
-    if (b->id_off) bus_forget_id(P.bus, b->s, user, b->s + b->id_off, b->seq);
+    if (b->id_off && !keep_id) bus_forget_id(P.bus, b->s, user, b->s + b->id_off, b->seq);
     int op = b->kind == WIRE_DELETE ? BUS_UPD_DELETE : b->kind == WIRE_REACT
              ? (b->on ? BUS_UPD_REACT_ON : BUS_UPD_REACT_OFF) : BUS_UPD_EDIT;
     bus_update u = {.target = b->target, .op = op, .user = user,
@@ -706,12 +719,13 @@ static void backfill_refused(const backfill_row *b, int unstored)
 static void on_backfill_stored(void *ud, int status)
 {
     backfill_row *b = ud;
-    if (status == -3) backfill_refused(b, 1);
+    if (status == -3) backfill_refused(b, 1, 0);
     /* another row holds its seq: an update's change and id go, as for the
      * node's own conflict (a message's id is forgotten by the conflict
-     * check of its resend: same_message) */
-    else if (status == -2 || status == -4) backfill_refused(b, 0); /* -4: as -2 (the row
-                                                                   * at its seq is not it) */
+     * check of its resend: same_message); -4: this sender's row with this
+     * id holds it: the change goes, the id stays (it names that row) */
+    else if (status == -2) backfill_refused(b, 0, 0);
+    else if (status == -4) backfill_refused(b, 0, 1);
     free(b);
 }
 
@@ -739,7 +753,7 @@ static void backfill_write(const char *rname, uint64_t seq, const store_row *row
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
              "number over 2^63-1): not stored", rname, seq);
-        backfill_refused(b, 1);
+        backfill_refused(b, 1, 0);
     }
     free(b);
 }

@@ -88,6 +88,7 @@ typedef struct rnode {
     store_reactions_cb xcb;
     void *ud;
     int newest;
+    int has_id;             /* Q_TARGET: a user and a client id follow the room */
     char after[24], before[24], limit[16];
     const char *sql;
     const char *name;       /* Q_QUERY: prepared under this name, or NULL */
@@ -527,10 +528,14 @@ static void send_range(store *s)
         return;
     }
     if (r->kind == Q_TARGET || r->kind == Q_REACTIONS) {
-        const char *tv[2] = {r->room, r->after};
+        const char *tv[4] = {r->room, r->after, NULL, NULL};
+        if (r->kind == Q_TARGET && r->has_id) {   /* the user and client id (store_target) */
+            tv[2] = r->room + strlen(r->room) + 1;
+            tv[3] = tv[2] + strlen(tv[2]) + 1;
+        }
         sent(s, OP_RANGE, PQsendQueryPrepared(s->pg, r->kind == Q_TARGET ? STORE_STMT_TARGET
                                                                            : STORE_STMT_REACTIONS,
-                                              2, tv, NULL, NULL, 0));
+                                              r->kind == Q_TARGET ? 4 : 2, tv, NULL, NULL, 0));
         return;
     }
     const char *vals[4] = {r->room, r->after, r->before, r->limit};
@@ -798,18 +803,25 @@ static void update_read_done(rnode *r, PGresult *res)
 {
     int n = PQntuples(res);
     if (r->kind == Q_TARGET) {
-        if (n < 1 || PQnfields(res) < 6) {
+        if (n < 1 || PQnfields(res) < 8) {
             r->tcb(r->ud, -1, NULL);
-        } else if (PQgetvalue(res, 0, 5)[0] == 't') {
-            r->tcb(r->ud, STORE_TARGET_GONE, NULL);
+            return;
+        }
+        store_target_row row = {0};
+        if (!PQgetisnull(res, 0, 6) && pg_seq(res, 0, 6, &row.id_seq) == 0)
+            row.id_kind = atoi(PQgetvalue(res, 0, 7));
+        else
+            row.id_seq = 0;
+        if (PQgetvalue(res, 0, 5)[0] == 't') {
+            r->tcb(r->ud, STORE_TARGET_GONE, &row);
         } else if (PQgetisnull(res, 0, 0)) {
             r->tcb(r->ud, STORE_TARGET_NONE, NULL);
         } else {
-            uint64_t tg = 0;
-            if (!PQgetisnull(res, 0, 4)) pg_seq(res, 0, 4, &tg);
-            store_target_row row = {atoi(PQgetvalue(res, 0, 0)), PQgetvalue(res, 0, 1),
-                                    PQgetvalue(res, 0, 2)[0] == 't',
-                                    PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3), tg};
+            row.kind = atoi(PQgetvalue(res, 0, 0));
+            row.author = PQgetvalue(res, 0, 1);
+            row.deleted = PQgetvalue(res, 0, 2)[0] == 't';
+            row.client_id = PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3);
+            if (!PQgetisnull(res, 0, 4)) pg_seq(res, 0, 4, &row.target);
             r->tcb(r->ud, STORE_TARGET_ROW, &row);
         }
         return;
@@ -1376,17 +1388,24 @@ void store_drain(store *s, void (*cb)(void *ud), void *ud)
 }
 
 /* Queues a read of kind k (Q_HISTORY, Q_TARGET, Q_REACTIONS). */
-static rnode *read_new(store *s, int k, const char *room, void *ud)
+/* extra: bytes after the room's text in the same allocation (the target
+ * read's user and client id) */
+static rnode *read_new_x(store *s, int k, const char *room, void *ud, size_t extra)
 {
     if (!s || s->dead || !room || s->state != ST_READY || s->r_len >= RANGE_QUEUE_MAX) return NULL;
     size_t lr = strlen(room);
     if (!lr || !utf8_valid(room, lr)) return NULL;
-    rnode *r = calloc(1, sizeof *r + lr + 1);
+    rnode *r = calloc(1, sizeof *r + lr + 1 + extra);
     if (!r) return NULL;
     r->kind = k;
     r->ud = ud;
     memcpy(r->room, room, lr + 1);
     return r;
+}
+
+static rnode *read_new(store *s, int k, const char *room, void *ud)
+{
+    return read_new_x(s, k, room, ud, 0);
 }
 
 static void read_queue(store *s, rnode *r)
@@ -1413,13 +1432,23 @@ int store_history(store *s, const char *room, uint64_t before, int limit, store_
     return 0;
 }
 
-int store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud)
+int store_target(store *s, const char *room, uint64_t seq, const char *user, const char *id,
+                 store_target_cb cb, void *ud)
 {
     if (!cb || seq > INT64_MAX) return -1;
-    rnode *r = read_new(s, Q_TARGET, room, ud);
+    if (!user || !id) user = id = NULL;
+    size_t lu = user ? strlen(user) : 0, li = id ? strlen(id) : 0;
+    if (user && (!utf8_valid(user, lu) || !utf8_valid(id, li))) return -1;
+    rnode *r = read_new_x(s, Q_TARGET, room, ud, user ? lu + li + 2 : 0);
     if (!r) return -1;
     r->tcb = cb;
     snprintf(r->after, sizeof r->after, "%" PRIu64, seq);
+    if (user) {   /* after the room: user, then id (read_new_x's extra) */
+        char *x = r->room + strlen(r->room) + 1;
+        memcpy(x, user, lu + 1);
+        memcpy(x + lu + 1, id, li + 1);
+        r->has_id = 1;
+    }
     read_queue(s, r);
     return 0;
 }

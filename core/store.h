@@ -111,10 +111,14 @@ int store_history(store *s, const char *room, uint64_t before, int limit, store_
  * (row.deleted: erased by a delete, or a delete of it is stored;
  * row.client_id NULL when the row has none; row.target 0 for a message),
  * cb(ud, STORE_TARGET_NONE, NULL) when no row holds seq (not stored yet, or
- * never assigned), cb(ud, STORE_TARGET_GONE, NULL) when seq is below the
+ * never assigned), cb(ud, STORE_TARGET_GONE, &row) when seq is below the
  * room's kept_from (retention removed it, or is removing it: history no
- * longer shows it), cb(ud, -1, NULL) on error. row and its strings are
- * valid during the callback only. */
+ * longer shows it; only row.id_* are set), cb(ud, -1, NULL) on error. With
+ * user and id (else NULL, NULL): row.id_seq / row.id_kind are the seq and
+ * kind of the stored update of this target by that user with that client
+ * id (0 when none): a resend after the target was deleted or removed is
+ * answered from it, without the bus. row and its strings are valid during
+ * the callback only. */
 enum { STORE_TARGET_NONE = 0, STORE_TARGET_ROW = 1, STORE_TARGET_GONE = 2 };
 typedef struct store_target_row {
     int kind;                /* STORE_MESSAGE, STORE_EDIT, ... */
@@ -122,9 +126,12 @@ typedef struct store_target_row {
     int deleted;
     const char *client_id;   /* NULL: the row has no client id */
     uint64_t target;         /* an update's target; 0 for a message */
+    uint64_t id_seq;         /* the user's update of this target with the id, or 0 */
+    int id_kind;
 } store_target_row;
 typedef void (*store_target_cb)(void *ud, int status, const store_target_row *row);
-int store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud);
+int store_target(store *s, const char *room, uint64_t seq, const char *user, const char *id,
+                 store_target_cb cb, void *ud);
 
 /* The reactions of message (room, target): emoji[i] by user[i] for every
  * reaction whose latest react is on, and whether a delete of it is

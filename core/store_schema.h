@@ -76,15 +76,20 @@ int store_schema_version(void);
 #define STORE_STMT_HISTORY "chatd_history"
 
 /* The target of an update, or the row a resent update's id names: $1
- * room, $2 seq. One row, always: kind, user_id, deleted (the flag or a
- * stored delete event), client_id, target (all NULL when no row holds
- * seq), then whether seq is below the room's kept_from (retention: gone,
- * as history and since= see it). */
+ * room, $2 seq, $3 user and $4 client id (NULL, NULL: none). One row,
+ * always: kind, user_id, deleted (the flag or a stored delete event),
+ * client_id, target (all NULL when no row holds seq), whether seq is below
+ * the room's kept_from (retention: gone, as history and since= see it),
+ * then the seq and kind of the update of this target by user $3 with
+ * client id $4 (NULL when none is stored; the partial index of updates). */
 #define STORE_SQL_TARGET \
     "SELECT m.kind, m.user_id, m.deleted OR EXISTS (SELECT 1 FROM messages d " \
     "WHERE d.room = $1 AND d.target = $2 AND d.kind = 2), m.client_id, m.target, " \
-    "$2 < coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0) " \
-    "FROM (SELECT 1) one LEFT JOIN messages m ON m.room = $1 AND m.seq = $2"
+    "$2 < coalesce((SELECT kept_from FROM rooms WHERE rooms.room = $1), 0), u.seq, u.kind " \
+    "FROM (SELECT 1) one LEFT JOIN messages m ON m.room = $1 AND m.seq = $2 " \
+    "LEFT JOIN LATERAL (SELECT x.seq, x.kind FROM messages x WHERE x.room = $1 " \
+    "AND x.target = $2 AND x.kind > 0 AND x.user_id = $3 AND x.client_id = $4 " \
+    "ORDER BY x.seq LIMIT 1) u ON true"
 #define STORE_STMT_TARGET "chatd_target"
 
 /* The reactions of a message, to seed the bus's state of it: $1 room, $2
@@ -232,18 +237,26 @@ int store_schema_version(void);
     "SELECT room FROM rooms WHERE room > $1 ORDER BY room LIMIT $2"
 /* Marks where a page of rooms starts being kept: $1 rooms (text[]), $2
  * cutoffs (bigint[], ms: messages with ts below go). Per room: head = the
- * highest seq stored so far (kept across the deletion), kept_from = the
- * first kept message's seq (head + 1 when every message is older); both
- * only move forward. Columns: room, kept_from, the oldest stored seq (NULL
- * when none): rows below kept_from are then deleted in batches. */
+ * highest seq stored so far (kept across the deletion), kept_from = one
+ * past the last OLD stored row before the first kept one (F: the first
+ * stored row from kept_from on with ts at or after the cutoff; every stored
+ * row between kept_from and F is old). Not F itself: a seq between the last
+ * old row and F may be published and not committed yet (another node's,
+ * or a batch in flight) — it is new, it must stay above the boundary (at F
+ * it would be hidden from history once committed, and deleted by the next
+ * pass). Without F every stored row is old: one past the highest. Nothing
+ * old: unchanged. Only moves forward. Columns: room, kept_from, the oldest
+ * stored seq (NULL when none): rows below kept_from are then deleted in
+ * batches. */
 #define STORE_SQL_RETENTION_MARK \
     "WITH v AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS v(room, cut)) " \
     "UPDATE rooms r SET " \
     "head = GREATEST(r.head, coalesce((SELECT max(m.seq) FROM messages m WHERE m.room = r.room), 0)), " \
     "kept_from = GREATEST(r.kept_from, coalesce(" \
-    "(SELECT m.seq FROM messages m WHERE m.room = r.room AND m.seq >= r.kept_from " \
-    "AND m.ts >= v.cut ORDER BY m.seq LIMIT 1), " \
-    "GREATEST(r.head, coalesce((SELECT max(m.seq) FROM messages m WHERE m.room = r.room), 0)) + 1)) " \
+    "(SELECT max(m.seq) + 1 FROM messages m WHERE m.room = r.room AND m.seq >= r.kept_from " \
+    "AND m.seq < coalesce((SELECT f.seq FROM messages f WHERE f.room = r.room " \
+    "AND f.seq >= r.kept_from AND f.ts >= v.cut ORDER BY f.seq LIMIT 1), 9223372036854775807)), " \
+    "r.kept_from)) " \
     "FROM v WHERE r.room = v.room " \
     "RETURNING r.room, r.kept_from, (SELECT min(m.seq) FROM messages m WHERE m.room = r.room)"
 /* One batch: $1 room, $2 from seq (inclusive), $3 to seq (exclusive):

@@ -507,6 +507,10 @@ async def moderator_delete_through_the_api():
     check(m.get("deleted") is True and "body" not in m, f"history shows it deleted: {m}")
     # deleted already, and an update's seq: not found; nothing published
     await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/1", 404, "not_found")
+    # the same moderator again without an id: its default id ("api-delete-1") is made up, not a
+    # retry's: 404 like any second delete (the contract's not_found for a deleted target)
+    await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/1", 404, "not_found",
+                       body={"user": "mod-7"})
     await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/2", 404, "not_found")
     await expect_error(n.port, "DELETE", f"/api/rooms/{room}/messages/1", 400, "bad_request",
                        body={"user": 5})

@@ -54,18 +54,22 @@ int __wrap_store_write(store *s, const store_row *row, store_write_cb cb, void *
 static store_target_cb g_tcb;
 static void *g_tud;
 static uv_timer_t g_target_t;
-static struct { int kind; const char *author, *id; uint64_t target; int deleted; } g_tq[4];
+static struct {
+    int kind; const char *author, *id; uint64_t target; int deleted;
+    uint64_t id_seq; int id_kind;   /* the sender's update of the target with the asked id */
+} g_tq[4];
 static int g_tqn, g_targets;
+static char g_tuser[64], g_tid[64];   /* the user and id the last lookup asked for */
 
 static void target_cb(uv_timer_t *t)
 {
     (void)t;
     store_target_cb cb = g_tcb;
     g_tcb = NULL;
-    store_target_row row = {WIRE_MESSAGE, "alice", 0, NULL, 0};
+    store_target_row row = {WIRE_MESSAGE, "alice", 0, NULL, 0, 0, 0};
     if (g_tqn) {
         row = (store_target_row){g_tq[0].kind, g_tq[0].author, g_tq[0].deleted, g_tq[0].id,
-                                 g_tq[0].target};
+                                 g_tq[0].target, g_tq[0].id_seq, g_tq[0].id_kind};
         memmove(g_tq, g_tq + 1, (size_t)--g_tqn * sizeof g_tq[0]);
     }
     if (cb) cb(g_tud, STORE_TARGET_ROW, &row);
@@ -79,13 +83,26 @@ static void tq_push(int kind, const char *author, const char *id, uint64_t targe
     g_tq[g_tqn].author = author;
     g_tq[g_tqn].id = id;
     g_tq[g_tqn].target = target;
+    g_tq[g_tqn].id_seq = 0;
+    g_tq[g_tqn].id_kind = 0;
     g_tq[g_tqn++].deleted = deleted;
 }
 
-int __wrap_store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud);
-int __wrap_store_target(store *s, const char *room, uint64_t seq, store_target_cb cb, void *ud)
+/* the last queued row also names the asked id's update of the target */
+static void tq_id_row(uint64_t id_seq, int id_kind)
+{
+    g_tq[g_tqn - 1].id_seq = id_seq;
+    g_tq[g_tqn - 1].id_kind = id_kind;
+}
+
+int __wrap_store_target(store *s, const char *room, uint64_t seq, const char *user,
+                        const char *id, store_target_cb cb, void *ud);
+int __wrap_store_target(store *s, const char *room, uint64_t seq, const char *user,
+                        const char *id, store_target_cb cb, void *ud)
 {
     (void)s; (void)room; (void)seq;
+    snprintf(g_tuser, sizeof g_tuser, "%s", user ? user : "-");
+    snprintf(g_tid, sizeof g_tid, "%s", id ? id : "-");
     g_tcb = cb;
     g_tud = ud;
     g_targets++;
@@ -213,16 +230,6 @@ static void test_resent_update_checks_its_row(void)
           a.status);
 }
 
-static int delete_now(const char *id, uint64_t target, answer *a)
-{
-    memset(a, 0, sizeof *a);
-    publish_update u = {.room = "lobby", .id = id, .user = "alice", .name = "Alice",
-                        .kind = WIRE_DELETE, .target = target};
-    int rc = publish_update_start(&u, NULL, NULL, on_done, a);
-    if (rc == 0) WAIT_ON(L, a->done, 2000);
-    return rc;
-}
-
 /* One id used by one sender for two things (a message, then an edit with
  * the message's id): the second is refused as such (bad_request / 409) and
  * the id keeps naming the first: a resend of the message is still its
@@ -253,26 +260,53 @@ static void test_id_reused_keeps_the_id(void)
           "its id for an edit of the second: id reused (status %d)", a.status);
 }
 
-/* The resend of an edit whose message was deleted since (its first ack
- * lost): acked with its first seq, not answered not_found; a new edit of
- * the deleted message is not_found, by the bus's state, without a policy
- * step. */
+static int edit_as(const char *user, const char *id, uint64_t target, answer *a)
+{
+    memset(a, 0, sizeof *a);
+    publish_update u = {.room = "lobby", .id = id, .user = user, .name = user,
+                        .kind = WIRE_EDIT, .target = target, .body = "again", .body_len = 5};
+    int rc = publish_update_start(&u, NULL, NULL, on_done, a);
+    if (rc == 0) WAIT_ON(L, a->done, 2000);
+    return rc;
+}
+
+/* A deleted target: history is the authority, not the bus's state (which
+ * can lack the deleted mark after a Redis loss). The resend of an edit made
+ * before the delete (its first ack lost) is acked with its stored seq, read
+ * with the target (the lookup asks for the sender and the id); a react with
+ * that edit's id is id_reused; a new edit, also another user's, is
+ * not_found. None of them reaches the bus or the store's writes (the
+ * in-process bus here never saw the delete: it would publish them). */
 static void test_resend_after_the_target_was_deleted(void)
 {
-    answer m, e, d, a;
+    answer m, e, a;
     g_write_rc = 0;
     CHECK(publish_msg_now("x0", &m) == 0 && m.status == PUBLISH_OK, "the message");
     CHECK(edit_now("x1", m.seq, &e) == 0 && e.status == PUBLISH_OK, "its edit");
-    CHECK(delete_now("x2", m.seq, &d) == 0 && d.status == PUBLISH_OK, "its delete");
-    tq_push(WIRE_MESSAGE, "alice", "x0", 0, 1);   /* the target: deleted */
-    tq_push(WIRE_EDIT, "alice", "x1", m.seq, 0);  /* the row the resend's id names */
+    int w0 = g_writes;
+    tq_push(WIRE_MESSAGE, "alice", "x0", 0, 1);   /* the target: deleted (in history only) */
+    tq_id_row(e.seq, WIRE_EDIT);                  /* alice's edit of it with id x1 */
     CHECK(edit_now("x1", m.seq, &a) == 0 && a.status == PUBLISH_OK && a.seq == e.seq,
           "the edit's resend: acked with its seq (status %d, seq %llu, first %llu)", a.status,
           (unsigned long long)a.seq, (unsigned long long)e.seq);
+    CHECK(strcmp(g_tuser, "alice") == 0 && strcmp(g_tid, "x1") == 0,
+          "the lookup asked for the sender and the id (%s %s)", g_tuser, g_tid);
     tq_push(WIRE_MESSAGE, "alice", "x0", 0, 1);
-    int w0 = g_writes;
-    CHECK(edit_now("x3", m.seq, &a) == 0 && a.status == PUBLISH_NOT_FOUND && g_writes == w0,
-          "a new edit of the deleted message: not found, nothing written (status %d)", a.status);
+    tq_id_row(e.seq, WIRE_EDIT);
+    answer r;
+    memset(&r, 0, sizeof r);
+    publish_update u = {.room = "lobby", .id = "x1", .user = "alice", .name = "Alice",
+                        .kind = WIRE_REACT, .target = m.seq, .emoji = "\xF0\x9F\x91\x8D", .on = 1};
+    CHECK(publish_update_start(&u, NULL, NULL, on_done, &r) == 0, "react started");
+    WAIT_ON(L, r.done, 2000);
+    CHECK(r.status == PUBLISH_ID_REUSED, "a react with the edit's id: id reused (status %d)", r.status);
+    tq_push(WIRE_MESSAGE, "alice", "x0", 0, 1);
+    CHECK(edit_now("x3", m.seq, &a) == 0 && a.status == PUBLISH_NOT_FOUND,
+          "a new edit of the deleted message: not found (status %d)", a.status);
+    tq_push(WIRE_MESSAGE, "alice", "x0", 0, 1);
+    CHECK(edit_as("bob", "b1", m.seq, &a) == 0 && a.status == PUBLISH_NOT_FOUND,
+          "bob's edit of alice's deleted message: not found (status %d)", a.status);
+    CHECK(g_writes == w0 && g_tqn == 0, "nothing written, every lookup answered");
 }
 
 int main(void)

@@ -909,9 +909,9 @@ static void pagecb(void *ud, int status, const store_row *rows, size_t n)
 }
 
 typedef struct tctx {
-    int calls, status, kind, deleted;
+    int calls, status, kind, deleted, id_kind;
     char author[32], id[32];
-    uint64_t target;
+    uint64_t target, id_seq;
 } tctx;
 static void tcb(void *ud, int status, const store_target_row *row)
 {
@@ -919,6 +919,8 @@ static void tcb(void *ud, int status, const store_target_row *row)
     c->calls++;
     c->status = status;
     if (!row) return;
+    c->id_seq = row->id_seq;
+    c->id_kind = row->id_kind;
     c->kind = row->kind;
     c->deleted = row->deleted;
     c->target = row->target;
@@ -1076,34 +1078,52 @@ static void test_updates(void)
 
     /* the target read */
     tctx t = {0};
-    CHECK(store_target(s, R, 1, tcb, &t) == 0);
+    CHECK(store_target(s, R, 1, NULL, NULL, tcb, &t) == 0);
     WAIT(t.calls, 5000);
     CHECK(t.status == 1 && t.kind == STORE_MESSAGE && !t.deleted && strcmp(t.author, "u1") == 0);
     memset(&t, 0, sizeof t);
-    CHECK(store_target(s, R, 6, tcb, &t) == 0);
+    CHECK(store_target(s, R, 6, NULL, NULL, tcb, &t) == 0);
     WAIT(t.calls, 5000);
     CHECK(t.status == 1 && t.kind == STORE_REACT && t.target == 1 && strcmp(t.author, "b") == 0 &&
           strcmp(t.id, "-") == 0, "row 6: target %llu author %s id %s",
           (unsigned long long)t.target, t.author, t.id);
     memset(&t, 0, sizeof t);
-    CHECK(store_target(s, R, 99, tcb, &t) == 0);
+    CHECK(store_target(s, R, 99, NULL, NULL, tcb, &t) == 0);
     WAIT(t.calls, 5000);
     CHECK(t.status == STORE_TARGET_NONE);
     /* a row's client id; below the room's kept_from (retention): gone, row or not */
     CHECK(qexec("INSERT INTO messages (room, seq, client_id, user_id, name, body, ts) VALUES "
                 "('tgone', 1, 'c1', 'u1', 'n', 'old', 1), ('tgone', 2, 'c2', 'u1', 'n', 'kept', 2)") == 0);
     memset(&t, 0, sizeof t);
-    CHECK(store_target(s, "tgone", 1, tcb, &t) == 0);
+    CHECK(store_target(s, "tgone", 1, NULL, NULL, tcb, &t) == 0);
     WAIT(t.calls, 5000);
     CHECK(t.status == STORE_TARGET_ROW && strcmp(t.id, "c1") == 0 && t.target == 0);
+    /* with a sender and an id: that sender's update of the target with that id */
+    CHECK(qexec("INSERT INTO messages (room, seq, client_id, user_id, name, body, ts, kind, target) "
+                "VALUES ('tgone', 3, 'e9', 'u1', 'n', 'x', 3, 1, 2), "
+                "('tgone', 4, 'e8', 'u1', 'n', 'y', 4, 1, 1)") == 0);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, "tgone", 2, "u1", "e9", tcb, &t) == 0);
+    WAIT(t.calls, 5000);
+    CHECK(t.status == STORE_TARGET_ROW && t.id_seq == 3 && t.id_kind == STORE_EDIT,
+          "the id's update: %llu kind %d", (unsigned long long)t.id_seq, t.id_kind);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, "tgone", 2, "u2", "e9", tcb, &t) == 0);   /* another sender */
+    WAIT(t.calls, 5000);
+    CHECK(t.status == STORE_TARGET_ROW && t.id_seq == 0);
+    memset(&t, 0, sizeof t);
+    CHECK(store_target(s, "tgone", 2, "u1", "e8", tcb, &t) == 0);   /* an update of another target */
+    WAIT(t.calls, 5000);
+    CHECK(t.status == STORE_TARGET_ROW && t.id_seq == 0);
     CHECK(qexec("INSERT INTO rooms (room, epoch, kept_from) VALUES ('tgone', 'e', 2) "
                 "ON CONFLICT (room) DO UPDATE SET kept_from = 2") == 0);
     memset(&t, 0, sizeof t);
-    CHECK(store_target(s, "tgone", 1, tcb, &t) == 0);   /* its row still there: gone */
+    CHECK(store_target(s, "tgone", 1, "u1", "e8", tcb, &t) == 0);   /* its row still there: gone */
     WAIT(t.calls, 5000);
-    CHECK(t.status == STORE_TARGET_GONE, "seq below kept_from: %d", t.status);
+    CHECK(t.status == STORE_TARGET_GONE && t.id_seq == 4, "seq below kept_from: %d, id's update %llu",
+          t.status, (unsigned long long)t.id_seq);
     memset(&t, 0, sizeof t);
-    CHECK(store_target(s, "tgone", 2, tcb, &t) == 0);
+    CHECK(store_target(s, "tgone", 2, NULL, NULL, tcb, &t) == 0);
     WAIT(t.calls, 5000);
     CHECK(t.status == STORE_TARGET_ROW && strcmp(t.id, "c2") == 0);
 
@@ -1124,7 +1144,7 @@ static void test_updates(void)
     CHECK(h.n == 2 && h.deleted[0] && h.body[0][0] == 0 && h.edited[0] == 0 &&
           strcmp(h.reactions[0], "-") == 0);
     memset(&t, 0, sizeof t);
-    CHECK(store_target(s, R, 1, tcb, &t) == 0);
+    CHECK(store_target(s, R, 1, NULL, NULL, tcb, &t) == 0);
     WAIT(t.calls, 5000);
     CHECK(t.status == 1 && t.deleted);
     memset(&x, 0, sizeof x);
