@@ -558,3 +558,43 @@ async def bad_edge_settings_refuse_to_start():
         node.start(wait=False)
         eq(node.wait_exit(10), 2, f"exit status with {env}")
         check(what in node.log_text(), f"the error does not name {what}: {node.log_tail(2)}")
+
+
+@test()
+async def any_offered_subprotocol_is_accepted_and_selected():
+    """protocol.md: the upgrade's subprotocol is optional. lws knows one name,
+    "chat", and dropped any other offer with no HTTP answer at all. Every
+    offered list is answered 101 selecting a name the client offered (a
+    browser fails a 101 that selects none of its names): "chat" when
+    offered, else the first one; a list lws cannot read is a 400, not a
+    silent close."""
+    import websockets
+    n = start_node()
+    for offered, want in (("chat", "chat"), ("foo, chat", "chat"), ("json", "json"),
+                          ("chatd.v1", "chatd.v1"), ("chatd.v1, json", "chatd.v1"),
+                          ("v1.2.3 , x-y_z", "v1.2.3")):
+        st, hd, _, _ = await upgrade(n, headers={"Sec-WebSocket-Protocol": offered})
+        eq(st, 101, f"upgrade offering {offered!r}")
+        eq(hd.get("sec-websocket-protocol"), want, f"subprotocol selected for {offered!r}")
+    # no offer: no header (RFC 6455 4.2.2)
+    st, hd, _, _ = await upgrade(n)
+    eq(st, 101, "upgrade without a subprotocol")
+    check("sec-websocket-protocol" not in hd, f"a subprotocol selected though none offered: {hd}")
+    # a list lws' tokenizer refuses: answered, not dropped
+    st, _, body, _ = await upgrade(n, headers={"Sec-WebSocket-Protocol": ", ,"})
+    eq(st, 400, "malformed subprotocol list")
+    check(b"Sec-WebSocket-Protocol" in body, f"400 body {body!r}")
+    # a real client with its own subprotocol name: connected, welcomed, chats
+    room = uniq()
+    async with websockets.connect(n.url + ws_path(room, token("alice")),
+                                  subprotocols=["chatd.v1"]) as ws:
+        eq(ws.subprotocol, "chatd.v1", "the client's subprotocol")
+        check(b'"welcome"' in (await asyncio.wait_for(ws.recv(), 5)).encode(), "no welcome")
+        await ws.send('{"type":"message","body":"hi","id":"sp1"}')
+        end = time.time() + 5
+        while time.time() < end:
+            f = await asyncio.wait_for(ws.recv(), 5)
+            if '"ack"' in f:
+                break
+        else:
+            raise AssertionError("no ack")
