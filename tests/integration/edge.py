@@ -598,3 +598,64 @@ async def any_offered_subprotocol_is_accepted_and_selected():
                 break
         else:
             raise AssertionError("no ack")
+
+
+def raw_http(port, line, timeout=5.0):
+    """One request head with the request line `line` (sent as is) on a new
+    connection; (status, headers, body) of the answer, status None when the
+    server closed without one."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(f"{line}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        if not data:
+            return None, {}, b""
+        top, _, body = data.partition(b"\r\n\r\n")
+        lines = top.decode("latin-1").split("\r\n")
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        return int(lines[0].split()[1]), hdrs, body
+    finally:
+        s.close()
+
+
+@test()
+async def room_names_judged_as_sent_on_every_route():
+    """protocol.md: room = 1-64 chars of [A-Za-z0-9_.-], anything else 400
+    before the upgrade. lws percent-decodes the path and removes dot-segments
+    before chatd sees it: /ws/a%2F..%2Fb joined room "b", /ws/a%00b was a
+    connection dropped with no answer, /ws/.. a 404, /ws/. a 101. The name
+    is judged as sent, the same on /ws/, /rooms/{room}/messages and
+    /rooms/{room}/presence; "." and ".." (dot-segments) are not room names."""
+    n = start_node()
+    tok = token("alice")
+    bad = ["a%2F..%2Fb", "a%2fb", "..", ".", "%2E%2E", "%2e", "a%00b", "%41bc", "a%20b", "x" * 65]
+    for name in bad:
+        st, _, body, _ = await asyncio.to_thread(raw_request, n.port, f"/ws/{name}?token={tok}")
+        eq(st, 400, f"upgrade to /ws/{name}")
+        check(b"invalid room name" in body, f"/ws/{name}: body {body!r}")
+        for what in ("messages", "presence"):
+            st, hd, body = await asyncio.to_thread(raw_http, n.port,
+                                                   f"GET /rooms/{name}/{what}?token={tok} HTTP/1.1")
+            eq(st, 400, f"GET /rooms/{name}/{what}")
+            eq(hd.get("content-type"), "application/json", f"/rooms/{name}/{what} content-type")
+            check(b"invalid room name" in body, f"/rooms/{name}/{what}: body {body!r}")
+    # counted like the other refusals
+    m = await metrics(n)
+    check(metric_value(m, "chat_connections_total", 'result="bad_request"') >= len(bad),
+          "chat_connections_total{result=bad_request} does not count them")
+    # valid names still work, dots inside a name included
+    for name in ("b", "a.b", "...", "x" * 64):
+        st, _, _, _ = await asyncio.to_thread(raw_request, n.port, f"/ws/{name}?token={tok}")
+        eq(st, 101, f"upgrade to /ws/{name}")
+        st, _, body = await asyncio.to_thread(raw_http, n.port,
+                                              f"GET /rooms/{name}/presence?token={tok} HTTP/1.1")
+        eq(st, 200, f"presence of {name}")
+        check(f'"room":"{name}"'.encode() in body, f"presence of {name}: {body!r}")
