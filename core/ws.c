@@ -274,7 +274,7 @@ static int upgrade_gate(struct lws *wsi)
     char tok[8192], reason[192], since[32];
     if (!httpd_arg(wsi, "token", tok, sizeof tok) || !tok[0]) {
         metric_inc(m_acc[1]);
-        return refuse(wsi, 401, "missing token");
+        return refuse_h(wsi, 401, "missing token", "www-authenticate: Bearer realm=\"chatd\"\r\n");
     }
     ticket *t = calloc(1, sizeof *t);
     if (!t) return -1;
@@ -284,7 +284,7 @@ static int upgrade_gate(struct lws *wsi)
     if (auth_verify(g_srv.auth, tok, (int64_t)(now_ms() / 1000), &t->ident, reason, sizeof reason) < 0) {
         free(t);
         metric_inc(m_acc[1]);
-        return refuse(wsi, 401, reason);
+        return refuse_h(wsi, 401, reason, "www-authenticate: Bearer realm=\"chatd\", error=\"invalid_token\"\r\n");
     }
     if (httpd_arg(wsi, "since", since, sizeof since)) {
         uint64_t v = 0;

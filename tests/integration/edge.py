@@ -659,3 +659,90 @@ async def room_names_judged_as_sent_on_every_route():
                                               f"GET /rooms/{name}/presence?token={tok} HTTP/1.1")
         eq(st, 200, f"presence of {name}")
         check(f'"room":"{name}"'.encode() in body, f"presence of {name}: {body!r}")
+
+
+def http_exchange(port, requests, timeout=5.0):
+    """Sends request heads (pipelined on one connection, the last one with
+    Connection: close) and parses the answers, honouring HEAD (no body).
+    [(status, headers, body)]."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        out = []
+        for i, (method, path, hdrs) in enumerate(requests):
+            h = {"Host": "127.0.0.1", **(hdrs or {})}
+            if i == len(requests) - 1:
+                h["Connection"] = "close"
+            out.append(f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n")
+        s.sendall("".join(out).encode())
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    answers = []
+    for method, path, _ in requests:
+        top, sep, data = data.partition(b"\r\n\r\n")
+        check(sep, f"no answer to {method} {path} (got {len(answers)} of {len(requests)})")
+        lines = top.decode("latin-1").split("\r\n")
+        hd = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        n = 0 if method == "HEAD" else int(hd.get("content-length", "0"))
+        body, data = data[:n], data[n:]
+        answers.append((int(lines[0].split()[1]), hd, body))
+    check(data == b"", f"bytes after the last answer (a HEAD answered with a body?): {data[:80]!r}")
+    return answers
+
+
+@test()
+async def http_auth_and_head_follow_the_rfcs():
+    """RFC 6750: a 401 names the scheme (WWW-Authenticate: Bearer, with
+    error="invalid_token" for a token that was sent), and "Bearer" 1*SP
+    token (several spaces were a 401). RFC 9110 9.3.2: HEAD on the GET
+    routes is the GET's head without a body (it was a 405), the connection
+    kept; on the server API too."""
+    key = "itest-api-key-0123456789"
+    n = start_node(env={"CHAT_API_KEYS": key})
+    room, tok = uniq(), token("alice")
+    ex = lambda reqs: asyncio.to_thread(http_exchange, n.port, reqs)
+    for path in (f"/rooms/{room}/messages", f"/rooms/{room}/presence", "/rooms/unread"):
+        (st, hd, _), (st2, hd2, _) = await ex([("GET", path, None),
+                                              ("GET", path, {"Authorization": "Bearer not.a.jwt"})])
+        eq(st, 401, f"{path} without a token")
+        eq(hd.get("www-authenticate"), 'Bearer realm="chatd"', f"{path}: WWW-Authenticate")
+        eq(st2, 401, f"{path} with a bad token")
+        check(hd2.get("www-authenticate", "").startswith("Bearer ") and 'error="invalid_token"' in hd2.get(
+            "www-authenticate", ""), f"{path}: WWW-Authenticate of a bad token: {hd2}")
+    st, hd, _, _ = await asyncio.to_thread(raw_request, n.port, f"/ws/{room}")
+    eq(st, 401, "upgrade without a token")
+    check(hd.get("www-authenticate", "").startswith("Bearer"), f"upgrade 401: {hd}")
+    for auth in (f"Bearer   {tok}", f"bearer {tok}", f"Bearer\t{tok}"):
+        (st, _, body), = await ex([("GET", f"/rooms/{room}/presence", {"Authorization": auth})])
+        eq(st, 200, f"presence with Authorization {auth[:9]!r}...")
+        check(f'"room":"{room}"'.encode() in body, f"presence body {body!r}")
+    # HEAD = GET without the body, on a kept-alive connection
+    api = {"Authorization": f"Bearer {key}"}
+    pairs = [("/healthz", None), ("/readyz", None), ("/metrics", None),
+             (f"/rooms/{room}/presence", {"Authorization": f"Bearer {tok}"}),
+             (f"/rooms/{room}/messages", {"Authorization": f"Bearer {tok}"}),   # 503: no Postgres
+             (f"/api/rooms/{room}", api)]
+    for path, h in pairs:
+        (hs, hh, hb), (gs, gh, gb), (ls, _, _) = await ex([("HEAD", path, h), ("GET", path, h),
+                                                          ("GET", "/healthz", None)])
+        eq(hs, gs, f"HEAD {path}: status of the GET")
+        check(hs != 405, f"HEAD {path} refused")
+        eq(hh.get("content-type"), gh.get("content-type"), f"HEAD {path}: content-type")
+        if path != "/metrics":    # /metrics changes between the two
+            eq(hh.get("content-length"), str(len(gb)), f"HEAD {path}: content-length of the GET body")
+        eq(hb, b"", f"HEAD {path}: body")
+        eq(ls, 200, f"the connection after HEAD {path}")
+    (st, hd, _), = await ex([("DELETE", f"/api/rooms/{room}", api)])
+    eq(st, 405, "DELETE of room info")
+    eq(hd.get("allow"), "GET, HEAD", "Allow of room info")
+    (st, hd, _), = await ex([("POST", "/healthz", {"Content-Length": "0"})])
+    eq(st, 405, "POST /healthz")
+    eq(hd.get("allow"), "GET, HEAD", "Allow of /healthz")
