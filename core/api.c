@@ -613,7 +613,15 @@ static int refuse(struct lws *wsi, api_req **slot, int mode, int route, unsigned
     int method = httpd_method(wsi);
     if (mode == REFUSE_NOW) {
         metric_inc(req_metric(route, status));
-        return httpd_error(wsi, status, code, message, hname ? hdrs : NULL, method == HM_HEAD);
+        if (method == HM_HEAD) {   /* the head of the answer alone (RFC 9110 9.3.2) */
+            size_t len;
+            char *b = httpd_error_body(code, message, &len);
+            if (!b) return -1;
+            int ret = httpd_reply_ex(wsi, status, "application/json", b, len, hname ? hdrs : NULL, 0, 1);
+            free(b);
+            return ret;
+        }
+        return httpd_error(wsi, status, code, message, hname ? hdrs : NULL, 0);
     }
     api_req *r = req_new(wsi, method, NULL);
     if (!r) return -1;
@@ -655,7 +663,9 @@ int api_http(struct lws *wsi, const char *uri, api_req **slot)
     char err[160];
     int m = api_route_match(uri[4] == '/' ? uri + 5 : "", &rt, err, sizeof err);
     if (m == -1) return refuse(wsi, slot, mode, AR_NONE, 404, "not_found", "no such route", NULL, NULL);
-    if (!(rt.allow & (1u << method))) {
+    /* HEAD where GET is allowed: the GET, answered without its body */
+    int as = method == HM_HEAD && (rt.allow & (1u << HM_GET)) ? HM_GET : method;
+    if (!(rt.allow & (1u << as))) {
         char allow[64], msg[96];
         api_allow_header(rt.allow, allow, sizeof allow);
         snprintf(msg, sizeof msg, "method %s not allowed; allowed: %s", httpd_method_name(method), allow);
@@ -752,8 +762,8 @@ int api_writeable(struct lws *wsi, api_req **slot)
     *slot = NULL;
     r->wsi = NULL;
     const char *hdrs[] = {r->hname, r->hval, NULL};
-    int ret = httpd_reply(wsi, r->status, "application/json", r->resp ? r->resp : "", r->resp_len,
-                          r->hname[0] ? hdrs : NULL, 0);
+    int ret = httpd_reply_ex(wsi, r->status, "application/json", r->resp ? r->resp : "", r->resp_len,
+                             r->hname[0] ? hdrs : NULL, 0, r->method == HM_HEAD);
     req_unref(r);
     return ret;
 }

@@ -32,7 +32,8 @@ void api_allow_header(unsigned allow, char *out, size_t n)
     out[0] = 0;
     for (int m = 0; m < HM_N; m++)
         if (allow & (1u << m))
-            o += (size_t)snprintf(out + o, o < n ? n - o : 0, "%s%s", o ? ", " : "", httpd_method_name(m));
+            o += (size_t)snprintf(out + o, o < n ? n - o : 0, "%s%s%s", o ? ", " : "", httpd_method_name(m),
+                                  m == HM_GET ? ", HEAD" : "");   /* HEAD: a GET without its body */
 }
 
 /* UTF-8 well-formed (util.h's utf8_seq, the one decoder), no C0/DEL and no

@@ -22,7 +22,13 @@ typedef struct http_req {
     size_t len;
     char room[CHAT_ROOM_MAX + 1];
     int limit;
+    int head;               /* a HEAD request: the answer has no body */
 } http_req;
+
+/* The request being answered is a HEAD (RFC 9110 9.3.2: the GET answer's
+ * head, no body). Set around each answer: http_handle (synchronous
+ * answers) and http_writeable (asynchronous ones, from http_req.head). */
+static int g_head;
 
 static metric_counter *m_http[6];
 
@@ -38,8 +44,15 @@ static void metrics_once(void)
     }
 }
 
-int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len)
+/* http_reply with one more header (xname NULL: none) */
+static int reply_x(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len,
+                   const char *xname, const char *xval)
 {
+    if (g_head) {
+        /* lws' header helpers know no HEAD: the head by hand, counted there */
+        const char *h[] = {"access-control-allow-origin", "*", xname, xval, NULL};
+        return httpd_reply_ex(wsi, status, ctype, body, len, h, 0, 1);
+    }
     metrics_once();
     metric_inc(m_http[status >= 200 && status < 600 ? status / 100 - 2 : 4]);
     unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
@@ -54,6 +67,13 @@ int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *
     if (lws_add_http_header_by_name(wsi, (const unsigned char *)"access-control-allow-origin:",
                                     (const unsigned char *)"*", 1, &p, end))
         return -1;
+    if (xname) {
+        char hn[64];
+        snprintf(hn, sizeof hn, "%s:", xname);
+        if (lws_add_http_header_by_name(wsi, (const unsigned char *)hn, (const unsigned char *)xval,
+                                        (int)strlen(xval), &p, end))
+            return -1;
+    }
     if (lws_finalize_write_http_header(wsi, start, &p, end)) return -1;
     unsigned char *b = malloc(LWS_PRE + len + 1);
     if (!b) return -1;
@@ -64,13 +84,23 @@ int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-static int reply_text(struct lws *wsi, unsigned status, const char *text)
+int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len)
+{
+    return reply_x(wsi, status, ctype, body, len, NULL, NULL);
+}
+
+static int reply_text_x(struct lws *wsi, unsigned status, const char *text, const char *xname, const char *xval)
 {
     char b[512];
     int n = snprintf(b, sizeof b, "%s\n", text);
     if (n < 0) n = 0;
     if ((size_t)n >= sizeof b) { n = (int)sizeof b - 1; b[n - 1] = '\n'; } /* cut, still one line */
-    return http_reply(wsi, status, "text/plain; charset=utf-8", b, (size_t)n);
+    return reply_x(wsi, status, "text/plain; charset=utf-8", b, (size_t)n, xname, xval);
+}
+
+static int reply_text(struct lws *wsi, unsigned status, const char *text)
+{
+    return reply_text_x(wsi, status, text, NULL, NULL);
 }
 
 static int reply_json_error(struct lws *wsi, unsigned status, const char *text)
@@ -97,13 +127,16 @@ int http_token(struct lws *wsi, char *out, size_t outlen)
 static int require_auth(struct lws *wsi, identity *id, int *ret)
 {
     char tok[8192], reason[160];
+    /* RFC 6750 3: a 401 names the scheme; 3.1: and the error of a token
+     * that was sent */
     int got = http_token(wsi, tok, sizeof tok);
     if (got <= 0) {
-        *ret = reply_text(wsi, 401, got < 0 ? "malformed token" : "missing token");
+        *ret = reply_text_x(wsi, 401, got < 0 ? "malformed token" : "missing token", "www-authenticate",
+                            got < 0 ? "Bearer realm=\"chatd\", error=\"invalid_request\"" : "Bearer realm=\"chatd\"");
         return -1;
     }
     if (auth_verify(g_srv.auth, tok, (int64_t)(now_ms() / 1000), id, reason, sizeof reason) < 0) {
-        *ret = reply_text(wsi, 401, reason);
+        *ret = reply_text_x(wsi, 401, reason, "www-authenticate", "Bearer realm=\"chatd\", error=\"invalid_token\"");
         return -1;
     }
     return 0;
@@ -205,8 +238,10 @@ int http_writeable(struct lws *wsi, http_req **slot)
     http_req *r = *slot;
     if (!r || !r->done) return 0;
     *slot = NULL;
+    g_head = r->head;
     int ret = r->body ? http_reply(wsi, r->status, "application/json", r->body, r->len)
                       : reply_text(wsi, 503, "out of memory");
+    g_head = 0;
     free(r->body);
     free(r);
     return ret;
@@ -291,6 +326,7 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
     memcpy(r->room, room, strlen(room) + 1);
     r->wsi = wsi;
+    r->head = g_head;
     script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms(), "http"};
     script_result res;
     memset(&res, 0, sizeof res);
@@ -363,6 +399,7 @@ static int route_unread(struct lws *wsi, http_req **slot)
     http_req *r = calloc(1, sizeof *r);
     if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
     r->wsi = wsi;
+    r->head = g_head;
     *slot = r;
     int rc = readstate_unread(id.user, on_unread, r);
     identity_clear(&id);
@@ -441,15 +478,25 @@ static int route_static(struct lws *wsi, const char *uri)
     return ret;
 }
 
+static int route(struct lws *wsi, const char *uri, http_req **slot);
+
 int http_handle(struct lws *wsi, const char *uri, http_req **slot)
 {
-    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
-        /* these routes are GET only; a request body is not read (closed) */
-        static const char *const allow[] = {"allow", "GET", NULL};
+    int m = httpd_method(wsi);
+    if (m != HM_GET && m != HM_HEAD) {
+        /* these routes are GET (and HEAD) only; a request body is not read (closed) */
+        static const char *const allow[] = {"allow", "GET, HEAD", NULL};
         int body = httpd_content_length(wsi) != -1 || httpd_chunked(wsi);
-        return httpd_reply(wsi, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, allow,
-                           body || httpd_method(wsi) == HM_HEAD);
+        return httpd_reply(wsi, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, allow, body);
     }
+    g_head = m == HM_HEAD;
+    int ret = route(wsi, uri, slot);
+    g_head = 0;
+    return ret;
+}
+
+static int route(struct lws *wsi, const char *uri, http_req **slot)
+{
     if (!strcmp(uri, "/healthz")) return reply_text(wsi, 200, "ok");
     if (!strcmp(uri, "/readyz")) {
         if (g_srv.draining) return reply_text(wsi, 503, "draining");

@@ -96,6 +96,12 @@ static void count(unsigned status)
 int httpd_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body,
                 size_t len, const char *const *hdrs, int close)
 {
+    return httpd_reply_ex(wsi, status, ctype, body, len, hdrs, close, 0);
+}
+
+int httpd_reply_ex(struct lws *wsi, unsigned status, const char *ctype, const char *body,
+                   size_t len, const char *const *hdrs, int close, int no_body)
+{
     count(status);
     /* written by hand (like ws.c's refusals): lws' header helpers would
      * answer an HTTP/1.0 request line the same way, and we need the
@@ -112,6 +118,7 @@ int httpd_reply(struct lws *wsi, unsigned status, const char *ctype, const char 
         o += (size_t)snprintf(p + o, hl - o, "%s: %s\r\n", hdrs[i], hdrs[i + 1]);
     if (close) o += (size_t)snprintf(p + o, hl - o, "connection: close\r\n");
     o += (size_t)snprintf(p + o, hl - o, "\r\n");
+    if (no_body) len = 0;
     memcpy(p + o, body, len);
     int w = lws_write(wsi, (unsigned char *)p, o + len, LWS_WRITE_HTTP_FINAL);
     free(b);
@@ -199,8 +206,14 @@ int httpd_arg_match(const char *frag, size_t n, const char *name, char *out, siz
 
 int httpd_bearer(const char *h, size_t n, char *out, size_t outlen)
 {
-    if (n <= 7 || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    return copy_value(h + 7, n - 7, out, outlen);
+    /* RFC 6750 2.1: "Bearer" 1*SP b64token (tabs too, like the server
+     * API's apikey_from_header; blanks after the token are not part of it) */
+    if (n <= 7 || strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t')) return 0;
+    size_t i = 6;
+    while (i < n && (h[i] == ' ' || h[i] == '\t')) i++;
+    while (n > i && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
+    if (i == n) return 0;
+    return copy_value(h + i, n - i, out, outlen);
 }
 
 int httpd_arg(struct lws *wsi, const char *name, char *out, size_t outlen)

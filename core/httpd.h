@@ -39,8 +39,9 @@ int httpd_arg(struct lws *wsi, const char *name, char *out, size_t outlen);
  * the value into out: 1, or -1 (out "") when it does not fit in outlen; 0
  * for another fragment. httpd_arg's matching. */
 int httpd_arg_match(const char *frag, size_t n, const char *name, char *out, size_t outlen);
-/* Pure: an Authorization header h[0..n): "Bearer <token>" (case-insensitive
- * scheme) -> the token into out as httpd_arg_match does; 0 otherwise. */
+/* Pure: an Authorization header h[0..n): "Bearer" (case-insensitive), one
+ * or more blanks, the token (RFC 6750 2.1: "Bearer" 1*SP b64token) -> the
+ * token into out as httpd_arg_match does; 0 otherwise. */
 int httpd_bearer(const char *h, size_t n, char *out, size_t outlen);
 
 /* A complete answer. hdrs: NULL or name/value pairs ("retry-after", "3"),
@@ -48,6 +49,10 @@ int httpd_bearer(const char *h, size_t n, char *out, size_t outlen);
  * after it. Returns what the lws HTTP callback returns (-1: close). */
 int httpd_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body,
                 size_t len, const char *const *hdrs, int close);
+/* The same; no_body: the answer to a HEAD (RFC 9110 9.3.2: the head of the
+ * GET answer, content-length included, and no body). */
+int httpd_reply_ex(struct lws *wsi, unsigned status, const char *ctype, const char *body,
+                   size_t len, const char *const *hdrs, int close, int no_body);
 /* After an answer with close set whose request body will not be read:
  * stop sending (shutdown SHUT_WR) and let the client's bytes drain for at
  * most secs before lws closes, so the close is a FIN, not a reset that

@@ -55,6 +55,7 @@ static uint32_t g_pause_ms;
 static uint64_t g_last_log_ms, g_unlogged;
 
 static metric_counter *m_emfile, *m_other, *m_shed, *m_timeout, *m_big, *m_early, *m_shared;
+static metric_counter *m_ws_bad, *m_http_4xx;   /* ws.c's and http.c's series */
 static metric_gauge *m_paused;
 
 void listener_metrics_init(void)
@@ -71,6 +72,9 @@ void listener_metrics_init(void)
     m_timeout = metrics_counter("chat_refused_total", r, "reason=\"handshake_timeout\"");
     m_big = metrics_counter("chat_refused_total", r, "reason=\"header_too_large\"");
     m_early = metrics_counter("chat_refused_total", r, "reason=\"early_data\"");
+    m_ws_bad = metrics_counter("chat_connections_total", "WebSocket upgrade attempts, by outcome",
+                               "result=\"bad_request\"");
+    m_http_4xx = metrics_counter("chat_http_requests_total", "HTTP responses, by status class", "code=\"4xx\"");
 }
 
 static void reserve_open(void)
@@ -156,17 +160,46 @@ static void pending_drop(pending *p, int close_fd)
 
 /* Answers a refused head and closes: what the client sent is read and
  * dropped first, so the close is a FIN after the answer, not a reset. */
-static void answer_and_close(pending *p, const char *status, const char *text)
+static void answer_and_close_as(pending *p, const char *status, const char *ctype, const char *extra,
+                                const char *body, int no_body)
 {
     for (int i = 0; i < 16; i++)
         if (recv(p->fd, g_peek, (size_t)g_head_max + 1, MSG_DONTWAIT) <= 0) break;
-    char b[384];
-    int n = snprintf(b, sizeof b, "HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                     "content-length: %zu\r\nconnection: close\r\n\r\n%s\n",
-                     status, strlen(text) + 1, text);
-    if (send(p->fd, b, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* gone: nothing to tell */ }
+    char b[512];
+    int n = snprintf(b, sizeof b, "HTTP/1.1 %s\r\ncontent-type: %s\r\n"
+                     "content-length: %zu\r\nconnection: close\r\ncache-control: no-store\r\n%s\r\n%s",
+                     status, ctype, strlen(body), extra, no_body ? "" : body);
+    if (n > 0 && (size_t)n < sizeof b &&
+        send(p->fd, b, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* gone: nothing to tell */ }
     shutdown(p->fd, SHUT_WR);
     pending_drop(p, 1);
+}
+
+static void answer_and_close(pending *p, const char *status, const char *text)
+{
+    char body[256];
+    snprintf(body, sizeof body, "%s\n", text);
+    answer_and_close_as(p, status, "text/plain; charset=utf-8", "", body, 0);
+}
+
+/* The room in the path as sent (util.h room_target_verdict): lws would
+ * percent-decode it and remove dot-segments first (/ws/a%2F..%2Fb was room
+ * "b"; /ws/a%00b a dropped connection), so the first request head of a
+ * connection is judged here. The answers are those of ws.c and http.c. */
+static int room_gate(pending *p, const char *head, size_t hl)
+{
+    int route, is_head;
+    int v = room_target_verdict(head, hl, &route, &is_head);
+    if (!v) return 0;
+    metric_inc(route == 1 && v == 400 ? m_ws_bad : m_http_4xx);
+    if (v == 404)
+        answer_and_close_as(p, "404 Not Found", "text/plain; charset=utf-8", "", "not found\n", is_head);
+    else if (route == 2)
+        answer_and_close_as(p, "400 Bad Request", "application/json", "access-control-allow-origin: *\r\n",
+                            "{\"error\":\"invalid room name\"}", is_head);
+    else
+        answer_and_close_as(p, "400 Bad Request", "text/plain; charset=utf-8", "", "invalid room name\n", is_head);
+    return 1;
 }
 
 /* Length of the request head (through its empty line), 0 while incomplete. */
@@ -207,6 +240,7 @@ static void pending_check(pending *p)
         answer_and_close(p, "400 Bad Request", "data sent before the handshake completed");
         return;
     }
+    if (hl && room_gate(p, g_peek, hl)) return;
     if (hl) {
         int fd = p->fd;
         pending_drop(p, 0);

@@ -28,7 +28,34 @@ int room_name_valid(const char *s, size_t len)
               (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
             return 0;
     }
+    if (s[0] == '.' && (len == 1 || (len == 2 && s[1] == '.'))) return 0;   /* dot-segments */
     return 1;
+}
+
+int room_target_verdict(const char *head, size_t len, int *route, int *is_head)
+{
+    *route = 0;
+    *is_head = 0;
+    const char *end = head + len, *p = head;
+    if (len >= 4 && !memcmp(p, "GET ", 4)) p += 4;
+    else if (len >= 5 && !memcmp(p, "HEAD ", 5)) { p += 5; *is_head = 1; }
+    else return 0;
+    const char *t = p;
+    while (p < end && *p != ' ' && *p != '?' && *p != '#' && *p != '\r' && *p != '\n') p++;
+    size_t tl = (size_t)(p - t);
+    if (tl >= 4 && !memcmp(t, "/ws/", 4)) {
+        *route = 1;
+        return room_name_valid(t + 4, tl - 4) ? 0 : 400;
+    }
+    if (tl < 7 || memcmp(t, "/rooms/", 7) != 0) return 0;
+    const char *name = t + 7, *slash = memchr(name, '/', tl - 7);
+    if (!slash) return 0;       /* /rooms/unread, or a 404 */
+    *route = 2;
+    if (!room_name_valid(name, (size_t)(slash - name))) return 400;
+    size_t wl = (size_t)(p - slash - 1);
+    if ((wl == 8 && !memcmp(slash + 1, "messages", 8)) || (wl == 8 && !memcmp(slash + 1, "presence", 8)))
+        return 0;
+    return 404;
 }
 
 int parse_u64(const char *s, size_t len, uint64_t *out)

@@ -9,8 +9,22 @@ uint64_t now_ms(void);        /* wall clock, ms since the epoch (for ts, exp) */
 uint64_t mono_ns(void);       /* monotonic clock, ns (for lag and durations) */
 static inline uint64_t mono_ms(void) { return mono_ns() / 1000000ull; }
 
-/* Room names: 1-64 chars of [A-Za-z0-9_.-]. Returns 1 when valid. */
+/* Room names: 1-64 chars of [A-Za-z0-9_.-], except "." and ".." (path
+ * dot-segments: URL clients and libwebsockets remove them from a path, so
+ * such a room could not be named in /ws/{room} or /rooms/{room}/...).
+ * Returns 1 when valid. */
 int room_name_valid(const char *s, size_t len);
+
+/* The room of a request's first line as sent, before libwebsockets
+ * percent-decodes it and removes dot-segments (which turned
+ * /ws/a%2F..%2Fb into room "b"). head[0..len): the request head (at least
+ * its first line). For GET and HEAD of /ws/{room} and
+ * /rooms/{room}/{messages|presence} (the query string aside): 400 when
+ * {room} as sent is not a valid room name (a percent-encoded byte, a
+ * dot-segment, a slash, ...), 404 for /rooms/{room}/{anything else};
+ * 0 otherwise (another route, or valid). *route: 1 for /ws/, 2 for
+ * /rooms/, 0 for others; *is_head: the method was HEAD. Pure. */
+int room_target_verdict(const char *head, size_t len, int *route, int *is_head);
 
 /* Decimal u64: 1-20 ASCII digits of s[0..len) and nothing else (no sign,
  * no blanks), not above UINT64_MAX. 0 and *out, or -1. */

@@ -33,6 +33,7 @@ typedef struct ticket {
     uint64_t since;
     char ip[CLIENT_IP_MAX];
     int slot;               /* holds a connlimit slot (ip, user) */
+    char proto[128];        /* the offered subprotocol to answer when "chat" was not offered */
 } ticket;
 
 /* lws' opaque pointer is a ticket or a conn: both begin with an int tag
@@ -159,6 +160,72 @@ static int ban_gate(struct lws *wsi, ticket *t)
     return r < 0 ? -1 : 1;
 }
 
+/* ---- subprotocols (Sec-WebSocket-Protocol) ----------------------------
+ * lws binds an upgrade to the first offered name that is one of its
+ * protocols' names and drops the connection, with no HTTP answer, when none
+ * is (or when its tokenizer refuses the list). chatd speaks one protocol
+ * whatever the client calls it (protocol.md: the subprotocol is optional),
+ * so: with "chat" offered lws selects "chat" as before; else the upgrade is
+ * bound to a second protocol entry whose name (g_alias) is set here to the
+ * first name as lws tokenizes the list, the name is blanked in
+ * LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION so lws writes no header of its
+ * own, and LWS_CALLBACK_ADD_HEADERS answers the client's first offered name
+ * exactly as sent (a browser fails a 101 that selects none of its names).
+ * One lws service thread: the gate, the binding and the 101 run in one
+ * call, nothing can interleave. */
+
+#define WS_PROTO_LIST_MAX 127   /* lws reads the list into a 128-byte buffer */
+#define WS_PROTO_NAME_MAX 63    /* and each name into 64 bytes */
+/* the flags of lws' own pass over the list (roles/ws/server-ws.c) */
+#define WS_PROTO_TOKENIZE (LWS_TOKENIZE_F_COMMA_SEP_LIST | LWS_TOKENIZE_F_MINUS_NONTERM | \
+                           LWS_TOKENIZE_F_DOT_NONTERM | LWS_TOKENIZE_F_RFC7230_DELIMS)
+
+static char g_alias[WS_PROTO_NAME_MAX + 1];
+
+/* 0: nothing to do (no list, or "chat" offered); 1: alias set, *answer is
+ * the name to select; -1: a list lws would refuse (answer 400). */
+static int subprotocol_pick(struct lws *wsi, char *answer, size_t alen)
+{
+    g_alias[0] = 0;
+    answer[0] = 0;
+    int total = lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL);
+    if (total <= 0) return 0;
+    if (total > WS_PROTO_LIST_MAX) return -1;
+    char buf[WS_PROTO_LIST_MAX + 1], name[WS_PROTO_NAME_MAX + 1], first[WS_PROTO_NAME_MAX + 1] = "";
+    int n = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_PROTOCOL);
+    if (n <= 0) return -1;
+    struct lws_tokenize ts;
+    lws_tokenize_init(&ts, buf, WS_PROTO_TOKENIZE);
+    ts.len = (size_t)n;
+    lws_tokenize_elem e;
+    do {
+        e = lws_tokenize(&ts);
+        if (e == LWS_TOKZE_TOKEN) {
+            if (lws_tokenize_cstr(&ts, name, sizeof name)) return -1;
+            if (!strcmp(name, "chat")) return 0;
+            if (!first[0]) snprintf(first, sizeof first, "%s", name);
+        } else if (e != LWS_TOKZE_DELIMITER && e != LWS_TOKZE_ENDED) {
+            return -1;
+        }
+    } while (e > 0);
+    if (!first[0]) return -1;
+    /* the name to answer: the first list element as sent (RFC 6455: a
+     * token; the same as lws' first token unless lws split it) */
+    const char *p = buf, *end = buf + n;
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    const char *q = p;
+    while (q < end && *q != ',') q++;
+    while (q > p && (q[-1] == ' ' || q[-1] == '\t')) q--;
+    size_t l = (size_t)(q - p);
+    if (!l || l >= alen) return -1;
+    for (size_t i = 0; i < l; i++)
+        if ((unsigned char)p[i] <= 0x20 || (unsigned char)p[i] >= 0x7f) return -1;
+    memcpy(answer, p, l);
+    answer[l] = 0;
+    snprintf(g_alias, sizeof g_alias, "%s", first);
+    return 1;
+}
+
 static int upgrade_gate(struct lws *wsi)
 {
     char uri[1024];
@@ -176,6 +243,11 @@ static int upgrade_gate(struct lws *wsi)
     if (lws_hdr_total_length(wsi, WSI_TOKEN_KEY) <= 0) {
         metric_inc(m_refused[RF_KEY]);
         return refuse(wsi, 400, "missing Sec-WebSocket-Key");
+    }
+    char proto[sizeof ((ticket *)0)->proto];
+    if (subprotocol_pick(wsi, proto, sizeof proto) < 0) {
+        metric_inc(m_acc[3]);
+        return refuse(wsi, 400, "unsupported Sec-WebSocket-Protocol list");
     }
     char ip[CLIENT_IP_MAX];
     client_ip_of(wsi, ip);
@@ -202,16 +274,17 @@ static int upgrade_gate(struct lws *wsi)
     char tok[8192], reason[192], since[32];
     if (!httpd_arg(wsi, "token", tok, sizeof tok) || !tok[0]) {
         metric_inc(m_acc[1]);
-        return refuse(wsi, 401, "missing token");
+        return refuse_h(wsi, 401, "missing token", "www-authenticate: Bearer realm=\"chatd\"\r\n");
     }
     ticket *t = calloc(1, sizeof *t);
     if (!t) return -1;
     t->kind = OPQ_TICKET;
     snprintf(t->room, sizeof t->room, "%s", room);
+    memcpy(t->proto, proto, sizeof t->proto);
     if (auth_verify(g_srv.auth, tok, (int64_t)(now_ms() / 1000), &t->ident, reason, sizeof reason) < 0) {
         free(t);
         metric_inc(m_acc[1]);
-        return refuse(wsi, 401, reason);
+        return refuse_h(wsi, 401, reason, "www-authenticate: Bearer realm=\"chatd\", error=\"invalid_token\"\r\n");
     }
     if (httpd_arg(wsi, "since", since, sizeof since)) {
         uint64_t v = 0;
@@ -314,6 +387,24 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return upgrade_gate(wsi);
 
+    /* bound to the alias (see subprotocol_pick): no header from lws ... */
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        g_alias[0] = 0;
+        return 0;
+
+    /* ... ours instead, naming what the client offered */
+    case LWS_CALLBACK_ADD_HEADERS: {
+        int *kind = lws_get_opaque_user_data(wsi);
+        if (!kind || *kind != OPQ_TICKET || !((ticket *)kind)->proto[0]) return 0;
+        struct lws_process_html_args *a = in;
+        const char *name = ((ticket *)kind)->proto;
+        int w = snprintf(a->p, (size_t)(a->max_len > 0 ? a->max_len : 0), "Sec-WebSocket-Protocol: %s\r\n", name);
+        if (w < 0 || w >= a->max_len) return 1;
+        a->p += w;
+        a->max_len -= w;
+        return 0;
+    }
+
     case LWS_CALLBACK_ESTABLISHED: {
         int *kind = lws_get_opaque_user_data(wsi);
         if (!kind || *kind != OPQ_TICKET) return -1;
@@ -394,5 +485,7 @@ const struct lws_protocols ws_protocols[] = {
      * would clamp it to rx_buffer_size: a 413's body cut at 128 bytes when
      * the socket closes after it); WebSocket output does not go through lws */
     {"chat", callback, sizeof(pss), 128, 0, NULL, 32768},
+    /* the same protocol under the name a client offered (subprotocol_pick) */
+    {g_alias, callback, sizeof(pss), 128, 0, NULL, 32768},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };

@@ -212,16 +212,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rv = room_name_valid(room, strlen(room));
         FUZZ_CHECK(rv == (strlen(room) >= 1 && strlen(room) <= 64 &&
                           strspn(room, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") ==
-                              strlen(room)), "room_name_valid('%s') = %d", room, rv);
+                              strlen(room) && strcmp(room, ".") != 0 && strcmp(room, "..") != 0),
+                   "room_name_valid('%s') = %d", room, rv);
         arg(&qs, "token", tok, sizeof tok);
         if (arg(&qs, "since", since, sizeof since)) check_since(since);
     } else if (strncmp(in, "/rooms/", 7) == 0) {
         check_room_path(in + 7);
         if (authz) {
+            /* "Bearer" 1*blank token (blanks around the token not part of it) */
             int r = httpd_bearer(authz, strlen(authz), tok, sizeof tok);
-            int is = strlen(authz) > 7 && strncasecmp(authz, "Bearer ", 7) == 0;
+            size_t al = strlen(authz), b = 6, e = al;
+            while (b < al && (authz[b] == ' ' || authz[b] == '\t')) b++;
+            while (e > b && (authz[e - 1] == ' ' || authz[e - 1] == '\t')) e--;
+            int is = al > 7 && strncasecmp(authz, "Bearer", 6) == 0 && b > 6 && e > b;
             FUZZ_CHECK(is == (r != 0), "httpd_bearer %d", r);
-            if (r > 0) FUZZ_CHECK(strcmp(tok, authz + 7) == 0, "bearer copy");
+            if (r > 0) FUZZ_CHECK(strlen(tok) == e - b && memcmp(tok, authz + b, e - b) == 0, "bearer copy");
         }
         int got = arg(&qs, "before", a, sizeof a);
         if (got > 0 && a[0]) check_cursor(a);

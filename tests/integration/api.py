@@ -158,7 +158,7 @@ async def http_errors_in_the_contract_shape():
     eq(hd.get("allow"), "PUT, DELETE", "Allow of /ban")
     check("connection" not in hd, "a refused request with a small body is read, the connection kept")
     hd, _ = await expect_error(p, "DELETE", f"/api/rooms/{room}", 405, "method_not_allowed")
-    eq(hd.get("allow"), "GET", "Allow of room info")
+    eq(hd.get("allow"), "GET, HEAD", "Allow of room info")
     # 400: bad path parameters and bodies
     await expect_error(p, "POST", "/api/rooms/bad%20room/messages", 400, "bad_request", body=msg("a"))
     await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request", raw=b"{not json",

@@ -558,3 +558,191 @@ async def bad_edge_settings_refuse_to_start():
         node.start(wait=False)
         eq(node.wait_exit(10), 2, f"exit status with {env}")
         check(what in node.log_text(), f"the error does not name {what}: {node.log_tail(2)}")
+
+
+@test()
+async def any_offered_subprotocol_is_accepted_and_selected():
+    """protocol.md: the upgrade's subprotocol is optional. lws knows one name,
+    "chat", and dropped any other offer with no HTTP answer at all. Every
+    offered list is answered 101 selecting a name the client offered (a
+    browser fails a 101 that selects none of its names): "chat" when
+    offered, else the first one; a list lws cannot read is a 400, not a
+    silent close."""
+    import websockets
+    n = start_node()
+    for offered, want in (("chat", "chat"), ("foo, chat", "chat"), ("json", "json"),
+                          ("chatd.v1", "chatd.v1"), ("chatd.v1, json", "chatd.v1"),
+                          ("v1.2.3 , x-y_z", "v1.2.3")):
+        st, hd, _, _ = await upgrade(n, headers={"Sec-WebSocket-Protocol": offered})
+        eq(st, 101, f"upgrade offering {offered!r}")
+        eq(hd.get("sec-websocket-protocol"), want, f"subprotocol selected for {offered!r}")
+    # no offer: no header (RFC 6455 4.2.2)
+    st, hd, _, _ = await upgrade(n)
+    eq(st, 101, "upgrade without a subprotocol")
+    check("sec-websocket-protocol" not in hd, f"a subprotocol selected though none offered: {hd}")
+    # a list lws' tokenizer refuses: answered, not dropped
+    st, _, body, _ = await upgrade(n, headers={"Sec-WebSocket-Protocol": ", ,"})
+    eq(st, 400, "malformed subprotocol list")
+    check(b"Sec-WebSocket-Protocol" in body, f"400 body {body!r}")
+    # a real client with its own subprotocol name: connected, welcomed, chats
+    room = uniq()
+    async with websockets.connect(n.url + ws_path(room, token("alice")),
+                                  subprotocols=["chatd.v1"]) as ws:
+        eq(ws.subprotocol, "chatd.v1", "the client's subprotocol")
+        check(b'"welcome"' in (await asyncio.wait_for(ws.recv(), 5)).encode(), "no welcome")
+        await ws.send('{"type":"message","body":"hi","id":"sp1"}')
+        end = time.time() + 5
+        while time.time() < end:
+            f = await asyncio.wait_for(ws.recv(), 5)
+            if '"ack"' in f:
+                break
+        else:
+            raise AssertionError("no ack")
+
+
+def raw_http(port, line, timeout=5.0):
+    """One request head with the request line `line` (sent as is) on a new
+    connection; (status, headers, body) of the answer, status None when the
+    server closed without one."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(f"{line}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        if not data:
+            return None, {}, b""
+        top, _, body = data.partition(b"\r\n\r\n")
+        lines = top.decode("latin-1").split("\r\n")
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        return int(lines[0].split()[1]), hdrs, body
+    finally:
+        s.close()
+
+
+@test()
+async def room_names_judged_as_sent_on_every_route():
+    """protocol.md: room = 1-64 chars of [A-Za-z0-9_.-], anything else 400
+    before the upgrade. lws percent-decodes the path and removes dot-segments
+    before chatd sees it: /ws/a%2F..%2Fb joined room "b", /ws/a%00b was a
+    connection dropped with no answer, /ws/.. a 404, /ws/. a 101. The name
+    is judged as sent, the same on /ws/, /rooms/{room}/messages and
+    /rooms/{room}/presence; "." and ".." (dot-segments) are not room names."""
+    n = start_node()
+    tok = token("alice")
+    bad = ["a%2F..%2Fb", "a%2fb", "..", ".", "%2E%2E", "%2e", "a%00b", "%41bc", "a%20b", "x" * 65]
+    for name in bad:
+        st, _, body, _ = await asyncio.to_thread(raw_request, n.port, f"/ws/{name}?token={tok}")
+        eq(st, 400, f"upgrade to /ws/{name}")
+        check(b"invalid room name" in body, f"/ws/{name}: body {body!r}")
+        for what in ("messages", "presence"):
+            st, hd, body = await asyncio.to_thread(raw_http, n.port,
+                                                   f"GET /rooms/{name}/{what}?token={tok} HTTP/1.1")
+            eq(st, 400, f"GET /rooms/{name}/{what}")
+            eq(hd.get("content-type"), "application/json", f"/rooms/{name}/{what} content-type")
+            check(b"invalid room name" in body, f"/rooms/{name}/{what}: body {body!r}")
+    # counted like the other refusals
+    m = await metrics(n)
+    check(metric_value(m, "chat_connections_total", 'result="bad_request"') >= len(bad),
+          "chat_connections_total{result=bad_request} does not count them")
+    # valid names still work, dots inside a name included
+    for name in ("b", "a.b", "...", "x" * 64):
+        st, _, _, _ = await asyncio.to_thread(raw_request, n.port, f"/ws/{name}?token={tok}")
+        eq(st, 101, f"upgrade to /ws/{name}")
+        st, _, body = await asyncio.to_thread(raw_http, n.port,
+                                              f"GET /rooms/{name}/presence?token={tok} HTTP/1.1")
+        eq(st, 200, f"presence of {name}")
+        check(f'"room":"{name}"'.encode() in body, f"presence of {name}: {body!r}")
+
+
+def http_exchange(port, requests, timeout=5.0):
+    """Sends request heads (pipelined on one connection, the last one with
+    Connection: close) and parses the answers, honouring HEAD (no body).
+    [(status, headers, body)]."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        out = []
+        for i, (method, path, hdrs) in enumerate(requests):
+            h = {"Host": "127.0.0.1", **(hdrs or {})}
+            if i == len(requests) - 1:
+                h["Connection"] = "close"
+            out.append(f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n")
+        s.sendall("".join(out).encode())
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    answers = []
+    for method, path, _ in requests:
+        top, sep, data = data.partition(b"\r\n\r\n")
+        check(sep, f"no answer to {method} {path} (got {len(answers)} of {len(requests)})")
+        lines = top.decode("latin-1").split("\r\n")
+        hd = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        n = 0 if method == "HEAD" else int(hd.get("content-length", "0"))
+        body, data = data[:n], data[n:]
+        answers.append((int(lines[0].split()[1]), hd, body))
+    check(data == b"", f"bytes after the last answer (a HEAD answered with a body?): {data[:80]!r}")
+    return answers
+
+
+@test()
+async def http_auth_and_head_follow_the_rfcs():
+    """RFC 6750: a 401 names the scheme (WWW-Authenticate: Bearer, with
+    error="invalid_token" for a token that was sent), and "Bearer" 1*SP
+    token (several spaces were a 401). RFC 9110 9.3.2: HEAD on the GET
+    routes is the GET's head without a body (it was a 405), the connection
+    kept; on the server API too."""
+    key = "itest-api-key-0123456789"
+    n = start_node(env={"CHAT_API_KEYS": key})
+    room, tok = uniq(), token("alice")
+    ex = lambda reqs: asyncio.to_thread(http_exchange, n.port, reqs)
+    for path in (f"/rooms/{room}/messages", f"/rooms/{room}/presence", "/rooms/unread"):
+        (st, hd, _), (st2, hd2, _) = await ex([("GET", path, None),
+                                              ("GET", path, {"Authorization": "Bearer not.a.jwt"})])
+        eq(st, 401, f"{path} without a token")
+        eq(hd.get("www-authenticate"), 'Bearer realm="chatd"', f"{path}: WWW-Authenticate")
+        eq(st2, 401, f"{path} with a bad token")
+        check(hd2.get("www-authenticate", "").startswith("Bearer ") and 'error="invalid_token"' in hd2.get(
+            "www-authenticate", ""), f"{path}: WWW-Authenticate of a bad token: {hd2}")
+    st, hd, _, _ = await asyncio.to_thread(raw_request, n.port, f"/ws/{room}")
+    eq(st, 401, "upgrade without a token")
+    check(hd.get("www-authenticate", "").startswith("Bearer"), f"upgrade 401: {hd}")
+    for auth in (f"Bearer   {tok}", f"bearer {tok}", f"Bearer\t{tok}"):
+        (st, _, body), = await ex([("GET", f"/rooms/{room}/presence", {"Authorization": auth})])
+        eq(st, 200, f"presence with Authorization {auth[:9]!r}...")
+        check(f'"room":"{room}"'.encode() in body, f"presence body {body!r}")
+    # HEAD = GET without the body, on a kept-alive connection
+    api = {"Authorization": f"Bearer {key}"}
+    pairs = [("/healthz", None), ("/readyz", None), ("/metrics", None),
+             (f"/rooms/{room}/presence", {"Authorization": f"Bearer {tok}"}),
+             (f"/rooms/{room}/messages", {"Authorization": f"Bearer {tok}"}),   # 503: no Postgres
+             (f"/api/rooms/{room}", api)]
+    for path, h in pairs:
+        (hs, hh, hb), (gs, gh, gb), (ls, _, _) = await ex([("HEAD", path, h), ("GET", path, h),
+                                                          ("GET", "/healthz", None)])
+        eq(hs, gs, f"HEAD {path}: status of the GET")
+        check(hs != 405, f"HEAD {path} refused")
+        eq(hh.get("content-type"), gh.get("content-type"), f"HEAD {path}: content-type")
+        if path != "/metrics":    # /metrics changes between the two
+            eq(hh.get("content-length"), str(len(gb)), f"HEAD {path}: content-length of the GET body")
+        eq(hb, b"", f"HEAD {path}: body")
+        eq(ls, 200, f"the connection after HEAD {path}")
+    (st, hd, _), = await ex([("DELETE", f"/api/rooms/{room}", api)])
+    eq(st, 405, "DELETE of room info")
+    eq(hd.get("allow"), "GET, HEAD", "Allow of room info")
+    (st, hd, _), = await ex([("POST", "/healthz", {"Content-Length": "0"})])
+    eq(st, 405, "POST /healthz")
+    eq(hd.get("allow"), "GET, HEAD", "Allow of /healthz")

@@ -113,6 +113,8 @@ static void test_routes(void)
     CHECK_STR(allow, "PUT, DELETE");
     api_allow_header(1u << HM_POST, allow, sizeof allow);
     CHECK_STR(allow, "POST");
+    api_allow_header(1u << HM_GET, allow, sizeof allow);
+    CHECK_STR(allow, "GET, HEAD");
     CHECK_STR(api_route_name(AR_BAN), "ban");
     CHECK_STR(api_route_name(99), "none");
 }

@@ -11,6 +11,7 @@
 #include "resp_text.h"
 #include "bus_int.h"
 #include "http.h"
+#include "httpd.h"
 #include "presence_store.h"
 #include "redis_reply.h"
 #include "script.h"
@@ -71,6 +72,9 @@ static void test_http(void)
     CHECK(http_parse_room_path("lobby/other", room, &rt) == 404, "unknown sub-route");
     CHECK(http_parse_room_path("/messages", room, &rt) == 400, "empty room");
     CHECK(http_parse_room_path("a b/messages", room, &rt) == 400, "bad room");
+    CHECK(http_parse_room_path("../messages", room, &rt) == 400 &&
+          http_parse_room_path("./presence", room, &rt) == 400, "dot-segments are no rooms");
+    CHECK(http_parse_room_path(".../messages", room, &rt) == 0 && !strcmp(room, "..."), "... is a room");
     char big[100];
     memset(big, 'r', 65);
     strcpy(big + 65, "/messages");
@@ -111,6 +115,33 @@ static void test_http(void)
     CHECK(http_parse_since("9223372036854775808", &s) < 0 &&
           http_parse_since("18446744073709551615", &s) < 0, "since beyond INT64_MAX");
     CHECK(http_parse_since("007", &s) < 0, "since with a leading zero");
+}
+
+/* httpd_bearer: RFC 6750 2.1 "Bearer" 1*SP b64token */
+static void bearer(const char *h, int want, const char *tok)
+{
+    char out[64];
+    int r = httpd_bearer(h, strlen(h), out, sizeof out);
+    CHECK(r == want && (want != 1 || !strcmp(out, tok)), "'%s' -> %d '%s', want %d '%s'", h, r,
+          r == 1 ? out : "", want, tok ? tok : "");
+}
+
+static void test_bearer(void)
+{
+    bearer("Bearer abc.def", 1, "abc.def");
+    bearer("bearer abc", 1, "abc");
+    bearer("BEARER abc", 1, "abc");
+    bearer("Bearer   abc", 1, "abc");       /* several spaces: was 0 (a 401) */
+    bearer("Bearer\tabc", 1, "abc");
+    bearer("Bearer abc  ", 1, "abc");
+    bearer("Bearer ", 0, NULL);
+    bearer("Bearer    ", 0, NULL);
+    bearer("Bearerabc", 0, NULL);
+    bearer("Basic abc", 0, NULL);
+    bearer("Bear abc", 0, NULL);
+    char big[100];
+    snprintf(big, sizeof big, "Bearer %070d", 0);
+    bearer(big, -1, NULL);                  /* does not fit: refused, not cut */
 }
 
 static void test_bus_replies(void)
@@ -335,6 +366,7 @@ int main(void)
     test_u64();
     test_seq();
     test_http();
+    test_bearer();
     test_bus_replies();
     test_redis_replies();
     test_redis_url();

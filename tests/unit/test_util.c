@@ -28,6 +28,54 @@ static void test_rooms(void)
     CHECK(!room_name_valid("caf\xc3\xa9", 5), "non-ASCII");
     CHECK(!room_name_valid("a\nb", 3) && !room_name_valid("a\x7f", 2), "control chars");
     CHECK(room_name_valid("lobby!", 5), "length is honoured (prefix valid)");
+    /* dot-segments are not rooms; other dotted names are */
+    CHECK(!room_name_valid(".", 1) && !room_name_valid("..", 2), ". and .. refused");
+    CHECK(room_name_valid("...", 3) && room_name_valid(".a", 2) && room_name_valid("a..", 3) &&
+          room_name_valid("..a", 3), "other dotted names");
+}
+
+/* room_target_verdict on a request line; want: verdict, route, is_head */
+static void target(const char *line, int want, int want_route, int want_head)
+{
+    int route = -1, head = -1;
+    int v = room_target_verdict(line, strlen(line), &route, &head);
+    CHECK(v == want && route == want_route && head == want_head, "%s -> %d route %d head %d, want %d %d %d",
+          line, v, route, head, want, want_route, want_head);
+}
+
+static void test_targets(void)
+{
+    target("GET /ws/lobby?token=x HTTP/1.1\r\n", 0, 1, 0);
+    target("GET /ws/a.b-c_D9 HTTP/1.1\r\n", 0, 1, 0);
+    target("GET /ws/a%2F..%2Fb?token=x HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /ws/a%00b HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /ws/%41 HTTP/1.1\r\n", 400, 1, 0);     /* as sent: no decoding */
+    target("GET /ws/.. HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /ws/. HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /ws/a/../b HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /ws/ HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /ws/?token=x HTTP/1.1\r\n", 400, 1, 0);
+    char longr[128];
+    snprintf(longr, sizeof longr, "GET /ws/%065d HTTP/1.1\r\n", 0);
+    target(longr, 400, 1, 0);
+    snprintf(longr, sizeof longr, "GET /ws/%064d HTTP/1.1\r\n", 0);
+    target(longr, 0, 1, 0);
+    target("GET /rooms/r1/messages?limit=5 HTTP/1.1\r\n", 0, 2, 0);
+    target("HEAD /rooms/r1/presence HTTP/1.1\r\n", 0, 2, 1);
+    target("GET /rooms/a%2F..%2Fb/messages HTTP/1.1\r\n", 400, 2, 0);
+    target("GET /rooms/../messages HTTP/1.1\r\n", 400, 2, 0);
+    target("GET /rooms/./presence HTTP/1.1\r\n", 400, 2, 0);
+    target("GET /rooms/%2E%2E/messages HTTP/1.1\r\n", 400, 2, 0);
+    target("HEAD /rooms/a%00b/messages HTTP/1.1\r\n", 400, 2, 1);
+    target("GET /rooms/a/../b/messages HTTP/1.1\r\n", 404, 2, 0);
+    target("GET /rooms/a/other HTTP/1.1\r\n", 404, 2, 0);
+    target("GET /rooms/unread HTTP/1.1\r\n", 0, 0, 0);
+    target("GET /rooms/unread?token=x HTTP/1.1\r\n", 0, 0, 0);
+    target("GET /healthz HTTP/1.1\r\n", 0, 0, 0);
+    target("POST /ws/a%2Fb HTTP/1.1\r\n", 0, 0, 0);      /* other methods: lws answers (405) */
+    target("GET /wsx/a%2Fb HTTP/1.1\r\n", 0, 0, 0);
+    target("GET", 0, 0, 0);
+    target("", 0, 0, 0);
 }
 
 /* Escapes s and compares with want (including the quotes). */
@@ -170,6 +218,7 @@ int main(void)
     test_wire_erased();
     test_client_id();
     test_rooms();
+    test_targets();
     test_escape();
     test_clocks();
     return check_summary("test_util");
