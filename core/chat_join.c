@@ -42,6 +42,7 @@ typedef struct join_op {
     int stage2_waiting;     /* the replay finished first: stage 2 runs on the answer */
     uint64_t read_seq, kept_from;
     uint64_t since0;        /* the client's since (op->since moves while replaying) */
+    char *id;               /* the join frame's id (NULL: none): its errors echo it */
 } join_op;
 
 void chat_script_ctx(conn *c, const char *room, script_ctx *x)
@@ -61,6 +62,7 @@ static void join_op_free(join_op *op)
 {
     for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
     free(op->msgs);
+    free(op->id);
     free(op);
 }
 
@@ -101,10 +103,13 @@ void chat_deliver(conn_room *cr, msg *m)
  * several rooms knows which one to page. */
 void chat_send_room_error(conn *c, const char *room, const char *code, const char *text)
 {
-    char b[512];
-    int n = snprintf(b, sizeof b, "{\"type\":\"error\",\"code\":\"%s\",\"room\":\"%s\",\"message\":\"%s\"}",
-                     code, room, text);
-    conn_send_text(c, b, (size_t)n);
+    conn_send_error_room(c, code, text, NULL, room);
+}
+
+void chat_send_room_error_id(conn *c, const char *room, const char *code, const char *text,
+                             const char *id)
+{
+    conn_send_error_room(c, code, text, id, room);
 }
 
 static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head,
@@ -171,14 +176,16 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     read_seq_field(rs, sizeof rs, op);
     send_presence_state(cr, u, n, op->head, op->epoch, rs);
     if (op->gap == 2)
-        chat_send_room_error(cr->c, cr->r->name, "gap_too_large",
-                        "since is not a seq of this room's current epoch; page history over HTTP");
+        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
+                        "since is not a seq of this room's current epoch; page history over HTTP", op->id);
     else if (op->gap == 3)
-        chat_send_room_error(cr->c, cr->r->name, "gap_too_large",
-                        "messages after since were deleted (history retention); page history over HTTP");
+        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
+                        "messages after since were deleted (history retention); page history over HTTP", op->id);
     else if (op->gap)
-        chat_send_room_error(cr->c, cr->r->name, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP");
-    if (op->unavailable) conn_send_error(cr->c, "unavailable", "recovery is unavailable right now", NULL);
+        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
+                        "the recovery buffer no longer reaches since; page history over HTTP", op->id);
+    if (op->unavailable)
+        chat_send_room_error_id(cr->c, cr->r->name, "unavailable", "recovery is unavailable right now", op->id);
     erase_deleted(op, cr);
     for (uint32_t i = 0; i < op->n; i++) chat_deliver(cr, op->msgs[i]);
     for (uint32_t i = 0; i < cr->nheld; i++) {
@@ -358,30 +365,32 @@ static void start_read_lookup(conn *c, join_op *op)
 }
 
 int chat_join(conn *c, const char *name, int has_since, uint64_t since, const char *epoch,
-                     int first)
+                     int first, const char *id)
 {
     conn_room *cr = conn_find_room(c, name);
     if (cr) return 0;    /* already a member: nothing to do */
     if (c->nrooms >= (uint32_t)g_srv.max_rooms) {
-        conn_send_error(c, "too_many_rooms", "joined rooms limit reached", NULL);
+        conn_send_error_room(c, "too_many_rooms", "joined rooms limit reached", id, name);
         return -1;
     }
     if (c->nrooms == c->caprooms) {
         uint32_t nc = c->caprooms ? c->caprooms * 2 : 2;
         conn_room **nr = realloc(c->rooms, sizeof *nr * nc);
-        if (!nr) return -1;
+        if (!nr) { conn_send_error_room(c, "unavailable", "out of memory", id, name); return -1; }
         c->rooms = nr;
         c->caprooms = nc;
     }
     cr = calloc(1, sizeof *cr);
     join_op *op = calloc(1, sizeof *op);
+    char *idc = id ? strdup(id) : NULL;
     int created;
-    room *r = cr && op ? room_get(name, &created) : NULL;
+    room *r = cr && op && (idc || !id) ? room_get(name, &created) : NULL;
     if (!r || room_add_member(r, cr) < 0) {
         if (r && !r->nmembers) room_remove_member(r, cr);
         free(cr);
         free(op);
-        conn_send_error(c, "unavailable", "out of memory", NULL);
+        free(idc);
+        conn_send_error_room(c, "unavailable", "out of memory", id, name);
         return -1;
     }
     if (created) bus_subscribe(g_srv.bus, r->name);
@@ -392,6 +401,7 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     c->rooms[c->nrooms++] = cr;
     presence_add(g_srv.presence, r->name, c->id, c->ident.user, c->ident.name);
     op->cr = cr;
+    op->id = idc;
     op->first = first;
     op->has_since = has_since;
     op->since = op->since0 = since;

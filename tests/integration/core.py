@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from harness import (RUN, Client, RawWS, TestFailure, aupgrade_status, ahttp, ahttp_json, check, eq,
                      start_node, token, token_claims, raw_jwt, claims, uniq, ws_path,
-                     policy_dir, write_policy, metric_value, describe_seq_problem, test,
+                     policy_dir, write_policy, metric_value, describe_seq_problem, test, send_acked,
                      SECRET, REPO)
 import harness
 
@@ -1152,3 +1152,95 @@ async def epoch_in_welcome_and_join_and_since_checks():
     c2 = await Client.connect(n, room, token("again"), since=3, epoch=e)
     check(c2.welcome().get("epoch") not in (None, e), "a new process, a new epoch")
     await c2.wait_for(gap, 5, what="gap_too_large after a restart")
+
+
+# ------------------------------------------------------------ errors answering join / leave
+JOIN_POLICY = """
+local M = {}
+M.config = { max_rooms_per_conn = 3 }
+function M.on_join(ctx)
+  if ctx.room:sub(1, 8) == "private-" then return false, "forbidden", "room " .. ctx.room .. " is private" end
+end
+return M
+"""
+
+
+@test()
+async def join_and_leave_errors_name_the_room_and_echo_the_id():
+    """protocol.md: error carries `id` when it answers a client message; an
+    error answering a join or leave also names its room (a client with
+    several rooms knows which join failed)."""
+    n = start_node(scripts=policy_dir(JOIN_POLICY))
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+
+    async def err(req, code, what):
+        e = await c.error_for(req)
+        eq(e.get("code"), code, f"{what}: code")
+        eq(e.get("room"), req["room"], f"{what}: room ({e})")
+        eq(e.get("id"), req.get("id"), f"{what}: id ({e})")
+        check(isinstance(e.get("message"), str) and e["message"], f"{what}: message")
+        await c.roundtrip()
+
+    await err({"type": "join", "room": "private-q", "id": "j1"}, "forbidden", "policy refusal")
+    await err({"type": "join", "room": "private-q"}, "forbidden", "policy refusal without id")
+    await err({"type": "join", "room": room, "id": "j2"}, "already_member", "already a member")
+    await err({"type": "join", "room": uniq("s"), "since": "x", "id": "j3"}, "bad_request", "bad since")
+    await err({"type": "join", "room": uniq("s"), "since": -1, "id": "j4"}, "bad_request",
+              "negative since")
+    await err({"type": "join", "room": uniq("s"), "since": 0, "epoch": "", "id": "j5"},
+              "bad_request", "empty epoch")
+    await err({"type": "leave", "room": uniq("nm"), "id": "l1"}, "not_member", "leave of a non-member")
+    # since beyond the head (the room is empty): gap_too_large, after presence_state
+    far = uniq("far")
+    mk = c.mark()
+    await c.send({"type": "join", "room": far, "since": 9, "id": "j6"})
+    e = await c.wait_for(lambda f: f["type"] == "error", 5, start=mk, what="gap_too_large")
+    eq((e.get("code"), e.get("room"), e.get("id")), ("gap_too_large", far, "j6"),
+       "gap_too_large answering a join")
+    # 3 rooms now (room, far and one more): the 4th is refused
+    r = await c.join(uniq("third"))
+    eq(r.get("type"), "presence_state", "third room")
+    await err({"type": "join", "room": uniq("fourth"), "id": "j7"}, "too_many_rooms",
+              "rooms limit")
+    # an invalid room cannot be echoed; the id still is
+    e = await c.error_for({"type": "join", "room": "bad room!", "id": "j8"})
+    eq((e.get("code"), e.get("id"), "room" in e), ("bad_request", "j8", False), "invalid room")
+    # a join's id that is not a valid id is ignored, never a refusal
+    r = await c.error_for({"type": "join", "room": "private-z", "id": 5})
+    eq((r.get("code"), r.get("room"), "id" in r), ("forbidden", "private-z", False),
+       "non-string id on join")
+    check(not c.closed, "connection stays open")
+
+
+@test()
+async def join_since_null_is_no_since():
+    """A JS client writes `since: lastSeq ?? null`: null is no since (live
+    from the head, no replay); other non-integers stay bad_request."""
+    n = start_node()
+    room, other = uniq(), uniq("o")
+    p = await Client.connect(n, other, token("pub"))
+    for i in range(3):
+        await send_acked(p, f"m{i}", f"m{i}")
+    c = await Client.connect(n, room, token("alice"))
+    r = await c.join(other, since=None)   # control: the harness leaves since out
+    eq(r.get("type"), "presence_state", "join without since")
+    await c.send({"type": "leave", "room": other})
+    await c.roundtrip()
+    mk = c.mark()
+    await c.send({"type": "join", "room": other, "since": None, "id": "jn"})
+    r = await c.wait_for(lambda f: (f["type"] == "presence_state" and f.get("room") == other)
+                         or f["type"] == "error", 5, start=mk, what="join since null")
+    eq(r.get("type"), "presence_state", f"join with since null ({r})")
+    eq(r.get("seq"), 3, "head in presence_state")
+    await c.roundtrip()
+    eq([m["seq"] for m in c.messages(other)], [], "nothing replayed (no since)")
+    await send_acked(p, "live", "live")
+    m = await c.wait_for(is_msg(other), 5, start=mk, what="live message")
+    eq(m["seq"], 4, "live after a null since")
+    e = await c.error_for({"type": "join", "room": uniq("x"), "since": "3"})
+    eq(e.get("code"), "bad_request", "a string since is still refused")
+    # the URL's empty since= stays 400
+    st, _ = await aupgrade_status(n.port, f"/ws/{uniq()}?token={token('u')}&since=")
+    eq(st, 400, "empty since= in the URL")
+
