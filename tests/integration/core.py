@@ -1244,3 +1244,46 @@ async def join_since_null_is_no_since():
     st, _ = await aupgrade_status(n.port, f"/ws/{uniq()}?token={token('u')}&since=")
     eq(st, 400, "empty since= in the URL")
 
+
+# ------------------------------------------------------------ the sender's message before its ack
+async def _message_then_ack(n, room):
+    a = await Client.connect(n, room, token("alice"))
+    b = await Client.connect(n, room, token("bob"))
+    for i in range(5):
+        await a.send_msg(f"hello {i}", id=f"o{i}")
+    await a.wait_count(lambda f: f["type"] == "ack", 5, 10, "acks")
+    seen = [(f["type"], f.get("id")) for f in a.frames if f["type"] in ("message", "ack")]
+    for i in range(5):
+        check(seen.index(("message", f"o{i}")) < seen.index(("ack", f"o{i}")),
+              f"the sender's own message o{i} before its ack: {seen}")
+    s1 = a.acks()[0]["seq"]
+    # message updates: the message_update frame, then the ack
+    ups = [{"type": "edit", "target": s1, "body": "edited", "id": "u1"},
+           {"type": "react", "target": s1, "emoji": ":ok:", "id": "u2"},
+           {"type": "delete", "target": s1, "id": "u3"}]
+    mk = a.mark()
+    for u in ups:
+        await a.send(dict(u, room=room))
+    await a.wait_count(lambda f: f["type"] in ("ack", "error"), 3, 10, "update answers", start=mk)
+    seen = [(f["type"], f.get("id") if f["type"] != "error" else f)
+            for f in a.frames[mk:] if f["type"] in ("message_update", "ack", "error")]
+    for u in ups:
+        check(("message_update", u["id"]) in seen and ("ack", u["id"]) in seen
+              and seen.index(("message_update", u["id"])) < seen.index(("ack", u["id"])),
+              f"the update {u['id']} ({u['type']}) before its ack: {seen}")
+    await b.wait_count(lambda f: f["type"] == "message_update", 3, 5, "updates at bob")
+
+
+@test()
+async def sender_gets_its_message_before_the_ack_in_process():
+    """The same order in every mode: the broadcast reaches the sender, then
+    the ack (the in-process bus without a database answered the ack first)."""
+    n = start_node()
+    await _message_then_ack(n, uniq())
+
+
+@test(needs=("pg",))
+async def sender_gets_its_message_before_the_ack_with_a_database():
+    n = start_node(db=True)
+    await _message_then_ack(n, uniq())
+
