@@ -1287,3 +1287,28 @@ async def sender_gets_its_message_before_the_ack_with_a_database():
     n = start_node(db=True)
     await _message_then_ack(n, uniq())
 
+
+# ------------------------------------------------------------ JWT name claim
+@test()
+async def jwt_name_null_is_the_sub_and_a_long_name_is_cut():
+    n = start_node()
+    room = uniq()
+    c = claims("nully")
+    c["name"] = None
+    a = await Client.connect(n, room, token_claims(c))
+    eq((a.welcome().get("user"), a.welcome().get("name")), ("nully", "nully"), "name null: the sub")
+    # 200 bytes of a 2-byte character: cut to 127 bytes at a boundary (126)
+    long_name = "\u00e9" * 100
+    b = await Client.connect(n, room, token("longname", long_name))
+    got = b.welcome().get("name")
+    eq(got, "\u00e9" * 63, "a name over 127 bytes is cut at a UTF-8 boundary")
+    await send_acked(b, "hi", "ln1")
+    m = await a.wait_for(is_msg(room), 5)
+    eq(m.get("name"), "\u00e9" * 63, "the cut name in messages")
+    # sub keeps its limit; the 401 says why
+    st, body = await aupgrade_status(n.port, ws_path(room, token("s" * 128)))
+    eq(st, 401, "a sub of 128 bytes")
+    check(b"too long" in body and b"sub" in body, f"401 reason names the sub's length: {body!r}")
+    st, body = await aupgrade_status(n.port, ws_path(room, token_claims(claims("u", name=5))))
+    eq(st, 401, "a numeric name")
+    check(b"name claim" in body and b"not a string" in body, f"401 reason for a numeric name: {body!r}")
