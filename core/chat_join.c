@@ -9,6 +9,8 @@
 #define _GNU_SOURCE
 #include "chat_join.h"
 #include "chat_hold.h"
+#include "hmap.h"
+#include "room.h"
 #include "log.h"
 #include "readstate.h"
 #include "srv.h"
@@ -201,11 +203,35 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     chat_hold_join_done(cr->c);
 }
 
+/* The presence store cannot answer (Redis down): the users this node
+ * itself has in the room (its members, each user once) rather than an
+ * empty list — a lower bound, like the head of a welcome then. */
+static void join_finish_local_presence(join_op *op)
+{
+    room *r = op->cr->r;
+    presence_user *u = r->nmembers ? malloc(sizeof *u * r->nmembers) : NULL;
+    size_t n = 0;
+    hmap seen;
+    hmap_init(&seen);
+    for (uint32_t i = 0; u && i < r->nmembers; i++) {
+        conn *mc = r->members[i]->c;
+        if (conn_is_closing(mc) || hmap_get(&seen, mc->ident.user)) continue;
+        if (hmap_put(&seen, mc->ident.user, mc) != 0) break;
+        u[n].user = mc->ident.user;
+        u[n].name = mc->ident.name;
+        n++;
+    }
+    hmap_free(&seen);
+    join_finish(op, u, n);
+    free(u);
+}
+
 static void on_presence_list(void *ud, int status, const presence_user *u, size_t n)
 {
     join_op *op = ud;
     if (!op->cr) { op_release(op); return; }
-    join_finish(op, status == 0 ? u : NULL, status == 0 ? n : 0);
+    if (status != 0) { join_finish_local_presence(op); return; }
+    join_finish(op, u, n);
 }
 
 static void send_welcome(conn *c, uint64_t head, const char *epoch, const char *rs)
@@ -244,11 +270,36 @@ static void join_stage2(join_op *op)
      * refused since is not a seq of this room's numbering) */
     if (!op->has_since || op->gap) cr->last_seq = op->head;
     if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
-        join_finish(op, NULL, 0);
+        join_finish_local_presence(op);
 }
 
 static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
                       const char *epoch);
+
+static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char *epoch)
+{
+    join_op *op = ud;
+    if (!op->cr) { op_release(op); return; }
+    if (status == 0) {
+        if (max_seq > op->head) op->head = max_seq;
+        if (epoch && *epoch && !op->epoch[0]) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
+    }
+    join_stage2(op);
+}
+
+/* The bus cannot replay (Redis down, or the room's shard): welcome and the
+ * join answer still carry the best head known (docs/redis.md "Joining
+ * while Redis is down"): this node's own (bus_known_head), raised to the
+ * durable head and its epoch from Postgres when there is a database. Never
+ * above the real head; seqs above it are delivered once Redis is back. */
+static void head_fallback(join_op *op)
+{
+    uint64_t h;
+    op->unavailable = op->has_since;
+    if (bus_known_head(g_srv.bus, op->cr->r->name, &h) && h > op->head) op->head = h;
+    if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
+    join_stage2(op);
+}
 
 static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
 {
@@ -325,7 +376,8 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
         }
         op->gap = 1;
     } else {
-        op->unavailable = op->has_since;
+        head_fallback(op);
+        return;
     }
     join_stage2(op);
 }
@@ -409,10 +461,8 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     start_read_lookup(c, op);
     if (has_since && epoch) snprintf(op->want_epoch, sizeof op->want_epoch, "%s", epoch);
     if (bus_replay(g_srv.bus, r->name, has_since ? since : UINT64_MAX, (size_t)g_srv.cfg.replay_max,
-                   on_replay, op) < 0) {
-        op->unavailable = has_since;
-        join_stage2(op);
-    }
+                   on_replay, op) < 0)
+        head_fallback(op);
     return 0;
 }
 
