@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "auth.h"
 #include "log.h"
+#include "util.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -249,13 +250,22 @@ static int time_claim(const json_t *v, int64_t *out)
     return 0;
 }
 
-/* Copies a string claim of 1..127 bytes without NULs into dst[128]. */
-static int string_claim(const json_t *v, char dst[AUTH_CLAIM_MAX + 1])
+/* A string claim copied into dst[AUTH_CLAIM_MAX + 1]: 0, or -1 with why
+ * (the 401's reason) when it is not a string, empty, holds a NUL, or (cut
+ * == 0) is longer than AUTH_CLAIM_MAX bytes. With cut, a longer one is cut
+ * to AUTH_CLAIM_MAX bytes at a UTF-8 character boundary (a display name
+ * is cosmetic: the token is not refused for it). */
+static int string_claim(const json_t *v, char dst[AUTH_CLAIM_MAX + 1], int cut, const char **why)
 {
-    if (!json_is_string(v)) return -1;
+    if (!json_is_string(v)) { *why = "not a string"; return -1; }
     size_t n = json_string_length(v);
     const char *s = json_string_value(v);
-    if (n == 0 || n > AUTH_CLAIM_MAX || memchr(s, 0, n)) return -1;
+    if (n == 0) { *why = "empty"; return -1; }
+    if (memchr(s, 0, n)) { *why = "contains U+0000"; return -1; }
+    if (n > AUTH_CLAIM_MAX) {
+        if (!cut) { *why = "too long"; return -1; }
+        n = utf8_cut(s, AUTH_CLAIM_MAX);
+    }
     memcpy(dst, s, n);
     dst[n] = 0;
     return 0;
@@ -273,12 +283,20 @@ static int check_claims(json_t *claims, int64_t now_s, identity *out, char *reas
         if (out->nbf > now_s) { fmt(reason, rlen, "token not yet valid"); return -1; }
     }
     char user[AUTH_CLAIM_MAX + 1], name[AUTH_CLAIM_MAX + 1];
+    const char *why = "";
     const json_t *sub = json_object_get(claims, "sub");
     if (!sub) { fmt(reason, rlen, "missing sub claim"); return -1; }
-    if (string_claim(sub, user) != 0) { fmt(reason, rlen, "invalid sub claim"); return -1; }
+    if (string_claim(sub, user, 0, &why) != 0) {
+        fmt(reason, rlen, "invalid sub claim: %s (a string of 1-%d bytes)", why, AUTH_CLAIM_MAX);
+        return -1;
+    }
+    /* name: absent, null or "" all mean the sub; a longer one is cut */
     const json_t *nm = json_object_get(claims, "name");
-    if (nm && !(json_is_string(nm) && json_string_length(nm) == 0)) {
-        if (string_claim(nm, name) != 0) { fmt(reason, rlen, "invalid name claim"); return -1; }
+    if (nm && !json_is_null(nm) && !(json_is_string(nm) && json_string_length(nm) == 0)) {
+        if (string_claim(nm, name, 1, &why) != 0) {
+            fmt(reason, rlen, "invalid name claim: %s", why);
+            return -1;
+        }
     } else {
         memcpy(name, user, sizeof name);
     }

@@ -4,7 +4,9 @@
  * the algorithm: RSA -> RS256, EC P-256 -> ES256). The token header's alg is
  * read and checked BEFORE any signature check, so "none" and algorithm
  * confusion (HS256 signed with the public key as secret) are refused.
- * Required claims: sub (string), exp (number). Optional: name, nbf, iat. */
+ * Required claims: sub (string of 1..127 bytes, no NUL), exp (number).
+ * Optional: name (absent, null or "": the sub; longer than 127 bytes: cut
+ * at a UTF-8 character boundary), nbf, iat. */
 #ifndef CHATD_AUTH_H
 #define CHATD_AUTH_H
 #include <stddef.h>
@@ -16,10 +18,10 @@ typedef struct auth_ctx auth_ctx;
  * (strs), each sized to fit: an idle connection holds a few dozen bytes of
  * identity, not two 128-byte arrays and a separate claims copy. A cleared
  * identity has user and name "" and claims_json NULL. */
-#define AUTH_CLAIM_MAX 127     /* sub and name: 1..AUTH_CLAIM_MAX bytes */
+#define AUTH_CLAIM_MAX 127     /* sub: 1..AUTH_CLAIM_MAX bytes; a longer name is cut to it */
 typedef struct identity {
     const char *user;        /* sub, 1..127 bytes */
-    const char *name;        /* name claim (1..127 bytes), or sub when absent */
+    const char *name;        /* name claim (cut to 127 bytes), or sub when absent/null/"" */
     const char *claims_json; /* the whole claims object as compact JSON */
     int64_t exp;             /* seconds since epoch */
     int64_t nbf;             /* 0 when absent */

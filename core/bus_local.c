@@ -206,10 +206,12 @@ static void do_publish(busl *L, bus_req *r)
     e->len = tail_len;
     lr->seq = seq;
     metric_inc(b->m.published);
+    /* delivered to local subscribers through the one ordered path, BEFORE
+     * the publish is answered: the sender's own frame, then its ack (with
+     * Redis the broadcast reaches the node before the script's answer;
+     * without a database the ack is sent inside this answer) */
+    if (!b->freeing) bus_order_incoming(b, r->room, seq, e->tail, e->len);
     bus_req_publish_done(r, 0, seq, 0);
-    if (b->freeing) return;
-    /* delivered to local subscribers through the one ordered path */
-    bus_order_incoming(b, r->room, seq, e->tail, e->len);
 }
 
 /* entries [from, to] present in the ring, ascending; returns how many */

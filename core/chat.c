@@ -246,7 +246,7 @@ static void process_frame(conn *c, const char *data, size_t len)
     char *eid = NULL;
     if (frame_parse(data, len, &f, code, emsg, sizeof emsg, &eid) < 0) {
         metric_inc(m_frames[0]);
-        conn_send_error(c, code, emsg, eid);
+        conn_send_error_room(c, code, emsg, eid, f.err_room);   /* a join's/leave's room */
         free(eid);
         return;
     }
@@ -262,23 +262,28 @@ static void process_frame(conn *c, const char *data, size_t len)
             presence_touch(g_srv.presence, c->rooms[i]->r->name, c->id);
         break;
     case FT_JOIN: {
+        /* every error answering the join names its room and echoes its id */
+        char jid[FRAME_ID_MAX + 1];
+        const char *id = NULL;
+        if (f.id) { memcpy(jid, f.id, f.id_len); jid[f.id_len] = 0; id = jid; }
         if (conn_find_room(c, room)) {   /* idempotent */
-            conn_send_error(c, "already_member", "already joined", NULL);
+            conn_send_error_room(c, "already_member", "already joined", id, room);
             break;
         }
-        if (chat_admin_join_banned(c, room)) break;
+        if (chat_admin_join_banned(c, room, id)) break;
         script_ctx x;
         chat_script_ctx(c, room, &x);
         script_result res;
         memset(&res, 0, sizeof res);
         script_verdict v = script_on_join(g_srv.script, &x, &res);
         if (v == SCRIPT_REJECT)
-            conn_send_error(c, script_reject_code(&res), res.reason[0] ? res.reason : "join refused by policy", NULL);
+            conn_send_error_room(c, script_reject_code(&res),
+                                 res.reason[0] ? res.reason : "join refused by policy", id, room);
         else
         {
             char ep[FRAME_EPOCH_MAX + 1] = "";
             if (f.epoch) { memcpy(ep, f.epoch, f.epoch_len); ep[f.epoch_len] = 0; }
-            chat_join(c, room, f.has_since, f.since, ep[0] ? ep : NULL, 0);
+            chat_join(c, room, f.has_since, f.since, ep[0] ? ep : NULL, 0, id);
         }
         script_result_clear(&res);
         break;
@@ -287,7 +292,11 @@ static void process_frame(conn *c, const char *data, size_t len)
         uint32_t i;
         for (i = 0; i < c->nrooms; i++)
             if (strcmp(c->rooms[i]->r->name, room) == 0) break;
-        if (i == c->nrooms) conn_send_error(c, "not_member", "not a member of that room", NULL);
+        if (i == c->nrooms) {
+            char lid[FRAME_ID_MAX + 1];
+            if (f.id) { memcpy(lid, f.id, f.id_len); lid[f.id_len] = 0; }
+            conn_send_error_room(c, "not_member", "not a member of that room", f.id ? lid : NULL, room);
+        }
         else chat_leave(c, i);
         break;
     }

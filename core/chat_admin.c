@@ -30,17 +30,11 @@ static int is_user(const conn *c, const char *user)
     return !conn_is_closing(c) && strcmp(c->ident.user, user) == 0;
 }
 
-static void send_banned(conn *c, const char *room, const char *reason)
+/* id: the join's, when this answers one */
+static void send_banned(conn *c, const char *room, const char *reason, const char *id)
 {
-    char b[600];
-    size_t o = (size_t)snprintf(b, sizeof b, "{\"type\":\"error\",\"code\":\"banned\",\"room\":\"%s\","
-                                             "\"message\":", room);
-    long w = json_escape(b + o, sizeof b - o - 1, reason && *reason ? reason : "banned from this room",
-                         strlen(reason && *reason ? reason : "banned from this room"));
-    if (w < 0) return;
-    o += (size_t)w;
-    b[o++] = '}';
-    conn_send_text(c, b, o);
+    conn_send_error_room(c, "banned", reason && *reason ? reason : "banned from this room", id,
+                         room);
 }
 
 static long op_disconnect(void *ud, json_t *msg)
@@ -87,7 +81,7 @@ static long op_ban(void *ud, json_t *msg)
         for (uint32_t i = 0; i < c->nrooms; i++) {
             if (strcmp(c->rooms[i]->r->name, room) != 0) continue;
             chat_leave(c, i);
-            send_banned(c, room, why);
+            send_banned(c, room, why, NULL);
             metric_inc(m_removed_ban);
             n++;
             break;
@@ -139,7 +133,7 @@ static void enforce_all(void)
             char why[BAN_REASON_MAX + 1];
             snprintf(why, sizeof why, "%s", b->reason);
             chat_leave(c, i);
-            send_banned(c, room, why);
+            send_banned(c, room, why, NULL);
             metric_inc(m_removed_ban);
         }
     }
@@ -183,11 +177,11 @@ void chat_admin_init(void)
     ctl_on_resync(chat_admin_resync, NULL);
 }
 
-int chat_admin_join_banned(conn *c, const char *room)
+int chat_admin_join_banned(conn *c, const char *room, const char *id)
 {
     const ban *b = bans_match(c->ident.user, room, now_ms());
     if (!b) return 0;
-    send_banned(c, room, b->reason);
+    send_banned(c, room, b->reason, id);
     return 1;
 }
 

@@ -22,7 +22,7 @@ void chat_admin_set_store(struct adminstore *a);
 void chat_admin_resync(void *ud);
 /* 1 when c's user is banned from room: the client got the `banned` error
  * (join) — the caller stops there. */
-int chat_admin_join_banned(conn *c, const char *room);
+int chat_admin_join_banned(conn *c, const char *room, const char *id);
 /* 1 when c's user is banned from its URL room (a ban that arrived after
  * the upgrade gate): c is being closed with 4003. */
 int chat_admin_open_banned(conn *c);

@@ -29,7 +29,7 @@ static void admit_key(const conn *c, char key[24])
 
 static void join_url_room(conn *c, const char *epoch)
 {
-    chat_join(c, c->url_room, c->has_since, c->since, epoch, 1);
+    chat_join(c, c->url_room, c->has_since, c->since, epoch, 1, NULL);
 }
 
 static void on_answer(void *ud, int allowed, int64_t total)

@@ -9,6 +9,8 @@
 #define _GNU_SOURCE
 #include "chat_join.h"
 #include "chat_hold.h"
+#include "hmap.h"
+#include "room.h"
 #include "log.h"
 #include "readstate.h"
 #include "srv.h"
@@ -42,6 +44,7 @@ typedef struct join_op {
     int stage2_waiting;     /* the replay finished first: stage 2 runs on the answer */
     uint64_t read_seq, kept_from;
     uint64_t since0;        /* the client's since (op->since moves while replaying) */
+    char *id;               /* the join frame's id (NULL: none): its errors echo it */
 } join_op;
 
 void chat_script_ctx(conn *c, const char *room, script_ctx *x)
@@ -61,6 +64,7 @@ static void join_op_free(join_op *op)
 {
     for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
     free(op->msgs);
+    free(op->id);
     free(op);
 }
 
@@ -101,10 +105,13 @@ void chat_deliver(conn_room *cr, msg *m)
  * several rooms knows which one to page. */
 void chat_send_room_error(conn *c, const char *room, const char *code, const char *text)
 {
-    char b[512];
-    int n = snprintf(b, sizeof b, "{\"type\":\"error\",\"code\":\"%s\",\"room\":\"%s\",\"message\":\"%s\"}",
-                     code, room, text);
-    conn_send_text(c, b, (size_t)n);
+    conn_send_error_room(c, code, text, NULL, room);
+}
+
+void chat_send_room_error_id(conn *c, const char *room, const char *code, const char *text,
+                             const char *id)
+{
+    conn_send_error_room(c, code, text, id, room);
 }
 
 static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head,
@@ -171,14 +178,16 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     read_seq_field(rs, sizeof rs, op);
     send_presence_state(cr, u, n, op->head, op->epoch, rs);
     if (op->gap == 2)
-        chat_send_room_error(cr->c, cr->r->name, "gap_too_large",
-                        "since is not a seq of this room's current epoch; page history over HTTP");
+        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
+                        "since is not a seq of this room's current epoch; page history over HTTP", op->id);
     else if (op->gap == 3)
-        chat_send_room_error(cr->c, cr->r->name, "gap_too_large",
-                        "messages after since were deleted (history retention); page history over HTTP");
+        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
+                        "messages after since were deleted (history retention); page history over HTTP", op->id);
     else if (op->gap)
-        chat_send_room_error(cr->c, cr->r->name, "gap_too_large", "the recovery buffer no longer reaches since; page history over HTTP");
-    if (op->unavailable) conn_send_error(cr->c, "unavailable", "recovery is unavailable right now", NULL);
+        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
+                        "the recovery buffer no longer reaches since; page history over HTTP", op->id);
+    if (op->unavailable)
+        chat_send_room_error_id(cr->c, cr->r->name, "unavailable", "recovery is unavailable right now", op->id);
     erase_deleted(op, cr);
     for (uint32_t i = 0; i < op->n; i++) chat_deliver(cr, op->msgs[i]);
     for (uint32_t i = 0; i < cr->nheld; i++) {
@@ -194,11 +203,35 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     chat_hold_join_done(cr->c);
 }
 
+/* The presence store cannot answer (Redis down): the users this node
+ * itself has in the room (its members, each user once) rather than an
+ * empty list — a lower bound, like the head of a welcome then. */
+static void join_finish_local_presence(join_op *op)
+{
+    room *r = op->cr->r;
+    presence_user *u = r->nmembers ? malloc(sizeof *u * r->nmembers) : NULL;
+    size_t n = 0;
+    hmap seen;
+    hmap_init(&seen);
+    for (uint32_t i = 0; u && i < r->nmembers; i++) {
+        conn *mc = r->members[i]->c;
+        if (conn_is_closing(mc) || hmap_get(&seen, mc->ident.user)) continue;
+        if (hmap_put(&seen, mc->ident.user, mc) != 0) break;
+        u[n].user = mc->ident.user;
+        u[n].name = mc->ident.name;
+        n++;
+    }
+    hmap_free(&seen);
+    join_finish(op, u, n);
+    free(u);
+}
+
 static void on_presence_list(void *ud, int status, const presence_user *u, size_t n)
 {
     join_op *op = ud;
     if (!op->cr) { op_release(op); return; }
-    join_finish(op, status == 0 ? u : NULL, status == 0 ? n : 0);
+    if (status != 0) { join_finish_local_presence(op); return; }
+    join_finish(op, u, n);
 }
 
 static void send_welcome(conn *c, uint64_t head, const char *epoch, const char *rs)
@@ -237,11 +270,36 @@ static void join_stage2(join_op *op)
      * refused since is not a seq of this room's numbering) */
     if (!op->has_since || op->gap) cr->last_seq = op->head;
     if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
-        join_finish(op, NULL, 0);
+        join_finish_local_presence(op);
 }
 
 static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
                       const char *epoch);
+
+static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char *epoch)
+{
+    join_op *op = ud;
+    if (!op->cr) { op_release(op); return; }
+    if (status == 0) {
+        if (max_seq > op->head) op->head = max_seq;
+        if (epoch && *epoch && !op->epoch[0]) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
+    }
+    join_stage2(op);
+}
+
+/* The bus cannot replay (Redis down, or the room's shard): welcome and the
+ * join answer still carry the best head known (docs/redis.md "Joining
+ * while Redis is down"): this node's own (bus_known_head), raised to the
+ * durable head and its epoch from Postgres when there is a database. Never
+ * above the real head; seqs above it are delivered once Redis is back. */
+static void head_fallback(join_op *op)
+{
+    uint64_t h;
+    op->unavailable = op->has_since;
+    if (bus_known_head(g_srv.bus, op->cr->r->name, &h) && h > op->head) op->head = h;
+    if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
+    join_stage2(op);
+}
 
 static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
 {
@@ -318,7 +376,8 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
         }
         op->gap = 1;
     } else {
-        op->unavailable = op->has_since;
+        head_fallback(op);
+        return;
     }
     join_stage2(op);
 }
@@ -358,30 +417,32 @@ static void start_read_lookup(conn *c, join_op *op)
 }
 
 int chat_join(conn *c, const char *name, int has_since, uint64_t since, const char *epoch,
-                     int first)
+                     int first, const char *id)
 {
     conn_room *cr = conn_find_room(c, name);
     if (cr) return 0;    /* already a member: nothing to do */
     if (c->nrooms >= (uint32_t)g_srv.max_rooms) {
-        conn_send_error(c, "too_many_rooms", "joined rooms limit reached", NULL);
+        conn_send_error_room(c, "too_many_rooms", "joined rooms limit reached", id, name);
         return -1;
     }
     if (c->nrooms == c->caprooms) {
         uint32_t nc = c->caprooms ? c->caprooms * 2 : 2;
         conn_room **nr = realloc(c->rooms, sizeof *nr * nc);
-        if (!nr) return -1;
+        if (!nr) { conn_send_error_room(c, "unavailable", "out of memory", id, name); return -1; }
         c->rooms = nr;
         c->caprooms = nc;
     }
     cr = calloc(1, sizeof *cr);
     join_op *op = calloc(1, sizeof *op);
+    char *idc = id ? strdup(id) : NULL;
     int created;
-    room *r = cr && op ? room_get(name, &created) : NULL;
+    room *r = cr && op && (idc || !id) ? room_get(name, &created) : NULL;
     if (!r || room_add_member(r, cr) < 0) {
         if (r && !r->nmembers) room_remove_member(r, cr);
         free(cr);
         free(op);
-        conn_send_error(c, "unavailable", "out of memory", NULL);
+        free(idc);
+        conn_send_error_room(c, "unavailable", "out of memory", id, name);
         return -1;
     }
     if (created) bus_subscribe(g_srv.bus, r->name);
@@ -392,6 +453,7 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     c->rooms[c->nrooms++] = cr;
     presence_add(g_srv.presence, r->name, c->id, c->ident.user, c->ident.name);
     op->cr = cr;
+    op->id = idc;
     op->first = first;
     op->has_since = has_since;
     op->since = op->since0 = since;
@@ -399,10 +461,8 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     start_read_lookup(c, op);
     if (has_since && epoch) snprintf(op->want_epoch, sizeof op->want_epoch, "%s", epoch);
     if (bus_replay(g_srv.bus, r->name, has_since ? since : UINT64_MAX, (size_t)g_srv.cfg.replay_max,
-                   on_replay, op) < 0) {
-        op->unavailable = has_since;
-        join_stage2(op);
-    }
+                   on_replay, op) < 0)
+        head_fallback(op);
     return 0;
 }
 

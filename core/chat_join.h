@@ -8,10 +8,12 @@
 #include "script.h"
 
 /* Joins room (first: the URL room at connect, which gets welcome). since /
- * epoch: resume after since (epoch may be NULL). Answers errors to the
- * client itself (too_many_rooms, unavailable). 0 started, -1 refused. */
+ * epoch: resume after since (epoch may be NULL). id: the join frame's id
+ * (NULL: none), echoed by the errors answering it. Answers errors to the
+ * client itself (too_many_rooms, unavailable, gap_too_large: each with
+ * "room"). 0 started, -1 refused. */
 int chat_join(conn *c, const char *room, int has_since, uint64_t since, const char *epoch,
-              int first);
+              int first, const char *id);
 /* Leaves c->rooms[idx] (cancels its join, unsubscribes, presence). */
 void chat_leave(conn *c, uint32_t idx);
 /* A frame of the member's room: sent unless its seq was delivered already. */
@@ -19,8 +21,11 @@ void chat_deliver(conn_room *cr, msg *m);
 /* A live frame while the member is still joining: kept (referenced) until
  * the join finishes; beyond CHAT_MAX_QUEUE the connection is closed 1008. */
 void chat_join_buffer(conn_room *cr, msg *m);
-/* An error about one room (gap_too_large...): carries "room". */
+/* An error about one room (gap_too_large...): carries "room" (and id when
+ * not NULL: the frame it answers). */
 void chat_send_room_error(conn *c, const char *room, const char *code, const char *text);
+void chat_send_room_error_id(conn *c, const char *room, const char *code, const char *text,
+                             const char *id);
 /* The policy context of c in room (room may be NULL). */
 void chat_script_ctx(conn *c, const char *room, script_ctx *x);
 

@@ -211,9 +211,21 @@ int conn_send_text(conn *c, const char *s, size_t len)
 
 void conn_send_error(conn *c, const char *code, const char *message, const char *id)
 {
-    char buf[1024 + JSON_ESCAPED_MAX(CLIENT_ID_BYTES)]; /* the message, and any id a client may send */
+    conn_send_error_room(c, code, message, id, NULL);
+}
+
+void conn_send_error_room(conn *c, const char *code, const char *message, const char *id,
+                          const char *room)
+{
+    /* the message, and any id and room a client may send */
+    char buf[1024 + JSON_ESCAPED_MAX(CLIENT_ID_BYTES) + JSON_ESCAPED_MAX(CHAT_ROOM_MAX)];
     size_t o = 0;
-    o += (size_t)snprintf(buf, sizeof buf, "{\"type\":\"error\",\"code\":\"%s\",\"message\":", code);
+    o += (size_t)snprintf(buf, sizeof buf, "{\"type\":\"error\",\"code\":\"%s\"", code);
+    if (room && *room && strlen(room) <= CHAT_ROOM_MAX) {
+        memcpy(buf + o, ",\"room\":", 8); o += 8;
+        o += (size_t)json_escape(buf + o, sizeof buf - o, room, strlen(room));
+    }
+    memcpy(buf + o, ",\"message\":", 11); o += 11;
     long n = json_escape(buf + o, sizeof buf - o - JSON_ESCAPED_MAX(CLIENT_ID_BYTES) - 16, message,
                          strlen(message));
     if (n < 0) n = json_escape(buf + o, sizeof buf - o, "error", 5);

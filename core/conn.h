@@ -96,6 +96,10 @@ int conn_send(conn *c, msg *m);
 int conn_send_text(conn *c, const char *s, size_t len);
 /* Error frame {"type":"error","code":...,"message":...,"id"?} */
 void conn_send_error(conn *c, const char *code, const char *message, const char *id);
+/* The same with "room" (when room is not NULL/""): an error about one room,
+ * e.g. answering a join or leave (id: the frame's, echoed when not NULL). */
+void conn_send_error_room(conn *c, const char *code, const char *message, const char *id,
+                          const char *room);
 
 /* ---- closing: the verbs (conn.c alone changes the close state) ---- */
 /* Closes with code/reason soon (4001, 1008, 1011...): the queue is dropped,

@@ -157,6 +157,7 @@ static void printable(char *dst, size_t n, const char *s, size_t len)
 }
 
 _Static_assert(FRAME_ID_MAX == CLIENT_ID_BYTES, "an id is 1-64 characters (util.h)");
+_Static_assert(FRAME_ROOM_MAX == CHAT_ROOM_MAX, "a room name is at most CHAT_ROOM_MAX bytes (util.h)");
 
 /* "id": absent, or 1..64 characters without NUL (client_id_valid, the
  * server API's rule too). */
@@ -169,6 +170,18 @@ static int get_id(json_t *root, client_frame *out, char code[32], char *msg, siz
         return fail(code, msg, msglen, "id must be a string of 1-%d characters", CLIENT_ID_CHARS);
     }
     return 0;
+}
+
+/* join, leave: "id" is not one of their fields, but a client that sends
+ * one gets it echoed by the errors answering the frame; one that is not a
+ * valid id is ignored (no error for a field the frame does not have). */
+static void join_id(json_t *root, client_frame *out)
+{
+    if (get_str(root, "id", 0, &out->id, &out->id_len) != F_OK ||
+        !client_id_valid(out->id, out->id_len)) {
+        out->id = NULL;
+        out->id_len = 0;
+    }
 }
 
 /* The fields of edit, delete and react (message updates, v2). */
@@ -231,9 +244,11 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
     case FT_HEARTBEAT:
         return 0;
     case FT_JOIN: {
+        join_id(root, out);
         if (get_room(root, out, 1, "join", code, msg, msglen) != 0) return -1;
+        /* "since": null is no since (a client's `lastSeq ?? null`) */
         json_t *since = json_object_get(root, "since");
-        if (since) {
+        if (since && !json_is_null(since)) {
             if (!json_is_integer(since) || json_integer_value(since) < 0)
                 return fail(code, msg, msglen, "since must be a non-negative integer");
             out->has_since = 1;
@@ -248,6 +263,7 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
         return 0;
     }
     case FT_LEAVE:
+        join_id(root, out);
         return get_room(root, out, 1, "leave", code, msg, msglen);
     case FT_EDIT: return parse_update(root, out, "edit", code, msg, msglen);
     case FT_DELETE: return parse_update(root, out, "delete", code, msg, msglen);
@@ -314,6 +330,13 @@ int frame_parse(const char *data, size_t len, client_frame *out,
         return fail(code, msg, msglen, "frame must be a JSON object");
     }
     if (parse_fields(root, out, code, msg, msglen) != 0) {
+        /* a refused join/leave of a valid room: its error names the room */
+        char err_room[sizeof out->err_room] = "";
+        if ((out->type == FT_JOIN || out->type == FT_LEAVE) && out->room &&
+            out->room_len < sizeof err_room) {
+            memcpy(err_room, out->room, out->room_len);
+            err_room[out->room_len] = 0;
+        }
         if (id_out) {
             json_t *id = json_object_get(root, "id");
             if (json_is_string(id)) {
@@ -329,6 +352,7 @@ int frame_parse(const char *data, size_t len, client_frame *out,
         tree_free(root, arena_only);
         arena_release(&fa, mark);
         memset(out, 0, sizeof *out);
+        memcpy(out->err_room, err_room, sizeof err_room);
         return -1;
     }
     out->root_ = root;

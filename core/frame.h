@@ -19,12 +19,15 @@ typedef enum {
 /* the bytes of an id: 1-64 characters (util.h client_id_valid, CLIENT_ID_BYTES) */
 #define FRAME_ID_MAX 256
 #define FRAME_EPOCH_MAX 64
+#define FRAME_ROOM_MAX 64   /* util.h CHAT_ROOM_MAX */
 
 typedef struct client_frame {
     frame_type type;
     const char *room;  size_t room_len;   /* NULL when absent */
     const char *body;  size_t body_len;   /* message, edit: required string (may be "", no NUL) */
-    const char *id;    size_t id_len;     /* message, updates: optional, 1..64 chars */
+    const char *id;    size_t id_len;     /* message, updates: optional, 1..64 chars;
+                                           * join, leave: a valid one (else ignored),
+                                           * echoed by the errors answering them */
     const char *token; size_t token_len;  /* refresh: required */
     int has_since;     uint64_t since;    /* join: optional integer >= 0 */
     uint64_t seq;                         /* read: required integer >= 0 */
@@ -32,6 +35,8 @@ typedef struct client_frame {
     uint64_t target;                      /* edit, delete, react: required integer >= 1 */
     const char *emoji; size_t emoji_len;  /* react: required, emoji_valid() */
     int on;                               /* react: optional boolean, default true */
+    char err_room[FRAME_ROOM_MAX + 1];    /* after an error: a join's/leave's valid
+                                           * room (its error names it), else "" */
     int arena_only_;                      /* private: the whole tree is in the arena */
     void *root_;                          /* private: jansson root */
     size_t arena_mark_, arena_end_;       /* private: the tree's span in the arena */
@@ -46,7 +51,9 @@ typedef struct client_frame {
  * human-readable reason, e.g. "invalid JSON", "unknown type 'foo'",
  * "message needs a string body", "invalid room name". When the frame had a
  * string "id", *id_out (if not NULL) gets a malloc'd copy so the error can
- * echo it (caller frees). Unknown fields are ignored. */
+ * echo it (caller frees); a join or leave whose room was valid leaves it in
+ * out->err_room (else ""). "since": null is no since. Unknown fields are
+ * ignored. */
 int frame_parse(const char *data, size_t len, client_frame *out,
                 char code[32], char *msg, size_t msglen, char **id_out);
 void frame_free(client_frame *f);

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from harness import (RUN, Client, RawWS, TestFailure, aupgrade_status, ahttp, ahttp_json, check, eq,
                      start_node, token, token_claims, raw_jwt, claims, uniq, ws_path,
-                     policy_dir, write_policy, metric_value, describe_seq_problem, test,
+                     policy_dir, write_policy, metric_value, describe_seq_problem, test, send_acked,
                      SECRET, REPO)
 import harness
 
@@ -1152,3 +1152,163 @@ async def epoch_in_welcome_and_join_and_since_checks():
     c2 = await Client.connect(n, room, token("again"), since=3, epoch=e)
     check(c2.welcome().get("epoch") not in (None, e), "a new process, a new epoch")
     await c2.wait_for(gap, 5, what="gap_too_large after a restart")
+
+
+# ------------------------------------------------------------ errors answering join / leave
+JOIN_POLICY = """
+local M = {}
+M.config = { max_rooms_per_conn = 3 }
+function M.on_join(ctx)
+  if ctx.room:sub(1, 8) == "private-" then return false, "forbidden", "room " .. ctx.room .. " is private" end
+end
+return M
+"""
+
+
+@test()
+async def join_and_leave_errors_name_the_room_and_echo_the_id():
+    """protocol.md: error carries `id` when it answers a client message; an
+    error answering a join or leave also names its room (a client with
+    several rooms knows which join failed)."""
+    n = start_node(scripts=policy_dir(JOIN_POLICY))
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+
+    async def err(req, code, what):
+        e = await c.error_for(req)
+        eq(e.get("code"), code, f"{what}: code")
+        eq(e.get("room"), req["room"], f"{what}: room ({e})")
+        eq(e.get("id"), req.get("id"), f"{what}: id ({e})")
+        check(isinstance(e.get("message"), str) and e["message"], f"{what}: message")
+        await c.roundtrip()
+
+    await err({"type": "join", "room": "private-q", "id": "j1"}, "forbidden", "policy refusal")
+    await err({"type": "join", "room": "private-q"}, "forbidden", "policy refusal without id")
+    await err({"type": "join", "room": room, "id": "j2"}, "already_member", "already a member")
+    await err({"type": "join", "room": uniq("s"), "since": "x", "id": "j3"}, "bad_request", "bad since")
+    await err({"type": "join", "room": uniq("s"), "since": -1, "id": "j4"}, "bad_request",
+              "negative since")
+    await err({"type": "join", "room": uniq("s"), "since": 0, "epoch": "", "id": "j5"},
+              "bad_request", "empty epoch")
+    await err({"type": "leave", "room": uniq("nm"), "id": "l1"}, "not_member", "leave of a non-member")
+    # since beyond the head (the room is empty): gap_too_large, after presence_state
+    far = uniq("far")
+    mk = c.mark()
+    await c.send({"type": "join", "room": far, "since": 9, "id": "j6"})
+    e = await c.wait_for(lambda f: f["type"] == "error", 5, start=mk, what="gap_too_large")
+    eq((e.get("code"), e.get("room"), e.get("id")), ("gap_too_large", far, "j6"),
+       "gap_too_large answering a join")
+    # 3 rooms now (room, far and one more): the 4th is refused
+    r = await c.join(uniq("third"))
+    eq(r.get("type"), "presence_state", "third room")
+    await err({"type": "join", "room": uniq("fourth"), "id": "j7"}, "too_many_rooms",
+              "rooms limit")
+    # an invalid room cannot be echoed; the id still is
+    e = await c.error_for({"type": "join", "room": "bad room!", "id": "j8"})
+    eq((e.get("code"), e.get("id"), "room" in e), ("bad_request", "j8", False), "invalid room")
+    # a join's id that is not a valid id is ignored, never a refusal
+    r = await c.error_for({"type": "join", "room": "private-z", "id": 5})
+    eq((r.get("code"), r.get("room"), "id" in r), ("forbidden", "private-z", False),
+       "non-string id on join")
+    check(not c.closed, "connection stays open")
+
+
+@test()
+async def join_since_null_is_no_since():
+    """A JS client writes `since: lastSeq ?? null`: null is no since (live
+    from the head, no replay); other non-integers stay bad_request."""
+    n = start_node()
+    room, other = uniq(), uniq("o")
+    p = await Client.connect(n, other, token("pub"))
+    for i in range(3):
+        await send_acked(p, f"m{i}", f"m{i}")
+    c = await Client.connect(n, room, token("alice"))
+    r = await c.join(other, since=None)   # control: the harness leaves since out
+    eq(r.get("type"), "presence_state", "join without since")
+    await c.send({"type": "leave", "room": other})
+    await c.roundtrip()
+    mk = c.mark()
+    await c.send({"type": "join", "room": other, "since": None, "id": "jn"})
+    r = await c.wait_for(lambda f: (f["type"] == "presence_state" and f.get("room") == other)
+                         or f["type"] == "error", 5, start=mk, what="join since null")
+    eq(r.get("type"), "presence_state", f"join with since null ({r})")
+    eq(r.get("seq"), 3, "head in presence_state")
+    await c.roundtrip()
+    eq([m["seq"] for m in c.messages(other)], [], "nothing replayed (no since)")
+    await send_acked(p, "live", "live")
+    m = await c.wait_for(is_msg(other), 5, start=mk, what="live message")
+    eq(m["seq"], 4, "live after a null since")
+    e = await c.error_for({"type": "join", "room": uniq("x"), "since": "3"})
+    eq(e.get("code"), "bad_request", "a string since is still refused")
+    # the URL's empty since= stays 400
+    st, _ = await aupgrade_status(n.port, f"/ws/{uniq()}?token={token('u')}&since=")
+    eq(st, 400, "empty since= in the URL")
+
+
+# ------------------------------------------------------------ the sender's message before its ack
+async def _message_then_ack(n, room):
+    a = await Client.connect(n, room, token("alice"))
+    b = await Client.connect(n, room, token("bob"))
+    for i in range(5):
+        await a.send_msg(f"hello {i}", id=f"o{i}")
+    await a.wait_count(lambda f: f["type"] == "ack", 5, 10, "acks")
+    seen = [(f["type"], f.get("id")) for f in a.frames if f["type"] in ("message", "ack")]
+    for i in range(5):
+        check(seen.index(("message", f"o{i}")) < seen.index(("ack", f"o{i}")),
+              f"the sender's own message o{i} before its ack: {seen}")
+    s1 = a.acks()[0]["seq"]
+    # message updates: the message_update frame, then the ack
+    ups = [{"type": "edit", "target": s1, "body": "edited", "id": "u1"},
+           {"type": "react", "target": s1, "emoji": ":ok:", "id": "u2"},
+           {"type": "delete", "target": s1, "id": "u3"}]
+    mk = a.mark()
+    for u in ups:
+        await a.send(dict(u, room=room))
+    await a.wait_count(lambda f: f["type"] in ("ack", "error"), 3, 10, "update answers", start=mk)
+    seen = [(f["type"], f.get("id") if f["type"] != "error" else f)
+            for f in a.frames[mk:] if f["type"] in ("message_update", "ack", "error")]
+    for u in ups:
+        check(("message_update", u["id"]) in seen and ("ack", u["id"]) in seen
+              and seen.index(("message_update", u["id"])) < seen.index(("ack", u["id"])),
+              f"the update {u['id']} ({u['type']}) before its ack: {seen}")
+    await b.wait_count(lambda f: f["type"] == "message_update", 3, 5, "updates at bob")
+
+
+@test()
+async def sender_gets_its_message_before_the_ack_in_process():
+    """The same order in every mode: the broadcast reaches the sender, then
+    the ack (the in-process bus without a database answered the ack first)."""
+    n = start_node()
+    await _message_then_ack(n, uniq())
+
+
+@test(needs=("pg",))
+async def sender_gets_its_message_before_the_ack_with_a_database():
+    n = start_node(db=True)
+    await _message_then_ack(n, uniq())
+
+
+# ------------------------------------------------------------ JWT name claim
+@test()
+async def jwt_name_null_is_the_sub_and_a_long_name_is_cut():
+    n = start_node()
+    room = uniq()
+    c = claims("nully")
+    c["name"] = None
+    a = await Client.connect(n, room, token_claims(c))
+    eq((a.welcome().get("user"), a.welcome().get("name")), ("nully", "nully"), "name null: the sub")
+    # 200 bytes of a 2-byte character: cut to 127 bytes at a boundary (126)
+    long_name = "\u00e9" * 100
+    b = await Client.connect(n, room, token("longname", long_name))
+    got = b.welcome().get("name")
+    eq(got, "\u00e9" * 63, "a name over 127 bytes is cut at a UTF-8 boundary")
+    await send_acked(b, "hi", "ln1")
+    m = await a.wait_for(is_msg(room), 5)
+    eq(m.get("name"), "\u00e9" * 63, "the cut name in messages")
+    # sub keeps its limit; the 401 says why
+    st, body = await aupgrade_status(n.port, ws_path(room, token("s" * 128)))
+    eq(st, 401, "a sub of 128 bytes")
+    check(b"too long" in body and b"sub" in body, f"401 reason names the sub's length: {body!r}")
+    st, body = await aupgrade_status(n.port, ws_path(room, token_claims(claims("u", name=5))))
+    eq(st, 401, "a numeric name")
+    check(b"name claim" in body and b"not a string" in body, f"401 reason for a numeric name: {body!r}")

@@ -845,3 +845,54 @@ async def ids_are_per_sender_with_postgres():
 @test(timeout=45)
 async def ids_are_per_sender_in_process():
     await ids_per_sender_check([start_node(redis=False, name=f"solo-{uniq('')}")], db=False)
+
+
+@test(timeout=60, needs=("redis", "pg"))
+async def welcome_during_a_redis_outage_carries_the_best_known_head():
+    """protocol.md: welcome `seq` is the room's current last seq. While
+    Redis is down (Postgres up) a new connection's welcome and a join's
+    presence_state carry the best head known — the node's own for a room
+    it holds, else the durable head from Postgres with the room's epoch —
+    not 0, and presence_state lists the users this node has in the room
+    (the presence store cannot answer)."""
+    rd = Redis(harness.RUN.tmpdir("redis-outage"))
+    rd.start()
+    try:
+        a = start_node(redis=rd.url, db=True, name="A-" + uniq(""))
+        b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
+        held, cold = uniq("held"), uniq("cold")
+        m = await Client.connect(a, held, token("member", "Member"))
+        for i in range(3):
+            await harness.send_acked(m, f"h{i}", f"h{i}")
+        p = await Client.connect(b, cold, token("pub"))
+        for i in range(2):
+            await harness.send_acked(p, f"c{i}", f"c{i}")
+        e_cold = p.welcome().get("epoch")
+        await p.close()
+        rd.kill9()
+        # A notices (readiness), then new connections
+        end = time.time() + 10
+        while time.time() < end:
+            st, _, _ = await ahttp(a.port, "/readyz")
+            if st == 503:
+                break
+            await asyncio.sleep(0.1)
+        eq(st, 503, "A not ready while Redis is down")
+        n = await Client.connect(a, held, token("newbie"))
+        w = n.welcome()
+        eq(w.get("seq"), 3, f"welcome.seq of a room this node holds ({w})")
+        ps = await n.wait_for(lambda f: f["type"] == "presence_state", 5, what="presence_state")
+        eq(ps.get("seq"), 3, "presence_state.seq")
+        users = sorted(u["user"] for u in ps.get("users", []))
+        check("member" in users and "newbie" in users,
+              f"presence_state lists this node's members of the room: {users}")
+        c = await Client.connect(a, cold, token("cold"))
+        w = c.welcome()
+        eq(w.get("seq"), 2, f"welcome.seq from Postgres for a room this node does not hold ({w})")
+        if e_cold:
+            eq(w.get("epoch"), e_cold, "the room's epoch (Postgres) in the welcome")
+        r = await n.join(cold)
+        eq((r.get("type"), r.get("seq")), ("presence_state", 2), f"join answer's seq ({r})")
+    finally:
+        rd.stop()
+        harness.release_port(rd.port)

@@ -49,6 +49,29 @@ static void bad(const char *js, const char *want)
     free(id == (char *)1 ? NULL : id);
 }
 
+/* A refused join/leave of a valid room leaves the room in err_room (its
+ * error names it); other refusals leave it "". */
+static void test_err_room(void)
+{
+    client_frame f;
+    char code[32], msg[128], *id = NULL;
+    CHECK(parse("{\"type\":\"join\",\"room\":\"private-q\",\"since\":\"x\",\"id\":\"j1\"}", &f, code, msg,
+                &id) == -1 && strcmp(f.err_room, "private-q") == 0 && id && strcmp(id, "j1") == 0,
+          "bad since: err_room '%s' id %s", f.err_room, id ? id : "(null)");
+    free(id); id = NULL;
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r\",\"epoch\":\"\"}", &f, code, msg, NULL) == -1 &&
+          strcmp(f.err_room, "r") == 0, "bad epoch: err_room '%s'", f.err_room);
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r r\",\"since\":1}", &f, code, msg, NULL) == -1 &&
+          f.err_room[0] == 0, "invalid room: no err_room ('%s')", f.err_room);
+    CHECK(parse("{\"type\":\"leave\"}", &f, code, msg, NULL) == -1 && f.err_room[0] == 0,
+          "leave without room: no err_room");
+    CHECK(parse("{\"type\":\"message\",\"room\":\"r\"}", &f, code, msg, NULL) == -1 && f.err_room[0] == 0,
+          "message: no err_room ('%s')", f.err_room);
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r2\"}", &f, code, msg, NULL) == 0 && f.err_room[0] == 0,
+          "success: err_room empty");
+    frame_free(&f);
+}
+
 static void test_valid(void)
 {
     client_frame f;
@@ -120,6 +143,20 @@ static void test_valid(void)
     frame_free(&f);
     CHECK(parse("{\"type\":\"join\",\"room\":\"r2\",\"since\":9007199254740993}", &f, code, msg, NULL) == 0 &&
           f.has_since && f.since == 9007199254740993ull, "join large since (exact)");
+    frame_free(&f);
+    /* "since": null is no since (a JS client's `lastSeq ?? null`) */
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r2\",\"since\":null}", &f, code, msg, NULL) == 0 &&
+          f.type == FT_JOIN && !f.has_since && f.since == 0, "join since null = no since: %s", msg);
+    frame_free(&f);
+    /* join/leave: a valid id is kept (their errors echo it), another ignored */
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r2\",\"id\":\"j1\"}", &f, code, msg, NULL) == 0 &&
+          eq(f.id, f.id_len, "j1"), "join id kept");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"leave\",\"room\":\"r2\",\"id\":\"l1\"}", &f, code, msg, NULL) == 0 &&
+          eq(f.id, f.id_len, "l1"), "leave id kept");
+    frame_free(&f);
+    CHECK(parse("{\"type\":\"join\",\"room\":\"r2\",\"id\":7}", &f, code, msg, NULL) == 0 &&
+          f.id == NULL, "join: a non-string id is ignored, not refused");
     frame_free(&f);
     CHECK(parse("{\"type\":\"leave\",\"room\":\"r2\"}", &f, code, msg, NULL) == 0 && f.type == FT_LEAVE &&
           eq(f.room, f.room_len, "r2"), "leave");
@@ -199,7 +236,6 @@ static void test_errors(void)
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":1.5}", "since must be a non-negative integer");
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":1.0}", "since must be a non-negative integer");
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":\"3\"}", "since must be a non-negative integer");
-    bad("{\"type\":\"join\",\"room\":\"r\",\"since\":null}", "since must be a non-negative integer");
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":99999999999999999999999}", "integer out of range");
     /* leave */
     bad("{\"type\":\"leave\"}", "leave needs a room");
@@ -422,6 +458,7 @@ static void test_arena_use_after_free(void)
 int main(void)
 {
     test_valid();
+    test_err_room();
     test_errors();
     test_id_echo();
     test_updates();
