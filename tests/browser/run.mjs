@@ -757,8 +757,9 @@ test('another user\'s message with my pending id is theirs, not my pending one',
   }), { id, theirs });
   await alice.page.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 250; c.reconnectNow(); });
   await alice.page.locator('#status[data-state="open"]').waitFor({ timeout: 10000 });
-  const bobLine = alice.page.locator(`li.msg[data-seq="${bobSeq}"]`);
-  await bobLine.filter({ hasText: theirs }).waitFor({ timeout: 10000 });
+  const bobLine = alice.page.locator('li.msg', { hasText: theirs });
+  await bobLine.waitFor({ timeout: 10000 });
+  assert(Number(await bobLine.getAttribute('data-seq')) === bobSeq, `Bob's line is not at his seq ${bobSeq}`);
   assert(await bobLine.getAttribute('data-user') !== await alice.page.evaluate(() => window.chatd.me.user),
     'Bob\'s message is shown as Alice\'s');
   const ownLine = alice.page.locator('li.msg.own[data-state="acked"]', { hasText: mine });
