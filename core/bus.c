@@ -242,13 +242,14 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_
     return 0;
 }
 
-int bus_known_head(const bus *b, const char *room, uint64_t *head)
+int bus_known_head(const bus *b, const char *room, uint64_t *head, uint64_t *delivered)
 {
     if (!b || b->freeing || !room) return 0;
     const bus_room *rm = hmap_get(&b->rooms, room);
     if (!rm || (!rm->have_last && !rm->floor)) return 0;
     uint64_t h = rm->have_last ? rm->last : 0;
     *head = rm->floor > h ? rm->floor : h;
+    *delivered = h;
     return 1;
 }
 

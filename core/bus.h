@@ -105,10 +105,12 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max,
                bus_replay_cb cb, void *ud);
 /* The room's head as this node knows it without asking Redis: the highest
  * seq it delivered or had acked to one of its publishes (a lower bound of
- * the real head: every seq above it is still delivered or fetched). 1 and
- * *head when this node holds the room, else 0. For a welcome / join answer
- * while a replay cannot be had (Redis down). */
-int bus_known_head(const bus *b, const char *room, uint64_t *head);
+ * the real head: every seq above it is still delivered or fetched), and in
+ * *delivered the highest seq it delivered (0: none yet; seqs above it
+ * reach its members by ordered delivery). 1 and both when this node holds
+ * the room, else 0. For a welcome / join answer while a replay cannot be
+ * had (Redis down). */
+int bus_known_head(const bus *b, const char *room, uint64_t *head, uint64_t *delivered);
 
 /* Forgets user's client id of a publish whose seq could not be stored (a
  * history conflict), if the id still maps to seq, so that a resend with

@@ -32,6 +32,8 @@ typedef struct join_op {
     uint32_t n, cap;
     int gap;                /* tell the client gap_too_large */
     int unavailable;
+    int held;               /* head_fallback: this node held the room; delivered is */
+    uint64_t delivered;     /* the highest seq it delivered there (bus_known_head) */
     int checked;            /* since/epoch compared with the room's head */
     char epoch[BUS_EPOCH_MAX + 1];        /* the room's, "" when unknown */
     char want_epoch[BUS_EPOCH_MAX + 1];   /* the client's (with since), "" when none */
@@ -268,7 +270,15 @@ static void join_stage2(join_op *op)
     }
     /* live delivery starts after the head unless since was honoured (a
      * refused since is not a seq of this room's numbering) */
-    if (!op->has_since || op->gap) cr->last_seq = op->head;
+    if (!op->has_since || op->gap) {
+        cr->last_seq = op->head;
+        /* the head_fallback's head can be above what this node delivered
+         * (its floor, the Postgres head): the seqs between reach the member
+         * by ordered delivery once Redis is back, so it starts after the
+         * delivered one (it may get a seq at or below the welcome's: the
+         * client drops it by seq), never skipping one */
+        if (op->held && cr->last_seq > op->delivered) cr->last_seq = op->delivered;
+    }
     if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
         join_finish_local_presence(op);
 }
@@ -296,7 +306,10 @@ static void head_fallback(join_op *op)
 {
     uint64_t h;
     op->unavailable = op->has_since;
-    if (bus_known_head(g_srv.bus, op->cr->r->name, &h) && h > op->head) op->head = h;
+    if (bus_known_head(g_srv.bus, op->cr->r->name, &h, &op->delivered)) {
+        op->held = 1;
+        if (h > op->head) op->head = h;
+    }
     if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
     join_stage2(op);
 }

@@ -197,6 +197,10 @@ static int room_gate(pending *p, const char *head, size_t hl)
     else if (route == 2)
         answer_and_close_as(p, "400 Bad Request", "application/json", "access-control-allow-origin: *\r\n",
                             "{\"error\":\"invalid room name\"}", is_head);
+    else if (route == 3)   /* the server API's error shape */
+        answer_and_close_as(p, "400 Bad Request", "application/json", "",
+                            "{\"error\":{\"code\":\"bad_request\",\"message\":\"invalid room name\"}}",
+                            is_head);
     else
         answer_and_close_as(p, "400 Bad Request", "text/plain; charset=utf-8", "", "invalid room name\n", is_head);
     return 1;

@@ -32,17 +32,93 @@ int room_name_valid(const char *s, size_t len)
     return 1;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* The path t[0..tl) as libwebsockets serves it: %XX decoded, then empty
+ * and "." segments dropped and ".." removing the one before (RFC 3986
+ * 5.2.4, as lws cleans a URI). Into out (NUL-terminated); its length, or
+ * (size_t)-1 when it does not fit. */
+static size_t path_canon(const char *t, size_t tl, char *out, size_t cap)
+{
+    char dec[1024];
+    size_t dl = 0;
+    for (size_t i = 0; i < tl; i++) {
+        if (dl + 1 >= sizeof dec) return (size_t)-1;
+        int h, l;
+        if (t[i] == '%' && i + 2 < tl && (h = hexval(t[i + 1])) >= 0 &&
+            (l = hexval(t[i + 2])) >= 0) {
+            dec[dl++] = (char)(h * 16 + l);
+            i += 2;
+        } else {
+            dec[dl++] = t[i];
+        }
+    }
+    size_t o = 0;
+    if (cap < 2) return (size_t)-1;
+    out[o++] = '/';
+    size_t i = 0;
+    while (i < dl) {
+        while (i < dl && dec[i] == '/') i++;
+        size_t s = i;
+        while (i < dl && dec[i] != '/') i++;
+        size_t sl = i - s;
+        if (!sl || (sl == 1 && dec[s] == '.')) continue;
+        if (sl == 2 && dec[s] == '.' && dec[s + 1] == '.') {   /* back to the previous '/' */
+            if (o > 1) {
+                o--;
+                while (o > 1 && out[o - 1] != '/') o--;
+            }
+            continue;
+        }
+        if (o + sl + 2 > cap) return (size_t)-1;
+        memcpy(out + o, dec + s, sl);
+        o += sl;
+        out[o++] = '/';
+    }
+    /* a trailing '/' only where the path had one */
+    if (o > 1 && !(dl && dec[dl - 1] == '/')) o--;
+    out[o] = 0;
+    return o;
+}
+
+static int has_prefix(const char *s, size_t l, const char *pre)
+{
+    size_t pl = strlen(pre);
+    return l >= pl && !memcmp(s, pre, pl);
+}
+
 int room_target_verdict(const char *head, size_t len, int *route, int *is_head)
 {
     *route = 0;
     *is_head = 0;
     const char *end = head + len, *p = head;
-    if (len >= 4 && !memcmp(p, "GET ", 4)) p += 4;
-    else if (len >= 5 && !memcmp(p, "HEAD ", 5)) { p += 5; *is_head = 1; }
-    else return 0;
+    /* the method: any token (the server API's POST, PUT, DELETE too) */
+    const char *m = p;
+    while (p < end && *p >= 'A' && *p <= 'Z') p++;
+    if (p == m || p >= end || *p != ' ') return 0;
+    int get = (p - m == 3 && !memcmp(m, "GET", 3)), hd = (p - m == 4 && !memcmp(m, "HEAD", 4));
+    *is_head = hd;
+    p++;
     const char *t = p;
     while (p < end && *p != ' ' && *p != '?' && *p != '#' && *p != '\r' && *p != '\n') p++;
     size_t tl = (size_t)(p - t);
+    /* a path lws would rewrite (%XX, //, . and .. segments) into a room
+     * route: judged as sent, it names no room (//ws/a%2F..%2Fb, /%77s/x,
+     * /x/../ws/y, /api/rooms/a%2F..%2Fb were rooms "b", "x", "y", "b") */
+    char canon[1024];
+    size_t cl = path_canon(t, tl, canon, sizeof canon);
+    if (cl != (size_t)-1 && (cl != tl || memcmp(canon, t, tl) != 0)) {
+        if (has_prefix(canon, cl, "/ws/")) { *route = 1; return 400; }
+        if (has_prefix(canon, cl, "/rooms/")) { *route = 2; return 400; }
+        if (has_prefix(canon, cl, "/api/rooms/")) { *route = 3; return 400; }
+    }
+    if (!get && !hd) return 0;
     if (tl >= 4 && !memcmp(t, "/ws/", 4)) {
         *route = 1;
         return room_name_valid(t + 4, tl - 4) ? 0 : 400;

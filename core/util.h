@@ -22,8 +22,11 @@ int room_name_valid(const char *s, size_t len);
  * /rooms/{room}/{messages|presence} (the query string aside): 400 when
  * {room} as sent is not a valid room name (a percent-encoded byte, a
  * dot-segment, a slash, ...), 404 for /rooms/{room}/{anything else};
- * 0 otherwise (another route, or valid). *route: 1 for /ws/, 2 for
- * /rooms/, 0 for others; *is_head: the method was HEAD. Pure. */
+ * 0 otherwise (another route, or valid). Any method: 400 too for a path
+ * lws would rewrite (%XX decoded, //, . and .. segments) into /ws/...,
+ * /rooms/... or /api/rooms/... (//ws/a%2F..%2Fb, /%77s/x and /x/../ws/y
+ * reached rooms "b", "x", "y"). *route: 1 for /ws/, 2 for /rooms/, 3 for
+ * /api/rooms/, 0 for others; *is_head: the method was HEAD. Pure. */
 int room_target_verdict(const char *head, size_t len, int *route, int *is_head);
 
 /* Decimal u64: 1-20 ASCII digits of s[0..len) and nothing else (no sign,

@@ -190,7 +190,7 @@ static int subprotocol_pick(struct lws *wsi, char *answer, size_t alen)
     answer[0] = 0;
     int total = lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL);
     if (total <= 0) return 0;
-    if (total > WS_PROTO_LIST_MAX) return -1;
+    if (total >= WS_PROTO_LIST_MAX) return -1;   /* lws copies at most sizeof - 1 - 1 */
     char buf[WS_PROTO_LIST_MAX + 1], name[WS_PROTO_NAME_MAX + 1], first[WS_PROTO_NAME_MAX + 1] = "";
     int n = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_PROTOCOL);
     if (n <= 0) return -1;
@@ -198,14 +198,29 @@ static int subprotocol_pick(struct lws *wsi, char *answer, size_t alen)
     lws_tokenize_init(&ts, buf, WS_PROTO_TOKENIZE);
     ts.len = (size_t)n;
     lws_tokenize_elem e;
+    int odd = 0;             /* an element lws cannot read came after the first */
     do {
         e = lws_tokenize(&ts);
+        /* an element lws cannot read as a name (a number such as 2 or 1.0,
+         * a name over 63 bytes) first: no alias can be bound (-1). After
+         * the first: harmless once the alias is bound, since lws stops at
+         * its first match (the first element); but then a later "chat" may
+         * not be reached by lws either, so the alias is bound instead */
         if (e == LWS_TOKZE_TOKEN) {
-            if (lws_tokenize_cstr(&ts, name, sizeof name)) return -1;
-            if (!strcmp(name, "chat")) return 0;
+            if (lws_tokenize_cstr(&ts, name, sizeof name)) {
+                if (!first[0]) return -1;
+                odd = 1;
+                continue;
+            }
+            if (!strcmp(name, "chat")) {
+                if (!odd) return 0;
+                break;
+            }
             if (!first[0]) snprintf(first, sizeof first, "%s", name);
         } else if (e != LWS_TOKZE_DELIMITER && e != LWS_TOKZE_ENDED) {
-            return -1;
+            if (!first[0]) return -1;
+            odd = 1;
+            if (e < 0) break;
         }
     } while (e > 0);
     if (!first[0]) return -1;

@@ -161,6 +161,9 @@ async def http_errors_in_the_contract_shape():
     eq(hd.get("allow"), "GET, HEAD", "Allow of room info")
     # 400: bad path parameters and bodies
     await expect_error(p, "POST", "/api/rooms/bad%20room/messages", 400, "bad_request", body=msg("a"))
+    # a path libwebsockets would rewrite into another room (room "b"): refused as sent
+    await expect_error(p, "GET", "/api/rooms/a%2F..%2Fb", 400, "bad_request")
+    await expect_error(p, "POST", "/api/rooms/x/../b/messages", 400, "bad_request", body=msg("a"))
     await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request", raw=b"{not json",
                        headers={"Content-Type": "application/json"})
     await expect_error(p, "POST", f"/api/rooms/{room}/messages", 400, "bad_request",

@@ -572,7 +572,13 @@ async def any_offered_subprotocol_is_accepted_and_selected():
     n = start_node()
     for offered, want in (("chat", "chat"), ("foo, chat", "chat"), ("json", "json"),
                           ("chatd.v1", "chatd.v1"), ("chatd.v1, json", "chatd.v1"),
-                          ("v1.2.3 , x-y_z", "v1.2.3")):
+                          ("v1.2.3 , x-y_z", "v1.2.3"),
+                          # a later element lws reads as a number, or a name over 63 bytes:
+                          # lws stops at the first (review: these were 400)
+                          ("foo, 2", "foo"), ("foo, 1.0", "foo"), ("foo, " + "n" * 70, "foo"),
+                          ("foo, 2, chat", "foo"),
+                          # the longest list lws can copy (126 bytes)
+                          ("a" * 40 + "," + "b" * 40 + "," + "c" * 44, "a" * 40)):
         st, hd, _, _ = await upgrade(n, headers={"Sec-WebSocket-Protocol": offered})
         eq(st, 101, f"upgrade offering {offered!r}")
         eq(hd.get("sec-websocket-protocol"), want, f"subprotocol selected for {offered!r}")
@@ -584,6 +590,9 @@ async def any_offered_subprotocol_is_accepted_and_selected():
     st, _, body, _ = await upgrade(n, headers={"Sec-WebSocket-Protocol": ", ,"})
     eq(st, 400, "malformed subprotocol list")
     check(b"Sec-WebSocket-Protocol" in body, f"400 body {body!r}")
+    # one byte more than lws copies (127): answered 400, not dropped (review: no answer)
+    st, _, _, _ = await upgrade(n, headers={"Sec-WebSocket-Protocol": "a" * 40 + "," + "b" * 40 + "," + "c" * 45})
+    eq(st, 400, "a 127-byte subprotocol list")
     # a real client with its own subprotocol name: connected, welcomed, chats
     room = uniq()
     async with websockets.connect(n.url + ws_path(room, token("alice")),
@@ -647,6 +656,16 @@ async def room_names_judged_as_sent_on_every_route():
             eq(st, 400, f"GET /rooms/{name}/{what}")
             eq(hd.get("content-type"), "application/json", f"/rooms/{name}/{what} content-type")
             check(b"invalid room name" in body, f"/rooms/{name}/{what}: body {body!r}")
+    # a path lws rewrites into a room route is judged as sent too (review: each of
+    # these reached room "b")
+    for path in ("//ws/a%2F..%2Fb", "/%77s/a%2F..%2Fb", "/./ws/a%2F..%2Fb", "/x/../ws/a%2F..%2Fb",
+                 "/ws%2Fa%2F..%2Fb"):
+        st, _, body, _ = await asyncio.to_thread(raw_request, n.port, f"{path}?token={tok}")
+        eq(st, 400, f"upgrade to {path}")
+    for line in (f"GET //rooms/a%2F..%2Fb/presence?token={tok} HTTP/1.1",
+                 f"GET /rooms/x/../b/messages?token={tok} HTTP/1.1"):
+        st, _, body = await asyncio.to_thread(raw_http, n.port, line)
+        eq(st, 400, line)
     # counted like the other refusals
     m = await metrics(n)
     check(metric_value(m, "chat_connections_total", 'result="bad_request"') >= len(bad),

@@ -67,13 +67,30 @@ static void test_targets(void)
     target("GET /rooms/./presence HTTP/1.1\r\n", 400, 2, 0);
     target("GET /rooms/%2E%2E/messages HTTP/1.1\r\n", 400, 2, 0);
     target("HEAD /rooms/a%00b/messages HTTP/1.1\r\n", 400, 2, 1);
-    target("GET /rooms/a/../b/messages HTTP/1.1\r\n", 404, 2, 0);
+    target("GET /rooms/a/../b/messages HTTP/1.1\r\n", 400, 2, 0);   /* lws: room b */
     target("GET /rooms/a/other HTTP/1.1\r\n", 404, 2, 0);
     target("GET /rooms/unread HTTP/1.1\r\n", 0, 0, 0);
     target("GET /rooms/unread?token=x HTTP/1.1\r\n", 0, 0, 0);
     target("GET /healthz HTTP/1.1\r\n", 0, 0, 0);
-    target("POST /ws/a%2Fb HTTP/1.1\r\n", 0, 0, 0);      /* other methods: lws answers (405) */
+    target("POST /ws/lobby HTTP/1.1\r\n", 0, 0, 0);       /* other methods: lws answers (405) */
+    target("POST /ws/a%2Fb HTTP/1.1\r\n", 400, 1, 0);    /* but never into another room */
     target("GET /wsx/a%2Fb HTTP/1.1\r\n", 0, 0, 0);
+    /* a path lws rewrites into a room route (review: each reached room b/x/y) */
+    target("GET //ws/a%2F..%2Fb?token=x HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /%77s/x HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /./ws/x HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /x/../ws/y HTTP/1.1\r\n", 400, 1, 0);
+    target("GET /ws%2Fa%2F..%2Fb HTTP/1.1\r\n", 400, 1, 0);
+    target("GET //rooms/a%2F..%2Fb/presence HTTP/1.1\r\n", 400, 2, 0);
+    target("HEAD /rooms//r1/messages HTTP/1.1\r\n", 400, 2, 1);
+    target("GET /api/rooms/a%2F..%2Fb HTTP/1.1\r\n", 400, 3, 0);
+    target("DELETE /api/rooms/x/../y/messages/1 HTTP/1.1\r\n", 400, 3, 0);
+    /* canonical paths and other routes: untouched */
+    target("POST /api/rooms/lobby/messages HTTP/1.1\r\n", 0, 0, 0);
+    target("GET /api/users/a%40b/disconnect HTTP/1.1\r\n", 0, 0, 0);
+    target("GET //healthz HTTP/1.1\r\n", 0, 0, 0);
+    target("GET /index.html HTTP/1.1\r\n", 0, 0, 0);
+    target("GET /ws/a%2 HTTP/1.1\r\n", 400, 1, 0);          /* a broken escape: as sent */
     target("GET", 0, 0, 0);
     target("", 0, 0, 0);
 }
