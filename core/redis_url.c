@@ -1,6 +1,7 @@
 /* redis_url: see redis_url.h. */
 #define _GNU_SOURCE
 #include "redis_url.h"
+#include "util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,14 +9,6 @@
 static int fail(char *err, size_t errlen, const char *msg)
 {
     if (err && errlen) snprintf(err, errlen, "redis url: %s", msg);
-    return -1;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
@@ -28,7 +21,7 @@ static int decode(const char *s, size_t n, char *out, size_t cap)
         char c = s[i];
         if (c == '%') {
             if (i + 2 >= n) return -1;
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+            int h = hex_value(s[i + 1]), l = hex_value(s[i + 2]);
             if (h < 0 || l < 0) return -1;
             c = (char)(h * 16 + l);
             i += 2;
@@ -51,7 +44,7 @@ static int parse_addr(const char *s, size_t n, redis_addr *a, char *err, size_t 
         size_t hl = (size_t)(rb - s - 1);
         if (hl == 0 || hl > REDIS_HOST_MAX) return fail(err, errlen, "bad IPv6 host");
         for (size_t i = 1; i <= hl; i++)
-            if (!(hexval(s[i]) >= 0 || s[i] == ':' || s[i] == '.'))
+            if (!(hex_value(s[i]) >= 0 || s[i] == ':' || s[i] == '.'))
                 return fail(err, errlen, "bad IPv6 host");
         memcpy(a->host, s + 1, hl);
         a->host[hl] = 0;

@@ -32,7 +32,7 @@ int room_name_valid(const char *s, size_t len)
     return 1;
 }
 
-static int hexval(char c)
+int hex_value(char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -51,8 +51,8 @@ static size_t path_canon(const char *t, size_t tl, char *out, size_t cap)
     for (size_t i = 0; i < tl; i++) {
         if (dl + 1 >= sizeof dec) return (size_t)-1;
         int h, l;
-        if (t[i] == '%' && i + 2 < tl && (h = hexval(t[i + 1])) >= 0 &&
-            (l = hexval(t[i + 2])) >= 0) {
+        if (t[i] == '%' && i + 2 < tl && (h = hex_value(t[i + 1])) >= 0 &&
+            (l = hex_value(t[i + 2])) >= 0) {
             dec[dl++] = (char)(h * 16 + l);
             i += 2;
         } else {

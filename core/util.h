@@ -29,6 +29,9 @@ int room_name_valid(const char *s, size_t len);
  * /api/rooms/, 0 for others; *is_head: the method was HEAD. Pure. */
 int room_target_verdict(const char *head, size_t len, int *route, int *is_head);
 
+/* The value of a hex digit (either case), -1 for anything else. */
+int hex_value(char c);
+
 /* Decimal u64: 1-20 ASCII digits of s[0..len) and nothing else (no sign,
  * no blanks), not above UINT64_MAX. 0 and *out, or -1. */
 int parse_u64(const char *s, size_t len, uint64_t *out);

@@ -13,9 +13,9 @@
  * for the rest, in the order of checks docs/api.md documents.
  * Oracles (checked independently, with jansson and OpenSSL): an accepted
  * route re-prints to the path given (modulo leading zeros of a seq), its
- * room is 1-64 of [A-Za-z0-9_.-], its user 1-127 bytes of UTF-8 without
+ * room is 1-64 of [A-Za-z0-9_.-] (not "." or ".."), its user 1-127 bytes of UTF-8 without
  * control characters, its seq 1..2^63-1, its Allow header the route's
- * documented methods (and it parses back to them); a refused route really
+ * documented methods, HEAD with GET (and it parses back to them); a refused route really
  * is outside that grammar; a key is accepted exactly when it is one of the
  * configured keys, with the SHA-256 fingerprint; Content-Length and
  * Content-Type are what the text says; the body reader keeps every byte up
@@ -60,6 +60,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static int room_ok(const char *s, size_t n)
 {
     if (n < 1 || n > CHAT_ROOM_MAX) return 0;
+    /* "." and "..": path dot-segments, no room (README: room names) */
+    if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.')) return 0;
     for (size_t i = 0; i < n; i++)
         if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '.' && s[i] != '-') return 0;
     return 1;
@@ -181,7 +183,9 @@ static void check_route(const char *path, int m, const api_route *rt, const char
     FUZZ_CHECK(rt->allow == ALLOW[g], "route %s allows 0x%x", NAMES[g], rt->allow);
     char allow[64];
     api_allow_header(rt->allow, allow, sizeof allow);
-    FUZZ_CHECK(allow_bits(allow) == rt->allow, "Allow '%s' for 0x%x", allow, rt->allow);
+    /* a GET route also answers HEAD (a GET without its body): Allow names both */
+    unsigned want = rt->allow | ((rt->allow & (1u << HM_GET)) ? 1u << HM_HEAD : 0u);
+    FUZZ_CHECK(allow_bits(allow) == want, "Allow '%s' for 0x%x", allow, rt->allow);
     if (m == -2) {
         FUZZ_CHECK(!valid, "path '%s' refused (%s) but its parameter is valid", path, err);
         FUZZ_CHECK(err[0] && printable(err), "a 400 without a printable reason");
