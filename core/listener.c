@@ -192,8 +192,12 @@ static int room_gate(pending *p, const char *head, size_t hl)
     int v = room_target_verdict(head, hl, &route, &is_head);
     if (!v) return 0;
     metric_inc(route == 1 && v == 400 ? m_ws_bad : m_http_4xx);
-    if (v == 404)
-        answer_and_close_as(p, "404 Not Found", "text/plain; charset=utf-8", "", "not found\n", is_head);
+    if (v == 414)
+        answer_and_close_as(p, "414 URI Too Long", "text/plain; charset=utf-8", "",
+                            "request path too long to judge\n", is_head);
+    else if (v == 404)   /* a /rooms/ route: CORS like http.c's answers */
+        answer_and_close_as(p, "404 Not Found", "text/plain; charset=utf-8",
+                            "access-control-allow-origin: *\r\n", "not found\n", is_head);
     else if (route == 2)
         answer_and_close_as(p, "400 Bad Request", "application/json", "access-control-allow-origin: *\r\n",
                             "{\"error\":\"invalid room name\"}", is_head);

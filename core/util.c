@@ -113,7 +113,18 @@ int room_target_verdict(const char *head, size_t len, int *route, int *is_head)
      * /x/../ws/y, /api/rooms/a%2F..%2Fb were rooms "b", "x", "y", "b") */
     char canon[1024];
     size_t cl = path_canon(t, tl, canon, sizeof canon);
-    if (cl != (size_t)-1 && (cl != tl || memcmp(canon, t, tl) != 0)) {
+    if (cl == (size_t)-1) {
+        /* too long to judge (over 1 KiB decoded): refused when lws would
+         * rewrite it (a %, an empty, "." or ".." segment), whatever route it
+         * would become (review: 1100 slashes then ws/a%2F..%2Fb was room b) */
+        for (size_t i = 0; i < tl; i++) {
+            int seg = i == 0 || t[i - 1] == '/';
+            if (t[i] == '%' || (t[i] == '/' && i + 1 < tl && t[i + 1] == '/') ||
+                (seg && t[i] == '.' && (i + 1 == tl || t[i + 1] == '/' ||
+                                        (t[i + 1] == '.' && (i + 2 == tl || t[i + 2] == '/')))))
+                return 414;
+        }
+    } else if (cl != tl || memcmp(canon, t, tl) != 0) {
         if (has_prefix(canon, cl, "/ws/")) { *route = 1; return 400; }
         if (has_prefix(canon, cl, "/rooms/")) { *route = 2; return 400; }
         if (has_prefix(canon, cl, "/api/rooms/")) { *route = 3; return 400; }

@@ -25,7 +25,8 @@ int room_name_valid(const char *s, size_t len);
  * 0 otherwise (another route, or valid). Any method: 400 too for a path
  * lws would rewrite (%XX decoded, //, . and .. segments) into /ws/...,
  * /rooms/... or /api/rooms/... (//ws/a%2F..%2Fb, /%77s/x and /x/../ws/y
- * reached rooms "b", "x", "y"). *route: 1 for /ws/, 2 for /rooms/, 3 for
+ * reached rooms "b", "x", "y"); 414 (*route 0) for such a path too long
+ * to judge (over 1 KiB decoded). *route: 1 for /ws/, 2 for /rooms/, 3 for
  * /api/rooms/, 0 for others; *is_head: the method was HEAD. Pure. */
 int room_target_verdict(const char *head, size_t len, int *route, int *is_head);
 
