@@ -609,14 +609,13 @@ async def any_offered_subprotocol_is_accepted_and_selected():
             raise AssertionError("no ack")
 
 
-def raw_http(port, line, timeout=5.0):
-    """One request head with the request line `line` (sent as is) on a new
-    connection; (status, headers, body) of the answer, status None when the
-    server closed without one."""
+def exchange_until_close(port, data, timeout=5.0):
+    """Sends data on a new connection and returns every byte the server
+    sends until it closes (or the read fails)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
-        s.sendall(f"{line}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode("latin-1"))
-        data = b""
+        s.sendall(data)
+        got = b""
         while True:
             try:
                 chunk = s.recv(65536)
@@ -624,15 +623,24 @@ def raw_http(port, line, timeout=5.0):
                 break
             if not chunk:
                 break
-            data += chunk
-        if not data:
-            return None, {}, b""
-        top, _, body = data.partition(b"\r\n\r\n")
-        lines = top.decode("latin-1").split("\r\n")
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-        return int(lines[0].split()[1]), hdrs, body
+            got += chunk
+        return got
     finally:
         s.close()
+
+
+def raw_http(port, line, timeout=5.0):
+    """One request head with the request line `line` (sent as is) on a new
+    connection; (status, headers, body) of the answer, status None when the
+    server closed without one."""
+    data = exchange_until_close(
+        port, f"{line}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode("latin-1"), timeout)
+    if not data:
+        return None, {}, b""
+    top, _, body = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), hdrs, body
 
 
 @test()
@@ -684,26 +692,13 @@ def http_exchange(port, requests, timeout=5.0):
     """Sends request heads (pipelined on one connection, the last one with
     Connection: close) and parses the answers, honouring HEAD (no body).
     [(status, headers, body)]."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        out = []
-        for i, (method, path, hdrs) in enumerate(requests):
-            h = {"Host": "127.0.0.1", **(hdrs or {})}
-            if i == len(requests) - 1:
-                h["Connection"] = "close"
-            out.append(f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n")
-        s.sendall("".join(out).encode())
-        data = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        s.close()
+    out = []
+    for i, (method, path, hdrs) in enumerate(requests):
+        h = {"Host": "127.0.0.1", **(hdrs or {})}
+        if i == len(requests) - 1:
+            h["Connection"] = "close"
+        out.append(f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n")
+    data = exchange_until_close(port, "".join(out).encode(), timeout)
     answers = []
     for method, path, _ in requests:
         top, sep, data = data.partition(b"\r\n\r\n")
