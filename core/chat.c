@@ -175,7 +175,8 @@ static void on_read_stored(void *ud, int status, uint64_t stored)
                          w->room, stored);
         conn_send_text(w->c, b, (size_t)n);
     } else {
-        chat_send_room_error(w->c, w->room, "unavailable", "read state not stored; send read again");
+        conn_send_error_room(w->c, "unavailable", "read state not stored; send read again", NULL,
+                             w->room);
     }
     free(w);
 }
@@ -192,9 +193,10 @@ static void handle_read(conn *c, client_frame *f)
     conn_room *cr = conn_find_room(c, room);
     if (!cr) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
     if (!readstate_ready()) {
-        chat_send_room_error(c, room, "unavailable",
+        conn_send_error_room(c, "unavailable",
                              g_srv.store ? "read state store unavailable; send read again"
-                                         : "read state needs a database (CHAT_DATABASE_URL)");
+                                         : "read state needs a database (CHAT_DATABASE_URL)",
+                             NULL, room);
         return;
     }
     uint64_t seq = f->seq < cr->last_seq ? f->seq : cr->last_seq;
@@ -208,12 +210,13 @@ static void handle_read(conn *c, client_frame *f)
         script_result_clear(&res);
     }
     read_wait *w = malloc(sizeof *w);
-    if (!w) { chat_send_room_error(c, room, "unavailable", "out of memory"); return; }
+    if (!w) { conn_send_error_room(c, "unavailable", "out of memory", NULL, room); return; }
     w->c = c;
     snprintf(w->room, sizeof w->room, "%s", room);
     if (readstate_mark(c->ident.user, c->ident.name, room, seq, receipt, c, on_read_stored, w) < 0) {
         free(w);
-        chat_send_room_error(c, room, "unavailable", "read state store unavailable; send read again");
+        conn_send_error_room(c, "unavailable", "read state store unavailable; send read again", NULL,
+                             room);
     }
 }
 

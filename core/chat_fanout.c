@@ -41,7 +41,8 @@ void chat_bus_gap(void *ud, const char *rname, uint64_t from, uint64_t to)
     room *r = room_find(rname);
     if (!r) return;
     for (uint32_t i = 0; i < r->nmembers; i++)
-        chat_send_room_error(r->members[i]->c, rname, "gap_too_large", "messages were missed; page history over HTTP");
+        conn_send_error_room(r->members[i]->c, "gap_too_large",
+                             "messages were missed; page history over HTTP", NULL, rname);
 }
 
 void chat_bus_emit(void *ud, const char *rname, const char *kind, const char *data, size_t len)

@@ -103,19 +103,6 @@ void chat_deliver(conn_room *cr, msg *m)
     conn_send(cr->c, m);
 }
 
-/* An error about one room (gap_too_large): carries "room" so a client with
- * several rooms knows which one to page. */
-void chat_send_room_error(conn *c, const char *room, const char *code, const char *text)
-{
-    conn_send_error_room(c, code, text, NULL, room);
-}
-
-void chat_send_room_error_id(conn *c, const char *room, const char *code, const char *text,
-                             const char *id)
-{
-    conn_send_error_room(c, code, text, id, room);
-}
-
 static void send_presence_state(conn_room *cr, const presence_user *u, size_t n, uint64_t head,
                                 const char *epoch, const char *rs)
 {
@@ -179,17 +166,13 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     char rs[48];
     read_seq_field(rs, sizeof rs, op);
     send_presence_state(cr, u, n, op->head, op->epoch, rs);
-    if (op->gap == 2)
-        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
-                        "since is not a seq of this room's current epoch; page history over HTTP", op->id);
-    else if (op->gap == 3)
-        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
-                        "messages after since were deleted (history retention); page history over HTTP", op->id);
-    else if (op->gap)
-        chat_send_room_error_id(cr->c, cr->r->name, "gap_too_large",
-                        "the recovery buffer no longer reaches since; page history over HTTP", op->id);
+    const char *gap =
+        op->gap == 2 ? "since is not a seq of this room's current epoch; page history over HTTP"
+        : op->gap == 3 ? "messages after since were deleted (history retention); page history over HTTP"
+        : op->gap ? "the recovery buffer no longer reaches since; page history over HTTP" : NULL;
+    if (gap) conn_send_error_room(cr->c, "gap_too_large", gap, op->id, cr->r->name);
     if (op->unavailable)
-        chat_send_room_error_id(cr->c, cr->r->name, "unavailable", "recovery is unavailable right now", op->id);
+        conn_send_error_room(cr->c, "unavailable", "recovery is unavailable right now", op->id, cr->r->name);
     erase_deleted(op, cr);
     for (uint32_t i = 0; i < op->n; i++) chat_deliver(cr, op->msgs[i]);
     for (uint32_t i = 0; i < cr->nheld; i++) {

@@ -21,11 +21,6 @@ void chat_deliver(conn_room *cr, msg *m);
 /* A live frame while the member is still joining: kept (referenced) until
  * the join finishes; beyond CHAT_MAX_QUEUE the connection is closed 1008. */
 void chat_join_buffer(conn_room *cr, msg *m);
-/* An error about one room (gap_too_large...): carries "room" (and id when
- * not NULL: the frame it answers). */
-void chat_send_room_error(conn *c, const char *room, const char *code, const char *text);
-void chat_send_room_error_id(conn *c, const char *room, const char *code, const char *text,
-                             const char *id);
 /* The policy context of c in room (room may be NULL). */
 void chat_script_ctx(conn *c, const char *room, script_ctx *x);
 
