@@ -25,11 +25,6 @@ typedef struct http_req {
     int head;               /* a HEAD request: the answer has no body */
 } http_req;
 
-/* The request being answered is a HEAD (RFC 9110 9.3.2: the GET answer's
- * head, no body). Set around each answer: http_handle (synchronous
- * answers) and http_writeable (asynchronous ones, from http_req.head). */
-static int g_head;
-
 static metric_counter *m_http[6];
 
 static void metrics_once(void)
@@ -44,11 +39,20 @@ static void metrics_once(void)
     }
 }
 
-/* http_reply with one more header (xname NULL: none) */
-static int reply_x(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len,
-                   const char *xname, const char *xval)
+/* The request on wsi is a HEAD (RFC 9110 9.3.2: the GET answer's head, no
+ * body). Judged per request: from its method while its headers are read
+ * (synchronous answers), from http_req.head (asynchronous ones). */
+static int is_head(struct lws *wsi)
 {
-    if (g_head) {
+    return httpd_method(wsi) == HM_HEAD;
+}
+
+/* The answer to a request (head: a HEAD, no body sent) with one more
+ * header (xname NULL: none) */
+static int reply_x(struct lws *wsi, int head, unsigned status, const char *ctype, const char *body,
+                   size_t len, const char *xname, const char *xval)
+{
+    if (head) {
         /* lws' header helpers know no HEAD: the head by hand, counted there */
         const char *h[] = {"access-control-allow-origin", "*", xname, xval, NULL};
         return httpd_reply_ex(wsi, status, ctype, body, len, h, 0, 1);
@@ -86,16 +90,22 @@ static int reply_x(struct lws *wsi, unsigned status, const char *ctype, const ch
 
 int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len)
 {
-    return reply_x(wsi, status, ctype, body, len, NULL, NULL);
+    return reply_x(wsi, is_head(wsi), status, ctype, body, len, NULL, NULL);
 }
 
-static int reply_text_x(struct lws *wsi, unsigned status, const char *text, const char *xname, const char *xval)
+static int reply_text_hx(struct lws *wsi, int head, unsigned status, const char *text, const char *xname,
+                         const char *xval)
 {
     char b[512];
     int n = snprintf(b, sizeof b, "%s\n", text);
     if (n < 0) n = 0;
     if ((size_t)n >= sizeof b) { n = (int)sizeof b - 1; b[n - 1] = '\n'; } /* cut, still one line */
-    return reply_x(wsi, status, "text/plain; charset=utf-8", b, (size_t)n, xname, xval);
+    return reply_x(wsi, head, status, "text/plain; charset=utf-8", b, (size_t)n, xname, xval);
+}
+
+static int reply_text_x(struct lws *wsi, unsigned status, const char *text, const char *xname, const char *xval)
+{
+    return reply_text_hx(wsi, is_head(wsi), status, text, xname, xval);
 }
 
 static int reply_text(struct lws *wsi, unsigned status, const char *text)
@@ -238,10 +248,8 @@ int http_writeable(struct lws *wsi, http_req **slot)
     http_req *r = *slot;
     if (!r || !r->done) return 0;
     *slot = NULL;
-    g_head = r->head;
-    int ret = r->body ? http_reply(wsi, r->status, "application/json", r->body, r->len)
-                      : reply_text(wsi, 503, "out of memory");
-    g_head = 0;
+    int ret = r->body ? reply_x(wsi, r->head, r->status, "application/json", r->body, r->len, NULL, NULL)
+                      : reply_text_hx(wsi, r->head, 503, "out of memory", NULL, NULL);
     free(r->body);
     free(r);
     return ret;
@@ -326,7 +334,7 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
     memcpy(r->room, room, strlen(room) + 1);
     r->wsi = wsi;
-    r->head = g_head;
+    r->head = is_head(wsi);
     script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms(), "http"};
     script_result res;
     memset(&res, 0, sizeof res);
@@ -399,7 +407,7 @@ static int route_unread(struct lws *wsi, http_req **slot)
     http_req *r = calloc(1, sizeof *r);
     if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
     r->wsi = wsi;
-    r->head = g_head;
+    r->head = is_head(wsi);
     *slot = r;
     int rc = readstate_unread(id.user, on_unread, r);
     identity_clear(&id);
@@ -489,10 +497,7 @@ int http_handle(struct lws *wsi, const char *uri, http_req **slot)
         int body = httpd_content_length(wsi) != -1 || httpd_chunked(wsi);
         return httpd_reply(wsi, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, allow, body);
     }
-    g_head = m == HM_HEAD;
-    int ret = route(wsi, uri, slot);
-    g_head = 0;
-    return ret;
+    return route(wsi, uri, slot);
 }
 
 static int route(struct lws *wsi, const char *uri, http_req **slot)

@@ -760,3 +760,25 @@ async def http_auth_and_head_follow_the_rfcs():
     (st, hd, _), = await ex([("POST", "/healthz", {"Content-Length": "0"})])
     eq(st, 405, "POST /healthz")
     eq(hd.get("allow"), "GET, HEAD", "Allow of /healthz")
+
+
+@test(timeout=40, needs=("pg",))
+async def head_of_the_answers_that_wait_for_postgres():
+    """HEAD on history and unread, answered once Postgres replies (after
+    the request's callback returned): still the GET's head without a body,
+    judged per request (a GET pipelined after the HEAD gets its body)."""
+    n = start_node(db=True)
+    room, tok = uniq(), token("alice")
+    c = await harness.Client.connect(n, room, tok)
+    await harness.send_acked(c, "hello", "h1")
+    await c.close()
+    auth = {"Authorization": f"Bearer {tok}"}
+    for path in (f"/rooms/{room}/messages", "/rooms/unread"):
+        (hs, hh, hb), (gs, gh, gb), (h2, hh2, hb2) = await asyncio.to_thread(
+            http_exchange, n.port, [("HEAD", path, auth), ("GET", path, auth), ("HEAD", path, auth)])
+        eq((hs, gs, h2), (200, 200, 200), f"{path}: statuses of HEAD, GET, HEAD")
+        check(len(gb) > 2, f"GET {path}: a body: {gb!r}")
+        eq(hh.get("content-type"), gh.get("content-type"), f"HEAD {path}: content-type")
+        eq(hh.get("content-length"), str(len(gb)), f"HEAD {path}: content-length of the GET body")
+        eq(hh2.get("content-length"), str(len(gb)), f"second HEAD {path}: content-length")
+        eq((hb, hb2), (b"", b""), f"HEAD {path}: no body")
