@@ -188,16 +188,23 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     chat_hold_join_done(cr->c);
 }
 
+static const char *conn_user_key(const void *c)
+{
+    return ((const conn *)c)->ident.user;
+}
+
 /* The presence store cannot answer (Redis down): the users this node
  * itself has in the room (its members, each user once) rather than an
- * empty list — a lower bound, like the head of a welcome then. */
+ * empty list — a lower bound, like the head of a welcome then. The set of
+ * users seen finds each key in its connection (no key copies: its slots
+ * are its only allocation). */
 static void join_finish_local_presence(join_op *op)
 {
     room *r = op->cr->r;
     presence_user *u = r->nmembers ? malloc(sizeof *u * r->nmembers) : NULL;
     size_t n = 0;
     hmap seen;
-    hmap_init(&seen);
+    hmap_init_keyfn(&seen, conn_user_key);
     for (uint32_t i = 0; u && i < r->nmembers; i++) {
         conn *mc = r->members[i]->c;
         if (conn_is_closing(mc) || hmap_get(&seen, mc->ident.user)) continue;

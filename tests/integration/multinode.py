@@ -862,6 +862,7 @@ async def welcome_during_a_redis_outage_carries_the_best_known_head():
         b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
         held, cold = uniq("held"), uniq("cold")
         m = await Client.connect(a, held, token("member", "Member"))
+        m2 = await Client.connect(a, held, token("member", "Member"))   # one user, twice
         for i in range(3):
             await harness.send_acked(m, f"h{i}", f"h{i}")
         p = await Client.connect(b, cold, token("pub"))
@@ -886,6 +887,8 @@ async def welcome_during_a_redis_outage_carries_the_best_known_head():
         users = sorted(u["user"] for u in ps.get("users", []))
         check("member" in users and "newbie" in users,
               f"presence_state lists this node's members of the room: {users}")
+        eq(len(users), len(set(users)), f"each user once (member has two connections): {users}")
+        await m2.close()
         c = await Client.connect(a, cold, token("cold"))
         w = c.welcome()
         eq(w.get("seq"), 2, f"welcome.seq from Postgres for a room this node does not hold ({w})")
@@ -896,3 +899,4 @@ async def welcome_during_a_redis_outage_carries_the_best_known_head():
     finally:
         rd.stop()
         harness.release_port(rd.port)
+
