@@ -900,3 +900,122 @@ async def welcome_during_a_redis_outage_carries_the_best_known_head():
         rd.stop()
         harness.release_port(rd.port)
 
+
+class _RedisLink:
+    """tests/faults/proxy.py between one node and Redis: the link can be cut
+    (connections reset, new ones refused) while Redis serves the others."""
+
+    def __init__(self, target_port):
+        self.port = harness.free_port()
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", os.path.join(here, "..", "faults", "proxy.py"), str(self.port),
+             str(target_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+        line = self.proc.stdout.readline().decode().strip()
+        if line != "ready":
+            raise TestFailure(f"proxy did not start: {line!r}")
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _cmd(self, line):
+        self.proc.stdin.write((line + "\n").encode())
+        self.proc.stdin.flush()
+        out = self.proc.stdout.readline().decode().strip()
+        check(out.startswith("ok"), f"proxy {line}: {out}")
+
+    async def cut(self):
+        await asyncio.to_thread(self._cmd, "refuse")
+        await asyncio.to_thread(self._cmd, "reset")
+
+    async def restore(self):
+        await asyncio.to_thread(self._cmd, "clear")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        harness.release_port(self.port)
+
+
+def _psql(url, sql):
+    r = subprocess.run(["psql", url, "-tAc", sql], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=20)
+    if r.returncode != 0:
+        raise RuntimeError("psql: " + r.stderr.decode().strip())
+    return r.stdout.decode()
+
+
+@test(timeout=90, needs=("pg",))
+async def join_during_a_redis_outage_misses_no_seq_between_delivered_and_announced():
+    """docs/redis.md "Joining while Redis is down": a member joining a room
+    this node holds while its Redis is down is told the best known head
+    (here the Postgres head, above what the node delivered), and its
+    delivery starts after the seq the node DELIVERED, not after that head.
+    The seq between them that was broadcast but not yet stored (its store
+    is slow) is neither in the history the client reads after its welcome
+    nor announced: starting after the announced head skipped it silently.
+    Every seq up to the live one must be in the client's history page or
+    live frames."""
+    pg = harness.RUN.need_pg()
+    rd = Redis(harness.RUN.tmpdir("redis-held-join"))
+    rd.start()
+    link = _RedisLink(rd.port)
+    slow = "slow-" + uniq("")
+    fn = "chatd_itest_" + uniq("").replace("-", "_")
+    try:
+        a = start_node(redis=link.url, db=True, name="A-" + uniq(""))
+        b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
+        c = start_node(redis=rd.url, db=True, name="C-" + uniq(""))
+        room = uniq("held")
+        m = await Client.connect(a, room, token("member"))
+        pb = await Client.connect(b, room, token("pb"))
+        pc = await Client.connect(c, room, token("pc"))
+        for i in range(2):
+            await harness.send_acked(pb, f"m{i}", f"m{i}")
+        await m.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 2, 5, what="A delivered seq 2")
+        # A loses Redis (the others keep it)
+        await link.cut()
+        end = time.time() + 10
+        st = None
+        while time.time() < end:
+            st, _, _ = await ahttp(a.port, "/readyz")
+            if st == 503:
+                break
+            await asyncio.sleep(0.1)
+        eq(st, 503, "A not ready without its Redis")
+        # seq 3 is broadcast but its store (B's) takes seconds; seq 4 (C's) is stored
+        _psql(pg.url, f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.body = '{slow}' THEN PERFORM pg_sleep(6); END IF; RETURN NEW; END $$; "
+                f"CREATE TRIGGER {fn} BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION {fn}()")
+        await pb.send_msg(slow, id="slow")
+        await pc.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 3, 5, what="seq 3 broadcast")
+        eq(await harness.send_acked(pc, "stored", "stored"), 4, "seq of the stored message")
+        # a client joins on A: its welcome carries the Postgres head (4) while
+        # A delivered 2; it reads history at once (3 is not stored yet)
+        x = await Client.connect(a, room, token("x"))
+        eq(x.welcome().get("seq"), 4, f"welcome.seq: the Postgres head ({x.welcome()})")
+        st, js, body = await harness.ahttp_json(a.port, f"/rooms/{room}/messages", token("x"))
+        eq(st, 200, f"history: {body!r}")
+        hist = [h["seq"] for h in js["messages"]]
+        check(3 not in hist, f"seq 3 still in flight when the history was read: {hist}")
+        # Redis back for A, then one more message
+        await link.restore()
+        await harness.wait_ready(a, what="A ready again")
+        eq(await harness.send_acked(pc, "after", "after"), 5, "seq after the outage")
+        await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 5, 15, what="seq 5 at x")
+        have = set(hist) | set(x.seqs(room))
+        missing = [s for s in range(1, 6) if s not in have]
+        eq(missing, [], f"seqs neither in x's history page {hist} nor live {x.seqs(room)}")
+        await pb.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "slow", 15,
+                          what="ack of the slow message")
+    finally:
+        try:
+            _psql(pg.url, f"DROP TRIGGER IF EXISTS {fn} ON messages; DROP FUNCTION IF EXISTS {fn}()")
+        except RuntimeError:
+            pass
+        link.stop()
+        rd.stop()
+        harness.release_port(rd.port)
