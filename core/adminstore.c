@@ -35,13 +35,24 @@ static const char BAN_PUT_LUA[] =
     "return 1\n";
 
 /* KEYS[1] bans; ARGV user, room or '' with ARGV[3] = 'all'. Field names
- * are compared as strings (a user id may hold glob characters). */
+ * are compared as strings (a user id may hold glob characters). -> how
+ * many bans in force it lifted (an expired field is dropped, not counted) */
 static const char BAN_LIFT_LUA[] =
-    "if ARGV[3] ~= 'all' then return redis.call('HDEL', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2]) end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local function lift(f)\n"
+    "  local v = redis.call('HGET', KEYS[1], f)\n"
+    "  if not v then return 0 end\n"
+    "  redis.call('HDEL', KEYS[1], f)\n"
+    "  local u = tonumber(string.match(v, '^(%d+)'))\n"
+    "  if u and u > now then return 1 end\n"
+    "  return 0\n"
+    "end\n"
+    "if ARGV[3] ~= 'all' then return lift(ARGV[1] .. '\\n' .. ARGV[2]) end\n"
     "local p = ARGV[1] .. '\\n'\n"
     "local n = 0\n"
     "for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do\n"
-    "  if string.sub(f, 1, #p) == p then n = n + redis.call('HDEL', KEYS[1], f) end\n"
+    "  if string.sub(f, 1, #p) == p then n = n + lift(f) end\n"
     "end\n"
     "return n\n";
 
@@ -163,7 +174,7 @@ static int call(adminstore *a, int script, int slot, int argc, const char **argv
 static void done_reply(void *ud, const redisReply *rp)
 {
     req *r = ud;
-    int st = rp && rp->type == REDIS_REPLY_INTEGER ? 0 : -1;
+    int st = rp && rp->type == REDIS_REPLY_INTEGER ? (rp->integer > 0 ? 1 : 0) : -1;
     if (rp && rp->type == REDIS_REPLY_ERROR)
         LOGW(MOD, "ban write: %.*s", (int)rp->len, rp->str ? rp->str : "");
     r->done(r->ud, st);

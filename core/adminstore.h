@@ -33,13 +33,15 @@ adminstore *adminstore_new(uv_loop_t *loop, const char *url, void (*on_up)(void 
 void adminstore_free(adminstore *a);
 int adminstore_ready(const adminstore *a);
 
-/* status 0 done, -1 failed (Redis unreachable, freed) */
+/* status 0 or 1 done, -1 failed (Redis unreachable, freed); a lift: 1
+ * when it lifted a ban in force, 0 when there was none */
 typedef void (*adminstore_done_cb)(void *ud, int status);
 /* Stores the user's ban of room ("" = every room) until until_ms. 0 when
  * sent (cb later), -1 when it cannot be sent now (cb not called). */
 int adminstore_ban_put(adminstore *a, const char *user, const char *room, uint64_t until_ms,
                        const char *reason, adminstore_done_cb cb, void *ud);
-/* Lifts the user's ban of room; room NULL: every ban of the user. */
+/* Lifts the user's ban of room; room NULL: every ban of the user (cb's
+ * status 1: a ban in force was lifted). */
 int adminstore_ban_lift(adminstore *a, const char *user, const char *room, adminstore_done_cb cb,
                         void *ud);
 

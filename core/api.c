@@ -63,6 +63,7 @@ typedef struct api_req {
     size_t users;
     long conns;
     uint64_t until;         /* ban */
+    int lifted;             /* unban: a ban in force was lifted */
     char reason[API_REASON_MAX + 1];
     uint64_t deadline_ms;   /* publish: 503 when not durable by then (mono) */
     struct api_req *tprev, *tnext;  /* the publishes waiting (api_tick) */
@@ -403,7 +404,8 @@ static void on_banned(void *ud, int status, long total, long answers, long expec
         b = fmt(&len, "{\"user\":%s,\"room\":%s,\"until\":%" PRIu64 ",\"closed\":%ld}", u, room,
                 r->until, total);
     else if (u)
-        b = fmt(&len, "{\"user\":%s,\"room\":%s,\"lifted\":true}", u, room);
+        b = fmt(&len, "{\"user\":%s,\"room\":%s,\"lifted\":%s}", u, room,
+                r->lifted ? "true" : "false");
     free(u);
     answer_json(r, b, len);
 }
@@ -420,7 +422,10 @@ static void ban_announce(api_req *r)
         m = json_pack("{s:s, s:s, s:I, s:s}", "op", "ban", "user", r->rt.user, "until",
                       (json_int_t)r->until, "reason", r->reason);
     } else {
-        bans_lift(r->rt.user, room[0] ? room : NULL);
+        /* lifted: a ban in force was, as the shared store counted it
+         * (on_ban_stored), else as this node's own copy does */
+        int n = bans_lift(r->rt.user, room[0] ? room : NULL, now_ms());
+        if (!A.store) r->lifted = n > 0;
         m = json_pack("{s:s, s:s}", "op", "unban", "user", r->rt.user);
     }
     if (m && room[0]) json_object_set_new(m, "room", json_string(room));
@@ -433,7 +438,10 @@ static void on_ban_stored(void *ud, int status)
     api_req *r = ud;
     if (r->wsi) {
         if (status < 0) answer_error(r, 503, "unavailable", "ban store (Redis) unavailable; retry");
-        else ban_announce(r);
+        else {
+            r->lifted = status > 0;
+            ban_announce(r);
+        }
     }
     req_unref(r);
 }

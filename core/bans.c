@@ -130,11 +130,11 @@ int bans_put(const char *user, const char *room, uint64_t until_ms, const char *
     return 0;
 }
 
-int bans_lift(const char *user, const char *room)
+int bans_lift(const char *user, const char *room, uint64_t now_ms)
 {
     if (!g_init || !user) return 0;
     note_change(user, room);
-    ubans *u = hmap_get(&g_bans, user);
+    ubans *u = get_live(user, now_ms);
     if (!u) return 0;
     int n = 0;
     for (size_t i = 0; i < u->n;) {

@@ -28,8 +28,9 @@ void bans_free(void);
  * -1 (out of memory, bad argument). */
 int bans_put(const char *user, const char *room, uint64_t until_ms, const char *reason);
 /* Lifts the user's ban of room; room NULL: every ban of the user. Returns
- * how many were lifted. */
-int bans_lift(const char *user, const char *room);
+ * how many were lifted that were in force at now_ms (expired ones are
+ * dropped, not counted). */
+int bans_lift(const char *user, const char *room, uint64_t now_ms);
 /* The ban that keeps user out of room at now_ms: the every-room ban first,
  * else room's; room NULL: the every-room ban only. NULL when none. Valid
  * until the next bans_* call. */

@@ -99,7 +99,7 @@ static long op_unban(void *ud, json_t *msg)
     const char *user = json_string_value(json_object_get(msg, "user"));
     const char *room = json_string_value(json_object_get(msg, "room"));
     if (!user) return -1;
-    return bans_lift(user, room && *room ? room : NULL);
+    return bans_lift(user, room && *room ? room : NULL, now_ms());
 }
 
 static long op_count(void *ud, json_t *msg)

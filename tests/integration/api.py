@@ -688,6 +688,38 @@ async def disconnect_and_ban_on_one_node():
     check(not other.closed, "another user untouched")
 
 
+@test(timeout=40, needs=("redis",))
+async def unban_answers_whether_a_ban_was_lifted():
+    """docs/api.md: DELETE /api/users/{user}/ban answers 200 with "lifted"
+    true when a ban in force was lifted, false when there was none (never
+    banned, another room's only, lifted already, expired) — single node and
+    with the bans shared in Redis."""
+    for how, kw in (("single node", {}), ("with Redis", {"redis": True})):
+        n = api_node(**kw)
+        user = uniq("ghost")
+        path = f"/api/users/{user}/ban"
+
+        async def lift(room=None):
+            st, _, js = await acall(n.port, "DELETE", path + (f"?room={room}" if room else ""))
+            eq(st, 200, f"{how}: unban answer {js}")
+            eq((js.get("user"), js.get("room")), (user, room), f"{how}: unban names what it lifts")
+            return js.get("lifted")
+
+        eq(await lift(), False, f"{how}: never banned")
+        eq(await lift("lobby"), False, f"{how}: never banned in lobby")
+        st, _, _ = await acall(n.port, "PUT", path, {"seconds": 60, "room": "lobby"})
+        eq(st, 200, f"{how}: ban in lobby")
+        eq(await lift("other"), False, f"{how}: no ban in another room")
+        eq(await lift("lobby"), True, f"{how}: the lobby ban lifted")
+        eq(await lift("lobby"), False, f"{how}: lifted already")
+        st, _, _ = await acall(n.port, "PUT", path, {"seconds": 60})
+        eq(st, 200, f"{how}: every-room ban")
+        eq(await lift(), True, f"{how}: every ban lifted")
+        st, _, _ = await acall(n.port, "PUT", path, {"seconds": 1})
+        await asyncio.sleep(1.3)
+        eq(await lift(), False, f"{how}: an expired ban is none in force")
+
+
 @test(timeout=30)
 async def long_close_reason_cut_at_a_character():
     """docs/api.md: the disconnect reason becomes the close reason cut to 63

@@ -346,12 +346,16 @@ static void test_bans(void)
     CHECK(bans_prune(now + 1500) == 1);
     CHECK(bans_put("eve", "lobby", now + 9000, "longer") == 0); /* replaces */
     CHECK(bans_prune(now) == 1);
-    CHECK(bans_lift("eve", "other") == 0);
-    CHECK(bans_lift("eve", "lobby") == 1);
+    CHECK(bans_lift("eve", "other", now) == 0);
+    CHECK(bans_lift("eve", "lobby", now) == 1);
     CHECK(bans_match("eve", "lobby", now) == NULL);
     CHECK(bans_put("eve", "r1", now + 100, "") == 0 && bans_put("eve", "r2", now + 100, "") == 0 &&
           bans_put("eve", NULL, now + 100, "") == 0);
-    CHECK(bans_lift("eve", NULL) == 3);
+    CHECK(bans_lift("eve", NULL, now) == 3);
+    CHECK(bans_lift("nobody", NULL, now) == 0);              /* never banned */
+    CHECK(bans_put("eve", "r1", now + 100, "") == 0);
+    CHECK(bans_lift("eve", "r1", now + 100) == 0);           /* expired at until: none in force */
+    CHECK(bans_match("eve", "r1", now) == NULL);             /* and dropped */
     CHECK(bans_prune(now) == 0);
     CHECK(bans_put("", "r", now + 1, "") == -1);
     CHECK(bans_put("x", "bad room", now + 1, "") == -1);
@@ -378,7 +382,7 @@ static void test_bans_load(void)
     /* while the load is in flight: a new ban, a lift */
     CHECK(bans_put("fresh", NULL, later, "new") == 0);
     CHECK(bans_put("lifted", "r2", later, "x") == 0);
-    CHECK(bans_lift("lifted", NULL) == 1);
+    CHECK(bans_lift("lifted", NULL, now) == 1);
     ban_entry snap[] = {
         {"kept", "r1", later, "store reason"},
         {"lifted", "r2", later, "stale"},        /* lifted since: not re-added */
@@ -397,7 +401,7 @@ static void test_bans_load(void)
     /* after the load, changes are not remembered any more */
     bans_load_begin();
     bans_load_abort();
-    CHECK(bans_lift("fresh", NULL) == 1);
+    CHECK(bans_lift("fresh", NULL, now) == 1);
     bans_load_begin();
     bans_load_apply(NULL, 0);                       /* the store is empty */
     CHECK(bans_prune(now) == 0);
