@@ -31,6 +31,9 @@ static const opt OPTS[] = {
     {"--node-id", "CHAT_NODE_ID", K_STR, O(node_id), NULL, "node id (default hostname-pid)"},
     {"--web", "CHAT_WEB_DIR", K_STR, O(web_dir), "web/", "folder served at / (unset and no ./web: found next to the binary)"},
     {"--log-level", "CHAT_LOG_LEVEL", K_STR, O(log_level), "info", "debug|info|warn|error"},
+    {"--heartbeat-ms", "CHAT_HEARTBEAT_MS", K_STR, O(heartbeat_ms), NULL, "heartbeat interval (ms) announced in welcome; overrides the policy's config.heartbeat_ms (unset: the policy's, else 10000)"},
+    {"--presence-ttl-ms", "CHAT_PRESENCE_TTL_MS", K_STR, O(presence_ttl_ms), NULL, "presence TTL (ms): a user without a heartbeat for this long leaves; overrides config.presence_ttl_ms (unset: the policy's, else 30000)"},
+    {"--typing-ttl-ms", "CHAT_TYPING_TTL_MS", K_STR, O(typing_ttl_ms), NULL, "ttl_ms of typing frames; overrides config.typing_ttl_ms (unset: the policy's, else 5000)"},
     {"--max-queue", "CHAT_MAX_QUEUE", K_INT, O(max_queue), "1024", "outbound queue bound per connection (frames)"},
     {"--max-queue-bytes", "CHAT_MAX_QUEUE_BYTES", K_INT, O(max_queue_bytes), "1048576", "outbound queue bound per connection (bytes)"},
     {"--max-frame", "CHAT_MAX_FRAME", K_INT, O(max_frame), "65536", "largest client frame (bytes, 128 to 1 GiB); larger closes with 1009"},
@@ -209,6 +212,32 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
                  "(pairs one sweep round may list), got %lld", CONFIG_BACKFILL_CHECK_PAIRS_MAX,
                  (long long)(c->backfill_check_rooms * c->backfill_check_per_room));
         return -1;
+    }
+    /* the policy timings: a positive integer or refused at start (an env-only
+     * value used to be ignored when not a number, or clamped to 1 ms when not
+     * positive, without a word), then exported for the policy layer */
+    struct { const char *env, *v; } tm[] = {
+        {"CHAT_HEARTBEAT_MS", c->heartbeat_ms},
+        {"CHAT_PRESENCE_TTL_MS", c->presence_ttl_ms},
+        {"CHAT_TYPING_TTL_MS", c->typing_ttl_ms},
+    };
+    for (size_t i = 0; i < sizeof tm / sizeof tm[0]; i++) {
+        if (!tm[i].v) {
+            unsetenv(tm[i].env);   /* set but empty: unset, like every other setting */
+            continue;
+        }
+        char *end;
+        errno = 0;
+        long long n = strtoll(tm[i].v, &end, 10);
+        if (errno || *end || n < 1 || n > CONFIG_TIMING_MS_MAX) {
+            snprintf(err, errlen, "%s: expected a positive integer of milliseconds (1 to %d), got '%s'",
+                     tm[i].env, CONFIG_TIMING_MS_MAX, tm[i].v);
+            return -1;
+        }
+        if (setenv(tm[i].env, tm[i].v, 1) != 0) {
+            snprintf(err, errlen, "%s: setenv: %s", tm[i].env, strerror(errno));
+            return -1;
+        }
     }
     if (c->replay_max < 1) c->replay_max = 1;
     if (c->read_batch_ms < 1) c->read_batch_ms = 1;

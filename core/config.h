@@ -63,7 +63,16 @@ typedef struct config {
     int64_t max_header_bytes;  /* first request head; larger: 431 */
     const char *trusted_proxies;  /* IPs/CIDRs whose X-Forwarded-For is believed */
     const char *allowed_origins;  /* NULL: any Origin */
+    /* protocol.md "Running": CHAT_HEARTBEAT_MS / CHAT_PRESENCE_TTL_MS /
+     * CHAT_TYPING_TTL_MS (and their flags) override the policy's timing
+     * defaults. NULL: unset (M.config, else 10000 / 30000 / 5000). Checked
+     * here (a positive integer, at most CONFIG_TIMING_MS_MAX) and put back
+     * into the environment, where the policy layer (script_setting, the
+     * M.config env override) reads them: so a flag wins over the env. */
+    const char *heartbeat_ms, *presence_ttl_ms, *typing_ttl_ms;
 } config;
+
+#define CONFIG_TIMING_MS_MAX 2147483647
 
 /* 0 ok; -1 with err (unknown flag, bad number, bad listen address). A
  * --help prints usage to stdout and returns 1. */

@@ -1081,6 +1081,40 @@ async def refuses_to_start_with_bad_settings():
         check(word in n.log_tail(5), f"{env}: the error names {word}: {n.log_tail(3)}")
 
 
+@test(timeout=60)
+async def timing_settings_checked_and_flags_win():
+    # protocol.md "Running": CHAT_HEARTBEAT_MS / CHAT_PRESENCE_TTL_MS /
+    # CHAT_TYPING_TTL_MS override the policy's timing defaults, every setting
+    # has a flag that wins. The harness' policy (OPEN_POLICY) declares no
+    # M.config: a bad value was ignored ("abc") or clamped to 1 ms ("0").
+    for env in ({"CHAT_HEARTBEAT_MS": "abc"}, {"CHAT_HEARTBEAT_MS": "0"},
+                {"CHAT_PRESENCE_TTL_MS": "-5"}, {"CHAT_TYPING_TTL_MS": "1.5"},
+                {"CHAT_PRESENCE_TTL_MS": "99999999999"}):
+        for scripts in (None, harness.PROJECT_SCRIPTS):
+            n = harness.Node(env=env, scripts=scripts)
+            n.start(wait=False)
+            rc = await asyncio.to_thread(n.wait_exit, 5)
+            check(rc is not None and rc != 0, f"chatd with {env} ({scripts or 'open policy'}) "
+                  f"exited with {rc}")
+            word = next(iter(env))
+            check(word in n.log_tail(5), f"{env}: the error names {word}: {n.log_tail(3)}")
+    # env over M.config, flag over env, for the open and the default policy
+    for scripts in (None, harness.PROJECT_SCRIPTS):
+        n = harness.Node(scripts=scripts,
+                         env={"CHAT_HEARTBEAT_MS": 700, "CHAT_PRESENCE_TTL_MS": 2100,
+                              "CHAT_TYPING_TTL_MS": 444},
+                         args=["--heartbeat-ms", "900", "--typing-ttl-ms=333"]).start()
+        room = uniq()
+        a = await Client.connect(n, room, token("alice"))
+        b = await Client.connect(n, room, token("bob"))
+        w = a.welcome()
+        eq((w.get("heartbeat_ms"), w.get("presence_ttl_ms")), (900, 2100),
+           f"welcome timings ({scripts or 'open policy'}): --heartbeat-ms over env, env TTL")
+        await b.send({"type": "typing"})
+        t = await a.wait_for(lambda f: f["type"] == "typing", 5, what="typing")
+        eq(t.get("ttl_ms"), 333, "typing ttl_ms with --typing-ttl-ms")
+
+
 NUL_POLICY = """
 local M = {}
 function M.on_message(ctx, msg)
