@@ -91,6 +91,13 @@ static int set(config *c, const opt *o, const char *v, char *err, size_t errlen)
         snprintf(err, errlen, "%s: expected a non-negative integer, got '%s'", o->env, v ? v : "");
         return -1;
     }
+    /* the core keeps these in int / uint32_t: a larger value used to wrap
+     * (CHAT_MAX_QUEUE=4294967296 became a 1-frame queue: every client closed
+     * 1008). Bytes of the queue are a size_t. */
+    if (n > CONFIG_INT_MAX && o->off != O(max_queue_bytes)) {
+        snprintf(err, errlen, "%s: at most %d, got '%s'", o->env, CONFIG_INT_MAX, v);
+        return -1;
+    }
     *(int64_t *)base = n;
     return 0;
 }

@@ -73,6 +73,8 @@ typedef struct config {
 } config;
 
 #define CONFIG_TIMING_MS_MAX 2147483647
+/* the largest value of an integer setting (but CHAT_MAX_QUEUE_BYTES) */
+#define CONFIG_INT_MAX 2147483647
 
 /* 0 ok; -1 with err (unknown flag, bad number, bad listen address). A
  * --help prints usage to stdout and returns 1. */

@@ -1072,6 +1072,9 @@ async def refuses_to_start_with_bad_settings():
     # each bad setting: chatd exits non-zero at once, naming the setting
     for env, word in (({"CHAT_NODE_ID": 'bad"id'}, "CHAT_NODE_ID"),
                       ({"CHAT_MAX_QUEUE": "lots"}, "CHAT_MAX_QUEUE"),
+                      # wrapped to a 1-frame queue (every client closed 1008)
+                      ({"CHAT_MAX_QUEUE": "4294967296"}, "CHAT_MAX_QUEUE"),
+                      ({"CHAT_REPLAY_MAX": "4294967297"}, "CHAT_REPLAY_MAX"),
                       ({"CHAT_LISTEN": "nowhere"}, "CHAT_LISTEN"),
                       ({"CHAT_JWT_PUBLIC_KEY": "/nonexistent.pem"}, "nonexistent")):
         n = harness.Node(env=env)
