@@ -166,8 +166,10 @@ void script_load_policy(lua_State *L, lstate *s)
         }
         if (is_int_key(k)) {
             double v = lua_tonumber(L, -1);
-            if (t != LUA_TNUMBER || v != (double)(int64_t)v || v <= 0 || v > 1e12)
-                luaL_error(L, "policy.lua: config.%s must be a positive integer", k);
+            /* at most 2^31-1: the core keeps presence_ttl_ms in 32 bits (a larger
+             * TTL wrapped: 4294967297 ms became 1 ms) */
+            if (t != LUA_TNUMBER || v != (double)(int64_t)v || v <= 0 || v > 2147483647.0)
+                luaL_error(L, "policy.lua: config.%s must be a positive integer (at most 2147483647)", k);
         }
         if (t == LUA_TNUMBER || t == LUA_TBOOLEAN) nkeys++;
         lua_pop(L, 1);

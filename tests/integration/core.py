@@ -1116,6 +1116,14 @@ async def timing_settings_checked_and_flags_win():
         await b.send({"type": "typing"})
         t = await a.wait_for(lambda f: f["type"] == "typing", 5, what="typing")
         eq(t.get("ttl_ms"), 333, "typing ttl_ms with --typing-ttl-ms")
+    # a policy's own value beyond 32 bits: presence_ttl_ms 4294967297 ran
+    # as a 1 ms TTL while welcome announced 4294967297
+    n = harness.Node(scripts=policy_dir("local M = {config = {presence_ttl_ms = 4294967297}}\n"
+                                        "return M\n"))
+    n.start(wait=False)
+    rc = await asyncio.to_thread(n.wait_exit, 5)
+    check(rc is not None and rc != 0, f"chatd with config.presence_ttl_ms = 4294967297 exited with {rc}")
+    check("presence_ttl_ms" in n.log_tail(5), f"the error names presence_ttl_ms: {n.log_tail(3)}")
 
 
 NUL_POLICY = """
