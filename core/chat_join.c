@@ -160,20 +160,43 @@ static void erase_deleted(join_op *op, conn_room *cr)
     free(del);
 }
 
+/* The replay and the live frames held during it fit the connection's
+ * queue beside what it holds (the gap frame's few bytes aside). */
+static int replay_fits(const join_op *op, const conn_room *cr)
+{
+    size_t bytes = 0;
+    for (uint32_t i = 0; i < op->n; i++) bytes += msg_wire_len(op->msgs[i]);
+    for (uint32_t i = 0; i < cr->nheld; i++) bytes += msg_wire_len(cr->held[i]);
+    return outq_fits(&cr->c->q, (size_t)op->n + cr->nheld, bytes);
+}
+
 static void join_finish(join_op *op, const presence_user *u, size_t n)
 {
     conn_room *cr = op->cr;
     char rs[48];
     read_seq_field(rs, sizeof rs, op);
     send_presence_state(cr, u, n, op->head, op->epoch, rs);
+    erase_deleted(op, cr);
+    if (op->n && !replay_fits(op, cr)) {
+        /* the replay is bounded by the connection's queue as well as by
+         * CHAT_REPLAY_MAX: queued at once over the bounds it would close a
+         * client that reads as a slow consumer (1008) before its first
+         * frame. It pages history instead; live delivery goes on. */
+        LOGI("chat", "conn %llu room %s: a replay of %u messages does not fit the queue: gap_too_large",
+             (unsigned long long)cr->c->id, cr->r->name, op->n);
+        for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
+        op->n = 0;
+        op->gap = 4;
+    }
     const char *gap =
         op->gap == 2 ? "since is not a seq of this room's current epoch; page history over HTTP"
         : op->gap == 3 ? "messages after since were deleted (history retention); page history over HTTP"
+        : op->gap == 4 ? "the messages after since do not fit this connection's queue "
+                         "(CHAT_MAX_QUEUE / CHAT_MAX_QUEUE_BYTES); page history over HTTP"
         : op->gap ? "the recovery buffer no longer reaches since; page history over HTTP" : NULL;
     if (gap) conn_send_error_room(cr->c, "gap_too_large", gap, op->id, cr->r->name);
     if (op->unavailable)
         conn_send_error_room(cr->c, "unavailable", "recovery is unavailable right now", op->id, cr->r->name);
-    erase_deleted(op, cr);
     for (uint32_t i = 0; i < op->n; i++) chat_deliver(cr, op->msgs[i]);
     for (uint32_t i = 0; i < cr->nheld; i++) {
         chat_deliver(cr, cr->held[i]);

@@ -33,6 +33,12 @@ void outq_init(outq *q, uint32_t max_frames, size_t max_bytes);
 /* Takes a new reference on m. Returns -1 (nothing taken) when the frame
  * would exceed either bound. */
 int outq_push(outq *q, msg *m);
+/* frames more frames of bytes wire bytes would fit beside what is queued */
+static inline int outq_fits(const outq *q, size_t frames, size_t bytes)
+{
+    return q->count + frames <= q->max_frames && bytes <= q->max_bytes &&
+           q->bytes <= q->max_bytes - bytes;
+}
 static inline int outq_empty(const outq *q) { return q->count == 0; }
 static inline msg *outq_peek(const outq *q) { return q->count ? q->ring[q->head] : NULL; }
 /* Fills up to max iovecs from the head (first one offset by head_off);

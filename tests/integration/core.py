@@ -948,6 +948,58 @@ async def scripts_found_next_to_a_build_tree_binary():
     await c.close()
 
 
+@test(timeout=60, needs=("redis", "pg"))
+async def since_replay_bounded_by_the_queue_is_gap_too_large_not_slow_consumer():
+    """A since= replay that does not fit the connection's queue (CHAT_MAX_QUEUE /
+    CHAT_MAX_QUEUE_BYTES) answers gap_too_large and the client pages history;
+    it closed a client that reads at once 1008 "slow consumer" before its
+    first frame (contract review D2). A replay that fits is delivered."""
+    env = {"CHAT_MAX_QUEUE": 16, "CHAT_MAX_QUEUE_BYTES": 65536}
+    for kw in ({}, {"redis": True, "db": True}):
+        n = start_node(env=env, **kw)
+        room, other = uniq("rp"), uniq("rq")
+        a = await Client.connect(n, room, token("alice"))
+        await a.join(other)
+        total = 60                       # 30 per room: 30 frames > 16, ~125 kB > 64 KiB
+        for k in range(total):
+            await a.send_msg(f"{k}:" + "x" * 4000, id=f"b{k}", room=room if k % 2 else other)
+            if k % 8 == 7:               # paced by its acks (its own queue)
+                await a.wait_for(lambda f, i=f"b{k}": f["type"] == "ack" and f.get("id") == i, 10,
+                                 what=f"ack of b{k}")
+        await a.wait_count(lambda f: f["type"] == "ack", total, 10, "acks")
+        what = kw or "in-process"
+        b = await Client.connect(n, room, token("bob"), since=0)
+        g = await b.wait_for(lambda f: f["type"] == "error" and f.get("code") == "gap_too_large", 10,
+                             what=f"gap_too_large of {room} ({what})")
+        eq(g.get("room"), room, "room of the gap")
+        check("queue" in g.get("message", ""), f"the gap says why: {g}")
+        await b.join(other, since=0)
+        await b.wait_for(lambda f: f["type"] == "error" and f.get("code") == "gap_too_large"
+                         and f.get("room") == other, 10, what=f"gap_too_large of {other} (join since=0)")
+        # a replay that fits is delivered as before: the last 5 of the room
+        c = await Client.connect(n, room, token("carol"), since=25)
+        await c.wait_count(lambda f: f["type"] == "message" and f.get("room") == room, 5, 10,
+                           f"replay of 26..30 ({what})")
+        eq(c.seqs(room), list(range(26, 31)), "replayed seqs that fit")
+        eq(c.errors(), [], "no error with a replay that fits")
+        await a.send_msg("after", id="after", room=room)
+        for x in (b, c):
+            m = await x.wait_for(lambda f: f["type"] == "message" and f.get("id") == "after", 5,
+                                 what="the live message after the replay")
+            eq(m["seq"], total // 2 + 1, "seq of the first live message")
+            check(not x.closed, f"closed {x.close_code} {x.close_reason} ({what})")
+        eq(b.messages(room), [m for m in b.messages(room) if m.get("id") == "after"],
+           "nothing of the replay that did not fit")
+        await c.close()
+        await a.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "after", 10, what="ack of after")
+        if kw:   # with a database the client pages what did not fit
+            st, js, _ = await harness.ahttp_json(n.port, f"/rooms/{room}/messages?limit=200", token("bob"))
+            eq(st, 200, "history")
+            eq([x["seq"] for x in js["messages"]], list(range(1, total // 2 + 2)), "history pages all")
+        await b.close()
+        await a.close()
+
+
 @test(timeout=45)
 async def connect_since_replays_before_live_without_gap_or_dup():
     n = start_node()
