@@ -141,7 +141,7 @@ adminstore *adminstore_new(uv_loop_t *loop, const char *url, void (*on_up)(void 
     }
     a->on_up = on_up;
     a->ud = ud;
-    redis_client_opts o = {url, MOD, SCRIPTS, S_COUNT, 0, 0};
+    redis_client_opts o = {url, MOD, SCRIPTS, S_COUNT, 0, 0, 0};
     a->rc = redis_client_new(loop, &o, &HANDLERS, a, err, errlen);
     if (!a->rc) {
         free(a);

@@ -506,7 +506,8 @@ static int be_init(bus *b, const bus_opts *o, char *err, size_t errlen)
     }
     R->b = b;
     /* the run_id only with a seed provider: the scripts check heads against it */
-    redis_client_opts co = {o->redis_url, MOD, BUS_SCRIPTS, BUS_S_COUNT, 1, bus_has_seed(b)};
+    redis_client_opts co = {o->redis_url, MOD, BUS_SCRIPTS, BUS_S_COUNT, 1, bus_has_seed(b),
+                            o->redis_linger_ms};
     R->rc = redis_client_new(b->loop, &co, &bus_rsub_handlers, R, err, errlen);
     if (!R->rc) {
         free(R);

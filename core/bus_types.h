@@ -85,6 +85,7 @@ typedef struct bus_opts {
     uint32_t backfill_check_rooms;    /* rooms a sweep round lists per Redis node */
     uint32_t backfill_check_per_room; /* old seqs a round lists per room; a round
                                        * that left more is followed by another at once */
+    uint32_t redis_linger_ms;  /* Redis mode: redis_client_opts.linger_ms */
 } bus_opts;
 
 /* Answers on_seed: status 0 with the highest seq durably stored in the

@@ -18,6 +18,7 @@
 #define CONFIG_BACKFILL_CHECK_ROOMS 2000
 #define CONFIG_BACKFILL_CHECK_PER_ROOM 500
 #define CONFIG_BACKFILL_CHECK_MAX 100000
+#define CONFIG_REDIS_LINGER_MAX_MS 100   /* CHAT_REDIS_LINGER_MS: more is a lag, not a batch */
 #define CONFIG_BACKFILL_CHECK_PAIRS_MAX 1000000
 
 typedef struct config {
@@ -39,6 +40,7 @@ typedef struct config {
     int64_t recent_max;        /* recent buffer per room */
     int64_t replay_max;        /* most messages replayed for since= */
     int64_t batch_max, batch_ms, pending_max;  /* Postgres group commit */
+    int64_t redis_linger_ms;   /* Redis group commit: commands wait this long to share a write */
     int64_t drain_ms;          /* SIGTERM: longest wait for queues to flush */
     int64_t backfill_grace_ms; /* age before another node stores an unstored message */
     int64_t backfill_check_rooms, backfill_check_per_room; /* a sweep round's limits */

@@ -488,7 +488,7 @@ presence *presence_new(uv_loop_t *loop, const presence_opts *o, const presence_h
     p->ud = ud;
     hmap_init_keyed(&p->entries, offsetof(lentry, key));
     p->store = o->redis_url
-        ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, &SINK, p, err, errlen)
+        ? pstore_redis_new(loop, o->redis_url, p->ttl_ms, o->redis_linger_ms, &SINK, p, err, errlen)
         : pstore_mem_new(p->ttl_ms, &SINK, p, err, errlen);
     if (!p->store) {
         free(p->node);

@@ -27,6 +27,7 @@ typedef struct presence_opts {
     const char *node_id;
     uint32_t ttl_ms;         /* default 30000 */
     uint32_t sweep_ms;       /* default ttl_ms / 6, at least 100 */
+    uint32_t redis_linger_ms; /* redis_client_opts.linger_ms */
 } presence_opts;
 
 typedef struct presence_user { const char *user; const char *name; } presence_user;

@@ -591,7 +591,7 @@ static void rs_free(pstore *b)
 static const pstore_vt redis_vt = { rs_ready, rs_apply, rs_sweep, rs_list, rs_free, NULL, 0 };
 static const redis_client_handlers CLIENT_H = {on_node, on_map, NULL};
 
-pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,
+pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms, uint32_t linger_ms,
                          const pstore_sink *sink, void *ud, char *err, size_t errlen)
 {
     rstore *s = calloc(1, sizeof *s);
@@ -606,7 +606,7 @@ pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,
     host[sizeof host - 1] = 0;
     snprintf(s->token, sizeof s->token, "%s-%d-%" PRIx64, host, (int)getpid(),
              mono_ns() ^ (uint64_t)(uintptr_t)s);
-    redis_client_opts o = {url, MOD, SCRIPTS, S_COUNT, 0, 0};
+    redis_client_opts o = {url, MOD, SCRIPTS, S_COUNT, 0, 0, linger_ms};
     s->rc = redis_client_new(loop, &o, &CLIENT_H, s, err, errlen);
     if (!s->rc) {
         free(s);

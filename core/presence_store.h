@@ -103,7 +103,8 @@ int pstore_redis_sweep_reply(const struct redisReply *rep, pstore_each_fn fn, vo
  * pairs; returns how many */
 size_t pstore_redis_list_reply(const struct redisReply *rep, presence_user *u);
 
-pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms,
+/* linger_ms: redis_client_opts.linger_ms */
+pstore *pstore_redis_new(uv_loop_t *loop, const char *url, uint32_t ttl_ms, uint32_t linger_ms,
                          const pstore_sink *sink, void *ud, char *err, size_t errlen);
 pstore *pstore_mem_new(uint32_t ttl_ms, const pstore_sink *sink, void *ud,
                        char *err, size_t errlen);

@@ -725,6 +725,7 @@ redis_client *redis_client_new(uv_loop_t *loop, const redis_client_opts *o,
         .scripts = (const char *const *)c->scripts,
         .shas = (const char (*)[41])c->shas,
         .nscripts = c->nscripts,
+        .linger_ms = o->linger_ms,
     };
     if (c->nscripts != (o->nscripts > 0 ? o->nscripts : 0) ||
         redis_topo_init(&c->topo, loop, &tmpl, &NODE_H, c->url.cluster, c->url.tls) != 0) {

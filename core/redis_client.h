@@ -65,6 +65,8 @@ typedef struct redis_client_opts {
     int want_sub;                    /* a subscription connection per node */
     int want_run_id;                 /* read each server's run_id (INFO server) before it is
                                       * up: required by calls with redis_call.run_arg */
+    uint32_t linger_ms;              /* commands wait up to this long to share a write
+                                      * (CHAT_REDIS_LINGER_MS; 0: one write per loop turn) */
 } redis_client_opts;
 
 redis_client *redis_client_new(uv_loop_t *loop, const redis_client_opts *o,

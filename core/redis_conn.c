@@ -44,6 +44,8 @@ struct redis_conn {
     int poll_open, events;
     uv_timer_t timer;
     uv_prepare_t prep;       /* writes the output queued during a loop turn */
+    uv_timer_t linger;       /* with o.linger_ms: writes it that long after its first command */
+    int linger_armed;
     int wblocked;            /* the last write found the socket full */
     uv_getaddrinfo_t gai;
     int gai_active;
@@ -107,6 +109,9 @@ static void teardown(redis_conn *c)
     uv_close((uv_handle_t *)&c->timer, handle_closed);
     uv_prepare_stop(&c->prep);
     uv_close((uv_handle_t *)&c->prep, handle_closed);
+    uv_timer_stop(&c->linger);
+    c->linger_armed = 0;
+    uv_close((uv_handle_t *)&c->linger, handle_closed);
     if (c->poll_open) {
         uv_poll_stop(&c->poll);
         uv_close((uv_handle_t *)&c->poll, handle_closed);
@@ -516,6 +521,18 @@ static void prep_cb(uv_prepare_t *p)
     if (c->state != ST_DEAD) update_events(c);
 }
 
+/* With a linger: the output of every turn since the first queued command
+ * leaves in one write, o.linger_ms after that command (Redis then answers
+ * them in one event-loop round, with one AOF flush). */
+static void linger_cb(uv_timer_t *t)
+{
+    redis_conn *c = t->data;
+    c->linger_armed = 0;
+    if (c->state != ST_UP) return;
+    if (c->woff < c->wlen && !c->wr_wants_r) do_write(c);
+    if (c->state != ST_DEAD) update_events(c);
+}
+
 static void update_events(redis_conn *c)
 {
     if (!c->poll_open || c->state == ST_DEAD) return;
@@ -528,7 +545,14 @@ static void update_events(redis_conn *c)
     } else {
         /* writability is watched only after a write found the socket full */
         ev = UV_READABLE | ((out && c->wblocked) || c->rd_wants_w ? UV_WRITABLE : 0);
-        if (out && !c->wblocked) uv_prepare_start(&c->prep, prep_cb);
+        if (out && !c->wblocked) {
+            if (!c->o.linger_ms || c->state != ST_UP) {
+                uv_prepare_start(&c->prep, prep_cb);
+            } else if (!c->linger_armed) {
+                c->linger_armed = 1;
+                uv_timer_start(&c->linger, linger_cb, c->o.linger_ms, 0);
+            }
+        }
     }
     if (ev == c->events) return;
     c->events = ev;
@@ -653,7 +677,9 @@ redis_conn *redis_conn_new(uv_loop_t *loop, const redis_conn_opts *o, const redi
     c->timer.data = c;
     uv_prepare_init(loop, &c->prep);
     c->prep.data = c;
-    c->open = 2;
+    uv_timer_init(loop, &c->linger);
+    c->linger.data = c;
+    c->open = 3;
     uv_timer_start(&c->timer, tick, TICK_MS, TICK_MS);
     c->state = ST_RESOLVING;
     c->constructing = 1;

@@ -176,12 +176,14 @@ static void start(redis_node *n)
 {
     redis_conn_opts co = {
         .addr = n->o.addr, .user = n->user, .pass = n->pass, .db = n->o.db, .tls = n->o.tls,
+        .linger_ms = n->o.linger_ms,
     };
     n->state = N_CONNECTING;
     n->cmd_ok = n->sub_ok = 0;
     n->cmd = redis_conn_new(n->loop, &co, &CONN_H, n);
     if (n->o.want_sub && n->cmd) {
         co.db = 0; /* channels are not per database */
+        co.linger_ms = 0; /* (un)subscribes: a join waits for them */
         n->sub = redis_conn_new(n->loop, &co, &CONN_H, n);
     }
     if (!n->cmd || (n->o.want_sub && !n->sub)) node_fail(n, "out of memory");

@@ -42,6 +42,7 @@ typedef struct redis_node_opts {
     const char (*shas)[41];       /* their SHA1, hex */
     int nscripts;
     uint32_t backoff_min_ms, backoff_max_ms;
+    uint32_t linger_ms;           /* the command connection's (redis_conn_opts) */
 } redis_node_opts;
 
 redis_node *redis_node_new(uv_loop_t *loop, const redis_node_opts *o, const redis_node_handlers *h,

@@ -276,7 +276,8 @@ int server_run(int argc, char **argv)
      * so a surviving node stores those of a node that died in between */
     bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, (uint32_t)g_srv.cfg.idempotency_ttl_s,
                    g_srv.cfg.database_url != NULL, (uint32_t)g_srv.cfg.backfill_grace_ms,
-                   (uint32_t)g_srv.cfg.backfill_check_rooms, (uint32_t)g_srv.cfg.backfill_check_per_room};
+                   (uint32_t)g_srv.cfg.backfill_check_rooms, (uint32_t)g_srv.cfg.backfill_check_per_room,
+                   (uint32_t)g_srv.cfg.redis_linger_ms};
     bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready,
                        publish_bus_unstored, g_srv.cfg.database_url ? publish_bus_seed : NULL,
                        ctl_bus_message, g_srv.cfg.database_url ? publish_bus_check : NULL};
@@ -313,7 +314,8 @@ int server_run(int argc, char **argv)
         publish_set_user_rate(g_limits, r, b >= 1 ? b : 2 * r);
     }
 
-    presence_opts po = {g_srv.cfg.redis_url, g_srv.cfg.node_id, (uint32_t)g_srv.presence_ttl_ms, 0};
+    presence_opts po = {g_srv.cfg.redis_url, g_srv.cfg.node_id, (uint32_t)g_srv.presence_ttl_ms, 0,
+                        (uint32_t)g_srv.cfg.redis_linger_ms};
     presence_handlers ph = {chat_presence_transition};
     g_srv.presence = presence_new(g_srv.loop, &po, &ph, NULL, err, sizeof err);
     if (!g_srv.presence) { fprintf(stderr, "chatd: presence: %s\n", err); return 2; }

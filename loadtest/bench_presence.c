@@ -139,7 +139,7 @@ int main(int argc, char **argv)
     for (int k = 0; k < K; k++) {
         char id[32], err[256];
         snprintf(id, sizeof id, "bench%d-%d", k, (int)getpid());
-        presence_opts o = { url, id, TTL, 0 };
+        presence_opts o = { url, id, TTL, 0, 0 };
         presence_handlers h = { on_tr };
         P[k] = presence_new(L, &o, &h, NULL, err, sizeof err);
         if (!P[k]) { fprintf(stderr, "presence_new: %s\n", err); return 1; }

@@ -551,6 +551,8 @@ async def bad_edge_settings_refuse_to_start():
                       ({"CHAT_MAX_FRAME": str(2 << 30)}, "CHAT_MAX_FRAME"),
                       ({"CHAT_MALLOC_TRIM_MS": "-1"}, "CHAT_MALLOC_TRIM_MS"),
                       ({"CHAT_BACKFILL_GRACE_MS": "99"}, "CHAT_BACKFILL_GRACE_MS"),
+                      ({"CHAT_REDIS_LINGER_MS": "-1"}, "CHAT_REDIS_LINGER_MS"),
+                      ({"CHAT_REDIS_LINGER_MS": "101"}, "CHAT_REDIS_LINGER_MS"),
                       ({"CHAT_BACKFILL_GRACE_MS": "3600001"}, "CHAT_BACKFILL_GRACE_MS"),
                       ({"CHAT_MAX_CONNS_PER_IP": "-1"}, "CHAT_MAX_CONNS_PER_IP"),
                       ({"CHAT_TRUSTED_PROXIES": "10.0.0.0/99"}, "CHAT_TRUSTED_PROXIES")):

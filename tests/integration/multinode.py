@@ -24,8 +24,8 @@ def view(c, room):
             for m in c.messages(room)]
 
 
-async def fanout_check(nnodes, subs_per_node, per_pub):
-    nodes = [start_node(redis=True, name=f"n{i}-{uniq('')}") for i in range(nnodes)]
+async def fanout_check(nnodes, subs_per_node, per_pub, **node_kw):
+    nodes = [start_node(redis=True, name=f"n{i}-{uniq('')}", **node_kw) for i in range(nnodes)]
     room = uniq()
     clients = []
     for i, n in enumerate(nodes):
@@ -60,6 +60,7 @@ async def fanout_check(nnodes, subs_per_node, per_pub):
         late = await Client.connect(n, room, token("late"))
         eq(late.welcome().get("seq"), total, f"welcome.seq on {n.name}")
         await late.close()
+    return nodes, room, total
 
 
 @test(timeout=60, needs=("redis",))
@@ -70,6 +71,20 @@ async def two_nodes_identical_seq_order():
 @test(timeout=60, needs=("redis",))
 async def three_nodes_concurrent_publishers():
     await fanout_check(3, 2, 80)
+
+
+@test(timeout=60, needs=("redis", "postgres"))
+async def redis_linger_keeps_order_acks_and_history():
+    """CHAT_REDIS_LINGER_MS (docs/cost.md section 19): publishes and presence
+    calls wait up to the linger to share one Redis write. Two nodes with a
+    database and a 20 ms linger: one seq order everywhere, every ack, and
+    history holds each message once."""
+    nodes, room, total = await fanout_check(2, 2, 60, db=True, env={"CHAT_REDIS_LINGER_MS": "20"})
+    st, js, _ = await harness.ahttp_json(nodes[1].port, f"/rooms/{room}/messages?limit=200", token("h"))
+    eq(st, 200, "history")
+    seqs = sorted(m["seq"] for m in js["messages"])
+    eq(seqs, list(range(1, total + 1)), "history: each seq once")
+    eq(len({m["id"] for m in js["messages"]}), total, "history: each id once")
 
 
 @test(timeout=60, needs=("redis",))

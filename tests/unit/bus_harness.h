@@ -380,7 +380,7 @@ static inline node *node_new_checking_opts(const char *name, const char *url, si
     return node_start(calloc(1, sizeof(node)), name,
                       (bus_opts){url, recent_max, 60, 1, grace_ms,
                                  rooms ? rooms : CONFIG_BACKFILL_CHECK_ROOMS,
-                                 per_room ? per_room : CONFIG_BACKFILL_CHECK_PER_ROOM},
+                                 per_room ? per_room : CONFIG_BACKFILL_CHECK_PER_ROOM, 0},
                       &handlers_checking);
 }
 
@@ -403,13 +403,13 @@ static inline node *node_new_seeded(const char *name, const char *url, uint64_t 
     nd->seed_max = seed_max;
     snprintf(nd->seed_epoch, sizeof nd->seed_epoch, "%s", epoch);
     return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000, CONFIG_BACKFILL_CHECK_ROOMS,
-                                           CONFIG_BACKFILL_CHECK_PER_ROOM},
+                                           CONFIG_BACKFILL_CHECK_PER_ROOM, 0},
                       &handlers_seeded);
 }
 
 static inline node *node_new(const char *name, const char *url, size_t recent_max, uint32_t ttl)
 {
-    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0, 0, 0},
+    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0, 0, 0, 0},
                       &handlers);
 }
 

@@ -194,7 +194,7 @@ static int has_user(const lres *r, const char *u)
 static void node_new(int i, const char *id)
 {
     char err[256] = "";
-    presence_opts o = { g_url, id, g_ttl, SWEEP };
+    presence_opts o = { g_url, id, g_ttl, SWEEP, 0 };
     presence_handlers h = { on_tr };
     N[i].idx = i;
     snprintf(N[i].id, sizeof N[i].id, "%s", id);

@@ -90,7 +90,7 @@ static int do_list(lres *r)
 static void node_new(void)
 {
     char err[128] = "";
-    presence_opts o = { NULL, "oomnode", TTL, SWEEP };
+    presence_opts o = { NULL, "oomnode", TTL, SWEEP, 0 };
     presence_handlers h = { on_tr };
     P = presence_new(L, &o, &h, NULL, err, sizeof err);
     if (!P) { fprintf(stderr, "presence_new: %s\n", err); exit(1); }

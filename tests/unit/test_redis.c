@@ -309,7 +309,7 @@ static redis_client *client_run(rec *r, const char *url, int want_sub, int want_
 {
     char err[256];
     memset(r, 0, sizeof *r);
-    redis_client_opts o = {url, "test", SCRIPTS, NSCRIPTS, want_sub, want_run_id};
+    redis_client_opts o = {url, "test", SCRIPTS, NSCRIPTS, want_sub, want_run_id, 0};
     r->c = redis_client_new(loop, &o, &RH, r, err, sizeof err);
     CHECK(r->c, "client %s: %s", url, err);
     return r->c;
@@ -736,6 +736,67 @@ static void test_conn_ssubscribe(void)
     spin(20);
 }
 
+/* Redis' read count (INFO stats total_reads_processed, every client) */
+static long long reads_processed(int srv)
+{
+    long long n = -1;
+    redisReply *r = rp_cmd(srv, "INFO stats");
+    const char *p = r && r->type == REDIS_REPLY_STRING ? r->str : NULL;
+    if (p && (p = strstr(p, "total_reads_processed:"))) n = atoll(p + 22);
+    if (r) freeReplyObject(r);
+    return n;
+}
+
+/* CHAT_REDIS_LINGER_MS: commands queued in different loop turns within the
+ * linger leave in one write (Redis reads them at once); without it each
+ * turn's commands leave at its end. The same pattern on both connections:
+ * A, 100 ms of loop, B, both answers. */
+static int linger_pattern(int srv, uint32_t linger_ms, int *a_early, long long *reads)
+{
+    redis_conn_opts o = {.addr = {"127.0.0.1", rp_all[srv].port}, .ping_every_ms = 60000,
+                         .linger_ms = linger_ms};
+    cstate st = {0};
+    redis_conn_handlers h = {c_up, c_down, c_push};
+    redis_conn *c = redis_conn_new(loop, &o, &h, &st);
+    WAIT(st.up, 3000);
+    if (!st.up) return -1;
+    spin(20);
+    long long r0 = reads_processed(srv);
+    long long own = reads_processed(srv) - r0;   /* what reading the count costs */
+    r0 += own;
+    ans a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    const char *ca[] = {"INCR", "linger:a"}, *cb[] = {"INCR", "linger:b"};
+    redis_conn_command(c, 2, ca, NULL, conn_cb, &a);
+    spin(100);
+    *a_early = a.done;
+    redis_conn_command(c, 2, cb, NULL, conn_cb, &b);
+    WAIT(a.done && b.done, 3000);
+    int ok = a.done == 1 && b.done == 1 && a.type == REDIS_REPLY_INTEGER &&
+             b.type == REDIS_REPLY_INTEGER;
+    *reads = reads_processed(srv) - r0 - own;
+    redis_conn_close(c);
+    spin(20);
+    return ok ? 0 : -1;
+}
+
+static void test_conn_linger(void)
+{
+    int srv = rp_start(NULL);
+    if (srv < 0) { check_fail("server"); return; }
+    int early;
+    long long reads;
+    CHECK(linger_pattern(srv, 0, &early, &reads) == 0, "no linger: both answered");
+    CHECK(early == 1, "no linger: A answered within 100 ms (%d)", early);
+    CHECK(reads == 2, "no linger: A and B in two reads (%lld)", reads);
+    CHECK(linger_pattern(srv, 400, &early, &reads) == 0, "linger 400 ms: both answered");
+    CHECK(early == 0, "linger 400 ms: A held back for B (answered within 100 ms: %d)", early);
+    CHECK(reads == 1, "linger 400 ms: A and B in one read (%lld)", reads);
+    rp_signal(srv, SIGKILL);
+    spin(20);
+}
+
 /* standalone URL at a cluster node: MOVED is an answer, not a reason to
  * reconnect (defect 9); readiness says what is wrong */
 static void test_standalone_at_cluster(int first)
@@ -856,7 +917,7 @@ static void test_tls(void)
     CHECK(redis_client_ready(c), "client certificate");
     redis_client_free(c);
     char err[200];
-    redis_client_opts o = {"rediss://h?ssl_certfile=/nonexistent.pem&ssl_keyfile=/x", "t", NULL, 0, 0, 0};
+    redis_client_opts o = {"rediss://h?ssl_certfile=/nonexistent.pem&ssl_keyfile=/x", "t", NULL, 0, 0, 0, 0};
     CHECK(redis_client_new(loop, &o, &RH, &R, err, sizeof err) == NULL && strstr(err, "certificate"),
           "bad cert file: %s", err);
     spin(20);
@@ -1193,6 +1254,7 @@ int main(void)
     }
     atexit(rp_cleanup);
     test_conn_ssubscribe();
+    test_conn_linger();
     test_standalone();
     test_tls();
     test_cluster();
