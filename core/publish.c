@@ -239,6 +239,47 @@ static void stored_write(publish_op *p, const store_row *row)
     }
 }
 
+/* The resend's own copy of the message at p->seq (a fresh publish, or a
+ * duplicate whose broadcast copy is gone from the recent buffer). */
+static void write_own_copy(publish_op *p)
+{
+    store_row row = {.room = p->room, .seq = p->seq, .client_id = p->id, .user = p->user,
+                     .name = p->name, .body = p->body, .body_len = p->body_len, .ts = p->ts,
+                     .meta = p->meta, .meta_len = p->meta_len};
+    stored_write(p, &row);
+}
+
+/* entries a duplicate's lookup of its broadcast copy reads at most (the
+ * recent buffer's default size: a seq further back is normally trimmed) */
+#define DUP_REPLAY_MAX 1000
+
+static int tail_row(const char *rname, uint64_t seq, const char *tail, size_t len,
+                    store_row *row, json_t **o, char **buf);
+
+/* The recent buffer's entries from the duplicate's seq on: its broadcast
+ * copy is stored (the conflict check answers 0 when history holds it
+ * already, -2 when another row holds the seq). The same sender and id as
+ * the resend, or the resend's copy is written (store -4 / -2 judge it). */
+static void dup_replayed(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                         const char *epoch)
+{
+    (void)head; (void)epoch;
+    publish_op *p = ud;
+    json_t *o = NULL;
+    char *buf = NULL;
+    store_row row;
+    if (status == 0 && n > 0 && e[0].seq == p->seq &&
+        tail_row(p->room, p->seq, e[0].tail, e[0].len, &row, &o, &buf) == 0 &&
+        row.kind == WIRE_MESSAGE && row.client_id && p->id && strcmp(row.client_id, p->id) == 0 &&
+        strcmp(row.user, p->user) == 0) {
+        stored_write(p, &row);
+    } else {
+        write_own_copy(p);
+    }
+    json_decref(o);
+    free(buf);
+}
+
 static void on_published(void *ud, int status, uint64_t seq, int duplicate)
 {
     publish_op *p = ud;
@@ -256,10 +297,17 @@ static void on_published(void *ud, int status, uint64_t seq, int duplicate)
         finish(p, PUBLISH_OK); /* no durable history: chatd said so at start */
         return;
     }
-    store_row row = {.room = p->room, .seq = seq, .client_id = p->id, .user = p->user,
-                     .name = p->name, .body = p->body, .body_len = p->body_len, .ts = p->ts,
-                     .meta = p->meta, .meta_len = p->meta_len};
-    stored_write(p, &row);
+    /* a resend of a message already published: history must hold the
+     * message as it was broadcast (its ts, name, body, meta), not the
+     * resend's copy, or history and replay from Postgres would disagree
+     * with what members received when the first publish's node died
+     * before its commit. Its broadcast copy is read from the recent buffer
+     * (dup_replayed); the resend's own copy only when the buffer no longer
+     * has it */
+    if (duplicate && seq > 0 &&
+        bus_replay(P.bus, p->room, seq - 1, DUP_REPLAY_MAX, dup_replayed, p) == 0)
+        return;
+    write_own_copy(p);
 }
 
 /* The op is built: hand it to the bus. 0 or -1 (the op is freed). */
@@ -758,16 +806,23 @@ static void backfill_write(const char *rname, uint64_t seq, const store_row *row
     free(b);
 }
 
-void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char *tail, size_t len)
+/* A tail of the recent buffer (a message or an update as broadcast) as the
+ * row history keeps of it. 0 with *row pointing into *o and *buf (the
+ * caller frees both, also on failure); -1 out of memory, -2 malformed. */
+static int tail_row(const char *rname, uint64_t seq, const char *tail, size_t len,
+                    store_row *row, json_t **op, char **bufp)
 {
-    (void)ud;
-    if (!P.store || !len) return;
+    *op = NULL;
+    *bufp = NULL;
+    if (!len) return -2;
     char *buf = malloc(len + 1);
-    if (!buf) return;
+    if (!buf) return -1;
+    *bufp = buf;
     buf[0] = '{';
     memcpy(buf + 1, tail, len);
     json_error_t je;
     json_t *o = json_loadb(buf, len + 1, JSON_ALLOW_NUL, &je);
+    *op = o;
     size_t body_len = 0;
     const char *user = o ? obj_str(o, "user", NULL) : NULL;
     const char *body = o ? obj_str(o, "body", &body_len) : NULL;
@@ -784,14 +839,7 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
               (kind == WIRE_REACT && (!emoji || !json_is_integer(count) ||
                                       json_integer_value(count) < 0 ||
                                       !json_is_boolean(json_object_get(o, "on"))));
-    if (bad) {
-        LOGE(MOD, "room %s seq %" PRIu64 ": unstored message has a malformed tail: not stored",
-             rname, seq);
-        bus_mark_stored(P.bus, rname, seq); /* never offer it again */
-        json_decref(o);
-        free(buf);
-        return;
-    }
+    if (bad) return -2;
     const char *name = obj_str(o, "name", NULL);
     /* meta (server API) as the text the tail carries, not re-serialized */
     size_t moff = 0, mlen = 0;
@@ -799,15 +847,36 @@ void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char 
     if (json_is_object(json_object_get(o, "meta")) &&
         json_raw_member(buf, len + 1, "meta", &moff, &mlen) == 1)
         meta = buf + moff;
-    store_row row = {.room = rname, .seq = seq, .client_id = obj_str(o, "id", NULL), .user = user,
-                     .name = name ? name : user, .body = body, .body_len = body_len,
-                     .ts = (uint64_t)json_integer_value(ts), .kind = kind,
-                     .meta = meta, .meta_len = mlen};
-    if (kind != WIRE_MESSAGE) row.target = (uint64_t)json_integer_value(target);
+    *row = (store_row){.room = rname, .seq = seq, .client_id = obj_str(o, "id", NULL), .user = user,
+                       .name = name ? name : user, .body = body, .body_len = body_len,
+                       .ts = (uint64_t)json_integer_value(ts), .kind = kind,
+                       .meta = meta, .meta_len = mlen};
+    if (kind != WIRE_MESSAGE) row->target = (uint64_t)json_integer_value(target);
     if (kind == WIRE_REACT) {
-        row.emoji = emoji;
-        row.on = json_is_true(json_object_get(o, "on"));
-        row.count = json_integer_value(count);
+        row->emoji = emoji;
+        row->on = json_is_true(json_object_get(o, "on"));
+        row->count = json_integer_value(count);
+    }
+    return 0;
+}
+
+void publish_bus_unstored(void *ud, const char *rname, uint64_t seq, const char *tail, size_t len)
+{
+    (void)ud;
+    if (!P.store || !len) return;
+    json_t *o;
+    char *buf;
+    store_row row;
+    int rc = tail_row(rname, seq, tail, len, &row, &o, &buf);
+    if (rc == -2) {
+        LOGE(MOD, "room %s seq %" PRIu64 ": unstored message has a malformed tail: not stored",
+             rname, seq);
+        bus_mark_stored(P.bus, rname, seq); /* never offer it again */
+    }
+    if (rc != 0) {
+        json_decref(o);
+        free(buf);
+        return;
     }
     /* nothing to do when it is stored (or another row holds the seq: logged
      * by the store): the sweeper's next check of it, after the lease, sees

@@ -720,6 +720,44 @@ async def hole_of_a_dead_node_is_backfilled():
 
 
 @test(timeout=60, needs=NEEDS)
+async def resend_after_a_dead_node_stores_the_broadcast_message():
+    """A message broadcast by a node that dies before its commit, then resent
+    (same id, no ack) through another node before the backfill: the resend
+    is acked with the first seq, and history holds the message as members
+    received it (its ts, name and body), not the resend's copy. Before the
+    fix the resend's row (its own ts, the name of its token, its body) was
+    stored, so history and a replay from Postgres disagreed with live
+    delivery and with a replay from the recent buffer."""
+    a = hnode(env={"CHAT_BATCH_MS": 10000, "CHAT_BACKFILL_GRACE_MS": 60000})
+    b = hnode(env={"CHAT_BACKFILL_GRACE_MS": 60000})
+    room = uniq()
+    w = await Client.connect(b, room, token("watch"))
+    ca = await Client.connect(a, room, token("alice", "Alice on A"))
+    await ca.send_msg("as broadcast", id="m1")
+    live = (await w.wait_count(is_msg(room), 1, 8, "the broadcast on B"))[0]
+    a.kill9()
+    await asyncio.sleep(0.05)     # the resend's ts is later than the first's
+    cb = await Client.connect(b, room, token("alice", "Alice on B"))
+    # a client that changed its copy meanwhile: the id names the broadcast one
+    mk = cb.mark()
+    await cb.send_msg("changed on resend", id="m1")
+    f = await cb.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == "m1", 8,
+                          start=mk, what="answer to the resend")
+    eq((f["type"], f.get("seq")), ("ack", live["seq"]), f"answer to the resend: {f}")
+    rows = (await history(b, room, limit=200))["messages"]
+    eq(len(rows), 1, f"history rows: {rows}")
+    for k in ("seq", "id", "user", "name", "body", "ts"):
+        eq(rows[0].get(k), live.get(k), f"history {k} (live {live})")
+    check(not [x for x in w.messages(room) if x is not live], f"broadcast again: {w.brief()}")
+    # a replay from Postgres (the buffer emptied) gives the broadcast frame too
+    await asyncio.to_thread(harness.RUN.redis.command, "DEL", f"chat:{{{room}}}:recent")
+    late = await Client.connect(b, room, token("late"), since=0)
+    got = await late.wait_count(is_msg(room), 1, 5, "the replay")
+    for k in ("seq", "id", "user", "name", "body", "ts"):
+        eq(got[0].get(k), live.get(k), f"replayed {k}")
+
+
+@test(timeout=60, needs=NEEDS)
 async def pending_writes_bound_answers_unavailable_never_an_ack():
     # Postgres unreachable: writes queue up to CHAT_PENDING_MAX, then new
     # messages get error "unavailable"; nothing unstored is ever acked. The
