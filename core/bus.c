@@ -216,8 +216,8 @@ int bus_publish_update(bus *b, const char *room, const char *user, const char *c
     return publish_req(b, room, user, client_id, tail, tail_len, u, NULL, cb, ud);
 }
 
-int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_cb cb,
-               void *ud)
+static int replay_req(bus *b, const char *room, uint64_t since, size_t max, uint64_t upto,
+                      bus_replay_cb cb, void *ud)
 {
     if (!bus_ready(b) || !room || !room_name_valid(room, strlen(room))) return -1;
     bus_req *r = bus_req_new(b, BUS_REQ_REPLAY, room, 0);
@@ -226,6 +226,7 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_
     r->ud = ud;
     r->since = since;
     r->max = max;
+    r->upto = upto;
     bus_room *rm = bus_room_get(b, room);
     if (rm && rm->refs > 0 && !rm->synced) {
         /* answer after the subscription's head is known, so that every seq
@@ -240,6 +241,19 @@ int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_
         return -1;
     }
     return 0;
+}
+
+int bus_replay(bus *b, const char *room, uint64_t since, size_t max, bus_replay_cb cb,
+               void *ud)
+{
+    return replay_req(b, room, since, max, 0, cb, ud);
+}
+
+int bus_replay_upto(bus *b, const char *room, uint64_t since, uint64_t upto,
+                    bus_replay_cb cb, void *ud)
+{
+    if (since == UINT64_MAX || upto <= since) return -1;
+    return replay_req(b, room, since, (size_t)(upto - since), upto, cb, ud);
 }
 
 int bus_known_head(const bus *b, const char *room, uint64_t *head, uint64_t *delivered)

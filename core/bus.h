@@ -103,6 +103,13 @@ int bus_publish_update(bus *b, const char *room, const char *user, const char *c
  * callback only. */
 int bus_replay(bus *b, const char *room, uint64_t since, size_t max,
                bus_replay_cb cb, void *ud);
+/* bus_replay of since+1 .. upto only (upto >= since+1, upto - since at most
+ * the recent buffer's size): status 0 with exactly those entries when the
+ * head reached upto and the buffer has them all, else 1 (n = 0) or -1. A
+ * read of one seq's broadcast copy (upto = since+1) costs one entry,
+ * however far the head is. */
+int bus_replay_upto(bus *b, const char *room, uint64_t since, uint64_t upto,
+                    bus_replay_cb cb, void *ud);
 /* The room's head as this node knows it without asking Redis: the highest
  * seq it delivered or had acked to one of its publishes (a lower bound of
  * the real head: every seq above it is still delivered or fetched), and in

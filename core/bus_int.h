@@ -86,6 +86,7 @@ struct bus_req {
     size_t tail_len;
     uint64_t since;
     size_t max;
+    uint64_t upto;           /* replay: last seq wanted (0: the head) */
     int retried;             /* NOSCRIPT retry done */
     int have_head;
     uint64_t head;

@@ -274,12 +274,16 @@ static void replay_range_cb(void *ud, const redisReply *rp)
     }
     uint64_t head = r->head, since = r->since;
     metric_observe(r->b->m.op_replay, since_s(r->t0));
-    if (since >= head) {
+    /* bus_replay_upto: the entries end at upto (never reached: 1) */
+    uint64_t last = r->upto ? r->upto : head;
+    if (r->upto && head < r->upto) {
+        bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
+    } else if (since >= last) {
         bus_req_replay_done(r, 0, NULL, 0, head, r->epoch);
-    } else if (head - since > r->max) {
+    } else if (last - since > r->max) {
         bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
     } else {
-        size_t want = (size_t)(head - since);
+        size_t want = (size_t)(last - since);
         bus_entry *e = malloc(want * sizeof *e);
         size_t n = e ? bus_reply_replay(rp, since, want, e) : 0;
         if (e && n == want) bus_req_replay_done(r, 0, e, n, head, r->epoch);
@@ -293,7 +297,7 @@ static void replay_range_cb(void *ud, const redisReply *rp)
  * r->hold counts each. 0, or -1 when nothing could be queued. */
 static int send_replay(busr *R, bus_req *r)
 {
-    char krec[CHAT_ROOM_MAX + 32], min[24], lim[24];
+    char krec[CHAT_ROOM_MAX + 32], min[24], max[24], lim[24];
     if (!r->seed_mode) r->seed_mode = bus_has_seed(R->b) ? BUS_SEED_ASK : BUS_SEED_NONE;
     if (r->seed_mode == BUS_SEED_NONE) bus_epoch_new(R->b, r->epoch);
     if (bus_rhead_send(R, replay_head_cb, r, r->room, bus_rhead_floor(R->b, r->room), r->seed_mode,
@@ -304,7 +308,9 @@ static int send_replay(busr *R, bus_req *r)
     key(krec, sizeof krec, r->room, "recent");
     snprintf(min, sizeof min, "(%" PRIu64, r->since);
     snprintf(lim, sizeof lim, "%zu", r->max < SIZE_MAX ? r->max + 1 : r->max);
-    const char *z[] = {"ZRANGEBYSCORE", krec, min, "+inf", "LIMIT", "0", lim};
+    if (r->upto) snprintf(max, sizeof max, "%" PRIu64, r->upto);
+    else snprintf(max, sizeof max, "+inf");
+    const char *z[] = {"ZRANGEBYSCORE", krec, min, max, "LIMIT", "0", lim};
     redis_call how = {.slot = redis_room_slot(r->room), .node = 0, .script = -1};
     if (redis_client_call(R->rc, &how, 7, z, NULL, replay_range_cb, r) == 0) r->hold++;
     return 0;

@@ -249,14 +249,10 @@ static void write_own_copy(publish_op *p)
     stored_write(p, &row);
 }
 
-/* entries a duplicate's lookup of its broadcast copy reads at most (the
- * recent buffer's default size: a seq further back is normally trimmed) */
-#define DUP_REPLAY_MAX 1000
-
 static int tail_row(const char *rname, uint64_t seq, const char *tail, size_t len,
                     store_row *row, json_t **o, char **buf);
 
-/* The recent buffer's entries from the duplicate's seq on: its broadcast
+/* The recent buffer's entry of the duplicate's seq: its broadcast
  * copy is stored (the conflict check answers 0 when history holds it
  * already, -2 when another row holds the seq). The same sender and id as
  * the resend, or the resend's copy is written (store -4 / -2 judge it). */
@@ -304,8 +300,7 @@ static void on_published(void *ud, int status, uint64_t seq, int duplicate)
      * before its commit. Its broadcast copy is read from the recent buffer
      * (dup_replayed); the resend's own copy only when the buffer no longer
      * has it */
-    if (duplicate && seq > 0 &&
-        bus_replay(P.bus, p->room, seq - 1, DUP_REPLAY_MAX, dup_replayed, p) == 0)
+    if (duplicate && seq > 0 && bus_replay_upto(P.bus, p->room, seq - 1, seq, dup_replayed, p) == 0)
         return;
     write_own_copy(p);
 }
@@ -405,7 +400,6 @@ int publish_start(const publish_msg *m, publish_owner *owner, publish_cb cb, voi
  * still has a caller before doing more than completing what was published:
  * an update whose owner went away before its publish is simply dropped. */
 
-#define LOOKUP_MAX 1000   /* recent-buffer entries read to find an unstored target */
 
 /* store.h's row kinds are wire.h's update kinds */
 _Static_assert((int)STORE_MESSAGE == (int)WIRE_MESSAGE && (int)STORE_EDIT == (int)WIRE_EDIT &&
@@ -610,7 +604,7 @@ static void on_lookup_replay(void *ud, int status, const bus_entry *e, size_t n,
 
 static int lookup_buffer(publish_op *p)
 {
-    return bus_replay(P.bus, p->room, p->target - 1, LOOKUP_MAX, on_lookup_replay, p);
+    return bus_replay_upto(P.bus, p->room, p->target - 1, p->target, on_lookup_replay, p);
 }
 
 /* A deleted target, or one retention removed: nothing new passes, but a

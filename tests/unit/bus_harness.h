@@ -518,6 +518,15 @@ static inline int replay(node *nd, const char *room, uint64_t since, size_t max,
     return rc_;
 }
 
+static inline int replay_upto(node *nd, const char *room, uint64_t since, uint64_t upto, repres *r)
+{
+    memset(r, 0, sizeof *r);
+    in_call = 1;
+    int rc_ = bus_replay_upto(nd->b, room, since, upto, rep_cb, r);
+    in_call = 0;
+    return rc_;
+}
+
 /* waits until room is subscribed and synced on nd (replay answers then) */
 static inline void synced(node *nd, const char *room)
 {

@@ -111,6 +111,21 @@ static void test_local_basic(void)
     replay(a, room, 13, 10, &r);
     WAIT(r.done, 2000);
     CHECK(r.status == 0 && r.n == 0 && r.head == 13, "nothing new");
+    /* one seq's entry, however far the head (bus_replay_upto) */
+    replay_upto(a, room, 9, 10, &r);
+    WAIT(r.done, 2000);
+    CHECK(r.status == 0 && r.n == 1 && r.first == 10 && r.head == 13, "upto one entry st=%d n=%zu",
+          r.status, r.n);
+    replay_upto(a, room, 8, 11, &r);
+    WAIT(r.done, 2000);
+    CHECK(r.status == 0 && r.n == 3 && r.first == 9 && r.last == 11, "upto a range");
+    replay_upto(a, room, 3, 4, &r);
+    WAIT(r.done, 2000);
+    CHECK(r.status == 1 && r.n == 0, "upto beyond the buffer -> 1");
+    replay_upto(a, room, 13, 14, &r);
+    WAIT(r.done, 2000);
+    CHECK(r.status == 1 && r.n == 0 && r.head == 13, "upto above the head -> 1");
+    CHECK(replay_upto(a, room, 5, 5, &r) == -1, "upto <= since refused");
     /* emit */
     in_call = 1;
     CHECK(bus_emit(a->b, room, "typing", "{\"t\":1}", 7) == 0, "emit");
@@ -253,6 +268,20 @@ static void test_trim_replay(void)
     replay(a, room, 12, 10, &r);
     WAIT(r.done, 3000);
     CHECK(r.status == 0 && r.n == 0 && r.head == 12, "up to date");
+    /* one seq's entry, however far the head (bus_replay_upto) */
+    replay_upto(a, room, 8, 9, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 0 && r.n == 1 && r.first == 9 && r.head == 12, "upto one entry st=%d n=%zu",
+          r.status, r.n);
+    replay_upto(a, room, 7, 10, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 0 && r.n == 3 && r.first == 8 && r.last == 10, "upto a range");
+    replay_upto(a, room, 2, 3, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 1 && r.n == 0, "upto beyond the buffer -> 1");
+    replay_upto(a, room, 12, 13, &r);
+    WAIT(r.done, 3000);
+    CHECK(r.status == 1 && r.n == 0 && r.head == 12, "upto above the head -> 1");
     char empty[80];
     mkroom(empty, sizeof empty, "never");
     replay(a, empty, 0, 10, &r);
