@@ -229,7 +229,15 @@ static void on_stored(void *ud, int status)
  * publish_bus_unstored does). */
 static void stored_write(publish_op *p, const store_row *row)
 {
-    int rc = store_write(P.store, row, on_stored, p);
+    /* its seq is handed out and broadcast: the store takes it even over
+     * its pending bound, which publish_ready applied at admission (a
+     * burst admitted together overshoots it by the burst; before, the
+     * overshoot was broadcast, answered `unavailable` and never stored
+     * unless resent: for good in the in-process mode, which has no
+     * backfill) */
+    store_row r = *row;
+    r.admitted = 1;
+    int rc = store_write(P.store, &r, on_stored, p);
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
              "number over 2^63-1): not stored", p->room, row->seq);

@@ -1286,7 +1286,7 @@ size_t store_pending(const store *s)
 int store_write(store *s, const store_row *row, store_write_cb cb, void *ud)
 {
     if (!s || s->dead || !row || !row->room || !row->user || !row->name || !row->body) return -1;
-    if (s->q_len + s->fl_len >= s->pending_max) return -1;
+    if (!row->admitted && s->q_len + s->fl_len >= s->pending_max) return -1;
     if (row->seq > INT64_MAX || row->ts > INT64_MAX || row->target > INT64_MAX) return -3;
     if (row->kind < STORE_MESSAGE || row->kind > STORE_REACT ||
         (row->kind != STORE_MESSAGE && !row->target) ||

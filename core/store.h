@@ -63,6 +63,11 @@ typedef struct store_row {
     uint64_t edited_ts;
     const char *reactions;
     const char *meta; size_t meta_len;  /* JSON object text (server API), NULL: none */
+    /* writes: the row's seq was already handed out and broadcast (a
+     * publish admitted while store_pending() was below pending_max):
+     * queued even over pending_max, or it would be a message members
+     * received and history never holds */
+    int admitted;
 } store_row;
 enum { STORE_MESSAGE = 0, STORE_EDIT = 1, STORE_DELETE = 2, STORE_REACT = 3 };
 
@@ -82,8 +87,8 @@ int store_ready(const store *s);   /* connected and migrated */
  * row at (room, seq) has this row's client id and user but another kind (a
  * client that used one id for two things; logged at debug only), -1 failed for good
  * (store freed). Any other failure of a batch is retried after reconnect.
- * Returns without calling cb: -1 when pending_max is reached (or the store
- * is gone: try again later), -3 when the row can never be stored (NUL
+ * Returns without calling cb: -1 when pending_max is reached by a row that
+ * is not `admitted` (or the store is gone: try again later), -3 when the row can never be stored (NUL
  * byte, invalid UTF-8, seq/ts/target over 2^63-1, a kind without its
  * fields). */
 typedef void (*store_write_cb)(void *ud, int status);
