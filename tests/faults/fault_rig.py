@@ -365,6 +365,83 @@ async def f_node_kill9_pg_stopped(c, load, dur):
     await asyncio.to_thread(c._restart_node, n)
 
 
+async def f_node_sigstop(c, load, dur):
+    """Node n0 frozen (SIGSTOP) for longer than the backfill grace and the
+    Redis reply deadline: its sockets stay open, its clients hear nothing;
+    then it resumes with every timer overdue."""
+    n = c.nodes[0]
+    os.kill(n.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(dur)
+    finally:
+        os.kill(n.proc.pid, signal.SIGCONT)
+
+
+async def f_node_sigstop_pg_stopped(c, load, dur):
+    """Postgres stopped so n0 holds published-but-unstored messages; n0 is
+    frozen past the backfill grace (n1 backfills them), Postgres comes back
+    while n0 is frozen, then n0 resumes and commits its stale batch."""
+    n = c.nodes[0]
+    c.stop_pg(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.5)
+        os.kill(n.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(0.5)
+    finally:
+        c.stop_pg(signal.SIGCONT)
+    try:
+        await asyncio.sleep(dur)
+    finally:
+        os.kill(n.proc.pid, signal.SIGCONT)
+
+
+async def f_sighup_storm(c, load, dur):
+    """SIGHUP (policy reload) to every node every 100 ms under load."""
+    end = time.monotonic() + dur
+    while time.monotonic() < end:
+        for n in c.nodes:
+            if n.alive():
+                os.kill(n.proc.pid, signal.SIGHUP)
+        await asyncio.sleep(0.1)
+
+
+async def f_redis_sigstop_then_restart(c, load, dur):
+    """Redis frozen past the reply deadline, then killed and restarted empty
+    while frozen (both nodes publishing into the same rooms throughout)."""
+    os.kill(c.redis.proc.pid, signal.SIGSTOP)
+    await asyncio.sleep(dur / 2)
+    c.redis.kill9()
+    await asyncio.to_thread(c.redis.start)
+    await asyncio.sleep(dur / 2)
+
+
+async def f_redis_restart_twice(c, load, dur):
+    """Redis restarted empty twice in quick succession (the second while the
+    nodes are still reseeding / resubscribing after the first)."""
+    for _ in range(2):
+        c.redis.kill9()
+        await asyncio.to_thread(c.redis.start)
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(max(0, dur - 0.6))
+
+
+async def f_node_sigstop_clients_move(c, load, dur):
+    """Node n0 frozen; after 1 s its clients give up on it (as a client
+    whose pings go unanswered does) and reconnect with since= to n1 (n0's
+    port still accepts TCP: the handshake times out), resending their
+    unacked messages there; n0 resumes after the pause with stale work."""
+    n = c.nodes[0]
+    os.kill(n.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.0)
+        for cl in load.clients:
+            if cl.node_name == n.name:
+                cl.drop()
+        await asyncio.sleep(max(0, dur - 1.0))
+    finally:
+        os.kill(n.proc.pid, signal.SIGCONT)
+
+
 FAULTS = [
     # name, what it does, fn, duration (short, long) in s
     ("none", "no fault (control)", f_none, (2, 5)),
@@ -399,6 +476,26 @@ FAULTS = [
      link("pg", ["loss 10 300"]), (3, 10)),
     ("conn-storm", "connect/disconnect storm: 40 connections at a time open and drop, "
      "every client's TCP dropped once (they resume with since=)", f_connect_storm, (3, 8)),
+    ("node-sigstop", "node n0 SIGSTOPped past the backfill grace and the Redis reply deadline, "
+     "then SIGCONT", f_node_sigstop, (8, 12)),
+    ("node-sigstop-pg-stopped", "Postgres stopped 2 s, n0 frozen meanwhile past the backfill "
+     "grace (n1 backfills), then n0 resumes", f_node_sigstop_pg_stopped, (6, 8)),
+    ("sighup-storm", "SIGHUP to every node every 100 ms", f_sighup_storm, (3, 6)),
+    ("redis-sigstop-restart", "Redis SIGSTOPped, then killed and restarted empty",
+     f_redis_sigstop_then_restart, (8, 10)),
+    ("redis-restart-twice", "Redis killed and restarted empty twice, 0.3 s apart",
+     f_redis_restart_twice, (3, 5)),
+    ("node-sigstop-clients-move", "node n0 frozen; its clients drop it after 1 s and move to n1 "
+     "with since= (resending unacked messages there); n0 resumes after the pause",
+     f_node_sigstop_clients_move, (8, 12)),
+]
+
+# Slow faults (35 s each): only in the long form, or when named in --only
+SLOW_FAULTS = [
+    ("pg-sigstop-long", "every Postgres process SIGSTOPped past the store's 30 s statement "
+     "timeout, then SIGCONT", f_pg_sigstop, (35, 35)),
+    ("node-sigstop-long", "node n0 SIGSTOPped 35 s (past the presence TTL and the per-user "
+     "connection count's TTL), then SIGCONT", f_node_sigstop, (35, 35)),
 ]
 
 

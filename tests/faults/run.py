@@ -35,7 +35,7 @@ sys.path.insert(0, HERE)
 
 import harness  # noqa: E402
 import fault_check as checker  # noqa: E402
-from fault_rig import Cluster, FAULTS, NETNS_FAULTS, netns_available  # noqa: E402
+from fault_rig import Cluster, FAULTS, NETNS_FAULTS, SLOW_FAULTS, netns_available  # noqa: E402
 from fault_load import Load  # noqa: E402
 
 # Faults that fail on main because of a known defect being fixed elsewhere.
@@ -336,7 +336,7 @@ def main():
     if args.list:
         print("run-sh-durable  ./run.sh starts Redis (appendonly, fsync always) and Postgres "
               "(fsync, synchronous_commit) durable")
-        for name, what, _, d in FAULTS + NETNS_FAULTS:
+        for name, what, _, d in FAULTS + SLOW_FAULTS + NETNS_FAULTS:
             print(f"{name:20} {what} ({d[0]} s short, {d[1]} s long)")
         return 0
     prof = Profile(args.long)
@@ -345,7 +345,8 @@ def main():
     if args.rooms:
         prof.rooms = args.rooms
     only = [x for x in args.only.split(",") if x]
-    all_faults = FAULTS + (NETNS_FAULTS if netns_available() else [])
+    all_faults = FAULTS + (SLOW_FAULTS if args.long or only else []) + \
+        (NETNS_FAULTS if netns_available() else [])
     if args.netns and not netns_available():
         print("FAIL faults.netns: nft is not installed (apt-get install nftables)", flush=True)
         COUNTS["FAIL"] += 1
