@@ -442,7 +442,46 @@ static void refuse(publish_op *p, int status, const char *code, const char *reas
  * conflict whose forget did not reach Redis, or a backfill of it met a
  * conflict), is never acked: its id is forgotten and its change undone,
  * answered as the conflict it is (the resend after that is a new update).
- * No row yet: unavailable (resend). Removed by retention: not_found. */
+ * No row yet: its broadcast copy from the recent buffer is stored and
+ * acked (upd_dup_replayed; unavailable when the buffer no longer has it:
+ * resend). Removed by retention: not_found. */
+static int tail_row(const char *rname, uint64_t seq, const char *tail, size_t len,
+                    store_row *row, json_t **o, char **buf);
+
+/* A resent update's broadcast copy, written for it: acked once durable.
+ * Anything else (another row holds the seq, the store refused it) is
+ * answered unavailable: the next resend finds the row and
+ * upd_dup_checked judges it. */
+static void on_upd_dup_stored(void *ud, int status)
+{
+    finish(ud, status == 0 ? PUBLISH_OK : PUBLISH_STORE_DOWN);
+}
+
+/* The recent buffer's entry of a resent update's seq, not stored yet:
+ * stored as broadcast (as the backfill would, CHAT_BACKFILL_GRACE_MS later)
+ * when it is this sender's update with this id, kind and target; else
+ * unavailable, as before (resend). */
+static void upd_dup_replayed(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
+                             const char *epoch)
+{
+    (void)head; (void)epoch;
+    publish_op *p = ud;
+    json_t *o = NULL;
+    char *buf = NULL;
+    store_row row;
+    int rc = -1;
+    if (status == 0 && n > 0 && e[0].seq == p->seq &&
+        tail_row(p->room, p->seq, e[0].tail, e[0].len, &row, &o, &buf) == 0 &&
+        row.kind == p->kind && row.target == p->target && row.client_id && p->id &&
+        strcmp(row.client_id, p->id) == 0 && strcmp(row.user, p->user) == 0) {
+        row.admitted = 1;  /* its seq was broadcast long ago */
+        rc = store_write(P.store, &row, on_upd_dup_stored, p);
+    }
+    json_decref(o);
+    free(buf);
+    if (rc != 0) finish(p, PUBLISH_STORE_DOWN);
+}
+
 static void upd_dup_checked(void *ud, int status, const store_target_row *row)
 {
     publish_op *p = ud;
@@ -460,6 +499,10 @@ static void upd_dup_checked(void *ud, int status, const store_target_row *row)
         finish(p, PUBLISH_CONFLICT);
     } else if (status == STORE_TARGET_GONE) {
         refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was removed by retention");
+    } else if (status == STORE_TARGET_NONE &&
+               bus_replay_upto(P.bus, p->room, p->seq - 1, p->seq, upd_dup_replayed, p) == 0) {
+        /* not stored yet (its node died before the commit, or the commit
+         * is on its way): its broadcast copy is stored now */
     } else {
         finish(p, PUBLISH_STORE_DOWN);
     }

@@ -692,6 +692,46 @@ async def dead_node_updates_backfilled():
                   f"6|3|1|{HEART}|0", "7|2|2||-1"], "stored rows")
 
 
+@test(timeout=60, needs=("redis", "pg"))
+async def resent_updates_of_a_dead_node_acked_before_the_backfill():
+    """Edit, react and delete broadcast by a node that dies before its
+    commit, resent (same ids, no ack) through another node long before the
+    backfill (grace 60 s): each is acked with its first seq at once, stored
+    as broadcast (the react's count too), and none is broadcast again.
+    Before, each resend was answered `unavailable` until the backfill had
+    stored it."""
+    a = node("A", env={"CHAT_BATCH_MS": 10000, "CHAT_BACKFILL_GRACE_MS": 60000})
+    b = node("B", env={"CHAT_BACKFILL_GRACE_MS": 60000})
+    room = uniq("rd")
+    alb = await Client.connect(b, room, token("alice"))
+    w = await Client.connect(b, room, token("watch"))
+    await post(alb, room, "one", "m1")
+    await post(alb, room, "two", "m2")
+    ala = await Client.connect(a, room, token("alice"), since=2)
+    frames = [{"type": "edit", "target": 1, "body": "one, edited", "id": "e1"},
+              {"type": "react", "target": 1, "emoji": THUMBS, "id": "r1"},
+              {"type": "delete", "target": 2, "id": "d1"}]
+    for k, f in enumerate(frames):
+        await ala.send(dict(f, room=room))
+        await w.wait_count(is_event(room), 3 + k, 8, f"broadcast of {f['id']}")
+    live = {f.get("id"): strip(f) for f in events(w, room)}
+    check(not [f for f in ala.frames if f["type"] == "ack"], "A acked although its batch waits")
+    a.kill9()
+    for f in frames:
+        r = await send_and_ack(alb, dict(f, room=room), timeout=8)
+        eq((r["type"], r.get("seq")), ("ack", live[f["id"]]["seq"]), f"answer to the resend of {f['id']}")
+    await alb.roundtrip()
+    eq([x["seq"] for x in events(w, room)], [1, 2, 3, 4, 5], "events watched (no second broadcast)")
+    ms = {m["seq"]: m for m in history(b, room, token("watch"))["messages"]}
+    eq((ms[1].get("body"), ms[1].get("reactions"), ms[1].get("edited_ts")),
+       ("one, edited", {THUMBS: 1}, live["e1"]["ts"]), "state of 1")
+    eq(ms[2].get("deleted"), True, "2 deleted")
+    rows = pg_rows(room, "seq, kind, coalesce(target, 0), coalesce(react_count, -1), ts")
+    if rows is not None:
+        eq(rows[2:], [f"3|1|1|-1|{live['e1']['ts']}", f"4|3|1|1|{live['r1']['ts']}",
+                      f"5|2|2|-1|{live['d1']['ts']}"], "stored update rows (as broadcast)")
+
+
 @test(timeout=45, needs=("redis", "pg"))
 async def unread_counts_messages_not_updates_nor_deleted():
     """GET /rooms/unread counts messages only: not the updates' seqs, not a
