@@ -671,9 +671,9 @@ int api_http(struct lws *wsi, const char *uri, api_req **slot)
     char err[160];
     int m = api_route_match(uri[4] == '/' ? uri + 5 : "", &rt, err, sizeof err);
     if (m == -1) return refuse(wsi, slot, mode, AR_NONE, 404, "not_found", "no such route", NULL, NULL);
-    /* HEAD where GET is allowed: the GET, answered without its body */
-    int as = method == HM_HEAD && (rt.allow & (1u << HM_GET)) ? HM_GET : method;
-    if (!(rt.allow & (1u << as))) {
+    /* HEAD where GET is allowed: the GET, answered without its body; no
+     * OPTIONS (no CORS preflight on the server API: docs/api.md) */
+    if (!httpd_method_allowed(rt.allow, method)) {
         char allow[64], msg[96];
         api_allow_header(rt.allow, allow, sizeof allow);
         snprintf(msg, sizeof msg, "method %s not allowed; allowed: %s", httpd_method_name(method), allow);

@@ -28,12 +28,7 @@ const char *api_route_name(int route)
 
 void api_allow_header(unsigned allow, char *out, size_t n)
 {
-    size_t o = 0;
-    out[0] = 0;
-    for (int m = 0; m < HM_N; m++)
-        if (allow & (1u << m))
-            o += (size_t)snprintf(out + o, o < n ? n - o : 0, "%s%s%s", o ? ", " : "", httpd_method_name(m),
-                                  m == HM_GET ? ", HEAD" : "");   /* HEAD: a GET without its body */
+    httpd_allow_header(allow, out, n);   /* the plain routes' too */
 }
 
 /* UTF-8 well-formed (util.h's utf8_seq, the one decoder), no C0/DEL and no

@@ -486,24 +486,103 @@ static int route_static(struct lws *wsi, const char *uri)
     return ret;
 }
 
-static int route(struct lws *wsi, const char *uri, http_req **slot);
+/* ---- the routes and their methods ------------------------------------- */
+
+/* The plain routes and the methods each answers: the one place that knows
+ * them (bit 1 << HM_*; HEAD wherever GET is, httpd_method_allowed).
+ * http_handle judges a request's method here (405 with the Allow made from
+ * it), answers OPTIONS where a route allows it and dispatches the rest.
+ * OPTIONS is a CORS preflight (Fetch standard): the read routes take
+ * `Authorization: Bearer`, a header that is not CORS-safelisted, so a page
+ * on another origin asks first; the answer needs no token (a browser never
+ * sends one on the preflight). Under /rooms/ for any path, so that the
+ * actual request's 400 / 404 (which carry ACAO) reach the page instead of
+ * a failed preflight. /healthz, /readyz, /metrics (probes and scrapers,
+ * which never preflight), /dev/token and the static client take no
+ * credentials: a browser's GET of them is a simple request, no preflight;
+ * OPTIONS there stays a 405. */
+enum { HR_HEALTHZ, HR_READYZ, HR_METRICS, HR_UNREAD, HR_ROOM, HR_DEV_TOKEN, HR_WS, HR_STATIC };
+#define HR_GET (1u << HM_GET)
+#define HR_PREFLIGHT (1u << HM_OPTIONS)
+static const struct {
+    const char *path;
+    int prefix;                 /* path is a prefix of the request path */
+    int route;
+    unsigned allow;
+} ROUTES[] = {
+    {"/healthz", 0, HR_HEALTHZ, HR_GET},
+    {"/readyz", 0, HR_READYZ, HR_GET},
+    {"/metrics", 0, HR_METRICS, HR_GET},
+    {"/rooms/unread", 0, HR_UNREAD, HR_GET | HR_PREFLIGHT},
+    {"/rooms/", 1, HR_ROOM, HR_GET | HR_PREFLIGHT},
+    {"/dev/token", 0, HR_DEV_TOKEN, HR_GET},
+    {"/ws/", 1, HR_WS, HR_GET},
+    {"", 1, HR_STATIC, HR_GET},          /* the browser client, or a 404 */
+};
+
+/* The row of uri (the last one matches everything) */
+static size_t route_index(const char *uri)
+{
+    size_t i = 0;
+    for (; i + 1 < sizeof ROUTES / sizeof ROUTES[0]; i++) {
+        size_t l = strlen(ROUTES[i].path);
+        if (ROUTES[i].prefix ? !strncmp(uri, ROUTES[i].path, l) : !strcmp(uri, ROUTES[i].path)) break;
+    }
+    return i;
+}
+
+unsigned http_route_methods(const char *uri)
+{
+    return ROUTES[route_index(uri)].allow;
+}
+
+/* The preflight's max-age: browsers cache the answer per origin and URL
+ * this long (Chromium caps it at 2 h, Firefox at 24 h) */
+#define HTTP_PREFLIGHT_MAX_AGE "600"
+
+/* OPTIONS on a route that allows it: a CORS preflight (or a plain OPTIONS,
+ * which gets the same answer). Allow-Methods: what the route allows besides
+ * OPTIONS; Allow-Headers: Authorization, the one request header these
+ * routes read (Fetch: a "*" there would not cover Authorization).
+ * Constant, whatever Origin or Access-Control-Request-* asked: nothing to
+ * Vary on; the browser checks its request against it. */
+static int preflight(struct lws *wsi, unsigned allow, int close)
+{
+    char all[64], methods[64];
+    httpd_allow_header(allow, all, sizeof all);
+    httpd_allow_header(allow & ~(1u << HM_OPTIONS), methods, sizeof methods);
+    const char *const h[] = {"allow", all,
+                             "access-control-allow-origin", "*",
+                             "access-control-allow-methods", methods,
+                             "access-control-allow-headers", "Authorization",
+                             "access-control-max-age", HTTP_PREFLIGHT_MAX_AGE,
+                             NULL};
+    return httpd_reply(wsi, 204, "", "", 0, h, close);
+}
+
+static int route(struct lws *wsi, int r, const char *uri, http_req **slot);
 
 int http_handle(struct lws *wsi, const char *uri, http_req **slot)
 {
     int m = httpd_method(wsi);
-    if (m != HM_GET && m != HM_HEAD) {
-        /* these routes are GET (and HEAD) only; a request body is not read (closed) */
-        static const char *const allow[] = {"allow", "GET, HEAD", NULL};
-        int body = httpd_content_length(wsi) != -1 || httpd_chunked(wsi);
-        return httpd_reply(wsi, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, allow, body);
+    size_t i = route_index(uri);
+    /* a request body is never read here (closed after the answer) */
+    int body = httpd_content_length(wsi) != -1 || httpd_chunked(wsi);
+    if (!httpd_method_allowed(ROUTES[i].allow, m)) {
+        char allow[64];
+        httpd_allow_header(ROUTES[i].allow, allow, sizeof allow);
+        const char *const h[] = {"allow", allow, NULL};
+        return httpd_reply(wsi, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, h, body);
     }
-    return route(wsi, uri, slot);
+    if (m == HM_OPTIONS) return preflight(wsi, ROUTES[i].allow, body);
+    return route(wsi, ROUTES[i].route, uri, slot);
 }
 
-static int route(struct lws *wsi, const char *uri, http_req **slot)
+static int route(struct lws *wsi, int r, const char *uri, http_req **slot)
 {
-    if (!strcmp(uri, "/healthz")) return reply_text(wsi, 200, "ok");
-    if (!strcmp(uri, "/readyz")) {
+    switch (r) {
+    case HR_HEALTHZ: return reply_text(wsi, 200, "ok");
+    case HR_READYZ: {
         if (g_srv.draining) return reply_text(wsi, 503, "draining");
         char why[400];
         /* the bus says what does not work: which Redis, shard and slots */
@@ -511,16 +590,17 @@ static int route(struct lws *wsi, const char *uri, http_req **slot)
         if (g_srv.store && !store_ready(g_srv.store)) return reply_text(wsi, 503, "postgres unreachable");
         return reply_text(wsi, 200, "ready");
     }
-    if (!strcmp(uri, "/metrics")) {
+    case HR_METRICS: {
         size_t len;
         char *m = metrics_render(&len);
         int ret = http_reply(wsi, 200, "text/plain; version=0.0.4; charset=utf-8", m, len);
         free(m);
         return ret;
     }
-    if (!strcmp(uri, "/rooms/unread")) return route_unread(wsi, slot);
-    if (!strncmp(uri, "/rooms/", 7)) return route_room(wsi, uri + 7, slot);
-    if (!strcmp(uri, "/dev/token")) return route_dev_token(wsi);
-    if (!strncmp(uri, "/ws/", 4)) return reply_text(wsi, 400, "WebSocket upgrade required");
-    return route_static(wsi, uri);
+    case HR_UNREAD: return route_unread(wsi, slot);
+    case HR_ROOM: return route_room(wsi, uri + 7, slot);
+    case HR_DEV_TOKEN: return route_dev_token(wsi);
+    case HR_WS: return reply_text(wsi, 400, "WebSocket upgrade required");
+    default: return route_static(wsi, uri);
+    }
 }

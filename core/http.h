@@ -1,6 +1,7 @@
 /* http: the plain HTTP routes of protocol.md: /healthz, /readyz, /metrics,
  * /rooms/{room}/messages (history), /rooms/{room}/presence, /dev/token
- * (only with --dev-tokens) and the static browser client under /.
+ * (only with --dev-tokens) and the static browser client under /; their
+ * methods (one table) and the CORS preflight (OPTIONS) under /rooms/.
  * Owns: pending HTTP requests waiting for Postgres or presence; a request
  * whose connection closes first is cancelled (its callback only frees it). */
 #ifndef CHATD_HTTP_H
@@ -24,6 +25,11 @@ int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *
 
 /* Bearer token from Authorization, else ?token=. 1 when found (-1: too long). */
 int http_token(struct lws *wsi, char *out, size_t outlen);
+
+/* Pure: the methods the plain route of uri answers (bit 1 << HM_*; HEAD
+ * wherever GET is): GET everywhere, OPTIONS (a CORS preflight) under
+ * /rooms/. The table http_handle judges methods by. */
+unsigned http_route_methods(const char *uri);
 
 /* ---- request parsing: pure functions (no socket), driven by the fuzz
  * target tests/fuzz/fuzz_request.c ---- */

@@ -33,6 +33,22 @@ const char *httpd_method_name(int m)
     return "OTHER";
 }
 
+int httpd_method_allowed(unsigned allow, int m)
+{
+    if (m == HM_HEAD && (allow & (1u << HM_GET))) m = HM_GET;   /* HEAD: a GET without its body */
+    return m >= 0 && m < HM_OTHER && (allow & (1u << m)) != 0;
+}
+
+void httpd_allow_header(unsigned allow, char *out, size_t n)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (int m = 0; m < HM_OTHER; m++) {
+        int on = (allow & (1u << m)) || (m == HM_HEAD && (allow & (1u << HM_GET)));
+        if (on) o += (size_t)snprintf(out + o, o < n ? n - o : 0, "%s%s", o ? ", " : "", httpd_method_name(m));
+    }
+}
+
 int64_t httpd_content_length(struct lws *wsi)
 {
     char v[32];
@@ -60,6 +76,7 @@ static const char *reason_phrase(unsigned status)
 {
     switch (status) {
     case 200: return "OK";
+    case 204: return "No Content";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -111,9 +128,16 @@ int httpd_reply_ex(struct lws *wsi, unsigned status, const char *ctype, const ch
     unsigned char *b = malloc(LWS_PRE + hl + len);
     if (!b) return -1;
     char *p = (char *)b + LWS_PRE;
-    size_t o = (size_t)snprintf(p, hl, "HTTP/1.1 %u %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\n"
-                                       "cache-control: no-store\r\n",
-                                status, reason_phrase(status), ctype, len);
+    size_t o;
+    if (status == 204) {
+        /* RFC 9110 8.6, 15.3.5: no content, no Content-Length */
+        o = (size_t)snprintf(p, hl, "HTTP/1.1 204 No Content\r\ncache-control: no-store\r\n");
+        len = 0;
+    } else {
+        o = (size_t)snprintf(p, hl, "HTTP/1.1 %u %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\n"
+                                    "cache-control: no-store\r\n",
+                             status, reason_phrase(status), ctype, len);
+    }
     for (int i = 0; hdrs && hdrs[i]; i += 2)
         o += (size_t)snprintf(p + o, hl - o, "%s: %s\r\n", hdrs[i], hdrs[i + 1]);
     if (close) o += (size_t)snprintf(p + o, hl - o, "connection: close\r\n");

@@ -20,6 +20,13 @@ enum { HM_GET = 0, HM_POST, HM_PUT, HM_DELETE, HM_PATCH, HM_HEAD, HM_OPTIONS, HM
 /* The request method (HM_*), from the lws header table. */
 int httpd_method(struct lws *wsi);
 const char *httpd_method_name(int m);
+/* Pure: the method m (HM_*) is allowed by allow (bit 1 << HM_* per
+ * method; HEAD is allowed wherever GET is: RFC 9110 9.3.2). How the server
+ * API and the plain routes judge a request's method. */
+int httpd_method_allowed(unsigned allow, int m);
+/* Pure: the Allow header of allow ("GET, HEAD, OPTIONS"; HEAD wherever
+ * GET is), in HM_* order, into out. */
+void httpd_allow_header(unsigned allow, char *out, size_t n);
 /* Content-Length: the value, -1 when absent, -2 when malformed. */
 int64_t httpd_content_length(struct lws *wsi);
 /* 1 when the request has a Transfer-Encoding (its body length is not
@@ -44,8 +51,8 @@ int httpd_arg_match(const char *frag, size_t n, const char *name, char *out, siz
  * token into out as httpd_arg_match does; 0 otherwise. */
 int httpd_bearer(const char *h, size_t n, char *out, size_t outlen);
 
-/* A complete answer. hdrs: NULL or name/value pairs ("retry-after", "3"),
- * NULL-terminated. close: send "connection: close" and end the connection
+/* A complete answer (a 204: no content-type, no content-length, no body).
+ * hdrs: NULL or name/value pairs ("retry-after", "3"), NULL-terminated. close: send "connection: close" and end the connection
  * after it. Returns what the lws HTTP callback returns (-1: close). */
 int httpd_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body,
                 size_t len, const char *const *hdrs, int close);

@@ -772,6 +772,43 @@ test('another user\'s message with my pending id is theirs, not my pending one',
   await bob.page.locator('li.msg', { hasText: mine }).waitFor({ timeout: 10000 });
 });
 
+test('a page on another origin reads history with Authorization: Bearer (CORS preflight)', async () => {
+  // A page served by node A (its origin) fetches node B's read routes with the token in an
+  // Authorization header: a non-simple header, so Chromium sends an OPTIONS preflight first
+  // (before chatd answered it, the fetch failed and only ?token= worked).
+  const ctx = await browser.newContext(DESKTOP);
+  try {
+    const page = await ctx.newPage();
+    await page.goto(`${A.http}/healthz`);
+    const got = await page.evaluate(async ({ b }) => {
+      const tok = (await (await fetch('/dev/token?name=Cors')).json()).token;   // same origin
+      const out = {};
+      for (const what of ['general/messages?limit=5', 'general/presence']) {
+        try {
+          const r = await fetch(`${b}/rooms/${what}`, { headers: { Authorization: `Bearer ${tok}` } });
+          out[what] = { status: r.status, body: await r.text() };
+        } catch (e) {
+          out[what] = { error: String(e) };
+        }
+      }
+      return out;
+    }, { b: B.http });
+    assert(new URL(A.http).origin !== new URL(B.http).origin, 'the two nodes must be two origins');
+    const hist = got['general/messages?limit=5'];
+    const pres = got['general/presence'];
+    assert(!hist.error, `history from ${B.http} failed in the page: ${hist.error}`);
+    assert(!pres.error, `presence from ${B.http} failed in the page: ${pres.error}`);
+    assert(pres.status === 200 && JSON.parse(pres.body).room === 'general', `presence: ${pres.status} ${pres.body}`);
+    if (process.env.WEB_TEST_NO_PG) {
+      assert(hist.status === 503, `history without Postgres: ${hist.status}`);
+    } else {
+      assert(hist.status === 200 && Array.isArray(JSON.parse(hist.body).messages), `history: ${hist.status} ${hist.body.slice(0, 200)}`);
+    }
+  } finally {
+    await ctx.close();
+  }
+});
+
 test('kill -9 of a node: its tab reconnects to the other node and shows every message once', async () => {
   const room = `failover-${Date.now().toString(36)}`;
   const xa = await openUser('Xavier', { origin: A.http, nodeUrls: [A.ws, B.ws], rooms: [room] });

@@ -636,6 +636,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(room_ok(qr, strlen(qr)), "?room=%s", qr);
     }
 
+    /* the server's method judge (httpd_method_allowed: api.c and http.c):
+     * the route's methods, HEAD with GET, never OPTIONS (the server API
+     * answers no CORS preflight: docs/api.md) */
+    if (m != -1)
+        FUZZ_CHECK(httpd_method_allowed(rt.allow, method) ==
+                           ((rt.allow & (1u << method)) != 0 || (method == HM_HEAD && (rt.allow & (1u << HM_GET)))) &&
+                       !httpd_method_allowed(rt.allow, HM_OPTIONS),
+                   "method %s of route 0x%x", httpd_method_name(method), rt.allow);
+
     /* the answer, in docs/api.md's order of checks */
     unsigned status = 0;
     const char *code = NULL, *msg = err;

@@ -764,6 +764,55 @@ async def http_auth_and_head_follow_the_rfcs():
     eq(hd.get("allow"), "GET, HEAD", "Allow of /healthz")
 
 
+@test()
+async def cors_preflight_of_the_read_routes():
+    """A page on another origin reads history, presence and unread counts
+    with `Authorization: Bearer` (not a CORS-safelisted header): the browser
+    first sends an OPTIONS preflight (Fetch standard), which was a 405, so
+    only ?token= worked. Now: 204 with Access-Control-Allow-Origin: *,
+    -Methods: GET, HEAD, -Headers: Authorization and -Max-Age, no token
+    needed, the connection kept; then the GET from that Origin carries ACAO.
+    Under /rooms/ for any path (the GET's 400 / 404 reach the page). The
+    Allow of a 405 there names OPTIONS; /healthz, /readyz, /metrics and
+    the server API have no preflight (405, Allow: GET, HEAD)."""
+    key = "itest-api-key-0123456789"
+    n = start_node(env={"CHAT_API_KEYS": key})
+    room, tok = uniq(), token("alice")
+    origin = f"http://127.0.0.1:{n.port + 1}"   # another origin: another port
+    ex = lambda reqs: asyncio.to_thread(http_exchange, n.port, reqs)
+    pre = {"Origin": origin, "Access-Control-Request-Method": "GET",
+           "Access-Control-Request-Headers": "authorization"}
+    get = {"Origin": origin, "Authorization": f"Bearer {tok}"}
+    cases = [(f"/rooms/{room}/presence", 200), (f"/rooms/{room}/messages", 503),   # 503: no Postgres
+             ("/rooms/unread", 503), ("/rooms/" + "r" * 200 + "/messages", 400),
+             (f"/rooms/{room}/nope", 404)]
+    for path, want in cases:
+        (ps, ph, pb), (gs, gh, gb) = await ex([("OPTIONS", path, pre), ("GET", path, get)])
+        eq(ps, 204, f"preflight of {path}")
+        eq(ph.get("access-control-allow-origin"), "*", f"preflight of {path}: ACAO")
+        methods = {m.strip() for m in ph.get("access-control-allow-methods", "").split(",")}
+        eq(methods, {"GET", "HEAD"}, f"preflight of {path}: Access-Control-Allow-Methods")
+        hdrs = {h.strip().lower() for h in ph.get("access-control-allow-headers", "").split(",")}
+        check("authorization" in hdrs, f"preflight of {path}: Access-Control-Allow-Headers {ph}")
+        check(int(ph.get("access-control-max-age", "0")) > 0, f"preflight of {path}: max-age {ph}")
+        eq(ph.get("allow"), "GET, HEAD, OPTIONS", f"preflight of {path}: Allow")
+        check("content-length" not in ph and pb == b"", f"preflight of {path}: a 204 has no content {ph}")
+        eq(gs, want, f"GET {path} after the preflight (same connection)")
+        eq(gh.get("access-control-allow-origin"), "*", f"GET {path} from {origin}: ACAO")
+    # a plain OPTIONS (no Origin): the same answer; no token needed, a bad one is not judged
+    (st, hd, _), = await ex([("OPTIONS", f"/rooms/{room}/messages", {"Authorization": "Bearer x"})])
+    eq((st, hd.get("allow"), hd.get("access-control-allow-origin")), (204, "GET, HEAD, OPTIONS", "*"),
+       "plain OPTIONS of history")
+    (st, hd, _), = await ex([("POST", f"/rooms/{room}/messages", {"Content-Length": "0"})])
+    eq((st, hd.get("allow")), (405, "GET, HEAD, OPTIONS"), "POST of history")
+    for path in ("/healthz", "/readyz", "/metrics"):
+        (st, hd, _), = await ex([("OPTIONS", path, pre)])
+        eq((st, hd.get("allow")), (405, "GET, HEAD"), f"OPTIONS {path}")
+        check("access-control-allow-methods" not in hd, f"OPTIONS {path}: no preflight grant {hd}")
+    (st, hd, _), = await ex([("OPTIONS", f"/api/rooms/{room}", pre)])
+    eq((st, hd.get("allow")), (405, "GET, HEAD"), "OPTIONS of the server API")
+
+
 @test(timeout=40, needs=("pg",))
 async def head_of_the_answers_that_wait_for_postgres():
     """HEAD on history and unread, answered once Postgres replies (after

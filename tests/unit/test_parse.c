@@ -1,6 +1,6 @@
 /* test_parse: the pure parsers the fuzz targets of tests/fuzz drive, with the
  * regressions they found: parse_u64 (util.h), the HTTP request parsers
- * (http.h: room path, cursor, limit, since), the bus reply interpreters
+ * (http.h: room path, cursor, limit, since; the routes' methods), the bus reply interpreters
  * (bus_reply.c), the presence reply interpreters (presence_redis.c), UTF-8
  * and json_escape (util.h) and the policy's return conversion (script.c,
  * with the fuzz policy tests/fixtures/policies/fuzz).
@@ -82,6 +82,25 @@ static void test_http(void)
     big[64] = '/';
     strcpy(big + 64, "/messages");
     CHECK(http_parse_room_path(big, room, &rt) == 0 && strlen(room) == 64, "64-char room");
+
+    /* the methods of the plain routes (one table): OPTIONS, a CORS
+     * preflight, under /rooms/ only; HEAD wherever GET is */
+    unsigned g = 1u << HM_GET, o = 1u << HM_OPTIONS;
+    CHECK(http_route_methods("/rooms/lobby/messages") == (g | o) && http_route_methods("/rooms/unread") == (g | o) &&
+          http_route_methods("/rooms/lobby/nope") == (g | o), "/rooms/: GET and the preflight");
+    CHECK(http_route_methods("/healthz") == g && http_route_methods("/readyz") == g &&
+          http_route_methods("/metrics") == g && http_route_methods("/dev/token") == g &&
+          http_route_methods("/ws/lobby") == g && http_route_methods("/") == g &&
+          http_route_methods("/rooms") == g && http_route_methods("/healthz/x") == g, "the others: GET");
+    CHECK(httpd_method_allowed(g, HM_GET) && httpd_method_allowed(g, HM_HEAD) &&
+          !httpd_method_allowed(g, HM_OPTIONS) && !httpd_method_allowed(g, HM_POST) &&
+          !httpd_method_allowed(g, HM_OTHER) && httpd_method_allowed(g | o, HM_OPTIONS) &&
+          !httpd_method_allowed(1u << HM_POST, HM_HEAD), "HEAD where GET is");
+    char allow[64];
+    httpd_allow_header(g | o, allow, sizeof allow);
+    CHECK(!strcmp(allow, "GET, HEAD, OPTIONS"), "Allow with the preflight: %s", allow);
+    httpd_allow_header((1u << HM_PUT) | (1u << HM_DELETE), allow, sizeof allow);
+    CHECK(!strcmp(allow, "PUT, DELETE"), "Allow: %s", allow);
 
     uint64_t s = 0;
     CHECK(http_parse_cursor("c1", &s) == 0 && s == 1, "c1");
