@@ -195,8 +195,11 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
                          "(CHAT_MAX_QUEUE / CHAT_MAX_QUEUE_BYTES); page history over HTTP"
         : op->gap ? "the recovery buffer no longer reaches since; page history over HTTP" : NULL;
     if (gap) conn_send_error_room(cr->c, "gap_too_large", gap, op->id, cr->r->name);
-    if (op->unavailable)
-        conn_send_error_room(cr->c, "unavailable", "recovery is unavailable right now", op->id, cr->r->name);
+    if (op->unavailable)   /* after a partial replay (Redis down): for what follows it */
+        conn_send_error_room(cr->c, "unavailable",
+                             op->n ? "recovery past the replayed messages is unavailable right now"
+                                   : "recovery is unavailable right now",
+                             op->id, cr->r->name);
     for (uint32_t i = 0; i < op->n; i++) chat_deliver(cr, op->msgs[i]);
     for (uint32_t i = 0; i < cr->nheld; i++) {
         chat_deliver(cr, cr->held[i]);
@@ -299,51 +302,17 @@ static void join_stage2(join_op *op)
 static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
                       const char *epoch);
 
-static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char *epoch)
+/* Pushes the rows that continue the replay (a contiguous run from
+ * op->since + 1: a hole in history, a row not stored yet, must come from
+ * the recent buffer or be reported, never skipped) and moves op->since to
+ * the last one. Returns how many. */
+static size_t push_store_rows(join_op *op, const store_row *rows, size_t n)
 {
-    join_op *op = ud;
-    if (!op->cr) { op_release(op); return; }
-    if (status == 0) {
-        if (max_seq > op->head) op->head = max_seq;
-        if (epoch && *epoch && !op->epoch[0]) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
-    }
-    join_stage2(op);
-}
-
-/* The bus cannot replay (Redis down, or the room's shard): welcome and the
- * join answer still carry the best head known (docs/redis.md "Joining
- * while Redis is down"): this node's own (bus_known_head), raised to the
- * durable head and its epoch from Postgres when there is a database. Never
- * above the real head; seqs above it are delivered once Redis is back. */
-static void head_fallback(join_op *op)
-{
-    uint64_t h;
-    op->unavailable = op->has_since;
-    if (bus_known_head(g_srv.bus, op->cr->r->name, &h, &op->delivered)) {
-        op->held = 1;
-        if (h > op->head) op->head = h;
-    }
-    if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
-    join_stage2(op);
-}
-
-static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
-{
-    join_op *op = ud;
-    if (!op->cr) { op_release(op); return; }
-    if (status < 0 || n == 0 || rows[0].seq != op->since + 1) {
-        op->gap = status >= 0;
-        op->unavailable = status < 0;
-        join_stage2(op);
-        return;
-    }
+    if (n == 0 || rows[0].seq != op->since + 1) return 0;
     const char *room = op->cr->r->name;
-    /* only a contiguous run counts: a hole in history (a row not stored yet)
-     * must come from the recent buffer or be reported, never skipped */
     size_t run = 1;
     while (run < n && rows[run].seq == rows[run - 1].seq + 1) run++;
-    n = run;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < run; i++) {
         /* messages and message updates alike, each as it was broadcast,
          * but a deleted message and its edits (erased in Postgres: body
          * "") as history shows them: "deleted":true, no body (the delete
@@ -363,12 +332,111 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
         op_push(op, wire_message_frame(room, rows[i].seq, t, tl));
         free(t);
     }
-    op->since = rows[n - 1].seq;
-    /* the rest (newer than what Postgres had) from the recent buffer */
-    if (bus_replay(g_srv.bus, room, op->since, (size_t)g_srv.cfg.replay_max, on_replay, op) < 0) {
-        op->unavailable = 1;
-        join_stage2(op);
+    op->since = rows[run - 1].seq;
+    return run;
+}
+
+/* The handover of a replay done without Redis (the client has every seq up
+ * to op->since): gapless only when this node holds the room, has delivered
+ * there (delivered > 0: its ordered delivery has a last seq, kept across
+ * the resync) and delivered no seq above op->since — live delivery there
+ * resumes after the seq it delivered (every later one is fetched once
+ * Redis is back, or reported gap_too_large), so the seqs after op->since
+ * reach the member live. A room this node does not hold (or holds by a
+ * publish ack alone) starts live delivery after the head Redis has when it
+ * is back, and a seq it delivered above op->since (broadcast, not stored
+ * yet) will not come again: the client is told (unavailable) instead of a
+ * silent jump in seq. */
+static void fallback_settle(join_op *op)
+{
+    op->unavailable = !(op->held && op->delivered > 0 && op->since >= op->delivered);
+}
+
+static void on_fallback_rows(void *ud, int status, const store_row *rows, size_t n)
+{
+    join_op *op = ud;
+    if (!op->cr) { op_release(op); return; }
+    if (status == 0) {
+        push_store_rows(op, rows, n);
+        fallback_settle(op);
     }
+    join_stage2(op);
+}
+
+/* Redis cannot replay, Postgres answered its head (op->head is the best
+ * known head, op->epoch the room's): replay seq > since from Postgres as
+ * far as it is stored, bounded like any replay (CHAT_REPLAY_MAX here, the
+ * queue in join_finish). A since that cannot be checked without Redis (of
+ * another epoch than Postgres', or above every head known here) keeps
+ * unavailable. 1 when the range read is on its way. */
+static int fallback_replay(join_op *op)
+{
+    if (op->want_epoch[0] && strcmp(op->want_epoch, op->epoch) != 0) return 0;
+    if (op->since > op->head) return 0;
+    if (op->head - op->since + op->n > (uint64_t)g_srv.cfg.replay_max) {
+        /* the client pages history; live delivery resumes as without since */
+        for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
+        op->n = 0;
+        op->gap = 1;
+        op->since = op->head;
+        fallback_settle(op);
+        return 0;
+    }
+    if (op->since == op->head) {   /* nothing stored after since */
+        fallback_settle(op);
+        return 0;
+    }
+    return store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
+                       (int)(g_srv.cfg.replay_max - op->n), 0, on_fallback_rows, op) == 0;
+}
+
+static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char *epoch)
+{
+    join_op *op = ud;
+    if (!op->cr) { op_release(op); return; }
+    if (status == 0) {
+        if (max_seq > op->head) op->head = max_seq;
+        if (epoch && *epoch && !op->epoch[0]) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
+        if (op->has_since && !op->gap && fallback_replay(op)) return;
+    }
+    join_stage2(op);
+}
+
+/* The bus cannot replay (Redis down, or the room's shard): welcome and the
+ * join answer still carry the best head known (docs/redis.md "Joining
+ * while Redis is down"): this node's own (bus_known_head), raised to the
+ * durable head and its epoch from Postgres when there is a database. Never
+ * above the real head; seqs above it are delivered once Redis is back.
+ * With since, seq > since is replayed from Postgres (fallback_replay);
+ * unavailable when Postgres cannot answer either, or when what follows the
+ * replay may not reach the member (fallback_settle). */
+static void head_fallback(join_op *op)
+{
+    uint64_t h;
+    op->unavailable = op->has_since;
+    if (bus_known_head(g_srv.bus, op->cr->r->name, &h, &op->delivered)) {
+        op->held = 1;
+        if (h > op->head) op->head = h;
+    }
+    if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
+    join_stage2(op);
+}
+
+static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
+{
+    join_op *op = ud;
+    if (!op->cr) { op_release(op); return; }
+    if (status < 0 || push_store_rows(op, rows, n) == 0) {
+        op->gap = status >= 0;
+        op->unavailable = status < 0;
+        join_stage2(op);
+        return;
+    }
+    /* the rest (newer than what Postgres had) from the recent buffer; when
+     * Redis cannot answer now, as a replay without it (head_fallback) */
+    if (bus_replay(g_srv.bus, op->cr->r->name, op->since, (size_t)g_srv.cfg.replay_max, on_replay,
+                   op) < 0)
+        head_fallback(op);
 }
 
 static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,

@@ -1034,3 +1034,146 @@ async def join_during_a_redis_outage_misses_no_seq_between_delivered_and_announc
         link.stop()
         rd.stop()
         harness.release_port(rd.port)
+
+
+async def _not_ready(node):
+    end = time.time() + 10
+    st = None
+    while time.time() < end:
+        st, _, _ = await ahttp(node.port, "/readyz")
+        if st == 503:
+            break
+        await asyncio.sleep(0.1)
+    eq(st, 503, "node not ready without its Redis")
+
+
+@test(timeout=90, needs=("pg",))
+async def since_during_a_redis_outage_replays_from_postgres():
+    """protocol.md "Recovery", docs/redis.md "Joining while Redis is down":
+    a connect or join with since= while this node's Redis is down (Postgres
+    up) gets the stored seqs after since from Postgres, in order, once,
+    then the live ones after Redis is back — no `unavailable` for a room
+    this node holds whose delivered seqs are all stored (live delivery
+    resumes after the seq it delivered). For a room it does not hold, live
+    delivery resumes after the head Redis has when it is back: the replay
+    comes, followed by `unavailable` (never a silent jump). Before, both
+    got `unavailable` and no replay at all."""
+    rd = Redis(harness.RUN.tmpdir("redis-pg-replay"))
+    rd.start()
+    link = _RedisLink(rd.port)
+    try:
+        a = start_node(redis=link.url, db=True, name="A-" + uniq(""))
+        b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
+        room, cold = uniq("held"), uniq("cold")
+        m = await Client.connect(a, room, token("member"))
+        pb = await Client.connect(b, room, token("pb"))
+        for i in range(1, 4):
+            eq(await harness.send_acked(pb, f"m{i}", f"m{i}"), i, "seq before the outage")
+        await m.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 3, 5, what="A delivered seq 3")
+        r = await pb.join(cold)
+        eq(r.get("type"), "presence_state", f"pb joins {cold}: {r}")
+        for i in range(1, 3):
+            eq(await harness.send_acked(pb, f"c{i}", f"c{i}", room=cold), i, "cold seq")
+        await link.cut()
+        await _not_ready(a)
+        # stored while A is cut off (A delivers none of them yet)
+        for i in range(4, 6):
+            eq(await harness.send_acked(pb, f"m{i}", f"m{i}"), i, "seq during the outage")
+        eq(await harness.send_acked(pb, "c3", "c3", room=cold), 3, "cold seq during the outage")
+        # a URL since and a join since on A
+        # with the room's epoch, as clients send it (Postgres' is the room's)
+        check(m.welcome().get("epoch"), f"the room's epoch in m's welcome: {m.welcome()}")
+        x = await Client.connect(a, room, token("x"), since=1, epoch=m.welcome().get("epoch"))
+        eq(x.welcome().get("seq"), 5, f"welcome.seq: the Postgres head ({x.welcome()})")
+        await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 5, 10, what="replay up to 5 at x")
+        eq(x.seqs(room), [2, 3, 4, 5], "x: the stored seqs after since=1, in order, once")
+        eq(x.errors(), [], "x: no error (the handover to live delivery is gapless)")
+        y = await Client.connect(a, uniq("lobby"), token("y"))
+        r = await y.join(room, since=3)
+        eq((r.get("type"), r.get("seq")), ("presence_state", 5), f"y's join answer: {r}")
+        await y.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 5, 10, what="replay up to 5 at y")
+        eq(y.seqs(room), [4, 5], "y: the stored seqs after since=3")
+        eq(y.errors(), [], "y: no error")
+        # a since of another epoch cannot be checked without Redis: unavailable, as before
+        w = await Client.connect(a, room, token("w"), since=1, epoch="0123456789abcdef")
+        await w.wait_for(lambda f: f["type"] == "error", 10, what="unavailable at w")
+        eq([e.get("code") for e in w.errors()], ["unavailable"], f"w: {w.errors()}")
+        eq(w.seqs(room), [], "w: nothing replayed for a since of another epoch")
+        await w.close()
+        # a room A does not hold: the replay, then unavailable for what follows it
+        z = await Client.connect(a, cold, token("z"), since=1)
+        await z.wait_for(lambda f: is_msg(cold)(f) and f["seq"] == 3, 10, what="cold replay at z")
+        eq(z.seqs(cold), [2, 3], "z: the stored seqs after since=1")
+        eq([e.get("code") for e in z.errors()], ["unavailable"],
+           f"z: unavailable after the replay of a room A did not hold: {z.errors()}")
+        # Redis back for A: live delivery, nothing twice, nothing skipped
+        await link.restore()
+        await harness.wait_ready(a, what="A ready again")
+        eq(await harness.send_acked(pb, "m6", "m6"), 6, "seq after the outage")
+        for c in (x, y, m):
+            await c.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 6, 15, what="seq 6")
+        eq(x.seqs(room), [2, 3, 4, 5, 6], "x: replay then live, each seq once")
+        eq(y.seqs(room), [4, 5, 6], "y: replay then live, each seq once")
+        eq(m.seqs(room), [1, 2, 3, 4, 5, 6], "the member that was there all along")
+        eq(x.errors() + y.errors(), [], "no error at x or y")
+        eq(await harness.send_acked(pb, "c4", "c4", room=cold), 4, "cold seq after the outage")
+        await z.wait_for(lambda f: is_msg(cold)(f) and f["seq"] == 4, 15, what="cold seq 4 at z")
+        eq(z.seqs(cold), [2, 3, 4], "z: replay then live")
+    finally:
+        link.stop()
+        rd.stop()
+        harness.release_port(rd.port)
+
+
+@test(timeout=90, needs=("pg",))
+async def since_during_a_redis_outage_tells_the_seq_delivered_but_not_stored():
+    """docs/redis.md "Joining while Redis is down": the replay from Postgres
+    stops at the first seq not stored yet. When this node delivered a seq
+    above it (broadcast, its store slow), that seq will not come live again
+    (live delivery resumes after the delivered one): the client gets the
+    stored run, then `unavailable` — the jump in seq is never silent — and
+    the seqs after the delivered one once Redis is back."""
+    pg = harness.RUN.need_pg()
+    rd = Redis(harness.RUN.tmpdir("redis-pg-replay-hole"))
+    rd.start()
+    link = _RedisLink(rd.port)
+    slow = "slow-" + uniq("")
+    fn = "chatd_itest_" + uniq("").replace("-", "_")
+    try:
+        a = start_node(redis=link.url, db=True, name="A-" + uniq(""))
+        b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
+        c = start_node(redis=rd.url, db=True, name="C-" + uniq(""))
+        room = uniq("held")
+        m = await Client.connect(a, room, token("member"))
+        pb = await Client.connect(b, room, token("pb"))
+        pc = await Client.connect(c, room, token("pc"))
+        eq(await harness.send_acked(pb, "m1", "m1"), 1, "seq 1")
+        _psql(pg.url, f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.body = '{slow}' THEN PERFORM pg_sleep(8); END IF; RETURN NEW; END $$; "
+                f"CREATE TRIGGER {fn} BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION {fn}()")
+        await pb.send_msg(slow, id="slow")
+        await m.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 2, 5, what="A delivered seq 2")
+        await link.cut()
+        await _not_ready(a)
+        eq(await harness.send_acked(pc, "stored", "stored"), 3, "seq 3, stored")
+        x = await Client.connect(a, room, token("x"), since=0)
+        eq(x.welcome().get("seq"), 3, f"welcome.seq: the Postgres head ({x.welcome()})")
+        await x.wait_for(lambda f: f["type"] == "error", 10, what="unavailable at x")
+        eq([e.get("code") for e in x.errors()], ["unavailable"], f"x: {x.errors()}")
+        await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 1, 10, what="seq 1 at x")
+        eq(x.seqs(room), [1], "x: the stored run after since (2 is not stored yet)")
+        await link.restore()
+        await harness.wait_ready(a, what="A ready again")
+        eq(await harness.send_acked(pc, "after", "after"), 4, "seq after the outage")
+        await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 4, 15, what="seq 4 at x")
+        eq(x.seqs(room), [1, 3, 4], "x: the replay, then live after the delivered seq 2")
+        await pb.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "slow", 15,
+                          what="ack of the slow message")
+    finally:
+        try:
+            _psql(pg.url, f"DROP TRIGGER IF EXISTS {fn} ON messages; DROP FUNCTION IF EXISTS {fn}()")
+        except RuntimeError:
+            pass
+        link.stop()
+        rd.stop()
+        harness.release_port(rd.port)
