@@ -260,6 +260,21 @@ static void write_own_copy(publish_op *p)
 static int tail_row(const char *rname, uint64_t seq, const char *tail, size_t len,
                     store_row *row, json_t **o, char **buf);
 
+/* The recent buffer's answer for a resend's seq holds its broadcast copy:
+ * this sender's row with this id, of the resend's kind and target (a
+ * message's is 0). 1 with *row filled (pointing into *o and *buf, which
+ * the caller frees in every case), else 0. */
+static int broadcast_copy(const publish_op *p, int status, const bus_entry *e, size_t n,
+                          store_row *row, json_t **o, char **buf)
+{
+    *o = NULL;
+    *buf = NULL;
+    return status == 0 && n > 0 && e[0].seq == p->seq &&
+           tail_row(p->room, p->seq, e[0].tail, e[0].len, row, o, buf) == 0 &&
+           row->kind == p->kind && row->target == p->target && row->client_id && p->id &&
+           strcmp(row->client_id, p->id) == 0 && strcmp(row->user, p->user) == 0;
+}
+
 /* The recent buffer's entry of the duplicate's seq: its broadcast
  * copy is stored (the conflict check answers 0 when history holds it
  * already, -2 when another row holds the seq). The same sender and id as
@@ -269,13 +284,10 @@ static void dup_replayed(void *ud, int status, const bus_entry *e, size_t n, uin
 {
     (void)head; (void)epoch;
     publish_op *p = ud;
-    json_t *o = NULL;
-    char *buf = NULL;
+    json_t *o;
+    char *buf;
     store_row row;
-    if (status == 0 && n > 0 && e[0].seq == p->seq &&
-        tail_row(p->room, p->seq, e[0].tail, e[0].len, &row, &o, &buf) == 0 &&
-        row.kind == WIRE_MESSAGE && row.client_id && p->id && strcmp(row.client_id, p->id) == 0 &&
-        strcmp(row.user, p->user) == 0) {
+    if (broadcast_copy(p, status, e, n, &row, &o, &buf)) {
         stored_write(p, &row);
     } else {
         write_own_copy(p);
@@ -466,14 +478,11 @@ static void upd_dup_replayed(void *ud, int status, const bus_entry *e, size_t n,
 {
     (void)head; (void)epoch;
     publish_op *p = ud;
-    json_t *o = NULL;
-    char *buf = NULL;
+    json_t *o;
+    char *buf;
     store_row row;
     int rc = -1;
-    if (status == 0 && n > 0 && e[0].seq == p->seq &&
-        tail_row(p->room, p->seq, e[0].tail, e[0].len, &row, &o, &buf) == 0 &&
-        row.kind == p->kind && row.target == p->target && row.client_id && p->id &&
-        strcmp(row.client_id, p->id) == 0 && strcmp(row.user, p->user) == 0) {
+    if (broadcast_copy(p, status, e, n, &row, &o, &buf)) {
         row.admitted = 1;  /* its seq was broadcast long ago */
         rc = store_write(P.store, &row, on_upd_dup_stored, p);
     }

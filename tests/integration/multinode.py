@@ -963,77 +963,45 @@ def _psql(url, sql):
     return r.stdout.decode()
 
 
-@test(timeout=90, needs=("pg",))
-async def join_during_a_redis_outage_misses_no_seq_between_delivered_and_announced():
-    """docs/redis.md "Joining while Redis is down": a member joining a room
-    this node holds while its Redis is down is told the best known head
-    (here the Postgres head, above what the node delivered), and its
-    delivery starts after the seq the node DELIVERED, not after that head.
-    The seq between them that was broadcast but not yet stored (its store
-    is slow) is neither in the history the client reads after its welcome
-    nor announced: starting after the announced head skipped it silently.
-    Every seq up to the live one must be in the client's history page or
-    live frames."""
-    pg = harness.RUN.need_pg()
-    rd = Redis(harness.RUN.tmpdir("redis-held-join"))
-    rd.start()
-    link = _RedisLink(rd.port)
-    slow = "slow-" + uniq("")
-    fn = "chatd_itest_" + uniq("").replace("-", "_")
-    try:
-        a = start_node(redis=link.url, db=True, name="A-" + uniq(""))
-        b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
-        c = start_node(redis=rd.url, db=True, name="C-" + uniq(""))
-        room = uniq("held")
-        m = await Client.connect(a, room, token("member"))
-        pb = await Client.connect(b, room, token("pb"))
-        pc = await Client.connect(c, room, token("pc"))
-        for i in range(2):
-            await harness.send_acked(pb, f"m{i}", f"m{i}")
-        await m.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 2, 5, what="A delivered seq 2")
-        # A loses Redis (the others keep it)
-        await link.cut()
-        end = time.time() + 10
-        st = None
-        while time.time() < end:
-            st, _, _ = await ahttp(a.port, "/readyz")
-            if st == 503:
-                break
-            await asyncio.sleep(0.1)
-        eq(st, 503, "A not ready without its Redis")
-        # seq 3 is broadcast but its store (B's) takes seconds; seq 4 (C's) is stored
-        _psql(pg.url, f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                f"IF NEW.body = '{slow}' THEN PERFORM pg_sleep(6); END IF; RETURN NEW; END $$; "
-                f"CREATE TRIGGER {fn} BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION {fn}()")
-        await pb.send_msg(slow, id="slow")
-        await pc.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 3, 5, what="seq 3 broadcast")
-        eq(await harness.send_acked(pc, "stored", "stored"), 4, "seq of the stored message")
-        # a client joins on A: its welcome carries the Postgres head (4) while
-        # A delivered 2; it reads history at once (3 is not stored yet)
-        x = await Client.connect(a, room, token("x"))
-        eq(x.welcome().get("seq"), 4, f"welcome.seq: the Postgres head ({x.welcome()})")
-        st, js, body = await harness.ahttp_json(a.port, f"/rooms/{room}/messages", token("x"))
-        eq(st, 200, f"history: {body!r}")
-        hist = [h["seq"] for h in js["messages"]]
-        check(3 not in hist, f"seq 3 still in flight when the history was read: {hist}")
-        # Redis back for A, then one more message
-        await link.restore()
-        await harness.wait_ready(a, what="A ready again")
-        eq(await harness.send_acked(pc, "after", "after"), 5, "seq after the outage")
-        await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 5, 15, what="seq 5 at x")
-        have = set(hist) | set(x.seqs(room))
-        missing = [s for s in range(1, 6) if s not in have]
-        eq(missing, [], f"seqs neither in x's history page {hist} nor live {x.seqs(room)}")
-        await pb.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "slow", 15,
-                          what="ack of the slow message")
-    finally:
+class _HeldRoom:
+    """Three nodes on one Redis with a database; A reaches Redis through a
+    link the test can cut (tests/faults/proxy.py). A member m on A, a
+    publisher on B (pb) and on C (pc), all in one room. slow(body, s):
+    Postgres stores a row with that body s seconds late (a trigger dropped
+    on exit)."""
+
+    def __init__(self, tag):
+        self.pg = harness.RUN.need_pg()
+        self.rd = Redis(harness.RUN.tmpdir(tag))
+        self.fn = "chatd_itest_" + uniq("").replace("-", "_")
+
+    async def __aenter__(self):
+        self.rd.start()
+        self.link = _RedisLink(self.rd.port)
+        self.a = start_node(redis=self.link.url, db=True, name="A-" + uniq(""))
+        self.b = start_node(redis=self.rd.url, db=True, name="B-" + uniq(""))
+        self.c = start_node(redis=self.rd.url, db=True, name="C-" + uniq(""))
+        self.room = uniq("held")
+        self.m = await Client.connect(self.a, self.room, token("member"))
+        self.pb = await Client.connect(self.b, self.room, token("pb"))
+        self.pc = await Client.connect(self.c, self.room, token("pc"))
+        return self
+
+    def slow(self, body, seconds):
+        _psql(self.pg.url, f"CREATE FUNCTION {self.fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+              f"IF NEW.body = '{body}' THEN PERFORM pg_sleep({seconds}); END IF; RETURN NEW; END $$; "
+              f"CREATE TRIGGER {self.fn} BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION {self.fn}()")
+
+    async def __aexit__(self, *exc):
         try:
-            _psql(pg.url, f"DROP TRIGGER IF EXISTS {fn} ON messages; DROP FUNCTION IF EXISTS {fn}()")
+            _psql(self.pg.url, f"DROP TRIGGER IF EXISTS {self.fn} ON messages; "
+                  f"DROP FUNCTION IF EXISTS {self.fn}()")
         except RuntimeError:
             pass
-        link.stop()
-        rd.stop()
-        harness.release_port(rd.port)
+        self.link.stop()
+        self.rd.stop()
+        harness.release_port(self.rd.port)
+        return False
 
 
 async def _not_ready(node):
@@ -1045,6 +1013,51 @@ async def _not_ready(node):
             break
         await asyncio.sleep(0.1)
     eq(st, 503, "node not ready without its Redis")
+
+
+@test(timeout=90, needs=("pg",))
+async def join_during_a_redis_outage_misses_no_seq_between_delivered_and_announced():
+    """docs/redis.md "Joining while Redis is down": a member joining a room
+    this node holds while its Redis is down is told the best known head
+    (here the Postgres head, above what the node delivered), and its
+    delivery starts after the seq the node DELIVERED, not after that head.
+    The seq between them that was broadcast but not yet stored (its store
+    is slow) is neither in the history the client reads after its welcome
+    nor announced: starting after the announced head skipped it silently.
+    Every seq up to the live one must be in the client's history page or
+    live frames."""
+    async with _HeldRoom("redis-held-join") as h:
+        room, m, pb, pc, a = h.room, h.m, h.pb, h.pc, h.a
+        for i in range(2):
+            await harness.send_acked(pb, f"m{i}", f"m{i}")
+        await m.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 2, 5, what="A delivered seq 2")
+        # A loses Redis (the others keep it)
+        await h.link.cut()
+        await _not_ready(a)
+        # seq 3 is broadcast but its store (B's) takes seconds; seq 4 (C's) is stored
+        slow = "slow-" + uniq("")
+        h.slow(slow, 6)
+        await pb.send_msg(slow, id="slow")
+        await pc.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 3, 5, what="seq 3 broadcast")
+        eq(await harness.send_acked(pc, "stored", "stored"), 4, "seq of the stored message")
+        # a client joins on A: its welcome carries the Postgres head (4) while
+        # A delivered 2; it reads history at once (3 is not stored yet)
+        x = await Client.connect(a, room, token("x"))
+        eq(x.welcome().get("seq"), 4, f"welcome.seq: the Postgres head ({x.welcome()})")
+        st, js, body = await harness.ahttp_json(a.port, f"/rooms/{room}/messages", token("x"))
+        eq(st, 200, f"history: {body!r}")
+        hist = [r["seq"] for r in js["messages"]]
+        check(3 not in hist, f"seq 3 still in flight when the history was read: {hist}")
+        # Redis back for A, then one more message
+        await h.link.restore()
+        await harness.wait_ready(a, what="A ready again")
+        eq(await harness.send_acked(pc, "after", "after"), 5, "seq after the outage")
+        await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 5, 15, what="seq 5 at x")
+        have = set(hist) | set(x.seqs(room))
+        missing = [q for q in range(1, 6) if q not in have]
+        eq(missing, [], f"seqs neither in x's history page {hist} nor live {x.seqs(room)}")
+        await pb.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "slow", 15,
+                          what="ack of the slow message")
 
 
 @test(timeout=90, needs=("pg",))
@@ -1133,27 +1146,14 @@ async def since_during_a_redis_outage_tells_the_seq_delivered_but_not_stored():
     (live delivery resumes after the delivered one): the client gets the
     stored run, then `unavailable` — the jump in seq is never silent — and
     the seqs after the delivered one once Redis is back."""
-    pg = harness.RUN.need_pg()
-    rd = Redis(harness.RUN.tmpdir("redis-pg-replay-hole"))
-    rd.start()
-    link = _RedisLink(rd.port)
-    slow = "slow-" + uniq("")
-    fn = "chatd_itest_" + uniq("").replace("-", "_")
-    try:
-        a = start_node(redis=link.url, db=True, name="A-" + uniq(""))
-        b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
-        c = start_node(redis=rd.url, db=True, name="C-" + uniq(""))
-        room = uniq("held")
-        m = await Client.connect(a, room, token("member"))
-        pb = await Client.connect(b, room, token("pb"))
-        pc = await Client.connect(c, room, token("pc"))
+    async with _HeldRoom("redis-pg-replay-hole") as h:
+        room, m, pb, pc, a = h.room, h.m, h.pb, h.pc, h.a
         eq(await harness.send_acked(pb, "m1", "m1"), 1, "seq 1")
-        _psql(pg.url, f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                f"IF NEW.body = '{slow}' THEN PERFORM pg_sleep(8); END IF; RETURN NEW; END $$; "
-                f"CREATE TRIGGER {fn} BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION {fn}()")
+        slow = "slow-" + uniq("")
+        h.slow(slow, 8)
         await pb.send_msg(slow, id="slow")
         await m.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 2, 5, what="A delivered seq 2")
-        await link.cut()
+        await h.link.cut()
         await _not_ready(a)
         eq(await harness.send_acked(pc, "stored", "stored"), 3, "seq 3, stored")
         x = await Client.connect(a, room, token("x"), since=0)
@@ -1162,18 +1162,10 @@ async def since_during_a_redis_outage_tells_the_seq_delivered_but_not_stored():
         eq([e.get("code") for e in x.errors()], ["unavailable"], f"x: {x.errors()}")
         await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 1, 10, what="seq 1 at x")
         eq(x.seqs(room), [1], "x: the stored run after since (2 is not stored yet)")
-        await link.restore()
+        await h.link.restore()
         await harness.wait_ready(a, what="A ready again")
         eq(await harness.send_acked(pc, "after", "after"), 4, "seq after the outage")
         await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 4, 15, what="seq 4 at x")
         eq(x.seqs(room), [1, 3, 4], "x: the replay, then live after the delivered seq 2")
         await pb.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "slow", 15,
                           what="ack of the slow message")
-    finally:
-        try:
-            _psql(pg.url, f"DROP TRIGGER IF EXISTS {fn} ON messages; DROP FUNCTION IF EXISTS {fn}()")
-        except RuntimeError:
-            pass
-        link.stop()
-        rd.stop()
-        harness.release_port(rd.port)
