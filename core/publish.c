@@ -55,6 +55,7 @@ _Static_assert(sizeof(((publish_op *)0)->user) == BUS_USER_MAX + 1, "publish_op.
 static struct {
     bus *bus;
     store *store;
+    int store_gone;          /* publish_store_gone: P.store is freed, never called */
     size_t pending_max;
     climit *limits;
     double user_rate, user_burst;
@@ -88,10 +89,22 @@ void publish_attach(bus *b, store *s, size_t pending_max)
     P.pending_max = pending_max;
 }
 
+void publish_store_gone(void)
+{
+    P.store_gone = 1;
+}
+
+/* The store to call: NULL once it is freed (shutdown), while `P.store`
+ * still says whether the node has durable history at all. */
+static store *live_store(void)
+{
+    return P.store_gone ? NULL : P.store;
+}
+
 int publish_ready(void)
 {
     if (!bus_ready(P.bus)) return 0;
-    return !P.store || store_pending(P.store) < P.pending_max;
+    return !P.store || (!P.store_gone && store_pending(P.store) < P.pending_max);
 }
 
 /* ---- operations and their owners ---------------------------------------- */
@@ -237,7 +250,7 @@ static void stored_write(publish_op *p, const store_row *row)
      * backfill) */
     store_row r = *row;
     r.admitted = 1;
-    int rc = store_write(P.store, &r, on_stored, p);
+    int rc = store_write(live_store(), &r, on_stored, p);
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
              "number over 2^63-1): not stored", p->room, row->seq);
@@ -484,7 +497,7 @@ static void upd_dup_replayed(void *ud, int status, const bus_entry *e, size_t n,
     int rc = -1;
     if (broadcast_copy(p, status, e, n, &row, &o, &buf)) {
         row.admitted = 1;  /* its seq was broadcast long ago */
-        rc = store_write(P.store, &row, on_upd_dup_stored, p);
+        rc = store_write(live_store(), &row, on_upd_dup_stored, p);
     }
     json_decref(o);
     free(buf);
@@ -545,7 +558,7 @@ static void on_update_published(void *ud, int status, uint64_t seq, int duplicat
     p->published_ns = mono_ns();
     if (!P.store) { finish(p, PUBLISH_OK); return; }
     if (duplicate) {
-        if (store_target(P.store, p->room, seq, NULL, NULL, upd_dup_checked, p) < 0)
+        if (store_target(live_store(), p->room, seq, NULL, NULL, upd_dup_checked, p) < 0)
             finish(p, PUBLISH_STORE_DOWN);
         return;
     }
@@ -571,7 +584,7 @@ static void on_seed_reactions(void *ud, int status, int deleted, const char *con
 
 static void upd_seed_read(publish_op *p)
 {
-    if (!P.store || store_reactions(P.store, p->room, p->target, on_seed_reactions, p) < 0)
+    if (!P.store || store_reactions(live_store(), p->room, p->target, on_seed_reactions, p) < 0)
         finish(p, PUBLISH_STORE_DOWN);
 }
 
@@ -749,7 +762,7 @@ int publish_update_start(const publish_update *u, publish_owner *owner,
     p->body_len = bl;
     /* with history, the target is looked up there first (not ready: -1,
      * the caller answers unavailable); without, the buffer is all there is */
-    int rc = P.store ? store_target(P.store, p->room, p->target, p->id_default ? NULL : p->user,
+    int rc = P.store ? store_target(live_store(), p->room, p->target, p->id_default ? NULL : p->user,
                                     p->id_default ? NULL : p->id, on_target, p)
                      : lookup_buffer(p);
     if (rc < 0) {
@@ -850,7 +863,7 @@ static void backfill_write(const char *rname, uint64_t seq, const store_row *row
         memcpy(b->s + o, parts[i], l);
         o += l;
     }
-    int rc = store_write(P.store, row, on_backfill_stored, b);
+    int rc = store_write(live_store(), row, on_backfill_stored, b);
     if (rc == 0) return;
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
@@ -955,7 +968,7 @@ void publish_bus_check(void *ud, bus_check *req, size_t n, const char *const *ro
                        const uint64_t *seqs)
 {
     (void)ud;
-    if (!P.store || store_check(P.store, n, rooms, seqs, on_store_check, req) < 0)
+    if (!P.store || store_check(live_store(), n, rooms, seqs, on_store_check, req) < 0)
         bus_check_done(req, -1, NULL);
 }
 
@@ -978,7 +991,7 @@ static void on_store_seed(void *ud, int status, uint64_t max_seq, const char *ep
 void publish_bus_seed(void *ud, const char *rname, bus_seed *req)
 {
     (void)ud;
-    if (!P.store || store_seed(P.store, rname, bus_seed_ids_since_ms(req), BUS_IDS_PER_ROOM,
+    if (!P.store || store_seed(live_store(), rname, bus_seed_ids_since_ms(req), BUS_IDS_PER_ROOM,
                                on_store_seed, req) < 0)
         bus_seed_done(req, -1, 0, NULL);
 }

@@ -77,6 +77,10 @@ void publish_init(void);
 /* The bus and (optional) store to use; pending_max bounds the store's
  * backlog (publish_ready says no beyond it). */
 void publish_attach(bus *b, store *s, size_t pending_max);
+/* The store is about to be freed (shutdown, before the bus): what the bus
+ * answers after that (-1 to a pending read) calls it no more: such an
+ * operation is answered unavailable. */
+void publish_store_gone(void);
 /* 1 when a publish can be accepted now (bus ready, store backlog below its
  * bound). */
 int publish_ready(void);

@@ -155,6 +155,7 @@ static void stop_everything(void)
     g_srv.presence = NULL;
     readstate_shutdown();      /* before the store: its statements then answer nobody */
     retention_shutdown();
+    publish_store_gone();      /* the bus answers its reads below: nothing writes to it */
     if (g_srv.store) { store_free(g_srv.store); g_srv.store = NULL; }
     /* before the bus: what waits on it (a publish's user rate) goes on */
     climit_set_store(g_limits, NULL);

@@ -1029,3 +1029,84 @@ async def database_not_utf8_is_never_used():
     eq(st, 503, "/readyz with a LATIN1 database")
     eq(pg.psql(db, "SELECT count(*) FROM pg_tables WHERE tablename = 'messages'").strip(), "0",
        "no schema created in it")
+
+
+class HoldProxy:
+    """A TCP relay to a service, in the test's loop: hold() makes the
+    connection whose next chatd->service chunk contains `word` stop
+    forwarding from there on (its command never reaches the service; the
+    other connections go on)."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.word = None
+        self.held = asyncio.Event()
+        self.server = None
+        self.port = None
+        self.tasks = []
+
+    async def start(self):
+        self.port = harness.free_port()
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        return self
+
+    def hold(self, word):
+        self.word = word
+
+    async def _pipe(self, r, w, watch):
+        try:
+            while True:
+                data = await r.read(65536)
+                if not data:
+                    break
+                if watch and self.word and self.word in data:
+                    self.held.set()
+                    await asyncio.Event().wait()   # this direction stops for good
+                w.write(data)
+                await w.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            try:
+                w.close()
+            except OSError:
+                pass
+
+    async def _accept(self, cr, cw):
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.tasks.append(asyncio.ensure_future(self._pipe(cr, uw, True)))
+        self.tasks.append(asyncio.ensure_future(self._pipe(ur, cw, False)))
+
+    def close(self):
+        for t in self.tasks:
+            t.cancel()
+        if self.server:
+            self.server.close()
+
+
+@test(timeout=60, needs=NEEDS)
+async def resend_waiting_on_its_buffer_read_at_shutdown_touches_no_freed_store():
+    """A resend (a duplicate) reads its broadcast copy from the recent buffer
+    before its row is written. When SIGTERM stops the node while that read
+    is unanswered (Redis slow), the store is freed before the bus, and the
+    bus' -1 answer to the read must not write to it: before the fix it
+    wrote the resend's own copy into the freed store (heap-use-after-free
+    under ASan)."""
+    rd = harness.RUN.need_redis()
+    px = await HoldProxy(rd.port).start()
+    try:
+        n = Node(redis=f"redis://127.0.0.1:{px.port}", db=True, env={"CHAT_DRAIN_MS": 3000})
+        await asyncio.to_thread(n.start)     # the proxy runs in this loop
+        room = uniq()
+        a = await Client.connect(n, room, token("alice"))
+        await harness.send_acked(a, "first", "m1")
+        px.hold(b"ZRANGEBYSCORE")     # the resend's read of its broadcast copy
+        await a.send_msg("first", id="m1")
+        await asyncio.wait_for(px.held.wait(), 5)
+        await asyncio.sleep(0.2)
+        n.signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(n.wait_exit, 15)
+        eq(rc, 0, f"exit code after SIGTERM: {n.log_tail(5)}")
+        eq(harness.RUN.sanitizer_reports(), "", "sanitizer report")
+    finally:
+        px.close()
