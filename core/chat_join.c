@@ -161,13 +161,34 @@ static void erase_deleted(join_op *op, conn_room *cr)
 }
 
 /* The replay and the live frames held during it fit the connection's
- * queue beside what it holds (the gap frame's few bytes aside). */
+ * queue beside what it holds: counted as chat_deliver will queue them (a
+ * held frame the replay covers is dropped, not queued), with the error
+ * frames sent before them. */
 static int replay_fits(const join_op *op, const conn_room *cr)
 {
-    size_t bytes = 0;
-    for (uint32_t i = 0; i < op->n; i++) bytes += msg_wire_len(op->msgs[i]);
-    for (uint32_t i = 0; i < cr->nheld; i++) bytes += msg_wire_len(cr->held[i]);
-    return outq_fits(&cr->c->q, (size_t)op->n + cr->nheld, bytes);
+    size_t frames = (op->gap ? 1 : 0) + (op->unavailable ? 1 : 0), bytes = 0;
+    uint64_t last = cr->last_seq;
+    for (uint32_t k = 0; k < op->n + cr->nheld; k++) {
+        const msg *m = k < op->n ? op->msgs[k] : cr->held[k - op->n];
+        if (m->seq && m->seq <= last) continue;
+        if (m->seq) last = m->seq;
+        frames++;
+        bytes += msg_wire_len(m);
+    }
+    return outq_fits(&cr->c->q, frames, bytes);
+}
+
+/* Live delivery starts after the head the join announces (a since that
+ * is not honoured: the client pages history up to that head). */
+static void start_after_head(join_op *op, conn_room *cr)
+{
+    cr->last_seq = op->head;
+    /* the head_fallback's head can be above what this node delivered
+     * (its floor, the Postgres head): the seqs between reach the member
+     * by ordered delivery once Redis is back, so it starts after the
+     * delivered one (it may get a seq at or below the welcome's: the
+     * client drops it by seq), never skipping one */
+    if (op->held && cr->last_seq > op->delivered) cr->last_seq = op->delivered;
 }
 
 static void join_finish(join_op *op, const presence_user *u, size_t n)
@@ -187,6 +208,9 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
         for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
         op->n = 0;
         op->gap = 4;
+        /* like every refused since: live after the announced head (the
+         * held frames at or below it are in the history the client pages) */
+        start_after_head(op, cr);
     }
     const char *gap =
         op->gap == 2 ? "since is not a seq of this room's current epoch; page history over HTTP"
@@ -286,15 +310,7 @@ static void join_stage2(join_op *op)
     }
     /* live delivery starts after the head unless since was honoured (a
      * refused since is not a seq of this room's numbering) */
-    if (!op->has_since || op->gap) {
-        cr->last_seq = op->head;
-        /* the head_fallback's head can be above what this node delivered
-         * (its floor, the Postgres head): the seqs between reach the member
-         * by ordered delivery once Redis is back, so it starts after the
-         * delivered one (it may get a seq at or below the welcome's: the
-         * client drops it by seq), never skipping one */
-        if (op->held && cr->last_seq > op->delivered) cr->last_seq = op->delivered;
-    }
+    if (!op->has_since || op->gap) start_after_head(op, cr);
     if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
         join_finish_local_presence(op);
 }
