@@ -267,6 +267,18 @@ int bus_known_head(const bus *b, const char *room, uint64_t *head, uint64_t *del
     return 1;
 }
 
+int bus_resume_after(bus *b, const char *room, uint64_t seq)
+{
+    if (!b || b->freeing || !room) return 0;
+    bus_room *rm = hmap_get(&b->rooms, room);
+    if (!rm || rm->refs == 0) return 0;
+    if (rm->have_last) return rm->last <= seq;
+    if (rm->synced) return 0;   /* adopt: the first message sets last */
+    rm->have_last = 1;
+    rm->last = rm->target = seq;
+    return 1;
+}
+
 void bus_forget_id(bus *b, const char *room, const char *user, const char *client_id,
                    uint64_t seq)
 {

@@ -113,11 +113,25 @@ int bus_replay_upto(bus *b, const char *room, uint64_t since, uint64_t upto,
 /* The room's head as this node knows it without asking Redis: the highest
  * seq it delivered or had acked to one of its publishes (a lower bound of
  * the real head: every seq above it is still delivered or fetched), and in
- * *delivered the highest seq it delivered (0: none yet; seqs above it
- * reach its members by ordered delivery). 1 and both when this node holds
+ * *delivered the highest seq it delivered, or where bus_resume_after set
+ * delivery to resume (seqs above it reach its members by ordered delivery;
+ * 0: none yet — the first sync then starts after the head Redis has, unless
+ * bus_resume_after is called before it). 1 and both when this node holds
  * the room, else 0. For a welcome / join answer while a replay cannot be
  * had (Redis down). */
 int bus_known_head(const bus *b, const char *room, uint64_t *head, uint64_t *delivered);
+/* For a member that has every seq up to `seq` of a subscribed room whose
+ * ordered delivery has no last seq yet (not synced since the subscription,
+ * e.g. Redis down; or known only through a publish ack): delivery resumes
+ * after `seq` — the first sync then fetches seq+1..head like a resync, or
+ * reports what the buffer lost through on_gap — instead of starting after
+ * the head Redis has then. `seq` must be an assigned seq (the durable head,
+ * a replayed one): the sync raises Redis' head to it. 1 when every seq
+ * above `seq` is still delivered to the room's members (also when delivery
+ * already has a last seq at or below it), 0 when delivery is already past
+ * it (or the room is not subscribed, or synced with no head: the first
+ * message decides). */
+int bus_resume_after(bus *b, const char *room, uint64_t seq);
 
 /* Forgets user's client id of a publish whose seq could not be stored (a
  * history conflict), if the id still maps to seq, so that a resend with

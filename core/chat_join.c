@@ -34,6 +34,8 @@ typedef struct join_op {
     int unavailable;
     int held;               /* head_fallback: this node held the room; delivered is */
     uint64_t delivered;     /* the highest seq it delivered there (bus_known_head) */
+    int known;              /* head_fallback: op->head is a known head (held, or Postgres') */
+    int settle;             /* a replay without Redis done: join_stage2 decides unavailable */
     int checked;            /* since/epoch compared with the room's head */
     char epoch[BUS_EPOCH_MAX + 1];        /* the room's, "" when unknown */
     char want_epoch[BUS_EPOCH_MAX + 1];   /* the client's (with since), "" when none */
@@ -188,7 +190,8 @@ static void start_after_head(join_op *op, conn_room *cr)
      * by ordered delivery once Redis is back, so it starts after the
      * delivered one (it may get a seq at or below the welcome's: the
      * client drops it by seq), never skipping one */
-    if (op->held && cr->last_seq > op->delivered) cr->last_seq = op->delivered;
+    if (op->held && op->delivered > 0 && cr->last_seq > op->delivered)
+        cr->last_seq = op->delivered;
 }
 
 static void join_finish(join_op *op, const presence_user *u, size_t n)
@@ -291,6 +294,22 @@ static void send_welcome(conn *c, uint64_t head, const char *epoch, const char *
     conn_send_text(c, b, o);
 }
 
+/* Whether every seq above c reaches the member cr live (docs/redis.md
+ * "Recovery while Redis is down"): this node's ordered delivery of the room
+ * goes on after c (bus_resume_after: a room it does not hold, or holds by a
+ * publish ack alone, resumes after c at the first sync, fetching the rest
+ * like a resync — before, it started after the head Redis had then, and the
+ * seqs between were skipped silently), or it went past c while cr was a
+ * member: those seqs wait in cr->held, which then starts at or below c+1.
+ * 0: a seq above c was delivered here before the join and will not come
+ * again (broadcast, not stored yet), or the room synced meanwhile at a
+ * later head. */
+static int fallback_handover(conn_room *cr, uint64_t c)
+{
+    if (bus_resume_after(g_srv.bus, cr->r->name, c)) return 1;
+    return cr->nheld > 0 && cr->held[0]->seq <= c + 1;
+}
+
 static void join_stage2(join_op *op)
 {
     conn_room *cr = op->cr;
@@ -311,6 +330,16 @@ static void join_stage2(join_op *op)
     /* live delivery starts after the head unless since was honoured (a
      * refused since is not a seq of this room's numbering) */
     if (!op->has_since || op->gap) start_after_head(op, cr);
+    /* a join while Redis is down (head_fallback) with a known head: the
+     * member has every seq up to c (its replay's last, or the announced
+     * head); live delivery must go on right after it (fallback_handover) or
+     * the member is told (unavailable), never a silent jump in seq */
+    if (op->known && (!op->has_since || op->gap || op->settle)) {
+        uint64_t c = op->has_since && !op->gap ? op->since : cr->last_seq;
+        int ok = fallback_handover(cr, c);
+        if (op->settle) op->unavailable = !ok;
+        else if (!ok) op->unavailable = 1;
+    }
     if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
         join_finish_local_presence(op);
 }
@@ -353,19 +382,16 @@ static size_t push_store_rows(join_op *op, const store_row *rows, size_t n)
 }
 
 /* The handover of a replay done without Redis (the client has every seq up
- * to op->since): gapless only when this node holds the room, has delivered
- * there (delivered > 0: its ordered delivery has a last seq, kept across
- * the resync) and delivered no seq above op->since — live delivery there
- * resumes after the seq it delivered (every later one is fetched once
- * Redis is back, or reported gap_too_large), so the seqs after op->since
- * reach the member live. A room this node does not hold (or holds by a
- * publish ack alone) starts live delivery after the head Redis has when it
- * is back, and a seq it delivered above op->since (broadcast, not stored
- * yet) will not come again: the client is told (unavailable) instead of a
- * silent jump in seq. */
+ * to op->since) is judged in join_stage2 (fallback_handover): gapless when
+ * this node's ordered delivery goes on right after op->since — a room it
+ * holds and delivered in no seq above op->since, or a room it does not
+ * hold (or holds by a publish ack alone), whose first sync then resumes
+ * after op->since; else (a seq it delivered above op->since, broadcast,
+ * not stored yet, will not come again) the client is told (unavailable)
+ * instead of a silent jump in seq. */
 static void fallback_settle(join_op *op)
 {
-    op->unavailable = !(op->held && op->delivered > 0 && op->since >= op->delivered);
+    op->settle = 1;   /* join_stage2: fallback_handover */
 }
 
 static void on_fallback_rows(void *ud, int status, const store_row *rows, size_t n)
@@ -411,6 +437,7 @@ static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char 
     join_op *op = ud;
     if (!op->cr) { op_release(op); return; }
     if (status == 0) {
+        op->known = 1;
         if (max_seq > op->head) op->head = max_seq;
         if (epoch && *epoch && !op->epoch[0]) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
         if (op->has_since && !op->gap && fallback_replay(op)) return;
@@ -431,7 +458,7 @@ static void head_fallback(join_op *op)
     uint64_t h;
     op->unavailable = op->has_since;
     if (bus_known_head(g_srv.bus, op->cr->r->name, &h, &op->delivered)) {
-        op->held = 1;
+        op->held = op->known = 1;
         if (h > op->head) op->head = h;
     }
     if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
