@@ -8,3 +8,8 @@ chatd_unit_test(test_conn_oom)
 chatd_alloc_fail(test_conn_oom)
 target_link_options(test_conn_oom PRIVATE
   -Wl,--wrap=lws_get_socket_fd,--wrap=lws_set_timeout,--wrap=lws_callback_on_writable,--wrap=uconns_enabled)
+# SIGTERM's drain closes 1001, also a connection whose queue is full
+# (lws faked as for test_conn_oom)
+chatd_unit_test(test_drain)
+target_link_options(test_drain PRIVATE
+  -Wl,--wrap=lws_get_socket_fd,--wrap=lws_set_timeout,--wrap=lws_callback_on_writable)
