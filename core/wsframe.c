@@ -117,7 +117,9 @@ static int check_length(wsf_parser *p)
     p->midx = 0;
     p->left = len;
     if (!(p->opcode & 8)) {
-        if (len > p->max_message || p->msg_len + len > p->max_message)
+        /* a new message starts from 0: msg_len still holds the last one's */
+        uint64_t held = p->opcode == WSF_CONT ? p->msg_len : 0;
+        if (len > p->max_message || held + len > p->max_message)
             return fail(p, 1009, "message too big");
         if (p->opcode != WSF_CONT) {
             p->in_message = 1;

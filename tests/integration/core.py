@@ -555,6 +555,31 @@ async def oversize_frame_closes_1009():
     eq(await c.wait_closed(5), 1009, "close code for a 70000-byte frame (default 64 KiB)")
 
 
+@test()
+async def frame_limit_is_per_message_not_summed_with_the_last():
+    """CHAT_MAX_FRAME bounds each message: a frame of exactly the limit
+    passes, and a message is not counted with the one before it (two 40 KB
+    messages in a row closed the connection 1009: the parser checked the
+    last message's length plus the new one's)."""
+    n = start_node()
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+
+    def frame_of(size, mid):
+        head = json.dumps({"type": "message", "id": mid, "body": ""})[:-2]   # ends in '"'
+        return head + "y" * (size - len(head) - 2) + '"}'
+    exact = frame_of(65536, "exact")
+    eq(len(exact.encode()), 65536, "frame size")
+    for mid, text in (("exact", exact), ("a40", frame_of(40000, "a40")),
+                      ("b40", frame_of(40000, "b40")), ("c30", frame_of(30000, "c30"))):
+        await c.send(text)
+        f = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == mid, 10,
+                             what=f"ack of {mid}")
+        eq(f["type"], "ack", f"answer to the {len(text)}-byte frame {mid}")
+    await c.roundtrip()
+    check(not c.closed, f"closed {c.close_code} after messages each under the limit")
+
+
 # ------------------------------------------------------------ token lifetime
 @test()
 async def token_expiry_closes_4001():

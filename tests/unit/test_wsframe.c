@@ -115,6 +115,15 @@ static void test_valid(void)
     memset(big, 'x', sizeof big);
     n = frame(b, WSF_TEXT, big, sizeof big, 1, 0, 1, (uint64_t)-1);
     CHECK(run(b, n, 300, &s, NULL) == 0 && s.len == 300, "exactly the limit");
+    /* the limit is per message: the one before does not count (it did) */
+    n = frame(b, WSF_TEXT, big, 200, 1, 0, 1, (uint64_t)-1);
+    n += frame(b + n, WSF_TEXT, big, 150, 1, 0, 1, (uint64_t)-1);
+    CHECK(run(b, n, 300, &s, NULL) == 0 && s.messages == 2, "two messages adding up over the limit");
+    n = frame(b, WSF_TEXT, big, 100, 0, 0, 1, (uint64_t)-1);
+    n += frame(b + n, WSF_CONT, big, 100, 1, 0, 1, (uint64_t)-1);
+    n += frame(b + n, WSF_TEXT, big, 150, 0, 0, 1, (uint64_t)-1);
+    n += frame(b + n, WSF_CONT, big, 150, 1, 0, 1, (uint64_t)-1);
+    CHECK(run(b, n, 300, &s, NULL) == 0 && s.messages == 2, "fragmented messages each under the limit");
     n = frame(b, WSF_PONG, big, 125, 1, 0, 1, (uint64_t)-1);
     CHECK(run(b, n, 10, &s, NULL) == 0 && s.pongs == 1, "125-byte control frame");
 }
