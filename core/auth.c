@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define AUTH_TOKEN_MAX 16384   /* longer tokens are refused as malformed */
 #define AUTH_KEYFILE_MAX 65536 /* a PEM public key is a few hundred bytes */
 
 struct auth_ctx {
@@ -330,7 +329,7 @@ int auth_verify(const auth_ctx *a, const char *token, int64_t now_s, identity *o
     if (!a || !out) { fmt(reason, rlen, "auth not configured"); return -1; }
     size_t len = token ? strlen(token) : 0;
     if (len == 0) { fmt(reason, rlen, "missing token"); return -1; }
-    if (len > AUTH_TOKEN_MAX) { fmt(reason, rlen, "malformed token"); return -1; }
+    if (len > AUTH_TOKEN_MAX) { fmt(reason, rlen, "token too long"); return -1; }
 
     /* exactly three segments: header.payload.signature */
     const char *d1 = memchr(token, '.', len);

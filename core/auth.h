@@ -18,6 +18,7 @@ typedef struct auth_ctx auth_ctx;
  * (strs), each sized to fit: an idle connection holds a few dozen bytes of
  * identity, not two 128-byte arrays and a separate claims copy. A cleared
  * identity has user and name "" and claims_json NULL. */
+#define AUTH_TOKEN_MAX 16384   /* longer tokens are refused (401 "token too long") */
 #define AUTH_CLAIM_MAX 127     /* sub: 1..AUTH_CLAIM_MAX bytes; a longer name is cut to it */
 typedef struct identity {
     const char *user;        /* sub, 1..127 bytes */

@@ -126,8 +126,9 @@ static int reply_json_error(struct lws *wsi, unsigned status, const char *text)
 
 int http_token(struct lws *wsi, char *out, size_t outlen)
 {
-    char h[8192];
+    char h[AUTH_TOKEN_MAX + 64];
     int n = lws_hdr_copy(wsi, h, sizeof h, WSI_TOKEN_HTTP_AUTHORIZATION);
+    if (n < 0 && lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) > 0) return -1;   /* too long */
     int r = n > 0 ? httpd_bearer(h, (size_t)n, out, outlen) : 0;
     return r ? r : httpd_arg(wsi, "token", out, outlen);
 }
@@ -136,13 +137,13 @@ int http_token(struct lws *wsi, char *out, size_t outlen)
  * *ret set to the callback's return value. */
 static int require_auth(struct lws *wsi, identity *id, int *ret)
 {
-    char tok[8192], reason[160];
+    char tok[AUTH_TOKEN_MAX + 1], reason[160];
     /* RFC 6750 3: a 401 names the scheme; 3.1: and the error of a token
      * that was sent */
     int got = http_token(wsi, tok, sizeof tok);
     if (got <= 0) {
-        *ret = reply_text_x(wsi, 401, got < 0 ? "malformed token" : "missing token", "www-authenticate",
-                            got < 0 ? "Bearer realm=\"chatd\", error=\"invalid_request\"" : "Bearer realm=\"chatd\"");
+        *ret = reply_text_x(wsi, 401, got < 0 ? "token too long" : "missing token", "www-authenticate",
+                            got < 0 ? "Bearer realm=\"chatd\", error=\"invalid_token\"" : "Bearer realm=\"chatd\"");
         return -1;
     }
     if (auth_verify(g_srv.auth, tok, (int64_t)(now_ms() / 1000), id, reason, sizeof reason) < 0) {

@@ -242,12 +242,23 @@ int httpd_bearer(const char *h, size_t n, char *out, size_t outlen)
 
 int httpd_arg(struct lws *wsi, const char *name, char *out, size_t outlen)
 {
-    char frag[8192];
+    char small[512];
     if (outlen) out[0] = 0;
     for (int i = 0; i < 32; i++) {
-        int n = lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i);
+        /* a fragment of any length the head allowed: one over a fixed
+         * buffer was taken for the end of the arguments, so a token over
+         * 8 KiB answered "missing token" */
+        int fl = lws_hdr_fragment_length(wsi, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (fl <= 0) {
+            if (lws_hdr_copy_fragment(wsi, small, sizeof small, WSI_TOKEN_HTTP_URI_ARGS, i) < 0) break;
+            continue;   /* an empty fragment */
+        }
+        char *frag = (size_t)fl < sizeof small ? small : malloc((size_t)fl + 1);
+        if (!frag) return -1;
+        int n = lws_hdr_copy_fragment(wsi, frag, fl + 1, WSI_TOKEN_HTTP_URI_ARGS, i);
+        int r = n < 0 ? 0 : httpd_arg_match(frag, (size_t)n, name, out, outlen);
+        if (frag != small) free(frag);
         if (n < 0) break;
-        int r = httpd_arg_match(frag, (size_t)n, name, out, outlen);
         if (r) return r;
     }
     return 0;

@@ -286,8 +286,14 @@ static int upgrade_gate(struct lws *wsi)
         metric_inc(m_acc[3]);
         return refuse(wsi, 400, "invalid room name");
     }
-    char tok[8192], reason[192], since[32];
-    if (!httpd_arg(wsi, "token", tok, sizeof tok) || !tok[0]) {
+    char tok[AUTH_TOKEN_MAX + 1], reason[192], since[32];
+    int got = httpd_arg(wsi, "token", tok, sizeof tok);
+    if (got < 0) {  /* there, but longer than any token auth_verify takes */
+        metric_inc(m_acc[1]);
+        return refuse_h(wsi, 401, "token too long",
+                        "www-authenticate: Bearer realm=\"chatd\", error=\"invalid_token\"\r\n");
+    }
+    if (!got || !tok[0]) {
         metric_inc(m_acc[1]);
         return refuse_h(wsi, 401, "missing token", "www-authenticate: Bearer realm=\"chatd\"\r\n");
     }

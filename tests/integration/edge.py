@@ -10,8 +10,8 @@ import struct
 import time
 
 import harness
-from harness import (FrameWS, Node, ahttp, check, eq, metric_value, start_node, test, token,
-                     uniq, ws_path)
+from harness import (Client, FrameWS, Node, ahttp, ahttp_json, aupgrade_status, check, eq,
+                     metric_value, start_node, test, token, uniq, ws_path)
 
 F = FrameWS.frame
 HB = b'{"type":"heartbeat"}'
@@ -712,6 +712,36 @@ def http_exchange(port, requests, timeout=5.0):
         answers.append((int(lines[0].split()[1]), hd, body))
     check(data == b"", f"bytes after the last answer (a HEAD answered with a body?): {data[:80]!r}")
     return answers
+
+
+@test()
+async def long_tokens_are_read_up_to_16_kib():
+    """A token over 8 KiB (e.g. a `rooms` claim listing a few hundred rooms)
+    upgrades and reads the HTTP routes, in the query and in the header, up
+    to 16 KiB (the longest token chatd verifies); a longer one is a 401
+    `token too long`. Before, any token over 8 KiB answered "missing token"
+    (its query argument did not fit a fixed buffer and was taken for
+    absent)."""
+    n = start_node(env={"CHAT_MAX_HEADER_BYTES": 60000})
+    room = uniq()
+
+    def tok_of(nrooms):
+        return token("alice", rooms=[f"room-number-{i:04d}" for i in range(nrooms)])
+    ok, long_ = tok_of(400), tok_of(700)
+    check(8192 < len(ok) <= 16384 < len(long_), f"token sizes {len(ok)}, {len(long_)}")
+    c = await Client.connect(n, room, ok)
+    eq(c.welcome().get("user"), "alice", "welcome.user with a 10 KB token")
+    await c.close()
+    st, _, body = await ahttp_json(n.port, f"/rooms/{room}/presence", ok)
+    eq(st, 200, f"presence with a 10 KB bearer token: {body[:80]!r}")
+    st, _, body = await ahttp(n.port, f"/rooms/{room}/presence?token={ok}")
+    eq(st, 200, f"presence with a 10 KB ?token=: {body[:80]!r}")
+    st, body = await aupgrade_status(n.port, ws_path(room, long_))
+    eq((st, body.strip()), (401, b"token too long"), "upgrade with a 17 KB token")
+    st, _, body = await ahttp_json(n.port, f"/rooms/{room}/presence", long_)
+    eq((st, body.strip()), (401, b"token too long"), "presence with a 17 KB bearer token")
+    st, _, body = await ahttp(n.port, f"/rooms/{room}/presence?token={long_}")
+    eq((st, body.strip()), (401, b"token too long"), "presence with a 17 KB ?token=")
 
 
 @test()
