@@ -15,7 +15,7 @@ local LOAD_FAILURES = {
   { "badhook", "^policy%.lua: M%.on_message must be a function %(got string%)$" },
   { "selftest", "^policy%.lua: selftest failed: nope$" },
   { "notable", "^policy%.lua: must return a table %(got number%)$" },
-  { "badconfig", "^policy%.lua: config%.heartbeat_ms must be a positive integer$" },
+  { "badconfig", "^policy%.lua: config%.heartbeat_ms must be a positive integer %(at most 2147483647%)$" },
   { "loadrl", "^policy%.lua:2: chat%.ratelimit is not allowed at load time$" },
   { "loadconfig", "^policy%.lua:2: chat%.config is not allowed at load time$" },
   { "selftestrl", "^policy%.lua:3: chat%.ratelimit is not allowed in selftest$" },
@@ -208,7 +208,7 @@ describe("policy host", function()
     assert.equal('CHAT_FLAG="maybe": not a boolean', err)
     R, err = helpers.load({ dir = helpers.fixture("hooks"), env = { CHAT_MAX_BODY = "-3" } })
     assert.is_nil(R)
-    assert.equal("policy.lua: config.max_body must be a positive integer", err)
+    assert.equal("policy.lua: config.max_body must be a positive integer (at most 2147483647)", err)
   end)
 
   it("logs chat.log and print at their level, one line, with the phase", function()
