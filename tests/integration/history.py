@@ -1112,6 +1112,30 @@ async def resend_waiting_on_its_buffer_read_at_shutdown_touches_no_freed_store()
         px.close()
 
 
+async def _since0_join_while_pg_stalls(before, during):
+    """A node with CHAT_MAX_QUEUE 16 and a recent buffer of 5; alice sends
+    `before` messages, then bob connects with since=0 (older than the
+    buffer: his join reads Postgres, which is stopped) and alice sends
+    `during` more, which bob's join holds. Postgres resumes on return."""
+    n = start_node(db=True, env={"CHAT_MAX_QUEUE": 16, "CHAT_RECENT_MAX": 5})
+    room = uniq()
+    a = await Client.connect(n, room, token("alice"))
+    for k in range(before):
+        await harness.send_acked(a, f"m{k}", f"m{k}")
+    pg_signal(signal.SIGSTOP)
+    try:
+        b = await Client.connect(n, room, token("bob"), since=0, wait_welcome=False)
+        await asyncio.sleep(0.3)
+        for k in range(before, before + during):
+            await a.send_msg(f"m{k}", id=f"m{k}")
+        await a.wait_count(lambda f: f["type"] == "message", before + during, 5,
+                           "the live messages on alice")
+        await asyncio.sleep(0.2)
+    finally:
+        pg_signal(signal.SIGCONT)
+    return room, a, b
+
+
 @test(timeout=60, needs=("pg",))
 async def replay_over_the_queue_starts_live_after_the_head():
     """A since= replay dropped because it does not fit the connection's
@@ -1120,22 +1144,7 @@ async def replay_over_the_queue_starts_live_after_the_head():
     to that head. Before the fix live delivery started after since, so the
     frames held during the join (published while it read Postgres), at or
     below the head, reached the client after the gap, besides history."""
-    n = start_node(db=True, env={"CHAT_MAX_QUEUE": 16, "CHAT_RECENT_MAX": 5})
-    room = uniq()
-    a = await Client.connect(n, room, token("alice"))
-    for k in range(20):
-        await harness.send_acked(a, f"m{k}", f"m{k}")
-    pg_signal(signal.SIGSTOP)
-    try:
-        # since=0 is older than the recent buffer: the join reads Postgres (stalled)
-        b = await Client.connect(n, room, token("bob"), since=0, wait_welcome=False)
-        await asyncio.sleep(0.3)
-        for k in range(20, 23):
-            await a.send_msg(f"m{k}", id=f"m{k}")
-        await a.wait_count(lambda f: f["type"] == "message", 23, 5, "the live messages on alice")
-        await asyncio.sleep(0.2)
-    finally:
-        pg_signal(signal.SIGCONT)
+    room, a, b = await _since0_join_while_pg_stalls(20, 3)
     g = await b.wait_for(lambda f: f["type"] == "error" and f.get("code") == "gap_too_large", 10,
                          what="gap_too_large")
     check("queue" in g.get("message", ""), f"the gap is the queue's: {g}")
@@ -1155,21 +1164,7 @@ async def replay_that_fits_is_not_refused_for_the_held_frames_it_covers():
     delivery, not queued: they do not count against the queue. Before the
     fix a replay that fitted was answered gap_too_large when it and those
     duplicates together were over CHAT_MAX_QUEUE."""
-    n = start_node(db=True, env={"CHAT_MAX_QUEUE": 16, "CHAT_RECENT_MAX": 5})
-    room = uniq()
-    a = await Client.connect(n, room, token("alice"))
-    for k in range(9):
-        await harness.send_acked(a, f"m{k}", f"m{k}")
-    pg_signal(signal.SIGSTOP)
-    try:
-        b = await Client.connect(n, room, token("bob"), since=0, wait_welcome=False)
-        await asyncio.sleep(0.3)
-        for k in range(9, 13):       # held by bob's join, and in its replay
-            await a.send_msg(f"m{k}", id=f"m{k}")
-        await a.wait_count(lambda f: f["type"] == "message", 13, 5, "the live messages on alice")
-        await asyncio.sleep(0.2)
-    finally:
-        pg_signal(signal.SIGCONT)
+    room, a, b = await _since0_join_while_pg_stalls(9, 4)   # the 4: held, and in the replay
     await b.wait_count(lambda f: f["type"] == "message", 13, 10, "the replay")
     await a.send_msg("after", id="after")
     await b.wait_for(lambda f: f["type"] == "message" and f.get("id") == "after", 5,

@@ -22,15 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int __wrap_lws_get_socket_fd(struct lws *wsi);
-int __wrap_lws_get_socket_fd(struct lws *wsi) { (void)wsi; return -1; }
-void __wrap_lws_set_timeout(struct lws *wsi, enum pending_timeout reason, int secs);
-void __wrap_lws_set_timeout(struct lws *wsi, enum pending_timeout reason, int secs)
-{
-    (void)wsi; (void)reason; (void)secs;
-}
-int __wrap_lws_callback_on_writable(struct lws *wsi);
-int __wrap_lws_callback_on_writable(struct lws *wsi) { (void)wsi; return 0; }
+#include "lws_fake.h"
 int __wrap_uconns_enabled(void);
 int __wrap_uconns_enabled(void) { return 1; }
 

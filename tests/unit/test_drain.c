@@ -14,15 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
-int __wrap_lws_get_socket_fd(struct lws *wsi);
-int __wrap_lws_get_socket_fd(struct lws *wsi) { (void)wsi; return -1; }
-void __wrap_lws_set_timeout(struct lws *wsi, enum pending_timeout reason, int secs);
-void __wrap_lws_set_timeout(struct lws *wsi, enum pending_timeout reason, int secs)
-{
-    (void)wsi; (void)reason; (void)secs;
-}
-int __wrap_lws_callback_on_writable(struct lws *wsi);
-int __wrap_lws_callback_on_writable(struct lws *wsi) { (void)wsi; return 0; }
+#include "lws_fake.h"
 
 #define QMAX 4
 
