@@ -88,7 +88,7 @@ static int run(const unsigned char *b, size_t n, uint64_t max, sink *out, const 
 
 static void test_valid(void)
 {
-    unsigned char b[400];
+    unsigned char b[1024];   /* the frames of the longest case: 4 of 100-150 bytes */
     sink s;
     size_t n = F(b, WSF_TEXT, "hello", 1);
     CHECK(run(b, n, 1000, &s, NULL) == 0 && s.messages == 1 && s.len == 5 && !memcmp(s.msg, "hello", 5), "one text frame");
