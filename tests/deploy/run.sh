@@ -270,6 +270,39 @@ else
     skip services-redis-appendfsync "redis-server not installed"
 fi
 
+# ---- ./run.sh (the user's command) keeps its services durable: Postgres
+# with fsync, synchronous_commit and full_page_writes on, Redis appendfsync
+# always -- even when the caller's environment has the test suite's
+# SERVICES_FAST=1 (tools/services.sh turns durability off for tests only)
+if command -v redis-server >/dev/null && [ -x "${PGBIN:-/usr/lib/postgresql/15/bin}/postgres" ]; then
+    RB=$(port_block 3)
+    why=""
+    SERVICES_FAST=1 CHATD_DATA="$T/runsh" CHAT_LISTEN="127.0.0.1:$RB" CHATD_REDIS_PORT=$((RB + 1)) \
+        CHATD_PG_PORT=$((RB + 2)) setsid ./run.sh >"$T/runsh.log" 2>&1 &
+    RUNSH=$!
+    up=""
+    for _ in $(seq 1 600); do
+        curl -sf "http://127.0.0.1:$RB/healthz" >/dev/null 2>&1 && { up=1; break; }
+        kill -0 "$RUNSH" 2>/dev/null || break
+        sleep 0.2
+    done
+    if [ -n "$up" ]; then
+        for k in fsync synchronous_commit full_page_writes; do
+            got=$(psql -h 127.0.0.1 -p $((RB + 2)) -U postgres -tAc "SHOW $k" 2>&1)
+            [ "$got" = on ] || why+="Postgres $k is '$got'; "
+        done
+        got=$(redis-cli -p $((RB + 1)) CONFIG GET appendfsync | tail -1)
+        [ "$got" = always ] || why+="Redis appendfsync is '$got'; "
+    else
+        why+="./run.sh did not serve /healthz (tail: $(tail -3 "$T/runsh.log" | tr '\n' ' ')); "
+    fi
+    kill -TERM -- "-$RUNSH" 2>/dev/null   # its trap stops chatd, Redis and Postgres
+    for _ in $(seq 1 100); do kill -0 "$RUNSH" 2>/dev/null || break; sleep 0.1; done
+    if [ -z "$why" ]; then pass run-sh-durable; else fail run-sh-durable "$why"; fi
+else
+    skip run-sh-durable "redis-server or postgres not installed"
+fi
+
 # ---- the demo, non-interactive
 DB=$(port_block 6)
 if command -v nginx >/dev/null; then
