@@ -381,26 +381,13 @@ static size_t push_store_rows(join_op *op, const store_row *rows, size_t n)
     return run;
 }
 
-/* The handover of a replay done without Redis (the client has every seq up
- * to op->since) is judged in join_stage2 (fallback_handover): gapless when
- * this node's ordered delivery goes on right after op->since — a room it
- * holds and delivered in no seq above op->since, or a room it does not
- * hold (or holds by a publish ack alone), whose first sync then resumes
- * after op->since; else (a seq it delivered above op->since, broadcast,
- * not stored yet, will not come again) the client is told (unavailable)
- * instead of a silent jump in seq. */
-static void fallback_settle(join_op *op)
-{
-    op->settle = 1;   /* join_stage2: fallback_handover */
-}
-
 static void on_fallback_rows(void *ud, int status, const store_row *rows, size_t n)
 {
     join_op *op = ud;
     if (!op->cr) { op_release(op); return; }
     if (status == 0) {
         push_store_rows(op, rows, n);
-        fallback_settle(op);
+        op->settle = 1;   /* join_stage2 judges the handover (fallback_handover) */
     }
     join_stage2(op);
 }
@@ -421,11 +408,11 @@ static int fallback_replay(join_op *op)
         op->n = 0;
         op->gap = 1;
         op->since = op->head;
-        fallback_settle(op);
+        op->settle = 1;   /* join_stage2 judges the handover (fallback_handover) */
         return 0;
     }
     if (op->since == op->head) {   /* nothing stored after since */
-        fallback_settle(op);
+        op->settle = 1;   /* join_stage2 judges the handover (fallback_handover) */
         return 0;
     }
     return store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
@@ -452,7 +439,7 @@ static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char 
  * above the real head; seqs above it are delivered once Redis is back.
  * With since, seq > since is replayed from Postgres (fallback_replay);
  * unavailable when Postgres cannot answer either, or when what follows the
- * replay may not reach the member (fallback_settle). */
+ * replay may not reach the member (join_stage2: fallback_handover). */
 static void head_fallback(join_op *op)
 {
     uint64_t h;

@@ -240,7 +240,7 @@ static void on_stored(void *ud, int status)
  * -3: not UTF-8 text, or a number over 2^63-1; input checks refuse such
  * rows first, so this is a bug): logged and forgotten (as
  * publish_bus_unstored does). */
-static void stored_write(publish_op *p, const store_row *row)
+static void stored_write(publish_op *p, store_row *row)
 {
     /* its seq is handed out and broadcast: the store takes it even over
      * its pending bound, which publish_ready applied at admission (a
@@ -248,9 +248,8 @@ static void stored_write(publish_op *p, const store_row *row)
      * overshoot was broadcast, answered `unavailable` and never stored
      * unless resent: for good in the in-process mode, which has no
      * backfill) */
-    store_row r = *row;
-    r.admitted = 1;
-    int rc = store_write(live_store(), &r, on_stored, p);
+    row->admitted = 1;
+    int rc = store_write(live_store(), row, on_stored, p);
     if (rc == -3) {
         LOGE(MOD, "room %s seq %" PRIu64 ": the message cannot be stored (not UTF-8 text, or a "
              "number over 2^63-1): not stored", p->room, row->seq);
@@ -470,8 +469,6 @@ static void refuse(publish_op *p, int status, const char *code, const char *reas
  * No row yet: its broadcast copy from the recent buffer is stored and
  * acked (upd_dup_replayed; unavailable when the buffer no longer has it:
  * resend). Removed by retention: not_found. */
-static int tail_row(const char *rname, uint64_t seq, const char *tail, size_t len,
-                    store_row *row, json_t **o, char **buf);
 
 /* A resent update's broadcast copy, written for it: acked once durable.
  * Anything else (another row holds the seq, the store refused it) is
@@ -521,13 +518,12 @@ static void upd_dup_checked(void *ud, int status, const store_target_row *row)
         finish(p, PUBLISH_CONFLICT);
     } else if (status == STORE_TARGET_GONE) {
         refuse(p, PUBLISH_NOT_FOUND, "not_found", "that message was removed by retention");
-    } else if (status == STORE_TARGET_NONE &&
-               bus_replay_upto(P.bus, p->room, p->seq - 1, p->seq, upd_dup_replayed, p) == 0) {
-        /* not stored yet (its node died before the commit, or the commit
-         * is on its way): its broadcast copy is stored now */
-    } else {
+    } else if (status != STORE_TARGET_NONE ||
+               bus_replay_upto(P.bus, p->room, p->seq - 1, p->seq, upd_dup_replayed, p) != 0) {
         finish(p, PUBLISH_STORE_DOWN);
     }
+    /* else not stored yet (its node died before the commit, or the commit
+     * is on its way): upd_dup_replayed stores its broadcast copy */
 }
 
 static void on_update_published(void *ud, int status, uint64_t seq, int duplicate, int64_t count)
@@ -663,12 +659,11 @@ static void on_lookup_replay(void *ud, int status, const bus_entry *e, size_t n,
     (void)head; (void)epoch;
     if (!p->cb) { op_free(p); return; }
     if (status < 0) { finish(p, PUBLISH_BUS_DOWN); return; }
-    for (size_t i = 0; status == 0 && i < n; i++) {
-        if (e[i].seq != p->target) continue;
-        char author[128];
-        if (wire_tail_is_update(e[i].tail, e[i].len) ||
-            tail_user(e[i].tail, e[i].len, author, sizeof author) != 0)
-            break;
+    /* bus_replay_upto answers at most the target's own entry */
+    char author[128];
+    if (status == 0 && n == 1 && e[0].seq == p->target &&
+        !wire_tail_is_update(e[0].tail, e[0].len) &&
+        tail_user(e[0].tail, e[0].len, author, sizeof author) == 0) {
         upd_authorized(p, author);
         return;
     }
