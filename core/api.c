@@ -675,7 +675,7 @@ int api_http(struct lws *wsi, const char *uri, api_req **slot)
      * OPTIONS (no CORS preflight on the server API: docs/api.md) */
     if (!httpd_method_allowed(rt.allow, method)) {
         char allow[64], msg[96];
-        api_allow_header(rt.allow, allow, sizeof allow);
+        httpd_allow_header(rt.allow, allow, sizeof allow);
         snprintf(msg, sizeof msg, "method %s not allowed; allowed: %s", httpd_method_name(method), allow);
         return refuse(wsi, slot, mode, rt.route, 405, "method_not_allowed", msg, "allow", allow);
     }

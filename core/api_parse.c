@@ -26,11 +26,6 @@ const char *api_route_name(int route)
     return route >= 0 && route < AR_N ? N[route] : "none";
 }
 
-void api_allow_header(unsigned allow, char *out, size_t n)
-{
-    httpd_allow_header(allow, out, n);   /* the plain routes' too */
-}
-
 /* UTF-8 well-formed (util.h's utf8_seq, the one decoder), no C0/DEL and no
  * C1 controls (U+0080-U+009F: 0xC2 0x80-0x9F) */
 int api_user_valid(const char *s, size_t len)

@@ -30,8 +30,6 @@ typedef struct api_route {
 /* path: the request path after "/api/" (lws has decoded %XX). 0 matched;
  * -1 no such route (404); -2 a route with a bad parameter (400, err set). */
 int api_route_match(const char *path, api_route *out, char *err, size_t errlen);
-/* "POST" / "PUT, DELETE": the Allow header of a route. */
-void api_allow_header(unsigned allow, char *out, size_t n);
 /* A route's name for metrics and logs ("publish", "room", ...). */
 const char *api_route_name(int route);
 /* A user id or display name: 1..API_USER_MAX bytes of UTF-8 text without

@@ -322,20 +322,21 @@ void chat_conn_frame(conn *c, const char *data, size_t len)
 
 /* ---- drain and expiry ---------------------------------------------------- */
 
-/* The hint of a drain: a frame of about this many bytes */
-#define DRAIN_HINT_BYTES 128
-
 void chat_drain_all(void)
 {
+    /* one hint frame, shared by every queue (out of memory: none) */
+    static const char hint[] = "{\"type\":\"error\",\"code\":\"server_restart\","
+                               "\"message\":\"server is restarting; reconnect with since=\"}";
+    msg *m = msg_new(hint, sizeof hint - 1);
     for (conn *c = conn_first(); c; c = conn_next(c)) {
         if (conn_is_closing(c)) continue;
         /* a queue with no room left for the hint still closes 1001 (the
          * contract's drain code) after what it holds: queued over the
          * bounds the hint would close it 1008 "slow consumer" instead */
-        if (outq_fits(&c->q, 1, DRAIN_HINT_BYTES))
-            conn_send_error(c, "server_restart", "server is restarting; reconnect with since=", NULL);
+        if (m && outq_fits(&c->q, 1, msg_wire_len(m))) conn_send(c, m);
         conn_close_after_flush(c, 1001, "server restart");
     }
+    if (m) msg_unref(m);
 }
 
 void chat_expire_tokens(int64_t now_s)

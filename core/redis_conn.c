@@ -512,13 +512,17 @@ static void poll_cb(uv_poll_t *h, int status, int events)
 /* The loop's prepare step: everything queued during the turn leaves in one
  * write (commands of one turn are pipelined), without watching the socket
  * for writability (an epoll_ctl pair and a wakeup per command burst). */
-static void prep_cb(uv_prepare_t *p)
+static void flush_queued(redis_conn *c)
 {
-    redis_conn *c = p->data;
-    uv_prepare_stop(p);
     if (c->state != ST_HANDSHAKE && c->state != ST_UP) return;
     if (c->woff < c->wlen && !c->wr_wants_r) do_write(c);
     if (c->state != ST_DEAD) update_events(c);
+}
+
+static void prep_cb(uv_prepare_t *p)
+{
+    uv_prepare_stop(p);
+    flush_queued(p->data);
 }
 
 /* With a linger: the output of every turn since the first queued command
@@ -528,9 +532,7 @@ static void linger_cb(uv_timer_t *t)
 {
     redis_conn *c = t->data;
     c->linger_armed = 0;
-    if (c->state != ST_UP) return;
-    if (c->woff < c->wlen && !c->wr_wants_r) do_write(c);
-    if (c->state != ST_DEAD) update_events(c);
+    flush_queued(c);
 }
 
 static void update_events(redis_conn *c)

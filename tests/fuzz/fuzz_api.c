@@ -1,6 +1,6 @@
 /* fuzz_api: the server API's request parsing before any I/O (issue 13):
  * the route split and its path parameters (api_route_match,
- * api_allow_header, api_route_name, api_user_valid: core/api_parse.c), the
+ * api_route_name, api_user_valid: core/api_parse.c; httpd_allow_header), the
  * bearer key (apikey_from_header, apikeys_check: core/apikey.c), the head
  * values (httpd_parse_content_length), the body read in
  * pieces up to a limit (httpd_body_add) and the JSON error answer
@@ -182,7 +182,7 @@ static void check_route(const char *path, int m, const api_route *rt, const char
     FUZZ_CHECK(rt->route == g, "path '%s': route %s, the grammar says %s", path, NAMES[rt->route], NAMES[g]);
     FUZZ_CHECK(rt->allow == ALLOW[g], "route %s allows 0x%x", NAMES[g], rt->allow);
     char allow[64];
-    api_allow_header(rt->allow, allow, sizeof allow);
+    httpd_allow_header(rt->allow, allow, sizeof allow);
     /* a GET route also answers HEAD (a GET without its body): Allow names both */
     unsigned want = rt->allow | ((rt->allow & (1u << HM_GET)) ? 1u << HM_HEAD : 0u);
     FUZZ_CHECK(allow_bits(allow) == want, "Allow '%s' for 0x%x", allow, rt->allow);

@@ -109,11 +109,11 @@ static void test_routes(void)
     CHECK(api_route_match("", &r, err, sizeof err) == -1);
     CHECK(api_route_match("nope", &r, err, sizeof err) == -1);
     char allow[64];
-    api_allow_header((1u << HM_PUT) | (1u << HM_DELETE), allow, sizeof allow);
+    httpd_allow_header((1u << HM_PUT) | (1u << HM_DELETE), allow, sizeof allow);
     CHECK_STR(allow, "PUT, DELETE");
-    api_allow_header(1u << HM_POST, allow, sizeof allow);
+    httpd_allow_header(1u << HM_POST, allow, sizeof allow);
     CHECK_STR(allow, "POST");
-    api_allow_header(1u << HM_GET, allow, sizeof allow);
+    httpd_allow_header(1u << HM_GET, allow, sizeof allow);
     CHECK_STR(allow, "GET, HEAD");
     CHECK_STR(api_route_name(AR_BAN), "ban");
     CHECK_STR(api_route_name(99), "none");
