@@ -40,7 +40,7 @@ static const opt OPTS[] = {
     {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery"},
     {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large"},
     {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch"},
-    {"--redis-linger-ms", "CHAT_REDIS_LINGER_MS", K_INT, O(redis_linger_ms), "0", "Redis: commands (publishes, presence) wait up to this long (ms) to share one write and one Redis round (0: they leave at the end of each loop turn)"},
+    {"--redis-linger-ms", "CHAT_REDIS_LINGER_MS", K_INT, O(redis_linger_ms), "0", "Redis: every command of the bus's and presence's command connections (not subscriptions) waits up to this long (ms) to share one write and one Redis round (0: they leave at the end of each loop turn)"},
     {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "4", "Postgres batch window (ms): a batch leaves this long after its first row (or when full)"},
     {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound"},
     {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
