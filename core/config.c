@@ -1,14 +1,20 @@
 /* config: see config.h. One table lists every setting once: flag, env,
- * type, default, help. */
+ * type, default, help and, for an integer, its range: set() checks every
+ * value of every source (default, env, flag) against it. */
 #define _GNU_SOURCE
 #include "config.h"
+#include "workers.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-enum ktype { K_STR, K_INT, K_BOOL };
+/* K_OVERRIDE: an integer that overrides the policy's M.config (0: unset,
+ * also when set but empty), put back into the environment at the end,
+ * where the policy layer reads it (script_setting, the M.config env
+ * override): so a flag wins over the env. */
+enum ktype { K_STR, K_INT, K_BOOL, K_OVERRIDE };
 
 typedef struct opt {
     const char *flag, *env;
@@ -16,61 +22,63 @@ typedef struct opt {
     size_t off;
     const char *dflt;
     const char *help;
+    int64_t min, max;   /* K_INT, K_OVERRIDE: the values it takes */
 } opt;
 
 #define O(f) offsetof(config, f)
 #define STR_(x) #x
 #define STR(x) STR_(x) /* a default from its config.h constant */
+#define NO_RANGE 0, 0  /* a string or a boolean */
 static const opt OPTS[] = {
-    {"--listen", "CHAT_LISTEN", K_STR, O(listen), "127.0.0.1:8080", "address:port for HTTP and WebSocket"},
-    {"--redis", "CHAT_REDIS_URL", K_STR, O(redis_url), NULL, "redis://[user:pass@]host:port[/db], rediss://..., redis+cluster://host:port[,host:port...] (unset: single-node mode)"},
-    {"--database", "CHAT_DATABASE_URL", K_STR, O(database_url), NULL, "libpq conninfo or postgresql:// URL (unset: no durable history)"},
-    {"--jwt-secret", "CHAT_JWT_SECRET", K_STR, O(jwt_secret), NULL, "HS256 secret"},
-    {"--jwt-public-key", "CHAT_JWT_PUBLIC_KEY", K_STR, O(jwt_public_key), NULL, "PEM public key file (RS256/ES256)"},
-    {"--scripts", "CHAT_SCRIPTS", K_STR, O(scripts_dir), "scripts/", "folder of the Lua room policy (re-read on SIGHUP; unset and no ./scripts: found next to the binary)"},
-    {"--node-id", "CHAT_NODE_ID", K_STR, O(node_id), NULL, "node id (default hostname-pid)"},
-    {"--web", "CHAT_WEB_DIR", K_STR, O(web_dir), "web/", "folder served at / (unset and no ./web: found next to the binary)"},
-    {"--log-level", "CHAT_LOG_LEVEL", K_STR, O(log_level), "info", "debug|info|warn|error"},
-    {"--heartbeat-ms", "CHAT_HEARTBEAT_MS", K_STR, O(heartbeat_ms), NULL, "heartbeat interval (ms) announced in welcome; overrides the policy's config.heartbeat_ms (unset: the policy's, else 10000)"},
-    {"--presence-ttl-ms", "CHAT_PRESENCE_TTL_MS", K_STR, O(presence_ttl_ms), NULL, "presence TTL (ms): a user without a heartbeat for this long leaves; overrides config.presence_ttl_ms (unset: the policy's, else 30000)"},
-    {"--typing-ttl-ms", "CHAT_TYPING_TTL_MS", K_STR, O(typing_ttl_ms), NULL, "ttl_ms of typing frames; overrides config.typing_ttl_ms (unset: the policy's, else 5000)"},
-    {"--max-queue", "CHAT_MAX_QUEUE", K_INT, O(max_queue), "1024", "outbound queue bound per connection (frames)"},
-    {"--max-queue-bytes", "CHAT_MAX_QUEUE_BYTES", K_INT, O(max_queue_bytes), "1048576", "outbound queue bound per connection (bytes)"},
-    {"--max-frame", "CHAT_MAX_FRAME", K_INT, O(max_frame), "65536", "largest client frame (bytes, 128 to 1 GiB); larger closes with 1009"},
-    {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery"},
-    {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large"},
-    {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch"},
-    {"--redis-linger-ms", "CHAT_REDIS_LINGER_MS", K_INT, O(redis_linger_ms), "0", "Redis: every command of the bus's and presence's command connections (not subscriptions) waits up to this long (ms) to share one write and one Redis round (0: they leave at the end of each loop turn)"},
-    {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "4", "Postgres batch window (ms): a batch leaves this long after its first row (or when full)"},
-    {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound"},
-    {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes"},
-    {"--idempotency-ttl-s", "CHAT_IDEMPOTENCY_TTL_S", K_INT, O(idempotency_ttl_s), "600", "how long (s) a client message id is remembered: a resend with the same id within it is never stored or broadcast twice (1 to 604800)"},
-    {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node (100 to 3600000)"},
-    {"--backfill-check-rooms", "CHAT_BACKFILL_CHECK_ROOMS", K_INT, O(backfill_check_rooms), STR(CONFIG_BACKFILL_CHECK_ROOMS), "backfill sweeper: most rooms one round lists per Redis node (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "); a round that leaves old rooms unlisted is followed by another as soon as it settled"},
-    {"--backfill-check-per-room", "CHAT_BACKFILL_CHECK_PER_ROOM", K_INT, O(backfill_check_per_room), STR(CONFIG_BACKFILL_CHECK_PER_ROOM), "backfill sweeper: most old seqs of one room one round lists (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "; rooms x this at most " STR(CONFIG_BACKFILL_CHECK_PAIRS_MAX) ")"},
-    {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL"},
-    {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1"},
-    {"--read-batch-ms", "CHAT_READ_BATCH_MS", K_INT, O(read_batch_ms), "5", "read state: wait (ms) for more read marks before one batched write"},
-    {"--read-lookup-timeout-ms", "CHAT_READ_LOOKUP_TIMEOUT_MS", K_INT, O(read_lookup_timeout_ms), "2000", "a join waits this long for its read_seq (then goes on without it)"},
-    {"--retention-interval-ms", "CHAT_RETENTION_INTERVAL_MS", K_INT, O(retention_interval_ms), "60000", "history retention: time between the starts of two passes"},
-    {"--retention-batch", "CHAT_RETENTION_BATCH", K_INT, O(retention_batch), "500", "history retention: most rows deleted per statement"},
-    {"--retention-batch-ms", "CHAT_RETENTION_BATCH_MS", K_INT, O(retention_batch_ms), "100", "history retention: pause (ms) between two statements of a pass"},
-    {"--api-keys", "CHAT_API_KEYS", K_STR, O(api_keys), NULL, "server API keys, comma-separated, each >= 16 bytes (unset: /api/ answers 404)"},
-    {"--api-rate", "CHAT_API_RATE", K_INT, O(api_rate), "0", "server API requests per second per key, across nodes (0 = no limit)"},
-    {"--api-burst", "CHAT_API_BURST", K_INT, O(api_burst), "0", "server API request burst per key (0 = the rate)"},
-    {"--api-timeout-ms", "CHAT_API_TIMEOUT_MS", K_INT, O(api_timeout_ms), "10000", "server API publish: answer 503 when not durable within this time (0 = wait)"},
-    {"--user-msg-rate", "CHAT_USER_MSG_RATE", K_INT, O(user_msg_rate), "0", "messages per second per user, across nodes (0 = no limit; the policy's own limit is per node)"},
-    {"--user-msg-burst", "CHAT_USER_MSG_BURST", K_INT, O(user_msg_burst), "0", "message burst per user (0 = twice the rate)"},
-    {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)"},
-    {"--max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", K_INT, O(max_conns_per_ip), "1000", "WebSocket connections per client IP on this node; more get HTTP 429 (0: unlimited; loopback addresses are not limited)"},
-    {"--max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", K_INT, O(max_conns_per_user), "32", "WebSocket connections per user (JWT sub): on this node HTTP 429; with Redis also on all nodes together, closed 1008 right after the upgrade (0: unlimited)"},
-    {"--user-conns-ttl-ms", "CHAT_USER_CONNS_TTL_MS", K_INT, O(user_conns_ttl_ms), "30000", "with Redis: a node's count of a user's connections expires after this (renewed every third of it), so a dead node's connections stop counting"},
-    {"--trusted-proxies", "CHAT_TRUSTED_PROXIES", K_STR, O(trusted_proxies), NULL, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed"},
-    {"--allowed-origins", "CHAT_ALLOWED_ORIGINS", K_STR, O(allowed_origins), NULL, "comma-separated Origins allowed to upgrade (exact, or https://*.example.com); unset: any"},
-    {"--handshake-timeout-ms", "CHAT_HANDSHAKE_TIMEOUT_MS", K_INT, O(handshake_timeout_ms), "10000", "a connection must finish its HTTP request / upgrade within this time"},
-    {"--max-header-bytes", "CHAT_MAX_HEADER_BYTES", K_INT, O(max_header_bytes), "16384", "largest HTTP request head (request line + headers) of a new connection; larger: HTTP 431"},
-    {"--accept-pause-ms", "CHAT_ACCEPT_PAUSE_MS", K_INT, O(accept_pause_ms), "250", "pause of accept() after running out of file descriptors"},
-    {"--malloc-trim-ms", "CHAT_MALLOC_TRIM_MS", K_INT, O(malloc_trim_ms), "1000", "how often (ms) to check whether to give free heap pages back to the kernel (malloc_trim: when malloc's free space grew by 256 KiB, or every 30 checks; 0: never)"},
+    {"--listen", "CHAT_LISTEN", K_STR, O(listen), "127.0.0.1:8080", "address:port for HTTP and WebSocket", NO_RANGE},
+    {"--redis", "CHAT_REDIS_URL", K_STR, O(redis_url), NULL, "redis://[user:pass@]host:port[/db], rediss://..., redis+cluster://host:port[,host:port...] (unset: single-node mode)", NO_RANGE},
+    {"--database", "CHAT_DATABASE_URL", K_STR, O(database_url), NULL, "libpq conninfo or postgresql:// URL (unset: no durable history)", NO_RANGE},
+    {"--jwt-secret", "CHAT_JWT_SECRET", K_STR, O(jwt_secret), NULL, "HS256 secret", NO_RANGE},
+    {"--jwt-public-key", "CHAT_JWT_PUBLIC_KEY", K_STR, O(jwt_public_key), NULL, "PEM public key file (RS256/ES256)", NO_RANGE},
+    {"--scripts", "CHAT_SCRIPTS", K_STR, O(scripts_dir), "scripts/", "folder of the Lua room policy (re-read on SIGHUP; unset and no ./scripts: found next to the binary)", NO_RANGE},
+    {"--node-id", "CHAT_NODE_ID", K_STR, O(node_id), NULL, "node id (default hostname-pid)", NO_RANGE},
+    {"--web", "CHAT_WEB_DIR", K_STR, O(web_dir), "web/", "folder served at / (unset and no ./web: found next to the binary)", NO_RANGE},
+    {"--log-level", "CHAT_LOG_LEVEL", K_STR, O(log_level), "info", "debug|info|warn|error", NO_RANGE},
+    {"--heartbeat-ms", "CHAT_HEARTBEAT_MS", K_OVERRIDE, O(heartbeat_ms), NULL, "heartbeat interval (ms) announced in welcome; overrides the policy's config.heartbeat_ms (unset: the policy's, else 10000)", 1, CONFIG_INT_MAX},
+    {"--presence-ttl-ms", "CHAT_PRESENCE_TTL_MS", K_OVERRIDE, O(presence_ttl_ms), NULL, "presence TTL (ms): a user without a heartbeat for this long leaves; overrides config.presence_ttl_ms (unset: the policy's, else 30000)", 1, CONFIG_INT_MAX},
+    {"--typing-ttl-ms", "CHAT_TYPING_TTL_MS", K_OVERRIDE, O(typing_ttl_ms), NULL, "ttl_ms of typing frames; overrides config.typing_ttl_ms (unset: the policy's, else 5000)", 1, CONFIG_INT_MAX},
+    {"--max-queue", "CHAT_MAX_QUEUE", K_INT, O(max_queue), "1024", "outbound queue bound per connection (frames)", 1, CONFIG_INT_MAX},
+    {"--max-queue-bytes", "CHAT_MAX_QUEUE_BYTES", K_INT, O(max_queue_bytes), "1048576", "outbound queue bound per connection (bytes)", 1024, INT64_MAX},
+    {"--max-frame", "CHAT_MAX_FRAME", K_INT, O(max_frame), "65536", "largest client frame (bytes, 128 to 1 GiB); larger closes with 1009", 128, CONFIG_MAX_FRAME_MAX},
+    {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery", 0, CONFIG_INT_MAX},
+    {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large", 0, CONFIG_INT_MAX},
+    {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch", 0, CONFIG_INT_MAX},
+    {"--redis-linger-ms", "CHAT_REDIS_LINGER_MS", K_INT, O(redis_linger_ms), "0", "Redis: every command of the bus's and presence's command connections (not subscriptions) waits up to this long (ms) to share one write and one Redis round (0: they leave at the end of each loop turn)", 0, CONFIG_REDIS_LINGER_MAX_MS},
+    {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "4", "Postgres batch window (ms): a batch leaves this long after its first row (or when full)", 0, CONFIG_INT_MAX},
+    {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound", 0, CONFIG_INT_MAX},
+    {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes", 0, CONFIG_INT_MAX},
+    {"--idempotency-ttl-s", "CHAT_IDEMPOTENCY_TTL_S", K_INT, O(idempotency_ttl_s), "600", "how long (s) a client message id is remembered: a resend with the same id within it is never stored or broadcast twice (1 to 604800)", 1, 604800},
+    {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node (100 to 3600000)", 100, 3600000},
+    {"--backfill-check-rooms", "CHAT_BACKFILL_CHECK_ROOMS", K_INT, O(backfill_check_rooms), STR(CONFIG_BACKFILL_CHECK_ROOMS), "backfill sweeper: most rooms one round lists per Redis node (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "); a round that leaves old rooms unlisted is followed by another as soon as it settled", 1, CONFIG_BACKFILL_CHECK_MAX},
+    {"--backfill-check-per-room", "CHAT_BACKFILL_CHECK_PER_ROOM", K_INT, O(backfill_check_per_room), STR(CONFIG_BACKFILL_CHECK_PER_ROOM), "backfill sweeper: most old seqs of one room one round lists (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "; rooms x this at most " STR(CONFIG_BACKFILL_CHECK_PAIRS_MAX) ")", 1, CONFIG_BACKFILL_CHECK_MAX},
+    {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL", 1, WORKERS_MAX},
+    {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1", 0, CONFIG_INT_MAX},
+    {"--read-batch-ms", "CHAT_READ_BATCH_MS", K_INT, O(read_batch_ms), "5", "read state: wait (ms) for more read marks before one batched write", 0, CONFIG_INT_MAX},
+    {"--read-lookup-timeout-ms", "CHAT_READ_LOOKUP_TIMEOUT_MS", K_INT, O(read_lookup_timeout_ms), "2000", "a join waits this long for its read_seq (then goes on without it)", 0, CONFIG_INT_MAX},
+    {"--retention-interval-ms", "CHAT_RETENTION_INTERVAL_MS", K_INT, O(retention_interval_ms), "60000", "history retention: time between the starts of two passes", 0, CONFIG_INT_MAX},
+    {"--retention-batch", "CHAT_RETENTION_BATCH", K_INT, O(retention_batch), "500", "history retention: most rows deleted per statement", 0, CONFIG_INT_MAX},
+    {"--retention-batch-ms", "CHAT_RETENTION_BATCH_MS", K_INT, O(retention_batch_ms), "100", "history retention: pause (ms) between two statements of a pass", 0, CONFIG_INT_MAX},
+    {"--api-keys", "CHAT_API_KEYS", K_STR, O(api_keys), NULL, "server API keys, comma-separated, each >= 16 bytes (unset: /api/ answers 404)", NO_RANGE},
+    {"--api-rate", "CHAT_API_RATE", K_INT, O(api_rate), "0", "server API requests per second per key, across nodes (0 = no limit)", 0, CONFIG_INT_MAX},
+    {"--api-burst", "CHAT_API_BURST", K_INT, O(api_burst), "0", "server API request burst per key (0 = the rate)", 0, CONFIG_INT_MAX},
+    {"--api-timeout-ms", "CHAT_API_TIMEOUT_MS", K_INT, O(api_timeout_ms), "10000", "server API publish: answer 503 when not durable within this time (0 = wait)", 0, CONFIG_INT_MAX},
+    {"--user-msg-rate", "CHAT_USER_MSG_RATE", K_INT, O(user_msg_rate), "0", "messages per second per user, across nodes (0 = no limit; the policy's own limit is per node)", 0, CONFIG_INT_MAX},
+    {"--user-msg-burst", "CHAT_USER_MSG_BURST", K_INT, O(user_msg_burst), "0", "message burst per user (0 = twice the rate)", 0, CONFIG_INT_MAX},
+    {"--dev-tokens", "CHAT_DEV_TOKENS", K_BOOL, O(dev_tokens), "0", "serve /dev/token (development only)", NO_RANGE},
+    {"--max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", K_INT, O(max_conns_per_ip), "1000", "WebSocket connections per client IP on this node; more get HTTP 429 (0: unlimited; loopback addresses are not limited)", 0, CONFIG_INT_MAX},
+    {"--max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", K_INT, O(max_conns_per_user), "32", "WebSocket connections per user (JWT sub): on this node HTTP 429; with Redis also on all nodes together, closed 1008 right after the upgrade (0: unlimited)", 0, CONFIG_INT_MAX},
+    {"--user-conns-ttl-ms", "CHAT_USER_CONNS_TTL_MS", K_INT, O(user_conns_ttl_ms), "30000", "with Redis: a node's count of a user's connections expires after this (renewed every third of it), so a dead node's connections stop counting", 600, 3600000},
+    {"--trusted-proxies", "CHAT_TRUSTED_PROXIES", K_STR, O(trusted_proxies), NULL, "comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed", NO_RANGE},
+    {"--allowed-origins", "CHAT_ALLOWED_ORIGINS", K_STR, O(allowed_origins), NULL, "comma-separated Origins allowed to upgrade (exact, or https://*.example.com); unset: any", NO_RANGE},
+    {"--handshake-timeout-ms", "CHAT_HANDSHAKE_TIMEOUT_MS", K_INT, O(handshake_timeout_ms), "10000", "a connection must finish its HTTP request / upgrade within this time", 100, 600000},
+    {"--max-header-bytes", "CHAT_MAX_HEADER_BYTES", K_INT, O(max_header_bytes), "16384", "largest HTTP request head (request line + headers) of a new connection; larger: HTTP 431", 1024, 60000},
+    {"--accept-pause-ms", "CHAT_ACCEPT_PAUSE_MS", K_INT, O(accept_pause_ms), "250", "pause of accept() after running out of file descriptors", 10, 60000},
+    {"--malloc-trim-ms", "CHAT_MALLOC_TRIM_MS", K_INT, O(malloc_trim_ms), "1000", "how often (ms) to check whether to give free heap pages back to the kernel (malloc_trim: when malloc's free space grew by 256 KiB, or every 30 checks; 0: never)", 0, 3600000},
 };
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
 
@@ -85,18 +93,19 @@ static int set(config *c, const opt *o, const char *v, char *err, size_t errlen)
         *(int *)base = v && (strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "yes") == 0);
         return 0;
     }
+    if (o->type == K_OVERRIDE && (!v || !*v)) {
+        *(int64_t *)base = 0;
+        return 0;
+    }
+    /* the core keeps most of these in int / uint32_t: a value beyond the
+     * range used to wrap (CHAT_MAX_QUEUE=4294967296 became a 1-frame queue:
+     * every client closed 1008) */
     char *end;
     errno = 0;
     long long n = strtoll(v ? v : "", &end, 10);
-    if (errno || !v || !*v || *end || n < 0) {
-        snprintf(err, errlen, "%s: expected a non-negative integer, got '%s'", o->env, v ? v : "");
-        return -1;
-    }
-    /* the core keeps these in int / uint32_t: a larger value used to wrap
-     * (CHAT_MAX_QUEUE=4294967296 became a 1-frame queue: every client closed
-     * 1008). Bytes of the queue are a size_t. */
-    if (n > CONFIG_INT_MAX && o->off != O(max_queue_bytes)) {
-        snprintf(err, errlen, "%s: at most %d, got '%s'", o->env, CONFIG_INT_MAX, v);
+    if (errno || !v || !*v || *end || n < o->min || n > o->max) {
+        snprintf(err, errlen, "%s: expected an integer from %lld to %lld, got '%s'", o->env,
+                 (long long)o->min, (long long)o->max, v ? v : "");
         return -1;
     }
     *(int64_t *)base = n;
@@ -168,87 +177,19 @@ int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
         snprintf(err, errlen, "CHAT_NODE_ID: 1-64 characters of [A-Za-z0-9_.:-], got '%s'", c->node_id);
         return -1;
     }
-    if (c->max_frame > CONFIG_MAX_FRAME_MAX) {
-        snprintf(err, errlen, "CHAT_MAX_FRAME: at most %d (1 GiB), got %lld", CONFIG_MAX_FRAME_MAX,
-                 (long long)c->max_frame);
-        return -1;
-    }
-    if (c->max_queue < 1 || c->max_queue_bytes < 1024 || c->max_frame < 128) {
-        snprintf(err, errlen, "queue/frame limits too small (CHAT_MAX_QUEUE>=1, CHAT_MAX_QUEUE_BYTES>=1024, CHAT_MAX_FRAME>=128)");
-        return -1;
-    }
-    if (c->handshake_timeout_ms < 100 || c->handshake_timeout_ms > 600000) {
-        snprintf(err, errlen, "CHAT_HANDSHAKE_TIMEOUT_MS: 100 to 600000, got %lld", (long long)c->handshake_timeout_ms);
-        return -1;
-    }
-    if (c->max_header_bytes < 1024 || c->max_header_bytes > 60000) {
-        snprintf(err, errlen, "CHAT_MAX_HEADER_BYTES: 1024 to 60000, got %lld", (long long)c->max_header_bytes);
-        return -1;
-    }
-    if (c->accept_pause_ms < 10 || c->accept_pause_ms > 60000) {
-        snprintf(err, errlen, "CHAT_ACCEPT_PAUSE_MS: 10 to 60000, got %lld", (long long)c->accept_pause_ms);
-        return -1;
-    }
-    if (c->malloc_trim_ms < 0 || c->malloc_trim_ms > 3600000) {
-        snprintf(err, errlen, "CHAT_MALLOC_TRIM_MS: 0 to 3600000, got %lld", (long long)c->malloc_trim_ms);
-        return -1;
-    }
-    if (c->user_conns_ttl_ms < 600 || c->user_conns_ttl_ms > 3600000) {
-        snprintf(err, errlen, "CHAT_USER_CONNS_TTL_MS: 600 to 3600000, got %lld", (long long)c->user_conns_ttl_ms);
-        return -1;
-    }
-    if (c->idempotency_ttl_s < 1 || c->idempotency_ttl_s > 604800) {
-        snprintf(err, errlen, "CHAT_IDEMPOTENCY_TTL_S: 1 to 604800, got %lld", (long long)c->idempotency_ttl_s);
-        return -1;
-    }
-    if (c->redis_linger_ms < 0 || c->redis_linger_ms > CONFIG_REDIS_LINGER_MAX_MS) {
-        snprintf(err, errlen, "CHAT_REDIS_LINGER_MS: 0 to %d, got %lld", CONFIG_REDIS_LINGER_MAX_MS,
-                 (long long)c->redis_linger_ms);
-        return -1;
-    }
-    if (c->backfill_grace_ms < 100 || c->backfill_grace_ms > 3600000) {
-        snprintf(err, errlen, "CHAT_BACKFILL_GRACE_MS: 100 to 3600000, got %lld", (long long)c->backfill_grace_ms);
-        return -1;
-    }
-    if (c->backfill_check_rooms < 1 || c->backfill_check_rooms > CONFIG_BACKFILL_CHECK_MAX) {
-        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_ROOMS: 1 to %d, got %lld", CONFIG_BACKFILL_CHECK_MAX,
-                 (long long)c->backfill_check_rooms);
-        return -1;
-    }
-    if (c->backfill_check_per_room < 1 || c->backfill_check_per_room > CONFIG_BACKFILL_CHECK_MAX) {
-        snprintf(err, errlen, "CHAT_BACKFILL_CHECK_PER_ROOM: 1 to %d, got %lld",
-                 CONFIG_BACKFILL_CHECK_MAX, (long long)c->backfill_check_per_room);
-        return -1;
-    }
     if (c->backfill_check_rooms * c->backfill_check_per_room > CONFIG_BACKFILL_CHECK_PAIRS_MAX) {
         snprintf(err, errlen, "CHAT_BACKFILL_CHECK_ROOMS x CHAT_BACKFILL_CHECK_PER_ROOM: at most %d "
                  "(pairs one sweep round may list), got %lld", CONFIG_BACKFILL_CHECK_PAIRS_MAX,
                  (long long)(c->backfill_check_rooms * c->backfill_check_per_room));
         return -1;
     }
-    /* the policy timings: a positive integer or refused at start (an env-only
-     * value used to be ignored when not a number, or clamped to 1 ms when not
-     * positive, without a word), then exported for the policy layer */
-    struct { const char *env, *v; } tm[] = {
-        {"CHAT_HEARTBEAT_MS", c->heartbeat_ms},
-        {"CHAT_PRESENCE_TTL_MS", c->presence_ttl_ms},
-        {"CHAT_TYPING_TTL_MS", c->typing_ttl_ms},
-    };
-    for (size_t i = 0; i < sizeof tm / sizeof tm[0]; i++) {
-        if (!tm[i].v) {
-            unsetenv(tm[i].env);   /* set but empty: unset, like every other setting */
-            continue;
-        }
-        char *end;
-        errno = 0;
-        long long n = strtoll(tm[i].v, &end, 10);
-        if (errno || *end || n < 1 || n > CONFIG_TIMING_MS_MAX) {
-            snprintf(err, errlen, "%s: expected a positive integer of milliseconds (1 to %d), got '%s'",
-                     tm[i].env, CONFIG_TIMING_MS_MAX, tm[i].v);
-            return -1;
-        }
-        if (setenv(tm[i].env, tm[i].v, 1) != 0) {
-            snprintf(err, errlen, "%s: setenv: %s", tm[i].env, strerror(errno));
+    for (size_t i = 0; i < NOPTS; i++) {
+        if (OPTS[i].type != K_OVERRIDE) continue;
+        int64_t v = *(int64_t *)((char *)c + OPTS[i].off);
+        char num[24];
+        snprintf(num, sizeof num, "%lld", (long long)v);
+        if (v ? setenv(OPTS[i].env, num, 1) : unsetenv(OPTS[i].env)) {
+            snprintf(err, errlen, "%s: setenv: %s", OPTS[i].env, strerror(errno));
             return -1;
         }
     }

@@ -67,15 +67,16 @@ typedef struct config {
     const char *allowed_origins;  /* NULL: any Origin */
     /* protocol.md "Running": CHAT_HEARTBEAT_MS / CHAT_PRESENCE_TTL_MS /
      * CHAT_TYPING_TTL_MS (and their flags) override the policy's timing
-     * defaults. NULL: unset (M.config, else 10000 / 30000 / 5000). Checked
-     * here (a positive integer, at most CONFIG_TIMING_MS_MAX) and put back
-     * into the environment, where the policy layer (script_setting, the
-     * M.config env override) reads them: so a flag wins over the env. */
-    const char *heartbeat_ms, *presence_ttl_ms, *typing_ttl_ms;
+     * defaults. 0: unset (M.config, else 10000 / 30000 / 5000). Checked
+     * here (1 to CONFIG_INT_MAX) and put back into the environment, where
+     * the policy layer (script_setting, the M.config env override) reads
+     * them: so a flag wins over the env. */
+    int64_t heartbeat_ms, presence_ttl_ms, typing_ttl_ms;
 } config;
 
-#define CONFIG_TIMING_MS_MAX 2147483647
-/* the largest value of an integer setting (but CHAT_MAX_QUEUE_BYTES) */
+/* the largest value of an integer setting (but CHAT_MAX_QUEUE_BYTES, a
+ * size_t) and of an integer the policy's M.config gives the core: the core
+ * keeps them in int / uint32_t */
 #define CONFIG_INT_MAX 2147483647
 
 /* 0 ok; -1 with err (unknown flag, bad number, bad listen address). A

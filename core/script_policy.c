@@ -8,6 +8,7 @@
  * of a policy's errors. No state of its own. */
 #define _GNU_SOURCE
 #include "script_int.h"
+#include "config.h"
 #include "log.h"
 #include "util.h"
 #include <lauxlib.h>
@@ -168,8 +169,9 @@ void script_load_policy(lua_State *L, lstate *s)
             double v = lua_tonumber(L, -1);
             /* at most 2^31-1: the core keeps presence_ttl_ms in 32 bits (a larger
              * TTL wrapped: 4294967297 ms became 1 ms) */
-            if (t != LUA_TNUMBER || v != (double)(int64_t)v || v <= 0 || v > 2147483647.0)
-                luaL_error(L, "policy.lua: config.%s must be a positive integer (at most 2147483647)", k);
+            if (t != LUA_TNUMBER || v != (double)(int64_t)v || v <= 0 || v > CONFIG_INT_MAX)
+                luaL_error(L, "policy.lua: config.%s must be a positive integer (at most %d)", k,
+                           CONFIG_INT_MAX);
         }
         if (t == LUA_TNUMBER || t == LUA_TBOOLEAN) nkeys++;
         lua_pop(L, 1);

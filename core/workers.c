@@ -244,11 +244,6 @@ static void reap(sup *s)
 static int setup(void)
 {
     char err[512];
-    if (g_cfg.workers > WORKERS_MAX) {
-        fprintf(stderr, "chatd: CHAT_WORKERS: at most %d workers, got %lld\n", WORKERS_MAX,
-                (long long)g_cfg.workers);
-        return -1;
-    }
     if (!g_cfg.redis_url) {
         fprintf(stderr, "chatd: --workers %lld needs CHAT_REDIS_URL: each worker is a separate "
                 "node, and single-node mode's in-process fan-out cannot reach the clients of the "
@@ -373,11 +368,6 @@ int workers_main(int argc, char **argv)
     int r = config_load(&g_cfg, argc, argv, err, sizeof err);
     if (r == 1) return 0;
     if (r < 0) { fprintf(stderr, "chatd: %s\n", err); return 2; }
-    if (g_cfg.workers < 1) {
-        fprintf(stderr, "chatd: CHAT_WORKERS: expected 1-%d, got %lld\n", WORKERS_MAX,
-                (long long)g_cfg.workers);
-        return 2;
-    }
     if (g_cfg.workers == 1) return server_run(argc, argv);   /* the node, in this process */
     if (setup() < 0) return 2;
     return supervise(argc, argv);

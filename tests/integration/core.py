@@ -1159,6 +1159,30 @@ async def refuses_to_start_with_bad_settings():
         rc = await asyncio.to_thread(n.wait_exit, 5)
         check(rc is not None and rc != 0, f"chatd with {env} exited with {rc}")
         check(word in n.log_tail(5), f"{env}: the error names {word}: {n.log_tail(3)}")
+    # every integer setting: its range in one message form, the same for a
+    # value out of range and one that is not a number
+    I = 2147483647
+    for name, val, lo, hi in (("CHAT_MAX_QUEUE", "0", 1, I),
+                              ("CHAT_MAX_QUEUE", "lots", 1, I),
+                              ("CHAT_MAX_QUEUE_BYTES", "1023", 1024, 2**63 - 1),
+                              ("CHAT_MAX_FRAME", "127", 128, 1 << 30),
+                              ("CHAT_REPLAY_MAX", "-1", 0, I),
+                              ("CHAT_USER_CONNS_TTL_MS", "599", 600, 3600000),
+                              ("CHAT_USER_CONNS_TTL_MS", "3600001", 600, 3600000),
+                              ("CHAT_IDEMPOTENCY_TTL_S", "604801", 1, 604800),
+                              ("CHAT_HEARTBEAT_MS", "0", 1, I)):
+        n = harness.Node(env={name: val})
+        n.start(wait=False)
+        rc = await asyncio.to_thread(n.wait_exit, 5)
+        check(rc is not None and rc != 0, f"chatd with {name}={val} exited with {rc}")
+        want = f"{name}: expected an integer from {lo} to {hi}, got '{val}'"
+        check(want in n.log_tail(5), f"{name}={val}: {want!r} not in {n.log_tail(3)}")
+    # CHAT_MAX_QUEUE_BYTES (a size_t) is the one setting beyond 2^31-1
+    n = harness.Node(env={"CHAT_MAX_QUEUE_BYTES": "4294967296"}).start()
+    room = uniq()
+    a = await Client.connect(n, room, token("alice"))
+    await a.send_msg("big queue", id="q1")
+    await a.wait_for(lambda f: f["type"] == "ack", 5, what="ack with a 4 GiB queue bound")
 
 
 @test(timeout=60)
