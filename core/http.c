@@ -39,14 +39,6 @@ static void metrics_once(void)
     }
 }
 
-/* The request on wsi is a HEAD (RFC 9110 9.3.2: the GET answer's head, no
- * body). Judged per request: from its method while its headers are read
- * (synchronous answers), from http_req.head (asynchronous ones). */
-static int is_head(struct lws *wsi)
-{
-    return httpd_method(wsi) == HM_HEAD;
-}
-
 /* The answer to a request (head: a HEAD, no body sent) with one more
  * header (xname NULL: none) */
 static int reply_x(struct lws *wsi, int head, unsigned status, const char *ctype, const char *body,
@@ -88,13 +80,10 @@ static int reply_x(struct lws *wsi, int head, unsigned status, const char *ctype
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len)
-{
-    return reply_x(wsi, is_head(wsi), status, ctype, body, len, NULL, NULL);
-}
-
-static int reply_text_hx(struct lws *wsi, int head, unsigned status, const char *text, const char *xname,
-                         const char *xval)
+/* A one-line text/plain answer (text and a newline) with one more header
+ * (xname NULL: none) */
+static int reply_text(struct lws *wsi, int head, unsigned status, const char *text, const char *xname,
+                      const char *xval)
 {
     char b[512];
     int n = snprintf(b, sizeof b, "%s\n", text);
@@ -103,51 +92,58 @@ static int reply_text_hx(struct lws *wsi, int head, unsigned status, const char 
     return reply_x(wsi, head, status, "text/plain; charset=utf-8", b, (size_t)n, xname, xval);
 }
 
-static int reply_text_x(struct lws *wsi, unsigned status, const char *text, const char *xname, const char *xval)
+size_t http_error_json(char *b, size_t cap, const char *text)
 {
-    return reply_text_hx(wsi, is_head(wsi), status, text, xname, xval);
-}
-
-static int reply_text(struct lws *wsi, unsigned status, const char *text)
-{
-    return reply_text_x(wsi, status, text, NULL, NULL);
-}
-
-static int reply_json_error(struct lws *wsi, unsigned status, const char *text)
-{
-    char b[512];
-    int n = snprintf(b, sizeof b, "{\"error\":");
-    long w = json_escape(b + n, sizeof b - (size_t)n - 2, text, strnlen(text, 300));
-    if (w < 0) w = json_escape(b + n, sizeof b - (size_t)n - 2, "error", 5);
+    int n = snprintf(b, cap, "{\"error\":");
+    long w = json_escape(b + n, cap - (size_t)n - 2, text, strnlen(text, 300));
+    if (w < 0) w = json_escape(b + n, cap - (size_t)n - 2, "error", 5);
     n += (int)w;
     b[n++] = '}';
-    return http_reply(wsi, status, "application/json", b, (size_t)n);
+    return (size_t)n;
+}
+
+static int reply_json_error(struct lws *wsi, int head, unsigned status, const char *text)
+{
+    char b[512];
+    size_t n = http_error_json(b, sizeof b, text);
+    return reply_x(wsi, head, status, "application/json", b, n, NULL, NULL);
 }
 
 int http_token(struct lws *wsi, char *out, size_t outlen)
 {
-    char h[AUTH_TOKEN_MAX + 64];
-    int n = lws_hdr_copy(wsi, h, sizeof h, WSI_TOKEN_HTTP_AUTHORIZATION);
-    if (n < 0 && lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION) > 0) return -1;   /* too long */
-    int r = n > 0 ? httpd_bearer(h, (size_t)n, out, outlen) : 0;
+    /* the whole header, whatever length the head allowed: a long one of
+     * another scheme is not a token, and ?token= is read after it */
+    char small[AUTH_TOKEN_MAX + 64];
+    int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION), r = 0;
+    if (total > 0) {
+        char *h = (size_t)total < sizeof small ? small : malloc((size_t)total + 1);
+        if (!h) return -2;
+        int n = lws_hdr_copy(wsi, h, total + 1, WSI_TOKEN_HTTP_AUTHORIZATION);
+        r = n > 0 ? httpd_bearer(h, (size_t)n, out, outlen) : 0;
+        if (h != small) free(h);
+    }
     return r ? r : httpd_arg(wsi, "token", out, outlen);
 }
 
 /* Authenticates the request; on failure answers 401 and returns -1 with
  * *ret set to the callback's return value. */
-static int require_auth(struct lws *wsi, identity *id, int *ret)
+static int require_auth(struct lws *wsi, int head, identity *id, int *ret)
 {
     char tok[AUTH_TOKEN_MAX + 1], reason[160];
     /* RFC 6750 3: a 401 names the scheme; 3.1: and the error of a token
      * that was sent */
     int got = http_token(wsi, tok, sizeof tok);
+    if (got == HTTPD_ARG_NOMEM) {
+        *ret = reply_text(wsi, head, 503, "out of memory", NULL, NULL);
+        return -1;
+    }
     if (got <= 0) {
-        *ret = reply_text_x(wsi, 401, got < 0 ? "token too long" : "missing token", "www-authenticate",
-                            got < 0 ? "Bearer realm=\"chatd\", error=\"invalid_token\"" : "Bearer realm=\"chatd\"");
+        *ret = reply_text(wsi, head, 401, got < 0 ? "token too long" : "missing token", "www-authenticate",
+                          got < 0 ? "Bearer realm=\"chatd\", error=\"invalid_token\"" : "Bearer realm=\"chatd\"");
         return -1;
     }
     if (auth_verify(g_srv.auth, tok, (int64_t)(now_ms() / 1000), id, reason, sizeof reason) < 0) {
-        *ret = reply_text_x(wsi, 401, reason, "www-authenticate", "Bearer realm=\"chatd\", error=\"invalid_token\"");
+        *ret = reply_text(wsi, head, 401, reason, "www-authenticate", "Bearer realm=\"chatd\", error=\"invalid_token\"");
         return -1;
     }
     return 0;
@@ -250,7 +246,7 @@ int http_writeable(struct lws *wsi, http_req **slot)
     if (!r || !r->done) return 0;
     *slot = NULL;
     int ret = r->body ? reply_x(wsi, r->head, r->status, "application/json", r->body, r->len, NULL, NULL)
-                      : reply_text_hx(wsi, r->head, 503, "out of memory", NULL, NULL);
+                      : reply_text(wsi, r->head, 503, "out of memory", NULL, NULL);
     free(r->body);
     free(r);
     return ret;
@@ -319,23 +315,23 @@ int http_parse_since(const char *s, uint64_t *since)
 
 /* ---- routes ---------------------------------------------------------- */
 
-static int route_room(struct lws *wsi, const char *rest, http_req **slot)
+static int route_room(struct lws *wsi, int head, const char *rest, http_req **slot)
 {
     /* rest = "{room}/messages" or "{room}/presence" */
     char room[CHAT_ROOM_MAX + 1];
     http_room_route route;
     int st = http_parse_room_path(rest, room, &route);
-    if (st == 404) return reply_text(wsi, 404, "not found");
-    if (st != 0) return reply_json_error(wsi, 400, "invalid room name");
+    if (st == 404) return reply_text(wsi, head, 404, "not found", NULL, NULL);
+    if (st != 0) return reply_json_error(wsi, head, 400, "invalid room name");
     int is_pres = route == HTTP_ROOM_PRESENCE;
     identity id;
     int ret;
-    if (require_auth(wsi, &id, &ret) < 0) return ret;
+    if (require_auth(wsi, head, &id, &ret) < 0) return ret;
     http_req *r = calloc(1, sizeof *r);
-    if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
+    if (!r) { identity_clear(&id); return reply_text(wsi, head, 503, "out of memory", NULL, NULL); }
     memcpy(r->room, room, strlen(room) + 1);
     r->wsi = wsi;
-    r->head = is_head(wsi);
+    r->head = head;
     script_ctx x = {id.user, id.name, id.claims_json, r->room, g_srv.cfg.node_id, now_ms(), "http"};
     script_result res;
     memset(&res, 0, sizeof res);
@@ -343,7 +339,7 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     identity_clear(&id);
     if (v == SCRIPT_REJECT) {
         free(r);
-        ret = reply_json_error(wsi, 403, res.reason[0] ? res.reason : "refused by policy");
+        ret = reply_json_error(wsi, head, 403, res.reason[0] ? res.reason : "refused by policy");
         script_result_clear(&res);
         return ret;
     }
@@ -353,7 +349,7 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
         if (presence_list(g_srv.presence, r->room, on_presence_users, r) < 0) {
             *slot = NULL;
             free(r);
-            return reply_json_error(wsi, 503, "presence unavailable");
+            return reply_json_error(wsi, head, 503, "presence unavailable");
         }
         return 0;
     }
@@ -362,23 +358,27 @@ static int route_room(struct lws *wsi, const char *rest, http_req **slot)
     r->limit = 50;
     /* an empty before= is "no cursor" (the first page) */
     int got = httpd_arg(wsi, "before", a, sizeof a);
+    if (got == HTTPD_ARG_NOMEM) {
+        free(r);
+        return reply_text(wsi, head, 503, "out of memory", NULL, NULL);
+    }
     if (got < 0 || (got > 0 && a[0] && http_parse_cursor(a, &before) < 0)) {
         free(r);
-        return reply_json_error(wsi, 400, "invalid cursor");
+        return reply_json_error(wsi, head, 400, "invalid cursor");
     }
     if (httpd_arg(wsi, "limit", a, sizeof a) && http_parse_limit(a, &r->limit) < 0) {
         free(r);
-        return reply_json_error(wsi, 400, "limit must be an integer from 1 to 200");
+        return reply_json_error(wsi, head, 400, "limit must be an integer from 1 to 200");
     }
     if (!g_srv.store) {
         free(r);
-        return reply_json_error(wsi, 503, "history is disabled: chatd runs without CHAT_DATABASE_URL");
+        return reply_json_error(wsi, head, 503, "history is disabled: chatd runs without CHAT_DATABASE_URL");
     }
     *slot = r;
     if (store_history(g_srv.store, r->room, before, r->limit + 1, on_history_rows, r) < 0) {
         *slot = NULL;
         free(r);
-        return reply_json_error(wsi, 503, "history store unavailable");
+        return reply_json_error(wsi, head, 503, "history store unavailable");
     }
     return 0;
 }
@@ -396,37 +396,37 @@ static void on_unread(void *ud, int status, char *json, size_t len)
     req_finish(r, 200, json, len);
 }
 
-static int route_unread(struct lws *wsi, http_req **slot)
+static int route_unread(struct lws *wsi, int head, http_req **slot)
 {
     identity id;
     int ret;
-    if (require_auth(wsi, &id, &ret) < 0) return ret;
+    if (require_auth(wsi, head, &id, &ret) < 0) return ret;
     if (!g_srv.store) {
         identity_clear(&id);
-        return reply_json_error(wsi, 503, "read state is disabled: chatd runs without CHAT_DATABASE_URL");
+        return reply_json_error(wsi, head, 503, "read state is disabled: chatd runs without CHAT_DATABASE_URL");
     }
     http_req *r = calloc(1, sizeof *r);
-    if (!r) { identity_clear(&id); return reply_text(wsi, 503, "out of memory"); }
+    if (!r) { identity_clear(&id); return reply_text(wsi, head, 503, "out of memory", NULL, NULL); }
     r->wsi = wsi;
-    r->head = is_head(wsi);
+    r->head = head;
     *slot = r;
     int rc = readstate_unread(id.user, on_unread, r);
     identity_clear(&id);
     if (rc < 0) {
         *slot = NULL;
         free(r);
-        return reply_json_error(wsi, 503, "read state store unavailable");
+        return reply_json_error(wsi, head, 503, "read state store unavailable");
     }
     return 0;
 }
 
-static int route_dev_token(struct lws *wsi)
+static int route_dev_token(struct lws *wsi, int head)
 {
-    if (!g_srv.cfg.dev_tokens) return reply_text(wsi, 404, "not found");
+    if (!g_srv.cfg.dev_tokens) return reply_text(wsi, head, 404, "not found", NULL, NULL);
     char name[128] = "", ttl[32] = "";
     httpd_arg(wsi, "name", name, sizeof name);
     size_t nl = strlen(name);
-    if (nl < 1 || nl > 32) return reply_json_error(wsi, 400, "name must be 1-32 characters");
+    if (nl < 1 || nl > 32) return reply_json_error(wsi, head, 400, "name must be 1-32 characters");
     char sub[40];
     size_t k = 0;
     for (size_t i = 0; i < nl && k < sizeof sub - 1; i++) {
@@ -440,17 +440,17 @@ static int route_dev_token(struct lws *wsi)
     long t = 3600;
     if (httpd_arg(wsi, "ttl", ttl, sizeof ttl)) {
         t = strtol(ttl, NULL, 10);
-        if (t < 1 || t > 86400) return reply_json_error(wsi, 400, "ttl must be 1-86400 seconds");
+        if (t < 1 || t > 86400) return reply_json_error(wsi, head, 400, "ttl must be 1-86400 seconds");
     }
     int64_t exp = (int64_t)(now_ms() / 1000) + t;
     char *tok = auth_mint(g_srv.auth, sub, name, exp, NULL);
-    if (!tok) return reply_json_error(wsi, 500, "cannot mint tokens (HS256 secret needed)");
+    if (!tok) return reply_json_error(wsi, head, 500, "cannot mint tokens (HS256 secret needed)");
     char b[4096];
     int n = snprintf(b, sizeof b, "{\"token\":\"%s\",\"user\":\"%s\",\"name\":", tok, sub);
     n += (int)json_escape(b + n, sizeof b - (size_t)n - 64, name, nl);
     n += snprintf(b + n, sizeof b - (size_t)n, ",\"exp\":%lld}", (long long)exp);
     free(tok);
-    return http_reply(wsi, 200, "application/json", b, (size_t)n);
+    return reply_x(wsi, head, 200, "application/json", b, (size_t)n, NULL, NULL);
 }
 
 static const char *mime_of(const char *path)
@@ -467,22 +467,22 @@ static const char *mime_of(const char *path)
     return "application/octet-stream";
 }
 
-static int route_static(struct lws *wsi, const char *uri)
+static int route_static(struct lws *wsi, int head, const char *uri)
 {
-    if (strstr(uri, "..") || strchr(uri, '\\')) return reply_text(wsi, 400, "bad path");
+    if (strstr(uri, "..") || strchr(uri, '\\')) return reply_text(wsi, head, 400, "bad path", NULL, NULL);
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", g_srv.cfg.web_dir, strcmp(uri, "/") == 0 ? "index.html" : uri + 1);
     FILE *f = fopen(path, "rb");
-    if (!f) return reply_text(wsi, 404, "not found");
+    if (!f) return reply_text(wsi, head, 404, "not found", NULL, NULL);
     fseek(f, 0, SEEK_END);
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
-    if (sz < 0 || sz > 8 * 1024 * 1024) { fclose(f); return reply_text(wsi, 404, "not found"); }
+    if (sz < 0 || sz > 8 * 1024 * 1024) { fclose(f); return reply_text(wsi, head, 404, "not found", NULL, NULL); }
     char *b = malloc((size_t)sz + 1);
     size_t got = b ? fread(b, 1, (size_t)sz, f) : 0;
     fclose(f);
-    if (!b) return reply_text(wsi, 503, "out of memory");
-    int ret = http_reply(wsi, 200, mime_of(path), b, got);
+    if (!b) return reply_text(wsi, head, 503, "out of memory", NULL, NULL);
+    int ret = reply_x(wsi, head, 200, mime_of(path), b, got, NULL, NULL);
     free(b);
     return ret;
 }
@@ -561,7 +561,7 @@ static int preflight(struct lws *wsi, unsigned allow, int close)
     return httpd_reply(wsi, 204, "", "", 0, h, close);
 }
 
-static int route(struct lws *wsi, int r, const char *uri, http_req **slot);
+static int route(struct lws *wsi, int head, int r, const char *uri, http_req **slot);
 
 int http_handle(struct lws *wsi, const char *uri, http_req **slot)
 {
@@ -576,32 +576,32 @@ int http_handle(struct lws *wsi, const char *uri, http_req **slot)
         return httpd_reply(wsi, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, h, body);
     }
     if (m == HM_OPTIONS) return preflight(wsi, ROUTES[i].allow, body);
-    return route(wsi, ROUTES[i].route, uri, slot);
+    return route(wsi, m == HM_HEAD, ROUTES[i].route, uri, slot);
 }
 
-static int route(struct lws *wsi, int r, const char *uri, http_req **slot)
+static int route(struct lws *wsi, int head, int r, const char *uri, http_req **slot)
 {
     switch (r) {
-    case HR_HEALTHZ: return reply_text(wsi, 200, "ok");
+    case HR_HEALTHZ: return reply_text(wsi, head, 200, "ok", NULL, NULL);
     case HR_READYZ: {
-        if (g_srv.draining) return reply_text(wsi, 503, "draining");
+        if (g_srv.draining) return reply_text(wsi, head, 503, "draining", NULL, NULL);
         char why[400];
         /* the bus says what does not work: which Redis, shard and slots */
-        if (!bus_health(g_srv.bus, why, sizeof why)) return reply_text(wsi, 503, why);
-        if (g_srv.store && !store_ready(g_srv.store)) return reply_text(wsi, 503, "postgres unreachable");
-        return reply_text(wsi, 200, "ready");
+        if (!bus_health(g_srv.bus, why, sizeof why)) return reply_text(wsi, head, 503, why, NULL, NULL);
+        if (g_srv.store && !store_ready(g_srv.store)) return reply_text(wsi, head, 503, "postgres unreachable", NULL, NULL);
+        return reply_text(wsi, head, 200, "ready", NULL, NULL);
     }
     case HR_METRICS: {
         size_t len;
         char *m = metrics_render(&len);
-        int ret = http_reply(wsi, 200, "text/plain; version=0.0.4; charset=utf-8", m, len);
+        int ret = reply_x(wsi, head, 200, "text/plain; version=0.0.4; charset=utf-8", m, len, NULL, NULL);
         free(m);
         return ret;
     }
-    case HR_UNREAD: return route_unread(wsi, slot);
-    case HR_ROOM: return route_room(wsi, uri + 7, slot);
-    case HR_DEV_TOKEN: return route_dev_token(wsi);
-    case HR_WS: return reply_text(wsi, 400, "WebSocket upgrade required");
-    default: return route_static(wsi, uri);
+    case HR_UNREAD: return route_unread(wsi, head, slot);
+    case HR_ROOM: return route_room(wsi, head, uri + 7, slot);
+    case HR_DEV_TOKEN: return route_dev_token(wsi, head);
+    case HR_WS: return reply_text(wsi, head, 400, "WebSocket upgrade required", NULL, NULL);
+    default: return route_static(wsi, head, uri);
     }
 }

@@ -19,12 +19,15 @@ int http_writeable(struct lws *wsi, struct http_req **slot);
 /* The HTTP connection closed or its transaction ended. */
 void http_cancel(struct http_req **slot);
 
-/* Writes a complete response. Returns the value the lws callback should
- * return (-1 to close, 0 to keep the connection). */
-int http_reply(struct lws *wsi, unsigned status, const char *ctype, const char *body, size_t len);
-
-/* Bearer token from Authorization, else ?token=. 1 when found (-1: too long). */
+/* Bearer token from Authorization, else ?token= (also after an
+ * Authorization header of another scheme, of any length). 1 when found, 0
+ * when neither is there, -1 when too long for out, HTTPD_ARG_NOMEM when out
+ * of memory. */
 int http_token(struct lws *wsi, char *out, size_t outlen);
+
+/* Pure: the plain routes' JSON error body {"error":text} (text
+ * JSON-escaped, at most 300 bytes of it) into b (cap >= 320); its length. */
+size_t http_error_json(char *b, size_t cap, const char *text);
 
 /* Pure: the methods the plain route of uri answers (bit 1 << HM_*; HEAD
  * wherever GET is): GET everywhere, OPTIONS (a CORS preflight) under

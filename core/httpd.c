@@ -254,7 +254,7 @@ int httpd_arg(struct lws *wsi, const char *name, char *out, size_t outlen)
             continue;   /* an empty fragment */
         }
         char *frag = (size_t)fl < sizeof small ? small : malloc((size_t)fl + 1);
-        if (!frag) return -1;
+        if (!frag) return HTTPD_ARG_NOMEM;
         int n = lws_hdr_copy_fragment(wsi, frag, fl + 1, WSI_TOKEN_HTTP_URI_ARGS, i);
         int r = n < 0 ? 0 : httpd_arg_match(frag, (size_t)n, name, out, outlen);
         if (frag != small) free(frag);

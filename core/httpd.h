@@ -39,7 +39,9 @@ int64_t httpd_parse_content_length(const char *v, size_t n);
 
 /* The query argument name (without '='), URL-decoded by lws: 1 when found
  * (its value in out), 0 when absent, -1 when longer than outlen - 1 (out is
- * then "": no truncated value is ever used). */
+ * then "": no truncated value is ever used), HTTPD_ARG_NOMEM when a long
+ * argument could not be copied (out of memory: not the client's fault). */
+#define HTTPD_ARG_NOMEM (-2)
 int httpd_arg(struct lws *wsi, const char *name, char *out, size_t outlen);
 /* Pure (no socket; driven by tests/fuzz/fuzz_request.c): one URL-decoded
  * query fragment frag[0..n) as lws gives them: when it is "name=value",

@@ -1,6 +1,8 @@
 /* listener: see listener.h. */
 #define _GNU_SOURCE
 #include "listener.h"
+#include "http.h"
+#include "httpd.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -198,14 +200,18 @@ static int room_gate(pending *p, const char *head, size_t hl)
     else if (v == 404)   /* a /rooms/ route: CORS like http.c's answers */
         answer_and_close_as(p, "404 Not Found", "text/plain; charset=utf-8",
                             "access-control-allow-origin: *\r\n", "not found\n", is_head);
-    else if (route == 2)
+    else if (route == 2) {   /* http.c's error shape */
+        char b[320];
+        b[http_error_json(b, sizeof b, "invalid room name")] = 0;
         answer_and_close_as(p, "400 Bad Request", "application/json", "access-control-allow-origin: *\r\n",
-                            "{\"error\":\"invalid room name\"}", is_head);
-    else if (route == 3)   /* the server API's error shape */
-        answer_and_close_as(p, "400 Bad Request", "application/json", "",
-                            "{\"error\":{\"code\":\"bad_request\",\"message\":\"invalid room name\"}}",
-                            is_head);
-    else
+                            b, is_head);
+    } else if (route == 3) {   /* the server API's error shape */
+        size_t len;
+        char *b = httpd_error_body("bad_request", "invalid room name", &len);
+        if (b) answer_and_close_as(p, "400 Bad Request", "application/json", "", b, is_head);
+        else answer_and_close(p, "503 Service Unavailable", "out of memory");
+        free(b);
+    } else
         answer_and_close_as(p, "400 Bad Request", "text/plain; charset=utf-8", "", "invalid room name\n", is_head);
     return 1;
 }

@@ -174,7 +174,7 @@ static int ban_gate(struct lws *wsi, ticket *t)
  * One lws service thread: the gate, the binding and the 101 run in one
  * call, nothing can interleave. */
 
-#define WS_PROTO_LIST_MAX 127   /* lws reads the list into a 128-byte buffer */
+#define WS_PROTO_LIST_MAX 126   /* the longest list lws takes (its 128-byte buffer, less 2) */
 #define WS_PROTO_NAME_MAX 63    /* and each name into 64 bytes */
 /* the flags of lws' own pass over the list (roles/ws/server-ws.c) */
 #define WS_PROTO_TOKENIZE (LWS_TOKENIZE_F_COMMA_SEP_LIST | LWS_TOKENIZE_F_MINUS_NONTERM | \
@@ -190,7 +190,7 @@ static int subprotocol_pick(struct lws *wsi, char *answer, size_t alen)
     answer[0] = 0;
     int total = lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL);
     if (total <= 0) return 0;
-    if (total >= WS_PROTO_LIST_MAX) return -1;   /* lws copies at most sizeof - 1 - 1 */
+    if (total > WS_PROTO_LIST_MAX) return -1;
     char buf[WS_PROTO_LIST_MAX + 1], name[WS_PROTO_NAME_MAX + 1], first[WS_PROTO_NAME_MAX + 1] = "";
     int n = lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_PROTOCOL);
     if (n <= 0) return -1;
@@ -288,6 +288,7 @@ static int upgrade_gate(struct lws *wsi)
     }
     char tok[AUTH_TOKEN_MAX + 1], reason[192], since[32];
     int got = httpd_arg(wsi, "token", tok, sizeof tok);
+    if (got == HTTPD_ARG_NOMEM) return refuse(wsi, 503, "out of memory");   /* not the client's fault */
     if (got < 0) {  /* there, but longer than any token auth_verify takes */
         metric_inc(m_acc[1]);
         return refuse_h(wsi, 401, "token too long",

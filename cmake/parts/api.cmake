@@ -7,3 +7,9 @@ target_sources(chatcore PRIVATE
   core/chat_admin.c core/climit.c core/uconns.c core/adminstore.c)
 chatd_unit_test(test_api)
 chatd_unit_test(test_uconns)
+# the token of a plain HTTP request (core/http.c http_token, core/httpd.c
+# httpd_arg) with lws' header reads faked and allocation failures injected
+chatd_unit_test(test_http_token)
+chatd_alloc_fail(test_http_token)
+target_link_options(test_http_token PRIVATE
+  -Wl,--wrap=lws_hdr_total_length,--wrap=lws_hdr_copy,--wrap=lws_hdr_fragment_length,--wrap=lws_hdr_copy_fragment)

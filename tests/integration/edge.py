@@ -742,6 +742,15 @@ async def long_tokens_are_read_up_to_16_kib():
     eq((st, body.strip()), (401, b"token too long"), "presence with a 17 KB bearer token")
     st, _, body = await ahttp(n.port, f"/rooms/{room}/presence?token={long_}")
     eq((st, body.strip()), (401, b"token too long"), "presence with a 17 KB ?token=")
+    # an Authorization header of another scheme is no token, whatever its
+    # length: ?token= is read (a 17 KB one answered "token too long")
+    for scheme in ("Basic", "Negotiate"):
+        st, _, body = await ahttp(n.port, f"/rooms/{room}/presence?token={ok}",
+                                  {"Authorization": f"{scheme} " + "x" * 17000})
+        eq(st, 200, f"presence with a 17 KB {scheme} header and a ?token=: {body[:80]!r}")
+        st, _, body = await ahttp(n.port, f"/rooms/{room}/presence",
+                                  {"Authorization": f"{scheme} " + "x" * 17000})
+        eq((st, body.strip()), (401, b"missing token"), f"a 17 KB {scheme} header alone")
 
 
 @test()
