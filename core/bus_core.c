@@ -67,6 +67,16 @@ void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, u
     if (r->rcb) r->rcb(r->ud, status, e, n, head, status < 0 ? NULL : epoch ? epoch : "");
 }
 
+int bus_replay_span(const bus_req *r, uint64_t head, size_t max, size_t *want)
+{
+    if (r->upto && head < r->upto) return -1;
+    uint64_t last = r->upto ? r->upto : head;
+    if (r->since == UINT64_MAX || r->since >= last) return 0;
+    if (last - r->since > max) return -1;
+    *want = (size_t)(last - r->since);
+    return 1;
+}
+
 static void req_fail(bus_req *r)
 {
     if (r->kind == BUS_REQ_PUBLISH) bus_req_publish_done(r, -1, 0, 0);

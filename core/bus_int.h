@@ -121,6 +121,13 @@ enum {
 void bus_req_publish_done(bus_req *r, int status, uint64_t seq, int dup);
 void bus_req_replay_done(bus_req *r, int status, const bus_entry *e, size_t n, uint64_t head,
                          const char *epoch);
+/* A replay's span, given the room's head and the most entries the backend
+ * answers (max): 1 with *want, the entries since+1 .. since+*want to read
+ * (they end at the head, or at upto for bus_replay_upto); 0 when there are
+ * none to read (answer 0, no entries); -1 when the replay cannot be
+ * answered whole (answer 1: more than max, or an upto the head has not
+ * reached). Both backends judge a replay here. */
+int bus_replay_span(const bus_req *r, uint64_t head, size_t max, size_t *want);
 /* Drops one backend reference; at zero the request is freed (its callback
  * is called with status -1 first if nobody answered it). */
 void bus_req_unhold(bus_req *r);

@@ -235,24 +235,15 @@ static void do_replay(busl *L, bus_req *r)
     lroom *lr = lroom_get(L, r->room, 0);
     uint64_t head = lr ? lr->seq : 0;
     const char *epoch = lr ? lr->epoch : L->b->epoch;
-    /* bus_replay_upto: the entries end at upto (never reached: 1) */
-    uint64_t last = r->upto ? r->upto : head;
-    if (r->upto && head < r->upto) {
-        bus_req_replay_done(r, 1, NULL, 0, head, epoch);
+    size_t want = 0;
+    int span = bus_replay_span(r, head, r->max < L->b->recent_max ? r->max : L->b->recent_max, &want);
+    if (span <= 0) {
+        bus_req_replay_done(r, span < 0, NULL, 0, head, epoch);
         return;
     }
-    if (r->since == UINT64_MAX || r->since >= last) {
-        bus_req_replay_done(r, 0, NULL, 0, head, epoch);
-        return;
-    }
-    uint64_t want = last - r->since;
-    if (want > r->max || want > L->b->recent_max) {
-        bus_req_replay_done(r, 1, NULL, 0, head, epoch);
-        return;
-    }
-    bus_entry *e = malloc((size_t)want * sizeof *e);
+    bus_entry *e = malloc(want * sizeof *e);
     if (!e) return; /* -1 */
-    size_t n = ring_range(L, lr, r->since + 1, last, e);
+    size_t n = ring_range(L, lr, r->since + 1, r->since + want, e);
     if (n == want) bus_req_replay_done(r, 0, e, n, head, epoch);
     else bus_req_replay_done(r, 1, NULL, 0, head, epoch);
     free(e);

@@ -272,20 +272,15 @@ static void replay_range_cb(void *ud, const redisReply *rp)
         bus_req_unhold(r);
         return;
     }
-    uint64_t head = r->head, since = r->since;
+    uint64_t head = r->head;
     metric_observe(r->b->m.op_replay, since_s(r->t0));
-    /* bus_replay_upto: the entries end at upto (never reached: 1) */
-    uint64_t last = r->upto ? r->upto : head;
-    if (r->upto && head < r->upto) {
-        bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
-    } else if (since >= last) {
-        bus_req_replay_done(r, 0, NULL, 0, head, r->epoch);
-    } else if (last - since > r->max) {
-        bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
+    size_t want = 0;
+    int span = bus_replay_span(r, head, r->max, &want);
+    if (span <= 0) {
+        bus_req_replay_done(r, span < 0, NULL, 0, head, r->epoch);
     } else {
-        size_t want = (size_t)(last - since);
         bus_entry *e = malloc(want * sizeof *e);
-        size_t n = e ? bus_reply_replay(rp, since, want, e) : 0;
+        size_t n = e ? bus_reply_replay(rp, r->since, want, e) : 0;
         if (e && n == want) bus_req_replay_done(r, 0, e, n, head, r->epoch);
         else if (e) bus_req_replay_done(r, 1, NULL, 0, head, r->epoch);
         free(e);

@@ -509,22 +509,22 @@ static inline void rep_cb(void *ud, int status, const bus_entry *e, size_t n, ui
     r->last = n ? e[n - 1].seq : 0;
 }
 
-static inline int replay(node *nd, const char *room, uint64_t since, size_t max, repres *r)
+/* bus_replay (upto 0: to the head, at most max entries) or bus_replay_upto
+ * (max unused), answered into r */
+static inline int replay_to(node *nd, const char *room, uint64_t since, size_t max, uint64_t upto,
+                            repres *r)
 {
     memset(r, 0, sizeof *r);
     in_call = 1;
-    int rc_ = bus_replay(nd->b, room, since, max, rep_cb, r);
+    int rc_ = upto ? bus_replay_upto(nd->b, room, since, upto, rep_cb, r)
+                   : bus_replay(nd->b, room, since, max, rep_cb, r);
     in_call = 0;
     return rc_;
 }
 
-static inline int replay_upto(node *nd, const char *room, uint64_t since, uint64_t upto, repres *r)
+static inline int replay(node *nd, const char *room, uint64_t since, size_t max, repres *r)
 {
-    memset(r, 0, sizeof *r);
-    in_call = 1;
-    int rc_ = bus_replay_upto(nd->b, room, since, upto, rep_cb, r);
-    in_call = 0;
-    return rc_;
+    return replay_to(nd, room, since, max, 0, r);
 }
 
 /* waits until room is subscribed and synced on nd (replay answers then) */

@@ -68,6 +68,41 @@ static void test_local_control(void)
     settle();
 }
 
+/* bus_replay_upto on a room of head `head` whose buffer keeps its last 5
+ * entries (recent_max 5), on either backend: one seq's entry however far
+ * the head, a range, and the answers 1 (beyond the buffer, above the head)
+ * and -1 (upto <= since). Seqs relative to the head. */
+static void check_replay_upto(node *a, const char *room, uint64_t head)
+{
+    static const struct {
+        int since, upto;        /* head + these */
+        int rc, status;
+        size_t n;
+        int first, last;        /* head + these (n > 0) */
+        const char *what;
+    } C[] = {
+        {-4, -3, 0, 0, 1, -3, -3, "one entry"},
+        {-5, -2, 0, 0, 3, -4, -2, "a range"},
+        {-10, -9, 0, 1, 0, 0, 0, "beyond the buffer -> 1"},
+        {0, 1, 0, 1, 0, 0, 0, "above the head -> 1"},
+        {-8, -8, -1, 0, 0, 0, 0, "upto <= since refused"},
+    };
+    for (size_t i = 0; i < sizeof C / sizeof C[0]; i++) {
+        repres r;
+        int rc = replay_to(a, room, head + (uint64_t)(int64_t)C[i].since, 0,
+                           head + (uint64_t)(int64_t)C[i].upto, &r);
+        CHECK(rc == C[i].rc, "upto %s: rc %d", C[i].what, rc);
+        if (rc != 0) continue;
+        WAIT(r.done, 3000);
+        CHECK(r.status == C[i].status && r.n == C[i].n && r.head == head, "upto %s: st=%d n=%zu head=%" PRIu64,
+              C[i].what, r.status, r.n, r.head);
+        if (C[i].n)
+            CHECK(r.contiguous && r.first == head + (uint64_t)(int64_t)C[i].first &&
+                  r.last == head + (uint64_t)(int64_t)C[i].last, "upto %s: %" PRIu64 "..%" PRIu64,
+                  C[i].what, r.first, r.last);
+    }
+}
+
 static void test_local_basic(void)
 {
     node *a = node_new("local", NULL, 5, 0);
@@ -111,21 +146,7 @@ static void test_local_basic(void)
     replay(a, room, 13, 10, &r);
     WAIT(r.done, 2000);
     CHECK(r.status == 0 && r.n == 0 && r.head == 13, "nothing new");
-    /* one seq's entry, however far the head (bus_replay_upto) */
-    replay_upto(a, room, 9, 10, &r);
-    WAIT(r.done, 2000);
-    CHECK(r.status == 0 && r.n == 1 && r.first == 10 && r.head == 13, "upto one entry st=%d n=%zu",
-          r.status, r.n);
-    replay_upto(a, room, 8, 11, &r);
-    WAIT(r.done, 2000);
-    CHECK(r.status == 0 && r.n == 3 && r.first == 9 && r.last == 11, "upto a range");
-    replay_upto(a, room, 3, 4, &r);
-    WAIT(r.done, 2000);
-    CHECK(r.status == 1 && r.n == 0, "upto beyond the buffer -> 1");
-    replay_upto(a, room, 13, 14, &r);
-    WAIT(r.done, 2000);
-    CHECK(r.status == 1 && r.n == 0 && r.head == 13, "upto above the head -> 1");
-    CHECK(replay_upto(a, room, 5, 5, &r) == -1, "upto <= since refused");
+    check_replay_upto(a, room, 13);
     /* emit */
     in_call = 1;
     CHECK(bus_emit(a->b, room, "typing", "{\"t\":1}", 7) == 0, "emit");
@@ -268,20 +289,7 @@ static void test_trim_replay(void)
     replay(a, room, 12, 10, &r);
     WAIT(r.done, 3000);
     CHECK(r.status == 0 && r.n == 0 && r.head == 12, "up to date");
-    /* one seq's entry, however far the head (bus_replay_upto) */
-    replay_upto(a, room, 8, 9, &r);
-    WAIT(r.done, 3000);
-    CHECK(r.status == 0 && r.n == 1 && r.first == 9 && r.head == 12, "upto one entry st=%d n=%zu",
-          r.status, r.n);
-    replay_upto(a, room, 7, 10, &r);
-    WAIT(r.done, 3000);
-    CHECK(r.status == 0 && r.n == 3 && r.first == 8 && r.last == 10, "upto a range");
-    replay_upto(a, room, 2, 3, &r);
-    WAIT(r.done, 3000);
-    CHECK(r.status == 1 && r.n == 0, "upto beyond the buffer -> 1");
-    replay_upto(a, room, 12, 13, &r);
-    WAIT(r.done, 3000);
-    CHECK(r.status == 1 && r.n == 0 && r.head == 12, "upto above the head -> 1");
+    check_replay_upto(a, room, 12);
     char empty[80];
     mkroom(empty, sizeof empty, "never");
     replay(a, empty, 0, 10, &r);
