@@ -32,10 +32,11 @@ typedef struct join_op {
     uint32_t n, cap;
     int gap;                /* tell the client gap_too_large */
     int unavailable;
-    int held;               /* head_fallback: this node held the room; delivered is */
-    uint64_t delivered;     /* the highest seq it delivered there (bus_known_head) */
+    int fallback;           /* head_fallback ran (the bus could not replay): join_stage2 decides unavailable */
+    uint64_t delivered;     /* head_fallback: the highest seq this node delivered in the
+                             * room (bus_known_head; 0: it does not hold it, or none yet) */
     int known;              /* head_fallback: op->head is a known head (held, or Postgres') */
-    int settle;             /* a replay without Redis done: join_stage2 decides unavailable */
+    int settle;             /* a replay without Redis done (Postgres answered the since) */
     int checked;            /* since/epoch compared with the room's head */
     char epoch[BUS_EPOCH_MAX + 1];        /* the room's, "" when unknown */
     char want_epoch[BUS_EPOCH_MAX + 1];   /* the client's (with since), "" when none */
@@ -190,7 +191,7 @@ static void start_after_head(join_op *op, conn_room *cr)
      * by ordered delivery once Redis is back, so it starts after the
      * delivered one (it may get a seq at or below the welcome's: the
      * client drops it by seq), never skipping one */
-    if (op->held && op->delivered > 0 && cr->last_seq > op->delivered)
+    if (op->delivered > 0 && cr->last_seq > op->delivered)
         cr->last_seq = op->delivered;
 }
 
@@ -294,17 +295,18 @@ static void send_welcome(conn *c, uint64_t head, const char *epoch, const char *
     conn_send_text(c, b, o);
 }
 
-/* Whether every seq above c reaches the member cr live (docs/redis.md
- * "Recovery while Redis is down"): this node's ordered delivery of the room
- * goes on after c (bus_resume_after: a room it does not hold, or holds by a
- * publish ack alone, resumes after c at the first sync, fetching the rest
- * like a resync — before, it started after the head Redis had then, and the
- * seqs between were skipped silently), or it went past c while cr was a
- * member: those seqs wait in cr->held, which then starts at or below c+1.
- * 0: a seq above c was delivered here before the join and will not come
- * again (broadcast, not stored yet), or the room synced meanwhile at a
- * later head. */
-static int fallback_handover(conn_room *cr, uint64_t c)
+/* Makes the room's ordered delivery on this node resume after c where it
+ * has no last seq yet (bus_resume_after: a room it does not hold, or holds
+ * by a publish ack alone, resumes after c at the first sync, fetching the
+ * rest like a resync — before, it started after the head Redis had then,
+ * and the seqs between were skipped silently), and says whether every seq
+ * above c then reaches the member cr live (docs/redis.md "Recovery while
+ * Redis is down"): 1 when delivery goes on after c, or went past c while cr
+ * was a member (those seqs wait in cr->held, which then starts at or below
+ * c+1); 0 when a seq above c was delivered here before the join and will
+ * not come again (broadcast, not stored yet), or the room synced meanwhile
+ * at a later head. */
+static int resume_delivery_after(conn_room *cr, uint64_t c)
 {
     if (bus_resume_after(g_srv.bus, cr->r->name, c)) return 1;
     return cr->nheld > 0 && cr->held[0]->seq <= c + 1;
@@ -330,15 +332,18 @@ static void join_stage2(join_op *op)
     /* live delivery starts after the head unless since was honoured (a
      * refused since is not a seq of this room's numbering) */
     if (!op->has_since || op->gap) start_after_head(op, cr);
-    /* a join while Redis is down (head_fallback) with a known head: the
-     * member has every seq up to c (its replay's last, or the announced
-     * head); live delivery must go on right after it (fallback_handover) or
-     * the member is told (unavailable), never a silent jump in seq */
-    if (op->known && (!op->has_since || op->gap || op->settle)) {
-        uint64_t c = op->has_since && !op->gap ? op->since : cr->last_seq;
-        int ok = fallback_handover(cr, c);
-        if (op->settle) op->unavailable = !ok;
-        else if (!ok) op->unavailable = 1;
+    /* a join while Redis is down (head_fallback): a since Postgres did not
+     * answer is unavailable; with a known head, the member has every seq up
+     * to c (its replay's last, or the announced head): live delivery must
+     * go on right after it (resume_delivery_after) or the member is told
+     * (unavailable), never a silent jump in seq */
+    if (op->fallback) {
+        if (op->has_since && !op->settle) {
+            op->unavailable = 1;
+        } else if (op->known) {
+            uint64_t c = op->has_since && !op->gap ? op->since : cr->last_seq;
+            op->unavailable = !resume_delivery_after(cr, c);
+        }
     }
     if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
         join_finish_local_presence(op);
@@ -387,7 +392,7 @@ static void on_fallback_rows(void *ud, int status, const store_row *rows, size_t
     if (!op->cr) { op_release(op); return; }
     if (status == 0) {
         push_store_rows(op, rows, n);
-        op->settle = 1;   /* join_stage2 judges the handover (fallback_handover) */
+        op->settle = 1;   /* join_stage2 judges the handover (resume_delivery_after) */
     }
     join_stage2(op);
 }
@@ -408,11 +413,11 @@ static int fallback_replay(join_op *op)
         op->n = 0;
         op->gap = 1;
         op->since = op->head;
-        op->settle = 1;   /* join_stage2 judges the handover (fallback_handover) */
+        op->settle = 1;   /* join_stage2 judges the handover (resume_delivery_after) */
         return 0;
     }
     if (op->since == op->head) {   /* nothing stored after since */
-        op->settle = 1;   /* join_stage2 judges the handover (fallback_handover) */
+        op->settle = 1;   /* join_stage2 judges the handover (resume_delivery_after) */
         return 0;
     }
     return store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
@@ -439,13 +444,13 @@ static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char 
  * above the real head; seqs above it are delivered once Redis is back.
  * With since, seq > since is replayed from Postgres (fallback_replay);
  * unavailable when Postgres cannot answer either, or when what follows the
- * replay may not reach the member (join_stage2: fallback_handover). */
+ * replay may not reach the member (join_stage2: resume_delivery_after). */
 static void head_fallback(join_op *op)
 {
     uint64_t h;
-    op->unavailable = op->has_since;
+    op->fallback = 1;
     if (bus_known_head(g_srv.bus, op->cr->r->name, &h, &op->delivered)) {
-        op->held = op->known = 1;
+        op->known = 1;
         if (h > op->head) op->head = h;
     }
     if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
