@@ -93,11 +93,11 @@ static inline void pg_stop(void)
 static inline int pg_setup(const char *name, int port_base)
 {
     const char *env = getenv("CHATD_TEST_DATABASE_URL");
-    /* a free port of the 20 from port_base, starting at one the pid picks
-     * (another test, or another run of the suite, may hold some) */
-    g_port = port_base + (int)(getpid() % 20);
-    for (int i = 0; i < 20 && !test_port_free(g_port); i++)
-        g_port = port_base + (int)((getpid() + i + 1) % 20);
+    /* a free port of the 20 from port_base (or of the environment's
+     * range, ports.h): another test, or another run of the suite, may hold
+     * some */
+    g_port = test_port_pick(port_base, port_base + 19);
+    if (g_port < 0) g_port = port_base;
     if (env && *env) {
         snprintf(g_url, sizeof g_url, "%s", env);
     } else {

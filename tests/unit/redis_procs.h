@@ -1,7 +1,7 @@
 /* redis_procs: redis-server processes for the C unit tests (test_redis,
  * test_bus, test_bus_backfill, test_bus_seed, test_presence cluster
  * cases): start one on a free port of
- * 23000-23999 (random start, so parallel runs rarely collide), wait for
+ * 23000-23999, or of CHATD_TEST_UNIT_PORT_LO..HI (ports.h), wait for
  * PING, stop/kill/pause it, and build a 3-master Redis Cluster with
  * redis-cli --cluster create. Every process dies with the test
  * (PR_SET_PDEATHSIG) and its directory is removed at rp_cleanup.
@@ -44,13 +44,7 @@ static char rp_root[64];
 
 static inline int rp_pick_port(void)
 {
-    static unsigned next;
-    if (!next) next = (unsigned)(getpid() * 37u + (unsigned)time(NULL)) % (RP_PORT_HI - RP_PORT_LO);
-    for (int i = 0; i < RP_PORT_HI - RP_PORT_LO; i++) {
-        int p = RP_PORT_LO + (int)(next++ % (RP_PORT_HI - RP_PORT_LO));
-        if (test_port_free(p)) return p;
-    }
-    return -1;
+    return test_port_pick(RP_PORT_LO, RP_PORT_HI);
 }
 
 static inline redisContext *rp_connect(int port, int timeout_ms)

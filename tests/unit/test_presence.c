@@ -1,5 +1,6 @@
 /* test_presence: presence.h against a real redis-server (always started
- * here, on the first free port of 17701-17720; CHATD_TEST_REDIS_URL is
+ * here, on the first free port of 17701-17720, or of
+ * CHATD_TEST_UNIT_PORT_LO..HI (ports.h); CHATD_TEST_REDIS_URL is
  * ignored: this test kills clients and restarts its server, which must
  * never hit a Redis shared with other tests) and in memory mode. Several presence
  * instances ("nodes") share one loop and one store; a heartbeat timer
@@ -567,7 +568,9 @@ static pid_t start_redis_on(int port)
 static pid_t start_redis(void)
 {
     if (g_redis_port) return start_redis_on(g_redis_port);
-    for (int port = REDIS_PORT_FIRST; port <= REDIS_PORT_LAST; port++) {
+    int lo, hi;
+    test_port_range(REDIS_PORT_FIRST, REDIS_PORT_LAST, &lo, &hi);
+    for (int port = lo; port <= hi; port++) {
         pid_t pid = start_redis_on(port);
         if (pid > 0) { g_redis_port = port; return pid; }
         fprintf(stderr, "port %d busy, trying the next\n", port);

@@ -1237,6 +1237,28 @@ static void test_reply_alloc(void)
     CHECK(redis_alloc_arenas() == arenas0, "freed with the reply");
 }
 
+/* The test servers' ports come from CHATD_TEST_UNIT_PORT_LO..HI when set
+ * (ports.h): a run given a port range stays in it. Without the variables,
+ * from a few ports at the top of redis_procs.h's default range. */
+static void test_port_range_env(void)
+{
+    const char *el = getenv("CHATD_TEST_UNIT_PORT_LO"), *eh = getenv("CHATD_TEST_UNIT_PORT_HI");
+    int lo = el && eh ? atoi(el) : RP_PORT_HI - 9, hi = el && eh ? atoi(eh) : RP_PORT_HI;
+    char l[16], h[16];
+    snprintf(l, sizeof l, "%d", lo);
+    snprintf(h, sizeof h, "%d", hi);
+    setenv("CHATD_TEST_UNIT_PORT_LO", l, 1);
+    setenv("CHATD_TEST_UNIT_PORT_HI", h, 1);
+    for (int i = 0; i < 20; i++) {
+        int p = rp_pick_port();
+        CHECK(p == -1 || (p >= lo && p <= hi), "port %d of %d-%d", p, lo, hi);
+    }
+    if (!el || !eh) {
+        unsetenv("CHATD_TEST_UNIT_PORT_LO");
+        unsetenv("CHATD_TEST_UNIT_PORT_HI");
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1247,6 +1269,7 @@ int main(void)
     test_slots_pure();
     test_replies();
     test_reply_alloc();
+    test_port_range_env();
     if (!rp_have_server()) {
         fprintf(stderr, "SKIP: no redis-server/redis-cli (pure tests: %d failures)\n",
                 check_failures());
