@@ -121,33 +121,56 @@ void config_usage(void)
                OPTS[i].dflt ? ")" : "");
 }
 
+/* argv[*a] as a flag: its option and value (the next word unless given
+ * with '=' or a boolean). 1: --help; -1: err set. */
+static int flag_at(int argc, char **argv, int *a, const opt **op, const char **valp, char *err, size_t errlen)
+{
+    if (strcmp(argv[*a], "--help") == 0 || strcmp(argv[*a], "-h") == 0) return 1;
+    const opt *o = NULL;
+    const char *val = NULL;
+    for (size_t i = 0; i < NOPTS; i++) {
+        size_t fl = strlen(OPTS[i].flag);
+        if (strncmp(argv[*a], OPTS[i].flag, fl) == 0 && (argv[*a][fl] == 0 || argv[*a][fl] == '=')) {
+            o = &OPTS[i];
+            if (argv[*a][fl] == '=') val = argv[*a] + fl + 1;
+            break;
+        }
+    }
+    if (!o) { snprintf(err, errlen, "unknown flag '%s' (see --help)", argv[*a]); return -1; }
+    if (!val) {
+        if (o->type == K_BOOL) val = "1";
+        else if (*a + 1 < argc) val = argv[++*a];
+        else { snprintf(err, errlen, "%s needs a value", o->flag); return -1; }
+    }
+    *op = o;
+    *valp = val;
+    return 0;
+}
+
 int config_load(config *c, int argc, char **argv, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
+    /* the flag wins: a setting given by a flag ignores its env variable
+     * (whatever it holds), so flags are read first, applied last */
+    unsigned char by_flag[NOPTS] = {0};
+    for (int a = 1; a < argc; a++) {
+        const opt *o;
+        const char *val;
+        int r = flag_at(argc, argv, &a, &o, &val, err, errlen);
+        if (r == 1) { config_usage(); return 1; }
+        if (r < 0) return -1;
+        by_flag[o - OPTS] = 1;
+    }
     for (size_t i = 0; i < NOPTS; i++)
         if (OPTS[i].dflt && set(c, &OPTS[i], OPTS[i].dflt, err, errlen) < 0) return -1;
     for (size_t i = 0; i < NOPTS; i++) {
-        const char *v = getenv(OPTS[i].env);
+        const char *v = by_flag[i] ? NULL : getenv(OPTS[i].env);
         if (v && set(c, &OPTS[i], v, err, errlen) < 0) return -1;
     }
     for (int a = 1; a < argc; a++) {
-        if (strcmp(argv[a], "--help") == 0 || strcmp(argv[a], "-h") == 0) { config_usage(); return 1; }
-        const opt *o = NULL;
-        const char *val = NULL;
-        for (size_t i = 0; i < NOPTS; i++) {
-            size_t fl = strlen(OPTS[i].flag);
-            if (strncmp(argv[a], OPTS[i].flag, fl) == 0 && (argv[a][fl] == 0 || argv[a][fl] == '=')) {
-                o = &OPTS[i];
-                if (argv[a][fl] == '=') val = argv[a] + fl + 1;
-                break;
-            }
-        }
-        if (!o) { snprintf(err, errlen, "unknown flag '%s' (see --help)", argv[a]); return -1; }
-        if (!val) {
-            if (o->type == K_BOOL) val = "1";
-            else if (a + 1 < argc) val = argv[++a];
-            else { snprintf(err, errlen, "%s needs a value", o->flag); return -1; }
-        }
+        const opt *o;
+        const char *val;
+        if (flag_at(argc, argv, &a, &o, &val, err, errlen) != 0) return -1;   /* read above */
         if (set(c, o, val, err, errlen) < 0) return -1;
     }
     const char *colon = c->listen ? strrchr(c->listen, ':') : NULL;

@@ -1217,6 +1217,11 @@ async def timing_settings_checked_and_flags_win():
         await b.send({"type": "typing"})
         t = await a.wait_for(lambda f: f["type"] == "typing", 5, what="typing")
         eq(t.get("ttl_ms"), 333, "typing ttl_ms with --typing-ttl-ms")
+    # the flag wins over ANY env value: a bad env a flag overrides is not read
+    n = harness.Node(env={"CHAT_HEARTBEAT_MS": "abc", "CHAT_MAX_QUEUE": "0"},
+                     args=["--heartbeat-ms=800", "--max-queue", "64"]).start()
+    a = await Client.connect(n, uniq(), token("alice"))
+    eq(a.welcome().get("heartbeat_ms"), 800, "--heartbeat-ms over a bad CHAT_HEARTBEAT_MS")
     # a policy's own value beyond 32 bits: presence_ttl_ms 4294967297 ran
     # as a 1 ms TTL while welcome announced 4294967297
     n = harness.Node(scripts=policy_dir("local M = {config = {presence_ttl_ms = 4294967297}}\n"
