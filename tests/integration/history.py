@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.parse
 
@@ -186,6 +187,72 @@ async def since_older_than_redis_buffer_replays_from_postgres():
     check(seqs[:57] == list(range(4, 61)), f"join since=3: {describe_seq_problem(seqs)}")
     eq(len(seqs), len(set(seqs)), "duplicates in join replay")
 
+
+
+def lock_messages(pg):
+    """A psql session holding `messages` in EXCLUSIVE mode (inserts wait,
+    reads go on); write "COMMIT;" to its stdin to release it."""
+    p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d",
+                          "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    p.stdin.write("BEGIN; LOCK TABLE messages IN EXCLUSIVE MODE; SELECT 'locked';\n")
+    p.stdin.flush()
+    return p
+
+
+def unlock(p):
+    p.stdin.write("COMMIT;\n")
+    p.stdin.close()
+    p.wait(15)
+
+
+@test(timeout=60, needs=NEEDS)
+async def since_past_the_buffer_waits_for_rows_not_stored_yet():
+    """since= older than the recent buffer while the seqs between are
+    broadcast but not stored yet (inserts held by a table lock): the join
+    reads Postgres again until they are stored and replays every seq, with
+    no error. Before, it answered gap_too_large at once, for a gap far under
+    CHAT_REPLAY_MAX, and the history the client then pages lacked those seqs
+    too: a silent gap. Still not stored after the wait (2 s): unavailable,
+    never gap_too_large."""
+    env = {"CHAT_RECENT_MAX": 10}
+    a, b = hnode(env=env), hnode(env=env)
+    room = uniq()
+    x = await Client.connect(a, room, token("alice"))
+    for i in range(5):
+        await harness.send_acked(x, f"s{i}", f"s{i}")
+    pg = harness.RUN.need_pg()
+    locker = lock_messages(pg)
+    try:
+        eq(await asyncio.to_thread(locker.stdout.readline), "locked\n", "messages locked")
+        for i in range(5, 30):
+            await x.send_msg(f"s{i}", id=f"s{i}")
+        await x.wait_count(is_msg(room), 30, 10, "the broadcasts (not stored)")
+        join = asyncio.create_task(Client.connect(b, room, token("bob"), since=5))
+        await asyncio.sleep(0.6)
+        await asyncio.to_thread(unlock, locker)
+        locker = None
+        r = await join
+        await r.wait_count(is_msg(room), 25, 10, "replay since=5")
+        await asyncio.sleep(0.2)
+        eq(r.seqs(room), list(range(6, 31)), "replayed seqs")
+        eq([f["body"] for f in r.messages(room)], [f"s{i}" for i in range(5, 30)], "bodies")
+        eq(r.errors(), [], "errors of the join")
+        await x.wait_count(lambda f: f["type"] == "ack", 30, 10, "acks after the lock")
+        # the rows stay unstored past the wait: unavailable, not gap_too_large
+        locker = lock_messages(pg)
+        eq(await asyncio.to_thread(locker.stdout.readline), "locked\n", "locked again")
+        for i in range(30, 45):
+            await x.send_msg(f"s{i}", id=f"s{i}")
+        await x.wait_count(is_msg(room), 45, 10, "the broadcasts (not stored)")
+        t0 = time.monotonic()
+        late = await Client.connect(b, room, token("carol"), since=30)
+        await late.roundtrip()
+        check(1.5 < time.monotonic() - t0 < 6, f"answered after the wait: {time.monotonic() - t0:.1f}s")
+        eq([f.get("code") for f in late.errors()], ["unavailable"], "errors of the join")
+    finally:
+        if locker:
+            await asyncio.to_thread(unlock, locker)
 
 HISTORY_POLICY = """
 local M = {}
