@@ -254,6 +254,37 @@ async def since_past_the_buffer_waits_for_rows_not_stored_yet():
         if locker:
             await asyncio.to_thread(unlock, locker)
 
+
+@test(timeout=60, needs=NEEDS)
+async def since_on_another_node_right_after_a_redis_restart_gets_what_is_not_stored_yet():
+    """Redis restarted empty while node A's batch (1 s) holds seqs it
+    broadcast; a client then resumes with since= on node B: the buffer is
+    gone and Postgres has not got those seqs yet. The join waits for them
+    and replays every one. Before, gap_too_large at once (and the history
+    it points to lacked them)."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-since"))
+    rd.start()
+    try:
+        a = start_node(redis=rd.url, db=True, env={"CHAT_BATCH_MS": 1000})
+        b = start_node(redis=rd.url, db=True)
+        room = uniq()
+        x = await Client.connect(a, room, token("alice"))
+        for i in range(3):
+            await harness.send_acked(x, f"s{i}", f"s{i}")
+        for i in range(3, 6):
+            await x.send_msg(f"s{i}", id=f"s{i}")
+        await x.wait_count(is_msg(room), 6, 5, "the broadcasts (A's batch waits 1 s)")
+        rd.kill9()
+        rd.start()
+        await harness.wait_ready(b)
+        y = await Client.connect(b, room, token("bob"), since=2)
+        await y.wait_count(is_msg(room), 4, 8, "replay since=2")
+        await y.roundtrip()
+        eq(y.seqs(room), [3, 4, 5, 6], "replayed seqs")
+        eq(y.errors(), [], "errors of the join")
+    finally:
+        rd.stop()
+
 HISTORY_POLICY = """
 local M = {}
 function M.on_history(ctx)
