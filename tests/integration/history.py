@@ -285,6 +285,31 @@ async def since_on_another_node_right_after_a_redis_restart_gets_what_is_not_sto
     finally:
         rd.stop()
 
+
+@test(timeout=40, needs=NEEDS)
+async def a_redis_that_evicts_keys_is_named_in_the_log():
+    """A Redis with maxmemory and an eviction policy (volatile-lru: a
+    managed Redis' usual default) evicts client ids first (they have a
+    TTL): measured, the resend of an acked message within the window was
+    acked again under a new seq and stored twice. Each bus connection
+    reads INFO memory and warns; the default (noeviction) says nothing."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-evict"))
+    rd.start()
+    try:
+        quiet = start_node(redis=rd.url, db=True)
+        rd.command("CONFIG", "SET", "maxmemory", "100mb")
+        rd.command("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+        n = start_node(redis=rd.url, db=True)
+        end = time.time() + 5
+        while time.time() < end and "evicts keys" not in n.log_text():
+            await asyncio.sleep(0.1)
+        line = [x for x in n.log_text().splitlines() if "evicts keys" in x]
+        check(line and "volatile-lru" in line[0] and "104857600" in line[0],
+              f"no warning naming the policy: {n.log_tail(8)}")
+        check("evicts keys" not in quiet.log_text(), "warned about a Redis without maxmemory")
+    finally:
+        rd.stop()
+
 HISTORY_POLICY = """
 local M = {}
 function M.on_history(ctx)
