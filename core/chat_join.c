@@ -27,6 +27,8 @@ typedef struct join_op {
     int has_since;
     uint64_t since;
     int tried_store;
+    uint64_t store_waited;  /* ms waited for seqs not stored yet (store_wait) */
+    int unstored;           /* ... and they were still not stored: unavailable */
     uint64_t head;
     msg **msgs;             /* replayed frames, in seq order */
     uint32_t n, cap;
@@ -323,6 +325,9 @@ static void join_stage2(join_op *op)
      * (retention), also when the recent buffer still has some */
     if (op->has_since && !op->gap && op->kept_from > 0 && op->since0 + 1 < op->kept_from)
         op->gap = 3;
+    /* seqs not stored yet ended the replay (store_wait), unless retention
+     * deleted them (gone, not late: the gap above) */
+    if (op->unstored && !op->gap) op->unavailable = 1;
     if (op->first) {        /* the URL room's join at connect: once per connection */
         char rs[48];
         read_seq_field(rs, sizeof rs, op);
@@ -457,12 +462,54 @@ static void head_fallback(join_op *op)
     join_stage2(op);
 }
 
+/* The seqs after op->since are the room's (its head is above) but the
+ * recent buffer no longer has them and Postgres not yet: broadcast, not
+ * stored yet (a slow or stalled store, a dead node's rows before the
+ * backfill). The range is read again every JOIN_UNSTORED_STEP_MS for up to
+ * JOIN_UNSTORED_WAIT_MS (live frames wait on the membership meanwhile),
+ * then the join says unavailable for what it could not replay. Never
+ * gap_too_large: within CHAT_REPLAY_MAX that tells the client to page a
+ * history that lacks those seqs too (a silent gap); retention's gap
+ * (kept_from) is the exception: deleted, not late. 1 when waiting. */
+#define JOIN_UNSTORED_STEP_MS 100
+#define JOIN_UNSTORED_WAIT_MS 2000
+
+static void on_store_rows(void *ud, int status, const store_row *rows, size_t n);
+
+static void unstored_timer_closed(uv_handle_t *h) { free(h); }
+
+static void on_unstored_timer(uv_timer_t *t)
+{
+    join_op *op = t->data;
+    uv_close((uv_handle_t *)t, unstored_timer_closed);
+    if (!op->cr) { op_release(op); return; }
+    if (!g_srv.store || store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
+                                    (int)(g_srv.cfg.replay_max - op->n), 0, on_store_rows, op) != 0) {
+        op->unstored = 1;
+        join_stage2(op);
+    }
+}
+
+static int store_wait(join_op *op)
+{
+    if (op->store_waited >= JOIN_UNSTORED_WAIT_MS) return 0;
+    if (!op->rs_pending && op->kept_from > op->since + 1) return 0;   /* retention: gone */
+    uv_timer_t *t = malloc(sizeof *t);
+    if (!t) return 0;
+    uv_timer_init(g_srv.loop, t);
+    t->data = op;
+    op->store_waited += JOIN_UNSTORED_STEP_MS;
+    uv_timer_start(t, on_unstored_timer, JOIN_UNSTORED_STEP_MS, 0);
+    return 1;
+}
+
 static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
 {
     join_op *op = ud;
     if (!op->cr) { op_release(op); return; }
     if (status < 0 || push_store_rows(op, rows, n) == 0) {
-        op->gap = status >= 0;
+        if (status >= 0 && store_wait(op)) return;
+        op->unstored = status >= 0;
         op->unavailable = status < 0;
         join_stage2(op);
         return;
@@ -497,13 +544,21 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
             op_push(op, wire_message_frame(op->cr->r->name, e[i].seq, e[i].tail, e[i].len));
     } else if (status == 1) {
         uint64_t need = head > op->since ? head - op->since : 0;
-        if (g_srv.store && !op->tried_store && need <= (uint64_t)g_srv.cfg.replay_max) {
-            op->tried_store = 1;
-            if (store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
-                            (int)g_srv.cfg.replay_max, 0, on_store_rows, op) == 0)
+        if (g_srv.store && need <= (uint64_t)g_srv.cfg.replay_max) {
+            /* Postgres, then (its rows stopped below the buffer) again
+             * while the rest is being stored */
+            if (!op->tried_store) {
+                op->tried_store = 1;
+                if (store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
+                                (int)g_srv.cfg.replay_max, 0, on_store_rows, op) == 0)
+                    return;
+            } else if (store_wait(op)) {
                 return;
+            }
+            op->unstored = 1;
+        } else {
+            op->gap = 1;
         }
-        op->gap = 1;
     } else {
         head_fallback(op);
         return;

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.parse
 
@@ -186,6 +187,128 @@ async def since_older_than_redis_buffer_replays_from_postgres():
     check(seqs[:57] == list(range(4, 61)), f"join since=3: {describe_seq_problem(seqs)}")
     eq(len(seqs), len(set(seqs)), "duplicates in join replay")
 
+
+
+def lock_messages(pg):
+    """A psql session holding `messages` in EXCLUSIVE mode (inserts wait,
+    reads go on); write "COMMIT;" to its stdin to release it."""
+    p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d",
+                          "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    p.stdin.write("BEGIN; LOCK TABLE messages IN EXCLUSIVE MODE; SELECT 'locked';\n")
+    p.stdin.flush()
+    return p
+
+
+def unlock(p):
+    p.stdin.write("COMMIT;\n")
+    p.stdin.close()
+    p.wait(15)
+
+
+@test(timeout=60, needs=NEEDS)
+async def since_past_the_buffer_waits_for_rows_not_stored_yet():
+    """since= older than the recent buffer while the seqs between are
+    broadcast but not stored yet (inserts held by a table lock): the join
+    reads Postgres again until they are stored and replays every seq, with
+    no error. Before, it answered gap_too_large at once, for a gap far under
+    CHAT_REPLAY_MAX, and the history the client then pages lacked those seqs
+    too: a silent gap. Still not stored after the wait (2 s): unavailable,
+    never gap_too_large."""
+    env = {"CHAT_RECENT_MAX": 10}
+    a, b = hnode(env=env), hnode(env=env)
+    room = uniq()
+    x = await Client.connect(a, room, token("alice"))
+    for i in range(5):
+        await harness.send_acked(x, f"s{i}", f"s{i}")
+    pg = harness.RUN.need_pg()
+    locker = lock_messages(pg)
+    try:
+        eq(await asyncio.to_thread(locker.stdout.readline), "locked\n", "messages locked")
+        for i in range(5, 30):
+            await x.send_msg(f"s{i}", id=f"s{i}")
+        await x.wait_count(is_msg(room), 30, 10, "the broadcasts (not stored)")
+        join = asyncio.create_task(Client.connect(b, room, token("bob"), since=5))
+        await asyncio.sleep(0.6)
+        await asyncio.to_thread(unlock, locker)
+        locker = None
+        r = await join
+        await r.wait_count(is_msg(room), 25, 10, "replay since=5")
+        await asyncio.sleep(0.2)
+        eq(r.seqs(room), list(range(6, 31)), "replayed seqs")
+        eq([f["body"] for f in r.messages(room)], [f"s{i}" for i in range(5, 30)], "bodies")
+        eq(r.errors(), [], "errors of the join")
+        await x.wait_count(lambda f: f["type"] == "ack", 30, 10, "acks after the lock")
+        # the rows stay unstored past the wait: unavailable, not gap_too_large
+        locker = lock_messages(pg)
+        eq(await asyncio.to_thread(locker.stdout.readline), "locked\n", "locked again")
+        for i in range(30, 45):
+            await x.send_msg(f"s{i}", id=f"s{i}")
+        await x.wait_count(is_msg(room), 45, 10, "the broadcasts (not stored)")
+        t0 = time.monotonic()
+        late = await Client.connect(b, room, token("carol"), since=30)
+        await late.roundtrip()
+        check(1.5 < time.monotonic() - t0 < 6, f"answered after the wait: {time.monotonic() - t0:.1f}s")
+        eq([f.get("code") for f in late.errors()], ["unavailable"], "errors of the join")
+    finally:
+        if locker:
+            await asyncio.to_thread(unlock, locker)
+
+
+@test(timeout=60, needs=NEEDS)
+async def since_on_another_node_right_after_a_redis_restart_gets_what_is_not_stored_yet():
+    """Redis restarted empty while node A's batch (1 s) holds seqs it
+    broadcast; a client then resumes with since= on node B: the buffer is
+    gone and Postgres has not got those seqs yet. The join waits for them
+    and replays every one. Before, gap_too_large at once (and the history
+    it points to lacked them)."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-since"))
+    rd.start()
+    try:
+        a = start_node(redis=rd.url, db=True, env={"CHAT_BATCH_MS": 1000})
+        b = start_node(redis=rd.url, db=True)
+        room = uniq()
+        x = await Client.connect(a, room, token("alice"))
+        for i in range(3):
+            await harness.send_acked(x, f"s{i}", f"s{i}")
+        for i in range(3, 6):
+            await x.send_msg(f"s{i}", id=f"s{i}")
+        await x.wait_count(is_msg(room), 6, 5, "the broadcasts (A's batch waits 1 s)")
+        rd.kill9()
+        rd.start()
+        await harness.wait_ready(b)
+        y = await Client.connect(b, room, token("bob"), since=2)
+        await y.wait_count(is_msg(room), 4, 8, "replay since=2")
+        await y.roundtrip()
+        eq(y.seqs(room), [3, 4, 5, 6], "replayed seqs")
+        eq(y.errors(), [], "errors of the join")
+    finally:
+        rd.stop()
+
+
+@test(timeout=40, needs=NEEDS)
+async def a_redis_that_evicts_keys_is_named_in_the_log():
+    """A Redis with maxmemory and an eviction policy (volatile-lru: a
+    managed Redis' usual default) evicts client ids first (they have a
+    TTL): measured, the resend of an acked message within the window was
+    acked again under a new seq and stored twice. Each bus connection
+    reads INFO memory and warns; the default (noeviction) says nothing."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-evict"))
+    rd.start()
+    try:
+        quiet = start_node(redis=rd.url, db=True)
+        rd.command("CONFIG", "SET", "maxmemory", "100mb")
+        rd.command("CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+        n = start_node(redis=rd.url, db=True)
+        end = time.time() + 5
+        while time.time() < end and "evicts keys" not in n.log_text():
+            await asyncio.sleep(0.1)
+        line = [x for x in n.log_text().splitlines() if "evicts keys" in x]
+        check(line and "volatile-lru" in line[0] and "104857600" in line[0],
+              f"no warning naming the policy: {n.log_tail(8)}")
+        check("evicts keys" not in quiet.log_text(), "warned about a Redis without maxmemory")
+    finally:
+        rd.stop()
 
 HISTORY_POLICY = """
 local M = {}
