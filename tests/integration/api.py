@@ -938,6 +938,46 @@ async def ban_survives_reconnect_to_another_node_and_expires():
         eq(st, 101, f"after expiry on {n.name}")
 
 
+@test(timeout=40, needs=("redis", "pg"))
+async def ban_keeps_the_user_out_of_history_and_presence():
+    """A user banned from a room reads neither its history nor its presence
+    over HTTP (403 "banned: <reason>", as the upgrade), on every node, until
+    the ban is lifted; other rooms and other users are untouched; an
+    every-room ban covers every room. Before: 200 with the room's messages
+    and members (the ban only gated the upgrade and joins)."""
+    a, b = two_nodes(db=True)
+    room, other = uniq("bh"), uniq("bh2")
+    al = await Client.connect(a, room, token("alice"))
+    await harness.send_acked(al, "before the ban", "bh-1")
+    eve = token("eve")
+
+    async def reads(n, tok, r):
+        st1, js, _ = await ahttp_json(n.port, f"/rooms/{r}/messages", tok)
+        st2, js2, _ = await ahttp_json(n.port, f"/rooms/{r}/presence", tok)
+        return st1, js, st2, js2
+    st, js, st2, _ = await reads(b, eve, room)
+    eq((st, len(js["messages"]), st2), (200, 1, 200), "eve reads the room before the ban")
+    st, _, js = await acall(a.port, "PUT", "/api/users/eve/ban", {"seconds": 60, "room": room, "reason": "calm"})
+    eq(st, 200, f"room ban ({js})")
+    for n in (a, b):
+        st, js, st2, js2 = await reads(n, eve, room)
+        eq((st, st2), (403, 403), f"history and presence of the banned room on {n.name}")
+        eq((js, js2), ({"error": "banned: calm"}, {"error": "banned: calm"}), "the 403 bodies")
+    st, js, st2, _ = await reads(b, eve, other)
+    eq((st, st2), (200, 200), "another room")
+    st, js, st2, _ = await reads(b, token("bob"), room)
+    eq((st, len(js["messages"]), st2), (200, 1, 200), "another user")
+    st, _, js = await acall(b.port, "DELETE", f"/api/users/eve/ban?room={room}")
+    eq((st, js.get("lifted")), (200, True), "lifted")
+    st, js, st2, _ = await reads(a, eve, room)
+    eq((st, st2), (200, 200), "after the lift")
+    st, _, js = await acall(a.port, "PUT", "/api/users/zed/ban", {"seconds": 60})
+    eq(st, 200, f"every-room ban ({js})")
+    for r in (room, other):
+        st, js, st2, _ = await reads(b, token("zed"), r)
+        eq((st, js, st2), (403, {"error": "banned"}, 403), f"every-room ban reads {r}")
+
+
 @test(timeout=40, needs=("redis",))
 async def room_info_across_nodes():
     a, b = two_nodes()
