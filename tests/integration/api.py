@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.parse
 
 from harness import (Client, Redis, TestFailure, ahttp_json, aupgrade_status, check, eq, start_node,
                      token, uniq, policy_dir, metric_value, ws_path, test, REPO)
@@ -976,6 +977,35 @@ async def ban_keeps_the_user_out_of_history_and_presence():
     for r in (room, other):
         st, js, st2, _ = await reads(b, token("zed"), r)
         eq((st, js, st2), (403, {"error": "banned"}, 403), f"every-room ban reads {r}")
+
+
+@test(timeout=30)
+async def every_user_the_upgrade_takes_the_api_can_address():
+    """A user id is one rule everywhere: a JWT sub with a control character
+    (which PUT /ban and /disconnect cannot address: 400, or 404 for a
+    newline libwebsockets does not route) is a 401 at
+    the upgrade and on the HTTP routes, so no connected user is out of the
+    moderators' reach (before: the upgrade took "a\x01b" and the API could
+    neither disconnect nor ban it); spaces and non-ASCII text are ids both
+    take."""
+    n = api_node()
+    room = uniq("uid")
+    for sub in ("a\x01b", "a\nb", "tab\there", "del\x7f", "c1\x85"):
+        st, body = await aupgrade_status(n.port, ws_path(room, token(sub)))
+        eq(st, 401, f"upgrade with sub {sub!r} ({body!r})")
+        check(b"control character" in body, f"the 401 says why: {body!r}")
+        st, _, _ = await ahttp_json(n.port, f"/rooms/{room}/presence", token(sub))
+        eq(st, 401, f"presence with sub {sub!r}")
+        q = urllib.parse.quote(sub, safe="")
+        st, _, js = await acall(n.port, "POST", f"/api/users/{q}/disconnect")
+        check(st in (400, 404), f"the API cannot address {sub!r}: {st} {js}")
+    for sub in ("a b", "\u00e9l\u00e8ve", " x "):
+        c = await Client.connect(n, room, token(sub))
+        q = urllib.parse.quote(sub, safe="")
+        st, _, js = await acall(n.port, "POST", f"/api/users/{q}/disconnect", {"reason": "bye"})
+        eq((st, js), (200, {"user": sub, "closed": 1}), f"disconnect of {sub!r}")
+        await c.wait_closed(3)
+        eq(c.close_code, 4003, f"{sub!r} closed")
 
 
 @test(timeout=40, needs=("redis",))
