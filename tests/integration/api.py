@@ -226,6 +226,11 @@ async def short_key_serves_the_api_with_a_warning():
     log = n.log_text()
     check("key #1 is shorter than 16 bytes" in log, f"no warning about the short key in the log: {n.log_tail(10)}")
     check("test-key" not in log, "the key itself appears in the log")
+    # and --help says so (it said "each >= 16 bytes", which the node above refutes)
+    out = subprocess.run([harness.RUN.chatd, "--help"], capture_output=True, text=True, timeout=10)
+    line = [ln for ln in (out.stdout + out.stderr).splitlines() if "--api-keys" in ln]
+    eq(len(line), 1, "one --api-keys line in --help")
+    check(">= 16" not in line[0] and "warning" in line[0], f"--help on short keys: {line[0]!r}")
 
 
 @test(timeout=30)
