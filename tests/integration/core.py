@@ -371,6 +371,40 @@ async def multiplexed_join_leave_and_join_since():
 
 
 @test()
+async def unknown_fields_with_integers_beyond_64_bits_are_ignored():
+    """protocol.md: unknown fields are ignored; a client's own field holding
+    an integer beyond 64 bits (a uint64 id of another system, a counter)
+    too: the frame is taken (it was refused bad_request "integer out of
+    range" with no id, the message lost). The protocol's integers are
+    judged as before: one out of range is bad_request with the frame's id."""
+    n = start_node()
+    room, other = uniq(), uniq("o")
+    c = await Client.connect(n, room, token("alice"))
+    w = await Client.connect(n, room, token("watcher"))
+    await c.reply('{"type":"heartbeat","n":18446744073709551616}',
+                  lambda f: f["type"] == "heartbeat_ack", 5, "heartbeat_ack with a 2^64 field")
+    mk = c.mark()
+    await c.send('{"type":"message","body":"hi","id":"b1","trace":123456789012345678901234567890,'
+                 '"ids":[-99999999999999999999, 1e300]}')
+    a = await c.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == "b1", 5, start=mk,
+                         what="answer to a message with big extra integers")
+    eq((a["type"], a.get("seq")), ("ack", 1), f"the message is taken: {a}")
+    m = await w.wait_for(is_msg(room), 5, what="the broadcast")
+    eq((m.get("seq"), m.get("body")), (1, "hi"), "broadcast as sent")
+    await c.send_msg("two", id="b2")
+    await c.wait_for(lambda f: f["type"] == "ack" and f.get("id") == "b2", 5)
+    j = await w.reply('{"type":"join","room":"%s","since":0,"x":99999999999999999999}' % other,
+                      lambda f: f.get("room") == other and f["type"] in ("presence_state", "error"), 5,
+                      "join with a big extra field")
+    eq(j["type"], "presence_state", f"join taken: {j}")
+    e = await c.error_for('{"type":"delete","room":"%s","id":"d9","target":99999999999999999999}' % room)
+    eq((e.get("code"), e.get("id")), ("bad_request", "d9"), f"a target beyond 64 bits: {e}")
+    check("out of range" in e.get("message", ""), f"the error says why: {e}")
+    await c.roundtrip()
+    check(not c.closed, "connection open")
+
+
+@test()
 async def bad_request_variants_keep_connection_open():
     n = start_node()
     room = uniq()
