@@ -284,28 +284,41 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
     return fail(code, msg, msglen, "unknown type");
 }
 
-/* A frame read again with every integer as a real (an integer beyond 64
- * bits somewhere in it): the protocol's integers (since, target, read's
- * seq; each at most SEQ_MAX) become integers again when they are whole
- * numbers a double holds exactly (up to 2^53), so parse_fields judges
- * them as usual (so in such a frame, and only there, 3.0 passes for 3); a
- * larger number is "out of range" as before (it would have lost digits).
- * A fraction stays a real: parse_fields refuses it as in any frame. 0, or
- * -1 with the error set. Runs inside the parse's arena (arena_on): the
- * replaced values are the tree's like the others. */
-static int big_ints(json_t *root, char code[32], char *msg, size_t msglen)
+int frame_whole_ints(json_t *obj, const char *const *keys, size_t n)
 {
-    static const char *keys[] = {"since", "target", "seq"};
-    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
-        json_t *v = json_object_get(root, keys[i]);
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_object_get(obj, keys[i]);
         if (!json_is_real(v)) continue;
         double d = json_real_value(v);
-        if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0))
-            return fail(code, msg, msglen, "integer out of range: seqs are 0 to %" PRIu64, SEQ_MAX);
+        if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0)) return -1;
         if (d != (double)(int64_t)d) continue;   /* a fraction */
-        if (json_object_set_new(root, keys[i], json_integer((json_int_t)d)) != 0)
-            return fail(code, msg, msglen, "internal error");
+        if (json_object_set_new(obj, keys[i], json_integer((json_int_t)d)) != 0) return -1;
     }
+    return 0;
+}
+
+json_t *frame_json_load(const char *buf, size_t len, size_t flags, const char *const *ints, size_t n,
+                        void *je)
+{
+    json_error_t own, *e = je ? je : &own;
+    json_t *o = json_loadb(buf, len, flags, e);
+    if (o || json_error_code(e) != json_error_numeric_overflow) return o;
+    o = json_loadb(buf, len, flags | JSON_DECODE_INT_AS_REAL, e);
+    if (o && json_is_object(o)) (void)frame_whole_ints(o, ints, n);
+    return o;
+}
+
+/* A frame read again with every integer as a real (an integer beyond 64
+ * bits somewhere in it): the protocol's integers (since, target, read's
+ * seq) are taken back (frame_whole_ints; in such a frame, and only there,
+ * 3.0 passes for 3), or the frame is "out of range" as before. Runs inside
+ * the parse's arena (arena_on): the replaced values are the tree's like
+ * the others. */
+static int big_ints(json_t *root, char code[32], char *msg, size_t msglen)
+{
+    static const char *const keys[] = {"since", "target", "seq"};
+    if (frame_whole_ints(root, keys, sizeof keys / sizeof *keys) < 0)
+        return fail(code, msg, msglen, "integer out of range: seqs are 0 to %" PRIu64, SEQ_MAX);
     return 0;
 }
 

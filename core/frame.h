@@ -61,4 +61,24 @@ void frame_free(client_frame *f);
  * once every frame is freed). */
 size_t frame_arena_in_use(void);
 
+/* JSON with an integer beyond 64 bits (jansson: json_error_numeric_overflow)
+ * is still JSON, and such a number in a member nobody reads must not cost
+ * the document (unknown fields are ignored): the caller loads it again with
+ * JSON_DECODE_INT_AS_REAL, then takes the members it reads as integers back
+ * with this. obj's members named in keys that are reals become integers
+ * when whole and within +-2^53 (a double holds them exactly); a fraction
+ * stays a real (refused as any real is). 0, or -1 when one is beyond 2^53
+ * (it lost digits: out of range) or out of memory. */
+struct json_t;
+int frame_whole_ints(struct json_t *obj, const char *const *keys, size_t n);
+/* json_loadb(buf, len, flags, je) that takes a document with an integer
+ * beyond 64 bits too: loaded again with JSON_DECODE_INT_AS_REAL, and the
+ * object's members named in ints (the ones the caller reads as integers)
+ * taken back by frame_whole_ints (one it cannot take back stays a real:
+ * the caller refuses it as any real). For JSON chatd reads but does not
+ * own: the server API's bodies, the frames of the recent buffer (an API
+ * message's meta is kept as given, whatever its numbers). */
+struct json_t *frame_json_load(const char *buf, size_t len, size_t flags, const char *const *ints,
+                               size_t n, void *je);
+
 #endif

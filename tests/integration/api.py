@@ -389,6 +389,47 @@ async def publish_frame_meta_history_and_duplicate():
 
 
 @test(timeout=40, needs=("pg",))
+async def integers_beyond_64_bits_in_meta_are_kept_as_given():
+    """meta is any JSON object, "stored and broadcast as is": a uint64 id
+    (2^64-1) or a bigger integer in it is JSON, kept as given in the frame,
+    the row, a since= replay and history; so is one in a member nobody
+    reads. Before: 400 "invalid JSON: too big integer" (jansson holds
+    64-bit integers only). The ban's seconds is still judged (400)."""
+    n = api_node(db=True)
+    room = uniq("bigm")
+    c = await Client.connect(n, room, token("alice"))
+    given = b'{"hash": 18446744073709551615, "n": -99999999999999999999, "ok": 1}'
+    raw = b'{"id":"b-1","user":"ci","body":"hashed","trace":123456789012345678901234567890,"meta":' + given + b'}'
+    st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", raw=raw,
+                            headers={"Content-Type": "application/json"})
+    eq((st, js), (200, {"room": room, "seq": 1, "id": "b-1", "duplicate": False}), "publish")
+    want = {"hash": 18446744073709551615, "n": -99999999999999999999, "ok": 1}
+    f = await c.wait_for(is_msg(room), 5, what="the API message")
+    eq((f["body"], f["meta"]), ("hashed", want), "frame: meta's integers exact")
+    r = await Client.connect(n, room, token("bob"), since=0)
+    f = await r.wait_for(is_msg(room), 5, what="the replayed message")
+    eq(f["meta"], want, "replay: meta's integers exact")
+    st, hj, body = await ahttp_json(n.port, f"/rooms/{room}/messages", token("reader"))
+    eq((st, hj["messages"][0].get("meta")), (200, want), "history: meta's integers exact")
+    check(b'"meta":' + given in body, f"meta as given in history: {body[:300]!r}")
+    # deleted: a replay erases it (no body, no meta) and keeps who and when
+    ts = f["ts"]
+    st, _, js = await acall(n.port, "DELETE", f"/api/rooms/{room}/messages/1", {"reason": "x"})
+    eq(st, 200, f"moderator delete ({js})")
+    r2 = await Client.connect(n, room, token("carol"), since=0)
+    f2 = await r2.wait_for(is_msg(room), 5, what="the replayed deleted message")
+    eq((f2.get("deleted"), "body" in f2, "meta" in f2, f2.get("user"), f2.get("ts")),
+       (True, False, False, "ci", ts), f"the erased replay: {f2}")
+    st, _, js = await acall(n.port, "PUT", "/api/users/u/ban", raw=b'{"seconds":99999999999999999999}',
+                            headers={"Content-Type": "application/json"})
+    eq((st, err_code(js)), (400, "bad_request"), f"a ban of 10^20 seconds ({js})")
+    st, _, js = await acall(n.port, "PUT", "/api/users/u/ban",
+                            raw=b'{"seconds":1,"ticket":99999999999999999999}',
+                            headers={"Content-Type": "application/json"})
+    eq(st, 200, f"a ban with a big unread member ({js})")
+
+
+@test(timeout=40, needs=("pg",))
 async def unstorable_input_is_refused_before_a_seq():
     """store_write's -3 (a row Postgres can never hold: NUL, ill-formed
     UTF-8, a number over 2^63-1; publish answers PUBLISH_UNSTORABLE after
