@@ -314,10 +314,10 @@ int api_parse_delete(const char *text, size_t len, api_delete *out, char *err, s
     out->user = "moderator";
     out->name = "Moderator";
     if (!len) return 0;
-    json_error_t je;
     /* duplicate keys refused as in every body (docs/api.md); U+0000 and a
-     * raw NUL byte (see load) too */
-    json_t *o = memchr(text, 0, len) ? NULL : json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+     * raw NUL byte (see load) too; an integer beyond 64 bits is JSON (see
+     * load) */
+    json_t *o = memchr(text, 0, len) ? NULL : frame_json_load(text, len, JSON_REJECT_DUPLICATES, NULL, 0, NULL);
     out->root = o;
     if (!json_is_object(o) || opt_text(o, "user", &out->user, API_USER_MAX) < 0 ||
         opt_text(o, "name", &out->name, API_USER_MAX) < 0 ||

@@ -230,6 +230,11 @@ static void test_big_integers(void)
         CHECK(api_parse_ban(bad[i], strlen(bad[i]), 0, &b, err, sizeof err) == -1, "%s", bad[i]);
         CHECK_CONTAINS(err, "seconds");
     }
+    /* the moderator delete's body (found by fuzz_api) */
+    api_delete d;
+    t = "{\"reason\":\"spam\",\"ticket\":99999999999999999999}";
+    CHECK(api_parse_delete(t, strlen(t), &d, err, sizeof err) == 0 && !strcmp(d.reason, "spam"), "%s", err);
+    api_delete_clear(&d);
 }
 
 static void test_ban_body(void)
