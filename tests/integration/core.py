@@ -823,24 +823,30 @@ async def tokens_never_in_logs():
 
 @test()
 async def control_characters_in_claims_cannot_forge_log_records():
-    # a sub or name with a newline must not start a record of its own: every
-    # logged value is escaped (core/log.c), one record stays one line
+    # a sub or name with a line break must not start a record of its own:
+    # every logged value is escaped (core/log.c), one record stays one line.
+    # A sub with a control character is refused (401: the server API could
+    # not address that user), so the accepted sub breaks lines with U+2028
+    # (which splitlines() and many log viewers break on); the name, the id
+    # and a refused token's sub carry control characters
     n = start_node(env={"CHAT_LOG_LEVEL": "debug"})
     room = uniq()
     forged = "2030-01-01T00:00:00.000Z error server: FORGED"
-    sub = "mallory\n" + forged
+    sub = "mallory\u2028" + forged
     name = "M\r\n" + forged + "\x1b[2J\u2028" + forged
     c = await Client.connect(n, room, token(sub, name))
     eq(c.welcome().get("user"), sub, "welcome.user keeps the sub as given")
     await c.send_msg("hi", id="a\nb")
     await c.wait_for(lambda f: f["type"] == "message", 5, what="own message")
-    # a refused token whose claims carry the same payload
+    # refused tokens whose claims carry the payload
     await aupgrade_status(n.port, ws_path(room, token(sub, exp_in=-30)))
+    st, _ = await aupgrade_status(n.port, ws_path(room, token("mallory\n" + forged, name)))
+    eq(st, 401, "a sub with a newline")
     await c.close()
     n.signal(signal.SIGTERM)
     await asyncio.to_thread(n.wait_exit, 10)
     log = n.log_text()
-    check("mallory\\n2030-01-01" in log, "the sub is in the debug log, escaped: "
+    check("mallory\\u20282030-01-01" in log, "the sub is in the debug log, escaped: "
           f"{[ln for ln in log.splitlines() if 'mallory' in ln][:3]}")
     # splitlines() also breaks on \r, \x1c-\x1e, \x85, \u2028 and \u2029
     lines = log.splitlines()
@@ -893,18 +899,22 @@ async def identity_of_max_length_round_trips_every_frame():
 
 @test()
 async def claims_of_control_characters_fit_every_frame():
-    # a signed sub and name may be 127 control characters each (only NUL is
-    # refused): escaped they are 6 bytes per byte. Every frame that carries
-    # them (welcome, presence_state, presence, typing, GET presence) must
-    # stay whole JSON (fuzz_resp found presence_state budgeted 800 bytes a user)
+    # a signed name may be 127 control characters (only NUL is refused):
+    # escaped they are 6 bytes per byte; a sub may not (401: the server API
+    # could not address that user), its worst is 127 quotes or backslashes
+    # (2 bytes per byte). Every frame that carries them (welcome,
+    # presence_state, presence, typing, GET presence) must stay whole JSON
+    # (fuzz_resp found presence_state budgeted 800 bytes a user)
     n = start_node()
     room = uniq()
-    subs = [chr(1 + k) * 127 for k in range(2)]
+    st, _ = await aupgrade_status(n.port, ws_path(room, token(chr(1) * 127, "x")))
+    eq(st, 401, "a sub of control characters")
+    subs = ['"' * 127, "\\" * 127]
     names = [chr(0x10 + k) * 127 for k in range(2)]
     cs = []
     for sub, name in zip(subs, names):
         cs.append(await Client.connect(n, room, token(sub, name)))
-    eq(cs[0].welcome().get("user"), subs[0], "welcome.user of 127 control characters")
+    eq(cs[0].welcome().get("user"), subs[0], "welcome.user of 127 quotes")
     eq(cs[0].welcome().get("name"), names[0], "welcome.name of 127 control characters")
     obs = await Client.connect(n, room, token("observer"))
     ps = await obs.wait_for(lambda f: f["type"] == "presence_state", 5, what="presence_state")
