@@ -298,7 +298,7 @@ int frame_whole_ints(json_t *obj, const char *const *keys, size_t n)
 }
 
 json_t *frame_json_load(const char *buf, size_t len, size_t flags, const char *const *ints, size_t n,
-                        void *je)
+                        json_error_t *je)
 {
     json_error_t own, *e = je ? je : &own;
     json_t *o = json_loadb(buf, len, flags, e);
