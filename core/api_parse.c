@@ -1,6 +1,7 @@
 /* api_parse: see api_parse.h. */
 #define _GNU_SOURCE
 #include "api_parse.h"
+#include "frame.h"
 #include "httpd.h"
 #include <inttypes.h>
 #include <stdio.h>
@@ -106,7 +107,11 @@ static json_t *load(const char *text, size_t len, char *err, size_t errlen)
     }
     /* NUL inside strings is accepted here so that it is refused below with
      * a clear reason (decided: a body with U+0000 is bad_request) */
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+    /* an integer beyond 64 bits is JSON (in meta, which is kept as given,
+     * or in a member nobody reads); "seconds" is the one member the routes
+     * read as an integer */
+    static const char *const ints[] = {"seconds"};
+    json_t *root = frame_json_load(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, ints, 1, &je);
     if (!root) {
         snprintf(err, errlen, "invalid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
         return NULL;
@@ -309,10 +314,10 @@ int api_parse_delete(const char *text, size_t len, api_delete *out, char *err, s
     out->user = "moderator";
     out->name = "Moderator";
     if (!len) return 0;
-    json_error_t je;
     /* duplicate keys refused as in every body (docs/api.md); U+0000 and a
-     * raw NUL byte (see load) too */
-    json_t *o = memchr(text, 0, len) ? NULL : json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+     * raw NUL byte (see load) too; an integer beyond 64 bits is JSON (see
+     * load) */
+    json_t *o = memchr(text, 0, len) ? NULL : frame_json_load(text, len, JSON_REJECT_DUPLICATES, NULL, 0, NULL);
     out->root = o;
     if (!json_is_object(o) || opt_text(o, "user", &out->user, API_USER_MAX) < 0 ||
         opt_text(o, "name", &out->name, API_USER_MAX) < 0 ||

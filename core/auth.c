@@ -6,6 +6,7 @@
  * RS256/ES256, never the public key for an HS* token. */
 #define _GNU_SOURCE
 #include "auth.h"
+#include "api_parse.h"
 #include "log.h"
 #include "util.h"
 
@@ -287,6 +288,12 @@ static int check_claims(json_t *claims, int64_t now_s, identity *out, char *reas
     if (!sub) { fmt(reason, rlen, "missing sub claim"); return -1; }
     if (string_claim(sub, user, 0, &why) != 0) {
         fmt(reason, rlen, "invalid sub claim: %s (a string of 1-%d bytes)", why, AUTH_CLAIM_MAX);
+        return -1;
+    }
+    /* a user id is the same text everywhere: the server API addresses
+     * users (disconnect, ban) and authors by this rule (api_parse.h) */
+    if (!api_user_valid(user, strlen(user))) {
+        fmt(reason, rlen, "invalid sub claim: contains a control character");
         return -1;
     }
     /* name: absent, null or "" all mean the sub; a longer one is cut */

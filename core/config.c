@@ -63,7 +63,7 @@ static const opt OPTS[] = {
     {"--retention-interval-ms", "CHAT_RETENTION_INTERVAL_MS", K_INT, O(retention_interval_ms), "60000", "history retention: time between the starts of two passes", 0, CONFIG_INT_MAX},
     {"--retention-batch", "CHAT_RETENTION_BATCH", K_INT, O(retention_batch), "500", "history retention: most rows deleted per statement", 0, CONFIG_INT_MAX},
     {"--retention-batch-ms", "CHAT_RETENTION_BATCH_MS", K_INT, O(retention_batch_ms), "100", "history retention: pause (ms) between two statements of a pass", 0, CONFIG_INT_MAX},
-    {"--api-keys", "CHAT_API_KEYS", K_STR, O(api_keys), NULL, "server API keys, comma-separated, each >= 16 bytes (unset: /api/ answers 404)", NO_RANGE},
+    {"--api-keys", "CHAT_API_KEYS", K_STR, O(api_keys), NULL, "server API keys, comma-separated (a key under 16 bytes works, with a warning at start; unset: /api/ answers 404)", NO_RANGE},
     {"--api-rate", "CHAT_API_RATE", K_INT, O(api_rate), "0", "server API requests per second per key, across nodes (0 = no limit)", 0, CONFIG_INT_MAX},
     {"--api-burst", "CHAT_API_BURST", K_INT, O(api_burst), "0", "server API request burst per key (0 = the rate)", 0, CONFIG_INT_MAX},
     {"--api-timeout-ms", "CHAT_API_TIMEOUT_MS", K_INT, O(api_timeout_ms), "10000", "server API publish: answer 503 when not durable within this time (0 = wait)", 0, CONFIG_INT_MAX},

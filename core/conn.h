@@ -72,8 +72,11 @@ typedef struct conn {
     char strs[];            /* url_room and ip, each sized to fit */
 } conn;
 
-/* A close reason is cut to CONN_CLOSE_REASON_MAX - 1 bytes. */
-#define CONN_CLOSE_REASON_MAX 64
+/* A close reason is cut to CONN_CLOSE_REASON_MAX - 1 bytes: 123, the most a
+ * close frame holds (RFC 6455 5.5: a control frame's payload is at most
+ * 125 bytes, 2 of them the code), so a server API reason reaches the
+ * client whole when it can. */
+#define CONN_CLOSE_REASON_MAX 124
 
 /* Registers the connection metrics (so they exist before the first one). */
 void conn_metrics_init(void);

@@ -284,6 +284,44 @@ static int parse_fields(json_t *root, client_frame *out, char code[32], char *ms
     return fail(code, msg, msglen, "unknown type");
 }
 
+int frame_whole_ints(json_t *obj, const char *const *keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_object_get(obj, keys[i]);
+        if (!json_is_real(v)) continue;
+        double d = json_real_value(v);
+        if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0)) return -1;
+        if (d != (double)(int64_t)d) continue;   /* a fraction */
+        if (json_object_set_new(obj, keys[i], json_integer((json_int_t)d)) != 0) return -1;
+    }
+    return 0;
+}
+
+json_t *frame_json_load(const char *buf, size_t len, size_t flags, const char *const *ints, size_t n,
+                        json_error_t *je)
+{
+    json_error_t own, *e = je ? je : &own;
+    json_t *o = json_loadb(buf, len, flags, e);
+    if (o || json_error_code(e) != json_error_numeric_overflow) return o;
+    o = json_loadb(buf, len, flags | JSON_DECODE_INT_AS_REAL, e);
+    if (o && json_is_object(o)) (void)frame_whole_ints(o, ints, n);
+    return o;
+}
+
+/* A frame read again with every integer as a real (an integer beyond 64
+ * bits somewhere in it): the protocol's integers (since, target, read's
+ * seq) are taken back (frame_whole_ints; in such a frame, and only there,
+ * 3.0 passes for 3), or the frame is "out of range" as before. Runs inside
+ * the parse's arena (arena_on): the replaced values are the tree's like
+ * the others. */
+static int big_ints(json_t *root, char code[32], char *msg, size_t msglen)
+{
+    static const char *const keys[] = {"since", "target", "seq"};
+    if (frame_whole_ints(root, keys, sizeof keys / sizeof *keys) < 0)
+        return fail(code, msg, msglen, "integer out of range: seqs are 0 to %" PRIu64, SEQ_MAX);
+    return 0;
+}
+
 int frame_parse(const char *data, size_t len, client_frame *out,
                 char code[32], char *msg, size_t msglen, char **id_out)
 {
@@ -311,6 +349,17 @@ int frame_parse(const char *data, size_t len, client_frame *out,
     arena_on = 1;
     json_error_t jerr;
     json_t *root = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
+    int big = 0;
+    if (!root && json_error_code(&jerr) == json_error_numeric_overflow) {
+        /* an integer beyond 64 bits: in a field chatd does not read it must
+         * not cost the frame (protocol.md: unknown fields are ignored), so
+         * read it again with every integer as a real; big_ints() then
+         * takes the protocol's integers back (or refuses them) */
+        arena_release(&fa, mark);   /* json_loadb freed its partial tree */
+        root = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &jerr);
+        big = 1;
+    }
+    int big_rc = root && big && json_is_object(root) ? big_ints(root, code, msg, msglen) : 0;
     arena_on = 0;
     /* a spill freed during the parse (a lexer buffer) also counts: a walk
      * then, which is only slower */
@@ -329,7 +378,7 @@ int frame_parse(const char *data, size_t len, client_frame *out,
         arena_release(&fa, mark);
         return fail(code, msg, msglen, "frame must be a JSON object");
     }
-    if (parse_fields(root, out, code, msg, msglen) != 0) {
+    if (big_rc != 0 || parse_fields(root, out, code, msg, msglen) != 0) {
         /* a refused join/leave of a valid room: its error names the room */
         char err_room[sizeof out->err_room] = "";
         if ((out->type == FT_JOIN || out->type == FT_LEAVE) && out->room &&

@@ -8,6 +8,7 @@
 #define CHATD_FRAME_H
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
 
 typedef enum {
     FT_MESSAGE = 1, FT_TYPING, FT_HEARTBEAT, FT_JOIN, FT_LEAVE, FT_REFRESH,
@@ -60,5 +61,25 @@ void frame_free(client_frame *f);
 /* Bytes of the frame arena held by parsed frames not yet freed (tests: 0
  * once every frame is freed). */
 size_t frame_arena_in_use(void);
+
+/* JSON with an integer beyond 64 bits (jansson: json_error_numeric_overflow)
+ * is still JSON, and such a number in a member nobody reads must not cost
+ * the document (unknown fields are ignored): the caller loads it again with
+ * JSON_DECODE_INT_AS_REAL, then takes the members it reads as integers back
+ * with this (frame_json_load does both). obj's members named in keys that
+ * are reals become integers when whole and within +-2^53 (a double holds
+ * them exactly); a fraction stays a real (refused as any real is). 0, or
+ * -1 when one is beyond 2^53 (it lost digits: out of range) or out of
+ * memory. */
+int frame_whole_ints(json_t *obj, const char *const *keys, size_t n);
+/* json_loadb(buf, len, flags, je) that takes a document with an integer
+ * beyond 64 bits too: loaded again with JSON_DECODE_INT_AS_REAL, and the
+ * object's members named in ints (the ones the caller reads as integers)
+ * taken back by frame_whole_ints (one it cannot take back stays a real:
+ * the caller refuses it as any real). For JSON chatd reads but does not
+ * own: the server API's bodies, the frames of the recent buffer (an API
+ * message's meta is kept as given, whatever its numbers). je may be NULL. */
+json_t *frame_json_load(const char *buf, size_t len, size_t flags, const char *const *ints, size_t n,
+                        json_error_t *je);
 
 #endif

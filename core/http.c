@@ -1,6 +1,7 @@
 /* http: see http.h. */
 #define _GNU_SOURCE
 #include "http.h"
+#include "bans.h"
 #include "chat.h"
 #include "httpd.h"
 #include "wire.h"
@@ -327,6 +328,15 @@ static int route_room(struct lws *wsi, int head, const char *rest, http_req **sl
     identity id;
     int ret;
     if (require_auth(wsi, head, &id, &ret) < 0) return ret;
+    /* a user the server API banned from the room (or every room) reads
+     * neither its history nor its presence: 403 as at the upgrade (ws.c) */
+    const ban *b = bans_match(id.user, room, now_ms());
+    if (b) {
+        char text[BAN_REASON_MAX + 16];
+        snprintf(text, sizeof text, "banned%s%s", b->reason[0] ? ": " : "", b->reason);
+        identity_clear(&id);
+        return reply_json_error(wsi, head, 403, text);
+    }
     http_req *r = calloc(1, sizeof *r);
     if (!r) { identity_clear(&id); return reply_text(wsi, head, 503, "out of memory", NULL, NULL); }
     memcpy(r->room, room, strlen(room) + 1);

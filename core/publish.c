@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "publish.h"
 #include "emoji.h"
+#include "frame.h"
 #include "climit.h"
 #include "lag.h"
 #include "log.h"
@@ -639,7 +640,7 @@ static int tail_user(const char *tail, size_t len, char *out, size_t cap)
     if (!buf) return -1;
     buf[0] = '{';
     memcpy(buf + 1, tail, len);
-    json_t *o = json_loadb(buf, len + 1, JSON_ALLOW_NUL, NULL);
+    json_t *o = frame_json_load(buf, len + 1, JSON_ALLOW_NUL, NULL, 0, NULL);   /* meta's numbers */
     free(buf);
     json_t *u = o ? json_object_get(o, "user") : NULL;
     int rc = -1;
@@ -882,8 +883,10 @@ static int tail_row(const char *rname, uint64_t seq, const char *tail, size_t le
     *bufp = buf;
     buf[0] = '{';
     memcpy(buf + 1, tail, len);
-    json_error_t je;
-    json_t *o = json_loadb(buf, len + 1, JSON_ALLOW_NUL, &je);
+    /* an API message's meta is kept as given, with integers beyond 64 bits
+     * too: the members read as integers come back as such (frame.h) */
+    static const char *const ints[] = {"ts", "target", "count"};
+    json_t *o = frame_json_load(buf, len + 1, JSON_ALLOW_NUL, ints, 3, NULL);
     *op = o;
     size_t body_len = 0;
     const char *user = o ? obj_str(o, "user", NULL) : NULL;

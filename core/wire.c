@@ -1,6 +1,7 @@
 /* wire: see wire.h. */
 #define _GNU_SOURCE
 #include "wire.h"
+#include "frame.h"
 #include "util.h"
 #include <inttypes.h>
 #include <jansson.h>
@@ -128,11 +129,13 @@ char *wire_erased_tail(int kind, const char *id, uint64_t target, const char *us
 }
 
 /* A frame of wire_message_frame, parsed (NULL when it is not one). A
- * \u0000 in a string (the API's meta held one) is no reason to fail. */
+ * \u0000 in a string (the API's meta held one) is no reason to fail, nor
+ * an integer beyond 64 bits in meta (frame.h frame_json_load). */
 static json_t *frame_json(const msg *m)
 {
     if (m->kind != MSG_MESSAGE || !m->seq) return NULL;
-    json_t *o = json_loadb((const char *)msg_payload((msg *)m), m->len, JSON_ALLOW_NUL, NULL);
+    static const char *const ints[] = {"target", "ts"};
+    json_t *o = frame_json_load((const char *)msg_payload((msg *)m), m->len, JSON_ALLOW_NUL, ints, 2, NULL);
     if (o && !json_is_object(o)) { json_decref(o); o = NULL; }
     return o;
 }

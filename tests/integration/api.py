@@ -1,7 +1,7 @@
 """api: the server API (protocol.md "Server API (v2)", docs/api.md) on real
 nodes: publish over HTTP (durable 200, meta in the frame and in history,
 the policy's on_message with ctx.source = "api", idempotency on one node and
-across nodes), disconnect (4003; a long reason cut to 63 bytes at a
+across nodes), disconnect (4003; a long reason cut to 123 bytes at a
 character boundary) and ban (403 at upgrade, `banned` at join,
 live connections closed or removed, expiry, lifted) on one node and
 reaching another node, room info across nodes, the HTTP edge (401, 404,
@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.parse
 
 from harness import (Client, Redis, TestFailure, ahttp_json, aupgrade_status, check, eq, start_node,
                      token, uniq, policy_dir, metric_value, ws_path, test, REPO)
@@ -225,6 +226,11 @@ async def short_key_serves_the_api_with_a_warning():
     log = n.log_text()
     check("key #1 is shorter than 16 bytes" in log, f"no warning about the short key in the log: {n.log_tail(10)}")
     check("test-key" not in log, "the key itself appears in the log")
+    # and --help says so (it said "each >= 16 bytes", which the node above refutes)
+    out = subprocess.run([harness.RUN.chatd, "--help"], capture_output=True, text=True, timeout=10)
+    line = [ln for ln in (out.stdout + out.stderr).splitlines() if "--api-keys" in ln]
+    eq(len(line), 1, "one --api-keys line in --help")
+    check(">= 16" not in line[0] and "warning" in line[0], f"--help on short keys: {line[0]!r}")
 
 
 @test(timeout=30)
@@ -380,6 +386,47 @@ async def publish_frame_meta_history_and_duplicate():
     eq(ack["seq"], 3, "WebSocket message after the API ones")
     st, _, info = await acall(n.port, "GET", f"/api/rooms/{room}")
     eq(info, {"room": room, "seq": 3, "users": 1, "connections": 1}, "room info")
+
+
+@test(timeout=40, needs=("pg",))
+async def integers_beyond_64_bits_in_meta_are_kept_as_given():
+    """meta is any JSON object, "stored and broadcast as is": a uint64 id
+    (2^64-1) or a bigger integer in it is JSON, kept as given in the frame,
+    the row, a since= replay and history; so is one in a member nobody
+    reads. Before: 400 "invalid JSON: too big integer" (jansson holds
+    64-bit integers only). The ban's seconds is still judged (400)."""
+    n = api_node(db=True)
+    room = uniq("bigm")
+    c = await Client.connect(n, room, token("alice"))
+    given = b'{"hash": 18446744073709551615, "n": -99999999999999999999, "ok": 1}'
+    raw = b'{"id":"b-1","user":"ci","body":"hashed","trace":123456789012345678901234567890,"meta":' + given + b'}'
+    st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", raw=raw,
+                            headers={"Content-Type": "application/json"})
+    eq((st, js), (200, {"room": room, "seq": 1, "id": "b-1", "duplicate": False}), "publish")
+    want = {"hash": 18446744073709551615, "n": -99999999999999999999, "ok": 1}
+    f = await c.wait_for(is_msg(room), 5, what="the API message")
+    eq((f["body"], f["meta"]), ("hashed", want), "frame: meta's integers exact")
+    r = await Client.connect(n, room, token("bob"), since=0)
+    f = await r.wait_for(is_msg(room), 5, what="the replayed message")
+    eq(f["meta"], want, "replay: meta's integers exact")
+    st, hj, body = await ahttp_json(n.port, f"/rooms/{room}/messages", token("reader"))
+    eq((st, hj["messages"][0].get("meta")), (200, want), "history: meta's integers exact")
+    check(b'"meta":' + given in body, f"meta as given in history: {body[:300]!r}")
+    # deleted: a replay erases it (no body, no meta) and keeps who and when
+    ts = f["ts"]
+    st, _, js = await acall(n.port, "DELETE", f"/api/rooms/{room}/messages/1", {"reason": "x"})
+    eq(st, 200, f"moderator delete ({js})")
+    r2 = await Client.connect(n, room, token("carol"), since=0)
+    f2 = await r2.wait_for(is_msg(room), 5, what="the replayed deleted message")
+    eq((f2.get("deleted"), "body" in f2, "meta" in f2, f2.get("user"), f2.get("ts")),
+       (True, False, False, "ci", ts), f"the erased replay: {f2}")
+    st, _, js = await acall(n.port, "PUT", "/api/users/u/ban", raw=b'{"seconds":99999999999999999999}',
+                            headers={"Content-Type": "application/json"})
+    eq((st, err_code(js)), (400, "bad_request"), f"a ban of 10^20 seconds ({js})")
+    st, _, js = await acall(n.port, "PUT", "/api/users/u/ban",
+                            raw=b'{"seconds":1,"ticket":99999999999999999999}',
+                            headers={"Content-Type": "application/json"})
+    eq(st, 200, f"a ban with a big unread member ({js})")
 
 
 @test(timeout=40, needs=("pg",))
@@ -722,19 +769,24 @@ async def unban_answers_whether_a_ban_was_lifted():
 
 @test(timeout=30)
 async def long_close_reason_cut_at_a_character():
-    """docs/api.md: the disconnect reason becomes the close reason cut to 63
-    bytes (a close frame's payload is at most 125 bytes), whole characters:
-    a multi-byte character across byte 63 is left out, never split (a split
-    one is invalid UTF-8, which a client must fail with 1007)."""
+    """docs/api.md: the disconnect reason becomes the close reason cut to 123
+    bytes (a close frame's payload is at most 125 bytes, 2 of them the
+    code), whole characters: a multi-byte character across byte 123 is left
+    out, never split (a split one is invalid UTF-8, which a client must
+    fail with 1007); a reason of up to 123 bytes arrives whole (it was cut
+    to 63 bytes before)."""
     n = api_node()
     room = uniq("cr")
+    whole = "Spamming links in #general: read the code of conduct at https://example.com/coc first"
     cases = [   # (reason sent, close reason expected)
-        ("a" * 62 + "\u00e9tait", "a" * 62),             # 2 bytes at 62..63
-        ("b" * 61 + "\u20ac and more", "b" * 61),        # 3 bytes at 61..63
-        ("c" * 60 + "\U0001F600!", "c" * 60),            # 4 bytes at 60..63
-        ("d" * 60 + "\u20ac" + "tail", "d" * 60 + "\u20ac"),  # ends at byte 63: kept whole
-        ("\u00e9" * 40, "\u00e9" * 31),                 # 80 bytes of 2-byte chars
-        ("\U0001F600" * 20, "\U0001F600" * 15),         # 60 bytes kept, the 16th cut
+        (whole, whole),                                    # 86 bytes: whole
+        ("w" * 123, "w" * 123),                            # exactly the most a close frame holds
+        ("a" * 122 + "était", "a" * 122),             # 2 bytes at 122..123
+        ("b" * 121 + "€ and more", "b" * 121),        # 3 bytes at 121..123
+        ("c" * 120 + "😀!", "c" * 120),            # 4 bytes at 120..123
+        ("d" * 120 + "€" + "tail", "d" * 120 + "€"),  # ends at byte 123: kept whole
+        ("é" * 70, "é" * 61),                   # 140 bytes of 2-byte chars
+        ("😀" * 40, "😀" * 30),           # 120 bytes kept, the 31st cut
     ]
     for i, (sent, want) in enumerate(cases):
         user = uniq(f"cut{i}")
@@ -743,7 +795,7 @@ async def long_close_reason_cut_at_a_character():
         eq((st, js.get("closed")), (200, 1), f"disconnect {i}")
         await c.wait_closed(3)
         eq((c.close_code, c.close_reason), (4003, want), f"case {i}: close reason")
-        check(len(c.close_reason.encode()) <= 63, f"case {i}: {len(c.close_reason.encode())} bytes")
+        check(len(c.close_reason.encode()) <= 123, f"case {i}: {len(c.close_reason.encode())} bytes")
 
 
 @test(timeout=30)
@@ -936,6 +988,75 @@ async def ban_survives_reconnect_to_another_node_and_expires():
     for n in (a, b, c):
         st, _ = await aupgrade_status(n.port, ws_path(room, token("mal")))
         eq(st, 101, f"after expiry on {n.name}")
+
+
+@test(timeout=40, needs=("redis", "pg"))
+async def ban_keeps_the_user_out_of_history_and_presence():
+    """A user banned from a room reads neither its history nor its presence
+    over HTTP (403 "banned: <reason>", as the upgrade), on every node, until
+    the ban is lifted; other rooms and other users are untouched; an
+    every-room ban covers every room. Before: 200 with the room's messages
+    and members (the ban only gated the upgrade and joins)."""
+    a, b = two_nodes(db=True)
+    room, other = uniq("bh"), uniq("bh2")
+    al = await Client.connect(a, room, token("alice"))
+    await harness.send_acked(al, "before the ban", "bh-1")
+    eve = token("eve")
+
+    async def reads(n, tok, r):
+        st1, js, _ = await ahttp_json(n.port, f"/rooms/{r}/messages", tok)
+        st2, js2, _ = await ahttp_json(n.port, f"/rooms/{r}/presence", tok)
+        return st1, js, st2, js2
+    st, js, st2, _ = await reads(b, eve, room)
+    eq((st, len(js["messages"]), st2), (200, 1, 200), "eve reads the room before the ban")
+    st, _, js = await acall(a.port, "PUT", "/api/users/eve/ban", {"seconds": 60, "room": room, "reason": "calm"})
+    eq(st, 200, f"room ban ({js})")
+    for n in (a, b):
+        st, js, st2, js2 = await reads(n, eve, room)
+        eq((st, st2), (403, 403), f"history and presence of the banned room on {n.name}")
+        eq((js, js2), ({"error": "banned: calm"}, {"error": "banned: calm"}), "the 403 bodies")
+    st, js, st2, _ = await reads(b, eve, other)
+    eq((st, st2), (200, 200), "another room")
+    st, js, st2, _ = await reads(b, token("bob"), room)
+    eq((st, len(js["messages"]), st2), (200, 1, 200), "another user")
+    st, _, js = await acall(b.port, "DELETE", f"/api/users/eve/ban?room={room}")
+    eq((st, js.get("lifted")), (200, True), "lifted")
+    st, js, st2, _ = await reads(a, eve, room)
+    eq((st, st2), (200, 200), "after the lift")
+    st, _, js = await acall(a.port, "PUT", "/api/users/zed/ban", {"seconds": 60})
+    eq(st, 200, f"every-room ban ({js})")
+    for r in (room, other):
+        st, js, st2, _ = await reads(b, token("zed"), r)
+        eq((st, js, st2), (403, {"error": "banned"}, 403), f"every-room ban reads {r}")
+
+
+@test(timeout=30)
+async def every_user_the_upgrade_takes_the_api_can_address():
+    """A user id is one rule everywhere: a JWT sub with a control character
+    (which PUT /ban and /disconnect cannot address: 400, or 404 for a
+    newline libwebsockets does not route) is a 401 at
+    the upgrade and on the HTTP routes, so no connected user is out of the
+    moderators' reach (before: the upgrade took "a\x01b" and the API could
+    neither disconnect nor ban it); spaces and non-ASCII text are ids both
+    take."""
+    n = api_node()
+    room = uniq("uid")
+    for sub in ("a\x01b", "a\nb", "tab\there", "del\x7f", "c1\x85"):
+        st, body = await aupgrade_status(n.port, ws_path(room, token(sub)))
+        eq(st, 401, f"upgrade with sub {sub!r} ({body!r})")
+        check(b"control character" in body, f"the 401 says why: {body!r}")
+        st, _, _ = await ahttp_json(n.port, f"/rooms/{room}/presence", token(sub))
+        eq(st, 401, f"presence with sub {sub!r}")
+        q = urllib.parse.quote(sub, safe="")
+        st, _, js = await acall(n.port, "POST", f"/api/users/{q}/disconnect")
+        check(st in (400, 404), f"the API cannot address {sub!r}: {st} {js}")
+    for sub in ("a b", "\u00e9l\u00e8ve", " x "):
+        c = await Client.connect(n, room, token(sub))
+        q = urllib.parse.quote(sub, safe="")
+        st, _, js = await acall(n.port, "POST", f"/api/users/{q}/disconnect", {"reason": "bye"})
+        eq((st, js), (200, {"user": sub, "closed": 1}), f"disconnect of {sub!r}")
+        await c.wait_closed(3)
+        eq(c.close_code, 4003, f"{sub!r} closed")
 
 
 @test(timeout=40, needs=("redis",))

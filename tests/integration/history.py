@@ -803,6 +803,40 @@ async def malformed_unstored_entries_are_dropped():
           f"no log line for the round: {n.log_tail(3)}")
 
 
+@test(timeout=60, needs=("redis", "pg"))
+async def backfill_keeps_meta_with_integers_beyond_64_bits():
+    """An API message whose meta holds an integer beyond 64 bits (JSON,
+    kept as given), broadcast by a node that dies before its batch commits
+    it: the surviving node's backfill reads the broadcast tail and stores it
+    with that meta (before: the tail did not parse, "malformed", and the
+    broadcast message never reached history)."""
+    import socket
+    key = "itest-hist-api-key-0123456789"
+    a = hnode(env={"CHAT_BATCH_MS": 10000, "CHAT_BACKFILL_GRACE_MS": 60000, "CHAT_API_KEYS": key})
+    b = hnode(env={"CHAT_BACKFILL_GRACE_MS": 1000})
+    room = uniq("bigbf")
+    cb = await Client.connect(b, room, token("watch"))
+    given = '{"hash": 18446744073709551615}'
+    body = '{"id":"bf-1","user":"ci","body":"big","meta":%s}' % given
+    s = socket.create_connection(("127.0.0.1", a.port), timeout=5)
+    s.sendall((f"POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+    live = await cb.wait_for(is_msg(room), 10, what="the broadcast on B")
+    eq(live.get("meta"), {"hash": 18446744073709551615}, "broadcast meta")
+    a.kill9()
+    s.close()
+    rows, t0 = [], time.monotonic()
+    while time.monotonic() - t0 < 8:
+        st, js, raw = await ahttp_json(b.port, f"/rooms/{room}/messages", token("r"))
+        rows = js["messages"] if st == 200 else []
+        if rows:
+            break
+        await asyncio.sleep(0.2)
+    eq([(m.get("seq"), m.get("id"), m.get("body")) for m in rows], [(live["seq"], "bf-1", "big")],
+       f"the dead node's broadcast message in history ({st}: {raw[:200]!r})")
+    check(b'"meta":' + given.encode() in raw, f"meta as given: {raw[:300]!r}")
+
+
 @test(timeout=60, needs=NEEDS)
 async def hole_of_a_dead_node_is_backfilled():
     """A node dies (kill -9) after its messages were broadcast but before its

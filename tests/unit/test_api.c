@@ -209,6 +209,34 @@ static void test_publish_body(void)
     free(big);
 }
 
+/* an integer beyond 64 bits is JSON: in meta (kept as given) and in a
+ * member nobody reads it costs nothing; the ban's seconds is still judged */
+static void test_big_integers(void)
+{
+    api_publish p;
+    char err[160];
+    const char *t = "{\"id\":\"m\",\"user\":\"u\",\"body\":\"b\",\"x\":18446744073709551616,"
+                    "\"meta\":{\"hash\":18446744073709551615, \"n\":-99999999999999999999}}";
+    CHECK(pub(t, &p, err) == 0, "%s", err);
+    CHECK_STR(p.meta, "{\"hash\":18446744073709551615, \"n\":-99999999999999999999}");
+    CHECK_STR(p.body, "b");
+    api_publish_clear(&p);
+    api_ban b;
+    t = "{\"seconds\":60,\"x\":99999999999999999999}";
+    CHECK(api_parse_ban(t, strlen(t), 0, &b, err, sizeof err) == 0 && b.seconds == 60, "%s", err);
+    const char *bad[] = {"{\"seconds\":99999999999999999999}", "{\"seconds\":60.5,\"x\":99999999999999999999}",
+                         "{\"seconds\":315360001,\"x\":99999999999999999999}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        CHECK(api_parse_ban(bad[i], strlen(bad[i]), 0, &b, err, sizeof err) == -1, "%s", bad[i]);
+        CHECK_CONTAINS(err, "seconds");
+    }
+    /* the moderator delete's body (found by fuzz_api) */
+    api_delete d;
+    t = "{\"reason\":\"spam\",\"ticket\":99999999999999999999}";
+    CHECK(api_parse_delete(t, strlen(t), &d, err, sizeof err) == 0 && !strcmp(d.reason, "spam"), "%s", err);
+    api_delete_clear(&d);
+}
+
 static void test_ban_body(void)
 {
     api_ban b;
@@ -523,6 +551,7 @@ int main(void)
     test_routes();
     test_publish_body();
     test_ban_body();
+    test_big_integers();
     test_delete_body();
     test_user_valid();
     test_raw_member();

@@ -334,6 +334,20 @@ static void test_claims(auth_ctx *s)
     char r[128];
     CHECK(ver(s, t, NOW, NULL, r) == -1, "sub with NUL refused (%s)", r);
     free(t);
+    /* a control character (C0, DEL, C1): the server API could not address
+     * that user (api_user_valid), so the token is refused */
+    static const char *ctl[] = {"a\\u0001b", "a\\nb", "a\\u007fb", "a\\u0085b"};
+    for (size_t i = 0; i < sizeof ctl / sizeof *ctl; i++) {
+        snprintf(buf, sizeof buf, "{\"sub\":\"%s\",\"exp\":%lld}", ctl[i], (long long)NOW + 100);
+        t = make_token(HS, buf, SIGN_HMAC, SECRET, strlen(SECRET));
+        EXPECT_FAIL(s, t, NOW, "invalid sub claim: contains a control character");
+        free(t);
+    }
+    /* spaces and non-ASCII text are user ids */
+    snprintf(buf, sizeof buf, "{\"sub\":\" a b \\u00e9\",\"exp\":%lld}", (long long)NOW + 100);
+    t = make_token(HS, buf, SIGN_HMAC, SECRET, strlen(SECRET));
+    CHECK(ver(s, t, NOW, NULL, r) == 0, "sub with spaces and U+00E9 taken (%s)", r);
+    free(t);
 
     char s127[128], s128[129];
     memset(s127, 'x', 127); s127[127] = 0;

@@ -237,6 +237,35 @@ static void test_errors(void)
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":1.0}", "since must be a non-negative integer");
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":\"3\"}", "since must be a non-negative integer");
     bad("{\"type\":\"join\",\"room\":\"r\",\"since\":99999999999999999999999}", "integer out of range");
+    /* ... but one in a field chatd does not read costs nothing (protocol.md:
+     * unknown fields are ignored): the frame is taken, its integers intact */
+    {
+        client_frame f;
+        char code[32], msg[128];
+        const char *js = "{\"type\":\"join\",\"room\":\"r\",\"since\":7,\"x\":18446744073709551616,"
+                         "\"y\":[-99999999999999999999]}";
+        CHECK(parse(js, &f, code, msg, NULL) == 0 && f.type == FT_JOIN && f.since == 7, "%s: %s", js, msg);
+        frame_free(&f);
+        js = "{\"type\":\"edit\",\"room\":\"r\",\"target\":9007199254740992,\"body\":\"b\",\"n\":1e30,"
+             "\"big\":123456789012345678901234567890}";
+        CHECK(parse(js, &f, code, msg, NULL) == 0 && f.type == FT_EDIT && f.target == 9007199254740992ull,
+              "%s: %s", js, msg);
+        frame_free(&f);
+        js = "{\"type\":\"read\",\"room\":\"r\",\"seq\":12,\"ts\":99999999999999999999}";
+        CHECK(parse(js, &f, code, msg, NULL) == 0 && f.type == FT_READ && f.seq == 12, "%s: %s", js, msg);
+        frame_free(&f);
+        /* the protocol's own integers are judged as in any frame */
+        bad("{\"type\":\"join\",\"room\":\"r\",\"since\":1.5,\"x\":99999999999999999999}",
+            "since must be a non-negative integer");
+        bad("{\"type\":\"join\",\"room\":\"r\",\"since\":-1,\"x\":99999999999999999999}",
+            "since must be a non-negative integer");
+        /* and the error of a refused one answers its id */
+        char *id = NULL;
+        js = "{\"type\":\"delete\",\"room\":\"r\",\"id\":\"d7\",\"target\":99999999999999999999}";
+        CHECK(parse(js, &f, code, msg, &id) == -1 && strstr(msg, "out of range") && id && !strcmp(id, "d7"),
+              "%s: %s id=%s", js, msg, id ? id : "(none)");
+        free(id);
+    }
     /* leave */
     bad("{\"type\":\"leave\"}", "leave needs a room");
     bad("{\"type\":\"leave\",\"room\":[\"r\"]}", "room must be a string");
