@@ -74,6 +74,9 @@ deb $FRESH_MIRROR bookworm main
 deb $FRESH_MIRROR bookworm-updates main
 deb ${FRESH_MIRROR%/debian*}/debian-security bookworm-security main
 EOF
+    # debootstrap writes no /etc/hosts; Debian's installer always does (netcfg)
+    [ -f "$ROOT/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+        >"$ROOT/etc/hosts"
     touch "$ROOT/.fresh-debian-done"
 fi
 
