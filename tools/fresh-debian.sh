@@ -31,7 +31,7 @@ case $ROOT in /|/usr|/usr/*|/etc|/etc/*|/root|/home) echo "fresh-debian: FRESH_R
 
 if [ -z "${FRESH_MIRROR:-}" ]; then
     FRESH_MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-        grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -1 | tr -d ' ')
+        grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -1 | tr -d ' ' || true)
     FRESH_MIRROR=${FRESH_MIRROR:-http://deb.debian.org/debian}
 fi
 
