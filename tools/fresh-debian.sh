@@ -63,8 +63,8 @@ fi
 if [ ! -x "$ROOT/usr/bin/apt-get" ] || [ ! -f "$ROOT/.fresh-debian-done" ]; then
     echo "== debootstrap --variant=minbase bookworm $ROOT $FRESH_MIRROR"
     mkdir -p "$ROOT"
-    debootstrap --variant=minbase bookworm "$ROOT" "$FRESH_MIRROR" >"$ROOT.debootstrap.log" 2>&1 ||
-        { tail -20 "$ROOT.debootstrap.log"; exit 1; }
+    debootstrap --variant=minbase bookworm "$ROOT" "$FRESH_MIRROR" >"$ROOT/.fresh-debian-debootstrap.log" 2>&1 ||
+        { tail -20 "$ROOT/.fresh-debian-debootstrap.log"; exit 1; }
     # package scripts must not start services in a chroot that shares the host's network
     printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
     chmod 755 "$ROOT/usr/sbin/policy-rc.d"
