@@ -11,7 +11,9 @@
 # the host's first deb.debian.org-style URI, else http://deb.debian.org/debian), and what is
 # passed into the chroot: CHATD_TEST_ONLY, CHATD_TEST_PORT_LO/HI,
 # CHATD_TEST_CLUSTER_PORT_LO/HI, WEB_TEST_PORT_BASE (the browser suite's fixed ports),
-# FUZZ_SECONDS. Needs root and debootstrap (apt-get install debootstrap).
+# FUZZ_SECONDS. Needs root, debootstrap and git (tools/deps.sh --fresh).
+# The host's own CAs (/usr/local/share/ca-certificates/*.crt: a site's TLS-intercepting proxy)
+# are copied in, as that network's machines would have them: npm ci reaches the registry.
 # It writes only under FRESH_ROOT and unmounts everything it mounted when it exits. The
 # chroot shares the host's network: the suites' ports must be free on 127.0.0.1.
 # Services that packages start on installation are not started in the chroot
@@ -26,7 +28,8 @@ case "${1:-}" in
     *) echo "usage: tools/fresh-debian.sh [--rebuild]" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "fresh-debian: run as root (debootstrap, mount, chroot)" >&2; exit 2; }
-command -v debootstrap >/dev/null || { echo "fresh-debian: apt-get install debootstrap" >&2; exit 2; }
+command -v debootstrap >/dev/null && command -v git >/dev/null ||
+    { echo "fresh-debian: needs debootstrap and git: tools/deps.sh --fresh installs them" >&2; exit 2; }
 case $ROOT in /|/usr|/usr/*|/etc|/etc/*|/root|/home) echo "fresh-debian: FRESH_ROOT=$ROOT?" >&2; exit 2 ;; esac
 
 if [ -z "${FRESH_MIRROR:-}" ]; then
@@ -86,6 +89,12 @@ mnt "$ROOT/dev" --bind /dev
 mnt "$ROOT/dev/pts" --bind /dev/pts
 mnt "$ROOT/dev/shm" -t tmpfs -o mode=1777,nosuid,nodev shm
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$ROOT/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+    # ca-certificates' installation adds them; when a previous run installed it already:
+    if [ -x "$ROOT/usr/sbin/update-ca-certificates" ]; then chroot "$ROOT" update-ca-certificates >/dev/null; fi
+fi
 
 echo "== clone $(git -C "$REPO" rev-parse --short HEAD) into $ROOT/root/chatd"
 rm -rf --one-file-system "$ROOT/root/chatd"
