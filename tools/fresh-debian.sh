@@ -34,7 +34,7 @@ case $ROOT in /|/usr|/usr/*|/etc|/etc/*|/root|/home) echo "fresh-debian: FRESH_R
 
 if [ -z "${FRESH_MIRROR:-}" ]; then
     FRESH_MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-        grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -1 | tr -d ' ' || true)
+        grep -vE '^[[:space:]]*#' | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -1 | tr -d ' ' || true)
     FRESH_MIRROR=${FRESH_MIRROR:-http://deb.debian.org/debian}
 fi
 
@@ -56,6 +56,11 @@ mnt() {   # mnt TARGET mount-args...
     MOUNTED+=("$target")
 }
 
+# a FRESH_ROOT this script did not build (no debootstrap log of it) is never written to
+if [ -d "$ROOT" ] && [ -n "$(ls -A "$ROOT")" ] && [ ! -f "$ROOT/.fresh-debian-debootstrap.log" ]; then
+    echo "fresh-debian: $ROOT is not empty and not a chroot of tools/fresh-debian.sh; choose another FRESH_ROOT" >&2
+    exit 1
+fi
 if [ "$REBUILD" = 1 ] && [ -d "$ROOT" ]; then
     # never delete through a mount (a previous run killed by SIGKILL may have left one)
     if grep -qF " $ROOT/" /proc/self/mountinfo; then
