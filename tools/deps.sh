@@ -9,6 +9,7 @@
 #                          (vs_nchan.sh's peer: nginx + Nchan; gnuplot, jq; the profiling
 #                          modes' perf, strace, valgrind) and tests/faults/run.py --netns
 #                          (ip, nft; it must also run as root)
+#   tools/deps.sh --fresh  plus what tools/fresh-debian.sh needs on the host (debootstrap, git)
 # Fails (exit 1) with a line naming each missing command and its package.
 #
 # To add a dependency: put the package in the array of its purpose and, when a
@@ -26,8 +27,8 @@
 set -euo pipefail
 # one optional argument; anything else is refused (a typo such as --check
 # would otherwise check only the build + run set and still say "all present")
-if [ $# -gt 1 ] || { [ $# -eq 1 ] && [ "$1" != --test ] && [ "$1" != --bench ]; }; then
-    echo "usage: tools/deps.sh [--test|--bench]" >&2
+if [ $# -gt 1 ] || { [ $# -eq 1 ] && [ "$1" != --test ] && [ "$1" != --bench ] && [ "$1" != --fresh ]; }; then
+    echo "usage: tools/deps.sh [--test|--bench|--fresh]" >&2
     exit 2
 fi
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -55,7 +56,8 @@ TEST_LUA_CMDS=(luajit:luajit busted:lua-busted lua:busted.runner:lua-busted lua:
 TEST_PY_PKGS=(python3 python3-websockets python3-jwt python3-cryptography openssl)
 TEST_PY_CMDS=(/usr/bin/python3:python3 py:websockets:python3-websockets py:jwt:python3-jwt
               py:cryptography:python3-cryptography openssl:openssl)
-TEST_BROWSER_PKGS=(chromium nodejs npm)
+# ca-certificates: npm ci fetches playwright-core over https (only Recommended by nodejs)
+TEST_BROWSER_PKGS=(chromium nodejs npm ca-certificates)
 TEST_BROWSER_CMDS=(chromium:chromium /usr/bin/chromium:chromium node:nodejs npm:npm)
 TEST_PROM_PKGS=(prometheus jq)
 TEST_PROM_CMDS=(prometheus:prometheus promtool:prometheus jq:jq)
@@ -66,9 +68,10 @@ TEST_FAULT_CMDS=(redis-cli:redis-tools psql:postgresql-client /usr/bin/python3:p
                  py:websockets:python3-websockets py:jwt:python3-jwt)
 TEST_CLUSTER_PKGS=(redis-tools)       # redis-cli --cluster (Redis Cluster tests)
 TEST_CLUSTER_CMDS=(redis-cli:redis-tools)
-# tests/deploy/, tools/demo.sh (objdump: check_files.py runtime-libs)
-TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq binutils)
-TEST_DEPLOY_CMDS=(nginx:nginx openssl:openssl dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev cpack:cmake
+# tests/deploy/, tools/demo.sh (objdump: check_files.py runtime-libs; file: cpack's
+# CPackDeb runs it to find the binaries for dpkg-shlibdeps)
+TEST_DEPLOY_PKGS=(nginx openssl dpkg-dev python3-yaml systemd jq binutils file)
+TEST_DEPLOY_CMDS=(nginx:nginx openssl:openssl dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev cpack:cmake file:file
                   systemd-analyze:systemd py:yaml:python3-yaml jq:jq objdump:binutils)
 TEST_FUZZ_PKGS=(clang libclang-rt-14-dev)   # tests/fuzz/: clang and its libFuzzer runtime
 TEST_FUZZ_CMDS=(clang:clang fuzzer:libclang-rt-14-dev)   # fuzzer: clang links -fsanitize=fuzzer
@@ -81,6 +84,9 @@ BENCH_CMDS=(nginx:nginx gnuplot:gnuplot-nox jq:jq taskset:util-linux chrt:util-l
 # tests/faults/run.py --netns (not run by ./test.sh): a network namespace and nftables
 NETNS_PKGS=(iproute2 nftables)
 NETNS_CMDS=(ip:iproute2 nft:nftables)
+# tools/fresh-debian.sh (not run by ./test.sh): a bookworm chroot, this checkout cloned into it
+FRESH_PKGS=(debootstrap git)
+FRESH_CMDS=(debootstrap:debootstrap git:git)
 
 PKGS=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 CMDS=("${BUILD_CMDS[@]}" "${RUN_CMDS[@]}")
@@ -95,6 +101,10 @@ fi
 if [ "${1:-}" = "--bench" ]; then
     PKGS+=("${BENCH_PKGS[@]}" "${NETNS_PKGS[@]}")
     CMDS+=("${BENCH_CMDS[@]}" "${NETNS_CMDS[@]}")
+fi
+if [ "${1:-}" = "--fresh" ]; then
+    PKGS+=("${FRESH_PKGS[@]}")
+    CMDS+=("${FRESH_CMDS[@]}")
 fi
 
 dedup() { printf '%s\n' "$@" | awk 'NF && !seen[$0]++' | tr '\n' ' '; }

@@ -31,6 +31,7 @@ towards reporting; a false positive goes in ALLOW or IGNORE with its reason.
   /usr/bin/python3 tests/deploy/check_deps.py --list   every name found, with where
 """
 import glob
+import json
 import os
 import re
 import subprocess
@@ -47,7 +48,7 @@ ALLOW = {
     "coreutils": "basename cat chmod chown cmp_ cp cut date dirname env false head id ln ls md5sum "
                  "mkdir mktemp mv nohup nproc od readlink realpath rm rmdir sha256sum sleep sort "
                  "stat stdbuf tail tee touch tr true uname uniq wc base64 timeout nice seq yes "
-                 "printf echo test [ kill_ sync du df",
+                 "printf echo test [ kill_ sync du df chroot",
     "diffutils": "cmp diff",
     "findutils": "find xargs",
     "grep": "grep egrep",
@@ -56,6 +57,7 @@ ALLOW = {
     "bash": "bash",
     "dash": "sh",
     "util-linux": "runuser prlimit taskset chrt setsid flock unshare nsenter",
+    "mount": "mount umount",
     "libc-bin": "ldd getent",
     "dpkg": "dpkg dpkg-query dpkg-deb",
     "apt": "apt-get",               # deps.sh itself installs with it
@@ -73,6 +75,19 @@ IGNORE = {
     "chatd": "the binary we build (build/chatd)",
 }
 # Scripts not scanned: none today. (tools/deps.sh is scanned too.)
+
+# Programs that a listed program runs itself, which a scan of our scripts cannot see:
+# command -> [(regex the calling line must match, program it then runs, why)].
+# (Found on a fresh bookworm chroot, tools/fresh-debian.sh: `systemd-analyze verify`
+# failed with "Command 'man systemd.exec(5)' failed" where man-db is not installed.)
+HIDDEN = {
+    "systemd-analyze": [(r"\bverify\b(?!.*--man=no)", "man",
+                         "verify runs man for each Documentation=man: link (--man=no skips it)")],
+}
+# Debian 12's nodejs (tools/deps.sh installs it when no other node is there): every
+# package of tests/browser/package-lock.json must accept it (engines.node). playwright-core
+# 1.62+ says >=20 and refuses to start on 18 ("Playwright requires Node.js 20 or higher").
+DEBIAN_NODE = (18, 20, 4)
 
 BUILTINS = set("""
 . : [ [[ ]] alias bg bind break builtin caller case cd command compgen complete compopt continue
@@ -493,6 +508,47 @@ def py_imports(text, local):
     return out
 
 
+def node_range_admits(rng, ver):
+    """does the npm semver range rng (>=, >, <=, <, =, ^, ~, x, ||) admit ver (a 3-tuple)?
+    None when rng has a form this does not read"""
+    def parse(v):
+        parts = [p for p in v.lstrip("v=").split(".") if p not in ("", "x", "X", "*")]
+        if not all(p.isdigit() for p in parts) or len(parts) > 3:
+            return None
+        return tuple(int(p) for p in parts)
+
+    def admits(op, v):
+        n = len(v)
+        full = v + (0,) * (3 - n)
+        if op == ">=":
+            return ver >= full
+        if op == ">":
+            return ver[:n] > v
+        if op == "<=":
+            return ver[:n] <= v
+        if op == "<":
+            return ver < full
+        if op == "^":   # same first nonzero part
+            k = next((i for i, x in enumerate(v) if x), n - 1) + 1 if v else 0
+            return ver >= full and ver[:k] == v[:k]
+        if op == "~":
+            k = 2 if n >= 2 else n
+            return ver >= full and ver[:k] == v[:k]
+        return ver[:n] == v   # "18", "18.x", "=18.20.4"
+
+    for alt in rng.split("||"):
+        ok = True
+        for c in alt.split():
+            m = re.fullmatch(r"(>=|<=|>|<|\^|~|=)?\s*(\S+)", c)
+            v = parse(m.group(2)) if m else None
+            if v is None:
+                return None if c.strip() not in ("*", "x", "") else True
+            ok = ok and admits(m.group(1) or "=", v)
+        if ok:
+            return True
+    return False
+
+
 def main():
     verify = "--verify-allowlist" in sys.argv[1:]
     listing = "--list" in sys.argv[1:]
@@ -563,6 +619,9 @@ def main():
             if "/" in w and not w.startswith("/"):
                 continue      # a file of the repo (tools/deps.sh, ./build/chatd)
             need(p, line, w)
+            for rx, callee, _why in HIDDEN.get(w, ()):
+                if re.search(rx, open(p).read().splitlines()[line - 1]):
+                    need(p, line, callee)
         for line, body, _ in heredocs:
             if re.search(r"^(import|from) \w", body, re.M):
                 for ln, mod in py_imports(body, local_py):
@@ -603,6 +662,17 @@ def main():
                                 f"is not in tests/browser/package.json (tests/browser/run.sh installs from it)")
         need(p, 1, "node")
         need(p, 1, "npm")
+    lock = json.load(open(os.path.join(ROOT, "tests", "browser", "package-lock.json")))
+    for where, meta in lock.get("packages", {}).items():
+        rng = (meta.get("engines") or {}).get("node") if isinstance(meta.get("engines"), dict) else None
+        if not rng or not where:
+            continue
+        ok = node_range_admits(rng, DEBIAN_NODE)
+        if not ok:
+            problems.append(f"tests/browser/package-lock.json: {where.split('node_modules/')[-1]} "
+                            f"{meta.get('version')} needs node {rng}"
+                            f"{'' if ok is False else ' (a range check_deps cannot read)'}; Debian 12's "
+                            f"nodejs is {'.'.join(map(str, DEBIAN_NODE))}: pin a version that runs on it")
 
     # ---- lua (spec/): modules that are not files of the repo
     lua_local = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob("**/*.lua", root_dir=ROOT, recursive=True)}
@@ -634,6 +704,10 @@ def main():
                     need(p, text.count("\n", 0, m.start()) + 1, progs[v.group(1)])
                 continue      # ${t}: a target we build
             need(p, text.count("\n", 0, m.start()) + 1, w)
+        # cpack -G DEB with shlibdeps runs file (to find the ELF files) and dpkg-shlibdeps
+        for m in re.finditer(r"set\(\s*CPACK_DEBIAN_PACKAGE_SHLIBDEPS\s+ON\s*\)", text):
+            need(p, text.count("\n", 0, m.start()) + 1, "file")
+            need(p, text.count("\n", 0, m.start()) + 1, "dpkg-shlibdeps")
 
     if verify:
         problems += verify_allowlist()
