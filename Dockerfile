@@ -33,7 +33,7 @@ FROM debian:12-slim AS runtime
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libwebsockets17 libuv1 libluajit-5.1-2 libhiredis0.14 libpq5 libjwt0 libjansson4 \
-      libssl3 ca-certificates curl \
+      libssl3 lua-cjson libwebsockets-evlib-uv ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 chatd \
  && useradd --system --uid 10001 --gid chatd --home-dir /nonexistent --shell /usr/sbin/nologin chatd

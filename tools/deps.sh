@@ -36,7 +36,11 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 # ---- ./run.sh: build and run
 BUILD_PKGS=(build-essential cmake pkg-config libwebsockets-dev libuv1-dev libluajit-5.1-dev
             libhiredis-dev libpq-dev libjwt-dev libjansson-dev libssl-dev)
-RUN_PKGS=(redis-server redis-tools postgresql postgresql-client util-linux coreutils curl)
+# lua-cjson: chatd's policy sandbox loads cjson.so at start (through LuaJIT's C module path, so
+# the build's shlibdeps cannot see it; without it chatd refuses to start: "module 'cjson' not
+# found", found by tools/fresh-debian.sh --run-sh); luajit: the interpreter that checks it loads
+RUN_PKGS=(redis-server redis-tools postgresql postgresql-client util-linux coreutils curl
+          lua-cjson luajit)
 BUILD_CMDS=(cc:build-essential make:build-essential cmake:cmake pkg-config:pkg-config
             pc:libwebsockets:libwebsockets-dev pc:libuv:libuv1-dev pc:hiredis:libhiredis-dev
             pc:libpq:libpq-dev pc:luajit:libluajit-5.1-dev pc:libjwt:libjwt-dev
@@ -44,7 +48,7 @@ BUILD_CMDS=(cc:build-essential make:build-essential cmake:cmake pkg-config:pkg-c
 RUN_CMDS=(redis-server:redis-server redis-cli:redis-tools
           "$PGBIN/initdb:postgresql" "$PGBIN/postgres:postgresql" "$PGBIN/pg_isready:postgresql"
           psql:postgresql-client runuser:util-linux md5sum:coreutils base64:coreutils
-          curl:curl)
+          curl:curl luajit:luajit lua:cjson:lua-cjson)
 
 # ---- ./test.sh and its suites (tests/, spec/, loadtest/ as the tests use it)
 TEST_UNIT_PKGS=(jq)                    # ctest comes with cmake; jq: the loadtest_median test

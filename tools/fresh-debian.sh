@@ -7,6 +7,11 @@
 #   sudo tools/fresh-debian.sh                          everything (.ci/run = ./test.sh)
 #   sudo CHATD_TEST_ONLY="busted deploy" tools/fresh-debian.sh    some suites
 #   sudo tools/fresh-debian.sh --rebuild                build the chroot again first
+#   sudo tools/fresh-debian.sh --run-sh [--rebuild]     the README's OTHER command instead: ./run.sh
+#        (installs, builds, starts Redis, Postgres and chatd); checked from the host: /healthz,
+#        the browser client at /, a dev token, a message sent and acked over a WebSocket
+#        (/usr/bin/python3 websockets), then Ctrl-C (SIGINT) stops chatd, Redis and Postgres.
+#        Ports: FRESH_LISTEN (127.0.0.1:19480), CHATD_REDIS_PORT (19481), CHATD_PG_PORT (19482)
 # env: FRESH_ROOT (the chroot; default /var/tmp/chatd-fresh-bookworm), FRESH_MIRROR (default:
 # the host's first deb.debian.org-style URI, else http://deb.debian.org/debian), and what is
 # passed into the chroot: CHATD_TEST_ONLY, CHATD_TEST_PORT_LO/HI,
@@ -22,11 +27,14 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=${FRESH_ROOT:-/var/tmp/chatd-fresh-bookworm}
 REBUILD=0
-case "${1:-}" in
-    "") ;;
-    --rebuild) REBUILD=1 ;;
-    *) echo "usage: tools/fresh-debian.sh [--rebuild]" >&2; exit 2 ;;
-esac
+RUN_SH=0
+for arg in "$@"; do
+    case $arg in
+        --rebuild) REBUILD=1 ;;
+        --run-sh) RUN_SH=1 ;;
+        *) echo "usage: tools/fresh-debian.sh [--run-sh] [--rebuild]" >&2; exit 2 ;;
+    esac
+done
 [ "$(id -u)" = 0 ] || { echo "fresh-debian: run as root (debootstrap, mount, chroot)" >&2; exit 2; }
 command -v debootstrap >/dev/null && command -v git >/dev/null ||
     { echo "fresh-debian: needs debootstrap and git: tools/deps.sh --fresh installs them" >&2; exit 2; }
@@ -112,6 +120,58 @@ for v in CHATD_TEST_ONLY CHATD_TEST_PORT_LO CHATD_TEST_PORT_HI CHATD_TEST_CLUSTE
          CHATD_TEST_CLUSTER_PORT_HI WEB_TEST_PORT_BASE FUZZ_SECONDS; do
     [ -n "${!v:-}" ] && ENV+=("$v=${!v}")
 done
+if [ "$RUN_SH" = 1 ]; then
+    LISTEN=${FRESH_LISTEN:-127.0.0.1:19480}
+    ENV+=("CHAT_LISTEN=$LISTEN" "CHATD_REDIS_PORT=${CHATD_REDIS_PORT:-19481}" "CHATD_PG_PORT=${CHATD_PG_PORT:-19482}")
+    LOG=$ROOT/.fresh-debian-run-sh.log
+    echo "== chroot $ROOT: cd /root/chatd && ./run.sh (log: $LOG)"
+    # its own session, so that Ctrl-C can be sent to run.sh as a terminal would
+    setsid chroot "$ROOT" /usr/bin/env -i "${ENV[@]}" /bin/bash -c 'cd /root/chatd && exec ./run.sh' \
+        >"$LOG" 2>&1 &
+    RUN_PID=$!
+    stop_run() { kill -INT "$RUN_PID" 2>/dev/null; }
+    trap 'stop_run; unmount_all' EXIT
+    ok=0
+    for _ in $(seq 1 1800); do   # a fresh machine installs and builds first: up to 30 min
+        grep -q "chatd is running: open http://$LISTEN/" "$LOG" && { ok=1; break; }
+        kill -0 "$RUN_PID" 2>/dev/null || break
+        sleep 1
+    done
+    [ "$ok" = 1 ] || { tail -30 "$LOG"; echo "fresh-debian: ./run.sh did not print its URL"; exit 1; }
+    grep -F "open http://" "$LOG"
+    rc=0
+    /usr/bin/python3 - "$LISTEN" <<'PY' || rc=$?
+import asyncio, json, sys, urllib.request
+import websockets
+base = "http://" + sys.argv[1]
+def get(path):
+    with urllib.request.urlopen(base + path, timeout=10) as r:
+        return r.status, r.read().decode()
+st, _ = get("/healthz"); assert st == 200, ("healthz", st)
+st, page = get("/"); assert st == 200 and "<html" in page.lower(), ("browser client", st)
+st, tok = get("/dev/token?name=fresh"); tok = json.loads(tok)["token"]
+async def main():
+    async with websockets.connect(f"ws://{sys.argv[1]}/ws/fresh-check?token={tok}") as ws:
+        w = json.loads(await asyncio.wait_for(ws.recv(), 10)); assert w["type"] == "welcome", w
+        await ws.send(json.dumps({"type": "message", "body": "hello from a fresh Debian", "id": "f1"}))
+        while True:
+            f = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if f["type"] == "ack":
+                assert f["id"] == "f1" and f["seq"] >= 1, f
+                return f["seq"]
+seq = asyncio.run(main())
+st, hist = get("/rooms/fresh-check/messages?token=" + tok)
+assert st == 200 and "hello from a fresh Debian" in hist, ("history", st, hist[:200])
+print(f"fresh-debian: ./run.sh serves /healthz, the browser client, a dev token; message acked as seq {seq}, in history")
+PY
+    kill -INT "$RUN_PID"
+    for _ in $(seq 1 300); do kill -0 "$RUN_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$RUN_PID" 2>/dev/null; then echo "fresh-debian: ./run.sh still runs 30 s after Ctrl-C"; rc=1; fi
+    left=$(ps -eo pid,args | grep -E "$ROOT/|/root/chatd/(build|\.data)" | grep -v grep || true)
+    [ -z "$left" ] || { echo "fresh-debian: left running after Ctrl-C:"; echo "$left"; rc=1; }
+    echo "fresh-debian: ./run.sh check exited $rc"
+    exit "$rc"
+fi
 echo "== chroot $ROOT: cd /root/chatd && CI=true bash .ci/run"
 rc=0
 chroot "$ROOT" /usr/bin/env -i "${ENV[@]}" /bin/bash -c 'cd /root/chatd && bash .ci/run' || rc=$?

@@ -45,9 +45,14 @@ _pg_as() {
 services_start_postgres() {
     local dir=$1 port=$2 pgdir="$1/pg"
     # As root, Postgres runs as "postgres", which must be able to reach the
-    # folder; a checkout under /root is not reachable, so use /tmp then.
+    # folder; a checkout under /root is not reachable. Then the data goes to
+    # the postgres user's home (/var/lib/postgresql: it survives a reboot, so
+    # ./run.sh's history does), or /tmp for the test suite's throwaway ones.
     if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$dir" 2>/dev/null; then
-        pgdir="/tmp/chatd-pg-$(printf '%s' "$dir" | md5sum | cut -c1-12)"
+        local home=/tmp
+        ! _services_fast && runuser -u postgres -- test -w /var/lib/postgresql 2>/dev/null &&
+            home=/var/lib/postgresql
+        pgdir="$home/chatd-pg-$(printf '%s' "$dir" | md5sum | cut -c1-12)"
         echo "services: $dir is not reachable by the postgres user; Postgres data in $pgdir" >&2
     fi
     mkdir -p "$pgdir"

@@ -44,6 +44,10 @@ set(CPACK_PACKAGING_INSTALL_PREFIX ${CMAKE_INSTALL_PREFIX})
 set(CPACK_SET_DESTDIR ON)
 set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+# loaded at start, not linked, so shlibdeps cannot see them, and chatd refuses to start without
+# them: the policy sandbox's cjson.so (LuaJIT's C module path) and libwebsockets' libuv event
+# library plugin (tests/deploy check_files.py runtime-libs reads a started chatd's mappings)
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "lua-cjson, libwebsockets-evlib-uv")
 set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "redis-server, postgresql")
 set(CPACK_DEBIAN_PACKAGE_SUGGESTS "nginx")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)

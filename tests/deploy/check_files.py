@@ -308,10 +308,12 @@ def check_runtime_libs(binary):
     base = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g", "libzstd1", "liblzma5", "libcap2",
             "libbz2-1.0", "libselinux1", "libpcre2-8-0", "libtinfo6"}
     pkgs = {}
+    linked = set()
     for ln in out.splitlines():
         m = re.search(r"=>\s+(\S+)", ln)
         if not m or not os.path.exists(m.group(1)):
             continue
+        linked.add(os.path.realpath(m.group(1)))
         r = subprocess.run(["dpkg", "-S", os.path.realpath(m.group(1))], capture_output=True, text=True)
         if r.returncode != 0:
             r = subprocess.run(["dpkg", "-S", m.group(1)], capture_output=True, text=True)
@@ -324,7 +326,52 @@ def check_runtime_libs(binary):
             continue      # a library of a library comes with its package's dependencies
         if pkg not in fp:
             err(f"chatd links {os.path.basename(lib)} from {pkg}, which the runtime stage does not install")
+    # what chatd loads at run time without linking it (the policy sandbox's cjson.so, through
+    # LuaJIT's C module path; libwebsockets' libuv event library plugin): ldd cannot see
+    # them, so start chatd and read its mappings
+    for so in loaded_not_linked(binary, linked):
+        r = subprocess.run(["dpkg", "-S", so], capture_output=True, text=True)
+        pkg = r.stdout.split(":")[0] if r.returncode == 0 else None
+        if pkg and pkg not in base and pkg not in fp:
+            err(f"chatd loads {so} at start (not linked) from {pkg}, which the runtime stage does not install")
     print(f"runtime libs: {sorted(p for p, l in pkgs.items() if os.path.basename(l) in needed)}")
+
+
+def loaded_not_linked(binary, linked):
+    """The shared objects a started chatd has mapped that ldd does not list."""
+    import socket
+    import time
+    import urllib.request
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    proc = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--scripts", os.path.join(ROOT, "scripts"),
+                             "--web", os.path.join(ROOT, "web"), "--jwt-secret", "runtime-libs-check-secret-0123456789"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if proc.poll() is not None:
+                err(f"chatd exited {proc.returncode} at start: {proc.stderr.read().decode()[-300:]}")
+                return []
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        with open(f"/proc/{proc.pid}/maps") as f:
+            maps = {ln.split()[-1] for ln in f if ".so" in ln.split()[-1]}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    mine = os.path.realpath(binary)
+    return sorted(m for m in maps if os.path.realpath(m) not in linked and os.path.realpath(m) != mine
+                  and "/ld-linux" not in m)
 
 
 def nginx_blocks(text):

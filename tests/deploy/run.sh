@@ -222,7 +222,9 @@ if { cmake -S . -B "$DEB" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREF
     files=$(dpkg-deb -c "$f" | awk '{print $6}')
     why=""
     deps=$(sed -n 's/^ Depends: //p' <<<"$info")
-    for d in libwebsockets17 libuv1 libhiredis0.14 libpq5 libluajit-5.1-2 libjwt0 libjansson4; do
+    # lua-cjson, libwebsockets-evlib-uv: loaded at start, not linked (shlibdeps cannot see them)
+    for d in libwebsockets17 libuv1 libhiredis0.14 libpq5 libluajit-5.1-2 libjwt0 libjansson4 lua-cjson \
+             libwebsockets-evlib-uv; do
         grep -q "$d" <<<"$deps" || why+=" no $d in Depends;"
     done
     for x in ./usr/bin/chatd ./etc/chatd/scripts/policy.lua ./etc/chatd/chatd.env ./usr/share/chatd/web/index.html \
