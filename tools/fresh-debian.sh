@@ -129,7 +129,7 @@ if [ "$RUN_SH" = 1 ]; then
     setsid chroot "$ROOT" /usr/bin/env -i "${ENV[@]}" /bin/bash -c 'cd /root/chatd && exec ./run.sh' \
         >"$LOG" 2>&1 &
     RUN_PID=$!
-    stop_run() { kill -INT "$RUN_PID" 2>/dev/null; }
+    stop_run() { kill -INT "$RUN_PID" 2>/dev/null || true; }   # (set -e: a failing trap command skips the rest)
     trap 'stop_run; unmount_all' EXIT
     ok=0
     for _ in $(seq 1 1800); do   # a fresh machine installs and builds first: up to 30 min
