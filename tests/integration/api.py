@@ -430,6 +430,35 @@ async def integers_beyond_64_bits_in_meta_are_kept_as_given():
 
 
 @test(timeout=40, needs=("pg",))
+async def meta_under_an_escaped_key_keeps_its_numbers_as_given():
+    """A body that spells the member "\\u006deta" (JSON for "meta") with an
+    integer beyond 64 bits somewhere: meta is still exactly as given in the
+    frame, a since= replay and history (5 stays 5, not 5.0; the big integer
+    keeps its digits; 1.5 stays 1.5). Before: meta was serialized again from
+    the tree read with every integer as a real: {"a":5.0,"b":1.2345678901234568e+29}."""
+    n = api_node(db=True)
+    room = uniq("escm")
+    c = await Client.connect(n, room, token("alice"))
+    given = b'{"a":5,"b":123456789012345678901234567890,"c":1.5}'
+    raw = b'{"id":"e-1","user":"ci","body":"esc","\\u006deta":' + given + b'}'
+    st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", raw=raw,
+                            headers={"Content-Type": "application/json"})
+    eq((st, js), (200, {"room": room, "seq": 1, "id": "e-1", "duplicate": False}), "publish")
+    want = {"a": 5, "b": 123456789012345678901234567890, "c": 1.5}
+
+    def exact(meta, what):
+        eq((meta, type(meta["a"]), type(meta["b"]), type(meta["c"])), (want, int, int, float), what)
+
+    f = await c.wait_for(is_msg(room), 5, what="the API message")
+    exact(f["meta"], "frame: meta as given")
+    r = await Client.connect(n, room, token("bob"), since=0)
+    exact((await r.wait_for(is_msg(room), 5, what="the replayed message"))["meta"], "replay: meta as given")
+    st, hj, body = await ahttp_json(n.port, f"/rooms/{room}/messages", token("reader"))
+    eq(st, 200, "history")
+    exact(hj["messages"][0]["meta"], "history: meta as given")
+
+
+@test(timeout=40, needs=("pg",))
 async def unstorable_input_is_refused_before_a_seq():
     """store_write's -3 (a row Postgres can never hold: NUL, ill-formed
     UTF-8, a number over 2^63-1; publish answers PUBLISH_UNSTORABLE after
