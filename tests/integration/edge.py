@@ -690,6 +690,27 @@ async def room_names_judged_as_sent_on_every_route():
         check(f'"room":"{name}"'.encode() in body, f"presence of {name}: {body!r}")
 
 
+@test()
+async def room_name_refusals_of_the_listener_are_exact():
+    """The listener answers an invalid room name of the server API itself
+    (before lws), in the API's error shape: exactly that body, its length
+    as content-length, no more. Before: the body was taken with strlen() of
+    a buffer that was not NUL-terminated: content-length and bytes ran on
+    into the heap (measured: a /dev/token answer's JWT, another client's
+    token, after the JSON)."""
+    n = start_node(env={"CHAT_API_KEYS": "itest-api-key-0123456789", "CHAT_DEV_TOKENS": "1"})
+    want = b'{"error":{"code":"bad_request","message":"invalid room name"}}'
+    for i in range(20):
+        st, _, tb = await asyncio.to_thread(raw_http, n.port, f"GET /dev/token?name=u{i} HTTP/1.1")
+        eq(st, 200, "dev token")
+        for line in ("GET /api/rooms/a%20b HTTP/1.1", "POST /api/rooms/a%2F..%2Fb/messages HTTP/1.1"):
+            st, hd, body = await asyncio.to_thread(raw_http, n.port, line)
+            eq((st, hd.get("content-type"), body, hd.get("content-length")),
+               (400, "application/json", want, str(len(want))), line)
+        st, hd, body = await asyncio.to_thread(raw_http, n.port, "HEAD /api/rooms/a%20b HTTP/1.1")
+        eq((st, body, hd.get("content-length")), (400, b"", str(len(want))), "HEAD")
+
+
 def http_exchange(port, requests, timeout=5.0):
     """Sends request heads (pipelined on one connection, the last one with
     Connection: close) and parses the answers, honouring HEAD (no body).
