@@ -357,9 +357,17 @@ async def bad_handshakes_get_http_answers():
     st, _, _, _ = await asyncio.to_thread(raw_request, n.port, "/healthz",
                                           {"Upgrade": None, "X-Pad": "p" * 30000})
     eq(st, 431, "a 30 KB plain HTTP head")
+    # a HEAD's 431 is the GET's head without the body (RFC 9110 9.3.2; before,
+    # the body followed)
+    data = await asyncio.to_thread(exchange_until_close, n.port,
+                                   b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 30000 + b"\r\n\r\n")
+    top, _, body = data.partition(b"\r\n\r\n")
+    check(top.startswith(b"HTTP/1.1 431 ") and b"content-length: 32\r\n" in top + b"\r\n",
+          f"HEAD with a 30 KB head: {top!r}")
+    eq(body, b"", "the body of a HEAD's 431")
     eq(await refused(n, "no_key"), 1, "refused no_key")
     eq(await refused(n, "bad_version"), 3, "refused bad_version")
-    eq(await refused(n, "header_too_large"), 2, "refused header_too_large")
+    eq(await refused(n, "header_too_large"), 3, "refused header_too_large")
     # default limit 16 KiB: a 20 KB head (lws alone dropped it silently)
     n2 = start_node()
     st, _, _, _ = await upgrade(n2, headers={"X-Pad": "p" * 20000})
