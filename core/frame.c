@@ -290,7 +290,9 @@ int frame_whole_ints(json_t *obj, const char *const *keys, size_t n)
         json_t *v = json_object_get(obj, keys[i]);
         if (!json_is_real(v)) continue;
         double d = json_real_value(v);
-        if (!(d >= -9007199254740992.0 && d <= 9007199254740992.0)) return -1;
+        /* below 2^53 in magnitude: the real is the integer given (2^53 + 1
+         * reads as the double 2^53, so 2^53 itself says nothing) */
+        if (!(d > -9007199254740992.0 && d < 9007199254740992.0)) return -1;
         if (d != (double)(int64_t)d) continue;   /* a fraction */
         if (json_object_set_new(obj, keys[i], json_integer((json_int_t)d)) != 0) return -1;
     }

@@ -67,10 +67,10 @@ size_t frame_arena_in_use(void);
  * the document (unknown fields are ignored): the caller loads it again with
  * JSON_DECODE_INT_AS_REAL, then takes the members it reads as integers back
  * with this (frame_json_load does both). obj's members named in keys that
- * are reals become integers when whole and within +-2^53 (a double holds
- * them exactly); a fraction stays a real (refused as any real is). 0, or
- * -1 when one is beyond 2^53 (it lost digits: out of range) or out of
- * memory. */
+ * are reals become integers when whole and below 2^53 in magnitude (such a
+ * double is the integer given; 2^53 + 1 reads as 2^53); a fraction stays a
+ * real (refused as any real is). 0, or -1 when one is 2^53 or more (it may
+ * have lost digits: out of range) or out of memory. */
 int frame_whole_ints(json_t *obj, const char *const *keys, size_t n);
 /* json_loadb(buf, len, flags, je) that takes a document with an integer
  * beyond 64 bits too: loaded again with JSON_DECODE_INT_AS_REAL, and the

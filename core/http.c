@@ -118,7 +118,7 @@ int http_token(struct lws *wsi, char *out, size_t outlen)
     int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION), r = 0;
     if (total > 0) {
         char *h = (size_t)total < sizeof small ? small : malloc((size_t)total + 1);
-        if (!h) return -2;
+        if (!h) return HTTPD_ARG_NOMEM;
         int n = lws_hdr_copy(wsi, h, total + 1, WSI_TOKEN_HTTP_AUTHORIZATION);
         r = n > 0 ? httpd_bearer(h, (size_t)n, out, outlen) : 0;
         if (h != small) free(h);

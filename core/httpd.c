@@ -168,7 +168,7 @@ char *httpd_error_body(const char *code, const char *message, size_t *len)
     memcpy(b + o, ",\"message\":", 11);
     o += 11;
     o += (size_t)json_escape(b + o, cap - o, message, ml);
-    memcpy(b + o, "}}", 2);
+    memcpy(b + o, "}}", 3);   /* and a NUL: the listener sends it as a string */
     *len = o + 2;
     return b;
 }

@@ -71,7 +71,8 @@ void httpd_linger(struct lws *wsi, int secs);
 /* {"error":{"code":code,"message":message}} (JSON-escaped). */
 int httpd_error(struct lws *wsi, unsigned status, const char *code, const char *message,
                 const char *const *hdrs, int close);
-/* The same JSON error body, malloc'd (*len set); NULL when out of memory. */
+/* The same JSON error body, malloc'd and NUL-terminated (*len set, the
+ * NUL not counted); NULL when out of memory. */
 char *httpd_error_body(const char *code, const char *message, size_t *len);
 
 /* A request body read in pieces, bounded. */

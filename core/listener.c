@@ -265,7 +265,9 @@ static void pending_check(pending *p)
     }
     if ((size_t)n > g_head_max) {
         metric_inc(m_big);
-        answer_and_close(p, "431 Request Header Fields Too Large", "request header fields too large");
+        /* a HEAD's answer is the GET's head alone (RFC 9110 9.3.2) */
+        answer_and_close_as(p, "431 Request Header Fields Too Large", "text/plain; charset=utf-8", "",
+                            "request header fields too large\n", n >= 5 && !memcmp(g_peek, "HEAD ", 5));
     }
 }
 

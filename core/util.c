@@ -275,6 +275,36 @@ static size_t jr_string(const char *s, size_t len, size_t i)
     return len + 1;
 }
 
+/* Whether the raw text r[0..n) of a JSON string (no quotes) spells key, an
+ * ASCII key: escapes are decoded ("\u006deta" is "meta", as a parser reads
+ * it); an escape of a non-ASCII character never matches. */
+static int jr_key_is(const char *r, size_t n, const char *key, size_t kl)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++, k++) {
+        unsigned c = (unsigned char)r[i];
+        if (c == '\\' && i + 1 < n) {
+            static const char esc[] = "\"\"\\\\//b\bf\fn\nr\rt\t";
+            const char *e = strchr(esc, r[++i]);
+            if (r[i] == 'u' && i + 4 < n) {
+                c = 0;
+                for (int j = 1; j <= 4; j++) {
+                    char h = r[i + j];
+                    c = c * 16 + (unsigned)(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
+                }
+                i += 4;
+                if (c >= 0x80) return 0;
+            } else if (e && *e && (e - esc) % 2 == 0) {
+                c = (unsigned char)e[1];
+            } else {
+                return 0;
+            }
+        }
+        if (k >= kl || (unsigned char)key[k] != c) return 0;
+    }
+    return k == kl;
+}
+
 /* i at the start of a value: returns the index after it, or len + 1. */
 static size_t jr_value(const char *s, size_t len, size_t i)
 {
@@ -306,7 +336,7 @@ int json_raw_member(const char *obj, size_t len, const char *key, size_t *off, s
         if (obj[i] != '"') return -1;
         size_t ke = jr_string(obj, len, i);
         if (ke > len) return -1;
-        int match = ke - i - 2 == kl && memcmp(obj + i + 1, key, kl) == 0;
+        int match = jr_key_is(obj + i + 1, ke - i - 2, key, kl);
         i = jr_ws(obj, len, ke);
         if (i >= len || obj[i] != ':') return -1;
         i = jr_ws(obj, len, i + 1);

@@ -76,8 +76,9 @@ long json_escape(char *dst, size_t cap, const char *s, size_t len);
 /* Two escaped identity claims (sub and name, at most 127 bytes each) */
 #define JSON_IDENT_MAX (2 * JSON_ESCAPED_MAX(127))
 
-/* The raw bytes of the value of top-level member `key` (compared byte for
- * byte: an escaped key does not match) of the JSON object obj[0..len), for
+/* The raw bytes of the value of top-level member `key` (ASCII; a member
+ * name is compared as a parser reads it: "\u006deta" is "meta") of the
+ * JSON object obj[0..len), for
  * a text that a parser already accepted (the scan trusts its syntax).
  * 1 found (*off, *vlen set), 0 absent, -1 not an object. */
 int json_raw_member(const char *obj, size_t len, const char *key, size_t *off, size_t *vlen);

@@ -231,7 +231,7 @@ static int jstr(json_t *o, const char *k, const char **s, size_t *n)
 }
 
 /* JSON with an integer beyond 64 bits is JSON (docs/api.md, meta): the
- * model reads it with integers as doubles, a whole "seconds" within 2^53
+ * model reads it with integers as doubles, a whole "seconds" below 2^53
  * an integer again (the one member a route reads as an integer) */
 static json_t *model_loadb(const char *b, size_t len, size_t flags)
 {
@@ -242,7 +242,7 @@ static json_t *model_loadb(const char *b, size_t len, size_t flags)
     json_t *s = json_is_object(o) ? json_object_get(o, "seconds") : NULL;
     if (json_is_real(s)) {
         double d = json_real_value(s);
-        if (d >= -9007199254740992.0 && d <= 9007199254740992.0 && d == (double)(long long)d)
+        if (d > -9007199254740992.0 && d < 9007199254740992.0 && d == (double)(long long)d)
             json_object_set_new(o, "seconds", json_integer((json_int_t)d));
     }
     return o;

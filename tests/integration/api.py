@@ -394,24 +394,32 @@ async def integers_beyond_64_bits_in_meta_are_kept_as_given():
     (2^64-1) or a bigger integer in it is JSON, kept as given in the frame,
     the row, a since= replay and history; so is one in a member nobody
     reads. Before: 400 "invalid JSON: too big integer" (jansson holds
-    64-bit integers only). The ban's seconds is still judged (400)."""
+    64-bit integers only). The ban's seconds is still judged (400). Also
+    under a member name spelled with an escape ("\\u006deta"): before, that
+    meta was serialized again from the tree read with every integer as a
+    real ({"ok":1.0,"hash":1.8446744073709552e+19}). Compared as text
+    (json.dumps): 1 and 1.0 are equal in Python."""
     n = api_node(db=True)
     room = uniq("bigm")
     c = await Client.connect(n, room, token("alice"))
-    given = b'{"hash": 18446744073709551615, "n": -99999999999999999999, "ok": 1}'
-    raw = b'{"id":"b-1","user":"ci","body":"hashed","trace":123456789012345678901234567890,"meta":' + given + b'}'
-    st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", raw=raw,
-                            headers={"Content-Type": "application/json"})
-    eq((st, js), (200, {"room": room, "seq": 1, "id": "b-1", "duplicate": False}), "publish")
-    want = {"hash": 18446744073709551615, "n": -99999999999999999999, "ok": 1}
-    f = await c.wait_for(is_msg(room), 5, what="the API message")
-    eq((f["body"], f["meta"]), ("hashed", want), "frame: meta's integers exact")
+    given = b'{"hash": 18446744073709551615, "n": -99999999999999999999, "ok": 1, "f": 1.5}'
+    want = json.dumps(json.loads(given))
+    for seq, key in ((1, b'"meta"'), (2, b'"\\u006deta"')):
+        raw = (b'{"id":"b-%d","user":"ci","body":"hashed","trace":123456789012345678901234567890,%s:'
+               % (seq, key) + given + b'}')
+        st, _, js = await acall(n.port, "POST", f"/api/rooms/{room}/messages", raw=raw,
+                                headers={"Content-Type": "application/json"})
+        eq((st, js), (200, {"room": room, "seq": seq, "id": f"b-{seq}", "duplicate": False}), "publish")
+    fs = await c.wait_count(is_msg(room), 2, 5, "the API messages")
+    eq([(f["body"], json.dumps(f["meta"])) for f in fs], [("hashed", want)] * 2, "frame: meta's numbers exact")
     r = await Client.connect(n, room, token("bob"), since=0)
-    f = await r.wait_for(is_msg(room), 5, what="the replayed message")
-    eq(f["meta"], want, "replay: meta's integers exact")
+    fs = await r.wait_count(is_msg(room), 2, 5, "the replayed messages")
+    eq([json.dumps(f["meta"]) for f in fs], [want] * 2, "replay: meta's numbers exact")
     st, hj, body = await ahttp_json(n.port, f"/rooms/{room}/messages", token("reader"))
-    eq((st, hj["messages"][0].get("meta")), (200, want), "history: meta's integers exact")
-    check(b'"meta":' + given in body, f"meta as given in history: {body[:300]!r}")
+    eq((st, [json.dumps(m.get("meta")) for m in hj["messages"]]), (200, [want] * 2),
+       "history: meta's numbers exact")
+    check(body.count(b'"meta":' + given) == 2, f"meta as given in history: {body[:400]!r}")
+    f = fs[0]
     # deleted: a replay erases it (no body, no meta) and keeps who and when
     ts = f["ts"]
     st, _, js = await acall(n.port, "DELETE", f"/api/rooms/{room}/messages/1", {"reason": "x"})

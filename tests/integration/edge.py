@@ -357,9 +357,17 @@ async def bad_handshakes_get_http_answers():
     st, _, _, _ = await asyncio.to_thread(raw_request, n.port, "/healthz",
                                           {"Upgrade": None, "X-Pad": "p" * 30000})
     eq(st, 431, "a 30 KB plain HTTP head")
+    # a HEAD's 431 is the GET's head without the body (RFC 9110 9.3.2; before,
+    # the body followed)
+    data = await asyncio.to_thread(exchange_until_close, n.port,
+                                   b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 30000 + b"\r\n\r\n")
+    top, _, body = data.partition(b"\r\n\r\n")
+    check(top.startswith(b"HTTP/1.1 431 ") and b"content-length: 32\r\n" in top + b"\r\n",
+          f"HEAD with a 30 KB head: {top!r}")
+    eq(body, b"", "the body of a HEAD's 431")
     eq(await refused(n, "no_key"), 1, "refused no_key")
     eq(await refused(n, "bad_version"), 3, "refused bad_version")
-    eq(await refused(n, "header_too_large"), 2, "refused header_too_large")
+    eq(await refused(n, "header_too_large"), 3, "refused header_too_large")
     # default limit 16 KiB: a 20 KB head (lws alone dropped it silently)
     n2 = start_node()
     st, _, _, _ = await upgrade(n2, headers={"X-Pad": "p" * 20000})
@@ -688,6 +696,27 @@ async def room_names_judged_as_sent_on_every_route():
                                               f"GET /rooms/{name}/presence?token={tok} HTTP/1.1")
         eq(st, 200, f"presence of {name}")
         check(f'"room":"{name}"'.encode() in body, f"presence of {name}: {body!r}")
+
+
+@test()
+async def room_name_refusals_of_the_listener_are_exact():
+    """The listener answers an invalid room name of the server API itself
+    (before lws), in the API's error shape: exactly that body, its length
+    as content-length, no more. Before: the body was taken with strlen() of
+    a buffer that was not NUL-terminated: content-length and bytes ran on
+    into the heap (measured: a /dev/token answer's JWT, another client's
+    token, after the JSON)."""
+    n = start_node(env={"CHAT_API_KEYS": "itest-api-key-0123456789", "CHAT_DEV_TOKENS": "1"})
+    want = b'{"error":{"code":"bad_request","message":"invalid room name"}}'
+    for i in range(20):
+        st, _, tb = await asyncio.to_thread(raw_http, n.port, f"GET /dev/token?name=u{i} HTTP/1.1")
+        eq(st, 200, "dev token")
+        for line in ("GET /api/rooms/a%20b HTTP/1.1", "POST /api/rooms/a%2F..%2Fb/messages HTTP/1.1"):
+            st, hd, body = await asyncio.to_thread(raw_http, n.port, line)
+            eq((st, hd.get("content-type"), body, hd.get("content-length")),
+               (400, "application/json", want, str(len(want))), line)
+        st, hd, body = await asyncio.to_thread(raw_http, n.port, "HEAD /api/rooms/a%20b HTTP/1.1")
+        eq((st, body, hd.get("content-length")), (400, b"", str(len(want))), "HEAD")
 
 
 def http_exchange(port, requests, timeout=5.0):

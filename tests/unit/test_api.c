@@ -221,6 +221,13 @@ static void test_big_integers(void)
     CHECK_STR(p.meta, "{\"hash\":18446744073709551615, \"n\":-99999999999999999999}");
     CHECK_STR(p.body, "b");
     api_publish_clear(&p);
+    /* meta under an escaped name: still its raw text, never serialized
+     * again from the tree read with integers as reals (5.0, 1.2e+29) */
+    t = "{\"id\":\"m\",\"user\":\"u\",\"body\":\"b\",\"\\u006deta\":"
+        "{\"a\":5,\"b\":123456789012345678901234567890,\"c\":1.5}}";
+    CHECK(pub(t, &p, err) == 0, "%s", err);
+    CHECK_STR(p.meta, "{\"a\":5,\"b\":123456789012345678901234567890,\"c\":1.5}");
+    api_publish_clear(&p);
     api_ban b;
     t = "{\"seconds\":60,\"x\":99999999999999999999}";
     CHECK(api_parse_ban(t, strlen(t), 0, &b, err, sizeof err) == 0 && b.seconds == 60, "%s", err);
@@ -348,6 +355,14 @@ static void test_raw_member(void)
     CHECK(json_raw_member("[1]", 3, "x", &off, &len) == -1);
     CHECK(json_raw_member("{\"a\":", 5, "a", &off, &len) == -1);
     CHECK(json_raw_member("{\"a\":{", 6, "a", &off, &len) == -1);
+    /* a member name is matched as a parser reads it (escapes decoded) */
+    const char *e = "{\"\\u006de\\u0074a\":{\"k\":1},\"m\\\"\":2,\"\\u00e9\":3,\"x\\ty\":4}";
+    CHECK(json_raw_member(e, strlen(e), "meta", &off, &len) == 1 && len == 7 && !strncmp(e + off, "{\"k\":1}", 7));
+    CHECK(json_raw_member(e, strlen(e), "m\"", &off, &len) == 1 && len == 1 && e[off] == '2');
+    CHECK(json_raw_member(e, strlen(e), "x\ty", &off, &len) == 1 && e[off] == '4');
+    CHECK(json_raw_member(e, strlen(e), "m", &off, &len) == 0);
+    CHECK(json_raw_member(e, strlen(e), "metax", &off, &len) == 0);
+    CHECK(json_raw_member(e, strlen(e), "met", &off, &len) == 0);
 }
 
 static void test_bans(void)

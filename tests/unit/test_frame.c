@@ -246,11 +246,17 @@ static void test_errors(void)
                          "\"y\":[-99999999999999999999]}";
         CHECK(parse(js, &f, code, msg, NULL) == 0 && f.type == FT_JOIN && f.since == 7, "%s: %s", js, msg);
         frame_free(&f);
-        js = "{\"type\":\"edit\",\"room\":\"r\",\"target\":9007199254740992,\"body\":\"b\",\"n\":1e30,"
+        js = "{\"type\":\"edit\",\"room\":\"r\",\"target\":9007199254740991,\"body\":\"b\",\"n\":1e30,"
              "\"big\":123456789012345678901234567890}";
-        CHECK(parse(js, &f, code, msg, NULL) == 0 && f.type == FT_EDIT && f.target == 9007199254740992ull,
+        CHECK(parse(js, &f, code, msg, NULL) == 0 && f.type == FT_EDIT && f.target == 9007199254740991ull,
               "%s: %s", js, msg);
         frame_free(&f);
+        /* 2^53 + 1 reads as the double 2^53: from 2^53 on, a real no longer
+         * says which integer was sent (never another seq than the one given) */
+        bad("{\"type\":\"edit\",\"room\":\"r\",\"target\":9007199254740993,\"body\":\"b\","
+            "\"big\":123456789012345678901234567890}", "integer out of range");
+        bad("{\"type\":\"join\",\"room\":\"r\",\"since\":9007199254740992,\"x\":99999999999999999999}",
+            "integer out of range");
         js = "{\"type\":\"read\",\"room\":\"r\",\"seq\":12,\"ts\":99999999999999999999}";
         CHECK(parse(js, &f, code, msg, NULL) == 0 && f.type == FT_READ && f.seq == 12, "%s: %s", js, msg);
         frame_free(&f);

@@ -18,6 +18,7 @@
 #include "util.h"
 
 #include <hiredis/hiredis.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -380,8 +381,32 @@ static void test_script_return(void)
     script_free(h);
 }
 
+/* The error bodies the listener sends as strings (listener.c room_gate):
+ * each a C string of its length, also in a reused heap block (before: the
+ * server API's was not NUL-terminated, and the listener's strlen() ran on
+ * into the heap: another answer's token went out after the JSON) */
+static void test_error_bodies(void)
+{
+    size_t len;
+    for (int i = 0; i < 4; i++) {
+        /* the block httpd_error_body gets next, full of 'x' (volatile: a
+         * store before free() is not optimized away) */
+        volatile char *junk = malloc(6 * (11 + 17) + 48);
+        for (size_t k = 0; junk && k < 6 * (11 + 17) + 48; k++) junk[k] = 'x';
+        free((void *)junk);
+        char *b = httpd_error_body("bad_request", "invalid room name", &len);
+        CHECK(b && strlen(b) == len, "API error body: strlen %zu, length %zu", b ? strlen(b) : 0, len);
+        CHECK(b && !memcmp(b, "{\"error\":{\"code\":\"bad_request\",\"message\":\"invalid room name\"}}", len));
+        free(b);
+    }
+    char j[320];
+    len = http_error_json(j, sizeof j, "invalid room name");
+    CHECK(len == 29 && !memcmp(j, "{\"error\":\"invalid room name\"}", 29));
+}
+
 int main(void)
 {
+    test_error_bodies();
     test_u64();
     test_seq();
     test_http();
