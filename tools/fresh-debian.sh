@@ -125,11 +125,15 @@ if [ "$RUN_SH" = 1 ]; then
     ENV+=("CHAT_LISTEN=$LISTEN" "CHATD_REDIS_PORT=${CHATD_REDIS_PORT:-19481}" "CHATD_PG_PORT=${CHATD_PG_PORT:-19482}")
     LOG=$ROOT/.fresh-debian-run-sh.log
     echo "== chroot $ROOT: cd /root/chatd && ./run.sh (log: $LOG)"
-    # its own session, so that Ctrl-C can be sent to run.sh as a terminal would
-    setsid chroot "$ROOT" /usr/bin/env -i "${ENV[@]}" /bin/bash -c 'cd /root/chatd && exec ./run.sh' \
-        >"$LOG" 2>&1 &
+    # its own session (process group = RUN_PID), so that Ctrl-C can be sent to it as a terminal
+    # does: SIGINT to the whole group. A background job of a script starts with SIGINT ignored,
+    # which bash cannot trap again: the wrapper puts back the default a terminal's job has.
+    setsid /usr/bin/python3 -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execvp(sys.argv[1], sys.argv[1:])' chroot "$ROOT" /usr/bin/env -i "${ENV[@]}" /bin/bash -c \
+        'cd /root/chatd && exec ./run.sh' >"$LOG" 2>&1 &
     RUN_PID=$!
-    stop_run() { kill -INT "$RUN_PID" 2>/dev/null || true; }   # (set -e: a failing trap command skips the rest)
+    stop_run() { kill -INT -- "-$RUN_PID" 2>/dev/null || true; }   # (set -e: a failing trap command skips the rest)
     trap 'stop_run; unmount_all' EXIT
     ok=0
     for _ in $(seq 1 1800); do   # a fresh machine installs and builds first: up to 30 min
@@ -141,9 +145,10 @@ if [ "$RUN_SH" = 1 ]; then
     grep -F "open http://" "$LOG"
     rc=0
     /usr/bin/python3 - "$LISTEN" <<'PY' || rc=$?
-import asyncio, json, sys, urllib.request
+import asyncio, json, sys, time, urllib.request
 import websockets
 base = "http://" + sys.argv[1]
+mid = f"fresh-{time.time_ns()}"   # a new id each run (the same id is a resend: its first seq)
 def get(path):
     with urllib.request.urlopen(base + path, timeout=10) as r:
         return r.status, r.read().decode()
@@ -153,18 +158,18 @@ st, tok = get("/dev/token?name=fresh"); tok = json.loads(tok)["token"]
 async def main():
     async with websockets.connect(f"ws://{sys.argv[1]}/ws/fresh-check?token={tok}") as ws:
         w = json.loads(await asyncio.wait_for(ws.recv(), 10)); assert w["type"] == "welcome", w
-        await ws.send(json.dumps({"type": "message", "body": "hello from a fresh Debian", "id": "f1"}))
+        await ws.send(json.dumps({"type": "message", "body": "hello from a fresh Debian", "id": mid}))
         while True:
             f = json.loads(await asyncio.wait_for(ws.recv(), 10))
             if f["type"] == "ack":
-                assert f["id"] == "f1" and f["seq"] >= 1, f
+                assert f["id"] == mid and f["seq"] >= 1 and not f.get("duplicate"), f
                 return f["seq"]
 seq = asyncio.run(main())
 st, hist = get("/rooms/fresh-check/messages?token=" + tok)
 assert st == 200 and "hello from a fresh Debian" in hist, ("history", st, hist[:200])
 print(f"fresh-debian: ./run.sh serves /healthz, the browser client, a dev token; message acked as seq {seq}, in history")
 PY
-    kill -INT "$RUN_PID"
+    stop_run
     for _ in $(seq 1 300); do kill -0 "$RUN_PID" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$RUN_PID" 2>/dev/null; then echo "fresh-debian: ./run.sh still runs 30 s after Ctrl-C"; rc=1; fi
     left=$(ps -eo pid,args | grep -E "$ROOT/|/root/chatd/(build|\.data)" | grep -v grep || true)
