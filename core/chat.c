@@ -141,7 +141,7 @@ static void handle_typing(conn *c, client_frame *f)
 {
     char room[CHAT_ROOM_MAX + 1];
     chat_frame_room(c, f, room);
-    if (!conn_find_room(c, room)) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
+    if (!conn_find_room(c, room)) { conn_send_error_room(c, "not_member", "join the room first", NULL, room); return; }
     script_ctx x;
     chat_script_ctx(c, room, &x);
     script_result res;
@@ -191,7 +191,7 @@ static void handle_read(conn *c, client_frame *f)
     char room[CHAT_ROOM_MAX + 1];
     chat_frame_room(c, f, room);
     conn_room *cr = conn_find_room(c, room);
-    if (!cr) { conn_send_error(c, "not_member", "join the room first", NULL); return; }
+    if (!cr) { conn_send_error_room(c, "not_member", "join the room first", NULL, room); return; }
     if (!readstate_ready()) {
         conn_send_error_room(c, "unavailable",
                              g_srv.store ? "read state store unavailable; send read again"

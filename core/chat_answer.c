@@ -24,7 +24,7 @@ int chat_publish_gate(conn *c, const client_frame *f, char room[CHAT_ROOM_MAX + 
     chat_frame_room(c, f, room);
     if (!conn_find_room(c, room)) {
         metric_inc(refused);
-        conn_send_error(c, "not_member", "join the room first", *id);
+        conn_send_error_room(c, "not_member", "join the room first", *id, room);
         return -1;
     }
     if (!publish_ready()) {

@@ -458,12 +458,20 @@ async def not_member_errors():
     n = start_node()
     room, other = uniq(), uniq("o")
     c = await Client.connect(n, room, token("alice"))
+    # every not_member names the room it is about, as a join's and a leave's errors do
+    # (before, only leave did: a client with several rooms could not tell which one a
+    # typing or an id-less message was refused for)
     e = await c.error_for({"type": "message", "room": other, "body": "x", "id": "nm1"})
-    eq((e.get("code"), e.get("id")), ("not_member", "nm1"), "message to a room not joined")
+    eq((e.get("code"), e.get("id"), e.get("room")), ("not_member", "nm1", other),
+       "message to a room not joined")
+    e = await c.error_for({"type": "message", "room": other, "body": "x"})
+    eq((e.get("code"), e.get("room")), ("not_member", other), "message without id to a room not joined")
     e = await c.error_for({"type": "typing", "room": other})
-    eq(e.get("code"), "not_member", "typing in a room not joined")
+    eq((e.get("code"), e.get("room")), ("not_member", other), "typing in a room not joined")
+    e = await c.error_for({"type": "edit", "room": other, "target": 1, "body": "y", "id": "nm2"})
+    eq((e.get("code"), e.get("id"), e.get("room")), ("not_member", "nm2", other), "edit in a room not joined")
     e = await c.error_for({"type": "leave", "room": other})
-    eq(e.get("code"), "not_member", "leave of a room not joined")
+    eq((e.get("code"), e.get("room")), ("not_member", other), "leave of a room not joined")
     await c.roundtrip()
 
 
