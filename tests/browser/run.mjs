@@ -809,6 +809,48 @@ test('a page on another origin reads history with Authorization: Bearer (CORS pr
   }
 });
 
+test('SIGTERM restart of its only node: the tab reconnects when it is back; messages sent meanwhile appear once, in order', async () => {
+  // The tab knows one node (the usual deployment behind one URL). The node drains (1001 and the
+  // server_restart hint), is down for a while, and comes back on the same port; Yasmin, on the
+  // other node, talks meanwhile. Xavier's tab must come back by itself, replay what it missed
+  // with since=, and show Yasmin in the presence list again.
+  const room = `restart-${Date.now().toString(36)}`;
+  const xa = await openUser('Xavier', { origin: A.http, nodeUrls: [A.ws], rooms: [room] });
+  const yb = await openUser('Yasmin', { origin: B.http, nodeUrls: [B.ws], rooms: [room] });
+  try {
+    await sendViaUi(yb.page, 'before the restart');
+    await xa.page.locator('li.msg', { hasText: 'before the restart' }).waitFor({ timeout: 8000 });
+    const before = (await seqs(xa.page, room)).at(-1);
+    await stopProc(A.entry, 'SIGTERM');
+    await xa.page.locator('#status:not([data-state="open"])').waitFor({ timeout: 10000 });
+    const sent = [];
+    for (let i = 1; i <= 5; i++) {
+      const t = `during the restart ${i}`;
+      sent.push(t);
+      await sendViaUi(yb.page, t);
+    }
+    for (const t of sent) await yb.page.locator('li.msg.own[data-state="acked"]', { hasText: t }).waitFor({ timeout: 10000 });
+    const restarted = await startNode('web-a', PORT.nodeA, process.env.WEB_TEST_NO_PG ? null : `postgresql://postgres@127.0.0.1:${PORT.pg}/chatd`);
+    A.entry = restarted.entry;
+    await xa.page.locator('#status[data-state="open"]').waitFor({ timeout: 20000 });
+    for (const t of sent) await xa.page.locator('li.msg', { hasText: t }).first().waitFor({ timeout: 10000 });
+    await sendViaUi(yb.page, 'after the restart');
+    await xa.page.locator('li.msg', { hasText: 'after the restart' }).waitFor({ timeout: 10000 });
+    await sleep(300);
+    const s = (await seqs(xa.page, room)).filter((v) => v >= before);
+    assertAscendingUnique(s, 'Xavier');
+    for (let i = 1; i < s.length; i++) assert(s[i] === s[i - 1] + 1, `Xavier: hole between seq ${s[i - 1]} and ${s[i]}`);
+    const b = await bodies(xa.page, room);
+    for (const t of [...sent, 'after the restart']) assert(countOf(b, t) === 1, `Xavier shows "${t}" ${countOf(b, t)} times`);
+    assert(JSON.stringify(b.filter((t) => sent.includes(t))) === JSON.stringify(sent), `Xavier's order: ${b.join(' | ')}`);
+    // the presence list: Yasmin is there again after the reconnect
+    await xa.page.locator('#presence-list li', { hasText: 'Yasmin' }).first().waitFor({ timeout: 10000 });
+  } finally {
+    await xa.ctx.close();
+    await yb.ctx.close();
+  }
+}, { needsOwnNodes: true });
+
 test('kill -9 of a node: its tab reconnects to the other node and shows every message once', async () => {
   const room = `failover-${Date.now().toString(36)}`;
   const xa = await openUser('Xavier', { origin: A.http, nodeUrls: [A.ws, B.ws], rooms: [room] });
