@@ -995,6 +995,13 @@ async def health_ready_and_metrics():
         await asyncio.sleep(0.1)
         v = await conns()
     eq(v, 2.0, "chat_connections_open after one client left")
+    # every series a node exposes is in docs/metrics.md (chat_frames_held_total was not)
+    import re
+    _, _, body = await ahttp(n.port, "/metrics")
+    exposed = set(re.findall(r"^# TYPE (chat_\S+)", body.decode(), re.M))
+    with open(os.path.join(REPO, "docs", "metrics.md")) as f:
+        documented = set(re.findall(r"`(chat_[a-z0-9_]+)", f.read()))
+    eq(sorted(exposed - documented), [], "series exposed by /metrics missing from docs/metrics.md")
 
 
 @test()
