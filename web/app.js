@@ -209,6 +209,7 @@ async function loadInitial(r, { force = false } = {}) {
       const res = await client.history(r.name, { limit: PAGE });
       const stick = atBottom(r.log) || r.bySeq.size === 0;
       for (const m of res.messages || []) insertMessage(r, { ...m, fromHistory: true });
+      r.pageTop = Math.max(0, ...(res.messages || []).map((m) => Number(m.seq) || 0));
       r.cursor = res.next_cursor ?? null;
       r.initialLoaded = true;
       if (stick) scrollToBottom(r.log);
@@ -226,16 +227,19 @@ async function loadInitial(r, { force = false } = {}) {
   return r.loading;
 }
 
-// Postgres may lag a moment behind the live stream: a seq missing between the newest history
-// page and the first live message is fetched again shortly after.
+// Postgres may lag a moment behind the live stream: a message broadcast (its seq given) but
+// not committed when the first page was read is neither in that page nor in the live stream,
+// which starts after the head the client got in welcome / presence_state. Every seq from the
+// newest message of the first page up to the client's last seq must be known (a message, or an
+// update seen live); while one is missing, the page is fetched again, a few times. A missing seq
+// may also be an update made before the join (history lists messages only): then the refetches
+// find nothing and stop, at most 5 small requests.
 async function fillHoles(r) {
-  // only above the newest message of the first page: history never lists message updates, so
-  // seqs below it that are missing are updates (their seqs are remembered in r.updateSeqs)
-  const floor = Math.max(0, ...r.bySeq.keys());
   for (let t = 0; t < 5; t++) {
-    const s = [...r.bySeq.keys(), ...r.updateSeqs].filter((x) => x >= floor).sort((a, b) => a - b);
+    const last = Number(client.lastSeq(r.name)) || 0;
+    const from = Math.max(r.pageTop || 0, last - 200); // one refetch (limit 200) covers the range
     let hole = false;
-    for (let i = 1; i < s.length && !hole; i++) hole = s[i] - s[i - 1] > 1;
+    for (let q = from + 1; q <= last && !hole; q++) hole = !r.bySeq.has(q) && !r.updateSeqs.has(q);
     if (!hole || !rooms.has(r.name)) return;
     await new Promise((res) => setTimeout(res, 300 * (t + 1)));
     try {
