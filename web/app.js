@@ -489,11 +489,16 @@ function wireReadState() {
     renderSeenBy(r);
   });
   // joining a room never read marks what came before as read (as Slack does); rooms the
-  // user looks at are marked as they are seen
+  // user looks at are marked as they are seen. Only the page's first join of the room: a
+  // rejoin after a reconnect also answers read_seq 0 when the room was empty at the first
+  // join, and what was said while the tab was offline is unread, not "before the join"
+  // (before, a reconnect marked it read: no badge, and "seen by" told the others so).
   const joined = (f) => {
     const r = rooms.get(f.room);
     if (!r) return;
-    if (f.read_seq === 0 && f.seq > 0 && f.room !== active) client.markRead(f.room, f.seq);
+    const first = !r.joinedBefore;
+    r.joinedBefore = true;
+    if (first && f.read_seq === 0 && f.seq > 0 && f.room !== active) client.markRead(f.room, f.seq);
     refreshUnread();
   };
   client.on('presence_state', joined);

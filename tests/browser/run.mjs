@@ -809,6 +809,39 @@ test('a page on another origin reads history with Authorization: Bearer (CORS pr
   }
 });
 
+test('unread badge counts what arrived in another room while the tab was offline', async () => {
+  // Bob joined the room while it was empty (read_seq 0), looks at #general, his socket drops,
+  // Alice talks in the room, Bob comes back: the rejoin answers read_seq 0 again, which the
+  // page took for "a room never read: mark what came before read" and sent read 2 at once
+  // (no badge, and Alice was told Bob had seen them).
+  const { alice, bob } = users;
+  const room = `offline-unread-${Date.now().toString(36)}`;
+  for (const u of [bob, alice]) {
+    await u.page.getByRole('textbox', { name: 'Join a room' }).fill(room);
+    await u.page.getByRole('textbox', { name: 'Join a room' }).press('Enter');
+    await u.page.locator(`#room-list button[aria-current="page"][data-room="${room}"]`).waitFor({ timeout: 8000 });
+    await u.page.waitForFunction((r) => window.chatd.client.readSeq(r) !== null, room, { timeout: 8000 });
+  }
+  await bob.page.locator('#room-list button[data-room="general"]').click();
+  await bob.page.locator('#room-list button[data-room="general"][aria-current="page"]').waitFor();
+  await bob.page.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 4000; c._ws.close(); });
+  await bob.page.locator('#status[data-state="reconnecting"]').waitFor({ timeout: 5000 });
+  const texts = [1, 2].map((i) => `said while Bob was offline ${i} ${RUN}`);
+  for (const t of texts) await sendViaUi(alice.page, t);
+  for (const t of texts) await alice.page.locator('li.msg.own[data-state="acked"]', { hasText: t }).waitFor({ timeout: 8000 });
+  await bob.page.evaluate(() => { const c = window.chatd.client; c.opts.backoffMinMs = 250; c.reconnectNow(); });
+  await bob.page.locator('#status[data-state="open"]').waitFor({ timeout: 10000 });
+  await bob.page.waitForFunction((r) => window.chatd.client.lastSeq(r) === 2, room, { timeout: 8000 });
+  await sleep(500); // the unread refresh (debounced 200 ms) and any read the page would send
+  const state = await bob.page.evaluate((r) => ({ read: window.chatd.client.readSeq(r), unread: window.chatd.rooms.get(r).unread }), room);
+  assert(state.read === 0 && state.unread === 2, `after the reconnect Bob's read seq is ${state.read} and the badge ${state.unread}, want 0 and 2`);
+  await bob.page.locator(`#room-list button[data-room="${room}"] .badge`, { hasText: '2' }).waitFor({ timeout: 5000 });
+  await bob.page.locator(`#room-list button[data-room="${room}"]`).click();
+  await bob.page.locator(`#room-list button[data-room="${room}"] .badge`).waitFor({ state: 'hidden', timeout: 8000 });
+  await bob.page.waitForFunction((r) => window.chatd.client.readSeq(r) === 2, room, { timeout: 8000 });
+  for (const u of [alice, bob]) await u.page.locator('#room-list button[data-room="general"]').click();
+});
+
 test('a message broadcast but not yet stored when a tab opens the room appears once it is stored', async () => {
   // The tab's first history page comes from Postgres, its live stream starts after the room's
   // head in welcome: a message broadcast (seq given) but not committed yet at that moment is in
