@@ -11,13 +11,17 @@
 #include "srv.h"
 #include "util.h"
 #include <inttypes.h>
+#include <uv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct http_req {
-    struct lws *wsi;        /* NULL once the connection went away */
+    struct lws *wsi;        /* NULL once the connection went away or was answered */
     int done;
+    int waiting;            /* the store's / presence's callback has not come yet */
+    uv_timer_t *deadline;   /* answers 503 when that callback is late (req_wait) */
+    const char *late;       /* ... with this error */
     unsigned status;
     char *body;
     size_t len;
@@ -152,14 +156,79 @@ static int require_auth(struct lws *wsi, int head, identity *id, int *ret)
 
 /* ---- async answers --------------------------------------------------- */
 
-static void req_finish(http_req *r, unsigned status, char *body, size_t len)
+/* An async read answers within HTTP_READ_DEADLINE_MS (at most half the
+ * handshake timeout, which would close the connection with no status): a
+ * stalled Postgres, or reads queued behind a stuck one on the store's
+ * connection, is a 503 then, not a request left hanging. The late callback
+ * still comes (store and presence own their queries) and frees what the
+ * connection no longer holds. A request is freed when neither the
+ * connection (wsi) nor a pending callback (waiting) holds it; its timer is
+ * closed by whichever ends the wait first. */
+#define HTTP_READ_DEADLINE_MS 5000
+
+static void req_answer(http_req *r, unsigned status, char *body, size_t len)
 {
-    if (!r->wsi) { free(body); free(r); return; }
     r->status = status;
     r->body = body;
     r->len = len;
     r->done = 1;
     lws_callback_on_writable(r->wsi);
+}
+
+static void deadline_closed(uv_handle_t *h) { free(h); }
+
+static void req_stop_deadline(http_req *r)
+{
+    if (!r->deadline) return;
+    r->deadline->data = NULL;
+    uv_close((uv_handle_t *)r->deadline, deadline_closed);
+    r->deadline = NULL;
+}
+
+static void on_read_deadline(uv_timer_t *t)
+{
+    http_req *r = t->data;
+    if (!r) return;
+    req_stop_deadline(r);
+    if (r->done || !r->wsi) return;
+    char b[96];
+    int n = snprintf(b, sizeof b, "{\"error\":\"%s\"}", r->late);
+    LOGW("http", "%s: 503", r->late);
+    req_answer(r, 503, strdup(b), (size_t)n);
+}
+
+/* Before the async call: the callback is awaited, within the deadline. */
+static void req_wait(http_req *r, const char *late)
+{
+    r->waiting = 1;
+    r->late = late;
+    uint64_t ms = (uint64_t)g_srv.cfg.handshake_timeout_ms / 2;
+    if (ms > HTTP_READ_DEADLINE_MS) ms = HTTP_READ_DEADLINE_MS;
+    uv_timer_t *t = malloc(sizeof *t);
+    if (!t) return;             /* no deadline: the answer comes when it comes */
+    uv_timer_init(g_srv.loop, t);
+    t->data = r;
+    uv_timer_start(t, on_read_deadline, ms, 0);
+    r->deadline = t;
+}
+
+/* The async call refused at once: nothing awaited, the caller answers. */
+static void req_abandon(http_req *r)
+{
+    req_stop_deadline(r);
+    free(r);
+}
+
+static void req_finish(http_req *r, unsigned status, char *body, size_t len)
+{
+    r->waiting = 0;
+    req_stop_deadline(r);
+    if (!r->wsi || r->done) {   /* gone, or answered 503 at the deadline */
+        free(body);
+        if (!r->wsi) free(r);
+        return;
+    }
+    req_answer(r, status, body, len);
 }
 
 /* A history message in its current state (message updates, v2): the
@@ -249,7 +318,9 @@ int http_writeable(struct lws *wsi, http_req **slot)
     int ret = r->body ? reply_x(wsi, r->head, r->status, "application/json", r->body, r->len, NULL, NULL)
                       : reply_text(wsi, r->head, 503, "out of memory", NULL, NULL);
     free(r->body);
-    free(r);
+    r->body = NULL;
+    r->wsi = NULL;
+    if (!r->waiting) free(r);   /* else the late callback frees it */
     return ret;
 }
 
@@ -258,8 +329,11 @@ void http_cancel(http_req **slot)
     http_req *r = *slot;
     if (!r) return;
     *slot = NULL;
-    if (r->done) { free(r->body); free(r); return; }
-    r->wsi = NULL;     /* the pending callback frees it */
+    req_stop_deadline(r);
+    free(r->body);
+    r->body = NULL;
+    r->wsi = NULL;
+    if (!r->waiting) free(r);   /* else the pending callback frees it */
 }
 
 /* ---- request parsing (pure, see http.h) ----------------------------- */
@@ -356,9 +430,10 @@ static int route_room(struct lws *wsi, int head, const char *rest, http_req **sl
     script_result_clear(&res);
     if (is_pres) {
         *slot = r;
+        req_wait(r, "presence unavailable (no answer in time)");
         if (presence_list(g_srv.presence, r->room, on_presence_users, r) < 0) {
             *slot = NULL;
-            free(r);
+            req_abandon(r);
             return reply_json_error(wsi, head, 503, "presence unavailable");
         }
         return 0;
@@ -385,9 +460,10 @@ static int route_room(struct lws *wsi, int head, const char *rest, http_req **sl
         return reply_json_error(wsi, head, 503, "history is disabled: chatd runs without CHAT_DATABASE_URL");
     }
     *slot = r;
+    req_wait(r, "history store unavailable (no answer in time)");
     if (store_history(g_srv.store, r->room, before, r->limit + 1, on_history_rows, r) < 0) {
         *slot = NULL;
-        free(r);
+        req_abandon(r);
         return reply_json_error(wsi, head, 503, "history store unavailable");
     }
     return 0;
@@ -420,11 +496,12 @@ static int route_unread(struct lws *wsi, int head, http_req **slot)
     r->wsi = wsi;
     r->head = head;
     *slot = r;
+    req_wait(r, "read state store unavailable (no answer in time)");
     int rc = readstate_unread(id.user, on_unread, r);
     identity_clear(&id);
     if (rc < 0) {
         *slot = NULL;
-        free(r);
+        req_abandon(r);
         return reply_json_error(wsi, head, 503, "read state store unavailable");
     }
     return 0;

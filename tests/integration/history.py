@@ -1328,3 +1328,41 @@ async def replay_that_fits_is_not_refused_for_the_held_frames_it_covers():
                      what="the live message after the join")
     eq(b.errors(), [], "no error: the replay (13 frames) and the join's answers fit 16")
     eq(b.seqs(room), list(range(1, 15)), "replay then live")
+
+
+@test(timeout=60, needs=NEEDS)
+async def reads_answer_503_when_postgres_does_not_answer():
+    """GET history and unread while Postgres does not answer (messages held
+    in ACCESS EXCLUSIVE mode: reads wait too): a 503 naming the store within
+    the read deadline (5 s; half the handshake timeout), never a request
+    left hanging until the connection is closed with no status (before: no
+    answer, closed after CHAT_HANDSHAKE_TIMEOUT_MS). Once Postgres answers,
+    the same requests are 200 again (the late answers were dropped, not
+    sent to anyone)."""
+    n = hnode()
+    room = uniq()
+    c = await Client.connect(n, room, token("alice"))
+    await harness.send_acked(c, "r1", "r1")
+    pg = harness.RUN.need_pg()
+    p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d",
+                          "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        p.stdin.write("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+        p.stdin.flush()
+        eq(await asyncio.to_thread(p.stdout.readline), "locked\n", "messages locked")
+        for path in (f"/rooms/{room}/messages", "/rooms/unread"):
+            t0 = time.monotonic()
+            st, js, body = await ahttp_json(n.port, path, token("reader"), timeout=9)
+            took = time.monotonic() - t0
+            eq(st, 503, f"GET {path} while Postgres does not answer (body {body[:200]!r})")
+            check("no answer in time" in (js or {}).get("error", ""), f"GET {path}: error {body[:200]!r}")
+            check(4.0 < took < 8.0, f"GET {path} answered after {took:.1f} s (deadline 5 s)")
+    finally:
+        p.stdin.write("COMMIT;\n")
+        p.stdin.close()
+        p.wait(15)
+    js = await history(n, room)
+    eq([m.get("id") for m in js["messages"]], ["r1"], "history after Postgres answers again")
+    st, js, body = await ahttp_json(n.port, "/rooms/unread", token("reader"))
+    eq(st, 200, f"unread after Postgres answers again ({body[:200]!r})")
