@@ -210,13 +210,17 @@ static unsigned char *b64url_decode(const char *s, size_t len, size_t *outlen)
     return out;
 }
 
-/* Decodes one segment into a JSON object; NULL when it is not one. */
-static json_t *segment_object(const char *s, size_t len)
+/* Decodes one segment into a JSON object; NULL when it is not one, with
+ * *big set when it is JSON but holds an integer beyond 64 bits. */
+static json_t *segment_object(const char *s, size_t len, int *big)
 {
     size_t n = 0;
+    *big = 0;
     unsigned char *raw = b64url_decode(s, len, &n);
     if (!raw) return NULL;
-    json_t *j = json_loadb((const char *)raw, n, 0, NULL);
+    json_error_t e;
+    json_t *j = json_loadb((const char *)raw, n, 0, &e);
+    if (!j && json_error_code(&e) == json_error_numeric_overflow) *big = 1;
     free(raw);
     if (j && !json_is_object(j)) { json_decref(j); j = NULL; }
     return j;
@@ -348,7 +352,8 @@ int auth_verify(const auth_ctx *a, const char *token, int64_t now_s, identity *o
     size_t hlen = (size_t)(d1 - token), plen = (size_t)(d2 - d1 - 1);
     size_t slen = len - (size_t)(d2 + 1 - token);
 
-    json_t *hdr = segment_object(token, hlen);
+    int big;
+    json_t *hdr = segment_object(token, hlen, &big);
     if (!hdr) { fmt(reason, rlen, "malformed token"); return -1; }
     jwt_alg_t alg = pinned_alg(a, hdr);
     int has_crit = json_object_get(hdr, "crit") != NULL;
@@ -356,8 +361,16 @@ int auth_verify(const auth_ctx *a, const char *token, int64_t now_s, identity *o
     if (alg == JWT_ALG_INVAL) { fmt(reason, rlen, "algorithm not allowed"); return -1; }
     if (has_crit) { fmt(reason, rlen, "unsupported critical header"); return -1; }
 
-    json_t *payload = segment_object(d1 + 1, plen);
-    if (!payload) { fmt(reason, rlen, "malformed token"); return -1; }
+    /* libjwt (jwt_decode, which checks the signature) reads the claims with
+     * jansson's default flags: an integer beyond 64 bits anywhere in them,
+     * even in a claim chatd never reads, makes it refuse the token. Such a
+     * token cannot be verified without bypassing libjwt: refused, and
+     * said so (docs/operations.md "Tokens"). */
+    json_t *payload = segment_object(d1 + 1, plen, &big);
+    if (!payload) {
+        fmt(reason, rlen, big ? "unsupported token: a claim holds an integer beyond 64 bits" : "malformed token");
+        return -1;
+    }
     json_decref(payload);
     size_t siglen = 0;
     unsigned char *sig = slen ? b64url_decode(d2 + 1, slen, &siglen) : NULL;

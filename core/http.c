@@ -507,13 +507,35 @@ static int route_unread(struct lws *wsi, int head, http_req **slot)
     return 0;
 }
 
+int http_dev_token_args(struct lws *wsi, char *name, size_t namelen, long *ttl, const char **err)
+{
+    char t[32];
+    /* a long name= that could not be copied is our lack of memory, not a
+     * name the client got wrong */
+    int got = httpd_arg(wsi, "name", name, namelen);
+    if (got == HTTPD_ARG_NOMEM) { *err = "out of memory"; return 503; }
+    size_t nl = strlen(name);
+    if (nl < 1 || nl > 32) { *err = "name must be 1-32 characters"; return 400; }
+    *ttl = 3600;
+    got = httpd_arg(wsi, "ttl", t, sizeof t);
+    if (got == HTTPD_ARG_NOMEM) { *err = "out of memory"; return 503; }
+    if (got) {
+        *ttl = strtol(t, NULL, 10);
+        if (*ttl < 1 || *ttl > 86400) { *err = "ttl must be 1-86400 seconds"; return 400; }
+    }
+    return 0;
+}
+
 static int route_dev_token(struct lws *wsi, int head)
 {
     if (!g_srv.cfg.dev_tokens) return reply_text(wsi, head, 404, "not found", NULL, NULL);
-    char name[128] = "", ttl[32] = "";
-    httpd_arg(wsi, "name", name, sizeof name);
+    char name[128] = "";
+    long t;
+    const char *err;
+    int st = http_dev_token_args(wsi, name, sizeof name, &t, &err);
+    if (st == 503) return reply_text(wsi, head, 503, err, NULL, NULL);
+    if (st) return reply_json_error(wsi, head, st, err);
     size_t nl = strlen(name);
-    if (nl < 1 || nl > 32) return reply_json_error(wsi, head, 400, "name must be 1-32 characters");
     char sub[40];
     size_t k = 0;
     for (size_t i = 0; i < nl && k < sizeof sub - 1; i++) {
@@ -524,11 +546,6 @@ static int route_dev_token(struct lws *wsi, int head)
         else sub[k++] = '_';
     }
     sub[k] = 0;
-    long t = 3600;
-    if (httpd_arg(wsi, "ttl", ttl, sizeof ttl)) {
-        t = strtol(ttl, NULL, 10);
-        if (t < 1 || t > 86400) return reply_json_error(wsi, head, 400, "ttl must be 1-86400 seconds");
-    }
     int64_t exp = (int64_t)(now_ms() / 1000) + t;
     char *tok = auth_mint(g_srv.auth, sub, name, exp, NULL);
     if (!tok) return reply_json_error(wsi, head, 500, "cannot mint tokens (HS256 secret needed)");

@@ -25,6 +25,11 @@ void http_cancel(struct http_req **slot);
  * of memory. */
 int http_token(struct lws *wsi, char *out, size_t outlen);
 
+/* The arguments of /dev/token: name= (1-32 bytes, into name) and ttl=
+ * (1-86400 s, default 3600). 0 when usable; else the status to answer (400:
+ * the client's mistake, 503: out of memory) and *err its text. */
+int http_dev_token_args(struct lws *wsi, char *name, size_t namelen, long *ttl, const char **err);
+
 /* Pure: the plain routes' JSON error body {"error":text} (text
  * JSON-escaped, at most 300 bytes of it) into b (cap >= 320); its length. */
 size_t http_error_json(char *b, size_t cap, const char *text);

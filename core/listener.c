@@ -285,7 +285,11 @@ static void on_hs_timer(uv_timer_t *t)
         next = p->next;
         if (now >= p->deadline_ms) {
             metric_inc(m_timeout);
-            answer_and_close(p, "408 Request Timeout", "request head not complete in time");
+            /* the method as sent so far: a HEAD gets the head alone here too */
+            ssize_t r = recv(p->fd, g_peek, 5, MSG_PEEK | MSG_DONTWAIT);
+            answer_and_close_as(p, "408 Request Timeout", "text/plain; charset=utf-8", "",
+                                "request head not complete in time\n",
+                                r == 5 && !memcmp(g_peek, "HEAD ", 5));
         }
     }
 }

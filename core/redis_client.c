@@ -92,19 +92,6 @@ static redis_client *client_of(const redis_tnode *tn)
     return tn->t->ud;
 }
 
-/* The value of an INFO line ("\nname:value\r"), NULL when absent. */
-static const char *info_field(const redisReply *r, const char *name, size_t *len)
-{
-    char key[64];
-    int kl = snprintf(key, sizeof key, "\n%s:", name);
-    const char *p = memmem(r->str, r->len, key, (size_t)kl);
-    if (!p) return NULL;
-    p += kl;
-    const char *end = memchr(p, '\r', (size_t)(r->str + r->len - p));
-    *len = end ? (size_t)(end - p) : (size_t)(r->str + r->len - p);
-    return p;
-}
-
 /* A Redis that evicts keys (maxmemory set, a policy other than
  * noeviction) breaks what chatd's keys hold, silently: an evicted client id
  * makes the resend of an acked message a new message (a second seq, a
@@ -115,13 +102,11 @@ static void memory_info_cb(redis_conn *conn, const redisReply *r, void *ud)
 {
     redis_tnode *tn = ud;
     (void)conn;
-    if (!r || r->type != REDIS_REPLY_STRING) return;   /* NULL: closed, tn may be gone */
-    size_t ml = 0, pl = 0;
+    if (!r) return;   /* closed: tn may be gone */
+    size_t pl = 0;
     uint64_t max = 0;
-    const char *m = info_field(r, "maxmemory", &ml), *pol = info_field(r, "maxmemory_policy", &pl);
-    if (!m || !pol || parse_u64(m, ml, &max) != 0 || max == 0 ||
-        (pl == 10 && memcmp(pol, "noeviction", 10) == 0))
-        return;
+    const char *pol = NULL;
+    if (!redis_reply_info_evicts(r, &max, &pol, &pl)) return;
     char d[512];
     redis_topo_describe(tn, d, sizeof d);
     LOGW(client_of(tn)->who, "redis %s evicts keys (maxmemory %" PRIu64 ", maxmemory-policy %.*s): "

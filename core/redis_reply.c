@@ -6,6 +6,47 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The value of an INFO line ("\nname:value\r\n": up to the line's end,
+ * CR or LF, or the reply's), NULL when absent. */
+static const char *info_field(const redisReply *r, const char *name, size_t *len)
+{
+    char key[64];
+    int kl = snprintf(key, sizeof key, "\n%s:", name);
+    const char *p = memmem(r->str, r->len, key, (size_t)kl);
+    if (!p) return NULL;
+    p += kl;
+    size_t n = 0, left = (size_t)(r->str + r->len - p);
+    while (n < left && p[n] != '\r' && p[n] != '\n') n++;
+    *len = n;
+    return p;
+}
+
+/* A policy name as Redis writes them (volatile-lru, allkeys-lfu, ...):
+ * 1-32 of a-z and '-'. */
+static int policy_word(const char *s, size_t n)
+{
+    if (n < 1 || n > 32) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || s[i] == '-')) return 0;
+    return 1;
+}
+
+int redis_reply_info_evicts(const redisReply *r, uint64_t *maxmemory, const char **policy, size_t *policy_len)
+{
+    if (!r || r->type != REDIS_REPLY_STRING || !r->str) return 0;
+    size_t ml = 0, pl = 0;
+    uint64_t max = 0;
+    const char *m = info_field(r, "maxmemory", &ml), *pol = info_field(r, "maxmemory_policy", &pl);
+    /* garbage (an empty or binary policy, a line cut short) is no warning */
+    if (!m || !pol || parse_u64(m, ml, &max) != 0 || max == 0 || !policy_word(pol, pl) ||
+        (pl == 10 && memcmp(pol, "noeviction", 10) == 0))
+        return 0;
+    *maxmemory = max;
+    *policy = pol;
+    *policy_len = pl;
+    return 1;
+}
+
 static int starts(const redisReply *r, const char *w)
 {
     size_t n = strlen(w);

@@ -6,7 +6,8 @@
  *  - pushed messages of a subscription connection (message, smessage,
  *    (s)subscribe, (s)unsubscribe, pong);
  *  - the slot map of CLUSTER SHARDS (Redis 7);
- *  - integers given as integer, bulk string or nil.
+ *  - integers given as integer, bulk string or nil;
+ *  - INFO memory: whether the server evicts keys.
  * Every function accepts any reply tree (wrong types, missing elements,
  * NULL strings) and answers "not that" rather than crashing.
  * Owns: the arrays of a redis_shards it filled (redis_shards_free). */
@@ -69,6 +70,13 @@ int redis_push_is_subscription(redis_push_kind k);
 /* An unsigned integer: integer reply, decimal bulk/status string, or nil
  * (0). 0 on success, -1 otherwise. */
 int redis_reply_u64(const redisReply *r, uint64_t *v);
+
+/* An INFO memory reply of a Redis that evicts keys: "maxmemory:" a
+ * decimal above 0 and a "maxmemory_policy:" other than noeviction, a word
+ * of a-z and '-' (lines "\nname:value\r\n"). 1 with *maxmemory and the
+ * policy (pointing into r, not NUL-terminated) set; 0 for anything else,
+ * garbage included (fuzz_resp, test_parse). */
+int redis_reply_info_evicts(const redisReply *r, uint64_t *maxmemory, const char **policy, size_t *policy_len);
 
 /* ---- the slot map (CLUSTER SHARDS) ---- */
 typedef struct redis_shard_info {

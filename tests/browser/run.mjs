@@ -7,7 +7,8 @@
 // exit status 1 when any test failed.
 //
 // Environment: CHATD_BIN (default <repo>/build/chatd), WEB_TEST_NO_PG=1 (no Postgres),
-// WEB_TEST_PORT_BASE (default 17500: the run uses base+1, +2, +10, +11),
+// WEB_TEST_PORT_BASE (default 17500, or CHATD_TEST_PORT_LO through run.sh: tools/test_ports.sh;
+// the run uses base+1, +2, +10, +11),
 // WEB_TEST_ONLY=substring (run matching tests), WEB_TEST_WEB_DIR (serve another copy of web/), WEB_TEST_EXTERNAL=http://h:p[,http://h:p]
 // (use running servers with dev tokens instead of starting any; the failover test is skipped).
 

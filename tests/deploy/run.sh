@@ -16,6 +16,8 @@
 #    dependencies, dpkg-deb -c the layout, the conffiles
 #  - tools/demo.sh --short (through nginx when installed, else --no-tls + SKIP)
 #  - tools/deps.sh lists every program/module the scripts call (check_deps.py)
+#  - the browser and Prometheus suites' ports follow CHATD_TEST_PORT_LO/HI
+#    (check_test_ports.sh)
 # env: CHATD_BUILD (default build), CHATD_TEST_PORT_LO/HI (default 21300-21499)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -245,6 +247,10 @@ fi
 # ---- tools/deps.sh names every program and module the scripts call (a fresh
 # Debian 12 has only what it installs): tests/deploy/check_deps.py reads them
 check deps-complete "$PY" tests/deploy/check_deps.py
+
+# ---- the browser suite and the Prometheus test take their ports from the
+# caller's CHATD_TEST_PORT_LO/HI (tools/test_ports.sh)
+check test-ports bash tests/deploy/check_test_ports.sh
 
 # ---- tools/deps.sh refuses an argument it does not know (it would check less)
 check deps-usage bash -c 'tools/deps.sh --check >/dev/null 2>&1; [ $? -eq 2 ] && tools/deps.sh --test --bench >/dev/null 2>&1; [ $? -eq 2 ]'

@@ -3,7 +3,8 @@
  * turns them into replies (as on the bus' and presence's connections), and
  * every reply goes through every interpreter chatd has for what Redis says:
  *   connection layer (core/redis_reply.c): integers, error kinds with
- *     MOVED/ASK redirects, pub/sub pushes, the CLUSTER SHARDS slot map;
+ *     MOVED/ASK redirects, pub/sub pushes, the CLUSTER SHARDS slot map,
+ *     INFO memory (whether the server evicts keys: redis_client.c's warning);
  *   bus: the head script {0, head, epoch, before} / {2} / {3}
  *     (bus_rhead_parse), the publish script {seq, dup|seed}
  *     (bus_redis_publish_reply), a message update's {0, 3|4|5} / {seq, 0,
@@ -121,6 +122,32 @@ static void interpret(const redisReply *rp)
                    rd.addr.host[0] && strnlen(rd.addr.host, sizeof rd.addr.host) < sizeof rd.addr.host,
                    "redirect slot %d port %d", rd.slot, rd.addr.port);
     FUZZ_CHECK(redis_err_name(ek) != NULL, "no name for error kind %d", ek);
+    /* INFO memory (the eviction warning): named only when the reply says
+     * "\nmaxmemory:" a decimal >= 1 and "\nmaxmemory_policy:" a word other
+     * than noeviction, the policy inside the reply */
+    uint64_t mm = 0;
+    const char *pol = NULL;
+    size_t pl = 0;
+    if (redis_reply_info_evicts(rp, &mm, &pol, &pl) == 1) {
+        FUZZ_CHECK(rp->type == REDIS_REPLY_STRING && mm >= 1, "evicts: type %d maxmemory %" PRIu64, rp->type, mm);
+        FUZZ_CHECK(pol && pl >= 1 && inside(rp, pol, pl) && (size_t)(pol - rp->str) >= 18 &&
+                   memcmp(pol - 18, "\nmaxmemory_policy:", 18) == 0, "policy not a maxmemory_policy line's");
+        FUZZ_CHECK(!(pl == 10 && !memcmp(pol, "noeviction", 10)), "noeviction read as evicting");
+        for (size_t i = 0; i < pl; i++)
+            FUZZ_CHECK((pol[i] >= 'a' && pol[i] <= 'z') || pol[i] == '-', "policy byte 0x%02x", (unsigned char)pol[i]);
+        const char *m = memmem(rp->str, rp->len, "\nmaxmemory:", 11);
+        FUZZ_CHECK(m, "evicts without a maxmemory line");
+        char b[24];
+        int bl = snprintf(b, sizeof b, "%" PRIu64, mm);
+        m += 11;
+        size_t left = (size_t)(rp->str + rp->len - m), z = 0;
+        while (z < left && m[z] == '0') z++;   /* leading zeros read as such */
+        FUZZ_CHECK(left - z >= (size_t)bl && !memcmp(m + z, b, (size_t)bl) &&
+                   (left - z == (size_t)bl || m[z + bl] == '\r' || m[z + bl] == '\n'),
+                   "maxmemory %s is not the line's", b);
+    } else {
+        FUZZ_CHECK(pol == NULL && mm == 0 && pl == 0, "outputs set without eviction");
+    }
     redis_shards sh;
     char serr[128];
     if (redis_reply_shards(rp, rp->elements & 1, &sh, serr, sizeof serr) == 0) {

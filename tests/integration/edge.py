@@ -341,7 +341,7 @@ async def refused(node, reason):
 
 @test()
 async def bad_handshakes_get_http_answers():
-    n = start_node(env={"CHAT_MAX_HEADER_BYTES": 4096})
+    n = start_node(env={"CHAT_MAX_HEADER_BYTES": 4096, "CHAT_HANDSHAKE_TIMEOUT_MS": 1000})
     st, h, body, _ = await upgrade(n, drop=("Sec-WebSocket-Key",))
     eq(st, 400, "missing Sec-WebSocket-Key")
     check(b"Sec-WebSocket-Key" in body, f"400 body {body!r}")
@@ -365,6 +365,15 @@ async def bad_handshakes_get_http_answers():
     check(top.startswith(b"HTTP/1.1 431 ") and b"content-length: 32\r\n" in top + b"\r\n",
           f"HEAD with a 30 KB head: {top!r}")
     eq(body, b"", "the body of a HEAD's 431")
+    # so is its 408, a head not complete in time (before, the body followed);
+    # a GET's 408 has its body
+    for method, want in (("HEAD", b""), ("GET", b"request head not complete in time\n")):
+        data = await asyncio.to_thread(exchange_until_close, n.port,
+                                       f"{method} /healthz HTTP/1.1\r\nHost: x\r\n".encode())
+        top, _, body = data.partition(b"\r\n\r\n")
+        check(top.startswith(b"HTTP/1.1 408 ") and b"content-length: 34\r\n" in top + b"\r\n",
+              f"{method} with an incomplete head: {top!r}")
+        eq(body, want, f"the body of a {method}'s 408")
     eq(await refused(n, "no_key"), 1, "refused no_key")
     eq(await refused(n, "bad_version"), 3, "refused bad_version")
     eq(await refused(n, "header_too_large"), 3, "refused header_too_large")

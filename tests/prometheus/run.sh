@@ -1,22 +1,16 @@
 #!/usr/bin/env bash
 # Prometheus end-to-end test: starts chatd and Debian's prometheus (scraping it
-# every second) on two free ports from 17640, holds a known number of WebSocket
+# every second) on two free ports (from 17640, or in the caller's
+# CHATD_TEST_PORT_LO/HI range: tools/test_ports.sh), holds a known number of WebSocket
 # connections with loadtest/bin/chatload and checks, through Prometheus's HTTP
 # API, that chat_connections_open shows exactly that number, then 0 after they
 # leave; also that refused tokens are counted and that /metrics passes promtool.
 # Prints "N passed, N failed"; exits 1 on any failure.
-# env: CHATD (default build/chatd), HOLD (connections to hold, default 37)
+# env: CHATD (default build/chatd), HOLD (connections to hold, default 37),
+# CHATD_TEST_PORT_LO/HI or PROM_TEST_PORT_LO/HI (where to look for the ports)
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CHATD=${CHATD:-$REPO/build/chatd}
-# two free loopback ports (17640/17641 unless taken: another run may hold them)
-free_port() {   # free_port FIRST -> the first port from FIRST nobody listens on
-    local p=$1
-    while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
-    echo "$p"
-}
-CHATD_PORT=$(free_port 17640)
-PROM_PORT=$(free_port $((CHATD_PORT + 1)))
 SECRET=prom-test-secret HOLD=${HOLD:-37}
 TMP=$(mktemp -d /tmp/chatd-promtest.XXXXXX)
 PIDS=()
@@ -32,6 +26,16 @@ finish() {
     exit $?
 }
 trap finish EXIT
+
+# two free loopback ports: the first of PROM_TEST_PORT_LO..HI, from the
+# caller's CHATD_TEST_PORT_LO/HI (tools/test_ports.sh), else from 17640 up
+# (17640/17641 unless taken: another run may hold them)
+. "$REPO/tools/test_ports.sh"
+test_ports_derive || { bad "ports"; exit; }
+PLO=${PROM_TEST_PORT_LO:-17640} PHI=${PROM_TEST_PORT_HI:-65535}
+CHATD_PORT=$(test_ports_first_free "$PLO" "$PHI") &&
+    PROM_PORT=$(test_ports_first_free $((CHATD_PORT + 1)) "$PHI") ||
+    { bad "no two free ports in $PLO-$PHI"; exit; }
 
 # query EXPR -> the first sample's value, or "none"
 query() {

@@ -457,6 +457,24 @@ static void test_malformed(auth_ctx *s)
     t = make_token(HS, "[1]", SIGN_HMAC, SECRET, strlen(SECRET));
     EXPECT_FAIL(s, t, NOW, "malformed token");
     free(t);
+    /* an integer beyond 64 bits, in a claim chatd does not read or in exp:
+     * libjwt's decoder (jansson's default flags) refuses the token, so chatd
+     * does too, and says why (docs/operations.md "Tokens"); a frame with such
+     * an integer in an unknown field is read (frame_json_load) */
+    char huge[2][256];
+    snprintf(huge[0], sizeof huge[0], "{\"sub\":\"u\",\"exp\":%lld,\"big\":123456789012345678901234567890}",
+             (long long)NOW + 100);
+    snprintf(huge[1], sizeof huge[1], "{\"sub\":\"u\",\"exp\":123456789012345678901234567890}");
+    for (size_t i = 0; i < 2; i++) {
+        const char *pl = huge[i];
+        t = make_token(HS, pl, SIGN_HMAC, SECRET, strlen(SECRET));
+        EXPECT_FAIL(s, t, NOW, "unsupported token: a claim holds an integer beyond 64 bits");
+        jwt_t *j = NULL;
+        int lrc = jwt_decode(&j, t, (const unsigned char *)SECRET, (int)strlen(SECRET));
+        CHECK(lrc != 0, "libjwt now reads a claim beyond 64 bits (%s): revisit auth.c and the doc", pl);
+        if (j) jwt_free(j);
+        free(t);
+    }
     /* header without alg */
     t = make_token("{\"typ\":\"JWT\"}", c, SIGN_HMAC, SECRET, strlen(SECRET));
     EXPECT_FAIL(s, t, NOW, "algorithm not allowed");

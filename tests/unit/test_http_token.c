@@ -3,7 +3,8 @@
  * reports what it could not read. lws' header reads are faked (--wrap of
  * lws_hdr_total_length, lws_hdr_copy, lws_hdr_fragment_length,
  * lws_hdr_copy_fragment): the request is the Authorization value and the
- * query fragments set below. Allocation failures come from allocfail.h. */
+ * query fragments set below. Allocation failures come from allocfail.h.
+ * Also /dev/token's arguments (http_dev_token_args), read the same way. */
 #define _GNU_SOURCE
 #include "allocfail.h"
 #include "auth.h"
@@ -123,9 +124,51 @@ static void test_arg_results(void)
     free(big);
 }
 
+/* /dev/token's arguments: a long name= that cannot be copied is 503 (out of
+ * memory), not 400 "name must be 1-32 characters" as an empty name would be */
+static void test_dev_token_args(void)
+{
+    char name[128];
+    long ttl = 0;
+    const char *err = "";
+    struct lws *wsi = (struct lws *)&g_auth;
+    g_auth = NULL;
+    g_args[0] = "name=Alice";
+    g_args[1] = "ttl=60";
+    g_args[2] = NULL;
+    CHECK(http_dev_token_args(wsi, name, sizeof name, &ttl, &err) == 0 && !strcmp(name, "Alice") && ttl == 60,
+          "name and ttl: %s %ld", name, ttl);
+    g_args[1] = NULL;
+    CHECK(http_dev_token_args(wsi, name, sizeof name, &ttl, &err) == 0 && ttl == 3600, "default ttl %ld", ttl);
+    g_args[1] = "ttl=0";
+    CHECK(http_dev_token_args(wsi, name, sizeof name, &ttl, &err) == 400 && strstr(err, "ttl"), "ttl 0: %s", err);
+    char *big = long_value("name=", 'n', 2000);   /* over httpd_arg's stack buffer */
+    g_args[0] = big;
+    g_args[1] = NULL;
+    CHECK(http_dev_token_args(wsi, name, sizeof name, &ttl, &err) == 400 && strstr(err, "name"),
+          "a long name: %s", err);
+    af_fail_malloc = 1;
+    int st = http_dev_token_args(wsi, name, sizeof name, &ttl, &err);
+    af_fail_malloc = 0;
+    CHECK(st == 503 && !strcmp(err, "out of memory"), "no memory for a long name: %d %s", st, err);
+    /* a long ttl= likewise */
+    char *bigttl = long_value("ttl=", '1', 2000);
+    g_args[0] = "name=a";
+    g_args[1] = bigttl;
+    g_args[2] = NULL;
+    af_fail_malloc = 1;
+    st = http_dev_token_args(wsi, name, sizeof name, &ttl, &err);
+    af_fail_malloc = 0;
+    CHECK(st == 503, "no memory for a long ttl: %d %s", st, err);
+    g_args[0] = NULL;
+    free(big);
+    free(bigttl);
+}
+
 int main(void)
 {
     test_token_sources();
     test_arg_results();
+    test_dev_token_args();
     return check_summary("test_http_token");
 }

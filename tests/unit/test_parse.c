@@ -282,6 +282,57 @@ static void test_redis_replies(void)
     freeReplyObject(r);
 }
 
+/* INFO memory (the eviction warning, redis_client.c): only a Redis that
+ * says it evicts is named; a malformed reply is no warning */
+static void test_info_evicts(void)
+{
+    static const struct { const char *body; int evicts; } cases[] = {
+        {"# Memory\r\nused_memory:1000\r\nmaxmemory:104857600\r\nmaxmemory_human:100.00M\r\n"
+         "maxmemory_policy:volatile-lru\r\nallocator_frag_ratio:1.0\r\n", 1},
+        {"# Memory\r\nmaxmemory:1\r\nmaxmemory_policy:allkeys-lfu", 1},          /* last line, no CRLF */
+        {"# Memory\r\nmaxmemory:0\r\nmaxmemory_policy:volatile-lru\r\n", 0},    /* no limit */
+        {"# Memory\r\nmaxmemory:100\r\nmaxmemory_policy:noeviction\r\n", 0},
+        {"# Memory\r\nmaxmemory_policy:volatile-lru\r\n", 0},                    /* no maxmemory */
+        {"# Memory\r\nmaxmemory:100\r\n", 0},                                    /* no policy */
+        {"# Memory\r\nmaxmemory:100mb\r\nmaxmemory_policy:volatile-lru\r\n", 0},
+        {"# Memory\r\nmaxmemory:99999999999999999999999\r\nmaxmemory_policy:allkeys-lru\r\n", 0},
+        {"# Memory\r\nmaxmemory:\r\nmaxmemory_policy:allkeys-lru\r\n", 0},
+        {"# Memory\r\nmaxmemory:100\r\nmaxmemory_policy:\r\n", 0},              /* empty policy */
+        {"# Memory\r\nmaxmemory:100\r\nmaxmemory_policy:", 0},                    /* cut short */
+        /* LF alone ends a line too: "noeviction" then more lines */
+        {"# Memory\nmaxmemory:100\nmaxmemory_policy:noeviction\nused_memory:1\n", 0},
+        {"# Memory\r\nmaxmemory:100\r\nmaxmemory_policy:\x01\xff\r\n", 0},      /* binary */
+        {"maxmemory:100\r\nmaxmemory_policy:allkeys-lru\r\n", 0},                 /* not "\nname:" */
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char buf[512];
+        size_t bl = strlen(cases[i].body);
+        int n = snprintf(buf, sizeof buf, "$%zu\r\n%s\r\n", bl, cases[i].body);
+        redisReply *r = resp(buf, (size_t)n);
+        uint64_t max = 0;
+        const char *pol = NULL;
+        size_t pl = 0;
+        int got = r ? redis_reply_info_evicts(r, &max, &pol, &pl) : -1;
+        CHECK(got == cases[i].evicts, "INFO case %zu: %d, want %d", i, got, cases[i].evicts);
+        if (got == 1)
+            CHECK(max >= 1 && pol && pl >= 1 && pol >= r->str && pol + pl <= r->str + r->len,
+                  "INFO case %zu: maxmemory %llu, policy %.*s", i, (unsigned long long)max, (int)pl, pol);
+        if (r) freeReplyObject(r);
+    }
+    /* not a string: an error, an array, nothing */
+    redisReply *r = RESP("-ERR unknown\r\n");
+    uint64_t max = 0;
+    const char *pol = NULL;
+    size_t pl = 0;
+    CHECK(redis_reply_info_evicts(r, &max, &pol, &pl) == 0, "an error reply");
+    freeReplyObject(r);
+    r = RESP("*1\r\n$12\r\nmaxmemory:10\r\n");
+    CHECK(redis_reply_info_evicts(r, &max, &pol, &pl) == 0, "an array");
+    freeReplyObject(r);
+    CHECK(redis_reply_info_evicts(NULL, &max, &pol, &pl) == 0, "NULL");
+}
+
 static int g_calls;
 static int each(void *ud, const char *room, const char *ev, const char *user, const char *name)
 {
@@ -413,6 +464,7 @@ int main(void)
     test_bearer();
     test_bus_replies();
     test_redis_replies();
+    test_info_evicts();
     test_redis_url();
     test_presence_replies();
     test_utf8();
