@@ -963,23 +963,41 @@ def _psql(url, sql):
     return r.stdout.decode()
 
 
-class _HeldRoom:
-    """Three nodes on one Redis with a database; A reaches Redis through a
-    link the test can cut (tests/faults/proxy.py). A member m on A, a
-    publisher on B (pb) and on C (pc), all in one room. slow(body, s):
-    Postgres stores a row with that body s seconds late (a trigger dropped
-    on exit)."""
+class _LinkedNodes:
+    """Nodes on one Redis with a database; A reaches Redis through a link
+    the test can cut (tests/faults/proxy.py: link.cut(), link.restore()),
+    B directly. Stops the link and Redis on exit."""
 
     def __init__(self, tag):
-        self.pg = harness.RUN.need_pg()
         self.rd = Redis(harness.RUN.tmpdir(tag))
-        self.fn = "chatd_itest_" + uniq("").replace("-", "_")
 
     async def __aenter__(self):
         self.rd.start()
         self.link = _RedisLink(self.rd.port)
         self.a = start_node(redis=self.link.url, db=True, name="A-" + uniq(""))
         self.b = start_node(redis=self.rd.url, db=True, name="B-" + uniq(""))
+        return self
+
+    async def __aexit__(self, *exc):
+        self.link.stop()
+        self.rd.stop()
+        harness.release_port(self.rd.port)
+        return False
+
+
+class _HeldRoom(_LinkedNodes):
+    """_LinkedNodes and a third node C on the same Redis. A member m on A, a
+    publisher on B (pb) and on C (pc), all in one room. slow(body, s):
+    Postgres stores a row with that body s seconds late (a trigger dropped
+    on exit)."""
+
+    def __init__(self, tag):
+        super().__init__(tag)
+        self.pg = harness.RUN.need_pg()
+        self.fn = "chatd_itest_" + uniq("").replace("-", "_")
+
+    async def __aenter__(self):
+        await super().__aenter__()
         self.c = start_node(redis=self.rd.url, db=True, name="C-" + uniq(""))
         self.room = uniq("held")
         self.m = await Client.connect(self.a, self.room, token("member"))
@@ -998,10 +1016,7 @@ class _HeldRoom:
                   f"DROP FUNCTION IF EXISTS {self.fn}()")
         except RuntimeError:
             pass
-        self.link.stop()
-        self.rd.stop()
-        harness.release_port(self.rd.port)
-        return False
+        return await super().__aexit__(*exc)
 
 
 async def _not_ready(node):
@@ -1071,12 +1086,8 @@ async def since_during_a_redis_outage_replays_from_postgres():
     delivery resumes after the head Redis has when it is back: the replay
     comes, followed by `unavailable` (never a silent jump). Before, both
     got `unavailable` and no replay at all."""
-    rd = Redis(harness.RUN.tmpdir("redis-pg-replay"))
-    rd.start()
-    link = _RedisLink(rd.port)
-    try:
-        a = start_node(redis=link.url, db=True, name="A-" + uniq(""))
-        b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
+    async with _LinkedNodes("redis-pg-replay") as n:
+        a, b, link = n.a, n.b, n.link
         room, cold = uniq("held"), uniq("cold")
         m = await Client.connect(a, room, token("member"))
         pb = await Client.connect(b, room, token("pb"))
@@ -1133,10 +1144,6 @@ async def since_during_a_redis_outage_replays_from_postgres():
         await z.wait_for(lambda f: is_msg(cold)(f) and f["seq"] == 5, 15, what="cold seq 5 at z")
         eq(z.seqs(cold), [2, 3, 4, 5], "z: replay then live, 4 (published after the join) too")
         eq(z.errors(), [], "z: no error")
-    finally:
-        link.stop()
-        rd.stop()
-        harness.release_port(rd.port)
 
 
 @test(timeout=90, needs=("pg",))
@@ -1181,12 +1188,8 @@ async def join_during_a_redis_outage_of_a_room_not_held_misses_no_seq():
     the rest like a resync). Before, it started after the head Redis had at
     the sync: every seq published by other nodes between the join and the
     resync was skipped with no error."""
-    rd = Redis(harness.RUN.tmpdir("redis-cold-join"))
-    rd.start()
-    link = _RedisLink(rd.port)
-    try:
-        a = start_node(redis=link.url, db=True, name="A-" + uniq(""))
-        b = start_node(redis=rd.url, db=True, name="B-" + uniq(""))
+    async with _LinkedNodes("redis-cold-join") as n:
+        a, b, link = n.a, n.b, n.link
         room = uniq("cold")
         pb = await Client.connect(b, room, token("pb"))
         for i in range(1, 3):
@@ -1203,7 +1206,3 @@ async def join_during_a_redis_outage_of_a_room_not_held_misses_no_seq():
         await x.wait_for(lambda f: is_msg(room)(f) and f["seq"] == 5, 15, what="seq 5 at x")
         eq((x.seqs(room), x.errors()), ([3, 4, 5], []),
            "x after its welcome's seq 2: every later seq, once, no error")
-    finally:
-        link.stop()
-        rd.stop()
-        harness.release_port(rd.port)
