@@ -11,9 +11,9 @@
 # (short runs, tests/fuzz). Ends with "N passed, N failed".
 #   ./test.sh                     everything
 #   CHATD_TEST_ONLY="unit itest" ./test.sh    some suites (unit asan busted itest prom browser deploy faults fuzz)
-# Ports: CHATD_TEST_PORT_LO/HI (both) keep the integration, deploy, browser and
-# Prometheus suites inside that range (tools/test_ports.sh; the list and the
-# other ranges: tests/integration/README.md).
+# Ports: CHATD_TEST_PORT_LO/HI (both) keep the integration, fault, deploy,
+# browser and Prometheus suites inside that range (tools/test_ports.sh; the
+# list and the other ranges: tests/integration/README.md).
 set -uo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD

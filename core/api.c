@@ -493,7 +493,9 @@ static void run_ban(api_req *r)
  * idempotent (default "api-delete-<seq>"). 200 {"room","target","seq",
  * "duplicate"} once durable; 404 for an unknown, update or already deleted
  * seq, except that a retry with the id given in the body answers 200 with
- * the first delete's seq ("duplicate":true); 409 when that id names
+ * the first delete's seq ("duplicate":true) — deletes at once without one
+ * share the default id: one answers 200, the others 404 (publish.c
+ * finish), as one after the other; 409 when that id names
  * another of the user's messages or updates. */
 static void on_deleted(void *ud, const publish_result *res)
 {

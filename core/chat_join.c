@@ -51,6 +51,7 @@ typedef struct join_op {
     int stage2_waiting;     /* the replay finished first: stage 2 runs on the answer */
     uint64_t read_seq, kept_from;
     uint64_t since0;        /* the client's since (op->since moves while replaying) */
+    uint64_t gone_max;      /* the highest replayed seq left out (drop_gone_updates) */
     char *id;               /* the join frame's id (NULL: none): its errors echo it */
 } join_op;
 
@@ -165,6 +166,29 @@ static void erase_deleted(join_op *op, conn_room *cr)
     free(del);
 }
 
+/* A replayed update (edit, delete, react) whose target retention removed
+ * (below the room's kept_from) is left out, wherever the replay read it
+ * (the recent buffer, or a Postgres row stored above the boundary): the
+ * client cannot have that message (history ends above it), the update
+ * would name a message it never sees. Its seq still counts as replayed
+ * (op->gone_max: live delivery resumes after it, never sends it). */
+static void drop_gone_updates(join_op *op)
+{
+    uint32_t k = 0;
+    if (!op->kept_from) return;   /* retention removed nothing (or unknown) */
+    for (uint32_t i = 0; i < op->n; i++) {
+        msg *m = op->msgs[i];
+        uint64_t t = wire_update_target(m);
+        if (t && t < op->kept_from) {
+            if (m->seq > op->gone_max) op->gone_max = m->seq;
+            msg_unref(m);
+            continue;
+        }
+        op->msgs[k++] = m;
+    }
+    op->n = k;
+}
+
 /* The replay and the live frames held during it fit the connection's
  * queue beside what it holds: counted as chat_deliver will queue them (a
  * held frame the replay covers is dropped, not queued), with the error
@@ -203,6 +227,7 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     char rs[48];
     read_seq_field(rs, sizeof rs, op);
     send_presence_state(cr, u, n, op->head, op->epoch, rs);
+    drop_gone_updates(op);
     erase_deleted(op, cr);
     if (op->n && !replay_fits(op, cr)) {
         /* the replay is bounded by the connection's queue as well as by
@@ -231,6 +256,7 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
                                    : "recovery is unavailable right now",
                              op->id, cr->r->name);
     for (uint32_t i = 0; i < op->n; i++) chat_deliver(cr, op->msgs[i]);
+    if (!op->gap && op->gone_max > cr->last_seq) cr->last_seq = op->gone_max;
     for (uint32_t i = 0; i < cr->nheld; i++) {
         chat_deliver(cr, cr->held[i]);
         msg_unref(cr->held[i]);

@@ -148,6 +148,16 @@ static void op_free(publish_op *p)
 /* Answers the caller (unless it went away) and frees the operation. */
 static void finish(publish_op *p, int status)
 {
+    if (status == PUBLISH_OK && p->duplicate && p->id_default) {
+        /* the id was made up (a moderator delete without one: one per
+         * user and target), not a retry's: the update that holds it is
+         * another request's, done at once with this one. Answered once
+         * that one is durable, as this request answers after it
+         * (not_found: deleted already), never as its retry */
+        snprintf(p->code, sizeof p->code, "not_found");
+        snprintf(p->reason, sizeof p->reason, "that message was deleted");
+        status = PUBLISH_NOT_FOUND;
+    }
     if (status == PUBLISH_OK) metric_observe(m_ack, (double)(mono_ns() - p->t0) / 1e9);
     publish_cb cb = p->cb;
     void *ud = p->ud;

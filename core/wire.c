@@ -152,25 +152,46 @@ static uint64_t uint_of(json_t *o, const char *k)
     return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
 }
 
+static const char msg_pfx[] = "{\"type\":\"message\",", upd_pfx[] = "{\"type\":\"message_update\",";
+
+/* An update frame's kind (the raw JSON string, quotes included) and
+ * target: 1, else 0 (not an update frame of wire_message_frame). chatd
+ * built the frame (wire_update_tail): its members are read in place
+ * (json_raw_member), no parse per replayed update. */
+static int update_of(const msg *m, const char **kind, size_t *kind_len, uint64_t *target)
+{
+    const char *s = (const char *)msg_payload((msg *)m);
+    size_t ko, to, tl;
+    if (m->kind != MSG_MESSAGE || !m->seq) return 0;
+    if (m->len < sizeof upd_pfx - 1 || memcmp(s, upd_pfx, sizeof upd_pfx - 1) != 0) return 0;
+    if (json_raw_member(s, m->len, "kind", &ko, kind_len) != 1 ||
+        json_raw_member(s, m->len, "target", &to, &tl) != 1 || seq_parse(s + to, tl, target) != 0)
+        return 0;
+    *kind = s + ko;
+    return 1;
+}
+
 uint64_t wire_frame_content_of(const msg *m, uint64_t *deletes)
 {
-    static const char msg_pfx[] = "{\"type\":\"message\",", upd_pfx[] = "{\"type\":\"message_update\",";
     const unsigned char *p = msg_payload((msg *)m);
+    const char *k;
+    size_t kl;
+    uint64_t target = 0;
     *deletes = 0;
     if (m->kind != MSG_MESSAGE || !m->seq) return 0;
     if (m->len >= sizeof msg_pfx - 1 && !memcmp(p, msg_pfx, sizeof msg_pfx - 1)) return m->seq;
-    if (m->len < sizeof upd_pfx - 1 || memcmp(p, upd_pfx, sizeof upd_pfx - 1) != 0) return 0;
-    /* chatd built the frame (wire_update_tail): its members are read in
-     * place (json_raw_member), no parse per replayed update */
-    const char *s = (const char *)p;
-    size_t ko, kl, to, tl;
-    uint64_t target = 0;
-    if (json_raw_member(s, m->len, "kind", &ko, &kl) != 1 ||
-        json_raw_member(s, m->len, "target", &to, &tl) != 1 || seq_parse(s + to, tl, &target) != 0)
-        return 0;
-    if (kl == 8 && !memcmp(s + ko, "\"delete\"", 8)) *deletes = target;
-    else if (kl == 6 && !memcmp(s + ko, "\"edit\"", 6)) return target;
+    if (!update_of(m, &k, &kl, &target)) return 0;
+    if (kl == 8 && !memcmp(k, "\"delete\"", 8)) *deletes = target;
+    else if (kl == 6 && !memcmp(k, "\"edit\"", 6)) return target;
     return 0;
+}
+
+uint64_t wire_update_target(const msg *m)
+{
+    const char *k;
+    size_t kl;
+    uint64_t target = 0;
+    return update_of(m, &k, &kl, &target) ? target : 0;
 }
 
 msg *wire_erased_frame(const char *room, const msg *m)

@@ -62,6 +62,9 @@ msg *wire_erased_frame(const char *room, const msg *m);
  * target), else 0; *deletes = the target of a delete update, else 0. A
  * message frame is not parsed; an update's is. */
 uint64_t wire_frame_content_of(const msg *m, uint64_t *deletes);
+/* The target of an update frame of wire_message_frame (an edit, a delete,
+ * a react), else 0 (a message, any other frame). */
+uint64_t wire_update_target(const msg *m);
 /* 1 when tail is an update's (it begins with '"kind":'). */
 int wire_tail_is_update(const char *tail, size_t len);
 /* prefix + '"users":[{"user":..,"name":..},...]}' (prefix opens the object

@@ -488,18 +488,30 @@ function wireReadState() {
     if (!prev || f.seq > prev.seq) rs.seen.set(f.user, { name: f.name || f.user, seq: Number(f.seq) });
     renderSeenBy(r);
   });
-  // joining a room never read marks what came before as read (as Slack does); rooms the
-  // user looks at are marked as they are seen. Only the page's first join of the room: a
+  // joining a room never joined before marks what came before as read (as Slack does); rooms
+  // the user looks at are marked as they are seen. Only the page's first join of the room: a
   // rejoin after a reconnect also answers read_seq 0 when the room was empty at the first
   // join, and what was said while the tab was offline is unread, not "before the join"
   // (before, a reconnect marked it read: no badge, and "seen by" told the others so).
+  // read_seq 0 means "never read", not "never joined": a room joined while empty gets a read
+  // state at 0 (client.startReadState), so that after a reload (or on another device) GET
+  // /rooms/unread lists it and its messages stay unread; only a room that list does not name
+  // is marked read at its first join (before, a reload cleared the badge of a room joined
+  // empty and never opened). When the list cannot be read, nothing is marked.
   const joined = (f) => {
     const r = rooms.get(f.room);
     if (!r) return;
     const first = !r.joinedBefore;
     r.joinedBefore = true;
-    if (first && f.read_seq === 0 && f.seq > 0 && f.room !== active) client.markRead(f.room, f.seq);
+    if (first && f.read_seq === 0 && f.seq === 0) client.startReadState(f.room);
+    if (first && f.read_seq === 0 && f.seq > 0 && f.room !== active) markReadIfNeverJoined(f.room, f.seq);
     refreshUnread();
+  };
+  const markReadIfNeverJoined = async (room, seq) => {
+    let res;
+    try { res = await client.unread(); } catch { return; }
+    if (!res || !Array.isArray(res.rooms) || res.rooms.some((e) => e.room === room)) return;
+    if (room !== active) client.markRead(room, seq);
   };
   client.on('presence_state', joined);
   client.on('welcome', joined);

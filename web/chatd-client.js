@@ -702,6 +702,19 @@ export class ChatdClient {
     return true;
   }
 
+  // Gives the user a read state in room with nothing read (a `read` of seq 0, stored as
+  // read_seq 0): from then on GET /rooms/unread lists the room and counts its messages, on
+  // every device. For a room joined while it is empty, so that "joined, nothing read" can be
+  // told apart from "never joined" (a join answers read_seq 0 for both). False when nothing
+  // was sent (a read is on its way or stored already, or the server keeps no read state).
+  startReadState(room) {
+    const st = this._rooms.get(room);
+    if (!st || !st.joined || !this._isOpen() || this._readOff) return false;
+    if (st.readInFlight || st.readWant > 0 || st.readSeq) return false;
+    this._sendFrame({ type: 'read', room, seq: 0 });
+    return true;
+  }
+
   // The stored read seq of room (null until the server said it: welcome / join answer).
   readSeq(room) { const st = this._rooms.get(room); return st ? st.readSeq : null; }
 

@@ -598,7 +598,10 @@ const msgLi = (page, text) => page.locator('li.msg', { hasText: text }).first();
 async function reloadUser(u) {
   const url = new URL(u.page.url());
   url.searchParams.set('name', u.name);
-  await u.page.goto(url.toString());
+  // a goto of the URL the page is at (it has a #room) is a same-document navigation: nothing
+  // is loaded again (the page's second reload in a test was no reload at all)
+  if (url.toString() === u.page.url()) await u.page.reload();
+  else await u.page.goto(url.toString());
   await u.page.locator('#status[data-state="open"]').waitFor({ timeout: 15000 });
 }
 
@@ -841,6 +844,44 @@ test('unread badge counts what arrived in another room while the tab was offline
   await bob.page.locator(`#room-list button[data-room="${room}"] .badge`).waitFor({ state: 'hidden', timeout: 8000 });
   if (!process.env.WEB_TEST_NO_PG) await bob.page.waitForFunction((r) => window.chatd.client.readSeq(r) === 2, room, { timeout: 8000 });
   for (const u of [alice, bob]) await u.page.locator('#room-list button[data-room="general"]').click();
+});
+
+test('a room joined while empty and never opened keeps its unread count across a reload', async () => {
+  // Dana's page joins the room from its URL (?rooms=) while it is empty and never opens it;
+  // Alice talks there; Dana reloads: the join answers read_seq 0 ("never read"), which the
+  // page took for "never joined: mark what came before read" (no badge after the reload,
+  // the server's count 0, and "seen by" told Alice so).
+  if (process.env.WEB_TEST_NO_PG) return; // no read state to keep across a reload
+  const { alice } = users;
+  const room = `joined-empty-${Date.now().toString(36)}`;
+  const dana = await openUser('Dana', { origin: A.http, nodeUrls: [A.ws, B.ws], rooms: ['general', room], viaDialog: false });
+  try {
+    await dana.page.waitForFunction((r) => window.chatd.client.readSeq(r) !== null, room, { timeout: 8000 });
+    await dana.page.waitForFunction(async (r) => (await window.chatd.client.unread()).rooms.some((x) => x.room === r), room, { timeout: 8000 });
+    await alice.page.getByRole('textbox', { name: 'Join a room' }).fill(room);
+    await alice.page.getByRole('textbox', { name: 'Join a room' }).press('Enter');
+    await alice.page.locator(`#room-list button[aria-current="page"][data-room="${room}"]`).waitFor({ timeout: 8000 });
+    const texts = [1, 2].map((i) => `for Dana to read later ${i} ${RUN}`);
+    for (const t of texts) await sendViaUi(alice.page, t);
+    for (const t of texts) await alice.page.locator('li.msg.own[data-state="acked"]', { hasText: t }).waitFor({ timeout: 8000 });
+    const badge = dana.page.locator(`#room-list button[data-room="${room}"] .badge`);
+    await badge.filter({ hasText: '2' }).waitFor({ timeout: 8000 });
+    await reloadUser(dana);
+    await dana.page.waitForFunction((r) => window.chatd.client.lastSeq(r) === 2, room, { timeout: 8000 });
+    await sleep(700); // the unread refresh (debounced 200 ms) and any read the page would send
+    const state = await dana.page.evaluate((r) => ({ read: window.chatd.client.readSeq(r), unread: window.chatd.rooms.get(r).unread }), room);
+    assert(state.read === 0 && state.unread === 2, `after the reload Dana's read seq is ${state.read} and the badge ${state.unread}, want 0 and 2`);
+    await badge.filter({ hasText: '2' }).waitFor({ timeout: 5000 });
+    const srv = await dana.page.evaluate(async (r) => (await window.chatd.client.unread()).rooms.find((x) => x.room === r), room);
+    assert(srv && srv.read_seq === 0 && srv.unread === 2, `the server's count after the reload: ${JSON.stringify(srv)}`);
+    // opening it reads it
+    await dana.page.locator(`#room-list button[data-room="${room}"]`).click();
+    await badge.waitFor({ state: 'hidden', timeout: 8000 });
+    await dana.page.waitForFunction((r) => window.chatd.client.readSeq(r) === 2, room, { timeout: 8000 });
+  } finally {
+    await dana.ctx.close();
+    await alice.page.locator('#room-list button[data-room="general"]').click();
+  }
 });
 
 test('a message broadcast but not yet stored when a tab opens the room appears once it is stored', async () => {

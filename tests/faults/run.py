@@ -11,6 +11,10 @@ the checker (fault_check.py) proves or refutes the guarantees of protocol.md.
            --netns: run in a new network namespace (root, `ip netns`, nftables) and
                     add the faults that drop packets for real with nftables
 
+Ports: every server it starts (nodes, Redis, Postgres, proxies, ./run.sh)
+listens on a port of CHATD_TEST_PORT_LO..HI (default 17200-17499), handed out
+by the integration harness's free_port, as in tests/integration.
+
 One line per check (PASS/FAIL/XFAIL/XPASS), the fault x load x result table,
 then `N passed, N failed` (and `N xfail` on its own line). XFAIL: a fault
 that fails because of a known defect being fixed elsewhere (XFAIL table

@@ -915,6 +915,38 @@ async def idempotent_publish_across_nodes():
     eq(harness.RUN.pg.psql("chatd", f"SELECT count(*) FROM messages WHERE room='{room}'").strip(), "2", "rows")
 
 
+@test(timeout=60, needs=("redis", "pg"))
+async def concurrent_moderator_deletes_answer_like_sequential_ones():
+    """DELETEs of one seq without an id in the body, 10 at once on two
+    nodes: exactly one deletes it (200, duplicate false), every other one
+    answers what it answers after it (404 not_found), never a 200
+    "duplicate" of a made-up id; one delete event. The same moderator (one
+    default id, api-delete-<seq>) and ten moderators (ten ids)."""
+    a, b = two_nodes(db=True)
+    room = uniq("mdel")
+    c = await Client.connect(a, room, token("watcher"))
+    for rnd, users in enumerate((None, [f"mod-{i}" for i in range(10)])):
+        for k in range(3):
+            js = await publish(a.port, room, msg(f"m-{rnd}-{k}", f"rude {rnd} {k}"))
+            seq = js["seq"]
+            path = f"/api/rooms/{room}/messages/{seq}"
+            res = await asyncio.gather(*[
+                acall((a, b)[i % 2].port, "DELETE", path,
+                      body=None if users is None else {"user": users[i]})
+                for i in range(10)])
+            got = sorted((st, (js or {}).get("duplicate"),
+                          err_code(js) if st != 200 else None) for st, _, js in res)
+            eq(got, [(200, False, None)] + [(404, None, "not_found")] * 9,
+               f"round {rnd} seq {seq}: one delete, nine not_found ({[r[2] for r in res]})")
+            await c.wait_for(lambda f, seq=seq: f["type"] == "message_update" and f.get("target") == seq,
+                             5, what=f"the delete of {seq}")
+    await c.roundtrip()
+    await asyncio.sleep(0.3)
+    dels = [f["target"] for f in c.frames if f["type"] == "message_update"]
+    eq(len(dels), len(set(dels)), f"one delete event per message: {dels}")
+    eq(len(dels), 6, "six delete events")
+
+
 @test(timeout=40, needs=("redis", "pg"))
 async def ids_are_per_user():
     """An id is its user's (protocol.md: the same id again is a duplicate

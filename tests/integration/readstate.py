@@ -350,6 +350,68 @@ async def retention_boundary_batches_gap_and_no_seq_reuse():
         rd.stop()
 
 
+def seq_events(c, room):
+    """(type, seq, target) of the messages and message updates c got in room."""
+    return [(f["type"], f["seq"], f.get("target")) for f in c.frames
+            if f["type"] in ("message", "message_update") and f.get("room") == room]
+
+
+@test(timeout=90, needs=NEEDS)
+async def retention_never_replays_updates_of_removed_messages():
+    """An edit, a reaction and a delete stored after retention's boundary
+    whose target retention removed are not replayed by since= (the client
+    cannot have their message: history ends above it), neither from the
+    recent buffer nor from Postgres; history and the boundary unchanged."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-retu"))
+    rd.start()
+    try:
+        pol = "local M = {config = {history_days = 1}}\nreturn M\n"
+        n = rnode(policy=pol, env=RET_ENV, redis=rd.url)
+        room = uniq("retu")
+        c = await Client.connect(n, room, token("alice"))
+        for i in range(3):
+            await harness.send_acked(c, f"u{i}", f"retu-{i}")
+        for i, f in enumerate(({"type": "react", "target": 1, "emoji": "\U0001F44D", "on": True},
+                               {"type": "edit", "target": 2, "body": "edited"},
+                               {"type": "delete", "target": 3})):
+            f = dict(f, room=room, id=f"upd-{i}")
+            a = await c.reply(f, lambda x, i=i: x.get("id") == f"upd-{i}" and x["type"] in ("ack", "error"), 5, what=f"answer to {f}")
+            eq((a["type"], a.get("seq")), ("ack", 4 + i), f"{f['type']} acked: {a}")
+        eq(await harness.send_acked(c, "new", "retu-new"), 7, "a new message after the updates")
+        age(room, 3)          # the three messages are old; their updates (4..6) are not
+        end = time.monotonic() + 15
+        while row_count(room) != 4 and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        eq(sql(f"SELECT kept_from FROM rooms WHERE room='{room}'"), "4", "boundary after the messages")
+        eq(row_count(room), 4, "rows left: the three updates and the new message")
+        js = await history(n, room)
+        eq([m["seq"] for m in js["messages"]], [7], "history holds only the new message")
+        # since=3 (the boundary's: honoured) from the recent buffer
+        r = await Client.connect(n, room, token("bob"), since=3)
+        await r.wait_count(is_msg(room), 1, 5, "replay since=3")
+        await r.roundtrip()
+        eq((seq_events(r, room), r.errors()), ([("message", 7, None)], []),
+           "since=3 from the recent buffer replays the new message only")
+        # ... and from Postgres (Redis emptied, a new node: the buffer is gone)
+        for x in (c, r):
+            await x.close()
+        n.kill9()
+        eq(await asyncio.to_thread(rd.command, "FLUSHALL"), b"+OK\r\n", "FLUSHALL")
+        n2 = rnode(policy=pol, env=RET_ENV, redis=rd.url)
+        r2 = await Client.connect(n2, room, token("bob"), since=3)
+        await r2.wait_count(is_msg(room), 1, 8, "replay since=3 from Postgres")
+        await r2.roundtrip()
+        eq((seq_events(r2, room), r2.errors()), ([("message", 7, None)], []),
+           "since=3 from Postgres replays the new message only")
+        # live delivery goes on after the skipped seqs: the next seq arrives once
+        c2 = await Client.connect(n2, room, token("alice"))
+        eq(await harness.send_acked(c2, "next", "retu-next"), 8, "the next seq")
+        await r2.wait_count(is_msg(room), 2, 5, "the live message")
+        eq(seq_events(r2, room), [("message", 7, None), ("message", 8, None)], "live after the replay")
+    finally:
+        rd.stop()
+
+
 @test(timeout=60, needs=NEEDS)
 async def retention_one_pass_at_a_time_and_per_room_hook():
     pol = ("local M = {config = {history_days = 0}}\n"

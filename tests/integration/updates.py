@@ -476,6 +476,35 @@ async def an_id_used_twice_is_refused_and_keeps_its_first_in_process():
 
 
 @test(timeout=60, needs=("redis", "pg"))
+async def concurrent_admin_deletes_without_id():
+    """delete frames of one message without an id, 10 at once from admins
+    on two nodes (the same admin twice too): exactly one is acked, the
+    others answer not_found as they do after it; one delete event."""
+    a, b = node("A"), node("B")
+    room = uniq("cdel")
+    al = await Client.connect(a, room, token("alice"))
+    ads = [await Client.connect((a, b)[i % 2], room, token(f"mod{i % 5}", role="admin"))
+           for i in range(10)]
+    for k in range(3):
+        s = await post(al, room, f"rude {k}", f"r{k}")
+        marks = [c.mark() for c in ads]
+        await asyncio.gather(*[c.send({"type": "delete", "room": room, "target": s}) for c in ads])
+        got = []
+        for c, m in zip(ads, marks):
+            f = await c.wait_for(lambda f: (f["type"] == "ack" and f.get("room") == room)
+                                 or f["type"] == "error", 8, start=m, what=f"answer to the delete of {s}")
+            got.append((f["type"], f.get("code")))
+        eq(sorted(got), [("ack", None)] + [("error", "not_found")] * 9,
+           f"delete of {s}: one ack, nine not_found")
+        await al.wait_for(lambda f, s=s: f["type"] == "message_update" and f.get("target") == s, 5,
+                          what=f"the delete of {s}")
+    await al.roundtrip()
+    await asyncio.sleep(0.3)
+    dels = [f["target"] for f in upd(al, room)]
+    eq(len(dels), 3, f"one delete event per message: {dels}")
+
+
+@test(timeout=60, needs=("redis", "pg"))
 async def replay_from_postgres_beyond_the_buffer():
     env = {"CHAT_RECENT_MAX": "10", "CHAT_REPLAY_MAX": "200"}
     a, b = node("A", env=env), node("B", env=env)

@@ -165,6 +165,7 @@ static void test_wire_erased(void)
     free(t);
     uint64_t d = 9;
     CHECK(wire_frame_content_of(m, &d) == 5 && d == 0, "a message carries its own content");
+    CHECK(wire_update_target(m) == 0, "a message is no update");
     msg *e = wire_erased_frame("r", m);
     REQUIRE(e != NULL);
     const char *want = "{\"type\":\"message\",\"room\":\"r\",\"seq\":5,\"id\":\"m1\",\"user\":\"al\\\"ice\","
@@ -179,6 +180,7 @@ static void test_wire_erased(void)
     m = wire_message_frame("r", 6, t, tl);
     free(t);
     CHECK(wire_frame_content_of(m, &d) == 5 && d == 0, "an edit carries its target's content");
+    CHECK(wire_update_target(m) == 5, "an edit's target");
     e = wire_erased_frame("r", m);
     REQUIRE(e != NULL);
     want = "{\"type\":\"message_update\",\"room\":\"r\",\"seq\":6,\"kind\":\"edit\",\"target\":5,"
@@ -192,12 +194,14 @@ static void test_wire_erased(void)
     m = wire_message_frame("r", 7, t, tl);
     free(t);
     CHECK(wire_frame_content_of(m, &d) == 0 && d == 5, "a delete names its target");
+    CHECK(wire_update_target(m) == 5, "a delete's target");
     CHECK(wire_erased_frame("r", m) == NULL, "a delete is not erased");
     msg_unref(m);
     t = wire_update_tail(WIRE_REACT, NULL, 5, "bob", "Bob", 45, NULL, 0, ":x:", 1, 1, &tl);
     m = wire_message_frame("r", 8, t, tl);
     free(t);
     CHECK(wire_frame_content_of(m, &d) == 0 && d == 0, "a react carries no content");
+    CHECK(wire_update_target(m) == 5, "a react's target");
     CHECK(wire_erased_frame("r", m) == NULL, "a react is not erased");
     msg_unref(m);
     /* a \u0000 in a string (meta) parses; a frame that does not parse at
