@@ -4,7 +4,9 @@
  * to one membership in seq order (replay/live overlap never duplicates; a
  * live frame that arrives while joining waits on the membership).
  * Owns: the join operations in flight (join_op), one per joining
- * membership; leave or close cancels it (its callback then only frees it).
+ * membership, and each one's store_wait timer; leave or close cancels it
+ * (a pending bus/store/read state callback then only frees it; a pending
+ * store_wait step is stopped and the op freed at once).
  * Layer: with chat (uses conn, room, bus, store, presence, script). */
 #define _GNU_SOURCE
 #include "chat_join.h"
@@ -48,6 +50,9 @@ typedef struct join_op {
     uint64_t since;
     int tried_store;
     uint64_t store_waited;  /* ms waited for seqs not stored yet (store_wait) */
+    uv_timer_t wait;        /* store_wait's step, the op's own (wait_init: initialized,
+                             * then the op is freed through its uv_close) */
+    int wait_init;
     uint64_t head;
     msg **msgs;             /* replayed frames, in seq order */
     uint32_t n, cap;
@@ -85,12 +90,15 @@ void chat_script_ctx(conn *c, const char *room, script_ctx *x)
 
 /* ---- membership -------------------------------------------------------- */
 
+static void op_wait_closed(uv_handle_t *h) { free(h->data); }
+
 static void join_op_free(join_op *op)
 {
     for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
     free(op->msgs);
     free(op->id);
-    free(op);
+    if (op->wait_init) uv_close((uv_handle_t *)&op->wait, op_wait_closed);
+    else free(op);
 }
 
 /* Drops one reference (the replay chain's or the lookup's). */
@@ -522,13 +530,10 @@ static void head_fallback(join_op *op)
 
 static void on_store_rows(void *ud, int status, const store_row *rows, size_t n);
 
-static void unstored_timer_closed(uv_handle_t *h) { free(h); }
-
+/* A step of the wait (never after a leave or close: join_cancel stops it). */
 static void on_unstored_timer(uv_timer_t *t)
 {
     join_op *op = t->data;
-    uv_close((uv_handle_t *)t, unstored_timer_closed);
-    if (!op->cr) { op_release(op); return; }
     if (!g_srv.store || store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
                                     (int)(g_srv.cfg.replay_max - op->n), 0, on_store_rows, op) != 0)
         join_stage2(op, END_UNSTORED);
@@ -538,12 +543,13 @@ static int store_wait(join_op *op)
 {
     if (op->store_waited >= JOIN_UNSTORED_WAIT_MS) return 0;
     if (!op->rs_pending && op->kept_from > op->since + 1) return 0;   /* retention: gone */
-    uv_timer_t *t = malloc(sizeof *t);
-    if (!t) return 0;
-    uv_timer_init(g_srv.loop, t);
-    t->data = op;
+    if (!op->wait_init) {
+        if (uv_timer_init(g_srv.loop, &op->wait) != 0) return 0;
+        op->wait.data = op;
+        op->wait_init = 1;
+    }
     op->store_waited += JOIN_UNSTORED_STEP_MS;
-    uv_timer_start(t, on_unstored_timer, JOIN_UNSTORED_STEP_MS, 0);
+    uv_timer_start(&op->wait, on_unstored_timer, JOIN_UNSTORED_STEP_MS, 0);
     return 1;
 }
 
@@ -692,12 +698,26 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     return 0;
 }
 
+/* The member left (or its connection closed) while joining: a pending
+ * callback of the replay chain or of the read state lookup only frees the
+ * op; a store_wait step has none pending, so it is stopped here and the
+ * chain's reference dropped (no orphaned step, no Postgres read for a
+ * member that is gone). */
+static void join_cancel(join_op *op)
+{
+    op->cr = NULL;
+    if (op->wait_init && uv_is_active((uv_handle_t *)&op->wait)) {
+        uv_timer_stop(&op->wait);
+        op_release(op);
+    }
+}
+
 void chat_leave(conn *c, uint32_t idx)
 {
     conn_room *cr = c->rooms[idx];
     char name[CHAT_ROOM_MAX + 1];
     snprintf(name, sizeof name, "%s", cr->r->name);
-    if (cr->op) ((join_op *)cr->op)->cr = NULL;   /* the pending callback frees it */
+    if (cr->op) join_cancel(cr->op);
     for (uint32_t i = 0; i < cr->nheld; i++) msg_unref(cr->held[i]);
     free(cr->held);
     if (room_remove_member(cr->r, cr)) bus_unsubscribe(g_srv.bus, name);
