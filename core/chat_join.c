@@ -4,13 +4,17 @@
  * to one membership in seq order (replay/live overlap never duplicates; a
  * live frame that arrives while joining waits on the membership).
  * Owns: the join operations in flight (join_op), one per joining
- * membership, and each one's store_wait timer; leave or close cancels it
- * (a pending bus/store/read state callback then only frees it; a pending
- * store_wait step is stopped and the op freed at once).
+ * membership, and each one's timer (store_wait's steps, then the late read
+ * state lookup's retries); leave or close cancels it (a pending
+ * bus/store/read state callback then only frees it; a pending step is
+ * stopped and the op freed at once). A join answered with "read_seq":null
+ * (its lookup did not answer in time) keeps its op on the membership until
+ * a later lookup tells the connection its read_seq (late_read_seq).
  * Layer: with chat (uses conn, room, bus, store, presence, script). */
 #define _GNU_SOURCE
 #include "chat_join.h"
 #include "chat_hold.h"
+#include "backoff.h"
 #include "hmap.h"
 #include "room.h"
 #include "log.h"
@@ -50,9 +54,12 @@ typedef struct join_op {
     uint64_t since;
     int tried_store;
     uint64_t store_waited;  /* ms waited for seqs not stored yet (store_wait) */
-    uv_timer_t wait;        /* store_wait's step, the op's own (wait_init: initialized,
-                             * then the op is freed through its uv_close) */
+    uv_timer_t wait;        /* store_wait's step, then late_read_seq's retry: the op's
+                             * own (wait_init: initialized, then the op is freed
+                             * through its uv_close) */
     int wait_init;
+    int late;               /* the join was answered without read_seq: looking it up again */
+    backoff late_bo;        /* late_read_seq's delays */
     uint64_t head;
     msg **msgs;             /* replayed frames, in seq order */
     uint32_t n, cap;
@@ -107,11 +114,25 @@ static void op_release(join_op *op)
     if (--op->refs <= 0) join_op_free(op);
 }
 
-/* ", \"read_seq\":N" when known, else "" */
+/* ", \"read_seq\":N"; null when the lookup did not answer in time (the
+ * connection is told later: late_read_seq) */
 static void read_seq_field(char *b, size_t n, const join_op *op)
 {
     if (op->rs_known) snprintf(b, n, ",\"read_seq\":%" PRIu64, op->read_seq);
-    else b[0] = 0;
+    else snprintf(b, n, ",\"read_seq\":null");
+}
+
+/* Starts the op's timer (store_wait, late_read_seq). 0, or -1 when it
+ * cannot be initialized. */
+static int op_timer_start(join_op *op, uv_timer_cb cb, uint64_t ms)
+{
+    if (!op->wait_init) {
+        if (uv_timer_init(g_srv.loop, &op->wait) != 0) return -1;
+        op->wait.data = op;
+        op->wait_init = 1;
+    }
+    uv_timer_start(&op->wait, cb, ms, 0);
+    return 0;
 }
 
 static void op_push(join_op *op, msg *m)
@@ -238,6 +259,52 @@ static const char *gap_text(join_gap g)
     return NULL;
 }
 
+static void on_read_lookup(void *ud, int status, uint64_t read_seq, uint64_t kept_from);
+static int late_read_seq(join_op *op);
+
+/* A retry of late_read_seq: the op's reference goes to the lookup. */
+static void on_late_timer(uv_timer_t *t)
+{
+    join_op *op = t->data;
+    conn_room *cr = op->cr;
+    op->rs_pending = 1;
+    if (readstate_lookup(cr->c->ident.user, cr->r->name, on_read_lookup, op) == 0) return;
+    op->rs_pending = 0;
+    if (!late_read_seq(op)) {
+        cr->op = NULL;
+        op_release(op);
+    }
+}
+
+/* The join was answered with "read_seq":null (the database did not answer
+ * its lookup in time): the membership keeps the op, which looks the read
+ * state up again after a delay (the core backoff, 0.5 s growing to 30 s)
+ * until it answers, then tells the connection as the user's own read
+ * receipt ({"type":"read",...,"user":<self>}: what a client already applies
+ * to its read position), or until the member leaves (join_cancel). 1 when
+ * a retry is armed. */
+static int late_read_seq(join_op *op)
+{
+    if (!g_srv.store) return 0;
+    if (!op->late) {
+        op->late = 1;
+        backoff_init(&op->late_bo, 1000, 30000);
+    }
+    return op_timer_start(op, on_late_timer, backoff_next(&op->late_bo)) == 0;
+}
+
+/* The late lookup answered: 1 when the op goes on (a retry armed). */
+static int late_answer(join_op *op, int status, uint64_t read_seq)
+{
+    conn_room *cr = op->cr;
+    if (status != 0) return late_read_seq(op);
+    char b[JSON_IDENT_MAX + 256];
+    size_t len = readstate_receipt_json(b, sizeof b, cr->r->name, cr->c->ident.user,
+                                        cr->c->ident.name, read_seq);
+    if (len) conn_send_text(cr->c, b, len);
+    return 0;
+}
+
 static void join_finish(join_op *op, const presence_user *u, size_t n)
 {
     conn_room *cr = op->cr;
@@ -275,8 +342,12 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     cr->held = NULL;
     cr->nheld = cr->capheld = 0;
     cr->live = 1;
-    cr->op = NULL;
-    op_release(op);
+    for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
+    op->n = 0;
+    if (op->rs_known || !late_read_seq(op)) {
+        cr->op = NULL;
+        op_release(op);
+    }
     chat_hold_join_done(cr->c);
 }
 
@@ -543,13 +614,8 @@ static int store_wait(join_op *op)
 {
     if (op->store_waited >= JOIN_UNSTORED_WAIT_MS) return 0;
     if (!op->rs_pending && op->kept_from > op->since + 1) return 0;   /* retention: gone */
-    if (!op->wait_init) {
-        if (uv_timer_init(g_srv.loop, &op->wait) != 0) return 0;
-        op->wait.data = op;
-        op->wait_init = 1;
-    }
+    if (op_timer_start(op, on_unstored_timer, JOIN_UNSTORED_STEP_MS) < 0) return 0;
     op->store_waited += JOIN_UNSTORED_STEP_MS;
-    uv_timer_start(&op->wait, on_unstored_timer, JOIN_UNSTORED_STEP_MS, 0);
     return 1;
 }
 
@@ -620,7 +686,10 @@ static void on_read_lookup(void *ud, int status, uint64_t read_seq, uint64_t kep
 {
     join_op *op = ud;
     op->rs_pending = 0;
-    if (op->cr) {
+    if (op->cr && op->late) {
+        if (late_answer(op, status, read_seq)) return;
+        op->cr->op = NULL;   /* done: the op's last reference goes below */
+    } else if (op->cr) {
         if (status == 0) {
             op->rs_known = 1;
             op->read_seq = read_seq;

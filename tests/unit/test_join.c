@@ -1,12 +1,18 @@
-/* test_join: the join's wait for rows not stored yet (chat_join.c
- * store_wait: a since older than the recent buffer while the seqs after it
- * are broadcast but not in Postgres yet; the join reads the range again
- * every 100 ms for up to 2 s, then answers unavailable). The op owns one
- * step timer: a leave or a close during the wait stops it and frees the op
- * at once (before, the step stayed armed and fired for a member that was
- * gone). The bus's replay and the store's range read are the test's
- * (--wrap): it answers them by hand. lws is faked as in test_drain (what is
- * queued stays queued); the connection is a real conn.c object. */
+/* test_join: the join's timers (chat_join.c).
+ * - The wait for rows not stored yet (store_wait: a since older than the
+ *   recent buffer while the seqs after it are broadcast but not in Postgres
+ *   yet; the join reads the range again every 100 ms for up to 2 s, then
+ *   answers unavailable). The op owns one step timer: a leave or a close
+ *   during the wait stops it and frees the op at once (before, the step
+ *   stayed armed and fired for a member that was gone).
+ * - The read state lookup that did not answer in time: welcome says
+ *   "read_seq":null (before: the field was left out) and the join looks it
+ *   up again until it answers, then sends the user's own read receipt to
+ *   the connection (before: never told); a close stops the retries.
+ * The bus's replay, the store's range read and the read state lookup are
+ * the test's (--wrap): it answers them by hand. lws is faked as in
+ * test_drain (what is queued stays queued); the connection is a real
+ * conn.c object. */
 #define _GNU_SOURCE
 #include "chat.h"
 #include "chat_join.h"
@@ -14,6 +20,7 @@
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
+#include "readstate.h"
 #include "srv.h"
 #include "store.h"
 #include "uvwait.h"
@@ -51,6 +58,28 @@ int __wrap_store_range(store *s, const char *room, uint64_t after, uint64_t befo
     g_rows_ud = ud;
     g_ranges++;
     return 0;
+}
+
+/* the read state: lookups counted, one pending at a time */
+static readstate_lookup_cb g_rs_cb;
+static void *g_rs_ud;
+static int g_lookups;
+int __wrap_readstate_lookup(const char *user, const char *room, readstate_lookup_cb cb, void *ud);
+int __wrap_readstate_lookup(const char *user, const char *room, readstate_lookup_cb cb, void *ud)
+{
+    (void)user; (void)room;
+    g_rs_cb = cb;
+    g_rs_ud = ud;
+    g_lookups++;
+    return 0;
+}
+
+/* answers the pending lookup: status 0 with read_seq, or -1 (no answer in time) */
+static void answer_lookup(int status, uint64_t read_seq)
+{
+    readstate_lookup_cb cb = g_rs_cb;
+    g_rs_cb = NULL;
+    if (cb) cb(g_rs_ud, status, status == 0 ? read_seq : 0, 0);
 }
 
 /* answers the pending range read: no rows (the seqs are not stored yet) */
@@ -111,6 +140,7 @@ static conn *join_waiting(const char *user)
     if (!g_replay_cb) return c;
     bus_replay_cb cb = g_replay_cb;
     g_replay_cb = NULL;
+    answer_lookup(0, 3);
     cb(g_replay_ud, 1, NULL, 0, 30, "ep1");   /* the buffer does not reach since */
     CHECK(g_ranges == 1 && g_rows_cb, "Postgres asked for the range (%d)", g_ranges);
     answer_no_rows();
@@ -181,6 +211,54 @@ int main(void)
         CHECK(most <= 1, "one step armed at a time (%d)", most);
         CHECK(armed_timers() == 0, "nothing armed once answered (%d)", armed_timers());
         chat_conn_closed(c);
+    }
+
+    /* the read state lookup does not answer in time: read_seq null, then
+     * looked up again until it answers, then told as the own receipt */
+    c = new_conn("erin");
+    if (c) {
+        g_lookups = 0;
+        CHECK(chat_join(c, "lobby", 0, 0, NULL, 1, NULL) == 0, "join started");
+        bus_replay_cb cb = g_replay_cb;
+        g_replay_cb = NULL;
+        if (cb) cb(g_replay_ud, 0, NULL, 0, 12, "ep1");
+        answer_lookup(-1, 0);
+        CHECK(queued(c, "\"type\":\"welcome\"") && queued(c, "\"read_seq\":null"),
+              "welcome with read_seq null");
+        CHECK(armed_timers() == 1, "a retry armed (%d)", armed_timers());
+        WAIT_ON(g_srv.loop, g_lookups == 2, 3000);
+        CHECK(g_lookups == 2 && g_rs_cb, "looked up again (%d)", g_lookups);
+        answer_lookup(-1, 0);
+        CHECK(armed_timers() == 1, "another retry armed (%d)", armed_timers());
+        WAIT_ON(g_srv.loop, g_lookups == 3, 5000);
+        CHECK(g_lookups == 3 && g_rs_cb, "looked up a third time (%d)", g_lookups);
+        answer_lookup(0, 7);
+        CHECK(queued(c, "{\"type\":\"read\",\"room\":\"lobby\",\"user\":\"erin\",\"name\":\"erin\",\"seq\":7}"),
+              "the read state told as the own receipt");
+        CHECK(armed_timers() == 0, "nothing armed once told (%d)", armed_timers());
+        run_on(g_srv.loop, 100);
+        CHECK(g_lookups == 3, "no lookup after (%d)", g_lookups);
+        chat_conn_closed(c);
+    }
+
+    /* a close while a retry is armed, then while one is in flight */
+    for (int inflight = 0; inflight < 2; inflight++) {
+        c = new_conn(inflight ? "gina" : "fred");
+        if (!c) break;
+        g_lookups = 0;
+        chat_join(c, "lobby", 0, 0, NULL, 1, NULL);
+        bus_replay_cb cb = g_replay_cb;
+        g_replay_cb = NULL;
+        if (cb) cb(g_replay_ud, 0, NULL, 0, 12, "ep1");
+        answer_lookup(-1, 0);
+        if (inflight) WAIT_ON(g_srv.loop, g_lookups == 2, 3000);
+        chat_conn_closed(c);
+        if (inflight) answer_lookup(-1, 0);
+        CHECK(armed_timers() == 0, "nothing armed after the close (%s; %d)",
+              inflight ? "lookup in flight" : "retry armed", armed_timers());
+        int n = g_lookups;
+        run_on(g_srv.loop, 1200);
+        CHECK(g_lookups == n, "no lookup after the close (%d then %d)", n, g_lookups);
     }
 
     run_on(g_srv.loop, 20);   /* the ops' timers close */
