@@ -4,11 +4,17 @@
  * to one membership in seq order (replay/live overlap never duplicates; a
  * live frame that arrives while joining waits on the membership).
  * Owns: the join operations in flight (join_op), one per joining
- * membership; leave or close cancels it (its callback then only frees it).
+ * membership, and each one's timer (store_wait's steps, then the late read
+ * state lookup's retries); leave or close cancels it (a pending
+ * bus/store/read state callback then only frees it; a pending step is
+ * stopped and the op freed at once). A join answered with "read_seq":null
+ * (its lookup did not answer in time) keeps its op on the membership until
+ * a later lookup tells the connection its read_seq (late_read_seq).
  * Layer: with chat (uses conn, room, bus, store, presence, script). */
 #define _GNU_SOURCE
 #include "chat_join.h"
 #include "chat_hold.h"
+#include "backoff.h"
 #include "hmap.h"
 #include "room.h"
 #include "log.h"
@@ -21,6 +27,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* How a join's replay ended: each end of the replay chain passes its own to
+ * join_stage2, and join_judge alone decides from it what the client is told
+ * (gap_too_large and its reason, unavailable) and where live delivery
+ * starts. */
+typedef enum {
+    END_REPLAYED,       /* every seq after since replayed (or no since) */
+    END_PAST_BUFFER,    /* the recent buffer no longer reaches since, or more than
+                         * CHAT_REPLAY_MAX after it: the client pages history */
+    END_OTHER_EPOCH,    /* a since of another epoch or above the head */
+    END_UNSTORED,       /* seqs after the replayed ones still not stored (store_wait) */
+    END_UNAVAILABLE,    /* Postgres failed; or Redis down and the since not answered */
+    END_RESUMED,        /* Redis down (head_fallback) with a known head, the since
+                         * answered from Postgres (or none): live delivery must
+                         * follow on (resume_delivery_after) */
+    END_RESUMED_PAST_BUFFER,   /* the same, more than CHAT_REPLAY_MAX after since */
+} join_end;
+
+/* gap_too_large's reasons (gap_text) */
+typedef enum { GAP_NONE, GAP_BUFFER, GAP_EPOCH, GAP_RETENTION, GAP_QUEUE } join_gap;
+
 typedef struct join_op {
     conn_room *cr;          /* NULL once cancelled */
     int first;              /* the URL room at connect: send welcome */
@@ -28,17 +54,21 @@ typedef struct join_op {
     uint64_t since;
     int tried_store;
     uint64_t store_waited;  /* ms waited for seqs not stored yet (store_wait) */
-    int unstored;           /* ... and they were still not stored: unavailable */
+    uv_timer_t wait;        /* store_wait's step, then late_read_seq's retry: the op's
+                             * own (wait_init: initialized, then the op is freed
+                             * through its uv_close) */
+    int wait_init;
+    int late;               /* the join was answered without read_seq: looking it up again */
+    backoff late_bo;        /* late_read_seq's delays */
     uint64_t head;
     msg **msgs;             /* replayed frames, in seq order */
     uint32_t n, cap;
-    int gap;                /* tell the client gap_too_large */
-    int unavailable;
-    int fallback;           /* head_fallback ran (the bus could not replay): join_stage2 decides unavailable */
+    join_end end;           /* how the replay ended (join_stage2) */
+    join_gap gap;           /* decided by join_judge (join_finish: GAP_QUEUE) */
+    int unavailable;        /* decided by join_judge */
     uint64_t delivered;     /* head_fallback: the highest seq this node delivered in the
                              * room (bus_known_head; 0: it does not hold it, or none yet) */
-    int known;              /* head_fallback: op->head is a known head (held, or Postgres') */
-    int settle;             /* a replay without Redis done (Postgres answered the since) */
+    int head_known;         /* head_fallback: op->head is a known head (held, or Postgres') */
     int checked;            /* since/epoch compared with the room's head */
     char epoch[BUS_EPOCH_MAX + 1];        /* the room's, "" when unknown */
     char want_epoch[BUS_EPOCH_MAX + 1];   /* the client's (with since), "" when none */
@@ -68,12 +98,15 @@ void chat_script_ctx(conn *c, const char *room, script_ctx *x)
 
 /* ---- membership -------------------------------------------------------- */
 
+static void op_wait_closed(uv_handle_t *h) { free(h->data); }
+
 static void join_op_free(join_op *op)
 {
     for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
     free(op->msgs);
     free(op->id);
-    free(op);
+    if (op->wait_init) uv_close((uv_handle_t *)&op->wait, op_wait_closed);
+    else free(op);
 }
 
 /* Drops one reference (the replay chain's or the lookup's). */
@@ -82,11 +115,25 @@ static void op_release(join_op *op)
     if (--op->refs <= 0) join_op_free(op);
 }
 
-/* ", \"read_seq\":N" when known, else "" */
+/* ", \"read_seq\":N"; null when the lookup did not answer in time (the
+ * connection is told later: late_read_seq) */
 static void read_seq_field(char *b, size_t n, const join_op *op)
 {
     if (op->rs_known) snprintf(b, n, ",\"read_seq\":%" PRIu64, op->read_seq);
-    else b[0] = 0;
+    else snprintf(b, n, ",\"read_seq\":null");
+}
+
+/* Starts the op's timer (store_wait, late_read_seq). 0, or -1 when it
+ * cannot be initialized. */
+static int op_timer_start(join_op *op, uv_timer_cb cb, uint64_t ms)
+{
+    if (!op->wait_init) {
+        if (uv_timer_init(g_srv.loop, &op->wait) != 0) return -1;
+        op->wait.data = op;
+        op->wait_init = 1;
+    }
+    uv_timer_start(&op->wait, cb, ms, 0);
+    return 0;
 }
 
 static void op_push(join_op *op, msg *m)
@@ -221,6 +268,67 @@ static void start_after_head(join_op *op, conn_room *cr)
         cr->last_seq = op->delivered;
 }
 
+static const char *gap_text(join_gap g)
+{
+    switch (g) {
+    case GAP_NONE: break;
+    case GAP_BUFFER: return "the recovery buffer no longer reaches since; page history over HTTP";
+    case GAP_EPOCH: return "since is not a seq of this room's current epoch; page history over HTTP";
+    case GAP_RETENTION:
+        return "messages after since were deleted (history retention); page history over HTTP";
+    case GAP_QUEUE:
+        return "the messages after since do not fit this connection's queue "
+               "(CHAT_MAX_QUEUE / CHAT_MAX_QUEUE_BYTES); page history over HTTP";
+    }
+    return NULL;
+}
+
+static void on_read_lookup(void *ud, int status, uint64_t read_seq, uint64_t kept_from);
+static int late_read_seq(join_op *op);
+
+/* A retry of late_read_seq: the op's reference goes to the lookup. */
+static void on_late_timer(uv_timer_t *t)
+{
+    join_op *op = t->data;
+    conn_room *cr = op->cr;
+    op->rs_pending = 1;
+    if (readstate_lookup(cr->c->ident.user, cr->r->name, on_read_lookup, op) == 0) return;
+    op->rs_pending = 0;
+    if (!late_read_seq(op)) {
+        cr->op = NULL;
+        op_release(op);
+    }
+}
+
+/* The join was answered with "read_seq":null (the database did not answer
+ * its lookup in time): the membership keeps the op, which looks the read
+ * state up again after a delay (the core backoff, 0.5 s growing to 30 s)
+ * until it answers, then tells the connection as the user's own read
+ * receipt ({"type":"read",...,"user":<self>}: what a client already applies
+ * to its read position), or until the member leaves (join_cancel). 1 when
+ * a retry is armed. */
+static int late_read_seq(join_op *op)
+{
+    if (!g_srv.store) return 0;
+    if (!op->late) {
+        op->late = 1;
+        backoff_init(&op->late_bo, 1000, 30000);
+    }
+    return op_timer_start(op, on_late_timer, backoff_next(&op->late_bo)) == 0;
+}
+
+/* The late lookup answered: 1 when the op goes on (a retry armed). */
+static int late_answer(join_op *op, int status, uint64_t read_seq)
+{
+    conn_room *cr = op->cr;
+    if (status != 0) return late_read_seq(op);
+    char b[JSON_IDENT_MAX + 256];
+    size_t len = readstate_receipt_json(b, sizeof b, cr->r->name, cr->c->ident.user,
+                                        cr->c->ident.name, read_seq);
+    if (len) conn_send_text(cr->c, b, len);
+    return 0;
+}
+
 static void join_finish(join_op *op, const presence_user *u, size_t n)
 {
     conn_room *cr = op->cr;
@@ -238,17 +346,12 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
              (unsigned long long)cr->c->id, cr->r->name, op->n);
         for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
         op->n = 0;
-        op->gap = 4;
+        op->gap = GAP_QUEUE;
         /* like every refused since: live after the announced head (the
          * held frames at or below it are in the history the client pages) */
         start_after_head(op, cr);
     }
-    const char *gap =
-        op->gap == 2 ? "since is not a seq of this room's current epoch; page history over HTTP"
-        : op->gap == 3 ? "messages after since were deleted (history retention); page history over HTTP"
-        : op->gap == 4 ? "the messages after since do not fit this connection's queue "
-                         "(CHAT_MAX_QUEUE / CHAT_MAX_QUEUE_BYTES); page history over HTTP"
-        : op->gap ? "the recovery buffer no longer reaches since; page history over HTTP" : NULL;
+    const char *gap = gap_text(op->gap);
     if (gap) conn_send_error_room(cr->c, "gap_too_large", gap, op->id, cr->r->name);
     if (op->unavailable)   /* after a partial replay (Redis down): for what follows it */
         conn_send_error_room(cr->c, "unavailable",
@@ -265,8 +368,12 @@ static void join_finish(join_op *op, const presence_user *u, size_t n)
     cr->held = NULL;
     cr->nheld = cr->capheld = 0;
     cr->live = 1;
-    cr->op = NULL;
-    op_release(op);
+    for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
+    op->n = 0;
+    if (op->rs_known || !late_read_seq(op)) {
+        cr->op = NULL;
+        op_release(op);
+    }
     chat_hold_join_done(cr->c);
 }
 
@@ -340,41 +447,52 @@ static int resume_delivery_after(conn_room *cr, uint64_t c)
     return cr->nheld > 0 && cr->held[0]->seq <= c + 1;
 }
 
-static void join_stage2(join_op *op)
+/* The one place that decides, from how the replay ended, what the join
+ * tells the client (join_finish adds the queue's bound) and where live
+ * delivery starts. */
+static void join_judge(join_op *op)
 {
     conn_room *cr = op->cr;
+    join_end e = op->end;
+    op->gap = e == END_PAST_BUFFER || e == END_RESUMED_PAST_BUFFER ? GAP_BUFFER
+              : e == END_OTHER_EPOCH ? GAP_EPOCH : GAP_NONE;
+    /* a since below the oldest kept message: those messages are gone
+     * (retention), also when the recent buffer still has some */
+    if (op->has_since && !op->gap && op->kept_from > 0 && op->since0 + 1 < op->kept_from)
+        op->gap = GAP_RETENTION;
+    /* seqs not stored yet ended the replay (store_wait), unless retention
+     * deleted them (gone, not late: the gap above) */
+    op->unavailable = e == END_UNAVAILABLE || (e == END_UNSTORED && !op->gap);
+    /* live delivery starts after the head unless since was honoured (a
+     * refused since is not a seq of this room's numbering) */
+    if (!op->has_since || op->gap) start_after_head(op, cr);
+    /* a join while Redis is down (head_fallback) with a known head: the
+     * member has every seq up to c (its replay's last, or the announced
+     * head): live delivery must go on right after it
+     * (resume_delivery_after) or the member is told (unavailable), never a
+     * silent jump in seq */
+    if (e == END_RESUMED || e == END_RESUMED_PAST_BUFFER) {
+        uint64_t c = op->has_since && !op->gap ? op->since : cr->last_seq;
+        op->unavailable = !resume_delivery_after(cr, c);
+    }
+}
+
+/* The replay chain ended (end: how); welcome and presence_state follow once
+ * the read state lookup answered too. */
+static void join_stage2(join_op *op, join_end end)
+{
+    conn_room *cr = op->cr;
+    op->end = end;
     if (op->rs_pending) {   /* the read state lookup answers later */
         op->stage2_waiting = 1;
         return;
     }
-    /* a since below the oldest kept message: those messages are gone
-     * (retention), also when the recent buffer still has some */
-    if (op->has_since && !op->gap && op->kept_from > 0 && op->since0 + 1 < op->kept_from)
-        op->gap = 3;
-    /* seqs not stored yet ended the replay (store_wait), unless retention
-     * deleted them (gone, not late: the gap above) */
-    if (op->unstored && !op->gap) op->unavailable = 1;
+    join_judge(op);
     if (op->first) {        /* the URL room's join at connect: once per connection */
         char rs[48];
         read_seq_field(rs, sizeof rs, op);
         send_welcome(cr->c, op->head, op->epoch, rs);
         op->first = 0;
-    }
-    /* live delivery starts after the head unless since was honoured (a
-     * refused since is not a seq of this room's numbering) */
-    if (!op->has_since || op->gap) start_after_head(op, cr);
-    /* a join while Redis is down (head_fallback): a since Postgres did not
-     * answer is unavailable; with a known head, the member has every seq up
-     * to c (its replay's last, or the announced head): live delivery must
-     * go on right after it (resume_delivery_after) or the member is told
-     * (unavailable), never a silent jump in seq */
-    if (op->fallback) {
-        if (op->has_since && !op->settle) {
-            op->unavailable = 1;
-        } else if (op->known) {
-            uint64_t c = op->has_since && !op->gap ? op->since : cr->last_seq;
-            op->unavailable = !resume_delivery_after(cr, c);
-        }
     }
     if (presence_list(g_srv.presence, cr->r->name, on_presence_list, op) < 0)
         join_finish_local_presence(op);
@@ -421,11 +539,8 @@ static void on_fallback_rows(void *ud, int status, const store_row *rows, size_t
 {
     join_op *op = ud;
     if (!op->cr) { op_release(op); return; }
-    if (status == 0) {
-        push_store_rows(op, rows, n);
-        op->settle = 1;   /* join_stage2 judges the handover (resume_delivery_after) */
-    }
-    join_stage2(op);
+    if (status == 0) push_store_rows(op, rows, n);
+    join_stage2(op, status == 0 ? END_RESUMED : END_UNAVAILABLE);
 }
 
 /* Redis cannot replay, Postgres answered its head (op->head is the best
@@ -433,39 +548,50 @@ static void on_fallback_rows(void *ud, int status, const store_row *rows, size_t
  * far as it is stored, bounded like any replay (CHAT_REPLAY_MAX here, the
  * queue in join_finish). A since that cannot be checked without Redis (of
  * another epoch than Postgres', or above every head known here) keeps
- * unavailable. 1 when the range read is on its way. */
-static int fallback_replay(join_op *op)
+ * unavailable. 1 when the range read is on its way, else 0 and *end. */
+static int fallback_replay(join_op *op, join_end *end)
 {
+    *end = END_UNAVAILABLE;
     if (op->want_epoch[0] && strcmp(op->want_epoch, op->epoch) != 0) return 0;
     if (op->since > op->head) return 0;
     if (op->head - op->since + op->n > (uint64_t)g_srv.cfg.replay_max) {
         /* the client pages history; live delivery resumes as without since */
         for (uint32_t i = 0; i < op->n; i++) msg_unref(op->msgs[i]);
         op->n = 0;
-        op->gap = 1;
         op->since = op->head;
-        op->settle = 1;   /* join_stage2 judges the handover (resume_delivery_after) */
+        *end = END_RESUMED_PAST_BUFFER;
         return 0;
     }
     if (op->since == op->head) {   /* nothing stored after since */
-        op->settle = 1;   /* join_stage2 judges the handover (resume_delivery_after) */
+        *end = END_RESUMED;
         return 0;
     }
     return store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
                        (int)(g_srv.cfg.replay_max - op->n), 0, on_fallback_rows, op) == 0;
 }
 
+/* Redis down and Postgres could not answer: a since is unavailable;
+ * without one, only the handover to live delivery is judged, when a head is
+ * known. */
+static join_end unanswered_end(const join_op *op)
+{
+    return op->has_since ? END_UNAVAILABLE : op->head_known ? END_RESUMED : END_REPLAYED;
+}
+
 static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char *epoch)
 {
     join_op *op = ud;
     if (!op->cr) { op_release(op); return; }
-    if (status == 0) {
-        op->known = 1;
-        if (max_seq > op->head) op->head = max_seq;
-        if (epoch && *epoch && !op->epoch[0]) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
-        if (op->has_since && !op->gap && fallback_replay(op)) return;
+    if (status != 0) {
+        join_stage2(op, unanswered_end(op));
+        return;
     }
-    join_stage2(op);
+    op->head_known = 1;
+    if (max_seq > op->head) op->head = max_seq;
+    if (epoch && *epoch && !op->epoch[0]) snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
+    join_end end = END_RESUMED;   /* without since: the handover alone */
+    if (op->has_since && fallback_replay(op, &end)) return;
+    join_stage2(op, end);
 }
 
 /* The bus cannot replay (Redis down, or the room's shard): welcome and the
@@ -475,17 +601,16 @@ static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char 
  * above the real head; seqs above it are delivered once Redis is back.
  * With since, seq > since is replayed from Postgres (fallback_replay);
  * unavailable when Postgres cannot answer either, or when what follows the
- * replay may not reach the member (join_stage2: resume_delivery_after). */
+ * replay may not reach the member (join_judge: resume_delivery_after). */
 static void head_fallback(join_op *op)
 {
     uint64_t h;
-    op->fallback = 1;
     if (bus_known_head(g_srv.bus, op->cr->r->name, &h, &op->delivered)) {
-        op->known = 1;
+        op->head_known = 1;
         if (h > op->head) op->head = h;
     }
     if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
-    join_stage2(op);
+    join_stage2(op, unanswered_end(op));
 }
 
 /* The seqs after op->since are the room's (its head is above) but the
@@ -502,30 +627,21 @@ static void head_fallback(join_op *op)
 
 static void on_store_rows(void *ud, int status, const store_row *rows, size_t n);
 
-static void unstored_timer_closed(uv_handle_t *h) { free(h); }
-
+/* A step of the wait (never after a leave or close: join_cancel stops it). */
 static void on_unstored_timer(uv_timer_t *t)
 {
     join_op *op = t->data;
-    uv_close((uv_handle_t *)t, unstored_timer_closed);
-    if (!op->cr) { op_release(op); return; }
     if (!g_srv.store || store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
-                                    (int)(g_srv.cfg.replay_max - op->n), 0, on_store_rows, op) != 0) {
-        op->unstored = 1;
-        join_stage2(op);
-    }
+                                    (int)(g_srv.cfg.replay_max - op->n), 0, on_store_rows, op) != 0)
+        join_stage2(op, END_UNSTORED);
 }
 
 static int store_wait(join_op *op)
 {
     if (op->store_waited >= JOIN_UNSTORED_WAIT_MS) return 0;
     if (!op->rs_pending && op->kept_from > op->since + 1) return 0;   /* retention: gone */
-    uv_timer_t *t = malloc(sizeof *t);
-    if (!t) return 0;
-    uv_timer_init(g_srv.loop, t);
-    t->data = op;
+    if (op_timer_start(op, on_unstored_timer, JOIN_UNSTORED_STEP_MS) < 0) return 0;
     op->store_waited += JOIN_UNSTORED_STEP_MS;
-    uv_timer_start(t, on_unstored_timer, JOIN_UNSTORED_STEP_MS, 0);
     return 1;
 }
 
@@ -535,9 +651,7 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
     if (!op->cr) { op_release(op); return; }
     if (status < 0 || push_store_rows(op, rows, n) == 0) {
         if (status >= 0 && store_wait(op)) return;
-        op->unstored = status >= 0;
-        op->unavailable = status < 0;
-        join_stage2(op);
+        join_stage2(op, status >= 0 ? END_UNSTORED : END_UNAVAILABLE);
         return;
     }
     /* the rest (newer than what Postgres had) from the recent buffer; when
@@ -560,11 +674,11 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
          * honoured: the client pages history instead (gap_too_large) */
         op->checked = 1;
         if ((op->want_epoch[0] && strcmp(op->want_epoch, op->epoch) != 0) || op->since > head) {
-            op->gap = 2;
-            join_stage2(op);
+            join_stage2(op, END_OTHER_EPOCH);
             return;
         }
     }
+    join_end end = END_REPLAYED;
     if (status == 0) {
         for (size_t i = 0; i < n; i++)
             op_push(op, wire_message_frame(op->cr->r->name, e[i].seq, e[i].tail, e[i].len));
@@ -581,15 +695,15 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
             } else if (store_wait(op)) {
                 return;
             }
-            op->unstored = 1;
+            end = END_UNSTORED;
         } else {
-            op->gap = 1;
+            end = END_PAST_BUFFER;
         }
     } else {
         head_fallback(op);
         return;
     }
-    join_stage2(op);
+    join_stage2(op, end);
 }
 
 /* The user's read_seq and the room's oldest kept seq, in parallel with
@@ -598,7 +712,10 @@ static void on_read_lookup(void *ud, int status, uint64_t read_seq, uint64_t kep
 {
     join_op *op = ud;
     op->rs_pending = 0;
-    if (op->cr) {
+    if (op->cr && op->late) {
+        if (late_answer(op, status, read_seq)) return;
+        op->cr->op = NULL;   /* done: the op's last reference goes below */
+    } else if (op->cr) {
         if (status == 0) {
             op->rs_known = 1;
             op->read_seq = read_seq;
@@ -606,7 +723,7 @@ static void on_read_lookup(void *ud, int status, uint64_t read_seq, uint64_t kep
         }
         if (op->stage2_waiting) {
             op->stage2_waiting = 0;
-            join_stage2(op);
+            join_stage2(op, op->end);
         }
     }
     op_release(op);
@@ -676,12 +793,26 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     return 0;
 }
 
+/* The member left (or its connection closed) while joining: a pending
+ * callback of the replay chain or of the read state lookup only frees the
+ * op; a store_wait step has none pending, so it is stopped here and the
+ * chain's reference dropped (no orphaned step, no Postgres read for a
+ * member that is gone). */
+static void join_cancel(join_op *op)
+{
+    op->cr = NULL;
+    if (op->wait_init && uv_is_active((uv_handle_t *)&op->wait)) {
+        uv_timer_stop(&op->wait);
+        op_release(op);
+    }
+}
+
 void chat_leave(conn *c, uint32_t idx)
 {
     conn_room *cr = c->rooms[idx];
     char name[CHAT_ROOM_MAX + 1];
     snprintf(name, sizeof name, "%s", cr->r->name);
-    if (cr->op) ((join_op *)cr->op)->cr = NULL;   /* the pending callback frees it */
+    if (cr->op) join_cancel(cr->op);
     for (uint32_t i = 0; i < cr->nheld; i++) msg_unref(cr->held[i]);
     free(cr->held);
     if (room_remove_member(cr->r, cr)) bus_unsubscribe(g_srv.bus, name);

@@ -188,15 +188,23 @@ static void mark_answer(mark *m, int status, uint64_t stored)
 
 /* ---- marks -------------------------------------------------------------- */
 
+size_t readstate_receipt_json(char *b, size_t cap, const char *room, const char *user,
+                              const char *name, uint64_t seq)
+{
+    if (cap < JSON_IDENT_MAX + 256) return 0;
+    size_t o = (size_t)snprintf(b, cap, "{\"type\":\"read\",\"room\":\"%s\",\"user\":", room);
+    o += (size_t)json_escape(b + o, cap - o, user, strlen(user));
+    memcpy(b + o, ",\"name\":", 8);
+    o += 8;
+    o += (size_t)json_escape(b + o, cap - o, name, strlen(name));
+    o += (size_t)snprintf(b + o, cap - o, ",\"seq\":%" PRIu64 "}", seq);
+    return o;
+}
+
 static void emit_receipt(const mark *m, uint64_t seq)
 {
     char b[JSON_IDENT_MAX + 256];
-    size_t o = (size_t)snprintf(b, sizeof b, "{\"type\":\"read\",\"room\":\"%s\",\"user\":", m->room);
-    o += (size_t)json_escape(b + o, sizeof b - o, m->user, strlen(m->user));
-    memcpy(b + o, ",\"name\":", 8);
-    o += 8;
-    o += (size_t)json_escape(b + o, sizeof b - o, m->name, strlen(m->name));
-    o += (size_t)snprintf(b + o, sizeof b - o, ",\"seq\":%" PRIu64 "}", seq);
+    size_t o = readstate_receipt_json(b, sizeof b, m->room, m->user, m->name, seq);
     /* the room's channel of ephemeral room frames (presence): delivered
      * verbatim to the live members on every node (docs/architecture.md) */
     if (bus_emit(R.bus, m->room, "presence", b, o) == 0) metric_inc(R.m_receipts);
@@ -409,7 +417,7 @@ static void on_lookup_timeout(uv_timer_t *t)
 {
     lbatch *b = t->data;
     if (b->answered) return;
-    LOGW(MOD, "read state lookup of %zu joins got no answer within %d ms: joins go on without read_seq",
+    LOGW(MOD, "read state lookup of %zu joins got no answer within %d ms: joins go on with read_seq null",
          b->n, R.lookup_timeout_ms);
     metric_inc(R.m_lookup_timeouts);
     lbatch_answer(b, NULL, -1);

@@ -45,6 +45,12 @@ int readstate_mark(const char *user, const char *name, const char *room, uint64_
 /* The callbacks of owner's marks are never called. */
 void readstate_drop(void *owner);
 
+/* The read receipt {"type":"read","room","user","name","seq"} into b (cap
+ * at least JSON_IDENT_MAX + 256): its length, 0 when cap is smaller. room
+ * is a valid room name (no escaping); user and name are escaped. */
+size_t readstate_receipt_json(char *b, size_t cap, const char *room, const char *user,
+                              const char *name, uint64_t seq);
+
 /* The user's read_seq in room (0 when never read; marks not committed yet
  * count) and the room's kept_from (the oldest seq retention keeps, 0 =
  * everything). cb(ud, -1, 0, 0) when the database did not answer within

@@ -245,6 +245,11 @@ async def since_past_the_buffer_waits_for_rows_not_stored_yet():
         for i in range(30, 45):
             await x.send_msg(f"s{i}", id=f"s{i}")
         await x.wait_count(is_msg(room), 45, 10, "the broadcasts (not stored)")
+        # a client that closes during the wait: its join is cancelled (the
+        # step timer stopped, the join freed: test_join), the node goes on
+        url = f"ws://127.0.0.1:{b.port}" + harness.ws_path(room, token("dan"), 30)
+        async with websockets.connect(url, ping_interval=None, close_timeout=2):
+            await asyncio.sleep(0.5)
         t0 = time.monotonic()
         late = await Client.connect(b, room, token("carol"), since=30)
         await late.roundtrip()

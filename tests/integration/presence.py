@@ -194,6 +194,50 @@ async def presence_http_auth():
     eq(st, 400, "presence of an invalid room name")
 
 
+@test(timeout=45, needs=("redis",))
+async def presence_http_answers_503_when_redis_does_not_answer():
+    """GET /rooms/{r}/presence while Redis does not answer (SIGSTOP: its
+    connections stay open, nothing comes back): a 503 saying so within the
+    read deadline (half the handshake timeout, at most 5 s), as history and
+    unread do for Postgres (history.reads_answer_503_when_postgres_does_not_answer),
+    never a request left hanging until the connection is closed with no
+    status. The handshake timeout is 6 s here: the deadline (3 s) comes
+    before the Redis connection's own reply timeout (5 s after its oldest
+    command, a ping at most 1 s old), which would answer "presence
+    unavailable" too. Once Redis answers again, the same request is 200
+    (the late answer was dropped, not sent to anyone)."""
+    rd = harness.Redis(harness.RUN.tmpdir("redis-stopped"))
+    rd.start()
+    stopped = False
+    try:
+        n = pnode(redis=rd.url, env={"CHAT_HANDSHAKE_TIMEOUT_MS": 6000})
+        room = uniq()
+        c = await Client.connect(n, room, token("alice"))
+        await c.roundtrip()
+        os.kill(rd.proc.pid, signal.SIGSTOP)
+        stopped = True
+        t0 = time.monotonic()
+        st, js, body = await ahttp_json(n.port, f"/rooms/{room}/presence", token("reader"), timeout=9)
+        took = time.monotonic() - t0
+        eq(st, 503, f"GET presence while Redis does not answer (body {body[:200]!r})")
+        check("no answer in time" in (js or {}).get("error", ""), f"error {body[:200]!r}")
+        check(2.5 < took < 4.5, f"answered after {took:.1f} s (deadline 3 s)")
+        os.kill(rd.proc.pid, signal.SIGCONT)
+        stopped = False
+        end = time.monotonic() + 10
+        while True:
+            st, js, body = await ahttp_json(n.port, f"/rooms/{room}/presence", token("reader"))
+            if st == 200 or time.monotonic() > end:
+                break
+            await asyncio.sleep(0.2)
+        eq(st, 200, f"GET presence once Redis answers again ({body[:200]!r})")
+        eq([u.get("user") for u in js.get("users", [])], ["alice"], "presence once Redis answers")
+    finally:
+        if stopped:
+            os.kill(rd.proc.pid, signal.SIGCONT)
+        rd.stop()
+
+
 @test(timeout=45, needs=("redis", "pg"))
 async def typing_reaches_others_not_stored_rate_limited():
     if not os.path.exists(os.path.join(PROJECT_SCRIPTS, "policy.lua")):

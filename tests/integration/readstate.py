@@ -121,6 +121,59 @@ async def read_monotonic_durable_clamped_and_in_welcome():
 
 
 @test(timeout=60, needs=NEEDS)
+async def read_seq_null_when_its_lookup_does_not_answer_then_told():
+    """The read state lookup of a join does not answer within
+    CHAT_READ_LOOKUP_TIMEOUT_MS (read_state held in ACCESS EXCLUSIVE mode):
+    welcome and the join answer say "read_seq": null (unknown right now;
+    before, the field was left out, against the contract's "carry
+    read_seq"), without waiting longer; once Postgres answers, the
+    connection is told the stored value as the user's own read receipt,
+    which clients already apply to their read position (before: never, the
+    client went on without it)."""
+    n = rnode(env={"CHAT_READ_LOOKUP_TIMEOUT_MS": 300})
+    room, other = uniq("rl"), uniq("rl2")
+    alice = await Client.connect(n, room, token("alice"))
+    for i in range(3):
+        await harness.send_acked(alice, f"m{i}", f"rl-m{i}")
+    eq((await read(alice, room, 2)).get("seq"), 2, "read 2")
+    await alice.close()
+    # the other room held by the node (its head known: a first use would ask
+    # Postgres for it, behind the held lookup)
+    bob = await Client.connect(n, other, token("bob"))
+    await harness.send_acked(bob, "o0", "rl-o0")
+    p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg().port), "-U", "postgres", "-d",
+                          "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        p.stdin.write("BEGIN; LOCK TABLE read_state IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+        p.stdin.flush()
+        eq(await asyncio.to_thread(p.stdout.readline), "locked\n", "read_state locked")
+        t0 = time.monotonic()
+        c = await Client.connect(n, room, token("alice"))
+        w = c.welcome()
+        check("read_seq" in w and w["read_seq"] is None,
+              f"welcome while the read state does not answer: {w}")
+        check(time.monotonic() - t0 < 3, f"welcome after {time.monotonic() - t0:.1f} s")
+        j = await c.join(other)
+        check(j["type"] == "presence_state" and "read_seq" in j and j["read_seq"] is None,
+              f"join answer while the read state does not answer: {j}")
+        await asyncio.sleep(1)
+        eq([f for f in c.frames if f["type"] == "read"], [], "no read state told while locked")
+    finally:
+        p.stdin.write("COMMIT;\n")
+        p.stdin.close()
+        p.wait(15)
+    f = await c.wait_for(is_receipt(room, "alice"), 15, what="the read state of the room")
+    eq(f.get("seq"), 2, f"the stored read_seq, told once Postgres answers: {f}")
+    g = await c.wait_for(is_receipt(other, "alice"), 15, what="the read state of the other room")
+    eq(g.get("seq"), 0, f"the other room, never read: {g}")
+    # the connection goes on as usual: a read is acked and a new join answers read_seq
+    eq((await read(c, room, 3)).get("seq"), 3, "read 3 after")
+    c2 = await Client.connect(n, room, token("alice"))
+    eq(c2.welcome().get("read_seq"), 3, f"welcome once Postgres answers: {c2.welcome()}")
+
+
+@test(timeout=60, needs=NEEDS)
 async def receipts_on_every_node_and_only_when_moving():
     a, b = rnode(), rnode()
     room = uniq("rcpt")
