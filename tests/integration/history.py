@@ -8,9 +8,7 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import websockets
 
@@ -1147,19 +1145,6 @@ async def redis_loss_while_no_node_holds_the_room_seeds_from_postgres():
             harness.release_port(rd.port)
 
 
-def api_post(port, key, room, body):
-    """POST /api/rooms/{room}/messages (docs/api.md): (status, json)"""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/rooms/{room}/messages",
-                                 data=json.dumps(body).encode(), method="POST",
-                                 headers={"Authorization": f"Bearer {key}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
 @test(timeout=60, needs=NEEDS)
 async def redis_loss_while_another_node_holds_the_room_keeps_one_seq_order():
     """Redis loses its data without dropping the connections (FLUSHALL:
@@ -1188,7 +1173,7 @@ async def redis_loss_while_another_node_holds_the_room_keeps_one_seq_order():
         await x.send_msg("a3", id="a3")
         await x.wait_count(is_msg(room), 4, 5, "A's broadcasts 1..4")
         eq(await asyncio.to_thread(rd.command, "FLUSHALL"), b"+OK\r\n", "FLUSHALL")
-        st, js = await asyncio.to_thread(api_post, b.port, key, room,
+        st, js = await asyncio.to_thread(harness.api_post, b.port, key, room,
                                          {"id": "b0", "user": "ci", "body": "from B"})
         early = [f for f in x.frames if f["type"] in ("ack", "error") and f.get("id") == "a3"]
         eq(early, [], "the scenario: A's seq 4 was not stored yet when B's publish was answered")
