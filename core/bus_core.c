@@ -124,12 +124,14 @@ void bus_room_maybe_free(bus *b, bus_room *room)
 /* ---- failures and seed answers, run from the loop ---- */
 
 static void defer_cb(uv_timer_t *t);
+static void seed_answered(struct bus_seed *sd);
 
 /* ---- seeds: the durable head of a room, from the upper layer ---- */
 
 typedef struct seed_wait {
     bus_seed_fn fn;
     void *arg;
+    int ask;                 /* waits for the holders' answer too (bus_seed_get) */
     struct seed_wait *next;
 } seed_wait;
 
@@ -149,9 +151,14 @@ struct bus_seed {
     int restoring;           /* restore calls in flight (+1 while starting) */
     int restore_failed;
     /* asking the room's holders first (backend seed_ask; docs/redis.md
-     * "Heads, seeds and epochs"): the provider's answer waits while ask is
-     * not SEED_ASK_DONE */
+     * "Heads, seeds and epochs"): waiters that asked (publish, replay) wait
+     * for the holders' answer too; the others (a holder's own raise) run as
+     * soon as the seed is answered, so that two holders asking each other
+     * never wait for each other */
     int provided;            /* bus_seed_done was called: the provider is done */
+    int answered;            /* provider answered, ids written back: final */
+    int queued;              /* on b->seeds_done */
+    int running;             /* its waiters are being run (defer_cb): not freed meanwhile */
     int ask;                 /* SEED_ASK_* */
     int calls;               /* backend ask or probe calls in flight */
     uint64_t ask_until;      /* mono ms: past it, the seed goes on without a raise */
@@ -179,7 +186,8 @@ static void seed_free(bus_seed *sd)
  * the provider, a restore call, an ask or a probe */
 static void seed_release(bus_seed *sd)
 {
-    if (!sd->b && sd->provided && sd->calls == 0 && sd->restoring == 0) seed_free(sd);
+    if (!sd->b && sd->provided && sd->calls == 0 && sd->restoring == 0 && !sd->running)
+        seed_free(sd);
 }
 
 
@@ -209,10 +217,12 @@ int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
     w->fn = fn;
     w->arg = arg;
     bus_seed *sd = hmap_get(&b->seeds, room);
+    w->ask = ask && b->be->seed_ask;
     if (sd) {
         seed_wait **pp = &sd->waiters;
         while (*pp) pp = &(*pp)->next;
         *pp = w;
+        if (sd->answered && !w->ask) seed_answered(sd); /* no wait for the holders */
         return 0;
     }
     sd = calloc(1, sizeof *sd);
@@ -245,16 +255,25 @@ int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
     return 0;
 }
 
-static void seed_run_waiters(bus_seed *sd, int status)
+/* all waiters, or (all 0) only those that do not wait for the holders;
+ * the others are back on sd->waiters before any callback runs */
+static void seed_run_waiters(bus_seed *sd, int status, int all)
 {
-    seed_wait *w = sd->waiters;
+    seed_wait *w = sd->waiters, *run = NULL, **rt = &run, **keep = &sd->waiters;
     sd->waiters = NULL;
     while (w) {
         seed_wait *n = w->next;
-        w->fn(w->arg, status, sd->max_seq, sd->epoch,
-              sd->nids ? BUS_SEED_GIVEN : BUS_SEED_GIVEN_EMPTY);
-        free(w);
+        w->next = NULL;
+        if (!all && w->ask) { *keep = w; keep = &w->next; }
+        else { *rt = w; rt = &w->next; }
         w = n;
+    }
+    while (run) {
+        seed_wait *n = run->next;
+        run->fn(run->arg, status, sd->max_seq, sd->epoch,
+                sd->nids ? BUS_SEED_GIVEN : BUS_SEED_GIVEN_EMPTY);
+        free(run);
+        run = n;
     }
 }
 
@@ -300,12 +319,17 @@ const bus_seed_id *bus_seed_ids(const bus_seed *sd, size_t *n)
 
 const char *bus_seed_room(const bus_seed *sd) { return sd->room; }
 
-/* answered (with the ids written back, or failed): waiters run from the loop */
+/* answered (with the ids written back, or failed): waiters run from the
+ * loop; called again when the holders' answer comes after, or a waiter
+ * that does not wait for it joins */
 static void seed_answered(bus_seed *sd)
 {
     bus *b = sd->b;
-    if (sd->status != 0) metric_inc(b->m.seed_failures);
+    if (!sd->answered && sd->status != 0) metric_inc(b->m.seed_failures);
+    sd->answered = 1;
+    if (sd->queued) return;
     /* stays in the map until its waiters run: who asks meanwhile shares it */
+    sd->queued = 1;
     sd->dnext = b->seeds_done;
     b->seeds_done = sd;
     if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
@@ -334,7 +358,8 @@ void bus_seed_restored(bus_seed *sd, int ok)
     seed_answered(sd);
 }
 
-/* the provider answered and the holders are done: restore ids, answer */
+/* the provider answered: restore ids, answer (those waiting for the
+ * holders wait on) */
 static void seed_go_on(bus_seed *sd)
 {
     bus *b = sd->b;
@@ -363,8 +388,14 @@ void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch
     sd->max_seq = status == 0 ? max_seq : 0;
     snprintf(sd->epoch, sizeof sd->epoch, "%s", status == 0 ? epoch : "");
     if (status != 0) LOGW(MOD, "room %s: durable head unavailable", sd->room);
-    if (sd->ask != SEED_ASK_DONE) return; /* the holders' answer goes on */
     seed_go_on(sd);
+}
+
+/* the holders' part is over: once answered, the waiters that waited for it run */
+static void seed_ask_done(bus_seed *sd)
+{
+    sd->ask = SEED_ASK_DONE;
+    if (sd->answered) seed_answered(sd);
 }
 
 /* The backend's answer to seed_ask: how many holders of the room other than
@@ -375,8 +406,7 @@ void bus_seed_asked(bus_seed *sd, long others)
     sd->calls--;
     if (!sd->b) { seed_release(sd); return; }
     if (others <= 0) {
-        sd->ask = SEED_ASK_DONE;
-        if (sd->provided) seed_go_on(sd);
+        seed_ask_done(sd);
         return;
     }
     LOGI(MOD, "room %s: %ld other node(s) hold it: waiting for them to raise its head to what "
@@ -394,8 +424,7 @@ void bus_seed_probed(bus_seed *sd, int found)
     if (!sd->b) { seed_release(sd); return; }
     if (!found) { sd->ask = SEED_ASK_POLL; return; }
     LOGI(MOD, "room %s: a node that holds it raised its head", sd->room);
-    sd->ask = SEED_ASK_DONE;
-    if (sd->provided) seed_go_on(sd);
+    seed_ask_done(sd);
 }
 
 static int collect_polling(void *arg, const char *key, void *val)
@@ -418,17 +447,15 @@ static void seed_tick(uv_timer_t *t)
     uint64_t now = mono_ms();
     for (bus_seed **p = list; p && p < end && !b->freeing; p++) {
         bus_seed *sd = *p;
-        if (sd->provided && sd->status != 0) { /* history failed: nothing to wait for */
-            sd->ask = SEED_ASK_DONE;
-            seed_go_on(sd);
+        if (sd->answered && sd->status != 0) { /* failed: nothing to wait for */
+            seed_ask_done(sd);
             continue;
         }
         if (now >= sd->ask_until) {
             LOGW(MOD, "room %s: no node that holds it raised its head within %d ms: seeding it "
                  "from history alone", sd->room, SEED_WAIT_MS);
             metric_inc(b->m.seed_unraised);
-            sd->ask = SEED_ASK_DONE;
-            if (sd->provided) seed_go_on(sd);
+            seed_ask_done(sd);
             continue;
         }
         sd->ask = SEED_ASK_PROBE;
@@ -451,13 +478,15 @@ bus *bus_seed_bus(const bus_seed *sd) { return sd->b; }
  * with the provider are left to it (bus_seed_done then frees them). */
 static void seeds_cancel(bus *b)
 {
-    /* answered ones first: they are in the map too, and freed here */
+    /* answered ones first: they are in the map too, and let go here (an
+     * ask or probe in flight frees it) */
     while (b->seeds_done) {
         bus_seed *sd = b->seeds_done;
         b->seeds_done = sd->dnext;
         if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
-        seed_run_waiters(sd, -1);
-        seed_free(sd);
+        seed_run_waiters(sd, -1, 1);
+        sd->b = NULL;
+        seed_release(sd);
     }
     for (size_t i = 0; i < b->seeds.cap; i++) {
         if (!hmap_live(&b->seeds, i)) continue;
@@ -465,7 +494,7 @@ static void seeds_cancel(bus *b)
         /* the provider, a restore, an ask or a probe may still have it: the
          * last of them frees it (or nobody has it: freed now) */
         sd->b = NULL;
-        seed_run_waiters(sd, -1);
+        seed_run_waiters(sd, -1, 1);
         seed_release(sd);
     }
     hmap_free(&b->seeds);
@@ -478,12 +507,24 @@ static void defer_cb(uv_timer_t *t)
     bus_seed *sl = b->seeds_done, *rev = NULL;
     b->seeds_done = NULL;
     while (sl) { bus_seed *n = sl->dnext; sl->dnext = rev; rev = sl; sl = n; }
+    /* (a waiter's callback may free the bus: bus_free then lets go of the
+     * seeds still listed here, freed below) */
+    for (bus_seed *x = rev; x; x = x->dnext) x->running = 1;
     while (rev) {
         bus_seed *sd = rev;
         rev = sd->dnext;
+        sd->queued = 0;
+        if (sd->b && sd->ask != SEED_ASK_DONE) {
+            /* the holders have not answered: only who does not wait for them */
+            seed_run_waiters(sd, sd->status, 0);
+            sd->running = 0;
+            if (!sd->b) seed_release(sd);
+            continue;
+        }
+        sd->running = 0;
+        if (!sd->b) { seed_release(sd); continue; } /* its waiters were answered -1 */
         if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
-        if (!b->freeing) seed_run_waiters(sd, sd->status);
-        else seed_run_waiters(sd, -1);
+        seed_run_waiters(sd, sd->status, 1);
         seed_free(sd);
     }
     bus_req *d = b->deferred;
