@@ -259,8 +259,11 @@ void bus_room_run_waiting(bus *b, bus_room *room, int fail);
  * not called) without a provider or memory. ask 1: a new request first
  * asks the nodes that hold the room to raise the head (backend seed_ask;
  * the publish and replay of a node that may not hold it), and waits up to
- * SEED_WAIT_MS for one of them; 0: the resync of a holder, which is such a
- * raise (a waiter joining a request takes it as it is). */
+ * SEED_WAIT_MS for one of them (a waiter with ask 1 joining a request
+ * waits for that too); 0: the raise of a holder (its resync, or its answer
+ * to another node's ask), which asks nobody and, joining a request that
+ * asked, runs as soon as history answered (two holders asking each other
+ * never wait for each other). */
 typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char *epoch, int given);
 int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg);
 /* the backend's answers to seed_ask (others: holders besides this node
