@@ -53,6 +53,10 @@ static void register_metrics(bus *b)
                                          "answer, or the room's client ids could not be written "
                                          "back to Redis (the operations waiting answer unavailable)",
                                          NULL);
+    b->m.seed_unraised = metrics_counter("chat_bus_seed_unraised_total",
+                                         "Seeds that waited for the nodes holding the room to "
+                                         "raise its head and went on from history alone (none did "
+                                         "in time: frozen, or too old to answer)", NULL);
     b->m.backfilled = metrics_counter("chat_bus_backfill_total",
                                       "Unstored messages of another node handed to the core to store",
                                       NULL);

@@ -6,8 +6,9 @@
  * the pending request list (every publish/replay callback called exactly
  * once, failures inside a bus_* call answered from the deferral timer),
  * readiness changes (on_ready), the seed requests to the upper layer (one
- * per room in flight, answered waiters run from the deferral timer) and
- * epoch generation. */
+ * per room in flight, answered waiters run from the deferral timer; with a
+ * backend that can ask the room's holders first, their wait for a holder's
+ * raise, polled from the seed timer and bounded) and epoch generation. */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
@@ -123,12 +124,14 @@ void bus_room_maybe_free(bus *b, bus_room *room)
 /* ---- failures and seed answers, run from the loop ---- */
 
 static void defer_cb(uv_timer_t *t);
+static void seed_answered(struct bus_seed *sd);
 
 /* ---- seeds: the durable head of a room, from the upper layer ---- */
 
 typedef struct seed_wait {
     bus_seed_fn fn;
     void *arg;
+    int ask;                 /* waits for the holders' answer too (bus_seed_get) */
     struct seed_wait *next;
 } seed_wait;
 
@@ -147,13 +150,44 @@ struct bus_seed {
     size_t nids, capids;
     int restoring;           /* restore calls in flight (+1 while starting) */
     int restore_failed;
+    /* asking the room's holders first (backend seed_ask; docs/redis.md
+     * "Heads, seeds and epochs"): waiters that asked (publish, replay) wait
+     * for the holders' answer too; the others (a holder's own raise) run as
+     * soon as the seed is answered, so that two holders asking each other
+     * never wait for each other */
+    int provided;            /* bus_seed_done was called: the provider is done */
+    int answered;            /* provider answered, ids written back: final */
+    int queued;              /* on b->seeds_done */
+    int running;             /* its waiters are being run (defer_cb): not freed meanwhile */
+    int ask;                 /* SEED_ASK_* */
+    int calls;               /* backend ask or probe calls in flight */
+    uint64_t ask_until;      /* mono ms: past it, the seed goes on without a raise */
 };
+
+enum {
+    SEED_ASK_DONE = 0,       /* nothing to wait for (no holder, or it raised the head) */
+    SEED_ASK_SENT,           /* the ask is on its way: how many holders got it? */
+    SEED_ASK_POLL,           /* holders got it: probe the head at the next tick */
+    SEED_ASK_PROBE,          /* a probe is in flight */
+};
+
+/* how often, and how long, a seed waits for a holder to raise the head */
+#define SEED_POLL_MS 20
+#define SEED_WAIT_MS 1500
 
 static void seed_free(bus_seed *sd)
 {
     for (size_t i = 0; i < sd->nids; i++) free(sd->ids[i].id);
     free(sd->ids);
     free(sd);
+}
+
+/* a seed the bus let go of (sd->b NULL) is freed by whoever holds it last:
+ * the provider, a restore call, an ask or a probe */
+static void seed_release(bus_seed *sd)
+{
+    if (!sd->b && sd->provided && sd->calls == 0 && sd->restoring == 0 && !sd->running)
+        seed_free(sd);
 }
 
 
@@ -167,7 +201,15 @@ void bus_epoch_new(bus *b, char out[BUS_EPOCH_MAX + 1])
 
 int bus_has_seed(const bus *b) { return b && b->h.on_seed != NULL; }
 
-int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg)
+static void seed_tick(uv_timer_t *t);
+
+static void seed_arm(bus *b)
+{
+    if (!uv_is_active((uv_handle_t *)&b->seed_t))
+        uv_timer_start(&b->seed_t, seed_tick, SEED_POLL_MS, SEED_POLL_MS);
+}
+
+int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
 {
     if (!b || b->freeing || !b->h.on_seed) return -1;
     seed_wait *w = calloc(1, sizeof *w);
@@ -175,10 +217,12 @@ int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg)
     w->fn = fn;
     w->arg = arg;
     bus_seed *sd = hmap_get(&b->seeds, room);
+    w->ask = ask && b->be->seed_ask;
     if (sd) {
         seed_wait **pp = &sd->waiters;
         while (*pp) pp = &(*pp)->next;
         *pp = w;
+        if (sd->answered && !w->ask) seed_answered(sd); /* no wait for the holders */
         return 0;
     }
     sd = calloc(1, sizeof *sd);
@@ -197,20 +241,39 @@ int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg)
     }
     metric_inc(b->m.seeds);
     LOGD(MOD, "room %s: no valid head in the bus, asking for the durable one", room);
+    /* the holders first (their raise counts what they broadcast and history
+     * does not hold yet), history meanwhile: its answer waits for theirs */
+    if (ask && b->be->seed_ask) {
+        sd->ask = SEED_ASK_SENT;
+        sd->calls++;
+        if (b->be->seed_ask(b, sd) != 0) {
+            sd->calls--;
+            sd->ask = SEED_ASK_DONE;
+        }
+    }
     b->h.on_seed(b->ud, sd->room, sd); /* may answer at once: deferred below */
     return 0;
 }
 
-static void seed_run_waiters(bus_seed *sd, int status)
+/* all waiters, or (all 0) only those that do not wait for the holders;
+ * the others are back on sd->waiters before any callback runs */
+static void seed_run_waiters(bus_seed *sd, int status, int all)
 {
-    seed_wait *w = sd->waiters;
+    seed_wait *w = sd->waiters, *run = NULL, **rt = &run, **keep = &sd->waiters;
     sd->waiters = NULL;
     while (w) {
         seed_wait *n = w->next;
-        w->fn(w->arg, status, sd->max_seq, sd->epoch,
-              sd->nids ? BUS_SEED_GIVEN : BUS_SEED_GIVEN_EMPTY);
-        free(w);
+        w->next = NULL;
+        if (!all && w->ask) { *keep = w; keep = &w->next; }
+        else { *rt = w; rt = &w->next; }
         w = n;
+    }
+    while (run) {
+        seed_wait *n = run->next;
+        run->fn(run->arg, status, sd->max_seq, sd->epoch,
+                sd->nids ? BUS_SEED_GIVEN : BUS_SEED_GIVEN_EMPTY);
+        free(run);
+        run = n;
     }
 }
 
@@ -256,12 +319,17 @@ const bus_seed_id *bus_seed_ids(const bus_seed *sd, size_t *n)
 
 const char *bus_seed_room(const bus_seed *sd) { return sd->room; }
 
-/* answered (with the ids written back, or failed): waiters run from the loop */
+/* answered (with the ids written back, or failed): waiters run from the
+ * loop; called again when the holders' answer comes after, or a waiter
+ * that does not wait for it joins */
 static void seed_answered(bus_seed *sd)
 {
     bus *b = sd->b;
-    if (sd->status != 0) metric_inc(b->m.seed_failures);
+    if (!sd->answered && sd->status != 0) metric_inc(b->m.seed_failures);
+    sd->answered = 1;
+    if (sd->queued) return;
     /* stays in the map until its waiters run: who asks meanwhile shares it */
+    sd->queued = 1;
     sd->dnext = b->seeds_done;
     b->seeds_done = sd;
     if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
@@ -279,7 +347,7 @@ void bus_seed_restored(bus_seed *sd, int ok)
 {
     if (!ok) sd->restore_failed = 1;
     if (--sd->restoring > 0) return;
-    if (!sd->b) { seed_free(sd); return; } /* the bus is gone: its waiters were answered */
+    if (!sd->b) { seed_release(sd); return; } /* the bus is gone: its waiters were answered */
     if (sd->restore_failed) {
         LOGW(MOD, "room %s: its client ids could not be written back to Redis: the seed failed "
              "(publishes answer unavailable until a retry succeeds)", sd->room);
@@ -290,20 +358,12 @@ void bus_seed_restored(bus_seed *sd, int ok)
     seed_answered(sd);
 }
 
-void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch)
+/* the provider answered: restore ids, answer (those waiting for the
+ * holders wait on) */
+static void seed_go_on(bus_seed *sd)
 {
-    if (!sd) return;
     bus *b = sd->b;
-    if (!b) { seed_free(sd); return; } /* the bus is gone: its waiters were answered */
-    if (status == 0 && (!epoch || !*epoch || strlen(epoch) > BUS_EPOCH_MAX)) {
-        LOGE(MOD, "room %s: the durable head came without a valid epoch", sd->room);
-        status = -1;
-    }
-    sd->status = status;
-    sd->max_seq = status == 0 ? max_seq : 0;
-    snprintf(sd->epoch, sizeof sd->epoch, "%s", status == 0 ? epoch : "");
-    if (status != 0) LOGW(MOD, "room %s: durable head unavailable", sd->room);
-    if (status == 0 && sd->restore && sd->nids) {
+    if (sd->status == 0 && sd->restore && sd->nids) {
         /* the stored client ids go back first (docs/redis.md): no call of
          * this node seeds the head (mode 'Y') before they are written */
         sd->restoring = 1;
@@ -314,23 +374,128 @@ void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch
     seed_answered(sd);
 }
 
+void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch)
+{
+    if (!sd) return;
+    sd->provided = 1;
+    bus *b = sd->b;
+    if (!b) { seed_release(sd); return; } /* the bus is gone: its waiters were answered */
+    if (status == 0 && (!epoch || !*epoch || strlen(epoch) > BUS_EPOCH_MAX)) {
+        LOGE(MOD, "room %s: the durable head came without a valid epoch", sd->room);
+        status = -1;
+    }
+    sd->status = status;
+    sd->max_seq = status == 0 ? max_seq : 0;
+    snprintf(sd->epoch, sizeof sd->epoch, "%s", status == 0 ? epoch : "");
+    if (status != 0) LOGW(MOD, "room %s: durable head unavailable", sd->room);
+    seed_go_on(sd);
+}
+
+/* the holders' part is over: once answered, the waiters that waited for it run */
+static void seed_ask_done(bus_seed *sd)
+{
+    sd->ask = SEED_ASK_DONE;
+    if (sd->answered) seed_answered(sd);
+}
+
+/* The backend's answer to seed_ask: how many holders of the room other than
+ * this node got the ask (< 0: unknown, the ask failed). With none, nothing
+ * waits; else the head is probed until one of them raised it. */
+void bus_seed_asked(bus_seed *sd, long others)
+{
+    sd->calls--;
+    if (!sd->b) { seed_release(sd); return; }
+    if (others <= 0) {
+        seed_ask_done(sd);
+        return;
+    }
+    LOGI(MOD, "room %s: %ld other node(s) hold it: waiting for them to raise its head to what "
+         "they delivered", sd->room, others);
+    sd->ask = SEED_ASK_POLL;
+    sd->ask_until = mono_ms() + SEED_WAIT_MS;
+    seed_arm(sd->b);
+}
+
+/* The backend's answer to seed_probe: found 1 when the room's head is
+ * there (valid for this Redis run): a holder raised it. */
+void bus_seed_probed(bus_seed *sd, int found)
+{
+    sd->calls--;
+    if (!sd->b) { seed_release(sd); return; }
+    if (!found) { sd->ask = SEED_ASK_POLL; return; }
+    LOGI(MOD, "room %s: a node that holds it raised its head", sd->room);
+    seed_ask_done(sd);
+}
+
+static int collect_polling(void *arg, const char *key, void *val)
+{
+    (void)key;
+    bus_seed *sd = val, ***at = arg;
+    if (sd->ask == SEED_ASK_POLL) *(*at)++ = sd;
+    return 0;
+}
+
+/* Every SEED_POLL_MS while a seed waits for holders: probe each one's head
+ * again, or give up waiting past SEED_WAIT_MS (a holder frozen or too old
+ * to answer: the seed goes on from history alone, as without holders). */
+static void seed_tick(uv_timer_t *t)
+{
+    bus *b = t->data;
+    size_t n = b->seeds.count;
+    bus_seed **list = n && !b->freeing ? malloc(n * sizeof *list) : NULL, **end = list;
+    if (list) hmap_each(&b->seeds, collect_polling, &end);
+    uint64_t now = mono_ms();
+    for (bus_seed **p = list; p && p < end && !b->freeing; p++) {
+        bus_seed *sd = *p;
+        if (sd->answered && sd->status != 0) { /* failed: nothing to wait for */
+            seed_ask_done(sd);
+            continue;
+        }
+        if (now >= sd->ask_until) {
+            LOGW(MOD, "room %s: no node that holds it raised its head within %d ms: seeding it "
+                 "from history alone", sd->room, SEED_WAIT_MS);
+            metric_inc(b->m.seed_unraised);
+            seed_ask_done(sd);
+            continue;
+        }
+        sd->ask = SEED_ASK_PROBE;
+        sd->calls++;
+        if (b->be->seed_probe(b, sd) != 0) {
+            sd->calls--;
+            sd->ask = SEED_ASK_POLL;
+        }
+    }
+    free(list);
+    int any = 0; /* (a probe in flight comes back to POLL) */
+    for (size_t i = 0; i < b->seeds.cap && !any && !b->freeing; i++)
+        any = hmap_live(&b->seeds, i) && ((bus_seed *)b->seeds.slots[i].val)->ask >= SEED_ASK_POLL;
+    if (!any) uv_timer_stop(t);
+}
+
+bus *bus_seed_bus(const bus_seed *sd) { return sd->b; }
+
 /* bus_free: every waiter gets -1 now (b->freeing is set); requests still
  * with the provider are left to it (bus_seed_done then frees them). */
 static void seeds_cancel(bus *b)
 {
-    /* answered ones first: they are in the map too, and freed here */
+    /* answered ones first: they are in the map too, and let go here (an
+     * ask or probe in flight frees it) */
     while (b->seeds_done) {
         bus_seed *sd = b->seeds_done;
         b->seeds_done = sd->dnext;
         if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
-        seed_run_waiters(sd, -1);
-        seed_free(sd);
+        seed_run_waiters(sd, -1, 1);
+        sd->b = NULL;
+        seed_release(sd);
     }
     for (size_t i = 0; i < b->seeds.cap; i++) {
         if (!hmap_live(&b->seeds, i)) continue;
         bus_seed *sd = b->seeds.slots[i].val;
-        sd->b = NULL; /* the provider (or a restore) still has it: it frees it */
-        seed_run_waiters(sd, -1);
+        /* the provider, a restore, an ask or a probe may still have it: the
+         * last of them frees it (or nobody has it: freed now) */
+        sd->b = NULL;
+        seed_run_waiters(sd, -1, 1);
+        seed_release(sd);
     }
     hmap_free(&b->seeds);
 }
@@ -342,12 +507,24 @@ static void defer_cb(uv_timer_t *t)
     bus_seed *sl = b->seeds_done, *rev = NULL;
     b->seeds_done = NULL;
     while (sl) { bus_seed *n = sl->dnext; sl->dnext = rev; rev = sl; sl = n; }
+    /* (a waiter's callback may free the bus: bus_free then lets go of the
+     * seeds still listed here, freed below) */
+    for (bus_seed *x = rev; x; x = x->dnext) x->running = 1;
     while (rev) {
         bus_seed *sd = rev;
         rev = sd->dnext;
+        sd->queued = 0;
+        if (sd->b && sd->ask != SEED_ASK_DONE) {
+            /* the holders have not answered: only who does not wait for them */
+            seed_run_waiters(sd, sd->status, 0);
+            sd->running = 0;
+            if (!sd->b) seed_release(sd);
+            continue;
+        }
+        sd->running = 0;
+        if (!sd->b) { seed_release(sd); continue; } /* its waiters were answered -1 */
         if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
-        if (!b->freeing) seed_run_waiters(sd, sd->status);
-        else seed_run_waiters(sd, -1);
+        seed_run_waiters(sd, sd->status, 1);
         seed_free(sd);
     }
     bus_req *d = b->deferred;
@@ -397,6 +574,9 @@ int bus_core_init(bus *b)
     uv_timer_init(b->loop, &b->defer);
     b->defer.data = b;
     b->handles++;
+    uv_timer_init(b->loop, &b->seed_t);
+    b->seed_t.data = b;
+    b->handles++;
     return 0;
 }
 
@@ -419,6 +599,7 @@ void bus_core_close(bus *b)
 {
     b->deferred = NULL; /* still in the pending list: answered below */
     uv_close((uv_handle_t *)&b->defer, defer_closed);
+    uv_close((uv_handle_t *)&b->seed_t, defer_closed);
     /* replays waiting for a sync are held by nobody but their room */
     hmap_each(&b->rooms, room_forget_waiting, NULL);
     for (bus_req *r = b->pending, *n; r; r = n) {

@@ -158,6 +158,14 @@ typedef struct bus_backend {
      * bus_seed_restore_hold per call started, one bus_seed_restored per
      * answer (also when freed). -1 when a call could not start. */
     int (*restore_ids)(bus *b, struct bus_seed *sd);
+    /* (may be NULL: nobody to ask) Before a seed from history: ask the
+     * nodes that hold the room to raise its head to what they delivered
+     * (bus_seed_room); answer with bus_seed_asked (never inside the call).
+     * Then, while some did, seed_probe: is the head there now? Answer with
+     * bus_seed_probed. Both: 0, or -1 when the call could not start. An
+     * answer after the bus is gone (bus_seed_bus NULL) only answers. */
+    int (*seed_ask)(bus *b, struct bus_seed *sd);
+    int (*seed_probe)(bus *b, struct bus_seed *sd);
     /* (may be NULL: 0) bus_run_mark */
     uint64_t (*run_mark)(const bus *b);
     /* (may be NULL: nothing to do) bus_id_committed (arguments checked; id: a key part) */
@@ -197,13 +205,14 @@ struct bus {
                               * Redis backend), NULL when off */
     hmap seeds;              /* room -> bus_seed in flight (one per room) */
     struct bus_seed *seeds_done; /* answered, waiters run from the defer timer */
+    uv_timer_t seed_t;       /* seeds waiting for a holder's raise: probes */
     uint64_t rng;            /* epochs */
     char epoch[BUS_EPOCH_MAX + 1]; /* in-process mode without a provider:
                               * one epoch per process start */
     struct {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
-        metric_counter *backfilled, *backfill_lost, *seeds, *seed_failures;
+        metric_counter *backfilled, *backfill_lost, *seeds, *seed_failures, *seed_unraised;
         metric_counter *backfill_checked, *backfill_dropped, *backfill_limit_rooms, *backfill_limit_per_room;
         metric_counter *ids_written_back, *ids_writeback_dropped;
     } m;
@@ -247,9 +256,22 @@ void bus_room_run_waiting(bus *b, bus_room *room, int fail);
  * given: the seed mode of the waiter's next script call, BUS_SEED_GIVEN
  * (client ids were written back first) or BUS_SEED_GIVEN_EMPTY (the seed
  * had none). Waiters of one room share one on_seed request. Returns -1 (fn
- * not called) without a provider or memory. */
+ * not called) without a provider or memory. ask 1: a new request first
+ * asks the nodes that hold the room to raise the head (backend seed_ask;
+ * the publish and replay of a node that may not hold it), and waits up to
+ * SEED_WAIT_MS for one of them (a waiter with ask 1 joining a request
+ * waits for that too); 0: the raise of a holder (its resync, or its answer
+ * to another node's ask), which asks nobody and, joining a request that
+ * asked, runs as soon as history answered (two holders asking each other
+ * never wait for each other). */
 typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char *epoch, int given);
-int bus_seed_get(bus *b, const char *room, bus_seed_fn fn, void *arg);
+int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg);
+/* the backend's answers to seed_ask (others: holders besides this node
+ * that got it, < 0 unknown) and seed_probe (found: the head is there) */
+void bus_seed_asked(struct bus_seed *sd, long others);
+void bus_seed_probed(struct bus_seed *sd, int found);
+/* NULL once the bus let go of the seed (it is being freed) */
+bus *bus_seed_bus(const struct bus_seed *sd);
 int bus_has_seed(const bus *b);
 /* A seed's client ids to write back (bus_seed_add_id), for the backend's
  * restore_ids: ttl_s is what is left of the id's window (>= 1), id its key
@@ -383,6 +405,15 @@ size_t bus_reply_replay(const struct redisReply *rp, uint64_t since, size_t want
  * a valid room, a kind of 1..kn-1 bytes) -> room (CHAT_ROOM_MAX + 1
  * bytes), kind: 0; -1 when it is not a channel of ours */
 int bus_reply_channel(const char *ns, const char *s, size_t len, char *room, char *kind, size_t kn);
+/* A control message on a room's msg channel (bus_redis_sub.c): it starts
+ * with '!', so no entry ("<seq>\n...") is one, and a node that does not
+ * know it drops it as malformed. "!seed <tag>": a node (its tag: 16
+ * lowercase hex digits) is about to seed the room's head from history
+ * (BUS_CTL_SEED_ASK, tag set); any other "!..." is BUS_CTL_UNKNOWN (a
+ * newer node's: ignored); -1 not a control message. */
+#define BUS_TAG_LEN 16
+enum { BUS_CTL_UNKNOWN = 0, BUS_CTL_SEED_ASK = 1 };
+int bus_reply_room_control(const char *s, size_t len, char tag[BUS_TAG_LEN + 1]);
 /* the settle script: {room, seq, entry} triples (the count of triples;
  * item k of them: 1 an entry to store (room, *seq, *e), 0 lost (the recent
  * buffer no longer had it; room and *seq set), -1 malformed (skip)) */

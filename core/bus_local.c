@@ -298,7 +298,7 @@ static int park(busl *L, lop *op)
         a->L = L;
         snprintf(a->room, sizeof a->room, "%s", op->room);
     }
-    if (a && bus_seed_get(L->b, op->room, seeded_cb, a) == 0) {
+    if (a && bus_seed_get(L->b, op->room, 0, seeded_cb, a) == 0) {
         lr->seeding = 1;
         return 1;
     }

@@ -56,7 +56,7 @@ static void pub_cb(void *ud, const redisReply *rp)
     if (dup == 2) {
         /* no head in Redis: ask for the durable one, then publish again
          * (the hold moves to the seed request) */
-        if (b->freeing || bus_seed_get(b, r->room, pub_seeded, r) != 0) bus_req_unhold(r);
+        if (b->freeing || bus_seed_get(b, r->room, 1, pub_seeded, r) != 0) bus_req_unhold(r);
         return;
     }
     metric_observe(b->m.op_publish, since_s(r->t0));
@@ -245,7 +245,7 @@ static void replay_head_cb(void *ud, const redisReply *rp)
     } else if (bus_rhead_parse(rp, &h) == 0 && h.status == 2 && r->seed_mode == BUS_SEED_ASK) {
         if (r->since != UINT64_MAX) r->skip_ranges++;
         r->hold++; /* the seed's */
-        if (r->b->freeing || bus_seed_get(r->b, r->room, replay_seeded, r) != 0) r->hold--;
+        if (r->b->freeing || bus_seed_get(r->b, r->room, 1, replay_seeded, r) != 0) r->hold--;
     } else if (bus_rhead_parse(rp, &h) == 0 && h.status == 0) {
         r->have_head = 1;
         r->head = h.head;
@@ -519,6 +519,7 @@ static int be_init(bus *b, const bus_opts *o, char *err, size_t errlen)
     if (db > 0) snprintf(R->chan_ns, sizeof R->chan_ns, "chat:db%d:", db);
     else snprintf(R->chan_ns, sizeof R->chan_ns, "chat:");
     snprintf(R->ctl, sizeof R->ctl, "%sctl", R->chan_ns);
+    bus_epoch_new(b, R->tag);
     if (o->track_unstored) {
         b->track_unstored = 1;
         /* fails before it opens anything; nothing is pending on the client */
@@ -556,6 +557,8 @@ const bus_backend bus_redis_backend = {
     .forget_id = be_forget_id,
     .undo_update = be_undo_update,
     .restore_ids = be_restore_ids,
+    .seed_ask = bus_rsub_seed_ask,
+    .seed_probe = bus_rsub_seed_probe,
     .progress = bus_rsub_progress,
     .run_mark = bus_ridb_mark,
     .id_committed = bus_ridb_committed,

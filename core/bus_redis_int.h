@@ -37,6 +37,7 @@ typedef struct busr {
      * two databases of one Redis would hear each other's rooms) */
     char chan_ns[24];
     char ctl[32];            /* the control channel: chan_ns + "ctl" */
+    char tag[BUS_EPOCH_MAX + 1]; /* this node's in a seed ask (random, BUS_TAG_LEN) */
 } busr;
 
 /* one request about a room (head read, subscribe, fetch) */
@@ -106,6 +107,10 @@ void bus_rsub_update_ready(busr *R);
 /* sync the room again after a growing delay (and start the retry timer) */
 void bus_rsub_retry_later(busr *R, bus_room *room);
 void bus_rsub_arm(busr *R);
+
+/* asking a room's holders before a seed (backend.seed_ask, .seed_probe) */
+int bus_rsub_seed_ask(bus *b, bus_seed *sd);
+int bus_rsub_seed_probe(bus *b, bus_seed *sd);
 
 /* the control channel: PUBLISH / SPUBLISH (backend.control) */
 int bus_rctl_publish(bus *b, const char *data, size_t len, bus_control_cb cb, void *ud);

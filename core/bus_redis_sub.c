@@ -29,7 +29,7 @@
 #define ROOM_RETRY_MIN_MS 100
 #define ROOM_RETRY_MAX_MS 5000
 
-static void send_head(busr *R, bus_room *room);
+static void send_head(busr *R, bus_room *room, int raise);
 
 /* ---- readiness ---- */
 
@@ -240,7 +240,7 @@ static void retry_cb(uv_timer_t *t)
         bus_room *room = w.due[i];
         retry_clear(R, room);
         if (room->sub_state == BUS_SUB_SUBSCRIBED && room->refs > 0 && !room->synced)
-            send_head(R, room);
+            send_head(R, room, 0);
         else if (room->sub_state == BUS_SUB_NONE && room->refs > 0)
             bus_rsub_reconcile(b, room);
         bus_room_maybe_free(b, room);
@@ -285,7 +285,7 @@ static void head_cb(void *ud, const redisReply *rp)
         LOGW(MOD, "room %s: Redis has no head at the resync, or one another Redis run wrote "
              "(it restarted or failed over): seeding it from the durable head and this node's %"
              PRIu64, op->room, op->from);
-        if (bus_seed_get(b, op->room, sync_seeded, op) == 0) return; /* op moves */
+        if (bus_seed_get(b, op->room, 0, sync_seeded, op) == 0) return; /* op moves */
         char name[CHAT_ROOM_MAX + 1];
         snprintf(name, sizeof name, "%s", op->room);
         uint64_t sub = op->sub_id;
@@ -360,20 +360,101 @@ static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epo
  * published after the confirmation is missed). A resubscription raises the
  * head to what this node already delivered, so a Redis that restarted empty
  * never assigns those seqs again; with a seed provider a missing key is
- * only reported (the next publish or replay seeds it). */
-static void send_head(busr *R, bus_room *room)
+ * only reported (the next publish or replay seeds it). raise: another node
+ * is about to seed the head (a seed ask, below): a missing key is seeded
+ * now, from max(durable head, what this node delivered), as by a resync. */
+static void send_head(busr *R, bus_room *room, int raise)
 {
     room_op *op = bus_rop_new(R, room);
     char ep[BUS_EPOCH_MAX + 1];
     if (!op) { bus_rsub_retry_later(R, room); bus_rsub_arm(R); return; }
     op->from = room->have_last ? room->last : 0;
     bus_epoch_new(R->b, ep);
-    if (bus_rhead_send(R, head_cb, op, room->name, op->from,
-                         bus_has_seed(R->b) ? BUS_SEED_PEEK : BUS_SEED_NONE, 0, ep) != 0) {
+    int mode = !bus_has_seed(R->b) ? BUS_SEED_NONE : raise ? BUS_SEED_ASK : BUS_SEED_PEEK;
+    if (bus_rhead_send(R, head_cb, op, room->name, op->from, mode, 0, ep) != 0) {
         free(op);
-        bus_rsub_retry_later(R, room);
-        bus_rsub_arm(R);
+        if (!raise) {
+            bus_rsub_retry_later(R, room);
+            bus_rsub_arm(R);
+        }
     }
+}
+
+/* ---- asking a room's holders before a seed (docs/redis.md "Heads, seeds
+ * and epochs") ----
+ * A node about to seed a room's head from history (a publish or replay
+ * found no head: first use, or Redis lost it without dropping the
+ * connections: FLUSHALL, an evicted key) first publishes "!seed <tag>" on
+ * the room's msg channel. Every node that holds the room gets it and seeds
+ * the head as its resync does (send_head with raise: max(durable head, what
+ * it delivered), which history may not hold yet); the asker counts them
+ * from the PUBLISH reply and the bus (bus_core.c) probes the head until it
+ * is there, or gives up after a bound. Only the "needs seed" path; an entry
+ * never starts with '!'. */
+
+typedef struct seed_ask_op { bus_seed *sd; int self; } seed_ask_op;
+
+static void seed_ask_cb(void *ud, const redisReply *rp)
+{
+    seed_ask_op *a = ud;
+    long n = rp && rp->type == REDIS_REPLY_INTEGER && rp->integer >= 0 ? (long)rp->integer : -1;
+    if (rp && rp->type == REDIS_REPLY_ERROR)
+        LOGW(MOD, "room %s: asking its holders: %.*s", bus_seed_room(a->sd), (int)rp->len,
+             rp->str ? rp->str : "");
+    if (n > 0) n -= a->self;   /* this node's own subscription got it too */
+    bus_seed *sd = a->sd;
+    free(a);
+    bus_seed_asked(sd, n);
+}
+
+int bus_rsub_seed_ask(bus *b, bus_seed *sd)
+{
+    busr *R = b->impl;
+    const char *name = bus_seed_room(sd);
+    char ch[BUS_CHAN_MAX], msg[8 + BUS_TAG_LEN];
+    seed_ask_op *a = malloc(sizeof *a);
+    if (!a) return -1;
+    a->sd = sd;
+    /* a confirmed subscription was in place before this PUBLISH reaches
+     * Redis: the reply counts it */
+    bus_room *room = bus_room_get(b, name);
+    a->self = room && room->sub_state == BUS_SUB_SUBSCRIBED;
+    chan(R, ch, sizeof ch, name, "msg");
+    int ml = snprintf(msg, sizeof msg, "!seed %s", R->tag);
+    const char *argv[] = {R->cluster ? "SPUBLISH" : "PUBLISH", ch, msg};
+    size_t lens[] = {strlen(argv[0]), strlen(ch), (size_t)ml};
+    redis_call how = {.slot = redis_room_slot(name), .node = 0, .script = -1};
+    if (redis_client_call(R->rc, &how, 3, argv, lens, seed_ask_cb, a) != 0) {
+        free(a);
+        return -1;
+    }
+    return 0;
+}
+
+static void seed_probe_cb(void *ud, const redisReply *rp)
+{
+    head_res h;
+    bus_seed_probed(ud, rp && bus_rhead_parse(rp, &h) == 0 && h.status == 0);
+}
+
+/* the head script in peek mode with no floor: changes nothing; {0, ...}
+ * only for a head valid in this Redis run */
+int bus_rsub_seed_probe(bus *b, bus_seed *sd)
+{
+    return bus_rhead_send(b->impl, seed_probe_cb, sd, bus_seed_room(sd), 0, BUS_SEED_PEEK, 0, "-");
+}
+
+/* a room's control message (on_push): a holder raises the head for the
+ * asker; unknown ones (a newer node's) are ignored */
+static void room_control(busr *R, bus_room *room, const char *data, size_t len)
+{
+    char tag[BUS_TAG_LEN + 1];
+    if (bus_reply_room_control(data, len, tag) != BUS_CTL_SEED_ASK || strcmp(tag, R->tag) == 0)
+        return; /* (its own ask: the asker's floor is in its seed already) */
+    /* an unsynced room's own head read is on its way */
+    if (room->sub_state != BUS_SUB_SUBSCRIBED || !room->synced) return;
+    LOGI(MOD, "room %s: another node is about to seed its head: raising it first", room->name);
+    send_head(R, room, 1);
 }
 
 static void sub_done(void *ud, uint64_t node, const redisReply *rp)
@@ -401,7 +482,7 @@ static void sub_done(void *ud, uint64_t node, const redisReply *rp)
         bus_room_maybe_free(b, room);
         return;
     }
-    send_head(R, room);
+    send_head(R, room, 0);
 }
 
 static void unsub_done(void *ud, uint64_t node, const redisReply *rp)
@@ -479,7 +560,8 @@ static void on_push(void *ud, uint64_t node, const redis_push *p)
         if (strcmp(kind, "msg") == 0) {
             bus_entry e;
             if (bus_parse_entry(p->data, p->data_len, &e) != 0) {
-                LOGW(MOD, "room %s: malformed bus message dropped", name);
+                if (p->data_len && p->data[0] == '!') room_control(R, room, p->data, p->data_len);
+                else LOGW(MOD, "room %s: malformed bus message dropped", name);
                 return;
             }
             bus_order_incoming(b, name, e.seq, e.tail, e.len);

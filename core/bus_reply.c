@@ -60,6 +60,21 @@ int bus_reply_channel(const char *ns, const char *s, size_t len, char *room, cha
     return 0;
 }
 
+int bus_reply_room_control(const char *s, size_t len, char tag[BUS_TAG_LEN + 1])
+{
+    static const char ask[] = "!seed ";
+    const size_t al = sizeof ask - 1;
+    if (!s || len < 1 || s[0] != '!') return -1;
+    if (len != al + BUS_TAG_LEN || memcmp(s, ask, al) != 0) return BUS_CTL_UNKNOWN;
+    for (size_t i = 0; i < BUS_TAG_LEN; i++) {
+        char c = s[al + i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return BUS_CTL_UNKNOWN;
+        tag[i] = c;
+    }
+    tag[BUS_TAG_LEN] = 0;
+    return BUS_CTL_SEED_ASK;
+}
+
 /* {room, seq, entry} triple k from element `from` on */
 static int triple(const redisReply *rp, size_t from, size_t k, char *room, uint64_t *seq,
                   bus_entry *e)

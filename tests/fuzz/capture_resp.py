@@ -535,6 +535,11 @@ def capture(port, bus, pres):
     replies("subscribe", ("SUBSCRIBE", *chans), [["subscribe", ch, i + 1] for i, ch in enumerate(chans)])
     do("PUBLISH", K(r, "msg"), f"44\n{tail()}")
     replies("push_message", ("(push)",), [["message", K(r, "msg"), f"44\n{tail()}"]])
+    # a node about to seed the room's head asks its holders (bus_redis_sub.c
+    # bus_rsub_seed_ask): the reply counts them
+    ask = "!seed 0123456789abcdef"
+    do("PUBLISH", K(r, "msg"), ask)
+    replies("push_seed_ask", ("(push)",), [["message", K(r, "msg"), ask]])
     typing = 'alice\n{"type":"typing","room":"lobby","user":"alice"}'
     do("PUBLISH", K(r, "typing"), typing)
     replies("push_typing", ("(push)",), [["message", K(r, "typing"), typing]])

@@ -9,7 +9,8 @@
  *     (bus_rhead_parse), the publish script {seq, dup|seed}
  *     (bus_redis_publish_reply), a message update's {0, 3|4|5} / {seq, 0,
  *     count} (bus_redis_update_reply), and core/bus_reply.c: recent-buffer ranges
- *     (gap fill, replay since N), channel names, the backfill sweep
+ *     (gap fill, replay since N), channel names, a room's messages (an
+ *     entry, or a control message such as a seed ask: never both), the backfill sweep
  *     {1, more, cut, room, seq...} and the settle {room, seq, entry...};
  *   presence (core/presence_redis.c): the apply script {room, event, user,
  *     name...}, the sweep script {2|3, room, user, name...}, HGETALL names.
@@ -219,7 +220,18 @@ static void interpret(const redisReply *rp)
             FUZZ_CHECK(p.data && (p.data_len == 0 || inside(rp, p.data, p.data_len)),
                        "message data outside the reply");
             bus_entry x;
-            if (bus_parse_entry(p.data, p.data_len, &x) == 0) check_entry(rp, &x);
+            char tag[BUS_TAG_LEN + 1];
+            if (bus_parse_entry(p.data, p.data_len, &x) == 0) {
+                check_entry(rp, &x);
+                /* an entry is never a room's control message */
+                FUZZ_CHECK(bus_reply_room_control(p.data, p.data_len, tag) == -1,
+                           "an entry read as a control message");
+            } else {
+                int c = bus_reply_room_control(p.data, p.data_len, tag);
+                FUZZ_CHECK(c == -1 || c == BUS_CTL_UNKNOWN || c == BUS_CTL_SEED_ASK, "control %d", c);
+                FUZZ_CHECK(c != BUS_CTL_SEED_ASK || (strlen(tag) == BUS_TAG_LEN &&
+                           strspn(tag, "0123456789abcdef") == BUS_TAG_LEN), "seed ask tag");
+            }
         }
     }
 

@@ -1167,3 +1167,52 @@ async def cluster_down_and_back():
     await check_replay(nodes, rooms)
     print(f"#   cluster down {t_up0 - t_down:.1f}s; chatd ready {t_ready - t_up0:.1f}s after "
           f"the restart; {len(during)} messages answered unavailable meanwhile", flush=True)
+
+
+@test(timeout=90, needs=NEEDS)
+async def flushall_while_a_node_holds_the_room_keeps_one_seq_order():
+    """history.redis_loss_while_another_node_holds_the_room_keeps_one_seq_order
+    on a Cluster (a room on every shard): FLUSHALL on every master while
+    node A holds the rooms with seq 4 broadcast and not stored (its batch
+    2.5 s); node B, holding none, publishes through the server API. B's ask
+    of the holders is an SPUBLISH on the room's shard: A raises each head to
+    4, B's messages are 5, A's member gets them, A's sender is acked 4."""
+    r = setup()
+    key = "itest-cluster-api-key-0123456789"
+    m0, m1 = r.masters()[:2]
+    a, = start_nodes([[m0]], env={"CHAT_BATCH_MS": 2500}, names="A")
+    b, = start_nodes([[m1]], env={"CHAT_API_KEYS": key}, names="B")
+    rooms = flat(r.rooms_on_every_shard(uniq("flush"), per_shard=1))
+    x = await member(a, rooms, "alice")
+
+    def answer(mid):
+        return x.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == mid, 10,
+                          what=f"answer to {mid}")
+    for room in rooms:
+        for i in range(3):
+            await x.send_msg(f"a{i}", id=f"{room}-a{i}", room=room)
+    for room in rooms:
+        for i in range(3):
+            f = await answer(f"{room}-a{i}")
+            eq((f["type"], f.get("seq")), ("ack", i + 1), f"{room}-a{i} stored")
+    for room in rooms:
+        await x.send_msg("a3", id=f"{room}-a3", room=room)
+    for room in rooms:
+        await x.wait_count(lambda f, room=room: f["type"] == "message" and f.get("room") == room,
+                           4, 5, f"A's broadcasts 1..4 in {room}")
+    for m in r.masters():
+        eq(await asyncio.to_thread(rigmod.call, m, "FLUSHALL"), "OK", f"FLUSHALL on {m}")
+    got = await asyncio.gather(*[asyncio.to_thread(harness.api_post, b.port, key, room,
+                                                   {"id": f"{room}-b0", "user": "ci", "body": "B"})
+                                 for room in rooms])
+    early = [f for f in x.frames if f["type"] in ("ack", "error") and str(f.get("id")).endswith("-a3")]
+    eq(early, [], "the scenario: A's seq 4 was not stored yet when B's publishes were answered")
+    eq([(st, js.get("seq") if isinstance(js, dict) else js) for st, js in got],
+       [(200, 5)] * len(rooms), "B's messages after A's 4")
+    for room in rooms:
+        f = await answer(f"{room}-a3")
+        eq((f["type"], f.get("seq")), ("ack", 4), f"A's sender acked 4 in {room}")
+        await x.wait_count(lambda f, room=room: f["type"] == "message" and f.get("room") == room,
+                           5, 5, f"B's message on A in {room}")
+        eq([(m["seq"], m.get("id")) for m in x.messages(room)],
+           [(i + 1, f"{room}-a{i}") for i in range(4)] + [(5, f"{room}-b0")], f"A's member in {room}")

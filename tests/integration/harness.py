@@ -24,7 +24,9 @@ import struct
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 import jwt
 import websockets
@@ -609,6 +611,19 @@ def start_node(**kw):
 
 
 # ---------------------------------------------------------------- HTTP
+def api_post(port, key, room, body):
+    """POST /api/rooms/{room}/messages (docs/api.md): (status, json)"""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/rooms/{room}/messages",
+                                 data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {key}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
 def http_get(port, path, headers=None, timeout=5.0):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

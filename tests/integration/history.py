@@ -1151,6 +1151,58 @@ async def redis_loss_while_no_node_holds_the_room_seeds_from_postgres():
 
 
 @test(timeout=60, needs=NEEDS)
+async def redis_loss_while_another_node_holds_the_room_keeps_one_seq_order():
+    """Redis loses its data without dropping the connections (FLUSHALL:
+    no resync) while node A holds the room and has broadcast seq 4 that its
+    batch has not committed (Postgres max 3). Node B, which does not hold
+    the room, publishes through the server API: before seeding the head
+    from Postgres it asks the room's holders, A raises the head to what it
+    delivered (4), and B's message gets 5, which A's members receive; A's
+    sender is acked 4; history has 4 = A's and 5 = B's on both nodes.
+    Before (fault review 3, docs/reliability.md): B seeded 3 and gave 4
+    again, A's members never got B's message, A's row conflicted."""
+    key = "itest-hist-api-key-0123456789"
+    rd = harness.Redis(harness.RUN.tmpdir("redis-held"))
+    rd.start()
+    try:
+        a = start_node(redis=rd.url, db=True, env={"CHAT_BATCH_MS": 2500})
+        b = start_node(redis=rd.url, db=True, env={"CHAT_API_KEYS": key})
+        room = uniq("held")
+        x = await Client.connect(a, room, token("alice"))
+        for i in range(3):
+            await x.send_msg(f"a{i}", id=f"a{i}")
+        for i in range(3):
+            f = await x.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == f"a{i}",
+                                 10, what=f"ack of a{i}")
+            eq((f["type"], f.get("seq")), ("ack", i + 1), f"a{i} stored")
+        await x.send_msg("a3", id="a3")
+        await x.wait_count(is_msg(room), 4, 5, "A's broadcasts 1..4")
+        eq(await asyncio.to_thread(rd.command, "FLUSHALL"), b"+OK\r\n", "FLUSHALL")
+        st, js = await asyncio.to_thread(harness.api_post, b.port, key, room,
+                                         {"id": "b0", "user": "ci", "body": "from B"})
+        early = [f for f in x.frames if f["type"] in ("ack", "error") and f.get("id") == "a3"]
+        eq(early, [], "the scenario: A's seq 4 was not stored yet when B's publish was answered")
+        eq((st, js.get("seq") if isinstance(js, dict) else js), (200, 5),
+           f"B's message after A's 4 ({js!r})")
+        f = await x.wait_for(lambda f: f["type"] in ("ack", "error") and f.get("id") == "a3", 10,
+                             what="ack of a3")
+        eq((f["type"], f.get("seq")), ("ack", 4), "A's sender acked 4")
+        await x.wait_count(is_msg(room), 5, 5, "B's message on A")
+        eq(x.seqs(room), [1, 2, 3, 4, 5], "A's member: one order")
+        eq(x.messages(room)[4].get("id"), "b0", "A's member got B's message as 5")
+        want = [(1, "a0"), (2, "a1"), (3, "a2"), (4, "a3"), (5, "b0")]
+        for node in (a, b):
+            js = await history(node, room, limit=50)
+            eq([(m["seq"], m.get("id")) for m in js["messages"]], want, f"history on {node.name}")
+            _, _, text = await ahttp(node.port, "/metrics")
+            eq(conflicts(text.decode()), 0, f"store conflicts on {node.name}")
+        check("raising it first" in a.log_text(), f"A raised the head: {a.log_tail(8)}")
+    finally:
+        rd.stop()
+        harness.release_port(rd.port)
+
+
+@test(timeout=60, needs=NEEDS)
 async def since_beyond_the_head_is_gap_too_large_with_postgres():
     n = hnode()
     room = uniq()

@@ -621,6 +621,7 @@ static void test_seed_ids_free(void)
     pubres p;
     pub(a, room, "f1", "x", &p);
     WAIT(a->nheld == 1, 3000);
+    spin(50); /* the ask of the room's holders answered (none) */
     CHECK(a->nheld == 1 && !p.done, "the publish waits for the seed");
     uint64_t calls0 = bus_restore_calls(a->b);
     redisReply *rr = rc("CLIENT PAUSE 400 ALL");
@@ -818,6 +819,135 @@ static void test_seed_ids_senders(void)
 
 /* bus_free while a seed request is with the provider: the waiting publish
  * and replay answer -1 once; answering afterwards only frees the request. */
+/* Redis loses a room's head without dropping the connections (FLUSHALL,
+ * FLUSHDB, an evicted or deleted key: no resync) while node A holds the
+ * room and has broadcast seq 4 that history does not hold yet (stored max
+ * 3). Node B, which does not hold the room, publishes: before seeding from
+ * history it asks the holders (a "!seed" message on the room's channel), A
+ * raises the head to what it delivered (4) and B's message gets 5, which
+ * A's subscribers receive: one seq order. */
+static void del_room_keys(const char *room)
+{
+    rc_int("DEL chat:{%s}:seq chat:{%s}:epoch chat:{%s}:run chat:{%s}:recent", room, room, room, room);
+}
+
+static void test_seed_asks_holders(void)
+{
+    char room[80];
+    mkroom(room, sizeof room, "askholders");
+    node *a = node_new_seeded("HA", rurl, 0, "ep-h"), *b = node_new_seeded("HB", rurl, 0, "ep-h");
+    snprintf(a->room, sizeof a->room, "%s", room);
+    wait_ready(a);
+    wait_ready(b);
+    sub(a, room);
+    synced(a, room);
+    pubres p[4];
+    for (int i = 0; i < 4; i++) pub(a, room, NULL, "a", &p[i]);
+    WAIT(a->n == 4 && p[3].done, 3000);
+    CHECK(contiguous(a, 1, 4) && p[3].seq == 4, "A broadcast 1..4");
+    a->seed_max = b->seed_max = 3; /* seq 4 is not stored yet */
+    del_room_keys(room);
+    int sa = a->nseeds, sb = b->nseeds;
+    uint64_t unraised = counter("chat_bus_seed_unraised_total");
+    pubres q;
+    pub(b, room, NULL, "b", &q);
+    WAIT(q.done && a->n == 5, 5000);
+    CHECK(q.status == 0 && q.seq == 5, "B's message after A's 4 gets 5 (%d %" PRIu64 ")", q.status, q.seq);
+    CHECK(a->n == 5 && a->seqs[4] == 5 && a->ngaps == 0 && a->dup_or_disorder == 0,
+          "A's subscriber got it as 5 (n=%zu)", a->n);
+    CHECK(b->nseeds == sb + 1 && a->nseeds == sa + 1, "B asked history once, A raised (%d %d)",
+          b->nseeds - sb, a->nseeds - sa);
+    CHECK(counter("chat_bus_seed_unraised_total") == unraised, "no wait ran out");
+    /* a replay of the head on B after another loss: the same */
+    del_room_keys(room);
+    repres r;
+    head_of(b, room, &r);
+    CHECK(r.status == 0 && r.head == 5, "B's head read after a loss: 5 (%d %" PRIu64 ")", r.status, r.head);
+    /* A publishing itself after a loss (its own subscription got its ask,
+     * nobody else holds the room): no wait, its floor counts */
+    del_room_keys(room);
+    uint64_t t0 = mono_ms();
+    pub(a, room, NULL, "a", &q);
+    WAIT(q.done && a->n == 6, 5000);
+    CHECK(q.status == 0 && q.seq == 6 && a->n == 6, "A's next is 6 (%" PRIu64 ")", q.seq);
+    CHECK(mono_ms() - t0 < 1000, "A did not wait for itself (%" PRIu64 " ms)", mono_ms() - t0);
+    CHECK(counter("chat_bus_seed_unraised_total") == unraised, "no wait ran out");
+    /* two holders publishing at once after a loss ask each other: each
+     * one's raise (not waiting for the holders itself) answers the other's
+     * ask, nobody waits out the bound */
+    sub(b, room);
+    synced(b, room);
+    del_room_keys(room);
+    pubres qa, qb;
+    t0 = mono_ms();
+    pub(a, room, NULL, "a", &qa);
+    pub(b, room, NULL, "b", &qb);
+    WAIT(qa.done && qb.done && a->n == 8, 5000);
+    uint64_t took = mono_ms() - t0;
+    CHECK(qa.status == 0 && qb.status == 0 && qa.seq + qb.seq == 15 && qa.seq != qb.seq,
+          "7 and 8 (%" PRIu64 " %" PRIu64 ")", qa.seq, qb.seq);
+    CHECK(contiguous(a, 1, 8) && a->dup_or_disorder == 0, "A delivered 1..8 (n=%zu)", a->n);
+    CHECK(took < 1000, "two holders did not wait for each other (%" PRIu64 " ms)", took);
+    CHECK(counter("chat_bus_seed_unraised_total") == unraised, "no wait ran out");
+    node_free(a);
+    node_free(b);
+    settle();
+}
+
+/* A holder that never raises (frozen, or a node too old to know the ask;
+ * here a bare subscriber of the room's channel): the seed waits for it a
+ * bounded time, then goes on from history alone, counted. A bus freed
+ * while its seed waits answers -1, leaves nothing behind (ASan). */
+static void test_seed_holder_silent(void)
+{
+    char room[80], room2[80], ch[128];
+    mkroom(room, sizeof room, "silent");
+    mkroom(room2, sizeof room2, "silentfree");
+    redisContext *mute = redisConnect(surl.seeds[0].host, surl.seeds[0].port);
+    CHECK(mute && !mute->err, "a second connection");
+    if (!mute || mute->err) { if (mute) redisFree(mute); return; }
+    for (int i = 0; i < 2; i++) {
+        snprintf(ch, sizeof ch, "chat:{%s}:msg", i ? room2 : room);
+        redisReply *rr = redisCommand(mute, "SUBSCRIBE %s", ch);
+        CHECK(rr && rr->type == REDIS_REPLY_ARRAY, "bare subscriber of %s", ch);
+        if (rr) freeReplyObject(rr);
+    }
+    node *b = node_new_seeded("SB", rurl, 7, "ep-s");
+    wait_ready(b);
+    uint64_t unraised = counter("chat_bus_seed_unraised_total");
+    uint64_t t0 = mono_ms();
+    pubres q;
+    pub(b, room, NULL, "b", &q);
+    WAIT(q.done, 8000);
+    uint64_t took = mono_ms() - t0;
+    CHECK(q.done && q.status == 0 && q.seq == 8, "published from history after the wait (%d %" PRIu64 ")",
+          q.status, q.seq);
+    CHECK(took >= 1000, "it waited for the holder first (%" PRIu64 " ms)", took);
+    CHECK(counter("chat_bus_seed_unraised_total") == unraised + 1, "the wait that ran out is counted");
+    /* freed while waiting: with the provider's answer in (polling), and
+     * with it still pending (answered after the bus is gone) */
+    for (int hold = 0; hold < 2; hold++) {
+        node *c = node_new_seeded("SC", rurl, 7, "ep-s");
+        wait_ready(c);
+        c->seed_hold = hold;
+        pubres w;
+        pub(c, room2, NULL, "c", &w);
+        spin(120);
+        CHECK(!w.done, "waiting for the holder (hold %d)", hold);
+        bus_free(c->b);
+        c->b = NULL;
+        CHECK(w.done && w.status == -1, "answered -1 when freed (hold %d)", hold);
+        spin(100);
+        seed_answer(c); /* after the bus is gone */
+        spin(100);
+        CHECK(w.done == 1, "once");
+        free(c);
+    }
+    redisFree(mute);
+    node_free(b);
+    settle();
+}
+
 static void test_seed_free_pending(const char *url)
 {
     char room[80];
@@ -932,6 +1062,8 @@ int main(void)
         test_seed_ids_senders();
         test_seed_ids_free();
         test_seed_free_pending(rurl);
+        test_seed_asks_holders();
+        test_seed_holder_silent();
         test_epoch_redis();
     }
     return harness_end("test_bus_seed", have_redis);

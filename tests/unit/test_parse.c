@@ -184,6 +184,19 @@ static void test_bus_replies(void)
     freeReplyObject(r);
     CHECK(bus_parse_entry("\nx", 2, e) < 0 && bus_parse_entry("5", 1, e) < 0 &&
           bus_parse_entry("5\n", 2, e) == 0 && e[0].seq == 5 && e[0].len == 0, "entry edges");
+    /* a room's control message: "!seed <16 hex>" is a seed ask, other
+     * "!..." unknown (ignored), anything else (an entry) none */
+    char tag[BUS_TAG_LEN + 1];
+    CHECK(bus_reply_room_control("!seed 0123456789abcdef", 22, tag) == BUS_CTL_SEED_ASK &&
+          !strcmp(tag, "0123456789abcdef"), "seed ask");
+    CHECK(bus_reply_room_control("!seed 0123456789abcdeF", 22, tag) == BUS_CTL_UNKNOWN &&
+          bus_reply_room_control("!seed 0123456789abcde", 21, tag) == BUS_CTL_UNKNOWN &&
+          bus_reply_room_control("!seed 0123456789abcdef0", 23, tag) == BUS_CTL_UNKNOWN &&
+          bus_reply_room_control("!seed 0123456789abc\0ef", 22, tag) == BUS_CTL_UNKNOWN &&
+          bus_reply_room_control("!resync 3", 9, tag) == BUS_CTL_UNKNOWN &&
+          bus_reply_room_control("!", 1, tag) == BUS_CTL_UNKNOWN, "unknown control messages");
+    CHECK(bus_reply_room_control("4\n!seed", 7, tag) == -1 && bus_reply_room_control("", 0, tag) == -1 &&
+          bus_reply_room_control(NULL, 0, tag) == -1, "not control messages");
 
     char room[CHAT_ROOM_MAX + 1], kind[16];
     CHECK(bus_reply_channel("chat:", "chat:{lobby}:msg", 16, room, kind, sizeof kind) == 0 &&
