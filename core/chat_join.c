@@ -92,7 +92,8 @@ typedef struct join_op {
                              * read in flight (op_read_begin) */
     int rs_pending;         /* lookup not answered yet */
     int rs_known;           /* read_seq below is known (else left out) */
-    int stage2_waiting;     /* the replay finished first: stage 2 runs on the answer */
+    int stage2_waiting;     /* the replay finished first: stage 2 runs on the answer
+                             * (holding the chain's reference meanwhile) */
     uint64_t read_seq, kept_from;
     uint64_t since0;        /* the client's since (op->since moves while replaying) */
     uint64_t gone_max;      /* the highest replayed seq left out (drop_gone_updates) */
@@ -891,12 +892,17 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
  * lookup only drops its reference; the op's armed timer (a store_wait
  * step, a read's deadline: either holds the chain's reference) is stopped
  * here and the chain's reference dropped (no orphaned timer, no Postgres
- * read for a member that is gone). */
+ * read for a member that is gone); so is a stage 2 that waits for the read
+ * state lookup (before: its reference was never dropped, the op leaked). */
 static void join_cancel(join_op *op)
 {
     op->cr = NULL;
     if (op->wait_init && uv_is_active((uv_handle_t *)&op->wait)) {
         uv_timer_stop(&op->wait);
+        op_release(op);
+    } else if (op->stage2_waiting) {   /* the chain ended: its reference waited
+                                        * for the lookup, which holds its own */
+        op->stage2_waiting = 0;
         op_release(op);
     }
 }
