@@ -4,12 +4,16 @@
  * to one membership in seq order (replay/live overlap never duplicates; a
  * live frame that arrives while joining waits on the membership).
  * Owns: the join operations in flight (join_op), one per joining
- * membership, and each one's timer (store_wait's steps, then the late read
- * state lookup's retries); leave or close cancels it (a pending
- * bus/store/read state callback then only frees it; a pending step is
- * stopped and the op freed at once). A join answered with "read_seq":null
- * (its lookup did not answer in time) keeps its op on the membership until
- * a later lookup tells the connection its read_seq (late_read_seq).
+ * membership, and each one's timer (store_wait's steps and the deadline of
+ * its Postgres read in flight, then the late read state lookup's retries);
+ * leave or close cancels it (a pending bus/store/read state callback then
+ * only frees it; a pending step or deadline is stopped and the op freed at
+ * once, or when the read's late answer comes). The replay's Postgres part
+ * ends within srv_read_deadline_ms() of its first read (op_read_begin):
+ * past it, the join answers unavailable and the late answer only frees.
+ * A join answered with "read_seq":null (its lookup did not answer in time)
+ * keeps its op on the membership until a later lookup tells the connection
+ * its read_seq (late_read_seq).
  * Layer: with chat (uses conn, room, bus, store, presence, script). */
 #define _GNU_SOURCE
 #include "chat_join.h"
@@ -53,10 +57,19 @@ typedef struct join_op {
     int has_since;
     uint64_t since;
     int tried_store;
-    uint64_t store_waited;  /* ms waited for seqs not stored yet (store_wait) */
-    uv_timer_t wait;        /* store_wait's step, then late_read_seq's retry: the op's
-                             * own (wait_init: initialized, then the op is freed
-                             * through its uv_close) */
+    uint64_t wait_from;     /* mono ms the wait for seqs not stored yet began
+                             * (store_wait; 0: not yet) */
+    uint64_t pg_from;       /* mono ms of the replay's first Postgres read (0: none
+                             * yet): its reads and wait end by srv_read_deadline_ms()
+                             * after it (op_pg_left) */
+    int reading;            /* a Postgres read of the replay is in flight, its
+                             * deadline armed on wait (op_read_begin) */
+    join_end read_end;      /* how the replay ends if that read is late */
+    uv_timer_t wait;        /* store_wait's step or the deadline of the read in
+                             * flight (either holds the replay chain's reference),
+                             * then late_read_seq's retry: the op's own (wait_init:
+                             * initialized, then the op is freed through its
+                             * uv_close) */
     int wait_init;
     int late;               /* the join was answered without read_seq: looking it up again */
     backoff late_bo;        /* late_read_seq's delays */
@@ -75,10 +88,12 @@ typedef struct join_op {
     /* read state (readstate.c): the user's read_seq and the room's oldest
      * kept seq, looked up in parallel with the replay; welcome / the join
      * answer wait for it */
-    int refs;               /* the replay chain + a pending lookup */
+    int refs;               /* the replay chain + a pending lookup + a Postgres
+                             * read in flight (op_read_begin) */
     int rs_pending;         /* lookup not answered yet */
     int rs_known;           /* read_seq below is known (else left out) */
-    int stage2_waiting;     /* the replay finished first: stage 2 runs on the answer */
+    int stage2_waiting;     /* the replay finished first: stage 2 runs on the answer
+                             * (holding the chain's reference meanwhile) */
     uint64_t read_seq, kept_from;
     uint64_t since0;        /* the client's since (op->since moves while replaying) */
     uint64_t gone_max;      /* the highest replayed seq left out (drop_gone_updates) */
@@ -134,6 +149,68 @@ static int op_timer_start(join_op *op, uv_timer_cb cb, uint64_t ms)
     }
     uv_timer_start(&op->wait, cb, ms, 0);
     return 0;
+}
+
+/* The ms left before the replay's Postgres part must end (the HTTP reads'
+ * bound, counted from its first read): 0 once it passed. */
+static uint64_t op_pg_left(join_op *op)
+{
+    uint64_t now = mono_ms(), end;
+    if (!op->pg_from) op->pg_from = now;
+    end = op->pg_from + srv_read_deadline_ms();
+    return end > now ? end - now : 0;
+}
+
+static void join_stage2(join_op *op, join_end end);
+
+/* The Postgres read in flight did not answer in time (the store's
+ * connection stuck: a statement blocked by a lock, or reads queued behind
+ * one): the replay ends without it (op->read_end), never a join left
+ * waiting; its late answer only drops its reference (op_read_done). */
+static void on_read_deadline(uv_timer_t *t)
+{
+    join_op *op = t->data;
+    op->reading = 0;
+    LOGW("chat", "conn %llu room %s: Postgres did not answer the join's replay in time",
+         (unsigned long long)op->cr->c->id, op->cr->r->name);
+    join_stage2(op, op->read_end);
+}
+
+/* Before a Postgres read of the replay chain: the op's timer becomes its
+ * deadline (holding the chain's reference, as a step does) and the read
+ * holds a reference of its own. late: the replay's end if it does not
+ * answer in time. 0, or -1 (no read: the time is up). */
+static int op_read_begin(join_op *op, join_end late)
+{
+    uint64_t left = op_pg_left(op);
+    if (!left || op_timer_start(op, on_read_deadline, left) < 0) return -1;
+    op->reading = 1;
+    op->read_end = late;
+    op->refs++;
+    return 0;
+}
+
+/* The read was refused at once (its callback never comes). */
+static void op_read_refused(join_op *op)
+{
+    uv_timer_stop(&op->wait);
+    op->reading = 0;
+    op->refs--;
+}
+
+/* A Postgres read of the chain answered: 1 when the replay goes on with it
+ * (the deadline stopped, the chain's reference back to the caller); 0 when
+ * it came too late or the member is gone. The read's reference is dropped
+ * either way. */
+static int op_read_done(join_op *op)
+{
+    int go_on = op->reading && op->cr;
+    if (go_on) {
+        uv_timer_stop(&op->wait);
+        op->reading = 0;
+    }
+    op_release(op);
+    return go_on;
 }
 
 static void op_push(join_op *op, msg *m)
@@ -538,7 +615,7 @@ static size_t push_store_rows(join_op *op, const store_row *rows, size_t n)
 static void on_fallback_rows(void *ud, int status, const store_row *rows, size_t n)
 {
     join_op *op = ud;
-    if (!op->cr) { op_release(op); return; }
+    if (!op_read_done(op)) return;
     if (status == 0) push_store_rows(op, rows, n);
     join_stage2(op, status == 0 ? END_RESUMED : END_UNAVAILABLE);
 }
@@ -566,8 +643,12 @@ static int fallback_replay(join_op *op, join_end *end)
         *end = END_RESUMED;
         return 0;
     }
-    return store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
-                       (int)(g_srv.cfg.replay_max - op->n), 0, on_fallback_rows, op) == 0;
+    if (op_read_begin(op, END_UNAVAILABLE) < 0) return 0;
+    if (store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
+                    (int)(g_srv.cfg.replay_max - op->n), 0, on_fallback_rows, op) == 0)
+        return 1;
+    op_read_refused(op);
+    return 0;
 }
 
 /* Redis down and Postgres could not answer: a since is unavailable;
@@ -581,7 +662,7 @@ static join_end unanswered_end(const join_op *op)
 static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char *epoch)
 {
     join_op *op = ud;
-    if (!op->cr) { op_release(op); return; }
+    if (!op_read_done(op)) return;
     if (status != 0) {
         join_stage2(op, unanswered_end(op));
         return;
@@ -609,7 +690,10 @@ static void head_fallback(join_op *op)
         op->head_known = 1;
         if (h > op->head) op->head = h;
     }
-    if (g_srv.store && store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
+    if (g_srv.store && op_read_begin(op, unanswered_end(op)) == 0) {
+        if (store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
+        op_read_refused(op);
+    }
     join_stage2(op, unanswered_end(op));
 }
 
@@ -617,8 +701,10 @@ static void head_fallback(join_op *op)
  * recent buffer no longer has them and Postgres not yet: broadcast, not
  * stored yet (a slow or stalled store, a dead node's rows before the
  * backfill). The range is read again every JOIN_UNSTORED_STEP_MS for up to
- * JOIN_UNSTORED_WAIT_MS (live frames wait on the membership meanwhile),
- * then the join says unavailable for what it could not replay. Never
+ * JOIN_UNSTORED_WAIT_MS of elapsed time (live frames wait on the membership
+ * meanwhile; a read that does not answer, or the replay's Postgres
+ * deadline, ends it sooner: op_read_begin), then the join says unavailable
+ * for what it could not replay. Never
  * gap_too_large: within CHAT_REPLAY_MAX that tells the client to page a
  * history that lacks those seqs too (a silent gap); retention's gap
  * (kept_from) is the exception: deleted, not late. 1 when waiting. */
@@ -631,24 +717,29 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
 static void on_unstored_timer(uv_timer_t *t)
 {
     join_op *op = t->data;
-    if (!g_srv.store || store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
-                                    (int)(g_srv.cfg.replay_max - op->n), 0, on_store_rows, op) != 0)
-        join_stage2(op, END_UNSTORED);
+    if (g_srv.store && op_read_begin(op, END_UNAVAILABLE) == 0) {
+        if (store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
+                        (int)(g_srv.cfg.replay_max - op->n), 0, on_store_rows, op) == 0)
+            return;
+        op_read_refused(op);
+    }
+    join_stage2(op, END_UNSTORED);
 }
 
 static int store_wait(join_op *op)
 {
-    if (op->store_waited >= JOIN_UNSTORED_WAIT_MS) return 0;
+    uint64_t now = mono_ms();
+    if (!op->wait_from) op->wait_from = now;
+    if (now - op->wait_from >= JOIN_UNSTORED_WAIT_MS) return 0;
     if (!op->rs_pending && op->kept_from > op->since + 1) return 0;   /* retention: gone */
-    if (op_timer_start(op, on_unstored_timer, JOIN_UNSTORED_STEP_MS) < 0) return 0;
-    op->store_waited += JOIN_UNSTORED_STEP_MS;
-    return 1;
+    if (op_pg_left(op) <= JOIN_UNSTORED_STEP_MS) return 0;             /* no time for a step */
+    return op_timer_start(op, on_unstored_timer, JOIN_UNSTORED_STEP_MS) == 0;
 }
 
 static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
 {
     join_op *op = ud;
-    if (!op->cr) { op_release(op); return; }
+    if (!op_read_done(op)) return;
     if (status < 0 || push_store_rows(op, rows, n) == 0) {
         if (status >= 0 && store_wait(op)) return;
         join_stage2(op, status >= 0 ? END_UNSTORED : END_UNAVAILABLE);
@@ -689,9 +780,12 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
              * while the rest is being stored */
             if (!op->tried_store) {
                 op->tried_store = 1;
-                if (store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
-                                (int)g_srv.cfg.replay_max, 0, on_store_rows, op) == 0)
-                    return;
+                if (op_read_begin(op, END_UNAVAILABLE) == 0) {
+                    if (store_range(g_srv.store, op->cr->r->name, op->since, UINT64_MAX,
+                                    (int)g_srv.cfg.replay_max, 0, on_store_rows, op) == 0)
+                        return;
+                    op_read_refused(op);
+                }
             } else if (store_wait(op)) {
                 return;
             }
@@ -794,15 +888,21 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
 }
 
 /* The member left (or its connection closed) while joining: a pending
- * callback of the replay chain or of the read state lookup only frees the
- * op; a store_wait step has none pending, so it is stopped here and the
- * chain's reference dropped (no orphaned step, no Postgres read for a
- * member that is gone). */
+ * callback of the replay chain, of a Postgres read or of the read state
+ * lookup only drops its reference; the op's armed timer (a store_wait
+ * step, a read's deadline: either holds the chain's reference) is stopped
+ * here and the chain's reference dropped (no orphaned timer, no Postgres
+ * read for a member that is gone); so is a stage 2 that waits for the read
+ * state lookup (before: its reference was never dropped, the op leaked). */
 static void join_cancel(join_op *op)
 {
     op->cr = NULL;
     if (op->wait_init && uv_is_active((uv_handle_t *)&op->wait)) {
         uv_timer_stop(&op->wait);
+        op_release(op);
+    } else if (op->stage2_waiting) {   /* the chain ended: its reference waited
+                                        * for the lookup, which holds its own */
+        op->stage2_waiting = 0;
         op_release(op);
     }
 }

@@ -156,15 +156,14 @@ static int require_auth(struct lws *wsi, int head, identity *id, int *ret)
 
 /* ---- async answers --------------------------------------------------- */
 
-/* An async read answers within HTTP_READ_DEADLINE_MS (at most half the
- * handshake timeout, which would close the connection with no status): a
- * stalled Postgres, or reads queued behind a stuck one on the store's
+/* An async read answers within srv_read_deadline_ms() (5 s, at most half
+ * the handshake timeout, which would close the connection with no status):
+ * a stalled Postgres, or reads queued behind a stuck one on the store's
  * connection, is a 503 then, not a request left hanging. The late callback
  * still comes (store and presence own their queries) and frees what the
  * connection no longer holds. A request is freed when neither the
  * connection (wsi) nor a pending callback (waiting) holds it; its timer is
  * closed by whichever ends the wait first. */
-#define HTTP_READ_DEADLINE_MS 5000
 
 static void req_answer(http_req *r, unsigned status, char *body, size_t len)
 {
@@ -202,8 +201,7 @@ static void req_wait(http_req *r, const char *late)
 {
     r->waiting = 1;
     r->late = late;
-    uint64_t ms = (uint64_t)g_srv.cfg.handshake_timeout_ms / 2;
-    if (ms > HTTP_READ_DEADLINE_MS) ms = HTTP_READ_DEADLINE_MS;
+    uint64_t ms = srv_read_deadline_ms();
     uv_timer_t *t = malloc(sizeof *t);
     if (!t) return;             /* no deadline: the answer comes when it comes */
     uv_timer_init(g_srv.loop, t);

@@ -34,4 +34,13 @@ typedef struct server {
 
 extern server g_srv;
 
+/* How long a read that a client awaits (HTTP history, presence, unread; a
+ * join's replay from Postgres) waits for the store or presence: 5 s, at
+ * most half CHAT_HANDSHAKE_TIMEOUT_MS (which would close an HTTP connection
+ * with no status). Past it the reader answers without it (503, or the
+ * join's "unavailable"): a stalled Postgres, or a read queued behind a
+ * stuck statement on the store's connection, never leaves a client
+ * waiting. */
+uint64_t srv_read_deadline_ms(void);
+
 #endif

@@ -10,10 +10,11 @@ target_sources(chatcore PRIVATE
 # publish.c against a fake store (the store_* functions it calls are the test's)
 chatd_unit_test(test_publish)
 target_link_options(test_publish PRIVATE -Wl,--wrap=store_write,--wrap=store_target,--wrap=store_reactions)
-# chat_join.c's timers: the wait for rows not stored yet and the late read
-# state lookup, owned by the join, cancelled by a leave or close (the bus's
-# replay, the store's range read and the read state lookup are the test's;
+# chat_join.c's timers: the wait for rows not stored yet, the deadline of
+# its Postgres reads and the late read state lookup, owned by the join,
+# cancelled by a leave or close (the bus's replay, the store's range and head
+# reads and the read state lookup are the test's;
 # lws faked as for test_drain)
 chatd_unit_test(test_join)
 target_link_options(test_join PRIVATE
-  -Wl,--wrap=bus_replay,--wrap=store_range,--wrap=readstate_lookup,--wrap=lws_get_socket_fd,--wrap=lws_set_timeout,--wrap=lws_callback_on_writable)
+  -Wl,--wrap=bus_replay,--wrap=store_range,--wrap=store_head,--wrap=readstate_lookup,--wrap=lws_get_socket_fd,--wrap=lws_set_timeout,--wrap=lws_callback_on_writable)

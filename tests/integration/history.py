@@ -189,13 +189,14 @@ async def since_older_than_redis_buffer_replays_from_postgres():
 
 
 
-def lock_messages(pg):
+def lock_messages(pg, mode="EXCLUSIVE"):
     """A psql session holding `messages` in EXCLUSIVE mode (inserts wait,
-    reads go on); write "COMMIT;" to its stdin to release it."""
+    reads go on; ACCESS EXCLUSIVE: reads wait too); write "COMMIT;" to its
+    stdin to release it (unlock)."""
     p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d",
                           "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True)
-    p.stdin.write("BEGIN; LOCK TABLE messages IN EXCLUSIVE MODE; SELECT 'locked';\n")
+    p.stdin.write(f"BEGIN; LOCK TABLE messages IN {mode} MODE; SELECT 'locked';\n")
     p.stdin.flush()
     return p
 
@@ -214,7 +215,10 @@ async def since_past_the_buffer_waits_for_rows_not_stored_yet():
     no error. Before, it answered gap_too_large at once, for a gap far under
     CHAT_REPLAY_MAX, and the history the client then pages lacked those seqs
     too: a silent gap. Still not stored after the wait (2 s): unavailable,
-    never gap_too_large."""
+    never gap_too_large. The store's connection of node b may be stuck
+    meanwhile (a backfill INSERT blocked by the lock, the join's read queued
+    behind it): then the join answers unavailable at the replay's read
+    deadline (5 s) instead (measured: before that deadline, no welcome)."""
     env = {"CHAT_RECENT_MAX": 10}
     a, b = hnode(env=env), hnode(env=env)
     room = uniq()
@@ -251,13 +255,51 @@ async def since_past_the_buffer_waits_for_rows_not_stored_yet():
         async with websockets.connect(url, ping_interval=None, close_timeout=2):
             await asyncio.sleep(0.5)
         t0 = time.monotonic()
-        late = await Client.connect(b, room, token("carol"), since=30)
+        late = await Client.connect(b, room, token("carol"), since=30, timeout=9)
         await late.roundtrip()
-        check(1.5 < time.monotonic() - t0 < 6, f"answered after the wait: {time.monotonic() - t0:.1f}s")
+        check(1.5 < time.monotonic() - t0 < 8, f"answered after the wait: {time.monotonic() - t0:.1f}s")
         eq([f.get("code") for f in late.errors()], ["unavailable"], "errors of the join")
     finally:
         if locker:
             await asyncio.to_thread(unlock, locker)
+
+
+@test(timeout=60, needs=NEEDS)
+async def since_past_the_buffer_answers_in_time_when_postgres_does_not():
+    """since= older than the recent buffer while Postgres does not answer
+    the join's range read (messages held in ACCESS EXCLUSIVE mode: reads
+    wait too; as when the store's connection is stuck behind a blocked
+    statement): welcome, then unavailable, at the replay's read deadline
+    (the HTTP reads' bound: half CHAT_HANDSHAKE_TIMEOUT_MS, here 2 s; at
+    most 5 s). Before, the join never answered while the read was stuck:
+    no welcome. The late answer changes nothing; once Postgres answers, the
+    same since replays every seq and the first member gets live frames."""
+    n = hnode(env={"CHAT_RECENT_MAX": 5, "CHAT_HANDSHAKE_TIMEOUT_MS": 4000})
+    room = uniq()
+    x = await Client.connect(n, room, token("alice"))
+    for i in range(15):
+        await harness.send_acked(x, f"s{i}", f"s{i}")
+    pg = harness.RUN.need_pg()
+    locker = lock_messages(pg, "ACCESS EXCLUSIVE")
+    try:
+        eq(await asyncio.to_thread(locker.stdout.readline), "locked\n", "messages locked")
+        t0 = time.monotonic()
+        y = await Client.connect(n, room, token("bob"), since=2, timeout=8)
+        took = time.monotonic() - t0
+        await y.wait_for(lambda f: f["type"] == "error", 3, what="the join's error")
+        check(1.5 < took < 4.5, f"welcome after {took:.1f}s (read deadline 2 s)")
+        eq([f.get("code") for f in y.errors()], ["unavailable"], "errors of the join")
+        eq(y.messages(room), [], "nothing replayed")
+    finally:
+        await asyncio.to_thread(unlock, locker)
+    await x.send_msg("live", id="live")
+    await y.wait_for(lambda f: f["type"] == "message" and f.get("body") == "live", 5,
+                     what="a live frame after the join")
+    z = await Client.connect(n, room, token("carol"), since=2)
+    await z.wait_count(is_msg(room), 14, 5, "replay since=2 once Postgres answers")
+    await z.roundtrip()
+    eq(z.seqs(room), list(range(3, 17)), "replayed seqs")
+    eq(z.errors(), [], "errors of the second join")
 
 
 @test(timeout=60, needs=NEEDS)
