@@ -102,6 +102,7 @@ bus *bus_new(uv_loop_t *loop, const bus_opts *opts, const bus_handlers *h, void 
     b->ud = ud;
     b->recent_max = opts && opts->recent_max ? opts->recent_max : 1000;
     b->id_ttl_s = opts && opts->id_ttl_s ? opts->id_ttl_s : 600;
+    b->seed_timeout_ms = opts ? opts->seed_timeout_ms : 0;
     if (getrandom(&b->rng, sizeof b->rng, 0) != (ssize_t)sizeof b->rng)
         b->rng = mono_ns() ^ (uint64_t)(uintptr_t)b;
     b->rng |= 1;

@@ -162,6 +162,10 @@ struct bus_seed {
     int ask;                 /* SEED_ASK_* */
     int calls;               /* backend ask or probe calls in flight */
     uint64_t ask_until;      /* mono ms: past it, the seed goes on without a raise */
+    /* the provider's deadline (bus_opts.seed_timeout_ms): past it, the seed
+     * fails as a -1 answer would; the provider keeps it until it answers */
+    uint64_t provide_until;  /* mono ms, 0: no deadline */
+    int timed_out;           /* failed at the deadline: the late answer is dropped */
 };
 
 enum {
@@ -202,6 +206,7 @@ void bus_epoch_new(bus *b, char out[BUS_EPOCH_MAX + 1])
 int bus_has_seed(const bus *b) { return b && b->h.on_seed != NULL; }
 
 static void seed_tick(uv_timer_t *t);
+static void seed_deadline(uv_timer_t *t);
 
 static void seed_arm(bus *b)
 {
@@ -241,6 +246,12 @@ int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
     }
     metric_inc(b->m.seeds);
     LOGD(MOD, "room %s: no valid head in the bus, asking for the durable one", room);
+    if (b->seed_timeout_ms) {
+        /* deadlines come in the order of their seeds: an armed timer is due first */
+        sd->provide_until = mono_ms() + b->seed_timeout_ms;
+        if (!uv_is_active((uv_handle_t *)&b->seed_dl_t))
+            uv_timer_start(&b->seed_dl_t, seed_deadline, b->seed_timeout_ms, 0);
+    }
     /* the holders first (their raise counts what they broadcast and history
      * does not hold yet), history meanwhile: its answer waits for theirs */
     if (ask && b->be->seed_ask) {
@@ -292,7 +303,7 @@ int bus_seed_add_id(bus_seed *sd, const char *user, const char *id, uint64_t seq
 {
     char part[BUS_IDKEY_MAX + 1];
     /* an id or user chatd never takes (a row written outside it) is skipped */
-    if (!sd || !sd->b || !sd->ids_since_ms || ts_ms < sd->ids_since_ms ||
+    if (!sd || !sd->b || sd->timed_out || !sd->ids_since_ms || ts_ms < sd->ids_since_ms ||
         bus_id_part(part, sizeof part, user, id) < 0)
         return 0;
     if (sd->nids == sd->capids) {
@@ -380,6 +391,10 @@ void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch
     sd->provided = 1;
     bus *b = sd->b;
     if (!b) { seed_release(sd); return; } /* the bus is gone: its waiters were answered */
+    if (sd->timed_out) { /* its waiters have (or will have) the failure */
+        LOGI(MOD, "room %s: the durable head came after the seed's deadline: dropped", sd->room);
+        return;
+    }
     if (status == 0 && (!epoch || !*epoch || strlen(epoch) > BUS_EPOCH_MAX)) {
         LOGE(MOD, "room %s: the durable head came without a valid epoch", sd->room);
         status = -1;
@@ -472,6 +487,34 @@ static void seed_tick(uv_timer_t *t)
     if (!any) uv_timer_stop(t);
 }
 
+/* The provider's deadline: a seed it has not answered in time fails as if
+ * it answered -1 (publishes answer unavailable, replays -1); it stays the
+ * provider's until it answers (bus_seed_done then drops the answer, and
+ * frees it once the bus let go of it). Re-armed for the next deadline. */
+static void seed_deadline(uv_timer_t *t)
+{
+    bus *b = t->data;
+    if (b->freeing) return;
+    uint64_t now = mono_ms(), next = 0;
+    for (size_t i = 0; i < b->seeds.cap; i++) {
+        if (!hmap_live(&b->seeds, i)) continue;
+        bus_seed *sd = b->seeds.slots[i].val;
+        if (sd->provided || sd->timed_out || !sd->provide_until) continue;
+        if (now < sd->provide_until) {
+            if (!next || sd->provide_until < next) next = sd->provide_until;
+            continue;
+        }
+        LOGW(MOD, "room %s: no durable head within %u ms: the seed failed (publishes answer "
+             "unavailable until one comes in time)", sd->room, b->seed_timeout_ms);
+        sd->timed_out = 1;
+        sd->status = -1;
+        sd->max_seq = 0;
+        sd->epoch[0] = 0;
+        seed_answered(sd); /* waiters run from the loop, as after a -1 answer */
+    }
+    if (next) uv_timer_start(t, seed_deadline, next - now, 0);
+}
+
 bus *bus_seed_bus(const bus_seed *sd) { return sd->b; }
 
 /* bus_free: every waiter gets -1 now (b->freeing is set); requests still
@@ -521,11 +564,15 @@ static void defer_cb(uv_timer_t *t)
             if (!sd->b) seed_release(sd);
             continue;
         }
-        sd->running = 0;
-        if (!sd->b) { seed_release(sd); continue; } /* its waiters were answered -1 */
+        if (!sd->b) { sd->running = 0; seed_release(sd); continue; } /* its waiters were answered -1 */
         if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
+        /* timed out (seed_deadline): the provider still has it and frees it
+         * when it answers (running keeps it while its waiters run) */
+        if (!sd->provided) sd->b = NULL;
         seed_run_waiters(sd, sd->status, 1);
-        seed_free(sd);
+        sd->running = 0;
+        if (sd->b) seed_free(sd);
+        else seed_release(sd);
     }
     bus_req *d = b->deferred;
     b->deferred = NULL;
@@ -577,6 +624,9 @@ int bus_core_init(bus *b)
     uv_timer_init(b->loop, &b->seed_t);
     b->seed_t.data = b;
     b->handles++;
+    uv_timer_init(b->loop, &b->seed_dl_t);
+    b->seed_dl_t.data = b;
+    b->handles++;
     return 0;
 }
 
@@ -600,6 +650,7 @@ void bus_core_close(bus *b)
     b->deferred = NULL; /* still in the pending list: answered below */
     uv_close((uv_handle_t *)&b->defer, defer_closed);
     uv_close((uv_handle_t *)&b->seed_t, defer_closed);
+    uv_close((uv_handle_t *)&b->seed_dl_t, defer_closed);
     /* replays waiting for a sync are held by nobody but their room */
     hmap_each(&b->rooms, room_forget_waiting, NULL);
     for (bus_req *r = b->pending, *n; r; r = n) {

@@ -206,6 +206,8 @@ struct bus {
     hmap seeds;              /* room -> bus_seed in flight (one per room) */
     struct bus_seed *seeds_done; /* answered, waiters run from the defer timer */
     uv_timer_t seed_t;       /* seeds waiting for a holder's raise: probes */
+    uv_timer_t seed_dl_t;    /* seeds waiting for their provider: the deadline */
+    uint32_t seed_timeout_ms; /* bus_opts.seed_timeout_ms (0: none) */
     uint64_t rng;            /* epochs */
     char epoch[BUS_EPOCH_MAX + 1]; /* in-process mode without a provider:
                               * one epoch per process start */

@@ -86,6 +86,11 @@ typedef struct bus_opts {
     uint32_t backfill_check_per_room; /* old seqs a round lists per room; a round
                                        * that left more is followed by another at once */
     uint32_t redis_linger_ms;  /* Redis mode: redis_client_opts.linger_ms */
+    uint32_t seed_timeout_ms;  /* with on_seed: how long a seed request waits
+                                * for the provider's answer; past it, it fails
+                                * as a -1 answer would, and the late answer is
+                                * dropped (0: no bound; chatd passes
+                                * srv_read_deadline_ms()) */
 } bus_opts;
 
 /* Answers on_seed: status 0 with the highest seq durably stored in the

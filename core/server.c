@@ -278,7 +278,7 @@ int server_run(int argc, char **argv)
     bus_opts bo = {g_srv.cfg.redis_url, (size_t)g_srv.cfg.recent_max, (uint32_t)g_srv.cfg.idempotency_ttl_s,
                    g_srv.cfg.database_url != NULL, (uint32_t)g_srv.cfg.backfill_grace_ms,
                    (uint32_t)g_srv.cfg.backfill_check_rooms, (uint32_t)g_srv.cfg.backfill_check_per_room,
-                   (uint32_t)g_srv.cfg.redis_linger_ms};
+                   (uint32_t)g_srv.cfg.redis_linger_ms, (uint32_t)srv_read_deadline_ms()};
     bus_handlers bh = {chat_bus_message, chat_bus_gap, chat_bus_emit, chat_bus_ready,
                        publish_bus_unstored, g_srv.cfg.database_url ? publish_bus_seed : NULL,
                        ctl_bus_message, g_srv.cfg.database_url ? publish_bus_check : NULL};

@@ -303,6 +303,51 @@ async def since_past_the_buffer_answers_in_time_when_postgres_does_not():
 
 
 @test(timeout=60, needs=NEEDS)
+async def new_room_answers_in_time_when_postgres_does_not_seed_its_head():
+    """A room with no head in Redis (first use) while Postgres does not
+    answer (messages held in ACCESS EXCLUSIVE mode: the seed's read of the
+    durable head waits): the bus's seed request ends at its deadline (the
+    read deadline: half CHAT_HANDSHAKE_TIMEOUT_MS, here 2 s; at most 5 s)
+    as a failed seed: a join with since gets welcome + unavailable (as with
+    Postgres down: its head read from Postgres, queued behind the stuck
+    seed, has a deadline of its own), a publish gets unavailable, never an
+    ack. Before, nothing answered while Postgres did not: no welcome, no
+    answer to the publish. Once Postgres answers, the room works: the late
+    seeds are dropped, the next publish is acked with seq 1."""
+    n = hnode(env={"CHAT_HANDSHAKE_TIMEOUT_MS": 4000})
+    x = await Client.connect(n, uniq(), token("alice"))
+    await harness.send_acked(x, "warm", "warm")   # the store is connected
+    room = uniq()
+    pg = harness.RUN.need_pg()
+    locker = lock_messages(pg, "ACCESS EXCLUSIVE")
+    try:
+        eq(await asyncio.to_thread(locker.stdout.readline), "locked\n", "messages locked")
+        t0 = time.monotonic()
+        y = await Client.connect(n, room, token("bob"), since=0, timeout=9)
+        took = time.monotonic() - t0
+        await y.wait_for(lambda f: f["type"] == "error", 3, what="the join's error")
+        # the seed's deadline, then the join's own head read's
+        check(1.5 < took < 5, f"welcome after {took:.1f}s (seed deadline 2 s, then the head read's)")
+        eq([f.get("code") for f in y.errors()], ["unavailable"], "errors of the join")
+        mk = len(y.frames)
+        t0 = time.monotonic()
+        await y.send_msg("p", id="p1")
+        f = await y.wait_for(lambda f: f["type"] in ("ack", "error"), 5, start=mk,
+                             what="the publish's answer")
+        took = time.monotonic() - t0
+        eq((f["type"], f.get("code"), f.get("id")), ("error", "unavailable", "p1"), "the publish's answer")
+        check(1.5 < took < 3.5, f"publish answered after {took:.1f}s (seed deadline 2 s)")
+    finally:
+        await asyncio.to_thread(unlock, locker)
+    eq(y.acks(), [], "no ack while Postgres did not answer")
+    eq(await harness.send_acked(y, "after", "p2"), 1, "the room's first seq once Postgres answers")
+    z = await Client.connect(n, room, token("carol"), since=0)
+    await z.wait_count(is_msg(room), 1, 5, "replay since=0")
+    eq(z.seqs(room), [1], "replayed seqs")
+    eq(z.errors(), [], "errors of the second join")
+
+
+@test(timeout=60, needs=NEEDS)
 async def since_on_another_node_right_after_a_redis_restart_gets_what_is_not_stored_yet():
     """Redis restarted empty while node A's batch (1 s) holds seqs it
     broadcast; a client then resumes with since= on node B: the buffer is

@@ -380,7 +380,7 @@ static inline node *node_new_checking_opts(const char *name, const char *url, si
     return node_start(calloc(1, sizeof(node)), name,
                       (bus_opts){url, recent_max, 60, 1, grace_ms,
                                  rooms ? rooms : CONFIG_BACKFILL_CHECK_ROOMS,
-                                 per_room ? per_room : CONFIG_BACKFILL_CHECK_PER_ROOM, 0},
+                                 per_room ? per_room : CONFIG_BACKFILL_CHECK_PER_ROOM, 0, 0},
                       &handlers_checking);
 }
 
@@ -395,21 +395,28 @@ static inline node *node_new_checking(const char *name, const char *url, uint32_
     return node_new_checking_recent(name, url, 1000, grace_ms);
 }
 
-/* a node with a seed provider (as with a database), tracking unstored */
-static inline node *node_new_seeded(const char *name, const char *url, uint64_t seed_max,
-                             const char *epoch)
+/* a node with a seed provider (as with a database), tracking unstored;
+ * seed_timeout_ms: bus_opts.seed_timeout_ms (0: no deadline) */
+static inline node *node_new_seeded_dl(const char *name, const char *url, uint64_t seed_max,
+                                       const char *epoch, uint32_t seed_timeout_ms)
 {
     node *nd = calloc(1, sizeof *nd);
     nd->seed_max = seed_max;
     snprintf(nd->seed_epoch, sizeof nd->seed_epoch, "%s", epoch);
     return node_start(nd, name, (bus_opts){url, 1000, 60, url != NULL, 60000, CONFIG_BACKFILL_CHECK_ROOMS,
-                                           CONFIG_BACKFILL_CHECK_PER_ROOM, 0},
+                                           CONFIG_BACKFILL_CHECK_PER_ROOM, 0, seed_timeout_ms},
                       &handlers_seeded);
+}
+
+static inline node *node_new_seeded(const char *name, const char *url, uint64_t seed_max,
+                             const char *epoch)
+{
+    return node_new_seeded_dl(name, url, seed_max, epoch, 0);
 }
 
 static inline node *node_new(const char *name, const char *url, size_t recent_max, uint32_t ttl)
 {
-    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0, 0, 0, 0},
+    return node_start(calloc(1, sizeof(node)), name, (bus_opts){url, recent_max, ttl, 0, 0, 0, 0, 0, 0},
                       &handlers);
 }
 

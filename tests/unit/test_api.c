@@ -506,7 +506,7 @@ static void test_ctl(void)
     bus_handlers h = {0};
     h.on_control = ctl_bus_message;
     char err[128];
-    bus_opts o = {NULL, 10, 60, 0, 0, 0, 0, 0};
+    bus_opts o = {NULL, 10, 60, 0, 0, 0, 0, 0, 0};
     bus *b = bus_new(loop, &o, &h, NULL, err, sizeof err);
     REQUIRE(b != NULL, "%s", err);
     ctl_init(loop, b, "node-x");

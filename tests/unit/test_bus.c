@@ -17,7 +17,7 @@
 static void test_url(void)
 {
     char err[128];
-    bus_opts o = {"nope://", 0, 0, 0, 0, 0, 0, 0};
+    bus_opts o = {"nope://", 0, 0, 0, 0, 0, 0, 0, 0};
     CHECK(bus_new(loop, &o, &handlers, NULL, err, sizeof err) == NULL && strstr(err, "redis url"),
           "bad url refused: %s", err);
 }

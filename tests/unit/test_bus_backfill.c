@@ -53,7 +53,7 @@ static void mark(node *nd, const char *room, uint64_t seq)
 /* tracking unstored messages needs a history check: refused without one */
 static void test_track_needs_check(void)
 {
-    bus_opts o = {rurl, 1000, 60, 1, 600, 0, 0, 0};
+    bus_opts o = {rurl, 1000, 60, 1, 600, 0, 0, 0, 0};
     char err[128] = "";
     bus *b = bus_new(loop, &o, &handlers, NULL, err, sizeof err);
     CHECK(!b && strstr(err, "on_check"), "bus_new refused: %s", err);
@@ -66,9 +66,9 @@ static void test_track_needs_check(void)
 static void test_track_needs_settings(void)
 {
     bus_opts cases[] = {
-        {rurl, 1000, 60, 1, 0, CONFIG_BACKFILL_CHECK_ROOMS, CONFIG_BACKFILL_CHECK_PER_ROOM, 0},
-        {rurl, 1000, 60, 1, 3000, 0, CONFIG_BACKFILL_CHECK_PER_ROOM, 0},
-        {rurl, 1000, 60, 1, 3000, CONFIG_BACKFILL_CHECK_ROOMS, 0, 0},
+        {rurl, 1000, 60, 1, 0, CONFIG_BACKFILL_CHECK_ROOMS, CONFIG_BACKFILL_CHECK_PER_ROOM, 0, 0},
+        {rurl, 1000, 60, 1, 3000, 0, CONFIG_BACKFILL_CHECK_PER_ROOM, 0, 0},
+        {rurl, 1000, 60, 1, 3000, CONFIG_BACKFILL_CHECK_ROOMS, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char err[200] = "";
@@ -84,7 +84,7 @@ static void test_track_needs_settings(void)
     CHECK(c.backfill_grace_ms == 3000, "CHAT_BACKFILL_GRACE_MS default 3000 (%lld)",
           (long long)c.backfill_grace_ms);
     bus_opts o = {rurl, 1000, 60, 1, (uint32_t)c.backfill_grace_ms, (uint32_t)c.backfill_check_rooms,
-                  (uint32_t)c.backfill_check_per_room, 0};
+                  (uint32_t)c.backfill_check_per_room, 0, 0};
     bus *b = bus_new(loop, &o, &handlers_checking, NULL, err, sizeof err);
     CHECK(b != NULL, "bus_new with the settings' defaults: %s", err);
     if (b) bus_free(b);

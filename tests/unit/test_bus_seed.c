@@ -970,6 +970,61 @@ static void test_seed_free_pending(const char *url)
     free(a);
 }
 
+/* A provider that does not answer (Postgres stuck behind a lock): at the
+ * deadline (bus_opts.seed_timeout_ms) the seed fails as a -1 answer would:
+ * the publish and the replay waiting for it get -1, never a hang; the room
+ * seeds again at its next use; the late answer is dropped and frees the
+ * request (ASan), also once the bus is gone. */
+static void test_seed_deadline(const char *url)
+{
+    char room[80], room2[80];
+    mkroom(room, sizeof room, url ? "seeddl" : "seeddll");
+    mkroom(room2, sizeof room2, url ? "seeddlfree" : "seeddlfreel");
+    node *a = node_new_seeded_dl("SD", url, 5, "ep-d", 300);
+    if (url) wait_ready(a);
+    a->seed_hold = 1;
+    uint64_t t0 = mono_ms();
+    pubres p;
+    repres r;
+    pub(a, room, NULL, "x", &p);
+    replay(a, room, 2, 10, &r);
+    WAIT(a->nheld >= 1, 3000);
+    spin(100);
+    CHECK(!p.done && !r.done, "waiting for the provider before the deadline");
+    WAIT(p.done && r.done, 3000);
+    uint64_t took = mono_ms() - t0;
+    CHECK(p.done == 1 && p.status == -1 && r.done == 1 && r.status == -1,
+          "both answered -1 at the deadline (%d %d)", p.status, r.status);
+    CHECK(took >= 250 && took < 2000, "at the deadline (%" PRIu64 " ms)", took);
+    CHECK(a->nseeds == 1 && a->nheld == 1, "one request, still with the provider (%d)", a->nheld);
+    /* the next use asks again (answered at once now) */
+    a->seed_hold = 0;
+    pubres p2;
+    pub(a, room, NULL, "y", &p2);
+    WAIT(p2.done, 3000);
+    CHECK(p2.status == 0 && p2.seq == 6 && a->nseeds == 2, "seeded again: seq 6 (%d %" PRIu64 ")",
+          p2.status, p2.seq);
+    seed_answer(a); /* the late answer: dropped, the request freed */
+    spin(50);
+    pubres p3;
+    pub(a, room, NULL, "z", &p3);
+    WAIT(p3.done, 3000);
+    CHECK(p.done == 1 && p3.status == 0 && p3.seq == 7, "the late answer changed nothing (%" PRIu64 ")",
+          p3.seq);
+    /* timed out, then the bus freed, then the late answer */
+    a->seed_hold = 1;
+    pubres q;
+    pub(a, room2, NULL, "q", &q);
+    WAIT(q.done, 3000);
+    CHECK(q.status == -1 && a->nheld == 1, "timed out (%d)", q.status);
+    bus_free(a->b);
+    a->b = NULL;
+    seed_answer(a); /* after the bus is gone */
+    settle();
+    CHECK(q.done == 1, "once");
+    free(a);
+}
+
 /* Without a provider: a room's epoch is created with its seq key, stays,
  * and changes when Redis loses the keys (the head restarts). */
 static void test_epoch_redis(void)
@@ -1046,6 +1101,7 @@ int main(void)
 
     test_local_seed();
     test_seed_free_pending(NULL);
+    test_seed_deadline(NULL);
     int have_redis = harness_redis();
     if (have_redis) {
         test_missed_while_down(1000, 5);
@@ -1064,6 +1120,7 @@ int main(void)
         test_seed_free_pending(rurl);
         test_seed_asks_holders();
         test_seed_holder_silent();
+        test_seed_deadline(rurl);
         test_epoch_redis();
     }
     return harness_end("test_bus_seed", have_redis);

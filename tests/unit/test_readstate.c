@@ -88,7 +88,7 @@ static void open_all(int batch_ms, int lookup_timeout_ms)
     store_opts so = {g_url, 100, 2, 0};
     S = store_new(L, &so, err, sizeof err);
     CHECK(S);
-    bus_opts bo = {NULL, 100, 60, 0, 3000, 0, 0, 0};
+    bus_opts bo = {NULL, 100, 60, 0, 3000, 0, 0, 0, 0};
     bus_handlers bh = {h_msg, h_gap, h_emit, h_ready, NULL, NULL, NULL, NULL};
     B = bus_new(L, &bo, &bh, NULL, err, sizeof err);
     CHECK(B);
