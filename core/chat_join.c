@@ -9,8 +9,9 @@
  * leave or close cancels it (a pending bus/store/read state callback then
  * only frees it; a pending step or deadline is stopped and the op freed at
  * once, or when the read's late answer comes). The replay's Postgres part
- * ends within srv_read_deadline_ms() of its first read (op_read_begin):
- * past it, the join answers unavailable and the late answer only frees.
+ * ends within srv_read_deadline_ms() of the join's start (op_read_begin;
+ * the bus's own wait for a seed counts too): past it, the join answers
+ * unavailable and the late answer only frees.
  * A join answered with "read_seq":null (its lookup did not answer in time)
  * keeps its op on the membership until a later lookup tells the connection
  * its read_seq (late_read_seq).
@@ -59,9 +60,10 @@ typedef struct join_op {
     int tried_store;
     uint64_t wait_from;     /* mono ms the wait for seqs not stored yet began
                              * (store_wait; 0: not yet) */
-    uint64_t pg_from;       /* mono ms of the replay's first Postgres read (0: none
-                             * yet): its reads and wait end by srv_read_deadline_ms()
-                             * after it (op_pg_left) */
+    uint64_t pg_from;       /* mono ms the join began: its Postgres reads and
+                             * wait end by srv_read_deadline_ms() after it
+                             * (op_pg_left), whatever the bus spent before
+                             * (a seed waiting on a stuck Postgres) */
     int reading;            /* a Postgres read of the replay is in flight, its
                              * deadline armed on wait (op_read_begin) */
     join_end read_end;      /* how the replay ends if that read is late */
@@ -152,11 +154,10 @@ static int op_timer_start(join_op *op, uv_timer_cb cb, uint64_t ms)
 }
 
 /* The ms left before the replay's Postgres part must end (the HTTP reads'
- * bound, counted from its first read): 0 once it passed. */
+ * bound, counted from the join's start): 0 once it passed. */
 static uint64_t op_pg_left(join_op *op)
 {
     uint64_t now = mono_ms(), end;
-    if (!op->pg_from) op->pg_from = now;
     end = op->pg_from + srv_read_deadline_ms();
     return end > now ? end - now : 0;
 }
@@ -878,6 +879,7 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     op->first = first;
     op->has_since = has_since;
     op->since = op->since0 = since;
+    op->pg_from = mono_ms();
     op->refs = 1;
     start_read_lookup(c, op);
     if (has_since && epoch) snprintf(op->want_epoch, sizeof op->want_epoch, "%s", epoch);
