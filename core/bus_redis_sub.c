@@ -368,7 +368,9 @@ static void send_head(busr *R, bus_room *room, int raise)
     room_op *op = bus_rop_new(R, room);
     char ep[BUS_EPOCH_MAX + 1];
     if (!op) { bus_rsub_retry_later(R, room); bus_rsub_arm(R); return; }
-    op->from = room->have_last ? room->last : 0;
+    /* a raise: its floor (bus_rhead_floor), which also covers a seq acked
+     * to this node's publish whose push has not been delivered yet */
+    op->from = raise ? bus_rhead_floor(R->b, room->name) : room->have_last ? room->last : 0;
     bus_epoch_new(R->b, ep);
     int mode = !bus_has_seed(R->b) ? BUS_SEED_NONE : raise ? BUS_SEED_ASK : BUS_SEED_PEEK;
     if (bus_rhead_send(R, head_cb, op, room->name, op->from, mode, 0, ep) != 0) {
