@@ -474,9 +474,14 @@ function renderSeenBy(r) {
 }
 
 function wireReadState() {
-  client.on('read_state', ({ room }) => {
+  client.on('read_state', ({ room, readSeq }) => {
     const r = rooms.get(room);
     if (!r) return;
+    if (!r.joinedBefore && r.firstJoinSeq !== undefined) {
+      const seq = r.firstJoinSeq;
+      delete r.firstJoinSeq;
+      joined({ room, read_seq: readSeq, seq });
+    }
     updateBadge(r);
     refreshUnread();
   });
@@ -498,9 +503,17 @@ function wireReadState() {
   // /rooms/unread lists it and its messages stay unread; only a room that list does not name
   // is marked read at its first join (before, a reload cleared the badge of a room joined
   // empty and never opened). When the list cannot be read, nothing is marked.
+  // A join answered "read_seq": null (the server could not read the read state in time) decides
+  // nothing yet: the value follows as this user's own receipt ('read_state' above), and the
+  // first-join decision is taken then, with the head the join announced.
   const joined = (f) => {
     const r = rooms.get(f.room);
     if (!r) return;
+    if (!r.joinedBefore && (f.read_seq === null || f.read_seq === undefined)) {
+      r.firstJoinSeq = f.seq;
+      refreshUnread();
+      return;
+    }
     const first = !r.joinedBefore;
     r.joinedBefore = true;
     if (first && f.read_seq === 0 && f.seq === 0) client.startReadState(f.room);

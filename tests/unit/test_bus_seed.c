@@ -817,8 +817,6 @@ static void test_seed_ids_senders(void)
            "chat:{%s}:sid:3:bob:1 chat:{%s}:sid:5:carol:1", room, room, room, room, room, room, room);
 }
 
-/* bus_free while a seed request is with the provider: the waiting publish
- * and replay answer -1 once; answering afterwards only frees the request. */
 /* Redis loses a room's head without dropping the connections (FLUSHALL,
  * FLUSHDB, an evicted or deleted key: no resync) while node A holds the
  * room and has broadcast seq 4 that history does not hold yet (stored max
@@ -948,6 +946,8 @@ static void test_seed_holder_silent(void)
     settle();
 }
 
+/* bus_free while a seed request is with the provider: the waiting publish
+ * and replay answer -1 once; answering afterwards only frees the request. */
 static void test_seed_free_pending(const char *url)
 {
     char room[80];
