@@ -982,6 +982,26 @@ async def wait_no_subscriber(rd, room, timeout=5.0):
     raise TestFailure(f"room {room} still subscribed after {timeout}s")
 
 
+def lock_table(pg, table="messages", mode="EXCLUSIVE"):
+    """A psql session holding `table` of the chatd database in `mode`
+    (EXCLUSIVE: inserts wait, reads go on; ACCESS EXCLUSIVE: reads wait
+    too; SHARE: writes wait). Read "locked\n" from its stdout before relying
+    on it; release it with unlock()."""
+    p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d",
+                          "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    p.stdin.write(f"BEGIN; LOCK TABLE {table} IN {mode} MODE; SELECT 'locked';\n")
+    p.stdin.flush()
+    return p
+
+
+def unlock(p):
+    """Ends a lock_table session (its transaction committed)."""
+    p.stdin.write("COMMIT;\n")
+    p.stdin.close()
+    p.wait(15)
+
+
 async def wait_ready(n, timeout=20.0, what=None):
     """Until node n's /readyz answers 200 (its Redis and Postgres are back);
     fails after timeout."""

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.parse
 
@@ -190,21 +189,11 @@ async def since_older_than_redis_buffer_replays_from_postgres():
 
 
 def lock_messages(pg, mode="EXCLUSIVE"):
-    """A psql session holding `messages` in EXCLUSIVE mode (inserts wait,
-    reads go on; ACCESS EXCLUSIVE: reads wait too); write "COMMIT;" to its
-    stdin to release it (unlock)."""
-    p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d",
-                          "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
-    p.stdin.write(f"BEGIN; LOCK TABLE messages IN {mode} MODE; SELECT 'locked';\n")
-    p.stdin.flush()
-    return p
+    """harness.lock_table on `messages` (EXCLUSIVE: inserts wait, reads go on)."""
+    return harness.lock_table(pg, "messages", mode)
 
 
-def unlock(p):
-    p.stdin.write("COMMIT;\n")
-    p.stdin.close()
-    p.wait(15)
+unlock = harness.unlock
 
 
 @test(timeout=60, needs=NEEDS)
@@ -1489,12 +1478,8 @@ async def reads_answer_503_when_postgres_does_not_answer():
     c = await Client.connect(n, room, token("alice"))
     await harness.send_acked(c, "r1", "r1")
     pg = harness.RUN.need_pg()
-    p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d",
-                          "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+    p = lock_messages(pg, "ACCESS EXCLUSIVE")
     try:
-        p.stdin.write("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
-        p.stdin.flush()
         eq(await asyncio.to_thread(p.stdout.readline), "locked\n", "messages locked")
         for path in (f"/rooms/{room}/messages", "/rooms/unread"):
             t0 = time.monotonic()
@@ -1504,9 +1489,7 @@ async def reads_answer_503_when_postgres_does_not_answer():
             check("no answer in time" in (js or {}).get("error", ""), f"GET {path}: error {body[:200]!r}")
             check(4.0 < took < 8.0, f"GET {path} answered after {took:.1f} s (deadline 5 s)")
     finally:
-        p.stdin.write("COMMIT;\n")
-        p.stdin.close()
-        p.wait(15)
+        unlock(p)
     js = await history(n, room)
     eq([m.get("id") for m in js["messages"]], ["r1"], "history after Postgres answers again")
     st, js, body = await ahttp_json(n.port, "/rooms/unread", token("reader"))

@@ -141,12 +141,8 @@ async def read_seq_null_when_its_lookup_does_not_answer_then_told():
     # Postgres for it, behind the held lookup)
     bob = await Client.connect(n, other, token("bob"))
     await harness.send_acked(bob, "o0", "rl-o0")
-    p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg().port), "-U", "postgres", "-d",
-                          "chatd", "-qAt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+    p = harness.lock_table(pg(), "read_state", "ACCESS EXCLUSIVE")
     try:
-        p.stdin.write("BEGIN; LOCK TABLE read_state IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
-        p.stdin.flush()
         eq(await asyncio.to_thread(p.stdout.readline), "locked\n", "read_state locked")
         t0 = time.monotonic()
         c = await Client.connect(n, room, token("alice"))
@@ -160,9 +156,7 @@ async def read_seq_null_when_its_lookup_does_not_answer_then_told():
         await asyncio.sleep(1)
         eq([f for f in c.frames if f["type"] == "read"], [], "no read state told while locked")
     finally:
-        p.stdin.write("COMMIT;\n")
-        p.stdin.close()
-        p.wait(15)
+        harness.unlock(p)
     f = await c.wait_for(is_receipt(room, "alice"), 15, what="the read state of the room")
     eq(f.get("seq"), 2, f"the stored read_seq, told once Postgres answers: {f}")
     g = await c.wait_for(is_receipt(other, "alice"), 15, what="the read state of the other room")

@@ -940,7 +940,6 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
     connection, resends X: acked with X's first seq as a duplicate, Bob gets
     no second X, history holds X once. (Before the fix the resend got a new
     seq and X was broadcast and stored twice.)"""
-    import subprocess
     rd = harness.Redis(harness.RUN.tmpdir("redis-idcommit"))
     rd.start()
     pg = harness.RUN.need_pg()
@@ -954,11 +953,7 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
         bo = await Client.connect(b, room, token("bob", "Bob"))
         s1 = await post(al, room, "zero", "m0")
         eq(s1, 1, "the first message")
-        locker = subprocess.Popen(
-            ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-d", "chatd", "-qAt"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        locker.stdin.write("BEGIN; LOCK TABLE messages IN SHARE MODE; SELECT 'locked';\n")
-        locker.stdin.flush()
+        locker = harness.lock_table(pg, "messages", "SHARE")
         eq(await asyncio.to_thread(locker.stdout.readline), "locked\n", "messages locked (SHARE)")
         await al.send({"type": "message", "room": room, "body": "held", "id": "hx"})
         fx = await bo.wait_count(lambda f: f["type"] == "message" and f.get("id") == "hx", 1, 8,
@@ -982,9 +977,7 @@ async def redis_restarted_empty_keeps_ids_committed_after_the_seed():
         eq(b3, 3, "bob's message takes 3 (his node's floor: it delivered 2)")
         eq(await asyncio.to_thread(rd.command, "EXISTS", f"chat:{{{room}}}:sid:5:alice:hx"), b":0\r\n",
            "the seed did not restore hx (not committed when it ran)")
-        locker.stdin.write("COMMIT;\n")
-        locker.stdin.close()
-        await asyncio.to_thread(locker.wait, 15)
+        await asyncio.to_thread(harness.unlock, locker)
         locker = None
         # A commits hx; then (after the fix) writes its id back
         for _ in range(100):
