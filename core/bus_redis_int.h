@@ -46,6 +46,8 @@ typedef struct room_op {
     char room[CHAT_ROOM_MAX + 1];
     uint64_t sub_id, from, to, t0;
     int seeded;              /* head read with a seed (resync) */
+    int raise;               /* a raise for another node's seed ask (send_head):
+                              * the room is synced already, nothing to sync */
 } room_op;
 
 static inline double since_s(uint64_t t0) { return (double)(mono_ns() - t0) / 1e9; }

@@ -282,15 +282,28 @@ static void head_cb(void *ud, const redisReply *rp)
         /* a resync whose key is gone (Redis lost data): raise it to
          * max(durable head, what this node delivered), never to the
          * floor alone (other nodes may have stored more) */
-        LOGW(MOD, "room %s: Redis has no head at the resync, or one another Redis run wrote "
-             "(it restarted or failed over): seeding it from the durable head and this node's %"
-             PRIu64, op->room, op->from);
+        LOGW(MOD, "room %s: Redis has no head at the %s, or one another Redis run wrote "
+             "(it restarted, failed over or lost its keys): seeding it from the durable head and "
+             "this node's %" PRIu64, op->room, op->raise ? "raise another node asked for" : "resync",
+             op->from);
         if (bus_seed_get(b, op->room, 0, sync_seeded, op) == 0) return; /* op moves */
         char name[CHAT_ROOM_MAX + 1];
         snprintf(name, sizeof name, "%s", op->room);
         uint64_t sub = op->sub_id;
+        int raise = op->raise;
         free(op);
-        bus_order_synced(b, name, sub, 0, 0);
+        if (!raise) bus_order_synced(b, name, sub, 0, 0);
+        return;
+    }
+    if (op->raise) {
+        /* the raise is done (or failed: the asker falls back on its own
+         * after its bound); the room's delivery is not touched: it was
+         * synced, and a push newer than this answer may have been
+         * delivered already (syncing again would log a false "seq went
+         * back") */
+        if (!rp || bus_rhead_parse(rp, &h) != 0 || h.status == 2)
+            LOGW(MOD, "room %s: raising its head for another node's seed failed", op->room);
+        free(op);
         return;
     }
     if (!rp || bus_rhead_parse(rp, &h) != 0 || h.status == 2) {
@@ -343,16 +356,20 @@ static void sync_seeded(void *arg, int status, uint64_t max_seq, const char *epo
         return;
     }
     if (status != 0) {
+        int raise = op->raise;
         free(op);
-        bus_order_synced(b, room->name, room->sub_id, 0, 0);
+        if (!raise) bus_order_synced(b, room->name, room->sub_id, 0, 0);
         return;
     }
     op->seeded = 1;
     if (bus_rhead_send(R, head_cb, op, op->room, op->from, given,
                          max_seq > op->from ? max_seq : op->from, epoch) != 0) {
+        int raise = op->raise;
         free(op);
-        bus_rsub_retry_later(R, room);
-        bus_rsub_arm(R);
+        if (!raise) {
+            bus_rsub_retry_later(R, room);
+            bus_rsub_arm(R);
+        }
     }
 }
 
@@ -367,10 +384,14 @@ static void send_head(busr *R, bus_room *room, int raise)
 {
     room_op *op = bus_rop_new(R, room);
     char ep[BUS_EPOCH_MAX + 1];
-    if (!op) { bus_rsub_retry_later(R, room); bus_rsub_arm(R); return; }
+    if (!op) {
+        if (!raise) { bus_rsub_retry_later(R, room); bus_rsub_arm(R); }
+        return;
+    }
     /* a raise: its floor (bus_rhead_floor), which also covers a seq acked
      * to this node's publish whose push has not been delivered yet */
     op->from = raise ? bus_rhead_floor(R->b, room->name) : room->have_last ? room->last : 0;
+    op->raise = raise;
     bus_epoch_new(R->b, ep);
     int mode = !bus_has_seed(R->b) ? BUS_SEED_NONE : raise ? BUS_SEED_ASK : BUS_SEED_PEEK;
     if (bus_rhead_send(R, head_cb, op, room->name, op->from, mode, 0, ep) != 0) {
