@@ -297,10 +297,10 @@ async def new_room_answers_in_time_when_postgres_does_not_seed_its_head():
     answer (messages held in ACCESS EXCLUSIVE mode: the seed's read of the
     durable head waits): the bus's seed request ends at its deadline (the
     read deadline: half CHAT_HANDSHAKE_TIMEOUT_MS, here 2 s; at most 5 s)
-    as a failed seed: a join with since gets welcome + unavailable (as with
-    Postgres down: its head read from Postgres, queued behind the stuck
-    seed, has a deadline of its own), a publish gets unavailable, never an
-    ack. Before, nothing answered while Postgres did not: no welcome, no
+    as a failed seed: a join with since gets welcome + unavailable within
+    that one bound (as with Postgres down; its own head read has no time
+    left: the join's deadline counts from its start), a publish gets
+    unavailable, never an ack. Before, nothing answered while Postgres did not: no welcome, no
     answer to the publish. Once Postgres answers, the room works: the late
     seeds are dropped, the next publish is acked with seq 1."""
     n = hnode(env={"CHAT_HANDSHAKE_TIMEOUT_MS": 4000})
@@ -315,7 +315,6 @@ async def new_room_answers_in_time_when_postgres_does_not_seed_its_head():
         y = await Client.connect(n, room, token("bob"), since=0, timeout=9)
         took = time.monotonic() - t0
         await y.wait_for(lambda f: f["type"] == "error", 3, what="the join's error")
-        # the seed's deadline, then the join's own head read's
         check(1.5 < took < 3.5, f"welcome after {took:.1f}s (seed deadline 2 s; the join's own "
               "head read has no time left: one deadline counted from the join's start)")
         eq([f.get("code") for f in y.errors()], ["unavailable"], "errors of the join")
