@@ -120,6 +120,11 @@ int bus_replay_upto(bus *b, const char *room, uint64_t since, uint64_t upto,
  * the room, else 0. For a welcome / join answer while a replay cannot be
  * had (Redis down). */
 int bus_known_head(const bus *b, const char *room, uint64_t *head, uint64_t *delivered);
+/* 1 when a seed of this subscribed room failed at its deadline (the durable
+ * head did not come from Postgres in time: bus_opts.seed_timeout_ms) at or
+ * after since_ms (mono ms), else 0: a caller that would read the same head
+ * from Postgres next need not wait a second deadline for it. */
+int bus_seed_timed_out_since(const bus *b, const char *room, uint64_t since_ms);
 /* For a member that has every seq up to `seq` of a subscribed room whose
  * ordered delivery has no last seq yet (not synced since the subscription,
  * e.g. Redis down; or known only through a publish ack): delivery resumes

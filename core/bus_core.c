@@ -507,6 +507,8 @@ static void seed_deadline(uv_timer_t *t)
         LOGW(MOD, "room %s: no durable head within %u ms: the seed failed (publishes answer "
              "unavailable until one comes in time)", sd->room, b->seed_timeout_ms);
         sd->timed_out = 1;
+        bus_room *rm = hmap_get(&b->rooms, sd->room);
+        if (rm) rm->seed_timed_out = now;
         sd->status = -1;
         sd->max_seq = 0;
         sd->epoch[0] = 0;

@@ -62,6 +62,8 @@ typedef struct bus_room {
                               * since the subscription): the first message
                               * that arrives sets last */
     int fetching;            /* a range fetch is in flight */
+    uint64_t seed_timed_out; /* mono ms a seed of the room last failed at its
+                              * deadline (bus_seed_timed_out_since), 0: never */
     int busy;                /* inside a delivery loop: do not free */
     bus_req *waiting;        /* replays waiting for the sync */
 } bus_room;

@@ -9,9 +9,10 @@
  * leave or close cancels it (a pending bus/store/read state callback then
  * only frees it; a pending step or deadline is stopped and the op freed at
  * once, or when the read's late answer comes). The replay's Postgres part
- * ends within srv_read_deadline_ms() of the join's start (op_read_begin;
- * the bus's own wait for a seed counts too): past it, the join answers
- * unavailable and the late answer only frees.
+ * ends within srv_read_deadline_ms() of its first read (op_read_begin):
+ * past it, the join answers unavailable and the late answer only frees.
+ * A replay that failed because the bus's seed timed out (Postgres did not
+ * give the durable head in time) reads no head from Postgres again.
  * A join answered with "read_seq":null (its lookup did not answer in time)
  * keeps its op on the membership until a later lookup tells the connection
  * its read_seq (late_read_seq).
@@ -60,10 +61,11 @@ typedef struct join_op {
     int tried_store;
     uint64_t wait_from;     /* mono ms the wait for seqs not stored yet began
                              * (store_wait; 0: not yet) */
-    uint64_t pg_from;       /* mono ms the join began: its Postgres reads and
-                             * wait end by srv_read_deadline_ms() after it
-                             * (op_pg_left), whatever the bus spent before
-                             * (a seed waiting on a stuck Postgres) */
+    uint64_t pg_from;       /* mono ms of the replay's first Postgres read (0: none
+                             * yet): its reads and wait end by srv_read_deadline_ms()
+                             * after it (op_pg_left) */
+    uint64_t started;       /* mono ms the join began (head_fallback: a seed that
+                             * timed out since) */
     int reading;            /* a Postgres read of the replay is in flight, its
                              * deadline armed on wait (op_read_begin) */
     join_end read_end;      /* how the replay ends if that read is late */
@@ -154,10 +156,11 @@ static int op_timer_start(join_op *op, uv_timer_cb cb, uint64_t ms)
 }
 
 /* The ms left before the replay's Postgres part must end (the HTTP reads'
- * bound, counted from the join's start): 0 once it passed. */
+ * bound, counted from its first read): 0 once it passed. */
 static uint64_t op_pg_left(join_op *op)
 {
     uint64_t now = mono_ms(), end;
+    if (!op->pg_from) op->pg_from = now;
     end = op->pg_from + srv_read_deadline_ms();
     return end > now ? end - now : 0;
 }
@@ -691,7 +694,11 @@ static void head_fallback(join_op *op)
         op->head_known = 1;
         if (h > op->head) op->head = h;
     }
-    if (g_srv.store && op_read_begin(op, unanswered_end(op)) == 0) {
+    /* the replay failed because the bus's seed did not get this very head
+     * from Postgres in time: asking again would wait a second deadline for
+     * the same stuck read (the join answers within one) */
+    if (g_srv.store && !bus_seed_timed_out_since(g_srv.bus, op->cr->r->name, op->started) &&
+        op_read_begin(op, unanswered_end(op)) == 0) {
         if (store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
         op_read_refused(op);
     }
@@ -879,7 +886,7 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     op->first = first;
     op->has_since = has_since;
     op->since = op->since0 = since;
-    op->pg_from = mono_ms();
+    op->started = mono_ms();
     op->refs = 1;
     start_read_lookup(c, op);
     if (has_since && epoch) snprintf(op->want_epoch, sizeof op->want_epoch, "%s", epoch);
