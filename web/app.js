@@ -510,7 +510,9 @@ function wireReadState() {
     const r = rooms.get(f.room);
     if (!r) return;
     if (!r.joinedBefore && (f.read_seq === null || f.read_seq === undefined)) {
-      r.firstJoinSeq = f.seq;
+      // the head of the page's first join, not of a rejoin's (a reconnect before the value
+      // came): what was said between them stays unread
+      if (r.firstJoinSeq === undefined) r.firstJoinSeq = f.seq;
       refreshUnread();
       return;
     }

@@ -733,14 +733,18 @@ export class ChatdClient {
   }
 
   // A read seq the server stated (welcome, join answer, read_ack, our own receipt): it only
-  // moves forward; 'read_state' tells the app.
+  // moves forward; 'read_state' tells the app. When it was unknown until now (a join answered
+  // "read_seq": null, the value came later as our own receipt), a read asked for meanwhile is
+  // sent now (_flushRead waits for a known read seq).
   _onReadSeq(room, v) {
     const st = this._rooms.get(room);
     const n = Number(v);
     if (!st || v === undefined || v === null || !Number.isFinite(n)) return;
     if (st.readSeq !== null && n <= st.readSeq) return;
+    const unknown = st.readSeq === null;
     st.readSeq = n;
     this._emit('read_state', { room, readSeq: n });
+    if (unknown) this._flushRead(room);
   }
 
   _onReadAck(f) {

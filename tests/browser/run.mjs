@@ -916,9 +916,21 @@ test('a room joined empty while the read state lookup is late still keeps its un
       room, { timeout: 10000 });
     const early = await ella.page.evaluate((r) => window.chatd.client.readSeq(r), room);
     assert(early === null, `Ella's read seq before the lookup answered: ${early}, want null`);
+    // a message in the room Ella looks at (general) while her read seq is unknown: it is read
+    // once the value comes (here the page asks only then: its first history page waits on the
+    // same held database; a read asked for before the value came is sent when it comes,
+    // chatd-client _onReadSeq, a window this test does not reach)
+    const seen = `seen by Ella while her read state is unknown ${RUN}`;
+    await alice.page.evaluate((b) => window.chatd.client.send('general', b), seen);
+    await ella.page.locator('li.msg', { hasText: seen }).waitFor({ timeout: 8000 });
+    const seenSeq = Number(await ella.page.locator('li.msg', { hasText: seen }).getAttribute('data-seq'));
     lock.stdin.end('COMMIT;\n');
     lock = null;
     await pageWait(ella.page, 'the room in GET /rooms/unread (a read state at 0)', async (r) => (await window.chatd.client.unread()).rooms.some((x) => x.room === r), room, 15000);
+    await pageWait(ella.page, `Ella's read of general stored up to ${seenSeq}`, async (s) => {
+      const e = (await window.chatd.client.unread()).rooms.find((x) => x.room === 'general');
+      return e && e.read_seq >= s;
+    }, seenSeq, 15000);
     const t = `for Ella after a late lookup ${RUN}`;
     await sendViaUi(alice.page, t);
     await alice.page.locator('li.msg.own[data-state="acked"]', { hasText: t }).waitFor({ timeout: 8000 });
