@@ -303,6 +303,10 @@ static void head_cb(void *ud, const redisReply *rp)
          * back") */
         if (!rp || bus_rhead_parse(rp, &h) != 0 || h.status == 2)
             LOGW(MOD, "room %s: raising its head for another node's seed failed", op->room);
+        else if (h.before < op->from)
+            LOGE(MOD, "room %s: Redis seq was %" PRIu64 ", below the %" PRIu64 " this node "
+                 "delivered or was acked (Redis lost data): raised to %" PRIu64 " before another "
+                 "node's seed", op->room, h.before, op->from, h.head);
         free(op);
         return;
     }
