@@ -3,7 +3,6 @@
  * value of every source (default, env, flag) against it. */
 #define _GNU_SOURCE
 #include "config.h"
-#include "workers.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,7 +55,7 @@ static const opt OPTS[] = {
     {"--backfill-grace-ms", "CHAT_BACKFILL_GRACE_MS", K_INT, O(backfill_grace_ms), "3000", "age (ms) after which a published but unstored message is stored by a surviving node (100 to 3600000)", 100, 3600000},
     {"--backfill-check-rooms", "CHAT_BACKFILL_CHECK_ROOMS", K_INT, O(backfill_check_rooms), STR(CONFIG_BACKFILL_CHECK_ROOMS), "backfill sweeper: most rooms one round lists per Redis node (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "); a round that leaves old rooms unlisted is followed by another as soon as it settled", 1, CONFIG_BACKFILL_CHECK_MAX},
     {"--backfill-check-per-room", "CHAT_BACKFILL_CHECK_PER_ROOM", K_INT, O(backfill_check_per_room), STR(CONFIG_BACKFILL_CHECK_PER_ROOM), "backfill sweeper: most old seqs of one room one round lists (1 to " STR(CONFIG_BACKFILL_CHECK_MAX) "; rooms x this at most " STR(CONFIG_BACKFILL_CHECK_PAIRS_MAX) ")", 1, CONFIG_BACKFILL_CHECK_MAX},
-    {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL", 1, WORKERS_MAX},
+    {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL", 1, CONFIG_WORKERS_MAX},
     {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1", 0, CONFIG_INT_MAX},
     {"--read-batch-ms", "CHAT_READ_BATCH_MS", K_INT, O(read_batch_ms), "5", "read state: wait (ms) for more read marks before one batched write", 0, CONFIG_INT_MAX},
     {"--read-lookup-timeout-ms", "CHAT_READ_LOOKUP_TIMEOUT_MS", K_INT, O(read_lookup_timeout_ms), "2000", "a join waits this long for its read_seq (then answers read_seq null and tells it later)", 0, CONFIG_INT_MAX},

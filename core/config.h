@@ -20,6 +20,7 @@
 #define CONFIG_BACKFILL_CHECK_MAX 100000
 #define CONFIG_REDIS_LINGER_MAX_MS 100   /* CHAT_REDIS_LINGER_MS: more is a lag, not a batch */
 #define CONFIG_BACKFILL_CHECK_PAIRS_MAX 1000000
+#define CONFIG_WORKERS_MAX 64          /* CHAT_WORKERS: the supervisor's table (workers.c) */
 
 typedef struct config {
     const char *listen;        /* host:port */

@@ -41,7 +41,7 @@ typedef struct worker {
     worker_restarts rs;
 } worker;
 
-static worker g_w[WORKERS_MAX];
+static worker g_w[CONFIG_WORKERS_MAX];
 static int g_n;
 static config g_cfg;
 static char g_base_id[128];
