@@ -30,7 +30,7 @@ typedef struct opt {
 #define NO_RANGE 0, 0  /* a string or a boolean */
 static const opt OPTS[] = {
     {"--listen", "CHAT_LISTEN", K_STR, O(listen), "127.0.0.1:8080", "address:port for HTTP and WebSocket", NO_RANGE},
-    {"--redis", "CHAT_REDIS_URL", K_STR, O(redis_url), NULL, "redis://[user:pass@]host:port[/db], rediss://..., redis+cluster://host:port[,host:port...] (unset: single-node mode)", NO_RANGE},
+    {"--redis", "CHAT_REDIS_URL", K_STR, O(redis_url), NULL, "redis://[user:pass@]host:port[/db], rediss://..., redis+cluster://host:port[,host:port...], unix:///path/redis.sock (unset: single-node mode)", NO_RANGE},
     {"--database", "CHAT_DATABASE_URL", K_STR, O(database_url), NULL, "libpq conninfo or postgresql:// URL (unset: no durable history)", NO_RANGE},
     {"--jwt-secret", "CHAT_JWT_SECRET", K_STR, O(jwt_secret), NULL, "HS256 secret", NO_RANGE},
     {"--jwt-public-key", "CHAT_JWT_PUBLIC_KEY", K_STR, O(jwt_public_key), NULL, "PEM public key file (RS256/ES256)", NO_RANGE},

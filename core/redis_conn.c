@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define TICK_MS 100
@@ -570,13 +571,15 @@ static void start_connect(redis_conn *c, const struct sockaddr *sa, socklen_t sa
         conn_fail(c, why);
         return;
     }
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    int idle = 30, intvl = 10, cnt = 3;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-    setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    if (sa->sa_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        int idle = 30, intvl = 10, cnt = 3;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+        setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+        setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    }
     if (connect(c->fd, sa, salen) != 0 && errno != EINPROGRESS) {
         snprintf(why, sizeof why, "connect: %s", strerror(errno));
         conn_fail(c, why);
@@ -685,12 +688,19 @@ redis_conn *redis_conn_new(uv_loop_t *loop, const redis_conn_opts *o, const redi
     uv_timer_start(&c->timer, tick, TICK_MS, TICK_MS);
     c->state = ST_RESOLVING;
     c->constructing = 1;
-    /* numeric hosts connect at once; names are resolved off the loop */
+    /* a unix socket and numeric hosts connect at once; names are resolved
+     * off the loop */
     struct sockaddr_in a4;
     struct sockaddr_in6 a6;
+    struct sockaddr_un au;
     memset(&a4, 0, sizeof a4);
     memset(&a6, 0, sizeof a6);
-    if (inet_pton(AF_INET, o->addr.host, &a4.sin_addr) == 1) {
+    memset(&au, 0, sizeof au);
+    if (o->addr.port == 0) {
+        au.sun_family = AF_UNIX;
+        snprintf(au.sun_path, sizeof au.sun_path, "%.*s", (int)sizeof au.sun_path - 1, o->addr.host); /* redis_url bounds it */
+        start_connect(c, (struct sockaddr *)&au, sizeof au);
+    } else if (inet_pton(AF_INET, o->addr.host, &a4.sin_addr) == 1) {
         a4.sin_family = AF_INET;
         a4.sin_port = htons((uint16_t)o->addr.port);
         start_connect(c, (struct sockaddr *)&a4, sizeof a4);

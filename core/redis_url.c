@@ -94,13 +94,70 @@ static int parse_option(redis_url *u, const char *s, size_t n, char *err, size_t
         if (strcmp(val, "required") == 0) u->verify = 1;
         else if (strcmp(val, "none") == 0) u->verify = 0;
         else return fail(err, errlen, "ssl_cert_reqs must be required or none");
+    } else if (IS("db") && u->seeds[0].port == 0) {
+        long db = 0;
+        for (const char *q = val; *q; q++) {
+            if (*q < '0' || *q > '9' || db > 100000) return fail(err, errlen, "bad db number");
+            db = db * 10 + (*q - '0');
+        }
+        if (!val[0]) return fail(err, errlen, "bad db number");
+        u->db = (int)db;
+        return 0;
     } else {
-        return fail(err, errlen, "unknown option (ssl_ca_certs, ssl_certfile, ssl_keyfile, "
-                                 "ssl_cert_reqs)");
+        return fail(err, errlen, u->seeds[0].port == 0
+                    ? "unknown option (a unix socket takes db=N only)"
+                    : "unknown option (ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs)");
     }
 #undef IS
     if (!u->tls) return fail(err, errlen, "ssl_* options need rediss://");
     return 0;
+}
+
+static int parse_options(redis_url *u, const char *p, char *err, size_t errlen)
+{
+    if (*p == '?') {
+        p++;
+        while (*p && *p != '#') {
+            size_t l = strcspn(p, "&#");
+            if (l && parse_option(u, p, l, err, errlen) != 0) return -1;
+            p += l;
+            if (*p == '&') p++;
+        }
+    }
+    if (*p == '#') return fail(err, errlen, "a fragment (#) is not allowed");
+    return 0;
+}
+
+/* credentials "[user]:password@" in p[0..end): p moves past them */
+static int parse_credentials(const char **pp, const char *end, redis_url *u, char *err,
+                             size_t errlen)
+{
+    const char *p = *pp, *at = NULL;
+    for (const char *q = p; q < end; q++)
+        if (*q == '@') at = q;
+    if (!at) return 0;
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    if (!colon) return fail(err, errlen, "credentials need user:password or :password");
+    if (decode(p, (size_t)(colon - p), u->user, sizeof u->user) != 0)
+        return fail(err, errlen, "bad user (percent-encoding or length)");
+    if (decode(colon + 1, (size_t)(at - colon - 1), u->pass, sizeof u->pass) != 0)
+        return fail(err, errlen, "bad password (percent-encoding or length)");
+    if (u->user[0] && !u->pass[0]) return fail(err, errlen, "a user needs a password");
+    *pp = at + 1;
+    return 0;
+}
+
+/* after "unix://": [credentials@]/absolute/path[?db=N] */
+static int parse_unix(const char *p, redis_url *u, char *err, size_t errlen)
+{
+    if (parse_credentials(&p, p + strcspn(p, "/?#"), u, err, errlen) != 0) return -1;
+    if (*p != '/') return fail(err, errlen, "unix:// needs an absolute socket path (unix:///path)");
+    size_t n = strcspn(p, "?#");
+    if (decode(p, n, u->seeds[0].host, REDIS_UNIX_PATH_MAX + 1) != 0)
+        return fail(err, errlen, "socket path too long (at most 107 bytes) or badly encoded");
+    u->seeds[0].port = 0;
+    u->nseeds = 1;
+    return parse_options(u, p + n, err, errlen);
 }
 
 int redis_url_parse(const char *url, redis_url *u, char *err, size_t errlen)
@@ -116,24 +173,14 @@ int redis_url_parse(const char *url, redis_url *u, char *err, size_t errlen)
         p = url + 17;
         u->cluster = 1;
         u->tls = 1;
+    } else if (strncmp(url, "unix://", 7) == 0) {
+        return parse_unix(url + 7, u, err, errlen);
     } else {
-        return fail(err, errlen, "must start with redis://, rediss://, redis+cluster:// or "
-                                 "rediss+cluster://");
+        return fail(err, errlen, "must start with redis://, rediss://, redis+cluster://, "
+                                 "rediss+cluster:// or unix://");
     }
     const char *end = p + strcspn(p, "/?#");
-    const char *at = NULL;
-    for (const char *q = p; q < end; q++)
-        if (*q == '@') at = q;
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (!colon) return fail(err, errlen, "credentials need user:password or :password");
-        if (decode(p, (size_t)(colon - p), u->user, sizeof u->user) != 0)
-            return fail(err, errlen, "bad user (percent-encoding or length)");
-        if (decode(colon + 1, (size_t)(at - colon - 1), u->pass, sizeof u->pass) != 0)
-            return fail(err, errlen, "bad password (percent-encoding or length)");
-        if (u->user[0] && !u->pass[0]) return fail(err, errlen, "a user needs a password");
-        p = at + 1;
-    }
+    if (parse_credentials(&p, end, u, err, errlen) != 0) return -1;
     /* hosts: one, or a comma-separated list of seeds in cluster mode */
     while (p < end) {
         const char *comma = memchr(p, ',', (size_t)(end - p));
@@ -162,21 +209,12 @@ int redis_url_parse(const char *url, redis_url *u, char *err, size_t errlen)
         }
         p += dl;
     }
-    if (*p == '?') {
-        p++;
-        while (*p && *p != '#') {
-            size_t l = strcspn(p, "&#");
-            if (l && parse_option(u, p, l, err, errlen) != 0) return -1;
-            p += l;
-            if (*p == '&') p++;
-        }
-    }
-    if (*p == '#') return fail(err, errlen, "a fragment (#) is not allowed");
-    return 0;
+    return parse_options(u, p, err, errlen);
 }
 
 void redis_addr_format(const redis_addr *a, char *out, size_t n)
 {
-    if (strchr(a->host, ':')) snprintf(out, n, "[%s]:%d", a->host, a->port);
+    if (a->port == 0) snprintf(out, n, "unix:%s", a->host);
+    else if (strchr(a->host, ':')) snprintf(out, n, "[%s]:%d", a->host, a->port);
     else snprintf(out, n, "%s:%d", a->host, a->port);
 }

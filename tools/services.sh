@@ -26,8 +26,14 @@ services_start_redis() {
     esac
     local persist=(--appendonly yes --appendfsync "$fsync")
     _services_fast && persist=(--appendonly no)
+    # its unix socket too (unix:// in CHAT_REDIS_URL: no TCP per command), where
+    # the path fits a sockaddr_un; REDIS_NO_UNIXSOCKET=1 leaves it out
+    local sock=() sp
+    sp=$(cd "$dir/redis" && pwd)/redis.sock
+    [ "${REDIS_NO_UNIXSOCKET:-0}" != 1 ] && [ ${#sp} -le 100 ] &&
+        sock=(--unixsocket "$sp" --unixsocketperm 700)
     redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/redis" --save '' \
-        "${persist[@]}" --daemonize no --loglevel warning \
+        "${persist[@]}" "${sock[@]}" --daemonize no --loglevel warning \
         >"$dir/redis/redis.log" 2>&1 &
     echo $! >"$dir/redis.pid"
     for _ in $(seq 1 100); do

@@ -1,9 +1,10 @@
 /* fuzz_redis_url: the one Redis URL parser (CHAT_REDIS_URL, --redis):
  * core/redis_url.c redis_url_parse (redis://, rediss://, redis+cluster://,
- * rediss+cluster://, credentials, seeds, db, ssl_* options).
+ * rediss+cluster://, unix://, credentials, seeds, db, ssl_* options).
  * Oracles: a refusal says why ("redis url: ..."); a NUL decoded into the
  * credentials is refused (it would cut what AUTH sends); an accepted URL has
- * 1..16 seeds of a host of 1..255 bytes without NUL and a port 1..65535, a
+ * 1..16 seeds of a host of 1..255 bytes without NUL and a port 1..65535 (a
+ * unix socket: one seed, port 0, an absolute path of at most 107 bytes), a
  * db below 10^7 (0 on a Cluster), a user only with a password, ssl_* only
  * with TLS; printing it back canonically (percent-encoded credentials and
  * option values, bracketed IPv6) and parsing that again gives the same
@@ -77,10 +78,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FUZZ_CHECK(u->nseeds >= 1 && u->nseeds <= REDIS_URL_MAX_SEEDS && (u->cluster || u->nseeds == 1),
                "%d seeds", u->nseeds);
+    int unix_ = u->seeds[0].port == 0;
+    if (unix_)
+        FUZZ_CHECK(strncmp(s, "unix://", 7) == 0 && u->nseeds == 1 && !u->tls && !u->cluster &&
+                   u->seeds[0].host[0] == '/' && strlen(u->seeds[0].host) <= REDIS_UNIX_PATH_MAX,
+                   "'%s': a unix socket of another form: %s", s, u->seeds[0].host);
     for (int i = 0; i < u->nseeds; i++) {
         size_t hl = strnlen(u->seeds[i].host, sizeof u->seeds[i].host);
         FUZZ_CHECK(hl >= 1 && hl < sizeof u->seeds[i].host, "host length %zu", hl);
-        FUZZ_CHECK(u->seeds[i].port >= 1 && u->seeds[i].port <= 65535, "port %d", u->seeds[i].port);
+        FUZZ_CHECK(unix_ || (u->seeds[i].port >= 1 && u->seeds[i].port <= 65535), "port %d",
+                   u->seeds[i].port);
     }
     FUZZ_CHECK(u->db >= 0 && u->db < 10000000 && (!u->cluster || u->db == 0), "db %d", u->db);
     FUZZ_CHECK(!u->user[0] || u->pass[0], "a user without a password");
@@ -90,7 +97,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* print it back and parse again: same meaning */
     char *again = malloc(16384);
     FUZZ_CHECK(again, "oom");
-    size_t o = (size_t)sprintf(again, "%s%s://", u->tls ? "rediss" : "redis", u->cluster ? "+cluster" : "");
+    size_t o = (size_t)sprintf(again, "%s%s://", unix_ ? "unix" : u->tls ? "rediss" : "redis",
+                               u->cluster ? "+cluster" : "");
     if (u->user[0] || u->pass[0]) {
         o += enc(again + o, u->user);
         again[o++] = ':';
@@ -98,14 +106,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         again[o++] = '@';
     }
     int odd_host = 0;
-    for (int i = 0; i < u->nseeds; i++) {
+    if (unix_) {
+        again[o++] = '/';
+        o += enc(again + o, u->seeds[0].host + 1);
+        o += (size_t)sprintf(again + o, "?db=%d", u->db);
+    }
+    for (int i = 0; i < u->nseeds && !unix_; i++) {
         const redis_addr *a = &u->seeds[i];
         if (strpbrk(a->host, "/?#@[],")) odd_host = 1;
         o += (size_t)sprintf(again + o, strchr(a->host, ':') ? "%s[%s]:%d" : "%s%s:%d", i ? "," : "",
                              a->host, a->port);
     }
-    o += (size_t)sprintf(again + o, "/%d", u->db);
-    const char *sep = "?";
+    if (!unix_) o += (size_t)sprintf(again + o, "/%d", u->db);
+    const char *sep = unix_ ? "&" : "?";
     const struct { const char *k, *v; } opt[] = {
         {"ssl_ca_certs", u->ca_file}, {"ssl_certfile", u->cert_file}, {"ssl_keyfile", u->key_file}};
     for (int i = 0; i < 3; i++) {

@@ -229,21 +229,30 @@ def _wait_pid_gone(pid, timeout):
 class Redis:
     external = False
 
-    def __init__(self, dir_, port=None):
+    def __init__(self, dir_, port=None, unixsocket=False):
         self.dir = dir_
         self.port = port or free_port()
         self.proc = None
+        # its unix socket too (unix:// URLs); a path must fit a sockaddr_un
+        self.sock = os.path.join(dir_, "r.sock") if unixsocket else None
+        if self.sock and len(self.sock) > 100:
+            raise RuntimeError(f"unix socket path too long: {self.sock}")
 
     @property
     def url(self):
         return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def unix_url(self):
+        return f"unix://{self.sock}"
 
     def start(self):
         log = open(os.path.join(self.dir, "redis.log"), "ab")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", self.dir, "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--loglevel", "warning"],
+             "--daemonize", "no", "--loglevel", "warning"]
+            + (["--unixsocket", self.sock, "--unixsocketperm", "700"] if self.sock else []),
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         end = time.time() + 10

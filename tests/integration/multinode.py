@@ -147,18 +147,27 @@ async def redis_restart_mid_stream_no_database():
     await _with_own_redis(False)
 
 
-async def _with_own_redis(db):
-    rd = Redis(harness.RUN.tmpdir("redis-restart"))
+@test(timeout=90, needs=("redis", "pg"))
+async def redis_over_unix_socket_shares_rooms_and_survives_a_restart():
+    # CHAT_REDIS_URL=unix:///path (docs/cost.md section 20): node A talks to
+    # Redis over its unix socket, node B to the same Redis over TCP. The
+    # restart test above, unchanged: one seq order on both nodes, every ack
+    # in history, A reconnects to the socket after kill -9 and restart
+    await _with_own_redis(True, unix=True)
+
+
+async def _with_own_redis(db, unix=False):
+    rd = Redis(harness.RUN.tmpdir("redis-restart"), unixsocket=unix)
     rd.start()
     try:
-        await _redis_restart(rd, db)
+        await _redis_restart(rd, db, rd.unix_url if unix else rd.url)
     finally:
         rd.stop()
         harness.release_port(rd.port)
 
 
-async def _redis_restart(rd, db):
-    a = start_node(redis=rd.url, db=db, name="A-" + uniq(""))
+async def _redis_restart(rd, db, url_a):
+    a = start_node(redis=url_a, db=db, name="A-" + uniq(""))
     b = start_node(redis=rd.url, db=db, name="B-" + uniq(""))
     room = uniq()
     pa = await Client.connect(a, room, token("pa"))

@@ -276,6 +276,35 @@ static void test_redis_url(void)
     /* found by fuzz_redis_url (in the old bus_url.c): %00 cut what AUTH sends */
     CHECK(redis_url_parse("redis://:a%00b@h", &u, err, sizeof err) < 0, "%%00 in the password");
     CHECK(redis_url_parse("redis://%00:x@h", &u, err, sizeof err) < 0, "%%00 in the user");
+    /* a unix socket: the path in host, port 0, db as an option */
+    CHECK(redis_url_parse("unix:///run/redis/redis.sock", &u, err, sizeof err) == 0 && u.nseeds == 1 &&
+          !strcmp(u.seeds[0].host, "/run/redis/redis.sock") && u.seeds[0].port == 0 && u.db == 0 &&
+          !u.tls && !u.cluster, "unix socket: %s", err);
+    CHECK(redis_url_parse("unix://:pw%40x@/tmp/r%20s.sock?db=3", &u, err, sizeof err) == 0 &&
+          !strcmp(u.pass, "pw@x") && !u.user[0] && !strcmp(u.seeds[0].host, "/tmp/r s.sock") &&
+          u.db == 3, "unix socket with a password and a db: %s", err);
+    char fmt[300];
+    redis_addr_format(&u.seeds[0], fmt, sizeof fmt);
+    CHECK(!strcmp(fmt, "unix:/tmp/r s.sock"), "a socket's address reads %s", fmt);
+    static const char *bad_unix[] = {
+        "unix://",                          /* no path */
+        "unix://run/redis.sock",            /* not absolute */
+        "unix:///r.sock?db=x",              /* bad db */
+        "unix:///r.sock?db=",
+        "unix:///r.sock?ssl_ca_certs=/ca",  /* no TLS over a socket */
+        "unix:///r.sock?timeout=1",         /* unknown option */
+        "unix:///r.sock#frag",
+        "unix:///a%00b",                    /* NUL cuts the path */
+        "redis://h?db=2",                   /* db as an option is the socket's form only */
+    };
+    for (size_t i = 0; i < sizeof bad_unix / sizeof *bad_unix; i++)
+        CHECK(redis_url_parse(bad_unix[i], &u, err, sizeof err) < 0, "refused: %s", bad_unix[i]);
+    char longp[160] = "unix:///";
+    memset(longp + 8, 'a', 107);            /* "/" + 107 = 108 bytes: one too many */
+    CHECK(redis_url_parse(longp, &u, err, sizeof err) < 0, "a path longer than sun_path");
+    longp[8 + 106] = 0;                     /* 107 bytes with its "/" */
+    CHECK(redis_url_parse(longp, &u, err, sizeof err) == 0 && strlen(u.seeds[0].host) == 107,
+          "a path of 107 bytes: %s", err);
 }
 
 static void test_redis_replies(void)
