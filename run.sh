@@ -30,9 +30,18 @@ services_start_redis "$DATA" "$REDIS_PORT"
 services_start_postgres "$DATA" "$PG_PORT"
 [ -f "$DATA/jwt-secret" ] || head -c 32 /dev/urandom | base64 | tr -d '\n=/+' >"$DATA/jwt-secret"
 
+# Redis and Postgres over their unix sockets where they have one (tools/services.sh):
+# each command skips the TCP stack on both sides (docs/cost.md section 20); TCP else
+urlenc() { local s=${1//%/%25}; s=${s// /%20}; s=${s//\?/%3F}; s=${s//#/%23}; printf '%s' "$s"; }
+REDIS_DEFAULT=redis://127.0.0.1:$REDIS_PORT
+[ -S "$DATA/redis/redis.sock" ] && REDIS_DEFAULT="unix://$(urlenc "$(cd "$DATA/redis" && pwd)/redis.sock")"
+PG_DEFAULT=postgresql://postgres@127.0.0.1:$PG_PORT/chatd
+PGSOCK=$(cat "$DATA/postgres.datadir" 2>/dev/null || true)
+[ -n "$PGSOCK" ] && [ -S "$PGSOCK/.s.PGSQL.$PG_PORT" ] && [ "${PGSOCK//[\' ]/}" = "$PGSOCK" ] &&
+    PG_DEFAULT="host='$PGSOCK' port=$PG_PORT user=postgres dbname=chatd"
 export CHAT_LISTEN=$LISTEN
-export CHAT_REDIS_URL=${CHAT_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
-export CHAT_DATABASE_URL=${CHAT_DATABASE_URL:-postgresql://postgres@127.0.0.1:$PG_PORT/chatd}
+export CHAT_REDIS_URL=${CHAT_REDIS_URL:-$REDIS_DEFAULT}
+export CHAT_DATABASE_URL=${CHAT_DATABASE_URL:-$PG_DEFAULT}
 export CHAT_JWT_SECRET=${CHAT_JWT_SECRET:-$(cat "$DATA/jwt-secret")}
 export CHAT_SCRIPTS=${CHAT_SCRIPTS:-$ROOT/scripts}
 export CHAT_WEB_DIR=${CHAT_WEB_DIR:-$ROOT/web}
@@ -45,6 +54,7 @@ for _ in $(seq 1 100); do
 done
 echo
 echo "  chatd is running: open http://$LISTEN/ in a browser"
-echo "  (Redis :$REDIS_PORT and Postgres :$PG_PORT live in $DATA; Ctrl-C stops everything)"
+echo "  (Redis :$REDIS_PORT and Postgres :$PG_PORT live in $DATA; chatd reaches them at"
+echo "   $CHAT_REDIS_URL and $CHAT_DATABASE_URL; Ctrl-C stops everything)"
 echo
 wait "$CHATD_PID"

@@ -282,7 +282,7 @@ fi
 
 # ---- ./run.sh (the user's command) keeps its services durable: Postgres
 # with fsync, synchronous_commit and full_page_writes on, Redis appendfsync
-# always -- even when the caller's environment has the test suite's
+# always (and chatd reaches both over their unix sockets) -- even when the caller's environment has the test suite's
 # SERVICES_FAST=1 (tools/services.sh turns durability off for tests only)
 if command -v redis-server >/dev/null && [ -x "${PGBIN:-/usr/lib/postgresql/15/bin}/postgres" ]; then
     RB=$(port_block 3)
@@ -303,6 +303,13 @@ if command -v redis-server >/dev/null && [ -x "${PGBIN:-/usr/lib/postgresql/15/b
         done
         got=$(redis-cli -p $((RB + 1)) CONFIG GET appendfsync | tail -1)
         [ "$got" = always ] || why+="Redis appendfsync is '$got'; "
+        # and chatd reaches both over their unix sockets (docs/cost.md section 20):
+        # Redis lists such a client by its socket's path, Postgres without an address
+        got=$(redis-cli -p $((RB + 1)) CLIENT LIST | grep -c ' addr=/' || true)
+        [ "$got" -ge 2 ] || why+="$got Redis clients over the unix socket (want chatd's, 2 or more); "
+        got=$(psql -h 127.0.0.1 -p $((RB + 2)) -U postgres -tAc "SELECT count(*) FROM pg_stat_activity \
+WHERE datname = 'chatd' AND backend_type = 'client backend' AND client_addr IS NULL" 2>&1)
+        [ "$got" -ge 1 ] 2>/dev/null || why+="'$got' Postgres sessions over the unix socket (want chatd's); "
     else
         why+="./run.sh did not serve /healthz (tail: $(tail -3 "$T/runsh.log" | tr '\n' ' ')); "
     fi
