@@ -74,6 +74,26 @@ lt_pin_postgres() {
     for p in "$pm" $(pgrep -P "$pm"); do taskset -a -p -c "$LOAD_CPU" "$p" >/dev/null; done
 }
 
+# lt_redis_url DIR / lt_pg_url DIR: how chatd reaches the Redis / Postgres that
+# tools/services.sh started in DIR: TCP, or with LT_UNIX=1 their unix sockets
+# (what ./run.sh does; docs/cost.md section 20)
+lt_redis_url() {
+    if [ "${LT_UNIX:-0}" = 1 ] && [ -S "$1/redis/redis.sock" ]; then
+        echo "unix://$(cd "$1/redis" && pwd)/redis.sock"
+    else
+        echo "redis://127.0.0.1:$REDIS_PORT"
+    fi
+}
+lt_pg_url() {
+    local d
+    d=$(cat "$1/postgres.datadir")
+    if [ "${LT_UNIX:-0}" = 1 ] && [ -S "$d/.s.PGSQL.$PG_PORT" ]; then
+        echo "host=$d port=$PG_PORT user=postgres dbname=chatd"
+    else
+        echo "host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd"
+    fi
+}
+
 # lt_services [redis] [pg]: start the ones named, pinned next to the generator
 lt_services() {
     mkdir -p "$LT_DATA"
@@ -85,11 +105,13 @@ lt_services() {
             services_start_redis "$LT_DATA" "$REDIS_PORT"
             taskset -a -p -c "$LOAD_CPU" "$(cat "$LT_DATA/redis.pid")" >/dev/null
             if [ "$LT_RT" = 1 ]; then chrt -a -r -p 1 "$(cat "$LT_DATA/redis.pid")" >/dev/null; fi
-            export CHAT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT ;;
+            export CHAT_REDIS_URL
+            CHAT_REDIS_URL=$(lt_redis_url "$LT_DATA") ;;
         pg)
             services_start_postgres "$LT_DATA" "$PG_PORT"
             lt_pin_postgres "$LT_DATA"
-            export CHAT_DATABASE_URL="host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd" ;;
+            export CHAT_DATABASE_URL
+            CHAT_DATABASE_URL=$(lt_pg_url "$LT_DATA") ;;
         esac
     done
 }

@@ -41,7 +41,9 @@
 # and prints the ratios chatd / chatd_base: a change's before/after in the
 # same run as Nchan.
 # env: DURATION (60), SCENARIOS ("dm rooms100"), HEARTBEAT_MS (10000), NGINX_PORT (17612), BASE_CHATD,
-#      DM_RATE (1000), R100_RATE (300), SUMMARY_ONLY (0), ONLY ("chatd ...": just those runs, no table), and lib.sh's (CHATD, LT_RT, PORT_A, REDIS_PORT, PG_PORT...)
+#      DM_RATE (1000), R100_RATE (300), SUMMARY_ONLY (0), LT_UNIX (0; 1: chatd reaches Redis and
+#      Postgres over their unix sockets, as ./run.sh does; Nchan cannot: its nchan_redis_server
+#      takes TCP only, a unix path aborts its worker), ONLY ("chatd ...": just those runs, no table), and lib.sh's (CHATD, LT_RT, PORT_A, REDIS_PORT, PG_PORT...)
 source "$(dirname "$0")/lib.sh"
 lt_build
 DURATION=${DURATION:-60}
@@ -87,8 +89,7 @@ stack_up_chatd() {   # stack_up_chatd NAME: Redis + Postgres + chatd
     services_start_postgres "$dir" "$PG_PORT"
     lt_pin_postgres "$dir"
     PG_PID=$(head -1 "$(cat "$dir/postgres.datadir")/postmaster.pid")
-    CHAT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
-        CHAT_DATABASE_URL="host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd" lt_chatd "$1" "$PORT_A"
+    CHAT_REDIS_URL=$(lt_redis_url "$dir") CHAT_DATABASE_URL=$(lt_pg_url "$dir") lt_chatd "$1" "$PORT_A"
     STACK_PIDS+=("$LT_CHATD_PID")
     SERVER_PID=$LT_CHATD_PID
     URL=127.0.0.1:$PORT_A
@@ -96,7 +97,7 @@ stack_up_chatd() {   # stack_up_chatd NAME: Redis + Postgres + chatd
 }
 
 stack_up_nchan_nostore() { NCHAN_STORAGE=nostore stack_up_nchan "$1"; }
-stack_up_chatd_base() { CHATD=$BASE_CHATD stack_up_chatd "$1"; }
+stack_up_chatd_base() { CHATD=$BASE_CHATD LT_UNIX=${BASE_UNIX:-0} stack_up_chatd "$1"; }   # TCP unless BASE_UNIX=1
 
 stack_up_nchan() {   # stack_up_nchan NAME: Redis + nginx with Nchan in Redis mode (NCHAN_STORAGE)
     local dir=$LT_DATA/$1
