@@ -666,6 +666,10 @@ int api_http(struct lws *wsi, const char *uri, api_req **slot)
     /* a body is pending (read it, or linger) unless there is none */
     int mode = (cl > 0 || chunked || cl == -2) && method != HM_HEAD ? REFUSE_AFTER_BODY : REFUSE_NOW;
     if (cl > g_srv.cfg.max_frame || chunked || cl == -2) mode = REFUSE_LINGER;
+    /* a client that waits for "100 Continue" sends no body to read first:
+     * a refusal answers now (httpd.h) */
+    int expects = httpd_expects_continue(wsi);
+    if (expects && mode == REFUSE_AFTER_BODY) mode = REFUSE_LINGER;
     if (!A.keys)
         return refuse(wsi, slot, mode, AR_NONE, 404, "not_found",
                       "the server API is off (no CHAT_API_KEYS)", NULL, NULL);
@@ -716,6 +720,7 @@ int api_http(struct lws *wsi, const char *uri, api_req **slot)
     *slot = r;
     if (mode != REFUSE_NOW) {
         r->reading = 1;   /* LWS_CALLBACK_HTTP_BODY follows */
+        if (expects && httpd_continue(wsi) != 0) return -1;   /* the client waits for it */
         return 0;
     }
     dispatch(r);

@@ -61,7 +61,7 @@ int api_route_match(const char *path, api_route *out, char *err, size_t errlen)
         const char *rest = slash ? slash + 1 : NULL;
         if (!rest) { out->route = AR_ROOM; out->allow = 1u << HM_GET; }
         else if (!strcmp(rest, "messages")) { out->route = AR_PUBLISH; out->allow = 1u << HM_POST; }
-        else if (!strncmp(rest, "messages/", 9) && !strchr(rest + 9, '/')) {
+        else if (!strncmp(rest, "messages/", 9) && rest[9] && !strchr(rest + 9, '/')) {
             out->route = AR_DELETE_MSG;
             out->allow = 1u << HM_DELETE;
             if (parse_seq(rest + 9, &out->seq) < 0)

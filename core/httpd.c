@@ -72,6 +72,22 @@ int httpd_chunked(struct lws *wsi)
     return lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
 }
 
+int httpd_expects_continue(struct lws *wsi)
+{
+    char v[32];
+    int n = lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_EXPECT);
+    return n > 0 && strcasecmp(v, "100-continue") == 0;
+}
+
+int httpd_continue(struct lws *wsi)
+{
+    static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    unsigned char buf[LWS_PRE + sizeof line];
+    memcpy(buf + LWS_PRE, line, sizeof line - 1);
+    /* before any response header: raw bytes on the HTTP/1.1 stream */
+    return lws_write(wsi, buf + LWS_PRE, sizeof line - 1, LWS_WRITE_HTTP) == (int)(sizeof line - 1) ? 0 : -1;
+}
+
 static const char *reason_phrase(unsigned status)
 {
     switch (status) {

@@ -32,6 +32,15 @@ int64_t httpd_content_length(struct lws *wsi);
 /* 1 when the request has a Transfer-Encoding (its body length is not
  * known up front). */
 int httpd_chunked(struct lws *wsi);
+/* "Expect: 100-continue": the client waits for "HTTP/1.1 100 Continue"
+ * before it sends the body (curl for bodies over 1 KiB, PHP's curl, .NET),
+ * and stalls a second without it (RFC 9110 10.1.1; lws does not answer
+ * it). httpd_expects_continue: 1 when the request asks for it. A request
+ * whose body will be read is sent the interim answer (httpd_continue: 0,
+ * or -1 when it could not be written); one refused before its body gets
+ * its final status at once (and its connection closes after). */
+int httpd_expects_continue(struct lws *wsi);
+int httpd_continue(struct lws *wsi);
 /* The pure half of httpd_content_length (fuzzed by tests/fuzz/fuzz_api.c),
  * on a header value v[0..n) as lws copied it: Content-Length digits -> the
  * value, or -2 when malformed (not only digits, or too large). */

@@ -298,6 +298,59 @@ async def oversized_body_413_without_reading_it():
     eq(js["seq"], 1, "a body at the limit is accepted")
 
 
+def _expect_continue(port, path, body, key=KEY):
+    """A request with "Expect: 100-continue" whose body is held back until
+    the server answers: (what came within 2 s before the body, the final
+    answer's status and JSON or None when it came first)."""
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        s.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                   f"Expect: 100-continue\r\n\r\n").encode())
+        s.settimeout(2)
+        first = b""
+        try:
+            while b"\r\n\r\n" not in first:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                first += chunk
+        except socket.timeout:
+            pass
+        s.settimeout(5)
+        if not first.startswith(b"HTTP/1.1 100"):
+            return first, None, None
+        rest = first.partition(b"\r\n\r\n")[2]
+        s.sendall(data)
+        st, _, b, _ = read_response(s, rest)
+        return first, st, json.loads(b)
+    finally:
+        s.close()
+
+
+@test(timeout=30, needs=("pg",))
+async def expect_100_continue_is_answered():
+    """curl (bodies over 1 KiB), PHP's curl and .NET send "Expect:
+    100-continue" and hold the body back until the server answers: before,
+    chatd never did, and each such request stalled until the client gave
+    up waiting (curl: 1 s). An accepted request gets "100 Continue", then its
+    answer; a refused one its final status at once, without a body read."""
+    n = api_node(db=True)
+    room = uniq("cont")
+    first, st, js = await asyncio.to_thread(_expect_continue, n.port, f"/api/rooms/{room}/messages",
+                                            msg("c1", body="x" * 2000))
+    check(first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), f"no 100 Continue within 2 s: {first[:80]!r}")
+    eq(st, 200, f"the answer after the body: {js}")
+    eq(js.get("seq"), 1, "published")
+    # refused before its body (a wrong key): the 401 comes at once, no 100
+    first, st, _ = await asyncio.to_thread(_expect_continue, n.port, f"/api/rooms/{room}/messages",
+                                           msg("c2"), key="wrong-key-" + "x" * 30)
+    check(first.startswith(b"HTTP/1.1 401"), f"a refusal answers at once: {first[:80]!r}")
+    # a route that does not exist: messages/ with no seq is none
+    await expect_error(n.port, "POST", f"/api/rooms/{room}/messages/", 404, "not_found", body=msg("c3"))
+
+
 @test(timeout=30)
 async def keep_alive_many_requests_on_one_socket():
     n = api_node()

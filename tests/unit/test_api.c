@@ -90,6 +90,8 @@ static void test_routes(void)
     CHECK(api_route_match("rooms//messages", &r, err, sizeof err) == -2);
     CHECK(api_route_match("rooms/lobby/other", &r, err, sizeof err) == -1);
     CHECK(api_route_match("rooms/lobby/messages/1/x", &r, err, sizeof err) == -1);
+    /* messages/ with no seq is no route (404), not the DELETE one (was 405) */
+    CHECK(api_route_match("rooms/lobby/messages/", &r, err, sizeof err) == -1);
     CHECK(api_route_match("users/alice/disconnect", &r, err, sizeof err) == 0);
     CHECK(r.route == AR_DISCONNECT && !strcmp(r.user, "alice"));
     CHECK(api_route_match("users/a/b@c.d/ban", &r, err, sizeof err) == 0);
