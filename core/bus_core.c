@@ -81,7 +81,7 @@ int bus_replay_span(const bus_req *r, uint64_t head, size_t max, size_t *want)
 static void req_fail(bus_req *r)
 {
     if (r->kind == BUS_REQ_PUBLISH) bus_req_publish_done(r, -1, 0, 0);
-    else bus_req_replay_done(r, -1, NULL, 0, 0, NULL);
+    else bus_req_replay_done(r, r->fail ? r->fail : -1, NULL, 0, 0, NULL);
 }
 
 void bus_req_unhold(bus_req *r)
@@ -168,7 +168,7 @@ struct bus_seed {
     int ask;                 /* SEED_ASK_* */
     uint64_t ask_until;      /* mono ms: past it, the seed goes on without a raise */
     /* the provider's deadline (bus_opts.seed_timeout_ms): past it, the seed
-     * fails as a -1 answer would; the provider keeps it until it answers */
+     * fails with BUS_HEAD_LATE; the provider keeps it until it answers */
     uint64_t provide_until;  /* mono ms, 0: no deadline */
     int timed_out;           /* failed at the deadline: the late answer is dropped */
 };
@@ -520,8 +520,8 @@ static void seed_tick(uv_timer_t *t)
     if (!any) uv_timer_stop(t);
 }
 
-/* The provider's deadline: a seed it has not answered in time fails as if
- * it answered -1 (publishes answer unavailable, replays -1); it stays the
+/* The provider's deadline: a seed it has not answered in time fails with
+ * BUS_HEAD_LATE (publishes answer unavailable, replays -2); it stays the
  * provider's until it answers (bus_seed_done then drops the answer and its
  * reference). Re-armed for the next deadline. */
 static void seed_deadline(uv_timer_t *t)
@@ -540,9 +540,7 @@ static void seed_deadline(uv_timer_t *t)
         LOGW(MOD, "room %s: no durable head within %u ms: the seed failed (publishes answer "
              "unavailable until one comes in time)", sd->room, b->seed_timeout_ms);
         sd->timed_out = 1;
-        bus_room *rm = hmap_get(&b->rooms, sd->room);
-        if (rm) rm->seed_timed_out = now;
-        sd->status = -1;
+        sd->status = BUS_HEAD_LATE;
         sd->max_seq = 0;
         sd->epoch[0] = 0;
         seed_answered(sd); /* waiters run from the loop, as after a -1 answer */
