@@ -8,7 +8,10 @@
  * readiness changes (on_ready), the seed requests to the upper layer (one
  * per room in flight, answered waiters run from the deferral timer; with a
  * backend that can ask the room's holders first, their wait for a holder's
- * raise, polled from the seed timer and bounded) and epoch generation. */
+ * raise, polled from the seed timer and bounded; a request past its
+ * deadline stays the room's until its provider answers: the room's uses
+ * meanwhile fail at once with BUS_HEAD_LATE and send no second query, so
+ * queries do not pile up behind a stuck store) and epoch generation. */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
@@ -239,7 +242,15 @@ int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
         seed_wait **pp = &sd->waiters;
         while (*pp) pp = &(*pp)->next;
         *pp = w;
-        if (sd->answered && !w->ask) seed_answered(sd); /* no wait for the holders */
+        if (sd->timed_out) {
+            /* its query is still with the provider (Postgres stuck): no
+             * second one behind it; this use fails at once, as the first did
+             * at the deadline, until that query answers (bus_seed_done) */
+            LOGD(MOD, "room %s: its durable head is still late: unavailable", room);
+            seed_answered(sd);
+        } else if (sd->answered && !w->ask) {
+            seed_answered(sd); /* no wait for the holders */
+        }
         return 0;
     }
     sd = calloc(1, sizeof *sd);
@@ -418,7 +429,14 @@ void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch
     bus *b = sd->b;
     if (!b) { seed_unref(sd); return; } /* the bus let go of it: its waiters were answered */
     if (sd->timed_out) { /* its waiters have (or will have) the failure */
-        LOGI(MOD, "room %s: the durable head came after the seed's deadline: dropped", sd->room);
+        LOGI(MOD, "room %s: the durable head came after the seed's deadline: dropped (the "
+             "room's next use asks again)", sd->room);
+        /* with waiters queued, or left waiting for the holders (queued once
+         * they answered), defer_cb lets go of it once they ran */
+        if (!sd->queued && !sd->waiters) {
+            seed_unmap(b, sd);
+            seed_unref(sd); /* the map's */
+        }
         seed_unref(sd);
         return;
     }
@@ -522,8 +540,9 @@ static void seed_tick(uv_timer_t *t)
 
 /* The provider's deadline: a seed it has not answered in time fails with
  * BUS_HEAD_LATE (publishes answer unavailable, replays -2); it stays the
- * provider's until it answers (bus_seed_done then drops the answer and its
- * reference). Re-armed for the next deadline. */
+ * provider's, and the room's (its uses fail at once, bus_seed_get), until
+ * the provider answers (bus_seed_done then drops the answer and lets go of
+ * it). Re-armed for the next deadline. */
 static void seed_deadline(uv_timer_t *t)
 {
     bus *b = t->data;
@@ -592,10 +611,13 @@ static void defer_cb(uv_timer_t *t)
         } else if (sd->ask != SEED_ASK_DONE) {
             /* the holders have not answered: only who does not wait for them */
             seed_run_waiters(sd, sd->status, 0);
+        } else if (sd->timed_out && !sd->provided) {
+            /* past its deadline, its query still with the provider: it stays
+             * the room's until that answers (bus_seed_get: no second query) */
+            seed_run_waiters(sd, sd->status, 1);
         } else {
             /* done: out of the map before its waiters run (one that asks
-             * again gets a new request); a provider that has not answered
-             * (timed out) keeps its own reference */
+             * again gets a new request) */
             seed_unmap(b, sd);
             seed_run_waiters(sd, sd->status, 1);
             seed_unref(sd); /* the map's */

@@ -270,7 +270,11 @@ void bus_room_run_waiting(bus *b, bus_room *room, int fail);
  * waits for that too); 0: the raise of a holder (its resync, or its answer
  * to another node's ask), which asks nobody and, joining a request that
  * asked, runs as soon as history answered (two holders asking each other
- * never wait for each other). */
+ * never wait for each other). A request past its deadline stays the room's
+ * until its provider answers: bus_seed_get for the room meanwhile sends no
+ * second query (they would pile up behind a stuck store) and its fn gets
+ * BUS_HEAD_LATE at once, from the loop; the first use after that answer
+ * asks again. */
 typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char *epoch, int given);
 int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg);
 /* the backend's answers to seed_ask (others: holders besides this node
