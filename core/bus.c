@@ -272,13 +272,6 @@ int bus_known_head(const bus *b, const char *room, uint64_t *head, uint64_t *del
     return 1;
 }
 
-int bus_seed_timed_out_since(const bus *b, const char *room, uint64_t since_ms)
-{
-    if (!b || b->freeing || !room) return 0;
-    const bus_room *rm = hmap_get(&b->rooms, room);
-    return rm && rm->seed_timed_out && rm->seed_timed_out >= since_ms;
-}
-
 int bus_resume_after(bus *b, const char *room, uint64_t seq)
 {
     if (!b || b->freeing || !room) return 0;

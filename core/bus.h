@@ -97,10 +97,14 @@ int bus_publish_update(bus *b, const char *room, const char *user, const char *c
  * cb(ud, status, entries, n, head, epoch): status 0 = complete (n may be 0;
  * also when since >= head), 1 = the buffer does not reach since+1 or
  * head-since > max (n = 0; the caller falls back to history), -1 =
- * unavailable (epoch NULL). epoch is the room's current epoch. Use since =
- * UINT64_MAX to ask only for the head. The head is seeded first when the
- * bus has none (see on_seed). Entries and epoch are valid during the
- * callback only. */
+ * unavailable (epoch NULL), -2 (BUS_HEAD_LATE) = unavailable because the
+ * head had to be seeded and the durable head (on_seed) did not answer
+ * within bus_opts.seed_timeout_ms, or a query of it that timed out so is
+ * still unanswered (a caller about to read that head from the same store
+ * itself would wait for the same stuck read: otherwise as -1). epoch is
+ * the room's current epoch. Use since = UINT64_MAX to ask only for the
+ * head. The head is seeded first when the bus has none (see on_seed).
+ * Entries and epoch are valid during the callback only. */
 int bus_replay(bus *b, const char *room, uint64_t since, size_t max,
                bus_replay_cb cb, void *ud);
 /* bus_replay of since+1 .. upto only (upto >= since+1, upto - since at most
@@ -120,11 +124,6 @@ int bus_replay_upto(bus *b, const char *room, uint64_t since, uint64_t upto,
  * the room, else 0. For a welcome / join answer while a replay cannot be
  * had (Redis down). */
 int bus_known_head(const bus *b, const char *room, uint64_t *head, uint64_t *delivered);
-/* 1 when a seed of this subscribed room failed at its deadline (the durable
- * head did not come from Postgres in time: bus_opts.seed_timeout_ms) at or
- * after since_ms (mono ms), else 0: a caller that would read the same head
- * from Postgres next need not wait a second deadline for it. */
-int bus_seed_timed_out_since(const bus *b, const char *room, uint64_t since_ms);
 /* For a member that has every seq up to `seq` of a subscribed room whose
  * ordered delivery has no last seq yet (not synced since the subscription,
  * e.g. Redis down; or known only through a publish ack): delivery resumes

@@ -8,7 +8,10 @@
  * readiness changes (on_ready), the seed requests to the upper layer (one
  * per room in flight, answered waiters run from the deferral timer; with a
  * backend that can ask the room's holders first, their wait for a holder's
- * raise, polled from the seed timer and bounded) and epoch generation. */
+ * raise, polled from the seed timer and bounded; a request past its
+ * deadline stays the room's until its provider answers: the room's uses
+ * meanwhile fail at once with BUS_HEAD_LATE and send no second query, so
+ * queries do not pile up behind a stuck store) and epoch generation. */
 #define _GNU_SOURCE
 #include "bus_int.h"
 #include "log.h"
@@ -81,7 +84,7 @@ int bus_replay_span(const bus_req *r, uint64_t head, size_t max, size_t *want)
 static void req_fail(bus_req *r)
 {
     if (r->kind == BUS_REQ_PUBLISH) bus_req_publish_done(r, -1, 0, 0);
-    else bus_req_replay_done(r, -1, NULL, 0, 0, NULL);
+    else bus_req_replay_done(r, r->fail ? r->fail : -1, NULL, 0, 0, NULL);
 }
 
 void bus_req_unhold(bus_req *r)
@@ -135,8 +138,15 @@ typedef struct seed_wait {
     struct seed_wait *next;
 } seed_wait;
 
+/* A seed's lifetime is a reference count (seed_ref / seed_unref frees it at
+ * zero), one reference per holder: the bus (while it is in b->seeds; the
+ * answered list b->seeds_done is a part of that map), the provider (from
+ * on_seed until bus_seed_done), each backend ask or probe call in flight,
+ * each restore call in flight (and bus_seed_done's own while it starts
+ * them), and defer_cb while it runs the waiters. */
 struct bus_seed {
-    bus *b;                  /* NULL once the bus is freed: done only frees */
+    int refs;
+    bus *b;                  /* NULL once the bus let go of it (out of b->seeds) */
     seed_wait *waiters;      /* in arrival order */
     struct bus_seed *dnext;  /* answered list */
     int status;
@@ -148,22 +158,20 @@ struct bus_seed {
     uint64_t ids_since_ms;   /* 0: no ids to write back */
     bus_seed_id *ids;
     size_t nids, capids;
-    int restoring;           /* restore calls in flight (+1 while starting) */
+    int restoring;           /* restore calls in flight (+1 while starting): answered at 0 */
     int restore_failed;
     /* asking the room's holders first (backend seed_ask; docs/redis.md
      * "Heads, seeds and epochs"): waiters that asked (publish, replay) wait
      * for the holders' answer too; the others (a holder's own raise) run as
      * soon as the seed is answered, so that two holders asking each other
      * never wait for each other */
-    int provided;            /* bus_seed_done was called: the provider is done */
+    int provided;            /* bus_seed_done was called: no deadline any more */
     int answered;            /* provider answered, ids written back: final */
     int queued;              /* on b->seeds_done */
-    int running;             /* its waiters are being run (defer_cb): not freed meanwhile */
     int ask;                 /* SEED_ASK_* */
-    int calls;               /* backend ask or probe calls in flight */
     uint64_t ask_until;      /* mono ms: past it, the seed goes on without a raise */
     /* the provider's deadline (bus_opts.seed_timeout_ms): past it, the seed
-     * fails as a -1 answer would; the provider keeps it until it answers */
+     * fails with BUS_HEAD_LATE; the provider keeps it until it answers */
     uint64_t provide_until;  /* mono ms, 0: no deadline */
     int timed_out;           /* failed at the deadline: the late answer is dropped */
 };
@@ -186,12 +194,19 @@ static void seed_free(bus_seed *sd)
     free(sd);
 }
 
-/* a seed the bus let go of (sd->b NULL) is freed by whoever holds it last:
- * the provider, a restore call, an ask or a probe */
-static void seed_release(bus_seed *sd)
+static void seed_ref(bus_seed *sd) { sd->refs++; }
+
+static void seed_unref(bus_seed *sd)
 {
-    if (!sd->b && sd->provided && sd->calls == 0 && sd->restoring == 0 && !sd->running)
-        seed_free(sd);
+    assert(sd->refs > 0);
+    if (--sd->refs == 0) seed_free(sd);
+}
+
+/* the bus lets go of a seed: out of the map (the caller unrefs it after) */
+static void seed_unmap(bus *b, bus_seed *sd)
+{
+    if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
+    sd->b = NULL;
 }
 
 
@@ -227,7 +242,15 @@ int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
         seed_wait **pp = &sd->waiters;
         while (*pp) pp = &(*pp)->next;
         *pp = w;
-        if (sd->answered && !w->ask) seed_answered(sd); /* no wait for the holders */
+        if (sd->timed_out) {
+            /* its query is still with the provider (Postgres stuck): no
+             * second one behind it; this use fails at once, as the first did
+             * at the deadline, until that query answers (bus_seed_done) */
+            LOGD(MOD, "room %s: its durable head is still late: unavailable", room);
+            seed_answered(sd);
+        } else if (sd->answered && !w->ask) {
+            seed_answered(sd); /* no wait for the holders */
+        }
         return 0;
     }
     sd = calloc(1, sizeof *sd);
@@ -236,6 +259,7 @@ int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
         free(w);
         return -1;
     }
+    sd->refs = 1; /* the map's */
     sd->b = b;
     sd->waiters = w;
     snprintf(sd->room, sizeof sd->room, "%s", room);
@@ -256,12 +280,13 @@ int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
      * does not hold yet), history meanwhile: its answer waits for theirs */
     if (ask && b->be->seed_ask) {
         sd->ask = SEED_ASK_SENT;
-        sd->calls++;
+        seed_ref(sd); /* the call's */
         if (b->be->seed_ask(b, sd) != 0) {
-            sd->calls--;
             sd->ask = SEED_ASK_DONE;
+            seed_unref(sd);
         }
     }
+    seed_ref(sd); /* the provider's, until bus_seed_done */
     b->h.on_seed(b->ud, sd->room, sd); /* may answer at once: deferred below */
     return 0;
 }
@@ -346,19 +371,24 @@ static void seed_answered(bus_seed *sd)
     if (!uv_is_active((uv_handle_t *)&b->defer)) uv_timer_start(&b->defer, defer_cb, 0, 0);
 }
 
-void bus_seed_restore_hold(bus_seed *sd) { sd->restoring++; }
+void bus_seed_restore_hold(bus_seed *sd)
+{
+    sd->restoring++;
+    seed_ref(sd);
+}
 
 void bus_seed_restore_unhold(bus_seed *sd)
 {
     assert(sd->restoring > 1);   /* bus_seed_done's own hold is still there */
     sd->restoring--;
+    seed_unref(sd);
 }
 
-void bus_seed_restored(bus_seed *sd, int ok)
+/* the last of the restore calls (and bus_seed_done's own hold) answers the
+ * seed, unless the bus let go of it (its waiters were answered) */
+static void seed_restores_done(bus_seed *sd)
 {
-    if (!ok) sd->restore_failed = 1;
-    if (--sd->restoring > 0) return;
-    if (!sd->b) { seed_release(sd); return; } /* the bus is gone: its waiters were answered */
+    if (!sd->b) return;
     if (sd->restore_failed) {
         LOGW(MOD, "room %s: its client ids could not be written back to Redis: the seed failed "
              "(publishes answer unavailable until a retry succeeds)", sd->room);
@@ -369,6 +399,13 @@ void bus_seed_restored(bus_seed *sd, int ok)
     seed_answered(sd);
 }
 
+void bus_seed_restored(bus_seed *sd, int ok)
+{
+    if (!ok) sd->restore_failed = 1;
+    if (--sd->restoring == 0) seed_restores_done(sd);
+    seed_unref(sd);
+}
+
 /* the provider answered: restore ids, answer (those waiting for the
  * holders wait on) */
 static void seed_go_on(bus_seed *sd)
@@ -377,7 +414,7 @@ static void seed_go_on(bus_seed *sd)
     if (sd->status == 0 && sd->restore && sd->nids) {
         /* the stored client ids go back first (docs/redis.md): no call of
          * this node seeds the head (mode 'Y') before they are written */
-        sd->restoring = 1;
+        bus_seed_restore_hold(sd); /* this call's own, while it starts them */
         if (b->be->restore_ids(b, sd) != 0) sd->restore_failed = 1;
         bus_seed_restored(sd, 1);
         return;
@@ -390,9 +427,17 @@ void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch
     if (!sd) return;
     sd->provided = 1;
     bus *b = sd->b;
-    if (!b) { seed_release(sd); return; } /* the bus is gone: its waiters were answered */
+    if (!b) { seed_unref(sd); return; } /* the bus let go of it: its waiters were answered */
     if (sd->timed_out) { /* its waiters have (or will have) the failure */
-        LOGI(MOD, "room %s: the durable head came after the seed's deadline: dropped", sd->room);
+        LOGI(MOD, "room %s: the durable head came after the seed's deadline: dropped (the "
+             "room's next use asks again)", sd->room);
+        /* with waiters queued, or left waiting for the holders (queued once
+         * they answered), defer_cb lets go of it once they ran */
+        if (!sd->queued && !sd->waiters) {
+            seed_unmap(b, sd);
+            seed_unref(sd); /* the map's */
+        }
+        seed_unref(sd);
         return;
     }
     if (status == 0 && (!epoch || !*epoch || strlen(epoch) > BUS_EPOCH_MAX)) {
@@ -404,6 +449,7 @@ void bus_seed_done(bus_seed *sd, int status, uint64_t max_seq, const char *epoch
     snprintf(sd->epoch, sizeof sd->epoch, "%s", status == 0 ? epoch : "");
     if (status != 0) LOGW(MOD, "room %s: durable head unavailable", sd->room);
     seed_go_on(sd);
+    seed_unref(sd); /* the provider's */
 }
 
 /* the holders' part is over: once answered, the waiters that waited for it run */
@@ -418,28 +464,33 @@ static void seed_ask_done(bus_seed *sd)
  * waits; else the head is probed until one of them raised it. */
 void bus_seed_asked(bus_seed *sd, long others)
 {
-    sd->calls--;
-    if (!sd->b) { seed_release(sd); return; }
-    if (others <= 0) {
+    if (!sd->b) {
+        /* the bus let go of it */
+    } else if (others <= 0) {
         seed_ask_done(sd);
-        return;
+    } else {
+        LOGI(MOD, "room %s: %ld other node(s) hold it: waiting for them to raise its head to "
+             "what they delivered", sd->room, others);
+        sd->ask = SEED_ASK_POLL;
+        sd->ask_until = mono_ms() + SEED_WAIT_MS;
+        seed_arm(sd->b);
     }
-    LOGI(MOD, "room %s: %ld other node(s) hold it: waiting for them to raise its head to what "
-         "they delivered", sd->room, others);
-    sd->ask = SEED_ASK_POLL;
-    sd->ask_until = mono_ms() + SEED_WAIT_MS;
-    seed_arm(sd->b);
+    seed_unref(sd); /* the call's */
 }
 
 /* The backend's answer to seed_probe: found 1 when the room's head is
  * there (valid for this Redis run): a holder raised it. */
 void bus_seed_probed(bus_seed *sd, int found)
 {
-    sd->calls--;
-    if (!sd->b) { seed_release(sd); return; }
-    if (!found) { sd->ask = SEED_ASK_POLL; return; }
-    LOGI(MOD, "room %s: a node that holds it raised its head", sd->room);
-    seed_ask_done(sd);
+    if (!sd->b) {
+        /* the bus let go of it */
+    } else if (!found) {
+        sd->ask = SEED_ASK_POLL;
+    } else {
+        LOGI(MOD, "room %s: a node that holds it raised its head", sd->room);
+        seed_ask_done(sd);
+    }
+    seed_unref(sd); /* the call's */
 }
 
 static int collect_polling(void *arg, const char *key, void *val)
@@ -474,10 +525,10 @@ static void seed_tick(uv_timer_t *t)
             continue;
         }
         sd->ask = SEED_ASK_PROBE;
-        sd->calls++;
+        seed_ref(sd); /* the call's */
         if (b->be->seed_probe(b, sd) != 0) {
-            sd->calls--;
             sd->ask = SEED_ASK_POLL;
+            seed_unref(sd);
         }
     }
     free(list);
@@ -487,10 +538,11 @@ static void seed_tick(uv_timer_t *t)
     if (!any) uv_timer_stop(t);
 }
 
-/* The provider's deadline: a seed it has not answered in time fails as if
- * it answered -1 (publishes answer unavailable, replays -1); it stays the
- * provider's until it answers (bus_seed_done then drops the answer, and
- * frees it once the bus let go of it). Re-armed for the next deadline. */
+/* The provider's deadline: a seed it has not answered in time fails with
+ * BUS_HEAD_LATE (publishes answer unavailable, replays -2); it stays the
+ * provider's, and the room's (its uses fail at once, bus_seed_get), until
+ * the provider answers (bus_seed_done then drops the answer and lets go of
+ * it). Re-armed for the next deadline. */
 static void seed_deadline(uv_timer_t *t)
 {
     bus *b = t->data;
@@ -507,9 +559,7 @@ static void seed_deadline(uv_timer_t *t)
         LOGW(MOD, "room %s: no durable head within %u ms: the seed failed (publishes answer "
              "unavailable until one comes in time)", sd->room, b->seed_timeout_ms);
         sd->timed_out = 1;
-        bus_room *rm = hmap_get(&b->rooms, sd->room);
-        if (rm) rm->seed_timed_out = now;
-        sd->status = -1;
+        sd->status = BUS_HEAD_LATE;
         sd->max_seq = 0;
         sd->epoch[0] = 0;
         seed_answered(sd); /* waiters run from the loop, as after a -1 answer */
@@ -519,28 +569,25 @@ static void seed_deadline(uv_timer_t *t)
 
 bus *bus_seed_bus(const bus_seed *sd) { return sd->b; }
 
-/* bus_free: every waiter gets -1 now (b->freeing is set); requests still
- * with the provider are left to it (bus_seed_done then frees them). */
+/* bus_free: every waiter gets -1 now (b->freeing is set), answered ones
+ * first; the bus lets go of every seed (whoever else holds one, the
+ * provider, a restore, an ask or a probe, frees it with its reference). */
 static void seeds_cancel(bus *b)
 {
-    /* answered ones first: they are in the map too, and let go here (an
-     * ask or probe in flight frees it) */
     while (b->seeds_done) {
         bus_seed *sd = b->seeds_done;
         b->seeds_done = sd->dnext;
-        if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
+        sd->queued = 0;
+        seed_unmap(b, sd);
         seed_run_waiters(sd, -1, 1);
-        sd->b = NULL;
-        seed_release(sd);
+        seed_unref(sd); /* the map's */
     }
     for (size_t i = 0; i < b->seeds.cap; i++) {
         if (!hmap_live(&b->seeds, i)) continue;
         bus_seed *sd = b->seeds.slots[i].val;
-        /* the provider, a restore, an ask or a probe may still have it: the
-         * last of them frees it (or nobody has it: freed now) */
         sd->b = NULL;
         seed_run_waiters(sd, -1, 1);
-        seed_release(sd);
+        seed_unref(sd); /* the map's */
     }
     hmap_free(&b->seeds);
 }
@@ -553,28 +600,29 @@ static void defer_cb(uv_timer_t *t)
     b->seeds_done = NULL;
     while (sl) { bus_seed *n = sl->dnext; sl->dnext = rev; rev = sl; sl = n; }
     /* (a waiter's callback may free the bus: bus_free then lets go of the
-     * seeds still listed here, freed below) */
-    for (bus_seed *x = rev; x; x = x->dnext) x->running = 1;
+     * seeds still listed here; this loop's references keep them) */
+    for (bus_seed *x = rev; x; x = x->dnext) seed_ref(x);
     while (rev) {
         bus_seed *sd = rev;
         rev = sd->dnext;
         sd->queued = 0;
-        if (sd->b && sd->ask != SEED_ASK_DONE) {
+        if (!sd->b) {
+            /* the bus let go of it: its waiters were answered -1 */
+        } else if (sd->ask != SEED_ASK_DONE) {
             /* the holders have not answered: only who does not wait for them */
             seed_run_waiters(sd, sd->status, 0);
-            sd->running = 0;
-            if (!sd->b) seed_release(sd);
-            continue;
+        } else if (sd->timed_out && !sd->provided) {
+            /* past its deadline, its query still with the provider: it stays
+             * the room's until that answers (bus_seed_get: no second query) */
+            seed_run_waiters(sd, sd->status, 1);
+        } else {
+            /* done: out of the map before its waiters run (one that asks
+             * again gets a new request) */
+            seed_unmap(b, sd);
+            seed_run_waiters(sd, sd->status, 1);
+            seed_unref(sd); /* the map's */
         }
-        if (!sd->b) { sd->running = 0; seed_release(sd); continue; } /* its waiters were answered -1 */
-        if (hmap_get(&b->seeds, sd->room) == sd) hmap_del(&b->seeds, sd->room);
-        /* timed out (seed_deadline): the provider still has it and frees it
-         * when it answers (running keeps it while its waiters run) */
-        if (!sd->provided) sd->b = NULL;
-        seed_run_waiters(sd, sd->status, 1);
-        sd->running = 0;
-        if (sd->b) seed_free(sd);
-        else seed_release(sd);
+        seed_unref(sd); /* this loop's */
     }
     bus_req *d = b->deferred;
     b->deferred = NULL;

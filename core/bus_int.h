@@ -62,8 +62,6 @@ typedef struct bus_room {
                               * since the subscription): the first message
                               * that arrives sets last */
     int fetching;            /* a range fetch is in flight */
-    uint64_t seed_timed_out; /* mono ms a seed of the room last failed at its
-                              * deadline (bus_seed_timed_out_since), 0: never */
     int busy;                /* inside a delivery loop: do not free */
     bus_req *waiting;        /* replays waiting for the sync */
 } bus_room;
@@ -99,6 +97,8 @@ struct bus_req {
     uint64_t seed;
     char epoch[BUS_EPOCH_MAX + 1];
     int skip_ranges;         /* replay: range replies of a round that needed a seed */
+    int fail;                /* replay: the status it fails with (0: -1; BUS_HEAD_LATE
+                              * when its seed did not get the durable head in time) */
     /* message updates (bus_update.c): the state step and its answer */
     struct bus_upd *upd;     /* NULL for a plain message */
     bus_update_cb ucb;
@@ -256,7 +256,10 @@ void bus_room_run_waiting(bus *b, bus_room *room, int fail);
 
 /* Seeding. fn(arg, status, max_seq, epoch, given) is called exactly once,
  * never inside bus_seed_get: 0 with the provider's answer, -1 when it
- * failed or the bus is being freed (b->freeing set: only release arg).
+ * failed or the bus is being freed (b->freeing set: only release arg),
+ * BUS_HEAD_LATE (-2) when the provider did not answer within the deadline
+ * (bus_opts.seed_timeout_ms; a failure as -1 otherwise: a replay that
+ * waited for it fails with it, r->fail, a publish with -1).
  * given: the seed mode of the waiter's next script call, BUS_SEED_GIVEN
  * (client ids were written back first) or BUS_SEED_GIVEN_EMPTY (the seed
  * had none). Waiters of one room share one on_seed request. Returns -1 (fn
@@ -267,7 +270,11 @@ void bus_room_run_waiting(bus *b, bus_room *room, int fail);
  * waits for that too); 0: the raise of a holder (its resync, or its answer
  * to another node's ask), which asks nobody and, joining a request that
  * asked, runs as soon as history answered (two holders asking each other
- * never wait for each other). */
+ * never wait for each other). A request past its deadline stays the room's
+ * until its provider answers: bus_seed_get for the room meanwhile sends no
+ * second query (they would pile up behind a stuck store) and its fn gets
+ * BUS_HEAD_LATE at once, from the loop; the first use after that answer
+ * asks again. */
 typedef void (*bus_seed_fn)(void *arg, int status, uint64_t max_seq, const char *epoch, int given);
 int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg);
 /* the backend's answers to seed_ask (others: holders besides this node

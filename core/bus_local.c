@@ -275,12 +275,15 @@ static void seeded_cb(void *arg, int status, uint64_t max_seq, const char *epoch
         snprintf(lr->epoch, sizeof lr->epoch, "%s", epoch);
         lr->seeded = 1;
     }
-    while (p) { /* in arrival order; failed (-1) when there is no head */
+    while (p) { /* in arrival order; failed (-1, a replay -2 when the head came late) when
+                 * there is no head */
         lop *op = p;
         p = p->next;
         op->next = NULL;
-        if (lr->seeded && !b->freeing) run_op(L, op);
-        else { bus_req_unhold(op->r); free(op); }
+        if (lr->seeded && !b->freeing) { run_op(L, op); continue; }
+        if (status == BUS_HEAD_LATE) op->r->fail = status;
+        bus_req_unhold(op->r);
+        free(op);
     }
 }
 

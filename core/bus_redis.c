@@ -225,6 +225,7 @@ static void replay_seeded(void *arg, int status, uint64_t max_seq, const char *e
     bus *b = r->b;
     busr *R = b->impl;
     if (status != 0 || b->freeing) {
+        if (status == BUS_HEAD_LATE) r->fail = status; /* the caller learns why */
         bus_req_unhold(r);
         return;
     }

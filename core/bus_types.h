@@ -88,10 +88,14 @@ typedef struct bus_opts {
     uint32_t redis_linger_ms;  /* Redis mode: redis_client_opts.linger_ms */
     uint32_t seed_timeout_ms;  /* with on_seed: how long a seed request waits
                                 * for the provider's answer; past it, it fails
-                                * as a -1 answer would, and the late answer is
-                                * dropped (0: no bound; chatd passes
+                                * (publish -1, replay BUS_HEAD_LATE), and the
+                                * late answer is dropped (0: no bound; chatd passes
                                 * srv_read_deadline_ms()) */
 } bus_opts;
+
+/* A replay's status (bus.h bus_replay) when its head had to be seeded and
+ * on_seed did not answer within seed_timeout_ms. */
+enum { BUS_HEAD_LATE = -2 };
 
 /* Answers on_seed: status 0 with the highest seq durably stored in the
  * room (0 when none) and its epoch (1..BUS_EPOCH_MAX bytes, stable while

@@ -64,8 +64,6 @@ typedef struct join_op {
     uint64_t pg_from;       /* mono ms of the replay's first Postgres read (0: none
                              * yet): its reads and wait end by srv_read_deadline_ms()
                              * after it (op_pg_left) */
-    uint64_t started;       /* mono ms the join began (head_fallback: a seed that
-                             * timed out since) */
     int reading;            /* a Postgres read of the replay is in flight, its
                              * deadline armed on wait (op_read_begin) */
     join_end read_end;      /* how the replay ends if that read is late */
@@ -687,17 +685,18 @@ static void on_fallback_head(void *ud, int status, uint64_t max_seq, const char 
  * With since, seq > since is replayed from Postgres (fallback_replay);
  * unavailable when Postgres cannot answer either, or when what follows the
  * replay may not reach the member (join_judge: resume_delivery_after). */
-static void head_fallback(join_op *op)
+static void head_fallback(join_op *op, int head_late)
 {
     uint64_t h;
     if (bus_known_head(g_srv.bus, op->cr->r->name, &h, &op->delivered)) {
         op->head_known = 1;
         if (h > op->head) op->head = h;
     }
-    /* the replay failed because the bus's seed did not get this very head
-     * from Postgres in time: asking again would wait a second deadline for
-     * the same stuck read (the join answers within one) */
-    if (g_srv.store && !bus_seed_timed_out_since(g_srv.bus, op->cr->r->name, op->started) &&
+    /* head_late: the replay failed because the bus's seed did not get this
+     * very head from Postgres in time (BUS_HEAD_LATE): asking again would
+     * wait a second deadline for the same stuck read (the join answers
+     * within one) */
+    if (g_srv.store && !head_late &&
         op_read_begin(op, unanswered_end(op)) == 0) {
         if (store_head(g_srv.store, op->cr->r->name, on_fallback_head, op) == 0) return;
         op_read_refused(op);
@@ -757,7 +756,7 @@ static void on_store_rows(void *ud, int status, const store_row *rows, size_t n)
      * Redis cannot answer now, as a replay without it (head_fallback) */
     if (bus_replay(g_srv.bus, op->cr->r->name, op->since, (size_t)g_srv.cfg.replay_max, on_replay,
                    op) < 0)
-        head_fallback(op);
+        head_fallback(op, 0);
 }
 
 static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64_t head,
@@ -802,7 +801,7 @@ static void on_replay(void *ud, int status, const bus_entry *e, size_t n, uint64
             end = END_PAST_BUFFER;
         }
     } else {
-        head_fallback(op);
+        head_fallback(op, status == BUS_HEAD_LATE);
         return;
     }
     join_stage2(op, end);
@@ -886,13 +885,12 @@ int chat_join(conn *c, const char *name, int has_since, uint64_t since, const ch
     op->first = first;
     op->has_since = has_since;
     op->since = op->since0 = since;
-    op->started = mono_ms();
     op->refs = 1;
     start_read_lookup(c, op);
     if (has_since && epoch) snprintf(op->want_epoch, sizeof op->want_epoch, "%s", epoch);
     if (bus_replay(g_srv.bus, r->name, has_since ? since : UINT64_MAX, (size_t)g_srv.cfg.replay_max,
                    on_replay, op) < 0)
-        head_fallback(op);
+        head_fallback(op, 0);
     return 0;
 }
 

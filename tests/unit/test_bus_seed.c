@@ -971,10 +971,11 @@ static void test_seed_free_pending(const char *url)
 }
 
 /* A provider that does not answer (Postgres stuck behind a lock): at the
- * deadline (bus_opts.seed_timeout_ms) the seed fails as a -1 answer would:
- * the publish and the replay waiting for it get -1, never a hang; the room
- * seeds again at its next use; the late answer is dropped and frees the
- * request (ASan), also once the bus is gone. */
+ * deadline (bus_opts.seed_timeout_ms) the seed fails: the publish waiting
+ * for it gets -1, the replay BUS_HEAD_LATE (-2: its caller does not read
+ * the same head from Postgres again), never a hang; the late answer is
+ * dropped and frees the request (ASan), also once the bus is gone; the
+ * room seeds again at its next use after it. */
 static void test_seed_deadline(const char *url)
 {
     char room[80], room2[80];
@@ -993,10 +994,13 @@ static void test_seed_deadline(const char *url)
     CHECK(!p.done && !r.done, "waiting for the provider before the deadline");
     WAIT(p.done && r.done, 3000);
     uint64_t took = mono_ms() - t0;
-    CHECK(p.done == 1 && p.status == -1 && r.done == 1 && r.status == -1,
-          "both answered -1 at the deadline (%d %d)", p.status, r.status);
+    CHECK(p.done == 1 && p.status == -1 && r.done == 1 && r.status == BUS_HEAD_LATE,
+          "publish -1, replay -2 at the deadline (%d %d)", p.status, r.status);
     CHECK(took >= 250 && took < 2000, "at the deadline (%" PRIu64 " ms)", took);
     CHECK(a->nseeds == 1 && a->nheld == 1, "one request, still with the provider (%d)", a->nheld);
+    seed_answer(a); /* the late answer: dropped, the request freed */
+    spin(50);
+    CHECK(p.done == 1 && r.done == 1, "answered once");
     /* the next use asks again (answered at once now) */
     a->seed_hold = 0;
     pubres p2;
@@ -1004,13 +1008,6 @@ static void test_seed_deadline(const char *url)
     WAIT(p2.done, 3000);
     CHECK(p2.status == 0 && p2.seq == 6 && a->nseeds == 2, "seeded again: seq 6 (%d %" PRIu64 ")",
           p2.status, p2.seq);
-    seed_answer(a); /* the late answer: dropped, the request freed */
-    spin(50);
-    pubres p3;
-    pub(a, room, NULL, "z", &p3);
-    WAIT(p3.done, 3000);
-    CHECK(p.done == 1 && p3.status == 0 && p3.seq == 7, "the late answer changed nothing (%" PRIu64 ")",
-          p3.seq);
     /* timed out, then the bus freed, then the late answer */
     a->seed_hold = 1;
     pubres q;
@@ -1023,6 +1020,48 @@ static void test_seed_deadline(const char *url)
     settle();
     CHECK(q.done == 1, "once");
     free(a);
+}
+
+/* A provider stuck for longer than the deadline (Postgres behind a lock):
+ * the room's uses after the deadline do not pile more queries on it (the
+ * store queues thousands of reads): while the one that timed out is still
+ * with the provider, they fail at once (publish -1, replay BUS_HEAD_LATE),
+ * well within the deadline, and it gets no second query; once it answered
+ * (late, dropped) the next use asks again and succeeds. */
+static void test_seed_late_once(const char *url)
+{
+    char room[80];
+    mkroom(room, sizeof room, url ? "seedlate" : "seedlatel");
+    node *a = node_new_seeded_dl("SL", url, 5, "ep-l", 500);
+    if (url) wait_ready(a);
+    a->seed_hold = 1;
+    pubres p;
+    pub(a, room, NULL, "x", &p);
+    WAIT(p.done, 3000);
+    CHECK(p.status == -1 && a->nseeds == 1 && a->nheld == 1, "timed out (%d, %d queries)",
+          p.status, a->nseeds);
+    for (int i = 0; i < 3; i++) {
+        uint64_t t0 = mono_ms();
+        pubres q;
+        repres r;
+        pub(a, room, NULL, "y", &q);
+        replay(a, room, 2, 10, &r);
+        WAIT(q.done && r.done, 3000);
+        uint64_t took = mono_ms() - t0;
+        CHECK(q.status == -1 && r.status == BUS_HEAD_LATE && took < 400,
+              "use %d after the deadline: unavailable at once (%d %d, %" PRIu64 " ms)", i, q.status,
+              r.status, took);
+    }
+    CHECK(a->nseeds == 1 && a->nheld == 1, "one query to the provider (%d)", a->nseeds);
+    seed_answer(a); /* Postgres answers again: the late answer is dropped */
+    a->seed_hold = 0;
+    pubres p2;
+    pub(a, room, NULL, "z", &p2);
+    WAIT(p2.done, 3000);
+    CHECK(p2.status == 0 && p2.seq == 6 && a->nseeds == 2, "the next use seeds: seq 6 (%d %" PRIu64 ")",
+          p2.status, p2.seq);
+    node_free(a);
+    settle();
 }
 
 /* Without a provider: a room's epoch is created with its seq key, stays,
@@ -1102,6 +1141,7 @@ int main(void)
     test_local_seed();
     test_seed_free_pending(NULL);
     test_seed_deadline(NULL);
+    test_seed_late_once(NULL);
     int have_redis = harness_redis();
     if (have_redis) {
         test_missed_while_down(1000, 5);
@@ -1121,6 +1161,7 @@ int main(void)
         test_seed_asks_holders();
         test_seed_holder_silent();
         test_seed_deadline(rurl);
+        test_seed_late_once(rurl);
         test_epoch_redis();
     }
     return harness_end("test_bus_seed", have_redis);
