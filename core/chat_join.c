@@ -13,9 +13,10 @@
  * past it, the join answers unavailable and the late answer only frees.
  * A replay that failed because the bus's seed timed out (Postgres did not
  * give the durable head in time) reads no head from Postgres again.
- * A join answered with "read_seq":null (its lookup did not answer in time)
- * keeps its op on the membership until a later lookup tells the connection
- * its read_seq (late_read_seq).
+ * A join answered with "read_seq":0,"read_seq_pending":true (its lookup
+ * did not answer in time: the 0 is a placeholder, never stored) keeps its
+ * op on the membership until a later lookup tells the connection its
+ * read_seq (late_read_seq).
  * Layer: with chat (uses conn, room, bus, store, presence, script). */
 #define _GNU_SOURCE
 #include "chat_join.h"
@@ -73,7 +74,7 @@ typedef struct join_op {
                              * initialized, then the op is freed through its
                              * uv_close) */
     int wait_init;
-    int late;               /* the join was answered without read_seq: looking it up again */
+    int late;               /* the join was answered read_seq_pending: looking it up again */
     backoff late_bo;        /* late_read_seq's delays */
     uint64_t head;
     msg **msgs;             /* replayed frames, in seq order */
@@ -132,12 +133,15 @@ static void op_release(join_op *op)
     if (--op->refs <= 0) join_op_free(op);
 }
 
-/* ", \"read_seq\":N"; null when the lookup did not answer in time (the
- * connection is told later: late_read_seq) */
+/* ", \"read_seq\":N". When the lookup did not answer in time: 0 and
+ * "read_seq_pending":true (the value is unknown; an integer all the same, as
+ * the contract types it, so that strictly typed clients still decode the
+ * frame; the connection is told the value later: late_read_seq). The 0 is
+ * only written here: op->read_seq stays unset and nothing is stored. */
 static void read_seq_field(char *b, size_t n, const join_op *op)
 {
     if (op->rs_known) snprintf(b, n, ",\"read_seq\":%" PRIu64, op->read_seq);
-    else snprintf(b, n, ",\"read_seq\":null");
+    else snprintf(b, n, ",\"read_seq\":0,\"read_seq_pending\":true");
 }
 
 /* Starts the op's timer (store_wait, late_read_seq). 0, or -1 when it
@@ -379,9 +383,9 @@ static void on_late_timer(uv_timer_t *t)
     }
 }
 
-/* The join was answered with "read_seq":null (the database did not answer
- * its lookup in time): the membership keeps the op, which looks the read
- * state up again after a delay (the core backoff, 0.5 s growing to 30 s)
+/* The join was answered with "read_seq_pending":true (the database did
+ * not answer its lookup in time): the membership keeps the op, which looks
+ * the read state up again after a delay (the core backoff, 0.5 s growing to 30 s)
  * until it answers, then tells the connection as the user's own read
  * receipt ({"type":"read",...,"user":<self>}: what a client already applies
  * to its read position), or until the member leaves (join_cancel). 1 when
@@ -839,7 +843,7 @@ static void start_read_lookup(conn *c, join_op *op)
     op->rs_pending = 1;
     op->refs++;
     if (readstate_lookup(c->ident.user, op->cr->r->name, on_read_lookup, op) < 0) {
-        op->rs_pending = 0;         /* store not ready: read_seq left out */
+        op->rs_pending = 0;         /* store not ready: read_seq pending (told later) */
         op->refs--;
     }
 }

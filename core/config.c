@@ -58,7 +58,7 @@ static const opt OPTS[] = {
     {"--workers", "CHAT_WORKERS", K_INT, O(workers), "1", "worker processes sharing the port (SO_REUSEPORT), each a node <node-id>-w<i>; >1 needs CHAT_REDIS_URL", 1, CONFIG_WORKERS_MAX},
     {"--worker-port", "CHAT_WORKER_PORT", K_INT, O(worker_port), "0", "with --workers: worker i also listens alone on this port + i (its /metrics); 0 = listen port + 1", 0, CONFIG_INT_MAX},
     {"--read-batch-ms", "CHAT_READ_BATCH_MS", K_INT, O(read_batch_ms), "5", "read state: wait (ms) for more read marks before one batched write", 0, CONFIG_INT_MAX},
-    {"--read-lookup-timeout-ms", "CHAT_READ_LOOKUP_TIMEOUT_MS", K_INT, O(read_lookup_timeout_ms), "2000", "a join waits this long for its read_seq (then answers read_seq null and tells it later)", 0, CONFIG_INT_MAX},
+    {"--read-lookup-timeout-ms", "CHAT_READ_LOOKUP_TIMEOUT_MS", K_INT, O(read_lookup_timeout_ms), "2000", "a join waits this long for its read_seq (then answers read_seq 0 with read_seq_pending true and tells it later)", 0, CONFIG_INT_MAX},
     {"--retention-interval-ms", "CHAT_RETENTION_INTERVAL_MS", K_INT, O(retention_interval_ms), "60000", "history retention: time between the starts of two passes", 0, CONFIG_INT_MAX},
     {"--retention-batch", "CHAT_RETENTION_BATCH", K_INT, O(retention_batch), "500", "history retention: most rows deleted per statement", 0, CONFIG_INT_MAX},
     {"--retention-batch-ms", "CHAT_RETENTION_BATCH_MS", K_INT, O(retention_batch_ms), "100", "history retention: pause (ms) between two statements of a pass", 0, CONFIG_INT_MAX},

@@ -417,7 +417,7 @@ static void on_lookup_timeout(uv_timer_t *t)
 {
     lbatch *b = t->data;
     if (b->answered) return;
-    LOGW(MOD, "read state lookup of %zu joins got no answer within %d ms: joins go on with read_seq null",
+    LOGW(MOD, "read state lookup of %zu joins got no answer within %d ms: joins go on with read_seq pending",
          b->n, R.lookup_timeout_ms);
     metric_inc(R.m_lookup_timeouts);
     lbatch_answer(b, NULL, -1);
@@ -563,7 +563,7 @@ void readstate_init(uv_loop_t *loop, store *s, bus *b, const readstate_opts *o)
     R.m_failed = metrics_counter("chat_read_marks_failed_total", "Read marks that could not be stored (answered unavailable)", NULL);
     R.m_receipts = metrics_counter("chat_read_receipts_total", "Read receipts broadcast by this node", NULL);
     R.m_lookup_timeouts = metrics_counter("chat_read_lookup_timeouts_total",
-                                          "Join read-state lookups answered without read_seq (database too slow)", NULL);
+                                          "Join read-state lookups not answered in time: joins answered read_seq_pending (database too slow)", NULL);
     R.m_batch_rows = metrics_histogram("chat_read_batch_rows", "Read marks per committed batch", NULL,
                                        ROW_BUCKETS, (int)(sizeof ROW_BUCKETS / sizeof ROW_BUCKETS[0]));
     R.timer = malloc(sizeof *R.timer);

@@ -8,7 +8,7 @@
 // "message updates"). Page parameters: ?nodes=ws://a,ws://b  ?rooms=a,b  ?token=JWT
 // ?name=Display+Name (skips the prompt)  ?ttl=seconds (dev token lifetime).
 
-import { ChatdClient, httpBaseFromWs } from './chatd-client.js';
+import { ChatdClient, httpBaseFromWs, frameReadSeq } from './chatd-client.js';
 
 const params = new URLSearchParams(location.search);
 const list = (v) => (v || '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -503,13 +503,15 @@ function wireReadState() {
   // /rooms/unread lists it and its messages stay unread; only a room that list does not name
   // is marked read at its first join (before, a reload cleared the badge of a room joined
   // empty and never opened). When the list cannot be read, nothing is marked.
-  // A join answered "read_seq": null (the server could not read the read state in time) decides
-  // nothing yet: the value follows as this user's own receipt ('read_state' above), and the
-  // first-join decision is taken then, with the head the join announced.
+  // A join answered "read_seq_pending": true (the server could not read the read state in time;
+  // its read_seq 0 is a placeholder, not "never read": frameReadSeq gives null) decides nothing
+  // yet: the value follows as this user's own receipt ('read_state' above), and the first-join
+  // decision is taken then, with the head the join announced.
   const joined = (f) => {
     const r = rooms.get(f.room);
     if (!r) return;
-    if (!r.joinedBefore && (f.read_seq === null || f.read_seq === undefined)) {
+    const readSeq = frameReadSeq(f);
+    if (!r.joinedBefore && readSeq === null) {
       // the head of the page's first join, not of a rejoin's (a reconnect before the value
       // came): what was said between them stays unread
       if (r.firstJoinSeq === undefined) r.firstJoinSeq = f.seq;
@@ -518,8 +520,8 @@ function wireReadState() {
     }
     const first = !r.joinedBefore;
     r.joinedBefore = true;
-    if (first && f.read_seq === 0 && f.seq === 0) client.startReadState(f.room);
-    if (first && f.read_seq === 0 && f.seq > 0 && f.room !== active) markReadIfNeverJoined(f.room, f.seq);
+    if (first && readSeq === 0 && f.seq === 0) client.startReadState(f.room);
+    if (first && readSeq === 0 && f.seq > 0 && f.room !== active) markReadIfNeverJoined(f.room, f.seq);
     refreshUnread();
   };
   const markReadIfNeverJoined = async (room, seq) => {

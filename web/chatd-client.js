@@ -55,6 +55,16 @@ export function httpBaseFromWs(wsUrl) {
   return trimSlash(wsUrl).replace(/^ws(s?):\/\//i, 'http$1://');
 }
 
+// The read seq a welcome or join answer (presence_state) states, or null when it is unknown: the
+// server could not read the read state in time and says "read_seq": 0 with
+// "read_seq_pending": true (an integer all the same, for strictly typed clients); the value
+// follows as the user's own read receipt. A null read_seq (what chatd sent there before) is
+// unknown too.
+export function frameReadSeq(f) {
+  if (!f || f.read_seq_pending === true || f.read_seq === undefined || f.read_seq === null) return null;
+  return f.read_seq;
+}
+
 export class ChatdClient {
   constructor(opts = {}) {
     if (!Array.isArray(opts.urls) || opts.urls.length === 0) {
@@ -556,7 +566,7 @@ export class ChatdClient {
       if (this._ws === ws && Date.now() - this._lastRx > deadAfter) this._lost(ws, 'server silent');
     }, Math.min(hb, 5000));
     this._setState('open', { node: f.node, user: f.user });
-    this._onReadSeq(room, f.read_seq);
+    this._onReadSeq(room, frameReadSeq(f));
     this._emit('welcome', f);
     this._flushRead(room);
     this._scheduleRefresh();
@@ -570,7 +580,7 @@ export class ChatdClient {
 
   _onPresenceState(f) {
     this._onHead(f.room, f);
-    this._onReadSeq(f.room, f.read_seq);
+    this._onReadSeq(f.room, frameReadSeq(f));
     this._emit('presence_state', f);
     this._flushRead(f.room);
   }
@@ -734,8 +744,8 @@ export class ChatdClient {
 
   // A read seq the server stated (welcome, join answer, read_ack, our own receipt): it only
   // moves forward; 'read_state' tells the app. When it was unknown until now (a join answered
-  // "read_seq": null, the value came later as our own receipt), a read asked for meanwhile is
-  // sent now (_flushRead waits for a known read seq).
+  // "read_seq_pending": true, frameReadSeq; the value came later as our own receipt), a read
+  // asked for meanwhile is sent now (_flushRead waits for a known read seq).
   _onReadSeq(room, v) {
     const st = this._rooms.get(room);
     const n = Number(v);

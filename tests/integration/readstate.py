@@ -121,15 +121,17 @@ async def read_monotonic_durable_clamped_and_in_welcome():
 
 
 @test(timeout=60, needs=NEEDS)
-async def read_seq_null_when_its_lookup_does_not_answer_then_told():
+async def read_seq_pending_when_its_lookup_does_not_answer_then_told():
     """The read state lookup of a join does not answer within
     CHAT_READ_LOOKUP_TIMEOUT_MS (read_state held in ACCESS EXCLUSIVE mode):
-    welcome and the join answer say "read_seq": null (unknown right now;
-    before, the field was left out, against the contract's "carry
-    read_seq"), without waiting longer; once Postgres answers, the
-    connection is told the stored value as the user's own read receipt,
-    which clients already apply to their read position (before: never, the
-    client went on without it)."""
+    welcome and the join answer say "read_seq": 0 with "read_seq_pending":
+    true (unknown right now, yet an integer as the contract types it: a
+    strictly typed client, Swift Int, Kotlin Int, Rust u64, still decodes
+    the frame; before, "read_seq": null, which it cannot decode), without
+    waiting longer; once Postgres answers, the connection is told the
+    stored value as the user's own read receipt, which clients already
+    apply to their read position. The placeholder 0 is never stored: the
+    read state is still 2 after."""
     n = rnode(env={"CHAT_READ_LOOKUP_TIMEOUT_MS": 300})
     room, other = uniq("rl"), uniq("rl2")
     alice = await Client.connect(n, room, token("alice"))
@@ -147,11 +149,13 @@ async def read_seq_null_when_its_lookup_does_not_answer_then_told():
         t0 = time.monotonic()
         c = await Client.connect(n, room, token("alice"))
         w = c.welcome()
-        check("read_seq" in w and w["read_seq"] is None,
+        check(type(w.get("read_seq")) is int and w["read_seq"] == 0
+              and w.get("read_seq_pending") is True,
               f"welcome while the read state does not answer: {w}")
         check(time.monotonic() - t0 < 3, f"welcome after {time.monotonic() - t0:.1f} s")
         j = await c.join(other)
-        check(j["type"] == "presence_state" and "read_seq" in j and j["read_seq"] is None,
+        check(j["type"] == "presence_state" and type(j.get("read_seq")) is int
+              and j["read_seq"] == 0 and j.get("read_seq_pending") is True,
               f"join answer while the read state does not answer: {j}")
         await asyncio.sleep(1)
         eq([f for f in c.frames if f["type"] == "read"], [], "no read state told while locked")
@@ -161,10 +165,21 @@ async def read_seq_null_when_its_lookup_does_not_answer_then_told():
     eq(f.get("seq"), 2, f"the stored read_seq, told once Postgres answers: {f}")
     g = await c.wait_for(is_receipt(other, "alice"), 15, what="the read state of the other room")
     eq(g.get("seq"), 0, f"the other room, never read: {g}")
-    # the connection goes on as usual: a read is acked and a new join answers read_seq
+    # the placeholder 0 stored nothing: the read state is still 2, and the other room has none
+    eq(sql(f"SELECT read_seq FROM read_state WHERE user_id = 'alice' AND room = '{room}'"), "2",
+       "the stored read state after the pending answers")
+    eq(sql(f"SELECT count(*) FROM read_state WHERE user_id = 'alice' AND room = '{other}'"), "0",
+       "no read state stored for the other room")
+    # the connection goes on as usual: a read is acked and a new join answers read_seq,
+    # no longer pending
     eq((await read(c, room, 3)).get("seq"), 3, "read 3 after")
     c2 = await Client.connect(n, room, token("alice"))
-    eq(c2.welcome().get("read_seq"), 3, f"welcome once Postgres answers: {c2.welcome()}")
+    w2 = c2.welcome()
+    check(w2.get("read_seq") == 3 and "read_seq_pending" not in w2,
+          f"welcome once Postgres answers: {w2}")
+    j2 = await c2.join(other)
+    check(j2.get("read_seq") == 0 and "read_seq_pending" not in j2,
+          f"join answer once Postgres answers: {j2}")
 
 
 @test(timeout=60, needs=NEEDS)

@@ -16,8 +16,9 @@
  * - A close while the replay's end waits for the read state lookup: the
  *   op is freed once the lookup answers (before: leaked; ASan's check).
  * - The read state lookup that did not answer in time: welcome says
- *   "read_seq":null (before: the field was left out) and the join looks it
- *   up again until it answers, then sends the user's own read receipt to
+ *   "read_seq":0,"read_seq_pending":true (an integer for strictly typed
+ *   clients; before: null, and before that the field was left out) and the
+ *   join looks it up again until it answers, then sends the user's own read receipt to
  *   the connection (before: never told); a close stops the retries.
  * The bus's replay, the store's range and head reads and the read state
  * lookup are the test's (--wrap): it answers them by hand. lws is faked as in
@@ -209,6 +210,8 @@ static void read_deadline_cases(void)
         CHECK(queued(c, "\"type\":\"welcome\"") && queued(c, "\"code\":\"unavailable\""),
               "welcome and unavailable when Postgres does not answer");
         CHECK(!queued(c, "gap_too_large"), "never gap_too_large");
+        CHECK(queued(c, "\"read_seq\":3}") && !queued(c, "read_seq_pending"),
+              "the read_seq looked up in time, not pending");
         CHECK(took >= 400 && took < 1500, "answered at the deadline (%llu ms)",
               (unsigned long long)took);
         CHECK(armed_timers() == 0, "nothing armed once answered (%d)", armed_timers());
@@ -360,7 +363,7 @@ int main(void)
         chat_conn_closed(c);
     }
 
-    /* the read state lookup does not answer in time: read_seq null, then
+    /* the read state lookup does not answer in time: read_seq 0, pending, then
      * looked up again until it answers, then told as the own receipt */
     c = new_conn("erin");
     if (c) {
@@ -370,8 +373,10 @@ int main(void)
         g_replay_cb = NULL;
         if (cb) cb(g_replay_ud, 0, NULL, 0, 12, "ep1");
         answer_lookup(-1, 0);
-        CHECK(queued(c, "\"type\":\"welcome\"") && queued(c, "\"read_seq\":null"),
-              "welcome with read_seq null");
+        CHECK(queued(c, "\"type\":\"welcome\"") && queued(c, "\"read_seq\":0,\"read_seq_pending\":true")
+              && !queued(c, ":null"), "welcome with read_seq 0, pending");
+        CHECK(queued(c, "{\"type\":\"presence_state\",\"room\":\"lobby\",\"seq\":12,\"epoch\":\"ep1\",\"read_seq\":0,\"read_seq_pending\":true,"),
+              "the join answer with read_seq 0, pending");
         CHECK(armed_timers() == 1, "a retry armed (%d)", armed_timers());
         WAIT_ON(g_srv.loop, g_lookups == 2, 3000);
         CHECK(g_lookups == 2 && g_rs_cb, "looked up again (%d)", g_lookups);
