@@ -53,6 +53,10 @@ static void register_metrics(bus *b)
                                          "answer, or the room's client ids could not be written "
                                          "back to Redis (the operations waiting answer unavailable)",
                                          NULL);
+    b->m.seed_late_uses = metrics_counter("chat_bus_seed_late_uses_total",
+                                          "Requests for a room's head (publish, replay) answered "
+                                          "unavailable at once because its seed was past its deadline and "
+                                          "history had still not answered (no second query)", NULL);
     b->m.seed_unraised = metrics_counter("chat_bus_seed_unraised_total",
                                          "Seeds that waited for the nodes holding the room to "
                                          "raise its head and went on from history alone (none did "

@@ -89,9 +89,15 @@ static void req_fail(bus_req *r)
 
 void bus_req_unhold(bus_req *r)
 {
-    if (--r->hold > 0) return;
+    if (r->hold > 1) {
+        r->hold--;
+        return;
+    }
+    /* the last hold stays while the failure's callback runs: a callback
+     * that frees the bus (bus_core_close frees the requests nobody holds)
+     * leaves this one to be freed here */
     req_fail(r);
-    bus_req_free(r);
+    if (--r->hold <= 0) bus_req_free(r);
 }
 
 /* ---- rooms ---- */
@@ -247,6 +253,7 @@ int bus_seed_get(bus *b, const char *room, int ask, bus_seed_fn fn, void *arg)
              * second one behind it; this use fails at once, as the first did
              * at the deadline, until that query answers (bus_seed_done) */
             LOGD(MOD, "room %s: its durable head is still late: unavailable", room);
+            metric_inc(b->m.seed_late_uses);
             seed_answered(sd);
         } else if (sd->answered && !w->ask) {
             seed_answered(sd); /* no wait for the holders */

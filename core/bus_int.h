@@ -216,7 +216,8 @@ struct bus {
     struct {
         metric_hist *op_publish, *op_replay, *op_fetch, *op_head;
         metric_counter *reconnects, *gaps_filled, *gaps_lost, *published;
-        metric_counter *backfilled, *backfill_lost, *seeds, *seed_failures, *seed_unraised;
+        metric_counter *backfilled, *backfill_lost, *seeds, *seed_failures, *seed_unraised,
+                       *seed_late_uses;
         metric_counter *backfill_checked, *backfill_dropped, *backfill_limit_rooms, *backfill_limit_per_room;
         metric_counter *ids_written_back, *ids_writeback_dropped;
     } m;

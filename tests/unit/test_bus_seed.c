@@ -1040,6 +1040,7 @@ static void test_seed_late_once(const char *url)
     WAIT(p.done, 3000);
     CHECK(p.status == -1 && a->nseeds == 1 && a->nheld == 1, "timed out (%d, %d queries)",
           p.status, a->nseeds);
+    uint64_t late0 = counter("chat_bus_seed_late_uses_total");
     for (int i = 0; i < 3; i++) {
         uint64_t t0 = mono_ms();
         pubres q;
@@ -1053,6 +1054,10 @@ static void test_seed_late_once(const char *url)
               r.status, took);
     }
     CHECK(a->nseeds == 1 && a->nheld == 1, "one query to the provider (%d)", a->nseeds);
+    /* one per request for the head: the in-process bus parks a room's
+     * uses behind one, the Redis bus asks per use */
+    CHECK(counter("chat_bus_seed_late_uses_total") - late0 >= 3, "the uses counted (%" PRIu64 ")",
+          counter("chat_bus_seed_late_uses_total") - late0);
     seed_answer(a); /* Postgres answers again: the late answer is dropped */
     a->seed_hold = 0;
     pubres p2;
@@ -1134,6 +1139,57 @@ static void test_local_seed(void)
     settle();
 }
 
+/* A publish whose callback frees the bus, called when the bus fails it
+ * (a room whose seed is past its deadline: the use fails at once, from the
+ * loop). bus_free frees every request nobody holds; the failing request is
+ * still being answered there: it must stay (ASan: bus_req_unhold read it
+ * after bus_free had freed it). The other room's publish, queued behind,
+ * is answered once, by bus_free. */
+static node *cbfree_node;
+static int cbfree_calls;
+
+static void cbfree_cb(void *ud, int status, uint64_t seq, int dup)
+{
+    (void)ud;
+    (void)seq;
+    (void)dup;
+    cbfree_calls++;
+    CHECK(status == -1, "the failing publish: -1 (%d)", status);
+    if (cbfree_node->b) {
+        bus_free(cbfree_node->b);
+        cbfree_node->b = NULL;
+    }
+}
+
+static void test_seed_cb_frees_bus(const char *url)
+{
+    char room[80], other[80];
+    mkroom(room, sizeof room, url ? "cbfree" : "cbfreel");
+    mkroom(other, sizeof other, url ? "cbfree2" : "cbfree2l");
+    node *a = node_new_seeded_dl("CF", url, 5, "ep-c", 300);
+    if (url) wait_ready(a);
+    cbfree_node = a;
+    cbfree_calls = 0;
+    a->seed_hold = 1;
+    pubres p, p2;
+    pub(a, room, NULL, "x", &p);
+    pub(a, other, NULL, "x", &p2);
+    WAIT(p.done && p2.done, 3000);
+    CHECK(p.status == -1 && p2.status == -1, "both seeds timed out (%d %d)", p.status, p2.status);
+    /* both rooms' seeds are still with the provider: uses fail at once */
+    in_call = 1;
+    bus_publish(a->b, room, PUB_USER, NULL, "\"body\":\"q\"}", 11, cbfree_cb, NULL);
+    in_call = 0;
+    pubres q;
+    pub(a, other, NULL, "y", &q);
+    WAIT(cbfree_calls == 1 && q.done, 3000);
+    CHECK(cbfree_calls == 1 && q.done == 1 && q.status == -1, "each answered once (%d %d %d)",
+          cbfree_calls, q.done, q.status);
+    seed_answer(a); /* the late answers, after the bus is gone */
+    settle();
+    free(a);
+}
+
 int main(void)
 {
     harness_begin("test_bus_seed");
@@ -1142,6 +1198,7 @@ int main(void)
     test_seed_free_pending(NULL);
     test_seed_deadline(NULL);
     test_seed_late_once(NULL);
+    test_seed_cb_frees_bus(NULL);
     int have_redis = harness_redis();
     if (have_redis) {
         test_missed_while_down(1000, 5);
@@ -1162,6 +1219,7 @@ int main(void)
         test_seed_holder_silent();
         test_seed_deadline(rurl);
         test_seed_late_once(rurl);
+        test_seed_cb_frees_bus(rurl);
         test_epoch_redis();
     }
     return harness_end("test_bus_seed", have_redis);
