@@ -37,7 +37,9 @@ REDIS_DEFAULT=redis://127.0.0.1:$REDIS_PORT
 [ -S "$DATA/redis/redis.sock" ] && REDIS_DEFAULT="unix://$(urlenc "$(cd "$DATA/redis" && pwd)/redis.sock")"
 PG_DEFAULT=postgresql://postgres@127.0.0.1:$PG_PORT/chatd
 PGSOCK=$(cat "$DATA/postgres.datadir" 2>/dev/null || true)
-[ -n "$PGSOCK" ] && [ -S "$PGSOCK/.s.PGSQL.$PG_PORT" ] && [ "${PGSOCK//[\' ]/}" = "$PGSOCK" ] &&
+# (libpq takes a host that starts with / as a socket directory; a quoted value keeps
+# spaces, and a path with ' or \ stays on TCP)
+[[ $PGSOCK == /* ]] && [ -S "$PGSOCK/.s.PGSQL.$PG_PORT" ] && [ "${PGSOCK//[\'\\]/}" = "$PGSOCK" ] &&
     PG_DEFAULT="host='$PGSOCK' port=$PG_PORT user=postgres dbname=chatd"
 export CHAT_LISTEN=$LISTEN
 export CHAT_REDIS_URL=${CHAT_REDIS_URL:-$REDIS_DEFAULT}
@@ -54,7 +56,9 @@ for _ in $(seq 1 100); do
 done
 echo
 echo "  chatd is running: open http://$LISTEN/ in a browser"
+# where chatd reaches them, a password in a URL the caller gave shown as ***
+redact() { sed -E 's#(://[^/@]*:)[^/@]*@#\1***@#; s#(password=)[^ ]*#\1***#'; }
 echo "  (Redis :$REDIS_PORT and Postgres :$PG_PORT live in $DATA; chatd reaches them at"
-echo "   $CHAT_REDIS_URL and $CHAT_DATABASE_URL; Ctrl-C stops everything)"
+echo "   $(redact <<<"$CHAT_REDIS_URL") and $(redact <<<"$CHAT_DATABASE_URL"); Ctrl-C stops everything)"
 echo
 wait "$CHATD_PID"

@@ -74,6 +74,8 @@ int httpd_chunked(struct lws *wsi)
 
 int httpd_expects_continue(struct lws *wsi)
 {
+    /* (RFC 9110 10.1.1 has an HTTP/1.0 request's expectation ignored; lws
+     * does not expose the request's version, and 1.0 clients do not send it) */
     char v[32];
     int n = lws_hdr_copy(wsi, v, sizeof v, WSI_TOKEN_HTTP_EXPECT);
     return n > 0 && strcasecmp(v, "100-continue") == 0;

@@ -17,7 +17,6 @@
 #include <stdint.h>
 #include "backoff.h"
 
-
 /* The entry point of the chatd binary: runs the supervisor when the
  * settings ask for several workers, else the node itself (server_run). */
 int workers_main(int argc, char **argv);
