@@ -32,15 +32,10 @@ services_start_postgres "$DATA" "$PG_PORT"
 
 # Redis and Postgres over their unix sockets where they have one (tools/services.sh):
 # each command skips the TCP stack on both sides (docs/cost.md section 20); TCP else
-urlenc() { local s=${1//%/%25}; s=${s// /%20}; s=${s//\?/%3F}; s=${s//#/%23}; printf '%s' "$s"; }
-REDIS_DEFAULT=redis://127.0.0.1:$REDIS_PORT
-[ -S "$DATA/redis/redis.sock" ] && REDIS_DEFAULT="unix://$(urlenc "$(cd "$DATA/redis" && pwd)/redis.sock")"
-PG_DEFAULT=postgresql://postgres@127.0.0.1:$PG_PORT/chatd
-PGSOCK=$(cat "$DATA/postgres.datadir" 2>/dev/null || true)
-# (libpq takes a host that starts with / as a socket directory; a quoted value keeps
-# spaces, and a path with ' or \ stays on TCP)
-[[ $PGSOCK == /* ]] && [ -S "$PGSOCK/.s.PGSQL.$PG_PORT" ] && [ "${PGSOCK//[\'\\]/}" = "$PGSOCK" ] &&
-    PG_DEFAULT="host='$PGSOCK' port=$PG_PORT user=postgres dbname=chatd"
+REDIS_DEFAULT=$(services_redis_unix_url "$DATA")
+PG_DEFAULT=$(services_pg_unix_conninfo "$DATA" "$PG_PORT")
+REDIS_DEFAULT=${REDIS_DEFAULT:-redis://127.0.0.1:$REDIS_PORT}
+PG_DEFAULT=${PG_DEFAULT:-postgresql://postgres@127.0.0.1:$PG_PORT/chatd}
 export CHAT_LISTEN=$LISTEN
 export CHAT_REDIS_URL=${CHAT_REDIS_URL:-$REDIS_DEFAULT}
 export CHAT_DATABASE_URL=${CHAT_DATABASE_URL:-$PG_DEFAULT}

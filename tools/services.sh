@@ -4,6 +4,8 @@
 #   services_start_redis DIR PORT      -> pid in DIR/redis.pid
 #   services_start_postgres DIR PORT   -> pid in DIR/postgres.pid, db "chatd"
 #   services_stop DIR                  -> stops what the two above started
+#   services_redis_unix_url DIR        -> unix:// URL of DIR's Redis socket, or nothing
+#   services_pg_unix_conninfo DIR PORT -> libpq conninfo of DIR's Postgres socket, or nothing
 #   services_end_pids PID...           -> ends processes the caller started
 # Postgres runs as the postgres user when we are root (initdb refuses root).
 #
@@ -102,6 +104,25 @@ services_stop() {
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
         rm -f "$f"
     done
+}
+
+# How chatd reaches the Redis and Postgres started in DIR over their unix
+# sockets (no TCP stack per command: docs/cost.md section 20); nothing when
+# there is no socket (a path too long for one, a relative Postgres socket
+# directory, or one with ' or \ that a libpq value cannot carry), and the
+# caller uses TCP. The path of the Redis socket is percent-encoded.
+services_redis_unix_url() {
+    [ -S "$1/redis/redis.sock" ] || return 0
+    local p
+    p="$(cd "$1/redis" && pwd)/redis.sock"
+    p=${p//%/%25}; p=${p// /%20}; p=${p//\?/%3F}; p=${p//#/%23}
+    printf 'unix://%s\n' "$p"
+}
+services_pg_unix_conninfo() {
+    local d
+    d=$(cat "$1/postgres.datadir" 2>/dev/null) || return 0
+    [[ $d == /* ]] && [ -S "$d/.s.PGSQL.$2" ] && [ "${d//[\'\\]/}" = "$d" ] || return 0
+    printf "host='%s' port=%s user=postgres dbname=chatd\n" "$d" "$2"
 }
 
 # Ends processes the caller started, by pid: SIGTERM to each, then SIGKILL to

@@ -78,20 +78,14 @@ lt_pin_postgres() {
 # tools/services.sh started in DIR: TCP, or with LT_UNIX=1 their unix sockets
 # (what ./run.sh does; docs/cost.md section 20)
 lt_redis_url() {
-    if [ "${LT_UNIX:-0}" = 1 ] && [ -S "$1/redis/redis.sock" ]; then
-        echo "unix://$(cd "$1/redis" && pwd)/redis.sock"
-    else
-        echo "redis://127.0.0.1:$REDIS_PORT"
-    fi
+    local u=""
+    [ "${LT_UNIX:-0}" = 1 ] && u=$(services_redis_unix_url "$1")
+    echo "${u:-redis://127.0.0.1:$REDIS_PORT}"
 }
 lt_pg_url() {
-    local d
-    d=$(cat "$1/postgres.datadir")
-    if [ "${LT_UNIX:-0}" = 1 ] && [ -S "$d/.s.PGSQL.$PG_PORT" ]; then
-        echo "host=$d port=$PG_PORT user=postgres dbname=chatd"
-    else
-        echo "host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd"
-    fi
+    local u=""
+    [ "${LT_UNIX:-0}" = 1 ] && u=$(services_pg_unix_conninfo "$1" "$PG_PORT")
+    echo "${u:-host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd}"
 }
 
 # lt_services [redis] [pg]: start the ones named, pinned next to the generator
