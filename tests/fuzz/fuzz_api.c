@@ -149,7 +149,8 @@ static int grammar(const char *path, int *valid)
         if (!s1) { *valid = room_ok(room, strlen(room)); return AR_ROOM; }
         int rv = room_ok(room, (size_t)(s1 - room));
         if (!strcmp(s1, "/messages")) { *valid = rv; return AR_PUBLISH; }
-        if (!strncmp(s1, "/messages/", 10) && !strchr(s1 + 10, '/')) {
+        /* messages/{seq}; "messages/" with no seq is no route (404) */
+        if (!strncmp(s1, "/messages/", 10) && s1[10] && !strchr(s1 + 10, '/')) {
             uint64_t v;
             *valid = rv && seq_ok(s1 + 10, &v);
             return AR_DELETE_MSG;
