@@ -52,8 +52,7 @@ done
 echo
 echo "  chatd is running: open http://$LISTEN/ in a browser"
 # where chatd reaches them, a password in a URL the caller gave shown as ***
-redact() { sed -E 's#(://[^/@]*:)[^/@]*@#\1***@#; s#(password=)[^ ]*#\1***#'; }
 echo "  (Redis :$REDIS_PORT and Postgres :$PG_PORT live in $DATA; chatd reaches them at"
-echo "   $(redact <<<"$CHAT_REDIS_URL") and $(redact <<<"$CHAT_DATABASE_URL"); Ctrl-C stops everything)"
+echo "   $(services_redact_url "$CHAT_REDIS_URL") and $(services_redact_url "$CHAT_DATABASE_URL"); Ctrl-C stops everything)"
 echo
 wait "$CHATD_PID"

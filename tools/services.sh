@@ -6,6 +6,7 @@
 #   services_stop DIR                  -> stops what the two above started
 #   services_redis_unix_url DIR        -> unix:// URL of DIR's Redis socket, or nothing
 #   services_pg_unix_conninfo DIR PORT -> libpq conninfo of DIR's Postgres socket, or nothing
+#   services_redact_url URL            -> URL with its password shown as ***
 #   services_end_pids PID...           -> ends processes the caller started
 # Postgres runs as the postgres user when we are root (initdb refuses root).
 #
@@ -123,6 +124,11 @@ services_pg_unix_conninfo() {
     d=$(cat "$1/postgres.datadir" 2>/dev/null) || return 0
     [[ $d == /* ]] && [ -S "$d/.s.PGSQL.$2" ] && [ "${d//[\'\\]/}" = "$d" ] || return 0
     printf "host='%s' port=%s user=postgres dbname=chatd\n" "$d" "$2"
+}
+
+# A Redis URL or libpq conninfo / URL fit to print: a password shown as ***.
+services_redact_url() {
+    sed -E 's#(://[^/@]*:)[^/@]*@#\1***@#; s#(password=)[^ ]*#\1***#' <<<"$1"
 }
 
 # Ends processes the caller started, by pid: SIGTERM to each, then SIGKILL to

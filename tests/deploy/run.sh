@@ -255,6 +255,40 @@ check test-ports bash tests/deploy/check_test_ports.sh
 # ---- tools/deps.sh refuses an argument it does not know (it would check less)
 check deps-usage bash -c 'tools/deps.sh --check >/dev/null 2>&1; [ $? -eq 2 ] && tools/deps.sh --test --bench >/dev/null 2>&1; [ $? -eq 2 ]'
 
+# ---- tools/services.sh: how ./run.sh and the load tests reach a data folder's
+# Redis and Postgres over their sockets, and how ./run.sh prints a URL
+mksock() { mkdir -p "$(dirname "$1")" && /usr/bin/python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$1"; }
+why=""
+D="$T/sock dir#1"
+got=$(services_redis_unix_url "$D")
+[ -z "$got" ] || why+="a Redis URL without a socket: '$got'; "
+mksock "$D/redis/redis.sock"
+want="unix://${T// /%20}/sock%20dir%231/redis/redis.sock"
+got=$(services_redis_unix_url "$D")
+[ "$got" = "$want" ] || why+="Redis socket URL '$got', want '$want'; "
+mkdir -p "$T/pgabs"
+mksock "$T/pgabs/.s.PGSQL.5999"
+echo "$T/pgabs" >"$D/postgres.datadir"
+got=$(services_pg_unix_conninfo "$D" 5999)
+[ "$got" = "host='$T/pgabs' port=5999 user=postgres dbname=chatd" ] || why+="Postgres conninfo '$got'; "
+got=$(services_pg_unix_conninfo "$D" 5998)
+[ -z "$got" ] || why+="a Postgres conninfo without a socket on that port: '$got'; "
+echo "pgabs" >"$D/postgres.datadir"
+got=$(cd "$T" && services_pg_unix_conninfo "$D" 5999)
+[ -z "$got" ] || why+="a relative socket directory taken: '$got'; "
+mkdir -p "$T/pg'q"
+mksock "$T/pg'q/.s.PGSQL.5999"
+echo "$T/pg'q" >"$D/postgres.datadir"
+got=$(services_pg_unix_conninfo "$D" 5999)
+[ -z "$got" ] || why+="a socket directory with a quote taken: '$got'; "
+for c in 'redis://:s3cr3t@h:6379/0|redis://:***@h:6379/0' 'unix://al:pw@/tmp/r.sock|unix://al:***@/tmp/r.sock' \
+         'host=/x password=pw dbname=d|host=/x password=*** dbname=d' 'postgresql://u:pw@h/db|postgresql://u:***@h/db' \
+         'redis://127.0.0.1:6390|redis://127.0.0.1:6390'; do
+    got=$(services_redact_url "${c%%|*}")
+    [ "$got" = "${c#*|}" ] || why+="redacted '${c%%|*}' as '$got'; "
+done
+if [ -z "$why" ]; then pass services-socket-urls; else fail services-socket-urls "$why"; fi
+
 # ---- tools/services.sh: the Redis ./run.sh starts (REDIS_APPENDFSYNC)
 if command -v redis-server >/dev/null; then
     SB=$(port_block 3)
