@@ -970,6 +970,16 @@ static void test_seed_free_pending(const char *url)
     free(a);
 }
 
+/* A node whose seed provider holds every query (Postgres stuck) and whose
+ * seeds have a deadline of dl_ms: the setup of the deadline tests. */
+static node *stuck_provider_node(const char *name, const char *url, const char *epoch, int dl_ms)
+{
+    node *a = node_new_seeded_dl(name, url, 5, epoch, dl_ms);
+    if (url) wait_ready(a);
+    a->seed_hold = 1;
+    return a;
+}
+
 /* A provider that does not answer (Postgres stuck behind a lock): at the
  * deadline (bus_opts.seed_timeout_ms) the seed fails: the publish waiting
  * for it gets -1, the replay BUS_HEAD_LATE (-2: its caller does not read
@@ -981,9 +991,7 @@ static void test_seed_deadline(const char *url)
     char room[80], room2[80];
     mkroom(room, sizeof room, url ? "seeddl" : "seeddll");
     mkroom(room2, sizeof room2, url ? "seeddlfree" : "seeddlfreel");
-    node *a = node_new_seeded_dl("SD", url, 5, "ep-d", 300);
-    if (url) wait_ready(a);
-    a->seed_hold = 1;
+    node *a = stuck_provider_node("SD", url, "ep-d", 300);
     uint64_t t0 = mono_ms();
     pubres p;
     repres r;
@@ -1032,9 +1040,7 @@ static void test_seed_late_once(const char *url)
 {
     char room[80];
     mkroom(room, sizeof room, url ? "seedlate" : "seedlatel");
-    node *a = node_new_seeded_dl("SL", url, 5, "ep-l", 500);
-    if (url) wait_ready(a);
-    a->seed_hold = 1;
+    node *a = stuck_provider_node("SL", url, "ep-l", 500);
     pubres p;
     pub(a, room, NULL, "x", &p);
     WAIT(p.done, 3000);
@@ -1166,11 +1172,9 @@ static void test_seed_cb_frees_bus(const char *url)
     char room[80], other[80];
     mkroom(room, sizeof room, url ? "cbfree" : "cbfreel");
     mkroom(other, sizeof other, url ? "cbfree2" : "cbfree2l");
-    node *a = node_new_seeded_dl("CF", url, 5, "ep-c", 300);
-    if (url) wait_ready(a);
+    node *a = stuck_provider_node("CF", url, "ep-c", 300);
     cbfree_node = a;
     cbfree_calls = 0;
-    a->seed_hold = 1;
     pubres p, p2;
     pub(a, room, NULL, "x", &p);
     pub(a, other, NULL, "x", &p2);
