@@ -191,6 +191,8 @@ static int wbuf_append(redis_conn *c, const char *s, size_t n)
     return 0;
 }
 
+/* send()/recv() rather than write()/read() without TLS: the socket calls
+ * skip the file layer (as conn.c's write_some) */
 static void do_write(redis_conn *c)
 {
     char why[200];
@@ -205,11 +207,11 @@ static void do_write(redis_conn *c)
             if (st == REDIS_TLS_WANT_READ) { c->wr_wants_r = 1; break; }
             if (st != REDIS_TLS_OK) { conn_fail(c, why); return; }
         } else {
-            ssize_t w = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
+            ssize_t w = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
             if (w < 0) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK) { c->wblocked = 1; break; }
                 if (errno == EINTR) continue;
-                snprintf(why, sizeof why, "write: %s", strerror(errno));
+                snprintf(why, sizeof why, "send: %s", strerror(errno));
                 conn_fail(c, why);
                 return;
             }
@@ -356,11 +358,11 @@ static void do_read(redis_conn *c)
             if (st == REDIS_TLS_WANT_WRITE) { c->rd_wants_w = 1; break; }
             if (st != REDIS_TLS_OK) { conn_fail(c, why); return; }
         } else {
-            ssize_t r = read(c->fd, buf, sizeof buf);
+            ssize_t r = recv(c->fd, buf, sizeof buf, 0);
             if (r < 0) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK) break;
                 if (errno == EINTR) continue;
-                snprintf(why, sizeof why, "read: %s", strerror(errno));
+                snprintf(why, sizeof why, "recv: %s", strerror(errno));
                 conn_fail(c, why);
                 return;
             }
