@@ -74,17 +74,22 @@ static const char BAN_LOAD_LUA[] =
  * valid for ttl_ms; with max > 0 also sums the counts not expired
  * (dropping the expired ones) and, over max, takes this node's newest
  * connection back out (count - 1). -> {allowed, total} */
-static const char CONNS_LUA[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local node, n, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
-    "local function put(c)\n"
-    "  if c > 0 then\n"
-    "    redis.call('HSET', KEYS[1], node, string.format('%d %d', c, now + ttl))\n"
-    "    if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
-    "  else redis.call('HDEL', KEYS[1], node) end\n"
+/* The Lua both connection-count scripts share: now (Redis' clock), and
+ * put(k, c): this node's count c in hash k, valid for ttl (0: removed). */
+#define LUA_CONNS_PUT \
+    "local t = redis.call('TIME')\n" \
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n" \
+    "local function put(k, c)\n" \
+    "  if c > 0 then\n" \
+    "    redis.call('HSET', k, node, string.format('%d %d', c, now + ttl))\n" \
+    "    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n" \
+    "  else redis.call('HDEL', k, node) end\n" \
     "end\n"
-    "put(n)\n"
+
+static const char CONNS_LUA[] =
+    "local node, n, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    LUA_CONNS_PUT
+    "put(KEYS[1], n)\n"
     "if max <= 0 then return {1, n} end\n"
     "local sum, all = 0, redis.call('HGETALL', KEYS[1])\n"
     "for i = 1, #all, 2 do\n"
@@ -92,12 +97,22 @@ static const char CONNS_LUA[] =
     "  if c and tonumber(u) > now then sum = sum + tonumber(c)\n"
     "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
     "end\n"
-    "if sum > max then put(n - 1); return {0, sum} end\n"
+    "if sum > max then put(KEYS[1], n - 1); return {0, sum} end\n"
     "return {1, sum}\n";
 
-enum { S_TAKE = 0, S_BAN_PUT, S_BAN_LIFT, S_BAN_LOAD, S_CONNS, S_COUNT };
+/* KEYS users' connection hashes (one slot on a Cluster); ARGV node,
+ * ttl_ms, then one count per key. The refresh pass's renewals of many users
+ * in one call: one TIME and one script run (and one MULTI/EXEC in the AOF)
+ * for them all. -> how many were written */
+static const char CONNS_RENEW_LUA[] =
+    "local node, ttl = ARGV[1], tonumber(ARGV[2])\n"
+    LUA_CONNS_PUT
+    "for i = 1, #KEYS do put(KEYS[i], tonumber(ARGV[i + 2])) end\n"
+    "return #KEYS\n";
+
+enum { S_TAKE = 0, S_BAN_PUT, S_BAN_LIFT, S_BAN_LOAD, S_CONNS, S_CONNS_RENEW, S_COUNT };
 static const char *const SCRIPTS[S_COUNT] = {TAKE_LUA, BAN_PUT_LUA, BAN_LIFT_LUA, BAN_LOAD_LUA,
-                                             CONNS_LUA};
+                                             CONNS_LUA, CONNS_RENEW_LUA};
 
 struct adminstore {
     redis_client *rc;
@@ -326,4 +341,73 @@ int adminstore_conns(adminstore *a, const char *user, const char *node, int64_t 
     int rc = call(a, S_CONNS, redis_key_slot(k, (size_t)kl), 6, argv, lens, conns_reply, r);
     free(k);
     return rc;
+}
+
+typedef struct renew_key { int slot; size_t i; } renew_key;
+
+static int renew_cmp(const void *x, const void *y)
+{
+    const renew_key *a = x, *b = y;
+    if (a->slot != b->slot) return a->slot < b->slot ? -1 : 1;
+    return a->i < b->i ? -1 : a->i > b->i;
+}
+
+/* one CONNS_RENEW_LUA call for keys k[0..n) (one slot) */
+static int renew_send(adminstore *a, const char *node, const char *ttl, const renew_key *k, size_t n,
+                      char *const *keys, const int64_t *counts)
+{
+    size_t argc = 1 + n + 2 + n;
+    const char **v = malloc(argc * sizeof *v);
+    char (*num)[24] = malloc((n + 1) * sizeof *num);
+    int rc = -1;
+    if (v && num) {
+        snprintf(num[n], sizeof num[n], "%zu", n);
+        v[0] = num[n];
+        for (size_t j = 0; j < n; j++) {
+            v[1 + j] = keys[k[j].i];
+            snprintf(num[j], sizeof num[j], "%" PRId64, counts[k[j].i] < 0 ? 0 : counts[k[j].i]);
+            v[1 + n + 2 + j] = num[j];
+        }
+        v[1 + n] = node;
+        v[1 + n + 1] = ttl;
+        redis_call how = {.slot = k[0].slot, .node = 0, .script = S_CONNS_RENEW};
+        rc = redis_client_call(a->rc, &how, (int)argc, v, NULL, NULL, NULL);
+    }
+    free(v);
+    free(num);
+    return rc;
+}
+
+int adminstore_conns_renew(adminstore *a, const char *node, uint64_t ttl_ms, size_t n,
+                           const char *const *users, const int64_t *counts)
+{
+    if (!a || !n) return 0;
+    char **keys = calloc(n, sizeof *keys);
+    renew_key *k = malloc(n * sizeof *k);
+    int failed = 0;
+    if (!keys || !k) { free(keys); free(k); return 1; }
+    int cluster = redis_client_is_cluster(a->rc);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        int kl = asprintf(&keys[i], "chat:{conns:%s}:n", users[i]);
+        if (kl < 0) { keys[i] = NULL; continue; }   /* left to the next pass */
+        k[m].slot = redis_key_slot(keys[i], (size_t)kl);
+        k[m].i = i;
+        m++;
+    }
+    /* a Cluster: one call per slot (a script's keys share one); one Redis:
+     * any keys together, routed by the first one's slot */
+    if (cluster) qsort(k, m, sizeof *k, renew_cmp);
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%" PRIu64, ttl_ms ? ttl_ms : 1);
+    for (size_t j = 0; j < m;) {
+        size_t e = j + 1;
+        while (e < m && e - j < ADMINSTORE_RENEW_CHUNK && (!cluster || k[e].slot == k[j].slot)) e++;
+        if (renew_send(a, node, ttl, k + j, e - j, keys, counts) != 0) failed++;
+        j = e;
+    }
+    for (size_t i = 0; i < n; i++) free(keys[i]);
+    free(keys);
+    free(k);
+    return failed;
 }

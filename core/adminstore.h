@@ -65,4 +65,13 @@ typedef void (*adminstore_conns_cb)(void *ud, int allowed, int64_t total);
 int adminstore_conns(adminstore *a, const char *user, const char *node, int64_t count, uint64_t ttl_ms,
                      int64_t max, adminstore_conns_cb cb, void *ud);
 
+/* The refresh pass's renewals: sets this node's count of each of n users
+ * (counts[i] for users[i]; 0: removed) for ttl_ms, as adminstore_conns with
+ * max 0 and no answer, in one script call per ADMINSTORE_RENEW_CHUNK users
+ * (a Cluster: per slot, since a script's keys share one). Returns how many
+ * calls could not be sent (the next pass writes those users again). */
+#define ADMINSTORE_RENEW_CHUNK 128
+int adminstore_conns_renew(adminstore *a, const char *node, uint64_t ttl_ms, size_t n,
+                           const char *const *users, const int64_t *counts);
+
 #endif

@@ -28,6 +28,13 @@ static size_t g_cap;    /* the map's slot count when that pass began */
 static int g_was_ready, g_down;
 static metric_counter *m_unchecked, *m_refused;
 
+/* The renewals of one tick, sent together (adminstore_conns_renew: one
+ * script call per 128 users, not one each). The names point into
+ * connlimit's map, which nothing changes before the tick sends them. */
+static const char **g_bu;
+static int64_t *g_bn;
+static size_t g_blen, g_bcap;
+
 void uconns_init(adminstore *a, const char *node, int64_t max, uint64_t ttl_ms)
 {
     g_store = max > 0 ? a : NULL;
@@ -46,7 +53,15 @@ void uconns_init(adminstore *a, const char *node, int64_t max, uint64_t ttl_ms)
                                 "reason=\"per_user_cluster\"");
 }
 
-void uconns_stop(void) { g_store = NULL; }
+void uconns_stop(void)
+{
+    g_store = NULL;
+    free(g_bu);
+    free(g_bn);
+    g_bu = NULL;
+    g_bn = NULL;
+    g_blen = g_bcap = 0;
+}
 
 int uconns_enabled(void) { return g_store != NULL; }
 
@@ -113,7 +128,26 @@ void uconns_changed(const char *user)
 static void write_one(void *ud, const char *user, int64_t n)
 {
     (void)ud;
-    adminstore_conns(g_store, user, g_node, n, g_ttl, 0, NULL, NULL);
+    if (g_blen == g_bcap) {
+        size_t nc = g_bcap ? g_bcap * 2 : 64;
+        const char **nu = realloc(g_bu, nc * sizeof *nu);
+        if (nu) g_bu = nu;
+        int64_t *nn = nu ? realloc(g_bn, nc * sizeof *nn) : NULL;
+        if (nn) g_bn = nn;
+        if (!nu || !nn) {   /* out of memory: this one on its own */
+            adminstore_conns(g_store, user, g_node, n, g_ttl, 0, NULL, NULL);
+            return;
+        }
+        g_bcap = nc;
+    }
+    g_bu[g_blen] = user;
+    g_bn[g_blen++] = n;
+}
+
+static void write_batch(void)
+{
+    if (g_blen) adminstore_conns_renew(g_store, g_node, g_ttl, g_blen, g_bu, g_bn);
+    g_blen = 0;
 }
 
 /* A pass renews every count of this node once per third of the TTL, spread
@@ -157,5 +191,6 @@ void uconns_tick(uint64_t now)
             LOGD(MOD, "pass %llu", (unsigned long long)g_passes);
         }
     }
+    write_batch();
     g_was_ready = ready;
 }

@@ -2,7 +2,8 @@
  * connection-count script of core/adminstore.c) against a real
  * redis-server: the script's sum, refusal and take-back, expiry of a
  * node's count, removal at 0; the module's admission, cancel, refresh
- * pass and its fail-open while Redis is down. Other nodes are played by
+ * pass (its renewals batched: adminstore_conns_renew, on one Redis and a
+ * Cluster) and its fail-open while Redis is down. Other nodes are played by
  * writing their counts with adminstore_conns under their ids. */
 #include "check.h"
 #include "uvwait.h"
@@ -11,6 +12,7 @@
 #include "connlimit.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis_slot.h"
 #include "uconns.h"
 #include "util.h"
 #include <uv.h>
@@ -123,6 +125,83 @@ static long long field_deadline(const char *user, const char *node)
     return d;
 }
 
+/* EVALSHA calls a server has run (INFO commandstats) */
+static long long evalsha_calls(redisContext *c)
+{
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    long long n = 0;
+    const char *p = r && r->type == REDIS_REPLY_STRING ? r->str : NULL;
+    if (p && (p = strstr(p, "cmdstat_evalsha:calls="))) n = atoll(p + strlen("cmdstat_evalsha:calls="));
+    if (r) freeReplyObject(r);
+    return n;
+}
+
+/* adminstore_conns_renew: every user's count written (0: the field
+ * removed) with a later deadline and its key's TTL, in one call per
+ * ADMINSTORE_RENEW_CHUNK users on one Redis. owner(key) is the server that
+ * holds key (its master on a Cluster); calls_out: the EVALSHA calls of the
+ * second renewal (one Redis only). */
+#define RENEW_USERS 300
+static char g_rnames[RENEW_USERS][16];
+
+static long long rb_field(redisContext *(*owner)(const char *key), int i, long long *deadline)
+{
+    char k[64];
+    snprintf(k, sizeof k, "chat:{conns:%.15s}:n", g_rnames[i]);
+    redisReply *r = redisCommand(owner(k), "HGET %s rb", k);
+    long long c = 0, d = 0;
+    if (r && r->type == REDIS_REPLY_STRING && sscanf(r->str, "%lld %lld", &c, &d) != 2) c = d = 0;
+    if (r) freeReplyObject(r);
+    if (deadline) *deadline = d;
+    return c;
+}
+
+static void check_renew(adminstore *s, redisContext *(*owner)(const char *key),
+                        long long *calls_out)
+{
+    const char *users[RENEW_USERS];
+    int64_t counts[RENEW_USERS];
+    long long d1[RENEW_USERS];
+    for (int i = 0; i < RENEW_USERS; i++) {
+        snprintf(g_rnames[i], sizeof g_rnames[i], "rb%03d", i);
+        users[i] = g_rnames[i];
+        counts[i] = 1 + i % 4;
+    }
+    CHECK(adminstore_conns_renew(s, "rb", 5000, RENEW_USERS, users, counts) == 0, "sent");
+    wait_ms(300);
+    int right = 0;
+    for (int i = 0; i < RENEW_USERS; i++) right += rb_field(owner, i, &d1[i]) == 1 + i % 4 && d1[i] > 0;
+    CHECK(right == RENEW_USERS, "every user's count written (%d of %d)", right, RENEW_USERS);
+    long long c0 = calls_out ? evalsha_calls(owner("x")) : 0;
+    for (int i = 0; i < RENEW_USERS; i++) counts[i] = i % 3 ? 2 : 0;   /* a third closed */
+    CHECK(adminstore_conns_renew(s, "rb", 5000, RENEW_USERS, users, counts) == 0, "sent again");
+    wait_ms(300);
+    if (calls_out) *calls_out = evalsha_calls(owner("x")) - c0;
+    right = 0;
+    for (int i = 0; i < RENEW_USERS; i++) {
+        long long d = 0, c = rb_field(owner, i, &d);
+        char k[64];
+        snprintf(k, sizeof k, "chat:{conns:%.15s}:n", g_rnames[i]);
+        redisReply *t = redisCommand(owner(k), "PTTL %s", k);
+        long long pttl = t && t->type == REDIS_REPLY_INTEGER ? t->integer : -99;
+        if (t) freeReplyObject(t);
+        if (i % 3) right += c == 2 && d > d1[i] && pttl > 0 && pttl <= 5000;
+        else right += c == 0 && pttl == -2;   /* its only field removed: no key */
+    }
+    CHECK(right == RENEW_USERS, "every user's count renewed (a later deadline, the key's TTL) or "
+          "removed (%d of %d)", right, RENEW_USERS);
+}
+
+static redisContext *one_redis(const char *key) { (void)key; return R; }
+
+static void test_renew_batch(adminstore *s)
+{
+    long long calls = 0;
+    check_renew(s, one_redis, &calls);
+    long long want = (RENEW_USERS + ADMINSTORE_RENEW_CHUNK - 1) / ADMINSTORE_RENEW_CHUNK;
+    CHECK(calls == want, "%d renewals in %lld script calls (want %lld)", RENEW_USERS, calls, want);
+}
+
 /* The renewal pass is spread over its period: a tick a quarter of the way
  * in renews about a quarter of the users, not none and not all (19k users
  * renewed in one loop turn were 19k Redis calls at once); the pass's end
@@ -138,11 +217,15 @@ static void test_renewal_spread(adminstore *s)
         CHECK(connlimit_acquire("2.2.2.2", users[i]) == LIMIT_OK);
     }
     uint64_t t = mono_ms();
+    long long e0 = evalsha_calls(R);
     uconns_tick(t);                               /* the first pass: everyone, at once */
     wait_ms(100);
     int have = 0;
     for (int i = 0; i < SPREAD_USERS; i++) have += field_deadline(users[i], "sp") > 0;
     CHECK(have == SPREAD_USERS, "the first pass wrote every user (%d)", have);
+    long long calls = evalsha_calls(R) - e0;
+    CHECK(calls == (SPREAD_USERS + ADMINSTORE_RENEW_CHUNK - 1) / ADMINSTORE_RENEW_CHUNK,
+          "the pass's users share script calls: %d users, %lld calls", SPREAD_USERS, calls);
     long long d0[SPREAD_USERS];
     for (int i = 0; i < SPREAD_USERS; i++) d0[i] = field_deadline(users[i], "sp");
     wait_ms(20);                                  /* later writes carry later deadlines */
@@ -257,6 +340,40 @@ static void test_module(adminstore *s, int redis_idx)
     connlimit_free();
 }
 
+/* Redis Cluster (3 masters started here): the renewals of users on many
+ * slots go out per slot (a script's keys must share one) and all land */
+static int g_first = -1;
+static redisContext *g_masters[3];
+
+static redisContext *cluster_owner(const char *key)
+{
+    int o = rp_slot_owner(g_first, 3, redis_key_slot(key, strlen(key)));
+    return g_masters[o < 0 ? 0 : o - g_first];
+}
+
+static void run_cluster(void)
+{
+    g_first = rp_cluster(0, 2000);
+    if (g_first < 0) {
+        fprintf(stderr, "no Redis Cluster (redis-cli --cluster): cluster test skipped\n");
+        return;
+    }
+    for (int i = 0; i < 3; i++) g_masters[i] = rp_connect(rp_all[g_first + i].port, 5000);
+    char url[80], err[256];
+    snprintf(url, sizeof url, "redis+cluster://127.0.0.1:%d", rp_all[g_first].port);
+    adminstore *s = adminstore_new(L, url, NULL, NULL, err, sizeof err);
+    CHECK(s != NULL, "cluster store: %s", s ? "" : err);
+    if (!s) return;
+    uint64_t end = mono_ms() + 5000;
+    while (!adminstore_ready(s) && mono_ms() < end) wait_ms(10);
+    CHECK(adminstore_ready(s), "cluster store ready");
+    check_context = "cluster";
+    check_renew(s, cluster_owner, NULL);
+    check_context = NULL;
+    adminstore_free(s);
+    for (int i = 0; i < 3; i++) if (g_masters[i]) redisFree(g_masters[i]);
+}
+
 int main(void)
 {
     log_set_level(getenv("UCONNS_LOG") ? LOG_DEBUG : LOG_ERROR);
@@ -277,9 +394,11 @@ int main(void)
     while (!adminstore_ready(s) && mono_ms() < end) wait_ms(10);
     CHECK(adminstore_ready(s), "store ready");
     test_script(s);
+    test_renew_batch(s);
     test_renewal_spread(s);
     test_module(s, i);
     adminstore_free(s);
+    run_cluster();
     redisFree(R);
     uv_run(L, UV_RUN_NOWAIT);
     uv_loop_close(L);

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""bench_user_conns: Redis' CPU for the renewal pass of the per-user connection
+counts (core/uconns.c, core/adminstore.c), one script call per user against
+the batched call (adminstore_conns_renew), on the same Redis, alternated.
+
+  /usr/bin/python3 loadtest/bench_user_conns.py PORT [SECONDS] [ROUNDS]
+
+PORT: a running redis-server (e.g. tools/services.sh's services_start_redis,
+which runs `appendfsync always` as ./run.sh does). The load is what a node with
+5,000 users sends at the default CHAT_USER_CONNS_TTL_MS (30 s: a pass every
+10 s, spread over the 100 ms ticks): 50 renewals per tick, 500 per second,
+either as 50 EVALSHAs of the admission script with max 0 (before) or as one
+EVALSHA of the renewal script (after). The scripts are read from
+core/adminstore.c, so the figures are those of the code in this tree. Prints
+per round and mode Redis' CPU (INFO cpu, user + sys) per renewal, less the
+idle rate measured first over the same time.
+"""
+import os
+import re
+import socket
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(HERE, "..", "core", "adminstore.c")
+USERS = 5000
+PER_TICK = 50
+TICK_S = 0.1
+
+
+def lua_of(src, name, macros):
+    m = re.search(r"static const char " + name + r"\[\] =\n(.*?);\n", src, re.S)
+    body = m.group(1)
+    for k, v in macros.items():
+        body = body.replace(k, v)
+    return "".join(eval(x) for x in re.findall(r'"(?:[^"\\]|\\.)*"', body))
+
+
+def scripts():
+    src = open(SRC).read()
+    m = re.search(r"#define LUA_CONNS_PUT \\\n(.*?)\n\n", src, re.S)
+    put = m.group(1).replace("\\\n", "\n")
+    return lua_of(src, "CONNS_LUA", {"LUA_CONNS_PUT": put}), lua_of(src, "CONNS_RENEW_LUA", {"LUA_CONNS_PUT": put})
+
+
+class Redis:
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port))
+        self.f = self.s.makefile("rb")
+
+    @staticmethod
+    def enc(*args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        return b"".join(out)
+
+    def read(self):
+        line = self.f.readline()
+        t = line[:1]
+        if t == b"-":
+            raise RuntimeError(line[1:-2].decode())
+        if t in (b"+", b":"):
+            return line[1:-2]
+        if t == b"$":
+            n = int(line[1:-2])
+            return None if n < 0 else self.f.read(n + 2)[:-2]
+        if t == b"*":
+            return [self.read() for _ in range(max(int(line[1:-2]), 0))]
+        raise RuntimeError("bad reply %r" % line)
+
+    def call(self, *args):
+        self.s.sendall(self.enc(*args))
+        return self.read()
+
+    def cpu(self):
+        info = self.call("INFO", "cpu").decode()
+        d = dict(l.split(":", 1) for l in info.split("\r\n") if ":" in l)
+        return float(d["used_cpu_sys"]) + float(d["used_cpu_user"])
+
+
+def run(r, mode, secs, sha_one, sha_batch):
+    users = ["bench%05d" % i for i in range(USERS)]
+    c0, t0, i, n = r.cpu(), time.time(), 0, 0
+    while time.time() - t0 < secs:
+        keys = ["chat:{conns:%s}:n" % users[(i + j) % USERS] for j in range(PER_TICK)]
+        i += PER_TICK
+        if mode == "one":
+            r.s.sendall(b"".join(r.enc("EVALSHA", sha_one, 1, k, "bench-node", 1, 30000, 0) for k in keys))
+            for _ in keys:
+                r.read()
+            n += len(keys)
+        elif mode == "batch":
+            r.call("EVALSHA", sha_batch, len(keys), *keys, "bench-node", 30000, *([1] * len(keys)))
+            n += len(keys)
+        time.sleep(max(0.0, TICK_S - ((time.time() - t0) % TICK_S)))
+    return r.cpu() - c0, time.time() - t0, n
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    port = int(sys.argv[1])
+    secs = float(sys.argv[2]) if len(sys.argv) > 2 else 10
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    r = Redis(port)
+    one, batch = scripts()
+    sha_one, sha_batch = r.call("SCRIPT", "LOAD", one), r.call("SCRIPT", "LOAD", batch)
+    print("appendfsync %s" % r.call("CONFIG", "GET", "appendfsync")[1].decode())
+    idle_cpu, idle_s, _ = run(r, "idle", secs, sha_one, sha_batch)
+    idle_rate = idle_cpu / idle_s
+    print("idle: %.1f ms of Redis CPU per s" % (idle_rate * 1000))
+    res = {"one": [], "batch": []}
+    for k in range(rounds):
+        for mode in ("one", "batch"):
+            cpu, el, n = run(r, mode, secs, sha_one, sha_batch)
+            us = (cpu - idle_rate * el) * 1e6 / n
+            res[mode].append(us)
+            print("round %d %-5s %d renewals, Redis %.2f us per renewal" % (k + 1, mode, n, us))
+    one_m = sorted(res["one"])[len(res["one"]) // 2]
+    batch_m = sorted(res["batch"])[len(res["batch"]) // 2]
+    print("median: one call per user %.2f us, batched %.2f us per renewal: batched/one %.2f"
+          % (one_m, batch_m, batch_m / one_m))
+
+
+if __name__ == "__main__":
+    main()
