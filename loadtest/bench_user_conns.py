@@ -21,6 +21,8 @@ import socket
 import sys
 import time
 
+import capacity  # its RESP encoder and parser, and redis_cpu
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(HERE, "..", "core", "adminstore.c")
 USERS = 5000
@@ -44,40 +46,35 @@ def scripts():
 
 
 class Redis:
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port))
-        self.f = self.s.makefile("rb")
+    """One connection, pipelined calls (capacity.py's RESP encoder and parser)."""
 
-    @staticmethod
-    def enc(*args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
+    def __init__(self, port):
+        self.port = port
+        self.s = socket.create_connection(("127.0.0.1", port))
+        self.buf, self.i = b"", 0
+
+    def send(self, *args):
+        self.s.sendall(capacity.resp(*args))
 
     def read(self):
-        line = self.f.readline()
-        t = line[:1]
-        if t == b"-":
-            raise RuntimeError(line[1:-2].decode())
-        if t in (b"+", b":"):
-            return line[1:-2]
-        if t == b"$":
-            n = int(line[1:-2])
-            return None if n < 0 else self.f.read(n + 2)[:-2]
-        if t == b"*":
-            return [self.read() for _ in range(max(int(line[1:-2]), 0))]
-        raise RuntimeError("bad reply %r" % line)
+        while True:
+            v, j = capacity.parse_resp(self.buf, self.i)
+            if j:
+                self.i = j
+                if self.i == len(self.buf):
+                    self.buf, self.i = b"", 0
+                return v
+            more = self.s.recv(65536)
+            if not more:
+                raise RuntimeError("redis closed the connection")
+            self.buf += more
 
     def call(self, *args):
-        self.s.sendall(self.enc(*args))
+        self.send(*args)
         return self.read()
 
     def cpu(self):
-        info = self.call("INFO", "cpu").decode()
-        d = dict(l.split(":", 1) for l in info.split("\r\n") if ":" in l)
-        return float(d["used_cpu_sys"]) + float(d["used_cpu_user"])
+        return capacity.redis_cpu(self.port)
 
 
 def run(r, mode, secs, sha_one, sha_batch):
@@ -87,12 +84,17 @@ def run(r, mode, secs, sha_one, sha_batch):
         keys = ["chat:{conns:%s}:n" % users[(i + j) % USERS] for j in range(PER_TICK)]
         i += PER_TICK
         if mode == "one":
-            r.s.sendall(b"".join(r.enc("EVALSHA", sha_one, 1, k, "bench-node", 1, 30000, 0) for k in keys))
+            r.s.sendall(b"".join(capacity.resp("EVALSHA", sha_one, 1, k, "bench-node", 1, 30000, 0)
+                                 for k in keys))
             for _ in keys:
-                r.read()
+                v = r.read()
+                if not isinstance(v, list):
+                    raise RuntimeError("the admission script failed: %s" % v)
             n += len(keys)
         elif mode == "batch":
-            r.call("EVALSHA", sha_batch, len(keys), *keys, "bench-node", 30000, *([1] * len(keys)))
+            if r.call("EVALSHA", sha_batch, len(keys), *keys, "bench-node", 30000,
+                      *([1] * len(keys))) != str(len(keys)):
+                raise RuntimeError("the renewal script failed")
             n += len(keys)
         time.sleep(max(0.0, TICK_S - ((time.time() - t0) % TICK_S)))
     return r.cpu() - c0, time.time() - t0, n
@@ -108,7 +110,7 @@ def main():
     r = Redis(port)
     one, batch = scripts()
     sha_one, sha_batch = r.call("SCRIPT", "LOAD", one), r.call("SCRIPT", "LOAD", batch)
-    print("appendfsync %s" % r.call("CONFIG", "GET", "appendfsync")[1].decode())
+    print("appendfsync %s" % r.call("CONFIG", "GET", "appendfsync")[1])
     idle_cpu, idle_s, _ = run(r, "idle", secs, sha_one, sha_batch)
     idle_rate = idle_cpu / idle_s
     print("idle: %.1f ms of Redis CPU per s" % (idle_rate * 1000))
