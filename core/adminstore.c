@@ -69,11 +69,6 @@ static const char BAN_LOAD_LUA[] =
     "end\n"
     "return out\n";
 
-/* KEYS[1] a user's connections (hash: node -> "<count> <until_ms>");
- * ARGV node, count, ttl_ms, max. Sets this node's count (0: removes it)
- * valid for ttl_ms; with max > 0 also sums the counts not expired
- * (dropping the expired ones) and, over max, takes this node's newest
- * connection back out (count - 1). -> {allowed, total} */
 /* The Lua both connection-count scripts share: now (Redis' clock), and
  * put(k, c): this node's count c in hash k, valid for ttl (0: removed). */
 #define LUA_CONNS_PUT \
@@ -86,6 +81,11 @@ static const char BAN_LOAD_LUA[] =
     "  else redis.call('HDEL', k, node) end\n" \
     "end\n"
 
+/* KEYS[1] a user's connections (hash: node -> "<count> <until_ms>");
+ * ARGV node, count, ttl_ms, max. Sets this node's count (0: removes it)
+ * valid for ttl_ms; with max > 0 also sums the counts not expired
+ * (dropping the expired ones) and, over max, takes this node's newest
+ * connection back out (count - 1). -> {allowed, total} */
 static const char CONNS_LUA[] =
     "local node, n, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
     LUA_CONNS_PUT
