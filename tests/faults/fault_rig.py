@@ -81,8 +81,12 @@ def rss_kib(pid):
 
 
 class Cluster:
-    def __init__(self, workdir, n_nodes=2):
+    def __init__(self, workdir, n_nodes=2, link_per_node=False):
         self.workdir = workdir
+        # link_per_node: each node reaches Redis and Postgres through proxies
+        # of its own ("redis"/"pg" are n0's, "redis.n1"/"pg.n1" n1's...), so a
+        # fault can cut one node's link while the other keeps its own
+        self.link_per_node = link_per_node
         self.redis = harness.Redis(harness.RUN.tmpdir("redis"))
         self.pg = harness.Postgres(harness.RUN.tmpdir("pg"))
         self.n_nodes = n_nodes
@@ -97,6 +101,10 @@ class Cluster:
         self.pg.start()
         self.proxies["redis"] = Proxy("redis", self.redis.port, self.workdir)
         self.proxies["pg"] = Proxy("pg", self.pg.port, self.workdir)
+        if self.link_per_node:
+            for i in range(1, self.n_nodes):
+                for svc, port in (("redis", self.redis.port), ("pg", self.pg.port)):
+                    self.proxies[f"{svc}.n{i}"] = Proxy(f"{svc}.n{i}", port, self.workdir)
         policy = harness.policy_dir(harness.OPEN_POLICY)
         env = {"CHAT_LOG_LEVEL": "info"}
         # FAULTS_CHAT_ENV="CHAT_X=1 CHAT_Y=2": extra node settings (experiments)
@@ -104,13 +112,20 @@ class Cluster:
             k, _, v = kv.partition("=")
             env[k] = v
         for i in range(self.n_nodes):
+            rp, pp = self.link("redis", i), self.link("pg", i)
             n = harness.Node(
-                name=f"n{i}", redis=f"redis://127.0.0.1:{self.proxies['redis'].port}",
-                db=f"postgresql://postgres@127.0.0.1:{self.proxies['pg'].port}/chatd",
+                name=f"n{i}", redis=f"redis://127.0.0.1:{rp.port}",
+                db=f"postgresql://postgres@127.0.0.1:{pp.port}/chatd",
                 scripts=policy, env=env)
             self.nodes.append(n)
         for n in self.nodes:
             n.start()
+
+    def link(self, service, i):
+        """The proxy node i reaches `service` ("redis" or "pg") through."""
+        if self.link_per_node and i > 0:
+            return self.proxies[f"{service}.n{i}"]
+        return self.proxies[service]
 
     def stop(self):
         if self.sampler:
