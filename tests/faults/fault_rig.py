@@ -457,6 +457,67 @@ async def f_node_sigstop_clients_move(c, load, dur):
         os.kill(n.proc.pid, signal.SIGCONT)
 
 
+async def redis_durable(c):
+    """Makes the running Redis durable (appendonly yes, appendfsync always)
+    and starts it that way from now on; waits for the AOF's first rewrite."""
+    await asyncio.to_thread(c.redis.command, "CONFIG", "SET", "appendfsync", "always")
+    await asyncio.to_thread(c.redis.command, "CONFIG", "SET", "appendonly", "yes")
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        info = (await asyncio.to_thread(c.redis.command, "INFO", "persistence")).decode()
+        if "aof_enabled:1" in info and "aof_rewrite_in_progress:0" in info \
+                and "aof_rewrite_scheduled:0" in info:
+            break
+        await asyncio.sleep(0.05)
+    c.redis.extra_args = ["--appendonly", "yes", "--appendfsync", "always"]
+
+
+async def f_redis_kill9_aof_pg_stopped_node_kill9(c, load, dur):
+    """Two faults at once, then a third during the recovery (from --chaos):
+    Postgres stopped, so messages are broadcast and not stored; Redis
+    (durable: AOF, fsync always) killed -9 and node n0 killed -9 meanwhile;
+    n0 restarted while Redis is still down; Redis back from its AOF (a new
+    run_id: every head is seeded again, from a Postgres that is behind and
+    still stopped); then Postgres back. No head may go below the AOF's, and
+    n0's unstored messages reach history through the backfill."""
+    await redis_durable(c)
+    try:
+        c.stop_pg(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.0)
+            c.redis.kill9()
+            n = c.nodes[0]
+            n.killed = True
+            n.kill9()
+            await asyncio.to_thread(harness.wait_port_closed, n.port)
+            n.killed = False
+            n.start(wait=False)                  # Redis down, Postgres stopped
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(c.redis.start)
+            await asyncio.sleep(max(0.5, dur - 2.0))
+        finally:
+            c.stop_pg(signal.SIGCONT)
+    finally:
+        c.redis.extra_args = []                  # later restarts come back empty again
+
+
+async def f_node_restart_redis_frozen(c, load, dur):
+    """Node n0 killed -9 and started again while Redis is frozen (SIGSTOP:
+    its port accepts connections, nothing answers), so n0 starts with no
+    answer from Redis; Redis resumes after the pause."""
+    os.kill(c.redis.proc.pid, signal.SIGSTOP)
+    try:
+        n = c.nodes[0]
+        n.killed = True
+        n.kill9()
+        await asyncio.to_thread(harness.wait_port_closed, n.port)
+        n.killed = False
+        n.start(wait=False)
+        await asyncio.sleep(dur)
+    finally:
+        os.kill(c.redis.proc.pid, signal.SIGCONT)
+
+
 FAULTS = [
     # name, what it does, fn, duration (short, long) in s
     ("none", "no fault (control)", f_none, (2, 5)),
@@ -503,6 +564,12 @@ FAULTS = [
     ("node-sigstop-clients-move", "node n0 frozen; its clients drop it after 1 s and move to n1 "
      "with since= (resending unacked messages there); n0 resumes after the pause",
      f_node_sigstop_clients_move, (8, 12)),
+    ("redis-kill9-aof-pg-stopped-node-kill9", "Postgres stopped; Redis (AOF, fsync always) and "
+     "node n0 killed -9; n0 restarted while Redis is down; Redis back from its AOF while "
+     "Postgres is still stopped; then Postgres back", f_redis_kill9_aof_pg_stopped_node_kill9,
+     (4, 6)),
+    ("node-restart-redis-frozen", "node n0 killed -9 and started again while Redis is frozen "
+     "(SIGSTOP); Redis resumes after the pause", f_node_restart_redis_frozen, (4, 6)),
 ]
 
 # Slow faults (35 s each): only in the long form, or when named in --only
