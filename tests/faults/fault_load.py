@@ -59,10 +59,11 @@ class FaultClient:
         # what explains a gap: (t, event, node, detail) of each welcome, skip,
         # reorder and gap_too_large (at most 200; printed by --chaos on a failure)
         self.trace = []
-        # an `unavailable` without an id on this connection: its join could
-        # not recover everything after since= (protocol.md allows it); what
-        # follows on it is not judged and the client reconnects with the same
-        # since= (the browser client pages history instead)
+        # an `unavailable` without an id or a `gap_too_large` on this
+        # connection: the server says it could not deliver everything after
+        # since= (protocol.md allows it); what follows on it is not judged and
+        # the client reconnects with the same since= (the browser client pages
+        # history instead). The checker still counts every gap_too_large.
         self.told = False
         self.recovery_unavailable = 0
 
@@ -139,9 +140,11 @@ class FaultClient:
             self.errors[code] = self.errors.get(code, 0) + 1
             if code != "unavailable" or f.get("id") is None:
                 self.note("error", f"{code} {f.get('message', '')} last={self.last}")
-            if code == "unavailable" and f.get("id") is None and not self.told:
+            if code in ("unavailable", "gap_too_large") and f.get("id") is None \
+                    and not self.told:
                 self.told = True
                 self.recovery_unavailable += 1
+                self.online = False          # nothing more is sent on it
                 if self.ws is not None:
                     self.ws.transport.abort()
             if code == "gap_too_large":

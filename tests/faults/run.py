@@ -12,6 +12,7 @@ the checker (fault_check.py) proves or refutes the guarantees of protocol.md.
                     add the faults that drop packets for real with nftables
 
   /usr/bin/python3 tests/faults/run.py --chaos 1,2,3 [--chaos-secs 60] [--chaos-lossy]
+                                       [--chaos-nodes 3]
            random overlapping faults, one phase per seed (not in the default run):
            the seed's schedule (fault_chaos.py, printed first) of node kill -9 /
            SIGSTOP, Redis kill -9 (appendfsync always: nothing lost) / SIGSTOP,
@@ -304,6 +305,10 @@ async def chaos_main(args, prof, seeds, cluster, results):
                    "acked": 0, "lost": 0, "reused": 0, "dup": 0, "order": 0, "holes": 0,
                    "unacked": 0, "back": "?", "reconnect_max": None, "ack_max": 0.0,
                    "rss_mib": 0, "rate": 0, "clients": 0, "fault_s": 0}
+        if load_of:
+            told = sum(c.recovery_unavailable for c in load_of[0].clients)
+            res["note"] = ((res.get("note") or "") + f" connections told unavailable (no id) or "
+                           f"gap_too_large, then resumed with since=: {told}").strip()
         errs = [x for x in timeline if x[4]]
         if errs:
             res["note"] = (res.get("note") or "") + " action errors: " + "; ".join(
@@ -312,10 +317,21 @@ async def chaos_main(args, prof, seeds, cluster, results):
             print(f"# {name} timeline (start-end s, action, target): " + "; ".join(
                 f"{s}-{e} {a} {tg}" for s, e, a, tg, _ in sorted(timeline)), flush=True)
         if not res["ok"] and load_of:
-            odd = [c for c in load_of[0].clients if c.skipped or c.reorder or c.gap_too_large]
-            for c in odd[:6]:
-                print(f"# {name} trace of {c.name} (s, event, node, detail): "
-                      + "; ".join(f"{t} {e} {n} {d}" for t, e, n, d in c.trace), flush=True)
+            # silent skips first (a skip the client was not told about), then
+            # clients not caught up; every such trace also goes to a file
+            heads = load_of[0].heads()
+            behind = {c.name for c in load_of[0].clients if c.last < heads[c.room]}
+            odd = sorted((c for c in load_of[0].clients
+                          if c.skipped or c.reorder or c.gap_too_large or c.name in behind),
+                         key=lambda c: (-(c.skipped + c.reorder), c.name not in behind))
+            path = os.path.join(cluster.workdir, f"{name}-traces.txt")
+            with open(path, "w") as f:
+                for k, c in enumerate(odd):
+                    line = (f"# {name} trace of {c.name} (s, event, node, detail): "
+                            + "; ".join(f"{t} {e} {n} {d}" for t, e, n, d in c.trace))
+                    f.write(line + "\n")
+                    if k < 6:
+                        print(line, flush=True)
         results.append((name, res, time.monotonic() - t))
         report(name, res, time.monotonic() - t)
 
@@ -396,6 +412,7 @@ def main():
     ap.add_argument("--chaos", default="",
                     help="comma-separated seeds: random overlapping faults (not in the default run)")
     ap.add_argument("--chaos-secs", type=float, default=60.0, help="seconds of chaos per seed")
+    ap.add_argument("--chaos-nodes", type=int, default=2, help="with --chaos: chatd nodes")
     ap.add_argument("--chaos-lossy", action="store_true",
                     help="with --chaos: Redis may also restart empty (loses acked writes)")
     ap.add_argument("--schedule", default="",
@@ -448,7 +465,8 @@ def main():
     results = []
     cluster = None
     if faults or seeds:
-        cluster = Cluster(workdir, link_per_node=bool(seeds))
+        cluster = Cluster(workdir, n_nodes=args.chaos_nodes if seeds else 2,
+                          link_per_node=bool(seeds))
         if seeds:
             cluster.redis.extra_args = fault_chaos.REDIS_DURABLE
         try:
