@@ -56,6 +56,21 @@ class FaultClient:
         self.ack_latency_max = 0.0  # first send -> ack, resends included
         self.slowest = None         # (id, latency, sends, node, sent at, errors) of that ack
         self.task = None
+        # what explains a gap: (t, event, node, detail) of each welcome, skip,
+        # reorder and gap_too_large (at most 200; printed by --chaos on a failure)
+        self.trace = []
+        # an `unavailable` without an id or a `gap_too_large` on this
+        # connection: the server says it could not deliver everything after
+        # since= (protocol.md allows it); what follows on it is not judged and
+        # the client reconnects with the same since= (the browser client pages
+        # history instead). The checker still counts every gap_too_large.
+        self.told = False
+        self.recovery_unavailable = 0
+
+    def note(self, what, detail):
+        if len(self.trace) < 200:
+            self.trace.append((round(time.monotonic() - self.load.t0, 2), what, self.node_name,
+                               detail))
 
     # -- connection loop ----------------------------------------------------
     async def run(self):
@@ -81,6 +96,7 @@ class FaultClient:
                 backoff = min(backoff * 2, 1.0)
                 continue
             self.ws = ws
+            self.told = False
             self.connects += 1
             self.node_name = node.name
             try:
@@ -112,6 +128,7 @@ class FaultClient:
         elif t == "ack":
             self.on_ack(f)
         elif t == "welcome":
+            self.note("welcome", f"since={self.last} seq={f.get('seq')}")
             self.online = True
             if self.down_since is not None and not self.paused:
                 self.reconnect_times.append(time.monotonic() - self.down_since)
@@ -121,6 +138,15 @@ class FaultClient:
         elif t == "error":
             code = f.get("code", "?")
             self.errors[code] = self.errors.get(code, 0) + 1
+            if code != "unavailable" or f.get("id") is None:
+                self.note("error", f"{code} {f.get('message', '')} last={self.last}")
+            if code in ("unavailable", "gap_too_large") and f.get("id") is None \
+                    and not self.told:
+                self.told = True
+                self.recovery_unavailable += 1
+                self.online = False          # nothing more is sent on it
+                if self.ws is not None:
+                    self.ws.transport.abort()
             if code == "gap_too_large":
                 self.gap_too_large += 1
             elif code == "unavailable" and f.get("id") in self.unacked:
@@ -134,6 +160,8 @@ class FaultClient:
         s = f.get("seq")
         mid = f.get("id")
         self.load.observe(self.room, s, mid, f"delivery to {self.name}")
+        if self.told:
+            return
         if s in self.got:
             self.dup += 1
             return
@@ -141,9 +169,11 @@ class FaultClient:
         if s == self.last + 1:
             self.last = s
         elif s > self.last + 1:
+            self.note("skip", f"last={self.last} got={s}")
             self.skipped += s - self.last - 1
             self.last = s
         else:
+            self.note("reorder", f"last={self.last} got={s}")
             self.reorder += 1
 
     def on_ack(self, f):

@@ -81,8 +81,12 @@ def rss_kib(pid):
 
 
 class Cluster:
-    def __init__(self, workdir, n_nodes=2):
+    def __init__(self, workdir, n_nodes=2, link_per_node=False):
         self.workdir = workdir
+        # link_per_node: each node reaches Redis and Postgres through proxies
+        # of its own ("redis"/"pg" are n0's, "redis.n1"/"pg.n1" n1's...), so a
+        # fault can cut one node's link while the other keeps its own
+        self.link_per_node = link_per_node
         self.redis = harness.Redis(harness.RUN.tmpdir("redis"))
         self.pg = harness.Postgres(harness.RUN.tmpdir("pg"))
         self.n_nodes = n_nodes
@@ -97,6 +101,10 @@ class Cluster:
         self.pg.start()
         self.proxies["redis"] = Proxy("redis", self.redis.port, self.workdir)
         self.proxies["pg"] = Proxy("pg", self.pg.port, self.workdir)
+        if self.link_per_node:
+            for i in range(1, self.n_nodes):
+                for svc, port in (("redis", self.redis.port), ("pg", self.pg.port)):
+                    self.proxies[f"{svc}.n{i}"] = Proxy(f"{svc}.n{i}", port, self.workdir)
         policy = harness.policy_dir(harness.OPEN_POLICY)
         env = {"CHAT_LOG_LEVEL": "info"}
         # FAULTS_CHAT_ENV="CHAT_X=1 CHAT_Y=2": extra node settings (experiments)
@@ -104,13 +112,20 @@ class Cluster:
             k, _, v = kv.partition("=")
             env[k] = v
         for i in range(self.n_nodes):
+            rp, pp = self.link("redis", i), self.link("pg", i)
             n = harness.Node(
-                name=f"n{i}", redis=f"redis://127.0.0.1:{self.proxies['redis'].port}",
-                db=f"postgresql://postgres@127.0.0.1:{self.proxies['pg'].port}/chatd",
+                name=f"n{i}", redis=f"redis://127.0.0.1:{rp.port}",
+                db=f"postgresql://postgres@127.0.0.1:{pp.port}/chatd",
                 scripts=policy, env=env)
             self.nodes.append(n)
         for n in self.nodes:
             n.start()
+
+    def link(self, service, i):
+        """The proxy node i reaches `service` ("redis" or "pg") through."""
+        if self.link_per_node and i > 0:
+            return self.proxies[f"{service}.n{i}"]
+        return self.proxies[service]
 
     def stop(self):
         if self.sampler:
@@ -442,6 +457,67 @@ async def f_node_sigstop_clients_move(c, load, dur):
         os.kill(n.proc.pid, signal.SIGCONT)
 
 
+async def redis_durable(c):
+    """Makes the running Redis durable (appendonly yes, appendfsync always)
+    and starts it that way from now on; waits for the AOF's first rewrite."""
+    await asyncio.to_thread(c.redis.command, "CONFIG", "SET", "appendfsync", "always")
+    await asyncio.to_thread(c.redis.command, "CONFIG", "SET", "appendonly", "yes")
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        info = (await asyncio.to_thread(c.redis.command, "INFO", "persistence")).decode()
+        if "aof_enabled:1" in info and "aof_rewrite_in_progress:0" in info \
+                and "aof_rewrite_scheduled:0" in info:
+            break
+        await asyncio.sleep(0.05)
+    c.redis.extra_args = ["--appendonly", "yes", "--appendfsync", "always"]
+
+
+async def f_redis_kill9_aof_pg_stopped_node_kill9(c, load, dur):
+    """Two faults at once, then a third during the recovery (from --chaos):
+    Postgres stopped, so messages are broadcast and not stored; Redis
+    (durable: AOF, fsync always) killed -9 and node n0 killed -9 meanwhile;
+    n0 restarted while Redis is still down; Redis back from its AOF (a new
+    run_id: every head is seeded again, from a Postgres that is behind and
+    still stopped); then Postgres back. No head may go below the AOF's, and
+    n0's unstored messages reach history through the backfill."""
+    await redis_durable(c)
+    try:
+        c.stop_pg(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.0)
+            c.redis.kill9()
+            n = c.nodes[0]
+            n.killed = True
+            n.kill9()
+            await asyncio.to_thread(harness.wait_port_closed, n.port)
+            n.killed = False
+            n.start(wait=False)                  # Redis down, Postgres stopped
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(c.redis.start)
+            await asyncio.sleep(max(0.5, dur - 2.0))
+        finally:
+            c.stop_pg(signal.SIGCONT)
+    finally:
+        c.redis.extra_args = []                  # later restarts come back empty again
+
+
+async def f_node_restart_redis_frozen(c, load, dur):
+    """Node n0 killed -9 and started again while Redis is frozen (SIGSTOP:
+    its port accepts connections, nothing answers), so n0 starts with no
+    answer from Redis; Redis resumes after the pause."""
+    os.kill(c.redis.proc.pid, signal.SIGSTOP)
+    try:
+        n = c.nodes[0]
+        n.killed = True
+        n.kill9()
+        await asyncio.to_thread(harness.wait_port_closed, n.port)
+        n.killed = False
+        n.start(wait=False)
+        await asyncio.sleep(dur)
+    finally:
+        os.kill(c.redis.proc.pid, signal.SIGCONT)
+
+
 FAULTS = [
     # name, what it does, fn, duration (short, long) in s
     ("none", "no fault (control)", f_none, (2, 5)),
@@ -488,6 +564,12 @@ FAULTS = [
     ("node-sigstop-clients-move", "node n0 frozen; its clients drop it after 1 s and move to n1 "
      "with since= (resending unacked messages there); n0 resumes after the pause",
      f_node_sigstop_clients_move, (8, 12)),
+    ("redis-kill9-aof-pg-stopped-node-kill9", "Postgres stopped; Redis (AOF, fsync always) and "
+     "node n0 killed -9; n0 restarted while Redis is down; Redis back from its AOF while "
+     "Postgres is still stopped; then Postgres back", f_redis_kill9_aof_pg_stopped_node_kill9,
+     (4, 6)),
+    ("node-restart-redis-frozen", "node n0 killed -9 and started again while Redis is frozen "
+     "(SIGSTOP); Redis resumes after the pause", f_node_restart_redis_frozen, (4, 6)),
 ]
 
 # Slow faults (35 s each): only in the long form, or when named in --only

@@ -11,6 +11,20 @@ the checker (fault_check.py) proves or refutes the guarantees of protocol.md.
            --netns: run in a new network namespace (root, `ip netns`, nftables) and
                     add the faults that drop packets for real with nftables
 
+  /usr/bin/python3 tests/faults/run.py --chaos 1,2,3 [--chaos-secs 60] [--chaos-lossy]
+                                       [--chaos-nodes 3]
+           random overlapping faults, one phase per seed (not in the default run):
+           the seed's schedule (fault_chaos.py, printed first) of node kill -9 /
+           SIGSTOP, Redis kill -9 (appendfsync always: nothing lost) / SIGSTOP,
+           Postgres crash / SIGSTOP, cuts, stalls, resets, delay and loss of ONE
+           node's Redis or Postgres link (a proxy per node and service), client
+           drops; then the same drain and checker as a single fault. On a failure
+           it prints the real timeline and the trace of the clients that skipped.
+           --chaos-lossy: Redis may also restart empty (loses acked writes: seqs
+           broadcast but not committed can be reused, README "Durability").
+           --schedule "0.5 node-kill9 n0 2.0; 1.0 redis-kill9 redis 1.5": play
+           this schedule (as printed) instead of the seed's.
+
 Ports: every server it starts (nodes, Redis, Postgres, proxies, ./run.sh)
 listens on a port of CHATD_TEST_PORT_LO..HI (default 17200-17499), handed out
 by the integration harness's free_port, as in tests/integration.
@@ -41,6 +55,7 @@ import harness  # noqa: E402
 import fault_check as checker  # noqa: E402
 from fault_rig import Cluster, FAULTS, NETNS_FAULTS, SLOW_FAULTS, netns_available  # noqa: E402
 from fault_load import Load  # noqa: E402
+import fault_chaos  # noqa: E402
 
 # Faults that fail on main because of a known defect being fixed elsewhere.
 # Remove the entry when the fix merges (an XPASS line says when).
@@ -69,8 +84,9 @@ class Profile:
         self.rss_limit_mib = 256
 
 
-async def phase(cluster, prof, name, fn, dur, idx):
-    """One fault under load; returns the checker's result."""
+async def phase(cluster, prof, name, fn, dur, idx, loads=None):
+    """One fault under load; returns the checker's result (and appends the
+    load to `loads`, when given, for a closer look at its clients)."""
     steps = []
     mark = [time.monotonic()]
 
@@ -83,6 +99,8 @@ async def phase(cluster, prof, name, fn, dur, idx):
     step("heal")
     load = Load(cluster, f"{idx}{name.replace('-', '')}-{os.getpid() % 10000}", prof.rooms,
                 prof.senders, prof.listeners, prof.rate, cold_rooms=prof.cold)
+    if loads is not None:
+        loads.append(load)
     t0 = time.monotonic()
     started = await load.start(30)
     step("connect")
@@ -261,6 +279,63 @@ async def faults_main(args, prof, faults, cluster, results):
         report(name, res, time.monotonic() - t)
 
 
+async def chaos_main(args, prof, seeds, cluster, results):
+    """--chaos: one phase per seed whose fault is that seed's random schedule
+    of overlapping faults (fault_chaos.py)."""
+    cluster.start_sampler()
+    for i, seed in enumerate(seeds):
+        if args.schedule:
+            sched = fault_chaos.parse_schedule(args.schedule)
+        else:
+            sched = fault_chaos.schedule(seed, args.chaos_secs, len(cluster.nodes),
+                                         lossy=args.chaos_lossy)
+        name = f"chaos-{seed}"
+        print(f"# {name} schedule ({len(sched)} actions, start s / action / target / s): "
+              f"{fault_chaos.format_schedule(sched)}", flush=True)
+        timeline = []
+        load_of = []
+        t = time.monotonic()
+        try:
+            res = await phase(cluster, prof, name, fault_chaos.chaos_fault(sched, timeline),
+                              args.chaos_secs, i, load_of)
+        except Exception as e:  # noqa: the harness itself failed: a FAIL, with the reason
+            import traceback
+            traceback.print_exc()
+            res = {"ok": False, "problems": [("harness", f"{type(e).__name__}: {e}")],
+                   "acked": 0, "lost": 0, "reused": 0, "dup": 0, "order": 0, "holes": 0,
+                   "unacked": 0, "back": "?", "reconnect_max": None, "ack_max": 0.0,
+                   "rss_mib": 0, "rate": 0, "clients": 0, "fault_s": 0}
+        if load_of:
+            told = sum(c.recovery_unavailable for c in load_of[0].clients)
+            res["note"] = ((res.get("note") or "") + f" connections told unavailable (no id) or "
+                           f"gap_too_large, then resumed with since=: {told}").strip()
+        errs = [x for x in timeline if x[4]]
+        if errs:
+            res["note"] = (res.get("note") or "") + " action errors: " + "; ".join(
+                f"{a} {tg} at {s}: {e}" for s, _, a, tg, e in errs[:5])
+        if not res["ok"] or os.environ.get("FAULTS_VERBOSE"):
+            print(f"# {name} timeline (start-end s, action, target): " + "; ".join(
+                f"{s}-{e} {a} {tg}" for s, e, a, tg, _ in sorted(timeline)), flush=True)
+        if not res["ok"] and load_of:
+            # silent skips first (a skip the client was not told about), then
+            # clients not caught up; every such trace also goes to a file
+            heads = load_of[0].heads()
+            behind = {c.name for c in load_of[0].clients if c.last < heads[c.room]}
+            odd = sorted((c for c in load_of[0].clients
+                          if c.skipped or c.reorder or c.gap_too_large or c.name in behind),
+                         key=lambda c: (-(c.skipped + c.reorder), c.name not in behind))
+            path = os.path.join(cluster.workdir, f"{name}-traces.txt")
+            with open(path, "w") as f:
+                for k, c in enumerate(odd):
+                    line = (f"# {name} trace of {c.name} (s, event, node, detail): "
+                            + "; ".join(f"{t} {e} {n} {d}" for t, e, n, d in c.trace))
+                    f.write(line + "\n")
+                    if k < 6:
+                        print(line, flush=True)
+        results.append((name, res, time.monotonic() - t))
+        report(name, res, time.monotonic() - t)
+
+
 COUNTS = {"PASS": 0, "FAIL": 0, "XFAIL": 0, "XPASS": 0}
 
 
@@ -334,6 +409,14 @@ def main():
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--netns", action="store_true",
                     help="run inside a new network namespace; adds the nftables loss faults")
+    ap.add_argument("--chaos", default="",
+                    help="comma-separated seeds: random overlapping faults (not in the default run)")
+    ap.add_argument("--chaos-secs", type=float, default=60.0, help="seconds of chaos per seed")
+    ap.add_argument("--chaos-nodes", type=int, default=2, help="with --chaos: chatd nodes")
+    ap.add_argument("--chaos-lossy", action="store_true",
+                    help="with --chaos: Redis may also restart empty (loses acked writes)")
+    ap.add_argument("--schedule", default="",
+                    help="with --chaos: play this schedule (as printed) instead of the seed's")
     args = ap.parse_args()
     if args.netns and not os.environ.get("FAULTS_NETNS"):
         return in_netns()
@@ -349,6 +432,11 @@ def main():
     if args.rooms:
         prof.rooms = args.rooms
     only = [x for x in args.only.split(",") if x]
+    seeds = [int(x) for x in args.chaos.split(",") if x]
+    if seeds:
+        only = only or ["-"]            # no single fault and no run-sh-durable unless named
+        prof.drain = max(prof.drain, 60.0)
+        prof.converge = max(prof.converge, 30.0)
     all_faults = FAULTS + (SLOW_FAULTS if args.long or only else []) + \
         (NETNS_FAULTS if netns_available() else [])
     if args.netns and not netns_available():
@@ -376,11 +464,17 @@ def main():
 
     results = []
     cluster = None
-    if faults:
-        cluster = Cluster(workdir)
+    if faults or seeds:
+        cluster = Cluster(workdir, n_nodes=args.chaos_nodes if seeds else 2,
+                          link_per_node=bool(seeds))
+        if seeds:
+            cluster.redis.extra_args = fault_chaos.REDIS_DURABLE
         try:
             cluster.start()
-            asyncio.run(faults_main(args, prof, faults, cluster, results))
+            if faults:
+                asyncio.run(faults_main(args, prof, faults, cluster, results))
+            if seeds:
+                asyncio.run(chaos_main(args, prof, seeds, cluster, results))
         except Exception as e:
             print(f"FAIL faults.setup: {type(e).__name__}: {e}", flush=True)
             COUNTS["FAIL"] += 1

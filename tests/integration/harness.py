@@ -233,6 +233,9 @@ class Redis:
         self.dir = dir_
         self.port = port or free_port()
         self.proc = None
+        # more redis-server options, after the defaults (a later option wins):
+        # e.g. ["--appendonly", "yes", "--appendfsync", "always"] for a durable Redis
+        self.extra_args = []
         # its unix socket too (unix:// URLs); a path must fit a sockaddr_un
         self.sock = os.path.join(dir_, "r.sock") if unixsocket else None
         if self.sock and len(self.sock) > 100:
@@ -251,7 +254,7 @@ class Redis:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", self.dir, "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--loglevel", "warning"]
+             "--daemonize", "no", "--loglevel", "warning"] + self.extra_args
             + (["--unixsocket", self.sock, "--unixsocketperm", "700"] if self.sock else []),
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
