@@ -4,6 +4,7 @@
 #include "log.h"
 #include "redis_client.h"
 #include "redis_slot.h"
+#include "util.h"
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,6 +353,20 @@ static int renew_cmp(const void *x, const void *y)
     return a->i < b->i ? -1 : a->i > b->i;
 }
 
+/* A renewal's reply: nobody waits for it, but an error (OOM, WRONGTYPE...)
+ * means the pass is not renewing, and the cross-node limit stops counting
+ * this node's users: logged, at most once per 10 s. */
+static void renew_reply(void *ud, const redisReply *rp)
+{
+    static uint64_t last_ms;
+    (void)ud;
+    if (!rp || rp->type != REDIS_REPLY_ERROR) return;
+    uint64_t now = mono_ms();
+    if (last_ms && now - last_ms < 10000) return;
+    last_ms = now;
+    LOGW(MOD, "connection count renewal: %.*s", (int)rp->len, rp->str ? rp->str : "");
+}
+
 /* one CONNS_RENEW_LUA call for keys k[0..n) (one slot) */
 static int renew_send(adminstore *a, const char *node, const char *ttl, const renew_key *k, size_t n,
                       char *const *keys, const int64_t *counts)
@@ -371,7 +386,7 @@ static int renew_send(adminstore *a, const char *node, const char *ttl, const re
         v[1 + n] = node;
         v[1 + n + 1] = ttl;
         redis_call how = {.slot = k[0].slot, .node = 0, .script = S_CONNS_RENEW};
-        rc = redis_client_call(a->rc, &how, (int)argc, v, NULL, NULL, NULL);
+        rc = redis_client_call(a->rc, &how, (int)argc, v, NULL, renew_reply, NULL);
     }
     free(v);
     free(num);
@@ -390,7 +405,7 @@ int adminstore_conns_renew(adminstore *a, const char *node, uint64_t ttl_ms, siz
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         int kl = asprintf(&keys[i], "chat:{conns:%s}:n", users[i]);
-        if (kl < 0) { keys[i] = NULL; continue; }   /* left to the next pass */
+        if (kl < 0) { keys[i] = NULL; failed++; continue; }   /* left to the next pass */
         k[m].slot = redis_key_slot(keys[i], (size_t)kl);
         k[m].i = i;
         m++;

@@ -69,7 +69,8 @@ int adminstore_conns(adminstore *a, const char *user, const char *node, int64_t 
  * (counts[i] for users[i]; 0: removed) for ttl_ms, as adminstore_conns with
  * max 0 and no answer, in one script call per ADMINSTORE_RENEW_CHUNK users
  * (a Cluster: per slot, since a script's keys share one). Returns how many
- * calls could not be sent (the next pass writes those users again). */
+ * calls (or users, out of memory) could not be sent; the next pass writes
+ * them again. An error reply is logged (at most once per 10 s). */
 #define ADMINSTORE_RENEW_CHUNK 128
 int adminstore_conns_renew(adminstore *a, const char *node, uint64_t ttl_ms, size_t n,
                            const char *const *users, const int64_t *counts);

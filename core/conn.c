@@ -49,7 +49,7 @@ void conn_metrics_init(void)
     m_deliveries = metrics_counter("chat_deliveries_total", "Message frames written to client sockets", NULL);
     m_slow = metrics_counter("chat_drops_total", "Connections dropped or frames refused, by reason", "reason=\"slow_consumer\"");
     metrics_counter("chat_slow_consumer_closes_total", "Connections closed with 1008 because their queue filled", NULL);
-    m_writev = metrics_counter("chat_socket_writes_total", "sendmsg() calls on client sockets (one per connection per loop turn with frames)", NULL);
+    m_writev = metrics_counter("chat_socket_writes_total", "sendmsg() calls on client sockets", NULL);
     m_lag = metrics_histogram("chat_broadcast_lag_seconds",
                               "Message entered this node's delivery path -> written to the recipient socket",
                               NULL, METRICS_LAG_BUCKETS, METRICS_LAG_NBUCKETS);
@@ -436,7 +436,7 @@ static int write_some(conn *c)
     while (!outq_empty(&c->q)) {
         size_t total;
         int n = outq_iov(&c->q, iov, 64, &total);
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
         ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
         metric_inc(m_writev);
         if (w < 0) {

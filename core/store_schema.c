@@ -136,7 +136,7 @@ static const migration MIGRATIONS[] = {
      * delete among its rows and no stored delete of its messages and edits
      * (one probe of the partial index per row, as before). Its two UPDATE
      * statements ran every batch and found nothing almost always; their
-     * joins over the transition table cost about 15 us per transaction
+     * joins over the transition table cost 15-30 us per transaction
      * (docs/cost.md section 21). What they erase when they run is the same.
      * The attributes of version 7 are restated. */
     {8, "erase_trigger_guard",

@@ -146,7 +146,8 @@ static void write_one(void *ud, const char *user, int64_t n)
 
 static void write_batch(void)
 {
-    if (g_blen) adminstore_conns_renew(g_store, g_node, g_ttl, g_blen, g_bu, g_bn);
+    if (g_blen && adminstore_conns_renew(g_store, g_node, g_ttl, g_blen, g_bu, g_bn) != 0)
+        LOGD(MOD, "%zu renewals: some not sent (the next pass writes them)", g_blen);
     g_blen = 0;
 }
 

@@ -18,8 +18,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 P=(psql -h 127.0.0.1 -p "$PORT" -U postgres -d chatd -qAt)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 "${P[@]}" -c "SELECT pg_get_functiondef('chatd_erase_deleted'::regproc)" >"$work/guarded.sql"
+# an interrupted run leaves the function as chatd installs it
+trap '"${P[@]}" -f "$work/guarded.sql" >/dev/null 2>&1; rm -rf "$work"' EXIT
 grep -q 'IF NOT EXISTS' "$work/guarded.sql" ||
     { echo "bench_erase_trigger: the function has no guard (schema older than version 8?)" >&2; exit 2; }
 # the same function without its guard: version 7's body
@@ -35,4 +36,3 @@ for r in $(seq 1 "$ROUNDS"); do
         echo "round $r $v: 1 row $(pb "$HERE/sql/insert_1row.pgbench") ms, 5 rows $(pb "$HERE/sql/insert_5rows.pgbench") ms"
     done
 done
-"${P[@]}" -f "$work/guarded.sql" >/dev/null

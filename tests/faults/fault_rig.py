@@ -469,7 +469,21 @@ async def redis_durable(c):
                 and "aof_rewrite_scheduled:0" in info:
             break
         await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("redis_durable: the AOF's first rewrite did not end in 10 s")
     c.redis.extra_args = ["--appendonly", "yes", "--appendfsync", "always"]
+
+
+async def redis_plain(c):
+    """Undoes redis_durable for the phases after it: later restarts come back
+    empty, and the running Redis stops writing its AOF (it is up again when
+    the fault ends; if not, heal starts it plain)."""
+    c.redis.extra_args = []
+    try:
+        await asyncio.to_thread(c.redis.command, "CONFIG", "SET", "appendonly", "no")
+        await asyncio.to_thread(c.redis.command, "CONFIG", "SET", "appendfsync", "everysec")
+    except Exception:
+        pass
 
 
 async def f_redis_kill9_aof_pg_stopped_node_kill9(c, load, dur):
@@ -480,8 +494,8 @@ async def f_redis_kill9_aof_pg_stopped_node_kill9(c, load, dur):
     run_id: every head is seeded again, from a Postgres that is behind and
     still stopped); then Postgres back. No head may go below the AOF's, and
     n0's unstored messages reach history through the backfill."""
-    await redis_durable(c)
     try:
+        await redis_durable(c)
         c.stop_pg(signal.SIGSTOP)
         try:
             await asyncio.sleep(1.0)
@@ -498,7 +512,7 @@ async def f_redis_kill9_aof_pg_stopped_node_kill9(c, load, dur):
         finally:
             c.stop_pg(signal.SIGCONT)
     finally:
-        c.redis.extra_args = []                  # later restarts come back empty again
+        await redis_plain(c)                     # later phases run on a plain Redis again
 
 
 async def f_node_restart_redis_frozen(c, load, dur):
