@@ -261,20 +261,36 @@ def check_run_sh_durable(workdir):
     return problems
 
 
+async def guarded_phase(cluster, prof, name, fn, dur, idx, load_of=None):
+    """phase(), with a failure of the harness itself reported as a FAIL with
+    its reason, and the count of connections that were told they could not
+    be recovered (an id-less unavailable, or gap_too_large) and resumed with
+    since= in the phase's note: the load does not judge what follows such an
+    answer, so the count shows in every phase, not only in --chaos."""
+    load_of = [] if load_of is None else load_of
+    try:
+        res = await phase(cluster, prof, name, fn, dur, idx, load_of)
+    except Exception as e:  # noqa: the harness itself failed: a FAIL, with the reason
+        import traceback
+        traceback.print_exc()
+        return {"ok": False, "problems": [("harness", f"{type(e).__name__}: {e}")],
+                "acked": 0, "lost": 0, "reused": 0, "dup": 0, "order": 0, "holes": 0,
+                "unacked": 0, "back": "?", "reconnect_max": None, "ack_max": 0.0,
+                "rss_mib": 0, "rate": 0, "clients": 0, "fault_s": 0}
+    if load_of:
+        told = sum(c.recovery_unavailable for c in load_of[0].clients)
+        if told:
+            res["note"] = ((res.get("note") or "") + f" connections told unavailable (no id) or "
+                           f"gap_too_large, then resumed with since=: {told}").strip()
+    return res
+
+
 async def faults_main(args, prof, faults, cluster, results):
     cluster.start_sampler()
     for i, (name, what, fn, durs) in enumerate(faults):
         dur = durs[1] if prof.long else durs[0]
         t = time.monotonic()
-        try:
-            res = await phase(cluster, prof, name, fn, dur, i)
-        except Exception as e:  # noqa: the harness itself failed: a FAIL, with the reason
-            import traceback
-            traceback.print_exc()
-            res = {"ok": False, "problems": [("harness", f"{type(e).__name__}: {e}")],
-                   "acked": 0, "lost": 0, "reused": 0, "dup": 0, "order": 0, "holes": 0,
-                   "unacked": 0, "back": "?", "reconnect_max": None, "ack_max": 0.0,
-                   "rss_mib": 0, "rate": 0, "clients": 0, "fault_s": 0}
+        res = await guarded_phase(cluster, prof, name, fn, dur, i)
         results.append((name, res, time.monotonic() - t))
         report(name, res, time.monotonic() - t)
 
@@ -295,20 +311,8 @@ async def chaos_main(args, prof, seeds, cluster, results):
         timeline = []
         load_of = []
         t = time.monotonic()
-        try:
-            res = await phase(cluster, prof, name, fault_chaos.chaos_fault(sched, timeline),
-                              args.chaos_secs, i, load_of)
-        except Exception as e:  # noqa: the harness itself failed: a FAIL, with the reason
-            import traceback
-            traceback.print_exc()
-            res = {"ok": False, "problems": [("harness", f"{type(e).__name__}: {e}")],
-                   "acked": 0, "lost": 0, "reused": 0, "dup": 0, "order": 0, "holes": 0,
-                   "unacked": 0, "back": "?", "reconnect_max": None, "ack_max": 0.0,
-                   "rss_mib": 0, "rate": 0, "clients": 0, "fault_s": 0}
-        if load_of:
-            told = sum(c.recovery_unavailable for c in load_of[0].clients)
-            res["note"] = ((res.get("note") or "") + f" connections told unavailable (no id) or "
-                           f"gap_too_large, then resumed with since=: {told}").strip()
+        res = await guarded_phase(cluster, prof, name, fault_chaos.chaos_fault(sched, timeline),
+                                  args.chaos_secs, i, load_of)
         errs = [x for x in timeline if x[4]]
         if errs:
             res["note"] = (res.get("note") or "") + " action errors: " + "; ".join(
