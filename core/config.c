@@ -47,7 +47,7 @@ static const opt OPTS[] = {
     {"--recent-max", "CHAT_RECENT_MAX", K_INT, O(recent_max), "1000", "recent buffer per room (messages) for recovery", 0, CONFIG_INT_MAX},
     {"--replay-max", "CHAT_REPLAY_MAX", K_INT, O(replay_max), "1000", "most messages replayed for since= before gap_too_large", 0, CONFIG_INT_MAX},
     {"--batch-max", "CHAT_BATCH_MAX", K_INT, O(batch_max), "500", "Postgres rows per batch", 0, CONFIG_INT_MAX},
-    {"--redis-linger-ms", "CHAT_REDIS_LINGER_MS", K_INT, O(redis_linger_ms), "0", "Redis: every command of the bus's and presence's command connections (not subscriptions) waits up to this long (ms) to share one write and one Redis round (0: they leave at the end of each loop turn)", 0, CONFIG_REDIS_LINGER_MAX_MS},
+    {"--redis-linger-ms", "CHAT_REDIS_LINGER_MS", K_INT, O(redis_linger_ms), "0", "Redis: the bus's and presence's command connections (not subscriptions) write at most once per this many ms: a command queued sooner after a write waits for the window's end, to share one write and one Redis round; one queued on a connection quiet that long leaves at once (0: every loop turn's commands leave at its end)", 0, CONFIG_REDIS_LINGER_MAX_MS},
     {"--batch-ms", "CHAT_BATCH_MS", K_INT, O(batch_ms), "4", "Postgres batch window (ms): a batch leaves this long after its first row (or when full)", 0, CONFIG_INT_MAX},
     {"--pending-max", "CHAT_PENDING_MAX", K_INT, O(pending_max), "100000", "Postgres pending writes bound", 0, CONFIG_INT_MAX},
     {"--drain-ms", "CHAT_DRAIN_MS", K_INT, O(drain_ms), "5000", "SIGTERM: longest wait for queues and history writes", 0, CONFIG_INT_MAX},

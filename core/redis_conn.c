@@ -45,8 +45,9 @@ struct redis_conn {
     int poll_open, events;
     uv_timer_t timer;
     uv_prepare_t prep;       /* writes the output queued during a loop turn */
-    uv_timer_t linger;       /* with o.linger_ms: writes it that long after its first command */
+    uv_timer_t linger;       /* with o.linger_ms: holds output until linger_ms after the last write */
     int linger_armed;
+    uint64_t last_flush;     /* with o.linger_ms: uv_now of the last write of queued output (0: none) */
     int wblocked;            /* the last write found the socket full */
     uv_getaddrinfo_t gai;
     int gai_active;
@@ -518,7 +519,10 @@ static void poll_cb(uv_poll_t *h, int status, int events)
 static void flush_queued(redis_conn *c)
 {
     if (c->state != ST_HANDSHAKE && c->state != ST_UP) return;
-    if (c->woff < c->wlen && !c->wr_wants_r) do_write(c);
+    if (c->woff < c->wlen && !c->wr_wants_r) {
+        if (c->o.linger_ms) c->last_flush = uv_now(c->loop);
+        do_write(c);
+    }
     if (c->state != ST_DEAD) update_events(c);
 }
 
@@ -528,9 +532,13 @@ static void prep_cb(uv_prepare_t *p)
     flush_queued(p->data);
 }
 
-/* With a linger: the output of every turn since the first queued command
- * leaves in one write, o.linger_ms after that command (Redis then answers
- * them in one event-loop round, with one AOF flush). */
+/* With a linger, at most one write of queued output per o.linger_ms (as
+ * rueidis' MaxFlushDelay): output queued on a connection that wrote longer
+ * ago than that leaves at the end of its loop turn, as without a linger;
+ * output queued sooner waits until o.linger_ms after that write, and
+ * everything queued meanwhile leaves with it in one write (Redis then answers
+ * it in one event-loop round, with one AOF flush). So a quiet connection adds
+ * no lag, and a busy one sends one write per linger. */
 static void linger_cb(uv_timer_t *t)
 {
     redis_conn *c = t->data;
@@ -551,11 +559,12 @@ static void update_events(redis_conn *c)
         /* writability is watched only after a write found the socket full */
         ev = UV_READABLE | ((out && c->wblocked) || c->rd_wants_w ? UV_WRITABLE : 0);
         if (out && !c->wblocked) {
-            if (!c->o.linger_ms || c->state != ST_UP) {
+            uint64_t now = uv_now(c->loop), due = c->last_flush + c->o.linger_ms;
+            if (!c->o.linger_ms || c->state != ST_UP || !c->last_flush || now >= due) {
                 uv_prepare_start(&c->prep, prep_cb);
             } else if (!c->linger_armed) {
                 c->linger_armed = 1;
-                uv_timer_start(&c->linger, linger_cb, c->o.linger_ms, 0);
+                uv_timer_start(&c->linger, linger_cb, due - now, 0);
             }
         }
     }

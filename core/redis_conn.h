@@ -52,7 +52,9 @@ typedef struct redis_conn_opts {
     uint32_t reply_timeout_ms;    /* a pending reply older than this fails the connection (5000) */
     uint32_t ping_every_ms;       /* PING when idle this long (1000) */
     uint32_t linger_ms;           /* 0: what a loop turn queued leaves at its end; else
-                                   * commands wait up to this long to share one write */
+                                   * at most one write per linger_ms: output queued within
+                                   * it after a write waits for its end, to share one
+                                   * write (a connection quiet that long writes at once) */
 } redis_conn_opts;
 
 redis_conn *redis_conn_new(uv_loop_t *loop, const redis_conn_opts *o, const redis_conn_handlers *h,

@@ -747,11 +747,19 @@ static long long reads_processed(int srv)
     return n;
 }
 
-/* CHAT_REDIS_LINGER_MS: commands queued in different loop turns within the
- * linger leave in one write (Redis reads them at once); without it each
- * turn's commands leave at its end. The same pattern on both connections:
- * A, 100 ms of loop, B, both answers. */
-static int linger_pattern(int srv, uint32_t linger_ms, int *a_early, long long *reads)
+/* CHAT_REDIS_LINGER_MS: at most one write per linger. The same pattern on
+ * both connections: A on a quiet connection, 100 ms of loop, B, 100 ms, C,
+ * the answers, then 600 ms of quiet and D. Without a linger each turn's
+ * command leaves at its end (A, B, C and D each answered within 100 ms, in
+ * four Redis reads). With 400 ms: A and D (a quiet connection) leave at once
+ * as well, B waits for the window A's write opened and C joins it: B and C
+ * in one write, which Redis reads once (three reads). */
+typedef struct linger_seen {
+    int a_early, b_early, d_early; /* answered within 100 ms of being sent */
+    long long reads;               /* Redis reads for A..D */
+} linger_seen;
+
+static int linger_pattern(int srv, uint32_t linger_ms, linger_seen *out)
 {
     redis_conn_opts o = {.addr = {"127.0.0.1", rp_all[srv].port}, .ping_every_ms = 60000,
                          .linger_ms = linger_ms};
@@ -760,22 +768,36 @@ static int linger_pattern(int srv, uint32_t linger_ms, int *a_early, long long *
     redis_conn *c = redis_conn_new(loop, &o, &h, &st);
     WAIT(st.up, 3000);
     if (!st.up) return -1;
-    spin(20);
+    spin(linger_ms + 100);   /* past the window of the handshake's writes */
     long long r0 = reads_processed(srv);
     long long own = reads_processed(srv) - r0;   /* what reading the count costs */
     r0 += own;
-    ans a, b;
+    ans a, b, cc, d;
     memset(&a, 0, sizeof a);
     memset(&b, 0, sizeof b);
+    memset(&cc, 0, sizeof cc);
+    memset(&d, 0, sizeof d);
     const char *ca[] = {"INCR", "linger:a"}, *cb[] = {"INCR", "linger:b"};
+    const char *cc_[] = {"INCR", "linger:c"}, *cd[] = {"INCR", "linger:d"};
     redis_conn_command(c, 2, ca, NULL, conn_cb, &a);
     spin(100);
-    *a_early = a.done;
+    out->a_early = a.done;
     redis_conn_command(c, 2, cb, NULL, conn_cb, &b);
-    WAIT(a.done && b.done, 3000);
-    int ok = a.done == 1 && b.done == 1 && a.type == REDIS_REPLY_INTEGER &&
-             b.type == REDIS_REPLY_INTEGER;
-    *reads = reads_processed(srv) - r0 - own;
+    spin(100);
+    out->b_early = b.done;
+    redis_conn_command(c, 2, cc_, NULL, conn_cb, &cc);
+    WAIT(a.done && b.done && cc.done, 3000);
+    long long reads = reads_processed(srv) - r0 - own;
+    spin(linger_ms + 200);
+    r0 = reads_processed(srv);
+    redis_conn_command(c, 2, cd, NULL, conn_cb, &d);
+    spin(100);
+    out->d_early = d.done;
+    WAIT(d.done, 3000);
+    int ok = a.done == 1 && b.done == 1 && cc.done == 1 && d.done == 1 &&
+             a.type == REDIS_REPLY_INTEGER && b.type == REDIS_REPLY_INTEGER &&
+             cc.type == REDIS_REPLY_INTEGER && d.type == REDIS_REPLY_INTEGER;
+    out->reads = reads + reads_processed(srv) - r0 - own;
     redis_conn_close(c);
     spin(20);
     return ok ? 0 : -1;
@@ -785,14 +807,16 @@ static void test_conn_linger(void)
 {
     int srv = rp_start(NULL);
     if (srv < 0) { check_fail("server"); return; }
-    int early;
-    long long reads;
-    CHECK(linger_pattern(srv, 0, &early, &reads) == 0, "no linger: both answered");
-    CHECK(early == 1, "no linger: A answered within 100 ms (%d)", early);
-    CHECK(reads == 2, "no linger: A and B in two reads (%lld)", reads);
-    CHECK(linger_pattern(srv, 400, &early, &reads) == 0, "linger 400 ms: both answered");
-    CHECK(early == 0, "linger 400 ms: A held back for B (answered within 100 ms: %d)", early);
-    CHECK(reads == 1, "linger 400 ms: A and B in one read (%lld)", reads);
+    linger_seen s;
+    CHECK(linger_pattern(srv, 0, &s) == 0, "no linger: all answered");
+    CHECK(s.a_early && s.b_early && s.d_early, "no linger: A, B, D answered within 100 ms (%d %d %d)",
+          s.a_early, s.b_early, s.d_early);
+    CHECK(s.reads == 4, "no linger: A, B, C, D in four reads (%lld)", s.reads);
+    CHECK(linger_pattern(srv, 400, &s) == 0, "linger 400 ms: all answered");
+    CHECK(s.a_early == 1, "linger 400 ms: A, on a quiet connection, left at once (%d)", s.a_early);
+    CHECK(s.b_early == 0, "linger 400 ms: B, 100 ms after A's write, held back (%d)", s.b_early);
+    CHECK(s.d_early == 1, "linger 400 ms: D, after 600 ms of quiet, left at once (%d)", s.d_early);
+    CHECK(s.reads == 3, "linger 400 ms: B and C in one read, A and D alone (%lld)", s.reads);
     rp_signal(srv, SIGKILL);
     spin(20);
 }
