@@ -71,15 +71,17 @@ static const char BAN_LOAD_LUA[] =
     "return out\n";
 
 /* The Lua both connection-count scripts share: now (Redis' clock), and
- * put(k, c): this node's count c in hash k, valid for ttl (0: removed). */
+ * put(k, c): this node's count c in hash k, valid for ttl (0: removed);
+ * nil, or Redis' error when k is not a hash (nothing written to it). */
 #define LUA_CONNS_PUT \
     "local t = redis.call('TIME')\n" \
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n" \
     "local function put(k, c)\n" \
-    "  if c > 0 then\n" \
-    "    redis.call('HSET', k, node, string.format('%d %d', c, now + ttl))\n" \
-    "    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n" \
-    "  else redis.call('HDEL', k, node) end\n" \
+    "  local r\n" \
+    "  if c > 0 then r = redis.pcall('HSET', k, node, string.format('%d %d', c, now + ttl))\n" \
+    "  else r = redis.pcall('HDEL', k, node) end\n" \
+    "  if type(r) == 'table' and r.err then return r end\n" \
+    "  if c > 0 and redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n" \
     "end\n"
 
 /* KEYS[1] a user's connections (hash: node -> "<count> <until_ms>");
@@ -90,7 +92,8 @@ static const char BAN_LOAD_LUA[] =
 static const char CONNS_LUA[] =
     "local node, n, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
     LUA_CONNS_PUT
-    "put(KEYS[1], n)\n"
+    "local e = put(KEYS[1], n)\n"
+    "if e then return e end\n"
     "if max <= 0 then return {1, n} end\n"
     "local sum, all = 0, redis.call('HGETALL', KEYS[1])\n"
     "for i = 1, #all, 2 do\n"
@@ -104,11 +107,22 @@ static const char CONNS_LUA[] =
 /* KEYS users' connection hashes (one slot on a Cluster); ARGV node,
  * ttl_ms, then one count per key. The refresh pass's renewals of many users
  * in one call: one TIME and one script run (and one MULTI/EXEC in the AOF)
- * for them all. -> how many were written */
+ * for them all. A key of another type (not ours) is left as it is and the
+ * others are still renewed (one such key must not stop the renewals of the
+ * users after it in the batch). -> how many were written, or an error
+ * naming the first refusal and how many keys were refused, after writing
+ * the others */
 static const char CONNS_RENEW_LUA[] =
     "local node, ttl = ARGV[1], tonumber(ARGV[2])\n"
     LUA_CONNS_PUT
-    "for i = 1, #KEYS do put(KEYS[i], tonumber(ARGV[i + 2])) end\n"
+    "local bad, first = 0, nil\n"
+    "for i = 1, #KEYS do\n"
+    "  local e = put(KEYS[i], tonumber(ARGV[i + 2]))\n"
+    "  if e then bad = bad + 1; first = first or e.err end\n"
+    "end\n"
+    "if bad > 0 then\n"
+    "  return redis.error_reply(first .. ' (' .. bad .. ' of ' .. #KEYS .. ' keys not renewed)')\n"
+    "end\n"
     "return #KEYS\n";
 
 enum { S_TAKE = 0, S_BAN_PUT, S_BAN_LIFT, S_BAN_LOAD, S_CONNS, S_CONNS_RENEW, S_COUNT };

@@ -223,6 +223,30 @@ static void test_renew_batch(adminstore *s)
     CHECK(calls == want, "%d renewals in %lld script calls (want %lld)", RENEW_USERS, calls, want);
 }
 
+/* A key of another type in a renewal batch (not ours: another program's
+ * data) is left as it is, and the users after it in the same call are
+ * still renewed (the script used to stop at the first error, so one foreign
+ * key left every later user of its batch unrenewed). */
+static void test_renew_foreign_key(adminstore *s)
+{
+    const char *users[] = {"fk_a", "fk_b", "fk_c"};
+    int64_t counts[] = {2, 3, 4};
+    redisReply *r = redisCommand(R, "SET chat:{conns:fk_b}:n not-a-hash");
+    if (r) freeReplyObject(r);
+    CHECK(adminstore_conns_renew(s, "fk", 5000, 3, users, counts) == 0, "sent");
+    uint64_t end = mono_ms() + 3000;
+    while (field_count("fk_c", "fk") == 0 && mono_ms() < end) wait_ms(10);
+    CHECK(field_count("fk_a", "fk") == 2, "the user before the foreign key renewed (%lld)",
+          field_count("fk_a", "fk"));
+    CHECK(field_count("fk_c", "fk") == 4, "the user after it renewed too (%lld)", field_count("fk_c", "fk"));
+    r = redisCommand(R, "GET chat:{conns:fk_b}:n");
+    CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, "not-a-hash") == 0,
+          "the foreign key left as it was");
+    if (r) freeReplyObject(r);
+    r = redisCommand(R, "DEL chat:{conns:fk_a}:n chat:{conns:fk_b}:n chat:{conns:fk_c}:n");
+    if (r) freeReplyObject(r);
+}
+
 /* The renewal pass is spread over its period: a tick a quarter of the way
  * in renews about a quarter of the users, not none and not all (19k users
  * renewed in one loop turn were 19k Redis calls at once); the pass's end
@@ -420,6 +444,7 @@ int main(void)
     CHECK(adminstore_ready(s), "store ready");
     test_script(s);
     test_renew_batch(s);
+    test_renew_foreign_key(s);
     test_renewal_spread(s);
     test_module(s, i);
     adminstore_free(s);
