@@ -413,11 +413,12 @@ static void sweep_reply(void *ud, const redisReply *rp)
         metric_add(b->m.backfill_checked, listed);
         /* the malformed pairs were removed by the sweep script itself (a
          * member that is not a seq, an index room that is not a room
-         * name): counted and logged once per round, never asked about */
+         * name or whose set has another type): counted and logged once
+         * per round, never asked about */
         if (items > listed) {
             metric_add(b->m.backfill_dropped, items - listed);
             LOGW(MOD, "backfill: removed %zu malformed unstored entr%s (not a seq, or an index "
-                 "room that is not a valid room name)", items - listed,
+                 "room that is not a valid room name or whose set has another type)", items - listed,
                  items - listed == 1 ? "y" : "ies");
         }
         /* a limited round that listed nothing well-formed (the rooms it met

@@ -89,7 +89,9 @@
  *   node holds the lock; else it changes nothing but the lock (and drops
  *   rooms with nothing old from the index, and what can never be settled:
  *   an index member that is not a valid room name (room_name_valid, with
- *   its set; listed as (room, '')), a member of a room's set that is not a
+ *   its set; listed as (room, '')), a room whose unstored key has another
+ *   type (not ours: the room leaves the index, the key stays; listed as
+ *   (room, '')), a member of a room's set that is not a
  *   seq (seq_parse's rule: 1 to 19 digits, no leading zero, at most
  *   2^63-1; listed as (room, '')): the core
  *   counts those malformed pairs) and returns {1, more, cut, room,
@@ -330,6 +332,15 @@ const char BUS_SWEEP_LUA[] =
     "        out[#out + 1] = ''\n"
     "      else\n"
     "        local uk = 'chat:{' .. room .. '}:unstored'\n"
+    "        local ty = redis.call('TYPE', uk)['ok']\n"
+    /* a set of another type (not ours: another program's key) would fail
+     * this round, and so every round, for every room: the room leaves the
+     * index, its key is left alone, listed as (room, '') */
+    "        if ty ~= 'zset' and ty ~= 'none' then\n"
+    "          redis.call('ZREM', idx, room)\n"
+    "          out[#out + 1] = room\n"
+    "          out[#out + 1] = ''\n"
+    "        else\n"
     "        local seqs = redis.call('ZRANGEBYSCORE', uk, '-inf', cut, 'LIMIT', 0, per + 1)\n"
     "        local ns = math.min(#seqs, per)\n"
     "        if #seqs > ns then mp = 2 end\n"
@@ -350,6 +361,7 @@ const char BUS_SWEEP_LUA[] =
     "        end\n"
     "        if ns == bad then\n"
     LUA_REINDEX_ROOM
+    "        end\n"
     "        end\n"
     "      end\n"
     "    end\n"

@@ -628,6 +628,38 @@ static void test_backfill_checked_wellformed(void)
     settle();
 }
 
+/* a room whose unstored key holds another type (another program's data)
+ * used to fail the sweep script, every round, for every room of its index:
+ * now it leaves the index (its key left alone, counted as dropped) and the
+ * other rooms' entries are checked */
+static void test_backfill_foreign_key(void)
+{
+    char ok[80], bad[80];
+    mkroom(ok, sizeof ok, "bfok");
+    mkroom(bad, sizeof bad, "bfbad");
+    rc_int("DEL chat:backfill:lock chat:unstored");
+    rc_int("SET chat:{%s}:unstored not-a-zset", bad);
+    rc_int("ZADD chat:unstored 1 %s", bad);
+    uns_add(ok, 2, "1");
+    uint64_t d0 = counter("chat_bus_backfill_dropped_total");
+    node *k = node_new_checking_opts("K", rurl, 1000, 600, 0, 100);
+    k->check_all_stored = 1;
+    WAIT(k->nchecks >= 1 && rc_int("EXISTS chat:{%s}:unstored", ok) == 0, 3000);
+    CHECK(asked_count(k, ok, 1) == 1, "the other room's entry checked");
+    CHECK(rc_int("EXISTS chat:{%s}:unstored", ok) == 0, "and settled");
+    CHECK(rc_int("ZSCORE chat:unstored %s", bad) == 0 && rc_int("ZCARD chat:unstored") == 0,
+          "the room with the foreign key left the index");
+    redisReply *r = rc("GET chat:{%s}:unstored", bad);
+    CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, "not-a-zset") == 0,
+          "its key left as it was");
+    if (r) freeReplyObject(r);
+    CHECK(counter("chat_bus_backfill_dropped_total") - d0 == 1, "counted as dropped (%" PRIu64 ")",
+          counter("chat_bus_backfill_dropped_total") - d0);
+    node_free(k);
+    rc_int("DEL chat:{%s}:unstored chat:unstored", bad);
+    settle();
+}
+
 /* a settle of two calls (500 pairs of one room, 1 of another): the second
  * fails (a Redis error reply) while the first is applied; the failed one's
  * pair is asked again by the next round, and the sweeper goes on */
@@ -739,6 +771,7 @@ int main(void)
         test_backfill_failed_round(1);
         test_backfill_limit_exact();
         test_backfill_checked_wellformed();
+        test_backfill_foreign_key();
         test_backfill_settle_chunk_fails();
         test_backfill_settle_after_mark();
     }
