@@ -163,12 +163,14 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
                   + "; ".join(ex)))
     heads = load.heads()
     live = [c for c in load.clients if not c.vanished]
-    back = sum(1 for c in live if c.online and c.last >= heads[c.room])
+    # caught up: nothing pending from a gap fill either (Load.converge)
+    def caught_up(c):
+        return c.online and c.last >= heads[c.room] and not c.pending and not c.need_fill
+    back = sum(1 for c in live if caught_up(c))
     res["back"] = f"{back}/{len(live)}"
     if back != len(live) or not converged:
         ex = [f"{c.name} online={c.online} last={c.last} head={heads[c.room]} "
-              f"errors={c.errors}" for c in live
-              if not (c.online and c.last >= heads[c.room])][:3]
+              f"pending={len(c.pending)} errors={c.errors}" for c in live if not caught_up(c)][:3]
         P.append(("back", f"clients not back: {len(live) - back}: " + "; ".join(ex)))
     rt = [t for c in load.clients for t in c.reconnect_times]
     res["reconnects"] = len(rt)
