@@ -135,6 +135,8 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
     res["gap_too_large"] = sum(c.gap_too_large for c in load.clients)
     res["fills"] = sum(c.fills for c in load.clients)
     res["paged"] = sum(c.paged for c in load.clients)
+    res["fills_lagged"] = sum(c.fill_lagged for c in load.clients)
+    res["pended"] = sum(c.pended for c in load.clients)
     unrec = [(c, sorted(c.pending)) for c in load.clients if c.pending and not c.vanished]
     res["unrecovered"] = sum(len(v) for _, v in unrec)
     stored = len({(c.room, s) for c, v in unrec for s in v if s in rows[c.room]})

@@ -78,6 +78,8 @@ class FaultClient:
         self.paged = 0              # seqs taken from history (a gap fill)
         self.pending = set()        # seqs a gap fill missed that history lacked (looked up again)
         self.fills = 0              # gap fills done
+        self.fill_lagged = 0        # of them, those whose first read lacked a seq (paged again)
+        self.pended = 0             # seqs a fill left pending (history lacked them for FILL_WAIT)
         self.refill = None          # the task that looks the pending seqs up again
         self.connects = 0
         self.down_since = None      # monotonic time the connection was lost
@@ -278,6 +280,7 @@ class FaultClient:
         end = time.monotonic() + FILL_WAIT
         got = {}
         k = attempt
+        reads = 0
         while not self.stop:
             nodes = self.load.cluster.nodes
             node = nodes[k % len(nodes)]
@@ -290,6 +293,9 @@ class FaultClient:
                 want = range(base + 1, max(top, target) + 1)
                 if all(s in got for s in want):
                     break
+                reads += 1
+                if reads == 1:
+                    self.fill_lagged += 1
             if time.monotonic() >= end:
                 break
             await asyncio.sleep(0.3)
@@ -298,6 +304,7 @@ class FaultClient:
         lacked = {s for s in range(base + 1, top) if s not in got and s not in self.got}
         self.take(got)
         self.pending |= lacked
+        self.pended += len(lacked)
         self.note("paged", f"since={base} head={target} history {min(got, default='-')}.."
                            f"{max(got, default='-')} ({len(got)}) lacked {len(lacked)}")
         if top > self.last:

@@ -287,8 +287,9 @@ async def guarded_phase(cluster, prof, name, fn, dur, idx, load_of=None):
     if res.get("gap_too_large"):
         res["note"] = "; ".join(x for x in (
             res.get("note"), f"gap_too_large: {res['gap_too_large']}, history gap fills: "
-            f"{res['fills']}, seqs paged from history: {res['paged']}, unrecovered: "
-            f"{res['unrecovered']}") if x)
+            f"{res['fills']} ({res['fills_lagged']} paged again: history behind), seqs paged "
+            f"from history: {res['paged']}, left pending by a fill's wait and looked up again: "
+            f"{res['pended']}, unrecovered: {res['unrecovered']}") if x)
     return res
 
 
