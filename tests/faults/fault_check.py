@@ -11,8 +11,12 @@ Owns the verdict of a phase. Every figure it reports:
            or an id is stored twice
   order    a client received a seq below one it had (reorder) or skipped a seq
            (gap), or at the end lacks a seq that history or another client has
+           (but the seqs counted under holes as unrecovered)
   holes    seqs below the room's head missing from history (delivered or
-           handed out but never stored)
+           handed out but never stored), and seqs a client missed in a
+           gap_too_large that history did not give it by the end (unrecovered)
+  (gap_too_large) not a failure by itself: the client paged history (fault_load
+           fill_gap); the seqs it took from there are counted (paged)
   (errors) any error frame other than `unavailable` fails the fault too
   unacked  messages still unacked after the drain (the system did not recover)
   back     clients online and caught up at the end / all clients (but those
@@ -117,7 +121,7 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
         if c.vanished:
             continue
         want = seen_by_room[c.room]
-        m = sorted(want - set(c.got))
+        m = sorted(want - set(c.got) - c.pending)
         if m:
             missing += len(m)
             if len(miss_ex) < 3:
@@ -126,10 +130,20 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
     if res["order"]:
         P.append(("order", f"order: {reorder} out of order, {skipped} skipped live, {missing} "
                  f"never received; " + "; ".join(miss_ex)))
-    gtl = sum(c.gap_too_large for c in load.clients)
-    if gtl:
-        P.append(("order", f"{gtl} gap_too_large answers"))
-        res["order"] += gtl
+    # gap_too_large: the client paged history; what it could not get from
+    # there by the end (pending) is a hole, whether or not history has it now
+    res["gap_too_large"] = sum(c.gap_too_large for c in load.clients)
+    res["fills"] = sum(c.fills for c in load.clients)
+    res["paged"] = sum(c.paged for c in load.clients)
+    res["fills_lagged"] = sum(c.fill_lagged for c in load.clients)
+    res["pended"] = sum(c.pended for c in load.clients)
+    unrec = [(c, sorted(c.pending)) for c in load.clients if c.pending and not c.vanished]
+    res["unrecovered"] = sum(len(v) for _, v in unrec)
+    stored = len({(c.room, s) for c, v in unrec for s in v if s in rows[c.room]})
+    if res["unrecovered"]:
+        P.append(("holes", f"{res['unrecovered']} seqs missed in a gap_too_large never came from "
+                  f"history ({stored} of them are in history now): " + "; ".join(
+                      f"{c.name} {v[:5]}" for c, v in unrec[:3])))
     odd = {}
     for c in load.clients:
         for code, n in c.errors.items():
@@ -137,10 +151,13 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
                 odd[code] = odd.get(code, 0) + n
     if odd:
         P.append(("errors", f"unexpected error frames: {odd}"))
-    res["holes"] = sum(len(v) for v in holes.values())
-    if res["holes"]:
+    # the column: history's holes, and the unrecovered seqs history has now
+    # (those it lacks are among its holes already)
+    res["holes"] = sum(len(v) for v in holes.values()) + stored
+    if res["holes"] > stored:
         ex = [f"{r}: {v[:5]}" for r, v in holes.items() if v][:3]
-        P.append(("holes", f"{res['holes']} holes in history: " + "; ".join(ex)))
+        P.append(("holes", f"{res['holes'] - stored} holes in history: "
+                  + "; ".join(ex)))
     res["unacked"] = load.unacked()
     if res["unacked"] or not drained:
         ex = [f"{c.name}: {list(c.unacked)[:2]} errors {c.errors}" for c in senders if c.unacked][:2]
@@ -148,12 +165,14 @@ async def check(cluster, load, drained, converged, dead, rss_limit_mib, hole_wai
                   + "; ".join(ex)))
     heads = load.heads()
     live = [c for c in load.clients if not c.vanished]
-    back = sum(1 for c in live if c.online and c.last >= heads[c.room])
+    # caught up: nothing pending from a gap fill either (Load.converge)
+    def caught_up(c):
+        return c.online and c.last >= heads[c.room] and not c.pending and not c.need_fill
+    back = sum(1 for c in live if caught_up(c))
     res["back"] = f"{back}/{len(live)}"
     if back != len(live) or not converged:
         ex = [f"{c.name} online={c.online} last={c.last} head={heads[c.room]} "
-              f"errors={c.errors}" for c in live
-              if not (c.online and c.last >= heads[c.room])][:3]
+              f"pending={len(c.pending)} errors={c.errors}" for c in live if not caught_up(c)][:3]
         P.append(("back", f"clients not back: {len(live) - back}: " + "; ".join(ex)))
     rt = [t for c in load.clients for t in c.reconnect_times]
     res["reconnects"] = len(rt)

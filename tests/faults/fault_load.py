@@ -9,6 +9,15 @@ errors, disconnects and reconnect times. The checker (fault_check.py) judges it.
 A client always connects with `since=<last seq it saw>` (0 at first: rooms are
 new), so after any disconnect it must get exactly the rest of the room, with
 no gap and no duplicate, whichever node it lands on.
+
+On `gap_too_large` (protocol.md "Recovery": the gap is larger than the replay
+limit) it does what a real client does: it pages history over HTTP
+(`GET /rooms/{room}/messages`, newest page first) back to its last seq, takes
+the missed seqs from there (counted as `paged`), then connects again with
+`since=` the newest seq it now has. History may lag behind the live stream
+(Postgres behind): it pages again for up to FILL_WAIT seconds; a seq history
+still lacks below its newest one then stays `pending` and is looked up again
+every second until the end of the phase (the checker reports what is left).
 """
 import asyncio
 import json
@@ -19,6 +28,33 @@ import urllib.parse
 import websockets
 
 import harness
+
+FILL_WAIT = 5.0          # seconds a gap fill pages again while history lags
+PAGE_LIMIT = 200         # the largest page protocol.md allows
+
+
+async def http_json(port, path, token, timeout=3.0):
+    """GET path on 127.0.0.1:port with the client's Bearer token; (status,
+    JSON or None), status 0 when the node did not answer. Async on purpose:
+    harness.ahttp runs in the default thread pool (6 threads on 2 cores),
+    which a node frozen with SIGSTOP would block for every client at once."""
+    w = None
+    try:
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        w.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+                 "Connection: close\r\n\r\n").encode())
+        raw = await asyncio.wait_for(r.read(), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return 0, None
+    finally:
+        if w is not None:
+            w.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+        return status, json.loads(body)
+    except (IndexError, ValueError):
+        return 0, None
 
 
 class FaultClient:
@@ -37,6 +73,14 @@ class FaultClient:
         self.skipped = 0            # seqs jumped over (last+1 .. s-1 missing)
         self.errors = {}            # error code -> count
         self.gap_too_large = 0
+        self.need_fill = False      # a gap_too_large: page history before reconnecting
+        self.conn_top = 0           # highest seq the current connection announced or sent
+        self.paged = 0              # seqs taken from history (a gap fill)
+        self.pending = set()        # seqs a gap fill missed that history lacked (looked up again)
+        self.fills = 0              # gap fills done
+        self.fill_lagged = 0        # of them, those whose first read lacked a seq (paged again)
+        self.pended = 0             # seqs a fill left pending (history lacked them for FILL_WAIT)
+        self.refill = None          # the task that looks the pending seqs up again
         self.connects = 0
         self.down_since = None      # monotonic time the connection was lost
         self.reconnect_times = []   # seconds from loss to the next welcome
@@ -84,6 +128,10 @@ class FaultClient:
             nodes = self.load.cluster.nodes
             node = nodes[(self.home + attempt) % len(nodes)]
             attempt += 1
+            if self.need_fill:
+                await self.fill_gap(attempt)
+                if self.stop or self.paused:
+                    continue
             url = (f"ws://127.0.0.1:{node.port}/ws/{urllib.parse.quote(self.room)}?"
                    + urllib.parse.urlencode({"token": self.token, "since": str(self.last)}))
             try:
@@ -97,6 +145,7 @@ class FaultClient:
                 continue
             self.ws = ws
             self.told = False
+            self.conn_top = 0
             self.connects += 1
             self.node_name = node.name
             try:
@@ -129,6 +178,8 @@ class FaultClient:
             self.on_ack(f)
         elif t == "welcome":
             self.note("welcome", f"since={self.last} seq={f.get('seq')}")
+            if isinstance(f.get("seq"), int):
+                self.conn_top = max(self.conn_top, f["seq"])
             self.online = True
             if self.down_since is not None and not self.paused:
                 self.reconnect_times.append(time.monotonic() - self.down_since)
@@ -149,6 +200,8 @@ class FaultClient:
                     self.ws.transport.abort()
             if code == "gap_too_large":
                 self.gap_too_large += 1
+                if f.get("id") is None:
+                    self.need_fill = True
             elif code == "unavailable" and f.get("id") in self.unacked:
                 # retry soon with the same id; spread so a recovering node is not hammered
                 self.unacked[f["id"]][2] = time.monotonic() - self.load.resend_after + \
@@ -160,6 +213,8 @@ class FaultClient:
         s = f.get("seq")
         mid = f.get("id")
         self.load.observe(self.room, s, mid, f"delivery to {self.name}")
+        if isinstance(s, int):
+            self.conn_top = max(self.conn_top, s)
         if self.told:
             return
         if s in self.got:
@@ -175,6 +230,105 @@ class FaultClient:
         else:
             self.note("reorder", f"last={self.last} got={s}")
             self.reorder += 1
+
+    # -- gap fill: history over HTTP ------------------------------------------
+    async def page_back(self, port, before, down_to):
+        """{seq: id} of the room's messages with down_to < seq < before (None:
+        from the newest), newest page first, until a page reaches down_to or
+        the room's oldest; None when a page could not be read."""
+        out = {}
+        cursor = before
+        room = urllib.parse.quote(self.room, safe="")
+        while True:
+            q = {"limit": str(PAGE_LIMIT)}
+            if cursor is not None:
+                q["before"] = cursor
+            st, js = await http_json(port, f"/rooms/{room}/messages?" + urllib.parse.urlencode(q),
+                                     self.token)
+            if st != 200 or not isinstance(js, dict):
+                self.note("history", f"page before={cursor} answered {st}")
+                return None
+            msgs = js.get("messages") or []
+            for m in msgs:
+                s = m.get("seq")
+                if isinstance(s, int) and s > down_to:
+                    out[s] = m.get("id")
+            cursor = js.get("next_cursor")
+            if not msgs or not cursor or min(m.get("seq", 0) for m in msgs) <= down_to + 1:
+                return out
+
+    def take(self, seqs):
+        """Seqs read from history: received (observed like a delivery)."""
+        for s, mid in sorted(seqs.items()):
+            self.load.observe(self.room, s, mid, f"history to {self.name}")
+            if s not in self.got:
+                self.got[s] = mid
+                self.paged += 1
+            self.pending.discard(s)
+
+    async def fill_gap(self, attempt):
+        """After gap_too_large: every seq after self.last from history (the
+        fault load sends no message updates, so history lists every seq of its
+        rooms and one it lacks below its newest is a lag or a hole, not an
+        update's seq: the checker's view of holes too). Pages again while
+        history lacks a seq up to the newest one known (the connection's
+        welcome head or a live frame) for up to FILL_WAIT s; then self.last =
+        history's newest seq and the seqs it lacked below it are pending."""
+        self.fills += 1
+        target = max(self.conn_top, self.last)
+        base = self.last
+        end = time.monotonic() + FILL_WAIT
+        got = {}
+        k = attempt
+        reads = 0
+        while not self.stop:
+            nodes = self.load.cluster.nodes
+            node = nodes[k % len(nodes)]
+            page = await self.page_back(node.port, None, base)
+            if page is None:
+                k += 1                      # that node did not answer: the next one
+            else:
+                got.update(page)
+                top = max(got, default=base)
+                want = range(base + 1, max(top, target) + 1)
+                if all(s in got for s in want):
+                    break
+                reads += 1
+                if reads == 1:
+                    self.fill_lagged += 1
+            if time.monotonic() >= end:
+                break
+            await asyncio.sleep(0.3)
+        self.need_fill = False
+        top = max(got, default=base)
+        lacked = {s for s in range(base + 1, top) if s not in got and s not in self.got}
+        self.take(got)
+        self.pending |= lacked
+        self.pended += len(lacked)
+        self.note("paged", f"since={base} head={target} history {min(got, default='-')}.."
+                           f"{max(got, default='-')} ({len(got)}) lacked {len(lacked)}")
+        if top > self.last:
+            self.last = top
+        if self.pending and (self.refill is None or self.refill.done()):
+            self.refill = asyncio.ensure_future(self.look_up_pending())
+
+    async def look_up_pending(self):
+        """The seqs a gap fill missed, read from history again every second
+        until it has them or the client stops."""
+        k = self.home
+        while self.pending and not self.stop:
+            await asyncio.sleep(1.0)
+            nodes = self.load.cluster.nodes
+            node = nodes[k % len(nodes)]
+            lo, hi = min(self.pending), max(self.pending)
+            page = await self.page_back(node.port, f"c{hi + 1:x}", lo - 1)
+            if page is None:
+                k += 1
+                continue
+            found = {s: m for s, m in page.items() if s in self.pending}
+            if found:
+                self.note("pending", f"{len(found)} of {len(self.pending)} found in history")
+                self.take(found)
 
     def on_ack(self, f):
         mid = f.get("id")
@@ -273,6 +427,8 @@ class FaultClient:
         self.wake.set()
         if self.ws is not None:
             self.ws.transport.abort()
+        if self.refill is not None:
+            self.refill.cancel()
         if self.task:
             try:
                 await asyncio.wait_for(self.task, 3)
@@ -397,7 +553,8 @@ class Load:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             h = self.heads()
-            if all(c.online and c.last >= h[c.room] for c in self.clients if not c.vanished):
+            if all(c.online and c.last >= h[c.room] and not c.pending and not c.need_fill
+                   for c in self.clients if not c.vanished):
                 return True
             await asyncio.sleep(0.1)
         return False

@@ -266,7 +266,9 @@ async def guarded_phase(cluster, prof, name, fn, dur, idx, load_of=None):
     its reason, and the count of connections that were told they could not
     be recovered (an id-less unavailable, or gap_too_large) and resumed with
     since= in the phase's note: the load does not judge what follows such an
-    answer, so the count shows in every phase, not only in --chaos."""
+    answer, so the count shows in every phase, not only in --chaos; with the
+    gap_too_large answers, the history gap fills they caused and the seqs
+    taken from history (fault_load.py fill_gap)."""
     load_of = [] if load_of is None else load_of
     try:
         res = await phase(cluster, prof, name, fn, dur, idx, load_of)
@@ -282,6 +284,12 @@ async def guarded_phase(cluster, prof, name, fn, dur, idx, load_of=None):
         if told:
             res["note"] = ((res.get("note") or "") + f" connections told unavailable (no id) or "
                            f"gap_too_large, then resumed with since=: {told}").strip()
+    if res.get("gap_too_large"):
+        res["note"] = "; ".join(x for x in (
+            res.get("note"), f"gap_too_large: {res['gap_too_large']}, history gap fills: "
+            f"{res['fills']} ({res['fills_lagged']} paged again: history behind), seqs paged "
+            f"from history: {res['paged']}, left pending by a fill's wait and looked up again: "
+            f"{res['pended']}, unrecovered: {res['unrecovered']}") if x)
     return res
 
 
@@ -326,7 +334,8 @@ async def chaos_main(args, prof, seeds, cluster, results):
             heads = load_of[0].heads()
             behind = {c.name for c in load_of[0].clients if c.last < heads[c.room]}
             odd = sorted((c for c in load_of[0].clients
-                          if c.skipped or c.reorder or c.gap_too_large or c.name in behind),
+                          if c.skipped or c.reorder or c.gap_too_large or c.pending
+                          or c.name in behind),
                          key=lambda c: (-(c.skipped + c.reorder), c.name not in behind))
             path = os.path.join(cluster.workdir, f"{name}-traces.txt")
             with open(path, "w") as f:
