@@ -47,7 +47,8 @@ struct redis_conn {
     uv_prepare_t prep;       /* writes the output queued during a loop turn */
     uv_timer_t linger;       /* with o.linger_ms: holds output until linger_ms after the last write */
     int linger_armed;
-    uint64_t last_flush;     /* with o.linger_ms: uv_now of the last write of queued output (0: none) */
+    uint64_t last_flush;     /* with o.linger_ms: uv_now of the last write of queued output
+                              * while up (0: none; the handshake's writes open no window) */
     int wblocked;            /* the last write found the socket full */
     uv_getaddrinfo_t gai;
     int gai_active;
@@ -520,7 +521,15 @@ static void flush_queued(redis_conn *c)
 {
     if (c->state != ST_HANDSHAKE && c->state != ST_UP) return;
     if (c->woff < c->wlen && !c->wr_wants_r) {
-        if (c->o.linger_ms) c->last_flush = uv_now(c->loop);
+        if (c->o.linger_ms && c->state == ST_UP) {
+            /* a window opens; a timer of the last one (a prepare that came
+             * first) would write again inside it */
+            c->last_flush = uv_now(c->loop);
+            if (c->linger_armed) {
+                uv_timer_stop(&c->linger);
+                c->linger_armed = 0;
+            }
+        }
         do_write(c);
     }
     if (c->state != ST_DEAD) update_events(c);
