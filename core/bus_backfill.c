@@ -417,9 +417,9 @@ static void sweep_reply(void *ud, const redisReply *rp)
          * per round, never asked about */
         if (items > listed) {
             metric_add(b->m.backfill_dropped, items - listed);
-            LOGW(MOD, "backfill: removed %zu malformed unstored entr%s (not a seq, or an index "
-                 "room that is not a valid room name or whose set has another type)", items - listed,
-                 items - listed == 1 ? "y" : "ies");
+            LOGW(MOD, "backfill: removed %zu malformed unstored entr%s (a member that is not a "
+                 "seq, an index room that is not a valid room name, or one whose set has another "
+                 "type: that set is left in place)", items - listed, items - listed == 1 ? "y" : "ies");
         }
         /* a limited round that listed nothing well-formed (the rooms it met
          * had nothing old: stale index scores, which it re-scored or

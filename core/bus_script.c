@@ -332,11 +332,15 @@ const char BUS_SWEEP_LUA[] =
     "        out[#out + 1] = ''\n"
     "      else\n"
     "        local uk = 'chat:{' .. room .. '}:unstored'\n"
-    "        local ty = redis.call('TYPE', uk)['ok']\n"
+    /* pcall: on a Cluster the set may have left with its slot while the
+     * index has not yet (a migration): the room is skipped this round */
+    "        local ty = redis.pcall('TYPE', uk)\n"
+    "        ty = type(ty) == 'table' and ty['ok'] or nil\n"
+    "        if not ty then\n"
     /* a set of another type (not ours: another program's key) would fail
      * this round, and so every round, for every room: the room leaves the
      * index, its key is left alone, listed as (room, '') */
-    "        if ty ~= 'zset' and ty ~= 'none' then\n"
+    "        elseif ty ~= 'zset' and ty ~= 'none' then\n"
     "          redis.call('ZREM', idx, room)\n"
     "          out[#out + 1] = room\n"
     "          out[#out + 1] = ''\n"
