@@ -77,6 +77,26 @@ class Redis:
         return capacity.redis_cpu(self.port)
 
 
+def alternate(run, modes, rounds, unit):
+    """The measurement both Redis benches share: run(None) first (idle: what
+    Redis spends anyway over the same time), then `rounds` rounds of every
+    mode in turn; run(mode) -> (Redis CPU s, elapsed s, operations). Prints
+    each round's Redis CPU per operation less the idle rate, returns
+    {mode: median} (the middle round: rounds should be odd)."""
+    idle_cpu, idle_s, _ = run(None)
+    idle_rate = idle_cpu / idle_s
+    print("idle: %.1f ms of Redis CPU per s" % (idle_rate * 1000))
+    res = {m: [] for m in modes}
+    for k in range(rounds):
+        for m in modes:
+            cpu, el, n = run(m)
+            us = (cpu - idle_rate * el) * 1e6 / n
+            res[m].append(us)
+            print("round %d %-12s %d %ss, Redis %.2f us per %s" % (k + 1, m, n, unit, us, unit),
+                  flush=True)
+    return {m: sorted(v)[len(v) // 2] for m, v in res.items()}
+
+
 def run(r, mode, secs, sha_one, sha_batch):
     users = ["bench%05d" % i for i in range(USERS)]
     c0, t0, i, n = r.cpu(), time.time(), 0, 0
@@ -111,18 +131,9 @@ def main():
     one, batch = scripts()
     sha_one, sha_batch = r.call("SCRIPT", "LOAD", one), r.call("SCRIPT", "LOAD", batch)
     print("appendfsync %s" % r.call("CONFIG", "GET", "appendfsync")[1])
-    idle_cpu, idle_s, _ = run(r, "idle", secs, sha_one, sha_batch)
-    idle_rate = idle_cpu / idle_s
-    print("idle: %.1f ms of Redis CPU per s" % (idle_rate * 1000))
-    res = {"one": [], "batch": []}
-    for k in range(rounds):
-        for mode in ("one", "batch"):
-            cpu, el, n = run(r, mode, secs, sha_one, sha_batch)
-            us = (cpu - idle_rate * el) * 1e6 / n
-            res[mode].append(us)
-            print("round %d %-5s %d renewals, Redis %.2f us per renewal" % (k + 1, mode, n, us))
-    one_m = sorted(res["one"])[len(res["one"]) // 2]
-    batch_m = sorted(res["batch"])[len(res["batch"]) // 2]
+    med = alternate(lambda mode: run(r, mode or "idle", secs, sha_one, sha_batch),
+                    ("one", "batch"), rounds, "renewal")
+    one_m, batch_m = med["one"], med["batch"]
     print("median: one call per user %.2f us, batched %.2f us per renewal: batched/one %.2f"
           % (one_m, batch_m, batch_m / one_m))
 
