@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from bench_user_conns import Redis, alternate  # one connection, RESP; the rounds
+from bench_user_conns import alternate, bench_args  # the arguments, the rounds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.join(HERE, "..")
@@ -91,13 +91,7 @@ def run(r, sha, secs, run_id):
 
 
 def main():
-    if len(sys.argv) < 2:
-        print(__doc__, file=sys.stderr)
-        sys.exit(2)
-    port = int(sys.argv[1])
-    secs = float(sys.argv[2]) if len(sys.argv) > 2 else 8
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-    r = Redis(port)
+    r, secs, rounds = bench_args(__doc__, 8, 3)
     shas = {k: r.call("SCRIPT", "LOAD", v) for k, v in variants().items()}
     run_id = re.search(r"run_id:(\w+)", r.call("INFO", "server")).group(1)
     print("appendfsync %s" % r.call("CONFIG", "GET", "appendfsync")[1])

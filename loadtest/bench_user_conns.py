@@ -77,6 +77,17 @@ class Redis:
         return capacity.redis_cpu(self.port)
 
 
+def bench_args(doc, secs, rounds):
+    """PORT [SECONDS] [ROUNDS] of both Redis benches (the usage is the
+    caller's docstring) -> (a Redis connection, seconds, rounds)."""
+    if len(sys.argv) < 2:
+        print(doc, file=sys.stderr)
+        sys.exit(2)
+    secs = float(sys.argv[2]) if len(sys.argv) > 2 else secs
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else rounds
+    return Redis(int(sys.argv[1])), secs, rounds
+
+
 def alternate(run, modes, rounds, unit):
     """The measurement both Redis benches share: run(None) first (idle: what
     Redis spends anyway over the same time), then `rounds` rounds of every
@@ -121,13 +132,7 @@ def run(r, mode, secs, sha_one, sha_batch):
 
 
 def main():
-    if len(sys.argv) < 2:
-        print(__doc__, file=sys.stderr)
-        sys.exit(2)
-    port = int(sys.argv[1])
-    secs = float(sys.argv[2]) if len(sys.argv) > 2 else 10
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    r = Redis(port)
+    r, secs, rounds = bench_args(__doc__, 10, 2)
     one, batch = scripts()
     sha_one, sha_batch = r.call("SCRIPT", "LOAD", one), r.call("SCRIPT", "LOAD", batch)
     print("appendfsync %s" % r.call("CONFIG", "GET", "appendfsync")[1])
