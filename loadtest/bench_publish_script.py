@@ -23,7 +23,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import time
 
 from bench_user_conns import alternate, bench_args  # the arguments, the rounds
