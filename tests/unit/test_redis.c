@@ -749,14 +749,16 @@ static long long reads_processed(int srv)
 
 /* CHAT_REDIS_LINGER_MS: at most one write per linger. The same pattern on
  * both connections: A on a quiet connection, 100 ms of loop, B, 100 ms, C,
- * the answers, then 600 ms of quiet and D. Without a linger each turn's
- * command leaves at its end (A, B, C and D each answered within 100 ms, in
- * four Redis reads). With 400 ms: A and D (a quiet connection) leave at once
- * as well, B waits for the window A's write opened and C joins it: B and C
- * in one write, which Redis reads once (three reads). */
+ * their answers, at once E, E's answer, then 600 ms of quiet and D. Without
+ * a linger each turn's command leaves at its end (A, B, E and D each
+ * answered within 100 ms, in five Redis reads with C's). With 400 ms: A and
+ * D (a quiet connection) leave at once as well, B waits for the window A's
+ * write opened and C joins it (B and C in one write, which Redis reads
+ * once), and E, queued right after that write, waits for the end of the
+ * window it opened (four reads). */
 typedef struct linger_seen {
-    int a_early, b_early, d_early; /* answered within 100 ms of being sent */
-    long long reads;               /* Redis reads for A..D */
+    int a_early, b_early, e_early, d_early; /* answered within 100 ms of being sent */
+    long long reads;                        /* Redis reads for A..E */
 } linger_seen;
 
 static int linger_pattern(int srv, uint32_t linger_ms, linger_seen *out)
@@ -772,13 +774,15 @@ static int linger_pattern(int srv, uint32_t linger_ms, linger_seen *out)
     long long r0 = reads_processed(srv);
     long long own = reads_processed(srv) - r0;   /* what reading the count costs */
     r0 += own;
-    ans a, b, cc, d;
+    ans a, b, cc, d, e;
     memset(&a, 0, sizeof a);
     memset(&b, 0, sizeof b);
     memset(&cc, 0, sizeof cc);
     memset(&d, 0, sizeof d);
+    memset(&e, 0, sizeof e);
     const char *ca[] = {"INCR", "linger:a"}, *cb[] = {"INCR", "linger:b"};
     const char *cc_[] = {"INCR", "linger:c"}, *cd[] = {"INCR", "linger:d"};
+    const char *ce[] = {"INCR", "linger:e"};
     redis_conn_command(c, 2, ca, NULL, conn_cb, &a);
     spin(100);
     out->a_early = a.done;
@@ -787,6 +791,10 @@ static int linger_pattern(int srv, uint32_t linger_ms, linger_seen *out)
     out->b_early = b.done;
     redis_conn_command(c, 2, cc_, NULL, conn_cb, &cc);
     WAIT(a.done && b.done && cc.done, 3000);
+    redis_conn_command(c, 2, ce, NULL, conn_cb, &e);
+    spin(100);
+    out->e_early = e.done;
+    WAIT(e.done, 3000);
     long long reads = reads_processed(srv) - r0 - own;
     spin(linger_ms + 200);
     r0 = reads_processed(srv);
@@ -794,9 +802,10 @@ static int linger_pattern(int srv, uint32_t linger_ms, linger_seen *out)
     spin(100);
     out->d_early = d.done;
     WAIT(d.done, 3000);
-    int ok = a.done == 1 && b.done == 1 && cc.done == 1 && d.done == 1 &&
+    int ok = a.done == 1 && b.done == 1 && cc.done == 1 && d.done == 1 && e.done == 1 &&
              a.type == REDIS_REPLY_INTEGER && b.type == REDIS_REPLY_INTEGER &&
-             cc.type == REDIS_REPLY_INTEGER && d.type == REDIS_REPLY_INTEGER;
+             cc.type == REDIS_REPLY_INTEGER && d.type == REDIS_REPLY_INTEGER &&
+             e.type == REDIS_REPLY_INTEGER;
     out->reads = reads + reads_processed(srv) - r0 - own;
     redis_conn_close(c);
     spin(20);
@@ -809,14 +818,16 @@ static void test_conn_linger(void)
     if (srv < 0) { check_fail("server"); return; }
     linger_seen s;
     CHECK(linger_pattern(srv, 0, &s) == 0, "no linger: all answered");
-    CHECK(s.a_early && s.b_early && s.d_early, "no linger: A, B, D answered within 100 ms (%d %d %d)",
-          s.a_early, s.b_early, s.d_early);
-    CHECK(s.reads == 4, "no linger: A, B, C, D in four reads (%lld)", s.reads);
+    CHECK(s.a_early && s.b_early && s.e_early && s.d_early,
+          "no linger: A, B, E, D answered within 100 ms (%d %d %d %d)", s.a_early, s.b_early,
+          s.e_early, s.d_early);
+    CHECK(s.reads == 5, "no linger: A, B, C, E, D in five reads (%lld)", s.reads);
     CHECK(linger_pattern(srv, 400, &s) == 0, "linger 400 ms: all answered");
     CHECK(s.a_early == 1, "linger 400 ms: A, on a quiet connection, left at once (%d)", s.a_early);
     CHECK(s.b_early == 0, "linger 400 ms: B, 100 ms after A's write, held back (%d)", s.b_early);
+    CHECK(s.e_early == 0, "linger 400 ms: E, right after B and C's write, held back (%d)", s.e_early);
     CHECK(s.d_early == 1, "linger 400 ms: D, after 600 ms of quiet, left at once (%d)", s.d_early);
-    CHECK(s.reads == 3, "linger 400 ms: B and C in one read, A and D alone (%lld)", s.reads);
+    CHECK(s.reads == 4, "linger 400 ms: B and C in one read, A, E and D alone (%lld)", s.reads);
     rp_signal(srv, SIGKILL);
     spin(20);
 }
