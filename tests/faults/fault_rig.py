@@ -20,6 +20,16 @@ import harness
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+
+def extra_chat_env():
+    """FAULTS_CHAT_ENV="CHAT_X=1 CHAT_Y=2": extra settings of every node
+    (experiments), as a dict."""
+    env = {}
+    for kv in os.environ.get("FAULTS_CHAT_ENV", "").split():
+        k, _, v = kv.partition("=")
+        env[k] = v
+    return env
+
 class Proxy:
     """A running proxy.py between chatd and one service."""
 
@@ -106,11 +116,7 @@ class Cluster:
                 for svc, port in (("redis", self.redis.port), ("pg", self.pg.port)):
                     self.proxies[f"{svc}.n{i}"] = Proxy(f"{svc}.n{i}", port, self.workdir)
         policy = harness.policy_dir(harness.OPEN_POLICY)
-        env = {"CHAT_LOG_LEVEL": "info"}
-        # FAULTS_CHAT_ENV="CHAT_X=1 CHAT_Y=2": extra node settings (experiments)
-        for kv in os.environ.get("FAULTS_CHAT_ENV", "").split():
-            k, _, v = kv.partition("=")
-            env[k] = v
+        env = {"CHAT_LOG_LEVEL": "info", **extra_chat_env()}
         for i in range(self.n_nodes):
             rp, pp = self.link("redis", i), self.link("pg", i)
             n = harness.Node(

@@ -53,7 +53,7 @@ sys.path.insert(0, HERE)
 
 import harness  # noqa: E402
 import fault_check as checker  # noqa: E402
-from fault_rig import Cluster, FAULTS, NETNS_FAULTS, SLOW_FAULTS, netns_available  # noqa: E402
+from fault_rig import Cluster, FAULTS, NETNS_FAULTS, SLOW_FAULTS, extra_chat_env, netns_available  # noqa: E402
 from fault_load import Load  # noqa: E402
 import fault_chaos  # noqa: E402
 
@@ -84,8 +84,8 @@ class Profile:
         self.rss_limit_mib = 256
         # a gap_too_large is not a failure by itself (fault_check): with
         # --chaos, or with a recent or replay buffer set in FAULTS_CHAT_ENV
-        env = os.environ.get("FAULTS_CHAT_ENV", "")
-        self.gap_ok = "CHAT_RECENT_MAX=" in env or "CHAT_REPLAY_MAX=" in env
+        env = extra_chat_env()
+        self.gap_ok = "CHAT_RECENT_MAX" in env or "CHAT_REPLAY_MAX" in env
 
 
 async def phase(cluster, prof, name, fn, dur, idx, loads=None):
