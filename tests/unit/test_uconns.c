@@ -239,6 +239,11 @@ static void test_renew_foreign_key(adminstore *s)
     CHECK(field_count("fk_a", "fk") == 2, "the user before the foreign key renewed (%lld)",
           field_count("fk_a", "fk"));
     CHECK(field_count("fk_c", "fk") == 4, "the user after it renewed too (%lld)", field_count("fk_c", "fk"));
+    /* the admission script (the same put()) answers that key's user "not
+     * checked" (-1: fail open, as with Redis down) and writes nothing */
+    ans a = conns(s, "fk_b", "fk", 1, 5000, 10);
+    CHECK(a.allowed == -1 && a.total == -1, "admission on a foreign key: not checked (%d %lld)",
+          a.allowed, (long long)a.total);
     r = redisCommand(R, "GET chat:{conns:fk_b}:n");
     CHECK(r && r->type == REDIS_REPLY_STRING && strcmp(r->str, "not-a-hash") == 0,
           "the foreign key left as it was");
